@@ -1,0 +1,247 @@
+// Node-API entry: buffers, device info, threads. Kernel bindings live in bind_<family>.cc.
+#include <napi.h>
+
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "bind.h"
+#include "cpu/kernels.h"
+#include "cpu/threads.h"
+#ifdef MOTE_HAVE_CUDA
+#include "cuda/runtime.h"
+#include "../kernels/cuda/kernels.h"
+#endif
+
+namespace mote {
+
+void free_buffer(Napi::Env env, NativeBuffer* b) {
+  if (!b->ptr) return;
+  if (b->device == Device::CPU) {
+    std::free(b->ptr);
+  } else {
+#ifdef MOTE_HAVE_CUDA
+    cuda::free(b->ptr);
+#endif
+  }
+  Napi::MemoryManagement::AdjustExternalMemory(env, -int64_t(b->bytes));
+  b->ptr = nullptr;
+}
+
+NativeBuffer* buffer_arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
+  if (i >= info.Length() || !info[i].IsExternal()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a native buffer");
+  auto* b = info[i].As<Napi::External<NativeBuffer>>().Data();
+  if (!b->ptr) throw Napi::Error::New(info.Env(), std::string(name) + ": buffer was already freed");
+  if (b->bytes < min_bytes)
+    throw Napi::RangeError::New(info.Env(), std::string(name) + ": buffer holds " + std::to_string(b->bytes) + " bytes, kernel needs " + std::to_string(min_bytes));
+  return b;
+}
+
+int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected an integer");
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (v != double(int64_t(v)) || v < -2147483648.0 || v > 2147483647.0)
+    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected a 32-bit integer, got " + std::to_string(v));
+  return int(v);
+}
+
+double num_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a number");
+  return info[i].As<Napi::Number>().DoubleValue();
+}
+
+bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsBoolean()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a boolean");
+  return info[i].As<Napi::Boolean>().Value();
+}
+
+Device same_device(std::initializer_list<NativeBuffer*> bufs) {
+  Device d = (*bufs.begin())->device;
+  for (auto* b : bufs)
+    if (b->device != d) throw std::invalid_argument("buffers of one kernel call live on different devices");
+  return d;
+}
+
+#ifdef MOTE_HAVE_CUDA
+void cuda_check(int code, const char* what) { cuda::check(code, what); }
+#endif
+
+namespace {
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto p = line.find(':');
+      if (p != std::string::npos) return line.substr(p + 2);
+    }
+  }
+  return "unknown CPU";
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto out = Napi::Object::New(env);
+  auto cpu = Napi::Object::New(env);
+  cpu.Set("model", cpu_model());
+  cpu.Set("threads", cpu::num_threads());
+  cpu.Set("hardwareThreads", double(std::thread::hardware_concurrency()));
+  auto feats = Napi::Array::New(env);
+  uint32_t nf = 0;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) feats.Set(nf++, "avx2");
+  if (__builtin_cpu_supports("fma")) feats.Set(nf++, "fma");
+  if (__builtin_cpu_supports("avx512f")) feats.Set(nf++, "avx512f");
+#endif
+  cpu.Set("features", feats);
+  out.Set("cpu", cpu);
+  auto cu = Napi::Object::New(env);
+#ifdef MOTE_HAVE_CUDA
+  cu.Set("built", true);
+  auto d = cuda::probe();
+  cu.Set("available", d.available);
+  cu.Set("reason", d.reason);
+  cu.Set("name", d.name);
+  cu.Set("computeCapability", std::to_string(d.major) + "." + std::to_string(d.minor));
+  cu.Set("multiprocessors", d.sms);
+  cu.Set("memoryBytes", double(d.total_mem));
+  cu.Set("runtimeVersion", d.runtime_version);
+  cu.Set("driverVersion", d.driver_version);
+#else
+  cu.Set("built", false);
+  cu.Set("available", false);
+  cu.Set("reason", "the native addon was built without CUDA (nvcc not found at build time, or MOTE_CUDA=0)");
+#endif
+  out.Set("cuda", cu);
+  return out;
+}
+
+Napi::Value Alloc(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    int dev = int_arg(info, 0, "device");
+    double bytes = num_arg(info, 1, "bytes");
+    if (bytes < 0 || bytes != double(size_t(bytes))) throw Napi::RangeError::New(env, "bytes: expected a non-negative integer");
+    auto* b = new NativeBuffer();
+    b->bytes = size_t(bytes);
+    if (dev == int(Device::CPU)) {
+      size_t sz = (b->bytes + 63) / 64 * 64;
+      b->ptr = std::aligned_alloc(64, sz ? sz : 64);
+      if (!b->ptr) {
+        delete b;
+        throw Napi::Error::New(env, "out of host memory allocating " + std::to_string(size_t(bytes)) + " bytes");
+      }
+      b->device = Device::CPU;
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      try {
+        b->ptr = cuda::alloc(b->bytes);
+      } catch (...) {
+        delete b;
+        throw;
+      }
+      b->device = Device::CUDA;
+#else
+      delete b;
+      throw Napi::Error::New(env, "device: CUDA buffers need an addon built with CUDA");
+#endif
+    }
+    Napi::MemoryManagement::AdjustExternalMemory(env, int64_t(b->bytes));
+    return Napi::External<NativeBuffer>::New(env, b, [](Napi::Env env, NativeBuffer* b) {
+      free_buffer(env, b);
+      delete b;
+    });
+  });
+}
+
+Napi::Value Free(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "buffer: expected a native buffer");
+  free_buffer(info.Env(), info[0].As<Napi::External<NativeBuffer>>().Data());
+  return info.Env().Undefined();
+}
+
+// write(buffer, Uint8Array, byteOffset) and read(buffer, Uint8Array, byteOffset): no copies on the JS side.
+Napi::Value Transfer(const Napi::CallbackInfo& info, bool toDevice) {
+  return guarded(info, [&]() -> Napi::Value {
+    if (info.Length() < 2 || !info[1].IsTypedArray()) throw Napi::TypeError::New(info.Env(), "data: expected a Uint8Array");
+    auto arr = info[1].As<Napi::TypedArray>();
+    size_t off = info.Length() > 2 ? size_t(num_arg(info, 2, "byteOffset")) : 0;
+    NativeBuffer* b = buffer_arg(info, 0, "buffer", off + arr.ByteLength());
+    uint8_t* host = static_cast<uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset();
+    uint8_t* dev = static_cast<uint8_t*>(b->ptr) + off;
+    if (b->device == Device::CPU) {
+      if (toDevice) std::memcpy(dev, host, arr.ByteLength());
+      else std::memcpy(host, dev, arr.ByteLength());
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      if (toDevice) cuda::upload(dev, host, arr.ByteLength());
+      else cuda::download(host, dev, arr.ByteLength());
+#endif
+    }
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) { return Transfer(info, true); }
+Napi::Value Read(const Napi::CallbackInfo& info) { return Transfer(info, false); }
+
+Napi::Value Sync(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+#ifdef MOTE_HAVE_CUDA
+    if (int_arg(info, 0, "device") == int(Device::CUDA)) cuda::synchronize();
+#endif
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int n = int_arg(info, 0, "threads");
+    if (n < 1) throw Napi::RangeError::New(info.Env(), "threads: expected a positive integer");
+    cpu::set_num_threads(n);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Copy(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    double n = num_arg(info, 2, "n");
+    auto* d = buffer_arg(info, 0, "dst", size_t(n) * 4);
+    auto* s = buffer_arg(info, 1, "src", size_t(n) * 4);
+    if (same_device({d, s}) == Device::CPU) {
+      cpu::copy(static_cast<float*>(d->ptr), static_cast<const float*>(s->ptr), int64_t(n));
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      cuda_check(mote_cuda_copy(static_cast<float*>(d->ptr), static_cast<const float*>(s->ptr), int64_t(n), nullptr), "copy");
+#endif
+    }
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("alloc", Napi::Function::New(env, Alloc));
+  exports.Set("free", Napi::Function::New(env, Free));
+  exports.Set("write", Napi::Function::New(env, Write));
+  exports.Set("read", Napi::Function::New(env, Read));
+  exports.Set("sync", Napi::Function::New(env, Sync));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("copy", Napi::Function::New(env, Copy));
+#ifdef MOTE_HAVE_CUDA
+  exports.Set("cudaBuilt", true);
+#else
+  exports.Set("cudaBuilt", false);
+#endif
+  register_matmul(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+}  // namespace mote
+
+static Napi::Object InitMote(Napi::Env env, Napi::Object exports) { return mote::Init(env, exports); }
+NODE_API_MODULE(mote, InitMote)

@@ -1,0 +1,85 @@
+// Bindings for the matmul family: argument order (out, in..., wdtype, T, K, N, accumulate).
+#include "bind.h"
+#include "cpu/kernels.h"
+#ifdef MOTE_HAVE_CUDA
+#include "../kernels/cuda/kernels.h"
+#endif
+
+namespace mote {
+namespace {
+
+struct Dims {
+  int T, K, N;
+};
+
+Dims dims_arg(const Napi::CallbackInfo& info, size_t i) {
+  Dims d{int_arg(info, i, "T"), int_arg(info, i + 1, "K"), int_arg(info, i + 2, "N")};
+  if (d.T <= 0 || d.K <= 0 || d.N <= 0) throw Napi::RangeError::New(info.Env(), "T, K, N: expected positive integers");
+  return d;
+}
+
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int wd = int_arg(info, 3, "wdtype");
+    Dims d = dims_arg(info, 4);
+    bool acc = bool_arg(info, 7, "accumulate");
+    auto* y = buffer_arg(info, 0, "y", size_t(d.T) * d.N * 4);
+    auto* x = buffer_arg(info, 1, "x", size_t(d.T) * d.K * 4);
+    auto* w = buffer_arg(info, 2, "w", size_t(d.N) * d.K * dtype_size(to_dtype(wd)));
+    if (same_device({y, x, w}) == Device::CPU) {
+      cpu::matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      cuda_check(mote_cuda_matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmul");
+#endif
+    }
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value MatmulGradInput(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int wd = int_arg(info, 3, "wdtype");
+    Dims d = dims_arg(info, 4);
+    bool acc = bool_arg(info, 7, "accumulate");
+    auto* dx = buffer_arg(info, 0, "dx", size_t(d.T) * d.K * 4);
+    auto* dy = buffer_arg(info, 1, "dy", size_t(d.T) * d.N * 4);
+    auto* w = buffer_arg(info, 2, "w", size_t(d.N) * d.K * dtype_size(to_dtype(wd)));
+    if (same_device({dx, dy, w}) == Device::CPU) {
+      cpu::matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      cuda_check(mote_cuda_matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmulGradInput");
+#endif
+    }
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value MatmulGradWeight(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    Dims d = dims_arg(info, 3);
+    bool acc = bool_arg(info, 6, "accumulate");
+    auto* dw = buffer_arg(info, 0, "dw", size_t(d.N) * d.K * 4);
+    auto* dy = buffer_arg(info, 1, "dy", size_t(d.T) * d.N * 4);
+    auto* x = buffer_arg(info, 2, "x", size_t(d.T) * d.K * 4);
+    if (same_device({dw, dy, x}) == Device::CPU) {
+      cpu::matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc);
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      cuda_check(mote_cuda_matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc, nullptr), "matmulGradWeight");
+#endif
+    }
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+void register_matmul(Napi::Env env, Napi::Object exports) {
+  exports.Set("matmul", Napi::Function::New(env, Matmul));
+  exports.Set("matmulGradInput", Napi::Function::New(env, MatmulGradInput));
+  exports.Set("matmulGradWeight", Napi::Function::New(env, MatmulGradWeight));
+}
+
+}  // namespace mote

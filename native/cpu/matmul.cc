@@ -1,0 +1,136 @@
+// matmul family on the CPU: y = x·Wᵀ, dx = dy·W, dW = dyᵀ·x, f32 accumulation.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "half.h"
+#include "kernels.h"
+#include "threads.h"
+
+namespace mote::cpu {
+namespace {
+
+constexpr int kRows = 4;  // W rows per micro-kernel: each x load feeds 4 dot products
+
+inline void dot4(const float* x, const float* w0, const float* w1, const float* w2, const float* w3, int K, float out[4]) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int k = 0; k < K; k++) {
+    float xv = x[k];
+    s0 += xv * w0[k];
+    s1 += xv * w1[k];
+    s2 += xv * w2[k];
+    s3 += xv * w3[k];
+  }
+  out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
+inline float dot1(const float* x, const float* w, int K) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int k = 0; k < K; k++) s += x[k] * w[k];
+  return s;
+}
+
+inline void axpy(float* y, float a, const float* x, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+}  // namespace
+
+void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, int N, bool accumulate) {
+  // Parallel over blocks of W rows: every W byte is read once (decode is bandwidth-bound),
+  // converted to f32 once per block, then reused for every token in cache-sized token tiles.
+  const int block = 16;
+  const int tTile = 64;
+  size_t nBlocks = size_t((N + block - 1) / block);
+  parallel_for(nBlocks, 1, [&](size_t b0, size_t b1) {
+    std::vector<float> scratch(wdtype == 0 ? 0 : size_t(block) * K);
+    for (size_t b = b0; b < b1; b++) {
+      int n0 = int(b) * block, n1 = std::min(N, n0 + block);
+      const float* wf;
+      if (wdtype == 0) {
+        wf = static_cast<const float*>(w) + size_t(n0) * K;
+      } else {
+        to_f32(scratch.data(), w, wdtype, size_t(n0) * K, size_t(n1 - n0) * K);
+        wf = scratch.data();
+      }
+      for (int t0 = 0; t0 < T; t0 += tTile) {
+        int t1 = std::min(T, t0 + tTile);
+        int n = n0;
+        for (; n + kRows <= n1; n += kRows) {
+          const float* r = wf + size_t(n - n0) * K;
+          for (int t = t0; t < t1; t++) {
+            float o[4];
+            dot4(x + size_t(t) * K, r, r + K, r + 2 * size_t(K), r + 3 * size_t(K), K, o);
+            float* yr = y + size_t(t) * N + n;
+            for (int j = 0; j < kRows; j++) yr[j] = accumulate ? yr[j] + o[j] : o[j];
+          }
+        }
+        for (; n < n1; n++) {
+          const float* r = wf + size_t(n - n0) * K;
+          for (int t = t0; t < t1; t++) {
+            float o = dot1(x + size_t(t) * K, r, K);
+            float& yv = y[size_t(t) * N + n];
+            yv = accumulate ? yv + o : o;
+          }
+        }
+      }
+    }
+  });
+}
+
+void matmul_grad_input(float* dx, const float* dy, const void* w, int wdtype, int T, int K, int N, bool accumulate) {
+  // Parallel over column chunks of dx; inside, n ascending so the sum order is fixed.
+  const int chunk = 256;
+  size_t nChunks = size_t((K + chunk - 1) / chunk);
+  parallel_for(nChunks, 1, [&](size_t c0, size_t c1) {
+    std::vector<float> wrow(chunk);
+    std::vector<float> acc;
+    for (size_t c = c0; c < c1; c++) {
+      int k0 = int(c) * chunk, kc = std::min(K - k0, chunk);
+      acc.assign(size_t(T) * kc, 0.f);
+      for (int n = 0; n < N; n++) {
+        to_f32(wrow.data(), w, wdtype, size_t(n) * K + k0, size_t(kc));
+        for (int t = 0; t < T; t++) {
+          float g = dy[size_t(t) * N + n];
+          axpy(acc.data() + size_t(t) * kc, g, wrow.data(), kc);
+        }
+      }
+      for (int t = 0; t < T; t++) {
+        float* d = dx + size_t(t) * K + k0;
+        const float* a = acc.data() + size_t(t) * kc;
+        if (accumulate)
+          for (int i = 0; i < kc; i++) d[i] += a[i];
+        else
+          std::memcpy(d, a, size_t(kc) * 4);
+      }
+    }
+  });
+}
+
+void matmul_grad_weight(float* dw, const float* dy, const float* x, int T, int K, int N, bool accumulate) {
+  // Parallel over rows of dW; each row is Σ_t dy[t,n]·x[t,:], t ascending.
+  parallel_for(size_t(N), 4, [&](size_t n0, size_t n1) {
+    std::vector<float> acc(K);
+    for (size_t n = n0; n < n1; n++) {
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int t = 0; t < T; t++) {
+        float g = dy[size_t(t) * N + n];
+        axpy(acc.data(), g, x + size_t(t) * K, K);
+      }
+      float* d = dw + n * size_t(K);
+      if (accumulate)
+        for (int k = 0; k < K; k++) d[k] += acc[k];
+      else
+        std::memcpy(d, acc.data(), size_t(K) * 4);
+    }
+  });
+}
+
+void copy(float* dst, const float* src, int64_t n) {
+  parallel_for(size_t(n), 1 << 16, [&](size_t b, size_t e) { std::memcpy(dst + b, src + b, (e - b) * 4); });
+}
+
+}  // namespace mote::cpu

@@ -1,0 +1,36 @@
+/** Base class of every error mote throws on purpose. */
+export class MoteError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** A tensor or size has the wrong shape. */
+export class ShapeError extends MoteError {}
+/** A tensor has the wrong dtype. */
+export class DTypeError extends MoteError {}
+/** A scalar argument is out of range or of the wrong kind. */
+export class ArgumentError extends MoteError {}
+/** A tensor was used after dispose(). */
+export class DisposedTensorError extends MoteError {}
+/** A tensor of one backend was handed to another. */
+export class BackendMismatchError extends MoteError {}
+/** A backend cannot start here; the message says why. */
+export class BackendUnavailableError extends MoteError {
+  constructor(readonly backend: string, readonly reason: string) {
+    super(`backend '${backend}' is unavailable: ${reason}`);
+  }
+}
+/** An error raised inside native code (C++ exception or CUDA error). */
+export class NativeError extends MoteError {}
+
+/** Describes a value for an error message without dumping large arrays. */
+export function describe(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.join(', ')}]`;
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (v === null || v === undefined) return String(v);
+  if (ArrayBuffer.isView(v)) return `${v.constructor.name}(${(v as unknown as { length: number }).length})`;
+  if (typeof v === 'object') return (v as object).constructor?.name ?? 'object';
+  return String(v);
+}

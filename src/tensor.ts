@@ -1,0 +1,105 @@
+import { bytesPerElement, checkDType, decode, encode, type DType, type HostData } from './dtype.js';
+import { ArgumentError, DisposedTensorError, MoteError, ShapeError, describe } from './errors.js';
+import type { Backend } from './backend/backend.js';
+
+interface Held { backend: Backend; storage: unknown }
+
+// Backstop for tensors that were dropped without dispose(): frees their device memory.
+const registry = new FinalizationRegistry<Held>((held) => {
+  if (!held.backend.destroyed) held.backend.freeStorage(held.storage);
+});
+
+let nextId = 1;
+
+/** A dense row-major tensor living on one backend. */
+export class Tensor {
+  readonly id = nextId++;
+  readonly shape: readonly number[];
+  readonly size: number;
+  readonly byteLength: number;
+  #storage: unknown;
+  #disposed = false;
+
+  /** @internal use backend.tensor / backend.empty */
+  constructor(readonly backend: Backend, shape: readonly number[], readonly dtype: DType, storage: unknown) {
+    this.shape = Object.freeze([...shape]);
+    this.size = shape.reduce((a, b) => a * b, 1);
+    this.byteLength = this.size * bytesPerElement(dtype);
+    this.#storage = storage;
+    registry.register(this, { backend, storage }, this);
+  }
+
+  get disposed(): boolean {
+    return this.#disposed || this.backend.destroyed;
+  }
+
+  /** @internal the backend's storage handle; throws when disposed. */
+  get storage(): unknown {
+    if (this.disposed) throw new DisposedTensorError(`tensor #${this.id} [${this.shape.join(', ')}] ${this.dtype} was used after dispose()`);
+    return this.#storage;
+  }
+
+  /** Copies the tensor to the host: Float32Array for f32/f16/bf16, Int32Array for i32. */
+  async read(): Promise<Float32Array | Int32Array> {
+    const bytes = await this.backend.readStorage(this.storage, this.byteLength);
+    return decode(bytes, this.dtype, this.size);
+  }
+
+  /** Like read() but for float tensors only, typed as Float32Array. */
+  async readFloat(): Promise<Float32Array> {
+    if (this.dtype === 'i32') throw new MoteError(`tensor #${this.id}: readFloat() on an i32 tensor`);
+    return (await this.read()) as Float32Array;
+  }
+
+  /** Overwrites the contents from host data of the same length. */
+  write(data: HostData): void {
+    if (data.length !== this.size) throw new ShapeError(`data: expected ${this.size} elements for shape [${this.shape.join(', ')}], got ${data.length}`);
+    this.backend.writeStorage(this.storage, encode('data', data, this.dtype));
+  }
+
+  /** Frees device memory now. Safe to call twice. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    registry.unregister(this);
+    if (!this.backend.destroyed) this.backend.freeStorage(this.#storage);
+    this.#storage = undefined;
+  }
+
+  toString(): string {
+    return `Tensor(#${this.id}, [${this.shape.join(', ')}], ${this.dtype}, ${this.backend.kind})`;
+  }
+}
+
+export function checkShape(name: string, shape: unknown): number[] {
+  if (!Array.isArray(shape) || shape.length === 0) throw new ShapeError(`${name}: expected a non-empty array of positive integers, got ${describe(shape)}`);
+  for (const [i, d] of shape.entries()) {
+    if (!Number.isSafeInteger(d) || d <= 0) throw new ShapeError(`${name}[${i}]: expected a positive integer, got ${describe(d)}`);
+  }
+  return shape as number[];
+}
+
+/** Shared tensor creation for every backend. */
+export function makeTensor(backend: Backend, data: HostData | null, shape: readonly number[], dtype: DType = 'f32', fill0 = false): Tensor {
+  checkShape('shape', shape);
+  checkDType('dtype', dtype);
+  const size = shape.reduce((a, b) => a * b, 1);
+  let bytes: Uint8Array | null = null;
+  if (data !== null) {
+    if (data === undefined || typeof (data as { length?: unknown }).length !== 'number') {
+      throw new ArgumentError(`data: expected a typed array or number[], got ${describe(data)}`);
+    }
+    if (data.length !== size) throw new ShapeError(`data: expected ${size} elements for shape [${shape.join(', ')}], got ${data.length}`);
+    bytes = encode('data', data, dtype);
+  }
+  const byteLength = size * bytesPerElement(dtype);
+  const storage = backend.allocStorage(byteLength);
+  try {
+    if (bytes) backend.writeStorage(storage, bytes);
+    else if (fill0) backend.writeStorage(storage, new Uint8Array(byteLength));
+  } catch (e) {
+    backend.freeStorage(storage);
+    throw e;
+  }
+  return new Tensor(backend, shape, dtype, storage);
+}
