@@ -22,9 +22,20 @@ export interface WebGPUOptions {
 const SOFTWARE = /llvmpipe|lavapipe|swiftshader|software|warp|basic render/i;
 const WANTED_FEATURES: GPUFeatureName[] = ['shader-f16', 'subgroups' as GPUFeatureName, 'timestamp-query'];
 
+// One Dawn instance per set of options for the whole process: a second instance created
+// after the first one's device was destroyed stops keeping the event loop alive (the
+// process then exits while mapAsync is pending). A referenced instance with nothing
+// pending does not keep the process alive.
+const dawnInstances = new Map<string, GPU>();
+
 async function getGPU(opts: WebGPUOptions): Promise<GPU> {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu && typeof process === 'undefined') return nav.gpu;
+  const options = [...(opts.dawnOptions ?? [])];
+  if (opts.adapter) options.push(`adapter=${opts.adapter}`);
+  const key = options.join('\n');
+  const cachedGpu = dawnInstances.get(key);
+  if (cachedGpu) return cachedGpu;
   let mod: { create: (o: string[]) => GPU; globals: Record<string, unknown> };
   try {
     mod = (await import('webgpu')) as unknown as typeof mod;
@@ -36,9 +47,9 @@ async function getGPU(opts: WebGPUOptions): Promise<GPU> {
   for (const [k, v] of Object.entries(mod.globals)) {
     if (!(k in globalThis)) (globalThis as Record<string, unknown>)[k] = v;
   }
-  const options = [...(opts.dawnOptions ?? [])];
-  if (opts.adapter) options.push(`adapter=${opts.adapter}`);
-  return mod.create(options);
+  const gpu = mod.create(options);
+  dawnInstances.set(key, gpu);
+  return gpu;
 }
 
 function describeAdapter(info: GPUAdapterInfo | undefined): string {

@@ -1,0 +1,92 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { join, dirname } from 'node:path';
+import { openBackend, probeBackends } from '../src/backend/select.js';
+import { ArgumentError, BackendUnavailableError } from '../src/errors.js';
+import { REQUIRED } from './helpers.js';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+test('probeBackends reports every backend, with a reason for each missing one', async () => {
+  const found = await probeBackends();
+  assert.deepEqual(found.map((f) => f.kind), ['cpu', 'webgpu', 'cuda']);
+  for (const f of found) {
+    if (f.available) {
+      assert.ok(f.info && f.info.name === f.kind && f.info.device.length > 0, `${f.kind} info`);
+    } else {
+      assert.ok(f.reason && f.reason.length > 10, `${f.kind} has a reason`);
+      assert.ok(!REQUIRED.has(f.kind), `required backend ${f.kind} is missing: ${f.reason}`);
+    }
+  }
+  const webgpu = found.find((f) => f.kind === 'webgpu');
+  if (webgpu?.available) {
+    for (const feat of ['shader-f16', 'subgroups', 'timestamp-query']) {
+      if (webgpu.info!.software) assert.ok(webgpu.info!.features.includes(feat), `lavapipe exposes ${feat}`);
+    }
+  }
+});
+
+test("openBackend('auto') never picks a software WebGPU adapter", async () => {
+  const b = await openBackend('auto').catch((e) => e);
+  if (b instanceof BackendUnavailableError) return; // nothing at all here
+  assert.ok(!(b.kind === 'webgpu' && b.info().software), 'auto picked a software adapter');
+  b.destroy();
+});
+
+test('openBackend rejects unknown kinds and reports unavailable ones without crashing', async () => {
+  await assert.rejects(() => openBackend('tpu' as never), (e: Error) => e instanceof ArgumentError && /kind: expected/.test(e.message));
+  const cuda = await openBackend('cuda').catch((e) => e);
+  if (cuda instanceof Error) {
+    assert.ok(cuda instanceof BackendUnavailableError, String(cuda));
+    assert.match(cuda.message, /backend 'cuda' is unavailable: .+/);
+  } else cuda.destroy();
+});
+
+test('a destroyed backend refuses new work', async () => {
+  const b = await openBackend('cpu').catch((e) => e);
+  if (b instanceof BackendUnavailableError) return;
+  const t = b.tensor([1, 2], [2]);
+  b.destroy();
+  assert.ok(t.disposed);
+  assert.throws(() => b.tensor([1], [1]), BackendUnavailableError);
+});
+
+test('webgpu runs on a GPUDevice the caller owns, and leaves it alive', async (t) => {
+  const own = await openBackend('webgpu').catch((e) => e);
+  if (own instanceof BackendUnavailableError) {
+    if (REQUIRED.has('webgpu')) throw own;
+    t.skip(`webgpu unavailable: ${own.reason}`);
+    return;
+  }
+  const device = (own as unknown as { device: GPUDevice }).device;
+  const shared = await openBackend('webgpu', { device });
+  assert.equal(shared.info().details.ownsDevice, false);
+  const x = shared.tensor([1, 2, 3], [3]);
+  assert.deepEqual(await x.read(), Float32Array.from([1, 2, 3]));
+  shared.destroy();
+  // the caller's device still works
+  const y = own.tensor([4, 5], [2]);
+  assert.deepEqual(await y.read(), Float32Array.from([4, 5]));
+  own.destroy();
+});
+
+test('`mote info` lists every backend and exits by itself', () => {
+  const out = execFileSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info'], { encoding: 'utf8', timeout: 120_000 });
+  for (const k of ['cpu', 'webgpu', 'cuda']) assert.match(out, new RegExp(`^${k}\\s+(available|missing)`, 'm'));
+  for (const k of REQUIRED) assert.match(out, new RegExp(`^${k}\\s+available`, 'm'));
+  const json = JSON.parse(execFileSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info', '--json'], { encoding: 'utf8', timeout: 120_000 }));
+  assert.equal(json.length, 3);
+});
+
+test('`mote` with bad input prints one clear line and exits non-zero', () => {
+  try {
+    execFileSync(process.execPath, [join(root, 'bin', 'mote.js'), 'demo', '--backend', 'nope'], { encoding: 'utf8', stdio: 'pipe' });
+    assert.fail('expected a non-zero exit');
+  } catch (e) {
+    const err = e as { status: number; stderr: string };
+    assert.notEqual(err.status, 0);
+    assert.match(err.stderr, /nope/);
+  }
+});

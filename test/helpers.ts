@@ -1,0 +1,95 @@
+// Shared test plumbing: which backends to run on, random data, relative error.
+import { test } from 'node:test';
+import { openBackend } from '../src/backend/select.js';
+import { BackendUnavailableError } from '../src/errors.js';
+import type { Backend, BackendKind } from '../src/backend/backend.js';
+
+const ALL: BackendKind[] = ['cpu', 'webgpu', 'cuda'];
+/** Backends that must be present (CI sets MOTE_REQUIRE_BACKENDS=cpu,webgpu): absence fails. */
+export const REQUIRED = new Set((process.env.MOTE_REQUIRE_BACKENDS ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+/** MOTE_TEST_BACKENDS=cpu,webgpu limits the run to these. */
+const ONLY = process.env.MOTE_TEST_BACKENDS ? new Set(process.env.MOTE_TEST_BACKENDS.split(',').map((s) => s.trim())) : null;
+
+const opened = new Map<BackendKind, Promise<Backend | string>>();
+
+/** Opens each backend once per test file; a string is the reason it is unavailable. */
+export function backendFor(kind: BackendKind): Promise<Backend | string> {
+  let p = opened.get(kind);
+  if (!p) {
+    p = openBackend(kind).catch((e) => {
+      if (e instanceof BackendUnavailableError) return e.reason;
+      throw e;
+    });
+    opened.set(kind, p);
+  }
+  return p;
+}
+
+/**
+ * Runs `body` once per backend as a subtest named after it. An absent backend is
+ * skipped with one line saying why, unless it is required, in which case the test fails.
+ */
+export function forEachBackend(name: string, body: (b: Backend) => Promise<void>, opts: { kinds?: BackendKind[] } = {}): void {
+  for (const kind of opts.kinds ?? ALL) {
+    if (ONLY && !ONLY.has(kind)) continue;
+    test(`${name} [${kind}]`, async (t) => {
+      const b = await backendFor(kind);
+      if (typeof b === 'string') {
+        if (REQUIRED.has(kind)) throw new Error(`required backend ${kind} is unavailable: ${b}`);
+        t.skip(`${kind} unavailable: ${b}`);
+        return;
+      }
+      await body(b);
+    });
+  }
+}
+
+/** Destroys every backend opened by this file (call from after()). */
+export async function closeBackends(): Promise<void> {
+  for (const p of opened.values()) {
+    const b = await p;
+    if (typeof b !== 'string') b.destroy();
+  }
+  opened.clear();
+}
+
+/** Deterministic uniform random numbers in [lo, hi) (mulberry32). */
+export function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function randn(r: () => number, n: number, scale = 1): Float32Array {
+  // never zeros: uniform in ±[0.05, 1]·scale
+  return Float32Array.from({ length: n }, () => (r() < 0.5 ? -1 : 1) * (0.05 + 0.95 * r()) * scale);
+}
+
+/** ‖out − ref‖ / ‖ref‖; NaN anywhere in out gives Infinity. */
+export function relErr(out: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (out.length !== ref.length) throw new Error(`length mismatch: ${out.length} vs ${ref.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const o = out[i]!;
+    if (!Number.isFinite(o)) return Infinity;
+    num += (o - ref[i]!) ** 2;
+    den += ref[i]! ** 2;
+  }
+  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+}
+
+/** Relative-error bound per weight dtype (DESIGN §5). */
+export function tolerance(dtype: string): number {
+  return dtype === 'f32' ? 1e-5 : 1e-2;
+}
+
+/** A value written into outputs before a kernel runs, so unwritten entries show. */
+export const POISON = NaN;
+export function poisoned(n: number): Float32Array {
+  return new Float32Array(n).fill(POISON);
+}
