@@ -5,8 +5,18 @@
       "sources": [
         "native/addon.cc",
         "native/bind_matmul.cc",
+        "native/bind_lora.cc",
+        "native/bind_model.cc",
+        "native/cpu/attention.cc",
+        "native/cpu/embedding.cc",
+        "native/cpu/lora.cc",
         "native/cpu/matmul.cc",
-        "native/cpu/threads.cc"
+        "native/cpu/residual.cc",
+        "native/cpu/rmsnorm.cc",
+        "native/cpu/rope.cc",
+        "native/cpu/swiglu.cc",
+        "native/cpu/threads.cc",
+        "native/cpu/xent.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -236,6 +236,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaBuilt", false);
 #endif
   register_matmul(env, exports);
+  register_lora(env, exports);
+  register_model(env, exports);
   return exports;
 }
 

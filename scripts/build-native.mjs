@@ -39,12 +39,13 @@ const jobs = String(Math.max(1, (await import('node:os')).availableParallelism?.
 
 function build(mode) {
   console.log(`mote: building the native addon (MOTE_CUDA=${mode})`);
-  const r = spawnSync(process.execPath, [cmakeJs, 'compile', '--out', 'build', `--CDMOTE_CUDA=${mode}`, '--parallel', jobs], {
+  // configure every time: `compile` would keep a cached MOTE_CUDA from an earlier build
+  const run = (cmd) => spawnSync(process.execPath, [cmakeJs, cmd, '--out', 'build', `--CDMOTE_CUDA=${mode}`, '--parallel', jobs], {
     cwd: root,
     stdio: 'inherit',
     env: { ...process.env, CMAKE_BUILD_PARALLEL_LEVEL: jobs },
-  });
-  return r.status === 0 && existsSync(join(root, 'build', 'Release', 'mote.node'));
+  }).status === 0;
+  return run('configure') && run('build') && existsSync(join(root, 'build', 'Release', 'mote.node'));
 }
 
 if (build(cudaMode)) {

@@ -24,6 +24,8 @@ export class BackendUnavailableError extends MoteError {
 }
 /** An error raised inside native code (C++ exception or CUDA error). */
 export class NativeError extends MoteError {}
+/** A file (safetensors, config.json, adapter_config.json, ...) is malformed or incomplete; the message names the file and the entry. */
+export class FormatError extends MoteError {}
 
 /** Describes a value for an error message without dumping large arrays. */
 export function describe(v: unknown): string {

@@ -6,3 +6,18 @@ export { openBackend, probeBackends, BACKEND_KINDS, type OpenOptions, type Avail
 export type { WebGPUOptions } from './backend/webgpu.js';
 export { matmul, matmulGradInput, matmulGradWeight, type MatmulDims, type AccumulateOptions } from './ops/matmul.js';
 export * as reference from './reference/index.js';
+export {
+  loraRouting, loraStack, loraShrink, loraExpand, loraApply, loraShrinkGrad, loraInputGrad, loraWeightGrad, chooseStrategy,
+  LoraRouting, type LoraStack, type LoraDims, type LoraStrategy, type LoraOptions, type LoraKernels,
+} from './ops/lora.js';
+export { MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads } from './ops/multi_lora_linear.js';
+export { embedding, embeddingGrad } from './ops/embedding.js';
+export { rmsnorm, rmsnormGrad } from './ops/rmsnorm.js';
+export { rope, ropeGrad } from './ops/rope.js';
+export { attention, attentionGrad, attentionLayout, AttentionLayout, type AttentionLayoutInit } from './ops/attention.js';
+export { swiglu, swigluGrad } from './ops/swiglu.js';
+export { add } from './ops/residual.js';
+export { logSoftmax, xent, xentGrad } from './ops/xent.js';
+export * from './io/safetensors.js';
+export * from './io/peft.js';
+export * from './model/config.js';

@@ -25,22 +25,30 @@ export function backendFor(kind: BackendKind): Promise<Backend | string> {
   return p;
 }
 
+// Every test file opens the backends it may use once, up front, so that tests can be
+// registered per available backend and an absent one is reported by a single line.
+const KINDS = ALL.filter((k) => !ONLY || ONLY.has(k));
+const status = new Map<BackendKind, Backend | string>(await Promise.all(KINDS.map(async (k) => [k, await backendFor(k)] as const)));
+const reportedMissing = new Set<BackendKind>();
+
 /**
- * Runs `body` once per backend as a subtest named after it. An absent backend is
- * skipped with one line saying why, unless it is required, in which case the test fails.
+ * Runs `body` once per backend as a test named after it. An absent backend is skipped
+ * with one line per file saying why, unless it is required, in which case its tests fail.
  */
 export function forEachBackend(name: string, body: (b: Backend) => Promise<void>, opts: { kinds?: BackendKind[] } = {}): void {
-  for (const kind of opts.kinds ?? ALL) {
-    if (ONLY && !ONLY.has(kind)) continue;
-    test(`${name} [${kind}]`, async (t) => {
-      const b = await backendFor(kind);
-      if (typeof b === 'string') {
-        if (REQUIRED.has(kind)) throw new Error(`required backend ${kind} is unavailable: ${b}`);
-        t.skip(`${kind} unavailable: ${b}`);
-        return;
+  for (const kind of opts.kinds ?? KINDS) {
+    const b = status.get(kind);
+    if (b === undefined) continue;
+    if (typeof b === 'string') {
+      if (REQUIRED.has(kind)) {
+        test(`${name} [${kind}]`, () => { throw new Error(`required backend ${kind} is unavailable: ${b}`); });
+      } else if (!reportedMissing.has(kind)) {
+        reportedMissing.add(kind);
+        test(`${kind} tests`, (t) => { t.skip(`${kind} unavailable: ${b}`); });
       }
-      await body(b);
-    });
+      continue;
+    }
+    test(`${name} [${kind}]`, () => body(b));
   }
 }
 

@@ -5,6 +5,8 @@
 #pragma once
 #include <stdint.h>
 
+#include "lora_args.h" /* native/lora_args.h */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -19,6 +21,43 @@ int mote_cuda_matmul_grad_input(float* dx, const float* dy, const void* w, int w
 int mote_cuda_matmul_grad_weight(float* dw, const float* dy, const float* x, int T, int K, int N, int accumulate, void* stream);
 /* dst[0..n) = src[0..n) (bandwidth ceiling for the benchmarks) */
 int mote_cuda_copy(float* dst, const float* src, int64_t n, void* stream);
+
+/* Multi-LoRA family (kernels/cuda/lora.cu); contracts in src/ops/lora.ts. `a` is a host
+ * pointer to the args (its pointers are device pointers). */
+int mote_cuda_lora_shrink(const mote_lora_args* a, float* v, const float* x, void* stream);
+int mote_cuda_lora_expand(const mote_lora_args* a, float* y, const float* v, void* stream);
+int mote_cuda_lora_apply(const mote_lora_args* a, float* y, float* v, const float* x, void* stream);
+int mote_cuda_lora_shrink_grad(const mote_lora_args* a, float* dv, const float* dy, void* stream);
+int mote_cuda_lora_input_grad(const mote_lora_args* a, float* dx, const float* dv, int accumulate, void* stream);
+int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, float* dB, const float* x, const float* dy,
+                               const float* v, const float* dv, int accumulate, void* stream);
+
+/* Model kernel families (kernels/cuda/<family>.cu); same contracts as native/cpu/kernels.h. */
+int mote_cuda_embedding(float* y, const int* ids, const void* E, int edtype, int T, int V, int H, void* stream);
+int mote_cuda_embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start, const int* seg_ids, int G, int T,
+                             int V, int H, int accumulate, void* stream);
+int mote_cuda_rmsnorm(float* y, float* rstd, const float* x, const void* w, int wdtype, int T, int H, float eps, void* stream);
+int mote_cuda_rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x, const void* w, int wdtype, const float* rstd,
+                           int T, int H, int accumulate_dw, void* stream);
+int mote_cuda_rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D, int inverse,
+                   void* stream);
+typedef struct mote_attention_args {
+  int Tq, Tk, nH, nKv, D, S, num_seqs;
+  float scale;
+  const int *q_seq, *q_pos, *k_seq, *k_pos, *q_seg, *k_seg, *blocked; /* device pointers */
+} mote_attention_args;
+int mote_cuda_attention(const mote_attention_args* a, float* out, float* lse, const float* q, const float* k, const float* v,
+                        void* stream);
+int mote_cuda_attention_grad(const mote_attention_args* a, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                             const float* k, const float* v, const float* out, const float* lse, void* stream);
+int mote_cuda_swiglu(float* y, const float* gate, const float* up, int64_t n, void* stream);
+int mote_cuda_swiglu_grad(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int64_t n, void* stream);
+int mote_cuda_add(float* y, const float* a, const float* b, int64_t n, void* stream);
+int mote_cuda_log_softmax(float* out, const float* logits, int T, int V, void* stream);
+int mote_cuda_xent(float* losses, float* lse, const float* logits, const int* targets, const float* mask, int T, int V,
+                   void* stream);
+int mote_cuda_xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask, float scale,
+                        int T, int V, void* stream);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../lora_args.h"
+
 namespace mote::cpu {
 
 // y[T,N] (+)= x[T,K] · W[N,K]^T
@@ -11,6 +13,46 @@ void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, i
 void matmul_grad_input(float* dx, const float* dy, const void* w, int wdtype, int T, int K, int N, bool accumulate);
 // dW[N,K] (+)= dy[T,N]^T · x[T,K]
 void matmul_grad_weight(float* dw, const float* dy, const float* x, int T, int K, int N, bool accumulate);
+
+// Multi-LoRA family (native/cpu/lora.cc); contracts in src/ops/lora.ts (LoraKernels).
+void lora_shrink(const mote_lora_args& a, float* v, const float* x);
+void lora_expand(const mote_lora_args& a, float* y, const float* v);
+void lora_apply(const mote_lora_args& a, float* y, float* v, const float* x);
+void lora_shrink_grad(const mote_lora_args& a, float* dv, const float* dy);
+void lora_input_grad(const mote_lora_args& a, float* dx, const float* dv, bool accumulate);
+void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float* x, const float* dy, const float* v,
+                      const float* dv, bool accumulate);
+
+// Model kernel families (native/cpu/<family>.cc); contracts in src/ops/<family>.ts.
+// embedding.cc: y[t,:] = E[ids[t],:]; grad grouped by id (order/seg_start/seg_ids), no atomics.
+void embedding(float* y, const int* ids, const void* E, int edtype, int T, int V, int H);
+void embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start, const int* seg_ids, int G, int T, int V,
+                    int H, bool accumulate);
+// rmsnorm.cc
+void rmsnorm(float* y, float* rstd, const float* x, const void* w, int wdtype, int T, int H, float eps);
+void rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x, const void* w, int wdtype, const float* rstd, int T,
+                  int H, bool accumulate_dw);
+// rope.cc: y may equal x; inverse rotates by -angle.
+void rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D, bool inverse);
+// attention.cc: layout arrays as in src/ops/attention.ts; S = 0 means no segment mask.
+struct AttentionArgs {
+  int Tq, Tk, nH, nKv, D, S, num_seqs;
+  float scale;
+  const int *q_seq, *q_pos, *k_seq, *k_pos, *q_seg, *k_seg, *blocked;
+};
+void attention(const AttentionArgs& a, float* out, float* lse, const float* q, const float* k, const float* v);
+void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                    const float* v, const float* out, const float* lse);
+// swiglu.cc
+void swiglu(float* y, const float* gate, const float* up, int64_t n);
+void swiglu_grad(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int64_t n);
+// residual.cc: y may equal a
+void add(float* y, const float* a, const float* b, int64_t n);
+// xent.cc
+void log_softmax(float* out, const float* logits, int T, int V);
+void xent(float* losses, float* lse, const float* logits, const int* targets, const float* mask, int T, int V);
+void xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask, float scale, int T,
+               int V);
 
 // Streams src to dst (the copy-bandwidth ceiling used by the benchmarks).
 void copy(float* dst, const float* src, int64_t n);

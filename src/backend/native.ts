@@ -7,6 +7,13 @@ import { BackendUnavailableError, NativeError } from '../errors.js';
 import { DTYPE_CODE, type DType, type HostData } from '../dtype.js';
 import { makeTensor, type Tensor } from '../tensor.js';
 import type { MatmulDims } from '../ops/matmul.js';
+import type { LoraDims, LoraRouting, LoraStack, LoraStrategy } from '../ops/lora.js';
+import type { ModelKernels } from '../ops/model_kernels.js';
+import type { EmbeddingDims } from '../ops/embedding.js';
+import type { RmsnormDims } from '../ops/rmsnorm.js';
+import type { RopeDims } from '../ops/rope.js';
+import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
+import type { XentDims } from '../ops/xent.js';
 import type { Backend, BackendInfo } from './backend.js';
 
 /** The addon's exports (see native/addon.cc and native/bind_*.cc). */
@@ -25,8 +32,51 @@ export interface Addon {
   matmul(y: object, x: object, w: object, wdtype: number, T: number, K: number, N: number, acc: boolean): void;
   matmulGradInput(dx: object, dy: object, w: object, wdtype: number, T: number, K: number, N: number, acc: boolean): void;
   matmulGradWeight(dw: object, dy: object, x: object, T: number, K: number, N: number, acc: boolean): void;
+  loraShrink(args: LoraCallArgs, v: object, x: object): void;
+  loraExpand(args: LoraCallArgs, y: object, v: object): void;
+  loraApply(args: LoraCallArgs, y: object, v: object, x: object): void;
+  loraShrinkGrad(args: LoraCallArgs, dv: object, dy: object): void;
+  loraInputGrad(args: LoraCallArgs, dx: object, dv: object, acc: boolean): void;
+  loraWeightGrad(args: LoraCallArgs, dA: object, dB: object, x: object, dy: object, v: object, dv: object, acc: boolean): void;
+  // model kernel families (native/bind_model.cc)
+  embedding(y: object, ids: object, E: object, edtype: number, T: number, V: number, H: number): void;
+  embeddingGrad(dE: object, dy: object, order: object, segStart: object, segIds: object, G: number, T: number, V: number, H: number, acc: boolean): void;
+  rmsnorm(y: object, rstd: object, x: object, w: object, wdtype: number, T: number, H: number, eps: number): void;
+  rmsnormGrad(dx: object, dw: object, dy: object, x: object, w: object, wdtype: number, rstd: object, T: number, H: number, accDw: boolean): void;
+  rope(y: object, x: object, positions: object, invFreq: object, T: number, heads: number, D: number, inverse: boolean): void;
+  attention(args: AttentionCallArgs, out: object, lse: object, q: object, k: object, v: object): void;
+  attentionGrad(args: AttentionCallArgs, dq: object, dk: object, dv: object, dOut: object, q: object, k: object, v: object, out: object, lse: object): void;
+  swiglu(y: object, gate: object, up: object, n: number): void;
+  swigluGrad(dgate: object, dup: object, dy: object, gate: object, up: object, n: number): void;
+  add(y: object, a: object, b: object, n: number): void;
+  logSoftmax(out: object, logits: object, T: number, V: number): void;
+  xent(losses: object, lse: object, logits: object, targets: object, mask: object, T: number, V: number): void;
+  xentGrad(dlogits: object, logits: object, lse: object, targets: object, mask: object, scale: number, T: number, V: number): void;
   [k: string]: unknown;
 }
+
+/** First argument of attention/attentionGrad (native/bind_model.cc): the layout's i32 buffers and the dims. */
+export interface AttentionCallArgs {
+  qSeq: object; qPos: object; kSeq: object; kPos: object; qSeg: object; kSeg: object; blocked: object;
+  Tq: number; Tk: number; nH: number; nKv: number; D: number;
+  /** segments per sequence (0 = no segment mask) and sequences covered by blocked */
+  S: number; numSeqs: number;
+  scale: number;
+}
+
+/** First argument of every lora* binding (native/bind_lora.cc): routing and stack buffers, dims, dtypes. */
+export interface LoraCallArgs {
+  slots: object; weight: object; order: object; segStart: object; segAdapter: object;
+  A: object; B: object; rank: object; scale: object;
+  T: number; K: number; L: number; R: number; Hin: number; Hout: number;
+  /** non-empty slots; distinct adapters in the batch */
+  P: number; G: number;
+  aDtype: number; bDtype: number;
+  /** 0 = per token (BGMV), 1 = grouped by adapter (SGMV) */
+  strategy: number;
+}
+
+const STRATEGY_CODE: Record<LoraStrategy, number> = { bgmv: 0, sgmv: 1 };
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -65,7 +115,7 @@ export function nativeCall<T>(what: string, fn: () => T): T {
 const DEVICE_CODE = { cpu: 0, cuda: 1 } as const;
 
 /** cpu or cuda through the addon. */
-export class NativeBackend implements Backend {
+export class NativeBackend implements Backend, ModelKernels {
   readonly device: number;
   #destroyed = false;
   readonly #live = new Set<object>();
@@ -156,4 +206,95 @@ export class NativeBackend implements Backend {
   matmulGradWeight(dw: Tensor, dy: Tensor, x: Tensor, d: MatmulDims, acc: boolean): void {
     nativeCall('matmulGradWeight', () => this.addon.matmulGradWeight(dw.storage as object, dy.storage as object, x.storage as object, d.T, d.K, d.N, acc));
   }
+
+  #loraArgs(s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): LoraCallArgs {
+    return {
+      slots: rt.slots.storage as object, weight: rt.weight.storage as object, order: rt.order.storage as object,
+      segStart: rt.segStart.storage as object, segAdapter: rt.segAdapter.storage as object,
+      A: s.A.storage as object, B: s.B.storage as object, rank: s.rank.storage as object, scale: s.scale.storage as object,
+      T: d.T, K: d.K, L: d.L, R: d.R, Hin: d.Hin, Hout: d.Hout, P: rt.pairs, G: rt.groups,
+      aDtype: DTYPE_CODE[s.A.dtype], bDtype: DTYPE_CODE[s.B.dtype], strategy: STRATEGY_CODE[strategy],
+    };
+  }
+  loraShrink(v: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
+    const args = this.#loraArgs(s, rt, d, strategy);
+    nativeCall('loraShrink', () => this.addon.loraShrink(args, v.storage as object, x.storage as object));
+  }
+  loraExpand(y: Tensor, v: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
+    const args = this.#loraArgs(s, rt, d, strategy);
+    nativeCall('loraExpand', () => this.addon.loraExpand(args, y.storage as object, v.storage as object));
+  }
+  loraApply(y: Tensor, v: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
+    const args = this.#loraArgs(s, rt, d, strategy);
+    nativeCall('loraApply', () => this.addon.loraApply(args, y.storage as object, v.storage as object, x.storage as object));
+  }
+  loraShrinkGrad(dv: Tensor, dy: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
+    const args = this.#loraArgs(s, rt, d, strategy);
+    nativeCall('loraShrinkGrad', () => this.addon.loraShrinkGrad(args, dv.storage as object, dy.storage as object));
+  }
+  loraInputGrad(dx: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy, accumulate: boolean): void {
+    const args = this.#loraArgs(s, rt, d, strategy);
+    nativeCall('loraInputGrad', () => this.addon.loraInputGrad(args, dx.storage as object, dv.storage as object, accumulate));
+  }
+  loraWeightGrad(dA: Tensor, dB: Tensor, x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, accumulate: boolean): void {
+    // Always grouped by adapter (the gradients are per-adapter GEMMs).
+    const args = this.#loraArgs(s, rt, d, 'sgmv');
+    nativeCall('loraWeightGrad', () => this.addon.loraWeightGrad(args, dA.storage as object, dB.storage as object, x.storage as object,
+      dy.storage as object, v.storage as object, dv.storage as object, accumulate));
+  }
+
+  // Model kernel families (native/bind_model.cc, native/cpu/<family>.cc, kernels/cuda/<family>.cu).
+
+  embedding(y: Tensor, ids: Tensor, E: Tensor, d: EmbeddingDims): void {
+    nativeCall('embedding', () => this.addon.embedding(st(y), st(ids), st(E), DTYPE_CODE[E.dtype], d.T, d.V, d.H));
+  }
+  embeddingGrad(dE: Tensor, dy: Tensor, order: Tensor, segStart: Tensor, segIds: Tensor, G: number, d: EmbeddingDims, accumulate: boolean): void {
+    nativeCall('embeddingGrad', () => this.addon.embeddingGrad(st(dE), st(dy), st(order), st(segStart), st(segIds), G, d.T, d.V, d.H, accumulate));
+  }
+  rmsnorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, d: RmsnormDims): void {
+    nativeCall('rmsnorm', () => this.addon.rmsnorm(st(y), st(rstd), st(x), st(w), DTYPE_CODE[w.dtype], d.T, d.H, d.eps));
+  }
+  rmsnormGrad(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, d: RmsnormDims, accumulateDw: boolean): void {
+    nativeCall('rmsnormGrad', () => this.addon.rmsnormGrad(st(dx), st(dw), st(dy), st(x), st(w), DTYPE_CODE[w.dtype], st(rstd), d.T, d.H, accumulateDw));
+  }
+  rope(y: Tensor, x: Tensor, positions: Tensor, invFreq: Tensor, d: RopeDims, inverse: boolean): void {
+    nativeCall(inverse ? 'ropeGrad' : 'rope', () => this.addon.rope(st(y), st(x), st(positions), st(invFreq), d.T, d.heads, d.D, inverse));
+  }
+  #attentionArgs(l: AttentionLayout, d: AttentionDims): AttentionCallArgs {
+    return {
+      qSeq: st(l.qSeq), qPos: st(l.qPos), kSeq: st(l.kSeq), kPos: st(l.kPos), qSeg: st(l.qSeg), kSeg: st(l.kSeg), blocked: st(l.blocked),
+      Tq: d.Tq, Tk: d.Tk, nH: d.nH, nKv: d.nKv, D: d.D, S: d.S, numSeqs: d.numSeqs, scale: d.scale,
+    };
+  }
+  attention(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, l: AttentionLayout, d: AttentionDims): void {
+    const args = this.#attentionArgs(l, d);
+    nativeCall('attention', () => this.addon.attention(args, st(out), st(lse), st(q), st(k), st(v)));
+  }
+  attentionGrad(dq: Tensor, dk: Tensor, dv: Tensor, dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, l: AttentionLayout, d: AttentionDims): void {
+    const args = this.#attentionArgs(l, d);
+    nativeCall('attentionGrad', () => this.addon.attentionGrad(args, st(dq), st(dk), st(dv), st(dOut), st(q), st(k), st(v), st(out), st(lse)));
+  }
+  swiglu(y: Tensor, gate: Tensor, up: Tensor, n: number): void {
+    nativeCall('swiglu', () => this.addon.swiglu(st(y), st(gate), st(up), n));
+  }
+  swigluGrad(dgate: Tensor, dup: Tensor, dy: Tensor, gate: Tensor, up: Tensor, n: number): void {
+    nativeCall('swigluGrad', () => this.addon.swigluGrad(st(dgate), st(dup), st(dy), st(gate), st(up), n));
+  }
+  add(y: Tensor, a: Tensor, b: Tensor, n: number): void {
+    nativeCall('add', () => this.addon.add(st(y), st(a), st(b), n));
+  }
+  logSoftmax(out: Tensor, logits: Tensor, d: XentDims): void {
+    nativeCall('logSoftmax', () => this.addon.logSoftmax(st(out), st(logits), d.T, d.V));
+  }
+  xent(losses: Tensor, lse: Tensor, logits: Tensor, targets: Tensor, mask: Tensor, d: XentDims): void {
+    nativeCall('xent', () => this.addon.xent(st(losses), st(lse), st(logits), st(targets), st(mask), d.T, d.V));
+  }
+  xentGrad(dlogits: Tensor, logits: Tensor, lse: Tensor, targets: Tensor, mask: Tensor, scale: number, d: XentDims): void {
+    nativeCall('xentGrad', () => this.addon.xentGrad(st(dlogits), st(logits), st(lse), st(targets), st(mask), scale, d.T, d.V));
+  }
+}
+
+/** A tensor's addon buffer. */
+function st(t: Tensor): object {
+  return t.storage as object;
 }

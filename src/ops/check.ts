@@ -1,5 +1,5 @@
 import type { DType } from '../dtype.js';
-import { ArgumentError, BackendMismatchError, DTypeError, ShapeError, describe } from '../errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError, describe } from '../errors.js';
 import { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
 
@@ -21,7 +21,7 @@ export class Checker {
 
   tensor(name: string, t: unknown, spec: TensorSpec): Tensor {
     if (!(t instanceof Tensor)) throw new ArgumentError(`${this.op}: ${name}: expected a Tensor, got ${describe(t)}`);
-    void t.storage; // throws DisposedTensorError when disposed
+    if (t.disposed) throw new DisposedTensorError(`${this.op}: ${name}: expected a live tensor, got ${t} after dispose()`);
     if (this.backend === null) this.backend = t.backend;
     else if (t.backend !== this.backend) {
       throw new BackendMismatchError(`${this.op}: ${name}: expected a tensor on the ${this.backend.kind} backend of the other arguments, got one on ${t.backend.kind}${t.backend.kind === this.backend.kind ? ' (another instance)' : ''}`);

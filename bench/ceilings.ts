@@ -1,0 +1,201 @@
+// Ceilings, measured in the same run on the same backend as the suites:
+//   copy bandwidth (bytes read + bytes written per second) and FLOP rate of our own matmul.
+import { readFileSync } from 'node:fs';
+import { matmul } from '../src/ops/matmul.js';
+import type { Backend } from '../src/backend/backend.js';
+import type { Tensor } from '../src/tensor.js';
+import { time, type TimeOptions, type Timing } from './timing.js';
+import { randomFloats } from './lora.js';
+
+export interface CopyCeiling {
+  /** Rate of the median sample: what rooflines use (rows are medians too). */
+  gbps: number | null;
+  /** Rate of the fastest sample, for reference. */
+  bestGbps: number | null;
+  /** Bytes moved per copy: read + write. */
+  bytes: number;
+  method: string;
+  timing?: Timing;
+  /** Why there is no figure. */
+  reason?: string;
+}
+
+export interface FlopCeiling {
+  /** Rate of the median sample: what rooflines use. */
+  gflops: number;
+  /** Rate of the fastest sample, for reference. */
+  bestGflops: number;
+  /** matmul shape T x K -> N (x: [T,K], W: [N,K]) */
+  shape: { T: number; K: number; N: number };
+  method: string;
+  timing: Timing;
+}
+
+/** Streaming-read rate of our matmul at T = 1 (a GEMV over a large W): informative, not in the roofline. */
+export interface ReadRate {
+  gbps: number;
+  bytes: number;
+  method: string;
+  timing: Timing;
+}
+
+export interface Ceilings {
+  copy: CopyCeiling;
+  flops: FlopCeiling;
+  /** Kernels that mostly read (the LoRA ops) can beat copy bandwidth, which also writes: this shows by how much. */
+  read?: ReadRate;
+  /** One empty round trip: `await backend.sync()` under the same harness (not part of the roofline). */
+  syncMs?: number;
+}
+
+const MiB = 1 << 20;
+
+/** Copy bandwidth: cpu/cuda through NativeBackend.copy, webgpu through copyBufferToBuffer. */
+export async function measureCopy(backend: Backend, t: TimeOptions): Promise<CopyCeiling> {
+  if (backend.kind === 'webgpu') return measureCopyWebGPU(backend, t);
+  const native = backend as Backend & { copy?: (dst: Tensor, src: Tensor, n: number) => void };
+  if (typeof native.copy !== 'function') return { gbps: null, bestGbps: null, bytes: 0, method: 'none', reason: `${backend.kind} backend has no copy()` };
+  const n = (256 * MiB) / 4; // 256 MiB of f32 each way
+  const src = backend.zeros([n]);
+  const dst = backend.zeros([n]);
+  try {
+    const bytes = 2 * n * 4;
+    const timing = await time('copy', async () => {
+      native.copy!(dst, src, n);
+      await backend.sync();
+    }, t);
+    return { gbps: bytes / (timing.medianMs * 1e6), bestGbps: bytes / (timing.minMs * 1e6), bytes, method: `${backend.kind}: NativeBackend.copy of 256 MiB f32 (bytes = read + write)`, timing };
+  } finally {
+    src.dispose();
+    dst.dispose();
+  }
+}
+
+async function measureCopyWebGPU(backend: Backend, t: TimeOptions): Promise<CopyCeiling> {
+  const device = (backend as unknown as { device?: GPUDevice }).device;
+  if (!device || typeof device.createCommandEncoder !== 'function') {
+    return { gbps: null, bestGbps: null, bytes: 0, method: 'none', reason: 'the webgpu backend does not expose its GPUDevice' };
+  }
+  const size = Math.min(256 * MiB, Math.floor(device.limits.maxBufferSize / 4) * 4);
+  await backend.sync(); // submit whatever the backend recorded before we use the queue directly
+  const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const src = device.createBuffer({ size, usage });
+  const dst = device.createBuffer({ size, usage });
+  // Fill both: untouched memory of a software adapter may read as the shared zero page.
+  const chunk = new Float32Array(4 * MiB).fill(1.5);
+  for (let off = 0; off < size; off += chunk.byteLength) {
+    const n = Math.min(chunk.byteLength, size - off);
+    device.queue.writeBuffer(src, off, chunk.buffer, 0, n);
+    device.queue.writeBuffer(dst, off, chunk.buffer, 0, n);
+  }
+  await device.queue.onSubmittedWorkDone();
+  try {
+    const bytes = 2 * size;
+    const timing = await time('copy', async () => {
+      const enc = device.createCommandEncoder();
+      enc.copyBufferToBuffer(src, 0, dst, 0, size);
+      device.queue.submit([enc.finish()]);
+      await device.queue.onSubmittedWorkDone();
+    }, t);
+    return {
+      gbps: bytes / (timing.medianMs * 1e6), bestGbps: bytes / (timing.minMs * 1e6), bytes,
+      method: `webgpu: copyBufferToBuffer of ${size / MiB} MiB on the backend's GPUDevice (bytes = read + write)`, timing,
+    };
+  } finally {
+    src.destroy();
+    dst.destroy();
+  }
+}
+
+/** The matmul shape used for the FLOP ceiling on each backend. */
+export function flopShape(backend: Backend): { T: number; K: number; N: number } {
+  if (backend.kind === 'cuda') return { T: 4096, K: 4096, N: 4096 };
+  if (backend.kind === 'webgpu') return backend.info().software ? { T: 128, K: 1024, N: 1024 } : { T: 1024, K: 4096, N: 4096 };
+  return { T: 512, K: 4096, N: 4096 };
+}
+
+/** FLOP rate of our own f32 matmul, y = x·Wᵀ. */
+export async function measureFlops(backend: Backend, t: TimeOptions): Promise<FlopCeiling> {
+  const shape = flopShape(backend);
+  const x = backend.tensor(randomFloats(shape.T * shape.K, 1, 11), [shape.T, shape.K]);
+  const w = backend.tensor(randomFloats(shape.N * shape.K, 0.05, 12), [shape.N, shape.K]);
+  const y = backend.empty([shape.T, shape.N]);
+  try {
+    const flops = 2 * shape.T * shape.K * shape.N;
+    const timing = await time('matmul', async () => {
+      matmul(x, w, { out: y });
+      await backend.sync();
+    }, t);
+    return {
+      gflops: flops / (timing.medianMs * 1e6), bestGflops: flops / (timing.minMs * 1e6), shape,
+      method: `matmul f32 x[${shape.T},${shape.K}]·W[${shape.N},${shape.K}]ᵀ (2·T·K·N flops)`, timing,
+    };
+  } finally {
+    x.dispose();
+    w.dispose();
+    y.dispose();
+  }
+}
+
+/** matmul with T = 1 over W [N, 4096] of 256 MiB (64 MiB on WebGPU, whose bindings are smaller). */
+export async function measureRead(backend: Backend, t: TimeOptions): Promise<ReadRate> {
+  const K = 4096;
+  const N = ((backend.kind === 'webgpu' ? 64 : 256) * MiB) / 4 / K;
+  const w = backend.tensor(new Float32Array(N * K).fill(0.5), [N, K]);
+  const x = backend.tensor(randomFloats(K, 1, 13), [1, K]);
+  const y = backend.empty([1, N]);
+  try {
+    const bytes = N * K * 4 + K * 4 + N * 4;
+    const timing = await time('gemv', async () => {
+      matmul(x, w, { out: y });
+      await backend.sync();
+    }, t);
+    return { gbps: bytes / (timing.medianMs * 1e6), bytes, method: `matmul f32 x[1,${K}]·W[${N},${K}]ᵀ (W read once)`, timing };
+  } finally {
+    x.dispose();
+    w.dispose();
+    y.dispose();
+  }
+}
+
+export async function measureCeilings(backend: Backend, t: TimeOptions): Promise<Ceilings> {
+  const copy = await measureCopy(backend, t);
+  const flops = await measureFlops(backend, { ...t, warmup: 1 });
+  const read = await measureRead(backend, t);
+  const sync = await time('sync', () => backend.sync(), { ...t, maxTime: Math.min(t.maxTime, 0.5) });
+  return { copy, flops, read, syncMs: sync.medianMs };
+}
+
+/**
+ * Ceilings are the best the machine showed: of several measurements (start and end of a
+ * run, each a median over its samples), keep the highest copy and FLOP rates.
+ */
+export function bestCeilings(all: readonly Ceilings[]): Ceilings {
+  const copy = all.map((c) => c.copy).reduce((a, b) => ((b.gbps ?? -1) > (a.gbps ?? -1) ? b : a));
+  const flops = all.map((c) => c.flops).reduce((a, b) => (b.gflops > a.gflops ? b : a));
+  const reads = all.map((c) => c.read).filter((x): x is ReadRate => x !== undefined);
+  const read = reads.length ? reads.reduce((a, b) => (b.gbps > a.gbps ? b : a)) : undefined;
+  const syncs = all.map((c) => c.syncMs).filter((x): x is number => x !== undefined);
+  return { copy, flops, read, syncMs: syncs.length ? Math.min(...syncs) : undefined };
+}
+
+/**
+ * Bytes of last-level cache the weight working set should exceed so that weights are read
+ * from memory, as in a real model whose layers each have their own adapters.
+ */
+export function lastLevelCacheBytes(backend: Backend): number {
+  if (backend.kind === 'cuda') return 64 * MiB; // H100/H200 L2 is 50 MiB; A100 40 MiB
+  if (backend.kind === 'webgpu' && !backend.info().software) return 64 * MiB;
+  // cpu, and software WebGPU (runs on the CPU): the host's largest cache.
+  let best = 0;
+  for (let i = 0; i < 8; i++) {
+    try {
+      const s = readFileSync(`/sys/devices/system/cpu/cpu0/cache/index${i}/size`, 'utf8').trim();
+      const m = /^(\d+)([KMG]?)$/.exec(s);
+      if (m) best = Math.max(best, Number(m[1]) * ({ '': 1, K: 1024, M: MiB, G: 1024 * MiB } as Record<string, number>)[m[2]!]!);
+    } catch {
+      break;
+    }
+  }
+  return best || 32 * MiB;
+}

@@ -1,0 +1,254 @@
+// Multi-LoRA benchmarks: `npm run bench -- --backend cpu|webgpu|cuda [--quick] [--filter RE] [--out PATH]`.
+// Measures the ceilings (copy bandwidth, matmul FLOP rate) and the LoRA ops with their
+// baselines in one run on one backend, prints markdown tables to stdout (progress goes to
+// stderr) and writes every row to bench/results/<backend>.json (quick runs: <backend>.quick.json).
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { openBackend } from '../src/backend/select.js';
+import type { Backend, BackendKind } from '../src/backend/backend.js';
+import { bestCeilings, lastLevelCacheBytes, measureCeilings, type Ceilings } from './ceilings.js';
+import { applyRoofline, loraCases, runLoraSuite, type Comparison, type Row, type StrategyChoice, type WeightDType } from './lora.js';
+import { median, type TimeOptions } from './timing.js';
+
+const USAGE = `usage: npm run bench -- [options]
+  --backend cpu|webgpu|cuda   backend to measure (default cpu)
+  --quick                     short run: T ∈ {1, 64}, distinct ∈ {1, 64}, first H_out only
+  --full                      full run even on a software WebGPU adapter (normally forced to --quick, H = 1024)
+  --filter RE                 only rows whose name matches RE (case-insensitive), e.g. 'loraApply|baseline'
+  --hidden N                  H_in = N, H_out ∈ {N, N·11008/4096} (default 4096; 1024 on software WebGPU)
+  --strategy auto|bgmv|sgmv|all   strategy of the LoRA ops (default auto; all = bgmv and sgmv rows)
+  --dtypes LIST               extra weight dtypes for loraApply rows (default bf16 in full runs, none in quick)
+  --max-time S                seconds benchmark.js may spend per row (default 0.3, quick 0.25)
+  --threads N                 cpu worker threads (default: all)
+  --out PATH                  results file (default bench/results/<backend>.json)`;
+
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+function fail(msg: string): never {
+  process.stderr.write(`${msg}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+function parse() {
+  const { values } = parseArgs({
+    options: {
+      backend: { type: 'string', default: 'cpu' },
+      quick: { type: 'boolean', default: false },
+      full: { type: 'boolean', default: false },
+      filter: { type: 'string' },
+      hidden: { type: 'string' },
+      strategy: { type: 'string', default: 'auto' },
+      dtypes: { type: 'string' },
+      'max-time': { type: 'string' },
+      threads: { type: 'string' },
+      out: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  }
+  const backend = values.backend as BackendKind;
+  if (!['cpu', 'webgpu', 'cuda'].includes(backend)) fail(`--backend: expected cpu, webgpu or cuda, got ${values.backend}`);
+  const int = (name: string, v: string | undefined): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isSafeInteger(n) || n <= 0) fail(`--${name}: expected a positive integer, got ${v}`);
+    return n;
+  };
+  const strategies: StrategyChoice[] = values.strategy === 'all' ? ['bgmv', 'sgmv']
+    : ['auto', 'bgmv', 'sgmv'].includes(values.strategy!) ? [values.strategy as StrategyChoice]
+      : fail(`--strategy: expected auto, bgmv, sgmv or all, got ${values.strategy}`);
+  const dtypes = values.dtypes === undefined ? undefined : values.dtypes.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const d of dtypes ?? []) if (!['f32', 'f16', 'bf16'].includes(d)) fail(`--dtypes: expected f16, bf16 or f32 entries, got ${d}`);
+  let filter: RegExp | undefined;
+  try {
+    filter = values.filter === undefined ? undefined : new RegExp(values.filter, 'i');
+  } catch (e) {
+    fail(`--filter: ${(e as Error).message}`);
+  }
+  const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
+  if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
+  return {
+    backend, quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
+    dtypes: dtypes as WeightDType[] | undefined, maxTime, threads: int('threads', values.threads), out: values.out,
+  };
+}
+
+const fmt = (x: number | undefined, digits = 2): string => (x === undefined || !Number.isFinite(x) ? 'n/a' : x.toFixed(digits));
+const fmtMs = (x: number | undefined): string => (x === undefined ? 'n/a' : x < 1 ? x.toFixed(4) : x < 100 ? x.toFixed(3) : x.toFixed(1));
+
+function table(head: string[], rows: string[][]): string {
+  return [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+interface Targets {
+  /** Fused loraApply at T=64, 64 adapters, H = H_in = H_out, r = 16: % of copy bandwidth (goal ≥ 60). */
+  applyT64d64PctOfCopy?: number;
+  /** Rows (ops, f32 and others) below 50% of their roofline bound. */
+  rowsBelowHalfBound: string[];
+  rowsMeasured: number;
+  /** Smallest speedup of loraApply over the per-adapter loop (goal ≥ 1). */
+  minSpeedupVsLoop?: number;
+  slowerThanLoop: string[];
+}
+
+function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
+  const ops = rows.filter((r) => r.kind === 'op' && r.pctOfBound !== undefined);
+  const t: Targets = {
+    rowsBelowHalfBound: ops.filter((r) => r.pctOfBound! < 50).sort((a, b) => a.pctOfBound! - b.pctOfBound!).map((r) => `${r.name} (${r.pctOfBound!.toFixed(0)}%)`),
+    rowsMeasured: ops.length,
+    slowerThanLoop: cmps.filter((c) => c.speedupVsLoop !== undefined && c.speedupVsLoop < 1)
+      .map((c) => `Hout=${c.Hout} T=${c.T} d=${c.distinct} (${c.speedupVsLoop!.toFixed(2)}×)`),
+  };
+  const a = rows.find((r) => r.op === 'loraApply' && r.dtype === 'f32' && r.T === 64 && r.distinct === 64 && r.Hout === r.Hin && r.R === 16 && r.gbps !== undefined && r.strategy.startsWith('auto'))
+    ?? rows.find((r) => r.op === 'loraApply' && r.dtype === 'f32' && r.T === 64 && r.distinct === 64 && r.Hout === r.Hin && r.gbps !== undefined);
+  if (a && ceil.copy.gbps) t.applyT64d64PctOfCopy = (100 * a.gbps!) / ceil.copy.gbps;
+  const sp = cmps.map((c) => c.speedupVsLoop).filter((x): x is number => x !== undefined);
+  if (sp.length) t.minSpeedupVsLoop = Math.min(...sp);
+  return t;
+}
+
+async function main(): Promise<void> {
+  const args = parse();
+  const log = (line: string): void => void process.stderr.write(`${line}\n`);
+  let backend: Backend;
+  try {
+    backend = await openBackend(args.backend, args.threads ? { threads: args.threads } : {});
+  } catch (e) {
+    process.stderr.write(`bench: cannot open backend ${args.backend}: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
+  const info = backend.info();
+  const notes: string[] = [];
+  let quick = args.quick;
+  let Hin = args.hidden ?? 4096;
+  if (backend.kind === 'webgpu' && info.software && !args.full) {
+    if (!quick) notes.push(`software WebGPU adapter (${info.device}): forced --quick (pass --full to override)`);
+    quick = true;
+    if (args.hidden === undefined) {
+      Hin = 1024;
+      notes.push('software WebGPU adapter: H_in = 1024 instead of 4096 (pass --hidden N to override)');
+    }
+  }
+  const Houts = [Hin, Math.round((Hin * 11008) / 4096)];
+  const extraDTypes = args.dtypes ?? (quick ? [] : (['bf16'] as WeightDType[]));
+  const timing: TimeOptions = { maxTime: args.maxTime ?? (quick ? 0.25 : 0.3), minSamples: quick ? 5 : 6, warmup: 2 };
+  const coldBytes = Math.round(2.5 * lastLevelCacheBytes(backend));
+  const started = Date.now();
+  const loadBefore = loadavg()[0]!;
+
+  log(`bench: ${backend.kind} — ${info.device}${quick ? ' (quick)' : ''}`);
+  for (const n of notes) log(`bench: ${n}`);
+  const ceilingTiming: TimeOptions = { ...timing, maxTime: Math.max(1, timing.maxTime * 2), minSamples: 5 };
+  const ceilingRun = async (when: string): Promise<Ceilings> => {
+    log(`ceilings (${when})…`);
+    const c = await measureCeilings(backend, ceilingTiming);
+    log(`  (${((Date.now() - started) / 1e3).toFixed(1)} s) copy ${fmt(c.copy.gbps ?? undefined)} GB/s${c.copy.reason ? ` (${c.copy.reason})` : ''}, matmul ${fmt(c.flops.gflops)} GFLOP/s, read ${fmt(c.read?.gbps)} GB/s, sync ${fmtMs(c.syncMs)} ms`);
+    return c;
+  };
+  const first = await ceilingRun('start');
+  log('lora suites…');
+  const cases = loraCases({ quick, Hin, Houts, extraDTypes });
+  const { rows, comparisons } = await runLoraSuite(backend, cases, { timing, ceilings: first, coldBytes, strategies: args.strategies, filter: args.filter, log });
+  const last = await ceilingRun('end');
+  const ceilingRuns = [first, last];
+  const ceilings = bestCeilings(ceilingRuns);
+  applyRoofline(rows, ceilings);
+  const tg = targets(rows, comparisons, ceilings);
+  const seconds = (Date.now() - started) / 1e3;
+  const load = { before: loadBefore, after: loadavg()[0]!, cores: cpus().length };
+  // The load after the run includes this run's own threads; only the load before says who else was there.
+  if (load.before > 0.5 * load.cores) {
+    notes.push(`the machine was busy when the run started (1-minute load average ${load.before.toFixed(1)}, ${load.cores} cores; ${load.after.toFixed(1)} at the end, this run included): figures may be low`);
+  }
+
+  const method = {
+    timer: 'benchmark.js 2.1.4, defer: true; every call ends with `await backend.sync()`; figure = median of benchmark.js samples (each the mean of `count` back-to-back calls)',
+    timing,
+    warmColdPolicy: `weights (A, B, per-adapter tensors, dA/dB) are replicated, and calls cycle through the copies, until the weights one op touches in a cycle (A alone for shrink and inputGrad, B alone for expand and shrinkGrad) exceed ${(coldBytes / 2 ** 20).toFixed(0)} MiB (2.5 × last-level cache), so they are read from memory as in a real model; activations (x, y, v, dy, dv, dx) are shared and may stay in cache`,
+    bytes: 'A/B rows of the adapters used up to their rank + x + y (read and written where accumulated) + v, each once; weightGrad: x, dy, v, dv read, dA, dB (f32) written',
+    flops: '2·T·K·r·H per shrink or expand (apply and weightGrad: both)',
+    roofline: 'bound = max(bytes / copy bandwidth, flops / matmul FLOP rate); ceilings measured at the start and at the end of this run (median of each), the higher of the two is used; % of bound = bound time / median time',
+    routing: 'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T)',
+    baselines: {
+      loop: 'per adapter: read x and y to the host, gather its rows, upload, matmul(x_e, A_e) then matmul(·, B_e), read back, scatter-add ·scale·weight, write y back (host time counted)',
+      masked: 'per adapter: matmul(x, A_e) over all T tokens, read back, zero rows of other adapters (host mask, ·scale·weight), upload, matmul(·, B_e) accumulated into y over all T tokens',
+    },
+  };
+  const result = {
+    backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
+    args: { ...args, filter: args.filter?.source, quick, Hin, Houts, extraDTypes }, notes, seconds, load, method, ceilings, ceilingRuns, targets: tg, rows, comparisons,
+  };
+  const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.json`));
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(`${out}.tmp`, `${JSON.stringify(result, null, 1)}\n`);
+  renameSync(`${out}.tmp`, out);
+
+  // Markdown report.
+  const threads = info.details.threads !== undefined ? `, ${info.details.threads} threads` : '';
+  const md: string[] = [];
+  md.push(`# mote multi-LoRA benchmark: ${backend.kind} (${info.device}${threads})`, '');
+  md.push(`${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, H_in = ${Hin}, r = 16, ${seconds.toFixed(0)} s. Results: ${out}`, '');
+  for (const n of notes) md.push(`> ${n}`, '');
+  md.push('## Ceilings (same run, same backend)', '');
+  const c = ceilings;
+  const gb = (x: number | null): string => (x === null ? 'n/a' : `${fmt(x)} GB/s`);
+  md.push(table(['ceiling', 'used', 'start: median / best sample', 'end: median / best sample', 'how'], [
+    ['copy bandwidth', gb(c.copy.gbps), `${gb(first.copy.gbps)} / ${gb(first.copy.bestGbps)}`, `${gb(last.copy.gbps)} / ${gb(last.copy.bestGbps)}`, c.copy.reason ?? c.copy.method],
+    ['FLOP rate', `${fmt(c.flops.gflops)} GFLOP/s`, `${fmt(first.flops.gflops)} / ${fmt(first.flops.bestGflops)} GFLOP/s`, `${fmt(last.flops.gflops)} / ${fmt(last.flops.bestGflops)} GFLOP/s`, c.flops.method],
+    ['read rate (GEMV)', c.read ? gb(c.read.gbps) : 'n/a', first.read ? gb(first.read.gbps) : 'n/a', last.read ? gb(last.read.gbps) : 'n/a', `${c.read?.method ?? ''}: streaming reads without writes, informative (not in the roofline); read-mostly LoRA ops can pass copy bandwidth up to about this`],
+    ['sync round trip', `${fmtMs(c.syncMs)} ms`, `${fmtMs(first.syncMs)} ms`, `${fmtMs(last.syncMs)} ms`, 'median of `await backend.sync()` alone: the per-call floor of this harness (not in the roofline)'],
+  ]), '');
+  md.push('## LoRA ops', '');
+  md.push(table(['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound'],
+    rows.filter((r) => r.kind === 'op').map((r) => [
+      r.op, r.dtype, String(r.Hout), String(r.T), String(r.distinct), r.strategy, r.error ? `error: ${r.error}` : fmtMs(r.medianMs),
+      fmt(r.gbps), fmt(r.gflops), fmtMs(r.bound.ms), r.bound.limit, r.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`,
+    ])), '');
+  if (comparisons.length) {
+    md.push('## Fused loraApply vs the baselines users would run', '');
+    const base = new Map(rows.filter((r) => r.kind === 'baseline').map((r) => [r.name, r]));
+    md.push(table(['H_out', 'T', 'adapters', 'loraApply ms', 'loop ms', 'masked ms', '× vs loop', '× vs masked', 'loop % of bound', 'masked % of bound', 'rel err loop / masked'],
+      comparisons.map((m) => {
+        const b = (k: string): Row | undefined => base.get(`baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R} T=${m.T} d=${m.distinct}`);
+        const pct = (r: Row | undefined): string => (r?.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`);
+        return [String(m.Hout), String(m.T), String(m.distinct), fmtMs(m.applyMs), fmtMs(m.loopMs), fmtMs(m.maskedMs), fmt(m.speedupVsLoop), fmt(m.speedupVsMasked),
+          pct(b('loop')), pct(b('masked')), `${m.relErrLoop?.toExponential(1) ?? 'n/a'} / ${m.relErrMasked?.toExponential(1) ?? 'n/a'}`];
+      })), '');
+  }
+  md.push('## Per op: % of roofline bound over the shapes above', '');
+  const byOp = new Map<string, Row[]>();
+  for (const r of rows) if (r.kind === 'op' && r.pctOfBound !== undefined) (byOp.get(`${r.op} ${r.dtype}`) ?? byOp.set(`${r.op} ${r.dtype}`, []).get(`${r.op} ${r.dtype}`)!).push(r);
+  md.push(table(['op', 'shapes', 'worst', 'median', 'best', 'worst shape'], [...byOp].map(([k, rs]) => {
+    const sorted = [...rs].sort((a, b) => a.pctOfBound! - b.pctOfBound!);
+    const pct = (r: Row): string => `${r.pctOfBound!.toFixed(0)}%`;
+    const w = sorted[0]!;
+    return [k, String(rs.length), pct(w), `${median(rs.map((r) => r.pctOfBound!)).toFixed(0)}%`, pct(sorted[sorted.length - 1]!), `H_out ${w.Hout}, T ${w.T}, ${w.distinct} adapters`];
+  })), '');
+  md.push('## Targets', '');
+  md.push(`- fused loraApply, T = 64, 64 adapters, H_out = H_in, r = 16: ${tg.applyT64d64PctOfCopy === undefined ? 'not measured' : `${tg.applyT64d64PctOfCopy.toFixed(0)}% of copy bandwidth`} (goal ≥ 60%)`);
+  const below = tg.rowsBelowHalfBound;
+  md.push(`- op rows at ≥ 50% of their roofline bound: ${tg.rowsMeasured - below.length} of ${tg.rowsMeasured}${below.length ? `; below: ${below.slice(0, 8).join(', ')}${below.length > 8 ? ` and ${below.length - 8} more (targets.rowsBelowHalfBound in the JSON)` : ''}` : ''}`);
+  md.push(`- loraApply vs per-adapter loop: smallest speedup ${fmt(tg.minSpeedupVsLoop)}×${tg.slowerThanLoop.length ? `; slower at ${tg.slowerThanLoop.join(', ')}` : ''} (goal: never slower)`, '');
+  md.push('## Method', '');
+  md.push(`- timing: ${method.timer}; max ${timing.maxTime} s and at least ${timing.minSamples} samples per row, ${timing.warmup} untimed warm-up calls`);
+  md.push(`- cache: ${method.warmColdPolicy}`);
+  md.push(`- bytes: ${method.bytes}; flops: ${method.flops}`);
+  md.push(`- roofline: ${method.roofline}`);
+  md.push(`- routing: ${method.routing}`);
+  md.push(`- baseline loop: ${method.baselines.loop}`);
+  md.push(`- baseline masked: ${method.baselines.masked}`);
+  process.stdout.write(`${md.join('\n')}\n`);
+  backend.destroy();
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench: ${(e as Error).stack ?? e}\n`);
+  process.exit(1);
+});

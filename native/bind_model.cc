@@ -1,0 +1,412 @@
+// Bindings for the model kernel families (embedding, rmsnorm, rope, attention, swiglu,
+// residual, xent). JS names are the ModelKernels method names (src/ops/model_kernels.ts);
+// arguments are (outputs..., inputs..., dtype codes, dims, flags):
+//   embedding(y, ids, E, edtype, T, V, H)
+//   embeddingGrad(dE, dy, order, segStart, segIds, G, T, V, H, accumulate)
+//   rmsnorm(y, rstd, x, w, wdtype, T, H, eps)
+//   rmsnormGrad(dx, dw, dy, x, w, wdtype, rstd, T, H, accumulateDw)
+//   rope(y, x, positions, invFreq, T, heads, D, inverse)                 y may be x
+//   attention(args, out, lse, q, k, v)
+//   attentionGrad(args, dq, dk, dv, dOut, q, k, v, out, lse)
+//     args = { qSeq, qPos, kSeq, kPos, qSeg, kSeg, blocked,              // i32 buffers
+//              Tq, Tk, nH, nKv, D, S, numSeqs, scale }                   // numbers
+//   swiglu(y, gate, up, n)            swigluGrad(dgate, dup, dy, gate, up, n)
+//   add(y, a, b, n)                                                      y may be a
+//   logSoftmax(out, logits, T, V)
+//   xent(losses, lse, logits, targets, mask, T, V)
+//   xentGrad(dlogits, logits, lse, targets, mask, scale, T, V)
+// Every buffer's byte size is checked against the dims before any kernel runs, and all
+// buffers of a call must live on one device. The CPU kernels also check index contents
+// (ids, grouping, layout, targets) before writing, so bad indices throw instead of reading
+// out of bounds.
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bind.h"
+#include "cpu/kernels.h"
+#ifdef MOTE_HAVE_CUDA
+#include "../kernels/cuda/kernels.h"
+#endif
+
+namespace mote {
+namespace {
+
+#ifdef MOTE_HAVE_CUDA
+#define MOTE_CUDA_OR_THROW(call, what) cuda_check(call, what)
+#else
+#define MOTE_CUDA_OR_THROW(call, what) throw std::invalid_argument(std::string(what) + ": CUDA buffers need an addon built with CUDA")
+#endif
+
+constexpr int kMaxInt = 2147483647;
+
+std::string num_str(double d) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.17g", d);
+  return b;
+}
+
+// An integer argument in [lo, hi].
+int dim_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int lo, int hi = kMaxInt) {
+  int v = int_arg(info, i, name);
+  if (v < lo || v > hi)
+    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                                "], got " + std::to_string(v));
+  return v;
+}
+
+// An element count (may exceed 2^31): a non-negative safe integer.
+int64_t count_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  double d = num_arg(info, i, name);
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d))
+    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected a non-negative integer, got " + num_str(d));
+  return int64_t(d);
+}
+
+// A finite float argument (optionally > 0).
+float float_arg(const Napi::CallbackInfo& info, size_t i, const char* name, bool positive) {
+  double d = num_arg(info, i, name);
+  if (!std::isfinite(d) || (positive && !(d > 0)))
+    throw Napi::RangeError::New(info.Env(), std::string(name) + (positive ? ": expected a positive finite number, got " : ": expected a finite number, got ") +
+                                                num_str(d));
+  return float(d);
+}
+
+int wdtype_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return dim_arg(info, i, name, 0, 2); }
+
+inline float* F(NativeBuffer* b) { return static_cast<float*>(b->ptr); }
+inline const int* I(NativeBuffer* b) { return static_cast<const int*>(b->ptr); }
+
+constexpr size_t f4 = 4;  // bytes of an f32 / i32
+
+// ---------------------------------------------------------------------------- embedding
+
+Napi::Value Embedding(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int ed = wdtype_arg(info, 3, "edtype");
+    int T = dim_arg(info, 4, "T", 1), V = dim_arg(info, 5, "V", 1), H = dim_arg(info, 6, "H", 1);
+    auto* y = buffer_arg(info, 0, "y", size_t(T) * H * f4);
+    auto* ids = buffer_arg(info, 1, "ids", size_t(T) * f4);
+    auto* E = buffer_arg(info, 2, "E", size_t(V) * H * dtype_size(to_dtype(ed)));
+    if (same_device({y, ids, E}) == Device::CPU) cpu::embedding(F(y), I(ids), E->ptr, ed, T, V, H);
+    else MOTE_CUDA_OR_THROW(mote_cuda_embedding(F(y), I(ids), E->ptr, ed, T, V, H, nullptr), "embedding");
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value EmbeddingGrad(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int T = dim_arg(info, 6, "T", 1), V = dim_arg(info, 7, "V", 1), H = dim_arg(info, 8, "H", 1);
+    int G = dim_arg(info, 5, "G", 0, T);
+    bool acc = bool_arg(info, 9, "accumulate");
+    auto* dE = buffer_arg(info, 0, "dE", size_t(V) * H * f4);
+    auto* dy = buffer_arg(info, 1, "dy", size_t(T) * H * f4);
+    auto* order = buffer_arg(info, 2, "order", size_t(T) * f4);
+    auto* segStart = buffer_arg(info, 3, "segStart", (size_t(G) + 1) * f4);
+    auto* segIds = buffer_arg(info, 4, "segIds", size_t(G) * f4);
+    if (same_device({dE, dy, order, segStart, segIds}) == Device::CPU)
+      cpu::embedding_grad(F(dE), F(dy), I(order), I(segStart), I(segIds), G, T, V, H, acc);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_embedding_grad(F(dE), F(dy), I(order), I(segStart), I(segIds), G, T, V, H, acc, nullptr), "embeddingGrad");
+    return info.Env().Undefined();
+  });
+}
+
+// ---------------------------------------------------------------------------- rmsnorm
+
+Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int wd = wdtype_arg(info, 4, "wdtype");
+    int T = dim_arg(info, 5, "T", 1), H = dim_arg(info, 6, "H", 1);
+    float eps = float_arg(info, 7, "eps", true);
+    auto* y = buffer_arg(info, 0, "y", size_t(T) * H * f4);
+    auto* rstd = buffer_arg(info, 1, "rstd", size_t(T) * f4);
+    auto* x = buffer_arg(info, 2, "x", size_t(T) * H * f4);
+    auto* w = buffer_arg(info, 3, "w", size_t(H) * dtype_size(to_dtype(wd)));
+    if (same_device({y, rstd, x, w}) == Device::CPU) cpu::rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps);
+    else MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps, nullptr), "rmsnorm");
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value RmsnormGrad(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int wd = wdtype_arg(info, 5, "wdtype");
+    int T = dim_arg(info, 7, "T", 1), H = dim_arg(info, 8, "H", 1);
+    bool acc = bool_arg(info, 9, "accumulateDw");
+    auto* dx = buffer_arg(info, 0, "dx", size_t(T) * H * f4);
+    auto* dw = buffer_arg(info, 1, "dw", size_t(H) * f4);
+    auto* dy = buffer_arg(info, 2, "dy", size_t(T) * H * f4);
+    auto* x = buffer_arg(info, 3, "x", size_t(T) * H * f4);
+    auto* w = buffer_arg(info, 4, "w", size_t(H) * dtype_size(to_dtype(wd)));
+    auto* rstd = buffer_arg(info, 6, "rstd", size_t(T) * f4);
+    if (same_device({dx, dw, dy, x, w, rstd}) == Device::CPU)
+      cpu::rmsnorm_grad(F(dx), F(dw), F(dy), F(x), w->ptr, wd, F(rstd), T, H, acc);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm_grad(F(dx), F(dw), F(dy), F(x), w->ptr, wd, F(rstd), T, H, acc, nullptr), "rmsnormGrad");
+    return info.Env().Undefined();
+  });
+}
+
+// ---------------------------------------------------------------------------- rope
+
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int T = dim_arg(info, 4, "T", 1), heads = dim_arg(info, 5, "heads", 1), D = dim_arg(info, 6, "D", 2);
+    if (D % 2 != 0) throw Napi::RangeError::New(info.Env(), "D: expected an even head dim, got " + std::to_string(D));
+    bool inverse = bool_arg(info, 7, "inverse");
+    auto* y = buffer_arg(info, 0, "y", size_t(T) * heads * D * f4);
+    auto* x = buffer_arg(info, 1, "x", size_t(T) * heads * D * f4);
+    auto* pos = buffer_arg(info, 2, "positions", size_t(T) * f4);
+    auto* inv = buffer_arg(info, 3, "invFreq", size_t(D / 2) * f4);
+    if (same_device({y, x, pos, inv}) == Device::CPU) cpu::rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse);
+    else MOTE_CUDA_OR_THROW(mote_cuda_rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse, nullptr), "rope");
+    return info.Env().Undefined();
+  });
+}
+
+// ---------------------------------------------------------------------------- attention
+
+NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* name, size_t min_bytes) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsExternal()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected a native buffer");
+  auto* b = v.As<Napi::External<NativeBuffer>>().Data();
+  if (!b->ptr) throw Napi::Error::New(env, std::string("args.") + name + ": buffer was already freed");
+  if (b->bytes < min_bytes)
+    throw Napi::RangeError::New(env, std::string("args.") + name + ": buffer holds " + std::to_string(b->bytes) + " bytes, kernel needs " +
+                                         std::to_string(min_bytes));
+  return b;
+}
+
+int field_int(Napi::Env env, const Napi::Object& o, const char* name, int lo, int hi = kMaxInt) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected an integer");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= lo && d <= hi) || d != double(int64_t(d)))  // range first: NaN and ±inf never reach the cast
+    throw Napi::RangeError::New(env, std::string("args.") + name + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                         "], got " + num_str(d));
+  return int(d);
+}
+
+// The parsed layout and dims, plus every buffer of the call (for the device check).
+struct AttnCall {
+  cpu::AttentionArgs a{};
+  std::vector<NativeBuffer*> bufs;
+
+  size_t q_bytes() const { return size_t(a.Tq) * a.nH * a.D * f4; }
+  size_t kv_bytes() const { return size_t(a.Tk) * a.nKv * a.D * f4; }
+  size_t lse_bytes() const { return size_t(a.Tq) * a.nH * f4; }
+
+  NativeBuffer* arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
+    NativeBuffer* b = buffer_arg(info, i, name, min_bytes);
+    bufs.push_back(b);
+    return b;
+  }
+
+  Device device() const {
+    Device d = bufs.front()->device;
+    for (auto* b : bufs)
+      if (b->device != d) throw std::invalid_argument("buffers of one kernel call live on different devices");
+    return d;
+  }
+
+#ifdef MOTE_HAVE_CUDA
+  mote_attention_args cuda() const {
+    mote_attention_args c{};
+    c.Tq = a.Tq; c.Tk = a.Tk; c.nH = a.nH; c.nKv = a.nKv; c.D = a.D; c.S = a.S; c.num_seqs = a.num_seqs;
+    c.scale = a.scale;
+    c.q_seq = a.q_seq; c.q_pos = a.q_pos; c.k_seq = a.k_seq; c.k_pos = a.k_pos;
+    c.q_seg = a.q_seg; c.k_seg = a.k_seg; c.blocked = a.blocked;
+    return c;
+  }
+#endif
+};
+
+AttnCall parse_attention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "args: expected an object of layout buffers and dims");
+  Napi::Object o = info[0].As<Napi::Object>();
+  AttnCall c;
+  cpu::AttentionArgs& a = c.a;
+  a.Tq = field_int(env, o, "Tq", 1);
+  a.Tk = field_int(env, o, "Tk", 1);
+  a.nH = field_int(env, o, "nH", 1);
+  a.nKv = field_int(env, o, "nKv", 1, a.nH);
+  if (a.nH % a.nKv != 0)
+    throw Napi::RangeError::New(env, "args.nKv: kv heads (" + std::to_string(a.nKv) + ") must divide query heads (" + std::to_string(a.nH) + ")");
+  a.D = field_int(env, o, "D", 1);
+  a.S = field_int(env, o, "S", 0, 65535);
+  a.num_seqs = field_int(env, o, "numSeqs", a.S > 0 ? 1 : 0);
+  {
+    Napi::Value s = o.Get("scale");
+    double d = s.IsNumber() ? s.As<Napi::Number>().DoubleValue() : NAN;
+    if (!std::isfinite(d) || !(d > 0)) throw Napi::RangeError::New(env, "args.scale: expected a positive finite number");
+    a.scale = float(d);
+  }
+  const size_t S = size_t(a.S);
+  auto* qSeq = field_buffer(env, o, "qSeq", size_t(a.Tq) * f4);
+  auto* qPos = field_buffer(env, o, "qPos", size_t(a.Tq) * f4);
+  auto* kSeq = field_buffer(env, o, "kSeq", size_t(a.Tk) * f4);
+  auto* kPos = field_buffer(env, o, "kPos", size_t(a.Tk) * f4);
+  // without segments (S = 0) these three are never read
+  auto* qSeg = field_buffer(env, o, "qSeg", S ? size_t(a.Tq) * f4 : 0);
+  auto* kSeg = field_buffer(env, o, "kSeg", S ? size_t(a.Tk) * f4 : 0);
+  auto* blocked = field_buffer(env, o, "blocked", size_t(a.num_seqs) * S * S * f4);
+  c.bufs = {qSeq, qPos, kSeq, kPos, qSeg, kSeg, blocked};
+  a.q_seq = I(qSeq); a.q_pos = I(qPos); a.k_seq = I(kSeq); a.k_pos = I(kPos);
+  a.q_seg = I(qSeg); a.k_seg = I(kSeg); a.blocked = I(blocked);
+  return c;
+}
+
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    AttnCall c = parse_attention(info);
+    auto* out = c.arg(info, 1, "out", c.q_bytes());
+    auto* lse = c.arg(info, 2, "lse", c.lse_bytes());
+    auto* q = c.arg(info, 3, "q", c.q_bytes());
+    auto* k = c.arg(info, 4, "k", c.kv_bytes());
+    auto* v = c.arg(info, 5, "v", c.kv_bytes());
+    if (c.device() == Device::CPU) {
+      cpu::attention(c.a, F(out), F(lse), F(q), F(k), F(v));
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      mote_attention_args ca = c.cuda();
+      cuda_check(mote_cuda_attention(&ca, F(out), F(lse), F(q), F(k), F(v), nullptr), "attention");
+#else
+      MOTE_CUDA_OR_THROW(0, "attention");
+#endif
+    }
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value AttentionGrad(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    AttnCall c = parse_attention(info);
+    auto* dq = c.arg(info, 1, "dq", c.q_bytes());
+    auto* dk = c.arg(info, 2, "dk", c.kv_bytes());
+    auto* dv = c.arg(info, 3, "dv", c.kv_bytes());
+    auto* dOut = c.arg(info, 4, "dOut", c.q_bytes());
+    auto* q = c.arg(info, 5, "q", c.q_bytes());
+    auto* k = c.arg(info, 6, "k", c.kv_bytes());
+    auto* v = c.arg(info, 7, "v", c.kv_bytes());
+    auto* out = c.arg(info, 8, "out", c.q_bytes());
+    auto* lse = c.arg(info, 9, "lse", c.lse_bytes());
+    if (c.device() == Device::CPU) {
+      cpu::attention_grad(c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse));
+    } else {
+#ifdef MOTE_HAVE_CUDA
+      mote_attention_args ca = c.cuda();
+      cuda_check(mote_cuda_attention_grad(&ca, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse), nullptr), "attentionGrad");
+#else
+      MOTE_CUDA_OR_THROW(0, "attentionGrad");
+#endif
+    }
+    return info.Env().Undefined();
+  });
+}
+
+// ---------------------------------------------------------------------------- swiglu, residual
+
+Napi::Value Swiglu(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int64_t n = count_arg(info, 3, "n");
+    auto* y = buffer_arg(info, 0, "y", size_t(n) * f4);
+    auto* gate = buffer_arg(info, 1, "gate", size_t(n) * f4);
+    auto* up = buffer_arg(info, 2, "up", size_t(n) * f4);
+    if (same_device({y, gate, up}) == Device::CPU) cpu::swiglu(F(y), F(gate), F(up), n);
+    else MOTE_CUDA_OR_THROW(mote_cuda_swiglu(F(y), F(gate), F(up), n, nullptr), "swiglu");
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value SwigluGrad(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int64_t n = count_arg(info, 5, "n");
+    auto* dgate = buffer_arg(info, 0, "dgate", size_t(n) * f4);
+    auto* dup = buffer_arg(info, 1, "dup", size_t(n) * f4);
+    auto* dy = buffer_arg(info, 2, "dy", size_t(n) * f4);
+    auto* gate = buffer_arg(info, 3, "gate", size_t(n) * f4);
+    auto* up = buffer_arg(info, 4, "up", size_t(n) * f4);
+    if (same_device({dgate, dup, dy, gate, up}) == Device::CPU) cpu::swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n);
+    else MOTE_CUDA_OR_THROW(mote_cuda_swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n, nullptr), "swigluGrad");
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Add(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int64_t n = count_arg(info, 3, "n");
+    auto* y = buffer_arg(info, 0, "y", size_t(n) * f4);
+    auto* a = buffer_arg(info, 1, "a", size_t(n) * f4);
+    auto* b = buffer_arg(info, 2, "b", size_t(n) * f4);
+    if (same_device({y, a, b}) == Device::CPU) cpu::add(F(y), F(a), F(b), n);
+    else MOTE_CUDA_OR_THROW(mote_cuda_add(F(y), F(a), F(b), n, nullptr), "add");
+    return info.Env().Undefined();
+  });
+}
+
+// ---------------------------------------------------------------------------- xent
+
+Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int T = dim_arg(info, 2, "T", 1), V = dim_arg(info, 3, "V", 1);
+    auto* out = buffer_arg(info, 0, "out", size_t(T) * V * f4);
+    auto* logits = buffer_arg(info, 1, "logits", size_t(T) * V * f4);
+    if (same_device({out, logits}) == Device::CPU) cpu::log_softmax(F(out), F(logits), T, V);
+    else MOTE_CUDA_OR_THROW(mote_cuda_log_softmax(F(out), F(logits), T, V, nullptr), "logSoftmax");
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Xent(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int T = dim_arg(info, 5, "T", 1), V = dim_arg(info, 6, "V", 1);
+    auto* losses = buffer_arg(info, 0, "losses", size_t(T) * f4);
+    auto* lse = buffer_arg(info, 1, "lse", size_t(T) * f4);
+    auto* logits = buffer_arg(info, 2, "logits", size_t(T) * V * f4);
+    auto* targets = buffer_arg(info, 3, "targets", size_t(T) * f4);
+    auto* mask = buffer_arg(info, 4, "mask", size_t(T) * f4);
+    if (same_device({losses, lse, logits, targets, mask}) == Device::CPU) cpu::xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V);
+    else MOTE_CUDA_OR_THROW(mote_cuda_xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V, nullptr), "xent");
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value XentGrad(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    float scale = float_arg(info, 5, "scale", false);
+    int T = dim_arg(info, 6, "T", 1), V = dim_arg(info, 7, "V", 1);
+    auto* dlogits = buffer_arg(info, 0, "dlogits", size_t(T) * V * f4);
+    auto* logits = buffer_arg(info, 1, "logits", size_t(T) * V * f4);
+    auto* lse = buffer_arg(info, 2, "lse", size_t(T) * f4);
+    auto* targets = buffer_arg(info, 3, "targets", size_t(T) * f4);
+    auto* mask = buffer_arg(info, 4, "mask", size_t(T) * f4);
+    if (same_device({dlogits, logits, lse, targets, mask}) == Device::CPU)
+      cpu::xent_grad(F(dlogits), F(logits), F(lse), I(targets), F(mask), scale, T, V);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_xent_grad(F(dlogits), F(logits), F(lse), I(targets), F(mask), scale, T, V, nullptr), "xentGrad");
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+void register_model(Napi::Env env, Napi::Object exports) {
+  exports.Set("embedding", Napi::Function::New(env, Embedding));
+  exports.Set("embeddingGrad", Napi::Function::New(env, EmbeddingGrad));
+  exports.Set("rmsnorm", Napi::Function::New(env, Rmsnorm));
+  exports.Set("rmsnormGrad", Napi::Function::New(env, RmsnormGrad));
+  exports.Set("rope", Napi::Function::New(env, Rope));
+  exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("attentionGrad", Napi::Function::New(env, AttentionGrad));
+  exports.Set("swiglu", Napi::Function::New(env, Swiglu));
+  exports.Set("swigluGrad", Napi::Function::New(env, SwigluGrad));
+  exports.Set("add", Napi::Function::New(env, Add));
+  exports.Set("logSoftmax", Napi::Function::New(env, LogSoftmax));
+  exports.Set("xent", Napi::Function::New(env, Xent));
+  exports.Set("xentGrad", Napi::Function::New(env, XentGrad));
+}
+
+}  // namespace mote

@@ -1,0 +1,994 @@
+// Multi-slot LoRA family on the CPU (DESIGN §4); contracts in src/ops/lora.ts (LoraKernels).
+//   A: [L, R, Hin], B: [L, Hout, R], weights f32/f16/bf16, f32 accumulation.
+// Work past an adapter's rank is skipped: A rows r >= rank[e] and B columns r >= rank[e]
+// are never read.
+//
+// Determinism: every output element belongs to exactly one work item, and a work item
+// sums in a fixed order. Work items are cut from the problem (dims and routing) only,
+// never from the thread count, so results are bit-identical for any number of threads;
+// parallel_for only decides which thread runs which items. No atomics.
+//
+// Strategies: 0 = per token (BGMV: each (token, slot) gathers its adapter; weights are
+// converted on the fly), 1 = grouped (SGMV: segments of `order` share one adapter, whose
+// A/B block is converted to f32 once per work item and reused by all its tokens).
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "half.h"
+#if defined(__F16C__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+#include "kernels.h"
+#include "threads.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+// The 8-wide vector helpers below are internal (inlined or file-local), so the note that
+// their ABI differs with and without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+namespace mote::cpu {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Weight element types and conversions
+
+inline float bits_f32(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+inline uint32_t f32_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+// f16 -> f32 without branches so that it vectorises inside `omp simd` loops; exact for
+// every input (normals, subnormals, ±0, inf, NaN), same values as half.h's f16_to_f32.
+inline float h2f(uint16_t h) {
+  const uint32_t w = uint32_t(h) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = bits_f32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = bits_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t r = sign | (two_w < (1u << 27) ? f32_bits(denormalized) : f32_bits(normalized));
+  return bits_f32(r);
+}
+
+template <int DT>
+struct Elem {
+  using type = uint16_t;  // f16 (1) and bf16 (2)
+};
+template <>
+struct Elem<0> {
+  using type = float;
+};
+template <int DT>
+using elem_t = typename Elem<DT>::type;
+
+template <int DT>
+inline float cv(elem_t<DT> w) {
+  if constexpr (DT == 0) return w;
+  else if constexpr (DT == 1) return h2f(w);
+  else return bits_f32(uint32_t(w) << 16);
+}
+
+template <int DT>
+inline const elem_t<DT>* typed(const void* p) {
+  return static_cast<const elem_t<DT>*>(p);
+}
+
+// ---------------------------------------------------------------------------
+// 8-wide f32 vectors (GCC/Clang vector extensions: AVX on x86-64 with -march=native,
+// pairs of SSE/NEON registers elsewhere). Explicit vectors keep the accumulators of the
+// micro-kernels in registers whatever the auto-vectoriser decides.
+
+typedef float f8 __attribute__((vector_size(32)));
+typedef uint32_t u8x32 __attribute__((vector_size(32)));
+typedef uint16_t u8x16 __attribute__((vector_size(16)));
+
+inline f8 ld8(const float* p) {
+  f8 v;
+  std::memcpy(&v, p, 32);
+  return v;
+}
+inline void st8(float* p, const f8& v) { std::memcpy(p, &v, 32); }
+inline f8 splat(float c) { return f8{c, c, c, c, c, c, c, c}; }
+inline float hsum(const f8& v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
+inline f8 as_f8(const u8x32& u) {
+  f8 f;
+  std::memcpy(&f, &u, 32);
+  return f;
+}
+inline u8x32 as_u8(const f8& f) {
+  u8x32 u;
+  std::memcpy(&u, &f, 32);
+  return u;
+}
+
+// Loads 8 weights of dtype DT as f32.
+template <int DT>
+inline f8 ld8w(const elem_t<DT>* p) {
+  if constexpr (DT == 0) {
+    return ld8(p);
+  } else {
+    u8x16 h;
+    std::memcpy(&h, p, 16);
+#if defined(__F16C__)
+    if constexpr (DT == 1) {
+      __m128i hi;
+      std::memcpy(&hi, &h, 16);
+      __m256 f = _mm256_cvtph_ps(hi);
+      f8 r;
+      std::memcpy(&r, &f, 32);
+      return r;
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (DT == 2) {
+      __m128i hi;
+      std::memcpy(&hi, &h, 16);
+      __m256i wi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(hi), 16);
+      f8 r;
+      std::memcpy(&r, &wi, 32);
+      return r;
+    }
+#endif
+    u8x32 w = __builtin_convertvector(h, u8x32) << 16;
+    if constexpr (DT == 2) {
+      return as_f8(w);
+    } else {  // h2f on 8 lanes
+      const u8x32 sign = w & 0x80000000u;
+      const u8x32 two_w = w + w;
+      const f8 normalized = as_f8((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+      const f8 denormalized = as_f8((two_w >> 17) | (126u << 23)) - 0.5f;
+      const u8x32 m = (u8x32)(two_w < (1u << 27));
+      return as_f8(sign | (as_u8(denormalized) & m) | (as_u8(normalized) & ~m));
+    }
+  }
+}
+
+// Converts rows [0, nr) x cols [0, n) of a strided matrix of dtype DT into dst (row stride n).
+template <int DT>
+void rows_to_f32(float* dst, const elem_t<DT>* src, size_t stride, int nr, int n) {
+  for (int r = 0; r < nr; r++) {
+    const elem_t<DT>* s = src + size_t(r) * stride;
+    float* d = dst + size_t(r) * n;
+    int j = 0;
+    for (; j + 8 <= n; j += 8) st8(d + j, ld8w<DT>(s + j));
+    for (; j < n; j++) d[j] = cv<DT>(s[j]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Micro-kernels
+
+// out[q] = Σ_j w[q·stride + j]·x[j], q < 4 (four dot products share each x load).
+template <int DT>
+inline void dot4(const elem_t<DT>* w, size_t stride, const float* x, int n, float out[4]) {
+  const elem_t<DT>*w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+  f8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const f8 xv = ld8(x + j);
+    s0 += xv * ld8w<DT>(w0 + j);
+    s1 += xv * ld8w<DT>(w1 + j);
+    s2 += xv * ld8w<DT>(w2 + j);
+    s3 += xv * ld8w<DT>(w3 + j);
+  }
+  float t0 = hsum(s0), t1 = hsum(s1), t2 = hsum(s2), t3 = hsum(s3);
+  for (; j < n; j++) {
+    const float xv = x[j];
+    t0 += xv * cv<DT>(w0[j]);
+    t1 += xv * cv<DT>(w1[j]);
+    t2 += xv * cv<DT>(w2[j]);
+    t3 += xv * cv<DT>(w3[j]);
+  }
+  out[0] = t0;
+  out[1] = t1;
+  out[2] = t2;
+  out[3] = t3;
+}
+
+template <int DT>
+inline float dot1(const elem_t<DT>* w, const float* x, int n) {
+  f8 s = {};
+  int j = 0;
+  for (; j + 8 <= n; j += 8) s += ld8(x + j) * ld8w<DT>(w + j);
+  float t = hsum(s);
+  for (; j < n; j++) t += x[j] * cv<DT>(w[j]);
+  return t;
+}
+
+// Two tokens against four f32 rows: 8 dot products, 6 loads per 8 FMAs.
+__attribute__((noinline)) void dot4x2(const float* w, size_t stride, const float* xa, const float* xb, int n, float out[8]) {
+  const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
+  f8 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const f8 xa_ = ld8(xa + j), xb_ = ld8(xb + j);
+    const f8 v0 = ld8(w0 + j), v1 = ld8(w1 + j), v2 = ld8(w2 + j), v3 = ld8(w3 + j);
+    a0 += xa_ * v0;
+    a1 += xa_ * v1;
+    a2 += xa_ * v2;
+    a3 += xa_ * v3;
+    b0 += xb_ * v0;
+    b1 += xb_ * v1;
+    b2 += xb_ * v2;
+    b3 += xb_ * v3;
+  }
+  float t[8] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3), hsum(b0), hsum(b1), hsum(b2), hsum(b3)};
+  for (; j < n; j++) {
+    const float xa_ = xa[j], xb_ = xb[j];
+    const float v0 = w0[j], v1 = w1[j], v2 = w2[j], v3 = w3[j];
+    t[0] += xa_ * v0;
+    t[1] += xa_ * v1;
+    t[2] += xa_ * v2;
+    t[3] += xa_ * v3;
+    t[4] += xb_ * v0;
+    t[5] += xb_ * v1;
+    t[6] += xb_ * v2;
+    t[7] += xb_ * v3;
+  }
+  std::memcpy(out, t, sizeof t);
+}
+
+// acc[j] += Σ_{q < nr} m[q·stride + j]·d[q], j < n; rows taken four at a time.
+template <int DT>
+inline void rows_axpy(float* __restrict acc, const elem_t<DT>* m, size_t stride, int nr, const float* d, int n) {
+  int q = 0;
+  for (; q + 4 <= nr; q += 4) {
+    const elem_t<DT>*m0 = m + size_t(q) * stride, *m1 = m0 + stride, *m2 = m1 + stride, *m3 = m2 + stride;
+    const float d0 = d[q], d1 = d[q + 1], d2 = d[q + 2], d3 = d[q + 3];
+    const f8 e0 = splat(d0), e1 = splat(d1), e2 = splat(d2), e3 = splat(d3);
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+      st8(acc + j, ld8(acc + j) + ((ld8w<DT>(m0 + j) * e0 + ld8w<DT>(m1 + j) * e1) + (ld8w<DT>(m2 + j) * e2 + ld8w<DT>(m3 + j) * e3)));
+    for (; j < n; j++) acc[j] += (cv<DT>(m0[j]) * d0 + cv<DT>(m1[j]) * d1) + (cv<DT>(m2[j]) * d2 + cv<DT>(m3[j]) * d3);
+  }
+  for (; q < nr; q++) {
+    const elem_t<DT>* m0 = m + size_t(q) * stride;
+    const float d0 = d[q];
+    const f8 e0 = splat(d0);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) st8(acc + j, ld8(acc + j) + ld8w<DT>(m0 + j) * e0);
+    for (; j < n; j++) acc[j] += cv<DT>(m0[j]) * d0;
+  }
+}
+
+// y[j] (+)= Σ_{q < nr} m[q·stride + j]·u[q] for j < n (SET: y = sum, else y += sum):
+// 32 outputs held in registers while all nr rows stream past.
+template <int DT, bool SET>
+inline void rows_axpy_reg(float* y, const elem_t<DT>* m, size_t stride, int nr, const float* u, int n) {
+  auto put = [&](float* p, const f8& a) { st8(p, SET ? a : ld8(p) + a); };
+  int j = 0;
+  for (; j + 32 <= n; j += 32) {
+    f8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    const elem_t<DT>* mj = m + j;
+    for (int q = 0; q < nr; q++, mj += stride) {
+      const f8 e = splat(u[q]);
+      a0 += ld8w<DT>(mj) * e;
+      a1 += ld8w<DT>(mj + 8) * e;
+      a2 += ld8w<DT>(mj + 16) * e;
+      a3 += ld8w<DT>(mj + 24) * e;
+    }
+    put(y + j, a0);
+    put(y + j + 8, a1);
+    put(y + j + 16, a2);
+    put(y + j + 24, a3);
+  }
+  for (; j + 8 <= n; j += 8) {
+    f8 a0 = {};
+    for (int q = 0; q < nr; q++) a0 += ld8w<DT>(m + size_t(q) * stride + j) * splat(u[q]);
+    put(y + j, a0);
+  }
+  for (; j < n; j++) {
+    float s = 0;
+    for (int q = 0; q < nr; q++) s += cv<DT>(m[size_t(q) * stride + j]) * u[q];
+    y[j] = SET ? s : y[j] + s;
+  }
+}
+
+// out[r] = Σ_{o < n} m[o·stride + r]·d[o] for r < nc (a column sum of a row-major block;
+// B[e]ᵀ·dy). Up to 32 columns in registers, two rows per step into separate accumulators.
+template <int DT, int NV>
+inline void colsum_vec(float* out, const elem_t<DT>* m, size_t stride, int n, const float* d) {
+  f8 a[NV] = {}, b[NV] = {};
+  int o = 0;
+  for (; o + 2 <= n; o += 2) {
+    const f8 d0 = splat(d[o]), d1 = splat(d[o + 1]);
+    const elem_t<DT>* m0 = m + size_t(o) * stride;
+    const elem_t<DT>* m1 = m0 + stride;
+    for (int i = 0; i < NV; i++) {
+      a[i] += ld8w<DT>(m0 + 8 * i) * d0;
+      b[i] += ld8w<DT>(m1 + 8 * i) * d1;
+    }
+  }
+  if (o < n) {
+    const f8 d0 = splat(d[o]);
+    for (int i = 0; i < NV; i++) a[i] += ld8w<DT>(m + size_t(o) * stride + 8 * i) * d0;
+  }
+  for (int i = 0; i < NV; i++) st8(out + 8 * i, a[i] + b[i]);
+}
+
+template <int DT>
+void colsum(float* out, const elem_t<DT>* m, size_t stride, int n, const float* d, int nc) {
+  int c = 0;
+  for (; c + 32 <= nc; c += 32) colsum_vec<DT, 4>(out + c, m + c, stride, n, d);
+  switch ((nc - c) / 8) {
+    case 3: colsum_vec<DT, 3>(out + c, m + c, stride, n, d); c += 24; break;
+    case 2: colsum_vec<DT, 2>(out + c, m + c, stride, n, d); c += 16; break;
+    case 1: colsum_vec<DT, 1>(out + c, m + c, stride, n, d); c += 8; break;
+    default: break;
+  }
+  for (; c < nc; c++) {  // columns past the last full vector (never past nc)
+    float s0 = 0, s1 = 0;
+    int o = 0;
+    for (; o + 2 <= n; o += 2) {
+      s0 += cv<DT>(m[size_t(o) * stride + c]) * d[o];
+      s1 += cv<DT>(m[size_t(o + 1) * stride + c]) * d[o + 1];
+    }
+    if (o < n) s0 += cv<DT>(m[size_t(o) * stride + c]) * d[o];
+    out[c] = s0 + s1;
+  }
+}
+
+// Grouped GEMM of the weight gradients: out[r][j] (+)= Σ_p C[p][r]·X[p][j], p ascending.
+// Operands are packed per work item: Xp[jt][p][16] (16-column slabs, zero-padded) and
+// Cp[p][rp] (rp = rank rounded up to 4, zero-padded), so the 4 x 16 register tile always
+// runs full and streams contiguous memory.
+constexpr int kOuterJ = 16;
+constexpr int kOuterR = 4;
+
+__attribute__((noinline)) void outer_tile(const float* xs, const float* cs, size_t cstride, int np, float res[kOuterR][kOuterJ]) {
+  f8 a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
+  for (int p = 0; p < np; p++, xs += kOuterJ, cs += cstride) {
+    const f8 x0 = ld8(xs), x1 = ld8(xs + 8);
+    const f8 c0 = splat(cs[0]), c1 = splat(cs[1]), c2 = splat(cs[2]), c3 = splat(cs[3]);
+    a00 += c0 * x0;
+    a01 += c0 * x1;
+    a10 += c1 * x0;
+    a11 += c1 * x1;
+    a20 += c2 * x0;
+    a21 += c2 * x1;
+    a30 += c3 * x0;
+    a31 += c3 * x1;
+  }
+  st8(res[0], a00); st8(res[0] + 8, a01);
+  st8(res[1], a10); st8(res[1] + 8, a11);
+  st8(res[2], a20); st8(res[2] + 8, a21);
+  st8(res[3], a30); st8(res[3] + 8, a31);
+}
+
+constexpr int kPackAhead = 4;  // rows prefetched ahead while packing
+
+// Packs rows X[p][0, nj) into xp[jt][p][16] (zero-padded to a multiple of 16 columns).
+void pack_x(float* xp, const float* const* X, int np, int nj) {
+  const int njt = (nj + kOuterJ - 1) / kOuterJ;
+  for (int p = 0; p < np; p++) {
+    const float* src = X[p];
+    if (p + kPackAhead < np)
+      for (int j = 0; j < nj; j += 16) __builtin_prefetch(X[p + kPackAhead] + j);
+    for (int jt = 0; jt < njt; jt++) {
+      float* d = xp + (size_t(jt) * np + p) * kOuterJ;
+      const int w = std::min(kOuterJ, nj - jt * kOuterJ);
+      if (w == kOuterJ) {
+        st8(d, ld8(src + jt * kOuterJ));
+        st8(d + 8, ld8(src + jt * kOuterJ + 8));
+      } else {
+        for (int j = 0; j < kOuterJ; j++) d[j] = j < w ? src[jt * kOuterJ + j] : 0.f;
+      }
+    }
+  }
+}
+
+// out[r·ostride + j] (+)= Σ_p cp[p·rp + r]·X[p][j] for r < nr, j < nj; xp from pack_x.
+void outer_packed(const float* xp, const float* cp, int rp, int np, int nr, int nj, float* out, size_t ostride, bool acc) {
+  const int njt = (nj + kOuterJ - 1) / kOuterJ;
+  float res[kOuterR][kOuterJ];
+  for (int jt = 0; jt < njt; jt++) {
+    const int j0 = jt * kOuterJ, w = std::min(kOuterJ, nj - j0);
+    for (int r0 = 0; r0 < nr; r0 += kOuterR) {
+      outer_tile(xp + size_t(jt) * np * kOuterJ, cp + r0, rp, np, res);
+      for (int q = 0; q < std::min(kOuterR, nr - r0); q++) {
+        float* o = out + size_t(r0 + q) * ostride + j0;
+        for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Argument checks (cheap, O(T·K + L)): index ranges, so a bad routing can never make
+// the kernels read or write out of bounds, and the grouped form's consistency, which
+// the race-freedom of the grouped kernels relies on.
+
+[[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("lora: " + what); }
+
+void check_args(const mote_lora_args& a, bool segments) {
+  if (a.T <= 0 || a.K <= 0 || a.L <= 0 || a.R <= 0 || a.Hin <= 0 || a.Hout <= 0)
+    bad("T, K, L, R, Hin, Hout: expected positive integers");
+  if (a.a_dtype < 0 || a.a_dtype > 2) bad("A dtype: expected f32, f16 or bf16 (0..2), got " + std::to_string(a.a_dtype));
+  if (a.b_dtype < 0 || a.b_dtype > 2) bad("B dtype: expected f32, f16 or bf16 (0..2), got " + std::to_string(a.b_dtype));
+  if (a.strategy != 0 && a.strategy != 1) bad("strategy: expected 0 (bgmv) or 1 (sgmv), got " + std::to_string(a.strategy));
+  for (int e = 0; e < a.L; e++)
+    if (a.rank[e] < 1 || a.rank[e] > a.R)
+      bad("rank[" + std::to_string(e) + "]: expected an integer in [1, " + std::to_string(a.R) + "], got " + std::to_string(a.rank[e]));
+  const size_t TK = size_t(a.T) * a.K;
+  size_t used = 0;
+  for (size_t i = 0; i < TK; i++) {
+    int s = a.slots[i];
+    if (s < -1 || s >= a.L) bad("slots[" + std::to_string(i) + "]: expected an adapter in [-1, " + std::to_string(a.L - 1) + "], got " + std::to_string(s));
+    used += s >= 0;
+  }
+  if (!segments) return;
+  if (a.P < 0 || size_t(a.P) != used) bad("P: expected the number of non-empty slots, " + std::to_string(used) + ", got " + std::to_string(a.P));
+  if (a.G < 0 || a.G > a.L) bad("G: expected a count in [0, L], got " + std::to_string(a.G));
+  if (a.seg_start[0] != 0 || a.seg_start[a.G] != a.P) bad("segStart: expected to start at 0 and end at P");
+  for (int g = 0; g < a.G; g++) {
+    int e = a.seg_adapter[g];
+    if (e < 0 || e >= a.L || (g > 0 && e <= a.seg_adapter[g - 1])) bad("segAdapter: expected strictly ascending adapters in [0, L)");
+    if (a.seg_start[g + 1] < a.seg_start[g]) bad("segStart: expected non-decreasing offsets");
+  }
+  std::vector<char> seen(TK, 0);
+  for (int g = 0; g < a.G; g++) {
+    int e = a.seg_adapter[g];
+    for (int p = a.seg_start[g]; p < a.seg_start[g + 1]; p++) {
+      int q = a.order[p];
+      if (q < 0 || size_t(q) >= TK || seen[q] || a.slots[q] != e) bad("order[" + std::to_string(p) + "]: not a slot of adapter " + std::to_string(e) + " (or listed twice)");
+      seen[q] = 1;
+    }
+  }
+}
+
+// Zeroes v entries that no kernel item writes: empty slots and entries past the rank.
+void zero_unused(const mote_lora_args& a, float* v) {
+  const size_t TK = size_t(a.T) * a.K;
+  for (size_t p = 0; p < TK; p++) {
+    int e = a.slots[p];
+    int from = e < 0 ? 0 : a.rank[e];
+    if (from < a.R) std::memset(v + p * a.R + from, 0, size_t(a.R - from) * 4);
+  }
+}
+
+// Grouped work split into tiles of at most `per` pairs of one segment.
+struct Tile {
+  int g, p0, p1;
+};
+std::vector<Tile> tiles_of(const mote_lora_args& a, int per) {
+  std::vector<Tile> t;
+  for (int g = 0; g < a.G; g++)
+    for (int p = a.seg_start[g]; p < a.seg_start[g + 1]; p += per) t.push_back({g, p, std::min(a.seg_start[g + 1], p + per)});
+  return t;
+}
+
+// Items over (segment, block) when every token sits in at most one segment (K = 1);
+// otherwise items over blocks, each visiting all segments in order (a token's slots can
+// name different adapters, and its output row must have a single owner).
+template <typename F>
+void for_segment_blocks(const mote_lora_args& a, int nBlocks, F&& body) {
+  if (a.K == 1) {
+    parallel_for(size_t(a.G) * nBlocks, 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; i++) body(int(i / nBlocks), int(i / nBlocks) + 1, int(i % nBlocks));
+    });
+  } else {
+    parallel_for(size_t(nBlocks), 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; i++) body(0, a.G, int(i));
+    });
+  }
+}
+
+#define MOTE_LORA_DISPATCH(dt, fn, ...) \
+  switch (dt) {                        \
+    case 0: fn<0>(__VA_ARGS__); break; \
+    case 1: fn<1>(__VA_ARGS__); break; \
+    default: fn<2>(__VA_ARGS__); break; \
+  }
+
+// ---------------------------------------------------------------------------
+// shrink: v[t,k,r] = A[e][r,:]·x[t]
+
+constexpr int kShrinkRows = 4;   // rows of A per BGMV item
+constexpr int kShrinkTile = 16;  // pairs per SGMV tile
+
+template <int DT>
+void shrink_bgmv(const mote_lora_args& a, float* v, const float* x) {
+  // Items: (pair, block of 4 rows). One token still spreads over R/4 items.
+  const int nrb = (a.R + kShrinkRows - 1) / kShrinkRows;
+  const size_t TK = size_t(a.T) * a.K;
+  const auto* A = typed<DT>(a.A);
+  parallel_for(TK * nrb, 1, [&](size_t b, size_t end) {
+    for (size_t i = b; i < end; i++) {
+      size_t p = i / nrb;
+      int r0 = int(i % nrb) * kShrinkRows, r1 = std::min(a.R, r0 + kShrinkRows);
+      int e = a.slots[p];
+      float* vp = v + p * a.R;
+      int re = e < 0 ? 0 : std::min(r1, a.rank[e]);
+      int r = r0;
+      if (r < re) {
+        const float* xt = x + (p / a.K) * a.Hin;
+        const auto* Ae = A + size_t(e) * a.R * a.Hin;
+        if (re - r == kShrinkRows) {
+          dot4<DT>(Ae + size_t(r) * a.Hin, a.Hin, xt, a.Hin, vp + r);
+          r += kShrinkRows;
+        }
+        for (; r < re; r++) vp[r] = dot1<DT>(Ae + size_t(r) * a.Hin, xt, a.Hin);
+      }
+      for (r = std::max(r, r0); r < r1; r++) vp[r] = 0.f;
+    }
+  });
+}
+
+template <int DT>
+void shrink_sgmv(const mote_lora_args& a, float* v, const float* x) {
+  zero_unused(a, v);
+  const std::vector<Tile> tiles = tiles_of(a, kShrinkTile);
+  // Many tiles: one item per tile reads each x row once for all rows of A. Few tiles
+  // (small batches): split the rows too so every thread has work.
+  const int rb = tiles.size() >= 8 ? (a.R + 3) / 4 * 4 : kShrinkRows;
+  const int nrb = (a.R + rb - 1) / rb;
+  const auto* A = typed<DT>(a.A);
+  parallel_for(tiles.size() * nrb, 1, [&](size_t b, size_t end) {
+    std::vector<float> scratch;
+    for (size_t i = b; i < end; i++) {
+      const Tile& tl = tiles[i / nrb];
+      const int e = a.seg_adapter[tl.g], re = a.rank[e];
+      const int r0 = int(i % nrb) * rb, r1 = std::min(re, r0 + rb);
+      if (r0 >= r1) continue;
+      const int np = tl.p1 - tl.p0;
+      const auto* Ae = A + (size_t(e) * a.R + r0) * a.Hin;
+      if (DT != 0 && np == 1) {  // one token: convert on the fly, like BGMV
+        const int p = a.order[tl.p0];
+        const float* xt = x + size_t(p / a.K) * a.Hin;
+        float* vp = v + size_t(p) * a.R;
+        int r = r0;
+        for (; r + 4 <= r1; r += 4) dot4<DT>(Ae + size_t(r - r0) * a.Hin, a.Hin, xt, a.Hin, vp + r);
+        for (; r < r1; r++) vp[r] = dot1<DT>(Ae + size_t(r - r0) * a.Hin, xt, a.Hin);
+        continue;
+      }
+      const float* Af;
+      if constexpr (DT == 0) {
+        Af = Ae;
+      } else {
+        scratch.resize(size_t(r1 - r0) * a.Hin);
+        rows_to_f32<DT>(scratch.data(), Ae, a.Hin, r1 - r0, a.Hin);
+        Af = scratch.data();
+      }
+      // Row groups outer, tokens inner: a group of 4 rows of A is reused by the whole tile.
+      const int n = a.Hin;
+      for (int r = r0; r < r1; r += 4) {
+        const int nr = std::min(4, r1 - r);
+        const float* Ar = Af + size_t(r - r0) * n;
+        int pi = tl.p0;
+        for (; pi + 2 <= tl.p1; pi += 2) {
+          const int pa = a.order[pi], pb = a.order[pi + 1];
+          const float* xa = x + size_t(pa / a.K) * n;
+          const float* xb = x + size_t(pb / a.K) * n;
+          float* va = v + size_t(pa) * a.R + r;
+          float* vb = v + size_t(pb) * a.R + r;
+          if (nr == 4) {
+            float o[8];
+            dot4x2(Ar, n, xa, xb, n, o);
+            std::memcpy(va, o, 16);
+            std::memcpy(vb, o + 4, 16);
+          } else {
+            for (int q = 0; q < nr; q++) {
+              va[q] = dot1<0>(Ar + size_t(q) * n, xa, n);
+              vb[q] = dot1<0>(Ar + size_t(q) * n, xb, n);
+            }
+          }
+        }
+        if (pi < tl.p1) {
+          const int p = a.order[pi];
+          const float* xt = x + size_t(p / a.K) * n;
+          float* vp = v + size_t(p) * a.R + r;
+          if (nr == 4) dot4<0>(Ar, n, xt, n, vp);
+          else
+            for (int q = 0; q < nr; q++) vp[q] = dot1<0>(Ar + size_t(q) * n, xt, n);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// expand: y[t] += Σ_k weight·scale[e]·B[e]·v[t,k]
+
+constexpr int kExpandBgmvBlock = 512;  // outputs per BGMV item (32 KiB of f32 B at R = 16)
+constexpr int kExpandSgmvBlock = 256;  // outputs per SGMV item
+constexpr int kTransposeMin = 8;       // tokens of one adapter that pay for a transposed f32 copy of B
+
+// y[o] += Σ_{r<re} B[o,r]·u[r] for o < n (B rows of stride R), four rows at a time.
+template <int DT>
+inline void expand_rows(float* y, const elem_t<DT>* Bb, int R, int re, const float* u, int n) {
+  int o = 0;
+#if defined(__AVX__)
+  if (re % 8 == 0) {  // 8 rows at a time, their 8 partial vectors reduced by one transpose-add
+    for (; o + 8 <= n; o += 8) {
+      const elem_t<DT>* b = Bb + size_t(o) * R;
+      __m256 p[8];
+      for (int q = 0; q < 8; q++) p[q] = _mm256_setzero_ps();
+      for (int r = 0; r < re; r += 8) {
+        const f8 ur = ld8(u + r);
+        for (int q = 0; q < 8; q++) p[q] = (__m256)((f8)p[q] + ld8w<DT>(b + size_t(q) * R + r) * ur);
+      }
+      const __m256 t0 = _mm256_hadd_ps(p[0], p[1]), t1 = _mm256_hadd_ps(p[2], p[3]);
+      const __m256 t2 = _mm256_hadd_ps(p[4], p[5]), t3 = _mm256_hadd_ps(p[6], p[7]);
+      const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+      const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+      _mm256_storeu_ps(y + o, _mm256_add_ps(_mm256_loadu_ps(y + o), sum));
+    }
+  }
+#endif
+  for (; o + 4 <= n; o += 4) {
+    float s[4];
+    dot4<DT>(Bb + size_t(o) * R, R, u, re, s);
+    y[o] += s[0];
+    y[o + 1] += s[1];
+    y[o + 2] += s[2];
+    y[o + 3] += s[3];
+  }
+  for (; o < n; o++) y[o] += dot1<DT>(Bb + size_t(o) * R, u, re);
+}
+
+template <int DT>
+void expand_bgmv(const mote_lora_args& a, float* y, const float* v) {
+  // Items: (token, block of outputs): each reads a contiguous run of B per slot.
+  const int nb = (a.Hout + kExpandBgmvBlock - 1) / kExpandBgmvBlock;
+  const auto* B = typed<DT>(a.B);
+  parallel_for(size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
+    std::vector<float> u(a.R);
+    for (size_t i = b; i < end; i++) {
+      const size_t t = i / nb;
+      const int o0 = int(i % nb) * kExpandBgmvBlock, o1 = std::min(a.Hout, o0 + kExpandBgmvBlock);
+      for (int k = 0; k < a.K; k++) {
+        const size_t p = t * a.K + k;
+        const int e = a.slots[p];
+        if (e < 0) continue;
+        const int re = a.rank[e];
+        const float c = a.weight[p] * a.scale[e];
+        for (int r = 0; r < re; r++) u[r] = c * v[p * a.R + r];
+        expand_rows<DT>(y + t * a.Hout + o0, B + (size_t(e) * a.Hout + o0) * a.R, a.R, re, u.data(), o1 - o0);
+      }
+    }
+  });
+}
+
+// Prefetches the n floats at p (a block of the next token's output row) for writing.
+inline void prefetch_rw(const float* p, int n) {
+  for (int j = 0; j < n; j += 16) __builtin_prefetch(p + j, 1);
+}
+
+template <int DT>
+void expand_sgmv(const mote_lora_args& a, float* y, const float* v) {
+  const int nb = (a.Hout + kExpandSgmvBlock - 1) / kExpandSgmvBlock;
+  const auto* B = typed<DT>(a.B);
+  for_segment_blocks(a, nb, [&](int g0, int g1, int blk) {
+    const int o0 = blk * kExpandSgmvBlock, o1 = std::min(a.Hout, o0 + kExpandSgmvBlock), ob = o1 - o0;
+    std::vector<float> u(a.R), Bt;
+    for (int g = g0; g < g1; g++) {
+      const int e = a.seg_adapter[g], re = a.rank[e];
+      const int ps = a.seg_start[g], pe = a.seg_start[g + 1];
+      const float sc = a.scale[e];
+      const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
+      const bool transposed = pe - ps >= kTransposeMin;
+      if (transposed) {  // Bt[r][o] = B[o][r] in f32: then every token is a register-blocked axpy over o
+        Bt.resize(size_t(re) * ob);
+        for (int o = 0; o < ob; o++)
+          for (int r = 0; r < re; r++) Bt[size_t(r) * ob + o] = cv<DT>(Bb[size_t(o) * a.R + r]);
+      }
+      for (int pi = ps; pi < pe; pi++) {
+        const int p = a.order[pi];
+        if (pi + 1 < pe) prefetch_rw(y + size_t(a.order[pi + 1] / a.K) * a.Hout + o0, ob);
+        const float c = a.weight[p] * sc;
+        for (int r = 0; r < re; r++) u[r] = c * v[size_t(p) * a.R + r];
+        float* yr = y + size_t(p / a.K) * a.Hout + o0;
+        if (transposed) rows_axpy_reg<0, false>(yr, Bt.data(), ob, re, u.data(), ob);
+        else expand_rows<DT>(yr, Bb, a.R, re, u.data(), ob);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// shrink grad: dv[t,k,r] = weight·scale·Σ_o B[e][o,r]·dy[t,o]
+// Items cut Hout into chunks when there are few tokens; partial sums per chunk are added
+// in chunk order in a second pass (deterministic two-pass reduction).
+
+constexpr int kGradChunkMin = 256;
+constexpr int kGradTile = 16;
+
+int grad_chunks(size_t items, int Hout) {
+  int maxc = std::max(1, Hout / kGradChunkMin);
+  int want = int(std::min<size_t>(64, (64 + items - 1) / std::max<size_t>(1, items)));
+  return std::max(1, std::min(maxc, want));
+}
+
+void shrink_grad_finish(const mote_lora_args& a, float* dv, const float* partial, int nc) {
+  const size_t TK = size_t(a.T) * a.K;
+  parallel_for(TK, 64, [&](size_t b, size_t end) {
+    for (size_t p = b; p < end; p++) {
+      const int e = a.slots[p];
+      float* d = dv + p * a.R;
+      if (e < 0) {
+        std::fill(d, d + a.R, 0.f);
+        continue;
+      }
+      const int re = a.rank[e];
+      const float c = a.weight[p] * a.scale[e];
+      const float* pp = partial + p * size_t(nc) * a.R;
+      for (int r = 0; r < re; r++) {
+        float s = pp[r];
+        for (int ci = 1; ci < nc; ci++) s += pp[size_t(ci) * a.R + r];
+        d[r] = c * s;
+      }
+      std::fill(d + re, d + a.R, 0.f);
+    }
+  });
+}
+
+template <int DT>
+void shrink_grad_bgmv(const mote_lora_args& a, float* dv, const float* dy) {
+  const size_t TK = size_t(a.T) * a.K;
+  const int nc = grad_chunks(TK, a.Hout);
+  const int oc = (a.Hout + nc - 1) / nc;
+  std::vector<float> part(nc == 1 ? 0 : TK * nc * a.R);
+  float* partial = nc == 1 ? dv : part.data();
+  const auto* B = typed<DT>(a.B);
+  parallel_for(TK * nc, 1, [&](size_t b, size_t end) {
+    for (size_t i = b; i < end; i++) {
+      const size_t p = i / nc;
+      const int ci = int(i % nc);
+      const int e = a.slots[p];
+      if (e < 0) continue;
+      const int re = a.rank[e];
+      const int o0 = ci * oc, o1 = std::min(a.Hout, o0 + oc);
+      float* acc = partial + (p * nc + ci) * a.R;
+      colsum<DT>(acc, B + (size_t(e) * a.Hout + o0) * a.R, a.R, std::max(0, o1 - o0), dy + (p / a.K) * a.Hout + o0, re);
+    }
+  });
+  shrink_grad_finish(a, dv, partial, nc);
+}
+
+template <int DT>
+void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
+  const size_t TK = size_t(a.T) * a.K;
+  const std::vector<Tile> tiles = tiles_of(a, kGradTile);
+  const int nc = grad_chunks(tiles.size(), a.Hout);
+  const int oc = (a.Hout + nc - 1) / nc;
+  std::vector<float> part(nc == 1 ? 0 : TK * nc * a.R);
+  float* partial = nc == 1 ? dv : part.data();
+  const auto* B = typed<DT>(a.B);
+  parallel_for(tiles.size() * nc, 1, [&](size_t b, size_t end) {
+    std::vector<float> scratch;
+    for (size_t i = b; i < end; i++) {
+      const Tile& tl = tiles[i / nc];
+      const int ci = int(i % nc);
+      const int e = a.seg_adapter[tl.g], re = a.rank[e];
+      const int o0 = ci * oc, o1 = std::min(a.Hout, o0 + oc), n = std::max(0, o1 - o0);
+      const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
+      const bool convert = DT != 0 && tl.p1 - tl.p0 >= 2 && n > 0;
+      if (convert) {
+        scratch.resize(size_t(n) * re);
+        rows_to_f32<DT>(scratch.data(), Bb, a.R, n, re);
+      }
+      for (int pi = tl.p0; pi < tl.p1; pi++) {
+        const int p = a.order[pi];
+        float* acc = partial + (size_t(p) * nc + ci) * a.R;
+        const float* d = dy + size_t(p / a.K) * a.Hout + o0;
+        if (convert) colsum<0>(acc, scratch.data(), re, n, d, re);
+        else colsum<DT>(acc, Bb, a.R, n, d, re);
+      }
+    }
+  });
+  shrink_grad_finish(a, dv, partial, nc);
+}
+
+// ---------------------------------------------------------------------------
+// input grad: dx[t] (+)= Σ_k A[e]ᵀ·dv[t,k]
+
+constexpr int kInputBgmvBlock = 512;
+constexpr int kInputSgmvBlock = 512;
+
+template <int DT>
+void input_grad_bgmv(const mote_lora_args& a, float* dx, const float* dv, bool accumulate) {
+  const int nb = (a.Hin + kInputBgmvBlock - 1) / kInputBgmvBlock;
+  const auto* A = typed<DT>(a.A);
+  // Rows of A four at a time into an L1 accumulator (rows Hin apart share L1 sets, so
+  // streaming all rank rows at once would thrash it), then one write of dx.
+  parallel_for(size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
+    std::vector<float> acc(kInputBgmvBlock);
+    for (size_t i = b; i < end; i++) {
+      const size_t t = i / nb;
+      const int i0 = int(i % nb) * kInputBgmvBlock, n = std::min(a.Hin, i0 + kInputBgmvBlock) - i0;
+      std::fill(acc.begin(), acc.begin() + n, 0.f);
+      for (int k = 0; k < a.K; k++) {
+        const size_t p = t * a.K + k;
+        const int e = a.slots[p];
+        if (e < 0) continue;
+        rows_axpy<DT>(acc.data(), A + size_t(e) * a.R * a.Hin + i0, a.Hin, a.rank[e], dv + p * a.R, n);
+      }
+      float* d = dx + t * a.Hin + i0;
+      if (accumulate) {
+        int j = 0;
+        for (; j + 8 <= n; j += 8) st8(d + j, ld8(d + j) + ld8(acc.data() + j));
+        for (; j < n; j++) d[j] += acc[j];
+      } else {
+        std::memcpy(d, acc.data(), size_t(n) * 4);
+      }
+    }
+  });
+}
+
+template <int DT>
+void input_grad_sgmv(const mote_lora_args& a, float* dx, const float* dv, bool accumulate) {
+  const int nb = (a.Hin + kInputSgmvBlock - 1) / kInputSgmvBlock;
+  const auto* A = typed<DT>(a.A);
+  const bool one = a.K == 1;
+  if (one && !accumulate) {  // tokens without an adapter get 0 (K = 1: no item owns them)
+    for (int t = 0; t < a.T; t++)
+      if (a.slots[t] < 0) std::memset(dx + size_t(t) * a.Hin, 0, size_t(a.Hin) * 4);
+  }
+  for_segment_blocks(a, nb, [&](int g0, int g1, int blk) {
+    const int i0 = blk * kInputSgmvBlock, n = std::min(a.Hin, i0 + kInputSgmvBlock) - i0;
+    // K > 1: this item owns dx[:, block] for all tokens; clear it, then add every slot.
+    if (!one && !accumulate)
+      for (int t = 0; t < a.T; t++) std::memset(dx + size_t(t) * a.Hin + i0, 0, size_t(n) * 4);
+    const bool add = accumulate || !one;
+    std::vector<float> scratch;
+    for (int g = g0; g < g1; g++) {
+      const int e = a.seg_adapter[g], re = a.rank[e];
+      const int ps = a.seg_start[g], pe = a.seg_start[g + 1];
+      const auto* Ab = A + size_t(e) * a.R * a.Hin + i0;
+      // Packed f32 copy of the block (also for f32: rows Hin apart alias in the L1 sets).
+      const bool convert = pe - ps >= 2;
+      if (convert) {
+        scratch.resize(size_t(re) * n);
+        rows_to_f32<DT>(scratch.data(), Ab, a.Hin, re, n);
+      }
+      for (int pi = ps; pi < pe; pi++) {
+        const int p = a.order[pi];
+        if (pi + 1 < pe) prefetch_rw(dx + size_t(a.order[pi + 1] / a.K) * a.Hin + i0, n);
+        const float* d = dv + size_t(p) * a.R;
+        float* out = dx + size_t(p / a.K) * a.Hin + i0;
+        if (convert) {
+          if (add) rows_axpy_reg<0, false>(out, scratch.data(), n, re, d, n);
+          else rows_axpy_reg<0, true>(out, scratch.data(), n, re, d, n);
+        } else {
+          if (add) rows_axpy_reg<DT, false>(out, Ab, a.Hin, re, d, n);
+          else rows_axpy_reg<DT, true>(out, Ab, a.Hin, re, d, n);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+void lora_shrink(const mote_lora_args& a, float* v, const float* x) {
+  check_args(a, a.strategy == 1);
+  if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.a_dtype, shrink_sgmv, a, v, x);
+  } else {
+    MOTE_LORA_DISPATCH(a.a_dtype, shrink_bgmv, a, v, x);
+  }
+}
+
+void lora_expand(const mote_lora_args& a, float* y, const float* v) {
+  check_args(a, a.strategy == 1);
+  if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
+  } else {
+    MOTE_LORA_DISPATCH(a.b_dtype, expand_bgmv, a, y, v);
+  }
+}
+
+void lora_apply(const mote_lora_args& a, float* y, float* v, const float* x) {
+  // v is needed by backward, so it is written; it is tiny (T·K·R), so the two passes
+  // read A and B once each, the same traffic as a single fused pass.
+  lora_shrink(a, v, x);
+  if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
+  } else {
+    MOTE_LORA_DISPATCH(a.b_dtype, expand_bgmv, a, y, v);
+  }
+}
+
+void lora_shrink_grad(const mote_lora_args& a, float* dv, const float* dy) {
+  check_args(a, a.strategy == 1);
+  if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.b_dtype, shrink_grad_sgmv, a, dv, dy);
+  } else {
+    MOTE_LORA_DISPATCH(a.b_dtype, shrink_grad_bgmv, a, dv, dy);
+  }
+}
+
+void lora_input_grad(const mote_lora_args& a, float* dx, const float* dv, bool accumulate) {
+  check_args(a, a.strategy == 1);
+  if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.a_dtype, input_grad_sgmv, a, dx, dv, accumulate);
+  } else {
+    MOTE_LORA_DISPATCH(a.a_dtype, input_grad_bgmv, a, dx, dv, accumulate);
+  }
+}
+
+void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float* x, const float* dy, const float* v,
+                      const float* dv, bool accumulate) {
+  // Grouped GEMMs (always by adapter): items (adapter, block of columns) own their slice
+  // of dA[e] / dB[e]; tokens are summed in segment order (t, then k ascending).
+  check_args(a, true);
+  std::vector<int> seg_of(a.L, -1);
+  for (int g = 0; g < a.G; g++) seg_of[a.seg_adapter[g]] = g;
+  constexpr int kBlock = 128;  // columns per item: packed x / dy block of 512 B per token
+
+  const int nbA = (a.Hin + kBlock - 1) / kBlock;
+  parallel_for(size_t(a.L) * nbA, 1, [&](size_t b, size_t end) {
+    std::vector<const float*> X;
+    std::vector<float> xp, cp;
+    for (size_t i = b; i < end; i++) {
+      const int e = int(i / nbA);
+      const int i0 = int(i % nbA) * kBlock, n = std::min(a.Hin, i0 + kBlock) - i0;
+      const int g = seg_of[e];
+      const int re = g < 0 ? 0 : a.rank[e];
+      float* D = dA + size_t(e) * a.R * a.Hin + i0;
+      if (!accumulate)
+        for (int r = re; r < a.R; r++) std::memset(D + size_t(r) * a.Hin, 0, size_t(n) * 4);
+      if (g < 0) continue;
+      const int ps = a.seg_start[g], np = a.seg_start[g + 1] - ps;
+      const int rp = (re + kOuterR - 1) / kOuterR * kOuterR;
+      X.resize(np);
+      cp.assign(size_t(np) * rp, 0.f);
+      for (int q = 0; q < np; q++) {
+        const int p = a.order[ps + q];
+        X[q] = x + size_t(p / a.K) * a.Hin + i0;
+        std::memcpy(cp.data() + size_t(q) * rp, dv + size_t(p) * a.R, size_t(re) * 4);
+      }
+      xp.resize(size_t(np) * ((n + kOuterJ - 1) / kOuterJ) * kOuterJ);
+      pack_x(xp.data(), X.data(), np, n);
+      outer_packed(xp.data(), cp.data(), rp, np, re, n, D, a.Hin, accumulate);
+    }
+  });
+
+  const int nbB = (a.Hout + kBlock - 1) / kBlock;
+  parallel_for(size_t(a.L) * nbB, 1, [&](size_t b, size_t end) {
+    std::vector<const float*> X;
+    std::vector<float> xp, cp, tmp;
+    for (size_t i = b; i < end; i++) {
+      const int e = int(i / nbB);
+      const int o0 = int(i % nbB) * kBlock, n = std::min(a.Hout, o0 + kBlock) - o0;
+      const int g = seg_of[e];
+      const int re = g < 0 ? 0 : a.rank[e];
+      float* D = dB + (size_t(e) * a.Hout + o0) * a.R;
+      if (!accumulate)
+        for (int o = 0; o < n; o++) std::fill(D + size_t(o) * a.R + re, D + size_t(o + 1) * a.R, 0.f);
+      if (g < 0) continue;
+      const int ps = a.seg_start[g], np = a.seg_start[g + 1] - ps;
+      const int rp = (re + kOuterR - 1) / kOuterR * kOuterR;
+      const float sc = a.scale[e];
+      X.resize(np);
+      cp.assign(size_t(np) * rp, 0.f);
+      for (int q = 0; q < np; q++) {
+        const int p = a.order[ps + q];
+        const float c = a.weight[p] * sc;
+        for (int r = 0; r < re; r++) cp[size_t(q) * rp + r] = c * v[size_t(p) * a.R + r];
+        X[q] = dy + size_t(p / a.K) * a.Hout + o0;
+      }
+      xp.resize(size_t(np) * ((n + kOuterJ - 1) / kOuterJ) * kOuterJ);
+      pack_x(xp.data(), X.data(), np, n);
+      tmp.resize(size_t(re) * n);  // dB[e]ᵀ block: [r][o]
+      outer_packed(xp.data(), cp.data(), rp, np, re, n, tmp.data(), n, false);
+      for (int o = 0; o < n; o++) {
+        float* d = D + size_t(o) * a.R;
+        for (int r = 0; r < re; r++) d[r] = accumulate ? d[r] + tmp[size_t(r) * n + o] : tmp[size_t(r) * n + o];
+      }
+    }
+  });
+}
+
+}  // namespace mote::cpu

@@ -1,0 +1,150 @@
+// Causal grouped-query attention over packed sequences, with MoTE's step-skipping segment
+// mask and decode against cached keys/values. Reference: src/reference/attention.ts.
+// Query i sees key j when kSeq[j] = qSeq[i], kPos[j] ≤ qPos[i], and (with segments) the pair
+// (qSeg[i], kSeg[j]) is not blocked in that sequence. A query that sees no key gets out = 0,
+// lse = −∞ and zero gradients.
+import { ArgumentError, ShapeError, describe } from '../errors.js';
+import type { Tensor } from '../tensor.js';
+import type { Backend } from '../backend/backend.js';
+import { modelKernels } from './model_kernels.js';
+import { Checker } from './check.js';
+
+export interface AttentionDims {
+  Tq: number; Tk: number; nH: number; nKv: number; D: number;
+  /** Softmax scale (default 1/sqrt(D)). */
+  scale: number;
+  /** Segments per sequence (0 = no segment mask). */
+  S: number;
+  /** Sequences covered by `blocked` (numSeqs·S·S entries). */
+  numSeqs: number;
+}
+
+export interface AttentionKernels {
+  /** out f32 [Tq, nH, D]; lse f32 [Tq, nH] (saved for backward). */
+  attention(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, l: AttentionLayout, d: AttentionDims): void;
+  /** dq [Tq,nH,D], dk [Tk,nKv,D], dv [Tk,nKv,D], all overwritten; each element has one owner (no atomics). */
+  attentionGrad(dq: Tensor, dk: Tensor, dv: Tensor, dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, l: AttentionLayout, d: AttentionDims): void;
+}
+
+export interface AttentionLayoutInit {
+  qSeq: ArrayLike<number>;
+  qPos: ArrayLike<number>;
+  /** default qSeq (self-attention) */
+  kSeq?: ArrayLike<number>;
+  /** default qPos */
+  kPos?: ArrayLike<number>;
+  segments?: {
+    numSegments: number;
+    qSegment: ArrayLike<number>;
+    kSegment?: ArrayLike<number>;
+    /** [numSeqs, S, S]: nonzero at [seq][later][earlier] = later's tokens do not see earlier's. */
+    blocked: ArrayLike<number | boolean>;
+  };
+}
+
+function ints(name: string, a: ArrayLike<number> | undefined, n: number, lo: number, hi: number): Int32Array {
+  if (!a || a.length !== n) throw new ShapeError(`attentionLayout: ${name}: expected ${n} entries, got ${a ? a.length : describe(a)}`);
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const v = a[i]!;
+    if (!Number.isInteger(v) || v < lo || v > hi) throw new ArgumentError(`attentionLayout: ${name}[${i}]: expected an integer in [${lo}, ${hi}], got ${v}`);
+    out[i] = v;
+  }
+  return out;
+}
+
+/** Who attends to whom in one batch, checked on the host and uploaded once (i32 tensors). */
+export class AttentionLayout {
+  readonly Tq: number;
+  readonly Tk: number;
+  readonly S: number;
+  readonly numSeqs: number;
+  readonly qSeq: Tensor; readonly qPos: Tensor; readonly kSeq: Tensor; readonly kPos: Tensor;
+  readonly qSeg: Tensor; readonly kSeg: Tensor; readonly blocked: Tensor;
+
+  constructor(readonly backend: Backend, init: AttentionLayoutInit) {
+    const MAX = 2 ** 31 - 1;
+    this.Tq = init.qSeq?.length ?? 0;
+    if (this.Tq === 0) throw new ShapeError('attentionLayout: qSeq: expected at least one query token');
+    const qSeq = ints('qSeq', init.qSeq, this.Tq, 0, MAX);
+    const qPos = ints('qPos', init.qPos, this.Tq, 0, MAX);
+    this.Tk = init.kSeq?.length ?? this.Tq;
+    const kSeq = init.kSeq ? ints('kSeq', init.kSeq, this.Tk, 0, MAX) : qSeq;
+    const kPos = init.kPos ? ints('kPos', init.kPos, this.Tk, 0, MAX) : init.kSeq ? ints('kPos', init.kPos, this.Tk, 0, MAX) : qPos;
+    let qSeg: Int32Array = new Int32Array(1), kSeg: Int32Array = new Int32Array(1), blocked: Int32Array = new Int32Array(1);
+    this.S = 0;
+    this.numSeqs = 0;
+    const sg = init.segments;
+    if (sg) {
+      const S = sg.numSegments;
+      if (!Number.isSafeInteger(S) || S <= 0) throw new ArgumentError(`attentionLayout: segments.numSegments: expected a positive integer, got ${describe(S)}`);
+      qSeg = ints('segments.qSegment', sg.qSegment, this.Tq, 0, S - 1);
+      kSeg = sg.kSegment ? ints('segments.kSegment', sg.kSegment, this.Tk, 0, S - 1) : init.kSeq ? ints('segments.kSegment', sg.kSegment, this.Tk, 0, S - 1) : qSeg;
+      if (!sg.blocked || sg.blocked.length === 0 || sg.blocked.length % (S * S) !== 0) {
+        throw new ShapeError(`attentionLayout: segments.blocked: expected numSeqs·${S}·${S} entries, got ${sg.blocked?.length}`);
+      }
+      this.numSeqs = sg.blocked.length / (S * S);
+      blocked = new Int32Array(sg.blocked.length);
+      for (let i = 0; i < blocked.length; i++) {
+        const b = sg.blocked[i] ? 1 : 0;
+        const later = Math.floor(i / S) % S, earlier = i % S;
+        if (b && later <= earlier) throw new ArgumentError(`attentionLayout: segments.blocked[${Math.floor(i / (S * S))}][${later}][${earlier}]: only a later segment may be blocked from an earlier one`);
+        blocked[i] = b;
+      }
+      for (const [n, s] of [['qSeq', qSeq], ['kSeq', kSeq]] as const) {
+        const bad = s.findIndex((v) => v >= this.numSeqs);
+        if (bad >= 0) throw new ArgumentError(`attentionLayout: ${n}[${bad}]: sequence ${s[bad]} has no entry in segments.blocked (numSeqs = ${this.numSeqs})`);
+      }
+      this.S = S;
+    }
+    const up = (a: Int32Array) => backend.tensor(a, [a.length], 'i32');
+    this.qSeq = up(qSeq); this.qPos = up(qPos); this.kSeq = up(kSeq); this.kPos = up(kPos);
+    this.qSeg = up(qSeg); this.kSeg = up(kSeg); this.blocked = up(blocked);
+  }
+
+  dispose(): void {
+    for (const t of [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked]) t.dispose();
+  }
+}
+
+export function attentionLayout(backend: Backend, init: AttentionLayoutInit): AttentionLayout {
+  return new AttentionLayout(backend, init);
+}
+
+function check(op: string, c: Checker, q: Tensor, k: Tensor, v: Tensor, l: AttentionLayout, scale: number | undefined): AttentionDims {
+  c.tensor('q', q, { dtypes: ['f32'], shape: ['Tq', 'nH', 'D'] });
+  c.tensor('k', k, { dtypes: ['f32'], shape: ['Tk', 'nKv', 'D'] });
+  c.tensor('v', v, { dtypes: ['f32'], shape: ['Tk', 'nKv', 'D'] });
+  if (!(l instanceof AttentionLayout)) throw new ArgumentError(`${op}: layout: expected an AttentionLayout from attentionLayout(), got ${describe(l)}`);
+  c.tensor('layout.qSeq', l.qSeq, { dtypes: ['i32'], shape: ['Tq'] });
+  c.tensor('layout.kSeq', l.kSeq, { dtypes: ['i32'], shape: ['Tk'] });
+  const nH = c.dim('nH'), nKv = c.dim('nKv'), D = c.dim('D');
+  if (nH % nKv !== 0) throw new ShapeError(`${op}: k: kv heads (${nKv}) must divide query heads (${nH})`);
+  const s = scale ?? 1 / Math.sqrt(D);
+  if (!Number.isFinite(s) || s <= 0) throw new ArgumentError(`${op}: scale: expected a positive finite number, got ${scale}`);
+  return { Tq: c.dim('Tq'), Tk: c.dim('Tk'), nH, nKv, D, scale: s, S: l.S, numSeqs: l.numSeqs };
+}
+
+/** q f32 [Tq, nH, D], k/v f32 [Tk, nKv, D] → out f32 [Tq, nH, D] and lse f32 [Tq, nH]. */
+export function attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, opts: { scale?: number } = {}): { out: Tensor; lse: Tensor } {
+  const c = new Checker('attention');
+  const d = check('attention', c, q, k, v, layout, opts.scale);
+  const out = c.output('out', undefined, ['Tq', 'nH', 'D']);
+  const lse = c.output('lse', undefined, ['Tq', 'nH']);
+  modelKernels(q.backend).attention(out, lse, q, k, v, layout, d);
+  return { out, lse };
+}
+
+/** Gradients of attention given dOut and the forward's out and lse. */
+export function attentionGrad(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, layout: AttentionLayout, opts: { scale?: number } = {}): { dq: Tensor; dk: Tensor; dv: Tensor } {
+  const c = new Checker('attentionGrad');
+  const d = check('attentionGrad', c, q, k, v, layout, opts.scale);
+  c.tensor('dOut', dOut, { dtypes: ['f32'], shape: ['Tq', 'nH', 'D'] });
+  c.tensor('out', out, { dtypes: ['f32'], shape: ['Tq', 'nH', 'D'] });
+  c.tensor('lse', lse, { dtypes: ['f32'], shape: ['Tq', 'nH'] });
+  const dq = c.output('dq', undefined, ['Tq', 'nH', 'D']);
+  const dk = c.output('dk', undefined, ['Tk', 'nKv', 'D']);
+  const dv = c.output('dv', undefined, ['Tk', 'nKv', 'D']);
+  modelKernels(q.backend).attentionGrad(dq, dk, dv, dOut, q, k, v, out, lse, layout, d);
+  return { dq, dk, dv };
+}

@@ -1,0 +1,279 @@
+// Multi-slot LoRA family (DESIGN §4). Layouts follow PEFT:
+//   A: [L, R, H_in]  (lora_A.weight per adapter is [r, in])
+//   B: [L, H_out, R] (lora_B.weight per adapter is [out, r])
+//   rank: i32 [L] (1 ≤ rank[e] ≤ R; work past an adapter's own rank is skipped)
+//   scale: f32 [L] (alpha / r)
+// Routing: slots i32 [T, K] (-1 = none), weight f32 [T, K].
+import { WEIGHT_DTYPES } from '../dtype.js';
+import { ArgumentError, ShapeError, describe } from '../errors.js';
+import type { Tensor } from '../tensor.js';
+import type { Backend } from '../backend/backend.js';
+import { Checker, checkBool } from './check.js';
+
+/** Sizes of one multi-LoRA call. */
+export interface LoraDims {
+  T: number; // tokens
+  K: number; // slots per token
+  L: number; // adapters in the stack
+  R: number; // max rank (stride of A and B)
+  Hin: number;
+  Hout: number;
+}
+
+/** Per-token (BGMV, decode) or grouped by adapter (SGMV, prefill and training). */
+export type LoraStrategy = 'bgmv' | 'sgmv';
+
+/**
+ * Routing of one batch, built on the host from slots (like vLLM's LoRA metadata):
+ * the per-token form and the grouped form, both on the device.
+ */
+export class LoraRouting {
+  /** i32 [T, K] */
+  readonly slots: Tensor;
+  /** f32 [T, K] */
+  readonly weight: Tensor;
+  /** i32 [P]: indices t*K + k of every non-empty slot, sorted by adapter (stable: t, then k ascending). */
+  readonly order: Tensor;
+  /** i32 [G + 1]: segment g of `order` is [segStart[g], segStart[g+1]). */
+  readonly segStart: Tensor;
+  /** i32 [G]: the adapter of segment g (ascending). */
+  readonly segAdapter: Tensor;
+  /** Host copies (the kernels' launch sizes come from these). */
+  readonly host: {
+    slots: Int32Array; weight: Float32Array; order: Int32Array; segStart: Int32Array; segAdapter: Int32Array;
+    /** count per adapter, length L */
+    counts: Int32Array;
+  };
+
+  constructor(readonly backend: Backend, readonly T: number, readonly K: number, readonly L: number, slots: Int32Array, weight: Float32Array) {
+    const counts = new Int32Array(L);
+    for (let i = 0; i < T * K; i++) {
+      const s = slots[i]!;
+      if (!Number.isInteger(s) || s < -1 || s >= L) {
+        throw new ArgumentError(`loraRouting: slots[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected an adapter index in [-1, ${L - 1}], got ${s}`);
+      }
+      const w = weight[i]!;
+      if (!Number.isFinite(w)) throw new ArgumentError(`loraRouting: weight[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected a finite number, got ${w}`);
+      if (s >= 0) counts[s]!++;
+    }
+    const segAdapter: number[] = [];
+    const segStart: number[] = [0];
+    const offset = new Int32Array(L);
+    let p = 0;
+    for (let e = 0; e < L; e++) {
+      if (counts[e]! === 0) continue;
+      segAdapter.push(e);
+      offset[e] = p;
+      p += counts[e]!;
+      segStart.push(p);
+    }
+    const order = new Int32Array(Math.max(1, p));
+    const fill = offset.slice();
+    for (let i = 0; i < T * K; i++) {
+      const s = slots[i]!;
+      if (s >= 0) order[fill[s]!++] = i;
+    }
+    const segA = Int32Array.from(segAdapter.length ? segAdapter : [0]);
+    const segS = Int32Array.from(segStart);
+    this.host = { slots, weight, order: order.subarray(0, p), segStart: segS, segAdapter: Int32Array.from(segAdapter), counts };
+    this.slots = backend.tensor(slots, [T, K], 'i32');
+    this.weight = backend.tensor(weight, [T, K], 'f32');
+    this.order = backend.tensor(order, [order.length], 'i32');
+    this.segStart = backend.tensor(segS, [segS.length], 'i32');
+    this.segAdapter = backend.tensor(segA, [segA.length], 'i32');
+  }
+
+  /** Number of non-empty slots. */
+  get pairs(): number {
+    return this.host.order.length;
+  }
+  /** Number of distinct adapters in the batch. */
+  get groups(): number {
+    return this.host.segAdapter.length;
+  }
+
+  readonly #attached: Tensor[] = [];
+
+  /** Ties a backend's derived metadata (e.g. a tile table) to this routing's lifetime. */
+  attach(t: Tensor): Tensor {
+    this.#attached.push(t);
+    return t;
+  }
+
+  dispose(): void {
+    for (const t of [this.slots, this.weight, this.order, this.segStart, this.segAdapter, ...this.#attached]) t.dispose();
+    this.#attached.length = 0;
+  }
+}
+
+/**
+ * Builds the routing of a batch. slots: T·K adapter indices (−1 = none); weight: T·K
+ * mixing weights (default 1). MoTE: K = 2, [step expert, shared], weights [α, 1 − α].
+ */
+export function loraRouting(backend: Backend, slots: Int32Array | readonly number[], opts: { K: number; L: number; weight?: Float32Array | readonly number[] }): LoraRouting {
+  const { K, L } = opts;
+  if (!Number.isSafeInteger(K) || K <= 0) throw new ArgumentError(`loraRouting: K: expected a positive integer, got ${describe(K)}`);
+  if (!Number.isSafeInteger(L) || L <= 0) throw new ArgumentError(`loraRouting: L: expected a positive integer, got ${describe(L)}`);
+  if (!slots || typeof slots.length !== 'number') throw new ArgumentError(`loraRouting: slots: expected an Int32Array or number[], got ${describe(slots)}`);
+  if (slots.length === 0 || slots.length % K !== 0) throw new ShapeError(`loraRouting: slots: expected T·K entries with K = ${K}, got ${slots.length}`);
+  const T = slots.length / K;
+  const s = slots instanceof Int32Array ? slots.slice() : Int32Array.from(slots as readonly number[], (v) => (Number.isInteger(v) ? v : NaN));
+  for (let i = 0; i < s.length; i++) {
+    const v = (slots as ArrayLike<number>)[i]!;
+    if (!Number.isInteger(v)) throw new ArgumentError(`loraRouting: slots[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected an integer adapter index, got ${v}`);
+  }
+  let w: Float32Array;
+  if (opts.weight === undefined) w = new Float32Array(T * K).fill(1);
+  else {
+    if (opts.weight.length !== T * K) throw new ShapeError(`loraRouting: weight: expected ${T * K} entries (T = ${T}, K = ${K}), got ${opts.weight.length}`);
+    w = Float32Array.from(opts.weight);
+  }
+  return new LoraRouting(backend, T, K, L, s, w);
+}
+
+/** The adapter stack of one linear layer. */
+export interface LoraStack {
+  /** [L, R, H_in], f32/f16/bf16 */
+  A: Tensor;
+  /** [L, H_out, R], f32/f16/bf16 */
+  B: Tensor;
+  /** i32 [L] */
+  rank: Tensor;
+  /** f32 [L] */
+  scale: Tensor;
+  /** Host copy of rank, checked against R. */
+  ranks: Int32Array;
+}
+
+export interface LoraKernels {
+  /** v[t,k,r] = A[e]·x[t] for r < rank(e); 0 for r ≥ rank(e) and for empty slots. v: f32 [T, K, R]. */
+  loraShrink(v: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void;
+  /** y[t] += Σ_k weight[t,k]·scale[e]·B[e]·v[t,k] (only r < rank(e) read). */
+  loraExpand(y: Tensor, v: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void;
+  /** y[t] += Σ_k weight·scale·B[e]·A[e]·x[t]; writes v (the shrink output, kept for backward). */
+  loraApply(y: Tensor, v: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void;
+  /** dv[t,k,r] = weight·scale·(B[e]ᵀ·dy[t])[r] for r < rank(e); 0 beyond rank and for empty slots. */
+  loraShrinkGrad(dv: Tensor, dy: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void;
+  /** dx[t] (+)= Σ_k A[e]ᵀ·dv[t,k] (dx overwritten unless accumulate). */
+  loraInputGrad(dx: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy, accumulate: boolean): void;
+  /**
+   * Grouped GEMMs, no atomics: dA[e][r,:] (+)= Σ_{(t,k)→e} dv[t,k,r]·x[t];
+   * dB[e][o,r] (+)= Σ_{(t,k)→e} weight·scale·dy[t,o]·v[t,k,r]. dA f32 [L,R,H_in], dB f32 [L,H_out,R].
+   * Entries of adapters absent from the batch, and past an adapter's rank, are 0 (or unchanged when accumulating).
+   */
+  loraWeightGrad(dA: Tensor, dB: Tensor, x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, accumulate: boolean): void;
+}
+
+/** Builds a checked adapter stack. ranks: host copy of rank (default: R for every adapter). */
+export function loraStack(A: Tensor, B: Tensor, opts: { rank?: Int32Array | readonly number[]; scale?: Float32Array | readonly number[] } = {}): LoraStack {
+  const c = new Checker('loraStack');
+  c.tensor('A', A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
+  c.tensor('B', B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
+  const L = c.dim('L'), R = c.dim('R');
+  const ranks = opts.rank === undefined ? new Int32Array(L).fill(R) : Int32Array.from(opts.rank);
+  if (ranks.length !== L) throw new ShapeError(`loraStack: rank: expected ${L} entries (one per adapter), got ${ranks.length}`);
+  ranks.forEach((r, e) => {
+    if (!Number.isInteger((opts.rank as ArrayLike<number> | undefined)?.[e] ?? r) || r < 1 || r > R) throw new ArgumentError(`loraStack: rank[${e}]: expected an integer in [1, ${R}], got ${(opts.rank as ArrayLike<number>)[e]}`);
+  });
+  const scales = opts.scale === undefined ? new Float32Array(L).fill(1) : Float32Array.from(opts.scale);
+  if (scales.length !== L) throw new ShapeError(`loraStack: scale: expected ${L} entries, got ${scales.length}`);
+  scales.forEach((v, e) => {
+    if (!Number.isFinite(v)) throw new ArgumentError(`loraStack: scale[${e}]: expected a finite number, got ${v}`);
+  });
+  const be = A.backend;
+  return { A, B, rank: be.tensor(ranks, [L], 'i32'), scale: be.tensor(scales, [L], 'f32'), ranks };
+}
+
+export interface LoraOptions {
+  /** Force a strategy; default: chosen from T and the number of distinct adapters. */
+  strategy?: LoraStrategy | 'auto';
+}
+
+/** SGMV pays off once each adapter's weights are reused by several tokens. */
+export function chooseStrategy(rt: LoraRouting, requested: LoraStrategy | 'auto' | undefined): LoraStrategy {
+  if (requested === 'bgmv' || requested === 'sgmv') return requested;
+  if (requested !== undefined && requested !== 'auto') throw new ArgumentError(`lora: strategy: expected 'bgmv', 'sgmv' or 'auto', got ${describe(requested)}`);
+  return rt.pairs >= 4 * Math.max(1, rt.groups) ? 'sgmv' : 'bgmv';
+}
+
+function checkAll(op: string, s: LoraStack, rt: LoraRouting, tensors: Record<string, [Tensor | undefined, readonly string[], boolean?]>): { c: Checker; d: LoraDims } {
+  const c = new Checker(op);
+  c.tensor('A', s.A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
+  c.tensor('B', s.B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
+  c.tensor('rank', s.rank, { dtypes: ['i32'], shape: ['L'] });
+  c.tensor('scale', s.scale, { dtypes: ['f32'], shape: ['L'] });
+  if (!(rt instanceof LoraRouting)) throw new ArgumentError(`${op}: routing: expected a LoraRouting from loraRouting(), got ${describe(rt)}`);
+  c.tensor('routing.slots', rt.slots, { dtypes: ['i32'], shape: ['T', 'K'] });
+  c.tensor('routing.weight', rt.weight, { dtypes: ['f32'], shape: ['T', 'K'] });
+  if (rt.L !== c.dim('L')) throw new ShapeError(`${op}: routing: built for L = ${rt.L} adapters, but the stack has L = ${c.dim('L')}`);
+  for (const [name, [t, shape, optional]] of Object.entries(tensors)) {
+    if (t === undefined && optional) continue;
+    c.tensor(name, t, { dtypes: ['f32'], shape });
+  }
+  const d: LoraDims = { T: c.dim('T'), K: c.dim('K'), L: c.dim('L'), R: c.dim('R'), Hin: c.dim('Hin'), Hout: c.dim('Hout') };
+  return { c, d };
+}
+
+/** v = shrink(x): f32 [T, K, R]. */
+export function loraShrink(x: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { out?: Tensor } = {}): Tensor {
+  const { c, d } = checkAll('loraShrink', s, rt, { x: [x, ['T', 'Hin']], out: [opts.out, ['T', 'K', 'R'], true] });
+  const v = opts.out ?? c.output('out', undefined, ['T', 'K', 'R']);
+  c.distinct('out', v, { x });
+  v.backend.loraShrink(v, x, s, rt, d, chooseStrategy(rt, opts.strategy));
+  return v;
+}
+
+/** y += expand(v), in place; returns y. */
+export function loraExpand(y: Tensor, v: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions = {}): Tensor {
+  const { c, d } = checkAll('loraExpand', s, rt, { y: [y, ['T', 'Hout']], v: [v, ['T', 'K', 'R']] });
+  c.distinct('y', y, { v });
+  y.backend.loraExpand(y, v, s, rt, d, chooseStrategy(rt, opts.strategy));
+  return y;
+}
+
+/** y += Σ_k weight·scale·B·A·x, in place; returns the shrink output v (kept for backward). */
+export function loraApply(y: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { v?: Tensor } = {}): Tensor {
+  const { c, d } = checkAll('loraApply', s, rt, { y: [y, ['T', 'Hout']], x: [x, ['T', 'Hin']], v: [opts.v, ['T', 'K', 'R'], true] });
+  const v = opts.v ?? c.output('v', undefined, ['T', 'K', 'R']);
+  c.distinct('y', y, { x, v });
+  c.distinct('v', v, { x });
+  y.backend.loraApply(y, v, x, s, rt, d, chooseStrategy(rt, opts.strategy));
+  return v;
+}
+
+/** dv = weight·scale·Bᵀ·dy: f32 [T, K, R]. */
+export function loraShrinkGrad(dy: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { out?: Tensor } = {}): Tensor {
+  const { c, d } = checkAll('loraShrinkGrad', s, rt, { dy: [dy, ['T', 'Hout']], out: [opts.out, ['T', 'K', 'R'], true] });
+  const dv = opts.out ?? c.output('out', undefined, ['T', 'K', 'R']);
+  c.distinct('out', dv, { dy });
+  dv.backend.loraShrinkGrad(dv, dy, s, rt, d, chooseStrategy(rt, opts.strategy));
+  return dv;
+}
+
+/** dx (+)= Σ_k Aᵀ·dv: f32 [T, H_in]. */
+export function loraInputGrad(dv: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { out?: Tensor; accumulate?: boolean } = {}): Tensor {
+  const acc = checkBool('loraInputGrad', 'accumulate', opts.accumulate);
+  if (acc && !opts.out) throw new ArgumentError('loraInputGrad: accumulate: needs an out tensor to add into');
+  const { c, d } = checkAll('loraInputGrad', s, rt, { dv: [dv, ['T', 'K', 'R']], out: [opts.out, ['T', 'Hin'], true] });
+  const dx = opts.out ?? c.output('out', undefined, ['T', 'Hin']);
+  c.distinct('out', dx, { dv });
+  dx.backend.loraInputGrad(dx, dv, s, rt, d, chooseStrategy(rt, opts.strategy), acc);
+  return dx;
+}
+
+/** Gradients of the adapter weights: { dA f32 [L,R,H_in], dB f32 [L,H_out,R] }. */
+export function loraWeightGrad(x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting,
+  opts: { dA?: Tensor; dB?: Tensor; accumulate?: boolean } = {}): { dA: Tensor; dB: Tensor } {
+  const acc = checkBool('loraWeightGrad', 'accumulate', opts.accumulate);
+  if (acc && (!opts.dA || !opts.dB)) throw new ArgumentError('loraWeightGrad: accumulate: needs dA and dB tensors to add into');
+  const { c, d } = checkAll('loraWeightGrad', s, rt, {
+    x: [x, ['T', 'Hin']], dy: [dy, ['T', 'Hout']], v: [v, ['T', 'K', 'R']], dv: [dv, ['T', 'K', 'R']],
+    dA: [opts.dA, ['L', 'R', 'Hin'], true], dB: [opts.dB, ['L', 'Hout', 'R'], true],
+  });
+  const dA = opts.dA ?? c.output('dA', undefined, ['L', 'R', 'Hin']);
+  const dB = opts.dB ?? c.output('dB', undefined, ['L', 'Hout', 'R']);
+  c.distinct('dA', dA, { x, dy, v, dv, dB });
+  c.distinct('dB', dB, { x, dy, v, dv });
+  dA.backend.loraWeightGrad(dA, dB, x, dy, v, dv, s, rt, d, acc);
+  return { dA, dB };
+}
