@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { matmul } from '../src/ops/matmul.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
-import { time, type TimeOptions, type Timing } from './timing.js';
+import { median, time, type TimeOptions, type Timing } from './timing.js';
 import { randomFloats } from './lora.js';
 
 export interface CopyCeiling {
@@ -50,60 +50,105 @@ export interface Ceilings {
 
 const MiB = 1 << 20;
 
-/** Copy bandwidth: cpu/cuda through NativeBackend.copy, webgpu through copyBufferToBuffer. */
-export async function measureCopy(backend: Backend, t: TimeOptions): Promise<CopyCeiling> {
-  if (backend.kind === 'webgpu') return measureCopyWebGPU(backend, t);
+/** One copy of `size` bytes on the device, ready to run again and again. */
+interface Copier {
+  /** Copies src to dst once and waits for it. */
+  run(): Promise<void>;
+  /** Bytes per copy actually used (may be capped by the device). */
+  size: number;
+  method: string;
+  dispose(): void;
+}
+
+/** cpu/cuda: NativeBackend.copy; webgpu: copyBufferToBuffer on the backend's GPUDevice. A string says why not. */
+async function makeCopier(backend: Backend, size: number): Promise<Copier | string> {
+  if (backend.kind === 'webgpu') {
+    const device = (backend as unknown as { device?: GPUDevice }).device;
+    if (!device || typeof device.createCommandEncoder !== 'function') return 'the webgpu backend does not expose its GPUDevice';
+    size = Math.min(size, Math.floor(device.limits.maxBufferSize / 4) * 4);
+    await backend.sync(); // submit whatever the backend recorded before we use the queue directly
+    const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const src = device.createBuffer({ size, usage });
+    const dst = device.createBuffer({ size, usage });
+    // Fill both: untouched memory of a software adapter may read as the shared zero page.
+    const chunk = new Float32Array(4 * MiB).fill(1.5);
+    for (let off = 0; off < size; off += chunk.byteLength) {
+      const n = Math.min(chunk.byteLength, size - off);
+      device.queue.writeBuffer(src, off, chunk.buffer, 0, n);
+      device.queue.writeBuffer(dst, off, chunk.buffer, 0, n);
+    }
+    await device.queue.onSubmittedWorkDone();
+    return {
+      size, method: `webgpu: copyBufferToBuffer of ${size / MiB} MiB on the backend's GPUDevice (bytes = read + write)`,
+      async run() {
+        const enc = device.createCommandEncoder();
+        enc.copyBufferToBuffer(src, 0, dst, 0, size);
+        device.queue.submit([enc.finish()]);
+        await device.queue.onSubmittedWorkDone();
+      },
+      dispose() {
+        src.destroy();
+        dst.destroy();
+      },
+    };
+  }
   const native = backend as Backend & { copy?: (dst: Tensor, src: Tensor, n: number) => void };
-  if (typeof native.copy !== 'function') return { gbps: null, bestGbps: null, bytes: 0, method: 'none', reason: `${backend.kind} backend has no copy()` };
-  const n = (256 * MiB) / 4; // 256 MiB of f32 each way
-  const src = backend.zeros([n]);
+  if (typeof native.copy !== 'function') return `${backend.kind} backend has no copy()`;
+  const n = size / 4;
+  const src = backend.zeros([n]); // zeros() writes, so the pages are real
   const dst = backend.zeros([n]);
-  try {
-    const bytes = 2 * n * 4;
-    const timing = await time('copy', async () => {
+  return {
+    size, method: `${backend.kind}: NativeBackend.copy of ${size / MiB} MiB f32 (bytes = read + write)`,
+    async run() {
       native.copy!(dst, src, n);
       await backend.sync();
-    }, t);
-    return { gbps: bytes / (timing.medianMs * 1e6), bestGbps: bytes / (timing.minMs * 1e6), bytes, method: `${backend.kind}: NativeBackend.copy of 256 MiB f32 (bytes = read + write)`, timing };
+    },
+    dispose() {
+      src.dispose();
+      dst.dispose();
+    },
+  };
+}
+
+/** Copy bandwidth of a 256 MiB copy, timed with benchmark.js. */
+export async function measureCopy(backend: Backend, t: TimeOptions): Promise<CopyCeiling> {
+  const c = await makeCopier(backend, 256 * MiB);
+  if (typeof c === 'string') return { gbps: null, bestGbps: null, bytes: 0, method: 'none', reason: c };
+  try {
+    const bytes = 2 * c.size;
+    const timing = await time('copy', () => c.run(), t);
+    return { gbps: bytes / (timing.medianMs * 1e6), bestGbps: bytes / (timing.minMs * 1e6), bytes, method: c.method, timing };
   } finally {
-    src.dispose();
-    dst.dispose();
+    c.dispose();
   }
 }
 
-async function measureCopyWebGPU(backend: Backend, t: TimeOptions): Promise<CopyCeiling> {
-  const device = (backend as unknown as { device?: GPUDevice }).device;
-  if (!device || typeof device.createCommandEncoder !== 'function') {
-    return { gbps: null, bestGbps: null, bytes: 0, method: 'none', reason: 'the webgpu backend does not expose its GPUDevice' };
+/**
+ * A short copy-bandwidth probe run next to every case (64 MiB, median of 5 manually timed
+ * copies): on a shared machine it shows how much bandwidth there was when a row was measured.
+ */
+export class CopyProbe {
+  private constructor(private readonly c: Copier | null) {}
+
+  static async open(backend: Backend): Promise<CopyProbe> {
+    const c = await makeCopier(backend, 64 * MiB);
+    return new CopyProbe(typeof c === 'string' ? null : c);
   }
-  const size = Math.min(256 * MiB, Math.floor(device.limits.maxBufferSize / 4) * 4);
-  await backend.sync(); // submit whatever the backend recorded before we use the queue directly
-  const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const src = device.createBuffer({ size, usage });
-  const dst = device.createBuffer({ size, usage });
-  // Fill both: untouched memory of a software adapter may read as the shared zero page.
-  const chunk = new Float32Array(4 * MiB).fill(1.5);
-  for (let off = 0; off < size; off += chunk.byteLength) {
-    const n = Math.min(chunk.byteLength, size - off);
-    device.queue.writeBuffer(src, off, chunk.buffer, 0, n);
-    device.queue.writeBuffer(dst, off, chunk.buffer, 0, n);
+
+  async gbps(): Promise<number | undefined> {
+    if (!this.c) return undefined;
+    await this.c.run();
+    const ms: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now();
+      await this.c.run();
+      ms.push(performance.now() - t0);
+    }
+    return (2 * this.c.size) / (median(ms) * 1e6);
   }
-  await device.queue.onSubmittedWorkDone();
-  try {
-    const bytes = 2 * size;
-    const timing = await time('copy', async () => {
-      const enc = device.createCommandEncoder();
-      enc.copyBufferToBuffer(src, 0, dst, 0, size);
-      device.queue.submit([enc.finish()]);
-      await device.queue.onSubmittedWorkDone();
-    }, t);
-    return {
-      gbps: bytes / (timing.medianMs * 1e6), bestGbps: bytes / (timing.minMs * 1e6), bytes,
-      method: `webgpu: copyBufferToBuffer of ${size / MiB} MiB on the backend's GPUDevice (bytes = read + write)`, timing,
-    };
-  } finally {
-    src.destroy();
-    dst.destroy();
+
+  dispose(): void {
+    this.c?.dispose();
   }
 }
 

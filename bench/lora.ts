@@ -13,7 +13,7 @@ import {
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { time, type TimeOptions, type Timing } from './timing.js';
-import type { Ceilings } from './ceilings.js';
+import type { Ceilings, CopyProbe } from './ceilings.js';
 
 export const LORA_OPS = ['loraShrink', 'loraExpand', 'loraApply', 'loraShrinkGrad', 'loraInputGrad', 'loraWeightGrad'] as const;
 export type LoraOpName = (typeof LORA_OPS)[number];
@@ -143,6 +143,10 @@ export interface Row {
   bound: Bound;
   /** bound.ms / medianMs, percent. */
   pctOfBound?: number;
+  /** Copy bandwidth measured just before this row (CopyProbe): how much the machine had then. */
+  copyNowGbps?: number;
+  /** % of the bound computed with copyNowGbps instead of the run's copy ceiling. */
+  pctOfBoundAtCopyNow?: number;
   error?: string;
 }
 
@@ -170,6 +174,10 @@ export interface SuiteOptions {
   /** Weights are replicated until a replica set exceeds this many bytes. */
   coldBytes: number;
   strategies: readonly StrategyChoice[];
+  /** Copy-bandwidth probe run before every row. */
+  probe?: CopyProbe;
+  /** Measure each row this many times and keep the fastest median (for shared, noisy machines). Default 1. */
+  repeat?: number;
   /** Row names must match (ops and baselines). */
   filter?: RegExp;
   log: (line: string) => void;
@@ -179,7 +187,9 @@ export interface SuiteOptions {
 export function applyRoofline(rows: Row[], ceil: Ceilings): void {
   for (const r of rows) {
     r.bound = roofline(r, ceil);
-    if (r.medianMs !== undefined) r.pctOfBound = (100 * r.bound.ms) / r.medianMs;
+    if (r.medianMs === undefined) continue;
+    r.pctOfBound = (100 * r.bound.ms) / r.medianMs;
+    if (r.copyNowGbps !== undefined) r.pctOfBoundAtCopyNow = (100 * roofline(r, { ...ceil, copy: { ...ceil.copy, gbps: r.copyNowGbps } }).ms) / r.medianMs;
   }
 }
 
@@ -357,15 +367,24 @@ async function runCase(backend: Backend, c: LoraCase, ops: readonly LoraOpName[]
     let i = 0;
     const t0 = performance.now();
     try {
-      const timing = await time(row.name, async () => {
-        await body(reps[i++ % reps.length]!);
-        await backend.sync();
-      }, o.timing);
+      let timing: Timing | undefined;
+      for (let k = 0; k < (o.repeat ?? 1); k++) {
+        const copyNow = await o.probe?.gbps();
+        const t = await time(row.name, async () => {
+          await body(reps[i++ % reps.length]!);
+          await backend.sync();
+        }, o.timing);
+        if (!timing || t.medianMs < timing.medianMs) {
+          timing = t;
+          row.copyNowGbps = copyNow;
+        }
+      }
+      if (!timing) throw new Error('no measurement');
       const s = timing.medianMs * 1e-3;
       Object.assign(row, {
         timing, medianMs: timing.medianMs, gbps: row.bytes / s / 1e9, gflops: row.flops / s / 1e9, pctOfBound: (100 * row.bound.ms) / timing.medianMs,
       });
-      o.log(`    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBound!.toFixed(0).padStart(4)}% of bound  (${((performance.now() - t0) / 1e3).toFixed(1)} s)`);
+      o.log(`    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBound!.toFixed(0).padStart(4)}% of bound, copy now ${row.copyNowGbps?.toFixed(1) ?? 'n/a'} GB/s  (${((performance.now() - t0) / 1e3).toFixed(1)} s)`);
     } catch (e) {
       row.error = (e as Error).message.split('\n')[0];
       o.log(`    ${row.name.split(' ')[0]!.padEnd(16)} failed: ${row.error}`);

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
-import { bestCeilings, lastLevelCacheBytes, measureCeilings, type Ceilings } from './ceilings.js';
+import { bestCeilings, CopyProbe, lastLevelCacheBytes, measureCeilings, type Ceilings } from './ceilings.js';
 import { applyRoofline, loraCases, runLoraSuite, type Comparison, type Row, type StrategyChoice, type WeightDType } from './lora.js';
 import { median, type TimeOptions } from './timing.js';
 
@@ -23,6 +23,8 @@ const USAGE = `usage: npm run bench -- [options]
   --dtypes LIST               extra weight dtypes for loraApply rows (default bf16 in full runs, none in quick)
   --max-time S                seconds benchmark.js may spend per row (default 0.3, quick 0.25)
   --threads N                 cpu worker threads (default: all)
+  --repeat N                  measure every row N times, keep the fastest median (shared, noisy machines; default 1)
+  --cold-mib N                cycle through weight copies of at least N MiB per op (default 2.5 × last-level cache)
   --out PATH                  results file (default bench/results/<backend>.json)`;
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -44,6 +46,8 @@ function parse() {
       dtypes: { type: 'string' },
       'max-time': { type: 'string' },
       threads: { type: 'string' },
+      'cold-mib': { type: 'string' },
+      repeat: { type: 'string' },
       out: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -76,7 +80,7 @@ function parse() {
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
     backend, quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
-    dtypes: dtypes as WeightDType[] | undefined, maxTime, threads: int('threads', values.threads), out: values.out,
+    dtypes: dtypes as WeightDType[] | undefined, maxTime, threads: int('threads', values.threads), coldMiB: int('cold-mib', values['cold-mib']), repeat: int('repeat', values.repeat) ?? 1, out: values.out,
   };
 }
 
@@ -139,7 +143,7 @@ async function main(): Promise<void> {
   const Houts = [Hin, Math.round((Hin * 11008) / 4096)];
   const extraDTypes = args.dtypes ?? (quick ? [] : (['bf16'] as WeightDType[]));
   const timing: TimeOptions = { maxTime: args.maxTime ?? (quick ? 0.25 : 0.3), minSamples: quick ? 5 : 6, warmup: 2 };
-  const coldBytes = Math.round(2.5 * lastLevelCacheBytes(backend));
+  const coldBytes = args.coldMiB !== undefined ? args.coldMiB * 2 ** 20 : Math.round(2.5 * lastLevelCacheBytes(backend));
   const started = Date.now();
   const loadBefore = loadavg()[0]!;
 
@@ -155,7 +159,9 @@ async function main(): Promise<void> {
   const first = await ceilingRun('start');
   log('lora suites…');
   const cases = loraCases({ quick, Hin, Houts, extraDTypes });
-  const { rows, comparisons } = await runLoraSuite(backend, cases, { timing, ceilings: first, coldBytes, strategies: args.strategies, filter: args.filter, log });
+  const probe = await CopyProbe.open(backend);
+  const { rows, comparisons } = await runLoraSuite(backend, cases, { timing, ceilings: first, coldBytes, strategies: args.strategies, filter: args.filter, probe, repeat: args.repeat, log })
+    .finally(() => probe.dispose());
   const last = await ceilingRun('end');
   const ceilingRuns = [first, last];
   const ceilings = bestCeilings(ceilingRuns);
@@ -171,10 +177,11 @@ async function main(): Promise<void> {
   const method = {
     timer: 'benchmark.js 2.1.4, defer: true; every call ends with `await backend.sync()`; figure = median of benchmark.js samples (each the mean of `count` back-to-back calls)',
     timing,
-    warmColdPolicy: `weights (A, B, per-adapter tensors, dA/dB) are replicated, and calls cycle through the copies, until the weights one op touches in a cycle (A alone for shrink and inputGrad, B alone for expand and shrinkGrad) exceed ${(coldBytes / 2 ** 20).toFixed(0)} MiB (2.5 × last-level cache), so they are read from memory as in a real model; activations (x, y, v, dy, dv, dx) are shared and may stay in cache`,
+    warmColdPolicy: `weights (A, B, per-adapter tensors, dA/dB) are replicated, and calls cycle through the copies, until the weights one op touches in a cycle (A alone for shrink and inputGrad, B alone for expand and shrinkGrad) exceed ${(coldBytes / 2 ** 20).toFixed(0)} MiB (${args.coldMiB !== undefined ? '--cold-mib' : '2.5 × last-level cache'}), so they are read from memory as in a real model; activations (x, y, v, dy, dv, dx) are shared and may stay in cache`,
     bytes: 'A/B rows of the adapters used up to their rank + x + y (read and written where accumulated) + v, each once; weightGrad: x, dy, v, dv read, dA, dB (f32) written',
     flops: '2·T·K·r·H per shrink or expand (apply and weightGrad: both)',
     roofline: 'bound = max(bytes / copy bandwidth, flops / matmul FLOP rate); ceilings measured at the start and at the end of this run (median of each), the higher of the two is used; % of bound = bound time / median time',
+    copyNow: 'a 64 MiB copy (median of 5, timed by hand) just before each row; on a shared machine it shows the bandwidth left when the row ran (the JSON also has pctOfBoundAtCopyNow)',
     routing: 'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T)',
     baselines: {
       loop: 'per adapter: read x and y to the host, gather its rows, upload, matmul(x_e, A_e) then matmul(·, B_e), read back, scatter-add ·scale·weight, write y back (host time counted)',
@@ -206,10 +213,10 @@ async function main(): Promise<void> {
     ['sync round trip', `${fmtMs(c.syncMs)} ms`, `${fmtMs(first.syncMs)} ms`, `${fmtMs(last.syncMs)} ms`, 'median of `await backend.sync()` alone: the per-call floor of this harness (not in the roofline)'],
   ]), '');
   md.push('## LoRA ops', '');
-  md.push(table(['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound'],
+  md.push(table(['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound', 'copy now GB/s'],
     rows.filter((r) => r.kind === 'op').map((r) => [
       r.op, r.dtype, String(r.Hout), String(r.T), String(r.distinct), r.strategy, r.error ? `error: ${r.error}` : fmtMs(r.medianMs),
-      fmt(r.gbps), fmt(r.gflops), fmtMs(r.bound.ms), r.bound.limit, r.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`,
+      fmt(r.gbps), fmt(r.gflops), fmtMs(r.bound.ms), r.bound.limit, r.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`, fmt(r.copyNowGbps, 1),
     ])), '');
   if (comparisons.length) {
     md.push('## Fused loraApply vs the baselines users would run', '');
@@ -237,10 +244,11 @@ async function main(): Promise<void> {
   md.push(`- op rows at ≥ 50% of their roofline bound: ${tg.rowsMeasured - below.length} of ${tg.rowsMeasured}${below.length ? `; below: ${below.slice(0, 8).join(', ')}${below.length > 8 ? ` and ${below.length - 8} more (targets.rowsBelowHalfBound in the JSON)` : ''}` : ''}`);
   md.push(`- loraApply vs per-adapter loop: smallest speedup ${fmt(tg.minSpeedupVsLoop)}×${tg.slowerThanLoop.length ? `; slower at ${tg.slowerThanLoop.join(', ')}` : ''} (goal: never slower)`, '');
   md.push('## Method', '');
-  md.push(`- timing: ${method.timer}; max ${timing.maxTime} s and at least ${timing.minSamples} samples per row, ${timing.warmup} untimed warm-up calls`);
+  md.push(`- timing: ${method.timer}; max ${timing.maxTime} s and at least ${timing.minSamples} samples per row, ${timing.warmup} untimed warm-up calls${args.repeat > 1 ? `; every row measured ${args.repeat} times, the fastest median kept (--repeat)` : ''}`);
   md.push(`- cache: ${method.warmColdPolicy}`);
   md.push(`- bytes: ${method.bytes}; flops: ${method.flops}`);
   md.push(`- roofline: ${method.roofline}`);
+  md.push(`- copy now: ${method.copyNow}`);
   md.push(`- routing: ${method.routing}`);
   md.push(`- baseline loop: ${method.baselines.loop}`);
   md.push(`- baseline masked: ${method.baselines.masked}`);

@@ -40,7 +40,7 @@ class Pool {
     lk.unlock();
     work();
     lk.lock();
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    done_cv_.wait(lk, [this] { return pending_ == 0 && active_ == 0; });
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -69,8 +69,13 @@ class Pool {
         cv_.wait(lk, [&] { return stopping_ || (generation_ != seen && fn_ != nullptr); });
         if (stopping_) return;
         seen = generation_;
+        active_++;  // run() waits for this worker to leave work() before returning
       }
       work();
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        if (--active_ == 0) done_cv_.notify_all();
+      }
     }
   }
 
@@ -91,6 +96,7 @@ class Pool {
   int tasks_ = 0;
   std::atomic<int> next_{0};
   int pending_ = 0;
+  int active_ = 0;  // workers inside work() for the current generation
   uint64_t generation_ = 0;
   bool stopping_ = false;
   std::exception_ptr error_;
