@@ -35,24 +35,30 @@ function fail(msg: string): never {
 }
 
 function parse() {
-  const { values } = parseArgs({
-    options: {
-      backend: { type: 'string', default: 'cpu' },
-      quick: { type: 'boolean', default: false },
-      full: { type: 'boolean', default: false },
-      filter: { type: 'string' },
-      hidden: { type: 'string' },
-      strategy: { type: 'string', default: 'auto' },
-      dtypes: { type: 'string' },
-      'max-time': { type: 'string' },
-      threads: { type: 'string' },
-      'cold-mib': { type: 'string' },
-      repeat: { type: 'string' },
-      out: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      options: {
+        backend: { type: 'string', default: 'cpu' },
+        quick: { type: 'boolean', default: false },
+        full: { type: 'boolean', default: false },
+        filter: { type: 'string' },
+        hidden: { type: 'string' },
+        strategy: { type: 'string', default: 'auto' },
+        dtypes: { type: 'string' },
+        'max-time': { type: 'string' },
+        threads: { type: 'string' },
+        'cold-mib': { type: 'string' },
+        repeat: { type: 'string' },
+        out: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+      strict: true,
+    });
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  const { values } = parsed;
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     process.exit(0);
@@ -248,6 +254,7 @@ async function main(): Promise<void> {
   md.push(`- cache: ${method.warmColdPolicy}`);
   md.push(`- bytes: ${method.bytes}; flops: ${method.flops}`);
   md.push(`- roofline: ${method.roofline}`);
+  md.push(`- above 100% of bound: the bound is not tight there. Compute-bound rows: our matmul, the FLOP ceiling, is slower than the LoRA kernel at that shape; memory-bound rows: the LoRA ops mostly read, and reads stream faster than a copy (see the read rate)`);
   md.push(`- copy now: ${method.copyNow}`);
   md.push(`- routing: ${method.routing}`);
   md.push(`- baseline loop: ${method.baselines.loop}`);

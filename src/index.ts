@@ -21,3 +21,9 @@ export { logSoftmax, xent, xentGrad } from './ops/xent.js';
 export * from './io/safetensors.js';
 export * from './io/peft.js';
 export * from './model/config.js';
+export {
+  loadModel, modelFromTensors, LlamaModel,
+  type LoadModelOptions, type LlamaBatch, type LlamaLora, type LlamaSegments,
+  type LlamaWeights, type LlamaLayerWeights, type WeightDType,
+} from './model/llama.js';
+export { KvCache, type KvCacheDims, type KvCacheOptions } from './model/kv_cache.js';

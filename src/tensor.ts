@@ -19,24 +19,41 @@ export class Tensor {
   readonly byteLength: number;
   #storage: unknown;
   #disposed = false;
+  /** The tensor whose storage this one views (reshape); views never free storage. */
+  readonly #base: Tensor | null;
 
   /** @internal use backend.tensor / backend.empty */
-  constructor(readonly backend: Backend, shape: readonly number[], readonly dtype: DType, storage: unknown) {
+  constructor(readonly backend: Backend, shape: readonly number[], readonly dtype: DType, storage: unknown, base: Tensor | null = null) {
     this.shape = Object.freeze([...shape]);
     this.size = shape.reduce((a, b) => a * b, 1);
     this.byteLength = this.size * bytesPerElement(dtype);
     this.#storage = storage;
-    registry.register(this, { backend, storage }, this);
+    this.#base = base;
+    if (!base) registry.register(this, { backend, storage }, this);
   }
 
   get disposed(): boolean {
-    return this.#disposed || this.backend.destroyed;
+    return this.#disposed || this.backend.destroyed || (this.#base?.disposed ?? false);
   }
 
   /** @internal the backend's storage handle; throws when disposed. */
   get storage(): unknown {
-    if (this.disposed) throw new DisposedTensorError(`tensor #${this.id} [${this.shape.join(', ')}] ${this.dtype} was used after dispose()`);
+    if (this.disposed) {
+      const of = this.#base ? ` (a view of tensor #${this.#base.id})` : '';
+      throw new DisposedTensorError(`tensor #${this.id} [${this.shape.join(', ')}] ${this.dtype}${of} was used after dispose()`);
+    }
     return this.#storage;
+  }
+
+  /**
+   * The same storage under another shape with the same element count (row-major, no copy).
+   * Disposing the view frees nothing; disposing this tensor invalidates the view.
+   */
+  reshape(shape: readonly number[]): Tensor {
+    checkShape('shape', shape);
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (n !== this.size) throw new ShapeError(`reshape: shape: [${shape.join(', ')}] holds ${n} elements, the tensor [${this.shape.join(', ')}] has ${this.size}`);
+    return new Tensor(this.backend, shape, this.dtype, this.storage, this.#base ?? this);
   }
 
   /** Copies the tensor to the host: Float32Array for f32/f16/bf16, Int32Array for i32. */
@@ -61,6 +78,7 @@ export class Tensor {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    if (this.#base) return; // a view owns nothing
     registry.unregister(this);
     if (!this.backend.destroyed) this.backend.freeStorage(this.#storage);
     this.#storage = undefined;

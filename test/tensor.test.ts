@@ -62,3 +62,19 @@ forEachBackend('tensor misuse is a clear error', async (b) => {
   await assert.rejects(() => t.read(), DisposedTensorError);
   assert.throws(() => t.write([1, 2]), DisposedTensorError);
 });
+
+forEachBackend('reshape views the same storage and never frees it', async (b) => {
+  const t = b.tensor([1, 2, 3, 4, 5, 6], [2, 3]);
+  const v = t.reshape([3, 2]);
+  assert.deepEqual(v.shape, [3, 2]);
+  assert.deepEqual(await v.read(), Float32Array.from([1, 2, 3, 4, 5, 6]));
+  v.write([6, 5, 4, 3, 2, 1]);
+  assert.deepEqual(await t.read(), Float32Array.from([6, 5, 4, 3, 2, 1]));
+  v.dispose();
+  assert.deepEqual(await t.read(), Float32Array.from([6, 5, 4, 3, 2, 1])); // base untouched
+  const w = t.reshape([6]);
+  assert.throws(() => t.reshape([4, 2]), (e: Error) => e instanceof ShapeError && /holds 8 elements/.test(e.message));
+  t.dispose();
+  assert.ok(w.disposed);
+  await assert.rejects(() => w.read(), (e: Error) => e instanceof DisposedTensorError && /a view of tensor/.test(e.message));
+});

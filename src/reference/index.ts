@@ -7,3 +7,4 @@ export * from './attention.js';
 export * from './swiglu.js';
 export * from './xent.js';
 export * from './residual.js';
+export * from './llama.js';
