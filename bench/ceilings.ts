@@ -2,6 +2,7 @@
 //   copy bandwidth (bytes read + bytes written per second) and FLOP rate of our own matmul.
 import { readFileSync } from 'node:fs';
 import { matmul } from '../src/ops/matmul.js';
+import { loraApply, loraRouting, loraStack } from '../src/ops/lora.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { median, time, type TimeOptions, type Timing } from './timing.js';
@@ -46,6 +47,8 @@ export interface Ceilings {
   read?: ReadRate;
   /** One empty round trip: `await backend.sync()` under the same harness (not part of the roofline). */
   syncMs?: number;
+  /** Fixed cost of one op call: loraApply on a tiny shape (T = 1, H = 64, r = 16), sync included (not in the roofline). */
+  callMs?: number;
 }
 
 const MiB = 1 << 20;
@@ -203,13 +206,38 @@ export async function measureRead(backend: Backend, t: TimeOptions): Promise<Rea
   }
 }
 
+/** The per-call floor of the LoRA ops: loraApply where the work is negligible. undefined when the op fails. */
+async function measureCall(backend: Backend, t: TimeOptions): Promise<number | undefined> {
+  const R = 16, H = 64;
+  const A = backend.tensor(randomFloats(R * H, 0.05, 14), [1, R, H]);
+  const B = backend.tensor(randomFloats(H * R, 0.05, 15), [1, H, R]);
+  const s = loraStack(A, B);
+  const rt = loraRouting(backend, [0], { K: 1, L: 1 });
+  const x = backend.tensor(randomFloats(H, 1, 16), [1, H]);
+  const y = backend.zeros([1, H]);
+  const v = backend.empty([1, 1, R]);
+  try {
+    const timing = await time('call', async () => {
+      loraApply(y, x, s, rt, { v });
+      await backend.sync();
+    }, t);
+    return timing.medianMs;
+  } catch {
+    return undefined;
+  } finally {
+    for (const z of [A, B, s.rank, s.scale, x, y, v]) z.dispose();
+    rt.dispose();
+  }
+}
+
 export async function measureCeilings(backend: Backend, t: TimeOptions): Promise<Ceilings> {
   const copy = await measureCopy(backend, t);
   const flops = await measureFlops(backend, { ...t, warmup: 1 });
   // WebGPU's matmul is tiled for throughput, not a streaming GEMV (0.1 GB/s on lavapipe): no read figure there.
   const read = backend.kind === 'webgpu' ? undefined : await measureRead(backend, t);
-  const sync = await time('sync', () => backend.sync(), { ...t, maxTime: Math.min(t.maxTime, 0.5) });
-  return { copy, flops, read, syncMs: sync.medianMs };
+  const short = { ...t, maxTime: Math.min(t.maxTime, 0.5) };
+  const sync = await time('sync', () => backend.sync(), short);
+  return { copy, flops, read, syncMs: sync.medianMs, callMs: await measureCall(backend, short) };
 }
 
 /**
@@ -221,8 +249,11 @@ export function bestCeilings(all: readonly Ceilings[]): Ceilings {
   const flops = all.map((c) => c.flops).reduce((a, b) => (b.gflops > a.gflops ? b : a));
   const reads = all.map((c) => c.read).filter((x): x is ReadRate => x !== undefined);
   const read = reads.length ? reads.reduce((a, b) => (b.gbps > a.gbps ? b : a)) : undefined;
-  const syncs = all.map((c) => c.syncMs).filter((x): x is number => x !== undefined);
-  return { copy, flops, read, syncMs: syncs.length ? Math.min(...syncs) : undefined };
+  const least = (xs: (number | undefined)[]): number | undefined => {
+    const ys = xs.filter((x): x is number => x !== undefined);
+    return ys.length ? Math.min(...ys) : undefined;
+  };
+  return { copy, flops, read, syncMs: least(all.map((c) => c.syncMs)), callMs: least(all.map((c) => c.callMs)) };
 }
 
 /**

@@ -159,7 +159,7 @@ async function main(): Promise<void> {
   const ceilingRun = async (when: string): Promise<Ceilings> => {
     log(`ceilings (${when})…`);
     const c = await measureCeilings(backend, ceilingTiming);
-    log(`  (${((Date.now() - started) / 1e3).toFixed(1)} s) copy ${fmt(c.copy.gbps ?? undefined)} GB/s${c.copy.reason ? ` (${c.copy.reason})` : ''}, matmul ${fmt(c.flops.gflops)} GFLOP/s, read ${fmt(c.read?.gbps)} GB/s, sync ${fmtMs(c.syncMs)} ms`);
+    log(`  (${((Date.now() - started) / 1e3).toFixed(1)} s) copy ${fmt(c.copy.gbps ?? undefined)} GB/s${c.copy.reason ? ` (${c.copy.reason})` : ''}, matmul ${fmt(c.flops.gflops)} GFLOP/s, read ${fmt(c.read?.gbps)} GB/s, sync ${fmtMs(c.syncMs)} ms, call ${fmtMs(c.callMs)} ms`);
     return c;
   };
   const first = await ceilingRun('start');
@@ -217,6 +217,7 @@ async function main(): Promise<void> {
     ['FLOP rate', `${fmt(c.flops.gflops)} GFLOP/s`, `${fmt(first.flops.gflops)} / ${fmt(first.flops.bestGflops)} GFLOP/s`, `${fmt(last.flops.gflops)} / ${fmt(last.flops.bestGflops)} GFLOP/s`, c.flops.method],
     ['read rate (GEMV)', c.read ? gb(c.read.gbps) : 'n/a', first.read ? gb(first.read.gbps) : 'n/a', last.read ? gb(last.read.gbps) : 'n/a', `${c.read?.method ?? ''}: streaming reads without writes, informative (not in the roofline); read-mostly LoRA ops can pass copy bandwidth up to about this`],
     ['sync round trip', `${fmtMs(c.syncMs)} ms`, `${fmtMs(first.syncMs)} ms`, `${fmtMs(last.syncMs)} ms`, 'median of `await backend.sync()` alone: the per-call floor of this harness (not in the roofline)'],
+    ['op call floor', `${fmtMs(c.callMs)} ms`, `${fmtMs(first.callMs)} ms`, `${fmtMs(last.callMs)} ms`, 'median of loraApply at T = 1, H = 64, r = 16 (checks, routing, launch, sync): what the smallest rows pay on top of their bytes (not in the roofline)'],
   ]), '');
   md.push('## LoRA ops', '');
   md.push(table(['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound', 'copy now GB/s'],

@@ -27,3 +27,14 @@ export {
   type LlamaWeights, type LlamaLayerWeights, type WeightDType,
 } from './model/llama.js';
 export { KvCache, type KvCacheDims, type KvCacheOptions } from './model/kv_cache.js';
+export {
+  generate, type GenerateRequest, type GenerateOptions, type GenerateResult, type TokenRouter, type RouteState,
+  type RouteSlots, type ForceStep, type TokenEvent, type StopReason,
+} from './generate/generate.js';
+export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from './generate/sampling.js';
+export * from './mote/steps.js';
+export {
+  AdapterStacks, AdapterSet, MoteBundle, createMote, saveMote, loadMote, loadPeftAdapters, moteRoutingSlots, moteJson, parseMoteJson,
+  MOTE_FILE, MOTE_FORMAT_VERSION,
+  type LayerStacks, type ExpertFactors, type MoteRoutingOptions, type CreateMoteOptions,
+} from './mote/bundle.js';

@@ -1,0 +1,357 @@
+// Batched, step-routed decoding (DESIGN §1, Inference and Batching).
+//
+// Many sequences decode together: one LlamaModel.forward per step for the whole batch — first
+// every prompt packed into one prefill, then one token per live sequence — on a KV cache, with
+// logitRows so only the rows that pick a token reach lm_head. Every sequence has its own
+// sampling options and seeded RNG, so a sequence generates the same tokens alone as in any
+// batch.
+//
+// Step routing. Each sequence has a current step (−1 while nothing has switched it: the prompt
+// and the tokens after it). A token fed to the model is routed with the step that was current
+// when it was chosen; when a sequence emits a step-start token (stepTokens), the *following*
+// tokens route to that step's expert. The step token itself is computed with the previous
+// routing, and every KV entry keeps the routing it was computed with, so a switch costs no
+// recompute. Equivalently, in a full forward over prompt + generated tokens, token p routes
+// with the step that token p−1 belongs to (prompt tokens: −1; a step-start token belongs to the
+// step it starts). opts.stepTokenRouting = 'own' instead routes a fed step-start token with the
+// step it starts (token p routes with its own step), as a training chain that puts the start
+// token in its step's segment would.
+//
+// Caller controls, per request:
+//   force        at generated index `at` (default 0) the step's start token is emitted instead
+//                of a sampled one, and routing switches to it.
+//   skipSteps    when the model emits the start token of a skipped step, it is replaced by the
+//                start token of the next step (by step index) that is not skipped; if there is
+//                none, the sequence ends (stopReason 'step').
+//   stopAfterStep  the sequence ends instead of emitting the start token of any later step
+//                (stopReason 'step'; that token is not emitted).
+//   stop         end tokens: emitted (kept in `tokens`), then the sequence ends ('stop').
+//   maxNewTokens ends the sequence after that many tokens ('length').
+
+import { ArgumentError, ShapeError, describe } from '../errors.js';
+import type { LinearModule } from '../model/config.js';
+import { LlamaModel } from '../model/llama.js';
+import type { KvCache } from '../model/kv_cache.js';
+import { loraRouting, type LoraRouting, type LoraStack, type LoraStrategy } from '../ops/lora.js';
+import { checkSampling, checkSeed, sampleToken, SeededRng, type ResolvedSampling, type SamplingOptions } from './sampling.js';
+
+/** Where a sequence stands when one of its tokens is routed. */
+export interface RouteState {
+  /** The current step; −1 = prompt (no step started yet). */
+  step: number;
+}
+
+/** The K adapter slots (−1 = none) and mixing weights of one token. */
+export interface RouteSlots {
+  slots: readonly number[];
+  weights: readonly number[];
+}
+
+/**
+ * Adapters on the model's linears and how each sequence's tokens use them. Several bundles or
+ * plain adapters can be served at once by stacking them into one set of stacks and giving each
+ * sequence its own slot range (slotsFor gets the sequence's index in the request list).
+ */
+export interface TokenRouter {
+  /** Slots per token. */
+  K: number;
+  /** Adapters per stack (default: the first stack's A.shape[0]). */
+  L?: number;
+  /** stacks[layer][module], one entry per layer (undefined: no adapters on that layer). */
+  stacks: ReadonlyArray<Partial<Record<LinearModule, LoraStack>> | undefined>;
+  slotsFor(seqIndex: number, state: RouteState): RouteSlots;
+  strategy?: LoraStrategy | 'auto';
+}
+
+export interface ForceStep {
+  step: number;
+  /** Generated-token index at which the step's start token is emitted (default 0: right after the prompt). */
+  at?: number;
+}
+
+export interface GenerateRequest {
+  /** Prompt token ids (at least one). */
+  prompt: readonly number[];
+  /** Upper bound on generated tokens (integer ≥ 0). */
+  maxNewTokens: number;
+  /** End tokens: emitted, then the sequence stops. */
+  stop?: readonly number[];
+  /** Default greedy. */
+  sampling?: SamplingOptions;
+  /** Seed of this sequence's RNG (default 0). */
+  seed?: number;
+  /** This sequence's routing, overriding router.slotsFor (needs opts.router for the stacks). */
+  routing?: (state: RouteState) => RouteSlots;
+  force?: readonly ForceStep[];
+  skipSteps?: readonly number[];
+  stopAfterStep?: number;
+}
+
+export interface TokenEvent {
+  /** Index of the request. */
+  seq: number;
+  token: number;
+  /** The step the token belongs to (a step-start token: the step it starts); −1 before any. */
+  step: number;
+  /** Generated-token index within the sequence. */
+  index: number;
+  /** true when the caller forced it, or it replaced a skipped step's token. */
+  forced: boolean;
+}
+
+export type StopReason = 'length' | 'stop' | 'step';
+
+export interface GenerateResult {
+  tokens: number[];
+  /** steps[j]: the step tokens[j] belongs to. */
+  steps: number[];
+  stopReason: StopReason;
+  /** With opts.returnLogits: logits[j] is the row tokens[j] was chosen from (forced tokens too). */
+  logits?: Float32Array[];
+}
+
+export interface GenerateOptions {
+  router?: TokenRouter;
+  /** Step-start token id → step index (≥ 0). */
+  stepTokens?: ReadonlyMap<number, number>;
+  onToken?: (e: TokenEvent) => void;
+  /** Keep the logits row of every generated token in the results (for tests and scoring). */
+  returnLogits?: boolean;
+  /**
+   * Routing of a step-start token when it is fed back: 'previous' (default) with the step it was
+   * emitted under (only the following tokens switch), 'own' with the step it starts.
+   */
+  stepTokenRouting?: 'previous' | 'own';
+  /** Initial KV cache capacity in tokens (default: total prompt length + 1 step of growth). */
+  cacheCapacity?: number;
+}
+
+interface SeqState {
+  i: number;
+  req: GenerateRequest;
+  sampling: ResolvedSampling;
+  rng: SeededRng;
+  stop: Set<number>;
+  skip: Set<number>;
+  force: Map<number, number>;
+  stopAfter: number;
+  step: number;
+  result: GenerateResult;
+  done: boolean;
+}
+
+function intIn(op: string, name: string, v: unknown, lo: number, hi = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi) {
+    throw new ArgumentError(`${op}: ${name}: expected an integer in [${lo}, ${hi === Number.MAX_SAFE_INTEGER ? '∞)' : hi + ']'}, got ${describe(v)}`);
+  }
+  return v;
+}
+
+function tokenList(op: string, name: string, a: unknown, V: number, minLen: number): number[] {
+  if (!Array.isArray(a) && !ArrayBuffer.isView(a)) throw new ArgumentError(`${op}: ${name}: expected an array of token ids, got ${describe(a)}`);
+  const arr = Array.from(a as ArrayLike<number>);
+  if (arr.length < minLen) throw new ShapeError(`${op}: ${name}: expected at least ${minLen} token id(s), got ${arr.length}`);
+  arr.forEach((t, k) => intIn(op, `${name}[${k}]`, t, 0, V - 1));
+  return arr;
+}
+
+/**
+ * Generates continuations of `requests` in one batch. Returns one result per request, in order;
+ * streams every token through opts.onToken as it is chosen.
+ */
+export async function generate(model: LlamaModel, requests: readonly GenerateRequest[], opts: GenerateOptions = {}): Promise<GenerateResult[]> {
+  const op = 'generate';
+  if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
+  if (!Array.isArray(requests)) throw new ArgumentError(`${op}: requests: expected an array of requests, got ${describe(requests)}`);
+  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
+  const V = model.config.vocabSize;
+
+  // Steps: token → step and step → token.
+  const stepOf = new Map<number, number>();
+  const tokenOfStep = new Map<number, number>();
+  if (opts.stepTokens !== undefined) {
+    if (!(opts.stepTokens instanceof Map)) throw new ArgumentError(`${op}: stepTokens: expected a Map of token id → step index, got ${describe(opts.stepTokens)}`);
+    for (const [t, s] of opts.stepTokens) {
+      intIn(op, `stepTokens key ${describe(t)}`, t, 0, V - 1);
+      intIn(op, `stepTokens[${t}]`, s, 0);
+      if (tokenOfStep.has(s)) throw new ArgumentError(`${op}: stepTokens: step ${s} has two start tokens (${tokenOfStep.get(s)} and ${t})`);
+      stepOf.set(t, s);
+      tokenOfStep.set(s, t);
+    }
+  }
+  const stepList = [...tokenOfStep.keys()].sort((a, b) => a - b);
+
+  // Router.
+  const router = opts.router;
+  let L = 0;
+  if (router !== undefined) {
+    if (!router || typeof router !== 'object') throw new ArgumentError(`${op}: router: expected a TokenRouter, got ${describe(router)}`);
+    intIn(op, 'router.K', router.K, 1);
+    if (!Array.isArray(router.stacks)) throw new ArgumentError(`${op}: router.stacks: expected one entry per layer, got ${describe(router.stacks)}`);
+    if (typeof router.slotsFor !== 'function') throw new ArgumentError(`${op}: router.slotsFor: expected a function, got ${describe(router.slotsFor)}`);
+    if (router.L !== undefined) L = intIn(op, 'router.L', router.L, 1);
+    else {
+      const first = router.stacks.flatMap((m) => Object.values(m ?? {})).find((s) => s !== undefined) as LoraStack | undefined;
+      if (!first) throw new ArgumentError(`${op}: router.stacks: no adapter stack on any layer (give router.L or leave the router out)`);
+      L = first.A.shape[0]!;
+    }
+  }
+  if (opts.onToken !== undefined && typeof opts.onToken !== 'function') throw new ArgumentError(`${op}: onToken: expected a function, got ${describe(opts.onToken)}`);
+  if (opts.cacheCapacity !== undefined) intIn(op, 'cacheCapacity', opts.cacheCapacity, 1);
+  const stepTokenRouting = opts.stepTokenRouting ?? 'previous';
+  if (stepTokenRouting !== 'previous' && stepTokenRouting !== 'own') throw new ArgumentError(`${op}: stepTokenRouting: expected 'previous' or 'own', got ${describe(stepTokenRouting)}`);
+
+  // Requests.
+  const seqs: SeqState[] = requests.map((req, i) => {
+    const r = `requests[${i}]`;
+    if (!req || typeof req !== 'object') throw new ArgumentError(`${op}: ${r}: expected { prompt, maxNewTokens, … }, got ${describe(req)}`);
+    const prompt = tokenList(op, `${r}.prompt`, req.prompt, V, 1);
+    intIn(op, `${r}.maxNewTokens`, req.maxNewTokens, 0);
+    const stop = new Set(req.stop === undefined ? [] : tokenList(op, `${r}.stop`, req.stop, V, 0));
+    const sampling = checkSampling(`${op}: ${r}.sampling`, req.sampling);
+    const seed = req.seed === undefined ? 0 : checkSeed(op, `${r}.seed`, req.seed);
+    if (req.routing !== undefined) {
+      if (typeof req.routing !== 'function') throw new ArgumentError(`${op}: ${r}.routing: expected a function (state) => { slots, weights }, got ${describe(req.routing)}`);
+      if (!router) throw new ArgumentError(`${op}: ${r}.routing: needs opts.router (its stacks hold the adapters)`);
+    }
+    const knownStep = (name: string, s: unknown): number => {
+      intIn(op, name, s, 0);
+      if (!tokenOfStep.has(s as number)) throw new ArgumentError(`${op}: ${name}: step ${s as number} has no start token in stepTokens`);
+      return s as number;
+    };
+    const skip = new Set<number>();
+    if (req.skipSteps !== undefined) {
+      if (!Array.isArray(req.skipSteps)) throw new ArgumentError(`${op}: ${r}.skipSteps: expected an array of step indices, got ${describe(req.skipSteps)}`);
+      (req.skipSteps as readonly number[]).forEach((s, k) => skip.add(knownStep(`${r}.skipSteps[${k}]`, s)));
+    }
+    const force = new Map<number, number>();
+    if (req.force !== undefined) {
+      if (!Array.isArray(req.force)) throw new ArgumentError(`${op}: ${r}.force: expected an array of { step, at? }, got ${describe(req.force)}`);
+      (req.force as readonly ForceStep[]).forEach((f, k) => {
+        if (!f || typeof f !== 'object') throw new ArgumentError(`${op}: ${r}.force[${k}]: expected { step, at? }, got ${describe(f)}`);
+        const s = knownStep(`${r}.force[${k}].step`, f.step);
+        if (skip.has(s)) throw new ArgumentError(`${op}: ${r}.force[${k}].step: step ${s} is also in skipSteps`);
+        const at = f.at === undefined ? 0 : intIn(op, `${r}.force[${k}].at`, f.at, 0);
+        if (force.has(at)) throw new ArgumentError(`${op}: ${r}.force[${k}].at: two steps forced at generated index ${at}`);
+        force.set(at, s);
+      });
+    }
+    const stopAfter = req.stopAfterStep === undefined ? Infinity : intIn(op, `${r}.stopAfterStep`, req.stopAfterStep, 0);
+    const result: GenerateResult = { tokens: [], steps: [], stopReason: 'length' };
+    if (opts.returnLogits) result.logits = [];
+    return {
+      i, req: { ...req, prompt }, sampling, rng: new SeededRng(seed), stop, skip, force, stopAfter, step: -1, result,
+      done: req.maxNewTokens === 0,
+    };
+  });
+
+  const routeOf = (s: SeqState, step: number): RouteSlots => {
+    const state: RouteState = { step };
+    const rs = s.req.routing ? s.req.routing(state) : router!.slotsFor(s.i, state);
+    const K = router!.K;
+    const who = s.req.routing ? `requests[${s.i}].routing` : 'router.slotsFor';
+    if (!rs || typeof rs !== 'object' || !rs.slots || !rs.weights || rs.slots.length !== K || rs.weights.length !== K) {
+      throw new ShapeError(`${op}: ${who}(step ${step}) for sequence ${s.i}: expected { slots, weights } with ${K} entries each, got ${describe(rs)}`);
+    }
+    return rs;
+  };
+
+  /** One forward over tokens [seq index, token]; returns the chosen rows' logits. */
+  const run = async (cache: KvCache, batch: { s: SeqState; token: number; step: number }[], rows: number[]): Promise<Float32Array> => {
+    let routing: LoraRouting | undefined;
+    if (router) {
+      const slots: number[] = [];
+      const weights: number[] = [];
+      const memo = new Map<string, RouteSlots>();
+      for (const { s, step } of batch) {
+        const key = `${s.i}:${step}`;
+        let rs = memo.get(key);
+        if (!rs) { rs = routeOf(s, step); memo.set(key, rs); }
+        slots.push(...rs.slots);
+        weights.push(...rs.weights);
+      }
+      routing = loraRouting(model.backend, slots, { K: router.K, L, weight: weights });
+    }
+    try {
+      const t = model.forward({
+        ids: batch.map((b) => b.token), seq: batch.map((b) => b.s.i), cache, logitRows: rows,
+        ...(router ? { lora: { stacks: router.stacks, routing: routing!, ...(router.strategy ? { strategy: router.strategy } : {}) } } : {}),
+      });
+      try {
+        return await t.readFloat();
+      } finally {
+        t.dispose();
+      }
+    } finally {
+      routing?.dispose();
+    }
+  };
+
+  /** Picks, rewrites and emits the next token of `s` from its logits row; returns the token to feed or null when it ended. */
+  const choose = (s: SeqState, row: Float32Array): number | null => {
+    const res = s.result;
+    const index = res.tokens.length;
+    let forced = false;
+    let token: number;
+    const f = s.force.get(index);
+    if (f !== undefined) { token = tokenOfStep.get(f)!; forced = true; }
+    else token = sampleToken(row, s.sampling, s.rng);
+    let step = stepOf.get(token);
+    if (step !== undefined && !forced && s.skip.has(step)) {
+      const next = stepList.find((x) => x > step! && !s.skip.has(x));
+      if (next === undefined) { s.done = true; res.stopReason = 'step'; return null; }
+      step = next;
+      token = tokenOfStep.get(next)!;
+      forced = true;
+    }
+    if (step !== undefined && step > s.stopAfter) { s.done = true; res.stopReason = 'step'; return null; }
+    if (step !== undefined) s.step = step;
+    res.tokens.push(token);
+    res.steps.push(s.step);
+    res.logits?.push(row);
+    opts.onToken?.({ seq: s.i, token, step: s.step, index, forced });
+    if (s.stop.has(token)) { s.done = true; res.stopReason = 'stop'; return null; }
+    if (res.tokens.length >= s.req.maxNewTokens) { s.done = true; res.stopReason = 'length'; return null; }
+    return token;
+  };
+
+  const active = seqs.filter((s) => !s.done);
+  if (active.length === 0) return seqs.map((s) => s.result);
+  const promptTotal = active.reduce((a, s) => a + s.req.prompt.length, 0);
+  const cache = model.newCache({ capacity: opts.cacheCapacity ?? promptTotal + active.length + 1 });
+  try {
+    // Prefill: every prompt packed (routed with step −1), logits only for each prompt's last token.
+    const batch: { s: SeqState; token: number; step: number }[] = [];
+    const rows: number[] = [];
+    for (const s of active) {
+      for (const t of s.req.prompt) batch.push({ s, token: t, step: -1 });
+      rows.push(batch.length - 1);
+    }
+    let live = active;
+    let logits = await run(cache, batch, rows);
+    for (;;) {
+      const next: { s: SeqState; token: number }[] = [];
+      const finished: number[] = [];
+      live.forEach((s, r) => {
+        const t = choose(s, logits.slice(r * V, (r + 1) * V));
+        if (t === null) finished.push(s.i);
+        else next.push({ s, token: t });
+      });
+      if (finished.length && next.length) cache.drop(finished);
+      if (next.length === 0) break;
+      live = next.map((n) => n.s);
+      logits = await run(cache, next.map(({ s, token }) => ({ s, token, step: routeStepOfLast(s) })), next.map((_, k) => k));
+    }
+  } finally {
+    cache.dispose();
+  }
+  return seqs.map((s) => s.result);
+
+  /** The step the last emitted token of `s` is routed with when fed back. */
+  function routeStepOfLast(s: SeqState): number {
+    const st = s.result.steps;
+    const n = st.length;
+    if (stepTokenRouting === 'own') return st[n - 1]!;
+    return n >= 2 ? st[n - 2]! : -1;
+  }
+}
