@@ -21,6 +21,7 @@ import { bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { LINEAR_MODULES, linearShape, type LinearModule, type ModelConfig } from '../model/config.js';
 import type { LlamaLora, LlamaModel } from '../model/llama.js';
+import type { TokenRouter } from '../generate/generate.js';
 import { loraRouting, loraStack, type LoraRouting, type LoraStack, type LoraStrategy } from '../ops/lora.js';
 import {
   ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, makePeftConfig, parsePeftConfig, parsePeftKey, peftExpectedWeights, peftKey,
@@ -279,6 +280,22 @@ export class MoteBundle extends AdapterStacks {
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`MoteBundle.routing: opts: expected an object, got ${describe(opts)}`);
     const { slots, weight } = moteRoutingSlots(stepIds, this.config.steps.length, this.config.alpha, { ...opts, promptRouting: opts.promptRouting ?? this.config.promptRouting });
     return loraRouting(this.backend, slots, { K: 2, L: this.L, weight });
+  }
+
+  /**
+   * The bundle as a generate() router: chain tokens go to [their step's expert, shared]
+   * with [α, 1 − α]; prompt tokens to the shared expert only (inference default).
+   */
+  tokenRouter(): TokenRouter {
+    this.live('MoteBundle.tokenRouter');
+    const { alpha } = this.config;
+    const shared = this.shared;
+    return {
+      K: 2,
+      L: this.L,
+      stacks: this.stacks,
+      slotsFor: (_seq, { step }) => (step < 0 ? { slots: [-1, shared], weights: [0, 1] } : { slots: [step, shared], weights: [alpha, 1 - alpha] }),
+    };
   }
 }
 
