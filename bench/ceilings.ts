@@ -1,5 +1,7 @@
 // Ceilings, measured in the same run on the same backend as the suites:
-//   copy bandwidth (bytes read + bytes written per second) and FLOP rate of our own matmul.
+//   copy bandwidth (bytes read + bytes written per second) and FLOP rate of our own matmul,
+//   which make the roofline; and, for reading the table only, the streaming-read rate (GEMV),
+//   the sync round trip, the fixed cost of one op call, and a short copy probe run before each row.
 import { readFileSync } from 'node:fs';
 import { matmul } from '../src/ops/matmul.js';
 import { loraApply, loraRouting, loraStack } from '../src/ops/lora.js';

@@ -12,9 +12,13 @@ import type { Backend, BackendKind } from '../src/backend/backend.js';
 import { bestCeilings, CopyProbe, lastLevelCacheBytes, measureCeilings, type Ceilings } from './ceilings.js';
 import { applyRoofline, loraCases, runLoraSuite, type Comparison, type Row, type StrategyChoice, type WeightDType } from './lora.js';
 import { median, type TimeOptions } from './timing.js';
+import { coldBytesFor, modelBenchDefaults, modelMarkdown, runModelBench } from './model.js';
 
 const USAGE = `usage: npm run bench -- [options]
   --backend cpu|webgpu|cuda   backend to measure (default cpu)
+  --suite lora|model|all      lora: the multi-LoRA op suite (default); model: prefill/decode tokens/s of the
+                              SmolLM-135M shape with 0, 1, 4, 64 MoTE bundles (bench/results/<backend>.model.json); all: both
+  --dtype f32|bf16            model suite: weight dtype of the base model (default f32)
   --quick                     short run: T ∈ {1, 64}, distinct ∈ {1, 64}, first H_out only
   --full                      full run even on a software WebGPU adapter (normally forced to --quick, H = 1024)
   --filter RE                 only rows whose name matches RE (case-insensitive), e.g. 'loraApply|baseline'
@@ -40,6 +44,8 @@ function parse() {
     parsed = parseArgs({
       options: {
         backend: { type: 'string', default: 'cpu' },
+        suite: { type: 'string', default: 'lora' },
+        dtype: { type: 'string', default: 'f32' },
         quick: { type: 'boolean', default: false },
         full: { type: 'boolean', default: false },
         filter: { type: 'string' },
@@ -82,10 +88,12 @@ function parse() {
   } catch (e) {
     fail(`--filter: ${(e as Error).message}`);
   }
+  if (!['lora', 'model', 'all'].includes(values.suite!)) fail(`--suite: expected lora, model or all, got ${values.suite}`);
+  if (!['f32', 'bf16'].includes(values.dtype!)) fail(`--dtype: expected f32 or bf16, got ${values.dtype}`);
   const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
-    backend, quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
+    backend, suite: values.suite as 'lora' | 'model' | 'all', modelDType: values.dtype as 'f32' | 'bf16', quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
     dtypes: dtypes as WeightDType[] | undefined, maxTime, threads: int('threads', values.threads), coldMiB: int('cold-mib', values['cold-mib']), repeat: int('repeat', values.repeat) ?? 1, out: values.out,
   };
 }
@@ -124,9 +132,11 @@ function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
   return t;
 }
 
+type Args = ReturnType<typeof parse>;
+const log = (line: string): void => void process.stderr.write(`${line}\n`);
+
 async function main(): Promise<void> {
   const args = parse();
-  const log = (line: string): void => void process.stderr.write(`${line}\n`);
   let backend: Backend;
   try {
     backend = await openBackend(args.backend, args.threads ? { threads: args.threads } : {});
@@ -134,6 +144,53 @@ async function main(): Promise<void> {
     process.stderr.write(`bench: cannot open backend ${args.backend}: ${(e as Error).message}\n`);
     process.exit(1);
   }
+  try {
+    if (args.suite !== 'model') await runLora(args, backend);
+    if (args.suite !== 'lora') await runModel(args, backend);
+  } finally {
+    backend.destroy();
+  }
+}
+
+/** The model suite: writes bench/results/<backend>[.quick].model.json and prints its markdown. */
+async function runModel(args: Args, backend: Backend): Promise<void> {
+  const info = backend.info();
+  const d = modelBenchDefaults(backend, args.quick);
+  const quick = args.quick || d.notes.length > 0;
+  const started = Date.now();
+  const loadBefore = loadavg();
+  log(`bench: model suite on ${backend.kind} — ${info.device}${quick ? ' (quick)' : ''}`);
+  for (const n of d.notes) log(`bench: ${n}`);
+  const opts = {
+    shape: d.shape, dtype: args.modelDType, seqs: 64, promptTokens: 32, decodeSteps: d.decodeSteps, rounds: args.repeat > 1 ? args.repeat : d.rounds,
+    bundleCounts: [0, 1, 4, 64], rank: 16, coldBytes: args.coldMiB !== undefined ? args.coldMiB * 2 ** 20 : coldBytesFor(backend),
+    copyTiming: { maxTime: 1, minSamples: 5, warmup: 2 }, log,
+  };
+  const r = await runModelBench(backend, opts);
+  const seconds = (Date.now() - started) / 1e3;
+  const load = { before: loadBefore, after: loadavg(), cores: cpus().length };
+  const notes = [...d.notes];
+  if (load.before[0]! > 0.5 * load.cores) {
+    notes.push(`the machine was busy when the run started (load average ${load.before.map((x) => x.toFixed(2)).join(', ')}, ${load.cores} cores; ${load.after.map((x) => x.toFixed(2)).join(', ')} at the end, this run included): figures may be low`);
+  }
+  const result = {
+    suite: 'model', backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
+    args: { quick, dtype: args.modelDType, seqs: opts.seqs, promptTokens: opts.promptTokens, decodeSteps: opts.decodeSteps, rounds: opts.rounds, bundleCounts: opts.bundleCounts, rank: opts.rank, coldBytes: opts.coldBytes },
+    notes, seconds, load, ...r,
+  };
+  const out = resolve(args.suite === 'model' && args.out ? args.out : join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.model.json`));
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(`${out}.tmp`, `${JSON.stringify(result, null, 1)}\n`);
+  renameSync(`${out}.tmp`, out);
+  const threads = info.details.threads !== undefined ? `, ${info.details.threads} threads` : '';
+  const md: string[] = [`# mote model benchmark: ${backend.kind} (${info.device}${threads})`, ''];
+  md.push(`${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, ${seconds.toFixed(0)} s, load average ${load.before.map((x) => x.toFixed(2)).join(' ')} (start) / ${load.after.map((x) => x.toFixed(2)).join(' ')} (end), ${load.cores} cores. Results: ${out}`, '');
+  for (const n of notes) md.push(`> ${n}`, '');
+  md.push(modelMarkdown(r, { seqs: opts.seqs, promptTokens: opts.promptTokens, decodeSteps: opts.decodeSteps, dtype: args.modelDType }));
+  process.stdout.write(`${md.join('\n')}\n`);
+}
+
+async function runLora(args: Args, backend: Backend): Promise<void> {
   const info = backend.info();
   const notes: string[] = [];
   let quick = args.quick;
@@ -215,7 +272,7 @@ async function main(): Promise<void> {
   md.push(table(['ceiling', 'used', 'start: median / best sample', 'end: median / best sample', 'how'], [
     ['copy bandwidth', gb(c.copy.gbps), `${gb(first.copy.gbps)} / ${gb(first.copy.bestGbps)}`, `${gb(last.copy.gbps)} / ${gb(last.copy.bestGbps)}`, c.copy.reason ?? c.copy.method],
     ['FLOP rate', `${fmt(c.flops.gflops)} GFLOP/s`, `${fmt(first.flops.gflops)} / ${fmt(first.flops.bestGflops)} GFLOP/s`, `${fmt(last.flops.gflops)} / ${fmt(last.flops.bestGflops)} GFLOP/s`, c.flops.method],
-    ['read rate (GEMV)', c.read ? gb(c.read.gbps) : 'n/a', first.read ? gb(first.read.gbps) : 'n/a', last.read ? gb(last.read.gbps) : 'n/a', `${c.read?.method ?? ''}: streaming reads without writes, informative (not in the roofline); read-mostly LoRA ops can pass copy bandwidth up to about this`],
+    ['read rate (GEMV)', c.read ? gb(c.read.gbps) : 'n/a', first.read ? gb(first.read.gbps) : 'n/a', last.read ? gb(last.read.gbps) : 'n/a', c.read ? `${c.read.method}: streaming reads without writes, informative (not in the roofline); read-mostly LoRA ops can pass copy bandwidth up to about this` : 'not measured on webgpu: its matmul is tiled for throughput, not a streaming GEMV'],
     ['sync round trip', `${fmtMs(c.syncMs)} ms`, `${fmtMs(first.syncMs)} ms`, `${fmtMs(last.syncMs)} ms`, 'median of `await backend.sync()` alone: the per-call floor of this harness (not in the roofline)'],
     ['op call floor', `${fmtMs(c.callMs)} ms`, `${fmtMs(first.callMs)} ms`, `${fmtMs(last.callMs)} ms`, 'median of loraApply at T = 1, H = 64, r = 16 (checks, routing, launch, sync): what the smallest rows pay on top of their bytes (not in the roofline)'],
   ]), '');
@@ -261,7 +318,6 @@ async function main(): Promise<void> {
   md.push(`- baseline loop: ${method.baselines.loop}`);
   md.push(`- baseline masked: ${method.baselines.masked}`);
   process.stdout.write(`${md.join('\n')}\n`);
-  backend.destroy();
 }
 
 main().catch((e) => {
