@@ -7,6 +7,8 @@
         "native/bind_matmul.cc",
         "native/bind_lora.cc",
         "native/bind_model.cc",
+        "native/bind_adamw.cc",
+        "native/cpu/adamw.cc",
         "native/cpu/attention.cc",
         "native/cpu/embedding.cc",
         "native/cpu/lora.cc",

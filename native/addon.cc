@@ -238,6 +238,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   register_matmul(env, exports);
   register_lora(env, exports);
   register_model(env, exports);
+  register_adamw(env, exports);
   return exports;
 }
 

@@ -45,5 +45,6 @@ Napi::Value guarded(const Napi::CallbackInfo& info, F&& fn) {
 void register_matmul(Napi::Env env, Napi::Object exports);
 void register_lora(Napi::Env env, Napi::Object exports);
 void register_model(Napi::Env env, Napi::Object exports);
+void register_adamw(Napi::Env env, Napi::Object exports);
 
 }  // namespace mote

@@ -18,6 +18,7 @@ export { attention, attentionGrad, attentionLayout, AttentionLayout, type Attent
 export { swiglu, swigluGrad } from './ops/swiglu.js';
 export { add } from './ops/residual.js';
 export { logSoftmax, xent, xentGrad } from './ops/xent.js';
+export { adamw, adamwScalars, sumSquares, type AdamwOptions, type AdamwScalars } from './ops/adamw.js';
 export * from './io/safetensors.js';
 export * from './io/peft.js';
 export * from './model/config.js';
@@ -38,3 +39,7 @@ export {
   MOTE_FILE, MOTE_FORMAT_VERSION,
   type LayerStacks, type ExpertFactors, type MoteRoutingOptions, type CreateMoteOptions,
 } from './mote/bundle.js';
+export {
+  loadTokenizer, saveTokenizer, MoteTokenizer, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,
+  type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions,
+} from './io/tokenizer.js';

@@ -59,6 +59,14 @@ int mote_cuda_xent(float* losses, float* lse, const float* logits, const int* ta
 int mote_cuda_xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask, float scale,
                         int T, int V, void* stream);
 
+/* adamw family (kernels/cuda/adamw.cu); contracts in src/ops/adamw.ts. p, m, v in place, g read;
+ * c1 = 1 − β1, c2 = 1 − β2, decay = 1 − lr·wd, bc1/bc2 = 1 − β^t computed on the host in double. sum_squares: out[0] = Σ g², two fixed-order
+ * passes (no atomics, bit-identical reruns); its partials live in a per-device scratch array of
+ * the .cu, so concurrent calls on different streams of one device must not overlap. */
+int mote_cuda_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float c1, float beta2,
+                    float c2, float eps, float decay, float bc1, float bc2, float grad_scale, void* stream);
+int mote_cuda_sum_squares(float* out, const float* g, int64_t n, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

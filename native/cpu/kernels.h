@@ -54,6 +54,13 @@ void xent(float* losses, float* lse, const float* logits, const int* targets, co
 void xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask, float scale, int T,
                int V);
 
+// adamw.cc: one AdamW step in place (p, m, v), g read. c1 = 1 − β1, c2 = 1 − β2, decay = 1 − lr·wd,
+// bc1/bc2 = 1 − β^t: all formed on the host in double, then rounded to f32.
+void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float c1, float beta2, float c2,
+           float eps, float decay, float bc1, float bc2, float grad_scale);
+// adamw.cc: out[0] = Σ g², fixed-order (thread-count independent) double accumulation.
+void sum_squares(float* out, const float* g, int64_t n);
+
 // Streams src to dst (the copy-bandwidth ceiling used by the benchmarks).
 void copy(float* dst, const float* src, int64_t n);
 

@@ -1218,6 +1218,57 @@ void test_add(int64_t n, int off, bool inplace, Rng& rng) {
       CUDA_FN(return mote_cuda_add(F(p, y) + off, F(p, ia) + off, F(p, ib) + off, n, nullptr);));
 }
 
+// -- adamw (optimizer step, in place) and sum_squares. The scalars derived from the
+// hyper-parameters (1 − β, 1 − lr·wd, 1 − β^t) are formed in double and rounded once, as the
+// addon does.
+
+void test_adamw(int64_t n, int off, int t, double wd, double gs, Rng& rng) {
+  const size_t N = size_t(n) + off;
+  const double lr = 1e-2, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
+  std::vector<float> p0 = randv(N, rng), g0 = randv(N, rng), m0 = scaled(randv(N, rng), 0.1f), v0 = randv(N, rng);
+  for (auto& e : v0) e = 0.01f * e * e;
+  std::vector<double> rp(N), rm(N), rv(N);
+  for (size_t i = 0; i < N; i++) {
+    rp[i] = p0[i];
+    rm[i] = m0[i];
+    rv[i] = v0[i];
+    if (i < size_t(off)) continue;
+    const double gi = double(g0[i]) * gs;
+    rm[i] = b1 * m0[i] + (1 - b1) * gi;
+    rv[i] = b2 * v0[i] + (1 - b2) * gi * gi;
+    rp[i] = double(p0[i]) * (1 - lr * wd) - lr * (rm[i] / bc1) / (std::sqrt(rv[i] / bc2) + eps);
+  }
+  ModelCase c;
+  c.op = "adamw";
+  c.desc = fmt("n=%lld offset=%d t=%d wd=%g gs=%g", (long long)n, off, t, wd, gs);
+  const int ip = c.out("p", p0, std::move(rp)), im = c.out("m", m0, std::move(rm)), iv = c.out("v", v0, std::move(rv));
+  const int ig = c.in("g", g0);
+  const float flr = float(lr), fb1 = float(b1), fc1 = float(1 - b1), fb2 = float(b2), fc2 = float(1 - b2), feps = float(eps),
+              fdecay = float(1 - lr * wd), fbc1 = float(bc1), fbc2 = float(bc2), fgs = float(gs);
+  run_model_case(
+      c,
+      [&](void* const* p) {
+        mote::cpu::adamw(F(p, ip) + off, F(p, ig) + off, F(p, im) + off, F(p, iv) + off, n, flr, fb1, fc1, fb2, fc2, feps, fdecay,
+                         fbc1, fbc2, fgs);
+      },
+      CUDA_FN(return mote_cuda_adamw(F(p, ip) + off, F(p, ig) + off, F(p, im) + off, F(p, iv) + off, n, flr, fb1, fc1, fb2, fc2,
+                                     feps, fdecay, fbc1, fbc2, fgs, nullptr);));
+}
+
+void test_sum_squares(int64_t n, Rng& rng) {
+  const std::vector<float> g = randv(size_t(n), rng);
+  double s = 0;
+  for (float x : g) s += double(x) * x;
+  ModelCase c;
+  c.op = "sum_squares";
+  c.desc = fmt("n=%lld", (long long)n);
+  const int io = c.out_nan("out", {s}), ig = c.in("g", g);
+  run_model_case(
+      c, [&](void* const* p) { mote::cpu::sum_squares(F(p, io), F(p, ig), n); },
+      CUDA_FN(return mote_cuda_sum_squares(F(p, io), F(p, ig), n, nullptr);));
+}
+
 // -- xent
 
 std::vector<double> lse_rows(const std::vector<float>& x, int T, int V) {
@@ -1348,6 +1399,14 @@ void test_model_families(Rng& rng) {
       test_add(n, off, false, rng);
       test_add(n, off, true, rng);
     }
+  // adamw: n, pointer offset, step, weight decay, grad scale; sum_squares: n
+  for (int64_t n : ns)
+    for (int off = 0; off < 2; off++) {
+      test_adamw(n, off, 1, 0.0, 1.0, rng);
+      test_adamw(n, off, 7, 0.1, 0.25, rng);
+    }
+  const int64_t ss[] = {1, 7, 2048, 2049, 4099, 100003, 5000011};
+  for (int64_t n : ss) test_sum_squares(n, rng);
   // xent: {T, V}
   const int xv[][2] = {{1, 1}, {3, 7}, {5, 1000}, {7, 49157}, {3, 128256}};
   for (const auto& s : xv) {

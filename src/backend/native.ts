@@ -14,6 +14,7 @@ import type { RmsnormDims } from '../ops/rmsnorm.js';
 import type { RopeDims } from '../ops/rope.js';
 import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
 import type { XentDims } from '../ops/xent.js';
+import type { AdamwScalars } from '../ops/adamw.js';
 import type { Backend, BackendInfo } from './backend.js';
 
 /** The addon's exports (see native/addon.cc and native/bind_*.cc). */
@@ -52,6 +53,9 @@ export interface Addon {
   logSoftmax(out: object, logits: object, T: number, V: number): void;
   xent(losses: object, lse: object, logits: object, targets: object, mask: object, T: number, V: number): void;
   xentGrad(dlogits: object, logits: object, lse: object, targets: object, mask: object, scale: number, T: number, V: number): void;
+  // adamw family (native/bind_adamw.cc)
+  adamw(p: object, g: object, m: object, v: object, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number, gradScale: number): void;
+  sumSquares(out: object, g: object, n: number): void;
   [k: string]: unknown;
 }
 
@@ -291,6 +295,12 @@ export class NativeBackend implements Backend, ModelKernels {
   }
   xentGrad(dlogits: Tensor, logits: Tensor, lse: Tensor, targets: Tensor, mask: Tensor, scale: number, d: XentDims): void {
     nativeCall('xentGrad', () => this.addon.xentGrad(st(dlogits), st(logits), st(lse), st(targets), st(mask), scale, d.T, d.V));
+  }
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: number, s: AdamwScalars): void {
+    nativeCall('adamw', () => this.addon.adamw(st(p), st(g), st(m), st(v), n, s.lr, s.beta1, s.beta2, s.eps, s.weightDecay, s.bc1, s.bc2, s.gradScale));
+  }
+  sumSquares(out: Tensor, g: Tensor, n: number): void {
+    nativeCall('sumSquares', () => this.addon.sumSquares(st(out), st(g), n));
   }
 }
 

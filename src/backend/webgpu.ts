@@ -12,6 +12,7 @@ import type { RmsnormDims } from '../ops/rmsnorm.js';
 import type { RopeDims } from '../ops/rope.js';
 import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
 import type { XentDims } from '../ops/xent.js';
+import type { AdamwScalars } from '../ops/adamw.js';
 import type { Backend, BackendInfo } from './backend.js';
 import { specialise } from './wgsl.js';
 
@@ -600,6 +601,26 @@ export class WebGPUBackend implements Backend, ModelKernels {
   xentGrad(dlogits: Tensor, logits: Tensor, lse: Tensor, targets: Tensor, mask: Tensor, scale: number, d: XentDims): void {
     this.#run('xent', 'grad', [dlogits.storage as GPUBuffer, ...this.#ins([dlogits], [logits, lse, targets, mask])], [d.T, d.V, { f: scale }, 0],
       this.#grid(Math.ceil(d.V / 256), d.T));
+    this.#endTemps();
+  }
+
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: number, s: AdamwScalars): void {
+    // 1 − lr·wd, 1 − β1, 1 − β2 in double, as the native binding and torch form them
+    const params: Param[] = [n, { f: s.lr }, { f: s.beta1 }, { f: s.beta2 }, { f: s.eps }, { f: 1 - s.lr * s.weightDecay }, { f: 1 - s.beta1 }, { f: 1 - s.beta2 },
+      { f: s.bc1 }, { f: s.bc2 }, { f: s.gradScale }, 0];
+    const [gb] = this.#ins([p, m, v], [g]);
+    this.#run('adamw', 'step', [p.storage as GPUBuffer, gb!, m.storage as GPUBuffer, v.storage as GPUBuffer], params, this.#flat(n, 256));
+    this.#endTemps();
+  }
+
+  /** Two fixed-order passes (kernels/wgsl/adamw.wgsl partial, finish): B partials in a temporary buffer. */
+  sumSquares(out: Tensor, g: Tensor, n: number): void {
+    const B = Math.max(1, Math.min(1024, Math.ceil(n / 2048)));
+    const part = this.device.createBuffer({ size: B * 4, usage: GPUBufferUsage.STORAGE });
+    this.#temps.push(part);
+    const [gb] = this.#ins([out], [g]);
+    this.#run('adamw', 'partial', [part, gb!], [n, B, 0, 0], [B, 1, 1]);
+    this.#run('adamw', 'finish', [out.storage as GPUBuffer, part], [n, B, 0, 0], [1, 1, 1]);
     this.#endTemps();
   }
 

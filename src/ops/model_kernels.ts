@@ -2,6 +2,7 @@
 // matmul and multi-LoRA families. Each backend implements all of them.
 import type { Backend } from '../backend/backend.js';
 import { BackendUnavailableError } from '../errors.js';
+import type { AdamwKernels } from './adamw.js';
 import type { AttentionKernels } from './attention.js';
 import type { EmbeddingKernels } from './embedding.js';
 import type { ResidualKernels } from './residual.js';
@@ -10,7 +11,7 @@ import type { RopeKernels } from './rope.js';
 import type { SwigluKernels } from './swiglu.js';
 import type { XentKernels } from './xent.js';
 
-export interface ModelKernels extends EmbeddingKernels, RmsnormKernels, RopeKernels, AttentionKernels, SwigluKernels, ResidualKernels, XentKernels {}
+export interface ModelKernels extends EmbeddingKernels, RmsnormKernels, RopeKernels, AttentionKernels, SwigluKernels, ResidualKernels, XentKernels, AdamwKernels {}
 
 /** The model kernels of a backend; a clear error while a backend still lacks them. */
 export function modelKernels(b: Backend): ModelKernels {

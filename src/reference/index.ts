@@ -8,3 +8,4 @@ export * from './swiglu.js';
 export * from './xent.js';
 export * from './residual.js';
 export * from './llama.js';
+export * from './adamw.js';

@@ -1,0 +1,347 @@
+// HF tokenizers: tokenizer.json + tokenizer_config.json (DESIGN §6), through
+// @huggingface/tokenizers (a pure-JS implementation that loads tokenizer.json; it does not
+// train) and chat templates through @huggingface/jinja.
+//
+// Adding the MoTE step tokens: the library has no add_tokens(), so `addSpecialTokens`
+// appends entries to the JSON's `added_tokens` (id = the current vocabulary size, special,
+// not normalized, no strip) and builds a fresh Tokenizer from the JSON. The library splits
+// text on added tokens before pre-tokenization, so each one encodes as a single id, and
+// decode maps the id back to its content. tokenizer_config.json's `added_tokens_decoder` and
+// `additional_special_tokens` are kept in step, as transformers writes them.
+//
+// The JSON handed to the library is a copy: its constructor writes the added tokens into
+// the model's vocabulary, and we keep the file's JSON as read for saving.
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { Template } from '@huggingface/jinja';
+import { ArgumentError, FormatError, describe } from '../errors.js';
+import { atomicWrite } from './safetensors.js';
+
+export const TOKENIZER_FILE = 'tokenizer.json';
+export const TOKENIZER_CONFIG_FILE = 'tokenizer_config.json';
+/** Newer transformers versions save the chat template in its own file. */
+export const CHAT_TEMPLATE_FILE = 'chat_template.jinja';
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+export interface EncodeOptions {
+  /** Add the post-processor's special tokens (e.g. a leading <s>). Default true. */
+  addSpecialTokens?: boolean;
+}
+
+export interface DecodeOptions {
+  /** Leave special tokens (bos, eos, the step tokens, ...) out of the text. Default false. */
+  skipSpecialTokens?: boolean;
+}
+
+export interface ChatTemplateOptions {
+  /** End with the header of an assistant turn. Default false. */
+  addGenerationPrompt?: boolean;
+  /** More variables for the template (e.g. tools, documents). */
+  variables?: Record<string, unknown>;
+}
+
+type Json = Record<string, unknown>;
+
+function isPlainObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** The content of a special token entry of tokenizer_config.json: a string or an AddedToken dict. */
+function tokenContent(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (isPlainObject(v) && typeof v.content === 'string') return v.content;
+  return null;
+}
+
+function readJson(file: string, what: string): Json {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new FormatError(`${file}: not found (${what})`);
+    throw new FormatError(`${file}: cannot read: ${(e as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new FormatError(`${file}: malformed JSON: ${(e as Error).message}`);
+  }
+  if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
+  return json;
+}
+
+/** One more than the largest id of the tokenizer.json model's vocab and its added tokens. */
+function jsonVocabSize(json: Json, file: string): number {
+  let n = 0;
+  const model = json.model as Json;
+  const vocab = model.vocab;
+  if (Array.isArray(vocab)) n = vocab.length; // Unigram: [token, score][]
+  else if (isPlainObject(vocab)) {
+    for (const [t, id] of Object.entries(vocab)) {
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw new FormatError(`${file}: model.vocab[${JSON.stringify(t)}]: expected a non-negative integer id, got ${describe(id)}`);
+      n = Math.max(n, id + 1);
+    }
+  }
+  for (const t of json.added_tokens as Json[]) n = Math.max(n, (t.id as number) + 1);
+  return n;
+}
+
+function checkTokenizerJson(json: Json, file: string): void {
+  if (!isPlainObject(json.model)) throw new FormatError(`${file}: model: expected an object, got ${describe(json.model)}`);
+  if (typeof json.model.type !== 'string' && !('vocab' in json.model)) throw new FormatError(`${file}: model: no type or vocab`);
+  for (const k of ['normalizer', 'pre_tokenizer', 'post_processor', 'decoder']) {
+    if (!(k in json)) json[k] = null; // optional in the file; the library wants the keys
+  }
+  if (json.added_tokens === undefined) json.added_tokens = [];
+  if (!Array.isArray(json.added_tokens)) throw new FormatError(`${file}: added_tokens: expected a list, got ${describe(json.added_tokens)}`);
+  for (const [i, t] of (json.added_tokens as unknown[]).entries()) {
+    if (!isPlainObject(t) || typeof t.content !== 'string' || typeof t.id !== 'number' || !Number.isSafeInteger(t.id) || t.id < 0) {
+      throw new FormatError(`${file}: added_tokens[${i}]: expected { id: non-negative integer, content: string, ... }`);
+    }
+  }
+}
+
+function build(json: Json, config: Json, file: string): Tokenizer {
+  try {
+    return new Tokenizer(structuredClone(json), structuredClone(config));
+  } catch (e) {
+    throw new FormatError(`${file}: not a tokenizer this library can load: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * A tokenizer read from an HF model directory. Ids are plain numbers; `vocabSize` counts the
+ * model's vocabulary and the added tokens (one more than the largest id).
+ */
+export class MoteTokenizer {
+  private tok: Tokenizer;
+  private json: Json;
+  private config: Json;
+  private templateFromFile: string | null;
+  private compiled: { source: string; template: Template } | null = null;
+  /** Where the tokenizer was read from (for error messages). */
+  readonly source: string;
+  private size: number;
+
+  /** From the parsed tokenizer.json and tokenizer_config.json; `source` names them in errors. */
+  constructor(tokenizerJson: Json, tokenizerConfig: Json, opts: { source?: string; chatTemplate?: string | null } = {}) {
+    this.source = opts.source ?? '.';
+    const file = path.join(this.source, TOKENIZER_FILE);
+    if (!isPlainObject(tokenizerJson)) throw new FormatError(`${file}: expected a JSON object, got ${describe(tokenizerJson)}`);
+    if (!isPlainObject(tokenizerConfig)) throw new FormatError(`${path.join(this.source, TOKENIZER_CONFIG_FILE)}: expected a JSON object, got ${describe(tokenizerConfig)}`);
+    this.json = structuredClone(tokenizerJson);
+    this.config = structuredClone(tokenizerConfig);
+    checkTokenizerJson(this.json, file);
+    this.size = jsonVocabSize(this.json, file);
+    this.tok = build(this.json, this.config, file);
+    this.templateFromFile = opts.chatTemplate ?? null;
+  }
+
+  /** Number of ids: one more than the largest id of the vocabulary and the added tokens. */
+  get vocabSize(): number {
+    return this.size;
+  }
+
+  /** The id of the config's bos_token, or undefined when it has none. */
+  get bosTokenId(): number | undefined {
+    return this.specialId('bos_token');
+  }
+
+  /** The id of the config's eos_token, or undefined when it has none. */
+  get eosTokenId(): number | undefined {
+    return this.specialId('eos_token');
+  }
+
+  get bosToken(): string | undefined {
+    return tokenContent(this.config.bos_token) ?? undefined;
+  }
+
+  get eosToken(): string | undefined {
+    return tokenContent(this.config.eos_token) ?? undefined;
+  }
+
+  private specialId(key: string): number | undefined {
+    const t = tokenContent(this.config[key]);
+    return t === null ? undefined : this.tok.token_to_id(t);
+  }
+
+  /** The ids of `text`. */
+  encode(text: string, opts: EncodeOptions = {}): number[] {
+    if (typeof text !== 'string') throw new ArgumentError(`encode: text: expected a string, got ${describe(text)}`);
+    if (text.length === 0 && opts.addSpecialTokens === false) return [];
+    return [...this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids];
+  }
+
+  /** The text of `ids`. Throws ArgumentError for an id that is not an integer in [0, vocabSize). */
+  decode(ids: readonly number[] | Int32Array | Uint32Array, opts: DecodeOptions = {}): string {
+    const list = Array.from(ids as ArrayLike<number>);
+    for (const [i, id] of list.entries()) {
+      if (!Number.isSafeInteger(id) || id < 0 || id >= this.size) {
+        throw new ArgumentError(`decode: ids[${i}]: expected an integer id in [0, ${this.size}), got ${describe(id)}`);
+      }
+    }
+    if (list.length === 0) return '';
+    return this.tok.decode(list, { skip_special_tokens: opts.skipSpecialTokens ?? false });
+  }
+
+  /** The id of a token (a vocabulary entry, not text), or undefined. */
+  tokenToId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+
+  /** The token of an id, or undefined. */
+  idToToken(id: number): string | undefined {
+    return this.tok.id_to_token(id);
+  }
+
+  /** The chat template: tokenizer_config.json's chat_template (the default one of a list), else chat_template.jinja. */
+  get chatTemplate(): string | null {
+    const t = this.config.chat_template;
+    if (typeof t === 'string') return t;
+    if (Array.isArray(t)) {
+      const d = t.find((e) => isPlainObject(e) && e.name === 'default');
+      if (isPlainObject(d) && typeof d.template === 'string') return d.template;
+    }
+    return this.templateFromFile;
+  }
+
+  /**
+   * Renders the chat template for `messages` with bos_token, eos_token and
+   * add_generation_prompt (and `opts.variables`). Throws FormatError when the tokenizer has
+   * no chat template or it does not parse, ArgumentError when the template rejects the
+   * conversation (raise_exception) or a message is not { role, content }.
+   */
+  applyChatTemplate(messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): string {
+    if (!Array.isArray(messages)) throw new ArgumentError(`applyChatTemplate: messages: expected a list, got ${describe(messages)}`);
+    for (const [i, m] of messages.entries()) {
+      if (!isPlainObject(m) || typeof m.role !== 'string' || typeof m.content !== 'string') {
+        throw new ArgumentError(`applyChatTemplate: messages[${i}]: expected { role: string, content: string }`);
+      }
+    }
+    const source = this.chatTemplate;
+    const cfgFile = path.join(this.source, TOKENIZER_CONFIG_FILE);
+    if (source === null) throw new FormatError(`${cfgFile}: no chat_template (and no ${CHAT_TEMPLATE_FILE}): this tokenizer has no chat template`);
+    if (this.compiled?.source !== source) {
+      try {
+        this.compiled = { source, template: new Template(source) };
+      } catch (e) {
+        throw new FormatError(`${cfgFile}: chat_template does not parse: ${(e as Error).message}`);
+      }
+    }
+    const vars: Record<string, unknown> = {
+      bos_token: this.bosToken ?? '',
+      eos_token: this.eosToken ?? '',
+      unk_token: tokenContent(this.config.unk_token) ?? '',
+      pad_token: tokenContent(this.config.pad_token) ?? '',
+      ...(opts.variables ?? {}),
+      messages: messages.map((m) => ({ ...m })),
+      add_generation_prompt: opts.addGenerationPrompt ?? false,
+    };
+    try {
+      return this.compiled.template.render(vars);
+    } catch (e) {
+      throw new ArgumentError(`applyChatTemplate: the chat template rejected the conversation: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Makes each of `tokens` a special added token and returns their ids, in order. A token
+   * that is already an added token keeps its id; one in the model's vocabulary keeps its id
+   * and becomes an added token (so it is no longer split); any other gets the next id
+   * (vocabSize, vocabSize + 1, ...). Afterwards each encodes as a single id and decodes back
+   * to itself. The caller resizes the model's embeddings to the new `vocabSize`.
+   */
+  addSpecialTokens(tokens: readonly string[]): number[] {
+    if (!Array.isArray(tokens)) throw new ArgumentError(`addSpecialTokens: tokens: expected a list of strings, got ${describe(tokens)}`);
+    for (const [i, t] of tokens.entries()) {
+      if (typeof t !== 'string' || t.length === 0) throw new ArgumentError(`addSpecialTokens: tokens[${i}]: expected a non-empty string, got ${describe(t)}`);
+    }
+    const json = structuredClone(this.json);
+    const config = structuredClone(this.config);
+    const added = json.added_tokens as Json[];
+    let size = this.size;
+    const ids: number[] = [];
+    let changed = false;
+    for (const t of tokens) {
+      const existing = added.find((a) => a.content === t);
+      if (existing) {
+        ids.push(existing.id as number);
+        continue;
+      }
+      const inVocab = this.tok.token_to_id(t);
+      const id = inVocab ?? size++;
+      added.push({ id, content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+      ids.push(id);
+      changed = true;
+      if (isPlainObject(config.added_tokens_decoder)) {
+        config.added_tokens_decoder[String(id)] = { content: t, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true };
+      }
+      const extra = Array.isArray(config.additional_special_tokens) ? (config.additional_special_tokens as unknown[]) : [];
+      if (!extra.some((e) => tokenContent(e) === t)) config.additional_special_tokens = [...extra, t];
+    }
+    if (changed) {
+      added.sort((a, b) => (a.id as number) - (b.id as number));
+      const tok = build(json, config, path.join(this.source, TOKENIZER_FILE));
+      this.json = json;
+      this.config = config;
+      this.tok = tok;
+      this.size = size;
+    }
+    return ids;
+  }
+
+  /** Copies of the tokenizer.json and tokenizer_config.json objects as they would be saved. */
+  toJson(): { tokenizer: Json; config: Json } {
+    return { tokenizer: structuredClone(this.json), config: structuredClone(this.config) };
+  }
+
+  /**
+   * Writes tokenizer.json and tokenizer_config.json (and chat_template.jinja when the
+   * template was read from one) into `dir`, creating it; each file is written to a
+   * temporary file and renamed into place.
+   */
+  save(dir: string): void {
+    fs.mkdirSync(dir, { recursive: true });
+    const write = (name: string, text: string) => {
+      const buf = Buffer.from(text, 'utf8');
+      atomicWrite(path.join(dir, name), (fd) => {
+        let off = 0;
+        while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
+      });
+    };
+    write(TOKENIZER_FILE, JSON.stringify(this.json, null, 2) + '\n');
+    write(TOKENIZER_CONFIG_FILE, JSON.stringify(this.config, null, 2) + '\n');
+    if (this.templateFromFile !== null && this.config.chat_template === undefined) write(CHAT_TEMPLATE_FILE, this.templateFromFile);
+  }
+}
+
+/**
+ * Reads the tokenizer of an HF model directory: tokenizer.json (required), tokenizer_config.json
+ * (optional; bos/eos tokens and the chat template) and chat_template.jinja (optional).
+ * Throws FormatError naming the file when one is missing or malformed.
+ */
+export function loadTokenizer(dir: string): MoteTokenizer {
+  const file = path.join(dir, TOKENIZER_FILE);
+  if (!fs.existsSync(file)) {
+    throw new FormatError(`${file}: not found: model directory without a tokenizer (expected ${TOKENIZER_FILE} as the HF tokenizers library saves it)`);
+  }
+  const json = readJson(file, 'the tokenizer');
+  const cfgFile = path.join(dir, TOKENIZER_CONFIG_FILE);
+  const config = fs.existsSync(cfgFile) ? readJson(cfgFile, 'the tokenizer config') : {};
+  const tplFile = path.join(dir, CHAT_TEMPLATE_FILE);
+  const chatTemplate = fs.existsSync(tplFile) ? fs.readFileSync(tplFile, 'utf8') : null;
+  return new MoteTokenizer(json, config, { source: dir, chatTemplate });
+}
+
+/** Writes `tokenizer` into `dir` (see MoteTokenizer.save). */
+export function saveTokenizer(tokenizer: MoteTokenizer, dir: string): void {
+  tokenizer.save(dir);
+}
