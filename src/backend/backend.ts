@@ -2,6 +2,7 @@ import type { DType, HostData } from '../dtype.js';
 import type { Tensor } from '../tensor.js';
 import type { MatmulKernels } from '../ops/matmul.js';
 import type { LoraKernels } from '../ops/lora.js';
+import type { ModelKernels } from '../ops/model_kernels.js';
 
 export type BackendKind = 'cpu' | 'webgpu' | 'cuda';
 export type BackendRequest = BackendKind | 'auto';
@@ -21,7 +22,7 @@ export interface BackendInfo {
 }
 
 /** Every kernel family a backend implements. Arguments are already checked by src/ops. */
-export interface Kernels extends MatmulKernels, LoraKernels {}
+export interface Kernels extends MatmulKernels, LoraKernels, ModelKernels {}
 
 /**
  * A compute backend. Tensors are created through it and live on it; the kernels take

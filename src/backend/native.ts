@@ -8,7 +8,6 @@ import { DTYPE_CODE, type DType, type HostData } from '../dtype.js';
 import { makeTensor, type Tensor } from '../tensor.js';
 import type { MatmulDims } from '../ops/matmul.js';
 import type { LoraDims, LoraRouting, LoraStack, LoraStrategy } from '../ops/lora.js';
-import type { ModelKernels } from '../ops/model_kernels.js';
 import type { EmbeddingDims } from '../ops/embedding.js';
 import type { RmsnormDims } from '../ops/rmsnorm.js';
 import type { RopeDims } from '../ops/rope.js';
@@ -119,7 +118,7 @@ export function nativeCall<T>(what: string, fn: () => T): T {
 const DEVICE_CODE = { cpu: 0, cuda: 1 } as const;
 
 /** cpu or cuda through the addon. */
-export class NativeBackend implements Backend, ModelKernels {
+export class NativeBackend implements Backend {
   readonly device: number;
   #destroyed = false;
   readonly #live = new Set<object>();

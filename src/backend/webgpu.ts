@@ -6,7 +6,6 @@ import type { DType, HostData } from '../dtype.js';
 import { makeTensor, type Tensor } from '../tensor.js';
 import type { MatmulDims } from '../ops/matmul.js';
 import type { LoraDims, LoraRouting, LoraStack, LoraStrategy } from '../ops/lora.js';
-import type { ModelKernels } from '../ops/model_kernels.js';
 import type { EmbeddingDims } from '../ops/embedding.js';
 import type { RmsnormDims } from '../ops/rmsnorm.js';
 import type { RopeDims } from '../ops/rope.js';
@@ -112,7 +111,7 @@ interface Dispatch {
   groups: [number, number, number];
 }
 
-export class WebGPUBackend implements Backend, ModelKernels {
+export class WebGPUBackend implements Backend {
   readonly kind = 'webgpu' as const;
   #destroyed = false;
   #ownsDevice: boolean;

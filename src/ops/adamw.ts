@@ -11,7 +11,6 @@
 // bc1 and bc2 are computed here in double and handed to the kernels as f32 scalars.
 import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker } from './check.js';
 
 /** The f32 scalars of one AdamW step as the kernels receive them. */
@@ -105,7 +104,7 @@ export function adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, opts: AdamwOpt
   c.distinct('m', m, { g, v });
   c.distinct('v', v, { g });
   const s = adamwScalars(opts);
-  modelKernels(p.backend).adamw(p, g, m, v, p.size, s);
+  p.backend.adamw(p, g, m, v, p.size, s);
 }
 
 /** Σ g² (f32, any shape) as a 1-element f32 tensor, by a fixed-order reduction: reruns are bit-identical. */
@@ -115,6 +114,6 @@ export function sumSquares(g: Tensor, opts: { out?: Tensor } = {}): Tensor {
   c.tensor('g', g, { dtypes: ['f32'], shape });
   const out = opts.out === undefined ? g.backend.empty([1], 'f32') : c.tensor('out', opts.out, { dtypes: ['f32'], shape: [1] });
   if (out === g) throw new ArgumentError('sumSquares: out: must not be the same tensor as g');
-  modelKernels(g.backend).sumSquares(out, g, g.size);
+  g.backend.sumSquares(out, g, g.size);
   return out;
 }

@@ -6,7 +6,6 @@
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker } from './check.js';
 
 export interface AttentionDims {
@@ -131,7 +130,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayo
   const d = check('attention', c, q, k, v, layout, opts.scale);
   const out = c.output('out', undefined, ['Tq', 'nH', 'D']);
   const lse = c.output('lse', undefined, ['Tq', 'nH']);
-  modelKernels(q.backend).attention(out, lse, q, k, v, layout, d);
+  q.backend.attention(out, lse, q, k, v, layout, d);
   return { out, lse };
 }
 
@@ -145,6 +144,6 @@ export function attentionGrad(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out
   const dq = c.output('dq', undefined, ['Tq', 'nH', 'D']);
   const dk = c.output('dk', undefined, ['Tk', 'nKv', 'D']);
   const dv = c.output('dv', undefined, ['Tk', 'nKv', 'D']);
-  modelKernels(q.backend).attentionGrad(dq, dk, dv, dOut, q, k, v, out, lse, layout, d);
+  q.backend.attentionGrad(dq, dk, dv, dOut, q, k, v, out, lse, layout, d);
   return { dq, dk, dv };
 }

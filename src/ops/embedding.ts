@@ -2,7 +2,6 @@
 import { WEIGHT_DTYPES } from '../dtype.js';
 import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker, checkBool } from './check.js';
 
 export interface EmbeddingDims { T: number; V: number; H: number }
@@ -39,7 +38,7 @@ export function embedding(E: Tensor, ids: ArrayLike<number>): Tensor {
   const idt = E.backend.tensor(idv, [idv.length], 'i32');
   try {
     const y = E.backend.empty([idv.length, H]);
-    modelKernels(E.backend).embedding(y, idt, E, { T: idv.length, V, H });
+    E.backend.embedding(y, idt, E, { T: idv.length, V, H });
     return y;
   } finally {
     idt.dispose();
@@ -68,7 +67,7 @@ export function embeddingGrad(ids: ArrayLike<number>, dy: Tensor, V: number, opt
   const be = dy.backend;
   const tensors = [be.tensor(order, [T], 'i32'), be.tensor(segStart, [segStart.length], 'i32'), be.tensor(segIds, [segIds.length], 'i32')] as const;
   try {
-    modelKernels(be).embeddingGrad(dE, dy, tensors[0], tensors[1], tensors[2], segIds.length, { T, V, H }, acc);
+    be.embeddingGrad(dE, dy, tensors[0], tensors[1], tensors[2], segIds.length, { T, V, H }, acc);
   } finally {
     for (const t of tensors) t.dispose();
   }

@@ -1,7 +1,6 @@
 // Residual add: y = a + b (elementwise, f32). Its backward passes dy to both inputs.
 import { ArgumentError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker } from './check.js';
 
 export interface ResidualKernels {
@@ -17,6 +16,6 @@ export function add(a: Tensor, b: Tensor, opts: { out?: Tensor } = {}): Tensor {
   c.tensor('b', b, { dtypes: ['f32'], shape });
   const y = c.output('out', opts.out, shape);
   if (y === b && b !== a) throw new ArgumentError('add: out: may alias a, not b');
-  modelKernels(y.backend).add(y, a, b, a.size);
+  y.backend.add(y, a, b, a.size);
   return y;
 }

@@ -2,7 +2,6 @@
 import { WEIGHT_DTYPES } from '../dtype.js';
 import { ArgumentError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker, checkBool } from './check.js';
 
 export interface RmsnormDims { T: number; H: number; eps: number }
@@ -27,7 +26,7 @@ export function rmsnorm(x: Tensor, w: Tensor, eps: number, opts: { out?: Tensor 
   const d = { T: c.dim('T'), H: c.dim('H'), eps: checkEps('rmsnorm', eps) };
   const y = c.output('out', opts.out, ['T', 'H']);
   const rstd = c.output('rstd', undefined, ['T']);
-  modelKernels(y.backend).rmsnorm(y, rstd, x, w, d);
+  y.backend.rmsnorm(y, rstd, x, w, d);
   return { y, rstd };
 }
 
@@ -43,6 +42,6 @@ export function rmsnormGrad(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, eps:
   const d = { T: c.dim('T'), H: c.dim('H'), eps: checkEps('rmsnormGrad', eps) };
   const dx = c.output('dx', undefined, ['T', 'H']);
   const dw = c.output('dw', opts.dw, ['H']);
-  modelKernels(dx.backend).rmsnormGrad(dx, dw, dy, x, w, rstd, d, acc);
+  dx.backend.rmsnormGrad(dx, dw, dy, x, w, rstd, d, acc);
   return { dx, dw };
 }

@@ -3,7 +3,6 @@
 // uploaded once per model; the kernel only rotates.
 import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker } from './check.js';
 
 export interface RopeDims { T: number; heads: number; D: number }
@@ -30,7 +29,7 @@ export function rope(x: Tensor, positions: Tensor, invFreq: Tensor, opts: { out?
   if (opts.inverse !== undefined && typeof opts.inverse !== 'boolean') throw new ArgumentError(`${op}: inverse: expected a boolean, got ${describe(opts.inverse)}`);
   const y = c.output('out', opts.out, ['T', 'heads', 'D']);
   if (y !== x) c.distinct('out', y, { positions, invFreq });
-  modelKernels(y.backend).rope(y, x, positions, invFreq, { T: c.dim('T'), heads: c.dim('heads'), D }, opts.inverse ?? false);
+  y.backend.rope(y, x, positions, invFreq, { T: c.dim('T'), heads: c.dim('heads'), D }, opts.inverse ?? false);
   return y;
 }
 

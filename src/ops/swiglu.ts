@@ -1,6 +1,5 @@
 // SwiGLU: y = silu(gate) ⊙ up. Reference: src/reference/swiglu.ts.
 import type { Tensor } from '../tensor.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker } from './check.js';
 
 export interface SwigluKernels {
@@ -15,7 +14,7 @@ export function swiglu(gate: Tensor, up: Tensor, opts: { out?: Tensor } = {}): T
   c.tensor('gate', gate, { dtypes: ['f32'], shape: ['T', 'I'] });
   c.tensor('up', up, { dtypes: ['f32'], shape: ['T', 'I'] });
   const y = c.output('out', opts.out, ['T', 'I']);
-  modelKernels(y.backend).swiglu(y, gate, up, gate.size);
+  y.backend.swiglu(y, gate, up, gate.size);
   return y;
 }
 
@@ -26,6 +25,6 @@ export function swigluGrad(dy: Tensor, gate: Tensor, up: Tensor): { dgate: Tenso
   c.tensor('up', up, { dtypes: ['f32'], shape: ['T', 'I'] });
   const dgate = c.output('dgate', undefined, ['T', 'I']);
   const dup = c.output('dup', undefined, ['T', 'I']);
-  modelKernels(dy.backend).swigluGrad(dgate, dup, dy, gate, up, dy.size);
+  dy.backend.swigluGrad(dgate, dup, dy, gate, up, dy.size);
   return { dgate, dup };
 }

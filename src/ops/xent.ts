@@ -1,7 +1,6 @@
 // Log-softmax and masked cross-entropy over the vocabulary. Reference: src/reference/xent.ts.
 import { ArgumentError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { modelKernels } from './model_kernels.js';
 import { Checker } from './check.js';
 
 export interface XentDims { T: number; V: number }
@@ -19,7 +18,7 @@ export function logSoftmax(logits: Tensor, opts: { out?: Tensor } = {}): Tensor 
   const c = new Checker('logSoftmax');
   c.tensor('logits', logits, { dtypes: ['f32'], shape: ['T', 'V'] });
   const out = c.output('out', opts.out, ['T', 'V']);
-  modelKernels(out.backend).logSoftmax(out, logits, { T: c.dim('T'), V: c.dim('V') });
+  out.backend.logSoftmax(out, logits, { T: c.dim('T'), V: c.dim('V') });
   return out;
 }
 
@@ -48,7 +47,7 @@ export async function xent(logits: Tensor, targets: ArrayLike<number>, mask: Arr
   const mt = be.tensor(Float32Array.from(mask), [T]);
   try {
     const losses = be.empty([T]), lse = be.empty([T]);
-    modelKernels(be).xent(losses, lse, logits, tt, mt, { T, V });
+    be.xent(losses, lse, logits, tt, mt, { T, V });
     const l = await losses.readFloat();
     let sum = 0, count = 0;
     for (let t = 0; t < T; t++) if (mask[t]) { sum += l[t]!; count++; }
@@ -73,7 +72,7 @@ export function xentGrad(logits: Tensor, lse: Tensor, targets: ArrayLike<number>
   const tt = be.tensor(Int32Array.from(targets, (v, t) => (mask[t] ? v : 0)), [T], 'i32');
   const mt = be.tensor(Float32Array.from(mask), [T]);
   try {
-    modelKernels(be).xentGrad(out, logits, lse, tt, mt, scale, { T, V });
+    be.xentGrad(out, logits, lse, tt, mt, scale, { T, V });
   } finally {
     tt.dispose();
     mt.dispose();
