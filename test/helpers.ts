@@ -1,7 +1,7 @@
 // Shared test plumbing: which backends to run on, random data, relative error.
 import { test } from 'node:test';
 import { openBackend } from '../src/backend/select.js';
-import { BackendUnavailableError } from '../src/errors.js';
+import { BackendUnavailableError, MoteError } from '../src/errors.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
 
 const ALL: BackendKind[] = ['cpu', 'webgpu', 'cuda'];
@@ -100,4 +100,29 @@ export function tolerance(dtype: string): number {
 export const POISON = NaN;
 export function poisoned(n: number): Float32Array {
   return new Float32Array(n).fill(POISON);
+}
+
+/** Counts the backend's live storage allocations made while it runs; optionally fails the n-th allocation. */
+export async function tracking<T>(b: Backend, body: (live: Set<unknown>) => Promise<T>, failAt?: number): Promise<T> {
+  const live = new Set<unknown>();
+  const alloc = b.allocStorage;
+  const free = b.freeStorage;
+  let n = 0;
+  b.allocStorage = function (bytes: number): unknown {
+    if (++n === failAt) throw new MoteError(`test: allocation ${n} fails on purpose`);
+    const s = alloc.call(b, bytes);
+    live.add(s);
+    return s;
+  };
+  b.freeStorage = function (s: unknown): void {
+    live.delete(s);
+    free.call(b, s);
+  };
+  try {
+    return await body(live);
+  } finally {
+    delete (b as unknown as Record<string, unknown>).allocStorage;
+    delete (b as unknown as Record<string, unknown>).freeStorage;
+    if (b.allocStorage !== alloc) { b.allocStorage = alloc; b.freeStorage = free; }
+  }
 }

@@ -29,7 +29,7 @@ import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { loraStacks, writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions, type WrittenTinyModel } from './fixtures/tiny_model.js';
-import { closeBackends, forEachBackend, relErr } from './helpers.js';
+import { closeBackends, forEachBackend, relErr, tracking } from './helpers.js';
 
 after(closeBackends);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-llama-'));
@@ -76,31 +76,6 @@ function rowsOf(a: ArrayLike<number>, V: number, rows: number[]): Float64Array {
   const out = new Float64Array(rows.length * V);
   rows.forEach((r, i) => { for (let v = 0; v < V; v++) out[i * V + v] = a[r * V + v]!; });
   return out;
-}
-
-/** Counts the backend's live storage allocations made while it runs; optionally fails the n-th allocation. */
-async function tracking<T>(b: Backend, body: (live: Set<unknown>) => Promise<T>, failAt?: number): Promise<T> {
-  const live = new Set<unknown>();
-  const alloc = b.allocStorage;
-  const free = b.freeStorage;
-  let n = 0;
-  b.allocStorage = function (bytes: number): unknown {
-    if (++n === failAt) throw new MoteError(`test: allocation ${n} fails on purpose`);
-    const s = alloc.call(b, bytes);
-    live.add(s);
-    return s;
-  };
-  b.freeStorage = function (s: unknown): void {
-    live.delete(s);
-    free.call(b, s);
-  };
-  try {
-    return await body(live);
-  } finally {
-    delete (b as unknown as Record<string, unknown>).allocStorage;
-    delete (b as unknown as Record<string, unknown>).freeStorage;
-    if (b.allocStorage !== alloc) { b.allocStorage = alloc; b.freeStorage = free; }
-  }
 }
 
 async function withModel<T>(b: Backend, m: WrittenTinyModel, body: (model: LlamaModel) => Promise<T>, dtype?: 'f32' | 'f16' | 'bf16'): Promise<T> {

@@ -7,6 +7,7 @@ import {
   multiLoraLinearBackwardRef, multiLoraLinearForwardRef, type LoraDims, type MultiLoraLinearRef,
 } from '../src/reference/lora.js';
 import { rng } from './helpers.js';
+import { assertClose, fd } from './fd.js';
 
 /** Uniform in ±[0.1, 1], float64 (never zero). */
 function rand64(r: () => number, n: number): Float64Array {
@@ -39,33 +40,6 @@ function loss(s: Setup, x: ArrayLike<number>, m: MultiLoraLinearRef): number {
 function dLoss(s: Setup): Float64Array {
   const { y } = multiLoraLinearForwardRef(s.x, s.m, s.d);
   return y.map((v, i) => v + s.G[i]!);
-}
-
-/** Central differences of ℓ with respect to every entry of `p` (perturbed in place, restored). */
-function fd(p: Float64Array, f: () => number, h = 1e-5): Float64Array {
-  const g = new Float64Array(p.length);
-  for (let i = 0; i < p.length; i++) {
-    const keep = p[i]!;
-    p[i] = keep + h;
-    const up = f();
-    p[i] = keep - h;
-    const down = f();
-    p[i] = keep;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-function assertClose(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
-  assert.equal(got.length, want.length, `${name}: length`);
-  let maxRef = 0, maxErr = 0, at = -1;
-  for (let i = 0; i < want.length; i++) {
-    maxRef = Math.max(maxRef, Math.abs(want[i]!));
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= maxErr)) { maxErr = e; at = i; }
-  }
-  assert.ok(maxRef > 0, `${name}: reference is all zeros (test would be vacuous)`);
-  assert.ok(maxErr <= tol * maxRef, `${name}: max |err| ${maxErr} at ${at} (got ${got[at]}, want ${want[at]}) > ${tol}·${maxRef}`);
 }
 
 const CASES: { name: string; d: LoraDims; ranks: number[]; slots: number[] }[] = [

@@ -14,6 +14,7 @@ import { swigluBackwardRef, swigluRef } from '../src/reference/swiglu.js';
 import { logSoftmaxRef, xentBackwardRef, xentRef } from '../src/reference/xent.js';
 import { residualAddRef } from '../src/reference/residual.js';
 import { rng } from './helpers.js';
+import { assertClose, fd } from './fd.js';
 
 /** Uniform in ±[0.1, 1]·scale, float64 (never zero). */
 function rand64(r: () => number, n: number, scale = 1): Float64Array {
@@ -26,34 +27,6 @@ function dot(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
   return s;
-}
-
-/** Central differences of f with respect to every entry of `p` (perturbed in place, restored). */
-function fd(p: Float64Array, f: () => number, h = 1e-5): Float64Array {
-  const g = new Float64Array(p.length);
-  for (let i = 0; i < p.length; i++) {
-    const keep = p[i]!;
-    p[i] = keep + h;
-    const up = f();
-    p[i] = keep - h;
-    const down = f();
-    p[i] = keep;
-    g[i] = (up - down) / (2 * h);
-  }
-  return g;
-}
-
-/** max |got − want| ≤ tol · max |want| (and want is not all zeros). */
-function assertClose(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
-  assert.equal(got.length, want.length, `${name}: length`);
-  let maxRef = 0, maxErr = 0, at = -1;
-  for (let i = 0; i < want.length; i++) {
-    maxRef = Math.max(maxRef, Math.abs(want[i]!));
-    const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= maxErr)) { maxErr = e; at = i; }
-  }
-  assert.ok(maxRef > 0, `${name}: reference is all zeros (test would be vacuous)`);
-  assert.ok(maxErr <= tol * maxRef, `${name}: max |err| ${maxErr} at ${at} (got ${got[at]}, want ${want[at]}) > ${tol}·${maxRef}`);
 }
 
 function assertEqualArrays(name: string, got: ArrayLike<number>, want: ArrayLike<number>): void {

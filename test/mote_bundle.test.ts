@@ -29,7 +29,7 @@ import {
 } from '../src/mote/steps.js';
 import { AdapterStacks, MOTE_FILE, MoteBundle, createMote, loadMote, loadPeftAdapters, moteRoutingSlots, saveMote } from '../src/mote/bundle.js';
 import { loraStacks, writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions, type WrittenTinyModel } from './fixtures/tiny_model.js';
-import { closeBackends, forEachBackend, relErr } from './helpers.js';
+import { closeBackends, forEachBackend, relErr, tracking } from './helpers.js';
 
 after(closeBackends);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-bundle-'));
@@ -59,29 +59,6 @@ function ids(n: number, V: number, seed: number): number[] {
 function assertClose(what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = TOL): void {
   const e = relErr(got, want);
   assert.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} > ${tol}`);
-}
-
-/** Counts the backend's live storage allocations made while it runs. */
-async function tracking<T>(b: Backend, body: (live: Set<unknown>) => Promise<T>): Promise<T> {
-  const live = new Set<unknown>();
-  const alloc = b.allocStorage;
-  const free = b.freeStorage;
-  b.allocStorage = function (bytes: number): unknown {
-    const s = alloc.call(b, bytes);
-    live.add(s);
-    return s;
-  };
-  b.freeStorage = function (s: unknown): void {
-    live.delete(s);
-    free.call(b, s);
-  };
-  try {
-    return await body(live);
-  } finally {
-    delete (b as unknown as Record<string, unknown>).allocStorage;
-    delete (b as unknown as Record<string, unknown>).freeStorage;
-    if (b.allocStorage !== alloc) { b.allocStorage = alloc; b.freeStorage = free; }
-  }
 }
 
 async function withModel<T>(b: Backend, m: WrittenTinyModel, body: (model: LlamaModel) => Promise<T>): Promise<T> {
