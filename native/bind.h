@@ -2,6 +2,7 @@
 #pragma once
 #include <napi.h>
 
+#include <stdexcept>
 #include <string>
 
 #include "common.h"
@@ -28,7 +29,14 @@ Device same_device(std::initializer_list<NativeBuffer*> bufs);
 
 #ifdef MOTE_HAVE_CUDA
 void cuda_check(int code, const char* what);
+// A CUDA launcher call; without CUDA a CUDA buffer cannot exist, but say so rather than crash.
+#define MOTE_CUDA_OR_THROW(call, what) cuda_check(call, what)
+#else
+#define MOTE_CUDA_OR_THROW(call, what) throw std::invalid_argument(std::string(what) + ": CUDA buffers need an addon built with CUDA")
 #endif
+
+// A buffer's data as floats.
+inline float* F(NativeBuffer* b) { return static_cast<float*>(b->ptr); }
 
 // Runs fn, turning C++ exceptions into JS exceptions so native code never aborts.
 template <typename F>

@@ -16,12 +16,6 @@
 namespace mote {
 namespace {
 
-#ifdef MOTE_HAVE_CUDA
-#define MOTE_CUDA_OR_THROW(call, what) cuda_check(call, what)
-#else
-#define MOTE_CUDA_OR_THROW(call, what) throw std::invalid_argument(std::string(what) + ": CUDA buffers need an addon built with CUDA")
-#endif
-
 constexpr size_t f4 = sizeof(float);
 
 std::string num_str(double d) {
@@ -49,8 +43,6 @@ float scalar_arg(const Napi::CallbackInfo& info, size_t i, const char* name, dou
   }
   return f;
 }
-
-inline float* F(NativeBuffer* b) { return static_cast<float*>(b->ptr); }
 
 constexpr double kInf = INFINITY;
 

@@ -116,14 +116,6 @@ Call parse(const Napi::CallbackInfo& info) {
   return c;
 }
 
-inline float* F(NativeBuffer* b) { return static_cast<float*>(b->ptr); }
-
-#ifdef MOTE_HAVE_CUDA
-#define MOTE_CUDA_OR_THROW(call, what) cuda_check(call, what)
-#else
-#define MOTE_CUDA_OR_THROW(call, what) throw std::invalid_argument(std::string(what) + ": CUDA buffers need an addon built with CUDA")
-#endif
-
 Napi::Value LoraShrink(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Call c = parse(info);

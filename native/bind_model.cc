@@ -33,12 +33,6 @@
 namespace mote {
 namespace {
 
-#ifdef MOTE_HAVE_CUDA
-#define MOTE_CUDA_OR_THROW(call, what) cuda_check(call, what)
-#else
-#define MOTE_CUDA_OR_THROW(call, what) throw std::invalid_argument(std::string(what) + ": CUDA buffers need an addon built with CUDA")
-#endif
-
 constexpr int kMaxInt = 2147483647;
 
 std::string num_str(double d) {
@@ -75,7 +69,6 @@ float float_arg(const Napi::CallbackInfo& info, size_t i, const char* name, bool
 
 int wdtype_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return dim_arg(info, i, name, 0, 2); }
 
-inline float* F(NativeBuffer* b) { return static_cast<float*>(b->ptr); }
 inline const int* I(NativeBuffer* b) { return static_cast<const int*>(b->ptr); }
 
 constexpr size_t f4 = 4;  // bytes of an f32 / i32
