@@ -83,6 +83,9 @@ export interface LlamaSegments {
   blocked: ArrayLike<number | boolean>;
 }
 
+/** Segments after checking: per-token segment ids as an Int32Array. */
+export interface CheckedSegments { numSegments: number; segment: Int32Array; blocked: ArrayLike<number | boolean> }
+
 /** A batch of packed sequences. */
 export interface LlamaBatch {
   /** [T] token ids. */
@@ -316,13 +319,11 @@ export class LlamaModel {
   }
 
   /**
-   * Logits f32 [R, V] of a batch of packed sequences (R = T, or logitRows.length). With a
-   * cache the batch attends to the cached tokens and its keys/values are appended (only when
-   * the forward succeeds). All arguments are checked before any kernel runs.
+   * Checks a batch on the host before any kernel runs: ids, sequence ids, positions
+   * (defaulted), segments, LoRA and logit rows. @internal shared by forward and the training pass.
    */
-  forward(batch: LlamaBatch): Tensor {
-    const op = 'LlamaModel.forward';
-    this.#live('forward');
+  checkBatch(op: string, batch: LlamaBatch): { ids: Int32Array; seq: Int32Array; pos: Int32Array; segments: CheckedSegments | undefined; rows: Int32Array | null } {
+    this.#live(op.slice(op.lastIndexOf('.') + 1));
     if (!batch || typeof batch !== 'object') throw new ArgumentError(`${op}: batch: expected { ids, seq?, pos?, lora?, segments?, cache? }, got ${describe(batch)}`);
     const cfg = this.config;
     const be = this.backend;
@@ -354,7 +355,7 @@ export class LlamaModel {
       const far = pos.findIndex((p) => p >= cfg.slidingWindow!);
       if (far >= 0) throw new ArgumentError(`${op}: pos[${far}] = ${pos[far]}: sliding-window attention (window ${cfg.slidingWindow}) is not supported; positions must stay below the window`);
     }
-    let segments: { numSegments: number; segment: Int32Array; blocked: ArrayLike<number | boolean> } | undefined;
+    let segments: CheckedSegments | undefined;
     if (batch.segments !== undefined) {
       const sg = batch.segments;
       if (!sg || typeof sg !== 'object') throw new ArgumentError(`${op}: segments: expected { numSegments, segment, blocked }, got ${describe(sg)}`);
@@ -377,6 +378,22 @@ export class LlamaModel {
       if (!lr || typeof lr.length !== 'number' || lr.length === 0) throw new ArgumentError(`${op}: logitRows: expected a non-empty list of row indices, got ${describe(lr)}`);
       rows = intArray(op, 'logitRows', lr, lr.length, 0, T - 1);
     }
+    return { ids, seq, pos, segments, rows };
+  }
+
+  /**
+   * Logits f32 [R, V] of a batch of packed sequences (R = T, or logitRows.length). With a
+   * cache the batch attends to the cached tokens and its keys/values are appended (only when
+   * the forward succeeds). All arguments are checked before any kernel runs.
+   */
+  forward(batch: LlamaBatch): Tensor {
+    const op = 'LlamaModel.forward';
+    const { ids, seq, pos, segments, rows } = this.checkBatch(op, batch);
+    const cfg = this.config;
+    const be = this.backend;
+    const T = ids.length;
+    const cache = batch.cache;
+    const lora = batch.lora;
 
     const scope = new Scope();
     let plan: KvAppend | null = null;

@@ -17,6 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor.js';
+import { replaceDirAtomically } from '../io/atomic_dir.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { LINEAR_MODULES, linearShape, type LinearModule, type ModelConfig } from '../model/config.js';
@@ -428,18 +429,7 @@ export async function saveMote(bundle: MoteBundle, dir: string): Promise<void> {
   if (!(bundle instanceof MoteBundle)) throw new ArgumentError(`${op}: bundle: expected a MoteBundle, got ${describe(bundle)}`);
   if (bundle.disposed) throw new ArgumentError(`${op}: bundle: used after dispose()`);
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
-  dir = path.resolve(dir);
-  if (fs.existsSync(dir)) {
-    const st = fs.statSync(dir);
-    if (!st.isDirectory()) throw new ArgumentError(`${op}: ${dir} exists and is not a directory`);
-    if (fs.readdirSync(dir).length > 0 && !fs.existsSync(path.join(dir, MOTE_FILE))) {
-      throw new ArgumentError(`${op}: ${dir} exists, is not empty and holds no ${MOTE_FILE}; refusing to replace it`);
-    }
-  }
-  const tmp = `${dir}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp, { recursive: true });
-  try {
+  await replaceDirAtomically(op, dir, MOTE_FILE, async (tmp) => {
     const c = bundle.config;
     const cache = new Map<LoraStack, { A: Float32Array; B: Float32Array; scale: Float32Array }>();
     for (const [e, name] of bundle.experts.entries()) {
@@ -447,29 +437,7 @@ export async function saveMote(bundle: MoteBundle, dir: string): Promise<void> {
     }
     // mote.json last: its presence marks a complete bundle.
     writeJson(path.join(tmp, MOTE_FILE), moteJson(bundle));
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  const old = `${dir}.old-${process.pid}`;
-  let moved = false;
-  if (fs.existsSync(dir)) {
-    fs.rmSync(old, { recursive: true, force: true });
-    fs.renameSync(dir, old);
-    moved = true;
-  }
-  try {
-    fs.renameSync(tmp, dir);
-  } catch (e) {
-    if (moved) fs.renameSync(old, dir);
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  if (moved) fs.rmSync(old, { recursive: true, force: true });
-  try {
-    const dfd = fs.openSync(path.dirname(dir), 'r');
-    try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
-  } catch { /* best effort */ }
+  });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,339 @@
+// The training pass of the LLaMA-family model: a forward that keeps what the backward needs,
+// the masked next-token cross-entropy, and the backward into the LoRA / MoTE experts (and,
+// for full-parameter training of small models, into every base weight). Reference:
+// src/reference/llama_grad.ts (float64, checked against finite differences).
+//
+// Per layer the forward is LlamaModel.forward's, except that the residual adds are out of
+// place (rmsnormGrad needs each norm's input) and nothing is freed until the backward has
+// used it. The backward walks the layers in reverse:
+//   down ← swigluGrad ← gate, up ← rms₂ ← (residual) ← o ← attentionGrad ← ropeGrad ← q, k, v ← rms₁ ← (residual)
+// Each linear's backward is dx = dy·W (+ Σ_k Aᵀ·dv), dW = dyᵀ·x when the base is trained,
+// db = dyᵀ·1 for a bias, and the expert gradients from loraWeightGrad using the shrink output
+// v saved by the forward.
+//
+// Gradients are written into (or, with `accumulate`, added to) one f32 tensor per trained
+// tensor, keyed by the trained tensor itself: a tied embedding gets the lm_head and the
+// embedding contributions in one gradient.
+
+import type { Tensor } from '../tensor.js';
+import { ArgumentError, ShapeError, describe } from '../errors.js';
+import { LINEAR_MODULES, type LinearModule } from './config.js';
+import type { LlamaBatch, LlamaModel } from './llama.js';
+import { tensorView } from './kv_cache.js';
+import { matmul, matmulGradInput, matmulGradWeight } from '../ops/matmul.js';
+import { loraApply, loraInputGrad, loraShrinkGrad, loraWeightGrad, type LoraStack } from '../ops/lora.js';
+import { embedding, embeddingGrad } from '../ops/embedding.js';
+import { rmsnorm, rmsnormGrad } from '../ops/rmsnorm.js';
+import { rope, ropeGrad } from '../ops/rope.js';
+import { attention, attentionGrad, attentionLayout } from '../ops/attention.js';
+import { swiglu, swigluGrad } from '../ops/swiglu.js';
+import { add } from '../ops/residual.js';
+import { xent, xentGrad } from '../ops/xent.js';
+
+/** A training batch: packed sequences with a next-token target and a loss mask per token. */
+export interface LlamaTrainBatch extends Omit<LlamaBatch, 'cache' | 'logitRows'> {
+  /** [T] the token that should follow token t (read only where lossMask[t] = 1). */
+  targets: ArrayLike<number>;
+  /** [T] 1 where token t's prediction counts in the loss, else 0. */
+  lossMask: ArrayLike<number>;
+}
+
+/** Gradient tensors (f32, the trained tensor's element count), keyed by the trained tensor. */
+export interface LlamaGrads {
+  /** Per adapter stack: dA [L, R, Hin] and dB [L, Hout, R]. */
+  lora: Map<LoraStack, { dA: Tensor; dB: Tensor }>;
+  /** Per base weight (only when the base is trained). */
+  weights: Map<Tensor, Tensor>;
+}
+
+export interface LlamaGradOptions {
+  /** Gradients of lossScale·Σ(masked token losses); default 1/count (the masked mean). */
+  lossScale?: number;
+  /** Write into these (allocated when missing); default: fresh tensors. */
+  grads?: LlamaGrads;
+  /** Add into `grads` instead of overwriting (gradient accumulation over micro-batches). */
+  accumulate?: boolean;
+  /** Also compute the gradients of every base weight (full-parameter training; f32 weights). Default false. */
+  trainBase?: boolean;
+  /** Compute the experts' gradients (default true when the batch has LoRA). */
+  trainLora?: boolean;
+}
+
+export interface LlamaGradResult {
+  /** Σ of the masked token losses (nats). */
+  lossSum: number;
+  /** Tokens with lossMask 1. */
+  count: number;
+  grads: LlamaGrads;
+}
+
+/** The distinct base weights of a model (a tied lm_head is the embedding). */
+export function baseWeights(model: LlamaModel): Map<string, Tensor> {
+  const w = model.weights;
+  const out = new Map<string, Tensor>();
+  out.set('model.embed_tokens.weight', w.embedTokens);
+  w.layers.forEach((lw, l) => {
+    out.set(`model.layers.${l}.input_layernorm.weight`, lw.inputNorm);
+    out.set(`model.layers.${l}.post_attention_layernorm.weight`, lw.postAttentionNorm);
+    for (const m of LINEAR_MODULES) {
+      const group = m === 'gate_proj' || m === 'up_proj' || m === 'down_proj' ? 'mlp' : 'self_attn';
+      out.set(`model.layers.${l}.${group}.${m}.weight`, lw.linear[m]);
+      const b = lw.bias[m];
+      if (b) out.set(`model.layers.${l}.${group}.${m}.bias`, b);
+    }
+  });
+  out.set('model.norm.weight', w.norm);
+  if (w.lmHead !== w.embedTokens) out.set('lm_head.weight', w.lmHead);
+  return out;
+}
+
+/** Frees every gradient tensor. */
+export function disposeGrads(g: LlamaGrads): void {
+  for (const { dA, dB } of g.lora.values()) { dA.dispose(); dB.dispose(); }
+  for (const t of g.weights.values()) t.dispose();
+  g.lora.clear();
+  g.weights.clear();
+}
+
+/** Tensors of one pass, each freed exactly once, also on errors. */
+class Pool {
+  readonly #held = new Set<Tensor>();
+  keep<T extends Tensor>(t: T): T { this.#held.add(t); return t; }
+  free(...ts: (Tensor | undefined | null)[]): void {
+    for (const t of ts) if (t && this.#held.delete(t)) t.dispose();
+  }
+  close(): void { for (const t of this.#held) t.dispose(); this.#held.clear(); }
+}
+
+interface LayerSaved {
+  xIn: Tensor; rstd1: Tensor; n1: Tensor;
+  q: Tensor; k: Tensor; v: Tensor; att: Tensor; lse: Tensor;
+  h: Tensor; rstd2: Tensor; n2: Tensor; g: Tensor; u: Tensor; s: Tensor;
+  /** LoRA shrink outputs per module (when the module has a stack). */
+  lv: Partial<Record<LinearModule, Tensor>>;
+}
+
+/**
+ * Loss and gradients of one batch. All arguments are checked on the host before any kernel
+ * runs. Frozen tensors are only read. Returns Σ loss over the masked tokens, their count and
+ * the gradients (of lossScale·Σ loss).
+ */
+export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch, opts: LlamaGradOptions = {}): Promise<LlamaGradResult> {
+  const op = 'llamaLossAndGrad';
+  if (!batch || typeof batch !== 'object') throw new ArgumentError(`${op}: batch: expected { ids, targets, lossMask, seq?, pos?, lora?, segments? }, got ${describe(batch)}`);
+  if ((batch as LlamaBatch).cache !== undefined) throw new ArgumentError(`${op}: batch.cache: a training pass does not use a KV cache`);
+  if ((batch as LlamaBatch).logitRows !== undefined) throw new ArgumentError(`${op}: batch.logitRows: a training pass computes every row`);
+  const { ids, seq, pos, segments } = model.checkBatch(op, batch);
+  const cfg = model.config;
+  const be = model.backend;
+  const T = ids.length;
+  const V = cfg.vocabSize;
+  // targets / mask: checked here (xent checks again; this names the batch fields)
+  const tg = batch.targets, mk = batch.lossMask;
+  if (!tg || tg.length !== T) throw new ShapeError(`${op}: batch.targets: expected ${T} entries (one per token), got ${tg ? tg.length : describe(tg)}`);
+  if (!mk || mk.length !== T) throw new ShapeError(`${op}: batch.lossMask: expected ${T} entries (one per token), got ${mk ? mk.length : describe(mk)}`);
+  const mask = new Float32Array(T);
+  const targets = new Int32Array(T);
+  let count = 0;
+  for (let t = 0; t < T; t++) {
+    const m = mk[t]!;
+    if (m !== 0 && m !== 1) throw new ArgumentError(`${op}: batch.lossMask[${t}]: expected 0 or 1, got ${describe(m)}`);
+    if (m === 1) {
+      const y = tg[t]!;
+      if (!Number.isInteger(y) || y < 0 || y >= V) throw new ArgumentError(`${op}: batch.targets[${t}]: expected a token id in [0, ${V - 1}], got ${describe(y)}`);
+      targets[t] = y;
+      mask[t] = 1;
+      count++;
+    }
+  }
+  const trainBase = opts.trainBase ?? false;
+  if (typeof trainBase !== 'boolean') throw new ArgumentError(`${op}: trainBase: expected a boolean, got ${describe(trainBase)}`);
+  const lora = batch.lora;
+  const trainLora = opts.trainLora ?? lora !== undefined;
+  if (typeof trainLora !== 'boolean') throw new ArgumentError(`${op}: trainLora: expected a boolean, got ${describe(trainLora)}`);
+  if (trainLora && !lora) throw new ArgumentError(`${op}: trainLora: the batch has no lora to train`);
+  if (!trainBase && !trainLora) throw new ArgumentError(`${op}: nothing to train: give the batch a lora, or set trainBase`);
+  const acc = opts.accumulate ?? false;
+  if (typeof acc !== 'boolean') throw new ArgumentError(`${op}: accumulate: expected a boolean, got ${describe(acc)}`);
+  const grads: LlamaGrads = opts.grads ?? { lora: new Map(), weights: new Map() };
+  if (!grads || !(grads.lora instanceof Map) || !(grads.weights instanceof Map)) throw new ArgumentError(`${op}: grads: expected { lora: Map, weights: Map }, got ${describe(grads)}`);
+  if (acc && !opts.grads) throw new ArgumentError(`${op}: accumulate: needs grads to add into`);
+  const scale = opts.lossScale ?? (count > 0 ? 1 / count : 0);
+  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new ArgumentError(`${op}: lossScale: expected a finite number, got ${describe(scale)}`);
+  if (trainBase) {
+    for (const [name, t] of baseWeights(model)) {
+      if (t.dtype !== 'f32') throw new ArgumentError(`${op}: trainBase: weight '${name}' is ${t.dtype}; full-parameter training needs f32 weights (load the model with dtype 'f32')`);
+    }
+  }
+  if (trainLora) {
+    for (const mods of lora!.stacks) for (const s of Object.values(mods ?? {})) {
+      if (s && (s.A.dtype !== 'f32' || s.B.dtype !== 'f32')) throw new ArgumentError(`${op}: lora: training needs f32 adapter factors, got A ${s.A.dtype} and B ${s.B.dtype}`);
+    }
+  }
+
+  // Gradient targets: the first write of a pass overwrites unless accumulating.
+  const written = new Set<Tensor>();
+  const gradOf = (key: Tensor): { out: Tensor; accumulate: boolean } => {
+    let g = grads.weights.get(key);
+    if (!g) {
+      if (acc) throw new ArgumentError(`${op}: grads: accumulate: no gradient tensor for a weight [${key.shape.join(', ')}]`);
+      g = be.empty([...key.shape], 'f32');
+      grads.weights.set(key, g);
+    }
+    const first = !written.has(key);
+    written.add(key);
+    return { out: g, accumulate: acc || !first };
+  };
+  const loraGradOf = (s: LoraStack): { dA: Tensor; dB: Tensor; accumulate: boolean } => {
+    let g = grads.lora.get(s);
+    if (!g) {
+      if (acc) throw new ArgumentError(`${op}: grads: accumulate: no gradient tensors for an adapter stack`);
+      g = { dA: be.empty([...s.A.shape], 'f32'), dB: be.empty([...s.B.shape], 'f32') };
+      grads.lora.set(s, g);
+    }
+    const first = !written.has(s.A);
+    written.add(s.A);
+    return { ...g, accumulate: acc || !first };
+  };
+
+  const pool = new Pool();
+  const layout = attentionLayout(be, {
+    qSeq: seq, qPos: pos,
+    ...(segments ? { segments: { numSegments: segments.numSegments, qSegment: segments.segment, blocked: segments.blocked } } : {}),
+  });
+  try {
+    const posT = pool.keep(be.tensor(pos, [T], 'i32'));
+    const hasBias = model.weights.layers.some((l) => Object.keys(l.bias).length > 0);
+    const ones = hasBias ? pool.keep(be.tensor(new Float32Array(T).fill(1), [T, 1], 'f32')) : null;
+    const { numHeads: nH, numKvHeads: nKv, headDim: D, rmsNormEps: eps } = cfg;
+    const W = model.weights;
+
+    const linear = (x: Tensor, l: number, m: LinearModule, lv: LayerSaved['lv']): Tensor => {
+      const lw = W.layers[l]!;
+      const y = pool.keep(matmul(x, lw.linear[m]));
+      const b = lw.bias[m];
+      if (b) matmulGradInput(ones!, b, { out: y, accumulate: true });
+      const stack = lora?.stacks[l]?.[m];
+      if (stack) lv[m] = pool.keep(loraApply(y, x, stack, lora!.routing, { strategy: lora!.strategy }));
+      return y;
+    };
+
+    // ---- forward, keeping what the backward reads
+    const saved: LayerSaved[] = [];
+    let x = pool.keep(embedding(W.embedTokens, ids));
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const lw = W.layers[l]!;
+      const lv: LayerSaved['lv'] = {};
+      const r1 = rmsnorm(x, lw.inputNorm, eps);
+      const n1 = pool.keep(r1.y), rstd1 = pool.keep(r1.rstd);
+      const q = linear(n1, l, 'q_proj', lv), k = linear(n1, l, 'k_proj', lv), v = linear(n1, l, 'v_proj', lv);
+      const q3 = q.reshape([T, nH, D]), k3 = k.reshape([T, nKv, D]), v3 = v.reshape([T, nKv, D]);
+      rope(q3, posT, W.invFreq, { out: q3 });
+      rope(k3, posT, W.invFreq, { out: k3 });
+      const a = attention(q3, k3, v3, layout);
+      const att = pool.keep(a.out), lse = pool.keep(a.lse);
+      const o = linear(att.reshape([T, nH * D]), l, 'o_proj', lv);
+      const h = pool.keep(add(x, o));
+      pool.free(o);
+      const r2 = rmsnorm(h, lw.postAttentionNorm, eps);
+      const n2 = pool.keep(r2.y), rstd2 = pool.keep(r2.rstd);
+      const g = linear(n2, l, 'gate_proj', lv), u = linear(n2, l, 'up_proj', lv);
+      const s = pool.keep(swiglu(g, u));
+      const d = linear(s, l, 'down_proj', lv);
+      const xOut = pool.keep(add(h, d));
+      pool.free(d);
+      saved.push({ xIn: x, rstd1, n1, q, k, v, att, lse, h, rstd2, n2, g, u, s, lv });
+      x = xOut;
+    }
+    const rf = rmsnorm(x, W.norm, eps);
+    const nf = pool.keep(rf.y), rstdF = pool.keep(rf.rstd);
+    const logits = pool.keep(matmul(nf, W.lmHead));
+    const xe = await xent(logits, targets, mask);
+    pool.keep(xe.losses); pool.keep(xe.lse);
+    const dlogits = pool.keep(xentGrad(logits, xe.lse, targets, mask, scale));
+    pool.free(xe.losses, logits);
+
+    // ---- backward
+    const dnf = pool.keep(matmulGradInput(dlogits, W.lmHead));
+    if (trainBase) matmulGradWeight(dlogits, nf, gradOf(W.lmHead));
+    pool.free(dlogits, xe.lse);
+    const normGrad = (dy: Tensor, xin: Tensor, w: Tensor, rstd: Tensor): Tensor => {
+      if (trainBase) {
+        const t = gradOf(w);
+        return rmsnormGrad(dy, xin, w, rstd, eps, { dw: t.out, accumulateDw: t.accumulate }).dx;
+      }
+      const r = rmsnormGrad(dy, xin, w, rstd, eps);
+      r.dw.dispose();
+      return r.dx;
+    };
+    let dx = pool.keep(normGrad(dnf, x, W.norm, rstdF));
+    pool.free(dnf, nf, rstdF, x);
+
+    /** Backward of one linear: adds dy's contribution to dIn (allocated when null). */
+    const linearBack = (l: number, m: LinearModule, xin: Tensor, dy: Tensor, dIn: Tensor | null, lv: LayerSaved['lv']): Tensor => {
+      const lw = W.layers[l]!;
+      const dxm = dIn ?? pool.keep(be.empty([T, xin.shape[1]!], 'f32'));
+      matmulGradInput(dy, lw.linear[m], { out: dxm, accumulate: dIn !== null });
+      if (trainBase) {
+        matmulGradWeight(dy, xin, gradOf(lw.linear[m]));
+        const b = lw.bias[m];
+        if (b) {
+          const t = gradOf(b);
+          matmulGradWeight(dy, ones!, { out: t.out.reshape([b.shape[1]!, 1]), accumulate: t.accumulate });
+        }
+      }
+      const stack = lora?.stacks[l]?.[m];
+      if (stack) {
+        const rt = lora!.routing, strategy = lora!.strategy;
+        const dv = pool.keep(loraShrinkGrad(dy, stack, rt, { strategy }));
+        if (trainLora) loraWeightGrad(xin, dy, lv[m]!, dv, stack, rt, loraGradOf(stack));
+        loraInputGrad(dv, stack, rt, { out: dxm, accumulate: true, strategy });
+        pool.free(dv);
+      }
+      return dxm;
+    };
+
+    for (let l = cfg.numLayers - 1; l >= 0; l--) {
+      const sv = saved[l]!;
+      const lw = W.layers[l]!;
+      // MLP: x' = h + down(swiglu(gate(n2), up(n2)))
+      const ds = linearBack(l, 'down_proj', sv.s, dx, null, sv.lv);
+      const sg = swigluGrad(ds, sv.g, sv.u);
+      pool.keep(sg.dgate); pool.keep(sg.dup);
+      pool.free(ds, sv.s);
+      const dn2 = linearBack(l, 'gate_proj', sv.n2, sg.dgate, null, sv.lv);
+      linearBack(l, 'up_proj', sv.n2, sg.dup, dn2, sv.lv);
+      pool.free(sg.dgate, sg.dup, sv.g, sv.u, sv.n2, sv.lv.gate_proj, sv.lv.up_proj, sv.lv.down_proj);
+      const dhNorm = pool.keep(normGrad(dn2, sv.h, lw.postAttentionNorm, sv.rstd2));
+      pool.free(dn2, sv.h, sv.rstd2);
+      add(dx, dhNorm, { out: dx }); // dh = dx' + rms₂'s input gradient
+      pool.free(dhNorm);
+      const dh = dx;
+      // attention: h = x + o(attn(rope(q), rope(k), v))
+      const datt = linearBack(l, 'o_proj', sv.att.reshape([T, nH * D]), dh, null, sv.lv);
+      const ag = attentionGrad(datt.reshape([T, nH, D]), sv.q.reshape([T, nH, D]), sv.k.reshape([T, nKv, D]), sv.v.reshape([T, nKv, D]), sv.att, sv.lse, layout);
+      pool.keep(ag.dq); pool.keep(ag.dk); pool.keep(ag.dv);
+      pool.free(datt, sv.att, sv.lse, sv.q, sv.k, sv.v, sv.lv.o_proj);
+      ropeGrad(ag.dq, posT, W.invFreq, { out: ag.dq });
+      ropeGrad(ag.dk, posT, W.invFreq, { out: ag.dk });
+      const dn1 = linearBack(l, 'q_proj', sv.n1, ag.dq.reshape([T, nH * D]), null, sv.lv);
+      linearBack(l, 'k_proj', sv.n1, ag.dk.reshape([T, nKv * D]), dn1, sv.lv);
+      linearBack(l, 'v_proj', sv.n1, ag.dv.reshape([T, nKv * D]), dn1, sv.lv);
+      pool.free(ag.dq, ag.dk, ag.dv, sv.n1, sv.lv.q_proj, sv.lv.k_proj, sv.lv.v_proj);
+      const dxNorm = pool.keep(normGrad(dn1, sv.xIn, lw.inputNorm, sv.rstd1));
+      pool.free(dn1, sv.rstd1);
+      add(dh, dxNorm, { out: dh });
+      pool.free(dxNorm);
+      if (l > 0) pool.free(sv.xIn);
+      dx = dh;
+    }
+    if (trainBase) embeddingGrad(ids, dx, V, gradOf(W.embedTokens));
+    return { lossSum: xe.loss * xe.count, count, grads };
+  } catch (e) {
+    if (!opts.grads) disposeGrads(grads);
+    throw e;
+  } finally {
+    pool.close();
+    layout.dispose();
+  }
+}
