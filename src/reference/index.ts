@@ -9,3 +9,4 @@ export * from './xent.js';
 export * from './residual.js';
 export * from './llama.js';
 export * from './adamw.js';
+export * from './llama_grad.js';

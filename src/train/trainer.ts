@@ -440,6 +440,9 @@ export class Trainer {
     if (opts.handleSigint) process.on('SIGINT', onSigint);
     try {
       while (!this.done) {
+        // A turn of the event loop between steps: signal handlers and I/O run there (on cpu
+        // every await of a step resolves as a microtask and would never let them in).
+        await new Promise((r) => setImmediate(r));
         if (stop || opts.signal?.aborted) {
           if (dir !== undefined) await saveCheckpoint(this, dir);
           return { interrupted: true, state: this.state };
