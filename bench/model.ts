@@ -91,7 +91,7 @@ export function modelConfigJson(s: ModelShape): Record<string, unknown> {
 }
 
 /** Random f32 weights: linears std-ish 1/√in, embeddings 1/√hidden, norms 1. */
-function randomWeights(cfg: ModelConfig): Map<string, HostTensor> {
+export function randomWeights(cfg: ModelConfig): Map<string, HostTensor> {
   const out = new Map<string, HostTensor>();
   let seed = 100;
   for (const w of expectedWeights(cfg)) {

@@ -13,11 +13,15 @@ import { bestCeilings, CopyProbe, lastLevelCacheBytes, measureCeilings, type Cei
 import { applyRoofline, loraCases, runLoraSuite, type Comparison, type Row, type StrategyChoice, type WeightDType } from './lora.js';
 import { median, type TimeOptions } from './timing.js';
 import { coldBytesFor, modelBenchDefaults, modelMarkdown, runModelBench } from './model.js';
+import { runTorchBaseline, runTrainBench, trainBenchDefaults, trainMarkdown } from './train.js';
 
 const USAGE = `usage: npm run bench -- [options]
   --backend cpu|webgpu|cuda   backend to measure (default cpu)
-  --suite lora|model|all      lora: the multi-LoRA op suite (default); model: prefill/decode tokens/s of the
-                              SmolLM-135M shape with 0, 1, 4, 64 MoTE bundles (bench/results/<backend>.model.json); all: both
+  --suite lora|model|train|all  lora: the multi-LoRA op suite (default); model: prefill/decode tokens/s of the
+                              SmolLM-135M shape with 0, 1, 4, 64 MoTE bundles (bench/results/<backend>.model.json);
+                              train: MoTE training tokens/s and peak RSS on that shape, seq 256, with the PyTorch
+                              baseline (bench/results/<backend>.train.json); all: lora and model
+  --no-baseline               train suite: skip the PyTorch baseline
   --dtype f32|bf16            model suite: weight dtype of the base model (default f32)
   --quick                     short run: T ∈ {1, 64}, distinct ∈ {1, 64}, first H_out only
   --full                      full run even on a software WebGPU adapter (normally forced to --quick, H = 1024)
@@ -57,6 +61,7 @@ function parse() {
         'cold-mib': { type: 'string' },
         repeat: { type: 'string' },
         out: { type: 'string' },
+        'no-baseline': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -88,12 +93,12 @@ function parse() {
   } catch (e) {
     fail(`--filter: ${(e as Error).message}`);
   }
-  if (!['lora', 'model', 'all'].includes(values.suite!)) fail(`--suite: expected lora, model or all, got ${values.suite}`);
+  if (!['lora', 'model', 'train', 'all'].includes(values.suite!)) fail(`--suite: expected lora, model, train or all, got ${values.suite}`);
   if (!['f32', 'bf16'].includes(values.dtype!)) fail(`--dtype: expected f32 or bf16, got ${values.dtype}`);
   const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
-    backend, suite: values.suite as 'lora' | 'model' | 'all', modelDType: values.dtype as 'f32' | 'bf16', quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
+    backend, suite: values.suite as 'lora' | 'model' | 'train' | 'all', baseline: !values['no-baseline'], modelDType: values.dtype as 'f32' | 'bf16', quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
     dtypes: dtypes as WeightDType[] | undefined, maxTime, threads: int('threads', values.threads), coldMiB: int('cold-mib', values['cold-mib']), repeat: int('repeat', values.repeat) ?? 1, out: values.out,
   };
 }
@@ -145,11 +150,43 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   try {
-    if (args.suite !== 'model') await runLora(args, backend);
-    if (args.suite !== 'lora') await runModel(args, backend);
+    if (args.suite === 'train') await runTrain(args, backend);
+    else {
+      if (args.suite !== 'model') await runLora(args, backend);
+      if (args.suite !== 'lora') await runModel(args, backend);
+    }
   } finally {
     backend.destroy();
   }
+}
+
+/** The training suite: writes bench/results/<backend>[.quick].train.json and prints its markdown. */
+async function runTrain(args: Args, backend: Backend): Promise<void> {
+  const info = backend.info();
+  const d = trainBenchDefaults(backend, args.quick);
+  const quick = args.quick || d.notes.length > 0;
+  const loadBefore = loadavg();
+  log(`bench: train suite on ${backend.kind} — ${info.device}${quick ? ' (quick)' : ''}`);
+  for (const n of d.notes) log(`bench: ${n}`);
+  const opts = { shape: d.shape, seq: d.seq, rank: 16, steps: args.repeat > 1 ? args.repeat : d.steps, log };
+  const r = await runTrainBench(backend, opts);
+  if (args.baseline) {
+    const b = runTorchBaseline(packageRoot, opts, args.threads);
+    if (b.json) {
+      r.baseline = b.json;
+      if (typeof b.json.tokens_per_s === 'number') r.vsPyTorch = r.tokensPerS / b.json.tokens_per_s;
+    } else r.baselineError = b.error;
+  } else r.baselineError = 'skipped (--no-baseline)';
+  const doc = {
+    suite: 'train', backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
+    cpus: cpus().length, loadavg: { before: loadBefore, after: loadavg() }, notes: d.notes, result: r,
+  };
+  const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.train.json`));
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(`${out}.tmp`, JSON.stringify(doc, null, 2) + '\n');
+  renameSync(`${out}.tmp`, out);
+  process.stdout.write(`# mote training benchmark: ${backend.kind} (${info.device})\n\n${trainMarkdown(r, backend.kind)}\n`);
+  log(`bench: wrote ${out}`);
 }
 
 /** The model suite: writes bench/results/<backend>[.quick].model.json and prints its markdown. */

@@ -82,29 +82,65 @@ void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, i
 }
 
 void matmul_grad_input(float* dx, const float* dy, const void* w, int wdtype, int T, int K, int N, bool accumulate) {
-  // Parallel over column chunks of dx; inside, n ascending so the sum order is fixed.
-  const int chunk = 256;
-  size_t nChunks = size_t((K + chunk - 1) / chunk);
-  parallel_for(nChunks, 1, [&](size_t c0, size_t c1) {
-    std::vector<float> wrow(chunk);
-    std::vector<float> acc;
-    for (size_t c = c0; c < c1; c++) {
-      int k0 = int(c) * chunk, kc = std::min(K - k0, chunk);
-      acc.assign(size_t(T) * kc, 0.f);
-      for (int n = 0; n < N; n++) {
-        to_f32(wrow.data(), w, wdtype, size_t(n) * K + k0, size_t(kc));
-        for (int t = 0; t < T; t++) {
-          float g = dy[size_t(t) * N + n];
-          axpy(acc.data() + size_t(t) * kc, g, wrow.data(), kc);
+  // Register-tiled: a task owns a [TB rows × KC columns] tile of dx and walks W in blocks of NB
+  // rows (converted to f32 and packed KC wide, so the block stays in L1/L2); the micro-kernel
+  // keeps 4 rows × 16 columns of sums in registers. Every dx element is summed over n in
+  // ascending order (sums carry over between blocks), so the result does not depend on the
+  // tiling or the thread count.
+  constexpr int KC = 64, NB = 128, TB = 64, MR = 4, NR = 16;
+  const size_t kChunks = size_t((K + KC - 1) / KC), tBlocks = size_t((T + TB - 1) / TB);
+  parallel_for(kChunks * tBlocks, 1, [&](size_t a, size_t b) {
+    std::vector<float> wblk(size_t(NB) * KC);
+    std::vector<float> acc(size_t(TB) * KC);
+    for (size_t task = a; task < b; task++) {
+      const int k0 = int(task % kChunks) * KC, kc = std::min(KC, K - k0);
+      const int t0 = int(task / kChunks) * TB, tn = std::min(TB, T - t0);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int n0 = 0; n0 < N; n0 += NB) {
+        const int nb = std::min(NB, N - n0);
+        for (int i = 0; i < nb; i++) {
+          float* row = wblk.data() + size_t(i) * KC;
+          to_f32(row, w, wdtype, size_t(n0 + i) * K + k0, size_t(kc));
+          if (kc < KC) std::fill(row + kc, row + KC, 0.f);
+        }
+        for (int j0 = 0; j0 < kc; j0 += NR) {
+          int t = 0;
+          for (; t + MR <= tn; t += MR) {
+            float c[MR][NR];
+            for (int i = 0; i < MR; i++)
+              for (int j = 0; j < NR; j++) c[i][j] = acc[size_t(t + i) * KC + j0 + j];
+            const float* g = dy + size_t(t0 + t) * N + n0;
+            for (int n = 0; n < nb; n++) {
+              const float* wr = wblk.data() + size_t(n) * KC + j0;
+              for (int i = 0; i < MR; i++) {
+                const float gv = g[size_t(i) * N + n];
+#pragma omp simd
+                for (int j = 0; j < NR; j++) c[i][j] += gv * wr[j];
+              }
+            }
+            for (int i = 0; i < MR; i++)
+              for (int j = 0; j < NR; j++) acc[size_t(t + i) * KC + j0 + j] = c[i][j];
+          }
+          for (; t < tn; t++) {
+            float c[NR];
+            for (int j = 0; j < NR; j++) c[j] = acc[size_t(t) * KC + j0 + j];
+            const float* g = dy + size_t(t0 + t) * N + n0;
+            for (int n = 0; n < nb; n++) {
+              const float* wr = wblk.data() + size_t(n) * KC + j0;
+#pragma omp simd
+              for (int j = 0; j < NR; j++) c[j] += g[n] * wr[j];
+            }
+            for (int j = 0; j < NR; j++) acc[size_t(t) * KC + j0 + j] = c[j];
+          }
         }
       }
-      for (int t = 0; t < T; t++) {
-        float* d = dx + size_t(t) * K + k0;
-        const float* a = acc.data() + size_t(t) * kc;
+      for (int t = 0; t < tn; t++) {
+        float* d = dx + size_t(t0 + t) * K + k0;
+        const float* s = acc.data() + size_t(t) * KC;
         if (accumulate)
-          for (int i = 0; i < kc; i++) d[i] += a[i];
+          for (int i = 0; i < kc; i++) d[i] += s[i];
         else
-          std::memcpy(d, a, size_t(kc) * 4);
+          std::memcpy(d, s, size_t(kc) * 4);
       }
     }
   });

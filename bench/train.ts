@@ -1,0 +1,159 @@
+// Training benchmark (`--suite train`): tokens/s of one MoTE training step (forward + backward
+// + AdamW) on the SmolLM-135M shape with random weights, one sequence of `seq` tokens (32
+// prompt tokens routed to a random step expert, then three equal step segments), 3 step
+// experts + the shared expert at rank 16 on all 7 linears, base frozen; peak RSS against the
+// memory the shapes need; and, as the baseline, the same step in PyTorch on this CPU
+// (bench/train_torch.py: PEFT-style masked loop over the experts with autograd).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { LINEAR_MODULES, linearShape, parseHFConfig, type ModelConfig } from '../src/model/config.js';
+import { modelFromTensors } from '../src/model/llama.js';
+import { createMote } from '../src/mote/bundle.js';
+import { Trainer, type TrainExample } from '../src/train/trainer.js';
+import type { Backend } from '../src/backend/backend.js';
+import { median } from './timing.js';
+import { SMOLLM_135M, modelConfigJson, randomWeights, type ModelShape } from './model.js';
+
+export interface TrainBenchOptions {
+  shape: ModelShape;
+  seq: number;
+  rank: number;
+  /** Timed steps after one warm-up step. */
+  steps: number;
+  log: (line: string) => void;
+}
+
+export interface MemoryModel {
+  weightsBytes: number;
+  adapterBytes: number;
+  /** Gradients of the experts plus AdamW's two moments. */
+  optimizerBytes: number;
+  activationBytes: number;
+  totalBytes: number;
+}
+
+/** What one step must hold, from the shapes (f32 everywhere): what the forward saves for the backward. */
+export function memoryModel(cfg: ModelConfig, T: number, R: number, experts: number): MemoryModel {
+  const { hiddenSize: H, intermediateSize: I, numHeads: nH, numKvHeads: nKv, headDim: D, vocabSize: V, numLayers: Ln } = cfg;
+  let weights = V * H + Ln * 2 * H + H;
+  let adapter = 0;
+  for (const m of LINEAR_MODULES) {
+    const [o, i] = linearShape(cfg, m);
+    weights += Ln * o * i;
+    adapter += Ln * experts * R * (o + i);
+  }
+  if (!cfg.tieWordEmbeddings) weights += V * H;
+  // per layer and token: x_in, rms₁ out, q, k, v, attention out, residual h, rms₂ out, gate, up, swiglu out,
+  // two rstd, lse per head, and the 7 linears' shrink outputs (K = 2 slots · R)
+  const perLayer = 4 * H + 2 * nH * D + 2 * nKv * D + 3 * I + 2 + nH + 7 * 2 * R;
+  // plus the head: final norm output, logits and their gradient
+  const act = T * (Ln * perLayer + 2 * H + 2 * V);
+  return { weightsBytes: 4 * weights, adapterBytes: 4 * adapter, optimizerBytes: 4 * 3 * adapter, activationBytes: 4 * act, totalBytes: 4 * (weights + 4 * adapter + act) };
+}
+
+export interface TrainBenchResult {
+  shape: ModelShape;
+  seq: number;
+  stepMs: number[];
+  stepMsMedian: number;
+  tokensPerS: number;
+  peakRssMB: number;
+  memory: MemoryModel;
+  rssVsModel: number;
+  baseline?: Record<string, unknown> & { tokens_per_s?: number; peak_rss_mb?: number };
+  baselineError?: string;
+  vsPyTorch?: number;
+}
+
+function chainExample(T: number, V: number): TrainExample {
+  const P = Math.min(32, Math.floor(T / 4));
+  const seg = Math.floor((T - P) / 3);
+  const ids: number[] = [], stepIds: number[] = [], lossMask: number[] = [];
+  for (let t = 0; t < T; t++) {
+    ids.push((t * 7919 + 13) % V);
+    const s = t < P ? -1 : Math.min(2, Math.floor((t - P) / seg));
+    stepIds.push(s);
+    lossMask.push(s < 0 ? 0 : 1);
+  }
+  return { ids, stepIds, lossMask };
+}
+
+export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Promise<TrainBenchResult> {
+  const cfg = parseHFConfig(modelConfigJson(o.shape), 'bench config.json');
+  const t0 = performance.now();
+  const model = modelFromTensors(cfg, randomWeights(cfg), { backend });
+  const bundle = createMote(model, { rank: o.rank, loraAlpha: 2 * o.rank }, { seed: 1, init: 'random' });
+  o.log(`  model and bundle built in ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
+  const stepMs: number[] = [];
+  const trainer = new Trainer(model, bundle, [chainExample(o.seq, cfg.vocabSize)], {
+    steps: o.steps + 1, lr: 2e-4, batchTokens: o.seq, seed: 1, clipNorm: 1,
+    onProgress: (p) => {
+      if (p.step > 1) stepMs.push(p.elapsedMs);
+      o.log(`  step ${p.step}: ${p.elapsedMs.toFixed(0)} ms, loss ${p.loss.toFixed(3)}`);
+    },
+  });
+  try {
+    while (!trainer.done) await trainer.trainStep();
+  } finally {
+    trainer.dispose();
+    bundle.dispose();
+    model.dispose();
+  }
+  const peakRssMB = process.resourceUsage().maxRSS / 1024;
+  const memory = memoryModel(cfg, o.seq, o.rank, 4);
+  const ms = median(stepMs);
+  return {
+    shape: o.shape, seq: o.seq, stepMs, stepMsMedian: ms, tokensPerS: o.seq / (ms / 1e3), peakRssMB, memory,
+    rssVsModel: (peakRssMB * 2 ** 20) / memory.totalBytes,
+  };
+}
+
+/** Runs bench/train_torch.py with the same shape (installing Debian's python3-torch first when missing). */
+export function runTorchBaseline(root: string, o: TrainBenchOptions, threads: number | undefined): { json?: Record<string, unknown>; error?: string } {
+  const setup = join(root, 'bench', 'setup_torch.sh');
+  const script = join(root, 'bench', 'train_torch.py');
+  if (!existsSync(script)) return { error: `${script} not found` };
+  if (existsSync(setup)) {
+    const s = spawnSync('bash', [setup], { stdio: ['ignore', 'inherit', 'inherit'] });
+    if (s.status !== 0) return { error: `bench/setup_torch.sh failed (exit ${s.status})` };
+  }
+  const s = o.shape;
+  const args = [script, '--hidden', `${s.hidden}`, '--intermediate', `${s.intermediate}`, '--layers', `${s.layers}`, '--heads', `${s.heads}`,
+    '--kv-heads', `${s.kvHeads}`, '--vocab', `${s.vocab}`, '--seq', `${o.seq}`, '--steps', `${o.steps}`, '--rank', `${o.rank}`];
+  if (threads) args.push('--threads', `${threads}`);
+  o.log(`  pytorch baseline: python3 ${args.slice(1).join(' ')}`);
+  const r = spawnSync('python3', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });
+  if (r.status !== 0) return { error: `bench/train_torch.py failed (exit ${r.status})` };
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  try {
+    return { json: JSON.parse(line) as Record<string, unknown> };
+  } catch {
+    return { error: `bench/train_torch.py printed no JSON line: ${line.slice(0, 200)}` };
+  }
+}
+
+/** Default shape: SmolLM-135M; on a software WebGPU adapter a small model (lavapipe runs ~1 GFLOP/s). */
+export function trainBenchDefaults(backend: Backend, quick: boolean): { shape: ModelShape; seq: number; steps: number; notes: string[] } {
+  if (backend.kind === 'webgpu' && backend.info().software) {
+    return { shape: { hidden: 192, intermediate: 512, layers: 4, heads: 3, kvHeads: 1, vocab: 8192 }, seq: 128, steps: 2, notes: ['software WebGPU adapter: a small model (hidden 192, 4 layers, vocab 8192), sequence 128'] };
+  }
+  if (quick) return { shape: { ...SMOLLM_135M, layers: 4 }, seq: 256, steps: 2, notes: ['quick run: SmolLM-135M shape with 4 layers'] };
+  return { shape: SMOLLM_135M, seq: 256, steps: 3, notes: [] };
+}
+
+export function trainMarkdown(r: TrainBenchResult, backendName: string): string {
+  const mb = (b: number) => (b / 2 ** 20).toFixed(0);
+  const lines = [
+    `| impl | shape | seq | step ms (median) | tokens/s | peak RSS MB |`,
+    `| --- | --- | --- | --- | --- | --- |`,
+    `| mote ${backendName} | ${r.shape.layers} layers × hidden ${r.shape.hidden} | ${r.seq} | ${r.stepMsMedian.toFixed(0)} | ${r.tokensPerS.toFixed(1)} | ${r.peakRssMB.toFixed(0)} |`,
+  ];
+  const b = r.baseline;
+  if (b) lines.push(`| PyTorch ${String(b.torch ?? '')} cpu (${String(b.threads ?? '?')} threads) | same | ${r.seq} | ${Number(b.step_ms_median).toFixed(0)} | ${Number(b.tokens_per_s).toFixed(1)} | ${Number(b.peak_rss_mb).toFixed(0)} |`);
+  lines.push('');
+  lines.push(`Memory from the shapes: weights ${mb(r.memory.weightsBytes)} MB + experts ${mb(r.memory.adapterBytes)} MB + gradients and AdamW moments ${mb(r.memory.optimizerBytes)} MB + activations ${mb(r.memory.activationBytes)} MB = ${mb(r.memory.totalBytes)} MB; peak RSS is ${r.rssVsModel.toFixed(2)}× that (target ≤ 2×).`);
+  if (r.vsPyTorch !== undefined) lines.push(`mote / PyTorch tokens/s: ${r.vsPyTorch.toFixed(2)}× (target ≥ 1.0×).`);
+  if (r.baselineError) lines.push(`PyTorch baseline not measured: ${r.baselineError}.`);
+  return lines.join('\n');
+}
