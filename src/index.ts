@@ -43,3 +43,11 @@ export {
   loadTokenizer, saveTokenizer, MoteTokenizer, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,
   type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions,
 } from './io/tokenizer.js';
+export {
+  llamaLossAndGrad, baseWeights, disposeGrads,
+  type LlamaTrainBatch, type LlamaGrads, type LlamaGradOptions, type LlamaGradResult,
+} from './model/llama_backward.js';
+export { Trainer, mixSeed, seededUniform, dataFingerprint, type TrainExample, type TrainerOptions, type TrainProgress, type TrainerState } from './train/trainer.js';
+export { saveCheckpoint, loadCheckpoint, readCheckpointState, CHECKPOINT_STATE_FILE, CHECKPOINT_FORMAT } from './train/checkpoint.js';
+export { learningRate, checkSchedule, type ScheduleOptions } from './train/schedule.js';
+export { stepSkipSegments } from './train/step_skip.js';
