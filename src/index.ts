@@ -24,7 +24,7 @@ export * from './io/peft.js';
 export * from './model/config.js';
 export {
   loadModel, modelFromTensors, LlamaModel,
-  type LoadModelOptions, type LlamaBatch, type LlamaLora, type LlamaSegments,
+  type LoadModelOptions, type LogitsRouting, type CheckedSegments, type LlamaBatch, type LlamaLora, type LlamaSegments,
   type LlamaWeights, type LlamaLayerWeights, type WeightDType,
 } from './model/llama.js';
 export { KvCache, type KvCacheDims, type KvCacheOptions } from './model/kv_cache.js';
@@ -35,7 +35,7 @@ export {
 export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from './generate/sampling.js';
 export * from './mote/steps.js';
 export {
-  AdapterStacks, AdapterSet, MoteBundle, createMote, saveMote, loadMote, loadPeftAdapters, moteRoutingSlots, moteJson, parseMoteJson,
+  AdapterStacks, AdapterSet, MoteBundle, createMote, addStepTokens, saveMote, loadMote, loadPeftAdapters, moteRoutingSlots, moteJson, parseMoteJson,
   MOTE_FILE, MOTE_FORMAT_VERSION,
   type LayerStacks, type ExpertFactors, type MoteRoutingOptions, type CreateMoteOptions,
 } from './mote/bundle.js';

@@ -30,6 +30,7 @@ import {
 import { AdapterStacks, MOTE_FILE, MoteBundle, createMote, loadMote, loadPeftAdapters, moteRoutingSlots, saveMote } from '../src/mote/bundle.js';
 import { loraStacks, writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions, type WrittenTinyModel } from './fixtures/tiny_model.js';
 import { closeBackends, forEachBackend, relErr, tracking } from './helpers.js';
+import { bitsEqual } from './case_helpers.js';
 
 after(closeBackends);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-bundle-'));
@@ -401,3 +402,52 @@ forEachBackend('PEFT adapters of mixed ranks load as a K = 1 multi-adapter set e
     });
   });
 });
+
+forEachBackend('addStepTokens: step tags become single tokens, embeddings grow by the mean row, old logits unchanged; logits({ adapters, steps }) equals explicit routing', async (b) => {
+  const { writeTinyTokenizer, TINY_VOCAB_SIZE } = await import('./fixtures/tiny_tokenizer.js');
+  const { loadTokenizer } = await import('../src/io/tokenizer.js');
+  const { addStepTokens } = await import('../src/mote/bundle.js');
+  for (const tied of [false, true]) {
+    const m = tiny({ vocab: TINY_VOCAB_SIZE, tied });
+    await withModel(b, m, async (model) => {
+      const tok = loadTokenizer(writeTinyTokenizer(newDir('tok')));
+      const probe = [1, 5, 9, 14];
+      const before = await model.logits(probe);
+      const oldEmbed = await model.weights.embedTokens.readFloat();
+      const ids = await addStepTokens(model, tok);
+      const V2 = TINY_VOCAB_SIZE + 6;
+      assert.equal(model.config.vocabSize, V2);
+      assert.deepEqual(Object.values(ids), [0, 1, 2, 3, 4, 5].map((i) => TINY_VOCAB_SIZE + i));
+      assert.deepEqual(tok.encode(`${STEP_TOKENS.analysis}`, { addSpecialTokens: false }), [TINY_VOCAB_SIZE]);
+      const E = await model.weights.embedTokens.readFloat();
+      const H = model.config.hiddenSize;
+      assert.ok(bitsEqual(E.subarray(0, oldEmbed.length), oldEmbed), 'old embedding rows kept');
+      for (let h = 0; h < H; h++) {
+        let s = 0;
+        for (let v = 0; v < TINY_VOCAB_SIZE; v++) s += oldEmbed[v * H + h]!;
+        assert.ok(Math.abs(E[(V2 - 1) * H + h]! - s / TINY_VOCAB_SIZE) < 1e-6, `new row = mean (h ${h})`);
+      }
+      const after2 = await model.logits(probe);
+      for (let t = 0; t < probe.length; t++) {
+        assertClose(`logits row ${t}`, after2.subarray(t * V2, t * V2 + TINY_VOCAB_SIZE), before.subarray(t * TINY_VOCAB_SIZE, (t + 1) * TINY_VOCAB_SIZE), 1e-6);
+      }
+      // a step token is now a valid input
+      await model.logits([1, ids[STEP_TOKENS.analysis]!, 7]);
+      await assert.rejects(model.resizeTokenEmbeddings(3), /vocabSize: expected an integer ≥ the current/);
+      // routing sugar
+      const bundle = createMote(model, { rank: 4 }, { seed: 4, init: 'random' });
+      try {
+        const steps = [-1, -1, 0, 1, 2];
+        const toks = [1, 2, 3, 4, 5];
+        const rt = bundle.routing(steps);
+        const explicit = await model.logits(toks, { lora: bundle.loraFor(rt) });
+        rt.dispose();
+        assert.ok(bitsEqual(await model.logits(toks, { adapters: bundle, steps }), explicit));
+        await assert.rejects(model.logits(toks, { steps }), /steps: needs adapters/);
+      } finally {
+        bundle.dispose();
+      }
+    });
+  }
+});
+

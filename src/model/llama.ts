@@ -86,6 +86,22 @@ export interface LlamaSegments {
 /** Segments after checking: per-token segment ids as an Int32Array. */
 export interface CheckedSegments { numSegments: number; segment: Int32Array; blocked: ArrayLike<number | boolean> }
 
+/** What LlamaModel.logits needs of a MoTE bundle or an adapter set (src/mote/bundle.ts). */
+interface RoutableAdapters {
+  loraFor(routing: LoraRouting): LlamaLora;
+  routing(ids: ArrayLike<number>, opts?: { seq?: ArrayLike<number> }): LoraRouting;
+}
+
+/** Routing sugar of LlamaModel.logits. */
+export interface LogitsRouting {
+  /** A MoteBundle or an AdapterSet. */
+  adapters?: RoutableAdapters;
+  /** MoTE: per token −1 (prompt) or the step index. */
+  steps?: ArrayLike<number>;
+  /** Adapter set: the adapter of every token, or one per token (−1 = base only). */
+  adapter?: number | ArrayLike<number>;
+}
+
 /** A batch of packed sequences. */
 export interface LlamaBatch {
   /** [T] token ids. */
@@ -511,14 +527,82 @@ export class LlamaModel {
     });
   }
 
-  /** Convenience: forward and read the logits back, Float32Array [R, V]; the tensor is freed. */
-  async logits(ids: ArrayLike<number>, opts: Omit<LlamaBatch, 'ids'> = {}): Promise<Float32Array> {
-    const t = this.forward({ ...opts, ids });
-    try {
-      return await t.readFloat();
-    } finally {
-      t.dispose();
+  /**
+   * Convenience: forward and read the logits back, Float32Array [R, V]; the tensor is freed.
+   * `adapters` routes the tokens without building a routing by hand: a MoTE bundle by
+   * `steps` (per token −1 = prompt, else the step index; default all prompt), an adapter set
+   * by `adapter` (per token, or one index for all; −1 = base only).
+   */
+  async logits(ids: ArrayLike<number>, opts: Omit<LlamaBatch, 'ids'> & LogitsRouting = {}): Promise<Float32Array> {
+    const { adapters, steps, adapter, ...batch } = opts;
+    let routing: LoraRouting | null = null;
+    if (adapters !== undefined) {
+      if (batch.lora !== undefined) throw new ArgumentError('LlamaModel.logits: adapters: give either adapters or lora, not both');
+      if (!adapters || typeof (adapters as RoutableAdapters).loraFor !== 'function' || typeof (adapters as RoutableAdapters).routing !== 'function') {
+        throw new ArgumentError(`LlamaModel.logits: adapters: expected a MoteBundle or an AdapterSet, got ${describe(adapters)}`);
+      }
+      const n = ids?.length ?? 0;
+      const isMote = 'config' in adapters && Array.isArray((adapters as { config?: { steps?: unknown } }).config?.steps);
+      if (isMote) {
+        if (adapter !== undefined) throw new ArgumentError('LlamaModel.logits: adapter: a MoTE bundle is routed by steps, not adapter');
+        routing = adapters.routing(steps ?? new Int32Array(n).fill(-1), batch.seq === undefined ? {} : { seq: batch.seq });
+      } else {
+        if (steps !== undefined) throw new ArgumentError('LlamaModel.logits: steps: an adapter set is routed by adapter, not steps');
+        const a = adapter ?? 0;
+        routing = adapters.routing(typeof a === 'number' ? new Int32Array(n).fill(a) : a);
+      }
+      batch.lora = adapters.loraFor(routing);
+    } else if (steps !== undefined || adapter !== undefined) {
+      throw new ArgumentError(`LlamaModel.logits: ${steps !== undefined ? 'steps' : 'adapter'}: needs adapters`);
     }
+    try {
+      const t = this.forward({ ...batch, ids });
+      try {
+        return await t.readFloat();
+      } finally {
+        t.dispose();
+      }
+    } finally {
+      routing?.dispose();
+    }
+  }
+
+  /**
+   * Grows the vocabulary to `vocabSize` rows (e.g. for added step tokens): the embedding (and
+   * an untied lm_head) get new rows equal to the mean of the existing rows, as transformers'
+   * resize_token_embeddings(mean_resizing=True) starts them (without its random jitter, so it
+   * is deterministic). Smaller sizes are refused (rows would be lost). Weights keep their dtype.
+   */
+  async resizeTokenEmbeddings(vocabSize: number): Promise<void> {
+    const op = 'LlamaModel.resizeTokenEmbeddings';
+    this.#live('resizeTokenEmbeddings');
+    const V = this.config.vocabSize, H = this.config.hiddenSize;
+    if (!Number.isSafeInteger(vocabSize) || vocabSize < V) throw new ArgumentError(`${op}: vocabSize: expected an integer ≥ the current ${V} (shrinking would drop rows), got ${describe(vocabSize)}`);
+    if (vocabSize === V) return;
+    const grow = async (t: Tensor): Promise<Tensor> => {
+      const old = await t.readFloat();
+      const data = new Float32Array(vocabSize * H);
+      data.set(old);
+      const mean = new Float64Array(H);
+      for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) mean[h] += old[v * H + h]!;
+      for (let v = V; v < vocabSize; v++) for (let h = 0; h < H; h++) data[v * H + h] = mean[h]! / V;
+      return this.backend.tensor(data, [vocabSize, H], t.dtype);
+    };
+    const w = this.weights;
+    const tied = w.lmHead === w.embedTokens;
+    const embed = await grow(w.embedTokens);
+    let head: Tensor;
+    try {
+      head = tied ? embed : await grow(w.lmHead);
+    } catch (e) {
+      embed.dispose();
+      throw e;
+    }
+    w.embedTokens.dispose();
+    if (!tied) w.lmHead.dispose();
+    w.embedTokens = embed;
+    w.lmHead = head;
+    (this as { config: ModelConfig }).config = { ...this.config, vocabSize };
   }
 
   /** Frees every weight on the device. Safe to call twice. */

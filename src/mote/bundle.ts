@@ -23,6 +23,7 @@ import { ArgumentError, FormatError, describe } from '../errors.js';
 import { LINEAR_MODULES, linearShape, type LinearModule, type ModelConfig } from '../model/config.js';
 import type { LlamaLora, LlamaModel } from '../model/llama.js';
 import type { TokenRouter } from '../generate/generate.js';
+import type { MoteTokenizer } from '../io/tokenizer.js';
 import { loraRouting, loraStack, type LoraRouting, type LoraStack, type LoraStrategy } from '../ops/lora.js';
 import {
   ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, makePeftConfig, parsePeftConfig, parsePeftKey, peftExpectedWeights, peftKey,
@@ -31,6 +32,7 @@ import {
 import { readSafetensors, writeSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import {
   SHARED_EXPERT, STEP_END_TOKENS, STEP_TOKENS, checkPromptRouting, moteConfig, type MoteConfig, type PromptRouting, type StepName,
+  DEFAULT_STEPS, specialTokens,
 } from './steps.js';
 
 export const MOTE_FILE = 'mote.json';
@@ -298,6 +300,23 @@ export class MoteBundle extends AdapterStacks {
       slotsFor: (_seq, { step }) => (step < 0 ? { slots: [-1, shared], weights: [0, 1] } : { slots: [step, shared], weights: [alpha, 1 - alpha] }),
     };
   }
+}
+
+/**
+ * Makes the step tokens single tokens of `tokenizer` (added as special tokens when missing)
+ * and grows the model's embeddings when their ids pass its vocabulary (new rows start at the
+ * mean embedding; see LlamaModel.resizeTokenEmbeddings). Returns the ids, open and close tags
+ * of every step in config order. Do this before creating or training a bundle.
+ */
+export async function addStepTokens(model: LlamaModel, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'> = { steps: [...DEFAULT_STEPS] }): Promise<Record<string, number>> {
+  const op = 'addStepTokens';
+  checkModel(op, model);
+  if (!tokenizer || typeof tokenizer.addSpecialTokens !== 'function') throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
+  const tokens = specialTokens(config);
+  const ids = tokenizer.addSpecialTokens(tokens);
+  const need = Math.max(...ids) + 1;
+  if (need > model.config.vocabSize) await model.resizeTokenEmbeddings(need);
+  return Object.fromEntries(tokens.map((t, i) => [t, ids[i]!]));
 }
 
 export interface CreateMoteOptions {
