@@ -95,6 +95,9 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   if (__builtin_cpu_supports("fma")) feats.Set(nf++, "fma");
   if (__builtin_cpu_supports("avx512f")) feats.Set(nf++, "avx512f");
 #endif
+#ifdef MOTE_HAVE_CBLAS
+  feats.Set(nf++, "openblas");  // f32 base matmuls with ≥ 16 rows go through cblas_sgemm
+#endif
   cpu.Set("features", feats);
   out.Set("cpu", cpu);
   auto cu = Napi::Object::New(env);
