@@ -51,3 +51,19 @@ export { Trainer, mixSeed, seededUniform, dataFingerprint, type TrainExample, ty
 export { saveCheckpoint, loadCheckpoint, readCheckpointState, CHECKPOINT_STATE_FILE, CHECKPOINT_FORMAT } from './train/checkpoint.js';
 export { learningRate, checkSchedule, type ScheduleOptions } from './train/schedule.js';
 export { stepSkipSegments } from './train/step_skip.js';
+export {
+  DEFAULT_TEMPLATES, STAGE_VARS, alignCotTemplates, stagePrompt, renderTemplate, templateVars, parseVerdict, checkChain, formatChain, parseChain,
+  type Chain, type ChainStep, type StageVars, type StageVar, type StageTemplate, type AlignCotTemplates, type ParseChainOptions,
+} from './mote/aligncot.js';
+export {
+  ChainTooLongError, chainFromJson, parseChainsJsonl, readChainsJsonl, chainToJson, stepTokenIds, promptIds, chainExample, chainExamples, packExamples,
+  type ChainExample, type ChainRecord, type ChainExampleOptions, type ChainExamplesResult, type StepTokenIds, type PackedBatch,
+} from './mote/chains.js';
+export {
+  readPrompts, parsePrompts, parseHHTranscript, hhPrompt, promptMessages, plainPrompt, readTextFile, textLines,
+  type PromptRecord, type PromptRead, type SkippedLine, type PromptFormat, type ReadPromptsOptions,
+} from './io/prompts.js';
+export {
+  TOY_OWNERS, TOY_DOMAINS, TOY_REFUSAL, isRiskyQuestion, isRefusal, toyQuestions, toyChain, toySplit, toyWords, toyWordsOf,
+  type ToyQuestion, type ToyDomain, type ToySplitOptions,
+} from './mote/toy.js';
