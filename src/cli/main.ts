@@ -6,6 +6,9 @@ import type { BackendRequest } from '../backend/backend.js';
 import { matmul } from '../ops/matmul.js';
 import { matmulRef } from '../reference/matmul.js';
 import { roundTo, type DType } from '../dtype.js';
+import { trainCommand } from './train.js';
+import { generateCommand } from './generate.js';
+import { exportCommand, benchCommand } from './export.js';
 
 function fmtBytes(n: number | undefined): string {
   if (!n) return '';
@@ -65,9 +68,45 @@ program.command('demo').description('run a small matmul on a backend and check i
   .option('-t <T>', 'rows of x', '17').option('-k <K>', 'inputs', '64').option('-n <N>', 'outputs', '48')
   .action(demoMatmul);
 
+const backendOption = () => new Option('-b, --backend <kind>', 'backend').choices(['auto', 'cpu', 'webgpu', 'cuda']).default('auto');
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+program.command('train').description('train a MoTE bundle (step experts + shared) on AlignCoT chains (JSONL)')
+  .requiredOption('--chains <file>', 'chains, one JSON object per line ({prompt, analysis, guidance, answer} or {prompt, steps})')
+  .requiredOption('-o, --out <dir>', 'where to save the bundle (one PEFT adapter per expert + mote.json)')
+  .option('-m, --model <dir>', 'HF model directory (default: the bundled tiny model)')
+  .addOption(backendOption())
+  .option('--steps <n>', 'optimizer steps', '200').option('--lr <x>', 'peak learning rate', '2e-4').option('--warmup <n>', 'warmup steps')
+  .option('--rank <r>', 'LoRA rank of every expert', '16').option('--lora-alpha <a>', 'LoRA alpha (default 2·rank)').option('--alpha <a>', 'weight of the step expert (shared: 1 − alpha)', '0.5')
+  .option('--schema <steps>', 'steps with an expert, comma-separated (default analysis,guidance,answer)')
+  .option('--p-skip <p>', 'step-skipping probability', '0.3').option('--batch-tokens <n>', 'tokens per packed micro-batch', '512')
+  .option('--grad-accum <n>', 'micro-batches per step', '1').option('--max-length <n>', 'longest chain in tokens (trailing steps dropped)', '256')
+  .option('--seed <n>', 'seed of every random draw', '0')
+  .option('--checkpoint <dir>', 'checkpoint directory (saved on SIGINT and every --checkpoint-every steps)').option('--checkpoint-every <n>', 'steps between checkpoints')
+  .option('--resume', 'continue from --checkpoint').option('--json', 'JSON lines on stdout')
+  .action(trainCommand);
+
+program.command('generate').description('step-routed generation: each step labelled with its expert')
+  .option('-m, --model <dir>', 'HF model directory (default: the bundled tiny model)').option('--mote <dir>', 'a MoTE bundle saved by train / saveMote')
+  .addOption(backendOption())
+  .option('-p, --prompt <text>', 'a prompt (repeatable)', collect).option('--prompts <file>', 'prompts: JSONL, HH-RLHF transcripts or text lines')
+  .option('--max-new-tokens <n>', 'tokens per sequence', '128').option('--temperature <t>', '0 = greedy', '0').option('--top-k <k>').option('--top-p <p>')
+  .option('--seed <n>', 'sampling seed', '0').option('--skip <steps>', 'steps to skip, comma-separated').option('--stop-after <step>', 'end after this step')
+  .option('--json', 'one JSON line per prompt').action(generateCommand);
+
+program.command('export').description('write every expert of a MoTE bundle (or a training checkpoint) as its own PEFT adapter folder')
+  .requiredOption('--mote <dir>', 'a MoTE bundle, or a checkpoint directory (its adapters/)').requiredOption('-o, --out <dir>', 'output directory')
+  .option('--json', 'machine-readable output').action(exportCommand);
+
+program.command('bench').description('run the benchmarks (a source checkout: npm run bench -- --help lists the options)')
+  .allowUnknownOption(true).helpOption(false).argument('[args...]').action(benchCommand);
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {
-  console.error(`mote: ${e instanceof MoteError ? e.message : (e as Error).stack ?? e}`);
-  process.exitCode = 1;
+  // One clear line; the stack only when asked for.
+  const msg = e instanceof MoteError ? e.message : (e as Error)?.message ?? String(e);
+  console.error(`mote: ${msg}`);
+  if (process.env.MOTE_DEBUG) console.error((e as Error)?.stack);
+  process.exitCode = process.exitCode || 1;
 }

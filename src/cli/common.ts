@@ -1,0 +1,59 @@
+// What the CLI commands share: opening a backend and a model directory with its tokenizer
+// and the MoTE step tokens, and parsing numeric options into clear one-line errors.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ArgumentError } from '../errors.js';
+import { openBackend } from '../backend/select.js';
+import type { Backend, BackendRequest } from '../backend/backend.js';
+import { loadModel, type LlamaModel } from '../model/llama.js';
+import { loadTokenizer, type MoteTokenizer } from '../io/tokenizer.js';
+import { addStepTokens } from '../mote/bundle.js';
+import type { MoteConfig } from '../mote/steps.js';
+
+/** The bundled default model (assets/default-model in the package). */
+export const BUNDLED_MODEL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'assets', 'default-model');
+
+export interface Opened {
+  backend: Backend;
+  model: LlamaModel;
+  tokenizer: MoteTokenizer;
+  dir: string;
+  close(): void;
+}
+
+/**
+ * Opens `dir` (default: the bundled model) on `backend` with its tokenizer, the step tags
+ * added as single tokens (growing the embeddings when needed).
+ */
+export async function openModel(dirOpt: string | undefined, backendReq: BackendRequest, config: Pick<MoteConfig, 'steps'>, opts: { dtype?: 'f32' | 'f16' | 'bf16' } = {}): Promise<Opened> {
+  const dir = path.resolve(dirOpt ?? BUNDLED_MODEL_DIR);
+  if (!fs.existsSync(path.join(dir, 'config.json'))) {
+    throw new ArgumentError(dirOpt === undefined ? `the bundled model is missing (${dir}); reinstall mote or pass --model DIR` : `--model: ${dir} is not a model directory (no config.json)`);
+  }
+  if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) throw new ArgumentError(`--model: ${dir} has no tokenizer.json (mote needs the model's tokenizer)`);
+  const tokenizer = loadTokenizer(dir);
+  const backend = await openBackend(backendReq);
+  try {
+    const model = await loadModel(dir, opts.dtype ? { backend, dtype: opts.dtype } : { backend });
+    await addStepTokens(model, tokenizer, config);
+    return { backend, model, tokenizer, dir, close: () => { model.dispose(); backend.destroy(); } };
+  } catch (e) {
+    backend.destroy();
+    throw e;
+  }
+}
+
+export function intOpt(name: string, v: string | undefined, lo: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < lo) throw new ArgumentError(`--${name}: expected an integer ≥ ${lo}, got ${v}`);
+  return n;
+}
+
+export function numOpt(name: string, v: string | undefined, lo: number, hi: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < lo || n > hi) throw new ArgumentError(`--${name}: expected a number in [${lo}, ${hi}], got ${v}`);
+  return n;
+}
