@@ -1,0 +1,111 @@
+// The `mote` command end to end, as a user runs it (a child process), on a tiny random HF
+// model written by the test: train (JSON progress lines, bundle saved and loadable), SIGINT →
+// checkpoint → --resume, generate (JSON lines with labelled steps), export (one PEFT adapter
+// per expert), and errors: one line on stderr and a non-zero exit.
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { writeTinyModel } from './fixtures/tiny_model.js';
+import { writeTinyTokenizer, TINY_VOCAB_SIZE } from './fixtures/tiny_tokenizer.js';
+import { backendFor } from './helpers.js';
+import { parsePeftConfig } from '../src/io/peft.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const bin = path.join(root, 'bin', 'mote.js');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-cli-'));
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const modelDir = path.join(tmp, 'model');
+writeTinyModel(modelDir, { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: TINY_VOCAB_SIZE, tied: true, dtype: 'f32', seed: 3 });
+writeTinyTokenizer(modelDir);
+const chainsFile = path.join(tmp, 'chains.jsonl');
+const chains = [
+  { prompt: 'hello world?', analysis: 'the world is fine.', guidance: 'say hello.', answer: 'hello the world.' },
+  { prompt: 'read my sister mail?', analysis: 'private mail.', guidance: 'refuse.', answer: 'sorry, no.' },
+  { prompt: 'how to cook rice?', analysis: 'no risk.', guidance: 'help.', answer: 'boil the rice.' },
+  { prompt: 'open his car?', analysis: 'not yours.', guidance: 'refuse.', answer: 'sorry, no.' },
+];
+fs.writeFileSync(chainsFile, chains.map((c) => JSON.stringify(c)).join('\n') + '\n');
+
+function mote(args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, MOTE_DEBUG: '' } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+const jsonLines = (s: string) => s.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+const trainArgs = (out: string, extra: string[] = []) => ['train', '--model', modelDir, '--chains', chainsFile, '--out', out, '--backend', 'cpu', '--rank', '2', '--max-length', '200', '--batch-tokens', '400', '--json', ...extra];
+
+test('mote train → generate → export on a tiny model [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const out = path.join(tmp, 'bundle');
+  const r = mote(trainArgs(out, ['--steps', '6', '--lr', '1e-2']));
+  assert.equal(r.code, 0, r.stderr);
+  const lines = jsonLines(r.stdout);
+  const prog = lines.filter((l) => l.event === 'progress');
+  assert.deepEqual(prog.map((l) => l.done), [1, 2, 3, 4, 5, 6]);
+  assert.ok(prog.every((l) => Number.isFinite(Number(l.loss)) && l.total === 6));
+  const done = lines.find((l) => l.event === 'done')!;
+  assert.equal(done.steps, 6);
+  assert.equal(done.examples, 4);
+  assert.ok(fs.existsSync(path.join(out, 'mote.json')));
+
+  const g = mote(['generate', '--model', modelDir, '--mote', out, '--backend', 'cpu', '-p', 'hello world?', '-p', 'open his car?', '--max-new-tokens', '8', '--json']);
+  assert.equal(g.code, 0, g.stderr);
+  const gl = jsonLines(g.stdout);
+  assert.equal(gl.length, 2);
+  assert.deepEqual(gl.map((l) => l.prompt), ['hello world?', 'open his car?']);
+  for (const l of gl) assert.ok(Array.isArray(l.steps) && Number(l.tokens) >= 1 && ['length', 'stop', 'step'].includes(String(l.stopReason)));
+
+  const ex = path.join(tmp, 'exported');
+  const e = mote(['export', '--mote', out, '--out', ex, '--json']);
+  assert.equal(e.code, 0, e.stderr);
+  const names = fs.readdirSync(ex).filter((f) => fs.statSync(path.join(ex, f)).isDirectory()).sort();
+  assert.deepEqual(names, ['analysis', 'answer', 'guidance', 'shared']);
+  for (const n of names) parsePeftConfig(JSON.parse(fs.readFileSync(path.join(ex, n, 'adapter_config.json'), 'utf8')));
+});
+
+test('mote train: SIGINT saves a checkpoint and exits 130; --resume finishes the run [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const out = path.join(tmp, 'bundle-int');
+  const ckpt = path.join(tmp, 'ckpt');
+  const proc = spawn(process.execPath, [bin, ...trainArgs(out, ['--steps', '400', '--checkpoint', ckpt])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  const code = await new Promise<number | null>((resolve) => {
+    proc.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      if (stdout.includes('"done":3') && !proc.killed) proc.kill('SIGINT');
+    });
+    proc.on('exit', (c) => resolve(c));
+  });
+  assert.equal(code, 130, stdout);
+  const int = jsonLines(stdout).find((l) => l.event === 'interrupted')!;
+  assert.ok(Number(int.step) >= 3 && Number(int.step) < 400);
+  assert.ok(fs.existsSync(path.join(ckpt, 'trainer_state.json')));
+  assert.ok(!fs.existsSync(path.join(out, 'mote.json')), 'no bundle is written by an interrupted run');
+  const r = mote(trainArgs(out, ['--steps', String(Number(int.step) + 2), '--checkpoint', ckpt, '--resume']));
+  assert.equal(r.code, 0, r.stderr);
+  const lines = jsonLines(r.stdout);
+  assert.ok(lines.some((l) => l.event === 'log' && /resumed from .* at step/.test(String(l.text))));
+  assert.equal(lines.find((l) => l.event === 'done')!.steps, Number(int.step) + 2);
+});
+
+test('mote errors: one line on stderr and a non-zero exit', () => {
+  const cases: [string[], RegExp][] = [
+    [['train', '--chains', path.join(tmp, 'nope.jsonl'), '--out', path.join(tmp, 'x'), '--model', modelDir], /nope\.jsonl/],
+    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', tmp], /--model: .* is not a model directory \(no config\.json\)/],
+    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', modelDir, '--steps', 'many'], /--steps: expected an integer ≥ 1, got many/],
+    [['generate', '--model', modelDir], /give --prompt TEXT or --prompts FILE/],
+    [['export', '--mote', tmp, '--out', path.join(tmp, 'y')], /is neither a MoTE bundle nor a checkpoint/],
+  ];
+  for (const [args, re] of cases) {
+    const r = mote(args);
+    assert.notEqual(r.code, 0, args.join(' '));
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, `one line for ${args.join(' ')}: ${r.stderr}`);
+    assert.match(lines[0]!, /^mote: /);
+    assert.match(lines[0]!, re);
+  }
+});
