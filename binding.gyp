@@ -10,6 +10,7 @@
         "native/bind_adamw.cc",
         "native/cpu/adamw.cc",
         "native/cpu/attention.cc",
+        "native/cpu/copy_rows.cc",
         "native/cpu/embedding.cc",
         "native/cpu/lora.cc",
         "native/cpu/matmul.cc",

@@ -1,5 +1,5 @@
 // Bindings for the model kernel families (embedding, rmsnorm, rope, attention, swiglu,
-// residual, xent). JS names are the ModelKernels method names (src/ops/model_kernels.ts);
+// residual, xent, copy_rows). JS names are the ModelKernels method names (src/ops/model_kernels.ts);
 // arguments are (outputs..., inputs..., dtype codes, dims, flags):
 //   embedding(y, ids, E, edtype, T, V, H)
 //   embeddingGrad(dE, dy, order, segStart, segIds, G, T, V, H, accumulate)
@@ -15,6 +15,7 @@
 //   logSoftmax(out, logits, T, V)
 //   xent(losses, lse, logits, targets, mask, T, V)
 //   xentGrad(dlogits, logits, lse, targets, mask, scale, T, V)
+//   copyRows(dst, src, dstRows, srcRows, dtype, N, W)                    dst may be src
 // Every buffer's byte size is checked against the dims before any kernel runs, and all
 // buffers of a call must live on one device. The CPU kernels also check index contents
 // (ids, grouping, layout, targets) before writing, so bad indices throw instead of reading
@@ -384,6 +385,28 @@ Napi::Value XentGrad(const Napi::CallbackInfo& info) {
   });
 }
 
+// ---------------------------------------------------------------------------- copy_rows
+
+// The rows of dst and src are what their buffers hold (whole rows of W elements); the CPU
+// kernel checks every index against them, the CUDA kernel skips any outside them.
+Napi::Value CopyRows(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    int dt = dim_arg(info, 4, "dtype", 0, 3);
+    int N = dim_arg(info, 5, "N", 0), W = dim_arg(info, 6, "W", 1);
+    const size_t row = size_t(W) * dtype_size(to_dtype(dt));
+    auto* dst = buffer_arg(info, 0, "dst", row);
+    auto* src = buffer_arg(info, 1, "src", row);
+    auto* dstRows = buffer_arg(info, 2, "dstRows", size_t(N) * f4);
+    auto* srcRows = buffer_arg(info, 3, "srcRows", size_t(N) * f4);
+    const int64_t Rd = int64_t(dst->bytes / row), Rs = int64_t(src->bytes / row);
+    if (same_device({dst, src, dstRows, srcRows}) == Device::CPU)
+      cpu::copy_rows(dst->ptr, src->ptr, I(dstRows), I(srcRows), dt, N, W, Rd, Rs);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_copy_rows(dst->ptr, src->ptr, I(dstRows), I(srcRows), dt, N, W, Rd, Rs, nullptr), "copyRows");
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void register_model(Napi::Env env, Napi::Object exports) {
@@ -400,6 +423,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports.Set("logSoftmax", Napi::Function::New(env, LogSoftmax));
   exports.Set("xent", Napi::Function::New(env, Xent));
   exports.Set("xentGrad", Napi::Function::New(env, XentGrad));
+  exports.Set("copyRows", Napi::Function::New(env, CopyRows));
 }
 
 }  // namespace mote

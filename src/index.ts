@@ -12,6 +12,7 @@ export {
 } from './ops/lora.js';
 export { MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads } from './ops/multi_lora_linear.js';
 export { embedding, embeddingGrad } from './ops/embedding.js';
+export { copyRows, rowMap, RowMap, type CopyRowsDims, type CopyRowsKernels } from './ops/copy_rows.js';
 export { rmsnorm, rmsnormGrad } from './ops/rmsnorm.js';
 export { rope, ropeGrad } from './ops/rope.js';
 export { attention, attentionGrad, attentionLayout, AttentionLayout, type AttentionLayoutInit } from './ops/attention.js';

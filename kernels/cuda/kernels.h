@@ -59,6 +59,13 @@ int mote_cuda_xent(float* losses, float* lse, const float* logits, const int* ta
 int mote_cuda_xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask, float scale,
                         int T, int V, void* stream);
 
+/* copy_rows family (kernels/cuda/copy_rows.cu); contract in src/ops/copy_rows.ts. dst[dst_rows[i], :] =
+ * src[src_rows[i], :] for i < N, rows of W elements of dtype (MOTE_F32/F16/BF16/I32), bits copied as
+ * they are. Rd / Rs: rows of dst / src (an index outside them is skipped; the host checks them).
+ * dst may be src when no row is both read and written. */
+int mote_cuda_copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_rows, int dtype, int N, int W, int64_t Rd,
+                        int64_t Rs, void* stream);
+
 /* adamw family (kernels/cuda/adamw.cu); contracts in src/ops/adamw.ts. p, m, v in place, g read;
  * c1 = 1 − β1, c2 = 1 − β2, decay = 1 − lr·wd, bc1/bc2 = 1 − β^t computed on the host in double. sum_squares: out[0] = Σ g², two fixed-order
  * passes (no atomics, bit-identical reruns); its partials live in a per-device scratch array of

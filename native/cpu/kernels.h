@@ -61,6 +61,13 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, fl
 // adamw.cc: out[0] = Σ g², fixed-order (thread-count independent) double accumulation.
 void sum_squares(float* out, const float* g, int64_t n);
 
+// copy_rows.cc: dst[dst_rows[i], :] = src[src_rows[i], :] for i < N, rows of W elements of dtype
+// (0 f32, 1 f16, 2 bf16, 3 i32; bits copied as they are). Rd / Rs: rows of dst / src; indices are
+// checked against them first (throws std::out_of_range). dst may be src when no row is both read
+// and written.
+void copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_rows, int dtype, int N, int W, int64_t Rd,
+               int64_t Rs);
+
 // Streams src to dst (the copy-bandwidth ceiling used by the benchmarks).
 void copy(float* dst, const float* src, int64_t n);
 

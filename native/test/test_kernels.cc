@@ -850,6 +850,79 @@ void test_embedding_grad(int T, int V, int H, int distinct, bool acc, Rng& rng) 
       CUDA_FN(return mote_cuda_embedding_grad(F(p, dE), F(p, idy), I(p, io), I(p, is), I(p, ii), G, T, V, H, acc, nullptr);));
 }
 
+// -- copy_rows: raw bits, so every check is exact (memcmp), not a tolerance
+
+// N pairs; dst rows distinct (a shuffled subset), src rows random (repeats allowed). In place:
+// dst = src, rows [0, N) written from rows [N, Rd) (no row both read and written). off: both base
+// pointers moved by `off` elements, so the CUDA launcher picks narrower units (16/8/4/2 bytes).
+void test_copy_rows(int N, int W, int Rd, int Rs, int dt, bool inplace, int off, Rng& rng) {
+  const size_t es = (dt == 1 || dt == 2) ? 2 : 4, row = size_t(W) * es, pad = size_t(off) * es;
+  if (inplace) Rs = Rd;
+  std::vector<int> dr(inplace ? N : Rd), sr(N);
+  for (size_t i = 0; i < dr.size(); i++) dr[i] = int(i);
+  std::shuffle(dr.begin(), dr.end(), rng.g);
+  dr.resize(N);
+  for (auto& s : sr) s = inplace ? rng.integer(N, Rd - 1) : rng.integer(0, Rs - 1);
+  auto bytes = [&](size_t n) {
+    std::vector<uint8_t> v(n);
+    for (auto& b : v) b = uint8_t(rng.integer(0, 255));
+    return v;
+  };
+  const std::vector<uint8_t> dst0 = bytes(pad + size_t(Rd) * row), src0 = inplace ? dst0 : bytes(pad + size_t(Rs) * row);
+  std::vector<uint8_t> want = dst0;
+  for (int i = 0; i < N; i++) std::memcpy(want.data() + pad + size_t(dr[i]) * row, src0.data() + pad + size_t(sr[i]) * row, row);
+  const std::string desc = fmt("%-16s N=%d W=%d Rd=%d Rs=%d %s%s off=%d", "copy_rows", N, W, Rd, Rs, dt == 3 ? "i32" : dtype_name(dt),
+                               inplace ? " in-place" : "", off);
+  try {
+    std::vector<uint8_t> d = dst0, s = src0;
+    void* dp = d.data() + pad;
+    mote::cpu::copy_rows(dp, inplace ? dp : static_cast<void*>(s.data() + pad), dr.data(), sr.data(), dt, N, W, Rd, Rs);
+    report(fmt("cpu  %s  exact=%s", desc.c_str(), d == want ? "yes" : "NO"), d == want);
+  } catch (const std::exception& ex) {
+    report(fmt("cpu  %s  threw: %s", desc.c_str(), ex.what()), false);
+  }
+#ifdef MOTE_HAVE_CUDA
+  if (!g_cuda) return;
+  try {
+    Dev dd(dst0.size()), ds = dev_of(src0), idr = dev_of(dr), isr = dev_of(sr);
+    std::vector<uint8_t> runs[2];
+    for (int run = 0; run < 2; run++) {
+      dd.put(dst0.data(), dst0.size());
+      uint8_t* dp = dd.as<uint8_t>() + pad;
+      const void* sp = inplace ? static_cast<const void*>(dp) : static_cast<const void*>(ds.as<uint8_t>() + pad);
+      launch_check(mote_cuda_copy_rows(dp, sp, idr.as<int>(), isr.as<int>(), dt, N, W, Rd, Rs, nullptr), "copy_rows");
+      runs[run].resize(dst0.size());
+      dd.get(runs[run].data(), runs[run].size());
+    }
+    const bool ok = runs[0] == want && runs[1] == want;
+    report(fmt("cuda %s  exact=%s bitwise_rerun=%s", desc.c_str(), runs[0] == want ? "yes" : "NO", runs[0] == runs[1] ? "yes" : "NO"), ok);
+  } catch (const std::exception& ex) {
+    report(fmt("cuda %s  threw: %s", desc.c_str(), ex.what()), false);
+  }
+#endif
+}
+
+// A bad index throws before anything is written.
+void test_copy_rows_bad() {
+  std::vector<float> dst(12, 1.f), src(12, 2.f);
+  const int dr[] = {0, 3}, sr_bad[] = {0, 4}, dr_bad[] = {1, -1}, sr[] = {0, 1};
+  bool threw_src = false, threw_dst = false;
+  try {
+    mote::cpu::copy_rows(dst.data(), src.data(), dr, sr_bad, 0, 2, 3, 4, 4);
+  } catch (const std::out_of_range&) {
+    threw_src = true;
+  }
+  try {
+    mote::cpu::copy_rows(dst.data(), src.data(), dr_bad, sr, 0, 2, 3, 4, 4);
+  } catch (const std::out_of_range&) {
+    threw_dst = true;
+  }
+  const bool untouched = std::all_of(dst.begin(), dst.end(), [](float v) { return v == 1.f; });
+  report(fmt("cpu  %-16s bad indices throw std::out_of_range (src=%s dst=%s), dst untouched=%s", "copy_rows", threw_src ? "yes" : "NO",
+             threw_dst ? "yes" : "NO", untouched ? "yes" : "NO"),
+         threw_src && threw_dst && untouched);
+}
+
 // -- rmsnorm
 
 void test_rmsnorm(int T, int H, int dt, Rng& rng) {
@@ -1375,6 +1448,12 @@ void test_model_families(Rng& rng) {
   const int emg[][4] = {{1, 3, 1, 3}, {37, 11, 130, 11}, {64, 1000, 64, 1000}, {500, 700, 33, 7}, {3, 5, 300, 1}};
   for (const auto& s : emg)
     for (int acc = 0; acc < 2; acc++) test_embedding_grad(s[0], s[1], s[2], s[3], acc, rng);
+  // copy_rows: {N, W, Rd, Rs, dtype (0 f32, 1 f16, 2 bf16, 3 i32), in place, element offset}
+  const int cr[][7] = {{1, 1, 1, 1, 0, 0, 0},       {8, 1, 9, 5, 1, 0, 0},        {13, 37, 20, 16, 2, 0, 0},   {64, 1024, 200, 64, 0, 0, 0},
+                       {64, 1024, 200, 64, 2, 0, 1}, {30, 2053, 31, 40, 1, 0, 0}, {131, 6, 131, 131, 3, 0, 0}, {17, 33, 50, 7, 0, 0, 1},
+                       {5, 37, 12, 0, 1, 1, 0},      {6, 10, 12, 0, 0, 1, 0},     {64, 1024, 129, 0, 0, 1, 0}, {1000, 4, 3000, 10, 2, 0, 3}};
+  for (const auto& c : cr) test_copy_rows(c[0], c[1], c[2], c[3], c[4], c[5] != 0, c[6], rng);
+  test_copy_rows_bad();
   // rmsnorm: {T, H, w dtype}
   const int rms[][3] = {{1, 1, 0}, {3, 7, 1}, {37, 130, 2}, {64, 4096, 0}, {130, 97, 1}, {5, 8192, 2}};
   for (const auto& s : rms) test_rmsnorm(s[0], s[1], s[2], rng);
@@ -1488,7 +1567,7 @@ int main(int argc, char** argv) {
       test_lora(c, rng);
     }
 
-    // model kernel families: embedding, rmsnorm, rope, attention, swiglu, residual, xent
+    // model kernel families: embedding, copy_rows, rmsnorm, rope, attention, swiglu, residual, xent
     test_model_families(rng);
   } catch (const std::exception& ex) {
     std::printf("unexpected error: %s\n", ex.what());

@@ -14,6 +14,7 @@ import type { RopeDims } from '../ops/rope.js';
 import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
 import type { XentDims } from '../ops/xent.js';
 import type { AdamwScalars } from '../ops/adamw.js';
+import type { CopyRowsDims } from '../ops/copy_rows.js';
 import type { Backend, BackendInfo } from './backend.js';
 
 /** The addon's exports (see native/addon.cc and native/bind_*.cc). */
@@ -55,6 +56,8 @@ export interface Addon {
   // adamw family (native/bind_adamw.cc)
   adamw(p: object, g: object, m: object, v: object, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number, gradScale: number): void;
   sumSquares(out: object, g: object, n: number): void;
+  // copy_rows family (native/bind_model.cc)
+  copyRows(dst: object, src: object, dstRows: object, srcRows: object, dtype: number, N: number, W: number): void;
   [k: string]: unknown;
 }
 
@@ -300,6 +303,9 @@ export class NativeBackend implements Backend {
   }
   sumSquares(out: Tensor, g: Tensor, n: number): void {
     nativeCall('sumSquares', () => this.addon.sumSquares(st(out), st(g), n));
+  }
+  copyRows(dst: Tensor, src: Tensor, dstRows: Tensor, srcRows: Tensor, d: CopyRowsDims): void {
+    nativeCall('copyRows', () => this.addon.copyRows(st(dst), st(src), st(dstRows), st(srcRows), DTYPE_CODE[dst.dtype], d.N, d.W));
   }
 }
 

@@ -12,6 +12,7 @@ import type { RopeDims } from '../ops/rope.js';
 import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
 import type { XentDims } from '../ops/xent.js';
 import type { AdamwScalars } from '../ops/adamw.js';
+import type { CopyRowsDims } from '../ops/copy_rows.js';
 import type { Backend, BackendInfo } from './backend.js';
 import { specialise } from './wgsl.js';
 
@@ -621,6 +622,22 @@ export class WebGPUBackend implements Backend {
     this.#run('adamw', 'partial', [part, gb!], [n, B, 0, 0], [B, 1, 1]);
     this.#run('adamw', 'finish', [out.storage as GPUBuffer, part], [n, B, 0, 0], [1, 1, 1]);
     this.#endTemps();
+  }
+
+  /**
+   * kernels/wgsl/copy_rows.wgsl on u32 words: copy32 when a row is whole words (4-byte dtypes,
+   * or 16-bit ones with even W), copy16 (atomic half-word merges at row edges) otherwise; the
+   * _self entries read from dst when dst and src share storage (a buffer bound writable may
+   * not be bound a second time; the op has checked that no row is both read and written).
+   */
+  copyRows(dst: Tensor, src: Tensor, dstRows: Tensor, srcRows: Tensor, d: CopyRowsDims): void {
+    const half = dst.dtype === 'f16' || dst.dtype === 'bf16';
+    const odd = half && d.W % 2 === 1;
+    const U = !half ? d.W : odd ? (d.W + 1) / 2 : d.W / 2; // words a row spans
+    const self = dst.storage === src.storage;
+    const bufs = [dst.storage as GPUBuffer, dstRows.storage as GPUBuffer, srcRows.storage as GPUBuffer];
+    if (!self) bufs.push(src.storage as GPUBuffer);
+    this.#run('copy_rows', `${odd ? 'copy16' : 'copy32'}${self ? '_self' : ''}`, bufs, [d.N, d.W, U, 0], this.#grid(Math.ceil(U / 256), d.N));
   }
 
   /**

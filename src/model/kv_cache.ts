@@ -9,25 +9,22 @@
 // are below it) sees them. When an append does not fit, capacity grows (at least doubling),
 // so re-layouts cost amortised O(1) per token.
 //
-// Device-side only, no host round trip. There is no copy or scatter kernel yet, so:
-//   * append scatters the new rows into the zero slots with one matmul by a 0/1 selection
-//     matrix S [capacity, N] (matmulGradInput with accumulate: cache += S·new). Every term is
-//     an exact 0·x or 1·x added to 0, so the copy is bit-exact; it costs capacity·N·row
-//     multiply-adds and a capacity·N·4-byte upload once per forward (shared by all layers).
-//     For decode (N small) that is as cheap as attention itself; for a long prefill into an
-//     empty cache S is N² floats (fine below a few thousand tokens).
-//   * growth, compaction (drop) and rollback gather rows with the embedding kernel (an f32
-//     "embedding table" is a row gather); the last slot is never used, so it is always a
-//     zero row to gather the empty slots from.
-// A dedicated copy-rows kernel would replace both; the interface here would not change.
+// Device-side only, no host round trip: every re-layout is a row copy (src/ops/copy_rows.ts).
+//   * append copies the N new key/value rows of a layer into slots [start, start + N): one
+//     copyRows per tensor, N·row floats moved. The row pairs are uploaded once per forward (a
+//     RowMap of 2·N ints, shared by every layer).
+//   * growth copies the used slots into fresh zero tensors of the larger capacity; drop
+//     (compaction) copies the kept slots, in order, into fresh zero tensors of the same
+//     capacity; both use one RowMap for all layers.
+//   * rollback (abort) copies the always-empty last slot over the slots the failed forward
+//     wrote, in place, on the layers it touched: the cache is as it was, zeros included.
 //
 // Views: `tensorView` is Tensor.reshape with the cache's argument checks.
 
 import { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
 import { ArgumentError, DisposedTensorError, ShapeError, describe } from '../errors.js';
-import { embedding } from '../ops/embedding.js';
-import { matmulGradInput } from '../ops/matmul.js';
+import { copyRows, rowMap, type RowMap } from '../ops/copy_rows.js';
 import { attentionLayout, type AttentionLayout } from '../ops/attention.js';
 
 /** Position given to unused cache slots: no query position reaches it. */
@@ -74,7 +71,7 @@ export interface KvSegments {
 
 /**
  * One forward's append, between KvCache.begin and commit/abort: the attention layout of the
- * new tokens against every slot and the selection matrix that scatters their rows.
+ * new tokens against every slot and the row pairs that copy them into their slots.
  * @internal used by LlamaModel.forward.
  */
 export interface KvAppend {
@@ -85,8 +82,8 @@ export interface KvAppend {
   readonly start: number;
   /** Queries: the new tokens; keys: every slot (capacity). */
   readonly layout: AttentionLayout;
-  /** f32 [capacity, N], S[start + n, n] = 1. */
-  readonly scatter: Tensor;
+  /** Row n of a layer's new keys/values goes to slot start + n. */
+  readonly rows: RowMap;
   readonly seq: Int32Array;
   readonly pos: Int32Array;
   readonly segment: Int32Array | null;
@@ -220,22 +217,23 @@ export class KvCache {
 
   /**
    * Rebuilds every layer with `cap` slots: slot i takes old slot src[i] (i < src.length),
-   * every other slot is zero (gathered from the old last slot, which is always zero).
+   * every other slot is zero (fresh zero tensors, then one row copy per tensor).
    */
   #relayout(src: ArrayLike<number>, cap: number): void {
     const made: Tensor[] = [];
+    let map: RowMap | null = null;
     try {
-      if (this.#cap === 0 || src.length === 0) {
-        for (let l = 0; l < 2 * this.numLayers; l++) made.push(this.backend.zeros([cap, this.row]));
-      } else {
-        const zero = this.#cap - 1;
-        const ids = new Int32Array(cap).fill(zero);
-        for (let i = 0; i < src.length; i++) ids[i] = src[i]!;
-        for (const t of [...this.#k2, ...this.#v2]) made.push(embedding(t, ids));
+      for (let l = 0; l < 2 * this.numLayers; l++) made.push(this.backend.zeros([cap, this.row]));
+      if (this.#cap > 0 && src.length > 0) {
+        map = rowMap(this.backend, Int32Array.from({ length: src.length }, (_, i) => i), src);
+        const old = [...this.#k2, ...this.#v2];
+        old.forEach((t, i) => copyRows(made[i]!, t, map!));
       }
     } catch (e) {
       for (const t of made) t.dispose();
       throw e;
+    } finally {
+      map?.dispose();
     }
     this.#install(made.slice(0, this.numLayers), made.slice(this.numLayers), cap);
   }
@@ -285,11 +283,9 @@ export class KvCache {
       segInit = { numSegments: S, qSegment: segments.segment, kSegment: kSeg, blocked };
     }
     const layout = attentionLayout(this.backend, { qSeq: seq, qPos: pos, kSeq, kPos, ...(segInit ? { segments: segInit } : {}) });
-    let scatter: Tensor | undefined;
+    let rows: RowMap | undefined;
     try {
-      const S = new Float32Array(cap * N);
-      for (let n = 0; n < N; n++) S[(start + n) * N + n] = 1;
-      scatter = this.backend.tensor(S, [cap, N], 'f32');
+      rows = rowMap(this.backend, Int32Array.from({ length: N }, (_, n) => start + n), Int32Array.from({ length: N }, (_, n) => n));
       if (cap !== this.#cap) {
         const keep = Int32Array.from({ length: start }, (_, i) => i);
         this.#relayout(keep, cap);
@@ -297,10 +293,10 @@ export class KvCache {
       }
     } catch (e) {
       layout.dispose();
-      scatter?.dispose();
+      rows?.dispose();
       throw e;
     }
-    const plan: KvAppend = { cache: this, N, start, layout, scatter, seq: seq.slice(), pos: pos.slice(), segment: segments ? segments.segment.slice() : null, touched: new Set() };
+    const plan: KvAppend = { cache: this, N, start, layout, rows, seq: seq.slice(), pos: pos.slice(), segment: segments ? segments.segment.slice() : null, touched: new Set() };
     this.#pending = plan;
     return plan;
   }
@@ -318,9 +314,14 @@ export class KvCache {
     this.#check('append', plan);
     if (!Number.isSafeInteger(layer) || layer < 0 || layer >= this.numLayers) throw new ArgumentError(`KvCache.append: layer: expected an integer in [0, ${this.numLayers - 1}], got ${describe(layer)}`);
     if (plan.touched.has(layer)) throw new ArgumentError(`KvCache.append: layer ${layer} was already appended in this forward`);
+    for (const [name, t] of [['k', k], ['v', v]] as const) {
+      if (t instanceof Tensor && (t.shape[0] !== plan.N || t.size !== plan.N * this.row)) {
+        throw new ShapeError(`KvCache.append: ${name}: expected [${plan.N}, ${this.row}] (one row of numKvHeads·headDim per new token), got [${t.shape.join(', ')}]`);
+      }
+    }
     plan.touched.add(layer);
-    matmulGradInput(plan.scatter, k, { out: this.#k2[layer]!, accumulate: true });
-    matmulGradInput(plan.scatter, v, { out: this.#v2[layer]!, accumulate: true });
+    copyRows(this.#k2[layer]!, k, plan.rows);
+    copyRows(this.#v2[layer]!, v, plan.rows);
   }
 
   /** Makes the pending append part of the cache. @internal */
@@ -337,16 +338,25 @@ export class KvCache {
   /** Forgets the pending append: slots it wrote are cleared again. @internal */
   abort(plan: KvAppend): void {
     if (plan !== this.#pending) return;
+    let zero: RowMap | null = null;
     try {
-      if (!this.disposed && plan.touched.size > 0) this.#relayout(Int32Array.from({ length: this.#used }, (_, i) => i), this.#cap);
+      if (!this.disposed && plan.touched.size > 0) {
+        // the last slot is never used: copy its zeros over the slots this forward wrote
+        zero = rowMap(this.backend, Int32Array.from({ length: plan.N }, (_, n) => plan.start + n), new Int32Array(plan.N).fill(this.#cap - 1));
+        for (const l of plan.touched) {
+          copyRows(this.#k2[l]!, this.#k2[l]!, zero);
+          copyRows(this.#v2[l]!, this.#v2[l]!, zero);
+        }
+      }
     } finally {
+      zero?.dispose();
       this.#finish(plan);
     }
   }
 
   #finish(plan: KvAppend): void {
     plan.layout.dispose();
-    plan.scatter.dispose();
+    plan.rows.dispose();
     this.#pending = null;
   }
 
@@ -377,7 +387,7 @@ export class KvCache {
   /** Frees the device memory. Safe to call twice. */
   dispose(): void {
     if (this.#disposed) return;
-    if (this.#pending) { this.#pending.layout.dispose(); this.#pending.scatter.dispose(); this.#pending = null; }
+    if (this.#pending) { this.#pending.layout.dispose(); this.#pending.rows.dispose(); this.#pending = null; }
     this.#release();
     this.#used = 0;
     this.#disposed = true;

@@ -10,3 +10,4 @@ export * from './residual.js';
 export * from './llama.js';
 export * from './adamw.js';
 export * from './llama_grad.js';
+export * from './copy_rows.js';
