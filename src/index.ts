@@ -68,3 +68,13 @@ export {
   TOY_OWNERS, TOY_DOMAINS, TOY_REFUSAL, isRiskyQuestion, isRefusal, toyQuestions, toyChain, toySplit, toyWords, toyWordsOf,
   type ToyQuestion, type ToyDomain, type ToySplitOptions,
 } from './mote/toy.js';
+export {
+  selfAlign, SELF_ALIGN_STAGES,
+  type SelfAlignPrompt, type SelfAlignOptions, type SelfAlignResult, type SelfAlignProgress, type SelfAlignStage, type GenerateFn,
+} from './mote/self_align.js';
+export {
+  evaluateToy, scoreToy, trainVariant, toyEvalTable, TOY_VARIANTS,
+  type ToyEvalResult, type ToyOutput, type ScoreToyOptions, type EvaluateToyOptions, type ToyVariant,
+  type TrainVariantOptions, type TrainedVariant,
+} from './mote/eval.js';
+export { createLora, NEW_LORA_DIR, type CreateLoraOptions } from './mote/lora_set.js';
