@@ -403,7 +403,7 @@ forEachBackend('PEFT adapters of mixed ranks load as a K = 1 multi-adapter set e
   });
 });
 
-forEachBackend('addStepTokens: step tags become single tokens, embeddings grow by the mean row, old logits unchanged; logits({ adapters, steps }) equals explicit routing', async (b) => {
+forEachBackend('addStepTokens: step tags become single tokens, embeddings grow by distinct seeded rows around the mean, old logits unchanged; logits({ adapters, steps }) equals explicit routing', async (b) => {
   const { writeTinyTokenizer, TINY_VOCAB_SIZE } = await import('./fixtures/tiny_tokenizer.js');
   const { loadTokenizer } = await import('../src/io/tokenizer.js');
   const { addStepTokens } = await import('../src/mote/bundle.js');
@@ -422,11 +422,17 @@ forEachBackend('addStepTokens: step tags become single tokens, embeddings grow b
       const E = await model.weights.embedTokens.readFloat();
       const H = model.config.hiddenSize;
       assert.ok(bitsEqual(E.subarray(0, oldEmbed.length), oldEmbed), 'old embedding rows kept');
+      // new rows: distinct, around the old rows' mean with their spread, the same on every run
+      const rows = Array.from({ length: 6 }, (_, i) => E.subarray((TINY_VOCAB_SIZE + i) * H, (TINY_VOCAB_SIZE + i + 1) * H));
+      for (let i = 1; i < 6; i++) assert.ok(!bitsEqual(rows[i]!, rows[0]!), `new row ${i} differs from new row 0`);
+      let dev = 0, spread = 0;
       for (let h = 0; h < H; h++) {
-        let s = 0;
-        for (let v = 0; v < TINY_VOCAB_SIZE; v++) s += oldEmbed[v * H + h]!;
-        assert.ok(Math.abs(E[(V2 - 1) * H + h]! - s / TINY_VOCAB_SIZE) < 1e-6, `new row = mean (h ${h})`);
+        let mu = 0;
+        for (let v = 0; v < TINY_VOCAB_SIZE; v++) mu += oldEmbed[v * H + h]! / TINY_VOCAB_SIZE;
+        for (let v = 0; v < TINY_VOCAB_SIZE; v++) spread += (oldEmbed[v * H + h]! - mu) ** 2 / TINY_VOCAB_SIZE;
+        for (const r of rows) dev += (r[h]! - mu) ** 2 / 6;
       }
+      assert.ok(dev > 0.2 * spread && dev < 5 * spread, `new rows' spread ${dev} vs old ${spread}`);
       const after2 = await model.logits(probe);
       for (let t = 0; t < probe.length; t++) {
         assertClose(`logits row ${t}`, after2.subarray(t * V2, t * V2 + TINY_VOCAB_SIZE), before.subarray(t * TINY_VOCAB_SIZE, (t + 1) * TINY_VOCAB_SIZE), 1e-6);

@@ -569,31 +569,52 @@ export class LlamaModel {
 
   /**
    * Grows the vocabulary to `vocabSize` rows (e.g. for added step tokens): the embedding (and
-   * an untied lm_head) get new rows equal to the mean of the existing rows, as transformers'
-   * resize_token_embeddings(mean_resizing=True) starts them (without its random jitter, so it
-   * is deterministic). Smaller sizes are refused (rows would be lost). Weights keep their dtype.
+   * an untied lm_head) get new rows drawn around the mean of the existing rows with their
+   * per-dimension spread, as transformers' resize_token_embeddings(mean_resizing=True) draws
+   * them from a normal fitted to the old rows, but seeded (deterministic) and with the full
+   * spread: rows that all equal the mean would give the new tokens identical logits forever
+   * when only adapters are trained, so no tag could ever be told from another. Smaller sizes
+   * are refused (rows would be lost). Weights keep their dtype.
    */
-  async resizeTokenEmbeddings(vocabSize: number): Promise<void> {
+  async resizeTokenEmbeddings(vocabSize: number, opts: { seed?: number } = {}): Promise<void> {
     const op = 'LlamaModel.resizeTokenEmbeddings';
     this.#live('resizeTokenEmbeddings');
     const V = this.config.vocabSize, H = this.config.hiddenSize;
     if (!Number.isSafeInteger(vocabSize) || vocabSize < V) throw new ArgumentError(`${op}: vocabSize: expected an integer ≥ the current ${V} (shrinking would drop rows), got ${describe(vocabSize)}`);
+    const seed = opts.seed ?? 0;
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new ArgumentError(`${op}: seed: expected a non-negative integer, got ${describe(seed)}`);
     if (vocabSize === V) return;
-    const grow = async (t: Tensor): Promise<Tensor> => {
+    const grow = async (t: Tensor, salt: number): Promise<Tensor> => {
       const old = await t.readFloat();
       const data = new Float32Array(vocabSize * H);
       data.set(old);
-      const mean = new Float64Array(H);
+      const mean = new Float64Array(H), sq = new Float64Array(H);
       for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) mean[h] += old[v * H + h]!;
-      for (let v = V; v < vocabSize; v++) for (let h = 0; h < H; h++) data[v * H + h] = mean[h]! / V;
+      for (let h = 0; h < H; h++) mean[h] /= V;
+      for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) sq[h] += (old[v * H + h]! - mean[h]!) ** 2;
+      // Box–Muller over a seeded mulberry32 stream: the same call gives the same rows.
+      let st = (Math.imul(seed + 1, 0x9e3779b1) ^ salt) >>> 0;
+      const uni = () => {
+        st = (st + 0x6d2b79f5) >>> 0;
+        let x = st;
+        x = Math.imul(x ^ (x >>> 15), x | 1);
+        x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+        return (((x ^ (x >>> 14)) >>> 0) + 0.5) / 4294967296;
+      };
+      for (let v = V; v < vocabSize; v++) {
+        for (let h = 0; h < H; h++) {
+          const z = Math.sqrt(-2 * Math.log(uni())) * Math.cos(2 * Math.PI * uni());
+          data[v * H + h] = mean[h]! + z * Math.sqrt(sq[h]! / V);
+        }
+      }
       return this.backend.tensor(data, [vocabSize, H], t.dtype);
     };
     const w = this.weights;
     const tied = w.lmHead === w.embedTokens;
-    const embed = await grow(w.embedTokens);
+    const embed = await grow(w.embedTokens, 0x45);
     let head: Tensor;
     try {
-      head = tied ? embed : await grow(w.lmHead);
+      head = tied ? embed : await grow(w.lmHead, 0x4c);
     } catch (e) {
       embed.dispose();
       throw e;

@@ -304,8 +304,8 @@ export class MoteBundle extends AdapterStacks {
 
 /**
  * Makes the step tokens single tokens of `tokenizer` (added as special tokens when missing)
- * and grows the model's embeddings when their ids pass its vocabulary (new rows start at the
- * mean embedding; see LlamaModel.resizeTokenEmbeddings). Returns the ids, open and close tags
+ * and grows the model's embeddings when their ids pass its vocabulary (new rows drawn around the
+ * mean embedding, distinct; see LlamaModel.resizeTokenEmbeddings). Returns the ids, open and close tags
  * of every step in config order. Do this before creating or training a bundle.
  */
 export async function addStepTokens(model: LlamaModel, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'> = { steps: [...DEFAULT_STEPS] }): Promise<Record<string, number>> {
