@@ -9,6 +9,7 @@ import { roundTo, type DType } from '../dtype.js';
 import { trainCommand } from './train.js';
 import { generateCommand } from './generate.js';
 import { exportCommand, benchCommand } from './export.js';
+import { evalCommand, selfAlignCommand } from './align.js';
 
 function fmtBytes(n: number | undefined): string {
   if (!n) return '';
@@ -93,6 +94,21 @@ program.command('generate').description('step-routed generation: each step label
   .option('--max-new-tokens <n>', 'tokens per sequence', '128').option('--temperature <t>', '0 = greedy', '0').option('--top-k <k>').option('--top-p <p>')
   .option('--seed <n>', 'sampling seed', '0').option('--skip <steps>', 'steps to skip, comma-separated').option('--stop-after <step>', 'end after this step')
   .option('--json', 'one JSON line per prompt').action(generateCommand);
+
+program.command('selfalign').description('the model writes its own AlignCoT chains, stage by stage, checking its answers (resumable JSONL)')
+  .requiredOption('--prompts <file>', 'prompts: JSONL, HH-RLHF transcripts or text lines').requiredOption('-o, --out <file>', 'chains JSONL (appended; prompts already in it are skipped)')
+  .option('-m, --model <dir>', 'HF model directory (default: the bundled tiny model)').option('--mote <dir>', 'route each stage through this bundle')
+  .addOption(backendOption())
+  .option('--batch <n>', 'prompts per batch', '16').option('--max-new-tokens <n>', 'tokens per stage', '96').option('--temperature <t>', '0 = greedy', '0')
+  .option('--seed <n>', 'sampling seed', '0').option('--no-adaptive', 'always write every step (no draft answer first)')
+  .option('--json', 'JSON lines on stdout').action(selfAlignCommand);
+
+program.command('eval').description('toy evaluation: refusal on risky questions, compliance on benign ones, well-formed chains; base, LoRA, MoTE and ablations')
+  .option('-m, --model <dir>', 'HF model directory (default: the bundled tiny model)').addOption(backendOption())
+  .option('--variants <list>', `comma-separated, of ${'base,lora,mote,mote-no-shared,mote-no-skip'}`).option('--seeds <list>', 'seeds (each: its own questions, split and training)', '1,2')
+  .option('--questions <n>', 'toy questions per seed (a quarter held out)', '160').option('--steps <n>', 'training steps per variant', '120')
+  .option('--lr <x>', 'learning rate', '3e-3').option('--rank <r>', 'LoRA rank', '8').option('--p-skip <p>', 'step skipping of the MoTE variants', '0.3')
+  .option('--max-new-tokens <n>', 'tokens per answer', '64').option('--json', 'JSON lines on stdout').action(evalCommand);
 
 program.command('export').description('write every expert of a MoTE bundle (or a training checkpoint) as its own PEFT adapter folder')
   .requiredOption('--mote <dir>', 'a MoTE bundle, or a checkpoint directory (its adapters/)').requiredOption('-o, --out <dir>', 'output directory')

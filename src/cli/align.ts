@@ -1,0 +1,113 @@
+// `mote selfalign` (the model writes its own AlignCoT chains) and `mote eval` (the toy
+// evaluation: refusal on risky questions, compliance on benign ones, well-formed chains, for
+// the base model, one LoRA, MoTE and its ablations, over several seeds).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ArgumentError } from '../errors.js';
+import type { BackendRequest } from '../backend/backend.js';
+import { DEFAULT_MOTE_CONFIG, type MoteConfig } from '../mote/steps.js';
+import { MOTE_FILE, loadMote, parseMoteJson, type MoteBundle } from '../mote/bundle.js';
+import { readPrompts } from '../io/prompts.js';
+import { selfAlign } from '../mote/self_align.js';
+import { toyChain, toyQuestions, toySplit } from '../mote/toy.js';
+import { TOY_VARIANTS, evaluateToy, toyEvalTable, trainVariant, type ToyEvalResult, type ToyVariant } from '../mote/eval.js';
+import { intOpt, numOpt, openModel } from './common.js';
+import { progress } from './progress.js';
+
+export async function selfAlignCommand(o: {
+  prompts: string; out: string; model?: string; mote?: string; backend: BackendRequest; batch?: string; maxNewTokens?: string;
+  temperature?: string; seed?: string; adaptive?: boolean; json?: boolean;
+}): Promise<void> {
+  let config: MoteConfig = { ...DEFAULT_MOTE_CONFIG, steps: [...DEFAULT_MOTE_CONFIG.steps], targetModules: [...DEFAULT_MOTE_CONFIG.targetModules] };
+  if (o.mote) {
+    const f = path.join(o.mote, MOTE_FILE);
+    if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${o.mote} is not a MoTE bundle (no ${MOTE_FILE})`);
+    config = parseMoteJson(fs.readFileSync(f, 'utf8'), f).config;
+  }
+  const read = readPrompts(o.prompts);
+  const json = o.json ?? false;
+  const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
+  let bundle: MoteBundle | null = null;
+  try {
+    bundle = o.mote ? loadMote(o.mote, m.model) : null;
+    const p = progress('selfalign', read.prompts.length, { json });
+    for (const s of read.skipped) p.log(`warning: ${o.prompts}:${s.line}: skipped: ${s.reason}`);
+    const temperature = numOpt('temperature', o.temperature, 0, 100, 0);
+    const r = await selfAlign(m.model, m.tokenizer, read.prompts, {
+      output: o.out, adapters: bundle, batchSize: intOpt('batch', o.batch, 1, 16), maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 96),
+      seed: intOpt('seed', o.seed, 0, 0), adaptive: o.adaptive ?? true, source: path.basename(o.prompts),
+      ...(temperature > 0 ? { sampling: { temperature } } : {}),
+      onProgress: (q) => p.update(q.done, { written: q.written, dropped: q.dropped }),
+    });
+    p.stop();
+    const summary = { event: 'done', out: path.resolve(o.out), ...r, skippedLines: read.skipped.length, steps: config.steps };
+    if (json) process.stdout.write(JSON.stringify(summary) + '\n');
+    else {
+      process.stdout.write(`wrote ${r.written} chains to ${summary.out} (${r.adaptive} of adaptive length); ${r.skippedDone} prompts were already done` +
+        `${r.repaired ? '; a partial last line from an interrupted run was cut off' : ''}\n`);
+      for (const d of r.dropped) process.stdout.write(`  dropped ${d.count}: ${d.reason}\n`);
+    }
+  } finally {
+    bundle?.dispose();
+    m.close();
+  }
+}
+
+export interface EvalCliOptions {
+  model?: string; backend: BackendRequest; variants?: string; seeds?: string; questions?: string; steps?: string; lr?: string;
+  rank?: string; pSkip?: string; maxNewTokens?: string; json?: boolean;
+}
+
+/** Mean of the numeric rates of several seeds' results (counts summed). */
+function pool(results: ToyEvalResult[]): ToyEvalResult {
+  const sum = (f: (r: ToyEvalResult) => number | null) => results.reduce((a, r) => a + (f(r) ?? 0), 0);
+  const risky = sum((r) => r.risky), benign = sum((r) => r.benign), riskyRefused = sum((r) => r.riskyRefused), benignRefused = sum((r) => r.benignRefused);
+  const chain = results[0]!.mode === 'chain';
+  const wellFormed = chain ? sum((r) => r.wellFormed) : null;
+  const n = sum((r) => r.n);
+  return {
+    mode: results[0]!.mode, n, risky, benign, riskyRefused, benignRefused,
+    refusalRate: risky ? riskyRefused / risky : null, compliance: benign ? (benign - benignRefused) / benign : null,
+    overRefusal: benign ? benignRefused / benign : null, wellFormed, wellFormedRate: wellFormed === null ? null : wellFormed / n,
+    noAnswer: sum((r) => r.noAnswer), outputs: results.flatMap((r) => r.outputs),
+  };
+}
+
+export async function evalCommand(o: EvalCliOptions): Promise<void> {
+  const variants = (o.variants ?? TOY_VARIANTS.join(',')).split(',').map((s) => s.trim()) as ToyVariant[];
+  for (const v of variants) if (!(TOY_VARIANTS as readonly string[]).includes(v)) throw new ArgumentError(`--variants: unknown variant '${v}' (expected ${TOY_VARIANTS.join(', ')})`);
+  const seeds = (o.seeds ?? '1,2').split(',').map((s) => intOpt('seeds', s.trim(), 0, 0));
+  const nq = intOpt('questions', o.questions, 4, 160);
+  const steps = intOpt('steps', o.steps, 1, 120);
+  const json = o.json ?? false;
+  const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
+  try {
+    const perVariant = new Map<ToyVariant, ToyEvalResult[]>();
+    const p = progress('eval', variants.length * seeds.length, { json });
+    let done = 0;
+    for (const seed of seeds) {
+      const { train, heldOut } = toySplit(toyQuestions(nq, seed), { fraction: 0.25, seed });
+      const chains = train.map((q) => toyChain(q, { check: false }));
+      for (const kind of variants) {
+        const tv = await trainVariant(kind, m.model, m.tokenizer, chains, {
+          rank: intOpt('rank', o.rank, 1, 8), initSeed: seed,
+          train: { steps, lr: numOpt('lr', o.lr, 0, 10, 3e-3), warmupSteps: Math.min(5, steps - 1), batchTokens: 512, seed, pSkip: numOpt('p-skip', o.pSkip, 0, 1, 0.3) },
+        });
+        try {
+          const r = await evaluateToy(m.model, m.tokenizer, tv.adapters, heldOut, { maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 64), seed });
+          perVariant.set(kind, [...(perVariant.get(kind) ?? []), r]);
+          p.update(++done, { variant: kind, seed, loss: tv.losses.length ? tv.losses[tv.losses.length - 1]!.toFixed(3) : '-' });
+          if (json) process.stdout.write(JSON.stringify({ event: 'result', variant: kind, seed, refusalRate: r.refusalRate, compliance: r.compliance, wellFormedRate: r.wellFormedRate, finalLoss: tv.losses.at(-1) ?? null }) + '\n');
+        } finally {
+          tv.adapters?.dispose();
+        }
+      }
+    }
+    p.stop();
+    const rows = variants.map((v) => ({ name: v, result: pool(perVariant.get(v)!) }));
+    if (json) process.stdout.write(JSON.stringify({ event: 'done', seeds, questions: nq, steps, rows: rows.map((r) => ({ variant: r.name, refusalRate: r.result.refusalRate, compliance: r.result.compliance, wellFormedRate: r.result.wellFormedRate, n: r.result.n })) }) + '\n');
+    else process.stdout.write(`toy evaluation, seeds ${seeds.join(', ')}, ${nq} questions per seed (a quarter held out), ${steps} training steps per variant:\n\n${toyEvalTable(rows)}\n`);
+  } finally {
+    m.close();
+  }
+}
