@@ -78,3 +78,7 @@ export {
   type TrainVariantOptions, type TrainedVariant,
 } from './mote/eval.js';
 export { createLora, NEW_LORA_DIR, type CreateLoraOptions } from './mote/lora_set.js';
+export { saveModel, hfConfigJson } from './model/save.js';
+export {
+  DEFAULT_MODEL_DIR, loadDefaultModel, toyTokenizer, toyCorpus, pretrainDefaultModel, toyPrompt, toyPlainAnswer,
+} from './mote/default_model.js';
