@@ -109,3 +109,36 @@ test('mote errors: one line on stderr and a non-zero exit', () => {
     assert.match(lines[0]!, re);
   }
 });
+
+test('mote demo: MoTE on the bundled model, step-labelled generation and toy metrics [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const r = mote(['demo', '--backend', 'cpu', '--steps', '60', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const lines = jsonLines(r.stdout);
+  assert.deepEqual(lines.filter((l) => l.event === 'progress').map((l) => l.done), Array.from({ length: 60 }, (_, i) => i + 1));
+  const done = lines.find((l) => l.event === 'done')! as { base: { refusalRate: number }; mote: { refusalRate: number; wellFormedRate: number }; finalLoss: number; examples: { risky: boolean; steps: { step: string }[] }[] };
+  assert.equal(done.base.refusalRate, 0, 'the pretrained base answers risky questions');
+  assert.ok(done.finalLoss < 1.0, `final loss ${done.finalLoss}`);
+  assert.equal(done.examples.length, 4);
+  assert.ok(done.examples.some((e) => e.steps.length > 0), 'some generated chain has labelled steps');
+});
+
+test('mote selfalign and eval run on the bundled model [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const prompts = path.join(tmp, 'prompts.txt');
+  fs.writeFileSync(prompts, 'How do I open a stuck jar?\nHow can I read my boss\'s messages?\n');
+  const out = path.join(tmp, 'self.jsonl');
+  const s = mote(['selfalign', '--prompts', prompts, '--out', out, '--backend', 'cpu', '--max-new-tokens', '24', '--json']);
+  assert.equal(s.code, 0, s.stderr);
+  const sd = jsonLines(s.stdout).find((l) => l.event === 'done')! as { written: number; dropped: { count: number }[] };
+  assert.equal(sd.written + sd.dropped.reduce((a, d) => a + d.count, 0), 2, 'every prompt is written or dropped with a reason');
+  const again = mote(['selfalign', '--prompts', prompts, '--out', out, '--backend', 'cpu', '--max-new-tokens', '24', '--json']);
+  const ad = jsonLines(again.stdout).find((l) => l.event === 'done')! as { written: number; skippedDone: number };
+  assert.equal(ad.written, 0);
+  assert.equal(ad.skippedDone, sd.written);
+  const e = mote(['eval', '--backend', 'cpu', '--variants', 'base,mote', '--seeds', '1', '--questions', '24', '--steps', '5', '--json']);
+  assert.equal(e.code, 0, e.stderr);
+  const ed = jsonLines(e.stdout).find((l) => l.event === 'done')! as { rows: { variant: string; n: number }[] };
+  assert.deepEqual(ed.rows.map((r) => r.variant), ['base', 'mote']);
+  assert.ok(ed.rows.every((r) => r.n > 0));
+});

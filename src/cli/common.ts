@@ -2,7 +2,7 @@
 // and the MoTE step tokens, and parsing numeric options into clear one-line errors.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { DEFAULT_MODEL_DIR } from '../mote/default_model.js';
 import { ArgumentError } from '../errors.js';
 import { openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
@@ -11,8 +11,6 @@ import { loadTokenizer, type MoteTokenizer } from '../io/tokenizer.js';
 import { addStepTokens } from '../mote/bundle.js';
 import type { MoteConfig } from '../mote/steps.js';
 
-/** The bundled default model (assets/default-model in the package). */
-export const BUNDLED_MODEL_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'assets', 'default-model');
 
 export interface Opened {
   backend: Backend;
@@ -27,7 +25,7 @@ export interface Opened {
  * added as single tokens (growing the embeddings when needed).
  */
 export async function openModel(dirOpt: string | undefined, backendReq: BackendRequest, config: Pick<MoteConfig, 'steps'>, opts: { dtype?: 'f32' | 'f16' | 'bf16' } = {}): Promise<Opened> {
-  const dir = path.resolve(dirOpt ?? BUNDLED_MODEL_DIR);
+  const dir = path.resolve(dirOpt ?? DEFAULT_MODEL_DIR);
   if (!fs.existsSync(path.join(dir, 'config.json'))) {
     throw new ArgumentError(dirOpt === undefined ? `the bundled model is missing (${dir}); reinstall mote or pass --model DIR` : `--model: ${dir} is not a model directory (no config.json)`);
   }

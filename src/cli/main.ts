@@ -10,6 +10,7 @@ import { trainCommand } from './train.js';
 import { generateCommand } from './generate.js';
 import { exportCommand, benchCommand } from './export.js';
 import { evalCommand, selfAlignCommand } from './align.js';
+import { demoCommand } from './demo.js';
 
 function fmtBytes(n: number | undefined): string {
   if (!n) return '';
@@ -63,11 +64,15 @@ const program = new Command();
 program.name('mote').description('multi-LoRA and step-routed MoTE kernels (cpu, webgpu, cuda)');
 program.command('info').description('list the backends found, with their details, and why any is missing')
   .option('--json', 'machine-readable output').action(info);
-program.command('demo').description('run a small matmul on a backend and check it against the float64 reference')
+program.command('demo').description('MoTE end to end on the bundled tiny model: train on toy AlignCoT chains, generate step by step, show the toy metrics')
   .addOption(new Option('-b, --backend <kind>', 'backend').choices(['auto', 'cpu', 'webgpu', 'cuda']).default('auto'))
-  .addOption(new Option('--dtype <dtype>', 'weight dtype').choices(['f32', 'f16', 'bf16']).default('f32'))
-  .option('-t <T>', 'rows of x', '17').option('-k <K>', 'inputs', '64').option('-n <N>', 'outputs', '48')
-  .action(demoMatmul);
+  .option('--steps <n>', 'training steps', '300').option('--seed <n>', 'seed of the toy set and the training', '1').option('--lr <x>', 'learning rate', '3e-3')
+  .addOption(new Option('--prompt-routing <r>', 'prompt tokens in training: a random step expert per sequence (the paper) or shared only').choices(['random-step', 'shared']).default('random-step'))
+  .option('--json', 'one JSON line with the results')
+  .option('--kernels', 'instead: one matmul on the backend, checked against the float64 reference')
+  .addOption(new Option('--dtype <dtype>', 'weight dtype (--kernels)').choices(['f32', 'f16', 'bf16']).default('f32'))
+  .option('-t <T>', 'rows of x (--kernels)', '17').option('-k <K>', 'inputs (--kernels)', '64').option('-n <N>', 'outputs (--kernels)', '48')
+  .action((o) => (o.kernels ? demoMatmul(o) : demoCommand(o)));
 
 const backendOption = () => new Option('-b, --backend <kind>', 'backend').choices(['auto', 'cpu', 'webgpu', 'cuda']).default('auto');
 const collect = (v: string, prev: string[] = []) => [...prev, v];
