@@ -142,3 +142,15 @@ test('mote selfalign and eval run on the bundled model [cpu]', async (t) => {
   assert.deepEqual(ed.rows.map((r) => r.variant), ['base', 'mote']);
   assert.ok(ed.rows.every((r) => r.n > 0));
 });
+
+test('mote train: malformed chain lines are reported with their line numbers and the run goes on [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const bad = path.join(tmp, 'bad-chains.jsonl');
+  fs.writeFileSync(bad, [JSON.stringify(chains[0]), '{not json', JSON.stringify({ prompt: 'x?', planning: 'y', answer: 'z' }), JSON.stringify(chains[2])].join('\n') + '\n');
+  const r = mote(['train', '--model', modelDir, '--chains', bad, '--out', path.join(tmp, 'bundle-bad'), '--backend', 'cpu', '--rank', '2', '--max-length', '200', '--batch-tokens', '400', '--steps', '2', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const logs = jsonLines(r.stdout).filter((l) => l.event === 'log').map((l) => String(l.text));
+  assert.ok(logs.some((l) => /bad-chains\.jsonl:2: skipped: malformed JSON/.test(l)), logs.join('\n'));
+  assert.ok(logs.some((l) => /bad-chains\.jsonl:3: skipped: .*planning/.test(l)), logs.join('\n'));
+  assert.equal(jsonLines(r.stdout).find((l) => l.event === 'done')!.examples, 2);
+});

@@ -78,7 +78,7 @@ export async function evalCommand(o: EvalCliOptions): Promise<void> {
   for (const v of variants) if (!(TOY_VARIANTS as readonly string[]).includes(v)) throw new ArgumentError(`--variants: unknown variant '${v}' (expected ${TOY_VARIANTS.join(', ')})`);
   const seeds = (o.seeds ?? '1,2').split(',').map((s) => intOpt('seeds', s.trim(), 0, 0));
   const nq = intOpt('questions', o.questions, 4, 160);
-  const steps = intOpt('steps', o.steps, 1, 120);
+  const steps = intOpt('steps', o.steps, 1, 300);
   const json = o.json ?? false;
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
   try {

@@ -111,7 +111,7 @@ program.command('selfalign').description('the model writes its own AlignCoT chai
 program.command('eval').description('toy evaluation: refusal on risky questions, compliance on benign ones, well-formed chains; base, LoRA, MoTE and ablations')
   .option('-m, --model <dir>', 'HF model directory (default: the bundled tiny model)').addOption(backendOption())
   .option('--variants <list>', `comma-separated, of ${'base,lora,mote,mote-no-shared,mote-no-skip'}`).option('--seeds <list>', 'seeds (each: its own questions, split and training)', '1,2')
-  .option('--questions <n>', 'toy questions per seed (a quarter held out)', '160').option('--steps <n>', 'training steps per variant', '120')
+  .option('--questions <n>', 'toy questions per seed (a quarter held out)', '160').option('--steps <n>', 'training steps per variant', '300')
   .option('--lr <x>', 'learning rate', '3e-3').option('--rank <r>', 'LoRA rank', '8').option('--p-skip <p>', 'step skipping of the MoTE variants', '0.3')
   .option('--max-new-tokens <n>', 'tokens per answer', '64').option('--json', 'JSON lines on stdout').action(evalCommand);
 

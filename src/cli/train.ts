@@ -31,12 +31,14 @@ export async function trainCommand(o: TrainCliOptions): Promise<void> {
   const steps = intOpt('steps', o.steps, 1, 200);
   const seed = intOpt('seed', o.seed, 0, 0);
   if (o.resume && !o.checkpoint) throw new ArgumentError('--resume: needs --checkpoint DIR');
-  const chains = readChainsJsonl(o.chains);
-  if (chains.length === 0) throw new ArgumentError(`--chains: ${o.chains} holds no chains`);
+  const skipped: { line: number; reason: string }[] = [];
+  const chains = readChainsJsonl(o.chains, { skipped });
   const m = await openModel(o.model, o.backend, config);
   try {
     const res = chainExamples(chains, m.tokenizer, config, { maxLength: intOpt('max-length', o.maxLength, 2, 256) });
     const p = progress('train', steps, { json });
+    for (const s of skipped) p.log(`warning: ${o.chains}:${s.line}: skipped: ${s.reason}`);
+    if (skipped.length) p.log(`warning: ${skipped.length} malformed line(s) of ${o.chains} skipped`);
     for (const t of res.tooLong) p.log(`warning: ${t.where}: left out: ${t.reason}`);
     if (res.truncated.length) p.log(`note: ${res.truncated.length} chain(s) lost trailing steps to fit --max-length`);
     if (res.examples.length === 0) throw new ArgumentError(`--chains: no chain of ${o.chains} fits --max-length`);

@@ -101,31 +101,37 @@ export function chainFromJson(v: unknown, where: string): Chain {
 }
 
 /**
- * Chains from JSONL text (`file` names it in errors). Blank lines are ignored. Throws
- * FormatError naming file:line for the first malformed line (bad JSON, unknown step, steps
- * out of order, ...), or naming the file when it holds no chain.
+ * Chains from JSONL text (`file` names it in errors). Blank lines are ignored. By default a
+ * malformed line (bad JSON, unknown step, steps out of order, ...) throws FormatError naming
+ * file:line; with `skipped`, it is recorded there ({ line, reason }) and the read goes on.
+ * A file with no chain at all is always a FormatError naming the file.
  */
-export function parseChainsJsonl(text: string, file: string): ChainRecord[] {
+export function parseChainsJsonl(text: string, file: string, opts: { skipped?: { line: number; reason: string }[] } = {}): ChainRecord[] {
   if (typeof text !== 'string') throw new ArgumentError(`parseChainsJsonl: text: expected a string, got ${describe(text)}`);
   const out: ChainRecord[] = [];
   for (const [i, raw] of textLines(text.replace(/^\uFEFF/, '')).entries()) {
     if (raw.trim() === '') continue;
     const where = `${file}:${i + 1}`;
-    let v: unknown;
     try {
-      v = JSON.parse(raw);
+      let v: unknown;
+      try {
+        v = JSON.parse(raw);
+      } catch (e) {
+        throw new FormatError(`${where}: malformed JSON: ${(e as Error).message}`);
+      }
+      out.push({ ...chainFromJson(v, where), file, line: i + 1 });
     } catch (e) {
-      throw new FormatError(`${where}: malformed JSON: ${(e as Error).message}`);
+      if (!opts.skipped || !(e instanceof FormatError || e instanceof ArgumentError)) throw e;
+      opts.skipped.push({ line: i + 1, reason: (e as Error).message.startsWith(`${where}: `) ? (e as Error).message.slice(where.length + 2) : (e as Error).message });
     }
-    out.push({ ...chainFromJson(v, where), file, line: i + 1 });
   }
-  if (out.length === 0) throw new FormatError(`${file}: empty: no chains`);
+  if (out.length === 0) throw new FormatError(`${file}: ${opts.skipped?.length ? `no valid chain (${opts.skipped.length} malformed line(s), the first at line ${opts.skipped[0]!.line}: ${opts.skipped[0]!.reason})` : 'empty: no chains'}`);
   return out;
 }
 
 /** Reads a chains JSONL file (gzipped when the name ends in .gz); see parseChainsJsonl. */
-export function readChainsJsonl(file: string): ChainRecord[] {
-  return parseChainsJsonl(readTextFile(file), file);
+export function readChainsJsonl(file: string, opts: { skipped?: { line: number; reason: string }[] } = {}): ChainRecord[] {
+  return parseChainsJsonl(readTextFile(file), file, opts);
 }
 
 /** A chain as a JSONL entry: `{ prompt, messages?, analysis, guidance, answer, check? }`. */
