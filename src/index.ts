@@ -48,7 +48,8 @@ export {
   llamaLossAndGrad, baseWeights, disposeGrads,
   type LlamaTrainBatch, type LlamaGrads, type LlamaGradOptions, type LlamaGradResult,
 } from './model/llama_backward.js';
-export { Trainer, mixSeed, seededUniform, dataFingerprint, type TrainExample, type TrainerOptions, type TrainProgress, type TrainerState } from './train/trainer.js';
+export { mulberry32, mixSeed } from './rng.js';
+export { Trainer, dataFingerprint, type TrainExample, type TrainerOptions, type TrainProgress, type TrainerState } from './train/trainer.js';
 export { saveCheckpoint, loadCheckpoint, readCheckpointState, CHECKPOINT_STATE_FILE, CHECKPOINT_FORMAT } from './train/checkpoint.js';
 export { learningRate, checkSchedule, type ScheduleOptions } from './train/schedule.js';
 export { stepSkipSegments } from './train/step_skip.js';

@@ -1,4 +1,5 @@
 // Shared test plumbing: which backends to run on, random data, relative error.
+import { mulberry32 } from '../src/rng.js';
 import { test } from 'node:test';
 import { openBackend } from '../src/backend/select.js';
 import { BackendUnavailableError, MoteError } from '../src/errors.js';
@@ -61,17 +62,8 @@ export async function closeBackends(): Promise<void> {
   opened.clear();
 }
 
-/** Deterministic uniform random numbers in [lo, hi) (mulberry32). */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic uniform random numbers in [0, 1) (mulberry32). */
+export const rng = mulberry32;
 
 export function randn(r: () => number, n: number, scale = 1): Float32Array {
   // never zeros: uniform in ±[0.05, 1]·scale

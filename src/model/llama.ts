@@ -16,6 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tensor } from '../tensor.js';
+import { mixSeed, mulberry32 } from '../rng.js';
 import type { Backend } from '../backend/backend.js';
 import { WEIGHT_DTYPES, bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
 import { ArgumentError, DisposedTensorError, FormatError, ShapeError, describe } from '../errors.js';
@@ -592,18 +593,11 @@ export class LlamaModel {
       for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) mean[h] += old[v * H + h]!;
       for (let h = 0; h < H; h++) mean[h] /= V;
       for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) sq[h] += (old[v * H + h]! - mean[h]!) ** 2;
-      // Box–Muller over a seeded mulberry32 stream: the same call gives the same rows.
-      let st = (Math.imul(seed + 1, 0x9e3779b1) ^ salt) >>> 0;
-      const uni = () => {
-        st = (st + 0x6d2b79f5) >>> 0;
-        let x = st;
-        x = Math.imul(x ^ (x >>> 15), x | 1);
-        x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-        return (((x ^ (x >>> 14)) >>> 0) + 0.5) / 4294967296;
-      };
+      // Box–Muller over a seeded stream: the same call gives the same rows.
+      const uni = mulberry32(mixSeed(seed, salt));
       for (let v = V; v < vocabSize; v++) {
         for (let h = 0; h < H; h++) {
-          const z = Math.sqrt(-2 * Math.log(uni())) * Math.cos(2 * Math.PI * uni());
+          const z = Math.sqrt(-2 * Math.log(1 - uni())) * Math.cos(2 * Math.PI * uni());
           data[v * H + h] = mean[h]! + z * Math.sqrt(sq[h]! / V);
         }
       }

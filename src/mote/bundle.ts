@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor.js';
 import { replaceDirAtomically } from '../io/atomic_dir.js';
+import { mulberry32 } from '../rng.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { LINEAR_MODULES, linearShape, type LinearModule, type ModelConfig } from '../model/config.js';
@@ -41,17 +42,6 @@ export const MOTE_FORMAT_VERSION = 1;
 /** Per layer, the stack of each adapted linear (a missing module has no adapters). */
 export type LayerStacks = Partial<Record<LinearModule, LoraStack>>;
 
-/** Deterministic uniform numbers in [0, 1) (mulberry32). */
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function checkModel(op: string, model: LlamaModel): void {
   if (!model || typeof model !== 'object' || typeof (model as { forward?: unknown }).forward !== 'function' || !(model as { config?: unknown }).config) {

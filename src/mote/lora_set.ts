@@ -11,6 +11,7 @@ import type { LlamaModel } from '../model/llama.js';
 import { loraStack } from '../ops/lora.js';
 import { makePeftConfig, parsePeftConfig } from '../io/peft.js';
 import { AdapterSet, type LayerStacks } from './bundle.js';
+import { mulberry32 } from '../rng.js';
 
 export interface CreateLoraOptions {
   /** LoRA rank. Default 16. */
@@ -28,17 +29,6 @@ export interface CreateLoraOptions {
 /** Name of the adapter in AdapterSet.dirs: it was made in memory, not loaded from a folder. */
 export const NEW_LORA_DIR = '<new lora>';
 
-/** Deterministic uniform numbers in [0, 1) (mulberry32, as createMote draws). */
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A fresh trainable LoRA adapter (AdapterSet with L = 1, f32) on `model`'s backend. */
 export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): AdapterSet {

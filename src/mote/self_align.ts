@@ -31,7 +31,7 @@ import { LlamaModel } from '../model/llama.js';
 import { generate, type GenerateOptions, type GenerateRequest, type GenerateResult } from '../generate/generate.js';
 import { checkSampling, checkSeed, type SamplingOptions } from '../generate/sampling.js';
 import type { ChatMessage, MoteTokenizer } from '../io/tokenizer.js';
-import { mixSeed } from '../train/trainer.js';
+import { mixSeed } from '../rng.js';
 import { alignCotTemplates, parseVerdict, stagePrompt, type AlignCotTemplates, type ChainStep, type StageVars } from './aligncot.js';
 import { MoteBundle } from './bundle.js';
 import { chainToJson, promptIds, stepTokenIds } from './chains.js';

@@ -21,6 +21,7 @@ import { baseWeights, disposeGrads, llamaLossAndGrad, type LlamaGrads, type Llam
 import { LINEAR_MODULES } from '../model/config.js';
 import { checkSchedule, learningRate, type ScheduleOptions } from './schedule.js';
 import { stepSkipSegments } from './step_skip.js';
+import { mixSeed, mulberry32 } from '../rng.js';
 import { saveCheckpoint } from './checkpoint.js';
 
 /** One training example: a prompt followed by its chain (or any token sequence). */
@@ -98,29 +99,7 @@ export interface TrainerState {
   losses: number[];
 }
 
-/** A 32-bit mix of integers (murmur3's finaliser over a running hash): seeds for each draw. */
-export function mixSeed(...xs: number[]): number {
-  let h = 0x9e3779b9;
-  for (const x of xs) {
-    h = Math.imul(h ^ (x >>> 0), 0x85ebca6b);
-    h ^= h >>> 13;
-    h = Math.imul(h, 0xc2b2ae35);
-    h ^= h >>> 16;
-  }
-  return h >>> 0;
-}
 
-/** Uniform numbers in [0, 1) from a 32-bit seed (mulberry32). */
-export function seededUniform(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const PURPOSE = { order: 1, routing: 2, skip: 3 } as const;
 
@@ -283,7 +262,7 @@ export class Trainer {
     if (this.#orderEpoch !== epoch || !this.#order) {
       const n = this.#examples.length;
       const order = Int32Array.from({ length: n }, (_, i) => i);
-      const r = seededUniform(mixSeed(this.options.seed, PURPOSE.order, epoch));
+      const r = mulberry32(mixSeed(this.options.seed, PURPOSE.order, epoch));
       for (let i = n - 1; i > 0; i--) {
         const j = Math.floor(r() * (i + 1));
         const t = order[i]!; order[i] = order[j]!; order[j] = t;
@@ -341,7 +320,7 @@ export class Trainer {
     let routing: LoraRouting | null = null;
     const ad = this.adapters;
     if (ad instanceof MoteBundle) {
-      const segments = stepSkipSegments(stepIds, seq, ad.config.steps.length, this.options.pSkip, seededUniform(mixSeed(this.options.seed, PURPOSE.skip, step, micro)));
+      const segments = stepSkipSegments(stepIds, seq, ad.config.steps.length, this.options.pSkip, mulberry32(mixSeed(this.options.seed, PURPOSE.skip, step, micro)));
       if (segments) batch.segments = segments;
       routing = ad.routing(stepIds, { seq, promptRouting: this.options.promptRouting, seed: mixSeed(this.options.seed, PURPOSE.routing, step, micro) });
     } else if (ad) {
