@@ -94,7 +94,7 @@ export async function evalCommand(o: EvalCliOptions): Promise<void> {
           train: { steps, lr: numOpt('lr', o.lr, 0, 10, 3e-3), warmupSteps: Math.min(5, steps - 1), batchTokens: 512, seed, pSkip: numOpt('p-skip', o.pSkip, 0, 1, 0.3) },
         });
         try {
-          const r = await evaluateToy(m.model, m.tokenizer, tv.adapters, heldOut, { maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 64), seed });
+          const r = await evaluateToy(m.model, m.tokenizer, tv.adapters, heldOut, { maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 128), seed });
           perVariant.set(kind, [...(perVariant.get(kind) ?? []), r]);
           p.update(++done, { variant: kind, seed, loss: tv.losses.length ? tv.losses[tv.losses.length - 1]!.toFixed(3) : '-' });
           if (json) process.stdout.write(JSON.stringify({ event: 'result', variant: kind, seed, refusalRate: r.refusalRate, compliance: r.compliance, wellFormedRate: r.wellFormedRate, finalLoss: tv.losses.at(-1) ?? null }) + '\n');

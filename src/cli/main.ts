@@ -113,7 +113,7 @@ program.command('eval').description('toy evaluation: refusal on risky questions,
   .option('--variants <list>', `comma-separated, of ${'base,lora,mote,mote-no-shared,mote-no-skip'}`).option('--seeds <list>', 'seeds (each: its own questions, split and training)', '1,2')
   .option('--questions <n>', 'toy questions per seed (a quarter held out)', '160').option('--steps <n>', 'training steps per variant', '300')
   .option('--lr <x>', 'learning rate', '3e-3').option('--rank <r>', 'LoRA rank', '8').option('--p-skip <p>', 'step skipping of the MoTE variants', '0.3')
-  .option('--max-new-tokens <n>', 'tokens per answer', '64').option('--json', 'JSON lines on stdout').action(evalCommand);
+  .option('--max-new-tokens <n>', 'tokens per chain', '128').option('--json', 'JSON lines on stdout').action(evalCommand);
 
 program.command('export').description('write every expert of a MoTE bundle (or a training checkpoint) as its own PEFT adapter folder')
   .requiredOption('--mote <dir>', 'a MoTE bundle, or a checkpoint directory (its adapters/)').requiredOption('-o, --out <dir>', 'output directory')
