@@ -457,3 +457,18 @@ forEachBackend('addStepTokens: step tags become single tokens, embeddings grow b
   }
 });
 
+
+forEachBackend('tokenRouter: prompt tokens go to the shared expert, or to the first step expert when α = 1 (no shared expert)', async (b) => {
+  await withModel(b, tiny(), async (model) => {
+    for (const [alpha, prompt] of [[0.5, { slots: [-1, 3], weights: [0, 1] }], [1, { slots: [0, 3], weights: [1, 0] }]] as const) {
+      const bundle = createMote(model, { rank: 2, alpha });
+      try {
+        const r = bundle.tokenRouter();
+        assert.deepEqual(r.slotsFor(0, { step: -1 }), prompt);
+        assert.deepEqual(r.slotsFor(0, { step: 2 }), { slots: [2, 3], weights: [alpha, 1 - alpha] });
+      } finally {
+        bundle.dispose();
+      }
+    }
+  });
+});

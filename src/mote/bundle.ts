@@ -277,7 +277,8 @@ export class MoteBundle extends AdapterStacks {
 
   /**
    * The bundle as a generate() router: chain tokens go to [their step's expert, shared]
-   * with [α, 1 − α]; prompt tokens to the shared expert only (inference default).
+   * with [α, 1 − α]; prompt tokens to the shared expert only (inference default), or, when
+   * α = 1 (no shared expert), to the first step's expert.
    */
   tokenRouter(): TokenRouter {
     this.live('MoteBundle.tokenRouter');
@@ -287,7 +288,10 @@ export class MoteBundle extends AdapterStacks {
       K: 2,
       L: this.L,
       stacks: this.stacks,
-      slotsFor: (_seq, { step }) => (step < 0 ? { slots: [-1, shared], weights: [0, 1] } : { slots: [step, shared], weights: [alpha, 1 - alpha] }),
+      // A bundle without a working shared expert (α = 1) has nothing to read the prompt with:
+      // its prompt tokens go to the first step's expert instead (it saw prompts in training).
+      slotsFor: (_seq, { step }) => (step >= 0 ? { slots: [step, shared], weights: [alpha, 1 - alpha] }
+        : alpha === 1 ? { slots: [0, shared], weights: [1, 0] } : { slots: [-1, shared], weights: [0, 1] }),
     };
   }
 }
