@@ -1,29 +1,22 @@
 // `mote selfalign` (the model writes its own AlignCoT chains) and `mote eval` (the toy
 // evaluation: refusal on risky questions, compliance on benign ones, well-formed chains, for
 // the base model, one LoRA, MoTE and its ablations, over several seeds).
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { DEFAULT_MOTE_CONFIG, type MoteConfig } from '../mote/steps.js';
-import { MOTE_FILE, loadMote, parseMoteJson, type MoteBundle } from '../mote/bundle.js';
+import { loadMote, type MoteBundle } from '../mote/bundle.js';
 import { readPrompts } from '../io/prompts.js';
 import { selfAlign } from '../mote/self_align.js';
 import { toyChain, toyQuestions, toySplit } from '../mote/toy.js';
 import { TOY_VARIANTS, evaluateToy, toyEvalTable, trainVariant, type ToyEvalResult, type ToyVariant } from '../mote/eval.js';
-import { intOpt, numOpt, openModel } from './common.js';
+import { bundleConfig, intOpt, numOpt, openModel } from './common.js';
 import { progress } from './progress.js';
 
 export async function selfAlignCommand(o: {
   prompts: string; out: string; model?: string; mote?: string; backend: BackendRequest; batch?: string; maxNewTokens?: string;
   temperature?: string; seed?: string; adaptive?: boolean; json?: boolean;
 }): Promise<void> {
-  let config: MoteConfig = { ...DEFAULT_MOTE_CONFIG, steps: [...DEFAULT_MOTE_CONFIG.steps], targetModules: [...DEFAULT_MOTE_CONFIG.targetModules] };
-  if (o.mote) {
-    const f = path.join(o.mote, MOTE_FILE);
-    if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${o.mote} is not a MoTE bundle (no ${MOTE_FILE})`);
-    config = parseMoteJson(fs.readFileSync(f, 'utf8'), f).config;
-  }
+  const config = bundleConfig(o.mote);
   const read = readPrompts(o.prompts);
   const json = o.json ?? false;
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });

@@ -8,8 +8,8 @@ import { openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
 import { loadModel, type LlamaModel } from '../model/llama.js';
 import { loadTokenizer, type MoteTokenizer } from '../io/tokenizer.js';
-import { addStepTokens } from '../mote/bundle.js';
-import type { MoteConfig } from '../mote/steps.js';
+import { MOTE_FILE, addStepTokens, parseMoteJson } from '../mote/bundle.js';
+import { moteConfig, type MoteConfig } from '../mote/steps.js';
 
 
 export interface Opened {
@@ -54,4 +54,12 @@ export function numOpt(name: string, v: string | undefined, lo: number, hi: numb
   const n = Number(v);
   if (!Number.isFinite(n) || n < lo || n > hi) throw new ArgumentError(`--${name}: expected a number in [${lo}, ${hi}], got ${v}`);
   return n;
+}
+
+/** The MoTE config of the bundle in `dir` (its mote.json), or the default config without one. */
+export function bundleConfig(dir: string | undefined): MoteConfig {
+  if (dir === undefined) return moteConfig();
+  const f = path.join(dir, MOTE_FILE);
+  if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${dir} is not a MoTE bundle (no ${MOTE_FILE})`);
+  return parseMoteJson(fs.readFileSync(f, 'utf8'), f).config;
 }

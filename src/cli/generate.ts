@@ -1,16 +1,13 @@
 // `mote generate`: step-routed generation from prompts, with a MoTE bundle (each step's text
 // labelled with its expert, streamed for a single prompt), plain PEFT adapters, or none.
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { DEFAULT_MOTE_CONFIG, type MoteConfig } from '../mote/steps.js';
-import { MOTE_FILE, loadMote, parseMoteJson, type MoteBundle } from '../mote/bundle.js';
+import { loadMote, type MoteBundle } from '../mote/bundle.js';
 import { promptIds, stepTokenIds } from '../mote/chains.js';
 import { readPrompts } from '../io/prompts.js';
 import { generate, type GenerateRequest, type TokenEvent } from '../generate/generate.js';
 import type { MoteTokenizer } from '../io/tokenizer.js';
-import { intOpt, numOpt, openModel } from './common.js';
+import { bundleConfig, intOpt, numOpt, openModel } from './common.js';
 
 export interface GenerateCliOptions {
   model?: string; mote?: string; backend: BackendRequest; prompt?: string[]; prompts?: string;
@@ -39,12 +36,7 @@ class StepPrinter {
 }
 
 export async function generateCommand(o: GenerateCliOptions): Promise<void> {
-  let config: MoteConfig = { ...DEFAULT_MOTE_CONFIG, steps: [...DEFAULT_MOTE_CONFIG.steps], targetModules: [...DEFAULT_MOTE_CONFIG.targetModules] };
-  if (o.mote) {
-    const f = path.join(o.mote, MOTE_FILE);
-    if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${o.mote} is not a MoTE bundle (no ${MOTE_FILE})`);
-    config = parseMoteJson(fs.readFileSync(f, 'utf8'), f).config;
-  }
+  const config = bundleConfig(o.mote);
   let texts: string[] = o.prompt ?? [];
   if (o.prompts) {
     const r = readPrompts(o.prompts);

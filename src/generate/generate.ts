@@ -273,15 +273,10 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
       routing = loraRouting(model.backend, slots, { K: router.K, L, weight: weights });
     }
     try {
-      const t = model.forward({
-        ids: batch.map((b) => b.token), seq: batch.map((b) => b.s.i), cache, logitRows: rows,
+      return await model.logits(batch.map((b) => b.token), {
+        seq: batch.map((b) => b.s.i), cache, logitRows: rows,
         ...(router ? { lora: { stacks: router.stacks, routing: routing!, ...(router.strategy ? { strategy: router.strategy } : {}) } } : {}),
       });
-      try {
-        return await t.readFloat();
-      } finally {
-        t.dispose();
-      }
     } finally {
       routing?.dispose();
     }

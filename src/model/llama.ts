@@ -304,8 +304,8 @@ function intArray(op: string, name: string, a: ArrayLike<number> | undefined, n:
   return out;
 }
 
-/** Tracks temporaries of a forward so that each is freed exactly once, also on errors. */
-class Scope {
+/** Tracks temporaries of a pass so that each is freed exactly once, also on errors. @internal shared with the training pass */
+export class Scope {
   readonly #held = new Set<Tensor>();
   keep<T extends Tensor>(t: T): T { this.#held.add(t); return t; }
   free(...ts: (Tensor | undefined | null)[]): void {

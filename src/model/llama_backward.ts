@@ -18,8 +18,7 @@
 import type { Tensor } from '../tensor.js';
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import { LINEAR_MODULES, type LinearModule } from './config.js';
-import type { LlamaBatch, LlamaModel } from './llama.js';
-import { tensorView } from './kv_cache.js';
+import { Scope, type LlamaBatch, type LlamaModel } from './llama.js';
 import { matmul, matmulGradInput, matmulGradWeight } from '../ops/matmul.js';
 import { loraApply, loraInputGrad, loraShrinkGrad, loraWeightGrad, type LoraStack } from '../ops/lora.js';
 import { embedding, embeddingGrad } from '../ops/embedding.js';
@@ -93,16 +92,6 @@ export function disposeGrads(g: LlamaGrads): void {
   for (const t of g.weights.values()) t.dispose();
   g.lora.clear();
   g.weights.clear();
-}
-
-/** Tensors of one pass, each freed exactly once, also on errors. */
-class Pool {
-  readonly #held = new Set<Tensor>();
-  keep<T extends Tensor>(t: T): T { this.#held.add(t); return t; }
-  free(...ts: (Tensor | undefined | null)[]): void {
-    for (const t of ts) if (t && this.#held.delete(t)) t.dispose();
-  }
-  close(): void { for (const t of this.#held) t.dispose(); this.#held.clear(); }
 }
 
 interface LayerSaved {
@@ -196,7 +185,7 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
     return { ...g, accumulate: acc || !first };
   };
 
-  const pool = new Pool();
+  const pool = new Scope();
   const layout = attentionLayout(be, {
     qSeq: seq, qPos: pos,
     ...(segments ? { segments: { numSegments: segments.numSegments, qSegment: segments.segment, blocked: segments.blocked } } : {}),

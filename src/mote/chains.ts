@@ -13,6 +13,7 @@
 // merge with the text around it; the step tags must be single special tokens of the
 // tokenizer (MoteTokenizer.addSpecialTokens(specialTokens(config)) makes them so).
 
+import { packSequences, type PackedSequences } from '../train/pack.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import type { ChatMessage, MoteTokenizer } from '../io/tokenizer.js';
 import { plainPrompt, readTextFile, textLines } from '../io/prompts.js';
@@ -305,19 +306,8 @@ export function chainExamples(chains: readonly Chain[], tokenizer: MoteTokenizer
 // ---------------------------------------------------------------------------------------
 // Packing
 
-/** A packed batch, the shape of a training batch (LlamaTrainBatch plus step ids). */
-export interface PackedBatch {
-  ids: Int32Array;
-  /** Index of the token's sequence within the batch. */
-  seq: Int32Array;
-  /** Position of the token within its sequence. */
-  pos: Int32Array;
-  /** −1 on prompt tokens, else the step index (routing). */
-  stepIds: Int32Array;
-  /** targets[t] = ids[t + 1] within a sequence; −1 at a sequence's last token. */
-  targets: Int32Array;
-  /** 1 where the prediction of targets[t] counts (token t + 1 is learned); 0 at a sequence's last token. */
-  lossMask: Uint8Array;
+/** A packed batch (src/train/pack.ts) with the indices of its examples. */
+export interface PackedBatch extends PackedSequences {
   /** Indices of the packed examples, in batch order. */
   examples: number[];
 }
@@ -351,28 +341,5 @@ export function packExamples(examples: readonly { ids: ArrayLike<number>; lossMa
   }
   if (cur.length > 0) groups.push(cur);
 
-  return groups.map((g) => {
-    const T = g.reduce((n, i) => n + examples[i]!.ids.length, 0);
-    const b: PackedBatch = {
-      ids: new Int32Array(T), seq: new Int32Array(T), pos: new Int32Array(T), stepIds: new Int32Array(T).fill(-1),
-      targets: new Int32Array(T).fill(-1), lossMask: new Uint8Array(T), examples: g,
-    };
-    let o = 0;
-    g.forEach((i, s) => {
-      const e = examples[i]!;
-      const n = e.ids.length;
-      for (let t = 0; t < n; t++) {
-        b.ids[o + t] = e.ids[t]!;
-        b.seq[o + t] = s;
-        b.pos[o + t] = t;
-        if (e.stepIds) b.stepIds[o + t] = e.stepIds[t]!;
-        if (t + 1 < n) {
-          b.targets[o + t] = e.ids[t + 1]!;
-          b.lossMask[o + t] = e.lossMask[t + 1] ? 1 : 0;
-        }
-      }
-      o += n;
-    });
-    return b;
-  });
+  return groups.map((g) => ({ ...packSequences(examples, g), examples: g }));
 }

@@ -32,7 +32,7 @@ import { loadModel, modelFromTensors, type LlamaModel, type WeightDType } from '
 import type { HostTensor } from '../io/safetensors.js';
 import { Trainer, type TrainExample, type TrainProgress } from '../train/trainer.js';
 import { STEPS, specialTokens } from './steps.js';
-import { toyChain, toyQuestions, toySplit, toyWords, toyWordsOf, type ToyQuestion } from './toy.js';
+import { shuffle, toyChain, toyQuestions, toySplit, toyWords, toyWordsOf, type ToyQuestion } from './toy.js';
 
 /** assets/default-model inside the installed package (this file is dist/src/mote/default_model.js). */
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../../assets/default-model', import.meta.url));
@@ -93,13 +93,6 @@ function allQuestions(seed: number): ToyQuestion[] {
   return out;
 }
 
-function shuffle<T>(a: T[], rng: SeededRng): T[] {
-  for (let i = a.length - 1; i > 0; i--) {
-    const j = Math.floor(rng.next() * (i + 1));
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a;
-}
 
 export interface ToyCorpus {
   /** Every pretraining document: `<s>…</s>`, question-answer pairs and standalone sentences. */

@@ -218,7 +218,8 @@ function riskyPool(): Draft[] {
   return out;
 }
 
-function shuffle<T>(a: T[], rng: SeededRng): T[] {
+/** Fisher–Yates shuffle in place with a seeded generator. */
+export function shuffle<T>(a: T[], rng: SeededRng): T[] {
   for (let i = a.length - 1; i > 0; i--) {
     const j = Math.floor(rng.next() * (i + 1));
     [a[i], a[j]] = [a[j]!, a[i]!];

@@ -23,6 +23,7 @@ import { checkSchedule, learningRate, type ScheduleOptions } from './schedule.js
 import { stepSkipSegments } from './step_skip.js';
 import { mixSeed, mulberry32 } from '../rng.js';
 import { saveCheckpoint } from './checkpoint.js';
+import { packSequences } from './pack.js';
 
 /** One training example: a prompt followed by its chain (or any token sequence). */
 export interface TrainExample {
@@ -135,7 +136,7 @@ export class Trainer {
   readonly schedule: Required<ScheduleOptions>;
   #state: TrainerState;
   #grads: LlamaGrads = { lora: new Map(), weights: new Map() };
-  #examples: { ids: Int32Array; mask: Uint8Array; stepIds: Int32Array | null }[];
+  #examples: { ids: Int32Array; lossMask: Uint8Array; stepIds: Int32Array | null }[];
   #onProgress: ((p: TrainProgress) => void) | undefined;
   #order: Int32Array | null = null;
   #orderEpoch = -1;
@@ -187,7 +188,7 @@ export class Trainer {
       const n = e.ids.length;
       if (n < 2) throw new ArgumentError(`${where}.ids: expected at least 2 tokens, got ${n}`);
       if (n > this.options.batchTokens) throw new ArgumentError(`${where}.ids: ${n} tokens do not fit in a micro-batch of batchTokens = ${this.options.batchTokens}`);
-      const ids = new Int32Array(n), mask = new Uint8Array(n);
+      const ids = new Int32Array(n), lossMask = new Uint8Array(n);
       let learned = 0;
       for (let t = 0; t < n; t++) {
         const id = e.ids[t]!;
@@ -195,7 +196,7 @@ export class Trainer {
         ids[t] = id;
         const m = e.lossMask?.[t];
         if (m !== 0 && m !== 1) throw new ArgumentError(`${where}.lossMask[${t}]: expected 0 or 1, got ${describe(m)}${e.lossMask && e.lossMask.length !== n ? ` (lossMask has ${e.lossMask.length} entries, ids ${n})` : ''}`);
-        mask[t] = m;
+        lossMask[t] = m;
         if (t > 0) learned += m;
       }
       if (learned === 0) throw new ArgumentError(`${where}.lossMask: no token after the first is learned (all 0)`);
@@ -209,7 +210,7 @@ export class Trainer {
           stepIds[t] = s;
         }
       }
-      return { ids, mask, stepIds };
+      return { ids, lossMask, stepIds };
     });
     this.fingerprint = dataFingerprint(examples);
 
@@ -298,24 +299,10 @@ export class Trainer {
 
   /** Packs examples: targets[t] = ids[t+1] inside a sequence; the loss of t counts when token t+1 is learned. */
   #pack(picked: number[], step: number, micro: number): { batch: LlamaTrainBatch; routing: LoraRouting | null; count: number } {
-    let T = 0;
-    for (const e of picked) T += this.#examples[e]!.ids.length;
-    const ids = new Int32Array(T), seq = new Int32Array(T), targets = new Int32Array(T), lossMask = new Uint8Array(T);
-    const stepIds = new Int32Array(T).fill(-1);
-    let o = 0, count = 0;
-    picked.forEach((e, s) => {
-      const ex = this.#examples[e]!;
-      const n = ex.ids.length;
-      ids.set(ex.ids, o);
-      seq.fill(s, o, o + n);
-      if (ex.stepIds) stepIds.set(ex.stepIds, o);
-      for (let t = 0; t + 1 < n; t++) {
-        targets[o + t] = ex.ids[t + 1]!;
-        lossMask[o + t] = ex.mask[t + 1]!;
-        count += ex.mask[t + 1]!;
-      }
-      o += n;
-    });
+    const { ids, seq, stepIds, targets, lossMask } = packSequences(this.#examples, picked);
+    const T = ids.length;
+    let count = 0;
+    for (const m of lossMask) count += m;
     const batch: LlamaTrainBatch = { ids, seq, targets, lossMask };
     let routing: LoraRouting | null = null;
     const ad = this.adapters;
