@@ -78,7 +78,7 @@ export {
   type ToyEvalResult, type ToyOutput, type ScoreToyOptions, type EvaluateToyOptions, type ToyVariant,
   type TrainVariantOptions, type TrainedVariant,
 } from './mote/eval.js';
-export { createLora, NEW_LORA_DIR, type CreateLoraOptions } from './mote/lora_set.js';
+export { createLora, NEW_LORA_DIR, type CreateLoraOptions } from './mote/bundle.js';
 export { saveModel, hfConfigJson } from './model/save.js';
 export {
   DEFAULT_MODEL_DIR, loadDefaultModel, toyTokenizer, toyCorpus, pretrainDefaultModel, toyPrompt, toyPlainAnswer,

@@ -17,7 +17,7 @@ import { LINEAR_MODULES, linearShape } from '../src/model/config.js';
 import type { LoraStack } from '../src/ops/lora.js';
 import { AdapterSet, MoteBundle, addStepTokens, createMote } from '../src/mote/bundle.js';
 import { stepTokenIds } from '../src/mote/chains.js';
-import { createLora } from '../src/mote/lora_set.js';
+import { createLora } from '../src/mote/bundle.js';
 import { evaluateToy, scoreToy, toyEvalTable, trainVariant, TOY_VARIANTS, type ToyEvalResult } from '../src/mote/eval.js';
 import { TOY_REFUSAL, toyChain, toyQuestions } from '../src/mote/toy.js';
 import { makeTinyModel } from './fixtures/tiny_model.js';

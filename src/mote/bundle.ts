@@ -329,14 +329,22 @@ export function createMote(model: LlamaModel, config: Partial<MoteConfig> = {}, 
   const seed = checkSeed(op, opts.seed ?? 0);
   const init = opts.init ?? 'peft';
   if (init !== 'peft' && init !== 'random') throw new ArgumentError(`${op}: init: expected 'peft' or 'random', got ${describe(init)}`);
+  const stacks = freshStacks(model, cfg.steps.length + 1, cfg.rank, cfg.loraAlpha, cfg.targetModules, seed, init);
+  return new MoteBundle(cfg, model.config, model.backend, stacks, model.dir);
+}
+
+/**
+ * New f32 adapter stacks (L adapters of rank R) on every target linear, uploaded to the
+ * model's backend. PEFT's init: A kaiming-uniform, B = 0 (the adapters start as the base
+ * model); 'random' draws B too (tests).
+ */
+function freshStacks(model: LlamaModel, L: number, R: number, loraAlpha: number, targets: readonly LinearModule[], seed: number, init: 'peft' | 'random'): LayerStacks[] {
   const mc = model.config;
-  const L = cfg.steps.length + 1;
-  const R = cfg.rank;
   const r = mulberry32(seed);
   const host: Partial<Record<LinearModule, HostStack>>[] = [];
   for (let l = 0; l < mc.numLayers; l++) {
     const layer: Partial<Record<LinearModule, HostStack>> = {};
-    for (const m of cfg.targetModules) {
+    for (const m of targets) {
       const [Hout, Hin] = linearShape(mc, m);
       // PEFT: kaiming_uniform_(A, a=√5) → U(−1/√in, 1/√in); B = 0.
       const A = new Float32Array(L * R * Hin);
@@ -347,11 +355,11 @@ export function createMote(model: LlamaModel, config: Partial<MoteConfig> = {}, 
         const boundB = 1 / Math.sqrt(R);
         for (let i = 0; i < B.length; i++) B[i] = (2 * r() - 1) * boundB;
       }
-      layer[m] = { A, B, R, ranks: new Int32Array(L).fill(R), scales: new Float32Array(L).fill(cfg.loraAlpha / R) };
+      layer[m] = { A, B, R, ranks: new Int32Array(L).fill(R), scales: new Float32Array(L).fill(loraAlpha / R) };
     }
     host.push(layer);
   }
-  return new MoteBundle(cfg, mc, model.backend, uploadStacks(model.backend, mc, host), model.dir);
+  return uploadStacks(model.backend, mc, host);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -581,6 +589,52 @@ export class AdapterSet extends AdapterStacks {
     }
     return loraRouting(this.backend, Int32Array.from(adapter), { K: 1, L: this.L });
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// A fresh plain LoRA: the "one LoRA" baseline of the toy evaluation, an AdapterSet with L = 1
+// (the Trainer trains it on every token, AdapterSet.routing serves it).
+
+export interface CreateLoraOptions {
+  /** LoRA rank. Default 16. */
+  rank?: number;
+  /** LoRA alpha (scale = alpha / rank). Default 2·rank. */
+  loraAlpha?: number;
+  /** The linears that get the adapter. Default all seven. */
+  targetModules?: LinearModule[];
+  /** Seed of the initial A (default 0). */
+  seed?: number;
+  /** 'peft' (default): A kaiming-uniform, B = 0 (starts as the base model); 'random': B random too (tests). */
+  init?: 'peft' | 'random';
+}
+
+/** Name of the adapter in AdapterSet.dirs: it was made in memory, not loaded from a folder. */
+export const NEW_LORA_DIR = '<new lora>';
+
+
+/** A fresh trainable LoRA adapter (AdapterSet with L = 1, f32) on `model`'s backend. */
+export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): AdapterSet {
+  const op = 'createLora';
+  checkModel(op, model);
+  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
+  const R = opts.rank ?? 16;
+  if (typeof R !== 'number' || !Number.isSafeInteger(R) || R < 1) throw new ArgumentError(`${op}: rank: expected a positive integer, got ${describe(opts.rank)}`);
+  const loraAlpha = opts.loraAlpha ?? 2 * R;
+  if (typeof loraAlpha !== 'number' || !Number.isFinite(loraAlpha) || loraAlpha <= 0) throw new ArgumentError(`${op}: loraAlpha: expected a positive number, got ${describe(opts.loraAlpha)}`);
+  const targets = opts.targetModules ?? [...LINEAR_MODULES];
+  if (!Array.isArray(targets) || targets.length === 0) throw new ArgumentError(`${op}: targetModules: expected a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(targets)}`);
+  targets.forEach((m, i) => {
+    if (!(LINEAR_MODULES as readonly unknown[]).includes(m)) throw new ArgumentError(`${op}: targetModules[${i}]: unknown module ${describe(m)} (expected one of ${LINEAR_MODULES.join(', ')})`);
+    if (targets.indexOf(m) !== i) throw new ArgumentError(`${op}: targetModules[${i}]: '${m}' is listed twice`);
+  });
+  const seed = opts.seed ?? 0;
+  if (typeof seed !== 'number' || !Number.isSafeInteger(seed)) throw new ArgumentError(`${op}: seed: expected an integer, got ${describe(opts.seed)}`);
+  const init = opts.init ?? 'peft';
+  if (init !== 'peft' && init !== 'random') throw new ArgumentError(`${op}: init: expected 'peft' or 'random', got ${describe(init)}`);
+  const modules = LINEAR_MODULES.filter((m) => targets.includes(m));
+  const stacks = freshStacks(model, 1, R, loraAlpha, modules, seed, init);
+  const config = parsePeftConfig(makePeftConfig({ r: R, loraAlpha, targetModules: modules, baseModelNameOrPath: model.dir }));
+  return new AdapterSet(model.config, model.backend, stacks, [NEW_LORA_DIR], [config]);
 }
 
 /**
