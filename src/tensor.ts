@@ -1,5 +1,5 @@
 import { bytesPerElement, checkDType, decode, encode, type DType, type HostData } from './dtype.js';
-import { ArgumentError, DisposedTensorError, MoteError, ShapeError, describe } from './errors.js';
+import { ArgumentError, DTypeError, DisposedTensorError, ShapeError, describe } from './errors.js';
 import type { Backend } from './backend/backend.js';
 
 interface Held { backend: Backend; storage: unknown }
@@ -64,14 +64,15 @@ export class Tensor {
 
   /** Like read() but for float tensors only, typed as Float32Array. */
   async readFloat(): Promise<Float32Array> {
-    if (this.dtype === 'i32') throw new MoteError(`tensor #${this.id}: readFloat() on an i32 tensor`);
+    if (this.dtype === 'i32') throw new DTypeError(`readFloat: tensor #${this.id} is i32; use read()`);
     return (await this.read()) as Float32Array;
   }
 
   /** Overwrites the contents from host data of the same length. */
   write(data: HostData): void {
-    if (data.length !== this.size) throw new ShapeError(`data: expected ${this.size} elements for shape [${this.shape.join(', ')}], got ${data.length}`);
-    this.backend.writeStorage(this.storage, encode('data', data, this.dtype));
+    const storage = this.storage; // a disposed tensor throws first
+    checkHostData('write: data', data, this.size, this.shape);
+    this.backend.writeStorage(storage, encode('write: data', data, this.dtype));
   }
 
   /** Frees device memory now. Safe to call twice. */
@@ -91,10 +92,40 @@ export class Tensor {
 
 export function checkShape(name: string, shape: unknown): number[] {
   if (!Array.isArray(shape) || shape.length === 0) throw new ShapeError(`${name}: expected a non-empty array of positive integers, got ${describe(shape)}`);
+  let size = 1;
   for (const [i, d] of shape.entries()) {
     if (!Number.isSafeInteger(d) || d <= 0) throw new ShapeError(`${name}[${i}]: expected a positive integer, got ${describe(d)}`);
+    size *= d;
   }
+  // a product past 2^53 is not even an exact element count
+  if (!Number.isSafeInteger(size * 4)) throw new ShapeError(`${name}: [${shape.join(', ')}] holds ${size} elements, more than any device can address`);
   return shape as number[];
+}
+
+/**
+ * Host data for a tensor: a Float32Array, Float64Array, Int32Array, Uint16Array (f16/bf16 bits)
+ * or an array of numbers, of `size` elements. Other typed arrays, strings and array-likes are
+ * refused rather than converted (Float32Array.from would turn them into NaNs or zeros).
+ */
+export function checkHostData(name: string, data: unknown, size: number, shape: readonly number[]): HostData {
+  const typed = data instanceof Float32Array || data instanceof Float64Array || data instanceof Int32Array || data instanceof Uint16Array;
+  if (!typed && !Array.isArray(data)) {
+    throw new ArgumentError(`${name}: expected a Float32Array, Float64Array, Int32Array, Uint16Array or number[], got ${describe(data)}`);
+  }
+  const d = data as HostData;
+  if (d.length !== size) throw new ShapeError(`${name}: expected ${size} elements for shape [${shape.join(', ')}], got ${d.length}`);
+  if (!typed) {
+    for (let i = 0; i < d.length; i++) {
+      if (typeof d[i] !== 'number') throw new ArgumentError(`${name}[${i}]: expected a number, got ${describe(d[i])}`);
+    }
+  }
+  return d;
+}
+
+/** Backend.tensor(): like makeTensor, but data is required (null would make an uninitialised tensor). */
+export function makeHostTensor(backend: Backend, data: HostData, shape: readonly number[], dtype: DType = 'f32'): Tensor {
+  if (data === null) throw new ArgumentError(`data: expected a Float32Array, Float64Array, Int32Array, Uint16Array or number[], got null (use empty() for an uninitialised tensor)`);
+  return makeTensor(backend, data, shape, dtype);
 }
 
 /** Shared tensor creation for every backend. */
@@ -104,10 +135,7 @@ export function makeTensor(backend: Backend, data: HostData | null, shape: reado
   const size = shape.reduce((a, b) => a * b, 1);
   let bytes: Uint8Array | null = null;
   if (data !== null) {
-    if (data === undefined || typeof (data as { length?: unknown }).length !== 'number') {
-      throw new ArgumentError(`data: expected a typed array or number[], got ${describe(data)}`);
-    }
-    if (data.length !== size) throw new ShapeError(`data: expected ${size} elements for shape [${shape.join(', ')}], got ${data.length}`);
+    checkHostData('data', data, size, shape);
     bytes = encode('data', data, dtype);
   }
   const byteLength = size * bytesPerElement(dtype);

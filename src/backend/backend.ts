@@ -37,6 +37,8 @@ export interface Backend extends Kernels {
   empty(shape: readonly number[], dtype?: DType): Tensor;
   /** Creates a tensor of zeros. */
   zeros(shape: readonly number[], dtype?: DType): Tensor;
+  /** Device buffers this backend holds now (tensors not yet disposed), for leak checks. */
+  memoryInUse(): { buffers: number; bytes: number };
   /** Resolves when all work submitted so far has finished. */
   sync(): Promise<void>;
   /** Frees every tensor of this backend and releases the device. */

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { BackendUnavailableError, NativeError } from '../errors.js';
 import { DTYPE_CODE, type DType, type HostData } from '../dtype.js';
-import { makeTensor, type Tensor } from '../tensor.js';
+import { makeHostTensor, makeTensor, type Tensor } from '../tensor.js';
 import type { MatmulDims } from '../ops/matmul.js';
 import type { LoraDims, LoraRouting, LoraStack, LoraStrategy } from '../ops/lora.js';
 import type { EmbeddingDims } from '../ops/embedding.js';
@@ -124,7 +124,8 @@ const DEVICE_CODE = { cpu: 0, cuda: 1 } as const;
 export class NativeBackend implements Backend {
   readonly device: number;
   #destroyed = false;
-  readonly #live = new Set<object>();
+  /** live buffers and their sizes (memoryInUse) */
+  readonly #live = new Map<object, number>();
 
   private constructor(readonly kind: 'cpu' | 'cuda', readonly addon: Addon) {
     this.device = DEVICE_CODE[kind];
@@ -159,7 +160,7 @@ export class NativeBackend implements Backend {
   }
 
   tensor(data: HostData, shape: readonly number[], dtype: DType = 'f32'): Tensor {
-    return makeTensor(this, data, shape, dtype);
+    return makeHostTensor(this, data, shape, dtype);
   }
   empty(shape: readonly number[], dtype: DType = 'f32'): Tensor {
     return makeTensor(this, null, shape, dtype);
@@ -171,7 +172,7 @@ export class NativeBackend implements Backend {
   allocStorage(byteLength: number): unknown {
     this.#checkAlive();
     const buf = nativeCall(`${this.kind}: allocating ${byteLength} bytes`, () => this.addon.alloc(this.device, byteLength));
-    this.#live.add(buf);
+    this.#live.set(buf, byteLength);
     return buf;
   }
   writeStorage(storage: unknown, bytes: Uint8Array): void {
@@ -185,12 +186,17 @@ export class NativeBackend implements Backend {
   freeStorage(storage: unknown): void {
     if (this.#live.delete(storage as object)) this.addon.free(storage as object);
   }
+  memoryInUse(): { buffers: number; bytes: number } {
+    let bytes = 0;
+    for (const n of this.#live.values()) bytes += n;
+    return { buffers: this.#live.size, bytes };
+  }
   async sync(): Promise<void> {
     nativeCall(`${this.kind}: sync`, () => this.addon.sync(this.device));
   }
   destroy(): void {
     if (this.#destroyed) return;
-    for (const b of this.#live) this.addon.free(b);
+    for (const b of this.#live.keys()) this.addon.free(b);
     this.#live.clear();
     this.#destroyed = true;
   }

@@ -2,6 +2,7 @@ import { ArgumentError, BackendUnavailableError, describe } from '../errors.js';
 import type { Backend, BackendKind, BackendRequest } from './backend.js';
 import { NativeBackend } from './native.js';
 import { WebGPUBackend, type WebGPUOptions } from './webgpu.js';
+import { checkBool, checkInt, checkOpts } from '../ops/check.js';
 
 export interface OpenOptions extends WebGPUOptions {
   /** cpu backend: number of worker threads (default: all hardware threads). */
@@ -14,7 +15,11 @@ export const BACKEND_KINDS: readonly BackendKind[] = ['cpu', 'webgpu', 'cuda'];
  * Opens a backend. 'auto' tries cuda, then a hardware WebGPU adapter, then cpu; a software
  * WebGPU adapter (lavapipe) is used only when 'webgpu' is asked for by name.
  */
-export async function openBackend(kind: BackendRequest = 'auto', opts: OpenOptions = {}): Promise<Backend> {
+export async function openBackend(kind: BackendRequest = 'auto', options?: OpenOptions): Promise<Backend> {
+  if (typeof kind !== 'string' || !['cpu', 'webgpu', 'cuda', 'auto'].includes(kind)) {
+    throw new ArgumentError(`openBackend: kind: expected 'cpu', 'webgpu', 'cuda' or 'auto', got ${describe(kind)}`);
+  }
+  const opts = checkOpenOptions(options);
   switch (kind) {
     case 'cpu':
     case 'cuda':
@@ -38,6 +43,22 @@ export async function openBackend(kind: BackendRequest = 'auto', opts: OpenOptio
   }
 }
 
+/** Checks openBackend's options before any device is touched. */
+function checkOpenOptions(options: OpenOptions | undefined): OpenOptions {
+  const op = 'openBackend';
+  const opts = checkOpts(op, 'opts', options);
+  if (opts.threads !== undefined) checkInt(op, 'threads', opts.threads, 1, 4096);
+  if (opts.adapter !== undefined && typeof opts.adapter !== 'string') throw new ArgumentError(`${op}: adapter: expected a string, got ${describe(opts.adapter)}`);
+  checkBool(op, 'requireHardware', opts.requireHardware);
+  if (opts.dawnOptions !== undefined && (!Array.isArray(opts.dawnOptions) || opts.dawnOptions.some((o) => typeof o !== 'string'))) {
+    throw new ArgumentError(`${op}: dawnOptions: expected an array of strings, got ${describe(opts.dawnOptions)}`);
+  }
+  if (opts.device !== undefined && (opts.device === null || typeof opts.device !== 'object' || typeof (opts.device as { createBuffer?: unknown }).createBuffer !== 'function')) {
+    throw new ArgumentError(`${op}: device: expected a GPUDevice, got ${describe(opts.device)}`);
+  }
+  return opts;
+}
+
 export interface Availability {
   kind: BackendKind;
   available: boolean;
@@ -48,7 +69,8 @@ export interface Availability {
 }
 
 /** Tries every backend and reports what it found; every backend opened is destroyed again. */
-export async function probeBackends(opts: OpenOptions = {}): Promise<Availability[]> {
+export async function probeBackends(options?: OpenOptions): Promise<Availability[]> {
+  const opts = checkOpenOptions(options);
   const out: Availability[] = [];
   for (const kind of BACKEND_KINDS) {
     try {

@@ -3,7 +3,7 @@
 import { tmpdir } from 'node:os';
 import { BackendUnavailableError, NativeError } from '../errors.js';
 import type { DType, HostData } from '../dtype.js';
-import { makeTensor, type Tensor } from '../tensor.js';
+import { makeHostTensor, makeTensor, type Tensor } from '../tensor.js';
 import type { MatmulDims } from '../ops/matmul.js';
 import type { LoraDims, LoraRouting, LoraStack, LoraStrategy } from '../ops/lora.js';
 import type { EmbeddingDims } from '../ops/embedding.js';
@@ -197,7 +197,7 @@ export class WebGPUBackend implements Backend {
   }
 
   tensor(data: HostData, shape: readonly number[], dtype: DType = 'f32'): Tensor {
-    return makeTensor(this, data, shape, dtype);
+    return makeHostTensor(this, data, shape, dtype);
   }
   empty(shape: readonly number[], dtype: DType = 'f32'): Tensor {
     return makeTensor(this, null, shape, dtype);
@@ -250,6 +250,12 @@ export class WebGPUBackend implements Backend {
     if (!this.#live.delete(buf)) return;
     if (this.#encoder) this.#deferredDestroy.push(buf);
     else buf.destroy();
+  }
+
+  memoryInUse(): { buffers: number; bytes: number } {
+    let bytes = 0;
+    for (const b of this.#live) bytes += b.size;
+    return { buffers: this.#live.size, bytes };
   }
 
   async sync(): Promise<void> {

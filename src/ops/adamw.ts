@@ -11,7 +11,7 @@
 // bc1 and bc2 are computed here in double and handed to the kernels as f32 scalars.
 import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { Checker } from './check.js';
+import { Checker, checkOpts } from './check.js';
 
 /** The f32 scalars of one AdamW step as the kernels receive them. */
 export interface AdamwScalars {
@@ -67,7 +67,7 @@ const F32_MAX = 3.4028234663852886e38;
 
 /** Checks the hyper-parameters and forms the kernel scalars (bias corrections in double). */
 export function adamwScalars(opts: AdamwOptions, op = 'adamw'): AdamwScalars {
-  if (typeof opts !== 'object' || opts === null) throw new ArgumentError(`${op}: opts: expected an object with lr and step, got ${describe(opts)}`);
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) throw new ArgumentError(`${op}: opts: expected an object with lr and step, got ${describe(opts)}`);
   const lr = finite(op, 'lr', opts.lr, { min: 0 });
   const beta1 = finite(op, 'beta1', opts.beta1 ?? 0.9, { min: 0, max: 1 });
   const beta2 = finite(op, 'beta2', opts.beta2 ?? 0.999, { min: 0, max: 1 });
@@ -108,8 +108,9 @@ export function adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, opts: AdamwOpt
 }
 
 /** Σ g² (f32, any shape) as a 1-element f32 tensor, by a fixed-order reduction: reruns are bit-identical. */
-export function sumSquares(g: Tensor, opts: { out?: Tensor } = {}): Tensor {
+export function sumSquares(g: Tensor, options?: { out?: Tensor }): Tensor {
   const c = new Checker('sumSquares');
+  const opts = checkOpts('sumSquares', 'opts', options);
   const shape = (g as Partial<Tensor>)?.shape?.map((_, i) => `d${i}`) ?? [];
   c.tensor('g', g, { dtypes: ['f32'], shape });
   const out = opts.out === undefined ? g.backend.empty([1], 'f32') : c.tensor('out', opts.out, { dtypes: ['f32'], shape: [1] });

@@ -6,7 +6,7 @@
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
-import { Checker } from './check.js';
+import { Checker, checkBackend, checkFinite, checkObject, checkOpts } from './check.js';
 
 export interface AttentionDims {
   Tq: number; Tk: number; nH: number; nKv: number; D: number;
@@ -62,6 +62,8 @@ export class AttentionLayout {
   readonly qSeg: Tensor; readonly kSeg: Tensor; readonly blocked: Tensor;
 
   constructor(readonly backend: Backend, init: AttentionLayoutInit) {
+    checkBackend('attentionLayout', 'backend', backend);
+    checkObject('attentionLayout', 'init', init, 'an AttentionLayoutInit object');
     const MAX = 2 ** 31 - 1;
     this.Tq = init.qSeq?.length ?? 0;
     if (this.Tq === 0) throw new ShapeError('attentionLayout: qSeq: expected at least one query token');
@@ -119,14 +121,14 @@ function check(op: string, c: Checker, q: Tensor, k: Tensor, v: Tensor, l: Atten
   c.tensor('layout.kSeq', l.kSeq, { dtypes: ['i32'], shape: ['Tk'] });
   const nH = c.dim('nH'), nKv = c.dim('nKv'), D = c.dim('D');
   if (nH % nKv !== 0) throw new ShapeError(`${op}: k: kv heads (${nKv}) must divide query heads (${nH})`);
-  const s = scale ?? 1 / Math.sqrt(D);
-  if (!Number.isFinite(s) || s <= 0) throw new ArgumentError(`${op}: scale: expected a positive finite number, got ${scale}`);
+  const s = scale === undefined ? 1 / Math.sqrt(D) : checkFinite(op, 'scale', scale, true);
   return { Tq: c.dim('Tq'), Tk: c.dim('Tk'), nH, nKv, D, scale: s, S: l.S, numSeqs: l.numSeqs };
 }
 
 /** q f32 [Tq, nH, D], k/v f32 [Tk, nKv, D] → out f32 [Tq, nH, D] and lse f32 [Tq, nH]. */
-export function attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, opts: { scale?: number } = {}): { out: Tensor; lse: Tensor } {
+export function attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, options?: { scale?: number }): { out: Tensor; lse: Tensor } {
   const c = new Checker('attention');
+  const opts = checkOpts('attention', 'opts', options);
   const d = check('attention', c, q, k, v, layout, opts.scale);
   const out = c.output('out', undefined, ['Tq', 'nH', 'D']);
   const lse = c.output('lse', undefined, ['Tq', 'nH']);
@@ -135,8 +137,9 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayo
 }
 
 /** Gradients of attention given dOut and the forward's out and lse. */
-export function attentionGrad(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, layout: AttentionLayout, opts: { scale?: number } = {}): { dq: Tensor; dk: Tensor; dv: Tensor } {
+export function attentionGrad(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, layout: AttentionLayout, options?: { scale?: number }): { dq: Tensor; dk: Tensor; dv: Tensor } {
   const c = new Checker('attentionGrad');
+  const opts = checkOpts('attentionGrad', 'opts', options);
   const d = check('attentionGrad', c, q, k, v, layout, opts.scale);
   c.tensor('dOut', dOut, { dtypes: ['f32'], shape: ['Tq', 'nH', 'D'] });
   c.tensor('out', out, { dtypes: ['f32'], shape: ['Tq', 'nH', 'D'] });

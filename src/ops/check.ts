@@ -69,3 +69,86 @@ export function checkBool(op: string, name: string, v: unknown): boolean {
   if (typeof v !== 'boolean') throw new ArgumentError(`${op}: ${name}: expected a boolean, got ${describe(v)}`);
   return v;
 }
+
+// ---- Entry-argument checks shared by every public function (tensor creation, ops, routing,
+// layouts, openBackend): each throws a MoteError subclass naming `op: name`.
+
+/** An options object: undefined → {}, anything but a plain object (null, numbers, arrays) throws. */
+export function checkOpts<T extends object>(op: string, name: string, v: T | null | undefined): Partial<T> {
+  if (v === undefined) return {};
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ArgumentError(`${op}: ${name}: expected an options object or undefined, got ${describe(v)}`);
+  return v;
+}
+
+/** A required object argument (LoraStack, layout init, ...). */
+export function checkObject<T extends object>(op: string, name: string, v: T | null | undefined, what = 'an object'): T {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ArgumentError(`${op}: ${name}: expected ${what}, got ${describe(v)}`);
+  return v;
+}
+
+const KINDS = ['cpu', 'webgpu', 'cuda'];
+
+/** A live Backend from openBackend(). */
+export function checkBackend(op: string, name: string, b: unknown): Backend {
+  const be = b as Partial<Backend> | null;
+  if (be === null || typeof be !== 'object' || typeof be.tensor !== 'function' || typeof be.allocStorage !== 'function' || !KINDS.includes(be.kind as string)) {
+    throw new ArgumentError(`${op}: ${name}: expected a Backend from openBackend(), got ${describe(b)}`);
+  }
+  if (be.destroyed) throw new DisposedTensorError(`${op}: ${name}: the ${be.kind} backend was destroyed`);
+  return be as Backend;
+}
+
+/** An integer in [lo, hi] (a JS number: no strings, no NaN, no 1.5, no 2^32 where hi is smaller). */
+export function checkInt(op: string, name: string, v: unknown, lo: number, hi: number = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi) {
+    const range = hi === Number.MAX_SAFE_INTEGER ? `≥ ${lo}` : `in [${lo}, ${hi}]`;
+    throw new ArgumentError(`${op}: ${name}: expected an integer ${range}, got ${describe(v)}`);
+  }
+  return v;
+}
+
+/** A finite number, optionally > 0. */
+export function checkFinite(op: string, name: string, v: unknown, positive = false): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || (positive && !(v > 0))) {
+    throw new ArgumentError(`${op}: ${name}: expected a ${positive ? 'positive ' : ''}finite number, got ${describe(v)}`);
+  }
+  return v;
+}
+
+/** A host array of numbers: a number[] or a numeric typed array (not a string, not an array-like object). */
+export function checkHostArray(op: string, name: string, a: unknown, length?: number): ArrayLike<number> {
+  const ok = Array.isArray(a) || (ArrayBuffer.isView(a) && !(a instanceof DataView) && !(a instanceof BigInt64Array) && !(a instanceof BigUint64Array));
+  if (!ok) throw new ArgumentError(`${op}: ${name}: expected an Int32Array, Float32Array or number[], got ${describe(a)}`);
+  const arr = a as ArrayLike<number>;
+  if (length !== undefined && arr.length !== length) throw new ShapeError(`${op}: ${name}: expected ${length} entries, got ${arr.length}`);
+  return arr;
+}
+
+/** A host array of integers in [lo, hi], copied into a fresh Int32Array (no silent wrap of 2^32 or 1.5). */
+export function checkIntArray(op: string, name: string, a: unknown, lo: number, hi: number, length?: number, index: (i: number) => string = (i) => `[${i}]`): Int32Array {
+  const arr = checkHostArray(op, name, a, length);
+  const out = new Int32Array(arr.length);
+  const top = Math.min(hi, 2 ** 31 - 1);
+  for (let i = 0; i < arr.length; i++) {
+    const v = arr[i];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > top) {
+      throw new ArgumentError(`${op}: ${name}${index(i)}: expected an integer in [${lo}, ${top}], got ${describe(v)}`);
+    }
+    out[i] = v;
+  }
+  return out;
+}
+
+/** A host array of finite numbers, copied into a fresh Float32Array. */
+export function checkFloatArray(op: string, name: string, a: unknown, length?: number, index: (i: number) => string = (i) => `[${i}]`): Float32Array {
+  const arr = checkHostArray(op, name, a, length);
+  const out = new Float32Array(arr.length);
+  for (let i = 0; i < arr.length; i++) {
+    const v = arr[i];
+    if (typeof v !== 'number' || !Number.isFinite(v) || !Number.isFinite(Math.fround(v))) {
+      throw new ArgumentError(`${op}: ${name}${index(i)}: expected a finite (f32) number, got ${describe(v)}`);
+    }
+    out[i] = v;
+  }
+  return out;
+}

@@ -2,7 +2,7 @@
 import { WEIGHT_DTYPES } from '../dtype.js';
 import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { Checker, checkBool } from './check.js';
+import { Checker, checkBool, checkInt, checkIntArray, checkOpts } from './check.js';
 
 export interface EmbeddingDims { T: number; V: number; H: number }
 
@@ -19,13 +19,8 @@ export interface EmbeddingKernels {
 
 /** Checks token ids on the host: integers in [0, V). */
 export function checkIds(op: string, ids: ArrayLike<number>, V: number): Int32Array {
-  if (!ids || typeof ids.length !== 'number' || ids.length === 0) throw new ArgumentError(`${op}: ids: expected a non-empty Int32Array or number[], got ${describe(ids)}`);
-  const out = new Int32Array(ids.length);
-  for (let t = 0; t < ids.length; t++) {
-    const v = ids[t]!;
-    if (!Number.isInteger(v) || v < 0 || v >= V) throw new ArgumentError(`${op}: ids[${t}]: expected a token id in [0, ${V - 1}], got ${v}`);
-    out[t] = v;
-  }
+  const out = checkIntArray(op, 'ids', ids, 0, V - 1);
+  if (out.length === 0) throw new ArgumentError(`${op}: ids: expected at least one token id, got ${describe(ids)}`);
   return out;
 }
 
@@ -46,10 +41,11 @@ export function embedding(E: Tensor, ids: ArrayLike<number>): Tensor {
 }
 
 /** dE f32 [V, H] from dy f32 [T, H] and the host ids of the forward. */
-export function embeddingGrad(ids: ArrayLike<number>, dy: Tensor, V: number, opts: { out?: Tensor; accumulate?: boolean } = {}): Tensor {
+export function embeddingGrad(ids: ArrayLike<number>, dy: Tensor, V: number, options?: { out?: Tensor; accumulate?: boolean }): Tensor {
   const c = new Checker('embeddingGrad');
+  const opts = checkOpts('embeddingGrad', 'opts', options);
   c.tensor('dy', dy, { dtypes: ['f32'], shape: ['T', 'H'] });
-  if (!Number.isSafeInteger(V) || V <= 0) throw new ArgumentError(`embeddingGrad: V: expected a positive integer, got ${describe(V)}`);
+  checkInt('embeddingGrad', 'V', V, 1);
   c.dims.set('V', { value: V, from: 'V' });
   const acc = checkBool('embeddingGrad', 'accumulate', opts.accumulate);
   if (acc && !opts.out) throw new ArgumentError('embeddingGrad: accumulate: needs an out tensor to add into');

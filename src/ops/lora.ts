@@ -8,7 +8,7 @@ import { WEIGHT_DTYPES } from '../dtype.js';
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
-import { Checker, checkBool } from './check.js';
+import { Checker, checkBackend, checkBool, checkFloatArray, checkInt, checkIntArray, checkObject, checkOpts } from './check.js';
 
 /** Sizes of one multi-LoRA call. */
 export interface LoraDims {
@@ -111,23 +111,17 @@ export class LoraRouting {
  * mixing weights (default 1). MoTE: K = 2, [step expert, shared], weights [α, 1 − α].
  */
 export function loraRouting(backend: Backend, slots: Int32Array | readonly number[], opts: { K: number; L: number; weight?: Float32Array | readonly number[] }): LoraRouting {
-  const { K, L } = opts;
-  if (!Number.isSafeInteger(K) || K <= 0) throw new ArgumentError(`loraRouting: K: expected a positive integer, got ${describe(K)}`);
-  if (!Number.isSafeInteger(L) || L <= 0) throw new ArgumentError(`loraRouting: L: expected a positive integer, got ${describe(L)}`);
-  if (!slots || typeof slots.length !== 'number') throw new ArgumentError(`loraRouting: slots: expected an Int32Array or number[], got ${describe(slots)}`);
-  if (slots.length === 0 || slots.length % K !== 0) throw new ShapeError(`loraRouting: slots: expected T·K entries with K = ${K}, got ${slots.length}`);
-  const T = slots.length / K;
-  const s = slots instanceof Int32Array ? slots.slice() : Int32Array.from(slots as readonly number[], (v) => (Number.isInteger(v) ? v : NaN));
-  for (let i = 0; i < s.length; i++) {
-    const v = (slots as ArrayLike<number>)[i]!;
-    if (!Number.isInteger(v)) throw new ArgumentError(`loraRouting: slots[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected an integer adapter index, got ${v}`);
-  }
-  let w: Float32Array;
-  if (opts.weight === undefined) w = new Float32Array(T * K).fill(1);
-  else {
-    if (opts.weight.length !== T * K) throw new ShapeError(`loraRouting: weight: expected ${T * K} entries (T = ${T}, K = ${K}), got ${opts.weight.length}`);
-    w = Float32Array.from(opts.weight);
-  }
+  const op = 'loraRouting';
+  checkBackend(op, 'backend', backend);
+  checkObject(op, 'opts', opts, 'an options object with K and L');
+  const K = checkInt(op, 'K', opts.K, 1, 2 ** 31 - 1);
+  const L = checkInt(op, 'L', opts.L, 1, 2 ** 31 - 1);
+  const at = (i: number) => `[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)})`;
+  // every entry checked as given: 2^32 or 1.5 must not wrap through an Int32Array into a valid slot
+  const s = checkIntArray(op, 'slots', slots, -1, L - 1, undefined, at);
+  if (s.length === 0 || s.length % K !== 0) throw new ShapeError(`${op}: slots: expected T·K entries with K = ${K}, got ${s.length}`);
+  const T = s.length / K;
+  const w = opts.weight === undefined ? new Float32Array(T * K).fill(1) : checkFloatArray(op, 'weight', opts.weight, T * K, at);
   return new LoraRouting(backend, T, K, L, s, w);
 }
 
@@ -165,23 +159,22 @@ export interface LoraKernels {
 }
 
 /** Builds a checked adapter stack. ranks: host copy of rank (default: R for every adapter). */
-export function loraStack(A: Tensor, B: Tensor, opts: { rank?: Int32Array | readonly number[]; scale?: Float32Array | readonly number[] } = {}): LoraStack {
+export function loraStack(A: Tensor, B: Tensor, options?: { rank?: Int32Array | readonly number[]; scale?: Float32Array | readonly number[] }): LoraStack {
   const c = new Checker('loraStack');
+  const opts = checkOpts('loraStack', 'opts', options);
   c.tensor('A', A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
   c.tensor('B', B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
   const L = c.dim('L'), R = c.dim('R');
-  const ranks = opts.rank === undefined ? new Int32Array(L).fill(R) : Int32Array.from(opts.rank);
-  if (ranks.length !== L) throw new ShapeError(`loraStack: rank: expected ${L} entries (one per adapter), got ${ranks.length}`);
-  ranks.forEach((r, e) => {
-    if (!Number.isInteger((opts.rank as ArrayLike<number> | undefined)?.[e] ?? r) || r < 1 || r > R) throw new ArgumentError(`loraStack: rank[${e}]: expected an integer in [1, ${R}], got ${(opts.rank as ArrayLike<number>)[e]}`);
-  });
-  const scales = opts.scale === undefined ? new Float32Array(L).fill(1) : Float32Array.from(opts.scale);
-  if (scales.length !== L) throw new ShapeError(`loraStack: scale: expected ${L} entries, got ${scales.length}`);
-  scales.forEach((v, e) => {
-    if (!Number.isFinite(v)) throw new ArgumentError(`loraStack: scale[${e}]: expected a finite number, got ${v}`);
-  });
+  const ranks = opts.rank === undefined ? new Int32Array(L).fill(R) : checkIntArray('loraStack', 'rank', opts.rank, 1, R, L);
+  const scales = opts.scale === undefined ? new Float32Array(L).fill(1) : checkFloatArray('loraStack', 'scale', opts.scale, L);
   const be = A.backend;
-  return { A, B, rank: be.tensor(ranks, [L], 'i32'), scale: be.tensor(scales, [L], 'f32'), ranks };
+  const rank = be.tensor(ranks, [L], 'i32');
+  try {
+    return { A, B, rank, scale: be.tensor(scales, [L], 'f32'), ranks };
+  } catch (e) {
+    rank.dispose();
+    throw e;
+  }
 }
 
 export interface LoraOptions {
@@ -198,6 +191,7 @@ export function chooseStrategy(rt: LoraRouting, requested: LoraStrategy | 'auto'
 
 function checkAll(op: string, s: LoraStack, rt: LoraRouting, tensors: Record<string, [Tensor | undefined, readonly string[], boolean?]>): { c: Checker; d: LoraDims } {
   const c = new Checker(op);
+  checkObject(op, 'stack', s, 'a LoraStack from loraStack()');
   c.tensor('A', s.A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
   c.tensor('B', s.B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
   c.tensor('rank', s.rank, { dtypes: ['i32'], shape: ['L'] });
@@ -205,6 +199,7 @@ function checkAll(op: string, s: LoraStack, rt: LoraRouting, tensors: Record<str
   if (!(rt instanceof LoraRouting)) throw new ArgumentError(`${op}: routing: expected a LoraRouting from loraRouting(), got ${describe(rt)}`);
   c.tensor('routing.slots', rt.slots, { dtypes: ['i32'], shape: ['T', 'K'] });
   c.tensor('routing.weight', rt.weight, { dtypes: ['f32'], shape: ['T', 'K'] });
+  if (!(s.ranks instanceof Int32Array) || s.ranks.length !== c.dim('L')) throw new ArgumentError(`${op}: stack.ranks: expected an Int32Array of ${c.dim('L')} ranks, got ${describe(s.ranks)}`);
   if (rt.L !== c.dim('L')) throw new ShapeError(`${op}: routing: built for L = ${rt.L} adapters, but the stack has L = ${c.dim('L')}`);
   for (const [name, [t, shape, optional]] of Object.entries(tensors)) {
     if (t === undefined && optional) continue;
@@ -215,7 +210,8 @@ function checkAll(op: string, s: LoraStack, rt: LoraRouting, tensors: Record<str
 }
 
 /** v = shrink(x): f32 [T, K, R]. */
-export function loraShrink(x: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { out?: Tensor } = {}): Tensor {
+export function loraShrink(x: Tensor, s: LoraStack, rt: LoraRouting, options?: LoraOptions & { out?: Tensor }): Tensor {
+  const opts = checkOpts('loraShrink', 'opts', options);
   const { c, d } = checkAll('loraShrink', s, rt, { x: [x, ['T', 'Hin']], out: [opts.out, ['T', 'K', 'R'], true] });
   const v = opts.out ?? c.output('out', undefined, ['T', 'K', 'R']);
   c.distinct('out', v, { x });
@@ -224,7 +220,8 @@ export function loraShrink(x: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraO
 }
 
 /** y += expand(v), in place; returns y. */
-export function loraExpand(y: Tensor, v: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions = {}): Tensor {
+export function loraExpand(y: Tensor, v: Tensor, s: LoraStack, rt: LoraRouting, options?: LoraOptions): Tensor {
+  const opts = checkOpts('loraExpand', 'opts', options);
   const { c, d } = checkAll('loraExpand', s, rt, { y: [y, ['T', 'Hout']], v: [v, ['T', 'K', 'R']] });
   c.distinct('y', y, { v });
   y.backend.loraExpand(y, v, s, rt, d, chooseStrategy(rt, opts.strategy));
@@ -232,7 +229,8 @@ export function loraExpand(y: Tensor, v: Tensor, s: LoraStack, rt: LoraRouting, 
 }
 
 /** y += Σ_k weight·scale·B·A·x, in place; returns the shrink output v (kept for backward). */
-export function loraApply(y: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { v?: Tensor } = {}): Tensor {
+export function loraApply(y: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, options?: LoraOptions & { v?: Tensor }): Tensor {
+  const opts = checkOpts('loraApply', 'opts', options);
   const { c, d } = checkAll('loraApply', s, rt, { y: [y, ['T', 'Hout']], x: [x, ['T', 'Hin']], v: [opts.v, ['T', 'K', 'R'], true] });
   const v = opts.v ?? c.output('v', undefined, ['T', 'K', 'R']);
   c.distinct('y', y, { x, v });
@@ -242,7 +240,8 @@ export function loraApply(y: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, o
 }
 
 /** dv = weight·scale·Bᵀ·dy: f32 [T, K, R]. */
-export function loraShrinkGrad(dy: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { out?: Tensor } = {}): Tensor {
+export function loraShrinkGrad(dy: Tensor, s: LoraStack, rt: LoraRouting, options?: LoraOptions & { out?: Tensor }): Tensor {
+  const opts = checkOpts('loraShrinkGrad', 'opts', options);
   const { c, d } = checkAll('loraShrinkGrad', s, rt, { dy: [dy, ['T', 'Hout']], out: [opts.out, ['T', 'K', 'R'], true] });
   const dv = opts.out ?? c.output('out', undefined, ['T', 'K', 'R']);
   c.distinct('out', dv, { dy });
@@ -251,7 +250,8 @@ export function loraShrinkGrad(dy: Tensor, s: LoraStack, rt: LoraRouting, opts: 
 }
 
 /** dx (+)= Σ_k Aᵀ·dv: f32 [T, H_in]. */
-export function loraInputGrad(dv: Tensor, s: LoraStack, rt: LoraRouting, opts: LoraOptions & { out?: Tensor; accumulate?: boolean } = {}): Tensor {
+export function loraInputGrad(dv: Tensor, s: LoraStack, rt: LoraRouting, options?: LoraOptions & { out?: Tensor; accumulate?: boolean }): Tensor {
+  const opts = checkOpts('loraInputGrad', 'opts', options);
   const acc = checkBool('loraInputGrad', 'accumulate', opts.accumulate);
   if (acc && !opts.out) throw new ArgumentError('loraInputGrad: accumulate: needs an out tensor to add into');
   const { c, d } = checkAll('loraInputGrad', s, rt, { dv: [dv, ['T', 'K', 'R']], out: [opts.out, ['T', 'Hin'], true] });
@@ -263,7 +263,8 @@ export function loraInputGrad(dv: Tensor, s: LoraStack, rt: LoraRouting, opts: L
 
 /** Gradients of the adapter weights: { dA f32 [L,R,H_in], dB f32 [L,H_out,R] }. */
 export function loraWeightGrad(x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting,
-  opts: { dA?: Tensor; dB?: Tensor; accumulate?: boolean } = {}): { dA: Tensor; dB: Tensor } {
+  options?: { dA?: Tensor; dB?: Tensor; accumulate?: boolean }): { dA: Tensor; dB: Tensor } {
+  const opts = checkOpts('loraWeightGrad', 'opts', options);
   const acc = checkBool('loraWeightGrad', 'accumulate', opts.accumulate);
   if (acc && (!opts.dA || !opts.dB)) throw new ArgumentError('loraWeightGrad: accumulate: needs dA and dB tensors to add into');
   const { c, d } = checkAll('loraWeightGrad', s, rt, {

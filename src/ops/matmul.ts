@@ -1,7 +1,7 @@
 import { WEIGHT_DTYPES } from '../dtype.js';
 import type { Tensor } from '../tensor.js';
 import { ArgumentError } from '../errors.js';
-import { Checker, checkBool } from './check.js';
+import { Checker, checkBool, checkOpts } from './check.js';
 
 /** Sizes of one matmul: T rows of activations, K inputs, N outputs (W is [N, K]). */
 export interface MatmulDims { T: number; K: number; N: number }
@@ -22,15 +22,16 @@ export interface AccumulateOptions {
   accumulate?: boolean;
 }
 
-function accumulateFlag(op: string, opts: AccumulateOptions): boolean {
+function accumulateFlag(op: string, opts: Partial<AccumulateOptions>): boolean {
   const acc = checkBool(op, 'accumulate', opts.accumulate);
   if (acc && !opts.out) throw new ArgumentError(`${op}: accumulate: needs an out tensor to add into`);
   return acc;
 }
 
 /** y = x · Wᵀ with W in HF's [out, in] layout. x f32 [T, in]; W f32/f16/bf16 [out, in]; y f32 [T, out]. */
-export function matmul(x: Tensor, w: Tensor, opts: AccumulateOptions = {}): Tensor {
+export function matmul(x: Tensor, w: Tensor, options?: AccumulateOptions): Tensor {
   const c = new Checker('matmul');
+  const opts = checkOpts('matmul', 'opts', options);
   c.tensor('x', x, { dtypes: ['f32'], shape: ['T', 'K'] });
   c.tensor('w', w, { dtypes: WEIGHT_DTYPES, shape: ['N', 'K'] });
   const acc = accumulateFlag('matmul', opts);
@@ -41,8 +42,9 @@ export function matmul(x: Tensor, w: Tensor, opts: AccumulateOptions = {}): Tens
 }
 
 /** dx = dy · W. dy f32 [T, out]; W [out, in]; dx f32 [T, in]. */
-export function matmulGradInput(dy: Tensor, w: Tensor, opts: AccumulateOptions = {}): Tensor {
+export function matmulGradInput(dy: Tensor, w: Tensor, options?: AccumulateOptions): Tensor {
   const c = new Checker('matmulGradInput');
+  const opts = checkOpts('matmulGradInput', 'opts', options);
   c.tensor('dy', dy, { dtypes: ['f32'], shape: ['T', 'N'] });
   c.tensor('w', w, { dtypes: WEIGHT_DTYPES, shape: ['N', 'K'] });
   const acc = accumulateFlag('matmulGradInput', opts);
@@ -53,8 +55,9 @@ export function matmulGradInput(dy: Tensor, w: Tensor, opts: AccumulateOptions =
 }
 
 /** dW = dyᵀ · x. dy f32 [T, out]; x f32 [T, in]; dW f32 [out, in]. */
-export function matmulGradWeight(dy: Tensor, x: Tensor, opts: AccumulateOptions = {}): Tensor {
+export function matmulGradWeight(dy: Tensor, x: Tensor, options?: AccumulateOptions): Tensor {
   const c = new Checker('matmulGradWeight');
+  const opts = checkOpts('matmulGradWeight', 'opts', options);
   c.tensor('dy', dy, { dtypes: ['f32'], shape: ['T', 'N'] });
   c.tensor('x', x, { dtypes: ['f32'], shape: ['T', 'K'] });
   const acc = accumulateFlag('matmulGradWeight', opts);

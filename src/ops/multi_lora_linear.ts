@@ -5,7 +5,7 @@
 import { WEIGHT_DTYPES } from '../dtype.js';
 import { ArgumentError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { Checker } from './check.js';
+import { Checker, checkBool, checkObject, checkOpts } from './check.js';
 import { matmul, matmulGradInput, matmulGradWeight } from './matmul.js';
 import { loraApply, loraInputGrad, loraShrinkGrad, loraWeightGrad, type LoraRouting, type LoraStack, type LoraStrategy } from './lora.js';
 
@@ -34,12 +34,14 @@ export class MultiLoraLinear {
    */
   constructor(readonly W: Tensor, readonly stack: LoraStack) {
     const c = new Checker('MultiLoraLinear');
+    checkObject('MultiLoraLinear', 'stack', stack, 'a LoraStack from loraStack()');
     c.tensor('W', W, { dtypes: WEIGHT_DTYPES, shape: ['Hout', 'Hin'] });
     c.tensor('stack.A', stack.A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
     c.tensor('stack.B', stack.B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
   }
 
-  forward(x: Tensor, routing: LoraRouting, opts: { strategy?: LoraStrategy | 'auto' } = {}): MultiLoraForward {
+  forward(x: Tensor, routing: LoraRouting, options?: { strategy?: LoraStrategy | 'auto' }): MultiLoraForward {
+    const opts = checkOpts('MultiLoraLinear.forward', 'opts', options);
     const y = matmul(x, this.W);
     try {
       const v = loraApply(y, x, this.stack, routing, opts);
@@ -54,10 +56,15 @@ export class MultiLoraLinear {
    * Gradients given dy = ∂loss/∂y. `grads` (optional) are added into when `accumulate`
    * (gradient accumulation across micro-batches); otherwise fresh tensors are returned.
    */
-  backward(x: Tensor, v: Tensor, dy: Tensor, routing: LoraRouting, opts: {
+  backward(x: Tensor, v: Tensor, dy: Tensor, routing: LoraRouting, options?: {
     inputGrad?: boolean; trainBase?: boolean; accumulate?: boolean; grads?: Partial<MultiLoraGrads>; strategy?: LoraStrategy | 'auto';
-  } = {}): MultiLoraGrads {
-    const acc = opts.accumulate ?? false;
+  }): MultiLoraGrads {
+    const op = 'MultiLoraLinear.backward';
+    const opts = checkOpts(op, 'opts', options);
+    const acc = checkBool(op, 'accumulate', opts.accumulate);
+    checkBool(op, 'trainBase', opts.trainBase);
+    if (opts.inputGrad !== undefined) checkBool(op, 'inputGrad', opts.inputGrad);
+    if (opts.grads !== undefined) checkObject(op, 'grads', opts.grads);
     if (acc && (!opts.grads?.dA || !opts.grads?.dB || (opts.trainBase && !opts.grads?.dW))) {
       throw new ArgumentError('MultiLoraLinear.backward: accumulate: needs grads.dA, grads.dB (and grads.dW when trainBase) to add into');
     }

@@ -1,7 +1,7 @@
 // Residual add: y = a + b (elementwise, f32). Its backward passes dy to both inputs.
 import { ArgumentError } from '../errors.js';
-import type { Tensor } from '../tensor.js';
-import { Checker } from './check.js';
+import { Tensor } from '../tensor.js';
+import { Checker, checkOpts } from './check.js';
 
 export interface ResidualKernels {
   /** y[i] = a[i] + b[i]; y may be a (in place). */
@@ -9,9 +9,10 @@ export interface ResidualKernels {
 }
 
 /** a + b into a new tensor, or into opts.out (which may be a itself, for an in-place residual). */
-export function add(a: Tensor, b: Tensor, opts: { out?: Tensor } = {}): Tensor {
+export function add(a: Tensor, b: Tensor, options?: { out?: Tensor }): Tensor {
   const c = new Checker('add');
-  const shape = a.shape.map((_, i) => `d${i}`);
+  const opts = checkOpts('add', 'opts', options);
+  const shape = a instanceof Tensor ? a.shape.map((_, i) => `d${i}`) : [];
   c.tensor('a', a, { dtypes: ['f32'], shape });
   c.tensor('b', b, { dtypes: ['f32'], shape });
   const y = c.output('out', opts.out, shape);

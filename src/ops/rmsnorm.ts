@@ -2,7 +2,7 @@
 import { WEIGHT_DTYPES } from '../dtype.js';
 import { ArgumentError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { Checker, checkBool } from './check.js';
+import { Checker, checkBool, checkOpts } from './check.js';
 
 export interface RmsnormDims { T: number; H: number; eps: number }
 
@@ -19,8 +19,9 @@ function checkEps(op: string, eps: unknown): number {
 }
 
 /** Returns y f32 [T, H] and rstd f32 [T]. x f32 [T, H]; w [H] f32/f16/bf16. */
-export function rmsnorm(x: Tensor, w: Tensor, eps: number, opts: { out?: Tensor } = {}): { y: Tensor; rstd: Tensor } {
+export function rmsnorm(x: Tensor, w: Tensor, eps: number, options?: { out?: Tensor }): { y: Tensor; rstd: Tensor } {
   const c = new Checker('rmsnorm');
+  const opts = checkOpts('rmsnorm', 'opts', options);
   c.tensor('x', x, { dtypes: ['f32'], shape: ['T', 'H'] });
   c.tensor('w', w, { dtypes: WEIGHT_DTYPES, shape: ['H'] });
   const d = { T: c.dim('T'), H: c.dim('H'), eps: checkEps('rmsnorm', eps) };
@@ -31,8 +32,9 @@ export function rmsnorm(x: Tensor, w: Tensor, eps: number, opts: { out?: Tensor 
 }
 
 /** Gradients of rmsnorm: dx f32 [T, H], dw f32 [H] (added into opts.dw when accumulateDw). */
-export function rmsnormGrad(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, eps: number, opts: { dw?: Tensor; accumulateDw?: boolean } = {}): { dx: Tensor; dw: Tensor } {
+export function rmsnormGrad(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, eps: number, options?: { dw?: Tensor; accumulateDw?: boolean }): { dx: Tensor; dw: Tensor } {
   const c = new Checker('rmsnormGrad');
+  const opts = checkOpts('rmsnormGrad', 'opts', options);
   c.tensor('dy', dy, { dtypes: ['f32'], shape: ['T', 'H'] });
   c.tensor('x', x, { dtypes: ['f32'], shape: ['T', 'H'] });
   c.tensor('w', w, { dtypes: WEIGHT_DTYPES, shape: ['H'] });

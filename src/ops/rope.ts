@@ -3,7 +3,7 @@
 // uploaded once per model; the kernel only rotates.
 import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { Checker } from './check.js';
+import { Checker, checkOpts } from './check.js';
 
 export interface RopeDims { T: number; heads: number; D: number }
 
@@ -17,7 +17,8 @@ export interface RopeKernels {
 }
 
 /** x f32 [T, heads, D]; positions i32 [T]; invFreq f32 [D/2]. inverse = the gradient. */
-export function rope(x: Tensor, positions: Tensor, invFreq: Tensor, opts: { out?: Tensor; inverse?: boolean } = {}): Tensor {
+export function rope(x: Tensor, positions: Tensor, invFreq: Tensor, options?: { out?: Tensor; inverse?: boolean }): Tensor {
+  const opts = checkOpts('rope', 'opts', options);
   const op = opts.inverse ? 'ropeGrad' : 'rope';
   const xName = opts.inverse ? 'dy' : 'x';
   const c = new Checker(op);
@@ -34,6 +35,6 @@ export function rope(x: Tensor, positions: Tensor, invFreq: Tensor, opts: { out?
 }
 
 /** The backward of rope: the inverse rotation of dy. */
-export function ropeGrad(dy: Tensor, positions: Tensor, invFreq: Tensor, opts: { out?: Tensor } = {}): Tensor {
-  return rope(dy, positions, invFreq, { ...opts, inverse: true });
+export function ropeGrad(dy: Tensor, positions: Tensor, invFreq: Tensor, options?: { out?: Tensor }): Tensor {
+  return rope(dy, positions, invFreq, { ...checkOpts('ropeGrad', 'opts', options), inverse: true });
 }

@@ -1,6 +1,6 @@
 // SwiGLU: y = silu(gate) ⊙ up. Reference: src/reference/swiglu.ts.
 import type { Tensor } from '../tensor.js';
-import { Checker } from './check.js';
+import { Checker, checkOpts } from './check.js';
 
 export interface SwigluKernels {
   /** y[n] = silu(gate[n])·up[n] over n = T·I elements. */
@@ -9,8 +9,9 @@ export interface SwigluKernels {
   swigluGrad(dgate: Tensor, dup: Tensor, dy: Tensor, gate: Tensor, up: Tensor, n: number): void;
 }
 
-export function swiglu(gate: Tensor, up: Tensor, opts: { out?: Tensor } = {}): Tensor {
+export function swiglu(gate: Tensor, up: Tensor, options?: { out?: Tensor }): Tensor {
   const c = new Checker('swiglu');
+  const opts = checkOpts('swiglu', 'opts', options);
   c.tensor('gate', gate, { dtypes: ['f32'], shape: ['T', 'I'] });
   c.tensor('up', up, { dtypes: ['f32'], shape: ['T', 'I'] });
   const y = c.output('out', opts.out, ['T', 'I']);

@@ -1,7 +1,7 @@
 // Log-softmax and masked cross-entropy over the vocabulary. Reference: src/reference/xent.ts.
 import { ArgumentError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { Checker } from './check.js';
+import { Checker, checkFinite, checkHostArray, checkOpts } from './check.js';
 
 export interface XentDims { T: number; V: number }
 
@@ -14,8 +14,9 @@ export interface XentKernels {
   xentGrad(dlogits: Tensor, logits: Tensor, lse: Tensor, targets: Tensor, mask: Tensor, scale: number, d: XentDims): void;
 }
 
-export function logSoftmax(logits: Tensor, opts: { out?: Tensor } = {}): Tensor {
+export function logSoftmax(logits: Tensor, options?: { out?: Tensor }): Tensor {
   const c = new Checker('logSoftmax');
+  const opts = checkOpts('logSoftmax', 'opts', options);
   c.tensor('logits', logits, { dtypes: ['f32'], shape: ['T', 'V'] });
   const out = c.output('out', opts.out, ['T', 'V']);
   out.backend.logSoftmax(out, logits, { T: c.dim('T'), V: c.dim('V') });
@@ -23,8 +24,8 @@ export function logSoftmax(logits: Tensor, opts: { out?: Tensor } = {}): Tensor 
 }
 
 function checkTargets(op: string, targets: ArrayLike<number>, mask: ArrayLike<number>, T: number, V: number): void {
-  if (targets.length !== T) throw new ArgumentError(`${op}: targets: expected ${T} entries, got ${targets.length}`);
-  if (mask.length !== T) throw new ArgumentError(`${op}: mask: expected ${T} entries, got ${mask.length}`);
+  checkHostArray(op, 'targets', targets, T);
+  checkHostArray(op, 'mask', mask, T);
   for (let t = 0; t < T; t++) {
     const m = mask[t]!;
     if (m !== 0 && m !== 1) throw new ArgumentError(`${op}: mask[${t}]: expected 0 or 1, got ${m}`);
@@ -59,13 +60,14 @@ export async function xent(logits: Tensor, targets: ArrayLike<number>, mask: Arr
 }
 
 /** dlogits f32 [T, V] of `scale`·Σ losses (scale = 1/count for the mean). */
-export function xentGrad(logits: Tensor, lse: Tensor, targets: ArrayLike<number>, mask: ArrayLike<number>, scale: number, opts: { out?: Tensor } = {}): Tensor {
+export function xentGrad(logits: Tensor, lse: Tensor, targets: ArrayLike<number>, mask: ArrayLike<number>, scale: number, options?: { out?: Tensor }): Tensor {
   const c = new Checker('xentGrad');
+  const opts = checkOpts('xentGrad', 'opts', options);
   c.tensor('logits', logits, { dtypes: ['f32'], shape: ['T', 'V'] });
   c.tensor('lse', lse, { dtypes: ['f32'], shape: ['T'] });
   const T = c.dim('T'), V = c.dim('V');
   checkTargets('xentGrad', targets, mask, T, V);
-  if (!Number.isFinite(scale)) throw new ArgumentError(`xentGrad: scale: expected a finite number, got ${scale}`);
+  checkFinite('xentGrad', 'scale', scale);
   const be = logits.backend;
   const out = c.output('out', opts.out, ['T', 'V']);
   c.distinct('out', out, { logits });
