@@ -6,7 +6,7 @@
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
-import { Checker, checkBackend, checkFinite, checkObject, checkOpts } from './check.js';
+import { Checker, checkBackend, checkHostArray, checkIntArray, checkFinite, checkObject, checkOpts } from './check.js';
 
 export interface AttentionDims {
   Tq: number; Tk: number; nH: number; nKv: number; D: number;
@@ -42,14 +42,7 @@ export interface AttentionLayoutInit {
 }
 
 function ints(name: string, a: ArrayLike<number> | undefined, n: number, lo: number, hi: number): Int32Array {
-  if (!a || a.length !== n) throw new ShapeError(`attentionLayout: ${name}: expected ${n} entries, got ${a ? a.length : describe(a)}`);
-  const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    const v = a[i]!;
-    if (!Number.isInteger(v) || v < lo || v > hi) throw new ArgumentError(`attentionLayout: ${name}[${i}]: expected an integer in [${lo}, ${hi}], got ${v}`);
-    out[i] = v;
-  }
-  return out;
+  return checkIntArray('attentionLayout', name, a, lo, hi, n);
 }
 
 /** Who attends to whom in one batch, checked on the host and uploaded once (i32 tensors). */
@@ -65,7 +58,7 @@ export class AttentionLayout {
     checkBackend('attentionLayout', 'backend', backend);
     checkObject('attentionLayout', 'init', init, 'an AttentionLayoutInit object');
     const MAX = 2 ** 31 - 1;
-    this.Tq = init.qSeq?.length ?? 0;
+    this.Tq = checkHostArray('attentionLayout', 'qSeq', init.qSeq).length;
     if (this.Tq === 0) throw new ShapeError('attentionLayout: qSeq: expected at least one query token');
     const qSeq = ints('qSeq', init.qSeq, this.Tq, 0, MAX);
     const qPos = ints('qPos', init.qPos, this.Tq, 0, MAX);

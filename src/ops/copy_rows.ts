@@ -18,7 +18,7 @@ import { DTYPES } from '../dtype.js';
 import { ArgumentError, DTypeError, DisposedTensorError, ShapeError, describe } from '../errors.js';
 import { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
-import { Checker } from './check.js';
+import { Checker, checkBackend, checkIntArray } from './check.js';
 
 export interface CopyRowsDims {
   /** Rows copied (> 0). */
@@ -39,19 +39,7 @@ export interface CopyRowsKernels {
 const MAX_ROW = 2 ** 31 - 1;
 
 function hostRows(op: string, name: string, a: unknown): Int32Array {
-  if (!a || typeof a !== 'object' || typeof (a as ArrayLike<number>).length !== 'number') {
-    throw new ArgumentError(`${op}: ${name}: expected an Int32Array or number[] of row indices, got ${describe(a)}`);
-  }
-  const rows = a as ArrayLike<number>;
-  const out = new Int32Array(rows.length);
-  for (let i = 0; i < rows.length; i++) {
-    const v = rows[i]!;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > MAX_ROW) {
-      throw new ArgumentError(`${op}: ${name}[${i}]: expected a row index (an integer ≥ 0), got ${describe(v)}`);
-    }
-    out[i] = v;
-  }
-  return out;
+  return checkIntArray(op, name, a, 0, MAX_ROW);
 }
 
 function maxOf(a: Int32Array): number {
@@ -140,8 +128,7 @@ export class RowMap {
  */
 export function rowMap(backend: Backend, dstRows: ArrayLike<number>, srcRows: ArrayLike<number>): RowMap {
   const op = 'rowMap';
-  if (!backend || typeof (backend as Backend).tensor !== 'function') throw new ArgumentError(`${op}: backend: expected a Backend, got ${describe(backend)}`);
-  if (backend.destroyed) throw new DisposedTensorError(`${op}: backend: the ${backend.kind} backend was destroyed`);
+  checkBackend(op, 'backend', backend);
   return makeRowMap(op, backend, hostRows(op, 'dstRows', dstRows), hostRows(op, 'srcRows', srcRows));
 }
 

@@ -45,7 +45,7 @@ export function embeddingGrad(ids: ArrayLike<number>, dy: Tensor, V: number, opt
   const c = new Checker('embeddingGrad');
   const opts = checkOpts('embeddingGrad', 'opts', options);
   c.tensor('dy', dy, { dtypes: ['f32'], shape: ['T', 'H'] });
-  checkInt('embeddingGrad', 'V', V, 1);
+  checkInt('embeddingGrad', 'V', V, 1, 2 ** 31 - 1); // token ids are i32
   c.dims.set('V', { value: V, from: 'V' });
   const acc = checkBool('embeddingGrad', 'accumulate', opts.accumulate);
   if (acc && !opts.out) throw new ArgumentError('embeddingGrad: accumulate: needs an out tensor to add into');

@@ -192,10 +192,10 @@ export function chooseStrategy(rt: LoraRouting, requested: LoraStrategy | 'auto'
 function checkAll(op: string, s: LoraStack, rt: LoraRouting, tensors: Record<string, [Tensor | undefined, readonly string[], boolean?]>): { c: Checker; d: LoraDims } {
   const c = new Checker(op);
   checkObject(op, 'stack', s, 'a LoraStack from loraStack()');
-  c.tensor('A', s.A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
-  c.tensor('B', s.B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
-  c.tensor('rank', s.rank, { dtypes: ['i32'], shape: ['L'] });
-  c.tensor('scale', s.scale, { dtypes: ['f32'], shape: ['L'] });
+  c.tensor('stack.A', s.A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
+  c.tensor('stack.B', s.B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
+  c.tensor('stack.rank', s.rank, { dtypes: ['i32'], shape: ['L'] });
+  c.tensor('stack.scale', s.scale, { dtypes: ['f32'], shape: ['L'] });
   if (!(rt instanceof LoraRouting)) throw new ArgumentError(`${op}: routing: expected a LoraRouting from loraRouting(), got ${describe(rt)}`);
   c.tensor('routing.slots', rt.slots, { dtypes: ['i32'], shape: ['T', 'K'] });
   c.tensor('routing.weight', rt.weight, { dtypes: ['f32'], shape: ['T', 'K'] });
