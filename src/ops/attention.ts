@@ -42,6 +42,7 @@ export interface AttentionLayoutInit {
 }
 
 function ints(name: string, a: ArrayLike<number> | undefined, n: number, lo: number, hi: number): Int32Array {
+  if (a === undefined || a === null) throw new ShapeError(`attentionLayout: ${name}: expected ${n} entries, got ${describe(a)}`);
   return checkIntArray('attentionLayout', name, a, lo, hi, n);
 }
 

@@ -101,8 +101,9 @@ export function checkBackend(op: string, name: string, b: unknown): Backend {
 /** An integer in [lo, hi] (a JS number: no strings, no NaN, no 1.5, no 2^32 where hi is smaller). */
 export function checkInt(op: string, name: string, v: unknown, lo: number, hi: number = Number.MAX_SAFE_INTEGER): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi) {
-    const range = hi === Number.MAX_SAFE_INTEGER ? `≥ ${lo}` : `in [${lo}, ${hi}]`;
-    throw new ArgumentError(`${op}: ${name}: expected an integer ${range}, got ${describe(v)}`);
+    const capped = hi !== Number.MAX_SAFE_INTEGER;
+    const what = lo === 1 ? 'a positive integer' : capped ? `an integer in [${lo}, ${hi}]` : `an integer ≥ ${lo}`;
+    throw new ArgumentError(`${op}: ${name}: expected ${what}, got ${describe(v)}${lo === 1 && capped ? ` (at most ${hi})` : ''}`);
   }
   return v;
 }
@@ -118,21 +119,21 @@ export function checkFinite(op: string, name: string, v: unknown, positive = fal
 /** A host array of numbers: a number[] or a numeric typed array (not a string, not an array-like object). */
 export function checkHostArray(op: string, name: string, a: unknown, length?: number): ArrayLike<number> {
   const ok = Array.isArray(a) || (ArrayBuffer.isView(a) && !(a instanceof DataView) && !(a instanceof BigInt64Array) && !(a instanceof BigUint64Array));
-  if (!ok) throw new ArgumentError(`${op}: ${name}: expected an Int32Array, Float32Array or number[], got ${describe(a)}`);
+  if (!ok) throw new ArgumentError(`${op}: ${name}: expected an Int32Array or number[] (or another numeric typed array), got ${describe(a)}`);
   const arr = a as ArrayLike<number>;
   if (length !== undefined && arr.length !== length) throw new ShapeError(`${op}: ${name}: expected ${length} entries, got ${arr.length}`);
   return arr;
 }
 
 /** A host array of integers in [lo, hi], copied into a fresh Int32Array (no silent wrap of 2^32 or 1.5). */
-export function checkIntArray(op: string, name: string, a: unknown, lo: number, hi: number, length?: number, index: (i: number) => string = (i) => `[${i}]`): Int32Array {
+export function checkIntArray(op: string, name: string, a: unknown, lo: number, hi: number, length?: number, index: (i: number) => string = (i) => `[${i}]`, what?: string): Int32Array {
   const arr = checkHostArray(op, name, a, length);
   const out = new Int32Array(arr.length);
   const top = Math.min(hi, 2 ** 31 - 1);
   for (let i = 0; i < arr.length; i++) {
     const v = arr[i];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > top) {
-      throw new ArgumentError(`${op}: ${name}${index(i)}: expected an integer in [${lo}, ${top}], got ${describe(v)}`);
+      throw new ArgumentError(`${op}: ${name}${index(i)}: expected ${what ?? `an integer in [${lo}, ${top}]`}, got ${describe(v)}`);
     }
     out[i] = v;
   }

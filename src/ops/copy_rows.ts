@@ -39,7 +39,7 @@ export interface CopyRowsKernels {
 const MAX_ROW = 2 ** 31 - 1;
 
 function hostRows(op: string, name: string, a: unknown): Int32Array {
-  return checkIntArray(op, name, a, 0, MAX_ROW);
+  return checkIntArray(op, name, a, 0, MAX_ROW, undefined, undefined, 'a row index (an integer ≥ 0)');
 }
 
 function maxOf(a: Int32Array): number {

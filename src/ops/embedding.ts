@@ -19,8 +19,8 @@ export interface EmbeddingKernels {
 
 /** Checks token ids on the host: integers in [0, V). */
 export function checkIds(op: string, ids: ArrayLike<number>, V: number): Int32Array {
-  const out = checkIntArray(op, 'ids', ids, 0, V - 1);
-  if (out.length === 0) throw new ArgumentError(`${op}: ids: expected at least one token id, got ${describe(ids)}`);
+  const out = checkIntArray(op, 'ids', ids, 0, V - 1, undefined, undefined, `a token id in [0, ${V - 1}]`);
+  if (out.length === 0) throw new ArgumentError(`${op}: ids: expected a non-empty Int32Array or number[], got ${describe(ids)}`);
   return out;
 }
 

@@ -24,8 +24,8 @@ export function logSoftmax(logits: Tensor, options?: { out?: Tensor }): Tensor {
 }
 
 function checkTargets(op: string, targets: ArrayLike<number>, mask: ArrayLike<number>, T: number, V: number): void {
-  checkHostArray(op, 'targets', targets, T);
-  checkHostArray(op, 'mask', mask, T);
+  if (checkHostArray(op, 'targets', targets).length !== T) throw new ArgumentError(`${op}: targets: expected ${T} entries, got ${targets.length}`);
+  if (checkHostArray(op, 'mask', mask).length !== T) throw new ArgumentError(`${op}: mask: expected ${T} entries, got ${mask.length}`);
   for (let t = 0; t < T; t++) {
     const m = mask[t]!;
     if (m !== 0 && m !== 1) throw new ArgumentError(`${op}: mask[${t}]: expected 0 or 1, got ${m}`);
