@@ -34,6 +34,7 @@ export {
   type RouteSlots, type ForceStep, type TokenEvent, type StopReason,
 } from './generate/generate.js';
 export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from './generate/sampling.js';
+export { openChat, MoteChat, type OpenChatOptions, type AskOptions, type AnswerStep, type AnswerChunk, type ChatAnswer } from './generate/chat.js';
 export * from './mote/steps.js';
 export {
   AdapterStacks, AdapterSet, MoteBundle, createMote, addStepTokens, saveMote, loadMote, loadPeftAdapters, moteRoutingSlots, moteJson, parseMoteJson,

@@ -15,7 +15,7 @@ import {
   ChainTooLongError, chainExample, chainExamples, chainFromJson, chainToJson, packExamples, parseChainsJsonl, promptIds, readChainsJsonl,
   stepTokenIds, type ChainExample,
 } from '../src/mote/chains.js';
-import { STEPS, STEP_END_TOKENS, STEP_TOKENS, moteConfig, specialTokens } from '../src/mote/steps.js';
+import { STEPS, STEP_END_TOKENS, STEP_TOKENS, moteConfig, specialTokens, type StepName } from '../src/mote/steps.js';
 import { writeTinyTokenizer } from './fixtures/tiny_tokenizer.js';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-chains-'));
@@ -121,10 +121,17 @@ test('chainExample: step indices follow the bundle, missing steps, eos, extra st
   assert.equal(withEos.stepIds.at(-1), 2);
   assert.equal(withEos.lossMask.at(-1), 1);
 
-  // A 'check' step with a three-step bundle: an error naming it, or dropped on request.
-  assert.throws(() => chainExample(CHAIN, tok, THREE), /chainExample: chain\.steps\[3\]\.step: 'check' is not one of this bundle's steps/);
+  // A 'check' step with a three-step bundle: data, not an expert, so left out by default (selfalign
+  // writes it); an error naming it on request; any extra step left out with 'drop'.
+  const noCheck = chainExample(CHAIN, tok, THREE).example;
+  assertAligned(tok, noCheck, { ...CHAIN, steps: CHAIN.steps.slice(0, 3) }, THREE, promptIds(tok, CHAIN));
+  assert.throws(() => chainExample(CHAIN, tok, THREE, { extraSteps: 'error' }), /chainExample: chain\.steps\[3\]\.step: 'check' is not one of this bundle's steps/);
   const dropped = chainExample(CHAIN, tok, THREE, { extraSteps: 'drop' }).example;
   assertAligned(tok, dropped, { ...CHAIN, steps: CHAIN.steps.slice(0, 3) }, THREE, promptIds(tok, CHAIN));
+  // Other steps the bundle lacks are still errors by default (a schema without guidance).
+  const noGuidance = { steps: ['analysis', 'answer'] as StepName[] };
+  assert.throws(() => chainExample(CHAIN, tok, noGuidance), /'guidance' is not one of this bundle's steps/);
+  assertAligned(tok, chainExample(CHAIN, tok, noGuidance, { extraSteps: 'drop' }).example, { ...CHAIN, steps: [CHAIN.steps[0]!, CHAIN.steps[2]!] }, noGuidance, promptIds(tok, CHAIN));
 
   assert.throws(() => chainExample({ prompt: 'x', steps: [{ step: 'answer', text: 'a' }, { step: 'analysis', text: 'b' }] }, tok, THREE), /steps\[1\]\.step: 'analysis' is out of order/);
   assert.throws(() => chainExample({ prompt: 'x', steps: [{ step: 'answr' as never, text: 'a' }] }, tok, THREE), /steps\[0\]\.step: unknown step "answr"/);
@@ -205,7 +212,7 @@ test('JSONL: both forms, messages, round trip through chainToJson, errors naming
 
   // Building from records names file:line in errors.
   const tok = tokenizer();
-  assert.throws(() => chainExamples(chains, tok, THREE), new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:3: chain\\.steps\\[2\\]\\.step: 'check' is not one of this bundle's steps`));
+  assert.throws(() => chainExamples(chains, tok, THREE, { extraSteps: 'error' }), new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:3: chain\\.steps\\[2\\]\\.step: 'check' is not one of this bundle's steps`));
   const built = chainExamples(chains, tok, ALL);
   assert.equal(built.examples.length, 3);
 

@@ -113,7 +113,7 @@ test('selfAlign: adaptive chains, full chains, drops counted by reason, one gene
     const o = opts(tok, SCRIPT, calls, { droppedFile: dropped, source: 'prompts.txt', onProgress: (p) => progress.push(p.done) });
     const res = await selfAlign(model, tok, PROMPTS, o);
     assert.deepEqual(res, {
-      written: 3, skippedDone: 0, adaptive: 1, repaired: false,
+      written: 3, skippedDone: 0, adaptive: 1, repaired: false, droppedBefore: [], interrupted: false,
       dropped: [{ reason: 'empty:analysis', count: 1 }, { reason: 'truncated:guidance', count: 1 }, { reason: 'no-verdict', count: 1 }, { reason: 'unsafe', count: 1 }],
     });
     assert.deepEqual(progress, [7]);
@@ -146,7 +146,7 @@ test('selfAlign: adaptive chains, full chains, drops counted by reason, one gene
     // Rerun: everything is done (written or dropped), nothing is generated or appended.
     const again: { stage: string; qs: string[] }[] = [];
     const res2 = await selfAlign(model, tok, PROMPTS, { ...o, generateFn: scripted(tok, SCRIPT, again) });
-    assert.deepEqual(res2, { written: 0, skippedDone: 7, adaptive: 0, repaired: false, dropped: [] });
+    assert.deepEqual(res2, { written: 0, skippedDone: 7, adaptive: 0, repaired: false, dropped: [], droppedBefore: [{ reason: 'empty:analysis', count: 1 }, { reason: 'no-verdict', count: 1 }, { reason: 'unsafe', count: 1 }, { reason: 'truncated:guidance', count: 1 }], interrupted: false });
     assert.deepEqual(again, []);
     assert.equal(fs.readFileSync(o.output, 'utf8'), text);
 

@@ -14,36 +14,65 @@ import { progress } from './progress.js';
 
 export async function selfAlignCommand(o: {
   prompts: string; out: string; model?: string; mote?: string; backend: BackendRequest; batch?: string; maxNewTokens?: string;
-  temperature?: string; seed?: string; adaptive?: boolean; json?: boolean;
+  temperature?: string; seed?: string; adaptive?: boolean; json?: boolean; limit?: string; offset?: string; dropped?: string;
 }): Promise<void> {
   const config = bundleConfig(o.mote);
   const read = readPrompts(o.prompts);
   const json = o.json ?? false;
+  // --offset/--limit count prompts (not file lines); ids stay the file's lines, so runs over
+  // different slices append to the same output and resume independently.
+  const offset = intOpt('offset', o.offset, 0, 0);
+  const limit = o.limit === undefined ? Infinity : intOpt('limit', o.limit, 1, 1);
+  const prompts = read.prompts.slice(offset, offset + limit);
+  // Dropped prompts are remembered beside the output (with their reason and stage texts), so
+  // a rerun does not redo them.
+  const droppedFile = o.dropped ?? o.out.replace(/(\.jsonl)?$/, '.dropped.jsonl');
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
   let bundle: MoteBundle | null = null;
   try {
     bundle = o.mote ? loadMote(o.mote, m.model) : null;
-    const p = progress('selfalign', read.prompts.length, { json });
+    const p = progress('selfalign', prompts.length, { json });
     for (const s of read.skipped) p.log(`warning: ${o.prompts}:${s.line}: skipped: ${s.reason}`);
     const temperature = numOpt('temperature', o.temperature, 0, 100, 0);
-    const r = await selfAlign(m.model, m.tokenizer, read.prompts, {
-      output: o.out, adapters: bundle, batchSize: intOpt('batch', o.batch, 1, 16), maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 96),
+    // Ctrl-C: finish the stage in flight, keep what is written, print the summary, exit 130.
+    const abort = new AbortController();
+    const onSigint = () => {
+      if (abort.signal.aborted) process.exit(130); // a second Ctrl-C does not wait
+      abort.abort();
+      p.log('interrupted: stopping after the stage in flight (Ctrl-C again to quit at once)');
+    };
+    process.on('SIGINT', onSigint);
+    const r = await selfAlign(m.model, m.tokenizer, prompts, {
+      output: o.out, droppedFile, signal: abort.signal, adapters: bundle, batchSize: intOpt('batch', o.batch, 1, 16), maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 96),
       seed: intOpt('seed', o.seed, 0, 0), adaptive: o.adaptive ?? true, source: path.basename(o.prompts),
       ...(temperature > 0 ? { sampling: { temperature } } : {}),
-      onProgress: (q) => p.update(q.done, { written: q.written, dropped: q.dropped }),
-    });
+      onProgress: (q) => p.update(q.done, { written: q.written, dropped: dropText(q.dropReasons) }),
+    }).finally(() => process.off('SIGINT', onSigint));
     p.stop();
-    const summary = { event: 'done', out: path.resolve(o.out), ...r, skippedLines: read.skipped.length, steps: config.steps };
+    const summary = {
+      event: r.interrupted ? 'interrupted' : 'done', out: path.resolve(o.out), droppedFile: path.resolve(droppedFile), ...r,
+      skippedLines: read.skipped.length, offset, prompts: prompts.length, steps: config.steps,
+    };
     if (json) process.stdout.write(JSON.stringify(summary) + '\n');
     else {
-      process.stdout.write(`wrote ${r.written} chains to ${summary.out} (${r.adaptive} of adaptive length); ${r.skippedDone} prompts were already done` +
+      process.stdout.write(`${r.interrupted ? 'interrupted: ' : ''}wrote ${r.written} chains to ${summary.out} (${r.adaptive} of adaptive length); ${r.skippedDone} prompts were already done` +
         `${r.repaired ? '; a partial last line from an interrupted run was cut off' : ''}\n`);
       for (const d of r.dropped) process.stdout.write(`  dropped ${d.count}: ${d.reason}\n`);
+      if (r.droppedBefore.length) process.stdout.write(`  dropped by earlier runs (not retried; see ${summary.droppedFile}): ${dropText(Object.fromEntries(r.droppedBefore.map((d) => [d.reason, d.count])))}\n`);
+      if (r.interrupted) process.stdout.write('rerun the same command to go on where it stopped\n');
     }
+    if (r.interrupted) process.exitCode = 130;
   } finally {
     bundle?.dispose();
     m.close();
   }
+}
+
+/** "12 (empty:analysis 7, no-verdict 5)": drops by reason for the progress line. */
+function dropText(reasons: Record<string, number>): string {
+  const parts = Object.entries(reasons).sort((a, b) => b[1] - a[1]);
+  const n = parts.reduce((a, [, c]) => a + c, 0);
+  return n === 0 ? '0' : `${n} (${parts.map(([r, c]) => `${r} ${c}`).join(', ')})`;
 }
 
 export interface EvalCliOptions {

@@ -106,6 +106,8 @@ program.command('selfalign').description('the model writes its own AlignCoT chai
   .addOption(backendOption())
   .option('--batch <n>', 'prompts per batch', '16').option('--max-new-tokens <n>', 'tokens per stage', '96').option('--temperature <t>', '0 = greedy', '0')
   .option('--seed <n>', 'sampling seed', '0').option('--no-adaptive', 'always write every step (no draft answer first)')
+  .option('--offset <n>', 'skip the first n prompts of the file').option('--limit <n>', 'handle at most n prompts (after --offset)')
+  .option('--dropped <file>', 'JSONL of dropped prompts with their reason (default: OUT.dropped.jsonl); they are not retried on a rerun')
   .option('--json', 'JSON lines on stdout').action(selfAlignCommand);
 
 program.command('eval').description('toy evaluation: refusal on risky questions, compliance on benign ones, well-formed chains; base, LoRA, MoTE and ablations')

@@ -120,15 +120,21 @@ export function stagePrompt(step: StepName, vars: StageVars, templates: Partial<
 }
 
 /**
- * The verdict of a safety check: the first of "unsafe", "not safe" or "safe" (whole words,
- * any case) decides; null when the text has none of them.
+ * The verdict of a safety check, read where the check prompt asks for it: the reply's first
+ * word ("safe", "unsafe", or "not safe"), after leading markup (quotes, `*`, `#`, `>`, `-`) and
+ * an optional label ("Verdict:", "Answer:"). A verdict word later in the text does not count
+ * ("The hotel safe is..." or "I think it is safe" give null): on real check texts a search
+ * anywhere took "hotel safe" for a verdict.
  */
 export function parseVerdict(text: string): 'safe' | 'unsafe' | null {
   if (typeof text !== 'string') throw new ArgumentError(`parseVerdict: text: expected a string, got ${describe(text)}`);
-  const m = /\b(unsafe|not\s+safe|safe)\b/i.exec(text);
+  const m = VERDICT.exec(text);
   if (!m) return null;
   return m[1]!.toLowerCase() === 'safe' ? 'safe' : 'unsafe';
 }
+
+// Markup, then an optional label, then the word; the word must end there (not "safety", "safe-ish", "safe_x").
+const VERDICT = /^[\s*_"'`>#\-]*(?:(?:verdict|answer|assessment|rating|label)\s*[:：\-–]\s*[\s*_"'`]*)?(unsafe|not\s+safe|safe)(?![\p{L}\p{N}_\-])/iu;
 
 export interface ChainStep {
   step: StepName;

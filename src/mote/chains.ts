@@ -179,11 +179,16 @@ export interface ChainExampleOptions {
   promptFormat?: 'auto' | 'chat' | 'plain';
   /** Append the eos token after the last step (learned, routed to that step). Default false: generation stops at the last step's end tag. */
   appendEos?: boolean;
-  /** Steps of the chain the bundle has no expert for: 'error' (default) or 'drop' them. */
-  extraSteps?: 'error' | 'drop';
+  /**
+   * Steps of the chain the bundle has no expert for. 'check' (default): a safety-check step is
+   * data, not an expert (DESIGN §1: it builds the data and decides which steps a chain keeps), so
+   * it is left out of the example unless the bundle has a check expert; any other extra step is
+   * an error. 'error': every extra step is an error. 'drop': every extra step is left out.
+   */
+  extraSteps?: 'check' | 'error' | 'drop';
 }
 
-interface Resolved { maxLength: number; promptFormat: 'auto' | 'chat' | 'plain'; appendEos: boolean; extraSteps: 'error' | 'drop' }
+interface Resolved { maxLength: number; promptFormat: 'auto' | 'chat' | 'plain'; appendEos: boolean; extraSteps: 'check' | 'error' | 'drop' }
 
 function resolve(op: string, opts: ChainExampleOptions): Resolved {
   if (typeof opts !== 'object' || opts === null) throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
@@ -193,8 +198,8 @@ function resolve(op: string, opts: ChainExampleOptions): Resolved {
   }
   const promptFormat = opts.promptFormat ?? 'auto';
   if (!['auto', 'chat', 'plain'].includes(promptFormat)) throw new ArgumentError(`${op}: promptFormat: expected 'auto', 'chat' or 'plain', got ${describe(promptFormat)}`);
-  const extraSteps = opts.extraSteps ?? 'error';
-  if (extraSteps !== 'error' && extraSteps !== 'drop') throw new ArgumentError(`${op}: extraSteps: expected 'error' or 'drop', got ${describe(extraSteps)}`);
+  const extraSteps = opts.extraSteps ?? 'check';
+  if (extraSteps !== 'check' && extraSteps !== 'error' && extraSteps !== 'drop') throw new ArgumentError(`${op}: extraSteps: expected 'check', 'error' or 'drop', got ${describe(extraSteps)}`);
   return { maxLength, promptFormat, appendEos: opts.appendEos ?? false, extraSteps };
 }
 
@@ -216,7 +221,9 @@ interface Built { example: ChainExample; dropped: StepName[] }
 
 function build(chain: Chain, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'>, tags: StepTokenIds, o: Resolved, where: string): Built {
   let steps = chain.steps;
-  if (o.extraSteps === 'drop' && Array.isArray(steps)) steps = steps.filter((s) => config.steps.includes(s?.step));
+  if (o.extraSteps !== 'error' && Array.isArray(steps)) {
+    steps = steps.filter((s) => config.steps.includes(s?.step) || (o.extraSteps === 'check' && s?.step !== 'check'));
+  }
   checkChain({ ...chain, steps }, config, where);
   const prompt = promptIds(tokenizer, chain, o.promptFormat);
   if (prompt.length === 0) throw new ArgumentError(`${where}.prompt: encodes to no tokens (nothing to predict the first step from)`);

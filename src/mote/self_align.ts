@@ -66,6 +66,8 @@ export interface SelfAlignProgress {
   total: number;
   written: number;
   dropped: number;
+  /** Drops so far by reason (this run and, with droppedFile, the earlier runs' drops it remembers). */
+  dropReasons: Record<string, number>;
 }
 
 export interface SelfAlignOptions {
@@ -102,6 +104,11 @@ export interface SelfAlignOptions {
   onProgress?: (p: SelfAlignProgress) => void;
   /** Replaces generate() (tests). */
   generateFn?: GenerateFn;
+  /**
+   * Stops the run at the next stage boundary when aborted (Ctrl-C): what is written stays
+   * written, the batch in flight is left for a rerun, and the result says `interrupted`.
+   */
+  signal?: AbortSignal;
 }
 
 export interface SelfAlignResult {
@@ -115,6 +122,10 @@ export interface SelfAlignResult {
   adaptive: number;
   /** True when a partial last line (an interrupted earlier run) was cut off the output or dropped file. */
   repaired: boolean;
+  /** Drops remembered in droppedFile from earlier runs, by reason (those prompts were not retried). */
+  droppedBefore: { reason: string; count: number }[];
+  /** True when opts.signal stopped the run before every prompt was handled. */
+  interrupted: boolean;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -135,13 +146,14 @@ function hash32(s: string): number {
  * final newline: a write interrupted by a crash). Any other bad line is a FormatError naming
  * file:line — it is not ours to delete.
  */
-function resumeIds(file: string): { ids: Set<string>; repaired: boolean } {
+function resumeIds(file: string): { ids: Set<string>; repaired: boolean; reasons: Map<string, number> } {
   const ids = new Set<string>();
+  const reasons = new Map<string, number>();
   let buf: Buffer;
   try {
     buf = fs.readFileSync(file);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ids, repaired: false };
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ids, repaired: false, reasons };
     throw new FormatError(`${file}: cannot read: ${(e as Error).message}`);
   }
   let repaired = false;
@@ -163,8 +175,10 @@ function resumeIds(file: string): { ids: Set<string>; repaired: boolean } {
     const id = (v as { id?: unknown } | null)?.id;
     if (typeof id !== 'string') throw new FormatError(`${file}:${i + 1}: no string "id" (not a line selfAlign wrote; got ${describe(id)})`);
     ids.add(id);
+    const reason = (v as { reason?: unknown }).reason;
+    if (typeof reason === 'string') reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
   }
-  return { ids, repaired };
+  return { ids, repaired, reasons };
 }
 
 /** Appends whole lines to a file, each written in one buffer and fsynced before the next. */
@@ -252,6 +266,8 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
   if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') throw new ArgumentError(`${op}: onProgress: expected a function, got ${describe(opts.onProgress)}`);
   if (opts.generateFn !== undefined && typeof opts.generateFn !== 'function') throw new ArgumentError(`${op}: generateFn: expected a function, got ${describe(opts.generateFn)}`);
   if (opts.source !== undefined && typeof opts.source !== 'string') throw new ArgumentError(`${op}: source: expected a string, got ${describe(opts.source)}`);
+  const signal = opts.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(signal)}`);
   const V = Math.min(model.config.vocabSize, tokenizer.vocabSize);
   const extraStop: number[] = [];
   for (const [i, t] of (opts.stop ?? []).entries()) {
@@ -285,13 +301,20 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
     return { key, line, rec, texts: {}, truncated: {}, adaptive: false };
   });
   const out = resumeIds(opts.output);
-  const drp = opts.droppedFile !== undefined ? resumeIds(opts.droppedFile) : { ids: new Set<string>(), repaired: false };
+  const drp = opts.droppedFile !== undefined ? resumeIds(opts.droppedFile) : { ids: new Set<string>(), repaired: false, reasons: new Map<string, number>() };
   const todo = works.filter((w) => !out.ids.has(w.key) && !drp.ids.has(w.key));
-  const res: SelfAlignResult = { written: 0, skippedDone: works.length - todo.length, dropped: [], adaptive: 0, repaired: out.repaired || drp.repaired };
+  const res: SelfAlignResult = {
+    written: 0, skippedDone: works.length - todo.length, dropped: [], adaptive: 0, repaired: out.repaired || drp.repaired,
+    droppedBefore: [...drp.reasons].map(([reason, count]) => ({ reason, count })), interrupted: false,
+  };
   const dropCount = new Map<string, number>();
+  /** Like InterruptedError, but internal: unwinds a batch when the signal fires between stages. */
+  const STOP = Symbol('stop');
+  const checkStop = () => { if (signal?.aborted) throw STOP; };
 
   /** One stage for `ws` in one generate call; stores each output's text and whether it was cut off. */
   const runStage = async (stage: SelfAlignStage, ws: Work[], vars: (w: Work) => StageVars): Promise<void> => {
+    checkStop();
     if (ws.length === 0) return;
     const step = STAGE_STEP[stage];
     const k = bundle ? bundle.config.steps.indexOf(step) : -1;
@@ -312,6 +335,7 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
       return req;
     });
     const results = await gen(reqs, genOpts);
+    checkStop();
     if (!Array.isArray(results) || results.length !== ws.length) throw new ArgumentError(`${op}: generate returned ${Array.isArray(results) ? results.length : describe(results)} results for ${ws.length} requests`);
     ws.forEach((w, i) => {
       const r = results[i]!;
@@ -340,41 +364,60 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
   const dropAppender = opts.droppedFile !== undefined ? new LineAppender(opts.droppedFile) : null;
   try {
     let done = res.skippedDone;
+    const reasonsSoFar = () => {
+      const all: Record<string, number> = {};
+      for (const m of [drp.reasons, dropCount]) for (const [r, c] of m) all[r] = (all[r] ?? 0) + c;
+      return all;
+    };
     for (let b = 0; b < todo.length; b += batchSize) {
+      // A macrotask turn between batches: generation on cpu may never yield to the event loop,
+      // and a Ctrl-C handler (or any other callback) must get to run.
+      if (signal) await new Promise((r) => setTimeout(r, 0));
+      if (signal?.aborted) { res.interrupted = true; break; }
       const batch = todo.slice(b, b + batchSize);
+      const dropsBefore = new Map(dropCount);
       let full = batch;
-      if (adaptiveOn) {
-        await runStage('draft', batch, (w) => ({ question: question(w) }));
-        const drafted = batch.filter((w) => w.texts.draft !== '' && !(dropTruncated && w.truncated.draft));
-        await runStage('draft-check', drafted, (w) => ({ question: question(w), answer: w.texts.draft! }));
-        for (const w of drafted) {
-          w.draftVerdict = parseVerdict(w.texts['draft-check']!);
-          const checkOk = w.texts['draft-check'] !== '' && !(dropTruncated && includeCheck && w.truncated['draft-check']);
-          if (w.draftVerdict === 'safe' && checkOk) {
-            w.adaptive = true;
-            w.verdict = 'safe';
-            w.steps = [{ step: 'answer', text: w.texts.draft! }];
-            if (includeCheck) w.steps.push({ step: 'check', text: w.texts['draft-check']! });
+      try {
+        if (adaptiveOn) {
+          await runStage('draft', batch, (w) => ({ question: question(w) }));
+          const drafted = batch.filter((w) => w.texts.draft !== '' && !(dropTruncated && w.truncated.draft));
+          await runStage('draft-check', drafted, (w) => ({ question: question(w), answer: w.texts.draft! }));
+          for (const w of drafted) {
+            w.draftVerdict = parseVerdict(w.texts['draft-check']!);
+            const checkOk = w.texts['draft-check'] !== '' && !(dropTruncated && includeCheck && w.truncated['draft-check']);
+            if (w.draftVerdict === 'safe' && checkOk) {
+              w.adaptive = true;
+              w.verdict = 'safe';
+              w.steps = [{ step: 'answer', text: w.texts.draft! }];
+              if (includeCheck) w.steps.push({ step: 'check', text: w.texts['draft-check']! });
+            }
           }
+          full = batch.filter((w) => !w.adaptive);
         }
-        full = batch.filter((w) => !w.adaptive);
-      }
-      await runStage('analysis', full, (w) => ({ question: question(w) }));
-      full = usable(full, 'analysis');
-      await runStage('guidance', full, (w) => ({ question: question(w), analysis: w.texts.analysis! }));
-      full = usable(full, 'guidance');
-      await runStage('answer', full, (w) => ({ question: question(w), analysis: w.texts.analysis!, guidance: w.texts.guidance! }));
-      full = usable(full, 'answer');
-      await runStage('check', full, (w) => ({ question: question(w), answer: w.texts.answer! }));
-      for (const w of usable(full, 'check', includeCheck)) {
-        const v = parseVerdict(w.texts.check!);
-        if (v === null) { drop(w, 'no-verdict'); continue; }
-        if (v === 'unsafe' && !keepUnsafe) { drop(w, 'unsafe'); continue; }
-        w.verdict = v;
-        w.steps = [
-          { step: 'analysis', text: w.texts.analysis! }, { step: 'guidance', text: w.texts.guidance! }, { step: 'answer', text: w.texts.answer! },
-          ...(includeCheck ? [{ step: 'check' as const, text: w.texts.check! }] : []),
-        ];
+        await runStage('analysis', full, (w) => ({ question: question(w) }));
+        full = usable(full, 'analysis');
+        await runStage('guidance', full, (w) => ({ question: question(w), analysis: w.texts.analysis! }));
+        full = usable(full, 'guidance');
+        await runStage('answer', full, (w) => ({ question: question(w), analysis: w.texts.analysis!, guidance: w.texts.guidance! }));
+        full = usable(full, 'answer');
+        await runStage('check', full, (w) => ({ question: question(w), answer: w.texts.answer! }));
+        for (const w of usable(full, 'check', includeCheck)) {
+          const v = parseVerdict(w.texts.check!);
+          if (v === null) { drop(w, 'no-verdict'); continue; }
+          if (v === 'unsafe' && !keepUnsafe) { drop(w, 'unsafe'); continue; }
+          w.verdict = v;
+          w.steps = [
+            { step: 'analysis', text: w.texts.analysis! }, { step: 'guidance', text: w.texts.guidance! }, { step: 'answer', text: w.texts.answer! },
+            ...(includeCheck ? [{ step: 'check' as const, text: w.texts.check! }] : []),
+          ];
+        }
+      } catch (e) {
+        if (e !== STOP) throw e;
+        // The batch in flight is not written: its drops are forgotten too, a rerun redoes it.
+        dropCount.clear();
+        for (const [r, c] of dropsBefore) dropCount.set(r, c);
+        res.interrupted = true;
+        break;
       }
 
       // Write in prompt order, one fsynced line each.
@@ -405,7 +448,7 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
         }
       }
       done += batch.length;
-      opts.onProgress?.({ done, total: works.length, written: res.written, dropped: [...dropCount.values()].reduce((a, c) => a + c, 0) });
+      opts.onProgress?.({ done, total: works.length, written: res.written, dropped: [...dropCount.values()].reduce((a, c) => a + c, 0), dropReasons: reasonsSoFar() });
     }
   } finally {
     appender.close();
