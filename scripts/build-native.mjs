@@ -8,7 +8,8 @@
 // 2. Otherwise the addon is compiled from source with cmake-js (cmake and a C++17 compiler needed):
 //    when no prebuilt fits this platform or it does not load, when MOTE_BUILD_FROM_SOURCE=1, or for
 //    CUDA (nvcc on PATH, or MOTE_CUDA=1), which needs the local toolkit. A source build targets this
-//    machine's CPU (-march=native). A checkout of mote always builds from source. In an installed package the build leftovers are removed after it
+//    machine's CPU (-march=native). A checkout of mote always builds from source. In an installed
+//    package the build leftovers are removed after it
 //    (only build/Release/mote.node stays); in a checkout of mote they stay for quick rebuilds.
 //
 //   MOTE_CUDA=0|1              CUDA kernels off / required (default: built when nvcc is found)
@@ -35,7 +36,7 @@ function finish(status) {
 
 // Installed as a dependency (…/node_modules/<name>), or asked: keep only the .node after a build.
 function removeLeftovers() {
-  const installed = !inCheckout;
+  const installed = root.split(sep).includes('node_modules');
   if (!installed && process.env.MOTE_CLEAN_BUILD !== '1') return;
   for (const entry of readdirSync(buildDir)) {
     if (entry === 'Release' || entry === 'native-status.json') continue;

@@ -2,8 +2,11 @@
 // prebuilds/<platform>-<arch>/mote.node (today: linux-x64), and checks it.
 //   - kernels compiled for x86-64, x86-64-v3 and x86-64-v4, one picked at load (MOTE_CPU_DISPATCH);
 //   - no CUDA (that needs the user's toolkit: installs with nvcc build from source);
-//   - OpenBLAS looked up at load, not linked; libstdc++/libgcc linked in statically.
-// The checks: it loads, `ldd` lists only libc-level libraries, and every SIMD level it can run here
+//   - OpenBLAS looked up at load, not linked (ldd must not list it).
+// libstdc++ stays dynamic: built on Debian 12 (GCC 12) the addon then needs glibc ≥ 2.34 and
+// GLIBCXX_3.4.30, while a static libstdc++ would need glibc ≥ 2.36 (arc4random, _dl_find_object).
+// Where the prebuilt does not load, the install builds from source.
+// The checks: it loads, `ldd` lists no OpenBLAS, and every SIMD level it can run here
 // agrees with the others on a small matmul (mote's own kernel; OpenBLAS takes only ≥ 16 rows).
 import { copyFileSync, mkdirSync, statSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -16,7 +19,7 @@ const ok = await cmakeBuild(outDir, {
   MOTE_CUDA: 'OFF',
   MOTE_CPU_DISPATCH: 'ON',
   MOTE_NATIVE_ARCH: 'OFF',
-  MOTE_STATIC_RUNTIME: process.platform === 'linux' ? 'ON' : 'OFF',
+  MOTE_STATIC_RUNTIME: 'OFF',
   MOTE_BLAS: 'AUTO',
 });
 if (!ok) {
@@ -32,15 +35,16 @@ if (process.platform === 'linux') {
   const ldd = spawnSync('ldd', [prebuiltPath], { encoding: 'utf8' });
   if (ldd.status === 0) {
     const libs = ldd.stdout.split('\n').map((l) => l.trim().split(' ')[0]).filter(Boolean);
-    const extra = libs.filter((l) => !/^(linux-vdso|\/lib64\/ld-linux|ld-linux|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so)/.test(l));
-    if (extra.length) fail(`it links ${extra.join(', ')} (expected libc-level libraries only)`);
+    const extra = libs.filter((l) => !/^(linux-vdso|\/lib64\/ld-linux|ld-linux|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|libstdc\+\+\.so|libgcc_s\.so)/.test(l));
+    if (extra.length) fail(`it links ${extra.join(', ')} (expected only libc, libm, libstdc++, libgcc_s)`);
     console.log(`mote: ldd: ${libs.join(' ')}`);
   }
   const syms = spawnSync('objdump', ['-T', prebuiltPath], { encoding: 'utf8' });
   if (syms.status === 0) {
-    const versions = [...new Set(syms.stdout.match(/GLIBC_[0-9.]+/g) ?? [])]
-      .sort((a, b) => a.slice(6).localeCompare(b.slice(6), undefined, { numeric: true }));
-    console.log(`mote: needs glibc ≥ ${versions.at(-1)?.slice(6) ?? '?'}`);
+    const newest = (prefix) => [...new Set(syms.stdout.match(new RegExp(`${prefix}_[0-9.]+`, 'g')) ?? [])]
+      .map((v) => v.slice(prefix.length + 1))
+      .sort((a, b) => a.localeCompare(b, undefined, { numeric: true })).at(-1) ?? '-';
+    console.log(`mote: needs glibc ≥ ${newest('GLIBC')}, libstdc++ GLIBCXX ≥ ${newest('GLIBCXX')}`);
   }
 }
 
