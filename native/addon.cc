@@ -95,10 +95,10 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   if (__builtin_cpu_supports("fma")) feats.Set(nf++, "fma");
   if (__builtin_cpu_supports("avx512f")) feats.Set(nf++, "avx512f");
 #endif
-#ifdef MOTE_HAVE_CBLAS
-  feats.Set(nf++, "openblas");  // f32 base matmuls with ≥ 16 rows go through cblas_sgemm
-#endif
+  // f32 base matmuls with ≥ 16 rows go through cblas_sgemm when OpenBLAS was found at load
+  if (cpu::blas_loaded()) feats.Set(nf++, "openblas");
   cpu.Set("features", feats);
+  cpu.Set("simd", cpu::simd_variant());  // kernels' SIMD level (native/cpu/dispatch.cc)
   out.Set("cpu", cpu);
   auto cu = Napi::Object::New(env);
 #ifdef MOTE_HAVE_CUDA

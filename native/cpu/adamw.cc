@@ -15,7 +15,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 constexpr size_t kGrain = size_t(1) << 14;
@@ -54,4 +54,4 @@ void sum_squares(float* out, const float* g, int64_t n) {
   out[0] = float(s);
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -25,7 +25,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 constexpr int kBlock = 64;
@@ -197,4 +197,4 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -12,7 +12,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 
 namespace {
 
@@ -42,4 +42,4 @@ void copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_r
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

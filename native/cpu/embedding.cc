@@ -13,7 +13,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 
 void embedding(float* y, const int* ids, const void* E, int edtype, int T, int V, int H) {
   for (int t = 0; t < T; t++)
@@ -62,4 +62,4 @@ void embedding_grad(float* dE, const float* dy, const int* order, const int* seg
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

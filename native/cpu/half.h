@@ -3,7 +3,9 @@
 #include <cstdint>
 #include <cstring>
 
-namespace mote::cpu {
+#include "variant.h"
+
+namespace MOTE_CPU_KERNEL_NS {
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t b = uint32_t(h) << 16;
@@ -54,4 +56,4 @@ inline void to_f32(float* dst, const void* src, int dtype, size_t offset, size_t
   }
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "../lora_args.h"
+#include "variant.h"
 
 namespace mote::cpu {
 
@@ -70,5 +71,12 @@ void copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_r
 
 // Streams src to dst (the copy-bandwidth ceiling used by the benchmarks).
 void copy(float* dst, const float* src, int64_t n);
+
+// The SIMD level the kernels run at: "x86-64", "x86-64-v3", "x86-64-v4" (dispatch.cc picks the
+// best one this CPU supports once, at load; MOTE_CPU_VARIANT lowers it), or "native" / "generic"
+// for a build compiled for one target only.
+const char* simd_variant();
+// True when OpenBLAS was found at load (blas.cc): f32 base matmuls with many rows use its sgemm.
+bool blas_loaded();
 
 }  // namespace mote::cpu

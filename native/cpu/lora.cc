@@ -30,7 +30,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -991,4 +991,4 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

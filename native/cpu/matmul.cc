@@ -3,15 +3,12 @@
 #include <cstring>
 #include <vector>
 
-#ifdef MOTE_HAVE_CBLAS
-#include <cblas.h>
-#endif
-
+#include "blas.h"
 #include "half.h"
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 constexpr int kRows = 4;  // W rows per micro-kernel: each x load feeds 4 dot products
@@ -41,21 +38,17 @@ inline void axpy(float* y, float a, const float* x, int n) {
   for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-#ifdef MOTE_HAVE_CBLAS
-// OpenBLAS pays off once W is reused by enough rows; below that (decode) the kernels here
-// stream W once at memory speed, which is the bound.
+// OpenBLAS (when found at load, blas.cc) pays off once W is reused by enough rows; below that
+// (decode) the kernels here stream W once at memory speed, which is the bound.
 constexpr int kBlasMinRows = 16;
-#endif
 
 }  // namespace
 
 void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, int N, bool accumulate) {
-#ifdef MOTE_HAVE_CBLAS
-  if (wdtype == 0 && T >= kBlasMinRows) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, N, K, 1.f, x, K, static_cast<const float*>(w), K, accumulate ? 1.f : 0.f, y, N);
+  if (blas_sgemm && wdtype == 0 && T >= kBlasMinRows) {
+    blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, T, N, K, 1.f, x, K, static_cast<const float*>(w), K, accumulate ? 1.f : 0.f, y, N);
     return;
   }
-#endif
   // Parallel over blocks of W rows: every W byte is read once (decode is bandwidth-bound),
   // converted to f32 once per block, then reused for every token in cache-sized token tiles.
   const int block = 16;
@@ -98,12 +91,10 @@ void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, i
 }
 
 void matmul_grad_input(float* dx, const float* dy, const void* w, int wdtype, int T, int K, int N, bool accumulate) {
-#ifdef MOTE_HAVE_CBLAS
-  if (wdtype == 0 && T >= kBlasMinRows) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, K, N, 1.f, dy, N, static_cast<const float*>(w), K, accumulate ? 1.f : 0.f, dx, K);
+  if (blas_sgemm && wdtype == 0 && T >= kBlasMinRows) {
+    blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasNoTrans, T, K, N, 1.f, dy, N, static_cast<const float*>(w), K, accumulate ? 1.f : 0.f, dx, K);
     return;
   }
-#endif
   // Register-tiled: a task owns a [TB rows × KC columns] tile of dx and walks W in blocks of NB
   // rows (converted to f32 and packed KC wide, so the block stays in L1/L2); the micro-kernel
   // keeps 4 rows × 16 columns of sums in registers. Every dx element is summed over n in
@@ -169,12 +160,10 @@ void matmul_grad_input(float* dx, const float* dy, const void* w, int wdtype, in
 }
 
 void matmul_grad_weight(float* dw, const float* dy, const float* x, int T, int K, int N, bool accumulate) {
-#ifdef MOTE_HAVE_CBLAS
-  if (T >= kBlasMinRows) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, T, 1.f, dy, N, x, K, accumulate ? 1.f : 0.f, dw, K);
+  if (blas_sgemm && T >= kBlasMinRows) {
+    blas_sgemm(kCblasRowMajor, kCblasTrans, kCblasNoTrans, N, K, T, 1.f, dy, N, x, K, accumulate ? 1.f : 0.f, dw, K);
     return;
   }
-#endif
   // Parallel over rows of dW; each row is Σ_t dy[t,n]·x[t,:], t ascending.
   parallel_for(size_t(N), 4, [&](size_t n0, size_t n1) {
     std::vector<float> acc(K);
@@ -197,4 +186,4 @@ void copy(float* dst, const float* src, int64_t n) {
   parallel_for(size_t(n), 1 << 16, [&](size_t b, size_t e) { std::memcpy(dst + b, src + b, (e - b) * 4); });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -3,7 +3,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 
 void add(float* y, const float* a, const float* b, int64_t n) {
   parallel_for(size_t(n), size_t(1) << 15, [&](size_t s, size_t e) {
@@ -12,4 +12,4 @@ void add(float* y, const float* a, const float* b, int64_t n) {
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -13,7 +13,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 // w as f32: the pointer itself for f32, else a converted copy.
@@ -91,4 +91,4 @@ void rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x, const v
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -16,7 +16,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 
 void rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D, bool inverse) {
   const size_t half = size_t(D) / 2, Ds = size_t(D);
@@ -55,4 +55,4 @@ void rope(float* y, const float* x, const int* positions, const float* inv_freq,
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -8,7 +8,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 constexpr size_t kGrain = size_t(1) << 14;
@@ -38,4 +38,4 @@ void swiglu_grad(float* dgate, float* dup, const float* dy, const float* gate, c
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

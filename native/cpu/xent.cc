@@ -16,7 +16,7 @@
 #include "kernels.h"
 #include "threads.h"
 
-namespace mote::cpu {
+namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 size_t row_grain(int V) { return std::max<size_t>(1, size_t(16384) / size_t(V)); }
@@ -89,4 +89,4 @@ void xent_grad(float* dlogits, const float* logits, const float* lse, const int*
   });
 }
 
-}  // namespace mote::cpu
+}  // namespace MOTE_CPU_KERNEL_NS

@@ -20,7 +20,7 @@ import type { Backend, BackendInfo } from './backend.js';
 /** The addon's exports (see native/addon.cc and native/bind_*.cc). */
 export interface Addon {
   info(): {
-    cpu: { model: string; threads: number; hardwareThreads: number; features: string[] };
+    cpu: { model: string; threads: number; hardwareThreads: number; features: string[]; simd: string };
     cuda: { built: boolean; available: boolean; reason: string; name?: string; computeCapability?: string; multiprocessors?: number; memoryBytes?: number; runtimeVersion?: number; driverVersion?: number };
   };
   alloc(device: number, bytes: number): object;
@@ -88,24 +88,43 @@ const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '.
 
 let cached: { addon: Addon | null; reason: string } | null = null;
 
-/** Loads build/Release/mote.node once; returns why not when it cannot. */
+/**
+ * Where the addon is looked for, in order: MOTE_ADDON_PATH; build/Release/mote.node (compiled from
+ * source at install, e.g. with CUDA, or by `npm rebuild`); the prebuilt CPU addon shipped in the
+ * package, prebuilds/<platform>-<arch>/mote.node (scripts/prebuild.mjs).
+ */
+export function addonCandidates(): string[] {
+  if (process.env.MOTE_ADDON_PATH) return [process.env.MOTE_ADDON_PATH];
+  return [
+    join(packageRoot, 'build', 'Release', 'mote.node'),
+    join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`, 'mote.node'),
+  ];
+}
+
+/** Loads the addon once (the first candidate that exists); returns why not when it cannot. */
 export function loadAddon(): { addon: Addon | null; reason: string } {
   if (cached) return cached;
-  const path = process.env.MOTE_ADDON_PATH ?? join(packageRoot, 'build', 'Release', 'mote.node');
-  if (!existsSync(path)) {
-    let why = 'the native addon is not built';
+  const candidates = addonCandidates();
+  const failures: string[] = [];
+  for (const path of candidates) {
+    if (!existsSync(path)) continue;
     try {
-      const status = JSON.parse(readFileSync(join(packageRoot, 'build', 'native-status.json'), 'utf8')) as { reason?: string };
-      if (status.reason) why += ` (${status.reason})`;
-    } catch { /* no status file: install never ran the build */ }
-    cached = { addon: null, reason: `${why}; run \`npm rebuild mote\` or \`node scripts/build-native.mjs\` with cmake and a C++17 compiler` };
+      cached = { addon: createRequire(import.meta.url)(path) as Addon, reason: '' };
+      return cached;
+    } catch (e) {
+      failures.push(`the native addon at ${path} failed to load: ${(e as Error).message}`);
+    }
+  }
+  if (failures.length) {
+    cached = { addon: null, reason: failures.join('; ') };
     return cached;
   }
+  let why = process.env.MOTE_ADDON_PATH ? `MOTE_ADDON_PATH names no file (${process.env.MOTE_ADDON_PATH})` : 'the native addon is not built';
   try {
-    cached = { addon: createRequire(import.meta.url)(path) as Addon, reason: '' };
-  } catch (e) {
-    cached = { addon: null, reason: `the native addon at ${path} failed to load: ${(e as Error).message}` };
-  }
+    const status = JSON.parse(readFileSync(join(packageRoot, 'build', 'native-status.json'), 'utf8')) as { reason?: string };
+    if (status.reason) why += ` (${status.reason})`;
+  } catch { /* no status file: install never ran the build */ }
+  cached = { addon: null, reason: `${why}; run \`npm rebuild mote-lora\` (MOTE_BUILD_FROM_SOURCE=1 to compile) with cmake and a C++17 compiler` };
   return cached;
 }
 
@@ -150,7 +169,7 @@ export class NativeBackend implements Backend {
   info(): BackendInfo {
     const i = this.addon.info();
     if (this.kind === 'cpu') {
-      return { name: 'cpu', device: i.cpu.model, software: false, features: i.cpu.features, details: { threads: i.cpu.threads, hardwareThreads: i.cpu.hardwareThreads, cudaBuilt: i.cuda.built } };
+      return { name: 'cpu', device: i.cpu.model, software: false, features: i.cpu.features, details: { simd: i.cpu.simd, threads: i.cpu.threads, hardwareThreads: i.cpu.hardwareThreads, cudaBuilt: i.cuda.built } };
     }
     return {
       name: 'cuda', device: i.cuda.name ?? 'CUDA device', software: false, features: [`sm_${(i.cuda.computeCapability ?? '').replace('.', '')}`],
