@@ -1,4 +1,4 @@
-/// <reference types="@webgpu/types" />
+/// <reference types="@webgpu/types" preserve="true" />
 // WebGPU backend: Dawn (the `webgpu` package) in Node, navigator.gpu elsewhere, or a
 // GPUDevice handed in by the caller. Kernels come from kernels/wgsl.
 import { tmpdir } from 'node:os';
