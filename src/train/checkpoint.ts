@@ -137,10 +137,10 @@ export function findCheckpoint(dir: string): { dir: string; step: number; which:
   const rejected: string[] = [];
   let any = false;
   for (const c of candidates) {
-    // Neither mote's marker nor a state file: not a checkpoint at all (nothing to resume from).
+    // Neither mote's marker nor its earlier layout: not a checkpoint (nothing to resume from).
     // A marker still in progress: a save killed before it finished (removed by the next one).
     const m = fs.statSync(c.dir).isDirectory() ? readMarker(c.dir) : null;
-    if (!fs.statSync(c.dir).isDirectory() || (!m && !fs.existsSync(path.join(c.dir, CHECKPOINT_STATE_FILE))) || (m && !m.complete)) continue;
+    if (!fs.statSync(c.dir).isDirectory() || (!m && legacyCheckpointFiles(c.dir) === null) || (m && !m.complete)) continue;
     any = true;
     const why = incompleteCheckpoint(c.dir);
     if (why) { rejected.push(why); continue; }
