@@ -151,7 +151,7 @@ test('foreign folders: refused and byte-identical; with overwrite, no file mote 
       movedAside += first.moved;
     }
   }
-  process.stdout.write(`# foreign folders: ${refused} refused writes left byte-identical; with overwrite ${movedAside} files kept as .before-mote, 0 lost\n`);
+  process.stdout.write(`foreign folders: ${refused} refused writes left byte-identical; with overwrite ${movedAside} files kept as .before-mote, 0 lost\n`);
 });
 
 test('a checkpoint from before the marker is still mote\'s; a foreign folder named like a stale temporary is left alone [cpu]', async (tt) => {
