@@ -181,8 +181,8 @@ export function recoverCheckpoint(dir: string): ResumePoint | null {
   if (from === dir) cleanStaleTemporaries(dir);
   const recoveredFrom = found.which === 'dir' ? null : found.dir;
   const message = recoveredFrom
-    ? `resuming at step ${found.step} from ${recoveredFrom} (a complete checkpoint left by an interrupted save${from === dir ? `, moved to ${dir}` : ''})`
-    : `resuming at step ${found.step} from ${dir}`;
+    ? `resumed from ${recoveredFrom} at step ${found.step} (the newest complete checkpoint, left by an interrupted save${from === dir ? `; moved to ${dir}` : ''})`
+    : `resumed from ${dir} at step ${found.step}`;
   return { dir: from, step: found.step, recoveredFrom, message };
 }
 
