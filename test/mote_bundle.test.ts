@@ -263,7 +263,7 @@ forEachBackend('saveMote → loadMote: identical logits; each expert a PEFT adap
     try {
       await saveMote(bundle, dir);
       assert.deepEqual(fs.readdirSync(path.dirname(dir)).filter((f) => f.startsWith(path.basename(dir) + '.')), [], 'no temporary folder left');
-      assert.deepEqual(fs.readdirSync(dir).sort(), ['analysis', 'answer', 'guidance', MOTE_FILE, 'shared']);
+      assert.deepEqual(fs.readdirSync(dir).sort(), ['analysis', 'answer', 'guidance', 'mote-written.json', MOTE_FILE, 'shared']);
       const mj = JSON.parse(fs.readFileSync(path.join(dir, MOTE_FILE), 'utf-8'));
       assert.deepEqual(mj.steps, ['analysis', 'guidance', 'answer']);
       assert.deepEqual(mj.tokens, { analysis: '<|analysis|>', guidance: '<|guidance|>', answer: '<|response|>' });
@@ -309,7 +309,7 @@ forEachBackend('saveMote → loadMote: identical logits; each expert a PEFT adap
       const other = newDir('other');
       fs.mkdirSync(other);
       fs.writeFileSync(path.join(other, 'keep.txt'), 'mine');
-      await assert.rejects(saveMote(bundle, other), (e: Error) => e instanceof ArgumentError && /not empty and holds no mote.json/.test(e.message));
+      await assert.rejects(saveMote(bundle, other), (e: Error) => e instanceof ArgumentError && /not empty and was not written by mote/.test(e.message));
       assert.equal(fs.readFileSync(path.join(other, 'keep.txt'), 'utf-8'), 'mine');
     } finally {
       bundle.dispose();

@@ -2,7 +2,7 @@
 // with the same weights, bit for bit in their stored dtype (f32 llama untied, bf16 qwen2 with
 // q/k/v biases, f16 mistral with tied embeddings: no lm_head.weight written), and the same
 // logits; the tokenizer files come along; sharding past maxShardBytes; saving over the folder
-// the model came from. config.json round trips through parseHFConfig for the three families
+// the model came from (only with overwrite: it was not written by mote). config.json round trips through parseHFConfig for the three families
 // (rope scaling, sliding windows, head_dim, eos lists). A non-model folder is refused and left
 // as it was; bad arguments are ArgumentErrors naming the argument.
 import { after, test } from 'node:test';
@@ -48,7 +48,7 @@ for (const c of CASES) {
     try {
       await saveModel(model, out, { tokenizer: loadTokenizer(src.dir) });
       const files = fs.readdirSync(out).sort();
-      assert.deepEqual(files, ['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
+      assert.deepEqual(files, ['config.json', 'generation_config.json', 'model.safetensors', 'mote-written.json', 'tokenizer.json', 'tokenizer_config.json']);
       // The weights, bit for bit, in their stored dtype; a tied lm_head is not written.
       const saved = readSafetensors(path.join(out, 'model.safetensors')).tensors;
       assert.deepEqual([...saved.keys()].sort(), [...src.tensors.keys()].sort());
@@ -99,15 +99,19 @@ forEachBackend('saveModel: shards, saving over its own folder, a non-model folde
     assert.ok(!fs.existsSync(path.join(sharded, 'model.safetensors.index.json')));
     const m3 = await loadModel(sharded, { backend: be });
     try { assert.deepEqual(await m3.logits(IDS), want); } finally { m3.dispose(); }
-    await saveModel(model, src.dir);
+    // The folder the model came from was not written by mote: refused, then with overwrite
+    // mote's files go in and the ones they replace are kept as <name>.before-mote.
+    await assert.rejects(saveModel(model, src.dir), (e: unknown) => e instanceof ArgumentError && /was not written by mote/.test((e as Error).message) && /overwrite/.test((e as Error).message));
+    await saveModel(model, src.dir, { overwrite: true });
+    assert.ok(fs.existsSync(path.join(src.dir, 'config.json.before-mote')) && fs.existsSync(path.join(src.dir, 'model.safetensors.before-mote')));
     const m4 = await loadModel(src.dir, { backend: be });
     try { assert.deepEqual(await m4.logits(IDS), want); } finally { m4.dispose(); }
 
-    // A non-empty folder without config.json is not ours: refused, left as it was.
+    // A non-empty folder mote did not write: refused, left as it was.
     const other = newDir('other');
     fs.mkdirSync(other);
     fs.writeFileSync(path.join(other, 'notes.txt'), 'keep me');
-    await assert.rejects(saveModel(model, other), (e: unknown) => e instanceof ArgumentError && /holds no config\.json/.test((e as Error).message) && (e as Error).message.includes(other));
+    await assert.rejects(saveModel(model, other), (e: unknown) => e instanceof ArgumentError && /was not written by mote/.test((e as Error).message) && (e as Error).message.includes(other));
     assert.deepEqual(fs.readdirSync(other), ['notes.txt']);
     assert.ok(!fs.readdirSync(path.dirname(other)).some((f) => f.startsWith(`${path.basename(other)}.tmp`)));
     // A file where the folder should be.
@@ -118,6 +122,7 @@ forEachBackend('saveModel: shards, saving over its own folder, a non-model folde
     fs.mkdirSync(empty);
     await saveModel(model, empty);
     assert.ok(fs.existsSync(path.join(empty, 'config.json')));
+    await assert.rejects(saveModel(model, newDir('x'), { overwrite: 'yes' as never }), (e: unknown) => e instanceof ArgumentError && /overwrite: expected true or false/.test((e as Error).message));
 
     // Bad arguments.
     await assert.rejects(saveModel({} as never, newDir('x')), (e: unknown) => e instanceof ArgumentError && /model: expected a LlamaModel/.test((e as Error).message));

@@ -7,9 +7,20 @@ import { ArgumentError } from '../errors.js';
 import { MOTE_FILE, parseMoteJson } from '../mote/bundle.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parsePeftConfig } from '../io/peft.js';
 import { readSafetensors } from '../io/safetensors.js';
-import { replaceDirAtomically } from '../io/atomic_dir.js';
+import { replaceDirAtomically, tryJson } from '../io/atomic_dir.js';
 
-export async function exportCommand(o: { mote: string; out: string; json?: boolean }): Promise<void> {
+/** An export folder written by mote before the marker existed (experts.json { from, experts }), or null. */
+function legacyExportFiles(dir: string): string[] | null {
+  const j = tryJson(path.join(dir, 'experts.json'));
+  if (!j || typeof j.from !== 'string' || !Array.isArray(j.experts)) return null;
+  const files = ['experts.json'];
+  for (const name of j.experts) {
+    if (typeof name === 'string' && /^[A-Za-z0-9_.-]+$/.test(name) && name !== '.' && name !== '..') files.push(`${name}/${ADAPTER_CONFIG_FILE}`, `${name}/${ADAPTER_WEIGHTS_FILE}`);
+  }
+  return files;
+}
+
+export async function exportCommand(o: { mote: string; out: string; json?: boolean; overwrite?: boolean }): Promise<void> {
   let dir = o.mote;
   if (!fs.existsSync(path.join(dir, MOTE_FILE)) && fs.existsSync(path.join(dir, 'adapters', MOTE_FILE))) dir = path.join(dir, 'adapters');
   const f = path.join(dir, MOTE_FILE);
@@ -23,7 +34,7 @@ export async function exportCommand(o: { mote: string; out: string; json?: boole
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new ArgumentError(`${f}: expert name '${name}' is not a plain folder name`);
   }
   const written: string[] = [];
-  await replaceDirAtomically('mote export', o.out, 'experts.json', (tmp) => {
+  await replaceDirAtomically('mote export', o.out, { kind: 'peft-export', legacy: legacyExportFiles, overwrite: o.overwrite === true }, (tmp) => {
     for (const [name, sub] of Object.entries(experts)) {
       fs.mkdirSync(path.join(tmp, name));
       for (const file of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) fs.copyFileSync(path.join(dir, sub, file), path.join(tmp, name, file));

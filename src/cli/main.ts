@@ -89,7 +89,8 @@ program.command('train').description('train a MoTE bundle (step experts + shared
   .option('--grad-accum <n>', 'micro-batches per step', '1').option('--max-length <n>', 'longest chain in tokens (trailing steps dropped)', '256')
   .option('--seed <n>', 'seed of every random draw', '0')
   .option('--checkpoint <dir>', 'checkpoint directory (saved on SIGINT and every --checkpoint-every steps)').option('--checkpoint-every <n>', 'steps between checkpoints')
-  .option('--resume', 'continue from --checkpoint').option('--json', 'JSON lines on stdout')
+  .option('--resume', 'continue from the newest complete checkpoint of --checkpoint (a first run starts fresh, and says so)').option('--json', 'JSON lines on stdout')
+  .option('--overwrite', 'write into --out / --checkpoint folders mote did not write (their files are kept, never deleted)')
   .action(trainCommand);
 
 program.command('generate').description('step-routed generation: each step labelled with its expert')
@@ -119,6 +120,7 @@ program.command('eval').description('toy evaluation: refusal on risky questions,
 
 program.command('export').description('write every expert of a MoTE bundle (or a training checkpoint) as its own PEFT adapter folder')
   .requiredOption('--mote <dir>', 'a MoTE bundle, or a checkpoint directory (its adapters/)').requiredOption('-o, --out <dir>', 'output directory')
+  .option('--overwrite', 'write into an --out folder mote did not write (its files are kept, never deleted)')
   .option('--json', 'machine-readable output').action(exportCommand);
 
 program.command('bench').description('run the benchmarks (a source checkout: npm run bench -- --help lists the options)')

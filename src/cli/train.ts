@@ -5,10 +5,11 @@ import * as path from 'node:path';
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
 import { readChainsJsonl, chainExamples } from '../mote/chains.js';
-import { createMote, saveMote } from '../mote/bundle.js';
+import { MOTE_DIR_OPTIONS, createMote, saveMote } from '../mote/bundle.js';
 import { moteConfig, type StepName } from '../mote/steps.js';
 import { Trainer } from '../train/trainer.js';
-import { CHECKPOINT_STATE_FILE, loadCheckpoint } from '../train/checkpoint.js';
+import { CHECKPOINT_DIR_OPTIONS, findCheckpoint, loadCheckpoint } from '../train/checkpoint.js';
+import { checkReplaceable } from '../io/atomic_dir.js';
 import { intOpt, numOpt, openModel } from './common.js';
 import { progress } from './progress.js';
 
@@ -16,7 +17,7 @@ export interface TrainCliOptions {
   chains: string; out: string; model?: string; backend: BackendRequest;
   steps?: string; lr?: string; warmup?: string; rank?: string; loraAlpha?: string; alpha?: string; schema?: string;
   pSkip?: string; batchTokens?: string; gradAccum?: string; maxLength?: string; seed?: string;
-  checkpoint?: string; checkpointEvery?: string; resume?: boolean; json?: boolean;
+  checkpoint?: string; checkpointEvery?: string; resume?: boolean; overwrite?: boolean; json?: boolean;
 }
 
 export async function trainCommand(o: TrainCliOptions): Promise<void> {
@@ -31,6 +32,10 @@ export async function trainCommand(o: TrainCliOptions): Promise<void> {
   const steps = intOpt('steps', o.steps, 1, 200);
   const seed = intOpt('seed', o.seed, 0, 0);
   if (o.resume && !o.checkpoint) throw new ArgumentError('--resume: needs --checkpoint DIR');
+  // Before any work: a folder mote may not write into fails now, not after training.
+  const overwrite = o.overwrite === true;
+  checkReplaceable('--out', o.out, { ...MOTE_DIR_OPTIONS, overwrite });
+  if (o.checkpoint) checkReplaceable('--checkpoint', o.checkpoint, { ...CHECKPOINT_DIR_OPTIONS, overwrite });
   const skipped: { line: number; reason: string }[] = [];
   const chains = readChainsJsonl(o.chains, { skipped });
   const m = await openModel(o.model, o.backend, config);
@@ -50,12 +55,14 @@ export async function trainCommand(o: TrainCliOptions): Promise<void> {
       onProgress: (q) => p.update(q.step, { loss: q.loss.toFixed(4), lr: q.lr.toExponential(2), 'tok/s': q.tokensPerSecond.toFixed(0) }),
     });
     try {
-      if (o.resume && fs.existsSync(path.join(o.checkpoint!, CHECKPOINT_STATE_FILE))) {
-        await loadCheckpoint(trainer, o.checkpoint!);
-        p.log(`resumed from ${o.checkpoint} at step ${trainer.state.step}`);
+      if (o.resume) {
+        // The newest complete checkpoint, also one a killed save left beside --checkpoint; none
+        // at all is a first run (said so); checkpoints none of which is complete are an error.
+        if (findCheckpoint(o.checkpoint!) === null) p.log(`--resume: no checkpoint in ${o.checkpoint} yet: starting fresh at step 0`);
+        else p.log((await loadCheckpoint(trainer, o.checkpoint!)).message);
       }
       const r = await trainer.run({
-        ...(o.checkpoint ? { checkpointDir: o.checkpoint, checkpointEvery: intOpt('checkpoint-every', o.checkpointEvery, 0, 0) } : {}),
+        ...(o.checkpoint ? { checkpointDir: o.checkpoint, checkpointEvery: intOpt('checkpoint-every', o.checkpointEvery, 0, 0), checkpointOverwrite: overwrite } : {}),
         handleSigint: true,
       });
       p.stop();
@@ -66,7 +73,7 @@ export async function trainCommand(o: TrainCliOptions): Promise<void> {
         process.exitCode = 130;
         return;
       }
-      await saveMote(bundle, o.out);
+      await saveMote(bundle, o.out, { overwrite });
       const losses = r.state.losses;
       const summary = { event: 'done', out: path.resolve(o.out), steps: r.state.step, firstLoss: losses[0], lastLoss: losses[losses.length - 1], examples: res.examples.length };
       if (json) process.stdout.write(JSON.stringify(summary) + '\n');

@@ -5,8 +5,12 @@
 // The weights are read back from the device in their stored dtype (f32, f16 or bf16, bit for
 // bit; no conversion), under their HF names; a tied lm_head is not written (transformers ties
 // it to model.embed_tokens.weight, as it saves tied models itself). The directory is written
-// as a whole (replaceDirAtomically, marker config.json): a reader sees the complete old
-// directory or the complete new one, and a non-empty folder without config.json is refused.
+// as a whole (replaceDirAtomically): a reader sees the complete old directory or the complete
+// new one. mote-written.json marks it as mote's; a non-empty folder without it (any HF model
+// folder, including one saved by a mote older than the marker: config.json proves nothing)
+// is refused unless opts.overwrite, and even then none of its files is deleted: those mote
+// replaces, and a stale shard index or weights file that would contradict the new weights,
+// are renamed to <name>.before-mote (src/io/atomic_dir.ts).
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -16,8 +20,8 @@ import type { Tensor } from '../tensor.js';
 import { MODEL_FAMILIES, expectedWeights, type ModelConfig, type ModelFamily } from './config.js';
 import { LlamaModel } from './llama.js';
 import { baseWeights } from './llama_backward.js';
-import { writeShardedSafetensors, type WritableTensor } from '../io/safetensors.js';
-import { replaceDirAtomically } from '../io/atomic_dir.js';
+import { INDEX_FILE, writeShardedSafetensors, type WritableTensor } from '../io/safetensors.js';
+import { overwriteOption, replaceDirAtomically } from '../io/atomic_dir.js';
 import { MoteTokenizer } from '../io/tokenizer.js';
 
 const ARCHITECTURE: Readonly<Record<ModelFamily, string>> = {
@@ -158,6 +162,13 @@ export interface SaveModelOptions {
   tokenizer?: MoteTokenizer;
   /** Largest shard in bytes before the weights are split into HF-style shards. Default 5 GB. */
   maxShardBytes?: number;
+  /** Write into a non-empty folder mote did not write (its files are kept, never deleted). */
+  overwrite?: boolean;
+}
+
+/** Weight files of an HF model folder: a foreign one left beside new weights would be read instead of them (or mixed in). */
+function weightFileConflict(rel: string): boolean {
+  return rel === INDEX_FILE || rel === 'model.safetensors' || /^model-\d+-of-\d+\.safetensors$/.test(rel);
 }
 
 /** Reads a weight back from the device in its stored dtype, bit for bit, under its HF shape. */
@@ -177,21 +188,22 @@ function writeJson(file: string, value: unknown): void {
  * Saves `model` as an HF model directory `dir`: config.json (hfConfigJson, torch_dtype from
  * the stored dtype of the embeddings), generation_config.json, model.safetensors (or shards
  * past maxShardBytes, with model.safetensors.index.json) and, with opts.tokenizer, its files.
- * The directory is replaced as a whole, atomically; an existing non-empty `dir` that holds no
- * config.json is refused with ArgumentError (it is not a model directory). loadModel(dir)
- * gives back the same weights in the same dtypes.
+ * The directory is replaced as a whole, atomically; an existing non-empty `dir` that mote did
+ * not write is refused with ArgumentError unless opts.overwrite (see the header: nothing of
+ * it is deleted). loadModel(dir) gives back the same weights in the same dtypes.
  */
 export async function saveModel(model: LlamaModel, dir: string, opts: SaveModelOptions = {}): Promise<void> {
   const op = 'saveModel';
   if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
   if (model.disposed) throw new ArgumentError(`${op}: model: used after dispose()`);
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
-  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { tokenizer?, maxShardBytes? }, got ${describe(opts)}`);
+  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { tokenizer?, maxShardBytes?, overwrite? }, got ${describe(opts)}`);
   const tok = opts.tokenizer;
   if (tok !== undefined && !(tok instanceof MoteTokenizer)) throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tok)}`);
   if (tok !== undefined && tok.vocabSize > model.config.vocabSize) {
     throw new ArgumentError(`${op}: tokenizer: has ${tok.vocabSize} ids but the model's vocabulary has ${model.config.vocabSize} (resize the model's embeddings first)`);
   }
+  const overwrite = overwriteOption(op, opts.overwrite);
   const maxShardBytes = opts.maxShardBytes ?? 5e9;
   if (typeof maxShardBytes !== 'number' || !(maxShardBytes > 0)) throw new ArgumentError(`${op}: maxShardBytes: expected a positive number, got ${describe(maxShardBytes)}`);
 
@@ -211,7 +223,7 @@ export async function saveModel(model: LlamaModel, dir: string, opts: SaveModelO
   if (config.bos_token_id !== null) gen.bos_token_id = config.bos_token_id;
   if (config.eos_token_id !== null) gen.eos_token_id = config.eos_token_id;
 
-  await replaceDirAtomically(op, dir, 'config.json', (tmp) => {
+  await replaceDirAtomically(op, dir, { kind: 'hf-model', overwrite, conflicts: weightFileConflict }, (tmp) => {
     writeShardedSafetensors(tmp, tensors, { maxShardBytes, metadata: { format: 'pt' } });
     writeJson(path.join(tmp, 'generation_config.json'), gen);
     tok?.save(tmp);

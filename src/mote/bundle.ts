@@ -11,13 +11,15 @@
 //   <dir>/shared/adapter_config.json, adapter_model.safetensors
 // Every expert folder is an ordinary PEFT LoRA adapter (PEFT key names, scale alpha / r), so
 // any PEFT-compatible engine can serve one alone. A bundle is written into `<dir>.tmp-<pid>`
-// and renamed into place, so a reader never sees a half-written bundle.
+// and renamed into place, so a reader never sees a half-written bundle; mote-written.json
+// marks the folder as mote's (src/io/atomic_dir.ts: a folder mote did not write is never
+// replaced without overwrite, and no file mote did not write is ever deleted).
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor.js';
-import { replaceDirAtomically } from '../io/atomic_dir.js';
+import { overwriteOption, replaceDirAtomically, tryJson, type ReplaceDirOptions } from '../io/atomic_dir.js';
 import { mulberry32 } from '../rng.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
@@ -441,16 +443,36 @@ async function writeExpert(stacks: AdapterStacks, e: number, dir: string, r: num
 }
 
 /**
- * Saves a bundle to `dir`: mote.json plus one PEFT adapter folder per expert. Written into
- * `<dir>.tmp-<pid>` and renamed into place; an existing bundle at `dir` is replaced only once
- * the new one is complete. A `dir` that exists but is not a MoTE bundle is refused.
+ * The files of a bundle folder written by mote before the marker existed (recognised by
+ * mote.json's format 'mote' and its experts), or null.
  */
-export async function saveMote(bundle: MoteBundle, dir: string): Promise<void> {
+export function legacyBundleFiles(dir: string): string[] | null {
+  const j = tryJson(path.join(dir, MOTE_FILE));
+  if (!j || j.format !== 'mote' || !j.experts || typeof j.experts !== 'object') return null;
+  const files = [MOTE_FILE];
+  for (const sub of Object.values(j.experts as Record<string, unknown>)) {
+    if (typeof sub !== 'string' || !/^[A-Za-z0-9_.-]+$/.test(sub) || sub === '.' || sub === '..') continue;
+    files.push(`${sub}/${ADAPTER_CONFIG_FILE}`, `${sub}/${ADAPTER_WEIGHTS_FILE}`);
+  }
+  return files;
+}
+
+export const MOTE_DIR_OPTIONS: ReplaceDirOptions = { kind: 'mote-bundle', legacy: legacyBundleFiles };
+
+/**
+ * Saves a bundle to `dir`: mote.json plus one PEFT adapter folder per expert. Written into
+ * `<dir>.tmp-<pid>` and swapped into place; an existing bundle at `dir` is replaced only once
+ * the new one is complete. A non-empty `dir` that mote did not write is refused unless
+ * opts.overwrite (then its files are kept; see src/io/atomic_dir.ts).
+ */
+export async function saveMote(bundle: MoteBundle, dir: string, opts: { overwrite?: boolean } = {}): Promise<void> {
   const op = 'saveMote';
   if (!(bundle instanceof MoteBundle)) throw new ArgumentError(`${op}: bundle: expected a MoteBundle, got ${describe(bundle)}`);
   if (bundle.disposed) throw new ArgumentError(`${op}: bundle: used after dispose()`);
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
-  await replaceDirAtomically(op, dir, MOTE_FILE, async (tmp) => {
+  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { overwrite? }, got ${describe(opts)}`);
+  const overwrite = overwriteOption(op, opts.overwrite);
+  await replaceDirAtomically(op, dir, { ...MOTE_DIR_OPTIONS, overwrite }, async (tmp) => {
     const c = bundle.config;
     const cache = new Map<LoraStack, { A: Float32Array; B: Float32Array; scale: Float32Array }>();
     for (const [e, name] of bundle.experts.entries()) {

@@ -1,33 +1,61 @@
 // Training checkpoints: everything a run needs to continue exactly where it stopped.
 //
 //   <dir>/trainer_state.json    counters (step, epoch, cursor), seed, loss history, options,
-//                               the data fingerprint and the parameter list (written last:
-//                               it marks a complete checkpoint)
+//                               the data fingerprint and the parameter list
 //   <dir>/params.safetensors    the trained tensors, f32, bit-exact (LoRA stacks by
 //                               `lora.<layer>.<module>.A|B`, base weights by HF name)
 //   <dir>/optimizer.safetensors AdamW moments `<param>.exp_avg` / `<param>.exp_avg_sq`
 //   <dir>/adapters/             the MoTE bundle in its PEFT layout (saveMote), for users
+//   <dir>/mote-written.json     mote's marker: every file above with its size and SHA-256
 //
 // The whole directory is written next to its place and swapped in (src/io/atomic_dir.ts):
-// an interrupted save leaves the previous checkpoint intact. There is no separate RNG state:
+// an interrupted save leaves the previous checkpoint intact, and a kill between the two
+// renames leaves a complete checkpoint in `<dir>.tmp-<pid>` (the new one) and/or
+// `<dir>.old-<pid>` (the previous one). loadCheckpoint takes the newest complete one of
+// these (complete = the marker's files all check and the state file parses), moves it into
+// place and removes the stale temporaries by their marker. There is no separate RNG state:
 // every draw is seeded from (seed, counters), see src/train/trainer.ts.
+//
+// Checkpoints written before the marker existed are recognised by trainer_state.json's
+// format 'mote-checkpoint' (and their adapters/ by mote.json's format 'mote').
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
-import { replaceDirAtomically } from '../io/atomic_dir.js';
+import {
+  MARKER_FILE, checkWrittenDir, cleanStaleTemporaries, overwriteOption, readMarker, removeFiles, removeWrittenDir, replaceDirAtomically, staleTemporaries,
+  testPoint, tryJson, type ReplaceDirOptions,
+} from '../io/atomic_dir.js';
+import { readJsonFile } from '../io/files.js';
 import { readSafetensors, writeSafetensors, type WritableTensor } from '../io/safetensors.js';
-import { MoteBundle, saveMote } from '../mote/bundle.js';
+import { MoteBundle, legacyBundleFiles, saveMote } from '../mote/bundle.js';
 import type { Trainer, TrainerState } from './trainer.js';
 
 export const CHECKPOINT_STATE_FILE = 'trainer_state.json';
 export const CHECKPOINT_FORMAT = 'mote-checkpoint';
 const VERSION = 1;
+const FILES = [CHECKPOINT_STATE_FILE, 'params.safetensors', 'optimizer.safetensors'];
 
-/** Saves `trainer`'s parameters, moments and counters to `dir` atomically. */
-export async function saveCheckpoint(trainer: Trainer, dir: string): Promise<void> {
+/** A checkpoint folder written by mote before the marker existed: its files, or null. */
+function legacyCheckpointFiles(dir: string): string[] | null {
+  const st = tryJson(path.join(dir, CHECKPOINT_STATE_FILE));
+  if (!st || st.format !== CHECKPOINT_FORMAT) return null;
+  const adapters = legacyBundleFiles(path.join(dir, 'adapters')) ?? [];
+  return [...FILES, ...adapters.map((f) => `adapters/${f}`)];
+}
+
+export const CHECKPOINT_DIR_OPTIONS: ReplaceDirOptions = { kind: CHECKPOINT_FORMAT, legacy: legacyCheckpointFiles };
+
+/**
+ * Saves `trainer`'s parameters, moments and counters to `dir` atomically. A non-empty `dir`
+ * that mote did not write is refused unless opts.overwrite (then its own files are kept; see
+ * src/io/atomic_dir.ts).
+ */
+export async function saveCheckpoint(trainer: Trainer, dir: string, opts: { overwrite?: boolean } = {}): Promise<void> {
   const op = 'saveCheckpoint';
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { overwrite? }, got ${describe(opts)}`);
+  const overwrite = overwriteOption(op, opts.overwrite);
   // Read everything first: the device may be busy, the files are written in one go.
   const params = new Map<string, WritableTensor>();
   const moments = new Map<string, WritableTensor>();
@@ -45,10 +73,13 @@ export async function saveCheckpoint(trainer: Trainer, dir: string): Promise<voi
     options,
     params: trainer.params.map((p) => ({ name: p.name, shape: [...p.p.shape] })),
   };
-  await replaceDirAtomically(op, dir, CHECKPOINT_STATE_FILE, async (tmp) => {
+  await replaceDirAtomically(op, dir, { ...CHECKPOINT_DIR_OPTIONS, overwrite }, async (tmp) => {
     writeSafetensors(path.join(tmp, 'params.safetensors'), params);
+    testPoint('checkpoint-file');
     writeSafetensors(path.join(tmp, 'optimizer.safetensors'), moments);
+    testPoint('checkpoint-file');
     if (trainer.adapters instanceof MoteBundle) await saveMote(trainer.adapters, path.join(tmp, 'adapters'));
+    testPoint('checkpoint-file');
     fs.writeFileSync(path.join(tmp, CHECKPOINT_STATE_FILE), JSON.stringify(state, null, 2) + '\n');
   });
 }
@@ -56,14 +87,7 @@ export async function saveCheckpoint(trainer: Trainer, dir: string): Promise<voi
 /** Reads a checkpoint's state file (checked), without touching a trainer. */
 export function readCheckpointState(dir: string): TrainerState & { fingerprint: string; params: { name: string; shape: number[] }[]; options: Record<string, unknown> } {
   const file = path.join(dir, CHECKPOINT_STATE_FILE);
-  let json: unknown;
-  try {
-    json = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new FormatError(`${file}: not found (not a mote checkpoint directory)`);
-    throw new FormatError(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
+  const json = readJsonFile(file, 'not a mote checkpoint directory');
   const j = json as Record<string, unknown>;
   if (!j || typeof j !== 'object' || j.format !== CHECKPOINT_FORMAT) throw new FormatError(`${file}: not a mote checkpoint (format ${describe(j?.format)})`);
   if (j.version !== VERSION) throw new FormatError(`${file}: checkpoint version ${describe(j.version)}, this mote reads version ${VERSION}`);
@@ -76,14 +100,118 @@ export function readCheckpointState(dir: string): TrainerState & { fingerprint: 
   return j as unknown as ReturnType<typeof readCheckpointState>;
 }
 
+/** Why `dir` is not a complete checkpoint, or null when it is. */
+function incompleteCheckpoint(dir: string): string | null {
+  const marker = readMarker(dir);
+  if (marker) {
+    if (marker.kind !== CHECKPOINT_FORMAT) return `${path.join(dir, MARKER_FILE)}: a mote ${marker.kind}, not a checkpoint`;
+    const why = checkWrittenDir(dir);
+    if (why) return why;
+  } else {
+    // Written before the marker: the state file was written last and marks it complete.
+    for (const f of FILES.slice(1)) if (!fs.existsSync(path.join(dir, f))) return `${path.join(dir, f)}: missing`;
+  }
+  try {
+    readCheckpointState(dir);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return null;
+}
+
+/** Where a resume starts: the folder taken, its step, and one line that says so. */
+export interface ResumePoint { dir: string; step: number; recoveredFrom: string | null; message: string }
+
 /**
- * Restores `trainer` from `dir`: parameters, moments and counters. The trainer must have been
+ * The newest complete checkpoint for `dir`: `dir` itself or a complete `<dir>.tmp-<pid>` /
+ * `<dir>.old-<pid>` left by a writer that was killed (at equal steps `dir` wins). Null when
+ * there is none of any kind; a FormatError when there are checkpoint folders but none is
+ * complete (the message lists why), so that a resume never silently starts over.
+ */
+export function findCheckpoint(dir: string): { dir: string; step: number; which: 'dir' | 'tmp' | 'old'; rejected: string[] } | null {
+  dir = path.resolve(dir);
+  const candidates: { dir: string; which: 'dir' | 'tmp' | 'old' }[] = [];
+  if (fs.existsSync(dir)) candidates.push({ dir, which: 'dir' });
+  for (const s of staleTemporaries(dir)) candidates.push({ dir: s.path, which: s.which });
+  let best: { dir: string; step: number; which: 'dir' | 'tmp' | 'old' } | null = null;
+  const rejected: string[] = [];
+  let any = false;
+  for (const c of candidates) {
+    // Neither mote's marker nor its earlier layout: not a checkpoint (nothing to resume from).
+    // A marker still in progress: a save killed before it finished (removed by the next one).
+    const m = fs.statSync(c.dir).isDirectory() ? readMarker(c.dir) : null;
+    if (!fs.statSync(c.dir).isDirectory() || (!m && legacyCheckpointFiles(c.dir) === null) || (m && !m.complete)) continue;
+    any = true;
+    const why = incompleteCheckpoint(c.dir);
+    if (why) { rejected.push(why); continue; }
+    const step = readCheckpointState(c.dir).step;
+    if (!best || step > best.step) best = { ...c, step };
+  }
+  if (best) return { ...best, rejected };
+  if (!any) return null;
+  throw new FormatError(`${dir}: no complete checkpoint (${rejected.join('; ')})`);
+}
+
+/**
+ * Finds the newest complete checkpoint for `dir` (findCheckpoint), moves it into place when
+ * it is a temporary left by a killed writer, and removes the stale temporaries (only the
+ * ones mote wrote, by their marker). Null when there is no checkpoint at all.
+ */
+export function recoverCheckpoint(dir: string): ResumePoint | null {
+  const op = 'recoverCheckpoint';
+  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  dir = path.resolve(dir);
+  const found = findCheckpoint(dir);
+  if (!found) return null;
+  let from = found.dir;
+  if (found.which !== 'dir') {
+    try {
+      // What stands at `dir` is an older or incomplete checkpoint of mote's (a foreign folder
+      // there would not be replaced: then the temporary is read where it is).
+      const aside = `${dir}.old-${process.pid}`;
+      const movable = !fs.existsSync(dir) || ((readMarker(dir) !== null || legacyCheckpointFiles(dir) !== null) && !fs.existsSync(aside));
+      if (movable) {
+        if (fs.existsSync(dir)) fs.renameSync(dir, aside);
+        fs.renameSync(found.dir, dir);
+        from = dir;
+        if (fs.existsSync(aside)) removeWrittenDir(aside) || removeLegacy(aside);
+      }
+    } catch { /* read-only or raced: read the temporary where it is */ }
+  }
+  if (from === dir) cleanStaleTemporaries(dir);
+  const recoveredFrom = found.which === 'dir' ? null : found.dir;
+  const message = recoveredFrom
+    ? `resumed from ${recoveredFrom} at step ${found.step} (the newest complete checkpoint, left by an interrupted save${from === dir ? `; moved to ${dir}` : ''})`
+    : `resumed from ${dir} at step ${found.step}`;
+  return { dir: from, step: found.step, recoveredFrom, message };
+}
+
+function removeLegacy(dir: string): boolean {
+  const files = legacyCheckpointFiles(dir);
+  if (!files) return false;
+  removeFiles(dir, files);
+  return true;
+}
+
+/**
+ * Restores `trainer` from the newest complete checkpoint for `dir` (recoverCheckpoint):
+ * parameters, moments and counters; returns where it resumed, with a one-line message. No
+ * checkpoint at all is a FormatError (a caller that wants a fresh start checks
+ * findCheckpoint first). The trainer must have been
  * built for the same model shape, adapters and data (the data fingerprint is checked), and
  * with the same seed. Options that change the trajectory (lr, batch sizes, pSkip, ...) are
  * taken from the trainer, so a resumed run may change them on purpose.
  */
-export async function loadCheckpoint(trainer: Trainer, dir: string): Promise<void> {
+export async function loadCheckpoint(trainer: Trainer, dir: string): Promise<ResumePoint> {
   const op = 'loadCheckpoint';
+  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  const point = recoverCheckpoint(dir);
+  if (!point) {
+    // Not a checkpoint: say what is there (the usual message of a folder without a state file).
+    readCheckpointState(dir);
+    throw new FormatError(`${dir}: no checkpoint`);
+  }
+  dir = point.dir;
   const st = readCheckpointState(dir);
   const file = path.join(dir, CHECKPOINT_STATE_FILE);
   if (st.fingerprint !== trainer.fingerprint) {
@@ -110,4 +238,5 @@ export async function loadCheckpoint(trainer: Trainer, dir: string): Promise<voi
   }
   for (const [t, d] of writes) t.write(d);
   trainer.restoreState({ step: st.step, epoch: st.epoch, cursor: st.cursor, seed: st.seed, losses: st.losses });
+  return point;
 }

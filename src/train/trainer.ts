@@ -22,7 +22,8 @@ import { LINEAR_MODULES } from '../model/config.js';
 import { checkSchedule, learningRate, type ScheduleOptions } from './schedule.js';
 import { stepSkipSegments } from './step_skip.js';
 import { mixSeed, mulberry32 } from '../rng.js';
-import { saveCheckpoint } from './checkpoint.js';
+import { CHECKPOINT_DIR_OPTIONS, saveCheckpoint } from './checkpoint.js';
+import { checkReplaceable, overwriteOption } from '../io/atomic_dir.js';
 import { packSequences } from './pack.js';
 
 /** One training example: a prompt followed by its chain (or any token sequence). */
@@ -391,9 +392,12 @@ export class Trainer {
    * Runs the remaining steps. With checkpointDir, saves every checkpointEvery steps (default:
    * only at the end) and whenever the run stops early: on `signal` abort, or on SIGINT when
    * handleSigint is set (the handler is removed when run returns). An interrupted run returns
-   * { interrupted: true } after saving; resume it with loadCheckpoint on a new trainer.
+   * { interrupted: true } after saving; resume it with loadCheckpoint on a new trainer (it
+   * takes the newest complete checkpoint, also one a killed save left beside checkpointDir).
+   * A checkpointDir that mote did not write is refused before the first step, unless
+   * checkpointOverwrite (then its files are kept; see src/io/atomic_dir.ts).
    */
-  async run(opts: { checkpointDir?: string; checkpointEvery?: number; signal?: AbortSignal; handleSigint?: boolean } = {}): Promise<{ interrupted: boolean; state: TrainerState }> {
+  async run(opts: { checkpointDir?: string; checkpointEvery?: number; checkpointOverwrite?: boolean; signal?: AbortSignal; handleSigint?: boolean } = {}): Promise<{ interrupted: boolean; state: TrainerState }> {
     this.#live('run');
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`Trainer.run: opts: expected an object, got ${describe(opts)}`);
     const dir = opts.checkpointDir;
@@ -401,6 +405,9 @@ export class Trainer {
     const every = opts.checkpointEvery ?? 0;
     if (!Number.isSafeInteger(every) || every < 0) throw new ArgumentError(`Trainer.run: checkpointEvery: expected an integer ≥ 0, got ${describe(every)}`);
     if (every > 0 && dir === undefined) throw new ArgumentError('Trainer.run: checkpointEvery: needs checkpointDir');
+    const overwrite = overwriteOption('Trainer.run', opts.checkpointOverwrite);
+    if (dir !== undefined) checkReplaceable('Trainer.run: checkpointDir', dir, { ...CHECKPOINT_DIR_OPTIONS, overwrite });
+    const save = () => saveCheckpoint(this, dir!, { overwrite });
     let stop = false;
     const onSigint = () => { stop = true; };
     if (opts.handleSigint) process.on('SIGINT', onSigint);
@@ -410,13 +417,13 @@ export class Trainer {
         // every await of a step resolves as a microtask and would never let them in).
         await new Promise((r) => setImmediate(r));
         if (stop || opts.signal?.aborted) {
-          if (dir !== undefined) await saveCheckpoint(this, dir);
+          if (dir !== undefined) await save();
           return { interrupted: true, state: this.state };
         }
         await this.trainStep();
-        if (dir !== undefined && every > 0 && this.#state.step % every === 0 && !this.done) await saveCheckpoint(this, dir);
+        if (dir !== undefined && every > 0 && this.#state.step % every === 0 && !this.done) await save();
       }
-      if (dir !== undefined) await saveCheckpoint(this, dir);
+      if (dir !== undefined) await save();
       return { interrupted: false, state: this.state };
     } finally {
       if (opts.handleSigint) process.off('SIGINT', onSigint);
