@@ -42,9 +42,9 @@ export function defaultTemplateLimits(inputChars: number, items: number): Templa
     maxSteps: 2_000_000 + 2_000 * items,
     maxDepth: 400,
     maxChars: Math.max(4 << 20, 2 * inputChars + (1 << 16)),
-    // the library spends ~10 µs on each loop iteration before running its body: a loop over
+    // the library spends ~10 µs and ~1 kB on each loop iteration before running its body: a loop over
     // this many items stays well inside the time budget
-    maxItems: Math.max(1 << 16, 2 * items),
+    maxItems: Math.max(1 << 14, 2 * items, inputChars),
     maxMillis: 1000,
   };
 }

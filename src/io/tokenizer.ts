@@ -140,7 +140,10 @@ function checkTokenizerJson(json: Json, file: string): void {
   if (typeof json.model.type !== 'string' && !('vocab' in json.model)) throw new FormatError(`${file}: model: no type or vocab`);
   for (const k of ['normalizer', 'pre_tokenizer', 'post_processor', 'decoder']) {
     if (!(k in json)) json[k] = null; // optional in the file; the library wants the keys
+    const c = json[k];
+    if (c !== null && !(isPlainObject(c) && typeof c.type === 'string')) throw new FormatError(`${file}: ${k}: expected null or an object with a type, got ${describe(c)}`);
   }
+  if ('type' in json.model && typeof json.model.type !== 'string') throw new FormatError(`${file}: model.type: expected a string, got ${describe(json.model.type)}`);
   if (json.added_tokens === undefined) json.added_tokens = [];
   if (!Array.isArray(json.added_tokens)) throw new FormatError(`${file}: added_tokens: expected a list, got ${describe(json.added_tokens)}`);
   for (const [i, t] of (json.added_tokens as unknown[]).entries()) {
