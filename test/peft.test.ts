@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import {
   makePeftConfig, parsePeftConfig, parsePeftKey, peftAlpha, peftConfigOptions, peftExpectedWeights, peftKey, peftModulePath,
   peftRank, peftScale, peftTargets, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
@@ -192,4 +193,31 @@ test('unsupported or malformed adapter configs are FormatErrors naming the field
   rejects({ ...PEFT_CONFIG, lora_dropout: 1.5 }, 'lora_dropout', /\[0, 1\)/);
   rejects('{"r": 8', 'not valid JSON', /JSON/);
   assert.throws(() => makePeftConfig({ r: 0, loraAlpha: 8 }), (e: unknown) => e instanceof ArgumentError && /\br\b/.test(e.message));
+});
+
+test('regexes from adapter_config.json run in linear time (RE2); ones RE2 cannot run are FormatErrors', () => {
+  // Exponential under a backtracking engine on a ~30-character module path; run in a child so a regression is a failure, not a hang.
+  const evil = { target_modules: '(.|.)*x', rank_pattern: { '((.)*)*y': 2, '(a|a)*b': 3, '(\\w+\\s?)*$z': 4 }, alpha_pattern: { '(.*.*)*q': 5 } };
+  const mod = path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'src', 'io', 'peft.js');
+  const code = `
+    import { parsePeftConfig, peftTargets, peftRank, peftAlpha } from ${JSON.stringify(mod)};
+    const cfg = parsePeftConfig({ r: 8, lora_alpha: 16, peft_type: 'LORA', ...JSON.parse(process.env.EVIL) });
+    let n = 0;
+    for (let l = 0; l < 4; l++) for (const m of ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']) {
+      n += Number(peftTargets(cfg, l, m)) + peftRank(cfg, l, m) + peftAlpha(cfg, l, m);
+    }
+    console.log('OK ' + n);`;
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, EVIL: JSON.stringify(evil) }, timeout: 10_000, encoding: 'utf8' });
+  assert.equal(r.signal, null, `killed (hang?): ${r.stderr}`);
+  assert.equal(r.stdout.trim(), `OK ${4 * 7 * (8 + 16)}`, r.stderr);
+  assert.ok(Date.now() - t0 < 4000, `took ${Date.now() - t0} ms`);
+  // RE2 matches as PEFT's re.fullmatch does on ordinary patterns
+  const cfg = parsePeftConfig({ ...PEFT_CONFIG, target_modules: '.*\\.(q_proj|v_proj)', rank_pattern: { 'layers\\.1\\..*': 2 } });
+  assert.equal(peftTargets(cfg, 0, 'q_proj'), true);
+  assert.equal(peftTargets(cfg, 0, 'k_proj'), false);
+  assert.equal(peftRank(cfg, 1, 'q_proj'), 2);
+  // lookaround and backreferences have no linear-time matcher: refused, naming the field
+  rejects({ ...PEFT_CONFIG, target_modules: '(?=.*q).*' }, 'target_modules', /linear time/);
+  rejects({ ...PEFT_CONFIG, rank_pattern: { '(a)\\1': 2 } }, 'rank_pattern', /linear time/);
 });

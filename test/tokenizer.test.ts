@@ -3,6 +3,9 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { VETTED_TOKENIZER_PATTERNS } from '../src/io/regex.js';
 import { ArgumentError, FormatError } from '../src/errors.js';
 import { loadTokenizer, saveTokenizer, MoteTokenizer, CHAT_TEMPLATE_FILE } from '../src/io/tokenizer.js';
 import { moteConfig, specialTokens, STEPS } from '../src/mote/steps.js';
@@ -179,4 +182,66 @@ test('errors name the file: missing tokenizer.json, malformed JSON, no chat temp
   const t = loadTokenizer(noCfg);
   assert.equal(t.bosTokenId, undefined);
   assert.equal(t.decode(t.encode('hello', { addSpecialTokens: false })), 'hello');
+});
+
+test('ids must fit the entries present: a vocab or added-token id of 2,000,000 is a FormatError naming the token', () => {
+  const json = tinyTokenizerJson();
+  (json.model as { vocab: Record<string, number> }).vocab['▁hello'] = 2_000_000;
+  assert.throws(() => new MoteTokenizer(json, tinyTokenizerConfig(), { source: 'm' }), (e: unknown) =>
+    e instanceof FormatError && e.message.includes(path.join('m', 'tokenizer.json')) && e.message.includes('model.vocab["▁hello"]') && /2000000/.test(e.message));
+  const added = tinyTokenizerJson();
+  (added.added_tokens as { id: number }[]).push({ id: 2_000_000, content: '<big>', special: true } as never);
+  assert.throws(() => new MoteTokenizer(added, tinyTokenizerConfig()), (e: unknown) => e instanceof FormatError && /added_tokens\[3\]/.test(e.message) && /<big>/.test(e.message));
+  // a few holes are allowed
+  const holes = tinyTokenizerJson();
+  (holes.added_tokens as unknown[]).push({ id: TINY_VOCAB_SIZE + 100, content: '<later>', special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
+  assert.equal(new MoteTokenizer(holes, tinyTokenizerConfig()).vocabSize, TINY_VOCAB_SIZE + 101);
+});
+
+test('a folder or FIFO in place of tokenizer files is a FormatError', () => {
+  for (const name of ['tokenizer.json', 'tokenizer_config.json']) {
+    const dir = fresh();
+    fs.rmSync(path.join(dir, name));
+    fs.mkdirSync(path.join(dir, name));
+    assert.throws(() => loadTokenizer(dir), (e: unknown) => e instanceof FormatError && e.message.includes(path.join(dir, name)) && /is a folder/.test(e.message));
+  }
+  const dir = fresh();
+  fs.rmSync(path.join(dir, 'tokenizer.json'));
+  const r = spawnSync('mkfifo', [path.join(dir, 'tokenizer.json')]);
+  if (r.status === 0) assert.throws(() => loadTokenizer(dir), (e: unknown) => e instanceof FormatError && /not a regular file/.test(e.message));
+});
+
+const LLAMA3_SPLIT = VETTED_TOKENIZER_PATTERNS[0]!;
+const QWEN2_SPLIT = VETTED_TOKENIZER_PATTERNS[1]!;
+const GPT2_SPLIT = VETTED_TOKENIZER_PATTERNS[2]!;
+
+function withSplit(pattern: string): Record<string, unknown> {
+  const json = tinyTokenizerJson();
+  json.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: pattern }, behavior: 'Isolated', invert: false }, json.pre_tokenizer] };
+  return json;
+}
+
+test('real GPT-2 / Llama-3 / Qwen2 split patterns load and encode as the library does', () => {
+  const text = "hello world, the world's 12345 hello!\n\n  the   world\r\n";
+  for (const p of [LLAMA3_SPLIT, QWEN2_SPLIT, GPT2_SPLIT]) {
+    const json = withSplit(p);
+    const ours = new MoteTokenizer(json, tinyTokenizerConfig());
+    const lib = new Tokenizer(structuredClone(json) as never, tinyTokenizerConfig() as never);
+    assert.deepEqual(ours.encode(text), [...lib.encode(text, { add_special_tokens: true }).ids], p);
+  }
+});
+
+test('hostile tokenizer.json regexes are refused with a FormatError naming file and field; safe ones run fast', () => {
+  for (const evil of ['(a+)+$', '(a|a)*b', '(\\w+\\s?)*$', '\\s+(?!\\S)(x+)*', '(a)\\1']) {
+    assert.throws(() => new MoteTokenizer(withSplit(evil), tinyTokenizerConfig(), { source: 'm' }), (e: unknown) =>
+      e instanceof FormatError && e.message.includes(path.join('m', 'tokenizer.json')) && e.message.includes('pre_tokenizer.pretokenizers[0].pattern.Regex') && /refused/.test(e.message), evil);
+    const json = tinyTokenizerJson();
+    json.normalizer = { type: 'Sequence', normalizers: [{ type: 'Replace', pattern: { Regex: evil }, content: 'x' }] };
+    assert.throws(() => new MoteTokenizer(json, tinyTokenizerConfig()), (e: unknown) => e instanceof FormatError && /normalizer\.normalizers\[0\]\.pattern\.Regex/.test(e.message), evil);
+  }
+  // accepted non-vetted patterns have no nested repetition: 50 kB encodes quickly
+  const tok = new MoteTokenizer(withSplit('\\w+|[^\\w\\s]+|\\s+'), tinyTokenizerConfig());
+  const t0 = Date.now();
+  tok.encode('hello world '.repeat(4200) + 'a'.repeat(10_000));
+  assert.ok(Date.now() - t0 < 2000, `${Date.now() - t0} ms`);
 });

@@ -12,7 +12,9 @@
 // alpha_pattern keys are regexes matched against the end of the path, first match wins. The
 // path PEFT matches is the module's name in the HF model: `model.layers.3.mlp.down_proj`.
 
+import { RE2JS } from 're2js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
+import { MAX_PATTERN_CHARS } from './regex.js';
 import { LINEAR_MODULES, linearShape, moduleParent, type LinearModule, type ModelConfig } from '../model/config.js';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
@@ -71,9 +73,22 @@ export function parsePeftKey(key: string): { layer: number; module: LinearModule
 // ---------------------------------------------------------------------------------------
 // Matching, as PEFT does it
 
-/** Python's re.fullmatch, for the patterns PEFT configs use (JS and Python regex agree on them). */
+// Patterns come from adapter_config.json: they run on RE2 (re2js), whose matching is linear
+// in the input, so a pattern like `(a+)+$` cannot hang loading (see src/io/regex.ts).
+const compiledPatterns = new Map<string, RE2JS>();
+function re2(pattern: string): RE2JS {
+  let re = compiledPatterns.get(pattern);
+  if (re === undefined) {
+    re = RE2JS.compile(pattern);
+    if (compiledPatterns.size > 1024) compiledPatterns.clear();
+    compiledPatterns.set(pattern, re);
+  }
+  return re;
+}
+
+/** Python's re.fullmatch, for the patterns PEFT configs use (Python and RE2 syntax agree on them). */
 function fullMatch(pattern: string, s: string): boolean {
-  return new RegExp(`^(?:${pattern})$`).test(s);
+  return re2(pattern).matches(s);
 }
 
 function listMatch(list: readonly string[], path: string): boolean {
@@ -95,7 +110,7 @@ export function peftTargets(cfg: PeftConfig, layer: number, module: LinearModule
 function patternValue(pattern: Record<string, number>, path: string): number | undefined {
   if (Object.hasOwn(pattern, path)) return pattern[path];
   for (const [k, v] of Object.entries(pattern)) {
-    if (new RegExp(`^(?:.*\\.)?(?:${k})$`).test(path)) return v;
+    if (re2(`(?:.*\\.)?(?:${k})`).matches(path)) return v;
   }
   return undefined;
 }
@@ -146,10 +161,11 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 function checkRegex(fail: (what: string) => never, pattern: string): void {
+  if (pattern.length > MAX_PATTERN_CHARS) fail(`is a regex of ${pattern.length} characters, more than ${MAX_PATTERN_CHARS}`);
   try {
-    new RegExp(pattern);
+    re2(pattern);
   } catch (e) {
-    fail(`is not a regular expression we can evaluate: ${(e as Error).message}`);
+    fail(`is not a regular expression mote can match in linear time (RE2 syntax: no backreferences or lookaround): ${(e as Error).message}`);
   }
 }
 

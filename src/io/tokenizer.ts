@@ -15,8 +15,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { Template } from '@huggingface/jinja';
 import { ArgumentError, FormatError, describe } from '../errors.js';
+import { checkRegularFile, jsonDepth, readJsonFile, readTextFile } from './files.js';
+import { checkTokenizerPattern } from './regex.js';
+import { BoundedTemplate, MAX_TEMPLATE_CHARS, defaultTemplateLimits, type TemplateLimits } from './template.js';
 import { atomicWrite } from './safetensors.js';
 
 export const TOKENIZER_FILE = 'tokenizer.json';
@@ -44,6 +46,8 @@ export interface ChatTemplateOptions {
   addGenerationPrompt?: boolean;
   /** More variables for the template (e.g. tools, documents). */
   variables?: Record<string, unknown>;
+  /** Rendering budgets, replacing the defaults (see src/io/template.ts). */
+  limits?: Partial<TemplateLimits>;
 }
 
 type Json = Record<string, unknown>;
@@ -59,39 +63,76 @@ function tokenContent(v: unknown): string | null {
   return null;
 }
 
-function readJson(file: string, what: string): Json {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new FormatError(`${file}: not found (${what})`);
-    throw new FormatError(`${file}: cannot read: ${(e as Error).message}`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(`${file}: malformed JSON: ${(e as Error).message}`);
-  }
+/** tokenizer.json of real models stays well below this (Llama-3: 9 MB, Gemma: 34 MB). */
+export const MAX_TOKENIZER_BYTES = 64 * 1024 * 1024;
+/** tokenizer_config.json (with added_tokens_decoder and chat templates) stays below this. */
+export const MAX_TOKENIZER_CONFIG_BYTES = 16 * 1024 * 1024;
+/** JSON nesting deeper than this is no tokenizer (real ones nest fewer than 10 levels). */
+const MAX_JSON_DEPTH = 64;
+/** Ids may leave at most this many holes below the largest id (real tokenizers leave none or a few). */
+export const MAX_ID_HOLES = 1024;
+
+function readJson(file: string, what: string, maxBytes: number): Json {
+  const json = readJsonFile(file, what, maxBytes);
   if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
+  if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new FormatError(`${file}: nested more than ${MAX_JSON_DEPTH} levels deep (${what})`);
   return json;
 }
 
-/** One more than the largest id of the tokenizer.json model's vocab and its added tokens. */
+/**
+ * One more than the largest id of the tokenizer.json model's vocab and its added tokens.
+ * Every id must fit the entries present: real vocabularies are dense 0..n-1 with the added
+ * tokens continuing after them, so the largest id must be below (entries + added tokens +
+ * MAX_ID_HOLES); a far larger id (2,000,000 in a file of a thousand tokens) would make every
+ * table sized by the vocabulary huge.
+ */
 function jsonVocabSize(json: Json, file: string): number {
   let n = 0;
+  let entries = 0;
+  let worst = '';
   const model = json.model as Json;
   const vocab = model.vocab;
-  if (Array.isArray(vocab)) n = vocab.length; // Unigram: [token, score][]
-  else if (isPlainObject(vocab)) {
+  if (Array.isArray(vocab)) {
+    // Unigram: [token, score][]
+    for (const [i, e] of vocab.entries()) {
+      if (!Array.isArray(e) || typeof e[0] !== 'string' || typeof e[1] !== 'number') throw new FormatError(`${file}: model.vocab[${i}]: expected [token, score], got ${describe(e)}`);
+    }
+    n = entries = vocab.length;
+  } else if (isPlainObject(vocab)) {
     for (const [t, id] of Object.entries(vocab)) {
       if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw new FormatError(`${file}: model.vocab[${JSON.stringify(t)}]: expected a non-negative integer id, got ${describe(id)}`);
-      n = Math.max(n, id + 1);
+      if (id + 1 > n) [n, worst] = [id + 1, `model.vocab[${JSON.stringify(t)}]`];
+      entries++;
+    }
+  } else if (vocab !== undefined && vocab !== null) throw new FormatError(`${file}: model.vocab: expected an object or a list, got ${describe(vocab)}`);
+  const added = json.added_tokens as Json[];
+  for (const [i, t] of added.entries()) {
+    if ((t.id as number) + 1 > n) [n, worst] = [(t.id as number) + 1, `added_tokens[${i}] (${JSON.stringify(t.content)})`];
+  }
+  const bound = entries + added.length + MAX_ID_HOLES;
+  if (n > bound) {
+    throw new FormatError(`${file}: ${worst}: id ${n - 1} does not fit the ${entries} vocabulary entries and ${added.length} added tokens present (ids must stay below ${bound})`);
+  }
+  return n;
+}
+
+/** Checks every regex of tokenizer.json (a `pattern: { Regex }` anywhere, e.g. in a Split or Replace, nested in Sequences) before the library compiles it. */
+function checkPatterns(json: Json, file: string): void {
+  const stack: [unknown, string][] = [[json, '']];
+  while (stack.length > 0) {
+    const [v, at] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (Array.isArray(v)) {
+      v.forEach((c, i) => stack.push([c, `${at}[${i}]`]));
+      continue;
+    }
+    for (const [k, c] of Object.entries(v as Json)) {
+      if (at === '' && (k === 'model' || k === 'added_tokens')) continue; // vocabularies, not patterns
+      const where = at === '' ? k : `${at}.${k}`;
+      if (k === 'pattern' && isPlainObject(c) && 'Regex' in c) checkTokenizerPattern(c.Regex, `${file}: ${where}.Regex`);
+      else stack.push([c, where]);
     }
   }
-  for (const t of json.added_tokens as Json[]) n = Math.max(n, (t.id as number) + 1);
-  return n;
 }
 
 function checkTokenizerJson(json: Json, file: string): void {
@@ -99,7 +140,10 @@ function checkTokenizerJson(json: Json, file: string): void {
   if (typeof json.model.type !== 'string' && !('vocab' in json.model)) throw new FormatError(`${file}: model: no type or vocab`);
   for (const k of ['normalizer', 'pre_tokenizer', 'post_processor', 'decoder']) {
     if (!(k in json)) json[k] = null; // optional in the file; the library wants the keys
+    const c = json[k];
+    if (c !== null && !(isPlainObject(c) && typeof c.type === 'string')) throw new FormatError(`${file}: ${k}: expected null or an object with a type, got ${describe(c)}`);
   }
+  if ('type' in json.model && typeof json.model.type !== 'string') throw new FormatError(`${file}: model.type: expected a string, got ${describe(json.model.type)}`);
   if (json.added_tokens === undefined) json.added_tokens = [];
   if (!Array.isArray(json.added_tokens)) throw new FormatError(`${file}: added_tokens: expected a list, got ${describe(json.added_tokens)}`);
   for (const [i, t] of (json.added_tokens as unknown[]).entries()) {
@@ -126,7 +170,7 @@ export class MoteTokenizer {
   private json: Json;
   private config: Json;
   private templateFromFile: string | null;
-  private compiled: { source: string; template: Template } | null = null;
+  private compiled: { source: string; template: BoundedTemplate } | null = null;
   /** Where the tokenizer was read from (for error messages). */
   readonly source: string;
   private size: number;
@@ -141,6 +185,7 @@ export class MoteTokenizer {
     this.config = structuredClone(tokenizerConfig);
     checkTokenizerJson(this.json, file);
     this.size = jsonVocabSize(this.json, file);
+    checkPatterns(this.json, file);
     this.tok = build(this.json, this.config, file);
     this.templateFromFile = opts.chatTemplate ?? null;
   }
@@ -204,13 +249,17 @@ export class MoteTokenizer {
 
   /** The chat template: tokenizer_config.json's chat_template (the default one of a list), else chat_template.jinja. */
   get chatTemplate(): string | null {
+    return this.templateFromConfig() ?? this.templateFromFile;
+  }
+
+  private templateFromConfig(): string | null {
     const t = this.config.chat_template;
     if (typeof t === 'string') return t;
     if (Array.isArray(t)) {
       const d = t.find((e) => isPlainObject(e) && e.name === 'default');
       if (isPlainObject(d) && typeof d.template === 'string') return d.template;
     }
-    return this.templateFromFile;
+    return null;
   }
 
   /**
@@ -230,11 +279,8 @@ export class MoteTokenizer {
     const cfgFile = path.join(this.source, TOKENIZER_CONFIG_FILE);
     if (source === null) throw new FormatError(`${cfgFile}: no chat_template (and no ${CHAT_TEMPLATE_FILE}): this tokenizer has no chat template`);
     if (this.compiled?.source !== source) {
-      try {
-        this.compiled = { source, template: new Template(source) };
-      } catch (e) {
-        throw new FormatError(`${cfgFile}: chat_template does not parse: ${(e as Error).message}`);
-      }
+      const origin = source === this.templateFromFile && this.templateFromConfig() === null ? path.join(this.source, CHAT_TEMPLATE_FILE) : `${cfgFile}: chat_template`;
+      this.compiled = { source, template: new BoundedTemplate(source, origin) };
     }
     const vars: Record<string, unknown> = {
       bos_token: this.bosToken ?? '',
@@ -245,11 +291,10 @@ export class MoteTokenizer {
       messages: messages.map((m) => ({ ...m })),
       add_generation_prompt: opts.addGenerationPrompt ?? false,
     };
-    try {
-      return this.compiled.template.render(vars);
-    } catch (e) {
-      throw new ArgumentError(`applyChatTemplate: the chat template rejected the conversation: ${(e as Error).message}`);
-    }
+    let inputChars = 0;
+    for (const m of messages) inputChars += m.content.length + m.role.length;
+    const limits = { ...defaultTemplateLimits(inputChars, messages.length), ...(opts.limits ?? {}) };
+    return this.compiled.template.render(vars, limits);
   }
 
   /**
@@ -333,11 +378,16 @@ export function loadTokenizer(dir: string): MoteTokenizer {
   if (!fs.existsSync(file)) {
     throw new FormatError(`${file}: not found: model directory without a tokenizer (expected ${TOKENIZER_FILE} as the HF tokenizers library saves it)`);
   }
-  const json = readJson(file, 'the tokenizer');
+  const json = readJson(file, 'the tokenizer', MAX_TOKENIZER_BYTES);
   const cfgFile = path.join(dir, TOKENIZER_CONFIG_FILE);
-  const config = fs.existsSync(cfgFile) ? readJson(cfgFile, 'the tokenizer config') : {};
+  const config = fs.existsSync(cfgFile) ? readJson(cfgFile, 'the tokenizer config', MAX_TOKENIZER_CONFIG_BYTES) : {};
   const tplFile = path.join(dir, CHAT_TEMPLATE_FILE);
-  const chatTemplate = fs.existsSync(tplFile) ? fs.readFileSync(tplFile, 'utf8') : null;
+  let chatTemplate: string | null = null;
+  if (fs.existsSync(tplFile)) {
+    // a template longer than MAX_TEMPLATE_CHARS is refused when it is compiled; reading stops at 4 bytes a character
+    checkRegularFile(tplFile, 'the chat template', 4 * MAX_TEMPLATE_CHARS);
+    chatTemplate = readTextFile(tplFile, 'the chat template', 4 * MAX_TEMPLATE_CHARS);
+  }
   return new MoteTokenizer(json, config, { source: dir, chatTemplate });
 }
 
