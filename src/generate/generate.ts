@@ -27,6 +27,9 @@
 //                (stopReason 'step'; that token is not emitted).
 //   stop         end tokens: emitted (kept in `tokens`), then the sequence ends ('stop').
 //   maxNewTokens ends the sequence after that many tokens ('length').
+// The model's context (config max_position_embeddings) bounds prompt + generated tokens: a prompt
+// that leaves no room for one generated token is refused (ArgumentError naming the prompt and the
+// limit), and a sequence that fills the context ends there ('context').
 
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { LinearModule } from '../model/config.js';
@@ -99,7 +102,8 @@ export interface TokenEvent {
   forced: boolean;
 }
 
-export type StopReason = 'length' | 'stop' | 'step';
+/** 'context': prompt + generated tokens reached the model's max_position_embeddings; 'aborted': opts.signal fired. */
+export type StopReason = 'length' | 'stop' | 'step' | 'context' | 'aborted';
 
 export interface GenerateResult {
   tokens: number[];
@@ -124,6 +128,11 @@ export interface GenerateOptions {
   stepTokenRouting?: 'previous' | 'own';
   /** Initial KV cache capacity in tokens (default: total prompt length + 1 step of growth). */
   cacheCapacity?: number;
+  /**
+   * Ends every live sequence at the next step boundary (stopReason 'aborted'), keeping what was
+   * generated. With a signal, each step yields to the event loop so that e.g. a SIGINT handler runs.
+   */
+  signal?: AbortSignal;
 }
 
 interface SeqState {
@@ -165,6 +174,7 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
   if (!Array.isArray(requests)) throw new ArgumentError(`${op}: requests: expected an array of requests, got ${describe(requests)}`);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
   const V = model.config.vocabSize;
+  const maxContext = model.config.maxPositionEmbeddings;
 
   // Steps: token → step and step → token.
   const stepOf = new Map<number, number>();
@@ -198,6 +208,8 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
   }
   if (opts.onToken !== undefined && typeof opts.onToken !== 'function') throw new ArgumentError(`${op}: onToken: expected a function, got ${describe(opts.onToken)}`);
   if (opts.cacheCapacity !== undefined) intIn(op, 'cacheCapacity', opts.cacheCapacity, 1);
+  const signal = opts.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(signal)}`);
   const stepTokenRouting = opts.stepTokenRouting ?? 'previous';
   if (stepTokenRouting !== 'previous' && stepTokenRouting !== 'own') throw new ArgumentError(`${op}: stepTokenRouting: expected 'previous' or 'own', got ${describe(stepTokenRouting)}`);
 
@@ -206,6 +218,10 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
     const r = `requests[${i}]`;
     if (!req || typeof req !== 'object') throw new ArgumentError(`${op}: ${r}: expected { prompt, maxNewTokens, … }, got ${describe(req)}`);
     const prompt = tokenList(op, `${r}.prompt`, req.prompt, V, 1);
+    if (prompt.length >= maxContext) {
+      throw new ArgumentError(`${op}: ${r}.prompt: ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${maxContext} ` +
+        `tokens: a prompt may have at most ${maxContext - 1} to leave room for a generated token`);
+    }
     intIn(op, `${r}.maxNewTokens`, req.maxNewTokens, 0);
     const stop = new Set(req.stop === undefined ? [] : tokenList(op, `${r}.stop`, req.stop, V, 0));
     const sampling = checkSampling(`${op}: ${r}.sampling`, req.sampling);
@@ -307,11 +323,17 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
     opts.onToken?.({ seq: s.i, token, step: s.step, index, forced });
     if (s.stop.has(token)) { s.done = true; res.stopReason = 'stop'; return null; }
     if (res.tokens.length >= s.req.maxNewTokens) { s.done = true; res.stopReason = 'length'; return null; }
+    // The next token would be fed at position prompt + generated: past the context, stop here.
+    if (s.req.prompt.length + res.tokens.length >= maxContext) { s.done = true; res.stopReason = 'context'; return null; }
     return token;
   };
 
   const active = seqs.filter((s) => !s.done);
   if (active.length === 0) return seqs.map((s) => s.result);
+  if (signal?.aborted) {
+    for (const s of active) s.result.stopReason = 'aborted';
+    return seqs.map((s) => s.result);
+  }
   const promptTotal = active.reduce((a, s) => a + s.req.prompt.length, 0);
   const cache = model.newCache({ capacity: opts.cacheCapacity ?? promptTotal + active.length + 1 });
   try {
@@ -334,6 +356,14 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
       });
       if (finished.length && next.length) cache.drop(finished);
       if (next.length === 0) break;
+      if (signal) {
+        // Let pending events (a SIGINT handler) run: backends may compute without yielding.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (signal.aborted) {
+          for (const { s } of next) { s.done = true; s.result.stopReason = 'aborted'; }
+          break;
+        }
+      }
       live = next.map((n) => n.s);
       logits = await run(cache, next.map(({ s, token }) => ({ s, token, step: routeStepOfLast(s) })), next.map((_, k) => k));
     }

@@ -106,16 +106,26 @@ export class LoraRouting {
   }
 }
 
+/** Most adapters one routing may address (its per-adapter tables are sized by L): 2^16. */
+export const MAX_LORA_ADAPTERS = 1 << 16;
+/** Most slots per token: MoTE uses 2; 64 leaves room for any mixing scheme. */
+export const MAX_LORA_SLOTS = 64;
+
 /**
  * Builds the routing of a batch. slots: T·K adapter indices (−1 = none); weight: T·K
  * mixing weights (default 1). MoTE: K = 2, [step expert, shared], weights [α, 1 − α].
  */
 export function loraRouting(backend: Backend, slots: Int32Array | readonly number[], opts: { K: number; L: number; weight?: Float32Array | readonly number[] }): LoraRouting {
+  if (!opts || typeof opts !== 'object') throw new ArgumentError(`loraRouting: opts: expected { K, L, weight? }, got ${describe(opts)}`);
   const { K, L } = opts;
-  if (!Number.isSafeInteger(K) || K <= 0) throw new ArgumentError(`loraRouting: K: expected a positive integer, got ${describe(K)}`);
-  if (!Number.isSafeInteger(L) || L <= 0) throw new ArgumentError(`loraRouting: L: expected a positive integer, got ${describe(L)}`);
+  // The routing allocates per-adapter tables of length L: bound it before anything is sized by it.
+  if (!Number.isSafeInteger(K) || K <= 0 || K > MAX_LORA_SLOTS) throw new ArgumentError(`loraRouting: K: expected an integer in [1, ${MAX_LORA_SLOTS}], got ${describe(K)}`);
+  if (!Number.isSafeInteger(L) || L <= 0 || L > MAX_LORA_ADAPTERS) throw new ArgumentError(`loraRouting: L: expected an integer in [1, ${MAX_LORA_ADAPTERS}] (adapters in the stack), got ${describe(L)}`);
   if (!slots || typeof slots.length !== 'number') throw new ArgumentError(`loraRouting: slots: expected an Int32Array or number[], got ${describe(slots)}`);
   if (slots.length === 0 || slots.length % K !== 0) throw new ShapeError(`loraRouting: slots: expected T·K entries with K = ${K}, got ${slots.length}`);
+  if (opts.weight !== undefined && (!opts.weight || typeof opts.weight.length !== 'number')) {
+    throw new ArgumentError(`loraRouting: weight: expected a Float32Array or number[], got ${describe(opts.weight)}`);
+  }
   const T = slots.length / K;
   const s = slots instanceof Int32Array ? slots.slice() : Int32Array.from(slots as readonly number[], (v) => (Number.isInteger(v) ? v : NaN));
   for (let i = 0; i < s.length; i++) {
