@@ -285,6 +285,9 @@ export function checkConfigAgainstWeights(cfg: ModelConfig, shapes: ReadonlyMap<
     if (m) layers.add(Number(m[1]));
   }
   if (cfg.numLayers > layers.size) fail('num_hidden_layers', `is ${cfg.numLayers}, but the weights hold ${layers.size} layer${layers.size === 1 ? '' : 's'}`);
+  let top = -1;
+  for (const l of layers) if (l > top) top = l;
+  if (top >= cfg.numLayers) fail('num_hidden_layers', `is ${cfg.numLayers}, but the weights hold layer ${top} (model.layers.${top}.*)`);
   const dims = (name: string): readonly number[] | undefined => {
     const s = shapes.get(name);
     return s && s.length === 2 ? s : undefined;

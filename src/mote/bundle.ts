@@ -515,6 +515,12 @@ function readAdapter(cfg: ModelConfig, dir: string): ReadAdapter {
           : `adapter_config.json does not target ${peftModulePath(k.layer, k.module)}`;
         throw new FormatError(`${file}: tensor '${name}': unexpected (${why})`);
       }
+      // A rank the config claims but the tensors do not hold is the config's error: name its field.
+      const rankAxis = spec.which === 'A' ? 0 : 1;
+      if (t.shape.length === 2 && t.shape[1 - rankAxis] === spec.shape[1 - rankAxis] && t.shape[rankAxis] !== spec.shape[rankAxis]) {
+        throw new FormatError(`${cfgFile}: r / rank_pattern give ${peftModulePath(spec.layer, spec.module)} rank ${spec.shape[rankAxis]}, ` +
+          `but ${file}: tensor '${name}' has shape [${t.shape.join(', ')}] (rank ${t.shape[rankAxis]})`);
+      }
       if (t.shape.length !== 2 || t.shape[0] !== spec.shape[0] || t.shape[1] !== spec.shape[1]) {
         throw new FormatError(`${file}: tensor '${name}': expected shape [${spec.shape.join(', ')}] for this model, got [${t.shape.join(', ')}]`);
       }
@@ -679,7 +685,16 @@ export function parseMoteJson(json: unknown, file = MOTE_FILE): { config: MoteCo
       ...(j.target_modules !== undefined ? { targetModules: j.target_modules as LinearModule[] } : {}),
     }, file);
   } catch (e) {
-    if (e instanceof ArgumentError) throw new FormatError(e.message);
+    // moteConfig names its options; a file's reader wants the JSON field names.
+    if (e instanceof ArgumentError) {
+      const names: Record<string, string> = { rank: 'r', loraAlpha: 'lora_alpha', targetModules: 'target_modules', promptRouting: 'prompt_routing' };
+      const prefix = `${file}: `;
+      let msg = e.message;
+      if (msg.startsWith(prefix)) {
+        msg = prefix + msg.slice(prefix.length).replace(/^(rank|loraAlpha|targetModules|promptRouting)\b/, (k) => names[k]!);
+      }
+      throw new FormatError(msg);
+    }
     throw e;
   }
   const experts: Record<string, string> = {};
