@@ -176,7 +176,7 @@ test('mote generate: numeric flags, commander errors, binary prompt files and ov
     [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', bin0], /binary\.txt: binary file/],
     [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', latin1], /latin1\.txt: not UTF-8/],
     [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', tmp], /is a folder/],
-    [['generate', '--model', modelDir, '-b', 'cpu', '-p', 'hello world '.repeat(3000)], /prompt 1 .* tokens, but the model's context \(max_position_embeddings\) is \d+/],
+    [['generate', '--model', modelDir, '-b', 'cpu', '-p', 'hello world '.repeat(9000)], /prompt 1 .* tokens, but the model's context \(max_position_embeddings\) is \d+/],
   ];
   for (const [args, re] of cases) {
     const t0 = performance.now();
