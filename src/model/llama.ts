@@ -23,7 +23,7 @@ import {
   LINEAR_MODULES, checkConfigAgainstWeights, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig,
   type LinearModule, type ModelConfig, type RopeScaling, type WeightReport,
 } from './config.js';
-import { readJsonFile } from '../io/files.js';
+import { readTextFile } from '../io/files.js';
 import { openModelWeights, type HostTensor, type ModelWeights } from '../io/safetensors.js';
 import { ropeInvFreqRef, type RopeScaling as RefRopeScaling } from '../reference/rope.js';
 import { matmul, matmulGradInput } from '../ops/matmul.js';
@@ -257,7 +257,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions): Promise<Ll
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`loadModel: dir: expected a model directory path, got ${describe(dir)}`);
   const configFile = path.join(dir, 'config.json');
   // Bounded, regular-file-only read: a FIFO or a huge file in place of config.json is a FormatError, not a hang.
-  const cfg = parseHFConfig(readJsonFile(configFile, 'an HF model directory needs config.json', MAX_CONFIG_BYTES), configFile);
+  const cfg = parseHFConfig(readTextFile(configFile, 'an HF model directory needs config.json', MAX_CONFIG_BYTES), configFile);
   const weights: ModelWeights = openModelWeights(dir);
   try {
     const where = weights.index ?? path.join(dir, weights.files()[0] ?? 'model.safetensors');
