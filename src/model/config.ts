@@ -293,20 +293,22 @@ export function checkConfigAgainstWeights(cfg: ModelConfig, shapes: ReadonlyMap<
     return s && s.length === 2 ? s : undefined;
   };
   const embed = dims('model.embed_tokens.weight');
+  // Blame a config field only when the tensor agrees on its other axis; a tensor wrong on both
+  // (e.g. transposed) is the tensor's error, reported by compareWeights with its file.
   if (embed) {
-    if (embed[0] !== cfg.vocabSize) fail('vocab_size', `is ${cfg.vocabSize}, but model.embed_tokens.weight has ${embed[0]} rows`);
-    if (embed[1] !== cfg.hiddenSize) fail('hidden_size', `is ${cfg.hiddenSize}, but model.embed_tokens.weight has ${embed[1]} columns`);
+    if (embed[1] === cfg.hiddenSize && embed[0] !== cfg.vocabSize) fail('vocab_size', `is ${cfg.vocabSize}, but model.embed_tokens.weight has ${embed[0]} rows`);
+    if (embed[0] === cfg.vocabSize && embed[1] !== cfg.hiddenSize) fail('hidden_size', `is ${cfg.hiddenSize}, but model.embed_tokens.weight has ${embed[1]} columns`);
   }
   const q = dims(linearWeightName(0, 'q_proj'));
-  if (q && q[0] !== cfg.numHeads * cfg.headDim) {
+  if (q && q[1] === cfg.hiddenSize && q[0] !== cfg.numHeads * cfg.headDim) {
     fail('num_attention_heads', `× head_dim is ${cfg.numHeads} × ${cfg.headDim}, but ${linearWeightName(0, 'q_proj')} has ${q[0]} rows`);
   }
   const k = dims(linearWeightName(0, 'k_proj'));
-  if (k && k[0] !== cfg.numKvHeads * cfg.headDim) {
+  if (k && k[1] === cfg.hiddenSize && k[0] !== cfg.numKvHeads * cfg.headDim) {
     fail('num_key_value_heads', `× head_dim is ${cfg.numKvHeads} × ${cfg.headDim}, but ${linearWeightName(0, 'k_proj')} has ${k[0]} rows`);
   }
   const g = dims(linearWeightName(0, 'gate_proj'));
-  if (g && g[0] !== cfg.intermediateSize) fail('intermediate_size', `is ${cfg.intermediateSize}, but ${linearWeightName(0, 'gate_proj')} has ${g[0]} rows`);
+  if (g && g[1] === cfg.hiddenSize && g[0] !== cfg.intermediateSize) fail('intermediate_size', `is ${cfg.intermediateSize}, but ${linearWeightName(0, 'gate_proj')} has ${g[0]} rows`);
 }
 
 /** [out, in] of a linear layer's weight (HF layout: y = x·Wᵀ). */
