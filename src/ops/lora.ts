@@ -119,8 +119,8 @@ export function loraRouting(backend: Backend, slots: Int32Array | readonly numbe
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`loraRouting: opts: expected { K, L, weight? }, got ${describe(opts)}`);
   const { K, L } = opts;
   // The routing allocates per-adapter tables of length L: bound it before anything is sized by it.
-  if (!Number.isSafeInteger(K) || K <= 0 || K > MAX_LORA_SLOTS) throw new ArgumentError(`loraRouting: K: expected an integer in [1, ${MAX_LORA_SLOTS}], got ${describe(K)}`);
-  if (!Number.isSafeInteger(L) || L <= 0 || L > MAX_LORA_ADAPTERS) throw new ArgumentError(`loraRouting: L: expected an integer in [1, ${MAX_LORA_ADAPTERS}] (adapters in the stack), got ${describe(L)}`);
+  if (!Number.isSafeInteger(K) || K <= 0 || K > MAX_LORA_SLOTS) throw new ArgumentError(`loraRouting: K: expected a positive integer ≤ ${MAX_LORA_SLOTS}, got ${describe(K)}`);
+  if (!Number.isSafeInteger(L) || L <= 0 || L > MAX_LORA_ADAPTERS) throw new ArgumentError(`loraRouting: L: expected a positive integer ≤ ${MAX_LORA_ADAPTERS} (adapters in the stack), got ${describe(L)}`);
   if (!slots || typeof slots.length !== 'number') throw new ArgumentError(`loraRouting: slots: expected an Int32Array or number[], got ${describe(slots)}`);
   if (slots.length === 0 || slots.length % K !== 0) throw new ShapeError(`loraRouting: slots: expected T·K entries with K = ${K}, got ${slots.length}`);
   if (opts.weight !== undefined && (!opts.weight || typeof opts.weight.length !== 'number')) {
