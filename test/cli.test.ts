@@ -96,7 +96,7 @@ test('mote errors: one line on stderr and a non-zero exit', () => {
   const cases: [string[], RegExp][] = [
     [['train', '--chains', path.join(tmp, 'nope.jsonl'), '--out', path.join(tmp, 'x'), '--model', modelDir], /nope\.jsonl/],
     [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', tmp], /--model: .* is not a model directory \(no config\.json\)/],
-    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', modelDir, '--steps', 'many'], /--steps: expected an integer ≥ 1, got many/],
+    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', modelDir, '--steps', 'many'], /--steps: expected an integer in \[1, \d+\], got "many"/],
     [['generate', '--model', modelDir], /give --prompt TEXT or --prompts FILE/],
     [['export', '--mote', tmp, '--out', path.join(tmp, 'y')], /is neither a MoTE bundle nor a checkpoint/],
   ];
@@ -153,4 +153,60 @@ test('mote train: malformed chain lines are reported with their line numbers and
   assert.ok(logs.some((l) => /bad-chains\.jsonl:2: skipped: malformed JSON/.test(l)), logs.join('\n'));
   assert.ok(logs.some((l) => /bad-chains\.jsonl:3: skipped: .*planning/.test(l)), logs.join('\n'));
   assert.equal(jsonLines(r.stdout).find((l) => l.event === 'done')!.examples, 2);
+});
+
+test('mote generate: numeric flags, commander errors, binary prompt files and over-long prompts are one-line mote: errors', () => {
+  const bin0 = path.join(tmp, 'binary.txt');
+  fs.writeFileSync(bin0, Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x00, 0x00, 0x41]));
+  const latin1 = path.join(tmp, 'latin1.txt');
+  fs.writeFileSync(latin1, Buffer.from('caf\xe9 au lait?\n', 'latin1'));
+  const g = ['generate', '--model', modelDir, '-b', 'cpu', '-p', 'hello'];
+  const cases: [string[], RegExp][] = [
+    [[...g, '--top-p', '2'], /--top-p: expected a number in \(0, 1\], got "2"/],
+    [[...g, '--top-p', '0'], /--top-p/],
+    [[...g, '--max-new-tokens', '1e12'], /--max-new-tokens: expected an integer in \[1, \d+\], got "1e12"/],
+    [[...g, '--max-new-tokens', '0x10'], /--max-new-tokens/],
+    [[...g, '--max-new-tokens', '2.5'], /--max-new-tokens/],
+    [[...g, '--temperature', 'NaN'], /--temperature/],
+    [[...g, '--top-k', '-3'], /--top-k/],
+    [[...g, '--seed', ''], /--seed/],
+    [[...g, '--bogus'], /unknown option '--bogus'/],
+    [['generate', '--seed'], /option '--seed <n>' argument missing/],
+    [['frobnicate'], /unknown command 'frobnicate'/],
+    [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', bin0], /binary\.txt: binary file/],
+    [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', latin1], /latin1\.txt: not UTF-8/],
+    [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', tmp], /is a folder/],
+    [['generate', '--model', modelDir, '-b', 'cpu', '-p', 'hello world '.repeat(9000)], /prompt 1 .* tokens, but the model's context \(max_position_embeddings\) is \d+/],
+  ];
+  for (const [args, re] of cases) {
+    const t0 = performance.now();
+    const r = mote(args);
+    const what = args.join(' ').slice(0, 120);
+    assert.notEqual(r.code, 0, what);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, `one line for ${what}: ${r.stderr}`);
+    assert.match(lines[0]!, /^mote: /, what);
+    assert.match(lines[0]!, re, what);
+    assert.equal(r.stdout, '', what);
+    assert.ok(performance.now() - t0 < 20_000, `${what}: took ${performance.now() - t0} ms`);
+  }
+});
+
+test('mote generate: Ctrl-C prints what was generated, one line saying so, exit 130 [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const proc = spawn(process.execPath, [bin, 'generate', '--model', modelDir, '-b', 'cpu', '--temperature', '50', '--max-new-tokens', '5000', '-p', 'hello'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '', stderr = '';
+  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const code = await new Promise<number | null>((resolve) => {
+    proc.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      if (stdout.includes('[prompt] ') && !proc.killed) proc.kill('SIGINT');
+    });
+    proc.on('exit', (c) => resolve(c));
+  });
+  assert.equal(code, 130, stdout + stderr);
+  assert.match(stdout, /^\[question\] hello/);
+  assert.match(stdout, /\(aborted, \d+ tokens\)\n$/);
+  assert.deepEqual(stderr.trim().split('\n'), ['mote: interrupted (Ctrl-C); the output above is what was generated so far']);
 });

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig, LINEAR_MODULES, type ModelConfig,
+  checkConfigAgainstWeights, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig, LINEAR_MODULES, type ModelConfig,
 } from '../src/model/config.js';
 import { FormatError } from '../src/errors.js';
 
@@ -201,4 +201,29 @@ test('invalid configs are FormatErrors naming the file and the field', () => {
   rejects({ ...SMOLLM_135M, tie_word_embeddings: 'yes' }, 'tie_word_embeddings', /true or false/);
   rejects('{"model_type": "llama",', 'not valid JSON', /JSON/);
   rejects([SMOLLM_135M], 'JSON object', /expected a JSON object/);
+});
+
+test('config sizes are checked against the tensors present before anything is listed or allocated by them', () => {
+  const base = { model_type: 'llama', hidden_size: 32, intermediate_size: 40, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 64 };
+  const cfg = parseHFConfig(base);
+  const shapes = new Map(expectedWeights(cfg).map((w) => [w.name, w.shape]));
+  checkConfigAgainstWeights(cfg, shapes, 'config.json');
+  const bad = (over: Record<string, unknown>, field: string) => {
+    const t0 = performance.now();
+    assert.throws(() => checkConfigAgainstWeights(parseHFConfig({ ...base, ...over }), shapes, '/m/config.json', '/m/model.safetensors'),
+      (e: Error) => e instanceof FormatError && e.message.startsWith('/m/config.json: ') && e.message.includes(field), `${JSON.stringify(over)} names ${field}`);
+    assert.ok(performance.now() - t0 < 100, 'no work sized by the claim');
+  };
+  bad({ num_hidden_layers: 1e9 }, 'num_hidden_layers');
+  bad({ num_hidden_layers: 1 }, 'num_hidden_layers');
+  bad({ vocab_size: 1e9 }, 'vocab_size');
+  bad({ hidden_size: 2 ** 40 }, 'hidden_size');
+  bad({ intermediate_size: 1e12 }, 'intermediate_size');
+  bad({ head_dim: 2 ** 30 }, 'num_attention_heads');
+  bad({ num_key_value_heads: 4 }, 'num_key_value_heads');
+  // Positions and rope fields past 2^30 are refused at parse time.
+  assert.throws(() => parseHFConfig({ ...base, max_position_embeddings: 2 ** 40 }), (e: Error) => e instanceof FormatError && /max_position_embeddings/.test(e.message));
+  assert.throws(() => parseHFConfig({ ...base, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 1e15 } }),
+    (e: Error) => e instanceof FormatError && /rope_scaling\.original_max_position_embeddings/.test(e.message));
+  assert.throws(() => parseHFConfig({ ...base, rope_scaling: { rope_type: 'linear', factor: 1e300 } }), (e: Error) => e instanceof FormatError && /rope_scaling\.factor/.test(e.message));
 });

@@ -342,3 +342,59 @@ forEachBackend('bad options throw naming the option', async (b) => {
     });
   });
 });
+
+// The model's context (max_position_embeddings) bounds prompt + generated tokens.
+const SHORT_CTX: WrittenTinyModel = (() => {
+  const m = writeTinyModel(path.join(tmp, 'short-ctx'), {
+    family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: V, tied: false, dtype: 'f32', seed: 21,
+  });
+  const cfgFile = path.join(m.dir, 'config.json');
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), max_position_embeddings: 12 }));
+  return m;
+})();
+
+forEachBackend('context limit: a prompt past max_position_embeddings is refused; generation stops at it', async (b) => {
+  const model = await loadModel(SHORT_CTX.dir, { backend: b });
+  try {
+    const long = Array.from({ length: 12 }, (_, i) => 6 + i);
+    await assert.rejects(generate(model, [{ prompt: long, maxNewTokens: 4 }]),
+      (e: Error) => e instanceof ArgumentError && /requests\[0\]\.prompt/.test(e.message) && /max_position_embeddings/.test(e.message) && /\b12\b/.test(e.message));
+    const [r] = await generate(model, [{ prompt: long.slice(0, 9), maxNewTokens: 100 }]);
+    assert.equal(r!.stopReason, 'context');
+    assert.equal(9 + r!.tokens.length, 12, 'prompt + generated fill the context exactly');
+    const [s] = await generate(model, [{ prompt: long.slice(0, 9), maxNewTokens: 2 }]);
+    assert.equal(s!.stopReason, 'length');
+  } finally {
+    model.dispose();
+  }
+});
+
+forEachBackend('an aborted signal ends every sequence at the next step, keeping what was generated', async (b) => {
+  await withModel(b, async (model) => {
+    const ac = new AbortController();
+    const seen: number[] = [];
+    const res = await generate(model, [{ prompt: [1, 7, 9], maxNewTokens: 20 }, { prompt: [1, 8], maxNewTokens: 20 }], {
+      signal: ac.signal, onToken: (e) => { seen.push(e.token); if (seen.length === 3) ac.abort(); },
+    });
+    for (const r of res) assert.equal(r.stopReason, 'aborted');
+    assert.equal(res[0]!.tokens.length + res[1]!.tokens.length, seen.length);
+    assert.ok(seen.length >= 3 && seen.length <= 4);
+    const pre = new AbortController();
+    pre.abort();
+    const [none] = await generate(model, [{ prompt: [1, 7], maxNewTokens: 5 }], { signal: pre.signal });
+    assert.deepEqual([none!.tokens, none!.stopReason], [[], 'aborted']);
+    await assert.rejects(generate(model, [{ prompt: [1], maxNewTokens: 1 }], { signal: {} as never }), (e: Error) => e instanceof ArgumentError && /signal/.test(e.message));
+  });
+});
+
+forEachBackend('loraRouting refuses K and L past their bounds before allocating by them', async (b) => {
+  const t0 = performance.now();
+  assert.throws(() => loraRouting(b, [0, 1], { K: 1, L: 2 ** 31 }), (e: Error) => e instanceof ArgumentError && /\bL\b/.test(e.message) && /65536/.test(e.message));
+  assert.throws(() => loraRouting(b, [0], { K: 2 ** 40, L: 2 }), (e: Error) => e instanceof ArgumentError && /\bK\b/.test(e.message));
+  assert.throws(() => loraRouting(b, [0], null as never), (e: Error) => e instanceof ArgumentError && /opts/.test(e.message));
+  assert.throws(() => loraRouting(b, [0], { K: 1, L: 2, weight: 5 as never }), (e: Error) => e instanceof ArgumentError && /weight/.test(e.message));
+  assert.ok(performance.now() - t0 < 2000);
+  const r = loraRouting(b, [0, -1, 65535], { K: 1, L: 65536 });
+  assert.equal(r.pairs, 2);
+  r.dispose();
+});

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import {
   SafetensorsReader, openModelWeights, readSafetensors, readSafetensorsIndex, writeSafetensors, writeShardedSafetensors,
   type HostTensor, type WritableTensor,
@@ -297,7 +298,7 @@ test('sharded models: index, shards, lookups by name, and the errors', () => {
   fs.writeFileSync(idx.file, JSON.stringify({ weight_map: { a: '../x.safetensors' } }));
   throwsFormat(() => readSafetensorsIndex(dir), idx.file, "weight_map['a']");
   fs.writeFileSync(idx.file, '{ nope');
-  throwsFormat(() => readSafetensorsIndex(dir), idx.file, /not valid JSON/);
+  throwsFormat(() => readSafetensorsIndex(dir), idx.file, /malformed JSON/);
   fs.writeFileSync(idx.file, '{}');
   throwsFormat(() => openModelWeights(dir), idx.file, /weight_map/);
 });
@@ -337,4 +338,31 @@ test('a bigger tensor round-trips through the lazy reader (f16 conversion spot c
   for (let i = 0; i < n; i += 997) assert.equal(h[i], f32ToF16Bits(x[i]!));
   assert.ok(bytesOf(r.read('w').data).equals(bytesOf(x)));
   r.close();
+});
+
+test('shards and files that are not regular files, and index names that leave the folder, are FormatErrors', () => {
+  const dir = tmpDir();
+  const tensors = new Map<string, WritableTensor>();
+  for (let i = 0; i < 4; i++) tensors.set(`t${i}`, { dtype: 'f32', shape: [16], data: new Float32Array(16).fill(i) });
+  const files = writeShardedSafetensors(dir, tensors, { maxShardBytes: 100 });
+  const shard = files[1]!;
+  const indexFile = path.join(dir, 'model.safetensors.index.json');
+  const index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
+  for (const bad of ['/etc/passwd', '../x.safetensors', 'a/b.safetensors', '..']) {
+    fs.writeFileSync(indexFile, JSON.stringify({ ...index, weight_map: { ...index.weight_map, t0: bad } }));
+    assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(indexFile) && /weight_map\['t0'\]/.test(e.message), bad);
+  }
+  fs.writeFileSync(indexFile, JSON.stringify(index));
+  // A FIFO in place of a shard would block open() forever; a folder would fail with EISDIR.
+  fs.rmSync(path.join(dir, shard));
+  assert.equal(spawnSync('mkfifo', [path.join(dir, shard)]).status, 0);
+  assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(shard) && /not a regular file/.test(e.message));
+  assert.throws(() => SafetensorsReader.open(path.join(dir, shard)), (e: Error) => e instanceof FormatError && /not a regular file/.test(e.message));
+  fs.rmSync(path.join(dir, shard));
+  fs.mkdirSync(path.join(dir, shard));
+  assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(shard) && /folder/.test(e.message));
+  // The index itself as a FIFO.
+  fs.rmSync(indexFile);
+  assert.equal(spawnSync('mkfifo', [indexFile]).status, 0);
+  assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(indexFile));
 });

@@ -5,11 +5,11 @@ import * as path from 'node:path';
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
 import { loadMote, type MoteBundle } from '../mote/bundle.js';
-import { readPrompts } from '../io/prompts.js';
 import { selfAlign } from '../mote/self_align.js';
 import { toyChain, toyQuestions, toySplit } from '../mote/toy.js';
 import { TOY_VARIANTS, evaluateToy, toyEvalTable, trainVariant, type ToyEvalResult, type ToyVariant } from '../mote/eval.js';
 import { bundleConfig, intOpt, numOpt, openModel } from './common.js';
+import { MAX_NEW_TOKENS, MAX_RANK, MAX_STEPS, readPromptFile } from './flags.js';
 import { progress } from './progress.js';
 
 export async function selfAlignCommand(o: {
@@ -17,7 +17,7 @@ export async function selfAlignCommand(o: {
   temperature?: string; seed?: string; adaptive?: boolean; json?: boolean; limit?: string; offset?: string; dropped?: string;
 }): Promise<void> {
   const config = bundleConfig(o.mote);
-  const read = readPrompts(o.prompts);
+  const read = readPromptFile(o.prompts);
   const json = o.json ?? false;
   // --offset/--limit count prompts (not file lines); ids stay the file's lines, so runs over
   // different slices append to the same output and resume independently.
@@ -43,7 +43,7 @@ export async function selfAlignCommand(o: {
     };
     process.on('SIGINT', onSigint);
     const r = await selfAlign(m.model, m.tokenizer, prompts, {
-      output: o.out, droppedFile, signal: abort.signal, adapters: bundle, batchSize: intOpt('batch', o.batch, 1, 16), maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 96),
+      output: o.out, droppedFile, signal: abort.signal, adapters: bundle, batchSize: intOpt('batch', o.batch, 1, 16, 4096), maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 96, MAX_NEW_TOKENS),
       seed: intOpt('seed', o.seed, 0, 0), adaptive: o.adaptive ?? true, source: path.basename(o.prompts),
       ...(temperature > 0 ? { sampling: { temperature } } : {}),
       onProgress: (q) => p.update(q.done, { written: q.written, dropped: dropText(q.dropReasons) }),
@@ -99,8 +99,8 @@ export async function evalCommand(o: EvalCliOptions): Promise<void> {
   const variants = (o.variants ?? TOY_VARIANTS.join(',')).split(',').map((s) => s.trim()) as ToyVariant[];
   for (const v of variants) if (!(TOY_VARIANTS as readonly string[]).includes(v)) throw new ArgumentError(`--variants: unknown variant '${v}' (expected ${TOY_VARIANTS.join(', ')})`);
   const seeds = (o.seeds ?? '1,2').split(',').map((s) => intOpt('seeds', s.trim(), 0, 0));
-  const nq = intOpt('questions', o.questions, 4, 160);
-  const steps = intOpt('steps', o.steps, 1, 300);
+  const nq = intOpt('questions', o.questions, 4, 160, 1_000_000);
+  const steps = intOpt('steps', o.steps, 1, 300, MAX_STEPS);
   const json = o.json ?? false;
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
   try {
@@ -112,11 +112,11 @@ export async function evalCommand(o: EvalCliOptions): Promise<void> {
       const chains = train.map((q) => toyChain(q, { check: false }));
       for (const kind of variants) {
         const tv = await trainVariant(kind, m.model, m.tokenizer, chains, {
-          rank: intOpt('rank', o.rank, 1, 8), initSeed: seed,
+          rank: intOpt('rank', o.rank, 1, 8, MAX_RANK), initSeed: seed,
           train: { steps, lr: numOpt('lr', o.lr, 0, 10, 3e-3), warmupSteps: Math.min(5, steps - 1), batchTokens: 512, seed, pSkip: numOpt('p-skip', o.pSkip, 0, 1, 0.3) },
         });
         try {
-          const r = await evaluateToy(m.model, m.tokenizer, tv.adapters, heldOut, { maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 128), seed });
+          const r = await evaluateToy(m.model, m.tokenizer, tv.adapters, heldOut, { maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 128, MAX_NEW_TOKENS), seed });
           perVariant.set(kind, [...(perVariant.get(kind) ?? []), r]);
           p.update(++done, { variant: kind, seed, loss: tv.losses.length ? tv.losses[tv.losses.length - 1]!.toFixed(3) : '-' });
           if (json) process.stdout.write(JSON.stringify({ event: 'result', variant: kind, seed, refusalRate: r.refusalRate, compliance: r.compliance, wellFormedRate: r.wellFormedRate, finalLoss: tv.losses.at(-1) ?? null }) + '\n');

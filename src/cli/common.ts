@@ -4,6 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_MODEL_DIR } from '../mote/default_model.js';
 import { ArgumentError } from '../errors.js';
+import { readJsonFile } from '../io/files.js';
+import { MAX_INT_FLAG, intFlag, numFlag } from './flags.js';
 import { openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
 import { loadModel, type LlamaModel } from '../model/llama.js';
@@ -42,18 +44,14 @@ export async function openModel(dirOpt: string | undefined, backendReq: BackendR
   }
 }
 
-export function intOpt(name: string, v: string | undefined, lo: number, dflt: number): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < lo) throw new ArgumentError(`--${name}: expected an integer ≥ ${lo}, got ${v}`);
-  return n;
+/** An integer flag in [lo, hi] (default: i32 range), `dflt` when absent; see intFlag. */
+export function intOpt(name: string, v: string | undefined, lo: number, dflt: number, hi = MAX_INT_FLAG): number {
+  return intFlag(name, v, lo, hi, dflt);
 }
 
+/** A number flag in [lo, hi], `dflt` when absent; see numFlag. */
 export function numOpt(name: string, v: string | undefined, lo: number, hi: number, dflt: number): number {
-  if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < lo || n > hi) throw new ArgumentError(`--${name}: expected a number in [${lo}, ${hi}], got ${v}`);
-  return n;
+  return numFlag(name, v, lo, hi, dflt);
 }
 
 /** The MoTE config of the bundle in `dir` (its mote.json), or the default config without one. */
@@ -61,5 +59,5 @@ export function bundleConfig(dir: string | undefined): MoteConfig {
   if (dir === undefined) return moteConfig();
   const f = path.join(dir, MOTE_FILE);
   if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${dir} is not a MoTE bundle (no ${MOTE_FILE})`);
-  return parseMoteJson(fs.readFileSync(f, 'utf8'), f).config;
+  return parseMoteJson(readJsonFile(f, 'a MoTE bundle needs mote.json', 16 * 1024 * 1024), f).config;
 }

@@ -7,6 +7,7 @@ import { DEFAULT_STEPS, STEP_END_TOKENS, STEP_TOKENS, type PromptRouting, type S
 import { toyChain, toyQuestions, toySplit } from '../mote/toy.js';
 import { evaluateToy, toyEvalTable, trainVariant } from '../mote/eval.js';
 import { intOpt, numOpt, openModel } from './common.js';
+import { MAX_STEPS } from './flags.js';
 import { progress } from './progress.js';
 
 /** The steps of a generated chain, read tag by tag (a cut-off last step is kept as it is). */
@@ -26,7 +27,7 @@ export async function demoCommand(o: { backend: BackendRequest; steps?: string; 
   const t0 = performance.now();
   const json = o.json ?? false;
   const say = (s: string) => { if (!json) process.stdout.write(`${s}\n`); };
-  const steps = intOpt('steps', o.steps, 1, 300);
+  const steps = intOpt('steps', o.steps, 1, 300, MAX_STEPS);
   const seed = intOpt('seed', o.seed, 0, 1);
   const promptRouting = (o.promptRouting ?? 'random-step') as PromptRouting;
   const m = await openModel(undefined, o.backend, { steps: [...DEFAULT_STEPS] });

@@ -4,10 +4,10 @@ import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
 import { loadMote, type MoteBundle } from '../mote/bundle.js';
 import { promptIds, stepTokenIds } from '../mote/chains.js';
-import { readPrompts } from '../io/prompts.js';
 import { generate, type GenerateRequest, type TokenEvent } from '../generate/generate.js';
 import type { MoteTokenizer } from '../io/tokenizer.js';
-import { bundleConfig, intOpt, numOpt, openModel } from './common.js';
+import { bundleConfig, openModel } from './common.js';
+import { MAX_NEW_TOKENS, intFlag, numFlag, readPromptFile } from './flags.js';
 
 export interface GenerateCliOptions {
   model?: string; mote?: string; backend: BackendRequest; prompt?: string[]; prompts?: string;
@@ -36,10 +36,16 @@ class StepPrinter {
 }
 
 export async function generateCommand(o: GenerateCliOptions): Promise<void> {
+  // Every numeric flag is checked up front, whether or not this run would use it.
+  const maxNewTokens = intFlag('max-new-tokens', o.maxNewTokens, 1, MAX_NEW_TOKENS, 128);
+  const temperature = numFlag('temperature', o.temperature, 0, 100, 0);
+  const topK = intFlag('top-k', o.topK, 0, MAX_NEW_TOKENS, 0);
+  const topP = numFlag('top-p', o.topP, 0, 1, 1, { openLow: true });
+  const seed0 = intFlag('seed', o.seed, 0, 2 ** 31 - 1, 0);
   const config = bundleConfig(o.mote);
   let texts: string[] = o.prompt ?? [];
   if (o.prompts) {
-    const r = readPrompts(o.prompts);
+    const r = readPromptFile(o.prompts);
     for (const s of r.skipped) process.stderr.write(`warning: ${o.prompts}:${s.line}: skipped: ${s.reason}\n`);
     texts = texts.concat(r.prompts.map((p) => p.prompt));
   }
@@ -60,23 +66,39 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
     }) : [];
     const stopAfter = o.stopAfter === undefined ? undefined : names.indexOf(o.stopAfter as never);
     if (stopAfter !== undefined && stopAfter < 0) throw new ArgumentError(`--stop-after: unknown step '${o.stopAfter}' (the bundle has ${names.join(', ')})`);
-    const temperature = numOpt('temperature', o.temperature, 0, 100, 0);
-    const requests: GenerateRequest[] = texts.map((t, i) => ({
-      prompt: promptIds(m.tokenizer, { prompt: t }),
-      maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 128),
+    const context = m.model.config.maxPositionEmbeddings;
+    const requests: GenerateRequest[] = texts.map((t, i) => {
+      const prompt = promptIds(m.tokenizer, { prompt: t });
+      if (prompt.length >= context) {
+        const head = t.length > 40 ? `${t.slice(0, 40)}…` : t;
+        throw new ArgumentError(`prompt ${i + 1} (${JSON.stringify(head)}): ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${context}: shorten it to under ${context} tokens`);
+      }
+      return {
+      prompt,
+      maxNewTokens,
       stop,
-      sampling: temperature === 0 ? {} : { temperature, topK: intOpt('top-k', o.topK, 0, 0) || undefined, topP: numOpt('top-p', o.topP, 0, 1, 1) },
-      seed: intOpt('seed', o.seed, 0, 0) + i,
+      sampling: temperature === 0 ? {} : { temperature, ...(topK > 0 ? { topK } : {}), topP },
+      seed: (seed0 + i) % 2 ** 31,
       ...(skip.length ? { skipSteps: skip } : {}),
       ...(stopAfter !== undefined ? { stopAfterStep: stopAfter } : {}),
-    }));
+      };
+    });
     const stream = !o.json && texts.length === 1 ? new StepPrinter(m.tokenizer, names) : null;
     if (stream) process.stdout.write(`[question] ${texts[0]}`);
-    const results = await generate(m.model, requests, {
-      ...(bundle ? { router: bundle.tokenRouter() } : {}),
-      stepTokens, stepTokenRouting: 'own',
-      ...(stream ? { onToken: (e: TokenEvent) => stream.push(e) } : {}),
-    });
+    // Ctrl-C ends generation at the next step: what was generated is printed, then one line, exit 130.
+    const abort = new AbortController();
+    const onSigint = () => abort.abort();
+    process.once('SIGINT', onSigint);
+    let results;
+    try {
+      results = await generate(m.model, requests, {
+        ...(bundle ? { router: bundle.tokenRouter() } : {}),
+        stepTokens, stepTokenRouting: 'own', signal: abort.signal,
+        ...(stream ? { onToken: (e: TokenEvent) => stream.push(e) } : {}),
+      });
+    } finally {
+      process.removeListener('SIGINT', onSigint);
+    }
     if (stream) process.stdout.write(`\n(${results[0]!.stopReason}, ${results[0]!.tokens.length} tokens)\n`);
     for (const [i, r] of results.entries()) {
       const steps: { step: string; expert: string; text: string }[] = [];
@@ -96,6 +118,10 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
         process.stdout.write(`[question] ${texts[i]}\n`);
         for (const s of steps) process.stdout.write(`  [${s.step}] ${s.text}\n`);
       }
+    }
+    if (abort.signal.aborted) {
+      process.stderr.write('mote: interrupted (Ctrl-C); the output above is what was generated so far\n');
+      process.exitCode = 130;
     }
   } finally {
     bundle?.dispose();

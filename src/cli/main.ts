@@ -11,6 +11,7 @@ import { generateCommand } from './generate.js';
 import { exportCommand, benchCommand } from './export.js';
 import { evalCommand, selfAlignCommand } from './align.js';
 import { demoCommand } from './demo.js';
+import { intFlag } from './flags.js';
 
 function fmtBytes(n: number | undefined): string {
   if (!n) return '';
@@ -38,7 +39,7 @@ async function info(opts: { json?: boolean }): Promise<void> {
 }
 
 async function demoMatmul(opts: { backend: BackendRequest; dtype: DType; t: string; k: string; n: string }): Promise<void> {
-  const T = Number(opts.t), K = Number(opts.k), N = Number(opts.n);
+  const T = intFlag('t', opts.t, 1, 4096, 17), K = intFlag('k', opts.k, 1, 4096, 64), N = intFlag('n', opts.n, 1, 4096, 48);
   const backend = await openBackend(opts.backend);
   try {
     const rand = (n: number) => Float32Array.from({ length: n }, () => Math.random() * 2 - 1);
@@ -61,6 +62,11 @@ async function demoMatmul(opts: { backend: BackendRequest; dtype: DType; t: stri
 }
 
 const program = new Command();
+// commander's own errors (unknown option, missing argument, bad choice) get the same one-line
+// `mote: ...` form as ours; subcommands inherit this output setting.
+program.configureOutput({
+  outputError: (str, write) => write(`mote: ${str.replace(/^error: /, '')}`),
+});
 program.name('mote').description('multi-LoRA and step-routed MoTE kernels (cpu, webgpu, cuda)');
 program.command('info').description('list the backends found, with their details, and why any is missing')
   .option('--json', 'machine-readable output').action(info);

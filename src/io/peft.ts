@@ -22,6 +22,9 @@ export const ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors';
 
 const KEY_PREFIX = 'base_model.model.';
 
+/** Bound on the lists and pattern maps of adapter_config.json (one entry per layer and module of a 500-layer model fits). */
+export const MAX_CONFIG_ENTRIES = 4096;
+
 /** Normalized LoRA adapter config. */
 export interface PeftConfig {
   r: number;
@@ -222,6 +225,8 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
       return v;
     }
     if (!Array.isArray(v)) return failer(key)(`must be a list of module names or a regex string, got ${describe(v)}`);
+    // Every entry is matched against every module of every layer: bound the list before any matching.
+    if (v.length > MAX_CONFIG_ENTRIES) failer(key)(`lists ${v.length} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
     return checkModuleList(failer, key, v);
   };
   if (!given('target_modules')) failer('target_modules')('is missing');
@@ -232,6 +237,7 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
     const v = j.exclude_modules;
     if (typeof v === 'string') checkRegex(failer('exclude_modules'), v);
     else if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) failer('exclude_modules')(`must be a list of names or a regex string, got ${describe(v)}`);
+    else if (v.length > MAX_CONFIG_ENTRIES) failer('exclude_modules')(`lists ${v.length} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
     excludeModules = v as string[] | string;
   }
 
@@ -242,7 +248,8 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
     if (!Array.isArray(list) || !list.every((x) => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0)) {
       failer('layers_to_transform')(`must be a layer index or a list of them, got ${describe(v)}`);
     }
-    layersToTransform = [...(list as number[])];
+    if ((list as number[]).length > MAX_CONFIG_ENTRIES) failer('layers_to_transform')(`lists ${(list as number[]).length} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
+    layersToTransform = [...new Set(list as number[])];
   }
 
   const flag = (k: string, dflt: boolean): boolean => {
@@ -265,6 +272,8 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
     if (!given(k)) return {};
     const v = j[k];
     if (!isPlainObject(v)) return failer(k)(`must be an object of module pattern -> value, got ${describe(v)}`);
+    const n = Object.keys(v).length;
+    if (n > MAX_CONFIG_ENTRIES) failer(k)(`has ${n} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
     const out: Record<string, number> = {};
     for (const [pk, pv] of Object.entries(v)) {
       checkRegex(failer(`${k}['${pk}']`), pk);

@@ -13,6 +13,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError, FormatError, ShapeError, describe } from '../errors.js';
+import { checkRegularFile, readJsonFile } from './files.js';
 import { bytesPerElement, checkDType, encode, type DType, type HostData } from '../dtype.js';
 
 /** Element size in bytes of every dtype the format defines (so offsets can be checked even for dtypes we do not read). */
@@ -209,7 +210,14 @@ export class SafetensorsReader {
   /** Opens `file` and validates its header. Throws FormatError for a malformed file (fs errors, e.g. ENOENT, pass through). */
   static open(file: string): SafetensorsReader {
     if (!LITTLE_ENDIAN) throw new FormatError(`${file}: reading safetensors needs a little-endian host`);
-    const fd = fs.openSync(file, 'r');
+    // A FIFO would block open() forever and a folder fails with EISDIR: refuse both up front.
+    checkRegularFile(file, 'a safetensors file');
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch (e) {
+      throw new FormatError(`${file}: cannot open (a safetensors file): ${(e as Error).message}`);
+    }
     try {
       const size = fs.fstatSync(fd).size;
       if (size < 8) throw new FormatError(`${file}: file has ${size} bytes, too short for the 8-byte header length (truncated?)`);
@@ -416,6 +424,9 @@ export function atomicWrite(file: string, body: (fd: number) => void): void {
 export const INDEX_FILE = 'model.safetensors.index.json';
 export const SINGLE_FILE = 'model.safetensors';
 
+/** An index lists one line per tensor; 64 MiB is far more than any real model needs. */
+const MAX_INDEX_BYTES = 64 * 1024 * 1024;
+
 export interface SafetensorsIndex {
   /** Path of the index file. */
   file: string;
@@ -428,19 +439,7 @@ export interface SafetensorsIndex {
 /** Reads `<dir>/model.safetensors.index.json` (or `indexName`) and checks its weight_map. */
 export function readSafetensorsIndex(dir: string, indexName = INDEX_FILE): SafetensorsIndex {
   const file = path.join(dir, indexName);
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf-8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new FormatError(`${file}: index file not found`);
-    throw e;
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
+  const json = readJsonFile(file, 'a safetensors index', MAX_INDEX_BYTES);
   if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
   const { weight_map: wm, metadata } = json;
   if (!isPlainObject(wm)) throw new FormatError(`${file}: weight_map must be an object of tensor name -> shard file, got ${describe(wm)}`);
@@ -450,7 +449,8 @@ export function readSafetensorsIndex(dir: string, indexName = INDEX_FILE): Safet
   const weightMap = new Map<string, string>();
   for (const [name, shard] of Object.entries(wm)) {
     // A shard must be a plain file name in the same folder: no paths, so an index cannot point outside it.
-    if (typeof shard !== 'string' || shard === '' || shard === '.' || shard === '..' || path.basename(shard) !== shard || shard.includes('\\')) {
+    if (typeof shard !== 'string' || shard === '' || shard === '.' || shard === '..' || path.basename(shard) !== shard || shard.includes('\\') ||
+      shard.includes('/') || shard.includes('\0') || path.isAbsolute(shard)) {
       throw new FormatError(`${file}: weight_map['${name}'] must be a file name in the same folder, got ${describe(shard)}`);
     }
     weightMap.set(name, shard);
@@ -490,6 +490,8 @@ export class ModelWeights {
       const shards = new Map<string, number>();
       for (const shard of idx.weightMap.values()) shards.set(shard, (shards.get(shard) ?? 0) + 1);
       const missing = [...shards.keys()].filter((s) => !fs.existsSync(path.join(dir, s)));
+      // Every shard that is there must be a regular file (not a folder, FIFO or device) before any is opened.
+      if (missing.length === 0) for (const s of shards.keys()) checkRegularFile(path.join(dir, s), `shard named by ${idx.file}`);
       if (missing.length > 0) {
         const first = [...idx.weightMap].find(([, s]) => s === missing[0])![0];
         throw new FormatError(`${idx.file}: shard${missing.length > 1 ? 's' : ''} ${missing.map((s) => `'${s}'`).join(', ')} ` +

@@ -61,6 +61,9 @@ const ARCHITECTURES: Readonly<Record<string, ModelFamily>> = {
 /** transformers' defaults for fields a config.json may leave out. */
 const DEFAULT_MAX_POSITIONS: Record<ModelFamily, number> = { llama: 2048, mistral: 4096 * 32, qwen2: 32768 };
 
+/** Positions are i32 on the device and KV caches grow toward them: a context longer than this is refused (2^30, as kv_cache's MAX_POSITION). */
+export const MAX_POSITIONS = 2 ** 30;
+
 const TORCH_DTYPES: Readonly<Record<string, DType>> = { float32: 'f32', float16: 'f16', bfloat16: 'bf16' };
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -79,7 +82,7 @@ class Fields {
     return this.json[key] !== undefined && this.json[key] !== null;
   }
 
-  int(key: string, opts: { default?: number; min?: number } = {}): number {
+  int(key: string, opts: { default?: number; min?: number; max?: number } = {}): number {
     const v = this.json[key];
     if (v === undefined || v === null) {
       if (opts.default !== undefined) return opts.default;
@@ -89,6 +92,7 @@ class Fields {
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
       this.fail(key, `must be an integer >= ${min}, got ${describe(v)}`);
     }
+    if (opts.max !== undefined && v > opts.max) this.fail(key, `must be at most ${opts.max}, got ${v}`);
     return v;
   }
 
@@ -123,6 +127,7 @@ function parseRopeScaling(f: Fields): RopeScaling | null {
   const type = f.str('rope_type') ?? f.str('type');
   if (type === null || type === 'default') return null;
   const factor = f.num('factor');
+  if (factor > 1e6) f.fail('factor', `must be at most 1e6, got ${factor}`);
   if (type === 'linear') return { type, factor };
   if (type === 'llama3') {
     const lowFreqFactor = f.num('low_freq_factor');
@@ -130,7 +135,7 @@ function parseRopeScaling(f: Fields): RopeScaling | null {
     if (highFreqFactor <= lowFreqFactor) {
       f.fail('high_freq_factor', `must exceed low_freq_factor (${lowFreqFactor}), got ${highFreqFactor}`);
     }
-    return { type, factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: f.int('original_max_position_embeddings') };
+    return { type, factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: f.int('original_max_position_embeddings', { max: MAX_POSITIONS }) };
   }
   return f.fail('rope_type', `'${type}' is not supported (supported: linear, llama3)`);
 }
@@ -252,7 +257,7 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
     rmsNormEps: f.num('rms_norm_eps', { default: 1e-6 }),
     ropeTheta,
     ropeScaling,
-    maxPositionEmbeddings: f.int('max_position_embeddings', { default: DEFAULT_MAX_POSITIONS[family] }),
+    maxPositionEmbeddings: f.int('max_position_embeddings', { default: DEFAULT_MAX_POSITIONS[family], max: MAX_POSITIONS }),
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
     attentionBias,
     outputBias: llamaBias,
@@ -262,6 +267,48 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
     eosTokenIds,
     torchDtype: dt === null ? null : TORCH_DTYPES[dt]!,
   };
+}
+
+/**
+ * Checks the config's sizes against the tensors a checkpoint actually holds (name -> shape, read
+ * from the safetensors headers), before anything is allocated by them: a config that claims
+ * 10⁹ layers or a vocabulary its embeddings do not have is a FormatError naming `file` and the
+ * field, not a loop or an allocation sized by the claim.
+ */
+export function checkConfigAgainstWeights(cfg: ModelConfig, shapes: ReadonlyMap<string, readonly number[]>, file = 'config.json', weightsWhere = 'the weights'): void {
+  const fail = (field: string, what: string): never => {
+    throw new FormatError(`${file}: ${field} ${what} (checked against ${weightsWhere})`);
+  };
+  const layers = new Set<number>();
+  for (const name of shapes.keys()) {
+    const m = /^model\.layers\.(\d{1,9})\./.exec(name);
+    if (m) layers.add(Number(m[1]));
+  }
+  if (cfg.numLayers > layers.size) fail('num_hidden_layers', `is ${cfg.numLayers}, but the weights hold ${layers.size} layer${layers.size === 1 ? '' : 's'}`);
+  let top = -1;
+  for (const l of layers) if (l > top) top = l;
+  if (top >= cfg.numLayers) fail('num_hidden_layers', `is ${cfg.numLayers}, but the weights hold layer ${top} (model.layers.${top}.*)`);
+  const dims = (name: string): readonly number[] | undefined => {
+    const s = shapes.get(name);
+    return s && s.length === 2 ? s : undefined;
+  };
+  const embed = dims('model.embed_tokens.weight');
+  // Blame a config field only when the tensor agrees on its other axis; a tensor wrong on both
+  // (e.g. transposed) is the tensor's error, reported by compareWeights with its file.
+  if (embed) {
+    if (embed[1] === cfg.hiddenSize && embed[0] !== cfg.vocabSize) fail('vocab_size', `is ${cfg.vocabSize}, but model.embed_tokens.weight has ${embed[0]} rows`);
+    if (embed[0] === cfg.vocabSize && embed[1] !== cfg.hiddenSize) fail('hidden_size', `is ${cfg.hiddenSize}, but model.embed_tokens.weight has ${embed[1]} columns`);
+  }
+  const q = dims(linearWeightName(0, 'q_proj'));
+  if (q && q[1] === cfg.hiddenSize && q[0] !== cfg.numHeads * cfg.headDim) {
+    fail('num_attention_heads', `× head_dim is ${cfg.numHeads} × ${cfg.headDim}, but ${linearWeightName(0, 'q_proj')} has ${q[0]} rows`);
+  }
+  const k = dims(linearWeightName(0, 'k_proj'));
+  if (k && k[1] === cfg.hiddenSize && k[0] !== cfg.numKvHeads * cfg.headDim) {
+    fail('num_key_value_heads', `× head_dim is ${cfg.numKvHeads} × ${cfg.headDim}, but ${linearWeightName(0, 'k_proj')} has ${k[0]} rows`);
+  }
+  const g = dims(linearWeightName(0, 'gate_proj'));
+  if (g && g[1] === cfg.hiddenSize && g[0] !== cfg.intermediateSize) fail('intermediate_size', `is ${cfg.intermediateSize}, but ${linearWeightName(0, 'gate_proj')} has ${g[0]} rows`);
 }
 
 /** [out, in] of a linear layer's weight (HF layout: y = x·Wᵀ). */

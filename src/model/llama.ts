@@ -13,7 +13,6 @@
 // update y += 1·bᵀ (matmulGradInput of a [T, 1] column of ones by the bias as a [1, out]
 // "weight", accumulating into y): exact, in the bias's own dtype, no host round trip.
 
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tensor } from '../tensor.js';
 import { mixSeed, mulberry32 } from '../rng.js';
@@ -21,9 +20,10 @@ import type { Backend } from '../backend/backend.js';
 import { WEIGHT_DTYPES, bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
 import { ArgumentError, DisposedTensorError, FormatError, ShapeError, describe } from '../errors.js';
 import {
-  LINEAR_MODULES, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig,
+  LINEAR_MODULES, checkConfigAgainstWeights, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig,
   type LinearModule, type ModelConfig, type RopeScaling, type WeightReport,
 } from './config.js';
+import { readTextFile } from '../io/files.js';
 import { openModelWeights, type HostTensor, type ModelWeights } from '../io/safetensors.js';
 import { ropeInvFreqRef, type RopeScaling as RefRopeScaling } from '../reference/rope.js';
 import { matmul, matmulGradInput } from '../ops/matmul.js';
@@ -37,6 +37,9 @@ import { add } from '../ops/residual.js';
 import { KvCache, MAX_POSITION, tensorView, type KvAppend, type KvCacheOptions } from './kv_cache.js';
 
 export type WeightDType = 'f32' | 'f16' | 'bf16';
+
+/** config.json is a few KiB; anything past this is not a model config. */
+const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
 export interface LoadModelOptions {
   backend: Backend;
@@ -191,10 +194,12 @@ function checkOptions(op: string, opts: LoadModelOptions): void {
 }
 
 /** Checks names, shapes and dtypes of every tensor, then uploads them; nothing stays allocated on failure. */
-function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir: string | null): LlamaModel {
-  const expected = expectedWeights(cfg);
+function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir: string | null, configFile: string): LlamaModel {
   const actual = new Map<string, number[]>();
   for (const n of src.names()) actual.set(n, src.shape(n).shape);
+  // The config's sizes are only claims: check them against the tensors before listing or allocating by them.
+  checkConfigAgainstWeights(cfg, actual, configFile, src.where);
+  const expected = expectedWeights(cfg);
   const report = compareWeights(expected, actual);
   const extra = report.extra.filter((n) => !ignorable(n, cfg, actual.get(n)!));
   if (report.missing.length || report.wrongShape.length || extra.length) throw new FormatError(describeProblems(src, report, extra));
@@ -251,15 +256,8 @@ export async function loadModel(dir: string, opts: LoadModelOptions): Promise<Ll
   checkOptions('loadModel', opts);
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`loadModel: dir: expected a model directory path, got ${describe(dir)}`);
   const configFile = path.join(dir, 'config.json');
-  let text: string;
-  try {
-    text = fs.readFileSync(configFile, 'utf-8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') throw new FormatError(`${configFile}: not found (an HF model directory needs config.json)`);
-    throw e;
-  }
-  const cfg = parseHFConfig(text, configFile);
+  // Bounded, regular-file-only read: a FIFO or a huge file in place of config.json is a FormatError, not a hang.
+  const cfg = parseHFConfig(readTextFile(configFile, 'an HF model directory needs config.json', MAX_CONFIG_BYTES), configFile);
   const weights: ModelWeights = openModelWeights(dir);
   try {
     const where = weights.index ?? path.join(dir, weights.files()[0] ?? 'model.safetensors');
@@ -269,7 +267,7 @@ export async function loadModel(dir: string, opts: LoadModelOptions): Promise<Ll
       shape: (n) => { const e = weights.entry(n); return { shape: e.shape, storedDType: e.storedDType, file: e.file }; },
       get: (n) => weights.get(n),
     };
-    return build(cfg, src, opts, dir);
+    return build(cfg, src, opts, dir, configFile);
   } finally {
     weights.close();
   }
@@ -287,7 +285,7 @@ export function modelFromTensors(config: ModelConfig, tensors: ReadonlyMap<strin
     shape: (n) => { const t = tensors.get(n)!; return { shape: [...t.shape], storedDType: ({ f32: 'F32', f16: 'F16', bf16: 'BF16', i32: 'I32' } as const)[t.dtype], file: '<tensors>' }; },
     get: (n) => tensors.get(n)!,
   };
-  return build(config, src, opts, null);
+  return build(config, src, opts, null, '<config>');
 }
 
 // ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor.js';
 import { overwriteOption, replaceDirAtomically, tryJson, type ReplaceDirOptions } from '../io/atomic_dir.js';
+import { checkRegularFile, readJsonFile as readBoundedJson } from '../io/files.js';
 import { mulberry32 } from '../rng.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
@@ -32,7 +33,7 @@ import {
   ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, makePeftConfig, parsePeftConfig, parsePeftKey, peftExpectedWeights, peftKey,
   peftModulePath, peftRank, peftScale, peftTargets, type PeftConfig,
 } from '../io/peft.js';
-import { readSafetensors, writeSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
+import { SafetensorsReader, writeSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import {
   SHARED_EXPERT, STEP_END_TOKENS, STEP_TOKENS, checkPromptRouting, moteConfig, type MoteConfig, type PromptRouting, type StepName,
   DEFAULT_STEPS, specialTokens,
@@ -503,20 +504,11 @@ function toF32(t: HostTensor): Float32Array {
   return out;
 }
 
+/** adapter_config.json and mote.json are a few KiB; a bound keeps a huge or endless file from being read whole. */
+const MAX_ADAPTER_JSON_BYTES = 16 * 1024 * 1024;
+
 function readJsonFile(file: string, what: string): unknown {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf-8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') throw new FormatError(`${file}: not found (${what})`);
-    throw e;
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(`${file}: not valid JSON: ${(e as Error).message}`);
-  }
+  return readBoundedJson(file, what, MAX_ADAPTER_JSON_BYTES);
 }
 
 /** Reads one PEFT adapter folder and checks every tensor against `cfg`; FormatErrors name the file and tensor. */
@@ -528,26 +520,40 @@ function readAdapter(cfg: ModelConfig, dir: string): ReadAdapter {
     if (bad !== undefined) throw new FormatError(`${cfgFile}: layers_to_transform names layer ${bad}, the model has ${cfg.numLayers} layers`);
   }
   const file = path.join(dir, ADAPTER_WEIGHTS_FILE);
-  if (!fs.existsSync(file)) throw new FormatError(`${file}: not found (a PEFT adapter folder needs adapter_model.safetensors)`);
-  const { tensors } = readSafetensors(file);
-  const expected = peftExpectedWeights(cfg, config);
-  const want = new Map(expected.map((s) => [s.name, s]));
-  for (const [name, t] of tensors) {
-    const spec = want.get(name);
-    if (!spec) {
-      const k = parsePeftKey(name);
-      const why = k === null ? 'not a LoRA factor of a linear layer we adapt'
-        : k.layer >= cfg.numLayers ? `the model has ${cfg.numLayers} layers`
-        : `adapter_config.json does not target ${peftModulePath(k.layer, k.module)}`;
-      throw new FormatError(`${file}: tensor '${name}': unexpected (${why})`);
+  checkRegularFile(file, 'a PEFT adapter folder needs adapter_model.safetensors');
+  // Names, shapes and dtypes come from the header and are checked against the config before any tensor data is read.
+  const reader = SafetensorsReader.open(file);
+  const tensors = new Map<string, HostTensor>();
+  try {
+    const expected = peftExpectedWeights(cfg, config);
+    const want = new Map(expected.map((s) => [s.name, s]));
+    for (const name of reader.names()) {
+      const t = reader.entry(name)!;
+      const spec = want.get(name);
+      if (!spec) {
+        const k = parsePeftKey(name);
+        const why = k === null ? 'not a LoRA factor of a linear layer we adapt'
+          : k.layer >= cfg.numLayers ? `the model has ${cfg.numLayers} layers`
+          : `adapter_config.json does not target ${peftModulePath(k.layer, k.module)}`;
+        throw new FormatError(`${file}: tensor '${name}': unexpected (${why})`);
+      }
+      // A rank the config claims but the tensors do not hold is the config's error: name its field.
+      const rankAxis = spec.which === 'A' ? 0 : 1;
+      if (t.shape.length === 2 && t.shape[1 - rankAxis] === spec.shape[1 - rankAxis] && t.shape[rankAxis] !== spec.shape[rankAxis]) {
+        throw new FormatError(`${cfgFile}: r / rank_pattern give ${peftModulePath(spec.layer, spec.module)} rank ${spec.shape[rankAxis]}, ` +
+          `but ${file}: tensor '${name}' has shape [${t.shape.join(', ')}] (rank ${t.shape[rankAxis]})`);
+      }
+      if (t.shape.length !== 2 || t.shape[0] !== spec.shape[0] || t.shape[1] !== spec.shape[1]) {
+        throw new FormatError(`${file}: tensor '${name}': expected shape [${spec.shape.join(', ')}] for this model, got [${t.shape.join(', ')}]`);
+      }
+      if (t.dtype === null || t.dtype === 'i32') throw new FormatError(`${file}: tensor '${name}': expected a float dtype (F32, F16, BF16), got ${t.storedDType}`);
     }
-    if (t.shape.length !== 2 || t.shape[0] !== spec.shape[0] || t.shape[1] !== spec.shape[1]) {
-      throw new FormatError(`${file}: tensor '${name}': expected shape [${spec.shape.join(', ')}] for this model, got [${t.shape.join(', ')}]`);
+    for (const s of expected) {
+      if (!reader.has(s.name)) throw new FormatError(`${file}: tensor '${s.name}': missing (expected [${s.shape.join(', ')}])`);
     }
-    if (t.dtype === 'i32') throw new FormatError(`${file}: tensor '${name}': expected a float dtype (F32, F16, BF16), got I32`);
-  }
-  for (const s of expected) {
-    if (!tensors.has(s.name)) throw new FormatError(`${file}: tensor '${s.name}': missing (expected [${s.shape.join(', ')}])`);
+    for (const s of expected) tensors.set(s.name, reader.read(s.name));
+  } finally {
+    reader.close();
   }
   const modules = new Map<string, { A: Float32Array; B: Float32Array; rank: number; scale: number }>();
   for (let l = 0; l < cfg.numLayers; l++) {
@@ -701,7 +707,16 @@ export function parseMoteJson(json: unknown, file = MOTE_FILE): { config: MoteCo
       ...(j.target_modules !== undefined ? { targetModules: j.target_modules as LinearModule[] } : {}),
     }, file);
   } catch (e) {
-    if (e instanceof ArgumentError) throw new FormatError(e.message);
+    // moteConfig names its options; a file's reader wants the JSON field names.
+    if (e instanceof ArgumentError) {
+      const names: Record<string, string> = { rank: 'r', loraAlpha: 'lora_alpha', targetModules: 'target_modules', promptRouting: 'prompt_routing' };
+      const prefix = `${file}: `;
+      let msg = e.message;
+      if (msg.startsWith(prefix)) {
+        msg = prefix + msg.slice(prefix.length).replace(/^(rank|loraAlpha|targetModules|promptRouting)\b/, (k) => names[k]!);
+      }
+      throw new FormatError(msg);
+    }
     throw e;
   }
   const experts: Record<string, string> = {};

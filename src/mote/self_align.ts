@@ -344,7 +344,7 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
       // Tags are structure, not text; ids past the tokenizer (padded embedding rows) have no text.
       const body = toks.filter((t) => !tagIds.has(t) && t >= 0 && t < V);
       w.texts[stage] = tokenizer.decode(body, { skipSpecialTokens: true }).trim();
-      w.truncated[stage] = r.stopReason === 'length';
+      w.truncated[stage] = r.stopReason === 'length' || r.stopReason === 'context';
     });
   };
 

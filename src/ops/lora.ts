@@ -106,6 +106,11 @@ export class LoraRouting {
   }
 }
 
+/** Most adapters one routing may address (its per-adapter tables are sized by L): 2^16. */
+export const MAX_LORA_ADAPTERS = 1 << 16;
+/** Most slots per token: MoTE uses 2; 64 leaves room for any mixing scheme. */
+export const MAX_LORA_SLOTS = 64;
+
 /**
  * Builds the routing of a batch. slots: T·K adapter indices (−1 = none); weight: T·K
  * mixing weights (default 1). MoTE: K = 2, [step expert, shared], weights [α, 1 − α].
@@ -114,8 +119,9 @@ export function loraRouting(backend: Backend, slots: Int32Array | readonly numbe
   const op = 'loraRouting';
   checkBackend(op, 'backend', backend);
   checkObject(op, 'opts', opts, 'an options object with K and L');
-  const K = checkInt(op, 'K', opts.K, 1, 2 ** 31 - 1);
-  const L = checkInt(op, 'L', opts.L, 1, 2 ** 31 - 1);
+  // The routing allocates per-adapter tables of length L: bound it before anything is sized by it.
+  const K = checkInt(op, 'K', opts.K, 1, MAX_LORA_SLOTS);
+  const L = checkInt(op, 'L', opts.L, 1, MAX_LORA_ADAPTERS);
   const at = (i: number) => `[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)})`;
   // every entry checked as given: 2^32 or 1.5 must not wrap through an Int32Array into a valid slot
   const s = checkIntArray(op, 'slots', slots, -1, L - 1, undefined, at);
