@@ -66,11 +66,11 @@ Call parse(const Napi::CallbackInfo& info) {
   a.b_dtype = field_int(env, o, "bDtype", 0, 2);
   a.strategy = field_int(env, o, "strategy", 0, 1);
   // the sizes v_bytes() etc. compute unchecked must fit
-  bytes_of(env, "v, dv (T·K·R)", {c.TK(), size_t(a.R), 4});
-  bytes_of(env, "x, dx (T·Hin)", {size_t(a.T), size_t(a.Hin), 4});
-  bytes_of(env, "y, dy (T·Hout)", {size_t(a.T), size_t(a.Hout), 4});
-  bytes_of(env, "dA (L·R·Hin)", {size_t(a.L), size_t(a.R), size_t(a.Hin), 4});
-  bytes_of(env, "dB (L·Hout·R)", {size_t(a.L), size_t(a.Hout), size_t(a.R), 4});
+  bytes_of(env, "args.T·K·R (v, dv)", {c.TK(), size_t(a.R), 4});
+  bytes_of(env, "args.T·Hin (x, dx)", {size_t(a.T), size_t(a.Hin), 4});
+  bytes_of(env, "args.T·Hout (y, dy)", {size_t(a.T), size_t(a.Hout), 4});
+  bytes_of(env, "args.L·R·Hin (dA)", {size_t(a.L), size_t(a.R), size_t(a.Hin), 4});
+  bytes_of(env, "args.L·Hout·R (dB)", {size_t(a.L), size_t(a.Hout), size_t(a.R), 4});
   const size_t as = dtype_size(to_dtype(a.a_dtype)), bs = dtype_size(to_dtype(a.b_dtype));
   auto* slots = field_buffer(env, o, "slots", bytes_of(env, "args.slots", {c.TK(), 4}));
   auto* weight = field_buffer(env, o, "weight", bytes_of(env, "args.weight", {c.TK(), 4}));

@@ -193,8 +193,8 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
     a.scale = float(d);
   }
   // every buffer size the call derives from the dims must fit (q_bytes() etc. multiply unchecked)
-  bytes_of(env, "q, out, dq, dOut (Tq·nH·D)", {size_t(a.Tq), size_t(a.nH), size_t(a.D), f4});
-  bytes_of(env, "k, v, dk, dv (Tk·nKv·D)", {size_t(a.Tk), size_t(a.nKv), size_t(a.D), f4});
+  bytes_of(env, "args.Tq·nH·D (q, out, dq, dOut)", {size_t(a.Tq), size_t(a.nH), size_t(a.D), f4});
+  bytes_of(env, "args.Tk·nKv·D (k, v, dk, dv)", {size_t(a.Tk), size_t(a.nKv), size_t(a.D), f4});
   const size_t S = size_t(a.S);
   auto* qSeq = field_buffer(env, o, "qSeq", bytes_of(env, "args.qSeq", {size_t(a.Tq), f4}));
   auto* qPos = field_buffer(env, o, "qPos", bytes_of(env, "args.qPos", {size_t(a.Tq), f4}));
