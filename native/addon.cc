@@ -1,6 +1,8 @@
 // Node-API entry: buffers, device info, threads. Kernel bindings live in bind_<family>.cc.
 #include <napi.h>
 
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -28,6 +30,12 @@ void free_buffer(Napi::Env env, NativeBuffer* b) {
   b->ptr = nullptr;
 }
 
+std::string num_str(double d) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.17g", d);
+  return b;
+}
+
 NativeBuffer* buffer_arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
   if (i >= info.Length() || !info[i].IsExternal()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a native buffer");
   auto* b = info[i].As<Napi::External<NativeBuffer>>().Data();
@@ -37,17 +45,62 @@ NativeBuffer* buffer_arg(const Napi::CallbackInfo& info, size_t i, const char* n
   return b;
 }
 
-int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected an integer");
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (v != double(int64_t(v)) || v < -2147483648.0 || v > 2147483647.0)
-    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected a 32-bit integer, got " + std::to_string(v));
-  return int(v);
-}
-
 double num_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a number");
   return info[i].As<Napi::Number>().DoubleValue();
+}
+
+namespace {
+// d is an integer in [lo, hi]: the range test comes first, so NaN and ±inf fail it before the floor.
+bool integer_in(double d, int64_t lo, int64_t hi) { return d >= double(lo) && d <= double(hi) && d == std::floor(d); }
+
+std::string range_str(int64_t lo, int64_t hi) { return "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]"; }
+}  // namespace
+
+int64_t integer_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t lo, int64_t hi) {
+  if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected an integer");
+  double d = info[i].As<Napi::Number>().DoubleValue();
+  if (!integer_in(d, lo, hi))
+    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected an integer in " + range_str(lo, hi) + ", got " + num_str(d));
+  return int64_t(d);
+}
+
+int index_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int lo, int hi) { return int(integer_arg(info, i, name, lo, hi)); }
+
+int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return index_arg(info, i, name, -kMaxInt - 1, kMaxInt); }
+
+size_t size_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return size_t(integer_arg(info, i, name, 0, int64_t(kMaxSafeInt))); }
+
+size_t offset_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return size_arg(info, i, name); }
+
+int field_int(Napi::Env env, const Napi::Object& o, const char* name, int lo, int hi) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected an integer");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!integer_in(d, lo, hi))
+    throw Napi::RangeError::New(env, std::string("args.") + name + ": expected an integer in " + range_str(lo, hi) + ", got " + num_str(d));
+  return int(d);
+}
+
+NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* name, size_t min_bytes) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsExternal()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected a native buffer");
+  auto* b = v.As<Napi::External<NativeBuffer>>().Data();
+  if (!b->ptr) throw Napi::Error::New(env, std::string("args.") + name + ": buffer was already freed");
+  if (b->bytes < min_bytes)
+    throw Napi::RangeError::New(env, std::string("args.") + name + ": buffer holds " + std::to_string(b->bytes) + " bytes, kernel needs " +
+                                         std::to_string(min_bytes));
+  return b;
+}
+
+size_t bytes_of(Napi::Env env, const char* what, std::initializer_list<size_t> factors) {
+  const size_t cap = size_t(kMaxSafeInt);
+  size_t p = 1;
+  for (size_t f : factors) {
+    if (f != 0 && p > cap / f) throw Napi::RangeError::New(env, std::string(what) + ": its dims give a byte size past 2^53");
+    p *= f;
+  }
+  return p;
 }
 
 bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
@@ -124,17 +177,16 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Napi::Env env = info.Env();
-    int dev = int_arg(info, 0, "device");
-    double bytes = num_arg(info, 1, "bytes");
-    if (bytes < 0 || bytes != double(size_t(bytes))) throw Napi::RangeError::New(env, "bytes: expected a non-negative integer");
+    int dev = index_arg(info, 0, "device", 0, 1);
+    size_t bytes = size_arg(info, 1, "bytes");
     auto* b = new NativeBuffer();
-    b->bytes = size_t(bytes);
+    b->bytes = bytes;
     if (dev == int(Device::CPU)) {
       size_t sz = (b->bytes + 63) / 64 * 64;
       b->ptr = std::aligned_alloc(64, sz ? sz : 64);
       if (!b->ptr) {
         delete b;
-        throw Napi::Error::New(env, "out of host memory allocating " + std::to_string(size_t(bytes)) + " bytes");
+        throw Napi::Error::New(env, "out of host memory allocating " + std::to_string(bytes) + " bytes");
       }
       b->device = Device::CPU;
     } else {
@@ -170,7 +222,8 @@ Napi::Value Transfer(const Napi::CallbackInfo& info, bool toDevice) {
   return guarded(info, [&]() -> Napi::Value {
     if (info.Length() < 2 || !info[1].IsTypedArray()) throw Napi::TypeError::New(info.Env(), "data: expected a Uint8Array");
     auto arr = info[1].As<Napi::TypedArray>();
-    size_t off = info.Length() > 2 ? size_t(num_arg(info, 2, "byteOffset")) : 0;
+    // an absent offset is 0; a present one must be a valid offset (undefined counts as absent)
+    size_t off = info.Length() > 2 && !info[2].IsUndefined() ? offset_arg(info, 2, "byteOffset") : 0;
     NativeBuffer* b = buffer_arg(info, 0, "buffer", off + arr.ByteLength());
     uint8_t* host = static_cast<uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset();
     uint8_t* dev = static_cast<uint8_t*>(b->ptr) + off;
@@ -193,7 +246,9 @@ Napi::Value Read(const Napi::CallbackInfo& info) { return Transfer(info, false);
 Napi::Value Sync(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
 #ifdef MOTE_HAVE_CUDA
-    if (int_arg(info, 0, "device") == int(Device::CUDA)) cuda::synchronize();
+    if (index_arg(info, 0, "device", 0, 1) == int(Device::CUDA)) cuda::synchronize();
+#else
+    index_arg(info, 0, "device", 0, 1);
 #endif
     return info.Env().Undefined();
   });
@@ -201,8 +256,7 @@ Napi::Value Sync(const Napi::CallbackInfo& info) {
 
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int n = int_arg(info, 0, "threads");
-    if (n < 1) throw Napi::RangeError::New(info.Env(), "threads: expected a positive integer");
+    int n = index_arg(info, 0, "threads", 1, 4096);
     cpu::set_num_threads(n);
     return info.Env().Undefined();
   });
@@ -210,9 +264,9 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
 
 Napi::Value Copy(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    double n = num_arg(info, 2, "n");
-    auto* d = buffer_arg(info, 0, "dst", size_t(n) * 4);
-    auto* s = buffer_arg(info, 1, "src", size_t(n) * 4);
+    const size_t n = size_arg(info, 2, "n");
+    auto* d = buffer_arg(info, 0, "dst", bytes_of(info.Env(), "dst", {n, 4}));
+    auto* s = buffer_arg(info, 1, "src", bytes_of(info.Env(), "src", {n, 4}));
     if (same_device({d, s}) == Device::CPU) {
       cpu::copy(static_cast<float*>(d->ptr), static_cast<const float*>(s->ptr), int64_t(n));
     } else {

@@ -18,11 +18,33 @@ struct NativeBuffer {
 
 void free_buffer(Napi::Env env, NativeBuffer* b);
 
-// Argument readers: each throws a JS TypeError naming the argument.
+// Argument readers: each throws a JS TypeError (wrong type, missing) or RangeError (bad
+// value) naming the argument. Every number is checked as a double before any cast, so NaN,
+// ±inf, fractions and values past the target type never reach C++ arithmetic.
+constexpr double kMaxSafeInt = 9007199254740991.0;  // 2^53 − 1: larger doubles skip integers
+constexpr int kMaxInt = 2147483647;
+
+std::string num_str(double d);
 NativeBuffer* buffer_arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes);
-int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
 double num_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
 bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+// An integer in [lo, hi] (bounds within ±2^53).
+int64_t integer_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t lo, int64_t hi);
+// A 32-bit integer (dims, dtype codes, counts the kernels take as int) in [lo, hi].
+int index_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int lo = 0, int hi = kMaxInt);
+int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name);  // any 32-bit integer
+// An element count or byte size: an integer in [0, 2^53).
+size_t size_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+// A byte offset into a buffer: an integer in [0, 2^53).
+size_t offset_arg(const Napi::CallbackInfo& info, size_t i, const char* name);
+
+// The same checks for fields of an object argument (named "args.<name>").
+int field_int(Napi::Env env, const Napi::Object& o, const char* name, int lo, int hi = kMaxInt);
+NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* name, size_t min_bytes);
+
+// The byte size dims × element size of buffer `what`; a RangeError naming it when the
+// product passes 2^53 (it would wrap in size_t and let a small buffer pass the size check).
+size_t bytes_of(Napi::Env env, const char* what, std::initializer_list<size_t> factors);
 
 // All buffers of one kernel call must live on the same device; returns it.
 Device same_device(std::initializer_list<NativeBuffer*> bufs);

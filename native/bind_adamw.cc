@@ -18,20 +18,6 @@ namespace {
 
 constexpr size_t f4 = sizeof(float);
 
-std::string num_str(double d) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.17g", d);
-  return b;
-}
-
-// An element count (may exceed 2^31): a non-negative safe integer.
-int64_t count_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  double d = num_arg(info, i, name);
-  if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d))
-    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected a non-negative integer, got " + num_str(d));
-  return int64_t(d);
-}
-
 // A scalar that must be finite as an f32 and lie in [lo, hi) (or (lo, hi) when lo_open).
 float scalar_arg(const Napi::CallbackInfo& info, size_t i, const char* name, double lo, bool lo_open, double hi) {
   double d = num_arg(info, i, name);
@@ -48,7 +34,7 @@ constexpr double kInf = INFINITY;
 
 Napi::Value Adamw(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int64_t n = count_arg(info, 4, "n");
+    const size_t n = size_arg(info, 4, "n");
     const double lr_d = num_arg(info, 5, "lr"), b1_d = num_arg(info, 6, "beta1"), b2_d = num_arg(info, 7, "beta2"),
                  wd_d = num_arg(info, 9, "weightDecay");
     float lr = scalar_arg(info, 5, "lr", 0.0, false, kInf);
@@ -62,10 +48,10 @@ Napi::Value Adamw(const Napi::CallbackInfo& info) {
     float bc1 = scalar_arg(info, 10, "bc1", 0.0, true, 1.0 + 1e-12);
     float bc2 = scalar_arg(info, 11, "bc2", 0.0, true, 1.0 + 1e-12);
     float gs = scalar_arg(info, 12, "gradScale", -kInf, false, kInf);
-    auto* p = buffer_arg(info, 0, "p", size_t(n) * f4);
-    auto* g = buffer_arg(info, 1, "g", size_t(n) * f4);
-    auto* m = buffer_arg(info, 2, "m", size_t(n) * f4);
-    auto* v = buffer_arg(info, 3, "v", size_t(n) * f4);
+    auto* p = buffer_arg(info, 0, "p", bytes_of(info.Env(), "p", {n, f4}));
+    auto* g = buffer_arg(info, 1, "g", bytes_of(info.Env(), "g", {n, f4}));
+    auto* m = buffer_arg(info, 2, "m", bytes_of(info.Env(), "m", {n, f4}));
+    auto* v = buffer_arg(info, 3, "v", bytes_of(info.Env(), "v", {n, f4}));
     if (p == m || p == v || m == v || g == p || g == m || g == v)
       throw Napi::Error::New(info.Env(), "adamw: p, g, m and v must be four distinct buffers");
     if (same_device({p, g, m, v}) == Device::CPU) cpu::adamw(F(p), F(g), F(m), F(v), n, lr, beta1, c1, beta2, c2, eps, decay, bc1, bc2, gs);
@@ -76,9 +62,9 @@ Napi::Value Adamw(const Napi::CallbackInfo& info) {
 
 Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int64_t n = count_arg(info, 2, "n");
-    auto* out = buffer_arg(info, 0, "out", f4);
-    auto* g = buffer_arg(info, 1, "g", size_t(n) * f4);
+    const size_t n = size_arg(info, 2, "n");
+    auto* out = buffer_arg(info, 0, "out", bytes_of(info.Env(), "out", {f4}));
+    auto* g = buffer_arg(info, 1, "g", bytes_of(info.Env(), "g", {n, f4}));
     if (out == g) throw Napi::Error::New(info.Env(), "sumSquares: out must not be g");
     if (same_device({out, g}) == Device::CPU) cpu::sum_squares(F(out), F(g), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_sum_squares(F(out), F(g), n, nullptr), "sumSquares");

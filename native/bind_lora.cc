@@ -21,33 +21,6 @@
 namespace mote {
 namespace {
 
-NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* name, size_t min_bytes) {
-  Napi::Value v = o.Get(name);
-  if (!v.IsExternal()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected a native buffer");
-  auto* b = v.As<Napi::External<NativeBuffer>>().Data();
-  if (!b->ptr) throw Napi::Error::New(env, std::string("args.") + name + ": buffer was already freed");
-  if (b->bytes < min_bytes)
-    throw Napi::RangeError::New(env, std::string("args.") + name + ": buffer holds " + std::to_string(b->bytes) + " bytes, kernel needs " +
-                                         std::to_string(min_bytes));
-  return b;
-}
-
-std::string num_str(double d) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.17g", d);
-  return b;
-}
-
-int field_int(Napi::Env env, const Napi::Object& o, const char* name, int lo, int hi) {
-  Napi::Value v = o.Get(name);
-  if (!v.IsNumber()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected an integer");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= lo && d <= hi) || d != double(int64_t(d)))  // range first: NaN and ±inf never reach the cast
-    throw Napi::RangeError::New(env, std::string("args.") + name + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                                         "], got " + num_str(d));
-  return int(d);
-}
-
 // The parsed call: the C args plus the buffers they point into (for the device check).
 struct Call {
   mote_lora_args a{};
@@ -80,29 +53,34 @@ Call parse(const Napi::CallbackInfo& info) {
   Napi::Object o = info[0].As<Napi::Object>();
   Call c;
   mote_lora_args& a = c.a;
-  constexpr int kMax = 2147483647;
-  a.T = field_int(env, o, "T", 1, kMax);
-  a.K = field_int(env, o, "K", 1, kMax);
-  a.L = field_int(env, o, "L", 1, kMax);
-  a.R = field_int(env, o, "R", 1, kMax);
-  a.Hin = field_int(env, o, "Hin", 1, kMax);
-  a.Hout = field_int(env, o, "Hout", 1, kMax);
-  if (c.TK() > size_t(kMax)) throw Napi::RangeError::New(env, "args: T·K must fit in a 32-bit integer");
+    a.T = field_int(env, o, "T", 1, kMaxInt);
+  a.K = field_int(env, o, "K", 1, kMaxInt);
+  a.L = field_int(env, o, "L", 1, kMaxInt);
+  a.R = field_int(env, o, "R", 1, kMaxInt);
+  a.Hin = field_int(env, o, "Hin", 1, kMaxInt);
+  a.Hout = field_int(env, o, "Hout", 1, kMaxInt);
+  if (c.TK() > size_t(kMaxInt)) throw Napi::RangeError::New(env, "args: T·K must fit in a 32-bit integer");
   a.P = field_int(env, o, "P", 0, int(c.TK()));
   a.G = field_int(env, o, "G", 0, a.L);
   a.a_dtype = field_int(env, o, "aDtype", 0, 2);
   a.b_dtype = field_int(env, o, "bDtype", 0, 2);
   a.strategy = field_int(env, o, "strategy", 0, 1);
+  // the sizes v_bytes() etc. compute unchecked must fit
+  bytes_of(env, "args.T·K·R (v, dv)", {c.TK(), size_t(a.R), 4});
+  bytes_of(env, "args.T·Hin (x, dx)", {size_t(a.T), size_t(a.Hin), 4});
+  bytes_of(env, "args.T·Hout (y, dy)", {size_t(a.T), size_t(a.Hout), 4});
+  bytes_of(env, "args.L·R·Hin (dA)", {size_t(a.L), size_t(a.R), size_t(a.Hin), 4});
+  bytes_of(env, "args.L·Hout·R (dB)", {size_t(a.L), size_t(a.Hout), size_t(a.R), 4});
   const size_t as = dtype_size(to_dtype(a.a_dtype)), bs = dtype_size(to_dtype(a.b_dtype));
-  auto* slots = field_buffer(env, o, "slots", c.TK() * 4);
-  auto* weight = field_buffer(env, o, "weight", c.TK() * 4);
-  auto* order = field_buffer(env, o, "order", size_t(a.P) * 4);
+  auto* slots = field_buffer(env, o, "slots", bytes_of(env, "args.slots", {c.TK(), 4}));
+  auto* weight = field_buffer(env, o, "weight", bytes_of(env, "args.weight", {c.TK(), 4}));
+  auto* order = field_buffer(env, o, "order", bytes_of(env, "args.order", {size_t(a.P), 4}));
   auto* segStart = field_buffer(env, o, "segStart", size_t(a.G + 1) * 4);
-  auto* segAdapter = field_buffer(env, o, "segAdapter", size_t(a.G) * 4);
-  auto* A = field_buffer(env, o, "A", size_t(a.L) * a.R * a.Hin * as);
-  auto* B = field_buffer(env, o, "B", size_t(a.L) * a.Hout * a.R * bs);
-  auto* rank = field_buffer(env, o, "rank", size_t(a.L) * 4);
-  auto* scale = field_buffer(env, o, "scale", size_t(a.L) * 4);
+  auto* segAdapter = field_buffer(env, o, "segAdapter", bytes_of(env, "args.segAdapter", {size_t(a.G), 4}));
+  auto* A = field_buffer(env, o, "A", bytes_of(env, "args.A", {size_t(a.L), size_t(a.R), size_t(a.Hin), as}));
+  auto* B = field_buffer(env, o, "B", bytes_of(env, "args.B", {size_t(a.L), size_t(a.Hout), size_t(a.R), bs}));
+  auto* rank = field_buffer(env, o, "rank", bytes_of(env, "args.rank", {size_t(a.L), 4}));
+  auto* scale = field_buffer(env, o, "scale", bytes_of(env, "args.scale", {size_t(a.L), 4}));
   c.bufs = {slots, weight, order, segStart, segAdapter, A, B, rank, scale};
   a.slots = static_cast<const int*>(slots->ptr);
   a.weight = static_cast<const float*>(weight->ptr);

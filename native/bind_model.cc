@@ -34,31 +34,6 @@
 namespace mote {
 namespace {
 
-constexpr int kMaxInt = 2147483647;
-
-std::string num_str(double d) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.17g", d);
-  return b;
-}
-
-// An integer argument in [lo, hi].
-int dim_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int lo, int hi = kMaxInt) {
-  int v = int_arg(info, i, name);
-  if (v < lo || v > hi)
-    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                                                "], got " + std::to_string(v));
-  return v;
-}
-
-// An element count (may exceed 2^31): a non-negative safe integer.
-int64_t count_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  double d = num_arg(info, i, name);
-  if (!(d >= 0 && d <= 9007199254740991.0) || d != std::floor(d))
-    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected a non-negative integer, got " + num_str(d));
-  return int64_t(d);
-}
-
 // A finite float argument (optionally > 0).
 float float_arg(const Napi::CallbackInfo& info, size_t i, const char* name, bool positive) {
   double d = num_arg(info, i, name);
@@ -68,7 +43,7 @@ float float_arg(const Napi::CallbackInfo& info, size_t i, const char* name, bool
   return float(d);
 }
 
-int wdtype_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return dim_arg(info, i, name, 0, 2); }
+int wdtype_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return index_arg(info, i, name, 0, 2); }
 
 inline const int* I(NativeBuffer* b) { return static_cast<const int*>(b->ptr); }
 
@@ -79,10 +54,10 @@ constexpr size_t f4 = 4;  // bytes of an f32 / i32
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     int ed = wdtype_arg(info, 3, "edtype");
-    int T = dim_arg(info, 4, "T", 1), V = dim_arg(info, 5, "V", 1), H = dim_arg(info, 6, "H", 1);
-    auto* y = buffer_arg(info, 0, "y", size_t(T) * H * f4);
-    auto* ids = buffer_arg(info, 1, "ids", size_t(T) * f4);
-    auto* E = buffer_arg(info, 2, "E", size_t(V) * H * dtype_size(to_dtype(ed)));
+    int T = index_arg(info, 4, "T", 1), V = index_arg(info, 5, "V", 1), H = index_arg(info, 6, "H", 1);
+    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {size_t(T), size_t(H), f4}));
+    auto* ids = buffer_arg(info, 1, "ids", bytes_of(info.Env(), "ids", {size_t(T), f4}));
+    auto* E = buffer_arg(info, 2, "E", bytes_of(info.Env(), "E", {size_t(V), size_t(H), dtype_size(to_dtype(ed))}));
     if (same_device({y, ids, E}) == Device::CPU) cpu::embedding(F(y), I(ids), E->ptr, ed, T, V, H);
     else MOTE_CUDA_OR_THROW(mote_cuda_embedding(F(y), I(ids), E->ptr, ed, T, V, H, nullptr), "embedding");
     return info.Env().Undefined();
@@ -91,14 +66,14 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
 
 Napi::Value EmbeddingGrad(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int T = dim_arg(info, 6, "T", 1), V = dim_arg(info, 7, "V", 1), H = dim_arg(info, 8, "H", 1);
-    int G = dim_arg(info, 5, "G", 0, T);
+    int T = index_arg(info, 6, "T", 1), V = index_arg(info, 7, "V", 1), H = index_arg(info, 8, "H", 1);
+    int G = index_arg(info, 5, "G", 0, T);
     bool acc = bool_arg(info, 9, "accumulate");
-    auto* dE = buffer_arg(info, 0, "dE", size_t(V) * H * f4);
-    auto* dy = buffer_arg(info, 1, "dy", size_t(T) * H * f4);
-    auto* order = buffer_arg(info, 2, "order", size_t(T) * f4);
+    auto* dE = buffer_arg(info, 0, "dE", bytes_of(info.Env(), "dE", {size_t(V), size_t(H), f4}));
+    auto* dy = buffer_arg(info, 1, "dy", bytes_of(info.Env(), "dy", {size_t(T), size_t(H), f4}));
+    auto* order = buffer_arg(info, 2, "order", bytes_of(info.Env(), "order", {size_t(T), f4}));
     auto* segStart = buffer_arg(info, 3, "segStart", (size_t(G) + 1) * f4);
-    auto* segIds = buffer_arg(info, 4, "segIds", size_t(G) * f4);
+    auto* segIds = buffer_arg(info, 4, "segIds", bytes_of(info.Env(), "segIds", {size_t(G), f4}));
     if (same_device({dE, dy, order, segStart, segIds}) == Device::CPU)
       cpu::embedding_grad(F(dE), F(dy), I(order), I(segStart), I(segIds), G, T, V, H, acc);
     else
@@ -112,12 +87,12 @@ Napi::Value EmbeddingGrad(const Napi::CallbackInfo& info) {
 Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     int wd = wdtype_arg(info, 4, "wdtype");
-    int T = dim_arg(info, 5, "T", 1), H = dim_arg(info, 6, "H", 1);
+    int T = index_arg(info, 5, "T", 1), H = index_arg(info, 6, "H", 1);
     float eps = float_arg(info, 7, "eps", true);
-    auto* y = buffer_arg(info, 0, "y", size_t(T) * H * f4);
-    auto* rstd = buffer_arg(info, 1, "rstd", size_t(T) * f4);
-    auto* x = buffer_arg(info, 2, "x", size_t(T) * H * f4);
-    auto* w = buffer_arg(info, 3, "w", size_t(H) * dtype_size(to_dtype(wd)));
+    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {size_t(T), size_t(H), f4}));
+    auto* rstd = buffer_arg(info, 1, "rstd", bytes_of(info.Env(), "rstd", {size_t(T), f4}));
+    auto* x = buffer_arg(info, 2, "x", bytes_of(info.Env(), "x", {size_t(T), size_t(H), f4}));
+    auto* w = buffer_arg(info, 3, "w", bytes_of(info.Env(), "w", {size_t(H), dtype_size(to_dtype(wd))}));
     if (same_device({y, rstd, x, w}) == Device::CPU) cpu::rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps);
     else MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps, nullptr), "rmsnorm");
     return info.Env().Undefined();
@@ -127,14 +102,14 @@ Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
 Napi::Value RmsnormGrad(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     int wd = wdtype_arg(info, 5, "wdtype");
-    int T = dim_arg(info, 7, "T", 1), H = dim_arg(info, 8, "H", 1);
+    int T = index_arg(info, 7, "T", 1), H = index_arg(info, 8, "H", 1);
     bool acc = bool_arg(info, 9, "accumulateDw");
-    auto* dx = buffer_arg(info, 0, "dx", size_t(T) * H * f4);
-    auto* dw = buffer_arg(info, 1, "dw", size_t(H) * f4);
-    auto* dy = buffer_arg(info, 2, "dy", size_t(T) * H * f4);
-    auto* x = buffer_arg(info, 3, "x", size_t(T) * H * f4);
-    auto* w = buffer_arg(info, 4, "w", size_t(H) * dtype_size(to_dtype(wd)));
-    auto* rstd = buffer_arg(info, 6, "rstd", size_t(T) * f4);
+    auto* dx = buffer_arg(info, 0, "dx", bytes_of(info.Env(), "dx", {size_t(T), size_t(H), f4}));
+    auto* dw = buffer_arg(info, 1, "dw", bytes_of(info.Env(), "dw", {size_t(H), f4}));
+    auto* dy = buffer_arg(info, 2, "dy", bytes_of(info.Env(), "dy", {size_t(T), size_t(H), f4}));
+    auto* x = buffer_arg(info, 3, "x", bytes_of(info.Env(), "x", {size_t(T), size_t(H), f4}));
+    auto* w = buffer_arg(info, 4, "w", bytes_of(info.Env(), "w", {size_t(H), dtype_size(to_dtype(wd))}));
+    auto* rstd = buffer_arg(info, 6, "rstd", bytes_of(info.Env(), "rstd", {size_t(T), f4}));
     if (same_device({dx, dw, dy, x, w, rstd}) == Device::CPU)
       cpu::rmsnorm_grad(F(dx), F(dw), F(dy), F(x), w->ptr, wd, F(rstd), T, H, acc);
     else
@@ -147,12 +122,12 @@ Napi::Value RmsnormGrad(const Napi::CallbackInfo& info) {
 
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int T = dim_arg(info, 4, "T", 1), heads = dim_arg(info, 5, "heads", 1), D = dim_arg(info, 6, "D", 2);
+    int T = index_arg(info, 4, "T", 1), heads = index_arg(info, 5, "heads", 1), D = index_arg(info, 6, "D", 2);
     if (D % 2 != 0) throw Napi::RangeError::New(info.Env(), "D: expected an even head dim, got " + std::to_string(D));
     bool inverse = bool_arg(info, 7, "inverse");
-    auto* y = buffer_arg(info, 0, "y", size_t(T) * heads * D * f4);
-    auto* x = buffer_arg(info, 1, "x", size_t(T) * heads * D * f4);
-    auto* pos = buffer_arg(info, 2, "positions", size_t(T) * f4);
+    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {size_t(T), size_t(heads), size_t(D), f4}));
+    auto* x = buffer_arg(info, 1, "x", bytes_of(info.Env(), "x", {size_t(T), size_t(heads), size_t(D), f4}));
+    auto* pos = buffer_arg(info, 2, "positions", bytes_of(info.Env(), "positions", {size_t(T), f4}));
     auto* inv = buffer_arg(info, 3, "invFreq", size_t(D / 2) * f4);
     if (same_device({y, x, pos, inv}) == Device::CPU) cpu::rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse);
     else MOTE_CUDA_OR_THROW(mote_cuda_rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse, nullptr), "rope");
@@ -161,27 +136,6 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------------------- attention
-
-NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* name, size_t min_bytes) {
-  Napi::Value v = o.Get(name);
-  if (!v.IsExternal()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected a native buffer");
-  auto* b = v.As<Napi::External<NativeBuffer>>().Data();
-  if (!b->ptr) throw Napi::Error::New(env, std::string("args.") + name + ": buffer was already freed");
-  if (b->bytes < min_bytes)
-    throw Napi::RangeError::New(env, std::string("args.") + name + ": buffer holds " + std::to_string(b->bytes) + " bytes, kernel needs " +
-                                         std::to_string(min_bytes));
-  return b;
-}
-
-int field_int(Napi::Env env, const Napi::Object& o, const char* name, int lo, int hi = kMaxInt) {
-  Napi::Value v = o.Get(name);
-  if (!v.IsNumber()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected an integer");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= lo && d <= hi) || d != double(int64_t(d)))  // range first: NaN and ±inf never reach the cast
-    throw Napi::RangeError::New(env, std::string("args.") + name + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                                         "], got " + num_str(d));
-  return int(d);
-}
 
 // The parsed layout and dims, plus every buffer of the call (for the device check).
 struct AttnCall {
@@ -238,15 +192,18 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
     if (!std::isfinite(d) || !(d > 0)) throw Napi::RangeError::New(env, "args.scale: expected a positive finite number");
     a.scale = float(d);
   }
+  // every buffer size the call derives from the dims must fit (q_bytes() etc. multiply unchecked)
+  bytes_of(env, "args.Tq·nH·D (q, out, dq, dOut)", {size_t(a.Tq), size_t(a.nH), size_t(a.D), f4});
+  bytes_of(env, "args.Tk·nKv·D (k, v, dk, dv)", {size_t(a.Tk), size_t(a.nKv), size_t(a.D), f4});
   const size_t S = size_t(a.S);
-  auto* qSeq = field_buffer(env, o, "qSeq", size_t(a.Tq) * f4);
-  auto* qPos = field_buffer(env, o, "qPos", size_t(a.Tq) * f4);
-  auto* kSeq = field_buffer(env, o, "kSeq", size_t(a.Tk) * f4);
-  auto* kPos = field_buffer(env, o, "kPos", size_t(a.Tk) * f4);
+  auto* qSeq = field_buffer(env, o, "qSeq", bytes_of(env, "args.qSeq", {size_t(a.Tq), f4}));
+  auto* qPos = field_buffer(env, o, "qPos", bytes_of(env, "args.qPos", {size_t(a.Tq), f4}));
+  auto* kSeq = field_buffer(env, o, "kSeq", bytes_of(env, "args.kSeq", {size_t(a.Tk), f4}));
+  auto* kPos = field_buffer(env, o, "kPos", bytes_of(env, "args.kPos", {size_t(a.Tk), f4}));
   // without segments (S = 0) these three are never read
   auto* qSeg = field_buffer(env, o, "qSeg", S ? size_t(a.Tq) * f4 : 0);
   auto* kSeg = field_buffer(env, o, "kSeg", S ? size_t(a.Tk) * f4 : 0);
-  auto* blocked = field_buffer(env, o, "blocked", size_t(a.num_seqs) * S * S * f4);
+  auto* blocked = field_buffer(env, o, "blocked", bytes_of(env, "args.blocked", {size_t(a.num_seqs), S, S, f4}));
   c.bufs = {qSeq, qPos, kSeq, kPos, qSeg, kSeg, blocked};
   a.q_seq = I(qSeq); a.q_pos = I(qPos); a.k_seq = I(kSeq); a.k_pos = I(kPos);
   a.q_seg = I(qSeg); a.k_seg = I(kSeg); a.blocked = I(blocked);
@@ -305,10 +262,10 @@ Napi::Value AttentionGrad(const Napi::CallbackInfo& info) {
 
 Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int64_t n = count_arg(info, 3, "n");
-    auto* y = buffer_arg(info, 0, "y", size_t(n) * f4);
-    auto* gate = buffer_arg(info, 1, "gate", size_t(n) * f4);
-    auto* up = buffer_arg(info, 2, "up", size_t(n) * f4);
+    const size_t n = size_arg(info, 3, "n");
+    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {n, f4}));
+    auto* gate = buffer_arg(info, 1, "gate", bytes_of(info.Env(), "gate", {n, f4}));
+    auto* up = buffer_arg(info, 2, "up", bytes_of(info.Env(), "up", {n, f4}));
     if (same_device({y, gate, up}) == Device::CPU) cpu::swiglu(F(y), F(gate), F(up), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_swiglu(F(y), F(gate), F(up), n, nullptr), "swiglu");
     return info.Env().Undefined();
@@ -317,12 +274,12 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
 
 Napi::Value SwigluGrad(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int64_t n = count_arg(info, 5, "n");
-    auto* dgate = buffer_arg(info, 0, "dgate", size_t(n) * f4);
-    auto* dup = buffer_arg(info, 1, "dup", size_t(n) * f4);
-    auto* dy = buffer_arg(info, 2, "dy", size_t(n) * f4);
-    auto* gate = buffer_arg(info, 3, "gate", size_t(n) * f4);
-    auto* up = buffer_arg(info, 4, "up", size_t(n) * f4);
+    const size_t n = size_arg(info, 5, "n");
+    auto* dgate = buffer_arg(info, 0, "dgate", bytes_of(info.Env(), "dgate", {n, f4}));
+    auto* dup = buffer_arg(info, 1, "dup", bytes_of(info.Env(), "dup", {n, f4}));
+    auto* dy = buffer_arg(info, 2, "dy", bytes_of(info.Env(), "dy", {n, f4}));
+    auto* gate = buffer_arg(info, 3, "gate", bytes_of(info.Env(), "gate", {n, f4}));
+    auto* up = buffer_arg(info, 4, "up", bytes_of(info.Env(), "up", {n, f4}));
     if (same_device({dgate, dup, dy, gate, up}) == Device::CPU) cpu::swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n, nullptr), "swigluGrad");
     return info.Env().Undefined();
@@ -331,10 +288,10 @@ Napi::Value SwigluGrad(const Napi::CallbackInfo& info) {
 
 Napi::Value Add(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int64_t n = count_arg(info, 3, "n");
-    auto* y = buffer_arg(info, 0, "y", size_t(n) * f4);
-    auto* a = buffer_arg(info, 1, "a", size_t(n) * f4);
-    auto* b = buffer_arg(info, 2, "b", size_t(n) * f4);
+    const size_t n = size_arg(info, 3, "n");
+    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {n, f4}));
+    auto* a = buffer_arg(info, 1, "a", bytes_of(info.Env(), "a", {n, f4}));
+    auto* b = buffer_arg(info, 2, "b", bytes_of(info.Env(), "b", {n, f4}));
     if (same_device({y, a, b}) == Device::CPU) cpu::add(F(y), F(a), F(b), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_add(F(y), F(a), F(b), n, nullptr), "add");
     return info.Env().Undefined();
@@ -345,9 +302,9 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
 
 Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int T = dim_arg(info, 2, "T", 1), V = dim_arg(info, 3, "V", 1);
-    auto* out = buffer_arg(info, 0, "out", size_t(T) * V * f4);
-    auto* logits = buffer_arg(info, 1, "logits", size_t(T) * V * f4);
+    int T = index_arg(info, 2, "T", 1), V = index_arg(info, 3, "V", 1);
+    auto* out = buffer_arg(info, 0, "out", bytes_of(info.Env(), "out", {size_t(T), size_t(V), f4}));
+    auto* logits = buffer_arg(info, 1, "logits", bytes_of(info.Env(), "logits", {size_t(T), size_t(V), f4}));
     if (same_device({out, logits}) == Device::CPU) cpu::log_softmax(F(out), F(logits), T, V);
     else MOTE_CUDA_OR_THROW(mote_cuda_log_softmax(F(out), F(logits), T, V, nullptr), "logSoftmax");
     return info.Env().Undefined();
@@ -356,12 +313,12 @@ Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
 
 Napi::Value Xent(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int T = dim_arg(info, 5, "T", 1), V = dim_arg(info, 6, "V", 1);
-    auto* losses = buffer_arg(info, 0, "losses", size_t(T) * f4);
-    auto* lse = buffer_arg(info, 1, "lse", size_t(T) * f4);
-    auto* logits = buffer_arg(info, 2, "logits", size_t(T) * V * f4);
-    auto* targets = buffer_arg(info, 3, "targets", size_t(T) * f4);
-    auto* mask = buffer_arg(info, 4, "mask", size_t(T) * f4);
+    int T = index_arg(info, 5, "T", 1), V = index_arg(info, 6, "V", 1);
+    auto* losses = buffer_arg(info, 0, "losses", bytes_of(info.Env(), "losses", {size_t(T), f4}));
+    auto* lse = buffer_arg(info, 1, "lse", bytes_of(info.Env(), "lse", {size_t(T), f4}));
+    auto* logits = buffer_arg(info, 2, "logits", bytes_of(info.Env(), "logits", {size_t(T), size_t(V), f4}));
+    auto* targets = buffer_arg(info, 3, "targets", bytes_of(info.Env(), "targets", {size_t(T), f4}));
+    auto* mask = buffer_arg(info, 4, "mask", bytes_of(info.Env(), "mask", {size_t(T), f4}));
     if (same_device({losses, lse, logits, targets, mask}) == Device::CPU) cpu::xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V);
     else MOTE_CUDA_OR_THROW(mote_cuda_xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V, nullptr), "xent");
     return info.Env().Undefined();
@@ -371,12 +328,12 @@ Napi::Value Xent(const Napi::CallbackInfo& info) {
 Napi::Value XentGrad(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     float scale = float_arg(info, 5, "scale", false);
-    int T = dim_arg(info, 6, "T", 1), V = dim_arg(info, 7, "V", 1);
-    auto* dlogits = buffer_arg(info, 0, "dlogits", size_t(T) * V * f4);
-    auto* logits = buffer_arg(info, 1, "logits", size_t(T) * V * f4);
-    auto* lse = buffer_arg(info, 2, "lse", size_t(T) * f4);
-    auto* targets = buffer_arg(info, 3, "targets", size_t(T) * f4);
-    auto* mask = buffer_arg(info, 4, "mask", size_t(T) * f4);
+    int T = index_arg(info, 6, "T", 1), V = index_arg(info, 7, "V", 1);
+    auto* dlogits = buffer_arg(info, 0, "dlogits", bytes_of(info.Env(), "dlogits", {size_t(T), size_t(V), f4}));
+    auto* logits = buffer_arg(info, 1, "logits", bytes_of(info.Env(), "logits", {size_t(T), size_t(V), f4}));
+    auto* lse = buffer_arg(info, 2, "lse", bytes_of(info.Env(), "lse", {size_t(T), f4}));
+    auto* targets = buffer_arg(info, 3, "targets", bytes_of(info.Env(), "targets", {size_t(T), f4}));
+    auto* mask = buffer_arg(info, 4, "mask", bytes_of(info.Env(), "mask", {size_t(T), f4}));
     if (same_device({dlogits, logits, lse, targets, mask}) == Device::CPU)
       cpu::xent_grad(F(dlogits), F(logits), F(lse), I(targets), F(mask), scale, T, V);
     else
@@ -391,13 +348,13 @@ Napi::Value XentGrad(const Napi::CallbackInfo& info) {
 // kernel checks every index against them, the CUDA kernel skips any outside them.
 Napi::Value CopyRows(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
-    int dt = dim_arg(info, 4, "dtype", 0, 3);
-    int N = dim_arg(info, 5, "N", 0), W = dim_arg(info, 6, "W", 1);
+    int dt = index_arg(info, 4, "dtype", 0, 3);
+    int N = index_arg(info, 5, "N", 0), W = index_arg(info, 6, "W", 1);
     const size_t row = size_t(W) * dtype_size(to_dtype(dt));
-    auto* dst = buffer_arg(info, 0, "dst", row);
-    auto* src = buffer_arg(info, 1, "src", row);
-    auto* dstRows = buffer_arg(info, 2, "dstRows", size_t(N) * f4);
-    auto* srcRows = buffer_arg(info, 3, "srcRows", size_t(N) * f4);
+    auto* dst = buffer_arg(info, 0, "dst", bytes_of(info.Env(), "dst", {row}));
+    auto* src = buffer_arg(info, 1, "src", bytes_of(info.Env(), "src", {row}));
+    auto* dstRows = buffer_arg(info, 2, "dstRows", bytes_of(info.Env(), "dstRows", {size_t(N), f4}));
+    auto* srcRows = buffer_arg(info, 3, "srcRows", bytes_of(info.Env(), "srcRows", {size_t(N), f4}));
     const int64_t Rd = int64_t(dst->bytes / row), Rs = int64_t(src->bytes / row);
     if (same_device({dst, src, dstRows, srcRows}) == Device::CPU)
       cpu::copy_rows(dst->ptr, src->ptr, I(dstRows), I(srcRows), dt, N, W, Rd, Rs);

@@ -52,8 +52,9 @@ fn bgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let q = t * p.K + k;
     let slot = idx[q];
     if (slot < 0) { continue; }
-    let e = u32(slot);
-    let rk = u32(rank[e]);
+    let e = min(u32(slot), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
+    // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
+    let rk = min(u32(max(rank[e], 0)), p.R);
     let wb = e * p.se;
     let vb = q * p.R;
     var acc = 0.0;
@@ -95,8 +96,9 @@ fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let g = u32(seg[tb]);
   let start = u32(seg[tb + 1u]);
   let n = min(TM, u32(seg[g + 1u]) - start);
-  let e = u32(seg[p.G + 1u + g]);
-  let rk = u32(rank[e]);
+  let e = min(u32(seg[p.G + 1u + g]), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
+  // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
+  let rk = min(u32(max(rank[e], 0)), p.R);
   if (p.K > 1u) {
     // skip tiles without a slot of this pass
     var found = false;

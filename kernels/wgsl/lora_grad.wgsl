@@ -48,10 +48,12 @@ fn dA(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
   if (id >= nrc * p.G) { return; }
   let g = id / nrc;
   let r0 = (id % nrc) * TR;
-  let s0 = u32(seg[g]);
-  let s1 = u32(seg[g + 1u]);
-  let e = u32(seg[p.G + 1u + g]);
-  let rk = u32(rank[e]);
+  // a segment stays inside order (tampered offsets give wrong sums, never a runaway loop)
+  let s1 = min(u32(max(seg[g + 1u], 0)), arrayLength(&order));
+  let s0 = min(u32(max(seg[g], 0)), s1);
+  let e = min(u32(seg[p.G + 1u + g]), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
+  // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
+  let rk = min(u32(max(rank[e], 0)), p.R);
   let h0 = wid.x * TH;
   let tx = lid % 16u;  // h = h0 + tx + 16j
   let ty = lid / 16u;  // r = r0 + ty + 4i
@@ -103,10 +105,12 @@ fn dB(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
   if (id >= nrc * p.G) { return; }
   let g = id / nrc;
   let r0 = (id % nrc) * TR;
-  let s0 = u32(seg[g]);
-  let s1 = u32(seg[g + 1u]);
-  let e = u32(seg[p.G + 1u + g]);
-  let rk = u32(rank[e]);
+  // a segment stays inside order (tampered offsets give wrong sums, never a runaway loop)
+  let s1 = min(u32(max(seg[g + 1u], 0)), arrayLength(&order));
+  let s0 = min(u32(max(seg[g], 0)), s1);
+  let e = min(u32(seg[p.G + 1u + g]), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
+  // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
+  let rk = min(u32(max(rank[e], 0)), p.R);
   let sc = scale[e];
   let o0 = wid.x * TH;
   let tx = lid % 4u;   // r = r0 + tx + 4j

@@ -49,8 +49,9 @@ fn bgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     for (var r = lid; r < p.R; r += BW) { outv[ob + r] = 0.0; }
     return;
   }
-  let e = u32(slot);
-  let rk = u32(rank[e]);
+  let e = min(u32(slot), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
+  // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
+  let rk = min(u32(max(rank[e], 0)), p.R);
   let ub = (q / p.K) * p.H;
   let wb = e * p.se;
   for (var r0 = 0u; r0 < rk; r0 += RC) {
@@ -96,8 +97,9 @@ fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let g = u32(seg[tb]);
   let start = u32(seg[tb + 1u]);
   let n = min(TM, u32(seg[g + 1u]) - start);
-  let e = u32(seg[p.G + 1u + g]);
-  let rk = u32(rank[e]);
+  let e = min(u32(seg[p.G + 1u + g]), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
+  // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
+  let rk = min(u32(max(rank[e], 0)), p.R);
   let r0 = wid.x * TR;
   if (r0 >= rk) {
     // this rank chunk is past the adapter's rank: zeros, no reads of W

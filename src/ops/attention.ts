@@ -95,6 +95,24 @@ export class AttentionLayout {
     const up = (a: Int32Array) => backend.tensor(a, [a.length], 'i32');
     this.qSeq = up(qSeq); this.qPos = up(qPos); this.kSeq = up(kSeq); this.kPos = up(kPos);
     this.qSeg = up(qSeg); this.kSeg = up(kSeg); this.blocked = up(blocked);
+    this.#built = { tensors: [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked], Tq: this.Tq, Tk: this.Tk, S: this.S, numSeqs: this.numSeqs };
+  }
+
+  /** What the constructor built from the checked host arrays: the kernels trust these contents. */
+  readonly #built: { tensors: readonly Tensor[]; Tq: number; Tk: number; S: number; numSeqs: number };
+
+  /**
+   * Throws when a layout tensor or count is not the one built from the checked host arrays
+   * (replaced after construction): cpu would reject bad ids, a GPU kernel would trust them.
+   */
+  checkIntact(op: string): void {
+    const names = ['qSeq', 'qPos', 'kSeq', 'kPos', 'qSeg', 'kSeg', 'blocked'] as const;
+    names.forEach((n, i) => {
+      if (this[n] !== this.#built.tensors[i]) throw new ArgumentError(`${op}: layout.${n}: expected the tensor attentionLayout() built from the checked ids, got one put in its place`);
+    });
+    for (const n of ['Tq', 'Tk', 'S', 'numSeqs'] as const) {
+      if (this[n] !== this.#built[n]) throw new ArgumentError(`${op}: layout.${n}: expected ${this.#built[n]} (as built), got ${describe(this[n])}`);
+    }
   }
 
   dispose(): void {
@@ -111,6 +129,7 @@ function check(op: string, c: Checker, q: Tensor, k: Tensor, v: Tensor, l: Atten
   c.tensor('k', k, { dtypes: ['f32'], shape: ['Tk', 'nKv', 'D'] });
   c.tensor('v', v, { dtypes: ['f32'], shape: ['Tk', 'nKv', 'D'] });
   if (!(l instanceof AttentionLayout)) throw new ArgumentError(`${op}: layout: expected an AttentionLayout from attentionLayout(), got ${describe(l)}`);
+  l.checkIntact(op); // contents were checked on the host when built; no GPU readback here
   c.tensor('layout.qSeq', l.qSeq, { dtypes: ['i32'], shape: ['Tq'] });
   c.tensor('layout.kSeq', l.kSeq, { dtypes: ['i32'], shape: ['Tk'] });
   const nH = c.dim('nH'), nKv = c.dim('nKv'), D = c.dim('D');

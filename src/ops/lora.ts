@@ -81,6 +81,21 @@ export class LoraRouting {
     this.order = backend.tensor(order, [order.length], 'i32');
     this.segStart = backend.tensor(segS, [segS.length], 'i32');
     this.segAdapter = backend.tensor(segA, [segA.length], 'i32');
+    this.#built = [this.slots, this.weight, this.order, this.segStart, this.segAdapter];
+  }
+
+  /** The tensors the constructor built from the checked host copies: the kernels trust their contents. */
+  readonly #built: readonly Tensor[];
+
+  /**
+   * Throws when a routing tensor is not the one built from the checked host copy (replaced
+   * after construction): cpu would reject bad contents, a GPU kernel would trust them.
+   */
+  checkIntact(op: string): void {
+    const names = ['slots', 'weight', 'order', 'segStart', 'segAdapter'] as const;
+    names.forEach((n, i) => {
+      if (this[n] !== this.#built[i]) throw new ArgumentError(`${op}: routing.${n}: expected the tensor loraRouting() built from the checked slots, got one put in its place`);
+    });
   }
 
   /** Number of non-empty slots. */
@@ -164,6 +179,9 @@ export interface LoraKernels {
   loraWeightGrad(dA: Tensor, dB: Tensor, x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, accumulate: boolean): void;
 }
 
+/** A private copy of the checked contents of every rank tensor loraStack() built (the host copy the checks use). */
+const checkedRanks = new WeakMap<Tensor, Int32Array>();
+
 /** Builds a checked adapter stack. ranks: host copy of rank (default: R for every adapter). */
 export function loraStack(A: Tensor, B: Tensor, options?: { rank?: Int32Array | readonly number[]; scale?: Float32Array | readonly number[] }): LoraStack {
   const c = new Checker('loraStack');
@@ -175,6 +193,7 @@ export function loraStack(A: Tensor, B: Tensor, options?: { rank?: Int32Array | 
   const scales = opts.scale === undefined ? new Float32Array(L).fill(1) : checkFloatArray('loraStack', 'scale', opts.scale, L);
   const be = A.backend;
   const rank = be.tensor(ranks, [L], 'i32');
+  checkedRanks.set(rank, ranks.slice());
   try {
     return { A, B, rank, scale: be.tensor(scales, [L], 'f32'), ranks };
   } catch (e) {
@@ -207,6 +226,16 @@ function checkAll(op: string, s: LoraStack, rt: LoraRouting, tensors: Record<str
   c.tensor('routing.weight', rt.weight, { dtypes: ['f32'], shape: ['T', 'K'] });
   if (!(s.ranks instanceof Int32Array) || s.ranks.length !== c.dim('L')) throw new ArgumentError(`${op}: stack.ranks: expected an Int32Array of ${c.dim('L')} ranks, got ${describe(s.ranks)}`);
   if (rt.L !== c.dim('L')) throw new ShapeError(`${op}: routing: built for L = ${rt.L} adapters, but the stack has L = ${c.dim('L')}`);
+  // contents, from the host copies kept when the tensors were built (no GPU readback): a GPU
+  // kernel would run with a bad rank or routing, cpu rejects it; both throw this instead
+  rt.checkIntact(op);
+  const ranks = checkedRanks.get(s.rank);
+  if (!ranks) throw new ArgumentError(`${op}: rank: expected the rank tensor of a loraStack() (its contents are checked there), got a tensor it did not build`);
+  const R = c.dim('R');
+  ranks.forEach((r, e) => {
+    if (r < 1 || r > R) throw new ArgumentError(`${op}: rank[${e}]: expected an integer in [1, ${R}], got ${r}`);
+    if (s.ranks !== undefined && s.ranks[e] !== r) throw new ArgumentError(`${op}: ranks[${e}]: the stack's host copy says ${s.ranks[e]}, but its rank tensor holds ${r}`);
+  });
   for (const [name, [t, shape, optional]] of Object.entries(tensors)) {
     if (t === undefined && optional) continue;
     c.tensor(name, t, { dtypes: ['f32'], shape });
