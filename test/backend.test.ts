@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { join, dirname } from 'node:path';
 import { openBackend, probeBackends } from '../src/backend/select.js';
 import { ArgumentError, BackendUnavailableError } from '../src/errors.js';
@@ -28,11 +30,31 @@ test('probeBackends reports every backend, with a reason for each missing one', 
   }
 });
 
-test("openBackend('auto') never picks a software WebGPU adapter", async () => {
+test("openBackend('auto') picks a software WebGPU adapter only when nothing else starts", async () => {
   const b = await openBackend('auto').catch((e) => e);
   if (b instanceof BackendUnavailableError) return; // nothing at all here
-  assert.ok(!(b.kind === 'webgpu' && b.info().software), 'auto picked a software adapter');
+  const cpu = await openBackend('cpu').catch((e) => e);
+  if (!(cpu instanceof Error)) {
+    assert.ok(!(b.kind === 'webgpu' && b.info().software), 'auto picked a software adapter over cpu');
+    cpu.destroy();
+  }
   b.destroy();
+});
+
+test("openBackend('auto') without the addon falls back to a software WebGPU adapter with a one-line notice", async (t) => {
+  const sw = await openBackend('webgpu').catch((e) => e);
+  if (sw instanceof Error) return t.skip(`no WebGPU adapter here: ${sw.message}`);
+  const software = sw.info().software;
+  sw.destroy();
+  if (!software) return t.skip('the WebGPU adapter here is hardware: auto picks it anyway');
+  const script = `import('${pathToFileURL(path.join(root, 'dist', 'src', 'backend', 'select.js')).href}').then(async (m) => {
+    const b = await m.openBackend('auto'); console.log(JSON.stringify({ kind: b.kind, software: b.info().software })); b.destroy(); });`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, MOTE_ADDON_PATH: path.join(os.tmpdir(), 'no-such-addon.node') }, timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').at(-1)!), { kind: 'webgpu', software: true });
+  const notices = r.stderr.split('\n').filter((l) => l.startsWith('mote: '));
+  assert.equal(notices.length, 1, r.stderr);
+  assert.match(notices[0]!, /software WebGPU adapter .* slow/);
 });
 
 test('openBackend rejects unknown kinds and reports unavailable ones without crashing', async () => {

@@ -12,8 +12,8 @@ export interface OpenOptions extends WebGPUOptions {
 export const BACKEND_KINDS: readonly BackendKind[] = ['cpu', 'webgpu', 'cuda'];
 
 /**
- * Opens a backend. 'auto' tries cuda, then a hardware WebGPU adapter, then cpu; a software
- * WebGPU adapter (lavapipe) is used only when 'webgpu' is asked for by name.
+ * Opens a backend. 'auto' tries cuda, then a hardware WebGPU adapter, then cpu, and only then
+ * a software WebGPU adapter (lavapipe), with a one-line notice on stderr.
  */
 export async function openBackend(kind: BackendRequest = 'auto', options?: OpenOptions): Promise<Backend> {
   if (typeof kind !== 'string' || !['cpu', 'webgpu', 'cuda', 'auto'].includes(kind)) {
@@ -35,6 +35,17 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
           if (!(e instanceof BackendUnavailableError)) throw e;
           reasons.push(e.message);
         }
+      }
+      // Last: a software WebGPU adapter (lavapipe, SwiftShader). Slow, but it runs every kernel,
+      // so a machine without the addon and without a GPU still works — with a notice saying so.
+      try {
+        const b = await WebGPUBackend.open(opts);
+        console.warn(`mote: no GPU and no cpu addon here; using the software WebGPU adapter (${b.info().device}), which is slow. ` +
+          `Build the addon (npm rebuild mote-lora) for the cpu backend.`);
+        return b;
+      } catch (e) {
+        if (!(e instanceof BackendUnavailableError)) throw e;
+        reasons.push(e.message);
       }
       throw new BackendUnavailableError('auto', `no backend could start:\n  ${reasons.join('\n  ')}`);
     }
