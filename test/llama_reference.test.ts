@@ -354,8 +354,8 @@ test('rope scaling: linear(f) = positions·f (f = 3); llama3 scaling all-low = l
   // original_max_position_embeddings 4 with low 1: every wavelength (≥ 2π) exceeds 4 → all scaled by factor.
   const low = makeTinyModel({ ...o, ropeScaling: { type: 'llama3', factor: 3, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositionEmbeddings: 4 } });
   close(llamaForwardRef(low.cfg, low.weights, ids, { pos: pos.map((p) => p * 3) }).logits, plain, 1e-12, 'llama3 all low');
-  // A huge original length: every wavelength is below original / high → nothing scaled.
-  const high = makeTinyModel({ ...o, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 1e12 } });
+  // A huge original length (2^30, the most config.json may say): every wavelength is below original / high → nothing scaled.
+  const high = makeTinyModel({ ...o, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 2 ** 30 } });
   close(llamaForwardRef(high.cfg, high.weights, ids).logits, plain, 1e-14, 'llama3 all high');
   // The usual Llama 3.1 numbers with a small theta put the frequencies in all three bands: different from both.
   const mid = makeTinyModel({ ...o, ropeTheta: 10000, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } });
