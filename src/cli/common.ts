@@ -4,13 +4,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_MODEL_DIR } from '../mote/default_model.js';
 import { ArgumentError } from '../errors.js';
-import { readJsonFile } from '../io/files.js';
 import { MAX_INT_FLAG, intFlag, numFlag } from './flags.js';
 import { openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
 import { loadModel, type LlamaModel } from '../model/llama.js';
 import { loadTokenizer, type MoteTokenizer } from '../io/tokenizer.js';
-import { MOTE_FILE, addStepTokens, parseMoteJson } from '../mote/bundle.js';
+import { MOTE_FILE, addStepTokens, readMoteJson } from '../mote/bundle.js';
 import { moteConfig, type MoteConfig } from '../mote/steps.js';
 
 
@@ -59,5 +58,5 @@ export function bundleConfig(dir: string | undefined): MoteConfig {
   if (dir === undefined) return moteConfig();
   const f = path.join(dir, MOTE_FILE);
   if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${dir} is not a MoTE bundle (no ${MOTE_FILE})`);
-  return parseMoteJson(readJsonFile(f, 'a MoTE bundle needs mote.json', 16 * 1024 * 1024), f).config;
+  return readMoteJson(dir).config;
 }

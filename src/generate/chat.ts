@@ -13,10 +13,9 @@ import { openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
 import { loadModel, LlamaModel } from '../model/llama.js';
 import { loadTokenizer, type ChatMessage, type MoteTokenizer } from '../io/tokenizer.js';
-import { readJsonFile } from '../io/files.js';
 import { plainPrompt } from '../io/prompts.js';
 import { DEFAULT_MODEL_DIR } from '../mote/default_model.js';
-import { MOTE_FILE, MoteBundle, addStepTokens, loadMote, parseMoteJson } from '../mote/bundle.js';
+import { MoteBundle, addStepTokens, loadMote, readMoteJson } from '../mote/bundle.js';
 import { promptIds, stepTokenIds } from '../mote/chains.js';
 import { moteConfig, type MoteConfig, type StepName } from '../mote/steps.js';
 import { checkSampling, checkSeed, type SamplingOptions } from './sampling.js';
@@ -89,8 +88,7 @@ function checkOpenOptions(o: unknown): OpenChatOptions {
 /** The steps of the bundle in `dir` (its mote.json), or the default three without one. */
 function bundleConfigAt(dir: string | undefined): MoteConfig {
   if (dir === undefined) return moteConfig();
-  const f = path.join(dir, MOTE_FILE);
-  return parseMoteJson(JSON.stringify(readJsonFile(f, 'MoTE bundle description')), f).config;
+  return readMoteJson(dir).config;
 }
 
 /**

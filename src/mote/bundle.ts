@@ -745,12 +745,17 @@ export function parseMoteJson(json: unknown, file = MOTE_FILE): { config: MoteCo
  * against the model (FormatError naming the file and tensor) and must adapt exactly the
  * bundle's target modules on every layer; nothing stays allocated when loading fails.
  */
+/** Reads and checks `dir`/mote.json (bounded; FormatError naming the file and field). */
+export function readMoteJson(dir: string): ReturnType<typeof parseMoteJson> {
+  const file = path.join(dir, MOTE_FILE);
+  return parseMoteJson(readJsonFile(file, 'a MoTE bundle needs mote.json'), file);
+}
+
 export function loadMote(dir: string, model: LlamaModel): MoteBundle {
   const op = 'loadMote';
   checkModel(op, model);
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a bundle folder, got ${describe(dir)}`);
-  const file = path.join(dir, MOTE_FILE);
-  const { config, experts, baseModel } = parseMoteJson(readJsonFile(file, 'a MoTE bundle needs mote.json'), file);
+  const { config, experts, baseModel } = readMoteJson(dir);
   const cfg = model.config;
   const names = [...config.steps, SHARED_EXPERT];
   const adapters = names.map((n) => readAdapter(cfg, path.join(dir, experts[n]!)));
