@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { mulberry32 } from '../src/rng.js';
-import { backendFor, closeBackends } from './helpers.js';
+import { backendFor, closeBackends, hashTree } from './helpers.js';
 
 after(closeBackends);
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-kill-'));
@@ -72,19 +72,6 @@ function expectedResume(start: number, point: string, k: number): number {
   const save = Math.ceil(k / per), within = k - (save - 1) * per;
   const complete = OUTER_COMPLETE.has(point) && within === per;
   return start + save - (complete ? 0 : 1);
-}
-
-function hashTree(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (rel: string) => {
-    for (const e of fs.readdirSync(path.join(dir, rel), { withFileTypes: true })) {
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) walk(r);
-      else out.set(r, crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, r))).digest('hex'));
-    }
-  };
-  walk('');
-  return out;
 }
 
 test('SIGKILL during checkpoint writes: resume from the newest complete checkpoint, bit-identical result, no foreign file touched [cpu]', async (t) => {

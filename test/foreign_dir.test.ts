@@ -9,7 +9,6 @@
 // and a foreign folder named like a stale temporary is never touched.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -22,27 +21,13 @@ import { exportCommand } from '../src/cli/export.js';
 import { MARKER_FILE } from '../src/io/atomic_dir.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { tinyTraining, type TinyTraining } from './fixtures/train_fixture.js';
-import { backendFor, closeBackends } from './helpers.js';
+import { backendFor, closeBackends, hashTree } from './helpers.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-foreign-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 after(closeBackends);
 let n = 0;
 const newDir = (label: string) => path.join(tmp, `${label}-${n++}`);
-
-/** Every file under `dir` (hidden ones included) → SHA-256 of its bytes. */
-function snapshot(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (rel: string) => {
-    for (const e of fs.readdirSync(path.join(dir, rel), { withFileTypes: true })) {
-      const r = rel ? `${rel}/${e.name}` : e.name;
-      if (e.isDirectory()) walk(r);
-      else out.set(r, crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, r))).digest('hex'));
-    }
-  };
-  walk('');
-  return out;
-}
 
 function write(dir: string, files: Record<string, string | Buffer>): string {
   for (const [rel, data] of Object.entries(files)) {
@@ -75,7 +60,7 @@ function hfModel(dir: string): string {
 
 /** Every byte that was in `was` is still under `dir`: the same path, or <path>.before-mote[-k]. */
 function assertKept(dir: string, was: Map<string, string>, what: string): { moved: number } {
-  const now = snapshot(dir);
+  const now = hashTree(dir);
   let moved = 0;
   for (const [rel, h] of was) {
     if (now.get(rel) === h) continue;
@@ -125,12 +110,12 @@ test('foreign folders: refused and byte-identical; with overwrite, no file mote 
     for (const [layout, make] of [['HF checkpoint-500', hfCheckpoint], ['HF model folder', hfModel]] as const) {
       const what = `${w.name} onto an ${layout}`;
       const dir = make(newDir(layout === 'HF model folder' ? 'model' : 'checkpoint-500'));
-      const was = snapshot(dir);
+      const was = hashTree(dir);
       const siblings = fs.readdirSync(tmp).sort();
       await assert.rejects(w.save(dir, false), (e: unknown) => e instanceof ArgumentError && (e as Error).message.includes(dir)
         && /not written by mote/.test((e as Error).message) && /overwrite/.test((e as Error).message), what);
       refused++;
-      assert.deepEqual(snapshot(dir), was, `${what}: the refused folder changed`);
+      assert.deepEqual(hashTree(dir), was, `${what}: the refused folder changed`);
       assert.deepEqual(fs.readdirSync(tmp).sort(), siblings, `${what}: a temporary folder was left`);
       // With overwrite: mote's files go in, nothing that was there is lost.
       await w.save(dir, true);
@@ -139,14 +124,14 @@ test('foreign folders: refused and byte-identical; with overwrite, no file mote 
       await w.check(dir);
       // Now the folder is mote's (with files it did not write): saved again without overwrite,
       // the foreign files stay and nothing is moved aside twice.
-      const before2 = snapshot(dir);
+      const before2 = hashTree(dir);
       await w.save(dir, false);
       assertKept(dir, was, `${what} (second save)`);
       for (const [rel, h] of before2) {
         if (!rel.includes('before-mote')) continue;
-        assert.equal(snapshot(dir).get(rel), h, `${what}: ${rel} changed on the second save`);
+        assert.equal(hashTree(dir).get(rel), h, `${what}: ${rel} changed on the second save`);
       }
-      assert.ok(![...snapshot(dir).keys()].some((k) => /before-mote-2$/.test(k)), `${what}: a file was moved aside twice`);
+      assert.ok(![...hashTree(dir).keys()].some((k) => /before-mote-2$/.test(k)), `${what}: a file was moved aside twice`);
       await w.check(dir);
       movedAside += first.moved;
     }
@@ -168,12 +153,12 @@ test('a checkpoint from before the marker is still mote\'s; a foreign folder nam
   // torn mote marker: neither is removed by a save or a resume.
   const fake = `${dir}.tmp-99999999`;
   write(fake, { 'data.bin': junk(9, 64), [MARKER_FILE]: '{"format": "not-mote"}' });
-  const fakeWas = snapshot(fake);
+  const fakeWas = hashTree(fake);
   await saveCheckpoint(t.trainer, dir);
   assert.equal(fs.readFileSync(path.join(dir, 'notes.txt'), 'utf8'), 'mine');
   assert.ok(fs.existsSync(path.join(dir, MARKER_FILE)));
   await loadCheckpoint(t.trainer, dir);
-  assert.deepEqual(snapshot(fake), fakeWas);
+  assert.deepEqual(hashTree(fake), fakeWas);
   // Asking to resume from a folder with no checkpoint says so.
   const none = newDir('none');
   await assert.rejects(loadCheckpoint(t.trainer, none), /not a mote checkpoint directory/);

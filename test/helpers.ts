@@ -1,4 +1,7 @@
 // Shared test plumbing: which backends to run on, random data, relative error.
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { mulberry32 } from '../src/rng.js';
 import { test } from 'node:test';
 import { openBackend } from '../src/backend/select.js';
@@ -117,4 +120,18 @@ export async function tracking<T>(b: Backend, body: (live: Set<unknown>) => Prom
     delete (b as unknown as Record<string, unknown>).freeStorage;
     if (b.allocStorage !== alloc) { b.allocStorage = alloc; b.freeStorage = free; }
   }
+}
+
+/** Every file under `dir` (hidden ones included) → SHA-256 of its bytes: to show a folder was left as it was. */
+export function hashTree(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (rel: string) => {
+    for (const e of fs.readdirSync(path.join(dir, rel), { withFileTypes: true })) {
+      const r = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) walk(r);
+      else out.set(r, crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, r))).digest('hex'));
+    }
+  };
+  walk('');
+  return out;
 }

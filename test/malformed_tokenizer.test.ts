@@ -14,22 +14,13 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { MoteError } from '../src/errors.js';
+import { mulberry32 as rng } from '../src/rng.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const MODEL = path.join(here, '..', '..', 'assets', 'default-model');
 const VARIANTS = 120;
 const SEED = 20240610;
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Files = Record<string, Buffer>;
 
