@@ -1,3 +1,4 @@
+export { VERSION } from './version.js';
 export * from './errors.js';
 export { type DType, type HostData, DTYPES, WEIGHT_DTYPES, f32ToBf16Bits, bf16BitsToF32, f32ToF16Bits, f16BitsToF32 } from './dtype.js';
 export { Tensor } from './tensor.js';
@@ -34,7 +35,7 @@ export {
   type RouteSlots, type ForceStep, type TokenEvent, type StopReason,
 } from './generate/generate.js';
 export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from './generate/sampling.js';
-export { openChat, MoteChat, type OpenChatOptions, type AskOptions, type AnswerStep, type AnswerChunk, type ChatAnswer } from './generate/chat.js';
+export { openChat, openModelFolder, MoteChat, type OpenedModel, type OpenChatOptions, type AskOptions, type AnswerStep, type AnswerChunk, type ChatAnswer } from './generate/chat.js';
 export * from './mote/steps.js';
 export {
   AdapterStacks, AdapterSet, MoteBundle, createMote, addStepTokens, saveMote, loadMote, loadPeftAdapters, moteRoutingSlots, moteJson, parseMoteJson,

@@ -95,7 +95,7 @@ test('mote train: SIGINT saves a checkpoint and exits 130; --resume finishes the
 test('mote errors: one line on stderr and a non-zero exit', () => {
   const cases: [string[], RegExp][] = [
     [['train', '--chains', path.join(tmp, 'nope.jsonl'), '--out', path.join(tmp, 'x'), '--model', modelDir], /nope\.jsonl/],
-    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', tmp], /--model: .* is not a model directory \(no config\.json\)/],
+    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', tmp], /--model: .* is not a model (directory|folder) \(no config\.json\)/],
     [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', modelDir, '--steps', 'many'], /--steps: expected an integer in \[1, \d+\], got "many"/],
     [['generate', '--model', modelDir], /give --prompt TEXT or --prompts FILE/],
     [['export', '--mote', tmp, '--out', path.join(tmp, 'y')], /is neither a MoTE bundle nor a checkpoint/],
@@ -192,6 +192,19 @@ test('mote generate: numeric flags, commander errors, binary prompt files and ov
   }
 });
 
+test('Ctrl-C where no command handles it (mote demo while training): one line, exit 130 [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const proc = spawn(process.execPath, [bin, 'demo', '-b', 'cpu', '--json', '--steps', '300'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '', stderr = '';
+  proc.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  // Past module loading (the handler is registered), well before 300 steps end.
+  setTimeout(() => proc.kill('SIGINT'), 2500);
+  const code = await new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
+  assert.equal(code, 130, stdout + stderr);
+  assert.match(stderr, /^mote: interrupted \(Ctrl-C\)\n$/m);
+});
+
 test('mote generate: Ctrl-C prints what was generated, one line saying so, exit 130 [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   const proc = spawn(process.execPath, [bin, 'generate', '--model', modelDir, '-b', 'cpu', '--temperature', '50', '--max-new-tokens', '5000', '-p', 'hello'],
@@ -201,7 +214,7 @@ test('mote generate: Ctrl-C prints what was generated, one line saying so, exit 
   const code = await new Promise<number | null>((resolve) => {
     proc.stdout.on('data', (d: Buffer) => {
       stdout += d.toString();
-      if (stdout.includes('[prompt] ') && !proc.killed) proc.kill('SIGINT');
+      if (/\n\[/.test(stdout) && !proc.killed) proc.kill('SIGINT');
     });
     proc.on('exit', (c) => resolve(c));
   });

@@ -89,3 +89,19 @@ test('prebuilt addon (when built): every SIMD level this CPU runs loads and repo
     assert.equal(r.stdout, level);
   }
 });
+
+test('VERSION, mote --version and mote info --json agree with package.json', async () => {
+  const { VERSION } = await import('../src/index.js');
+  assert.equal(VERSION, pkg.version);
+  const bin = join(ROOT, 'bin', 'mote.js');
+  const v = spawnSync(process.execPath, [bin, '--version'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(v.status, 0, v.stderr);
+  assert.equal(v.stdout.trim(), pkg.version);
+  const info = spawnSync(process.execPath, [bin, 'info', '--json'], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(info.status, 0, info.stderr);
+  const lines = info.stdout.trim().split('\n');
+  assert.equal(lines.length, 1, `info --json printed ${lines.length} lines`);
+  const doc = JSON.parse(lines[0]!) as { version: string; backends: { kind: string; available: boolean }[] };
+  assert.equal(doc.version, pkg.version);
+  assert.deepEqual(doc.backends.map((b) => b.kind).sort(), ['cpu', 'cuda', 'webgpu']);
+});

@@ -9,6 +9,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { FormatError } from '../src/errors.js';
+import { spawnSync } from 'node:child_process';
+import { readChainsJsonl } from '../src/mote/chains.js';
 import { hhPrompt, parseHHTranscript, parsePrompts, plainPrompt, promptMessages, readPrompts } from '../src/io/prompts.js';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-prompts-'));
@@ -122,4 +124,24 @@ test('empty, unusable and missing files are FormatErrors naming the file', () =>
   assert.throws(() => readPrompts(write('list.json', '[\n"a",\n"b"\n]\n')), /list\.json: a JSON list, not JSONL/);
   assert.throws(() => readPrompts(path.join(root, 'nope.jsonl')), /nope\.jsonl: not found/);
   assert.throws(() => parsePrompts('x', 'mem', { format: 'csv' as never }), /format: expected 'auto', 'jsonl' or 'text'/);
+});
+
+test('data files are read bounded: folders, FIFOs, binary text and gzip bombs are FormatErrors, fast and small', () => {
+  const dir = path.join(root, 'a-folder.jsonl');
+  fs.mkdirSync(dir);
+  assert.throws(() => readPrompts(dir), (e: Error) => e instanceof FormatError && /a-folder\.jsonl: is a folder/.test(e.message));
+  const fifo = path.join(root, 'fifo.jsonl');
+  if (spawnSync('mkfifo', [fifo]).status === 0) {
+    const t0 = performance.now();
+    assert.throws(() => readPrompts(fifo), (e: Error) => e instanceof FormatError && /fifo\.jsonl: not a regular file/.test(e.message));
+    assert.ok(performance.now() - t0 < 2000);
+  }
+  assert.throws(() => readPrompts(write('nul.txt', Buffer.from('a question\n\0\0\0'))), /nul\.txt: binary file \(NUL byte at offset 11\)/);
+  // 300 MiB of zeros in a ~300 KB gzip: refused while unpacking, not held in memory.
+  const bomb = write('bomb.jsonl.gz', zlib.gzipSync(Buffer.alloc(300 * 1024 * 1024), { level: 9 }));
+  const rss0 = process.memoryUsage().rss;
+  assert.throws(() => readPrompts(bomb), /bomb\.jsonl\.gz: not a gzip file of at most 268435456 bytes unpacked/);
+  assert.ok(process.memoryUsage().rss - rss0 < 400 * 1024 * 1024);
+  // Chains files go through the same reader.
+  assert.throws(() => readChainsJsonl(write('chains.jsonl', Buffer.from([0x7b, 0xff, 0xfe, 0x7d, 0x0a]))), /chains\.jsonl: not UTF-8 text/);
 });

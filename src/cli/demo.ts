@@ -23,14 +23,14 @@ function stepsOf(text: string, steps: readonly StepName[]): { step: StepName; te
   return out;
 }
 
-export async function demoCommand(o: { backend: BackendRequest; steps?: string; seed?: string; lr?: string; promptRouting?: string; json?: boolean }): Promise<void> {
+export async function demoCommand(o: { model?: string; backend: BackendRequest; steps?: string; seed?: string; lr?: string; promptRouting?: string; json?: boolean }): Promise<void> {
   const t0 = performance.now();
   const json = o.json ?? false;
   const say = (s: string) => { if (!json) process.stdout.write(`${s}\n`); };
   const steps = intOpt('steps', o.steps, 1, 300, MAX_STEPS);
   const seed = intOpt('seed', o.seed, 0, 1);
   const promptRouting = (o.promptRouting ?? 'random-step') as PromptRouting;
-  const m = await openModel(undefined, o.backend, { steps: [...DEFAULT_STEPS] });
+  const m = await openModel(o.model, o.backend, { steps: [...DEFAULT_STEPS] });
   try {
     const cfg = m.model.config;
     say(`mote demo on ${m.backend.kind} (${m.backend.info().device}): the bundled tiny llama (${cfg.numLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), pretrained on a toy corpus where it answers every question, also the risky ones.`);

@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { ArgumentError } from '../errors.js';
-import { MOTE_FILE, parseMoteJson } from '../mote/bundle.js';
+import { MOTE_FILE, readMoteJson } from '../mote/bundle.js';
+import { readJsonFile } from '../io/files.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parsePeftConfig } from '../io/peft.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { replaceDirAtomically, tryJson } from '../io/atomic_dir.js';
@@ -25,11 +26,11 @@ export async function exportCommand(o: { mote: string; out: string; json?: boole
   if (!fs.existsSync(path.join(dir, MOTE_FILE)) && fs.existsSync(path.join(dir, 'adapters', MOTE_FILE))) dir = path.join(dir, 'adapters');
   const f = path.join(dir, MOTE_FILE);
   if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${o.mote} is neither a MoTE bundle nor a checkpoint (no ${MOTE_FILE})`);
-  const { experts } = parseMoteJson(fs.readFileSync(f, 'utf8'), f);
+  const { experts } = readMoteJson(dir);
   // Check every expert before writing anything.
   for (const [name, sub] of Object.entries(experts)) {
     const cfgFile = path.join(dir, sub, ADAPTER_CONFIG_FILE);
-    parsePeftConfig(JSON.parse(fs.readFileSync(cfgFile, 'utf8')), cfgFile);
+    parsePeftConfig(readJsonFile(cfgFile, 'a PEFT adapter needs adapter_config.json'), cfgFile);
     readSafetensors(path.join(dir, sub, ADAPTER_WEIGHTS_FILE));
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new ArgumentError(`${f}: expert name '${name}' is not a plain folder name`);
   }

@@ -1,10 +1,8 @@
 // Parsing of the CLI's flag values and prompt files into clear one-line errors. Every numeric
 // flag is checked for form and range here (commander hands over raw strings), so a typo such as
 // `--max-new-tokens 1e12`, `--top-p 2` or `--seed ''` is refused before any work starts.
-import * as zlib from 'node:zlib';
 import { ArgumentError, FormatError } from '../errors.js';
-import { readFileBounded } from '../io/files.js';
-import { parsePrompts, type PromptRead } from '../io/prompts.js';
+import { parsePrompts, readTextFile, type PromptRead } from '../io/prompts.js';
 
 /** Most tokens one sequence may ask for; generation also ends at the model's context. */
 export const MAX_NEW_TOKENS = 1 << 20;
@@ -45,30 +43,11 @@ export function numFlag(name: string, v: string | undefined, lo: number, hi: num
   return n;
 }
 
-/** Prompt files larger than this are refused (a prompt set, not a corpus). */
-export const MAX_PROMPT_FILE_BYTES = 256 * 1024 * 1024;
-
 /**
  * Reads a prompt file (JSONL, HH-RLHF transcripts or text lines; *.gz gunzipped) through the
- * bounded reader: folders, FIFOs, binary files (a NUL byte) and text that is not UTF-8 are
- * FormatErrors naming the file.
+ * bounded data reader (readTextFile): folders, FIFOs, binary files and text that is not UTF-8
+ * are FormatErrors naming the file.
  */
 export function readPromptFile(file: string): PromptRead {
-  let bytes = readFileBounded(file, 'a prompt file', MAX_PROMPT_FILE_BYTES);
-  if (file.endsWith('.gz')) {
-    try {
-      bytes = zlib.gunzipSync(bytes, { maxOutputLength: MAX_PROMPT_FILE_BYTES });
-    } catch (e) {
-      throw new FormatError(`${file}: not a gzip file of at most ${MAX_PROMPT_FILE_BYTES} bytes: ${(e as Error).message}`);
-    }
-  }
-  const nul = bytes.indexOf(0);
-  if (nul >= 0) throw new FormatError(`${file}: binary file (NUL byte at offset ${nul}), expected text prompts`);
-  let text: string;
-  try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-  } catch {
-    throw new FormatError(`${file}: not UTF-8 text, expected text prompts`);
-  }
-  return parsePrompts(text, file);
+  return parsePrompts(readTextFile(file, 'a prompt file'), file);
 }

@@ -12,6 +12,7 @@ import { exportCommand, benchCommand } from './export.js';
 import { evalCommand, selfAlignCommand } from './align.js';
 import { demoCommand } from './demo.js';
 import { intFlag } from './flags.js';
+import { VERSION } from '../version.js';
 
 function fmtBytes(n: number | undefined): string {
   if (!n) return '';
@@ -21,7 +22,8 @@ function fmtBytes(n: number | undefined): string {
 async function info(opts: { json?: boolean }): Promise<void> {
   const found = await probeBackends();
   if (opts.json) {
-    console.log(JSON.stringify(found, null, 2));
+    // One JSON document on one line, like every other command's --json output.
+    console.log(JSON.stringify({ version: VERSION, node: process.versions.node, backends: found }));
     return;
   }
   for (const b of found) {
@@ -61,16 +63,27 @@ async function demoMatmul(opts: { backend: BackendRequest; dtype: DType; t: stri
   }
 }
 
+// Ctrl-C where no command handles it (loading a model, a demo, an eval): one line, exit 130.
+// Commands that stop cleanly (generate, train, selfalign) add their own listener, and this one
+// then stands back; a second Ctrl-C, after theirs is gone, ends the process here.
+process.on('SIGINT', () => {
+  if (process.listenerCount('SIGINT') > 1) return;
+  process.stderr.write('mote: interrupted (Ctrl-C)\n');
+  process.exit(130);
+});
+
 const program = new Command();
 // commander's own errors (unknown option, missing argument, bad choice) get the same one-line
 // `mote: ...` form as ours; subcommands inherit this output setting.
 program.configureOutput({
   outputError: (str, write) => write(`mote: ${str.replace(/^error: /, '')}`),
 });
-program.name('mote').description('multi-LoRA and step-routed MoTE kernels (cpu, webgpu, cuda)');
+program.name('mote').description('multi-LoRA and step-routed MoTE kernels (cpu, webgpu, cuda)')
+  .version(VERSION, '-V, --version', 'print the version of mote-lora');
 program.command('info').description('list the backends found, with their details, and why any is missing')
   .option('--json', 'machine-readable output').action(info);
 program.command('demo').description('MoTE end to end on the bundled tiny model: train on toy AlignCoT chains, generate step by step, show the toy metrics')
+  .option('-m, --model <dir>', 'HF model directory (default: the bundled tiny model)')
   .addOption(new Option('-b, --backend <kind>', 'backend').choices(['auto', 'cpu', 'webgpu', 'cuda']).default('auto'))
   .option('--steps <n>', 'training steps', '300').option('--seed <n>', 'seed of the toy set and the training', '1').option('--lr <x>', 'learning rate', '3e-3')
   .addOption(new Option('--prompt-routing <r>', 'prompt tokens in training: a random step expert per sequence (the paper) or shared only').choices(['random-step', 'shared']).default('random-step'))
@@ -105,7 +118,8 @@ program.command('generate').description('step-routed generation: each step label
   .option('-p, --prompt <text>', 'a prompt (repeatable)', collect).option('--prompts <file>', 'prompts: JSONL, HH-RLHF transcripts or text lines')
   .option('--max-new-tokens <n>', 'tokens per sequence', '128').option('--temperature <t>', '0 = greedy', '0').option('--top-k <k>').option('--top-p <p>')
   .option('--seed <n>', 'sampling seed', '0').option('--skip <steps>', 'steps to skip, comma-separated').option('--stop-after <step>', 'end after this step')
-  .option('--json', 'one JSON line per prompt').action(generateCommand);
+  .option('--first-step <step>', 'start every answer with this step (force its tag)')
+  .option('--json', 'one JSON line per prompt ({prompt, steps: [{step, expert, text}], stopReason, tokens}; step null: outside any step)').action(generateCommand);
 
 program.command('selfalign').description('the model writes its own AlignCoT chains, stage by stage, checking its answers (resumable JSONL)')
   .requiredOption('--prompts <file>', 'prompts: JSONL, HH-RLHF transcripts or text lines').requiredOption('-o, --out <file>', 'chains JSONL (appended; prompts already in it are skipped)')

@@ -15,7 +15,7 @@ import { loadModel, LlamaModel } from '../model/llama.js';
 import { loadTokenizer, type ChatMessage, type MoteTokenizer } from '../io/tokenizer.js';
 import { plainPrompt } from '../io/prompts.js';
 import { DEFAULT_MODEL_DIR } from '../mote/default_model.js';
-import { MoteBundle, addStepTokens, loadMote, readMoteJson } from '../mote/bundle.js';
+import { MOTE_FILE, MoteBundle, addStepTokens, loadMote, readMoteJson } from '../mote/bundle.js';
 import { promptIds, stepTokenIds } from '../mote/chains.js';
 import { moteConfig, type MoteConfig, type StepName } from '../mote/steps.js';
 import { checkSampling, checkSeed, type SamplingOptions } from './sampling.js';
@@ -86,9 +86,52 @@ function checkOpenOptions(o: unknown): OpenChatOptions {
 }
 
 /** The steps of the bundle in `dir` (its mote.json), or the default three without one. */
-function bundleConfigAt(dir: string | undefined): MoteConfig {
+export function bundleConfigAt(dir: string | undefined, what = 'mote'): MoteConfig {
   if (dir === undefined) return moteConfig();
+  if (!fs.existsSync(path.join(dir, MOTE_FILE))) throw new ArgumentError(`${what}: ${dir} is not a MoTE bundle (no ${MOTE_FILE})`);
   return readMoteJson(dir).config;
+}
+
+/** A model folder opened on a backend, with its tokenizer and the step tags added. */
+export interface OpenedModel {
+  backend: Backend;
+  model: LlamaModel;
+  tokenizer: MoteTokenizer;
+  dir: string;
+  /** Frees the model, and the backend when it was opened here (not one handed in). */
+  close(): void;
+}
+
+/**
+ * Opens the model folder `dirOpt` (default: the bundled tiny model) on `backend` (a kind to
+ * open, or an open Backend that stays the caller's), with its tokenizer and `config`'s step
+ * tags added as single tokens (growing the embeddings when needed). `what` names the
+ * argument in errors ('--model' in the CLI). Nothing stays allocated when it fails.
+ */
+export async function openModelFolder(dirOpt: string | undefined, backendReq: BackendRequest | Backend, config: Pick<MoteConfig, 'steps'>, opts: { dtype?: 'f32' | 'f16' | 'bf16'; what?: string } = {}): Promise<OpenedModel> {
+  const what = opts.what ?? 'model';
+  const dir = path.resolve(dirOpt ?? DEFAULT_MODEL_DIR);
+  if (!fs.existsSync(path.join(dir, 'config.json'))) {
+    throw new ArgumentError(dirOpt === undefined ? `the bundled model is missing (${dir}); reinstall mote or pass ${what}` : `${what}: ${dir} is not a model folder (no config.json)`);
+  }
+  if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) throw new ArgumentError(`${what}: ${dir} has no tokenizer.json (mote needs the model's tokenizer)`);
+  const own = typeof backendReq === 'string';
+  if (!own && (typeof backendReq !== 'object' || backendReq === null || typeof (backendReq as Backend).kind !== 'string')) {
+    throw new ArgumentError(`backend: expected 'auto', 'cpu', 'webgpu', 'cuda' or an open Backend, got ${describe(backendReq)}`);
+  }
+  const tokenizer = loadTokenizer(dir);
+  const backend = own ? await openBackend(backendReq) : backendReq;
+  let model: LlamaModel | null = null;
+  try {
+    model = await loadModel(dir, opts.dtype ? { backend, dtype: opts.dtype } : { backend });
+    await addStepTokens(model, tokenizer, config);
+    const m = model;
+    return { backend, model: m, tokenizer, dir, close: () => { m.dispose(); if (own) backend.destroy(); } };
+  } catch (e) {
+    model?.dispose();
+    if (own) backend.destroy();
+    throw e;
+  }
 }
 
 /**
@@ -97,24 +140,13 @@ function bundleConfigAt(dir: string | undefined): MoteConfig {
  */
 export async function openChat(opts?: OpenChatOptions): Promise<MoteChat> {
   const o = checkOpenOptions(opts);
-  const dir = path.resolve(o.model ?? DEFAULT_MODEL_DIR);
-  if (!fs.existsSync(path.join(dir, 'config.json'))) throw new ArgumentError(`openChat: model: ${dir} is not a model folder (no config.json)`);
-  const config = bundleConfigAt(o.mote);
-  const tokenizer = loadTokenizer(dir);
-  const own = o.backend === undefined || typeof o.backend === 'string';
-  const backend = own ? await openBackend((o.backend as BackendRequest | undefined) ?? 'auto') : (o.backend as Backend);
-  if (!own && (typeof backend !== 'object' || backend === null || typeof (backend as Backend).kind !== 'string')) {
-    throw new ArgumentError(`openChat: backend: expected 'auto', 'cpu', 'webgpu', 'cuda' or an open Backend, got ${describe(o.backend)}`);
-  }
-  let model: LlamaModel | null = null;
+  const config = bundleConfigAt(o.mote, 'openChat: mote');
+  const m = await openModelFolder(o.model, o.backend ?? 'auto', config, { ...(o.dtype ? { dtype: o.dtype } : {}), what: 'openChat: model' });
   try {
-    model = await loadModel(dir, o.dtype ? { backend, dtype: o.dtype } : { backend });
-    await addStepTokens(model, tokenizer, config);
-    const bundle = o.mote !== undefined ? loadMote(o.mote, model) : null;
-    return new MoteChat(model, tokenizer, config, bundle, own ? backend : null);
+    const bundle = o.mote !== undefined ? loadMote(o.mote, m.model) : null;
+    return new MoteChat(m.model, m.tokenizer, config, bundle, m.close);
   } catch (e) {
-    model?.dispose();
-    if (own) backend.destroy();
+    m.close();
     throw e;
   }
 }
@@ -125,8 +157,11 @@ export class MoteChat {
   readonly #stepTokens: Map<number, number>;
   readonly #stop: number[];
 
-  /** Use openChat(); this constructor takes ownership of `bundle` and `ownBackend`. */
-  constructor(readonly model: LlamaModel, readonly tokenizer: MoteTokenizer, readonly config: MoteConfig, readonly bundle: MoteBundle | null, private readonly ownBackend: Backend | null) {
+  /**
+   * Use openChat(); this constructor takes ownership of `bundle`, and `release` frees the rest
+   * on dispose() (default: the model).
+   */
+  constructor(readonly model: LlamaModel, readonly tokenizer: MoteTokenizer, readonly config: MoteConfig, readonly bundle: MoteBundle | null, private readonly release: () => void = () => model.dispose()) {
     const tags = stepTokenIds(tokenizer, config);
     this.#stepTokens = new Map(tags.start.map((id, i) => [id, i]));
     this.#stop = tokenizer.eosTokenId !== undefined ? [tokenizer.eosTokenId] : [];
@@ -141,18 +176,18 @@ export class MoteChat {
     if (this.#disposed) throw new ArgumentError(`MoteChat.${op}: used after dispose()`);
   }
 
-  #request(op: string, question: string | readonly ChatMessage[], opts: AskOptions): GenerateRequest {
+  #request(op: string, question: string | readonly ChatMessage[], opts: AskOptions, what = 'question', seedOffset = 0): GenerateRequest {
     let messages: ChatMessage[];
     if (typeof question === 'string') {
-      if (question.trim() === '') throw new ArgumentError(`${op}: question: empty`);
+      if (question.trim() === '') throw new ArgumentError(`${op}: ${what}: empty`);
       messages = [{ role: 'user', content: question }];
     } else if (Array.isArray(question) && question.length > 0) {
       messages = question.map((m, i) => {
-        if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') throw new ArgumentError(`${op}: question[${i}]: expected { role: string, content: string }, got ${describe(m)}`);
+        if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') throw new ArgumentError(`${op}: ${what}[${i}]: expected { role: string, content: string }, got ${describe(m)}`);
         return { role: m.role, content: m.content };
       });
-      if (messages.at(-1)!.role !== 'user') throw new ArgumentError(`${op}: question: the last message must be the user's (got role ${JSON.stringify(messages.at(-1)!.role)})`);
-    } else throw new ArgumentError(`${op}: question: expected a string or a non-empty list of chat messages, got ${describe(question)}`);
+      if (messages.at(-1)!.role !== 'user') throw new ArgumentError(`${op}: ${what}: the last message must be the user's (got role ${JSON.stringify(messages.at(-1)!.role)})`);
+    } else throw new ArgumentError(`${op}: ${what}: expected a string or a non-empty list of chat messages, got ${describe(question)}`);
     if (typeof opts !== 'object' || opts === null) throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
     const maxNewTokens = opts.maxNewTokens ?? 256;
     if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1) throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer, got ${describe(opts.maxNewTokens)}`);
@@ -168,9 +203,15 @@ export class MoteChat {
     const last = this.config.steps.length - 1;
     const stopAfter = opts.stopAfter === undefined ? last : stepIndex(opts.stopAfter, 'stopAfter');
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(opts.signal)}`);
+    const prompt = promptIds(this.tokenizer, { prompt: plainPrompt(messages), messages });
+    const context = this.model.config.maxPositionEmbeddings;
+    if (prompt.length >= context) {
+      const text = plainPrompt(messages);
+      const head = text.length > 40 ? `${text.slice(0, 40)}…` : text;
+      throw new ArgumentError(`${op}: ${what} (${JSON.stringify(head)}): ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${context}: shorten it to under ${context} tokens`);
+    }
     const req: GenerateRequest = {
-      prompt: promptIds(this.tokenizer, { prompt: plainPrompt(messages), messages }),
-      maxNewTokens, stop: this.#stop, seed, stopAfterStep: stopAfter,
+      prompt, maxNewTokens, stop: this.#stop, seed: (seed + seedOffset) % 2 ** 31, stopAfterStep: stopAfter,
       ...(opts.sampling ? { sampling: opts.sampling } : {}),
       ...(skip.length ? { skipSteps: skip } : {}),
     };
@@ -183,20 +224,22 @@ export class MoteChat {
     return k < 0 ? 'shared' : `${this.config.steps[k]} + shared`;
   }
 
-  /** Runs one request, calling onText with each decoded piece; the answer by step. */
-  async #run(op: string, question: string | readonly ChatMessage[], opts: AskOptions, onText?: (c: AnswerChunk) => void): Promise<ChatAnswer> {
+  /** Runs the requests as one batch, calling onText with each decoded piece of the first; the answers by step. */
+  async #run(op: string, questions: readonly (string | readonly ChatMessage[])[], opts: AskOptions, onText?: (c: AnswerChunk) => void): Promise<ChatAnswer[]> {
     this.#live(op);
-    const req = this.#request(op, question, opts);
+    const listed = op === 'MoteChat.askAll';
+    const reqs = questions.map((q, i) => this.#request(op, q, opts, listed ? `questions[${i}]` : 'question', i));
     const tagIds = new Set(this.#stepTokens.keys());
-    const steps: { k: number; ids: number[]; shown: string }[] = [];
+    const steps: { k: number; ids: number[]; shown: string }[][] = questions.map(() => []);
     const onToken = (e: TokenEvent) => {
-      let cur = steps.at(-1);
+      const seq = steps[e.seq]!;
+      let cur = seq.at(-1);
       if (!cur || cur.k !== e.step) {
         cur = { k: e.step, ids: [], shown: '' };
-        steps.push(cur);
+        seq.push(cur);
       }
       if (!tagIds.has(e.token) && !this.#stop.includes(e.token)) cur.ids.push(e.token);
-      if (onText) {
+      if (onText && e.seq === 0) {
         const text = this.tokenizer.decode(cur.ids, { skipSpecialTokens: true }).trimStart();
         // Only growth is sent: a piece that changes earlier text (a multi-byte character still
         // completing) waits for the next token; a tag alone has no text yet.
@@ -206,22 +249,32 @@ export class MoteChat {
         }
       }
     };
-    const results = await generate(this.model, [req], {
+    const results = await generate(this.model, reqs, {
       ...(this.bundle ? { router: this.bundle.tokenRouter() } : {}),
       stepTokens: this.#stepTokens, stepTokenRouting: 'own', onToken,
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
-    const r = results[0]!;
-    const out: AnswerStep[] = steps
-      .map((s) => ({ step: s.k < 0 ? null : this.config.steps[s.k]!, expert: this.#expert(s.k), text: this.tokenizer.decode(s.ids, { skipSpecialTokens: true }).trim() }))
-      .filter((s) => s.text !== '' || s.step !== null);
-    const answer = out.find((s) => s.step === 'answer') ?? out.at(-1);
-    return { steps: out, text: answer?.text ?? '', stopReason: r.stopReason, tokens: r.tokens.length };
+    return results.map((r, i) => {
+      const out: AnswerStep[] = steps[i]!
+        .map((s) => ({ step: s.k < 0 ? null : this.config.steps[s.k]!, expert: this.#expert(s.k), text: this.tokenizer.decode(s.ids, { skipSpecialTokens: true }).trim() }))
+        .filter((s) => s.text !== '' || s.step !== null);
+      const answer = out.find((s) => s.step === 'answer') ?? out.at(-1);
+      return { steps: out, text: answer?.text ?? '', stopReason: r.stopReason, tokens: r.tokens.length };
+    });
   }
 
   /** Answers `question` (a string, or chat messages ending with the user's), step by step. */
-  ask(question: string | readonly ChatMessage[], opts: AskOptions = {}): Promise<ChatAnswer> {
-    return this.#run('MoteChat.ask', question, opts);
+  async ask(question: string | readonly ChatMessage[], opts: AskOptions = {}): Promise<ChatAnswer> {
+    return (await this.#run('MoteChat.ask', [question], opts))[0]!;
+  }
+
+  /**
+   * Answers several questions in one batch (faster than one by one). Question i samples with
+   * seed `opts.seed + i`; a signal stops them all.
+   */
+  async askAll(questions: readonly (string | readonly ChatMessage[])[], opts: AskOptions = {}): Promise<ChatAnswer[]> {
+    if (!Array.isArray(questions) || questions.length === 0) throw new ArgumentError(`MoteChat.askAll: questions: expected a non-empty list, got ${describe(questions)}`);
+    return this.#run('MoteChat.askAll', questions, opts);
   }
 
   /**
@@ -238,11 +291,11 @@ export class MoteChat {
     const onOuter = () => stopper.abort();
     outer?.addEventListener('abort', onOuter);
     if (outer?.aborted) stopper.abort();
-    const run = this.#run('MoteChat.stream', question, { ...opts, signal: stopper.signal }, (c) => {
+    const run = this.#run('MoteChat.stream', [question], { ...opts, signal: stopper.signal }, (c) => {
       queue.push(c);
       wake?.();
     }).then(
-      (a) => { done = true; wake?.(); return a; },
+      (a) => { done = true; wake?.(); return a[0]!; },
       (e) => { done = true; failure = e; wake?.(); return null; },
     );
     try {
@@ -271,8 +324,7 @@ export class MoteChat {
     if (this.#disposed) return;
     this.#disposed = true;
     this.bundle?.dispose();
-    this.model.dispose();
-    this.ownBackend?.destroy();
+    this.release();
   }
 
   [Symbol.dispose](): void {

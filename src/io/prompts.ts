@@ -13,11 +13,11 @@
 // Malformed entries do not stop the read: each is reported as { line, reason } and skipped.
 // An empty file, or one with no usable prompt, is a FormatError naming the file.
 
-import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { stepOfEndToken, stepOfToken } from '../mote/steps.js';
 import type { ChatMessage } from './tokenizer.js';
+import { readFileBounded } from './files.js';
 
 export interface PromptRecord {
   /** The prompt as plain text: the question, or for a conversation its "Human: … / Assistant: …" transcript. */
@@ -47,25 +47,31 @@ export interface ReadPromptsOptions {
   format?: PromptFormat;
 }
 
-/** Reads a text file (gunzipping *.gz); FormatError naming the file when it is missing or unreadable. */
-export function readTextFile(file: string): string {
+/** Data files (prompts, chains) larger than this, before or after gunzip, are refused: a data set, not a corpus. */
+export const MAX_DATA_FILE_BYTES = 256 * 1024 * 1024;
+
+/**
+ * Reads a data file of text (prompts, chains; *.gz gunzipped) through the bounded reader:
+ * missing files, folders, FIFOs, files or gzip contents over MAX_DATA_FILE_BYTES, binary files
+ * (a NUL byte) and text that is not UTF-8 are FormatErrors naming the file.
+ */
+export function readTextFile(file: string, what = 'a text data file'): string {
   if (typeof file !== 'string' || file.length === 0) throw new ArgumentError(`readTextFile: file: expected a path, got ${describe(file)}`);
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new FormatError(`${file}: not found`);
-    throw new FormatError(`${file}: cannot read: ${(e as Error).message}`);
-  }
+  let bytes = readFileBounded(file, what, MAX_DATA_FILE_BYTES);
   if (file.endsWith('.gz')) {
     try {
-      buf = zlib.gunzipSync(buf);
+      bytes = zlib.gunzipSync(bytes, { maxOutputLength: MAX_DATA_FILE_BYTES });
     } catch (e) {
-      throw new FormatError(`${file}: not a gzip file: ${(e as Error).message}`);
+      throw new FormatError(`${file}: not a gzip file of at most ${MAX_DATA_FILE_BYTES} bytes unpacked: ${(e as Error).message}`);
     }
   }
-  return buf.toString('utf8');
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) throw new FormatError(`${file}: binary file (NUL byte at offset ${nul}), expected text (${what})`);
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new FormatError(`${file}: not UTF-8 text (${what})`);
+  }
 }
 
 /** The lines of a text, 1-based, without line ends (LF or CRLF). */
