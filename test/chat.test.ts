@@ -136,7 +136,7 @@ test('MoteChat: step options, chat messages, abort, errors naming the argument, 
     assert.ok(a.steps.every((s) => s.expert === 'base'));
   }
   await assert.rejects(openChat({ model: tmp }), /model: .* is not a model folder/);
-  await assert.rejects(openChat({ mote: tmp, backend: 'cpu' }), /mote\.json: not found/);
+  await assert.rejects(openChat({ mote: tmp, backend: 'cpu' }), /openChat: mote: .* is not a MoTE bundle \(no mote\.json\)/);
   await assert.rejects(openChat({ backend: 42 as never }), /backend/);
   await assert.rejects(openChat(null as never), /opts/);
 });

@@ -161,7 +161,7 @@ function runChild(cases: Case[], from: number): void {
   if (!addon) throw new Error('no addon');
   for (let i = from; i < cases.length; i++) {
     const c = cases[i]!;
-    writeSync(1, `start ${i}\n`); // synchronous: a fault right after still leaves the line
+    writeLine(`start ${i}\n`); // synchronous: a fault right after still leaves the line
     let outcome: string;
     try {
       if (c.fn === 'special') {
@@ -176,7 +176,7 @@ function runChild(cases: Case[], from: number): void {
     } catch (e) {
       outcome = `threw ${(e as Error).name === 'Error' ? (e as Error).constructor.name : (e as Error).name}: ` + String((e as Error).message).replace(/\n/g, ' ');
     }
-    writeSync(1, `done ${i} ${outcome}\n`);
+    writeLine(`done ${i} ${outcome}\n`);
   }
 }
 
@@ -207,6 +207,20 @@ function runAll(cases: Case[], extraEnv: Record<string, string> = {}): { outcome
     from = last + 2;
   }
   return { outcomes, deaths };
+}
+
+/** writeSync to stdout, retried while a full non-blocking pipe says EAGAIN (Node 22+ makes the pipe non-blocking). */
+function writeLine(line: string): void {
+  const buf = Buffer.from(line);
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += writeSync(1, buf, off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1); // the parent drains the pipe
+    }
+  }
 }
 
 const childSpec = process.env.MOTE_SAFETY_CHILD;

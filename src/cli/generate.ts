@@ -50,6 +50,15 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
     m.close();
     throw e;
   }
+  const context = m.model.config.maxPositionEmbeddings;
+  for (const [i, q] of questions.entries()) {
+    const n = chat.promptTokens(q.messages);
+    if (n >= context) {
+      chat.dispose();
+      const head = q.label.length > 40 ? `${q.label.slice(0, 40)}…` : q.label;
+      throw new ArgumentError(`prompt ${i + 1} (${JSON.stringify(head)}): ${n} tokens, but the model's context (max_position_embeddings) is ${context}: shorten it to under ${context} tokens`);
+    }
+  }
   // Ctrl-C ends generation at the next token: what was generated is printed, then one line, exit 130.
   const abort = new AbortController();
   const onSigint = () => abort.abort();

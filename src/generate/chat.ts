@@ -263,6 +263,13 @@ export class MoteChat {
     });
   }
 
+  /** How many tokens `question` is as the model sees it (chat template applied); the model's context is model.config.maxPositionEmbeddings. */
+  promptTokens(question: string | readonly ChatMessage[]): number {
+    this.#live('promptTokens');
+    const messages = typeof question === 'string' ? [{ role: 'user', content: question }] : question.map((m) => ({ role: m.role, content: m.content }));
+    return promptIds(this.tokenizer, { prompt: plainPrompt(messages), messages }).length;
+  }
+
   /** Answers `question` (a string, or chat messages ending with the user's), step by step. */
   async ask(question: string | readonly ChatMessage[], opts: AskOptions = {}): Promise<ChatAnswer> {
     return (await this.#run('MoteChat.ask', [question], opts))[0]!;
