@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError, describe } from '../errors.js';
-import { openBackend } from '../backend/select.js';
+import { BACKEND_KINDS, openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
 import { loadModel, LlamaModel } from '../model/llama.js';
 import { loadTokenizer, type ChatMessage, type MoteTokenizer } from '../io/tokenizer.js';
@@ -108,7 +108,7 @@ export interface OpenedModel {
  * tags added as single tokens (growing the embeddings when needed). `what` names the
  * argument in errors ('--model' in the CLI). Nothing stays allocated when it fails.
  */
-export async function openModelFolder(dirOpt: string | undefined, backendReq: BackendRequest | Backend, config: Pick<MoteConfig, 'steps'>, opts: { dtype?: 'f32' | 'f16' | 'bf16'; what?: string } = {}): Promise<OpenedModel> {
+export async function openModelFolder(dirOpt: string | undefined, backendReq: BackendRequest | Backend, config: Pick<MoteConfig, 'steps'>, opts: { dtype?: 'f32' | 'f16' | 'bf16'; what?: string; backendWhat?: string } = {}): Promise<OpenedModel> {
   const what = opts.what ?? 'model';
   const dir = path.resolve(dirOpt ?? DEFAULT_MODEL_DIR);
   if (!fs.existsSync(path.join(dir, 'config.json'))) {
@@ -116,9 +116,8 @@ export async function openModelFolder(dirOpt: string | undefined, backendReq: Ba
   }
   if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) throw new ArgumentError(`${what}: ${dir} has no tokenizer.json (mote needs the model's tokenizer)`);
   const own = typeof backendReq === 'string';
-  if (!own && (typeof backendReq !== 'object' || backendReq === null || typeof (backendReq as Backend).kind !== 'string')) {
-    throw new ArgumentError(`backend: expected 'auto', 'cpu', 'webgpu', 'cuda' or an open Backend, got ${describe(backendReq)}`);
-  }
+  const badBackend = own ? !(['auto', ...BACKEND_KINDS] as string[]).includes(backendReq) : typeof backendReq !== 'object' || backendReq === null || typeof (backendReq as Backend).kind !== 'string';
+  if (badBackend) throw new ArgumentError(`${opts.backendWhat ?? 'backend'}: expected 'auto', 'cpu', 'webgpu', 'cuda' or an open Backend, got ${describe(backendReq)}`);
   const tokenizer = loadTokenizer(dir);
   const backend = own ? await openBackend(backendReq) : backendReq;
   let model: LlamaModel | null = null;
@@ -141,7 +140,7 @@ export async function openModelFolder(dirOpt: string | undefined, backendReq: Ba
 export async function openChat(opts?: OpenChatOptions): Promise<MoteChat> {
   const o = checkOpenOptions(opts);
   const config = bundleConfigAt(o.mote, 'openChat: mote');
-  const m = await openModelFolder(o.model, o.backend ?? 'auto', config, { ...(o.dtype ? { dtype: o.dtype } : {}), what: 'openChat: model' });
+  const m = await openModelFolder(o.model, o.backend ?? 'auto', config, { ...(o.dtype ? { dtype: o.dtype } : {}), what: 'openChat: model', backendWhat: 'openChat: backend' });
   try {
     const bundle = o.mote !== undefined ? loadMote(o.mote, m.model) : null;
     return new MoteChat(m.model, m.tokenizer, config, bundle, m.close);
@@ -191,7 +190,7 @@ export class MoteChat {
     if (typeof opts !== 'object' || opts === null) throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
     const maxNewTokens = opts.maxNewTokens ?? 256;
     if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1) throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer, got ${describe(opts.maxNewTokens)}`);
-    checkSampling(op, opts.sampling);
+    checkSampling(`${op}: sampling`, opts.sampling);
     const seed = checkSeed(op, 'seed', opts.seed ?? 0);
     const stepIndex = (name: string, what: string): number => {
       const k = this.config.steps.indexOf(name as StepName);

@@ -164,6 +164,8 @@ function tokenList(op: string, name: string, a: unknown, V: number, minLen: numb
   return arr;
 }
 
+const GENERATE_OPTION_KEYS = new Set(['router', 'stepTokens', 'onToken', 'returnLogits', 'stepTokenRouting', 'cacheCapacity', 'signal']);
+
 /**
  * Generates continuations of `requests` in one batch. Returns one result per request, in order;
  * streams every token through opts.onToken as it is chosen.
@@ -172,7 +174,11 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
   const op = 'generate';
   if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
   if (!Array.isArray(requests)) throw new ArgumentError(`${op}: requests: expected an array of requests, got ${describe(requests)}`);
-  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
+  const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
+  if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null)) throw new ArgumentError(`${op}: opts: expected a plain object, got ${describe(opts)}`);
+  for (const k of Object.keys(opts)) {
+    if (!GENERATE_OPTION_KEYS.has(k)) throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${[...GENERATE_OPTION_KEYS].join(', ')})`);
+  }
   const V = model.config.vocabSize;
   const maxContext = model.config.maxPositionEmbeddings;
 
@@ -207,7 +213,9 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
     }
   }
   if (opts.onToken !== undefined && typeof opts.onToken !== 'function') throw new ArgumentError(`${op}: onToken: expected a function, got ${describe(opts.onToken)}`);
-  if (opts.cacheCapacity !== undefined) intIn(op, 'cacheCapacity', opts.cacheCapacity, 1);
+  // The cache never needs more than every sequence at the full context: a larger capacity is a mistake, not a reason to allocate.
+  if (opts.cacheCapacity !== undefined) intIn(op, 'cacheCapacity', opts.cacheCapacity, 1, Math.max(1, requests.length) * maxContext);
+  if (opts.returnLogits !== undefined && typeof opts.returnLogits !== 'boolean') throw new ArgumentError(`${op}: returnLogits: expected a boolean, got ${describe(opts.returnLogits)}`);
   const signal = opts.signal;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(signal)}`);
   const stepTokenRouting = opts.stepTokenRouting ?? 'previous';

@@ -30,7 +30,14 @@ export interface ResolvedSampling {
  */
 export function checkSampling(op: string, opts: SamplingOptions | undefined): ResolvedSampling {
   if (opts === undefined) return { temperature: 0, topK: Infinity, topP: 1 };
-  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: sampling: expected { temperature?, topK?, topP? }, got ${describe(opts)}`);
+  const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
+  if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null)) {
+    throw new ArgumentError(`${op}${op.endsWith('sampling') ? '' : ': sampling'}: expected a plain object { temperature?, topK?, topP? }, got ${describe(opts)}`);
+  }
+  // A misspelt option would otherwise be ignored silently (greedy instead of sampling).
+  for (const k of Object.keys(opts)) {
+    if (k !== 'temperature' && k !== 'topK' && k !== 'topP') throw new ArgumentError(`${op}${op.endsWith('sampling') ? '' : ': sampling'}: unknown option '${k}' (expected temperature, topK, topP)`);
+  }
   const { temperature = 0, topK, topP = 1 } = opts;
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0) {
     throw new ArgumentError(`${op}: temperature: expected a finite number ≥ 0, got ${describe(temperature)}`);
