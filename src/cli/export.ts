@@ -7,7 +7,8 @@ import { ArgumentError } from '../errors.js';
 import { MOTE_FILE, readMoteJson } from '../mote/bundle.js';
 import { readJsonFile } from '../io/files.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parsePeftConfig } from '../io/peft.js';
-import { readSafetensors } from '../io/safetensors.js';
+import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { mergeStepExperts } from '../mote/merged_steps.js';
 import { replaceDirAtomically, tryJson } from '../io/atomic_dir.js';
 
 /** An export folder written by mote before the marker existed (experts.json { from, experts }), or null. */
@@ -21,7 +22,7 @@ function legacyExportFiles(dir: string): string[] | null {
   return files;
 }
 
-export async function exportCommand(o: { mote: string; out: string; json?: boolean; overwrite?: boolean }): Promise<void> {
+export async function exportCommand(o: { mote: string; out: string; json?: boolean; overwrite?: boolean; mergedSteps?: boolean }): Promise<void> {
   let dir = o.mote;
   if (!fs.existsSync(path.join(dir, MOTE_FILE)) && fs.existsSync(path.join(dir, 'adapters', MOTE_FILE))) dir = path.join(dir, 'adapters');
   const f = path.join(dir, MOTE_FILE);
@@ -35,7 +36,19 @@ export async function exportCommand(o: { mote: string; out: string; json?: boole
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new ArgumentError(`${f}: expert name '${name}' is not a plain folder name`);
   }
   const written: string[] = [];
+  // --merged-steps: each step folded with the shared expert into one adapter (src/mote/merged_steps.ts).
+  const merged = o.mergedSteps ? mergeStepExperts(dir) : null;
   await replaceDirAtomically('mote export', o.out, { kind: 'peft-export', legacy: legacyExportFiles, overwrite: o.overwrite === true }, (tmp) => {
+    if (merged) {
+      for (const [name, a] of merged) {
+        fs.mkdirSync(path.join(tmp, name));
+        fs.writeFileSync(path.join(tmp, name, ADAPTER_CONFIG_FILE), JSON.stringify(a.config, null, 2) + '\n');
+        writeSafetensors(path.join(tmp, name, ADAPTER_WEIGHTS_FILE), a.tensors);
+        written.push(path.join(path.resolve(o.out), name));
+      }
+      fs.writeFileSync(path.join(tmp, 'experts.json'), JSON.stringify({ from: path.resolve(dir), experts: [...merged.keys()], merged: true }, null, 2) + '\n');
+      return;
+    }
     for (const [name, sub] of Object.entries(experts)) {
       fs.mkdirSync(path.join(tmp, name));
       for (const file of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) fs.copyFileSync(path.join(dir, sub, file), path.join(tmp, name, file));

@@ -141,6 +141,7 @@ program.command('eval').description('toy evaluation: refusal on risky questions,
 program.command('export').description('write every expert of a MoTE bundle (or a training checkpoint) as its own PEFT adapter folder')
   .requiredOption('--mote <dir>', 'a MoTE bundle, or a checkpoint directory (its adapters/)').requiredOption('-o, --out <dir>', 'output directory')
   .option('--overwrite', 'write into an --out folder mote did not write (its files are kept, never deleted)')
+  .option('--merged-steps', 'one adapter per step with the shared expert folded in (rank r_step + r_shared): for servers that run one adapter per request')
   .option('--json', 'machine-readable output').action(exportCommand);
 
 program.command('bench').description('run the benchmarks (a source checkout: npm run bench -- --help lists the options)')
