@@ -135,8 +135,12 @@ export interface GenerateOptions {
   signal?: AbortSignal;
 }
 
-interface SeqState {
+/** One request's decoding state (see BatchDecoder). @internal */
+export interface SeqState {
+  /** Index passed to router.slotsFor and reported in TokenEvent.seq. */
   i: number;
+  /** Sequence id in the KV cache (unique for the decoder's life). */
+  cacheId: number;
   req: GenerateRequest;
   sampling: ResolvedSampling;
   rng: SeededRng;
@@ -147,6 +151,10 @@ interface SeqState {
   step: number;
   result: GenerateResult;
   done: boolean;
+  /** Called for each token of this sequence (besides opts.onToken). */
+  onToken?: (e: TokenEvent) => void;
+  /** The token to feed next (after its prompt has run); null before the prefill. */
+  next: number | null;
 }
 
 function intIn(op: string, name: string, v: unknown, lo: number, hi = Number.MAX_SAFE_INTEGER): number {
@@ -167,80 +175,112 @@ function tokenList(op: string, name: string, a: unknown, V: number, minLen: numb
 const GENERATE_OPTION_KEYS = new Set(['router', 'stepTokens', 'onToken', 'returnLogits', 'stepTokenRouting', 'cacheCapacity', 'signal']);
 
 /**
- * Generates continuations of `requests` in one batch. Returns one result per request, in order;
- * streams every token through opts.onToken as it is chosen.
+ * The decoding loop shared by `generate` (one batch, all requests known up front) and the
+ * serving engine (requests join and leave at every step): a KV cache, the step routing and
+ * each sequence's state machine. Each `step()` runs one forward over the prompts admitted
+ * since the last step (prefill) and one token of every running sequence (decode), packed
+ * together, then picks every sequence's next token. A sequence's tokens do not depend on
+ * which others share its steps: it has its own RNG, and its rows are computed from its own
+ * cache entries. @internal use generate() or Engine.
  */
-export async function generate(model: LlamaModel, requests: readonly GenerateRequest[], opts: GenerateOptions = {}): Promise<GenerateResult[]> {
-  const op = 'generate';
-  if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
-  if (!Array.isArray(requests)) throw new ArgumentError(`${op}: requests: expected an array of requests, got ${describe(requests)}`);
-  const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
-  if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null)) throw new ArgumentError(`${op}: opts: expected a plain object, got ${describe(opts)}`);
-  for (const k of Object.keys(opts)) {
-    if (!GENERATE_OPTION_KEYS.has(k)) throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${[...GENERATE_OPTION_KEYS].join(', ')})`);
-  }
-  const V = model.config.vocabSize;
-  const maxContext = model.config.maxPositionEmbeddings;
+export class BatchDecoder {
+  readonly V: number;
+  readonly maxContext: number;
+  readonly stepOf = new Map<number, number>();
+  readonly tokenOfStep = new Map<number, number>();
+  readonly stepList: number[];
+  readonly stepTokenRouting: 'previous' | 'own';
+  #router: TokenRouter | undefined;
+  #L = 0;
+  #cache: KvCache | null = null;
+  #capacity: number | undefined;
+  #nextId = 0;
+  /** Admitted, prompt not yet run. */
+  #waiting: SeqState[] = [];
+  /** Prompt run, waiting for their next token to be fed. */
+  #running: SeqState[] = [];
 
-  // Steps: token → step and step → token.
-  const stepOf = new Map<number, number>();
-  const tokenOfStep = new Map<number, number>();
-  if (opts.stepTokens !== undefined) {
-    if (!(opts.stepTokens instanceof Map)) throw new ArgumentError(`${op}: stepTokens: expected a Map of token id → step index, got ${describe(opts.stepTokens)}`);
-    for (const [t, s] of opts.stepTokens) {
-      intIn(op, `stepTokens key ${describe(t)}`, t, 0, V - 1);
-      intIn(op, `stepTokens[${t}]`, s, 0);
-      if (tokenOfStep.has(s)) throw new ArgumentError(`${op}: stepTokens: step ${s} has two start tokens (${tokenOfStep.get(s)} and ${t})`);
-      stepOf.set(t, s);
-      tokenOfStep.set(s, t);
+  constructor(readonly model: LlamaModel, readonly opts: GenerateOptions, readonly op = 'generate', requestsHint = 1) {
+    if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
+    const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
+    if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null)) throw new ArgumentError(`${op}: opts: expected a plain object, got ${describe(opts)}`);
+    for (const k of Object.keys(opts)) {
+      if (!GENERATE_OPTION_KEYS.has(k)) throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${[...GENERATE_OPTION_KEYS].join(', ')})`);
     }
-  }
-  const stepList = [...tokenOfStep.keys()].sort((a, b) => a - b);
-
-  // Router.
-  const router = opts.router;
-  let L = 0;
-  if (router !== undefined) {
-    if (!router || typeof router !== 'object') throw new ArgumentError(`${op}: router: expected a TokenRouter, got ${describe(router)}`);
-    intIn(op, 'router.K', router.K, 1);
-    if (!Array.isArray(router.stacks)) throw new ArgumentError(`${op}: router.stacks: expected one entry per layer, got ${describe(router.stacks)}`);
-    if (typeof router.slotsFor !== 'function') throw new ArgumentError(`${op}: router.slotsFor: expected a function, got ${describe(router.slotsFor)}`);
-    if (router.L !== undefined) L = intIn(op, 'router.L', router.L, 1);
-    else {
-      const first = router.stacks.flatMap((m) => Object.values(m ?? {})).find((s) => s !== undefined) as LoraStack | undefined;
-      if (!first) throw new ArgumentError(`${op}: router.stacks: no adapter stack on any layer (give router.L or leave the router out)`);
-      L = first.A.shape[0]!;
+    this.V = model.config.vocabSize;
+    this.maxContext = model.config.maxPositionEmbeddings;
+    // Steps: token → step and step → token.
+    if (opts.stepTokens !== undefined) {
+      if (!(opts.stepTokens instanceof Map)) throw new ArgumentError(`${op}: stepTokens: expected a Map of token id → step index, got ${describe(opts.stepTokens)}`);
+      for (const [t, s] of opts.stepTokens) {
+        intIn(op, `stepTokens key ${describe(t)}`, t, 0, this.V - 1);
+        intIn(op, `stepTokens[${t}]`, s, 0);
+        if (this.tokenOfStep.has(s)) throw new ArgumentError(`${op}: stepTokens: step ${s} has two start tokens (${this.tokenOfStep.get(s)} and ${t})`);
+        this.stepOf.set(t, s);
+        this.tokenOfStep.set(s, t);
+      }
     }
+    this.stepList = [...this.tokenOfStep.keys()].sort((a, b) => a - b);
+    this.setRouter(opts.router);
+    if (opts.onToken !== undefined && typeof opts.onToken !== 'function') throw new ArgumentError(`${op}: onToken: expected a function, got ${describe(opts.onToken)}`);
+    // The cache never needs more than every sequence at the full context: a larger capacity is a mistake, not a reason to allocate.
+    if (opts.cacheCapacity !== undefined) this.#capacity = intIn(op, 'cacheCapacity', opts.cacheCapacity, 1, Math.max(1, requestsHint) * this.maxContext);
+    if (opts.returnLogits !== undefined && typeof opts.returnLogits !== 'boolean') throw new ArgumentError(`${op}: returnLogits: expected a boolean, got ${describe(opts.returnLogits)}`);
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(opts.signal)}`);
+    const stepTokenRouting = opts.stepTokenRouting ?? 'previous';
+    if (stepTokenRouting !== 'previous' && stepTokenRouting !== 'own') throw new ArgumentError(`${op}: stepTokenRouting: expected 'previous' or 'own', got ${describe(stepTokenRouting)}`);
+    this.stepTokenRouting = stepTokenRouting;
   }
-  if (opts.onToken !== undefined && typeof opts.onToken !== 'function') throw new ArgumentError(`${op}: onToken: expected a function, got ${describe(opts.onToken)}`);
-  // The cache never needs more than every sequence at the full context: a larger capacity is a mistake, not a reason to allocate.
-  if (opts.cacheCapacity !== undefined) intIn(op, 'cacheCapacity', opts.cacheCapacity, 1, Math.max(1, requests.length) * maxContext);
-  if (opts.returnLogits !== undefined && typeof opts.returnLogits !== 'boolean') throw new ArgumentError(`${op}: returnLogits: expected a boolean, got ${describe(opts.returnLogits)}`);
-  const signal = opts.signal;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(signal)}`);
-  const stepTokenRouting = opts.stepTokenRouting ?? 'previous';
-  if (stepTokenRouting !== 'previous' && stepTokenRouting !== 'own') throw new ArgumentError(`${op}: stepTokenRouting: expected 'previous' or 'own', got ${describe(stepTokenRouting)}`);
 
-  // Requests.
-  const seqs: SeqState[] = requests.map((req, i) => {
-    const r = `requests[${i}]`;
+  /** Replaces the adapters (between steps): routes are computed at every step, so running sequences switch at the next one. */
+  setRouter(router: TokenRouter | undefined): void {
+    const op = this.op;
+    let L = 0;
+    if (router !== undefined) {
+      if (!router || typeof router !== 'object') throw new ArgumentError(`${op}: router: expected a TokenRouter, got ${describe(router)}`);
+      intIn(op, 'router.K', router.K, 1);
+      if (!Array.isArray(router.stacks)) throw new ArgumentError(`${op}: router.stacks: expected one entry per layer, got ${describe(router.stacks)}`);
+      if (typeof router.slotsFor !== 'function') throw new ArgumentError(`${op}: router.slotsFor: expected a function, got ${describe(router.slotsFor)}`);
+      if (router.L !== undefined) L = intIn(op, 'router.L', router.L, 1);
+      else {
+        const first = router.stacks.flatMap((m) => Object.values(m ?? {})).find((s) => s !== undefined) as LoraStack | undefined;
+        if (!first) throw new ArgumentError(`${op}: router.stacks: no adapter stack on any layer (give router.L or leave the router out)`);
+        L = first.A.shape[0]!;
+      }
+    }
+    this.#router = router;
+    this.#L = L;
+  }
+
+  get router(): TokenRouter | undefined {
+    return this.#router;
+  }
+
+  /** Sequences admitted or running. */
+  get size(): number {
+    return this.#waiting.length + this.#running.length;
+  }
+
+  /** Checks one request (`r` names it in errors) and returns its state; nothing runs yet. */
+  prepare(req: GenerateRequest, i: number, r = `requests[${i}]`): SeqState {
+    const op = this.op;
     if (!req || typeof req !== 'object') throw new ArgumentError(`${op}: ${r}: expected { prompt, maxNewTokens, … }, got ${describe(req)}`);
-    const prompt = tokenList(op, `${r}.prompt`, req.prompt, V, 1);
-    if (prompt.length >= maxContext) {
-      throw new ArgumentError(`${op}: ${r}.prompt: ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${maxContext} ` +
-        `tokens: a prompt may have at most ${maxContext - 1} to leave room for a generated token`);
+    const prompt = tokenList(op, `${r}.prompt`, req.prompt, this.V, 1);
+    if (prompt.length >= this.maxContext) {
+      throw new ArgumentError(`${op}: ${r}.prompt: ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${this.maxContext} ` +
+        `tokens: a prompt may have at most ${this.maxContext - 1} to leave room for a generated token`);
     }
     intIn(op, `${r}.maxNewTokens`, req.maxNewTokens, 0);
-    const stop = new Set(req.stop === undefined ? [] : tokenList(op, `${r}.stop`, req.stop, V, 0));
+    const stop = new Set(req.stop === undefined ? [] : tokenList(op, `${r}.stop`, req.stop, this.V, 0));
     const sampling = checkSampling(`${op}: ${r}.sampling`, req.sampling);
     const seed = req.seed === undefined ? 0 : checkSeed(op, `${r}.seed`, req.seed);
     if (req.routing !== undefined) {
       if (typeof req.routing !== 'function') throw new ArgumentError(`${op}: ${r}.routing: expected a function (state) => { slots, weights }, got ${describe(req.routing)}`);
-      if (!router) throw new ArgumentError(`${op}: ${r}.routing: needs opts.router (its stacks hold the adapters)`);
+      if (!this.#router) throw new ArgumentError(`${op}: ${r}.routing: needs opts.router (its stacks hold the adapters)`);
     }
     const knownStep = (name: string, s: unknown): number => {
       intIn(op, name, s, 0);
-      if (!tokenOfStep.has(s as number)) throw new ArgumentError(`${op}: ${name}: step ${s as number} has no start token in stepTokens`);
+      if (!this.tokenOfStep.has(s as number)) throw new ArgumentError(`${op}: ${name}: step ${s as number} has no start token in stepTokens`);
       return s as number;
     };
     const skip = new Set<number>();
@@ -262,65 +302,64 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
     }
     const stopAfter = req.stopAfterStep === undefined ? Infinity : intIn(op, `${r}.stopAfterStep`, req.stopAfterStep, 0);
     const result: GenerateResult = { tokens: [], steps: [], stopReason: 'length' };
-    if (opts.returnLogits) result.logits = [];
+    if (this.opts.returnLogits) result.logits = [];
     return {
-      i, req: { ...req, prompt }, sampling, rng: new SeededRng(seed), stop, skip, force, stopAfter, step: -1, result,
-      done: req.maxNewTokens === 0,
+      i, cacheId: -1, req: { ...req, prompt }, sampling, rng: new SeededRng(seed), stop, skip, force, stopAfter, step: -1, result,
+      done: req.maxNewTokens === 0, next: null,
     };
-  });
+  }
 
-  const routeOf = (s: SeqState, step: number): RouteSlots => {
+  /** Queues prepared sequences: their prompts run (packed with the running decodes) at the next step. */
+  admit(seqs: readonly SeqState[]): void {
+    for (const s of seqs) {
+      if (s.done) continue;
+      s.cacheId = this.#nextId++;
+      this.#waiting.push(s);
+    }
+  }
+
+  /** Ends `s` now (stopReason as given) and frees its cache entries at the next step. */
+  end(s: SeqState, reason: StopReason): void {
+    if (s.done) return;
+    s.done = true;
+    s.result.stopReason = reason;
+  }
+
+  #routeOf(s: SeqState, step: number): RouteSlots {
+    const router = this.#router!;
     const state: RouteState = { step };
-    const rs = s.req.routing ? s.req.routing(state) : router!.slotsFor(s.i, state);
-    const K = router!.K;
+    const rs = s.req.routing ? s.req.routing(state) : router.slotsFor(s.i, state);
+    const K = router.K;
     const who = s.req.routing ? `requests[${s.i}].routing` : 'router.slotsFor';
     if (!rs || typeof rs !== 'object' || !rs.slots || !rs.weights || rs.slots.length !== K || rs.weights.length !== K) {
-      throw new ShapeError(`${op}: ${who}(step ${step}) for sequence ${s.i}: expected { slots, weights } with ${K} entries each, got ${describe(rs)}`);
+      throw new ShapeError(`${this.op}: ${who}(step ${step}) for sequence ${s.i}: expected { slots, weights } with ${K} entries each, got ${describe(rs)}`);
     }
     return rs;
-  };
+  }
 
-  /** One forward over tokens [seq index, token]; returns the chosen rows' logits. */
-  const run = async (cache: KvCache, batch: { s: SeqState; token: number; step: number }[], rows: number[]): Promise<Float32Array> => {
-    let routing: LoraRouting | undefined;
-    if (router) {
-      const slots: number[] = [];
-      const weights: number[] = [];
-      const memo = new Map<string, RouteSlots>();
-      for (const { s, step } of batch) {
-        const key = `${s.i}:${step}`;
-        let rs = memo.get(key);
-        if (!rs) { rs = routeOf(s, step); memo.set(key, rs); }
-        slots.push(...rs.slots);
-        weights.push(...rs.weights);
-      }
-      routing = loraRouting(model.backend, slots, { K: router.K, L, weight: weights });
-    }
-    try {
-      return await model.logits(batch.map((b) => b.token), {
-        seq: batch.map((b) => b.s.i), cache, logitRows: rows,
-        ...(router ? { lora: { stacks: router.stacks, routing: routing!, ...(router.strategy ? { strategy: router.strategy } : {}) } } : {}),
-      });
-    } finally {
-      routing?.dispose();
-    }
-  };
+  /** The step the last emitted token of `s` is routed with when fed back. */
+  #routeStepOfLast(s: SeqState): number {
+    const st = s.result.steps;
+    const n = st.length;
+    if (this.stepTokenRouting === 'own') return st[n - 1]!;
+    return n >= 2 ? st[n - 2]! : -1;
+  }
 
   /** Picks, rewrites and emits the next token of `s` from its logits row; returns the token to feed or null when it ended. */
-  const choose = (s: SeqState, row: Float32Array): number | null => {
+  #choose(s: SeqState, row: Float32Array): number | null {
     const res = s.result;
     const index = res.tokens.length;
     let forced = false;
     let token: number;
     const f = s.force.get(index);
-    if (f !== undefined) { token = tokenOfStep.get(f)!; forced = true; }
+    if (f !== undefined) { token = this.tokenOfStep.get(f)!; forced = true; }
     else token = sampleToken(row, s.sampling, s.rng);
-    let step = stepOf.get(token);
+    let step = this.stepOf.get(token);
     if (step !== undefined && !forced && s.skip.has(step)) {
-      const next = stepList.find((x) => x > step! && !s.skip.has(x));
+      const next = this.stepList.find((x) => x > step! && !s.skip.has(x));
       if (next === undefined) { s.done = true; res.stopReason = 'step'; return null; }
       step = next;
-      token = tokenOfStep.get(next)!;
+      token = this.tokenOfStep.get(next)!;
       forced = true;
     }
     if (step !== undefined && step > s.stopAfter) { s.done = true; res.stopReason = 'step'; return null; }
@@ -328,63 +367,143 @@ export async function generate(model: LlamaModel, requests: readonly GenerateReq
     res.tokens.push(token);
     res.steps.push(s.step);
     res.logits?.push(row);
-    opts.onToken?.({ seq: s.i, token, step: s.step, index, forced });
+    const e: TokenEvent = { seq: s.i, token, step: s.step, index, forced };
+    this.opts.onToken?.(e);
+    s.onToken?.(e);
     if (s.stop.has(token)) { s.done = true; res.stopReason = 'stop'; return null; }
     if (res.tokens.length >= s.req.maxNewTokens) { s.done = true; res.stopReason = 'length'; return null; }
     // The next token would be fed at position prompt + generated: past the context, stop here.
-    if (s.req.prompt.length + res.tokens.length >= maxContext) { s.done = true; res.stopReason = 'context'; return null; }
+    if (s.req.prompt.length + res.tokens.length >= this.maxContext) { s.done = true; res.stopReason = 'context'; return null; }
     return token;
-  };
+  }
 
+  /**
+   * One forward: the waiting prompts (prefill) and the next token of every running sequence
+   * (decode), packed; then every one of them gets its next token. Sequences that end (or were
+   * ended) leave the cache. Returns the sequences that ended in this step.
+   */
+  async step(): Promise<SeqState[]> {
+    const ended: SeqState[] = [];
+    // Sequences ended from outside (end()) since the last step leave first.
+    const gone = this.#running.filter((s) => s.done);
+    if (gone.length) {
+      this.#running = this.#running.filter((s) => !s.done);
+      this.#cache?.drop(gone.map((s) => s.cacheId));
+      ended.push(...gone);
+    }
+    const cancelledWaiting = this.#waiting.filter((s) => s.done);
+    ended.push(...cancelledWaiting);
+    const prefill = this.#waiting.filter((s) => !s.done);
+    this.#waiting = [];
+    const decode = this.#running;
+    if (prefill.length === 0 && decode.length === 0) return ended;
+    if (!this.#cache) {
+      const need = prefill.reduce((a, s) => a + s.req.prompt.length, 0) + decode.length + prefill.length + 1;
+      this.#cache = this.model.newCache({ capacity: this.#capacity ?? need });
+    }
+    const batch: { s: SeqState; token: number; step: number }[] = [];
+    const rows: number[] = [];
+    const order: SeqState[] = [];
+    for (const s of decode) {
+      batch.push({ s, token: s.next!, step: this.#routeStepOfLast(s) });
+      rows.push(batch.length - 1);
+      order.push(s);
+    }
+    // Prefill: each prompt routed with step −1, logits only for its last token.
+    for (const s of prefill) {
+      for (const t of s.req.prompt) batch.push({ s, token: t, step: -1 });
+      rows.push(batch.length - 1);
+      order.push(s);
+    }
+    const logits = await this.#run(batch, rows);
+    const V = this.V;
+    const next: SeqState[] = [];
+    const finished: SeqState[] = [];
+    order.forEach((s, r) => {
+      if (s.done) { finished.push(s); return; } // ended from outside during the forward
+      const t = this.#choose(s, logits.slice(r * V, (r + 1) * V));
+      if (t === null) finished.push(s);
+      else { s.next = t; next.push(s); }
+    });
+    // Nothing left: clearing is cheaper than compacting.
+    if (finished.length) {
+      if (next.length || this.#waiting.length) this.#cache.drop(finished.map((s) => s.cacheId));
+      else this.#cache.clear();
+    }
+    this.#running = next;
+    ended.push(...finished);
+    return ended;
+  }
+
+  /** One forward over tokens [sequence, token, routing step]; returns the chosen rows' logits. */
+  async #run(batch: { s: SeqState; token: number; step: number }[], rows: number[]): Promise<Float32Array> {
+    const router = this.#router;
+    let routing: LoraRouting | undefined;
+    if (router) {
+      const slots: number[] = [];
+      const weights: number[] = [];
+      const memo = new Map<string, RouteSlots>();
+      for (const { s, step } of batch) {
+        const key = `${s.cacheId}:${step}`;
+        let rs = memo.get(key);
+        if (!rs) { rs = this.#routeOf(s, step); memo.set(key, rs); }
+        slots.push(...rs.slots);
+        weights.push(...rs.weights);
+      }
+      routing = loraRouting(this.model.backend, slots, { K: router.K, L: this.#L, weight: weights });
+    }
+    try {
+      return await this.model.logits(batch.map((b) => b.token), {
+        seq: batch.map((b) => b.s.cacheId), cache: this.#cache!, logitRows: rows,
+        ...(router ? { lora: { stacks: router.stacks, routing: routing!, ...(router.strategy ? { strategy: router.strategy } : {}) } } : {}),
+      });
+    } finally {
+      routing?.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.#cache?.dispose();
+    this.#cache = null;
+    this.#waiting = [];
+    this.#running = [];
+  }
+}
+
+/**
+ * Generates continuations of `requests` in one batch. Returns one result per request, in order;
+ * streams every token through opts.onToken as it is chosen.
+ */
+export async function generate(model: LlamaModel, requests: readonly GenerateRequest[], opts: GenerateOptions = {}): Promise<GenerateResult[]> {
+  const op = 'generate';
+  if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
+  if (!Array.isArray(requests)) throw new ArgumentError(`${op}: requests: expected an array of requests, got ${describe(requests)}`);
+  const dec = new BatchDecoder(model, opts, op, requests.length);
+  // Every request is checked before anything runs.
+  const seqs = requests.map((req, i) => dec.prepare(req, i));
   const active = seqs.filter((s) => !s.done);
+  const signal = opts.signal;
   if (active.length === 0) return seqs.map((s) => s.result);
   if (signal?.aborted) {
     for (const s of active) s.result.stopReason = 'aborted';
     return seqs.map((s) => s.result);
   }
-  const promptTotal = active.reduce((a, s) => a + s.req.prompt.length, 0);
-  const cache = model.newCache({ capacity: opts.cacheCapacity ?? promptTotal + active.length + 1 });
   try {
-    // Prefill: every prompt packed (routed with step −1), logits only for each prompt's last token.
-    const batch: { s: SeqState; token: number; step: number }[] = [];
-    const rows: number[] = [];
-    for (const s of active) {
-      for (const t of s.req.prompt) batch.push({ s, token: t, step: -1 });
-      rows.push(batch.length - 1);
-    }
-    let live = active;
-    let logits = await run(cache, batch, rows);
+    dec.admit(active);
     for (;;) {
-      const next: { s: SeqState; token: number }[] = [];
-      const finished: number[] = [];
-      live.forEach((s, r) => {
-        const t = choose(s, logits.slice(r * V, (r + 1) * V));
-        if (t === null) finished.push(s.i);
-        else next.push({ s, token: t });
-      });
-      if (finished.length && next.length) cache.drop(finished);
-      if (next.length === 0) break;
+      await dec.step();
+      if (dec.size === 0) break;
       if (signal) {
         // Let pending events (a SIGINT handler) run: backends may compute without yielding.
         await new Promise<void>((resolve) => setImmediate(resolve));
         if (signal.aborted) {
-          for (const { s } of next) { s.done = true; s.result.stopReason = 'aborted'; }
+          for (const s of active) dec.end(s, 'aborted');
           break;
         }
       }
-      live = next.map((n) => n.s);
-      logits = await run(cache, next.map(({ s, token }) => ({ s, token, step: routeStepOfLast(s) })), next.map((_, k) => k));
     }
   } finally {
-    cache.dispose();
+    dec.dispose();
   }
   return seqs.map((s) => s.result);
-
-  /** The step the last emitted token of `s` is routed with when fed back. */
-  function routeStepOfLast(s: SeqState): number {
-    const st = s.result.steps;
-    const n = st.length;
-    if (stepTokenRouting === 'own') return st[n - 1]!;
-    return n >= 2 ? st[n - 2]! : -1;
-  }
 }
