@@ -1,0 +1,353 @@
+// A serving engine: continuous batching over one model with named adapters that come and go.
+//
+// Requests join and leave at every decode step (BatchDecoder): a new request's prompt runs in
+// the same forward as the running sequences' next tokens, a finished or cancelled one leaves
+// the KV cache at once. Each request has its own prompt, sampling, stop conditions, step
+// controls and adapter — a PEFT LoRA adapter, a MoTE bundle (step routing: a step-start token
+// switches its experts, as generate does) or none — and streams its tokens.
+//
+// Adapters. Every registered adapter (a bundle is its experts) is stacked into one AdapterSet,
+// so one forward serves any mix of them (K = 2 slots per token: a bundle's step expert and its
+// shared expert; a plain adapter and nothing). Adding or removing one rebuilds that set from
+// the folders between two steps; routing is computed at every step from the adapter's name,
+// so running requests carry on across the change. A request's adapter cannot be removed while
+// it runs.
+//
+// Batch invariance: a sequence's tokens depend only on its own request — its own RNG, its own
+// cache entries — not on what else is in the batch (tested: the same greedy request alone and
+// in a busy engine gives the same tokens).
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ArgumentError, MoteError, describe } from '../errors.js';
+import type { LlamaModel } from '../model/llama.js';
+import { BatchDecoder, type GenerateRequest, type GenerateResult, type RouteSlots, type SeqState, type StopReason, type TokenEvent, type TokenRouter } from '../generate/generate.js';
+import { loadPeftAdapters, readMoteJson, type AdapterSet } from '../mote/bundle.js';
+import { SHARED_EXPERT, type MoteConfig } from '../mote/steps.js';
+import { ADAPTER_CONFIG_FILE } from '../io/peft.js';
+
+export interface EngineOptions {
+  /** Step-start token id → step index (the MoTE step tags), as generate's stepTokens. */
+  stepTokens?: ReadonlyMap<number, number>;
+  /** As generate's; default 'own' (a chain puts a step's start tag in that step). */
+  stepTokenRouting?: 'previous' | 'own';
+  /** Most sequences decoding at once (default 64); later requests wait in order. */
+  maxSequences?: number;
+  /** Most prompt tokens started in one step (default 4096; a longer prompt runs alone), so new prompts do not stall running decodes for long. */
+  maxPrefillTokens?: number;
+}
+
+export interface EngineRequest extends Omit<GenerateRequest, 'routing'> {
+  /** A name given to addAdapter; default: the base model alone. */
+  adapter?: string;
+  /** Ends this request at the next step (stopReason 'aborted'); the others go on. */
+  signal?: AbortSignal;
+}
+
+/** A running request: its tokens as they come, and its result. */
+export interface EngineStream extends AsyncIterable<TokenEvent> {
+  readonly result: Promise<GenerateResult>;
+  /** Ends the request at the next step (stopReason 'aborted'). */
+  cancel(): void;
+}
+
+export interface AdapterInfo {
+  name: string;
+  kind: 'lora' | 'mote';
+  dir: string;
+  /** MoTE bundles: their steps and α. */
+  steps?: readonly string[];
+  alpha?: number;
+}
+
+/** An engine error that carries an HTTP-like status (400 bad request, 404 unknown, 409 conflict). */
+export class EngineError extends MoteError {
+  constructor(message: string, readonly status: number) {
+    super(message);
+  }
+}
+
+interface Registered extends AdapterInfo {
+  /** Expert folders, in slot order (a bundle: steps…, shared). */
+  dirs: string[];
+  config?: MoteConfig;
+}
+
+interface Live {
+  s: SeqState;
+  adapter: string | null;
+  events: TokenEvent[];
+  wake: (() => void) | null;
+  finished: boolean;
+  resolve: (r: GenerateResult) => void;
+  reject: (e: unknown) => void;
+  unlisten?: () => void;
+}
+
+function positiveInt(op: string, name: string, v: unknown, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > 1 << 20) throw new ArgumentError(`${op}: ${name}: expected an integer in [1, 2^20], got ${describe(v)}`);
+  return v;
+}
+
+export class Engine {
+  readonly #dec: BatchDecoder;
+  readonly #maxSequences: number;
+  readonly #maxPrefill: number;
+  #adapters = new Map<string, Registered>();
+  /** Slot offset of each adapter in the current set. */
+  #offsets = new Map<string, number>();
+  #set: AdapterSet | null = null;
+  #queue: Live[] = [];
+  #live = new Map<SeqState, Live>();
+  #nextIndex = 0;
+  #loop: Promise<void> | null = null;
+  #closed = false;
+  /** Adapter changes wait for the step in flight to end. */
+  #lock: Promise<void> = Promise.resolve();
+  /** Resolves when the step in flight ends: the old adapter set is freed only after it. */
+  #inflight: Promise<void> = Promise.resolve();
+
+  constructor(readonly model: LlamaModel, opts: EngineOptions = {}) {
+    const op = 'Engine';
+    if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
+    this.#maxSequences = positiveInt(op, 'maxSequences', opts.maxSequences, 64);
+    this.#maxPrefill = positiveInt(op, 'maxPrefillTokens', opts.maxPrefillTokens, 4096);
+    this.#dec = new BatchDecoder(model, {
+      ...(opts.stepTokens ? { stepTokens: opts.stepTokens } : {}),
+      stepTokenRouting: opts.stepTokenRouting ?? 'own',
+    }, 'Engine');
+  }
+
+  /** The adapters registered, in registration order. */
+  adapters(): AdapterInfo[] {
+    return [...this.#adapters.values()].map(({ name, kind, dir, steps, alpha }) => ({ name, kind, dir, ...(steps ? { steps, alpha: alpha! } : {}) }));
+  }
+
+  /** Requests decoding and waiting. */
+  get load(): { running: number; waiting: number } {
+    return { running: this.#live.size, waiting: this.#queue.length };
+  }
+
+  /**
+   * Registers the adapter in `dir` under `name`: a PEFT LoRA folder (adapter_config.json) or a
+   * MoTE bundle (mote.json). Takes effect between two steps; running requests go on.
+   */
+  async addAdapter(name: string, dir: string): Promise<AdapterInfo> {
+    const op = 'Engine.addAdapter';
+    this.#open(op);
+    if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/.test(name)) throw new EngineError(`${op}: name: expected 1-128 characters of letters, digits and _ . : / -, got ${describe(name)}`, 400);
+    if (typeof dir !== 'string' || dir === '') throw new EngineError(`${op}: dir: expected an adapter folder, got ${describe(dir)}`, 400);
+    if (this.#adapters.has(name)) throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
+    let reg: Registered;
+    if (fs.existsSync(path.join(dir, 'mote.json'))) {
+      const { config, experts } = readMoteJson(dir);
+      const known = new Set(this.#dec.tokenOfStep.keys());
+      for (let k = 0; k < config.steps.length; k++) {
+        if (!known.has(k)) throw new EngineError(`${op}: ${dir}: its step '${config.steps[k]}' has no step token in this engine (start it with the bundle's steps)`, 400);
+      }
+      reg = { name, kind: 'mote', dir, steps: config.steps, alpha: config.alpha, config, dirs: [...config.steps, SHARED_EXPERT].map((n) => path.join(dir, experts[n]!)) };
+    } else if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) {
+      reg = { name, kind: 'lora', dir, dirs: [dir] };
+    } else {
+      throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
+    }
+    const next = new Map(this.#adapters);
+    next.set(name, reg);
+    await this.#rebuild(next);
+    return this.adapters().find((a) => a.name === name)!;
+  }
+
+  /** Unregisters `name`; refused (409) while a request uses it. */
+  async removeAdapter(name: string): Promise<void> {
+    const op = 'Engine.removeAdapter';
+    this.#open(op);
+    if (!this.#adapters.has(name)) throw new EngineError(`${op}: no adapter named ${describe(name)}`, 404);
+    const users = [...this.#live.values(), ...this.#queue].filter((l) => l.adapter === name).length;
+    if (users) throw new EngineError(`${op}: '${name}' is used by ${users} running request(s)`, 409);
+    const next = new Map(this.#adapters);
+    next.delete(name);
+    await this.#rebuild(next);
+  }
+
+  /** Loads the stacked set for `next` (between steps) and switches to it. */
+  async #rebuild(next: Map<string, Registered>): Promise<void> {
+    const run = this.#lock.then(async () => {
+      const dirs: string[] = [];
+      const offsets = new Map<string, number>();
+      for (const [n, r] of next) {
+        offsets.set(n, dirs.length);
+        dirs.push(...r.dirs);
+      }
+      // Loaded before the switch: a bad folder leaves the engine as it was.
+      const set = dirs.length ? await loadPeftAdapters(this.model, dirs) : null;
+      await this.#inflight;
+      const old = this.#set;
+      this.#set = set;
+      this.#adapters = next;
+      this.#offsets = offsets;
+      this.#dec.setRouter(set ? this.#router(set) : undefined);
+      old?.dispose();
+    });
+    this.#lock = run.catch(() => undefined);
+    return run;
+  }
+
+  #router(set: AdapterSet): TokenRouter {
+    return { K: 2, L: set.L, stacks: set.stacks, slotsFor: () => ({ slots: [-1, -1], weights: [0, 0] }) };
+  }
+
+  /** The slots of a token of a request on `adapter` at `step` (names → offsets of the current set). */
+  #slots(adapter: string | null, step: number): RouteSlots {
+    if (adapter === null) return { slots: [-1, -1], weights: [0, 0] };
+    const reg = this.#adapters.get(adapter)!;
+    const off = this.#offsets.get(adapter)!;
+    if (reg.kind === 'lora') return { slots: [off, -1], weights: [1, 0] };
+    const alpha = reg.alpha!;
+    const shared = off + reg.steps!.length;
+    if (step >= 0) return { slots: [off + step, shared], weights: [alpha, 1 - alpha] };
+    // As MoteBundle.tokenRouter: prompt tokens to the shared expert (α = 1: the first step's).
+    return alpha === 1 ? { slots: [off, shared], weights: [1, 0] } : { slots: [-1, shared], weights: [0, 1] };
+  }
+
+  #open(op: string): void {
+    if (this.#closed) throw new EngineError(`${op}: the engine is closed`, 503);
+  }
+
+  /** Starts a request; its tokens stream from the returned iterable, its result resolves when it ends. */
+  submit(req: EngineRequest): EngineStream {
+    const op = 'Engine.submit';
+    this.#open(op);
+    if (!req || typeof req !== 'object') throw new EngineError(`${op}: request: expected an object, got ${describe(req)}`, 400);
+    const adapter = req.adapter ?? null;
+    if (adapter !== null && (typeof adapter !== 'string' || !this.#adapters.has(adapter))) {
+      throw new EngineError(`${op}: adapter: no adapter named ${describe(adapter)} (loaded: ${[...this.#adapters.keys()].join(', ') || 'none'})`, 404);
+    }
+    if (req.signal !== undefined && !(req.signal instanceof AbortSignal)) throw new EngineError(`${op}: signal: expected an AbortSignal, got ${describe(req.signal)}`, 400);
+    const { adapter: _a, signal, ...gen } = req;
+    let s: SeqState;
+    try {
+      s = this.#dec.prepare(adapter === null ? gen : { ...gen, routing: (st) => this.#slots(adapter, st.step) }, this.#nextIndex++, 'request');
+    } catch (e) {
+      throw e instanceof MoteError ? new EngineError(e.message, 400) : e;
+    }
+    let resolve!: (r: GenerateResult) => void, reject!: (e: unknown) => void;
+    const result = new Promise<GenerateResult>((res, rej) => { resolve = res; reject = rej; });
+    result.catch(() => undefined); // a caller that only iterates still sees the error there
+    const l: Live = { s, adapter, events: [], wake: null, finished: false, resolve, reject };
+    s.onToken = (e) => { l.events.push(e); l.wake?.(); };
+    const cancel = () => this.#cancel(l, 'aborted');
+    if (signal) {
+      if (signal.aborted) cancel();
+      else {
+        signal.addEventListener('abort', cancel, { once: true });
+        l.unlisten = () => signal.removeEventListener('abort', cancel);
+      }
+    }
+    if (s.done) this.#finish(l); // maxNewTokens 0 or cancelled already
+    else {
+      this.#queue.push(l);
+      this.#kick();
+    }
+    const events = l.events;
+    const self = this;
+    return {
+      result,
+      cancel,
+      async *[Symbol.asyncIterator]() {
+        let i = 0;
+        for (;;) {
+          while (i < events.length) yield events[i++]!;
+          if (l.finished) break;
+          await new Promise<void>((res) => { l.wake = res; });
+          l.wake = null;
+        }
+        await result; // rethrows a failure
+        void self;
+      },
+    };
+  }
+
+  #cancel(l: Live, reason: StopReason): void {
+    if (l.finished) return;
+    const queued = this.#queue.indexOf(l);
+    if (queued >= 0) {
+      this.#queue.splice(queued, 1);
+      l.s.done = true;
+      l.s.result.stopReason = reason;
+      this.#finish(l);
+      return;
+    }
+    this.#dec.end(l.s, reason); // leaves at the next step
+  }
+
+  #finish(l: Live): void {
+    if (l.finished) return;
+    l.finished = true;
+    l.unlisten?.();
+    this.#live.delete(l.s);
+    l.resolve(l.s.result);
+    l.wake?.();
+  }
+
+  #fail(l: Live, e: unknown): void {
+    if (l.finished) return;
+    l.finished = true;
+    l.unlisten?.();
+    this.#live.delete(l.s);
+    l.reject(e);
+    l.wake?.();
+  }
+
+  #kick(): void {
+    if (this.#loop) return;
+    this.#loop = this.#run().finally(() => { this.#loop = null; if (this.#queue.length && !this.#closed) this.#kick(); });
+  }
+
+  async #run(): Promise<void> {
+    while (this.#queue.length || this.#live.size) {
+      await this.#lock; // an adapter change in progress finishes first
+      // Admit waiting requests: up to maxSequences running, maxPrefillTokens of prompt per step.
+      let prefill = 0;
+      const admit: Live[] = [];
+      while (this.#queue.length && this.#live.size + admit.length < this.#maxSequences) {
+        const n = this.#queue[0]!.s.req.prompt.length;
+        if (admit.length && prefill + n > this.#maxPrefill) break;
+        prefill += n;
+        admit.push(this.#queue.shift()!);
+      }
+      for (const l of admit) this.#live.set(l.s, l);
+      this.#dec.admit(admit.map((l) => l.s));
+      let stepEnded!: () => void;
+      this.#inflight = new Promise<void>((res) => { stepEnded = res; });
+      try {
+        const ended = await this.#dec.step();
+        for (const s of ended) {
+          const l = this.#live.get(s);
+          if (l) this.#finish(l);
+        }
+      } catch (e) {
+        // A failed forward (a lost device, …): every running request gets the error; the engine starts afresh.
+        for (const l of [...this.#live.values()]) this.#fail(l, e);
+        this.#dec.dispose();
+      } finally {
+        stepEnded();
+      }
+      // Let I/O run (new requests, disconnects) between steps.
+      await new Promise<void>((res) => setImmediate(res));
+    }
+  }
+
+  /** Ends every request (stopReason 'aborted'), waits for the loop, frees the adapters (not the model). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const l of [...this.#queue]) this.#cancel(l, 'aborted');
+    for (const l of [...this.#live.values()]) this.#cancel(l, 'aborted');
+    await this.#loop;
+    await this.#lock;
+    this.#dec.dispose();
+    this.#set?.dispose();
+    this.#set = null;
+  }
+}

@@ -1,0 +1,155 @@
+// The serving engine (src/serve/engine.ts): continuous batching with named adapters.
+//   - batch invariance: a request's greedy tokens alone equal its tokens in a busy engine where
+//     others (other adapters, sampled, long and short) join and leave around it, and equal
+//     generate()'s;
+//   - one request cancelled mid-stream ends 'aborted', the others are untouched;
+//   - an adapter added while a stream runs does not change that stream; one in use cannot be
+//     removed (409); unknown adapters and bad requests are EngineErrors with a status.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { closeBackends, forEachBackend } from './helpers.js';
+import { loadModel, type LlamaModel } from '../src/model/llama.js';
+import { loadTokenizer } from '../src/io/tokenizer.js';
+import { DEFAULT_MODEL_DIR } from '../src/mote/default_model.js';
+import { addStepTokens, createMote, loadMote, saveMote } from '../src/mote/bundle.js';
+import { moteConfig } from '../src/mote/steps.js';
+import { promptIds, stepTokenIds } from '../src/mote/chains.js';
+import { generate, type TokenEvent } from '../src/generate/generate.js';
+import { Engine, EngineError, type EngineRequest } from '../src/serve/engine.js';
+import type { Backend } from '../src/backend/backend.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-engine-'));
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+after(closeBackends);
+
+const config = moteConfig();
+const tokenizer = loadTokenizer(DEFAULT_MODEL_DIR);
+let bundleDir = '';
+let bundle2Dir = '';
+
+async function openModel(b: Backend): Promise<LlamaModel> {
+  const model = await loadModel(DEFAULT_MODEL_DIR, { backend: b });
+  await addStepTokens(model, tokenizer, config);
+  return model;
+}
+
+before(async () => {
+  // Two random bundles, written once (on cpu); the engine reads them on every backend.
+  const { openBackend } = await import('../src/backend/select.js');
+  let b: Backend;
+  try {
+    b = await openBackend('cpu');
+  } catch {
+    b = await openBackend('webgpu');
+  }
+  const model = await openModel(b);
+  for (const [i, dir] of [[5, 'bundle-a'], [6, 'bundle-b']] as const) {
+    const bundle = createMote(model, { rank: 4 }, { seed: i, init: 'random' });
+    await saveMote(bundle, path.join(tmp, dir));
+    bundle.dispose();
+  }
+  bundleDir = path.join(tmp, 'bundle-a');
+  bundle2Dir = path.join(tmp, 'bundle-b');
+  model.dispose();
+  b.destroy();
+});
+
+const stepTokens = () => new Map(stepTokenIds(tokenizer, config).start.map((id, k) => [id, k] as [number, number]));
+const ask = (q: string) => promptIds(tokenizer, { prompt: q, messages: [{ role: 'user', content: q }] });
+
+async function collect(stream: AsyncIterable<TokenEvent>): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of stream) out.push(e.token);
+  return out;
+}
+
+forEachBackend('engine: a request\'s tokens alone = in a busy engine = generate(); cancel one, the others go on', async (b) => {
+  const model = await openModel(b);
+  const engine = new Engine(model, { stepTokens: stepTokens(), maxSequences: 8, maxPrefillTokens: 64 });
+  try {
+    await engine.addAdapter('a', bundleDir);
+    await engine.addAdapter('lora', path.join(bundleDir, 'analysis')); // an expert folder is a plain PEFT adapter
+    const target: EngineRequest = { prompt: ask("How can I read my friend's messages?"), maxNewTokens: 24, adapter: 'a', stop: [tokenizer.eosTokenId!] };
+    const alone = await engine.submit(target).result;
+    assert.ok(alone.tokens.length > 3, 'the request generates something');
+
+    // generate() with the bundle's own router gives the same tokens.
+    const mote = await loadMote(bundleDir, model);
+    try {
+      const [g] = await generate(model, [{ prompt: target.prompt, maxNewTokens: 24, stop: target.stop! }], { router: mote.tokenRouter(), stepTokens: stepTokens(), stepTokenRouting: 'own' });
+      assert.deepEqual(g!.tokens, alone.tokens, 'engine vs generate');
+    } finally {
+      mote.dispose();
+    }
+
+    // Busy: others before and after, other adapters, sampled, one cancelled mid-stream.
+    const others: EngineRequest[] = [
+      { prompt: ask('How do I bake bread?'), maxNewTokens: 30, adapter: 'lora' },
+      { prompt: ask('Where is my neighbour now?'), maxNewTokens: 12, sampling: { temperature: 1.5 }, seed: 3 },
+      { prompt: ask('How do I fix a flat tyre on a bike?'), maxNewTokens: 40, adapter: 'a', sampling: { temperature: 0.8, topP: 0.9 }, seed: 9 },
+    ];
+    const first = others.map((r) => engine.submit(r));
+    const firstAlone: number[][] = [];
+    const stopper = new AbortController();
+    const doomed = engine.submit({ prompt: ask('Tell me a long story'), maxNewTokens: 200, signal: stopper.signal });
+    let seen = 0;
+    const doomedTokens = (async () => { for await (const _ of doomed) if (++seen === 3) stopper.abort(); })();
+    const mine = engine.submit(target);
+    const late = engine.submit({ prompt: ask('What is the capital of France?'), maxNewTokens: 20, adapter: 'lora' });
+    assert.deepEqual(await collect(mine), alone.tokens, 'the target in a busy engine');
+    const d = await doomed.result;
+    await doomedTokens;
+    assert.equal(d.stopReason, 'aborted');
+    assert.ok(d.tokens.length >= 3 && d.tokens.length < 200);
+    for (const s of first) firstAlone.push((await s.result).tokens);
+    await late.result;
+    // Each of the others alone gives what it gave in the crowd.
+    for (const [i, r] of others.entries()) assert.deepEqual((await engine.submit(r).result).tokens, firstAlone[i], `request ${i} alone vs busy`);
+    assert.deepEqual(engine.load, { running: 0, waiting: 0 });
+  } finally {
+    await engine.close();
+    model.dispose();
+  }
+});
+
+forEachBackend('engine: adapters added and removed while serving; errors carry a status', async (b) => {
+  const model = await openModel(b);
+  const engine = new Engine(model, { stepTokens: stepTokens() });
+  try {
+    await engine.addAdapter('a', bundleDir);
+    const req: EngineRequest = { prompt: ask('How do I bake bread?'), maxNewTokens: 30, adapter: 'a' };
+    const alone = (await engine.submit(req).result).tokens;
+    const running = engine.submit(req);
+    const got: number[] = [];
+    let added = false;
+    for await (const e of running) {
+      got.push(e.token);
+      if (got.length === 2 && !added) {
+        added = true;
+        await engine.addAdapter('b', bundle2Dir); // between two steps of the running stream
+        await assert.rejects(engine.removeAdapter('a'), (e: unknown) => e instanceof EngineError && e.status === 409);
+      }
+    }
+    assert.ok(added);
+    assert.deepEqual(got, alone, 'a stream across an adapter load');
+    const viaB = await engine.submit({ ...req, adapter: 'b' }).result;
+    assert.notDeepEqual(viaB.tokens, alone, 'the new adapter is used (else the test is vacuous)');
+    await engine.removeAdapter('a');
+    assert.deepEqual(engine.adapters().map((a) => a.name), ['b']);
+    assert.deepEqual((await engine.submit({ ...req, adapter: 'b' }).result).tokens, viaB.tokens, 'b after a left');
+    // Errors.
+    const status = (f: () => unknown, s: number) => assert.throws(f, (e: unknown) => e instanceof EngineError && e.status === s);
+    status(() => engine.submit({ ...req, adapter: 'a' }), 404);
+    status(() => engine.submit({ ...req, adapter: 'b', prompt: [] }), 400);
+    status(() => engine.submit({ ...req, adapter: 'b', maxNewTokens: -1 }), 400);
+    await assert.rejects(engine.addAdapter('b', bundleDir), (e: unknown) => e instanceof EngineError && e.status === 409);
+    await assert.rejects(engine.addAdapter('c', tmp), (e: unknown) => e instanceof EngineError && e.status === 400);
+    await assert.rejects(engine.addAdapter('../x', bundleDir), (e: unknown) => e instanceof EngineError && e.status === 400);
+  } finally {
+    await engine.close();
+    model.dispose();
+  }
+});
