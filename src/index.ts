@@ -85,3 +85,6 @@ export { saveModel, hfConfigJson } from './model/save.js';
 export {
   DEFAULT_MODEL_DIR, loadDefaultModel, toyTokenizer, toyCorpus, pretrainDefaultModel, toyPrompt, toyPlainAnswer,
 } from './mote/default_model.js';
+export { Engine, EngineError, type EngineOptions, type EngineRequest, type EngineStream, type AdapterInfo } from './serve/engine.js';
+export { startServer, serveHandler, type ServeOptions, type ServeContext } from './serve/http.js';
+export { mergeStepExperts, type MergedAdapter } from './mote/merged_steps.js';

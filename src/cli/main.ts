@@ -11,6 +11,7 @@ import { generateCommand } from './generate.js';
 import { exportCommand, benchCommand } from './export.js';
 import { evalCommand, selfAlignCommand } from './align.js';
 import { demoCommand } from './demo.js';
+import { serveCommand } from './serve.js';
 import { intFlag } from './flags.js';
 import { VERSION } from '../version.js';
 
@@ -143,6 +144,15 @@ program.command('export').description('write every expert of a MoTE bundle (or a
   .option('--overwrite', 'write into an --out folder mote did not write (its files are kept, never deleted)')
   .option('--merged-steps', 'one adapter per step with the shared expert folded in (rank r_step + r_shared): for servers that run one adapter per request')
   .option('--json', 'machine-readable output').action(exportCommand);
+
+program.command('serve').description('an OpenAI-compatible HTTP server (completions, chat, streaming) with MoTE bundles and PEFT adapters, continuous batching')
+  .option('-m, --model <dir>', 'HF model directory (default: the bundled tiny model)').addOption(backendOption())
+  .option('--mote <spec>', 'a MoTE bundle, NAME=DIR or DIR (repeatable)', collect).option('--lora <spec>', 'a PEFT LoRA adapter, NAME=DIR or DIR (repeatable)', collect)
+  .option('--host <host>', 'address to listen on', '127.0.0.1').option('--port <n>', 'port (0: any free one)', '8000')
+  .option('--name <name>', "the base model's name in requests (default: the model folder's name)")
+  .option('--allow-runtime-lora', 'enable /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders on this machine)')
+  .option('--max-sequences <n>', 'most requests decoding at once (more wait)', '64')
+  .option('--json', 'one JSON line when listening ({url, model, backend, adapters})').action(serveCommand);
 
 program.command('bench').description('run the benchmarks (a source checkout: npm run bench -- --help lists the options)')
   .allowUnknownOption(true).helpOption(false).argument('[args...]').action(benchCommand);

@@ -1,0 +1,61 @@
+// `mote serve`: the OpenAI-compatible server (src/serve/http.ts) on a model with MoTE bundles
+// and PEFT adapters given as NAME=DIR (or DIR: named after its folder).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ArgumentError } from '../errors.js';
+import type { BackendRequest } from '../backend/backend.js';
+import { Engine } from '../serve/engine.js';
+import { startServer } from '../serve/http.js';
+import { stepTokenIds } from '../mote/chains.js';
+import { bundleConfigAt, openModelFolder } from '../generate/chat.js';
+import { intFlag } from './flags.js';
+
+export interface ServeCliOptions {
+  model?: string; backend: BackendRequest; mote?: string[]; lora?: string[]; host?: string; port?: string;
+  name?: string; allowRuntimeLora?: boolean; maxSequences?: string; json?: boolean;
+}
+
+function named(flag: string, spec: string): { name: string; dir: string } {
+  const eq = spec.indexOf('=');
+  const name = eq > 0 ? spec.slice(0, eq) : path.basename(path.resolve(spec));
+  const dir = eq > 0 ? spec.slice(eq + 1) : spec;
+  if (!dir) throw new ArgumentError(`--${flag}: expected NAME=DIR or DIR, got ${JSON.stringify(spec)}`);
+  return { name, dir };
+}
+
+export async function serveCommand(o: ServeCliOptions): Promise<void> {
+  const port = intFlag('port', o.port, 0, 65535, 8000);
+  const maxSequences = intFlag('max-sequences', o.maxSequences, 1, 4096, 64);
+  const host = o.host ?? '127.0.0.1';
+  const motes = (o.mote ?? []).map((s) => named('mote', s));
+  const loras = (o.lora ?? []).map((s) => named('lora', s));
+  for (const m of motes) if (!fs.existsSync(path.join(m.dir, 'mote.json'))) throw new ArgumentError(`--mote: ${m.dir} is not a MoTE bundle (no mote.json)`);
+  // The step tags come from the first bundle (every bundle must use the same steps).
+  const config = bundleConfigAt(motes[0]?.dir, '--mote');
+  const m = await openModelFolder(o.model, o.backend, config, { what: '--model' });
+  const modelName = o.name ?? (o.model ? path.basename(path.resolve(o.model)) : 'mote-tiny');
+  const tags = stepTokenIds(m.tokenizer, config);
+  const engine = new Engine(m.model, { stepTokens: new Map(tags.start.map((id, k) => [id, k])), maxSequences });
+  let server: Awaited<ReturnType<typeof startServer>>['server'] | null = null;
+  try {
+    for (const a of [...motes, ...loras]) await engine.addAdapter(a.name, a.dir);
+    const started = await startServer({ engine, tokenizer: m.tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
+      { host, port, modelName, allowRuntimeLora: o.allowRuntimeLora === true });
+    server = started.server;
+    const adapters = engine.adapters().map((a) => ({ name: a.name, kind: a.kind, dir: a.dir }));
+    if (o.json) process.stdout.write(JSON.stringify({ url: started.url, model: modelName, backend: m.backend.kind, adapters }) + '\n');
+    else {
+      process.stdout.write(`mote serve: ${started.url}/v1 on ${m.backend.kind} — model '${modelName}'${adapters.length ? `, adapters: ${adapters.map((a) => `${a.name} (${a.kind})`).join(', ')}` : ''}\n`);
+      process.stdout.write('Ctrl-C stops it.\n');
+    }
+    // Runs until Ctrl-C: running requests end, the server closes, exit 130.
+    await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+    process.stderr.write('mote: interrupted (Ctrl-C); the server stopped\n');
+    process.exitCode = 130;
+  } finally {
+    server?.closeAllConnections();
+    await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    await engine.close();
+    m.close();
+  }
+}

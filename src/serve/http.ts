@@ -1,0 +1,331 @@
+// `mote serve`: an OpenAI-compatible HTTP server over the engine (node:http, no framework).
+//
+//   GET  /v1/models                 the base model and every loaded adapter
+//   POST /v1/completions            text prompt → text (stream: server-sent events)
+//   POST /v1/chat/completions       chat messages → assistant message (stream: SSE chunks)
+//   POST /v1/load_lora_adapter      { lora_name, lora_path } (vLLM's API; needs allowRuntimeLora)
+//   POST /v1/unload_lora_adapter    { lora_name }
+//
+// `model` names the base model, a PEFT adapter or a MoTE bundle. A MoTE chain comes back with
+// its steps labelled: the answer step is the message content, the earlier steps are
+// `reasoning_content` (as vLLM's reasoning models do), and `mote_steps` lists every step with
+// its text — fields that plain clients ignore. Streamed chunks carry `mote_step` in the delta.
+//
+// Every bad request is a 4xx JSON error in OpenAI's shape ({ error: { message, type, param,
+// code } }) and the server keeps serving; a client that disconnects mid-stream frees its slot.
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { MoteError, describe } from '../errors.js';
+import type { MoteTokenizer, ChatMessage } from '../io/tokenizer.js';
+import { plainPrompt } from '../io/prompts.js';
+import { promptIds } from '../mote/chains.js';
+import type { StopReason, TokenEvent } from '../generate/generate.js';
+import { Engine, EngineError, type EngineRequest } from './engine.js';
+
+export interface ServeOptions {
+  /** The base model's name in `model` fields (default 'mote'). */
+  modelName?: string;
+  /** Allow /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders on this machine). */
+  allowRuntimeLora?: boolean;
+  /** Largest request body in bytes (default 1 MiB). */
+  maxBodyBytes?: number;
+  /** Largest max_tokens a request may ask for (default 4096). */
+  maxTokens?: number;
+}
+
+/** An HTTP error in OpenAI's shape. */
+class HttpError extends Error {
+  constructor(readonly status: number, message: string, readonly type = status === 404 ? 'not_found_error' : status === 403 ? 'permission_error' : status >= 500 ? 'server_error' : 'invalid_request_error', readonly param: string | null = null) {
+    super(message);
+  }
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function sendError(res: http.ServerResponse, e: HttpError): void {
+  if (res.headersSent) {
+    res.end();
+    return;
+  }
+  sendJson(res, e.status, { error: { message: e.message, type: e.type, param: e.param, code: null } });
+}
+
+async function readBody(req: http.IncomingMessage, max: number): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req) {
+    size += (c as Buffer).length;
+    // Past the limit the rest is read and dropped (so the client gets the 413), up to a point.
+    if (size > 64 * max) {
+      req.socket.destroy();
+      throw new HttpError(413, `request body larger than ${max} bytes`);
+    }
+    if (size <= max) chunks.push(c as Buffer);
+  }
+  if (size > max) throw new HttpError(413, `request body larger than ${max} bytes`);
+  const text = Buffer.concat(chunks).toString('utf8');
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `request body is not JSON: ${(e as Error).message}`);
+  }
+}
+
+const bad = (param: string, message: string) => new HttpError(400, `${param}: ${message}`, 'invalid_request_error', param);
+
+function num(body: Record<string, unknown>, key: string, lo: number, hi: number, dflt: number, integer = false, openLow = false): number {
+  const v = body[key];
+  if (v === undefined || v === null) return dflt;
+  if (typeof v !== 'number' || !Number.isFinite(v) || (openLow ? v <= lo : v < lo) || v > hi || (integer && !Number.isInteger(v))) {
+    throw bad(key, `expected ${integer ? 'an integer' : 'a number'} in ${openLow ? '(' : '['}${lo}, ${hi}], got ${describe(v)}`);
+  }
+  return v;
+}
+
+function stopStrings(body: Record<string, unknown>): string[] {
+  const v = body.stop;
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || list.length > 4 || !list.every((s) => typeof s === 'string' && s.length > 0 && s.length <= 256)) throw bad('stop', 'expected a string or up to 4 non-empty strings');
+  return list as string[];
+}
+
+/** Text of a request as it is generated, by step, with stop strings applied. */
+class TextAssembler {
+  readonly parts: { step: number; ids: number[]; text: string }[] = [];
+  stopped = false;
+  constructor(readonly tok: MoteTokenizer, readonly tagIds: ReadonlySet<number>, readonly eos: number | undefined, readonly stops: readonly string[], readonly trimStart: boolean) {}
+
+  /** Adds a token; returns the new text of its step (may be '') and whether a stop string ended the text. */
+  push(e: TokenEvent): { step: number; delta: string } {
+    let cur = this.parts.at(-1);
+    if (!cur || cur.step !== e.step) {
+      cur = { step: e.step, ids: [], text: '' };
+      this.parts.push(cur);
+    }
+    if (this.stopped || this.tagIds.has(e.token) || e.token === this.eos) return { step: e.step, delta: '' };
+    cur.ids.push(e.token);
+    let text = this.tok.decode(cur.ids, { skipSpecialTokens: true });
+    // Chat text starts each step clean; a completion continues its prompt as it is.
+    if (cur.text === '' && this.trimStart) text = text.trimStart();
+    // A multi-byte character still completing changes earlier text: wait for the next token.
+    if (!text.startsWith(cur.text)) return { step: e.step, delta: '' };
+    const before = this.parts.slice(0, -1).map((p) => p.text).join('');
+    for (const s of this.stops) {
+      const all = before + text;
+      const at = all.indexOf(s, Math.max(0, before.length + cur.text.length - s.length + 1));
+      if (at >= 0) {
+        text = all.slice(before.length, at);
+        this.stopped = true;
+        break;
+      }
+    }
+    const delta = text.slice(cur.text.length);
+    cur.text = text;
+    return { step: e.step, delta };
+  }
+}
+
+export interface ServeContext {
+  engine: Engine;
+  tokenizer: MoteTokenizer;
+  /** Step names by index (the MoTE step tags the engine routes by). */
+  steps: readonly string[];
+  /** Token ids of the step start and end tags (hidden from text). */
+  tagIds: ReadonlySet<number>;
+}
+
+/** The request handler (exported for tests that want their own server). */
+export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.RequestListener {
+  const modelName = opts.modelName ?? 'mote';
+  const maxBody = opts.maxBodyBytes ?? 1 << 20;
+  const maxTokens = opts.maxTokens ?? 4096;
+  const created = Math.floor(Date.now() / 1000);
+  const { engine, tokenizer } = ctx;
+  const eos = tokenizer.eosTokenId;
+  let counter = 0;
+
+  const adapterOf = (body: Record<string, unknown>): string | undefined => {
+    const m = body.model;
+    if (typeof m !== 'string' || m === '') throw bad('model', `expected a model name (${[modelName, ...engine.adapters().map((a) => a.name)].join(', ')})`);
+    if (m === modelName) return undefined;
+    if (!engine.adapters().some((a) => a.name === m)) throw new HttpError(404, `The model '${m}' does not exist (served: ${[modelName, ...engine.adapters().map((a) => a.name)].join(', ')})`, 'not_found_error', 'model');
+    return m;
+  };
+  const isMote = (adapter: string | undefined) => adapter !== undefined && engine.adapters().find((a) => a.name === adapter)?.kind === 'mote';
+  const finishReason = (r: StopReason, stopped: boolean): string => (stopped || r === 'stop' || r === 'step' ? 'stop' : 'length');
+  const label = (k: number) => (k < 0 ? null : ctx.steps[k] ?? `step ${k}`);
+
+  async function generateFor(res: http.ServerResponse, req: http.IncomingMessage, kind: 'chat' | 'text', body: Record<string, unknown>): Promise<void> {
+    const adapter = adapterOf(body);
+    const mote = isMote(adapter);
+    let prompt: number[];
+    if (kind === 'chat') {
+      const msgs = body.messages;
+      if (!Array.isArray(msgs) || msgs.length === 0) throw bad('messages', 'expected a non-empty list of { role, content }');
+      const messages: ChatMessage[] = msgs.map((m, i) => {
+        if (!m || typeof m !== 'object' || typeof (m as ChatMessage).role !== 'string') throw bad(`messages[${i}]`, 'expected { role, content }');
+        const c = (m as { content: unknown }).content;
+        // Content parts ([{ type: 'text', text }]) are joined; other part types are refused.
+        const content = typeof c === 'string' ? c : Array.isArray(c) && c.every((p) => p && typeof p === 'object' && p.type === 'text' && typeof p.text === 'string') ? c.map((p) => p.text).join('') : null;
+        if (content === null) throw bad(`messages[${i}].content`, 'expected a string or text parts');
+        return { role: (m as ChatMessage).role, content };
+      });
+      if (messages.at(-1)!.role !== 'user') throw bad('messages', 'the last message must be the user\'s');
+      try {
+        prompt = promptIds(tokenizer, { prompt: plainPrompt(messages), messages });
+      } catch (e) {
+        throw bad('messages', (e as Error).message);
+      }
+    } else {
+      const p = body.prompt;
+      if (typeof p !== 'string' || p === '') throw bad('prompt', Array.isArray(p) ? 'one prompt per request is supported (send several requests)' : 'expected a non-empty string');
+      prompt = tokenizer.encode(p, { addSpecialTokens: true });
+    }
+    const n = num(body, 'n', 1, 1, 1, true);
+    void n;
+    const maxNew = num(body, kind === 'chat' && body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens', 1, maxTokens, kind === 'chat' ? Math.min(maxTokens, 512) : 16, true);
+    const temperature = num(body, 'temperature', 0, 2, 1);
+    const topP = num(body, 'top_p', 0, 1, 1, false, true);
+    const seed = num(body, 'seed', 0, 2 ** 32 - 1, 0, true);
+    const stops = stopStrings(body);
+    const stream = body.stream === true;
+    if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw bad('stream', 'expected a boolean');
+    const context = engine.model.config.maxPositionEmbeddings;
+    if (prompt.length >= context) throw bad(kind === 'chat' ? 'messages' : 'prompt', `${prompt.length} tokens, but the model's context is ${context}`);
+
+    const abort = new AbortController();
+    const er: EngineRequest = {
+      prompt, maxNewTokens: maxNew, seed, signal: abort.signal,
+      ...(eos !== undefined ? { stop: [eos] } : {}),
+      ...(temperature > 0 ? { sampling: { temperature, topP } } : {}),
+      ...(adapter !== undefined ? { adapter } : {}),
+      ...(mote ? { stopAfterStep: ctx.steps.length - 1 } : {}),
+    };
+    let s;
+    try {
+      s = engine.submit(er);
+    } catch (e) {
+      if (e instanceof EngineError) throw new HttpError(e.status, e.message);
+      throw e;
+    }
+    // A client that goes away frees its slot.
+    res.on('close', () => { if (!res.writableFinished) abort.abort(); });
+    const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-mote${(++counter).toString(36)}${Date.now().toString(36)}`;
+    const text = new TextAssembler(tokenizer, ctx.tagIds, eos, stops, kind === 'chat');
+    const model = typeof body.model === 'string' ? body.model : modelName;
+    const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
+    const answerStep = ctx.steps.length - 1;
+    const chunk = (delta: Record<string, unknown> | string, finish: string | null) => JSON.stringify(kind === 'chat'
+      ? { id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }] }
+      : { id, object, created, model, choices: [{ index: 0, text: delta, finish_reason: finish, logprobs: null }] });
+    if (stream) {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      if (kind === 'chat') res.write(`data: ${chunk({ role: 'assistant', content: '' }, null)}\n\n`);
+    }
+    for await (const e of s) {
+      const { step, delta } = text.push(e);
+      if (text.stopped) s.cancel();
+      if (!stream || delta === '') continue;
+      if (kind === 'chat') {
+        const reasoning = mote && step !== answerStep;
+        res.write(`data: ${chunk({ [reasoning ? 'reasoning_content' : 'content']: delta, ...(mote ? { mote_step: label(step) } : {}) }, null)}\n\n`);
+      } else res.write(`data: ${chunk(delta, null)}\n\n`);
+    }
+    const result = await s.result;
+    if (result.stopReason === 'aborted' && !text.stopped) {
+      res.end(); // the client left
+      return;
+    }
+    const finish = finishReason(result.stopReason, text.stopped);
+    const usage = { prompt_tokens: prompt.length, completion_tokens: result.tokens.length, total_tokens: prompt.length + result.tokens.length };
+    if (stream) {
+      res.write(`data: ${chunk(kind === 'chat' ? {} : '', finish)}\n\n`);
+      res.end('data: [DONE]\n\n');
+      return;
+    }
+    const steps = text.parts.filter((p) => p.text !== '').map((p) => ({ step: label(p.step), expert: p.step < 0 ? 'shared' : `${label(p.step)} + shared`, text: p.text.trim() }));
+    const all = text.parts.map((p) => p.text).join('');
+    if (kind === 'chat') {
+      const answer = mote ? text.parts.filter((p) => p.step === answerStep).map((p) => p.text).join('').trim() : all.trim();
+      const reasoning = mote ? text.parts.filter((p) => p.step !== answerStep && p.text !== '').map((p) => `${label(p.step) ?? 'outside any step'}: ${p.text.trim()}`).join('\n') : '';
+      sendJson(res, 200, {
+        id, object, created, model,
+        choices: [{ index: 0, message: { role: 'assistant', content: answer, ...(mote ? { reasoning_content: reasoning, mote_steps: steps } : {}) }, finish_reason: finish, logprobs: null }],
+        usage,
+      });
+    } else {
+      sendJson(res, 200, { id, object, created, model, choices: [{ index: 0, text: all, finish_reason: finish, logprobs: null, ...(mote ? { mote_steps: steps } : {}) }], usage });
+    }
+  }
+
+  async function route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const p = url.pathname.replace(/\/+$/, '');
+    const post = ['/v1/completions', '/v1/chat/completions', '/v1/load_lora_adapter', '/v1/unload_lora_adapter'];
+    if (p === '/v1/models' || p === '/health') {
+      if (req.method !== 'GET') throw new HttpError(405, `${req.method} ${p}: use GET`);
+      if (p === '/health') return sendJson(res, 200, { status: 'ok', ...engine.load });
+      return sendJson(res, 200, {
+        object: 'list',
+        data: [{ id: modelName, object: 'model', created, owned_by: 'mote', root: modelName, parent: null },
+          ...engine.adapters().map((a) => ({ id: a.name, object: 'model', created, owned_by: 'mote', root: a.dir, parent: modelName, mote: a.kind === 'mote' ? { steps: a.steps, alpha: a.alpha } : null }))],
+      });
+    }
+    if (!post.includes(p)) throw new HttpError(404, `no route ${req.method} ${p}`);
+    if (req.method !== 'POST') throw new HttpError(405, `${req.method} ${p}: use POST`);
+    const body = await readBody(req, maxBody);
+    if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'request body: expected a JSON object');
+    const b = body as Record<string, unknown>;
+    if (p === '/v1/completions') return generateFor(res, req, 'text', b);
+    if (p === '/v1/chat/completions') return generateFor(res, req, 'chat', b);
+    if (!opts.allowRuntimeLora) throw new HttpError(403, 'loading and unloading adapters at run time is off (start mote serve with --allow-runtime-lora)');
+    const name = b.lora_name;
+    if (typeof name !== 'string' || name === '') throw bad('lora_name', 'expected a name');
+    try {
+      if (p === '/v1/load_lora_adapter') {
+        if (typeof b.lora_path !== 'string' || b.lora_path === '') throw bad('lora_path', 'expected a folder path');
+        if (name === modelName) throw new HttpError(409, `lora_name: '${name}' is the base model's name`);
+        await engine.addAdapter(name, b.lora_path);
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end(`Success: LoRA adapter '${name}' added successfully.`);
+      } else {
+        await engine.removeAdapter(name);
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end(`Success: LoRA adapter '${name}' removed successfully.`);
+      }
+    } catch (e) {
+      if (e instanceof EngineError) throw new HttpError(e.status, e.message);
+      if (e instanceof MoteError) throw new HttpError(400, e.message);
+      throw e;
+    }
+  }
+
+  return (req, res) => {
+    route(req, res).catch((e: unknown) => {
+      if (e instanceof HttpError) return sendError(res, e);
+      if (e instanceof EngineError) return sendError(res, new HttpError(e.status, e.message));
+      if (e instanceof MoteError) return sendError(res, new HttpError(400, e.message));
+      if (process.env.MOTE_DEBUG) console.error(e);
+      sendError(res, new HttpError(500, `internal error: ${(e as Error)?.message ?? String(e)}`));
+    });
+  };
+}
+
+/** Starts the server; resolves with it and its URL once listening. */
+export async function startServer(ctx: ServeContext, opts: ServeOptions & { host?: string; port?: number } = {}): Promise<{ server: http.Server; url: string }> {
+  const server = http.createServer(serveHandler(ctx, opts));
+  server.requestTimeout = 0; // long generations stream; disconnects are handled per request
+  server.headersTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 8000, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve(); });
+  });
+  const a = server.address() as AddressInfo;
+  const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+  return { server, url: `http://${host}:${a.port}` };
+}
