@@ -10,7 +10,9 @@ export {
   loraRouting, loraStack, loraShrink, loraExpand, loraApply, loraShrinkGrad, loraInputGrad, loraWeightGrad, chooseStrategy,
   LoraRouting, type LoraStack, type LoraDims, type LoraStrategy, type LoraOptions, type LoraKernels,
 } from './ops/lora.js';
-export { MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads } from './ops/multi_lora_linear.js';
+export {
+  MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads, type GradTarget, type LinearGradTargets, type LinearPassOptions,
+} from './ops/multi_lora_linear.js';
 export { embedding, embeddingGrad } from './ops/embedding.js';
 export { copyRows, rowMap, RowMap, type CopyRowsDims, type CopyRowsKernels } from './ops/copy_rows.js';
 export { rmsnorm, rmsnormGrad } from './ops/rmsnorm.js';
@@ -24,10 +26,11 @@ export * from './io/safetensors.js';
 export * from './io/peft.js';
 export * from './model/config.js';
 export {
-  loadModel, modelFromTensors, LlamaModel,
-  type LoadModelOptions, type LogitsRouting, type CheckedSegments, type LlamaBatch, type LlamaLora, type LlamaSegments,
-  type LlamaWeights, type LlamaLayerWeights, type WeightDType,
+  LlamaModel,
+  type LogitsRouting, type CheckedSegments, type LlamaBatch, type LlamaLora, type LlamaSegments,
+  type LlamaWeights, type LlamaLayerWeights,
 } from './model/llama.js';
+export { loadModel, modelFromTensors, type LoadModelOptions, type WeightDType } from './model/load.js';
 export { KvCache, type KvCacheDims, type KvCacheOptions } from './model/kv_cache.js';
 export {
   generate, type GenerateRequest, type GenerateOptions, type GenerateResult, type TokenRouter, type RouteState,

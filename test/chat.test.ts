@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { backendFor, closeBackends, forEachBackend } from './helpers.js';
 import { openChat, type AnswerChunk } from '../src/generate/chat.js';
 import { ArgumentError } from '../src/errors.js';
-import { loadModel } from '../src/model/llama.js';
+import { loadModel } from '../src/model/load.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { DEFAULT_MODEL_DIR } from '../src/mote/default_model.js';
 import { addStepTokens, createMote, saveMote } from '../src/mote/bundle.js';

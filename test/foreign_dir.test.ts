@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Backend } from '../src/backend/backend.js';
 import { ArgumentError } from '../src/errors.js';
-import { loadModel } from '../src/model/llama.js';
+import { loadModel } from '../src/model/load.js';
 import { saveModel } from '../src/model/save.js';
 import { loadMote, saveMote } from '../src/mote/bundle.js';
 import { exportCommand } from '../src/cli/export.js';

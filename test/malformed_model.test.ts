@@ -35,7 +35,7 @@ const root = path.resolve(here, '..', '..');
 
 async function worker(casesFile: string): Promise<void> {
   const { openBackend } = await import('../src/backend/select.js');
-  const { loadModel } = await import('../src/model/llama.js');
+  const { loadModel } = await import('../src/model/load.js');
   const { loadPeftAdapters, loadMote } = await import('../src/mote/bundle.js');
   const cases = JSON.parse(fs.readFileSync(casesFile, 'utf8')) as Case[];
   const backend = await openBackend('cpu');
