@@ -28,7 +28,7 @@ import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { measureCopy, lastLevelCacheBytes, type CopyCeiling } from './ceilings.js';
 import { median, type TimeOptions } from './timing.js';
-import { randomFloats } from './lora.js';
+import { randomFloats } from './random.js';
 
 export interface ModelShape {
   hidden: number;

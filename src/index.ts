@@ -39,11 +39,11 @@ export {
 export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from './generate/sampling.js';
 export { openChat, MoteChat, type OpenChatOptions, type AskOptions, type AnswerStep, type AnswerChunk, type ChatAnswer } from './generate/chat.js';
 export * from './mote/steps.js';
-export {
-  AdapterStacks, AdapterSet, MoteBundle, createMote, addStepTokens, saveMote, loadMote, loadPeftAdapters, moteRoutingSlots, moteJson, parseMoteJson,
-  MOTE_FILE, MOTE_FORMAT_VERSION,
-  type LayerStacks, type ExpertFactors, type MoteRoutingOptions, type CreateMoteOptions,
-} from './mote/bundle.js';
+export { AdapterStacks, type LayerStacks, type ExpertFactors, type TrainBatchRouting } from './adapters/stacks.js';
+export { AdapterSet, loadPeftAdapters, createLora, NEW_LORA_DIR, type CreateLoraOptions } from './adapters/adapter_set.js';
+export { MoteBundle, createMote, addStepTokens, moteRoutingSlots, type MoteRoutingOptions, type CreateMoteOptions } from './mote/bundle.js';
+export { saveMote, loadMote } from './mote/bundle_io.js';
+export { moteJson, parseMoteJson, MOTE_FILE, MOTE_FORMAT_VERSION } from './mote/format.js';
 export {
   loadTokenizer, saveTokenizer, MoteTokenizer, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,
   type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions,
@@ -82,7 +82,6 @@ export {
   type ToyEvalResult, type ToyOutput, type ScoreToyOptions, type EvaluateToyOptions, type ToyVariant,
   type TrainVariantOptions, type TrainedVariant,
 } from './mote/eval.js';
-export { createLora, NEW_LORA_DIR, type CreateLoraOptions } from './mote/bundle.js';
 export { saveModel, hfConfigJson } from './model/save.js';
 export {
   DEFAULT_MODEL_DIR, loadDefaultModel, toyTokenizer, toyCorpus, pretrainDefaultModel, toyPrompt, toyPlainAnswer,

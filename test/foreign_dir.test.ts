@@ -16,7 +16,7 @@ import type { Backend } from '../src/backend/backend.js';
 import { ArgumentError } from '../src/errors.js';
 import { loadModel } from '../src/model/load.js';
 import { saveModel } from '../src/model/save.js';
-import { loadMote, saveMote } from '../src/mote/bundle.js';
+import { loadMote, saveMote } from '../src/mote/bundle_io.js';
 import { exportCommand } from '../src/cli/export.js';
 import { MARKER_FILE } from '../src/io/atomic_dir.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';

@@ -36,7 +36,8 @@ const root = path.resolve(here, '..', '..');
 async function worker(casesFile: string): Promise<void> {
   const { openBackend } = await import('../src/backend/select.js');
   const { loadModel } = await import('../src/model/load.js');
-  const { loadPeftAdapters, loadMote } = await import('../src/mote/bundle.js');
+  const { loadPeftAdapters } = await import('../src/adapters/adapter_set.js');
+  const { loadMote } = await import('../src/mote/bundle_io.js');
   const cases = JSON.parse(fs.readFileSync(casesFile, 'utf8')) as Case[];
   const backend = await openBackend('cpu');
   const bases = new Map<string, Awaited<ReturnType<typeof loadModel>>>();

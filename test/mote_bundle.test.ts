@@ -28,7 +28,11 @@ import type { Backend } from '../src/backend/backend.js';
 import {
   DEFAULT_MOTE_CONFIG, STEPS, STEP_TOKENS, moteConfig, specialTokens, stepIndex, stepOfToken, type MoteConfig,
 } from '../src/mote/steps.js';
-import { AdapterStacks, MOTE_FILE, MoteBundle, createMote, loadMote, loadPeftAdapters, moteRoutingSlots, saveMote } from '../src/mote/bundle.js';
+import { MoteBundle, createMote, moteRoutingSlots } from '../src/mote/bundle.js';
+import { MOTE_FILE } from '../src/mote/format.js';
+import { loadMote, saveMote } from '../src/mote/bundle_io.js';
+import { AdapterStacks } from '../src/adapters/stacks.js';
+import { loadPeftAdapters } from '../src/adapters/adapter_set.js';
 import { loraStacks, writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions, type WrittenTinyModel } from './fixtures/tiny_model.js';
 import { closeBackends, forEachBackend, relErr, tracking } from './helpers.js';
 import { bitsEqual } from './case_helpers.js';

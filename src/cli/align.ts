@@ -4,7 +4,8 @@
 import * as path from 'node:path';
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { loadMote, type MoteBundle } from '../mote/bundle.js';
+import { type MoteBundle } from '../mote/bundle.js';
+import { loadMote } from '../mote/bundle_io.js';
 import { selfAlign } from '../mote/self_align.js';
 import { toyChain, toyQuestions, toySplit } from '../mote/toy.js';
 import { TOY_VARIANTS, evaluateToy, toyEvalTable, trainVariant, type ToyEvalResult, type ToyVariant } from '../mote/eval.js';

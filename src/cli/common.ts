@@ -2,7 +2,7 @@
 // and the MoTE step tokens, and parsing numeric options into clear one-line errors.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DEFAULT_MODEL_DIR } from '../mote/default_model.js';
+import { DEFAULT_MODEL_DIR } from '../mote/default_model_dir.js';
 import { ArgumentError } from '../errors.js';
 import { MAX_INT_FLAG, intFlag, numFlag } from './flags.js';
 import { openBackend } from '../backend/select.js';
@@ -10,7 +10,8 @@ import type { Backend, BackendRequest } from '../backend/backend.js';
 import { type LlamaModel } from '../model/llama.js';
 import { loadModel } from '../model/load.js';
 import { loadTokenizer, type MoteTokenizer } from '../io/tokenizer.js';
-import { MOTE_FILE, addStepTokens, readMoteJson } from '../mote/bundle.js';
+import { addStepTokens } from '../mote/bundle.js';
+import { MOTE_FILE, readMoteJson } from '../mote/format.js';
 import { moteConfig, type MoteConfig } from '../mote/steps.js';
 
 

@@ -2,7 +2,8 @@
 // labelled with its expert, streamed for a single prompt), plain PEFT adapters, or none.
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { loadMote, type MoteBundle } from '../mote/bundle.js';
+import { type MoteBundle } from '../mote/bundle.js';
+import { loadMote } from '../mote/bundle_io.js';
 import { promptIds, stepTokenIds } from '../mote/chains.js';
 import { generate, type GenerateRequest, type TokenEvent } from '../generate/generate.js';
 import type { MoteTokenizer } from '../io/tokenizer.js';
