@@ -54,7 +54,7 @@ export {
 } from './model/llama_backward.js';
 export { mulberry32, mixSeed } from './rng.js';
 export { Trainer, dataFingerprint, type TrainExample, type TrainerOptions, type TrainProgress, type TrainerState } from './train/trainer.js';
-export { saveCheckpoint, loadCheckpoint, readCheckpointState, CHECKPOINT_STATE_FILE, CHECKPOINT_FORMAT } from './train/checkpoint.js';
+export { saveCheckpoint, loadCheckpoint, readCheckpointState, CHECKPOINT_STATE_FILE, CHECKPOINT_FORMAT, type CheckpointTrainer } from './train/checkpoint.js';
 export { learningRate, checkSchedule, type ScheduleOptions } from './train/schedule.js';
 export { stepSkipSegments } from './train/step_skip.js';
 export {

@@ -90,7 +90,7 @@ async function writers(): Promise<Writer[]> {
   return [
     { name: 'saveCheckpoint', save: (d, o) => saveCheckpoint(t.trainer, d, { overwrite: o }), check: async (d) => { await loadCheckpoint(t.trainer, d); } },
     { name: 'saveModel', save: (d, o) => saveModel(t.model, d, { overwrite: o }), check: async (d) => { (await loadModel(d, { backend: b as Backend })).dispose(); } },
-    { name: 'saveMote', save: (d, o) => saveMote(t.bundle, d, { overwrite: o }), check: async (d) => { loadMote(d, t.model).dispose(); } },
+    { name: 'saveMote', save: (d, o) => saveMote(t.bundle, d, { overwrite: o }), check: async (d) => { (await loadMote(d, t.model)).dispose(); } },
     {
       name: 'mote export',
       save: async (d, o) => {

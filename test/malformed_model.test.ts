@@ -53,8 +53,8 @@ async function worker(casesFile: string): Promise<void> {
     const out: Outcome = { id: c.id, ok: true, ms: 0, rssMB: 0 };
     try {
       if (c.kind === 'model') (await loadModel(c.dir, { backend })).dispose();
-      else if (c.kind === 'adapter') loadPeftAdapters(base!, [c.dir]).dispose();
-      else loadMote(c.dir, base!).dispose();
+      else if (c.kind === 'adapter') (await loadPeftAdapters(base!, [c.dir])).dispose();
+      else (await loadMote(c.dir, base!)).dispose();
     } catch (e) {
       out.ok = false;
       out.name = (e as Error)?.constructor?.name ?? typeof e;

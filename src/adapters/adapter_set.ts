@@ -80,7 +80,7 @@ export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): Ada
  * multi-adapter set on the model's backend. Everything is read and checked before anything
  * is uploaded; nothing stays allocated when loading fails.
  */
-export function loadPeftAdapters(model: LlamaModel, dirs: readonly string[]): AdapterSet {
+export async function loadPeftAdapters(model: LlamaModel, dirs: readonly string[]): Promise<AdapterSet> {
   const op = 'loadPeftAdapters';
   checkModel(op, model);
   if (!Array.isArray(dirs) || dirs.length === 0) throw new ArgumentError(`${op}: dirs: expected a non-empty list of adapter folders, got ${describe(dirs)}`);

@@ -237,6 +237,7 @@ export class AdapterStacks {
     freeStacks(this.stacks);
   }
 
+  /** dispose(), for `using`: the adapters are freed when their block ends. */
   [Symbol.dispose](): void {
     this.dispose();
   }

@@ -31,7 +31,7 @@ export async function selfAlignCommand(o: {
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
   let bundle: MoteBundle | null = null;
   try {
-    bundle = o.mote ? loadMote(o.mote, m.model) : null;
+    bundle = o.mote ? await loadMote(o.mote, m.model) : null;
     const p = progress('selfalign', prompts.length, { json });
     for (const s of read.skipped) p.log(`warning: ${o.prompts}:${s.line}: skipped: ${s.reason}`);
     const temperature = numOpt('temperature', o.temperature, 0, 100, 0);

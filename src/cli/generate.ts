@@ -54,7 +54,7 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
   const m = await openModel(o.model, o.backend, config);
   let bundle: MoteBundle | null = null;
   try {
-    bundle = o.mote ? loadMote(o.mote, m.model) : null;
+    bundle = o.mote ? await loadMote(o.mote, m.model) : null;
     const tags = stepTokenIds(m.tokenizer, config);
     const stepTokens = new Map(tags.start.map((id, i) => [id, i]));
     const stop = [tags.end[tags.end.length - 1]!];

@@ -113,7 +113,7 @@ export async function openChat(opts?: OpenChatOptions): Promise<MoteChat> {
   try {
     model = await loadModel(dir, o.dtype ? { backend, dtype: o.dtype } : { backend });
     await addStepTokens(model, tokenizer, config);
-    const bundle = o.mote !== undefined ? loadMote(o.mote, model) : null;
+    const bundle = o.mote !== undefined ? await loadMote(o.mote, model) : null;
     return new MoteChat(model, tokenizer, config, bundle, own ? backend : null);
   } catch (e) {
     model?.dispose();

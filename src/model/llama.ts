@@ -521,4 +521,9 @@ export class LlamaModel {
     }
     for (const t of all) t.dispose();
   }
+
+  /** dispose(), for `using`: the LlamaModel is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }

@@ -1,5 +1,5 @@
 // Saving and loading MoTE bundles: a folder of one PEFT adapter per expert plus mote.json
-// (layout and index: src/mote/format.ts).
+// (layout and index: src/mote/format.ts). Both are async, as loadModel and saveModel are.
 
 import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
@@ -30,7 +30,7 @@ export async function saveMote(bundle: MoteBundle, dir: string, opts: { overwrit
  * against the model (FormatError naming the file and tensor) and must adapt exactly the
  * bundle's target modules on every layer; nothing stays allocated when loading fails.
  */
-export function loadMote(dir: string, model: LlamaModel): MoteBundle {
+export async function loadMote(dir: string, model: LlamaModel): Promise<MoteBundle> {
   const op = 'loadMote';
   checkModel(op, model);
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a bundle folder, got ${describe(dir)}`);

@@ -120,6 +120,11 @@ export class RowMap {
     this.#dst?.dispose();
     this.#src?.dispose();
   }
+
+  /** dispose(), for `using`: the RowMap is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 /**

@@ -431,4 +431,9 @@ export class Trainer {
     for (const p of this.params) { p.m.dispose(); p.v.dispose(); }
     disposeGrads(this.#grads);
   }
+
+  /** dispose(), for `using`: the Trainer is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }

@@ -17,7 +17,7 @@ const steps = [-1, -1, -1, 0, 0, 0, 1, 1];                      // prompt, then 
 const logits = await model.logits(ids, { lora: mote.loraFor(mote.routing(steps)) });
 await saveMote(mote, join(work, 'my-mote'));                     // each expert is a PEFT adapter
 const [out] = await generate(model, [{ prompt: [1, 7, 9], maxNewTokens: 8 }], {
-  router: loadMote(join(work, 'my-mote'), model).tokenRouter(),
+  router: (await loadMote(join(work, 'my-mote'), model)).tokenRouter(),
   stepTokens: new Map([[3, 0], [4, 1], [5, 2]]),                // step-start token id -> step
   onToken: ({ token, step }) => process.stdout.write(`${step}:${token} `),
 });
