@@ -71,8 +71,10 @@ export interface LlamaSegments {
 /** Segments after checking: per-token segment ids as an Int32Array. */
 export interface CheckedSegments { numSegments: number; segment: Int32Array; blocked: ArrayLike<number | boolean> }
 
-/** What LlamaModel.logits needs of a MoTE bundle or an adapter set (src/mote/bundle.ts). */
+/** What LlamaModel.logits needs of a MoTE bundle or an adapter set (src/adapters/stacks.ts AdapterStacks). */
 interface RoutableAdapters {
+  /** > 0: routed by step (MoTE); 0: by adapter index. */
+  readonly numSteps?: number;
   loraFor(routing: LoraRouting): LlamaLora;
   routing(ids: ArrayLike<number>, opts?: { seq?: ArrayLike<number> }): LoraRouting;
 }
@@ -431,8 +433,8 @@ export class LlamaModel {
         throw new ArgumentError(`LlamaModel.logits: adapters: expected a MoteBundle or an AdapterSet, got ${describe(adapters)}`);
       }
       const n = ids?.length ?? 0;
-      const isMote = 'config' in adapters && Array.isArray((adapters as { config?: { steps?: unknown } }).config?.steps);
-      if (isMote) {
+      // Step-routed (a MoTE bundle) or routed by adapter index (an adapter set).
+      if ((adapters.numSteps ?? 0) > 0) {
         if (adapter !== undefined) throw new ArgumentError('LlamaModel.logits: adapter: a MoTE bundle is routed by steps, not adapter');
         routing = adapters.routing(steps ?? new Int32Array(n).fill(-1), batch.seq === undefined ? {} : { seq: batch.seq });
       } else {

@@ -291,7 +291,6 @@ export class Trainer {
   /** Packs examples: targets[t] = ids[t+1] inside a sequence; the loss of t counts when token t+1 is learned. */
   #pack(picked: number[], step: number, micro: number): { batch: LlamaTrainBatch; routing: LoraRouting | null; count: number } {
     const { ids, seq, stepIds, targets, lossMask } = packSequences(this.#examples, picked);
-    const T = ids.length;
     let count = 0;
     for (const m of lossMask) count += m;
     const batch: LlamaTrainBatch = { ids, seq, targets, lossMask };
@@ -302,9 +301,10 @@ export class Trainer {
         ? stepSkipSegments(stepIds, seq, ad.numSteps, this.options.pSkip, mulberry32(mixSeed(this.options.seed, PURPOSE.skip, step, micro)))
         : undefined;
       if (segments) batch.segments = segments;
+      // MoTE: [step, shared] per chain token; a plain set: its first adapter on every token.
       routing = ad.batchRouting({ stepIds, seq, promptRouting: this.options.promptRouting, seed: mixSeed(this.options.seed, PURPOSE.routing, step, micro) });
+      batch.lora = ad.loraFor(routing);
     }
-    if (routing) batch.lora = ad!.loraFor(routing);
     return { batch, routing, count };
   }
 
