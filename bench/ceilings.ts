@@ -8,7 +8,7 @@ import { loraApply, loraRouting, loraStack } from '../src/ops/lora.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { median, time, type TimeOptions, type Timing } from './timing.js';
-import { randomFloats } from './lora.js';
+import { randomFloats } from './random.js';
 
 export interface CopyCeiling {
   /** Rate of the median sample: what rooflines use (rows are medians too). */

@@ -13,6 +13,7 @@ import {
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { time, type TimeOptions, type Timing } from './timing.js';
+import { randomFloats } from './random.js';
 import type { Ceilings, CopyProbe } from './ceilings.js';
 
 export const LORA_OPS = ['loraShrink', 'loraExpand', 'loraApply', 'loraShrinkGrad', 'loraInputGrad', 'loraWeightGrad'] as const;
@@ -191,19 +192,6 @@ export function applyRoofline(rows: Row[], ceil: Ceilings): void {
     r.pctOfBound = (100 * r.bound.ms) / r.medianMs;
     if (r.copyNowGbps !== undefined) r.pctOfBoundAtCopyNow = (100 * roofline(r, { ...ceil, copy: { ...ceil.copy, gbps: r.copyNowGbps } }).ms) / r.medianMs;
   }
-}
-
-/** Deterministic uniform(-amp, amp) floats (xorshift32). */
-export function randomFloats(n: number, amp: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    out[i] = (s / 4294967296 * 2 - 1) * amp;
-  }
-  return out;
 }
 
 /** One copy of a layer's adapters: the stack, and the per-adapter tensors the baselines use. */

@@ -21,13 +21,14 @@
 // bandwidth measured in the same run (bench/ceilings.ts).
 import { loraRouting, loraStack, type LoraRouting, type LoraStack } from '../src/ops/lora.js';
 import { LINEAR_MODULES, expectedWeights, linearShape, parseHFConfig, type LinearModule, type ModelConfig } from '../src/model/config.js';
-import { modelFromTensors, type LlamaLora, type LlamaModel } from '../src/model/llama.js';
+import { type LlamaLora, type LlamaModel } from '../src/model/llama.js';
+import { modelFromTensors } from '../src/model/load.js';
 import type { HostTensor } from '../src/io/safetensors.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { measureCopy, lastLevelCacheBytes, type CopyCeiling } from './ceilings.js';
 import { median, type TimeOptions } from './timing.js';
-import { randomFloats } from './lora.js';
+import { randomFloats } from './random.js';
 
 export interface ModelShape {
   hidden: number;

@@ -3,6 +3,7 @@
 // baselines in one run on one backend, prints markdown tables to stdout (progress goes to
 // stderr) and writes every row to bench/results/<backend>.json (quick runs: <backend>.quick.json).
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { jsonText } from '../src/io/files.js';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -183,7 +184,7 @@ async function runTrain(args: Args, backend: Backend): Promise<void> {
   };
   const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.train.json`));
   mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(`${out}.tmp`, JSON.stringify(doc, null, 2) + '\n');
+  writeFileSync(`${out}.tmp`, jsonText(doc));
   renameSync(`${out}.tmp`, out);
   process.stdout.write(`# mote training benchmark: ${backend.kind} (${info.device})\n\n${trainMarkdown(r, backend.kind)}\n`);
   log(`bench: wrote ${out}`);

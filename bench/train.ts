@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { LINEAR_MODULES, linearShape, parseHFConfig, type ModelConfig } from '../src/model/config.js';
-import { modelFromTensors } from '../src/model/llama.js';
+import { modelFromTensors } from '../src/model/load.js';
 import { createMote } from '../src/mote/bundle.js';
 import { Trainer, type TrainExample } from '../src/train/trainer.js';
 import type { Backend } from '../src/backend/backend.js';

@@ -130,6 +130,17 @@ export function decode(bytes: ArrayBuffer, dtype: DType, length: number): Float3
   }
 }
 
+/** Host floats of a stored dtype as f32: f32 data as it is, f16/bf16 bits converted. */
+export function hostToF32(dtype: DType, data: Float32Array | Uint16Array | Int32Array): Float32Array {
+  if (dtype === 'f32') return data as Float32Array;
+  if (dtype === 'i32') throw new DTypeError(`hostToF32: dtype: expected f32, f16 or bf16, got i32`);
+  const bits = data as Uint16Array;
+  const conv = dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32;
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = conv(bits[i]!);
+  return out;
+}
+
 /** Rounds values through a storage dtype (what the device will see). */
 export function roundTo(dtype: DType, data: ArrayLike<number>): Float64Array {
   const out = new Float64Array(data.length);

@@ -11,7 +11,9 @@ export {
   loraRouting, loraStack, loraShrink, loraExpand, loraApply, loraShrinkGrad, loraInputGrad, loraWeightGrad, chooseStrategy,
   LoraRouting, type LoraStack, type LoraDims, type LoraStrategy, type LoraOptions, type LoraKernels,
 } from './ops/lora.js';
-export { MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads } from './ops/multi_lora_linear.js';
+export {
+  MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads, type GradTarget, type LinearGradTargets, type LinearPassOptions,
+} from './ops/multi_lora_linear.js';
 export { embedding, embeddingGrad } from './ops/embedding.js';
 export { copyRows, rowMap, RowMap, type CopyRowsDims, type CopyRowsKernels } from './ops/copy_rows.js';
 export { rmsnorm, rmsnormGrad } from './ops/rmsnorm.js';
@@ -25,10 +27,11 @@ export * from './io/safetensors.js';
 export * from './io/peft.js';
 export * from './model/config.js';
 export {
-  loadModel, modelFromTensors, LlamaModel,
-  type LoadModelOptions, type LogitsRouting, type CheckedSegments, type LlamaBatch, type LlamaLora, type LlamaSegments,
-  type LlamaWeights, type LlamaLayerWeights, type WeightDType,
+  LlamaModel,
+  type LogitsRouting, type CheckedSegments, type LlamaBatch, type LlamaLora, type LlamaSegments,
+  type LlamaWeights, type LlamaLayerWeights,
 } from './model/llama.js';
+export { loadModel, modelFromTensors, type LoadModelOptions, type WeightDType } from './model/load.js';
 export { KvCache, type KvCacheDims, type KvCacheOptions } from './model/kv_cache.js';
 export {
   generate, type GenerateRequest, type GenerateOptions, type GenerateResult, type TokenRouter, type RouteState,
@@ -37,11 +40,11 @@ export {
 export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from './generate/sampling.js';
 export { openChat, openModelFolder, MoteChat, type OpenedModel, type OpenChatOptions, type AskOptions, type AnswerStep, type AnswerChunk, type ChatAnswer } from './generate/chat.js';
 export * from './mote/steps.js';
-export {
-  AdapterStacks, AdapterSet, MoteBundle, createMote, addStepTokens, saveMote, loadMote, loadPeftAdapters, moteRoutingSlots, moteJson, parseMoteJson,
-  MOTE_FILE, MOTE_FORMAT_VERSION,
-  type LayerStacks, type ExpertFactors, type MoteRoutingOptions, type CreateMoteOptions,
-} from './mote/bundle.js';
+export { AdapterStacks, type LayerStacks, type ExpertFactors, type TrainBatchRouting } from './adapters/stacks.js';
+export { AdapterSet, loadPeftAdapters, createLora, NEW_LORA_DIR, type CreateLoraOptions } from './adapters/adapter_set.js';
+export { MoteBundle, createMote, addStepTokens, moteRoutingSlots, type MoteRoutingOptions, type CreateMoteOptions } from './mote/bundle.js';
+export { saveMote, loadMote } from './mote/bundle_io.js';
+export { moteJson, parseMoteJson, MOTE_FILE, MOTE_FORMAT_VERSION } from './mote/format.js';
 export {
   loadTokenizer, saveTokenizer, MoteTokenizer, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,
   type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions,
@@ -52,7 +55,7 @@ export {
 } from './model/llama_backward.js';
 export { mulberry32, mixSeed } from './rng.js';
 export { Trainer, dataFingerprint, type TrainExample, type TrainerOptions, type TrainProgress, type TrainerState } from './train/trainer.js';
-export { saveCheckpoint, loadCheckpoint, readCheckpointState, CHECKPOINT_STATE_FILE, CHECKPOINT_FORMAT } from './train/checkpoint.js';
+export { saveCheckpoint, loadCheckpoint, readCheckpointState, CHECKPOINT_STATE_FILE, CHECKPOINT_FORMAT, type CheckpointTrainer } from './train/checkpoint.js';
 export { learningRate, checkSchedule, type ScheduleOptions } from './train/schedule.js';
 export { stepSkipSegments } from './train/step_skip.js';
 export {
@@ -80,7 +83,6 @@ export {
   type ToyEvalResult, type ToyOutput, type ScoreToyOptions, type EvaluateToyOptions, type ToyVariant,
   type TrainVariantOptions, type TrainedVariant,
 } from './mote/eval.js';
-export { createLora, NEW_LORA_DIR, type CreateLoraOptions } from './mote/bundle.js';
 export { saveModel, hfConfigJson } from './model/save.js';
 export {
   DEFAULT_MODEL_DIR, loadDefaultModel, toyTokenizer, toyCorpus, pretrainDefaultModel, toyPrompt, toyPlainAnswer,

@@ -85,6 +85,11 @@ export class Tensor {
     this.#storage = undefined;
   }
 
+  /** dispose(), for `using`: the tensor is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
   toString(): string {
     return `Tensor(#${this.id}, [${this.shape.join(', ')}], ${this.dtype}, ${this.backend.kind})`;
   }

@@ -25,7 +25,7 @@ forEachBackend('README walk-through: load, MoTE forward, save/load bundle, step-
     assert.equal(logits.length, ids.length * 48);
 
     await saveMote(mote, path.join(tmp, 'bundle'));
-    const again = loadMote(path.join(tmp, 'bundle'), model);
+    const again = await loadMote(path.join(tmp, 'bundle'), model);
     const routing2 = again.routing(steps);
     assert.ok(relErr(await model.logits(ids, { lora: again.loraFor(routing2) }), logits) <= 1e-6);
 

@@ -14,9 +14,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Backend } from '../src/backend/backend.js';
 import { ArgumentError } from '../src/errors.js';
-import { loadModel } from '../src/model/llama.js';
+import { loadModel } from '../src/model/load.js';
 import { saveModel } from '../src/model/save.js';
-import { loadMote, saveMote } from '../src/mote/bundle.js';
+import { loadMote, saveMote } from '../src/mote/bundle_io.js';
 import { exportCommand } from '../src/cli/export.js';
 import { MARKER_FILE } from '../src/io/atomic_dir.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
@@ -90,7 +90,7 @@ async function writers(): Promise<Writer[]> {
   return [
     { name: 'saveCheckpoint', save: (d, o) => saveCheckpoint(t.trainer, d, { overwrite: o }), check: async (d) => { await loadCheckpoint(t.trainer, d); } },
     { name: 'saveModel', save: (d, o) => saveModel(t.model, d, { overwrite: o }), check: async (d) => { (await loadModel(d, { backend: b as Backend })).dispose(); } },
-    { name: 'saveMote', save: (d, o) => saveMote(t.bundle, d, { overwrite: o }), check: async (d) => { loadMote(d, t.model).dispose(); } },
+    { name: 'saveMote', save: (d, o) => saveMote(t.bundle, d, { overwrite: o }), check: async (d) => { (await loadMote(d, t.model)).dispose(); } },
     {
       name: 'mote export',
       save: async (d, o) => {

@@ -16,7 +16,7 @@ import type { Backend } from '../src/backend/backend.js';
 import {
   matmul, rmsnorm, swiglu, loraRouting, loraStack, loraApply, attention, attentionLayout, copyRows, embedding, xent, MoteError,
 } from '../src/index.js';
-import { loadModel } from '../src/model/llama.js';
+import { loadModel } from '../src/model/load.js';
 import { generate } from '../src/generate/generate.js';
 
 after(closeBackends);

@@ -35,8 +35,9 @@ const root = path.resolve(here, '..', '..');
 
 async function worker(casesFile: string): Promise<void> {
   const { openBackend } = await import('../src/backend/select.js');
-  const { loadModel } = await import('../src/model/llama.js');
-  const { loadPeftAdapters, loadMote } = await import('../src/mote/bundle.js');
+  const { loadModel } = await import('../src/model/load.js');
+  const { loadPeftAdapters } = await import('../src/adapters/adapter_set.js');
+  const { loadMote } = await import('../src/mote/bundle_io.js');
   const cases = JSON.parse(fs.readFileSync(casesFile, 'utf8')) as Case[];
   const backend = await openBackend('cpu');
   const bases = new Map<string, Awaited<ReturnType<typeof loadModel>>>();
@@ -52,8 +53,8 @@ async function worker(casesFile: string): Promise<void> {
     const out: Outcome = { id: c.id, ok: true, ms: 0, rssMB: 0 };
     try {
       if (c.kind === 'model') (await loadModel(c.dir, { backend })).dispose();
-      else if (c.kind === 'adapter') loadPeftAdapters(base!, [c.dir]).dispose();
-      else loadMote(c.dir, base!).dispose();
+      else if (c.kind === 'adapter') (await loadPeftAdapters(base!, [c.dir])).dispose();
+      else (await loadMote(c.dir, base!)).dispose();
     } catch (e) {
       out.ok = false;
       out.name = (e as Error)?.constructor?.name ?? typeof e;

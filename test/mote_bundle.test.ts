@@ -16,7 +16,8 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { loadModel, type LlamaModel } from '../src/model/llama.js';
+import { type LlamaModel } from '../src/model/llama.js';
+import { loadModel } from '../src/model/load.js';
 import { llamaForwardRef, type LlamaRefOptions } from '../src/reference/llama.js';
 import type { LoraRefStack } from '../src/reference/lora.js';
 import { LINEAR_MODULES, linearShape, type LinearModule } from '../src/model/config.js';
@@ -27,7 +28,11 @@ import type { Backend } from '../src/backend/backend.js';
 import {
   DEFAULT_MOTE_CONFIG, STEPS, STEP_TOKENS, moteConfig, specialTokens, stepIndex, stepOfToken, type MoteConfig,
 } from '../src/mote/steps.js';
-import { AdapterStacks, MOTE_FILE, MoteBundle, createMote, loadMote, loadPeftAdapters, moteRoutingSlots, saveMote } from '../src/mote/bundle.js';
+import { MoteBundle, createMote, moteRoutingSlots } from '../src/mote/bundle.js';
+import { MOTE_FILE } from '../src/mote/format.js';
+import { loadMote, saveMote } from '../src/mote/bundle_io.js';
+import { AdapterStacks } from '../src/adapters/stacks.js';
+import { loadPeftAdapters } from '../src/adapters/adapter_set.js';
 import { loraStacks, writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions, type WrittenTinyModel } from './fixtures/tiny_model.js';
 import { closeBackends, forEachBackend, relErr, tracking } from './helpers.js';
 import { bitsEqual } from './case_helpers.js';
@@ -287,7 +292,7 @@ forEachBackend('saveMote → loadMote: identical logits; each expert a PEFT adap
         for (const k of st.tensors.keys()) assert.ok(parsePeftKey(k) !== null, `PEFT key name: ${k}`);
         assert.ok([...st.tensors.keys()].includes('base_model.model.model.layers.1.mlp.down_proj.lora_B.weight'));
       }
-      loaded = loadMote(dir, model);
+      loaded = await loadMote(dir, model);
       assert.deepEqual(loaded.config, bundle.config);
       const tokens = ids(7, 48, 5);
       const seq = [0, 0, 0, 1, 1, 1, 1];
@@ -332,7 +337,7 @@ forEachBackend('loadMote onto a model of another shape: FormatError naming file 
   const wider = tiny({ seed: 25, intermediate: 48 });
   await withModel(b, wider, async (model) => {
     await tracking(b, async (live) => {
-      assert.throws(() => loadMote(dir, model), (e: Error) => e instanceof FormatError
+      await assert.rejects(() => loadMote(dir, model), (e: Error) => e instanceof FormatError
         && e.message.includes(path.join(dir, 'analysis', ADAPTER_WEIGHTS_FILE))
         && /tensor 'base_model\.model\.model\.layers\.0\.mlp\.(down|gate|up)_proj\.lora_[AB]\.weight': expected shape \[\d+, \d+\] for this model, got \[\d+, \d+\]/.test(e.message), 'names the file and tensor');
       assert.equal(live.size, 0, `${live.size} tensors left allocated after a failed load`);
@@ -341,7 +346,7 @@ forEachBackend('loadMote onto a model of another shape: FormatError naming file 
   const shallower = tiny({ seed: 26, layers: 1 });
   await withModel(b, shallower, async (model) => {
     await tracking(b, async (live) => {
-      assert.throws(() => loadMote(dir, model), (e: Error) => e instanceof FormatError && /adapter_model\.safetensors: tensor 'base_model\.model\.model\.layers\.1\..*': unexpected \(the model has 1 layers\)/.test(e.message));
+      await assert.rejects(() => loadMote(dir, model), (e: Error) => e instanceof FormatError && /adapter_model\.safetensors: tensor 'base_model\.model\.model\.layers\.1\..*': unexpected \(the model has 1 layers\)/.test(e.message));
       assert.equal(live.size, 0);
     });
   });
@@ -350,10 +355,10 @@ forEachBackend('loadMote onto a model of another shape: FormatError naming file 
     const broken = newDir('broken');
     fs.cpSync(dir, broken, { recursive: true });
     fs.rmSync(path.join(broken, 'guidance', ADAPTER_WEIGHTS_FILE));
-    assert.throws(() => loadMote(broken, model), (e: Error) => e instanceof FormatError && e.message.includes(path.join(broken, 'guidance', ADAPTER_WEIGHTS_FILE)));
+    await assert.rejects(() => loadMote(broken, model), (e: Error) => e instanceof FormatError && e.message.includes(path.join(broken, 'guidance', ADAPTER_WEIGHTS_FILE)));
     fs.writeFileSync(path.join(broken, MOTE_FILE), JSON.stringify({ steps: ['analysis'], alpha: 2, r: 2, lora_alpha: 4 }));
-    assert.throws(() => loadMote(broken, model), (e: Error) => e instanceof FormatError && e.message.includes(MOTE_FILE) && /alpha: expected a number in \[0, 1\]/.test(e.message));
-    assert.throws(() => loadMote(newDir('none'), model), (e: Error) => e instanceof MoteError && /mote.json: not found/.test(e.message));
+    await assert.rejects(() => loadMote(broken, model), (e: Error) => e instanceof FormatError && e.message.includes(MOTE_FILE) && /alpha: expected a number in \[0, 1\]/.test(e.message));
+    await assert.rejects(() => loadMote(newDir('none'), model), (e: Error) => e instanceof MoteError && /mote.json: not found/.test(e.message));
   });
 });
 
@@ -370,7 +375,7 @@ forEachBackend('PEFT adapters of mixed ranks load as a K = 1 multi-adapter set e
   ];
   await withModel(b, m, async (model) => {
     await tracking(b, async (live) => {
-      const set = loadPeftAdapters(model, adapters.map((a) => a.dir));
+      const set = await loadPeftAdapters(model, adapters.map((a) => a.dir));
       try {
         assert.equal(set.L, 3);
         assert.deepEqual([...set.stacks[0]!.q_proj!.A.shape], [3, 5, 32]);
@@ -397,7 +402,7 @@ forEachBackend('PEFT adapters of mixed ranks load as a K = 1 multi-adapter set e
       assert.equal(live.size, 0);
       // One bad adapter among good ones: nothing allocated.
       const wrong = writeTinyPeftAdapter(newDir('ad'), tiny({ seed: 28, hidden: 16, heads: 2, kvHeads: 1, intermediate: 24 }).cfg, { r: 2, alpha: 4, seed: 34 });
-      assert.throws(() => loadPeftAdapters(model, [adapters[0]!.dir, wrong.dir]), (e: Error) => e instanceof FormatError && e.message.includes(path.join(wrong.dir, ADAPTER_WEIGHTS_FILE)) && /tensor '/.test(e.message));
+      await assert.rejects(() => loadPeftAdapters(model, [adapters[0]!.dir, wrong.dir]), (e: Error) => e instanceof FormatError && e.message.includes(path.join(wrong.dir, ADAPTER_WEIGHTS_FILE)) && /tensor '/.test(e.message));
       assert.equal(live.size, 0);
     });
   });

@@ -56,3 +56,40 @@ for (const [dtype, T, Hin, Hout, R] of [['f32', 1, 37, 29, 16], ['bf16', 19, 53,
     rt.dispose();
   });
 }
+
+forEachBackend('MultiLoraLinear with a bias and no adapters: apply and backwardTo match the float64 sums', async (b) => {
+  const r = rng(11);
+  const T = 5, Hin = 7, Hout = 6;
+  const Ws = randn(r, Hout * Hin, 0.3), bs = randn(r, Hout, 0.3), xs = randn(r, T * Hin), dys = randn(r, T * Hout);
+  const W = b.tensor(Ws, [Hout, Hin]), bias = b.tensor(bs, [1, Hout]);
+  const layer = new MultiLoraLinear(W, null, { bias });
+  const x = b.tensor(xs, [T, Hin]), dy = b.tensor(dys, [T, Hout]);
+  const { y, v } = layer.apply(x, null);
+  assert.equal(v, null);
+  const yRef = new Float64Array(T * Hout), dxRef = new Float64Array(T * Hin), dWRef = new Float64Array(Hout * Hin), dbRef = new Float64Array(Hout);
+  for (let t = 0; t < T; t++) {
+    for (let o = 0; o < Hout; o++) {
+      let s = bs[o]!;
+      for (let i = 0; i < Hin; i++) {
+        s += xs[t * Hin + i]! * Ws[o * Hin + i]!;
+        dxRef[t * Hin + i]! += dys[t * Hout + o]! * Ws[o * Hin + i]!;
+        dWRef[o * Hin + i]! += dys[t * Hout + o]! * xs[t * Hin + i]!;
+      }
+      yRef[t * Hout + o] = s;
+      dbRef[o]! += dys[t * Hout + o]!;
+    }
+  }
+  assert.ok(relErr(await y.readFloat(), yRef) <= 1e-5, 'y');
+  const g = layer.backwardTo(x, null, dy, null, { dx: {}, dW: {}, db: {} });
+  assert.ok(relErr(await g.dx!.readFloat(), dxRef) <= 1e-5, 'dx');
+  assert.ok(relErr(await g.dW!.readFloat(), dWRef) <= 1e-5, 'dW');
+  assert.deepEqual(g.db!.shape, [Hout, 1]);
+  assert.ok(relErr(await g.db!.readFloat(), dbRef) <= 1e-5, 'db');
+  // accumulate: a second pass into the same tensors doubles them
+  layer.backwardTo(x, null, dy, null, { db: { out: g.db!, accumulate: true } });
+  assert.ok(relErr(await g.db!.readFloat(), dbRef.map((q) => 2 * q)) <= 1e-5, 'db accumulated');
+  assert.throws(() => layer.forward(x, null as never), /no adapter stack/);
+  assert.throws(() => layer.backwardTo(x, null, dy, null, { lora: {} }), /targets\.lora/);
+  assert.throws(() => new MultiLoraLinear(W, null).backwardTo(x, null, dy, null, { db: {} }), /no bias/);
+  for (const t of [x, dy, y, g.dx!, g.dW!, g.db!, W, bias]) t.dispose();
+});

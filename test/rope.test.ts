@@ -16,6 +16,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rope, ropeGrad } from '../src/ops/rope.js';
 import { ropeBackwardRef, ropeInvFreqRef, ropeRef, type RopeScaling } from '../src/reference/rope.js';
+import { ropeInvFreq } from '../src/model/rope_freq.js';
 import {
   ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
 } from '../src/errors.js';
@@ -217,4 +218,23 @@ test('case matrix: D = 2 and 64, every scaling, long positions and T = 1 reach w
   const inv = ropeInvFreqRef(64, 500000), sc = ropeInvFreqRef(64, 500000, SCALINGS.llama3!.scaling);
   const ratio = Array.from(sc, (v, i) => v / inv[i]!);
   assert.ok(ratio.some((q) => q === 1) && ratio.some((q) => Math.abs(q - 1 / 8) < 1e-12) && ratio.some((q) => q < 1 && q > 1 / 8));
+});
+
+test("the model's inverse frequencies (src/model/rope_freq.ts) equal the reference's for every scaling", () => {
+  const cases: [number, number, Parameters<typeof ropeInvFreq>[2], RopeScaling | null][] = [
+    [64, 500000, null, null],
+    [2, 10000, null, null],
+    [64, 10000, { type: 'linear', factor: 4 }, { rope_type: 'linear', factor: 4 }],
+    [128, 500000, { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 },
+      { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 }],
+    [16, 10000, { type: 'llama3', factor: 2, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositionEmbeddings: 16 },
+      { rope_type: 'llama3', factor: 2, low_freq_factor: 1, high_freq_factor: 2, original_max_position_embeddings: 16 }],
+  ];
+  for (const [D, theta, model, ref] of cases) {
+    const got = ropeInvFreq(D, theta, model);
+    const want = ropeInvFreqRef(D, theta, ref);
+    assert.deepEqual([...got], [...want], `D=${D} ${model?.type ?? 'default'}`);
+  }
+  assert.throws(() => ropeInvFreq(7, 10000, null), (e: Error) => e instanceof ArgumentError && /headDim/.test(e.message));
+  assert.throws(() => ropeInvFreq(8, 0, null), (e: Error) => e instanceof ArgumentError && /theta/.test(e.message));
 });

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { loadModel } from '../src/model/llama.js';
+import { loadModel } from '../src/model/load.js';
 import { hfConfigJson, saveModel } from '../src/model/save.js';
 import { parseHFConfig, type ModelConfig } from '../src/model/config.js';
 import { readSafetensors } from '../src/io/safetensors.js';

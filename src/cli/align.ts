@@ -4,7 +4,8 @@
 import * as path from 'node:path';
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { loadMote, type MoteBundle } from '../mote/bundle.js';
+import { type MoteBundle } from '../mote/bundle.js';
+import { loadMote } from '../mote/bundle_io.js';
 import { selfAlign } from '../mote/self_align.js';
 import { toyChain, toyQuestions, toySplit } from '../mote/toy.js';
 import { TOY_VARIANTS, evaluateToy, toyEvalTable, trainVariant, type ToyEvalResult, type ToyVariant } from '../mote/eval.js';
@@ -30,7 +31,7 @@ export async function selfAlignCommand(o: {
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
   let bundle: MoteBundle | null = null;
   try {
-    bundle = o.mote ? loadMote(o.mote, m.model) : null;
+    bundle = o.mote ? await loadMote(o.mote, m.model) : null;
     const p = progress('selfalign', prompts.length, { json });
     for (const s of read.skipped) p.log(`warning: ${o.prompts}:${s.line}: skipped: ${s.reason}`);
     const temperature = numOpt('temperature', o.temperature, 0, 100, 0);

@@ -1,11 +1,9 @@
-// `mote export` (every expert of a bundle as a standalone PEFT adapter folder) and `mote bench`.
+// `mote export`: every expert of a bundle as a standalone PEFT adapter folder.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { ArgumentError } from '../errors.js';
-import { MOTE_FILE, readMoteJson } from '../mote/bundle.js';
-import { readJsonFile } from '../io/files.js';
+import { MOTE_FILE, readMoteJson } from '../mote/format.js';
+import { readJsonFile, writeJsonFile } from '../io/files.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parsePeftConfig } from '../io/peft.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { mergeStepExperts } from '../mote/merged_steps.js';
@@ -31,7 +29,7 @@ export async function exportCommand(o: { mote: string; out: string; json?: boole
   // Check every expert before writing anything.
   for (const [name, sub] of Object.entries(experts)) {
     const cfgFile = path.join(dir, sub, ADAPTER_CONFIG_FILE);
-    parsePeftConfig(readJsonFile(cfgFile, 'a PEFT adapter needs adapter_config.json'), cfgFile);
+    parsePeftConfig(readJsonFile(cfgFile, 'a PEFT adapter folder needs adapter_config.json'), cfgFile);
     readSafetensors(path.join(dir, sub, ADAPTER_WEIGHTS_FILE));
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) throw new ArgumentError(`${f}: expert name '${name}' is not a plain folder name`);
   }
@@ -54,16 +52,8 @@ export async function exportCommand(o: { mote: string; out: string; json?: boole
       for (const file of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) fs.copyFileSync(path.join(dir, sub, file), path.join(tmp, name, file));
       written.push(path.join(path.resolve(o.out), name));
     }
-    fs.writeFileSync(path.join(tmp, 'experts.json'), JSON.stringify({ from: path.resolve(dir), experts: Object.keys(experts) }, null, 2) + '\n');
+    writeJsonFile(path.join(tmp, 'experts.json'), { from: path.resolve(dir), experts: Object.keys(experts) });
   });
   if (o.json) process.stdout.write(JSON.stringify({ out: path.resolve(o.out), adapters: written }) + '\n');
   else for (const w of written) process.stdout.write(`${w}\n`);
-}
-
-export function benchCommand(args: string[]): void {
-  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-  const script = path.join(root, 'dist', 'bench', 'run.js');
-  if (!fs.existsSync(script)) throw new ArgumentError(`the benchmarks ship with the source checkout (${script} not found): clone the repository and run npm run bench`);
-  const r = spawnSync(process.execPath, [script, ...args], { stdio: 'inherit' });
-  process.exitCode = r.status ?? 1;
 }

@@ -4,7 +4,7 @@
 // prompt files included), text before the first step tag is "outside any step".
 import { ArgumentError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { loadMote } from '../mote/bundle.js';
+import { loadMote } from '../mote/bundle_io.js';
 import type { StepName } from '../mote/steps.js';
 import type { ChatMessage } from '../io/tokenizer.js';
 import { MoteChat, bundleConfigAt, openModelFolder, type AskOptions, type ChatAnswer } from '../generate/chat.js';
@@ -45,7 +45,7 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
   const m = await openModelFolder(o.model, o.backend, config, { what: '--model' });
   let chat: MoteChat;
   try {
-    chat = new MoteChat(m.model, m.tokenizer, config, o.mote ? loadMote(o.mote, m.model) : null, m.close);
+    chat = new MoteChat(m.model, m.tokenizer, config, o.mote ? await loadMote(o.mote, m.model) : null, m.close);
   } catch (e) {
     m.close();
     throw e;

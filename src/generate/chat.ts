@@ -11,11 +11,14 @@ import * as path from 'node:path';
 import { ArgumentError, describe } from '../errors.js';
 import { BACKEND_KINDS, openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
-import { loadModel, LlamaModel } from '../model/llama.js';
+import { LlamaModel } from '../model/llama.js';
+import { loadModel } from '../model/load.js';
 import { loadTokenizer, type ChatMessage, type MoteTokenizer } from '../io/tokenizer.js';
 import { plainPrompt } from '../io/prompts.js';
-import { DEFAULT_MODEL_DIR } from '../mote/default_model.js';
-import { MOTE_FILE, MoteBundle, addStepTokens, loadMote, readMoteJson } from '../mote/bundle.js';
+import { DEFAULT_MODEL_DIR } from '../mote/default_model_dir.js';
+import { MoteBundle, addStepTokens } from '../mote/bundle.js';
+import { MOTE_FILE, readMoteJson } from '../mote/format.js';
+import { loadMote } from '../mote/bundle_io.js';
 import { promptIds, stepTokenIds } from '../mote/chains.js';
 import { moteConfig, type MoteConfig, type StepName } from '../mote/steps.js';
 import { checkSampling, checkSeed, type SamplingOptions } from './sampling.js';
@@ -142,7 +145,7 @@ export async function openChat(opts?: OpenChatOptions): Promise<MoteChat> {
   const config = bundleConfigAt(o.mote, 'openChat: mote');
   const m = await openModelFolder(o.model, o.backend ?? 'auto', config, { ...(o.dtype ? { dtype: o.dtype } : {}), what: 'openChat: model', backendWhat: 'openChat: backend' });
   try {
-    const bundle = o.mote !== undefined ? loadMote(o.mote, m.model) : null;
+    const bundle = o.mote !== undefined ? await loadMote(o.mote, m.model) : null;
     return new MoteChat(m.model, m.tokenizer, config, bundle, m.close);
   } catch (e) {
     m.close();

@@ -7,6 +7,7 @@
 // adds up to at least topP, renormalise and draw.
 
 import { ArgumentError, ShapeError, describe } from '../errors.js';
+import { mulberry32 } from '../rng.js';
 
 export interface SamplingOptions {
   /** 0 = greedy (argmax, the default); > 0 divides the logits before the softmax. */
@@ -61,16 +62,12 @@ export function checkSeed(op: string, name: string, seed: unknown): number {
 
 /** A deterministic uniform RNG on [0, 1) (mulberry32): the same seed gives the same stream. */
 export class SeededRng {
-  #s: number;
+  readonly #next: () => number;
   constructor(seed: number) {
-    this.#s = checkSeed('SeededRng', 'seed', seed) >>> 0;
+    this.#next = mulberry32(checkSeed('SeededRng', 'seed', seed));
   }
   next(): number {
-    this.#s = (this.#s + 0x6d2b79f5) >>> 0;
-    let t = this.#s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.#next();
   }
 }
 

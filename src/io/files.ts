@@ -81,3 +81,13 @@ export function jsonDepth(v: unknown, limit: number): number {
   }
   return max;
 }
+
+/** Writes `value` as JSON text indented by 2 with a final newline: the one form of every JSON file mote writes. */
+export function jsonText(value: unknown): string {
+  return JSON.stringify(value, null, 2) + '\n';
+}
+
+/** Writes `value` to `file` as jsonText. */
+export function writeJsonFile(file: string, value: unknown): void {
+  fs.writeFileSync(file, jsonText(value));
+}

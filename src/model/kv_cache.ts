@@ -392,4 +392,9 @@ export class KvCache {
     this.#used = 0;
     this.#disposed = true;
   }
+
+  /** dispose(), for `using`: the KvCache is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }

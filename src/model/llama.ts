@@ -1,33 +1,25 @@
-// LLaMA-family decoder (llama, mistral, qwen2) on any backend: loading an HF model directory
-// and the forward over a batch of packed sequences, with multi-LoRA / MoTE adapters on every
-// linear layer, step-skipping segment masks and a KV cache for decoding (DESIGN §1, §6).
+// LLaMA-family decoder (llama, mistral, qwen2) on any backend: the forward over a batch of
+// packed sequences, with multi-LoRA / MoTE adapters on every linear layer, step-skipping
+// segment masks and a KV cache for decoding (DESIGN §1, §6). Loading is src/model/load.ts;
+// the training pass (src/model/llama_backward.ts) runs this same decoder layer, keeping
+// what its backward reads.
 //
 // Per layer, as transformers' LlamaDecoderLayer:
 //   h  = x + o_proj(attn(rope(q_proj(rms₁(x))), rope(k_proj(rms₁(x))), v_proj(rms₁(x))))
 //   x' = h + down_proj(silu(gate_proj(rms₂(h))) ⊙ up_proj(rms₂(h)))
-// then logits = lm_head(rms_f(x)). Every linear is y = x·Wᵀ (+ bias) (+ Σ_k w·scale·B·A·x for
-// the LoRA slots of the token). Activations are f32; weights stay in their stored dtype
-// (f32/f16/bf16) unless `dtype` converts them, and every product accumulates in f32.
-//
-// Biases (qwen2's q/k/v; llama's attention_bias / mlp_bias) are added on the device as a rank-1
-// update y += 1·bᵀ (matmulGradInput of a [T, 1] column of ones by the bias as a [1, out]
-// "weight", accumulating into y): exact, in the bias's own dtype, no host round trip.
+// then logits = lm_head(rms_f(x)). Every linear is a MultiLoraLinear: y = x·Wᵀ (+ bias)
+// (+ Σ_k w·scale·B·A·x for the LoRA slots of the token). Activations are f32; weights stay in
+// their stored dtype (f32/f16/bf16) unless loading converts them, and every product
+// accumulates in f32.
 
-import * as path from 'node:path';
 import { Tensor } from '../tensor.js';
 import { mixSeed, mulberry32 } from '../rng.js';
 import type { Backend } from '../backend/backend.js';
-import { WEIGHT_DTYPES, bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
-import { ArgumentError, DisposedTensorError, FormatError, ShapeError, describe } from '../errors.js';
-import {
-  LINEAR_MODULES, checkConfigAgainstWeights, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig,
-  type LinearModule, type ModelConfig, type RopeScaling, type WeightReport,
-} from './config.js';
-import { readTextFile } from '../io/files.js';
-import { openModelWeights, type HostTensor, type ModelWeights } from '../io/safetensors.js';
-import { ropeInvFreqRef, type RopeScaling as RefRopeScaling } from '../reference/rope.js';
-import { matmul, matmulGradInput } from '../ops/matmul.js';
-import { LoraRouting, loraApply, type LoraStack, type LoraStrategy } from '../ops/lora.js';
+import { ArgumentError, DisposedTensorError, ShapeError, describe } from '../errors.js';
+import { LINEAR_MODULES, linearShape, type LinearModule, type ModelConfig } from './config.js';
+import { matmul } from '../ops/matmul.js';
+import { LoraRouting, type LoraStack, type LoraStrategy } from '../ops/lora.js';
+import { MultiLoraLinear } from '../ops/multi_lora_linear.js';
 import { checkIds, embedding } from '../ops/embedding.js';
 import { rmsnorm } from '../ops/rmsnorm.js';
 import { rope } from '../ops/rope.js';
@@ -35,17 +27,6 @@ import { attention, attentionLayout, type AttentionLayout } from '../ops/attenti
 import { swiglu } from '../ops/swiglu.js';
 import { add } from '../ops/residual.js';
 import { KvCache, MAX_POSITION, tensorView, type KvAppend, type KvCacheOptions } from './kv_cache.js';
-
-export type WeightDType = 'f32' | 'f16' | 'bf16';
-
-/** config.json is a few KiB; anything past this is not a model config. */
-const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
-
-export interface LoadModelOptions {
-  backend: Backend;
-  /** Convert every weight to this dtype on upload (default: keep each tensor's stored dtype). */
-  dtype?: WeightDType;
-}
 
 /** The device weights of one decoder layer. */
 export interface LlamaLayerWeights {
@@ -90,8 +71,10 @@ export interface LlamaSegments {
 /** Segments after checking: per-token segment ids as an Int32Array. */
 export interface CheckedSegments { numSegments: number; segment: Int32Array; blocked: ArrayLike<number | boolean> }
 
-/** What LlamaModel.logits needs of a MoTE bundle or an adapter set (src/mote/bundle.ts). */
+/** What LlamaModel.logits needs of a MoTE bundle or an adapter set (src/adapters/stacks.ts AdapterStacks). */
 interface RoutableAdapters {
+  /** > 0: routed by step (MoTE); 0: by adapter index. */
+  readonly numSteps?: number;
   loraFor(routing: LoraRouting): LlamaLora;
   routing(ids: ArrayLike<number>, opts?: { seq?: ArrayLike<number> }): LoraRouting;
 }
@@ -125,169 +108,6 @@ export interface LlamaBatch {
   logitRows?: ArrayLike<number>;
 }
 
-const NAMES = {
-  embed: 'model.embed_tokens.weight',
-  norm: 'model.norm.weight',
-  lmHead: 'lm_head.weight',
-  inputNorm: (l: number) => `model.layers.${l}.input_layernorm.weight`,
-  postNorm: (l: number) => `model.layers.${l}.post_attention_layernorm.weight`,
-};
-
-/** Extra tensors transformers itself ignores when loading. */
-function ignorable(name: string, cfg: ModelConfig, shape: readonly number[]): boolean {
-  if (/^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/.test(name)) return true;
-  // A tied checkpoint that still holds lm_head.weight: transformers ties it to the embeddings.
-  return cfg.tieWordEmbeddings && name === NAMES.lmHead && shape.length === 2 && shape[0] === cfg.vocabSize && shape[1] === cfg.hiddenSize;
-}
-
-function toRefScaling(s: RopeScaling | null): RefRopeScaling | null {
-  if (s === null) return null;
-  if (s.type === 'linear') return { rope_type: 'linear', factor: s.factor };
-  return {
-    rope_type: 'llama3', factor: s.factor, low_freq_factor: s.lowFreqFactor, high_freq_factor: s.highFreqFactor,
-    original_max_position_embeddings: s.originalMaxPositionEmbeddings,
-  };
-}
-
-/** A source of host tensors by name (a model directory or a map), with the file each is in. */
-interface WeightSource {
-  names(): string[];
-  shape(name: string): { shape: number[]; storedDType: string; file: string };
-  get(name: string): HostTensor;
-  /** Where a missing tensor was looked for. */
-  where: string;
-}
-
-function describeProblems(src: WeightSource, report: WeightReport, extra: string[]): string {
-  const lines: string[] = [];
-  for (const w of report.missing) lines.push(`${src.where}: tensor '${w.name}' is missing (expected shape [${w.shape.join(', ')}])`);
-  for (const w of report.wrongShape) lines.push(`${src.shape(w.name).file}: tensor '${w.name}' has shape [${w.actual.join(', ')}], expected [${w.expected.join(', ')}]`);
-  for (const n of extra) lines.push(`${src.shape(n).file}: tensor '${n}' is not part of this model (unexpected)`);
-  const shown = lines.slice(0, 8);
-  if (lines.length > shown.length) shown.push(`… and ${lines.length - shown.length} more`);
-  return shown.join('; ');
-}
-
-function hostToFloat32(h: HostTensor): Float32Array {
-  if (h.dtype === 'f32') return h.data as Float32Array;
-  const bits = h.data as Uint16Array;
-  const conv = h.dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32;
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = conv(bits[i]!);
-  return out;
-}
-
-function upload(backend: Backend, h: HostTensor, shape: readonly number[], want: WeightDType | undefined): Tensor {
-  const dt = want ?? h.dtype;
-  if (dt === h.dtype) return backend.tensor(h.data, shape, dt);
-  return backend.tensor(hostToFloat32(h), shape, dt);
-}
-
-function checkOptions(op: string, opts: LoadModelOptions): void {
-  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: options: expected { backend, dtype? }, got ${describe(opts)}`);
-  const b = opts.backend as Backend | undefined;
-  if (!b || typeof b.tensor !== 'function' || typeof b.allocStorage !== 'function') throw new ArgumentError(`${op}: backend: expected a Backend from openBackend(), got ${describe(b)}`);
-  if (b.destroyed) throw new ArgumentError(`${op}: backend: this ${b.kind} backend was destroyed`);
-  if (opts.dtype !== undefined && !(WEIGHT_DTYPES as readonly string[]).includes(opts.dtype)) {
-    throw new ArgumentError(`${op}: dtype: expected one of ${WEIGHT_DTYPES.join(', ')}, got ${describe(opts.dtype)}`);
-  }
-}
-
-/** Checks names, shapes and dtypes of every tensor, then uploads them; nothing stays allocated on failure. */
-function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir: string | null, configFile: string): LlamaModel {
-  const actual = new Map<string, number[]>();
-  for (const n of src.names()) actual.set(n, src.shape(n).shape);
-  // The config's sizes are only claims: check them against the tensors before listing or allocating by them.
-  checkConfigAgainstWeights(cfg, actual, configFile, src.where);
-  const expected = expectedWeights(cfg);
-  const report = compareWeights(expected, actual);
-  const extra = report.extra.filter((n) => !ignorable(n, cfg, actual.get(n)!));
-  if (report.missing.length || report.wrongShape.length || extra.length) throw new FormatError(describeProblems(src, report, extra));
-  for (const w of expected) {
-    const e = src.shape(w.name);
-    if (!['F32', 'F16', 'BF16', 'F64'].includes(e.storedDType)) {
-      throw new FormatError(`${e.file}: tensor '${w.name}': dtype ${e.storedDType} is not a float weight dtype (expected F32, F16 or BF16)`);
-    }
-  }
-
-  const be = opts.backend;
-  const made: Tensor[] = [];
-  const up = (name: string, shape?: readonly number[]): Tensor => {
-    const h = src.get(name);
-    const t = upload(be, h, shape ?? h.shape, opts.dtype);
-    made.push(t);
-    return t;
-  };
-  try {
-    const embedTokens = up(NAMES.embed);
-    const layers: LlamaLayerWeights[] = [];
-    for (let l = 0; l < cfg.numLayers; l++) {
-      const inputNorm = up(NAMES.inputNorm(l));
-      const postAttentionNorm = up(NAMES.postNorm(l));
-      const linear = {} as Record<LinearModule, Tensor>;
-      const bias: Partial<Record<LinearModule, Tensor>> = {};
-      for (const m of LINEAR_MODULES) {
-        linear[m] = up(linearWeightName(l, m));
-        const bn = linearWeightName(l, m, 'bias');
-        if (expected.some((w) => w.name === bn)) bias[m] = up(bn, [1, linearShape(cfg, m)[0]]);
-      }
-      layers.push({ inputNorm, postAttentionNorm, linear, bias });
-    }
-    const norm = up(NAMES.norm);
-    const lmHead = cfg.tieWordEmbeddings ? embedTokens : up(NAMES.lmHead);
-    const inv = ropeInvFreqRef(cfg.headDim, cfg.ropeTheta, toRefScaling(cfg.ropeScaling));
-    const invFreq = be.tensor(Float32Array.from(inv), [inv.length], 'f32');
-    made.push(invFreq);
-    return new LlamaModel(cfg, be, { embedTokens, layers, norm, lmHead, invFreq }, dir);
-  } catch (e) {
-    for (const t of made) t.dispose();
-    throw e;
-  }
-}
-
-/**
- * Loads an HF model directory: config.json (llama, mistral or qwen2) and model.safetensors or
- * the shards of model.safetensors.index.json. Every tensor's name, shape and dtype is checked
- * against the config before anything is uploaded; problems are FormatErrors naming the file
- * and the tensor. Weights go to `backend` in their stored dtype, or in `dtype` when given.
- * Nothing stays allocated on the backend when loading fails.
- */
-export async function loadModel(dir: string, opts: LoadModelOptions): Promise<LlamaModel> {
-  checkOptions('loadModel', opts);
-  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`loadModel: dir: expected a model directory path, got ${describe(dir)}`);
-  const configFile = path.join(dir, 'config.json');
-  // Bounded, regular-file-only read: a FIFO or a huge file in place of config.json is a FormatError, not a hang.
-  const cfg = parseHFConfig(readTextFile(configFile, 'an HF model directory needs config.json', MAX_CONFIG_BYTES), configFile);
-  const weights: ModelWeights = openModelWeights(dir);
-  try {
-    const where = weights.index ?? path.join(dir, weights.files()[0] ?? 'model.safetensors');
-    const src: WeightSource = {
-      where,
-      names: () => weights.names(),
-      shape: (n) => { const e = weights.entry(n); return { shape: e.shape, storedDType: e.storedDType, file: e.file }; },
-      get: (n) => weights.get(n),
-    };
-    return build(cfg, src, opts, dir, configFile);
-  } finally {
-    weights.close();
-  }
-}
-
-/**
- * A model from host tensors in HF naming (e.g. freshly initialised, or read by other means),
- * checked and uploaded like loadModel.
- */
-export function modelFromTensors(config: ModelConfig, tensors: ReadonlyMap<string, HostTensor>, opts: LoadModelOptions): LlamaModel {
-  checkOptions('modelFromTensors', opts);
-  const src: WeightSource = {
-    where: '<tensors>',
-    names: () => [...tensors.keys()],
-    shape: (n) => { const t = tensors.get(n)!; return { shape: [...t.shape], storedDType: ({ f32: 'F32', f16: 'F16', bf16: 'BF16', i32: 'I32' } as const)[t.dtype], file: '<tensors>' }; },
-    get: (n) => tensors.get(n)!,
-  };
-  return build(config, src, opts, null, '<config>');
-}
-
 // ---------------------------------------------------------------------------------------
 
 function intArray(op: string, name: string, a: ArrayLike<number> | undefined, n: number, lo: number, hi: number): Int32Array {
@@ -311,6 +131,134 @@ export class Scope {
   }
   release(t: Tensor): Tensor { this.#held.delete(t); return t; }
   close(): void { for (const t of this.#held) t.dispose(); this.#held.clear(); }
+}
+
+/** What the training pass keeps of one layer for its backward. @internal */
+export interface LayerSaved {
+  xIn: Tensor; rstd1: Tensor; n1: Tensor;
+  q: Tensor; k: Tensor; v: Tensor; att: Tensor; lse: Tensor;
+  h: Tensor; rstd2: Tensor; n2: Tensor; g: Tensor; u: Tensor; s: Tensor;
+  /** LoRA shrink outputs per module (when the module has a stack). */
+  lv: Partial<Record<LinearModule, Tensor>>;
+}
+
+/** One pass over the decoder layers: what every layer reads. @internal shared with the training pass */
+export interface DecoderPass {
+  ids: Int32Array;
+  /** i32 [T] positions. */
+  posT: Tensor;
+  /** f32 [T, 1] ones for the bias updates, when a linear has a bias. */
+  ones: Tensor | null;
+  layout: AttentionLayout;
+  lora: LlamaLora | undefined;
+  cache: { cache: KvCache; plan: KvAppend } | null;
+  scope: Scope;
+  /**
+   * Training: residuals out of place (rmsnormGrad needs each norm's input) and every
+   * activation the backward reads kept here, one entry per layer. Inference: null (residuals
+   * in place, temporaries freed as soon as they are used).
+   */
+  saved: LayerSaved[] | null;
+}
+
+/** The attention layout of a batch without a cache. @internal */
+export function passLayout(be: Backend, seq: Int32Array, pos: Int32Array, segments: CheckedSegments | undefined): AttentionLayout {
+  return attentionLayout(be, {
+    qSeq: seq, qPos: pos,
+    ...(segments ? { segments: { numSegments: segments.numSegments, qSegment: segments.segment, blocked: segments.blocked } } : {}),
+  });
+}
+
+/** Uploads the per-pass tensors (positions, the ones of the bias updates) into the pass's scope. @internal */
+export function beginPass(model: LlamaModel, p: Omit<DecoderPass, 'posT' | 'ones'> & { pos: Int32Array }): DecoderPass {
+  const be = model.backend;
+  const T = p.ids.length;
+  const { pos, ...rest } = p;
+  const posT = p.scope.keep(be.tensor(pos, [T], 'i32'));
+  const hasBias = model.weights.layers.some((l) => Object.keys(l.bias).length > 0);
+  const ones = hasBias ? p.scope.keep(be.tensor(new Float32Array(T).fill(1), [T, 1], 'f32')) : null;
+  return { ...rest, posT, ones };
+}
+
+/**
+ * Embedding, every decoder layer and the final norm. Returns the normed hidden states; a
+ * training pass also gets the last residual stream and the final norm's rstd. @internal
+ */
+export function runDecoder(model: LlamaModel, p: DecoderPass): { hidden: Tensor; x: Tensor | null; rstd: Tensor | null } {
+  const { scope } = p;
+  let x = scope.keep(embedding(model.weights.embedTokens, p.ids));
+  for (let l = 0; l < model.config.numLayers; l++) x = decoderLayer(model, p, l, x);
+  const nf = rmsnorm(x, model.weights.norm, model.config.rmsNormEps);
+  scope.keep(nf.y); scope.keep(nf.rstd);
+  if (p.saved) return { hidden: nf.y, x, rstd: nf.rstd };
+  scope.free(nf.rstd, x);
+  return { hidden: nf.y, x: null, rstd: null };
+}
+
+/** One decoder layer on the residual stream x; returns the layer's output stream. */
+function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): Tensor {
+  const { scope, lora } = p;
+  const T = p.ids.length;
+  const { numHeads: nH, numKvHeads: nKv, headDim: D, rmsNormEps: eps } = model.config;
+  const lw = model.weights.layers[l]!;
+  const keep = p.saved !== null;
+  /** Frees temporaries in inference; the training pass keeps them for its backward. */
+  const drop = (...ts: (Tensor | undefined | null)[]): void => { if (!keep) scope.free(...ts); };
+  const lv: LayerSaved['lv'] = {};
+  const linear = (xin: Tensor, m: LinearModule): Tensor => {
+    const { y, v } = model.linear(l, m, lora).apply(xin, lora?.routing ?? null, { strategy: lora?.strategy, ...(p.ones ? { ones: p.ones } : {}) });
+    scope.keep(y);
+    if (v) {
+      scope.keep(v);
+      if (keep) lv[m] = v;
+      else scope.free(v);
+    }
+    return y;
+  };
+
+  const r1 = rmsnorm(x, lw.inputNorm, eps);
+  const n1 = scope.keep(r1.y), rstd1 = scope.keep(r1.rstd);
+  drop(rstd1);
+  const q = linear(n1, 'q_proj'), k = linear(n1, 'k_proj'), v = linear(n1, 'v_proj');
+  drop(n1);
+  const q3 = scope.keep(tensorView(q, [T, nH, D]));
+  const k3 = scope.keep(tensorView(k, [T, nKv, D]));
+  rope(q3, p.posT, model.weights.invFreq, { out: q3 });
+  rope(k3, p.posT, model.weights.invFreq, { out: k3 });
+  let K: Tensor, V: Tensor;
+  if (p.cache) {
+    p.cache.cache.append(p.cache.plan, l, k, v);
+    K = p.cache.cache.keys(l);
+    V = p.cache.cache.values(l);
+  } else {
+    K = k3;
+    V = scope.keep(tensorView(v, [T, nKv, D]));
+  }
+  const a = attention(q3, K, V, p.layout);
+  const att = scope.keep(a.out), lse = scope.keep(a.lse);
+  drop(lse, q, k, v);
+  if (!p.cache) scope.free(V); // a view: freeing it never frees v's storage
+  scope.free(q3, k3);
+  const a2 = scope.keep(tensorView(att, [T, nH * D]));
+  const o = linear(a2, 'o_proj');
+  scope.free(a2);
+  drop(att);
+  // The residual: in place for inference, a new tensor for training (rms₂'s input is kept).
+  const h = keep ? scope.keep(add(x, o)) : add(x, o, { out: x });
+  scope.free(o);
+  const r2 = rmsnorm(h, lw.postAttentionNorm, eps);
+  const n2 = scope.keep(r2.y), rstd2 = scope.keep(r2.rstd);
+  drop(rstd2);
+  const g = linear(n2, 'gate_proj'), u = linear(n2, 'up_proj');
+  drop(n2);
+  const s = scope.keep(swiglu(g, u));
+  drop(g, u);
+  const d = linear(s, 'down_proj');
+  drop(s);
+  const xOut = keep ? scope.keep(add(h, d)) : add(h, d, { out: h });
+  scope.free(d);
+  p.saved?.push({ xIn: x, rstd1, n1, q, k, v, att, lse, h, rstd2, n2, g, u, s, lv });
+  return xOut;
 }
 
 export class LlamaModel {
@@ -397,6 +345,15 @@ export class LlamaModel {
   }
 
   /**
+   * The linear `m` of layer `l` with the batch's adapters there (if any). @internal shared
+   * by the forward and the training pass.
+   */
+  linear(l: number, m: LinearModule, lora: LlamaLora | undefined): MultiLoraLinear {
+    const lw = this.weights.layers[l]!;
+    return new MultiLoraLinear(lw.linear[m], lora?.stacks[l]?.[m] ?? null, { bias: lw.bias[m] ?? null });
+  }
+
+  /**
    * Logits f32 [R, V] of a batch of packed sequences (R = T, or logitRows.length). With a
    * cache the batch attends to the cached tokens and its keys/values are appended (only when
    * the forward succeeds). All arguments are checked before any kernel runs.
@@ -404,89 +361,24 @@ export class LlamaModel {
   forward(batch: LlamaBatch): Tensor {
     const op = 'LlamaModel.forward';
     const { ids, seq, pos, segments, rows } = this.checkBatch(op, batch);
-    const cfg = this.config;
-    const be = this.backend;
-    const T = ids.length;
     const cache = batch.cache;
-    const lora = batch.lora;
-
     const scope = new Scope();
     let plan: KvAppend | null = null;
     let ownLayout: AttentionLayout | null = null;
     try {
-      const posT = scope.keep(be.tensor(pos, [T], 'i32'));
-      const needsOnes = this.weights.layers.some((l) => Object.keys(l.bias).length > 0);
-      const ones = needsOnes ? scope.keep(be.tensor(new Float32Array(T).fill(1), [T, 1], 'f32')) : null;
       let layout: AttentionLayout;
       if (cache) {
         plan = cache.begin(seq, pos, segments);
         layout = plan.layout;
       } else {
-        layout = attentionLayout(be, {
-          qSeq: seq, qPos: pos,
-          ...(segments ? { segments: { numSegments: segments.numSegments, qSegment: segments.segment, blocked: segments.blocked } } : {}),
-        });
-        ownLayout = layout;
+        layout = ownLayout = passLayout(this.backend, seq, pos, segments);
       }
-      const { numHeads: nH, numKvHeads: nKv, headDim: D, rmsNormEps: eps } = cfg;
-      const linear = (x: Tensor, l: number, m: LinearModule): Tensor => {
-        const lw = this.weights.layers[l]!;
-        const y = scope.keep(matmul(x, lw.linear[m]));
-        const b = lw.bias[m];
-        if (b) matmulGradInput(ones!, b, { out: y, accumulate: true });
-        const stack = lora?.stacks[l]?.[m];
-        if (stack) scope.free(scope.keep(loraApply(y, x, stack, lora!.routing, { strategy: lora!.strategy })));
-        return y;
-      };
-      const x = scope.keep(embedding(this.weights.embedTokens, ids));
-      for (let l = 0; l < cfg.numLayers; l++) {
-        const lw = this.weights.layers[l]!;
-        const n1 = rmsnorm(x, lw.inputNorm, eps);
-        scope.keep(n1.y); scope.free(scope.keep(n1.rstd));
-        const q = linear(n1.y, l, 'q_proj');
-        const k = linear(n1.y, l, 'k_proj');
-        const v = linear(n1.y, l, 'v_proj');
-        scope.free(n1.y);
-        const q3 = scope.keep(tensorView(q, [T, nH, D]));
-        const k3 = scope.keep(tensorView(k, [T, nKv, D]));
-        rope(q3, posT, this.weights.invFreq, { out: q3 });
-        rope(k3, posT, this.weights.invFreq, { out: k3 });
-        let K: Tensor, V: Tensor;
-        if (plan) {
-          cache!.append(plan, l, k, v);
-          K = cache!.keys(l);
-          V = cache!.values(l);
-        } else {
-          K = k3;
-          V = scope.keep(tensorView(v, [T, nKv, D]));
-        }
-        const att = attention(q3, K, V, layout);
-        scope.keep(att.out); scope.free(scope.keep(att.lse));
-        scope.free(q3, k3, q, k, v);
-        if (!plan) scope.free(V);
-        const a2 = scope.keep(tensorView(att.out, [T, nH * D]));
-        const o = linear(a2, l, 'o_proj');
-        scope.free(a2, att.out);
-        add(x, o, { out: x });
-        scope.free(o);
-        const n2 = rmsnorm(x, lw.postAttentionNorm, eps);
-        scope.keep(n2.y); scope.free(scope.keep(n2.rstd));
-        const g = linear(n2.y, l, 'gate_proj');
-        const u = linear(n2.y, l, 'up_proj');
-        scope.free(n2.y);
-        const s = scope.keep(swiglu(g, u));
-        scope.free(g, u);
-        const d = linear(s, l, 'down_proj');
-        scope.free(s);
-        add(x, d, { out: x });
-        scope.free(d);
-      }
-      const nf = rmsnorm(x, this.weights.norm, eps);
-      scope.keep(nf.y); scope.free(scope.keep(nf.rstd), x);
-      let h = nf.y;
+      const pass = beginPass(this, { ids, pos, layout, lora: batch.lora, cache: plan ? { cache: cache!, plan } : null, scope, saved: null });
+      const { hidden } = runDecoder(this, pass);
+      let h = hidden;
       if (rows) {
-        h = scope.keep(embedding(nf.y, rows)); // a row gather of the f32 hidden states
-        scope.free(nf.y);
+        h = scope.keep(embedding(hidden, rows)); // a row gather of the f32 hidden states
+        scope.free(hidden);
       }
       const logits = matmul(h, this.weights.lmHead);
       if (plan) cache!.commit(plan);
@@ -541,8 +433,8 @@ export class LlamaModel {
         throw new ArgumentError(`LlamaModel.logits: adapters: expected a MoteBundle or an AdapterSet, got ${describe(adapters)}`);
       }
       const n = ids?.length ?? 0;
-      const isMote = 'config' in adapters && Array.isArray((adapters as { config?: { steps?: unknown } }).config?.steps);
-      if (isMote) {
+      // Step-routed (a MoTE bundle) or routed by adapter index (an adapter set).
+      if ((adapters.numSteps ?? 0) > 0) {
         if (adapter !== undefined) throw new ArgumentError('LlamaModel.logits: adapter: a MoTE bundle is routed by steps, not adapter');
         routing = adapters.routing(steps ?? new Int32Array(n).fill(-1), batch.seq === undefined ? {} : { seq: batch.seq });
       } else {
@@ -630,5 +522,10 @@ export class LlamaModel {
       for (const t of Object.values(l.bias)) if (t) all.add(t);
     }
     for (const t of all) t.dispose();
+  }
+
+  /** dispose(), for `using`: the LlamaModel is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

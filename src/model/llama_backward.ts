@@ -3,13 +3,13 @@
 // for full-parameter training of small models, into every base weight). Reference:
 // src/reference/llama_grad.ts (float64, checked against finite differences).
 //
-// Per layer the forward is LlamaModel.forward's, except that the residual adds are out of
-// place (rmsnormGrad needs each norm's input) and nothing is freed until the backward has
-// used it. The backward walks the layers in reverse:
+// The forward is LlamaModel.forward's decoder (runDecoder in src/model/llama.ts) with
+// `saved`: the residual adds are out of place (rmsnormGrad needs each norm's input) and
+// nothing is freed until the backward has used it. The backward walks the layers in reverse:
 //   down ← swigluGrad ← gate, up ← rms₂ ← (residual) ← o ← attentionGrad ← ropeGrad ← q, k, v ← rms₁ ← (residual)
-// Each linear's backward is dx = dy·W (+ Σ_k Aᵀ·dv), dW = dyᵀ·x when the base is trained,
-// db = dyᵀ·1 for a bias, and the expert gradients from loraWeightGrad using the shrink output
-// v saved by the forward.
+// Each linear's backward is its MultiLoraLinear's backwardTo: dx = dy·W (+ Σ_k Aᵀ·dv),
+// dW = dyᵀ·x when the base is trained, db = dyᵀ·1 for a bias, and the expert gradients from
+// loraWeightGrad using the shrink output v saved by the forward.
 //
 // Gradients are written into (or, with `accumulate`, added to) one f32 tensor per trained
 // tensor, keyed by the trained tensor itself: a tied embedding gets the lm_head and the
@@ -18,14 +18,15 @@
 import type { Tensor } from '../tensor.js';
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import { LINEAR_MODULES, type LinearModule } from './config.js';
-import { Scope, type LlamaBatch, type LlamaModel } from './llama.js';
+import { Scope, beginPass, passLayout, runDecoder, type LayerSaved, type LlamaBatch, type LlamaModel } from './llama.js';
 import { matmul, matmulGradInput, matmulGradWeight } from '../ops/matmul.js';
-import { loraApply, loraInputGrad, loraShrinkGrad, loraWeightGrad, type LoraStack } from '../ops/lora.js';
-import { embedding, embeddingGrad } from '../ops/embedding.js';
-import { rmsnorm, rmsnormGrad } from '../ops/rmsnorm.js';
-import { rope, ropeGrad } from '../ops/rope.js';
-import { attention, attentionGrad, attentionLayout } from '../ops/attention.js';
-import { swiglu, swigluGrad } from '../ops/swiglu.js';
+import type { LoraStack } from '../ops/lora.js';
+import type { LinearGradTargets } from '../ops/multi_lora_linear.js';
+import { embeddingGrad } from '../ops/embedding.js';
+import { rmsnormGrad } from '../ops/rmsnorm.js';
+import { ropeGrad } from '../ops/rope.js';
+import { attentionGrad } from '../ops/attention.js';
+import { swigluGrad } from '../ops/swiglu.js';
 import { add } from '../ops/residual.js';
 import { xent, xentGrad } from '../ops/xent.js';
 
@@ -92,14 +93,6 @@ export function disposeGrads(g: LlamaGrads): void {
   for (const t of g.weights.values()) t.dispose();
   g.lora.clear();
   g.weights.clear();
-}
-
-interface LayerSaved {
-  xIn: Tensor; rstd1: Tensor; n1: Tensor;
-  q: Tensor; k: Tensor; v: Tensor; att: Tensor; lse: Tensor;
-  h: Tensor; rstd2: Tensor; n2: Tensor; g: Tensor; u: Tensor; s: Tensor;
-  /** LoRA shrink outputs per module (when the module has a stack). */
-  lv: Partial<Record<LinearModule, Tensor>>;
 }
 
 /**
@@ -186,56 +179,17 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
   };
 
   const pool = new Scope();
-  const layout = attentionLayout(be, {
-    qSeq: seq, qPos: pos,
-    ...(segments ? { segments: { numSegments: segments.numSegments, qSegment: segments.segment, blocked: segments.blocked } } : {}),
-  });
+  const layout = passLayout(be, seq, pos, segments);
   try {
-    const posT = pool.keep(be.tensor(pos, [T], 'i32'));
-    const hasBias = model.weights.layers.some((l) => Object.keys(l.bias).length > 0);
-    const ones = hasBias ? pool.keep(be.tensor(new Float32Array(T).fill(1), [T, 1], 'f32')) : null;
     const { numHeads: nH, numKvHeads: nKv, headDim: D, rmsNormEps: eps } = cfg;
     const W = model.weights;
 
-    const linear = (x: Tensor, l: number, m: LinearModule, lv: LayerSaved['lv']): Tensor => {
-      const lw = W.layers[l]!;
-      const y = pool.keep(matmul(x, lw.linear[m]));
-      const b = lw.bias[m];
-      if (b) matmulGradInput(ones!, b, { out: y, accumulate: true });
-      const stack = lora?.stacks[l]?.[m];
-      if (stack) lv[m] = pool.keep(loraApply(y, x, stack, lora!.routing, { strategy: lora!.strategy }));
-      return y;
-    };
-
-    // ---- forward, keeping what the backward reads
+    // ---- forward (LlamaModel's decoder), keeping what the backward reads
     const saved: LayerSaved[] = [];
-    let x = pool.keep(embedding(W.embedTokens, ids));
-    for (let l = 0; l < cfg.numLayers; l++) {
-      const lw = W.layers[l]!;
-      const lv: LayerSaved['lv'] = {};
-      const r1 = rmsnorm(x, lw.inputNorm, eps);
-      const n1 = pool.keep(r1.y), rstd1 = pool.keep(r1.rstd);
-      const q = linear(n1, l, 'q_proj', lv), k = linear(n1, l, 'k_proj', lv), v = linear(n1, l, 'v_proj', lv);
-      const q3 = q.reshape([T, nH, D]), k3 = k.reshape([T, nKv, D]), v3 = v.reshape([T, nKv, D]);
-      rope(q3, posT, W.invFreq, { out: q3 });
-      rope(k3, posT, W.invFreq, { out: k3 });
-      const a = attention(q3, k3, v3, layout);
-      const att = pool.keep(a.out), lse = pool.keep(a.lse);
-      const o = linear(att.reshape([T, nH * D]), l, 'o_proj', lv);
-      const h = pool.keep(add(x, o));
-      pool.free(o);
-      const r2 = rmsnorm(h, lw.postAttentionNorm, eps);
-      const n2 = pool.keep(r2.y), rstd2 = pool.keep(r2.rstd);
-      const g = linear(n2, l, 'gate_proj', lv), u = linear(n2, l, 'up_proj', lv);
-      const s = pool.keep(swiglu(g, u));
-      const d = linear(s, l, 'down_proj', lv);
-      const xOut = pool.keep(add(h, d));
-      pool.free(d);
-      saved.push({ xIn: x, rstd1, n1, q, k, v, att, lse, h, rstd2, n2, g, u, s, lv });
-      x = xOut;
-    }
-    const rf = rmsnorm(x, W.norm, eps);
-    const nf = pool.keep(rf.y), rstdF = pool.keep(rf.rstd);
+    const pass = beginPass(model, { ids, pos, layout, lora, cache: null, scope: pool, saved });
+    const { posT, ones } = pass;
+    const dec = runDecoder(model, pass);
+    const x = dec.x!, nf = dec.hidden, rstdF = dec.rstd!;
     const logits = pool.keep(matmul(nf, W.lmHead));
     const xe = await xent(logits, targets, mask);
     pool.keep(xe.losses); pool.keep(xe.lse);
@@ -262,23 +216,18 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
     const linearBack = (l: number, m: LinearModule, xin: Tensor, dy: Tensor, dIn: Tensor | null, lv: LayerSaved['lv']): Tensor => {
       const lw = W.layers[l]!;
       const dxm = dIn ?? pool.keep(be.empty([T, xin.shape[1]!], 'f32'));
-      matmulGradInput(dy, lw.linear[m], { out: dxm, accumulate: dIn !== null });
+      const targets: LinearGradTargets = { dx: { out: dxm, accumulate: dIn !== null } };
       if (trainBase) {
-        matmulGradWeight(dy, xin, gradOf(lw.linear[m]));
+        targets.dW = gradOf(lw.linear[m]);
         const b = lw.bias[m];
         if (b) {
           const t = gradOf(b);
-          matmulGradWeight(dy, ones!, { out: t.out.reshape([b.shape[1]!, 1]), accumulate: t.accumulate });
+          targets.db = { out: t.out.reshape([b.shape[1]!, 1]), accumulate: t.accumulate };
         }
       }
       const stack = lora?.stacks[l]?.[m];
-      if (stack) {
-        const rt = lora!.routing, strategy = lora!.strategy;
-        const dv = pool.keep(loraShrinkGrad(dy, stack, rt, { strategy }));
-        if (trainLora) loraWeightGrad(xin, dy, lv[m]!, dv, stack, rt, loraGradOf(stack));
-        loraInputGrad(dv, stack, rt, { out: dxm, accumulate: true, strategy });
-        pool.free(dv);
-      }
+      if (stack && trainLora) targets.lora = loraGradOf(stack);
+      model.linear(l, m, lora).backwardTo(xin, lv[m] ?? null, dy, lora?.routing ?? null, targets, { strategy: lora?.strategy, ...(ones ? { ones } : {}) });
       return dxm;
     };
 

@@ -12,7 +12,6 @@
 // replaces, and a stale shard index or weights file that would contradict the new weights,
 // are renamed to <name>.before-mote (src/io/atomic_dir.ts).
 
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError, describe } from '../errors.js';
 import type { DType } from '../dtype.js';
@@ -22,6 +21,7 @@ import { LlamaModel } from './llama.js';
 import { baseWeights } from './llama_backward.js';
 import { INDEX_FILE, writeShardedSafetensors, type WritableTensor } from '../io/safetensors.js';
 import { overwriteOption, replaceDirAtomically } from '../io/atomic_dir.js';
+import { writeJsonFile } from '../io/files.js';
 import { MoteTokenizer } from '../io/tokenizer.js';
 
 const ARCHITECTURE: Readonly<Record<ModelFamily, string>> = {
@@ -180,10 +180,6 @@ async function hostCopy(t: Tensor, shape: readonly number[]): Promise<WritableTe
   return { dtype, shape: [...shape], data };
 }
 
-function writeJson(file: string, value: unknown): void {
-  fs.writeFileSync(file, JSON.stringify(value, null, 2) + '\n');
-}
-
 /**
  * Saves `model` as an HF model directory `dir`: config.json (hfConfigJson, torch_dtype from
  * the stored dtype of the embeddings), generation_config.json, model.safetensors (or shards
@@ -225,9 +221,9 @@ export async function saveModel(model: LlamaModel, dir: string, opts: SaveModelO
 
   await replaceDirAtomically(op, dir, { kind: 'hf-model', overwrite, conflicts: weightFileConflict }, (tmp) => {
     writeShardedSafetensors(tmp, tensors, { maxShardBytes, metadata: { format: 'pt' } });
-    writeJson(path.join(tmp, 'generation_config.json'), gen);
+    writeJsonFile(path.join(tmp, 'generation_config.json'), gen);
     tok?.save(tmp);
     // config.json last: it marks the folder as a model directory.
-    writeJson(path.join(tmp, 'config.json'), config);
+    writeJsonFile(path.join(tmp, 'config.json'), config);
   });
 }

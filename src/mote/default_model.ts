@@ -22,20 +22,21 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import type { Backend } from '../backend/backend.js';
 import { SeededRng, checkSeed } from '../generate/sampling.js';
 import { MoteTokenizer, loadTokenizer } from '../io/tokenizer.js';
 import { parseHFConfig, expectedWeights, type ModelConfig } from '../model/config.js';
-import { loadModel, modelFromTensors, type LlamaModel, type WeightDType } from '../model/llama.js';
+import { type LlamaModel } from '../model/llama.js';
+import { loadModel, modelFromTensors, type WeightDType } from '../model/load.js';
 import type { HostTensor } from '../io/safetensors.js';
 import { Trainer, type TrainExample, type TrainProgress } from '../train/trainer.js';
 import { STEPS, specialTokens } from './steps.js';
 import { shuffle, toyChain, toyQuestions, toySplit, toyWords, toyWordsOf, type ToyQuestion } from './toy.js';
 
-/** assets/default-model inside the installed package (this file is dist/src/mote/default_model.js). */
-export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../../assets/default-model', import.meta.url));
+import { DEFAULT_MODEL_DIR } from './default_model_dir.js';
+
+export { DEFAULT_MODEL_DIR };
 
 /** The tokenizer's own special tokens, ids 0–3, then the step tags (ids 4–11). */
 export const TOY_SPECIAL_TOKENS = ['<pad>', '<s>', '</s>', '<unk>'] as const;

@@ -7,13 +7,13 @@
 // shared expert as it is. Nothing here needs the base model: it works on the files.
 import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
-import { bf16BitsToF32, f16BitsToF32 } from '../dtype.js';
+import { hostToF32 } from '../dtype.js';
 import { readJsonFile } from '../io/files.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, makePeftConfig, parsePeftConfig, parsePeftKey, peftKey, peftModulePath, peftScale, type PeftConfig } from '../io/peft.js';
 import { readSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import type { LinearModule } from '../model/config.js';
 import { SHARED_EXPERT } from './steps.js';
-import { readMoteJson } from './bundle.js';
+import { readMoteJson } from './format.js';
 
 /** A PEFT adapter in memory: its adapter_config.json object and its tensors (f32). */
 export interface MergedAdapter {
@@ -24,10 +24,8 @@ export interface MergedAdapter {
 interface Factors { A: Float32Array; B: Float32Array; r: number; nIn: number; nOut: number; scale: number }
 
 function toF32(t: HostTensor, where: string): Float32Array {
-  if (t.dtype === 'f32') return t.data as Float32Array;
-  if (t.dtype !== 'f16' && t.dtype !== 'bf16') throw new FormatError(`${where}: dtype ${t.dtype} is not a LoRA weight dtype`);
-  const conv = t.dtype === 'f16' ? f16BitsToF32 : bf16BitsToF32;
-  return Float32Array.from(t.data as Uint16Array, conv);
+  if (t.dtype !== 'f32' && t.dtype !== 'f16' && t.dtype !== 'bf16') throw new FormatError(`${where}: dtype ${t.dtype} is not a LoRA weight dtype`);
+  return hostToF32(t.dtype, t.data);
 }
 
 /** Reads one expert folder: (layer, module) → its factors and PEFT scale. */

@@ -9,6 +9,7 @@
 
 import { ArgumentError, describe } from '../errors.js';
 import { LINEAR_MODULES, type LinearModule } from '../model/config.js';
+import { checkPromptRouting, type PromptRouting } from '../adapters/stacks.js';
 
 /** Every step a chain may have, in chain order. */
 export const STEPS = ['analysis', 'guidance', 'answer', 'check'] as const;
@@ -33,9 +34,8 @@ export const STEP_END_TOKENS: Readonly<Record<StepName, string>> = Object.freeze
   check: '<|end_check|>',
 });
 
-/** How prompt (question) tokens are routed. */
-export type PromptRouting = 'shared' | 'random-step';
-export const PROMPT_ROUTINGS: readonly PromptRouting[] = ['shared', 'random-step'];
+// How prompt (question) tokens are routed is the adapter layer's (the trainer routes by it).
+export { PROMPT_ROUTINGS, checkPromptRouting, type PromptRouting } from '../adapters/stacks.js';
 
 /** The name of the shared expert (its folder in a saved bundle). */
 export const SHARED_EXPERT = 'shared';
@@ -66,14 +66,6 @@ export const DEFAULT_MOTE_CONFIG: Readonly<MoteConfig> = Object.freeze({
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/** Checks a prompt routing value; `op` prefixes the error. */
-export function checkPromptRouting(op: string, v: unknown): PromptRouting {
-  if (typeof v !== 'string' || !(PROMPT_ROUTINGS as readonly string[]).includes(v)) {
-    throw new ArgumentError(`${op}: promptRouting: expected 'shared' or 'random-step', got ${describe(v)}`);
-  }
-  return v as PromptRouting;
 }
 
 /**

@@ -118,6 +118,11 @@ export class AttentionLayout {
   dispose(): void {
     for (const t of [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked]) t.dispose();
   }
+
+  /** dispose(), for `using`: the AttentionLayout is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 export function attentionLayout(backend: Backend, init: AttentionLayoutInit): AttentionLayout {

@@ -15,7 +15,7 @@
 //   * dst and src may share storage (the same tensor, or views of one) only when no row is both
 //     read and written, except a row copied onto itself.
 import { DTYPES } from '../dtype.js';
-import { ArgumentError, DTypeError, DisposedTensorError, ShapeError, describe } from '../errors.js';
+import { ArgumentError, DTypeError, DisposedTensorError, ShapeError } from '../errors.js';
 import { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
 import { Checker, checkBackend, checkIntArray } from './check.js';
@@ -119,6 +119,11 @@ export class RowMap {
   dispose(): void {
     this.#dst?.dispose();
     this.#src?.dispose();
+  }
+
+  /** dispose(), for `using`: the RowMap is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }
 

@@ -119,6 +119,11 @@ export class LoraRouting {
     for (const t of [this.slots, this.weight, this.order, this.segStart, this.segAdapter, ...this.#attached]) t.dispose();
     this.#attached.length = 0;
   }
+
+  /** dispose(), for `using`: the LoraRouting is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 /** Most adapters one routing may address (its per-adapter tables are sized by L): 2^16. */

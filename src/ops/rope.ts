@@ -1,5 +1,5 @@
 // Rotary position embedding, HF rotate-half convention. Reference: src/reference/rope.ts.
-// inv_freq (with llama3/linear scaling) is computed on the host by ropeInvFreqRef and
+// inv_freq (with llama3/linear scaling) is computed on the host by ropeInvFreq (src/model/rope_freq.ts) and
 // uploaded once per model; the kernel only rotates.
 import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';

@@ -22,7 +22,8 @@ import * as path from 'node:path';
 import { ArgumentError, MoteError, describe } from '../errors.js';
 import type { LlamaModel } from '../model/llama.js';
 import { BatchDecoder, type GenerateRequest, type GenerateResult, type RouteSlots, type SeqState, type StopReason, type TokenEvent, type TokenRouter } from '../generate/generate.js';
-import { loadPeftAdapters, readMoteJson, type AdapterSet } from '../mote/bundle.js';
+import { loadPeftAdapters, type AdapterSet } from '../adapters/adapter_set.js';
+import { readMoteJson } from '../mote/format.js';
 import { SHARED_EXPERT, type MoteConfig } from '../mote/steps.js';
 import { ADAPTER_CONFIG_FILE } from '../io/peft.js';
 

@@ -26,10 +26,36 @@ import {
   MARKER_FILE, checkWrittenDir, cleanStaleTemporaries, overwriteOption, readMarker, removeFiles, removeWrittenDir, replaceDirAtomically, staleTemporaries,
   testPoint, tryJson, type ReplaceDirOptions,
 } from '../io/atomic_dir.js';
-import { readJsonFile } from '../io/files.js';
+import { readJsonFile, writeJsonFile } from '../io/files.js';
 import { readSafetensors, writeSafetensors, type WritableTensor } from '../io/safetensors.js';
-import { MoteBundle, legacyBundleFiles, saveMote } from '../mote/bundle.js';
-import type { Trainer, TrainerState } from './trainer.js';
+import type { Tensor } from '../tensor.js';
+import type { AdapterStacks } from '../adapters/stacks.js';
+// Only to recognise the adapters/ folder of a checkpoint written before mote's marker existed.
+import { legacyBundleFiles } from '../mote/format.js';
+
+/** The counters a run resumes from. */
+export interface TrainerState {
+  step: number;
+  epoch: number;
+  /** Index into the epoch's example order of the next example. */
+  cursor: number;
+  seed: number;
+  /** Loss per optimizer step so far. */
+  losses: number[];
+}
+
+/** What a checkpoint saves of a trainer and restores into it (a Trainer is one). */
+export interface CheckpointTrainer {
+  /** The trained tensors with their AdamW moments, in a fixed order. */
+  readonly params: readonly { readonly name: string; readonly p: Tensor; readonly m: Tensor; readonly v: Tensor }[];
+  readonly options: { readonly seed: number; readonly steps: number };
+  readonly state: TrainerState;
+  /** The data fingerprint: a resumed run must see the same examples. */
+  readonly fingerprint: string;
+  /** Adapters that have a folder format of their own are saved into adapters/ too. */
+  readonly adapters: AdapterStacks | null;
+  restoreState(s: TrainerState): void;
+}
 
 export const CHECKPOINT_STATE_FILE = 'trainer_state.json';
 export const CHECKPOINT_FORMAT = 'mote-checkpoint';
@@ -51,7 +77,7 @@ export const CHECKPOINT_DIR_OPTIONS: ReplaceDirOptions = { kind: CHECKPOINT_FORM
  * that mote did not write is refused unless opts.overwrite (then its own files are kept; see
  * src/io/atomic_dir.ts).
  */
-export async function saveCheckpoint(trainer: Trainer, dir: string, opts: { overwrite?: boolean } = {}): Promise<void> {
+export async function saveCheckpoint(trainer: CheckpointTrainer, dir: string, opts: { overwrite?: boolean } = {}): Promise<void> {
   const op = 'saveCheckpoint';
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { overwrite? }, got ${describe(opts)}`);
@@ -78,9 +104,9 @@ export async function saveCheckpoint(trainer: Trainer, dir: string, opts: { over
     testPoint('checkpoint-file');
     writeSafetensors(path.join(tmp, 'optimizer.safetensors'), moments);
     testPoint('checkpoint-file');
-    if (trainer.adapters instanceof MoteBundle) await saveMote(trainer.adapters, path.join(tmp, 'adapters'));
+    if (trainer.adapters) await trainer.adapters.saveForCheckpoint(path.join(tmp, 'adapters'));
     testPoint('checkpoint-file');
-    fs.writeFileSync(path.join(tmp, CHECKPOINT_STATE_FILE), JSON.stringify(state, null, 2) + '\n');
+    writeJsonFile(path.join(tmp, CHECKPOINT_STATE_FILE), state);
   });
 }
 
@@ -202,7 +228,7 @@ function removeLegacy(dir: string): boolean {
  * with the same seed. Options that change the trajectory (lr, batch sizes, pSkip, ...) are
  * taken from the trainer, so a resumed run may change them on purpose.
  */
-export async function loadCheckpoint(trainer: Trainer, dir: string): Promise<ResumePoint> {
+export async function loadCheckpoint(trainer: CheckpointTrainer, dir: string): Promise<ResumePoint> {
   const op = 'loadCheckpoint';
   if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
   const point = recoverCheckpoint(dir);
@@ -227,7 +253,7 @@ export async function loadCheckpoint(trainer: Trainer, dir: string): Promise<Res
   const params = readSafetensors(pf).tensors;
   const moments = readSafetensors(of).tensors;
   // Check every tensor before writing any: a bad checkpoint leaves the trainer as it was.
-  const writes: [import('../tensor.js').Tensor, Float32Array][] = [];
+  const writes: [Tensor, Float32Array][] = [];
   for (const p of trainer.params) {
     for (const [f, map, name, t] of [[pf, params, p.name, p.p], [of, moments, `${p.name}.exp_avg`, p.m], [of, moments, `${p.name}.exp_avg_sq`, p.v]] as const) {
       const h = map.get(name);

@@ -13,16 +13,15 @@
 import { ArgumentError, MoteError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { LlamaModel } from '../model/llama.js';
-import { AdapterStacks, MoteBundle } from '../mote/bundle.js';
-import { checkPromptRouting, type PromptRouting } from '../mote/steps.js';
-import { loraRouting, type LoraRouting, type LoraStack } from '../ops/lora.js';
+import { AdapterStacks, checkPromptRouting, type PromptRouting } from '../adapters/stacks.js';
+import type { LoraRouting, LoraStack } from '../ops/lora.js';
 import { adamw, adamwScalars, sumSquares } from '../ops/adamw.js';
 import { baseWeights, disposeGrads, llamaLossAndGrad, type LlamaGrads, type LlamaTrainBatch } from '../model/llama_backward.js';
 import { LINEAR_MODULES } from '../model/config.js';
 import { checkSchedule, learningRate, type ScheduleOptions } from './schedule.js';
 import { stepSkipSegments } from './step_skip.js';
 import { mixSeed, mulberry32 } from '../rng.js';
-import { CHECKPOINT_DIR_OPTIONS, saveCheckpoint } from './checkpoint.js';
+import { CHECKPOINT_DIR_OPTIONS, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import { checkReplaceable, overwriteOption } from '../io/atomic_dir.js';
 import { packSequences } from './pack.js';
 
@@ -90,16 +89,7 @@ interface Param {
   grad(g: LlamaGrads): Tensor | undefined;
 }
 
-/** The counters a run resumes from. */
-export interface TrainerState {
-  step: number;
-  epoch: number;
-  /** Index into the epoch's example order of the next example. */
-  cursor: number;
-  seed: number;
-  /** Loss per optimizer step so far. */
-  losses: number[];
-}
+export type { TrainerState };
 
 
 
@@ -180,7 +170,7 @@ export class Trainer {
     this.#onProgress = opts.onProgress;
     this.schedule = sched;
 
-    const numSteps = adapters instanceof MoteBundle ? adapters.config.steps.length : 0;
+    const numSteps = adapters?.numSteps ?? 0;
     if (!Array.isArray(examples) || examples.length === 0) throw new ArgumentError(`${op}: examples: expected a non-empty array of { ids, lossMask, stepIds? }, got ${describe(examples)}`);
     const V = model.config.vocabSize;
     this.#examples = examples.map((e, i) => {
@@ -301,21 +291,20 @@ export class Trainer {
   /** Packs examples: targets[t] = ids[t+1] inside a sequence; the loss of t counts when token t+1 is learned. */
   #pack(picked: number[], step: number, micro: number): { batch: LlamaTrainBatch; routing: LoraRouting | null; count: number } {
     const { ids, seq, stepIds, targets, lossMask } = packSequences(this.#examples, picked);
-    const T = ids.length;
     let count = 0;
     for (const m of lossMask) count += m;
     const batch: LlamaTrainBatch = { ids, seq, targets, lossMask };
     let routing: LoraRouting | null = null;
     const ad = this.adapters;
-    if (ad instanceof MoteBundle) {
-      const segments = stepSkipSegments(stepIds, seq, ad.config.steps.length, this.options.pSkip, mulberry32(mixSeed(this.options.seed, PURPOSE.skip, step, micro)));
+    if (ad) {
+      const segments = ad.numSteps > 0
+        ? stepSkipSegments(stepIds, seq, ad.numSteps, this.options.pSkip, mulberry32(mixSeed(this.options.seed, PURPOSE.skip, step, micro)))
+        : undefined;
       if (segments) batch.segments = segments;
-      routing = ad.routing(stepIds, { seq, promptRouting: this.options.promptRouting, seed: mixSeed(this.options.seed, PURPOSE.routing, step, micro) });
-    } else if (ad) {
-      // A plain adapter set trains its first adapter on every token.
-      routing = loraRouting(this.model.backend, new Int32Array(T), { K: 1, L: ad.L });
+      // MoTE: [step, shared] per chain token; a plain set: its first adapter on every token.
+      routing = ad.batchRouting({ stepIds, seq, promptRouting: this.options.promptRouting, seed: mixSeed(this.options.seed, PURPOSE.routing, step, micro) });
+      batch.lora = ad.loraFor(routing);
     }
-    if (routing) batch.lora = ad!.loraFor(routing);
     return { batch, routing, count };
   }
 
@@ -441,5 +430,10 @@ export class Trainer {
     this.#disposed = true;
     for (const p of this.params) { p.m.dispose(); p.v.dispose(); }
     disposeGrads(this.#grads);
+  }
+
+  /** dispose(), for `using`: the Trainer is freed when its block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

@@ -5,25 +5,32 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  openBackend, loadModel, createMote, saveMote, loadMote, generate, Trainer, DEFAULT_MODEL_DIR,
+  openBackend, loadModel, loadTokenizer, addStepTokens, stepTokenIds, moteConfig,
+  createMote, saveMote, loadMote, generate, Trainer, DEFAULT_MODEL_DIR,
 } from 'mote-lora';
 
 const work = mkdtempSync(join(tmpdir(), 'mote-consumer-'));
 const backend = await openBackend('cpu');
-const model = await loadModel(DEFAULT_MODEL_DIR, { backend });
+const dir = DEFAULT_MODEL_DIR;
+const model = await loadModel(dir, { backend });
+const tokenizer = loadTokenizer(dir);
+await addStepTokens(model, tokenizer);
+const tags = stepTokenIds(tokenizer, moteConfig());
 const mote = createMote(model, { rank: 16, alpha: 0.5 });       // analysis, guidance, answer + shared
-const ids = [1, 7, 9, 3, 11, 12, 4, 13];
+const ids = [1, 7, 9, tags.start[0]!, 11, 12, tags.start[1]!, 13];
 const steps = [-1, -1, -1, 0, 0, 0, 1, 1];                      // prompt, then analysis, then guidance
 const logits = await model.logits(ids, { lora: mote.loraFor(mote.routing(steps)) });
 await saveMote(mote, join(work, 'my-mote'));                     // each expert is a PEFT adapter
+const loaded = await loadMote(join(work, 'my-mote'), model);
 const [out] = await generate(model, [{ prompt: [1, 7, 9], maxNewTokens: 8 }], {
-  router: loadMote(join(work, 'my-mote'), model).tokenRouter(),
-  stepTokens: new Map([[3, 0], [4, 1], [5, 2]]),                // step-start token id -> step
+  router: loaded.tokenRouter(),
+  stepTokens: new Map(tags.start.map((id, k) => [id, k])),     // step-start token id -> step
+  stepTokenRouting: 'own',
   onToken: ({ token, step }) => process.stdout.write(`${step}:${token} `),
 });
 console.log(`\nlogits: ${logits.length} values; generated ${out ? 'one sequence' : 'nothing'}`);
 
-const examples = [{ ids: [1, 7, 9, 3, 11, 12, 4, 13], lossMask: [0, 0, 0, 1, 1, 1, 1, 1], stepIds: [-1, -1, -1, 0, 0, 0, 1, 1] }];
+const examples = [{ ids, lossMask: [0, 0, 0, 1, 1, 1, 1, 1], stepIds: [-1, -1, -1, 0, 0, 0, 1, 1] }];
 const trainer = new Trainer(model, mote, examples, {
   steps: 2, lr: 2e-4, warmupSteps: 1,
   batchTokens: 512, gradAccum: 2, clipNorm: 1,

@@ -1,0 +1,54 @@
+// Saving and loading MoTE bundles: a folder of one PEFT adapter per expert plus mote.json
+// (layout and index: src/mote/format.ts). Both are async, as loadModel and saveModel are.
+
+import * as path from 'node:path';
+import { ArgumentError, FormatError, describe } from '../errors.js';
+import { LINEAR_MODULES } from '../model/config.js';
+import type { LlamaModel } from '../model/llama.js';
+import { ADAPTER_CONFIG_FILE, peftModulePath } from '../io/peft.js';
+import { checkModel, uploadStacks } from '../adapters/stacks.js';
+import { readAdapter, stackAdapters } from '../adapters/peft_io.js';
+import { SHARED_EXPERT } from './steps.js';
+import { MOTE_FILE, readMoteJson } from './format.js';
+import { MoteBundle } from './bundle.js';
+
+/**
+ * Saves a bundle to `dir`: mote.json plus one PEFT adapter folder per expert. Written into
+ * `<dir>.tmp-<pid>` and swapped into place; an existing bundle at `dir` is replaced only once
+ * the new one is complete. A non-empty `dir` that mote did not write is refused unless
+ * opts.overwrite (then its files are kept; see src/io/atomic_dir.ts).
+ */
+export async function saveMote(bundle: MoteBundle, dir: string, opts: { overwrite?: boolean } = {}): Promise<void> {
+  const op = 'saveMote';
+  if (!(bundle instanceof MoteBundle)) throw new ArgumentError(`${op}: bundle: expected a MoteBundle, got ${describe(bundle)}`);
+  if (bundle.disposed) throw new ArgumentError(`${op}: bundle: used after dispose()`);
+  await bundle.save(dir, opts);
+}
+
+/**
+ * Loads a bundle saved by saveMote onto `model`'s backend. Every expert folder is checked
+ * against the model (FormatError naming the file and tensor) and must adapt exactly the
+ * bundle's target modules on every layer; nothing stays allocated when loading fails.
+ */
+export async function loadMote(dir: string, model: LlamaModel): Promise<MoteBundle> {
+  const op = 'loadMote';
+  checkModel(op, model);
+  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a bundle folder, got ${describe(dir)}`);
+  const { config, experts, baseModel } = readMoteJson(dir);
+  const cfg = model.config;
+  const names = [...config.steps, SHARED_EXPERT];
+  const adapters = names.map((n) => readAdapter(cfg, path.join(dir, experts[n]!)));
+  adapters.forEach((a, e) => {
+    const cfgFile = path.join(a.dir, ADAPTER_CONFIG_FILE);
+    for (let l = 0; l < cfg.numLayers; l++) {
+      for (const m of LINEAR_MODULES) {
+        const has = a.modules.has(`${l}.${m}`);
+        const want = config.targetModules.includes(m);
+        if (has && !want) throw new FormatError(`${cfgFile}: adapts ${peftModulePath(l, m)}, which ${MOTE_FILE}'s target_modules does not list`);
+        if (!has && want) throw new FormatError(`${cfgFile}: does not adapt ${peftModulePath(l, m)}, which ${MOTE_FILE}'s target_modules lists (expert '${names[e]}')`);
+      }
+    }
+  });
+  const stacks = uploadStacks(model.backend, cfg, stackAdapters(cfg, adapters));
+  return new MoteBundle(config, cfg, model.backend, stacks, baseModel);
+}
