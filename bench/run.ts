@@ -15,10 +15,12 @@ import { applyRoofline, loraCases, runLoraSuite, type Comparison, type Row, type
 import { median, type TimeOptions } from './timing.js';
 import { coldBytesFor, modelBenchDefaults, modelMarkdown, runModelBench } from './model.js';
 import { runTorchBaseline, runTrainBench, trainBenchDefaults, trainMarkdown } from './train.js';
+import { runServeBench, serveMarkdown, type ServeBenchOptions } from './serve.js';
 
 const USAGE = `usage: npm run bench -- [options]
   --backend cpu|webgpu|cuda   backend to measure (default cpu)
-  --suite lora|model|train|all  lora: the multi-LoRA op suite (default); model: prefill/decode tokens/s of the
+  --suite lora|model|train|serve|all  lora: the multi-LoRA op suite (default); serve: the serving engine with 1, 16,
+                              256 (--full: 1,000) adapters of mixed ranks (bench/results/<backend>.serve.json); model: prefill/decode tokens/s of the
                               SmolLM-135M shape with 0, 1, 4, 64 MoTE bundles (bench/results/<backend>.model.json);
                               train: MoTE training tokens/s and peak RSS on that shape, seq 256, with the PyTorch
                               baseline (bench/results/<backend>.train.json); all: lora and model
@@ -94,12 +96,12 @@ function parse() {
   } catch (e) {
     fail(`--filter: ${(e as Error).message}`);
   }
-  if (!['lora', 'model', 'train', 'all'].includes(values.suite!)) fail(`--suite: expected lora, model, train or all, got ${values.suite}`);
+  if (!['lora', 'model', 'train', 'serve', 'all'].includes(values.suite!)) fail(`--suite: expected lora, model, train, serve or all, got ${values.suite}`);
   if (!['f32', 'bf16'].includes(values.dtype!)) fail(`--dtype: expected f32 or bf16, got ${values.dtype}`);
   const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
-    backend, suite: values.suite as 'lora' | 'model' | 'train' | 'all', baseline: !values['no-baseline'], modelDType: values.dtype as 'f32' | 'bf16', quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
+    backend, suite: values.suite as 'lora' | 'model' | 'train' | 'serve' | 'all', baseline: !values['no-baseline'], modelDType: values.dtype as 'f32' | 'bf16', quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
     dtypes: dtypes as WeightDType[] | undefined, maxTime, threads: int('threads', values.threads), coldMiB: int('cold-mib', values['cold-mib']), repeat: int('repeat', values.repeat) ?? 1, out: values.out,
   };
 }
@@ -152,6 +154,7 @@ async function main(): Promise<void> {
   }
   try {
     if (args.suite === 'train') await runTrain(args, backend);
+    else if (args.suite === 'serve') await runServe(args, backend);
     else {
       if (args.suite !== 'model') await runLora(args, backend);
       if (args.suite !== 'lora') await runModel(args, backend);
@@ -159,6 +162,28 @@ async function main(): Promise<void> {
   } finally {
     backend.destroy();
   }
+}
+
+/** The serving suite: writes bench/results/<backend>[.quick].serve.json and prints its markdown. */
+async function runServe(args: Args, backend: Backend): Promise<void> {
+  const info = backend.info();
+  const loadBefore = loadavg();
+  const opts: ServeBenchOptions = {
+    adapterCounts: args.quick ? [1, 16] : args.full ? [1, 16, 256, 1000] : [1, 16, 256],
+    requests: args.quick ? 32 : 128, promptTokens: 16, newTokens: 32, rate: 0, maxSequences: 64, log,
+  };
+  log(`bench: serve suite on ${backend.kind} — ${info.device}${args.quick ? ' (quick)' : ''}`);
+  const r = await runServeBench(backend, opts);
+  const doc = {
+    suite: 'serve', backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
+    cpus: cpus().length, loadavg: { before: loadBefore, after: loadavg() }, options: { ...opts, log: undefined }, result: r,
+  };
+  const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${args.quick ? '.quick' : ''}.serve.json`));
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(`${out}.tmp`, jsonText(doc));
+  renameSync(`${out}.tmp`, out);
+  process.stdout.write(`# mote serving benchmark: ${backend.kind} (${info.device}), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${serveMarkdown(r, opts)}\n`);
+  log(`bench: wrote ${out}`);
 }
 
 /** The training suite: writes bench/results/<backend>[.quick].train.json and prints its markdown. */

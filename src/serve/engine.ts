@@ -125,6 +125,15 @@ export class Engine {
     return [...this.#adapters.values()].map(({ name, kind, dir, steps, alpha }) => ({ name, kind, dir, ...(steps ? { steps, alpha: alpha! } : {}) }));
   }
 
+  /** Device bytes of the stacked adapter tensors (A and B, every layer and module). */
+  adapterBytes(): number {
+    let n = 0;
+    for (const layer of this.#set?.stacks ?? []) {
+      for (const st of Object.values(layer ?? {})) if (st) n += st.A.byteLength + st.B.byteLength;
+    }
+    return n;
+  }
+
   /** Requests decoding and waiting. */
   get load(): { running: number; waiting: number } {
     return { running: this.#live.size, waiting: this.#queue.length };
@@ -135,28 +144,37 @@ export class Engine {
    * MoTE bundle (mote.json). Takes effect between two steps; running requests go on.
    */
   async addAdapter(name: string, dir: string): Promise<AdapterInfo> {
+    return (await this.addAdapters([{ name, dir }]))[0]!;
+  }
+
+  /** Registers several adapters with one rebuild of the stacked set (see addAdapter). */
+  async addAdapters(list: readonly { name: string; dir: string }[]): Promise<AdapterInfo[]> {
     const op = 'Engine.addAdapter';
     this.#open(op);
-    if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/.test(name)) throw new EngineError(`${op}: name: expected 1-128 characters of letters, digits and _ . : / -, got ${describe(name)}`, 400);
-    if (typeof dir !== 'string' || dir === '') throw new EngineError(`${op}: dir: expected an adapter folder, got ${describe(dir)}`, 400);
-    if (this.#adapters.has(name)) throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
-    let reg: Registered;
+    if (!Array.isArray(list) || list.length === 0) throw new EngineError(`${op}: expected a non-empty list of { name, dir }, got ${describe(list)}`, 400);
+    const next = new Map(this.#adapters);
+    for (const { name, dir } of list) {
+      if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/.test(name)) throw new EngineError(`${op}: name: expected 1-128 characters of letters, digits and _ . : / -, got ${describe(name)}`, 400);
+      if (typeof dir !== 'string' || dir === '') throw new EngineError(`${op}: dir: expected an adapter folder, got ${describe(dir)}`, 400);
+      if (next.has(name)) throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
+      next.set(name, this.#describe(op, name, dir));
+    }
+    await this.#rebuild(next);
+    const all = this.adapters();
+    return list.map(({ name }) => all.find((a) => a.name === name)!);
+  }
+
+  #describe(op: string, name: string, dir: string): Registered {
     if (fs.existsSync(path.join(dir, 'mote.json'))) {
       const { config, experts } = readMoteJson(dir);
       const known = new Set(this.#dec.tokenOfStep.keys());
       for (let k = 0; k < config.steps.length; k++) {
         if (!known.has(k)) throw new EngineError(`${op}: ${dir}: its step '${config.steps[k]}' has no step token in this engine (start it with the bundle's steps)`, 400);
       }
-      reg = { name, kind: 'mote', dir, steps: config.steps, alpha: config.alpha, config, dirs: [...config.steps, SHARED_EXPERT].map((n) => path.join(dir, experts[n]!)) };
-    } else if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) {
-      reg = { name, kind: 'lora', dir, dirs: [dir] };
-    } else {
-      throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
+      return { name, kind: 'mote', dir, steps: config.steps, alpha: config.alpha, config, dirs: [...config.steps, SHARED_EXPERT].map((n) => path.join(dir, experts[n]!)) };
     }
-    const next = new Map(this.#adapters);
-    next.set(name, reg);
-    await this.#rebuild(next);
-    return this.adapters().find((a) => a.name === name)!;
+    if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) return { name, kind: 'lora', dir, dirs: [dir] };
+    throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
   }
 
   /** Unregisters `name`; refused (409) while a request uses it. */
