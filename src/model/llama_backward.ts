@@ -29,6 +29,7 @@ import { attentionGrad } from '../ops/attention.js';
 import { swigluGrad } from '../ops/swiglu.js';
 import { add } from '../ops/residual.js';
 import { xent, xentGrad } from '../ops/xent.js';
+import { copyRows } from '../ops/copy_rows.js';
 
 /** A training batch: packed sequences with a next-token target and a loss mask per token. */
 export interface LlamaTrainBatch extends Omit<LlamaBatch, 'cache' | 'logitRows'> {
@@ -190,16 +191,45 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
     const { posT, ones } = pass;
     const dec = runDecoder(model, pass);
     const x = dec.x!, nf = dec.hidden, rstdF = dec.rstd!;
-    const logits = pool.keep(matmul(nf, W.lmHead));
-    const xe = await xent(logits, targets, mask);
-    pool.keep(xe.losses); pool.keep(xe.lse);
-    const dlogits = pool.keep(xentGrad(logits, xe.lse, targets, mask, scale));
-    pool.free(xe.losses, logits);
-
-    // ---- backward
-    const dnf = pool.keep(matmulGradInput(dlogits, W.lmHead));
-    if (trainBase) matmulGradWeight(dlogits, nf, gradOf(W.lmHead));
-    pool.free(dlogits, xe.lse);
+    // Logits, loss and the lm_head backward only for the rows whose loss counts (prompt tokens
+    // in SFT are most of a long prompt's rows): gathered into [count, H], scattered back after.
+    // Each row's arithmetic is the same as over all T rows.
+    const H = cfg.hiddenSize;
+    const rows: number[] = [];
+    for (let t = 0; t < T; t++) if (mask[t] === 1) rows.push(t);
+    const all = rows.length === T;
+    const M = rows.length;
+    let lossSum = 0;
+    let dnf: Tensor;
+    if (M === 0) {
+      dnf = pool.keep(be.zeros([T, H], 'f32'));
+      if (trainBase) {
+        const g = gradOf(W.lmHead); // nothing counts: lm_head's gradient is zero
+        if (!g.accumulate) g.out.write(new Float32Array(g.out.size));
+      }
+    } else {
+      const iota = Array.from({ length: M }, (_, i) => i);
+      const nfM = all ? nf : pool.keep(be.empty([M, H], 'f32'));
+      if (!all) copyRows(nfM, nf, iota, rows);
+      const tgM = all ? targets : Int32Array.from(rows, (t) => targets[t]!);
+      const maskM = all ? mask : new Float32Array(M).fill(1);
+      const logits = pool.keep(matmul(nfM, W.lmHead));
+      const xe = await xent(logits, tgM, maskM);
+      pool.keep(xe.losses); pool.keep(xe.lse);
+      lossSum = xe.loss * xe.count;
+      const dlogits = pool.keep(xentGrad(logits, xe.lse, tgM, maskM, scale));
+      pool.free(xe.losses, logits);
+      // ---- backward
+      const dnfM = pool.keep(matmulGradInput(dlogits, W.lmHead));
+      if (trainBase) matmulGradWeight(dlogits, nfM, gradOf(W.lmHead));
+      pool.free(dlogits, xe.lse);
+      if (all) dnf = dnfM;
+      else {
+        dnf = pool.keep(be.zeros([T, H], 'f32'));
+        copyRows(dnf, dnfM, rows, iota);
+        pool.free(dnfM, nfM);
+      }
+    }
     const normGrad = (dy: Tensor, xin: Tensor, w: Tensor, rstd: Tensor): Tensor => {
       if (trainBase) {
         const t = gradOf(w);
@@ -266,7 +296,7 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
       dx = dh;
     }
     if (trainBase) embeddingGrad(ids, dx, V, gradOf(W.embedTokens));
-    return { lossSum: xe.loss * xe.count, count, grads };
+    return { lossSum, count, grads };
   } catch (e) {
     if (!opts.grads) disposeGrads(grads);
     throw e;
