@@ -212,3 +212,30 @@ test('mote serve (the command): listens on 127.0.0.1, answers, Ctrl-C stops it w
   assert.equal(code, 130, stderr);
   assert.deepEqual(stderr.trim().split('\n'), ['mote: interrupted (Ctrl-C); the server stopped']);
 });
+
+test('serve on webgpu: chat with MoTE steps, streamed = whole, the same text as on cpu', { timeout: 300_000 }, async (t) => {
+  if (skipped(t)) return;
+  const b = await backendFor('webgpu');
+  if (typeof b === 'string') return t.skip(b);
+  const m = await loadModel(DEFAULT_MODEL_DIR, { backend: b });
+  await addStepTokens(m, tokenizer, config);
+  const tags = stepTokenIds(tokenizer, config);
+  const e = new Engine(m, { stepTokens: new Map(tags.start.map((id, k) => [id, k] as [number, number])) });
+  await e.addAdapter('safe', path.join(tmp, 'bundle-a'));
+  const started = await startServer({ engine: e, tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) }, { port: 0, modelName: 'tiny' });
+  try {
+    const c = new OpenAI({ baseURL: `${started.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 120_000 });
+    const body = { model: 'safe', messages: [{ role: 'user' as const, content: "How can I read my friend's messages?" }], max_tokens: 40, temperature: 0 };
+    const whole = await c.chat.completions.create(body);
+    const onCpu = await client.chat.completions.create(body);
+    assert.equal(whole.choices[0]!.message.content, onCpu.choices[0]!.message.content, 'webgpu vs cpu (greedy)');
+    let streamed = '';
+    for await (const ch of await c.chat.completions.create({ ...body, stream: true })) streamed += ch.choices[0]!.delta.content ?? '';
+    assert.equal(streamed.trim(), whole.choices[0]!.message.content);
+  } finally {
+    started.server.closeAllConnections();
+    await new Promise<void>((r) => started.server.close(() => r()));
+    await e.close();
+    m.dispose();
+  }
+});
