@@ -18,7 +18,7 @@ import { loadModel } from '../src/model/load.js';
 import { saveModel } from '../src/model/save.js';
 import { loadMote, saveMote } from '../src/mote/bundle_io.js';
 import { exportCommand } from '../src/cli/export.js';
-import { MARKER_FILE } from '../src/io/atomic_dir.js';
+import { MARKER_FILE, cleanStaleTemporaries } from '../src/io/atomic_dir.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { tinyTraining, type TinyTraining } from './fixtures/train_fixture.js';
 import { backendFor, closeBackends, hashTree } from './helpers.js';
@@ -163,4 +163,17 @@ test('a checkpoint from before the marker is still mote\'s; a foreign folder nam
   const none = newDir('none');
   await assert.rejects(loadCheckpoint(t.trainer, none), /not a mote checkpoint directory/);
   await assert.rejects(loadCheckpoint(t.trainer, hfCheckpoint(newDir('checkpoint-500'))), /not a mote checkpoint/);
+});
+
+test('a temporary left by a writer killed while writing its first marker (only mote-written.json.part) is cleaned; one with anything else is not', () => {
+  const dir = newDir('killed-early');
+  const early = `${dir}.tmp-99999997`;
+  write(early, { [`${MARKER_FILE}.part`]: '{"format": "mote-wr' });
+  const other = `${dir}.tmp-99999996`;
+  write(other, { [`${MARKER_FILE}.part`]: '{"format": "mote-wr', 'theirs.txt': 'not mote\'s' });
+  const otherWas = hashTree(other);
+  const removed = cleanStaleTemporaries(dir);
+  assert.deepEqual(removed, [early]);
+  assert.ok(!fs.existsSync(early));
+  assert.deepEqual(hashTree(other), otherWas);
 });

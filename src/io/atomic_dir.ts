@@ -203,8 +203,16 @@ function removeEmptyDirs(dir: string): boolean {
 export function removeWrittenDir(dir: string): boolean {
   const m = readMarker(dir);
   if (!m) {
-    // A folder left empty by a writer killed before its first marker: removing it deletes nothing.
-    try { if (fs.readdirSync(dir).length === 0) { fs.rmdirSync(dir); return true; } } catch { /* not there */ }
+    // A folder left by a writer killed before its first marker was in place: empty, or holding
+    // only that marker's half-written `.part` (written first, before any other file).
+    try {
+      const names = fs.readdirSync(dir);
+      if (names.every((n) => n === `${MARKER_FILE}.part`)) {
+        for (const n of names) fs.rmSync(path.join(dir, n), { force: true });
+        fs.rmdirSync(dir);
+        return true;
+      }
+    } catch { /* not there */ }
     return false;
   }
   // An in-progress marker: mote created this folder empty, so everything in it is mote's.
