@@ -29,6 +29,9 @@ export interface ServeBenchOptions {
 
 export interface ServeRow {
   adapters: number;
+  /** Fraction of the adapters' bytes the device budget holds (1: all resident). */
+  budget: number;
+  pageIns: number;
   requests: number;
   tokens: number;
   seconds: number;
@@ -89,8 +92,11 @@ export async function runServeBench(backend: Backend, o: ServeBenchOptions): Pro
     const rows: ServeRow[] = [];
     try {
       const V = model.config.vocabSize;
-      for (const n of o.adapterCounts) {
-        const engine = new Engine(model, { maxSequences: o.maxSequences });
+      const maxN = Math.max(...o.adapterCounts);
+      const runs = [...o.adapterCounts.map((n) => ({ n, budget: 1 })), ...(maxN >= 16 ? [{ n: maxN, budget: 0.25 }] : [])];
+      let fullBytes = 0;
+      for (const { n, budget } of runs) {
+        const engine = new Engine(model, { maxSequences: o.maxSequences, ...(budget < 1 ? { adapterBudgetBytes: Math.ceil(fullBytes * budget) } : {}) });
         try {
           const t0 = performance.now();
           await engine.addAdapters(folders.slice(0, n).map((dir, i) => ({ name: `a${i}`, dir })));
@@ -122,12 +128,13 @@ export async function runServeBench(backend: Backend, o: ServeBenchOptions): Pro
           await Promise.all(runs);
           const seconds = (performance.now() - start) / 1e3;
           const set = engine.adapterBytes();
+          if (budget === 1 && n === maxN) fullBytes = set;
           const row: ServeRow = {
-            adapters: n, requests: o.requests, tokens, seconds, tokensPerS: tokens / seconds,
+            adapters: n, budget, pageIns: engine.paging.pageIns, requests: o.requests, tokens, seconds, tokensPerS: tokens / seconds,
             latencyP50Ms: quantile(gaps, 0.5), latencyP99Ms: quantile(gaps, 0.99), ttftP50Ms: quantile(ttft, 0.5), adapterBytes: set, loadSeconds,
           };
           rows.push(row);
-          o.log(`  ${n} adapters: ${row.tokensPerS.toFixed(0)} tok/s, per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms (load ${loadSeconds.toFixed(1)} s)`);
+          o.log(`  ${n} adapters${budget < 1 ? ` (budget ${budget} of their bytes)` : ''}: ${row.tokensPerS.toFixed(0)} tok/s, per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms (load ${loadSeconds.toFixed(1)} s)`);
         } finally {
           await engine.close();
         }
@@ -135,8 +142,8 @@ export async function runServeBench(backend: Backend, o: ServeBenchOptions): Pro
     } finally {
       model.dispose();
     }
-    const r16 = rows.find((r) => r.adapters === 16);
-    const top = rows.at(-1)!;
+    const r16 = rows.find((r) => r.adapters === 16 && r.budget === 1);
+    const top = rows.filter((r) => r.budget === 1).at(-1)!;
     return { rows, ...(r16 && top.adapters > 16 ? { throughputRatio: { from: 16, to: top.adapters, ratio: top.tokensPerS / r16.tokensPerS } } : {}) };
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -148,9 +155,9 @@ export function serveMarkdown(r: ServeBenchResult, o: ServeBenchOptions): string
     `Engine on the bundled model (4 layers, hidden 128), ${o.requests} requests of ${o.promptTokens} prompt tokens and ${o.newTokens} new tokens (greedy), ` +
       `${o.rate > 0 ? `arriving at ${o.rate}/s` : 'all at once'}, at most ${o.maxSequences} decoding together; request i on adapter i mod N; ranks 8/16/32/64 (stacked, padded to 64).`,
     '',
-    '| adapters | tokens/s | per-token p50 (ms) | p99 (ms) | TTFT p50 (ms) | adapter bytes | load (s) |',
-    '| --- | --- | --- | --- | --- | --- | --- |',
-    ...r.rows.map((x) => `| ${x.adapters} | ${x.tokensPerS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`),
+    '| adapters | budget | page-ins | tokens/s | per-token p50 (ms) | p99 (ms) | TTFT p50 (ms) | adapter bytes | load (s) |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...r.rows.map((x) => `| ${x.adapters} | ${x.budget === 1 ? 'all' : `${x.budget * 100}%`} | ${x.pageIns} | ${x.tokensPerS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`),
   ];
   if (r.throughputRatio) lines.push('', `Throughput at ${r.throughputRatio.to} adapters / at ${r.throughputRatio.from}: ${r.throughputRatio.ratio.toFixed(3)} (target ≥ 0.95; S-LoRA: 0.945 from 5 to 2,000).`);
   return lines.join('\n');

@@ -155,3 +155,35 @@ forEachBackend('engine: adapters added and removed while serving; errors carry a
     model.dispose();
   }
 });
+
+forEachBackend('engine: a device budget smaller than the adapters pages them in and out (LRU, never one in use); tokens unchanged', async (b) => {
+  const model = await openModel(b);
+  // Six plain adapters: the experts of the two bundles.
+  const dirs = [bundleDir, bundle2Dir].flatMap((d) => ['analysis', 'guidance', 'answer', 'shared'].map((e) => path.join(d, e))).slice(0, 6);
+  const free = new Engine(model, { stepTokens: stepTokens() });
+  let budgetFor2 = 0;
+  try {
+    await free.addAdapters(dirs.map((dir, i) => ({ name: `p${i}`, dir })));
+    budgetFor2 = Math.ceil(free.adapterBytes() / 3); // room for two of the six
+    const reqs: EngineRequest[] = Array.from({ length: 12 }, (_, i) => ({ prompt: ask(`Question ${i}: how do I fix a bike?`), maxNewTokens: 10, adapter: `p${(i * 5) % 6}` }));
+    const want = await Promise.all(reqs.map((r) => free.submit(r).result.then((x) => x.tokens)));
+    const tight = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: budgetFor2 });
+    try {
+      await tight.addAdapters(dirs.map((dir, i) => ({ name: `p${i}`, dir })));
+      assert.ok(tight.adapterBytes() <= budgetFor2, 'the resident set fits the budget');
+      const got = await Promise.all(reqs.map((r) => tight.submit(r).result.then((x) => x.tokens)));
+      assert.deepEqual(got, want, 'tokens with paging = tokens with every adapter resident');
+      assert.ok(tight.paging.pageIns >= 4 && tight.paging.evictions >= 4, `paged: ${JSON.stringify(tight.paging)}`);
+      assert.ok(tight.adapterBytes() <= budgetFor2);
+      // An adapter too large for the budget alone is refused when added.
+      const tiny = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: 1024 });
+      await assert.rejects(tiny.addAdapter('big', dirs[0]!), (e: unknown) => e instanceof EngineError && e.status === 400 && /adapterBudgetBytes/.test((e as Error).message));
+      await tiny.close();
+    } finally {
+      await tight.close();
+    }
+  } finally {
+    await free.close();
+    model.dispose();
+  }
+});

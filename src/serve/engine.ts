@@ -22,7 +22,10 @@ import * as path from 'node:path';
 import { ArgumentError, MoteError, describe } from '../errors.js';
 import type { LlamaModel } from '../model/llama.js';
 import { BatchDecoder, type GenerateRequest, type GenerateResult, type RouteSlots, type SeqState, type StopReason, type TokenEvent, type TokenRouter } from '../generate/generate.js';
-import { loadPeftAdapters, type AdapterSet } from '../adapters/adapter_set.js';
+import { AdapterSet } from '../adapters/adapter_set.js';
+import { readAdapter, stackAdapters, type ReadAdapter } from '../adapters/peft_io.js';
+import { uploadStacks } from '../adapters/stacks.js';
+import { LINEAR_MODULES, linearShape } from '../model/config.js';
 import { readMoteJson } from '../mote/format.js';
 import { SHARED_EXPERT, type MoteConfig } from '../mote/steps.js';
 import { ADAPTER_CONFIG_FILE } from '../io/peft.js';
@@ -36,6 +39,12 @@ export interface EngineOptions {
   maxSequences?: number;
   /** Most prompt tokens started in one step (default 4096; a longer prompt runs alone), so new prompts do not stall running decodes for long. */
   maxPrefillTokens?: number;
+  /**
+   * Device bytes the stacked adapters may take (default: no limit). Registered adapters are
+   * kept on the host; those a request needs are paged in, least recently used ones out —
+   * never one a running request uses. A request waits while its adapter cannot fit.
+   */
+  adapterBudgetBytes?: number;
 }
 
 export interface EngineRequest extends Omit<GenerateRequest, 'routing'> {
@@ -72,6 +81,8 @@ interface Registered extends AdapterInfo {
   /** Expert folders, in slot order (a bundle: steps…, shared). */
   dirs: string[];
   config?: MoteConfig;
+  /** The experts read and checked on the host (what paging in uploads). */
+  host: ReadAdapter[];
 }
 
 interface Live {
@@ -96,9 +107,15 @@ export class Engine {
   readonly #maxSequences: number;
   readonly #maxPrefill: number;
   #adapters = new Map<string, Registered>();
-  /** Slot offset of each adapter in the current set. */
+  /** Adapters on the device, least recently used first; #set holds exactly these. */
+  #resident: string[] = [];
+  #dirty = false;
+  readonly #budget: number;
+  /** Slot offset of each resident adapter in the current set. */
   #offsets = new Map<string, number>();
   #set: AdapterSet | null = null;
+  /** Page-ins and evictions so far (for tests and the benchmark). */
+  readonly paging = { pageIns: 0, evictions: 0, rebuilds: 0 };
   #queue: Live[] = [];
   #live = new Map<SeqState, Live>();
   #nextIndex = 0;
@@ -114,6 +131,9 @@ export class Engine {
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
     this.#maxSequences = positiveInt(op, 'maxSequences', opts.maxSequences, 64);
     this.#maxPrefill = positiveInt(op, 'maxPrefillTokens', opts.maxPrefillTokens, 4096);
+    const budget = opts.adapterBudgetBytes ?? Infinity;
+    if (typeof budget !== 'number' || !(budget > 0)) throw new ArgumentError(`${op}: adapterBudgetBytes: expected a positive number of bytes, got ${describe(budget)}`);
+    this.#budget = budget;
     this.#dec = new BatchDecoder(model, {
       ...(opts.stepTokens ? { stepTokens: opts.stepTokens } : {}),
       stepTokenRouting: opts.stepTokenRouting ?? 'own',
@@ -147,34 +167,66 @@ export class Engine {
     return (await this.addAdapters([{ name, dir }]))[0]!;
   }
 
-  /** Registers several adapters with one rebuild of the stacked set (see addAdapter). */
+  /** Registers several adapters (read and checked now, on the host; see addAdapter). */
   async addAdapters(list: readonly { name: string; dir: string }[]): Promise<AdapterInfo[]> {
     const op = 'Engine.addAdapter';
     this.#open(op);
     if (!Array.isArray(list) || list.length === 0) throw new EngineError(`${op}: expected a non-empty list of { name, dir }, got ${describe(list)}`, 400);
-    const next = new Map(this.#adapters);
+    const added = new Map<string, Registered>();
     for (const { name, dir } of list) {
       if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/.test(name)) throw new EngineError(`${op}: name: expected 1-128 characters of letters, digits and _ . : / -, got ${describe(name)}`, 400);
       if (typeof dir !== 'string' || dir === '') throw new EngineError(`${op}: dir: expected an adapter folder, got ${describe(dir)}`, 400);
-      if (next.has(name)) throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
-      next.set(name, this.#describe(op, name, dir));
+      if (this.#adapters.has(name) || added.has(name)) throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
+      const reg = this.#describe(op, name, dir);
+      if (this.#bytesOf([reg]) > this.#budget) throw new EngineError(`${op}: ${dir}: needs ${this.#bytesOf([reg])} device bytes alone, more than adapterBudgetBytes (${this.#budget})`, 400);
+      added.set(name, reg);
     }
-    await this.#rebuild(next);
+    await this.#lock;
+    for (const [n, r] of added) this.#adapters.set(n, r);
+    // On the device at once while they fit without evicting anything.
+    for (const n of added.keys()) {
+      if (this.#bytesOf([...this.#resident, n].map((x) => this.#adapters.get(x)!)) > this.#budget) break;
+      this.#resident.push(n);
+      this.#dirty = true;
+    }
+    await this.#syncSet();
     const all = this.adapters();
     return list.map(({ name }) => all.find((a) => a.name === name)!);
   }
 
   #describe(op: string, name: string, dir: string): Registered {
+    let reg: Omit<Registered, 'host'>;
     if (fs.existsSync(path.join(dir, 'mote.json'))) {
       const { config, experts } = readMoteJson(dir);
       const known = new Set(this.#dec.tokenOfStep.keys());
       for (let k = 0; k < config.steps.length; k++) {
         if (!known.has(k)) throw new EngineError(`${op}: ${dir}: its step '${config.steps[k]}' has no step token in this engine (start it with the bundle's steps)`, 400);
       }
-      return { name, kind: 'mote', dir, steps: config.steps, alpha: config.alpha, config, dirs: [...config.steps, SHARED_EXPERT].map((n) => path.join(dir, experts[n]!)) };
+      reg = { name, kind: 'mote', dir, steps: config.steps, alpha: config.alpha, config, dirs: [...config.steps, SHARED_EXPERT].map((n) => path.join(dir, experts[n]!)) };
+    } else if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) reg = { name, kind: 'lora', dir, dirs: [dir] };
+    else throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
+    try {
+      return { ...reg, host: reg.dirs.map((d) => readAdapter(this.model.config, d)) };
+    } catch (e) {
+      throw e instanceof MoteError ? new EngineError(e.message, 400) : e;
     }
-    if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) return { name, kind: 'lora', dir, dirs: [dir] };
-    throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
+  }
+
+  /** Device bytes of the stacked set holding `regs` (f32 A and B per adapted linear, padded to the largest rank there). */
+  #bytesOf(regs: readonly Registered[]): number {
+    const cfg = this.model.config;
+    const experts = regs.flatMap((r) => r.host);
+    let bytes = 0;
+    for (let l = 0; l < cfg.numLayers; l++) {
+      for (const m of LINEAR_MODULES) {
+        let R = 0;
+        for (const a of experts) R = Math.max(R, a.modules.get(`${l}.${m}`)?.rank ?? 0);
+        if (R === 0) continue;
+        const [Hout, Hin] = linearShape(cfg, m);
+        bytes += 4 * experts.length * R * (Hin + Hout);
+      }
+    }
+    return bytes;
   }
 
   /** Unregisters `name`; refused (409) while a request uses it. */
@@ -184,27 +236,68 @@ export class Engine {
     if (!this.#adapters.has(name)) throw new EngineError(`${op}: no adapter named ${describe(name)}`, 404);
     const users = [...this.#live.values(), ...this.#queue].filter((l) => l.adapter === name).length;
     if (users) throw new EngineError(`${op}: '${name}' is used by ${users} running request(s)`, 409);
-    const next = new Map(this.#adapters);
-    next.delete(name);
-    await this.#rebuild(next);
+    await this.#lock;
+    this.#adapters.delete(name);
+    if (this.#resident.includes(name)) {
+      this.#resident = this.#resident.filter((n) => n !== name);
+      this.#dirty = true;
+    }
+    await this.#syncSet();
   }
 
-  /** Loads the stacked set for `next` (between steps) and switches to it. */
-  async #rebuild(next: Map<string, Registered>): Promise<void> {
+  /** Adapters running or admitted requests use: never evicted. */
+  #inUse(extra: Iterable<Live> = []): Set<string> {
+    const used = new Set<string>();
+    for (const l of [...this.#live.values(), ...extra]) if (l.adapter !== null) used.add(l.adapter);
+    return used;
+  }
+
+  /**
+   * Makes `name` resident, evicting least recently used adapters that nothing in `keep` uses;
+   * returns false when it cannot fit now. Marks it most recently used.
+   */
+  #pageIn(name: string, keep: Set<string>): boolean {
+    const i = this.#resident.indexOf(name);
+    if (i >= 0) {
+      this.#resident.splice(i, 1);
+      this.#resident.push(name);
+      return true;
+    }
+    const next = [...this.#resident, name];
+    const evicted: string[] = [];
+    for (let k = 0; this.#bytesOf(next.map((n) => this.#adapters.get(n)!)) > this.#budget;) {
+      while (k < next.length - 1 && keep.has(next[k]!)) k++;
+      if (k >= next.length - 1) return false; // everything left is in use
+      evicted.push(...next.splice(k, 1));
+    }
+    this.#resident = next;
+    this.paging.pageIns++;
+    this.paging.evictions += evicted.length;
+    this.#dirty = true;
+    return true;
+  }
+
+  /** Rebuilds the device set when the resident adapters changed (between steps only). */
+  async #syncSet(): Promise<void> {
+    if (!this.#dirty) return;
     const run = this.#lock.then(async () => {
-      const dirs: string[] = [];
+      if (!this.#dirty) return;
+      await this.#inflight;
       const offsets = new Map<string, number>();
-      for (const [n, r] of next) {
-        offsets.set(n, dirs.length);
+      const host: ReadAdapter[] = [];
+      const dirs: string[] = [];
+      for (const n of this.#resident) {
+        const r = this.#adapters.get(n)!;
+        offsets.set(n, host.length);
+        host.push(...r.host);
         dirs.push(...r.dirs);
       }
-      // Loaded before the switch: a bad folder leaves the engine as it was.
-      const set = dirs.length ? await loadPeftAdapters(this.model, dirs) : null;
-      await this.#inflight;
+      const set = host.length ? adapterSetOf(this.model, host, dirs) : null;
       const old = this.#set;
       this.#set = set;
-      this.#adapters = next;
       this.#offsets = offsets;
+      this.#dirty = false;
+      this.paging.rebuilds++;
       this.#dec.setRouter(set ? this.#router(set) : undefined);
       old?.dispose();
     });
@@ -326,14 +419,29 @@ export class Engine {
   async #run(): Promise<void> {
     while (this.#queue.length || this.#live.size) {
       await this.#lock; // an adapter change in progress finishes first
-      // Admit waiting requests: up to maxSequences running, maxPrefillTokens of prompt per step.
+      // Admit waiting requests in order: up to maxSequences running, maxPrefillTokens of prompt
+      // per step; one whose adapter cannot be paged in now waits (later ones may pass it).
       let prefill = 0;
       const admit: Live[] = [];
+      const waiting: Live[] = [];
       while (this.#queue.length && this.#live.size + admit.length < this.#maxSequences) {
-        const n = this.#queue[0]!.s.req.prompt.length;
+        const l = this.#queue[0]!;
+        const n = l.s.req.prompt.length;
         if (admit.length && prefill + n > this.#maxPrefill) break;
+        this.#queue.shift();
+        if (l.adapter !== null && !this.#pageIn(l.adapter, this.#inUse(admit))) {
+          waiting.push(l);
+          continue;
+        }
         prefill += n;
-        admit.push(this.#queue.shift()!);
+        admit.push(l);
+      }
+      this.#queue.unshift(...waiting);
+      await this.#syncSet();
+      if (admit.length === 0 && this.#live.size === 0) {
+        // Nothing can run now (only possible while an adapter change is pending): try again shortly.
+        await new Promise<void>((res) => setTimeout(res, 5));
+        continue;
       }
       for (const l of admit) this.#live.set(l.s, l);
       this.#dec.admit(admit.map((l) => l.s));
@@ -369,4 +477,10 @@ export class Engine {
     this.#set?.dispose();
     this.#set = null;
   }
+}
+
+/** An AdapterSet from adapters already read on the host (what loadPeftAdapters does after reading). */
+function adapterSetOf(model: LlamaModel, host: readonly ReadAdapter[], dirs: string[]): AdapterSet {
+  const stacks = uploadStacks(model.backend, model.config, stackAdapters(model.config, host));
+  return new AdapterSet(model.config, model.backend, stacks, dirs, host.map((a) => a.config));
 }
