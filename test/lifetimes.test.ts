@@ -2,7 +2,7 @@
 // and MoTE bundles, routings, layouts, tensors, the trainer — frees it through dispose() and
 // through `using` ([Symbol.dispose]) alike, also when its block throws; bundles load and save
 // asynchronously (loadMote and saveMote both give a Promise).
-import { after } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -84,3 +84,20 @@ forEachBackend('loadMote and saveMote are both async; a loaded bundle under `usi
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }, { kinds: ['cpu'] });
+
+test('a backend under `using` is disposed when its block ends; dispose, destroy and Symbol.dispose are one', async (t) => {
+  const { openBackend } = await import('../src/backend/select.js');
+  let kept;
+  try {
+    using b = await openBackend('cpu');
+    kept = b;
+    b.tensor(new Float32Array(4), [4]);
+    assert.equal(b.memoryInUse().buffers, 1);
+  } catch (e) {
+    return t.skip(`cpu backend unavailable: ${(e as Error).message}`);
+  }
+  assert.equal(kept.destroyed, true);
+  assert.throws(() => kept.tensor(new Float32Array(1), [1]), /destroyed/);
+  kept.dispose(); // a second time is a no-op
+  kept.destroy();
+});

@@ -41,7 +41,11 @@ export interface Backend extends Kernels {
   memoryInUse(): { buffers: number; bytes: number };
   /** Resolves when all work submitted so far has finished. */
   sync(): Promise<void>;
-  /** Frees every tensor of this backend and releases the device. */
+  /** Frees every tensor of this backend and releases the device (a device handed in stays its owner's). Safe to call twice. */
+  dispose(): void;
+  /** dispose(), for `using backend = await openBackend(…)`. */
+  [Symbol.dispose](): void;
+  /** The same as dispose() (the name WebGPU uses for devices). */
   destroy(): void;
   readonly destroyed: boolean;
 

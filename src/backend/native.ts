@@ -213,6 +213,12 @@ export class NativeBackend implements Backend {
   async sync(): Promise<void> {
     nativeCall(`${this.kind}: sync`, () => this.addon.sync(this.device));
   }
+  dispose(): void {
+    this.destroy();
+  }
+  [Symbol.dispose](): void {
+    this.destroy();
+  }
   destroy(): void {
     if (this.#destroyed) return;
     for (const b of this.#live.keys()) this.addon.free(b);

@@ -299,6 +299,12 @@ export class WebGPUBackend implements Backend {
     this.#stagingBytes = 0;
   }
 
+  dispose(): void {
+    this.destroy();
+  }
+  [Symbol.dispose](): void {
+    this.destroy();
+  }
   destroy(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;

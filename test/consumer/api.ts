@@ -16,4 +16,4 @@ const routing = loraRouting(backend, [0, 2, 1, 2, 1, 2, -1, 2], { K: 2, L, weigh
 const v = loraApply(y, x, stack, routing);        // y += Σ_k weight·scale·B·A·x  (v kept for backward)
 console.log(await y.readFloat());
 void v;
-backend.destroy();
+backend.dispose();

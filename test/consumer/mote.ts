@@ -39,4 +39,4 @@ const trainer = new Trainer(model, mote, examples, {
 });
 await trainer.run({ checkpointDir: join(work, 'ckpt'), checkpointEvery: 1 });
 await saveMote(mote, join(work, 'my-mote'));
-backend.destroy();
+backend.dispose();
