@@ -12,6 +12,9 @@ import { modelFromTensors } from '../src/model/load.js';
 import { createMote } from '../src/mote/bundle.js';
 import { Trainer, type TrainExample } from '../src/train/trainer.js';
 import type { Backend } from '../src/backend/backend.js';
+import type { Tensor } from '../src/tensor.js';
+import type { LlamaWeights } from '../src/model/llama.js';
+import { matmul, matmulGradInput } from '../src/ops/matmul.js';
 import { median } from './timing.js';
 import { SMOLLM_135M, modelConfigJson, randomWeights, type ModelShape } from './model.js';
 
@@ -58,6 +61,15 @@ export interface TrainBenchResult {
   stepMs: number[];
   stepMsMedian: number;
   tokensPerS: number;
+  /**
+   * The floor: the base matmuls no LoRA trainer can avoid — each linear's forward and input
+   * gradient, and lm_head's on the rows whose loss counts — timed alone on the model's own
+   * weights (median of the timed repetitions), and the step as a multiple of it.
+   */
+  floorMs: number;
+  stepOverFloor: number;
+  /** Rows of lm_head the step computes (loss rows) out of seq. */
+  lmHeadRows: number;
   peakRssMB: number;
   memory: MemoryModel;
   rssVsModel: number;
@@ -93,8 +105,13 @@ export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Pro
       o.log(`  step ${p.step}: ${p.elapsedMs.toFixed(0)} ms, loss ${p.loss.toFixed(3)}`);
     },
   });
+  let floorMs = NaN;
+  const example = chainExample(o.seq, cfg.vocabSize);
+  const lmHeadRows = Array.from(example.lossMask).filter((m) => m === 1).length;
   try {
     while (!trainer.done) await trainer.trainStep();
+    floorMs = await baseMatmulFloor(backend, model.weights, o.seq, lmHeadRows, Math.max(3, o.steps));
+    o.log(`  floor (base matmuls alone): ${floorMs.toFixed(0)} ms`);
   } finally {
     trainer.dispose();
     bundle.dispose();
@@ -104,9 +121,48 @@ export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Pro
   const memory = memoryModel(cfg, o.seq, o.rank, 4);
   const ms = median(stepMs);
   return {
-    shape: o.shape, seq: o.seq, stepMs, stepMsMedian: ms, tokensPerS: o.seq / (ms / 1e3), peakRssMB, memory,
+    shape: o.shape, seq: o.seq, stepMs, stepMsMedian: ms, tokensPerS: o.seq / (ms / 1e3), floorMs, stepOverFloor: ms / floorMs, lmHeadRows, peakRssMB, memory,
     rssVsModel: (peakRssMB * 2 ** 20) / memory.totalBytes,
   };
+}
+
+/** Median time of the step's unavoidable base matmuls (forward and input gradient of every linear, lm_head on `rows` rows). */
+async function baseMatmulFloor(backend: Backend, w: LlamaWeights, T: number, rows: number, reps: number): Promise<number> {
+  const inputs = new Map<string, Tensor>();
+  const act = (n: number, d: number) => {
+    const key = `${n}x${d}`;
+    let t = inputs.get(key);
+    if (!t) {
+      t = backend.tensor(Float32Array.from({ length: n * d }, (_, i) => Math.sin(i * 0.37) * 0.1), [n, d]);
+      inputs.set(key, t);
+    }
+    return t;
+  };
+  const times: number[] = [];
+  try {
+    for (let r = 0; r < reps + 1; r++) {
+      await backend.sync();
+      const t0 = performance.now();
+      for (const layer of w.layers) {
+        for (const m of LINEAR_MODULES) {
+          const W = layer.linear[m];
+          const [out, inp] = W.shape as [number, number];
+          matmul(act(T, inp), W).dispose();
+          matmulGradInput(act(T, out), W).dispose();
+        }
+      }
+      const [V, H] = w.lmHead.shape as [number, number];
+      if (rows > 0) {
+        matmul(act(rows, H), w.lmHead).dispose();
+        matmulGradInput(act(rows, V), w.lmHead).dispose();
+      }
+      await backend.sync();
+      if (r > 0) times.push(performance.now() - t0); // the first is a warm-up
+    }
+  } finally {
+    for (const t of inputs.values()) t.dispose();
+  }
+  return median(times);
 }
 
 /** Runs bench/train_torch.py with the same shape (installing Debian's python3-torch first when missing). */
@@ -153,6 +209,7 @@ export function trainMarkdown(r: TrainBenchResult, backendName: string): string 
   if (b) lines.push(`| PyTorch ${String(b.torch ?? '')} cpu (${String(b.threads ?? '?')} threads) | same | ${r.seq} | ${Number(b.step_ms_median).toFixed(0)} | ${Number(b.tokens_per_s).toFixed(1)} | ${Number(b.peak_rss_mb).toFixed(0)} |`);
   lines.push('');
   lines.push(`Memory from the shapes: weights ${mb(r.memory.weightsBytes)} MB + experts ${mb(r.memory.adapterBytes)} MB + gradients and AdamW moments ${mb(r.memory.optimizerBytes)} MB + activations ${mb(r.memory.activationBytes)} MB = ${mb(r.memory.totalBytes)} MB; peak RSS is ${r.rssVsModel.toFixed(2)}× that (target ≤ 2×).`);
+  lines.push(`Floor: the base matmuls no LoRA trainer avoids (each linear's forward and input gradient; lm_head on the ${r.lmHeadRows} of ${r.seq} rows whose loss counts — mote skips the other ${r.seq - r.lmHeadRows}, PEFT computes them) take ${r.floorMs.toFixed(0)} ms alone; the step is ${r.stepOverFloor.toFixed(2)}× that.`);
   if (r.vsPyTorch !== undefined) lines.push(`mote / PyTorch tokens/s: ${r.vsPyTorch.toFixed(2)}× (target ≥ 1.0×).`);
   if (r.baselineError) lines.push(`PyTorch baseline not measured: ${r.baselineError}.`);
   return lines.join('\n');
