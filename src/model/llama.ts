@@ -261,6 +261,12 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   return xOut;
 }
 
+function checkRowSeed(op: string, seed: unknown): number {
+  const s = seed ?? 0;
+  if (typeof s !== 'number' || !Number.isSafeInteger(s) || s < 0) throw new ArgumentError(`${op}: seed: expected a non-negative integer, got ${describe(s)}`);
+  return s;
+}
+
 export class LlamaModel {
   #disposed = false;
 
@@ -470,35 +476,86 @@ export class LlamaModel {
   async resizeTokenEmbeddings(vocabSize: number, opts: { seed?: number } = {}): Promise<void> {
     const op = 'LlamaModel.resizeTokenEmbeddings';
     this.#live('resizeTokenEmbeddings');
-    const V = this.config.vocabSize, H = this.config.hiddenSize;
+    const V = this.config.vocabSize;
     if (!Number.isSafeInteger(vocabSize) || vocabSize < V) throw new ArgumentError(`${op}: vocabSize: expected an integer ≥ the current ${V} (shrinking would drop rows), got ${describe(vocabSize)}`);
-    const seed = opts.seed ?? 0;
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new ArgumentError(`${op}: seed: expected a non-negative integer, got ${describe(seed)}`);
+    const seed = checkRowSeed(op, opts.seed);
     if (vocabSize === V) return;
-    const grow = async (t: Tensor, salt: number): Promise<Tensor> => {
+    await this.#drawRows(Array.from({ length: vocabSize - V }, (_, i) => V + i), V, seed);
+  }
+
+  /**
+   * Gives the token rows `rows` of the embedding (and of an untied lm_head) fresh values drawn
+   * as resizeTokenEmbeddings draws new rows: around the mean of the rows [0, meanRows) that are
+   * not being drawn, with their per-dimension spread, from a stream seeded by `seed`, so the
+   * same call gives the same rows on every load. For tokens that take rows a checkpoint
+   * already has but never trained (real checkpoints pad the embedding past the tokenizer:
+   * Qwen2.5 151,936 rows for 151,665 tokens). Rows at or past the vocabulary grow it; they
+   * must continue it without gaps. meanRows defaults to the vocabulary size; give the
+   * tokenizer's size to leave the padding out of the mean.
+   */
+  async initTokenRows(rows: ArrayLike<number>, opts: { seed?: number; meanRows?: number } = {}): Promise<void> {
+    const op = 'LlamaModel.initTokenRows';
+    this.#live('initTokenRows');
+    const V = this.config.vocabSize;
+    if (!rows || typeof rows.length !== 'number') throw new ArgumentError(`${op}: rows: expected a list of token ids, got ${describe(rows)}`);
+    if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { seed?, meanRows? }, got ${describe(opts)}`);
+    const seed = checkRowSeed(op, opts.seed);
+    const set = new Set<number>();
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i]!;
+      if (!Number.isSafeInteger(r) || r < 0) throw new ArgumentError(`${op}: rows[${i}]: expected a non-negative integer, got ${describe(r)}`);
+      set.add(r);
+    }
+    const sorted = [...set].sort((a, b) => a - b);
+    // Growth only by listed rows: the allocation is bounded by the list, never by one large id.
+    const past = sorted.filter((r) => r >= V);
+    past.forEach((r, i) => {
+      if (r !== V + i) throw new ArgumentError(`${op}: rows: ${r} would leave rows ${V + i}..${r - 1} past the vocabulary (${V}) unset; rows past it must continue it without gaps`);
+    });
+    const meanRows = opts.meanRows ?? V;
+    if (!Number.isSafeInteger(meanRows) || meanRows < 1 || meanRows > V) throw new ArgumentError(`${op}: meanRows: expected an integer in [1, ${V}], got ${describe(meanRows)}`);
+    if (sorted.filter((r) => r < meanRows).length >= meanRows) throw new ArgumentError(`${op}: rows: cover every row below meanRows (${meanRows}); no row is left to draw the mean from`);
+    if (sorted.length === 0) return;
+    await this.#drawRows(sorted, meanRows, seed);
+  }
+
+  /** Draws `rows` (ascending; those past the vocabulary continue it) around the mean of the other rows below meanRows. */
+  async #drawRows(rows: readonly number[], meanRows: number, seed: number): Promise<void> {
+    const V = this.config.vocabSize, H = this.config.hiddenSize;
+    const newV = Math.max(V, rows[rows.length - 1]! + 1);
+    const drawn = new Set(rows);
+    const draw = async (t: Tensor, salt: number): Promise<Tensor> => {
       const old = await t.readFloat();
-      const data = new Float32Array(vocabSize * H);
+      const data = new Float32Array(newV * H);
       data.set(old);
       const mean = new Float64Array(H), sq = new Float64Array(H);
-      for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) mean[h] += old[v * H + h]!;
-      for (let h = 0; h < H; h++) mean[h] /= V;
-      for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) sq[h] += (old[v * H + h]! - mean[h]!) ** 2;
-      // Box–Muller over a seeded stream: the same call gives the same rows.
+      let n = 0;
+      for (let v = 0; v < meanRows; v++) {
+        if (drawn.has(v)) continue;
+        n++;
+        for (let h = 0; h < H; h++) mean[h] += old[v * H + h]!;
+      }
+      for (let h = 0; h < H; h++) mean[h] /= n;
+      for (let v = 0; v < meanRows; v++) {
+        if (drawn.has(v)) continue;
+        for (let h = 0; h < H; h++) sq[h] += (old[v * H + h]! - mean[h]!) ** 2;
+      }
+      // Box–Muller over a seeded stream, rows in ascending order: the same call gives the same rows.
       const uni = mulberry32(mixSeed(seed, salt));
-      for (let v = V; v < vocabSize; v++) {
+      for (const v of rows) {
         for (let h = 0; h < H; h++) {
           const z = Math.sqrt(-2 * Math.log(1 - uni())) * Math.cos(2 * Math.PI * uni());
-          data[v * H + h] = mean[h]! + z * Math.sqrt(sq[h]! / V);
+          data[v * H + h] = mean[h]! + z * Math.sqrt(sq[h]! / n);
         }
       }
-      return this.backend.tensor(data, [vocabSize, H], t.dtype);
+      return this.backend.tensor(data, [newV, H], t.dtype);
     };
     const w = this.weights;
     const tied = w.lmHead === w.embedTokens;
-    const embed = await grow(w.embedTokens, 0x45);
+    const embed = await draw(w.embedTokens, 0x45);
     let head: Tensor;
     try {
-      head = tied ? embed : await grow(w.lmHead, 0x4c);
+      head = tied ? embed : await draw(w.lmHead, 0x4c);
     } catch (e) {
       embed.dispose();
       throw e;
@@ -507,7 +564,7 @@ export class LlamaModel {
     if (!tied) w.lmHead.dispose();
     w.embedTokens = embed;
     w.lmHead = head;
-    (this as { config: ModelConfig }).config = { ...this.config, vocabSize };
+    if (newV !== V) (this as { config: ModelConfig }).config = { ...this.config, vocabSize: newV };
   }
 
   /** Frees every weight on the device. Safe to call twice. */
