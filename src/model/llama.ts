@@ -1,4 +1,4 @@
-// LLaMA-family decoder (llama, mistral, qwen2) on any backend: the forward over a batch of
+// LLaMA-family decoder (llama, mistral, qwen2, qwen3) on any backend: the forward over a batch of
 // packed sequences, with multi-LoRA / MoTE adapters on every linear layer, step-skipping
 // segment masks and a KV cache for decoding (DESIGN §1, §6). Loading is src/model/load.ts;
 // the training pass (src/model/llama_backward.ts) runs this same decoder layer, keeping
@@ -7,7 +7,9 @@
 // Per layer, as transformers' LlamaDecoderLayer:
 //   h  = x + o_proj(attn(rope(q_proj(rms₁(x))), rope(k_proj(rms₁(x))), v_proj(rms₁(x))))
 //   x' = h + down_proj(silu(gate_proj(rms₂(h))) ⊙ up_proj(rms₂(h)))
-// then logits = lm_head(rms_f(x)). Every linear is a MultiLoraLinear: y = x·Wᵀ (+ bias)
+// then logits = lm_head(rms_f(x)). Qwen3 normalises each query and key head before RoPE:
+//   q = rope(rms_q(q_proj(·)) per head), k = rope(rms_k(k_proj(·)) per head)
+// (transformers' Qwen3Attention), with the rmsnorm op on the [T·heads, headDim] view. Every linear is a MultiLoraLinear: y = x·Wᵀ (+ bias)
 // (+ Σ_k w·scale·B·A·x for the LoRA slots of the token). Activations are f32; weights stay in
 // their stored dtype (f32/f16/bf16) unless loading converts them, and every product
 // accumulates in f32.
@@ -36,6 +38,9 @@ export interface LlamaLayerWeights {
   linear: Record<LinearModule, Tensor>;
   /** [1, out] per linear that has a bias. */
   bias: Partial<Record<LinearModule, Tensor>>;
+  /** Qwen3: [headDim] RMSNorm weights of every query / key head (self_attn.q_norm / k_norm). */
+  qNorm?: Tensor;
+  kNorm?: Tensor;
 }
 
 export interface LlamaWeights {
@@ -140,6 +145,8 @@ export interface LayerSaved {
   h: Tensor; rstd2: Tensor; n2: Tensor; g: Tensor; u: Tensor; s: Tensor;
   /** LoRA shrink outputs per module (when the module has a stack). */
   lv: Partial<Record<LinearModule, Tensor>>;
+  /** Qwen3: the projections before the per-head norm ([T, heads·D]) and the norms' rstd ([T·heads]). */
+  qk?: { qIn: Tensor; qRstd: Tensor; kIn: Tensor; kRstd: Tensor };
 }
 
 /** One pass over the decoder layers: what every layer reads. @internal shared with the training pass */
@@ -219,8 +226,25 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   const r1 = rmsnorm(x, lw.inputNorm, eps);
   const n1 = scope.keep(r1.y), rstd1 = scope.keep(r1.rstd);
   drop(rstd1);
-  const q = linear(n1, 'q_proj'), k = linear(n1, 'k_proj'), v = linear(n1, 'v_proj');
+  let q = linear(n1, 'q_proj'), k = linear(n1, 'k_proj');
+  const v = linear(n1, 'v_proj');
   drop(n1);
+  let qk: LayerSaved['qk'];
+  if (lw.qNorm && lw.kNorm) {
+    // RMSNorm over each head's D values: the rmsnorm op on [T·heads, D] views, into a [T, heads·D] tensor.
+    const headNorm = (xin: Tensor, heads: number, w: Tensor): { y: Tensor; rstd: Tensor } => {
+      const y = scope.keep(model.backend.empty([T, heads * D], 'f32'));
+      const xv = scope.keep(tensorView(xin, [T * heads, D])), yv = scope.keep(tensorView(y, [T * heads, D]));
+      const rstd = scope.keep(rmsnorm(xv, w, eps, { out: yv }).rstd);
+      scope.free(xv, yv);
+      return { y, rstd };
+    };
+    const qn = headNorm(q, nH, lw.qNorm), kn = headNorm(k, nKv, lw.kNorm);
+    if (keep) qk = { qIn: q, qRstd: qn.rstd, kIn: k, kRstd: kn.rstd };
+    else scope.free(q, k, qn.rstd, kn.rstd);
+    q = qn.y;
+    k = kn.y;
+  }
   const q3 = scope.keep(tensorView(q, [T, nH, D]));
   const k3 = scope.keep(tensorView(k, [T, nKv, D]));
   rope(q3, p.posT, model.weights.invFreq, { out: q3 });
@@ -257,7 +281,7 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   drop(s);
   const xOut = keep ? scope.keep(add(h, d)) : add(h, d, { out: h });
   scope.free(d);
-  p.saved?.push({ xIn: x, rstd1, n1, q, k, v, att, lse, h, rstd2, n2, g, u, s, lv });
+  p.saved?.push({ xIn: x, rstd1, n1, q, k, v, att, lse, h, rstd2, n2, g, u, s, lv, ...(qk ? { qk } : {}) });
   return xOut;
 }
 
@@ -575,6 +599,8 @@ export class LlamaModel {
     const all = new Set<Tensor>([w.embedTokens, w.norm, w.lmHead, w.invFreq]);
     for (const l of w.layers) {
       all.add(l.inputNorm); all.add(l.postAttentionNorm);
+      if (l.qNorm) all.add(l.qNorm);
+      if (l.kNorm) all.add(l.kNorm);
       for (const t of Object.values(l.linear)) all.add(t);
       for (const t of Object.values(l.bias)) if (t) all.add(t);
     }
