@@ -152,6 +152,47 @@ test('Qwen2-0.5B: q/k/v biases, tied, sliding window off', () => {
   assert.equal(parseHFConfig(noType).family, 'qwen2');
 });
 
+// Qwen/Qwen3-0.6B config.json (transformers 4.51.0).
+const QWEN3_06B = {
+  architectures: ['Qwen3ForCausalLM'], attention_bias: false, attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151645,
+  head_dim: 128, hidden_act: 'silu', hidden_size: 1024, initializer_range: 0.02, intermediate_size: 3072, max_position_embeddings: 40960,
+  max_window_layers: 28, model_type: 'qwen3', num_attention_heads: 16, num_hidden_layers: 28, num_key_value_heads: 8, rms_norm_eps: 1e-6,
+  rope_scaling: null, rope_theta: 1000000, sliding_window: null, tie_word_embeddings: true, torch_dtype: 'bfloat16',
+  transformers_version: '4.51.0', use_cache: true, use_sliding_window: false, vocab_size: 151936,
+};
+
+test('Qwen3-0.6B: head_dim 128 (q width 2048 ≠ hidden 1024), q/k norms [head_dim], no biases, tied', () => {
+  const c = parseHFConfig(QWEN3_06B);
+  assert.equal(c.family, 'qwen3');
+  assert.equal(c.headDim, 128);
+  assert.deepEqual(linearShape(c, 'q_proj'), [2048, 1024]);
+  assert.deepEqual(linearShape(c, 'k_proj'), [1024, 1024]);
+  assert.deepEqual(linearShape(c, 'o_proj'), [1024, 2048]);
+  assert.equal(c.attentionBias, false);
+  assert.equal(c.outputBias, false);
+  assert.equal(c.slidingWindow, null);
+  assert.equal(c.maxPositionEmbeddings, 40960);
+  assert.deepEqual(c.eosTokenIds, [151645]);
+  const w = expectedWeights(c);
+  assert.equal(w.length, 1 + 28 * 11 + 1, 'q_norm and k_norm per layer, no biases, no lm_head');
+  const byName = new Map(w.map((x) => [x.name, x.shape]));
+  assert.deepEqual(byName.get('model.layers.0.self_attn.q_norm.weight'), [128]);
+  assert.deepEqual(byName.get('model.layers.27.self_attn.k_norm.weight'), [128]);
+  assert.ok(!byName.has('model.layers.0.self_attn.q_proj.bias'));
+  // Qwen3Config's defaults: head_dim 128 when left out, whatever hidden / heads is; attention_bias switches q/k/v and o.
+  const { head_dim: _hd, model_type: _mt, ...bare } = QWEN3_06B;
+  assert.equal(parseHFConfig(bare).family, 'qwen3', 'from architectures');
+  assert.equal(parseHFConfig(bare).headDim, 128);
+  const biased = parseHFConfig({ ...QWEN3_06B, attention_bias: true });
+  assert.equal(biased.attentionBias, true);
+  assert.equal(biased.outputBias, true);
+  assert.equal(parseHFConfig({ ...QWEN3_06B, use_sliding_window: true, sliding_window: 4096 }).slidingWindow, 4096);
+  // The config's head_dim is checked against q_proj before anything is allocated.
+  const shapes = new Map(expectedWeights({ ...c, numLayers: 1 }).map((x) => [x.name, x.shape]));
+  shapes.set(linearWeightName(0, 'q_proj'), [1024, 1024]);
+  assert.throws(() => checkConfigAgainstWeights({ ...c, numLayers: 1 }, shapes), (e: Error) => e instanceof FormatError && /num_attention_heads × head_dim is 16 × 128, but model\.layers\.0\.self_attn\.q_proj\.weight has 1024 rows/.test(e.message));
+});
+
 test('compareWeights reports missing, extra and wrong-shape tensors', () => {
   const c = parseHFConfig({ ...SMOLLM_135M, num_hidden_layers: 2 });
   const expected = expectedWeights(c);

@@ -120,6 +120,33 @@ cases('qwen2 with q/k/v biases, bf16 weights', async (b) => {
   });
 });
 
+cases('qwen3: per-head q/k RMSNorm before rope, head_dim 16 (q width 64 ≠ hidden 32), no biases, bf16; packed; KV-cache decode = full forward', async (b) => {
+  const m = tiny({ family: 'qwen3', dtype: 'bf16', headDim: 16, kvHeads: 1, seed: 30 });
+  assert.equal(m.cfg.attentionBias, false);
+  await withModel(b, m, async (model) => {
+    const l0 = model.weights.layers[0]!;
+    assert.deepEqual(l0.linear.q_proj.shape, [64, 32]);
+    assert.deepEqual(l0.qNorm!.shape, [16]);
+    assert.deepEqual(l0.kNorm!.shape, [16]);
+    assert.deepEqual(Object.keys(l0.bias), []);
+    const V = 48;
+    const tokens = ids(8, V, 30);
+    const full = await model.logits(tokens);
+    const want = refLogits(m, tokens);
+    assertClose('logits', full, want);
+    const seq = [0, 1, 1, 0, 0, 1, 0, 1];
+    assertClose('packed logits', await model.logits(tokens, { seq }), refLogits(m, tokens, { seq }));
+    // the cache holds normed and rotated keys: prefill + decode equals the full forward
+    const cache = model.newCache({ capacity: 2 });
+    try {
+      assertClose('prefill', await model.logits(tokens.slice(0, 5), { cache }), rowsOf(full, V, [0, 1, 2, 3, 4]), 1e-5);
+      for (let t = 5; t < 8; t++) assertClose(`decode token ${t}`, await model.logits([tokens[t]!], { cache }), rowsOf(full, V, [t]), 1e-5);
+    } finally {
+      cache.dispose();
+    }
+  });
+});
+
 cases('tied embeddings, f16 (mistral family); llama biases everywhere (attention_bias, mlp_bias)', async (b) => {
   const m = tiny({ family: 'mistral', tied: true, dtype: 'f16', seed: 3, layers: 1 });
   await withModel(b, m, async (model) => {
@@ -374,6 +401,20 @@ async function rejectsLoad(b: Backend, dir: string, match: RegExp, cls: new (...
     assert.equal(live.size, 0, `${live.size} tensors left allocated after a failed load`);
   });
 }
+
+cases('qwen3 directories without their q/k norms (or a qwen2 checkpoint labelled qwen3): FormatErrors naming the tensor; nothing left allocated', async (b) => {
+  const m = tiny({ family: 'qwen3', seed: 31, layers: 1 });
+  const tensors = readSafetensors(path.join(m.dir, 'model.safetensors')).tensors;
+  const d = copyModel(m, 'q3-nonorm');
+  const t = new Map(tensors);
+  t.delete('model.layers.0.self_attn.k_norm.weight');
+  writeSafetensors(path.join(d, 'model.safetensors'), t);
+  await rejectsLoad(b, d, /model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_norm\.weight' is missing \(expected shape \[8\]\)/);
+  const q2 = tiny({ family: 'qwen2', seed: 32, layers: 1 });
+  const relabelled = copyModel(q2, 'q2-as-q3');
+  fs.writeFileSync(path.join(relabelled, 'config.json'), JSON.stringify({ ...q2.config, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'], head_dim: 8 }));
+  await rejectsLoad(b, relabelled, /self_attn\.q_norm\.weight' is missing[^]*self_attn\.q_proj\.bias' is not part of this model/);
+});
 
 cases('bad model directories: clear FormatErrors naming file and tensor; nothing left allocated', async (b) => {
   const m = tiny({ seed: 20, layers: 1 });

@@ -197,6 +197,29 @@ test('llama backward = finite differences: qwen2 biases, tied embeddings, MQA, K
   console.log(`# qwen2 tied case: ${s.tensors} tensors, ${s.entries} entries, worst relative error ${s.worst.toExponential(2)}`);
 });
 
+// Case 2b: qwen3: per-head q/k RMSNorm before rope (gradients into q_norm / k_norm and through
+// them into q_proj / k_proj and their LoRA), head_dim 8 with q width 24 ≠ hidden 12, GQA,
+// untied, K = 2 weighted LoRA on the q and k projections, two packed sequences.
+test('llama backward = finite differences: qwen3 q/k norms, head_dim ≠ hidden / heads, K=2 LoRA on q and k, packed', () => {
+  const w = mutableWeights({ family: 'qwen3', hidden: 12, intermediate: 20, layers: 2, heads: 3, kvHeads: 1, headDim: 8, vocab: 23, tied: false, dtype: 'f32', seed: 31 });
+  assert.equal(linearShape(w.cfg, 'q_proj')[0], 24);
+  const stacks = randomStacks(w.cfg, 32, 3, 2, (_l, m) => m === 'q_proj' || m === 'k_proj');
+  const T = 10;
+  const r = seededRng(33);
+  const ids = Array.from({ length: T }, () => Math.floor(r() * w.cfg.vocabSize));
+  const seq = ids.map((_, t) => (t < 6 ? 0 : 1));
+  const mask = ids.map((_, t) => (t === 5 || t === T - 1 ? 0 : 1));
+  const targets = mask.map((m, t) => (m ? ids[t + 1]! : 0));
+  const slots = ids.flatMap((_, t) => [t % 3, (t + 1) % 3]);
+  const weights = ids.flatMap((_, t) => [0.7, t % 2 ? 0.3 : 0]);
+  const c: Case = { ...w, stacks, ids, targets, mask, opts: { seq, lora: { stacks: (l, m) => stacks.get(`${l}.${m}`) ?? null, slots, weights, K: 2 } } };
+  assert.ok(c.names.includes('model.layers.1.self_attn.q_norm.weight') && c.names.includes('model.layers.1.self_attn.k_norm.weight'), 'qwen3: q/k norm weights');
+  assert.ok(!c.names.includes('model.layers.0.self_attn.q_proj.bias'), 'qwen3: no attention biases');
+  const s = checkAgainstFd(c);
+  assert.equal(s.tensors, 2 * 11 + 3 + 2 * 2 * 2);
+  console.log(`# qwen3 case: ${s.tensors} tensors, ${s.entries} entries, worst relative error ${s.worst.toExponential(2)}`);
+});
+
 // Case 3: llama3 rope scaling whose frequencies fall in all three bands (head dim 8, theta 100:
 // wavelengths 6.3, 20, 63, 199 against 32/4 = 8 and 32/1 = 32: kept, smoothed, scaled, scaled),
 // llama attention_bias (q, k, v, o) and mlp_bias, MHA, no LoRA, positions not starting at 0.

@@ -102,8 +102,11 @@ function naiveForward(cfg: ModelConfig, W: WeightGetter, ids: number[]): number[
   let xs = ids.map((id) => Array.from({ length: H }, (_, h) => E[id * H + h]!));
   for (let l = 0; l < cfg.numLayers; l++) {
     const a = xs.map((x) => norm(x, W(`model.layers.${l}.input_layernorm.weight`)));
-    const q = a.map((x, t) => rope(proj(l, 'q_proj', x), nH, t));
-    const k = a.map((x, t) => rope(proj(l, 'k_proj', x), nKv, t));
+    // Qwen3Attention: q_norm / k_norm (RMSNorm over head_dim) on each head, then rope.
+    const headNorm = (x: number[], heads: number, which: string): number[] =>
+      cfg.family !== 'qwen3' ? x : Array.from({ length: heads }, (_, h) => norm(x.slice(h * D, (h + 1) * D), W(`model.layers.${l}.self_attn.${which}.weight`))).flat();
+    const q = a.map((x, t) => rope(headNorm(proj(l, 'q_proj', x), nH, 'q_norm'), nH, t));
+    const k = a.map((x, t) => rope(headNorm(proj(l, 'k_proj', x), nKv, 'k_norm'), nKv, t));
     const v = a.map((x) => proj(l, 'v_proj', x));
     const attn = xs.map((_, t) => {
       const out = new Array<number>(nH * D).fill(0);
@@ -142,13 +145,15 @@ function naiveForward(cfg: ModelConfig, W: WeightGetter, ids: number[]): number[
   });
 }
 
-test('reference forward equals an independent naive forward (llama GQA, qwen2 biases, mistral, tied, 1 and 2 layers)', () => {
+test('reference forward equals an independent naive forward (llama GQA, qwen2 biases, mistral, qwen3 q/k norms, tied, 1 and 2 layers)', () => {
   const cases: TinyModelOptions[] = [
     { ...BASE, layers: 1 },
     { ...BASE },
     { ...BASE, family: 'qwen2', tied: true, seed: 2 },
     { ...BASE, family: 'mistral', kvHeads: 1, seed: 3, dtype: 'bf16' },
     { ...BASE, attentionBias: true, mlpBias: true, seed: 4, heads: 2, kvHeads: 2, headDim: 12, dtype: 'f16' },
+    { ...BASE, family: 'qwen3', headDim: 16, seed: 5, dtype: 'bf16' },
+    { ...BASE, family: 'qwen3', tied: true, kvHeads: 1, seed: 6 },
   ];
   for (const o of cases) {
     const m = makeTinyModel(o);
@@ -398,11 +403,11 @@ function toF64(t: HostTensor): Float64Array {
 test('writeTinyModel round-trips through parseHFConfig, readSafetensors and openModelWeights (f32, f16, bf16; single and sharded)', () => {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-tiny-'));
   try {
-    const fams = ['llama', 'qwen2', 'mistral'] as const;
+    const fams = ['llama', 'qwen2', 'mistral', 'qwen3'] as const;
     let k = 0;
     for (const dtype of ['f32', 'f16', 'bf16'] as const)
       for (const shards of [undefined, 3]) {
-        const family = fams[k % 3]!;
+        const family = fams[k % fams.length]!;
         const o: TinyModelOptions = {
           ...BASE, family, dtype, seed: 100 + k, tied: k % 2 === 0, ...(shards ? { shards } : {}),
           ...(family === 'llama' ? { ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } } : {}),

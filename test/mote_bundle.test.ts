@@ -463,6 +463,65 @@ forEachBackend('addStepTokens: step tags become single tokens, embeddings grow b
 });
 
 
+forEachBackend('addStepTokens on a padded vocabulary (vocab_size > tokenizer ids): every tag row, inside the padding or past it, is drawn seeded around the mean, distinct, equal across loads; ordinary and untouched padding rows stay', async (b) => {
+  const { writeTinyTokenizer, TINY_VOCAB_SIZE: N } = await import('./fixtures/tiny_tokenizer.js');
+  const { loadTokenizer } = await import('../src/io/tokenizer.js');
+  const { addStepTokens } = await import('../src/mote/bundle.js');
+  const tokDir = writeTinyTokenizer(newDir('tok'));
+  const tags = 6; // the default schema: 3 steps × open/close
+  // padding 10: every tag inside it; padding 3: three inside, three past it
+  for (const [pad, tied] of [[10, false], [10, true], [3, false]] as const) {
+    const m = tiny({ vocab: N + pad, tied, seed: 40 + pad });
+    const V = N + pad, V2 = Math.max(V, N + tags);
+    const load = async (): Promise<{ E: Float32Array; L: Float32Array; E0: Float32Array; L0: Float32Array; ids: Record<string, number> }> =>
+      withModel(b, m, async (model) => {
+        const E0 = await model.weights.embedTokens.readFloat(), L0 = await model.weights.lmHead.readFloat();
+        const ids = await addStepTokens(model, loadTokenizer(tokDir));
+        assert.equal(model.config.vocabSize, V2);
+        assert.equal(model.weights.lmHead === model.weights.embedTokens, tied);
+        return { E: await model.weights.embedTokens.readFloat(), L: await model.weights.lmHead.readFloat(), E0, L0, ids };
+      });
+    const first = await load();
+    assert.deepEqual(Object.values(first.ids), Array.from({ length: tags }, (_, i) => N + i));
+    const H = BASE.hidden;
+    const row = (a: Float32Array, v: number): Float32Array => a.subarray(v * H, (v + 1) * H);
+    for (const [what, now, was] of [['embed_tokens', first.E, first.E0], ['lm_head', first.L, first.L0]] as const) {
+      // the tokenizer's rows and the padding no tag took are untouched, bit for bit
+      assert.ok(bitsEqual(now.subarray(0, N * H), was.subarray(0, N * H)), `${what}: ordinary rows kept`);
+      if (V > N + tags) assert.ok(bitsEqual(now.subarray((N + tags) * H, V * H), was.subarray((N + tags) * H, V * H)), `${what}: untouched padding rows kept`);
+      const tagRows = Array.from({ length: tags }, (_, i) => row(now, N + i));
+      for (let i = 0; i < tags; i++) {
+        if (N + i < V) assert.ok(!bitsEqual(tagRows[i]!, row(was, N + i)), `${what}: tag row ${N + i} inside the padding was drawn, not kept`);
+        for (let j = 0; j < i; j++) assert.ok(!bitsEqual(tagRows[i]!, tagRows[j]!), `${what}: tag rows ${N + j} and ${N + i} differ`);
+      }
+      // around the mean of the tokenizer's rows, with their spread
+      let dev = 0, spread = 0;
+      for (let h = 0; h < H; h++) {
+        let mu = 0;
+        for (let v = 0; v < N; v++) mu += was[v * H + h]! / N;
+        for (let v = 0; v < N; v++) spread += (was[v * H + h]! - mu) ** 2 / N;
+        for (const r of tagRows) dev += (r[h]! - mu) ** 2 / tags;
+      }
+      assert.ok(dev > 0.2 * spread && dev < 5 * spread, `${what}: tag rows' spread ${dev} vs the tokenizer rows' ${spread}`);
+    }
+    // seeded: a second load draws the same rows
+    const second = await load();
+    assert.ok(bitsEqual(second.E, first.E), 'embed_tokens equal across loads');
+    assert.ok(bitsEqual(second.L, first.L), 'lm_head equal across loads');
+  }
+  // tags the tokenizer already has keep their rows (they may be trained); a second call changes nothing
+  await withModel(b, tiny({ vocab: N + 10, seed: 50 }), async (model) => {
+    const tok = loadTokenizer(tokDir);
+    await addStepTokens(model, tok);
+    const E = await model.weights.embedTokens.readFloat();
+    await addStepTokens(model, tok);
+    assert.ok(bitsEqual(await model.weights.embedTokens.readFloat(), E));
+    await assert.rejects(model.initTokenRows([N + 12]), (e: Error) => e instanceof ArgumentError && e.message.includes(`rows: ${N + 12} would leave rows ${N + 10}..${N + 11} past the vocabulary`));
+    await assert.rejects(model.initTokenRows([1], { meanRows: 0 }), (e: Error) => e instanceof ArgumentError && /meanRows/.test(e.message));
+    await assert.rejects(model.initTokenRows([-1]), (e: Error) => e instanceof ArgumentError && /rows\[0\]/.test(e.message));
+  });
+});
+
 forEachBackend('tokenRouter: prompt tokens go to the shared expert, or to the first step expert when α = 1 (no shared expert)', async (b) => {
   await withModel(b, tiny(), async (model) => {
     for (const [alpha, prompt] of [[0.5, { slots: [-1, 3], weights: [0, 1] }], [1, { slots: [0, 3], weights: [1, 0] }]] as const) {

@@ -2,7 +2,7 @@
 // with the same weights, bit for bit in their stored dtype (f32 llama untied, bf16 qwen2 with
 // q/k/v biases, f16 mistral with tied embeddings: no lm_head.weight written), and the same
 // logits; the tokenizer files come along; sharding past maxShardBytes; saving over the folder
-// the model came from (only with overwrite: it was not written by mote). config.json round trips through parseHFConfig for the three families
+// the model came from (only with overwrite: it was not written by mote). config.json round trips through parseHFConfig for the four families
 // (rope scaling, sliding windows, head_dim, eos lists). A non-model folder is refused and left
 // as it was; bad arguments are ArgumentErrors naming the argument.
 import { after, test } from 'node:test';
@@ -37,6 +37,7 @@ const CASES: { name: string; o: Partial<TinyModelOptions> }[] = [
   { name: 'llama f32 untied', o: {} },
   { name: 'qwen2 bf16 with q/k/v biases', o: { family: 'qwen2', dtype: 'bf16', seed: 4 } },
   { name: 'mistral f16 tied', o: { family: 'mistral', dtype: 'f16', tied: true, seed: 5 } },
+  { name: 'qwen3 bf16 with q/k norms, head_dim 16 (q width 64 ≠ hidden 32)', o: { family: 'qwen3', dtype: 'bf16', headDim: 16, seed: 6 } },
 ];
 
 for (const c of CASES) {
@@ -141,7 +142,7 @@ forEachBackend('saveModel: shards, saving over its own folder, a non-model folde
   assert.ok(!fs.existsSync(gone));
 });
 
-test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistral, qwen2)', () => {
+test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistral, qwen2, qwen3)', () => {
   const variants: TinyModelOptions[] = [
     BASE,
     { ...BASE, tied: true, dtype: 'bf16', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } },
@@ -150,6 +151,8 @@ test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistra
     { ...BASE, family: 'mistral', tied: true },
     { ...BASE, family: 'qwen2', dtype: 'bf16' },
     { ...BASE, family: 'qwen2', tied: true, headDim: 16 },
+    { ...BASE, family: 'qwen3', tied: true, headDim: 16, dtype: 'bf16' },
+    { ...BASE, family: 'qwen3', attentionBias: true },
   ];
   for (const o of variants) {
     const cfg = parseHFConfig(tinyConfigJson(o));
@@ -157,7 +160,7 @@ test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistra
     assert.deepEqual(parseHFConfig(json), cfg, JSON.stringify(o));
     assert.deepEqual(parseHFConfig(JSON.parse(JSON.stringify(json))), cfg);
     assert.equal(json.model_type, o.family);
-    assert.deepEqual(json.architectures, [{ llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' }[o.family]]);
+    assert.deepEqual(json.architectures, [{ llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM' }[o.family]]);
   }
   // Fields transformers' own configs carry.
   const llama = parseHFConfig(tinyConfigJson(BASE));
@@ -183,6 +186,9 @@ test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistra
   bad({ ...llama, outputBias: true }, /cfg\.outputBias/);
   bad({ ...llama, slidingWindow: 16 }, /cfg\.slidingWindow/);
   bad({ ...q, attentionBias: false }, /cfg\.attentionBias: qwen2/);
+  const q3 = parseHFConfig(tinyConfigJson({ ...BASE, family: 'qwen3' }));
+  bad({ ...q3, outputBias: true }, /cfg\.outputBias: a qwen3 config/);
+  bad({ ...q3, mlpBias: true }, /cfg\.mlpBias: qwen3/);
   bad({ ...llama, family: 'gpt2' as never }, /cfg\.family/);
   bad({ ...llama, hiddenSize: 0 }, /cfg\.hiddenSize/);
   bad({ ...llama, headDim: 7 }, /cfg\.headDim/);

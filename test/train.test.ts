@@ -136,6 +136,47 @@ forEachBackend('full-parameter gradients equal the float64 reference (tied embed
   }
 });
 
+forEachBackend('qwen3 (per-head q/k norms, head_dim 16 ≠ hidden / heads): base and MoTE expert gradients equal the float64 reference', async (b) => {
+  const tm = makeTinyModel({ ...BASE, family: 'qwen3', headDim: 16, kvHeads: 1, seed: 7 });
+  const model = load(b, tm);
+  const bundle = createMote(model, { rank: 4, loraAlpha: 8 }, { seed: 5, init: 'random' });
+  try {
+    const stepIds = [-1, -1, 0, 0, 1, 1, 2, 2, -1, 0, 1, 2];
+    const seq = stepIds.map((_, t) => (t < 8 ? 0 : 1));
+    const T = stepIds.length;
+    const ids = Array.from({ length: T }, (_, t) => (t * 11 + 3) % 48);
+    const targets = Array.from({ length: T }, (_, t) => (t * 7 + 2) % 48);
+    const lossMask = stepIds.map((s, t) => (s >= 0 && t !== 7 ? 1 : 0));
+    const routing = bundle.routing(stepIds, { seq });
+    try {
+      const r = await llamaLossAndGrad(model, { ids, seq, targets, lossMask, lora: bundle.loraFor(routing) }, { trainBase: true });
+      const { slots, weight } = moteRoutingSlots(stepIds, 3, 0.5, { seq, promptRouting: 'shared' });
+      const stacks = await refStacks(bundle);
+      const ref = llamaGradRef(tm.cfg, tm.weights, ids, targets, lossMask, { seq, lora: { stacks: (l, m) => stacks.get(`${l}.${m}`), slots, weights: weight, K: 2 } });
+      assert.ok(Math.abs(r.lossSum / r.count - ref.loss) <= 1e-5 * Math.abs(ref.loss), `loss ${r.lossSum / r.count} vs ${ref.loss}`);
+      const names = baseWeights(model);
+      assert.ok(names.has('model.layers.1.self_attn.q_norm.weight') && names.has('model.layers.1.self_attn.k_norm.weight'));
+      assert.equal(r.grads.weights.size, names.size);
+      for (const [name, t] of names) assertClose(`qwen3: ${name}`, await r.grads.weights.get(t)!.readFloat(), ref.weights.get(name)!, 2e-4);
+      for (let l = 0; l < 2; l++) {
+        for (const m of LINEAR_MODULES) {
+          const g = r.grads.lora.get(bundle.stacks[l]![m as LinearModule]!)!;
+          const want = ref.lora.get(`${l}.${m}`)!;
+          assertClose(`qwen3 layer ${l} ${m} dA`, await g.dA.readFloat(), want.dA, 2e-4);
+          assertClose(`qwen3 layer ${l} ${m} dB`, await g.dB.readFloat(), want.dB, 2e-4);
+        }
+      }
+      for (const { dA, dB } of r.grads.lora.values()) { dA.dispose(); dB.dispose(); }
+      for (const g of r.grads.weights.values()) g.dispose();
+    } finally {
+      routing.dispose();
+    }
+  } finally {
+    bundle.dispose();
+    model.dispose();
+  }
+});
+
 // ---------------------------------------------------------------------------------------
 // The loop
 

@@ -16,7 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { ArgumentError, FormatError, describe } from '../errors.js';
-import { checkRegularFile, jsonDepth, readJsonFile, readTextFile } from './files.js';
+import { checkRegularFile, jsonDepth, parseJson, readTextFile } from './files.js';
 import { checkTokenizerPattern } from './regex.js';
 import { BoundedTemplate, MAX_TEMPLATE_CHARS, defaultTemplateLimits, type TemplateLimits } from './template.js';
 import { atomicWrite } from './safetensors.js';
@@ -72,8 +72,15 @@ const MAX_JSON_DEPTH = 64;
 /** Ids may leave at most this many holes below the largest id (real tokenizers leave none or a few). */
 export const MAX_ID_HOLES = 1024;
 
+/** How a file that git-LFS did not fetch starts: a three-line pointer in place of the real bytes. */
+const LFS_POINTER = 'version https://git-lfs.github.com/spec/v1';
+
 function readJson(file: string, what: string, maxBytes: number): Json {
-  const json = readJsonFile(file, what, maxBytes);
+  const text = readTextFile(file, what, maxBytes);
+  if (text.startsWith(LFS_POINTER)) {
+    throw new FormatError(`${file}: is a git-LFS pointer, not ${what} (the repository was cloned without its LFS files); fetch the real file with \`git lfs pull\``);
+  }
+  const json = parseJson(text, file);
   if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
   if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new FormatError(`${file}: nested more than ${MAX_JSON_DEPTH} levels deep (${what})`);
   return json;

@@ -1,11 +1,24 @@
-// HF config.json (llama, mistral, qwen2 families) -> ModelConfig, and the list of weights
+// HF config.json (llama, mistral, qwen2, qwen3 families) -> ModelConfig, and the list of weights
 // such a model must have, in HF naming, so a loader can report what is missing or wrong.
 
 import { FormatError, describe } from '../errors.js';
 import type { DType } from '../dtype.js';
 
-export type ModelFamily = 'llama' | 'mistral' | 'qwen2';
-export const MODEL_FAMILIES: readonly ModelFamily[] = ['llama', 'mistral', 'qwen2'];
+export type ModelFamily = 'llama' | 'mistral' | 'qwen2' | 'qwen3';
+export const MODEL_FAMILIES: readonly ModelFamily[] = ['llama', 'mistral', 'qwen2', 'qwen3'];
+
+/**
+ * Qwen3 normalises every query and key head (RMSNorm over head_dim, weights
+ * self_attn.q_norm / k_norm [head_dim], eps rms_norm_eps) after the projections, before RoPE.
+ */
+export function hasQkNorm(cfg: Pick<ModelConfig, 'family'>): boolean {
+  return cfg.family === 'qwen3';
+}
+
+/** HF names of a Qwen3 layer's query / key norm weights. */
+export function qkNormWeightName(layer: number, which: 'q_norm' | 'k_norm'): string {
+  return `model.layers.${layer}.self_attn.${which}.weight`;
+}
 
 /** The linear layers of a decoder layer, by their HF names: the layers LoRA experts attach to. */
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
@@ -56,10 +69,11 @@ const ARCHITECTURES: Readonly<Record<string, ModelFamily>> = {
   LlamaForCausalLM: 'llama',
   MistralForCausalLM: 'mistral',
   Qwen2ForCausalLM: 'qwen2',
+  Qwen3ForCausalLM: 'qwen3',
 };
 
 /** transformers' defaults for fields a config.json may leave out. */
-const DEFAULT_MAX_POSITIONS: Record<ModelFamily, number> = { llama: 2048, mistral: 4096 * 32, qwen2: 32768 };
+const DEFAULT_MAX_POSITIONS: Record<ModelFamily, number> = { llama: 2048, mistral: 4096 * 32, qwen2: 32768, qwen3: 32768 };
 
 /** Positions are i32 on the device and KV caches grow toward them: a context longer than this is refused (2^30, as kv_cache's MAX_POSITION). */
 export const MAX_POSITIONS = 2 ** 30;
@@ -141,7 +155,7 @@ function parseRopeScaling(f: Fields): RopeScaling | null {
 }
 
 /**
- * Parses an HF config.json (object or JSON text) of the llama, mistral or qwen2 family.
+ * Parses an HF config.json (object or JSON text) of the llama, mistral, qwen2 or qwen3 family.
  * Required: hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
  * vocab_size; the rest default as transformers does. Throws FormatError naming `file` and
  * the field for anything missing, malformed, unsupported or inconsistent.
@@ -189,6 +203,8 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
   let headDim: number;
   if (f.has('head_dim')) {
     headDim = f.int('head_dim');
+  } else if (family === 'qwen3') {
+    headDim = 128; // Qwen3Config's default: q/k/v width is heads × 128, whatever hidden_size is
   } else {
     if (hiddenSize % numHeads !== 0) {
       f.fail('num_attention_heads', `(${numHeads}) must divide hidden_size (${hiddenSize}) when head_dim is not given`);
@@ -218,14 +234,15 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
   if (isPlainObject(rs)) ropeScaling = parseRopeScaling(new Fields(file, rs, 'rope_scaling.'));
   else if (rs !== undefined && rs !== null) f.fail('rope_scaling', `must be an object or null, got ${describe(rs)}`);
 
-  // Biases: qwen2 always has q/k/v biases and none elsewhere; llama's are switchable; mistral has none.
-  const llamaBias = family === 'llama' && f.bool('attention_bias', false);
+  // Biases: qwen2 always has q/k/v biases and none elsewhere; llama's and qwen3's attention_bias
+  // switches q/k/v and o together (qwen3 ships without); mistral has none.
+  const llamaBias = (family === 'llama' || family === 'qwen3') && f.bool('attention_bias', false);
   const attentionBias = family === 'qwen2' || llamaBias;
   const mlpBias = family === 'llama' && f.bool('mlp_bias', false);
 
   let slidingWindow: number | null = null;
   if (family === 'mistral' && f.has('sliding_window')) slidingWindow = f.int('sliding_window');
-  if (family === 'qwen2' && f.bool('use_sliding_window', false) && f.has('sliding_window')) slidingWindow = f.int('sliding_window');
+  if ((family === 'qwen2' || family === 'qwen3') && f.bool('use_sliding_window', false) && f.has('sliding_window')) slidingWindow = f.int('sliding_window');
 
   const bosTokenId = f.has('bos_token_id') ? f.int('bos_token_id', { min: 0 }) : null;
   let eosTokenIds: number[] = [];
@@ -347,7 +364,13 @@ export function expectedWeights(cfg: ModelConfig): WeightSpec[] {
       const shape = linearShape(cfg, m);
       out.push({ name: linearWeightName(i, m), shape });
       if (hasBias(m)) out.push({ name: linearWeightName(i, m, 'bias'), shape: [shape[0]] });
-      if (m === 'o_proj') out.push({ name: `model.layers.${i}.post_attention_layernorm.weight`, shape: [cfg.hiddenSize] });
+      if (m === 'o_proj') {
+        if (hasQkNorm(cfg)) {
+          out.push({ name: qkNormWeightName(i, 'q_norm'), shape: [cfg.headDim] });
+          out.push({ name: qkNormWeightName(i, 'k_norm'), shape: [cfg.headDim] });
+        }
+        out.push({ name: `model.layers.${i}.post_attention_layernorm.weight`, shape: [cfg.hiddenSize] });
+      }
     }
   }
   out.push({ name: 'model.norm.weight', shape: [cfg.hiddenSize] });

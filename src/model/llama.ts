@@ -1,4 +1,4 @@
-// LLaMA-family decoder (llama, mistral, qwen2) on any backend: the forward over a batch of
+// LLaMA-family decoder (llama, mistral, qwen2, qwen3) on any backend: the forward over a batch of
 // packed sequences, with multi-LoRA / MoTE adapters on every linear layer, step-skipping
 // segment masks and a KV cache for decoding (DESIGN §1, §6). Loading is src/model/load.ts;
 // the training pass (src/model/llama_backward.ts) runs this same decoder layer, keeping
@@ -7,7 +7,9 @@
 // Per layer, as transformers' LlamaDecoderLayer:
 //   h  = x + o_proj(attn(rope(q_proj(rms₁(x))), rope(k_proj(rms₁(x))), v_proj(rms₁(x))))
 //   x' = h + down_proj(silu(gate_proj(rms₂(h))) ⊙ up_proj(rms₂(h)))
-// then logits = lm_head(rms_f(x)). Every linear is a MultiLoraLinear: y = x·Wᵀ (+ bias)
+// then logits = lm_head(rms_f(x)). Qwen3 normalises each query and key head before RoPE:
+//   q = rope(rms_q(q_proj(·)) per head), k = rope(rms_k(k_proj(·)) per head)
+// (transformers' Qwen3Attention), with the rmsnorm op on the [T·heads, headDim] view. Every linear is a MultiLoraLinear: y = x·Wᵀ (+ bias)
 // (+ Σ_k w·scale·B·A·x for the LoRA slots of the token). Activations are f32; weights stay in
 // their stored dtype (f32/f16/bf16) unless loading converts them, and every product
 // accumulates in f32.
@@ -36,6 +38,9 @@ export interface LlamaLayerWeights {
   linear: Record<LinearModule, Tensor>;
   /** [1, out] per linear that has a bias. */
   bias: Partial<Record<LinearModule, Tensor>>;
+  /** Qwen3: [headDim] RMSNorm weights of every query / key head (self_attn.q_norm / k_norm). */
+  qNorm?: Tensor;
+  kNorm?: Tensor;
 }
 
 export interface LlamaWeights {
@@ -140,6 +145,8 @@ export interface LayerSaved {
   h: Tensor; rstd2: Tensor; n2: Tensor; g: Tensor; u: Tensor; s: Tensor;
   /** LoRA shrink outputs per module (when the module has a stack). */
   lv: Partial<Record<LinearModule, Tensor>>;
+  /** Qwen3: the projections before the per-head norm ([T, heads·D]) and the norms' rstd ([T·heads]). */
+  qk?: { qIn: Tensor; qRstd: Tensor; kIn: Tensor; kRstd: Tensor };
 }
 
 /** One pass over the decoder layers: what every layer reads. @internal shared with the training pass */
@@ -219,8 +226,25 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   const r1 = rmsnorm(x, lw.inputNorm, eps);
   const n1 = scope.keep(r1.y), rstd1 = scope.keep(r1.rstd);
   drop(rstd1);
-  const q = linear(n1, 'q_proj'), k = linear(n1, 'k_proj'), v = linear(n1, 'v_proj');
+  let q = linear(n1, 'q_proj'), k = linear(n1, 'k_proj');
+  const v = linear(n1, 'v_proj');
   drop(n1);
+  let qk: LayerSaved['qk'];
+  if (lw.qNorm && lw.kNorm) {
+    // RMSNorm over each head's D values: the rmsnorm op on [T·heads, D] views, into a [T, heads·D] tensor.
+    const headNorm = (xin: Tensor, heads: number, w: Tensor): { y: Tensor; rstd: Tensor } => {
+      const y = scope.keep(model.backend.empty([T, heads * D], 'f32'));
+      const xv = scope.keep(tensorView(xin, [T * heads, D])), yv = scope.keep(tensorView(y, [T * heads, D]));
+      const rstd = scope.keep(rmsnorm(xv, w, eps, { out: yv }).rstd);
+      scope.free(xv, yv);
+      return { y, rstd };
+    };
+    const qn = headNorm(q, nH, lw.qNorm), kn = headNorm(k, nKv, lw.kNorm);
+    if (keep) qk = { qIn: q, qRstd: qn.rstd, kIn: k, kRstd: kn.rstd };
+    else scope.free(q, k, qn.rstd, kn.rstd);
+    q = qn.y;
+    k = kn.y;
+  }
   const q3 = scope.keep(tensorView(q, [T, nH, D]));
   const k3 = scope.keep(tensorView(k, [T, nKv, D]));
   rope(q3, p.posT, model.weights.invFreq, { out: q3 });
@@ -257,8 +281,14 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   drop(s);
   const xOut = keep ? scope.keep(add(h, d)) : add(h, d, { out: h });
   scope.free(d);
-  p.saved?.push({ xIn: x, rstd1, n1, q, k, v, att, lse, h, rstd2, n2, g, u, s, lv });
+  p.saved?.push({ xIn: x, rstd1, n1, q, k, v, att, lse, h, rstd2, n2, g, u, s, lv, ...(qk ? { qk } : {}) });
   return xOut;
+}
+
+function checkRowSeed(op: string, seed: unknown): number {
+  const s = seed ?? 0;
+  if (typeof s !== 'number' || !Number.isSafeInteger(s) || s < 0) throw new ArgumentError(`${op}: seed: expected a non-negative integer, got ${describe(s)}`);
+  return s;
 }
 
 export class LlamaModel {
@@ -470,35 +500,86 @@ export class LlamaModel {
   async resizeTokenEmbeddings(vocabSize: number, opts: { seed?: number } = {}): Promise<void> {
     const op = 'LlamaModel.resizeTokenEmbeddings';
     this.#live('resizeTokenEmbeddings');
-    const V = this.config.vocabSize, H = this.config.hiddenSize;
+    const V = this.config.vocabSize;
     if (!Number.isSafeInteger(vocabSize) || vocabSize < V) throw new ArgumentError(`${op}: vocabSize: expected an integer ≥ the current ${V} (shrinking would drop rows), got ${describe(vocabSize)}`);
-    const seed = opts.seed ?? 0;
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new ArgumentError(`${op}: seed: expected a non-negative integer, got ${describe(seed)}`);
+    const seed = checkRowSeed(op, opts.seed);
     if (vocabSize === V) return;
-    const grow = async (t: Tensor, salt: number): Promise<Tensor> => {
+    await this.#drawRows(Array.from({ length: vocabSize - V }, (_, i) => V + i), V, seed);
+  }
+
+  /**
+   * Gives the token rows `rows` of the embedding (and of an untied lm_head) fresh values drawn
+   * as resizeTokenEmbeddings draws new rows: around the mean of the rows [0, meanRows) that are
+   * not being drawn, with their per-dimension spread, from a stream seeded by `seed`, so the
+   * same call gives the same rows on every load. For tokens that take rows a checkpoint
+   * already has but never trained (real checkpoints pad the embedding past the tokenizer:
+   * Qwen2.5 151,936 rows for 151,665 tokens). Rows at or past the vocabulary grow it; they
+   * must continue it without gaps. meanRows defaults to the vocabulary size; give the
+   * tokenizer's size to leave the padding out of the mean.
+   */
+  async initTokenRows(rows: ArrayLike<number>, opts: { seed?: number; meanRows?: number } = {}): Promise<void> {
+    const op = 'LlamaModel.initTokenRows';
+    this.#live('initTokenRows');
+    const V = this.config.vocabSize;
+    if (!rows || typeof rows.length !== 'number') throw new ArgumentError(`${op}: rows: expected a list of token ids, got ${describe(rows)}`);
+    if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { seed?, meanRows? }, got ${describe(opts)}`);
+    const seed = checkRowSeed(op, opts.seed);
+    const set = new Set<number>();
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i]!;
+      if (!Number.isSafeInteger(r) || r < 0) throw new ArgumentError(`${op}: rows[${i}]: expected a non-negative integer, got ${describe(r)}`);
+      set.add(r);
+    }
+    const sorted = [...set].sort((a, b) => a - b);
+    // Growth only by listed rows: the allocation is bounded by the list, never by one large id.
+    const past = sorted.filter((r) => r >= V);
+    past.forEach((r, i) => {
+      if (r !== V + i) throw new ArgumentError(`${op}: rows: ${r} would leave rows ${V + i}..${r - 1} past the vocabulary (${V}) unset; rows past it must continue it without gaps`);
+    });
+    const meanRows = opts.meanRows ?? V;
+    if (!Number.isSafeInteger(meanRows) || meanRows < 1 || meanRows > V) throw new ArgumentError(`${op}: meanRows: expected an integer in [1, ${V}], got ${describe(meanRows)}`);
+    if (sorted.filter((r) => r < meanRows).length >= meanRows) throw new ArgumentError(`${op}: rows: cover every row below meanRows (${meanRows}); no row is left to draw the mean from`);
+    if (sorted.length === 0) return;
+    await this.#drawRows(sorted, meanRows, seed);
+  }
+
+  /** Draws `rows` (ascending; those past the vocabulary continue it) around the mean of the other rows below meanRows. */
+  async #drawRows(rows: readonly number[], meanRows: number, seed: number): Promise<void> {
+    const V = this.config.vocabSize, H = this.config.hiddenSize;
+    const newV = Math.max(V, rows[rows.length - 1]! + 1);
+    const drawn = new Set(rows);
+    const draw = async (t: Tensor, salt: number): Promise<Tensor> => {
       const old = await t.readFloat();
-      const data = new Float32Array(vocabSize * H);
+      const data = new Float32Array(newV * H);
       data.set(old);
       const mean = new Float64Array(H), sq = new Float64Array(H);
-      for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) mean[h] += old[v * H + h]!;
-      for (let h = 0; h < H; h++) mean[h] /= V;
-      for (let v = 0; v < V; v++) for (let h = 0; h < H; h++) sq[h] += (old[v * H + h]! - mean[h]!) ** 2;
-      // Box–Muller over a seeded stream: the same call gives the same rows.
+      let n = 0;
+      for (let v = 0; v < meanRows; v++) {
+        if (drawn.has(v)) continue;
+        n++;
+        for (let h = 0; h < H; h++) mean[h] += old[v * H + h]!;
+      }
+      for (let h = 0; h < H; h++) mean[h] /= n;
+      for (let v = 0; v < meanRows; v++) {
+        if (drawn.has(v)) continue;
+        for (let h = 0; h < H; h++) sq[h] += (old[v * H + h]! - mean[h]!) ** 2;
+      }
+      // Box–Muller over a seeded stream, rows in ascending order: the same call gives the same rows.
       const uni = mulberry32(mixSeed(seed, salt));
-      for (let v = V; v < vocabSize; v++) {
+      for (const v of rows) {
         for (let h = 0; h < H; h++) {
           const z = Math.sqrt(-2 * Math.log(1 - uni())) * Math.cos(2 * Math.PI * uni());
-          data[v * H + h] = mean[h]! + z * Math.sqrt(sq[h]! / V);
+          data[v * H + h] = mean[h]! + z * Math.sqrt(sq[h]! / n);
         }
       }
-      return this.backend.tensor(data, [vocabSize, H], t.dtype);
+      return this.backend.tensor(data, [newV, H], t.dtype);
     };
     const w = this.weights;
     const tied = w.lmHead === w.embedTokens;
-    const embed = await grow(w.embedTokens, 0x45);
+    const embed = await draw(w.embedTokens, 0x45);
     let head: Tensor;
     try {
-      head = tied ? embed : await grow(w.lmHead, 0x4c);
+      head = tied ? embed : await draw(w.lmHead, 0x4c);
     } catch (e) {
       embed.dispose();
       throw e;
@@ -507,7 +588,7 @@ export class LlamaModel {
     if (!tied) w.lmHead.dispose();
     w.embedTokens = embed;
     w.lmHead = head;
-    (this as { config: ModelConfig }).config = { ...this.config, vocabSize };
+    if (newV !== V) (this as { config: ModelConfig }).config = { ...this.config, vocabSize: newV };
   }
 
   /** Frees every weight on the device. Safe to call twice. */
@@ -518,6 +599,8 @@ export class LlamaModel {
     const all = new Set<Tensor>([w.embedTokens, w.norm, w.lmHead, w.invFreq]);
     for (const l of w.layers) {
       all.add(l.inputNorm); all.add(l.postAttentionNorm);
+      if (l.qNorm) all.add(l.qNorm);
+      if (l.kNorm) all.add(l.kNorm);
       for (const t of Object.values(l.linear)) all.add(t);
       for (const t of Object.values(l.bias)) if (t) all.add(t);
     }

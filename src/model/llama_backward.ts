@@ -6,7 +6,7 @@
 // The forward is LlamaModel.forward's decoder (runDecoder in src/model/llama.ts) with
 // `saved`: the residual adds are out of place (rmsnormGrad needs each norm's input) and
 // nothing is freed until the backward has used it. The backward walks the layers in reverse:
-//   down ← swigluGrad ← gate, up ← rms₂ ← (residual) ← o ← attentionGrad ← ropeGrad ← q, k, v ← rms₁ ← (residual)
+//   down ← swigluGrad ← gate, up ← rms₂ ← (residual) ← o ← attentionGrad ← ropeGrad ← (qwen3: rms_q, rms_k per head) ← q, k, v ← rms₁ ← (residual)
 // Each linear's backward is its MultiLoraLinear's backwardTo: dx = dy·W (+ Σ_k Aᵀ·dv),
 // dW = dyᵀ·x when the base is trained, db = dyᵀ·1 for a bias, and the expert gradients from
 // loraWeightGrad using the shrink output v saved by the forward.
@@ -17,7 +17,7 @@
 
 import type { Tensor } from '../tensor.js';
 import { ArgumentError, ShapeError, describe } from '../errors.js';
-import { LINEAR_MODULES, type LinearModule } from './config.js';
+import { LINEAR_MODULES, qkNormWeightName, type LinearModule } from './config.js';
 import { Scope, beginPass, passLayout, runDecoder, type LayerSaved, type LlamaBatch, type LlamaModel } from './llama.js';
 import { matmul, matmulGradInput, matmulGradWeight } from '../ops/matmul.js';
 import type { LoraStack } from '../ops/lora.js';
@@ -81,6 +81,10 @@ export function baseWeights(model: LlamaModel): Map<string, Tensor> {
       out.set(`model.layers.${l}.${group}.${m}.weight`, lw.linear[m]);
       const b = lw.bias[m];
       if (b) out.set(`model.layers.${l}.${group}.${m}.bias`, b);
+      if (m === 'o_proj' && lw.qNorm && lw.kNorm) {
+        out.set(qkNormWeightName(l, 'q_norm'), lw.qNorm);
+        out.set(qkNormWeightName(l, 'k_norm'), lw.kNorm);
+      }
     }
   });
   out.set('model.norm.weight', w.norm);
@@ -284,10 +288,23 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
       pool.free(datt, sv.att, sv.lse, sv.q, sv.k, sv.v, sv.lv.o_proj);
       ropeGrad(ag.dq, posT, W.invFreq, { out: ag.dq });
       ropeGrad(ag.dk, posT, W.invFreq, { out: ag.dk });
-      const dn1 = linearBack(l, 'q_proj', sv.n1, ag.dq.reshape([T, nH * D]), null, sv.lv);
-      linearBack(l, 'k_proj', sv.n1, ag.dk.reshape([T, nKv * D]), dn1, sv.lv);
+      let dq = ag.dq.reshape([T, nH * D]), dk = ag.dk.reshape([T, nKv * D]);
+      let dqk: Tensor[] = [];
+      if (sv.qk) {
+        // Qwen3: back through the per-head norms, on the [T·heads, D] views the forward used.
+        const { qIn, qRstd, kIn, kRstd } = sv.qk;
+        dqk = [
+          pool.keep(normGrad(ag.dq.reshape([T * nH, D]), qIn.reshape([T * nH, D]), lw.qNorm!, qRstd)),
+          pool.keep(normGrad(ag.dk.reshape([T * nKv, D]), kIn.reshape([T * nKv, D]), lw.kNorm!, kRstd)),
+        ];
+        dq = dqk[0]!.reshape([T, nH * D]);
+        dk = dqk[1]!.reshape([T, nKv * D]);
+      }
+      const dn1 = linearBack(l, 'q_proj', sv.n1, dq, null, sv.lv);
+      linearBack(l, 'k_proj', sv.n1, dk, dn1, sv.lv);
       linearBack(l, 'v_proj', sv.n1, ag.dv.reshape([T, nKv * D]), dn1, sv.lv);
       pool.free(ag.dq, ag.dk, ag.dv, sv.n1, sv.lv.q_proj, sv.lv.k_proj, sv.lv.v_proj);
+      if (sv.qk) pool.free(...dqk, sv.qk.qIn, sv.qk.qRstd, sv.qk.kIn, sv.qk.kRstd);
       const dxNorm = pool.keep(normGrad(dn1, sv.xIn, lw.inputNorm, sv.rstd1));
       pool.free(dn1, sv.rstd1);
       add(dh, dxNorm, { out: dh });

@@ -1,4 +1,4 @@
-// Loading a LLaMA-family model (llama, mistral, qwen2): an HF model directory or host
+// Loading a LLaMA-family model (llama, mistral, qwen2, qwen3): an HF model directory or host
 // tensors in HF naming, every tensor's name, shape and dtype checked against the config
 // before anything is uploaded, and nothing left allocated on the backend when loading fails.
 
@@ -8,7 +8,7 @@ import type { Backend } from '../backend/backend.js';
 import { WEIGHT_DTYPES, hostToF32 } from '../dtype.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import {
-  LINEAR_MODULES, checkConfigAgainstWeights, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig,
+  LINEAR_MODULES, checkConfigAgainstWeights, compareWeights, expectedWeights, hasQkNorm, linearShape, linearWeightName, parseHFConfig, qkNormWeightName,
   type LinearModule, type ModelConfig, type WeightReport,
 } from './config.js';
 import { readTextFile } from '../io/files.js';
@@ -115,7 +115,10 @@ function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir:
         const bn = linearWeightName(l, m, 'bias');
         if (expected.some((w) => w.name === bn)) bias[m] = up(bn, [1, linearShape(cfg, m)[0]]);
       }
-      layers.push({ inputNorm, postAttentionNorm, linear, bias });
+      layers.push({
+        inputNorm, postAttentionNorm, linear, bias,
+        ...(hasQkNorm(cfg) ? { qNorm: up(qkNormWeightName(l, 'q_norm')), kNorm: up(qkNormWeightName(l, 'k_norm')) } : {}),
+      });
     }
     const norm = up(NAMES.norm);
     const lmHead = cfg.tieWordEmbeddings ? embedTokens : up(NAMES.lmHead);
@@ -130,7 +133,7 @@ function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir:
 }
 
 /**
- * Loads an HF model directory: config.json (llama, mistral or qwen2) and model.safetensors or
+ * Loads an HF model directory: config.json (llama, mistral, qwen2 or qwen3) and model.safetensors or
  * the shards of model.safetensors.index.json. Every tensor's name, shape and dtype is checked
  * against the config before anything is uploaded; problems are FormatErrors naming the file
  * and the tensor. Weights go to `backend` in their stored dtype, or in `dtype` when given.

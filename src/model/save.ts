@@ -1,5 +1,5 @@
 // Saving a model as an HF model directory (DESIGN §6): config.json in transformers' own
-// layout (llama, mistral, qwen2), the weights as model.safetensors (or HF-style shards with
+// layout (llama, mistral, qwen2, qwen3), the weights as model.safetensors (or HF-style shards with
 // model.safetensors.index.json), generation_config.json and, when given, the tokenizer files.
 //
 // The weights are read back from the device in their stored dtype (f32, f16 or bf16, bit for
@@ -28,6 +28,7 @@ const ARCHITECTURE: Readonly<Record<ModelFamily, string>> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
 };
 
 const TORCH_DTYPE: Readonly<Record<string, string>> = { f32: 'float32', f16: 'float16', bf16: 'bfloat16' };
@@ -55,7 +56,7 @@ function bool(field: string, v: unknown): boolean {
 }
 
 /**
- * The transformers-style config.json of `cfg` (llama, mistral or qwen2 family): what
+ * The transformers-style config.json of `cfg` (llama, mistral, qwen2 or qwen3 family): what
  * `save_pretrained` writes for such a model, so that transformers loads it and
  * parseHFConfig(hfConfigJson(cfg)) gives back an equal ModelConfig. Throws ArgumentError
  * naming the field for a config the family cannot express (e.g. a mistral with biases, a
@@ -116,6 +117,14 @@ export function hfConfigJson(cfg: ModelConfig): Record<string, unknown> {
     case 'qwen2':
       if (!attentionBias) fail('attentionBias', 'qwen2 always has q/k/v biases');
       if (outputBias || mlpBias) fail(outputBias ? 'outputBias' : 'mlpBias', 'qwen2 has biases on q/k/v only');
+      out.use_sliding_window = sw !== null;
+      out.sliding_window = sw;
+      out.max_window_layers = cfg.numLayers;
+      break;
+    case 'qwen3':
+      if (attentionBias !== outputBias) fail('outputBias', `a qwen3 config has one attention_bias for q/k/v and o_proj; got attentionBias ${attentionBias}, outputBias ${outputBias}`);
+      if (mlpBias) fail('mlpBias', 'qwen3 has no MLP biases');
+      out.attention_bias = attentionBias;
       out.use_sliding_window = sw !== null;
       out.sliding_window = sw;
       out.max_window_layers = cfg.numLayers;

@@ -167,18 +167,27 @@ export class MoteBundle extends AdapterStacks {
 
 /**
  * Makes the step tokens single tokens of `tokenizer` (added as special tokens when missing)
- * and grows the model's embeddings when their ids pass its vocabulary (new rows drawn around the
- * mean embedding, distinct; see LlamaModel.resizeTokenEmbeddings). Returns the ids, open and close tags
- * of every step in config order. Do this before creating or training a bundle.
+ * and gives every row a new tag takes a seeded row drawn around the mean embedding of the
+ * tokenizer's tokens (distinct; see LlamaModel.initTokenRows), in the embedding and an
+ * untied lm_head: rows past the model's vocabulary grow it, and rows inside a checkpoint's
+ * padding (vocab_size > the tokenizer's ids, as Qwen2.5 and Phi-3 ship) are drawn too, not
+ * left untrained and possibly identical. The same on every load. Tags the tokenizer already
+ * had keep their rows (they may be trained). Returns the ids, open and close tags of every
+ * step in config order. Do this before creating or training a bundle.
  */
 export async function addStepTokens(model: LlamaModel, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'> = { steps: [...DEFAULT_STEPS] }): Promise<Record<string, number>> {
   const op = 'addStepTokens';
   checkModel(op, model);
   if (!tokenizer || typeof tokenizer.addSpecialTokens !== 'function') throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
   const tokens = specialTokens(config);
+  const before = tokenizer.vocabSize;
   const ids = tokenizer.addSpecialTokens(tokens);
+  const V = model.config.vocabSize;
+  // New tags get ids from the tokenizer's size up; rows past the model's vocabulary are drawn whatever took them.
+  const rows = new Set(ids.filter((id) => id >= before));
   const need = Math.max(...ids) + 1;
-  if (need > model.config.vocabSize) await model.resizeTokenEmbeddings(need);
+  for (let r = V; r < need; r++) rows.add(r);
+  if (rows.size > 0) await model.initTokenRows([...rows], { meanRows: Math.min(V, before) });
   return Object.fromEntries(tokens.map((t, i) => [t, ids[i]!]));
 }
 

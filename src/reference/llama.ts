@@ -1,4 +1,4 @@
-// Float64 reference forward of a LLaMA-family decoder (llama, mistral, qwen2), composed from
+// Float64 reference forward of a LLaMA-family decoder (llama, mistral, qwen2, qwen3), composed from
 // the reference ops of this folder and written to be read, not to be fast. It is the oracle
 // the device forward (and MoTE routing on top of it) is checked against.
 //
@@ -6,6 +6,7 @@
 //   for each layer i:
 //     a    = rmsnorm(x, input_layernorm)
 //     q    = rope(lin(q_proj, a)), k = rope(lin(k_proj, a)), v = lin(v_proj, a)
+//            (qwen3: rope(rmsnorm(·, q_norm / k_norm)) over each head's head_dim values)
 //     x    = x + lin(o_proj, attention(q, k, v; seq, pos, segments))
 //     m    = rmsnorm(x, post_attention_layernorm)
 //     x    = x + lin(down_proj, silu(lin(gate_proj, m)) ⊙ lin(up_proj, m))
@@ -19,7 +20,7 @@
 // attention is causal by position within a sequence, never across sequences, and an optional
 // step-skipping segment mask blocks chosen (later step → earlier step) pairs.
 
-import { expectedWeights, linearShape, linearWeightName, type LinearModule, type ModelConfig } from '../model/config.js';
+import { expectedWeights, hasQkNorm, linearShape, linearWeightName, qkNormWeightName, type LinearModule, type ModelConfig } from '../model/config.js';
 import { embeddingRef } from './embedding.js';
 import { rmsnormRef } from './rmsnorm.js';
 import { ropeInvFreqRef, ropeRef, type RopeScaling as HFRopeScaling } from './rope.js';
@@ -62,7 +63,7 @@ export interface LlamaRefOptions {
   /**
    * Receives named intermediates as they are computed, for debugging a device forward:
    * 'embed'; per layer `layers.{i}.` + attn_norm, q, k, v (after bias and LoRA, before rope),
-   * q_rope, k_rope, attn, o, resid_mid, mlp_norm, gate, up, act, down, out; then 'norm', 'logits'.
+   * (qwen3: q_normed, k_normed, after the per-head norms) q_rope, k_rope, attn, o, resid_mid, mlp_norm, gate, up, act, down, out; then 'norm', 'logits'.
    */
   trace?: (name: string, data: Float64Array) => void;
 }
@@ -187,8 +188,16 @@ export function llamaForwardRef(cfg: ModelConfig, weights: WeightGetter, ids: Ar
     trace(p + 'q', q);
     trace(p + 'k', k);
     trace(p + 'v', v);
-    const qr = ropeRef(q, pos, invFreq, T, nH, D);
-    const kr = ropeRef(k, pos, invFreq, T, nKv, D);
+    let qIn = q, kIn = k;
+    if (hasQkNorm(cfg)) {
+      // Every head's D values normed on their own: [T, heads·D] is [T·heads, D] row-major.
+      qIn = rmsnormRef(q, get(qkNormWeightName(i, 'q_norm')), T * nH, D, eps);
+      kIn = rmsnormRef(k, get(qkNormWeightName(i, 'k_norm')), T * nKv, D, eps);
+      trace(p + 'q_normed', qIn);
+      trace(p + 'k_normed', kIn);
+    }
+    const qr = ropeRef(qIn, pos, invFreq, T, nH, D);
+    const kr = ropeRef(kIn, pos, invFreq, T, nKv, D);
     trace(p + 'q_rope', qr);
     trace(p + 'k_rope', kr);
     const attn = attentionRef(qr, kr, v, attnDims, layout).out;

@@ -12,14 +12,15 @@
 //   dnorm   = dlogits·lm_head                         d x_L     = rmsnorm′(dnorm)
 //   for each layer i, last first (dx: gradient at the layer's output):
 //     MLP:  down′ → swiglu′ → gate′ + up′ → rmsnorm′ (post_attention_layernorm), + dx (residual)
-//     attn: o′ → attention′ → rope⁻¹ on dq, dk → q′ + k′ + v′ → rmsnorm′ (input_layernorm), + dx
+//     attn: o′ → attention′ → rope⁻¹ on dq, dk → (qwen3: rmsnorm′ per head, q_norm / k_norm)
+//           → q′ + k′ + v′ → rmsnorm′ (input_layernorm), + dx
 //   dE = scatter of dx over ids (+ d lm_head when the embedding is tied)
 //
 // A linear's backward, lin(x) = x·Wᵀ + b + Σ_k w·s·B·A·x:
 //   dW = dyᵀ·x,  db = Σ_t dy[t],  dx = dy·W + Σ_k Aᵀ·dv  with dv = loraShrinkGrad(dy),
 //   dA, dB from loraWeightGrad (the same split the device kernels use).
 
-import { expectedWeights, linearShape, linearWeightName, type LinearModule, type ModelConfig } from '../model/config.js';
+import { expectedWeights, hasQkNorm, linearShape, linearWeightName, qkNormWeightName, type LinearModule, type ModelConfig } from '../model/config.js';
 import { defaultPositions, hfRopeScaling, llamaForwardRef, type LlamaRefOptions, type WeightGetter } from './llama.js';
 import { embeddingBackwardRef } from './embedding.js';
 import { rmsnormBackwardRef } from './rmsnorm.js';
@@ -163,8 +164,16 @@ export function llamaGradRef(cfg: ModelConfig, weights: WeightGetter, ids: Array
     const v = act(p + 'v');
     const g = attentionBackwardRef(dAttn, act(p + 'q_rope'), act(p + 'k_rope'), v, attnDims, layout);
     // Rope is a rotation: its backward rotates by the opposite angle.
-    const dq = ropeBackwardRef(g.dq, pos, invFreq, T, nH, D);
-    const dk = ropeBackwardRef(g.dk, pos, invFreq, T, nKv, D);
+    let dq = ropeBackwardRef(g.dq, pos, invFreq, T, nH, D);
+    let dk = ropeBackwardRef(g.dk, pos, invFreq, T, nKv, D);
+    if (hasQkNorm(cfg)) {
+      const qn = rmsnormBackwardRef(dq, act(p + 'q'), weights(qkNormWeightName(i, 'q_norm')), T * nH, D, eps);
+      const kn = rmsnormBackwardRef(dk, act(p + 'k'), weights(qkNormWeightName(i, 'k_norm')), T * nKv, D, eps);
+      grads.set(qkNormWeightName(i, 'q_norm'), qn.dw);
+      grads.set(qkNormWeightName(i, 'k_norm'), kn.dw);
+      dq = qn.dx;
+      dk = kn.dx;
+    }
     const attnNorm = act(p + 'attn_norm');
     const dAttnNorm = linearBackward(i, 'q_proj', attnNorm, dq);
     addInto(dAttnNorm, linearBackward(i, 'k_proj', attnNorm, dk));
