@@ -3,8 +3,6 @@
 // before any data is read; FormatErrors name the file and tensor), stacking several into one
 // LoRA stack per linear, and writing one adapter of a stack back as its own folder.
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { hostToF32 } from '../dtype.js';
 import { ArgumentError, FormatError } from '../errors.js';
 import { checkRegularFile, readJsonFile, writeJsonFile } from '../io/files.js';
@@ -15,6 +13,9 @@ import {
 } from '../io/peft.js';
 import { SafetensorsReader, writeSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import type { AdapterStacks, HostStack, StackReadCache } from './stacks.js';
+import { nodeBuiltin } from '../io/node_builtins.js';
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 function f32Of(t: HostTensor): Float32Array {
   return hostToF32(t.dtype, t.data);

@@ -12,14 +12,15 @@
 // The JSON handed to the library is a copy: its constructor writes the added tokens into
 // the model's vocabulary, and we keep the file's JSON as read for saving.
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { checkRegularFile, jsonDepth, readJsonFile, readTextFile } from './files.js';
 import { checkTokenizerPattern } from './regex.js';
 import { BoundedTemplate, MAX_TEMPLATE_CHARS, defaultTemplateLimits, type TemplateLimits } from './template.js';
 import { atomicWrite } from './safetensors.js';
+import { nodeBuiltin } from './node_builtins.js';
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 export const TOKENIZER_FILE = 'tokenizer.json';
 export const TOKENIZER_CONFIG_FILE = 'tokenizer_config.json';

@@ -12,7 +12,6 @@
 // replaces, and a stale shard index or weights file that would contradict the new weights,
 // are renamed to <name>.before-mote (src/io/atomic_dir.ts).
 
-import * as path from 'node:path';
 import { ArgumentError, describe } from '../errors.js';
 import type { DType } from '../dtype.js';
 import type { Tensor } from '../tensor.js';
@@ -23,6 +22,8 @@ import { INDEX_FILE, writeShardedSafetensors, type WritableTensor } from '../io/
 import { overwriteOption, replaceDirAtomically } from '../io/atomic_dir.js';
 import { writeJsonFile } from '../io/files.js';
 import { MoteTokenizer } from '../io/tokenizer.js';
+import { nodeBuiltin } from '../io/node_builtins.js';
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 const ARCHITECTURE: Readonly<Record<ModelFamily, string>> = {
   llama: 'LlamaForCausalLM',

@@ -1,7 +1,6 @@
 // Saving and loading MoTE bundles: a folder of one PEFT adapter per expert plus mote.json
 // (layout and index: src/mote/format.ts). Both are async, as loadModel and saveModel are.
 
-import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { LINEAR_MODULES } from '../model/config.js';
 import type { LlamaModel } from '../model/llama.js';
@@ -11,6 +10,8 @@ import { readAdapter, stackAdapters } from '../adapters/peft_io.js';
 import { SHARED_EXPERT } from './steps.js';
 import { MOTE_FILE, readMoteJson } from './format.js';
 import { MoteBundle } from './bundle.js';
+import { nodeBuiltin } from '../io/node_builtins.js';
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 /**
  * Saves a bundle to `dir`: mote.json plus one PEFT adapter folder per expert. Written into

@@ -10,7 +10,6 @@
 // Every expert folder is an ordinary PEFT LoRA adapter (PEFT key names, scale alpha / r), so
 // any PEFT-compatible engine can serve one alone.
 
-import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { readJsonFile, writeJsonFile } from '../io/files.js';
 import { tryJson, type ReplaceDirOptions } from '../io/atomic_dir.js';
@@ -21,6 +20,8 @@ import type { AdapterStacks, StackReadCache } from '../adapters/stacks.js';
 import {
   SHARED_EXPERT, STEP_END_TOKENS, STEP_TOKENS, moteConfig, type MoteConfig, type PromptRouting, type StepName,
 } from './steps.js';
+import { nodeBuiltin } from '../io/node_builtins.js';
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 export const MOTE_FILE = 'mote.json';
 export const MOTE_FORMAT_VERSION = 1;

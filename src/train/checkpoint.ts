@@ -19,8 +19,6 @@
 // Checkpoints written before the marker existed are recognised by trainer_state.json's
 // format 'mote-checkpoint' (and their adapters/ by mote.json's format 'mote').
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import {
   MARKER_FILE, checkWrittenDir, cleanStaleTemporaries, overwriteOption, readMarker, removeFiles, removeWrittenDir, replaceDirAtomically, staleTemporaries,
@@ -32,6 +30,9 @@ import type { Tensor } from '../tensor.js';
 import type { AdapterStacks } from '../adapters/stacks.js';
 // Only to recognise the adapters/ folder of a checkpoint written before mote's marker existed.
 import { legacyBundleFiles } from '../mote/format.js';
+import { nodeBuiltin } from '../io/node_builtins.js';
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 /** The counters a run resumes from. */
 export interface TrainerState {
