@@ -62,7 +62,7 @@ export interface ReplaceDirOptions {
 // by test/checkpoint_kill.test.ts to kill a writer at exact points; unset, it costs a lookup.
 const pauseCounts = new Map<string, number>();
 export function testPoint(name: string): void {
-  const at = process.env.MOTE_TEST_PAUSE_AT;
+  const at = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.MOTE_TEST_PAUSE_AT;
   if (!at) return;
   const [point, nth] = at.split(':');
   if (point !== name) return;
@@ -205,8 +205,15 @@ function removeEmptyDirs(dir: string): boolean {
 export function removeWrittenDir(dir: string): boolean {
   const m = readMarker(dir);
   if (!m) {
-    // A folder left empty by a writer killed before its first marker: removing it deletes nothing.
-    try { if (fs.readdirSync(dir).length === 0) { fs.rmdirSync(dir); return true; } } catch { /* not there */ }
+    // A folder left empty by a writer killed before its first marker (or while writing it: only
+    // the marker's .part file is there): removing it deletes nothing that is not mote's.
+    try {
+      const names = fs.readdirSync(dir);
+      if (names.length === 0 || (names.length === 1 && names[0] === `${MARKER_FILE}.part`)) {
+        fs.rmSync(dir, { recursive: true, force: true });
+        return true;
+      }
+    } catch { /* not there */ }
     return false;
   }
   // An in-progress marker: mote created this folder empty, so everything in it is mote's.

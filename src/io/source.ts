@@ -539,6 +539,16 @@ export function openSource(x: unknown, op = 'openSource', arg = 'source', urlOpt
   throw new ArgumentError(`${op}: ${arg}: expected a folder path, a URL, a FileSource, a Map of files or a list of Files, got ${describe(x)}`);
 }
 
+/**
+ * How messages name the file `rel` of the folder a source calls `base`: a URL is resolved
+ * against it, a path joined as node:path does (in Node), anything else joined with '/'.
+ */
+export function fileIn(base: string, rel: string): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(base)) return new URL(rel, base.endsWith('/') ? base : `${base}/`).href;
+  if (hasNodeBuiltins() && !base.startsWith('<')) return path.join(base, rel);
+  return `${base}/${rel}`;
+}
+
 /** Reads and parses a JSON file of a source (bounded; malformed JSON is a FormatError naming it, as for a path). */
 export async function readSourceJson(src: FileSource, rel: string, what: string, maxBytes = MAX_TEXT_BYTES): Promise<unknown> {
   return parseJson(await src.text(rel, what, maxBytes), src.where(rel));
