@@ -192,6 +192,18 @@ test('path, URL (Range and whole), Blobs and bytes give bit-identical logits and
       m.dispose();
       const m2 = await loadModel(`${s.url}/model/`, { backend });
       m2.dispose();
+      // A cross-origin server that does not expose Content-Range: the files are read whole.
+      const hidden = new UrlSource(`${s.url}/model`, {
+        fetch: async (u, init) => {
+          const r = await fetch(u, init);
+          const h = new Headers(r.headers);
+          h.delete('content-range');
+          return new Response(r.body, { status: r.status, headers: h });
+        },
+      });
+      const m3 = await loadModel(hidden, { backend });
+      assert.ok(bitsEqual(await m3.logits(TOKENS), want[0]!), 'no readable Content-Range');
+      m3.dispose();
     } finally {
       await s.close();
     }

@@ -242,7 +242,9 @@ interface UrlFile {
  * Files under a base URL, read with fetch. A file's first request asks for its first 64 KiB
  * with a Range header: a 206 answer gives the size (Content-Range) and every later read asks
  * for just its bytes; a 200 answer (a server without Range support) is the whole file, kept
- * in memory for later reads. 404 is a FormatError naming the URL; a body shorter than its
+ * in memory for later reads. Cross-origin, the server must allow the Range request header
+ * and expose Content-Range (Access-Control-Expose-Headers); when it does not, files are read
+ * whole. 404 is a FormatError naming the URL; a body shorter than its
  * Content-Length or than the range asked for, and a request during which no byte arrives
  * for `timeoutMs`, are FormatErrors too, never a hang.
  */
@@ -327,8 +329,9 @@ export class UrlSource extends BaseSource {
     if (res.status === 206) {
       const total = /\/(\d+)\s*$/.exec(res.headers.get('content-range') ?? '')?.[1];
       if (total === undefined) {
+        // No readable size (a cross-origin server that does not expose Content-Range): read whole.
         await res.body?.cancel().catch(() => {});
-        throw new FormatError(`${this.where(rel)}: the server answered 206 without a Content-Range size`);
+        return this.whole(rel, await this.request(rel, what, null), what, maxBytes);
       }
       const size = Number(total);
       const head = await this.body(rel, res, Math.min(size, PROBE_BYTES), what, PROBE_BYTES);
@@ -339,7 +342,11 @@ export class UrlSource extends BaseSource {
       await res.body?.cancel().catch(() => {});
       return { size: 0, whole: new Uint8Array(0), head: new Uint8Array(0) };
     }
-    // 200: the whole file.
+    return this.whole(rel, res, what, maxBytes);
+  }
+
+  /** A 200 answer: the whole file, checked against Content-Length and `maxBytes`. */
+  private async whole(rel: string, res: Response, what: string, maxBytes: number): Promise<UrlFile> {
     const len = res.headers.get('content-length');
     const expected = len !== null && /^\d+$/.test(len) ? Number(len) : null;
     if (expected !== null && expected > maxBytes) {
