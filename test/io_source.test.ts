@@ -336,3 +336,26 @@ test("the loaders' and savers' module graph imports no Node built-in (a browser 
   assert.ok(seen.size > 20, `walked ${seen.size} modules`);
   assert.deepEqual(found, []);
 });
+
+test('bad sources are ArgumentErrors naming the argument', async () => {
+  const { ArgumentError } = await import('../src/errors.js');
+  const arg = (re: RegExp) => (e: Error) => e instanceof ArgumentError && re.test(e.message);
+  await assert.rejects(loadModel(42 as never, { backend }), arg(/^loadModel: dir: expected a folder path, a URL/));
+  await assert.rejects(loadModel(['x'] as never, { backend }), arg(/^loadModel: dir: BlobSource: files\[0\]/));
+  await assert.rejects(loadModel(new Map([['../config.json', new Uint8Array(1)]]), { backend }), arg(/^loadModel: dir: BytesSource: expected a relative file path inside the folder/));
+  const m = await loadModel(MODEL, { backend });
+  try {
+    await assert.rejects(loadPeftAdapters(m, [ADAPTER, {} as never]), arg(/^loadPeftAdapters: dirs\[1\]: expected a folder path, a URL/));
+    await assert.rejects(loadMote(null as never, m), arg(/^loadMote: dir: expected a bundle folder/));
+  } finally {
+    m.dispose();
+  }
+  assert.throws(() => new UrlSource('not a url'), arg(/^UrlSource: base: expected an absolute URL/));
+  assert.throws(() => new UrlSource('http://127.0.0.1:1/', { timeoutMs: 0 }), arg(/timeoutMs/));
+  const b = new BytesSource({ 'a.bin': new Uint8Array(4) });
+  await assert.rejects(b.read('a.bin', -1, 2), arg(/offset/));
+  await assert.rejects(b.read('a.bin', 2, 4), (e: Error) => e instanceof FormatError && /<bytes>\/a.bin: a file: file ends at byte 4, expected 2 more bytes/.test(e.message));
+  await assert.rejects(b.size('b.bin'), (e: Error) => e instanceof FormatError && /<bytes>\/b.bin: not found/.test(e.message));
+  await assert.rejects(b.text('a.bin', 'a note', 2), (e: Error) => e instanceof FormatError && /4 bytes, more than the 2 bytes a a note may have/.test(e.message));
+  assert.throws(() => b.sub('..'), arg(/sub: expected a relative file path/));
+});

@@ -21,7 +21,7 @@
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { BytesSource, checkRel, type FileSource } from './source.js';
 import { MARKER_FILE, MARKER_FORMAT, checkReplaceable, replaceDirAtomically, type Marker, type MarkerFile, type ReplaceDirOptions } from './atomic_dir.js';
-import { nodeBuiltin } from './node_builtins.js';
+import { hasNodeBuiltins, nodeBuiltin } from './node_builtins.js';
 
 const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
 const nodePath = nodeBuiltin<typeof import('node:path')>('node:path');
@@ -504,6 +504,7 @@ export class OpfsSource implements FileSource {
 export function openSink(x: unknown, op: string, arg = 'dir'): FileSink {
   if (typeof x === 'string') {
     if (x === '') throw new ArgumentError(`${op}: ${arg}: expected a directory path, got ''`);
+    if (!hasNodeBuiltins()) throw new ArgumentError(`${op}: ${arg}: a directory path (${x}) needs Node; in a browser pass an OpfsSink or a MemorySink`);
     return new NodeDirSink(x);
   }
   if (typeof x === 'object' && x !== null && typeof (x as FileSink).replaceDir === 'function' && typeof (x as FileSink).check === 'function') return x as FileSink;

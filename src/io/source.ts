@@ -537,12 +537,21 @@ export function openSource(x: unknown, op = 'openSource', arg = 'source', urlOpt
     }
     return new NodeDirSource(x);
   }
+  // The constructors name the entry at fault; say which argument it was.
+  const named = (make: () => FileSource): FileSource => {
+    try {
+      return make();
+    } catch (e) {
+      if (e instanceof ArgumentError) throw new ArgumentError(`${op}: ${arg}: ${e.message}`);
+      throw e;
+    }
+  };
   if (x instanceof Map) {
     const vals = [...x.values()];
-    if (typeof Blob !== 'undefined' && vals.length > 0 && vals.every((v) => v instanceof Blob)) return new BlobSource(x as Map<string, Blob>);
-    return new BytesSource(x as Map<string, FileBytes>);
+    if (typeof Blob !== 'undefined' && vals.length > 0 && vals.every((v) => v instanceof Blob)) return named(() => new BlobSource(x as Map<string, Blob>));
+    return named(() => new BytesSource(x as Map<string, FileBytes>));
   }
-  if (typeof x === 'object' && x !== null && typeof (x as Iterable<unknown>)[Symbol.iterator] === 'function') return new BlobSource(x as Iterable<Blob>);
+  if (typeof x === 'object' && x !== null && typeof (x as Iterable<unknown>)[Symbol.iterator] === 'function') return named(() => new BlobSource(x as Iterable<Blob>));
   throw new ArgumentError(`${op}: ${arg}: expected a folder path, a URL, a FileSource, a Map of files or a list of Files, got ${describe(x)}`);
 }
 
