@@ -43,7 +43,7 @@ export * from './mote/steps.js';
 export { AdapterStacks, type LayerStacks, type ExpertFactors, type TrainBatchRouting } from './adapters/stacks.js';
 export { AdapterSet, loadPeftAdapters, createLora, NEW_LORA_DIR, type CreateLoraOptions } from './adapters/adapter_set.js';
 export { MoteBundle, createMote, addStepTokens, moteRoutingSlots, type MoteRoutingOptions, type CreateMoteOptions } from './mote/bundle.js';
-export { saveMote, loadMote } from './mote/bundle_io.js';
+export { saveMote, loadMote, exportPeft } from './mote/bundle_io.js';
 // Where loaders read and savers write (src/io/source.ts, src/io/sink.ts): paths, URLs, Blobs, bytes, OPFS, memory.
 export {
   openSource, UrlSource, BlobSource, BytesSource, NodeDirSource, BaseSource, readSourceJson,

@@ -282,3 +282,37 @@ test('saveCheckpoint to memory and OPFS → loadCheckpoint from them restores th
     a.dispose();
   }
 });
+
+test('exportPeft to memory and OPFS: each expert a PEFT folder, the same bytes as in the saved bundle, loadable by loadPeftAdapters', async () => {
+  const { exportPeft } = await import('../src/mote/bundle_io.js');
+  const { loadPeftAdapters } = await import('../src/adapters/adapter_set.js');
+  const saved = new MemorySink();
+  await saveMote(bundle, saved);
+  const mem = new MemorySink();
+  await exportPeft(bundle, mem);
+  const root = new FakeDir('', null, true);
+  await exportPeft(bundle, new OpfsSink(root, 'export'));
+  const inOpfs = await opfsFiles(await root.getDirectoryHandle('export'));
+  sameFiles('OPFS export vs memory export', inOpfs, mem.files);
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(mem.files.get('experts.json'))).experts, bundle.experts);
+  assert.equal(JSON.parse(new TextDecoder().decode(mem.files.get(MARKER_FILE))).kind, 'peft-export');
+  for (const e of bundle.experts) {
+    for (const f of ['adapter_config.json', 'adapter_model.safetensors']) {
+      assert.ok(Buffer.from(mem.files.get(`${e}/${f}`)!).equals(Buffer.from(saved.files.get(`${e}/${f}`)!)), `${e}/${f}`);
+    }
+  }
+  // Served as plain PEFT adapters (here expert 1 on every token).
+  const set = await loadPeftAdapters(model, bundle.experts.map((e) => new OpfsSource(root).sub(`export/${e}`)));
+  try {
+    assert.deepEqual(set.dirs, bundle.experts.map((e) => `opfs:/export/${e}`));
+    const r = set.routing(new Array(TOKENS.length).fill(1));
+    const got = await model.logits(TOKENS, { lora: set.loraFor(r) });
+    r.dispose();
+    assert.ok(got.every(Number.isFinite));
+    const base = await model.logits(TOKENS);
+    assert.ok(!bitsEqual(got, base), 'the exported expert changes the logits');
+  } finally {
+    set.dispose();
+  }
+  await assert.rejects(exportPeft(bundle, ''), (e: Error) => e instanceof ArgumentError && /^exportPeft: dir/.test(e.message));
+});

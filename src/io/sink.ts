@@ -435,7 +435,7 @@ export class OpfsSource implements FileSource {
   readonly name: string;
   private readonly folder: Folder;
   constructor(private readonly root: DirHandle, label?: string) {
-    this.name = label ?? `opfs:${root.name || '/'}`;
+    this.name = label ?? (root.name ? `opfs:/${root.name}` : 'opfs:');
     this.folder = opfsFolder(root);
   }
   where(rel: string): string { return `${this.name}/${rel}`; }

@@ -6,9 +6,12 @@ import { LINEAR_MODULES } from '../model/config.js';
 import type { LlamaModel } from '../model/llama.js';
 import { ADAPTER_CONFIG_FILE, peftModulePath } from '../io/peft.js';
 import { checkModel, uploadStacks } from '../adapters/stacks.js';
-import { readAdapter, stackAdapters, type ReadAdapter } from '../adapters/peft_io.js';
+import { readAdapter, stackAdapters, writeExpert, type ReadAdapter } from '../adapters/peft_io.js';
 import { openSource, type SourceInput } from '../io/source.js';
-import type { FileSink } from '../io/sink.js';
+import { openSink, type FileSink } from '../io/sink.js';
+import { overwriteOption } from '../io/atomic_dir.js';
+import { jsonText } from '../io/files.js';
+import type { StackReadCache } from '../adapters/stacks.js';
 import { SHARED_EXPERT } from './steps.js';
 import { MOTE_FILE, readMoteJsonFrom } from './format.js';
 import { MoteBundle } from './bundle.js';
@@ -57,4 +60,26 @@ export async function loadMote(dir: SourceInput, model: LlamaModel): Promise<Mot
   });
   const stacks = uploadStacks(model.backend, cfg, stackAdapters(cfg, adapters));
   return new MoteBundle(config, cfg, model.backend, stacks, baseModel);
+}
+
+/**
+ * Exports every expert of `bundle` as a standalone PEFT LoRA adapter folder
+ * (`<dir>/<expert>/adapter_config.json`, `adapter_model.safetensors`) plus `experts.json`
+ * listing them, as `mote export` does from a saved bundle: for a folder path (Node) or a
+ * FileSink (an OPFS folder, or memory for a download). The same ownership rules as saveMote.
+ */
+export async function exportPeft(bundle: MoteBundle, dir: string | FileSink, opts: { overwrite?: boolean } = {}): Promise<void> {
+  const op = 'exportPeft';
+  if (!(bundle instanceof MoteBundle)) throw new ArgumentError(`${op}: bundle: expected a MoteBundle, got ${describe(bundle)}`);
+  if (bundle.disposed) throw new ArgumentError(`${op}: bundle: used after dispose()`);
+  if (typeof dir === 'string' && dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ''`);
+  const sink = openSink(dir, op);
+  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { overwrite? }, got ${describe(opts)}`);
+  const overwrite = overwriteOption(op, opts.overwrite);
+  const c = bundle.config;
+  await sink.replaceDir(op, { kind: 'peft-export', overwrite }, async (w) => {
+    const cache: StackReadCache = new Map();
+    for (const [e, name] of bundle.experts.entries()) await writeExpert(bundle, e, w.sub(name), c.rank, c.loraAlpha, bundle.baseModel, cache);
+    await w.write('experts.json', jsonText({ from: bundle.baseModel, experts: bundle.experts }));
+  });
 }
