@@ -223,6 +223,36 @@ test('path, URL (Range and whole), Blobs and bytes give bit-identical logits and
   assert.ok(openSource('https://example.invalid/m') instanceof UrlSource);
 });
 
+test('a sharded model (index + shards) loads the same from a path, a URL and bytes; a missing shard is named', async () => {
+  const { saveModel } = await import('../src/model/save.js');
+  const m = await loadModel(MODEL, { backend });
+  const sharded = path.join(tmp, 'site', 'sharded');
+  try {
+    await saveModel(m, sharded, { maxShardBytes: 8000 });
+  } finally {
+    m.dispose();
+  }
+  const shards = fs.readdirSync(sharded).filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f));
+  assert.ok(shards.length >= 3 && fs.existsSync(path.join(sharded, 'model.safetensors.index.json')), fs.readdirSync(sharded).join(', '));
+  const logitsOf = async (src: FileSource | string) => {
+    const x = await loadModel(src, { backend });
+    try { return await x.logits(TOKENS); } finally { x.dispose(); }
+  };
+  const want = await logitsOf(sharded);
+  const s = await serve(path.join(tmp, 'site'), { ranges: true });
+  try {
+    assert.ok(bitsEqual(await logitsOf(new UrlSource(`${s.url}/sharded`)), want), 'sharded over URL');
+    for (const sh of shards) assert.ok(s.requests.some((r) => r.path === `sharded/${sh}` && r.status === 206), `${sh} read by Range`);
+    const files = filesOf(sharded);
+    assert.ok(bitsEqual(await logitsOf(new BytesSource(new Map([...files].map(([k, v]) => [k, new Uint8Array(v)])))), want), 'sharded from bytes');
+    files.delete(shards[1]!);
+    await assert.rejects(loadModel(new BytesSource(new Map([...files].map(([k, v]) => [k, new Uint8Array(v)]))), { backend }),
+      (e: Error) => e instanceof FormatError && e.message.startsWith(`<bytes>/model.safetensors.index.json: shard '${shards[1]}' not found in <bytes>`));
+  } finally {
+    await s.close();
+  }
+});
+
 test('Range requests read a safetensors file lazily: header first, then only the tensors asked for', async () => {
   const s = await serve(path.dirname(DEFAULT_MODEL_DIR), { ranges: true });
   try {
