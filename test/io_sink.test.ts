@@ -316,3 +316,31 @@ test('exportPeft to memory and OPFS: each expert a PEFT folder, the same bytes a
   }
   await assert.rejects(exportPeft(bundle, ''), (e: Error) => e instanceof ArgumentError && /^exportPeft: dir/.test(e.message));
 });
+
+test('saveModel (sharded, with its tokenizer) to memory and OPFS: the same files as on disk; loads back to the same logits and ids', async () => {
+  const { saveModel } = await import('../src/model/save.js');
+  const { loadTokenizer } = await import('../src/io/tokenizer.js');
+  const { writeTinyTokenizer } = await import('./fixtures/tiny_tokenizer.js');
+  const tokDir = path.join(tmp, 'tok');
+  writeTinyTokenizer(tokDir);
+  const tok = loadTokenizer(tokDir);
+  const disk = path.join(tmp, 'model-saved');
+  await saveModel(model, disk, { tokenizer: tok, maxShardBytes: 6000 });
+  const mem = new MemorySink();
+  await saveModel(model, mem, { tokenizer: tok, maxShardBytes: 6000 });
+  const onDisk = filesOf(disk);
+  assert.ok([...onDisk.keys()].filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)).length >= 2, [...onDisk.keys()].join(', '));
+  assert.ok(onDisk.has('tokenizer.json') && onDisk.has('model.safetensors.index.json'));
+  sameFiles('saveModel: memory vs disk', mem.files, onDisk);
+  const root = new FakeDir('', null, false);
+  await saveModel(model, new OpfsSink(root, 'm'), { tokenizer: tok, maxShardBytes: 6000 });
+  sameFiles('saveModel: OPFS vs disk', await opfsFiles(await root.getDirectoryHandle('m')), onDisk);
+  const back = await loadModel(mem.toSource(), { backend });
+  try {
+    assert.ok(bitsEqual(await back.logits(TOKENS), await model.logits(TOKENS)));
+  } finally {
+    back.dispose();
+  }
+  const tok2 = await loadTokenizer(mem.toSource());
+  assert.deepEqual(tok2.encode('hello world'), tok.encode('hello world'));
+});

@@ -13,6 +13,7 @@
 import { ArgumentError, FormatError, ShapeError, describe } from '../errors.js';
 import { checkRegularFile, readJsonFile } from './files.js';
 import { readSourceJson, type FileSource } from './source.js';
+import type { DirWriter } from './sink.js';
 import { bytesPerElement, checkDType, encode, type DType, type HostData } from '../dtype.js';
 import { nodeBuiltin } from './node_builtins.js';
 const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
@@ -616,6 +617,30 @@ export function writeShardedSafetensors(
   tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
   opts: { maxShardBytes: number; prefix?: string; metadata?: Record<string, string> },
 ): string[] {
+  const files = shardFiles(tensors, opts);
+  for (const f of files) {
+    if (f.tensors) writeSafetensors(path.join(dir, f.name), f.tensors, opts.metadata);
+    else atomicWrite(path.join(dir, f.name), (fd) => writeFully(fd, f.bytes!));
+  }
+  return files.map((f) => f.name);
+}
+
+/** writeShardedSafetensors into a folder of a sink (src/io/sink.ts): the same files, the same bytes. */
+export async function writeShardedTo(
+  dir: DirWriter,
+  tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
+  opts: { maxShardBytes: number; prefix?: string; metadata?: Record<string, string> },
+): Promise<string[]> {
+  const files = shardFiles(tensors, opts);
+  for (const f of files) await dir.write(f.name, f.tensors ? safetensorsParts(f.tensors, opts.metadata) : f.bytes!);
+  return files.map((f) => f.name);
+}
+
+/** The files of a sharded write, in the order they are written: the shards, then the index. */
+function shardFiles(
+  tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
+  opts: { maxShardBytes: number; prefix?: string },
+): { name: string; tensors?: Map<string, WritableTensor>; bytes?: Uint8Array }[] {
   const prefix = opts.prefix ?? 'model';
   if (!(opts.maxShardBytes > 0)) throw new ArgumentError(`maxShardBytes: expected a positive number, got ${describe(opts.maxShardBytes)}`);
   const planned = plan(tensors).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -629,23 +654,18 @@ export function writeShardedSafetensors(
     groups[groups.length - 1]!.push(p);
     size += p.byteLength;
   }
-  if (groups.length <= 1) {
-    const name = `${prefix}.safetensors`;
-    writeSafetensors(path.join(dir, name), new Map((groups[0] ?? []).map((p) => [p.name, p.t])), opts.metadata);
-    return [name];
-  }
+  if (groups.length <= 1) return [{ name: `${prefix}.safetensors`, tensors: new Map((groups[0] ?? []).map((p) => [p.name, p.t])) }];
   const pad = (i: number) => String(i).padStart(5, '0');
   const names = groups.map((_, i) => `${prefix}-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`);
   const weightMap: Record<string, string> = {};
-  groups.forEach((g, i) => {
-    writeSafetensors(path.join(dir, names[i]!), new Map(g.map((p) => [p.name, p.t])), opts.metadata);
+  const out: { name: string; tensors?: Map<string, WritableTensor>; bytes?: Uint8Array }[] = groups.map((g, i) => {
     for (const p of g) weightMap[p.name] = names[i]!;
+    return { name: names[i]!, tensors: new Map(g.map((p) => [p.name, p.t])) };
   });
   const total = planned.reduce((n, p) => n + p.byteLength, 0);
-  const index = new TextEncoder().encode(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n');
   // The index goes last, so a reader never sees an index whose shards are not all written.
-  atomicWrite(path.join(dir, `${prefix}.safetensors.index.json`), (fd) => writeFully(fd, index));
-  return [...names, `${prefix}.safetensors.index.json`];
+  out.push({ name: `${prefix}.safetensors.index.json`, bytes: new TextEncoder().encode(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n') });
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import { checkTokenizerPattern } from './regex.js';
 import { fileIn, openSource, readSourceJson, type FileBytes, type FileSource, type SourceInput } from './source.js';
 import { BoundedTemplate, MAX_TEMPLATE_CHARS, defaultTemplateLimits, type TemplateLimits } from './template.js';
 import { atomicWrite } from './safetensors.js';
+import type { DirWriter } from './sink.js';
 import { nodeBuiltin } from './node_builtins.js';
 const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
 const path = nodeBuiltin<typeof import('node:path')>('node:path');
@@ -361,9 +362,22 @@ export class MoteTokenizer {
         while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
       });
     };
-    write(TOKENIZER_FILE, JSON.stringify(this.json, null, 2) + '\n');
-    write(TOKENIZER_CONFIG_FILE, JSON.stringify(this.config, null, 2) + '\n');
-    if (this.templateFromFile !== null && this.config.chat_template === undefined) write(CHAT_TEMPLATE_FILE, this.templateFromFile);
+    for (const [name, text] of this.files()) write(name, text);
+  }
+
+  /** Writes the files `save` writes into a folder of a sink (src/io/sink.ts: OPFS, memory). */
+  async writeTo(dir: DirWriter): Promise<void> {
+    for (const [name, text] of this.files()) await dir.write(name, text);
+  }
+
+  /** The files `save` writes, by name, as text. */
+  private files(): [string, string][] {
+    const out: [string, string][] = [
+      [TOKENIZER_FILE, JSON.stringify(this.json, null, 2) + '\n'],
+      [TOKENIZER_CONFIG_FILE, JSON.stringify(this.config, null, 2) + '\n'],
+    ];
+    if (this.templateFromFile !== null && this.config.chat_template === undefined) out.push([CHAT_TEMPLATE_FILE, this.templateFromFile]);
+    return out;
   }
 }
 
