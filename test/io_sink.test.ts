@@ -20,7 +20,7 @@ import { createMote, type MoteBundle } from '../src/mote/bundle.js';
 import { loadMote, saveMote } from '../src/mote/bundle_io.js';
 import { loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.js';
 import { MemorySink, OpfsSink, OpfsSource, tarFiles, verifyListedFiles, type DirHandle, type FileHandle } from '../src/io/sink.js';
-import { BytesSource, type FileSource } from '../src/io/source.js';
+import { BytesSource, type SourceInput } from '../src/io/source.js';
 import { MARKER_FILE } from '../src/io/atomic_dir.js';
 import { writeTinyModel } from './fixtures/tiny_model.js';
 import { tinyTraining } from './fixtures/train_fixture.js';
@@ -56,7 +56,7 @@ async function moteLogits(b: MoteBundle): Promise<Float32Array> {
   }
 }
 
-async function loadsSame(what: string, src: FileSource | string, want: Float32Array): Promise<void> {
+async function loadsSame(what: string, src: SourceInput, want: Float32Array): Promise<void> {
   const loaded = await loadMote(src, model);
   try {
     assert.ok(bitsEqual(await moteLogits(loaded), want), `${what}: logits differ`);
@@ -217,6 +217,7 @@ for (const withMove of [true, false]) {
     sameFiles('OPFS vs disk', await opfsFiles(dir), filesOf(disk));
     assert.deepEqual([...root.children.keys()], ['bundle'], 'no temporary folder left');
     await loadsSame('OPFS', new OpfsSource(dir), want);
+    await loadsSame('OPFS handle', dir, want); // openSource takes a FileSystemDirectoryHandle as it is
     await saveMote(bundle, sink);
     assert.deepEqual([...root.children.keys()], ['bundle']);
     sameFiles('OPFS, saved twice', await opfsFiles(await root.getDirectoryHandle('bundle')), filesOf(disk));

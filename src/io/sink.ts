@@ -19,7 +19,11 @@
 // only in a browser.
 
 import { ArgumentError, FormatError, describe } from '../errors.js';
-import { BytesSource, checkRel, type FileSource } from './source.js';
+import { BytesSource, OpfsSource, checkRel, type FileSource } from './source.js';
+import { dirAt, opfsFolder, type DirHandle, type Folder } from './opfs.js';
+
+export { OpfsSource };
+export type { DirHandle, FileHandle } from './opfs.js';
 import { MARKER_FILE, MARKER_FORMAT, checkReplaceable, replaceDirAtomically, type Marker, type MarkerFile, type ReplaceDirOptions } from './atomic_dir.js';
 import { hasNodeBuiltins, nodeBuiltin } from './node_builtins.js';
 
@@ -122,14 +126,6 @@ function decide(op: string, name: string, existing: readonly string[], marker: M
   }
   if (owned && existing.every((f) => owned.has(f))) return { how: 'swap', owned };
   return { how: 'merge', owned: owned ?? new Set() };
-}
-
-/** A folder that can be listed, read, written and emptied: what the merge below needs. */
-interface Folder {
-  list(): Promise<string[]>;
-  read(rel: string): Promise<Uint8Array | null>;
-  write(rel: string, data: readonly Uint8Array[]): Promise<void>;
-  remove(rel: string): Promise<void>;
 }
 
 /**
@@ -263,88 +259,6 @@ export class MemorySink implements FileSink {
 // ---------------------------------------------------------------------------------------
 // OPFS
 
-/** The parts of the File System Access API OpfsSink uses (FileSystemDirectoryHandle). */
-export interface DirHandle {
-  readonly kind: 'directory';
-  readonly name: string;
-  getDirectoryHandle(name: string, opts?: { create?: boolean }): Promise<DirHandle>;
-  getFileHandle(name: string, opts?: { create?: boolean }): Promise<FileHandle>;
-  removeEntry(name: string, opts?: { recursive?: boolean }): Promise<void>;
-  entries(): AsyncIterable<[string, DirHandle | FileHandle]>;
-  /** Chromium: moves this folder (into `parent` as `name`). */
-  move?(parent: DirHandle, name: string): Promise<void>;
-}
-export interface FileHandle {
-  readonly kind: 'file';
-  readonly name: string;
-  getFile(): Promise<Blob>;
-  createWritable(): Promise<{ write(data: Uint8Array): Promise<void>; close(): Promise<void>; abort?(reason?: unknown): Promise<void> }>;
-}
-
-function isNotFound(e: unknown): boolean {
-  return (e as { name?: string })?.name === 'NotFoundError' || (e as { name?: string })?.name === 'TypeMismatchError';
-}
-
-async function dirAt(root: DirHandle, parts: readonly string[], create: boolean): Promise<DirHandle | null> {
-  let d = root;
-  for (const p of parts) {
-    try {
-      d = await d.getDirectoryHandle(p, { create });
-    } catch (e) {
-      if (!create && isNotFound(e)) return null;
-      throw e;
-    }
-  }
-  return d;
-}
-
-/** An OPFS folder as a Folder (list/read/write/remove by relative path). */
-function opfsFolder(root: DirHandle): Folder {
-  const split = (rel: string) => { const ps = rel.split('/'); return { dirs: ps.slice(0, -1), file: ps[ps.length - 1]! }; };
-  return {
-    async list() {
-      const out: string[] = [];
-      const walk = async (d: DirHandle, prefix: string) => {
-        for await (const [n, h] of d.entries()) {
-          if (h.kind === 'directory') await walk(h, `${prefix}${n}/`);
-          else out.push(prefix + n);
-        }
-      };
-      await walk(root, '');
-      return out.sort();
-    },
-    async read(rel) {
-      const { dirs, file } = split(rel);
-      const d = await dirAt(root, dirs, false);
-      if (!d) return null;
-      try {
-        return new Uint8Array(await (await (await d.getFileHandle(file)).getFile()).arrayBuffer());
-      } catch (e) {
-        if (isNotFound(e)) return null;
-        throw e;
-      }
-    },
-    async write(rel, data) {
-      const { dirs, file } = split(rel);
-      const d = (await dirAt(root, dirs, true))!;
-      const w = await (await d.getFileHandle(file, { create: true })).createWritable();
-      try {
-        for (const p of data) await w.write(p);
-        await w.close();
-      } catch (e) {
-        await w.abort?.(e).catch(() => {});
-        throw e;
-      }
-    },
-    async remove(rel) {
-      const { dirs, file } = split(rel);
-      const d = await dirAt(root, dirs, false);
-      if (!d) return;
-      try { await d.removeEntry(file); } catch (e) { if (!isNotFound(e)) throw e; }
-    },
-  };
-}
-
 class OpfsWriter implements DirWriter {
   constructor(private readonly folder: Folder, private readonly prefix: string, private readonly label: string,
     private readonly written: Map<string, MarkerFile>) {}
@@ -427,73 +341,6 @@ export class OpfsSink implements FileSink {
     if (plan.how === 'swap') for (const rel of plan.owned) if (rel !== MARKER_FILE) await target.remove(rel);
     await mergeInto(target, incoming, plan, opts);
     await this.parent.removeEntry(tmpName, { recursive: true });
-  }
-}
-
-/** An OPFS folder as a FileSource (the loaders read saved bundles and checkpoints back from it). */
-export class OpfsSource implements FileSource {
-  readonly name: string;
-  private readonly folder: Folder;
-  constructor(private readonly root: DirHandle, label?: string) {
-    this.name = label ?? (root.name ? `opfs:/${root.name}` : 'opfs:');
-    this.folder = opfsFolder(root);
-  }
-  where(rel: string): string { return `${this.name}/${rel}`; }
-  list(): Promise<string[]> { return this.folder.list(); }
-  private async blob(rel: string, what: string): Promise<Blob> {
-    const ps = checkRel(rel).split('/');
-    const d = await dirAt(this.root, ps.slice(0, -1), false);
-    try {
-      if (!d) throw Object.assign(new Error('not found'), { name: 'NotFoundError' });
-      return await (await d.getFileHandle(ps[ps.length - 1]!)).getFile();
-    } catch (e) {
-      if (isNotFound(e)) throw new FormatError(`${this.where(rel)}: not found (${what})`);
-      throw new FormatError(`${this.where(rel)}: cannot read (${what}): ${(e as Error).message}`);
-    }
-  }
-  async has(rel: string): Promise<boolean> {
-    try { await this.blob(rel, 'a file'); return true; } catch { return false; }
-  }
-  async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
-    const b = await this.blob(rel, what);
-    if (b.size > maxBytes) throw new FormatError(`${this.where(rel)}: ${b.size} bytes, more than the ${maxBytes} bytes a ${what} may have`);
-    return b.size;
-  }
-  async read(rel: string, offset = 0, length?: number, what = 'a file'): Promise<Uint8Array> {
-    const b = await this.blob(rel, what);
-    const end = length === undefined ? b.size : offset + length;
-    if (end > b.size) throw new FormatError(`${this.where(rel)}: ${what}: file ends at byte ${b.size}, expected ${end - b.size} more bytes (truncated?)`);
-    return new Uint8Array(await b.slice(offset, end).arrayBuffer());
-  }
-  async text(rel: string, what = 'a text file', maxBytes?: number): Promise<string> {
-    await this.size(rel, what, maxBytes);
-    try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(await this.read(rel, 0, undefined, what));
-    } catch (e) {
-      if (e instanceof FormatError) throw e;
-      throw new FormatError(`${this.where(rel)}: not UTF-8 text (${what})`);
-    }
-  }
-  sub(rel: string): FileSource {
-    const root = this.root;
-    const name = this.where(checkRel(rel, 'sub'));
-    const parts = rel.split('/');
-    // Resolved lazily: the subfolder handle is looked up at the first read.
-    let sub: Promise<OpfsSource> | null = null;
-    const get = () => (sub ??= dirAt(root, parts, false).then((d) => {
-      if (!d) throw new FormatError(`${name}: not found (a folder)`);
-      return new OpfsSource(d, name);
-    }));
-    return {
-      name,
-      where: (r) => `${name}/${r}`,
-      list: async () => (await get()).list(),
-      has: async (r) => { try { return await (await get()).has(r); } catch { return false; } },
-      size: async (r, w, m) => (await get()).size(r, w, m),
-      read: async (r, o, l, w) => (await get()).read(r, o, l, w),
-      text: async (r, w, m) => (await get()).text(r, w, m),
-      sub: (r) => this.sub(`${rel}/${r}`),
-    };
   }
 }
 

@@ -13,6 +13,7 @@
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { checkRegularFile, parseJson, readTextFile } from './files.js';
 import { hasNodeBuiltins, nodeBuiltin } from './node_builtins.js';
+import { dirAt, isNotFound, opfsFolder, type DirHandle, type Folder } from './opfs.js';
 
 const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
 const path = nodeBuiltin<typeof import('node:path')>('node:path');
@@ -510,10 +511,84 @@ export class NodeDirSource extends BaseSource {
 }
 
 // ---------------------------------------------------------------------------------------
+// OPFS
+
+/** An OPFS folder as a FileSource (the loaders read saved bundles and checkpoints back from it). */
+export class OpfsSource implements FileSource {
+  readonly name: string;
+  private readonly folder: Folder;
+  constructor(private readonly root: DirHandle, label?: string) {
+    this.name = label ?? (root.name ? `opfs:/${root.name}` : 'opfs:');
+    this.folder = opfsFolder(root);
+  }
+  where(rel: string): string { return `${this.name}/${rel}`; }
+  list(): Promise<string[]> { return this.folder.list(); }
+  private async blob(rel: string, what: string): Promise<Blob> {
+    const ps = checkRel(rel).split('/');
+    const d = await dirAt(this.root, ps.slice(0, -1), false);
+    try {
+      if (!d) throw Object.assign(new Error('not found'), { name: 'NotFoundError' });
+      return await (await d.getFileHandle(ps[ps.length - 1]!)).getFile();
+    } catch (e) {
+      if (isNotFound(e)) throw new FormatError(`${this.where(rel)}: not found (${what})`);
+      throw new FormatError(`${this.where(rel)}: cannot read (${what}): ${(e as Error).message}`);
+    }
+  }
+  async has(rel: string): Promise<boolean> {
+    try { await this.blob(rel, 'a file'); return true; } catch { return false; }
+  }
+  async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
+    const b = await this.blob(rel, what);
+    if (b.size > maxBytes) throw new FormatError(`${this.where(rel)}: ${b.size} bytes, more than the ${maxBytes} bytes a ${what} may have`);
+    return b.size;
+  }
+  async read(rel: string, offset = 0, length?: number, what = 'a file'): Promise<Uint8Array> {
+    const b = await this.blob(rel, what);
+    const end = length === undefined ? b.size : offset + length;
+    if (end > b.size) throw new FormatError(`${this.where(rel)}: ${what}: file ends at byte ${b.size}, expected ${end - b.size} more bytes (truncated?)`);
+    return new Uint8Array(await b.slice(offset, end).arrayBuffer());
+  }
+  async text(rel: string, what = 'a text file', maxBytes?: number): Promise<string> {
+    await this.size(rel, what, maxBytes);
+    try {
+      return new TextDecoder('utf-8', { fatal: true }).decode(await this.read(rel, 0, undefined, what));
+    } catch (e) {
+      if (e instanceof FormatError) throw e;
+      throw new FormatError(`${this.where(rel)}: not UTF-8 text (${what})`);
+    }
+  }
+  sub(rel: string): FileSource {
+    const root = this.root;
+    const name = this.where(checkRel(rel, 'sub'));
+    const parts = rel.split('/');
+    // Resolved lazily: the subfolder handle is looked up at the first read.
+    let sub: Promise<OpfsSource> | null = null;
+    const get = () => (sub ??= dirAt(root, parts, false).then((d) => {
+      if (!d) throw new FormatError(`${name}: not found (a folder)`);
+      return new OpfsSource(d, name);
+    }));
+    return {
+      name,
+      where: (r) => `${name}/${r}`,
+      list: async () => (await get()).list(),
+      has: async (r) => { try { return await (await get()).has(r); } catch { return false; } },
+      size: async (r, w, m) => (await get()).size(r, w, m),
+      read: async (r, o, l, w) => (await get()).read(r, o, l, w),
+      text: async (r, w, m) => (await get()).text(r, w, m),
+      sub: (r) => this.sub(`${rel}/${r}`),
+    };
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Opening whatever the caller has
 
 /** What the loaders accept: a path (Node), a URL, a FileSource, a map of Blobs or bytes, or a list of Files. */
-export type SourceInput = string | URL | FileSource | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>;
+export type SourceInput = string | URL | FileSource | DirHandle | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>;
+
+function isDirHandle(x: unknown): x is DirHandle {
+  return typeof x === 'object' && x !== null && (x as DirHandle).kind === 'directory' && typeof (x as DirHandle).getFileHandle === 'function';
+}
 
 export function isFileSource(x: unknown): x is FileSource {
   return typeof x === 'object' && x !== null && typeof (x as FileSource).read === 'function' && typeof (x as FileSource).size === 'function' &&
@@ -521,14 +596,15 @@ export function isFileSource(x: unknown): x is FileSource {
 }
 
 /**
- * A FileSource for `x`: a FileSource as is; a URL or an http(s):// string → UrlSource; a
- * Map of Blobs → BlobSource; a Map of bytes/strings → BytesSource; a list of Files →
+ * A FileSource for `x`: a FileSource as is; a URL or an http(s):// string → UrlSource; an
+ * OPFS FileSystemDirectoryHandle → OpfsSource; a Map of Blobs → BlobSource; a Map of bytes/strings → BytesSource; a list of Files →
  * BlobSource; any other string → a folder on disk (Node only). `op` and `arg` name the
  * argument in errors.
  */
 export function openSource(x: unknown, op = 'openSource', arg = 'source', urlOpts?: UrlSourceOptions): FileSource {
   if (isFileSource(x)) return x;
   if (typeof URL !== 'undefined' && x instanceof URL) return new UrlSource(x, urlOpts);
+  if (isDirHandle(x)) return new OpfsSource(x);
   if (typeof x === 'string') {
     if (x === '') throw new ArgumentError(`${op}: ${arg}: expected a folder path, URL or source, got ''`);
     if (/^https?:\/\//i.test(x)) return new UrlSource(x, urlOpts);

@@ -20,6 +20,7 @@ import { fileIn, openSource, readSourceJson, type FileBytes, type FileSource, ty
 import { BoundedTemplate, MAX_TEMPLATE_CHARS, defaultTemplateLimits, type TemplateLimits } from './template.js';
 import { atomicWrite } from './safetensors.js';
 import type { DirWriter } from './sink.js';
+import type { DirHandle } from './opfs.js';
 import { nodeBuiltin } from './node_builtins.js';
 const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
 const path = nodeBuiltin<typeof import('node:path')>('node:path');
@@ -389,7 +390,7 @@ export class MoteTokenizer {
  * FileSource: src/io/source.ts) returns a Promise.
  */
 export function loadTokenizer(dir: string): MoteTokenizer;
-export function loadTokenizer(dir: FileSource | URL | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>): Promise<MoteTokenizer>;
+export function loadTokenizer(dir: FileSource | URL | DirHandle | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>): Promise<MoteTokenizer>;
 export function loadTokenizer(dir: SourceInput): MoteTokenizer | Promise<MoteTokenizer> {
   if (typeof dir !== 'string') return loadTokenizerFrom(openSource(dir, 'loadTokenizer', 'dir'));
   if (/^https?:\/\//i.test(dir)) throw new ArgumentError(`loadTokenizer: dir: ${dir}: pass new URL(...) to load from a URL (that returns a Promise); a string is a folder path`);
