@@ -337,6 +337,21 @@ test('a 404, a truncated body, a stalled server and a tokenizer that is not JSON
       await s.close();
     }
   }
+  // A server that accepts the connection and never answers.
+  const silent = http.createServer(() => {});
+  const held = new Set<import('node:net').Socket>();
+  silent.on('connection', (c) => { held.add(c); });
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  try {
+    const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}/m`;
+    const t0 = Date.now();
+    await assert.rejects(loadModel(new UrlSource(url, { timeoutMs: 300 }), { backend }),
+      (e: Error) => e instanceof FormatError && e.message === `${url}/config.json: no answer within 300 ms (an HF model directory needs config.json; the server stalled)`);
+    assert.ok(Date.now() - t0 < 5000);
+  } finally {
+    for (const c of held) c.destroy();
+    await new Promise<void>((r) => silent.close(() => r()));
+  }
   // Bytes and Blobs: the same checks as files on disk.
   await assert.rejects(loadTokenizer(new BytesSource({ 'tokenizer.json': '{"model": ' })), (e: Error) => e instanceof FormatError && /<bytes>\/tokenizer.json: malformed JSON/.test(e.message));
   const st = fs.readFileSync(path.join(MODEL, 'model.safetensors'));
