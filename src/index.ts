@@ -43,7 +43,17 @@ export * from './mote/steps.js';
 export { AdapterStacks, type LayerStacks, type ExpertFactors, type TrainBatchRouting } from './adapters/stacks.js';
 export { AdapterSet, loadPeftAdapters, createLora, NEW_LORA_DIR, type CreateLoraOptions } from './adapters/adapter_set.js';
 export { MoteBundle, createMote, addStepTokens, moteRoutingSlots, type MoteRoutingOptions, type CreateMoteOptions } from './mote/bundle.js';
-export { saveMote, loadMote } from './mote/bundle_io.js';
+export { saveMote, loadMote, exportPeft } from './mote/bundle_io.js';
+// Where loaders read and savers write (src/io/source.ts, src/io/sink.ts): paths, URLs, Blobs, bytes, OPFS, memory.
+export {
+  openSource, UrlSource, BlobSource, BytesSource, NodeDirSource, BaseSource, readSourceJson,
+  type FileSource, type SourceInput, type UrlSourceOptions, type FileBytes,
+} from './io/source.js';
+export {
+  openSink, MemorySink, OpfsSink, OpfsSource, NodeDirSink, tarFiles,
+  type FileSink, type DirWriter, type FileData, type SinkOptions,
+} from './io/sink.js';
+export { SafetensorsFile, SourceWeights, readSafetensorsFrom, safetensorsParts } from './io/safetensors.js';
 export { moteJson, parseMoteJson, MOTE_FILE, MOTE_FORMAT_VERSION } from './mote/format.js';
 export {
   loadTokenizer, saveTokenizer, MoteTokenizer, TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE,

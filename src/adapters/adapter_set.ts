@@ -9,7 +9,8 @@ import type { LlamaModel } from '../model/llama.js';
 import { loraRouting, type LoraRouting } from '../ops/lora.js';
 import { makePeftConfig, parsePeftConfig, type PeftConfig } from '../io/peft.js';
 import { AdapterStacks, checkModel, freshStacks, uploadStacks, type LayerStacks } from './stacks.js';
-import { readAdapter, stackAdapters } from './peft_io.js';
+import { readAdapter, stackAdapters, type ReadAdapter } from './peft_io.js';
+import { openSource, type SourceInput } from '../io/source.js';
 
 /** Plain multi-adapter serving set: K = 1, one slot per adapter. */
 export class AdapterSet extends AdapterStacks {
@@ -80,14 +81,17 @@ export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): Ada
  * multi-adapter set on the model's backend. Everything is read and checked before anything
  * is uploaded; nothing stays allocated when loading fails.
  */
-export async function loadPeftAdapters(model: LlamaModel, dirs: readonly string[]): Promise<AdapterSet> {
+export async function loadPeftAdapters(model: LlamaModel, dirs: readonly SourceInput[]): Promise<AdapterSet> {
   const op = 'loadPeftAdapters';
   checkModel(op, model);
   if (!Array.isArray(dirs) || dirs.length === 0) throw new ArgumentError(`${op}: dirs: expected a non-empty list of adapter folders, got ${describe(dirs)}`);
-  dirs.forEach((d, i) => {
-    if (typeof d !== 'string' || d === '') throw new ArgumentError(`${op}: dirs[${i}]: expected a folder path, got ${describe(d)}`);
+  // Each a folder path (Node) or any source (a URL, Files, bytes: src/io/source.ts).
+  const sources = dirs.map((d, i) => {
+    if (typeof d === 'string' && d === '') throw new ArgumentError(`${op}: dirs[${i}]: expected a folder path, got ${describe(d)}`);
+    return openSource(d, op, `dirs[${i}]`);
   });
-  const adapters = dirs.map((d) => readAdapter(model.config, d));
+  const adapters: ReadAdapter[] = [];
+  for (const src of sources) adapters.push(await readAdapter(model.config, src));
   const stacks = uploadStacks(model.backend, model.config, stackAdapters(model.config, adapters));
-  return new AdapterSet(model.config, model.backend, stacks, [...dirs], adapters.map((a) => a.config));
+  return new AdapterSet(model.config, model.backend, stacks, adapters.map((a) => a.dir), adapters.map((a) => a.config));
 }

@@ -3,17 +3,17 @@
 // before any data is read; FormatErrors name the file and tensor), stacking several into one
 // LoRA stack per linear, and writing one adapter of a stack back as its own folder.
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { hostToF32 } from '../dtype.js';
 import { ArgumentError, FormatError } from '../errors.js';
-import { checkRegularFile, readJsonFile, writeJsonFile } from '../io/files.js';
+import { jsonText } from '../io/files.js';
+import type { DirWriter } from '../io/sink.js';
+import { readSourceJson, type FileSource } from '../io/source.js';
 import { LINEAR_MODULES, linearShape, type LinearModule, type ModelConfig } from '../model/config.js';
 import {
   ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, makePeftConfig, parsePeftConfig, parsePeftKey, peftExpectedWeights, peftKey,
   peftModulePath, peftRank, peftScale, peftTargets, type PeftConfig,
 } from '../io/peft.js';
-import { SafetensorsReader, writeSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
+import { SafetensorsFile, safetensorsParts, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import type { AdapterStacks, HostStack, StackReadCache } from './stacks.js';
 
 function f32Of(t: HostTensor): Float32Array {
@@ -31,20 +31,23 @@ export interface ReadAdapter {
 /** adapter_config.json and mote.json are a few KiB; a bound keeps a huge or endless file from being read whole. */
 export const MAX_ADAPTER_JSON_BYTES = 16 * 1024 * 1024;
 
-/** Reads one PEFT adapter folder and checks every tensor against `cfg`; FormatErrors name the file and tensor. */
-export function readAdapter(cfg: ModelConfig, dir: string): ReadAdapter {
-  const cfgFile = path.join(dir, ADAPTER_CONFIG_FILE);
-  const config = parsePeftConfig(readJsonFile(cfgFile, 'a PEFT adapter folder needs adapter_config.json', MAX_ADAPTER_JSON_BYTES), cfgFile);
+/**
+ * Reads one PEFT adapter folder (a path, or any source: src/io/source.ts) and checks every
+ * tensor against `cfg`; FormatErrors name the file and tensor.
+ */
+export async function readAdapter(cfg: ModelConfig, dir: FileSource): Promise<ReadAdapter> {
+  const cfgFile = dir.where(ADAPTER_CONFIG_FILE);
+  const config = parsePeftConfig(await readSourceJson(dir, ADAPTER_CONFIG_FILE, 'a PEFT adapter folder needs adapter_config.json', MAX_ADAPTER_JSON_BYTES), cfgFile);
   if (config.layersToTransform) {
     const bad = config.layersToTransform.find((l) => l >= cfg.numLayers);
     if (bad !== undefined) throw new FormatError(`${cfgFile}: layers_to_transform names layer ${bad}, the model has ${cfg.numLayers} layers`);
   }
-  const file = path.join(dir, ADAPTER_WEIGHTS_FILE);
-  checkRegularFile(file, 'a PEFT adapter folder needs adapter_model.safetensors');
+  const file = dir.where(ADAPTER_WEIGHTS_FILE);
+  await dir.size(ADAPTER_WEIGHTS_FILE, 'a PEFT adapter folder needs adapter_model.safetensors');
   // Names, shapes and dtypes come from the header and are checked against the config before any tensor data is read.
-  const reader = SafetensorsReader.open(file);
+  const reader = await SafetensorsFile.open(dir, ADAPTER_WEIGHTS_FILE);
   const tensors = new Map<string, HostTensor>();
-  try {
+  {
     const expected = peftExpectedWeights(cfg, config);
     const want = new Map(expected.map((s) => [s.name, s]));
     for (const name of reader.names()) {
@@ -71,9 +74,7 @@ export function readAdapter(cfg: ModelConfig, dir: string): ReadAdapter {
     for (const s of expected) {
       if (!reader.has(s.name)) throw new FormatError(`${file}: tensor '${s.name}': missing (expected [${s.shape.join(', ')}])`);
     }
-    for (const s of expected) tensors.set(s.name, reader.read(s.name));
-  } finally {
-    reader.close();
+    for (const s of expected) tensors.set(s.name, await reader.read(s.name));
   }
   const modules = new Map<string, { A: Float32Array; B: Float32Array; rank: number; scale: number }>();
   for (let l = 0; l < cfg.numLayers; l++) {
@@ -85,7 +86,7 @@ export function readAdapter(cfg: ModelConfig, dir: string): ReadAdapter {
       });
     }
   }
-  return { dir, config, modules };
+  return { dir: dir.name, config, modules };
 }
 
 /**
@@ -120,8 +121,8 @@ export function stackAdapters(cfg: ModelConfig, adapters: readonly ReadAdapter[]
   return out;
 }
 
-/** Writes one PEFT adapter folder for adapter `e` of `stacks`. */
-export async function writeExpert(stacks: AdapterStacks, e: number, dir: string, r: number, loraAlpha: number, baseModel: string | null,
+/** Writes one PEFT adapter folder for adapter `e` of `stacks` into `dir` (a folder of a sink). */
+export async function writeExpert(stacks: AdapterStacks, e: number, dir: DirWriter, r: number, loraAlpha: number, baseModel: string | null,
   cache: StackReadCache): Promise<void> {
   const cfg = stacks.modelConfig;
   const tensors = new Map<string, WritableTensor>();
@@ -153,7 +154,6 @@ export async function writeExpert(stacks: AdapterStacks, e: number, dir: string,
   const json = makePeftConfig({
     r, loraAlpha, targetModules: LINEAR_MODULES.filter((m) => targets.has(m)), rankPattern, alphaPattern, baseModelNameOrPath: baseModel,
   });
-  fs.mkdirSync(dir, { recursive: true });
-  writeJsonFile(path.join(dir, ADAPTER_CONFIG_FILE), json);
-  writeSafetensors(path.join(dir, ADAPTER_WEIGHTS_FILE), tensors);
+  await dir.write(ADAPTER_CONFIG_FILE, jsonText(json));
+  await dir.write(ADAPTER_WEIGHTS_FILE, safetensorsParts(tensors));
 }

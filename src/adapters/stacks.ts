@@ -4,6 +4,7 @@
 // what the trainer and checkpoints see of either: the routing of a training batch, the steps
 // a training example's stepIds index, and saving into a checkpoint.
 
+import type { DirWriter } from '../io/sink.js';
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor.js';
 import { mulberry32 } from '../rng.js';
@@ -196,7 +197,7 @@ export class AdapterStacks {
    * written, false when the set has no folder format of its own (a plain set: the
    * checkpoint's params.safetensors holds it).
    */
-  async saveForCheckpoint(dir: string): Promise<boolean> {
+  async saveForCheckpoint(dir: string | DirWriter): Promise<boolean> {
     void dir;
     return false;
   }

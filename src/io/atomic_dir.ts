@@ -29,11 +29,13 @@
 // removed before each write, and only by their marker: the files a complete marker lists, or
 // the whole of a folder whose in-progress marker says mote created it empty. A folder with no
 // marker under such a name is left alone.
-import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ArgumentError, FormatError } from '../errors.js';
 import { parseJson } from './files.js';
+import type { Stats } from 'node:fs';
+import { nodeBuiltin } from './node_builtins.js';
+const crypto = nodeBuiltin<typeof import('node:crypto')>('node:crypto');
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 export const MARKER_FILE = 'mote-written.json';
 export const MARKER_FORMAT = 'mote-written';
@@ -60,7 +62,7 @@ export interface ReplaceDirOptions {
 // by test/checkpoint_kill.test.ts to kill a writer at exact points; unset, it costs a lookup.
 const pauseCounts = new Map<string, number>();
 export function testPoint(name: string): void {
-  const at = process.env.MOTE_TEST_PAUSE_AT;
+  const at = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.MOTE_TEST_PAUSE_AT;
   if (!at) return;
   const [point, nth] = at.split(':');
   if (point !== name) return;
@@ -165,7 +167,7 @@ export function checkWrittenDir(dir: string): string | null {
   if (!m.complete) return `${path.join(dir, MARKER_FILE)}: the write was interrupted`;
   for (const [rel, f] of Object.entries(m.files)) {
     const p = path.join(dir, rel);
-    let st: fs.Stats;
+    let st: Stats;
     try { st = fs.lstatSync(p); } catch { return `${p}: missing`; }
     if (!st.isFile()) return `${p}: not a regular file`;
     if (st.size !== f.bytes) return `${p}: ${st.size} bytes, ${f.bytes} were written`;
@@ -294,7 +296,7 @@ type Plan = { how: 'create' } | { how: 'swap'; owned: Set<string> } | { how: 'me
  */
 export function checkReplaceable(op: string, dir: string, opts: ReplaceDirOptions): Plan {
   dir = path.resolve(dir);
-  let st: fs.Stats;
+  let st: Stats;
   try { st = fs.statSync(dir); } catch { return { how: 'create' }; }
   if (!st.isDirectory()) throw new ArgumentError(`${op}: ${dir} exists and is not a directory`);
   const all = listFiles(dir);

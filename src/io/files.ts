@@ -3,8 +3,10 @@
 // file in place of the expected one gives a FormatError naming the file instead of EISDIR,
 // a hang on open() or an unbounded allocation.
 
-import * as fs from 'node:fs';
 import { FormatError } from '../errors.js';
+import type { Stats } from 'node:fs';
+import { nodeBuiltin } from './node_builtins.js';
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
 
 /** JSON files mote reads (configs, tokenizer.json, mote.json, checkpoint state) stay below this. */
 export const MAX_JSON_BYTES = 256 * 1024 * 1024;
@@ -18,7 +20,7 @@ function sizeText(n: number): string {
  * returns its size. Missing files, folders, FIFOs, sockets and devices are FormatErrors.
  */
 export function checkRegularFile(file: string, what: string, maxBytes = Number.MAX_SAFE_INTEGER): number {
-  let st: fs.Stats;
+  let st: Stats;
   try {
     st = fs.statSync(file);
   } catch (e) {

@@ -10,11 +10,14 @@
 // multi-GiB shard costs only their bytes. Every defect of the file is a FormatError whose
 // message starts with the file's path and names the tensor it concerns.
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ArgumentError, FormatError, ShapeError, describe } from '../errors.js';
 import { checkRegularFile, readJsonFile } from './files.js';
+import { readSourceJson, type FileSource } from './source.js';
+import type { DirWriter } from './sink.js';
 import { bytesPerElement, checkDType, encode, type DType, type HostData } from '../dtype.js';
+import { nodeBuiltin } from './node_builtins.js';
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 /** Element size in bytes of every dtype the format defines (so offsets can be checked even for dtypes we do not read). */
 const ITEM_SIZE: Readonly<Record<string, number>> = {
@@ -190,6 +193,38 @@ function convert(file: string, e: TensorEntry, buf: ArrayBuffer): HostTensor {
   }
 }
 
+/** The header length from the first 8 bytes of a file of `size` bytes (checked against the size and the format's limit). */
+function headerLength(file: string, lenBytes: Uint8Array, size: number): number {
+  const n = new DataView(lenBytes.buffer, lenBytes.byteOffset, 8).getBigUint64(0, true);
+  if (n > BigInt(size - 8)) {
+    throw new FormatError(`${file}: header length ${n} runs past the end of the file (${size} bytes; truncated or not safetensors?)`);
+  }
+  if (n > BigInt(MAX_HEADER_BYTES)) throw new FormatError(`${file}: header length ${n} exceeds the format's limit of ${MAX_HEADER_BYTES}`);
+  return Number(n);
+}
+
+/** Parses and validates the header bytes of a file of `size` bytes. */
+function decodeHeader(file: string, headerBytes: Uint8Array, size: number): { metadata: Record<string, string>; entries: Map<string, TensorEntry> } {
+  let header: unknown;
+  try {
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+  } catch (e) {
+    throw new FormatError(`${file}: header is not valid UTF-8 JSON: ${(e as Error).message}`);
+  }
+  if (!isPlainObject(header)) throw new FormatError(`${file}: header must be a JSON object, got ${describe(header)}`);
+  const dataStart = 8 + headerBytes.length;
+  return parseHeader(file, header, dataStart, size - dataStart);
+}
+
+/** Converts `bytes` (the stored bytes of `e`) to a tensor, into a fresh aligned buffer when needed. */
+function convertBytes(file: string, e: TensorEntry, bytes: Uint8Array): HostTensor {
+  if (e.dtype === null) {
+    throw new FormatError(`${file}: tensor '${e.name}': dtype ${e.storedDType} is not supported (mote reads ${Object.keys(READ_AS).join(', ')})`);
+  }
+  const aligned = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+  return convert(file, e, aligned.buffer as ArrayBuffer);
+}
+
 /**
  * An open safetensors file: the header is read and validated on open, tensors are read
  * one at a time on request. Call `close()` when done.
@@ -221,25 +256,12 @@ export class SafetensorsReader {
     try {
       const size = fs.fstatSync(fd).size;
       if (size < 8) throw new FormatError(`${file}: file has ${size} bytes, too short for the 8-byte header length (truncated?)`);
-      const lenBytes = Buffer.alloc(8);
+      const lenBytes = new Uint8Array(8);
       readFully(fd, lenBytes, 0, file, 'header length');
-      const n = lenBytes.readBigUInt64LE(0);
-      if (n > BigInt(size - 8)) {
-        throw new FormatError(`${file}: header length ${n} runs past the end of the file (${size} bytes; truncated or not safetensors?)`);
-      }
-      if (n > BigInt(MAX_HEADER_BYTES)) throw new FormatError(`${file}: header length ${n} exceeds the format's limit of ${MAX_HEADER_BYTES}`);
-      const headerLen = Number(n);
-      const headerBytes = Buffer.alloc(headerLen);
+      const headerLen = headerLength(file, lenBytes, size);
+      const headerBytes = new Uint8Array(headerLen);
       readFully(fd, headerBytes, 8, file, 'header');
-      let header: unknown;
-      try {
-        header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
-      } catch (e) {
-        throw new FormatError(`${file}: header is not valid UTF-8 JSON: ${(e as Error).message}`);
-      }
-      if (!isPlainObject(header)) throw new FormatError(`${file}: header must be a JSON object, got ${describe(header)}`);
-      const dataStart = 8 + headerLen;
-      const { metadata, entries } = parseHeader(file, header, dataStart, size - dataStart);
+      const { metadata, entries } = decodeHeader(file, headerBytes, size);
       return new SafetensorsReader(file, fd, size, metadata, entries);
     } catch (e) {
       fs.closeSync(fd);
@@ -340,17 +362,16 @@ function plan(tensors: Map<string, WritableTensor> | Record<string, WritableTens
 }
 
 /** Serializes the header, padded with spaces so that the data starts at a multiple of 8 bytes. */
-function headerBytes(byName: Planned[], metadata: Record<string, string>): Buffer {
+function headerBytes(byName: Planned[], metadata: Record<string, string>): Uint8Array {
   const header: Record<string, unknown> = { __metadata__: metadata };
   for (const p of byName) {
     header[p.name] = { dtype: STORED[p.dtype], shape: [...p.t.shape], data_offsets: [p.begin, p.begin + p.byteLength] };
   }
-  const json = Buffer.from(JSON.stringify(header), 'utf-8');
-  const padded = Buffer.alloc(Math.ceil(json.length / 8) * 8, 0x20);
-  json.copy(padded);
-  const out = Buffer.alloc(8 + padded.length);
-  out.writeBigUInt64LE(BigInt(padded.length), 0);
-  padded.copy(out, 8);
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(json.length / 8) * 8;
+  const out = new Uint8Array(8 + padded).fill(0x20, 8);
+  new DataView(out.buffer).setBigUint64(0, BigInt(padded), true);
+  out.set(json, 8);
   return out;
 }
 
@@ -379,6 +400,18 @@ export function writeSafetensors(
   tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
   metadata?: Record<string, string>,
 ): void {
+  const { head, body } = layout(tensors, metadata);
+  atomicWrite(file, (fd) => {
+    writeFully(fd, head);
+    // encode() checks values (e.g. non-integers for i32) and may throw here, mid-file.
+    for (const part of body()) writeFully(fd, part);
+  });
+}
+
+/** The header and (lazily encoded) data of a safetensors file, laid out as writeSafetensors describes. */
+function layout(tensors: Map<string, WritableTensor> | Record<string, WritableTensor>, metadata?: Record<string, string>): {
+  head: Uint8Array; body: () => Iterable<Uint8Array>;
+} {
   const planned = plan(tensors);
   const meta = checkMetadata(metadata);
   const byName = [...planned].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -388,12 +421,20 @@ export function writeSafetensors(
     p.begin = offset;
     offset += p.byteLength;
   }
-  const head = headerBytes(byName, meta);
-  atomicWrite(file, (fd) => {
-    writeFully(fd, head);
-    // encode() checks values (e.g. non-integers for i32) and may throw here, mid-file.
-    for (const p of byData) writeFully(fd, encode(`tensor '${p.name}'.data`, p.t.data, p.dtype));
-  });
+  return { head: headerBytes(byName, meta), body: function* () { for (const p of byData) yield encode(`tensor '${p.name}'.data`, p.t.data, p.dtype); } };
+}
+
+/**
+ * A safetensors file as byte parts (header, then each tensor's data), the same bytes
+ * writeSafetensors writes: for sinks (src/io/sink.ts) that write to OPFS or memory.
+ * Every tensor is checked and encoded before this returns.
+ */
+export function safetensorsParts(
+  tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
+  metadata?: Record<string, string>,
+): Uint8Array[] {
+  const { head, body } = layout(tensors, metadata);
+  return [head, ...body()];
 }
 
 /** Runs `body` on a temporary file next to `file` and renames it into place only when it succeeds. */
@@ -439,7 +480,11 @@ export interface SafetensorsIndex {
 /** Reads `<dir>/model.safetensors.index.json` (or `indexName`) and checks its weight_map. */
 export function readSafetensorsIndex(dir: string, indexName = INDEX_FILE): SafetensorsIndex {
   const file = path.join(dir, indexName);
-  const json = readJsonFile(file, 'a safetensors index', MAX_INDEX_BYTES);
+  return parseSafetensorsIndex(readJsonFile(file, 'a safetensors index', MAX_INDEX_BYTES), file);
+}
+
+/** Checks a parsed index (its weight_map, its metadata); `file` names it in errors. */
+export function parseSafetensorsIndex(json: unknown, file: string): SafetensorsIndex {
   if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
   const { weight_map: wm, metadata } = json;
   if (!isPlainObject(wm)) throw new FormatError(`${file}: weight_map must be an object of tensor name -> shard file, got ${describe(wm)}`);
@@ -449,8 +494,8 @@ export function readSafetensorsIndex(dir: string, indexName = INDEX_FILE): Safet
   const weightMap = new Map<string, string>();
   for (const [name, shard] of Object.entries(wm)) {
     // A shard must be a plain file name in the same folder: no paths, so an index cannot point outside it.
-    if (typeof shard !== 'string' || shard === '' || shard === '.' || shard === '..' || path.basename(shard) !== shard || shard.includes('\\') ||
-      shard.includes('/') || shard.includes('\0') || path.isAbsolute(shard)) {
+    if (typeof shard !== 'string' || shard === '' || shard === '.' || shard === '..' || shard.includes('\\') ||
+      shard.includes('/') || shard.includes('\0') || /^[A-Za-z]:/.test(shard)) {
       throw new FormatError(`${file}: weight_map['${name}'] must be a file name in the same folder, got ${describe(shard)}`);
     }
     weightMap.set(name, shard);
@@ -572,6 +617,30 @@ export function writeShardedSafetensors(
   tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
   opts: { maxShardBytes: number; prefix?: string; metadata?: Record<string, string> },
 ): string[] {
+  const files = shardFiles(tensors, opts);
+  for (const f of files) {
+    if (f.tensors) writeSafetensors(path.join(dir, f.name), f.tensors, opts.metadata);
+    else atomicWrite(path.join(dir, f.name), (fd) => writeFully(fd, f.bytes!));
+  }
+  return files.map((f) => f.name);
+}
+
+/** writeShardedSafetensors into a folder of a sink (src/io/sink.ts): the same files, the same bytes. */
+export async function writeShardedTo(
+  dir: DirWriter,
+  tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
+  opts: { maxShardBytes: number; prefix?: string; metadata?: Record<string, string> },
+): Promise<string[]> {
+  const files = shardFiles(tensors, opts);
+  for (const f of files) await dir.write(f.name, f.tensors ? safetensorsParts(f.tensors, opts.metadata) : f.bytes!);
+  return files.map((f) => f.name);
+}
+
+/** The files of a sharded write, in the order they are written: the shards, then the index. */
+function shardFiles(
+  tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
+  opts: { maxShardBytes: number; prefix?: string },
+): { name: string; tensors?: Map<string, WritableTensor>; bytes?: Uint8Array }[] {
   const prefix = opts.prefix ?? 'model';
   if (!(opts.maxShardBytes > 0)) throw new ArgumentError(`maxShardBytes: expected a positive number, got ${describe(opts.maxShardBytes)}`);
   const planned = plan(tensors).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -585,21 +654,170 @@ export function writeShardedSafetensors(
     groups[groups.length - 1]!.push(p);
     size += p.byteLength;
   }
-  if (groups.length <= 1) {
-    const name = `${prefix}.safetensors`;
-    writeSafetensors(path.join(dir, name), new Map((groups[0] ?? []).map((p) => [p.name, p.t])), opts.metadata);
-    return [name];
-  }
+  if (groups.length <= 1) return [{ name: `${prefix}.safetensors`, tensors: new Map((groups[0] ?? []).map((p) => [p.name, p.t])) }];
   const pad = (i: number) => String(i).padStart(5, '0');
   const names = groups.map((_, i) => `${prefix}-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`);
   const weightMap: Record<string, string> = {};
-  groups.forEach((g, i) => {
-    writeSafetensors(path.join(dir, names[i]!), new Map(g.map((p) => [p.name, p.t])), opts.metadata);
+  const out: { name: string; tensors?: Map<string, WritableTensor>; bytes?: Uint8Array }[] = groups.map((g, i) => {
     for (const p of g) weightMap[p.name] = names[i]!;
+    return { name: names[i]!, tensors: new Map(g.map((p) => [p.name, p.t])) };
   });
   const total = planned.reduce((n, p) => n + p.byteLength, 0);
-  const index = Buffer.from(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n');
   // The index goes last, so a reader never sees an index whose shards are not all written.
-  atomicWrite(path.join(dir, `${prefix}.safetensors.index.json`), (fd) => writeFully(fd, index));
-  return [...names, `${prefix}.safetensors.index.json`];
+  out.push({ name: `${prefix}.safetensors.index.json`, bytes: new TextEncoder().encode(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n') });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading from a FileSource (a folder, a URL, Blobs, bytes: src/io/source.ts)
+
+/**
+ * A safetensors file of a FileSource: `open` reads and validates only the header (for a URL:
+ * one ranged request for the first 64 KiB, more only for a larger header); `read(name)`
+ * reads one tensor's byte range. The same checks and messages as SafetensorsReader, with
+ * the file named by the source (a path or a URL).
+ */
+export class SafetensorsFile {
+  private constructor(
+    private readonly src: FileSource,
+    private readonly rel: string,
+    /** The file as messages name it. */
+    readonly path: string,
+    readonly fileSize: number,
+    readonly metadata: Record<string, string>,
+    private readonly entries: Map<string, TensorEntry>,
+  ) {}
+
+  static async open(src: FileSource, rel: string, what = 'a safetensors file'): Promise<SafetensorsFile> {
+    const file = src.where(rel);
+    if (!LITTLE_ENDIAN) throw new FormatError(`${file}: reading safetensors needs a little-endian host`);
+    const size = await src.size(rel, what);
+    if (size < 8) throw new FormatError(`${file}: file has ${size} bytes, too short for the 8-byte header length (truncated?)`);
+    const headerLen = headerLength(file, await src.read(rel, 0, 8, 'header length'), size);
+    const { metadata, entries } = decodeHeader(file, await src.read(rel, 8, headerLen, 'header'), size);
+    return new SafetensorsFile(src, rel, file, size, metadata, entries);
+  }
+
+  names(): string[] {
+    return [...this.entries.keys()].sort();
+  }
+
+  has(name: string): boolean {
+    return this.entries.has(name);
+  }
+
+  entry(name: string): TensorEntry | undefined {
+    const e = this.entries.get(name);
+    return e && { ...e, shape: [...e.shape] };
+  }
+
+  private lookup(name: string): TensorEntry {
+    const e = this.entries.get(name);
+    if (!e) throw new FormatError(`${this.path}: no tensor '${name}' (the file has ${this.entries.size})`);
+    return e;
+  }
+
+  async readBytes(name: string): Promise<Uint8Array> {
+    const e = this.lookup(name);
+    return this.src.read(this.rel, e.offset, e.byteLength, `tensor '${name}'`);
+  }
+
+  /** Reads one tensor: F32/F16/BF16/I32 as stored, I64 to i32 (range-checked), F64 to f32. */
+  async read(name: string): Promise<HostTensor> {
+    const e = this.lookup(name);
+    if (e.dtype === null) return convertBytes(this.path, e, new Uint8Array(0)); // throws: unsupported dtype
+    return convertBytes(this.path, e, await this.readBytes(name));
+  }
+}
+
+/** Reads a whole safetensors file of a source. */
+export async function readSafetensorsFrom(src: FileSource, rel: string): Promise<SafetensorsContents> {
+  const r = await SafetensorsFile.open(src, rel);
+  const tensors = new Map<string, HostTensor>();
+  for (const name of r.names()) tensors.set(name, await r.read(name));
+  return { metadata: { ...r.metadata }, tensors };
+}
+
+/**
+ * A model's weights from a source: its model.safetensors.index.json when present (every
+ * shard it names must exist), else its model.safetensors; shard headers are read when first
+ * needed. The async counterpart of ModelWeights, with the same messages.
+ */
+export class SourceWeights {
+  private readonly files = new Map<string, Promise<SafetensorsFile>>();
+
+  private constructor(
+    private readonly src: FileSource,
+    /** The index as messages name it, or null for a single file. */
+    readonly index: string | null,
+    private readonly whereIs: Map<string, string>,
+    first?: SafetensorsFile,
+    firstRel?: string,
+  ) {
+    if (first) this.files.set(firstRel!, Promise.resolve(first));
+  }
+
+  static async open(src: FileSource, opts: { index?: string; single?: string } = {}): Promise<SourceWeights> {
+    const indexName = opts.index ?? INDEX_FILE;
+    const singleName = opts.single ?? SINGLE_FILE;
+    if (await src.has(indexName)) {
+      const idx = parseSafetensorsIndex(await readSourceJson(src, indexName, 'a safetensors index', MAX_INDEX_BYTES), src.where(indexName));
+      const shards = new Map<string, number>();
+      for (const shard of idx.weightMap.values()) shards.set(shard, (shards.get(shard) ?? 0) + 1);
+      const present = await Promise.all([...shards.keys()].map((s) => src.has(s)));
+      const missing = [...shards.keys()].filter((_, i) => !present[i]);
+      if (missing.length > 0) {
+        const first = [...idx.weightMap].find(([, s]) => s === missing[0])![0];
+        throw new FormatError(`${idx.file}: shard${missing.length > 1 ? 's' : ''} ${missing.map((s) => `'${s}'`).join(', ')} ` +
+          `not found in ${src.name} (holding ${missing.reduce((n, s) => n + shards.get(s)!, 0)} tensors, e.g. '${first}')`);
+      }
+      for (const s of shards.keys()) await src.size(s, `shard named by ${idx.file}`);
+      return new SourceWeights(src, idx.file, idx.weightMap);
+    }
+    if (await src.has(singleName)) {
+      const f = await SafetensorsFile.open(src, singleName);
+      return new SourceWeights(src, null, new Map(f.names().map((n) => [n, singleName])), f, singleName);
+    }
+    throw new FormatError(`${src.name}: no ${indexName} or ${singleName} found`);
+  }
+
+  names(): string[] {
+    return [...this.whereIs.keys()].sort();
+  }
+
+  has(name: string): boolean {
+    return this.whereIs.has(name);
+  }
+
+  /** File names (relative to the source) the weights live in. */
+  fileNames(): string[] {
+    return [...new Set(this.whereIs.values())].sort();
+  }
+
+  private async file(name: string): Promise<SafetensorsFile> {
+    const shard = this.whereIs.get(name);
+    if (shard === undefined) throw new FormatError(`${this.index ?? this.src.where(this.fileNames()[0] ?? SINGLE_FILE)}: no tensor '${name}'`);
+    let p = this.files.get(shard);
+    if (!p) {
+      p = SafetensorsFile.open(this.src, shard);
+      this.files.set(shard, p);
+    }
+    const f = await p;
+    if (!f.has(name)) throw new FormatError(`${this.index}: weight_map puts tensor '${name}' in '${shard}', but ${f.path} has no such tensor`);
+    return f;
+  }
+
+  /** The header entry of `name` plus the file it is in (opens that shard's header). */
+  async entry(name: string): Promise<TensorEntry & { file: string }> {
+    const f = await this.file(name);
+    return { ...f.entry(name)!, file: f.path };
+  }
+
+  async get(name: string): Promise<HostTensor> {
+    return (await this.file(name)).read(name);
+  }
+
+  async readBytes(name: string): Promise<Uint8Array> {
+    return (await this.file(name)).readBytes(name);
+  }
 }

@@ -12,14 +12,18 @@
 // The JSON handed to the library is a copy: its constructor writes the added tokens into
 // the model's vocabulary, and we keep the file's JSON as read for saving.
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { checkRegularFile, jsonDepth, parseJson, readTextFile } from './files.js';
 import { checkTokenizerPattern } from './regex.js';
+import { fileIn, openSource, type FileBytes, type FileSource, type SourceInput } from './source.js';
 import { BoundedTemplate, MAX_TEMPLATE_CHARS, defaultTemplateLimits, type TemplateLimits } from './template.js';
 import { atomicWrite } from './safetensors.js';
+import type { DirWriter } from './sink.js';
+import type { DirHandle } from './opfs.js';
+import { nodeBuiltin } from './node_builtins.js';
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 export const TOKENIZER_FILE = 'tokenizer.json';
 export const TOKENIZER_CONFIG_FILE = 'tokenizer_config.json';
@@ -76,14 +80,7 @@ export const MAX_ID_HOLES = 1024;
 const LFS_POINTER = 'version https://git-lfs.github.com/spec/v1';
 
 function readJson(file: string, what: string, maxBytes: number): Json {
-  const text = readTextFile(file, what, maxBytes);
-  if (text.startsWith(LFS_POINTER)) {
-    throw new FormatError(`${file}: is a git-LFS pointer, not ${what} (the repository was cloned without its LFS files); fetch the real file with \`git lfs pull\``);
-  }
-  const json = parseJson(text, file);
-  if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
-  if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new FormatError(`${file}: nested more than ${MAX_JSON_DEPTH} levels deep (${what})`);
-  return json;
+  return parseJsonText(readTextFile(file, what, maxBytes), file, what);
 }
 
 /**
@@ -185,9 +182,9 @@ export class MoteTokenizer {
   /** From the parsed tokenizer.json and tokenizer_config.json; `source` names them in errors. */
   constructor(tokenizerJson: Json, tokenizerConfig: Json, opts: { source?: string; chatTemplate?: string | null } = {}) {
     this.source = opts.source ?? '.';
-    const file = path.join(this.source, TOKENIZER_FILE);
+    const file = fileIn(this.source, TOKENIZER_FILE);
     if (!isPlainObject(tokenizerJson)) throw new FormatError(`${file}: expected a JSON object, got ${describe(tokenizerJson)}`);
-    if (!isPlainObject(tokenizerConfig)) throw new FormatError(`${path.join(this.source, TOKENIZER_CONFIG_FILE)}: expected a JSON object, got ${describe(tokenizerConfig)}`);
+    if (!isPlainObject(tokenizerConfig)) throw new FormatError(`${fileIn(this.source, TOKENIZER_CONFIG_FILE)}: expected a JSON object, got ${describe(tokenizerConfig)}`);
     this.json = structuredClone(tokenizerJson);
     this.config = structuredClone(tokenizerConfig);
     checkTokenizerJson(this.json, file);
@@ -283,10 +280,10 @@ export class MoteTokenizer {
       }
     }
     const source = this.chatTemplate;
-    const cfgFile = path.join(this.source, TOKENIZER_CONFIG_FILE);
+    const cfgFile = fileIn(this.source, TOKENIZER_CONFIG_FILE);
     if (source === null) throw new FormatError(`${cfgFile}: no chat_template (and no ${CHAT_TEMPLATE_FILE}): this tokenizer has no chat template`);
     if (this.compiled?.source !== source) {
-      const origin = source === this.templateFromFile && this.templateFromConfig() === null ? path.join(this.source, CHAT_TEMPLATE_FILE) : `${cfgFile}: chat_template`;
+      const origin = source === this.templateFromFile && this.templateFromConfig() === null ? fileIn(this.source, CHAT_TEMPLATE_FILE) : `${cfgFile}: chat_template`;
       this.compiled = { source, template: new BoundedTemplate(source, origin) };
     }
     const vars: Record<string, unknown> = {
@@ -341,7 +338,7 @@ export class MoteTokenizer {
     }
     if (changed) {
       added.sort((a, b) => (a.id as number) - (b.id as number));
-      const tok = build(json, config, path.join(this.source, TOKENIZER_FILE));
+      const tok = build(json, config, fileIn(this.source, TOKENIZER_FILE));
       this.json = json;
       this.config = config;
       this.tok = tok;
@@ -369,22 +366,39 @@ export class MoteTokenizer {
         while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
       });
     };
-    write(TOKENIZER_FILE, JSON.stringify(this.json, null, 2) + '\n');
-    write(TOKENIZER_CONFIG_FILE, JSON.stringify(this.config, null, 2) + '\n');
-    if (this.templateFromFile !== null && this.config.chat_template === undefined) write(CHAT_TEMPLATE_FILE, this.templateFromFile);
+    for (const [name, text] of this.files()) write(name, text);
+  }
+
+  /** Writes the files `save` writes into a folder of a sink (src/io/sink.ts: OPFS, memory). */
+  async writeTo(dir: DirWriter): Promise<void> {
+    for (const [name, text] of this.files()) await dir.write(name, text);
+  }
+
+  /** The files `save` writes, by name, as text. */
+  private files(): [string, string][] {
+    const out: [string, string][] = [
+      [TOKENIZER_FILE, JSON.stringify(this.json, null, 2) + '\n'],
+      [TOKENIZER_CONFIG_FILE, JSON.stringify(this.config, null, 2) + '\n'],
+    ];
+    if (this.templateFromFile !== null && this.config.chat_template === undefined) out.push([CHAT_TEMPLATE_FILE, this.templateFromFile]);
+    return out;
   }
 }
 
 /**
  * Reads the tokenizer of an HF model directory: tokenizer.json (required), tokenizer_config.json
  * (optional; bos/eos tokens and the chat template) and chat_template.jinja (optional).
- * Throws FormatError naming the file when one is missing or malformed.
+ * Throws FormatError naming the file when one is missing or malformed. A folder path reads
+ * synchronously, as it always did; a source (a URL object, File/Blob objects, bytes, a
+ * FileSource: src/io/source.ts) returns a Promise.
  */
-export function loadTokenizer(dir: string): MoteTokenizer {
+export function loadTokenizer(dir: string): MoteTokenizer;
+export function loadTokenizer(dir: FileSource | URL | DirHandle | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>): Promise<MoteTokenizer>;
+export function loadTokenizer(dir: SourceInput): MoteTokenizer | Promise<MoteTokenizer> {
+  if (typeof dir !== 'string') return loadTokenizerFrom(openSource(dir, 'loadTokenizer', 'dir'));
+  if (/^https?:\/\//i.test(dir)) throw new ArgumentError(`loadTokenizer: dir: ${dir}: pass new URL(...) to load from a URL (that returns a Promise); a string is a folder path`);
   const file = path.join(dir, TOKENIZER_FILE);
-  if (!fs.existsSync(file)) {
-    throw new FormatError(`${file}: not found: model directory without a tokenizer (expected ${TOKENIZER_FILE} as the HF tokenizers library saves it)`);
-  }
+  if (!fs.existsSync(file)) throw noTokenizer(file);
   const json = readJson(file, 'the tokenizer', MAX_TOKENIZER_BYTES);
   const cfgFile = path.join(dir, TOKENIZER_CONFIG_FILE);
   const config = fs.existsSync(cfgFile) ? readJson(cfgFile, 'the tokenizer config', MAX_TOKENIZER_CONFIG_BYTES) : {};
@@ -396,6 +410,36 @@ export function loadTokenizer(dir: string): MoteTokenizer {
     chatTemplate = readTextFile(tplFile, 'the chat template', 4 * MAX_TEMPLATE_CHARS);
   }
   return new MoteTokenizer(json, config, { source: dir, chatTemplate });
+}
+
+function noTokenizer(file: string): FormatError {
+  return new FormatError(`${file}: not found: model directory without a tokenizer (expected ${TOKENIZER_FILE} as the HF tokenizers library saves it)`);
+}
+
+/** The JSON object checks of readJson, on text already read. */
+/** The text of a tokenizer JSON file → its object: a git-LFS pointer, malformed JSON, a non-object and deep nesting are FormatErrors. */
+function parseJsonText(text: string, file: string, what: string): Json {
+  if (text.startsWith(LFS_POINTER)) {
+    throw new FormatError(`${file}: is a git-LFS pointer, not ${what} (the repository was cloned without its LFS files); fetch the real file with \`git lfs pull\``);
+  }
+  return checkJsonObject(parseJson(text, file), file, what);
+}
+
+function checkJsonObject(json: unknown, file: string, what: string): Json {
+  if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
+  if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new FormatError(`${file}: nested more than ${MAX_JSON_DEPTH} levels deep (${what})`);
+  return json;
+}
+
+/** loadTokenizer of a source: the same files, bounds and messages, read asynchronously. */
+async function loadTokenizerFrom(src: FileSource): Promise<MoteTokenizer> {
+  if (!(await src.has(TOKENIZER_FILE))) throw noTokenizer(src.where(TOKENIZER_FILE));
+  const json = parseJsonText(await src.text(TOKENIZER_FILE, 'the tokenizer', MAX_TOKENIZER_BYTES), src.where(TOKENIZER_FILE), 'the tokenizer');
+  const config = await src.has(TOKENIZER_CONFIG_FILE)
+    ? parseJsonText(await src.text(TOKENIZER_CONFIG_FILE, 'the tokenizer config', MAX_TOKENIZER_CONFIG_BYTES), src.where(TOKENIZER_CONFIG_FILE), 'the tokenizer config')
+    : {};
+  const chatTemplate = await src.has(CHAT_TEMPLATE_FILE) ? await src.text(CHAT_TEMPLATE_FILE, 'the chat template', 4 * MAX_TEMPLATE_CHARS) : null;
+  return new MoteTokenizer(json, config, { source: src.name, chatTemplate });
 }
 
 /** Writes `tokenizer` into `dir` (see MoteTokenizer.save). */

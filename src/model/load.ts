@@ -2,7 +2,6 @@
 // tensors in HF naming, every tensor's name, shape and dtype checked against the config
 // before anything is uploaded, and nothing left allocated on the backend when loading fails.
 
-import * as path from 'node:path';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
 import { WEIGHT_DTYPES, hostToF32 } from '../dtype.js';
@@ -11,8 +10,8 @@ import {
   LINEAR_MODULES, checkConfigAgainstWeights, compareWeights, expectedWeights, hasQkNorm, linearShape, linearWeightName, parseHFConfig, qkNormWeightName,
   type LinearModule, type ModelConfig, type WeightReport,
 } from './config.js';
-import { readTextFile } from '../io/files.js';
-import { openModelWeights, type HostTensor, type ModelWeights } from '../io/safetensors.js';
+import { openSource, type SourceInput } from '../io/source.js';
+import { SourceWeights, type HostTensor } from '../io/safetensors.js';
 import { ropeInvFreq } from './rope_freq.js';
 import { LlamaModel, type LlamaLayerWeights } from './llama.js';
 
@@ -46,7 +45,6 @@ function ignorable(name: string, cfg: ModelConfig, shape: readonly number[]): bo
 interface WeightSource {
   names(): string[];
   shape(name: string): { shape: number[]; storedDType: string; file: string };
-  get(name: string): HostTensor;
   /** Where a missing tensor was looked for. */
   where: string;
 }
@@ -77,8 +75,13 @@ function checkOptions(op: string, opts: LoadModelOptions): void {
   }
 }
 
-/** Checks names, shapes and dtypes of every tensor, then uploads them; nothing stays allocated on failure. */
-function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir: string | null, configFile: string): LlamaModel {
+/**
+ * Checks names, shapes and dtypes of every tensor, then uploads them one by one: yields each
+ * tensor's name and is sent its host tensor back (so that one body serves the synchronous
+ * map of modelFromTensors and the asynchronous reads of loadModel). Nothing stays allocated
+ * on failure.
+ */
+function* build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir: string | null, configFile: string): Generator<string, LlamaModel, HostTensor> {
   const actual = new Map<string, number[]>();
   for (const n of src.names()) actual.set(n, src.shape(n).shape);
   // The config's sizes are only claims: check them against the tensors before listing or allocating by them.
@@ -96,32 +99,34 @@ function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir:
 
   const be = opts.backend;
   const made: Tensor[] = [];
-  const up = (name: string, shape?: readonly number[]): Tensor => {
-    const h = src.get(name);
+  function* up(name: string, shape?: readonly number[]): Generator<string, Tensor, HostTensor> {
+    const h = yield name;
     const t = upload(be, h, shape ?? h.shape, opts.dtype);
     made.push(t);
     return t;
-  };
+  }
   try {
-    const embedTokens = up(NAMES.embed);
+    const embedTokens = yield* up(NAMES.embed);
     const layers: LlamaLayerWeights[] = [];
     for (let l = 0; l < cfg.numLayers; l++) {
-      const inputNorm = up(NAMES.inputNorm(l));
-      const postAttentionNorm = up(NAMES.postNorm(l));
+      const inputNorm = yield* up(NAMES.inputNorm(l));
+      const postAttentionNorm = yield* up(NAMES.postNorm(l));
       const linear = {} as Record<LinearModule, Tensor>;
       const bias: Partial<Record<LinearModule, Tensor>> = {};
       for (const m of LINEAR_MODULES) {
-        linear[m] = up(linearWeightName(l, m));
+        linear[m] = yield* up(linearWeightName(l, m));
         const bn = linearWeightName(l, m, 'bias');
-        if (expected.some((w) => w.name === bn)) bias[m] = up(bn, [1, linearShape(cfg, m)[0]]);
+        if (expected.some((w) => w.name === bn)) bias[m] = yield* up(bn, [1, linearShape(cfg, m)[0]]);
       }
-      layers.push({
-        inputNorm, postAttentionNorm, linear, bias,
-        ...(hasQkNorm(cfg) ? { qNorm: up(qkNormWeightName(l, 'q_norm')), kNorm: up(qkNormWeightName(l, 'k_norm')) } : {}),
-      });
+      const layer: LlamaLayerWeights = { inputNorm, postAttentionNorm, linear, bias };
+      if (hasQkNorm(cfg)) {
+        layer.qNorm = yield* up(qkNormWeightName(l, 'q_norm'));
+        layer.kNorm = yield* up(qkNormWeightName(l, 'k_norm'));
+      }
+      layers.push(layer);
     }
-    const norm = up(NAMES.norm);
-    const lmHead = cfg.tieWordEmbeddings ? embedTokens : up(NAMES.lmHead);
+    const norm = yield* up(NAMES.norm);
+    const lmHead = cfg.tieWordEmbeddings ? embedTokens : yield* up(NAMES.lmHead);
     const inv = ropeInvFreq(cfg.headDim, cfg.ropeTheta, cfg.ropeScaling);
     const invFreq = be.tensor(Float32Array.from(inv), [inv.length], 'f32');
     made.push(invFreq);
@@ -132,32 +137,47 @@ function build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir:
   }
 }
 
+/** Runs `build`, reading each tensor it asks for with `get`; a failed read disposes what was uploaded. */
+async function buildAsync(g: Generator<string, LlamaModel, HostTensor>, get: (name: string) => Promise<HostTensor>): Promise<LlamaModel> {
+  let r = g.next();
+  while (!r.done) {
+    let h: HostTensor;
+    try {
+      h = await get(r.value);
+    } catch (e) {
+      g.throw(e); // runs build's cleanup, then rethrows
+      throw e;
+    }
+    r = g.next(h);
+  }
+  return r.value;
+}
+
 /**
  * Loads an HF model directory: config.json (llama, mistral, qwen2 or qwen3) and model.safetensors or
- * the shards of model.safetensors.index.json. Every tensor's name, shape and dtype is checked
+ * the shards of model.safetensors.index.json. `dir` is a folder path (Node) or anything
+ * openSource takes: a URL (tensors fetched by HTTP Range requests where the server allows),
+ * File/Blob objects, bytes, a FileSource. Every tensor's name, shape and dtype is checked
  * against the config before anything is uploaded; problems are FormatErrors naming the file
  * and the tensor. Weights go to `backend` in their stored dtype, or in `dtype` when given.
  * Nothing stays allocated on the backend when loading fails.
  */
-export async function loadModel(dir: string, opts: LoadModelOptions): Promise<LlamaModel> {
+export async function loadModel(dir: SourceInput, opts: LoadModelOptions): Promise<LlamaModel> {
   checkOptions('loadModel', opts);
-  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`loadModel: dir: expected a model directory path, got ${describe(dir)}`);
-  const configFile = path.join(dir, 'config.json');
+  if (dir === '' || dir === null || dir === undefined) throw new ArgumentError(`loadModel: dir: expected a model directory path, got ${describe(dir)}`);
+  const src = openSource(dir, 'loadModel', 'dir');
+  const configFile = src.where('config.json');
   // Bounded, regular-file-only read: a FIFO or a huge file in place of config.json is a FormatError, not a hang.
-  const cfg = parseHFConfig(readTextFile(configFile, 'an HF model directory needs config.json', MAX_CONFIG_BYTES), configFile);
-  const weights: ModelWeights = openModelWeights(dir);
-  try {
-    const where = weights.index ?? path.join(dir, weights.files()[0] ?? 'model.safetensors');
-    const src: WeightSource = {
-      where,
-      names: () => weights.names(),
-      shape: (n) => { const e = weights.entry(n); return { shape: e.shape, storedDType: e.storedDType, file: e.file }; },
-      get: (n) => weights.get(n),
-    };
-    return build(cfg, src, opts, dir, configFile);
-  } finally {
-    weights.close();
+  const cfg = parseHFConfig(await src.text('config.json', 'an HF model directory needs config.json', MAX_CONFIG_BYTES), configFile);
+  const weights = await SourceWeights.open(src);
+  const where = weights.index ?? src.where(weights.fileNames()[0] ?? 'model.safetensors');
+  const shapes = new Map<string, { shape: number[]; storedDType: string; file: string }>();
+  for (const n of weights.names()) {
+    const e = await weights.entry(n);
+    shapes.set(n, { shape: e.shape, storedDType: e.storedDType, file: e.file });
   }
+  const ws: WeightSource = { where, names: () => weights.names(), shape: (n) => shapes.get(n)! };
+  return buildAsync(build(cfg, ws, opts, typeof dir === 'string' ? dir : src.name, configFile), (n) => weights.get(n));
 }
 
 /**
@@ -170,7 +190,9 @@ export function modelFromTensors(config: ModelConfig, tensors: ReadonlyMap<strin
     where: '<tensors>',
     names: () => [...tensors.keys()],
     shape: (n) => { const t = tensors.get(n)!; return { shape: [...t.shape], storedDType: ({ f32: 'F32', f16: 'F16', bf16: 'BF16', i32: 'I32' } as const)[t.dtype], file: '<tensors>' }; },
-    get: (n) => tensors.get(n)!,
   };
-  return build(config, src, opts, null, '<config>');
+  const g = build(config, src, opts, null, '<config>');
+  let r = g.next();
+  while (!r.done) r = g.next(tensors.get(r.value)!);
+  return r.value;
 }

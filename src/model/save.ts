@@ -12,16 +12,16 @@
 // replaces, and a stale shard index or weights file that would contradict the new weights,
 // are renamed to <name>.before-mote (src/io/atomic_dir.ts).
 
-import * as path from 'node:path';
 import { ArgumentError, describe } from '../errors.js';
 import type { DType } from '../dtype.js';
 import type { Tensor } from '../tensor.js';
 import { MODEL_FAMILIES, expectedWeights, type ModelConfig, type ModelFamily } from './config.js';
 import { LlamaModel } from './llama.js';
 import { baseWeights } from './llama_backward.js';
-import { INDEX_FILE, writeShardedSafetensors, type WritableTensor } from '../io/safetensors.js';
-import { overwriteOption, replaceDirAtomically } from '../io/atomic_dir.js';
-import { writeJsonFile } from '../io/files.js';
+import { INDEX_FILE, writeShardedTo, type WritableTensor } from '../io/safetensors.js';
+import { openSink, type FileSink } from '../io/sink.js';
+import { overwriteOption } from '../io/atomic_dir.js';
+import { jsonText } from '../io/files.js';
 import { MoteTokenizer } from '../io/tokenizer.js';
 
 const ARCHITECTURE: Readonly<Record<ModelFamily, string>> = {
@@ -195,13 +195,15 @@ async function hostCopy(t: Tensor, shape: readonly number[]): Promise<WritableTe
  * past maxShardBytes, with model.safetensors.index.json) and, with opts.tokenizer, its files.
  * The directory is replaced as a whole, atomically; an existing non-empty `dir` that mote did
  * not write is refused with ArgumentError unless opts.overwrite (see the header: nothing of
- * it is deleted). loadModel(dir) gives back the same weights in the same dtypes.
+ * it is deleted). loadModel(dir) gives back the same weights in the same dtypes. `dir` may
+ * also be a FileSink (src/io/sink.ts: an OPFS folder, or memory for a download).
  */
-export async function saveModel(model: LlamaModel, dir: string, opts: SaveModelOptions = {}): Promise<void> {
+export async function saveModel(model: LlamaModel, dir: string | FileSink, opts: SaveModelOptions = {}): Promise<void> {
   const op = 'saveModel';
   if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
   if (model.disposed) throw new ArgumentError(`${op}: model: used after dispose()`);
-  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  if (typeof dir === 'string' && dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  const sink = openSink(dir, op);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { tokenizer?, maxShardBytes?, overwrite? }, got ${describe(opts)}`);
   const tok = opts.tokenizer;
   if (tok !== undefined && !(tok instanceof MoteTokenizer)) throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tok)}`);
@@ -228,11 +230,11 @@ export async function saveModel(model: LlamaModel, dir: string, opts: SaveModelO
   if (config.bos_token_id !== null) gen.bos_token_id = config.bos_token_id;
   if (config.eos_token_id !== null) gen.eos_token_id = config.eos_token_id;
 
-  await replaceDirAtomically(op, dir, { kind: 'hf-model', overwrite, conflicts: weightFileConflict }, (tmp) => {
-    writeShardedSafetensors(tmp, tensors, { maxShardBytes, metadata: { format: 'pt' } });
-    writeJsonFile(path.join(tmp, 'generation_config.json'), gen);
-    tok?.save(tmp);
+  await sink.replaceDir(op, { kind: 'hf-model', overwrite, conflicts: weightFileConflict }, async (w) => {
+    await writeShardedTo(w, tensors, { maxShardBytes, metadata: { format: 'pt' } });
+    await w.write('generation_config.json', jsonText(gen));
+    await tok?.writeTo(w);
     // config.json last: it marks the folder as a model directory.
-    writeJsonFile(path.join(tmp, 'config.json'), config);
+    await w.write('config.json', jsonText(config));
   });
 }

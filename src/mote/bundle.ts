@@ -8,7 +8,8 @@
 // and no file mote did not write is ever deleted).
 
 import type { Backend } from '../backend/backend.js';
-import { overwriteOption, replaceDirAtomically } from '../io/atomic_dir.js';
+import { overwriteOption } from '../io/atomic_dir.js';
+import { openSink, type DirWriter, type FileSink } from '../io/sink.js';
 import { mulberry32 } from '../rng.js';
 import { ArgumentError, describe } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
@@ -149,18 +150,23 @@ export class MoteBundle extends AdapterStacks {
    * Saves the bundle to `dir` (see saveMote): written into `<dir>.tmp-<pid>` and swapped into
    * place; a non-empty `dir` that mote did not write is refused unless opts.overwrite.
    */
-  async save(dir: string, opts: { overwrite?: boolean } = {}): Promise<void> {
+  async save(dir: string | FileSink, opts: { overwrite?: boolean } = {}): Promise<void> {
     const op = 'saveMote';
     this.live(op);
-    if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+    if (typeof dir === 'string' && dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+    const sink = openSink(dir, op);
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { overwrite? }, got ${describe(opts)}`);
     const overwrite = overwriteOption(op, opts.overwrite);
-    await replaceDirAtomically(op, dir, { ...MOTE_DIR_OPTIONS, overwrite }, (tmp) => writeMoteFolder(this, tmp));
+    await sink.replaceDir(op, { ...MOTE_DIR_OPTIONS, overwrite }, (w) => writeMoteFolder(this, w));
   }
 
-  /** A checkpoint's adapters/ folder holds the bundle in its PEFT layout, for users. */
-  override async saveForCheckpoint(dir: string): Promise<boolean> {
-    await this.save(dir);
+  /**
+   * A checkpoint's adapters/ folder holds the bundle in its PEFT layout, for users: a folder
+   * on disk as its own saved bundle (marker included), a folder of a sink as plain files.
+   */
+  override async saveForCheckpoint(dir: string | DirWriter): Promise<boolean> {
+    if (typeof dir === 'string') await this.save(dir);
+    else await writeMoteFolder(this, dir);
     return true;
   }
 }

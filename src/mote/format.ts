@@ -10,9 +10,10 @@
 // Every expert folder is an ordinary PEFT LoRA adapter (PEFT key names, scale alpha / r), so
 // any PEFT-compatible engine can serve one alone.
 
-import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
-import { readJsonFile, writeJsonFile } from '../io/files.js';
+import { jsonText, readJsonFile } from '../io/files.js';
+import type { DirWriter } from '../io/sink.js';
+import { readSourceJson, type FileSource } from '../io/source.js';
 import { tryJson, type ReplaceDirOptions } from '../io/atomic_dir.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from '../io/peft.js';
 import type { LinearModule, ModelConfig } from '../model/config.js';
@@ -21,6 +22,8 @@ import type { AdapterStacks, StackReadCache } from '../adapters/stacks.js';
 import {
   SHARED_EXPERT, STEP_END_TOKENS, STEP_TOKENS, moteConfig, type MoteConfig, type PromptRouting, type StepName,
 } from './steps.js';
+import { nodeBuiltin } from '../io/node_builtins.js';
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 export const MOTE_FILE = 'mote.json';
 export const MOTE_FORMAT_VERSION = 1;
@@ -128,6 +131,11 @@ export function readMoteJson(dir: string): ReturnType<typeof parseMoteJson> {
   return parseMoteJson(readJsonFile(file, 'a MoTE bundle needs mote.json', MAX_ADAPTER_JSON_BYTES), file);
 }
 
+/** Reads and checks mote.json of a source (a folder, URL, Files, bytes), as readMoteJson does for a path. */
+export async function readMoteJsonFrom(src: FileSource): Promise<ReturnType<typeof parseMoteJson>> {
+  return parseMoteJson(await readSourceJson(src, MOTE_FILE, 'a MoTE bundle needs mote.json', MAX_ADAPTER_JSON_BYTES), src.where(MOTE_FILE));
+}
+
 /**
  * The files of a bundle folder written by mote before the marker existed (recognised by
  * mote.json's format 'mote' and its experts), or null.
@@ -149,11 +157,11 @@ export const MOTE_DIR_OPTIONS: ReplaceDirOptions = { kind: 'mote-bundle', legacy
  * Writes a bundle's files into the (empty) folder `dir`: one PEFT adapter folder per expert,
  * then mote.json (last: its presence marks a complete bundle).
  */
-export async function writeMoteFolder(bundle: MoteJsonSource & AdapterStacks, dir: string): Promise<void> {
+export async function writeMoteFolder(bundle: MoteJsonSource & AdapterStacks, dir: DirWriter): Promise<void> {
   const c = bundle.config;
   const cache: StackReadCache = new Map();
   for (const [e, name] of bundle.experts.entries()) {
-    await writeExpert(bundle, e, path.join(dir, name), c.rank, c.loraAlpha, bundle.baseModel, cache);
+    await writeExpert(bundle, e, dir.sub(name), c.rank, c.loraAlpha, bundle.baseModel, cache);
   }
-  writeJsonFile(path.join(dir, MOTE_FILE), moteJson(bundle));
+  await dir.write(MOTE_FILE, jsonText(moteJson(bundle)));
 }

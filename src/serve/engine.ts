@@ -24,6 +24,7 @@ import type { LlamaModel } from '../model/llama.js';
 import { BatchDecoder, type GenerateRequest, type GenerateResult, type RouteSlots, type SeqState, type StopReason, type TokenEvent, type TokenRouter } from '../generate/generate.js';
 import { AdapterSet } from '../adapters/adapter_set.js';
 import { readAdapter, stackAdapters, type ReadAdapter } from '../adapters/peft_io.js';
+import { openSource } from '../io/source.js';
 import { uploadStacks } from '../adapters/stacks.js';
 import { LINEAR_MODULES, linearShape } from '../model/config.js';
 import { readMoteJson } from '../mote/format.js';
@@ -177,7 +178,7 @@ export class Engine {
       if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/.test(name)) throw new EngineError(`${op}: name: expected 1-128 characters of letters, digits and _ . : / -, got ${describe(name)}`, 400);
       if (typeof dir !== 'string' || dir === '') throw new EngineError(`${op}: dir: expected an adapter folder, got ${describe(dir)}`, 400);
       if (this.#adapters.has(name) || added.has(name)) throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
-      const reg = this.#describe(op, name, dir);
+      const reg = await this.#describe(op, name, dir);
       if (this.#bytesOf([reg]) > this.#budget) throw new EngineError(`${op}: ${dir}: needs ${this.#bytesOf([reg])} device bytes alone, more than adapterBudgetBytes (${this.#budget})`, 400);
       added.set(name, reg);
     }
@@ -194,7 +195,7 @@ export class Engine {
     return list.map(({ name }) => all.find((a) => a.name === name)!);
   }
 
-  #describe(op: string, name: string, dir: string): Registered {
+  async #describe(op: string, name: string, dir: string): Promise<Registered> {
     let reg: Omit<Registered, 'host'>;
     if (fs.existsSync(path.join(dir, 'mote.json'))) {
       const { config, experts } = readMoteJson(dir);
@@ -206,7 +207,7 @@ export class Engine {
     } else if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) reg = { name, kind: 'lora', dir, dirs: [dir] };
     else throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
     try {
-      return { ...reg, host: reg.dirs.map((d) => readAdapter(this.model.config, d)) };
+      return { ...reg, host: await Promise.all(reg.dirs.map((d) => readAdapter(this.model.config, openSource(d)))) };
     } catch (e) {
       throw e instanceof MoteError ? new EngineError(e.message, 400) : e;
     }

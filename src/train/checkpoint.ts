@@ -19,19 +19,22 @@
 // Checkpoints written before the marker existed are recognised by trainer_state.json's
 // format 'mote-checkpoint' (and their adapters/ by mote.json's format 'mote').
 
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import {
   MARKER_FILE, checkWrittenDir, cleanStaleTemporaries, overwriteOption, readMarker, removeFiles, removeWrittenDir, replaceDirAtomically, staleTemporaries,
   testPoint, tryJson, type ReplaceDirOptions,
 } from '../io/atomic_dir.js';
-import { readJsonFile, writeJsonFile } from '../io/files.js';
-import { readSafetensors, writeSafetensors, type WritableTensor } from '../io/safetensors.js';
+import { jsonText, readJsonFile } from '../io/files.js';
+import { readSafetensorsFrom, safetensorsParts, type WritableTensor } from '../io/safetensors.js';
+import { openSource, readSourceJson, type FileSource, type SourceInput } from '../io/source.js';
+import { openSink, verifyListedFiles, type FileSink } from '../io/sink.js';
 import type { Tensor } from '../tensor.js';
 import type { AdapterStacks } from '../adapters/stacks.js';
 // Only to recognise the adapters/ folder of a checkpoint written before mote's marker existed.
 import { legacyBundleFiles } from '../mote/format.js';
+import { nodeBuiltin } from '../io/node_builtins.js';
+const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
+const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 /** The counters a run resumes from. */
 export interface TrainerState {
@@ -77,9 +80,10 @@ export const CHECKPOINT_DIR_OPTIONS: ReplaceDirOptions = { kind: CHECKPOINT_FORM
  * that mote did not write is refused unless opts.overwrite (then its own files are kept; see
  * src/io/atomic_dir.ts).
  */
-export async function saveCheckpoint(trainer: CheckpointTrainer, dir: string, opts: { overwrite?: boolean } = {}): Promise<void> {
+export async function saveCheckpoint(trainer: CheckpointTrainer, dir: string | FileSink, opts: { overwrite?: boolean } = {}): Promise<void> {
   const op = 'saveCheckpoint';
-  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  if (typeof dir === 'string' && dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  const sink = openSink(dir, op);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { overwrite? }, got ${describe(opts)}`);
   const overwrite = overwriteOption(op, opts.overwrite);
   // Read everything first: the device may be busy, the files are written in one go.
@@ -99,21 +103,28 @@ export async function saveCheckpoint(trainer: CheckpointTrainer, dir: string, op
     options,
     params: trainer.params.map((p) => ({ name: p.name, shape: [...p.p.shape] })),
   };
-  await replaceDirAtomically(op, dir, { ...CHECKPOINT_DIR_OPTIONS, overwrite }, async (tmp) => {
-    writeSafetensors(path.join(tmp, 'params.safetensors'), params);
+  await sink.replaceDir(op, { ...CHECKPOINT_DIR_OPTIONS, overwrite }, async (w) => {
+    await w.write('params.safetensors', safetensorsParts(params));
     testPoint('checkpoint-file');
-    writeSafetensors(path.join(tmp, 'optimizer.safetensors'), moments);
+    await w.write('optimizer.safetensors', safetensorsParts(moments));
     testPoint('checkpoint-file');
-    if (trainer.adapters) await trainer.adapters.saveForCheckpoint(path.join(tmp, 'adapters'));
+    // On disk adapters/ is a saved bundle of its own (with its marker), as before sinks existed.
+    if (trainer.adapters) await trainer.adapters.saveForCheckpoint(w.path !== undefined ? path.join(w.path, 'adapters') : w.sub('adapters'));
     testPoint('checkpoint-file');
-    writeJsonFile(path.join(tmp, CHECKPOINT_STATE_FILE), state);
+    await w.write(CHECKPOINT_STATE_FILE, jsonText(state));
   });
 }
 
+type CheckpointState = TrainerState & { fingerprint: string; params: { name: string; shape: number[] }[]; options: Record<string, unknown> };
+
 /** Reads a checkpoint's state file (checked), without touching a trainer. */
-export function readCheckpointState(dir: string): TrainerState & { fingerprint: string; params: { name: string; shape: number[] }[]; options: Record<string, unknown> } {
+export function readCheckpointState(dir: string): CheckpointState {
   const file = path.join(dir, CHECKPOINT_STATE_FILE);
-  const json = readJsonFile(file, 'not a mote checkpoint directory');
+  return checkCheckpointState(readJsonFile(file, 'not a mote checkpoint directory'), file);
+}
+
+/** Checks a parsed trainer_state.json; `file` names it in errors. */
+function checkCheckpointState(json: unknown, file: string): CheckpointState {
   const j = json as Record<string, unknown>;
   if (!j || typeof j !== 'object' || j.format !== CHECKPOINT_FORMAT) throw new FormatError(`${file}: not a mote checkpoint (format ${describe(j?.format)})`);
   if (j.version !== VERSION) throw new FormatError(`${file}: checkpoint version ${describe(j.version)}, this mote reads version ${VERSION}`);
@@ -123,7 +134,7 @@ export function readCheckpointState(dir: string): TrainerState & { fingerprint: 
   if (!Array.isArray(j.losses) || !j.losses.every((v) => typeof v === 'number')) throw new FormatError(`${file}: losses: expected a list of numbers`);
   if (typeof j.fingerprint !== 'string') throw new FormatError(`${file}: fingerprint: expected a string`);
   if (!Array.isArray(j.params)) throw new FormatError(`${file}: params: expected a list`);
-  return j as unknown as ReturnType<typeof readCheckpointState>;
+  return j as unknown as CheckpointState;
 }
 
 /** Why `dir` is not a complete checkpoint, or null when it is. */
@@ -227,19 +238,35 @@ function removeLegacy(dir: string): boolean {
  * built for the same model shape, adapters and data (the data fingerprint is checked), and
  * with the same seed. Options that change the trajectory (lr, batch sizes, pSkip, ...) are
  * taken from the trainer, so a resumed run may change them on purpose.
+ *
+ * `dir` may also be a source (a URL, File/Blob objects, bytes, an OPFS folder, a FileSource:
+ * src/io/source.ts): that folder is read as it is (there are no temporaries beside it to
+ * recover from); its marker, when present, must be complete and every file it lists must
+ * have the size and SHA-256 written.
  */
-export async function loadCheckpoint(trainer: CheckpointTrainer, dir: string): Promise<ResumePoint> {
+export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInput): Promise<ResumePoint> {
   const op = 'loadCheckpoint';
-  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
-  const point = recoverCheckpoint(dir);
-  if (!point) {
-    // Not a checkpoint: say what is there (the usual message of a folder without a state file).
-    readCheckpointState(dir);
-    throw new FormatError(`${dir}: no checkpoint`);
+  if (dir === '' || dir === null || dir === undefined) throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  let src: FileSource;
+  let point: ResumePoint;
+  if (typeof dir === 'string' && !/^https?:\/\//i.test(dir)) {
+    const found = recoverCheckpoint(dir);
+    if (!found) {
+      // Not a checkpoint: say what is there (the usual message of a folder without a state file).
+      readCheckpointState(dir);
+      throw new FormatError(`${dir}: no checkpoint`);
+    }
+    point = found;
+    src = openSource(point.dir, op, 'dir');
+  } else {
+    src = openSource(dir, op, 'dir');
+    const why = await incompleteSource(src);
+    if (why) throw new FormatError(`${src.name}: not a complete checkpoint (${why})`);
+    point = { dir: src.name, step: 0, recoveredFrom: null, message: '' };
   }
-  dir = point.dir;
-  const st = readCheckpointState(dir);
-  const file = path.join(dir, CHECKPOINT_STATE_FILE);
+  const file = src.where(CHECKPOINT_STATE_FILE);
+  const st = checkCheckpointState(await readSourceJson(src, CHECKPOINT_STATE_FILE, 'not a mote checkpoint directory'), file);
+  if (!point.message) point = { ...point, step: st.step, message: `resumed from ${src.name} at step ${st.step}` };
   if (st.fingerprint !== trainer.fingerprint) {
     throw new ArgumentError(`${op}: ${file}: the checkpoint was trained on other data (fingerprint ${st.fingerprint}, these examples ${trainer.fingerprint})`);
   }
@@ -248,10 +275,10 @@ export async function loadCheckpoint(trainer: CheckpointTrainer, dir: string): P
   const want = trainer.params.map((p) => `${p.name} [${p.p.shape.join(', ')}]`).join(', ');
   const have = st.params.map((p) => `${p.name} [${p.shape.join(', ')}]`).join(', ');
   if (want !== have) throw new ArgumentError(`${op}: ${file}: the checkpoint holds other parameters than this trainer trains`);
-  const pf = path.join(dir, 'params.safetensors');
-  const of = path.join(dir, 'optimizer.safetensors');
-  const params = readSafetensors(pf).tensors;
-  const moments = readSafetensors(of).tensors;
+  const pf = src.where('params.safetensors');
+  const of = src.where('optimizer.safetensors');
+  const params = (await readSafetensorsFrom(src, 'params.safetensors')).tensors;
+  const moments = (await readSafetensorsFrom(src, 'optimizer.safetensors')).tensors;
   // Check every tensor before writing any: a bad checkpoint leaves the trainer as it was.
   const writes: [Tensor, Float32Array][] = [];
   for (const p of trainer.params) {
@@ -265,4 +292,14 @@ export async function loadCheckpoint(trainer: CheckpointTrainer, dir: string): P
   for (const [t, d] of writes) t.write(d);
   trainer.restoreState({ step: st.step, epoch: st.epoch, cursor: st.cursor, seed: st.seed, losses: st.losses });
   return point;
+}
+
+/** Why a checkpoint folder of a source is not complete by its marker (when it has one), or null. */
+async function incompleteSource(src: FileSource): Promise<string | null> {
+  if (!(await src.has(MARKER_FILE))) return null;
+  const m = await readSourceJson(src, MARKER_FILE, 'the marker of a folder mote wrote', 16 * 1024 * 1024) as Record<string, unknown>;
+  if (!m || typeof m !== 'object' || m.format !== 'mote-written') return `${src.where(MARKER_FILE)}: not mote's marker`;
+  if (m.kind !== CHECKPOINT_FORMAT) return `${src.where(MARKER_FILE)}: a mote ${String(m.kind)}, not a checkpoint`;
+  if (m.complete !== true) return `${src.where(MARKER_FILE)}: the write was interrupted`;
+  return verifyListedFiles(src, m.files);
 }
