@@ -15,7 +15,8 @@ import type { XentDims } from '../ops/xent.js';
 import type { AdamwScalars } from '../ops/adamw.js';
 import type { CopyRowsDims } from '../ops/copy_rows.js';
 import type { Backend, BackendInfo } from './backend.js';
-import { specialise } from './wgsl.js';
+import { LORA_TILE, specialise } from './wgsl.js';
+import { readWgslFile } from './wgsl_node.js';
 
 export interface WebGPUOptions {
   /** Use this device (another runtime's) instead of creating one. mote never destroys it. */
@@ -67,8 +68,8 @@ function describeAdapter(info: GPUAdapterInfo | undefined): string {
   return parts.length ? [...new Set(parts)].join(' / ') : 'unknown adapter';
 }
 
-/** Slots per tile of the sgmv kernels (TM in kernels/wgsl/lora_shrink.wgsl and lora_expand.wgsl). */
-const SGMV_TILE = 64;
+/** Slots per tile of the sgmv kernels. */
+const SGMV_TILE = LORA_TILE.LORA_SLOTS;
 
 /**
  * Segment table of a routing, on the device (i32): segStart [G + 1], segAdapter [G], then
@@ -331,7 +332,7 @@ export class WebGPUBackend implements Backend {
     const key = `${family}|${entry}|${JSON.stringify(weights)}|${JSON.stringify(consts)}`;
     let p = this.#pipelines.get(key);
     if (!p) {
-      const module = this.device.createShaderModule({ code: specialise(family, weights, consts), label: key });
+      const module = this.device.createShaderModule({ code: specialise(readWgslFile, family, weights, consts), label: key });
       p = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: entry }, label: key });
       this.#pipelines.set(key, p);
     }
@@ -434,7 +435,7 @@ export class WebGPUBackend implements Backend {
       pipeline: this.pipeline('lora_shrink', { w: wv.w.dtype }, {}, 'sgmv'),
       buffers: [buf(out), buf(u), buf(wv.w), buf(rt.weight), buf(s.rank), buf(s.scale), buf(rt.order), buf(sg.table)],
       params: new Uint32Array([...head, sg.G, sg.tiles, 0, 0]).buffer,
-      groups: this.#grid(Math.ceil(d.R / 16), sg.tiles),
+      groups: this.#grid(Math.ceil(d.R / LORA_TILE.LORA_RANKS), sg.tiles),
     });
   }
 
@@ -442,7 +443,7 @@ export class WebGPUBackend implements Backend {
   #loraExpandLike(out: Tensor, vin: Tensor, wv: LoraWeightView, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy, accumulate: boolean): void {
     const buf = (t: Tensor) => t.storage as GPUBuffer;
     const head = [d.T, d.K, d.R, wv.H, wv.sr, wv.sh, wv.se, wv.coef ? 1 : 0];
-    const nx = Math.ceil(wv.H / 64);
+    const nx = Math.ceil(wv.H / LORA_TILE.LORA_OUTS);
     if (strategy === 'bgmv') {
       this.dispatch({
         pipeline: this.pipeline('lora_expand', { w: wv.w.dtype }, {}, 'bgmv'),
@@ -512,18 +513,18 @@ export class WebGPUBackend implements Backend {
     }
     if (sg.G === 0) return;
     const params = new Uint32Array([d.T, d.K, d.R, d.Hin, d.Hout, sg.G, accumulate ? 1 : 0, 0]).buffer;
-    const n = Math.ceil(d.R / 16) * sg.G;
+    const n = Math.ceil(d.R / LORA_TILE.LORA_RANKS) * sg.G;
     this.dispatch({
       pipeline: this.pipeline('lora_grad', {}, {}, 'dA'),
       buffers: [buf(dA), buf(x), buf(dv), buf(rt.order), buf(sg.table), buf(s.rank)],
       params,
-      groups: this.#grid(Math.ceil(d.Hin / 64), n),
+      groups: this.#grid(Math.ceil(d.Hin / LORA_TILE.LORA_OUTS), n),
     });
     this.dispatch({
       pipeline: this.pipeline('lora_grad', {}, {}, 'dB'),
       buffers: [buf(dB), buf(dy), buf(v), buf(rt.order), buf(sg.table), buf(s.rank), buf(s.scale), buf(rt.weight)],
       params,
-      groups: this.#grid(Math.ceil(d.Hout / 64), n),
+      groups: this.#grid(Math.ceil(d.Hout / LORA_TILE.LORA_OUTS), n),
     });
   }
 
