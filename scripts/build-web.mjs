@@ -58,6 +58,7 @@ export async function buildWeb({ outfile = WEB_BUNDLE, quiet = false } = {}) {
     platform: 'browser',
     target: 'es2022',
     minify: true,
+    keepNames: true, // error classes keep their names (MoteError sets name from new.target.name)
     sourcemap: false, // a map would name node_modules sources the package does not ship
     legalComments: 'none',
     metafile: true,
