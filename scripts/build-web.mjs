@@ -39,7 +39,8 @@ const wgslPlugin = {
 };
 
 const shimDir = join(root, 'scripts', 'web-shims');
-const nodeShimPlugin = {
+/** Also used by test/browser.test.ts for its test page, whose fixtures import node:fs for writing files. */
+export const nodeShimPlugin = {
   name: 'mote-node-shims',
   setup(b) {
     b.onResolve({ filter: /^node:/ }, (a) => ({

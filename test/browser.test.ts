@@ -12,7 +12,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { build } from 'esbuild';
+import { build, type Plugin } from 'esbuild';
 import type { PageReport } from './browser/page.js';
 import { KERNEL_CASE_NAMES } from './kernel_cases.js';
 
@@ -25,8 +25,9 @@ const PAGE_TIMEOUT_MS = 150_000;
 
 /** The browser bundle and the test page's script. */
 async function buildPage(): Promise<{ bundle: string; page: string; sizes: { bytes: number; gzip: number } }> {
-  const { buildWeb } = (await import(pathToFileURL(join(ROOT, 'scripts', 'build-web.mjs')).href)) as {
+  const { buildWeb, nodeShimPlugin } = (await import(pathToFileURL(join(ROOT, 'scripts', 'build-web.mjs')).href)) as {
     buildWeb(o: { quiet?: boolean }): Promise<{ outfile: string; bytes: number; gzip: number }>;
+    nodeShimPlugin: Plugin;
   };
   const web = await buildWeb({ quiet: true });
   const page = await build({
@@ -36,7 +37,7 @@ async function buildPage(): Promise<{ bundle: string; page: string; sizes: { byt
       name: 'mote-bundle',
       // the page imports the browser entry: the shipped bundle, served beside it
       setup: (b) => b.onResolve({ filter: /\/src\/web\/index\.js$/ }, () => ({ path: '/mote.js', external: true })),
-    }],
+    }, nodeShimPlugin],
   });
   const { readFileSync } = await import('node:fs');
   return { bundle: readFileSync(web.outfile, 'utf8'), page: page.outputFiles[0]!.text, sizes: { bytes: web.bytes, gzip: web.gzip } };
@@ -101,6 +102,7 @@ if (skipReason !== undefined && !REQUIRED) {
       for (const r of report.results) {
         await t.test(`[browser] ${r.name}`, () => assert.equal(r.failure, '', `${r.name}: ${r.failure}`));
       }
+      await t.test('[browser] in-memory model: modelFromTensors logits, greedy generate, tokenizer from JSON', () => assert.deepEqual(report.model.failures, []));
       await t.test('[browser] bad input throws the named MoteError', () => assert.deepEqual(report.badInput, []));
       await t.test('[browser] cpu and cuda are absent with BackendUnavailableError', () => {
         assert.equal(report.unavailable.length, 2);

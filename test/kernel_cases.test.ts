@@ -1,10 +1,11 @@
-// The shared kernel cases (kernel_cases.ts) in Node, on every backend; browser.test.ts runs
-// the same cases in Chromium through the browser bundle.
+// The shared kernel and model cases (kernel_cases.ts, model_cases.ts) in Node, on every
+// backend; browser.test.ts runs the same cases in Chromium through the browser bundle.
 import { after } from 'node:test';
 import assert from 'node:assert/strict';
 import * as mote from '../src/index.js';
 import { badInputFailures, KERNEL_CASE_NAMES, runKernelCases } from './kernel_cases.js';
 import { closeBackends, forEachBackend } from './helpers.js';
+import { runModelCase } from './model_cases.js';
 
 after(closeBackends);
 
@@ -18,4 +19,10 @@ forEachBackend('shared kernel cases match the float64 references', async (b) => 
 
 forEachBackend('shared bad-input cases throw a MoteError naming the argument', async (b) => {
   assert.deepEqual(await badInputFailures(mote, b), []);
+});
+
+forEachBackend('in-memory model: modelFromTensors logits, greedy generate, tokenizer from JSON', async (b) => {
+  const r = await runModelCase(mote, b);
+  assert.deepEqual(r.failures, []);
+  assert.equal(b.memoryInUse().buffers, 0, 'the model left tensors behind');
 });

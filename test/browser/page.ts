@@ -4,6 +4,7 @@
 // the page also shows it as a table for the screenshot.
 import * as mote from '../../src/web/index.js';
 import { badInputFailures, runKernelCases, type CaseResult } from '../kernel_cases.js';
+import { runModelCase, type ModelReport } from '../model_cases.js';
 
 export interface PageReport {
   adapter: mote.BackendInfo;
@@ -13,6 +14,8 @@ export interface PageReport {
   unavailable: string[];
   /** a GPUDevice the page owns, handed to openBackend: the matmul's error, and whether the device survived destroy() */
   ownDevice: { error: number; aliveAfterDestroy: boolean };
+  /** modelFromTensors, generate and a tokenizer from JSON (model_cases.ts) */
+  model: ModelReport;
   /** what was still allocated after the cases */
   leaked: { buffers: number; bytes: number };
 }
@@ -21,6 +24,8 @@ function show(report: PageReport): void {
   const rows = report.results.map((r) => `<tr class="${r.failure ? 'fail' : 'ok'}"><td>${r.failure ? '✗' : '✓'}</td><td>${r.name}</td><td>${r.error.toExponential(2)}</td><td>${r.ms.toFixed(0)} ms</td></tr>`);
   document.body.innerHTML = `<h1>mote in the browser</h1><p>adapter: ${report.adapter.device} — features: ${report.adapter.features.join(', ')}</p>` +
     `<table><tr><th></th><th>case</th><th>rel. error</th><th>time</th></tr>${rows.join('')}</table>` +
+    `<p>model: logits rel. error ${report.model.logitsError.toExponential(2)}, generated ${JSON.stringify(report.model.tokens)}, tokenizer round trip ${JSON.stringify(report.model.decoded)}` +
+    `${report.model.failures.length ? ' — ' + report.model.failures.join('; ') : ''}</p>` +
     `<p>bad input: ${report.badInput.length === 0 ? 'every call threw its MoteError' : report.badInput.join('; ')}</p>` +
     `<p>${report.unavailable.join('<br>')}</p>`;
 }
@@ -39,6 +44,7 @@ async function moteRun(): Promise<PageReport | { noAdapter: string }> {
   try {
     const results = await runKernelCases(mote, b);
     const badInput = await badInputFailures(mote, b);
+    const model = await runModelCase(mote, b);
     const leaked = b.memoryInUse();
     const unavailable: string[] = [];
     for (const kind of ['cpu', 'cuda'] as const) {
@@ -49,7 +55,7 @@ async function moteRun(): Promise<PageReport | { noAdapter: string }> {
         unavailable.push(`${kind}: ${(e as Error).constructor.name}: ${(e as Error).message}`);
       }
     }
-    report = { adapter: b.info(), results, badInput, unavailable, ownDevice: await ownDevice(), leaked };
+    report = { adapter: b.info(), results, badInput, model, unavailable, ownDevice: await ownDevice(), leaked };
   } finally {
     b.destroy();
   }
