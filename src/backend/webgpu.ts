@@ -99,6 +99,8 @@ export class WebGPUBackend implements Backend {
   /** Upload staging buffers recorded since the last submit (see writeStorage). */
   #staging: GPUBuffer[] = [];
   #stagingBytes = 0;
+  /** The uniforms of the launches recorded since the last submit, one buffer at aligned offsets (see launch()). */
+  #uniforms: { buf: GPUBuffer; bytes: Uint8Array; used: number } | null = null;
 
   private constructor(readonly device: GPUDevice, adapterInfo: GPUAdapterInfo | undefined, owns: boolean, gpu: GPU | null, readWgsl: WgslReader) {
     this.#gpu = gpu;
@@ -249,6 +251,12 @@ export class WebGPUBackend implements Backend {
 
   /** Submits the recorded dispatches. */
   flush(): void {
+    if (this.#uniforms) {
+      // written while mapped; unmapped before the submit that reads it, destroyed after it
+      this.#uniforms.buf.unmap();
+      this.#deferredDestroy.push(this.#uniforms.buf);
+      this.#uniforms = null;
+    }
     if (this.#encoder) {
       this.device.queue.submit([this.#encoder.finish()]);
       this.#encoder = null;
@@ -269,6 +277,8 @@ export class WebGPUBackend implements Backend {
     for (const b of this.#staging) b.destroy();
     this.#staging = [];
     this.#stagingBytes = 0;
+    this.#uniforms?.buf.destroy();
+    this.#uniforms = null;
     for (const b of this.#live) b.destroy();
     this.#live.clear();
     this.#pipelines.clear();
@@ -349,10 +359,8 @@ export class WebGPUBackend implements Backend {
     if (l.groups.some((g) => g === 0)) return;
     const pipeline = this.#pipeline(l.family, l.entry, l.weights ?? {}, l.consts ?? {});
     const params = packParams(l.params);
-    const uniform = this.device.createBuffer({ size: params.byteLength, usage: GPUBufferUsage.UNIFORM, mappedAtCreation: true });
-    new Uint8Array(uniform.getMappedRange()).set(params);
-    uniform.unmap();
-    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: uniform } }];
+    const uniform = this.#uniformSlot(params);
+    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: uniform }];
     l.buffers.forEach((b, i) => entries.push({ binding: i + 1, resource: { buffer: b } }));
     const group = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
     const pass = this.encoder().beginComputePass();
@@ -360,8 +368,28 @@ export class WebGPUBackend implements Backend {
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(...l.groups);
     pass.end();
-    this.#deferredDestroy.push(uniform);
     if (++this.#pendingDispatches >= FLUSH_EVERY) this.flush();
+  }
+
+  /**
+   * A launch's uniform: `params` written into the batch's uniform arena, one mapped buffer
+   * per submit at offsets aligned to minUniformBufferOffsetAlignment, instead of a buffer per
+   * launch. A batch holds at most FLUSH_EVERY launches; a full arena flushes early.
+   */
+  #uniformSlot(params: Uint8Array): GPUBufferBinding {
+    const align = this.device.limits.minUniformBufferOffsetAlignment;
+    const slot = Math.ceil(params.byteLength / align) * align;
+    if (this.#uniforms && this.#uniforms.used + slot > this.#uniforms.bytes.byteLength) this.flush();
+    if (!this.#uniforms) {
+      const size = Math.max(FLUSH_EVERY * align, slot);
+      const buf = this.device.createBuffer({ size, usage: GPUBufferUsage.UNIFORM, mappedAtCreation: true });
+      this.#uniforms = { buf, bytes: new Uint8Array(buf.getMappedRange()), used: 0 };
+    }
+    const u = this.#uniforms;
+    const offset = u.used;
+    u.bytes.set(params, offset);
+    u.used += slot;
+    return { buffer: u.buf, offset, size: params.byteLength };
   }
 
   /** @internal Workgroup counts for nx × n workgroups, n spread over y and z (shaders read y + z·ny). */
