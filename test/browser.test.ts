@@ -33,11 +33,7 @@ async function buildPage(): Promise<{ bundle: string; page: string; sizes: { byt
   const page = await build({
     entryPoints: [join(ROOT, 'test', 'browser', 'page.ts')],
     bundle: true, format: 'esm', platform: 'browser', target: 'es2022', write: false, logLevel: 'error',
-    plugins: [{
-      name: 'mote-bundle',
-      // the page imports the browser entry: the shipped bundle, served beside it
-      setup: (b) => b.onResolve({ filter: /\/src\/web\/index\.js$/ }, () => ({ path: '/mote.js', external: true })),
-    }, nodeShimPlugin],
+    plugins: [nodeShimPlugin],
   });
   const { readFileSync } = await import('node:fs');
   return { bundle: readFileSync(web.outfile, 'utf8'), page: page.outputFiles[0]!.text, sizes: { bytes: web.bytes, gzip: web.gzip } };

@@ -1,13 +1,18 @@
 // The test page of browser.test.ts, bundled by it with esbuild: `mote` is the browser bundle
-// itself (dist/web/mote.js, loaded from the page's server, not bundled in), the cases come
-// from ../kernel_cases.ts. window.moteRun() runs everything and returns a JSON-able report;
-// the page also shows it as a table for the screenshot.
-import * as mote from '../../src/web/index.js';
+// itself (dist/web/mote.js, imported from the page's server at run time, not bundled in),
+// the cases come from ../kernel_cases.ts. window.moteRun() runs everything and returns a
+// JSON-able report; the page also shows it as a table for the screenshot. In Node (node
+// --test loads every file under dist/test) the module only defines functions.
+import type * as Mote from '../../src/web/index.js';
 import { badInputFailures, runKernelCases, type CaseResult } from '../kernel_cases.js';
 import { runModelCase, type ModelReport } from '../model_cases.js';
 
+/** Where the server serves the browser bundle. */
+const BUNDLE_URL = '/mote.js';
+let mote: typeof Mote;
+
 export interface PageReport {
-  adapter: mote.BackendInfo;
+  adapter: Mote.BackendInfo;
   results: CaseResult[];
   badInput: string[];
   /** openBackend('cpu') and ('cuda'): the class and message each threw */
@@ -32,7 +37,8 @@ function show(report: PageReport): void {
 
 async function moteRun(): Promise<PageReport | { noAdapter: string }> {
   document.body.textContent = 'running…';
-  let b: mote.Backend;
+  mote ??= (await import(BUNDLE_URL)) as typeof Mote;
+  let b: Mote.Backend;
   try {
     b = await mote.openBackend('webgpu');
   } catch (e) {
@@ -84,5 +90,7 @@ async function ownDevice(): Promise<PageReport['ownDevice']> {
   return { error: Math.sqrt(num / den), aliveAfterDestroy: alive };
 }
 
-(globalThis as { moteRun?: typeof moteRun }).moteRun = moteRun;
-document.body.textContent = 'ready';
+if (typeof document !== 'undefined') {
+  (globalThis as { moteRun?: typeof moteRun }).moteRun = moteRun;
+  document.body.textContent = 'ready';
+}
