@@ -8,6 +8,7 @@
 import type * as Web from '../src/web/index.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
+import { randn, relErr } from './numeric.js';
 
 /** The parts of `mote-lora` (or `mote-lora/web`) the cases use: the Node and browser entries both fit. */
 export type MoteApi = Pick<typeof Web,
@@ -34,22 +35,6 @@ interface KernelCase {
   name: string;
   run(m: MoteApi, b: Backend, r: () => number, keep: <T extends { dispose(): void }>(t: T) => T): Promise<Outputs>;
 }
-
-/** ‖out − ref‖ / ‖ref‖; a non-finite output gives Infinity. */
-export function relErr(out: ArrayLike<number>, ref: ArrayLike<number>): number {
-  if (out.length !== ref.length) return Infinity;
-  let num = 0, den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    if (!Number.isFinite(out[i]!)) return Infinity;
-    num += (out[i]! - ref[i]!) ** 2;
-    den += ref[i]! ** 2;
-  }
-  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
-}
-
-/** Never zeros: uniform in ±[0.05, 1]·scale. */
-const randn = (r: () => number, n: number, scale = 1): Float32Array =>
-  Float32Array.from({ length: n }, () => (r() < 0.5 ? -1 : 1) * (0.05 + 0.95 * r()) * scale);
 
 /** The values a weight tensor of `dtype` holds after the upload rounds them. */
 function rounded(m: MoteApi, a: Float32Array, dtype: 'f32' | 'f16' | 'bf16'): Float32Array {

@@ -7,7 +7,7 @@ import type { Backend } from '../src/backend/backend.js';
 import type { HostTensor } from '../src/io/safetensors.js';
 import { makeTinyModel } from './fixtures/tiny_model.js';
 import { tinyTokenizerConfig, tinyTokenizerJson } from './fixtures/tiny_tokenizer.js';
-import { relErr } from './kernel_cases.js';
+import { relErr } from './numeric.js';
 
 export type ModelApi = Pick<typeof Web, 'modelFromTensors' | 'generate' | 'MoteTokenizer' | 'reference'>;
 
