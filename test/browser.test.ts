@@ -7,7 +7,7 @@
 // MOTE_REQUIRE_BACKENDS names `browser`. MOTE_CHROMIUM overrides /usr/bin/chromium.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -35,7 +35,6 @@ async function buildPage(): Promise<{ bundle: string; page: string; sizes: { byt
     bundle: true, format: 'esm', platform: 'browser', target: 'es2022', write: false, logLevel: 'error',
     plugins: [nodeShimPlugin],
   });
-  const { readFileSync } = await import('node:fs');
   return { bundle: readFileSync(web.outfile, 'utf8'), page: page.outputFiles[0]!.text, sizes: { bytes: web.bytes, gzip: web.gzip } };
 }
 
@@ -72,7 +71,12 @@ if (skipReason !== undefined && !REQUIRED) {
     const { bundle, page: pageJs, sizes } = await buildPage();
     t.diagnostic(`bundle: ${(sizes.bytes / 1024).toFixed(0)} KiB minified, ${(sizes.gzip / 1024).toFixed(0)} KiB gzipped`);
     const js = 'text/javascript; charset=utf-8';
-    const server = await serve({ '/': ['text/html; charset=utf-8', HTML], '/mote.js': [js, bundle], '/page.js': [js, pageJs] });
+    const html = 'text/html; charset=utf-8';
+    const server = await serve({
+      '/': [html, HTML], '/mote.js': [js, bundle], '/page.js': [js, pageJs],
+      // examples/browser as users see it, importing ../../dist/web/mote.js
+      '/examples/browser/': [html, readFileSync(join(ROOT, 'examples', 'browser', 'index.html'), 'utf8')], '/dist/web/mote.js': [js, bundle],
+    });
     const browser = await playwright!.chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
     try {
       const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
@@ -111,6 +115,18 @@ if (skipReason !== undefined && !REQUIRED) {
       await t.test('[browser] no tensors left behind, no page errors', () => {
         assert.deepEqual(report.leaked, { buffers: 0, bytes: 0 });
         assert.deepEqual(pageErrors, []);
+      });
+      await t.test('[browser] examples/browser runs and matches the reference', async () => {
+        const example = await browser.newPage();
+        try {
+          await example.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/examples/browser/`);
+          await example.waitForFunction(() => /relative error|Error/.test(document.getElementById('out')?.textContent ?? ''), undefined, { timeout: 60_000 });
+          const text = (await example.textContent('#out')) ?? '';
+          const m = /relative error against the float64 reference: (\S+)/.exec(text);
+          assert.ok(m && Number(m[1]) <= 1e-5, text);
+        } finally {
+          await example.close();
+        }
       });
     } finally {
       await browser.close();

@@ -12,8 +12,6 @@ import { readWgslFile } from './wgsl_node.js';
 const dawnInstances = new Map<string, GPU>();
 
 async function dawnGPU(opts: WebGPUOptions): Promise<GPU> {
-  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
-  if (nav?.gpu && typeof process === 'undefined') return nav.gpu;
   const options = [...(opts.dawnOptions ?? [])];
   if (opts.adapter) options.push(`adapter=${opts.adapter}`);
   const key = options.join('\n');
