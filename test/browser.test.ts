@@ -103,7 +103,7 @@ if (skipReason !== undefined && !REQUIRED) {
         await t.test(`[browser] ${r.name}`, () => assert.equal(r.failure, '', `${r.name}: ${r.failure}`));
       }
       await t.test('[browser] in-memory model: modelFromTensors logits, greedy generate, tokenizer from JSON', () => assert.deepEqual(report.model.failures, []));
-      await t.test('[browser] bad input throws the named MoteError', () => assert.deepEqual(report.badInput, []));
+      await t.test('[browser] bad input (ops, openBackend) throws the named MoteError', () => assert.deepEqual(report.badInput, []));
       await t.test('[browser] cpu and cuda are absent with BackendUnavailableError', () => {
         assert.equal(report.unavailable.length, 2);
         for (const line of report.unavailable) assert.match(line, /^(cpu|cuda): BackendUnavailableError: backend '(cpu|cuda)' is unavailable: .*Node addon/);

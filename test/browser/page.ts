@@ -49,7 +49,7 @@ async function moteRun(): Promise<PageReport | { noAdapter: string }> {
   let report: PageReport;
   try {
     const results = await runKernelCases(mote, b);
-    const badInput = await badInputFailures(mote, b);
+    const badInput = [...await badInputFailures(mote, b), ...await badOpenFailures()];
     const model = await runModelCase(mote, b);
     const leaked = b.memoryInUse();
     const unavailable: string[] = [];
@@ -67,6 +67,25 @@ async function moteRun(): Promise<PageReport | { noAdapter: string }> {
   }
   show(report);
   return report;
+}
+
+/** The browser's openBackend rejects a bad kind, device or options object with an ArgumentError naming it. */
+async function badOpenFailures(): Promise<string[]> {
+  const fails: string[] = [];
+  const calls: [string, () => Promise<unknown>, RegExp][] = [
+    ['kind', () => mote.openBackend('tpu' as never), /^openBackend: kind: expected 'cpu', 'webgpu', 'cuda' or 'auto', got/],
+    ['device', () => mote.openBackend('webgpu', { device: 42 as never }), /^openBackend: device: expected a GPUDevice, got/],
+    ['options', () => mote.openBackend('webgpu', 'fast' as never), /^openBackend: opts: expected an options object/],
+  ];
+  for (const [what, call, re] of calls) {
+    try {
+      (await call() as Mote.Backend).destroy();
+      fails.push(`openBackend ${what}: no error`);
+    } catch (e) {
+      if (!(e instanceof mote.ArgumentError) || !re.test(e.message)) fails.push(`openBackend ${what}: ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+    }
+  }
+  return fails;
 }
 
 /** openBackend('webgpu', { device }) on a device the page made: mote runs on it and leaves it alive. */
