@@ -1,6 +1,6 @@
 // `prepare`: npm runs it after `npm install`/`npm ci` in a checkout of mote and before `npm pack` /
 // `npm publish` (not when a consumer installs the published tarball). It compiles the TypeScript
-// (dist/) and links the `mote` command, and needs the devDependencies (typescript): run `npm ci`
+// (dist/), bundles the browser entry (dist/web) and links the `mote` command, and needs the devDependencies (typescript): run `npm ci`
 // first, not `npm ci --omit=dev`.
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -17,4 +17,7 @@ try {
 }
 const r = spawnSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.json')], { cwd: root, stdio: 'inherit' });
 if (r.status !== 0) process.exit(r.status ?? 1);
+// the browser bundle (dist/web/mote.js, `mote-lora/web`), esbuild from the devDependencies
+const w = spawnSync(process.execPath, [join(root, 'scripts', 'build-web.mjs')], { cwd: root, stdio: 'inherit' });
+if (w.status !== 0) process.exit(w.status ?? 1);
 await import('./link-bin.mjs');

@@ -5,7 +5,7 @@
 // decay = 1 − lr·wd, c1 = 1 − β1, c2 = 1 − β2, bc1 = 1 − β1^t, bc2 = 1 − β2^t: all computed on
 // the host in double (as torch does) and rounded to f32 once.
 //
-// Entry points (src/backend/webgpu.ts):
+// Entry points (src/backend/webgpu_model.ts):
 //   step:    256 invocations, one element each, workgroups flattened over y·z:
 //            index = (wid.z·nwg.y + wid.y)·256 + lid.         bindings p, g, m, v
 //   partial: B = min(⌈n / 2048⌉, 1024) workgroups along x (B depends on n only). Invocation l

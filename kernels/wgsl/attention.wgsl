@@ -14,7 +14,7 @@
 // DU = ceil(D / 64) (a specialisation constant): each of the 64 invocations owns dims
 // c = lid + 64·u, u < DU.
 //
-// Entry points (src/backend/webgpu.ts):
+// Entry points (src/backend/webgpu_model.ts):
 //   fwd:   one workgroup (64) per (i, h) (y·z flattened, id = i·nH + h). Pass 1: each invocation
 //          runs an online (max, Σ exp) over keys j = lid, lid + 64, ...; merged by a fixed tree →
 //          max M and sum L. Pass 2: chunks of 64 keys, each invocation scores one key and stores

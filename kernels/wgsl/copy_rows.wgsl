@@ -8,7 +8,7 @@
 // repeats (each word has one writer), and, for the _self entries, that no row is both read and
 // written.
 //
-// Entry points (src/backend/webgpu.ts copyRows):
+// Entry points (src/backend/webgpu_model.ts copyRows):
 //   copy32        rows are whole words (f32/i32, or f16/bf16 with even W): U = W or W/2,
 //                 dst[dr·U + j] = src[sr·U + j].
 //   copy16        f16/bf16 with odd W: a row starts and ends in the middle of a word it shares

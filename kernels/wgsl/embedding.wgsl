@@ -1,7 +1,7 @@
 // embedding family: gather of rows of E [V, H] (f32/f16/bf16, read through load_E) and its
 // gradient. Reference: src/reference/embedding.ts.
 //
-// Entry points (src/backend/webgpu.ts):
+// Entry points (src/backend/webgpu_model.ts):
 //   gather: y[t, h] = E[ids[t], h]. Workgroups: x = ceil(H/256) chunks of h, y·z (flattened)
 //           = T tokens; one invocation per output.
 //   grad:   dE[segIds[g], h] (+)= Σ_{i ∈ [segStart[g], segStart[g+1])} dy[order[i], h].

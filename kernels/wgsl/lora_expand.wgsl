@@ -4,12 +4,13 @@
 //   loraInputGrad: W = A [L,R,Hin] read transposed (sh = 1, sr = Hin), vin = dv, c = 1
 // W(e, h, r) = load_w(e·se + h·sh + r·sr) (f32, f16 or bf16, see src/backend/wgsl.ts); f32 accumulation.
 //
-// Entry points (see src/backend/webgpu.ts for the launches):
-//   bgmv: one workgroup per (token, 64 outputs) (decode); each invocation owns one output and
+// Entry points (see src/backend/webgpu_lora.ts for the launches):
+//   bgmv: one workgroup per (token, LORA_OUTS outputs) (decode); each invocation owns one output and
 //         sums over the token's K slots; W tiles are staged in workgroup memory so that they
 //         are read along W's contiguous axis.
-//   sgmv: grouped by adapter; one workgroup per (64 outputs, tile of ≤ 64 slots of one
-//         adapter's segment of `order`), a tiled GEMM over r. A token's K slots can lie in
+//   sgmv: grouped by adapter; one workgroup per (LORA_OUTS outputs, tile of ≤ LORA_SLOTS slots
+//         of one adapter's segment of `order`), a tiled GEMM over r (tile sizes:
+//         include/lora_tile.wgsl). A token's K slots can lie in
 //         different segments, so the host launches one pass per k (kpass) and each pass
 //         updates only the slots with k = kpass: every output has one writer per pass.
 
@@ -27,7 +28,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> rank: array<i32>;         // [L]
 @group(0) @binding(6) var<storage, read> scale: array<f32>;        // [L]
 @group(0) @binding(7) var<storage, read> idx: array<i32>;          // bgmv: slots [T, K]; sgmv: order [P]
-// sgmv only: segStart [G + 1], segAdapter [G], then (g, start) per tile of ≤ 64 slots.
+// sgmv only: segStart [G + 1], segAdapter [G], then (g, start) per tile of ≤ LORA_SLOTS slots.
 @group(0) @binding(8) var<storage, read> seg: array<i32>;
 
 fn coef_of(q: u32, e: u32) -> f32 {
@@ -35,18 +36,19 @@ fn coef_of(q: u32, e: u32) -> f32 {
   return 1.0;
 }
 
-const RC: u32 = 16u;   // ranks per step
-const TN: u32 = 64u;   // outputs per workgroup
-const NP: u32 = 65u;   // padded row
+#include "include/lora_tile.wgsl"
+#include "include/lora_w_tile.wgsl"
+
+const NP: u32 = LORA_OUTS + 1u;   // padded row of the staged tiles
 
 // ---------------------------------------------------------------- bgmv
-var<workgroup> Wt: array<f32, 1040>;  // [RC][NP]: W(e, h0 + i, r0 + rr)
+var<workgroup> Wt: array<f32, LORA_STEP * NP>;  // [STEP][NP]: W(e, h0 + i, r0 + rr)
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(LORA_OUTS)
 fn bgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let t = wid.z * nwg.y + wid.y;
   if (t >= p.T) { return; }
-  let h0 = wid.x * TN;
+  let h0 = wid.x * LORA_OUTS;
   var total = 0.0;
   for (var k = 0u; k < p.K; k++) {
     let q = t * p.K + k;
@@ -58,18 +60,13 @@ fn bgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let wb = e * p.se;
     let vb = q * p.R;
     var acc = 0.0;
-    for (var r0 = 0u; r0 < rk; r0 += RC) {
-      for (var i = lid; i < RC * TN; i += TN) {
-        // walk W along its contiguous axis
-        var hh = i / RC;
-        var rr = i % RC;
-        if (p.sr != 1u) { hh = i % TN; rr = i / TN; }
-        var val = 0.0;
-        if (h0 + hh < p.H && r0 + rr < rk) { val = load_w(wb + (h0 + hh) * p.sh + (r0 + rr) * p.sr); }
-        Wt[rr * NP + hh] = val;
+    for (var r0 = 0u; r0 < rk; r0 += LORA_STEP) {
+      for (var i = lid; i < LORA_STEP * LORA_OUTS; i += LORA_OUTS) {
+        let el = w_tile_elem(i, LORA_STEP, LORA_OUTS, wb, r0, h0, rk);
+        Wt[el.r * NP + el.h] = el.val;
       }
       workgroupBarrier();
-      let nr = min(RC, rk - r0);
+      let nr = min(LORA_STEP, rk - r0);
       for (var rr = 0u; rr < nr; rr++) { acc = fma(Wt[rr * NP + lid], vin[vb + r0 + rr], acc); }
       workgroupBarrier();
     }
@@ -83,19 +80,23 @@ fn bgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 // ---------------------------------------------------------------- sgmv
-const TM: u32 = 64u;   // slots per tile
-var<workgroup> Vs: array<f32, 1040>;  // [RC][NP]: vin[q_m, r0 + rr]
-var<workgroup> Ws: array<f32, 1040>;  // [RC][NP]: W(e, h0 + i, r0 + rr)
-var<workgroup> Sq: array<u32, 64>;
+// tile: LORA_SLOTS slots × LORA_OUTS outputs, LORA_STEP ranks staged per step
+const SG_WG: u32 = LORA_SLOTS * LORA_OUTS / 16u;  // invocations, 4×4 outputs each
+const HQ: u32 = LORA_OUTS / 4u;                   // stride of an invocation's outputs
+const MQ: u32 = LORA_SLOTS / 4u;                  // stride of an invocation's rows
+const SP: u32 = LORA_SLOTS + 1u;                  // padded row of Vs
+var<workgroup> Vs: array<f32, LORA_STEP * SP>;    // [STEP][SP]: vin[q_m, r0 + rr]
+var<workgroup> Ws: array<f32, LORA_STEP * NP>;    // [STEP][NP]: W(e, h0 + i, r0 + rr)
+var<workgroup> Sq: array<u32, LORA_SLOTS>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(SG_WG)
 fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let tile = wid.z * nwg.y + wid.y;
   if (tile >= p.ntiles) { return; }
   let tb = 2u * p.G + 1u + 2u * tile;
   let g = u32(seg[tb]);
   let start = u32(seg[tb + 1u]);
-  let n = min(TM, u32(seg[g + 1u]) - start);
+  let n = min(LORA_SLOTS, u32(seg[g + 1u]) - start);
   let e = min(u32(seg[p.G + 1u + g]), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
   // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
   let rk = min(u32(max(rank[e], 0)), p.R);
@@ -107,50 +108,43 @@ fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     if (!found) { return; }
   }
-  if (lid < n) { Sq[lid] = u32(idx[start + lid]); }
+  for (var m = lid; m < n; m += SG_WG) { Sq[m] = u32(idx[start + m]); }
   workgroupBarrier();
-  let h0 = wid.x * TN;
-  let tx = lid % 16u;  // outputs h0 + tx + 16j
-  let ty = lid / 16u;  // rows ty + 16i
+  let h0 = wid.x * LORA_OUTS;
+  let tx = lid % HQ;  // outputs h0 + tx + HQ·j
+  let ty = lid / HQ;  // rows ty + MQ·i
   let wb = e * p.se;
-  var acc: array<array<f32, 4>, 4>;
-  for (var r0 = 0u; r0 < rk; r0 += RC) {
-    for (var i = lid; i < RC * TM; i += 256u) {
-      let rr = i % RC;
-      let m = i / RC;
+  var acc: Tile4;
+  for (var r0 = 0u; r0 < rk; r0 += LORA_STEP) {
+    for (var i = lid; i < LORA_STEP * LORA_SLOTS; i += SG_WG) {
+      let rr = i % LORA_STEP;
+      let m = i / LORA_STEP;
       var val = 0.0;
       if (m < n && r0 + rr < rk) { val = vin[Sq[m] * p.R + r0 + rr]; }
-      Vs[rr * NP + m] = val;
+      Vs[rr * SP + m] = val;
     }
-    for (var i = lid; i < RC * TN; i += 256u) {
-      var hh = i / RC;
-      var rr = i % RC;
-      if (p.sr != 1u) { hh = i % TN; rr = i / TN; }
-      var val = 0.0;
-      if (h0 + hh < p.H && r0 + rr < rk) { val = load_w(wb + (h0 + hh) * p.sh + (r0 + rr) * p.sr); }
-      Ws[rr * NP + hh] = val;
+    for (var i = lid; i < LORA_STEP * LORA_OUTS; i += SG_WG) {
+      let el = w_tile_elem(i, LORA_STEP, LORA_OUTS, wb, r0, h0, rk);
+      Ws[el.r * NP + el.h] = el.val;
     }
     workgroupBarrier();
-    for (var rr = 0u; rr < RC; rr++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) { a[i] = Vs[rr * NP + ty + 16u * i]; }
-      for (var j = 0u; j < 4u; j++) { b[j] = Ws[rr * NP + tx + 16u * j]; }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
-      }
+    for (var rr = 0u; rr < LORA_STEP; rr++) {
+      let va = rr * SP + ty;
+      let wa = rr * NP + tx;
+      tile_fma(&acc, vec4f(Vs[va], Vs[va + MQ], Vs[va + 2u * MQ], Vs[va + 3u * MQ]),
+                     vec4f(Ws[wa], Ws[wa + HQ], Ws[wa + 2u * HQ], Ws[wa + 3u * HQ]));
     }
     workgroupBarrier();
   }
   for (var i = 0u; i < 4u; i++) {
-    let m = ty + 16u * i;
+    let m = ty + MQ * i;
     if (m >= n) { continue; }
     let q = Sq[m];
     if (q % p.K != p.kpass) { continue; }
     let c = coef_of(q, e);
     let ob = (q / p.K) * p.H;
     for (var j = 0u; j < 4u; j++) {
-      let h = h0 + tx + 16u * j;
+      let h = h0 + tx + HQ * j;
       if (h < p.H) {
         let o = ob + h;
         if (p.accumulate != 0u) { outv[o] = fma(c, acc[i][j], outv[o]); } else { outv[o] = c * acc[i][j]; }

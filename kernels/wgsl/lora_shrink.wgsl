@@ -5,12 +5,12 @@
 //   loraShrinkGrad: W = B [L,Hout,R] read transposed (sr = 1, sh = R), u = dy, c = weight·scale
 // W(e, r, h) = load_w(e·se + r·sr + h·sh) (f32, f16 or bf16, see src/backend/wgsl.ts); f32 accumulation.
 //
-// Entry points (see src/backend/webgpu.ts for the launches):
+// Entry points (see src/backend/webgpu_lora.ts for the launches):
 //   bgmv: one workgroup per slot q (decode); threads stride over h, partial sums of up to
 //         RC ranks per thread, reduced in workgroup memory.
-//   sgmv: grouped by adapter; one workgroup per (16-rank chunk, tile of ≤ 64 slots of one
-//         adapter's segment of `order`), a tiled GEMM over h so each A/B tile is reused by
-//         the 64 slots.
+//   sgmv: grouped by adapter; one workgroup per (LORA_RANKS-rank chunk, tile of ≤ LORA_SLOTS
+//         slots of one adapter's segment of `order`), a tiled GEMM over h so each A/B tile is
+//         reused by the tile's slots (tile sizes: include/lora_tile.wgsl).
 
 struct Params {
   T: u32, K: u32, R: u32, H: u32,
@@ -26,7 +26,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> rank: array<i32>;         // [L]
 @group(0) @binding(6) var<storage, read> scale: array<f32>;        // [L]
 @group(0) @binding(7) var<storage, read> idx: array<i32>;          // bgmv: slots [T, K]; sgmv: order [P]
-// sgmv only: segStart [G + 1], segAdapter [G], then (g, start) per tile of ≤ 64 slots.
+// sgmv only: segStart [G + 1], segAdapter [G], then (g, start) per tile of ≤ LORA_SLOTS slots.
 @group(0) @binding(8) var<storage, read> seg: array<i32>;
 
 fn coef_of(q: u32, e: u32) -> f32 {
@@ -80,81 +80,77 @@ fn bgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 // ---------------------------------------------------------------- sgmv
-const TM: u32 = 64u;   // slots per tile
-const TR: u32 = 16u;   // ranks per workgroup
-const KT: u32 = 16u;   // h per step
-const UP: u32 = 65u;   // padded row of Us
-var<workgroup> Us: array<f32, 1040>;  // [KT][UP]: u[t_m, h0 + kk]
-var<workgroup> Ws: array<f32, 256>;   // [KT][TR]: W(e, r0 + rr, h0 + kk)
-var<workgroup> Sq: array<u32, 64>;    // slot q of tile row m
-var<workgroup> St: array<u32, 64>;    // token of tile row m
+#include "include/lora_tile.wgsl"
+#include "include/lora_w_tile.wgsl"
 
-@compute @workgroup_size(64)
+// tile: LORA_SLOTS slots × LORA_RANKS ranks, LORA_STEP h staged per step
+const SG_WG: u32 = LORA_SLOTS * LORA_RANKS / 16u;  // invocations, 4×4 outputs each
+const RQ: u32 = LORA_RANKS / 4u;                   // stride of an invocation's ranks
+const MQ: u32 = LORA_SLOTS / 4u;                   // stride of an invocation's rows
+const UP: u32 = LORA_SLOTS + 1u;                   // padded row of Us
+var<workgroup> Us: array<f32, LORA_STEP * UP>;     // [STEP][UP]: u[t_m, h0 + kk]
+var<workgroup> Ws: array<f32, LORA_STEP * LORA_RANKS>;  // [STEP][RANKS]: W(e, r0 + rr, h0 + kk)
+var<workgroup> Sq: array<u32, LORA_SLOTS>;         // slot q of tile row m
+var<workgroup> St: array<u32, LORA_SLOTS>;         // token of tile row m
+
+@compute @workgroup_size(SG_WG)
 fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let tile = wid.z * nwg.y + wid.y;
   if (tile >= p.ntiles) { return; }
   let tb = 2u * p.G + 1u + 2u * tile;
   let g = u32(seg[tb]);
   let start = u32(seg[tb + 1u]);
-  let n = min(TM, u32(seg[g + 1u]) - start);
+  let n = min(LORA_SLOTS, u32(seg[g + 1u]) - start);
   let e = min(u32(seg[p.G + 1u + g]), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
   // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
   let rk = min(u32(max(rank[e], 0)), p.R);
-  let r0 = wid.x * TR;
+  let r0 = wid.x * LORA_RANKS;
   if (r0 >= rk) {
     // this rank chunk is past the adapter's rank: zeros, no reads of W
-    for (var i = lid; i < n * TR; i += 64u) {
-      let r = r0 + i % TR;
-      if (r < p.R) { outv[u32(idx[start + i / TR]) * p.R + r] = 0.0; }
+    for (var i = lid; i < n * LORA_RANKS; i += SG_WG) {
+      let r = r0 + i % LORA_RANKS;
+      if (r < p.R) { outv[u32(idx[start + i / LORA_RANKS]) * p.R + r] = 0.0; }
     }
     return;
   }
-  if (lid < n) {
-    let q = u32(idx[start + lid]);
-    Sq[lid] = q;
-    St[lid] = q / p.K;
+  for (var m = lid; m < n; m += SG_WG) {
+    let q = u32(idx[start + m]);
+    Sq[m] = q;
+    St[m] = q / p.K;
   }
   workgroupBarrier();
-  let tx = lid % 4u;   // ranks r0 + tx + 4j
-  let ty = lid / 4u;   // rows ty + 16i
+  let tx = lid % RQ;   // ranks r0 + tx + RQ·j
+  let ty = lid / RQ;   // rows ty + MQ·i
   let wb = e * p.se;
-  var acc: array<array<f32, 4>, 4>;
-  for (var h0 = 0u; h0 < p.H; h0 += KT) {
-    for (var i = lid; i < KT * TM; i += 64u) {
-      let kk = i % KT;
-      let m = i / KT;
+  var acc: Tile4;
+  for (var h0 = 0u; h0 < p.H; h0 += LORA_STEP) {
+    for (var i = lid; i < LORA_STEP * LORA_SLOTS; i += SG_WG) {
+      let kk = i % LORA_STEP;
+      let m = i / LORA_STEP;
       var val = 0.0;
       if (m < n && h0 + kk < p.H) { val = u[St[m] * p.H + h0 + kk]; }
       Us[kk * UP + m] = val;
     }
-    for (var i = lid; i < KT * TR; i += 64u) {
-      // walk W along its contiguous axis
-      var kk = i % KT;
-      var rr = i / KT;
-      if (p.sh != 1u) { rr = i % TR; kk = i / TR; }
-      var val = 0.0;
-      if (r0 + rr < rk && h0 + kk < p.H) { val = load_w(wb + (r0 + rr) * p.sr + (h0 + kk) * p.sh); }
-      Ws[kk * TR + rr] = val;
+    for (var i = lid; i < LORA_STEP * LORA_RANKS; i += SG_WG) {
+      let el = w_tile_elem(i, LORA_RANKS, LORA_STEP, wb, r0, h0, rk);
+      Ws[el.h * LORA_RANKS + el.r] = el.val;
     }
     workgroupBarrier();
-    for (var kk = 0u; kk < KT; kk++) {
-      var a: array<f32, 4>;
-      var b: array<f32, 4>;
-      for (var i = 0u; i < 4u; i++) { a[i] = Us[kk * UP + ty + 16u * i]; }
-      for (var j = 0u; j < 4u; j++) { b[j] = Ws[kk * TR + tx + 4u * j]; }
-      for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
-      }
+    for (var kk = 0u; kk < LORA_STEP; kk++) {
+      let ua = kk * UP + ty;
+      let wa = kk * LORA_RANKS + tx;
+      tile_fma(&acc, vec4f(Us[ua], Us[ua + MQ], Us[ua + 2u * MQ], Us[ua + 3u * MQ]),
+                     vec4f(Ws[wa], Ws[wa + RQ], Ws[wa + 2u * RQ], Ws[wa + 3u * RQ]));
     }
     workgroupBarrier();
   }
   for (var i = 0u; i < 4u; i++) {
-    let m = ty + 16u * i;
+    let m = ty + MQ * i;
     if (m >= n) { continue; }
     let q = Sq[m];
     let c = coef_of(q, e);
     for (var j = 0u; j < 4u; j++) {
-      let r = r0 + tx + 4u * j;
+      let r = r0 + tx + RQ * j;
       if (r < p.R) { outv[q * p.R + r] = select(0.0, c * acc[i][j], r < rk); }
     }
   }

@@ -1,5 +1,5 @@
 // matmul family: one tiled GEMM, C[M,N] (+)= A(m,k)·B(k,n), with A and B read through
-// strides so one shader serves y = x·Wᵀ, dx = dy·W and dW = dyᵀ·x (see src/backend/webgpu.ts).
+// strides so one shader serves y = x·Wᵀ, dx = dy·W and dW = dyᵀ·x (see src/backend/webgpu_model.ts).
 // A is f32; B is read through load_b (f32, f16 or bf16, see src/backend/wgsl.ts).
 // Each 8x8 workgroup computes a 32x32 tile of C, 4x4 outputs per invocation.
 

@@ -1,7 +1,7 @@
 // residual family: y = a + b, elementwise over n f32 values (the residual stream).
 // Reference: src/reference/residual.ts. The backward is the identity (no kernel).
 //
-// Entry points (launches in src/backend/webgpu.ts, 256 invocations, one element each,
+// Entry points (launches in src/backend/webgpu_model.ts, 256 invocations, one element each,
 // workgroups flattened over y·z: index = (wid.z·nwg.y + wid.y)·256 + lid):
 //   add:         y = a + b                  (y distinct from a and b)
 //   add_inplace: y = y + b                  (y is a; a buffer bound writable is bound once)

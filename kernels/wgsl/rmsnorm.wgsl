@@ -2,7 +2,7 @@
 // Reference: src/reference/rmsnorm.ts. x, y, dy, dx f32 [T, H]; w [H] f32/f16/bf16 read
 // through load_w; rstd f32 [T]; dw f32 [H]. f32 accumulation.
 //
-// Entry points (src/backend/webgpu.ts):
+// Entry points (src/backend/webgpu_model.ts):
 //   fwd: one workgroup (256) per row t (y·z flattened): Σ x² by a fixed tree in workgroup
 //        memory, then y and rstd[t].
 //   dx:  one workgroup per row: gx = Σ_h dy·w·x (fixed tree), then

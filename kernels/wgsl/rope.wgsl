@@ -7,9 +7,9 @@
 // θ is not rounded to f32 before sin/cos: with positions in the thousands an f32 θ is off by
 // ~1e-4 rad. angle_sin_cos forms θ/2π modulo 1 exactly in 64-bit fixed point (integer
 // arithmetic: invFreq's mantissa times 1/2π to 96 bits, times the position), so sin/cos only
-// ever see an argument in [−π, π).
+// ever see an argument in [−π, π) (and then sin_cos_turns, not WGSL's sin/cos).
 //
-// Entry points (src/backend/webgpu.ts): one invocation per (t, i < D/2), looping over heads;
+// Entry points (src/backend/webgpu_model.ts): one invocation per (t, i < D/2), looping over heads;
 // 256 per workgroup, flattened over y·z: index = (wid.z·nwg.y + wid.y)·256 + lid.
 //   rope:         y from x (distinct tensors)
 //   rope_inplace: y rotated in place (each pair is read before it is written by one owner)
@@ -59,7 +59,7 @@ fn angle_sin_cos(pos: i32, f: f32) -> vec2f {
   if (ex == 0u || s < 0 || s >= 96) {
     // 0, subnormal, |f| ≥ 2^55, inf/NaN, or |f| < 2^-40 (|θ| < 2^-9: rounding θ is harmless)
     let a = f32(pos) * f;
-    return vec2f(sin(a), cos(a));
+    return sin_cos_turns(fract(a / TWO_PI + 0.5) - 0.5);
   }
   // P = m·K (120 bits in 4 words)
   let m = (bits & 0x7fffffu) | 0x800000u;
@@ -88,9 +88,26 @@ fn angle_sin_cos(pos: i32, f: f32) -> vec2f {
   let ap = u32(abs(pos));
   let pl = mul_wide(ap, xlo);
   let thi = pl.y + ap * xhi;
-  var a = (f32(bitcast<i32>(thi)) * P2_M32 + f32(pl.x) * P2_M64) * TWO_PI;
-  if ((pos < 0) != ((bits & 0x80000000u) != 0u)) { a = -a; }
-  return vec2f(sin(a), cos(a));
+  var turns = f32(bitcast<i32>(thi)) * P2_M32 + f32(pl.x) * P2_M64;
+  if ((pos < 0) != ((bits & 0x80000000u) != 0u)) { turns = -turns; }
+  return sin_cos_turns(turns);
+}
+
+// (sin, cos) of 2π·t for t in [−1/2, 1/2]. Not WGSL's sin/cos: those need only be within
+// 2^-11 absolute on [−π, π] (SwiftShader's are off by ~1e-4), so the angle is reduced to an
+// octant around a multiple of π/2 and the Taylor series summed to r^12, f32-accurate there.
+fn sin_cos_turns(t: f32) -> vec2f {
+  let q = round(4.0 * t);               // nearest quarter turn, −2 … 2
+  let r = (t - 0.25 * q) * TWO_PI;      // |r| ≤ π/4
+  let r2 = r * r;
+  let s = r * (1.0 + r2 * (-1.0 / 6.0 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362880.0 + r2 * (-1.0 / 39916800.0))))));
+  let c = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40320.0 + r2 * (-1.0 / 3628800.0 + r2 * (1.0 / 479001600.0))))));
+  switch (u32(i32(q) & 3)) {
+    case 1u: { return vec2f(c, -s); }
+    case 2u: { return vec2f(-s, -c); }
+    case 3u: { return vec2f(-c, s); }
+    default: { return vec2f(s, c); }
+  }
 }
 
 fn rotate(xi: f32, xj: f32, sc: vec2f) -> vec2f {

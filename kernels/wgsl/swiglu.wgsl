@@ -1,7 +1,7 @@
 // swiglu family (LLaMA MLP activation): y = silu(gate) ⊙ up, silu(g) = g·σ(g).
 // Reference: src/reference/swiglu.ts. Elementwise over n = T·I f32 values.
 //
-// Entry points (src/backend/webgpu.ts: 256 invocations, one element each, workgroups
+// Entry points (src/backend/webgpu_model.ts: 256 invocations, one element each, workgroups
 // flattened over y·z: index = (wid.z·nwg.y + wid.y)·256 + lid):
 //   fwd:  y = silu(gate)·up                                   bindings y, gate, up
 //   grad: dgate = dy·up·σ(g)·(1 + g·(1 − σ(g))), dup = dy·silu(g)   bindings dgate, gate, up, dup, dy

@@ -1,7 +1,7 @@
 // xent family: log-softmax over the vocabulary and masked cross-entropy. Reference:
 // src/reference/xent.ts. logits f32 [T, V]; targets i32 [T]; mask f32 [T] (0/1).
 //
-// Entry points (src/backend/webgpu.ts):
+// Entry points (src/backend/webgpu_model.ts):
 //   logsoftmax: one workgroup (256) per row t (y·z flattened): each invocation keeps an
 //               online (max, Σ exp) over v = lid, lid + 256, ...; the pairs are merged by a
 //               fixed tree in workgroup memory → lse; then out = logits − lse.

@@ -2,6 +2,7 @@ import { ArgumentError, BackendUnavailableError, describe } from '../errors.js';
 import type { Backend, BackendKind, BackendRequest } from './backend.js';
 import { NativeBackend } from './native.js';
 import { WebGPUBackend, type WebGPUOptions } from './webgpu.js';
+import { nodeWebGPUHost } from './webgpu_node.js';
 import { checkBool, checkInt, checkOpts } from '../ops/check.js';
 
 export interface OpenOptions extends WebGPUOptions {
@@ -25,12 +26,12 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
     case 'cuda':
       return NativeBackend.open(kind, opts);
     case 'webgpu':
-      return WebGPUBackend.open(opts);
+      return WebGPUBackend.open(opts, nodeWebGPUHost);
     case 'auto': {
       const reasons: string[] = [];
       for (const k of ['cuda', 'webgpu', 'cpu'] as const) {
         try {
-          return k === 'webgpu' ? await WebGPUBackend.open({ ...opts, requireHardware: true }) : NativeBackend.open(k, opts);
+          return k === 'webgpu' ? await WebGPUBackend.open({ ...opts, requireHardware: true }, nodeWebGPUHost) : NativeBackend.open(k, opts);
         } catch (e) {
           if (!(e instanceof BackendUnavailableError)) throw e;
           reasons.push(e.message);
@@ -39,7 +40,7 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
       // Last: a software WebGPU adapter (lavapipe, SwiftShader). Slow, but it runs every kernel,
       // so a machine without the addon and without a GPU still works — with a notice saying so.
       try {
-        const b = await WebGPUBackend.open(opts);
+        const b = await WebGPUBackend.open(opts, nodeWebGPUHost);
         console.warn(`mote: no GPU and no cpu addon here; using the software WebGPU adapter (${b.info().device}), which is slow. ` +
           `Build the addon (npm rebuild mote-lora) for the cpu backend.`);
         return b;

@@ -1,0 +1,67 @@
+// mote in the browser (`mote-lora/web`): the webgpu backend on navigator.gpu or a GPUDevice
+// handed in, every op, the float64 references, and the model and generation code that works
+// on tensors and parsed JSON. Reading and writing files (safetensors, model directories,
+// bundles, checkpoints, the CLI) is Node-only. scripts/build-web.mjs bundles this file with
+// the WGSL embedded.
+export * from '../errors.js';
+export { type DType, type HostData, DTYPES, WEIGHT_DTYPES, f32ToBf16Bits, bf16BitsToF32, f32ToF16Bits, f16BitsToF32 } from '../dtype.js';
+export { Tensor } from '../tensor.js';
+export type { Backend, BackendInfo, BackendKind, BackendRequest } from '../backend/backend.js';
+export { openBackend, probeBackends, BACKEND_KINDS, type OpenOptions, type Availability } from './backend.js';
+export { matmul, matmulGradInput, matmulGradWeight, type MatmulDims, type AccumulateOptions } from '../ops/matmul.js';
+export * as reference from '../reference/index.js';
+export {
+  loraRouting, loraStack, loraShrink, loraExpand, loraApply, loraShrinkGrad, loraInputGrad, loraWeightGrad, chooseStrategy,
+  LoraRouting, type LoraStack, type LoraDims, type LoraStrategy, type LoraOptions, type LoraKernels,
+} from '../ops/lora.js';
+export { MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads } from '../ops/multi_lora_linear.js';
+export { embedding, embeddingGrad } from '../ops/embedding.js';
+export { copyRows, rowMap, RowMap, type CopyRowsDims, type CopyRowsKernels } from '../ops/copy_rows.js';
+export { rmsnorm, rmsnormGrad } from '../ops/rmsnorm.js';
+export { rope, ropeGrad } from '../ops/rope.js';
+export { attention, attentionGrad, attentionLayout, AttentionLayout, type AttentionLayoutInit } from '../ops/attention.js';
+export { swiglu, swigluGrad } from '../ops/swiglu.js';
+export { add } from '../ops/residual.js';
+export { logSoftmax, xent, xentGrad } from '../ops/xent.js';
+export { adamw, adamwScalars, sumSquares, type AdamwOptions, type AdamwScalars } from '../ops/adamw.js';
+export * from '../model/config.js';
+export {
+  LlamaModel,
+  type LogitsRouting, type CheckedSegments, type LlamaBatch, type LlamaLora, type LlamaSegments,
+  type LlamaWeights, type LlamaLayerWeights,
+} from '../model/llama.js';
+// Loading and saving through the I/O abstraction (src/io/source.ts, sink.ts): models, PEFT
+// adapters, MoTE bundles, tokenizers and checkpoints from a URL (Range requests where the
+// server allows), File/Blob objects (a dropped folder), bytes or an OPFS folder; saving to
+// OPFS or to memory (a tar for a download).
+export { loadModel, modelFromTensors, type LoadModelOptions, type WeightDType } from '../model/load.js';
+export { saveModel } from '../model/save.js';
+export { loadTokenizer } from '../io/tokenizer.js';
+export { MoteBundle, createMote, addStepTokens } from '../mote/bundle.js';
+export { saveMote, loadMote, exportPeft } from '../mote/bundle_io.js';
+export { AdapterSet, createLora, loadPeftAdapters } from '../adapters/adapter_set.js';
+export { openSource, UrlSource, BlobSource, BytesSource, OpfsSource, type FileSource, type SourceInput, type UrlSourceOptions } from '../io/source.js';
+export { MemorySink, OpfsSink, openSink, tarFiles, type FileSink } from '../io/sink.js';
+export { Trainer, type TrainExample, type TrainerOptions, type TrainProgress } from '../train/trainer.js';
+export { saveCheckpoint, loadCheckpoint } from '../train/checkpoint.js';
+export { promptIds, stepTokenIds, chainExample, chainExamples, packExamples } from '../mote/chains.js';
+export { toyQuestions, toyChain, toySplit } from '../mote/toy.js';
+export { KvCache, type KvCacheDims, type KvCacheOptions } from '../model/kv_cache.js';
+export {
+  generate, type GenerateRequest, type GenerateOptions, type GenerateResult, type TokenRouter, type RouteState,
+  type RouteSlots, type ForceStep, type TokenEvent, type StopReason,
+} from '../generate/generate.js';
+export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from '../generate/sampling.js';
+export { MoteTokenizer, type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions } from '../io/tokenizer.js';
+export * from '../mote/steps.js';
+export {
+  llamaLossAndGrad, baseWeights, disposeGrads,
+  type LlamaTrainBatch, type LlamaGrads, type LlamaGradOptions, type LlamaGradResult,
+} from '../model/llama_backward.js';
+export { mulberry32, mixSeed } from '../rng.js';
+export { learningRate, checkSchedule, type ScheduleOptions } from '../train/schedule.js';
+export {
+  DEFAULT_TEMPLATES, STAGE_VARS, alignCotTemplates, stagePrompt, renderTemplate, templateVars, parseVerdict, checkChain, formatChain, parseChain,
+  type Chain, type ChainStep, type StageVars, type StageVar, type StageTemplate, type AlignCotTemplates, type ParseChainOptions,
+} from '../mote/aligncot.js';
+export { LORA_TILE } from '../backend/wgsl.js';
