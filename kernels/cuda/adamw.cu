@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -128,7 +129,7 @@ extern "C" int mote_cuda_adamw(float* p, const float* g, float* m, float* v, int
   h.bc2 = bc2;
   h.gs = grad_scale;
   const bool vec = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v);
-  adamw_kernel<<<blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, g, m, v, n, h, vec);
+  MOTE_LAUNCH(blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream), adamw_kernel)(p, g, m, v, n, h, vec);
   return int(cudaGetLastError());
 }
 
@@ -138,7 +139,7 @@ extern "C" int mote_cuda_sum_squares(float* out, const float* g, int64_t n, void
   long long b = (n + 2047) / 2048;
   if (b > kMaxPartials) b = kMaxPartials;
   if (b < 1) b = 1;
-  sum_squares_partial<<<unsigned(b), kThreads, 0, s>>>(g, n);
-  sum_squares_final<<<1, kThreads, 0, s>>>(out, int(b));
+  MOTE_LAUNCH(unsigned(b), kThreads, 0, s, sum_squares_partial)(g, n);
+  MOTE_LAUNCH(1, kThreads, 0, s, sum_squares_final)(out, int(b));
   return int(cudaGetLastError());
 }

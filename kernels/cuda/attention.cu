@@ -32,6 +32,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -290,17 +291,17 @@ int chunks(int D) { return D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : D <= 256 ?
 template <int NC>
 int launch_fwd(const mote_attention_args& a, float* out, float* lse, const float* q, const float* k, const float* v,
                cudaStream_t s) {
-  attn_fwd<NC><<<grid_for((long long)a.Tq * a.nH), kThreads, 0, s>>>(a, out, lse, q, k, v);
+  MOTE_LAUNCH(grid_for((long long)a.Tq * a.nH), kThreads, 0, s, attn_fwd<NC>)(a, out, lse, q, k, v);
   return int(cudaGetLastError());
 }
 
 template <int NC>
 int launch_bwd(const mote_attention_args& a, float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
                const float* k, const float* v, const float* out, const float* lse, cudaStream_t s) {
-  attn_bwd_dq<NC><<<grid_for((long long)a.Tq * a.nH), kThreads, 0, s>>>(a, dq, delta, dout, q, k, v, out, lse);
+  MOTE_LAUNCH(grid_for((long long)a.Tq * a.nH), kThreads, 0, s, attn_bwd_dq<NC>)(a, dq, delta, dout, q, k, v, out, lse);
   const int e = int(cudaGetLastError());
   if (e || a.Tk == 0) return e;
-  attn_bwd_dkdv<NC><<<grid_for((long long)a.Tk * a.nKv), kThreads, 0, s>>>(a, dk, dv, delta, dout, q, k, v, lse);
+  MOTE_LAUNCH(grid_for((long long)a.Tk * a.nKv), kThreads, 0, s, attn_bwd_dkdv<NC>)(a, dk, dv, delta, dout, q, k, v, lse);
   return int(cudaGetLastError());
 }
 

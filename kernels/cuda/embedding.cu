@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) embedding_bwd(float* __restrict__ dE
 }
 
 template <int DT> int launch_fwd(float* y, const int* ids, const void* E, int T, int V, int H, cudaStream_t s) {
-  embedding_fwd<DT><<<cap(T, 2147483647LL), kThreads, 0, s>>>(y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
+  MOTE_LAUNCH(cap(T, 2147483647LL), kThreads, 0, s, embedding_fwd<DT>)(y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
   return int(cudaGetLastError());
 }
 
@@ -91,6 +92,6 @@ extern "C" int mote_cuda_embedding_grad(float* dE, const float* dy, const int* o
   }
   if (G == 0 || H == 0) return int(cudaGetLastError());
   dim3 grid(cap(G, 2147483647LL), cap((H + kThreads - 1) / kThreads, 65535));
-  embedding_bwd<<<grid, kThreads, 0, s>>>(dE, dy, order, seg_start, seg_ids, G, T, V, H, accumulate);
+  MOTE_LAUNCH(grid, kThreads, 0, s, embedding_bwd)(dE, dy, order, seg_start, seg_ids, G, T, V, H, accumulate);
   return int(cudaGetLastError());
 }

@@ -26,6 +26,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -150,7 +151,7 @@ __global__ void __launch_bounds__(256) bgmv_expand(float* __restrict__ y, const 
                                                    const typename Wt<DT>::S* __restrict__ B, const int* __restrict__ slots,
                                                    const float* __restrict__ weight, const int* __restrict__ rank,
                                                    const float* __restrict__ scale, int K, int R, int Hout) {
-  extern __shared__ float vs[];  // [R]: weight·scale·v[t,k,:]
+  MOTE_DYNAMIC_SHARED(float, vs);  // [R]: weight·scale·v[t,k,:]
   constexpr int VE = Wt<DT>::VE;
   const int t = blockIdx.x, tid = threadIdx.x;
   for (int oy = blockIdx.y; oy * 256 < Hout; oy += gridDim.y) {
@@ -261,7 +262,7 @@ __global__ void __launch_bounds__(128) bgmv_input_grad(float* __restrict__ dx, c
                                                        const typename Wt<DT>::S* __restrict__ A,
                                                        const int* __restrict__ slots, const int* __restrict__ rank, int K,
                                                        int R, int Hin, int accumulate) {
-  extern __shared__ float vs[];  // [R]: dv[t,k,:]
+  MOTE_DYNAMIC_SHARED(float, vs);  // [R]: dv[t,k,:]
   constexpr int NV = VEC ? Wt<DT>::VE : 1;
   const int t = blockIdx.x, tid = threadIdx.x;
   for (int hy = blockIdx.y; (long long)hy * 128 * NV < Hin; hy += gridDim.y) {
@@ -563,13 +564,13 @@ int shrink_t(const mote_lora_args& a, float* v, const float* x, cudaStream_t s) 
     const int RG = (a.R + kShrinkWarps - 1) / kShrinkWarps;
     dim3 grid(a.T, cap_grid((long long)a.K * RG));
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A) && aligned16(x);
-    if (vec) bgmv_shrink<DT, true><<<grid, 256, 0, s>>>(v, x, A, a.slots, a.rank, a.K, a.R, a.Hin);
-    else bgmv_shrink<DT, false><<<grid, 256, 0, s>>>(v, x, A, a.slots, a.rank, a.K, a.R, a.Hin);
+    if (vec) MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, true>)(v, x, A, a.slots, a.rank, a.K, a.R, a.Hin);
+    else MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, false>)(v, x, A, a.slots, a.rank, a.K, a.R, a.Hin);
   } else {
     const int tiles = (a.P + kPT - 1) / kPT;
     long long zb = (TK * a.R + 255) / 256;
     if (zb > 1024) zb = 1024;
-    sgmv_pairs<DT, 0><<<unsigned(tiles + zb), 256, 0, s>>>(v, x, A, a.order, a.slots, a.weight, a.rank, a.scale, a.P,
+    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 0>)(v, x, A, a.order, a.slots, a.weight, a.rank, a.scale, a.P,
                                                             int(TK), a.K, a.R, a.Hin, tiles);
   }
   return int(cudaGetLastError());
@@ -584,11 +585,11 @@ int expand_t(const mote_lora_args& a, float* y, const float* v, cudaStream_t s) 
     dim3 grid(a.T, cap_grid((a.Hout + 255) / 256));
     const size_t smem = size_t(a.R) * sizeof(float);
     const bool vec = a.R % Wt<DT>::VE == 0 && aligned16(a.B);
-    if (vec) bgmv_expand<DT, true><<<grid, 256, smem, s>>>(y, v, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
-    else bgmv_expand<DT, false><<<grid, 256, smem, s>>>(y, v, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
+    if (vec) MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, true>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
+    else MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, false>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
   } else {
     dim3 grid((a.T + kTT - 1) / kTT, cap_grid((a.Hout + kNT - 1) / kNT));
-    sgmv_tokens<DT, 0><<<grid, 256, 0, s>>>(y, v, B, a.slots, a.weight, a.rank, a.scale, a.T, a.K, a.R, a.Hout, 1);
+    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 0>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.T, a.K, a.R, a.Hout, 1);
   }
   return int(cudaGetLastError());
 }
@@ -600,13 +601,13 @@ int shrink_grad_t(const mote_lora_args& a, float* dv, const float* dy, cudaStrea
   const long long TK = (long long)a.T * a.K;
   if (a.strategy == 0) {
     const bool vec = a.R % Wt<DT>::VE == 0 && aligned16(a.B);
-    if (vec) bgmv_shrink_grad<DT, true><<<unsigned(TK), 256, 0, s>>>(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
-    else bgmv_shrink_grad<DT, false><<<unsigned(TK), 256, 0, s>>>(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
+    if (vec) MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, true>)(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
+    else MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, false>)(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
   } else {
     const int tiles = (a.P + kPT - 1) / kPT;
     long long zb = (TK * a.R + 255) / 256;
     if (zb > 1024) zb = 1024;
-    sgmv_pairs<DT, 1><<<unsigned(tiles + zb), 256, 0, s>>>(dv, dy, B, a.order, a.slots, a.weight, a.rank, a.scale,
+    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 1>)(dv, dy, B, a.order, a.slots, a.weight, a.rank, a.scale,
                                                             a.P, int(TK), a.K, a.R, a.Hout, tiles);
   }
   return int(cudaGetLastError());
@@ -622,14 +623,14 @@ int input_grad_t(const mote_lora_args& a, float* dx, const float* dv, int accumu
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A);
     if (vec) {
       dim3 grid(a.T, cap_grid((a.Hin + 128 * Wt<DT>::VE - 1) / (128 * Wt<DT>::VE)));
-      bgmv_input_grad<DT, true><<<grid, 128, smem, s>>>(dx, dv, A, a.slots, a.rank, a.K, a.R, a.Hin, accumulate);
+      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, true>)(dx, dv, A, a.slots, a.rank, a.K, a.R, a.Hin, accumulate);
     } else {
       dim3 grid(a.T, cap_grid((a.Hin + 127) / 128));
-      bgmv_input_grad<DT, false><<<grid, 128, smem, s>>>(dx, dv, A, a.slots, a.rank, a.K, a.R, a.Hin, accumulate);
+      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, false>)(dx, dv, A, a.slots, a.rank, a.K, a.R, a.Hin, accumulate);
     }
   } else {
     dim3 grid((a.T + kTT - 1) / kTT, cap_grid((a.Hin + kNT - 1) / kNT));
-    sgmv_tokens<DT, 1><<<grid, 256, 0, s>>>(dx, dv, A, a.slots, a.weight, a.rank, a.scale, a.T, a.K, a.R, a.Hin,
+    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 1>)(dx, dv, A, a.slots, a.weight, a.rank, a.scale, a.T, a.K, a.R, a.Hin,
                                              accumulate);
   }
   return int(cudaGetLastError());
@@ -700,7 +701,7 @@ extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, fl
   const int G = a->T == 0 ? 0 : a->G;
   const long long tiles = (long long)((Nmax + kWN - 1) / kWN) * ((a->R + kWR - 1) / kWR);
   dim3 grid(unsigned(tiles), cap_grid(a->L), 2);
-  lora_weight_grad_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
+  MOTE_LAUNCH(grid, 256, 0, static_cast<cudaStream_t>(stream), lora_weight_grad_kernel)(
       dA, dB, x, dy, v, dv, a->order, a->seg_start, a->seg_adapter, a->weight, a->rank, a->scale, G, a->L, a->K, a->R,
       a->Hin, a->Hout, accumulate);
   return int(cudaGetLastError());

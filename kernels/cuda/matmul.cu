@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -68,7 +69,7 @@ template <typename TB>
 int launch(float* C, const float* A, const void* B, int M, int N, int Kd, long long sam, long long sak,
            long long sbk, long long sbn, int accumulate, void* stream) {
   dim3 block(16, 16), grid((N + TILE - 1) / TILE, (M + TILE - 1) / TILE);
-  gemm_strided<TB><<<grid, block, 0, static_cast<cudaStream_t>(stream)>>>(C, A, static_cast<const TB*>(B), M, N, Kd, sam,
+  MOTE_LAUNCH(grid, block, 0, static_cast<cudaStream_t>(stream), gemm_strided<TB>)(C, A, static_cast<const TB*>(B), M, N, Kd, sam,
                                                                           sak, sbk, sbn, accumulate);
   return int(cudaGetLastError());
 }
@@ -110,7 +111,7 @@ extern "C" int mote_cuda_matmul_grad_weight(float* dw, const float* dy, const fl
 extern "C" int mote_cuda_copy(float* dst, const float* src, int64_t n, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   long long n4 = n / 4;
-  if (n4 > 0) copy_kernel<<<1024, 256, 0, s>>>(reinterpret_cast<float4*>(dst), reinterpret_cast<const float4*>(src), n4);
+  if (n4 > 0) MOTE_LAUNCH(1024, 256, 0, s, copy_kernel)(reinterpret_cast<float4*>(dst), reinterpret_cast<const float4*>(src), n4);
   if (n % 4) cudaMemcpyAsync(dst + n4 * 4, src + n4 * 4, (n % 4) * 4, cudaMemcpyDeviceToDevice, s);
   return int(cudaGetLastError());
 }

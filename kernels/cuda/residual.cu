@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -38,6 +39,6 @@ extern "C" int mote_cuda_add(float* y, const float* a, const float* b, int64_t n
   const long long work = vec ? (n + 3) / 4 : n;
   long long blocks = (work + kThreads - 1) / kThreads;
   if (blocks > 65536) blocks = 65536;
-  add_kernel<<<unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(y, a, b, n, vec);
+  MOTE_LAUNCH(unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream), add_kernel)(y, a, b, n, vec);
   return int(cudaGetLastError());
 }

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -134,13 +135,13 @@ __global__ void __launch_bounds__(kDwCols* kDwRows) rmsnorm_bwd_dw(float* __rest
 
 template <int DT>
 int launch_fwd(float* y, float* rstd, const float* x, const void* w, int T, int H, float eps, cudaStream_t s) {
-  rmsnorm_fwd<DT><<<cap(T, 2147483647LL), kThreads, 0, s>>>(y, rstd, x, static_cast<const typename Wt<DT>::S*>(w), T, H, eps);
+  MOTE_LAUNCH(cap(T, 2147483647LL), kThreads, 0, s, rmsnorm_fwd<DT>)(y, rstd, x, static_cast<const typename Wt<DT>::S*>(w), T, H, eps);
   return int(cudaGetLastError());
 }
 
 template <int DT>
 int launch_dx(float* dx, const float* dy, const float* x, const void* w, const float* rstd, int T, int H, cudaStream_t s) {
-  rmsnorm_bwd_dx<DT><<<cap(T, 2147483647LL), kThreads, 0, s>>>(dx, dy, x, static_cast<const typename Wt<DT>::S*>(w), rstd, T, H);
+  MOTE_LAUNCH(cap(T, 2147483647LL), kThreads, 0, s, rmsnorm_bwd_dx<DT>)(dx, dy, x, static_cast<const typename Wt<DT>::S*>(w), rstd, T, H);
   return int(cudaGetLastError());
 }
 
@@ -173,7 +174,7 @@ extern "C" int mote_cuda_rmsnorm_grad(float* dx, float* dw, const float* dy, con
   }
   if (H == 0) return int(cudaGetLastError());
   // T = 0 still writes dw (zeros, or leaves it unchanged when accumulating).
-  rmsnorm_bwd_dw<<<cap((H + kDwCols - 1) / kDwCols, 2147483647LL), dim3(kDwCols, kDwRows), 0, s>>>(dw, dy, x, rstd, T, H,
+  MOTE_LAUNCH(cap((H + kDwCols - 1) / kDwCols, 2147483647LL), dim3(kDwCols, kDwRows), 0, s, rmsnorm_bwd_dw)(dw, dy, x, rstd, T, H,
                                                                                                    accumulate_dw);
   return int(cudaGetLastError());
 }

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -53,7 +54,7 @@ extern "C" int mote_cuda_rope(float* y, const float* x, const int* positions, co
   if (n == 0 || heads == 0) return int(cudaGetLastError());
   long long blocks = (n + kThreads - 1) / kThreads;
   if (blocks > (1LL << 20)) blocks = 1LL << 20;
-  rope_kernel<<<unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(y, x, positions, inv_freq, T, heads, D,
+  MOTE_LAUNCH(unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream), rope_kernel)(y, x, positions, inv_freq, T, heads, D,
                                                                                     inverse);
   return int(cudaGetLastError());
 }

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -90,7 +91,7 @@ extern "C" int mote_cuda_swiglu(float* y, const float* gate, const float* up, in
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(y) && aligned16(gate) && aligned16(up);
-  swiglu_kernel<<<blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(y, gate, up, n, vec);
+  MOTE_LAUNCH(blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_kernel)(y, gate, up, n, vec);
   return int(cudaGetLastError());
 }
 
@@ -99,6 +100,6 @@ extern "C" int mote_cuda_swiglu_grad(float* dgate, float* dup, const float* dy, 
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(dgate) && aligned16(dup) && aligned16(dy) && aligned16(gate) && aligned16(up);
-  swiglu_grad_kernel<<<blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(dgate, dup, dy, gate, up, n, vec);
+  MOTE_LAUNCH(blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_grad_kernel)(dgate, dup, dy, gate, up, n, vec);
   return int(cudaGetLastError());
 }
