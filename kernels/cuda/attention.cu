@@ -86,9 +86,13 @@ template <int NC> __device__ __forceinline__ float dot(const float (&a)[NC], con
   return warp_sum(d);
 }
 
-// Segment test for a (query, key) pair of the same sequence `seq`.
+// Segment test for a (query, key) pair of the same sequence `seq`. A pair whose entry would lie
+// outside blocked (tampered layout tensors; the host checks them) counts as blocked: nothing is
+// read outside the buffer.
 __device__ __forceinline__ bool seg_blocked(const mote_attention_args& a, int seq, int qg, int kg) {
-  return a.S > 0 && __ldg(a.blocked + ((long long)seq * a.S + qg) * a.S + kg) != 0;
+  if (a.S <= 0) return false;
+  if (seq < 0 || seq >= a.num_seqs || qg < 0 || qg >= a.S || kg < 0 || kg >= a.S) return true;
+  return __ldg(a.blocked + ((long long)seq * a.S + qg) * a.S + kg) != 0;
 }
 
 template <int NC>

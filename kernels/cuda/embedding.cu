@@ -57,7 +57,10 @@ __global__ void __launch_bounds__(kThreads) embedding_bwd(float* __restrict__ dE
     float* row = dE + (long long)id * H;
     for (long long h = blockIdx.y * (long long)kThreads + threadIdx.x; h < H; h += (long long)gridDim.y * kThreads) {
       float acc = accumulate ? row[h] : 0.f;
-      for (int i = b; i < e; i++) acc += __ldg(dy + (long long)__ldg(order + i) * H + h);
+      for (int i = b; i < e; i++) {
+        const int t = __ldg(order + i);
+        if (t >= 0 && t < T) acc += __ldg(dy + (long long)t * H + h);  // checked on the host; never read outside dy
+      }
       row[h] = acc;
     }
   }

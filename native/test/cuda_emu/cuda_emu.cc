@@ -1,5 +1,11 @@
 // The CUDA emulator's scheduler and runtime API (see cuda_emu.h for what it checks and what not).
+// A fiber starts with makecontext/swapcontext and switches afterwards with _setjmp/_longjmp,
+// which do not save the signal mask (swapcontext makes a system call per switch).
+#undef _FORTIFY_SOURCE  // its longjmp check rejects a jump to another stack
 #include "cuda_emu.h"
+
+#include <setjmp.h>
+#include <signal.h>
 
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -13,12 +19,15 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace mote_emu {
 
 thread_local Thread* g_thread = nullptr;
 thread_local Block* g_block = nullptr;
+
+constexpr size_t kPage = 4096;
 
 namespace {
 
@@ -27,11 +36,12 @@ thread_local cudaError_t g_last_error = cudaSuccess;
 enum State { READY, AT_BARRIER, AT_SHUFFLE, DONE };
 
 constexpr size_t kStack = 256 * 1024;  // per fiber; the lowest page is a guard
-constexpr size_t kPage = 4096;
 
 struct Fiber {
   Thread t;
   ucontext_t ctx;
+  jmp_buf jb;
+  bool started = false;
   State state = READY;
   unsigned char* stack = nullptr;
   // where it waits
@@ -48,6 +58,7 @@ struct Run {
   std::vector<Fiber> fibers;
   std::vector<unsigned char> shared;
   ucontext_t sched;
+  jmp_buf sched_jb;
   void (*body)(void*);
   void* ctx;
   Fiber* current = nullptr;
@@ -75,13 +86,13 @@ void fiber_main() {
     if (r->error.empty()) r->error = ex.what();
   }
   r->current->state = DONE;
-  // returning resumes uc_link (the scheduler)
+  _longjmp(r->sched_jb, 1);
 }
 
 void yield_to_scheduler() {
   Run* r = g_run;
   Fiber* f = r->current;
-  swapcontext(&f->ctx, &r->sched);
+  if (_setjmp(f->jb) == 0) _longjmp(r->sched_jb, 1);
   g_thread = &f->t;  // resumed
 }
 
@@ -91,9 +102,33 @@ std::atomic<const char*> g_launch_name{nullptr};
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+// A fault inside a launch (a read or write outside the buffers) names the kernel before the
+// process dies.
+void on_fault(int sig) {
+  const char* name = g_launch_start.load() ? g_launch_name.load() : nullptr;
+  const char* a = "cuda emulator: memory fault in kernel ";
+  (void)!write(2, a, std::strlen(a));
+  if (name) (void)!write(2, name, std::strlen(name));
+  else (void)!write(2, "(none: outside a launch)", 24);
+  const char* b = " (an access outside its buffers?)\n";
+  (void)!write(2, b, std::strlen(b));
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
 void start_watchdog() {
   static std::once_flag once;
   std::call_once(once, [] {
+    static unsigned char alt[64 * 1024];  // the fault may be a fiber's stack overflow
+    stack_t ss{};
+    ss.ss_sp = alt;
+    ss.ss_size = sizeof alt;
+    sigaltstack(&ss, nullptr);
+    struct sigaction sa {};
+    sa.sa_handler = on_fault;
+    sa.sa_flags = SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
     double limit = 120;
     if (const char* s = std::getenv("MOTE_EMU_TIMEOUT")) limit = std::atof(s);
     std::thread([limit] {
@@ -181,11 +216,7 @@ void run_block(Run& r) {
     f.state = READY;
     f.file = nullptr;
     f.line = 0;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack + kPage;
-    f.ctx.uc_stack.ss_size = kStack - kPage;
-    f.ctx.uc_link = &r.sched;
-    makecontext(&f.ctx, fiber_main, 0);
+    f.started = false;
   }
   size_t done = 0;
   for (;;) {
@@ -194,7 +225,16 @@ void run_block(Run& r) {
       if (f.state != READY) continue;
       r.current = &f;
       g_thread = &f.t;
-      swapcontext(&r.sched, &f.ctx);
+      if (_setjmp(r.sched_jb) == 0) {
+        if (f.started) _longjmp(f.jb, 1);
+        f.started = true;
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack + kPage;
+        f.ctx.uc_stack.ss_size = kStack - kPage;
+        f.ctx.uc_link = nullptr;  // fiber_main never returns
+        makecontext(&f.ctx, fiber_main, 0);
+        swapcontext(&r.sched, &f.ctx);
+      }
       if (!r.error.empty()) fail(r, thread_name(f) + " threw: " + r.error);
       if (f.state == DONE) done++;
     }
@@ -307,6 +347,7 @@ void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shmem, void (*bo
 // ---- runtime API -------------------------------------------------------------
 
 using mote_emu::g_last_error;
+using mote_emu::kPage;
 
 cudaError_t cudaGetLastError() {
   const cudaError_t e = g_last_error;
@@ -347,12 +388,31 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   p->totalGlobalMem = size_t(1) << 32;
   return cudaSuccess;
 }
+// A buffer ends (256-byte aligned, as cudaMalloc aligns) just below an inaccessible page, with
+// another below its start: a read or write a little past either end faults.
+namespace {
+std::mutex g_alloc_mutex;
+std::unordered_map<void*, std::pair<void*, size_t>> g_allocs;  // pointer -> mapping
+}  // namespace
 cudaError_t cudaMalloc(void** p, size_t bytes) {
-  *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  const size_t size = (bytes + 255) / 256 * 256, span = (size + kPage - 1) / kPage * kPage + 2 * kPage;
+  void* m = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return cudaErrorMemoryAllocation;
+  unsigned char* base = static_cast<unsigned char*>(m);
+  mprotect(base, kPage, PROT_NONE);
+  mprotect(base + span - kPage, kPage, PROT_NONE);
+  *p = base + span - kPage - size;
+  std::lock_guard<std::mutex> lock(g_alloc_mutex);
+  g_allocs[*p] = {m, span};
+  return cudaSuccess;
 }
 cudaError_t cudaFree(void* p) {
-  std::free(p);
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(g_alloc_mutex);
+  auto it = g_allocs.find(p);
+  if (it == g_allocs.end()) return cudaErrorInvalidValue;
+  munmap(it->second.first, it->second.second);
+  g_allocs.erase(it);
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
