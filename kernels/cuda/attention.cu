@@ -37,6 +37,8 @@
 
 namespace {
 
+using namespace mote_cu;
+
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kMaxD = 512;
@@ -54,11 +56,6 @@ __device__ __forceinline__ float exp_acc(float x) {
   return exp2f(h) * fmaf(l, kLn2, 1.f);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // The D-vector at p spread over the warp's lanes (0 past D).
 template <int NC> __device__ __forceinline__ void load_vec(float (&r)[NC], const float* __restrict__ p, int D, int lane) {
@@ -280,7 +277,6 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv(const mote_attention_a
   }
 }
 
-inline unsigned grid_for(long long n) { return unsigned(n < 2147483647LL ? n : 2147483647LL); }
 
 int check_args(const mote_attention_args* a) {
   if (!a) return int(cudaErrorInvalidValue);
@@ -295,17 +291,17 @@ int chunks(int D) { return D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : D <= 256 ?
 template <int NC>
 int launch_fwd(const mote_attention_args& a, float* out, float* lse, const float* q, const float* k, const float* v,
                cudaStream_t s) {
-  MOTE_LAUNCH(grid_for((long long)a.Tq * a.nH), kThreads, 0, s, attn_fwd<NC>)(a, out, lse, q, k, v);
+  MOTE_LAUNCH(grid_dim((long long)a.Tq * a.nH, 2147483647LL), kThreads, 0, s, attn_fwd<NC>)(a, out, lse, q, k, v);
   return int(cudaGetLastError());
 }
 
 template <int NC>
 int launch_bwd(const mote_attention_args& a, float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
                const float* k, const float* v, const float* out, const float* lse, cudaStream_t s) {
-  MOTE_LAUNCH(grid_for((long long)a.Tq * a.nH), kThreads, 0, s, attn_bwd_dq<NC>)(a, dq, delta, dout, q, k, v, out, lse);
+  MOTE_LAUNCH(grid_dim((long long)a.Tq * a.nH, 2147483647LL), kThreads, 0, s, attn_bwd_dq<NC>)(a, dq, delta, dout, q, k, v, out, lse);
   const int e = int(cudaGetLastError());
   if (e || a.Tk == 0) return e;
-  MOTE_LAUNCH(grid_for((long long)a.Tk * a.nKv), kThreads, 0, s, attn_bwd_dkdv<NC>)(a, dk, dv, delta, dout, q, k, v, lse);
+  MOTE_LAUNCH(grid_dim((long long)a.Tk * a.nKv, 2147483647LL), kThreads, 0, s, attn_bwd_dkdv<NC>)(a, dk, dv, delta, dout, q, k, v, lse);
   return int(cudaGetLastError());
 }
 

@@ -18,15 +18,8 @@
 
 namespace {
 
-template <int DT> struct Wt { using S = uint16_t; };
-template <> struct Wt<0> { using S = float; };
+using namespace mote_cu;
 
-template <int DT> __device__ __forceinline__ float cvt(typename Wt<DT>::S s);
-template <> __device__ __forceinline__ float cvt<0>(float s) { return s; }
-template <> __device__ __forceinline__ float cvt<1>(uint16_t s) { return __half2float(__ushort_as_half(s)); }
-template <> __device__ __forceinline__ float cvt<2>(uint16_t s) { return __uint_as_float(uint32_t(s) << 16); }
-
-inline unsigned cap(long long n, long long limit) { return unsigned(n < limit ? n : limit); }
 
 constexpr int kThreads = 256;
 
@@ -67,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) embedding_bwd(float* __restrict__ dE
 }
 
 template <int DT> int launch_fwd(float* y, const int* ids, const void* E, int T, int V, int H, cudaStream_t s) {
-  MOTE_LAUNCH(cap(T, 2147483647LL), kThreads, 0, s, embedding_fwd<DT>)(y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
+  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, embedding_fwd<DT>)(y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
   return int(cudaGetLastError());
 }
 
@@ -77,12 +70,7 @@ extern "C" int mote_cuda_embedding(float* y, const int* ids, const void* E, int 
   if (T < 0 || V < 0 || H < 0) return int(cudaErrorInvalidValue);
   if (T == 0 || H == 0) return int(cudaGetLastError());
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (edtype) {
-    case MOTE_F32: return launch_fwd<0>(y, ids, E, T, V, H, s);
-    case MOTE_F16: return launch_fwd<1>(y, ids, E, T, V, H, s);
-    case MOTE_BF16: return launch_fwd<2>(y, ids, E, T, V, H, s);
-    default: return int(cudaErrorInvalidValue);
-  }
+  MOTE_WEIGHT_DISPATCH(edtype, launch_fwd, y, ids, E, T, V, H, s)
 }
 
 extern "C" int mote_cuda_embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start, const int* seg_ids,
@@ -94,7 +82,7 @@ extern "C" int mote_cuda_embedding_grad(float* dE, const float* dy, const int* o
     if (e != cudaSuccess) return int(e);
   }
   if (G == 0 || H == 0) return int(cudaGetLastError());
-  dim3 grid(cap(G, 2147483647LL), cap((H + kThreads - 1) / kThreads, 65535));
+  dim3 grid(grid_dim(G, 2147483647LL), grid_dim((H + kThreads - 1) / kThreads));
   MOTE_LAUNCH(grid, kThreads, 0, s, embedding_bwd)(dE, dy, order, seg_start, seg_ids, G, T, V, H, accumulate);
   return int(cudaGetLastError());
 }

@@ -31,63 +31,9 @@
 
 namespace {
 
-// ---- weight loads ----------------------------------------------------------
+using namespace mote_cu;
 
-template <int DT> struct Wt {
-  using S = uint16_t;
-  static constexpr int VE = 8;  // elements per 16-byte load
-};
-template <> struct Wt<0> {
-  using S = float;
-  static constexpr int VE = 4;
-};
 
-template <int DT> __device__ __forceinline__ float cvt(typename Wt<DT>::S s);
-template <> __device__ __forceinline__ float cvt<0>(float s) { return s; }
-template <> __device__ __forceinline__ float cvt<1>(uint16_t s) { return __half2float(__ushort_as_half(s)); }
-template <> __device__ __forceinline__ float cvt<2>(uint16_t s) { return __uint_as_float(uint32_t(s) << 16); }
-
-template <int DT> __device__ __forceinline__ float ldw(const typename Wt<DT>::S* __restrict__ p, long long i) {
-  return cvt<DT>(__ldg(p + i));
-}
-
-// Loads Wt<DT>::VE consecutive weights from a 16-byte aligned address.
-template <int DT> struct Vec;
-template <> struct Vec<0> {
-  static __device__ __forceinline__ void load(const float* __restrict__ p, float* o) {
-    float4 f = __ldg(reinterpret_cast<const float4*>(p));
-    o[0] = f.x; o[1] = f.y; o[2] = f.z; o[3] = f.w;
-  }
-};
-template <int DT> struct Vec {
-  static __device__ __forceinline__ void load(const uint16_t* __restrict__ p, float* o) {
-    uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      o[2 * i] = cvt<DT>(uint16_t(w[i] & 0xffffu));
-      o[2 * i + 1] = cvt<DT>(uint16_t(w[i] >> 16));
-    }
-  }
-};
-
-// n (a multiple of 4) consecutive f32 activations from a 16-byte aligned address.
-template <int N> __device__ __forceinline__ void ldx(const float* __restrict__ p, float* o) {
-#pragma unroll
-  for (int i = 0; i < N / 4; i++) {
-    float4 f = __ldg(reinterpret_cast<const float4*>(p) + i);
-    o[4 * i] = f.x; o[4 * i + 1] = f.y; o[4 * i + 2] = f.z; o[4 * i + 3] = f.w;
-  }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-inline unsigned cap_grid(long long n) { return unsigned(n < 65535 ? n : 65535); }
 
 // Indices read from buffers stay in range whatever their contents, as in kernels/wgsl/lora_*.wgsl:
 // an adapter index (≥ 0) is clamped to L − 1, a rank to [0, R], an entry of order to [0, T·K), a
@@ -579,7 +525,7 @@ int shrink_t(const mote_lora_args& a, float* v, const float* x, cudaStream_t s) 
   const long long TK = (long long)a.T * a.K;
   if (a.strategy == 0) {
     const int RG = (a.R + kShrinkWarps - 1) / kShrinkWarps;
-    dim3 grid(a.T, cap_grid((long long)a.K * RG));
+    dim3 grid(a.T, grid_dim((long long)a.K * RG));
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A) && aligned16(x);
     if (vec) MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, true>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
     else MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, false>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
@@ -599,13 +545,13 @@ int expand_t(const mote_lora_args& a, float* y, const float* v, cudaStream_t s) 
   const S* B = static_cast<const S*>(a.B);
   if (a.Hout == 0) return int(cudaGetLastError());
   if (a.strategy == 0) {
-    dim3 grid(a.T, cap_grid((a.Hout + 255) / 256));
+    dim3 grid(a.T, grid_dim((a.Hout + 255) / 256));
     const size_t smem = size_t(a.R) * sizeof(float);
     const bool vec = a.R % Wt<DT>::VE == 0 && aligned16(a.B);
     if (vec) MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, true>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
     else MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, false>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
   } else {
-    dim3 grid((a.T + kTT - 1) / kTT, cap_grid((a.Hout + kNT - 1) / kNT));
+    dim3 grid((a.T + kTT - 1) / kTT, grid_dim((a.Hout + kNT - 1) / kNT));
     MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 0>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hout, 1);
   }
   return int(cudaGetLastError());
@@ -639,14 +585,14 @@ int input_grad_t(const mote_lora_args& a, float* dx, const float* dv, int accumu
     const size_t smem = size_t(a.R) * sizeof(float);
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A);
     if (vec) {
-      dim3 grid(a.T, cap_grid((a.Hin + 128 * Wt<DT>::VE - 1) / (128 * Wt<DT>::VE)));
+      dim3 grid(a.T, grid_dim((a.Hin + 128 * Wt<DT>::VE - 1) / (128 * Wt<DT>::VE)));
       MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, true>)(dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
     } else {
-      dim3 grid(a.T, cap_grid((a.Hin + 127) / 128));
+      dim3 grid(a.T, grid_dim((a.Hin + 127) / 128));
       MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, false>)(dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
     }
   } else {
-    dim3 grid((a.T + kTT - 1) / kTT, cap_grid((a.Hin + kNT - 1) / kNT));
+    dim3 grid((a.T + kTT - 1) / kTT, grid_dim((a.Hin + kNT - 1) / kNT));
     MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 1>)(dx, dv, A, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hin,
                                              accumulate);
   }
@@ -667,24 +613,17 @@ int check_args(const mote_lora_args* a) {
 
 }  // namespace
 
-#define MOTE_LORA_DISPATCH(dtype, fn, ...)                        \
-  switch (dtype) {                                               \
-    case MOTE_F32: return fn<0>(__VA_ARGS__);                    \
-    case MOTE_F16: return fn<1>(__VA_ARGS__);                    \
-    case MOTE_BF16: return fn<2>(__VA_ARGS__);                   \
-    default: return int(cudaErrorInvalidValue);                  \
-  }
 
 extern "C" int mote_cuda_lora_shrink(const mote_lora_args* a, float* v, const float* x, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->a_dtype, shrink_t, *a, v, x, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->a_dtype, shrink_t, *a, v, x, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_expand(const mote_lora_args* a, float* y, const float* v, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->b_dtype, expand_t, *a, y, v, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->b_dtype, expand_t, *a, y, v, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_apply(const mote_lora_args* a, float* y, float* v, const float* x, void* stream) {
@@ -699,13 +638,13 @@ extern "C" int mote_cuda_lora_apply(const mote_lora_args* a, float* y, float* v,
 extern "C" int mote_cuda_lora_shrink_grad(const mote_lora_args* a, float* dv, const float* dy, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->b_dtype, shrink_grad_t, *a, dv, dy, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->b_dtype, shrink_grad_t, *a, dv, dy, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_input_grad(const mote_lora_args* a, float* dx, const float* dv, int accumulate, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->a_dtype, input_grad_t, *a, dx, dv, accumulate, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->a_dtype, input_grad_t, *a, dx, dv, accumulate, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, float* dB, const float* x, const float* dy,
@@ -717,7 +656,7 @@ extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, fl
   // T == 0 still has to zero dA/dB when not accumulating: every adapter is absent then.
   const int G = a->T == 0 ? 0 : a->G;
   const long long tiles = (long long)((Nmax + kWN - 1) / kWN) * ((a->R + kWR - 1) / kWR);
-  dim3 grid(unsigned(tiles), cap_grid(a->L), 2);
+  dim3 grid(unsigned(tiles), grid_dim(a->L), 2);
   MOTE_LAUNCH(grid, 256, 0, static_cast<cudaStream_t>(stream), lora_weight_grad_kernel)(
       dA, dB, x, dy, v, dv, a->order, a->seg_start, a->seg_adapter, a->weight, a->rank, a->scale, G, a->P,
       a->T * a->K, a->L, a->K, a->R,

@@ -15,6 +15,8 @@
 
 namespace {
 
+using namespace mote_cu;
+
 constexpr int kThreads = 256;
 
 __device__ __forceinline__ float exp_acc(float x) {
@@ -76,14 +78,7 @@ __global__ void __launch_bounds__(kThreads) swiglu_grad_kernel(float* dgate, flo
   for (long long i = done + i0; i < n; i += stride) bwd(dy[i], gate[i], up[i], dgate[i], dup[i]);
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-inline unsigned blocks_for(long long n, bool vec) {
-  const long long work = vec ? (n + 3) / 4 : n;
-  long long b = (work + kThreads - 1) / kThreads;
-  if (b > 65536) b = 65536;
-  return unsigned(b < 1 ? 1 : b);
-}
 
 }  // namespace
 
@@ -91,7 +86,7 @@ extern "C" int mote_cuda_swiglu(float* y, const float* gate, const float* up, in
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(y) && aligned16(gate) && aligned16(up);
-  MOTE_LAUNCH(blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_kernel)(y, gate, up, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_kernel)(y, gate, up, n, vec);
   return int(cudaGetLastError());
 }
 
@@ -100,6 +95,6 @@ extern "C" int mote_cuda_swiglu_grad(float* dgate, float* dup, const float* dy, 
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(dgate) && aligned16(dup) && aligned16(dy) && aligned16(gate) && aligned16(up);
-  MOTE_LAUNCH(blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_grad_kernel)(dgate, dup, dy, gate, up, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_grad_kernel)(dgate, dup, dy, gate, up, n, vec);
   return int(cudaGetLastError());
 }
