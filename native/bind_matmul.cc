@@ -27,9 +27,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     if (same_device({y, x, w}) == Device::CPU) {
       cpu::matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
     } else {
-#ifdef MOTE_HAVE_CUDA
-      cuda_check(mote_cuda_matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmul");
-#endif
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmul");
     }
     return info.Env().Undefined();
   });
@@ -46,9 +44,7 @@ Napi::Value MatmulGradInput(const Napi::CallbackInfo& info) {
     if (same_device({dx, dy, w}) == Device::CPU) {
       cpu::matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
     } else {
-#ifdef MOTE_HAVE_CUDA
-      cuda_check(mote_cuda_matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmulGradInput");
-#endif
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmulGradInput");
     }
     return info.Env().Undefined();
   });
@@ -64,9 +60,7 @@ Napi::Value MatmulGradWeight(const Napi::CallbackInfo& info) {
     if (same_device({dw, dy, x}) == Device::CPU) {
       cpu::matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc);
     } else {
-#ifdef MOTE_HAVE_CUDA
-      cuda_check(mote_cuda_matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc, nullptr), "matmulGradWeight");
-#endif
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc, nullptr), "matmulGradWeight");
     }
     return info.Env().Undefined();
   });
