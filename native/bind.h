@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common.h"
 
@@ -48,6 +49,26 @@ size_t bytes_of(Napi::Env env, const char* what, std::initializer_list<size_t> f
 
 // All buffers of one kernel call must live on the same device; returns it.
 Device same_device(std::initializer_list<NativeBuffer*> bufs);
+
+// Collects the buffers of a call whose arguments come in an object (args.<name>) and then in
+// positions, so that one device check covers them all.
+struct Collector {
+  std::vector<NativeBuffer*> bufs;
+  NativeBuffer* field(Napi::Env env, const Napi::Object& o, const char* name, size_t min_bytes) {
+    return keep(field_buffer(env, o, name, min_bytes));
+  }
+  NativeBuffer* arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
+    return keep(buffer_arg(info, i, name, min_bytes));
+  }
+  // the device of every collected buffer (throws when they differ)
+  Device device() const;
+
+ private:
+  NativeBuffer* keep(NativeBuffer* b) {
+    bufs.push_back(b);
+    return b;
+  }
+};
 
 #ifdef MOTE_HAVE_CUDA
 void cuda_check(int code, const char* what);

@@ -138,37 +138,12 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
 // ---------------------------------------------------------------------------- attention
 
 // The parsed layout and dims, plus every buffer of the call (for the device check).
-struct AttnCall {
-  cpu::AttentionArgs a{};
-  std::vector<NativeBuffer*> bufs;
+struct AttnCall : Collector {
+  mote_attention_args a{};
 
   size_t q_bytes() const { return size_t(a.Tq) * a.nH * a.D * f4; }
   size_t kv_bytes() const { return size_t(a.Tk) * a.nKv * a.D * f4; }
   size_t lse_bytes() const { return size_t(a.Tq) * a.nH * f4; }
-
-  NativeBuffer* arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
-    NativeBuffer* b = buffer_arg(info, i, name, min_bytes);
-    bufs.push_back(b);
-    return b;
-  }
-
-  Device device() const {
-    Device d = bufs.front()->device;
-    for (auto* b : bufs)
-      if (b->device != d) throw std::invalid_argument("buffers of one kernel call live on different devices");
-    return d;
-  }
-
-#ifdef MOTE_HAVE_CUDA
-  mote_attention_args cuda() const {
-    mote_attention_args c{};
-    c.Tq = a.Tq; c.Tk = a.Tk; c.nH = a.nH; c.nKv = a.nKv; c.D = a.D; c.S = a.S; c.num_seqs = a.num_seqs;
-    c.scale = a.scale;
-    c.q_seq = a.q_seq; c.q_pos = a.q_pos; c.k_seq = a.k_seq; c.k_pos = a.k_pos;
-    c.q_seg = a.q_seg; c.k_seg = a.k_seg; c.blocked = a.blocked;
-    return c;
-  }
-#endif
 };
 
 AttnCall parse_attention(const Napi::CallbackInfo& info) {
@@ -176,7 +151,7 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "args: expected an object of layout buffers and dims");
   Napi::Object o = info[0].As<Napi::Object>();
   AttnCall c;
-  cpu::AttentionArgs& a = c.a;
+  mote_attention_args& a = c.a;
   a.Tq = field_int(env, o, "Tq", 1);
   a.Tk = field_int(env, o, "Tk", 1);
   a.nH = field_int(env, o, "nH", 1);
@@ -196,15 +171,14 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   bytes_of(env, "args.Tq·nH·D (q, out, dq, dOut)", {size_t(a.Tq), size_t(a.nH), size_t(a.D), f4});
   bytes_of(env, "args.Tk·nKv·D (k, v, dk, dv)", {size_t(a.Tk), size_t(a.nKv), size_t(a.D), f4});
   const size_t S = size_t(a.S);
-  auto* qSeq = field_buffer(env, o, "qSeq", bytes_of(env, "args.qSeq", {size_t(a.Tq), f4}));
-  auto* qPos = field_buffer(env, o, "qPos", bytes_of(env, "args.qPos", {size_t(a.Tq), f4}));
-  auto* kSeq = field_buffer(env, o, "kSeq", bytes_of(env, "args.kSeq", {size_t(a.Tk), f4}));
-  auto* kPos = field_buffer(env, o, "kPos", bytes_of(env, "args.kPos", {size_t(a.Tk), f4}));
+  auto* qSeq = c.field(env, o, "qSeq", bytes_of(env, "args.qSeq", {size_t(a.Tq), f4}));
+  auto* qPos = c.field(env, o, "qPos", bytes_of(env, "args.qPos", {size_t(a.Tq), f4}));
+  auto* kSeq = c.field(env, o, "kSeq", bytes_of(env, "args.kSeq", {size_t(a.Tk), f4}));
+  auto* kPos = c.field(env, o, "kPos", bytes_of(env, "args.kPos", {size_t(a.Tk), f4}));
   // without segments (S = 0) these three are never read
-  auto* qSeg = field_buffer(env, o, "qSeg", S ? size_t(a.Tq) * f4 : 0);
-  auto* kSeg = field_buffer(env, o, "kSeg", S ? size_t(a.Tk) * f4 : 0);
-  auto* blocked = field_buffer(env, o, "blocked", bytes_of(env, "args.blocked", {size_t(a.num_seqs), S, S, f4}));
-  c.bufs = {qSeq, qPos, kSeq, kPos, qSeg, kSeg, blocked};
+  auto* qSeg = c.field(env, o, "qSeg", S ? size_t(a.Tq) * f4 : 0);
+  auto* kSeg = c.field(env, o, "kSeg", S ? size_t(a.Tk) * f4 : 0);
+  auto* blocked = c.field(env, o, "blocked", bytes_of(env, "args.blocked", {size_t(a.num_seqs), S, S, f4}));
   a.q_seq = I(qSeq); a.q_pos = I(qPos); a.k_seq = I(kSeq); a.k_pos = I(kPos);
   a.q_seg = I(qSeg); a.k_seg = I(kSeg); a.blocked = I(blocked);
   return c;
@@ -218,16 +192,8 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     auto* q = c.arg(info, 3, "q", c.q_bytes());
     auto* k = c.arg(info, 4, "k", c.kv_bytes());
     auto* v = c.arg(info, 5, "v", c.kv_bytes());
-    if (c.device() == Device::CPU) {
-      cpu::attention(c.a, F(out), F(lse), F(q), F(k), F(v));
-    } else {
-#ifdef MOTE_HAVE_CUDA
-      mote_attention_args ca = c.cuda();
-      cuda_check(mote_cuda_attention(&ca, F(out), F(lse), F(q), F(k), F(v), nullptr), "attention");
-#else
-      MOTE_CUDA_OR_THROW(0, "attention");
-#endif
-    }
+    if (c.device() == Device::CPU) cpu::attention(c.a, F(out), F(lse), F(q), F(k), F(v));
+    else MOTE_CUDA_OR_THROW(mote_cuda_attention(&c.a, F(out), F(lse), F(q), F(k), F(v), nullptr), "attention");
     return info.Env().Undefined();
   });
 }
@@ -244,16 +210,10 @@ Napi::Value AttentionGrad(const Napi::CallbackInfo& info) {
     auto* v = c.arg(info, 7, "v", c.kv_bytes());
     auto* out = c.arg(info, 8, "out", c.q_bytes());
     auto* lse = c.arg(info, 9, "lse", c.lse_bytes());
-    if (c.device() == Device::CPU) {
-      cpu::attention_grad(c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse));
-    } else {
-#ifdef MOTE_HAVE_CUDA
-      mote_attention_args ca = c.cuda();
-      cuda_check(mote_cuda_attention_grad(&ca, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse), nullptr), "attentionGrad");
-#else
-      MOTE_CUDA_OR_THROW(0, "attentionGrad");
-#endif
-    }
+    if (c.device() == Device::CPU) cpu::attention_grad(c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse));
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_attention_grad(&c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse), nullptr),
+                         "attentionGrad");
     return info.Env().Undefined();
   });
 }
