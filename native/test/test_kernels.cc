@@ -2,7 +2,11 @@
 //  (a) CPU kernels (native/cpu/kernels.h) against a naive float64 reference written here, on
 //      random non-zero inputs and awkward shapes; the reference uses the dtype-rounded weights.
 //  (b) With CUDA built in and a device present: the same cases through the CUDA kernels,
-//      compared with the CPU kernels' outputs, and two CUDA runs compared bit for bit.
+//      compared with the CPU kernels' outputs, and two CUDA runs compared bit for bit; then
+//      index tensors with tampered contents, checked for writes outside the outputs.
+//  (c) Built as mote_cuda_emu_tests (CMakeLists.txt), (b) runs without nvcc or a device: the
+//      .cu files compile as C++ against the CPU emulation of native/test/cuda_emu, which is
+//      then "device 0". MOTE_TEST_MAX_T caps the LoRA cases' tokens there.
 // Every check is ‖out − ref‖ / ‖ref‖ ≤ 1e-5. Outputs that a kernel must overwrite are poisoned
 // with NaN first. One line per check; the exit status is non-zero on any failure.
 #include <algorithm>
