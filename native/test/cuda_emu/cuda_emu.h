@@ -9,8 +9,10 @@
 // the mask has reached it. A barrier or shuffle that some thread never reaches (it exited or waits
 // elsewhere) fails the launch with the kernel's name instead of hanging; so does a launch that
 // runs longer than MOTE_EMU_TIMEOUT seconds (default 120: an unbounded loop).
-// What it does not check: speed, the memory model (blocks run one after another, threads of a
-// block run in turn between switch points, so a race without a barrier goes unseen), float
+// Threads of a block run in turn between switch points, first to last on one launch and last to
+// first on the next, so a missing barrier shows as a rerun that differs.
+// What it does not check: speed, the memory model (blocks run one after another, so races
+// between blocks go unseen; neither order of threads is that of a GPU), float
 // rounding of --use_fast_math intrinsics (they are the exact libm functions here), alignment
 // faults of vector loads. Device pointers are host pointers.
 #pragma once

@@ -59,6 +59,13 @@ __global__ void partial_shuffle(float* out) {
   out[threadIdx.x] = v;
 }
 
+// reads another thread's shared-memory write with no barrier between
+__global__ void missing_barrier(float* out) {
+  __shared__ float sh[64];
+  sh[threadIdx.x] = float(threadIdx.x);
+  out[threadIdx.x] = sh[63 - threadIdx.x];
+}
+
 void expect_failure(const char* name, void (*launch)(float*), const char* words) {
   std::vector<float> buf(1024);
   try {
@@ -106,6 +113,13 @@ int main() {
     MOTE_LAUNCH(1, 2048, 0, nullptr, exit_before_barrier)(out.data());
     const bool e3 = cudaGetLastError() == cudaErrorInvalidConfiguration;
     report("emulator: invalid launch configurations (gridDim.y > 65535, empty grid, 2048 threads) set the error", e1 && e2 && e3);
+  }
+  {
+    // the same launch twice: the thread order flips between launches, so the race shows
+    std::vector<float> a(64), b(64);
+    MOTE_LAUNCH(1, 64, 0, nullptr, missing_barrier)(a.data());
+    MOTE_LAUNCH(1, 64, 0, nullptr, missing_barrier)(b.data());
+    report("emulator: a missing __syncthreads makes two runs differ", a != b);
   }
   expect_failure(
       "exit_before_barrier", [](float* o) { MOTE_LAUNCH(2, 128, 0, nullptr, exit_before_barrier)(o); }, "never reaches");
