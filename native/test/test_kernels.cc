@@ -1021,15 +1021,16 @@ struct AttnLayout {
   std::vector<int> q_seq, q_pos, k_seq, k_pos, q_seg, k_seg, blocked;
 };
 
-enum { L_PREFILL, L_SEGMENTS, L_DECODE, L_CROSS };
+enum { L_PREFILL, L_SEGMENTS, L_DECODE, L_CROSS, L_NO_KEYS };
 
 // Random lengths in [1, maxlen] per sequence. PREFILL/SEGMENTS: keys are the queries, tokens
 // shuffled (packing order is free); SEGMENTS adds S = 4 steps per sequence with random blocked
 // pairs. DECODE: a cache of [0, maxlen] tokens per sequence and 1–2 new tokens (the queries)
 // appended to the keys, with S = 3 segments. CROSS: unrelated key tokens; some queries see no key.
+// NO_KEYS: CROSS queries and no keys at all (Tk = 0).
 AttnLayout make_layout(int kind, int nseq, int maxlen, Rng& rng) {
   AttnLayout l;
-  static const char* names[] = {"prefill", "segments", "decode", "cross"};
+  static const char* names[] = {"prefill", "segments", "decode", "cross", "no-keys"};
   l.kind = names[kind];
   const int S = kind == L_SEGMENTS ? 4 : kind == L_DECODE ? 3 : 0;
   std::vector<int> len(nseq);
@@ -1067,7 +1068,7 @@ AttnLayout make_layout(int kind, int nseq, int maxlen, Rng& rng) {
     l.k_pos.insert(l.k_pos.end(), l.q_pos.begin(), l.q_pos.end());
     l.k_seg.insert(l.k_seg.end(), l.q_seg.begin(), l.q_seg.end());
   } else {
-    const int Tq = nseq * maxlen, Tk = rng.integer(1, 2 * nseq * maxlen);
+    const int Tq = nseq * maxlen, Tk = kind == L_NO_KEYS ? 0 : rng.integer(1, 2 * nseq * maxlen);
     for (int i = 0; i < Tq; i++) {
       l.q_seq.push_back(rng.integer(0, nseq));  // sequence nseq has no keys
       l.q_pos.push_back(rng.integer(0, maxlen));
@@ -1471,7 +1472,8 @@ void test_model_families(Rng& rng) {
   // attention: {layout, sequences, max length, nH, nKv, D}
   const int at[][6] = {{L_PREFILL, 1, 1, 1, 1, 1},     {L_PREFILL, 3, 37, 8, 2, 64},  {L_SEGMENTS, 3, 50, 4, 1, 80},
                        {L_DECODE, 5, 100, 8, 8, 128},   {L_CROSS, 3, 20, 6, 3, 16},    {L_PREFILL, 2, 70, 2, 1, 256},
-                       {L_SEGMENTS, 2, 30, 2, 2, 300},  {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33}};
+                       {L_SEGMENTS, 2, 30, 2, 2, 300},  {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33},
+                       {L_NO_KEYS, 2, 5, 4, 2, 16}};
   for (const auto& s : at) test_attention(s[0], s[1], s[2], s[3], s[4], s[5], rng);
   // swiglu / add: n, pointer offset
   const int64_t ns[] = {1, 7, 4099, 100003};
