@@ -47,6 +47,11 @@ NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* nam
 // product passes 2^53 (it would wrap in size_t and let a small buffer pass the size check).
 size_t bytes_of(Napi::Env env, const char* what, std::initializer_list<size_t> factors);
 
+// A positional buffer of at least bytes_of(name, factors) bytes: the usual size check.
+inline NativeBuffer* sized_arg(const Napi::CallbackInfo& info, size_t i, const char* name, std::initializer_list<size_t> factors) {
+  return buffer_arg(info, i, name, bytes_of(info.Env(), name, factors));
+}
+
 // All buffers of one kernel call must live on the same device; returns it.
 Device same_device(std::initializer_list<NativeBuffer*> bufs);
 
