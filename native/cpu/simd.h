@@ -176,7 +176,7 @@ inline float dot1(const elem_t<DT>* w, const float* x, int n) {
 }
 
 // Two tokens against four f32 rows: 8 dot products, 6 loads per 8 FMAs.
-__attribute__((noinline)) inline void dot4x2(const float* w, size_t stride, const float* xa, const float* xb, int n, float out[8]) {
+__attribute__((noinline, unused)) void dot4x2(const float* w, size_t stride, const float* xa, const float* xb, int n, float out[8]) {
   const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
   f8 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
   int j = 0;
@@ -315,7 +315,7 @@ void colsum(float* out, const elem_t<DT>* m, size_t stride, int n, const float* 
 constexpr int kOuterJ = 16;
 constexpr int kOuterR = 4;
 
-__attribute__((noinline)) inline void outer_tile(const float* xs, const float* cs, size_t cstride, int np, float res[kOuterR][kOuterJ]) {
+__attribute__((noinline, unused)) void outer_tile(const float* xs, const float* cs, size_t cstride, int np, float res[kOuterR][kOuterJ]) {
   f8 a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
   for (int p = 0; p < np; p++, xs += kOuterJ, cs += cstride) {
     const f8 x0 = ld8(xs), x1 = ld8(xs + 8);
@@ -338,7 +338,7 @@ __attribute__((noinline)) inline void outer_tile(const float* xs, const float* c
 constexpr int kPackAhead = 4;  // rows prefetched ahead while packing
 
 // Packs rows X[p][0, nj) into xp[jt][p][16] (zero-padded to a multiple of 16 columns).
-inline void pack_x(float* xp, const float* const* X, int np, int nj) {
+__attribute__((unused)) void pack_x(float* xp, const float* const* X, int np, int nj) {
   const int njt = (nj + kOuterJ - 1) / kOuterJ;
   for (int p = 0; p < np; p++) {
     const float* src = X[p];
@@ -358,7 +358,7 @@ inline void pack_x(float* xp, const float* const* X, int np, int nj) {
 }
 
 // out[r·ostride + j] (+)= Σ_p cp[p·rp + r]·X[p][j] for r < nr, j < nj; xp from pack_x.
-inline void outer_packed(const float* xp, const float* cp, int rp, int np, int nr, int nj, float* out, size_t ostride, bool acc) {
+__attribute__((unused)) void outer_packed(const float* xp, const float* cp, int rp, int np, int nr, int nj, float* out, size_t ostride, bool acc) {
   const int njt = (nj + kOuterJ - 1) / kOuterJ;
   float res[kOuterR][kOuterJ];
   for (int jt = 0; jt < njt; jt++) {
