@@ -103,8 +103,6 @@ __global__ void __launch_bounds__(kThreads) sum_squares_final(float* out, int B)
   if (threadIdx.x == 0) out[0] = float(t);
 }
 
-
-
 }  // namespace
 
 extern "C" int mote_cuda_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float c1,

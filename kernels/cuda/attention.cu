@@ -56,7 +56,6 @@ __device__ __forceinline__ float exp_acc(float x) {
   return exp2f(h) * fmaf(l, kLn2, 1.f);
 }
 
-
 // The D-vector at p spread over the warp's lanes (0 past D).
 template <int NC> __device__ __forceinline__ void load_vec(float (&r)[NC], const float* __restrict__ p, int D, int lane) {
 #pragma unroll
@@ -276,7 +275,6 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv(const mote_attention_a
     __syncthreads();
   }
 }
-
 
 int check_args(const mote_attention_args* a) {
   if (!a) return int(cudaErrorInvalidValue);

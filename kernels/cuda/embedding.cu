@@ -20,7 +20,6 @@ namespace {
 
 using namespace mote_cu;
 
-
 constexpr int kThreads = 256;
 
 template <int DT>

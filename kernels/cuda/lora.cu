@@ -33,8 +33,6 @@ namespace {
 
 using namespace mote_cu;
 
-
-
 // Indices read from buffers stay in range whatever their contents, as in kernels/wgsl/lora_*.wgsl:
 // an adapter index (≥ 0) is clamped to L − 1, a rank to [0, R], an entry of order to [0, T·K), a
 // segment to [0, P]. Tampered tensors give wrong sums, never an access outside the buffers or a
@@ -612,7 +610,6 @@ int check_args(const mote_lora_args* a) {
 }
 
 }  // namespace
-
 
 extern "C" int mote_cuda_lora_shrink(const mote_lora_args* a, float* v, const float* x, void* stream) {
   const int c = check_args(a);

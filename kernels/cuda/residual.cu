@@ -30,7 +30,6 @@ __global__ void __launch_bounds__(kThreads) add_kernel(float* y, const float* a,
   for (long long i = done + i0; i < n; i += stride) y[i] = a[i] + b[i];
 }
 
-
 }  // namespace
 
 extern "C" int mote_cuda_add(float* y, const float* a, const float* b, int64_t n, void* stream) {

@@ -22,11 +22,8 @@ namespace {
 
 using namespace mote_cu;
 
-
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-
 
 // y and x may be the same buffer (each element is read and then written by one thread).
 template <int DT>

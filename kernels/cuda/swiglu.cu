@@ -78,8 +78,6 @@ __global__ void __launch_bounds__(kThreads) swiglu_grad_kernel(float* dgate, flo
   for (long long i = done + i0; i < n; i += stride) bwd(dy[i], gate[i], up[i], dgate[i], dup[i]);
 }
 
-
-
 }  // namespace
 
 extern "C" int mote_cuda_swiglu(float* y, const float* gate, const float* up, int64_t n, void* stream) {
