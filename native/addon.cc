@@ -108,12 +108,17 @@ bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return info[i].As<Napi::Boolean>().Value();
 }
 
-Device same_device(std::initializer_list<NativeBuffer*> bufs) {
-  Device d = (*bufs.begin())->device;
-  for (auto* b : bufs)
-    if (b->device != d) throw std::invalid_argument("buffers of one kernel call live on different devices");
+namespace {
+Device common_device(NativeBuffer* const* b, size_t n) {
+  const Device d = b[0]->device;
+  for (size_t i = 1; i < n; i++)
+    if (b[i]->device != d) throw std::invalid_argument("buffers of one kernel call live on different devices");
   return d;
 }
+}  // namespace
+
+Device same_device(std::initializer_list<NativeBuffer*> bufs) { return common_device(bufs.begin(), bufs.size()); }
+Device Collector::device() const { return common_device(bufs.data(), bufs.size()); }
 
 #ifdef MOTE_HAVE_CUDA
 void cuda_check(int code, const char* what) { cuda::check(code, what); }

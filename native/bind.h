@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "common.h"
 
@@ -46,8 +47,33 @@ NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* nam
 // product passes 2^53 (it would wrap in size_t and let a small buffer pass the size check).
 size_t bytes_of(Napi::Env env, const char* what, std::initializer_list<size_t> factors);
 
+// A positional buffer of at least bytes_of(name, factors) bytes: the usual size check.
+inline NativeBuffer* sized_arg(const Napi::CallbackInfo& info, size_t i, const char* name, std::initializer_list<size_t> factors) {
+  return buffer_arg(info, i, name, bytes_of(info.Env(), name, factors));
+}
+
 // All buffers of one kernel call must live on the same device; returns it.
 Device same_device(std::initializer_list<NativeBuffer*> bufs);
+
+// Collects the buffers of a call whose arguments come in an object (args.<name>) and then in
+// positions, so that one device check covers them all.
+struct Collector {
+  std::vector<NativeBuffer*> bufs;
+  NativeBuffer* field(Napi::Env env, const Napi::Object& o, const char* name, size_t min_bytes) {
+    return keep(field_buffer(env, o, name, min_bytes));
+  }
+  NativeBuffer* arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
+    return keep(buffer_arg(info, i, name, min_bytes));
+  }
+  // the device of every collected buffer (throws when they differ)
+  Device device() const;
+
+ private:
+  NativeBuffer* keep(NativeBuffer* b) {
+    bufs.push_back(b);
+    return b;
+  }
+};
 
 #ifdef MOTE_HAVE_CUDA
 void cuda_check(int code, const char* what);

@@ -48,10 +48,10 @@ Napi::Value Adamw(const Napi::CallbackInfo& info) {
     float bc1 = scalar_arg(info, 10, "bc1", 0.0, true, 1.0 + 1e-12);
     float bc2 = scalar_arg(info, 11, "bc2", 0.0, true, 1.0 + 1e-12);
     float gs = scalar_arg(info, 12, "gradScale", -kInf, false, kInf);
-    auto* p = buffer_arg(info, 0, "p", bytes_of(info.Env(), "p", {n, f4}));
-    auto* g = buffer_arg(info, 1, "g", bytes_of(info.Env(), "g", {n, f4}));
-    auto* m = buffer_arg(info, 2, "m", bytes_of(info.Env(), "m", {n, f4}));
-    auto* v = buffer_arg(info, 3, "v", bytes_of(info.Env(), "v", {n, f4}));
+    auto* p = sized_arg(info, 0, "p", {n, f4});
+    auto* g = sized_arg(info, 1, "g", {n, f4});
+    auto* m = sized_arg(info, 2, "m", {n, f4});
+    auto* v = sized_arg(info, 3, "v", {n, f4});
     if (p == m || p == v || m == v || g == p || g == m || g == v)
       throw Napi::Error::New(info.Env(), "adamw: p, g, m and v must be four distinct buffers");
     if (same_device({p, g, m, v}) == Device::CPU) cpu::adamw(F(p), F(g), F(m), F(v), n, lr, beta1, c1, beta2, c2, eps, decay, bc1, bc2, gs);
@@ -63,8 +63,8 @@ Napi::Value Adamw(const Napi::CallbackInfo& info) {
 Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t n = size_arg(info, 2, "n");
-    auto* out = buffer_arg(info, 0, "out", bytes_of(info.Env(), "out", {f4}));
-    auto* g = buffer_arg(info, 1, "g", bytes_of(info.Env(), "g", {n, f4}));
+    auto* out = sized_arg(info, 0, "out", {f4});
+    auto* g = sized_arg(info, 1, "g", {n, f4});
     if (out == g) throw Napi::Error::New(info.Env(), "sumSquares: out must not be g");
     if (same_device({out, g}) == Device::CPU) cpu::sum_squares(F(out), F(g), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_sum_squares(F(out), F(g), n, nullptr), "sumSquares");

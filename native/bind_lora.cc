@@ -22,9 +22,8 @@ namespace mote {
 namespace {
 
 // The parsed call: the C args plus the buffers they point into (for the device check).
-struct Call {
+struct Call : Collector {
   mote_lora_args a{};
-  std::vector<NativeBuffer*> bufs;
 
   size_t TK() const { return size_t(a.T) * a.K; }
   size_t v_bytes() const { return TK() * a.R * 4; }
@@ -32,19 +31,6 @@ struct Call {
   size_t y_bytes() const { return size_t(a.T) * a.Hout * 4; }
   size_t dA_bytes() const { return size_t(a.L) * a.R * a.Hin * 4; }
   size_t dB_bytes() const { return size_t(a.L) * a.Hout * a.R * 4; }
-
-  NativeBuffer* arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
-    NativeBuffer* b = buffer_arg(info, i, name, min_bytes);
-    bufs.push_back(b);
-    return b;
-  }
-
-  Device device() const {
-    Device d = bufs.front()->device;
-    for (auto* b : bufs)
-      if (b->device != d) throw std::invalid_argument("buffers of one kernel call live on different devices");
-    return d;
-  }
 };
 
 Call parse(const Napi::CallbackInfo& info) {
@@ -72,16 +58,15 @@ Call parse(const Napi::CallbackInfo& info) {
   bytes_of(env, "args.L·R·Hin (dA)", {size_t(a.L), size_t(a.R), size_t(a.Hin), 4});
   bytes_of(env, "args.L·Hout·R (dB)", {size_t(a.L), size_t(a.Hout), size_t(a.R), 4});
   const size_t as = dtype_size(to_dtype(a.a_dtype)), bs = dtype_size(to_dtype(a.b_dtype));
-  auto* slots = field_buffer(env, o, "slots", bytes_of(env, "args.slots", {c.TK(), 4}));
-  auto* weight = field_buffer(env, o, "weight", bytes_of(env, "args.weight", {c.TK(), 4}));
-  auto* order = field_buffer(env, o, "order", bytes_of(env, "args.order", {size_t(a.P), 4}));
-  auto* segStart = field_buffer(env, o, "segStart", size_t(a.G + 1) * 4);
-  auto* segAdapter = field_buffer(env, o, "segAdapter", bytes_of(env, "args.segAdapter", {size_t(a.G), 4}));
-  auto* A = field_buffer(env, o, "A", bytes_of(env, "args.A", {size_t(a.L), size_t(a.R), size_t(a.Hin), as}));
-  auto* B = field_buffer(env, o, "B", bytes_of(env, "args.B", {size_t(a.L), size_t(a.Hout), size_t(a.R), bs}));
-  auto* rank = field_buffer(env, o, "rank", bytes_of(env, "args.rank", {size_t(a.L), 4}));
-  auto* scale = field_buffer(env, o, "scale", bytes_of(env, "args.scale", {size_t(a.L), 4}));
-  c.bufs = {slots, weight, order, segStart, segAdapter, A, B, rank, scale};
+  auto* slots = c.field(env, o, "slots", bytes_of(env, "args.slots", {c.TK(), 4}));
+  auto* weight = c.field(env, o, "weight", bytes_of(env, "args.weight", {c.TK(), 4}));
+  auto* order = c.field(env, o, "order", bytes_of(env, "args.order", {size_t(a.P), 4}));
+  auto* segStart = c.field(env, o, "segStart", size_t(a.G + 1) * 4);
+  auto* segAdapter = c.field(env, o, "segAdapter", bytes_of(env, "args.segAdapter", {size_t(a.G), 4}));
+  auto* A = c.field(env, o, "A", bytes_of(env, "args.A", {size_t(a.L), size_t(a.R), size_t(a.Hin), as}));
+  auto* B = c.field(env, o, "B", bytes_of(env, "args.B", {size_t(a.L), size_t(a.Hout), size_t(a.R), bs}));
+  auto* rank = c.field(env, o, "rank", bytes_of(env, "args.rank", {size_t(a.L), 4}));
+  auto* scale = c.field(env, o, "scale", bytes_of(env, "args.scale", {size_t(a.L), 4}));
   a.slots = static_cast<const int*>(slots->ptr);
   a.weight = static_cast<const float*>(weight->ptr);
   a.order = static_cast<const int*>(order->ptr);

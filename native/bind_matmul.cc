@@ -21,15 +21,13 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     int wd = index_arg(info, 3, "wdtype", 0, 2);
     Dims d = dims_arg(info, 4);
     bool acc = bool_arg(info, 7, "accumulate");
-    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {size_t(d.T), size_t(d.N), 4}));
-    auto* x = buffer_arg(info, 1, "x", bytes_of(info.Env(), "x", {size_t(d.T), size_t(d.K), 4}));
-    auto* w = buffer_arg(info, 2, "w", bytes_of(info.Env(), "w", {size_t(d.N), size_t(d.K), dtype_size(to_dtype(wd))}));
+    auto* y = sized_arg(info, 0, "y", {size_t(d.T), size_t(d.N), 4});
+    auto* x = sized_arg(info, 1, "x", {size_t(d.T), size_t(d.K), 4});
+    auto* w = sized_arg(info, 2, "w", {size_t(d.N), size_t(d.K), dtype_size(to_dtype(wd))});
     if (same_device({y, x, w}) == Device::CPU) {
       cpu::matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
     } else {
-#ifdef MOTE_HAVE_CUDA
-      cuda_check(mote_cuda_matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmul");
-#endif
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmul");
     }
     return info.Env().Undefined();
   });
@@ -40,15 +38,13 @@ Napi::Value MatmulGradInput(const Napi::CallbackInfo& info) {
     int wd = index_arg(info, 3, "wdtype", 0, 2);
     Dims d = dims_arg(info, 4);
     bool acc = bool_arg(info, 7, "accumulate");
-    auto* dx = buffer_arg(info, 0, "dx", bytes_of(info.Env(), "dx", {size_t(d.T), size_t(d.K), 4}));
-    auto* dy = buffer_arg(info, 1, "dy", bytes_of(info.Env(), "dy", {size_t(d.T), size_t(d.N), 4}));
-    auto* w = buffer_arg(info, 2, "w", bytes_of(info.Env(), "w", {size_t(d.N), size_t(d.K), dtype_size(to_dtype(wd))}));
+    auto* dx = sized_arg(info, 0, "dx", {size_t(d.T), size_t(d.K), 4});
+    auto* dy = sized_arg(info, 1, "dy", {size_t(d.T), size_t(d.N), 4});
+    auto* w = sized_arg(info, 2, "w", {size_t(d.N), size_t(d.K), dtype_size(to_dtype(wd))});
     if (same_device({dx, dy, w}) == Device::CPU) {
       cpu::matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
     } else {
-#ifdef MOTE_HAVE_CUDA
-      cuda_check(mote_cuda_matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmulGradInput");
-#endif
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmulGradInput");
     }
     return info.Env().Undefined();
   });
@@ -58,15 +54,13 @@ Napi::Value MatmulGradWeight(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     Dims d = dims_arg(info, 3);
     bool acc = bool_arg(info, 6, "accumulate");
-    auto* dw = buffer_arg(info, 0, "dw", bytes_of(info.Env(), "dw", {size_t(d.N), size_t(d.K), 4}));
-    auto* dy = buffer_arg(info, 1, "dy", bytes_of(info.Env(), "dy", {size_t(d.T), size_t(d.N), 4}));
-    auto* x = buffer_arg(info, 2, "x", bytes_of(info.Env(), "x", {size_t(d.T), size_t(d.K), 4}));
+    auto* dw = sized_arg(info, 0, "dw", {size_t(d.N), size_t(d.K), 4});
+    auto* dy = sized_arg(info, 1, "dy", {size_t(d.T), size_t(d.N), 4});
+    auto* x = sized_arg(info, 2, "x", {size_t(d.T), size_t(d.K), 4});
     if (same_device({dw, dy, x}) == Device::CPU) {
       cpu::matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc);
     } else {
-#ifdef MOTE_HAVE_CUDA
-      cuda_check(mote_cuda_matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc, nullptr), "matmulGradWeight");
-#endif
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc, nullptr), "matmulGradWeight");
     }
     return info.Env().Undefined();
   });

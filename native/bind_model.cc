@@ -55,9 +55,9 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     int ed = wdtype_arg(info, 3, "edtype");
     int T = index_arg(info, 4, "T", 1), V = index_arg(info, 5, "V", 1), H = index_arg(info, 6, "H", 1);
-    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {size_t(T), size_t(H), f4}));
-    auto* ids = buffer_arg(info, 1, "ids", bytes_of(info.Env(), "ids", {size_t(T), f4}));
-    auto* E = buffer_arg(info, 2, "E", bytes_of(info.Env(), "E", {size_t(V), size_t(H), dtype_size(to_dtype(ed))}));
+    auto* y = sized_arg(info, 0, "y", {size_t(T), size_t(H), f4});
+    auto* ids = sized_arg(info, 1, "ids", {size_t(T), f4});
+    auto* E = sized_arg(info, 2, "E", {size_t(V), size_t(H), dtype_size(to_dtype(ed))});
     if (same_device({y, ids, E}) == Device::CPU) cpu::embedding(F(y), I(ids), E->ptr, ed, T, V, H);
     else MOTE_CUDA_OR_THROW(mote_cuda_embedding(F(y), I(ids), E->ptr, ed, T, V, H, nullptr), "embedding");
     return info.Env().Undefined();
@@ -69,11 +69,11 @@ Napi::Value EmbeddingGrad(const Napi::CallbackInfo& info) {
     int T = index_arg(info, 6, "T", 1), V = index_arg(info, 7, "V", 1), H = index_arg(info, 8, "H", 1);
     int G = index_arg(info, 5, "G", 0, T);
     bool acc = bool_arg(info, 9, "accumulate");
-    auto* dE = buffer_arg(info, 0, "dE", bytes_of(info.Env(), "dE", {size_t(V), size_t(H), f4}));
-    auto* dy = buffer_arg(info, 1, "dy", bytes_of(info.Env(), "dy", {size_t(T), size_t(H), f4}));
-    auto* order = buffer_arg(info, 2, "order", bytes_of(info.Env(), "order", {size_t(T), f4}));
+    auto* dE = sized_arg(info, 0, "dE", {size_t(V), size_t(H), f4});
+    auto* dy = sized_arg(info, 1, "dy", {size_t(T), size_t(H), f4});
+    auto* order = sized_arg(info, 2, "order", {size_t(T), f4});
     auto* segStart = buffer_arg(info, 3, "segStart", (size_t(G) + 1) * f4);
-    auto* segIds = buffer_arg(info, 4, "segIds", bytes_of(info.Env(), "segIds", {size_t(G), f4}));
+    auto* segIds = sized_arg(info, 4, "segIds", {size_t(G), f4});
     if (same_device({dE, dy, order, segStart, segIds}) == Device::CPU)
       cpu::embedding_grad(F(dE), F(dy), I(order), I(segStart), I(segIds), G, T, V, H, acc);
     else
@@ -89,10 +89,10 @@ Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
     int wd = wdtype_arg(info, 4, "wdtype");
     int T = index_arg(info, 5, "T", 1), H = index_arg(info, 6, "H", 1);
     float eps = float_arg(info, 7, "eps", true);
-    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {size_t(T), size_t(H), f4}));
-    auto* rstd = buffer_arg(info, 1, "rstd", bytes_of(info.Env(), "rstd", {size_t(T), f4}));
-    auto* x = buffer_arg(info, 2, "x", bytes_of(info.Env(), "x", {size_t(T), size_t(H), f4}));
-    auto* w = buffer_arg(info, 3, "w", bytes_of(info.Env(), "w", {size_t(H), dtype_size(to_dtype(wd))}));
+    auto* y = sized_arg(info, 0, "y", {size_t(T), size_t(H), f4});
+    auto* rstd = sized_arg(info, 1, "rstd", {size_t(T), f4});
+    auto* x = sized_arg(info, 2, "x", {size_t(T), size_t(H), f4});
+    auto* w = sized_arg(info, 3, "w", {size_t(H), dtype_size(to_dtype(wd))});
     if (same_device({y, rstd, x, w}) == Device::CPU) cpu::rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps);
     else MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps, nullptr), "rmsnorm");
     return info.Env().Undefined();
@@ -104,12 +104,12 @@ Napi::Value RmsnormGrad(const Napi::CallbackInfo& info) {
     int wd = wdtype_arg(info, 5, "wdtype");
     int T = index_arg(info, 7, "T", 1), H = index_arg(info, 8, "H", 1);
     bool acc = bool_arg(info, 9, "accumulateDw");
-    auto* dx = buffer_arg(info, 0, "dx", bytes_of(info.Env(), "dx", {size_t(T), size_t(H), f4}));
-    auto* dw = buffer_arg(info, 1, "dw", bytes_of(info.Env(), "dw", {size_t(H), f4}));
-    auto* dy = buffer_arg(info, 2, "dy", bytes_of(info.Env(), "dy", {size_t(T), size_t(H), f4}));
-    auto* x = buffer_arg(info, 3, "x", bytes_of(info.Env(), "x", {size_t(T), size_t(H), f4}));
-    auto* w = buffer_arg(info, 4, "w", bytes_of(info.Env(), "w", {size_t(H), dtype_size(to_dtype(wd))}));
-    auto* rstd = buffer_arg(info, 6, "rstd", bytes_of(info.Env(), "rstd", {size_t(T), f4}));
+    auto* dx = sized_arg(info, 0, "dx", {size_t(T), size_t(H), f4});
+    auto* dw = sized_arg(info, 1, "dw", {size_t(H), f4});
+    auto* dy = sized_arg(info, 2, "dy", {size_t(T), size_t(H), f4});
+    auto* x = sized_arg(info, 3, "x", {size_t(T), size_t(H), f4});
+    auto* w = sized_arg(info, 4, "w", {size_t(H), dtype_size(to_dtype(wd))});
+    auto* rstd = sized_arg(info, 6, "rstd", {size_t(T), f4});
     if (same_device({dx, dw, dy, x, w, rstd}) == Device::CPU)
       cpu::rmsnorm_grad(F(dx), F(dw), F(dy), F(x), w->ptr, wd, F(rstd), T, H, acc);
     else
@@ -125,9 +125,9 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
     int T = index_arg(info, 4, "T", 1), heads = index_arg(info, 5, "heads", 1), D = index_arg(info, 6, "D", 2);
     if (D % 2 != 0) throw Napi::RangeError::New(info.Env(), "D: expected an even head dim, got " + std::to_string(D));
     bool inverse = bool_arg(info, 7, "inverse");
-    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {size_t(T), size_t(heads), size_t(D), f4}));
-    auto* x = buffer_arg(info, 1, "x", bytes_of(info.Env(), "x", {size_t(T), size_t(heads), size_t(D), f4}));
-    auto* pos = buffer_arg(info, 2, "positions", bytes_of(info.Env(), "positions", {size_t(T), f4}));
+    auto* y = sized_arg(info, 0, "y", {size_t(T), size_t(heads), size_t(D), f4});
+    auto* x = sized_arg(info, 1, "x", {size_t(T), size_t(heads), size_t(D), f4});
+    auto* pos = sized_arg(info, 2, "positions", {size_t(T), f4});
     auto* inv = buffer_arg(info, 3, "invFreq", size_t(D / 2) * f4);
     if (same_device({y, x, pos, inv}) == Device::CPU) cpu::rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse);
     else MOTE_CUDA_OR_THROW(mote_cuda_rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse, nullptr), "rope");
@@ -138,37 +138,12 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
 // ---------------------------------------------------------------------------- attention
 
 // The parsed layout and dims, plus every buffer of the call (for the device check).
-struct AttnCall {
-  cpu::AttentionArgs a{};
-  std::vector<NativeBuffer*> bufs;
+struct AttnCall : Collector {
+  mote_attention_args a{};
 
   size_t q_bytes() const { return size_t(a.Tq) * a.nH * a.D * f4; }
   size_t kv_bytes() const { return size_t(a.Tk) * a.nKv * a.D * f4; }
   size_t lse_bytes() const { return size_t(a.Tq) * a.nH * f4; }
-
-  NativeBuffer* arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
-    NativeBuffer* b = buffer_arg(info, i, name, min_bytes);
-    bufs.push_back(b);
-    return b;
-  }
-
-  Device device() const {
-    Device d = bufs.front()->device;
-    for (auto* b : bufs)
-      if (b->device != d) throw std::invalid_argument("buffers of one kernel call live on different devices");
-    return d;
-  }
-
-#ifdef MOTE_HAVE_CUDA
-  mote_attention_args cuda() const {
-    mote_attention_args c{};
-    c.Tq = a.Tq; c.Tk = a.Tk; c.nH = a.nH; c.nKv = a.nKv; c.D = a.D; c.S = a.S; c.num_seqs = a.num_seqs;
-    c.scale = a.scale;
-    c.q_seq = a.q_seq; c.q_pos = a.q_pos; c.k_seq = a.k_seq; c.k_pos = a.k_pos;
-    c.q_seg = a.q_seg; c.k_seg = a.k_seg; c.blocked = a.blocked;
-    return c;
-  }
-#endif
 };
 
 AttnCall parse_attention(const Napi::CallbackInfo& info) {
@@ -176,7 +151,7 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "args: expected an object of layout buffers and dims");
   Napi::Object o = info[0].As<Napi::Object>();
   AttnCall c;
-  cpu::AttentionArgs& a = c.a;
+  mote_attention_args& a = c.a;
   a.Tq = field_int(env, o, "Tq", 1);
   a.Tk = field_int(env, o, "Tk", 1);
   a.nH = field_int(env, o, "nH", 1);
@@ -196,15 +171,14 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   bytes_of(env, "args.Tq·nH·D (q, out, dq, dOut)", {size_t(a.Tq), size_t(a.nH), size_t(a.D), f4});
   bytes_of(env, "args.Tk·nKv·D (k, v, dk, dv)", {size_t(a.Tk), size_t(a.nKv), size_t(a.D), f4});
   const size_t S = size_t(a.S);
-  auto* qSeq = field_buffer(env, o, "qSeq", bytes_of(env, "args.qSeq", {size_t(a.Tq), f4}));
-  auto* qPos = field_buffer(env, o, "qPos", bytes_of(env, "args.qPos", {size_t(a.Tq), f4}));
-  auto* kSeq = field_buffer(env, o, "kSeq", bytes_of(env, "args.kSeq", {size_t(a.Tk), f4}));
-  auto* kPos = field_buffer(env, o, "kPos", bytes_of(env, "args.kPos", {size_t(a.Tk), f4}));
+  auto* qSeq = c.field(env, o, "qSeq", bytes_of(env, "args.qSeq", {size_t(a.Tq), f4}));
+  auto* qPos = c.field(env, o, "qPos", bytes_of(env, "args.qPos", {size_t(a.Tq), f4}));
+  auto* kSeq = c.field(env, o, "kSeq", bytes_of(env, "args.kSeq", {size_t(a.Tk), f4}));
+  auto* kPos = c.field(env, o, "kPos", bytes_of(env, "args.kPos", {size_t(a.Tk), f4}));
   // without segments (S = 0) these three are never read
-  auto* qSeg = field_buffer(env, o, "qSeg", S ? size_t(a.Tq) * f4 : 0);
-  auto* kSeg = field_buffer(env, o, "kSeg", S ? size_t(a.Tk) * f4 : 0);
-  auto* blocked = field_buffer(env, o, "blocked", bytes_of(env, "args.blocked", {size_t(a.num_seqs), S, S, f4}));
-  c.bufs = {qSeq, qPos, kSeq, kPos, qSeg, kSeg, blocked};
+  auto* qSeg = c.field(env, o, "qSeg", S ? size_t(a.Tq) * f4 : 0);
+  auto* kSeg = c.field(env, o, "kSeg", S ? size_t(a.Tk) * f4 : 0);
+  auto* blocked = c.field(env, o, "blocked", bytes_of(env, "args.blocked", {size_t(a.num_seqs), S, S, f4}));
   a.q_seq = I(qSeq); a.q_pos = I(qPos); a.k_seq = I(kSeq); a.k_pos = I(kPos);
   a.q_seg = I(qSeg); a.k_seg = I(kSeg); a.blocked = I(blocked);
   return c;
@@ -218,16 +192,8 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     auto* q = c.arg(info, 3, "q", c.q_bytes());
     auto* k = c.arg(info, 4, "k", c.kv_bytes());
     auto* v = c.arg(info, 5, "v", c.kv_bytes());
-    if (c.device() == Device::CPU) {
-      cpu::attention(c.a, F(out), F(lse), F(q), F(k), F(v));
-    } else {
-#ifdef MOTE_HAVE_CUDA
-      mote_attention_args ca = c.cuda();
-      cuda_check(mote_cuda_attention(&ca, F(out), F(lse), F(q), F(k), F(v), nullptr), "attention");
-#else
-      MOTE_CUDA_OR_THROW(0, "attention");
-#endif
-    }
+    if (c.device() == Device::CPU) cpu::attention(c.a, F(out), F(lse), F(q), F(k), F(v));
+    else MOTE_CUDA_OR_THROW(mote_cuda_attention(&c.a, F(out), F(lse), F(q), F(k), F(v), nullptr), "attention");
     return info.Env().Undefined();
   });
 }
@@ -244,16 +210,10 @@ Napi::Value AttentionGrad(const Napi::CallbackInfo& info) {
     auto* v = c.arg(info, 7, "v", c.kv_bytes());
     auto* out = c.arg(info, 8, "out", c.q_bytes());
     auto* lse = c.arg(info, 9, "lse", c.lse_bytes());
-    if (c.device() == Device::CPU) {
-      cpu::attention_grad(c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse));
-    } else {
-#ifdef MOTE_HAVE_CUDA
-      mote_attention_args ca = c.cuda();
-      cuda_check(mote_cuda_attention_grad(&ca, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse), nullptr), "attentionGrad");
-#else
-      MOTE_CUDA_OR_THROW(0, "attentionGrad");
-#endif
-    }
+    if (c.device() == Device::CPU) cpu::attention_grad(c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse));
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_attention_grad(&c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse), nullptr),
+                         "attentionGrad");
     return info.Env().Undefined();
   });
 }
@@ -263,9 +223,9 @@ Napi::Value AttentionGrad(const Napi::CallbackInfo& info) {
 Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t n = size_arg(info, 3, "n");
-    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {n, f4}));
-    auto* gate = buffer_arg(info, 1, "gate", bytes_of(info.Env(), "gate", {n, f4}));
-    auto* up = buffer_arg(info, 2, "up", bytes_of(info.Env(), "up", {n, f4}));
+    auto* y = sized_arg(info, 0, "y", {n, f4});
+    auto* gate = sized_arg(info, 1, "gate", {n, f4});
+    auto* up = sized_arg(info, 2, "up", {n, f4});
     if (same_device({y, gate, up}) == Device::CPU) cpu::swiglu(F(y), F(gate), F(up), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_swiglu(F(y), F(gate), F(up), n, nullptr), "swiglu");
     return info.Env().Undefined();
@@ -275,11 +235,11 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
 Napi::Value SwigluGrad(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t n = size_arg(info, 5, "n");
-    auto* dgate = buffer_arg(info, 0, "dgate", bytes_of(info.Env(), "dgate", {n, f4}));
-    auto* dup = buffer_arg(info, 1, "dup", bytes_of(info.Env(), "dup", {n, f4}));
-    auto* dy = buffer_arg(info, 2, "dy", bytes_of(info.Env(), "dy", {n, f4}));
-    auto* gate = buffer_arg(info, 3, "gate", bytes_of(info.Env(), "gate", {n, f4}));
-    auto* up = buffer_arg(info, 4, "up", bytes_of(info.Env(), "up", {n, f4}));
+    auto* dgate = sized_arg(info, 0, "dgate", {n, f4});
+    auto* dup = sized_arg(info, 1, "dup", {n, f4});
+    auto* dy = sized_arg(info, 2, "dy", {n, f4});
+    auto* gate = sized_arg(info, 3, "gate", {n, f4});
+    auto* up = sized_arg(info, 4, "up", {n, f4});
     if (same_device({dgate, dup, dy, gate, up}) == Device::CPU) cpu::swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n, nullptr), "swigluGrad");
     return info.Env().Undefined();
@@ -289,9 +249,9 @@ Napi::Value SwigluGrad(const Napi::CallbackInfo& info) {
 Napi::Value Add(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     const size_t n = size_arg(info, 3, "n");
-    auto* y = buffer_arg(info, 0, "y", bytes_of(info.Env(), "y", {n, f4}));
-    auto* a = buffer_arg(info, 1, "a", bytes_of(info.Env(), "a", {n, f4}));
-    auto* b = buffer_arg(info, 2, "b", bytes_of(info.Env(), "b", {n, f4}));
+    auto* y = sized_arg(info, 0, "y", {n, f4});
+    auto* a = sized_arg(info, 1, "a", {n, f4});
+    auto* b = sized_arg(info, 2, "b", {n, f4});
     if (same_device({y, a, b}) == Device::CPU) cpu::add(F(y), F(a), F(b), n);
     else MOTE_CUDA_OR_THROW(mote_cuda_add(F(y), F(a), F(b), n, nullptr), "add");
     return info.Env().Undefined();
@@ -303,8 +263,8 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
 Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     int T = index_arg(info, 2, "T", 1), V = index_arg(info, 3, "V", 1);
-    auto* out = buffer_arg(info, 0, "out", bytes_of(info.Env(), "out", {size_t(T), size_t(V), f4}));
-    auto* logits = buffer_arg(info, 1, "logits", bytes_of(info.Env(), "logits", {size_t(T), size_t(V), f4}));
+    auto* out = sized_arg(info, 0, "out", {size_t(T), size_t(V), f4});
+    auto* logits = sized_arg(info, 1, "logits", {size_t(T), size_t(V), f4});
     if (same_device({out, logits}) == Device::CPU) cpu::log_softmax(F(out), F(logits), T, V);
     else MOTE_CUDA_OR_THROW(mote_cuda_log_softmax(F(out), F(logits), T, V, nullptr), "logSoftmax");
     return info.Env().Undefined();
@@ -314,11 +274,11 @@ Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
 Napi::Value Xent(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     int T = index_arg(info, 5, "T", 1), V = index_arg(info, 6, "V", 1);
-    auto* losses = buffer_arg(info, 0, "losses", bytes_of(info.Env(), "losses", {size_t(T), f4}));
-    auto* lse = buffer_arg(info, 1, "lse", bytes_of(info.Env(), "lse", {size_t(T), f4}));
-    auto* logits = buffer_arg(info, 2, "logits", bytes_of(info.Env(), "logits", {size_t(T), size_t(V), f4}));
-    auto* targets = buffer_arg(info, 3, "targets", bytes_of(info.Env(), "targets", {size_t(T), f4}));
-    auto* mask = buffer_arg(info, 4, "mask", bytes_of(info.Env(), "mask", {size_t(T), f4}));
+    auto* losses = sized_arg(info, 0, "losses", {size_t(T), f4});
+    auto* lse = sized_arg(info, 1, "lse", {size_t(T), f4});
+    auto* logits = sized_arg(info, 2, "logits", {size_t(T), size_t(V), f4});
+    auto* targets = sized_arg(info, 3, "targets", {size_t(T), f4});
+    auto* mask = sized_arg(info, 4, "mask", {size_t(T), f4});
     if (same_device({losses, lse, logits, targets, mask}) == Device::CPU) cpu::xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V);
     else MOTE_CUDA_OR_THROW(mote_cuda_xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V, nullptr), "xent");
     return info.Env().Undefined();
@@ -329,11 +289,11 @@ Napi::Value XentGrad(const Napi::CallbackInfo& info) {
   return guarded(info, [&]() -> Napi::Value {
     float scale = float_arg(info, 5, "scale", false);
     int T = index_arg(info, 6, "T", 1), V = index_arg(info, 7, "V", 1);
-    auto* dlogits = buffer_arg(info, 0, "dlogits", bytes_of(info.Env(), "dlogits", {size_t(T), size_t(V), f4}));
-    auto* logits = buffer_arg(info, 1, "logits", bytes_of(info.Env(), "logits", {size_t(T), size_t(V), f4}));
-    auto* lse = buffer_arg(info, 2, "lse", bytes_of(info.Env(), "lse", {size_t(T), f4}));
-    auto* targets = buffer_arg(info, 3, "targets", bytes_of(info.Env(), "targets", {size_t(T), f4}));
-    auto* mask = buffer_arg(info, 4, "mask", bytes_of(info.Env(), "mask", {size_t(T), f4}));
+    auto* dlogits = sized_arg(info, 0, "dlogits", {size_t(T), size_t(V), f4});
+    auto* logits = sized_arg(info, 1, "logits", {size_t(T), size_t(V), f4});
+    auto* lse = sized_arg(info, 2, "lse", {size_t(T), f4});
+    auto* targets = sized_arg(info, 3, "targets", {size_t(T), f4});
+    auto* mask = sized_arg(info, 4, "mask", {size_t(T), f4});
     if (same_device({dlogits, logits, lse, targets, mask}) == Device::CPU)
       cpu::xent_grad(F(dlogits), F(logits), F(lse), I(targets), F(mask), scale, T, V);
     else
@@ -351,10 +311,10 @@ Napi::Value CopyRows(const Napi::CallbackInfo& info) {
     int dt = index_arg(info, 4, "dtype", 0, 3);
     int N = index_arg(info, 5, "N", 0), W = index_arg(info, 6, "W", 1);
     const size_t row = size_t(W) * dtype_size(to_dtype(dt));
-    auto* dst = buffer_arg(info, 0, "dst", bytes_of(info.Env(), "dst", {row}));
-    auto* src = buffer_arg(info, 1, "src", bytes_of(info.Env(), "src", {row}));
-    auto* dstRows = buffer_arg(info, 2, "dstRows", bytes_of(info.Env(), "dstRows", {size_t(N), f4}));
-    auto* srcRows = buffer_arg(info, 3, "srcRows", bytes_of(info.Env(), "srcRows", {size_t(N), f4}));
+    auto* dst = sized_arg(info, 0, "dst", {row});
+    auto* src = sized_arg(info, 1, "src", {row});
+    auto* dstRows = sized_arg(info, 2, "dstRows", {size_t(N), f4});
+    auto* srcRows = sized_arg(info, 3, "srcRows", {size_t(N), f4});
     const int64_t Rd = int64_t(dst->bytes / row), Rs = int64_t(src->bytes / row);
     if (same_device({dst, src, dstRows, srcRows}) == Device::CPU)
       cpu::copy_rows(dst->ptr, src->ptr, I(dstRows), I(srcRows), dt, N, W, Rd, Rs);

@@ -17,9 +17,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
+
+using namespace mote_cu;
 
 constexpr int kThreads = 256;
 constexpr int kMaxPartials = 1024;
@@ -70,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(float* p, const float* 
 }
 
 // Fixed-order tree over the block's kThreads doubles in sh; returns the sum in thread 0.
-__device__ __forceinline__ double block_sum(double s, double* sh) {
+__device__ __forceinline__ double tree_sum(double s, double* sh) {
   sh[threadIdx.x] = s;
   __syncthreads();
   for (int w = kThreads / 2; w > 0; w >>= 1) {
@@ -88,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) sum_squares_partial(const float* g, 
     const double x = g[i];
     s += x * x;
   }
-  const double t = block_sum(s, sh);
+  const double t = tree_sum(s, sh);
   if (threadIdx.x == 0) g_partials[blockIdx.x] = t;
 }
 
@@ -96,17 +99,8 @@ __global__ void __launch_bounds__(kThreads) sum_squares_final(float* out, int B)
   __shared__ double sh[kThreads];
   double s = 0.0;
   for (int i = threadIdx.x; i < B; i += kThreads) s += g_partials[i];
-  const double t = block_sum(s, sh);
+  const double t = tree_sum(s, sh);
   if (threadIdx.x == 0) out[0] = float(t);
-}
-
-inline bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
-
-inline unsigned blocks_for(long long n, bool vec) {
-  const long long work = vec ? (n + 3) / 4 : n;
-  long long b = (work + kThreads - 1) / kThreads;
-  if (b > 65536) b = 65536;
-  return unsigned(b < 1 ? 1 : b);
 }
 
 }  // namespace
@@ -128,7 +122,7 @@ extern "C" int mote_cuda_adamw(float* p, const float* g, float* m, float* v, int
   h.bc2 = bc2;
   h.gs = grad_scale;
   const bool vec = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v);
-  adamw_kernel<<<blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, g, m, v, n, h, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), adamw_kernel)(p, g, m, v, n, h, vec);
   return int(cudaGetLastError());
 }
 
@@ -138,7 +132,7 @@ extern "C" int mote_cuda_sum_squares(float* out, const float* g, int64_t n, void
   long long b = (n + 2047) / 2048;
   if (b > kMaxPartials) b = kMaxPartials;
   if (b < 1) b = 1;
-  sum_squares_partial<<<unsigned(b), kThreads, 0, s>>>(g, n);
-  sum_squares_final<<<1, kThreads, 0, s>>>(out, int(b));
+  MOTE_LAUNCH(unsigned(b), kThreads, 0, s, sum_squares_partial)(g, n);
+  MOTE_LAUNCH(1, kThreads, 0, s, sum_squares_final)(out, int(b));
   return int(cudaGetLastError());
 }

@@ -32,9 +32,12 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
+
+using namespace mote_cu;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
@@ -51,12 +54,6 @@ __device__ __forceinline__ float exp_acc(float x) {
   l = fmaf(x, kL2ELo, l);
   if (!(fabsf(h) < 256.f)) l = 0.f;  // ±∞, NaN, or sure over/underflow
   return exp2f(h) * fmaf(l, kLn2, 1.f);
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 
 // The D-vector at p spread over the warp's lanes (0 past D).
@@ -85,9 +82,13 @@ template <int NC> __device__ __forceinline__ float dot(const float (&a)[NC], con
   return warp_sum(d);
 }
 
-// Segment test for a (query, key) pair of the same sequence `seq`.
+// Segment test for a (query, key) pair of the same sequence `seq`. A pair whose entry would lie
+// outside blocked (tampered layout tensors; the host checks them) counts as blocked: nothing is
+// read outside the buffer.
 __device__ __forceinline__ bool seg_blocked(const mote_attention_args& a, int seq, int qg, int kg) {
-  return a.S > 0 && __ldg(a.blocked + ((long long)seq * a.S + qg) * a.S + kg) != 0;
+  if (a.S <= 0) return false;
+  if (seq < 0 || seq >= a.num_seqs || qg < 0 || qg >= a.S || kg < 0 || kg >= a.S) return true;
+  return __ldg(a.blocked + ((long long)seq * a.S + qg) * a.S + kg) != 0;
 }
 
 template <int NC>
@@ -275,8 +276,6 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv(const mote_attention_a
   }
 }
 
-inline unsigned grid_for(long long n) { return unsigned(n < 2147483647LL ? n : 2147483647LL); }
-
 int check_args(const mote_attention_args* a) {
   if (!a) return int(cudaErrorInvalidValue);
   if (a->Tq < 0 || a->Tk < 0 || a->nH <= 0 || a->nKv <= 0 || a->nH % a->nKv != 0 || a->D <= 0 || a->S < 0)
@@ -290,17 +289,17 @@ int chunks(int D) { return D <= 32 ? 1 : D <= 64 ? 2 : D <= 128 ? 4 : D <= 256 ?
 template <int NC>
 int launch_fwd(const mote_attention_args& a, float* out, float* lse, const float* q, const float* k, const float* v,
                cudaStream_t s) {
-  attn_fwd<NC><<<grid_for((long long)a.Tq * a.nH), kThreads, 0, s>>>(a, out, lse, q, k, v);
+  MOTE_LAUNCH(grid_dim((long long)a.Tq * a.nH, 2147483647LL), kThreads, 0, s, attn_fwd<NC>)(a, out, lse, q, k, v);
   return int(cudaGetLastError());
 }
 
 template <int NC>
 int launch_bwd(const mote_attention_args& a, float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
                const float* k, const float* v, const float* out, const float* lse, cudaStream_t s) {
-  attn_bwd_dq<NC><<<grid_for((long long)a.Tq * a.nH), kThreads, 0, s>>>(a, dq, delta, dout, q, k, v, out, lse);
+  MOTE_LAUNCH(grid_dim((long long)a.Tq * a.nH, 2147483647LL), kThreads, 0, s, attn_bwd_dq<NC>)(a, dq, delta, dout, q, k, v, out, lse);
   const int e = int(cudaGetLastError());
   if (e || a.Tk == 0) return e;
-  attn_bwd_dkdv<NC><<<grid_for((long long)a.Tk * a.nKv), kThreads, 0, s>>>(a, dk, dv, delta, dout, q, k, v, lse);
+  MOTE_LAUNCH(grid_dim((long long)a.Tk * a.nKv, 2147483647LL), kThreads, 0, s, attn_bwd_dkdv<NC>)(a, dk, dv, delta, dout, q, k, v, lse);
   return int(cudaGetLastError());
 }
 

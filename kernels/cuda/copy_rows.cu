@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -35,8 +36,8 @@ int launch(void* dst, const void* src, const int* dst_rows, const int* src_rows,
   const long long units = row_bytes / (long long)sizeof(U);
   const long long total = (long long)N * units;
   const long long blocks = (total + kThreads - 1) / kThreads;
-  const unsigned grid = unsigned(blocks < (1LL << 20) ? blocks : (1LL << 20));
-  copy_rows_k<U><<<grid, kThreads, 0, s>>>(static_cast<U*>(dst), static_cast<const U*>(src), dst_rows, src_rows, N, units, Rd, Rs);
+  const unsigned grid = mote_cu::grid_dim(blocks, 1LL << 20);
+  MOTE_LAUNCH(grid, kThreads, 0, s, copy_rows_k<U>)(static_cast<U*>(dst), static_cast<const U*>(src), dst_rows, src_rows, N, units, Rd, Rs);
   return int(cudaGetLastError());
 }
 

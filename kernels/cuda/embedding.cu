@@ -13,19 +13,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
 
-template <int DT> struct Wt { using S = uint16_t; };
-template <> struct Wt<0> { using S = float; };
-
-template <int DT> __device__ __forceinline__ float cvt(typename Wt<DT>::S s);
-template <> __device__ __forceinline__ float cvt<0>(float s) { return s; }
-template <> __device__ __forceinline__ float cvt<1>(uint16_t s) { return __half2float(__ushort_as_half(s)); }
-template <> __device__ __forceinline__ float cvt<2>(uint16_t s) { return __uint_as_float(uint32_t(s) << 16); }
-
-inline unsigned cap(long long n, long long limit) { return unsigned(n < limit ? n : limit); }
+using namespace mote_cu;
 
 constexpr int kThreads = 256;
 
@@ -56,14 +49,17 @@ __global__ void __launch_bounds__(kThreads) embedding_bwd(float* __restrict__ dE
     float* row = dE + (long long)id * H;
     for (long long h = blockIdx.y * (long long)kThreads + threadIdx.x; h < H; h += (long long)gridDim.y * kThreads) {
       float acc = accumulate ? row[h] : 0.f;
-      for (int i = b; i < e; i++) acc += __ldg(dy + (long long)__ldg(order + i) * H + h);
+      for (int i = b; i < e; i++) {
+        const int t = __ldg(order + i);
+        if (t >= 0 && t < T) acc += __ldg(dy + (long long)t * H + h);  // checked on the host; never read outside dy
+      }
       row[h] = acc;
     }
   }
 }
 
 template <int DT> int launch_fwd(float* y, const int* ids, const void* E, int T, int V, int H, cudaStream_t s) {
-  embedding_fwd<DT><<<cap(T, 2147483647LL), kThreads, 0, s>>>(y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
+  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, embedding_fwd<DT>)(y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
   return int(cudaGetLastError());
 }
 
@@ -73,12 +69,7 @@ extern "C" int mote_cuda_embedding(float* y, const int* ids, const void* E, int 
   if (T < 0 || V < 0 || H < 0) return int(cudaErrorInvalidValue);
   if (T == 0 || H == 0) return int(cudaGetLastError());
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (edtype) {
-    case MOTE_F32: return launch_fwd<0>(y, ids, E, T, V, H, s);
-    case MOTE_F16: return launch_fwd<1>(y, ids, E, T, V, H, s);
-    case MOTE_BF16: return launch_fwd<2>(y, ids, E, T, V, H, s);
-    default: return int(cudaErrorInvalidValue);
-  }
+  MOTE_WEIGHT_DISPATCH(edtype, launch_fwd, y, ids, E, T, V, H, s)
 }
 
 extern "C" int mote_cuda_embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start, const int* seg_ids,
@@ -90,7 +81,7 @@ extern "C" int mote_cuda_embedding_grad(float* dE, const float* dy, const int* o
     if (e != cudaSuccess) return int(e);
   }
   if (G == 0 || H == 0) return int(cudaGetLastError());
-  dim3 grid(cap(G, 2147483647LL), cap((H + kThreads - 1) / kThreads, 65535));
-  embedding_bwd<<<grid, kThreads, 0, s>>>(dE, dy, order, seg_start, seg_ids, G, T, V, H, accumulate);
+  dim3 grid(grid_dim(G, 2147483647LL), grid_dim((H + kThreads - 1) / kThreads));
+  MOTE_LAUNCH(grid, kThreads, 0, s, embedding_bwd)(dE, dy, order, seg_start, seg_ids, G, T, V, H, accumulate);
   return int(cudaGetLastError());
 }

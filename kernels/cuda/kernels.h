@@ -5,7 +5,8 @@
 #pragma once
 #include <stdint.h>
 
-#include "lora_args.h" /* native/lora_args.h */
+#include "attention_args.h" /* native/attention_args.h */
+#include "lora_args.h"      /* native/lora_args.h */
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,11 +42,6 @@ int mote_cuda_rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x
                            int T, int H, int accumulate_dw, void* stream);
 int mote_cuda_rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D, int inverse,
                    void* stream);
-typedef struct mote_attention_args {
-  int Tq, Tk, nH, nKv, D, S, num_seqs;
-  float scale;
-  const int *q_seq, *q_pos, *k_seq, *k_pos, *q_seg, *k_seg, *blocked; /* device pointers */
-} mote_attention_args;
 int mote_cuda_attention(const mote_attention_args* a, float* out, float* lse, const float* q, const float* k, const float* v,
                         void* stream);
 int mote_cuda_attention_grad(const mote_attention_args* a, float* dq, float* dk, float* dv, const float* dout, const float* q,

@@ -26,67 +26,20 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
 
-// ---- weight loads ----------------------------------------------------------
+using namespace mote_cu;
 
-template <int DT> struct Wt {
-  using S = uint16_t;
-  static constexpr int VE = 8;  // elements per 16-byte load
-};
-template <> struct Wt<0> {
-  using S = float;
-  static constexpr int VE = 4;
-};
-
-template <int DT> __device__ __forceinline__ float cvt(typename Wt<DT>::S s);
-template <> __device__ __forceinline__ float cvt<0>(float s) { return s; }
-template <> __device__ __forceinline__ float cvt<1>(uint16_t s) { return __half2float(__ushort_as_half(s)); }
-template <> __device__ __forceinline__ float cvt<2>(uint16_t s) { return __uint_as_float(uint32_t(s) << 16); }
-
-template <int DT> __device__ __forceinline__ float ldw(const typename Wt<DT>::S* __restrict__ p, long long i) {
-  return cvt<DT>(__ldg(p + i));
-}
-
-// Loads Wt<DT>::VE consecutive weights from a 16-byte aligned address.
-template <int DT> struct Vec;
-template <> struct Vec<0> {
-  static __device__ __forceinline__ void load(const float* __restrict__ p, float* o) {
-    float4 f = __ldg(reinterpret_cast<const float4*>(p));
-    o[0] = f.x; o[1] = f.y; o[2] = f.z; o[3] = f.w;
-  }
-};
-template <int DT> struct Vec {
-  static __device__ __forceinline__ void load(const uint16_t* __restrict__ p, float* o) {
-    uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      o[2 * i] = cvt<DT>(uint16_t(w[i] & 0xffffu));
-      o[2 * i + 1] = cvt<DT>(uint16_t(w[i] >> 16));
-    }
-  }
-};
-
-// n (a multiple of 4) consecutive f32 activations from a 16-byte aligned address.
-template <int N> __device__ __forceinline__ void ldx(const float* __restrict__ p, float* o) {
-#pragma unroll
-  for (int i = 0; i < N / 4; i++) {
-    float4 f = __ldg(reinterpret_cast<const float4*>(p) + i);
-    o[4 * i] = f.x; o[4 * i + 1] = f.y; o[4 * i + 2] = f.z; o[4 * i + 3] = f.w;
-  }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-inline unsigned cap_grid(long long n) { return unsigned(n < 65535 ? n : 65535); }
+// Indices read from buffers stay in range whatever their contents, as in kernels/wgsl/lora_*.wgsl:
+// an adapter index (≥ 0) is clamped to L − 1, a rank to [0, R], an entry of order to [0, T·K), a
+// segment to [0, P]. Tampered tensors give wrong sums, never an access outside the buffers or a
+// runaway loop.
+__device__ __forceinline__ int clamp_adapter(int e, int L) { return e < L ? e : L - 1; }
+__device__ __forceinline__ int clamp_rank(int r, int R) { return r < 0 ? 0 : (r < R ? r : R); }
+__device__ __forceinline__ int clamp_index(int i, int n) { return i < 0 ? 0 : (i < n ? i : n - 1); }
 
 // ---- BGMV (strategy 0) -----------------------------------------------------
 
@@ -96,7 +49,7 @@ constexpr int kShrinkWarps = 8;  // rank rows per shrink block (one per warp)
 template <int DT, bool VEC>
 __global__ void __launch_bounds__(256) bgmv_shrink(float* __restrict__ v, const float* __restrict__ x,
                                                    const typename Wt<DT>::S* __restrict__ A, const int* __restrict__ slots,
-                                                   const int* __restrict__ rank, int K, int R, int Hin) {
+                                                   const int* __restrict__ rank, int L, int K, int R, int Hin) {
   constexpr int VE = VEC ? Wt<DT>::VE : 1;
   const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int RG = (R + kShrinkWarps - 1) / kShrinkWarps;
@@ -107,11 +60,11 @@ __global__ void __launch_bounds__(256) bgmv_shrink(float* __restrict__ v, const 
     const long long pair = (long long)t * K + k;
     const int e = slots[pair];
     float* out = v + pair * R + r;
-    if (e < 0 || r >= rank[e]) {
+    if (e < 0 || r >= clamp_rank(rank[clamp_adapter(e, L)], R)) {
       if (lane == 0) *out = 0.f;
       continue;
     }
-    const typename Wt<DT>::S* a = A + ((long long)e * R + r) * Hin;
+    const typename Wt<DT>::S* a = A + ((long long)clamp_adapter(e, L) * R + r) * Hin;
     float acc = 0.f;
     if constexpr (VEC) {
       constexpr int step = 32 * VE;
@@ -149,8 +102,8 @@ template <int DT, bool VEC>
 __global__ void __launch_bounds__(256) bgmv_expand(float* __restrict__ y, const float* __restrict__ v,
                                                    const typename Wt<DT>::S* __restrict__ B, const int* __restrict__ slots,
                                                    const float* __restrict__ weight, const int* __restrict__ rank,
-                                                   const float* __restrict__ scale, int K, int R, int Hout) {
-  extern __shared__ float vs[];  // [R]: weight·scale·v[t,k,:]
+                                                   const float* __restrict__ scale, int L, int K, int R, int Hout) {
+  MOTE_DYNAMIC_SHARED(float, vs);  // [R]: weight·scale·v[t,k,:]
   constexpr int VE = Wt<DT>::VE;
   const int t = blockIdx.x, tid = threadIdx.x;
   for (int oy = blockIdx.y; oy * 256 < Hout; oy += gridDim.y) {
@@ -159,9 +112,10 @@ __global__ void __launch_bounds__(256) bgmv_expand(float* __restrict__ y, const 
     bool any = false;
     for (int k = 0; k < K; k++) {
       const long long pair = (long long)t * K + k;
-      const int e = slots[pair];
+      int e = slots[pair];
       if (e < 0) continue;  // uniform over the block
-      const int rk = rank[e];
+      e = clamp_adapter(e, L);
+      const int rk = clamp_rank(rank[e], R);
       const float c = weight[pair] * scale[e];
       __syncthreads();  // previous readers of vs are done
       for (int r = tid; r < rk; r += 256) vs[r] = c * v[pair * R + r];
@@ -193,18 +147,18 @@ __global__ void __launch_bounds__(256) bgmv_shrink_grad(float* __restrict__ dv, 
                                                         const typename Wt<DT>::S* __restrict__ B,
                                                         const int* __restrict__ slots, const float* __restrict__ weight,
                                                         const int* __restrict__ rank, const float* __restrict__ scale,
-                                                        int K, int R, int Hout) {
+                                                        int L, int K, int R, int Hout) {
   __shared__ float red[8][kGradR];
   constexpr int VE = Wt<DT>::VE;
   const long long pair = blockIdx.x;
   const int t = int(pair / K), tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int e = slots[pair];
+  const int e0 = slots[pair];
   float* out = dv + pair * R;
-  if (e < 0) {
+  if (e0 < 0) {
     for (int r = tid; r < R; r += 256) out[r] = 0.f;
     return;
   }
-  const int rk = rank[e];
+  const int e = clamp_adapter(e0, L), rk = clamp_rank(rank[e], R);
   const float c = weight[pair] * scale[e];
   const float* g = dy + (long long)t * Hout;
   for (int r0 = 0; r0 < R; r0 += kGradR) {
@@ -259,9 +213,9 @@ __global__ void __launch_bounds__(256) bgmv_shrink_grad(float* __restrict__ dv, 
 template <int DT, bool VEC>
 __global__ void __launch_bounds__(128) bgmv_input_grad(float* __restrict__ dx, const float* __restrict__ dv,
                                                        const typename Wt<DT>::S* __restrict__ A,
-                                                       const int* __restrict__ slots, const int* __restrict__ rank, int K,
-                                                       int R, int Hin, int accumulate) {
-  extern __shared__ float vs[];  // [R]: dv[t,k,:]
+                                                       const int* __restrict__ slots, const int* __restrict__ rank, int L,
+                                                       int K, int R, int Hin, int accumulate) {
+  MOTE_DYNAMIC_SHARED(float, vs);  // [R]: dv[t,k,:]
   constexpr int NV = VEC ? Wt<DT>::VE : 1;
   const int t = blockIdx.x, tid = threadIdx.x;
   for (int hy = blockIdx.y; (long long)hy * 128 * NV < Hin; hy += gridDim.y) {
@@ -271,9 +225,10 @@ __global__ void __launch_bounds__(128) bgmv_input_grad(float* __restrict__ dx, c
     for (int j = 0; j < NV; j++) acc[j] = 0.f;
     for (int k = 0; k < K; k++) {
       const long long pair = (long long)t * K + k;
-      const int e = slots[pair];
+      int e = slots[pair];
       if (e < 0) continue;  // uniform
-      const int rk = rank[e];
+      e = clamp_adapter(e, L);
+      const int rk = clamp_rank(rank[e], R);
       __syncthreads();
       for (int r = tid; r < rk; r += 128) vs[r] = dv[pair * R + r];
       __syncthreads();
@@ -312,7 +267,7 @@ __global__ void __launch_bounds__(256) sgmv_pairs(float* __restrict__ out, const
                                                   const typename Wt<DT>::S* __restrict__ W, const int* __restrict__ order,
                                                   const int* __restrict__ slots, const float* __restrict__ weight,
                                                   const int* __restrict__ rank, const float* __restrict__ scale, int P,
-                                                  int TK, int K, int R, int N, int pair_tiles) {
+                                                  int TK, int L, int K, int R, int N, int pair_tiles) {
   __shared__ float Ws[kNC][kRT + 1];
   __shared__ float Xs[kPT][kNC + 1];
   __shared__ long long s_idx[kPT];
@@ -329,18 +284,22 @@ __global__ void __launch_bounds__(256) sgmv_pairs(float* __restrict__ out, const
   const int p0 = blockIdx.x * kPT;
   const int np = min(kPT, P - p0);
   if (tid < np) {
-    const int idx = order[p0 + tid];
-    const int e = slots[idx];
+    const int idx = clamp_index(order[p0 + tid], TK);
+    const int e = slots[idx] < 0 ? -1 : clamp_adapter(slots[idx], L);  // -1: an empty slot in order (tampered)
     s_idx[tid] = idx;
     s_e[tid] = e;
-    s_m[tid] = MODE == 1 ? weight[idx] * scale[e] : 1.f;
+    s_m[tid] = MODE == 1 && e >= 0 ? weight[idx] * scale[e] : 1.f;
   }
   __syncthreads();
   for (int ps = 0; ps < np;) {
     const int e = s_e[ps];
     int pe = ps + 1;
     while (pe < np && s_e[pe] == e) pe++;
-    const int rk = rank[e];
+    if (e < 0) {  // uniform; the zeroing blocks write these rows
+      ps = pe;
+      continue;
+    }
+    const int rk = clamp_rank(rank[e], R);
     for (int r0 = 0; r0 < R; r0 += kRT) {
       float acc0 = 0.f, acc1 = 0.f;
       if (r0 < rk) {  // uniform
@@ -391,7 +350,7 @@ template <int DT, int MODE>
 __global__ void __launch_bounds__(256) sgmv_tokens(float* __restrict__ out, const float* __restrict__ V,
                                                    const typename Wt<DT>::S* __restrict__ W, const int* __restrict__ slots,
                                                    const float* __restrict__ weight, const int* __restrict__ rank,
-                                                   const float* __restrict__ scale, int T, int K, int R, int N,
+                                                   const float* __restrict__ scale, int T, int L, int K, int R, int N,
                                                    int accumulate) {
   __shared__ float Ws[kRC][kNT + 1];
   __shared__ float Vs[kTT][kRC + 1];
@@ -408,14 +367,17 @@ __global__ void __launch_bounds__(256) sgmv_tokens(float* __restrict__ out, cons
       for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
     for (int k = 0; k < K; k++) {
       __syncthreads();  // readers of s_e from the previous k are done
-      if (tid < kTT) s_e[tid] = tid < nt ? slots[(long long)(t0 + tid) * K + k] : -1;
+      if (tid < kTT) {
+        const int e = tid < nt ? slots[(long long)(t0 + tid) * K + k] : -1;
+        s_e[tid] = e < 0 ? -1 : clamp_adapter(e, L);
+      }
       __syncthreads();
       for (int ts = 0; ts < nt;) {
         const int e = s_e[ts];
         int te = ts + 1;
         while (te < nt && s_e[te] == e) te++;
         if (e >= 0) {  // uniform
-          const int rk = rank[e];
+          const int rk = clamp_rank(rank[e], R);
           const float sc = MODE == 0 ? scale[e] : 1.f;
           for (int r0 = 0; r0 < rk; r0 += kRC) {
             for (int i = tid; i < kRC * kNT; i += 256) {
@@ -482,8 +444,8 @@ __global__ void __launch_bounds__(256) lora_weight_grad_kernel(
     float* __restrict__ dA, float* __restrict__ dB, const float* __restrict__ x, const float* __restrict__ dy,
     const float* __restrict__ v, const float* __restrict__ dv, const int* __restrict__ order,
     const int* __restrict__ seg_start, const int* __restrict__ seg_adapter, const float* __restrict__ weight,
-    const int* __restrict__ rank, const float* __restrict__ scale, int G, int L, int K, int R, int Hin, int Hout,
-    int accumulate) {
+    const int* __restrict__ rank, const float* __restrict__ scale, int G, int P, int TK, int L, int K, int R, int Hin,
+    int Hout, int accumulate) {
   __shared__ float Ls[kWP][kWR + 1];
   __shared__ float Xs[kWP][kWN + 1];
   __shared__ long long s_idx[kWP];
@@ -502,15 +464,15 @@ __global__ void __launch_bounds__(256) lora_weight_grad_kernel(
       else hi = mid;
     }
     const bool present = lo < G && seg_adapter[lo] == e;
-    const int rk = rank[e];
+    const int rk = clamp_rank(rank[e], R);
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     if (present && r0 < rk) {  // uniform
-      const int s0 = seg_start[lo], s1 = seg_start[lo + 1];
+      const int s1 = clamp_rank(seg_start[lo + 1], P), s0 = clamp_rank(seg_start[lo], s1);
       const float sc = scale[e];
       for (int p0 = s0; p0 < s1; p0 += kWP) {
         const int np = min(kWP, s1 - p0);
         __syncthreads();
-        if (tid < kWP) s_idx[tid] = tid < np ? order[p0 + tid] : 0;
+        if (tid < kWP) s_idx[tid] = tid < np ? clamp_index(order[p0 + tid], TK) : 0;
         __syncthreads();
         for (int i = tid; i < kWP * kWR; i += 256) {
           const int pp = i / kWR, rr = i % kWR, r = r0 + rr;
@@ -561,16 +523,16 @@ int shrink_t(const mote_lora_args& a, float* v, const float* x, cudaStream_t s) 
   const long long TK = (long long)a.T * a.K;
   if (a.strategy == 0) {
     const int RG = (a.R + kShrinkWarps - 1) / kShrinkWarps;
-    dim3 grid(a.T, cap_grid((long long)a.K * RG));
+    dim3 grid(a.T, grid_dim((long long)a.K * RG));
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A) && aligned16(x);
-    if (vec) bgmv_shrink<DT, true><<<grid, 256, 0, s>>>(v, x, A, a.slots, a.rank, a.K, a.R, a.Hin);
-    else bgmv_shrink<DT, false><<<grid, 256, 0, s>>>(v, x, A, a.slots, a.rank, a.K, a.R, a.Hin);
+    if (vec) MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, true>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
+    else MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, false>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
   } else {
     const int tiles = (a.P + kPT - 1) / kPT;
     long long zb = (TK * a.R + 255) / 256;
     if (zb > 1024) zb = 1024;
-    sgmv_pairs<DT, 0><<<unsigned(tiles + zb), 256, 0, s>>>(v, x, A, a.order, a.slots, a.weight, a.rank, a.scale, a.P,
-                                                            int(TK), a.K, a.R, a.Hin, tiles);
+    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 0>)(v, x, A, a.order, a.slots, a.weight, a.rank, a.scale, a.P,
+                                                            int(TK), a.L, a.K, a.R, a.Hin, tiles);
   }
   return int(cudaGetLastError());
 }
@@ -581,14 +543,14 @@ int expand_t(const mote_lora_args& a, float* y, const float* v, cudaStream_t s) 
   const S* B = static_cast<const S*>(a.B);
   if (a.Hout == 0) return int(cudaGetLastError());
   if (a.strategy == 0) {
-    dim3 grid(a.T, cap_grid((a.Hout + 255) / 256));
+    dim3 grid(a.T, grid_dim((a.Hout + 255) / 256));
     const size_t smem = size_t(a.R) * sizeof(float);
     const bool vec = a.R % Wt<DT>::VE == 0 && aligned16(a.B);
-    if (vec) bgmv_expand<DT, true><<<grid, 256, smem, s>>>(y, v, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
-    else bgmv_expand<DT, false><<<grid, 256, smem, s>>>(y, v, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
+    if (vec) MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, true>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
+    else MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, false>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
   } else {
-    dim3 grid((a.T + kTT - 1) / kTT, cap_grid((a.Hout + kNT - 1) / kNT));
-    sgmv_tokens<DT, 0><<<grid, 256, 0, s>>>(y, v, B, a.slots, a.weight, a.rank, a.scale, a.T, a.K, a.R, a.Hout, 1);
+    dim3 grid((a.T + kTT - 1) / kTT, grid_dim((a.Hout + kNT - 1) / kNT));
+    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 0>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hout, 1);
   }
   return int(cudaGetLastError());
 }
@@ -600,14 +562,14 @@ int shrink_grad_t(const mote_lora_args& a, float* dv, const float* dy, cudaStrea
   const long long TK = (long long)a.T * a.K;
   if (a.strategy == 0) {
     const bool vec = a.R % Wt<DT>::VE == 0 && aligned16(a.B);
-    if (vec) bgmv_shrink_grad<DT, true><<<unsigned(TK), 256, 0, s>>>(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
-    else bgmv_shrink_grad<DT, false><<<unsigned(TK), 256, 0, s>>>(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.K, a.R, a.Hout);
+    if (vec) MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, true>)(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
+    else MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, false>)(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
   } else {
     const int tiles = (a.P + kPT - 1) / kPT;
     long long zb = (TK * a.R + 255) / 256;
     if (zb > 1024) zb = 1024;
-    sgmv_pairs<DT, 1><<<unsigned(tiles + zb), 256, 0, s>>>(dv, dy, B, a.order, a.slots, a.weight, a.rank, a.scale,
-                                                            a.P, int(TK), a.K, a.R, a.Hout, tiles);
+    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 1>)(dv, dy, B, a.order, a.slots, a.weight, a.rank, a.scale,
+                                                            a.P, int(TK), a.L, a.K, a.R, a.Hout, tiles);
   }
   return int(cudaGetLastError());
 }
@@ -621,15 +583,15 @@ int input_grad_t(const mote_lora_args& a, float* dx, const float* dv, int accumu
     const size_t smem = size_t(a.R) * sizeof(float);
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A);
     if (vec) {
-      dim3 grid(a.T, cap_grid((a.Hin + 128 * Wt<DT>::VE - 1) / (128 * Wt<DT>::VE)));
-      bgmv_input_grad<DT, true><<<grid, 128, smem, s>>>(dx, dv, A, a.slots, a.rank, a.K, a.R, a.Hin, accumulate);
+      dim3 grid(a.T, grid_dim((a.Hin + 128 * Wt<DT>::VE - 1) / (128 * Wt<DT>::VE)));
+      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, true>)(dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
     } else {
-      dim3 grid(a.T, cap_grid((a.Hin + 127) / 128));
-      bgmv_input_grad<DT, false><<<grid, 128, smem, s>>>(dx, dv, A, a.slots, a.rank, a.K, a.R, a.Hin, accumulate);
+      dim3 grid(a.T, grid_dim((a.Hin + 127) / 128));
+      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, false>)(dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
     }
   } else {
-    dim3 grid((a.T + kTT - 1) / kTT, cap_grid((a.Hin + kNT - 1) / kNT));
-    sgmv_tokens<DT, 1><<<grid, 256, 0, s>>>(dx, dv, A, a.slots, a.weight, a.rank, a.scale, a.T, a.K, a.R, a.Hin,
+    dim3 grid((a.T + kTT - 1) / kTT, grid_dim((a.Hin + kNT - 1) / kNT));
+    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 1>)(dx, dv, A, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hin,
                                              accumulate);
   }
   return int(cudaGetLastError());
@@ -649,24 +611,16 @@ int check_args(const mote_lora_args* a) {
 
 }  // namespace
 
-#define MOTE_LORA_DISPATCH(dtype, fn, ...)                        \
-  switch (dtype) {                                               \
-    case MOTE_F32: return fn<0>(__VA_ARGS__);                    \
-    case MOTE_F16: return fn<1>(__VA_ARGS__);                    \
-    case MOTE_BF16: return fn<2>(__VA_ARGS__);                   \
-    default: return int(cudaErrorInvalidValue);                  \
-  }
-
 extern "C" int mote_cuda_lora_shrink(const mote_lora_args* a, float* v, const float* x, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->a_dtype, shrink_t, *a, v, x, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->a_dtype, shrink_t, *a, v, x, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_expand(const mote_lora_args* a, float* y, const float* v, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->b_dtype, expand_t, *a, y, v, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->b_dtype, expand_t, *a, y, v, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_apply(const mote_lora_args* a, float* y, float* v, const float* x, void* stream) {
@@ -681,13 +635,13 @@ extern "C" int mote_cuda_lora_apply(const mote_lora_args* a, float* y, float* v,
 extern "C" int mote_cuda_lora_shrink_grad(const mote_lora_args* a, float* dv, const float* dy, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->b_dtype, shrink_grad_t, *a, dv, dy, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->b_dtype, shrink_grad_t, *a, dv, dy, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_input_grad(const mote_lora_args* a, float* dx, const float* dv, int accumulate, void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
-  MOTE_LORA_DISPATCH(a->a_dtype, input_grad_t, *a, dx, dv, accumulate, static_cast<cudaStream_t>(stream))
+  MOTE_WEIGHT_DISPATCH(a->a_dtype, input_grad_t, *a, dx, dv, accumulate, static_cast<cudaStream_t>(stream))
 }
 
 extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, float* dB, const float* x, const float* dy,
@@ -699,9 +653,10 @@ extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, fl
   // T == 0 still has to zero dA/dB when not accumulating: every adapter is absent then.
   const int G = a->T == 0 ? 0 : a->G;
   const long long tiles = (long long)((Nmax + kWN - 1) / kWN) * ((a->R + kWR - 1) / kWR);
-  dim3 grid(unsigned(tiles), cap_grid(a->L), 2);
-  lora_weight_grad_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      dA, dB, x, dy, v, dv, a->order, a->seg_start, a->seg_adapter, a->weight, a->rank, a->scale, G, a->L, a->K, a->R,
+  dim3 grid(unsigned(tiles), grid_dim(a->L), 2);
+  MOTE_LAUNCH(grid, 256, 0, static_cast<cudaStream_t>(stream), lora_weight_grad_kernel)(
+      dA, dB, x, dy, v, dv, a->order, a->seg_start, a->seg_adapter, a->weight, a->rank, a->scale, G, a->P,
+      a->T * a->K, a->L, a->K, a->R,
       a->Hin, a->Hout, accumulate);
   return int(cudaGetLastError());
 }

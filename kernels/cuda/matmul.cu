@@ -1,86 +1,80 @@
 // matmul family in CUDA: one tiled GEMM, C[M,N] (+)= A(m,k)·B(k,n), with A and B read
 // through strides so the same kernel serves y = x·Wᵀ, dx = dy·W and dW = dyᵀ·x.
 // B may be f32, f16 or bf16 (weights); A is always f32; accumulation is f32.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
 
-template <typename T> __device__ __forceinline__ float ld(const T* p, long long i);
-template <> __device__ __forceinline__ float ld<float>(const float* p, long long i) { return p[i]; }
-template <> __device__ __forceinline__ float ld<__half>(const __half* p, long long i) { return __half2float(p[i]); }
-template <> __device__ __forceinline__ float ld<__nv_bfloat16>(const __nv_bfloat16* p, long long i) { return __bfloat162float(p[i]); }
+using namespace mote_cu;
 
 constexpr int TILE = 64;   // C tile is TILE x TILE
 constexpr int KT = 16;     // k slice per shared-memory stage
 constexpr int TPT = 4;     // each thread computes TPT x TPT outputs; 16x16 threads
 
-template <typename TB>
-__global__ void gemm_strided(float* __restrict__ C, const float* __restrict__ A, const TB* __restrict__ B,
+template <int DT>
+__global__ void gemm_strided(float* __restrict__ C, const float* __restrict__ A, const typename Wt<DT>::S* __restrict__ B,
                              int M, int N, int Kd, long long sam, long long sak, long long sbk, long long sbn,
                              int accumulate) {
   __shared__ float As[KT][TILE + 1];
   __shared__ float Bs[KT][TILE + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
-  const int m0 = blockIdx.y * TILE, n0 = blockIdx.x * TILE;
-  float acc[TPT][TPT] = {};
-  for (int k0 = 0; k0 < Kd; k0 += KT) {
-    for (int i = tid; i < KT * TILE; i += 256) {
-      int kk = i / TILE, mm = i % TILE;
-      int m = m0 + mm, k = k0 + kk;
-      As[kk][mm] = (m < M && k < Kd) ? A[m * sam + k * sak] : 0.f;
-      int n = n0 + mm;
-      Bs[kk][mm] = (n < N && k < Kd) ? ld<TB>(B, k * sbk + n * sbn) : 0.f;
+  const int n0 = blockIdx.x * TILE;
+  // row tiles past gridDim.y (≤ 65535) are taken in turn: M may pass 65535 tiles
+  for (long long my = blockIdx.y; my * TILE < M; my += gridDim.y) {
+    const int m0 = int(my * TILE);
+    float acc[TPT][TPT] = {};
+    for (int k0 = 0; k0 < Kd; k0 += KT) {
+      for (int i = tid; i < KT * TILE; i += 256) {
+        int kk = i / TILE, mm = i % TILE;
+        int m = m0 + mm, k = k0 + kk;
+        As[kk][mm] = (m < M && k < Kd) ? A[m * sam + k * sak] : 0.f;
+        int n = n0 + mm;
+        Bs[kk][mm] = (n < N && k < Kd) ? ldw<DT>(B, k * sbk + n * sbn) : 0.f;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < KT; kk++) {
+        float a[TPT], b[TPT];
+#pragma unroll
+        for (int i = 0; i < TPT; i++) a[i] = As[kk][ty * TPT + i];
+#pragma unroll
+        for (int j = 0; j < TPT; j++) b[j] = Bs[kk][tx * TPT + j];
+#pragma unroll
+        for (int i = 0; i < TPT; i++)
+#pragma unroll
+          for (int j = 0; j < TPT; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+      __syncthreads();
     }
-    __syncthreads();
 #pragma unroll
-    for (int kk = 0; kk < KT; kk++) {
-      float a[TPT], b[TPT];
+    for (int i = 0; i < TPT; i++) {
+      int m = m0 + ty * TPT + i;
+      if (m >= M) continue;
 #pragma unroll
-      for (int i = 0; i < TPT; i++) a[i] = As[kk][ty * TPT + i];
-#pragma unroll
-      for (int j = 0; j < TPT; j++) b[j] = Bs[kk][tx * TPT + j];
-#pragma unroll
-      for (int i = 0; i < TPT; i++)
-#pragma unroll
-        for (int j = 0; j < TPT; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < TPT; i++) {
-    int m = m0 + ty * TPT + i;
-    if (m >= M) continue;
-#pragma unroll
-    for (int j = 0; j < TPT; j++) {
-      int n = n0 + tx * TPT + j;
-      if (n >= N) continue;
-      float* c = C + (long long)m * N + n;
-      *c = accumulate ? *c + acc[i][j] : acc[i][j];
+      for (int j = 0; j < TPT; j++) {
+        int n = n0 + tx * TPT + j;
+        if (n >= N) continue;
+        float* c = C + (long long)m * N + n;
+        *c = accumulate ? *c + acc[i][j] : acc[i][j];
+      }
     }
   }
 }
 
-template <typename TB>
-int launch(float* C, const float* A, const void* B, int M, int N, int Kd, long long sam, long long sak,
-           long long sbk, long long sbn, int accumulate, void* stream) {
-  dim3 block(16, 16), grid((N + TILE - 1) / TILE, (M + TILE - 1) / TILE);
-  gemm_strided<TB><<<grid, block, 0, static_cast<cudaStream_t>(stream)>>>(C, A, static_cast<const TB*>(B), M, N, Kd, sam,
-                                                                          sak, sbk, sbn, accumulate);
+template <int DT>
+int launch(float* C, const float* A, const void* B, int M, int N, int Kd, long long sam, long long sak, long long sbk,
+           long long sbn, int accumulate, void* stream) {
+  if (M <= 0 || N <= 0) return int(cudaGetLastError());  // nothing to write (an empty grid is a launch error)
+  dim3 block(16, 16), grid(grid_dim((N + TILE - 1) / TILE, 2147483647LL), grid_dim((M + TILE - 1) / TILE));
+  MOTE_LAUNCH(grid, block, 0, static_cast<cudaStream_t>(stream), gemm_strided<DT>)(
+      C, A, static_cast<const typename Wt<DT>::S*>(B), M, N, Kd, sam, sak, sbk, sbn, accumulate);
   return int(cudaGetLastError());
 }
 
 int dispatch(int dtype, float* C, const float* A, const void* B, int M, int N, int Kd, long long sam, long long sak,
              long long sbk, long long sbn, int accumulate, void* stream) {
-  switch (dtype) {
-    case MOTE_F32: return launch<float>(C, A, B, M, N, Kd, sam, sak, sbk, sbn, accumulate, stream);
-    case MOTE_F16: return launch<__half>(C, A, B, M, N, Kd, sam, sak, sbk, sbn, accumulate, stream);
-    case MOTE_BF16: return launch<__nv_bfloat16>(C, A, B, M, N, Kd, sam, sak, sbk, sbn, accumulate, stream);
-    default: return int(cudaErrorInvalidValue);
-  }
+  MOTE_WEIGHT_DISPATCH(dtype, launch, C, A, B, M, N, Kd, sam, sak, sbk, sbn, accumulate, stream)
 }
 
 __global__ void copy_kernel(float4* __restrict__ d, const float4* __restrict__ s, long long n4) {
@@ -110,7 +104,7 @@ extern "C" int mote_cuda_matmul_grad_weight(float* dw, const float* dy, const fl
 extern "C" int mote_cuda_copy(float* dst, const float* src, int64_t n, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   long long n4 = n / 4;
-  if (n4 > 0) copy_kernel<<<1024, 256, 0, s>>>(reinterpret_cast<float4*>(dst), reinterpret_cast<const float4*>(src), n4);
+  if (n4 > 0) MOTE_LAUNCH(1024, 256, 0, s, copy_kernel)(reinterpret_cast<float4*>(dst), reinterpret_cast<const float4*>(src), n4);
   if (n % 4) cudaMemcpyAsync(dst + n4 * 4, src + n4 * 4, (n % 4) * 4, cudaMemcpyDeviceToDevice, s);
   return int(cudaGetLastError());
 }

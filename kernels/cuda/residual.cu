@@ -6,9 +6,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
+
+using namespace mote_cu;
 
 constexpr int kThreads = 256;
 
@@ -27,17 +30,12 @@ __global__ void __launch_bounds__(kThreads) add_kernel(float* y, const float* a,
   for (long long i = done + i0; i < n; i += stride) y[i] = a[i] + b[i];
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 extern "C" int mote_cuda_add(float* y, const float* a, const float* b, int64_t n, void* stream) {
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(y) && aligned16(a) && aligned16(b);
-  const long long work = vec ? (n + 3) / 4 : n;
-  long long blocks = (work + kThreads - 1) / kThreads;
-  if (blocks > 65536) blocks = 65536;
-  add_kernel<<<unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(y, a, b, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), add_kernel)(y, a, b, n, vec);
   return int(cudaGetLastError());
 }

@@ -15,55 +15,15 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
 
-template <int DT> struct Wt { using S = uint16_t; };
-template <> struct Wt<0> { using S = float; };
-
-template <int DT> __device__ __forceinline__ float cvt(typename Wt<DT>::S s);
-template <> __device__ __forceinline__ float cvt<0>(float s) { return s; }
-template <> __device__ __forceinline__ float cvt<1>(uint16_t s) { return __half2float(__ushort_as_half(s)); }
-template <> __device__ __forceinline__ float cvt<2>(uint16_t s) { return __uint_as_float(uint32_t(s) << 16); }
-
-template <int DT> __device__ __forceinline__ float ldw(const typename Wt<DT>::S* __restrict__ p, long long i) {
-  return cvt<DT>(__ldg(p + i));
-}
+using namespace mote_cu;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the block (kThreads threads), the same value returned to every thread. Fixed order.
-template <typename F> __device__ __forceinline__ F block_sum(F v, F* red /* [kWarps + 1] */) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  v = warp_sum(v);
-  __syncthreads();  // earlier readers of red are done
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    F s = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; w++) s += red[w];
-    red[kWarps] = s;
-  }
-  __syncthreads();
-  return red[kWarps];
-}
-
-inline unsigned cap(long long n, long long limit) { return unsigned(n < limit ? n : limit); }
 
 // y and x may be the same buffer (each element is read and then written by one thread).
 template <int DT>
@@ -77,7 +37,7 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_fwd(float* y, float* __restr
       const float v = xr[h];
       ss = fmaf(v, v, ss);
     }
-    ss = block_sum(ss, red);
+    ss = block_sum<kWarps>(ss, red);
     const float r = __frcp_rn(__fsqrt_rn(__fadd_rn(__fdiv_rn(ss, float(H)), eps)));
     if (threadIdx.x == 0) rstd[t] = r;
     float* yr = y + t * H;
@@ -99,7 +59,7 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_dx(float* __restrict__ d
     double g = 0.0;
     for (int h = threadIdx.x; h < H; h += kThreads)
       g = fma(double(__ldg(gr + h)) * double(ldw<DT>(w, h)), double(__ldg(xr + h)), g);
-    g = block_sum(g, red);
+    g = block_sum<kWarps>(g, red);
     const double r = double(__ldg(rstd + t));
     const double c = r * r * r * g / double(H);
     float* out = dx + t * H;
@@ -134,14 +94,19 @@ __global__ void __launch_bounds__(kDwCols* kDwRows) rmsnorm_bwd_dw(float* __rest
 
 template <int DT>
 int launch_fwd(float* y, float* rstd, const float* x, const void* w, int T, int H, float eps, cudaStream_t s) {
-  rmsnorm_fwd<DT><<<cap(T, 2147483647LL), kThreads, 0, s>>>(y, rstd, x, static_cast<const typename Wt<DT>::S*>(w), T, H, eps);
+  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, rmsnorm_fwd<DT>)(y, rstd, x, static_cast<const typename Wt<DT>::S*>(w), T, H, eps);
   return int(cudaGetLastError());
 }
 
 template <int DT>
 int launch_dx(float* dx, const float* dy, const float* x, const void* w, const float* rstd, int T, int H, cudaStream_t s) {
-  rmsnorm_bwd_dx<DT><<<cap(T, 2147483647LL), kThreads, 0, s>>>(dx, dy, x, static_cast<const typename Wt<DT>::S*>(w), rstd, T, H);
+  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, rmsnorm_bwd_dx<DT>)(dx, dy, x, static_cast<const typename Wt<DT>::S*>(w), rstd, T, H);
   return int(cudaGetLastError());
+}
+
+int dispatch_dx(int wdtype, float* dx, const float* dy, const float* x, const void* w, const float* rstd, int T, int H,
+                cudaStream_t s) {
+  MOTE_WEIGHT_DISPATCH(wdtype, launch_dx, dx, dy, x, w, rstd, T, H, s)
 }
 
 }  // namespace
@@ -151,11 +116,7 @@ extern "C" int mote_cuda_rmsnorm(float* y, float* rstd, const float* x, const vo
   if (T < 0 || H < 0 || wdtype < MOTE_F32 || wdtype > MOTE_BF16) return int(cudaErrorInvalidValue);
   if (T == 0) return int(cudaGetLastError());
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (wdtype) {
-    case MOTE_F32: return launch_fwd<0>(y, rstd, x, w, T, H, eps, s);
-    case MOTE_F16: return launch_fwd<1>(y, rstd, x, w, T, H, eps, s);
-    default: return launch_fwd<2>(y, rstd, x, w, T, H, eps, s);
-  }
+  MOTE_WEIGHT_DISPATCH(wdtype, launch_fwd, y, rstd, x, w, T, H, eps, s)
 }
 
 extern "C" int mote_cuda_rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x, const void* w, int wdtype,
@@ -163,17 +124,12 @@ extern "C" int mote_cuda_rmsnorm_grad(float* dx, float* dw, const float* dy, con
   if (T < 0 || H < 0 || wdtype < MOTE_F32 || wdtype > MOTE_BF16) return int(cudaErrorInvalidValue);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (T > 0 && H > 0) {
-    int e;
-    switch (wdtype) {
-      case MOTE_F32: e = launch_dx<0>(dx, dy, x, w, rstd, T, H, s); break;
-      case MOTE_F16: e = launch_dx<1>(dx, dy, x, w, rstd, T, H, s); break;
-      default: e = launch_dx<2>(dx, dy, x, w, rstd, T, H, s); break;
-    }
+    const int e = dispatch_dx(wdtype, dx, dy, x, w, rstd, T, H, s);
     if (e) return e;
   }
   if (H == 0) return int(cudaGetLastError());
   // T = 0 still writes dw (zeros, or leaves it unchanged when accumulating).
-  rmsnorm_bwd_dw<<<cap((H + kDwCols - 1) / kDwCols, 2147483647LL), dim3(kDwCols, kDwRows), 0, s>>>(dw, dy, x, rstd, T, H,
+  MOTE_LAUNCH(grid_dim((H + kDwCols - 1) / kDwCols, 2147483647LL), dim3(kDwCols, kDwRows), 0, s, rmsnorm_bwd_dw)(dw, dy, x, rstd, T, H,
                                                                                                    accumulate_dw);
   return int(cudaGetLastError());
 }

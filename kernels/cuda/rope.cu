@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -51,9 +52,7 @@ extern "C" int mote_cuda_rope(float* y, const float* x, const int* positions, co
   if (T < 0 || heads < 0 || D < 0 || D % 2 != 0) return int(cudaErrorInvalidValue);
   const long long n = (long long)T * (D / 2);
   if (n == 0 || heads == 0) return int(cudaGetLastError());
-  long long blocks = (n + kThreads - 1) / kThreads;
-  if (blocks > (1LL << 20)) blocks = 1LL << 20;
-  rope_kernel<<<unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(y, x, positions, inv_freq, T, heads, D,
+  MOTE_LAUNCH(mote_cu::grid_dim((n + kThreads - 1) / kThreads, 1LL << 20), kThreads, 0, static_cast<cudaStream_t>(stream), rope_kernel)(y, x, positions, inv_freq, T, heads, D,
                                                                                     inverse);
   return int(cudaGetLastError());
 }

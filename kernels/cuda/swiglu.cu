@@ -10,9 +10,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
+
+using namespace mote_cu;
 
 constexpr int kThreads = 256;
 
@@ -75,22 +78,13 @@ __global__ void __launch_bounds__(kThreads) swiglu_grad_kernel(float* dgate, flo
   for (long long i = done + i0; i < n; i += stride) bwd(dy[i], gate[i], up[i], dgate[i], dup[i]);
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-inline unsigned blocks_for(long long n, bool vec) {
-  const long long work = vec ? (n + 3) / 4 : n;
-  long long b = (work + kThreads - 1) / kThreads;
-  if (b > 65536) b = 65536;
-  return unsigned(b < 1 ? 1 : b);
-}
-
 }  // namespace
 
 extern "C" int mote_cuda_swiglu(float* y, const float* gate, const float* up, int64_t n, void* stream) {
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(y) && aligned16(gate) && aligned16(up);
-  swiglu_kernel<<<blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(y, gate, up, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_kernel)(y, gate, up, n, vec);
   return int(cudaGetLastError());
 }
 
@@ -99,6 +93,6 @@ extern "C" int mote_cuda_swiglu_grad(float* dgate, float* dup, const float* dy, 
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(dgate) && aligned16(dup) && aligned16(dy) && aligned16(gate) && aligned16(up);
-  swiglu_grad_kernel<<<blocks_for(n, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(dgate, dup, dy, gate, up, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_grad_kernel)(dgate, dup, dy, gate, up, n, vec);
   return int(cudaGetLastError());
 }

@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace {
@@ -136,14 +137,12 @@ __global__ void __launch_bounds__(kThreads) xent_grad_kernel(float* __restrict__
   }
 }
 
-inline unsigned rows_grid(int T) { return unsigned(T); }
-
 }  // namespace
 
 extern "C" int mote_cuda_log_softmax(float* out, const float* logits, int T, int V, void* stream) {
   if (T < 0 || V < 0) return int(cudaErrorInvalidValue);
   if (T == 0 || V == 0) return int(cudaGetLastError());
-  log_softmax_kernel<<<rows_grid(T), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(out, logits, T, V);
+  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), log_softmax_kernel)(out, logits, T, V);
   return int(cudaGetLastError());
 }
 
@@ -151,7 +150,7 @@ extern "C" int mote_cuda_xent(float* losses, float* lse, const float* logits, co
                               void* stream) {
   if (T < 0 || V < 0) return int(cudaErrorInvalidValue);
   if (T == 0) return int(cudaGetLastError());
-  xent_kernel<<<rows_grid(T), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(losses, lse, logits, targets, mask, T, V);
+  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), xent_kernel)(losses, lse, logits, targets, mask, T, V);
   return int(cudaGetLastError());
 }
 
@@ -159,7 +158,7 @@ extern "C" int mote_cuda_xent_grad(float* dlogits, const float* logits, const fl
                                    float scale, int T, int V, void* stream) {
   if (T < 0 || V < 0) return int(cudaErrorInvalidValue);
   if (T == 0 || V == 0) return int(cudaGetLastError());
-  xent_grad_kernel<<<rows_grid(T), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(dlogits, logits, lse, targets, mask, scale,
+  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), xent_grad_kernel)(dlogits, logits, lse, targets, mask, scale,
                                                                                        T, V);
   return int(cudaGetLastError());
 }

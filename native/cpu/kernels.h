@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "../attention_args.h"
 #include "../lora_args.h"
 #include "variant.h"
 
@@ -36,11 +37,7 @@ void rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x, const v
 // rope.cc: y may equal x; inverse rotates by -angle.
 void rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D, bool inverse);
 // attention.cc: layout arrays as in src/ops/attention.ts; S = 0 means no segment mask.
-struct AttentionArgs {
-  int Tq, Tk, nH, nKv, D, S, num_seqs;
-  float scale;
-  const int *q_seq, *q_pos, *k_seq, *k_pos, *q_seg, *k_seg, *blocked;
-};
+using AttentionArgs = mote_attention_args;  // native/attention_args.h, shared with the CUDA kernels
 void attention(const AttentionArgs& a, float* out, float* lse, const float* q, const float* k, const float* v);
 void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
                     const float* v, const float* out, const float* lse);

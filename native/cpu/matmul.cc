@@ -6,37 +6,13 @@
 #include "blas.h"
 #include "half.h"
 #include "kernels.h"
+#include "simd.h"
 #include "threads.h"
 
 namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
 constexpr int kRows = 4;  // W rows per micro-kernel: each x load feeds 4 dot products
-
-inline void dot4(const float* x, const float* w0, const float* w1, const float* w2, const float* w3, int K, float out[4]) {
-  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int k = 0; k < K; k++) {
-    float xv = x[k];
-    s0 += xv * w0[k];
-    s1 += xv * w1[k];
-    s2 += xv * w2[k];
-    s3 += xv * w3[k];
-  }
-  out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
-}
-
-inline float dot1(const float* x, const float* w, int K) {
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int k = 0; k < K; k++) s += x[k] * w[k];
-  return s;
-}
-
-inline void axpy(float* y, float a, const float* x, int n) {
-#pragma omp simd
-  for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
 
 // OpenBLAS (when found at load, blas.cc) pays off once W is reused by enough rows; below that
 // (decode) the kernels here stream W once at memory speed, which is the bound.
@@ -72,7 +48,7 @@ void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, i
           const float* r = wf + size_t(n - n0) * K;
           for (int t = t0; t < t1; t++) {
             float o[4];
-            dot4(x + size_t(t) * K, r, r + K, r + 2 * size_t(K), r + 3 * size_t(K), K, o);
+            dot4<0>(r, size_t(K), x + size_t(t) * K, K, o);
             float* yr = y + size_t(t) * N + n;
             for (int j = 0; j < kRows; j++) yr[j] = accumulate ? yr[j] + o[j] : o[j];
           }
@@ -80,7 +56,7 @@ void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, i
         for (; n < n1; n++) {
           const float* r = wf + size_t(n - n0) * K;
           for (int t = t0; t < t1; t++) {
-            float o = dot1(x + size_t(t) * K, r, K);
+            float o = dot1<0>(r, x + size_t(t) * K, K);
             float& yv = y[size_t(t) * N + n];
             yv = accumulate ? yv + o : o;
           }

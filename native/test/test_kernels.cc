@@ -2,7 +2,11 @@
 //  (a) CPU kernels (native/cpu/kernels.h) against a naive float64 reference written here, on
 //      random non-zero inputs and awkward shapes; the reference uses the dtype-rounded weights.
 //  (b) With CUDA built in and a device present: the same cases through the CUDA kernels,
-//      compared with the CPU kernels' outputs, and two CUDA runs compared bit for bit.
+//      compared with the CPU kernels' outputs, and two CUDA runs compared bit for bit; then
+//      index tensors with tampered contents, checked for writes outside the outputs.
+//  (c) Built as mote_cuda_emu_tests (CMakeLists.txt), (b) runs without nvcc or a device: the
+//      .cu files compile as C++ against the CPU emulation of native/test/cuda_emu, which is
+//      then "device 0". MOTE_TEST_MAX_T caps the LoRA cases' tokens there.
 // Every check is ‖out − ref‖ / ‖ref‖ ≤ 1e-5. Outputs that a kernel must overwrite are poisoned
 // with NaN first. One line per check; the exit status is non-zero on any failure.
 #include <algorithm>
@@ -1017,15 +1021,16 @@ struct AttnLayout {
   std::vector<int> q_seq, q_pos, k_seq, k_pos, q_seg, k_seg, blocked;
 };
 
-enum { L_PREFILL, L_SEGMENTS, L_DECODE, L_CROSS };
+enum { L_PREFILL, L_SEGMENTS, L_DECODE, L_CROSS, L_NO_KEYS };
 
 // Random lengths in [1, maxlen] per sequence. PREFILL/SEGMENTS: keys are the queries, tokens
 // shuffled (packing order is free); SEGMENTS adds S = 4 steps per sequence with random blocked
 // pairs. DECODE: a cache of [0, maxlen] tokens per sequence and 1–2 new tokens (the queries)
 // appended to the keys, with S = 3 segments. CROSS: unrelated key tokens; some queries see no key.
+// NO_KEYS: CROSS queries and no keys at all (Tk = 0).
 AttnLayout make_layout(int kind, int nseq, int maxlen, Rng& rng) {
   AttnLayout l;
-  static const char* names[] = {"prefill", "segments", "decode", "cross"};
+  static const char* names[] = {"prefill", "segments", "decode", "cross", "no-keys"};
   l.kind = names[kind];
   const int S = kind == L_SEGMENTS ? 4 : kind == L_DECODE ? 3 : 0;
   std::vector<int> len(nseq);
@@ -1063,7 +1068,7 @@ AttnLayout make_layout(int kind, int nseq, int maxlen, Rng& rng) {
     l.k_pos.insert(l.k_pos.end(), l.q_pos.begin(), l.q_pos.end());
     l.k_seg.insert(l.k_seg.end(), l.q_seg.begin(), l.q_seg.end());
   } else {
-    const int Tq = nseq * maxlen, Tk = rng.integer(1, 2 * nseq * maxlen);
+    const int Tq = nseq * maxlen, Tk = kind == L_NO_KEYS ? 0 : rng.integer(1, 2 * nseq * maxlen);
     for (int i = 0; i < Tq; i++) {
       l.q_seq.push_back(rng.integer(0, nseq));  // sequence nseq has no keys
       l.q_pos.push_back(rng.integer(0, maxlen));
@@ -1467,7 +1472,8 @@ void test_model_families(Rng& rng) {
   // attention: {layout, sequences, max length, nH, nKv, D}
   const int at[][6] = {{L_PREFILL, 1, 1, 1, 1, 1},     {L_PREFILL, 3, 37, 8, 2, 64},  {L_SEGMENTS, 3, 50, 4, 1, 80},
                        {L_DECODE, 5, 100, 8, 8, 128},   {L_CROSS, 3, 20, 6, 3, 16},    {L_PREFILL, 2, 70, 2, 1, 256},
-                       {L_SEGMENTS, 2, 30, 2, 2, 300},  {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33}};
+                       {L_SEGMENTS, 2, 30, 2, 2, 300},  {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33},
+                       {L_NO_KEYS, 2, 5, 4, 2, 16}};
   for (const auto& s : at) test_attention(s[0], s[1], s[2], s[3], s[4], s[5], rng);
   // swiglu / add: n, pointer offset
   const int64_t ns[] = {1, 7, 4099, 100003};
@@ -1497,6 +1503,158 @@ void test_model_families(Rng& rng) {
     }
   }
 }
+
+// ---- tampered index tensors (CUDA) -------------------------------------------
+// A tensor read as indices (rank, slots, order, seg_start; embedding order; attention layout)
+// with contents outside its contract must not make a kernel write outside its outputs, read
+// outside its inputs or loop without end. Every buffer sits between guard bands of a sentinel;
+// the check is that the launch returns, the guards are intact and nothing threw. (Under the CPU
+// emulation, a read past the end of a buffer also faults: cudaMalloc ends buffers at a guard
+// page.) The outputs' values are not checked: tampered routing gives wrong sums by design.
+
+#ifdef MOTE_HAVE_CUDA
+constexpr size_t kGuard = 64;  // sentinel words either side
+constexpr uint32_t kSentinel = 0x7fa5a5a5u;
+
+// A device buffer of n 4-byte words between guard bands.
+struct Guarded {
+  Dev d;
+  size_t n;
+  template <typename T> explicit Guarded(const std::vector<T>& v) : d((v.size() + 2 * kGuard) * 4), n(v.size()) {
+    static_assert(sizeof(T) == 4, "4-byte elements");
+    std::vector<uint32_t> h(n + 2 * kGuard, kSentinel);
+    if (n) std::memcpy(h.data() + kGuard, v.data(), n * 4);
+    d.put(h.data(), h.size() * 4);
+  }
+  explicit Guarded(const Weights& w) : Guarded(as_words(w.bytes)) {}
+  static std::vector<uint32_t> as_words(const std::vector<uint8_t>& b) {
+    std::vector<uint32_t> w((b.size() + 3) / 4, 0);
+    if (!b.empty()) std::memcpy(w.data(), b.data(), b.size());
+    return w;
+  }
+  template <typename T = float> T* p() const { return reinterpret_cast<T*>(d.as<uint32_t>() + kGuard); }
+  bool intact() const {
+    std::vector<uint32_t> h(n + 2 * kGuard);
+    d.get(h.data(), h.size() * 4);
+    for (size_t i = 0; i < kGuard; i++)
+      if (h[i] != kSentinel || h[kGuard + n + i] != kSentinel) return false;
+    return true;
+  }
+};
+
+enum Tamper { T_RANK, T_SLOTS, T_ORDER, T_ALL, NTAMPER };
+const char* tamper_name(int t) {
+  static const char* n[] = {"rank", "slots", "order+seg_start", "all"};
+  return n[t];
+}
+
+void tamper_lora(LoraData& d, int how, Rng& rng) {
+  const int L = d.c.L, R = d.c.R, TK = d.c.T * d.c.K;
+  const int big = std::numeric_limits<int>::max(), small = std::numeric_limits<int>::min();
+  if (how == T_RANK || how == T_ALL) {
+    const int bad[] = {R + 7, -4, big, small, 0};
+    for (int e = 0; e < L; e++) d.rank[e] = bad[e % 5];
+  }
+  if (how == T_SLOTS || how == T_ALL)  // order and segments keep the untampered routing
+    for (int i = 0; i < TK; i++)
+      if (rng.uni() < 0.3) d.slots[i] = rng.uni() < 0.5 ? L + rng.integer(0, 5) : big;
+  if (how == T_ORDER || how == T_ALL) {
+    const int bad[] = {-9, TK + 5, small, big, TK};
+    for (size_t i = 0; i < d.order.size(); i += 3) d.order[i] = bad[i / 3 % 5];
+    for (size_t g = 0; g < d.seg_start.size(); g++)
+      d.seg_start[g] = g % 3 == 0 ? small : g % 3 == 1 ? d.P + 1000 : big;
+  }
+}
+
+void test_lora_tampered(const LoraCase& c, int how, Rng& rng) {
+  LoraData d = make_lora(c, rng);
+  tamper_lora(d, how, rng);
+  for (int strategy = 0; strategy < 2; strategy++)
+    for (int op = SHRINK; op <= WEIGHT_GRAD; op++)
+      for (int acc = 0; acc < ((op == INPUT_GRAD || op == WEIGHT_GRAD) ? 2 : 1); acc++) {
+        const std::string desc = "tampered " + std::string(tamper_name(how)) + " " + lora_desc(c, op, strategy, acc);
+        try {
+          Guarded A(d.A), B(d.B), rank(d.rank), slots(d.slots), order(d.order), seg_start(d.seg_start),
+              seg_adapter(d.seg_adapter), scale(d.scale), weight(d.weight);
+          std::vector<std::unique_ptr<Guarded>> buf;
+          float* bp[NBUF];
+          for (int b = 0; b < NBUF; b++) {
+            buf.push_back(std::make_unique<Guarded>(d.buf[b]));
+            bp[b] = buf[b]->p();
+          }
+          mote_lora_args a = host_args(d, strategy);
+          a.A = A.p<void>();
+          a.B = B.p<void>();
+          a.rank = rank.p<int>();
+          a.slots = slots.p<int>();
+          a.order = order.p<int>();
+          a.seg_start = seg_start.p<int>();
+          a.seg_adapter = seg_adapter.p<int>();
+          a.scale = scale.p();
+          a.weight = weight.p();
+          launch_check(run_cuda(op, acc, &a, bp), op_name(op));
+          bool ok = A.intact() && B.intact() && rank.intact() && slots.intact() && order.intact() && seg_start.intact() &&
+                    seg_adapter.intact() && scale.intact() && weight.intact();
+          for (auto& b : buf) ok = ok && b->intact();
+          report(fmt("cuda %s  guard_bands=%s", desc.c_str(), ok ? "intact" : "WRITTEN"), ok);
+        } catch (const std::exception& ex) {
+          report(fmt("cuda %s  threw: %s", desc.c_str(), ex.what()), false);
+        }
+      }
+}
+
+// embedding_grad with order entries outside [0, T) and segments outside order; attention with
+// layout entries outside blocked.
+void test_model_tampered(Rng& rng) {
+  {
+    const int T = 37, V = 11, H = 130, G = 4;
+    std::vector<int> order(T), seg_start = {-5, 10, 3, 1000, std::numeric_limits<int>::max()}, seg_ids = {0, 3, 10, 7};
+    for (int t = 0; t < T; t++) order[t] = t % 4 == 0 ? -7 : t % 4 == 1 ? T + 3 : t;
+    const std::vector<float> dy = randv(size_t(T) * H, rng), dE0 = randv(size_t(V) * H, rng);
+    for (int acc = 0; acc < 2; acc++) {
+      const std::string desc = fmt("tampered embedding_grad T=%d V=%d H=%d acc=%d", T, V, H, acc);
+      try {
+        Guarded dE(dE0), gdy(dy), go(order), gs(seg_start), gi(seg_ids);
+        launch_check(mote_cuda_embedding_grad(dE.p(), gdy.p(), go.p<int>(), gs.p<int>(), gi.p<int>(), G, T, V, H, acc, nullptr),
+                     "embedding_grad");
+        const bool ok = dE.intact() && gdy.intact() && go.intact() && gs.intact() && gi.intact();
+        report(fmt("cuda %s  guard_bands=%s", desc.c_str(), ok ? "intact" : "WRITTEN"), ok);
+      } catch (const std::exception& ex) {
+        report(fmt("cuda %s  threw: %s", desc.c_str(), ex.what()), false);
+      }
+    }
+  }
+  {
+    AttnLayout l = make_layout(L_SEGMENTS, 3, 20, rng);
+    const int nH = 4, nKv = 2, D = 40;
+    for (size_t i = 0; i < l.q_seq.size(); i += 4) l.q_seq[i] = i % 8 ? 1000 : -3;
+    for (size_t i = 1; i < l.q_seg.size(); i += 5) l.q_seg[i] = i % 2 ? 77 : -1;
+    for (size_t j = 2; j < l.k_seg.size(); j += 3) l.k_seg[j] = j % 2 ? std::numeric_limits<int>::max() : -100;
+    const int Tq = l.Tq, Tk = l.Tk;
+    const std::vector<float> q = randv(size_t(Tq) * nH * D, rng), k = randv(size_t(Tk) * nKv * D, rng),
+                             v = randv(size_t(Tk) * nKv * D, rng), dout = randv(size_t(Tq) * nH * D, rng),
+                             o0 = randv(size_t(Tq) * nH * D, rng), l0 = randv(size_t(Tq) * nH, rng);
+    const std::string desc = fmt("tampered attention segments Tq=%d Tk=%d nH=%d nKv=%d D=%d", Tq, Tk, nH, nKv, D);
+    try {
+      Guarded gq(q), gk(k), gv(v), gd(dout), out(o0), lse(l0), dq(q), dk(k), dv(v);
+      Guarded lay[7] = {Guarded(l.q_seq), Guarded(l.q_pos), Guarded(l.k_seq), Guarded(l.k_pos),
+                        Guarded(l.q_seg), Guarded(l.k_seg), Guarded(l.blocked)};
+      void* p[7];
+      for (int i = 0; i < 7; i++) p[i] = lay[i].p<void>();
+      const mote_attention_args a = attn_args<mote_attention_args>(l, nH, nKv, D, 0.15f, p, 0);
+      launch_check(mote_cuda_attention(&a, out.p(), lse.p(), gq.p(), gk.p(), gv.p(), nullptr), "attention");
+      launch_check(mote_cuda_attention_grad(&a, dq.p(), dk.p(), dv.p(), gd.p(), gq.p(), gk.p(), gv.p(), out.p(), lse.p(), nullptr),
+                   "attention_grad");
+      bool ok = gq.intact() && gk.intact() && gv.intact() && gd.intact() && out.intact() && lse.intact() && dq.intact() &&
+                dk.intact() && dv.intact();
+      for (auto& g : lay) ok = ok && g.intact();
+      report(fmt("cuda %s  guard_bands=%s", desc.c_str(), ok ? "intact" : "WRITTEN"), ok);
+    } catch (const std::exception& ex) {
+      report(fmt("cuda %s  threw: %s", desc.c_str(), ex.what()), false);
+    }
+  }
+}
+#endif
 
 }  // namespace
 
@@ -1532,7 +1690,7 @@ int main(int argc, char** argv) {
   Rng rng(seed);
   try {
     // matmul family
-    const int mm[][3] = {{1, 1, 1}, {1, 13, 7}, {3, 64, 64}, {5, 97, 3}, {37, 64, 130}, {64, 256, 65}, {130, 33, 129}};
+    const int mm[][3] = {{0, 13, 7}, {1, 1, 1}, {1, 13, 7}, {3, 64, 64}, {5, 97, 3}, {37, 64, 130}, {64, 256, 65}, {130, 33, 129}};
     for (const auto& s : mm)
       for (int op = MM_FWD; op <= MM_GRAD_W; op++)
         for (int dt = 0; dt < (op == MM_GRAD_W ? 1 : 3); dt++)
@@ -1569,6 +1727,16 @@ int main(int argc, char** argv) {
 
     // model kernel families: embedding, copy_rows, rmsnorm, rope, attention, swiglu, residual, xent
     test_model_families(rng);
+
+#ifdef MOTE_HAVE_CUDA
+    if (g_cuda) {
+      // tampered index tensors: {T, K, L, R, Hin, Hout, A dtype, B dtype, slots, ranks}
+      const LoraCase tampered[] = {{37, 2, 5, 16, 128, 96, 0, 1, S_RANDOM, R_MIXED}, {29, 2, 6, 24, 100, 130, 2, 0, S_DUP, R_MIXED}};
+      for (const auto& c : tampered)
+        for (int how = 0; how < NTAMPER; how++) test_lora_tampered(c, how, rng);
+      test_model_tampered(rng);
+    }
+#endif
   } catch (const std::exception& ex) {
     std::printf("unexpected error: %s\n", ex.what());
     g_failures++;

@@ -1,0 +1,18 @@
+/* Arguments of the attention family (CPU and CUDA). Plain C so that both native/cpu/kernels.h
+ * and kernels/cuda/kernels.h can take it. All pointers live on the device that runs the kernel.
+ * Contracts: src/ops/attention.ts (AttentionKernels). */
+#pragma once
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mote_attention_args {
+  int Tq, Tk, nH, nKv, D, S, num_seqs;
+  float scale;
+  const int *q_seq, *q_pos, *k_seq, *k_pos, *q_seg, *k_seg, *blocked; /* i32 layout arrays */
+} mote_attention_args;
+
+#ifdef __cplusplus
+}
+#endif
