@@ -6,6 +6,10 @@
 #include <cstring>
 #include <fstream>
 #include <thread>
+#ifndef _WIN32
+#include <fcntl.h>
+#include <unistd.h>
+#endif
 
 #include "bind.h"
 #include "cpu/kernels.h"
@@ -283,6 +287,30 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   });
 }
 
+// quietStderr(on): points fd 2 at /dev/null (on) or back (off). Dawn prints its own warnings
+// ("maxDynamic… artificially reduced") straight to fd 2 when an adapter is created; mote's
+// webgpu host silences them around that call unless MOTE_DEBUG is set. No-op on Windows.
+static int g_saved_stderr = -1;
+Napi::Value QuietStderr(const Napi::CallbackInfo& info) {
+#ifndef _WIN32
+  const bool on = info.Length() > 0 && info[0].ToBoolean().Value();
+  std::fflush(stderr);
+  if (on && g_saved_stderr < 0) {
+    const int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (null_fd >= 0) {
+      g_saved_stderr = dup(2);
+      if (g_saved_stderr >= 0) dup2(null_fd, 2);
+      close(null_fd);
+    }
+  } else if (!on && g_saved_stderr >= 0) {
+    dup2(g_saved_stderr, 2);
+    close(g_saved_stderr);
+    g_saved_stderr = -1;
+  }
+#endif
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("alloc", Napi::Function::New(env, Alloc));
@@ -292,6 +320,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sync", Napi::Function::New(env, Sync));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("copy", Napi::Function::New(env, Copy));
+  exports.Set("quietStderr", Napi::Function::New(env, QuietStderr));
 #ifdef MOTE_HAVE_CUDA
   exports.Set("cudaBuilt", true);
 #else

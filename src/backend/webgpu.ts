@@ -30,6 +30,8 @@ export interface WebGPUHost {
   gpu(opts: WebGPUOptions): Promise<GPU>;
   /** Reads a file of kernels/wgsl. */
   readWgsl: WgslReader;
+  /** Runs `body` with the platform's own chatter (Dawn's stderr warnings) kept out of the user's terminal, where the host can. */
+  quietly?<T>(body: () => Promise<T>): Promise<T>;
 }
 
 const SOFTWARE = /llvmpipe|lavapipe|swiftshader|software|warp|basic render/i;
@@ -123,7 +125,8 @@ export class WebGPUBackend implements Backend {
     const gpu = await host.gpu(opts);
     let adapter: GPUAdapter | null;
     try {
-      adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+      const request = () => gpu.requestAdapter({ powerPreference: 'high-performance' });
+      adapter = await (host.quietly ? host.quietly(request) : request());
     } catch (e) {
       throw new BackendUnavailableError('webgpu', `requestAdapter failed: ${(e as Error).message}`);
     }

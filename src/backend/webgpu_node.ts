@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { BackendUnavailableError } from '../errors.js';
 import type { WebGPUHost, WebGPUOptions } from './webgpu.js';
 import { readWgslFile } from './wgsl_node.js';
+import { loadAddon } from './native.js';
 
 // One Dawn instance per set of options for the whole process: a second instance created
 // after the first one's device was destroyed stops keeping the event loop alive (the
@@ -33,4 +34,20 @@ async function dawnGPU(opts: WebGPUOptions): Promise<GPU> {
   return gpu;
 }
 
-export const nodeWebGPUHost: WebGPUHost = { gpu: dawnGPU, readWgsl: readWgslFile };
+/**
+ * Dawn prints warnings of its own on stderr when it creates an adapter (on lavapipe:
+ * "maxDynamic… artificially reduced"): the native addon, when present, points fd 2 at
+ * /dev/null around that call; MOTE_DEBUG=1 shows them.
+ */
+async function quietly<T>(body: () => Promise<T>): Promise<T> {
+  const quiet = process.env.MOTE_DEBUG ? undefined : (loadAddon().addon as { quietStderr?: (on: boolean) => void } | null)?.quietStderr;
+  if (!quiet) return body();
+  quiet(true);
+  try {
+    return await body();
+  } finally {
+    quiet(false);
+  }
+}
+
+export const nodeWebGPUHost: WebGPUHost = { gpu: dawnGPU, readWgsl: readWgslFile, quietly };
