@@ -112,3 +112,14 @@ test('`mote` with bad input prints one clear line and exits non-zero', () => {
     assert.match(err.stderr, /nope/);
   }
 });
+
+test("Dawn's own warnings stay out of the terminal (MOTE_DEBUG=1 shows them)", (t) => {
+  const run = (env: Record<string, string>) => spawnSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info'], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, ...env } });
+  const quiet = run({ MOTE_DEBUG: '' });
+  assert.equal(quiet.status, 0, quiet.stderr);
+  if (!/^webgpu\s+available/m.test(quiet.stdout)) return t.skip('no webgpu adapter here');
+  assert.doesNotMatch(quiet.stderr, /artificially reduced/);
+  const loud = run({ MOTE_DEBUG: '1' });
+  // Dawn prints these on lavapipe; on other adapters there may be nothing to show.
+  if (/llvmpipe|lavapipe/.test(quiet.stdout)) assert.match(loud.stderr, /artificially reduced/);
+});
