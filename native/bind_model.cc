@@ -12,6 +12,7 @@
 //              Tq, Tk, nH, nKv, D, S, numSeqs, scale }                   // numbers
 //   swiglu(y, gate, up, n)            swigluGrad(dgate, dup, dy, gate, up, n)
 //   add(y, a, b, n)                                                      y may be a
+//   scale(y, x, alpha, n)                                                y may be x
 //   logSoftmax(out, logits, T, V)
 //   xent(losses, lse, logits, targets, mask, T, V)
 //   xentGrad(dlogits, logits, lse, targets, mask, scale, T, V)
@@ -258,6 +259,19 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value Scale(const Napi::CallbackInfo& info) {
+  return guarded(info, [&]() -> Napi::Value {
+    const size_t n = size_arg(info, 3, "n");
+    auto* y = sized_arg(info, 0, "y", {n, f4});
+    auto* x = sized_arg(info, 1, "x", {n, f4});
+    const double alpha = num_arg(info, 2, "alpha");
+    if (!std::isfinite(alpha)) throw Napi::RangeError::New(info.Env(), "scale: alpha: expected a finite number, got " + num_str(alpha));
+    if (same_device({y, x}) == Device::CPU) cpu::scale(F(y), F(x), float(alpha), n);
+    else MOTE_CUDA_OR_THROW(mote_cuda_scale(F(y), F(x), float(alpha), n, nullptr), "scale");
+    return info.Env().Undefined();
+  });
+}
+
 // ---------------------------------------------------------------------------- xent
 
 Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
@@ -337,6 +351,7 @@ void register_model(Napi::Env env, Napi::Object exports) {
   exports.Set("swiglu", Napi::Function::New(env, Swiglu));
   exports.Set("swigluGrad", Napi::Function::New(env, SwigluGrad));
   exports.Set("add", Napi::Function::New(env, Add));
+  exports.Set("scale", Napi::Function::New(env, Scale));
   exports.Set("logSoftmax", Napi::Function::New(env, LogSoftmax));
   exports.Set("xent", Napi::Function::New(env, Xent));
   exports.Set("xentGrad", Napi::Function::New(env, XentGrad));

@@ -49,6 +49,7 @@ int mote_cuda_attention_grad(const mote_attention_args* a, float* dq, float* dk,
 int mote_cuda_swiglu(float* y, const float* gate, const float* up, int64_t n, void* stream);
 int mote_cuda_swiglu_grad(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int64_t n, void* stream);
 int mote_cuda_add(float* y, const float* a, const float* b, int64_t n, void* stream);
+int mote_cuda_scale(float* y, const float* x, float alpha, int64_t n, void* stream);
 int mote_cuda_log_softmax(float* out, const float* logits, int T, int V, void* stream);
 int mote_cuda_xent(float* losses, float* lse, const float* logits, const int* targets, const float* mask, int T, int V,
                    void* stream);

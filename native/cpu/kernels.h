@@ -46,6 +46,8 @@ void swiglu(float* y, const float* gate, const float* up, int64_t n);
 void swiglu_grad(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int64_t n);
 // residual.cc: y may equal a
 void add(float* y, const float* a, const float* b, int64_t n);
+// scale.cc: y = alpha·x; y may equal x
+void scale(float* y, const float* x, float alpha, int64_t n);
 // xent.cc
 void log_softmax(float* out, const float* logits, int T, int V);
 void xent(float* losses, float* lse, const float* logits, const int* targets, const float* mask, int T, int V);

@@ -1296,6 +1296,23 @@ void test_add(int64_t n, int off, bool inplace, Rng& rng) {
       CUDA_FN(return mote_cuda_add(F(p, y) + off, F(p, ia) + off, F(p, ib) + off, n, nullptr);));
 }
 
+void test_scale(int64_t n, int off, bool inplace, float alpha, Rng& rng) {
+  const size_t N = size_t(n) + off;
+  const std::vector<float> x = randv(N, rng), head = randv(off, rng);
+  std::vector<float> y0(N, kNaN);
+  std::vector<double> ref(N);
+  for (int i = 0; i < off; i++) ref[i] = y0[i] = inplace ? x[i] : head[i];
+  for (size_t i = off; i < N; i++) ref[i] = double(alpha) * x[i];
+  ModelCase c;
+  c.op = "scale";
+  c.desc = fmt("n=%lld offset=%d inplace=%d alpha=%g", (long long)n, off, int(inplace), double(alpha));
+  const int y = inplace ? c.out("x", x, std::move(ref)) : c.out("y", y0, std::move(ref));
+  const int ix = inplace ? y : c.in("x", x);
+  run_model_case(
+      c, [&](void* const* p) { mote::cpu::scale(F(p, y) + off, F(p, ix) + off, alpha, n); },
+      CUDA_FN(return mote_cuda_scale(F(p, y) + off, F(p, ix) + off, alpha, n, nullptr);));
+}
+
 // -- adamw (optimizer step, in place) and sum_squares. The scalars derived from the
 // hyper-parameters (1 − β, 1 − lr·wd, 1 − β^t) are formed in double and rounded once, as the
 // addon does.
@@ -1483,6 +1500,8 @@ void test_model_families(Rng& rng) {
       test_swiglu_grad(n, off, rng);
       test_add(n, off, false, rng);
       test_add(n, off, true, rng);
+      test_scale(n, off, false, -1.75f, rng);
+      test_scale(n, off, true, 0.3f, rng);
     }
   // adamw: n, pointer offset, step, weight decay, grad scale; sum_squares: n
   for (int64_t n : ns)

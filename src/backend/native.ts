@@ -50,6 +50,7 @@ export interface Addon {
   swiglu(y: object, gate: object, up: object, n: number): void;
   swigluGrad(dgate: object, dup: object, dy: object, gate: object, up: object, n: number): void;
   add(y: object, a: object, b: object, n: number): void;
+  scale(y: object, x: object, alpha: number, n: number): void;
   logSoftmax(out: object, logits: object, T: number, V: number): void;
   xent(losses: object, lse: object, logits: object, targets: object, mask: object, T: number, V: number): void;
   xentGrad(dlogits: object, logits: object, lse: object, targets: object, mask: object, scale: number, T: number, V: number): void;
@@ -316,6 +317,9 @@ export class NativeBackend implements Backend {
   }
   swigluGrad(dgate: Tensor, dup: Tensor, dy: Tensor, gate: Tensor, up: Tensor, n: number): void {
     nativeCall('swigluGrad', () => this.addon.swigluGrad(st(dgate), st(dup), st(dy), st(gate), st(up), n));
+  }
+  scale(y: Tensor, x: Tensor, alpha: number, n: number): void {
+    nativeCall('scale', () => this.addon.scale(st(y), st(x), alpha, n));
   }
   add(y: Tensor, a: Tensor, b: Tensor, n: number): void {
     nativeCall('add', () => this.addon.add(st(y), st(a), st(b), n));

@@ -110,6 +110,14 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       });
     },
 
+    scale(y, x, alpha, n) {
+      const groups = g.flat(n, 256);
+      g.op(() => {
+        if (y === x) g.launch({ family: 'scale', entry: 'scale_inplace', buffers: [buf(y)], params: [n, { f: alpha }], groups });
+        else g.launch({ family: 'scale', entry: 'scale', buffers: [buf(y), ...g.inputs([y], [x])], params: [n, { f: alpha }], groups });
+      });
+    },
+
     logSoftmax(out, logits, d) {
       g.op(() => g.launch({ family: 'xent', entry: 'logsoftmax', buffers: [buf(out), ...g.inputs([out], [logits])], params: [d.T, d.V, 0, 0], groups: g.grid(1, d.T) }));
     },

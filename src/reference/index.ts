@@ -7,6 +7,7 @@ export * from './attention.js';
 export * from './swiglu.js';
 export * from './xent.js';
 export * from './residual.js';
+export * from './scale.js';
 export * from './llama.js';
 export * from './adamw.js';
 export * from './llama_grad.js';

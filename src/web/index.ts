@@ -22,6 +22,7 @@ export { rope, ropeGrad } from '../ops/rope.js';
 export { attention, attentionGrad, attentionLayout, AttentionLayout, type AttentionLayoutInit } from '../ops/attention.js';
 export { swiglu, swigluGrad } from '../ops/swiglu.js';
 export { add } from '../ops/residual.js';
+export { scale } from '../ops/scale.js';
 export { logSoftmax, xent, xentGrad } from '../ops/xent.js';
 export { adamw, adamwScalars, sumSquares, type AdamwOptions, type AdamwScalars } from '../ops/adamw.js';
 export * from '../model/config.js';
