@@ -14,7 +14,7 @@ import { randn, relErr } from './numeric.js';
 export type MoteApi = Pick<typeof Web,
   | 'matmul' | 'matmulGradInput' | 'matmulGradWeight' | 'loraRouting' | 'loraStack' | 'loraApply' | 'loraShrinkGrad' | 'loraInputGrad'
   | 'loraWeightGrad' | 'embedding' | 'embeddingGrad' | 'rmsnorm' | 'rmsnormGrad' | 'rope' | 'ropeGrad' | 'attention' | 'attentionGrad'
-  | 'attentionLayout' | 'swiglu' | 'swigluGrad' | 'add' | 'logSoftmax' | 'xent' | 'xentGrad' | 'adamw' | 'sumSquares' | 'copyRows'
+  | 'attentionLayout' | 'swiglu' | 'swigluGrad' | 'add' | 'scale' | 'logSoftmax' | 'xent' | 'xentGrad' | 'adamw' | 'sumSquares' | 'copyRows'
   | 'reference' | 'mulberry32' | 'f32ToF16Bits' | 'f16BitsToF32' | 'f32ToBf16Bits' | 'bf16BitsToF32' | 'MoteError' | 'ShapeError' | 'ArgumentError'>;
 
 export const CASE_TOL = 1e-5;
@@ -186,6 +186,16 @@ const CASES: KernelCase[] = [
       const as = randn(r, 131), bs = randn(r, 131);
       const a = keep(b.tensor(as, [131])), c = keep(b.tensor(bs, [131]));
       return [['y', await read(keep(m.add(a, c))), m.reference.residualAddRef(as, bs, 131)]];
+    },
+  },
+  {
+    name: 'scale n=4099, out of place and in place',
+    async run(m, b, r, keep) {
+      const xs = randn(r, 4099);
+      const x = keep(b.tensor(xs, [4099]));
+      const y = await read(keep(m.scale(x, -1.75)));
+      m.scale(x, 0.5, { out: x });
+      return [['y', y, m.reference.scaleRef(xs, -1.75, 4099)], ['x (in place)', await read(x), m.reference.scaleRef(xs, 0.5, 4099)]];
     },
   },
   {
