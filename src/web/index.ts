@@ -8,23 +8,8 @@ export { type DType, type HostData, DTYPES, WEIGHT_DTYPES, f32ToBf16Bits, bf16Bi
 export { Tensor } from '../tensor.js';
 export type { Backend, BackendInfo, BackendKind, BackendRequest } from '../backend/backend.js';
 export { openBackend, probeBackends, BACKEND_KINDS, type OpenOptions, type Availability } from './backend.js';
-export { matmul, matmulGradInput, matmulGradWeight, type MatmulDims, type AccumulateOptions } from '../ops/matmul.js';
 export * as reference from '../reference/index.js';
-export {
-  loraRouting, loraStack, loraShrink, loraExpand, loraApply, loraShrinkGrad, loraInputGrad, loraWeightGrad, chooseStrategy,
-  LoraRouting, type LoraStack, type LoraDims, type LoraStrategy, type LoraOptions, type LoraKernels,
-} from '../ops/lora.js';
-export { MultiLoraLinear, type MultiLoraForward, type MultiLoraGrads } from '../ops/multi_lora_linear.js';
-export { embedding, embeddingGrad } from '../ops/embedding.js';
-export { copyRows, rowMap, RowMap, type CopyRowsDims, type CopyRowsKernels } from '../ops/copy_rows.js';
-export { rmsnorm, rmsnormGrad } from '../ops/rmsnorm.js';
-export { rope, ropeGrad } from '../ops/rope.js';
-export { attention, attentionGrad, attentionLayout, AttentionLayout, type AttentionLayoutInit } from '../ops/attention.js';
-export { swiglu, swigluGrad } from '../ops/swiglu.js';
-export { add } from '../ops/residual.js';
-export { scale } from '../ops/scale.js';
-export { logSoftmax, xent, xentGrad } from '../ops/xent.js';
-export { adamw, adamwScalars, sumSquares, type AdamwOptions, type AdamwScalars } from '../ops/adamw.js';
+export * from '../ops/index.js';
 export * from '../model/config.js';
 export {
   LlamaModel,
