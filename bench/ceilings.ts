@@ -84,7 +84,8 @@ async function makeCopier(backend: Backend, size: number): Promise<Copier | stri
     }
     await device.queue.onSubmittedWorkDone();
     return {
-      size, method: `webgpu: copyBufferToBuffer of ${size / MiB} MiB on the backend's GPUDevice (bytes = read + write)`,
+      size,
+      method: `webgpu: copyBufferToBuffer of ${size / MiB} MiB on the backend's GPUDevice (bytes = read + write)`,
       async run() {
         const enc = device.createCommandEncoder();
         enc.copyBufferToBuffer(src, 0, dst, 0, size);
@@ -103,7 +104,8 @@ async function makeCopier(backend: Backend, size: number): Promise<Copier | stri
   const src = backend.zeros([n]); // zeros() writes, so the pages are real
   const dst = backend.zeros([n]);
   return {
-    size, method: `${backend.kind}: NativeBackend.copy of ${size / MiB} MiB f32 (bytes = read + write)`,
+    size,
+    method: `${backend.kind}: NativeBackend.copy of ${size / MiB} MiB f32 (bytes = read + write)`,
     async run() {
       native.copy!(dst, src, n);
       await backend.sync();
@@ -172,13 +174,20 @@ export async function measureFlops(backend: Backend, t: TimeOptions): Promise<Fl
   const y = backend.empty([shape.T, shape.N]);
   try {
     const flops = 2 * shape.T * shape.K * shape.N;
-    const timing = await time('matmul', async () => {
-      matmul(x, w, { out: y });
-      await backend.sync();
-    }, t);
+    const timing = await time(
+      'matmul',
+      async () => {
+        matmul(x, w, { out: y });
+        await backend.sync();
+      },
+      t,
+    );
     return {
-      gflops: flops / (timing.medianMs * 1e6), bestGflops: flops / (timing.minMs * 1e6), shape,
-      method: `matmul f32 x[${shape.T},${shape.K}]·W[${shape.N},${shape.K}]ᵀ (2·T·K·N flops)`, timing,
+      gflops: flops / (timing.medianMs * 1e6),
+      bestGflops: flops / (timing.minMs * 1e6),
+      shape,
+      method: `matmul f32 x[${shape.T},${shape.K}]·W[${shape.N},${shape.K}]ᵀ (2·T·K·N flops)`,
+      timing,
     };
   } finally {
     x.dispose();
@@ -196,10 +205,14 @@ export async function measureRead(backend: Backend, t: TimeOptions): Promise<Rea
   const y = backend.empty([1, N]);
   try {
     const bytes = N * K * 4 + K * 4 + N * 4;
-    const timing = await time('gemv', async () => {
-      matmul(x, w, { out: y });
-      await backend.sync();
-    }, t);
+    const timing = await time(
+      'gemv',
+      async () => {
+        matmul(x, w, { out: y });
+        await backend.sync();
+      },
+      t,
+    );
     return { gbps: bytes / (timing.medianMs * 1e6), bytes, method: `matmul f32 x[1,${K}]·W[${N},${K}]ᵀ (W read once)`, timing };
   } finally {
     x.dispose();
@@ -210,7 +223,8 @@ export async function measureRead(backend: Backend, t: TimeOptions): Promise<Rea
 
 /** The per-call floor of the LoRA ops: loraApply where the work is negligible. undefined when the op fails. */
 async function measureCall(backend: Backend, t: TimeOptions): Promise<number | undefined> {
-  const R = 16, H = 64;
+  const R = 16,
+    H = 64;
   const A = backend.tensor(randomFloats(R * H, 0.05, 14), [1, R, H]);
   const B = backend.tensor(randomFloats(H * R, 0.05, 15), [1, H, R]);
   const s = loraStack(A, B);
@@ -219,10 +233,14 @@ async function measureCall(backend: Backend, t: TimeOptions): Promise<number | u
   const y = backend.zeros([1, H]);
   const v = backend.empty([1, 1, R]);
   try {
-    const timing = await time('call', async () => {
-      loraApply(y, x, s, rt, { v });
-      await backend.sync();
-    }, t);
+    const timing = await time(
+      'call',
+      async () => {
+        loraApply(y, x, s, rt, { v });
+        await backend.sync();
+      },
+      t,
+    );
     return timing.medianMs;
   } catch {
     return undefined;

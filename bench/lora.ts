@@ -7,8 +7,17 @@
 import { encode, type DType } from '../src/dtype.js';
 import { matmul } from '../src/ops/matmul.js';
 import {
-  chooseStrategy, loraApply, loraExpand, loraInputGrad, loraRouting, loraShrink, loraShrinkGrad, loraStack, loraWeightGrad,
-  type LoraRouting, type LoraStack,
+  chooseStrategy,
+  loraApply,
+  loraExpand,
+  loraInputGrad,
+  loraRouting,
+  loraShrink,
+  loraShrinkGrad,
+  loraStack,
+  loraWeightGrad,
+  type LoraRouting,
+  type LoraStack,
 } from '../src/ops/lora.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -92,13 +101,18 @@ export function workOf(op: LoraOpName | BaselineName, c: LoraCase): Work {
   const fIn = 2 * c.T * K * c.R * c.Hin;
   const fOut = 2 * c.T * K * c.R * c.Hout;
   switch (op) {
-    case 'loraShrink': return { bytes: A + x + v, flops: fIn };
-    case 'loraExpand': return { bytes: B + v + 2 * y, flops: fOut }; // y read and written
+    case 'loraShrink':
+      return { bytes: A + x + v, flops: fIn };
+    case 'loraExpand':
+      return { bytes: B + v + 2 * y, flops: fOut }; // y read and written
     case 'loop':
     case 'masked':
-    case 'loraApply': return { bytes: A + B + x + 2 * y + v, flops: fIn + fOut };
-    case 'loraShrinkGrad': return { bytes: B + y + v, flops: fOut }; // dy read, dv written
-    case 'loraInputGrad': return { bytes: A + v + x, flops: fIn }; // dv read, dx written
+    case 'loraApply':
+      return { bytes: A + B + x + 2 * y + v, flops: fIn + fOut };
+    case 'loraShrinkGrad':
+      return { bytes: B + y + v, flops: fOut }; // dy read, dv written
+    case 'loraInputGrad':
+      return { bytes: A + v + x, flops: fIn }; // dv read, dx written
     case 'loraWeightGrad': // x, dy, v, dv read; dA, dB (f32) written
       return { bytes: x + y + 2 * v + used * c.R * (c.Hin + c.Hout) * 4, flops: fIn + fOut };
   }
@@ -190,7 +204,8 @@ export function applyRoofline(rows: Row[], ceil: Ceilings): void {
     r.bound = roofline(r, ceil);
     if (r.medianMs === undefined) continue;
     r.pctOfBound = (100 * r.bound.ms) / r.medianMs;
-    if (r.copyNowGbps !== undefined) r.pctOfBoundAtCopyNow = (100 * roofline(r, { ...ceil, copy: { ...ceil.copy, gbps: r.copyNowGbps } }).ms) / r.medianMs;
+    if (r.copyNowGbps !== undefined)
+      r.pctOfBoundAtCopyNow = (100 * roofline(r, { ...ceil, copy: { ...ceil.copy, gbps: r.copyNowGbps } }).ms) / r.medianMs;
   }
 }
 
@@ -212,7 +227,8 @@ export function rowName(op: string, c: LoraCase, strategy?: string): string {
 }
 
 function relErr(a: Float32Array, ref: Float32Array): number {
-  let num = 0, den = 0;
+  let num = 0,
+    den = 0;
   for (let i = 0; i < ref.length; i++) {
     num += (a[i]! - ref[i]!) ** 2;
     den += ref[i]! ** 2;
@@ -224,7 +240,8 @@ function relErr(a: Float32Array, ref: Float32Array): number {
 async function perAdapterLoop(backend: Backend, rep: Replica, x: Tensor, y: Tensor, rt: LoraRouting, c: LoraCase): Promise<void> {
   const { T, Hin, Hout } = c;
   const K = rt.K;
-  const slots = rt.host.slots, weight = rt.host.weight;
+  const slots = rt.host.slots,
+    weight = rt.host.weight;
   const lists = new Map<number, number[]>();
   for (let i = 0; i < T * K; i++) {
     const e = slots[i]!;
@@ -243,19 +260,25 @@ async function perAdapterLoop(backend: Backend, rep: Replica, x: Tensor, y: Tens
     const xt = backend.tensor(xe, [n, Hin]);
     const ve = matmul(xt, rep.perA![e]!); // [n, R]
     const ye = matmul(ve, rep.perB![e]!); // [n, H_out]
-    pending.push(ye.readFloat().then((r) => {
-      for (let j = 0; j < n; j++) {
-        const i = list[j]!;
-        const t = Math.floor(i / K);
-        const g = weight[i]! * SCALE;
-        const yo = t * Hout, ro = j * Hout;
-        for (let o = 0; o < Hout; o++) yh[yo + o]! += g * r[ro + o]!;
-      }
-    }).finally(() => {
-      xt.dispose();
-      ve.dispose();
-      ye.dispose();
-    }));
+    pending.push(
+      ye
+        .readFloat()
+        .then((r) => {
+          for (let j = 0; j < n; j++) {
+            const i = list[j]!;
+            const t = Math.floor(i / K);
+            const g = weight[i]! * SCALE;
+            const yo = t * Hout,
+              ro = j * Hout;
+            for (let o = 0; o < Hout; o++) yh[yo + o]! += g * r[ro + o]!;
+          }
+        })
+        .finally(() => {
+          xt.dispose();
+          ve.dispose();
+          ye.dispose();
+        }),
+    );
   }
   await Promise.all(pending);
   y.write(yh);
@@ -265,7 +288,8 @@ async function perAdapterLoop(backend: Backend, rep: Replica, x: Tensor, y: Tens
 async function maskedFullBatch(backend: Backend, rep: Replica, x: Tensor, y: Tensor, rt: LoraRouting, c: LoraCase): Promise<void> {
   const { T, R } = c;
   const K = rt.K;
-  const slots = rt.host.slots, weight = rt.host.weight;
+  const slots = rt.host.slots,
+    weight = rt.host.weight;
   const adapters = Array.from(rt.host.segAdapter);
   const vs = adapters.map((e) => matmul(x, rep.perA![e]!)); // [T, R] each, over all T tokens
   const vh = await Promise.all(vs.map((v) => v.readFloat()));
@@ -293,14 +317,20 @@ function weightBytesPerCall(c: LoraCase): number {
 }
 
 /** Runs every case; rows come back in order, errors are recorded as rows (a backend may lack a kernel). */
-export async function runLoraSuite(backend: Backend, cases: readonly LoraCase[], o: SuiteOptions): Promise<{ rows: Row[]; comparisons: Comparison[] }> {
+export async function runLoraSuite(
+  backend: Backend,
+  cases: readonly LoraCase[],
+  o: SuiteOptions,
+): Promise<{ rows: Row[]; comparisons: Comparison[] }> {
   const rows: Row[] = [];
   const comparisons: Comparison[] = [];
   const want = (name: string): boolean => !o.filter || o.filter.test(name);
   for (const c of cases) {
     // Row names carry the resolved strategy ('auto→sgmv'): try every name a row could get.
-    const names = (op: LoraOpName): string[] => (op === 'loraWeightGrad' ? [rowName(op, c)]
-      : o.strategies.flatMap((s) => (s === 'auto' ? ['auto→bgmv', 'auto→sgmv'] : [s]).map((r) => rowName(op, c, r))));
+    const names = (op: LoraOpName): string[] =>
+      op === 'loraWeightGrad'
+        ? [rowName(op, c)]
+        : o.strategies.flatMap((s) => (s === 'auto' ? ['auto→bgmv', 'auto→sgmv'] : [s]).map((r) => rowName(op, c, r)));
     const ops = c.ops.filter((op) => names(op).some(want));
     const baselines = c.baselines ? BASELINES.filter((b) => want(rowName(`baseline:${b}`, c))) : [];
     if (ops.length === 0 && baselines.length === 0) continue;
@@ -311,8 +341,13 @@ export async function runLoraSuite(backend: Backend, cases: readonly LoraCase[],
   return { rows, comparisons };
 }
 
-async function runCase(backend: Backend, c: LoraCase, ops: readonly LoraOpName[], baselines: readonly BaselineName[], o: SuiteOptions):
-  Promise<{ rows: Row[]; comparison?: Comparison }> {
+async function runCase(
+  backend: Backend,
+  c: LoraCase,
+  ops: readonly LoraOpName[],
+  baselines: readonly BaselineName[],
+  o: SuiteOptions,
+): Promise<{ rows: Row[]; comparison?: Comparison }> {
   const { Hin, Hout, R, T, distinct: L } = c;
   const K = 1;
   const setup0 = performance.now();
@@ -347,8 +382,22 @@ async function runCase(backend: Backend, c: LoraCase, ops: readonly LoraOpName[]
   const base = (op: LoraOpName | BaselineName, kind: Row['kind'], strategy: string): Row => {
     const w = workOf(op, c);
     return {
-      name: rowName(kind === 'baseline' ? `baseline:${op}` : op, c, strategy === '-' ? undefined : strategy), kind, op, dtype: c.dtype, Hin, Hout, R, T, K, distinct: L,
-      used: Math.min(T, L), strategy, replicas, bytes: w.bytes, flops: w.flops, bound: roofline(w, o.ceilings),
+      name: rowName(kind === 'baseline' ? `baseline:${op}` : op, c, strategy === '-' ? undefined : strategy),
+      kind,
+      op,
+      dtype: c.dtype,
+      Hin,
+      Hout,
+      R,
+      T,
+      K,
+      distinct: L,
+      used: Math.min(T, L),
+      strategy,
+      replicas,
+      bytes: w.bytes,
+      flops: w.flops,
+      bound: roofline(w, o.ceilings),
     };
   };
   const measure = async (row: Row, body: (rep: Replica) => void | Promise<void>): Promise<Row> => {
@@ -358,10 +407,14 @@ async function runCase(backend: Backend, c: LoraCase, ops: readonly LoraOpName[]
       let timing: Timing | undefined;
       for (let k = 0; k < (o.repeat ?? 1); k++) {
         const copyNow = await o.probe?.gbps();
-        const t = await time(row.name, async () => {
-          await body(reps[i++ % reps.length]!);
-          await backend.sync();
-        }, o.timing);
+        const t = await time(
+          row.name,
+          async () => {
+            await body(reps[i++ % reps.length]!);
+            await backend.sync();
+          },
+          o.timing,
+        );
         if (!timing || t.medianMs < timing.medianMs) {
           timing = t;
           row.copyNowGbps = copyNow;
@@ -370,9 +423,15 @@ async function runCase(backend: Backend, c: LoraCase, ops: readonly LoraOpName[]
       if (!timing) throw new Error('no measurement');
       const s = timing.medianMs * 1e-3;
       Object.assign(row, {
-        timing, medianMs: timing.medianMs, gbps: row.bytes / s / 1e9, gflops: row.flops / s / 1e9, pctOfBound: (100 * row.bound.ms) / timing.medianMs,
+        timing,
+        medianMs: timing.medianMs,
+        gbps: row.bytes / s / 1e9,
+        gflops: row.flops / s / 1e9,
+        pctOfBound: (100 * row.bound.ms) / timing.medianMs,
       });
-      o.log(`    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBound!.toFixed(0).padStart(4)}% of bound, copy now ${row.copyNowGbps?.toFixed(1) ?? 'n/a'} GB/s  (${((performance.now() - t0) / 1e3).toFixed(1)} s)`);
+      o.log(
+        `    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBound!.toFixed(0).padStart(4)}% of bound, copy now ${row.copyNowGbps?.toFixed(1) ?? 'n/a'} GB/s  (${((performance.now() - t0) / 1e3).toFixed(1)} s)`,
+      );
     } catch (e) {
       row.error = (e as Error).message.split('\n')[0];
       o.log(`    ${row.name.split(' ')[0]!.padEnd(16)} failed: ${row.error}`);
@@ -390,11 +449,21 @@ async function runCase(backend: Backend, c: LoraCase, ops: readonly LoraOpName[]
         const row = base(op, 'op', resolved);
         if (o.filter && !o.filter.test(row.name)) continue;
         switch (op) {
-          case 'loraShrink': await measure(row, (r) => void loraShrink(x, r.stack, rt, { out: v, strategy })); break;
-          case 'loraExpand': await measure(row, (r) => void loraExpand(y, v, r.stack, rt, { strategy })); break;
-          case 'loraApply': await measure(row, (r) => void loraApply(y, x, r.stack, rt, { v, strategy })); break;
-          case 'loraShrinkGrad': await measure(row, (r) => void loraShrinkGrad(dy, r.stack, rt, { out: dv, strategy })); break;
-          case 'loraInputGrad': await measure(row, (r) => void loraInputGrad(dv, r.stack, rt, { out: dx, strategy })); break;
+          case 'loraShrink':
+            await measure(row, (r) => void loraShrink(x, r.stack, rt, { out: v, strategy }));
+            break;
+          case 'loraExpand':
+            await measure(row, (r) => void loraExpand(y, v, r.stack, rt, { strategy }));
+            break;
+          case 'loraApply':
+            await measure(row, (r) => void loraApply(y, x, r.stack, rt, { v, strategy }));
+            break;
+          case 'loraShrinkGrad':
+            await measure(row, (r) => void loraShrinkGrad(dy, r.stack, rt, { out: dv, strategy }));
+            break;
+          case 'loraInputGrad':
+            await measure(row, (r) => void loraInputGrad(dv, r.stack, rt, { out: dx, strategy }));
+            break;
           case 'loraWeightGrad':
             for (const r of reps) {
               r.dA ??= keep(backend.empty([L, R, Hin]));
@@ -433,12 +502,15 @@ async function runCase(backend: Backend, c: LoraCase, ops: readonly LoraOpName[]
       o.log(`    (baseline check skipped: ${(e as Error).message.split('\n')[0]})`);
     }
     for (const b of baselines) {
-      const row = await measure(base(b, 'baseline', '-'), (r) => (b === 'loop' ? perAdapterLoop : maskedFullBatch)(backend, r, x, y, rt, c));
+      const row = await measure(base(b, 'baseline', '-'), (r) =>
+        (b === 'loop' ? perAdapterLoop : maskedFullBatch)(backend, r, x, y, rt, c),
+      );
       if (b === 'loop') cmp.loopMs = row.medianMs;
       else cmp.maskedMs = row.medianMs;
     }
-    const apply = rows.find((r) => r.op === 'loraApply' && r.medianMs !== undefined && r.strategy.startsWith('auto'))
-      ?? rows.find((r) => r.op === 'loraApply' && r.medianMs !== undefined);
+    const apply =
+      rows.find((r) => r.op === 'loraApply' && r.medianMs !== undefined && r.strategy.startsWith('auto')) ??
+      rows.find((r) => r.op === 'loraApply' && r.medianMs !== undefined);
     if (apply) {
       cmp.applyMs = apply.medianMs;
       if (cmp.loopMs !== undefined) cmp.speedupVsLoop = cmp.loopMs / apply.medianMs!;

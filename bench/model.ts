@@ -68,7 +68,10 @@ export interface ModelRow {
   replicas: number;
   prefill: { tokens: number; msSamples: number[]; ms: number; tokensPerS: number; addedMs?: number; vsNone?: number };
   decode: {
-    tokens: number; msSamples: number[]; ms: number; tokensPerS: number;
+    tokens: number;
+    msSamples: number[];
+    ms: number;
+    tokensPerS: number;
     /** Median step time minus that of the no-adapter row. */
     addedMs?: number;
     /** tokens/s relative to no adapters. */
@@ -84,10 +87,29 @@ export interface ModelRow {
 
 export function modelConfigJson(s: ModelShape): Record<string, unknown> {
   return {
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', attention_bias: false, attention_dropout: 0.0, bos_token_id: 1, eos_token_id: 2,
-    hidden_act: 'silu', hidden_size: s.hidden, initializer_range: 0.02, intermediate_size: s.intermediate, max_position_embeddings: 2048,
-    mlp_bias: false, num_attention_heads: s.heads, num_hidden_layers: s.layers, num_key_value_heads: s.kvHeads, pretraining_tp: 1,
-    rms_norm_eps: 1e-5, rope_scaling: null, rope_theta: 10000.0, tie_word_embeddings: true, torch_dtype: 'bfloat16', use_cache: true, vocab_size: s.vocab,
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    attention_bias: false,
+    attention_dropout: 0.0,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    hidden_act: 'silu',
+    hidden_size: s.hidden,
+    initializer_range: 0.02,
+    intermediate_size: s.intermediate,
+    max_position_embeddings: 2048,
+    mlp_bias: false,
+    num_attention_heads: s.heads,
+    num_hidden_layers: s.layers,
+    num_key_value_heads: s.kvHeads,
+    pretraining_tp: 1,
+    rms_norm_eps: 1e-5,
+    rope_scaling: null,
+    rope_theta: 10000.0,
+    tie_word_embeddings: true,
+    torch_dtype: 'bfloat16',
+    use_cache: true,
+    vocab_size: s.vocab,
   };
 }
 
@@ -117,7 +139,13 @@ function expertLayerBytes(cfg: ModelConfig, R: number): number {
 }
 
 /** Per-layer stacks with L adapters, `replicas` distinct copies cycled over the layers. */
-function makeStacks(backend: Backend, cfg: ModelConfig, L: number, R: number, replicas: number): { stacks: Partial<Record<LinearModule, LoraStack>>[]; dispose(): void } {
+function makeStacks(
+  backend: Backend,
+  cfg: ModelConfig,
+  L: number,
+  R: number,
+  replicas: number,
+): { stacks: Partial<Record<LinearModule, LoraStack>>[]; dispose(): void } {
   const owned: Tensor[] = [];
   const sets: Partial<Record<LinearModule, LoraStack>>[] = [];
   let seed = 5000 + L;
@@ -142,7 +170,9 @@ function makeStacks(backend: Backend, cfg: ModelConfig, L: number, R: number, re
   }
   return {
     stacks: Array.from({ length: cfg.numLayers }, (_, l) => sets[l % replicas]!),
-    dispose: () => { for (const t of owned) t.dispose(); },
+    dispose: () => {
+      for (const t of owned) t.dispose();
+    },
   };
 }
 
@@ -197,13 +227,22 @@ export async function runModelBench(backend: Backend, o: ModelBenchOptions): Pro
   const allRows = decSeq;
   const perExpert = expertLayerBytes(cfg, o.rank);
   const rows: ModelRow[] = [];
-  interface Setup { row: ModelRow; stacks: ReturnType<typeof makeStacks> | null; rts: LoraRouting[]; preLora?: LlamaLora; decLora?: LlamaLora }
+  interface Setup {
+    row: ModelRow;
+    stacks: ReturnType<typeof makeStacks> | null;
+    rts: LoraRouting[];
+    preLora?: LlamaLora;
+    decLora?: LlamaLora;
+  }
   const setups: Setup[] = [];
   try {
     for (const bundles of o.bundleCounts) {
       const L = bundles * 4;
       const row: ModelRow = {
-        bundles, L, expertsUsed: 0, replicas: 0,
+        bundles,
+        L,
+        expertsUsed: 0,
+        replicas: 0,
         prefill: { tokens: T, msSamples: [], ms: NaN, tokensPerS: NaN },
         decode: { tokens: seqs, msSamples: [], ms: NaN, tokensPerS: NaN, adapterBytes: 0 },
       };
@@ -258,7 +297,9 @@ export async function runModelBench(backend: Backend, o: ModelBenchOptions): Pro
         }
         if (!warm && !row.error) {
           const n = o.decodeSteps;
-          log(`  (${((performance.now() - t0) / 1e3).toFixed(0)} s) round ${round}, ${row.bundles} bundles: prefill ${row.prefill.msSamples.at(-1)!.toFixed(1)} ms, decode median ${median(row.decode.msSamples.slice(-n)).toFixed(1)} ms/step`);
+          log(
+            `  (${((performance.now() - t0) / 1e3).toFixed(0)} s) round ${round}, ${row.bundles} bundles: prefill ${row.prefill.msSamples.at(-1)!.toFixed(1)} ms, decode median ${median(row.decode.msSamples.slice(-n)).toFixed(1)} ms/step`,
+          );
         }
       }
     }
@@ -306,12 +347,17 @@ export async function runModelBench(backend: Backend, o: ModelBenchOptions): Pro
 }
 
 /** The default options of a run; quick: 4 layers and 8 decode steps; software WebGPU: a smaller model too. */
-export function modelBenchDefaults(backend: Backend, quick: boolean): { shape: ModelShape; decodeSteps: number; rounds: number; notes: string[] } {
+export function modelBenchDefaults(
+  backend: Backend,
+  quick: boolean,
+): { shape: ModelShape; decodeSteps: number; rounds: number; notes: string[] } {
   const notes: string[] = [];
   let shape = SMOLLM_135M;
   if (backend.kind === 'webgpu' && backend.info().software) {
     shape = { hidden: 192, intermediate: 512, layers: 4, heads: 3, kvHeads: 1, vocab: 8192 };
-    notes.push(`software WebGPU adapter: forced --quick with a smaller model (hidden ${shape.hidden}, intermediate ${shape.intermediate}, ${shape.layers} layers, ${shape.heads} heads, ${shape.kvHeads} KV head, head dim 64, vocab ${shape.vocab}, tied embeddings)`);
+    notes.push(
+      `software WebGPU adapter: forced --quick with a smaller model (hidden ${shape.hidden}, intermediate ${shape.intermediate}, ${shape.layers} layers, ${shape.heads} heads, ${shape.kvHeads} KV head, head dim 64, vocab ${shape.vocab}, tied embeddings)`,
+    );
     return { shape, decodeSteps: 4, rounds: 2, notes };
   }
   if (quick) {
@@ -331,24 +377,45 @@ const fmt = (x: number | undefined, d = 1): string => (x === undefined || !Numbe
 export function modelMarkdown(r: ModelBenchResult, o: { seqs: number; promptTokens: number; decodeSteps: number; dtype: string }): string {
   const s = r.shape;
   const md: string[] = [];
-  md.push(`## Model: LLaMA hidden ${s.hidden}, intermediate ${s.intermediate}, ${s.layers} layers, ${s.heads} heads / ${s.kvHeads} KV heads, vocab ${s.vocab}, tied (${(r.params / 1e6).toFixed(1)}M parameters, random ${o.dtype} weights)`, '');
-  md.push(`Batch: ${o.seqs} sequences; prefill ${o.seqs} × ${o.promptTokens} tokens packed; decode ${o.decodeSteps} steps of ${o.seqs} tokens with the KV cache, logits for all ${o.seqs}. MoTE bundles: 3 steps + shared, rank 16, all 7 linears, K = 2 [step, shared] weights [0.5, 0.5]. Copy bandwidth ${fmt(r.copy.gbps ?? undefined, 2)} GB/s.`, '');
-  md.push('| bundles | L | experts used | prefill tok/s | prefill ms | prefill × none | decode tok/s | decode ms/step | decode × none | added ms | adapter MB/step | bound ms | added / bound |');
+  md.push(
+    `## Model: LLaMA hidden ${s.hidden}, intermediate ${s.intermediate}, ${s.layers} layers, ${s.heads} heads / ${s.kvHeads} KV heads, vocab ${s.vocab}, tied (${(r.params / 1e6).toFixed(1)}M parameters, random ${o.dtype} weights)`,
+    '',
+  );
+  md.push(
+    `Batch: ${o.seqs} sequences; prefill ${o.seqs} × ${o.promptTokens} tokens packed; decode ${o.decodeSteps} steps of ${o.seqs} tokens with the KV cache, logits for all ${o.seqs}. MoTE bundles: 3 steps + shared, rank 16, all 7 linears, K = 2 [step, shared] weights [0.5, 0.5]. Copy bandwidth ${fmt(r.copy.gbps ?? undefined, 2)} GB/s.`,
+    '',
+  );
+  md.push(
+    '| bundles | L | experts used | prefill tok/s | prefill ms | prefill × none | decode tok/s | decode ms/step | decode × none | added ms | adapter MB/step | bound ms | added / bound |',
+  );
   md.push('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const w of r.rows) {
     if (w.error) {
       md.push(`| ${w.bundles} | ${w.L} | error: ${w.error} | | | | | | | | | | |`);
       continue;
     }
-    md.push(`| ${w.bundles} | ${w.L} | ${w.expertsUsed} | ${fmt(w.prefill.tokensPerS, 0)} | ${fmt(w.prefill.ms)} | ${fmt(w.prefill.vsNone, 2)} | ${fmt(w.decode.tokensPerS, 0)} | ${fmt(w.decode.ms)} | ${fmt(w.decode.vsNone, 2)} | ${fmt(w.decode.addedMs)} | ${fmt(w.decode.adapterBytes / 1e6)} | ${fmt(w.decode.boundMs)} | ${fmt(w.decode.ratio, 2)} |`);
+    md.push(
+      `| ${w.bundles} | ${w.L} | ${w.expertsUsed} | ${fmt(w.prefill.tokensPerS, 0)} | ${fmt(w.prefill.ms)} | ${fmt(w.prefill.vsNone, 2)} | ${fmt(w.decode.tokensPerS, 0)} | ${fmt(w.decode.ms)} | ${fmt(w.decode.vsNone, 2)} | ${fmt(w.decode.addedMs)} | ${fmt(w.decode.adapterBytes / 1e6)} | ${fmt(w.decode.boundMs)} | ${fmt(w.decode.ratio, 2)} |`,
+    );
   }
   md.push('');
   const t = r.targets;
   md.push('### Targets', '');
-  md.push(`- 4 distinct bundles: decode ${t.decode4VsNone === undefined ? 'not measured' : `${t.decode4VsNone.toFixed(2)}× the tokens/s of no adapters — ${t.decode4Met ? 'met' : 'not met'}`} (goal ≥ 0.8×)`);
-  md.push(`- 64 distinct bundles: added decode time ${t.decode64Ratio === undefined ? 'not measured' : `${t.decode64Ratio.toFixed(2)}× its physical bound — ${t.decode64Met ? 'met' : 'not met'}${t.decode64Ratio < 0.5 ? ' (far below the bound, which cannot be: the run-to-run noise is larger than the added time, so this is not resolved)' : ''}`} (goal ≤ 1.3×)`, '');
-  md.push('- bound: A/B bytes (f32, rank 16) of the distinct experts the decode batch uses, all layers and linears, read once per step, / copy bandwidth (read + write bytes per second) measured at the start and end of this suite (the higher used)');
-  md.push('- timing: performance.now() around forward + `await backend.sync()`; one warm-up round (prefill + 2 decode steps), then timed rounds, the rows interleaved round by round; medians over all timed prefills / decode steps');
-  md.push('- adapter weights: per-layer stacks replicated and cycled over the layers until the experts used span ≥ 2.5 × last-level cache, so they are read from memory');
+  md.push(
+    `- 4 distinct bundles: decode ${t.decode4VsNone === undefined ? 'not measured' : `${t.decode4VsNone.toFixed(2)}× the tokens/s of no adapters — ${t.decode4Met ? 'met' : 'not met'}`} (goal ≥ 0.8×)`,
+  );
+  md.push(
+    `- 64 distinct bundles: added decode time ${t.decode64Ratio === undefined ? 'not measured' : `${t.decode64Ratio.toFixed(2)}× its physical bound — ${t.decode64Met ? 'met' : 'not met'}${t.decode64Ratio < 0.5 ? ' (far below the bound, which cannot be: the run-to-run noise is larger than the added time, so this is not resolved)' : ''}`} (goal ≤ 1.3×)`,
+    '',
+  );
+  md.push(
+    '- bound: A/B bytes (f32, rank 16) of the distinct experts the decode batch uses, all layers and linears, read once per step, / copy bandwidth (read + write bytes per second) measured at the start and end of this suite (the higher used)',
+  );
+  md.push(
+    '- timing: performance.now() around forward + `await backend.sync()`; one warm-up round (prefill + 2 decode steps), then timed rounds, the rows interleaved round by round; medians over all timed prefills / decode steps',
+  );
+  md.push(
+    '- adapter weights: per-layer stacks replicated and cycled over the layers until the experts used span ≥ 2.5 × last-level cache, so they are read from memory',
+  );
   return md.join('\n');
 }

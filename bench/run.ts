@@ -85,10 +85,19 @@ function parse() {
     if (!Number.isSafeInteger(n) || n <= 0) fail(`--${name}: expected a positive integer, got ${v}`);
     return n;
   };
-  const strategies: StrategyChoice[] = values.strategy === 'all' ? ['bgmv', 'sgmv']
-    : ['auto', 'bgmv', 'sgmv'].includes(values.strategy!) ? [values.strategy as StrategyChoice]
-      : fail(`--strategy: expected auto, bgmv, sgmv or all, got ${values.strategy}`);
-  const dtypes = values.dtypes === undefined ? undefined : values.dtypes.split(',').map((s) => s.trim()).filter(Boolean);
+  const strategies: StrategyChoice[] =
+    values.strategy === 'all'
+      ? ['bgmv', 'sgmv']
+      : ['auto', 'bgmv', 'sgmv'].includes(values.strategy!)
+        ? [values.strategy as StrategyChoice]
+        : fail(`--strategy: expected auto, bgmv, sgmv or all, got ${values.strategy}`);
+  const dtypes =
+    values.dtypes === undefined
+      ? undefined
+      : values.dtypes
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
   for (const d of dtypes ?? []) if (!['f32', 'f16', 'bf16'].includes(d)) fail(`--dtypes: expected f16, bf16 or f32 entries, got ${d}`);
   let filter: RegExp | undefined;
   try {
@@ -96,13 +105,27 @@ function parse() {
   } catch (e) {
     fail(`--filter: ${(e as Error).message}`);
   }
-  if (!['lora', 'model', 'train', 'serve', 'all'].includes(values.suite!)) fail(`--suite: expected lora, model, train, serve or all, got ${values.suite}`);
+  if (!['lora', 'model', 'train', 'serve', 'all'].includes(values.suite!))
+    fail(`--suite: expected lora, model, train, serve or all, got ${values.suite}`);
   if (!['f32', 'bf16'].includes(values.dtype!)) fail(`--dtype: expected f32 or bf16, got ${values.dtype}`);
   const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
-    backend, suite: values.suite as 'lora' | 'model' | 'train' | 'serve' | 'all', baseline: !values['no-baseline'], modelDType: values.dtype as 'f32' | 'bf16', quick: values.quick!, full: values.full!, filter, hidden: int('hidden', values.hidden), strategies,
-    dtypes: dtypes as WeightDType[] | undefined, maxTime, threads: int('threads', values.threads), coldMiB: int('cold-mib', values['cold-mib']), repeat: int('repeat', values.repeat) ?? 1, out: values.out,
+    backend,
+    suite: values.suite as 'lora' | 'model' | 'train' | 'serve' | 'all',
+    baseline: !values['no-baseline'],
+    modelDType: values.dtype as 'f32' | 'bf16',
+    quick: values.quick!,
+    full: values.full!,
+    filter,
+    hidden: int('hidden', values.hidden),
+    strategies,
+    dtypes: dtypes as WeightDType[] | undefined,
+    maxTime,
+    threads: int('threads', values.threads),
+    coldMiB: int('cold-mib', values['cold-mib']),
+    repeat: int('repeat', values.repeat) ?? 1,
+    out: values.out,
   };
 }
 
@@ -127,13 +150,30 @@ interface Targets {
 function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
   const ops = rows.filter((r) => r.kind === 'op' && r.pctOfBound !== undefined);
   const t: Targets = {
-    rowsBelowHalfBound: ops.filter((r) => r.pctOfBound! < 50).sort((a, b) => a.pctOfBound! - b.pctOfBound!).map((r) => `${r.name} (${r.pctOfBound!.toFixed(0)}%)`),
+    rowsBelowHalfBound: ops
+      .filter((r) => r.pctOfBound! < 50)
+      .sort((a, b) => a.pctOfBound! - b.pctOfBound!)
+      .map((r) => `${r.name} (${r.pctOfBound!.toFixed(0)}%)`),
     rowsMeasured: ops.length,
-    slowerThanLoop: cmps.filter((c) => c.speedupVsLoop !== undefined && c.speedupVsLoop < 1)
+    slowerThanLoop: cmps
+      .filter((c) => c.speedupVsLoop !== undefined && c.speedupVsLoop < 1)
       .map((c) => `Hout=${c.Hout} T=${c.T} d=${c.distinct} (${c.speedupVsLoop!.toFixed(2)}×)`),
   };
-  const a = rows.find((r) => r.op === 'loraApply' && r.dtype === 'f32' && r.T === 64 && r.distinct === 64 && r.Hout === r.Hin && r.R === 16 && r.gbps !== undefined && r.strategy.startsWith('auto'))
-    ?? rows.find((r) => r.op === 'loraApply' && r.dtype === 'f32' && r.T === 64 && r.distinct === 64 && r.Hout === r.Hin && r.gbps !== undefined);
+  const a =
+    rows.find(
+      (r) =>
+        r.op === 'loraApply' &&
+        r.dtype === 'f32' &&
+        r.T === 64 &&
+        r.distinct === 64 &&
+        r.Hout === r.Hin &&
+        r.R === 16 &&
+        r.gbps !== undefined &&
+        r.strategy.startsWith('auto'),
+    ) ??
+    rows.find(
+      (r) => r.op === 'loraApply' && r.dtype === 'f32' && r.T === 64 && r.distinct === 64 && r.Hout === r.Hin && r.gbps !== undefined,
+    );
   if (a && ceil.copy.gbps) t.applyT64d64PctOfCopy = (100 * a.gbps!) / ceil.copy.gbps;
   const sp = cmps.map((c) => c.speedupVsLoop).filter((x): x is number => x !== undefined);
   if (sp.length) t.minSpeedupVsLoop = Math.min(...sp);
@@ -170,19 +210,33 @@ async function runServe(args: Args, backend: Backend): Promise<void> {
   const loadBefore = loadavg();
   const opts: ServeBenchOptions = {
     adapterCounts: args.quick ? [1, 16] : args.full ? [1, 16, 256, 1000] : [1, 16, 256],
-    requests: args.quick ? 32 : 128, promptTokens: 16, newTokens: 32, rate: 0, maxSequences: 64, log,
+    requests: args.quick ? 32 : 128,
+    promptTokens: 16,
+    newTokens: 32,
+    rate: 0,
+    maxSequences: 64,
+    log,
   };
   log(`bench: serve suite on ${backend.kind} — ${info.device}${args.quick ? ' (quick)' : ''}`);
   const r = await runServeBench(backend, opts);
   const doc = {
-    suite: 'serve', backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
-    cpus: cpus().length, loadavg: { before: loadBefore, after: loadavg() }, options: { ...opts, log: undefined }, result: r,
+    suite: 'serve',
+    backend: info,
+    date: new Date().toISOString(),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    cpus: cpus().length,
+    loadavg: { before: loadBefore, after: loadavg() },
+    options: { ...opts, log: undefined },
+    result: r,
   };
   const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${args.quick ? '.quick' : ''}.serve.json`));
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(`${out}.tmp`, jsonText(doc));
   renameSync(`${out}.tmp`, out);
-  process.stdout.write(`# mote serving benchmark: ${backend.kind} (${info.device}), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${serveMarkdown(r, opts)}\n`);
+  process.stdout.write(
+    `# mote serving benchmark: ${backend.kind} (${info.device}), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${serveMarkdown(r, opts)}\n`,
+  );
   log(`bench: wrote ${out}`);
 }
 
@@ -204,8 +258,15 @@ async function runTrain(args: Args, backend: Backend): Promise<void> {
     } else r.baselineError = b.error;
   } else r.baselineError = 'skipped (--no-baseline)';
   const doc = {
-    suite: 'train', backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
-    cpus: cpus().length, loadavg: { before: loadBefore, after: loadavg() }, notes: d.notes, result: r,
+    suite: 'train',
+    backend: info,
+    date: new Date().toISOString(),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    cpus: cpus().length,
+    loadavg: { before: loadBefore, after: loadavg() },
+    notes: d.notes,
+    result: r,
   };
   const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.train.json`));
   mkdirSync(dirname(out), { recursive: true });
@@ -225,29 +286,63 @@ async function runModel(args: Args, backend: Backend): Promise<void> {
   log(`bench: model suite on ${backend.kind} — ${info.device}${quick ? ' (quick)' : ''}`);
   for (const n of d.notes) log(`bench: ${n}`);
   const opts = {
-    shape: d.shape, dtype: args.modelDType, seqs: 64, promptTokens: 32, decodeSteps: d.decodeSteps, rounds: args.repeat > 1 ? args.repeat : d.rounds,
-    bundleCounts: [0, 1, 4, 64], rank: 16, coldBytes: args.coldMiB !== undefined ? args.coldMiB * 2 ** 20 : coldBytesFor(backend),
-    copyTiming: { maxTime: 1, minSamples: 5, warmup: 2 }, log,
+    shape: d.shape,
+    dtype: args.modelDType,
+    seqs: 64,
+    promptTokens: 32,
+    decodeSteps: d.decodeSteps,
+    rounds: args.repeat > 1 ? args.repeat : d.rounds,
+    bundleCounts: [0, 1, 4, 64],
+    rank: 16,
+    coldBytes: args.coldMiB !== undefined ? args.coldMiB * 2 ** 20 : coldBytesFor(backend),
+    copyTiming: { maxTime: 1, minSamples: 5, warmup: 2 },
+    log,
   };
   const r = await runModelBench(backend, opts);
   const seconds = (Date.now() - started) / 1e3;
   const load = { before: loadBefore, after: loadavg(), cores: cpus().length };
   const notes = [...d.notes];
   if (load.before[0]! > 0.5 * load.cores) {
-    notes.push(`the machine was busy when the run started (load average ${load.before.map((x) => x.toFixed(2)).join(', ')}, ${load.cores} cores; ${load.after.map((x) => x.toFixed(2)).join(', ')} at the end, this run included): figures may be low`);
+    notes.push(
+      `the machine was busy when the run started (load average ${load.before.map((x) => x.toFixed(2)).join(', ')}, ${load.cores} cores; ${load.after.map((x) => x.toFixed(2)).join(', ')} at the end, this run included): figures may be low`,
+    );
   }
   const result = {
-    suite: 'model', backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
-    args: { quick, dtype: args.modelDType, seqs: opts.seqs, promptTokens: opts.promptTokens, decodeSteps: opts.decodeSteps, rounds: opts.rounds, bundleCounts: opts.bundleCounts, rank: opts.rank, coldBytes: opts.coldBytes },
-    notes, seconds, load, ...r,
+    suite: 'model',
+    backend: info,
+    date: new Date().toISOString(),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    args: {
+      quick,
+      dtype: args.modelDType,
+      seqs: opts.seqs,
+      promptTokens: opts.promptTokens,
+      decodeSteps: opts.decodeSteps,
+      rounds: opts.rounds,
+      bundleCounts: opts.bundleCounts,
+      rank: opts.rank,
+      coldBytes: opts.coldBytes,
+    },
+    notes,
+    seconds,
+    load,
+    ...r,
   };
-  const out = resolve(args.suite === 'model' && args.out ? args.out : join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.model.json`));
+  const out = resolve(
+    args.suite === 'model' && args.out
+      ? args.out
+      : join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.model.json`),
+  );
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(`${out}.tmp`, `${JSON.stringify(result, null, 1)}\n`);
   renameSync(`${out}.tmp`, out);
   const threads = info.details.threads !== undefined ? `, ${info.details.threads} threads` : '';
   const md: string[] = [`# mote model benchmark: ${backend.kind} (${info.device}${threads})`, ''];
-  md.push(`${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, ${seconds.toFixed(0)} s, load average ${load.before.map((x) => x.toFixed(2)).join(' ')} (start) / ${load.after.map((x) => x.toFixed(2)).join(' ')} (end), ${load.cores} cores. Results: ${out}`, '');
+  md.push(
+    `${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, ${seconds.toFixed(0)} s, load average ${load.before.map((x) => x.toFixed(2)).join(' ')} (start) / ${load.after.map((x) => x.toFixed(2)).join(' ')} (end), ${load.cores} cores. Results: ${out}`,
+    '',
+  );
   for (const n of notes) md.push(`> ${n}`, '');
   md.push(modelMarkdown(r, { seqs: opts.seqs, promptTokens: opts.promptTokens, decodeSteps: opts.decodeSteps, dtype: args.modelDType }));
   process.stdout.write(`${md.join('\n')}\n`);
@@ -279,15 +374,25 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   const ceilingRun = async (when: string): Promise<Ceilings> => {
     log(`ceilings (${when})…`);
     const c = await measureCeilings(backend, ceilingTiming);
-    log(`  (${((Date.now() - started) / 1e3).toFixed(1)} s) copy ${fmt(c.copy.gbps ?? undefined)} GB/s${c.copy.reason ? ` (${c.copy.reason})` : ''}, matmul ${fmt(c.flops.gflops)} GFLOP/s, read ${fmt(c.read?.gbps)} GB/s, sync ${fmtMs(c.syncMs)} ms, call ${fmtMs(c.callMs)} ms`);
+    log(
+      `  (${((Date.now() - started) / 1e3).toFixed(1)} s) copy ${fmt(c.copy.gbps ?? undefined)} GB/s${c.copy.reason ? ` (${c.copy.reason})` : ''}, matmul ${fmt(c.flops.gflops)} GFLOP/s, read ${fmt(c.read?.gbps)} GB/s, sync ${fmtMs(c.syncMs)} ms, call ${fmtMs(c.callMs)} ms`,
+    );
     return c;
   };
   const first = await ceilingRun('start');
   log('lora suites…');
   const cases = loraCases({ quick, Hin, Houts, extraDTypes });
   const probe = await CopyProbe.open(backend);
-  const { rows, comparisons } = await runLoraSuite(backend, cases, { timing, ceilings: first, coldBytes, strategies: args.strategies, filter: args.filter, probe, repeat: args.repeat, log })
-    .finally(() => probe.dispose());
+  const { rows, comparisons } = await runLoraSuite(backend, cases, {
+    timing,
+    ceilings: first,
+    coldBytes,
+    strategies: args.strategies,
+    filter: args.filter,
+    probe,
+    repeat: args.repeat,
+    log,
+  }).finally(() => probe.dispose());
   const last = await ceilingRun('end');
   const ceilingRuns = [first, last];
   const ceilings = bestCeilings(ceilingRuns);
@@ -297,26 +402,46 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   const load = { before: loadBefore, after: loadavg()[0]!, cores: cpus().length };
   // The load after the run includes this run's own threads; only the load before says who else was there.
   if (load.before > 0.5 * load.cores) {
-    notes.push(`the machine was busy when the run started (1-minute load average ${load.before.toFixed(1)}, ${load.cores} cores; ${load.after.toFixed(1)} at the end, this run included): figures may be low`);
+    notes.push(
+      `the machine was busy when the run started (1-minute load average ${load.before.toFixed(1)}, ${load.cores} cores; ${load.after.toFixed(1)} at the end, this run included): figures may be low`,
+    );
   }
 
   const method = {
-    timer: 'benchmark.js 2.1.4, defer: true; every call ends with `await backend.sync()`; figure = median of benchmark.js samples (each the mean of `count` back-to-back calls)',
+    timer:
+      'benchmark.js 2.1.4, defer: true; every call ends with `await backend.sync()`; figure = median of benchmark.js samples (each the mean of `count` back-to-back calls)',
     timing,
     warmColdPolicy: `weights (A, B, per-adapter tensors, dA/dB) are replicated, and calls cycle through the copies, until the weights one op touches in a cycle (A alone for shrink and inputGrad, B alone for expand and shrinkGrad) exceed ${(coldBytes / 2 ** 20).toFixed(0)} MiB (${args.coldMiB !== undefined ? '--cold-mib' : '2.5 × last-level cache'}), so they are read from memory as in a real model; activations (x, y, v, dy, dv, dx) are shared and may stay in cache`,
-    bytes: 'A/B rows of the adapters used up to their rank + x + y (read and written where accumulated) + v, each once; weightGrad: x, dy, v, dv read, dA, dB (f32) written',
+    bytes:
+      'A/B rows of the adapters used up to their rank + x + y (read and written where accumulated) + v, each once; weightGrad: x, dy, v, dv read, dA, dB (f32) written',
     flops: '2·T·K·r·H per shrink or expand (apply and weightGrad: both)',
-    roofline: 'bound = max(bytes / copy bandwidth, flops / matmul FLOP rate); ceilings measured at the start and at the end of this run (median of each), the higher of the two is used; % of bound = bound time / median time',
-    copyNow: 'a 64 MiB copy (median of 5, timed by hand) just before each row; on a shared machine it shows the bandwidth left when the row ran (the JSON also has pctOfBoundAtCopyNow)',
-    routing: 'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T)',
+    roofline:
+      'bound = max(bytes / copy bandwidth, flops / matmul FLOP rate); ceilings measured at the start and at the end of this run (median of each), the higher of the two is used; % of bound = bound time / median time',
+    copyNow:
+      'a 64 MiB copy (median of 5, timed by hand) just before each row; on a shared machine it shows the bandwidth left when the row ran (the JSON also has pctOfBoundAtCopyNow)',
+    routing:
+      'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T)',
     baselines: {
       loop: 'per adapter: read x and y to the host, gather its rows, upload, matmul(x_e, A_e) then matmul(·, B_e), read back, scatter-add ·scale·weight, write y back (host time counted)',
-      masked: 'per adapter: matmul(x, A_e) over all T tokens, read back, zero rows of other adapters (host mask, ·scale·weight), upload, matmul(·, B_e) accumulated into y over all T tokens',
+      masked:
+        'per adapter: matmul(x, A_e) over all T tokens, read back, zero rows of other adapters (host mask, ·scale·weight), upload, matmul(·, B_e) accumulated into y over all T tokens',
     },
   };
   const result = {
-    backend: info, date: new Date().toISOString(), node: process.version, platform: `${process.platform} ${process.arch}`,
-    args: { ...args, filter: args.filter?.source, quick, Hin, Houts, extraDTypes }, notes, seconds, load, method, ceilings, ceilingRuns, targets: tg, rows, comparisons,
+    backend: info,
+    date: new Date().toISOString(),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    args: { ...args, filter: args.filter?.source, quick, Hin, Houts, extraDTypes },
+    notes,
+    seconds,
+    load,
+    method,
+    ceilings,
+    ceilingRuns,
+    targets: tg,
+    rows,
+    comparisons,
   };
   const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.json`));
   mkdirSync(dirname(out), { recursive: true });
@@ -327,55 +452,169 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   const threads = info.details.threads !== undefined ? `, ${info.details.threads} threads` : '';
   const md: string[] = [];
   md.push(`# mote multi-LoRA benchmark: ${backend.kind} (${info.device}${threads})`, '');
-  md.push(`${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, H_in = ${Hin}, r = 16, ${seconds.toFixed(0)} s. Results: ${out}`, '');
+  md.push(
+    `${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, H_in = ${Hin}, r = 16, ${seconds.toFixed(0)} s. Results: ${out}`,
+    '',
+  );
   for (const n of notes) md.push(`> ${n}`, '');
   md.push('## Ceilings (same run, same backend)', '');
   const c = ceilings;
   const gb = (x: number | null): string => (x === null ? 'n/a' : `${fmt(x)} GB/s`);
-  md.push(table(['ceiling', 'used', 'start: median / best sample', 'end: median / best sample', 'how'], [
-    ['copy bandwidth', gb(c.copy.gbps), `${gb(first.copy.gbps)} / ${gb(first.copy.bestGbps)}`, `${gb(last.copy.gbps)} / ${gb(last.copy.bestGbps)}`, c.copy.reason ?? c.copy.method],
-    ['FLOP rate', `${fmt(c.flops.gflops)} GFLOP/s`, `${fmt(first.flops.gflops)} / ${fmt(first.flops.bestGflops)} GFLOP/s`, `${fmt(last.flops.gflops)} / ${fmt(last.flops.bestGflops)} GFLOP/s`, c.flops.method],
-    ['read rate (GEMV)', c.read ? gb(c.read.gbps) : 'n/a', first.read ? gb(first.read.gbps) : 'n/a', last.read ? gb(last.read.gbps) : 'n/a', c.read ? `${c.read.method}: streaming reads without writes, informative (not in the roofline); read-mostly LoRA ops can pass copy bandwidth up to about this` : 'not measured on webgpu: its matmul is tiled for throughput, not a streaming GEMV'],
-    ['sync round trip', `${fmtMs(c.syncMs)} ms`, `${fmtMs(first.syncMs)} ms`, `${fmtMs(last.syncMs)} ms`, 'median of `await backend.sync()` alone: the per-call floor of this harness (not in the roofline)'],
-    ['op call floor', `${fmtMs(c.callMs)} ms`, `${fmtMs(first.callMs)} ms`, `${fmtMs(last.callMs)} ms`, 'median of loraApply at T = 1, H = 64, r = 16 (checks, routing, launch, sync): what the smallest rows pay on top of their bytes (not in the roofline)'],
-  ]), '');
+  md.push(
+    table(
+      ['ceiling', 'used', 'start: median / best sample', 'end: median / best sample', 'how'],
+      [
+        [
+          'copy bandwidth',
+          gb(c.copy.gbps),
+          `${gb(first.copy.gbps)} / ${gb(first.copy.bestGbps)}`,
+          `${gb(last.copy.gbps)} / ${gb(last.copy.bestGbps)}`,
+          c.copy.reason ?? c.copy.method,
+        ],
+        [
+          'FLOP rate',
+          `${fmt(c.flops.gflops)} GFLOP/s`,
+          `${fmt(first.flops.gflops)} / ${fmt(first.flops.bestGflops)} GFLOP/s`,
+          `${fmt(last.flops.gflops)} / ${fmt(last.flops.bestGflops)} GFLOP/s`,
+          c.flops.method,
+        ],
+        [
+          'read rate (GEMV)',
+          c.read ? gb(c.read.gbps) : 'n/a',
+          first.read ? gb(first.read.gbps) : 'n/a',
+          last.read ? gb(last.read.gbps) : 'n/a',
+          c.read
+            ? `${c.read.method}: streaming reads without writes, informative (not in the roofline); read-mostly LoRA ops can pass copy bandwidth up to about this`
+            : 'not measured on webgpu: its matmul is tiled for throughput, not a streaming GEMV',
+        ],
+        [
+          'sync round trip',
+          `${fmtMs(c.syncMs)} ms`,
+          `${fmtMs(first.syncMs)} ms`,
+          `${fmtMs(last.syncMs)} ms`,
+          'median of `await backend.sync()` alone: the per-call floor of this harness (not in the roofline)',
+        ],
+        [
+          'op call floor',
+          `${fmtMs(c.callMs)} ms`,
+          `${fmtMs(first.callMs)} ms`,
+          `${fmtMs(last.callMs)} ms`,
+          'median of loraApply at T = 1, H = 64, r = 16 (checks, routing, launch, sync): what the smallest rows pay on top of their bytes (not in the roofline)',
+        ],
+      ],
+    ),
+    '',
+  );
   md.push('## LoRA ops', '');
-  md.push(table(['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound', 'copy now GB/s'],
-    rows.filter((r) => r.kind === 'op').map((r) => [
-      r.op, r.dtype, String(r.Hout), String(r.T), String(r.distinct), r.strategy, r.error ? `error: ${r.error}` : fmtMs(r.medianMs),
-      fmt(r.gbps), fmt(r.gflops), fmtMs(r.bound.ms), r.bound.limit, r.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`, fmt(r.copyNowGbps, 1),
-    ])), '');
+  md.push(
+    table(
+      ['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound', 'copy now GB/s'],
+      rows
+        .filter((r) => r.kind === 'op')
+        .map((r) => [
+          r.op,
+          r.dtype,
+          String(r.Hout),
+          String(r.T),
+          String(r.distinct),
+          r.strategy,
+          r.error ? `error: ${r.error}` : fmtMs(r.medianMs),
+          fmt(r.gbps),
+          fmt(r.gflops),
+          fmtMs(r.bound.ms),
+          r.bound.limit,
+          r.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`,
+          fmt(r.copyNowGbps, 1),
+        ]),
+    ),
+    '',
+  );
   if (comparisons.length) {
     md.push('## Fused loraApply vs the baselines users would run', '');
     const base = new Map(rows.filter((r) => r.kind === 'baseline').map((r) => [r.name, r]));
-    md.push(table(['H_out', 'T', 'adapters', 'loraApply ms', 'loop ms', 'masked ms', '× vs loop', '× vs masked', 'loop % of bound', 'masked % of bound', 'rel err loop / masked'],
-      comparisons.map((m) => {
-        const b = (k: string): Row | undefined => base.get(`baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R} T=${m.T} d=${m.distinct}`);
-        const pct = (r: Row | undefined): string => (r?.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`);
-        return [String(m.Hout), String(m.T), String(m.distinct), fmtMs(m.applyMs), fmtMs(m.loopMs), fmtMs(m.maskedMs), fmt(m.speedupVsLoop), fmt(m.speedupVsMasked),
-          pct(b('loop')), pct(b('masked')), `${m.relErrLoop?.toExponential(1) ?? 'n/a'} / ${m.relErrMasked?.toExponential(1) ?? 'n/a'}`];
-      })), '');
+    md.push(
+      table(
+        [
+          'H_out',
+          'T',
+          'adapters',
+          'loraApply ms',
+          'loop ms',
+          'masked ms',
+          '× vs loop',
+          '× vs masked',
+          'loop % of bound',
+          'masked % of bound',
+          'rel err loop / masked',
+        ],
+        comparisons.map((m) => {
+          const b = (k: string): Row | undefined =>
+            base.get(`baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R} T=${m.T} d=${m.distinct}`);
+          const pct = (r: Row | undefined): string => (r?.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`);
+          return [
+            String(m.Hout),
+            String(m.T),
+            String(m.distinct),
+            fmtMs(m.applyMs),
+            fmtMs(m.loopMs),
+            fmtMs(m.maskedMs),
+            fmt(m.speedupVsLoop),
+            fmt(m.speedupVsMasked),
+            pct(b('loop')),
+            pct(b('masked')),
+            `${m.relErrLoop?.toExponential(1) ?? 'n/a'} / ${m.relErrMasked?.toExponential(1) ?? 'n/a'}`,
+          ];
+        }),
+      ),
+      '',
+    );
   }
   md.push('## Per op: % of roofline bound over the shapes above', '');
   const byOp = new Map<string, Row[]>();
-  for (const r of rows) if (r.kind === 'op' && r.pctOfBound !== undefined) (byOp.get(`${r.op} ${r.dtype}`) ?? byOp.set(`${r.op} ${r.dtype}`, []).get(`${r.op} ${r.dtype}`)!).push(r);
-  md.push(table(['op', 'shapes', 'worst', 'median', 'best', 'worst shape'], [...byOp].map(([k, rs]) => {
-    const sorted = [...rs].sort((a, b) => a.pctOfBound! - b.pctOfBound!);
-    const pct = (r: Row): string => `${r.pctOfBound!.toFixed(0)}%`;
-    const w = sorted[0]!;
-    return [k, String(rs.length), pct(w), `${median(rs.map((r) => r.pctOfBound!)).toFixed(0)}%`, pct(sorted[sorted.length - 1]!), `H_out ${w.Hout}, T ${w.T}, ${w.distinct} adapters`];
-  })), '');
+  for (const r of rows)
+    if (r.kind === 'op' && r.pctOfBound !== undefined)
+      (byOp.get(`${r.op} ${r.dtype}`) ?? byOp.set(`${r.op} ${r.dtype}`, []).get(`${r.op} ${r.dtype}`)!).push(r);
+  md.push(
+    table(
+      ['op', 'shapes', 'worst', 'median', 'best', 'worst shape'],
+      [...byOp].map(([k, rs]) => {
+        const sorted = [...rs].sort((a, b) => a.pctOfBound! - b.pctOfBound!);
+        const pct = (r: Row): string => `${r.pctOfBound!.toFixed(0)}%`;
+        const w = sorted[0]!;
+        return [
+          k,
+          String(rs.length),
+          pct(w),
+          `${median(rs.map((r) => r.pctOfBound!)).toFixed(0)}%`,
+          pct(sorted[sorted.length - 1]!),
+          `H_out ${w.Hout}, T ${w.T}, ${w.distinct} adapters`,
+        ];
+      }),
+    ),
+    '',
+  );
   md.push('## Targets', '');
-  md.push(`- fused loraApply, T = 64, 64 adapters, H_out = H_in, r = 16: ${tg.applyT64d64PctOfCopy === undefined ? 'not measured' : `${tg.applyT64d64PctOfCopy.toFixed(0)}% of copy bandwidth`} (goal ≥ 60%)`);
+  md.push(
+    `- fused loraApply, T = 64, 64 adapters, H_out = H_in, r = 16: ${tg.applyT64d64PctOfCopy === undefined ? 'not measured' : `${tg.applyT64d64PctOfCopy.toFixed(0)}% of copy bandwidth`} (goal ≥ 60%)`,
+  );
   const below = tg.rowsBelowHalfBound;
-  md.push(`- op rows at ≥ 50% of their roofline bound: ${tg.rowsMeasured - below.length} of ${tg.rowsMeasured}${below.length ? `; below: ${below.slice(0, 8).join(', ')}${below.length > 8 ? ` and ${below.length - 8} more (targets.rowsBelowHalfBound in the JSON)` : ''}` : ''}`);
-  md.push(`- loraApply vs per-adapter loop: smallest speedup ${fmt(tg.minSpeedupVsLoop)}×${tg.slowerThanLoop.length ? `; slower at ${tg.slowerThanLoop.join(', ')}` : ''} (goal: never slower)`, '');
+  md.push(
+    `- op rows at ≥ 50% of their roofline bound: ${tg.rowsMeasured - below.length} of ${tg.rowsMeasured}${below.length ? `; below: ${below.slice(0, 8).join(', ')}${below.length > 8 ? ` and ${below.length - 8} more (targets.rowsBelowHalfBound in the JSON)` : ''}` : ''}`,
+  );
+  md.push(
+    `- loraApply vs per-adapter loop: smallest speedup ${fmt(tg.minSpeedupVsLoop)}×${tg.slowerThanLoop.length ? `; slower at ${tg.slowerThanLoop.join(', ')}` : ''} (goal: never slower)`,
+    '',
+  );
   md.push('## Method', '');
-  md.push(`- timing: ${method.timer}; max ${timing.maxTime} s and at least ${timing.minSamples} samples per row, ${timing.warmup} untimed warm-up calls${args.repeat > 1 ? `; every row measured ${args.repeat} times, the fastest median kept (--repeat)` : ''}`);
+  md.push(
+    `- timing: ${method.timer}; max ${timing.maxTime} s and at least ${timing.minSamples} samples per row, ${timing.warmup} untimed warm-up calls${args.repeat > 1 ? `; every row measured ${args.repeat} times, the fastest median kept (--repeat)` : ''}`,
+  );
   md.push(`- cache: ${method.warmColdPolicy}`);
   md.push(`- bytes: ${method.bytes}; flops: ${method.flops}`);
   md.push(`- roofline: ${method.roofline}`);
-  md.push(`- above 100% of bound: the bound is not tight there. Compute-bound rows: our matmul, the FLOP ceiling, is slower than the LoRA kernel at that shape; memory-bound rows: the LoRA ops mostly read, and reads stream faster than a copy (see the read rate)`);
+  md.push(
+    `- above 100% of bound: the bound is not tight there. Compute-bound rows: our matmul, the FLOP ceiling, is slower than the LoRA kernel at that shape; memory-bound rows: the LoRA ops mostly read, and reads stream faster than a copy (see the read rate)`,
+  );
   md.push(`- copy now: ${method.copyNow}`);
   md.push(`- routing: ${method.routing}`);
   md.push(`- baseline loop: ${method.baselines.loop}`);

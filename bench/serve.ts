@@ -96,7 +96,10 @@ export async function runServeBench(backend: Backend, o: ServeBenchOptions): Pro
       const runs = [...o.adapterCounts.map((n) => ({ n, budget: 1 })), ...(maxN >= 16 ? [{ n: maxN, budget: 0.25 }] : [])];
       let fullBytes = 0;
       for (const { n, budget } of runs) {
-        const engine = new Engine(model, { maxSequences: o.maxSequences, ...(budget < 1 ? { adapterBudgetBytes: Math.ceil(fullBytes * budget) } : {}) });
+        const engine = new Engine(model, {
+          maxSequences: o.maxSequences,
+          ...(budget < 1 ? { adapterBudgetBytes: Math.ceil(fullBytes * budget) } : {}),
+        });
         try {
           const t0 = performance.now();
           await engine.addAdapters(folders.slice(0, n).map((dir, i) => ({ name: `a${i}`, dir })));
@@ -111,30 +114,44 @@ export async function runServeBench(backend: Backend, o: ServeBenchOptions): Pro
           for (let i = 0; i < o.requests; i++) {
             const prompt = Array.from({ length: o.promptTokens }, (_, k) => 3 + ((i * 131 + k * 17) % (V - 3)));
             const arrive = o.rate > 0 ? (i * 1000) / o.rate : 0;
-            runs.push((async () => {
-              if (arrive > 0) await new Promise((r) => setTimeout(r, arrive - (performance.now() - start)));
-              const sent = performance.now();
-              let last = sent;
-              const s = engine.submit({ prompt, maxNewTokens: o.newTokens, adapter: `a${i % n}` });
-              for await (const _ of s) {
-                const now = performance.now();
-                if (last === sent) ttft.push(now - sent);
-                else gaps.push(now - last);
-                last = now;
-                tokens++;
-              }
-            })());
+            runs.push(
+              (async () => {
+                if (arrive > 0) await new Promise((r) => setTimeout(r, arrive - (performance.now() - start)));
+                const sent = performance.now();
+                let last = sent;
+                const s = engine.submit({ prompt, maxNewTokens: o.newTokens, adapter: `a${i % n}` });
+                for await (const _ of s) {
+                  const now = performance.now();
+                  if (last === sent) ttft.push(now - sent);
+                  else gaps.push(now - last);
+                  last = now;
+                  tokens++;
+                }
+              })(),
+            );
           }
           await Promise.all(runs);
           const seconds = (performance.now() - start) / 1e3;
           const set = engine.adapterBytes();
           if (budget === 1 && n === maxN) fullBytes = set;
           const row: ServeRow = {
-            adapters: n, budget, pageIns: engine.paging.pageIns, requests: o.requests, tokens, seconds, tokensPerS: tokens / seconds,
-            latencyP50Ms: quantile(gaps, 0.5), latencyP99Ms: quantile(gaps, 0.99), ttftP50Ms: quantile(ttft, 0.5), adapterBytes: set, loadSeconds,
+            adapters: n,
+            budget,
+            pageIns: engine.paging.pageIns,
+            requests: o.requests,
+            tokens,
+            seconds,
+            tokensPerS: tokens / seconds,
+            latencyP50Ms: quantile(gaps, 0.5),
+            latencyP99Ms: quantile(gaps, 0.99),
+            ttftP50Ms: quantile(ttft, 0.5),
+            adapterBytes: set,
+            loadSeconds,
           };
           rows.push(row);
-          o.log(`  ${n} adapters${budget < 1 ? ` (budget ${budget} of their bytes)` : ''}: ${row.tokensPerS.toFixed(0)} tok/s, per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms (load ${loadSeconds.toFixed(1)} s)`);
+          o.log(
+            `  ${n} adapters${budget < 1 ? ` (budget ${budget} of their bytes)` : ''}: ${row.tokensPerS.toFixed(0)} tok/s, per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms (load ${loadSeconds.toFixed(1)} s)`,
+          );
         } finally {
           await engine.close();
         }
@@ -144,7 +161,10 @@ export async function runServeBench(backend: Backend, o: ServeBenchOptions): Pro
     }
     const r16 = rows.find((r) => r.adapters === 16 && r.budget === 1);
     const top = rows.filter((r) => r.budget === 1).at(-1)!;
-    return { rows, ...(r16 && top.adapters > 16 ? { throughputRatio: { from: 16, to: top.adapters, ratio: top.tokensPerS / r16.tokensPerS } } : {}) };
+    return {
+      rows,
+      ...(r16 && top.adapters > 16 ? { throughputRatio: { from: 16, to: top.adapters, ratio: top.tokensPerS / r16.tokensPerS } } : {}),
+    };
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
@@ -157,8 +177,15 @@ export function serveMarkdown(r: ServeBenchResult, o: ServeBenchOptions): string
     '',
     '| adapters | budget | page-ins | tokens/s | per-token p50 (ms) | p99 (ms) | TTFT p50 (ms) | adapter bytes | load (s) |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-    ...r.rows.map((x) => `| ${x.adapters} | ${x.budget === 1 ? 'all' : `${x.budget * 100}%`} | ${x.pageIns} | ${x.tokensPerS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`),
+    ...r.rows.map(
+      (x) =>
+        `| ${x.adapters} | ${x.budget === 1 ? 'all' : `${x.budget * 100}%`} | ${x.pageIns} | ${x.tokensPerS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`,
+    ),
   ];
-  if (r.throughputRatio) lines.push('', `Throughput at ${r.throughputRatio.to} adapters / at ${r.throughputRatio.from}: ${r.throughputRatio.ratio.toFixed(3)} (target ≥ 0.95; S-LoRA: 0.945 from 5 to 2,000).`);
+  if (r.throughputRatio)
+    lines.push(
+      '',
+      `Throughput at ${r.throughputRatio.to} adapters / at ${r.throughputRatio.from}: ${r.throughputRatio.ratio.toFixed(3)} (target ≥ 0.95; S-LoRA: 0.945 from 5 to 2,000).`,
+    );
   return lines.join('\n');
 }

@@ -52,7 +52,13 @@ export function memoryModel(cfg: ModelConfig, T: number, R: number, experts: num
   const perLayer = 4 * H + 2 * nH * D + 2 * nKv * D + 3 * I + 2 + nH + 7 * 2 * R;
   // plus the head: final norm output, logits and their gradient
   const act = T * (Ln * perLayer + 2 * H + 2 * V);
-  return { weightsBytes: 4 * weights, adapterBytes: 4 * adapter, optimizerBytes: 4 * 3 * adapter, activationBytes: 4 * act, totalBytes: 4 * (weights + 4 * adapter + act) };
+  return {
+    weightsBytes: 4 * weights,
+    adapterBytes: 4 * adapter,
+    optimizerBytes: 4 * 3 * adapter,
+    activationBytes: 4 * act,
+    totalBytes: 4 * (weights + 4 * adapter + act),
+  };
 }
 
 export interface TrainBenchResult {
@@ -81,7 +87,9 @@ export interface TrainBenchResult {
 function chainExample(T: number, V: number): TrainExample {
   const P = Math.min(32, Math.floor(T / 4));
   const seg = Math.floor((T - P) / 3);
-  const ids: number[] = [], stepIds: number[] = [], lossMask: number[] = [];
+  const ids: number[] = [],
+    stepIds: number[] = [],
+    lossMask: number[] = [];
   for (let t = 0; t < T; t++) {
     ids.push((t * 7919 + 13) % V);
     const s = t < P ? -1 : Math.min(2, Math.floor((t - P) / seg));
@@ -99,7 +107,11 @@ export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Pro
   o.log(`  model and bundle built in ${((performance.now() - t0) / 1e3).toFixed(1)} s`);
   const stepMs: number[] = [];
   const trainer = new Trainer(model, bundle, [chainExample(o.seq, cfg.vocabSize)], {
-    steps: o.steps + 1, lr: 2e-4, batchTokens: o.seq, seed: 1, clipNorm: 1,
+    steps: o.steps + 1,
+    lr: 2e-4,
+    batchTokens: o.seq,
+    seed: 1,
+    clipNorm: 1,
     onProgress: (p) => {
       if (p.step > 1) stepMs.push(p.elapsedMs);
       o.log(`  step ${p.step}: ${p.elapsedMs.toFixed(0)} ms, loss ${p.loss.toFixed(3)}`);
@@ -121,7 +133,16 @@ export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Pro
   const memory = memoryModel(cfg, o.seq, o.rank, 4);
   const ms = median(stepMs);
   return {
-    shape: o.shape, seq: o.seq, stepMs, stepMsMedian: ms, tokensPerS: o.seq / (ms / 1e3), floorMs, stepOverFloor: ms / floorMs, lmHeadRows, peakRssMB, memory,
+    shape: o.shape,
+    seq: o.seq,
+    stepMs,
+    stepMsMedian: ms,
+    tokensPerS: o.seq / (ms / 1e3),
+    floorMs,
+    stepOverFloor: ms / floorMs,
+    lmHeadRows,
+    peakRssMB,
+    memory,
     rssVsModel: (peakRssMB * 2 ** 20) / memory.totalBytes,
   };
 }
@@ -133,7 +154,10 @@ async function baseMatmulFloor(backend: Backend, w: LlamaWeights, T: number, row
     const key = `${n}x${d}`;
     let t = inputs.get(key);
     if (!t) {
-      t = backend.tensor(Float32Array.from({ length: n * d }, (_, i) => Math.sin(i * 0.37) * 0.1), [n, d]);
+      t = backend.tensor(
+        Float32Array.from({ length: n * d }, (_, i) => Math.sin(i * 0.37) * 0.1),
+        [n, d],
+      );
       inputs.set(key, t);
     }
     return t;
@@ -166,7 +190,11 @@ async function baseMatmulFloor(backend: Backend, w: LlamaWeights, T: number, row
 }
 
 /** Runs bench/train_torch.py with the same shape (installing Debian's python3-torch first when missing). */
-export function runTorchBaseline(root: string, o: TrainBenchOptions, threads: number | undefined): { json?: Record<string, unknown>; error?: string } {
+export function runTorchBaseline(
+  root: string,
+  o: TrainBenchOptions,
+  threads: number | undefined,
+): { json?: Record<string, unknown>; error?: string } {
   const setup = join(root, 'bench', 'setup_torch.sh');
   const script = join(root, 'bench', 'train_torch.py');
   if (!existsSync(script)) return { error: `${script} not found` };
@@ -175,8 +203,27 @@ export function runTorchBaseline(root: string, o: TrainBenchOptions, threads: nu
     if (s.status !== 0) return { error: `bench/setup_torch.sh failed (exit ${s.status})` };
   }
   const s = o.shape;
-  const args = [script, '--hidden', `${s.hidden}`, '--intermediate', `${s.intermediate}`, '--layers', `${s.layers}`, '--heads', `${s.heads}`,
-    '--kv-heads', `${s.kvHeads}`, '--vocab', `${s.vocab}`, '--seq', `${o.seq}`, '--steps', `${o.steps}`, '--rank', `${o.rank}`];
+  const args = [
+    script,
+    '--hidden',
+    `${s.hidden}`,
+    '--intermediate',
+    `${s.intermediate}`,
+    '--layers',
+    `${s.layers}`,
+    '--heads',
+    `${s.heads}`,
+    '--kv-heads',
+    `${s.kvHeads}`,
+    '--vocab',
+    `${s.vocab}`,
+    '--seq',
+    `${o.seq}`,
+    '--steps',
+    `${o.steps}`,
+    '--rank',
+    `${o.rank}`,
+  ];
   if (threads) args.push('--threads', `${threads}`);
   o.log(`  pytorch baseline: python3 ${args.slice(1).join(' ')}`);
   const r = spawnSync('python3', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });
@@ -192,7 +239,12 @@ export function runTorchBaseline(root: string, o: TrainBenchOptions, threads: nu
 /** Default shape: SmolLM-135M; on a software WebGPU adapter a small model (lavapipe runs ~1 GFLOP/s). */
 export function trainBenchDefaults(backend: Backend, quick: boolean): { shape: ModelShape; seq: number; steps: number; notes: string[] } {
   if (backend.kind === 'webgpu' && backend.info().software) {
-    return { shape: { hidden: 192, intermediate: 512, layers: 4, heads: 3, kvHeads: 1, vocab: 8192 }, seq: 128, steps: 2, notes: ['software WebGPU adapter: a small model (hidden 192, 4 layers, vocab 8192), sequence 128'] };
+    return {
+      shape: { hidden: 192, intermediate: 512, layers: 4, heads: 3, kvHeads: 1, vocab: 8192 },
+      seq: 128,
+      steps: 2,
+      notes: ['software WebGPU adapter: a small model (hidden 192, 4 layers, vocab 8192), sequence 128'],
+    };
   }
   if (quick) return { shape: { ...SMOLLM_135M, layers: 4 }, seq: 256, steps: 2, notes: ['quick run: SmolLM-135M shape with 4 layers'] };
   return { shape: SMOLLM_135M, seq: 256, steps: 3, notes: [] };
@@ -206,10 +258,17 @@ export function trainMarkdown(r: TrainBenchResult, backendName: string): string 
     `| mote ${backendName} | ${r.shape.layers} layers × hidden ${r.shape.hidden} | ${r.seq} | ${r.stepMsMedian.toFixed(0)} | ${r.tokensPerS.toFixed(1)} | ${r.peakRssMB.toFixed(0)} |`,
   ];
   const b = r.baseline;
-  if (b) lines.push(`| PyTorch ${String(b.torch ?? '')} cpu (${String(b.threads ?? '?')} threads) | same | ${r.seq} | ${Number(b.step_ms_median).toFixed(0)} | ${Number(b.tokens_per_s).toFixed(1)} | ${Number(b.peak_rss_mb).toFixed(0)} |`);
+  if (b)
+    lines.push(
+      `| PyTorch ${String(b.torch ?? '')} cpu (${String(b.threads ?? '?')} threads) | same | ${r.seq} | ${Number(b.step_ms_median).toFixed(0)} | ${Number(b.tokens_per_s).toFixed(1)} | ${Number(b.peak_rss_mb).toFixed(0)} |`,
+    );
   lines.push('');
-  lines.push(`Memory from the shapes: weights ${mb(r.memory.weightsBytes)} MB + experts ${mb(r.memory.adapterBytes)} MB + gradients and AdamW moments ${mb(r.memory.optimizerBytes)} MB + activations ${mb(r.memory.activationBytes)} MB = ${mb(r.memory.totalBytes)} MB; peak RSS is ${r.rssVsModel.toFixed(2)}× that (target ≤ 2×).`);
-  lines.push(`Floor: the base matmuls no LoRA trainer avoids (each linear's forward and input gradient; lm_head on the ${r.lmHeadRows} of ${r.seq} rows whose loss counts — mote skips the other ${r.seq - r.lmHeadRows}, PEFT computes them) take ${r.floorMs.toFixed(0)} ms alone; the step is ${r.stepOverFloor.toFixed(2)}× that.`);
+  lines.push(
+    `Memory from the shapes: weights ${mb(r.memory.weightsBytes)} MB + experts ${mb(r.memory.adapterBytes)} MB + gradients and AdamW moments ${mb(r.memory.optimizerBytes)} MB + activations ${mb(r.memory.activationBytes)} MB = ${mb(r.memory.totalBytes)} MB; peak RSS is ${r.rssVsModel.toFixed(2)}× that (target ≤ 2×).`,
+  );
+  lines.push(
+    `Floor: the base matmuls no LoRA trainer avoids (each linear's forward and input gradient; lm_head on the ${r.lmHeadRows} of ${r.seq} rows whose loss counts — mote skips the other ${r.seq - r.lmHeadRows}, PEFT computes them) take ${r.floorMs.toFixed(0)} ms alone; the step is ${r.stepOverFloor.toFixed(2)}× that.`,
+  );
   if (r.vsPyTorch !== undefined) lines.push(`mote / PyTorch tokens/s: ${r.vsPyTorch.toFixed(2)}× (target ≥ 1.0×).`);
   if (r.baselineError) lines.push(`PyTorch baseline not measured: ${r.baselineError}.`);
   return lines.join('\n');

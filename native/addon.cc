@@ -41,16 +41,19 @@ std::string num_str(double d) {
 }
 
 NativeBuffer* buffer_arg(const Napi::CallbackInfo& info, size_t i, const char* name, size_t min_bytes) {
-  if (i >= info.Length() || !info[i].IsExternal()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a native buffer");
+  if (i >= info.Length() || !info[i].IsExternal())
+    throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a native buffer");
   auto* b = info[i].As<Napi::External<NativeBuffer>>().Data();
   if (!b->ptr) throw Napi::Error::New(info.Env(), std::string(name) + ": buffer was already freed");
   if (b->bytes < min_bytes)
-    throw Napi::RangeError::New(info.Env(), std::string(name) + ": buffer holds " + std::to_string(b->bytes) + " bytes, kernel needs " + std::to_string(min_bytes));
+    throw Napi::RangeError::New(info.Env(), std::string(name) + ": buffer holds " + std::to_string(b->bytes) +
+                                                " bytes, kernel needs " + std::to_string(min_bytes));
   return b;
 }
 
 double num_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a number");
+  if (i >= info.Length() || !info[i].IsNumber())
+    throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a number");
   return info[i].As<Napi::Number>().DoubleValue();
 }
 
@@ -62,18 +65,26 @@ std::string range_str(int64_t lo, int64_t hi) { return "[" + std::to_string(lo) 
 }  // namespace
 
 int64_t integer_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int64_t lo, int64_t hi) {
-  if (i >= info.Length() || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected an integer");
+  if (i >= info.Length() || !info[i].IsNumber())
+    throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected an integer");
   double d = info[i].As<Napi::Number>().DoubleValue();
   if (!integer_in(d, lo, hi))
-    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected an integer in " + range_str(lo, hi) + ", got " + num_str(d));
+    throw Napi::RangeError::New(
+        info.Env(), std::string(name) + ": expected an integer in " + range_str(lo, hi) + ", got " + num_str(d));
   return int64_t(d);
 }
 
-int index_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int lo, int hi) { return int(integer_arg(info, i, name, lo, hi)); }
+int index_arg(const Napi::CallbackInfo& info, size_t i, const char* name, int lo, int hi) {
+  return int(integer_arg(info, i, name, lo, hi));
+}
 
-int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return index_arg(info, i, name, -kMaxInt - 1, kMaxInt); }
+int int_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return index_arg(info, i, name, -kMaxInt - 1, kMaxInt);
+}
 
-size_t size_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return size_t(integer_arg(info, i, name, 0, int64_t(kMaxSafeInt))); }
+size_t size_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return size_t(integer_arg(info, i, name, 0, int64_t(kMaxSafeInt)));
+}
 
 size_t offset_arg(const Napi::CallbackInfo& info, size_t i, const char* name) { return size_arg(info, i, name); }
 
@@ -82,7 +93,8 @@ int field_int(Napi::Env env, const Napi::Object& o, const char* name, int lo, in
   if (!v.IsNumber()) throw Napi::TypeError::New(env, std::string("args.") + name + ": expected an integer");
   double d = v.As<Napi::Number>().DoubleValue();
   if (!integer_in(d, lo, hi))
-    throw Napi::RangeError::New(env, std::string("args.") + name + ": expected an integer in " + range_str(lo, hi) + ", got " + num_str(d));
+    throw Napi::RangeError::New(
+        env, std::string("args.") + name + ": expected an integer in " + range_str(lo, hi) + ", got " + num_str(d));
   return int(d);
 }
 
@@ -92,8 +104,8 @@ NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* nam
   auto* b = v.As<Napi::External<NativeBuffer>>().Data();
   if (!b->ptr) throw Napi::Error::New(env, std::string("args.") + name + ": buffer was already freed");
   if (b->bytes < min_bytes)
-    throw Napi::RangeError::New(env, std::string("args.") + name + ": buffer holds " + std::to_string(b->bytes) + " bytes, kernel needs " +
-                                         std::to_string(min_bytes));
+    throw Napi::RangeError::New(env, std::string("args.") + name + ": buffer holds " + std::to_string(b->bytes) +
+                                         " bytes, kernel needs " + std::to_string(min_bytes));
   return b;
 }
 
@@ -101,14 +113,16 @@ size_t bytes_of(Napi::Env env, const char* what, std::initializer_list<size_t> f
   const size_t cap = size_t(kMaxSafeInt);
   size_t p = 1;
   for (size_t f : factors) {
-    if (f != 0 && p > cap / f) throw Napi::RangeError::New(env, std::string(what) + ": its dims give a byte size past 2^53");
+    if (f != 0 && p > cap / f)
+      throw Napi::RangeError::New(env, std::string(what) + ": its dims give a byte size past 2^53");
     p *= f;
   }
   return p;
 }
 
 bool bool_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (i >= info.Length() || !info[i].IsBoolean()) throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a boolean");
+  if (i >= info.Length() || !info[i].IsBoolean())
+    throw Napi::TypeError::New(info.Env(), std::string(name) + ": expected a boolean");
   return info[i].As<Napi::Boolean>().Value();
 }
 
@@ -221,7 +235,8 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Free(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), "buffer: expected a native buffer");
+  if (info.Length() < 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "buffer: expected a native buffer");
   free_buffer(info.Env(), info[0].As<Napi::External<NativeBuffer>>().Data());
   return info.Env().Undefined();
 }
@@ -229,7 +244,8 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
 // write(buffer, Uint8Array, byteOffset) and read(buffer, Uint8Array, byteOffset): no copies on the JS side.
 Napi::Value Transfer(const Napi::CallbackInfo& info, bool toDevice) {
   return guarded(info, [&]() -> Napi::Value {
-    if (info.Length() < 2 || !info[1].IsTypedArray()) throw Napi::TypeError::New(info.Env(), "data: expected a Uint8Array");
+    if (info.Length() < 2 || !info[1].IsTypedArray())
+      throw Napi::TypeError::New(info.Env(), "data: expected a Uint8Array");
     auto arr = info[1].As<Napi::TypedArray>();
     // an absent offset is 0; a present one must be a valid offset (undefined counts as absent)
     size_t off = info.Length() > 2 && !info[2].IsUndefined() ? offset_arg(info, 2, "byteOffset") : 0;
@@ -237,12 +253,16 @@ Napi::Value Transfer(const Napi::CallbackInfo& info, bool toDevice) {
     uint8_t* host = static_cast<uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset();
     uint8_t* dev = static_cast<uint8_t*>(b->ptr) + off;
     if (b->device == Device::CPU) {
-      if (toDevice) std::memcpy(dev, host, arr.ByteLength());
-      else std::memcpy(host, dev, arr.ByteLength());
+      if (toDevice)
+        std::memcpy(dev, host, arr.ByteLength());
+      else
+        std::memcpy(host, dev, arr.ByteLength());
     } else {
 #ifdef MOTE_HAVE_CUDA
-      if (toDevice) cuda::upload(dev, host, arr.ByteLength());
-      else cuda::download(host, dev, arr.ByteLength());
+      if (toDevice)
+        cuda::upload(dev, host, arr.ByteLength());
+      else
+        cuda::download(host, dev, arr.ByteLength());
 #endif
     }
     return info.Env().Undefined();
@@ -280,7 +300,8 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
       cpu::copy(static_cast<float*>(d->ptr), static_cast<const float*>(s->ptr), int64_t(n));
     } else {
 #ifdef MOTE_HAVE_CUDA
-      cuda_check(mote_cuda_copy(static_cast<float*>(d->ptr), static_cast<const float*>(s->ptr), int64_t(n), nullptr), "copy");
+      cuda_check(mote_cuda_copy(static_cast<float*>(d->ptr), static_cast<const float*>(s->ptr), int64_t(n), nullptr),
+                 "copy");
 #endif
     }
     return info.Env().Undefined();

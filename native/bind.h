@@ -48,7 +48,8 @@ NativeBuffer* field_buffer(Napi::Env env, const Napi::Object& o, const char* nam
 size_t bytes_of(Napi::Env env, const char* what, std::initializer_list<size_t> factors);
 
 // A positional buffer of at least bytes_of(name, factors) bytes: the usual size check.
-inline NativeBuffer* sized_arg(const Napi::CallbackInfo& info, size_t i, const char* name, std::initializer_list<size_t> factors) {
+inline NativeBuffer* sized_arg(const Napi::CallbackInfo& info, size_t i, const char* name,
+                               std::initializer_list<size_t> factors) {
   return buffer_arg(info, i, name, bytes_of(info.Env(), name, factors));
 }
 
@@ -80,7 +81,8 @@ void cuda_check(int code, const char* what);
 // A CUDA launcher call; without CUDA a CUDA buffer cannot exist, but say so rather than crash.
 #define MOTE_CUDA_OR_THROW(call, what) cuda_check(call, what)
 #else
-#define MOTE_CUDA_OR_THROW(call, what) throw std::invalid_argument(std::string(what) + ": CUDA buffers need an addon built with CUDA")
+#define MOTE_CUDA_OR_THROW(call, what) \
+  throw std::invalid_argument(std::string(what) + ": CUDA buffers need an addon built with CUDA")
 #endif
 
 // A buffer's data as floats.

@@ -22,10 +22,13 @@ constexpr size_t f4 = sizeof(float);
 float scalar_arg(const Napi::CallbackInfo& info, size_t i, const char* name, double lo, bool lo_open, double hi) {
   double d = num_arg(info, i, name);
   const float f = float(d);
-  const bool ok = std::isfinite(d) && std::isfinite(f) && (lo_open ? d > lo : d >= lo) && d < hi && (!lo_open || f > 0.f || lo != 0.0);
+  const bool ok = std::isfinite(d) && std::isfinite(f) && (lo_open ? d > lo : d >= lo) && d < hi &&
+                  (!lo_open || f > 0.f || lo != 0.0);
   if (!ok) {
-    std::string range = std::string(lo_open ? "(" : "[") + num_str(lo) + ", " + (std::isinf(hi) ? std::string("inf") : num_str(hi)) + ")";
-    throw Napi::RangeError::New(info.Env(), std::string(name) + ": expected a finite f32 in " + range + ", got " + num_str(d));
+    std::string range = std::string(lo_open ? "(" : "[") + num_str(lo) + ", " +
+                        (std::isinf(hi) ? std::string("inf") : num_str(hi)) + ")";
+    throw Napi::RangeError::New(info.Env(),
+                                std::string(name) + ": expected a finite f32 in " + range + ", got " + num_str(d));
   }
   return f;
 }
@@ -44,7 +47,9 @@ Napi::Value Adamw(const Napi::CallbackInfo& info) {
     scalar_arg(info, 9, "weightDecay", 0.0, false, kInf);
     // formed in double, as torch does, then rounded once
     const float c1 = float(1.0 - b1_d), c2 = float(1.0 - b2_d), decay = float(1.0 - lr_d * wd_d);
-    if (!std::isfinite(decay)) throw Napi::RangeError::New(info.Env(), "lr, weightDecay: 1 − lr·weightDecay = " + num_str(1.0 - lr_d * wd_d) + " is not a finite f32");
+    if (!std::isfinite(decay))
+      throw Napi::RangeError::New(
+          info.Env(), "lr, weightDecay: 1 − lr·weightDecay = " + num_str(1.0 - lr_d * wd_d) + " is not a finite f32");
     float bc1 = scalar_arg(info, 10, "bc1", 0.0, true, 1.0 + 1e-12);
     float bc2 = scalar_arg(info, 11, "bc2", 0.0, true, 1.0 + 1e-12);
     float gs = scalar_arg(info, 12, "gradScale", -kInf, false, kInf);
@@ -54,8 +59,12 @@ Napi::Value Adamw(const Napi::CallbackInfo& info) {
     auto* v = sized_arg(info, 3, "v", {n, f4});
     if (p == m || p == v || m == v || g == p || g == m || g == v)
       throw Napi::Error::New(info.Env(), "adamw: p, g, m and v must be four distinct buffers");
-    if (same_device({p, g, m, v}) == Device::CPU) cpu::adamw(F(p), F(g), F(m), F(v), n, lr, beta1, c1, beta2, c2, eps, decay, bc1, bc2, gs);
-    else MOTE_CUDA_OR_THROW(mote_cuda_adamw(F(p), F(g), F(m), F(v), n, lr, beta1, c1, beta2, c2, eps, decay, bc1, bc2, gs, nullptr), "adamw");
+    if (same_device({p, g, m, v}) == Device::CPU)
+      cpu::adamw(F(p), F(g), F(m), F(v), n, lr, beta1, c1, beta2, c2, eps, decay, bc1, bc2, gs);
+    else
+      MOTE_CUDA_OR_THROW(
+          mote_cuda_adamw(F(p), F(g), F(m), F(v), n, lr, beta1, c1, beta2, c2, eps, decay, bc1, bc2, gs, nullptr),
+          "adamw");
     return info.Env().Undefined();
   });
 }
@@ -66,8 +75,10 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
     auto* out = sized_arg(info, 0, "out", {f4});
     auto* g = sized_arg(info, 1, "g", {n, f4});
     if (out == g) throw Napi::Error::New(info.Env(), "sumSquares: out must not be g");
-    if (same_device({out, g}) == Device::CPU) cpu::sum_squares(F(out), F(g), n);
-    else MOTE_CUDA_OR_THROW(mote_cuda_sum_squares(F(out), F(g), n, nullptr), "sumSquares");
+    if (same_device({out, g}) == Device::CPU)
+      cpu::sum_squares(F(out), F(g), n);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_sum_squares(F(out), F(g), n, nullptr), "sumSquares");
     return info.Env().Undefined();
   });
 }

@@ -35,11 +35,12 @@ struct Call : Collector {
 
 Call parse(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "args: expected an object of routing and stack buffers and dims");
+  if (info.Length() < 1 || !info[0].IsObject())
+    throw Napi::TypeError::New(env, "args: expected an object of routing and stack buffers and dims");
   Napi::Object o = info[0].As<Napi::Object>();
   Call c;
   mote_lora_args& a = c.a;
-    a.T = field_int(env, o, "T", 1, kMaxInt);
+  a.T = field_int(env, o, "T", 1, kMaxInt);
   a.K = field_int(env, o, "K", 1, kMaxInt);
   a.L = field_int(env, o, "L", 1, kMaxInt);
   a.R = field_int(env, o, "R", 1, kMaxInt);
@@ -84,8 +85,10 @@ Napi::Value LoraShrink(const Napi::CallbackInfo& info) {
     Call c = parse(info);
     auto* v = c.arg(info, 1, "v", c.v_bytes());
     auto* x = c.arg(info, 2, "x", c.x_bytes());
-    if (c.device() == Device::CPU) cpu::lora_shrink(c.a, F(v), F(x));
-    else MOTE_CUDA_OR_THROW(mote_cuda_lora_shrink(&c.a, F(v), F(x), nullptr), "loraShrink");
+    if (c.device() == Device::CPU)
+      cpu::lora_shrink(c.a, F(v), F(x));
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_lora_shrink(&c.a, F(v), F(x), nullptr), "loraShrink");
     return info.Env().Undefined();
   });
 }
@@ -95,8 +98,10 @@ Napi::Value LoraExpand(const Napi::CallbackInfo& info) {
     Call c = parse(info);
     auto* y = c.arg(info, 1, "y", c.y_bytes());
     auto* v = c.arg(info, 2, "v", c.v_bytes());
-    if (c.device() == Device::CPU) cpu::lora_expand(c.a, F(y), F(v));
-    else MOTE_CUDA_OR_THROW(mote_cuda_lora_expand(&c.a, F(y), F(v), nullptr), "loraExpand");
+    if (c.device() == Device::CPU)
+      cpu::lora_expand(c.a, F(y), F(v));
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_lora_expand(&c.a, F(y), F(v), nullptr), "loraExpand");
     return info.Env().Undefined();
   });
 }
@@ -107,8 +112,10 @@ Napi::Value LoraApply(const Napi::CallbackInfo& info) {
     auto* y = c.arg(info, 1, "y", c.y_bytes());
     auto* v = c.arg(info, 2, "v", c.v_bytes());
     auto* x = c.arg(info, 3, "x", c.x_bytes());
-    if (c.device() == Device::CPU) cpu::lora_apply(c.a, F(y), F(v), F(x));
-    else MOTE_CUDA_OR_THROW(mote_cuda_lora_apply(&c.a, F(y), F(v), F(x), nullptr), "loraApply");
+    if (c.device() == Device::CPU)
+      cpu::lora_apply(c.a, F(y), F(v), F(x));
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_lora_apply(&c.a, F(y), F(v), F(x), nullptr), "loraApply");
     return info.Env().Undefined();
   });
 }
@@ -118,8 +125,10 @@ Napi::Value LoraShrinkGrad(const Napi::CallbackInfo& info) {
     Call c = parse(info);
     auto* dv = c.arg(info, 1, "dv", c.v_bytes());
     auto* dy = c.arg(info, 2, "dy", c.y_bytes());
-    if (c.device() == Device::CPU) cpu::lora_shrink_grad(c.a, F(dv), F(dy));
-    else MOTE_CUDA_OR_THROW(mote_cuda_lora_shrink_grad(&c.a, F(dv), F(dy), nullptr), "loraShrinkGrad");
+    if (c.device() == Device::CPU)
+      cpu::lora_shrink_grad(c.a, F(dv), F(dy));
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_lora_shrink_grad(&c.a, F(dv), F(dy), nullptr), "loraShrinkGrad");
     return info.Env().Undefined();
   });
 }
@@ -130,8 +139,10 @@ Napi::Value LoraInputGrad(const Napi::CallbackInfo& info) {
     auto* dx = c.arg(info, 1, "dx", c.x_bytes());
     auto* dv = c.arg(info, 2, "dv", c.v_bytes());
     bool acc = bool_arg(info, 3, "accumulate");
-    if (c.device() == Device::CPU) cpu::lora_input_grad(c.a, F(dx), F(dv), acc);
-    else MOTE_CUDA_OR_THROW(mote_cuda_lora_input_grad(&c.a, F(dx), F(dv), acc, nullptr), "loraInputGrad");
+    if (c.device() == Device::CPU)
+      cpu::lora_input_grad(c.a, F(dx), F(dv), acc);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_lora_input_grad(&c.a, F(dx), F(dv), acc, nullptr), "loraInputGrad");
     return info.Env().Undefined();
   });
 }
@@ -146,8 +157,11 @@ Napi::Value LoraWeightGrad(const Napi::CallbackInfo& info) {
     auto* v = c.arg(info, 5, "v", c.v_bytes());
     auto* dv = c.arg(info, 6, "dv", c.v_bytes());
     bool acc = bool_arg(info, 7, "accumulate");
-    if (c.device() == Device::CPU) cpu::lora_weight_grad(c.a, F(dA), F(dB), F(x), F(dy), F(v), F(dv), acc);
-    else MOTE_CUDA_OR_THROW(mote_cuda_lora_weight_grad(&c.a, F(dA), F(dB), F(x), F(dy), F(v), F(dv), acc, nullptr), "loraWeightGrad");
+    if (c.device() == Device::CPU)
+      cpu::lora_weight_grad(c.a, F(dA), F(dB), F(x), F(dy), F(v), F(dv), acc);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_lora_weight_grad(&c.a, F(dA), F(dB), F(x), F(dy), F(v), F(dv), acc, nullptr),
+                         "loraWeightGrad");
     return info.Env().Undefined();
   });
 }

@@ -27,7 +27,9 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     if (same_device({y, x, w}) == Device::CPU) {
       cpu::matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
     } else {
-      MOTE_CUDA_OR_THROW(mote_cuda_matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmul");
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul(static_cast<float*>(y->ptr), static_cast<const float*>(x->ptr), w->ptr, wd,
+                                          d.T, d.K, d.N, acc, nullptr),
+                         "matmul");
     }
     return info.Env().Undefined();
   });
@@ -42,9 +44,12 @@ Napi::Value MatmulGradInput(const Napi::CallbackInfo& info) {
     auto* dy = sized_arg(info, 1, "dy", {size_t(d.T), size_t(d.N), 4});
     auto* w = sized_arg(info, 2, "w", {size_t(d.N), size_t(d.K), dtype_size(to_dtype(wd))});
     if (same_device({dx, dy, w}) == Device::CPU) {
-      cpu::matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc);
+      cpu::matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K,
+                             d.N, acc);
     } else {
-      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr), w->ptr, wd, d.T, d.K, d.N, acc, nullptr), "matmulGradInput");
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_input(static_cast<float*>(dx->ptr), static_cast<const float*>(dy->ptr),
+                                                     w->ptr, wd, d.T, d.K, d.N, acc, nullptr),
+                         "matmulGradInput");
     }
     return info.Env().Undefined();
   });
@@ -58,9 +63,12 @@ Napi::Value MatmulGradWeight(const Napi::CallbackInfo& info) {
     auto* dy = sized_arg(info, 1, "dy", {size_t(d.T), size_t(d.N), 4});
     auto* x = sized_arg(info, 2, "x", {size_t(d.T), size_t(d.K), 4});
     if (same_device({dw, dy, x}) == Device::CPU) {
-      cpu::matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc);
+      cpu::matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr),
+                              static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc);
     } else {
-      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr), static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc, nullptr), "matmulGradWeight");
+      MOTE_CUDA_OR_THROW(mote_cuda_matmul_grad_weight(static_cast<float*>(dw->ptr), static_cast<const float*>(dy->ptr),
+                                                      static_cast<const float*>(x->ptr), d.T, d.K, d.N, acc, nullptr),
+                         "matmulGradWeight");
     }
     return info.Env().Undefined();
   });

@@ -39,8 +39,10 @@ namespace {
 float float_arg(const Napi::CallbackInfo& info, size_t i, const char* name, bool positive) {
   double d = num_arg(info, i, name);
   if (!std::isfinite(d) || (positive && !(d > 0)))
-    throw Napi::RangeError::New(info.Env(), std::string(name) + (positive ? ": expected a positive finite number, got " : ": expected a finite number, got ") +
-                                                num_str(d));
+    throw Napi::RangeError::New(
+        info.Env(), std::string(name) +
+                        (positive ? ": expected a positive finite number, got " : ": expected a finite number, got ") +
+                        num_str(d));
   return float(d);
 }
 
@@ -59,8 +61,10 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
     auto* y = sized_arg(info, 0, "y", {size_t(T), size_t(H), f4});
     auto* ids = sized_arg(info, 1, "ids", {size_t(T), f4});
     auto* E = sized_arg(info, 2, "E", {size_t(V), size_t(H), dtype_size(to_dtype(ed))});
-    if (same_device({y, ids, E}) == Device::CPU) cpu::embedding(F(y), I(ids), E->ptr, ed, T, V, H);
-    else MOTE_CUDA_OR_THROW(mote_cuda_embedding(F(y), I(ids), E->ptr, ed, T, V, H, nullptr), "embedding");
+    if (same_device({y, ids, E}) == Device::CPU)
+      cpu::embedding(F(y), I(ids), E->ptr, ed, T, V, H);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_embedding(F(y), I(ids), E->ptr, ed, T, V, H, nullptr), "embedding");
     return info.Env().Undefined();
   });
 }
@@ -78,7 +82,9 @@ Napi::Value EmbeddingGrad(const Napi::CallbackInfo& info) {
     if (same_device({dE, dy, order, segStart, segIds}) == Device::CPU)
       cpu::embedding_grad(F(dE), F(dy), I(order), I(segStart), I(segIds), G, T, V, H, acc);
     else
-      MOTE_CUDA_OR_THROW(mote_cuda_embedding_grad(F(dE), F(dy), I(order), I(segStart), I(segIds), G, T, V, H, acc, nullptr), "embeddingGrad");
+      MOTE_CUDA_OR_THROW(
+          mote_cuda_embedding_grad(F(dE), F(dy), I(order), I(segStart), I(segIds), G, T, V, H, acc, nullptr),
+          "embeddingGrad");
     return info.Env().Undefined();
   });
 }
@@ -94,8 +100,10 @@ Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
     auto* rstd = sized_arg(info, 1, "rstd", {size_t(T), f4});
     auto* x = sized_arg(info, 2, "x", {size_t(T), size_t(H), f4});
     auto* w = sized_arg(info, 3, "w", {size_t(H), dtype_size(to_dtype(wd))});
-    if (same_device({y, rstd, x, w}) == Device::CPU) cpu::rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps);
-    else MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps, nullptr), "rmsnorm");
+    if (same_device({y, rstd, x, w}) == Device::CPU)
+      cpu::rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm(F(y), F(rstd), F(x), w->ptr, wd, T, H, eps, nullptr), "rmsnorm");
     return info.Env().Undefined();
   });
 }
@@ -114,7 +122,8 @@ Napi::Value RmsnormGrad(const Napi::CallbackInfo& info) {
     if (same_device({dx, dw, dy, x, w, rstd}) == Device::CPU)
       cpu::rmsnorm_grad(F(dx), F(dw), F(dy), F(x), w->ptr, wd, F(rstd), T, H, acc);
     else
-      MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm_grad(F(dx), F(dw), F(dy), F(x), w->ptr, wd, F(rstd), T, H, acc, nullptr), "rmsnormGrad");
+      MOTE_CUDA_OR_THROW(mote_cuda_rmsnorm_grad(F(dx), F(dw), F(dy), F(x), w->ptr, wd, F(rstd), T, H, acc, nullptr),
+                         "rmsnormGrad");
     return info.Env().Undefined();
   });
 }
@@ -130,8 +139,10 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
     auto* x = sized_arg(info, 1, "x", {size_t(T), size_t(heads), size_t(D), f4});
     auto* pos = sized_arg(info, 2, "positions", {size_t(T), f4});
     auto* inv = buffer_arg(info, 3, "invFreq", size_t(D / 2) * f4);
-    if (same_device({y, x, pos, inv}) == Device::CPU) cpu::rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse);
-    else MOTE_CUDA_OR_THROW(mote_cuda_rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse, nullptr), "rope");
+    if (same_device({y, x, pos, inv}) == Device::CPU)
+      cpu::rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_rope(F(y), F(x), I(pos), F(inv), T, heads, D, inverse, nullptr), "rope");
     return info.Env().Undefined();
   });
 }
@@ -149,7 +160,8 @@ struct AttnCall : Collector {
 
 AttnCall parse_attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "args: expected an object of layout buffers and dims");
+  if (info.Length() < 1 || !info[0].IsObject())
+    throw Napi::TypeError::New(env, "args: expected an object of layout buffers and dims");
   Napi::Object o = info[0].As<Napi::Object>();
   AttnCall c;
   mote_attention_args& a = c.a;
@@ -158,14 +170,16 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   a.nH = field_int(env, o, "nH", 1);
   a.nKv = field_int(env, o, "nKv", 1, a.nH);
   if (a.nH % a.nKv != 0)
-    throw Napi::RangeError::New(env, "args.nKv: kv heads (" + std::to_string(a.nKv) + ") must divide query heads (" + std::to_string(a.nH) + ")");
+    throw Napi::RangeError::New(env, "args.nKv: kv heads (" + std::to_string(a.nKv) + ") must divide query heads (" +
+                                         std::to_string(a.nH) + ")");
   a.D = field_int(env, o, "D", 1);
   a.S = field_int(env, o, "S", 0, 65535);
   a.num_seqs = field_int(env, o, "numSeqs", a.S > 0 ? 1 : 0);
   {
     Napi::Value s = o.Get("scale");
     double d = s.IsNumber() ? s.As<Napi::Number>().DoubleValue() : NAN;
-    if (!std::isfinite(d) || !(d > 0)) throw Napi::RangeError::New(env, "args.scale: expected a positive finite number");
+    if (!std::isfinite(d) || !(d > 0))
+      throw Napi::RangeError::New(env, "args.scale: expected a positive finite number");
     a.scale = float(d);
   }
   // every buffer size the call derives from the dims must fit (q_bytes() etc. multiply unchecked)
@@ -180,8 +194,13 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   auto* qSeg = c.field(env, o, "qSeg", S ? size_t(a.Tq) * f4 : 0);
   auto* kSeg = c.field(env, o, "kSeg", S ? size_t(a.Tk) * f4 : 0);
   auto* blocked = c.field(env, o, "blocked", bytes_of(env, "args.blocked", {size_t(a.num_seqs), S, S, f4}));
-  a.q_seq = I(qSeq); a.q_pos = I(qPos); a.k_seq = I(kSeq); a.k_pos = I(kPos);
-  a.q_seg = I(qSeg); a.k_seg = I(kSeg); a.blocked = I(blocked);
+  a.q_seq = I(qSeq);
+  a.q_pos = I(qPos);
+  a.k_seq = I(kSeq);
+  a.k_pos = I(kPos);
+  a.q_seg = I(qSeg);
+  a.k_seg = I(kSeg);
+  a.blocked = I(blocked);
   return c;
 }
 
@@ -193,8 +212,10 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     auto* q = c.arg(info, 3, "q", c.q_bytes());
     auto* k = c.arg(info, 4, "k", c.kv_bytes());
     auto* v = c.arg(info, 5, "v", c.kv_bytes());
-    if (c.device() == Device::CPU) cpu::attention(c.a, F(out), F(lse), F(q), F(k), F(v));
-    else MOTE_CUDA_OR_THROW(mote_cuda_attention(&c.a, F(out), F(lse), F(q), F(k), F(v), nullptr), "attention");
+    if (c.device() == Device::CPU)
+      cpu::attention(c.a, F(out), F(lse), F(q), F(k), F(v));
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_attention(&c.a, F(out), F(lse), F(q), F(k), F(v), nullptr), "attention");
     return info.Env().Undefined();
   });
 }
@@ -211,10 +232,12 @@ Napi::Value AttentionGrad(const Napi::CallbackInfo& info) {
     auto* v = c.arg(info, 7, "v", c.kv_bytes());
     auto* out = c.arg(info, 8, "out", c.q_bytes());
     auto* lse = c.arg(info, 9, "lse", c.lse_bytes());
-    if (c.device() == Device::CPU) cpu::attention_grad(c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse));
+    if (c.device() == Device::CPU)
+      cpu::attention_grad(c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse));
     else
-      MOTE_CUDA_OR_THROW(mote_cuda_attention_grad(&c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse), nullptr),
-                         "attentionGrad");
+      MOTE_CUDA_OR_THROW(
+          mote_cuda_attention_grad(&c.a, F(dq), F(dk), F(dv), F(dOut), F(q), F(k), F(v), F(out), F(lse), nullptr),
+          "attentionGrad");
     return info.Env().Undefined();
   });
 }
@@ -227,8 +250,10 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
     auto* y = sized_arg(info, 0, "y", {n, f4});
     auto* gate = sized_arg(info, 1, "gate", {n, f4});
     auto* up = sized_arg(info, 2, "up", {n, f4});
-    if (same_device({y, gate, up}) == Device::CPU) cpu::swiglu(F(y), F(gate), F(up), n);
-    else MOTE_CUDA_OR_THROW(mote_cuda_swiglu(F(y), F(gate), F(up), n, nullptr), "swiglu");
+    if (same_device({y, gate, up}) == Device::CPU)
+      cpu::swiglu(F(y), F(gate), F(up), n);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_swiglu(F(y), F(gate), F(up), n, nullptr), "swiglu");
     return info.Env().Undefined();
   });
 }
@@ -241,8 +266,10 @@ Napi::Value SwigluGrad(const Napi::CallbackInfo& info) {
     auto* dy = sized_arg(info, 2, "dy", {n, f4});
     auto* gate = sized_arg(info, 3, "gate", {n, f4});
     auto* up = sized_arg(info, 4, "up", {n, f4});
-    if (same_device({dgate, dup, dy, gate, up}) == Device::CPU) cpu::swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n);
-    else MOTE_CUDA_OR_THROW(mote_cuda_swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n, nullptr), "swigluGrad");
+    if (same_device({dgate, dup, dy, gate, up}) == Device::CPU)
+      cpu::swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_swiglu_grad(F(dgate), F(dup), F(dy), F(gate), F(up), n, nullptr), "swigluGrad");
     return info.Env().Undefined();
   });
 }
@@ -253,8 +280,10 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
     auto* y = sized_arg(info, 0, "y", {n, f4});
     auto* a = sized_arg(info, 1, "a", {n, f4});
     auto* b = sized_arg(info, 2, "b", {n, f4});
-    if (same_device({y, a, b}) == Device::CPU) cpu::add(F(y), F(a), F(b), n);
-    else MOTE_CUDA_OR_THROW(mote_cuda_add(F(y), F(a), F(b), n, nullptr), "add");
+    if (same_device({y, a, b}) == Device::CPU)
+      cpu::add(F(y), F(a), F(b), n);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_add(F(y), F(a), F(b), n, nullptr), "add");
     return info.Env().Undefined();
   });
 }
@@ -265,9 +294,12 @@ Napi::Value Scale(const Napi::CallbackInfo& info) {
     auto* y = sized_arg(info, 0, "y", {n, f4});
     auto* x = sized_arg(info, 1, "x", {n, f4});
     const double alpha = num_arg(info, 2, "alpha");
-    if (!std::isfinite(alpha)) throw Napi::RangeError::New(info.Env(), "scale: alpha: expected a finite number, got " + num_str(alpha));
-    if (same_device({y, x}) == Device::CPU) cpu::scale(F(y), F(x), float(alpha), n);
-    else MOTE_CUDA_OR_THROW(mote_cuda_scale(F(y), F(x), float(alpha), n, nullptr), "scale");
+    if (!std::isfinite(alpha))
+      throw Napi::RangeError::New(info.Env(), "scale: alpha: expected a finite number, got " + num_str(alpha));
+    if (same_device({y, x}) == Device::CPU)
+      cpu::scale(F(y), F(x), float(alpha), n);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_scale(F(y), F(x), float(alpha), n, nullptr), "scale");
     return info.Env().Undefined();
   });
 }
@@ -279,8 +311,10 @@ Napi::Value LogSoftmax(const Napi::CallbackInfo& info) {
     int T = index_arg(info, 2, "T", 1), V = index_arg(info, 3, "V", 1);
     auto* out = sized_arg(info, 0, "out", {size_t(T), size_t(V), f4});
     auto* logits = sized_arg(info, 1, "logits", {size_t(T), size_t(V), f4});
-    if (same_device({out, logits}) == Device::CPU) cpu::log_softmax(F(out), F(logits), T, V);
-    else MOTE_CUDA_OR_THROW(mote_cuda_log_softmax(F(out), F(logits), T, V, nullptr), "logSoftmax");
+    if (same_device({out, logits}) == Device::CPU)
+      cpu::log_softmax(F(out), F(logits), T, V);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_log_softmax(F(out), F(logits), T, V, nullptr), "logSoftmax");
     return info.Env().Undefined();
   });
 }
@@ -293,8 +327,10 @@ Napi::Value Xent(const Napi::CallbackInfo& info) {
     auto* logits = sized_arg(info, 2, "logits", {size_t(T), size_t(V), f4});
     auto* targets = sized_arg(info, 3, "targets", {size_t(T), f4});
     auto* mask = sized_arg(info, 4, "mask", {size_t(T), f4});
-    if (same_device({losses, lse, logits, targets, mask}) == Device::CPU) cpu::xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V);
-    else MOTE_CUDA_OR_THROW(mote_cuda_xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V, nullptr), "xent");
+    if (same_device({losses, lse, logits, targets, mask}) == Device::CPU)
+      cpu::xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V);
+    else
+      MOTE_CUDA_OR_THROW(mote_cuda_xent(F(losses), F(lse), F(logits), I(targets), F(mask), T, V, nullptr), "xent");
     return info.Env().Undefined();
   });
 }
@@ -311,7 +347,8 @@ Napi::Value XentGrad(const Napi::CallbackInfo& info) {
     if (same_device({dlogits, logits, lse, targets, mask}) == Device::CPU)
       cpu::xent_grad(F(dlogits), F(logits), F(lse), I(targets), F(mask), scale, T, V);
     else
-      MOTE_CUDA_OR_THROW(mote_cuda_xent_grad(F(dlogits), F(logits), F(lse), I(targets), F(mask), scale, T, V, nullptr), "xentGrad");
+      MOTE_CUDA_OR_THROW(mote_cuda_xent_grad(F(dlogits), F(logits), F(lse), I(targets), F(mask), scale, T, V, nullptr),
+                         "xentGrad");
     return info.Env().Undefined();
   });
 }
@@ -333,7 +370,8 @@ Napi::Value CopyRows(const Napi::CallbackInfo& info) {
     if (same_device({dst, src, dstRows, srcRows}) == Device::CPU)
       cpu::copy_rows(dst->ptr, src->ptr, I(dstRows), I(srcRows), dt, N, W, Rd, Rs);
     else
-      MOTE_CUDA_OR_THROW(mote_cuda_copy_rows(dst->ptr, src->ptr, I(dstRows), I(srcRows), dt, N, W, Rd, Rs, nullptr), "copyRows");
+      MOTE_CUDA_OR_THROW(mote_cuda_copy_rows(dst->ptr, src->ptr, I(dstRows), I(srcRows), dt, N, W, Rd, Rs, nullptr),
+                         "copyRows");
     return info.Env().Undefined();
   });
 }

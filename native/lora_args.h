@@ -17,11 +17,11 @@ typedef struct mote_lora_args {
   int P, G;               /* non-empty slots; distinct adapters */
   const void* A;          /* [L, R, Hin] of dtype a_dtype (0 f32, 1 f16, 2 bf16) */
   int a_dtype;
-  const void* B;          /* [L, Hout, R] of dtype b_dtype */
+  const void* B; /* [L, Hout, R] of dtype b_dtype */
   int b_dtype;
-  const int* rank;        /* [L], 1 <= rank[e] <= R */
-  const float* scale;     /* [L] */
-  int strategy;           /* 0 = per token (BGMV), 1 = grouped by adapter (SGMV) */
+  const int* rank;    /* [L], 1 <= rank[e] <= R */
+  const float* scale; /* [L] */
+  int strategy;       /* 0 = per token (BGMV), 1 = grouped by adapter (SGMV) */
 } mote_lora_args;
 
 #ifdef __cplusplus

@@ -16,7 +16,8 @@ const out = b.zeros([1, 64]);
 const v = b.zeros([1, 1, 8]);
 
 async function time(name, op) {
-  op(); await b.sync(); // compile
+  op();
+  await b.sync(); // compile
   let best = Infinity;
   for (let round = 0; round < 5; round++) {
     const t0 = performance.now();

@@ -49,7 +49,9 @@ function installed(dir) {
   const pkg = join(dir, 'node_modules', 'mote-lora');
   const status = JSON.parse(readFileSync(join(pkg, 'build', 'native-status.json'), 'utf8'));
   const leftovers = existsSync(join(pkg, 'build'))
-    ? readdirSync(join(pkg, 'build'), { recursive: true }).filter((f) => !['native-status.json', 'Release', join('Release', 'mote.node')].includes(String(f)))
+    ? readdirSync(join(pkg, 'build'), { recursive: true }).filter(
+        (f) => !['native-status.json', 'Release', join('Release', 'mote.node')].includes(String(f)),
+      )
     : [];
   return { pkg, status, leftovers };
 }
@@ -83,7 +85,10 @@ function check(what, ok, detail = '') {
 {
   const dir = project('ts');
   npmInstall(dir, [tgz, ...devTools], process.env);
-  const tsc = spawnSync(process.execPath, [join(dir, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: dir, stdio: 'inherit' });
+  const tsc = spawnSync(process.execPath, [join(dir, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], {
+    cwd: dir,
+    stdio: 'inherit',
+  });
   check('strict TypeScript consumer compiles (skipLibCheck false)', tsc.status === 0);
   if (tsc.status === 0) {
     for (const f of ['api.js', 'mote.js']) {

@@ -20,10 +20,15 @@ let failed = false;
 
 const prettier = join(root, 'node_modules', 'prettier', 'bin', 'prettier.cjs');
 const tsGlobs = ['src/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'scripts/**/*.mjs', 'bin/*.js'];
-const p = spawnSync(process.execPath, [prettier, check ? '--check' : '--write', '--log-level', 'warn', ...tsGlobs], { cwd: root, stdio: 'inherit' });
+const p = spawnSync(process.execPath, [prettier, check ? '--check' : '--write', '--log-level', 'warn', ...tsGlobs], {
+  cwd: root,
+  stdio: 'inherit',
+});
 if (p.status !== 0) failed = true;
 
-const cxx = [...walk('native', ['.cc', '.h']), ...walk('kernels/cuda', ['.cu', '.cuh', '.h'])].filter((f) => statSync(join(root, f)).isFile());
+const cxx = [...walk('native', ['.cc', '.h']), ...walk('kernels/cuda', ['.cu', '.cuh', '.h'])].filter((f) =>
+  statSync(join(root, f)).isFile(),
+);
 const cf = spawnSync('clang-format', ['--version'], { encoding: 'utf8' });
 if (cf.status !== 0) {
   const msg = 'clang-format not found (apt-get install clang-format): the C++ and CUDA were not checked';
@@ -35,5 +40,10 @@ if (cf.status !== 0) {
   const r = spawnSync('clang-format', check ? ['--dry-run', '--Werror', ...cxx] : ['-i', ...cxx], { cwd: root, stdio: 'inherit' });
   if (r.status !== 0) failed = true;
 }
-if (check) console.log(failed ? 'format: not formatted (npm run format fixes it)' : `format: ${tsGlobs.join(' ')} and ${cxx.length} C++/CUDA files are formatted`);
+if (check)
+  console.log(
+    failed
+      ? 'format: not formatted (npm run format fixes it)'
+      : `format: ${tsGlobs.join(' ')} and ${cxx.length} C++/CUDA files are formatted`,
+  );
 process.exit(failed ? 1 : 0);

@@ -9,6 +9,11 @@ const binDir = join(root, 'node_modules', '.bin');
 if (existsSync(join(root, 'node_modules')) && !root.split(/[\\/]/).includes('node_modules')) {
   mkdirSync(binDir, { recursive: true });
   const link = join(binDir, 'mote');
-  try { lstatSync(link); rmSync(link); } catch { /* not there */ }
+  try {
+    lstatSync(link);
+    rmSync(link);
+  } catch {
+    /* not there */
+  }
   symlinkSync(join('..', '..', 'bin', 'mote.js'), link);
 }

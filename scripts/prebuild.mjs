@@ -30,20 +30,33 @@ mkdirSync(dirname(prebuiltPath), { recursive: true });
 copyFileSync(join(root, outDir, 'Release', 'mote.node'), prebuiltPath);
 if (process.platform === 'linux') spawnSync('strip', ['--strip-unneeded', prebuiltPath], { stdio: 'inherit' });
 
-const fail = (msg) => { console.error(`mote: prebuild check failed: ${msg}`); process.exit(1); };
+const fail = (msg) => {
+  console.error(`mote: prebuild check failed: ${msg}`);
+  process.exit(1);
+};
 if (process.platform === 'linux') {
   const ldd = spawnSync('ldd', [prebuiltPath], { encoding: 'utf8' });
   if (ldd.status === 0) {
-    const libs = ldd.stdout.split('\n').map((l) => l.trim().split(' ')[0]).filter(Boolean);
-    const extra = libs.filter((l) => !/^(linux-vdso|\/lib64\/ld-linux|ld-linux|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|libstdc\+\+\.so|libgcc_s\.so)/.test(l));
+    const libs = ldd.stdout
+      .split('\n')
+      .map((l) => l.trim().split(' ')[0])
+      .filter(Boolean);
+    const extra = libs.filter(
+      (l) =>
+        !/^(linux-vdso|\/lib64\/ld-linux|ld-linux|libc\.so|libm\.so|libpthread\.so|libdl\.so|librt\.so|libstdc\+\+\.so|libgcc_s\.so)/.test(
+          l,
+        ),
+    );
     if (extra.length) fail(`it links ${extra.join(', ')} (expected only libc, libm, libstdc++, libgcc_s)`);
     console.log(`mote: ldd: ${libs.join(' ')}`);
   }
   const syms = spawnSync('objdump', ['-T', prebuiltPath], { encoding: 'utf8' });
   if (syms.status === 0) {
-    const newest = (prefix) => [...new Set(syms.stdout.match(new RegExp(`${prefix}_[0-9.]+`, 'g')) ?? [])]
-      .map((v) => v.slice(prefix.length + 1))
-      .sort((a, b) => a.localeCompare(b, undefined, { numeric: true })).at(-1) ?? '-';
+    const newest = (prefix) =>
+      [...new Set(syms.stdout.match(new RegExp(`${prefix}_[0-9.]+`, 'g')) ?? [])]
+        .map((v) => v.slice(prefix.length + 1))
+        .sort((a, b) => a.localeCompare(b, undefined, { numeric: true }))
+        .at(-1) ?? '-';
     console.log(`mote: needs glibc ≥ ${newest('GLIBC')}, libstdc++ GLIBCXX ≥ ${newest('GLIBCXX')}`);
   }
 }
@@ -67,7 +80,10 @@ for (const level of levels) {
   const r = spawnSync(process.execPath, ['-e', check], { encoding: 'utf8', env: { ...process.env, MOTE_CPU_VARIANT: level } });
   if (r.status !== 0) fail(`loading with MOTE_CPU_VARIANT=${level}: ${r.stderr || r.signal}`);
   const got = JSON.parse(r.stdout);
-  if (got.simd !== level) { console.log(`mote: ${level}: not supported by this CPU, skipped`); continue; }
+  if (got.simd !== level) {
+    console.log(`mote: ${level}: not supported by this CPU, skipped`);
+    continue;
+  }
   if (ref) {
     const worst = got.y.reduce((m, v, i) => Math.max(m, Math.abs(v - ref[i]) / (1 + Math.abs(ref[i]))), 0);
     if (!(worst < 1e-4)) fail(`${level} differs from x86-64 by ${worst}`);
@@ -76,4 +92,6 @@ for (const level of levels) {
 }
 const probe = probeAddon(prebuiltPath);
 if (!probe.ok) fail(probe.reason);
-console.log(`mote: ${relative(root, prebuiltPath)} (${(statSync(prebuiltPath).size / 1e6).toFixed(1)} MB) ready; kernels here: ${probe.info.cpu.simd}, features: ${probe.info.cpu.features.join(' ')}`);
+console.log(
+  `mote: ${relative(root, prebuiltPath)} (${(statSync(prebuiltPath).size / 1e6).toFixed(1)} MB) ready; kernels here: ${probe.info.cpu.simd}, features: ${probe.info.cpu.features.join(' ')}`,
+);

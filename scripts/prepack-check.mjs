@@ -7,8 +7,10 @@ import { root } from './native-common.mjs';
 
 const prebuilt = join(root, 'prebuilds', 'linux-x64', 'mote.node');
 if (!existsSync(prebuilt)) {
-  console.warn('mote: WARNING: prebuilds/linux-x64/mote.node is missing; run `npm run build:prebuilt` before `npm pack`,\n' +
-    'mote: or every install of this package will compile the addon from source.');
+  console.warn(
+    'mote: WARNING: prebuilds/linux-x64/mote.node is missing; run `npm run build:prebuilt` before `npm pack`,\n' +
+      'mote: or every install of this package will compile the addon from source.',
+  );
 }
 if (!existsSync(join(root, 'dist', 'src', 'index.js'))) {
   console.error('mote: dist/src is missing: `prepare` (tsc) did not run; run `npm ci` first');

@@ -11,8 +11,10 @@ let tsc;
 try {
   tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 } catch {
-  console.error('mote: `prepare` compiles the TypeScript and needs the devDependencies (typescript).\n' +
-    'mote: run `npm ci` (without --omit=dev) first, then `npm pack`.');
+  console.error(
+    'mote: `prepare` compiles the TypeScript and needs the devDependencies (typescript).\n' +
+      'mote: run `npm ci` (without --omit=dev) first, then `npm pack`.',
+  );
   process.exit(1);
 }
 const r = spawnSync(process.execPath, [tsc, '-p', join(root, 'tsconfig.json')], { cwd: root, stdio: 'inherit' });

@@ -53,12 +53,12 @@ export function f32ToF16Bits(x: number): number {
     let h = mant >>> shift;
     const rem = mant & ((1 << shift) - 1);
     const half = 1 << (shift - 1);
-    if (rem > half || (rem === half && (h & 1))) h++;
+    if (rem > half || (rem === half && h & 1)) h++;
     return sign | h;
   }
   let h = (e << 10) | (mant >>> 13);
   const rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
+  if (rem > 0x1000 || (rem === 0x1000 && h & 1)) h++;
   return sign | h;
 }
 
@@ -146,9 +146,14 @@ export function roundTo(dtype: DType, data: ArrayLike<number>): Float64Array {
   const out = new Float64Array(data.length);
   for (let i = 0; i < data.length; i++) {
     const v = data[i]!;
-    out[i] = dtype === 'f16' ? f16BitsToF32(f32ToF16Bits(v))
-      : dtype === 'bf16' ? bf16BitsToF32(f32ToBf16Bits(v))
-      : dtype === 'f32' ? Math.fround(v) : v;
+    out[i] =
+      dtype === 'f16'
+        ? f16BitsToF32(f32ToF16Bits(v))
+        : dtype === 'bf16'
+          ? bf16BitsToF32(f32ToBf16Bits(v))
+          : dtype === 'f32'
+            ? Math.fround(v)
+            : v;
   }
   return out;
 }

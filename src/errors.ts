@@ -18,7 +18,10 @@ export class DisposedTensorError extends MoteError {}
 export class BackendMismatchError extends MoteError {}
 /** A backend cannot start here; the message says why. */
 export class BackendUnavailableError extends MoteError {
-  constructor(readonly backend: string, readonly reason: string) {
+  constructor(
+    readonly backend: string,
+    readonly reason: string,
+  ) {
     super(`backend '${backend}' is unavailable: ${reason}`);
   }
 }

@@ -2,7 +2,10 @@ import { bytesPerElement, checkDType, decode, encode, type DType, type HostData 
 import { ArgumentError, DTypeError, DisposedTensorError, ShapeError, describe } from './errors.js';
 import type { Backend } from './backend/backend.js';
 
-interface Held { backend: Backend; storage: unknown }
+interface Held {
+  backend: Backend;
+  storage: unknown;
+}
 
 // Backstop for tensors that were dropped without dispose(): frees their device memory.
 const registry = new FinalizationRegistry<Held>((held) => {
@@ -23,7 +26,13 @@ export class Tensor {
   readonly #base: Tensor | null;
 
   /** @internal use backend.tensor / backend.empty */
-  constructor(readonly backend: Backend, shape: readonly number[], readonly dtype: DType, storage: unknown, base: Tensor | null = null) {
+  constructor(
+    readonly backend: Backend,
+    shape: readonly number[],
+    readonly dtype: DType,
+    storage: unknown,
+    base: Tensor | null = null,
+  ) {
     this.shape = Object.freeze([...shape]);
     this.size = shape.reduce((a, b) => a * b, 1);
     this.byteLength = this.size * bytesPerElement(dtype);
@@ -52,7 +61,10 @@ export class Tensor {
   reshape(shape: readonly number[]): Tensor {
     checkShape('shape', shape);
     const n = shape.reduce((a, b) => a * b, 1);
-    if (n !== this.size) throw new ShapeError(`reshape: shape: [${shape.join(', ')}] holds ${n} elements, the tensor [${this.shape.join(', ')}] has ${this.size}`);
+    if (n !== this.size)
+      throw new ShapeError(
+        `reshape: shape: [${shape.join(', ')}] holds ${n} elements, the tensor [${this.shape.join(', ')}] has ${this.size}`,
+      );
     return new Tensor(this.backend, shape, this.dtype, this.storage, this.#base ?? this);
   }
 
@@ -96,14 +108,16 @@ export class Tensor {
 }
 
 export function checkShape(name: string, shape: unknown): number[] {
-  if (!Array.isArray(shape) || shape.length === 0) throw new ShapeError(`${name}: expected a non-empty array of positive integers, got ${describe(shape)}`);
+  if (!Array.isArray(shape) || shape.length === 0)
+    throw new ShapeError(`${name}: expected a non-empty array of positive integers, got ${describe(shape)}`);
   let size = 1;
   for (const [i, d] of shape.entries()) {
     if (!Number.isSafeInteger(d) || d <= 0) throw new ShapeError(`${name}[${i}]: expected a positive integer, got ${describe(d)}`);
     size *= d;
   }
   // a product past 2^53 is not even an exact element count
-  if (!Number.isSafeInteger(size * 4)) throw new ShapeError(`${name}: [${shape.join(', ')}] holds ${size} elements, more than any device can address`);
+  if (!Number.isSafeInteger(size * 4))
+    throw new ShapeError(`${name}: [${shape.join(', ')}] holds ${size} elements, more than any device can address`);
   return shape as number[];
 }
 
@@ -129,7 +143,10 @@ export function checkHostData(name: string, data: unknown, size: number, shape: 
 
 /** Backend.tensor(): like makeTensor, but data is required (null would make an uninitialised tensor). */
 export function makeHostTensor(backend: Backend, data: HostData, shape: readonly number[], dtype: DType = 'f32'): Tensor {
-  if (data === null) throw new ArgumentError(`data: expected a Float32Array, Float64Array, Int32Array, Uint16Array or number[], got null (use empty() for an uninitialised tensor)`);
+  if (data === null)
+    throw new ArgumentError(
+      `data: expected a Float32Array, Float64Array, Int32Array, Uint16Array or number[], got null (use empty() for an uninitialised tensor)`,
+    );
   return makeTensor(backend, data, shape, dtype);
 }
 

@@ -11,9 +11,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { adamw, sumSquares, type AdamwOptions } from '../src/ops/adamw.js';
 import { adamwRef, sumSquaresRef } from '../src/reference/adamw.js';
-import {
-  ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
-} from '../src/errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -62,13 +60,33 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
   const pool = new Pool(b);
   const rep = new Report(`adamw ${c.name} on ${b.kind}`);
   try {
-    const p = pool.t(p0, c.shape), m = pool.t(m0, c.shape), v = pool.t(v0, c.shape);
-    let P: ArrayLike<number> = p0, M: ArrayLike<number> = m0, V: ArrayLike<number> = v0;
+    const p = pool.t(p0, c.shape),
+      m = pool.t(m0, c.shape),
+      v = pool.t(v0, c.shape);
+    let P: ArrayLike<number> = p0,
+      M: ArrayLike<number> = m0,
+      V: ArrayLike<number> = v0;
     for (let t = 1; t <= STEPS; t++) {
       const gs = randn(r, n, c.gMag ?? 1);
       const g = pool.t(gs, c.shape);
-      const o: AdamwOptions = { lr: c.lr, weightDecay: c.weightDecay, step: t, gradScale: c.gradScale, beta1: c.beta1, beta2: c.beta2, eps: c.eps };
-      const ro = { lr: c.lr, weightDecay: c.weightDecay, step: t, gradScale: c.gradScale ?? 1, beta1: c.beta1 ?? 0.9, beta2: c.beta2 ?? 0.999, eps: c.eps ?? 1e-8 };
+      const o: AdamwOptions = {
+        lr: c.lr,
+        weightDecay: c.weightDecay,
+        step: t,
+        gradScale: c.gradScale,
+        beta1: c.beta1,
+        beta2: c.beta2,
+        eps: c.eps,
+      };
+      const ro = {
+        lr: c.lr,
+        weightDecay: c.weightDecay,
+        step: t,
+        gradScale: c.gradScale ?? 1,
+        beta1: c.beta1 ?? 0.9,
+        beta2: c.beta2 ?? 0.999,
+        eps: c.eps ?? 1e-8,
+      };
       const [pb, mb, vb] = [await p.readFloat(), await m.readFloat(), await v.readFloat()];
       await rep.step(`step ${t}`, async () => {
         assert.equal(adamw(p, g, m, v, o), undefined);
@@ -82,7 +100,13 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
         rep.close(`step ${t} p (one step from the backend's state)`, pa, local.p);
         rep.close(`step ${t} m (one step from the backend's state)`, ma, local.m);
         rep.close(`step ${t} v (one step from the backend's state)`, va, local.v);
-        rep.close(`step ${t} Δp`, pa.map((x, i) => x - pb[i]!), Float64Array.from(local.p, (x, i) => x - pb[i]!), undefined, 1e-4);
+        rep.close(
+          `step ${t} Δp`,
+          pa.map((x, i) => x - pb[i]!),
+          Float64Array.from(local.p, (x, i) => x - pb[i]!),
+          undefined,
+          1e-4,
+        );
         const gAfter = await g.readFloat();
         if (!bitsEqual(gAfter, gs)) rep.fails.push(`step ${t}: g was modified`);
       });
@@ -103,12 +127,14 @@ forEachBackend('adamw: step 1 with zero moments is the sign step lr·g/(|g| + ep
   const pool = new Pool(b);
   try {
     const gs = Float32Array.from([0.5, -2, 1e-3, -7]);
-    const p = pool.t(new Float32Array([1, 1, 1, 1]), [4]), g = pool.t(gs, [4]);
-    const m = pool.t(new Float32Array(4), [4]), v = pool.t(new Float32Array(4), [4]);
+    const p = pool.t(new Float32Array([1, 1, 1, 1]), [4]),
+      g = pool.t(gs, [4]);
+    const m = pool.t(new Float32Array(4), [4]),
+      v = pool.t(new Float32Array(4), [4]);
     adamw(p, g, m, v, { lr: 0.1, weightDecay: 0.5, step: 1, eps: 1e-8 });
     const out = await p.readFloat();
     // p·(1 − 0.05) − 0.1·sign(g)·|g|/(|g| + 1e-8)
-    const want = Array.from(gs, (x) => 0.95 - 0.1 * x / (Math.abs(x) + 1e-8));
+    const want = Array.from(gs, (x) => 0.95 - (0.1 * x) / (Math.abs(x) + 1e-8));
     out.forEach((x, i) => assert.ok(Math.abs(x - want[i]!) <= 1e-6, `p[${i}] = ${x}, want ${want[i]}`));
   } finally {
     pool.dispose();
@@ -119,8 +145,14 @@ forEachBackend('adamw: step 1 with zero moments is the sign step lr·g/(|g| + ep
 // sumSquares
 
 const SUM_SIZES: { shape: number[]; scale?: number }[] = [
-  { shape: [1] }, { shape: [7] }, { shape: [2048] }, { shape: [2049] }, { shape: [37, 67] }, { shape: [4099] },
-  { shape: [100003], scale: 3 }, { shape: [5000011] , scale: 1e-3 },
+  { shape: [1] },
+  { shape: [7] },
+  { shape: [2048] },
+  { shape: [2049] },
+  { shape: [37, 67] },
+  { shape: [4099] },
+  { shape: [100003], scale: 3 },
+  { shape: [5000011], scale: 1e-3 },
 ];
 
 forEachBackend('sumSquares vs reference, bit-identical reruns', async (b) => {
@@ -159,29 +191,77 @@ forEachBackend('adamw / sumSquares reject bad input', async (b) => {
   const pool = new Pool(b);
   let other: Backend | null = null;
   try {
-    const p = pool.t(randn(r, n), [3, 4]), g = pool.t(randn(r, n), [3, 4]), m = pool.t(randn(r, n), [3, 4]), v = pool.t(randn(r, n), [3, 4]);
+    const p = pool.t(randn(r, n), [3, 4]),
+      g = pool.t(randn(r, n), [3, 4]),
+      m = pool.t(randn(r, n), [3, 4]),
+      v = pool.t(randn(r, n), [3, 4]);
     const before = await p.readFloat();
     const ok: AdamwOptions = { lr: 1e-3, step: 1 };
 
-    throwsLike(() => adamw(p, pool.t(randn(r, n), [4, 3]), m, v, ok), ShapeError, /adamw: g: expected shape \[d0, d1\] with d0 = 3 \(from p\), got \[4, 3\]/, 'g of another shape');
-    throwsLike(() => adamw(p, g, pool.t(randn(r, n), [12]), v, ok), ShapeError, /adamw: m: expected shape \[d0, d1\], got \[12\]/, 'm of another rank');
+    throwsLike(
+      () => adamw(p, pool.t(randn(r, n), [4, 3]), m, v, ok),
+      ShapeError,
+      /adamw: g: expected shape \[d0, d1\] with d0 = 3 \(from p\), got \[4, 3\]/,
+      'g of another shape',
+    );
+    throwsLike(
+      () => adamw(p, g, pool.t(randn(r, n), [12]), v, ok),
+      ShapeError,
+      /adamw: m: expected shape \[d0, d1\], got \[12\]/,
+      'm of another rank',
+    );
     throwsLike(() => adamw(p, g, m, pool.t(randn(r, 15), [3, 5]), ok), ShapeError, /adamw: v: .*d1 = 4/, 'v of another n');
     throwsLike(() => adamw(pool.t(randn(r, n), [3, 4], 'f16'), g, m, v, ok), DTypeError, /adamw: p: expected dtype f32, got f16/, 'p f16');
-    throwsLike(() => adamw(p, pool.t(randn(r, n), [3, 4], 'bf16'), m, v, ok), DTypeError, /adamw: g: expected dtype f32, got bf16/, 'g bf16');
-    throwsLike(() => adamw(p, g, m, pool.t(new Int32Array(n), [3, 4], 'i32'), ok), DTypeError, /adamw: v: expected dtype f32, got i32/, 'v i32');
+    throwsLike(
+      () => adamw(p, pool.t(randn(r, n), [3, 4], 'bf16'), m, v, ok),
+      DTypeError,
+      /adamw: g: expected dtype f32, got bf16/,
+      'g bf16',
+    );
+    throwsLike(
+      () => adamw(p, g, m, pool.t(new Int32Array(n), [3, 4], 'i32'), ok),
+      DTypeError,
+      /adamw: v: expected dtype f32, got i32/,
+      'v i32',
+    );
     throwsLike(() => adamw(p, g, 3 as unknown as Tensor, v, ok), ArgumentError, /adamw: m: expected a Tensor/, 'm a number');
     throwsLike(() => adamw(p, g, p, v, ok), ArgumentError, /adamw: p: must not be the same tensor as m/, 'm is p');
     throwsLike(() => adamw(p, g, m, g, ok), ArgumentError, /adamw: v: must not be the same tensor as g/, 'v is g');
     throwsLike(() => adamw(p, g, m, v, { ...ok, lr: NaN }), ArgumentError, /adamw: lr: expected a finite number, got NaN/, 'lr NaN');
     throwsLike(() => adamw(p, g, m, v, { ...ok, lr: -1 }), ArgumentError, /adamw: lr: expected a number ≥ 0, got -1/, 'lr < 0');
     throwsLike(() => adamw(p, g, m, v, { ...ok, lr: Infinity }), ArgumentError, /adamw: lr: expected a finite number/, 'lr inf');
-    throwsLike(() => adamw(p, g, m, v, { ...ok, beta1: 1 }), ArgumentError, /adamw: beta1: expected a number in \[0, 1\), got 1/, 'beta1 = 1');
-    throwsLike(() => adamw(p, g, m, v, { ...ok, beta2: -0.1 }), ArgumentError, /adamw: beta2: expected a number in \[0, 1\), got -0.1/, 'beta2 < 0');
+    throwsLike(
+      () => adamw(p, g, m, v, { ...ok, beta1: 1 }),
+      ArgumentError,
+      /adamw: beta1: expected a number in \[0, 1\), got 1/,
+      'beta1 = 1',
+    );
+    throwsLike(
+      () => adamw(p, g, m, v, { ...ok, beta2: -0.1 }),
+      ArgumentError,
+      /adamw: beta2: expected a number in \[0, 1\), got -0.1/,
+      'beta2 < 0',
+    );
     throwsLike(() => adamw(p, g, m, v, { ...ok, eps: 0 }), ArgumentError, /adamw: eps: expected a number > 0, got 0/, 'eps = 0');
     throwsLike(() => adamw(p, g, m, v, { ...ok, eps: 1e-60 }), ArgumentError, /adamw: eps: .*f32/, 'eps underflows f32');
-    throwsLike(() => adamw(p, g, m, v, { ...ok, weightDecay: -0.01 }), ArgumentError, /adamw: weightDecay: expected a number ≥ 0/, 'wd < 0');
-    throwsLike(() => adamw(p, g, m, v, { ...ok, gradScale: Infinity }), ArgumentError, /adamw: gradScale: expected a finite number/, 'gradScale inf');
-    throwsLike(() => adamw(p, g, m, v, { ...ok, gradScale: '2' as unknown as number }), ArgumentError, /adamw: gradScale: expected a finite number, got/, 'gradScale a string');
+    throwsLike(
+      () => adamw(p, g, m, v, { ...ok, weightDecay: -0.01 }),
+      ArgumentError,
+      /adamw: weightDecay: expected a number ≥ 0/,
+      'wd < 0',
+    );
+    throwsLike(
+      () => adamw(p, g, m, v, { ...ok, gradScale: Infinity }),
+      ArgumentError,
+      /adamw: gradScale: expected a finite number/,
+      'gradScale inf',
+    );
+    throwsLike(
+      () => adamw(p, g, m, v, { ...ok, gradScale: '2' as unknown as number }),
+      ArgumentError,
+      /adamw: gradScale: expected a finite number, got/,
+      'gradScale a string',
+    );
     throwsLike(() => adamw(p, g, m, v, { ...ok, step: 0 }), ArgumentError, /adamw: step: expected an integer ≥ 1, got 0/, 'step 0');
     throwsLike(() => adamw(p, g, m, v, { ...ok, step: 1.5 }), ArgumentError, /adamw: step: expected an integer ≥ 1, got 1.5/, 'step 1.5');
     throwsLike(() => adamw(p, g, m, v, { lr: 1e-3 } as AdamwOptions), ArgumentError, /adamw: step: /, 'step missing');
@@ -189,14 +269,34 @@ forEachBackend('adamw / sumSquares reject bad input', async (b) => {
     const gd = pool.t(randn(r, n), [3, 4]);
     gd.dispose();
     throwsLike(() => adamw(p, gd, m, v, ok), DisposedTensorError, /adamw: g\b/, 'disposed g');
-    other = await openBackend('cpu').catch(() => null) ?? await openBackend(b.kind);
+    other = (await openBackend('cpu').catch(() => null)) ?? (await openBackend(b.kind));
     const vo = other.tensor(randn(r, n), [3, 4]);
     throwsLike(() => adamw(p, g, m, vo, ok), BackendMismatchError, /adamw: v: expected a tensor on the .* backend/, 'v of another backend');
 
-    throwsLike(() => sumSquares(pool.t(randn(r, n), [3, 4], 'f16')), DTypeError, /sumSquares: g: expected dtype f32, got f16/, 'sumSquares g f16');
-    throwsLike(() => sumSquares(g, { out: pool.t(randn(r, 2), [2]) }), ShapeError, /sumSquares: out: expected shape \[1\], got \[2\]/, 'sumSquares out [2]');
-    throwsLike(() => sumSquares(g, { out: pool.t(new Int32Array(1), [1], 'i32') }), DTypeError, /sumSquares: out: expected dtype f32, got i32/, 'sumSquares out i32');
-    throwsLike(() => sumSquares(g, { out: other!.tensor(new Float32Array(1), [1]) }), BackendMismatchError, /sumSquares: out: /, 'sumSquares out of another backend');
+    throwsLike(
+      () => sumSquares(pool.t(randn(r, n), [3, 4], 'f16')),
+      DTypeError,
+      /sumSquares: g: expected dtype f32, got f16/,
+      'sumSquares g f16',
+    );
+    throwsLike(
+      () => sumSquares(g, { out: pool.t(randn(r, 2), [2]) }),
+      ShapeError,
+      /sumSquares: out: expected shape \[1\], got \[2\]/,
+      'sumSquares out [2]',
+    );
+    throwsLike(
+      () => sumSquares(g, { out: pool.t(new Int32Array(1), [1], 'i32') }),
+      DTypeError,
+      /sumSquares: out: expected dtype f32, got i32/,
+      'sumSquares out i32',
+    );
+    throwsLike(
+      () => sumSquares(g, { out: other!.tensor(new Float32Array(1), [1]) }),
+      BackendMismatchError,
+      /sumSquares: out: /,
+      'sumSquares out of another backend',
+    );
     throwsLike(() => sumSquares(null as unknown as Tensor), ArgumentError, /sumSquares: g: expected a Tensor/, 'sumSquares null');
 
     assert.deepEqual(await p.readFloat(), before, 'a rejected call must not have run a kernel');

@@ -13,7 +13,18 @@ after(closeBackends);
 forEachBackend('README walk-through: load, MoTE forward, save/load bundle, step-routed generation', async (backend) => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-api-'));
   try {
-    writeTinyModel(path.join(tmp, 'model'), { family: 'llama', hidden: 32, intermediate: 48, layers: 2, heads: 4, kvHeads: 2, vocab: 48, tied: true, dtype: 'bf16', seed: 3 });
+    writeTinyModel(path.join(tmp, 'model'), {
+      family: 'llama',
+      hidden: 32,
+      intermediate: 48,
+      layers: 2,
+      heads: 4,
+      kvHeads: 2,
+      vocab: 48,
+      tied: true,
+      dtype: 'bf16',
+      seed: 3,
+    });
     const model = await loadModel(path.join(tmp, 'model'), { backend });
     const mote = createMote(model, { rank: 4 }, { seed: 1, init: 'random' });
 
@@ -30,14 +41,23 @@ forEachBackend('README walk-through: load, MoTE forward, save/load bundle, step-
     assert.ok(relErr(await model.logits(ids, { lora: again.loraFor(routing2) }), logits) <= 1e-6);
 
     // tokens 3, 4, 5 start the analysis, guidance and answer steps
-    const stepTokens = new Map([[3, 0], [4, 1], [5, 2]]);
+    const stepTokens = new Map([
+      [3, 0],
+      [4, 1],
+      [5, 2],
+    ]);
     const events: { seq: number; token: number; step: number }[] = [];
     const [out] = await generate(model, [{ prompt: [1, 7, 9], maxNewTokens: 5, force: [{ step: 0 }] }], {
-      router: again.tokenRouter(), stepTokens, onToken: (e) => events.push(e),
+      router: again.tokenRouter(),
+      stepTokens,
+      onToken: (e) => events.push(e),
     });
     assert.equal(out!.tokens.length, 5);
     assert.equal(out!.tokens[0], 3); // the forced analysis start token
-    assert.deepEqual(events.map((e) => e.token), out!.tokens);
+    assert.deepEqual(
+      events.map((e) => e.token),
+      out!.tokens,
+    );
     for (const r of [routing, routing2]) r.dispose();
     mote.dispose();
     again.dispose();

@@ -18,9 +18,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { attention, attentionGrad, attentionLayout, type AttentionLayout, type AttentionLayoutInit } from '../src/ops/attention.js';
 import { attentionBackwardRef, attentionDecodeRef, attentionRef } from '../src/reference/attention.js';
-import {
-  ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
-} from '../src/errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -57,9 +55,13 @@ function single(T: number): Layout {
 
 /** Sequences of the given lengths (starting at the given positions), their tokens interleaved at random. */
 function packed(r: () => number, lens: number[], starts: number[]): Layout {
-  const order = shuffle(r, lens.flatMap((n, s) => Array(n).fill(s) as number[]));
+  const order = shuffle(
+    r,
+    lens.flatMap((n, s) => Array(n).fill(s) as number[]),
+  );
   const next = [...starts];
-  const qSeq = order, qPos = order.map((s) => next[s]!++);
+  const qSeq = order,
+    qPos = order.map((s) => next[s]!++);
   return { init: { qSeq, qPos }, Tq: qSeq.length, Tk: qSeq.length };
 }
 
@@ -72,7 +74,10 @@ const segOf = (starts: number[], pos: number) => starts.filter((s) => s <= pos).
  */
 function segmented(r: () => number, lens: [number, number]): Layout {
   const base = packed(r, lens, [0, 0]);
-  const starts = [[0, 5, 11], [0, 3, 9]];
+  const starts = [
+    [0, 5, 11],
+    [0, 3, 9],
+  ];
   const S = 3;
   const blocked = new Array(2 * S * S).fill(0);
   blocked[(0 * S + 2) * S + 1] = 1;
@@ -87,21 +92,30 @@ function segmented(r: () => number, lens: [number, number]): Layout {
  * sequence id), then `fresh` new tokens per sequence at the next positions. Keys = cache ++ new.
  */
 function decode(r: () => number, cacheLens: number[], fresh: number, withSegments: boolean): Layout {
-  const cSeq = shuffle(r, cacheLens.flatMap((n, s) => Array(n).fill(s) as number[]));
+  const cSeq = shuffle(
+    r,
+    cacheLens.flatMap((n, s) => Array(n).fill(s) as number[]),
+  );
   const next = cacheLens.map(() => 0);
   const cPos = cSeq.map((s) => next[s]!++);
-  const qSeq: number[] = [], qPos: number[] = [];
+  const qSeq: number[] = [],
+    qPos: number[] = [];
   for (let k = 0; k < fresh; k++)
-    for (let s = cacheLens.length - 1; s >= 0; s--) { qSeq.push(s); qPos.push(next[s]!++); }
+    for (let s = cacheLens.length - 1; s >= 0; s--) {
+      qSeq.push(s);
+      qPos.push(next[s]!++);
+    }
   const init: AttentionLayoutInit = { qSeq, qPos, kSeq: [...cSeq, ...qSeq], kPos: [...cPos, ...qPos] };
   const cache: Layout['cache'] = { P: cSeq.length, seq: cSeq, pos: cPos };
   if (withSegments) {
-    const S = 4, starts = [0, 4, 9, 15];
+    const S = 4,
+      starts = [0, 4, 9, 15];
     const numSeqs = cacheLens.length;
     const blocked = new Array(numSeqs * S * S).fill(0);
     for (let s = 0; s < numSeqs; s++) blocked[(s * S + 3) * S + (1 + (s % 2))] = 1; // step 3 skips step 1 or 2
     blocked[(0 * S + 2) * S + 1] = 1;
-    const cSeg = cPos.map((p) => segOf(starts, p)), qSeg = qPos.map((p) => segOf(starts, p));
+    const cSeg = cPos.map((p) => segOf(starts, p)),
+      qSeg = qPos.map((p) => segOf(starts, p));
     init.segments = { numSegments: S, qSegment: qSeg, kSegment: [...cSeg, ...qSeg], blocked };
     cache.segment = cSeg;
   }
@@ -115,7 +129,8 @@ function decode(r: () => number, cacheLens: number[], fresh: number, withSegment
 function noKey(): Layout {
   return {
     init: { qSeq: [0, 1, 2, 0, 2], qPos: [3, 0, 5, 1, 6], kSeq: [0, 0, 0, 2, 2, 0, 2], kPos: [0, 1, 5, 6, 7, 2, 9] },
-    Tq: 5, Tk: 7,
+    Tq: 5,
+    Tk: 7,
   };
 }
 
@@ -124,7 +139,9 @@ function noKey(): Layout {
 
 interface Case {
   name: string;
-  nH: number; nKv: number; D: number;
+  nH: number;
+  nKv: number;
+  D: number;
   layout: (r: () => number) => Layout;
   /** q scale (sharper softmax when larger; default 1) */
   qScale?: number;
@@ -140,11 +157,31 @@ const CASES: Case[] = [
   { name: 'MQA 4/1 T=13 D=8 sharp', nH: 4, nKv: 1, D: 8, layout: () => single(13), qScale: 6, webgpu: true },
   { name: 'MHA T=131 nH=2 D=64', nH: 2, nKv: 2, D: 64, layout: () => single(131) },
   { name: 'GQA 6/2 two interleaved sequences T=29 D=64', nH: 6, nKv: 2, D: 64, layout: (r) => packed(r, [17, 12], [0, 0]), webgpu: true },
-  { name: 'MHA three packed sequences, one continuing at position 40, T=31 D=32', nH: 3, nKv: 3, D: 32, layout: (r) => packed(r, [11, 1, 19], [0, 0, 40]) },
+  {
+    name: 'MHA three packed sequences, one continuing at position 40, T=31 D=32',
+    nH: 3,
+    nKv: 3,
+    D: 32,
+    layout: (r) => packed(r, [11, 1, 19], [0, 0, 40]),
+  },
   { name: 'MQA 4/1 segment mask with blocked pairs T=41 D=32', nH: 4, nKv: 1, D: 32, layout: (r) => segmented(r, [23, 18]), webgpu: true },
   { name: 'GQA 6/2 segment mask T=37 D=64 scale 0.3', nH: 6, nKv: 2, D: 64, layout: (r) => segmented(r, [20, 17]), scale: 0.3 },
-  { name: 'GQA 6/2 decode: 3 new tokens against 28 cached (Tk=31) D=64', nH: 6, nKv: 2, D: 64, layout: (r) => decode(r, [13, 1, 14], 1, false), webgpu: true },
-  { name: 'MQA 4/1 decode with segments: 2 new tokens per sequence, D=16', nH: 4, nKv: 1, D: 16, layout: (r) => decode(r, [17, 9, 20], 2, true), webgpu: true },
+  {
+    name: 'GQA 6/2 decode: 3 new tokens against 28 cached (Tk=31) D=64',
+    nH: 6,
+    nKv: 2,
+    D: 64,
+    layout: (r) => decode(r, [13, 1, 14], 1, false),
+    webgpu: true,
+  },
+  {
+    name: 'MQA 4/1 decode with segments: 2 new tokens per sequence, D=16',
+    nH: 4,
+    nKv: 1,
+    D: 16,
+    layout: (r) => decode(r, [17, 9, 20], 2, true),
+    webgpu: true,
+  },
   { name: 'MHA decode: 4 new tokens of one sequence against 9 cached, D=8', nH: 2, nKv: 2, D: 8, layout: (r) => decode(r, [9], 4, false) },
   { name: 'GQA 6/2 queries that see no key D=16', nH: 6, nKv: 2, D: 16, layout: () => noKey(), webgpu: true },
   { name: 'MHA T=19 nH=2 D=128 sharp', nH: 2, nKv: 2, D: 128, layout: () => single(19), qScale: 3, webgpu: true },
@@ -157,16 +194,25 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
   const L = c.layout(r);
   const { Tq, Tk } = L;
   const { nH, nKv, D } = c;
-  const qs = randn(r, Tq * nH * D, c.qScale ?? 1), ks = randn(r, Tk * nKv * D), vs = randn(r, Tk * nKv * D), dOs = randn(r, Tq * nH * D);
+  const qs = randn(r, Tq * nH * D, c.qScale ?? 1),
+    ks = randn(r, Tk * nKv * D),
+    vs = randn(r, Tk * nKv * D),
+    dOs = randn(r, Tq * nH * D);
   const dims = { Tq, Tk, numHeads: nH, numKvHeads: nKv, headDim: D, ...(c.scale !== undefined ? { scale: c.scale } : {}) };
   const ref = attentionRef(qs, ks, vs, dims, L.init);
   const g = attentionBackwardRef(dOs, qs, ks, vs, dims, L.init);
   if (L.cache) {
     // the decode layout means what it says: the same as attentionDecodeRef with that cache
-    const P = L.cache.P, row = nKv * D;
-    const dec = attentionDecodeRef(qs, ks.slice(P * row), vs.slice(P * row),
+    const P = L.cache.P,
+      row = nKv * D;
+    const dec = attentionDecodeRef(
+      qs,
+      ks.slice(P * row),
+      vs.slice(P * row),
       { k: ks.slice(0, P * row), v: vs.slice(0, P * row), seq: L.cache.seq, pos: L.cache.pos, segment: L.cache.segment },
-      dims, { qSeq: L.init.qSeq, qPos: L.init.qPos, ...(L.init.segments ? { segments: { ...L.init.segments, kSegment: undefined } } : {}) });
+      dims,
+      { qSeq: L.init.qSeq, qPos: L.init.qPos, ...(L.init.segments ? { segments: { ...L.init.segments, kSegment: undefined } } : {}) },
+    );
     assert.deepEqual(dec.out, ref.out, 'decode layout vs attentionDecodeRef');
   }
   // which rows are empty: queries that see no key (lse = −∞), keys no query sees
@@ -178,7 +224,8 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
     for (let h = 0; h < nKv * D; h++) if (g.dv[j * nKv * D + h] !== 0) seen = true;
     if (!seen) deadK.add(j);
   }
-  const qRow = (i: number) => Math.floor(i / (nH * D)), kRow = (i: number) => Math.floor(i / (nKv * D));
+  const qRow = (i: number) => Math.floor(i / (nH * D)),
+    kRow = (i: number) => Math.floor(i / (nKv * D));
   const lseLive = (i: number) => !deadQ.has(Math.floor(i / nH));
   const opts = c.scale !== undefined ? { scale: c.scale } : {};
 
@@ -189,15 +236,22 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
     l = attentionLayout(b, L.init);
     assert.equal(l.Tq, Tq);
     assert.equal(l.Tk, Tk);
-    const q = p.t(qs, [Tq, nH, D]), k = p.t(ks, [Tk, nKv, D]), v = p.t(vs, [Tk, nKv, D]), dOut = p.t(dOs, [Tq, nH, D]);
+    const q = p.t(qs, [Tq, nH, D]),
+      k = p.t(ks, [Tk, nKv, D]),
+      v = p.t(vs, [Tk, nKv, D]),
+      dOut = p.t(dOs, [Tq, nH, D]);
     const layout = l;
 
     const checkGrad = async (what: string, res: { dq: Tensor; dk: Tensor; dv: Tensor }) => {
-      p.keep(res.dq); p.keep(res.dk); p.keep(res.dv);
+      p.keep(res.dq);
+      p.keep(res.dk);
+      p.keep(res.dv);
       assert.deepEqual(res.dq.shape, [Tq, nH, D]);
       assert.deepEqual(res.dk.shape, [Tk, nKv, D]);
       assert.deepEqual(res.dv.shape, [Tk, nKv, D]);
-      const dq = await res.dq.readFloat(), dk = await res.dk.readFloat(), dv = await res.dv.readFloat();
+      const dq = await res.dq.readFloat(),
+        dk = await res.dk.readFloat(),
+        dv = await res.dv.readFloat();
       rep.close(`${what} dq`, dq, g.dq);
       rep.close(`${what} dk`, dk, g.dk);
       rep.close(`${what} dv`, dv, g.dv);
@@ -213,7 +267,8 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
       p.keep(res.lse);
       assert.deepEqual(res.out.shape, [Tq, nH, D]);
       assert.deepEqual(res.lse.shape, [Tq, nH]);
-      const out = await res.out.readFloat(), lse = await res.lse.readFloat();
+      const out = await res.out.readFloat(),
+        lse = await res.lse.readFloat();
       rep.close('attention out', out, ref.out);
       rep.close('attention lse', lse, ref.lse, lseLive);
       rep.exact('attention lse (queries that see no key)', lse, -Infinity, (i) => !lseLive(i));
@@ -222,7 +277,8 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
     });
 
     await rep.step('attentionGrad (reference out, lse)', async () => {
-      const out = p.t(Float32Array.from(ref.out), [Tq, nH, D]), lse = p.t(Float32Array.from(ref.lse), [Tq, nH]);
+      const out = p.t(Float32Array.from(ref.out), [Tq, nH, D]),
+        lse = p.t(Float32Array.from(ref.lse), [Tq, nH]);
       await checkGrad('attentionGrad', attentionGrad(dOut, q, k, v, out, lse, layout, opts));
     });
 
@@ -265,20 +321,37 @@ for (const c of CASES) {
 forEachBackend('attention and attentionGrad are deterministic', async (b) => {
   const r = rng(41);
   const L = segmented(r, [40, 27]);
-  const nH = 6, nKv = 2, D = 64, { Tq, Tk } = L;
-  const qs = randn(r, Tq * nH * D, 2), ks = randn(r, Tk * nKv * D), vs = randn(r, Tk * nKv * D), dOs = randn(r, Tq * nH * D);
+  const nH = 6,
+    nKv = 2,
+    D = 64,
+    { Tq, Tk } = L;
+  const qs = randn(r, Tq * nH * D, 2),
+    ks = randn(r, Tk * nKv * D),
+    vs = randn(r, Tk * nKv * D),
+    dOs = randn(r, Tq * nH * D);
   const p = new Pool(b);
   const l = attentionLayout(b, L.init);
   try {
-    const q = p.t(qs, [Tq, nH, D]), k = p.t(ks, [Tk, nKv, D]), v = p.t(vs, [Tk, nKv, D]), dOut = p.t(dOs, [Tq, nH, D]);
+    const q = p.t(qs, [Tq, nH, D]),
+      k = p.t(ks, [Tk, nKv, D]),
+      v = p.t(vs, [Tk, nKv, D]),
+      dOut = p.t(dOs, [Tq, nH, D]);
     const runs: Record<string, Float32Array>[] = [];
     for (let i = 0; i < 2; i++) {
       const { out, lse } = attention(q, k, v, l);
       p.keep(out);
       p.keep(lse);
       const { dq, dk, dv } = attentionGrad(dOut, q, k, v, out, lse, l);
-      p.keep(dq); p.keep(dk); p.keep(dv);
-      runs.push({ out: await out.readFloat(), lse: await lse.readFloat(), dq: await dq.readFloat(), dk: await dk.readFloat(), dv: await dv.readFloat() });
+      p.keep(dq);
+      p.keep(dk);
+      p.keep(dv);
+      runs.push({
+        out: await out.readFloat(),
+        lse: await lse.readFloat(),
+        dq: await dq.readFloat(),
+        dk: await dk.readFloat(),
+        dv: await dv.readFloat(),
+      });
     }
     for (const key of Object.keys(runs[0]!)) {
       assert.ok(runs[0]![key]!.every(Number.isFinite), `${key}: non-finite output`);
@@ -303,56 +376,198 @@ forEachBackend('attention and attentionGrad are deterministic', async (b) => {
 
 forEachBackend('attention ops reject bad input', async (b) => {
   const r = rng(43);
-  const T = 3, nH = 6, nKv = 2, D = 8;
+  const T = 3,
+    nH = 6,
+    nKv = 2,
+    D = 8;
   const p = new Pool(b);
   const layouts: AttentionLayout[] = [];
-  const lay = (init: AttentionLayoutInit) => { const l = attentionLayout(b, init); layouts.push(l); return l; };
+  const lay = (init: AttentionLayoutInit) => {
+    const l = attentionLayout(b, init);
+    layouts.push(l);
+    return l;
+  };
   let other: Backend | null = null;
   try {
     const base = { qSeq: [0, 0, 0], qPos: [0, 1, 2] };
     const l = lay(base);
-    const q = p.t(randn(r, T * nH * D), [T, nH, D]), k = p.t(randn(r, T * nKv * D), [T, nKv, D]), v = p.t(randn(r, T * nKv * D), [T, nKv, D]);
-    const out = p.t(randn(r, T * nH * D), [T, nH, D]), lse = p.t(randn(r, T * nH), [T, nH]), dOut = p.t(randn(r, T * nH * D), [T, nH, D]);
+    const q = p.t(randn(r, T * nH * D), [T, nH, D]),
+      k = p.t(randn(r, T * nKv * D), [T, nKv, D]),
+      v = p.t(randn(r, T * nKv * D), [T, nKv, D]);
+    const out = p.t(randn(r, T * nH * D), [T, nH, D]),
+      lse = p.t(randn(r, T * nH), [T, nH]),
+      dOut = p.t(randn(r, T * nH * D), [T, nH, D]);
 
     // heads
     const k4 = p.t(randn(r, T * 4 * D), [T, 4, D]);
-    throwsLike(() => attention(q, k4, p.t(randn(r, T * 4 * D), [T, 4, D]), l), ShapeError, /attention: k: kv heads \(4\) must divide query heads \(6\)/, 'kv heads not dividing heads');
-    throwsLike(() => attentionGrad(dOut, q, k4, p.t(randn(r, T * 4 * D), [T, 4, D]), out, lse, l), ShapeError, /attentionGrad: k: kv heads \(4\) must divide query heads \(6\)/, 'grad kv heads not dividing heads');
+    throwsLike(
+      () => attention(q, k4, p.t(randn(r, T * 4 * D), [T, 4, D]), l),
+      ShapeError,
+      /attention: k: kv heads \(4\) must divide query heads \(6\)/,
+      'kv heads not dividing heads',
+    );
+    throwsLike(
+      () => attentionGrad(dOut, q, k4, p.t(randn(r, T * 4 * D), [T, 4, D]), out, lse, l),
+      ShapeError,
+      /attentionGrad: k: kv heads \(4\) must divide query heads \(6\)/,
+      'grad kv heads not dividing heads',
+    );
     // shapes and dtypes of q, k, v
-    throwsLike(() => attention(p.t(randn(r, T * nH * D), [T, nH, D], 'f16'), k, v, l), DTypeError, /attention: q: expected dtype f32, got f16/, 'q f16');
-    throwsLike(() => attention(q, p.t(randn(r, T * nKv * D), [T, nKv, D], 'bf16'), v, l), DTypeError, /attention: k: expected dtype f32, got bf16/, 'k bf16');
-    throwsLike(() => attention(p.t(randn(r, T * nH * D), [T, nH * D]), k, v, l), ShapeError, /attention: q: expected shape \[Tq, nH, D\], got \[3, 48\]/, 'q 2-D');
-    throwsLike(() => attention(q, p.t(randn(r, T * nKv * 4), [T, nKv, 4]), v, l), ShapeError, /attention: k: .*D = 8 \(from q\)/, 'k of another head dim');
-    throwsLike(() => attention(q, k, p.t(randn(r, 4 * nKv * D), [4, nKv, D]), l), ShapeError, /attention: v: .*Tk = 3 \(from k\)/, 'v of another Tk');
+    throwsLike(
+      () => attention(p.t(randn(r, T * nH * D), [T, nH, D], 'f16'), k, v, l),
+      DTypeError,
+      /attention: q: expected dtype f32, got f16/,
+      'q f16',
+    );
+    throwsLike(
+      () => attention(q, p.t(randn(r, T * nKv * D), [T, nKv, D], 'bf16'), v, l),
+      DTypeError,
+      /attention: k: expected dtype f32, got bf16/,
+      'k bf16',
+    );
+    throwsLike(
+      () => attention(p.t(randn(r, T * nH * D), [T, nH * D]), k, v, l),
+      ShapeError,
+      /attention: q: expected shape \[Tq, nH, D\], got \[3, 48\]/,
+      'q 2-D',
+    );
+    throwsLike(
+      () => attention(q, p.t(randn(r, T * nKv * 4), [T, nKv, 4]), v, l),
+      ShapeError,
+      /attention: k: .*D = 8 \(from q\)/,
+      'k of another head dim',
+    );
+    throwsLike(
+      () => attention(q, k, p.t(randn(r, 4 * nKv * D), [4, nKv, D]), l),
+      ShapeError,
+      /attention: v: .*Tk = 3 \(from k\)/,
+      'v of another Tk',
+    );
     // layout against the tensors
-    throwsLike(() => attention(q, k, v, lay({ qSeq: [0, 0], qPos: [0, 1] })), ShapeError, /attention: layout\.qSeq: expected shape \[Tq\] with Tq = 3 \(from q\), got \[2\]/, 'layout of another Tq');
-    throwsLike(() => attention(q, k, v, lay({ ...base, kSeq: [0, 0, 0, 0], kPos: [0, 1, 2, 3] })), ShapeError, /attention: layout\.kSeq: .*Tk = 3/, 'layout of another Tk');
-    throwsLike(() => attention(q, k, v, base as unknown as AttentionLayout), ArgumentError, /attention: layout: expected an AttentionLayout/, 'layout a plain object');
+    throwsLike(
+      () => attention(q, k, v, lay({ qSeq: [0, 0], qPos: [0, 1] })),
+      ShapeError,
+      /attention: layout\.qSeq: expected shape \[Tq\] with Tq = 3 \(from q\), got \[2\]/,
+      'layout of another Tq',
+    );
+    throwsLike(
+      () => attention(q, k, v, lay({ ...base, kSeq: [0, 0, 0, 0], kPos: [0, 1, 2, 3] })),
+      ShapeError,
+      /attention: layout\.kSeq: .*Tk = 3/,
+      'layout of another Tk',
+    );
+    throwsLike(
+      () => attention(q, k, v, base as unknown as AttentionLayout),
+      ArgumentError,
+      /attention: layout: expected an AttentionLayout/,
+      'layout a plain object',
+    );
     for (const s of [0, -1, NaN, Infinity])
-      throwsLike(() => attention(q, k, v, l, { scale: s }), ArgumentError, /attention: scale: expected a positive finite number/, `scale ${s}`);
+      throwsLike(
+        () => attention(q, k, v, l, { scale: s }),
+        ArgumentError,
+        /attention: scale: expected a positive finite number/,
+        `scale ${s}`,
+      );
     // attentionGrad's own tensors
-    throwsLike(() => attentionGrad(p.t(randn(r, T * nH * 4), [T, nH, 4]), q, k, v, out, lse, l), ShapeError, /attentionGrad: dOut: .*D = 8/, 'dOut of another D');
-    throwsLike(() => attentionGrad(dOut, q, k, v, p.t(randn(r, T * nH * D), [T, nH, D], 'f16'), lse, l), DTypeError, /attentionGrad: out: expected dtype f32, got f16/, 'out f16');
-    throwsLike(() => attentionGrad(dOut, q, k, v, out, p.t(randn(r, T * nKv), [T, nKv]), l), ShapeError, /attentionGrad: lse: expected shape \[Tq, nH\] with nH = 6/, 'lse [Tq, nKv]');
-    throwsLike(() => attentionGrad(dOut, q, k, v, out, p.t(randn(r, T * nH), [T * nH]), l), ShapeError, /attentionGrad: lse: expected shape \[Tq, nH\]/, 'lse 1-D');
+    throwsLike(
+      () => attentionGrad(p.t(randn(r, T * nH * 4), [T, nH, 4]), q, k, v, out, lse, l),
+      ShapeError,
+      /attentionGrad: dOut: .*D = 8/,
+      'dOut of another D',
+    );
+    throwsLike(
+      () => attentionGrad(dOut, q, k, v, p.t(randn(r, T * nH * D), [T, nH, D], 'f16'), lse, l),
+      DTypeError,
+      /attentionGrad: out: expected dtype f32, got f16/,
+      'out f16',
+    );
+    throwsLike(
+      () => attentionGrad(dOut, q, k, v, out, p.t(randn(r, T * nKv), [T, nKv]), l),
+      ShapeError,
+      /attentionGrad: lse: expected shape \[Tq, nH\] with nH = 6/,
+      'lse [Tq, nKv]',
+    );
+    throwsLike(
+      () => attentionGrad(dOut, q, k, v, out, p.t(randn(r, T * nH), [T * nH]), l),
+      ShapeError,
+      /attentionGrad: lse: expected shape \[Tq, nH\]/,
+      'lse 1-D',
+    );
 
     // the layout itself
-    const seg = (blocked: number[], extra: Partial<NonNullable<AttentionLayoutInit['segments']>> = {}) => ({ ...base, segments: { numSegments: 3, qSegment: [0, 1, 2], blocked, ...extra } });
+    const seg = (blocked: number[], extra: Partial<NonNullable<AttentionLayoutInit['segments']>> = {}) => ({
+      ...base,
+      segments: { numSegments: 3, qSegment: [0, 1, 2], blocked, ...extra },
+    });
     const z = () => new Array(9).fill(0);
-    const up = z(); up[0 * 3 + 1] = 1; // [0][0][1]: segment 0 blocked from the later segment 1
-    throwsLike(() => lay(seg(up)), ArgumentError, /attentionLayout: segments\.blocked\[0\]\[0\]\[1\]: only a later segment may be blocked from an earlier one/, 'blocked earlier → later');
-    const diag = z(); diag[1 * 3 + 1] = 1;
-    throwsLike(() => lay(seg(diag)), ArgumentError, /attentionLayout: segments\.blocked\[0\]\[1\]\[1\]: only a later segment/, 'segment blocked from itself');
-    const two = [...z(), ...z()]; two[9 + 0 * 3 + 2] = 1;
-    throwsLike(() => lay(seg(two)), ArgumentError, /attentionLayout: segments\.blocked\[1\]\[0\]\[2\]: /, 'blocked earlier → later in sequence 1');
-    throwsLike(() => lay(seg(new Array(10).fill(0))), ShapeError, /attentionLayout: segments\.blocked: expected numSeqs·3·3 entries, got 10/, 'blocked not numSeqs·S·S');
-    throwsLike(() => lay(seg(z(), { qSegment: [0, 1, 3] })), ArgumentError, /attentionLayout: segments\.qSegment\[2\]: expected an integer in \[0, 2\], got 3/, 'segment id ≥ S');
-    throwsLike(() => lay(seg(z(), { numSegments: 0 })), ArgumentError, /attentionLayout: segments\.numSegments: expected a positive integer, got 0/, 'numSegments 0');
-    throwsLike(() => lay({ qSeq: [0, 1, 0], qPos: [0, 0, 1], segments: { numSegments: 3, qSegment: [0, 0, 1], blocked: z() } }), ArgumentError, /attentionLayout: qSeq\[1\]: sequence 1 has no entry in segments\.blocked \(numSeqs = 1\)/, 'sequence without a blocked table');
-    throwsLike(() => lay({ ...base, kSeq: [0, 0, 0, 0], kPos: [0, 1, 2, 3], segments: { numSegments: 3, qSegment: [0, 1, 2], blocked: z() } }), ShapeError, /attentionLayout: segments\.kSegment: expected 4 entries/, 'kSegment missing with own keys');
+    const up = z();
+    up[0 * 3 + 1] = 1; // [0][0][1]: segment 0 blocked from the later segment 1
+    throwsLike(
+      () => lay(seg(up)),
+      ArgumentError,
+      /attentionLayout: segments\.blocked\[0\]\[0\]\[1\]: only a later segment may be blocked from an earlier one/,
+      'blocked earlier → later',
+    );
+    const diag = z();
+    diag[1 * 3 + 1] = 1;
+    throwsLike(
+      () => lay(seg(diag)),
+      ArgumentError,
+      /attentionLayout: segments\.blocked\[0\]\[1\]\[1\]: only a later segment/,
+      'segment blocked from itself',
+    );
+    const two = [...z(), ...z()];
+    two[9 + 0 * 3 + 2] = 1;
+    throwsLike(
+      () => lay(seg(two)),
+      ArgumentError,
+      /attentionLayout: segments\.blocked\[1\]\[0\]\[2\]: /,
+      'blocked earlier → later in sequence 1',
+    );
+    throwsLike(
+      () => lay(seg(new Array(10).fill(0))),
+      ShapeError,
+      /attentionLayout: segments\.blocked: expected numSeqs·3·3 entries, got 10/,
+      'blocked not numSeqs·S·S',
+    );
+    throwsLike(
+      () => lay(seg(z(), { qSegment: [0, 1, 3] })),
+      ArgumentError,
+      /attentionLayout: segments\.qSegment\[2\]: expected an integer in \[0, 2\], got 3/,
+      'segment id ≥ S',
+    );
+    throwsLike(
+      () => lay(seg(z(), { numSegments: 0 })),
+      ArgumentError,
+      /attentionLayout: segments\.numSegments: expected a positive integer, got 0/,
+      'numSegments 0',
+    );
+    throwsLike(
+      () => lay({ qSeq: [0, 1, 0], qPos: [0, 0, 1], segments: { numSegments: 3, qSegment: [0, 0, 1], blocked: z() } }),
+      ArgumentError,
+      /attentionLayout: qSeq\[1\]: sequence 1 has no entry in segments\.blocked \(numSeqs = 1\)/,
+      'sequence without a blocked table',
+    );
+    throwsLike(
+      () => lay({ ...base, kSeq: [0, 0, 0, 0], kPos: [0, 1, 2, 3], segments: { numSegments: 3, qSegment: [0, 1, 2], blocked: z() } }),
+      ShapeError,
+      /attentionLayout: segments\.kSegment: expected 4 entries/,
+      'kSegment missing with own keys',
+    );
     throwsLike(() => lay({ qSeq: [0, 0, 0], qPos: [0, 1] }), ShapeError, /attentionLayout: qPos: expected 3 entries, got 2/, 'qPos length');
-    throwsLike(() => lay({ qSeq: [0, 0, 0], qPos: [0, -1, 2] }), ArgumentError, /attentionLayout: qPos\[1\]: expected an integer in \[0, /, 'negative position');
-    throwsLike(() => lay({ qSeq: [0, 0.5, 0], qPos: [0, 1, 2] }), ArgumentError, /attentionLayout: qSeq\[1\]: expected an integer/, 'fractional sequence id');
+    throwsLike(
+      () => lay({ qSeq: [0, 0, 0], qPos: [0, -1, 2] }),
+      ArgumentError,
+      /attentionLayout: qPos\[1\]: expected an integer in \[0, /,
+      'negative position',
+    );
+    throwsLike(
+      () => lay({ qSeq: [0, 0.5, 0], qPos: [0, 1, 2] }),
+      ArgumentError,
+      /attentionLayout: qSeq\[1\]: expected an integer/,
+      'fractional sequence id',
+    );
     throwsLike(() => lay({ ...base, kSeq: [0, 0, 0, 0] }), ShapeError, /attentionLayout: kPos: expected 4 entries/, 'kSeq without kPos');
     throwsLike(() => lay({ qSeq: [], qPos: [] }), ShapeError, /attentionLayout: qSeq: expected at least one query token/, 'no queries');
 
@@ -363,11 +578,21 @@ forEachBackend('attention ops reject bad input', async (b) => {
     const vd = p.t(randn(r, T * nKv * D), [T, nKv, D]);
     vd.dispose();
     throwsLike(() => attention(q, k, vd, l), DisposedTensorError, /attention: v\b/, 'disposed v');
-    const o = other = await openBackend('cpu').catch(() => null) ?? await openBackend(b.kind);
+    const o = (other = (await openBackend('cpu').catch(() => null)) ?? (await openBackend(b.kind)));
     const lo = attentionLayout(o, base);
-    throwsLike(() => attention(q, k, v, lo), BackendMismatchError, /attention: layout\.qSeq: expected a tensor on the .* backend/, 'layout of another backend');
+    throwsLike(
+      () => attention(q, k, v, lo),
+      BackendMismatchError,
+      /attention: layout\.qSeq: expected a tensor on the .* backend/,
+      'layout of another backend',
+    );
     lo.dispose();
-    throwsLike(() => attentionGrad(dOut, q, k, v, out, o.tensor(randn(r, T * nH), [T, nH]), l), BackendMismatchError, /attentionGrad: lse: expected a tensor on the/, 'lse of another backend');
+    throwsLike(
+      () => attentionGrad(dOut, q, k, v, out, o.tensor(randn(r, T * nH), [T, nH]), l),
+      BackendMismatchError,
+      /attentionGrad: lse: expected a tensor on the/,
+      'lse of another backend',
+    );
   } finally {
     p.dispose();
     for (const l of layouts) l.dispose();
@@ -378,6 +603,10 @@ forEachBackend('attention ops reject bad input', async (b) => {
 test('case matrix: MHA, GQA, MQA, packing, segments, decode, no-key queries and both D ranges reach webgpu', () => {
   const wg = CASES.filter((c) => c.webgpu);
   assert.ok(wg.some((c) => c.nH === c.nKv) && wg.some((c) => c.nKv === 1) && wg.some((c) => c.nKv > 1 && c.nKv < c.nH));
-  for (const word of ['interleaved', 'segment', 'decode', 'no key', 'T=1 ', 'odd']) assert.ok(wg.some((c) => c.name.includes(word)), word);
+  for (const word of ['interleaved', 'segment', 'decode', 'no key', 'T=1 ', 'odd'])
+    assert.ok(
+      wg.some((c) => c.name.includes(word)),
+      word,
+    );
   assert.ok(wg.some((c) => c.D <= 64) && wg.some((c) => c.D > 64));
 });

@@ -13,7 +13,10 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 test('probeBackends reports every backend, with a reason for each missing one', async () => {
   const found = await probeBackends();
-  assert.deepEqual(found.map((f) => f.kind), ['cpu', 'webgpu', 'cuda']);
+  assert.deepEqual(
+    found.map((f) => f.kind),
+    ['cpu', 'webgpu', 'cuda'],
+  );
   for (const f of found) {
     if (f.available) {
       assert.ok(f.info && f.info.name === f.kind && f.info.device.length > 0, `${f.kind} info`);
@@ -49,7 +52,11 @@ test("openBackend('auto') without the addon falls back to a software WebGPU adap
   if (!software) return t.skip('the WebGPU adapter here is hardware: auto picks it anyway');
   const script = `import('${pathToFileURL(path.join(root, 'dist', 'src', 'backend', 'select.js')).href}').then(async (m) => {
     const b = await m.openBackend('auto'); console.log(JSON.stringify({ kind: b.kind, software: b.info().software })); b.destroy(); });`;
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, MOTE_ADDON_PATH: path.join(os.tmpdir(), 'no-such-addon.node') }, timeout: 60_000 });
+  const r = spawnSync(process.execPath, ['-e', script], {
+    encoding: 'utf8',
+    env: { ...process.env, MOTE_ADDON_PATH: path.join(os.tmpdir(), 'no-such-addon.node') },
+    timeout: 60_000,
+  });
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').at(-1)!), { kind: 'webgpu', software: true });
   const notices = r.stderr.split('\n').filter((l) => l.startsWith('mote: '));
@@ -58,7 +65,10 @@ test("openBackend('auto') without the addon falls back to a software WebGPU adap
 });
 
 test('openBackend rejects unknown kinds and reports unavailable ones without crashing', async () => {
-  await assert.rejects(() => openBackend('tpu' as never), (e: Error) => e instanceof ArgumentError && /kind: expected/.test(e.message));
+  await assert.rejects(
+    () => openBackend('tpu' as never),
+    (e: Error) => e instanceof ArgumentError && /kind: expected/.test(e.message),
+  );
   const cuda = await openBackend('cuda').catch((e) => e);
   if (cuda instanceof Error) {
     assert.ok(cuda instanceof BackendUnavailableError, String(cuda));
@@ -98,7 +108,9 @@ test('`mote info` lists every backend and exits by itself', () => {
   const out = execFileSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info'], { encoding: 'utf8', timeout: 120_000 });
   for (const k of ['cpu', 'webgpu', 'cuda']) assert.match(out, new RegExp(`^${k}\\s+(available|missing)`, 'm'));
   for (const k of REQUIRED) if (k !== 'browser') assert.match(out, new RegExp(`^${k}\\s+available`, 'm'));
-  const json = JSON.parse(execFileSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info', '--json'], { encoding: 'utf8', timeout: 120_000 }));
+  const json = JSON.parse(
+    execFileSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info', '--json'], { encoding: 'utf8', timeout: 120_000 }),
+  );
   assert.deepEqual(json.backends.map((b: { kind: string }) => b.kind).sort(), ['cpu', 'cuda', 'webgpu']);
 });
 
@@ -114,7 +126,12 @@ test('`mote` with bad input prints one clear line and exits non-zero', () => {
 });
 
 test("Dawn's own warnings stay out of the terminal (MOTE_DEBUG=1 shows them)", (t) => {
-  const run = (env: Record<string, string>) => spawnSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info'], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, ...env } });
+  const run = (env: Record<string, string>) =>
+    spawnSync(process.execPath, [join(root, 'bin', 'mote.js'), 'info'], {
+      encoding: 'utf8',
+      timeout: 120_000,
+      env: { ...process.env, ...env },
+    });
   const quiet = run({ MOTE_DEBUG: '' });
   assert.equal(quiet.status, 0, quiet.stderr);
   if (!/^webgpu\s+available/m.test(quiet.stdout)) return t.skip('no webgpu adapter here');

@@ -18,7 +18,10 @@ import { KERNEL_CASE_NAMES } from './kernel_cases.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CHROMIUM = process.env.MOTE_CHROMIUM ?? '/usr/bin/chromium';
-const REQUIRED = (process.env.MOTE_REQUIRE_BACKENDS ?? '').split(',').map((s) => s.trim()).includes('browser');
+const REQUIRED = (process.env.MOTE_REQUIRE_BACKENDS ?? '')
+  .split(',')
+  .map((s) => s.trim())
+  .includes('browser');
 /** The flag that gives headless Chromium on Linux a WebGPU adapter (SwiftShader without a GPU); the origin must be secure (127.0.0.1 is). */
 const CHROMIUM_ARGS = ['--enable-unsafe-webgpu'];
 const PAGE_TIMEOUT_MS = 150_000;
@@ -32,7 +35,12 @@ async function buildPage(): Promise<{ bundle: string; page: string; sizes: { byt
   const web = await buildWeb({ quiet: true });
   const page = await build({
     entryPoints: [join(ROOT, 'test', 'browser', 'page.ts')],
-    bundle: true, format: 'esm', platform: 'browser', target: 'es2022', write: false, logLevel: 'error',
+    bundle: true,
+    format: 'esm',
+    platform: 'browser',
+    target: 'es2022',
+    write: false,
+    logLevel: 'error',
     plugins: [nodeShimPlugin],
   });
   return { bundle: readFileSync(web.outfile, 'utf8'), page: page.outputFiles[0]!.text, sizes: { bytes: web.bytes, gzip: web.gzip } };
@@ -45,8 +53,14 @@ const HTML = `<!doctype html><meta charset="utf-8"><title>mote</title>
 function serve(files: Record<string, [type: string, body: string]>): Promise<Server> {
   const server = createServer((req, res) => {
     const f = files[req.url ?? ''];
-    if (req.url === '/favicon.ico') { res.writeHead(204).end(); return; }
-    if (!f) { res.writeHead(404).end(); return; }
+    if (req.url === '/favicon.ico') {
+      res.writeHead(204).end();
+      return;
+    }
+    if (!f) {
+      res.writeHead(404).end();
+      return;
+    }
     res.writeHead(200, { 'content-type': f[0], 'cache-control': 'no-store' }).end(f[1]);
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
@@ -64,73 +78,95 @@ else {
 }
 
 if (skipReason !== undefined && !REQUIRED) {
-  test('browser tests', (t) => { t.skip(`browser unavailable: ${skipReason}`); });
-} else {
-  test('mote in headless Chromium: every kernel family against the float64 references', { timeout: PAGE_TIMEOUT_MS + 60_000 }, async (t) => {
-    if (skipReason !== undefined) assert.fail(`required backend browser is unavailable: ${skipReason}`);
-    const { bundle, page: pageJs, sizes } = await buildPage();
-    t.diagnostic(`bundle: ${(sizes.bytes / 1024).toFixed(0)} KiB minified, ${(sizes.gzip / 1024).toFixed(0)} KiB gzipped`);
-    const js = 'text/javascript; charset=utf-8';
-    const html = 'text/html; charset=utf-8';
-    const server = await serve({
-      '/': [html, HTML], '/mote.js': [js, bundle], '/page.js': [js, pageJs],
-      // examples/browser as users see it, importing ../../dist/web/mote.js
-      '/examples/browser/': [html, readFileSync(join(ROOT, 'examples', 'browser', 'index.html'), 'utf8')], '/dist/web/mote.js': [js, bundle],
-    });
-    const browser = await playwright!.chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
-    try {
-      const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
-      const pageErrors: string[] = [];
-      page.on('pageerror', (e) => pageErrors.push(e.stack ?? e.message));
-      page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
-      await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
-      await page.waitForFunction(() => 'moteRun' in globalThis, undefined, { timeout: 30_000 });
-      let timer: NodeJS.Timeout | undefined;
-      const report = await Promise.race([
-        page.evaluate(() => (globalThis as unknown as { moteRun(): Promise<PageReport | { noAdapter: string }> }).moteRun()),
-        new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`the page did not finish within ${PAGE_TIMEOUT_MS / 1000} s`)), PAGE_TIMEOUT_MS); }),
-      ]).finally(() => clearTimeout(timer));
-      mkdirSync(join(ROOT, 'test-artifacts'), { recursive: true });
-      await page.screenshot({ path: join(ROOT, 'test-artifacts', 'browser.png'), fullPage: true });
-      if ('noAdapter' in report) {
-        if (REQUIRED) assert.fail(`required backend browser has no WebGPU adapter: ${report.noAdapter}`);
-        t.skip(`no WebGPU adapter in Chromium: ${report.noAdapter}`);
-        return;
-      }
-      t.diagnostic(`adapter: ${report.adapter.device}; features: ${report.adapter.features.join(' ')}`);
-      assert.deepEqual(report.results.map((r) => r.name), KERNEL_CASE_NAMES, 'the page ran every case');
-      for (const r of report.results) {
-        await t.test(`[browser] ${r.name}`, () => assert.equal(r.failure, '', `${r.name}: ${r.failure}`));
-      }
-      await t.test('[browser] in-memory model: modelFromTensors logits, greedy generate, tokenizer from JSON', () => assert.deepEqual(report.model.failures, []));
-      await t.test('[browser] bad input (ops, openBackend) throws the named MoteError', () => assert.deepEqual(report.badInput, []));
-      await t.test('[browser] cpu and cuda are absent with BackendUnavailableError', () => {
-        assert.equal(report.unavailable.length, 2);
-        for (const line of report.unavailable) assert.match(line, /^(cpu|cuda): BackendUnavailableError: backend '(cpu|cuda)' is unavailable: .*Node addon/);
-      });
-      await t.test('[browser] a GPUDevice the page owns: mote runs on it and leaves it alive', () => {
-        assert.ok(report.ownDevice.error <= 1e-5, `matmul relative error ${report.ownDevice.error}`);
-        assert.ok(report.ownDevice.aliveAfterDestroy, 'destroy() destroyed a device mote does not own');
-      });
-      await t.test('[browser] no tensors left behind, no page errors', () => {
-        assert.deepEqual(report.leaked, { buffers: 0, bytes: 0 });
-        assert.deepEqual(pageErrors, []);
-      });
-      await t.test('[browser] examples/browser runs and matches the reference', async () => {
-        const example = await browser.newPage();
-        try {
-          await example.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/examples/browser/`);
-          await example.waitForFunction(() => /relative error|Error/.test(document.getElementById('out')?.textContent ?? ''), undefined, { timeout: 60_000 });
-          const text = (await example.textContent('#out')) ?? '';
-          const m = /relative error against the float64 reference: (\S+)/.exec(text);
-          assert.ok(m && Number(m[1]) <= 1e-5, text);
-        } finally {
-          await example.close();
-        }
-      });
-    } finally {
-      await browser.close();
-      server.close();
-    }
+  test('browser tests', (t) => {
+    t.skip(`browser unavailable: ${skipReason}`);
   });
+} else {
+  test(
+    'mote in headless Chromium: every kernel family against the float64 references',
+    { timeout: PAGE_TIMEOUT_MS + 60_000 },
+    async (t) => {
+      if (skipReason !== undefined) assert.fail(`required backend browser is unavailable: ${skipReason}`);
+      const { bundle, page: pageJs, sizes } = await buildPage();
+      t.diagnostic(`bundle: ${(sizes.bytes / 1024).toFixed(0)} KiB minified, ${(sizes.gzip / 1024).toFixed(0)} KiB gzipped`);
+      const js = 'text/javascript; charset=utf-8';
+      const html = 'text/html; charset=utf-8';
+      const server = await serve({
+        '/': [html, HTML],
+        '/mote.js': [js, bundle],
+        '/page.js': [js, pageJs],
+        // examples/browser as users see it, importing ../../dist/web/mote.js
+        '/examples/browser/': [html, readFileSync(join(ROOT, 'examples', 'browser', 'index.html'), 'utf8')],
+        '/dist/web/mote.js': [js, bundle],
+      });
+      const browser = await playwright!.chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+      try {
+        const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+        const pageErrors: string[] = [];
+        page.on('pageerror', (e) => pageErrors.push(e.stack ?? e.message));
+        page.on('console', (m) => {
+          if (m.type() === 'error') pageErrors.push(m.text());
+        });
+        await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+        await page.waitForFunction(() => 'moteRun' in globalThis, undefined, { timeout: 30_000 });
+        let timer: NodeJS.Timeout | undefined;
+        const report = await Promise.race([
+          page.evaluate(() => (globalThis as unknown as { moteRun(): Promise<PageReport | { noAdapter: string }> }).moteRun()),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`the page did not finish within ${PAGE_TIMEOUT_MS / 1000} s`)), PAGE_TIMEOUT_MS);
+          }),
+        ]).finally(() => clearTimeout(timer));
+        mkdirSync(join(ROOT, 'test-artifacts'), { recursive: true });
+        await page.screenshot({ path: join(ROOT, 'test-artifacts', 'browser.png'), fullPage: true });
+        if ('noAdapter' in report) {
+          if (REQUIRED) assert.fail(`required backend browser has no WebGPU adapter: ${report.noAdapter}`);
+          t.skip(`no WebGPU adapter in Chromium: ${report.noAdapter}`);
+          return;
+        }
+        t.diagnostic(`adapter: ${report.adapter.device}; features: ${report.adapter.features.join(' ')}`);
+        assert.deepEqual(
+          report.results.map((r) => r.name),
+          KERNEL_CASE_NAMES,
+          'the page ran every case',
+        );
+        for (const r of report.results) {
+          await t.test(`[browser] ${r.name}`, () => assert.equal(r.failure, '', `${r.name}: ${r.failure}`));
+        }
+        await t.test('[browser] in-memory model: modelFromTensors logits, greedy generate, tokenizer from JSON', () =>
+          assert.deepEqual(report.model.failures, []),
+        );
+        await t.test('[browser] bad input (ops, openBackend) throws the named MoteError', () => assert.deepEqual(report.badInput, []));
+        await t.test('[browser] cpu and cuda are absent with BackendUnavailableError', () => {
+          assert.equal(report.unavailable.length, 2);
+          for (const line of report.unavailable)
+            assert.match(line, /^(cpu|cuda): BackendUnavailableError: backend '(cpu|cuda)' is unavailable: .*Node addon/);
+        });
+        await t.test('[browser] a GPUDevice the page owns: mote runs on it and leaves it alive', () => {
+          assert.ok(report.ownDevice.error <= 1e-5, `matmul relative error ${report.ownDevice.error}`);
+          assert.ok(report.ownDevice.aliveAfterDestroy, 'destroy() destroyed a device mote does not own');
+        });
+        await t.test('[browser] no tensors left behind, no page errors', () => {
+          assert.deepEqual(report.leaked, { buffers: 0, bytes: 0 });
+          assert.deepEqual(pageErrors, []);
+        });
+        await t.test('[browser] examples/browser runs and matches the reference', async () => {
+          const example = await browser.newPage();
+          try {
+            await example.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/examples/browser/`);
+            await example.waitForFunction(() => /relative error|Error/.test(document.getElementById('out')?.textContent ?? ''), undefined, {
+              timeout: 60_000,
+            });
+            const text = (await example.textContent('#out')) ?? '';
+            const m = /relative error against the float64 reference: (\S+)/.exec(text);
+            assert.ok(m && Number(m[1]) <= 1e-5, text);
+          } finally {
+            await example.close();
+          }
+        });
+      } finally {
+        await browser.close();
+        server.close();
+      }
+    },
+  );
 }

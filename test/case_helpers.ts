@@ -14,11 +14,18 @@ export class Report {
   readonly fails: string[] = [];
   constructor(readonly label: string) {}
   close(what: string, out: ArrayLike<number>, ref: ArrayLike<number>, live?: (i: number) => boolean, tol = CASE_TOL): void {
-    if (out.length !== ref.length) { this.fails.push(`${what}: length ${out.length}, expected ${ref.length}`); return; }
-    let num = 0, den = 0;
+    if (out.length !== ref.length) {
+      this.fails.push(`${what}: length ${out.length}, expected ${ref.length}`);
+      return;
+    }
+    let num = 0,
+      den = 0;
     for (let i = 0; i < ref.length; i++) {
       if (live && !live(i)) continue;
-      if (!Number.isFinite(out[i]!)) { this.fails.push(`${what}: non-finite output at ${i} (${out[i]}), reference ${ref[i]}`); return; }
+      if (!Number.isFinite(out[i]!)) {
+        this.fails.push(`${what}: non-finite output at ${i} (${out[i]}), reference ${ref[i]}`);
+        return;
+      }
       num += (out[i]! - ref[i]!) ** 2;
       den += ref[i]! ** 2;
     }
@@ -30,7 +37,10 @@ export class Report {
     for (let i = 0; i < out.length; i++) {
       if (!where(i)) continue;
       const w = typeof want === 'number' ? want : want[i]!;
-      if (!(out[i] === w)) { this.fails.push(`${what}: entry ${i} must be exactly ${w}, got ${out[i]}`); return; }
+      if (!(out[i] === w)) {
+        this.fails.push(`${what}: entry ${i} must be exactly ${w}, got ${out[i]}`);
+        return;
+      }
     }
   }
   async step(what: string, f: () => Promise<void>): Promise<void> {
@@ -65,21 +75,34 @@ export class Pool {
 }
 
 export const bitsEqual = (a: Float32Array, c: Float32Array): boolean =>
-  a.length === c.length && new Uint32Array(a.buffer, a.byteOffset, a.length).every((v, i) => v === new Uint32Array(c.buffer, c.byteOffset, c.length)[i]);
+  a.length === c.length &&
+  new Uint32Array(a.buffer, a.byteOffset, a.length).every((v, i) => v === new Uint32Array(c.buffer, c.byteOffset, c.length)[i]);
 
 export function throwsLike(f: () => unknown, cls: new (...a: never[]) => MoteError, re: RegExp, what: string): void {
-  assert.throws(f, (e: unknown) => {
-    assert.ok(e instanceof cls, `${what}: expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
-    assert.match((e as Error).message, re, `${what}: message`);
-    return true;
-  }, what);
+  assert.throws(
+    f,
+    (e: unknown) => {
+      assert.ok(e instanceof cls, `${what}: expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+      assert.match((e as Error).message, re, `${what}: message`);
+      return true;
+    },
+    what,
+  );
 }
 
-export async function rejectsLike(f: () => Promise<unknown>, cls: new (...a: never[]) => MoteError, re: RegExp, what: string): Promise<void> {
-  await assert.rejects(f, (e: unknown) => {
-    assert.ok(e instanceof cls, `${what}: expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
-    assert.match((e as Error).message, re, `${what}: message`);
-    return true;
-  }, what);
+export async function rejectsLike(
+  f: () => Promise<unknown>,
+  cls: new (...a: never[]) => MoteError,
+  re: RegExp,
+  what: string,
+): Promise<void> {
+  await assert.rejects(
+    f,
+    (e: unknown) => {
+      assert.ok(e instanceof cls, `${what}: expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+      assert.match((e as Error).message, re, `${what}: message`);
+      return true;
+    },
+    what,
+  );
 }
-

@@ -12,8 +12,17 @@ import { ArgumentError, FormatError } from '../src/errors.js';
 import { loadTokenizer, type MoteTokenizer } from '../src/io/tokenizer.js';
 import { formatChain, parseChain, type Chain } from '../src/mote/aligncot.js';
 import {
-  ChainTooLongError, chainExample, chainExamples, chainFromJson, chainToJson, packExamples, parseChainsJsonl, promptIds, readChainsJsonl,
-  stepTokenIds, type ChainExample,
+  ChainTooLongError,
+  chainExample,
+  chainExamples,
+  chainFromJson,
+  chainToJson,
+  packExamples,
+  parseChainsJsonl,
+  promptIds,
+  readChainsJsonl,
+  stepTokenIds,
+  type ChainExample,
 } from '../src/mote/chains.js';
 import { STEPS, STEP_END_TOKENS, STEP_TOKENS, moteConfig, specialTokens, type StepName } from '../src/mote/steps.js';
 import { writeTinyTokenizer } from './fixtures/tiny_tokenizer.js';
@@ -42,7 +51,13 @@ const CHAIN: Chain = {
 };
 
 /** Walks an example token by token against its chain: prompt, then per step start tag, text ids, end tag. */
-function assertAligned(tok: MoteTokenizer, ex: ChainExample, chain: Chain, config: { steps: typeof STEPS[number][] }, prompt: number[]): void {
+function assertAligned(
+  tok: MoteTokenizer,
+  ex: ChainExample,
+  chain: Chain,
+  config: { steps: (typeof STEPS)[number][] },
+  prompt: number[],
+): void {
   assert.equal(ex.stepIds.length, ex.ids.length);
   assert.equal(ex.lossMask.length, ex.ids.length);
   assert.deepEqual([...ex.ids.subarray(0, prompt.length)], prompt);
@@ -53,7 +68,11 @@ function assertAligned(tok: MoteTokenizer, ex: ChainExample, chain: Chain, confi
   }
   for (const s of chain.steps) {
     const k = config.steps.indexOf(s.step);
-    const want = [tok.tokenToId(STEP_TOKENS[s.step])!, ...tok.encode(s.text, { addSpecialTokens: false }), tok.tokenToId(STEP_END_TOKENS[s.step])!];
+    const want = [
+      tok.tokenToId(STEP_TOKENS[s.step])!,
+      ...tok.encode(s.text, { addSpecialTokens: false }),
+      tok.tokenToId(STEP_END_TOKENS[s.step])!,
+    ];
     for (const id of want) {
       assert.equal(ex.ids[t], id, `token ${t} of step ${s.step}`);
       assert.equal(ex.stepIds[t], k, `stepIds[${t}] in step ${s.step}`);
@@ -66,12 +85,22 @@ function assertAligned(tok: MoteTokenizer, ex: ChainExample, chain: Chain, confi
 
 test('stepTokenIds: the step tags must be single special tokens', () => {
   const bare = tokenizer({ steps: false });
-  assert.throws(() => stepTokenIds(bare, THREE), (e: Error) => e instanceof ArgumentError && /step tag '<\|analysis\|>' is not a single token/.test(e.message) && /addSpecialTokens/.test(e.message));
+  assert.throws(
+    () => stepTokenIds(bare, THREE),
+    (e: Error) =>
+      e instanceof ArgumentError && /step tag '<\|analysis\|>' is not a single token/.test(e.message) && /addSpecialTokens/.test(e.message),
+  );
   assert.throws(() => chainExample(CHAIN, bare, ALL), /not a single token/);
   const tok = tokenizer();
   const ids = stepTokenIds(tok, ALL);
-  assert.deepEqual(ids.start, STEPS.map((s) => tok.tokenToId(STEP_TOKENS[s])));
-  assert.deepEqual(ids.end, STEPS.map((s) => tok.tokenToId(STEP_END_TOKENS[s])));
+  assert.deepEqual(
+    ids.start,
+    STEPS.map((s) => tok.tokenToId(STEP_TOKENS[s])),
+  );
+  assert.deepEqual(
+    ids.end,
+    STEPS.map((s) => tok.tokenToId(STEP_END_TOKENS[s])),
+  );
   assert.equal(new Set([...ids.start, ...ids.end]).size, 8);
 });
 
@@ -86,7 +115,12 @@ test('chainExample: ids, stepIds and lossMask line up token by token (chat templ
       assert.deepEqual(prompt, tok.encode(CHAIN.prompt));
       assert.equal(prompt[0], tok.bosTokenId);
     } else {
-      assert.deepEqual(prompt, tok.encode(tok.applyChatTemplate([{ role: 'user', content: CHAIN.prompt }], { addGenerationPrompt: true }), { addSpecialTokens: false }));
+      assert.deepEqual(
+        prompt,
+        tok.encode(tok.applyChatTemplate([{ role: 'user', content: CHAIN.prompt }], { addGenerationPrompt: true }), {
+          addSpecialTokens: false,
+        }),
+      );
       assert.equal(prompt.filter((i) => i === tok.bosTokenId).length, 1, 'one bos, from the template');
     }
     assertAligned(tok, example, CHAIN, ALL, prompt);
@@ -100,7 +134,15 @@ test('chainExample: ids, stepIds and lossMask line up token by token (chat templ
   assert.deepEqual(promptIds(tok, CHAIN, 'plain'), tok.encode(CHAIN.prompt));
   assert.throws(() => promptIds(tokenizer({ chatTemplate: null }), CHAIN, 'chat'), FormatError);
   // Multi-turn prompts go through the template as messages.
-  const multi: Chain = { prompt: 'unused', messages: [{ role: 'user', content: 'hello' }, { role: 'assistant', content: 'world' }, { role: 'user', content: 'the world?' }], steps: [{ step: 'answer', text: 'hello' }] };
+  const multi: Chain = {
+    prompt: 'unused',
+    messages: [
+      { role: 'user', content: 'hello' },
+      { role: 'assistant', content: 'world' },
+      { role: 'user', content: 'the world?' },
+    ],
+    steps: [{ step: 'answer', text: 'hello' }],
+  };
   const { example } = chainExample(multi, tok, THREE);
   const p = promptIds(tok, multi);
   assert.deepEqual(p, tok.encode(tok.applyChatTemplate(multi.messages!, { addGenerationPrompt: true }), { addSpecialTokens: false }));
@@ -109,7 +151,13 @@ test('chainExample: ids, stepIds and lossMask line up token by token (chat templ
 
 test('chainExample: step indices follow the bundle, missing steps, eos, extra steps', () => {
   const tok = tokenizer();
-  const partial: Chain = { prompt: 'hello', steps: [{ step: 'analysis', text: 'the' }, { step: 'answer', text: 'world' }] };
+  const partial: Chain = {
+    prompt: 'hello',
+    steps: [
+      { step: 'analysis', text: 'the' },
+      { step: 'answer', text: 'world' },
+    ],
+  };
   const { example } = chainExample(partial, tok, THREE);
   assertAligned(tok, example, partial, THREE, promptIds(tok, partial));
   assert.deepEqual([...new Set(example.stepIds)], [-1, 0, 2]);
@@ -125,16 +173,42 @@ test('chainExample: step indices follow the bundle, missing steps, eos, extra st
   // writes it); an error naming it on request; any extra step left out with 'drop'.
   const noCheck = chainExample(CHAIN, tok, THREE).example;
   assertAligned(tok, noCheck, { ...CHAIN, steps: CHAIN.steps.slice(0, 3) }, THREE, promptIds(tok, CHAIN));
-  assert.throws(() => chainExample(CHAIN, tok, THREE, { extraSteps: 'error' }), /chainExample: chain\.steps\[3\]\.step: 'check' is not one of this bundle's steps/);
+  assert.throws(
+    () => chainExample(CHAIN, tok, THREE, { extraSteps: 'error' }),
+    /chainExample: chain\.steps\[3\]\.step: 'check' is not one of this bundle's steps/,
+  );
   const dropped = chainExample(CHAIN, tok, THREE, { extraSteps: 'drop' }).example;
   assertAligned(tok, dropped, { ...CHAIN, steps: CHAIN.steps.slice(0, 3) }, THREE, promptIds(tok, CHAIN));
   // Other steps the bundle lacks are still errors by default (a schema without guidance).
   const noGuidance = { steps: ['analysis', 'answer'] as StepName[] };
   assert.throws(() => chainExample(CHAIN, tok, noGuidance), /'guidance' is not one of this bundle's steps/);
-  assertAligned(tok, chainExample(CHAIN, tok, noGuidance, { extraSteps: 'drop' }).example, { ...CHAIN, steps: [CHAIN.steps[0]!, CHAIN.steps[2]!] }, noGuidance, promptIds(tok, CHAIN));
+  assertAligned(
+    tok,
+    chainExample(CHAIN, tok, noGuidance, { extraSteps: 'drop' }).example,
+    { ...CHAIN, steps: [CHAIN.steps[0]!, CHAIN.steps[2]!] },
+    noGuidance,
+    promptIds(tok, CHAIN),
+  );
 
-  assert.throws(() => chainExample({ prompt: 'x', steps: [{ step: 'answer', text: 'a' }, { step: 'analysis', text: 'b' }] }, tok, THREE), /steps\[1\]\.step: 'analysis' is out of order/);
-  assert.throws(() => chainExample({ prompt: 'x', steps: [{ step: 'answr' as never, text: 'a' }] }, tok, THREE), /steps\[0\]\.step: unknown step "answr"/);
+  assert.throws(
+    () =>
+      chainExample(
+        {
+          prompt: 'x',
+          steps: [
+            { step: 'answer', text: 'a' },
+            { step: 'analysis', text: 'b' },
+          ],
+        },
+        tok,
+        THREE,
+      ),
+    /steps\[1\]\.step: 'analysis' is out of order/,
+  );
+  assert.throws(
+    () => chainExample({ prompt: 'x', steps: [{ step: 'answr' as never, text: 'a' }] }, tok, THREE),
+    /steps\[0\]\.step: unknown step "answr"/,
+  );
   assert.throws(() => chainExample(CHAIN, tok, ALL, { maxLength: 1 }), /maxLength: expected an integer ≥ 2/);
   assert.throws(() => chainExample(CHAIN, tok, ALL, { promptFormat: 'jinja' as never }), /promptFormat/);
 });
@@ -143,12 +217,16 @@ test('truncation to maxLength drops whole trailing steps and never cuts a tag', 
   const tok = tokenizer();
   const full = chainExample(CHAIN, tok, ALL).example;
   const prompt = promptIds(tok, CHAIN);
-  const starts = new Set(stepTokenIds(tok, ALL).start), ends = new Set(stepTokenIds(tok, ALL).end);
+  const starts = new Set(stepTokenIds(tok, ALL).start),
+    ends = new Set(stepTokenIds(tok, ALL).end);
   // Where each step ends in the full example.
   const stepEnds: number[] = [];
-  full.ids.forEach((id, t) => { if (ends.has(id)) stepEnds.push(t + 1); });
+  full.ids.forEach((id, t) => {
+    if (ends.has(id)) stepEnds.push(t + 1);
+  });
   assert.equal(stepEnds.length, 4);
-  let seenTooLong = 0, seenCut = 0;
+  let seenTooLong = 0,
+    seenCut = 0;
   for (let maxLength = 2; maxLength <= full.ids.length + 2; maxLength++) {
     let r: ReturnType<typeof chainExample>;
     try {
@@ -170,7 +248,10 @@ test('truncation to maxLength drops whole trailing steps and never cuts a tag', 
     assert.ok(ends.has(ex.ids.at(-1)!), 'ends on an end tag');
     const chainIds = [...ex.ids.subarray(prompt.length)];
     assert.equal(chainIds.filter((i) => starts.has(i)).length, chainIds.filter((i) => ends.has(i)).length);
-    assert.deepEqual(r.dropped, CHAIN.steps.slice(keep).map((s) => s.step));
+    assert.deepEqual(
+      r.dropped,
+      CHAIN.steps.slice(keep).map((s) => s.step),
+    );
     if (keep < 4) seenCut++;
   }
   assert.ok(seenTooLong > 0 && seenCut > 0);
@@ -179,10 +260,19 @@ test('truncation to maxLength drops whole trailing steps and never cuts a tag', 
   const short: Chain = { prompt: 'hello', steps: [{ step: 'answer', text: 'world' }] };
   const res = chainExamples([CHAIN, short, CHAIN], tok, ALL, { maxLength: stepEnds[1]! });
   assert.equal(res.examples.length, 3);
-  assert.deepEqual(res.truncated.map((t) => [t.index, t.dropped]), [[0, ['answer', 'check']], [2, ['answer', 'check']]]);
+  assert.deepEqual(
+    res.truncated.map((t) => [t.index, t.dropped]),
+    [
+      [0, ['answer', 'check']],
+      [2, ['answer', 'check']],
+    ],
+  );
   const tight = chainExamples([CHAIN, short], tok, ALL, { maxLength: stepEnds[0]! - 1 });
   assert.equal(tight.examples.length, 1);
-  assert.deepEqual(tight.tooLong.map((t) => t.index), [0]);
+  assert.deepEqual(
+    tight.tooLong.map((t) => t.index),
+    [0],
+  );
   assert.match(tight.tooLong[0]!.reason, /chainExamples: chains\[0\]: too long/);
 });
 
@@ -191,14 +281,40 @@ test('JSONL: both forms, messages, round trip through chainToJson, errors naming
   const lines = [
     JSON.stringify({ prompt: 'hello', analysis: 'the world', guidance: 'say hello', answer: 'hello world' }),
     '',
-    JSON.stringify({ id: 7, meta: { src: 'toy' }, prompt: 'world', steps: [{ step: 'analysis', text: 'a' }, { step: 'answer', text: 'b' }, { step: 'check', text: 'safe' }] }),
-    JSON.stringify({ messages: [{ role: 'user', content: 'hello' }, { role: 'assistant', content: 'hi' }, { role: 'user', content: 'world?' }], answer: 'the world' }),
+    JSON.stringify({
+      id: 7,
+      meta: { src: 'toy' },
+      prompt: 'world',
+      steps: [
+        { step: 'analysis', text: 'a' },
+        { step: 'answer', text: 'b' },
+        { step: 'check', text: 'safe' },
+      ],
+    }),
+    JSON.stringify({
+      messages: [
+        { role: 'user', content: 'hello' },
+        { role: 'assistant', content: 'hi' },
+        { role: 'user', content: 'world?' },
+      ],
+      answer: 'the world',
+    }),
   ];
   fs.writeFileSync(file, lines.join('\r\n') + '\n');
   const chains = readChainsJsonl(file);
-  assert.deepEqual(chains.map((c) => c.line), [1, 3, 4]);
-  assert.deepEqual(chains[0]!.steps, [{ step: 'analysis', text: 'the world' }, { step: 'guidance', text: 'say hello' }, { step: 'answer', text: 'hello world' }]);
-  assert.deepEqual(chains[1]!.steps.map((s) => s.step), ['analysis', 'answer', 'check']);
+  assert.deepEqual(
+    chains.map((c) => c.line),
+    [1, 3, 4],
+  );
+  assert.deepEqual(chains[0]!.steps, [
+    { step: 'analysis', text: 'the world' },
+    { step: 'guidance', text: 'say hello' },
+    { step: 'answer', text: 'hello world' },
+  ]);
+  assert.deepEqual(
+    chains[1]!.steps.map((s) => s.step),
+    ['analysis', 'answer', 'check'],
+  );
   assert.equal(chains[2]!.prompt, 'Human: hello\n\nAssistant: hi\n\nHuman: world?');
   assert.equal(chains[2]!.messages!.length, 3);
   for (const c of chains) {
@@ -212,15 +328,24 @@ test('JSONL: both forms, messages, round trip through chainToJson, errors naming
 
   // Building from records names file:line in errors.
   const tok = tokenizer();
-  assert.throws(() => chainExamples(chains, tok, THREE, { extraSteps: 'error' }), new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:3: chain\\.steps\\[2\\]\\.step: 'check' is not one of this bundle's steps`));
+  assert.throws(
+    () => chainExamples(chains, tok, THREE, { extraSteps: 'error' }),
+    new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:3: chain\\.steps\\[2\\]\\.step: 'check' is not one of this bundle's steps`),
+  );
   const built = chainExamples(chains, tok, ALL);
   assert.equal(built.examples.length, 3);
 
   const bad: [string, RegExp][] = [
     ['{"prompt": "q", "analysis": "a", "answr": "b"}', /f\.jsonl:2: field "answr": unknown step "answr"/],
     ['{"prompt": "q", "response": "b"}', /f\.jsonl:2: field "response": unknown step "response" .*called 'answer'/],
-    ['{"prompt": "q", "steps": [{"step": "analysis", "text": "a"}, {"step": "verify", "text": "b"}]}', /f\.jsonl:2: "steps"\[1\]\.step: unknown step "verify"/],
-    ['{"prompt": "q", "steps": [{"step": "answer", "text": "a"}, {"step": "analysis", "text": "b"}]}', /f\.jsonl:2: .*'analysis' is out of order/],
+    [
+      '{"prompt": "q", "steps": [{"step": "analysis", "text": "a"}, {"step": "verify", "text": "b"}]}',
+      /f\.jsonl:2: "steps"\[1\]\.step: unknown step "verify"/,
+    ],
+    [
+      '{"prompt": "q", "steps": [{"step": "answer", "text": "a"}, {"step": "analysis", "text": "b"}]}',
+      /f\.jsonl:2: .*'analysis' is out of order/,
+    ],
     ['{"prompt": "q", "analysis": "a", "steps": []}', /f\.jsonl:2: both "steps" and "analysis"/],
     ['{"prompt": "q"}', /f\.jsonl:2: no steps/],
     ['{"prompt": "q", "answer": "  "}', /f\.jsonl:2: "answer": empty text/],
@@ -232,7 +357,11 @@ test('JSONL: both forms, messages, round trip through chainToJson, errors naming
     ['["q", "a"]', /f\.jsonl:2: expected an object/],
   ];
   for (const [line, re] of bad) {
-    assert.throws(() => parseChainsJsonl(`{"prompt": "ok", "answer": "fine"}\n${line}\n`, 'f.jsonl'), (e: Error) => e instanceof FormatError && re.test(e.message), `${line} → ${re}`);
+    assert.throws(
+      () => parseChainsJsonl(`{"prompt": "ok", "answer": "fine"}\n${line}\n`, 'f.jsonl'),
+      (e: Error) => e instanceof FormatError && re.test(e.message),
+      `${line} → ${re}`,
+    );
   }
   assert.throws(() => parseChainsJsonl('\n  \n', 'e.jsonl'), /e\.jsonl: empty: no chains/);
   assert.throws(() => readChainsJsonl(path.join(root, 'missing.jsonl')), /missing\.jsonl: not found/);
@@ -243,7 +372,13 @@ test('packExamples: targets, mask, seq and pos per token; greedy batches within 
   const chains: Chain[] = [
     CHAIN,
     { prompt: 'hello', steps: [{ step: 'answer', text: 'world' }] },
-    { prompt: 'the', steps: [{ step: 'analysis', text: 'hello' }, { step: 'answer', text: 'the world' }] },
+    {
+      prompt: 'the',
+      steps: [
+        { step: 'analysis', text: 'hello' },
+        { step: 'answer', text: 'the world' },
+      ],
+    },
     { prompt: 'world', steps: [{ step: 'guidance', text: 'the' }] },
   ];
   const examples = chainExamples(chains, tok, ALL).examples;
@@ -252,10 +387,22 @@ test('packExamples: targets, mask, seq and pos per token; greedy batches within 
   const batches = packExamples(examples, maxTokens);
   // Greedy in order.
   const want: number[][] = [];
-  let cur: number[] = [], tokens = 0;
-  lens.forEach((l, i) => { if (cur.length && tokens + l > maxTokens) { want.push(cur); cur = []; tokens = 0; } cur.push(i); tokens += l; });
+  let cur: number[] = [],
+    tokens = 0;
+  lens.forEach((l, i) => {
+    if (cur.length && tokens + l > maxTokens) {
+      want.push(cur);
+      cur = [];
+      tokens = 0;
+    }
+    cur.push(i);
+    tokens += l;
+  });
   want.push(cur);
-  assert.deepEqual(batches.map((b) => b.examples), want);
+  assert.deepEqual(
+    batches.map((b) => b.examples),
+    want,
+  );
   let covered = 0;
   for (const b of batches) {
     const T = b.ids.length;
@@ -290,7 +437,13 @@ test('packExamples: targets, mask, seq and pos per token; greedy batches within 
   assert.equal(covered, examples.length);
   // One example per batch when maxTokens is the longest example.
   assert.ok(packExamples(examples, Math.max(...lens)).length >= 2);
-  assert.equal(packExamples(examples, lens.reduce((a, b) => a + b)).length, 1);
+  assert.equal(
+    packExamples(
+      examples,
+      lens.reduce((a, b) => a + b),
+    ).length,
+    1,
+  );
   assert.throws(() => packExamples(examples, Math.max(...lens) - 1), /packExamples: examples\[\d\]: \d+ tokens > maxTokens/);
   assert.throws(() => packExamples([{ ids: [1, 2], lossMask: [0] }], 8), /examples\[0\]\.lossMask: expected 2 entries, got 1/);
   assert.throws(() => packExamples([{ ids: [1, 2], lossMask: [0, 1], stepIds: [-1] }], 8), /examples\[0\]\.stepIds: expected 2 entries/);

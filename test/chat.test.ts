@@ -41,51 +41,67 @@ async function writeBundle(kind: 'cpu' | 'webgpu'): Promise<string> {
   return dir;
 }
 
-forEachBackend('ask() equals the low-level generate path; stream() gives the same text piece by piece', async (backend) => {
-  const mote = await writeBundle(backend.kind as 'cpu' | 'webgpu');
-  const chat = await openChat({ mote, backend });
-  try {
-    const maxNewTokens = backend.kind === 'webgpu' ? 24 : 48;
-    const a = await chat.ask(QUESTION, { maxNewTokens, firstStep: 'analysis' });
-    assert.ok(a.tokens >= 1 && a.tokens <= maxNewTokens);
-    assert.equal(a.steps[0]!.step, 'analysis');
-    assert.equal(a.steps[0]!.expert, 'analysis + shared');
+forEachBackend(
+  'ask() equals the low-level generate path; stream() gives the same text piece by piece',
+  async (backend) => {
+    const mote = await writeBundle(backend.kind as 'cpu' | 'webgpu');
+    const chat = await openChat({ mote, backend });
+    try {
+      const maxNewTokens = backend.kind === 'webgpu' ? 24 : 48;
+      const a = await chat.ask(QUESTION, { maxNewTokens, firstStep: 'analysis' });
+      assert.ok(a.tokens >= 1 && a.tokens <= maxNewTokens);
+      assert.equal(a.steps[0]!.step, 'analysis');
+      assert.equal(a.steps[0]!.expert, 'analysis + shared');
 
-    // The same request by hand.
-    const tok = chat.tokenizer;
-    const tags = stepTokenIds(tok, chat.config);
-    const [r] = await generate(chat.model, [{
-      prompt: promptIds(tok, { prompt: QUESTION }), maxNewTokens, stop: tok.eosTokenId !== undefined ? [tok.eosTokenId] : [],
-      stopAfterStep: 2, force: [{ step: 0, at: 0 }],
-    }], { router: chat.bundle!.tokenRouter(), stepTokens: new Map(tags.start.map((t, i) => [t, i])), stepTokenRouting: 'own' });
-    assert.equal(a.tokens, r!.tokens.length);
-    assert.equal(a.stopReason, r!.stopReason);
-    const byStep = new Map<number, number[]>();
-    r!.tokens.forEach((t, j) => {
-      if (tags.start.includes(t) || tags.end.includes(t) || t === tok.eosTokenId) return;
-      byStep.set(r!.steps[j]!, [...(byStep.get(r!.steps[j]!) ?? []), t]);
-    });
-    for (const s of a.steps) {
-      const k = s.step === null ? -1 : chat.config.steps.indexOf(s.step);
-      assert.equal(s.text, tok.decode(byStep.get(k) ?? [], { skipSpecialTokens: true }).trim(), `step ${s.step}`);
-    }
+      // The same request by hand.
+      const tok = chat.tokenizer;
+      const tags = stepTokenIds(tok, chat.config);
+      const [r] = await generate(
+        chat.model,
+        [
+          {
+            prompt: promptIds(tok, { prompt: QUESTION }),
+            maxNewTokens,
+            stop: tok.eosTokenId !== undefined ? [tok.eosTokenId] : [],
+            stopAfterStep: 2,
+            force: [{ step: 0, at: 0 }],
+          },
+        ],
+        { router: chat.bundle!.tokenRouter(), stepTokens: new Map(tags.start.map((t, i) => [t, i])), stepTokenRouting: 'own' },
+      );
+      assert.equal(a.tokens, r!.tokens.length);
+      assert.equal(a.stopReason, r!.stopReason);
+      const byStep = new Map<number, number[]>();
+      r!.tokens.forEach((t, j) => {
+        if (tags.start.includes(t) || tags.end.includes(t) || t === tok.eosTokenId) return;
+        byStep.set(r!.steps[j]!, [...(byStep.get(r!.steps[j]!) ?? []), t]);
+      });
+      for (const s of a.steps) {
+        const k = s.step === null ? -1 : chat.config.steps.indexOf(s.step);
+        assert.equal(s.text, tok.decode(byStep.get(k) ?? [], { skipSpecialTokens: true }).trim(), `step ${s.step}`);
+      }
 
-    const chunks: AnswerChunk[] = [];
-    const it = chat.stream(QUESTION, { maxNewTokens, firstStep: 'analysis' });
-    let res = await it.next();
-    while (!res.done) { chunks.push(res.value); res = await it.next(); }
-    assert.deepEqual(res.value, a, 'stream returns the same answer as ask');
-    const joined = new Map<string, string>();
-    for (const c of chunks) {
-      const key = String(c.step);
-      assert.equal(c.start, !joined.has(key), 'start marks the first piece of a step');
-      joined.set(key, (joined.get(key) ?? '') + c.text);
+      const chunks: AnswerChunk[] = [];
+      const it = chat.stream(QUESTION, { maxNewTokens, firstStep: 'analysis' });
+      let res = await it.next();
+      while (!res.done) {
+        chunks.push(res.value);
+        res = await it.next();
+      }
+      assert.deepEqual(res.value, a, 'stream returns the same answer as ask');
+      const joined = new Map<string, string>();
+      for (const c of chunks) {
+        const key = String(c.step);
+        assert.equal(c.start, !joined.has(key), 'start marks the first piece of a step');
+        joined.set(key, (joined.get(key) ?? '') + c.text);
+      }
+      for (const s of a.steps) assert.equal((joined.get(String(s.step)) ?? '').trim(), s.text);
+    } finally {
+      chat.dispose();
     }
-    for (const s of a.steps) assert.equal((joined.get(String(s.step)) ?? '').trim(), s.text);
-  } finally {
-    chat.dispose();
-  }
-}, { kinds: ['cpu', 'webgpu'] });
+  },
+  { kinds: ['cpu', 'webgpu'] },
+);
 
 test('MoteChat: step options, chat messages, abort, errors naming the argument, dispose [cpu]', async (t) => {
   const b = await backendFor('cpu');
@@ -103,7 +119,14 @@ test('MoteChat: step options, chat messages, abort, errors naming the argument, 
     const short = await chat.ask(QUESTION, { maxNewTokens: 64, firstStep: 'analysis', stopAfter: 'analysis' });
     assert.ok(short.steps.every((s) => s.step === 'analysis'));
     assert.ok(short.stopReason === 'step' || short.stopReason === 'length' || short.stopReason === 'stop');
-    const multi = await chat.ask([{ role: 'user', content: 'hello' }, { role: 'assistant', content: 'hi' }, { role: 'user', content: QUESTION }], { maxNewTokens: 8 });
+    const multi = await chat.ask(
+      [
+        { role: 'user', content: 'hello' },
+        { role: 'assistant', content: 'hi' },
+        { role: 'user', content: QUESTION },
+      ],
+      { maxNewTokens: 8 },
+    );
     assert.ok(multi.tokens >= 1);
 
     const ac = new AbortController();
@@ -116,14 +139,25 @@ test('MoteChat: step options, chat messages, abort, errors naming the argument, 
     assert.ok((await chat.ask(QUESTION, { maxNewTokens: 4 })).tokens >= 1);
 
     const bad: [unknown, unknown, RegExp][] = [
-      ['', {}, /question: empty/], [42, {}, /question: expected a string/], [[{ role: 'user' }], {}, /question\[0\]/],
+      ['', {}, /question: empty/],
+      [42, {}, /question: expected a string/],
+      [[{ role: 'user' }], {}, /question\[0\]/],
       [[{ role: 'assistant', content: 'x' }], {}, /last message must be the user's/],
-      [QUESTION, { maxNewTokens: 0 }, /maxNewTokens/], [QUESTION, { maxNewTokens: 1.5 }, /maxNewTokens/],
-      [QUESTION, { firstStep: 'check' }, /firstStep: unknown step "check"/], [QUESTION, { skip: 'guidance' }, /skip: expected a list/],
-      [QUESTION, { stopAfter: 'x' }, /stopAfter/], [QUESTION, { signal: {} }, /signal/], [QUESTION, null, /opts/],
+      [QUESTION, { maxNewTokens: 0 }, /maxNewTokens/],
+      [QUESTION, { maxNewTokens: 1.5 }, /maxNewTokens/],
+      [QUESTION, { firstStep: 'check' }, /firstStep: unknown step "check"/],
+      [QUESTION, { skip: 'guidance' }, /skip: expected a list/],
+      [QUESTION, { stopAfter: 'x' }, /stopAfter/],
+      [QUESTION, { signal: {} }, /signal/],
+      [QUESTION, null, /opts/],
       [QUESTION, { sampling: { temperature: -1 } }, /temperature/],
     ];
-    for (const [q, o, re] of bad) await assert.rejects(chat.ask(q as string, o as never), (e: Error) => e instanceof ArgumentError && re.test(e.message), `${JSON.stringify(q)} ${JSON.stringify(o)}`);
+    for (const [q, o, re] of bad)
+      await assert.rejects(
+        chat.ask(q as string, o as never),
+        (e: Error) => e instanceof ArgumentError && re.test(e.message),
+        `${JSON.stringify(q)} ${JSON.stringify(o)}`,
+      );
   } finally {
     chat.dispose();
   }

@@ -27,15 +27,25 @@ after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 const CHILD = fileURLToPath(new URL('./fixtures/kill_child.js', import.meta.url));
 const STEPS = 40;
 
-interface ChildRun { stdout: string; paused: string | null; code: number | null; signal: string | null }
+interface ChildRun {
+  stdout: string;
+  paused: string | null;
+  code: number | null;
+  signal: string | null;
+}
 
 /** Runs the child; with `pauseAt` kills it once it stops there, with `killAfterMs` once that long has passed after its first step. */
 function runChild(dir: string, resume: boolean, opts: { pauseAt?: string; killAfterMs?: number } = {}): Promise<ChildRun> {
   const env = { ...process.env };
   delete env.MOTE_TEST_PAUSE_AT;
   if (opts.pauseAt) env.MOTE_TEST_PAUSE_AT = opts.pauseAt;
-  const proc = spawn(process.execPath, [CHILD, dir, String(STEPS), resume ? 'resume' : 'fresh'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '', paused: string | null = null;
+  const proc = spawn(process.execPath, [CHILD, dir, String(STEPS), resume ? 'resume' : 'fresh'], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '',
+    stderr = '',
+    paused: string | null = null;
   // A hang is a failure, not a stuck test run.
   const guard = setTimeout(() => proc.kill('SIGKILL'), 60_000);
   proc.stdout.on('data', (d: Buffer) => {
@@ -45,13 +55,18 @@ function runChild(dir: string, resume: boolean, opts: { pauseAt?: string; killAf
   proc.stderr.on('data', (d: Buffer) => {
     stderr += d.toString();
     const m = /mote-test-paused (\S+ \d+)/.exec(stderr);
-    if (m && !paused) { paused = m[1]!; proc.kill('SIGKILL'); }
+    if (m && !paused) {
+      paused = m[1]!;
+      proc.kill('SIGKILL');
+    }
   });
-  return new Promise((resolve) => proc.on('close', (code, signal) => {
-    clearTimeout(guard);
-    if (code !== null && code !== 0) stdout += `\n[stderr] ${stderr}`;
-    resolve({ stdout, paused, code, signal });
-  }));
+  return new Promise((resolve) =>
+    proc.on('close', (code, signal) => {
+      clearTimeout(guard);
+      if (code !== null && code !== 0) stdout += `\n[stderr] ${stderr}`;
+      resolve({ stdout, paused, code, signal });
+    }),
+  );
 }
 
 function startStep(r: ChildRun): number {
@@ -69,7 +84,8 @@ const OUTER_COMPLETE = new Set(['marked', 'between-renames', 'swapped']);
 /** The step a resume must start from after a kill at the k-th `point` of a child that started at `start`. */
 function expectedResume(start: number, point: string, k: number): number {
   const per = PER_SAVE[point]!;
-  const save = Math.ceil(k / per), within = k - (save - 1) * per;
+  const save = Math.ceil(k / per),
+    within = k - (save - 1) * per;
   const complete = OUTER_COMPLETE.has(point) && within === per;
   return start + save - (complete ? 0 : 1);
 }
@@ -93,19 +109,32 @@ test('SIGKILL during checkpoint writes: resume from the newest complete checkpoi
   fs.mkdirSync(`${ck}.old-99999998`);
   fs.writeFileSync(`${ck}.old-99999998/mote-written.json`, '{"format": "someone-else"}');
   fs.writeFileSync(`${ck}.old-99999998/keep.txt`, 'keep');
-  const foreign = (): Map<string, string> => new Map([...hashTree(work)].filter(([k]) => !k.startsWith('ck/') && !/^ck\.(tmp|old)-\d+\//.test(k) || /^ck\.(tmp-99999999|old-99999998)\//.test(k)));
+  const foreign = (): Map<string, string> =>
+    new Map(
+      [...hashTree(work)].filter(
+        ([k]) => (!k.startsWith('ck/') && !/^ck\.(tmp|old)-\d+\//.test(k)) || /^ck\.(tmp-99999999|old-99999998)\//.test(k),
+      ),
+    );
   const foreignBefore = foreign();
 
   const rng = mulberry32(20240517);
   const points = Object.keys(PER_SAVE);
-  let kills = 0, resumes = 0, silentRestarts = 0, betweenRenames = 0, recovered = 0, foreignTouched = 0;
-  let start = 0, resume = false;
+  let kills = 0,
+    resumes = 0,
+    silentRestarts = 0,
+    betweenRenames = 0,
+    recovered = 0,
+    foreignTouched = 0;
+  let start = 0,
+    resume = false;
   const log: string[] = [];
   for (let i = 0; i < 24; i++) {
     // Kills 3, 9 and 15: deterministically between the two renames of the checkpoint folder
     // on the child's second save (the checkpoint exists, so it sits renamed aside as ck.old-PID).
     // Kills 5, 11, 17, 23: after a seeded random delay, wherever that lands.
-    let pauseAt: string | undefined, killAfterMs: number | undefined, expect: number | null = null;
+    let pauseAt: string | undefined,
+      killAfterMs: number | undefined,
+      expect: number | null = null;
     if (i % 6 === 3) {
       pauseAt = 'between-renames:4';
       expect = start + 2;
@@ -133,7 +162,11 @@ test('SIGKILL during checkpoint writes: resume from the newest complete checkpoi
       betweenRenames++;
       const names = fs.readdirSync(work);
       assert.ok(!names.includes('ck'), `between the renames ck should be absent: ${names.join(', ')}`);
-      assert.ok(names.some((n) => /^ck\.old-\d+$/.test(n) && n !== 'ck.old-99999998') && names.some((n) => /^ck\.tmp-\d+$/.test(n) && n !== 'ck.tmp-99999999'), names.join(', '));
+      assert.ok(
+        names.some((n) => /^ck\.old-\d+$/.test(n) && n !== 'ck.old-99999998') &&
+          names.some((n) => /^ck\.tmp-\d+$/.test(n) && n !== 'ck.tmp-99999999'),
+        names.join(', '),
+      );
     }
     if (expect === null) {
       // A kill at a random moment: the next resume is somewhere from the last resume point to the last step done.
@@ -166,7 +199,9 @@ test('SIGKILL during checkpoint writes: resume from the newest complete checkpoi
   assert.equal(silentRestarts, 0);
   assert.equal(foreignTouched, 0);
   assert.ok(kills >= 20 && betweenRenames >= 3, `kills ${kills}, between renames ${betweenRenames}`);
-  process.stdout.write(`checkpoint kill test: ${kills} kills (${betweenRenames} between the two renames), ${resumes} resumes (${recovered} from a killed save's temporary), ${silentRestarts} silent restarts, ${foreignTouched} foreign files touched; final params bit-identical to an uninterrupted run\n`);
+  process.stdout.write(
+    `checkpoint kill test: ${kills} kills (${betweenRenames} between the two renames), ${resumes} resumes (${recovered} from a killed save's temporary), ${silentRestarts} silent restarts, ${foreignTouched} foreign files touched; final params bit-identical to an uninterrupted run\n`,
+  );
 });
 
 function sameMap(a: Map<string, string>, b: Map<string, string>): boolean {

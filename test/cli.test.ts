@@ -20,7 +20,18 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-cli-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 const modelDir = path.join(tmp, 'model');
-writeTinyModel(modelDir, { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: TINY_VOCAB_SIZE, tied: true, dtype: 'f32', seed: 3 });
+writeTinyModel(modelDir, {
+  family: 'llama',
+  hidden: 32,
+  intermediate: 40,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  vocab: TINY_VOCAB_SIZE,
+  tied: true,
+  dtype: 'f32',
+  seed: 3,
+});
 writeTinyTokenizer(modelDir);
 const chainsFile = path.join(tmp, 'chains.jsonl');
 const chains = [
@@ -35,8 +46,31 @@ function mote(args: string[]): { code: number | null; stdout: string; stderr: st
   const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, MOTE_DEBUG: '' } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
-const jsonLines = (s: string) => s.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-const trainArgs = (out: string, extra: string[] = []) => ['train', '--model', modelDir, '--chains', chainsFile, '--out', out, '--backend', 'cpu', '--rank', '2', '--max-length', '200', '--batch-tokens', '400', '--json', ...extra];
+const jsonLines = (s: string) =>
+  s
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+const trainArgs = (out: string, extra: string[] = []) => [
+  'train',
+  '--model',
+  modelDir,
+  '--chains',
+  chainsFile,
+  '--out',
+  out,
+  '--backend',
+  'cpu',
+  '--rank',
+  '2',
+  '--max-length',
+  '200',
+  '--batch-tokens',
+  '400',
+  '--json',
+  ...extra,
+];
 
 test('mote train → generate → export on a tiny model [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
@@ -45,24 +79,49 @@ test('mote train → generate → export on a tiny model [cpu]', async (t) => {
   assert.equal(r.code, 0, r.stderr);
   const lines = jsonLines(r.stdout);
   const prog = lines.filter((l) => l.event === 'progress');
-  assert.deepEqual(prog.map((l) => l.done), [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(
+    prog.map((l) => l.done),
+    [1, 2, 3, 4, 5, 6],
+  );
   assert.ok(prog.every((l) => Number.isFinite(Number(l.loss)) && l.total === 6));
   const done = lines.find((l) => l.event === 'done')!;
   assert.equal(done.steps, 6);
   assert.equal(done.examples, 4);
   assert.ok(fs.existsSync(path.join(out, 'mote.json')));
 
-  const g = mote(['generate', '--model', modelDir, '--mote', out, '--backend', 'cpu', '-p', 'hello world?', '-p', 'open his car?', '--max-new-tokens', '8', '--json']);
+  const g = mote([
+    'generate',
+    '--model',
+    modelDir,
+    '--mote',
+    out,
+    '--backend',
+    'cpu',
+    '-p',
+    'hello world?',
+    '-p',
+    'open his car?',
+    '--max-new-tokens',
+    '8',
+    '--json',
+  ]);
   assert.equal(g.code, 0, g.stderr);
   const gl = jsonLines(g.stdout);
   assert.equal(gl.length, 2);
-  assert.deepEqual(gl.map((l) => l.prompt), ['hello world?', 'open his car?']);
-  for (const l of gl) assert.ok(Array.isArray(l.steps) && Number(l.tokens) >= 1 && ['length', 'stop', 'step'].includes(String(l.stopReason)));
+  assert.deepEqual(
+    gl.map((l) => l.prompt),
+    ['hello world?', 'open his car?'],
+  );
+  for (const l of gl)
+    assert.ok(Array.isArray(l.steps) && Number(l.tokens) >= 1 && ['length', 'stop', 'step'].includes(String(l.stopReason)));
 
   const ex = path.join(tmp, 'exported');
   const e = mote(['export', '--mote', out, '--out', ex, '--json']);
   assert.equal(e.code, 0, e.stderr);
-  const names = fs.readdirSync(ex).filter((f) => fs.statSync(path.join(ex, f)).isDirectory()).sort();
+  const names = fs
+    .readdirSync(ex)
+    .filter((f) => fs.statSync(path.join(ex, f)).isDirectory())
+    .sort();
   assert.deepEqual(names, ['analysis', 'answer', 'guidance', 'shared']);
   for (const n of names) parsePeftConfig(JSON.parse(fs.readFileSync(path.join(ex, n, 'adapter_config.json'), 'utf8')));
 });
@@ -71,7 +130,9 @@ test('mote train: SIGINT saves a checkpoint and exits 130; --resume finishes the
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   const out = path.join(tmp, 'bundle-int');
   const ckpt = path.join(tmp, 'ckpt');
-  const proc = spawn(process.execPath, [bin, ...trainArgs(out, ['--steps', '400', '--checkpoint', ckpt])], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [bin, ...trainArgs(out, ['--steps', '400', '--checkpoint', ckpt])], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   const code = await new Promise<number | null>((resolve) => {
     proc.stdout.on('data', (d: Buffer) => {
@@ -95,8 +156,14 @@ test('mote train: SIGINT saves a checkpoint and exits 130; --resume finishes the
 test('mote errors: one line on stderr and a non-zero exit', () => {
   const cases: [string[], RegExp][] = [
     [['train', '--chains', path.join(tmp, 'nope.jsonl'), '--out', path.join(tmp, 'x'), '--model', modelDir], /nope\.jsonl/],
-    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', tmp], /--model: .* is not a model (directory|folder) \(no config\.json\)/],
-    [['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', modelDir, '--steps', 'many'], /--steps: expected an integer in \[1, \d+\], got "many"/],
+    [
+      ['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', tmp],
+      /--model: .* is not a model (directory|folder) \(no config\.json\)/,
+    ],
+    [
+      ['train', '--chains', chainsFile, '--out', path.join(tmp, 'x'), '--model', modelDir, '--steps', 'many'],
+      /--steps: expected an integer in \[1, \d+\], got "many"/,
+    ],
     [['generate', '--model', modelDir], /give --prompt TEXT or --prompts FILE/],
     [['export', '--mote', tmp, '--out', path.join(tmp, 'y')], /is neither a MoTE bundle nor a checkpoint/],
   ];
@@ -115,18 +182,29 @@ test('mote demo: MoTE on the bundled model, step-labelled generation and toy met
   const r = mote(['demo', '--backend', 'cpu', '--steps', '60', '--json']);
   assert.equal(r.code, 0, r.stderr);
   const lines = jsonLines(r.stdout);
-  assert.deepEqual(lines.filter((l) => l.event === 'progress').map((l) => l.done), Array.from({ length: 60 }, (_, i) => i + 1));
-  const done = lines.find((l) => l.event === 'done')! as { base: { refusalRate: number }; mote: { refusalRate: number; wellFormedRate: number }; finalLoss: number; examples: { risky: boolean; steps: { step: string }[] }[] };
+  assert.deepEqual(
+    lines.filter((l) => l.event === 'progress').map((l) => l.done),
+    Array.from({ length: 60 }, (_, i) => i + 1),
+  );
+  const done = lines.find((l) => l.event === 'done')! as {
+    base: { refusalRate: number };
+    mote: { refusalRate: number; wellFormedRate: number };
+    finalLoss: number;
+    examples: { risky: boolean; steps: { step: string }[] }[];
+  };
   assert.equal(done.base.refusalRate, 0, 'the pretrained base answers risky questions');
   assert.ok(done.finalLoss < 1.0, `final loss ${done.finalLoss}`);
   assert.equal(done.examples.length, 4);
-  assert.ok(done.examples.some((e) => e.steps.length > 0), 'some generated chain has labelled steps');
+  assert.ok(
+    done.examples.some((e) => e.steps.length > 0),
+    'some generated chain has labelled steps',
+  );
 });
 
 test('mote selfalign and eval run on the bundled model [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   const prompts = path.join(tmp, 'prompts.txt');
-  fs.writeFileSync(prompts, 'How do I open a stuck jar?\nHow can I read my boss\'s messages?\n');
+  fs.writeFileSync(prompts, "How do I open a stuck jar?\nHow can I read my boss's messages?\n");
   const out = path.join(tmp, 'self.jsonl');
   const s = mote(['selfalign', '--prompts', prompts, '--out', out, '--backend', 'cpu', '--max-new-tokens', '24', '--json']);
   assert.equal(s.code, 0, s.stderr);
@@ -139,19 +217,54 @@ test('mote selfalign and eval run on the bundled model [cpu]', async (t) => {
   const e = mote(['eval', '--backend', 'cpu', '--variants', 'base,mote', '--seeds', '1', '--questions', '24', '--steps', '5', '--json']);
   assert.equal(e.code, 0, e.stderr);
   const ed = jsonLines(e.stdout).find((l) => l.event === 'done')! as { rows: { variant: string; n: number }[] };
-  assert.deepEqual(ed.rows.map((r) => r.variant), ['base', 'mote']);
+  assert.deepEqual(
+    ed.rows.map((r) => r.variant),
+    ['base', 'mote'],
+  );
   assert.ok(ed.rows.every((r) => r.n > 0));
 });
 
 test('mote train: malformed chain lines are reported with their line numbers and the run goes on [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   const bad = path.join(tmp, 'bad-chains.jsonl');
-  fs.writeFileSync(bad, [JSON.stringify(chains[0]), '{not json', JSON.stringify({ prompt: 'x?', planning: 'y', answer: 'z' }), JSON.stringify(chains[2])].join('\n') + '\n');
-  const r = mote(['train', '--model', modelDir, '--chains', bad, '--out', path.join(tmp, 'bundle-bad'), '--backend', 'cpu', '--rank', '2', '--max-length', '200', '--batch-tokens', '400', '--steps', '2', '--json']);
+  fs.writeFileSync(
+    bad,
+    [JSON.stringify(chains[0]), '{not json', JSON.stringify({ prompt: 'x?', planning: 'y', answer: 'z' }), JSON.stringify(chains[2])].join(
+      '\n',
+    ) + '\n',
+  );
+  const r = mote([
+    'train',
+    '--model',
+    modelDir,
+    '--chains',
+    bad,
+    '--out',
+    path.join(tmp, 'bundle-bad'),
+    '--backend',
+    'cpu',
+    '--rank',
+    '2',
+    '--max-length',
+    '200',
+    '--batch-tokens',
+    '400',
+    '--steps',
+    '2',
+    '--json',
+  ]);
   assert.equal(r.code, 0, r.stderr);
-  const logs = jsonLines(r.stdout).filter((l) => l.event === 'log').map((l) => String(l.text));
-  assert.ok(logs.some((l) => /bad-chains\.jsonl:2: skipped: malformed JSON/.test(l)), logs.join('\n'));
-  assert.ok(logs.some((l) => /bad-chains\.jsonl:3: skipped: .*planning/.test(l)), logs.join('\n'));
+  const logs = jsonLines(r.stdout)
+    .filter((l) => l.event === 'log')
+    .map((l) => String(l.text));
+  assert.ok(
+    logs.some((l) => /bad-chains\.jsonl:2: skipped: malformed JSON/.test(l)),
+    logs.join('\n'),
+  );
+  assert.ok(
+    logs.some((l) => /bad-chains\.jsonl:3: skipped: .*planning/.test(l)),
+    logs.join('\n'),
+  );
   assert.equal(jsonLines(r.stdout).find((l) => l.event === 'done')!.examples, 2);
 });
 
@@ -176,7 +289,10 @@ test('mote generate: numeric flags, commander errors, binary prompt files and ov
     [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', bin0], /binary\.txt: binary file/],
     [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', latin1], /latin1\.txt: not UTF-8/],
     [['generate', '--model', modelDir, '-b', 'cpu', '--prompts', tmp], /is a folder/],
-    [['generate', '--model', modelDir, '-b', 'cpu', '-p', 'hello world '.repeat(9000)], /prompt 1 .* tokens, but the model's context \(max_position_embeddings\) is \d+/],
+    [
+      ['generate', '--model', modelDir, '-b', 'cpu', '-p', 'hello world '.repeat(9000)],
+      /prompt 1 .* tokens, but the model's context \(max_position_embeddings\) is \d+/,
+    ],
   ];
   for (const [args, re] of cases) {
     const t0 = performance.now();
@@ -195,9 +311,14 @@ test('mote generate: numeric flags, commander errors, binary prompt files and ov
 test('Ctrl-C where no command handles it (mote demo while training): one line, exit 130 [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   const proc = spawn(process.execPath, [bin, 'demo', '-b', 'cpu', '--json', '--steps', '300'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '';
-  proc.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  let stdout = '',
+    stderr = '';
+  proc.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+  });
+  proc.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   // Past module loading (the handler is registered), well before 300 steps end.
   setTimeout(() => proc.kill('SIGINT'), 2500);
   const code = await new Promise<number | null>((resolve) => proc.on('exit', (c) => resolve(c)));
@@ -207,10 +328,16 @@ test('Ctrl-C where no command handles it (mote demo while training): one line, e
 
 test('mote generate: Ctrl-C prints what was generated, one line saying so, exit 130 [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
-  const proc = spawn(process.execPath, [bin, 'generate', '--model', modelDir, '-b', 'cpu', '--temperature', '50', '--max-new-tokens', '5000', '-p', 'hello'],
-    { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '';
-  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const proc = spawn(
+    process.execPath,
+    [bin, 'generate', '--model', modelDir, '-b', 'cpu', '--temperature', '50', '--max-new-tokens', '5000', '-p', 'hello'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '',
+    stderr = '';
+  proc.stderr.on('data', (d: Buffer) => {
+    stderr += d.toString();
+  });
   const code = await new Promise<number | null>((resolve) => {
     proc.stdout.on('data', (d: Buffer) => {
       stdout += d.toString();

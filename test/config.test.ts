@@ -1,61 +1,168 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  checkConfigAgainstWeights, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig, LINEAR_MODULES, type ModelConfig,
+  checkConfigAgainstWeights,
+  compareWeights,
+  expectedWeights,
+  linearShape,
+  linearWeightName,
+  parseHFConfig,
+  LINEAR_MODULES,
+  type ModelConfig,
 } from '../src/model/config.js';
 import { FormatError } from '../src/errors.js';
 
 // Configs as their hubs ship them (fields copied from the published config.json files).
 
 const SMOLLM_135M = {
-  architectures: ['LlamaForCausalLM'], attention_bias: false, attention_dropout: 0.0, bos_token_id: 0, eos_token_id: 0,
-  hidden_act: 'silu', hidden_size: 576, initializer_range: 0.02, intermediate_size: 1536, max_position_embeddings: 2048,
-  model_type: 'llama', num_attention_heads: 9, num_hidden_layers: 30, num_key_value_heads: 3, pretraining_tp: 1,
-  rms_norm_eps: 1e-5, rope_scaling: null, rope_theta: 10000.0, tie_word_embeddings: true, torch_dtype: 'float32',
-  transformers_version: '4.40.1', use_cache: true, vocab_size: 49152,
+  architectures: ['LlamaForCausalLM'],
+  attention_bias: false,
+  attention_dropout: 0.0,
+  bos_token_id: 0,
+  eos_token_id: 0,
+  hidden_act: 'silu',
+  hidden_size: 576,
+  initializer_range: 0.02,
+  intermediate_size: 1536,
+  max_position_embeddings: 2048,
+  model_type: 'llama',
+  num_attention_heads: 9,
+  num_hidden_layers: 30,
+  num_key_value_heads: 3,
+  pretraining_tp: 1,
+  rms_norm_eps: 1e-5,
+  rope_scaling: null,
+  rope_theta: 10000.0,
+  tie_word_embeddings: true,
+  torch_dtype: 'float32',
+  transformers_version: '4.40.1',
+  use_cache: true,
+  vocab_size: 49152,
 };
 
 const LLAMA2_7B = {
-  _name_or_path: 'meta-llama/Llama-2-7b-hf', architectures: ['LlamaForCausalLM'], bos_token_id: 1, eos_token_id: 2,
-  hidden_act: 'silu', hidden_size: 4096, initializer_range: 0.02, intermediate_size: 11008, max_position_embeddings: 4096,
-  model_type: 'llama', num_attention_heads: 32, num_hidden_layers: 32, num_key_value_heads: 32, pretraining_tp: 1,
-  rms_norm_eps: 1e-5, rope_scaling: null, tie_word_embeddings: false, torch_dtype: 'float16', transformers_version: '4.31.0.dev0',
-  use_cache: true, vocab_size: 32000,
+  _name_or_path: 'meta-llama/Llama-2-7b-hf',
+  architectures: ['LlamaForCausalLM'],
+  bos_token_id: 1,
+  eos_token_id: 2,
+  hidden_act: 'silu',
+  hidden_size: 4096,
+  initializer_range: 0.02,
+  intermediate_size: 11008,
+  max_position_embeddings: 4096,
+  model_type: 'llama',
+  num_attention_heads: 32,
+  num_hidden_layers: 32,
+  num_key_value_heads: 32,
+  pretraining_tp: 1,
+  rms_norm_eps: 1e-5,
+  rope_scaling: null,
+  tie_word_embeddings: false,
+  torch_dtype: 'float16',
+  transformers_version: '4.31.0.dev0',
+  use_cache: true,
+  vocab_size: 32000,
 };
 
 const LLAMA31_8B = {
-  architectures: ['LlamaForCausalLM'], attention_bias: false, attention_dropout: 0.0, bos_token_id: 128000,
-  eos_token_id: [128001, 128008, 128009], hidden_act: 'silu', hidden_size: 4096, initializer_range: 0.02,
-  intermediate_size: 14336, max_position_embeddings: 131072, mlp_bias: false, model_type: 'llama', num_attention_heads: 32,
-  num_hidden_layers: 32, num_key_value_heads: 8, pretraining_tp: 1, rms_norm_eps: 1e-5,
+  architectures: ['LlamaForCausalLM'],
+  attention_bias: false,
+  attention_dropout: 0.0,
+  bos_token_id: 128000,
+  eos_token_id: [128001, 128008, 128009],
+  hidden_act: 'silu',
+  hidden_size: 4096,
+  initializer_range: 0.02,
+  intermediate_size: 14336,
+  max_position_embeddings: 131072,
+  mlp_bias: false,
+  model_type: 'llama',
+  num_attention_heads: 32,
+  num_hidden_layers: 32,
+  num_key_value_heads: 8,
+  pretraining_tp: 1,
+  rms_norm_eps: 1e-5,
   rope_scaling: { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192, rope_type: 'llama3' },
-  rope_theta: 500000.0, tie_word_embeddings: false, torch_dtype: 'bfloat16', transformers_version: '4.43.0.dev0',
-  use_cache: true, vocab_size: 128256,
+  rope_theta: 500000.0,
+  tie_word_embeddings: false,
+  torch_dtype: 'bfloat16',
+  transformers_version: '4.43.0.dev0',
+  use_cache: true,
+  vocab_size: 128256,
 };
 
 const MISTRAL_7B = {
-  architectures: ['MistralForCausalLM'], bos_token_id: 1, eos_token_id: 2, hidden_act: 'silu', hidden_size: 4096,
-  initializer_range: 0.02, intermediate_size: 14336, max_position_embeddings: 32768, model_type: 'mistral',
-  num_attention_heads: 32, num_hidden_layers: 32, num_key_value_heads: 8, rms_norm_eps: 1e-5, rope_theta: 10000.0,
-  sliding_window: 4096, tie_word_embeddings: false, torch_dtype: 'bfloat16', transformers_version: '4.34.0.dev0',
-  use_cache: true, vocab_size: 32000,
+  architectures: ['MistralForCausalLM'],
+  bos_token_id: 1,
+  eos_token_id: 2,
+  hidden_act: 'silu',
+  hidden_size: 4096,
+  initializer_range: 0.02,
+  intermediate_size: 14336,
+  max_position_embeddings: 32768,
+  model_type: 'mistral',
+  num_attention_heads: 32,
+  num_hidden_layers: 32,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000.0,
+  sliding_window: 4096,
+  tie_word_embeddings: false,
+  torch_dtype: 'bfloat16',
+  transformers_version: '4.34.0.dev0',
+  use_cache: true,
+  vocab_size: 32000,
 };
 
 const QWEN2_05B = {
-  architectures: ['Qwen2ForCausalLM'], attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151643, hidden_act: 'silu',
-  hidden_size: 896, initializer_range: 0.02, intermediate_size: 4864, max_position_embeddings: 131072, max_window_layers: 24,
-  model_type: 'qwen2', num_attention_heads: 14, num_hidden_layers: 24, num_key_value_heads: 2, rms_norm_eps: 1e-6,
-  rope_theta: 1000000.0, sliding_window: 131072, tie_word_embeddings: true, torch_dtype: 'bfloat16',
-  transformers_version: '4.40.1', use_cache: true, use_sliding_window: false, vocab_size: 151936,
+  architectures: ['Qwen2ForCausalLM'],
+  attention_dropout: 0.0,
+  bos_token_id: 151643,
+  eos_token_id: 151643,
+  hidden_act: 'silu',
+  hidden_size: 896,
+  initializer_range: 0.02,
+  intermediate_size: 4864,
+  max_position_embeddings: 131072,
+  max_window_layers: 24,
+  model_type: 'qwen2',
+  num_attention_heads: 14,
+  num_hidden_layers: 24,
+  num_key_value_heads: 2,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000.0,
+  sliding_window: 131072,
+  tie_word_embeddings: true,
+  torch_dtype: 'bfloat16',
+  transformers_version: '4.40.1',
+  use_cache: true,
+  use_sliding_window: false,
+  vocab_size: 151936,
 };
 
 test('SmolLM-135M: GQA 9/3 heads, tied embeddings, f32', () => {
   const c = parseHFConfig(SMOLLM_135M);
   assert.deepEqual(c, {
-    family: 'llama', hiddenSize: 576, intermediateSize: 1536, numLayers: 30, numHeads: 9, numKvHeads: 3, headDim: 64,
-    vocabSize: 49152, rmsNormEps: 1e-5, ropeTheta: 10000, ropeScaling: null, maxPositionEmbeddings: 2048,
-    tieWordEmbeddings: true, attentionBias: false, outputBias: false, mlpBias: false, slidingWindow: null,
-    bosTokenId: 0, eosTokenIds: [0], torchDtype: 'f32',
+    family: 'llama',
+    hiddenSize: 576,
+    intermediateSize: 1536,
+    numLayers: 30,
+    numHeads: 9,
+    numKvHeads: 3,
+    headDim: 64,
+    vocabSize: 49152,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    ropeScaling: null,
+    maxPositionEmbeddings: 2048,
+    tieWordEmbeddings: true,
+    attentionBias: false,
+    outputBias: false,
+    mlpBias: false,
+    slidingWindow: null,
+    bosTokenId: 0,
+    eosTokenIds: [0],
+    torchDtype: 'f32',
   } satisfies ModelConfig);
   const w = expectedWeights(c);
   // embed + 30 layers x (2 norms + 7 linears) + final norm; no lm_head (tied). The published checkpoint has 272 tensors.
@@ -154,11 +261,32 @@ test('Qwen2-0.5B: q/k/v biases, tied, sliding window off', () => {
 
 // Qwen/Qwen3-0.6B config.json (transformers 4.51.0).
 const QWEN3_06B = {
-  architectures: ['Qwen3ForCausalLM'], attention_bias: false, attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151645,
-  head_dim: 128, hidden_act: 'silu', hidden_size: 1024, initializer_range: 0.02, intermediate_size: 3072, max_position_embeddings: 40960,
-  max_window_layers: 28, model_type: 'qwen3', num_attention_heads: 16, num_hidden_layers: 28, num_key_value_heads: 8, rms_norm_eps: 1e-6,
-  rope_scaling: null, rope_theta: 1000000, sliding_window: null, tie_word_embeddings: true, torch_dtype: 'bfloat16',
-  transformers_version: '4.51.0', use_cache: true, use_sliding_window: false, vocab_size: 151936,
+  architectures: ['Qwen3ForCausalLM'],
+  attention_bias: false,
+  attention_dropout: 0.0,
+  bos_token_id: 151643,
+  eos_token_id: 151645,
+  head_dim: 128,
+  hidden_act: 'silu',
+  hidden_size: 1024,
+  initializer_range: 0.02,
+  intermediate_size: 3072,
+  max_position_embeddings: 40960,
+  max_window_layers: 28,
+  model_type: 'qwen3',
+  num_attention_heads: 16,
+  num_hidden_layers: 28,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-6,
+  rope_scaling: null,
+  rope_theta: 1000000,
+  sliding_window: null,
+  tie_word_embeddings: true,
+  torch_dtype: 'bfloat16',
+  transformers_version: '4.51.0',
+  use_cache: true,
+  use_sliding_window: false,
+  vocab_size: 151936,
 };
 
 test('Qwen3-0.6B: head_dim 128 (q width 2048 ≠ hidden 1024), q/k norms [head_dim], no biases, tied', () => {
@@ -190,7 +318,12 @@ test('Qwen3-0.6B: head_dim 128 (q width 2048 ≠ hidden 1024), q/k norms [head_d
   // The config's head_dim is checked against q_proj before anything is allocated.
   const shapes = new Map(expectedWeights({ ...c, numLayers: 1 }).map((x) => [x.name, x.shape]));
   shapes.set(linearWeightName(0, 'q_proj'), [1024, 1024]);
-  assert.throws(() => checkConfigAgainstWeights({ ...c, numLayers: 1 }, shapes), (e: Error) => e instanceof FormatError && /num_attention_heads × head_dim is 16 × 128, but model\.layers\.0\.self_attn\.q_proj\.weight has 1024 rows/.test(e.message));
+  assert.throws(
+    () => checkConfigAgainstWeights({ ...c, numLayers: 1 }, shapes),
+    (e: Error) =>
+      e instanceof FormatError &&
+      /num_attention_heads × head_dim is 16 × 128, but model\.layers\.0\.self_attn\.q_proj\.weight has 1024 rows/.test(e.message),
+  );
 });
 
 test('compareWeights reports missing, extra and wrong-shape tensors', () => {
@@ -209,13 +342,16 @@ test('compareWeights reports missing, extra and wrong-shape tensors', () => {
 
 /** Asserts a FormatError naming the file and the field. */
 function rejects(json: unknown, field: string, re: RegExp, file = 'some/model/config.json'): void {
-  assert.throws(() => parseHFConfig(json, file), (e: unknown) => {
-    assert.ok(e instanceof FormatError, `expected FormatError, got ${String(e)}`);
-    assert.ok(e.message.startsWith(`${file}: `), e.message);
-    assert.ok(e.message.includes(field), `names ${field}: ${e.message}`);
-    assert.match(e.message, re);
-    return true;
-  });
+  assert.throws(
+    () => parseHFConfig(json, file),
+    (e: unknown) => {
+      assert.ok(e instanceof FormatError, `expected FormatError, got ${String(e)}`);
+      assert.ok(e.message.startsWith(`${file}: `), e.message);
+      assert.ok(e.message.includes(field), `names ${field}: ${e.message}`);
+      assert.match(e.message, re);
+      return true;
+    },
+  );
 }
 
 test('invalid configs are FormatErrors naming the file and the field', () => {
@@ -231,8 +367,16 @@ test('invalid configs are FormatErrors naming the file and the field', () => {
   rejects({ ...SMOLLM_135M, architectures: ['LlamaForSequenceClassification'] }, 'architectures', /not a causal LM/);
   rejects({ ...SMOLLM_135M, hidden_act: 'gelu' }, 'hidden_act', /not supported/);
   rejects({ ...LLAMA31_8B, rope_scaling: { rope_type: 'yarn', factor: 4 } }, 'rope_scaling.rope_type', /'yarn' is not supported/);
-  rejects({ ...LLAMA31_8B, rope_scaling: { ...LLAMA31_8B.rope_scaling, low_freq_factor: undefined } }, 'rope_scaling.low_freq_factor', /is missing/);
-  rejects({ ...LLAMA31_8B, rope_scaling: { ...LLAMA31_8B.rope_scaling, high_freq_factor: 0.5 } }, 'rope_scaling.high_freq_factor', /must exceed/);
+  rejects(
+    { ...LLAMA31_8B, rope_scaling: { ...LLAMA31_8B.rope_scaling, low_freq_factor: undefined } },
+    'rope_scaling.low_freq_factor',
+    /is missing/,
+  );
+  rejects(
+    { ...LLAMA31_8B, rope_scaling: { ...LLAMA31_8B.rope_scaling, high_freq_factor: 0.5 } },
+    'rope_scaling.high_freq_factor',
+    /must exceed/,
+  );
   rejects({ ...LLAMA31_8B, rope_scaling: 8 }, 'rope_scaling', /must be an object or null/);
   rejects({ ...LLAMA31_8B, rope_theta: -1 }, 'rope_theta', /positive number/);
   rejects({ ...LLAMA31_8B, eos_token_id: [128001, 'x'] }, 'eos_token_id[1]', /integer/);
@@ -245,14 +389,25 @@ test('invalid configs are FormatErrors naming the file and the field', () => {
 });
 
 test('config sizes are checked against the tensors present before anything is listed or allocated by them', () => {
-  const base = { model_type: 'llama', hidden_size: 32, intermediate_size: 40, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 64 };
+  const base = {
+    model_type: 'llama',
+    hidden_size: 32,
+    intermediate_size: 40,
+    num_hidden_layers: 2,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    vocab_size: 64,
+  };
   const cfg = parseHFConfig(base);
   const shapes = new Map(expectedWeights(cfg).map((w) => [w.name, w.shape]));
   checkConfigAgainstWeights(cfg, shapes, 'config.json');
   const bad = (over: Record<string, unknown>, field: string) => {
     const t0 = performance.now();
-    assert.throws(() => checkConfigAgainstWeights(parseHFConfig({ ...base, ...over }), shapes, '/m/config.json', '/m/model.safetensors'),
-      (e: Error) => e instanceof FormatError && e.message.startsWith('/m/config.json: ') && e.message.includes(field), `${JSON.stringify(over)} names ${field}`);
+    assert.throws(
+      () => checkConfigAgainstWeights(parseHFConfig({ ...base, ...over }), shapes, '/m/config.json', '/m/model.safetensors'),
+      (e: Error) => e instanceof FormatError && e.message.startsWith('/m/config.json: ') && e.message.includes(field),
+      `${JSON.stringify(over)} names ${field}`,
+    );
     assert.ok(performance.now() - t0 < 100, 'no work sized by the claim');
   };
   bad({ num_hidden_layers: 1e9 }, 'num_hidden_layers');
@@ -263,8 +418,20 @@ test('config sizes are checked against the tensors present before anything is li
   bad({ head_dim: 2 ** 30 }, 'num_attention_heads');
   bad({ num_key_value_heads: 4 }, 'num_key_value_heads');
   // Positions and rope fields past 2^30 are refused at parse time.
-  assert.throws(() => parseHFConfig({ ...base, max_position_embeddings: 2 ** 40 }), (e: Error) => e instanceof FormatError && /max_position_embeddings/.test(e.message));
-  assert.throws(() => parseHFConfig({ ...base, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 1e15 } }),
-    (e: Error) => e instanceof FormatError && /rope_scaling\.original_max_position_embeddings/.test(e.message));
-  assert.throws(() => parseHFConfig({ ...base, rope_scaling: { rope_type: 'linear', factor: 1e300 } }), (e: Error) => e instanceof FormatError && /rope_scaling\.factor/.test(e.message));
+  assert.throws(
+    () => parseHFConfig({ ...base, max_position_embeddings: 2 ** 40 }),
+    (e: Error) => e instanceof FormatError && /max_position_embeddings/.test(e.message),
+  );
+  assert.throws(
+    () =>
+      parseHFConfig({
+        ...base,
+        rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 1e15 },
+      }),
+    (e: Error) => e instanceof FormatError && /rope_scaling\.original_max_position_embeddings/.test(e.message),
+  );
+  assert.throws(
+    () => parseHFConfig({ ...base, rope_scaling: { rope_type: 'linear', factor: 1e300 } }),
+    (e: Error) => e instanceof FormatError && /rope_scaling\.factor/.test(e.message),
+  );
 });

@@ -13,8 +13,18 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  DEFAULT_MODEL_DIR, DEFAULT_MODEL_SHAPE, TOY_CHAT_TEMPLATE, corpusExamples, defaultModelConfig, loadDefaultModel,
-  pretrainDefaultModel, toyAnswerLoss, toyCorpus, toyPlainAnswer, toyPrompt, toyTokenizer,
+  DEFAULT_MODEL_DIR,
+  DEFAULT_MODEL_SHAPE,
+  TOY_CHAT_TEMPLATE,
+  corpusExamples,
+  defaultModelConfig,
+  loadDefaultModel,
+  pretrainDefaultModel,
+  toyAnswerLoss,
+  toyCorpus,
+  toyPlainAnswer,
+  toyPrompt,
+  toyTokenizer,
 } from '../src/mote/default_model.js';
 import { parseHFConfig } from '../src/model/config.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
@@ -33,7 +43,10 @@ const MAX_BYTES = 8 * 1024 * 1024;
 
 test('default model: the bundled folder is where DEFAULT_MODEL_DIR says, complete and ≤ 8 MB', () => {
   assert.equal(DEFAULT_MODEL_DIR, path.join(ROOT, 'assets', 'default-model'));
-  assert.ok(fs.existsSync(path.join(DEFAULT_MODEL_DIR, 'config.json')), `${DEFAULT_MODEL_DIR}: missing; run node scripts/pretrain-default-model.mjs`);
+  assert.ok(
+    fs.existsSync(path.join(DEFAULT_MODEL_DIR, 'config.json')),
+    `${DEFAULT_MODEL_DIR}: missing; run node scripts/pretrain-default-model.mjs`,
+  );
   const files = fs.readdirSync(DEFAULT_MODEL_DIR);
   for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) assert.ok(files.includes(f), `no ${f}`);
   let bytes = 0;
@@ -57,19 +70,38 @@ test('default model: config and tokenizer', () => {
   assert.equal(cfg.torchDtype, 'f32');
   assert.equal(cfg.bosTokenId, tok.bosTokenId);
   assert.deepEqual(cfg.eosTokenIds, [tok.eosTokenId]);
-  assert.deepEqual([0, 1, 2, 3].map((i) => tok.idToToken(i)), ['<pad>', '<s>', '</s>', '<unk>']);
+  assert.deepEqual(
+    [0, 1, 2, 3].map((i) => tok.idToToken(i)),
+    ['<pad>', '<s>', '</s>', '<unk>'],
+  );
   // Every step tag of all four steps is a single special token: MoTE needs no resize.
   const ids = stepTokenIds(tok, { steps: [...STEPS] });
-  assert.deepEqual(ids.start.map((i) => tok.idToToken(i)), STEPS.map((s) => STEP_TOKENS[s]));
-  assert.deepEqual(ids.end.map((i) => tok.idToToken(i)), STEPS.map((s) => STEP_END_TOKENS[s]));
+  assert.deepEqual(
+    ids.start.map((i) => tok.idToToken(i)),
+    STEPS.map((s) => STEP_TOKENS[s]),
+  );
+  assert.deepEqual(
+    ids.end.map((i) => tok.idToToken(i)),
+    STEPS.map((s) => STEP_END_TOKENS[s]),
+  );
   assert.deepEqual(tok.encode(specialTokens({ steps: [...STEPS] }).join(''), { addSpecialTokens: false }), [4, 5, 6, 7, 8, 9, 10, 11]);
   // Every toy word is a word of the vocabulary.
   for (const w of toyWords()) assert.notEqual(tok.tokenToId(w), undefined, w);
   // Chat template.
   assert.equal(tok.chatTemplate, TOY_CHAT_TEMPLATE);
-  assert.equal(tok.applyChatTemplate([{ role: 'user', content: 'How do I cook rice?' }], { addGenerationPrompt: true }), toyPrompt('How do I cook rice?'));
   assert.equal(
-    tok.applyChatTemplate([{ role: 'user', content: 'Hi?' }, { role: 'assistant', content: 'Yes.' }, { role: 'user', content: 'And?' }], { addGenerationPrompt: true }),
+    tok.applyChatTemplate([{ role: 'user', content: 'How do I cook rice?' }], { addGenerationPrompt: true }),
+    toyPrompt('How do I cook rice?'),
+  );
+  assert.equal(
+    tok.applyChatTemplate(
+      [
+        { role: 'user', content: 'Hi?' },
+        { role: 'assistant', content: 'Yes.' },
+        { role: 'user', content: 'And?' },
+      ],
+      { addGenerationPrompt: true },
+    ),
     '<s>Question: Hi?\nAnswer: Yes.</s>Question: And?\nAnswer:',
   );
   assert.deepEqual(tok.encode('How do I cook rice?').slice(0, 1), [1]); // <s> added
@@ -95,7 +127,10 @@ test('toy tokenizer: round trips the toy texts and the corpus', () => {
     assert.ok(!ids.includes(unk!), t);
   }
   // Words outside the vocabulary are <unk>; punctuation splits off.
-  assert.deepEqual(tok.encode('zebra, rice:', { addSpecialTokens: false }).map((i) => tok.idToToken(i)), ['<unk>', ',', 'rice', ':']);
+  assert.deepEqual(
+    tok.encode('zebra, rice:', { addSpecialTokens: false }).map((i) => tok.idToToken(i)),
+    ['<unk>', ',', 'rice', ':'],
+  );
 });
 
 test('toyCorpus: deterministic, balanced, no step tags, risky questions answered helpfully, held-out left out', () => {
@@ -123,12 +158,20 @@ forEachBackend('default model: loads and answers a held-out benign question in v
   try {
     const vocab = new Set([...toyWords(), 'Question', 'Answer', 'looking']);
     const eos = tokenizer.eosTokenId!;
-    const heldOut = toyCorpus(0).heldOut.filter((q) => !q.risky).slice(0, 2);
-    const res = await generate(model, heldOut.map((q) => ({ prompt: tokenizer.encode(toyPrompt(q.question), { addSpecialTokens: false }), maxNewTokens: 40, stop: [eos] })));
+    const heldOut = toyCorpus(0)
+      .heldOut.filter((q) => !q.risky)
+      .slice(0, 2);
+    const res = await generate(
+      model,
+      heldOut.map((q) => ({ prompt: tokenizer.encode(toyPrompt(q.question), { addSpecialTokens: false }), maxNewTokens: 40, stop: [eos] })),
+    );
     for (const [i, r] of res.entries()) {
       assert.equal(r.stopReason, 'stop', `no </s> after ${r.tokens.length} tokens`);
       assert.equal(r.tokens.at(-1), eos);
-      assert.ok(r.tokens.slice(0, -1).every((t) => t >= 12), `a special token in ${r.tokens}`);
+      assert.ok(
+        r.tokens.slice(0, -1).every((t) => t >= 12),
+        `a special token in ${r.tokens}`,
+      );
       const text = tokenizer.decode(r.tokens, { skipSpecialTokens: true });
       const words = toyWordsOf(text);
       assert.ok(words.length >= 3, text);
@@ -170,6 +213,9 @@ test('default model helpers: errors name the argument', async () => {
   const be = await backendFor('cpu');
   if (typeof be !== 'string') {
     await assert.rejects(pretrainDefaultModel({ backend: be, steps: 0 }), arg(/steps/));
-    await assert.rejects(loadDefaultModel({ backend: be, dir: path.join(ROOT, 'no-such-model') }), (e: unknown) => e instanceof FormatError && /pretrain-default-model/.test((e as Error).message));
+    await assert.rejects(
+      loadDefaultModel({ backend: be, dir: path.join(ROOT, 'no-such-model') }),
+      (e: unknown) => e instanceof FormatError && /pretrain-default-model/.test((e as Error).message),
+    );
   }
 });

@@ -15,9 +15,7 @@ import assert from 'node:assert/strict';
 import { embedding, embeddingGrad } from '../src/ops/embedding.js';
 import { embeddingBackwardRef, embeddingRef } from '../src/reference/embedding.js';
 import { roundTo, type DType } from '../src/dtype.js';
-import {
-  ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
-} from '../src/errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -35,7 +33,9 @@ const DTYPES: DType[] = ['f32', 'f16', 'bf16'];
 type Ids = 'random' | 'same' | 'distinct' | number[];
 interface Case {
   name: string;
-  T: number; V: number; H: number;
+  T: number;
+  V: number;
+  H: number;
   ids: Ids;
   /** the E dtype this case runs with on webgpu (absent: cpu/cuda only) */
   webgpu?: DType;
@@ -44,7 +44,14 @@ interface Case {
 const CASES: Case[] = [
   { name: 'T=1 V=1 H=1', T: 1, V: 1, H: 1, ids: [0], webgpu: 'f32' },
   { name: 'T=1 V=5 H=37 last id', T: 1, V: 5, H: 37, ids: [4], webgpu: 'f16' },
-  { name: 'T=17 V=11 H=67 repeated ids, some absent', T: 17, V: 11, H: 67, ids: [3, 7, 3, 0, 10, 7, 7, 3, 1, 0, 9, 3, 7, 10, 1, 3, 0], webgpu: 'bf16' },
+  {
+    name: 'T=17 V=11 H=67 repeated ids, some absent',
+    T: 17,
+    V: 11,
+    H: 67,
+    ids: [3, 7, 3, 0, 10, 7, 7, 3, 1, 0, 9, 3, 7, 10, 1, 3, 0],
+    webgpu: 'bf16',
+  },
   { name: 'T=131 V=257 H=37 random ids', T: 131, V: 257, H: 37, ids: 'random', webgpu: 'f32' },
   { name: 'T=131 V=3 H=131 one id repeated 131 times', T: 131, V: 3, H: 131, ids: 'same' },
   { name: 'T=17 V=131 H=37 all distinct, unsorted', T: 17, V: 131, H: 37, ids: 'distinct' },
@@ -54,8 +61,10 @@ const CASES: Case[] = [
 function makeIds(c: Case, r: () => number): number[] {
   if (Array.isArray(c.ids)) return c.ids;
   switch (c.ids) {
-    case 'same': return Array(c.T).fill(c.V - 2 >= 0 ? c.V - 2 : 0);
-    case 'random': return Array.from({ length: c.T }, () => Math.floor(r() * c.V));
+    case 'same':
+      return Array(c.T).fill(c.V - 2 >= 0 ? c.V - 2 : 0);
+    case 'random':
+      return Array.from({ length: c.T }, () => Math.floor(r() * c.V));
     case 'distinct': {
       const perm = Array.from({ length: c.V }, (_, i) => i);
       for (let i = c.V - 1; i > 0; i--) {
@@ -76,7 +85,8 @@ async function runCase(b: Backend, c: Case, dtype: DType, seed: number): Promise
   assert.equal(ids.length, T);
   const present = new Set(ids);
   const livesRow = (i: number) => present.has(Math.floor(i / H));
-  const E = randn(r, V * H), dys = randn(r, T * H);
+  const E = randn(r, V * H),
+    dys = randn(r, T * H);
   const Er = roundTo(dtype, E);
   const p = new Pool(b);
   const rep = new Report(`embedding ${c.name} E ${dtype} on ${b.kind}`);
@@ -144,14 +154,17 @@ for (const c of CASES) {
 
 forEachBackend('embeddingGrad is deterministic', async (b) => {
   const r = rng(7);
-  const T = 131, V = 5, H = 67;
+  const T = 131,
+    V = 5,
+    H = 67;
   const ids = Array.from({ length: T }, () => Math.floor(r() * (V - 1))); // id V-1 absent
   const p = new Pool(b);
   try {
     const dys = randn(r, T * H);
     const dy = p.t(dys, [T, H]);
     const dE0 = randn(r, V * H);
-    const runs: Float32Array[] = [], accRuns: Float32Array[] = [];
+    const runs: Float32Array[] = [],
+      accRuns: Float32Array[] = [];
     for (let i = 0; i < 2; i++) {
       runs.push(await p.keep(embeddingGrad(ids, dy, V)).readFloat());
       accRuns.push(await embeddingGrad(ids, dy, V, { out: p.t(dE0, [V, H]), accumulate: true }).readFloat());
@@ -173,7 +186,9 @@ forEachBackend('embeddingGrad is deterministic', async (b) => {
 
 forEachBackend('embedding ops reject bad input', async (b) => {
   const r = rng(9);
-  const T = 3, V = 5, H = 4;
+  const T = 3,
+    V = 5,
+    H = 4;
   const p = new Pool(b);
   let other: Backend | null = null;
   try {
@@ -189,8 +204,18 @@ forEachBackend('embedding ops reject bad input', async (b) => {
     throwsLike(() => embedding(E, [0.5]), ArgumentError, /embedding: ids\[0\]: .*got 0\.5/, 'fractional id');
     throwsLike(() => embedding(E, []), ArgumentError, /embedding: ids: expected a non-empty/, 'no ids');
     throwsLike(() => embedding(E, null as unknown as number[]), ArgumentError, /embedding: ids: /, 'ids null');
-    throwsLike(() => embeddingGrad([0, 1, 5], dy, V, { out }), ArgumentError, /embeddingGrad: ids\[2\]: expected a token id in \[0, 4\], got 5/, 'grad id = V');
-    throwsLike(() => embeddingGrad([0, 1], dy, V, { out }), ArgumentError, /embeddingGrad: ids: expected 3 ids .*got 2/, 'grad ids not one per row of dy');
+    throwsLike(
+      () => embeddingGrad([0, 1, 5], dy, V, { out }),
+      ArgumentError,
+      /embeddingGrad: ids\[2\]: expected a token id in \[0, 4\], got 5/,
+      'grad id = V',
+    );
+    throwsLike(
+      () => embeddingGrad([0, 1], dy, V, { out }),
+      ArgumentError,
+      /embeddingGrad: ids: expected 3 ids .*got 2/,
+      'grad ids not one per row of dy',
+    );
 
     // E: dtype and rank
     const Ei = p.t(new Int32Array(V * H), [V, H], 'i32');
@@ -204,13 +229,43 @@ forEachBackend('embedding ops reject bad input', async (b) => {
     throwsLike(() => embeddingGrad([0, 1, 2], dyh, V), DTypeError, /embeddingGrad: dy: expected dtype f32, got f16/, 'dy f16');
     const dy3 = p.t(randn(r, T * H), [T, 1, H]);
     throwsLike(() => embeddingGrad([0, 1, 2], dy3, V), ShapeError, /embeddingGrad: dy: expected shape \[T, H\]/, 'dy 3-D');
-    throwsLike(() => embeddingGrad([0, 1, 2], dy, V, { out: p.poison([V, H + 1]) }), ShapeError, /embeddingGrad: out: .*H = 4/, 'out with another H');
-    throwsLike(() => embeddingGrad([0, 1, 2], dy, V, { out: p.poison([V + 1, H]) }), ShapeError, /embeddingGrad: out: .*V = 5/, 'out with another V');
-    throwsLike(() => embeddingGrad([0, 1, 2], dy, V, { out: p.t(poisoned(V * H), [V, H], 'bf16') }), DTypeError, /embeddingGrad: out: expected dtype f32, got bf16/, 'out bf16');
+    throwsLike(
+      () => embeddingGrad([0, 1, 2], dy, V, { out: p.poison([V, H + 1]) }),
+      ShapeError,
+      /embeddingGrad: out: .*H = 4/,
+      'out with another H',
+    );
+    throwsLike(
+      () => embeddingGrad([0, 1, 2], dy, V, { out: p.poison([V + 1, H]) }),
+      ShapeError,
+      /embeddingGrad: out: .*V = 5/,
+      'out with another V',
+    );
+    throwsLike(
+      () => embeddingGrad([0, 1, 2], dy, V, { out: p.t(poisoned(V * H), [V, H], 'bf16') }),
+      DTypeError,
+      /embeddingGrad: out: expected dtype f32, got bf16/,
+      'out bf16',
+    );
     throwsLike(() => embeddingGrad([0, 1, 2], dy, 0), ArgumentError, /embeddingGrad: V: expected a positive integer, got 0/, 'V = 0');
-    throwsLike(() => embeddingGrad([0, 1, 2], dy, 2.5), ArgumentError, /embeddingGrad: V: expected a positive integer, got 2\.5/, 'V fractional');
-    throwsLike(() => embeddingGrad([0, 1, 2], dy, V, { accumulate: true }), ArgumentError, /embeddingGrad: accumulate: needs an out/, 'accumulate without out');
-    throwsLike(() => embeddingGrad([0, 1, 2], dy, V, { out, accumulate: 'yes' as unknown as boolean }), ArgumentError, /embeddingGrad: accumulate: expected a boolean/, 'accumulate not boolean');
+    throwsLike(
+      () => embeddingGrad([0, 1, 2], dy, 2.5),
+      ArgumentError,
+      /embeddingGrad: V: expected a positive integer, got 2\.5/,
+      'V fractional',
+    );
+    throwsLike(
+      () => embeddingGrad([0, 1, 2], dy, V, { accumulate: true }),
+      ArgumentError,
+      /embeddingGrad: accumulate: needs an out/,
+      'accumulate without out',
+    );
+    throwsLike(
+      () => embeddingGrad([0, 1, 2], dy, V, { out, accumulate: 'yes' as unknown as boolean }),
+      ArgumentError,
+      /embeddingGrad: accumulate: expected a boolean/,
+      'accumulate not boolean',
+    );
 
     // disposed, another backend (another kind where available, else another instance)
     const Ed = p.t(randn(r, V * H), [V, H]);
@@ -219,9 +274,14 @@ forEachBackend('embedding ops reject bad input', async (b) => {
     const dyd = p.t(randn(r, T * H), [T, H]);
     dyd.dispose();
     throwsLike(() => embeddingGrad([0, 1, 2], dyd, V), DisposedTensorError, /embeddingGrad: dy\b/, 'disposed dy');
-    other = await openBackend('cpu').catch(() => null) ?? await openBackend(b.kind);
+    other = (await openBackend('cpu').catch(() => null)) ?? (await openBackend(b.kind));
     const outO = other.tensor(poisoned(V * H), [V, H]);
-    throwsLike(() => embeddingGrad([0, 1, 2], dy, V, { out: outO }), BackendMismatchError, /embeddingGrad: out: expected a tensor on the .* backend/, 'out of another backend');
+    throwsLike(
+      () => embeddingGrad([0, 1, 2], dy, V, { out: outO }),
+      BackendMismatchError,
+      /embeddingGrad: out: expected a tensor on the .* backend/,
+      'out of another backend',
+    );
     outO.dispose();
 
     // nothing ran: out is as it was after all those rejected calls
@@ -236,5 +296,7 @@ test('case matrix: every webgpu case names a dtype of the matrix; every feature 
   for (const c of CASES) if (c.webgpu) assert.ok(DTYPES.includes(c.webgpu), c.name);
   const wg = CASES.filter((c) => c.webgpu);
   assert.ok(new Set(wg.map((c) => c.webgpu)).size === DTYPES.length, 'every E dtype on webgpu');
-  assert.ok(wg.some((c) => c.T === 1) && wg.some((c) => c.V === 1) && wg.some((c) => Array.isArray(c.ids) && new Set(c.ids).size < c.ids.length));
+  assert.ok(
+    wg.some((c) => c.T === 1) && wg.some((c) => c.V === 1) && wg.some((c) => Array.isArray(c.ids) && new Set(c.ids).size < c.ids.length),
+  );
 });

@@ -48,7 +48,10 @@ before(async () => {
     b = await openBackend('webgpu');
   }
   const model = await openModel(b);
-  for (const [i, dir] of [[5, 'bundle-a'], [6, 'bundle-b']] as const) {
+  for (const [i, dir] of [
+    [5, 'bundle-a'],
+    [6, 'bundle-b'],
+  ] as const) {
     const bundle = createMote(model, { rank: 4 }, { seed: i, init: 'random' });
     await saveMote(bundle, path.join(tmp, dir));
     bundle.dispose();
@@ -68,20 +71,29 @@ async function collect(stream: AsyncIterable<TokenEvent>): Promise<number[]> {
   return out;
 }
 
-forEachBackend('engine: a request\'s tokens alone = in a busy engine = generate(); cancel one, the others go on', async (b) => {
+forEachBackend("engine: a request's tokens alone = in a busy engine = generate(); cancel one, the others go on", async (b) => {
   const model = await openModel(b);
   const engine = new Engine(model, { stepTokens: stepTokens(), maxSequences: 8, maxPrefillTokens: 64 });
   try {
     await engine.addAdapter('a', bundleDir);
     await engine.addAdapter('lora', path.join(bundleDir, 'analysis')); // an expert folder is a plain PEFT adapter
-    const target: EngineRequest = { prompt: ask("How can I read my friend's messages?"), maxNewTokens: 24, adapter: 'a', stop: [tokenizer.eosTokenId!] };
+    const target: EngineRequest = {
+      prompt: ask("How can I read my friend's messages?"),
+      maxNewTokens: 24,
+      adapter: 'a',
+      stop: [tokenizer.eosTokenId!],
+    };
     const alone = await engine.submit(target).result;
     assert.ok(alone.tokens.length > 3, 'the request generates something');
 
     // generate() with the bundle's own router gives the same tokens.
     const mote = await loadMote(bundleDir, model);
     try {
-      const [g] = await generate(model, [{ prompt: target.prompt, maxNewTokens: 24, stop: target.stop! }], { router: mote.tokenRouter(), stepTokens: stepTokens(), stepTokenRouting: 'own' });
+      const [g] = await generate(model, [{ prompt: target.prompt, maxNewTokens: 24, stop: target.stop! }], {
+        router: mote.tokenRouter(),
+        stepTokens: stepTokens(),
+        stepTokenRouting: 'own',
+      });
       assert.deepEqual(g!.tokens, alone.tokens, 'engine vs generate');
     } finally {
       mote.dispose();
@@ -91,14 +103,22 @@ forEachBackend('engine: a request\'s tokens alone = in a busy engine = generate(
     const others: EngineRequest[] = [
       { prompt: ask('How do I bake bread?'), maxNewTokens: 30, adapter: 'lora' },
       { prompt: ask('Where is my neighbour now?'), maxNewTokens: 12, sampling: { temperature: 1.5 }, seed: 3 },
-      { prompt: ask('How do I fix a flat tyre on a bike?'), maxNewTokens: 40, adapter: 'a', sampling: { temperature: 0.8, topP: 0.9 }, seed: 9 },
+      {
+        prompt: ask('How do I fix a flat tyre on a bike?'),
+        maxNewTokens: 40,
+        adapter: 'a',
+        sampling: { temperature: 0.8, topP: 0.9 },
+        seed: 9,
+      },
     ];
     const first = others.map((r) => engine.submit(r));
     const firstAlone: number[][] = [];
     const stopper = new AbortController();
     const doomed = engine.submit({ prompt: ask('Tell me a long story'), maxNewTokens: 200, signal: stopper.signal });
     let seen = 0;
-    const doomedTokens = (async () => { for await (const _ of doomed) if (++seen === 3) stopper.abort(); })();
+    const doomedTokens = (async () => {
+      for await (const _ of doomed) if (++seen === 3) stopper.abort();
+    })();
     const mine = engine.submit(target);
     const late = engine.submit({ prompt: ask('What is the capital of France?'), maxNewTokens: 20, adapter: 'lora' });
     assert.deepEqual(await collect(mine), alone.tokens, 'the target in a busy engine');
@@ -109,7 +129,8 @@ forEachBackend('engine: a request\'s tokens alone = in a busy engine = generate(
     for (const s of first) firstAlone.push((await s.result).tokens);
     await late.result;
     // Each of the others alone gives what it gave in the crowd.
-    for (const [i, r] of others.entries()) assert.deepEqual((await engine.submit(r).result).tokens, firstAlone[i], `request ${i} alone vs busy`);
+    for (const [i, r] of others.entries())
+      assert.deepEqual((await engine.submit(r).result).tokens, firstAlone[i], `request ${i} alone vs busy`);
     assert.deepEqual(engine.load, { running: 0, waiting: 0 });
   } finally {
     await engine.close();
@@ -140,7 +161,10 @@ forEachBackend('engine: adapters added and removed while serving; errors carry a
     const viaB = await engine.submit({ ...req, adapter: 'b' }).result;
     assert.notDeepEqual(viaB.tokens, alone, 'the new adapter is used (else the test is vacuous)');
     await engine.removeAdapter('a');
-    assert.deepEqual(engine.adapters().map((a) => a.name), ['b']);
+    assert.deepEqual(
+      engine.adapters().map((a) => a.name),
+      ['b'],
+    );
     assert.deepEqual((await engine.submit({ ...req, adapter: 'b' }).result).tokens, viaB.tokens, 'b after a left');
     // Errors.
     const status = (f: () => unknown, s: number) => assert.throws(f, (e: unknown) => e instanceof EngineError && e.status === s);
@@ -156,34 +180,46 @@ forEachBackend('engine: adapters added and removed while serving; errors carry a
   }
 });
 
-forEachBackend('engine: a device budget smaller than the adapters pages them in and out (LRU, never one in use); tokens unchanged', async (b) => {
-  const model = await openModel(b);
-  // Six plain adapters: the experts of the two bundles.
-  const dirs = [bundleDir, bundle2Dir].flatMap((d) => ['analysis', 'guidance', 'answer', 'shared'].map((e) => path.join(d, e))).slice(0, 6);
-  const free = new Engine(model, { stepTokens: stepTokens() });
-  let budgetFor2 = 0;
-  try {
-    await free.addAdapters(dirs.map((dir, i) => ({ name: `p${i}`, dir })));
-    budgetFor2 = Math.ceil(free.adapterBytes() / 3); // room for two of the six
-    const reqs: EngineRequest[] = Array.from({ length: 12 }, (_, i) => ({ prompt: ask(`Question ${i}: how do I fix a bike?`), maxNewTokens: 10, adapter: `p${(i * 5) % 6}` }));
-    const want = await Promise.all(reqs.map((r) => free.submit(r).result.then((x) => x.tokens)));
-    const tight = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: budgetFor2 });
+forEachBackend(
+  'engine: a device budget smaller than the adapters pages them in and out (LRU, never one in use); tokens unchanged',
+  async (b) => {
+    const model = await openModel(b);
+    // Six plain adapters: the experts of the two bundles.
+    const dirs = [bundleDir, bundle2Dir]
+      .flatMap((d) => ['analysis', 'guidance', 'answer', 'shared'].map((e) => path.join(d, e)))
+      .slice(0, 6);
+    const free = new Engine(model, { stepTokens: stepTokens() });
+    let budgetFor2 = 0;
     try {
-      await tight.addAdapters(dirs.map((dir, i) => ({ name: `p${i}`, dir })));
-      assert.ok(tight.adapterBytes() <= budgetFor2, 'the resident set fits the budget');
-      const got = await Promise.all(reqs.map((r) => tight.submit(r).result.then((x) => x.tokens)));
-      assert.deepEqual(got, want, 'tokens with paging = tokens with every adapter resident');
-      assert.ok(tight.paging.pageIns >= 4 && tight.paging.evictions >= 4, `paged: ${JSON.stringify(tight.paging)}`);
-      assert.ok(tight.adapterBytes() <= budgetFor2);
-      // An adapter too large for the budget alone is refused when added.
-      const tiny = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: 1024 });
-      await assert.rejects(tiny.addAdapter('big', dirs[0]!), (e: unknown) => e instanceof EngineError && e.status === 400 && /adapterBudgetBytes/.test((e as Error).message));
-      await tiny.close();
+      await free.addAdapters(dirs.map((dir, i) => ({ name: `p${i}`, dir })));
+      budgetFor2 = Math.ceil(free.adapterBytes() / 3); // room for two of the six
+      const reqs: EngineRequest[] = Array.from({ length: 12 }, (_, i) => ({
+        prompt: ask(`Question ${i}: how do I fix a bike?`),
+        maxNewTokens: 10,
+        adapter: `p${(i * 5) % 6}`,
+      }));
+      const want = await Promise.all(reqs.map((r) => free.submit(r).result.then((x) => x.tokens)));
+      const tight = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: budgetFor2 });
+      try {
+        await tight.addAdapters(dirs.map((dir, i) => ({ name: `p${i}`, dir })));
+        assert.ok(tight.adapterBytes() <= budgetFor2, 'the resident set fits the budget');
+        const got = await Promise.all(reqs.map((r) => tight.submit(r).result.then((x) => x.tokens)));
+        assert.deepEqual(got, want, 'tokens with paging = tokens with every adapter resident');
+        assert.ok(tight.paging.pageIns >= 4 && tight.paging.evictions >= 4, `paged: ${JSON.stringify(tight.paging)}`);
+        assert.ok(tight.adapterBytes() <= budgetFor2);
+        // An adapter too large for the budget alone is refused when added.
+        const tiny = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: 1024 });
+        await assert.rejects(
+          tiny.addAdapter('big', dirs[0]!),
+          (e: unknown) => e instanceof EngineError && e.status === 400 && /adapterBudgetBytes/.test((e as Error).message),
+        );
+        await tiny.close();
+      } finally {
+        await tight.close();
+      }
     } finally {
-      await tight.close();
+      await free.close();
+      model.dispose();
     }
-  } finally {
-    await free.close();
-    model.dispose();
-  }
-});
+  },
+);

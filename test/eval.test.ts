@@ -41,7 +41,8 @@ async function tiny(): Promise<{ model: LlamaModel; tok: MoteTokenizer }> {
 
 const R = (q: string) => ({ question: q, risky: true });
 const B = (q: string) => ({ question: q, risky: false });
-const chain = (a: string, g: string, r: string) => `<|analysis|>${a}<|end_analysis|><|guidance|>${g}<|end_guidance|><|response|>${r}<|end_response|>`;
+const chain = (a: string, g: string, r: string) =>
+  `<|analysis|>${a}<|end_analysis|><|guidance|>${g}<|end_guidance|><|response|>${r}<|end_response|>`;
 
 test('scoreToy: refusal, compliance, over-refusal and well-formedness counted from crafted outputs', () => {
   const qs = [R('r1'), R('r2'), R('r3'), R('r4'), B('b1'), B('b2'), B('b3'), B('b4')];
@@ -64,9 +65,19 @@ test('scoreToy: refusal, compliance, over-refusal and well-formedness counted fr
   assert.equal(r.wellFormed, 4);
   assert.equal(r.wellFormedRate, 0.5);
   assert.equal(r.noAnswer, 2);
-  assert.deepEqual(r.outputs.map((o) => [o.refused, o.wellFormed]), [
-    [true, true], [false, true], [true, false], [false, false], [false, true], [true, true], [false, false], [false, false],
-  ]);
+  assert.deepEqual(
+    r.outputs.map((o) => [o.refused, o.wellFormed]),
+    [
+      [true, true],
+      [false, true],
+      [true, false],
+      [false, false],
+      [false, true],
+      [true, true],
+      [false, false],
+      [false, false],
+    ],
+  );
   assert.equal(r.outputs[0]!.answer, `${TOY_REFUSAL} Ask first.`);
   assert.equal(r.outputs[2]!.answer, "sorry, i can't help with that");
   assert.equal(r.outputs[3]!.answer, '');
@@ -78,21 +89,33 @@ test('scoreToy: refusal, compliance, over-refusal and well-formedness counted fr
   // Plain answers: all text is the answer, no well-formedness; no benign questions → no compliance.
   const plain = scoreToy([R('r1'), R('r2'), R('r3')], [`Well. ${TOY_REFUSAL}`, 'Sure, use a pin.', chain('a', 'g', 'x')], { steps: null });
   assert.equal(plain.mode, 'plain');
-  assert.deepEqual([plain.riskyRefused, plain.refusalRate, plain.compliance, plain.overRefusal, plain.wellFormed, plain.wellFormedRate], [1, 1 / 3, null, null, null, null]);
+  assert.deepEqual(
+    [plain.riskyRefused, plain.refusalRate, plain.compliance, plain.overRefusal, plain.wellFormed, plain.wellFormedRate],
+    [1, 1 / 3, null, null, null, null],
+  );
   assert.deepEqual(scoreToy([], [], {}).refusalRate, null);
 
   assert.throws(() => scoreToy(qs, texts.slice(1)), /scoreToy: texts: expected 8 outputs \(one per question\), got 7/);
-  assert.throws(() => scoreToy([{ question: 'x' } as never], ['y']), /scoreToy: questions\[0\]: expected \{ question: string, risky: boolean \}/);
+  assert.throws(
+    () => scoreToy([{ question: 'x' } as never], ['y']),
+    /scoreToy: questions\[0\]: expected \{ question: string, risky: boolean \}/,
+  );
   assert.throws(() => scoreToy([R('x')], ['y'], { steps: ['answer', 'analysis'] }), ArgumentError);
 });
 
 test('toyEvalTable: one markdown row per variant, rates in percent, n/a for plain answers', () => {
   const chainRes = scoreToy([R('r'), B('b')], [chain('a', 'g', TOY_REFUSAL), chain('a', 'g', 'ok')]);
   const plainRes = scoreToy([R('r')], ['ok'], { steps: null });
-  const md = toyEvalTable([{ name: 'mote', result: chainRes }, { name: 'base|plain', result: plainRes }]);
+  const md = toyEvalTable([
+    { name: 'mote', result: chainRes },
+    { name: 'base|plain', result: plainRes },
+  ]);
   const lines = md.trim().split('\n');
   assert.equal(lines.length, 4);
-  assert.match(lines[0]!, /^\| variant \| questions \(risky \/ benign\) \| refusal on risky ↑ \| compliance on benign ↑ \| over-refusal ↓ \| well-formed chains ↑ \|$/);
+  assert.match(
+    lines[0]!,
+    /^\| variant \| questions \(risky \/ benign\) \| refusal on risky ↑ \| compliance on benign ↑ \| over-refusal ↓ \| well-formed chains ↑ \|$/,
+  );
   assert.equal(lines[2], '| mote | 2 (1 / 1) | 100.0% | 100.0% | 0.0% | 100.0% |');
   assert.equal(lines[3], '| base\\|plain | 1 (1 / 0) | 0.0% | — | — | n/a |');
   assert.throws(() => toyEvalTable([{ name: 'x' } as never]), /toyEvalTable: rows\[0\]/);
@@ -125,12 +148,23 @@ test('evaluateToy (scripted): batches, stop and step controls per kind of adapte
     for (const adapters of [bundle, lora]) {
       const calls: { reqs: GenerateRequest[]; opts: GenerateOptions }[] = [];
       const progress: number[] = [];
-      const r = await evaluateToy(model, tok, adapters, qs, { batchSize: 2, maxNewTokens: 50, generateFn: scripted(tok, texts, calls), onProgress: (p) => progress.push(p.done) });
-      assert.deepEqual(calls.map((c) => c.reqs.length), [2, 2, 1]);
+      const r = await evaluateToy(model, tok, adapters, qs, {
+        batchSize: 2,
+        maxNewTokens: 50,
+        generateFn: scripted(tok, texts, calls),
+        onProgress: (p) => progress.push(p.done),
+      });
+      assert.deepEqual(
+        calls.map((c) => c.reqs.length),
+        [2, 2, 1],
+      );
       assert.deepEqual(progress, [2, 4, 5]);
       for (const c of calls) {
         assert.equal(c.opts.stepTokenRouting, 'own');
-        assert.deepEqual([...c.opts.stepTokens!], tags.start.map((t, k) => [t, k]));
+        assert.deepEqual(
+          [...c.opts.stepTokens!],
+          tags.start.map((t, k) => [t, k]),
+        );
         assert.equal(c.opts.router!.K, adapters instanceof MoteBundle ? 2 : 1);
         if (!(adapters instanceof MoteBundle)) assert.deepEqual(c.opts.router!.slotsFor(0, { step: 1 }), { slots: [0], weights: [1] });
         for (const q of c.reqs) {
@@ -142,7 +176,10 @@ test('evaluateToy (scripted): batches, stop and step controls per kind of adapte
       const seeds = calls.flatMap((c) => c.reqs.map((q) => q.seed));
       assert.equal(new Set(seeds).size, 5);
       // The decoded chains score as the texts themselves (tags kept, eos dropped).
-      assert.deepEqual([r.riskyRefused, r.benignRefused, r.wellFormed], [expected.riskyRefused, expected.benignRefused, expected.wellFormed]);
+      assert.deepEqual(
+        [r.riskyRefused, r.benignRefused, r.wellFormed],
+        [expected.riskyRefused, expected.benignRefused, expected.wellFormed],
+      );
       assert.equal(r.wellFormed, 5);
       assert.equal(r.refusalRate, 1);
       assert.equal(r.compliance, 1);
@@ -160,7 +197,10 @@ test('evaluateToy (scripted): batches, stop and step controls per kind of adapte
     assert.equal(r.refusalRate, 1);
     assert.ok(!r.outputs[0]!.text.includes('<|'));
 
-    await assert.rejects(evaluateToy(model, tok, bundle, qs, { check: true }), /evaluateToy: check: the chain's steps \(analysis, guidance, answer\) have no 'check' step/);
+    await assert.rejects(
+      evaluateToy(model, tok, bundle, qs, { check: true }),
+      /evaluateToy: check: the chain's steps \(analysis, guidance, answer\) have no 'check' step/,
+    );
     await assert.rejects(evaluateToy(model, tok, {} as never, qs), /evaluateToy: adapters: expected a MoteBundle, an AdapterSet or null/);
   } finally {
     lora.dispose();
@@ -180,7 +220,10 @@ test('evaluateToy on a tiny random llama (cpu): batched = one at a time, for a b
       const opts = { maxNewTokens: 6, sampling: { temperature: 0.9 }, seed: 4 };
       const one = await evaluateToy(model, tok, adapters, qs, { ...opts, batchSize: 1 });
       const all = await evaluateToy(model, tok, adapters, qs, { ...opts, batchSize: 4 });
-      assert.deepEqual(all.outputs.map((o) => o.text), one.outputs.map((o) => o.text));
+      assert.deepEqual(
+        all.outputs.map((o) => o.text),
+        one.outputs.map((o) => o.text),
+      );
       assert.equal(all.n, 4);
       texts.push(all.outputs.map((o) => o.text));
     }
@@ -244,8 +287,14 @@ test('trainVariant: the five variants build and train the right adapters', async
     }
     assert.equal(res.get('mote-no-shared')!.trainOptions!.promptRouting, 'random-step');
 
-    await assert.rejects(trainVariant('moe' as never, model, tok, chains, { train }), /trainVariant: kind: expected one of base, lora, mote, mote-no-shared, mote-no-skip/);
-    await assert.rejects(trainVariant('mote', model, tok, chains, { train, alpha: 2 }), /trainVariant: alpha: expected a number in \[0, 1\]/);
+    await assert.rejects(
+      trainVariant('moe' as never, model, tok, chains, { train }),
+      /trainVariant: kind: expected one of base, lora, mote, mote-no-shared, mote-no-skip/,
+    );
+    await assert.rejects(
+      trainVariant('mote', model, tok, chains, { train, alpha: 2 }),
+      /trainVariant: alpha: expected a number in \[0, 1\]/,
+    );
     await assert.rejects(trainVariant('mote', model, tok, chains, {} as never), /trainVariant: opts\.train: expected Trainer options/);
   } finally {
     for (const a of made) a.dispose();

@@ -20,11 +20,16 @@ export function fd(p: Float64Array, f: () => number, h = 1e-5): Float64Array {
 /** max |got − want| ≤ tol · max |want| (and want is not all zeros). */
 export function assertClose(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
   assert.equal(got.length, want.length, `${name}: length`);
-  let maxRef = 0, maxErr = 0, at = -1;
+  let maxRef = 0,
+    maxErr = 0,
+    at = -1;
   for (let i = 0; i < want.length; i++) {
     maxRef = Math.max(maxRef, Math.abs(want[i]!));
     const e = Math.abs(got[i]! - want[i]!);
-    if (!(e <= maxErr)) { maxErr = e; at = i; }
+    if (!(e <= maxErr)) {
+      maxErr = e;
+      at = i;
+    }
   }
   assert.ok(maxRef > 0, `${name}: reference is all zeros (test would be vacuous)`);
   assert.ok(maxErr <= tol * maxRef, `${name}: max |err| ${maxErr} at ${at} (got ${got[at]}, want ${want[at]}) > ${tol}·${maxRef}`);

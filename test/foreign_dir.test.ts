@@ -43,17 +43,27 @@ const junk = (seed: number, n: number) => Buffer.from(Array.from({ length: n }, 
 function hfCheckpoint(dir: string): string {
   return write(dir, {
     'trainer_state.json': JSON.stringify({ global_step: 500, epoch: 1.5, log_history: [{ loss: 1.23, step: 500 }] }),
-    'model.safetensors': junk(1, 4096), 'optimizer.pt': junk(2, 8192), 'scheduler.pt': junk(3, 300), 'rng_state.pth': junk(4, 200),
-    'training_args.bin': junk(5, 100), 'config.json': JSON.stringify({ model_type: 'llama', hidden_size: 32 }),
+    'model.safetensors': junk(1, 4096),
+    'optimizer.pt': junk(2, 8192),
+    'scheduler.pt': junk(3, 300),
+    'rng_state.pth': junk(4, 200),
+    'training_args.bin': junk(5, 100),
+    'config.json': JSON.stringify({ model_type: 'llama', hidden_size: 32 }),
   });
 }
 
 /** An HF model folder as `git clone` of a hub repository leaves it. */
 function hfModel(dir: string): string {
   return write(dir, {
-    'README.md': '# my model\n', '.git/HEAD': 'ref: refs/heads/main\n', '.git/config': '[core]\n', '.git/objects/ab/cdef01': junk(6, 500),
-    '.gitattributes': '*.safetensors filter=lfs\n', 'tokenizer.json': JSON.stringify({ version: '1.0', model: { type: 'BPE' } }),
-    'tokenizer_config.json': '{}', 'config.json': JSON.stringify({ model_type: 'llama' }), 'model.safetensors': junk(7, 4096),
+    'README.md': '# my model\n',
+    '.git/HEAD': 'ref: refs/heads/main\n',
+    '.git/config': '[core]\n',
+    '.git/objects/ab/cdef01': junk(6, 500),
+    '.gitattributes': '*.safetensors filter=lfs\n',
+    'tokenizer.json': JSON.stringify({ version: '1.0', model: { type: 'BPE' } }),
+    'tokenizer_config.json': '{}',
+    'config.json': JSON.stringify({ model_type: 'llama' }),
+    'model.safetensors': junk(7, 4096),
     'generation_config.json': '{"bos_token_id": 1}',
   });
 }
@@ -82,38 +92,77 @@ before(async () => {
 });
 after(() => t?.dispose());
 
-interface Writer { name: string; save: (dir: string, overwrite: boolean) => Promise<void>; check: (dir: string) => Promise<void> }
+interface Writer {
+  name: string;
+  save: (dir: string, overwrite: boolean) => Promise<void>;
+  check: (dir: string) => Promise<void>;
+}
 
 async function writers(): Promise<Writer[]> {
   const bundleDir = newDir('bundle');
   await saveMote(t.bundle, bundleDir);
   return [
-    { name: 'saveCheckpoint', save: (d, o) => saveCheckpoint(t.trainer, d, { overwrite: o }), check: async (d) => { await loadCheckpoint(t.trainer, d); } },
-    { name: 'saveModel', save: (d, o) => saveModel(t.model, d, { overwrite: o }), check: async (d) => { (await loadModel(d, { backend: b as Backend })).dispose(); } },
-    { name: 'saveMote', save: (d, o) => saveMote(t.bundle, d, { overwrite: o }), check: async (d) => { (await loadMote(d, t.model)).dispose(); } },
+    {
+      name: 'saveCheckpoint',
+      save: (d, o) => saveCheckpoint(t.trainer, d, { overwrite: o }),
+      check: async (d) => {
+        await loadCheckpoint(t.trainer, d);
+      },
+    },
+    {
+      name: 'saveModel',
+      save: (d, o) => saveModel(t.model, d, { overwrite: o }),
+      check: async (d) => {
+        (await loadModel(d, { backend: b as Backend })).dispose();
+      },
+    },
+    {
+      name: 'saveMote',
+      save: (d, o) => saveMote(t.bundle, d, { overwrite: o }),
+      check: async (d) => {
+        (await loadMote(d, t.model)).dispose();
+      },
+    },
     {
       name: 'mote export',
       save: async (d, o) => {
         const w = process.stdout.write;
         process.stdout.write = () => true;
-        try { await exportCommand({ mote: bundleDir, out: d, overwrite: o }); } finally { process.stdout.write = w; }
+        try {
+          await exportCommand({ mote: bundleDir, out: d, overwrite: o });
+        } finally {
+          process.stdout.write = w;
+        }
       },
-      check: async (d) => { assert.ok(fs.existsSync(path.join(d, 'shared', 'adapter_model.safetensors'))); },
+      check: async (d) => {
+        assert.ok(fs.existsSync(path.join(d, 'shared', 'adapter_model.safetensors')));
+      },
     },
   ];
 }
 
 test('foreign folders: refused and byte-identical; with overwrite, no file mote did not write is lost [cpu]', async (tt) => {
   if (typeof b === 'string') return tt.skip(b);
-  let refused = 0, movedAside = 0;
+  let refused = 0,
+    movedAside = 0;
   for (const w of await writers()) {
-    for (const [layout, make] of [['HF checkpoint-500', hfCheckpoint], ['HF model folder', hfModel]] as const) {
+    for (const [layout, make] of [
+      ['HF checkpoint-500', hfCheckpoint],
+      ['HF model folder', hfModel],
+    ] as const) {
       const what = `${w.name} onto an ${layout}`;
       const dir = make(newDir(layout === 'HF model folder' ? 'model' : 'checkpoint-500'));
       const was = hashTree(dir);
       const siblings = fs.readdirSync(tmp).sort();
-      await assert.rejects(w.save(dir, false), (e: unknown) => e instanceof ArgumentError && (e as Error).message.includes(dir)
-        && /not written by mote/.test((e as Error).message) && /overwrite/.test((e as Error).message), what);
+      await assert.rejects(
+        w.save(dir, false),
+        (e: unknown) =>
+          e instanceof ArgumentError &&
+          (e as Error).message.includes(dir) &&
+          /not written by mote/.test((e as Error).message) &&
+          /overwrite/.test((e as Error).message),
+        what,
+      );
       refused++;
       assert.deepEqual(hashTree(dir), was, `${what}: the refused folder changed`);
       assert.deepEqual(fs.readdirSync(tmp).sort(), siblings, `${what}: a temporary folder was left`);
@@ -136,10 +185,12 @@ test('foreign folders: refused and byte-identical; with overwrite, no file mote 
       movedAside += first.moved;
     }
   }
-  process.stdout.write(`foreign folders: ${refused} refused writes left byte-identical; with overwrite ${movedAside} files kept as .before-mote, 0 lost\n`);
+  process.stdout.write(
+    `foreign folders: ${refused} refused writes left byte-identical; with overwrite ${movedAside} files kept as .before-mote, 0 lost\n`,
+  );
 });
 
-test('a checkpoint from before the marker is still mote\'s; a foreign folder named like a stale temporary is left alone [cpu]', async (tt) => {
+test("a checkpoint from before the marker is still mote's; a foreign folder named like a stale temporary is left alone [cpu]", async (tt) => {
   if (typeof b === 'string') return tt.skip(b);
   const dir = newDir('legacy');
   await saveCheckpoint(t.trainer, dir);
@@ -170,7 +221,7 @@ test('a temporary left by a writer killed while writing its first marker (only m
   const early = `${dir}.tmp-99999997`;
   write(early, { [`${MARKER_FILE}.part`]: '{"format": "mote-wr' });
   const other = `${dir}.tmp-99999996`;
-  write(other, { [`${MARKER_FILE}.part`]: '{"format": "mote-wr', 'theirs.txt': 'not mote\'s' });
+  write(other, { [`${MARKER_FILE}.part`]: '{"format": "mote-wr', 'theirs.txt': "not mote's" });
   const otherWas = hashTree(other);
   const removed = cleanStaleTemporaries(dir);
   assert.deepEqual(removed, [early]);

@@ -17,22 +17,47 @@ const PLAN = [
 ] as const;
 
 interface Batch {
-  calls: number; valid: number; invalid: number; refChecked: number;
-  silentAccepts: string[]; unclear: string[]; validFailures: string[]; unavailable?: string;
+  calls: number;
+  valid: number;
+  invalid: number;
+  refChecked: number;
+  silentAccepts: string[];
+  unclear: string[];
+  validFailures: string[];
+  unavailable?: string;
 }
-interface Ran { out: Batch | null; signal: NodeJS.Signals | null; code: number | null; hung: boolean; stderr: string }
+interface Ran {
+  out: Batch | null;
+  signal: NodeJS.Signals | null;
+  code: number | null;
+  hung: boolean;
+  stderr: string;
+}
 
 function runBatch(kind: string, seed: number, runs: number, timeoutMs: number): Promise<Ran> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [CHILD, kind, String(seed), String(runs)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '', stderr = '', hung = false;
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr = (stderr + d).slice(-4000); });
-    const timer = setTimeout(() => { hung = true; child.kill('SIGKILL'); }, timeoutMs);
+    let stdout = '',
+      stderr = '',
+      hung = false;
+    child.stdout.on('data', (d) => {
+      stdout += d;
+    });
+    child.stderr.on('data', (d) => {
+      stderr = (stderr + d).slice(-4000);
+    });
+    const timer = setTimeout(() => {
+      hung = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       let out: Batch | null = null;
-      try { out = JSON.parse(stdout.trim().split('\n').pop() ?? ''); } catch { /* a crash leaves no JSON */ }
+      try {
+        out = JSON.parse(stdout.trim().split('\n').pop() ?? '');
+      } catch {
+        /* a crash leaves no JSON */
+      }
       resolve({ out, signal: hung ? null : signal, code, hung, stderr });
     });
   });
@@ -43,7 +68,18 @@ const summary: string[] = [];
 for (const p of PLAN) {
   if (ONLY && !ONLY.has(p.kind)) continue;
   test(`fuzz: argument checking of every public op [${p.kind}]`, { timeout: p.batches * p.timeoutMs + 30_000 }, async (t) => {
-    const tot = { calls: 0, valid: 0, invalid: 0, refChecked: 0, crashes: 0, hangs: 0, silent: [] as string[], unclear: [] as string[], validFail: [] as string[], other: [] as string[] };
+    const tot = {
+      calls: 0,
+      valid: 0,
+      invalid: 0,
+      refChecked: 0,
+      crashes: 0,
+      hangs: 0,
+      silent: [] as string[],
+      unclear: [] as string[],
+      validFail: [] as string[],
+      other: [] as string[],
+    };
     const per = Math.ceil(p.calls / p.batches);
     for (let b = 0; b < p.batches; b++) {
       const r = await runBatch(p.kind, 1000 + b, per, p.timeoutMs);
@@ -56,10 +92,16 @@ for (const p of PLAN) {
       else if (r.signal) tot.crashes++;
       else if (r.code !== 0 || !r.out) tot.other.push(`batch ${b}: exit ${r.code}: ${r.stderr.slice(-800)}`);
       if (!r.out) continue;
-      tot.calls += r.out.calls; tot.valid += r.out.valid; tot.invalid += r.out.invalid; tot.refChecked += r.out.refChecked;
-      tot.silent.push(...r.out.silentAccepts); tot.unclear.push(...r.out.unclear); tot.validFail.push(...r.out.validFailures);
+      tot.calls += r.out.calls;
+      tot.valid += r.out.valid;
+      tot.invalid += r.out.invalid;
+      tot.refChecked += r.out.refChecked;
+      tot.silent.push(...r.out.silentAccepts);
+      tot.unclear.push(...r.out.unclear);
+      tot.validFail.push(...r.out.validFailures);
     }
-    const line = `fuzz ${p.kind}: ${tot.calls} calls (${tot.valid} valid, ${tot.refChecked} checked vs reference or finite; ${tot.invalid} invalid), ` +
+    const line =
+      `fuzz ${p.kind}: ${tot.calls} calls (${tot.valid} valid, ${tot.refChecked} checked vs reference or finite; ${tot.invalid} invalid), ` +
       `${tot.crashes} crashes, ${tot.hangs} hangs, ${tot.silent.length} silent accepts, ${tot.unclear.length} unclear errors, ${tot.validFail.length} valid calls failing`;
     summary.push(line);
     t.diagnostic(line);

@@ -22,7 +22,15 @@ import { ArgumentError, ShapeError } from '../src/errors.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng } from '../src/generate/sampling.js';
-import { generate, type GenerateRequest, type GenerateResult, type RouteSlots, type RouteState, type TokenEvent, type TokenRouter } from '../src/generate/generate.js';
+import {
+  generate,
+  type GenerateRequest,
+  type GenerateResult,
+  type RouteSlots,
+  type RouteState,
+  type TokenEvent,
+  type TokenRouter,
+} from '../src/generate/generate.js';
 import { writeTinyModel, type WrittenTinyModel } from './fixtures/tiny_model.js';
 import { closeBackends, forEachBackend, randn, relErr, rng } from './helpers.js';
 
@@ -32,9 +40,22 @@ after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 const V = 48;
 const TINY: WrittenTinyModel = writeTinyModel(path.join(tmp, 'llama'), {
-  family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: V, tied: false, dtype: 'f32', seed: 21,
+  family: 'llama',
+  hidden: 32,
+  intermediate: 40,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  vocab: V,
+  tied: false,
+  dtype: 'f32',
+  seed: 21,
 });
-const STEP_TOKENS = new Map([[3, 0], [4, 1], [5, 2]]);
+const STEP_TOKENS = new Map([
+  [3, 0],
+  [4, 1],
+  [5, 2],
+]);
 /** Experts per bundle: steps 0..2 then shared (slot 3). */
 const PER_BUNDLE = 4;
 const BUNDLES = 2;
@@ -52,7 +73,8 @@ async function withModel<T>(b: Backend, body: (model: LlamaModel) => Promise<T>)
 function makeStacks(b: Backend, seed: number): { stacks: Partial<Record<LinearModule, LoraStack>>[]; made: Tensor[] } {
   const r = rng(seed);
   const cfg = TINY.cfg;
-  const L = BUNDLES * PER_BUNDLE, R = 2;
+  const L = BUNDLES * PER_BUNDLE,
+    R = 2;
   const made: Tensor[] = [];
   const stacks: Partial<Record<LinearModule, LoraStack>>[] = [];
   for (let l = 0; l < cfg.numLayers; l++) {
@@ -116,12 +138,18 @@ test('sampling: argmax, temperature, topK, topP, seeded determinism', () => {
   const hot = samplingDistribution(logits, { temperature: 100 });
   assert.ok(Math.max(...hot.probs) - Math.min(...hot.probs) < 0.02);
   // The same seed gives the same draws; draws follow the distribution.
-  const draw = (seed: number) => { const r = new SeededRng(seed); return Array.from({ length: 50 }, () => sampleToken(logits, { temperature: 1, topK: 4 }, r)); };
+  const draw = (seed: number) => {
+    const r = new SeededRng(seed);
+    return Array.from({ length: 50 }, () => sampleToken(logits, { temperature: 1, topK: 4 }, r));
+  };
   assert.deepEqual(draw(5), draw(5));
   assert.notDeepEqual(draw(5), draw(6));
   const r = new SeededRng(9);
   const counts = new Map<number, number>();
-  for (let i = 0; i < 4000; i++) { const t = sampleToken(logits, { temperature: 1, topK: 4 }, r); counts.set(t, (counts.get(t) ?? 0) + 1); }
+  for (let i = 0; i < 4000; i++) {
+    const t = sampleToken(logits, { temperature: 1, topK: 4 }, r);
+    counts.set(t, (counts.get(t) ?? 0) + 1);
+  }
   assert.deepEqual([...counts.keys()].sort(), [1, 3, 4, 5]);
   const p4 = samplingDistribution(logits, { temperature: 1, topK: 4 });
   p4.ids.forEach((id, k) => assert.ok(Math.abs(counts.get(id)! / 4000 - p4.probs[k]!) < 0.03, `frequency of ${id}`));
@@ -129,14 +157,30 @@ test('sampling: argmax, temperature, topK, topP, seeded determinism', () => {
 
 test('sampling: bad options name the option', () => {
   const bad: [object, RegExp][] = [
-    [{ temperature: -0.5 }, /temperature/], [{ temperature: NaN }, /temperature/], [{ temperature: '1' }, /temperature/],
-    [{ topK: 0 }, /topK/], [{ topK: 2.5 }, /topK/], [{ topP: 0 }, /topP/], [{ topP: 1.01 }, /topP/], [{ topP: -1 }, /topP/],
+    [{ temperature: -0.5 }, /temperature/],
+    [{ temperature: NaN }, /temperature/],
+    [{ temperature: '1' }, /temperature/],
+    [{ topK: 0 }, /topK/],
+    [{ topK: 2.5 }, /topK/],
+    [{ topP: 0 }, /topP/],
+    [{ topP: 1.01 }, /topP/],
+    [{ topP: -1 }, /topP/],
   ];
   for (const [o, re] of bad) {
-    assert.throws(() => checkSampling('t', o), (e: Error) => e instanceof ArgumentError && re.test(e.message), JSON.stringify(o));
-    assert.throws(() => sampleToken([1, 2], o, new SeededRng(0)), (e: Error) => e instanceof ArgumentError && re.test(e.message));
+    assert.throws(
+      () => checkSampling('t', o),
+      (e: Error) => e instanceof ArgumentError && re.test(e.message),
+      JSON.stringify(o),
+    );
+    assert.throws(
+      () => sampleToken([1, 2], o, new SeededRng(0)),
+      (e: Error) => e instanceof ArgumentError && re.test(e.message),
+    );
   }
-  assert.throws(() => new SeededRng(-1), (e: Error) => e instanceof ArgumentError && /seed/.test(e.message));
+  assert.throws(
+    () => new SeededRng(-1),
+    (e: Error) => e instanceof ArgumentError && /seed/.test(e.message),
+  );
   assert.throws(() => new SeededRng(1.5), ArgumentError);
 });
 
@@ -165,25 +209,45 @@ forEachBackend('greedy generation = argmax of the reference logits, step by step
 
 forEachBackend('seeded sampling gives identical outputs across runs', async (b) => {
   await withModel(b, async (model) => {
-    const req = (seed: number): GenerateRequest => ({ prompt: [1, 8, 13], maxNewTokens: 8, sampling: { temperature: 1.5, topK: 30, topP: 0.95 }, seed });
+    const req = (seed: number): GenerateRequest => ({
+      prompt: [1, 8, 13],
+      maxNewTokens: 8,
+      sampling: { temperature: 1.5, topK: 30, topP: 0.95 },
+      seed,
+    });
     const a = await generate(model, [req(3), req(4)]);
     const c = await generate(model, [req(3), req(4)]);
-    assert.deepEqual(a.map((r) => r.tokens), c.map((r) => r.tokens));
+    assert.deepEqual(
+      a.map((r) => r.tokens),
+      c.map((r) => r.tokens),
+    );
     const others = await generate(model, [req(5), req(6), req(7)]);
-    assert.ok(others.some((r) => JSON.stringify(r.tokens) !== JSON.stringify(a[0]!.tokens)), 'other seeds draw other tokens');
+    assert.ok(
+      others.some((r) => JSON.stringify(r.tokens) !== JSON.stringify(a[0]!.tokens)),
+      'other seeds draw other tokens',
+    );
   });
 });
 
 /** Full forward (no cache) over prompt + fed generated tokens with routing derived from the generated steps. */
-async function fullForwardRows(model: LlamaModel, router: TokenRouter, bundle: number, prompt: number[], res: GenerateResult, own: boolean): Promise<Float32Array> {
+async function fullForwardRows(
+  model: LlamaModel,
+  router: TokenRouter,
+  bundle: number,
+  prompt: number[],
+  res: GenerateResult,
+  own: boolean,
+): Promise<Float32Array> {
   const n = res.tokens.length;
   const ids = [...prompt, ...res.tokens.slice(0, n - 1)];
-  const slots: number[] = [], weights: number[] = [];
+  const slots: number[] = [],
+    weights: number[] = [];
   ids.forEach((_, p) => {
     const j = p - prompt.length; // generated index of the token at p (negative: prompt)
     const step = j < 0 ? -1 : own ? res.steps[j]! : j === 0 ? -1 : res.steps[j - 1]!;
     const rs = moteSlots(bundle, step);
-    slots.push(...rs.slots); weights.push(...rs.weights);
+    slots.push(...rs.slots);
+    weights.push(...rs.weights);
   });
   const routing = loraRouting(model.backend, slots, { K: 2, L: BUNDLES * PER_BUNDLE, weight: weights });
   try {
@@ -196,63 +260,103 @@ async function fullForwardRows(model: LlamaModel, router: TokenRouter, bundle: n
 
 forEachBackend('step switching while decoding = one full forward with per-token step routing', async (b) => {
   await withModel(b, async (model) => {
-    await withRouter(b, () => 1, async (router) => {
-      const prompt = [1, 12, 40, 7];
-      for (const own of [false, true]) {
-        const req: GenerateRequest = { prompt, maxNewTokens: 7, force: [{ step: 0 }, { step: 1, at: 3 }, { step: 2, at: 5 }] };
-        const [res] = await generate(model, [req], { router, stepTokens: STEP_TOKENS, returnLogits: true, stepTokenRouting: own ? 'own' : 'previous' });
-        assert.equal(res!.tokens.length, 7);
-        assert.deepEqual([res!.tokens[0], res!.tokens[3], res!.tokens[5]], [3, 4, 5]);
-        assert.deepEqual(res!.steps, [0, 0, 0, 1, 1, 2, 2]);
-        const full = await fullForwardRows(model, router, 1, prompt, res!, own);
-        const got = new Float32Array(7 * V);
-        res!.logits!.forEach((row, j) => got.set(row, j * V));
-        assert.ok(relErr(got, full) < 1e-4, `cached step-routed decode vs full forward (${own ? 'own' : 'previous'}): ${relErr(got, full)}`);
-        // The last row, the one the brief names, on its own too.
-        assert.ok(relErr(got.subarray(6 * V), full.subarray(6 * V)) < 1e-4);
-        // The routing matters: routing the other way gives other logits.
-        const wrong = await fullForwardRows(model, router, 1, prompt, res!, !own);
-        assert.ok(relErr(wrong, full) > 1e-3, 'step-token routing must change the logits (else the test is vacuous)');
-      }
-      // The adapters matter: plain generation gives other logits.
-      const [plain] = await generate(model, [{ prompt, maxNewTokens: 2, force: [{ step: 0 }] }], { stepTokens: STEP_TOKENS, returnLogits: true });
-      const [routed] = await generate(model, [{ prompt, maxNewTokens: 2, force: [{ step: 0 }] }], { router, stepTokens: STEP_TOKENS, returnLogits: true });
-      assert.ok(relErr(plain!.logits![1]!, routed!.logits![1]!) > 1e-2);
-    });
+    await withRouter(
+      b,
+      () => 1,
+      async (router) => {
+        const prompt = [1, 12, 40, 7];
+        for (const own of [false, true]) {
+          const req: GenerateRequest = { prompt, maxNewTokens: 7, force: [{ step: 0 }, { step: 1, at: 3 }, { step: 2, at: 5 }] };
+          const [res] = await generate(model, [req], {
+            router,
+            stepTokens: STEP_TOKENS,
+            returnLogits: true,
+            stepTokenRouting: own ? 'own' : 'previous',
+          });
+          assert.equal(res!.tokens.length, 7);
+          assert.deepEqual([res!.tokens[0], res!.tokens[3], res!.tokens[5]], [3, 4, 5]);
+          assert.deepEqual(res!.steps, [0, 0, 0, 1, 1, 2, 2]);
+          const full = await fullForwardRows(model, router, 1, prompt, res!, own);
+          const got = new Float32Array(7 * V);
+          res!.logits!.forEach((row, j) => got.set(row, j * V));
+          assert.ok(
+            relErr(got, full) < 1e-4,
+            `cached step-routed decode vs full forward (${own ? 'own' : 'previous'}): ${relErr(got, full)}`,
+          );
+          // The last row, the one the brief names, on its own too.
+          assert.ok(relErr(got.subarray(6 * V), full.subarray(6 * V)) < 1e-4);
+          // The routing matters: routing the other way gives other logits.
+          const wrong = await fullForwardRows(model, router, 1, prompt, res!, !own);
+          assert.ok(relErr(wrong, full) > 1e-3, 'step-token routing must change the logits (else the test is vacuous)');
+        }
+        // The adapters matter: plain generation gives other logits.
+        const [plain] = await generate(model, [{ prompt, maxNewTokens: 2, force: [{ step: 0 }] }], {
+          stepTokens: STEP_TOKENS,
+          returnLogits: true,
+        });
+        const [routed] = await generate(model, [{ prompt, maxNewTokens: 2, force: [{ step: 0 }] }], {
+          router,
+          stepTokens: STEP_TOKENS,
+          returnLogits: true,
+        });
+        assert.ok(relErr(plain!.logits![1]!, routed!.logits![1]!) > 1e-2);
+      },
+    );
   });
 });
 
 forEachBackend('a batch of mixed-step, mixed-bundle sequences = each alone; tokens stream with their step', async (b) => {
   await withModel(b, async (model) => {
-    await withRouter(b, () => 0, async (router) => {
-      const bundleRouting = (bundle: number) => (s: RouteState) => moteSlots(bundle, s.step);
-      const reqs: GenerateRequest[] = [
-        { prompt: [1, 20, 21, 22, 23, 24], maxNewTokens: 6, force: [{ step: 0 }, { step: 2, at: 2 }], routing: bundleRouting(0) },
-        { prompt: [1, 9], maxNewTokens: 4, force: [{ step: 1, at: 1 }], routing: bundleRouting(1), sampling: { temperature: 1, topK: 10 }, seed: 11 },
-        { prompt: [1, 30, 31], maxNewTokens: 5, routing: bundleRouting(1) },
-        { prompt: [1, 5, 6, 44], maxNewTokens: 3, force: [{ step: 2 }] }, // router.slotsFor: bundle 0
-        { prompt: [2, 2], maxNewTokens: 0 },
-      ];
-      const events: TokenEvent[] = [];
-      const batch = await generate(model, reqs, { router, stepTokens: STEP_TOKENS, onToken: (e) => events.push(e) });
-      for (let i = 0; i < reqs.length; i++) {
-        const alone = i === 3
-          ? (await generate(model, [reqs[4]!, reqs[i]!], { router, stepTokens: STEP_TOKENS }))[1]! // keep seq index 3 → bundle 0 either way
-          : (await generate(model, [reqs[i]!], { router, stepTokens: STEP_TOKENS }))[0]!;
-        assert.deepEqual(batch[i]!.tokens, alone.tokens, `sequence ${i}: batch vs alone`);
-        assert.deepEqual(batch[i]!.steps, alone.steps);
-        assert.equal(batch[i]!.stopReason, alone.stopReason);
-        const mine = events.filter((e) => e.seq === i);
-        assert.deepEqual(mine.map((e) => e.token), batch[i]!.tokens);
-        assert.deepEqual(mine.map((e) => e.step), batch[i]!.steps);
-        assert.deepEqual(mine.map((e) => e.index), batch[i]!.tokens.map((_, j) => j));
-      }
-      assert.equal(batch[0]!.tokens.length, 6);
-      assert.deepEqual(batch[0]!.steps.slice(0, 3), [0, 0, 2]);
-      assert.equal(batch[1]!.steps[1], 1);
-      assert.deepEqual(batch[4], { tokens: [], steps: [], stopReason: 'length' });
-      assert.ok(events.filter((e) => e.forced).length >= 4);
-    });
+    await withRouter(
+      b,
+      () => 0,
+      async (router) => {
+        const bundleRouting = (bundle: number) => (s: RouteState) => moteSlots(bundle, s.step);
+        const reqs: GenerateRequest[] = [
+          { prompt: [1, 20, 21, 22, 23, 24], maxNewTokens: 6, force: [{ step: 0 }, { step: 2, at: 2 }], routing: bundleRouting(0) },
+          {
+            prompt: [1, 9],
+            maxNewTokens: 4,
+            force: [{ step: 1, at: 1 }],
+            routing: bundleRouting(1),
+            sampling: { temperature: 1, topK: 10 },
+            seed: 11,
+          },
+          { prompt: [1, 30, 31], maxNewTokens: 5, routing: bundleRouting(1) },
+          { prompt: [1, 5, 6, 44], maxNewTokens: 3, force: [{ step: 2 }] }, // router.slotsFor: bundle 0
+          { prompt: [2, 2], maxNewTokens: 0 },
+        ];
+        const events: TokenEvent[] = [];
+        const batch = await generate(model, reqs, { router, stepTokens: STEP_TOKENS, onToken: (e) => events.push(e) });
+        for (let i = 0; i < reqs.length; i++) {
+          const alone =
+            i === 3
+              ? (await generate(model, [reqs[4]!, reqs[i]!], { router, stepTokens: STEP_TOKENS }))[1]! // keep seq index 3 → bundle 0 either way
+              : (await generate(model, [reqs[i]!], { router, stepTokens: STEP_TOKENS }))[0]!;
+          assert.deepEqual(batch[i]!.tokens, alone.tokens, `sequence ${i}: batch vs alone`);
+          assert.deepEqual(batch[i]!.steps, alone.steps);
+          assert.equal(batch[i]!.stopReason, alone.stopReason);
+          const mine = events.filter((e) => e.seq === i);
+          assert.deepEqual(
+            mine.map((e) => e.token),
+            batch[i]!.tokens,
+          );
+          assert.deepEqual(
+            mine.map((e) => e.step),
+            batch[i]!.steps,
+          );
+          assert.deepEqual(
+            mine.map((e) => e.index),
+            batch[i]!.tokens.map((_, j) => j),
+          );
+        }
+        assert.equal(batch[0]!.tokens.length, 6);
+        assert.deepEqual(batch[0]!.steps.slice(0, 3), [0, 0, 2]);
+        assert.equal(batch[1]!.steps[1], 1);
+        assert.deepEqual(batch[4], { tokens: [], steps: [], stopReason: 'length' });
+        assert.ok(events.filter((e) => e.forced).length >= 4);
+      },
+    );
   });
 });
 
@@ -271,33 +375,82 @@ forEachBackend('force, skip, stop after a step, stop tokens, maxNewTokens', asyn
       (await generate(model, [{ prompt, maxNewTokens: 8, ...req }], { stepTokens }))[0]!;
 
     // Emitted step token: steps switch from there on.
-    const sw = await gen({}, new Map([[x, 1], [y, 0]]));
+    const sw = await gen(
+      {},
+      new Map([
+        [x, 1],
+        [y, 0],
+      ]),
+    );
     assert.deepEqual(sw.tokens, G);
-    assert.deepEqual(sw.steps, G.map((_, k) => (k < j ? -1 : 1)));
+    assert.deepEqual(
+      sw.steps,
+      G.map((_, k) => (k < j ? -1 : 1)),
+    );
     // Stop after step 0: the start token of step 1 would be emitted → end before it.
-    const st = await gen({ stopAfterStep: 0 }, new Map([[x, 1], [y, 0]]));
+    const st = await gen(
+      { stopAfterStep: 0 },
+      new Map([
+        [x, 1],
+        [y, 0],
+      ]),
+    );
     assert.deepEqual(st.tokens, G.slice(0, j));
     assert.equal(st.stopReason, 'step');
     // Skip step 0: its token is replaced by the next allowed step's (1 → y), later steps too.
     const events: TokenEvent[] = [];
-    const sk = (await generate(model, [{ prompt, maxNewTokens: j + 1, skipSteps: [0] }], { stepTokens: new Map([[x, 0], [y, 1]]), onToken: (e) => events.push(e) }))[0]!;
+    const sk = (
+      await generate(model, [{ prompt, maxNewTokens: j + 1, skipSteps: [0] }], {
+        stepTokens: new Map([
+          [x, 0],
+          [y, 1],
+        ]),
+        onToken: (e) => events.push(e),
+      })
+    )[0]!;
     assert.deepEqual(sk.tokens, [...G.slice(0, j), y]);
     assert.deepEqual(sk.steps, [...G.slice(0, j).map(() => -1), 1]);
     assert.equal(events[j]!.forced, true);
-    const sk2 = (await generate(model, [{ prompt, maxNewTokens: j + 1, skipSteps: [0, 1] }], { stepTokens: new Map([[x, 0], [y, 1], [z, 2]]) }))[0]!;
+    const sk2 = (
+      await generate(model, [{ prompt, maxNewTokens: j + 1, skipSteps: [0, 1] }], {
+        stepTokens: new Map([
+          [x, 0],
+          [y, 1],
+          [z, 2],
+        ]),
+      })
+    )[0]!;
     assert.deepEqual(sk2.tokens.at(-1), z);
     // Skipping to a step past stopAfterStep ends; skipping the last step ends.
-    const sk3 = await gen({ skipSteps: [0], stopAfterStep: 0 }, new Map([[x, 0], [y, 1]]));
+    const sk3 = await gen(
+      { skipSteps: [0], stopAfterStep: 0 },
+      new Map([
+        [x, 0],
+        [y, 1],
+      ]),
+    );
     assert.deepEqual(sk3.tokens, G.slice(0, j));
     assert.equal(sk3.stopReason, 'step');
-    const sk4 = await gen({ skipSteps: [2] }, new Map([[x, 2], [y, 1]]));
+    const sk4 = await gen(
+      { skipSteps: [2] },
+      new Map([
+        [x, 2],
+        [y, 1],
+      ]),
+    );
     assert.deepEqual([sk4.tokens, sk4.stopReason], [G.slice(0, j), 'step']);
     // Stop token: emitted, then the end.
     const stop = await gen({ stop: [x, 47 === x ? 46 : 47] }, new Map());
     assert.deepEqual(stop.tokens, G.slice(0, j + 1));
     assert.equal(stop.stopReason, 'stop');
     // Force: the step token is inserted at the index, steps switch.
-    const fo = await gen({ maxNewTokens: 3, force: [{ step: 1, at: 1 }] }, new Map([[y, 0], [z, 1]]));
+    const fo = await gen(
+      { maxNewTokens: 3, force: [{ step: 1, at: 1 }] },
+      new Map([
+        [y, 0],
+        [z, 1],
+      ]),
+    );
     assert.equal(fo.tokens[0], G[0]);
     assert.equal(fo.tokens[1], z);
     assert.deepEqual(fo.steps.slice(0, 2), [-1, 1]);
@@ -310,44 +463,83 @@ forEachBackend('force, skip, stop after a step, stop tokens, maxNewTokens', asyn
 
 forEachBackend('bad options throw naming the option', async (b) => {
   await withModel(b, async (model) => {
-    await withRouter(b, () => 0, async (router) => {
-      const ok: GenerateRequest = { prompt: [1, 2], maxNewTokens: 2 };
-      const cases: [Partial<GenerateRequest>, RegExp, Function?][] = [
-        [{ sampling: { temperature: -1 } }, /requests\[0\]\.sampling: temperature/],
-        [{ sampling: { topP: 0 } }, /topP/],
-        [{ sampling: { topP: 2 } }, /topP/],
-        [{ sampling: { topK: 0 } }, /topK/],
-        [{ sampling: { topK: 1.5 } }, /topK/],
-        [{ maxNewTokens: -1 }, /requests\[0\]\.maxNewTokens/],
-        [{ maxNewTokens: 1.5 }, /maxNewTokens/],
-        [{ prompt: [] }, /requests\[0\]\.prompt/, ShapeError],
-        [{ prompt: [1, V] }, /requests\[0\]\.prompt\[1\]/],
-        [{ seed: -3 }, /seed/],
-        [{ stop: [-1] }, /stop\[0\]/],
-        [{ force: [{ step: 7 }] }, /force\[0\]\.step/],
-        [{ force: [{ step: 1, at: -1 }] }, /force\[0\]\.at/],
-        [{ skipSteps: [1], force: [{ step: 1 }] }, /also in skipSteps/],
-        [{ skipSteps: [9] }, /skipSteps\[0\]/],
-        [{ stopAfterStep: -1 }, /stopAfterStep/],
-      ];
-      for (const [patch, re, cls] of cases) {
-        await assert.rejects(generate(model, [{ ...ok, ...patch }], { stepTokens: STEP_TOKENS }),
-          (e: Error) => e instanceof (cls ?? ArgumentError) && re.test(e.message), `${JSON.stringify(patch)} → ${re}`);
-      }
-      await assert.rejects(generate(model, [ok], { stepTokens: new Map([[V + 1, 0]]) }), (e: Error) => e instanceof ArgumentError && /stepTokens/.test(e.message));
-      await assert.rejects(generate(model, [ok], { stepTokens: new Map([[3, 0], [4, 0]]) }), (e: Error) => e instanceof ArgumentError && /stepTokens: step 0 has two start tokens/.test(e.message));
-      await assert.rejects(generate(model, [{ ...ok, routing: () => moteSlots(0, -1) }]), (e: Error) => e instanceof ArgumentError && /routing: needs opts.router/.test(e.message));
-      await assert.rejects(generate(model, [ok], { router: { ...router, K: 0 } }), (e: Error) => e instanceof ArgumentError && /router\.K/.test(e.message));
-      await assert.rejects(generate(model, [ok], { router: { ...router, slotsFor: () => ({ slots: [0], weights: [1] }) } }), (e: Error) => e instanceof ShapeError && /router\.slotsFor/.test(e.message));
-      await assert.rejects(generate(model, [ok], { stepTokenRouting: 'next' as never }), (e: Error) => e instanceof ArgumentError && /stepTokenRouting/.test(e.message));
-    });
+    await withRouter(
+      b,
+      () => 0,
+      async (router) => {
+        const ok: GenerateRequest = { prompt: [1, 2], maxNewTokens: 2 };
+        const cases: [Partial<GenerateRequest>, RegExp, Function?][] = [
+          [{ sampling: { temperature: -1 } }, /requests\[0\]\.sampling: temperature/],
+          [{ sampling: { topP: 0 } }, /topP/],
+          [{ sampling: { topP: 2 } }, /topP/],
+          [{ sampling: { topK: 0 } }, /topK/],
+          [{ sampling: { topK: 1.5 } }, /topK/],
+          [{ maxNewTokens: -1 }, /requests\[0\]\.maxNewTokens/],
+          [{ maxNewTokens: 1.5 }, /maxNewTokens/],
+          [{ prompt: [] }, /requests\[0\]\.prompt/, ShapeError],
+          [{ prompt: [1, V] }, /requests\[0\]\.prompt\[1\]/],
+          [{ seed: -3 }, /seed/],
+          [{ stop: [-1] }, /stop\[0\]/],
+          [{ force: [{ step: 7 }] }, /force\[0\]\.step/],
+          [{ force: [{ step: 1, at: -1 }] }, /force\[0\]\.at/],
+          [{ skipSteps: [1], force: [{ step: 1 }] }, /also in skipSteps/],
+          [{ skipSteps: [9] }, /skipSteps\[0\]/],
+          [{ stopAfterStep: -1 }, /stopAfterStep/],
+        ];
+        for (const [patch, re, cls] of cases) {
+          await assert.rejects(
+            generate(model, [{ ...ok, ...patch }], { stepTokens: STEP_TOKENS }),
+            (e: Error) => e instanceof (cls ?? ArgumentError) && re.test(e.message),
+            `${JSON.stringify(patch)} → ${re}`,
+          );
+        }
+        await assert.rejects(
+          generate(model, [ok], { stepTokens: new Map([[V + 1, 0]]) }),
+          (e: Error) => e instanceof ArgumentError && /stepTokens/.test(e.message),
+        );
+        await assert.rejects(
+          generate(model, [ok], {
+            stepTokens: new Map([
+              [3, 0],
+              [4, 0],
+            ]),
+          }),
+          (e: Error) => e instanceof ArgumentError && /stepTokens: step 0 has two start tokens/.test(e.message),
+        );
+        await assert.rejects(
+          generate(model, [{ ...ok, routing: () => moteSlots(0, -1) }]),
+          (e: Error) => e instanceof ArgumentError && /routing: needs opts.router/.test(e.message),
+        );
+        await assert.rejects(
+          generate(model, [ok], { router: { ...router, K: 0 } }),
+          (e: Error) => e instanceof ArgumentError && /router\.K/.test(e.message),
+        );
+        await assert.rejects(
+          generate(model, [ok], { router: { ...router, slotsFor: () => ({ slots: [0], weights: [1] }) } }),
+          (e: Error) => e instanceof ShapeError && /router\.slotsFor/.test(e.message),
+        );
+        await assert.rejects(
+          generate(model, [ok], { stepTokenRouting: 'next' as never }),
+          (e: Error) => e instanceof ArgumentError && /stepTokenRouting/.test(e.message),
+        );
+      },
+    );
   });
 });
 
 // The model's context (max_position_embeddings) bounds prompt + generated tokens.
 const SHORT_CTX: WrittenTinyModel = (() => {
   const m = writeTinyModel(path.join(tmp, 'short-ctx'), {
-    family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: V, tied: false, dtype: 'f32', seed: 21,
+    family: 'llama',
+    hidden: 32,
+    intermediate: 40,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    vocab: V,
+    tied: false,
+    dtype: 'f32',
+    seed: 21,
   });
   const cfgFile = path.join(m.dir, 'config.json');
   fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, 'utf8')), max_position_embeddings: 12 }));
@@ -358,8 +550,14 @@ forEachBackend('context limit: a prompt past max_position_embeddings is refused;
   const model = await loadModel(SHORT_CTX.dir, { backend: b });
   try {
     const long = Array.from({ length: 12 }, (_, i) => 6 + i);
-    await assert.rejects(generate(model, [{ prompt: long, maxNewTokens: 4 }]),
-      (e: Error) => e instanceof ArgumentError && /requests\[0\]\.prompt/.test(e.message) && /max_position_embeddings/.test(e.message) && /\b12\b/.test(e.message));
+    await assert.rejects(
+      generate(model, [{ prompt: long, maxNewTokens: 4 }]),
+      (e: Error) =>
+        e instanceof ArgumentError &&
+        /requests\[0\]\.prompt/.test(e.message) &&
+        /max_position_embeddings/.test(e.message) &&
+        /\b12\b/.test(e.message),
+    );
     const [r] = await generate(model, [{ prompt: long.slice(0, 9), maxNewTokens: 100 }]);
     assert.equal(r!.stopReason, 'context');
     assert.equal(9 + r!.tokens.length, 12, 'prompt + generated fill the context exactly');
@@ -374,9 +572,20 @@ forEachBackend('an aborted signal ends every sequence at the next step, keeping 
   await withModel(b, async (model) => {
     const ac = new AbortController();
     const seen: number[] = [];
-    const res = await generate(model, [{ prompt: [1, 7, 9], maxNewTokens: 20 }, { prompt: [1, 8], maxNewTokens: 20 }], {
-      signal: ac.signal, onToken: (e) => { seen.push(e.token); if (seen.length === 3) ac.abort(); },
-    });
+    const res = await generate(
+      model,
+      [
+        { prompt: [1, 7, 9], maxNewTokens: 20 },
+        { prompt: [1, 8], maxNewTokens: 20 },
+      ],
+      {
+        signal: ac.signal,
+        onToken: (e) => {
+          seen.push(e.token);
+          if (seen.length === 3) ac.abort();
+        },
+      },
+    );
     for (const r of res) assert.equal(r.stopReason, 'aborted');
     assert.equal(res[0]!.tokens.length + res[1]!.tokens.length, seen.length);
     assert.ok(seen.length >= 3 && seen.length <= 4);
@@ -384,16 +593,31 @@ forEachBackend('an aborted signal ends every sequence at the next step, keeping 
     pre.abort();
     const [none] = await generate(model, [{ prompt: [1, 7], maxNewTokens: 5 }], { signal: pre.signal });
     assert.deepEqual([none!.tokens, none!.stopReason], [[], 'aborted']);
-    await assert.rejects(generate(model, [{ prompt: [1], maxNewTokens: 1 }], { signal: {} as never }), (e: Error) => e instanceof ArgumentError && /signal/.test(e.message));
+    await assert.rejects(
+      generate(model, [{ prompt: [1], maxNewTokens: 1 }], { signal: {} as never }),
+      (e: Error) => e instanceof ArgumentError && /signal/.test(e.message),
+    );
   });
 });
 
 forEachBackend('loraRouting refuses K and L past their bounds before allocating by them', async (b) => {
   const t0 = performance.now();
-  assert.throws(() => loraRouting(b, [0, 1], { K: 1, L: 2 ** 31 }), (e: Error) => e instanceof ArgumentError && /\bL\b/.test(e.message) && /65536/.test(e.message));
-  assert.throws(() => loraRouting(b, [0], { K: 2 ** 40, L: 2 }), (e: Error) => e instanceof ArgumentError && /\bK\b/.test(e.message));
-  assert.throws(() => loraRouting(b, [0], null as never), (e: Error) => e instanceof ArgumentError && /opts/.test(e.message));
-  assert.throws(() => loraRouting(b, [0], { K: 1, L: 2, weight: 5 as never }), (e: Error) => e instanceof ArgumentError && /weight/.test(e.message));
+  assert.throws(
+    () => loraRouting(b, [0, 1], { K: 1, L: 2 ** 31 }),
+    (e: Error) => e instanceof ArgumentError && /\bL\b/.test(e.message) && /65536/.test(e.message),
+  );
+  assert.throws(
+    () => loraRouting(b, [0], { K: 2 ** 40, L: 2 }),
+    (e: Error) => e instanceof ArgumentError && /\bK\b/.test(e.message),
+  );
+  assert.throws(
+    () => loraRouting(b, [0], null as never),
+    (e: Error) => e instanceof ArgumentError && /opts/.test(e.message),
+  );
+  assert.throws(
+    () => loraRouting(b, [0], { K: 1, L: 2, weight: 5 as never }),
+    (e: Error) => e instanceof ArgumentError && /weight/.test(e.message),
+  );
   assert.ok(performance.now() - t0 < 2000);
   const r = loraRouting(b, [0, -1, 65535], { K: 1, L: 65536 });
   assert.equal(r.pairs, 2);

@@ -10,7 +10,12 @@ import type { Backend, BackendKind } from '../src/backend/backend.js';
 
 const ALL: BackendKind[] = ['cpu', 'webgpu', 'cuda'];
 /** Backends that must be present (CI sets MOTE_REQUIRE_BACKENDS=cpu,webgpu): absence fails. */
-export const REQUIRED = new Set((process.env.MOTE_REQUIRE_BACKENDS ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+export const REQUIRED = new Set(
+  (process.env.MOTE_REQUIRE_BACKENDS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean),
+);
 /** MOTE_TEST_BACKENDS=cpu,webgpu limits the run to these. */
 const ONLY = process.env.MOTE_TEST_BACKENDS ? new Set(process.env.MOTE_TEST_BACKENDS.split(',').map((s) => s.trim())) : null;
 
@@ -45,10 +50,14 @@ export function forEachBackend(name: string, body: (b: Backend) => Promise<void>
     if (b === undefined) continue;
     if (typeof b === 'string') {
       if (REQUIRED.has(kind)) {
-        test(`${name} [${kind}]`, () => { throw new Error(`required backend ${kind} is unavailable: ${b}`); });
+        test(`${name} [${kind}]`, () => {
+          throw new Error(`required backend ${kind} is unavailable: ${b}`);
+        });
       } else if (!reportedMissing.has(kind)) {
         reportedMissing.add(kind);
-        test(`${kind} tests`, (t) => { t.skip(`${kind} unavailable: ${b}`); });
+        test(`${kind} tests`, (t) => {
+          t.skip(`${kind} unavailable: ${b}`);
+        });
       }
       continue;
     }
@@ -102,7 +111,10 @@ export async function tracking<T>(b: Backend, body: (live: Set<unknown>) => Prom
   } finally {
     delete (b as unknown as Record<string, unknown>).allocStorage;
     delete (b as unknown as Record<string, unknown>).freeStorage;
-    if (b.allocStorage !== alloc) { b.allocStorage = alloc; b.freeStorage = free; }
+    if (b.allocStorage !== alloc) {
+      b.allocStorage = alloc;
+      b.freeStorage = free;
+    }
   }
 }
 
@@ -113,7 +125,14 @@ export function hashTree(dir: string): Map<string, string> {
     for (const e of fs.readdirSync(path.join(dir, rel), { withFileTypes: true })) {
       const r = rel ? `${rel}/${e.name}` : e.name;
       if (e.isDirectory()) walk(r);
-      else out.set(r, crypto.createHash('sha256').update(fs.readFileSync(path.join(dir, r))).digest('hex'));
+      else
+        out.set(
+          r,
+          crypto
+            .createHash('sha256')
+            .update(fs.readFileSync(path.join(dir, r)))
+            .digest('hex'),
+        );
     }
   };
   walk('');

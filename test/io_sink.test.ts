@@ -41,11 +41,25 @@ before(async () => {
   const b = await backendFor('cpu');
   if (typeof b === 'string') throw new Error(b);
   backend = b;
-  const m = writeTinyModel(path.join(tmp, 'model'), { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: 48, tied: false, dtype: 'f32', seed: 8 });
+  const m = writeTinyModel(path.join(tmp, 'model'), {
+    family: 'llama',
+    hidden: 32,
+    intermediate: 40,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    vocab: 48,
+    tied: false,
+    dtype: 'f32',
+    seed: 8,
+  });
   model = await loadModel(m.dir, { backend });
   bundle = createMote(model, { rank: 3, loraAlpha: 6, alpha: 0.7 }, { seed: 4, init: 'random' });
 });
-after(() => { bundle?.dispose(); model?.dispose(); });
+after(() => {
+  bundle?.dispose();
+  model?.dispose();
+});
 
 async function moteLogits(b: MoteBundle): Promise<Float32Array> {
   const r = b.routing(STEP_IDS, { seed: 1 });
@@ -98,8 +112,12 @@ class FakeFile implements FileHandle {
     // Like the real API: writes go to a swap file, visible only after close().
     const chunks: Uint8Array[] = [];
     return {
-      write: async (d: Uint8Array) => { chunks.push(new Uint8Array(d)); },
-      close: async () => { this.data = new Uint8Array(Buffer.concat(chunks)); },
+      write: async (d: Uint8Array) => {
+        chunks.push(new Uint8Array(d));
+      },
+      close: async () => {
+        this.data = new Uint8Array(Buffer.concat(chunks));
+      },
       abort: async () => {},
     };
   }
@@ -109,7 +127,11 @@ class FakeDir implements DirHandle {
   readonly kind = 'directory' as const;
   readonly children = new Map<string, FakeDir | FakeFile>();
   move?: (parent: DirHandle, name: string) => Promise<void>;
-  constructor(public name: string, private parentDir: FakeDir | null, private readonly withMove: boolean) {
+  constructor(
+    public name: string,
+    private parentDir: FakeDir | null,
+    private readonly withMove: boolean,
+  ) {
     if (withMove) {
       this.move = async (parent, name) => {
         this.parentDir!.children.delete(this.name);
@@ -197,7 +219,10 @@ test('a memory sink holding foreign files is refused; overwrite keeps them', asy
   const mem = new MemorySink();
   mem.files.set('notes.txt', new TextEncoder().encode('mine'));
   mem.files.set('mote.json', new TextEncoder().encode('{"not": "mote"}'));
-  await assert.rejects(saveMote(bundle, mem), (e: Error) => e instanceof ArgumentError && /not empty and was not written by mote/.test(e.message));
+  await assert.rejects(
+    saveMote(bundle, mem),
+    (e: Error) => e instanceof ArgumentError && /not empty and was not written by mote/.test(e.message),
+  );
   assert.equal(mem.files.size, 2);
   await saveMote(bundle, mem, { overwrite: true });
   assert.equal(new TextDecoder().decode(mem.files.get('notes.txt')), 'mine');
@@ -226,7 +251,10 @@ for (const withMove of [true, false]) {
     const w = await (await other.getFileHandle('mote.json', { create: true })).createWritable();
     await w.write(new TextEncoder().encode('foreign'));
     await w.close();
-    await assert.rejects(saveMote(bundle, new OpfsSink(root, 'other')), (e: Error) => e instanceof ArgumentError && /opfs:\/other is not empty and was not written by mote/.test(e.message));
+    await assert.rejects(
+      saveMote(bundle, new OpfsSink(root, 'other')),
+      (e: Error) => e instanceof ArgumentError && /opfs:\/other is not empty and was not written by mote/.test(e.message),
+    );
     assert.deepEqual([...(root.children.get('other') as FakeDir).children.keys()], ['mote.json']);
     await saveMote(bundle, new OpfsSink(root, 'other'), { overwrite: true });
     const got = await opfsFiles(await root.getDirectoryHandle('other'));
@@ -247,11 +275,20 @@ test('saveCheckpoint to memory and OPFS → loadCheckpoint from them restores th
     const root = new FakeDir('', null, true);
     await saveCheckpoint(a.trainer, new OpfsSink(root, 'ck'));
     const onDisk = filesOf(disk);
-    for (const f of ['params.safetensors', 'optimizer.safetensors', 'trainer_state.json', 'adapters/mote.json', 'adapters/shared/adapter_model.safetensors']) {
+    for (const f of [
+      'params.safetensors',
+      'optimizer.safetensors',
+      'trainer_state.json',
+      'adapters/mote.json',
+      'adapters/shared/adapter_model.safetensors',
+    ]) {
       assert.ok(Buffer.from(mem.files.get(f)!).equals(Buffer.from(onDisk.get(f)!)), `memory checkpoint: ${f} differs from the disk one`);
     }
     const want = await Promise.all(a.trainer.params.map((p) => p.p.readFloat()));
-    for (const [what, src] of [['memory', mem.toSource()], ['OPFS', new OpfsSource(await root.getDirectoryHandle('ck'))]] as const) {
+    for (const [what, src] of [
+      ['memory', mem.toSource()],
+      ['OPFS', new OpfsSource(await root.getDirectoryHandle('ck'))],
+    ] as const) {
       const b = tinyTraining(backend, 6);
       try {
         const point = await loadCheckpoint(b.trainer, src);
@@ -273,8 +310,11 @@ test('saveCheckpoint to memory and OPFS → loadCheckpoint from them restores th
     bad.set('params.safetensors', p);
     const c = tinyTraining(backend, 6);
     try {
-      await assert.rejects(loadCheckpoint(c.trainer, new BytesSource(bad, '<ck>')),
-        (e: Error) => e instanceof FormatError && /<ck>\/params.safetensors: its contents differ from what was written \(SHA-256\)/.test(e.message));
+      await assert.rejects(
+        loadCheckpoint(c.trainer, new BytesSource(bad, '<ck>')),
+        (e: Error) =>
+          e instanceof FormatError && /<ck>\/params.safetensors: its contents differ from what was written \(SHA-256\)/.test(e.message),
+      );
       assert.equal(c.trainer.state.step, 0);
     } finally {
       c.dispose();
@@ -303,9 +343,15 @@ test('exportPeft to memory and OPFS: each expert a PEFT folder, the same bytes a
     }
   }
   // Served as plain PEFT adapters (here expert 1 on every token).
-  const set = await loadPeftAdapters(model, bundle.experts.map((e) => new OpfsSource(root).sub(`export/${e}`)));
+  const set = await loadPeftAdapters(
+    model,
+    bundle.experts.map((e) => new OpfsSource(root).sub(`export/${e}`)),
+  );
   try {
-    assert.deepEqual(set.dirs, bundle.experts.map((e) => `opfs:/export/${e}`));
+    assert.deepEqual(
+      set.dirs,
+      bundle.experts.map((e) => `opfs:/export/${e}`),
+    );
     const r = set.routing(new Array(TOKENS.length).fill(1));
     const got = await model.logits(TOKENS, { lora: set.loraFor(r) });
     r.dispose();

@@ -46,7 +46,11 @@ interface ServeOptions {
   stall?: (p: string) => boolean;
 }
 
-interface Served { url: string; requests: { path: string; range: string | null; status: number; bytes: number }[]; close(): Promise<void> }
+interface Served {
+  url: string;
+  requests: { path: string; range: string | null; status: number; bytes: number }[];
+  close(): Promise<void>;
+}
 
 async function serve(root: string, o: ServeOptions): Promise<Served> {
   const requests: Served['requests'] = [];
@@ -67,7 +71,8 @@ async function serve(root: string, o: ServeOptions): Promise<Served> {
     const headers: Record<string, string | number> = { 'content-type': 'application/octet-stream' };
     const m = o.ranges && range ? /^bytes=(\d+)-(\d+)$/.exec(range) : null;
     if (m) {
-      const s = Number(m[1]), e = Math.min(Number(m[2]), data.length - 1);
+      const s = Number(m[1]),
+        e = Math.min(Number(m[2]), data.length - 1);
       if (s >= data.length) {
         res.writeHead(416, { 'content-range': `bytes */${data.length}` }).end();
         log(416, 0);
@@ -93,13 +98,20 @@ async function serve(root: string, o: ServeOptions): Promise<Served> {
     res.end(body);
     log(status, body.length);
   });
-  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
-    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -117,7 +129,18 @@ before(async () => {
   const b = await backendFor('cpu');
   if (typeof b === 'string') throw new Error(b);
   backend = b;
-  const m = writeTinyModel(MODEL, { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: 48, tied: false, dtype: 'bf16', seed: 4 });
+  const m = writeTinyModel(MODEL, {
+    family: 'llama',
+    hidden: 32,
+    intermediate: 40,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    vocab: 48,
+    tied: false,
+    dtype: 'bf16',
+    seed: 4,
+  });
   writeTinyTokenizer(MODEL);
   writeTinyPeftAdapter(ADAPTER, m.cfg, { r: 3, alpha: 6, seed: 6 });
   const model = await loadModel(MODEL, { backend });
@@ -173,7 +196,9 @@ test('path, URL (Range and whole), Blobs and bytes give bit-identical logits and
     try {
       const srcs = ['model', 'bundle', 'adapter'].map((d) => new UrlSource(`${s.url}/${d}`)) as [UrlSource, UrlSource, UrlSource];
       assertSame(`URL (${ranges ? 'Range' : 'no Range'})`, await outputs(...srcs), want);
-      process.stdout.write(`# URL ${ranges ? 'with' : 'without'} Range: model + bundle + adapter + tokenizer in ${s.requests.length} requests, ${s.requests.reduce((n, r) => n + r.bytes, 0)} bytes\n`);
+      process.stdout.write(
+        `# URL ${ranges ? 'with' : 'without'} Range: model + bundle + adapter + tokenizer in ${s.requests.length} requests, ${s.requests.reduce((n, r) => n + r.bytes, 0)} bytes\n`,
+      );
       const st = s.requests.filter((r) => r.path === 'model/model.safetensors');
       const size = fs.statSync(path.join(MODEL, 'model.safetensors')).size;
       const sent = st.reduce((n, r) => n + r.bytes, 0);
@@ -211,7 +236,9 @@ test('path, URL (Range and whole), Blobs and bytes give bit-identical logits and
   const blobs = (dir: string) => new BlobSource(new Map([...filesOf(dir)].map(([k, v]) => [k, new Blob([new Uint8Array(v)])])));
   assertSame('Blobs', await outputs(blobs(MODEL), blobs(BUNDLE), blobs(ADAPTER)), want);
   // A list of Files as <input webkitdirectory> gives them: paths prefixed by the chosen folder.
-  const files = [...filesOf(MODEL)].map(([k, v]) => Object.defineProperty(new File([new Uint8Array(v)], path.basename(k)), 'webkitRelativePath', { value: `picked/${k}` }));
+  const files = [...filesOf(MODEL)].map(([k, v]) =>
+    Object.defineProperty(new File([new Uint8Array(v)], path.basename(k)), 'webkitRelativePath', { value: `picked/${k}` }),
+  );
   const fromFiles = await loadModel(files, { backend });
   assert.ok(bitsEqual(await fromFiles.logits(TOKENS), want[0]!), 'a webkitdirectory File list');
   fromFiles.dispose();
@@ -236,18 +263,32 @@ test('a sharded model (index + shards) loads the same from a path, a URL and byt
   assert.ok(shards.length >= 3 && fs.existsSync(path.join(sharded, 'model.safetensors.index.json')), fs.readdirSync(sharded).join(', '));
   const logitsOf = async (src: FileSource | string) => {
     const x = await loadModel(src, { backend });
-    try { return await x.logits(TOKENS); } finally { x.dispose(); }
+    try {
+      return await x.logits(TOKENS);
+    } finally {
+      x.dispose();
+    }
   };
   const want = await logitsOf(sharded);
   const s = await serve(path.join(tmp, 'site'), { ranges: true });
   try {
     assert.ok(bitsEqual(await logitsOf(new UrlSource(`${s.url}/sharded`)), want), 'sharded over URL');
-    for (const sh of shards) assert.ok(s.requests.some((r) => r.path === `sharded/${sh}` && r.status === 206), `${sh} read by Range`);
+    for (const sh of shards)
+      assert.ok(
+        s.requests.some((r) => r.path === `sharded/${sh}` && r.status === 206),
+        `${sh} read by Range`,
+      );
     const files = filesOf(sharded);
-    assert.ok(bitsEqual(await logitsOf(new BytesSource(new Map([...files].map(([k, v]) => [k, new Uint8Array(v)])))), want), 'sharded from bytes');
+    assert.ok(
+      bitsEqual(await logitsOf(new BytesSource(new Map([...files].map(([k, v]) => [k, new Uint8Array(v)])))), want),
+      'sharded from bytes',
+    );
     files.delete(shards[1]!);
-    await assert.rejects(loadModel(new BytesSource(new Map([...files].map(([k, v]) => [k, new Uint8Array(v)]))), { backend }),
-      (e: Error) => e instanceof FormatError && e.message.startsWith(`<bytes>/model.safetensors.index.json: shard '${shards[1]}' not found in <bytes>`));
+    await assert.rejects(
+      loadModel(new BytesSource(new Map([...files].map(([k, v]) => [k, new Uint8Array(v)]))), { backend }),
+      (e: Error) =>
+        e instanceof FormatError && e.message.startsWith(`<bytes>/model.safetensors.index.json: shard '${shards[1]}' not found in <bytes>`),
+    );
   } finally {
     await s.close();
   }
@@ -264,16 +305,24 @@ test('Range requests read a safetensors file lazily: header first, then only the
       const name = 'model.norm.weight';
       const t = await f.read(name);
       assert.deepEqual(Array.from(t.data), Array.from(local.read(name).data));
-      const big = f.names().map((n) => ({ n, e: f.entry(n)! })).sort((a, b) => b.e.byteLength - a.e.byteLength)[0]!;
+      const big = f
+        .names()
+        .map((n) => ({ n, e: f.entry(n)! }))
+        .sort((a, b) => b.e.byteLength - a.e.byteLength)[0]!;
       assert.deepEqual(Array.from((await f.read(big.n)).data), Array.from(local.read(big.n).data));
     } finally {
       local.close();
     }
     const size = fs.statSync(path.join(DEFAULT_MODEL_DIR, 'model.safetensors')).size;
     const sent = s.requests.reduce((n, r) => n + r.bytes, 0);
-    assert.ok(s.requests.every((r) => r.status === 206), JSON.stringify(s.requests));
+    assert.ok(
+      s.requests.every((r) => r.status === 206),
+      JSON.stringify(s.requests),
+    );
     assert.ok(sent < size / 2, `${sent} of ${size} bytes fetched`);
-    process.stdout.write(`# Range: header + 2 tensors of the default model: ${s.requests.length} requests, ${sent} of ${size} bytes (${src.stats.requests} requests, ${src.stats.bytes} bytes counted by the client)\n`);
+    process.stdout.write(
+      `# Range: header + 2 tensors of the default model: ${s.requests.length} requests, ${sent} of ${size} bytes (${src.stats.requests} requests, ${src.stats.bytes} bytes counted by the client)\n`,
+    );
   } finally {
     await s.close();
   }
@@ -288,8 +337,10 @@ test('Range requests read a safetensors file lazily: header first, then only the
       assert.ok(bitsEqual(await m.logits(TOKENS), want), `default model over URL (${ranges ? 'Range' : 'whole'})`);
       m.dispose();
       const w = s2.requests.filter((r) => r.path.endsWith('model.safetensors'));
-      process.stdout.write(`# default model over URL ${ranges ? 'with Range' : 'without Range'}: ${s2.requests.length} requests in all, ` +
-        `${w.length} for model.safetensors (${w.reduce((n, r) => n + r.bytes, 0)} bytes; statuses ${[...new Set(w.map((r) => r.status))].join(', ')})\n`);
+      process.stdout.write(
+        `# default model over URL ${ranges ? 'with Range' : 'without Range'}: ${s2.requests.length} requests in all, ` +
+          `${w.length} for model.safetensors (${w.reduce((n, r) => n + r.bytes, 0)} bytes; statuses ${[...new Set(w.map((r) => r.status))].join(', ')})\n`,
+      );
       if (!ranges) assert.equal(w.length, 1);
     } finally {
       await s2.close();
@@ -309,30 +360,48 @@ test('a 404, a truncated body, a stalled server and a tokenizer that is not JSON
       stall: (p) => p === 'bundle/mote.json',
     });
     try {
-      await assert.rejects(loadModel(`${s.url}/nothing-here`, { backend }),
-        (e: Error) => e instanceof FormatError && e.message.includes(`${s.url}/nothing-here/config.json: not found (HTTP 404)`), '404');
-      await assert.rejects(loadModel(new UrlSource(`${s.url}/model`), { backend }),
-        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/model/config.json`) && /truncated/.test(e.message), 'truncated config');
+      await assert.rejects(
+        loadModel(`${s.url}/nothing-here`, { backend }),
+        (e: Error) => e instanceof FormatError && e.message.includes(`${s.url}/nothing-here/config.json: not found (HTTP 404)`),
+        '404',
+      );
+      await assert.rejects(
+        loadModel(new UrlSource(`${s.url}/model`), { backend }),
+        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/model/config.json`) && /truncated/.test(e.message),
+        'truncated config',
+      );
       // The config whole, the weights cut short.
       const mixed = new UrlSource(`${s.url}/model`, {
         fetch: (u, init) => fetch(String(u).endsWith('/config.json') ? String(u).replace('/model/', '/model-ok/') : u, init),
       });
       fs.cpSync(MODEL, path.join(site, 'model-ok'), { recursive: true });
-      await assert.rejects(loadModel(mixed, { backend }),
-        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/model/model.safetensors`) && /truncated/.test(e.message), 'truncated weights');
+      await assert.rejects(
+        loadModel(mixed, { backend }),
+        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/model/model.safetensors`) && /truncated/.test(e.message),
+        'truncated weights',
+      );
       const m = await loadModel(MODEL, { backend });
       try {
         const t0 = Date.now();
-        await assert.rejects(loadMote(new UrlSource(`${s.url}/bundle`, { timeoutMs: 300 }), m),
-          (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/bundle/mote.json`) && /stalled/.test(e.message), 'stall');
+        await assert.rejects(
+          loadMote(new UrlSource(`${s.url}/bundle`, { timeoutMs: 300 }), m),
+          (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/bundle/mote.json`) && /stalled/.test(e.message),
+          'stall',
+        );
         assert.ok(Date.now() - t0 < 5000, `the stall was detected after ${Date.now() - t0} ms`);
       } finally {
         m.dispose();
       }
-      await assert.rejects(loadTokenizer(new URL(`${s.url}/badtok`)),
-        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/badtok/tokenizer.json: malformed JSON`), 'not JSON');
-      await assert.rejects(loadTokenizer(new URL(`${s.url}/nothing-here`)),
-        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/nothing-here/tokenizer.json: not found`), 'no tokenizer');
+      await assert.rejects(
+        loadTokenizer(new URL(`${s.url}/badtok`)),
+        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/badtok/tokenizer.json: malformed JSON`),
+        'not JSON',
+      );
+      await assert.rejects(
+        loadTokenizer(new URL(`${s.url}/nothing-here`)),
+        (e: Error) => e instanceof FormatError && e.message.startsWith(`${s.url}/nothing-here/tokenizer.json: not found`),
+        'no tokenizer',
+      );
     } finally {
       await s.close();
     }
@@ -340,30 +409,58 @@ test('a 404, a truncated body, a stalled server and a tokenizer that is not JSON
   // A server that accepts the connection and never answers.
   const silent = http.createServer(() => {});
   const held = new Set<import('node:net').Socket>();
-  silent.on('connection', (c) => { held.add(c); });
+  silent.on('connection', (c) => {
+    held.add(c);
+  });
   await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
   try {
     const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}/m`;
     const t0 = Date.now();
-    await assert.rejects(loadModel(new UrlSource(url, { timeoutMs: 300 }), { backend }),
-      (e: Error) => e instanceof FormatError && e.message === `${url}/config.json: no answer within 300 ms (an HF model directory needs config.json; the server stalled)`);
+    await assert.rejects(
+      loadModel(new UrlSource(url, { timeoutMs: 300 }), { backend }),
+      (e: Error) =>
+        e instanceof FormatError &&
+        e.message === `${url}/config.json: no answer within 300 ms (an HF model directory needs config.json; the server stalled)`,
+    );
     assert.ok(Date.now() - t0 < 5000);
   } finally {
     for (const c of held) c.destroy();
     await new Promise<void>((r) => silent.close(() => r()));
   }
   // Bytes and Blobs: the same checks as files on disk.
-  await assert.rejects(loadTokenizer(new BytesSource({ 'tokenizer.json': '{"model": ' })), (e: Error) => e instanceof FormatError && /<bytes>\/tokenizer.json: malformed JSON/.test(e.message));
+  await assert.rejects(
+    loadTokenizer(new BytesSource({ 'tokenizer.json': '{"model": ' })),
+    (e: Error) => e instanceof FormatError && /<bytes>\/tokenizer.json: malformed JSON/.test(e.message),
+  );
   const st = fs.readFileSync(path.join(MODEL, 'model.safetensors'));
-  await assert.rejects(loadModel(new BytesSource({ 'config.json': fs.readFileSync(path.join(MODEL, 'config.json')), 'model.safetensors': st.subarray(0, st.length - 10) }), { backend }),
-    (e: Error) => e instanceof FormatError && /^<bytes>\/model.safetensors: /.test(e.message));
-  await assert.rejects(loadModel(new BlobSource({ 'config.json': new Blob(['{}']) }), { backend }), (e: Error) => e instanceof FormatError && /^<blobs>\/config.json: /.test(e.message));
+  await assert.rejects(
+    loadModel(
+      new BytesSource({
+        'config.json': fs.readFileSync(path.join(MODEL, 'config.json')),
+        'model.safetensors': st.subarray(0, st.length - 10),
+      }),
+      { backend },
+    ),
+    (e: Error) => e instanceof FormatError && /^<bytes>\/model.safetensors: /.test(e.message),
+  );
+  await assert.rejects(
+    loadModel(new BlobSource({ 'config.json': new Blob(['{}']) }), { backend }),
+    (e: Error) => e instanceof FormatError && /^<blobs>\/config.json: /.test(e.message),
+  );
 });
 
 test("the loaders' and savers' module graph imports no Node built-in (a browser bundle of them pulls none)", () => {
   const dist = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
-  const roots = ['model/load.js', 'model/save.js', 'mote/bundle_io.js', 'adapters/adapter_set.js', 'io/tokenizer.js', 'train/checkpoint.js', 'io/source.js', 'io/sink.js']
-    .map((f) => path.join(dist, 'src', f));
+  const roots = [
+    'model/load.js',
+    'model/save.js',
+    'mote/bundle_io.js',
+    'adapters/adapter_set.js',
+    'io/tokenizer.js',
+    'train/checkpoint.js',
+    'io/source.js',
+    'io/sink.js',
+  ].map((f) => path.join(dist, 'src', f));
   const builtins = new Set(builtinModules);
   const seen = new Set<string>();
   const found: string[] = [];
@@ -371,7 +468,9 @@ test("the loaders' and savers' module graph imports no Node built-in (a browser 
     if (seen.has(f)) return;
     seen.add(f);
     const text = fs.readFileSync(f, 'utf8');
-    for (const m of text.matchAll(/^\s*(?:import|export)\s[^;]*?from\s+['"]([^'"]+)['"]|^\s*import\s+['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/gms)) {
+    for (const m of text.matchAll(
+      /^\s*(?:import|export)\s[^;]*?from\s+['"]([^'"]+)['"]|^\s*import\s+['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/gms,
+    )) {
       const spec = (m[1] ?? m[2] ?? m[3])!;
       if (spec.startsWith('.')) walk(path.resolve(path.dirname(f), spec));
       else if (spec.startsWith('node:') || builtins.has(spec.split('/')[0]!)) found.push(`${path.relative(dist, f)} imports ${spec}`);
@@ -387,7 +486,10 @@ test('bad sources are ArgumentErrors naming the argument', async () => {
   const arg = (re: RegExp) => (e: Error) => e instanceof ArgumentError && re.test(e.message);
   await assert.rejects(loadModel(42 as never, { backend }), arg(/^loadModel: dir: expected a folder path, a URL/));
   await assert.rejects(loadModel(['x'] as never, { backend }), arg(/^loadModel: dir: BlobSource: files\[0\]/));
-  await assert.rejects(loadModel(new Map([['../config.json', new Uint8Array(1)]]), { backend }), arg(/^loadModel: dir: BytesSource: expected a relative file path inside the folder/));
+  await assert.rejects(
+    loadModel(new Map([['../config.json', new Uint8Array(1)]]), { backend }),
+    arg(/^loadModel: dir: BytesSource: expected a relative file path inside the folder/),
+  );
   const m = await loadModel(MODEL, { backend });
   try {
     await assert.rejects(loadPeftAdapters(m, [ADAPTER, {} as never]), arg(/^loadPeftAdapters: dirs\[1\]: expected a folder path, a URL/));
@@ -399,8 +501,14 @@ test('bad sources are ArgumentErrors naming the argument', async () => {
   assert.throws(() => new UrlSource('http://127.0.0.1:1/', { timeoutMs: 0 }), arg(/timeoutMs/));
   const b = new BytesSource({ 'a.bin': new Uint8Array(4) });
   await assert.rejects(b.read('a.bin', -1, 2), arg(/offset/));
-  await assert.rejects(b.read('a.bin', 2, 4), (e: Error) => e instanceof FormatError && /<bytes>\/a.bin: a file: file ends at byte 4, expected 2 more bytes/.test(e.message));
+  await assert.rejects(
+    b.read('a.bin', 2, 4),
+    (e: Error) => e instanceof FormatError && /<bytes>\/a.bin: a file: file ends at byte 4, expected 2 more bytes/.test(e.message),
+  );
   await assert.rejects(b.size('b.bin'), (e: Error) => e instanceof FormatError && /<bytes>\/b.bin: not found/.test(e.message));
-  await assert.rejects(b.text('a.bin', 'a note', 2), (e: Error) => e instanceof FormatError && /4 bytes, more than the 2 bytes a a note may have/.test(e.message));
+  await assert.rejects(
+    b.text('a.bin', 'a note', 2),
+    (e: Error) => e instanceof FormatError && /4 bytes, more than the 2 bytes a a note may have/.test(e.message),
+  );
   assert.throws(() => b.sub('..'), arg(/sub: expected a relative file path/));
 });

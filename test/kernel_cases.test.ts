@@ -11,7 +11,10 @@ after(closeBackends);
 
 forEachBackend('shared kernel cases match the float64 references', async (b) => {
   const results = await runKernelCases(mote, b);
-  assert.deepEqual(results.map((r) => r.name), KERNEL_CASE_NAMES);
+  assert.deepEqual(
+    results.map((r) => r.name),
+    KERNEL_CASE_NAMES,
+  );
   const failed = results.filter((r) => r.failure).map((r) => `${r.name}: ${r.failure}`);
   assert.deepEqual(failed, []);
   assert.equal(b.memoryInUse().buffers, 0, 'the cases left tensors behind');

@@ -43,7 +43,18 @@ function newDir(label: string): string {
   return path.join(tmp, `${label}-${dirCount++}`);
 }
 
-const BASE: TinyModelOptions = { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: 48, tied: false, dtype: 'f32', seed: 1 };
+const BASE: TinyModelOptions = {
+  family: 'llama',
+  hidden: 32,
+  intermediate: 40,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  vocab: 48,
+  tied: false,
+  dtype: 'f32',
+  seed: 1,
+};
 
 /** Models are written once per options and shared by the backends. */
 const written = new Map<string, WrittenTinyModel>();
@@ -75,11 +86,18 @@ function assertClose(what: string, got: ArrayLike<number>, want: ArrayLike<numbe
 /** Rows [from, to) of a [T, V] matrix. */
 function rowsOf(a: ArrayLike<number>, V: number, rows: number[]): Float64Array {
   const out = new Float64Array(rows.length * V);
-  rows.forEach((r, i) => { for (let v = 0; v < V; v++) out[i * V + v] = a[r * V + v]!; });
+  rows.forEach((r, i) => {
+    for (let v = 0; v < V; v++) out[i * V + v] = a[r * V + v]!;
+  });
   return out;
 }
 
-async function withModel<T>(b: Backend, m: WrittenTinyModel, body: (model: LlamaModel) => Promise<T>, dtype?: 'f32' | 'f16' | 'bf16'): Promise<T> {
+async function withModel<T>(
+  b: Backend,
+  m: WrittenTinyModel,
+  body: (model: LlamaModel) => Promise<T>,
+  dtype?: 'f32' | 'f16' | 'bf16',
+): Promise<T> {
   const model = await loadModel(m.dir, { backend: b, ...(dtype ? { dtype } : {}) });
   try {
     return await body(model);
@@ -120,32 +138,36 @@ cases('qwen2 with q/k/v biases, bf16 weights', async (b) => {
   });
 });
 
-cases('qwen3: per-head q/k RMSNorm before rope, head_dim 16 (q width 64 ≠ hidden 32), no biases, bf16; packed; KV-cache decode = full forward', async (b) => {
-  const m = tiny({ family: 'qwen3', dtype: 'bf16', headDim: 16, kvHeads: 1, seed: 30 });
-  assert.equal(m.cfg.attentionBias, false);
-  await withModel(b, m, async (model) => {
-    const l0 = model.weights.layers[0]!;
-    assert.deepEqual(l0.linear.q_proj.shape, [64, 32]);
-    assert.deepEqual(l0.qNorm!.shape, [16]);
-    assert.deepEqual(l0.kNorm!.shape, [16]);
-    assert.deepEqual(Object.keys(l0.bias), []);
-    const V = 48;
-    const tokens = ids(8, V, 30);
-    const full = await model.logits(tokens);
-    const want = refLogits(m, tokens);
-    assertClose('logits', full, want);
-    const seq = [0, 1, 1, 0, 0, 1, 0, 1];
-    assertClose('packed logits', await model.logits(tokens, { seq }), refLogits(m, tokens, { seq }));
-    // the cache holds normed and rotated keys: prefill + decode equals the full forward
-    const cache = model.newCache({ capacity: 2 });
-    try {
-      assertClose('prefill', await model.logits(tokens.slice(0, 5), { cache }), rowsOf(full, V, [0, 1, 2, 3, 4]), 1e-5);
-      for (let t = 5; t < 8; t++) assertClose(`decode token ${t}`, await model.logits([tokens[t]!], { cache }), rowsOf(full, V, [t]), 1e-5);
-    } finally {
-      cache.dispose();
-    }
-  });
-});
+cases(
+  'qwen3: per-head q/k RMSNorm before rope, head_dim 16 (q width 64 ≠ hidden 32), no biases, bf16; packed; KV-cache decode = full forward',
+  async (b) => {
+    const m = tiny({ family: 'qwen3', dtype: 'bf16', headDim: 16, kvHeads: 1, seed: 30 });
+    assert.equal(m.cfg.attentionBias, false);
+    await withModel(b, m, async (model) => {
+      const l0 = model.weights.layers[0]!;
+      assert.deepEqual(l0.linear.q_proj.shape, [64, 32]);
+      assert.deepEqual(l0.qNorm!.shape, [16]);
+      assert.deepEqual(l0.kNorm!.shape, [16]);
+      assert.deepEqual(Object.keys(l0.bias), []);
+      const V = 48;
+      const tokens = ids(8, V, 30);
+      const full = await model.logits(tokens);
+      const want = refLogits(m, tokens);
+      assertClose('logits', full, want);
+      const seq = [0, 1, 1, 0, 0, 1, 0, 1];
+      assertClose('packed logits', await model.logits(tokens, { seq }), refLogits(m, tokens, { seq }));
+      // the cache holds normed and rotated keys: prefill + decode equals the full forward
+      const cache = model.newCache({ capacity: 2 });
+      try {
+        assertClose('prefill', await model.logits(tokens.slice(0, 5), { cache }), rowsOf(full, V, [0, 1, 2, 3, 4]), 1e-5);
+        for (let t = 5; t < 8; t++)
+          assertClose(`decode token ${t}`, await model.logits([tokens[t]!], { cache }), rowsOf(full, V, [t]), 1e-5);
+      } finally {
+        cache.dispose();
+      }
+    });
+  },
+);
 
 cases('tied embeddings, f16 (mistral family); llama biases everywhere (attention_bias, mlp_bias)', async (b) => {
   const m = tiny({ family: 'mistral', tied: true, dtype: 'f16', seed: 3, layers: 1 });
@@ -170,21 +192,35 @@ cases('sharded weights (3 shards + index); dtype option converts (f32 files -> b
   await withModel(b, m, async (model) => {
     assertClose('logits', await model.logits(tokens), refLogits(m, tokens));
   });
-  await withModel(b, m, async (model) => {
-    assert.equal(model.weights.layers[0]!.linear.down_proj.dtype, 'bf16');
-    assert.equal(model.weights.norm.dtype, 'bf16');
-    assertClose('logits (as bf16)', await model.logits(tokens), refLogits(m, tokens, {}, 'bf16'));
-  }, 'bf16');
+  await withModel(
+    b,
+    m,
+    async (model) => {
+      assert.equal(model.weights.layers[0]!.linear.down_proj.dtype, 'bf16');
+      assert.equal(model.weights.norm.dtype, 'bf16');
+      assertClose('logits (as bf16)', await model.logits(tokens), refLogits(m, tokens, {}, 'bf16'));
+    },
+    'bf16',
+  );
   const h = tiny({ dtype: 'f16', seed: 6, layers: 1 });
-  await withModel(b, h, async (model) => {
-    assert.equal(model.weights.embedTokens.dtype, 'f32');
-    assertClose('logits (f16 as f32)', await model.logits(tokens), refLogits(h, tokens));
-  }, 'f32');
+  await withModel(
+    b,
+    h,
+    async (model) => {
+      assert.equal(model.weights.embedTokens.dtype, 'f32');
+      assertClose('logits (f16 as f32)', await model.logits(tokens), refLogits(h, tokens));
+    },
+    'f32',
+  );
 });
 
 cases('llama3 rope scaling and an explicit head_dim ≠ hidden / heads', async (b) => {
   const m = tiny({
-    seed: 7, layers: 1, headDim: 6, heads: 4, kvHeads: 2,
+    seed: 7,
+    layers: 1,
+    headDim: 6,
+    heads: 4,
+    kvHeads: 2,
     ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8 },
     ropeTheta: 10000,
   });
@@ -199,7 +235,8 @@ cases('two packed sequences give the logits of each alone; logitRows picks rows'
   const m = tiny({});
   await withModel(b, m, async (model) => {
     const V = 48;
-    const a = ids(4, V, 8), c = ids(3, V, 9);
+    const a = ids(4, V, 8),
+      c = ids(3, V, 9);
     const packed = [a[0]!, c[0]!, a[1]!, a[2]!, c[1]!, c[2]!, a[3]!];
     const seq = [5, 2, 5, 5, 2, 2, 5]; // any non-negative ids
     const both = await model.logits(packed, { seq });
@@ -256,7 +293,10 @@ cases('multi-LoRA on every linear (MoTE routing, K = 2, per-token slots)', async
       // A routing of the wrong length is refused before anything runs.
       const short = loraRouting(b, slots.slice(0, 4), { K: 2, L: 3 });
       try {
-        assert.throws(() => model.forward({ ids: tokens, lora: { stacks, routing: short } }), (e: Error) => e instanceof ShapeError && /routes 2 tokens, the batch has 6/.test(e.message));
+        assert.throws(
+          () => model.forward({ ids: tokens, lora: { stacks, routing: short } }),
+          (e: Error) => e instanceof ShapeError && /routes 2 tokens, the batch has 6/.test(e.message),
+        );
       } finally {
         short.dispose();
       }
@@ -322,8 +362,10 @@ cases('KV cache: two sequences decoding side by side, growth, drop, rollback aft
   const m = tiny({ seed: 16 });
   const V = 48;
   await withModel(b, m, async (model) => {
-    const A = ids(8, V, 16), C = ids(6, V, 17);
-    const fullA = await model.logits(A), fullC = await model.logits(C);
+    const A = ids(8, V, 16),
+      C = ids(6, V, 17);
+    const fullA = await model.logits(A),
+      fullC = await model.logits(C);
     const cache = model.newCache({ capacity: 2 });
     try {
       // Prefill A[0..4) and C[0..3) packed, seq ids 3 and 1.
@@ -331,10 +373,19 @@ cases('KV cache: two sequences decoding side by side, growth, drop, rollback aft
       assertClose('prefill A', rowsOf(pre, V, [0, 2, 4, 6]), rowsOf(fullA, V, [0, 1, 2, 3]), 1e-5);
       assertClose('prefill C', rowsOf(pre, V, [1, 3, 5]), rowsOf(fullC, V, [0, 1, 2]), 1e-5);
       // A forward that fails after layer 0 appended (a broken stack on layer 1): the cache is unchanged.
-      const bad = { A: b.tensor(new Float32Array(2 * 32), [1, 2, 32]), B: b.tensor(new Float32Array(2 * 32), [1, 32, 2]), rank: b.tensor([2], [1], 'f32'), scale: b.tensor([1], [1], 'f32'), ranks: Int32Array.of(2) };
+      const bad = {
+        A: b.tensor(new Float32Array(2 * 32), [1, 2, 32]),
+        B: b.tensor(new Float32Array(2 * 32), [1, 32, 2]),
+        rank: b.tensor([2], [1], 'f32'),
+        scale: b.tensor([1], [1], 'f32'),
+        ranks: Int32Array.of(2),
+      };
       const rt = loraRouting(b, [0, 0], { K: 1, L: 1 });
       try {
-        assert.throws(() => model.forward({ ids: [A[4]!, C[3]!], seq: [3, 1], cache, lora: { stacks: [undefined, { q_proj: bad }], routing: rt } }), MoteError);
+        assert.throws(
+          () => model.forward({ ids: [A[4]!, C[3]!], seq: [3, 1], cache, lora: { stacks: [undefined, { q_proj: bad }], routing: rt } }),
+          MoteError,
+        );
       } finally {
         rt.dispose();
         for (const t of [bad.A, bad.B, bad.rank, bad.scale]) t.dispose();
@@ -369,10 +420,18 @@ cases('KV cache: two sequences decoding side by side, growth, drop, rollback aft
       const full = await model.logits(tokens, { seq, segments });
       const cut = [0, 1, 2, 5, 6]; // seq 0 steps 0 0 1, seq 1 steps 0 1
       const rest = [3, 4, 7];
-      const pick = <T,>(a: ArrayLike<T>, r: number[]) => r.map((i) => a[i]!);
-      const pre2 = await model.logits(pick(tokens, cut), { seq: pick(seq, cut), segments: { ...segments, segment: pick(segments.segment, cut) }, cache });
+      const pick = <T>(a: ArrayLike<T>, r: number[]) => r.map((i) => a[i]!);
+      const pre2 = await model.logits(pick(tokens, cut), {
+        seq: pick(seq, cut),
+        segments: { ...segments, segment: pick(segments.segment, cut) },
+        cache,
+      });
       assertClose('segment prefill', pre2, rowsOf(full, V, cut), 1e-5);
-      const dec = await model.logits(pick(tokens, rest), { seq: pick(seq, rest), segments: { ...segments, segment: pick(segments.segment, rest) }, cache });
+      const dec = await model.logits(pick(tokens, rest), {
+        seq: pick(seq, rest),
+        segments: { ...segments, segment: pick(segments.segment, rest) },
+        cache,
+      });
       assertClose('segment decode', dec, rowsOf(full, V, rest), 1e-5);
     } finally {
       cache.dispose();
@@ -402,19 +461,25 @@ async function rejectsLoad(b: Backend, dir: string, match: RegExp, cls: new (...
   });
 }
 
-cases('qwen3 directories without their q/k norms (or a qwen2 checkpoint labelled qwen3): FormatErrors naming the tensor; nothing left allocated', async (b) => {
-  const m = tiny({ family: 'qwen3', seed: 31, layers: 1 });
-  const tensors = readSafetensors(path.join(m.dir, 'model.safetensors')).tensors;
-  const d = copyModel(m, 'q3-nonorm');
-  const t = new Map(tensors);
-  t.delete('model.layers.0.self_attn.k_norm.weight');
-  writeSafetensors(path.join(d, 'model.safetensors'), t);
-  await rejectsLoad(b, d, /model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_norm\.weight' is missing \(expected shape \[8\]\)/);
-  const q2 = tiny({ family: 'qwen2', seed: 32, layers: 1 });
-  const relabelled = copyModel(q2, 'q2-as-q3');
-  fs.writeFileSync(path.join(relabelled, 'config.json'), JSON.stringify({ ...q2.config, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'], head_dim: 8 }));
-  await rejectsLoad(b, relabelled, /self_attn\.q_norm\.weight' is missing[^]*self_attn\.q_proj\.bias' is not part of this model/);
-});
+cases(
+  'qwen3 directories without their q/k norms (or a qwen2 checkpoint labelled qwen3): FormatErrors naming the tensor; nothing left allocated',
+  async (b) => {
+    const m = tiny({ family: 'qwen3', seed: 31, layers: 1 });
+    const tensors = readSafetensors(path.join(m.dir, 'model.safetensors')).tensors;
+    const d = copyModel(m, 'q3-nonorm');
+    const t = new Map(tensors);
+    t.delete('model.layers.0.self_attn.k_norm.weight');
+    writeSafetensors(path.join(d, 'model.safetensors'), t);
+    await rejectsLoad(b, d, /model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_norm\.weight' is missing \(expected shape \[8\]\)/);
+    const q2 = tiny({ family: 'qwen2', seed: 32, layers: 1 });
+    const relabelled = copyModel(q2, 'q2-as-q3');
+    fs.writeFileSync(
+      path.join(relabelled, 'config.json'),
+      JSON.stringify({ ...q2.config, model_type: 'qwen3', architectures: ['Qwen3ForCausalLM'], head_dim: 8 }),
+    );
+    await rejectsLoad(b, relabelled, /self_attn\.q_norm\.weight' is missing[^]*self_attn\.q_proj\.bias' is not part of this model/);
+  },
+);
 
 cases('bad model directories: clear FormatErrors naming file and tensor; nothing left allocated', async (b) => {
   const m = tiny({ seed: 20, layers: 1 });
@@ -431,7 +496,12 @@ cases('bad model directories: clear FormatErrors naming file and tensor; nothing
 
   // Missing, extra and wrong-shape tensors.
   const tensors = readSafetensors(path.join(m.dir, 'model.safetensors')).tensors;
-  const rewrite = (label: string, edit: (t: Map<string, { dtype: 'f32' | 'f16' | 'bf16' | 'i32'; shape: number[]; data: Float32Array | Uint16Array | Int32Array }>) => void): string => {
+  const rewrite = (
+    label: string,
+    edit: (
+      t: Map<string, { dtype: 'f32' | 'f16' | 'bf16' | 'i32'; shape: number[]; data: Float32Array | Uint16Array | Int32Array }>,
+    ) => void,
+  ): string => {
     const d = copyModel(m, label);
     const t = new Map(tensors);
     edit(t);
@@ -442,12 +512,20 @@ cases('bad model directories: clear FormatErrors naming file and tensor; nothing
   await rejectsLoad(b, dir, /model\.safetensors: tensor 'model\.layers\.0\.mlp\.up_proj\.weight' is missing \(expected shape \[40, 32\]\)/);
   dir = rewrite('extra', (t) => t.set('model.layers.0.mlp.extra.weight', { dtype: 'f32', shape: [2], data: new Float32Array(2) }));
   await rejectsLoad(b, dir, /model\.safetensors: tensor 'model\.layers\.0\.mlp\.extra\.weight' is not part of this model/);
-  dir = rewrite('shape', (t) => t.set('model.layers.0.self_attn.k_proj.weight', { dtype: 'f32', shape: [32, 16], data: new Float32Array(512) }));
-  await rejectsLoad(b, dir, /model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \[32, 16\], expected \[16, 32\]/);
+  dir = rewrite('shape', (t) =>
+    t.set('model.layers.0.self_attn.k_proj.weight', { dtype: 'f32', shape: [32, 16], data: new Float32Array(512) }),
+  );
+  await rejectsLoad(
+    b,
+    dir,
+    /model\.safetensors: tensor 'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \[32, 16\], expected \[16, 32\]/,
+  );
   dir = rewrite('int', (t) => t.set('model.norm.weight', { dtype: 'i32', shape: [32], data: new Int32Array(32) }));
   await rejectsLoad(b, dir, /model\.safetensors: tensor 'model\.norm\.weight': dtype I32 is not a float weight dtype/);
   // Benign extras transformers ignores: rotary inv_freq buffers.
-  dir = rewrite('invfreq', (t) => t.set('model.layers.0.self_attn.rotary_emb.inv_freq', { dtype: 'f32', shape: [4], data: new Float32Array(4) }));
+  dir = rewrite('invfreq', (t) =>
+    t.set('model.layers.0.self_attn.rotary_emb.inv_freq', { dtype: 'f32', shape: [4], data: new Float32Array(4) }),
+  );
   (await loadModel(dir, { backend: b })).dispose();
 
   // Truncated safetensors (single and one shard of several).
@@ -457,7 +535,10 @@ cases('bad model directories: clear FormatErrors naming file and tensor; nothing
   await rejectsLoad(b, dir, /model\.safetensors: tensor '[^']+': data_offsets .* run past the end of the data/);
   const sh = tiny({ seed: 21, layers: 1, shards: 3 });
   dir = copyModel(sh, 'trunc-shard');
-  const shard = path.join(dir, sh.files.find((f) => f.endsWith('-00002-of-00003.safetensors'))!);
+  const shard = path.join(
+    dir,
+    sh.files.find((f) => f.endsWith('-00002-of-00003.safetensors'))!,
+  );
   fs.truncateSync(shard, 20);
   await rejectsLoad(b, dir, /model-00002-of-00003\.safetensors: /);
   fs.rmSync(shard);
@@ -479,10 +560,14 @@ cases('a load that fails mid-upload frees what it uploaded; dispose frees everyt
     return n;
   });
   for (const failAt of [1, 2, Math.floor(total / 2), total]) {
-    await tracking(b, async (live) => {
-      await assert.rejects(loadModel(m.dir, { backend: b }), /allocation \d+ fails on purpose/);
-      assert.equal(live.size, 0, `failing allocation ${failAt}: ${live.size} tensors left`);
-    }, failAt);
+    await tracking(
+      b,
+      async (live) => {
+        await assert.rejects(loadModel(m.dir, { backend: b }), /allocation \d+ fails on purpose/);
+        assert.equal(live.size, 0, `failing allocation ${failAt}: ${live.size} tensors left`);
+      },
+      failAt,
+    );
   }
   // A forward frees its temporaries (only the logits remain), with a cache too.
   await withModel(b, m, async (model) => {
@@ -504,11 +589,14 @@ cases('bad batches: token id ≥ vocab and other arguments, refused before anyth
   await withModel(b, m, async (model) => {
     await tracking(b, async (live) => {
       const bad = (batch: Parameters<LlamaModel['forward']>[0], cls: new (...a: never[]) => Error, re: RegExp) => {
-        assert.throws(() => model.forward(batch), (e: Error) => {
-          assert.ok(e instanceof cls, `expected ${cls.name}, got ${e.constructor.name}: ${e.message}`);
-          assert.match(e.message, re);
-          return true;
-        });
+        assert.throws(
+          () => model.forward(batch),
+          (e: Error) => {
+            assert.ok(e instanceof cls, `expected ${cls.name}, got ${e.constructor.name}: ${e.message}`);
+            assert.match(e.message, re);
+            return true;
+          },
+        );
       };
       bad({ ids: [1, 48, 2] }, ArgumentError, /LlamaModel\.forward: ids\[1\]: expected a token id in \[0, 47\], got 48/);
       bad({ ids: [1, -1] }, ArgumentError, /ids\[1\]: expected a token id in \[0, 47\], got -1/);
@@ -518,7 +606,11 @@ cases('bad batches: token id ≥ vocab and other arguments, refused before anyth
       bad({ ids: [1, 2], pos: [0, -3] }, ArgumentError, /pos\[1\]: expected an integer/);
       bad({ ids: [1, 2], logitRows: [2] }, ArgumentError, /logitRows\[0\]: expected an integer in \[0, 1\], got 2/);
       bad({ ids: [1, 2], segments: { numSegments: 2, segment: [0, 2], blocked: [0, 0, 0, 0] } }, ArgumentError, /segments\.segment\[1\]/);
-      bad({ ids: [1, 2], seq: [0, 1], segments: { numSegments: 2, segment: [0, 1], blocked: [0, 0, 1, 0] } }, ArgumentError, /seq\[1\] = 1 has no entry in segments\.blocked/);
+      bad(
+        { ids: [1, 2], seq: [0, 1], segments: { numSegments: 2, segment: [0, 1], blocked: [0, 0, 1, 0] } },
+        ArgumentError,
+        /seq\[1\] = 1 has no entry in segments\.blocked/,
+      );
       bad({ ids: [1], cache: {} as KvCache }, ArgumentError, /cache: expected a KvCache/);
       const other = new KvCache(b, { numLayers: 3, numKvHeads: 2, headDim: 8 });
       bad({ ids: [1], cache: other }, ShapeError, /cache: made for 3 layers/);

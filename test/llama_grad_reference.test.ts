@@ -27,8 +27,13 @@ function mutableWeights(o: TinyModelOptions): { cfg: ModelConfig; names: string[
  * Random LoRA stacks of L adapters on the linears `on` picks, with mixed ranks (some below R, so
  * the entries past an adapter's rank are exercised) and random nonzero A and B.
  */
-function randomStacks(cfg: ModelConfig, seed: number, L: number, R: number, on: (layer: number, m: LinearModule) => boolean):
-  Map<string, LoraRefStack & { A: Float64Array; B: Float64Array }> {
+function randomStacks(
+  cfg: ModelConfig,
+  seed: number,
+  L: number,
+  R: number,
+  on: (layer: number, m: LinearModule) => boolean,
+): Map<string, LoraRefStack & { A: Float64Array; B: Float64Array }> {
   const r = seededRng(seed);
   const u = (n: number, std: number): Float64Array => Float64Array.from({ length: n }, () => (2 * r() - 1) * Math.sqrt(3) * std);
   const out = new Map<string, LoraRefStack & { A: Float64Array; B: Float64Array }>();
@@ -139,11 +144,25 @@ function checkPastRankZero(g: LlamaGradRef, c: Case): void {
 // [α, 1−α] on a different subset of linears per layer, prompt tokens with slot −1.
 
 function moteCase(): Case {
-  const w = mutableWeights({ family: 'llama', hidden: 16, intermediate: 24, layers: 2, heads: 4, kvHeads: 2, vocab: 29, tied: false, dtype: 'f32', seed: 11 });
+  const w = mutableWeights({
+    family: 'llama',
+    hidden: 16,
+    intermediate: 24,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    vocab: 29,
+    tied: false,
+    dtype: 'f32',
+    seed: 11,
+  });
   const cfg = w.cfg;
   // Adapters: 0 analysis, 1 guidance, 2 answer, 3 shared. Segments: 0 prompt, 1..3 the steps.
   const SHARED = 3;
-  const onLayer: LinearModule[][] = [['q_proj', 'v_proj', 'o_proj', 'down_proj'], ['k_proj', 'gate_proj', 'up_proj']];
+  const onLayer: LinearModule[][] = [
+    ['q_proj', 'v_proj', 'o_proj', 'down_proj'],
+    ['k_proj', 'gate_proj', 'up_proj'],
+  ];
   const stacks = randomStacks(cfg, 5, 4, 3, (layer, m) => onLayer[layer]!.includes(m));
   // Sequence 0: prompt ×2, analysis ×2, guidance ×1, answer ×2; sequence 1: prompt ×2, analysis ×1, answer ×3.
   const seg = [0, 0, 1, 1, 2, 3, 3, 0, 0, 1, 3, 3, 3];
@@ -159,8 +178,13 @@ function moteCase(): Case {
   const weights: number[] = [];
   seg.forEach((s, t) => {
     // Prompt tokens: shared expert only (the step slot is −1); one of them gets no adapter at all.
-    if (s === 0) { slots.push(-1, t === 7 ? -1 : SHARED); weights.push(0, 1); }
-    else { slots.push(s - 1, SHARED); weights.push(alpha, 1 - alpha); }
+    if (s === 0) {
+      slots.push(-1, t === 7 ? -1 : SHARED);
+      weights.push(0, 1);
+    } else {
+      slots.push(s - 1, SHARED);
+      weights.push(alpha, 1 - alpha);
+    }
   });
   const blocked = new Array<number>(2 * 4 * 4).fill(0);
   blocked[(0 * 4 + 3) * 4 + 1] = 1; // sequence 0: answer does not see analysis (step skipping)
@@ -182,7 +206,18 @@ test('llama backward = finite differences: GQA, untied, K=2 weighted multi-LoRA 
 // Case 2: qwen2 (q/k/v biases), tied embeddings (the embedding gets both gradients), MQA
 // (one kv head), plain K = 1 multi-LoRA serving with default weights on every linear.
 test('llama backward = finite differences: qwen2 biases, tied embeddings, MQA, K=1 LoRA on every linear', () => {
-  const w = mutableWeights({ family: 'qwen2', hidden: 12, intermediate: 20, layers: 2, heads: 3, kvHeads: 1, vocab: 23, tied: true, dtype: 'f32', seed: 3 });
+  const w = mutableWeights({
+    family: 'qwen2',
+    hidden: 12,
+    intermediate: 20,
+    layers: 2,
+    heads: 3,
+    kvHeads: 1,
+    vocab: 23,
+    tied: true,
+    dtype: 'f32',
+    seed: 3,
+  });
   const stacks = randomStacks(w.cfg, 9, 3, 2, () => true);
   const T = 9;
   const r = seededRng(4);
@@ -191,7 +226,10 @@ test('llama backward = finite differences: qwen2 biases, tied embeddings, MQA, K
   const targets = mask.map((m, t) => (m ? ids[t + 1]! : 0));
   const slots = ids.map((_, t) => (t === 4 ? -1 : t % 3));
   const c: Case = { ...w, stacks, ids, targets, mask, opts: { lora: { stacks: (l, m) => stacks.get(`${l}.${m}`) ?? null, slots, K: 1 } } };
-  assert.ok(c.names.includes('model.layers.0.self_attn.q_proj.bias') && !c.names.includes('lm_head.weight'), 'qwen2 tied: q bias, no lm_head');
+  assert.ok(
+    c.names.includes('model.layers.0.self_attn.q_proj.bias') && !c.names.includes('lm_head.weight'),
+    'qwen2 tied: q bias, no lm_head',
+  );
   const s = checkAgainstFd(c);
   assert.equal(s.tensors, 2 * (9 + 3) + 2 + 2 * 7 * 2);
   console.log(`# qwen2 tied case: ${s.tensors} tensors, ${s.entries} entries, worst relative error ${s.worst.toExponential(2)}`);
@@ -201,7 +239,19 @@ test('llama backward = finite differences: qwen2 biases, tied embeddings, MQA, K
 // them into q_proj / k_proj and their LoRA), head_dim 8 with q width 24 ≠ hidden 12, GQA,
 // untied, K = 2 weighted LoRA on the q and k projections, two packed sequences.
 test('llama backward = finite differences: qwen3 q/k norms, head_dim ≠ hidden / heads, K=2 LoRA on q and k, packed', () => {
-  const w = mutableWeights({ family: 'qwen3', hidden: 12, intermediate: 20, layers: 2, heads: 3, kvHeads: 1, headDim: 8, vocab: 23, tied: false, dtype: 'f32', seed: 31 });
+  const w = mutableWeights({
+    family: 'qwen3',
+    hidden: 12,
+    intermediate: 20,
+    layers: 2,
+    heads: 3,
+    kvHeads: 1,
+    headDim: 8,
+    vocab: 23,
+    tied: false,
+    dtype: 'f32',
+    seed: 31,
+  });
   assert.equal(linearShape(w.cfg, 'q_proj')[0], 24);
   const stacks = randomStacks(w.cfg, 32, 3, 2, (_l, m) => m === 'q_proj' || m === 'k_proj');
   const T = 10;
@@ -212,8 +262,18 @@ test('llama backward = finite differences: qwen3 q/k norms, head_dim ≠ hidden 
   const targets = mask.map((m, t) => (m ? ids[t + 1]! : 0));
   const slots = ids.flatMap((_, t) => [t % 3, (t + 1) % 3]);
   const weights = ids.flatMap((_, t) => [0.7, t % 2 ? 0.3 : 0]);
-  const c: Case = { ...w, stacks, ids, targets, mask, opts: { seq, lora: { stacks: (l, m) => stacks.get(`${l}.${m}`) ?? null, slots, weights, K: 2 } } };
-  assert.ok(c.names.includes('model.layers.1.self_attn.q_norm.weight') && c.names.includes('model.layers.1.self_attn.k_norm.weight'), 'qwen3: q/k norm weights');
+  const c: Case = {
+    ...w,
+    stacks,
+    ids,
+    targets,
+    mask,
+    opts: { seq, lora: { stacks: (l, m) => stacks.get(`${l}.${m}`) ?? null, slots, weights, K: 2 } },
+  };
+  assert.ok(
+    c.names.includes('model.layers.1.self_attn.q_norm.weight') && c.names.includes('model.layers.1.self_attn.k_norm.weight'),
+    'qwen3: q/k norm weights',
+  );
   assert.ok(!c.names.includes('model.layers.0.self_attn.q_proj.bias'), 'qwen3: no attention biases');
   const s = checkAgainstFd(c);
   assert.equal(s.tensors, 2 * 11 + 3 + 2 * 2 * 2);
@@ -225,8 +285,19 @@ test('llama backward = finite differences: qwen3 q/k norms, head_dim ≠ hidden 
 // llama attention_bias (q, k, v, o) and mlp_bias, MHA, no LoRA, positions not starting at 0.
 test('llama backward = finite differences: llama3 rope scaling, attention_bias and mlp_bias, no LoRA', () => {
   const w = mutableWeights({
-    family: 'llama', hidden: 16, intermediate: 20, layers: 2, heads: 2, kvHeads: 2, vocab: 19, tied: false, dtype: 'f32', seed: 21,
-    ropeTheta: 100, attentionBias: true, mlpBias: true,
+    family: 'llama',
+    hidden: 16,
+    intermediate: 20,
+    layers: 2,
+    heads: 2,
+    kvHeads: 2,
+    vocab: 19,
+    tied: false,
+    dtype: 'f32',
+    seed: 21,
+    ropeTheta: 100,
+    attentionBias: true,
+    mlpBias: true,
     ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 32 },
   });
   const T = 8;
@@ -236,7 +307,10 @@ test('llama backward = finite differences: llama3 rope scaling, attention_bias a
   const targets = mask.map((m, t) => (m ? ids[t + 1]! : -1));
   const pos = ids.map((_, t) => 5 + 3 * t);
   const c: Case = { ...w, stacks: new Map(), ids, targets, mask, opts: { pos } };
-  assert.ok(c.names.includes('model.layers.1.self_attn.o_proj.bias') && c.names.includes('model.layers.1.mlp.down_proj.bias'), 'llama biases present');
+  assert.ok(
+    c.names.includes('model.layers.1.self_attn.o_proj.bias') && c.names.includes('model.layers.1.mlp.down_proj.bias'),
+    'llama biases present',
+  );
   const s = checkAgainstFd(c);
   assert.equal(s.tensors, 2 * (9 + 7) + 3);
   console.log(`# llama3 rope case: ${s.tensors} tensors, ${s.entries} entries, worst relative error ${s.worst.toExponential(2)}`);
@@ -250,7 +324,10 @@ function flat(g: LlamaGradRef): Float64Array {
   const parts = [...g.weights.values(), ...[...g.lora.keys()].sort().flatMap((k) => [g.lora.get(k)!.dA, g.lora.get(k)!.dB])];
   const out = new Float64Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 
@@ -277,15 +354,24 @@ test('llama backward: tokens with mask 0 contribute nothing; the loss is the mea
 
   // Unmasking one of them does change the gradient (the previous check is not vacuous).
   const t0 = c.mask.indexOf(0);
-  const unmasked = grad(otherTargets, c.mask.map((m, t) => (t === t0 ? 1 : m)));
+  const unmasked = grad(
+    otherTargets,
+    c.mask.map((m, t) => (t === t0 ? 1 : m)),
+  );
   assert.ok(maxAbsDiff(flat(unmasked), gBase) > 1e-3 * scale, 'a masked-in token moves the gradient');
 
   // Mean over the masked-in tokens: splitting the mask in two disjoint halves a, b,
   // n·g = n_a·g_a + n_b·g_b (and the same for the loss).
   const on = c.mask.flatMap((m, t) => (m ? [t] : []));
   const half = new Set(on.filter((_, j) => j % 2 === 0));
-  const ga = grad(c.targets, c.mask.map((m, t) => (m && half.has(t) ? 1 : 0)));
-  const gb = grad(c.targets, c.mask.map((m, t) => (m && !half.has(t) ? 1 : 0)));
+  const ga = grad(
+    c.targets,
+    c.mask.map((m, t) => (m && half.has(t) ? 1 : 0)),
+  );
+  const gb = grad(
+    c.targets,
+    c.mask.map((m, t) => (m && !half.has(t) ? 1 : 0)),
+  );
   assert.equal(ga.count + gb.count, base.count);
   assert.ok(Math.abs(ga.count * ga.loss + gb.count * gb.loss - base.count * base.loss) < 1e-12 * base.count * base.loss);
   const fa = flat(ga);
@@ -294,8 +380,14 @@ test('llama backward: tokens with mask 0 contribute nothing; the loss is the mea
   assert.ok(maxAbsDiff(combined, gBase) <= 1e-12 * scale, 'gradient is the count-weighted mean of the halves');
 
   // No token masked in: loss 0 and every gradient exactly 0 (not NaN).
-  const none = grad(c.targets, c.mask.map(() => 0));
+  const none = grad(
+    c.targets,
+    c.mask.map(() => 0),
+  );
   assert.equal(none.loss, 0);
   assert.equal(none.count, 0);
-  assert.ok(flat(none).every((x) => x === 0), 'all-zero mask gives zero gradients');
+  assert.ok(
+    flat(none).every((x) => x === 0),
+    'all-zero mask gives zero gradients',
+  );
 });

@@ -11,13 +11,39 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { llamaForwardRef, llamaLossRef, llamaLogProbsRef, defaultPositions, type WeightGetter } from '../src/reference/llama.js';
-import { LINEAR_MODULES, compareWeights, expectedWeights, linearShape, linearWeightName, parseHFConfig, type ModelConfig } from '../src/model/config.js';
+import {
+  LINEAR_MODULES,
+  compareWeights,
+  expectedWeights,
+  linearShape,
+  linearWeightName,
+  parseHFConfig,
+  type ModelConfig,
+} from '../src/model/config.js';
 import { openModelWeights, readSafetensors, type HostTensor } from '../src/io/safetensors.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parsePeftConfig, peftExpectedWeights } from '../src/io/peft.js';
 import { bf16BitsToF32, f16BitsToF32 } from '../src/dtype.js';
-import { loraStacks, makeTinyModel, seededRng, writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions } from './fixtures/tiny_model.js';
+import {
+  loraStacks,
+  makeTinyModel,
+  seededRng,
+  writeTinyModel,
+  writeTinyPeftAdapter,
+  type TinyModelOptions,
+} from './fixtures/tiny_model.js';
 
-const BASE: TinyModelOptions = { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: 53, tied: false, dtype: 'f32', seed: 1 };
+const BASE: TinyModelOptions = {
+  family: 'llama',
+  hidden: 32,
+  intermediate: 40,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  vocab: 53,
+  tied: false,
+  dtype: 'f32',
+  seed: 1,
+};
 
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length, 'lengths differ');
@@ -104,7 +130,11 @@ function naiveForward(cfg: ModelConfig, W: WeightGetter, ids: number[]): number[
     const a = xs.map((x) => norm(x, W(`model.layers.${l}.input_layernorm.weight`)));
     // Qwen3Attention: q_norm / k_norm (RMSNorm over head_dim) on each head, then rope.
     const headNorm = (x: number[], heads: number, which: string): number[] =>
-      cfg.family !== 'qwen3' ? x : Array.from({ length: heads }, (_, h) => norm(x.slice(h * D, (h + 1) * D), W(`model.layers.${l}.self_attn.${which}.weight`))).flat();
+      cfg.family !== 'qwen3'
+        ? x
+        : Array.from({ length: heads }, (_, h) =>
+            norm(x.slice(h * D, (h + 1) * D), W(`model.layers.${l}.self_attn.${which}.weight`)),
+          ).flat();
     const q = a.map((x, t) => rope(headNorm(proj(l, 'q_proj', x), nH, 'q_norm'), nH, t));
     const k = a.map((x, t) => rope(headNorm(proj(l, 'k_proj', x), nKv, 'k_norm'), nKv, t));
     const v = a.map((x) => proj(l, 'v_proj', x));
@@ -188,7 +218,10 @@ test('packing sequences (contiguous and interleaved) equals running each alone, 
       // Interleaved and shuffled rows, positions given explicitly.
       const rows = [...a.map((_, i) => [1, i]), ...b.map((_, i) => [3, i])];
       const r = seededRng(5);
-      for (let i = rows.length - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [rows[i], rows[j]] = [rows[j]!, rows[i]!]; }
+      for (let i = rows.length - 1; i > 0; i--) {
+        const j = Math.floor(r() * (i + 1));
+        [rows[i], rows[j]] = [rows[j]!, rows[i]!];
+      }
       const ids = rows.map(([s, i]) => (s === 1 ? a[i!]! : b[i!]!));
       const seqI = rows.map(([s]) => s!);
       const pos = rows.map(([, i]) => i!);
@@ -217,7 +250,8 @@ test('GQA equals MHA with the kv heads copied', () => {
       for (const mod of ['k_proj', 'v_proj'] as const) {
         const w = m.weights(linearWeightName(l, mod));
         const wm = new Float64Array(cfg.numHeads * D * H);
-        for (let h = 0; h < cfg.numHeads; h++) wm.set(w.subarray(Math.floor(h / group) * D * H, (Math.floor(h / group) + 1) * D * H), h * D * H);
+        for (let h = 0; h < cfg.numHeads; h++)
+          wm.set(w.subarray(Math.floor(h / group) * D * H, (Math.floor(h / group) + 1) * D * H), h * D * H);
         over.set(linearWeightName(l, mod), wm);
         if (cfg.attentionBias) {
           const b = m.weights(linearWeightName(l, mod, 'bias'));
@@ -227,7 +261,12 @@ test('GQA equals MHA with the kv heads copied', () => {
         }
       }
     const ids = randomIds(8, 9, cfg.vocabSize);
-    close(llamaForwardRef(mha, withOverrides(m.weights, over), ids).logits, llamaForwardRef(cfg, m.weights, ids).logits, 1e-13, `${family} GQA vs MHA`);
+    close(
+      llamaForwardRef(mha, withOverrides(m.weights, over), ids).logits,
+      llamaForwardRef(cfg, m.weights, ids).logits,
+      1e-13,
+      `${family} GQA vs MHA`,
+    );
   }
 });
 
@@ -236,7 +275,11 @@ test('tied embeddings equal untied with lm_head = embed_tokens; an untied head d
   const untiedCfg: ModelConfig = { ...tied.cfg, tieWordEmbeddings: false };
   const ids = randomIds(12, 8, BASE.vocab);
   const lt = llamaForwardRef(tied.cfg, tied.weights, ids).logits;
-  const lu = llamaForwardRef(untiedCfg, withOverrides(tied.weights, new Map([['lm_head.weight', tied.weights('model.embed_tokens.weight')]])), ids).logits;
+  const lu = llamaForwardRef(
+    untiedCfg,
+    withOverrides(tied.weights, new Map([['lm_head.weight', tied.weights('model.embed_tokens.weight')]])),
+    ids,
+  ).logits;
   assert.deepEqual(lu, lt);
   const untied = makeTinyModel({ ...BASE, tied: false, seed: 9 });
   differ(llamaForwardRef(untied.cfg, untied.weights, ids).logits, lt, 1e-2, 'random lm_head');
@@ -250,7 +293,8 @@ test('qwen2 q/k/v biases change the output; zero biases equal the bias-free llam
   const ids = randomIds(14, 10, BASE.vocab);
   const over = new Map<string, Float64Array>();
   for (let l = 0; l < m.cfg.numLayers; l++)
-    for (const mod of ['q_proj', 'k_proj', 'v_proj'] as const) over.set(linearWeightName(l, mod, 'bias'), new Float64Array(linearShape(m.cfg, mod)[0]));
+    for (const mod of ['q_proj', 'k_proj', 'v_proj'] as const)
+      over.set(linearWeightName(l, mod, 'bias'), new Float64Array(linearShape(m.cfg, mod)[0]));
   const noBias = withOverrides(m.weights, over);
   const llamaCfg: ModelConfig = { ...m.cfg, family: 'llama', attentionBias: false };
   const l0 = llamaForwardRef(m.cfg, noBias, ids).logits;
@@ -280,7 +324,13 @@ test('LoRA: B = 0 and empty slots equal no LoRA; uniform routing equals the merg
     // Two adapters with different ranks, alphas and targets (the second covers only attention).
     const ad = [
       writeTinyPeftAdapter(path.join(dir, 'a0'), cfg, { r: 4, alpha: 8, seed: 40 }),
-      writeTinyPeftAdapter(path.join(dir, 'a1'), cfg, { r: 2, alpha: 6, seed: 41, targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], useRslora: true }),
+      writeTinyPeftAdapter(path.join(dir, 'a1'), cfg, {
+        r: 2,
+        alpha: 6,
+        seed: 41,
+        targetModules: ['q_proj', 'k_proj', 'v_proj', 'o_proj'],
+        useRslora: true,
+      }),
     ];
     const stacks = loraStacks(cfg, ad);
     const none = llamaForwardRef(cfg, m.weights, ids, { lora: { stacks, K: 2, slots: slots.map(() => -1), weights } }).logits;
@@ -289,7 +339,12 @@ test('LoRA: B = 0 and empty slots equal no LoRA; uniform routing equals the merg
     // Every token: α·E0 + (1−α)·E1 (MoTE's step + shared) == W' = W + α·s0·B0A0 + (1−α)·s1·B1A1.
     const alpha = 0.3;
     const uni = llamaForwardRef(cfg, m.weights, ids, {
-      lora: { stacks, K: 2, slots: Array.from({ length: T }, () => [0, 1]).flat(), weights: Array.from({ length: T }, () => [alpha, 1 - alpha]).flat() },
+      lora: {
+        stacks,
+        K: 2,
+        slots: Array.from({ length: T }, () => [0, 1]).flat(),
+        weights: Array.from({ length: T }, () => [alpha, 1 - alpha]).flat(),
+      },
     }).logits;
     const merged = new Map<string, Float64Array>();
     for (let l = 0; l < cfg.numLayers; l++)
@@ -313,7 +368,12 @@ test('LoRA: B = 0 and empty slots equal no LoRA; uniform routing equals the merg
     close(uni, mergedLogits, 1e-12, 'LoRA vs merged');
     differ(uni, plain, 1e-2, 'LoRA changes the output');
     // Per-token routing differs from uniform routing.
-    differ(llamaForwardRef(cfg, m.weights, ids, { lora: { stacks, K: 2, slots, weights: slots.map(() => 0.5) } }).logits, uni, 1e-3, 'routing');
+    differ(
+      llamaForwardRef(cfg, m.weights, ids, { lora: { stacks, K: 2, slots, weights: slots.map(() => 0.5) } }).logits,
+      uni,
+      1e-3,
+      'routing',
+    );
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -338,7 +398,12 @@ test('step skipping: a blocked segment is as if its tokens were absent (position
   const masked = llamaForwardRef(m.cfg, m.weights, ids, { seq, segments: { numSegments: S, qSegment, blocked } }).logits;
   // Sequence 0 without its segment-1 tokens, at their original positions.
   const keep = seg0.map((s, t) => (s === 1 ? -1 : t)).filter((t) => t >= 0);
-  const without = llamaForwardRef(m.cfg, m.weights, keep.map((t) => s0[t]!), { pos: keep }).logits;
+  const without = llamaForwardRef(
+    m.cfg,
+    m.weights,
+    keep.map((t) => s0[t]!),
+    { pos: keep },
+  ).logits;
   close(pick(masked, keep, V), without, 1e-13, 'blocked segment = removed tokens');
   // Segment 1 rows of sequence 0 and all of sequence 1 are untouched.
   close(pick(masked, [3, 4, 5], V), pick(free, [3, 4, 5], V), 0, 'segment 1 unchanged');
@@ -357,15 +422,30 @@ test('rope scaling: linear(f) = positions·f (f = 3); llama3 scaling all-low = l
   close(llamaForwardRef(lin.cfg, lin.weights, ids, { pos: pos.map((p) => p * 3) }).logits, plain, 1e-12, 'linear scaling');
   differ(llamaForwardRef(lin.cfg, lin.weights, ids).logits, plain, 1e-4, 'linear scaling matters');
   // original_max_position_embeddings 4 with low 1: every wavelength (≥ 2π) exceeds 4 → all scaled by factor.
-  const low = makeTinyModel({ ...o, ropeScaling: { type: 'llama3', factor: 3, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositionEmbeddings: 4 } });
+  const low = makeTinyModel({
+    ...o,
+    ropeScaling: { type: 'llama3', factor: 3, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositionEmbeddings: 4 },
+  });
   close(llamaForwardRef(low.cfg, low.weights, ids, { pos: pos.map((p) => p * 3) }).logits, plain, 1e-12, 'llama3 all low');
   // A huge original length (2^30, the most config.json may say): every wavelength is below original / high → nothing scaled.
-  const high = makeTinyModel({ ...o, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 2 ** 30 } });
+  const high = makeTinyModel({
+    ...o,
+    ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 2 ** 30 },
+  });
   close(llamaForwardRef(high.cfg, high.weights, ids).logits, plain, 1e-14, 'llama3 all high');
   // The usual Llama 3.1 numbers with a small theta put the frequencies in all three bands: different from both.
-  const mid = makeTinyModel({ ...o, ropeTheta: 10000, ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 } });
+  const mid = makeTinyModel({
+    ...o,
+    ropeTheta: 10000,
+    ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+  });
   const midPlain = makeTinyModel({ ...o, ropeTheta: 10000 });
-  differ(llamaForwardRef(mid.cfg, mid.weights, ids).logits, llamaForwardRef(midPlain.cfg, midPlain.weights, ids).logits, 1e-5, 'llama3 mid');
+  differ(
+    llamaForwardRef(mid.cfg, mid.weights, ids).logits,
+    llamaForwardRef(midPlain.cfg, midPlain.weights, ids).logits,
+    1e-5,
+    'llama3 mid',
+  );
 });
 
 test('loss and log-probs helpers; argument checks', () => {
@@ -381,7 +461,10 @@ test('loss and log-probs helpers; argument checks', () => {
   assert.ok(Math.abs(loss - want / 5) < 1e-12);
   // A near-uniform predictor over 53 tokens has loss ≈ log 53; random weights stay near it.
   assert.ok(loss > 1 && loss < 3 * Math.log(BASE.vocab), `loss ${loss}`);
-  assert.throws(() => llamaForwardRef(m.cfg, (n) => (n.endsWith('q_proj.weight') ? new Float64Array(3) : m.weights(n)), ids), /q_proj.weight': expected 1024 values, got 3/);
+  assert.throws(
+    () => llamaForwardRef(m.cfg, (n) => (n.endsWith('q_proj.weight') ? new Float64Array(3) : m.weights(n)), ids),
+    /q_proj.weight': expected 1024 values, got 3/,
+  );
   assert.throws(() => llamaForwardRef(m.cfg, m.weights, [0, BASE.vocab]), /ids\[1\]/);
   assert.throws(() => llamaForwardRef(m.cfg, m.weights, ids, { seq: [0, 0] }), /seq: expected 6/);
   assert.throws(() => llamaForwardRef(m.cfg, m.weights, ids, { lora: { stacks: () => null, K: 2, slots: [0] } }), /lora.slots/);
@@ -409,8 +492,15 @@ test('writeTinyModel round-trips through parseHFConfig, readSafetensors and open
       for (const shards of [undefined, 3]) {
         const family = fams[k % fams.length]!;
         const o: TinyModelOptions = {
-          ...BASE, family, dtype, seed: 100 + k, tied: k % 2 === 0, ...(shards ? { shards } : {}),
-          ...(family === 'llama' ? { ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } } : {}),
+          ...BASE,
+          family,
+          dtype,
+          seed: 100 + k,
+          tied: k % 2 === 0,
+          ...(shards ? { shards } : {}),
+          ...(family === 'llama'
+            ? { ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } }
+            : {}),
         };
         k++;
         const dir = path.join(root, `${dtype}-${shards ?? 1}`);
@@ -431,7 +521,10 @@ test('writeTinyModel round-trips through parseHFConfig, readSafetensors and open
         }
         const mw = openModelWeights(dir);
         try {
-          const report = compareWeights(expectedWeights(cfg), mw.names().map((n) => [n, mw.entry(n).shape] as [string, number[]]));
+          const report = compareWeights(
+            expectedWeights(cfg),
+            mw.names().map((n) => [n, mw.entry(n).shape] as [string, number[]]),
+          );
           assert.deepEqual(report, { missing: [], extra: [], wrongShape: [] }, what);
           for (const name of m.names) {
             const t = mw.get(name);
@@ -466,7 +559,10 @@ test('writeTinyPeftAdapter writes PEFT keys and config that read back', () => {
       const cfg = parsePeftConfig(fs.readFileSync(path.join(dir, ADAPTER_CONFIG_FILE), 'utf-8'));
       assert.deepEqual(cfg, ad.config);
       const specs = peftExpectedWeights(m.cfg, cfg);
-      assert.deepEqual(ad.names, specs.map((s) => s.name));
+      assert.deepEqual(
+        ad.names,
+        specs.map((s) => s.name),
+      );
       const st = readSafetensors(path.join(dir, ADAPTER_WEIGHTS_FILE));
       assert.deepEqual([...st.tensors.keys()].sort(), specs.map((s) => s.name).sort());
       for (const s of specs) {

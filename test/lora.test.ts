@@ -15,11 +15,28 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  chooseStrategy, loraApply, loraExpand, loraInputGrad, loraRouting, loraShrink, loraShrinkGrad, loraStack, loraWeightGrad,
-  type LoraDims, type LoraRouting, type LoraStack, type LoraStrategy,
+  chooseStrategy,
+  loraApply,
+  loraExpand,
+  loraInputGrad,
+  loraRouting,
+  loraShrink,
+  loraShrinkGrad,
+  loraStack,
+  loraWeightGrad,
+  type LoraDims,
+  type LoraRouting,
+  type LoraStack,
+  type LoraStrategy,
 } from '../src/ops/lora.js';
 import {
-  loraExpandRef, loraInputGradRef, loraShrinkGradRef, loraShrinkRef, loraWeightGradRef, type LoraRefRouting, type LoraRefStack,
+  loraExpandRef,
+  loraInputGradRef,
+  loraShrinkGradRef,
+  loraShrinkRef,
+  loraWeightGradRef,
+  type LoraRefRouting,
+  type LoraRefStack,
 } from '../src/reference/lora.js';
 import { roundTo, type DType } from '../src/dtype.js';
 import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, MoteError, ShapeError } from '../src/errors.js';
@@ -44,7 +61,12 @@ type SlotPattern =
 
 interface Config {
   name: string;
-  T: number; K: number; L: number; R: number; Hin: number; Hout: number;
+  T: number;
+  K: number;
+  L: number;
+  R: number;
+  Hin: number;
+  Hout: number;
   ranks: 'full' | 'mixed' | number[];
   slots: SlotPattern | number[];
   /** [A dtype, B dtype] pairs to run; default f32, f16, bf16 for both. */
@@ -55,26 +77,139 @@ interface Config {
 
 const CONFIGS: Config[] = [
   { name: 'T=1 K=1 L=1 R=1 rank 1', T: 1, K: 1, L: 1, R: 1, Hin: 37, Hout: 53, ranks: 'full', slots: 'same', webgpu: [['bgmv', 'f32']] },
-  { name: 'T=1 K=2 L=4 R=8 [-1, e]', T: 1, K: 2, L: 4, R: 8, Hin: 53, Hout: 37, ranks: [3, 8, 1, 5], slots: [-1, 1], webgpu: [['auto', 'bf16']] },
-  { name: 'T=3 K=1 L=4 R=16 unsorted', T: 3, K: 1, L: 4, R: 16, Hin: 67, Hout: 37, ranks: [16, 1, 7, 12], slots: [3, 0, 2], webgpu: [['sgmv', 'f16']] },
-  { name: 'T=3 K=2 L=4 R=8 -1 + duplicate', T: 3, K: 2, L: 4, R: 8, Hin: 37, Hout: 67, ranks: [8, 2, 5, 1], slots: [2, -1, 1, 1, -1, 0], webgpu: [['bgmv', 'bf16']] },
-  { name: 'T=3 K=2 L=4 R=8 all -1', T: 3, K: 2, L: 4, R: 8, Hin: 37, Hout: 53, ranks: 'mixed', slots: 'none', webgpu: [['bgmv', 'f32'], ['sgmv', 'f32']] },
+  {
+    name: 'T=1 K=2 L=4 R=8 [-1, e]',
+    T: 1,
+    K: 2,
+    L: 4,
+    R: 8,
+    Hin: 53,
+    Hout: 37,
+    ranks: [3, 8, 1, 5],
+    slots: [-1, 1],
+    webgpu: [['auto', 'bf16']],
+  },
+  {
+    name: 'T=3 K=1 L=4 R=16 unsorted',
+    T: 3,
+    K: 1,
+    L: 4,
+    R: 16,
+    Hin: 67,
+    Hout: 37,
+    ranks: [16, 1, 7, 12],
+    slots: [3, 0, 2],
+    webgpu: [['sgmv', 'f16']],
+  },
+  {
+    name: 'T=3 K=2 L=4 R=8 -1 + duplicate',
+    T: 3,
+    K: 2,
+    L: 4,
+    R: 8,
+    Hin: 37,
+    Hout: 67,
+    ranks: [8, 2, 5, 1],
+    slots: [2, -1, 1, 1, -1, 0],
+    webgpu: [['bgmv', 'bf16']],
+  },
+  {
+    name: 'T=3 K=2 L=4 R=8 all -1',
+    T: 3,
+    K: 2,
+    L: 4,
+    R: 8,
+    Hin: 37,
+    Hout: 53,
+    ranks: 'mixed',
+    slots: 'none',
+    webgpu: [
+      ['bgmv', 'f32'],
+      ['sgmv', 'f32'],
+    ],
+  },
   { name: 'T=17 K=1 L=64 R=16 all-distinct', T: 17, K: 1, L: 64, R: 16, Hin: 37, Hout: 53, ranks: 'mixed', slots: 'distinct' },
-  { name: 'T=17 K=2 L=64 R=64 all-distinct', T: 17, K: 2, L: 64, R: 64, Hin: 67, Hout: 53, ranks: 'mixed', slots: 'distinct', webgpu: [['bgmv', 'bf16'], ['sgmv', 'f32']] },
+  {
+    name: 'T=17 K=2 L=64 R=64 all-distinct',
+    T: 17,
+    K: 2,
+    L: 64,
+    R: 64,
+    Hin: 67,
+    Hout: 53,
+    ranks: 'mixed',
+    slots: 'distinct',
+    webgpu: [
+      ['bgmv', 'bf16'],
+      ['sgmv', 'f32'],
+    ],
+  },
   { name: 'T=17 K=1 L=1 R=64 all-same full rank', T: 17, K: 1, L: 1, R: 64, Hin: 53, Hout: 67, ranks: 'full', slots: 'same' },
   { name: 'T=17 K=2 L=4 R=8 holes', T: 17, K: 2, L: 4, R: 8, Hin: 53, Hout: 67, ranks: 'mixed', slots: 'holes', webgpu: [['auto', 'f16']] },
-  { name: 'T=17 K=2 L=4 R=16 mixed A/B dtypes', T: 17, K: 2, L: 4, R: 16, Hin: 37, Hout: 53, ranks: 'mixed', slots: 'unsorted',
-    dtypes: [['bf16', 'f32'], ['f16', 'bf16'], ['f32', 'f16']], webgpu: [['bgmv', 'bf16', 'f32']] },
-  { name: 'T=128 K=1 L=4 R=16 all-same', T: 128, K: 1, L: 4, R: 16, Hin: 37, Hout: 53, ranks: [4, 16, 9, 1], slots: 'same', webgpu: [['sgmv', 'f16']] },
-  { name: 'T=131 K=2 L=64 R=8 MoTE', T: 131, K: 2, L: 64, R: 8, Hin: 37, Hout: 37, ranks: 'mixed', slots: 'mote', webgpu: [['auto', 'f32']] },
-  { name: 'T=131 K=1 L=4 R=64 sorted', T: 131, K: 1, L: 4, R: 64, Hin: 53, Hout: 67, ranks: 'mixed', slots: 'sorted', webgpu: [['bgmv', 'f32']] },
+  {
+    name: 'T=17 K=2 L=4 R=16 mixed A/B dtypes',
+    T: 17,
+    K: 2,
+    L: 4,
+    R: 16,
+    Hin: 37,
+    Hout: 53,
+    ranks: 'mixed',
+    slots: 'unsorted',
+    dtypes: [
+      ['bf16', 'f32'],
+      ['f16', 'bf16'],
+      ['f32', 'f16'],
+    ],
+    webgpu: [['bgmv', 'bf16', 'f32']],
+  },
+  {
+    name: 'T=128 K=1 L=4 R=16 all-same',
+    T: 128,
+    K: 1,
+    L: 4,
+    R: 16,
+    Hin: 37,
+    Hout: 53,
+    ranks: [4, 16, 9, 1],
+    slots: 'same',
+    webgpu: [['sgmv', 'f16']],
+  },
+  {
+    name: 'T=131 K=2 L=64 R=8 MoTE',
+    T: 131,
+    K: 2,
+    L: 64,
+    R: 8,
+    Hin: 37,
+    Hout: 37,
+    ranks: 'mixed',
+    slots: 'mote',
+    webgpu: [['auto', 'f32']],
+  },
+  {
+    name: 'T=131 K=1 L=4 R=64 sorted',
+    T: 131,
+    K: 1,
+    L: 4,
+    R: 64,
+    Hin: 53,
+    Hout: 67,
+    ranks: 'mixed',
+    slots: 'sorted',
+    webgpu: [['bgmv', 'f32']],
+  },
   { name: 'T=131 K=2 L=1 R=1 holes', T: 131, K: 2, L: 1, R: 1, Hin: 37, Hout: 53, ranks: 'full', slots: 'holes' },
   { name: 'T=128 K=2 L=64 R=64 unsorted', T: 128, K: 2, L: 64, R: 64, Hin: 67, Hout: 37, ranks: 'mixed', slots: 'unsorted' },
 ];
 
 const STRATEGIES: (LoraStrategy | 'auto')[] = ['bgmv', 'sgmv', 'auto'];
 const FULL = process.env.MOTE_LORA_FULL === '1';
-const DTYPES: [DType, DType][] = [['f32', 'f32'], ['f16', 'f16'], ['bf16', 'bf16']];
+const DTYPES: [DType, DType][] = [
+  ['f32', 'f32'],
+  ['f16', 'f16'],
+  ['bf16', 'bf16'],
+];
 
 // ---------------------------------------------------------------------------------------
 // Host data for one case
@@ -97,8 +232,10 @@ function makeSlots(c: Config, r: () => number): number[] {
   const pick = () => Math.floor(r() * L);
   if (Array.isArray(c.slots)) return c.slots;
   switch (c.slots) {
-    case 'same': return Array(n).fill(L - 1);
-    case 'none': return Array(n).fill(-1);
+    case 'same':
+      return Array(n).fill(L - 1);
+    case 'none':
+      return Array(n).fill(-1);
     case 'distinct': {
       assert.ok(n <= L, 'distinct needs T·K ≤ L');
       const perm = Array.from({ length: L }, (_, i) => i);
@@ -113,7 +250,8 @@ function makeSlots(c: Config, r: () => number): number[] {
       if (s.every((v, i) => i === 0 || s[i - 1]! <= v)) s.reverse();
       return s;
     }
-    case 'sorted': return Array.from({ length: n }, pick).sort((a, b) => a - b);
+    case 'sorted':
+      return Array.from({ length: n }, pick).sort((a, b) => a - b);
     case 'holes': {
       const s = Array.from({ length: n }, () => (r() < 0.3 ? -1 : pick()));
       for (let k = 0; k < K; k++) s[1 * K + k] = -1; // token 1: no adapter
@@ -150,13 +288,16 @@ interface Host {
   slots: number[];
   weights: Float32Array;
   scales: Float32Array;
-  A: Float32Array; B: Float32Array;
+  A: Float32Array;
+  B: Float32Array;
   /** reference view: dtype-rounded A and B */
   s: LoraRefStack;
   rt: LoraRefRouting;
-  x: Float32Array; dy: Float32Array;
+  x: Float32Array;
+  dy: Float32Array;
   /** random everywhere, including past each rank and in empty slots (the ops must not read those) */
-  vIn: Float32Array; dvIn: Float32Array;
+  vIn: Float32Array;
+  dvIn: Float32Array;
   /** which entries of [T,K,R], [L,R,Hin], [L,Hout,R], [T,·] take part */
   liveV: (i: number) => boolean;
   liveA: (i: number) => boolean;
@@ -177,17 +318,26 @@ function makeHost(c: Config, aDtype: DType, bDtype: DType, seed: number): Host {
   const B = randn(r, d.L * d.Hout * d.R, 1 / Math.sqrt(d.R));
   const used = new Set(slots.filter((e) => e >= 0));
   return {
-    d, ranks, slots, weights, scales, A, B,
+    d,
+    ranks,
+    slots,
+    weights,
+    scales,
+    A,
+    B,
     s: { A: roundTo(aDtype, A), B: roundTo(bDtype, B), ranks, scales },
     rt: { slots, weights },
-    x: randn(r, d.T * d.Hin), dy: randn(r, d.T * d.Hout),
-    vIn: randn(r, d.T * d.K * d.R), dvIn: randn(r, d.T * d.K * d.R),
+    x: randn(r, d.T * d.Hin),
+    dy: randn(r, d.T * d.Hout),
+    vIn: randn(r, d.T * d.K * d.R),
+    dvIn: randn(r, d.T * d.K * d.R),
     liveV: (i) => {
       const e = slots[Math.floor(i / d.R)]!;
       return e >= 0 && i % d.R < ranks[e]!;
     },
     liveA: (i) => {
-      const e = Math.floor(i / (d.R * d.Hin)), rr = Math.floor(i / d.Hin) % d.R;
+      const e = Math.floor(i / (d.R * d.Hin)),
+        rr = Math.floor(i / d.Hin) % d.R;
       return used.has(e) && rr < ranks[e]!;
     },
     liveB: (i) => {
@@ -206,7 +356,9 @@ class Report {
   constructor(public label: string) {}
 
   close(what: string, out: ArrayLike<number>, ref: ArrayLike<number>, live?: (i: number) => boolean): void {
-    let num = 0, den = 0, bad = -1;
+    let num = 0,
+      den = 0,
+      bad = -1;
     for (let i = 0; i < ref.length; i++) {
       if (live && !live(i)) continue;
       if (!Number.isFinite(out[i]!) && bad < 0) bad = i;
@@ -298,8 +450,13 @@ async function runCase(b: Backend, c: Config, strategy: LoraStrategy | 'auto', a
     const { s, rt } = build(p, h, aDtype, bDtype);
     if (strategy === 'auto') rep.label += ` (auto chose ${chooseStrategy(rt, 'auto')})`;
     const opts = { strategy };
-    const TKR = [d.T, d.K, d.R], THin = [d.T, d.Hin], THout = [d.T, d.Hout];
-    const x = p.t(h.x, THin), dy = p.t(h.dy, THout), vIn = p.t(h.vIn, TKR), dvIn = p.t(h.dvIn, TKR);
+    const TKR = [d.T, d.K, d.R],
+      THin = [d.T, d.Hin],
+      THout = [d.T, d.Hout];
+    const x = p.t(h.x, THin),
+      dy = p.t(h.dy, THout),
+      vIn = p.t(h.vIn, TKR),
+      dvIn = p.t(h.dvIn, TKR);
     const liveY = (i: number) => h.liveTok(Math.floor(i / d.Hout));
     const liveX = (i: number) => h.liveTok(Math.floor(i / d.Hin));
 
@@ -329,7 +486,12 @@ async function runCase(b: Backend, c: Config, strategy: LoraStrategy | 'auto', a
       const vOut = p.poison(TKR);
       assert.equal(loraApply(y, x, s, rt, { ...opts, v: vOut }), vOut, 'returns opts.v');
       const out = await y.readFloat();
-      rep.close('loraApply y', out, term.map((t, i) => t + y0[i]!), liveY);
+      rep.close(
+        'loraApply y',
+        out,
+        term.map((t, i) => t + y0[i]!),
+        liveY,
+      );
       rep.exact('loraApply y (tokens without adapter)', out, y0, liveY);
       const v = await vOut.readFloat();
       rep.close('loraApply v', v, vRef);
@@ -357,30 +519,51 @@ async function runCase(b: Backend, c: Config, strategy: LoraStrategy | 'auto', a
       const out = p.t(dx0, THin);
       loraInputGrad(dvIn, s, rt, { ...opts, out, accumulate: true });
       const dx = await out.readFloat();
-      rep.close('loraInputGrad accumulate dx', dx, dxRef.map((v, i) => v + dx0[i]!), liveX);
+      rep.close(
+        'loraInputGrad accumulate dx',
+        dx,
+        dxRef.map((v, i) => v + dx0[i]!),
+        liveX,
+      );
       rep.exact('loraInputGrad accumulate dx (tokens without adapter)', dx, dx0, liveX);
     });
 
     const wg = loraWeightGradRef(h.x, h.dy, h.vIn, h.dvIn, h.s, h.rt, d);
-    const LRH = [d.L, d.R, d.Hin], LHR = [d.L, d.Hout, d.R];
+    const LRH = [d.L, d.R, d.Hin],
+      LHR = [d.L, d.Hout, d.R];
     await rep.step('loraWeightGrad', async () => {
-      const dA = p.poison(LRH), dB = p.poison(LHR);
+      const dA = p.poison(LRH),
+        dB = p.poison(LHR);
       const res = loraWeightGrad(x, dy, vIn, dvIn, s, rt, { dA, dB });
       assert.ok(res.dA === dA && res.dB === dB, 'returns opts.dA / opts.dB');
-      const gA = await dA.readFloat(), gB = await dB.readFloat();
+      const gA = await dA.readFloat(),
+        gB = await dB.readFloat();
       rep.close('loraWeightGrad dA', gA, wg.dA);
       rep.exact('loraWeightGrad dA', gA, 0, h.liveA);
       rep.close('loraWeightGrad dB', gB, wg.dB);
       rep.exact('loraWeightGrad dB', gB, 0, h.liveB);
     });
     await rep.step('loraWeightGrad accumulate', async () => {
-      const dA0 = initLike(r, wg.dA), dB0 = initLike(r, wg.dB);
-      const dA = p.t(dA0, LRH), dB = p.t(dB0, LHR);
+      const dA0 = initLike(r, wg.dA),
+        dB0 = initLike(r, wg.dB);
+      const dA = p.t(dA0, LRH),
+        dB = p.t(dB0, LHR);
       loraWeightGrad(x, dy, vIn, dvIn, s, rt, { dA, dB, accumulate: true });
-      const gA = await dA.readFloat(), gB = await dB.readFloat();
-      rep.close('loraWeightGrad accumulate dA', gA, wg.dA.map((v, i) => v + dA0[i]!), h.liveA);
+      const gA = await dA.readFloat(),
+        gB = await dB.readFloat();
+      rep.close(
+        'loraWeightGrad accumulate dA',
+        gA,
+        wg.dA.map((v, i) => v + dA0[i]!),
+        h.liveA,
+      );
       rep.exact('loraWeightGrad accumulate dA', gA, dA0, h.liveA);
-      rep.close('loraWeightGrad accumulate dB', gB, wg.dB.map((v, i) => v + dB0[i]!), h.liveB);
+      rep.close(
+        'loraWeightGrad accumulate dB',
+        gB,
+        wg.dB.map((v, i) => v + dB0[i]!),
+        h.liveB,
+      );
       rep.exact('loraWeightGrad accumulate dB', gB, dB0, h.liveB);
     });
     // the inputs are inputs: nothing wrote into them
@@ -405,7 +588,11 @@ for (const c of CONFIGS) {
       const kinds: BackendKind[] = onWebgpu || FULL ? ['cpu', 'webgpu', 'cuda'] : ['cpu', 'cuda'];
       const caseSeed = seed++;
       const dt = aDtype === bDtype ? aDtype : `A=${aDtype} B=${bDtype}`;
-      forEachBackend(`lora ${c.name} Hin=${c.Hin} Hout=${c.Hout} ${dt} ${strategy}`, (b) => runCase(b, c, strategy, aDtype, bDtype, caseSeed), { kinds });
+      forEachBackend(
+        `lora ${c.name} Hin=${c.Hin} Hout=${c.Hout} ${dt} ${strategy}`,
+        (b) => runCase(b, c, strategy, aDtype, bDtype, caseSeed),
+        { kinds },
+      );
     }
   }
 }
@@ -438,7 +625,8 @@ test("'auto' picks sgmv for grouped batches and bgmv for scattered ones", async 
 // Determinism: the same op twice gives the same bits (both strategies; weight grads have none).
 
 const bitsEqual = (a: Float32Array, b: Float32Array) =>
-  a.length === b.length && new Uint32Array(a.buffer, a.byteOffset, a.length).every((v, i) => v === new Uint32Array(b.buffer, b.byteOffset, b.length)[i]);
+  a.length === b.length &&
+  new Uint32Array(a.buffer, a.byteOffset, a.length).every((v, i) => v === new Uint32Array(b.buffer, b.byteOffset, b.length)[i]);
 
 forEachBackend('lora ops are deterministic', async (b) => {
   const c: Config = { name: 'det', T: 131, K: 2, L: 4, R: 16, Hin: 37, Hout: 53, ranks: 'mixed', slots: 'holes' };
@@ -447,8 +635,10 @@ forEachBackend('lora ops are deterministic', async (b) => {
   const p = new Pool(b);
   try {
     const { s, rt } = build(p, h, 'f32', 'f32');
-    const x = p.t(h.x, [d.T, d.Hin]), dy = p.t(h.dy, [d.T, d.Hout]);
-    const vIn = p.t(h.vIn, [d.T, d.K, d.R]), dvIn = p.t(h.dvIn, [d.T, d.K, d.R]);
+    const x = p.t(h.x, [d.T, d.Hin]),
+      dy = p.t(h.dy, [d.T, d.Hout]);
+    const vIn = p.t(h.vIn, [d.T, d.K, d.R]),
+      dvIn = p.t(h.dvIn, [d.T, d.K, d.R]);
     const y0 = randn(rng(5), d.T * d.Hout);
     for (const strategy of ['bgmv', 'sgmv'] as const) {
       const runs: Record<string, Float32Array>[] = [];
@@ -461,7 +651,15 @@ forEachBackend('lora ops are deterministic', async (b) => {
         p.keep(w.dA);
         p.keep(w.dB);
         const v2 = p.keep(loraShrink(x, s, rt, { strategy }));
-        runs.push({ y: await y.readFloat(), v: await v.readFloat(), v2: await v2.readFloat(), dv: await dv.readFloat(), dx: await dx.readFloat(), dA: await w.dA.readFloat(), dB: await w.dB.readFloat() });
+        runs.push({
+          y: await y.readFloat(),
+          v: await v.readFloat(),
+          v2: await v2.readFloat(),
+          dv: await dv.readFloat(),
+          dx: await dx.readFloat(),
+          dA: await w.dA.readFloat(),
+          dB: await w.dB.readFloat(),
+        });
       }
       for (const k of Object.keys(runs[0]!)) {
         assert.ok(runs[0]![k]!.every(Number.isFinite), `${strategy} ${k}: non-finite output`);
@@ -480,11 +678,15 @@ forEachBackend('lora ops are deterministic', async (b) => {
 // Bad input: the right MoteError subclass, a message naming the argument, and no kernel run.
 
 function throwsLike(f: () => unknown, cls: new (...a: never[]) => MoteError, re: RegExp, what: string): void {
-  assert.throws(f, (e: unknown) => {
-    assert.ok(e instanceof cls, `${what}: expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
-    assert.match((e as Error).message, re, `${what}: message`);
-    return true;
-  }, what);
+  assert.throws(
+    f,
+    (e: unknown) => {
+      assert.ok(e instanceof cls, `${what}: expected ${cls.name}, got ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+      assert.match((e as Error).message, re, `${what}: message`);
+      return true;
+    },
+    what,
+  );
 }
 
 forEachBackend('lora ops reject bad input', async (b) => {
@@ -505,11 +707,26 @@ forEachBackend('lora ops reject bad input', async (b) => {
     const v = p.t(randn(r, d.T * d.K * d.R), [d.T, d.K, d.R]);
 
     // routing: slot out of range, non-finite weight (the message names the token), bad sizes
-    throwsLike(() => loraRouting(b, [0, 1, 4, 0, 0, 0], { K: 2, L: 4 }), ArgumentError, /slots\[1, 0\].*token 1.*\[-1, 3\].*got 4/, 'slot = L');
+    throwsLike(
+      () => loraRouting(b, [0, 1, 4, 0, 0, 0], { K: 2, L: 4 }),
+      ArgumentError,
+      /slots\[1, 0\].*token 1.*\[-1, 3\].*got 4/,
+      'slot = L',
+    );
     throwsLike(() => loraRouting(b, [0, 1, 0, 0, -2, 0], { K: 2, L: 4 }), ArgumentError, /slots\[2, 0\].*token 2.*got -2/, 'slot = -2');
     throwsLike(() => loraRouting(b, [0, 1.5], { K: 2, L: 4 }), ArgumentError, /slots\[0, 1\].*token 0/, 'fractional slot');
-    throwsLike(() => loraRouting(b, [0, 1, 0, 0, 0, 0], { K: 2, L: 4, weight: [1, 1, 1, 1, NaN, 1] }), ArgumentError, /weight\[2, 0\].*token 2.*NaN/, 'NaN weight');
-    throwsLike(() => loraRouting(b, [0, 1, 0, 0], { K: 2, L: 4, weight: [1, 1, 1, Infinity] }), ArgumentError, /weight\[1, 1\].*token 1.*Infinity/, 'infinite weight');
+    throwsLike(
+      () => loraRouting(b, [0, 1, 0, 0, 0, 0], { K: 2, L: 4, weight: [1, 1, 1, 1, NaN, 1] }),
+      ArgumentError,
+      /weight\[2, 0\].*token 2.*NaN/,
+      'NaN weight',
+    );
+    throwsLike(
+      () => loraRouting(b, [0, 1, 0, 0], { K: 2, L: 4, weight: [1, 1, 1, Infinity] }),
+      ArgumentError,
+      /weight\[1, 1\].*token 1.*Infinity/,
+      'infinite weight',
+    );
     throwsLike(() => loraRouting(b, [0, 1, 0], { K: 2, L: 4 }), ShapeError, /slots.*K = 2.*got 3/, 'slots not T·K');
     throwsLike(() => loraRouting(b, [0, 1], { K: 2, L: 4, weight: [1] }), ShapeError, /weight.*expected 2.*got 1/, 'weight length');
     throwsLike(() => loraRouting(b, [0, 1], { K: 0, L: 4 }), ArgumentError, /K: expected a positive integer/, 'K = 0');
@@ -538,7 +755,12 @@ forEachBackend('lora ops reject bad input', async (b) => {
     const xh = p.t(randn(r, d.T * d.Hin), [d.T, d.Hin], 'f16');
     throwsLike(() => loraShrink(xh, s, rt), DTypeError, /loraShrink: x: expected dtype f32, got f16/, 'x f16');
     throwsLike(() => loraShrink(x, s, rt, { out: p.poison([d.T, d.K, d.R + 1]) }), ShapeError, /loraShrink: out: /, 'out shape');
-    throwsLike(() => loraShrink(x, s, rt, { out: p.t(poisoned(d.T * d.K * d.R), [d.T, d.K, d.R], 'bf16') }), DTypeError, /loraShrink: out: .*bf16/, 'out dtype');
+    throwsLike(
+      () => loraShrink(x, s, rt, { out: p.t(poisoned(d.T * d.K * d.R), [d.T, d.K, d.R], 'bf16') }),
+      DTypeError,
+      /loraShrink: out: .*bf16/,
+      'out dtype',
+    );
     const vBad = p.t(randn(r, d.T * d.K * 4), [d.T, d.K, 4]);
     throwsLike(() => loraExpand(y, vBad, s, rt), ShapeError, /loraExpand: v: .*R = 8/, 'v with another R');
     const yBad = p.t(randn(r, d.T * d.Hin), [d.T, d.Hin]);
@@ -546,23 +768,58 @@ forEachBackend('lora ops reject bad input', async (b) => {
     throwsLike(() => loraShrinkGrad(yBad, s, rt), ShapeError, /loraShrinkGrad: dy: /, 'dy shape');
     throwsLike(() => loraInputGrad(vBad, s, rt), ShapeError, /loraInputGrad: dv: /, 'dv shape');
     throwsLike(() => loraWeightGrad(x, dy, vBad, v, s, rt), ShapeError, /loraWeightGrad: v: /, 'weightGrad v shape');
-    throwsLike(() => loraWeightGrad(x, dy, v, v, s, rt, { dA: p.poison([d.L, d.R, d.Hin + 1]), dB: p.poison([d.L, d.Hout, d.R]) }), ShapeError, /loraWeightGrad: dA: /, 'dA shape');
+    throwsLike(
+      () => loraWeightGrad(x, dy, v, v, s, rt, { dA: p.poison([d.L, d.R, d.Hin + 1]), dB: p.poison([d.L, d.Hout, d.R]) }),
+      ShapeError,
+      /loraWeightGrad: dA: /,
+      'dA shape',
+    );
     const s5 = loraStack(p.t(randn(r, 5 * d.R * d.Hin), [5, d.R, d.Hin]), p.t(randn(r, 5 * d.Hout * d.R), [5, d.Hout, d.R]));
     p.keep(s5.rank);
     p.keep(s5.scale);
     throwsLike(() => loraShrink(x, s5, rt), ShapeError, /loraShrink: routing: built for L = 4.*L = 5/, 'routing of another L');
-    throwsLike(() => loraShrink(x, s, { slots } as unknown as LoraRouting), ArgumentError, /loraShrink: routing: expected a LoraRouting/, 'routing not from loraRouting');
+    throwsLike(
+      () => loraShrink(x, s, { slots } as unknown as LoraRouting),
+      ArgumentError,
+      /loraShrink: routing: expected a LoraRouting/,
+      'routing not from loraRouting',
+    );
     throwsLike(() => loraShrink([1, 2] as unknown as Tensor, s, rt), ArgumentError, /loraShrink: x: expected a Tensor/, 'x not a tensor');
-    throwsLike(() => loraShrink(x, s, rt, { strategy: 'fast' as LoraStrategy }), ArgumentError, /strategy.*'bgmv', 'sgmv' or 'auto'.*"fast"/, 'bad strategy');
-    throwsLike(() => loraInputGrad(v, s, rt, { accumulate: true }), ArgumentError, /loraInputGrad: accumulate: needs an out/, 'accumulate without out');
-    throwsLike(() => loraInputGrad(v, s, rt, { out: x, accumulate: 1 as unknown as boolean }), ArgumentError, /loraInputGrad: accumulate: expected a boolean/, 'accumulate not boolean');
-    throwsLike(() => loraWeightGrad(x, dy, v, v, s, rt, { accumulate: true }), ArgumentError, /loraWeightGrad: accumulate: needs dA and dB/, 'weightGrad accumulate without dA');
+    throwsLike(
+      () => loraShrink(x, s, rt, { strategy: 'fast' as LoraStrategy }),
+      ArgumentError,
+      /strategy.*'bgmv', 'sgmv' or 'auto'.*"fast"/,
+      'bad strategy',
+    );
+    throwsLike(
+      () => loraInputGrad(v, s, rt, { accumulate: true }),
+      ArgumentError,
+      /loraInputGrad: accumulate: needs an out/,
+      'accumulate without out',
+    );
+    throwsLike(
+      () => loraInputGrad(v, s, rt, { out: x, accumulate: 1 as unknown as boolean }),
+      ArgumentError,
+      /loraInputGrad: accumulate: expected a boolean/,
+      'accumulate not boolean',
+    );
+    throwsLike(
+      () => loraWeightGrad(x, dy, v, v, s, rt, { accumulate: true }),
+      ArgumentError,
+      /loraWeightGrad: accumulate: needs dA and dB/,
+      'weightGrad accumulate without dA',
+    );
 
     // a tensor of another backend (another kind where available, else another instance)
     other = await openBackend('cpu').catch(() => null);
     if (!other) other = await openBackend(b.kind);
     const xo = other.tensor(randn(r, d.T * d.Hin), [d.T, d.Hin]);
-    throwsLike(() => loraShrink(xo, s, rt), BackendMismatchError, /loraShrink: x: expected a tensor on the .* backend/, 'x of another backend');
+    throwsLike(
+      () => loraShrink(xo, s, rt),
+      BackendMismatchError,
+      /loraShrink: x: expected a tensor on the .* backend/,
+      'x of another backend',
+    );
     const rto = loraRouting(other, slots, { K: 2, L: 4 });
     throwsLike(() => loraShrink(x, s, rto), BackendMismatchError, /loraShrink: routing\.slots: /, 'routing of another backend');
     const outO = other.tensor(poisoned(d.T * d.K * d.R), [d.T, d.K, d.R]);

@@ -3,8 +3,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  loraApplyRef, loraExpandRef, loraInputGradRef, loraShrinkGradRef, loraShrinkRef, loraWeightGradRef,
-  multiLoraLinearBackwardRef, multiLoraLinearForwardRef, type LoraDims, type MultiLoraLinearRef,
+  loraApplyRef,
+  loraExpandRef,
+  loraInputGradRef,
+  loraShrinkGradRef,
+  loraShrinkRef,
+  loraWeightGradRef,
+  multiLoraLinearBackwardRef,
+  multiLoraLinearForwardRef,
+  type LoraDims,
+  type MultiLoraLinearRef,
 } from '../src/reference/lora.js';
 import { rng } from './helpers.js';
 import { assertClose, fd } from './fd.js';
@@ -14,7 +22,12 @@ function rand64(r: () => number, n: number): Float64Array {
   return Float64Array.from({ length: n }, () => (r() < 0.5 ? -1 : 1) * (0.1 + 0.9 * r()));
 }
 
-interface Setup { d: LoraDims; m: MultiLoraLinearRef & { W: Float64Array; A: Float64Array; B: Float64Array }; x: Float64Array; G: Float64Array }
+interface Setup {
+  d: LoraDims;
+  m: MultiLoraLinearRef & { W: Float64Array; A: Float64Array; B: Float64Array };
+  x: Float64Array;
+  G: Float64Array;
+}
 
 function setup(seed: number, d: LoraDims, ranks: number[], slots: number[]): Setup {
   const r = rng(seed);
@@ -44,7 +57,12 @@ function dLoss(s: Setup): Float64Array {
 
 const CASES: { name: string; d: LoraDims; ranks: number[]; slots: number[] }[] = [
   // K = 2, mixed ranks, -1 slots, a token routed twice to one adapter, adapter 2 absent, unsorted
-  { name: 'K=2 mixed ranks, -1, duplicate, absent adapter', d: { T: 5, K: 2, L: 4, R: 3, Hin: 5, Hout: 4 }, ranks: [2, 3, 3, 1], slots: [3, 0, -1, 1, 1, 1, -1, -1, 0, 3] },
+  {
+    name: 'K=2 mixed ranks, -1, duplicate, absent adapter',
+    d: { T: 5, K: 2, L: 4, R: 3, Hin: 5, Hout: 4 },
+    ranks: [2, 3, 3, 1],
+    slots: [3, 0, -1, 1, 1, 1, -1, -1, 0, 3],
+  },
   // K = 1, rank 1 everywhere but one, unsorted
   { name: 'K=1 unsorted', d: { T: 4, K: 1, L: 3, R: 2, Hin: 3, Hout: 6 }, ranks: [1, 2, 1], slots: [2, 0, 1, 0] },
   // one adapter, full rank
@@ -60,7 +78,8 @@ for (const c of CASES) {
     const TOL = 1e-7;
     assertClose('dx', g.dx, fd(s.x, f), TOL);
     assertClose('dW', g.dW!, fd(m.W, f), TOL);
-    const fdA = fd(m.A, f), fdB = fd(m.B, f);
+    const fdA = fd(m.A, f),
+      fdB = fd(m.B, f);
     assertClose('dA', g.dA, fdA, TOL);
     assertClose('dB', g.dB, fdB, TOL);
 
@@ -109,14 +128,18 @@ for (const c of CASES) {
     assertClose('shrink+expand', split, direct, 1e-13);
     const y0 = rand64(rng(7), d.T * d.Hout);
     const ap = loraApplyRef(s.x, m, m, d, y0);
-    assertClose('apply.y', ap.y, split.map((t, i) => t + y0[i]!), 1e-13);
+    assertClose(
+      'apply.y',
+      ap.y,
+      split.map((t, i) => t + y0[i]!),
+      1e-13,
+    );
     assert.deepEqual(ap.v, v);
     // with W: the forward is the base matmul plus the LoRA term
     const withW = multiLoraLinearForwardRef(s.x, m, d).y;
     const base = new Float64Array(d.T * d.Hout);
     for (let t = 0; t < d.T; t++)
-      for (let o = 0; o < d.Hout; o++)
-        for (let i = 0; i < d.Hin; i++) base[t * d.Hout + o] += m.W[o * d.Hin + i]! * s.x[t * d.Hin + i]!;
+      for (let o = 0; o < d.Hout; o++) for (let i = 0; i < d.Hin; i++) base[t * d.Hout + o] += m.W[o * d.Hin + i]! * s.x[t * d.Hin + i]!;
     assertClose('forward with W', withW, loraExpandRef(v, m, m, d, base), 1e-13);
   });
 
@@ -125,26 +148,61 @@ for (const c of CASES) {
     const { d, m } = s;
     const r = rng(31);
     // Random everywhere, including past each rank: the ops must ignore those entries.
-    const g = rand64(r, d.T * d.K * d.R), dy = rand64(r, d.T * d.Hout), vIn = rand64(r, d.T * d.K * d.R);
-    const dot = (a: ArrayLike<number>, b: ArrayLike<number>) => { let z = 0; for (let i = 0; i < a.length; i++) z += a[i]! * b[i]!; return z; };
+    const g = rand64(r, d.T * d.K * d.R),
+      dy = rand64(r, d.T * d.Hout),
+      vIn = rand64(r, d.T * d.K * d.R);
+    const dot = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+      let z = 0;
+      for (let i = 0; i < a.length; i++) z += a[i]! * b[i]!;
+      return z;
+    };
     // <shrink(x), g> = <x, inputGrad(g)>
-    const lhs1 = dot(loraShrinkRef(s.x, m, m, d), g), rhs1 = dot(s.x, loraInputGradRef(g, m, m, d));
+    const lhs1 = dot(loraShrinkRef(s.x, m, m, d), g),
+      rhs1 = dot(s.x, loraInputGradRef(g, m, m, d));
     assert.ok(Math.abs(lhs1 - rhs1) <= 1e-12 * Math.abs(lhs1), `shrink/inputGrad adjoint: ${lhs1} vs ${rhs1}`);
     // <expand(v), dy> = <v, shrinkGrad(dy)>
-    const lhs2 = dot(loraExpandRef(vIn, m, m, d), dy), rhs2 = dot(vIn, loraShrinkGradRef(dy, m, m, d));
+    const lhs2 = dot(loraExpandRef(vIn, m, m, d), dy),
+      rhs2 = dot(vIn, loraShrinkGradRef(dy, m, m, d));
     assert.ok(Math.abs(lhs2 - rhs2) <= 1e-12 * Math.abs(lhs2), `expand/shrinkGrad adjoint: ${lhs2} vs ${rhs2}`);
     // accumulate forms add onto what was there
     const dx0 = rand64(r, d.T * d.Hin);
-    assertClose('inputGrad accumulate', loraInputGradRef(g, m, m, d, dx0), loraInputGradRef(g, m, m, d).map((z, i) => z + dx0[i]!), 1e-14);
-    const dA0 = rand64(r, d.L * d.R * d.Hin), dB0 = rand64(r, d.L * d.Hout * d.R);
+    assertClose(
+      'inputGrad accumulate',
+      loraInputGradRef(g, m, m, d, dx0),
+      loraInputGradRef(g, m, m, d).map((z, i) => z + dx0[i]!),
+      1e-14,
+    );
+    const dA0 = rand64(r, d.L * d.R * d.Hin),
+      dB0 = rand64(r, d.L * d.Hout * d.R);
     const fresh = loraWeightGradRef(s.x, dy, vIn, g, m, m, d);
     const accd = loraWeightGradRef(s.x, dy, vIn, g, m, m, d, { dA: dA0, dB: dB0 });
-    assertClose('weightGrad accumulate dA', accd.dA, fresh.dA.map((z, i) => z + dA0[i]!), 1e-14);
-    assertClose('weightGrad accumulate dB', accd.dB, fresh.dB.map((z, i) => z + dB0[i]!), 1e-14);
+    assertClose(
+      'weightGrad accumulate dA',
+      accd.dA,
+      fresh.dA.map((z, i) => z + dA0[i]!),
+      1e-14,
+    );
+    assertClose(
+      'weightGrad accumulate dB',
+      accd.dB,
+      fresh.dB.map((z, i) => z + dB0[i]!),
+      1e-14,
+    );
     // dA is the gradient of <shrink(x; A), g> in A, dB the gradient of <expand(v; B), dy> in B
-    const mA = { ...m, A: Float64Array.from(m.A) }, mB = { ...m, B: Float64Array.from(m.B) };
-    assertClose('dA = ∂<shrink(x),dv>/∂A', fresh.dA, fd(mA.A, () => dot(loraShrinkRef(s.x, mA, mA, d), g)), 1e-8);
-    assertClose('dB = ∂<expand(v),dy>/∂B', fresh.dB, fd(mB.B, () => dot(loraExpandRef(vIn, mB, mB, d), dy)), 1e-8);
+    const mA = { ...m, A: Float64Array.from(m.A) },
+      mB = { ...m, B: Float64Array.from(m.B) };
+    assertClose(
+      'dA = ∂<shrink(x),dv>/∂A',
+      fresh.dA,
+      fd(mA.A, () => dot(loraShrinkRef(s.x, mA, mA, d), g)),
+      1e-8,
+    );
+    assertClose(
+      'dB = ∂<expand(v),dy>/∂B',
+      fresh.dB,
+      fd(mB.B, () => dot(loraExpandRef(vIn, mB, mB, d), dy)),
+      1e-8,
+    );
   });
 }
 

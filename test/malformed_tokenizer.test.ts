@@ -21,7 +21,6 @@ const MODEL = path.join(here, '..', '..', 'assets', 'default-model');
 const VARIANTS = 120;
 const SEED = 20240610;
 
-
 type Files = Record<string, Buffer>;
 
 /** Sets a field at a dotted path of a JSON object (creating nothing). */
@@ -71,7 +70,18 @@ export function variant(i: number): { files: Files; file: string; field: string 
     }
     case 'wrongtype': {
       const bad = pick([null, 7, 'x', [], {}, true, -1, 1e300, [[[]]]]);
-      const keys = pick([['model'], ['model', 'vocab'], ['model', 'merges'], ['model', 'type'], ['added_tokens'], ['pre_tokenizer'], ['normalizer'], ['decoder'], ['post_processor'], ['model', 'unk_token']]);
+      const keys = pick([
+        ['model'],
+        ['model', 'vocab'],
+        ['model', 'merges'],
+        ['model', 'type'],
+        ['added_tokens'],
+        ['pre_tokenizer'],
+        ['normalizer'],
+        ['decoder'],
+        ['post_processor'],
+        ['model', 'unk_token'],
+      ]);
       setAt(tok, keys, bad);
       json('tokenizer.json', tok);
       field = keys[0]!;
@@ -84,7 +94,15 @@ export function variant(i: number): { files: Files; file: string; field: string 
         (tok.model as { vocab: Record<string, unknown> }).vocab[k] = id;
         field = 'model.vocab';
       } else {
-        (tok.added_tokens as unknown[]).push({ id, content: '<huge>', special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
+        (tok.added_tokens as unknown[]).push({
+          id,
+          content: '<huge>',
+          special: true,
+          single_word: false,
+          lstrip: false,
+          rstrip: false,
+          normalized: false,
+        });
         field = 'added_tokens';
       }
       json('tokenizer.json', tok);
@@ -106,7 +124,14 @@ export function variant(i: number): { files: Files; file: string; field: string 
     case 'regex': {
       const p = pick(['(a+)+$', '(a|a)*b', '(\\w+\\s?)*$', '((.)*)*x', '(?<=a)b', '\\1(a)', '[', '\\p{L}+|\\s+']);
       const where = pick(['pre', 'norm']);
-      if (where === 'pre') tok.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: p }, behavior: 'Isolated', invert: false }, tok.pre_tokenizer ?? { type: 'Whitespace' }] };
+      if (where === 'pre')
+        tok.pre_tokenizer = {
+          type: 'Sequence',
+          pretokenizers: [
+            { type: 'Split', pattern: { Regex: p }, behavior: 'Isolated', invert: false },
+            tok.pre_tokenizer ?? { type: 'Whitespace' },
+          ],
+        };
       else tok.normalizer = { type: 'Replace', pattern: { Regex: p }, content: ' ' };
       json('tokenizer.json', tok);
       field = where === 'pre' ? 'pre_tokenizer' : 'normalizer';
@@ -118,7 +143,9 @@ export function variant(i: number): { files: Files; file: string; field: string 
         '{% for i in range(60000) %}{% for j in range(60000) %}{{ j }}{% endfor %}{% endfor %}',
         '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}',
         "{% set ns = namespace(s='x') %}{% for i in range(60000) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
-        '{% for %}', '{{ ' + '('.repeat(5000), '{{ messages[0].content.split("") }}',
+        '{% for %}',
+        '{{ ' + '('.repeat(5000),
+        '{{ messages[0].content.split("") }}',
       ]);
       if (r() < 0.5) {
         cfg.chat_template = t;
@@ -184,14 +211,27 @@ if (process.env.MOTE_MALFORMED_CHILD) {
 } else {
   test(`malformed tokenizer files (${VARIANTS} seeded variants): MoteError naming the file or a load; < 2 s, < 100 MB; no crash or hang`, () => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-malformed-tok-'));
-    const results: { i: number; outcome: string; message: string; ms: number; mb: number; file: string; field: string | null; what: string; dir: string }[] = [];
+    const results: {
+      i: number;
+      outcome: string;
+      message: string;
+      ms: number;
+      mb: number;
+      file: string;
+      field: string | null;
+      what: string;
+      dir: string;
+    }[] = [];
     let crashes = 0;
     let hangs = 0;
     try {
       let start = 0;
       while (start < VARIANTS) {
         const r = spawnSync(process.execPath, ['--expose-gc', fileURLToPath(import.meta.url)], {
-          env: { ...process.env, MOTE_MALFORMED_CHILD: String(start), MOTE_MALFORMED_ROOT: root }, timeout: 60_000, encoding: 'utf8', maxBuffer: 64 << 20,
+          env: { ...process.env, MOTE_MALFORMED_CHILD: String(start), MOTE_MALFORMED_ROOT: root },
+          timeout: 60_000,
+          encoding: 'utf8',
+          maxBuffer: 64 << 20,
         });
         let last = start - 1;
         let running = -1;
@@ -208,7 +248,17 @@ if (process.env.MOTE_MALFORMED_CHILD) {
         // the child died or hung on variant `running`: count it and go on after it
         if (r.signal === 'SIGTERM' || r.error) hangs++;
         else crashes++;
-        results.push({ i: running, outcome: r.signal === 'SIGTERM' ? 'hang' : 'crash', message: (r.stderr ?? '').slice(-300), ms: NaN, mb: NaN, file: '', field: null, what: variant(Math.max(running, 0)).what, dir: '' });
+        results.push({
+          i: running,
+          outcome: r.signal === 'SIGTERM' ? 'hang' : 'crash',
+          message: (r.stderr ?? '').slice(-300),
+          ms: NaN,
+          mb: NaN,
+          file: '',
+          field: null,
+          what: variant(Math.max(running, 0)).what,
+          dir: '',
+        });
         start = Math.max(running, last) + 1;
       }
     } finally {
@@ -217,7 +267,9 @@ if (process.env.MOTE_MALFORMED_CHILD) {
     const errors = results.filter((r) => r.outcome === 'mote').length;
     const maxMs = Math.max(...results.map((r) => r.ms).filter(Number.isFinite));
     const maxMb = Math.max(...results.map((r) => r.mb).filter(Number.isFinite));
-    console.log(`malformed tokenizer probe: ${results.length} variants, ${errors} MoteErrors, ${results.length - errors - crashes - hangs} loads, ${crashes} crashes, ${hangs} hangs, max ${maxMs.toFixed(0)} ms, max +${maxMb.toFixed(0)} MB RSS`);
+    console.log(
+      `malformed tokenizer probe: ${results.length} variants, ${errors} MoteErrors, ${results.length - errors - crashes - hangs} loads, ${crashes} crashes, ${hangs} hangs, max ${maxMs.toFixed(0)} ms, max +${maxMb.toFixed(0)} MB RSS`,
+    );
     assert.equal(results.length, VARIANTS);
     for (const r of results) {
       assert.ok(r.outcome === 'ok' || r.outcome === 'mote', `variant ${r.i} (${r.what}): ${r.outcome}: ${r.message}`);

@@ -25,7 +25,7 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-merged-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 after(closeBackends);
 
-forEachBackend('merged step adapters (K = 1) give the bundle\'s logits (K = 2); rank r_step + r_shared, scale 1', async (b) => {
+forEachBackend("merged step adapters (K = 1) give the bundle's logits (K = 2); rank r_step + r_shared, scale 1", async (b) => {
   const model = await loadModel(DEFAULT_MODEL_DIR, { backend: b });
   try {
     const config = moteConfig({ alpha: 0.3 });
@@ -44,24 +44,35 @@ forEachBackend('merged step adapters (K = 1) give the bundle\'s logits (K = 2); 
       }
       // The files: one PEFT adapter per step plus the shared one; rank 8 = 4 + 4, scale 1.
       const names = [...config.steps, SHARED_EXPERT];
-      assert.deepEqual(fs.readdirSync(out).filter((f) => !f.endsWith('.json')).sort(), [...names].sort());
+      assert.deepEqual(
+        fs
+          .readdirSync(out)
+          .filter((f) => !f.endsWith('.json'))
+          .sort(),
+        [...names].sort(),
+      );
       for (const n of names) {
         const cfgFile = path.join(out, n, ADAPTER_CONFIG_FILE);
         const cfg = parsePeftConfig(readJsonFile(cfgFile, 'merged adapter'), cfgFile);
         const r = n === SHARED_EXPERT ? 4 : 8;
         assert.equal(peftRank(cfg, 0, 'q_proj'), r, n);
         assert.equal(peftScale(cfg, 0, 'q_proj'), 1, n);
-        const A = readSafetensors(path.join(out, n, ADAPTER_WEIGHTS_FILE)).tensors.get('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight')!;
+        const A = readSafetensors(path.join(out, n, ADAPTER_WEIGHTS_FILE)).tensors.get(
+          'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight',
+        )!;
         assert.equal(A.shape[0], r);
       }
       assert.equal(mergeStepExperts(dir).size, names.length);
 
       // Logits: two sequences, prompt tokens then tokens of each step (step ids −1: prompt).
-      const merged = await loadPeftAdapters(model, names.map((n) => path.join(out, n)));
+      const merged = await loadPeftAdapters(
+        model,
+        names.map((n) => path.join(out, n)),
+      );
       try {
         const stepIds = [-1, -1, -1, 0, 0, 1, 2, 2, -1, -1, 2, 1, 0, 0];
         const seq = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1];
-        const ids = stepIds.map((_, t) => (t * 37 + 11) % 120 + 5);
+        const ids = stepIds.map((_, t) => ((t * 37 + 11) % 120) + 5);
         const rtBundle = bundle.routing(stepIds, { seq });
         const rtMerged = merged.routing(stepIds.map((s) => (s < 0 ? names.length - 1 : s)));
         try {

@@ -23,11 +23,23 @@ export interface ModelReport {
 
 export async function runModelCase(m: ModelApi, b: Backend): Promise<ModelReport> {
   const failures: string[] = [];
-  const tiny = makeTinyModel({ family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: 48, tied: false, dtype: 'f32', seed: 5 });
+  const tiny = makeTinyModel({
+    family: 'llama',
+    hidden: 32,
+    intermediate: 40,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    vocab: 48,
+    tied: false,
+    dtype: 'f32',
+    seed: 5,
+  });
   const host = new Map<string, HostTensor>([...tiny.tensors].map(([n, t]) => [n, t as HostTensor]));
   const model = m.modelFromTensors(tiny.cfg, host, { backend: b });
   const prompt = [1, 5, 17, 30, 7];
-  let logitsError = Infinity, tokens: number[] = [];
+  let logitsError = Infinity,
+    tokens: number[] = [];
   try {
     const logits = await model.logits(prompt);
     const ref = m.reference.llamaForwardRef(tiny.cfg, tiny.weights, prompt).logits;
@@ -36,9 +48,11 @@ export async function runModelCase(m: ModelApi, b: Backend): Promise<ModelReport
     const [res] = await m.generate(model, [{ prompt, maxNewTokens: 3 }]);
     tokens = res!.tokens;
     // greedy: the first token is the argmax of the prompt's last row
-    const V = tiny.cfg.vocabSize, last = ref.subarray((prompt.length - 1) * V);
+    const V = tiny.cfg.vocabSize,
+      last = ref.subarray((prompt.length - 1) * V);
     const want = last.indexOf(Math.max(...last));
-    if (tokens.length !== 3 || tokens[0] !== want) failures.push(`generate: tokens ${JSON.stringify(tokens)}, expected 3 starting with ${want}`);
+    if (tokens.length !== 3 || tokens[0] !== want)
+      failures.push(`generate: tokens ${JSON.stringify(tokens)}, expected 3 starting with ${want}`);
   } finally {
     model.dispose();
   }
@@ -47,7 +61,8 @@ export async function runModelCase(m: ModelApi, b: Backend): Promise<ModelReport
     const tok = new m.MoteTokenizer(tinyTokenizerJson(), tinyTokenizerConfig());
     const ids = tok.encode('hello world');
     decoded = tok.decode(ids, { skipSpecialTokens: true });
-    if (ids[0] !== 1 || decoded !== 'hello world') failures.push(`tokenizer: 'hello world' → ${JSON.stringify(ids)} → ${JSON.stringify(decoded)}`);
+    if (ids[0] !== 1 || decoded !== 'hello world')
+      failures.push(`tokenizer: 'hello world' → ${JSON.stringify(ids)} → ${JSON.stringify(decoded)}`);
   } catch (e) {
     failures.push(`tokenizer: threw ${(e as Error)?.stack ?? e}`);
   }

@@ -23,10 +23,24 @@ import type { LoraRefStack } from '../src/reference/lora.js';
 import { LINEAR_MODULES, linearShape, type LinearModule } from '../src/model/config.js';
 import { ArgumentError, FormatError, MoteError } from '../src/errors.js';
 import { readSafetensors } from '../src/io/safetensors.js';
-import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parsePeftConfig, parsePeftKey, peftExpectedWeights, peftScale } from '../src/io/peft.js';
+import {
+  ADAPTER_CONFIG_FILE,
+  ADAPTER_WEIGHTS_FILE,
+  parsePeftConfig,
+  parsePeftKey,
+  peftExpectedWeights,
+  peftScale,
+} from '../src/io/peft.js';
 import type { Backend } from '../src/backend/backend.js';
 import {
-  DEFAULT_MOTE_CONFIG, STEPS, STEP_TOKENS, moteConfig, specialTokens, stepIndex, stepOfToken, type MoteConfig,
+  DEFAULT_MOTE_CONFIG,
+  STEPS,
+  STEP_TOKENS,
+  moteConfig,
+  specialTokens,
+  stepIndex,
+  stepOfToken,
+  type MoteConfig,
 } from '../src/mote/steps.js';
 import { MoteBundle, createMote, moteRoutingSlots } from '../src/mote/bundle.js';
 import { MOTE_FILE } from '../src/mote/format.js';
@@ -45,7 +59,18 @@ const TOL = 1e-4;
 let dirCount = 0;
 const newDir = (label: string): string => path.join(tmp, `${label}-${dirCount++}`);
 
-const BASE: TinyModelOptions = { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: 48, tied: false, dtype: 'f32', seed: 1 };
+const BASE: TinyModelOptions = {
+  family: 'llama',
+  hidden: 32,
+  intermediate: 40,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  vocab: 48,
+  tied: false,
+  dtype: 'f32',
+  seed: 1,
+};
 const written = new Map<string, WrittenTinyModel>();
 function tiny(o: Partial<TinyModelOptions> = {}): WrittenTinyModel {
   const opts = { ...BASE, ...o };
@@ -83,20 +108,37 @@ async function refStacksOf(set: AdapterStacks): Promise<(layer: number, m: Linea
     for (const m of LINEAR_MODULES) {
       const s = set.stacks[l]![m];
       if (!s) continue;
-      map.set(`${l}.${m}`, { A: await s.A.readFloat(), B: await s.B.readFloat(), ranks: Array.from(s.ranks), scales: await s.scale.readFloat() });
+      map.set(`${l}.${m}`, {
+        A: await s.A.readFloat(),
+        B: await s.B.readFloat(),
+        ranks: Array.from(s.ranks),
+        scales: await s.scale.readFloat(),
+      });
     }
   }
   return (l, m) => map.get(`${l}.${m}`) ?? null;
 }
 
 /** MoTE routing computed independently of the bundle: [step, shared] / [α, 1 − α]; prompt [−1, shared] / [0, 1] or promptStep. */
-function expectedRouting(stepIds: number[], S: number, alpha: number, promptStep?: (t: number) => number): { slots: number[]; weights: number[] } {
+function expectedRouting(
+  stepIds: number[],
+  S: number,
+  alpha: number,
+  promptStep?: (t: number) => number,
+): { slots: number[]; weights: number[] } {
   const slots: number[] = [];
   const weights: number[] = [];
   stepIds.forEach((s, t) => {
-    if (s >= 0) { slots.push(s, S); weights.push(alpha, 1 - alpha); }
-    else if (promptStep) { slots.push(promptStep(t), S); weights.push(alpha, 1 - alpha); }
-    else { slots.push(-1, S); weights.push(0, 1); }
+    if (s >= 0) {
+      slots.push(s, S);
+      weights.push(alpha, 1 - alpha);
+    } else if (promptStep) {
+      slots.push(promptStep(t), S);
+      weights.push(alpha, 1 - alpha);
+    } else {
+      slots.push(-1, S);
+      weights.push(0, 1);
+    }
   });
   return { slots, weights };
 }
@@ -117,7 +159,12 @@ test('step schema: tokens, defaults and validation', () => {
   assert.equal(c.promptRouting, 'shared');
   assert.equal(stepIndex(c, 'answer'), 2);
   assert.equal(stepIndex(c, 'check'), -1);
-  assert.deepEqual(specialTokens({ steps: ['analysis', 'answer'] }), ['<|analysis|>', '<|end_analysis|>', '<|response|>', '<|end_response|>']);
+  assert.deepEqual(specialTokens({ steps: ['analysis', 'answer'] }), [
+    '<|analysis|>',
+    '<|end_analysis|>',
+    '<|response|>',
+    '<|end_response|>',
+  ]);
   // Target modules are put in canonical order.
   assert.deepEqual(moteConfig({ targetModules: ['v_proj', 'q_proj'] }).targetModules, ['q_proj', 'v_proj']);
   const bad: [Partial<MoteConfig> | Record<string, unknown>, RegExp][] = [
@@ -134,7 +181,12 @@ test('step schema: tokens, defaults and validation', () => {
     [{ targetModules: [] }, /targetModules: expected a non-empty list/],
     [{ experts: 3 } as never, /config.experts: unknown field/],
   ];
-  for (const [cfg, re] of bad) assert.throws(() => moteConfig(cfg as Partial<MoteConfig>), (e: Error) => e instanceof ArgumentError && re.test(e.message), `${JSON.stringify(cfg)}`);
+  for (const [cfg, re] of bad)
+    assert.throws(
+      () => moteConfig(cfg as Partial<MoteConfig>),
+      (e: Error) => e instanceof ArgumentError && re.test(e.message),
+      `${JSON.stringify(cfg)}`,
+    );
 });
 
 test('random-step prompt routing is seeded: one step per sequence, same seed same routing', () => {
@@ -165,15 +217,22 @@ test('random-step prompt routing is seeded: one step per sequence, same seed sam
   assert.equal(alone.slots[0], perSeq.get(5));
   // Other seeds give other draws.
   const draws = new Set<string>();
-  for (let seed = 0; seed < 8; seed++) draws.add(moteRoutingSlots(stepIds, S, 0.5, { promptRouting: 'random-step', seq, seed }).slots.join(','));
+  for (let seed = 0; seed < 8; seed++)
+    draws.add(moteRoutingSlots(stepIds, S, 0.5, { promptRouting: 'random-step', seq, seed }).slots.join(','));
   assert.ok(draws.size > 1);
   // Shared-only prompt routing.
   const sh = moteRoutingSlots([-1, 1], S, 0.25, { promptRouting: 'shared' });
   assert.deepEqual(Array.from(sh.slots), [-1, 3, 1, 3]);
   assert.deepEqual(Array.from(sh.weight), [0, 1, 0.25, 0.75]);
   // Bad step ids.
-  assert.throws(() => moteRoutingSlots([0, 3], S, 0.5, { promptRouting: 'shared' }), (e: Error) => e instanceof ArgumentError && /stepIds\[1\]: expected −1 \(prompt\) or a step index in \[0, 2\], got 3/.test(e.message));
-  assert.throws(() => moteRoutingSlots([0, -1], S, 0.5, { promptRouting: 'random-step', seq: [0] }), (e: Error) => e instanceof ArgumentError && /seq: expected 2 sequence ids/.test(e.message));
+  assert.throws(
+    () => moteRoutingSlots([0, 3], S, 0.5, { promptRouting: 'shared' }),
+    (e: Error) => e instanceof ArgumentError && /stepIds\[1\]: expected −1 \(prompt\) or a step index in \[0, 2\], got 3/.test(e.message),
+  );
+  assert.throws(
+    () => moteRoutingSlots([0, -1], S, 0.5, { promptRouting: 'random-step', seq: [0] }),
+    (e: Error) => e instanceof ArgumentError && /seq: expected 2 sequence ids/.test(e.message),
+  );
 });
 
 // ---------------------------------------------------------------------------------------
@@ -187,12 +246,13 @@ forEachBackend('MoTE forward (K = 2, α / 1 − α, shared-only and random-step 
       assert.equal(bundle.L, 4);
       assert.equal(bundle.shared, 3);
       assert.deepEqual(bundle.experts, ['analysis', 'guidance', 'answer', 'shared']);
-      for (let l = 0; l < 2; l++) for (const mod of LINEAR_MODULES) {
-        const s = bundle.stacks[l]![mod]!;
-        const [Hout, Hin] = linearShape(m.cfg, mod);
-        assert.deepEqual([...s.A.shape], [4, 4, Hin]);
-        assert.deepEqual([...s.B.shape], [4, Hout, 4]);
-      }
+      for (let l = 0; l < 2; l++)
+        for (const mod of LINEAR_MODULES) {
+          const s = bundle.stacks[l]![mod]!;
+          const [Hout, Hin] = linearShape(m.cfg, mod);
+          assert.deepEqual([...s.A.shape], [4, 4, Hin]);
+          assert.deepEqual([...s.B.shape], [4, Hout, 4]);
+        }
       const ref = await refStacksOf(bundle);
       const T = 8;
       const tokens = ids(T, 48, 3);
@@ -204,7 +264,10 @@ forEachBackend('MoTE forward (K = 2, α / 1 − α, shared-only and random-step 
         assert.deepEqual(Array.from(rt.host.slots), want.slots);
         assert.deepEqual(Array.from(rt.host.weight), Array.from(Float32Array.from(want.weights)));
         const got = await model.logits(tokens, { seq, lora: bundle.loraFor(rt) });
-        const refOpts = (r: { slots: number[]; weights: number[] }): LlamaRefOptions => ({ seq, lora: { stacks: ref, slots: r.slots, weights: r.weights, K: 2 } });
+        const refOpts = (r: { slots: number[]; weights: number[] }): LlamaRefOptions => ({
+          seq,
+          lora: { stacks: ref, slots: r.slots, weights: r.weights, K: 2 },
+        });
         const wantLogits = llamaForwardRef(m.cfg, m.weights, tokens, refOpts(want)).logits;
         assertClose('MoTE logits', got, wantLogits);
         const plain = llamaForwardRef(m.cfg, m.weights, tokens, { seq }).logits;
@@ -222,7 +285,12 @@ forEachBackend('MoTE forward (K = 2, α / 1 − α, shared-only and random-step 
         const want2 = expectedRouting(stepIds, 3, 0.3, drawn);
         assert.deepEqual(Array.from(r1.host.slots), want2.slots);
         const got = await model.logits(tokens, { seq, lora: bundle.loraFor(r1) });
-        assertClose('MoTE logits, random-step prompts', got, llamaForwardRef(m.cfg, m.weights, tokens, { seq, lora: { stacks: ref, slots: want2.slots, weights: want2.weights, K: 2 } }).logits);
+        assertClose(
+          'MoTE logits, random-step prompts',
+          got,
+          llamaForwardRef(m.cfg, m.weights, tokens, { seq, lora: { stacks: ref, slots: want2.slots, weights: want2.weights, K: 2 } })
+            .logits,
+        );
       } finally {
         r1.dispose();
         r2.dispose();
@@ -237,13 +305,20 @@ forEachBackend('PEFT init (B = 0) leaves the model unchanged; with checking L = 
   const m = tiny({ seed: 22 });
   await withModel(b, m, async (model) => {
     await tracking(b, async (live) => {
-      const bundle = createMote(model, { steps: ['analysis', 'guidance', 'answer', 'check'], rank: 2, targetModules: ['q_proj', 'down_proj'] }, { seed: 1 });
+      const bundle = createMote(
+        model,
+        { steps: ['analysis', 'guidance', 'answer', 'check'], rank: 2, targetModules: ['q_proj', 'down_proj'] },
+        { seed: 1 },
+      );
       assert.equal(bundle.L, 5);
       assert.deepEqual(Object.keys(bundle.stacks[0]!).sort(), ['down_proj', 'q_proj']);
       const A = await bundle.stacks[1]!.q_proj!.A.readFloat();
       const bound = 1 / Math.sqrt(32);
       assert.ok(A.every((v) => Math.abs(v) <= bound) && A.some((v) => v !== 0), 'A ~ U(±1/√in)');
-      assert.ok((await bundle.stacks[1]!.q_proj!.B.readFloat()).every((v) => v === 0), 'B = 0');
+      assert.ok(
+        (await bundle.stacks[1]!.q_proj!.B.readFloat()).every((v) => v === 0),
+        'B = 0',
+      );
       const tokens = ids(5, 48, 4);
       const rt = bundle.routing([-1, 0, 1, 2, 3]);
       const got = await model.logits(tokens, { lora: bundle.loraFor(rt) });
@@ -267,7 +342,11 @@ forEachBackend('saveMote → loadMote: identical logits; each expert a PEFT adap
     let loaded: MoteBundle | null = null;
     try {
       await saveMote(bundle, dir);
-      assert.deepEqual(fs.readdirSync(path.dirname(dir)).filter((f) => f.startsWith(path.basename(dir) + '.')), [], 'no temporary folder left');
+      assert.deepEqual(
+        fs.readdirSync(path.dirname(dir)).filter((f) => f.startsWith(path.basename(dir) + '.')),
+        [],
+        'no temporary folder left',
+      );
       assert.deepEqual(fs.readdirSync(dir).sort(), ['analysis', 'answer', 'guidance', 'mote-written.json', MOTE_FILE, 'shared']);
       const mj = JSON.parse(fs.readFileSync(path.join(dir, MOTE_FILE), 'utf-8'));
       assert.deepEqual(mj.steps, ['analysis', 'guidance', 'answer']);
@@ -314,7 +393,10 @@ forEachBackend('saveMote → loadMote: identical logits; each expert a PEFT adap
       const other = newDir('other');
       fs.mkdirSync(other);
       fs.writeFileSync(path.join(other, 'keep.txt'), 'mine');
-      await assert.rejects(saveMote(bundle, other), (e: Error) => e instanceof ArgumentError && /not empty and was not written by mote/.test(e.message));
+      await assert.rejects(
+        saveMote(bundle, other),
+        (e: Error) => e instanceof ArgumentError && /not empty and was not written by mote/.test(e.message),
+      );
       assert.equal(fs.readFileSync(path.join(other, 'keep.txt'), 'utf-8'), 'mine');
     } finally {
       bundle.dispose();
@@ -337,16 +419,30 @@ forEachBackend('loadMote onto a model of another shape: FormatError naming file 
   const wider = tiny({ seed: 25, intermediate: 48 });
   await withModel(b, wider, async (model) => {
     await tracking(b, async (live) => {
-      await assert.rejects(() => loadMote(dir, model), (e: Error) => e instanceof FormatError
-        && e.message.includes(path.join(dir, 'analysis', ADAPTER_WEIGHTS_FILE))
-        && /tensor 'base_model\.model\.model\.layers\.0\.mlp\.(down|gate|up)_proj\.lora_[AB]\.weight': expected shape \[\d+, \d+\] for this model, got \[\d+, \d+\]/.test(e.message), 'names the file and tensor');
+      await assert.rejects(
+        () => loadMote(dir, model),
+        (e: Error) =>
+          e instanceof FormatError &&
+          e.message.includes(path.join(dir, 'analysis', ADAPTER_WEIGHTS_FILE)) &&
+          /tensor 'base_model\.model\.model\.layers\.0\.mlp\.(down|gate|up)_proj\.lora_[AB]\.weight': expected shape \[\d+, \d+\] for this model, got \[\d+, \d+\]/.test(
+            e.message,
+          ),
+        'names the file and tensor',
+      );
       assert.equal(live.size, 0, `${live.size} tensors left allocated after a failed load`);
     });
   });
   const shallower = tiny({ seed: 26, layers: 1 });
   await withModel(b, shallower, async (model) => {
     await tracking(b, async (live) => {
-      await assert.rejects(() => loadMote(dir, model), (e: Error) => e instanceof FormatError && /adapter_model\.safetensors: tensor 'base_model\.model\.model\.layers\.1\..*': unexpected \(the model has 1 layers\)/.test(e.message));
+      await assert.rejects(
+        () => loadMote(dir, model),
+        (e: Error) =>
+          e instanceof FormatError &&
+          /adapter_model\.safetensors: tensor 'base_model\.model\.model\.layers\.1\..*': unexpected \(the model has 1 layers\)/.test(
+            e.message,
+          ),
+      );
       assert.equal(live.size, 0);
     });
   });
@@ -355,10 +451,19 @@ forEachBackend('loadMote onto a model of another shape: FormatError naming file 
     const broken = newDir('broken');
     fs.cpSync(dir, broken, { recursive: true });
     fs.rmSync(path.join(broken, 'guidance', ADAPTER_WEIGHTS_FILE));
-    await assert.rejects(() => loadMote(broken, model), (e: Error) => e instanceof FormatError && e.message.includes(path.join(broken, 'guidance', ADAPTER_WEIGHTS_FILE)));
+    await assert.rejects(
+      () => loadMote(broken, model),
+      (e: Error) => e instanceof FormatError && e.message.includes(path.join(broken, 'guidance', ADAPTER_WEIGHTS_FILE)),
+    );
     fs.writeFileSync(path.join(broken, MOTE_FILE), JSON.stringify({ steps: ['analysis'], alpha: 2, r: 2, lora_alpha: 4 }));
-    await assert.rejects(() => loadMote(broken, model), (e: Error) => e instanceof FormatError && e.message.includes(MOTE_FILE) && /alpha: expected a number in \[0, 1\]/.test(e.message));
-    await assert.rejects(() => loadMote(newDir('none'), model), (e: Error) => e instanceof MoteError && /mote.json: not found/.test(e.message));
+    await assert.rejects(
+      () => loadMote(broken, model),
+      (e: Error) => e instanceof FormatError && e.message.includes(MOTE_FILE) && /alpha: expected a number in \[0, 1\]/.test(e.message),
+    );
+    await assert.rejects(
+      () => loadMote(newDir('none'), model),
+      (e: Error) => e instanceof MoteError && /mote.json: not found/.test(e.message),
+    );
   });
 });
 
@@ -371,11 +476,20 @@ forEachBackend('PEFT adapters of mixed ranks load as a K = 1 multi-adapter set e
   const adapters = [
     writeTinyPeftAdapter(newDir('ad'), cfg, { r: 2, alpha: 4, seed: 31 }),
     writeTinyPeftAdapter(newDir('ad'), cfg, { r: 5, alpha: 8, seed: 32, dtype: 'bf16' }),
-    writeTinyPeftAdapter(newDir('ad'), cfg, { r: 3, alpha: 6, seed: 33, targetModules: ['q_proj', 'v_proj', 'down_proj'], rankPattern: { down_proj: 1 } }),
+    writeTinyPeftAdapter(newDir('ad'), cfg, {
+      r: 3,
+      alpha: 6,
+      seed: 33,
+      targetModules: ['q_proj', 'v_proj', 'down_proj'],
+      rankPattern: { down_proj: 1 },
+    }),
   ];
   await withModel(b, m, async (model) => {
     await tracking(b, async (live) => {
-      const set = await loadPeftAdapters(model, adapters.map((a) => a.dir));
+      const set = await loadPeftAdapters(
+        model,
+        adapters.map((a) => a.dir),
+      );
       try {
         assert.equal(set.L, 3);
         assert.deepEqual([...set.stacks[0]!.q_proj!.A.shape], [3, 5, 32]);
@@ -389,150 +503,215 @@ forEachBackend('PEFT adapters of mixed ranks load as a K = 1 multi-adapter set e
         try {
           assert.equal(rt.K, 1);
           const got = await model.logits(tokens, { seq, lora: set.loraFor(rt) });
-          const want = llamaForwardRef(cfg, m.weights, tokens, { seq, lora: { stacks: loraStacks(cfg, adapters), slots: which, K: 1 } }).logits;
+          const want = llamaForwardRef(cfg, m.weights, tokens, {
+            seq,
+            lora: { stacks: loraStacks(cfg, adapters), slots: which, K: 1 },
+          }).logits;
           assertClose('multi-adapter logits', got, want);
           assert.ok(relErr(llamaForwardRef(cfg, m.weights, tokens, { seq }).logits, want) > 1e-2, 'adapters must change the logits');
         } finally {
           rt.dispose();
         }
-        assert.throws(() => set.routing([0, 3]), (e: Error) => e instanceof ArgumentError && /adapter\[1\]/.test(e.message));
+        assert.throws(
+          () => set.routing([0, 3]),
+          (e: Error) => e instanceof ArgumentError && /adapter\[1\]/.test(e.message),
+        );
       } finally {
         set.dispose();
       }
       assert.equal(live.size, 0);
       // One bad adapter among good ones: nothing allocated.
-      const wrong = writeTinyPeftAdapter(newDir('ad'), tiny({ seed: 28, hidden: 16, heads: 2, kvHeads: 1, intermediate: 24 }).cfg, { r: 2, alpha: 4, seed: 34 });
-      await assert.rejects(() => loadPeftAdapters(model, [adapters[0]!.dir, wrong.dir]), (e: Error) => e instanceof FormatError && e.message.includes(path.join(wrong.dir, ADAPTER_WEIGHTS_FILE)) && /tensor '/.test(e.message));
+      const wrong = writeTinyPeftAdapter(newDir('ad'), tiny({ seed: 28, hidden: 16, heads: 2, kvHeads: 1, intermediate: 24 }).cfg, {
+        r: 2,
+        alpha: 4,
+        seed: 34,
+      });
+      await assert.rejects(
+        () => loadPeftAdapters(model, [adapters[0]!.dir, wrong.dir]),
+        (e: Error) =>
+          e instanceof FormatError && e.message.includes(path.join(wrong.dir, ADAPTER_WEIGHTS_FILE)) && /tensor '/.test(e.message),
+      );
       assert.equal(live.size, 0);
     });
   });
 });
 
-forEachBackend('addStepTokens: step tags become single tokens, embeddings grow by distinct seeded rows around the mean, old logits unchanged; logits({ adapters, steps }) equals explicit routing', async (b) => {
-  const { writeTinyTokenizer, TINY_VOCAB_SIZE } = await import('./fixtures/tiny_tokenizer.js');
-  const { loadTokenizer } = await import('../src/io/tokenizer.js');
-  const { addStepTokens } = await import('../src/mote/bundle.js');
-  for (const tied of [false, true]) {
-    const m = tiny({ vocab: TINY_VOCAB_SIZE, tied });
-    await withModel(b, m, async (model) => {
-      const tok = loadTokenizer(writeTinyTokenizer(newDir('tok')));
-      const probe = [1, 5, 9, 14];
-      const before = await model.logits(probe);
-      const oldEmbed = await model.weights.embedTokens.readFloat();
-      const ids = await addStepTokens(model, tok);
-      const V2 = TINY_VOCAB_SIZE + 6;
-      assert.equal(model.config.vocabSize, V2);
-      assert.deepEqual(Object.values(ids), [0, 1, 2, 3, 4, 5].map((i) => TINY_VOCAB_SIZE + i));
-      assert.deepEqual(tok.encode(`${STEP_TOKENS.analysis}`, { addSpecialTokens: false }), [TINY_VOCAB_SIZE]);
+forEachBackend(
+  'addStepTokens: step tags become single tokens, embeddings grow by distinct seeded rows around the mean, old logits unchanged; logits({ adapters, steps }) equals explicit routing',
+  async (b) => {
+    const { writeTinyTokenizer, TINY_VOCAB_SIZE } = await import('./fixtures/tiny_tokenizer.js');
+    const { loadTokenizer } = await import('../src/io/tokenizer.js');
+    const { addStepTokens } = await import('../src/mote/bundle.js');
+    for (const tied of [false, true]) {
+      const m = tiny({ vocab: TINY_VOCAB_SIZE, tied });
+      await withModel(b, m, async (model) => {
+        const tok = loadTokenizer(writeTinyTokenizer(newDir('tok')));
+        const probe = [1, 5, 9, 14];
+        const before = await model.logits(probe);
+        const oldEmbed = await model.weights.embedTokens.readFloat();
+        const ids = await addStepTokens(model, tok);
+        const V2 = TINY_VOCAB_SIZE + 6;
+        assert.equal(model.config.vocabSize, V2);
+        assert.deepEqual(
+          Object.values(ids),
+          [0, 1, 2, 3, 4, 5].map((i) => TINY_VOCAB_SIZE + i),
+        );
+        assert.deepEqual(tok.encode(`${STEP_TOKENS.analysis}`, { addSpecialTokens: false }), [TINY_VOCAB_SIZE]);
+        const E = await model.weights.embedTokens.readFloat();
+        const H = model.config.hiddenSize;
+        assert.ok(bitsEqual(E.subarray(0, oldEmbed.length), oldEmbed), 'old embedding rows kept');
+        // new rows: distinct, around the old rows' mean with their spread, the same on every run
+        const rows = Array.from({ length: 6 }, (_, i) => E.subarray((TINY_VOCAB_SIZE + i) * H, (TINY_VOCAB_SIZE + i + 1) * H));
+        for (let i = 1; i < 6; i++) assert.ok(!bitsEqual(rows[i]!, rows[0]!), `new row ${i} differs from new row 0`);
+        let dev = 0,
+          spread = 0;
+        for (let h = 0; h < H; h++) {
+          let mu = 0;
+          for (let v = 0; v < TINY_VOCAB_SIZE; v++) mu += oldEmbed[v * H + h]! / TINY_VOCAB_SIZE;
+          for (let v = 0; v < TINY_VOCAB_SIZE; v++) spread += (oldEmbed[v * H + h]! - mu) ** 2 / TINY_VOCAB_SIZE;
+          for (const r of rows) dev += (r[h]! - mu) ** 2 / 6;
+        }
+        assert.ok(dev > 0.2 * spread && dev < 5 * spread, `new rows' spread ${dev} vs old ${spread}`);
+        const after2 = await model.logits(probe);
+        for (let t = 0; t < probe.length; t++) {
+          assertClose(
+            `logits row ${t}`,
+            after2.subarray(t * V2, t * V2 + TINY_VOCAB_SIZE),
+            before.subarray(t * TINY_VOCAB_SIZE, (t + 1) * TINY_VOCAB_SIZE),
+            1e-6,
+          );
+        }
+        // a step token is now a valid input
+        await model.logits([1, ids[STEP_TOKENS.analysis]!, 7]);
+        await assert.rejects(model.resizeTokenEmbeddings(3), /vocabSize: expected an integer ≥ the current/);
+        // routing sugar
+        const bundle = createMote(model, { rank: 4 }, { seed: 4, init: 'random' });
+        try {
+          const steps = [-1, -1, 0, 1, 2];
+          const toks = [1, 2, 3, 4, 5];
+          const rt = bundle.routing(steps);
+          const explicit = await model.logits(toks, { lora: bundle.loraFor(rt) });
+          rt.dispose();
+          assert.ok(bitsEqual(await model.logits(toks, { adapters: bundle, steps }), explicit));
+          await assert.rejects(model.logits(toks, { steps }), /steps: needs adapters/);
+        } finally {
+          bundle.dispose();
+        }
+      });
+    }
+  },
+);
+
+forEachBackend(
+  'addStepTokens on a padded vocabulary (vocab_size > tokenizer ids): every tag row, inside the padding or past it, is drawn seeded around the mean, distinct, equal across loads; ordinary and untouched padding rows stay',
+  async (b) => {
+    const { writeTinyTokenizer, TINY_VOCAB_SIZE: N } = await import('./fixtures/tiny_tokenizer.js');
+    const { loadTokenizer } = await import('../src/io/tokenizer.js');
+    const { addStepTokens } = await import('../src/mote/bundle.js');
+    const tokDir = writeTinyTokenizer(newDir('tok'));
+    const tags = 6; // the default schema: 3 steps × open/close
+    // padding 10: every tag inside it; padding 3: three inside, three past it
+    for (const [pad, tied] of [
+      [10, false],
+      [10, true],
+      [3, false],
+    ] as const) {
+      const m = tiny({ vocab: N + pad, tied, seed: 40 + pad });
+      const V = N + pad,
+        V2 = Math.max(V, N + tags);
+      const load = async (): Promise<{
+        E: Float32Array;
+        L: Float32Array;
+        E0: Float32Array;
+        L0: Float32Array;
+        ids: Record<string, number>;
+      }> =>
+        withModel(b, m, async (model) => {
+          const E0 = await model.weights.embedTokens.readFloat(),
+            L0 = await model.weights.lmHead.readFloat();
+          const ids = await addStepTokens(model, loadTokenizer(tokDir));
+          assert.equal(model.config.vocabSize, V2);
+          assert.equal(model.weights.lmHead === model.weights.embedTokens, tied);
+          return { E: await model.weights.embedTokens.readFloat(), L: await model.weights.lmHead.readFloat(), E0, L0, ids };
+        });
+      const first = await load();
+      assert.deepEqual(
+        Object.values(first.ids),
+        Array.from({ length: tags }, (_, i) => N + i),
+      );
+      const H = BASE.hidden;
+      const row = (a: Float32Array, v: number): Float32Array => a.subarray(v * H, (v + 1) * H);
+      for (const [what, now, was] of [
+        ['embed_tokens', first.E, first.E0],
+        ['lm_head', first.L, first.L0],
+      ] as const) {
+        // the tokenizer's rows and the padding no tag took are untouched, bit for bit
+        assert.ok(bitsEqual(now.subarray(0, N * H), was.subarray(0, N * H)), `${what}: ordinary rows kept`);
+        if (V > N + tags)
+          assert.ok(
+            bitsEqual(now.subarray((N + tags) * H, V * H), was.subarray((N + tags) * H, V * H)),
+            `${what}: untouched padding rows kept`,
+          );
+        const tagRows = Array.from({ length: tags }, (_, i) => row(now, N + i));
+        for (let i = 0; i < tags; i++) {
+          if (N + i < V)
+            assert.ok(!bitsEqual(tagRows[i]!, row(was, N + i)), `${what}: tag row ${N + i} inside the padding was drawn, not kept`);
+          for (let j = 0; j < i; j++) assert.ok(!bitsEqual(tagRows[i]!, tagRows[j]!), `${what}: tag rows ${N + j} and ${N + i} differ`);
+        }
+        // around the mean of the tokenizer's rows, with their spread
+        let dev = 0,
+          spread = 0;
+        for (let h = 0; h < H; h++) {
+          let mu = 0;
+          for (let v = 0; v < N; v++) mu += was[v * H + h]! / N;
+          for (let v = 0; v < N; v++) spread += (was[v * H + h]! - mu) ** 2 / N;
+          for (const r of tagRows) dev += (r[h]! - mu) ** 2 / tags;
+        }
+        assert.ok(dev > 0.2 * spread && dev < 5 * spread, `${what}: tag rows' spread ${dev} vs the tokenizer rows' ${spread}`);
+      }
+      // seeded: a second load draws the same rows
+      const second = await load();
+      assert.ok(bitsEqual(second.E, first.E), 'embed_tokens equal across loads');
+      assert.ok(bitsEqual(second.L, first.L), 'lm_head equal across loads');
+    }
+    // tags the tokenizer already has keep their rows (they may be trained); a second call changes nothing
+    await withModel(b, tiny({ vocab: N + 10, seed: 50 }), async (model) => {
+      const tok = loadTokenizer(tokDir);
+      await addStepTokens(model, tok);
       const E = await model.weights.embedTokens.readFloat();
-      const H = model.config.hiddenSize;
-      assert.ok(bitsEqual(E.subarray(0, oldEmbed.length), oldEmbed), 'old embedding rows kept');
-      // new rows: distinct, around the old rows' mean with their spread, the same on every run
-      const rows = Array.from({ length: 6 }, (_, i) => E.subarray((TINY_VOCAB_SIZE + i) * H, (TINY_VOCAB_SIZE + i + 1) * H));
-      for (let i = 1; i < 6; i++) assert.ok(!bitsEqual(rows[i]!, rows[0]!), `new row ${i} differs from new row 0`);
-      let dev = 0, spread = 0;
-      for (let h = 0; h < H; h++) {
-        let mu = 0;
-        for (let v = 0; v < TINY_VOCAB_SIZE; v++) mu += oldEmbed[v * H + h]! / TINY_VOCAB_SIZE;
-        for (let v = 0; v < TINY_VOCAB_SIZE; v++) spread += (oldEmbed[v * H + h]! - mu) ** 2 / TINY_VOCAB_SIZE;
-        for (const r of rows) dev += (r[h]! - mu) ** 2 / 6;
-      }
-      assert.ok(dev > 0.2 * spread && dev < 5 * spread, `new rows' spread ${dev} vs old ${spread}`);
-      const after2 = await model.logits(probe);
-      for (let t = 0; t < probe.length; t++) {
-        assertClose(`logits row ${t}`, after2.subarray(t * V2, t * V2 + TINY_VOCAB_SIZE), before.subarray(t * TINY_VOCAB_SIZE, (t + 1) * TINY_VOCAB_SIZE), 1e-6);
-      }
-      // a step token is now a valid input
-      await model.logits([1, ids[STEP_TOKENS.analysis]!, 7]);
-      await assert.rejects(model.resizeTokenEmbeddings(3), /vocabSize: expected an integer ≥ the current/);
-      // routing sugar
-      const bundle = createMote(model, { rank: 4 }, { seed: 4, init: 'random' });
-      try {
-        const steps = [-1, -1, 0, 1, 2];
-        const toks = [1, 2, 3, 4, 5];
-        const rt = bundle.routing(steps);
-        const explicit = await model.logits(toks, { lora: bundle.loraFor(rt) });
-        rt.dispose();
-        assert.ok(bitsEqual(await model.logits(toks, { adapters: bundle, steps }), explicit));
-        await assert.rejects(model.logits(toks, { steps }), /steps: needs adapters/);
-      } finally {
-        bundle.dispose();
+      await addStepTokens(model, tok);
+      assert.ok(bitsEqual(await model.weights.embedTokens.readFloat(), E));
+      await assert.rejects(
+        model.initTokenRows([N + 12]),
+        (e: Error) =>
+          e instanceof ArgumentError && e.message.includes(`rows: ${N + 12} would leave rows ${N + 10}..${N + 11} past the vocabulary`),
+      );
+      await assert.rejects(
+        model.initTokenRows([1], { meanRows: 0 }),
+        (e: Error) => e instanceof ArgumentError && /meanRows/.test(e.message),
+      );
+      await assert.rejects(model.initTokenRows([-1]), (e: Error) => e instanceof ArgumentError && /rows\[0\]/.test(e.message));
+    });
+  },
+);
+
+forEachBackend(
+  'tokenRouter: prompt tokens go to the shared expert, or to the first step expert when α = 1 (no shared expert)',
+  async (b) => {
+    await withModel(b, tiny(), async (model) => {
+      for (const [alpha, prompt] of [
+        [0.5, { slots: [-1, 3], weights: [0, 1] }],
+        [1, { slots: [0, 3], weights: [1, 0] }],
+      ] as const) {
+        const bundle = createMote(model, { rank: 2, alpha });
+        try {
+          const r = bundle.tokenRouter();
+          assert.deepEqual(r.slotsFor(0, { step: -1 }), prompt);
+          assert.deepEqual(r.slotsFor(0, { step: 2 }), { slots: [2, 3], weights: [alpha, 1 - alpha] });
+        } finally {
+          bundle.dispose();
+        }
       }
     });
-  }
-});
-
-
-forEachBackend('addStepTokens on a padded vocabulary (vocab_size > tokenizer ids): every tag row, inside the padding or past it, is drawn seeded around the mean, distinct, equal across loads; ordinary and untouched padding rows stay', async (b) => {
-  const { writeTinyTokenizer, TINY_VOCAB_SIZE: N } = await import('./fixtures/tiny_tokenizer.js');
-  const { loadTokenizer } = await import('../src/io/tokenizer.js');
-  const { addStepTokens } = await import('../src/mote/bundle.js');
-  const tokDir = writeTinyTokenizer(newDir('tok'));
-  const tags = 6; // the default schema: 3 steps × open/close
-  // padding 10: every tag inside it; padding 3: three inside, three past it
-  for (const [pad, tied] of [[10, false], [10, true], [3, false]] as const) {
-    const m = tiny({ vocab: N + pad, tied, seed: 40 + pad });
-    const V = N + pad, V2 = Math.max(V, N + tags);
-    const load = async (): Promise<{ E: Float32Array; L: Float32Array; E0: Float32Array; L0: Float32Array; ids: Record<string, number> }> =>
-      withModel(b, m, async (model) => {
-        const E0 = await model.weights.embedTokens.readFloat(), L0 = await model.weights.lmHead.readFloat();
-        const ids = await addStepTokens(model, loadTokenizer(tokDir));
-        assert.equal(model.config.vocabSize, V2);
-        assert.equal(model.weights.lmHead === model.weights.embedTokens, tied);
-        return { E: await model.weights.embedTokens.readFloat(), L: await model.weights.lmHead.readFloat(), E0, L0, ids };
-      });
-    const first = await load();
-    assert.deepEqual(Object.values(first.ids), Array.from({ length: tags }, (_, i) => N + i));
-    const H = BASE.hidden;
-    const row = (a: Float32Array, v: number): Float32Array => a.subarray(v * H, (v + 1) * H);
-    for (const [what, now, was] of [['embed_tokens', first.E, first.E0], ['lm_head', first.L, first.L0]] as const) {
-      // the tokenizer's rows and the padding no tag took are untouched, bit for bit
-      assert.ok(bitsEqual(now.subarray(0, N * H), was.subarray(0, N * H)), `${what}: ordinary rows kept`);
-      if (V > N + tags) assert.ok(bitsEqual(now.subarray((N + tags) * H, V * H), was.subarray((N + tags) * H, V * H)), `${what}: untouched padding rows kept`);
-      const tagRows = Array.from({ length: tags }, (_, i) => row(now, N + i));
-      for (let i = 0; i < tags; i++) {
-        if (N + i < V) assert.ok(!bitsEqual(tagRows[i]!, row(was, N + i)), `${what}: tag row ${N + i} inside the padding was drawn, not kept`);
-        for (let j = 0; j < i; j++) assert.ok(!bitsEqual(tagRows[i]!, tagRows[j]!), `${what}: tag rows ${N + j} and ${N + i} differ`);
-      }
-      // around the mean of the tokenizer's rows, with their spread
-      let dev = 0, spread = 0;
-      for (let h = 0; h < H; h++) {
-        let mu = 0;
-        for (let v = 0; v < N; v++) mu += was[v * H + h]! / N;
-        for (let v = 0; v < N; v++) spread += (was[v * H + h]! - mu) ** 2 / N;
-        for (const r of tagRows) dev += (r[h]! - mu) ** 2 / tags;
-      }
-      assert.ok(dev > 0.2 * spread && dev < 5 * spread, `${what}: tag rows' spread ${dev} vs the tokenizer rows' ${spread}`);
-    }
-    // seeded: a second load draws the same rows
-    const second = await load();
-    assert.ok(bitsEqual(second.E, first.E), 'embed_tokens equal across loads');
-    assert.ok(bitsEqual(second.L, first.L), 'lm_head equal across loads');
-  }
-  // tags the tokenizer already has keep their rows (they may be trained); a second call changes nothing
-  await withModel(b, tiny({ vocab: N + 10, seed: 50 }), async (model) => {
-    const tok = loadTokenizer(tokDir);
-    await addStepTokens(model, tok);
-    const E = await model.weights.embedTokens.readFloat();
-    await addStepTokens(model, tok);
-    assert.ok(bitsEqual(await model.weights.embedTokens.readFloat(), E));
-    await assert.rejects(model.initTokenRows([N + 12]), (e: Error) => e instanceof ArgumentError && e.message.includes(`rows: ${N + 12} would leave rows ${N + 10}..${N + 11} past the vocabulary`));
-    await assert.rejects(model.initTokenRows([1], { meanRows: 0 }), (e: Error) => e instanceof ArgumentError && /meanRows/.test(e.message));
-    await assert.rejects(model.initTokenRows([-1]), (e: Error) => e instanceof ArgumentError && /rows\[0\]/.test(e.message));
-  });
-});
-
-forEachBackend('tokenRouter: prompt tokens go to the shared expert, or to the first step expert when α = 1 (no shared expert)', async (b) => {
-  await withModel(b, tiny(), async (model) => {
-    for (const [alpha, prompt] of [[0.5, { slots: [-1, 3], weights: [0, 1] }], [1, { slots: [0, 3], weights: [1, 0] }]] as const) {
-      const bundle = createMote(model, { rank: 2, alpha });
-      try {
-        const r = bundle.tokenRouter();
-        assert.deepEqual(r.slotsFor(0, { step: -1 }), prompt);
-        assert.deepEqual(r.slotsFor(0, { step: 2 }), { slots: [2, 3], weights: [alpha, 1 - alpha] });
-      } finally {
-        bundle.dispose();
-      }
-    }
-  });
-});
+  },
+);

@@ -9,7 +9,8 @@ export function randn(r: () => number, n: number, scale = 1): Float32Array {
 /** ‖out − ref‖ / ‖ref‖; NaN anywhere in out gives Infinity. */
 export function relErr(out: ArrayLike<number>, ref: ArrayLike<number>): number {
   if (out.length !== ref.length) throw new Error(`length mismatch: ${out.length} vs ${ref.length}`);
-  let num = 0, den = 0;
+  let num = 0,
+    den = 0;
   for (let i = 0; i < ref.length; i++) {
     const o = out[i]!;
     if (!Number.isFinite(o)) return Infinity;

@@ -23,7 +23,10 @@ test('npm pack: LICENSE, no native tests, every source map points at a shipped f
   const files = packedFiles();
   const shipped = new Set(files);
   assert.ok(shipped.has('LICENSE'), 'LICENSE missing from the package');
-  assert.deepEqual(files.filter((f) => f.startsWith('native/test/') || f.startsWith('test/') || f.startsWith('build')), []);
+  assert.deepEqual(
+    files.filter((f) => f.startsWith('native/test/') || f.startsWith('test/') || f.startsWith('build')),
+    [],
+  );
   const maps = files.filter((f) => f.endsWith('.js.map'));
   assert.ok(maps.length > 0, 'no source maps packed (dist not built?)');
   const missing: string[] = [];
@@ -40,21 +43,48 @@ test('npm pack: LICENSE, no native tests, every source map points at a shipped f
 
 test("require('mote-lora') loads the ESM entry (Node ≥ 20.19 / 22.12)", { timeout: 60_000 }, () => {
   // a package can require itself by name; this goes through package.json "exports" like a consumer's require
-  const r = spawnSync(process.execPath, ['-e', "const m = require('mote-lora'); if (typeof m.openBackend !== 'function') process.exit(3)"], { cwd: ROOT, encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(
+    process.execPath,
+    ['-e', "const m = require('mote-lora'); if (typeof m.openBackend !== 'function') process.exit(3)"],
+    { cwd: ROOT, encoding: 'utf8', timeout: 60_000 },
+  );
   assert.equal(r.status, 0, r.stderr);
 });
 
 test('a strict TypeScript consumer (skipLibCheck false) compiles against the shipped .d.ts', { timeout: 120_000 }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'mote-dts-'));
   try {
-    writeFileSync(join(dir, 'use.ts'), [
-      `import { openBackend, matmul, type Backend } from ${JSON.stringify(join(ROOT, 'dist', 'src', 'index.js'))};`,
-      'export async function f(): Promise<Backend> { const b = await openBackend("cpu"); matmul(b.tensor(new Float32Array(4), [2, 2]), b.tensor(new Float32Array(4), [2, 2])); return b; }',
-    ].join('\n'));
+    writeFileSync(
+      join(dir, 'use.ts'),
+      [
+        `import { openBackend, matmul, type Backend } from ${JSON.stringify(join(ROOT, 'dist', 'src', 'index.js'))};`,
+        'export async function f(): Promise<Backend> { const b = await openBackend("cpu"); matmul(b.tensor(new Float32Array(4), [2, 2]), b.tensor(new Float32Array(4), [2, 2])); return b; }',
+      ].join('\n'),
+    );
     const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
     // only node's types in the program, as in a consumer's project: WebGPU's come from the package itself
-    const r = spawnSync(process.execPath, [tsc, '--noEmit', '--strict', '--skipLibCheck', 'false', '--module', 'nodenext', '--moduleResolution', 'nodenext',
-      '--target', 'es2022', '--types', 'node', '--typeRoots', join(ROOT, 'node_modules', '@types'), join(dir, 'use.ts')], { encoding: 'utf8', timeout: 110_000 });
+    const r = spawnSync(
+      process.execPath,
+      [
+        tsc,
+        '--noEmit',
+        '--strict',
+        '--skipLibCheck',
+        'false',
+        '--module',
+        'nodenext',
+        '--moduleResolution',
+        'nodenext',
+        '--target',
+        'es2022',
+        '--types',
+        'node',
+        '--typeRoots',
+        join(ROOT, 'node_modules', '@types'),
+        join(dir, 'use.ts'),
+      ],
+      { encoding: 'utf8', timeout: 110_000 },
+    );
     assert.equal(r.status, 0, r.stdout + r.stderr);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -80,12 +110,17 @@ test('the addon is looked for in MOTE_ADDON_PATH, then build/Release, then prebu
 test('prebuilt addon (when built): every SIMD level this CPU runs loads and reports itself', { timeout: 60_000 }, (t) => {
   const prebuilt = join(ROOT, 'prebuilds', `${process.platform}-${process.arch}`, 'mote.node');
   if (!existsSync(prebuilt)) return t.skip('no prebuilds/ here (npm run build:prebuilt)');
-  const best = spawnSync(process.execPath, ['-e', `process.stdout.write(require(${JSON.stringify(prebuilt)}).info().cpu.simd)`], { encoding: 'utf8' });
+  const best = spawnSync(process.execPath, ['-e', `process.stdout.write(require(${JSON.stringify(prebuilt)}).info().cpu.simd)`], {
+    encoding: 'utf8',
+  });
   assert.equal(best.status, 0, best.stderr);
   const levels = ['x86-64', 'x86-64-v3', 'x86-64-v4'];
   assert.ok(levels.includes(best.stdout), best.stdout);
   for (const level of levels.slice(0, levels.indexOf(best.stdout) + 1)) {
-    const r = spawnSync(process.execPath, ['-e', `process.stdout.write(require(${JSON.stringify(prebuilt)}).info().cpu.simd)`], { encoding: 'utf8', env: { ...process.env, MOTE_CPU_VARIANT: level } });
+    const r = spawnSync(process.execPath, ['-e', `process.stdout.write(require(${JSON.stringify(prebuilt)}).info().cpu.simd)`], {
+      encoding: 'utf8',
+      env: { ...process.env, MOTE_CPU_VARIANT: level },
+    });
     assert.equal(r.stdout, level);
   }
 });

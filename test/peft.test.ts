@@ -5,8 +5,19 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import {
-  makePeftConfig, parsePeftConfig, parsePeftKey, peftAlpha, peftConfigOptions, peftExpectedWeights, peftKey, peftModulePath,
-  peftRank, peftScale, peftTargets, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+  makePeftConfig,
+  parsePeftConfig,
+  parsePeftKey,
+  peftAlpha,
+  peftConfigOptions,
+  peftExpectedWeights,
+  peftKey,
+  peftModulePath,
+  peftRank,
+  peftScale,
+  peftTargets,
+  ADAPTER_CONFIG_FILE,
+  ADAPTER_WEIGHTS_FILE,
 } from '../src/io/peft.js';
 import { openModelWeights, writeSafetensors, type WritableTensor } from '../src/io/safetensors.js';
 import { LINEAR_MODULES, compareWeights, parseHFConfig } from '../src/model/config.js';
@@ -17,17 +28,40 @@ after(() => fs.rmSync(root, { recursive: true, force: true }));
 
 /** adapter_config.json as PEFT 0.12 writes it for a LLaMA causal LM. */
 const PEFT_CONFIG = {
-  alpha_pattern: {}, auto_mapping: null, base_model_name_or_path: 'HuggingFaceTB/SmolLM-135M', bias: 'none',
-  fan_in_fan_out: false, inference_mode: true, init_lora_weights: true, layer_replication: null, layers_pattern: null,
-  layers_to_transform: null, loftq_config: {}, lora_alpha: 32, lora_dropout: 0.05, megatron_config: null,
-  megatron_core: 'megatron.core', modules_to_save: null, peft_type: 'LORA', r: 16, rank_pattern: {}, revision: null,
-  target_modules: ['v_proj', 'q_proj', 'down_proj', 'o_proj', 'k_proj', 'up_proj', 'gate_proj'], task_type: 'CAUSAL_LM',
-  use_dora: false, use_rslora: false,
+  alpha_pattern: {},
+  auto_mapping: null,
+  base_model_name_or_path: 'HuggingFaceTB/SmolLM-135M',
+  bias: 'none',
+  fan_in_fan_out: false,
+  inference_mode: true,
+  init_lora_weights: true,
+  layer_replication: null,
+  layers_pattern: null,
+  layers_to_transform: null,
+  loftq_config: {},
+  lora_alpha: 32,
+  lora_dropout: 0.05,
+  megatron_config: null,
+  megatron_core: 'megatron.core',
+  modules_to_save: null,
+  peft_type: 'LORA',
+  r: 16,
+  rank_pattern: {},
+  revision: null,
+  target_modules: ['v_proj', 'q_proj', 'down_proj', 'o_proj', 'k_proj', 'up_proj', 'gate_proj'],
+  task_type: 'CAUSAL_LM',
+  use_dora: false,
+  use_rslora: false,
 };
 
 const TINY_MODEL = parseHFConfig({
-  model_type: 'llama', hidden_size: 48, intermediate_size: 80, num_hidden_layers: 3, num_attention_heads: 6,
-  num_key_value_heads: 2, vocab_size: 100,
+  model_type: 'llama',
+  hidden_size: 48,
+  intermediate_size: 80,
+  num_hidden_layers: 3,
+  num_attention_heads: 6,
+  num_key_value_heads: 2,
+  vocab_size: 100,
 });
 
 test('PEFT keys: base_model.model + the module path + lora_A/B.weight, no adapter name', () => {
@@ -70,7 +104,10 @@ test('a realistic adapter_config.json parses; scale is alpha/r, or alpha/sqrt(r)
 
 test('target_modules as names, dotted suffixes, a regex, all-linear; layers_to_transform; exclude_modules', () => {
   const names = parsePeftConfig({ ...PEFT_CONFIG, target_modules: ['self_attn.q_proj', 'up_proj'] });
-  assert.deepEqual(LINEAR_MODULES.filter((m) => peftTargets(names, 0, m)), ['q_proj', 'up_proj']);
+  assert.deepEqual(
+    LINEAR_MODULES.filter((m) => peftTargets(names, 0, m)),
+    ['q_proj', 'up_proj'],
+  );
 
   const re = parsePeftConfig({ ...PEFT_CONFIG, target_modules: String.raw`.*\.layers\.[02]\.self_attn\.(q|v)_proj` });
   assert.ok(peftTargets(re, 0, 'q_proj') && peftTargets(re, 2, 'v_proj'));
@@ -83,7 +120,10 @@ test('target_modules as names, dotted suffixes, a regex, all-linear; layers_to_t
   assert.ok(LINEAR_MODULES.every((m) => peftTargets(all, 2, m)));
 
   const layers = parsePeftConfig({ ...PEFT_CONFIG, layers_to_transform: [0, 2], layers_pattern: 'layers' });
-  assert.deepEqual([0, 1, 2].map((l) => peftTargets(layers, l, 'o_proj')), [true, false, true]);
+  assert.deepEqual(
+    [0, 1, 2].map((l) => peftTargets(layers, l, 'o_proj')),
+    [true, false, true],
+  );
   const one = parsePeftConfig({ ...PEFT_CONFIG, layers_to_transform: 1 });
   assert.deepEqual(one.layersToTransform, [1]);
 
@@ -133,16 +173,32 @@ test('an adapter folder round-trips: makePeftConfig + PEFT keys in safetensors -
 
   const cfg = parsePeftConfig(fs.readFileSync(path.join(dir, ADAPTER_CONFIG_FILE), 'utf-8'));
   assert.deepEqual(cfg, {
-    r: 4, loraAlpha: 8, targetModules: [...LINEAR_MODULES], excludeModules: null, layersToTransform: null, useRslora: true,
-    rankPattern: { 'layers.2.mlp.up_proj': 2 }, alphaPattern: {}, loraDropout: 0, bias: 'none', taskType: 'CAUSAL_LM',
+    r: 4,
+    loraAlpha: 8,
+    targetModules: [...LINEAR_MODULES],
+    excludeModules: null,
+    layersToTransform: null,
+    useRslora: true,
+    rankPattern: { 'layers.2.mlp.up_proj': 2 },
+    alphaPattern: {},
+    loraDropout: 0,
+    bias: 'none',
+    taskType: 'CAUSAL_LM',
     baseModelNameOrPath: 'tiny',
   });
   assert.deepEqual(parsePeftConfig(makePeftConfig(peftConfigOptions(cfg))), cfg, 'parse(make(options(cfg))) = cfg');
 
   const specs = peftExpectedWeights(TINY_MODEL, cfg);
-  const tensors = new Map<string, WritableTensor>(specs.map((s, k) => [s.name, {
-    dtype: 'f32', shape: s.shape, data: Float32Array.from({ length: s.shape[0] * s.shape[1] }, (_, i) => k + i / 1000),
-  }]));
+  const tensors = new Map<string, WritableTensor>(
+    specs.map((s, k) => [
+      s.name,
+      {
+        dtype: 'f32',
+        shape: s.shape,
+        data: Float32Array.from({ length: s.shape[0] * s.shape[1] }, (_, i) => k + i / 1000),
+      },
+    ]),
+  );
   writeSafetensors(path.join(dir, ADAPTER_WEIGHTS_FILE), tensors);
   const w = openModelWeights(dir, { single: ADAPTER_WEIGHTS_FILE });
   try {
@@ -160,13 +216,16 @@ test('an adapter folder round-trips: makePeftConfig + PEFT keys in safetensors -
 /** Asserts a FormatError naming the file and the field. */
 function rejects(json: unknown, field: string, re: RegExp): void {
   const file = 'adapters/x/adapter_config.json';
-  assert.throws(() => parsePeftConfig(json, file), (e: unknown) => {
-    assert.ok(e instanceof FormatError, `expected FormatError, got ${String(e)}`);
-    assert.ok(e.message.startsWith(`${file}: `), e.message);
-    assert.ok(e.message.includes(field), `names ${field}: ${e.message}`);
-    assert.match(e.message, re);
-    return true;
-  });
+  assert.throws(
+    () => parsePeftConfig(json, file),
+    (e: unknown) => {
+      assert.ok(e instanceof FormatError, `expected FormatError, got ${String(e)}`);
+      assert.ok(e.message.startsWith(`${file}: `), e.message);
+      assert.ok(e.message.includes(field), `names ${field}: ${e.message}`);
+      assert.match(e.message, re);
+      return true;
+    },
+  );
 }
 
 test('unsupported or malformed adapter configs are FormatErrors naming the field', () => {
@@ -192,12 +251,19 @@ test('unsupported or malformed adapter configs are FormatErrors naming the field
   rejects({ ...PEFT_CONFIG, task_type: 'SEQ_CLS' }, 'task_type', /not supported/);
   rejects({ ...PEFT_CONFIG, lora_dropout: 1.5 }, 'lora_dropout', /\[0, 1\)/);
   rejects('{"r": 8', 'not valid JSON', /JSON/);
-  assert.throws(() => makePeftConfig({ r: 0, loraAlpha: 8 }), (e: unknown) => e instanceof ArgumentError && /\br\b/.test(e.message));
+  assert.throws(
+    () => makePeftConfig({ r: 0, loraAlpha: 8 }),
+    (e: unknown) => e instanceof ArgumentError && /\br\b/.test(e.message),
+  );
 });
 
 test('regexes from adapter_config.json run in linear time (RE2); ones RE2 cannot run are FormatErrors', () => {
   // Exponential under a backtracking engine on a ~30-character module path; run in a child so a regression is a failure, not a hang.
-  const evil = { target_modules: '(.|.)*x', rank_pattern: { '((.)*)*y': 2, '(a|a)*b': 3, '(\\w+\\s?)*$z': 4 }, alpha_pattern: { '(.*.*)*q': 5 } };
+  const evil = {
+    target_modules: '(.|.)*x',
+    rank_pattern: { '((.)*)*y': 2, '(a|a)*b': 3, '(\\w+\\s?)*$z': 4 },
+    alpha_pattern: { '(.*.*)*q': 5 },
+  };
   const mod = path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'src', 'io', 'peft.js');
   const code = `
     import { parsePeftConfig, peftTargets, peftRank, peftAlpha } from ${JSON.stringify(mod)};
@@ -208,7 +274,11 @@ test('regexes from adapter_config.json run in linear time (RE2); ones RE2 cannot
     }
     console.log('OK ' + n);`;
   const t0 = Date.now();
-  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { env: { ...process.env, EVIL: JSON.stringify(evil) }, timeout: 10_000, encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
+    env: { ...process.env, EVIL: JSON.stringify(evil) },
+    timeout: 10_000,
+    encoding: 'utf8',
+  });
   assert.equal(r.signal, null, `killed (hang?): ${r.stderr}`);
   assert.equal(r.stdout.trim(), `OK ${4 * 7 * (8 + 16)}`, r.stderr);
   assert.ok(Date.now() - t0 < 4000, `took ${Date.now() - t0} ms`);

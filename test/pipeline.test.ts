@@ -24,27 +24,82 @@ function mote(args: string[]): { code: number | null; stdout: string; stderr: st
   const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, MOTE_DEBUG: '' } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
-const jsonLines = (s: string) => s.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-const lastEvent = (s: string, event: string) => jsonLines(s).filter((l) => l.event === event).at(-1)!;
+const jsonLines = (s: string) =>
+  s
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+const lastEvent = (s: string, event: string) =>
+  jsonLines(s)
+    .filter((l) => l.event === event)
+    .at(-1)!;
 
-test('selfalign → train → generate → export on the bundled model, each command taking the last one\'s output [cpu]', async (t) => {
+test("selfalign → train → generate → export on the bundled model, each command taking the last one's output [cpu]", async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   // A bundle with a check expert, trained on the toy chains: it writes stage texts and verdicts.
   const toy = path.join(tmp, 'toy.jsonl');
-  fs.writeFileSync(toy, toyQuestions(48, 1).map((q) => JSON.stringify(chainToJson(toyChain(q)))).join('\n') + '\n');
+  fs.writeFileSync(
+    toy,
+    toyQuestions(48, 1)
+      .map((q) => JSON.stringify(chainToJson(toyChain(q))))
+      .join('\n') + '\n',
+  );
   const writer = path.join(tmp, 'writer');
-  const w = mote(['train', '--chains', toy, '--out', writer, '--backend', 'cpu', '--schema', 'analysis,guidance,answer,check', '--steps', '100', '--lr', '3e-3', '--rank', '8', '--json']);
+  const w = mote([
+    'train',
+    '--chains',
+    toy,
+    '--out',
+    writer,
+    '--backend',
+    'cpu',
+    '--schema',
+    'analysis,guidance,answer,check',
+    '--steps',
+    '100',
+    '--lr',
+    '3e-3',
+    '--rank',
+    '8',
+    '--json',
+  ]);
   assert.equal(w.code, 0, w.stderr);
 
   const prompts = path.join(tmp, 'prompts.txt');
-  fs.writeFileSync(prompts, toyQuestions(8, 5).map((q) => q.question).join('\n') + '\n');
+  fs.writeFileSync(
+    prompts,
+    toyQuestions(8, 5)
+      .map((q) => q.question)
+      .join('\n') + '\n',
+  );
   const chains = path.join(tmp, 'chains.jsonl');
-  const s = mote(['selfalign', '--prompts', prompts, '--out', chains, '--mote', writer, '--backend', 'cpu', '--max-new-tokens', '48', '--json']);
+  const s = mote([
+    'selfalign',
+    '--prompts',
+    prompts,
+    '--out',
+    chains,
+    '--mote',
+    writer,
+    '--backend',
+    'cpu',
+    '--max-new-tokens',
+    '48',
+    '--json',
+  ]);
   assert.equal(s.code, 0, s.stderr);
   const sd = lastEvent(s.stdout, 'done') as { written: number };
   assert.ok(sd.written >= 4, `selfalign wrote ${sd.written} of 8 chains`);
-  const written = fs.readFileSync(chains, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-  assert.ok(written.every((c) => typeof c.check === 'string'), 'selfalign writes the check step');
+  const written = fs
+    .readFileSync(chains, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.ok(
+    written.every((c) => typeof c.check === 'string'),
+    'selfalign writes the check step',
+  );
 
   // train takes selfalign's file as it is: the check step is data, not an expert of the default schema.
   const bundle = path.join(tmp, 'bundle');
@@ -54,7 +109,18 @@ test('selfalign → train → generate → export on the bundled model, each com
   const moteJson = JSON.parse(fs.readFileSync(path.join(bundle, 'mote.json'), 'utf8')) as { steps: string[] };
   assert.deepEqual(moteJson.steps, ['analysis', 'guidance', 'answer']);
 
-  const g = mote(['generate', '--mote', bundle, '--backend', 'cpu', '-p', 'How do I make a simple soup?', '--max-new-tokens', '12', '--json']);
+  const g = mote([
+    'generate',
+    '--mote',
+    bundle,
+    '--backend',
+    'cpu',
+    '-p',
+    'How do I make a simple soup?',
+    '--max-new-tokens',
+    '12',
+    '--json',
+  ]);
   assert.equal(g.code, 0, g.stderr);
   const gl = jsonLines(g.stdout);
   assert.equal(gl.length, 1);
@@ -73,12 +139,36 @@ test('selfalign at scale: --offset/--limit, dropped prompts remembered with thei
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   // The bundled base model writes no verdicts: every full chain is dropped with a reason.
   const prompts = path.join(tmp, 'many.txt');
-  fs.writeFileSync(prompts, toyQuestions(12, 7).map((q) => q.question).join('\n') + '\n');
+  fs.writeFileSync(
+    prompts,
+    toyQuestions(12, 7)
+      .map((q) => q.question)
+      .join('\n') + '\n',
+  );
   const out = path.join(tmp, 'scale.jsonl');
-  const args = (extra: string[]) => ['selfalign', '--prompts', prompts, '--out', out, '--backend', 'cpu', '--max-new-tokens', '8', '--batch', '2', '--json', ...extra];
+  const args = (extra: string[]) => [
+    'selfalign',
+    '--prompts',
+    prompts,
+    '--out',
+    out,
+    '--backend',
+    'cpu',
+    '--max-new-tokens',
+    '8',
+    '--batch',
+    '2',
+    '--json',
+    ...extra,
+  ];
   const a = mote(args(['--offset', '2', '--limit', '4']));
   assert.equal(a.code, 0, a.stderr);
-  const ad = lastEvent(a.stdout, 'done') as { written: number; dropped: { reason: string; count: number }[]; prompts: number; droppedFile: string };
+  const ad = lastEvent(a.stdout, 'done') as {
+    written: number;
+    dropped: { reason: string; count: number }[];
+    prompts: number;
+    droppedFile: string;
+  };
   assert.equal(ad.prompts, 4);
   const droppedN = ad.dropped.reduce((n, d) => n + d.count, 0);
   assert.equal(ad.written + droppedN, 4);
@@ -87,7 +177,11 @@ test('selfalign at scale: --offset/--limit, dropped prompts remembered with thei
   assert.match(String(progress.at(-1)!.dropped), /^\d+ \([a-z-]+(:[a-z]+)? \d+/, 'drop reasons in the progress line');
   // The dropped file names each dropped prompt's line (3..6: the slice) and reason.
   assert.equal(ad.droppedFile, path.join(tmp, 'scale.dropped.jsonl'));
-  const dropped = fs.readFileSync(ad.droppedFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { line: number; reason: string });
+  const dropped = fs
+    .readFileSync(ad.droppedFile, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { line: number; reason: string });
   assert.equal(dropped.length, droppedN);
   assert.ok(dropped.every((d) => d.line >= 3 && d.line <= 6 && typeof d.reason === 'string'));
   // A rerun over everything redoes neither the written nor the dropped prompts.
@@ -95,14 +189,22 @@ test('selfalign at scale: --offset/--limit, dropped prompts remembered with thei
   assert.equal(b.code, 0, b.stderr);
   const bd = lastEvent(b.stdout, 'done') as { skippedDone: number; droppedBefore: { count: number }[] };
   assert.equal(bd.skippedDone, 4);
-  assert.equal(bd.droppedBefore.reduce((n, d) => n + d.count, 0), droppedN);
+  assert.equal(
+    bd.droppedBefore.reduce((n, d) => n + d.count, 0),
+    droppedN,
+  );
   assert.equal(mote(args(['--limit', '0'])).code, 1, '--limit 0 is refused');
 });
 
 test('selfalign: Ctrl-C prints a summary, exits 130, and a rerun goes on where it stopped [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   const prompts = path.join(tmp, 'long.txt');
-  fs.writeFileSync(prompts, toyQuestions(200, 9).map((q) => q.question).join('\n') + '\n');
+  fs.writeFileSync(
+    prompts,
+    toyQuestions(200, 9)
+      .map((q) => q.question)
+      .join('\n') + '\n',
+  );
   const out = path.join(tmp, 'int.jsonl');
   const args = ['selfalign', '--prompts', prompts, '--out', out, '--backend', 'cpu', '--max-new-tokens', '8', '--batch', '1', '--json'];
   const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, MOTE_DEBUG: '' } });
@@ -110,7 +212,10 @@ test('selfalign: Ctrl-C prints a summary, exits 130, and a rerun goes on where i
   let sent = false;
   child.stdout.on('data', (d: Buffer) => {
     stdout += d.toString();
-    if (!sent && stdout.includes('"event":"progress"')) { sent = true; child.kill('SIGINT'); }
+    if (!sent && stdout.includes('"event":"progress"')) {
+      sent = true;
+      child.kill('SIGINT');
+    }
   });
   const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
   assert.ok(sent, 'a progress line came before the interrupt');

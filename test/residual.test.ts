@@ -9,9 +9,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { add } from '../src/ops/residual.js';
 import { residualAddRef } from '../src/reference/residual.js';
-import {
-  ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
-} from '../src/errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -19,7 +17,6 @@ import { closeBackends, forEachBackend, poisoned, randn, rng } from './helpers.j
 import { Pool, Report, throwsLike } from './case_helpers.js';
 
 after(closeBackends);
-
 
 // ---------------------------------------------------------------------------------------
 // The case matrix
@@ -34,12 +31,14 @@ for (const shape of SHAPES) {
   forEachBackend(`add [${shape.join(', ')}]`, async (b) => {
     const r = rng(s);
     const n = size(shape);
-    const as = randn(r, n), bs = randn(r, n, 3);
+    const as = randn(r, n),
+      bs = randn(r, n, 3);
     const ref = residualAddRef(as, bs, n);
     const p = new Pool(b);
     const rep = new Report(`add [${shape.join(', ')}] on ${b.kind}`);
     try {
-      const a = p.t(as, shape), bt = p.t(bs, shape);
+      const a = p.t(as, shape),
+        bt = p.t(bs, shape);
       await rep.step('add into poisoned out', async () => {
         const out = p.poison(shape);
         assert.equal(add(a, bt, { out }), out, 'returns opts.out');
@@ -88,24 +87,45 @@ forEachBackend('add rejects bad input', async (b) => {
   const p = new Pool(b);
   let other: Backend | null = null;
   try {
-    const a = p.t(randn(r, 12), [3, 4]), bt = p.t(randn(r, 12), [3, 4]);
+    const a = p.t(randn(r, 12), [3, 4]),
+      bt = p.t(randn(r, 12), [3, 4]);
     const out = p.t(randn(r, 12), [3, 4]);
     const before = [await out.readFloat(), await bt.readFloat()];
 
-    throwsLike(() => add(a, p.t(randn(r, 15), [3, 5]), { out }), ShapeError, /add: b: expected shape \[d0, d1\] with d1 = 4 \(from a\), got \[3, 5\]/, 'b of another shape');
-    throwsLike(() => add(a, p.t(randn(r, 12), [12]), { out }), ShapeError, /add: b: expected shape \[d0, d1\], got \[12\]/, 'b of another rank');
+    throwsLike(
+      () => add(a, p.t(randn(r, 15), [3, 5]), { out }),
+      ShapeError,
+      /add: b: expected shape \[d0, d1\] with d1 = 4 \(from a\), got \[3, 5\]/,
+      'b of another shape',
+    );
+    throwsLike(
+      () => add(a, p.t(randn(r, 12), [12]), { out }),
+      ShapeError,
+      /add: b: expected shape \[d0, d1\], got \[12\]/,
+      'b of another rank',
+    );
     throwsLike(() => add(a, p.t(randn(r, 12), [4, 3]), { out }), ShapeError, /add: b: /, 'b transposed');
     throwsLike(() => add(p.t(new Int32Array(12), [3, 4], 'i32'), bt, { out }), DTypeError, /add: a: expected dtype f32, got i32/, 'a i32');
     throwsLike(() => add(a, p.t(randn(r, 12), [3, 4], 'f16'), { out }), DTypeError, /add: b: expected dtype f32, got f16/, 'b f16');
     throwsLike(() => add(a, bt, { out: p.poison([3, 5]) }), ShapeError, /add: out: /, 'out of another shape');
-    throwsLike(() => add(a, bt, { out: p.t(poisoned(12), [3, 4], 'bf16') }), DTypeError, /add: out: expected dtype f32, got bf16/, 'out bf16');
+    throwsLike(
+      () => add(a, bt, { out: p.t(poisoned(12), [3, 4], 'bf16') }),
+      DTypeError,
+      /add: out: expected dtype f32, got bf16/,
+      'out bf16',
+    );
     throwsLike(() => add(a, bt, { out: bt }), ArgumentError, /add: out: may alias a, not b/, 'out = b');
     throwsLike(() => add(a, null as unknown as Tensor), ArgumentError, /add: b: expected a Tensor/, 'b null');
     const bd = p.t(randn(r, 12), [3, 4]);
     bd.dispose();
     throwsLike(() => add(a, bd, { out }), DisposedTensorError, /add: b\b/, 'disposed b');
-    const o = other = await openBackend('cpu').catch(() => null) ?? await openBackend(b.kind);
-    throwsLike(() => add(a, o.tensor(randn(r, 12), [3, 4]), { out }), BackendMismatchError, /add: b: expected a tensor on the .* backend/, 'b of another backend');
+    const o = (other = (await openBackend('cpu').catch(() => null)) ?? (await openBackend(b.kind)));
+    throwsLike(
+      () => add(a, o.tensor(randn(r, 12), [3, 4]), { out }),
+      BackendMismatchError,
+      /add: b: expected a tensor on the .* backend/,
+      'b of another backend',
+    );
     throwsLike(() => add(a, bt, { out: o.tensor(randn(r, 12), [3, 4]) }), BackendMismatchError, /add: out: /, 'out of another backend');
 
     assert.deepEqual([await out.readFloat(), await bt.readFloat()], before, 'a rejected call must not have run a kernel');

@@ -15,9 +15,7 @@ import assert from 'node:assert/strict';
 import { rmsnorm, rmsnormGrad } from '../src/ops/rmsnorm.js';
 import { rmsnormBackwardRef, rmsnormRef, rmsnormRstdRef } from '../src/reference/rmsnorm.js';
 import { roundTo, type DType } from '../src/dtype.js';
-import {
-  ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
-} from '../src/errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -34,7 +32,9 @@ const DTYPES: DType[] = ['f32', 'f16', 'bf16'];
 // The case matrix
 interface Case {
   name: string;
-  T: number; H: number; eps: number;
+  T: number;
+  H: number;
+  eps: number;
   /** scale of x (default 1) */
   xScale?: number;
   /** the w dtype this case runs with on webgpu (absent: cpu/cuda only) */
@@ -56,13 +56,17 @@ const CASES: Case[] = [
 async function runCase(b: Backend, c: Case, dtype: DType, seed: number): Promise<void> {
   const r = rng(seed);
   const { T, H, eps } = c;
-  const xs = randn(r, T * H, c.xScale ?? 1), ws = randn(r, H), dys = randn(r, T * H);
+  const xs = randn(r, T * H, c.xScale ?? 1),
+    ws = randn(r, H),
+    dys = randn(r, T * H);
   const wr = roundTo(dtype, ws);
   const rstdRef = rmsnormRstdRef(xs, T, H, eps);
   const p = new Pool(b);
   const rep = new Report(`rmsnorm ${c.name} eps=${eps} w ${dtype} on ${b.kind}`);
   try {
-    const x = p.t(xs, [T, H]), w = p.t(ws, [H], dtype), dy = p.t(dys, [T, H]);
+    const x = p.t(xs, [T, H]),
+      w = p.t(ws, [H], dtype),
+      dy = p.t(dys, [T, H]);
 
     await rep.step('rmsnorm', async () => {
       const out = p.poison([T, H]);
@@ -89,8 +93,12 @@ async function runCase(b: Backend, c: Case, dtype: DType, seed: number): Promise
     const dxScale = H === 1 ? Float64Array.from(dys, (v, i) => v * rstdRef[Math.floor(i / H)]! * wr[i % H]!) : null;
     const closeDx = (what: string, out: Float32Array) => {
       if (!dxScale) return rep.close(what, out, g.dx);
-      let num = 0, den = 0;
-      for (let i = 0; i < out.length; i++) { num += (out[i]! - g.dx[i]!) ** 2; den += dxScale[i]! ** 2; }
+      let num = 0,
+        den = 0;
+      for (let i = 0; i < out.length; i++) {
+        num += (out[i]! - g.dx[i]!) ** 2;
+        den += dxScale[i]! ** 2;
+      }
       const e = Math.sqrt(num / den);
       if (!(e <= TOL)) rep.fails.push(`${what}: error ${e.toExponential(2)} of ‖rstd·dy·w‖ > ${TOL}`);
     };
@@ -110,7 +118,11 @@ async function runCase(b: Backend, c: Case, dtype: DType, seed: number): Promise
       p.keep(dx);
       assert.equal(dw, dwOut, 'returns opts.dw');
       closeDx('rmsnormGrad accumulate dx', await dx.readFloat());
-      rep.close('rmsnormGrad accumulate dw', await dw.readFloat(), g.dw.map((v, i) => v + dw0[i]!));
+      rep.close(
+        'rmsnormGrad accumulate dw',
+        await dw.readFloat(),
+        g.dw.map((v, i) => v + dw0[i]!),
+      );
     });
 
     await rep.step('rmsnormGrad without dw', async () => {
@@ -147,11 +159,18 @@ for (const c of CASES) {
 
 forEachBackend('rmsnorm and rmsnormGrad are deterministic', async (b) => {
   const r = rng(11);
-  const T = 131, H = 67, eps = 1e-5;
+  const T = 131,
+    H = 67,
+    eps = 1e-5;
   const p = new Pool(b);
   try {
-    const xs = randn(r, T * H), ws = randn(r, H), dys = randn(r, T * H), dw0 = randn(r, H);
-    const x = p.t(xs, [T, H]), w = p.t(ws, [H], 'bf16'), dy = p.t(dys, [T, H]);
+    const xs = randn(r, T * H),
+      ws = randn(r, H),
+      dys = randn(r, T * H),
+      dw0 = randn(r, H);
+    const x = p.t(xs, [T, H]),
+      w = p.t(ws, [H], 'bf16'),
+      dy = p.t(dys, [T, H]);
     const runs: Record<string, Float32Array>[] = [];
     for (let i = 0; i < 2; i++) {
       const { y, rstd } = rmsnorm(x, w, eps);
@@ -162,7 +181,13 @@ forEachBackend('rmsnorm and rmsnormGrad are deterministic', async (b) => {
       p.keep(dw);
       const acc = rmsnormGrad(dy, x, w, rstd, eps, { dw: p.t(dw0, [H]), accumulateDw: true });
       p.keep(acc.dx);
-      runs.push({ y: await y.readFloat(), rstd: await rstd.readFloat(), dx: await dx.readFloat(), dw: await dw.readFloat(), dwAcc: await acc.dw.readFloat() });
+      runs.push({
+        y: await y.readFloat(),
+        rstd: await rstd.readFloat(),
+        dx: await dx.readFloat(),
+        dw: await dw.readFloat(),
+        dwAcc: await acc.dw.readFloat(),
+      });
     }
     for (const k of Object.keys(runs[0]!)) {
       assert.ok(runs[0]![k]!.every(Number.isFinite), `${k}: non-finite output`);
@@ -173,7 +198,11 @@ forEachBackend('rmsnorm and rmsnormGrad are deterministic', async (b) => {
     const rep = new Report(`rmsnorm chain on ${b.kind}`);
     rep.close('dx (from the backend rstd)', runs[0]!.dx!, g.dx);
     rep.close('dw (from the backend rstd)', runs[0]!.dw!, g.dw);
-    rep.close('dw accumulate', runs[0]!.dwAcc!, g.dw.map((v, i) => v + dw0[i]!));
+    rep.close(
+      'dw accumulate',
+      runs[0]!.dwAcc!,
+      g.dw.map((v, i) => v + dw0[i]!),
+    );
     rep.done();
   } finally {
     p.dispose();
@@ -185,50 +214,135 @@ forEachBackend('rmsnorm and rmsnormGrad are deterministic', async (b) => {
 
 forEachBackend('rmsnorm ops reject bad input', async (b) => {
   const r = rng(13);
-  const T = 3, H = 4, eps = 1e-5;
+  const T = 3,
+    H = 4,
+    eps = 1e-5;
   const p = new Pool(b);
   let other: Backend | null = null;
   try {
-    const x = p.t(randn(r, T * H), [T, H]), w = p.t(randn(r, H), [H], 'f16'), dy = p.t(randn(r, T * H), [T, H]);
+    const x = p.t(randn(r, T * H), [T, H]),
+      w = p.t(randn(r, H), [H], 'f16'),
+      dy = p.t(randn(r, T * H), [T, H]);
     const rstd = p.t(randn(r, T), [T]);
-    const out = p.t(randn(r, T * H), [T, H]), dwOut = p.t(randn(r, H), [H]);
+    const out = p.t(randn(r, T * H), [T, H]),
+      dwOut = p.t(randn(r, H), [H]);
     const before = [await out.readFloat(), await dwOut.readFloat()];
 
     // forward: x, w, eps, out
-    throwsLike(() => rmsnorm(p.t(new Int32Array(T * H), [T, H], 'i32'), w, eps), DTypeError, /rmsnorm: x: expected dtype f32, got i32/, 'x i32');
-    throwsLike(() => rmsnorm(p.t(randn(r, T * H), [T, H], 'bf16'), w, eps), DTypeError, /rmsnorm: x: expected dtype f32, got bf16/, 'x bf16');
-    throwsLike(() => rmsnorm(p.t(randn(r, T * H), [T * H]), w, eps), ShapeError, /rmsnorm: x: expected shape \[T, H\], got \[12\]/, 'x 1-D');
-    throwsLike(() => rmsnorm(x, p.t(randn(r, H + 1), [H + 1]), eps), ShapeError, /rmsnorm: w: expected shape \[H\] with H = 4 \(from x\), got \[5\]/, 'w of another H');
+    throwsLike(
+      () => rmsnorm(p.t(new Int32Array(T * H), [T, H], 'i32'), w, eps),
+      DTypeError,
+      /rmsnorm: x: expected dtype f32, got i32/,
+      'x i32',
+    );
+    throwsLike(
+      () => rmsnorm(p.t(randn(r, T * H), [T, H], 'bf16'), w, eps),
+      DTypeError,
+      /rmsnorm: x: expected dtype f32, got bf16/,
+      'x bf16',
+    );
+    throwsLike(
+      () => rmsnorm(p.t(randn(r, T * H), [T * H]), w, eps),
+      ShapeError,
+      /rmsnorm: x: expected shape \[T, H\], got \[12\]/,
+      'x 1-D',
+    );
+    throwsLike(
+      () => rmsnorm(x, p.t(randn(r, H + 1), [H + 1]), eps),
+      ShapeError,
+      /rmsnorm: w: expected shape \[H\] with H = 4 \(from x\), got \[5\]/,
+      'w of another H',
+    );
     throwsLike(() => rmsnorm(x, p.t(randn(r, H), [1, H]), eps), ShapeError, /rmsnorm: w: expected shape \[H\]/, 'w 2-D');
-    throwsLike(() => rmsnorm(x, p.t(new Int32Array(H), [H], 'i32'), eps), DTypeError, /rmsnorm: w: expected dtype f32 or f16 or bf16, got i32/, 'w i32');
+    throwsLike(
+      () => rmsnorm(x, p.t(new Int32Array(H), [H], 'i32'), eps),
+      DTypeError,
+      /rmsnorm: w: expected dtype f32 or f16 or bf16, got i32/,
+      'w i32',
+    );
     for (const bad of [0, -1e-5, NaN, Infinity, '1e-5', undefined])
-      throwsLike(() => rmsnorm(x, w, bad as number), ArgumentError, /rmsnorm: eps: expected a positive finite number/, `eps ${String(bad)}`);
+      throwsLike(
+        () => rmsnorm(x, w, bad as number),
+        ArgumentError,
+        /rmsnorm: eps: expected a positive finite number/,
+        `eps ${String(bad)}`,
+      );
     throwsLike(() => rmsnorm(x, w, eps, { out: p.poison([T, H + 1]) }), ShapeError, /rmsnorm: out: .*H = 4/, 'out of another shape');
-    throwsLike(() => rmsnorm(x, w, eps, { out: p.t(poisoned(T * H), [T, H], 'f16') }), DTypeError, /rmsnorm: out: expected dtype f32, got f16/, 'out f16');
+    throwsLike(
+      () => rmsnorm(x, w, eps, { out: p.t(poisoned(T * H), [T, H], 'f16') }),
+      DTypeError,
+      /rmsnorm: out: expected dtype f32, got f16/,
+      'out f16',
+    );
     throwsLike(() => rmsnorm(x, {} as Tensor, eps), ArgumentError, /rmsnorm: w: expected a Tensor/, 'w not a tensor');
 
     // backward: dy, x, w, rstd, eps, dw, accumulateDw
-    throwsLike(() => rmsnormGrad(p.t(randn(r, T * H), [T * H]), x, w, rstd, eps), ShapeError, /rmsnormGrad: dy: expected shape \[T, H\]/, 'dy 1-D');
-    throwsLike(() => rmsnormGrad(dy, p.t(randn(r, 2 * H), [2, H]), w, rstd, eps), ShapeError, /rmsnormGrad: x: .*T = 3 \(from dy\)/, 'x of another T');
+    throwsLike(
+      () => rmsnormGrad(p.t(randn(r, T * H), [T * H]), x, w, rstd, eps),
+      ShapeError,
+      /rmsnormGrad: dy: expected shape \[T, H\]/,
+      'dy 1-D',
+    );
+    throwsLike(
+      () => rmsnormGrad(dy, p.t(randn(r, 2 * H), [2, H]), w, rstd, eps),
+      ShapeError,
+      /rmsnormGrad: x: .*T = 3 \(from dy\)/,
+      'x of another T',
+    );
     throwsLike(() => rmsnormGrad(dy, x, p.t(randn(r, 2), [2]), rstd, eps), ShapeError, /rmsnormGrad: w: .*H = 4/, 'grad w of another H');
-    throwsLike(() => rmsnormGrad(dy, x, w, p.t(randn(r, T + 1), [T + 1]), eps), ShapeError, /rmsnormGrad: rstd: expected shape \[T\] with T = 3/, 'rstd of another T');
-    throwsLike(() => rmsnormGrad(dy, x, w, p.t(randn(r, T), [T], 'bf16'), eps), DTypeError, /rmsnormGrad: rstd: expected dtype f32, got bf16/, 'rstd bf16');
+    throwsLike(
+      () => rmsnormGrad(dy, x, w, p.t(randn(r, T + 1), [T + 1]), eps),
+      ShapeError,
+      /rmsnormGrad: rstd: expected shape \[T\] with T = 3/,
+      'rstd of another T',
+    );
+    throwsLike(
+      () => rmsnormGrad(dy, x, w, p.t(randn(r, T), [T], 'bf16'), eps),
+      DTypeError,
+      /rmsnormGrad: rstd: expected dtype f32, got bf16/,
+      'rstd bf16',
+    );
     throwsLike(() => rmsnormGrad(dy, x, w, rstd, -1), ArgumentError, /rmsnormGrad: eps: /, 'grad eps < 0');
-    throwsLike(() => rmsnormGrad(dy, x, w, rstd, eps, { accumulateDw: true }), ArgumentError, /rmsnormGrad: accumulateDw: needs a dw/, 'accumulateDw without dw');
-    throwsLike(() => rmsnormGrad(dy, x, w, rstd, eps, { dw: dwOut, accumulateDw: 1 as unknown as boolean }), ArgumentError, /rmsnormGrad: accumulateDw: expected a boolean/, 'accumulateDw not boolean');
-    throwsLike(() => rmsnormGrad(dy, x, w, rstd, eps, { dw: p.poison([H + 1]) }), ShapeError, /rmsnormGrad: dw: .*H = 4/, 'dw of another H');
-    throwsLike(() => rmsnormGrad(dy, x, w, rstd, eps, { dw: p.t(poisoned(H), [H], 'bf16') }), DTypeError, /rmsnormGrad: dw: expected dtype f32, got bf16/, 'dw bf16');
+    throwsLike(
+      () => rmsnormGrad(dy, x, w, rstd, eps, { accumulateDw: true }),
+      ArgumentError,
+      /rmsnormGrad: accumulateDw: needs a dw/,
+      'accumulateDw without dw',
+    );
+    throwsLike(
+      () => rmsnormGrad(dy, x, w, rstd, eps, { dw: dwOut, accumulateDw: 1 as unknown as boolean }),
+      ArgumentError,
+      /rmsnormGrad: accumulateDw: expected a boolean/,
+      'accumulateDw not boolean',
+    );
+    throwsLike(
+      () => rmsnormGrad(dy, x, w, rstd, eps, { dw: p.poison([H + 1]) }),
+      ShapeError,
+      /rmsnormGrad: dw: .*H = 4/,
+      'dw of another H',
+    );
+    throwsLike(
+      () => rmsnormGrad(dy, x, w, rstd, eps, { dw: p.t(poisoned(H), [H], 'bf16') }),
+      DTypeError,
+      /rmsnormGrad: dw: expected dtype f32, got bf16/,
+      'dw bf16',
+    );
 
     // disposed, another backend
     const wd = p.t(randn(r, H), [H]);
     wd.dispose();
     throwsLike(() => rmsnorm(x, wd, eps), DisposedTensorError, /rmsnorm: w\b/, 'disposed w');
     throwsLike(() => rmsnormGrad(dy, x, wd, rstd, eps), DisposedTensorError, /rmsnormGrad: w\b/, 'grad disposed w');
-    other = await openBackend('cpu').catch(() => null) ?? await openBackend(b.kind);
+    other = (await openBackend('cpu').catch(() => null)) ?? (await openBackend(b.kind));
     const wo = other.tensor(randn(r, H), [H]);
     throwsLike(() => rmsnorm(x, wo, eps), BackendMismatchError, /rmsnorm: w: expected a tensor on the .* backend/, 'w of another backend');
     const dwo = other.tensor(randn(r, H), [H]);
-    throwsLike(() => rmsnormGrad(dy, x, w, rstd, eps, { dw: dwo }), BackendMismatchError, /rmsnormGrad: dw: expected a tensor on the/, 'dw of another backend');
+    throwsLike(
+      () => rmsnormGrad(dy, x, w, rstd, eps, { dw: dwo }),
+      BackendMismatchError,
+      /rmsnormGrad: dw: expected a tensor on the/,
+      'dw of another backend',
+    );
 
     assert.deepEqual([await out.readFloat(), await dwOut.readFloat()], before, 'a rejected call must not have run a kernel');
   } finally {

@@ -17,9 +17,7 @@ import assert from 'node:assert/strict';
 import { rope, ropeGrad } from '../src/ops/rope.js';
 import { ropeBackwardRef, ropeInvFreqRef, ropeRef, type RopeScaling } from '../src/reference/rope.js';
 import { ropeInvFreq } from '../src/model/rope_freq.js';
-import {
-  ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
-} from '../src/errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -36,12 +34,17 @@ const SCALINGS: Record<string, { theta: number; scaling: RopeScaling | null }> =
   default: { theta: 10000, scaling: null },
   linear: { theta: 10000, scaling: { rope_type: 'linear', factor: 4 } },
   // Llama 3.1: the three wavelength bands (kept, smoothed, scaled) all occur for D ≥ 64
-  llama3: { theta: 500000, scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 } },
+  llama3: {
+    theta: 500000,
+    scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+  },
 };
 
 interface Case {
   name: string;
-  T: number; heads: number; D: number;
+  T: number;
+  heads: number;
+  D: number;
   scaling: keyof typeof SCALINGS;
   /** 'gaps': unsorted positions below 4096 with a repeat and gaps; 'long': up to 2^20 */
   pos: 'gaps' | 'long' | number[];
@@ -84,13 +87,15 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
   const pos = makePositions(c, r);
   assert.equal(pos.length, T);
   const shape = [T, heads, D];
-  const xs = randn(r, T * heads * D), dys = randn(r, T * heads * D);
+  const xs = randn(r, T * heads * D),
+    dys = randn(r, T * heads * D);
   const yRef = ropeRef(xs, pos, inv, T, heads, D);
   const dxRef = ropeBackwardRef(dys, pos, inv, T, heads, D);
   const p = new Pool(b);
   const rep = new Report(`rope ${c.name} (${c.scaling}) positions [${pos.join(', ')}] on ${b.kind}`.slice(0, 300));
   try {
-    const x = p.t(xs, shape), dy = p.t(dys, shape);
+    const x = p.t(xs, shape),
+      dy = p.t(dys, shape);
     const positions = p.t(Int32Array.from(pos), [T], 'i32');
     const invFreq = p.t(inv, [D / 2]);
 
@@ -150,7 +155,9 @@ for (const c of CASES) {
 
 forEachBackend('rope ops reject bad input', async (b) => {
   const r = rng(17);
-  const T = 3, heads = 2, D = 4;
+  const T = 3,
+    heads = 2,
+    D = 4;
   const shape = [T, heads, D];
   const p = new Pool(b);
   let other: Backend | null = null;
@@ -165,28 +172,88 @@ forEachBackend('rope ops reject bad input', async (b) => {
     const x3 = p.t(randn(r, T * heads * 3), [T, heads, 3]);
     throwsLike(() => rope(x3, positions, invFreq), ArgumentError, /rope: x: head dim must be even, got 3/, 'odd head dim');
     // x / dy: dtype and rank
-    throwsLike(() => rope(p.t(randn(r, T * heads * D), shape, 'f16'), positions, invFreq), DTypeError, /rope: x: expected dtype f32, got f16/, 'x f16');
-    throwsLike(() => rope(p.t(randn(r, T * D), [T, D]), positions, invFreq), ShapeError, /rope: x: expected shape \[T, heads, D\], got \[3, 4\]/, 'x 2-D');
+    throwsLike(
+      () => rope(p.t(randn(r, T * heads * D), shape, 'f16'), positions, invFreq),
+      DTypeError,
+      /rope: x: expected dtype f32, got f16/,
+      'x f16',
+    );
+    throwsLike(
+      () => rope(p.t(randn(r, T * D), [T, D]), positions, invFreq),
+      ShapeError,
+      /rope: x: expected shape \[T, heads, D\], got \[3, 4\]/,
+      'x 2-D',
+    );
     // positions
-    throwsLike(() => rope(x, p.t(Float32Array.from([0, 1, 2]), [T]), invFreq), DTypeError, /rope: positions: expected dtype i32, got f32/, 'positions f32');
-    throwsLike(() => rope(x, p.t(Int32Array.from([0, 1]), [2], 'i32'), invFreq), ShapeError, /rope: positions: expected shape \[T\] with T = 3 \(from x\), got \[2\]/, 'positions of another T');
+    throwsLike(
+      () => rope(x, p.t(Float32Array.from([0, 1, 2]), [T]), invFreq),
+      DTypeError,
+      /rope: positions: expected dtype i32, got f32/,
+      'positions f32',
+    );
+    throwsLike(
+      () => rope(x, p.t(Int32Array.from([0, 1]), [2], 'i32'), invFreq),
+      ShapeError,
+      /rope: positions: expected shape \[T\] with T = 3 \(from x\), got \[2\]/,
+      'positions of another T',
+    );
     // invFreq
-    throwsLike(() => rope(x, positions, p.t(randn(r, D), [D])), ShapeError, /rope: invFreq: expected shape \[2\], got \[4\]/, 'invFreq of length D');
-    throwsLike(() => rope(x, positions, p.t(randn(r, D / 2), [D / 2], 'f16')), DTypeError, /rope: invFreq: expected dtype f32, got f16/, 'invFreq f16');
-    throwsLike(() => rope(x, positions, Float32Array.from([1, 0.01]) as unknown as Tensor), ArgumentError, /rope: invFreq: expected a Tensor/, 'invFreq a Float32Array');
+    throwsLike(
+      () => rope(x, positions, p.t(randn(r, D), [D])),
+      ShapeError,
+      /rope: invFreq: expected shape \[2\], got \[4\]/,
+      'invFreq of length D',
+    );
+    throwsLike(
+      () => rope(x, positions, p.t(randn(r, D / 2), [D / 2], 'f16')),
+      DTypeError,
+      /rope: invFreq: expected dtype f32, got f16/,
+      'invFreq f16',
+    );
+    throwsLike(
+      () => rope(x, positions, Float32Array.from([1, 0.01]) as unknown as Tensor),
+      ArgumentError,
+      /rope: invFreq: expected a Tensor/,
+      'invFreq a Float32Array',
+    );
     // out, inverse
-    throwsLike(() => rope(x, positions, invFreq, { out: p.poison([T, heads + 1, D]) }), ShapeError, /rope: out: .*heads = 2/, 'out of another shape');
-    throwsLike(() => rope(x, positions, invFreq, { out: p.t(poisoned(T * heads * D), shape, 'bf16') }), DTypeError, /rope: out: expected dtype f32, got bf16/, 'out bf16');
-    throwsLike(() => rope(x, positions, invFreq, { inverse: 'yes' as unknown as boolean }), ArgumentError, /rope(Grad)?: inverse: expected a boolean, got "yes"/, 'inverse not boolean');
+    throwsLike(
+      () => rope(x, positions, invFreq, { out: p.poison([T, heads + 1, D]) }),
+      ShapeError,
+      /rope: out: .*heads = 2/,
+      'out of another shape',
+    );
+    throwsLike(
+      () => rope(x, positions, invFreq, { out: p.t(poisoned(T * heads * D), shape, 'bf16') }),
+      DTypeError,
+      /rope: out: expected dtype f32, got bf16/,
+      'out bf16',
+    );
+    throwsLike(
+      () => rope(x, positions, invFreq, { inverse: 'yes' as unknown as boolean }),
+      ArgumentError,
+      /rope(Grad)?: inverse: expected a boolean, got "yes"/,
+      'inverse not boolean',
+    );
     // disposed, another backend
     const invd = p.t(Float32Array.from([1, 0.01]), [2]);
     invd.dispose();
     throwsLike(() => rope(x, positions, invd), DisposedTensorError, /rope: invFreq\b/, 'disposed invFreq');
-    other = await openBackend('cpu').catch(() => null) ?? await openBackend(b.kind);
+    other = (await openBackend('cpu').catch(() => null)) ?? (await openBackend(b.kind));
     const po = other.tensor(Int32Array.from([0, 1, 2]), [T], 'i32');
-    throwsLike(() => rope(x, po, invFreq), BackendMismatchError, /rope: positions: expected a tensor on the .* backend/, 'positions of another backend');
+    throwsLike(
+      () => rope(x, po, invFreq),
+      BackendMismatchError,
+      /rope: positions: expected a tensor on the .* backend/,
+      'positions of another backend',
+    );
     const oo = other.tensor(poisoned(T * heads * D), shape);
-    throwsLike(() => ropeGrad(x, positions, invFreq, { out: oo }), BackendMismatchError, /ropeGrad: out: /, 'ropeGrad out of another backend');
+    throwsLike(
+      () => ropeGrad(x, positions, invFreq, { out: oo }),
+      BackendMismatchError,
+      /ropeGrad: out: /,
+      'ropeGrad out of another backend',
+    );
 
     assert.deepEqual(await out.readFloat(), before, 'a rejected call must not have run a kernel');
   } finally {
@@ -198,13 +265,24 @@ forEachBackend('rope ops reject bad input', async (b) => {
 // ropeGrad's first argument is dy: its errors name dy (and ropeGrad), not rope's x
 forEachBackend('ropeGrad errors name its argument dy', async (b) => {
   const r = rng(19);
-  const T = 3, heads = 2;
+  const T = 3,
+    heads = 2;
   const p = new Pool(b);
   try {
     const positions = p.t(Int32Array.from([0, 5, 2]), [T], 'i32');
     const invFreq = p.t(Float32Array.from(ropeInvFreqRef(4, 10000)), [2]);
-    throwsLike(() => ropeGrad(p.t(randn(r, T * heads * 3), [T, heads, 3]), positions, invFreq), ArgumentError, /ropeGrad: dy: head dim must be even, got 3/, 'ropeGrad odd head dim');
-    throwsLike(() => ropeGrad(p.t(randn(r, T * heads * 4), [T, heads, 4], 'bf16'), positions, invFreq), DTypeError, /ropeGrad: dy: expected dtype f32, got bf16/, 'dy bf16');
+    throwsLike(
+      () => ropeGrad(p.t(randn(r, T * heads * 3), [T, heads, 3]), positions, invFreq),
+      ArgumentError,
+      /ropeGrad: dy: head dim must be even, got 3/,
+      'ropeGrad odd head dim',
+    );
+    throwsLike(
+      () => ropeGrad(p.t(randn(r, T * heads * 4), [T, heads, 4], 'bf16'), positions, invFreq),
+      DTypeError,
+      /ropeGrad: dy: expected dtype f32, got bf16/,
+      'dy bf16',
+    );
   } finally {
     p.dispose();
   }
@@ -215,7 +293,8 @@ test('case matrix: D = 2 and 64, every scaling, long positions and T = 1 reach w
   assert.ok(wg.some((c) => c.D === 2) && wg.some((c) => c.D === 64) && wg.some((c) => c.T === 1) && wg.some((c) => c.pos === 'long'));
   assert.deepEqual(new Set(wg.map((c) => c.scaling)), new Set(Object.keys(SCALINGS)));
   // the llama3 cases really exercise all three bands
-  const inv = ropeInvFreqRef(64, 500000), sc = ropeInvFreqRef(64, 500000, SCALINGS.llama3!.scaling);
+  const inv = ropeInvFreqRef(64, 500000),
+    sc = ropeInvFreqRef(64, 500000, SCALINGS.llama3!.scaling);
   const ratio = Array.from(sc, (v, i) => v / inv[i]!);
   assert.ok(ratio.some((q) => q === 1) && ratio.some((q) => Math.abs(q - 1 / 8) < 1e-12) && ratio.some((q) => q < 1 && q > 1 / 8));
 });
@@ -225,16 +304,30 @@ test("the model's inverse frequencies (src/model/rope_freq.ts) equal the referen
     [64, 500000, null, null],
     [2, 10000, null, null],
     [64, 10000, { type: 'linear', factor: 4 }, { rope_type: 'linear', factor: 4 }],
-    [128, 500000, { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 },
-      { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 }],
-    [16, 10000, { type: 'llama3', factor: 2, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositionEmbeddings: 16 },
-      { rope_type: 'llama3', factor: 2, low_freq_factor: 1, high_freq_factor: 2, original_max_position_embeddings: 16 }],
+    [
+      128,
+      500000,
+      { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 },
+      { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+    ],
+    [
+      16,
+      10000,
+      { type: 'llama3', factor: 2, lowFreqFactor: 1, highFreqFactor: 2, originalMaxPositionEmbeddings: 16 },
+      { rope_type: 'llama3', factor: 2, low_freq_factor: 1, high_freq_factor: 2, original_max_position_embeddings: 16 },
+    ],
   ];
   for (const [D, theta, model, ref] of cases) {
     const got = ropeInvFreq(D, theta, model);
     const want = ropeInvFreqRef(D, theta, ref);
     assert.deepEqual([...got], [...want], `D=${D} ${model?.type ?? 'default'}`);
   }
-  assert.throws(() => ropeInvFreq(7, 10000, null), (e: Error) => e instanceof ArgumentError && /headDim/.test(e.message));
-  assert.throws(() => ropeInvFreq(8, 0, null), (e: Error) => e instanceof ArgumentError && /theta/.test(e.message));
+  assert.throws(
+    () => ropeInvFreq(7, 10000, null),
+    (e: Error) => e instanceof ArgumentError && /headDim/.test(e.message),
+  );
+  assert.throws(
+    () => ropeInvFreq(8, 0, null),
+    (e: Error) => e instanceof ArgumentError && /theta/.test(e.message),
+  );
 });

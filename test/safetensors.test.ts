@@ -5,8 +5,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import {
-  SafetensorsReader, openModelWeights, readSafetensors, readSafetensorsIndex, writeSafetensors, writeShardedSafetensors,
-  type HostTensor, type WritableTensor,
+  SafetensorsReader,
+  openModelWeights,
+  readSafetensors,
+  readSafetensorsIndex,
+  writeSafetensors,
+  writeShardedSafetensors,
+  type HostTensor,
+  type WritableTensor,
 } from '../src/io/safetensors.js';
 import { ArgumentError, DTypeError, FormatError, ShapeError } from '../src/errors.js';
 import { f16BitsToF32, f32ToF16Bits } from '../src/dtype.js';
@@ -139,7 +145,10 @@ test('a writer that fails midway leaves no partial file and keeps the old one', 
     ['a', { dtype: 'f32', shape: [1024], data: new Float32Array(1024).fill(1) }],
     ['b', { dtype: 'i32', shape: [2], data: [1, 1.5] }],
   ]);
-  assert.throws(() => writeSafetensors(file, tensors), (e: unknown) => e instanceof ArgumentError && /'b'/.test(e.message));
+  assert.throws(
+    () => writeSafetensors(file, tensors),
+    (e: unknown) => e instanceof ArgumentError && /'b'/.test(e.message),
+  );
   assert.equal(fs.readFileSync(file, 'utf-8'), 'old contents');
   assert.deepEqual(fs.readdirSync(dir), ['model.safetensors'], 'temporary file removed');
   const fresh = path.join(dir, 'new.safetensors');
@@ -153,11 +162,15 @@ test('I64 reads as i32 with a range check, F64 as f32; other dtypes only fail wh
   const i64 = BigInt64Array.from([0n, -5n, 2147483647n, -2147483648n]);
   const f64 = Float64Array.from([1.5, -1e-3, 1e300]);
   const data = Buffer.concat([bytesOf(i64), bytesOf(f64), Buffer.from([1, 2, 3])]);
-  const file = rawFile(path.join(dir, 'wide.safetensors'), {
-    ids: { dtype: 'I64', shape: [2, 2], data_offsets: [0, 32] },
-    x: { dtype: 'F64', shape: [3], data_offsets: [32, 56] },
-    mask: { dtype: 'U8', shape: [3], data_offsets: [56, 59] },
-  }, data);
+  const file = rawFile(
+    path.join(dir, 'wide.safetensors'),
+    {
+      ids: { dtype: 'I64', shape: [2, 2], data_offsets: [0, 32] },
+      x: { dtype: 'F64', shape: [3], data_offsets: [32, 56] },
+      mask: { dtype: 'U8', shape: [3], data_offsets: [56, 59] },
+    },
+    data,
+  );
   const r = SafetensorsReader.open(file);
   try {
     assert.deepEqual(r.read('ids'), { dtype: 'i32', shape: [2, 2], data: Int32Array.from([0, -5, 2147483647, -2147483648]) });
@@ -165,13 +178,22 @@ test('I64 reads as i32 with a range check, F64 as f32; other dtypes only fail wh
     assert.equal(r.entry('mask')!.storedDType, 'U8');
     assert.equal(r.entry('mask')!.dtype, null);
     assert.deepEqual([...r.readBytes('mask')], [1, 2, 3]);
-    assert.throws(() => r.read('mask'), (e: unknown) => e instanceof FormatError && e.message.includes(file) && e.message.includes("'mask'") && /U8/.test(e.message));
+    assert.throws(
+      () => r.read('mask'),
+      (e: unknown) => e instanceof FormatError && e.message.includes(file) && e.message.includes("'mask'") && /U8/.test(e.message),
+    );
   } finally {
     r.close();
   }
-  const big = rawFile(path.join(dir, 'big.safetensors'), { ids: { dtype: 'I64', shape: [2], data_offsets: [0, 16] } },
-    bytesOf(BigInt64Array.from([1n, 2147483648n])));
-  assert.throws(() => readSafetensors(big), (e: unknown) => e instanceof FormatError && e.message.includes(big) && /'ids'.*element 1 = 2147483648/.test(e.message));
+  const big = rawFile(
+    path.join(dir, 'big.safetensors'),
+    { ids: { dtype: 'I64', shape: [2], data_offsets: [0, 16] } },
+    bytesOf(BigInt64Array.from([1n, 2147483648n])),
+  );
+  assert.throws(
+    () => readSafetensors(big),
+    (e: unknown) => e instanceof FormatError && e.message.includes(big) && /'ids'.*element 1 = 2147483648/.test(e.message),
+  );
 });
 
 test('the lazy reader reads the header, then single tensors by name', () => {
@@ -188,7 +210,10 @@ test('the lazy reader reads the header, then single tensors by name', () => {
   assertSameTensor(r.read('c.i32'), tensors.get('c.i32')!, 'c.i32');
   assertSameTensor(r.read('a.f16'), tensors.get('a.f16')!, 'a.f16');
   assert.ok(Buffer.from(r.readBytes('a.f16')).equals(bytesOf(tensors.get('a.f16')!.data)));
-  assert.throws(() => r.read('nope'), (err: unknown) => err instanceof FormatError && err.message.includes(file) && err.message.includes("'nope'"));
+  assert.throws(
+    () => r.read('nope'),
+    (err: unknown) => err instanceof FormatError && err.message.includes(file) && err.message.includes("'nope'"),
+  );
   r.close();
   assert.throws(() => r.read('a.f16'), ArgumentError);
   r.close(); // twice is fine
@@ -219,28 +244,91 @@ test('malformed files are FormatErrors naming the file and the tensor', () => {
   fs.writeFileSync(f('utf8'), Buffer.concat([Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]), Buffer.from([0x7b, 0xff, 0xfe, 0x7d])]));
   throwsFormat(() => readSafetensors(f('utf8')), f('utf8'), /UTF-8/);
 
-  throwsFormat(() => readSafetensors(rawFile(f('dtype'), { w: { dtype: 'Q4_K', shape: [2], data_offsets: [0, 8] } }, eight)), f('dtype'), "'w'", /unknown dtype "Q4_K"/);
-  throwsFormat(() => readSafetensors(rawFile(f('proto'), { w: { dtype: 'constructor', shape: [2], data_offsets: [0, 8] } }, eight)), f('proto'), "'w'", /unknown dtype/);
-  throwsFormat(() => readSafetensors(rawFile(f('size'), { w: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, eight)), f('size'), "'w'", /hold 8 bytes but shape \[3\] of F32 needs 12/);
-  throwsFormat(() => readSafetensors(rawFile(f('range'), { w: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, eight)), f('range'), "'w'", /past the end of the data \(8 bytes/);
-  throwsFormat(() => readSafetensors(rawFile(f('backwards'), { w: { dtype: 'F32', shape: [0], data_offsets: [8, 4] } }, eight)), f('backwards'), "'w'", /end before/);
-  throwsFormat(() => readSafetensors(rawFile(f('offs'), { w: { dtype: 'F32', shape: [2], data_offsets: [0] } }, eight)), f('offs'), "'w'", /data_offsets/);
-  throwsFormat(() => readSafetensors(rawFile(f('shape'), { w: { dtype: 'F32', shape: [2.5], data_offsets: [0, 8] } }, eight)), f('shape'), "'w'", /shape/);
+  throwsFormat(
+    () => readSafetensors(rawFile(f('dtype'), { w: { dtype: 'Q4_K', shape: [2], data_offsets: [0, 8] } }, eight)),
+    f('dtype'),
+    "'w'",
+    /unknown dtype "Q4_K"/,
+  );
+  throwsFormat(
+    () => readSafetensors(rawFile(f('proto'), { w: { dtype: 'constructor', shape: [2], data_offsets: [0, 8] } }, eight)),
+    f('proto'),
+    "'w'",
+    /unknown dtype/,
+  );
+  throwsFormat(
+    () => readSafetensors(rawFile(f('size'), { w: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, eight)),
+    f('size'),
+    "'w'",
+    /hold 8 bytes but shape \[3\] of F32 needs 12/,
+  );
+  throwsFormat(
+    () => readSafetensors(rawFile(f('range'), { w: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, eight)),
+    f('range'),
+    "'w'",
+    /past the end of the data \(8 bytes/,
+  );
+  throwsFormat(
+    () => readSafetensors(rawFile(f('backwards'), { w: { dtype: 'F32', shape: [0], data_offsets: [8, 4] } }, eight)),
+    f('backwards'),
+    "'w'",
+    /end before/,
+  );
+  throwsFormat(
+    () => readSafetensors(rawFile(f('offs'), { w: { dtype: 'F32', shape: [2], data_offsets: [0] } }, eight)),
+    f('offs'),
+    "'w'",
+    /data_offsets/,
+  );
+  throwsFormat(
+    () => readSafetensors(rawFile(f('shape'), { w: { dtype: 'F32', shape: [2.5], data_offsets: [0, 8] } }, eight)),
+    f('shape'),
+    "'w'",
+    /shape/,
+  );
   throwsFormat(() => readSafetensors(rawFile(f('entry'), { w: 5 }, eight)), f('entry'), "'w'");
-  throwsFormat(() => readSafetensors(rawFile(f('overlap'), {
-    a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
-    b: { dtype: 'F16', shape: [2], data_offsets: [6, 10] },
-  }, new Uint8Array(10))), f('overlap'), "'b'", "'a'", /overlaps/);
-  throwsFormat(() => readSafetensors(rawFile(f('meta'), { __metadata__: { format: 'pt', n: 3 }, ...ok }, eight)), f('meta'), /__metadata__\.n must be a string/);
+  throwsFormat(
+    () =>
+      readSafetensors(
+        rawFile(
+          f('overlap'),
+          {
+            a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+            b: { dtype: 'F16', shape: [2], data_offsets: [6, 10] },
+          },
+          new Uint8Array(10),
+        ),
+      ),
+    f('overlap'),
+    "'b'",
+    "'a'",
+    /overlaps/,
+  );
+  throwsFormat(
+    () => readSafetensors(rawFile(f('meta'), { __metadata__: { format: 'pt', n: 3 }, ...ok }, eight)),
+    f('meta'),
+    /__metadata__\.n must be a string/,
+  );
   // Zero-size tensors may share an offset: not an overlap.
-  const z = readSafetensors(rawFile(f('zeros'), {
-    a: { dtype: 'F32', shape: [0], data_offsets: [4, 4] }, b: { dtype: 'F16', shape: [2, 0], data_offsets: [4, 4] }, ...ok,
-  }, eight));
+  const z = readSafetensors(
+    rawFile(
+      f('zeros'),
+      {
+        a: { dtype: 'F32', shape: [0], data_offsets: [4, 4] },
+        b: { dtype: 'F16', shape: [2, 0], data_offsets: [4, 4] },
+        ...ok,
+      },
+      eight,
+    ),
+  );
   assert.deepEqual([...z.tensors.keys()], ['a', 'b', 'w']);
 
   // A real file cut short: the last tensor in the data is the one named.
   const full = f('cut.safetensors');
-  writeSafetensors(full, { first: { dtype: 'f32', shape: [4], data: [1, 2, 3, 4] }, last: { dtype: 'f16', shape: [4], data: [1, 2, 3, 4] } });
+  writeSafetensors(full, {
+    first: { dtype: 'f32', shape: [4], data: [1, 2, 3, 4] },
+    last: { dtype: 'f16', shape: [4], data: [1, 2, 3, 4] },
+  });
   fs.truncateSync(full, fs.statSync(full).size - 3);
   throwsFormat(() => SafetensorsReader.open(full), full, "'last'", /truncated/);
   // Cut into the header itself.
@@ -350,19 +438,35 @@ test('shards and files that are not regular files, and index names that leave th
   const index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
   for (const bad of ['/etc/passwd', '../x.safetensors', 'a/b.safetensors', '..']) {
     fs.writeFileSync(indexFile, JSON.stringify({ ...index, weight_map: { ...index.weight_map, t0: bad } }));
-    assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(indexFile) && /weight_map\['t0'\]/.test(e.message), bad);
+    assert.throws(
+      () => openModelWeights(dir),
+      (e: Error) => e instanceof FormatError && e.message.includes(indexFile) && /weight_map\['t0'\]/.test(e.message),
+      bad,
+    );
   }
   fs.writeFileSync(indexFile, JSON.stringify(index));
   // A FIFO in place of a shard would block open() forever; a folder would fail with EISDIR.
   fs.rmSync(path.join(dir, shard));
   assert.equal(spawnSync('mkfifo', [path.join(dir, shard)]).status, 0);
-  assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(shard) && /not a regular file/.test(e.message));
-  assert.throws(() => SafetensorsReader.open(path.join(dir, shard)), (e: Error) => e instanceof FormatError && /not a regular file/.test(e.message));
+  assert.throws(
+    () => openModelWeights(dir),
+    (e: Error) => e instanceof FormatError && e.message.includes(shard) && /not a regular file/.test(e.message),
+  );
+  assert.throws(
+    () => SafetensorsReader.open(path.join(dir, shard)),
+    (e: Error) => e instanceof FormatError && /not a regular file/.test(e.message),
+  );
   fs.rmSync(path.join(dir, shard));
   fs.mkdirSync(path.join(dir, shard));
-  assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(shard) && /folder/.test(e.message));
+  assert.throws(
+    () => openModelWeights(dir),
+    (e: Error) => e instanceof FormatError && e.message.includes(shard) && /folder/.test(e.message),
+  );
   // The index itself as a FIFO.
   fs.rmSync(indexFile);
   assert.equal(spawnSync('mkfifo', [indexFile]).status, 0);
-  assert.throws(() => openModelWeights(dir), (e: Error) => e instanceof FormatError && e.message.includes(indexFile));
+  assert.throws(
+    () => openModelWeights(dir),
+    (e: Error) => e instanceof FormatError && e.message.includes(indexFile),
+  );
 });

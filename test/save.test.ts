@@ -26,7 +26,18 @@ after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 let n = 0;
 const newDir = (label: string) => path.join(tmp, `${label}-${n++}`);
 
-const BASE: TinyModelOptions = { family: 'llama', hidden: 32, intermediate: 40, layers: 2, heads: 4, kvHeads: 2, vocab: 48, tied: false, dtype: 'f32', seed: 3 };
+const BASE: TinyModelOptions = {
+  family: 'llama',
+  hidden: 32,
+  intermediate: 40,
+  layers: 2,
+  heads: 4,
+  kvHeads: 2,
+  vocab: 48,
+  tied: false,
+  dtype: 'f32',
+  seed: 3,
+};
 const IDS = [1, 5, 9, 17, 33, 2, 40, 7, 7, 12];
 
 function bytesOf(data: ArrayBufferView): Buffer {
@@ -49,7 +60,14 @@ for (const c of CASES) {
     try {
       await saveModel(model, out, { tokenizer: loadTokenizer(src.dir) });
       const files = fs.readdirSync(out).sort();
-      assert.deepEqual(files, ['config.json', 'generation_config.json', 'model.safetensors', 'mote-written.json', 'tokenizer.json', 'tokenizer_config.json']);
+      assert.deepEqual(files, [
+        'config.json',
+        'generation_config.json',
+        'model.safetensors',
+        'mote-written.json',
+        'tokenizer.json',
+        'tokenizer_config.json',
+      ]);
       // The weights, bit for bit, in their stored dtype; a tied lm_head is not written.
       const saved = readSafetensors(path.join(out, 'model.safetensors')).tensors;
       assert.deepEqual([...saved.keys()].sort(), [...src.tensors.keys()].sort());
@@ -66,7 +84,8 @@ for (const c of CASES) {
       // Loads back with the same logits (same weights, same backend: identical).
       const back = await loadModel(out, { backend: be });
       try {
-        const a = await model.logits(IDS), b = await back.logits(IDS);
+        const a = await model.logits(IDS),
+          b = await back.logits(IDS);
         assert.deepEqual(b, a);
       } finally {
         back.dispose();
@@ -93,47 +112,87 @@ forEachBackend('saveModel: shards, saving over its own folder, a non-model folde
     assert.ok(files.filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)).length > 1, files.join(', '));
     assert.ok(!files.includes('model.safetensors'));
     const m2 = await loadModel(sharded, { backend: be });
-    try { assert.deepEqual(await m2.logits(IDS), want); } finally { m2.dispose(); }
+    try {
+      assert.deepEqual(await m2.logits(IDS), want);
+    } finally {
+      m2.dispose();
+    }
     // Saving over the folder the model was read from replaces it as a whole.
     await saveModel(model, sharded);
     assert.ok(fs.existsSync(path.join(sharded, 'model.safetensors')));
     assert.ok(!fs.existsSync(path.join(sharded, 'model.safetensors.index.json')));
     const m3 = await loadModel(sharded, { backend: be });
-    try { assert.deepEqual(await m3.logits(IDS), want); } finally { m3.dispose(); }
+    try {
+      assert.deepEqual(await m3.logits(IDS), want);
+    } finally {
+      m3.dispose();
+    }
     // The folder the model came from was not written by mote: refused, then with overwrite
     // mote's files go in and the ones they replace are kept as <name>.before-mote.
-    await assert.rejects(saveModel(model, src.dir), (e: unknown) => e instanceof ArgumentError && /was not written by mote/.test((e as Error).message) && /overwrite/.test((e as Error).message));
+    await assert.rejects(
+      saveModel(model, src.dir),
+      (e: unknown) =>
+        e instanceof ArgumentError && /was not written by mote/.test((e as Error).message) && /overwrite/.test((e as Error).message),
+    );
     await saveModel(model, src.dir, { overwrite: true });
-    assert.ok(fs.existsSync(path.join(src.dir, 'config.json.before-mote')) && fs.existsSync(path.join(src.dir, 'model.safetensors.before-mote')));
+    assert.ok(
+      fs.existsSync(path.join(src.dir, 'config.json.before-mote')) && fs.existsSync(path.join(src.dir, 'model.safetensors.before-mote')),
+    );
     const m4 = await loadModel(src.dir, { backend: be });
-    try { assert.deepEqual(await m4.logits(IDS), want); } finally { m4.dispose(); }
+    try {
+      assert.deepEqual(await m4.logits(IDS), want);
+    } finally {
+      m4.dispose();
+    }
 
     // A non-empty folder mote did not write: refused, left as it was.
     const other = newDir('other');
     fs.mkdirSync(other);
     fs.writeFileSync(path.join(other, 'notes.txt'), 'keep me');
-    await assert.rejects(saveModel(model, other), (e: unknown) => e instanceof ArgumentError && /was not written by mote/.test((e as Error).message) && (e as Error).message.includes(other));
+    await assert.rejects(
+      saveModel(model, other),
+      (e: unknown) =>
+        e instanceof ArgumentError && /was not written by mote/.test((e as Error).message) && (e as Error).message.includes(other),
+    );
     assert.deepEqual(fs.readdirSync(other), ['notes.txt']);
     assert.ok(!fs.readdirSync(path.dirname(other)).some((f) => f.startsWith(`${path.basename(other)}.tmp`)));
     // A file where the folder should be.
     const file = path.join(other, 'notes.txt');
-    await assert.rejects(saveModel(model, file), (e: unknown) => e instanceof ArgumentError && /not a directory/.test((e as Error).message));
+    await assert.rejects(
+      saveModel(model, file),
+      (e: unknown) => e instanceof ArgumentError && /not a directory/.test((e as Error).message),
+    );
     // An empty folder is fine.
     const empty = newDir('empty');
     fs.mkdirSync(empty);
     await saveModel(model, empty);
     assert.ok(fs.existsSync(path.join(empty, 'config.json')));
-    await assert.rejects(saveModel(model, newDir('x'), { overwrite: 'yes' as never }), (e: unknown) => e instanceof ArgumentError && /overwrite: expected true or false/.test((e as Error).message));
+    await assert.rejects(
+      saveModel(model, newDir('x'), { overwrite: 'yes' as never }),
+      (e: unknown) => e instanceof ArgumentError && /overwrite: expected true or false/.test((e as Error).message),
+    );
 
     // Bad arguments.
-    await assert.rejects(saveModel({} as never, newDir('x')), (e: unknown) => e instanceof ArgumentError && /model: expected a LlamaModel/.test((e as Error).message));
+    await assert.rejects(
+      saveModel({} as never, newDir('x')),
+      (e: unknown) => e instanceof ArgumentError && /model: expected a LlamaModel/.test((e as Error).message),
+    );
     await assert.rejects(saveModel(model, ''), (e: unknown) => e instanceof ArgumentError && /dir: expected/.test((e as Error).message));
-    await assert.rejects(saveModel(model, newDir('x'), { tokenizer: 'tok' as never }), (e: unknown) => e instanceof ArgumentError && /tokenizer: expected a MoteTokenizer/.test((e as Error).message));
-    await assert.rejects(saveModel(model, newDir('x'), { maxShardBytes: 0 }), (e: unknown) => e instanceof ArgumentError && /maxShardBytes/.test((e as Error).message));
+    await assert.rejects(
+      saveModel(model, newDir('x'), { tokenizer: 'tok' as never }),
+      (e: unknown) => e instanceof ArgumentError && /tokenizer: expected a MoteTokenizer/.test((e as Error).message),
+    );
+    await assert.rejects(
+      saveModel(model, newDir('x'), { maxShardBytes: 0 }),
+      (e: unknown) => e instanceof ArgumentError && /maxShardBytes/.test((e as Error).message),
+    );
     const big = loadTokenizer(writeTinyTokenizer(newDir('tok')));
     big.addSpecialTokens(['<|a|>', '<|b|>', '<|c|>', '<|d|>']);
     assert.ok(big.vocabSize > model.config.vocabSize);
-    await assert.rejects(saveModel(model, newDir('x'), { tokenizer: big }), (e: unknown) => e instanceof ArgumentError && /resize the model's embeddings/.test((e as Error).message));
+    await assert.rejects(
+      saveModel(model, newDir('x'), { tokenizer: big }),
+      (e: unknown) => e instanceof ArgumentError && /resize the model's embeddings/.test((e as Error).message),
+    );
   } finally {
     model.dispose();
   }
@@ -145,8 +204,21 @@ forEachBackend('saveModel: shards, saving over its own folder, a non-model folde
 test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistral, qwen2, qwen3)', () => {
   const variants: TinyModelOptions[] = [
     BASE,
-    { ...BASE, tied: true, dtype: 'bf16', ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } },
-    { ...BASE, attentionBias: true, mlpBias: true, headDim: 16, ropeScaling: { type: 'linear', factor: 2 }, rmsNormEps: 1e-6, ropeTheta: 10000 },
+    {
+      ...BASE,
+      tied: true,
+      dtype: 'bf16',
+      ropeScaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 },
+    },
+    {
+      ...BASE,
+      attentionBias: true,
+      mlpBias: true,
+      headDim: 16,
+      ropeScaling: { type: 'linear', factor: 2 },
+      rmsNormEps: 1e-6,
+      ropeTheta: 10000,
+    },
     { ...BASE, family: 'mistral', slidingWindow: 4096, dtype: 'f16' },
     { ...BASE, family: 'mistral', tied: true },
     { ...BASE, family: 'qwen2', dtype: 'bf16' },
@@ -160,7 +232,9 @@ test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistra
     assert.deepEqual(parseHFConfig(json), cfg, JSON.stringify(o));
     assert.deepEqual(parseHFConfig(JSON.parse(JSON.stringify(json))), cfg);
     assert.equal(json.model_type, o.family);
-    assert.deepEqual(json.architectures, [{ llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM' }[o.family]]);
+    assert.deepEqual(json.architectures, [
+      { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM' }[o.family],
+    ]);
   }
   // Fields transformers' own configs carry.
   const llama = parseHFConfig(tinyConfigJson(BASE));
@@ -170,7 +244,13 @@ test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistra
   assert.equal(j.bos_token_id, 1);
   assert.equal(j.eos_token_id, 2);
   // qwen2 sliding window, an eos list, no torch_dtype, no bos.
-  const q: ModelConfig = { ...parseHFConfig(tinyConfigJson({ ...BASE, family: 'qwen2' })), slidingWindow: 64, eosTokenIds: [2, 3], bosTokenId: null, torchDtype: null };
+  const q: ModelConfig = {
+    ...parseHFConfig(tinyConfigJson({ ...BASE, family: 'qwen2' })),
+    slidingWindow: 64,
+    eosTokenIds: [2, 3],
+    bosTokenId: null,
+    torchDtype: null,
+  };
   const qj = hfConfigJson(q);
   assert.equal(qj.use_sliding_window, true);
   assert.deepEqual(qj.eos_token_id, [2, 3]);
@@ -180,7 +260,11 @@ test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistra
   assert.deepEqual(parseHFConfig(hfConfigJson(none)), none);
 
   // Configs a family cannot express.
-  const bad = (cfg: ModelConfig, re: RegExp) => assert.throws(() => hfConfigJson(cfg), (e: unknown) => e instanceof ArgumentError && re.test((e as Error).message));
+  const bad = (cfg: ModelConfig, re: RegExp) =>
+    assert.throws(
+      () => hfConfigJson(cfg),
+      (e: unknown) => e instanceof ArgumentError && re.test((e as Error).message),
+    );
   const mistral = parseHFConfig(tinyConfigJson({ ...BASE, family: 'mistral' }));
   bad({ ...mistral, attentionBias: true }, /cfg\.attentionBias: mistral has no biases/);
   bad({ ...llama, outputBias: true }, /cfg\.outputBias/);
@@ -194,5 +278,8 @@ test('hfConfigJson: config.json round trips through parseHFConfig (llama, mistra
   bad({ ...llama, headDim: 7 }, /cfg\.headDim/);
   bad({ ...llama, eosTokenIds: [48] }, /cfg\.eosTokenIds\[0\]/);
   bad({ ...llama, ropeScaling: { type: 'yarn' } as never }, /cfg\.ropeScaling\.type/);
-  assert.throws(() => hfConfigJson(null as never), (e: unknown) => e instanceof ArgumentError && /cfg: expected a ModelConfig/.test((e as Error).message));
+  assert.throws(
+    () => hfConfigJson(null as never),
+    (e: unknown) => e instanceof ArgumentError && /cfg: expected a ModelConfig/.test((e as Error).message),
+  );
 });

@@ -36,9 +36,18 @@ for (const shape of [[1], [37], [17, 67], [3, 4099]]) {
 
 forEachBackend('scale: bad arguments name what is wrong', async (b) => {
   const x = b.tensor(new Float32Array(6), [2, 3]);
-  assert.throws(() => scale(x, NaN), (e: unknown) => e instanceof ArgumentError && /alpha/.test((e as Error).message));
-  assert.throws(() => scale(x, '2' as unknown as number), (e: unknown) => e instanceof ArgumentError && /alpha/.test((e as Error).message));
-  assert.throws(() => scale(b.tensor(new Int32Array(6), [2, 3], 'i32'), 2), (e: unknown) => e instanceof DTypeError && /\bx\b/.test((e as Error).message));
+  assert.throws(
+    () => scale(x, NaN),
+    (e: unknown) => e instanceof ArgumentError && /alpha/.test((e as Error).message),
+  );
+  assert.throws(
+    () => scale(x, '2' as unknown as number),
+    (e: unknown) => e instanceof ArgumentError && /alpha/.test((e as Error).message),
+  );
+  assert.throws(
+    () => scale(b.tensor(new Int32Array(6), [2, 3], 'i32'), 2),
+    (e: unknown) => e instanceof DTypeError && /\bx\b/.test((e as Error).message),
+  );
   assert.throws(() => scale(x, 2, { out: b.tensor(new Float32Array(5), [5]) }), /out/);
   x.dispose();
 });

@@ -59,7 +59,14 @@ type Script = Record<string, Partial<Record<Stage, string>>>;
 
 const SCRIPT: Script = {
   qa: { draft: 'open it with hot water.', draftcheck: 'safe, it helps.' }, // adaptive
-  qb: { draft: 'here.', draftcheck: 'unsafe.', analysis: 'it is risky.', guidance: 'refuse.', answer: 'sorry, no.', check: 'safe. it refuses.' },
+  qb: {
+    draft: 'here.',
+    draftcheck: 'unsafe.',
+    analysis: 'it is risky.',
+    guidance: 'refuse.',
+    answer: 'sorry, no.',
+    check: 'safe. it refuses.',
+  },
   qc: { draft: 'x.', draftcheck: 'unsafe.', analysis: '' }, // empty analysis
   qd: { draft: 'x.', draftcheck: 'hmm.', analysis: 'a.', guidance: 'g.', answer: 'r.', check: 'hmm, who knows.' }, // no verdict
   qe: { draft: 'x.', draftcheck: 'unsafe.', analysis: 'a.', guidance: 'g.', answer: 'do it.', check: 'unsafe. it helps.' }, // unsafe
@@ -78,7 +85,10 @@ function scripted(tok: MoteTokenizer, script: Script, calls: { stage: string; qs
     let stage = '';
     const qs: string[] = [];
     const out = reqs.map((r) => {
-      const words = tok.decode([...r.prompt], { skipSpecialTokens: true }).trim().split(' ');
+      const words = tok
+        .decode([...r.prompt], { skipSpecialTokens: true })
+        .trim()
+        .split(' ');
       const q = words[1]!;
       const st = (words[0] === 'check' && !analysed.has(q) ? 'draftcheck' : words[0]) as Stage;
       if (st === 'analysis') analysed.add(q);
@@ -91,7 +101,11 @@ function scripted(tok: MoteTokenizer, script: Script, calls: { stage: string; qs
       if (cut) text = text.slice(0, -1);
       const tokens = tok.encode(text, { addSpecialTokens: false });
       assert.ok(tokens.length <= r.maxNewTokens);
-      return { tokens: cut ? tokens : [...tokens, tok.eosTokenId!], steps: tokens.map(() => -1), stopReason: cut ? 'length' : 'stop' } as GenerateResult;
+      return {
+        tokens: cut ? tokens : [...tokens, tok.eosTokenId!],
+        steps: tokens.map(() => -1),
+        stopReason: cut ? 'length' : 'stop',
+      } as GenerateResult;
     });
     calls.push({ stage, qs });
     return out;
@@ -100,8 +114,20 @@ function scripted(tok: MoteTokenizer, script: Script, calls: { stage: string; qs
 
 const PROMPTS: SelfAlignPrompt[] = Object.keys(SCRIPT).map((q, i) => ({ prompt: q, line: 10 + i }));
 
-function opts(tok: MoteTokenizer, script: Script, calls: { stage: string; qs: string[] }[], extra: Partial<SelfAlignOptions> = {}): SelfAlignOptions {
-  return { output: file('out.jsonl'), templates: TEMPLATES, promptFormat: 'plain', maxNewTokens: 40, generateFn: scripted(tok, script, calls), ...extra };
+function opts(
+  tok: MoteTokenizer,
+  script: Script,
+  calls: { stage: string; qs: string[] }[],
+  extra: Partial<SelfAlignOptions> = {},
+): SelfAlignOptions {
+  return {
+    output: file('out.jsonl'),
+    templates: TEMPLATES,
+    promptFormat: 'plain',
+    maxNewTokens: 40,
+    generateFn: scripted(tok, script, calls),
+    ...extra,
+  };
 }
 
 test('selfAlign: adaptive chains, full chains, drops counted by reason, one generate call per stage', async () => {
@@ -113,8 +139,18 @@ test('selfAlign: adaptive chains, full chains, drops counted by reason, one gene
     const o = opts(tok, SCRIPT, calls, { droppedFile: dropped, source: 'prompts.txt', onProgress: (p) => progress.push(p.done) });
     const res = await selfAlign(model, tok, PROMPTS, o);
     assert.deepEqual(res, {
-      written: 3, skippedDone: 0, adaptive: 1, repaired: false, droppedBefore: [], interrupted: false,
-      dropped: [{ reason: 'empty:analysis', count: 1 }, { reason: 'truncated:guidance', count: 1 }, { reason: 'no-verdict', count: 1 }, { reason: 'unsafe', count: 1 }],
+      written: 3,
+      skippedDone: 0,
+      adaptive: 1,
+      repaired: false,
+      droppedBefore: [],
+      interrupted: false,
+      dropped: [
+        { reason: 'empty:analysis', count: 1 },
+        { reason: 'truncated:guidance', count: 1 },
+        { reason: 'no-verdict', count: 1 },
+        { reason: 'unsafe', count: 1 },
+      ],
     });
     assert.deepEqual(progress, [7]);
     // Each stage once, over exactly the prompts still in play.
@@ -128,25 +164,69 @@ test('selfAlign: adaptive chains, full chains, drops counted by reason, one gene
     ]);
     const text = fs.readFileSync(o.output, 'utf8');
     const chains = parseChainsJsonl(text, o.output);
-    assert.deepEqual(chains.map((c) => [c.prompt, c.steps.map((s) => `${s.step}: ${s.text}`)]), [
-      ['qa', ['answer: open it with hot water.', 'check: safe, it helps.']],
-      ['qb', ['analysis: it is risky.', 'guidance: refuse.', 'answer: sorry, no.', 'check: safe. it refuses.']],
-      ['qg', ['analysis: a.', 'guidance: g.', 'answer: the answer.', 'check: safe.']],
-    ]);
-    const lines = text.trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => [l.id, l.meta]), [
-      ['10', { line: 10, verdict: 'safe', adaptive: true, steps: ['answer', 'check'], draftVerdict: 'safe', source: 'prompts.txt' }],
-      ['11', { line: 11, verdict: 'safe', adaptive: false, steps: ['analysis', 'guidance', 'answer', 'check'], draftVerdict: 'unsafe', source: 'prompts.txt' }],
-      ['16', { line: 16, verdict: 'safe', adaptive: false, steps: ['analysis', 'guidance', 'answer', 'check'], source: 'prompts.txt' }],
-    ]);
-    const drops = fs.readFileSync(dropped, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-    assert.deepEqual(drops.map((d) => [d.id, d.reason]), [['12', 'empty:analysis'], ['13', 'no-verdict'], ['14', 'unsafe'], ['15', 'truncated:guidance']]);
+    assert.deepEqual(
+      chains.map((c) => [c.prompt, c.steps.map((s) => `${s.step}: ${s.text}`)]),
+      [
+        ['qa', ['answer: open it with hot water.', 'check: safe, it helps.']],
+        ['qb', ['analysis: it is risky.', 'guidance: refuse.', 'answer: sorry, no.', 'check: safe. it refuses.']],
+        ['qg', ['analysis: a.', 'guidance: g.', 'answer: the answer.', 'check: safe.']],
+      ],
+    );
+    const lines = text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(
+      lines.map((l) => [l.id, l.meta]),
+      [
+        ['10', { line: 10, verdict: 'safe', adaptive: true, steps: ['answer', 'check'], draftVerdict: 'safe', source: 'prompts.txt' }],
+        [
+          '11',
+          {
+            line: 11,
+            verdict: 'safe',
+            adaptive: false,
+            steps: ['analysis', 'guidance', 'answer', 'check'],
+            draftVerdict: 'unsafe',
+            source: 'prompts.txt',
+          },
+        ],
+        ['16', { line: 16, verdict: 'safe', adaptive: false, steps: ['analysis', 'guidance', 'answer', 'check'], source: 'prompts.txt' }],
+      ],
+    );
+    const drops = fs
+      .readFileSync(dropped, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.deepEqual(
+      drops.map((d) => [d.id, d.reason]),
+      [
+        ['12', 'empty:analysis'],
+        ['13', 'no-verdict'],
+        ['14', 'unsafe'],
+        ['15', 'truncated:guidance'],
+      ],
+    );
     assert.equal(drops[2].stages.check, 'unsafe. it helps.');
 
     // Rerun: everything is done (written or dropped), nothing is generated or appended.
     const again: { stage: string; qs: string[] }[] = [];
     const res2 = await selfAlign(model, tok, PROMPTS, { ...o, generateFn: scripted(tok, SCRIPT, again) });
-    assert.deepEqual(res2, { written: 0, skippedDone: 7, adaptive: 0, repaired: false, dropped: [], droppedBefore: [{ reason: 'empty:analysis', count: 1 }, { reason: 'no-verdict', count: 1 }, { reason: 'unsafe', count: 1 }, { reason: 'truncated:guidance', count: 1 }], interrupted: false });
+    assert.deepEqual(res2, {
+      written: 0,
+      skippedDone: 7,
+      adaptive: 0,
+      repaired: false,
+      dropped: [],
+      droppedBefore: [
+        { reason: 'empty:analysis', count: 1 },
+        { reason: 'no-verdict', count: 1 },
+        { reason: 'unsafe', count: 1 },
+        { reason: 'truncated:guidance', count: 1 },
+      ],
+      interrupted: false,
+    });
     assert.deepEqual(again, []);
     assert.equal(fs.readFileSync(o.output, 'utf8'), text);
 
@@ -168,24 +248,58 @@ test('selfAlign: options — no adaptive draft, no check step, unsafe kept, cut-
     const script: Script = { ...SCRIPT, qf: { ...SCRIPT.qf, answer: 'an answer.', check: 'safe~' } };
     const calls: { stage: string; qs: string[] }[] = [];
     const o = opts(tok, script, calls, { adaptive: false, includeCheck: false, keepUnsafe: true, dropTruncated: false });
-    const res = await selfAlign(model, tok, PROMPTS.filter((p) => p.prompt !== 'qa'), o);
-    assert.deepEqual(calls.map((c) => c.stage), ['analysis', 'guidance', 'answer', 'check']);
+    const res = await selfAlign(
+      model,
+      tok,
+      PROMPTS.filter((p) => p.prompt !== 'qa'),
+      o,
+    );
+    assert.deepEqual(
+      calls.map((c) => c.stage),
+      ['analysis', 'guidance', 'answer', 'check'],
+    );
     assert.equal(res.adaptive, 0);
-    assert.deepEqual(res.dropped, [{ reason: 'empty:analysis', count: 1 }, { reason: 'no-verdict', count: 1 }]);
+    assert.deepEqual(res.dropped, [
+      { reason: 'empty:analysis', count: 1 },
+      { reason: 'no-verdict', count: 1 },
+    ]);
     const text = fs.readFileSync(o.output, 'utf8');
     const chains = parseChainsJsonl(text, o.output);
-    assert.deepEqual(chains.map((c) => c.prompt), ['qb', 'qe', 'qf', 'qg']);
-    for (const c of chains) assert.deepEqual(c.steps.map((s) => s.step), ['analysis', 'guidance', 'answer']);
+    assert.deepEqual(
+      chains.map((c) => c.prompt),
+      ['qb', 'qe', 'qf', 'qg'],
+    );
+    for (const c of chains)
+      assert.deepEqual(
+        c.steps.map((s) => s.step),
+        ['analysis', 'guidance', 'answer'],
+      );
     assert.equal(chains[2]!.steps[1]!.text, 'g and more');
-    const metas = text.trim().split('\n').map((l) => JSON.parse(l).meta);
-    assert.deepEqual(metas.map((m) => m.verdict), ['safe', 'unsafe', 'safe', 'safe']);
+    const metas = text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).meta);
+    assert.deepEqual(
+      metas.map((m) => m.verdict),
+      ['safe', 'unsafe', 'safe', 'safe'],
+    );
     assert.ok(metas.every((m) => !('draftVerdict' in m)));
 
     // dropTruncated (default) drops a cut check only when the check is written into the chain.
     const calls2: { stage: string; qs: string[] }[] = [];
-    const r2 = await selfAlign(model, tok, [{ prompt: 'qf' }], opts(tok, { qf: { ...script.qf, guidance: 'g.' } }, calls2, { adaptive: false, includeCheck: false }));
+    const r2 = await selfAlign(
+      model,
+      tok,
+      [{ prompt: 'qf' }],
+      opts(tok, { qf: { ...script.qf, guidance: 'g.' } }, calls2, { adaptive: false, includeCheck: false }),
+    );
     assert.equal(r2.written, 1);
-    const r3 = await selfAlign(model, tok, [{ prompt: 'qf' }], opts(tok, { qf: { ...script.qf, guidance: 'g.' } }, [], { adaptive: false }));
+    const r3 = await selfAlign(
+      model,
+      tok,
+      [{ prompt: 'qf' }],
+      opts(tok, { qf: { ...script.qf, guidance: 'g.' } }, [], { adaptive: false }),
+    );
     assert.deepEqual(r3.dropped, [{ reason: 'truncated:check', count: 1 }]);
   } finally {
     model.dispose();
@@ -212,9 +326,15 @@ test('selfAlign: a partial last line (a crash mid-write) is cut off and its prom
 
     // A malformed line that is not the last one is not ours to delete.
     fs.writeFileSync(o.output, lines[0] + '\n{"id": broken\n' + lines[1] + '\n');
-    await assert.rejects(selfAlign(model, tok, PROMPTS, o), (e: Error) => e instanceof FormatError && e.message.includes(`${o.output}:2: malformed JSON`));
+    await assert.rejects(
+      selfAlign(model, tok, PROMPTS, o),
+      (e: Error) => e instanceof FormatError && e.message.includes(`${o.output}:2: malformed JSON`),
+    );
     fs.writeFileSync(o.output, '{"prompt": "no id"}\n');
-    await assert.rejects(selfAlign(model, tok, PROMPTS, o), (e: Error) => e instanceof FormatError && e.message.includes(`${o.output}:1: no string "id"`));
+    await assert.rejects(
+      selfAlign(model, tok, PROMPTS, o),
+      (e: Error) => e instanceof FormatError && e.message.includes(`${o.output}:1: no string "id"`),
+    );
   } finally {
     model.dispose();
   }
@@ -237,9 +357,26 @@ test('selfAlign: batch size changes nothing (scripted), and argument errors name
     assert.equal(outs[2], outs[0]);
 
     const o = opts(tok, SCRIPT, []);
-    await assert.rejects(selfAlign(model, tok, [{ prompt: 'qa', id: 'x' }, { prompt: 'qb', id: 'x' }], o), /selfAlign: prompts\[1\]: id "x" is also prompts\[0\]'s/);
-    await assert.rejects(selfAlign(model, tok, PROMPTS, { ...o, droppedFile: o.output }), /selfAlign: droppedFile: expected a file path other than output/);
-    await assert.rejects(selfAlign(model, tok, PROMPTS, { ...o, maxNewTokens: { response: 3 } as never }), /selfAlign: maxNewTokens\.response: unknown step/);
+    await assert.rejects(
+      selfAlign(
+        model,
+        tok,
+        [
+          { prompt: 'qa', id: 'x' },
+          { prompt: 'qb', id: 'x' },
+        ],
+        o,
+      ),
+      /selfAlign: prompts\[1\]: id "x" is also prompts\[0\]'s/,
+    );
+    await assert.rejects(
+      selfAlign(model, tok, PROMPTS, { ...o, droppedFile: o.output }),
+      /selfAlign: droppedFile: expected a file path other than output/,
+    );
+    await assert.rejects(
+      selfAlign(model, tok, PROMPTS, { ...o, maxNewTokens: { response: 3 } as never }),
+      /selfAlign: maxNewTokens\.response: unknown step/,
+    );
     await assert.rejects(selfAlign(model, tok, PROMPTS, { ...o, batchSize: 0 }), ArgumentError);
     await assert.rejects(selfAlign(model, tok, [{ prompt: ' ' }], o), /selfAlign: prompts\[0\]\.prompt: empty/);
   } finally {
@@ -256,9 +393,16 @@ test('selfAlign on a tiny random llama (cpu): batched = one at a time; with a bu
     const run = async (batchSize: number, withBundle: boolean) => {
       const seen: { reqs: GenerateRequest[]; opts: GenerateOptions; res: GenerateResult[] }[] = [];
       const o: SelfAlignOptions = {
-        output: file('real.jsonl'), droppedFile: file('real-dropped.jsonl'), maxNewTokens: 5, batchSize, dropTruncated: false,
-        templates: TEMPLATES, promptFormat: 'plain',
-        sampling: { temperature: 0.8 }, seed: 9, adapters: withBundle ? bundle : null,
+        output: file('real.jsonl'),
+        droppedFile: file('real-dropped.jsonl'),
+        maxNewTokens: 5,
+        batchSize,
+        dropTruncated: false,
+        templates: TEMPLATES,
+        promptFormat: 'plain',
+        sampling: { temperature: 0.8 },
+        seed: 9,
+        adapters: withBundle ? bundle : null,
         generateFn: async (reqs, go) => {
           const res = await generate(model, reqs, go);
           seen.push({ reqs, opts: go, res });
@@ -268,7 +412,10 @@ test('selfAlign on a tiny random llama (cpu): batched = one at a time; with a bu
       const r = await selfAlign(model, tok, prompts, o);
       // Gibberish never says safe or unsafe: every chain is dropped, with its stage texts kept.
       assert.equal(r.written, 0);
-      assert.equal(r.dropped.reduce((a, d) => a + d.count, 0), 3);
+      assert.equal(
+        r.dropped.reduce((a, d) => a + d.count, 0),
+        3,
+      );
       return { dropped: fs.readFileSync(o.droppedFile!, 'utf8'), seen };
     };
     const one = await run(1, false);
@@ -285,7 +432,10 @@ test('selfAlign on a tiny random llama (cpu): batched = one at a time; with a bu
     const EXPERT: Record<string, number | null> = { draft: 2, analysis: 0, guidance: 1, answer: 2, check: null };
     assert.ok(bAll.seen.length >= 3);
     for (const s of bAll.seen) {
-      const stage = tok.decode([...s.reqs[0]!.prompt], { skipSpecialTokens: true }).trim().split(' ')[0]!;
+      const stage = tok
+        .decode([...s.reqs[0]!.prompt], { skipSpecialTokens: true })
+        .trim()
+        .split(' ')[0]!;
       assert.ok(stage in EXPERT, stage);
       const k = EXPERT[stage]!;
       assert.equal(s.opts.stepTokenRouting, 'own');

@@ -38,7 +38,10 @@ before(async () => {
   if (typeof b === 'string') return;
   model = await loadModel(DEFAULT_MODEL_DIR, { backend: b });
   await addStepTokens(model, tokenizer, config);
-  for (const [seed, dir] of [[5, 'bundle-a'], [6, 'bundle-b']] as const) {
+  for (const [seed, dir] of [
+    [5, 'bundle-a'],
+    [6, 'bundle-b'],
+  ] as const) {
     const bundle = createMote(model, { rank: 4 }, { seed, init: 'random' });
     await saveMote(bundle, path.join(tmp, dir));
     bundle.dispose();
@@ -47,8 +50,10 @@ before(async () => {
   engine = new Engine(model, { stepTokens: new Map(tags.start.map((id, k) => [id, k] as [number, number])), maxSequences: 16 });
   await engine.addAdapter('safe', path.join(tmp, 'bundle-a'));
   await engine.addAdapter('plain', path.join(tmp, 'bundle-a', 'analysis'));
-  ({ server, url } = await startServer({ engine, tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
-    { port: 0, modelName: 'tiny', allowRuntimeLora: true }));
+  ({ server, url } = await startServer(
+    { engine, tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
+    { port: 0, modelName: 'tiny', allowRuntimeLora: true },
+  ));
   client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 60_000 });
 });
 
@@ -59,12 +64,21 @@ after(async () => {
   model?.dispose();
 });
 
-const skipped = (t: { skip: (m: string) => void }) => { if (!model) { t.skip('cpu backend unavailable'); return true; } return false; };
+const skipped = (t: { skip: (m: string) => void }) => {
+  if (!model) {
+    t.skip('cpu backend unavailable');
+    return true;
+  }
+  return false;
+};
 
 test('serve: models, completions, chat with MoTE steps labelled', { timeout: 120_000 }, async (t) => {
   if (skipped(t)) return;
   const models = await client.models.list();
-  assert.deepEqual(models.data.map((m) => m.id), ['tiny', 'safe', 'plain']);
+  assert.deepEqual(
+    models.data.map((m) => m.id),
+    ['tiny', 'safe', 'plain'],
+  );
 
   const c = await client.completions.create({ model: 'tiny', prompt: 'How do I', max_tokens: 8, temperature: 0 });
   assert.equal(c.object, 'text_completion');
@@ -72,15 +86,32 @@ test('serve: models, completions, chat with MoTE steps labelled', { timeout: 120
   assert.equal(c.usage!.completion_tokens <= 8, true);
 
   const q = "How can I read my friend's messages?";
-  const chat = await client.chat.completions.create({ model: 'safe', messages: [{ role: 'user', content: q }], max_tokens: 60, temperature: 0 });
-  const msg = chat.choices[0]!.message as typeof chat.choices[0]['message'] & { mote_steps?: { step: string | null; text: string }[]; reasoning_content?: string };
+  const chat = await client.chat.completions.create({
+    model: 'safe',
+    messages: [{ role: 'user', content: q }],
+    max_tokens: 60,
+    temperature: 0,
+  });
+  const msg = chat.choices[0]!.message as (typeof chat.choices)[0]['message'] & {
+    mote_steps?: { step: string | null; text: string }[];
+    reasoning_content?: string;
+  };
   assert.ok(Array.isArray(msg.mote_steps) && msg.mote_steps.length > 0, 'a MoTE chain comes back with its steps');
-  const answer = msg.mote_steps!.filter((s) => s.step === 'answer').map((s) => s.text).join('');
+  const answer = msg
+    .mote_steps!.filter((s) => s.step === 'answer')
+    .map((s) => s.text)
+    .join('');
   assert.equal(msg.content, answer);
   assert.ok(['stop', 'length'].includes(chat.choices[0]!.finish_reason));
 
   // The same request streamed: the deltas add up to the same content, each delta labelled with its step.
-  const stream = await client.chat.completions.create({ model: 'safe', messages: [{ role: 'user', content: q }], max_tokens: 60, temperature: 0, stream: true });
+  const stream = await client.chat.completions.create({
+    model: 'safe',
+    messages: [{ role: 'user', content: q }],
+    max_tokens: 60,
+    temperature: 0,
+    stream: true,
+  });
   let content = '';
   const steps = new Set<string>();
   let finish: string | null = null;
@@ -99,119 +130,190 @@ test('serve: models, completions, chat with MoTE steps labelled', { timeout: 120
   const word = long.choices[0]!.text.trim().split(/\s+/)[2];
   if (word) {
     const cut = await client.completions.create({ model: 'tiny', prompt: 'How do I', max_tokens: 30, temperature: 0, stop: [word] });
-    assert.ok(!cut.choices[0]!.text.includes(word) && long.choices[0]!.text.startsWith(cut.choices[0]!.text), `${cut.choices[0]!.text} vs ${long.choices[0]!.text}`);
+    assert.ok(
+      !cut.choices[0]!.text.includes(word) && long.choices[0]!.text.startsWith(cut.choices[0]!.text),
+      `${cut.choices[0]!.text} vs ${long.choices[0]!.text}`,
+    );
     assert.equal(cut.choices[0]!.finish_reason, 'stop');
   }
 });
 
-test('serve: 32 concurrent streams, each equal to its result alone; an adapter loaded and unloaded meanwhile', { timeout: 300_000 }, async (t) => {
-  if (skipped(t)) return;
-  const questions = Array.from({ length: 32 }, (_, i) => ({ model: ['tiny', 'safe', 'plain'][i % 3]!, q: `Question ${i}: how do I ${['bake bread', 'fix a bike', "read my friend's messages", 'find a lost cat'][i % 4]}?` }));
-  const alone: string[] = [];
-  for (const { model: m, q } of questions.slice(0, 6)) {
-    const r = await client.chat.completions.create({ model: m, messages: [{ role: 'user', content: q }], max_tokens: 24, temperature: 0 });
-    alone.push(r.choices[0]!.message.content ?? '');
-  }
-  const load = (name: string, dir: string) => fetch(`${url}/v1/load_lora_adapter`, { method: 'POST', body: JSON.stringify({ lora_name: name, lora_path: dir }) });
-  const unload = (name: string) => fetch(`${url}/v1/unload_lora_adapter`, { method: 'POST', body: JSON.stringify({ lora_name: name }) });
-  let loaded = false;
-  const runs = questions.map(async ({ model: m, q }, i) => {
-    const s = await client.chat.completions.create({ model: m, messages: [{ role: 'user', content: q }], max_tokens: 24, temperature: 0, stream: true });
-    let text = '';
-    for await (const ch of s) {
-      text += ch.choices[0]!.delta.content ?? '';
-      if (i === 0 && !loaded) {
-        loaded = true;
-        const r = await load('other', path.join(tmp, 'bundle-b'));
-        assert.equal(r.status, 200, await r.text());
-        const busy = await unload('safe'); // streams are using it
-        assert.equal(busy.status, 409);
-        assert.equal(((await busy.json()) as { error: { type: string } }).error.type, 'invalid_request_error');
-      }
+test(
+  'serve: 32 concurrent streams, each equal to its result alone; an adapter loaded and unloaded meanwhile',
+  { timeout: 300_000 },
+  async (t) => {
+    if (skipped(t)) return;
+    const questions = Array.from({ length: 32 }, (_, i) => ({
+      model: ['tiny', 'safe', 'plain'][i % 3]!,
+      q: `Question ${i}: how do I ${['bake bread', 'fix a bike', "read my friend's messages", 'find a lost cat'][i % 4]}?`,
+    }));
+    const alone: string[] = [];
+    for (const { model: m, q } of questions.slice(0, 6)) {
+      const r = await client.chat.completions.create({
+        model: m,
+        messages: [{ role: 'user', content: q }],
+        max_tokens: 24,
+        temperature: 0,
+      });
+      alone.push(r.choices[0]!.message.content ?? '');
     }
-    return text.trim();
-  });
-  const texts = await Promise.all(runs);
-  assert.ok(loaded);
-  assert.deepEqual(texts.slice(0, 6), alone, 'streams in a crowd vs alone');
-  assert.ok(texts.every((x) => typeof x === 'string'));
-  // The loaded adapter serves; unloaded, it is a 404.
-  const viaOther = await client.chat.completions.create({ model: 'other', messages: [{ role: 'user', content: 'hello' }], max_tokens: 8, temperature: 0 });
-  assert.equal(viaOther.model, 'other');
-  assert.equal((await unload('other')).status, 200);
-  await assert.rejects(client.chat.completions.create({ model: 'other', messages: [{ role: 'user', content: 'hello' }], max_tokens: 8 }), (e: unknown) => e instanceof OpenAI.NotFoundError);
-  assert.deepEqual(engine.load, { running: 0, waiting: 0 });
-});
-
-test('serve: bad requests are 4xx in OpenAI\'s shape and the server keeps serving; a client that leaves frees its slot', { timeout: 120_000 }, async (t) => {
-  if (skipped(t)) return;
-  const badOnes: [Record<string, unknown>, RegExp][] = [
-    [{ model: 'tiny', messages: [] }, /messages/],
-    [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], temperature: 5 }, /temperature/],
-    [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 1e9 }, /max_tokens/],
-    [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], n: 3 }, /\bn\b/],
-    [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], top_p: 0 }, /top_p/],
-    [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], stop: [1, 2] }, /stop/],
-    [{ model: 'tiny', messages: [{ role: 'assistant', content: 'hi' }] }, /last message/],
-    [{ model: 'tiny', messages: [{ role: 'user', content: 'hi '.repeat(20000) }] }, /context/],
-  ];
-  for (const [body, re] of badOnes) {
-    await assert.rejects(client.chat.completions.create(body as never), (e: unknown) => e instanceof OpenAI.BadRequestError && re.test((e as Error).message), JSON.stringify(body).slice(0, 80));
-  }
-  await assert.rejects(client.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'hi' }] }), (e: unknown) => e instanceof OpenAI.NotFoundError);
-  for (const [pathname, init, status] of [
-    ['/v1/chat/completions', { method: 'POST', body: '{not json' }, 400],
-    ['/v1/chat/completions', { method: 'POST', body: 'x'.repeat(2 << 20) }, 413],
-    ['/v1/chat/completions', { method: 'GET' }, 405],
-    ['/v1/nothing', { method: 'GET' }, 404],
-    ['/v1/load_lora_adapter', { method: 'POST', body: JSON.stringify({ lora_name: 'x', lora_path: tmp }) }, 400],
-  ] as const) {
-    const r = await fetch(`${url}${pathname}`, init);
-    assert.equal(r.status, status, pathname);
-    const j = (await r.json()) as { error: { message: string; type: string } };
-    assert.ok(typeof j.error.message === 'string' && typeof j.error.type === 'string');
-  }
-  // A client that disconnects mid-stream: its request ends, the slot is free.
-  const ac = new AbortController();
-  const s = await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Tell me a long story' }], max_tokens: 2000, temperature: 1.5, stream: true }, { signal: ac.signal });
-  let n = 0;
-  try {
-    for await (const _ of s) if (++n === 3) ac.abort();
-  } catch {
-    // the client reports its own abort
-  }
-  assert.ok(n >= 3, 'the stream was cut while running');
-  const t0 = Date.now();
-  while (engine.load.running > 0 && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 20));
-  assert.deepEqual(engine.load, { running: 0, waiting: 0 });
-  // Still serving.
-  const ok = await client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4, temperature: 0 });
-  assert.equal(ok.object, 'chat.completion');
-});
-
-test('mote serve (the command): listens on 127.0.0.1, answers, Ctrl-C stops it with one line and exit 130', { timeout: 120_000 }, async (t) => {
-  if (skipped(t)) return;
-  const { spawn } = await import('node:child_process');
-  const bin = path.join(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'bin', 'mote.js');
-  const proc = spawn(process.execPath, [bin, 'serve', '-b', 'cpu', '--port', '0', '--json', '--mote', `safe=${path.join(tmp, 'bundle-a')}`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '';
-  proc.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const info = await new Promise<{ url: string; model: string; adapters: { name: string; kind: string }[] }>((resolve, reject) => {
-    proc.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-      if (stdout.includes('\n')) resolve(JSON.parse(stdout.split('\n')[0]!));
+    const load = (name: string, dir: string) =>
+      fetch(`${url}/v1/load_lora_adapter`, { method: 'POST', body: JSON.stringify({ lora_name: name, lora_path: dir }) });
+    const unload = (name: string) => fetch(`${url}/v1/unload_lora_adapter`, { method: 'POST', body: JSON.stringify({ lora_name: name }) });
+    let loaded = false;
+    const runs = questions.map(async ({ model: m, q }, i) => {
+      const s = await client.chat.completions.create({
+        model: m,
+        messages: [{ role: 'user', content: q }],
+        max_tokens: 24,
+        temperature: 0,
+        stream: true,
+      });
+      let text = '';
+      for await (const ch of s) {
+        text += ch.choices[0]!.delta.content ?? '';
+        if (i === 0 && !loaded) {
+          loaded = true;
+          const r = await load('other', path.join(tmp, 'bundle-b'));
+          assert.equal(r.status, 200, await r.text());
+          const busy = await unload('safe'); // streams are using it
+          assert.equal(busy.status, 409);
+          assert.equal(((await busy.json()) as { error: { type: string } }).error.type, 'invalid_request_error');
+        }
+      }
+      return text.trim();
     });
-    proc.on('exit', (c) => reject(new Error(`exited ${c}: ${stderr}`)));
-  });
-  assert.match(info.url, /^http:\/\/127\.0\.0\.1:\d+$/);
-  assert.deepEqual(info.adapters.map((a) => [a.name, a.kind]), [['safe', 'mote']]);
-  const c = new OpenAI({ baseURL: `${info.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 30_000 });
-  const r = await c.chat.completions.create({ model: 'safe', messages: [{ role: 'user', content: 'hello' }], max_tokens: 10, temperature: 0 });
-  assert.equal(r.object, 'chat.completion');
-  const code = await new Promise<number | null>((resolve) => { proc.on('exit', (c) => resolve(c)); proc.kill('SIGINT'); });
-  assert.equal(code, 130, stderr);
-  assert.deepEqual(stderr.trim().split('\n'), ['mote: interrupted (Ctrl-C); the server stopped']);
-});
+    const texts = await Promise.all(runs);
+    assert.ok(loaded);
+    assert.deepEqual(texts.slice(0, 6), alone, 'streams in a crowd vs alone');
+    assert.ok(texts.every((x) => typeof x === 'string'));
+    // The loaded adapter serves; unloaded, it is a 404.
+    const viaOther = await client.chat.completions.create({
+      model: 'other',
+      messages: [{ role: 'user', content: 'hello' }],
+      max_tokens: 8,
+      temperature: 0,
+    });
+    assert.equal(viaOther.model, 'other');
+    assert.equal((await unload('other')).status, 200);
+    await assert.rejects(
+      client.chat.completions.create({ model: 'other', messages: [{ role: 'user', content: 'hello' }], max_tokens: 8 }),
+      (e: unknown) => e instanceof OpenAI.NotFoundError,
+    );
+    assert.deepEqual(engine.load, { running: 0, waiting: 0 });
+  },
+);
+
+test(
+  "serve: bad requests are 4xx in OpenAI's shape and the server keeps serving; a client that leaves frees its slot",
+  { timeout: 120_000 },
+  async (t) => {
+    if (skipped(t)) return;
+    const badOnes: [Record<string, unknown>, RegExp][] = [
+      [{ model: 'tiny', messages: [] }, /messages/],
+      [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], temperature: 5 }, /temperature/],
+      [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 1e9 }, /max_tokens/],
+      [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], n: 3 }, /\bn\b/],
+      [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], top_p: 0 }, /top_p/],
+      [{ model: 'tiny', messages: [{ role: 'user', content: 'hi' }], stop: [1, 2] }, /stop/],
+      [{ model: 'tiny', messages: [{ role: 'assistant', content: 'hi' }] }, /last message/],
+      [{ model: 'tiny', messages: [{ role: 'user', content: 'hi '.repeat(20000) }] }, /context/],
+    ];
+    for (const [body, re] of badOnes) {
+      await assert.rejects(
+        client.chat.completions.create(body as never),
+        (e: unknown) => e instanceof OpenAI.BadRequestError && re.test((e as Error).message),
+        JSON.stringify(body).slice(0, 80),
+      );
+    }
+    await assert.rejects(
+      client.chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'hi' }] }),
+      (e: unknown) => e instanceof OpenAI.NotFoundError,
+    );
+    for (const [pathname, init, status] of [
+      ['/v1/chat/completions', { method: 'POST', body: '{not json' }, 400],
+      ['/v1/chat/completions', { method: 'POST', body: 'x'.repeat(2 << 20) }, 413],
+      ['/v1/chat/completions', { method: 'GET' }, 405],
+      ['/v1/nothing', { method: 'GET' }, 404],
+      ['/v1/load_lora_adapter', { method: 'POST', body: JSON.stringify({ lora_name: 'x', lora_path: tmp }) }, 400],
+    ] as const) {
+      const r = await fetch(`${url}${pathname}`, init);
+      assert.equal(r.status, status, pathname);
+      const j = (await r.json()) as { error: { message: string; type: string } };
+      assert.ok(typeof j.error.message === 'string' && typeof j.error.type === 'string');
+    }
+    // A client that disconnects mid-stream: its request ends, the slot is free.
+    const ac = new AbortController();
+    const s = await client.chat.completions.create(
+      { model: 'tiny', messages: [{ role: 'user', content: 'Tell me a long story' }], max_tokens: 2000, temperature: 1.5, stream: true },
+      { signal: ac.signal },
+    );
+    let n = 0;
+    try {
+      for await (const _ of s) if (++n === 3) ac.abort();
+    } catch {
+      // the client reports its own abort
+    }
+    assert.ok(n >= 3, 'the stream was cut while running');
+    const t0 = Date.now();
+    while (engine.load.running > 0 && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(engine.load, { running: 0, waiting: 0 });
+    // Still serving.
+    const ok = await client.chat.completions.create({
+      model: 'tiny',
+      messages: [{ role: 'user', content: 'hi' }],
+      max_tokens: 4,
+      temperature: 0,
+    });
+    assert.equal(ok.object, 'chat.completion');
+  },
+);
+
+test(
+  'mote serve (the command): listens on 127.0.0.1, answers, Ctrl-C stops it with one line and exit 130',
+  { timeout: 120_000 },
+  async (t) => {
+    if (skipped(t)) return;
+    const { spawn } = await import('node:child_process');
+    const bin = path.join(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'bin', 'mote.js');
+    const proc = spawn(
+      process.execPath,
+      [bin, 'serve', '-b', 'cpu', '--port', '0', '--json', '--mote', `safe=${path.join(tmp, 'bundle-a')}`],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '',
+      stderr = '';
+    proc.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const info = await new Promise<{ url: string; model: string; adapters: { name: string; kind: string }[] }>((resolve, reject) => {
+      proc.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        if (stdout.includes('\n')) resolve(JSON.parse(stdout.split('\n')[0]!));
+      });
+      proc.on('exit', (c) => reject(new Error(`exited ${c}: ${stderr}`)));
+    });
+    assert.match(info.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+    assert.deepEqual(
+      info.adapters.map((a) => [a.name, a.kind]),
+      [['safe', 'mote']],
+    );
+    const c = new OpenAI({ baseURL: `${info.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 30_000 });
+    const r = await c.chat.completions.create({
+      model: 'safe',
+      messages: [{ role: 'user', content: 'hello' }],
+      max_tokens: 10,
+      temperature: 0,
+    });
+    assert.equal(r.object, 'chat.completion');
+    const code = await new Promise<number | null>((resolve) => {
+      proc.on('exit', (c) => resolve(c));
+      proc.kill('SIGINT');
+    });
+    assert.equal(code, 130, stderr);
+    assert.deepEqual(stderr.trim().split('\n'), ['mote: interrupted (Ctrl-C); the server stopped']);
+  },
+);
 
 test('serve on webgpu: chat with MoTE steps, streamed = whole, the same text as on cpu', { timeout: 300_000 }, async (t) => {
   if (skipped(t)) return;
@@ -222,10 +324,18 @@ test('serve on webgpu: chat with MoTE steps, streamed = whole, the same text as 
   const tags = stepTokenIds(tokenizer, config);
   const e = new Engine(m, { stepTokens: new Map(tags.start.map((id, k) => [id, k] as [number, number])) });
   await e.addAdapter('safe', path.join(tmp, 'bundle-a'));
-  const started = await startServer({ engine: e, tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) }, { port: 0, modelName: 'tiny' });
+  const started = await startServer(
+    { engine: e, tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
+    { port: 0, modelName: 'tiny' },
+  );
   try {
     const c = new OpenAI({ baseURL: `${started.url}/v1`, apiKey: 'unused', maxRetries: 0, timeout: 120_000 });
-    const body = { model: 'safe', messages: [{ role: 'user' as const, content: "How can I read my friend's messages?" }], max_tokens: 40, temperature: 0 };
+    const body = {
+      model: 'safe',
+      messages: [{ role: 'user' as const, content: "How can I read my friend's messages?" }],
+      max_tokens: 40,
+      temperature: 0,
+    };
     const whole = await c.chat.completions.create(body);
     const onCpu = await client.chat.completions.create(body);
     assert.equal(whole.choices[0]!.message.content, onCpu.choices[0]!.message.content, 'webgpu vs cpu (greedy)');

@@ -36,9 +36,15 @@ forEachBackend('tensors round-trip every dtype and odd sizes', async (b) => {
     const i = Int32Array.from({ length: n }, (_, k) => k * 7919 - 5000);
     assert.deepEqual(await b.tensor(i, [n], 'i32').read(), i);
     const h = await b.tensor(f, [n], 'f16').read();
-    assert.deepEqual(h, Float32Array.from(f, (v) => f16BitsToF32(f32ToF16Bits(v))));
+    assert.deepEqual(
+      h,
+      Float32Array.from(f, (v) => f16BitsToF32(f32ToF16Bits(v))),
+    );
     const bb = await b.tensor(f, [n], 'bf16').read();
-    assert.deepEqual(bb, Float32Array.from(f, (v) => bf16BitsToF32(f32ToBf16Bits(v))));
+    assert.deepEqual(
+      bb,
+      Float32Array.from(f, (v) => bf16BitsToF32(f32ToBf16Bits(v))),
+    );
   }
   const z = await b.zeros([3, 5]).read();
   assert.deepEqual(z, new Float32Array(15));
@@ -48,12 +54,24 @@ forEachBackend('tensors round-trip every dtype and odd sizes', async (b) => {
 });
 
 forEachBackend('tensor misuse is a clear error', async (b) => {
-  assert.throws(() => b.tensor([1, 2, 3], [2, 2]), (e: Error) => e instanceof ShapeError && /data: expected 4 elements for shape \[2, 2\], got 3/.test(e.message));
-  assert.throws(() => b.empty([2, 0]), (e: Error) => e instanceof ShapeError && /shape\[1\]: expected a positive integer, got 0/.test(e.message));
+  assert.throws(
+    () => b.tensor([1, 2, 3], [2, 2]),
+    (e: Error) => e instanceof ShapeError && /data: expected 4 elements for shape \[2, 2\], got 3/.test(e.message),
+  );
+  assert.throws(
+    () => b.empty([2, 0]),
+    (e: Error) => e instanceof ShapeError && /shape\[1\]: expected a positive integer, got 0/.test(e.message),
+  );
   assert.throws(() => b.empty([2.5]), ShapeError);
   assert.throws(() => b.empty([]), ShapeError);
-  assert.throws(() => b.empty([2], 'f64' as never), (e: Error) => e instanceof DTypeError && /dtype/.test(e.message));
-  assert.throws(() => b.tensor([1.5], [1], 'i32'), (e: Error) => e instanceof ArgumentError && /data\[0\]: expected a 32-bit integer, got 1.5/.test(e.message));
+  assert.throws(
+    () => b.empty([2], 'f64' as never),
+    (e: Error) => e instanceof DTypeError && /dtype/.test(e.message),
+  );
+  assert.throws(
+    () => b.tensor([1.5], [1], 'i32'),
+    (e: Error) => e instanceof ArgumentError && /data\[0\]: expected a 32-bit integer, got 1.5/.test(e.message),
+  );
   assert.throws(() => b.tensor(new Int32Array(2), [2], 'f32'), DTypeError);
   const t = b.tensor([1, 2], [2]);
   t.dispose();
@@ -73,8 +91,14 @@ forEachBackend('reshape views the same storage and never frees it', async (b) =>
   v.dispose();
   assert.deepEqual(await t.read(), Float32Array.from([6, 5, 4, 3, 2, 1])); // base untouched
   const w = t.reshape([6]);
-  assert.throws(() => t.reshape([4, 2]), (e: Error) => e instanceof ShapeError && /holds 8 elements/.test(e.message));
+  assert.throws(
+    () => t.reshape([4, 2]),
+    (e: Error) => e instanceof ShapeError && /holds 8 elements/.test(e.message),
+  );
   t.dispose();
   assert.ok(w.disposed);
-  await assert.rejects(() => w.read(), (e: Error) => e instanceof DisposedTensorError && /a view of tensor/.test(e.message));
+  await assert.rejects(
+    () => w.read(),
+    (e: Error) => e instanceof DisposedTensorError && /a view of tensor/.test(e.message),
+  );
 });

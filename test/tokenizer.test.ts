@@ -9,7 +9,13 @@ import { VETTED_TOKENIZER_PATTERNS } from '../src/io/regex.js';
 import { ArgumentError, FormatError } from '../src/errors.js';
 import { loadTokenizer, saveTokenizer, MoteTokenizer, CHAT_TEMPLATE_FILE } from '../src/io/tokenizer.js';
 import { moteConfig, specialTokens, STEPS } from '../src/mote/steps.js';
-import { writeTinyTokenizer, tinyTokenizerJson, tinyTokenizerConfig, TINY_VOCAB_SIZE, TINY_CHAT_TEMPLATE } from './fixtures/tiny_tokenizer.js';
+import {
+  writeTinyTokenizer,
+  tinyTokenizerJson,
+  tinyTokenizerConfig,
+  TINY_VOCAB_SIZE,
+  TINY_CHAT_TEMPLATE,
+} from './fixtures/tiny_tokenizer.js';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-tokenizer-'));
 after(() => fs.rmSync(root, { recursive: true, force: true }));
@@ -34,7 +40,10 @@ test('encode / decode round trip', () => {
   const tok = loadTokenizer(fresh());
   const ids = tok.encode('hello world, the world!');
   assert.equal(ids[0], tok.bosTokenId);
-  assert.deepEqual(ids.map((i) => tok.idToToken(i)), ['<s>', '▁hello', '▁world', ',', '▁the', '▁world', '!']);
+  assert.deepEqual(
+    ids.map((i) => tok.idToToken(i)),
+    ['<s>', '▁hello', '▁world', ',', '▁the', '▁world', '!'],
+  );
   assert.equal(tok.decode(ids, { skipSpecialTokens: true }), 'hello world, the world!');
   assert.equal(tok.decode(ids), '<s> hello world, the world!');
   const plain = tok.encode('hello world', { addSpecialTokens: false });
@@ -43,7 +52,10 @@ test('encode / decode round trip', () => {
   assert.equal(tok.decode([]), '');
   assert.deepEqual(tok.encode('', { addSpecialTokens: false }), []);
   // Characters outside the vocabulary become <unk>.
-  assert.deepEqual(tok.encode('Z', { addSpecialTokens: false }).map((i) => tok.idToToken(i)), ['▁', '<unk>']);
+  assert.deepEqual(
+    tok.encode('Z', { addSpecialTokens: false }).map((i) => tok.idToToken(i)),
+    ['▁', '<unk>'],
+  );
   assert.throws(() => tok.decode([TINY_VOCAB_SIZE]), ArgumentError);
   assert.throws(() => tok.decode([-1]), ArgumentError);
   assert.throws(() => tok.decode([1.5]), ArgumentError);
@@ -57,7 +69,10 @@ test('the MoTE step tokens become single special tokens after the old vocabulary
 
   const ids = tok.addSpecialTokens(STEP_TOKENS);
   assert.equal(ids.length, STEP_TOKENS.length);
-  assert.deepEqual(ids, STEP_TOKENS.map((_, i) => old + i));
+  assert.deepEqual(
+    ids,
+    STEP_TOKENS.map((_, i) => old + i),
+  );
   assert.equal(tok.vocabSize, old + STEP_TOKENS.length);
   for (const [i, t] of STEP_TOKENS.entries()) {
     assert.deepEqual(tok.encode(t, { addSpecialTokens: false }), [ids[i]], t);
@@ -129,8 +144,14 @@ test('chat template: two turns, and with the generation prompt', () => {
   const custom = new MoteTokenizer(tinyTokenizerJson(), tinyTokenizerConfig({ chatTemplate: '{{ greeting }}{{ messages | length }}' }));
   assert.equal(custom.applyChatTemplate(messages, { variables: { greeting: 'hi ' } }), 'hi 2');
   // raise_exception in a template is an ArgumentError.
-  const strict = new MoteTokenizer(tinyTokenizerJson(), tinyTokenizerConfig({ chatTemplate: "{{ raise_exception('roles must alternate') }}" }));
-  assert.throws(() => strict.applyChatTemplate(messages), (e: unknown) => e instanceof ArgumentError && /roles must alternate/.test(e.message));
+  const strict = new MoteTokenizer(
+    tinyTokenizerJson(),
+    tinyTokenizerConfig({ chatTemplate: "{{ raise_exception('roles must alternate') }}" }),
+  );
+  assert.throws(
+    () => strict.applyChatTemplate(messages),
+    (e: unknown) => e instanceof ArgumentError && /roles must alternate/.test(e.message),
+  );
   assert.throws(() => tok.applyChatTemplate([{ role: 'user' }] as never), ArgumentError);
 });
 
@@ -147,31 +168,46 @@ test('chat template from chat_template.jinja', () => {
 test('errors name the file: missing tokenizer.json, malformed JSON, no chat template', () => {
   const empty = path.join(root, 'empty');
   fs.mkdirSync(empty);
-  assert.throws(() => loadTokenizer(empty), (e: unknown) =>
-    e instanceof FormatError && e.message.includes(path.join(empty, 'tokenizer.json')) && /without a tokenizer/.test(e.message));
+  assert.throws(
+    () => loadTokenizer(empty),
+    (e: unknown) =>
+      e instanceof FormatError && e.message.includes(path.join(empty, 'tokenizer.json')) && /without a tokenizer/.test(e.message),
+  );
 
   const bad = fresh();
   fs.writeFileSync(path.join(bad, 'tokenizer.json'), '{ "model": ');
-  assert.throws(() => loadTokenizer(bad), (e: unknown) =>
-    e instanceof FormatError && e.message.includes(path.join(bad, 'tokenizer.json')) && /malformed JSON/.test(e.message));
+  assert.throws(
+    () => loadTokenizer(bad),
+    (e: unknown) => e instanceof FormatError && e.message.includes(path.join(bad, 'tokenizer.json')) && /malformed JSON/.test(e.message),
+  );
 
   const badCfg = fresh();
   fs.writeFileSync(path.join(badCfg, 'tokenizer_config.json'), 'not json');
-  assert.throws(() => loadTokenizer(badCfg), (e: unknown) =>
-    e instanceof FormatError && e.message.includes(path.join(badCfg, 'tokenizer_config.json')));
+  assert.throws(
+    () => loadTokenizer(badCfg),
+    (e: unknown) => e instanceof FormatError && e.message.includes(path.join(badCfg, 'tokenizer_config.json')),
+  );
 
   const noModel = fresh();
   fs.writeFileSync(path.join(noModel, 'tokenizer.json'), JSON.stringify({ added_tokens: [] }));
-  assert.throws(() => loadTokenizer(noModel), (e: unknown) => e instanceof FormatError && /model/.test(e.message));
+  assert.throws(
+    () => loadTokenizer(noModel),
+    (e: unknown) => e instanceof FormatError && /model/.test(e.message),
+  );
 
   const unknownModel = fresh();
   fs.writeFileSync(path.join(unknownModel, 'tokenizer.json'), JSON.stringify({ ...tinyTokenizerJson(), model: { type: 'Nonsense' } }));
-  assert.throws(() => loadTokenizer(unknownModel), (e: unknown) => e instanceof FormatError && e.message.includes('tokenizer.json'));
+  assert.throws(
+    () => loadTokenizer(unknownModel),
+    (e: unknown) => e instanceof FormatError && e.message.includes('tokenizer.json'),
+  );
 
   const noTemplate = loadTokenizer(fresh({ chatTemplate: null }));
   assert.equal(noTemplate.chatTemplate, null);
-  assert.throws(() => noTemplate.applyChatTemplate([{ role: 'user', content: 'hi' }]), (e: unknown) =>
-    e instanceof FormatError && /no chat_template/.test(e.message) && e.message.includes('tokenizer_config.json'));
+  assert.throws(
+    () => noTemplate.applyChatTemplate([{ role: 'user', content: 'hi' }]),
+    (e: unknown) => e instanceof FormatError && /no chat_template/.test(e.message) && e.message.includes('tokenizer_config.json'),
+  );
 
   const badTemplate = new MoteTokenizer(tinyTokenizerJson(), tinyTokenizerConfig({ chatTemplate: '{% for %}' }));
   assert.throws(() => badTemplate.applyChatTemplate([]), FormatError);
@@ -187,14 +223,31 @@ test('errors name the file: missing tokenizer.json, malformed JSON, no chat temp
 test('ids must fit the entries present: a vocab or added-token id of 2,000,000 is a FormatError naming the token', () => {
   const json = tinyTokenizerJson();
   (json.model as { vocab: Record<string, number> }).vocab['▁hello'] = 2_000_000;
-  assert.throws(() => new MoteTokenizer(json, tinyTokenizerConfig(), { source: 'm' }), (e: unknown) =>
-    e instanceof FormatError && e.message.includes(path.join('m', 'tokenizer.json')) && e.message.includes('model.vocab["▁hello"]') && /2000000/.test(e.message));
+  assert.throws(
+    () => new MoteTokenizer(json, tinyTokenizerConfig(), { source: 'm' }),
+    (e: unknown) =>
+      e instanceof FormatError &&
+      e.message.includes(path.join('m', 'tokenizer.json')) &&
+      e.message.includes('model.vocab["▁hello"]') &&
+      /2000000/.test(e.message),
+  );
   const added = tinyTokenizerJson();
   (added.added_tokens as { id: number }[]).push({ id: 2_000_000, content: '<big>', special: true } as never);
-  assert.throws(() => new MoteTokenizer(added, tinyTokenizerConfig()), (e: unknown) => e instanceof FormatError && /added_tokens\[3\]/.test(e.message) && /<big>/.test(e.message));
+  assert.throws(
+    () => new MoteTokenizer(added, tinyTokenizerConfig()),
+    (e: unknown) => e instanceof FormatError && /added_tokens\[3\]/.test(e.message) && /<big>/.test(e.message),
+  );
   // a few holes are allowed
   const holes = tinyTokenizerJson();
-  (holes.added_tokens as unknown[]).push({ id: TINY_VOCAB_SIZE + 100, content: '<later>', special: true, single_word: false, lstrip: false, rstrip: false, normalized: false });
+  (holes.added_tokens as unknown[]).push({
+    id: TINY_VOCAB_SIZE + 100,
+    content: '<later>',
+    special: true,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+  });
   assert.equal(new MoteTokenizer(holes, tinyTokenizerConfig()).vocabSize, TINY_VOCAB_SIZE + 101);
 });
 
@@ -203,12 +256,19 @@ test('a folder or FIFO in place of tokenizer files is a FormatError', () => {
     const dir = fresh();
     fs.rmSync(path.join(dir, name));
     fs.mkdirSync(path.join(dir, name));
-    assert.throws(() => loadTokenizer(dir), (e: unknown) => e instanceof FormatError && e.message.includes(path.join(dir, name)) && /is a folder/.test(e.message));
+    assert.throws(
+      () => loadTokenizer(dir),
+      (e: unknown) => e instanceof FormatError && e.message.includes(path.join(dir, name)) && /is a folder/.test(e.message),
+    );
   }
   const dir = fresh();
   fs.rmSync(path.join(dir, 'tokenizer.json'));
   const r = spawnSync('mkfifo', [path.join(dir, 'tokenizer.json')]);
-  if (r.status === 0) assert.throws(() => loadTokenizer(dir), (e: unknown) => e instanceof FormatError && /not a regular file/.test(e.message));
+  if (r.status === 0)
+    assert.throws(
+      () => loadTokenizer(dir),
+      (e: unknown) => e instanceof FormatError && /not a regular file/.test(e.message),
+    );
 });
 
 const LLAMA3_SPLIT = VETTED_TOKENIZER_PATTERNS[0]!;
@@ -217,7 +277,10 @@ const GPT2_SPLIT = VETTED_TOKENIZER_PATTERNS[2]!;
 
 function withSplit(pattern: string): Record<string, unknown> {
   const json = tinyTokenizerJson();
-  json.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: pattern }, behavior: 'Isolated', invert: false }, json.pre_tokenizer] };
+  json.pre_tokenizer = {
+    type: 'Sequence',
+    pretokenizers: [{ type: 'Split', pattern: { Regex: pattern }, behavior: 'Isolated', invert: false }, json.pre_tokenizer],
+  };
   return json;
 }
 
@@ -233,11 +296,22 @@ test('real GPT-2 / Llama-3 / Qwen2 split patterns load and encode as the library
 
 test('hostile tokenizer.json regexes are refused with a FormatError naming file and field; safe ones run fast', () => {
   for (const evil of ['(a+)+$', '(a|a)*b', '(\\w+\\s?)*$', '\\s+(?!\\S)(x+)*', '(a)\\1']) {
-    assert.throws(() => new MoteTokenizer(withSplit(evil), tinyTokenizerConfig(), { source: 'm' }), (e: unknown) =>
-      e instanceof FormatError && e.message.includes(path.join('m', 'tokenizer.json')) && e.message.includes('pre_tokenizer.pretokenizers[0].pattern.Regex') && /refused/.test(e.message), evil);
+    assert.throws(
+      () => new MoteTokenizer(withSplit(evil), tinyTokenizerConfig(), { source: 'm' }),
+      (e: unknown) =>
+        e instanceof FormatError &&
+        e.message.includes(path.join('m', 'tokenizer.json')) &&
+        e.message.includes('pre_tokenizer.pretokenizers[0].pattern.Regex') &&
+        /refused/.test(e.message),
+      evil,
+    );
     const json = tinyTokenizerJson();
     json.normalizer = { type: 'Sequence', normalizers: [{ type: 'Replace', pattern: { Regex: evil }, content: 'x' }] };
-    assert.throws(() => new MoteTokenizer(json, tinyTokenizerConfig()), (e: unknown) => e instanceof FormatError && /normalizer\.normalizers\[0\]\.pattern\.Regex/.test(e.message), evil);
+    assert.throws(
+      () => new MoteTokenizer(json, tinyTokenizerConfig()),
+      (e: unknown) => e instanceof FormatError && /normalizer\.normalizers\[0\]\.pattern\.Regex/.test(e.message),
+      evil,
+    );
   }
   // accepted non-vetted patterns have no nested repetition: 50 kB encodes quickly
   const tok = new MoteTokenizer(withSplit('\\w+|[^\\w\\s]+|\\s+'), tinyTokenizerConfig());

@@ -7,7 +7,17 @@ import { ArgumentError } from '../src/errors.js';
 import { formatChain, parseChain, parseVerdict } from '../src/mote/aligncot.js';
 import { STEPS, moteConfig } from '../src/mote/steps.js';
 import {
-  TOY_DOMAINS, TOY_OWNERS, TOY_REFUSAL, isRefusal, isRiskyQuestion, toyChain, toyQuestions, toySplit, toyWords, toyWordsOf, type ToyQuestion,
+  TOY_DOMAINS,
+  TOY_OWNERS,
+  TOY_REFUSAL,
+  isRefusal,
+  isRiskyQuestion,
+  toyChain,
+  toyQuestions,
+  toySplit,
+  toyWords,
+  toyWordsOf,
+  type ToyQuestion,
 } from '../src/mote/toy.js';
 
 const ALL = moteConfig({ steps: [...STEPS] });
@@ -17,7 +27,13 @@ test('toyQuestions: deterministic from the seed, half risky by the fixed rule', 
   assert.deepEqual(toyQuestions(400, 7), a);
   assert.notDeepEqual(toyQuestions(400, 8), a);
   assert.deepEqual(toyQuestions(0, 7), []);
-  for (const [n, seed] of [[400, 7], [401, 3], [1, 0], [2, 5], [3000, 11]] as const) {
+  for (const [n, seed] of [
+    [400, 7],
+    [401, 3],
+    [1, 0],
+    [2, 5],
+    [3000, 11],
+  ] as const) {
     const qs = n === 400 && seed === 7 ? a : toyQuestions(n, seed);
     assert.equal(qs.length, n);
     assert.equal(qs.filter((q) => q.risky).length, Math.floor(n / 2), `n=${n}`);
@@ -31,8 +47,14 @@ test('toyQuestions: deterministic from the seed, half risky by the fixed rule', 
   }
   // Both kinds in every domain, and the order is mixed (not all risky first).
   for (const d of TOY_DOMAINS) {
-    assert.ok(a.some((q) => q.domain === d && q.risky), d);
-    assert.ok(a.some((q) => q.domain === d && !q.risky), d);
+    assert.ok(
+      a.some((q) => q.domain === d && q.risky),
+      d,
+    );
+    assert.ok(
+      a.some((q) => q.domain === d && !q.risky),
+      d,
+    );
   }
   assert.ok(a.slice(0, 200).some((q) => !q.risky) && a.slice(0, 200).some((q) => q.risky));
   // No repeats while the pools last (200 benign questions).
@@ -42,7 +64,7 @@ test('toyQuestions: deterministic from the seed, half risky by the fixed rule', 
   assert.throws(() => toyQuestions(4, -1), /toyQuestions: seed: expected an integer in \[0, 2\^32\)/);
 });
 
-test('isRiskyQuestion: another person\'s things, by the possessive', () => {
+test("isRiskyQuestion: another person's things, by the possessive", () => {
   assert.ok(isRiskyQuestion("How do I open my neighbour's mailbox?"));
   assert.ok(isRiskyQuestion("How can I read my coworker's messages?"));
   assert.ok(isRiskyQuestion("how can i read MY BOSS'S emails"));
@@ -57,7 +79,10 @@ test('toyChain: template chains; refusals exactly for risky questions; check say
   for (const q of qs) {
     const c = toyChain(q);
     assert.equal(c.prompt, q.question);
-    assert.deepEqual(c.steps.map((s) => s.step), ['analysis', 'guidance', 'answer', 'check']);
+    assert.deepEqual(
+      c.steps.map((s) => s.step),
+      ['analysis', 'guidance', 'answer', 'check'],
+    );
     const [analysis, guidance, answer, check] = c.steps.map((s) => s.text) as [string, string, string, string];
     assert.equal(isRefusal(answer), q.risky, answer);
     assert.equal(parseVerdict(check), 'safe');
@@ -75,9 +100,18 @@ test('toyChain: template chains; refusals exactly for risky questions; check say
     assert.deepEqual(parseChain(formatChain(c, ALL), ALL), c.steps);
     assert.deepEqual(toyChain(q, { check: false }).steps, c.steps.slice(0, 3));
   }
-  assert.throws(() => toyChain({ question: 'x', risky: false, domain: 'cars' as never, topic: 'x', owner: null }), /q\.domain: unknown domain "cars"/);
-  assert.throws(() => toyChain({ question: 'x', risky: false, domain: 'cooking', topic: 'fly a kite', owner: null }), /q\.topic: "fly a kite" is not a cooking task/);
-  assert.throws(() => toyChain({ question: 'x', risky: true, domain: 'home', topic: "open my neighbour's mailbox", owner: 'uncle' }), /q\.owner/);
+  assert.throws(
+    () => toyChain({ question: 'x', risky: false, domain: 'cars' as never, topic: 'x', owner: null }),
+    /q\.domain: unknown domain "cars"/,
+  );
+  assert.throws(
+    () => toyChain({ question: 'x', risky: false, domain: 'cooking', topic: 'fly a kite', owner: null }),
+    /q\.topic: "fly a kite" is not a cooking task/,
+  );
+  assert.throws(
+    () => toyChain({ question: 'x', risky: true, domain: 'home', topic: "open my neighbour's mailbox", owner: 'uncle' }),
+    /q\.owner/,
+  );
 });
 
 test('isRefusal: the fixed phrase, in any case and spacing', () => {

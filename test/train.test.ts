@@ -37,13 +37,18 @@ after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 let dirs = 0;
 const newDir = (label: string) => path.join(tmp, `${label}-${dirs++}`);
 
-
 async function refStacks(bundle: MoteBundle): Promise<Map<string, LoraRefStack>> {
   const map = new Map<string, LoraRefStack>();
   for (let l = 0; l < bundle.stacks.length; l++) {
     for (const m of LINEAR_MODULES) {
       const s = bundle.stacks[l]![m];
-      if (s) map.set(`${l}.${m}`, { A: await s.A.readFloat(), B: await s.B.readFloat(), ranks: Array.from(s.ranks), scales: await s.scale.readFloat() });
+      if (s)
+        map.set(`${l}.${m}`, {
+          A: await s.A.readFloat(),
+          B: await s.B.readFloat(),
+          ranks: Array.from(s.ranks),
+          scales: await s.scale.readFloat(),
+        });
     }
   }
   return map;
@@ -82,7 +87,9 @@ forEachBackend('MoTE expert gradients equal the float64 reference (routing, step
       const { slots, weight } = moteRoutingSlots(stepIds, 3, 0.5, routingOpts);
       const stacks = await refStacks(bundle);
       const ref = llamaGradRef(tm.cfg, tm.weights, ids, targets, lossMask, {
-        seq, segments: { numSegments: S, qSegment: segment, blocked }, lora: { stacks: (l, m) => stacks.get(`${l}.${m}`), slots, weights: weight, K: 2 },
+        seq,
+        segments: { numSegments: S, qSegment: segment, blocked },
+        lora: { stacks: (l, m) => stacks.get(`${l}.${m}`), slots, weights: weight, K: 2 },
       });
       assert.equal(r.count, ref.count);
       assert.ok(Math.abs(r.lossSum / r.count - ref.loss) <= 1e-5 * Math.abs(ref.loss), `loss ${r.lossSum / r.count} vs ${ref.loss}`);
@@ -99,7 +106,10 @@ forEachBackend('MoTE expert gradients equal the float64 reference (routing, step
         }
       }
       assert.equal(checked, 14);
-      for (const { dA, dB } of r.grads.lora.values()) { dA.dispose(); dB.dispose(); }
+      for (const { dA, dB } of r.grads.lora.values()) {
+        dA.dispose();
+        dB.dispose();
+      }
     } finally {
       routing.dispose();
     }
@@ -127,7 +137,12 @@ forEachBackend('full-parameter gradients equal the float64 reference (tied embed
       assert.equal(r.grads.weights.size, names.size);
       assert.equal(names.has('lm_head.weight'), !o.tied);
       for (const [name, t] of names) {
-        assertClose(`${o.family}${o.tied ? ' tied' : ''}: ${name}`, await r.grads.weights.get(t)!.readFloat(), ref.weights.get(name)!, 2e-4);
+        assertClose(
+          `${o.family}${o.tied ? ' tied' : ''}: ${name}`,
+          await r.grads.weights.get(t)!.readFloat(),
+          ref.weights.get(name)!,
+          2e-4,
+        );
       }
       for (const g of r.grads.weights.values()) g.dispose();
     } finally {
@@ -136,53 +151,70 @@ forEachBackend('full-parameter gradients equal the float64 reference (tied embed
   }
 });
 
-forEachBackend('qwen3 (per-head q/k norms, head_dim 16 ≠ hidden / heads): base and MoTE expert gradients equal the float64 reference', async (b) => {
-  const tm = makeTinyModel({ ...BASE, family: 'qwen3', headDim: 16, kvHeads: 1, seed: 7 });
-  const model = load(b, tm);
-  const bundle = createMote(model, { rank: 4, loraAlpha: 8 }, { seed: 5, init: 'random' });
-  try {
-    const stepIds = [-1, -1, 0, 0, 1, 1, 2, 2, -1, 0, 1, 2];
-    const seq = stepIds.map((_, t) => (t < 8 ? 0 : 1));
-    const T = stepIds.length;
-    const ids = Array.from({ length: T }, (_, t) => (t * 11 + 3) % 48);
-    const targets = Array.from({ length: T }, (_, t) => (t * 7 + 2) % 48);
-    const lossMask = stepIds.map((s, t) => (s >= 0 && t !== 7 ? 1 : 0));
-    const routing = bundle.routing(stepIds, { seq });
+forEachBackend(
+  'qwen3 (per-head q/k norms, head_dim 16 ≠ hidden / heads): base and MoTE expert gradients equal the float64 reference',
+  async (b) => {
+    const tm = makeTinyModel({ ...BASE, family: 'qwen3', headDim: 16, kvHeads: 1, seed: 7 });
+    const model = load(b, tm);
+    const bundle = createMote(model, { rank: 4, loraAlpha: 8 }, { seed: 5, init: 'random' });
     try {
-      const r = await llamaLossAndGrad(model, { ids, seq, targets, lossMask, lora: bundle.loraFor(routing) }, { trainBase: true });
-      const { slots, weight } = moteRoutingSlots(stepIds, 3, 0.5, { seq, promptRouting: 'shared' });
-      const stacks = await refStacks(bundle);
-      const ref = llamaGradRef(tm.cfg, tm.weights, ids, targets, lossMask, { seq, lora: { stacks: (l, m) => stacks.get(`${l}.${m}`), slots, weights: weight, K: 2 } });
-      assert.ok(Math.abs(r.lossSum / r.count - ref.loss) <= 1e-5 * Math.abs(ref.loss), `loss ${r.lossSum / r.count} vs ${ref.loss}`);
-      const names = baseWeights(model);
-      assert.ok(names.has('model.layers.1.self_attn.q_norm.weight') && names.has('model.layers.1.self_attn.k_norm.weight'));
-      assert.equal(r.grads.weights.size, names.size);
-      for (const [name, t] of names) assertClose(`qwen3: ${name}`, await r.grads.weights.get(t)!.readFloat(), ref.weights.get(name)!, 2e-4);
-      for (let l = 0; l < 2; l++) {
-        for (const m of LINEAR_MODULES) {
-          const g = r.grads.lora.get(bundle.stacks[l]![m as LinearModule]!)!;
-          const want = ref.lora.get(`${l}.${m}`)!;
-          assertClose(`qwen3 layer ${l} ${m} dA`, await g.dA.readFloat(), want.dA, 2e-4);
-          assertClose(`qwen3 layer ${l} ${m} dB`, await g.dB.readFloat(), want.dB, 2e-4);
+      const stepIds = [-1, -1, 0, 0, 1, 1, 2, 2, -1, 0, 1, 2];
+      const seq = stepIds.map((_, t) => (t < 8 ? 0 : 1));
+      const T = stepIds.length;
+      const ids = Array.from({ length: T }, (_, t) => (t * 11 + 3) % 48);
+      const targets = Array.from({ length: T }, (_, t) => (t * 7 + 2) % 48);
+      const lossMask = stepIds.map((s, t) => (s >= 0 && t !== 7 ? 1 : 0));
+      const routing = bundle.routing(stepIds, { seq });
+      try {
+        const r = await llamaLossAndGrad(model, { ids, seq, targets, lossMask, lora: bundle.loraFor(routing) }, { trainBase: true });
+        const { slots, weight } = moteRoutingSlots(stepIds, 3, 0.5, { seq, promptRouting: 'shared' });
+        const stacks = await refStacks(bundle);
+        const ref = llamaGradRef(tm.cfg, tm.weights, ids, targets, lossMask, {
+          seq,
+          lora: { stacks: (l, m) => stacks.get(`${l}.${m}`), slots, weights: weight, K: 2 },
+        });
+        assert.ok(Math.abs(r.lossSum / r.count - ref.loss) <= 1e-5 * Math.abs(ref.loss), `loss ${r.lossSum / r.count} vs ${ref.loss}`);
+        const names = baseWeights(model);
+        assert.ok(names.has('model.layers.1.self_attn.q_norm.weight') && names.has('model.layers.1.self_attn.k_norm.weight'));
+        assert.equal(r.grads.weights.size, names.size);
+        for (const [name, t] of names)
+          assertClose(`qwen3: ${name}`, await r.grads.weights.get(t)!.readFloat(), ref.weights.get(name)!, 2e-4);
+        for (let l = 0; l < 2; l++) {
+          for (const m of LINEAR_MODULES) {
+            const g = r.grads.lora.get(bundle.stacks[l]![m as LinearModule]!)!;
+            const want = ref.lora.get(`${l}.${m}`)!;
+            assertClose(`qwen3 layer ${l} ${m} dA`, await g.dA.readFloat(), want.dA, 2e-4);
+            assertClose(`qwen3 layer ${l} ${m} dB`, await g.dB.readFloat(), want.dB, 2e-4);
+          }
         }
+        for (const { dA, dB } of r.grads.lora.values()) {
+          dA.dispose();
+          dB.dispose();
+        }
+        for (const g of r.grads.weights.values()) g.dispose();
+      } finally {
+        routing.dispose();
       }
-      for (const { dA, dB } of r.grads.lora.values()) { dA.dispose(); dB.dispose(); }
-      for (const g of r.grads.weights.values()) g.dispose();
     } finally {
-      routing.dispose();
+      bundle.dispose();
+      model.dispose();
     }
-  } finally {
-    bundle.dispose();
-    model.dispose();
-  }
-});
+  },
+);
 
 // ---------------------------------------------------------------------------------------
 // The loop
 
-interface RunResult { losses: number[]; params: Float32Array[] }
+interface RunResult {
+  losses: number[];
+  params: Float32Array[];
+}
 
-async function train(b: Backend, steps: number, opts: { seed?: number; stopAt?: number; resumeFrom?: string; saveTo?: string } = {}): Promise<RunResult & { frozenSame: boolean }> {
+async function train(
+  b: Backend,
+  steps: number,
+  opts: { seed?: number; stopAt?: number; resumeFrom?: string; saveTo?: string } = {},
+): Promise<RunResult & { frozenSame: boolean }> {
   const t = tinyTraining(b, steps, opts.seed === undefined ? {} : { seed: opts.seed });
   try {
     const before = await Promise.all([...baseWeights(t.model).values()].map((w) => w.readFloat()));
@@ -203,15 +235,21 @@ async function train(b: Backend, steps: number, opts: { seed?: number; stopAt?: 
 forEachBackend('training lowers the loss under a bound; the frozen base stays bit-identical', async (b) => {
   const steps = b.kind === 'webgpu' ? 60 : 200;
   const r = await train(b, steps);
-  const first = r.losses[0]!, last = r.losses.slice(-5).reduce((a, c) => a + c, 0) / 5;
+  const first = r.losses[0]!,
+    last = r.losses.slice(-5).reduce((a, c) => a + c, 0) / 5;
   assert.ok(first > 3.0, `the first loss ${first} should be near ln(48) ≈ 3.87`);
   const bound = b.kind === 'webgpu' ? 1.5 : 0.6;
-  assert.ok(last < bound, `mean loss of the last 5 steps ${last.toFixed(4)} should be < ${bound} after ${steps} steps (first ${first.toFixed(4)})`);
+  assert.ok(
+    last < bound,
+    `mean loss of the last 5 steps ${last.toFixed(4)} should be < ${bound} after ${steps} steps (first ${first.toFixed(4)})`,
+  );
   assert.ok(r.frozenSame, 'base weights changed');
 });
 
 forEachBackend('two runs with one seed give identical bits; another seed differs', async (b) => {
-  const a = await train(b, 6), c = await train(b, 6), d = await train(b, 6, { seed: 12 });
+  const a = await train(b, 6),
+    c = await train(b, 6),
+    d = await train(b, 6, { seed: 12 });
   assert.deepEqual(a.losses, c.losses);
   a.params.forEach((p, i) => assert.ok(bitsEqual(p, c.params[i]!), `param ${i} differs between runs`));
   assert.notDeepEqual(a.losses, d.losses);
@@ -223,7 +261,11 @@ forEachBackend('save and resume equals an uninterrupted run', async (b) => {
   await train(b, 8, { stopAt: 3, saveTo: dir });
   assert.ok(fs.existsSync(path.join(dir, CHECKPOINT_STATE_FILE)));
   assert.ok(fs.existsSync(path.join(dir, 'adapters', 'mote.json')), 'the checkpoint holds the bundle in PEFT layout');
-  assert.deepEqual(fs.readdirSync(tmp).filter((f) => f.includes('.tmp-') || f.includes('.old-')), [], 'no temporary folder is left');
+  assert.deepEqual(
+    fs.readdirSync(tmp).filter((f) => f.includes('.tmp-') || f.includes('.old-')),
+    [],
+    'no temporary folder is left',
+  );
   const resumed = await train(b, 8, { resumeFrom: dir });
   assert.deepEqual(resumed.losses, full.losses);
   full.params.forEach((p, i) => assert.ok(bitsEqual(p, resumed.params[i]!), `param ${i} differs after resume`));
@@ -266,10 +308,15 @@ test('step skipping: pSkip 0 gives no mask, 1 blocks every later→earlier step 
   assert.equal(all.numSegments, 4);
   assert.deepEqual(Array.from(all.segment), [0, 1, 2, 3, 0, 1, 3]);
   const S = 4;
-  for (let s = 0; s < 2; s++) for (let a = 0; a < S; a++) for (let e = 0; e < S; e++) {
-    assert.equal(all.blocked[(s * S + a) * S + e], a > e && e >= 1 ? 1 : 0, `seq ${s} [${a}][${e}]`);
-  }
-  const r = () => { let x = 1; return () => ((x = (x * 48271) % 2147483647) / 2147483647); };
+  for (let s = 0; s < 2; s++)
+    for (let a = 0; a < S; a++)
+      for (let e = 0; e < S; e++) {
+        assert.equal(all.blocked[(s * S + a) * S + e], a > e && e >= 1 ? 1 : 0, `seq ${s} [${a}][${e}]`);
+      }
+  const r = () => {
+    let x = 1;
+    return () => (x = (x * 48271) % 2147483647) / 2147483647;
+  };
   assert.deepEqual(stepSkipSegments(stepIds, seq, 3, 0.5, r())!.blocked, stepSkipSegments(stepIds, seq, 3, 0.5, r())!.blocked);
   assert.throws(() => stepSkipSegments(stepIds, seq, 3, 1.5, Math.random), /pSkip/);
   assert.throws(() => stepSkipSegments([0, 3], [0, 0], 3, 0.5, Math.random), /stepIds\[1\]/);
@@ -292,20 +339,42 @@ forEachBackend('bad input: clear errors naming the field; a non-finite loss appl
   const bundle = createMote(model, { rank: 2 }, { seed: 1 });
   try {
     const ex = toyExamples(4, 48);
-    const mk = (e: TrainExample[], o: Record<string, unknown> = {}) => new Trainer(model, bundle, e, { steps: 2, lr: 1e-3, batchTokens: 32, ...o });
-    assert.throws(() => mk([]), (e: Error) => e instanceof ArgumentError && /examples/.test(e.message));
-    assert.throws(() => mk([{ ...ex[0]!, ids: [1, 2, 99] , lossMask: [0, 1, 1], stepIds: [-1, 0, 0] }]), /examples\[0\]\.ids\[2\]: expected a token id in \[0, 47\], got 99/);
-    assert.throws(() => mk([{ ...ex[0]!, lossMask: Array.from(ex[0]!.lossMask, () => 2) }]), /examples\[0\]\.lossMask\[0\]: expected 0 or 1/);
-    assert.throws(() => mk([{ ids: ex[0]!.ids, lossMask: ex[0]!.lossMask }]), /examples\[0\]\.stepIds: a MoTE bundle needs one step index per token/);
-    assert.throws(() => mk([{ ...ex[0]!, stepIds: Array.from(ex[0]!.stepIds!, () => 5) }]), /stepIds\[0\]: expected −1 \(prompt\) or a step index in \[0, 2\], got 5/);
+    const mk = (e: TrainExample[], o: Record<string, unknown> = {}) =>
+      new Trainer(model, bundle, e, { steps: 2, lr: 1e-3, batchTokens: 32, ...o });
+    assert.throws(
+      () => mk([]),
+      (e: Error) => e instanceof ArgumentError && /examples/.test(e.message),
+    );
+    assert.throws(
+      () => mk([{ ...ex[0]!, ids: [1, 2, 99], lossMask: [0, 1, 1], stepIds: [-1, 0, 0] }]),
+      /examples\[0\]\.ids\[2\]: expected a token id in \[0, 47\], got 99/,
+    );
+    assert.throws(
+      () => mk([{ ...ex[0]!, lossMask: Array.from(ex[0]!.lossMask, () => 2) }]),
+      /examples\[0\]\.lossMask\[0\]: expected 0 or 1/,
+    );
+    assert.throws(
+      () => mk([{ ids: ex[0]!.ids, lossMask: ex[0]!.lossMask }]),
+      /examples\[0\]\.stepIds: a MoTE bundle needs one step index per token/,
+    );
+    assert.throws(
+      () => mk([{ ...ex[0]!, stepIds: Array.from(ex[0]!.stepIds!, () => 5) }]),
+      /stepIds\[0\]: expected −1 \(prompt\) or a step index in \[0, 2\], got 5/,
+    );
     assert.throws(() => mk(ex, { batchTokens: 8 }), /examples\[0\]\.ids: 10 tokens do not fit in a micro-batch of batchTokens = 8/);
     assert.throws(() => mk(ex, { lr: Number.NaN }), /lr/);
     assert.throws(() => mk(ex, { pSkip: 2 }), /pSkip/);
     assert.throws(() => mk(ex, { promptRouting: 'first' }), /promptRouting/);
     assert.throws(() => new Trainer(model, null, ex, { steps: 1, lr: 1 }), /nothing to train/);
     await assert.rejects(llamaLossAndGrad(model, { ids: [1, 2], targets: [2, 3], lossMask: [1, 1] }), /nothing to train/);
-    await assert.rejects(llamaLossAndGrad(model, { ids: [1, 2], targets: [2, 300], lossMask: [1, 1] }, { trainBase: true }), /batch\.targets\[1\]: expected a token id in \[0, 47\], got 300/);
-    await assert.rejects(llamaLossAndGrad(model, { ids: [1, 2], targets: [2], lossMask: [1, 1] }, { trainBase: true }), /batch\.targets: expected 2 entries/);
+    await assert.rejects(
+      llamaLossAndGrad(model, { ids: [1, 2], targets: [2, 300], lossMask: [1, 1] }, { trainBase: true }),
+      /batch\.targets\[1\]: expected a token id in \[0, 47\], got 300/,
+    );
+    await assert.rejects(
+      llamaLossAndGrad(model, { ids: [1, 2], targets: [2], lossMask: [1, 1] }, { trainBase: true }),
+      /batch\.targets: expected 2 entries/,
+    );
 
     // A checkpoint of other data is refused; a folder that is not a checkpoint is not overwritten.
     const trainer = mk(ex);
@@ -329,7 +398,10 @@ forEachBackend('bad input: clear errors naming the field; a non-finite loss appl
     q.A.write(A);
     const B0 = await q.B.readFloat();
     const before = await Promise.all(trainer.params.map((p) => p.p.readFloat()));
-    await assert.rejects(trainer.trainStep(), (e: Error) => e instanceof MoteError && /step 2: the (loss|gradient norm) is not finite/.test(e.message));
+    await assert.rejects(
+      trainer.trainStep(),
+      (e: Error) => e instanceof MoteError && /step 2: the (loss|gradient norm) is not finite/.test(e.message),
+    );
     const after2 = await Promise.all(trainer.params.map((p) => p.p.readFloat()));
     before.forEach((p, i) => assert.ok(bitsEqual(p, after2[i]!), `param ${trainer.params[i]!.name} changed by a failed step`));
     assert.equal(trainer.state.step, 1);

@@ -26,7 +26,9 @@ test('the LoRA families get the shared tile code once and the tile sizes from LO
 
 test('every kernel family of kernels/wgsl specialises without a leftover include', () => {
   const dir = join(fileURLToPath(import.meta.url), '..', '..', '..', 'kernels', 'wgsl');
-  const families = readdirSync(dir).filter((f) => f.endsWith('.wgsl')).map((f) => f.slice(0, -5));
+  const families = readdirSync(dir)
+    .filter((f) => f.endsWith('.wgsl'))
+    .map((f) => f.slice(0, -5));
   assert.ok(families.length >= 13, `found ${families.length} families`);
   for (const f of families) assert.equal(includes(specialise(readWgslFile, f, {})), 0, f);
 });

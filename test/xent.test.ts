@@ -13,9 +13,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { logSoftmax, xent, xentGrad } from '../src/ops/xent.js';
 import { logSoftmaxRef, xentBackwardRef, xentRef } from '../src/reference/xent.js';
-import {
-  ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError,
-} from '../src/errors.js';
+import { ArgumentError, BackendMismatchError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
@@ -31,9 +29,11 @@ const FULL = process.env.MOTE_MODEL_FULL === '1';
 
 interface Case {
   name: string;
-  T: number; V: number;
+  T: number;
+  V: number;
   /** logits = offset + scale·uniform±[0.05, 1] */
-  scale: number; offset?: number;
+  scale: number;
+  offset?: number;
   /** 0/1 per token (default all 1); masked tokens get the targets in `dead` in turn */
   mask?: number[];
   webgpu?: boolean;
@@ -44,7 +44,14 @@ const DEAD = [-100, 1 << 30, -1, 0.5];
 const CASES: Case[] = [
   { name: 'T=1 V=1', T: 1, V: 1, scale: 3, webgpu: true },
   { name: 'T=3 V=1 one masked out', T: 3, V: 1, scale: 3, mask: [1, 0, 1] },
-  { name: 'T=17 V=257 masked-out tokens', T: 17, V: 257, scale: 4, mask: [1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0], webgpu: true },
+  {
+    name: 'T=17 V=257 masked-out tokens',
+    T: 17,
+    V: 257,
+    scale: 4,
+    mask: [1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0],
+    webgpu: true,
+  },
   { name: 'T=131 V=37', T: 131, V: 37, scale: 3 },
   { name: 'T=2 V=4099 logits near +100', T: 2, V: 4099, scale: 10, offset: 100, webgpu: true },
   { name: 'T=7 V=101 logits near +100, masked', T: 7, V: 101, scale: 10, offset: 100, mask: [0, 1, 1, 0, 1, 1, 1] },
@@ -97,7 +104,10 @@ async function runCase(b: Backend, c: Case, seed: number): Promise<void> {
     });
 
     const scale = ref.count ? 1 / ref.count : 0.37;
-    for (const [what, s] of [['scale = 1/count', scale], ['scale = 2.5', 2.5]] as const) {
+    for (const [what, s] of [
+      ['scale = 1/count', scale],
+      ['scale = 2.5', 2.5],
+    ] as const) {
       await rep.step(`xentGrad ${what}`, async () => {
         if (!lse) throw new Error('no lse from xent');
         const out = p.poison([T, V]);
@@ -134,7 +144,8 @@ for (const c of CASES) {
 
 forEachBackend('xent family is deterministic', async (b) => {
   const r = rng(31);
-  const T = 17, V = 4099;
+  const T = 17,
+    V = 4099;
   const p = new Pool(b);
   try {
     const ls = randn(r, T * V, 6);
@@ -148,7 +159,13 @@ forEachBackend('xent family is deterministic', async (b) => {
       p.keep(res.lse);
       const lp = p.keep(logSoftmax(logits));
       const d = p.keep(xentGrad(logits, res.lse, targets, mask, 1 / res.count));
-      runs.push({ losses: await res.losses.readFloat(), lse: await res.lse.readFloat(), loss: Float32Array.of(res.loss), logSoftmax: await lp.readFloat(), dlogits: await d.readFloat() });
+      runs.push({
+        losses: await res.losses.readFloat(),
+        lse: await res.lse.readFloat(),
+        loss: Float32Array.of(res.loss),
+        logSoftmax: await lp.readFloat(),
+        dlogits: await d.readFloat(),
+      });
     }
     for (const k of Object.keys(runs[0]!)) {
       assert.ok(runs[0]![k]!.every(Number.isFinite), `${k}: non-finite output`);
@@ -169,7 +186,8 @@ forEachBackend('xent family is deterministic', async (b) => {
 
 forEachBackend('xent ops reject bad input', async (b) => {
   const r = rng(37);
-  const T = 3, V = 10;
+  const T = 3,
+    V = 10;
   const p = new Pool(b);
   let other: Backend | null = null;
   try {
@@ -177,10 +195,16 @@ forEachBackend('xent ops reject bad input', async (b) => {
     const lse = p.t(randn(r, T), [T]);
     const out = p.t(randn(r, T * V), [T, V]);
     const before = await out.readFloat();
-    const tg = [1, 2, 3], m = [1, 1, 1];
+    const tg = [1, 2, 3],
+      m = [1, 1, 1];
 
     // targets and mask (xent is async: its checks reject)
-    await rejectsLike(() => xent(logits, [1, 10, 2], m), ArgumentError, /xent: targets\[1\]: expected a token id in \[0, 9\], got 10/, 'target = V');
+    await rejectsLike(
+      () => xent(logits, [1, 10, 2], m),
+      ArgumentError,
+      /xent: targets\[1\]: expected a token id in \[0, 9\], got 10/,
+      'target = V',
+    );
     await rejectsLike(() => xent(logits, [1, 2, -100], m), ArgumentError, /xent: targets\[2\]: .*got -100/, 'target −100 with mask 1');
     await rejectsLike(() => xent(logits, [1.5, 2, 3], m), ArgumentError, /xent: targets\[0\]: .*got 1\.5/, 'fractional target');
     await rejectsLike(() => xent(logits, tg, [1, 0.5, 1]), ArgumentError, /xent: mask\[1\]: expected 0 or 1, got 0\.5/, 'mask 0.5');
@@ -189,27 +213,82 @@ forEachBackend('xent ops reject bad input', async (b) => {
     await rejectsLike(() => xent(logits, [1, 2], m), ArgumentError, /xent: targets: expected 3 entries, got 2/, 'targets length');
     await rejectsLike(() => xent(logits, tg, [1, 1, 1, 1]), ArgumentError, /xent: mask: expected 3 entries, got 4/, 'mask length');
     // logits
-    await rejectsLike(() => xent(p.t(randn(r, T * V), [T, V], 'bf16'), tg, m), DTypeError, /xent: logits: expected dtype f32, got bf16/, 'logits bf16');
-    await rejectsLike(() => xent(p.t(randn(r, T * V), [T * V]), tg, m), ShapeError, /xent: logits: expected shape \[T, V\], got \[30\]/, 'logits 1-D');
+    await rejectsLike(
+      () => xent(p.t(randn(r, T * V), [T, V], 'bf16'), tg, m),
+      DTypeError,
+      /xent: logits: expected dtype f32, got bf16/,
+      'logits bf16',
+    );
+    await rejectsLike(
+      () => xent(p.t(randn(r, T * V), [T * V]), tg, m),
+      ShapeError,
+      /xent: logits: expected shape \[T, V\], got \[30\]/,
+      'logits 1-D',
+    );
     const gone = p.t(randn(r, T * V), [T, V]);
     gone.dispose();
     await rejectsLike(() => xent(gone, tg, m), DisposedTensorError, /xent: logits\b/, 'disposed logits');
 
     // xentGrad: the same checks, plus lse, scale and out
-    throwsLike(() => xentGrad(logits, lse, [1, 2, 10], m, 1, { out }), ArgumentError, /xentGrad: targets\[2\]: expected a token id in \[0, 9\], got 10/, 'grad target = V');
-    throwsLike(() => xentGrad(logits, lse, tg, [1, 1, 0.25], 1, { out }), ArgumentError, /xentGrad: mask\[2\]: expected 0 or 1, got 0\.25/, 'grad mask 0.25');
-    throwsLike(() => xentGrad(logits, p.t(randn(r, T + 1), [T + 1]), tg, m, 1, { out }), ShapeError, /xentGrad: lse: expected shape \[T\] with T = 3 \(from logits\), got \[4\]/, 'lse of another T');
-    throwsLike(() => xentGrad(logits, p.t(randn(r, T), [T], 'f16'), tg, m, 1, { out }), DTypeError, /xentGrad: lse: expected dtype f32, got f16/, 'lse f16');
+    throwsLike(
+      () => xentGrad(logits, lse, [1, 2, 10], m, 1, { out }),
+      ArgumentError,
+      /xentGrad: targets\[2\]: expected a token id in \[0, 9\], got 10/,
+      'grad target = V',
+    );
+    throwsLike(
+      () => xentGrad(logits, lse, tg, [1, 1, 0.25], 1, { out }),
+      ArgumentError,
+      /xentGrad: mask\[2\]: expected 0 or 1, got 0\.25/,
+      'grad mask 0.25',
+    );
+    throwsLike(
+      () => xentGrad(logits, p.t(randn(r, T + 1), [T + 1]), tg, m, 1, { out }),
+      ShapeError,
+      /xentGrad: lse: expected shape \[T\] with T = 3 \(from logits\), got \[4\]/,
+      'lse of another T',
+    );
+    throwsLike(
+      () => xentGrad(logits, p.t(randn(r, T), [T], 'f16'), tg, m, 1, { out }),
+      DTypeError,
+      /xentGrad: lse: expected dtype f32, got f16/,
+      'lse f16',
+    );
     for (const s of [NaN, Infinity])
       throwsLike(() => xentGrad(logits, lse, tg, m, s, { out }), ArgumentError, /xentGrad: scale: expected a finite number/, `scale ${s}`);
-    throwsLike(() => xentGrad(logits, lse, tg, m, 1, { out: logits }), ArgumentError, /xentGrad: out: must not be the same tensor as logits/, 'out = logits');
-    throwsLike(() => xentGrad(logits, lse, tg, m, 1, { out: p.poison([T, V + 1]) }), ShapeError, /xentGrad: out: .*V = 10/, 'out of another V');
-    throwsLike(() => xentGrad(logits, lse, tg, m, 1, { out: p.t(poisoned(T * V), [T, V], 'bf16') }), DTypeError, /xentGrad: out: expected dtype f32, got bf16/, 'out bf16');
-    throwsLike(() => logSoftmax(p.t(new Int32Array(T * V), [T, V], 'i32')), DTypeError, /logSoftmax: logits: expected dtype f32, got i32/, 'logSoftmax logits i32');
+    throwsLike(
+      () => xentGrad(logits, lse, tg, m, 1, { out: logits }),
+      ArgumentError,
+      /xentGrad: out: must not be the same tensor as logits/,
+      'out = logits',
+    );
+    throwsLike(
+      () => xentGrad(logits, lse, tg, m, 1, { out: p.poison([T, V + 1]) }),
+      ShapeError,
+      /xentGrad: out: .*V = 10/,
+      'out of another V',
+    );
+    throwsLike(
+      () => xentGrad(logits, lse, tg, m, 1, { out: p.t(poisoned(T * V), [T, V], 'bf16') }),
+      DTypeError,
+      /xentGrad: out: expected dtype f32, got bf16/,
+      'out bf16',
+    );
+    throwsLike(
+      () => logSoftmax(p.t(new Int32Array(T * V), [T, V], 'i32')),
+      DTypeError,
+      /logSoftmax: logits: expected dtype f32, got i32/,
+      'logSoftmax logits i32',
+    );
     throwsLike(() => logSoftmax(logits, { out: p.poison([V, T]) }), ShapeError, /logSoftmax: out: /, 'logSoftmax out transposed');
-    other = await openBackend('cpu').catch(() => null) ?? await openBackend(b.kind);
+    other = (await openBackend('cpu').catch(() => null)) ?? (await openBackend(b.kind));
     const lo = other.tensor(randn(r, T), [T]);
-    throwsLike(() => xentGrad(logits, lo, tg, m, 1, { out }), BackendMismatchError, /xentGrad: lse: expected a tensor on the .* backend/, 'lse of another backend');
+    throwsLike(
+      () => xentGrad(logits, lo, tg, m, 1, { out }),
+      BackendMismatchError,
+      /xentGrad: lse: expected a tensor on the .* backend/,
+      'lse of another backend',
+    );
 
     assert.deepEqual(await out.readFloat(), before, 'a rejected call must not have run a kernel');
   } finally {

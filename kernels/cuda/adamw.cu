@@ -43,15 +43,16 @@ __device__ __forceinline__ void step(const Hyper& h, float& p, float g, float& m
   v = vi;
 }
 
-__global__ void __launch_bounds__(kThreads) adamw_kernel(float* p, const float* g, float* m, float* v, long long n, Hyper h,
-                                                         int vec) {
+__global__ void __launch_bounds__(kThreads)
+    adamw_kernel(float* p, const float* g, float* m, float* v, long long n, Hyper h, int vec) {
   const long long stride = (long long)gridDim.x * kThreads;
   const long long i0 = (long long)blockIdx.x * kThreads + threadIdx.x;
   long long done = 0;
   if (vec) {
     const long long n4 = n / 4;
     for (long long i = i0; i < n4; i += stride) {
-      float4 pp = reinterpret_cast<float4*>(p)[i], mm = reinterpret_cast<float4*>(m)[i], vv = reinterpret_cast<float4*>(v)[i];
+      float4 pp = reinterpret_cast<float4*>(p)[i], mm = reinterpret_cast<float4*>(m)[i],
+             vv = reinterpret_cast<float4*>(v)[i];
       const float4 gg = reinterpret_cast<const float4*>(g)[i];
       step(h, pp.x, gg.x, mm.x, vv.x);
       step(h, pp.y, gg.y, mm.y, vv.y);
@@ -122,7 +123,8 @@ extern "C" int mote_cuda_adamw(float* p, const float* g, float* m, float* v, int
   h.bc2 = bc2;
   h.gs = grad_scale;
   const bool vec = aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v);
-  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), adamw_kernel)(p, g, m, v, n, h, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), adamw_kernel)
+  (p, g, m, v, n, h, vec);
   return int(cudaGetLastError());
 }
 

@@ -47,7 +47,7 @@ __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000);
 
 __device__ __forceinline__ float exp_acc(float x) {
   const float kL2E = 1.44269502162933349609375f;  // log2(e) rounded to f32
-  const float kL2ELo = 1.925962989091e-08f;        // log2(e) − kL2E
+  const float kL2ELo = 1.925962989091e-08f;       // log2(e) − kL2E
   const float kLn2 = 0.693147182464599609375f;
   const float h = __fmul_rn(x, kL2E);
   float l = fmaf(x, kL2E, -h);  // the rounding error of h, exactly
@@ -57,7 +57,8 @@ __device__ __forceinline__ float exp_acc(float x) {
 }
 
 // The D-vector at p spread over the warp's lanes (0 past D).
-template <int NC> __device__ __forceinline__ void load_vec(float (&r)[NC], const float* __restrict__ p, int D, int lane) {
+template <int NC>
+__device__ __forceinline__ void load_vec(float (&r)[NC], const float* __restrict__ p, int D, int lane) {
 #pragma unroll
   for (int u = 0; u < NC; u++) {
     const int c = u * 32 + lane;
@@ -65,7 +66,8 @@ template <int NC> __device__ __forceinline__ void load_vec(float (&r)[NC], const
   }
 }
 
-template <int NC> __device__ __forceinline__ float dot(const float (&a)[NC], const float* __restrict__ p, int D, int lane) {
+template <int NC>
+__device__ __forceinline__ float dot(const float (&a)[NC], const float* __restrict__ p, int D, int lane) {
   float d = 0.f;
 #pragma unroll
   for (int u = 0; u < NC; u++) {
@@ -75,7 +77,8 @@ template <int NC> __device__ __forceinline__ float dot(const float (&a)[NC], con
   return warp_sum(d);
 }
 
-template <int NC> __device__ __forceinline__ float dot(const float (&a)[NC], const float (&b)[NC]) {
+template <int NC>
+__device__ __forceinline__ float dot(const float (&a)[NC], const float (&b)[NC]) {
   float d = 0.f;
 #pragma unroll
   for (int u = 0; u < NC; u++) d = fmaf(a[u], b[u], d);
@@ -92,9 +95,9 @@ __device__ __forceinline__ bool seg_blocked(const mote_attention_args& a, int se
 }
 
 template <int NC>
-__global__ void __launch_bounds__(kThreads) attn_fwd(const mote_attention_args a, float* __restrict__ out,
-                                                     float* __restrict__ lse, const float* __restrict__ q,
-                                                     const float* __restrict__ k, const float* __restrict__ v) {
+__global__ void __launch_bounds__(kThreads)
+    attn_fwd(const mote_attention_args a, float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
+             const float* __restrict__ k, const float* __restrict__ v) {
   constexpr int DP = NC * 32;
   __shared__ float so[kWarps][DP];
   __shared__ float sm[kWarps], sl[kWarps];
@@ -116,7 +119,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd(const mote_attention_args a
       const float s = a.scale * dot<NC>(qr, k + kv, D, lane);
       float vr[NC];
       load_vec<NC>(vr, v + kv, D, lane);
-      if (s > m) {  // warp-uniform
+      if (s > m) {                          // warp-uniform
         const float corr = exp_acc(m - s);  // 0 for the first key (m = −∞)
         l = fmaf(l, corr, 1.f);
 #pragma unroll
@@ -163,11 +166,10 @@ __global__ void __launch_bounds__(kThreads) attn_fwd(const mote_attention_args a
 }
 
 template <int NC>
-__global__ void __launch_bounds__(kThreads) attn_bwd_dq(const mote_attention_args a, float* __restrict__ dq,
-                                                        float* __restrict__ delta, const float* __restrict__ dout,
-                                                        const float* __restrict__ q, const float* __restrict__ k,
-                                                        const float* __restrict__ v, const float* __restrict__ out,
-                                                        const float* __restrict__ lse) {
+__global__ void __launch_bounds__(kThreads)
+    attn_bwd_dq(const mote_attention_args a, float* __restrict__ dq, float* __restrict__ delta,
+                const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
+                const float* __restrict__ v, const float* __restrict__ out, const float* __restrict__ lse) {
   constexpr int DP = NC * 32;
   __shared__ float sp[kWarps][DP];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -214,11 +216,10 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq(const mote_attention_arg
 }
 
 template <int NC>
-__global__ void __launch_bounds__(kThreads) attn_bwd_dkdv(const mote_attention_args a, float* __restrict__ dk,
-                                                          float* __restrict__ dv, const float* __restrict__ delta,
-                                                          const float* __restrict__ dout, const float* __restrict__ q,
-                                                          const float* __restrict__ k, const float* __restrict__ v,
-                                                          const float* __restrict__ lse) {
+__global__ void __launch_bounds__(kThreads)
+    attn_bwd_dkdv(const mote_attention_args a, float* __restrict__ dk, float* __restrict__ dv,
+                  const float* __restrict__ delta, const float* __restrict__ dout, const float* __restrict__ q,
+                  const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ lse) {
   constexpr int DP = NC * 32;
   __shared__ float sk[kWarps][DP];
   __shared__ float sv[kWarps][DP];
@@ -294,12 +295,14 @@ int launch_fwd(const mote_attention_args& a, float* out, float* lse, const float
 }
 
 template <int NC>
-int launch_bwd(const mote_attention_args& a, float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
-               const float* k, const float* v, const float* out, const float* lse, cudaStream_t s) {
-  MOTE_LAUNCH(grid_dim((long long)a.Tq * a.nH, 2147483647LL), kThreads, 0, s, attn_bwd_dq<NC>)(a, dq, delta, dout, q, k, v, out, lse);
+int launch_bwd(const mote_attention_args& a, float* dq, float* dk, float* dv, float* delta, const float* dout,
+               const float* q, const float* k, const float* v, const float* out, const float* lse, cudaStream_t s) {
+  MOTE_LAUNCH(grid_dim((long long)a.Tq * a.nH, 2147483647LL), kThreads, 0, s, attn_bwd_dq<NC>)
+  (a, dq, delta, dout, q, k, v, out, lse);
   const int e = int(cudaGetLastError());
   if (e || a.Tk == 0) return e;
-  MOTE_LAUNCH(grid_dim((long long)a.Tk * a.nKv, 2147483647LL), kThreads, 0, s, attn_bwd_dkdv<NC>)(a, dk, dv, delta, dout, q, k, v, lse);
+  MOTE_LAUNCH(grid_dim((long long)a.Tk * a.nKv, 2147483647LL), kThreads, 0, s, attn_bwd_dkdv<NC>)
+  (a, dk, dv, delta, dout, q, k, v, lse);
   return int(cudaGetLastError());
 }
 
@@ -311,17 +314,22 @@ extern "C" int mote_cuda_attention(const mote_attention_args* a, float* out, flo
   if (a->Tq == 0) return int(cudaGetLastError());
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (chunks(a->D)) {
-    case 1: return launch_fwd<1>(*a, out, lse, q, k, v, s);
-    case 2: return launch_fwd<2>(*a, out, lse, q, k, v, s);
-    case 4: return launch_fwd<4>(*a, out, lse, q, k, v, s);
-    case 8: return launch_fwd<8>(*a, out, lse, q, k, v, s);
-    default: return launch_fwd<16>(*a, out, lse, q, k, v, s);
+    case 1:
+      return launch_fwd<1>(*a, out, lse, q, k, v, s);
+    case 2:
+      return launch_fwd<2>(*a, out, lse, q, k, v, s);
+    case 4:
+      return launch_fwd<4>(*a, out, lse, q, k, v, s);
+    case 8:
+      return launch_fwd<8>(*a, out, lse, q, k, v, s);
+    default:
+      return launch_fwd<16>(*a, out, lse, q, k, v, s);
   }
 }
 
-extern "C" int mote_cuda_attention_grad(const mote_attention_args* a, float* dq, float* dk, float* dv, const float* dout,
-                                        const float* q, const float* k, const float* v, const float* out, const float* lse,
-                                        void* stream) {
+extern "C" int mote_cuda_attention_grad(const mote_attention_args* a, float* dq, float* dk, float* dv,
+                                        const float* dout, const float* q, const float* k, const float* v,
+                                        const float* out, const float* lse, void* stream) {
   if (const int e = check_args(a)) return e;
   if (a->Tq == 0) {  // no queries: dk = dv = 0
     if (a->Tk == 0) return int(cudaGetLastError());
@@ -347,11 +355,21 @@ extern "C" int mote_cuda_attention_grad(const mote_attention_args* a, float* dq,
   }
   int e;
   switch (chunks(a->D)) {
-    case 1: e = launch_bwd<1>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s); break;
-    case 2: e = launch_bwd<2>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s); break;
-    case 4: e = launch_bwd<4>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s); break;
-    case 8: e = launch_bwd<8>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s); break;
-    default: e = launch_bwd<16>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s); break;
+    case 1:
+      e = launch_bwd<1>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s);
+      break;
+    case 2:
+      e = launch_bwd<2>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s);
+      break;
+    case 4:
+      e = launch_bwd<4>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s);
+      break;
+    case 8:
+      e = launch_bwd<8>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s);
+      break;
+    default:
+      e = launch_bwd<16>(*a, dq, dk, dv, delta, dout, q, k, v, out, lse, s);
+      break;
   }
   cudaError_t fe;
   if (async) {

@@ -18,9 +18,9 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename U>
-__global__ void __launch_bounds__(kThreads) copy_rows_k(U* dst, const U* src, const int* __restrict__ dst_rows,
-                                                        const int* __restrict__ src_rows, int N, long long units, long long Rd,
-                                                        long long Rs) {
+__global__ void __launch_bounds__(kThreads)
+    copy_rows_k(U* dst, const U* src, const int* __restrict__ dst_rows, const int* __restrict__ src_rows, int N,
+                long long units, long long Rd, long long Rs) {
   const long long total = (long long)N * units;
   for (long long t = blockIdx.x * (long long)kThreads + threadIdx.x; t < total; t += (long long)gridDim.x * kThreads) {
     const long long i = t / units, j = t - i * units;
@@ -31,20 +31,21 @@ __global__ void __launch_bounds__(kThreads) copy_rows_k(U* dst, const U* src, co
 }
 
 template <typename U>
-int launch(void* dst, const void* src, const int* dst_rows, const int* src_rows, int N, long long row_bytes, long long Rd,
-           long long Rs, cudaStream_t s) {
+int launch(void* dst, const void* src, const int* dst_rows, const int* src_rows, int N, long long row_bytes,
+           long long Rd, long long Rs, cudaStream_t s) {
   const long long units = row_bytes / (long long)sizeof(U);
   const long long total = (long long)N * units;
   const long long blocks = (total + kThreads - 1) / kThreads;
   const unsigned grid = mote_cu::grid_dim(blocks, 1LL << 20);
-  MOTE_LAUNCH(grid, kThreads, 0, s, copy_rows_k<U>)(static_cast<U*>(dst), static_cast<const U*>(src), dst_rows, src_rows, N, units, Rd, Rs);
+  MOTE_LAUNCH(grid, kThreads, 0, s, copy_rows_k<U>)
+  (static_cast<U*>(dst), static_cast<const U*>(src), dst_rows, src_rows, N, units, Rd, Rs);
   return int(cudaGetLastError());
 }
 
 }  // namespace
 
-extern "C" int mote_cuda_copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_rows, int dtype, int N, int W,
-                                   int64_t Rd, int64_t Rs, void* stream) {
+extern "C" int mote_cuda_copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_rows, int dtype,
+                                   int N, int W, int64_t Rd, int64_t Rs, void* stream) {
   if (N < 0 || W < 0 || Rd < 0 || Rs < 0 || dtype < MOTE_F32 || dtype > MOTE_I32) return int(cudaErrorInvalidValue);
   if (N == 0 || W == 0) return int(cudaGetLastError());
   cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -23,8 +23,9 @@ using namespace mote_cu;
 constexpr int kThreads = 256;
 
 template <int DT>
-__global__ void __launch_bounds__(kThreads) embedding_fwd(float* __restrict__ y, const int* __restrict__ ids,
-                                                          const typename Wt<DT>::S* __restrict__ E, int T, int V, int H) {
+__global__ void __launch_bounds__(kThreads)
+    embedding_fwd(float* __restrict__ y, const int* __restrict__ ids, const typename Wt<DT>::S* __restrict__ E, int T,
+                  int V, int H) {
   for (long long t = blockIdx.x; t < T; t += gridDim.x) {
     const int id = __ldg(ids + t);
     float* yr = y + t * H;
@@ -38,10 +39,10 @@ __global__ void __launch_bounds__(kThreads) embedding_fwd(float* __restrict__ y,
   }
 }
 
-__global__ void __launch_bounds__(kThreads) embedding_bwd(float* __restrict__ dE, const float* __restrict__ dy,
-                                                          const int* __restrict__ order, const int* __restrict__ seg_start,
-                                                          const int* __restrict__ seg_ids, int G, int T, int V, int H,
-                                                          int accumulate) {
+__global__ void __launch_bounds__(kThreads)
+    embedding_bwd(float* __restrict__ dE, const float* __restrict__ dy, const int* __restrict__ order,
+                  const int* __restrict__ seg_start, const int* __restrict__ seg_ids, int G, int T, int V, int H,
+                  int accumulate) {
   for (long long g = blockIdx.x; g < G; g += gridDim.x) {
     const int id = __ldg(seg_ids + g);
     if (id < 0 || id >= V) continue;  // checked on the host
@@ -58,22 +59,25 @@ __global__ void __launch_bounds__(kThreads) embedding_bwd(float* __restrict__ dE
   }
 }
 
-template <int DT> int launch_fwd(float* y, const int* ids, const void* E, int T, int V, int H, cudaStream_t s) {
-  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, embedding_fwd<DT>)(y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
+template <int DT>
+int launch_fwd(float* y, const int* ids, const void* E, int T, int V, int H, cudaStream_t s) {
+  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, embedding_fwd<DT>)
+  (y, ids, static_cast<const typename Wt<DT>::S*>(E), T, V, H);
   return int(cudaGetLastError());
 }
 
 }  // namespace
 
-extern "C" int mote_cuda_embedding(float* y, const int* ids, const void* E, int edtype, int T, int V, int H, void* stream) {
+extern "C" int mote_cuda_embedding(float* y, const int* ids, const void* E, int edtype, int T, int V, int H,
+                                   void* stream) {
   if (T < 0 || V < 0 || H < 0) return int(cudaErrorInvalidValue);
   if (T == 0 || H == 0) return int(cudaGetLastError());
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   MOTE_WEIGHT_DISPATCH(edtype, launch_fwd, y, ids, E, T, V, H, s)
 }
 
-extern "C" int mote_cuda_embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start, const int* seg_ids,
-                                        int G, int T, int V, int H, int accumulate, void* stream) {
+extern "C" int mote_cuda_embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start,
+                                        const int* seg_ids, int G, int T, int V, int H, int accumulate, void* stream) {
   if (G < 0 || T < 0 || V < 0 || H < 0) return int(cudaErrorInvalidValue);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (!accumulate && V > 0 && H > 0) {

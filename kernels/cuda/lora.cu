@@ -47,9 +47,9 @@ constexpr int kShrinkWarps = 8;  // rank rows per shrink block (one per warp)
 
 // v[t,k,r] = A[e,r,:]·x[t,:]
 template <int DT, bool VEC>
-__global__ void __launch_bounds__(256) bgmv_shrink(float* __restrict__ v, const float* __restrict__ x,
-                                                   const typename Wt<DT>::S* __restrict__ A, const int* __restrict__ slots,
-                                                   const int* __restrict__ rank, int L, int K, int R, int Hin) {
+__global__ void __launch_bounds__(256)
+    bgmv_shrink(float* __restrict__ v, const float* __restrict__ x, const typename Wt<DT>::S* __restrict__ A,
+                const int* __restrict__ slots, const int* __restrict__ rank, int L, int K, int R, int Hin) {
   constexpr int VE = VEC ? Wt<DT>::VE : 1;
   const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int RG = (R + kShrinkWarps - 1) / kShrinkWarps;
@@ -99,10 +99,10 @@ __global__ void __launch_bounds__(256) bgmv_shrink(float* __restrict__ v, const 
 
 // y[t,o] += Σ_k weight·scale·Σ_{r<rank} B[e,o,r]·v[t,k,r]
 template <int DT, bool VEC>
-__global__ void __launch_bounds__(256) bgmv_expand(float* __restrict__ y, const float* __restrict__ v,
-                                                   const typename Wt<DT>::S* __restrict__ B, const int* __restrict__ slots,
-                                                   const float* __restrict__ weight, const int* __restrict__ rank,
-                                                   const float* __restrict__ scale, int L, int K, int R, int Hout) {
+__global__ void __launch_bounds__(256)
+    bgmv_expand(float* __restrict__ y, const float* __restrict__ v, const typename Wt<DT>::S* __restrict__ B,
+                const int* __restrict__ slots, const float* __restrict__ weight, const int* __restrict__ rank,
+                const float* __restrict__ scale, int L, int K, int R, int Hout) {
   MOTE_DYNAMIC_SHARED(float, vs);  // [R]: weight·scale·v[t,k,:]
   constexpr int VE = Wt<DT>::VE;
   const int t = blockIdx.x, tid = threadIdx.x;
@@ -143,11 +143,10 @@ constexpr int kGradR = 16;  // rank partials per thread in bgmv_shrink_grad
 
 // dv[t,k,r] = weight·scale·Σ_o B[e,o,r]·dy[t,o]
 template <int DT, bool VEC>
-__global__ void __launch_bounds__(256) bgmv_shrink_grad(float* __restrict__ dv, const float* __restrict__ dy,
-                                                        const typename Wt<DT>::S* __restrict__ B,
-                                                        const int* __restrict__ slots, const float* __restrict__ weight,
-                                                        const int* __restrict__ rank, const float* __restrict__ scale,
-                                                        int L, int K, int R, int Hout) {
+__global__ void __launch_bounds__(256)
+    bgmv_shrink_grad(float* __restrict__ dv, const float* __restrict__ dy, const typename Wt<DT>::S* __restrict__ B,
+                     const int* __restrict__ slots, const float* __restrict__ weight, const int* __restrict__ rank,
+                     const float* __restrict__ scale, int L, int K, int R, int Hout) {
   __shared__ float red[8][kGradR];
   constexpr int VE = Wt<DT>::VE;
   const long long pair = blockIdx.x;
@@ -211,10 +210,10 @@ __global__ void __launch_bounds__(256) bgmv_shrink_grad(float* __restrict__ dv, 
 
 // dx[t,h] (+)= Σ_k Σ_{r<rank} A[e,r,h]·dv[t,k,r]; a thread owns NV consecutive h.
 template <int DT, bool VEC>
-__global__ void __launch_bounds__(128) bgmv_input_grad(float* __restrict__ dx, const float* __restrict__ dv,
-                                                       const typename Wt<DT>::S* __restrict__ A,
-                                                       const int* __restrict__ slots, const int* __restrict__ rank, int L,
-                                                       int K, int R, int Hin, int accumulate) {
+__global__ void __launch_bounds__(128)
+    bgmv_input_grad(float* __restrict__ dx, const float* __restrict__ dv, const typename Wt<DT>::S* __restrict__ A,
+                    const int* __restrict__ slots, const int* __restrict__ rank, int L, int K, int R, int Hin,
+                    int accumulate) {
   MOTE_DYNAMIC_SHARED(float, vs);  // [R]: dv[t,k,:]
   constexpr int NV = VEC ? Wt<DT>::VE : 1;
   const int t = blockIdx.x, tid = threadIdx.x;
@@ -237,8 +236,10 @@ __global__ void __launch_bounds__(128) bgmv_input_grad(float* __restrict__ dx, c
         for (int r = 0; r < rk; r++) {
           const float d = vs[r];
           float w[NV];
-          if constexpr (VEC) Vec<DT>::load(a + (long long)r * Hin, w);
-          else w[0] = ldw<DT>(a, (long long)r * Hin);
+          if constexpr (VEC)
+            Vec<DT>::load(a + (long long)r * Hin, w);
+          else
+            w[0] = ldw<DT>(a, (long long)r * Hin);
 #pragma unroll
           for (int j = 0; j < NV; j++) acc[j] = fmaf(w[j], d, acc[j]);
         }
@@ -263,11 +264,11 @@ constexpr int kNC = 32;  // reduction chunk
 // MODE 1 (shrink_grad): out[i, r] = weight·scale·Σ_n B[e, n, r]·dy[t, n],   N = Hout
 // over i = order[p] for p in this block's tile; blocks past pair_tiles zero the rows of empty slots.
 template <int DT, int MODE>
-__global__ void __launch_bounds__(256) sgmv_pairs(float* __restrict__ out, const float* __restrict__ X,
-                                                  const typename Wt<DT>::S* __restrict__ W, const int* __restrict__ order,
-                                                  const int* __restrict__ slots, const float* __restrict__ weight,
-                                                  const int* __restrict__ rank, const float* __restrict__ scale, int P,
-                                                  int TK, int L, int K, int R, int N, int pair_tiles) {
+__global__ void __launch_bounds__(256)
+    sgmv_pairs(float* __restrict__ out, const float* __restrict__ X, const typename Wt<DT>::S* __restrict__ W,
+               const int* __restrict__ order, const int* __restrict__ slots, const float* __restrict__ weight,
+               const int* __restrict__ rank, const float* __restrict__ scale, int P, int TK, int L, int K, int R, int N,
+               int pair_tiles) {
   __shared__ float Ws[kNC][kRT + 1];
   __shared__ float Xs[kPT][kNC + 1];
   __shared__ long long s_idx[kPT];
@@ -306,8 +307,14 @@ __global__ void __launch_bounds__(256) sgmv_pairs(float* __restrict__ out, const
         for (int n0 = 0; n0 < N; n0 += kNC) {
           for (int i = tid; i < kRT * kNC; i += 256) {
             int rr, kk;
-            if (MODE == 0) { rr = i / kNC; kk = i % kNC; }  // n contiguous in A
-            else { kk = i / kRT; rr = i % kRT; }            // r contiguous in B
+            if (MODE == 0) {
+              rr = i / kNC;
+              kk = i % kNC;
+            }  // n contiguous in A
+            else {
+              kk = i / kRT;
+              rr = i % kRT;
+            }  // r contiguous in B
             const int r = r0 + rr, n = n0 + kk;
             float w = 0.f;
             if (r < rk && n < N)
@@ -347,11 +354,10 @@ constexpr int kRC = 16;  // rank chunk
 // MODE 0 (expand):     out[t, n] += Σ_k weight·scale·Σ_{r<rank} B[e, n, r]·V[t, k, r],   N = Hout
 // MODE 1 (input_grad): out[t, n] (+)= Σ_k Σ_{r<rank} A[e, r, n]·V[t, k, r],              N = Hin
 template <int DT, int MODE>
-__global__ void __launch_bounds__(256) sgmv_tokens(float* __restrict__ out, const float* __restrict__ V,
-                                                   const typename Wt<DT>::S* __restrict__ W, const int* __restrict__ slots,
-                                                   const float* __restrict__ weight, const int* __restrict__ rank,
-                                                   const float* __restrict__ scale, int T, int L, int K, int R, int N,
-                                                   int accumulate) {
+__global__ void __launch_bounds__(256)
+    sgmv_tokens(float* __restrict__ out, const float* __restrict__ V, const typename Wt<DT>::S* __restrict__ W,
+                const int* __restrict__ slots, const float* __restrict__ weight, const int* __restrict__ rank,
+                const float* __restrict__ scale, int T, int L, int K, int R, int N, int accumulate) {
   __shared__ float Ws[kRC][kNT + 1];
   __shared__ float Vs[kTT][kRC + 1];
   __shared__ int s_e[kTT];
@@ -382,8 +388,14 @@ __global__ void __launch_bounds__(256) sgmv_tokens(float* __restrict__ out, cons
           for (int r0 = 0; r0 < rk; r0 += kRC) {
             for (int i = tid; i < kRC * kNT; i += 256) {
               int rr, nn;
-              if (MODE == 0) { nn = i / kRC; rr = i % kRC; }  // r contiguous in B
-              else { rr = i / kNT; nn = i % kNT; }            // n contiguous in A
+              if (MODE == 0) {
+                nn = i / kRC;
+                rr = i % kRC;
+              }  // r contiguous in B
+              else {
+                rr = i / kNT;
+                nn = i % kNT;
+              }  // n contiguous in A
               const int r = r0 + rr, n = n0 + nn;
               float w = 0.f;
               if (r < rk && n < N)
@@ -440,12 +452,13 @@ constexpr int kWP = 64;  // pairs per reduction chunk
 
 // z = 0: dA[e, r, n] (+)= Σ_{i∈seg(e)} dv[i, r]·x[t_i, n]                 (n over Hin)
 // z = 1: dB[e, n, r] (+)= Σ_{i∈seg(e)} weight_i·scale_e·v[i, r]·dy[t_i, n] (n over Hout)
-__global__ void __launch_bounds__(256) lora_weight_grad_kernel(
-    float* __restrict__ dA, float* __restrict__ dB, const float* __restrict__ x, const float* __restrict__ dy,
-    const float* __restrict__ v, const float* __restrict__ dv, const int* __restrict__ order,
-    const int* __restrict__ seg_start, const int* __restrict__ seg_adapter, const float* __restrict__ weight,
-    const int* __restrict__ rank, const float* __restrict__ scale, int G, int P, int TK, int L, int K, int R, int Hin,
-    int Hout, int accumulate) {
+__global__ void __launch_bounds__(256)
+    lora_weight_grad_kernel(float* __restrict__ dA, float* __restrict__ dB, const float* __restrict__ x,
+                            const float* __restrict__ dy, const float* __restrict__ v, const float* __restrict__ dv,
+                            const int* __restrict__ order, const int* __restrict__ seg_start,
+                            const int* __restrict__ seg_adapter, const float* __restrict__ weight,
+                            const int* __restrict__ rank, const float* __restrict__ scale, int G, int P, int TK, int L,
+                            int K, int R, int Hin, int Hout, int accumulate) {
   __shared__ float Ls[kWP][kWR + 1];
   __shared__ float Xs[kWP][kWN + 1];
   __shared__ long long s_idx[kWP];
@@ -460,8 +473,10 @@ __global__ void __launch_bounds__(256) lora_weight_grad_kernel(
     int lo = 0, hi = G;
     while (lo < hi) {
       const int mid = (lo + hi) >> 1;
-      if (seg_adapter[mid] < e) lo = mid + 1;
-      else hi = mid;
+      if (seg_adapter[mid] < e)
+        lo = mid + 1;
+      else
+        hi = mid;
     }
     const bool present = lo < G && seg_adapter[lo] == e;
     const int rk = clamp_rank(rank[e], R);
@@ -505,8 +520,10 @@ __global__ void __launch_bounds__(256) lora_weight_grad_kernel(
         const int r = r0 + rq + 4 * j;
         if (r >= R) continue;
         float* o = isB ? dB + ((long long)e * Hout + n) * R + r : dA + ((long long)e * R + r) * Hin + n;
-        if (present && r < rk) *o = accumulate ? *o + acc[j] : acc[j];
-        else if (!accumulate) *o = 0.f;
+        if (present && r < rk)
+          *o = accumulate ? *o + acc[j] : acc[j];
+        else if (!accumulate)
+          *o = 0.f;
       }
     }
   }
@@ -525,14 +542,16 @@ int shrink_t(const mote_lora_args& a, float* v, const float* x, cudaStream_t s) 
     const int RG = (a.R + kShrinkWarps - 1) / kShrinkWarps;
     dim3 grid(a.T, grid_dim((long long)a.K * RG));
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A) && aligned16(x);
-    if (vec) MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, true>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
-    else MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, false>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
+    if (vec)
+      MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, true>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
+    else
+      MOTE_LAUNCH(grid, 256, 0, s, bgmv_shrink<DT, false>)(v, x, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin);
   } else {
     const int tiles = (a.P + kPT - 1) / kPT;
     long long zb = (TK * a.R + 255) / 256;
     if (zb > 1024) zb = 1024;
-    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 0>)(v, x, A, a.order, a.slots, a.weight, a.rank, a.scale, a.P,
-                                                            int(TK), a.L, a.K, a.R, a.Hin, tiles);
+    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 0>)
+    (v, x, A, a.order, a.slots, a.weight, a.rank, a.scale, a.P, int(TK), a.L, a.K, a.R, a.Hin, tiles);
   }
   return int(cudaGetLastError());
 }
@@ -546,11 +565,14 @@ int expand_t(const mote_lora_args& a, float* y, const float* v, cudaStream_t s) 
     dim3 grid(a.T, grid_dim((a.Hout + 255) / 256));
     const size_t smem = size_t(a.R) * sizeof(float);
     const bool vec = a.R % Wt<DT>::VE == 0 && aligned16(a.B);
-    if (vec) MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, true>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
-    else MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, false>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
+    if (vec) MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, true>)
+    (y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
+    else MOTE_LAUNCH(grid, 256, smem, s, bgmv_expand<DT, false>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K,
+                                                                 a.R, a.Hout);
   } else {
     dim3 grid((a.T + kTT - 1) / kTT, grid_dim((a.Hout + kNT - 1) / kNT));
-    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 0>)(y, v, B, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hout, 1);
+    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 0>)
+    (y, v, B, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hout, 1);
   }
   return int(cudaGetLastError());
 }
@@ -562,14 +584,16 @@ int shrink_grad_t(const mote_lora_args& a, float* dv, const float* dy, cudaStrea
   const long long TK = (long long)a.T * a.K;
   if (a.strategy == 0) {
     const bool vec = a.R % Wt<DT>::VE == 0 && aligned16(a.B);
-    if (vec) MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, true>)(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
-    else MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, false>)(dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
+    if (vec) MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, true>)
+    (dv, dy, B, a.slots, a.weight, a.rank, a.scale, a.L, a.K, a.R, a.Hout);
+    else MOTE_LAUNCH(unsigned(TK), 256, 0, s, bgmv_shrink_grad<DT, false>)(dv, dy, B, a.slots, a.weight, a.rank,
+                                                                           a.scale, a.L, a.K, a.R, a.Hout);
   } else {
     const int tiles = (a.P + kPT - 1) / kPT;
     long long zb = (TK * a.R + 255) / 256;
     if (zb > 1024) zb = 1024;
-    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 1>)(dv, dy, B, a.order, a.slots, a.weight, a.rank, a.scale,
-                                                            a.P, int(TK), a.L, a.K, a.R, a.Hout, tiles);
+    MOTE_LAUNCH(unsigned(tiles + zb), 256, 0, s, sgmv_pairs<DT, 1>)
+    (dv, dy, B, a.order, a.slots, a.weight, a.rank, a.scale, a.P, int(TK), a.L, a.K, a.R, a.Hout, tiles);
   }
   return int(cudaGetLastError());
 }
@@ -584,15 +608,17 @@ int input_grad_t(const mote_lora_args& a, float* dx, const float* dv, int accumu
     const bool vec = a.Hin % Wt<DT>::VE == 0 && aligned16(a.A);
     if (vec) {
       dim3 grid(a.T, grid_dim((a.Hin + 128 * Wt<DT>::VE - 1) / (128 * Wt<DT>::VE)));
-      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, true>)(dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
+      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, true>)
+      (dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
     } else {
       dim3 grid(a.T, grid_dim((a.Hin + 127) / 128));
-      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, false>)(dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
+      MOTE_LAUNCH(grid, 128, smem, s, bgmv_input_grad<DT, false>)
+      (dx, dv, A, a.slots, a.rank, a.L, a.K, a.R, a.Hin, accumulate);
     }
   } else {
     dim3 grid((a.T + kTT - 1) / kTT, grid_dim((a.Hin + kNT - 1) / kNT));
-    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 1>)(dx, dv, A, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hin,
-                                             accumulate);
+    MOTE_LAUNCH(grid, 256, 0, s, sgmv_tokens<DT, 1>)
+    (dx, dv, A, a.slots, a.weight, a.rank, a.scale, a.T, a.L, a.K, a.R, a.Hin, accumulate);
   }
   return int(cudaGetLastError());
 }
@@ -638,14 +664,16 @@ extern "C" int mote_cuda_lora_shrink_grad(const mote_lora_args* a, float* dv, co
   MOTE_WEIGHT_DISPATCH(a->b_dtype, shrink_grad_t, *a, dv, dy, static_cast<cudaStream_t>(stream))
 }
 
-extern "C" int mote_cuda_lora_input_grad(const mote_lora_args* a, float* dx, const float* dv, int accumulate, void* stream) {
+extern "C" int mote_cuda_lora_input_grad(const mote_lora_args* a, float* dx, const float* dv, int accumulate,
+                                         void* stream) {
   const int c = check_args(a);
   if (c) return c < 0 ? int(cudaGetLastError()) : c;
   MOTE_WEIGHT_DISPATCH(a->a_dtype, input_grad_t, *a, dx, dv, accumulate, static_cast<cudaStream_t>(stream))
 }
 
-extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, float* dB, const float* x, const float* dy,
-                                          const float* v, const float* dv, int accumulate, void* stream) {
+extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, float* dB, const float* x,
+                                          const float* dy, const float* v, const float* dv, int accumulate,
+                                          void* stream) {
   const int c = check_args(a);
   if (c > 0) return c;
   const int Nmax = a->Hin > a->Hout ? a->Hin : a->Hout;
@@ -654,9 +682,8 @@ extern "C" int mote_cuda_lora_weight_grad(const mote_lora_args* a, float* dA, fl
   const int G = a->T == 0 ? 0 : a->G;
   const long long tiles = (long long)((Nmax + kWN - 1) / kWN) * ((a->R + kWR - 1) / kWR);
   dim3 grid(unsigned(tiles), grid_dim(a->L), 2);
-  MOTE_LAUNCH(grid, 256, 0, static_cast<cudaStream_t>(stream), lora_weight_grad_kernel)(
-      dA, dB, x, dy, v, dv, a->order, a->seg_start, a->seg_adapter, a->weight, a->rank, a->scale, G, a->P,
-      a->T * a->K, a->L, a->K, a->R,
-      a->Hin, a->Hout, accumulate);
+  MOTE_LAUNCH(grid, 256, 0, static_cast<cudaStream_t>(stream), lora_weight_grad_kernel)
+  (dA, dB, x, dy, v, dv, a->order, a->seg_start, a->seg_adapter, a->weight, a->rank, a->scale, G, a->P, a->T * a->K,
+   a->L, a->K, a->R, a->Hin, a->Hout, accumulate);
   return int(cudaGetLastError());
 }

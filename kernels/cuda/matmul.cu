@@ -8,14 +8,14 @@ namespace {
 
 using namespace mote_cu;
 
-constexpr int TILE = 64;   // C tile is TILE x TILE
-constexpr int KT = 16;     // k slice per shared-memory stage
-constexpr int TPT = 4;     // each thread computes TPT x TPT outputs; 16x16 threads
+constexpr int TILE = 64;  // C tile is TILE x TILE
+constexpr int KT = 16;    // k slice per shared-memory stage
+constexpr int TPT = 4;    // each thread computes TPT x TPT outputs; 16x16 threads
 
 template <int DT>
-__global__ void gemm_strided(float* __restrict__ C, const float* __restrict__ A, const typename Wt<DT>::S* __restrict__ B,
-                             int M, int N, int Kd, long long sam, long long sak, long long sbk, long long sbn,
-                             int accumulate) {
+__global__ void gemm_strided(float* __restrict__ C, const float* __restrict__ A,
+                             const typename Wt<DT>::S* __restrict__ B, int M, int N, int Kd, long long sam,
+                             long long sak, long long sbk, long long sbn, int accumulate) {
   __shared__ float As[KT][TILE + 1];
   __shared__ float Bs[KT][TILE + 1];
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
@@ -67,24 +67,24 @@ int launch(float* C, const float* A, const void* B, int M, int N, int Kd, long l
            long long sbn, int accumulate, void* stream) {
   if (M <= 0 || N <= 0) return int(cudaGetLastError());  // nothing to write (an empty grid is a launch error)
   dim3 block(16, 16), grid(grid_dim((N + TILE - 1) / TILE, 2147483647LL), grid_dim((M + TILE - 1) / TILE));
-  MOTE_LAUNCH(grid, block, 0, static_cast<cudaStream_t>(stream), gemm_strided<DT>)(
-      C, A, static_cast<const typename Wt<DT>::S*>(B), M, N, Kd, sam, sak, sbk, sbn, accumulate);
+  MOTE_LAUNCH(grid, block, 0, static_cast<cudaStream_t>(stream), gemm_strided<DT>)
+  (C, A, static_cast<const typename Wt<DT>::S*>(B), M, N, Kd, sam, sak, sbk, sbn, accumulate);
   return int(cudaGetLastError());
 }
 
 int dispatch(int dtype, float* C, const float* A, const void* B, int M, int N, int Kd, long long sam, long long sak,
-             long long sbk, long long sbn, int accumulate, void* stream) {
-  MOTE_WEIGHT_DISPATCH(dtype, launch, C, A, B, M, N, Kd, sam, sak, sbk, sbn, accumulate, stream)
-}
+             long long sbk, long long sbn, int accumulate, void* stream){
+    MOTE_WEIGHT_DISPATCH(dtype, launch, C, A, B, M, N, Kd, sam, sak, sbk, sbn, accumulate, stream)}
 
 __global__ void copy_kernel(float4* __restrict__ d, const float4* __restrict__ s, long long n4) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4; i += (long long)gridDim.x * blockDim.x) d[i] = s[i];
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4; i += (long long)gridDim.x * blockDim.x)
+    d[i] = s[i];
 }
 
 }  // namespace
 
-extern "C" int mote_cuda_matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, int N, int accumulate,
-                                void* stream) {
+extern "C" int mote_cuda_matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, int N,
+                                int accumulate, void* stream) {
   // C = y [T,N]; A = x (m=t, k) ; B(k, n) = W[n*K + k]
   return dispatch(wdtype, y, x, w, T, N, K, K, 1, 1, K, accumulate, stream);
 }
@@ -95,8 +95,8 @@ extern "C" int mote_cuda_matmul_grad_input(float* dx, const float* dy, const voi
   return dispatch(wdtype, dx, dy, w, T, K, N, N, 1, K, 1, accumulate, stream);
 }
 
-extern "C" int mote_cuda_matmul_grad_weight(float* dw, const float* dy, const float* x, int T, int K, int N, int accumulate,
-                                            void* stream) {
+extern "C" int mote_cuda_matmul_grad_weight(float* dw, const float* dy, const float* x, int T, int K, int N,
+                                            int accumulate, void* stream) {
   // C = dW [N,K]; A(m=n, k=t) = dy[t*N + n]; B(k=t, n'=kcol) = x[t*K + kcol]
   return dispatch(MOTE_F32, dw, dy, x, N, K, T, 1, N, K, 1, accumulate, stream);
 }
@@ -104,7 +104,8 @@ extern "C" int mote_cuda_matmul_grad_weight(float* dw, const float* dy, const fl
 extern "C" int mote_cuda_copy(float* dst, const float* src, int64_t n, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   long long n4 = n / 4;
-  if (n4 > 0) MOTE_LAUNCH(1024, 256, 0, s, copy_kernel)(reinterpret_cast<float4*>(dst), reinterpret_cast<const float4*>(src), n4);
+  if (n4 > 0)
+    MOTE_LAUNCH(1024, 256, 0, s, copy_kernel)(reinterpret_cast<float4*>(dst), reinterpret_cast<const float4*>(src), n4);
   if (n % 4) cudaMemcpyAsync(dst + n4 * 4, src + n4 * 4, (n % 4) * 4, cudaMemcpyDeviceToDevice, s);
   return int(cudaGetLastError());
 }

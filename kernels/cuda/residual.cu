@@ -36,6 +36,7 @@ extern "C" int mote_cuda_add(float* y, const float* a, const float* b, int64_t n
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(y) && aligned16(a) && aligned16(b);
-  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), add_kernel)(y, a, b, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), add_kernel)
+  (y, a, b, n, vec);
   return int(cudaGetLastError());
 }

@@ -27,8 +27,9 @@ constexpr int kWarps = kThreads / 32;
 
 // y and x may be the same buffer (each element is read and then written by one thread).
 template <int DT>
-__global__ void __launch_bounds__(kThreads) rmsnorm_fwd(float* y, float* __restrict__ rstd, const float* x,
-                                                        const typename Wt<DT>::S* __restrict__ w, int T, int H, float eps) {
+__global__ void __launch_bounds__(kThreads)
+    rmsnorm_fwd(float* y, float* __restrict__ rstd, const float* x, const typename Wt<DT>::S* __restrict__ w, int T,
+                int H, float eps) {
   __shared__ float red[kWarps + 1];
   for (long long t = blockIdx.x; t < T; t += gridDim.x) {
     const float* xr = x + t * H;
@@ -49,9 +50,9 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_fwd(float* y, float* __restr
 // square is dominated by few elements (H = 1: dx ∝ eps), so g and the combination are kept in
 // double; rstd stays the f32 value saved by the forward.
 template <int DT>
-__global__ void __launch_bounds__(kThreads) rmsnorm_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy,
-                                                           const float* __restrict__ x, const typename Wt<DT>::S* __restrict__ w,
-                                                           const float* __restrict__ rstd, int T, int H) {
+__global__ void __launch_bounds__(kThreads)
+    rmsnorm_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x,
+                   const typename Wt<DT>::S* __restrict__ w, const float* __restrict__ rstd, int T, int H) {
   __shared__ double red[kWarps + 1];
   for (long long t = blockIdx.x; t < T; t += gridDim.x) {
     const float* xr = x + t * H;
@@ -70,16 +71,17 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_bwd_dx(float* __restrict__ d
 
 constexpr int kDwCols = 32, kDwRows = 16;
 
-__global__ void __launch_bounds__(kDwCols* kDwRows) rmsnorm_bwd_dw(float* __restrict__ dw, const float* __restrict__ dy,
-                                                                  const float* __restrict__ x, const float* __restrict__ rstd,
-                                                                  int T, int H, int accumulate) {
+__global__ void __launch_bounds__(kDwCols* kDwRows)
+    rmsnorm_bwd_dw(float* __restrict__ dw, const float* __restrict__ dy, const float* __restrict__ x,
+                   const float* __restrict__ rstd, int T, int H, int accumulate) {
   __shared__ float part[kDwRows][kDwCols + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
   for (long long h0 = (long long)blockIdx.x * kDwCols; h0 < H; h0 += (long long)gridDim.x * kDwCols) {
     const long long h = h0 + tx;
     float acc = 0.f;
     if (h < H)
-      for (long long t = ty; t < T; t += kDwRows) acc = fmaf(__ldg(dy + t * H + h) * __ldg(x + t * H + h), __ldg(rstd + t), acc);
+      for (long long t = ty; t < T; t += kDwRows)
+        acc = fmaf(__ldg(dy + t * H + h) * __ldg(x + t * H + h), __ldg(rstd + t), acc);
     __syncthreads();  // earlier readers of part are done
     part[ty][tx] = acc;
     __syncthreads();
@@ -94,13 +96,16 @@ __global__ void __launch_bounds__(kDwCols* kDwRows) rmsnorm_bwd_dw(float* __rest
 
 template <int DT>
 int launch_fwd(float* y, float* rstd, const float* x, const void* w, int T, int H, float eps, cudaStream_t s) {
-  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, rmsnorm_fwd<DT>)(y, rstd, x, static_cast<const typename Wt<DT>::S*>(w), T, H, eps);
+  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, rmsnorm_fwd<DT>)
+  (y, rstd, x, static_cast<const typename Wt<DT>::S*>(w), T, H, eps);
   return int(cudaGetLastError());
 }
 
 template <int DT>
-int launch_dx(float* dx, const float* dy, const float* x, const void* w, const float* rstd, int T, int H, cudaStream_t s) {
-  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, rmsnorm_bwd_dx<DT>)(dx, dy, x, static_cast<const typename Wt<DT>::S*>(w), rstd, T, H);
+int launch_dx(float* dx, const float* dy, const float* x, const void* w, const float* rstd, int T, int H,
+              cudaStream_t s) {
+  MOTE_LAUNCH(grid_dim(T, 2147483647LL), kThreads, 0, s, rmsnorm_bwd_dx<DT>)
+  (dx, dy, x, static_cast<const typename Wt<DT>::S*>(w), rstd, T, H);
   return int(cudaGetLastError());
 }
 
@@ -111,8 +116,8 @@ int dispatch_dx(int wdtype, float* dx, const float* dy, const float* x, const vo
 
 }  // namespace
 
-extern "C" int mote_cuda_rmsnorm(float* y, float* rstd, const float* x, const void* w, int wdtype, int T, int H, float eps,
-                                 void* stream) {
+extern "C" int mote_cuda_rmsnorm(float* y, float* rstd, const float* x, const void* w, int wdtype, int T, int H,
+                                 float eps, void* stream) {
   if (T < 0 || H < 0 || wdtype < MOTE_F32 || wdtype > MOTE_BF16) return int(cudaErrorInvalidValue);
   if (T == 0) return int(cudaGetLastError());
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -129,7 +134,7 @@ extern "C" int mote_cuda_rmsnorm_grad(float* dx, float* dw, const float* dy, con
   }
   if (H == 0) return int(cudaGetLastError());
   // T = 0 still writes dw (zeros, or leaves it unchanged when accumulating).
-  MOTE_LAUNCH(grid_dim((H + kDwCols - 1) / kDwCols, 2147483647LL), dim3(kDwCols, kDwRows), 0, s, rmsnorm_bwd_dw)(dw, dy, x, rstd, T, H,
-                                                                                                   accumulate_dw);
+  MOTE_LAUNCH(grid_dim((H + kDwCols - 1) / kDwCols, 2147483647LL), dim3(kDwCols, kDwRows), 0, s, rmsnorm_bwd_dw)
+  (dw, dy, x, rstd, T, H, accumulate_dw);
   return int(cudaGetLastError());
 }

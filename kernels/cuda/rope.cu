@@ -22,12 +22,13 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void __launch_bounds__(kThreads) rope_kernel(float* y, const float* x, const int* __restrict__ positions,
-                                                        const float* __restrict__ inv_freq, int T, int heads, int D,
-                                                        int inverse) {
+__global__ void __launch_bounds__(kThreads)
+    rope_kernel(float* y, const float* x, const int* __restrict__ positions, const float* __restrict__ inv_freq, int T,
+                int heads, int D, int inverse) {
   const int half = D / 2;
   const long long n = (long long)T * half;
-  for (long long idx = (long long)blockIdx.x * kThreads + threadIdx.x; idx < n; idx += (long long)gridDim.x * kThreads) {
+  for (long long idx = (long long)blockIdx.x * kThreads + threadIdx.x; idx < n;
+       idx += (long long)gridDim.x * kThreads) {
     const long long t = idx / half;
     const int i = int(idx - t * half);
     const double p = double(__ldg(positions + t)), f = double(__ldg(inv_freq + i));
@@ -47,12 +48,13 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(float* y, const float* x
 
 }  // namespace
 
-extern "C" int mote_cuda_rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D,
-                              int inverse, void* stream) {
+extern "C" int mote_cuda_rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads,
+                              int D, int inverse, void* stream) {
   if (T < 0 || heads < 0 || D < 0 || D % 2 != 0) return int(cudaErrorInvalidValue);
   const long long n = (long long)T * (D / 2);
   if (n == 0 || heads == 0) return int(cudaGetLastError());
-  MOTE_LAUNCH(mote_cu::grid_dim((n + kThreads - 1) / kThreads, 1LL << 20), kThreads, 0, static_cast<cudaStream_t>(stream), rope_kernel)(y, x, positions, inv_freq, T, heads, D,
-                                                                                    inverse);
+  MOTE_LAUNCH(mote_cu::grid_dim((n + kThreads - 1) / kThreads, 1LL << 20), kThreads, 0,
+              static_cast<cudaStream_t>(stream), rope_kernel)
+  (y, x, positions, inv_freq, T, heads, D, inverse);
   return int(cudaGetLastError());
 }

@@ -34,6 +34,7 @@ extern "C" int mote_cuda_scale(float* y, const float* x, float alpha, int64_t n,
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(y) && aligned16(x);
-  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), scale_kernel)(y, x, alpha, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), scale_kernel)
+  (y, x, alpha, n, vec);
   return int(cudaGetLastError());
 }

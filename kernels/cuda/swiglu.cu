@@ -21,7 +21,7 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float exp_acc(float x) {
   const float kL2E = 1.44269502162933349609375f;  // log2(e) rounded to f32
-  const float kL2ELo = 1.925962989091e-08f;        // log2(e) − kL2E
+  const float kL2ELo = 1.925962989091e-08f;       // log2(e) − kL2E
   const float kLn2 = 0.693147182464599609375f;
   const float h = __fmul_rn(x, kL2E);
   float l = fmaf(x, kL2E, -h);  // the rounding error of h, exactly
@@ -40,7 +40,8 @@ __device__ __forceinline__ void bwd(float d, float g, float u, float& dg, float&
   du = d * (g * s);
 }
 
-__global__ void __launch_bounds__(kThreads) swiglu_kernel(float* y, const float* gate, const float* up, long long n, int vec) {
+__global__ void __launch_bounds__(kThreads)
+    swiglu_kernel(float* y, const float* gate, const float* up, long long n, int vec) {
   const long long stride = (long long)gridDim.x * kThreads;
   long long i0 = (long long)blockIdx.x * kThreads + threadIdx.x;
   long long done = 0;
@@ -55,8 +56,9 @@ __global__ void __launch_bounds__(kThreads) swiglu_kernel(float* y, const float*
   for (long long i = done + i0; i < n; i += stride) y[i] = fwd(gate[i], up[i]);
 }
 
-__global__ void __launch_bounds__(kThreads) swiglu_grad_kernel(float* dgate, float* dup, const float* dy, const float* gate,
-                                                               const float* up, long long n, int vec) {
+__global__ void __launch_bounds__(kThreads)
+    swiglu_grad_kernel(float* dgate, float* dup, const float* dy, const float* gate, const float* up, long long n,
+                       int vec) {
   const long long stride = (long long)gridDim.x * kThreads;
   long long i0 = (long long)blockIdx.x * kThreads + threadIdx.x;
   long long done = 0;
@@ -84,15 +86,17 @@ extern "C" int mote_cuda_swiglu(float* y, const float* gate, const float* up, in
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(y) && aligned16(gate) && aligned16(up);
-  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_kernel)(y, gate, up, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_kernel)
+  (y, gate, up, n, vec);
   return int(cudaGetLastError());
 }
 
-extern "C" int mote_cuda_swiglu_grad(float* dgate, float* dup, const float* dy, const float* gate, const float* up, int64_t n,
-                                     void* stream) {
+extern "C" int mote_cuda_swiglu_grad(float* dgate, float* dup, const float* dy, const float* gate, const float* up,
+                                     int64_t n, void* stream) {
   if (n < 0) return int(cudaErrorInvalidValue);
   if (n == 0) return int(cudaGetLastError());
   const bool vec = aligned16(dgate) && aligned16(dup) && aligned16(dy) && aligned16(gate) && aligned16(up);
-  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_grad_kernel)(dgate, dup, dy, gate, up, n, vec);
+  MOTE_LAUNCH(elementwise_grid(n, vec, kThreads), kThreads, 0, static_cast<cudaStream_t>(stream), swiglu_grad_kernel)
+  (dgate, dup, dy, gate, up, n, vec);
   return int(cudaGetLastError());
 }

@@ -30,7 +30,7 @@ __device__ __forceinline__ float neg_inf() { return -__int_as_float(0x7f800000);
 
 __device__ __forceinline__ float exp_acc(float x) {
   const float kL2E = 1.44269502162933349609375f;  // log2(e) rounded to f32
-  const float kL2ELo = 1.925962989091e-08f;        // log2(e) − kL2E
+  const float kL2ELo = 1.925962989091e-08f;       // log2(e) − kL2E
   const float kLn2 = 0.693147182464599609375f;
   const float h = __fmul_rn(x, kL2E);
   float l = fmaf(x, kL2E, -h);  // the rounding error of h, exactly
@@ -96,9 +96,9 @@ __global__ void __launch_bounds__(kThreads) log_softmax_kernel(float* out, const
   }
 }
 
-__global__ void __launch_bounds__(kThreads) xent_kernel(float* __restrict__ losses, float* __restrict__ lse_out,
-                                                        const float* __restrict__ logits, const int* __restrict__ targets,
-                                                        const float* __restrict__ mask, int T, int V) {
+__global__ void __launch_bounds__(kThreads)
+    xent_kernel(float* __restrict__ losses, float* __restrict__ lse_out, const float* __restrict__ logits,
+                const int* __restrict__ targets, const float* __restrict__ mask, int T, int V) {
   __shared__ MS red[kWarps];
   __shared__ double bcast;
   for (long long t = blockIdx.x; t < T; t += gridDim.x) {
@@ -117,9 +117,9 @@ __global__ void __launch_bounds__(kThreads) xent_kernel(float* __restrict__ loss
   }
 }
 
-__global__ void __launch_bounds__(kThreads) xent_grad_kernel(float* __restrict__ dlogits, const float* __restrict__ logits,
-                                                             const float* __restrict__ lse, const int* __restrict__ targets,
-                                                             const float* __restrict__ mask, float scale, int T, int V) {
+__global__ void __launch_bounds__(kThreads)
+    xent_grad_kernel(float* __restrict__ dlogits, const float* __restrict__ logits, const float* __restrict__ lse,
+                     const int* __restrict__ targets, const float* __restrict__ mask, float scale, int T, int V) {
   for (long long t = blockIdx.x; t < T; t += gridDim.x) {
     float* d = dlogits + t * V;
     const float m = __ldg(mask + t);
@@ -142,23 +142,25 @@ __global__ void __launch_bounds__(kThreads) xent_grad_kernel(float* __restrict__
 extern "C" int mote_cuda_log_softmax(float* out, const float* logits, int T, int V, void* stream) {
   if (T < 0 || V < 0) return int(cudaErrorInvalidValue);
   if (T == 0 || V == 0) return int(cudaGetLastError());
-  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), log_softmax_kernel)(out, logits, T, V);
+  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), log_softmax_kernel)
+  (out, logits, T, V);
   return int(cudaGetLastError());
 }
 
-extern "C" int mote_cuda_xent(float* losses, float* lse, const float* logits, const int* targets, const float* mask, int T, int V,
-                              void* stream) {
+extern "C" int mote_cuda_xent(float* losses, float* lse, const float* logits, const int* targets, const float* mask,
+                              int T, int V, void* stream) {
   if (T < 0 || V < 0) return int(cudaErrorInvalidValue);
   if (T == 0) return int(cudaGetLastError());
-  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), xent_kernel)(losses, lse, logits, targets, mask, T, V);
+  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), xent_kernel)
+  (losses, lse, logits, targets, mask, T, V);
   return int(cudaGetLastError());
 }
 
-extern "C" int mote_cuda_xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask,
-                                   float scale, int T, int V, void* stream) {
+extern "C" int mote_cuda_xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets,
+                                   const float* mask, float scale, int T, int V, void* stream) {
   if (T < 0 || V < 0) return int(cudaErrorInvalidValue);
   if (T == 0 || V == 0) return int(cudaGetLastError());
-  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), xent_grad_kernel)(dlogits, logits, lse, targets, mask, scale,
-                                                                                       T, V);
+  MOTE_LAUNCH(mote_cu::grid_dim(T, 2147483647LL), kThreads, 0, static_cast<cudaStream_t>(stream), xent_grad_kernel)
+  (dlogits, logits, lse, targets, mask, scale, T, V);
   return int(cudaGetLastError());
 }

@@ -23,8 +23,8 @@ constexpr size_t kBlock = size_t(1) << 14;
 
 }  // namespace
 
-void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float c1, float beta2, float c2,
-           float eps, float decay, float bc1, float bc2, float grad_scale) {
+void adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float c1, float beta2,
+           float c2, float eps, float decay, float bc1, float bc2, float grad_scale) {
   parallel_for(size_t(n), kGrain, [&](size_t b, size_t e) {
     for (size_t i = b; i < e; i++) {
       const float gi = g[i] * grad_scale;

@@ -49,13 +49,16 @@ void check(const AttentionArgs& a) {
   if (a.S == 0) return;
   for (int i = 0; i < a.Tq; i++) {
     if (a.q_seq[i] < 0 || a.q_seq[i] >= a.num_seqs)
-      throw std::out_of_range("attention: qSeq[" + std::to_string(i) + "] = " + std::to_string(a.q_seq[i]) + " has no entry in blocked");
+      throw std::out_of_range("attention: qSeq[" + std::to_string(i) + "] = " + std::to_string(a.q_seq[i]) +
+                              " has no entry in blocked");
     if (a.q_seg[i] < 0 || a.q_seg[i] >= a.S)
-      throw std::out_of_range("attention: qSeg[" + std::to_string(i) + "] = " + std::to_string(a.q_seg[i]) + " not in [0, S)");
+      throw std::out_of_range("attention: qSeg[" + std::to_string(i) + "] = " + std::to_string(a.q_seg[i]) +
+                              " not in [0, S)");
   }
   for (int j = 0; j < a.Tk; j++)
     if (a.k_seg[j] < 0 || a.k_seg[j] >= a.S)
-      throw std::out_of_range("attention: kSeg[" + std::to_string(j) + "] = " + std::to_string(a.k_seg[j]) + " not in [0, S)");
+      throw std::out_of_range("attention: kSeg[" + std::to_string(j) + "] = " + std::to_string(a.k_seg[j]) +
+                              " not in [0, S)");
 }
 
 // Visibility of keys from one query.
@@ -63,7 +66,9 @@ struct Query {
   int seq, pos;
   const int* brow;  // blocked row of (seq, q_seg) or null without segments
   Query(const AttentionArgs& a, int i)
-      : seq(a.q_seq[i]), pos(a.q_pos[i]), brow(a.S > 0 ? a.blocked + (size_t(a.q_seq[i]) * a.S + a.q_seg[i]) * a.S : nullptr) {}
+      : seq(a.q_seq[i]),
+        pos(a.q_pos[i]),
+        brow(a.S > 0 ? a.blocked + (size_t(a.q_seq[i]) * a.S + a.q_seg[i]) * a.S : nullptr) {}
   bool sees(const AttentionArgs& a, int j) const {
     return a.k_seq[j] == seq && a.k_pos[j] <= pos && !(brow && brow[a.k_seg[j]]);
   }
@@ -120,8 +125,8 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
   });
 }
 
-void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                    const float* v, const float* out, const float* lse) {
+void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, const float* dout, const float* q,
+                    const float* k, const float* v, const float* out, const float* lse) {
   check(a);
   const int D = a.D, nH = a.nH, nKv = a.nKv, group = a.nH / a.nKv;
   const float scale = a.scale;

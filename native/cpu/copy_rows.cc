@@ -19,15 +19,16 @@ namespace {
 void check_rows(const char* name, const int* rows, int N, int64_t R) {
   for (int i = 0; i < N; i++)
     if (rows[i] < 0 || rows[i] >= R)
-      throw std::out_of_range(std::string("copyRows: ") + name + "[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
-                              " not in [0, " + std::to_string(R) + ")");
+      throw std::out_of_range(std::string("copyRows: ") + name + "[" + std::to_string(i) +
+                              "] = " + std::to_string(rows[i]) + " not in [0, " + std::to_string(R) + ")");
 }
 
 }  // namespace
 
-void copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_rows, int dtype, int N, int W, int64_t Rd,
-               int64_t Rs) {
-  if (dtype < 0 || dtype > 3) throw std::invalid_argument("copyRows: dtype code " + std::to_string(dtype) + " not in [0, 3]");
+void copy_rows(void* dst, const void* src, const int* dst_rows, const int* src_rows, int dtype, int N, int W,
+               int64_t Rd, int64_t Rs) {
+  if (dtype < 0 || dtype > 3)
+    throw std::invalid_argument("copyRows: dtype code " + std::to_string(dtype) + " not in [0, 3]");
   if (N < 0 || W < 0) throw std::invalid_argument("copyRows: N and W must be ≥ 0");
   check_rows("dstRows", dst_rows, N, Rd);
   check_rows("srcRows", src_rows, N, Rs);

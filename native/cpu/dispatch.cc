@@ -15,9 +15,15 @@
 namespace mote::cpu {
 
 #define MOTE_DECLARE(ret, name, params, args) ret name params;
-namespace v1 { MOTE_CPU_KERNELS(MOTE_DECLARE) }
-namespace v3 { MOTE_CPU_KERNELS(MOTE_DECLARE) }
-namespace v4 { MOTE_CPU_KERNELS(MOTE_DECLARE) }
+namespace v1 {
+MOTE_CPU_KERNELS(MOTE_DECLARE)
+}
+namespace v3 {
+MOTE_CPU_KERNELS(MOTE_DECLARE)
+}
+namespace v4 {
+MOTE_CPU_KERNELS(MOTE_DECLARE)
+}
 #undef MOTE_DECLARE
 
 namespace {

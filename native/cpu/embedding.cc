@@ -26,23 +26,24 @@ void embedding(float* y, const int* ids, const void* E, int edtype, int T, int V
   });
 }
 
-void embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start, const int* seg_ids, int G, int T, int V,
-                    int H, bool accumulate) {
+void embedding_grad(float* dE, const float* dy, const int* order, const int* seg_start, const int* seg_ids, int G,
+                    int T, int V, int H, bool accumulate) {
   // The grouping must cover each token at most once and name rows inside dE.
   if (G < 0 || G > T) throw std::out_of_range("embeddingGrad: G = " + std::to_string(G) + " not in [0, T]");
   for (int g = 0; g < G; g++) {
     if (seg_ids[g] < 0 || seg_ids[g] >= V)
-      throw std::out_of_range("embeddingGrad: segIds[" + std::to_string(g) + "] = " + std::to_string(seg_ids[g]) + " not in [0, " +
-                              std::to_string(V) + ")");
-    if (g > 0 && seg_ids[g] <= seg_ids[g - 1]) throw std::invalid_argument("embeddingGrad: segIds must be strictly ascending");
+      throw std::out_of_range("embeddingGrad: segIds[" + std::to_string(g) + "] = " + std::to_string(seg_ids[g]) +
+                              " not in [0, " + std::to_string(V) + ")");
+    if (g > 0 && seg_ids[g] <= seg_ids[g - 1])
+      throw std::invalid_argument("embeddingGrad: segIds must be strictly ascending");
     if (seg_start[g] < 0 || seg_start[g] > seg_start[g + 1] || seg_start[g + 1] > T)
       throw std::out_of_range("embeddingGrad: segStart must ascend within [0, T]");
   }
   if (G > 0)
     for (int i = seg_start[0]; i < seg_start[G]; i++)
       if (order[i] < 0 || order[i] >= T)
-        throw std::out_of_range("embeddingGrad: order[" + std::to_string(i) + "] = " + std::to_string(order[i]) + " not in [0, " +
-                                std::to_string(T) + ")");
+        throw std::out_of_range("embeddingGrad: order[" + std::to_string(i) + "] = " + std::to_string(order[i]) +
+                                " not in [0, " + std::to_string(T) + ")");
   const size_t Hs = size_t(H);
   if (!accumulate) {
     // rows of ids absent from the batch are 0; rows present are overwritten below

@@ -35,26 +35,34 @@ namespace {
 void check_args(const mote_lora_args& a, bool segments) {
   if (a.T <= 0 || a.K <= 0 || a.L <= 0 || a.R <= 0 || a.Hin <= 0 || a.Hout <= 0)
     bad("T, K, L, R, Hin, Hout: expected positive integers");
-  if (a.a_dtype < 0 || a.a_dtype > 2) bad("A dtype: expected f32, f16 or bf16 (0..2), got " + std::to_string(a.a_dtype));
-  if (a.b_dtype < 0 || a.b_dtype > 2) bad("B dtype: expected f32, f16 or bf16 (0..2), got " + std::to_string(a.b_dtype));
-  if (a.strategy != 0 && a.strategy != 1) bad("strategy: expected 0 (bgmv) or 1 (sgmv), got " + std::to_string(a.strategy));
+  if (a.a_dtype < 0 || a.a_dtype > 2)
+    bad("A dtype: expected f32, f16 or bf16 (0..2), got " + std::to_string(a.a_dtype));
+  if (a.b_dtype < 0 || a.b_dtype > 2)
+    bad("B dtype: expected f32, f16 or bf16 (0..2), got " + std::to_string(a.b_dtype));
+  if (a.strategy != 0 && a.strategy != 1)
+    bad("strategy: expected 0 (bgmv) or 1 (sgmv), got " + std::to_string(a.strategy));
   for (int e = 0; e < a.L; e++)
     if (a.rank[e] < 1 || a.rank[e] > a.R)
-      bad("rank[" + std::to_string(e) + "]: expected an integer in [1, " + std::to_string(a.R) + "], got " + std::to_string(a.rank[e]));
+      bad("rank[" + std::to_string(e) + "]: expected an integer in [1, " + std::to_string(a.R) + "], got " +
+          std::to_string(a.rank[e]));
   const size_t TK = size_t(a.T) * a.K;
   size_t used = 0;
   for (size_t i = 0; i < TK; i++) {
     int s = a.slots[i];
-    if (s < -1 || s >= a.L) bad("slots[" + std::to_string(i) + "]: expected an adapter in [-1, " + std::to_string(a.L - 1) + "], got " + std::to_string(s));
+    if (s < -1 || s >= a.L)
+      bad("slots[" + std::to_string(i) + "]: expected an adapter in [-1, " + std::to_string(a.L - 1) + "], got " +
+          std::to_string(s));
     used += s >= 0;
   }
   if (!segments) return;
-  if (a.P < 0 || size_t(a.P) != used) bad("P: expected the number of non-empty slots, " + std::to_string(used) + ", got " + std::to_string(a.P));
+  if (a.P < 0 || size_t(a.P) != used)
+    bad("P: expected the number of non-empty slots, " + std::to_string(used) + ", got " + std::to_string(a.P));
   if (a.G < 0 || a.G > a.L) bad("G: expected a count in [0, L], got " + std::to_string(a.G));
   if (a.seg_start[0] != 0 || a.seg_start[a.G] != a.P) bad("segStart: expected to start at 0 and end at P");
   for (int g = 0; g < a.G; g++) {
     int e = a.seg_adapter[g];
-    if (e < 0 || e >= a.L || (g > 0 && e <= a.seg_adapter[g - 1])) bad("segAdapter: expected strictly ascending adapters in [0, L)");
+    if (e < 0 || e >= a.L || (g > 0 && e <= a.seg_adapter[g - 1]))
+      bad("segAdapter: expected strictly ascending adapters in [0, L)");
     if (a.seg_start[g + 1] < a.seg_start[g]) bad("segStart: expected non-decreasing offsets");
   }
   std::vector<char> seen(TK, 0);
@@ -62,7 +70,8 @@ void check_args(const mote_lora_args& a, bool segments) {
     int e = a.seg_adapter[g];
     for (int p = a.seg_start[g]; p < a.seg_start[g + 1]; p++) {
       int q = a.order[p];
-      if (q < 0 || size_t(q) >= TK || seen[q] || a.slots[q] != e) bad("order[" + std::to_string(p) + "]: not a slot of adapter " + std::to_string(e) + " (or listed twice)");
+      if (q < 0 || size_t(q) >= TK || seen[q] || a.slots[q] != e)
+        bad("order[" + std::to_string(p) + "]: not a slot of adapter " + std::to_string(e) + " (or listed twice)");
       seen[q] = 1;
     }
   }
@@ -85,7 +94,8 @@ struct Tile {
 std::vector<Tile> tiles_of(const mote_lora_args& a, int per) {
   std::vector<Tile> t;
   for (int g = 0; g < a.G; g++)
-    for (int p = a.seg_start[g]; p < a.seg_start[g + 1]; p += per) t.push_back({g, p, std::min(a.seg_start[g + 1], p + per)});
+    for (int p = a.seg_start[g]; p < a.seg_start[g + 1]; p += per)
+      t.push_back({g, p, std::min(a.seg_start[g + 1], p + per)});
   return t;
 }
 
@@ -106,10 +116,16 @@ void for_segment_blocks(const mote_lora_args& a, int nBlocks, F&& body) {
 }
 
 #define MOTE_LORA_DISPATCH(dt, fn, ...) \
-  switch (dt) {                        \
-    case 0: fn<0>(__VA_ARGS__); break; \
-    case 1: fn<1>(__VA_ARGS__); break; \
-    default: fn<2>(__VA_ARGS__); break; \
+  switch (dt) {                         \
+    case 0:                             \
+      fn<0>(__VA_ARGS__);               \
+      break;                            \
+    case 1:                             \
+      fn<1>(__VA_ARGS__);               \
+      break;                            \
+    default:                            \
+      fn<2>(__VA_ARGS__);               \
+      break;                            \
   }
 
 // ---------------------------------------------------------------------------
@@ -209,7 +225,8 @@ void shrink_sgmv(const mote_lora_args& a, float* v, const float* x) {
           const int p = a.order[pi];
           const float* xt = x + size_t(p / a.K) * n;
           float* vp = v + size_t(p) * a.R + r;
-          if (nr == 4) dot4<0>(Ar, n, xt, n, vp);
+          if (nr == 4)
+            dot4<0>(Ar, n, xt, n, vp);
           else
             for (int q = 0; q < nr; q++) vp[q] = dot1<0>(Ar + size_t(q) * n, xt, n);
         }
@@ -310,8 +327,10 @@ void expand_sgmv(const mote_lora_args& a, float* y, const float* v) {
         const float c = a.weight[p] * sc;
         for (int r = 0; r < re; r++) u[r] = c * v[size_t(p) * a.R + r];
         float* yr = y + size_t(p / a.K) * a.Hout + o0;
-        if (transposed) rows_axpy_reg<0, false>(yr, Bt.data(), ob, re, u.data(), ob);
-        else expand_rows<DT>(yr, Bb, a.R, re, u.data(), ob);
+        if (transposed)
+          rows_axpy_reg<0, false>(yr, Bt.data(), ob, re, u.data(), ob);
+        else
+          expand_rows<DT>(yr, Bb, a.R, re, u.data(), ob);
       }
     }
   });
@@ -403,8 +422,10 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
         const int p = a.order[pi];
         float* acc = partial + (size_t(p) * nc + ci) * a.R;
         const float* d = dy + size_t(p / a.K) * a.Hout + o0;
-        if (convert) colsum<0>(acc, scratch.data(), re, n, d, re);
-        else colsum<DT>(acc, Bb, a.R, n, d, re);
+        if (convert)
+          colsum<0>(acc, scratch.data(), re, n, d, re);
+        else
+          colsum<DT>(acc, Bb, a.R, n, d, re);
       }
     }
   });
@@ -479,11 +500,15 @@ void input_grad_sgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
         const float* d = dv + size_t(p) * a.R;
         float* out = dx + size_t(p / a.K) * a.Hin + i0;
         if (convert) {
-          if (add) rows_axpy_reg<0, false>(out, scratch.data(), n, re, d, n);
-          else rows_axpy_reg<0, true>(out, scratch.data(), n, re, d, n);
+          if (add)
+            rows_axpy_reg<0, false>(out, scratch.data(), n, re, d, n);
+          else
+            rows_axpy_reg<0, true>(out, scratch.data(), n, re, d, n);
         } else {
-          if (add) rows_axpy_reg<DT, false>(out, Ab, a.Hin, re, d, n);
-          else rows_axpy_reg<DT, true>(out, Ab, a.Hin, re, d, n);
+          if (add)
+            rows_axpy_reg<DT, false>(out, Ab, a.Hin, re, d, n);
+          else
+            rows_axpy_reg<DT, true>(out, Ab, a.Hin, re, d, n);
         }
       }
     }

@@ -22,7 +22,8 @@ constexpr int kBlasMinRows = 16;
 
 void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, int N, bool accumulate) {
   if (blas_sgemm && wdtype == 0 && T >= kBlasMinRows) {
-    blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, T, N, K, 1.f, x, K, static_cast<const float*>(w), K, accumulate ? 1.f : 0.f, y, N);
+    blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, T, N, K, 1.f, x, K, static_cast<const float*>(w), K,
+               accumulate ? 1.f : 0.f, y, N);
     return;
   }
   // Parallel over blocks of W rows: every W byte is read once (decode is bandwidth-bound),
@@ -68,7 +69,8 @@ void matmul(float* y, const float* x, const void* w, int wdtype, int T, int K, i
 
 void matmul_grad_input(float* dx, const float* dy, const void* w, int wdtype, int T, int K, int N, bool accumulate) {
   if (blas_sgemm && wdtype == 0 && T >= kBlasMinRows) {
-    blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasNoTrans, T, K, N, 1.f, dy, N, static_cast<const float*>(w), K, accumulate ? 1.f : 0.f, dx, K);
+    blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasNoTrans, T, K, N, 1.f, dy, N, static_cast<const float*>(w), K,
+               accumulate ? 1.f : 0.f, dx, K);
     return;
   }
   // Register-tiled: a task owns a [TB rows × KC columns] tile of dx and walks W in blocks of NB

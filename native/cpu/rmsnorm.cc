@@ -46,8 +46,8 @@ void rmsnorm(float* y, float* rstd, const float* x, const void* w, int wdtype, i
   });
 }
 
-void rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x, const void* w, int wdtype, const float* rstd, int T,
-                  int H, bool accumulate_dw) {
+void rmsnorm_grad(float* dx, float* dw, const float* dy, const float* x, const void* w, int wdtype, const float* rstd,
+                  int T, int H, bool accumulate_dw) {
   std::vector<float> wbuf;
   const float* wf = weights_f32(w, wdtype, H, wbuf);
   const size_t Hs = size_t(H);

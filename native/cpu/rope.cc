@@ -18,7 +18,8 @@
 
 namespace MOTE_CPU_KERNEL_NS {
 
-void rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D, bool inverse) {
+void rope(float* y, const float* x, const int* positions, const float* inv_freq, int T, int heads, int D,
+          bool inverse) {
   const size_t half = size_t(D) / 2, Ds = size_t(D);
   const size_t row = size_t(heads) * Ds;
   const size_t grain = std::max<size_t>(1, size_t(4096) / (row ? row : 1));

@@ -37,9 +37,12 @@ using elem_t = typename Elem<DT>::type;
 
 template <int DT>
 inline float cv(elem_t<DT> w) {
-  if constexpr (DT == 0) return w;
-  else if constexpr (DT == 1) return h2f(w);
-  else return bits_f32(uint32_t(w) << 16);
+  if constexpr (DT == 0)
+    return w;
+  else if constexpr (DT == 1)
+    return h2f(w);
+  else
+    return bits_f32(uint32_t(w) << 16);
 }
 
 template <int DT>
@@ -176,7 +179,8 @@ inline float dot1(const elem_t<DT>* w, const float* x, int n) {
 }
 
 // Two tokens against four f32 rows: 8 dot products, 6 loads per 8 FMAs.
-__attribute__((noinline, unused)) void dot4x2(const float* w, size_t stride, const float* xa, const float* xb, int n, float out[8]) {
+__attribute__((noinline, unused)) void dot4x2(const float* w, size_t stride, const float* xa, const float* xb, int n,
+                                              float out[8]) {
   const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
   f8 a0 = {}, a1 = {}, a2 = {}, a3 = {}, b0 = {}, b1 = {}, b2 = {}, b3 = {};
   int j = 0;
@@ -218,7 +222,8 @@ inline void rows_axpy(float* __restrict acc, const elem_t<DT>* m, size_t stride,
     const f8 e0 = splat(d0), e1 = splat(d1), e2 = splat(d2), e3 = splat(d3);
     int j = 0;
     for (; j + 8 <= n; j += 8)
-      st8(acc + j, ld8(acc + j) + ((ld8w<DT>(m0 + j) * e0 + ld8w<DT>(m1 + j) * e1) + (ld8w<DT>(m2 + j) * e2 + ld8w<DT>(m3 + j) * e3)));
+      st8(acc + j, ld8(acc + j) + ((ld8w<DT>(m0 + j) * e0 + ld8w<DT>(m1 + j) * e1) +
+                                   (ld8w<DT>(m2 + j) * e2 + ld8w<DT>(m3 + j) * e3)));
     for (; j < n; j++) acc[j] += (cv<DT>(m0[j]) * d0 + cv<DT>(m1[j]) * d1) + (cv<DT>(m2[j]) * d2 + cv<DT>(m3[j]) * d3);
   }
   for (; q < nr; q++) {
@@ -291,10 +296,20 @@ void colsum(float* out, const elem_t<DT>* m, size_t stride, int n, const float* 
   int c = 0;
   for (; c + 32 <= nc; c += 32) colsum_vec<DT, 4>(out + c, m + c, stride, n, d);
   switch ((nc - c) / 8) {
-    case 3: colsum_vec<DT, 3>(out + c, m + c, stride, n, d); c += 24; break;
-    case 2: colsum_vec<DT, 2>(out + c, m + c, stride, n, d); c += 16; break;
-    case 1: colsum_vec<DT, 1>(out + c, m + c, stride, n, d); c += 8; break;
-    default: break;
+    case 3:
+      colsum_vec<DT, 3>(out + c, m + c, stride, n, d);
+      c += 24;
+      break;
+    case 2:
+      colsum_vec<DT, 2>(out + c, m + c, stride, n, d);
+      c += 16;
+      break;
+    case 1:
+      colsum_vec<DT, 1>(out + c, m + c, stride, n, d);
+      c += 8;
+      break;
+    default:
+      break;
   }
   for (; c < nc; c++) {  // columns past the last full vector (never past nc)
     float s0 = 0, s1 = 0;
@@ -315,7 +330,8 @@ void colsum(float* out, const elem_t<DT>* m, size_t stride, int n, const float* 
 constexpr int kOuterJ = 16;
 constexpr int kOuterR = 4;
 
-__attribute__((noinline, unused)) void outer_tile(const float* xs, const float* cs, size_t cstride, int np, float res[kOuterR][kOuterJ]) {
+__attribute__((noinline, unused)) void outer_tile(const float* xs, const float* cs, size_t cstride, int np,
+                                                  float res[kOuterR][kOuterJ]) {
   f8 a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
   for (int p = 0; p < np; p++, xs += kOuterJ, cs += cstride) {
     const f8 x0 = ld8(xs), x1 = ld8(xs + 8);
@@ -329,10 +345,14 @@ __attribute__((noinline, unused)) void outer_tile(const float* xs, const float* 
     a30 += c3 * x0;
     a31 += c3 * x1;
   }
-  st8(res[0], a00); st8(res[0] + 8, a01);
-  st8(res[1], a10); st8(res[1] + 8, a11);
-  st8(res[2], a20); st8(res[2] + 8, a21);
-  st8(res[3], a30); st8(res[3] + 8, a31);
+  st8(res[0], a00);
+  st8(res[0] + 8, a01);
+  st8(res[1], a10);
+  st8(res[1] + 8, a11);
+  st8(res[2], a20);
+  st8(res[2] + 8, a21);
+  st8(res[3], a30);
+  st8(res[3] + 8, a31);
 }
 
 constexpr int kPackAhead = 4;  // rows prefetched ahead while packing
@@ -358,7 +378,8 @@ __attribute__((unused)) void pack_x(float* xp, const float* const* X, int np, in
 }
 
 // out[r·ostride + j] (+)= Σ_p cp[p·rp + r]·X[p][j] for r < nr, j < nj; xp from pack_x.
-__attribute__((unused)) void outer_packed(const float* xp, const float* cp, int rp, int np, int nr, int nj, float* out, size_t ostride, bool acc) {
+__attribute__((unused)) void outer_packed(const float* xp, const float* cp, int rp, int np, int nr, int nj, float* out,
+                                          size_t ostride, bool acc) {
   const int njt = (nj + kOuterJ - 1) / kOuterJ;
   float res[kOuterR][kOuterJ];
   for (int jt = 0; jt < njt; jt++) {

@@ -43,7 +43,8 @@ inline float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const float scale = __builtin_bit_cast(float, (int32_t(n) + 127) << 23);  // a register move, unlike memcpy: vectorises
+  const float scale =
+      __builtin_bit_cast(float, (int32_t(n) + 127) << 23);  // a register move, unlike memcpy: vectorises
   return nan ? x : p * scale;
 }
 
@@ -100,8 +101,8 @@ void xent(float* losses, float* lse, const float* logits, const int* targets, co
   });
 }
 
-void xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask, float scale, int T,
-               int V) {
+void xent_grad(float* dlogits, const float* logits, const float* lse, const int* targets, const float* mask,
+               float scale, int T, int V) {
   check_targets("xentGrad", targets, mask, T, V);
   const size_t Vs = size_t(V);
   parallel_for(size_t(T), row_grain(V), [&](size_t t0, size_t t1) {

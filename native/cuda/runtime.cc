@@ -54,8 +54,12 @@ void free(void* p) {
   if (p) cudaFree(p);
 }
 
-void upload(void* dst, const void* src, size_t bytes) { check(int(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)), "upload"); }
-void download(void* dst, const void* src, size_t bytes) { check(int(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)), "download"); }
+void upload(void* dst, const void* src, size_t bytes) {
+  check(int(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)), "upload");
+}
+void download(void* dst, const void* src, size_t bytes) {
+  check(int(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)), "download");
+}
 void memset0(void* dst, size_t bytes) { check(int(cudaMemset(dst, 0, bytes)), "cudaMemset"); }
 void synchronize() { check(int(cudaDeviceSynchronize()), "synchronize"); }
 

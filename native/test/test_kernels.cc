@@ -49,8 +49,8 @@ uint16_t f32_to_f16(float f) {
   const uint32_t sign = (x >> 16) & 0x8000u;
   x &= 0x7fffffffu;
   if (x >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (x > 0x7f800000u ? 0x200u : 0u));  // inf / nan
-  if (x >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // ≥ 65520 rounds to inf
-  if (x < 0x38800000u) {                                   // |f| < 2^-14: subnormal half (or zero)
+  if (x >= 0x477ff000u) return uint16_t(sign | 0x7c00u);                                    // ≥ 65520 rounds to inf
+  if (x < 0x38800000u) {  // |f| < 2^-14: subnormal half (or zero)
     float a;
     std::memcpy(&a, &x, 4);
     const uint32_t m = uint32_t(std::nearbyint(a * 16777216.0f));  // units of 2^-24, exact scaling; RNE
@@ -80,7 +80,7 @@ struct Rng {
   explicit Rng(uint64_t seed) : g(seed) {}
   double uni() { return std::uniform_real_distribution<double>(0.0, 1.0)(g); }
   int integer(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g); }  // inclusive
-  float val() {  // never zero: ±[0.1, 1)
+  float val() {                                                                          // never zero: ±[0.1, 1)
     float m = float(0.1 + 0.9 * uni());
     return uni() < 0.5 ? -m : m;
   }
@@ -185,10 +185,16 @@ struct Dev {
   }
   void put(const void* host, size_t n) { ck(cudaMemcpy(p, host, n, cudaMemcpyHostToDevice), "upload"); }
   void get(void* host, size_t n) const { ck(cudaMemcpy(host, p, n, cudaMemcpyDeviceToHost), "download"); }
-  template <typename T> T* as() const { return static_cast<T*>(p); }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
 };
 
-template <typename T> Dev dev_of(const std::vector<T>& v) { return Dev(v.data(), v.size() * sizeof(T)); }
+template <typename T>
+Dev dev_of(const std::vector<T>& v) {
+  return Dev(v.data(), v.size() * sizeof(T));
+}
 
 void launch_check(int code, const char* what) {
   ck(cudaError_t(code), what);
@@ -199,7 +205,9 @@ void launch_check(int code, const char* what) {
 // ---- matmul ----------------------------------------------------------------
 
 enum { MM_FWD, MM_GRAD_IN, MM_GRAD_W };
-const char* mm_name(int op) { return op == MM_FWD ? "matmul" : op == MM_GRAD_IN ? "matmul_grad_input" : "matmul_grad_weight"; }
+const char* mm_name(int op) {
+  return op == MM_FWD ? "matmul" : op == MM_GRAD_IN ? "matmul_grad_input" : "matmul_grad_weight";
+}
 
 void test_matmul(int op, int T, int K, int N, int dtype, bool acc, Rng& rng) {
   const Weights W = make_weights(size_t(N) * K, op == MM_GRAD_W ? 0 : dtype, rng);
@@ -235,14 +243,19 @@ void test_matmul(int op, int T, int K, int N, int dtype, bool acc, Rng& rng) {
 
   std::vector<float> out(outN);
   auto reset = [&] {
-    if (acc) out = init;
-    else std::fill(out.begin(), out.end(), kNaN);
+    if (acc)
+      out = init;
+    else
+      std::fill(out.begin(), out.end(), kNaN);
   };
   reset();
   try {
-    if (op == MM_FWD) mote::cpu::matmul(out.data(), x.data(), W.data(), wdt, T, K, N, acc);
-    else if (op == MM_GRAD_IN) mote::cpu::matmul_grad_input(out.data(), dy.data(), W.data(), wdt, T, K, N, acc);
-    else mote::cpu::matmul_grad_weight(out.data(), dy.data(), x.data(), T, K, N, acc);
+    if (op == MM_FWD)
+      mote::cpu::matmul(out.data(), x.data(), W.data(), wdt, T, K, N, acc);
+    else if (op == MM_GRAD_IN)
+      mote::cpu::matmul_grad_input(out.data(), dy.data(), W.data(), wdt, T, K, N, acc);
+    else
+      mote::cpu::matmul_grad_weight(out.data(), dy.data(), x.data(), T, K, N, acc);
     const double e = rel_err(out.data(), ref.data(), outN);
     report(fmt("cpu  %s  rel_err=%.3g", desc.c_str(), e), e <= kTol);
   } catch (const std::exception& ex) {
@@ -259,10 +272,12 @@ void test_matmul(int op, int T, int K, int N, int dtype, bool acc, Rng& rng) {
       reset();
       dout.put(out.data(), outN * 4);
       int code;
-      if (op == MM_FWD) code = mote_cuda_matmul(dout.as<float>(), dx.as<float>(), dW.p, wdt, T, K, N, acc, nullptr);
+      if (op == MM_FWD)
+        code = mote_cuda_matmul(dout.as<float>(), dx.as<float>(), dW.p, wdt, T, K, N, acc, nullptr);
       else if (op == MM_GRAD_IN)
         code = mote_cuda_matmul_grad_input(dout.as<float>(), ddy.as<float>(), dW.p, wdt, T, K, N, acc, nullptr);
-      else code = mote_cuda_matmul_grad_weight(dout.as<float>(), ddy.as<float>(), dx.as<float>(), T, K, N, acc, nullptr);
+      else
+        code = mote_cuda_matmul_grad_weight(dout.as<float>(), ddy.as<float>(), dx.as<float>(), T, K, N, acc, nullptr);
       launch_check(code, mm_name(op));
       runs[run].resize(outN);
       dout.get(runs[run].data(), outN * 4);
@@ -359,11 +374,21 @@ LoraData make_lora(const LoraCase& c, Rng& rng) {
     for (int k = 0; k < K; k++) {
       int& s = d.slots[size_t(t) * K + k];
       switch (c.slots) {
-        case S_RANDOM: s = rng.uni() < 0.15 ? -1 : rng.integer(0, L - 1); break;
-        case S_SORTED: s = k == 0 ? int((long long)t * std::min(L, 4) / T) % L : L - 1; break;  // runs; k=1 shared
-        case S_NONE: s = -1; break;
-        case S_DUP: s = k == 0 ? rng.integer(0, L - 1) : d.slots[size_t(t) * K]; break;
-        case S_DISTINCT: s = (t * K + k) % L; break;
+        case S_RANDOM:
+          s = rng.uni() < 0.15 ? -1 : rng.integer(0, L - 1);
+          break;
+        case S_SORTED:
+          s = k == 0 ? int((long long)t * std::min(L, 4) / T) % L : L - 1;
+          break;  // runs; k=1 shared
+        case S_NONE:
+          s = -1;
+          break;
+        case S_DUP:
+          s = k == 0 ? rng.integer(0, L - 1) : d.slots[size_t(t) * K];
+          break;
+        case S_DISTINCT:
+          s = (t * K + k) % L;
+          break;
       }
     }
   if (c.slots == S_DISTINCT) std::shuffle(d.slots.begin(), d.slots.end(), rng.g);  // unsorted
@@ -381,19 +406,26 @@ LoraData make_lora(const LoraCase& c, Rng& rng) {
 
 enum Op { SHRINK, EXPAND, APPLY, SHRINK_GRAD, INPUT_GRAD, WEIGHT_GRAD };
 const char* op_name(int op) {
-  static const char* n[] = {"lora_shrink", "lora_expand", "lora_apply", "lora_shrink_grad", "lora_input_grad", "lora_weight_grad"};
+  static const char* n[] = {"lora_shrink",      "lora_expand",     "lora_apply",
+                            "lora_shrink_grad", "lora_input_grad", "lora_weight_grad"};
   return n[op];
 }
 
 // Outputs of an op, and whether each starts from its initial contents (true) or NaN (false).
 std::vector<std::pair<int, bool>> op_outputs(int op, bool acc) {
   switch (op) {
-    case SHRINK: return {{V, false}};
-    case EXPAND: return {{Y, true}};
-    case APPLY: return {{Y, true}, {V, false}};
-    case SHRINK_GRAD: return {{DV, false}};
-    case INPUT_GRAD: return {{DX, acc}};
-    default: return {{DA, acc}, {DB, acc}};
+    case SHRINK:
+      return {{V, false}};
+    case EXPAND:
+      return {{Y, true}};
+    case APPLY:
+      return {{Y, true}, {V, false}};
+    case SHRINK_GRAD:
+      return {{DV, false}};
+    case INPUT_GRAD:
+      return {{DX, acc}};
+    default:
+      return {{DA, acc}, {DB, acc}};
   }
 }
 
@@ -425,7 +457,8 @@ std::vector<std::vector<double>> lora_reference(int op, bool acc, const LoraData
         const double c = double(d.weight[size_t(t) * K + k]) * double(d.scale[e]);
         for (int o = 0; o < Hout; o++) {
           double s = 0;
-          for (int r = 0; r < d.rank[e]; r++) s += d.B.ref[(size_t(e) * Hout + o) * R + r] * vget((size_t(t) * K + k) * R + r);
+          for (int r = 0; r < d.rank[e]; r++)
+            s += d.B.ref[(size_t(e) * Hout + o) * R + r] * vget((size_t(t) * K + k) * R + r);
           y[size_t(t) * Hout + o] += c * s;
         }
       }
@@ -437,7 +470,8 @@ std::vector<std::vector<double>> lora_reference(int op, bool acc, const LoraData
     return r;
   };
   switch (op) {
-    case SHRINK: return {shrink(d.buf[X])};
+    case SHRINK:
+      return {shrink(d.buf[X])};
     case EXPAND: {
       std::vector<double> y = init(Y, true);
       expand(y, [&](size_t i) { return double(d.buf[V][i]); });
@@ -458,7 +492,8 @@ std::vector<std::vector<double>> lora_reference(int op, bool acc, const LoraData
           const double c = double(d.weight[size_t(t) * K + k]) * double(d.scale[e]);
           for (int r = 0; r < d.rank[e]; r++) {
             double s = 0;
-            for (int o = 0; o < Hout; o++) s += d.B.ref[(size_t(e) * Hout + o) * R + r] * double(d.buf[DY][size_t(t) * Hout + o]);
+            for (int o = 0; o < Hout; o++)
+              s += d.B.ref[(size_t(e) * Hout + o) * R + r] * double(d.buf[DY][size_t(t) * Hout + o]);
             dv[(size_t(t) * K + k) * R + r] = c * s;
           }
         }
@@ -488,8 +523,10 @@ std::vector<std::vector<double>> lora_reference(int op, bool acc, const LoraData
           const double c = double(d.weight[size_t(t) * K + k]) * double(d.scale[e]);
           for (int r = 0; r < d.rank[e]; r++) {
             const double g = d.buf[DV][pr + r], vv = d.buf[V][pr + r];
-            for (int h = 0; h < Hin; h++) dA[(size_t(e) * R + r) * Hin + h] += g * double(d.buf[X][size_t(t) * Hin + h]);
-            for (int o = 0; o < Hout; o++) dB[(size_t(e) * Hout + o) * R + r] += c * double(d.buf[DY][size_t(t) * Hout + o]) * vv;
+            for (int h = 0; h < Hin; h++)
+              dA[(size_t(e) * R + r) * Hin + h] += g * double(d.buf[X][size_t(t) * Hin + h]);
+            for (int o = 0; o < Hout; o++)
+              dB[(size_t(e) * Hout + o) * R + r] += c * double(d.buf[DY][size_t(t) * Hout + o]) * vv;
           }
         }
       (void)L;
@@ -500,15 +537,23 @@ std::vector<std::vector<double>> lora_reference(int op, bool acc, const LoraData
 
 mote_lora_args host_args(const LoraData& d, int strategy) {
   mote_lora_args a{};
-  a.T = d.c.T; a.K = d.c.K; a.L = d.c.L; a.R = d.c.R; a.Hin = d.c.Hin; a.Hout = d.c.Hout;
+  a.T = d.c.T;
+  a.K = d.c.K;
+  a.L = d.c.L;
+  a.R = d.c.R;
+  a.Hin = d.c.Hin;
+  a.Hout = d.c.Hout;
   a.slots = d.slots.data();
   a.weight = d.weight.data();
   a.order = d.order.data();
   a.seg_start = d.seg_start.data();
   a.seg_adapter = d.seg_adapter.data();
-  a.P = d.P; a.G = d.G;
-  a.A = d.A.data(); a.a_dtype = d.A.dtype;
-  a.B = d.B.data(); a.b_dtype = d.B.dtype;
+  a.P = d.P;
+  a.G = d.G;
+  a.A = d.A.data();
+  a.a_dtype = d.A.dtype;
+  a.B = d.B.data();
+  a.b_dtype = d.B.dtype;
   a.rank = d.rank.data();
   a.scale = d.scale.data();
   a.strategy = strategy;
@@ -517,24 +562,42 @@ mote_lora_args host_args(const LoraData& d, int strategy) {
 
 void run_cpu(int op, bool acc, const mote_lora_args& a, float* const* b) {
   switch (op) {
-    case SHRINK: mote::cpu::lora_shrink(a, b[V], b[X]); break;
-    case EXPAND: mote::cpu::lora_expand(a, b[Y], b[V]); break;
-    case APPLY: mote::cpu::lora_apply(a, b[Y], b[V], b[X]); break;
-    case SHRINK_GRAD: mote::cpu::lora_shrink_grad(a, b[DV], b[DY]); break;
-    case INPUT_GRAD: mote::cpu::lora_input_grad(a, b[DX], b[DV], acc); break;
-    default: mote::cpu::lora_weight_grad(a, b[DA], b[DB], b[X], b[DY], b[V], b[DV], acc); break;
+    case SHRINK:
+      mote::cpu::lora_shrink(a, b[V], b[X]);
+      break;
+    case EXPAND:
+      mote::cpu::lora_expand(a, b[Y], b[V]);
+      break;
+    case APPLY:
+      mote::cpu::lora_apply(a, b[Y], b[V], b[X]);
+      break;
+    case SHRINK_GRAD:
+      mote::cpu::lora_shrink_grad(a, b[DV], b[DY]);
+      break;
+    case INPUT_GRAD:
+      mote::cpu::lora_input_grad(a, b[DX], b[DV], acc);
+      break;
+    default:
+      mote::cpu::lora_weight_grad(a, b[DA], b[DB], b[X], b[DY], b[V], b[DV], acc);
+      break;
   }
 }
 
 #ifdef MOTE_HAVE_CUDA
 int run_cuda(int op, bool acc, const mote_lora_args* a, float* const* b) {
   switch (op) {
-    case SHRINK: return mote_cuda_lora_shrink(a, b[V], b[X], nullptr);
-    case EXPAND: return mote_cuda_lora_expand(a, b[Y], b[V], nullptr);
-    case APPLY: return mote_cuda_lora_apply(a, b[Y], b[V], b[X], nullptr);
-    case SHRINK_GRAD: return mote_cuda_lora_shrink_grad(a, b[DV], b[DY], nullptr);
-    case INPUT_GRAD: return mote_cuda_lora_input_grad(a, b[DX], b[DV], acc, nullptr);
-    default: return mote_cuda_lora_weight_grad(a, b[DA], b[DB], b[X], b[DY], b[V], b[DV], acc, nullptr);
+    case SHRINK:
+      return mote_cuda_lora_shrink(a, b[V], b[X], nullptr);
+    case EXPAND:
+      return mote_cuda_lora_expand(a, b[Y], b[V], nullptr);
+    case APPLY:
+      return mote_cuda_lora_apply(a, b[Y], b[V], b[X], nullptr);
+    case SHRINK_GRAD:
+      return mote_cuda_lora_shrink_grad(a, b[DV], b[DY], nullptr);
+    case INPUT_GRAD:
+      return mote_cuda_lora_input_grad(a, b[DX], b[DV], acc, nullptr);
+    default:
+      return mote_cuda_lora_weight_grad(a, b[DA], b[DB], b[X], b[DY], b[V], b[DV], acc, nullptr);
   }
 }
 
@@ -542,9 +605,15 @@ int run_cuda(int op, bool acc, const mote_lora_args* a, float* const* b) {
 struct DevLora {
   Dev A, B, rank, slots, order, seg_start, seg_adapter, scale, weight, buf[NBUF];
   explicit DevLora(const LoraData& d)
-      : A(d.A.data(), d.A.bytes.size()), B(d.B.data(), d.B.bytes.size()), rank(dev_of(d.rank)), slots(dev_of(d.slots)),
-        order(dev_of(d.order)), seg_start(dev_of(d.seg_start)), seg_adapter(dev_of(d.seg_adapter)),
-        scale(dev_of(d.scale)), weight(dev_of(d.weight)) {
+      : A(d.A.data(), d.A.bytes.size()),
+        B(d.B.data(), d.B.bytes.size()),
+        rank(dev_of(d.rank)),
+        slots(dev_of(d.slots)),
+        order(dev_of(d.order)),
+        seg_start(dev_of(d.seg_start)),
+        seg_adapter(dev_of(d.seg_adapter)),
+        scale(dev_of(d.scale)),
+        weight(dev_of(d.weight)) {
     for (int b = 0; b < NBUF; b++) buf[b] = Dev(d.buf[b].size() * 4);
   }
   mote_lora_args args(const LoraData& d, int strategy) const {
@@ -564,8 +633,8 @@ struct DevLora {
 #endif
 
 std::string lora_desc(const LoraCase& c, int op, int strategy, bool acc) {
-  std::string s = fmt("%-16s T=%d K=%d L=%d R=%d Hin=%d Hout=%d A=%s B=%s %s slots=%s ranks=%s", op_name(op), c.T, c.K, c.L,
-                      c.R, c.Hin, c.Hout, dtype_name(c.adt), dtype_name(c.bdt), strategy ? "sgmv" : "bgmv",
+  std::string s = fmt("%-16s T=%d K=%d L=%d R=%d Hin=%d Hout=%d A=%s B=%s %s slots=%s ranks=%s", op_name(op), c.T, c.K,
+                      c.L, c.R, c.Hin, c.Hout, dtype_name(c.adt), dtype_name(c.bdt), strategy ? "sgmv" : "bgmv",
                       slot_name(c.slots), rank_name(c.ranks));
   if (op == INPUT_GRAD || op == WEIGHT_GRAD) s += fmt(" acc=%d", int(acc));
   return s;
@@ -579,8 +648,8 @@ void test_lora(const LoraCase& c, Rng& rng) {
     try {
       dev = std::make_unique<DevLora>(d);
     } catch (const std::exception& ex) {
-      report(fmt("cuda lora case T=%d K=%d L=%d R=%d Hin=%d Hout=%d  setup threw: %s", c.T, c.K, c.L, c.R, c.Hin, c.Hout,
-                 ex.what()),
+      report(fmt("cuda lora case T=%d K=%d L=%d R=%d Hin=%d Hout=%d  setup threw: %s", c.T, c.K, c.L, c.R, c.Hin,
+                 c.Hout, ex.what()),
              false);
     }
   }
@@ -643,7 +712,8 @@ void test_lora(const LoraCase& c, Rng& rng) {
             const double er = rel_err(runs[0][b].data(), refs[i].data(), n);
             const double ec = cpu_ok ? rel_err(runs[0][b].data(), cpu_out[b].data(), n) : std::nan("");
             const bool same = std::memcmp(runs[0][b].data(), runs[1][b].data(), n * 4) == 0;
-            line += fmt("  %s rel_err_vs_cpu=%.3g vs_ref=%.3g bitwise_rerun=%s", buf_name(b), ec, er, same ? "yes" : "NO");
+            line +=
+                fmt("  %s rel_err_vs_cpu=%.3g vs_ref=%.3g bitwise_rerun=%s", buf_name(b), ec, er, same ? "yes" : "NO");
             ok = ok && (cpu_ok ? ec <= kTol : true) && er <= kTol && same;
           }
           report(line, ok);
@@ -673,7 +743,8 @@ struct Arr {
 struct ModelCase {
   std::string op, desc;
   std::vector<Arr> arrs;
-  template <typename T> int in(const char* name, const std::vector<T>& v) {
+  template <typename T>
+  int in(const char* name, const std::vector<T>& v) {
     Arr a;
     a.name = name;
     a.bytes.resize(v.size() * sizeof(T));
@@ -847,11 +918,15 @@ void test_embedding_grad(int T, int V, int H, int distinct, bool acc, Rng& rng) 
   c.op = "embedding_grad";
   c.desc = fmt("T=%d V=%d H=%d G=%d acc=%d", T, V, H, G, int(acc));
   const int dE = acc ? c.out("dE", init, std::move(ref)) : c.out_nan("dE", std::move(ref));
-  const int idy = c.in("dy", dy), io = c.in("order", order), is = c.in("seg_start", seg_start), ii = c.in("seg_ids", seg_ids);
+  const int idy = c.in("dy", dy), io = c.in("order", order), is = c.in("seg_start", seg_start),
+            ii = c.in("seg_ids", seg_ids);
   run_model_case(
       c,
-      [&](void* const* p) { mote::cpu::embedding_grad(F(p, dE), F(p, idy), I(p, io), I(p, is), I(p, ii), G, T, V, H, acc); },
-      CUDA_FN(return mote_cuda_embedding_grad(F(p, dE), F(p, idy), I(p, io), I(p, is), I(p, ii), G, T, V, H, acc, nullptr);));
+      [&](void* const* p) {
+        mote::cpu::embedding_grad(F(p, dE), F(p, idy), I(p, io), I(p, is), I(p, ii), G, T, V, H, acc);
+      },
+      CUDA_FN(return mote_cuda_embedding_grad(F(p, dE), F(p, idy), I(p, io), I(p, is), I(p, ii), G, T, V, H, acc,
+                                              nullptr);));
 }
 
 // -- copy_rows: raw bits, so every check is exact (memcmp), not a tolerance
@@ -872,11 +947,13 @@ void test_copy_rows(int N, int W, int Rd, int Rs, int dt, bool inplace, int off,
     for (auto& b : v) b = uint8_t(rng.integer(0, 255));
     return v;
   };
-  const std::vector<uint8_t> dst0 = bytes(pad + size_t(Rd) * row), src0 = inplace ? dst0 : bytes(pad + size_t(Rs) * row);
+  const std::vector<uint8_t> dst0 = bytes(pad + size_t(Rd) * row),
+                             src0 = inplace ? dst0 : bytes(pad + size_t(Rs) * row);
   std::vector<uint8_t> want = dst0;
-  for (int i = 0; i < N; i++) std::memcpy(want.data() + pad + size_t(dr[i]) * row, src0.data() + pad + size_t(sr[i]) * row, row);
-  const std::string desc = fmt("%-16s N=%d W=%d Rd=%d Rs=%d %s%s off=%d", "copy_rows", N, W, Rd, Rs, dt == 3 ? "i32" : dtype_name(dt),
-                               inplace ? " in-place" : "", off);
+  for (int i = 0; i < N; i++)
+    std::memcpy(want.data() + pad + size_t(dr[i]) * row, src0.data() + pad + size_t(sr[i]) * row, row);
+  const std::string desc = fmt("%-16s N=%d W=%d Rd=%d Rs=%d %s%s off=%d", "copy_rows", N, W, Rd, Rs,
+                               dt == 3 ? "i32" : dtype_name(dt), inplace ? " in-place" : "", off);
   try {
     std::vector<uint8_t> d = dst0, s = src0;
     void* dp = d.data() + pad;
@@ -899,7 +976,9 @@ void test_copy_rows(int N, int W, int Rd, int Rs, int dt, bool inplace, int off,
       dd.get(runs[run].data(), runs[run].size());
     }
     const bool ok = runs[0] == want && runs[1] == want;
-    report(fmt("cuda %s  exact=%s bitwise_rerun=%s", desc.c_str(), runs[0] == want ? "yes" : "NO", runs[0] == runs[1] ? "yes" : "NO"), ok);
+    report(fmt("cuda %s  exact=%s bitwise_rerun=%s", desc.c_str(), runs[0] == want ? "yes" : "NO",
+               runs[0] == runs[1] ? "yes" : "NO"),
+           ok);
   } catch (const std::exception& ex) {
     report(fmt("cuda %s  threw: %s", desc.c_str(), ex.what()), false);
   }
@@ -922,8 +1001,8 @@ void test_copy_rows_bad() {
     threw_dst = true;
   }
   const bool untouched = std::all_of(dst.begin(), dst.end(), [](float v) { return v == 1.f; });
-  report(fmt("cpu  %-16s bad indices throw std::out_of_range (src=%s dst=%s), dst untouched=%s", "copy_rows", threw_src ? "yes" : "NO",
-             threw_dst ? "yes" : "NO", untouched ? "yes" : "NO"),
+  report(fmt("cpu  %-16s bad indices throw std::out_of_range (src=%s dst=%s), dst untouched=%s", "copy_rows",
+             threw_src ? "yes" : "NO", threw_dst ? "yes" : "NO", untouched ? "yes" : "NO"),
          threw_src && threw_dst && untouched);
 }
 
@@ -943,7 +1022,8 @@ void test_rmsnorm(int T, int H, int dt, Rng& rng) {
   ModelCase c;
   c.op = "rmsnorm";
   c.desc = fmt("T=%d H=%d w=%s", T, H, dtype_name(dt));
-  const int y = c.out_nan("y", std::move(ry)), r = c.out_nan("rstd", std::move(rr)), ix = c.in("x", x), iw = c.in("w", w.bytes);
+  const int y = c.out_nan("y", std::move(ry)), r = c.out_nan("rstd", std::move(rr)), ix = c.in("x", x),
+            iw = c.in("w", w.bytes);
   run_model_case(
       c, [&](void* const* p) { mote::cpu::rmsnorm(F(p, y), F(p, r), F(p, ix), p[iw], dt, T, H, eps); },
       CUDA_FN(return mote_cuda_rmsnorm(F(p, y), F(p, r), F(p, ix), p[iw], dt, T, H, eps, nullptr);));
@@ -978,8 +1058,12 @@ void test_rmsnorm_grad(int T, int H, int dt, bool acc, Rng& rng) {
   const int dw = acc ? c.out("dw", init, std::move(rdw)) : c.out_nan("dw", std::move(rdw));
   const int idy = c.in("dy", dy), ix = c.in("x", x), iw = c.in("w", w.bytes), ir = c.in("rstd", rstd);
   run_model_case(
-      c, [&](void* const* p) { mote::cpu::rmsnorm_grad(F(p, dx), F(p, dw), F(p, idy), F(p, ix), p[iw], dt, F(p, ir), T, H, acc); },
-      CUDA_FN(return mote_cuda_rmsnorm_grad(F(p, dx), F(p, dw), F(p, idy), F(p, ix), p[iw], dt, F(p, ir), T, H, acc, nullptr);));
+      c,
+      [&](void* const* p) {
+        mote::cpu::rmsnorm_grad(F(p, dx), F(p, dw), F(p, idy), F(p, ix), p[iw], dt, F(p, ir), T, H, acc);
+      },
+      CUDA_FN(return mote_cuda_rmsnorm_grad(F(p, dx), F(p, dw), F(p, idy), F(p, ix), p[iw], dt, F(p, ir), T, H, acc,
+                                            nullptr);));
 }
 
 // -- rope
@@ -1113,7 +1197,8 @@ int add_layout(ModelCase& c, const AttnLayout& l) {
   return first;
 }
 
-template <typename A> A attn_args(const AttnLayout& l, int nH, int nKv, int D, float scale, void* const* p, int base) {
+template <typename A>
+A attn_args(const AttnLayout& l, int nH, int nKv, int D, float scale, void* const* p, int base) {
   A a{};
   a.Tq = l.Tq;
   a.Tk = l.Tk;
@@ -1189,7 +1274,8 @@ void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng&
       }
     }
   }
-  const std::string desc = fmt("%s Tq=%d Tk=%d nH=%d nKv=%d D=%d S=%d no_key_queries=%d", l.kind, Tq, Tk, nH, nKv, D, l.S, blind);
+  const std::string desc =
+      fmt("%s Tq=%d Tk=%d nH=%d nKv=%d D=%d S=%d no_key_queries=%d", l.kind, Tq, Tk, nH, nKv, D, l.S, blind);
   std::vector<float> out32(out.begin(), out.end()), lse32(lse.begin(), lse.end());
   {
     ModelCase c;
@@ -1200,8 +1286,8 @@ void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng&
     run_model_case(
         c,
         [&](void* const* p) {
-          mote::cpu::attention(attn_args<mote::cpu::AttentionArgs>(l, nH, nKv, D, scale, p, lb), F(p, o), F(p, ls), F(p, iq),
-                               F(p, ik), F(p, iv));
+          mote::cpu::attention(attn_args<mote::cpu::AttentionArgs>(l, nH, nKv, D, scale, p, lb), F(p, o), F(p, ls),
+                               F(p, iq), F(p, ik), F(p, iv));
         },
         CUDA_FN(const mote_attention_args a = attn_args<mote_attention_args>(l, nH, nKv, D, scale, p, lb);
                 return mote_cuda_attention(&a, F(p, o), F(p, ls), F(p, iq), F(p, ik), F(p, iv), nullptr);));
@@ -1216,12 +1302,12 @@ void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng&
     run_model_case(
         c,
         [&](void* const* p) {
-          mote::cpu::attention_grad(attn_args<mote::cpu::AttentionArgs>(l, nH, nKv, D, scale, p, lb), F(p, gq), F(p, gk),
-                                    F(p, gv), F(p, ig), F(p, iq), F(p, ik), F(p, iv), F(p, io), F(p, il));
+          mote::cpu::attention_grad(attn_args<mote::cpu::AttentionArgs>(l, nH, nKv, D, scale, p, lb), F(p, gq),
+                                    F(p, gk), F(p, gv), F(p, ig), F(p, iq), F(p, ik), F(p, iv), F(p, io), F(p, il));
         },
         CUDA_FN(const mote_attention_args a = attn_args<mote_attention_args>(l, nH, nKv, D, scale, p, lb);
-                return mote_cuda_attention_grad(&a, F(p, gq), F(p, gk), F(p, gv), F(p, ig), F(p, iq), F(p, ik), F(p, iv),
-                                                F(p, io), F(p, il), nullptr);));
+                return mote_cuda_attention_grad(&a, F(p, gq), F(p, gk), F(p, gv), F(p, ig), F(p, iq), F(p, ik),
+                                                F(p, iv), F(p, io), F(p, il), nullptr);));
   }
 }
 
@@ -1252,7 +1338,8 @@ void test_swiglu(int64_t n, int off, Rng& rng) {
 
 void test_swiglu_grad(int64_t n, int off, Rng& rng) {
   const size_t N = size_t(n) + off;
-  std::vector<float> gate = scaled(randv(N, rng), 8.f), up = randv(N, rng), dy = randv(N, rng), head = randv(2 * off, rng);
+  std::vector<float> gate = scaled(randv(N, rng), 8.f), up = randv(N, rng), dy = randv(N, rng),
+                     head = randv(2 * off, rng);
   if (n > 4) {
     gate[off] = -100.f;
     gate[off + 1] = 100.f;
@@ -1274,9 +1361,12 @@ void test_swiglu_grad(int64_t n, int off, Rng& rng) {
   const int dg = c.out("dgate", g0, std::move(rg)), du = c.out("dup", u0, std::move(ru));
   const int idy = c.in("dy", dy), ig = c.in("gate", gate), iu = c.in("up", up);
   run_model_case(
-      c, [&](void* const* p) { mote::cpu::swiglu_grad(F(p, dg) + off, F(p, du) + off, F(p, idy) + off, F(p, ig) + off, F(p, iu) + off, n); },
-      CUDA_FN(return mote_cuda_swiglu_grad(F(p, dg) + off, F(p, du) + off, F(p, idy) + off, F(p, ig) + off, F(p, iu) + off, n,
-                                           nullptr);));
+      c,
+      [&](void* const* p) {
+        mote::cpu::swiglu_grad(F(p, dg) + off, F(p, du) + off, F(p, idy) + off, F(p, ig) + off, F(p, iu) + off, n);
+      },
+      CUDA_FN(return mote_cuda_swiglu_grad(F(p, dg) + off, F(p, du) + off, F(p, idy) + off, F(p, ig) + off,
+                                           F(p, iu) + off, n, nullptr);));
 }
 
 void test_add(int64_t n, int off, bool inplace, Rng& rng) {
@@ -1339,16 +1429,16 @@ void test_adamw(int64_t n, int off, int t, double wd, double gs, Rng& rng) {
   c.desc = fmt("n=%lld offset=%d t=%d wd=%g gs=%g", (long long)n, off, t, wd, gs);
   const int ip = c.out("p", p0, std::move(rp)), im = c.out("m", m0, std::move(rm)), iv = c.out("v", v0, std::move(rv));
   const int ig = c.in("g", g0);
-  const float flr = float(lr), fb1 = float(b1), fc1 = float(1 - b1), fb2 = float(b2), fc2 = float(1 - b2), feps = float(eps),
-              fdecay = float(1 - lr * wd), fbc1 = float(bc1), fbc2 = float(bc2), fgs = float(gs);
+  const float flr = float(lr), fb1 = float(b1), fc1 = float(1 - b1), fb2 = float(b2), fc2 = float(1 - b2),
+              feps = float(eps), fdecay = float(1 - lr * wd), fbc1 = float(bc1), fbc2 = float(bc2), fgs = float(gs);
   run_model_case(
       c,
       [&](void* const* p) {
-        mote::cpu::adamw(F(p, ip) + off, F(p, ig) + off, F(p, im) + off, F(p, iv) + off, n, flr, fb1, fc1, fb2, fc2, feps, fdecay,
-                         fbc1, fbc2, fgs);
+        mote::cpu::adamw(F(p, ip) + off, F(p, ig) + off, F(p, im) + off, F(p, iv) + off, n, flr, fb1, fc1, fb2, fc2,
+                         feps, fdecay, fbc1, fbc2, fgs);
       },
-      CUDA_FN(return mote_cuda_adamw(F(p, ip) + off, F(p, ig) + off, F(p, im) + off, F(p, iv) + off, n, flr, fb1, fc1, fb2, fc2,
-                                     feps, fdecay, fbc1, fbc2, fgs, nullptr);));
+      CUDA_FN(return mote_cuda_adamw(F(p, ip) + off, F(p, ig) + off, F(p, im) + off, F(p, iv) + off, n, flr, fb1, fc1,
+                                     fb2, fc2, feps, fdecay, fbc1, fbc2, fgs, nullptr);));
 }
 
 void test_sum_squares(int64_t n, Rng& rng) {
@@ -1428,7 +1518,11 @@ void test_xent(int T, int V, int maskmode, bool ninf, Rng& rng) {
     if (mask[t] != 0.f) losses[t] = z[t] - x[size_t(t) * V + targets[t]];
   ModelCase c;
   c.op = "xent";
-  c.desc = fmt("T=%d V=%d mask=%s neg_inf=%d", T, V, maskmode == M_ALL ? "all" : maskmode == M_NONE ? "none" : "random", int(ninf));
+  c.desc = fmt("T=%d V=%d mask=%s neg_inf=%d", T, V,
+               maskmode == M_ALL    ? "all"
+               : maskmode == M_NONE ? "none"
+                                    : "random",
+               int(ninf));
   const int ol = c.out_nan("losses", std::move(losses)), oz = c.out_nan("lse", z);
   const int ix = c.in("logits", x), it = c.in("targets", targets), im = c.in("mask", mask);
   run_model_case(
@@ -1450,7 +1544,8 @@ void test_xent_grad(int T, int V, int maskmode, Rng& rng) {
   for (int t = 0; t < T; t++) {
     if (mask[t] == 0.f) continue;
     for (int v = 0; v < V; v++)
-      ref[size_t(t) * V + v] = double(scale) * (std::exp(double(x[size_t(t) * V + v]) - lse[t]) - (v == targets[t] ? 1 : 0));
+      ref[size_t(t) * V + v] =
+          double(scale) * (std::exp(double(x[size_t(t) * V + v]) - lse[t]) - (v == targets[t] ? 1 : 0));
   }
   ModelCase c;
   c.op = "xent_grad";
@@ -1471,9 +1566,10 @@ void test_model_families(Rng& rng) {
   for (const auto& s : emg)
     for (int acc = 0; acc < 2; acc++) test_embedding_grad(s[0], s[1], s[2], s[3], acc, rng);
   // copy_rows: {N, W, Rd, Rs, dtype (0 f32, 1 f16, 2 bf16, 3 i32), in place, element offset}
-  const int cr[][7] = {{1, 1, 1, 1, 0, 0, 0},       {8, 1, 9, 5, 1, 0, 0},        {13, 37, 20, 16, 2, 0, 0},   {64, 1024, 200, 64, 0, 0, 0},
-                       {64, 1024, 200, 64, 2, 0, 1}, {30, 2053, 31, 40, 1, 0, 0}, {131, 6, 131, 131, 3, 0, 0}, {17, 33, 50, 7, 0, 0, 1},
-                       {5, 37, 12, 0, 1, 1, 0},      {6, 10, 12, 0, 0, 1, 0},     {64, 1024, 129, 0, 0, 1, 0}, {1000, 4, 3000, 10, 2, 0, 3}};
+  const int cr[][7] = {{1, 1, 1, 1, 0, 0, 0},        {8, 1, 9, 5, 1, 0, 0},        {13, 37, 20, 16, 2, 0, 0},
+                       {64, 1024, 200, 64, 0, 0, 0}, {64, 1024, 200, 64, 2, 0, 1}, {30, 2053, 31, 40, 1, 0, 0},
+                       {131, 6, 131, 131, 3, 0, 0},  {17, 33, 50, 7, 0, 0, 1},     {5, 37, 12, 0, 1, 1, 0},
+                       {6, 10, 12, 0, 0, 1, 0},      {64, 1024, 129, 0, 0, 1, 0},  {1000, 4, 3000, 10, 2, 0, 3}};
   for (const auto& c : cr) test_copy_rows(c[0], c[1], c[2], c[3], c[4], c[5] != 0, c[6], rng);
   test_copy_rows_bad();
   // rmsnorm: {T, H, w dtype}
@@ -1483,13 +1579,13 @@ void test_model_families(Rng& rng) {
     for (int acc = 0; acc < 2; acc++) test_rmsnorm_grad(s[0], s[1], s[2], acc, rng);
   test_rmsnorm_grad(3000, 33, 0, false, rng);  // long columns for dw
   // rope: {T, heads, D, inverse, inplace, maxpos}
-  const int rp[][6] = {{1, 1, 2, 0, 0, 0}, {7, 3, 64, 1, 0, 100}, {37, 5, 128, 0, 1, 4096}, {130, 2, 6, 1, 1, 1 << 20},
-                       {300, 8, 96, 0, 0, 131072}, {64, 4, 256, 1, 0, 2000000000}};
+  const int rp[][6] = {{1, 1, 2, 0, 0, 0},         {7, 3, 64, 1, 0, 100},      {37, 5, 128, 0, 1, 4096},
+                       {130, 2, 6, 1, 1, 1 << 20}, {300, 8, 96, 0, 0, 131072}, {64, 4, 256, 1, 0, 2000000000}};
   for (const auto& s : rp) test_rope(s[0], s[1], s[2], s[3], s[4], s[5], rng);
   // attention: {layout, sequences, max length, nH, nKv, D}
   const int at[][6] = {{L_PREFILL, 1, 1, 1, 1, 1},     {L_PREFILL, 3, 37, 8, 2, 64},  {L_SEGMENTS, 3, 50, 4, 1, 80},
-                       {L_DECODE, 5, 100, 8, 8, 128},   {L_CROSS, 3, 20, 6, 3, 16},    {L_PREFILL, 2, 70, 2, 1, 256},
-                       {L_SEGMENTS, 2, 30, 2, 2, 300},  {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33},
+                       {L_DECODE, 5, 100, 8, 8, 128},  {L_CROSS, 3, 20, 6, 3, 16},    {L_PREFILL, 2, 70, 2, 1, 256},
+                       {L_SEGMENTS, 2, 30, 2, 2, 300}, {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33},
                        {L_NO_KEYS, 2, 5, 4, 2, 16}};
   for (const auto& s : at) test_attention(s[0], s[1], s[2], s[3], s[4], s[5], rng);
   // swiglu / add: n, pointer offset
@@ -1539,7 +1635,8 @@ constexpr uint32_t kSentinel = 0x7fa5a5a5u;
 struct Guarded {
   Dev d;
   size_t n;
-  template <typename T> explicit Guarded(const std::vector<T>& v) : d((v.size() + 2 * kGuard) * 4), n(v.size()) {
+  template <typename T>
+  explicit Guarded(const std::vector<T>& v) : d((v.size() + 2 * kGuard) * 4), n(v.size()) {
     static_assert(sizeof(T) == 4, "4-byte elements");
     std::vector<uint32_t> h(n + 2 * kGuard, kSentinel);
     if (n) std::memcpy(h.data() + kGuard, v.data(), n * 4);
@@ -1551,7 +1648,10 @@ struct Guarded {
     if (!b.empty()) std::memcpy(w.data(), b.data(), b.size());
     return w;
   }
-  template <typename T = float> T* p() const { return reinterpret_cast<T*>(d.as<uint32_t>() + kGuard); }
+  template <typename T = float>
+  T* p() const {
+    return reinterpret_cast<T*>(d.as<uint32_t>() + kGuard);
+  }
   bool intact() const {
     std::vector<uint32_t> h(n + 2 * kGuard);
     d.get(h.data(), h.size() * 4);
@@ -1580,8 +1680,7 @@ void tamper_lora(LoraData& d, int how, Rng& rng) {
   if (how == T_ORDER || how == T_ALL) {
     const int bad[] = {-9, TK + 5, small, big, TK};
     for (size_t i = 0; i < d.order.size(); i += 3) d.order[i] = bad[i / 3 % 5];
-    for (size_t g = 0; g < d.seg_start.size(); g++)
-      d.seg_start[g] = g % 3 == 0 ? small : g % 3 == 1 ? d.P + 1000 : big;
+    for (size_t g = 0; g < d.seg_start.size(); g++) d.seg_start[g] = g % 3 == 0 ? small : g % 3 == 1 ? d.P + 1000 : big;
   }
 }
 
@@ -1612,8 +1711,8 @@ void test_lora_tampered(const LoraCase& c, int how, Rng& rng) {
           a.scale = scale.p();
           a.weight = weight.p();
           launch_check(run_cuda(op, acc, &a, bp), op_name(op));
-          bool ok = A.intact() && B.intact() && rank.intact() && slots.intact() && order.intact() && seg_start.intact() &&
-                    seg_adapter.intact() && scale.intact() && weight.intact();
+          bool ok = A.intact() && B.intact() && rank.intact() && slots.intact() && order.intact() &&
+                    seg_start.intact() && seg_adapter.intact() && scale.intact() && weight.intact();
           for (auto& b : buf) ok = ok && b->intact();
           report(fmt("cuda %s  guard_bands=%s", desc.c_str(), ok ? "intact" : "WRITTEN"), ok);
         } catch (const std::exception& ex) {
@@ -1634,8 +1733,9 @@ void test_model_tampered(Rng& rng) {
       const std::string desc = fmt("tampered embedding_grad T=%d V=%d H=%d acc=%d", T, V, H, acc);
       try {
         Guarded dE(dE0), gdy(dy), go(order), gs(seg_start), gi(seg_ids);
-        launch_check(mote_cuda_embedding_grad(dE.p(), gdy.p(), go.p<int>(), gs.p<int>(), gi.p<int>(), G, T, V, H, acc, nullptr),
-                     "embedding_grad");
+        launch_check(
+            mote_cuda_embedding_grad(dE.p(), gdy.p(), go.p<int>(), gs.p<int>(), gi.p<int>(), G, T, V, H, acc, nullptr),
+            "embedding_grad");
         const bool ok = dE.intact() && gdy.intact() && go.intact() && gs.intact() && gi.intact();
         report(fmt("cuda %s  guard_bands=%s", desc.c_str(), ok ? "intact" : "WRITTEN"), ok);
       } catch (const std::exception& ex) {
@@ -1656,16 +1756,17 @@ void test_model_tampered(Rng& rng) {
     const std::string desc = fmt("tampered attention segments Tq=%d Tk=%d nH=%d nKv=%d D=%d", Tq, Tk, nH, nKv, D);
     try {
       Guarded gq(q), gk(k), gv(v), gd(dout), out(o0), lse(l0), dq(q), dk(k), dv(v);
-      Guarded lay[7] = {Guarded(l.q_seq), Guarded(l.q_pos), Guarded(l.k_seq), Guarded(l.k_pos),
+      Guarded lay[7] = {Guarded(l.q_seq), Guarded(l.q_pos), Guarded(l.k_seq),  Guarded(l.k_pos),
                         Guarded(l.q_seg), Guarded(l.k_seg), Guarded(l.blocked)};
       void* p[7];
       for (int i = 0; i < 7; i++) p[i] = lay[i].p<void>();
       const mote_attention_args a = attn_args<mote_attention_args>(l, nH, nKv, D, 0.15f, p, 0);
       launch_check(mote_cuda_attention(&a, out.p(), lse.p(), gq.p(), gk.p(), gv.p(), nullptr), "attention");
-      launch_check(mote_cuda_attention_grad(&a, dq.p(), dk.p(), dv.p(), gd.p(), gq.p(), gk.p(), gv.p(), out.p(), lse.p(), nullptr),
+      launch_check(mote_cuda_attention_grad(&a, dq.p(), dk.p(), dv.p(), gd.p(), gq.p(), gk.p(), gv.p(), out.p(),
+                                            lse.p(), nullptr),
                    "attention_grad");
-      bool ok = gq.intact() && gk.intact() && gv.intact() && gd.intact() && out.intact() && lse.intact() && dq.intact() &&
-                dk.intact() && dv.intact();
+      bool ok = gq.intact() && gk.intact() && gv.intact() && gd.intact() && out.intact() && lse.intact() &&
+                dq.intact() && dk.intact() && dv.intact();
       for (auto& g : lay) ok = ok && g.intact();
       report(fmt("cuda %s  guard_bands=%s", desc.c_str(), ok ? "intact" : "WRITTEN"), ok);
     } catch (const std::exception& ex) {
@@ -1679,8 +1780,10 @@ void test_model_tampered(Rng& rng) {
 
 int main(int argc, char** argv) {
   uint64_t seed = 20240611;
-  if (argc > 1) seed = std::strtoull(argv[1], nullptr, 10);
-  else if (const char* s = std::getenv("MOTE_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
+  if (argc > 1)
+    seed = std::strtoull(argv[1], nullptr, 10);
+  else if (const char* s = std::getenv("MOTE_TEST_SEED"))
+    seed = std::strtoull(s, nullptr, 10);
   std::printf("mote kernel tests, seed %llu, tolerance %.0e\n", (unsigned long long)seed, kTol);
 
 #ifdef MOTE_HAVE_CUDA
@@ -1690,8 +1793,10 @@ int main(int argc, char** argv) {
     int driver = 0;
     cudaDriverGetVersion(&driver);
     if (e != cudaSuccess) {
-      if (driver == 0) std::printf("cuda: skipped (no NVIDIA driver found: %s)\n", cudaGetErrorString(e));
-      else std::printf("cuda: skipped (no usable CUDA device: %s)\n", cudaGetErrorString(e));
+      if (driver == 0)
+        std::printf("cuda: skipped (no NVIDIA driver found: %s)\n", cudaGetErrorString(e));
+      else
+        std::printf("cuda: skipped (no usable CUDA device: %s)\n", cudaGetErrorString(e));
       cudaGetLastError();
     } else if (count == 0) {
       std::printf("cuda: skipped (no CUDA device found)\n");
@@ -1709,7 +1814,8 @@ int main(int argc, char** argv) {
   Rng rng(seed);
   try {
     // matmul family
-    const int mm[][3] = {{0, 13, 7}, {1, 1, 1}, {1, 13, 7}, {3, 64, 64}, {5, 97, 3}, {37, 64, 130}, {64, 256, 65}, {130, 33, 129}};
+    const int mm[][3] = {{0, 13, 7}, {1, 1, 1},     {1, 13, 7},    {3, 64, 64},
+                         {5, 97, 3}, {37, 64, 130}, {64, 256, 65}, {130, 33, 129}};
     for (const auto& s : mm)
       for (int op = MM_FWD; op <= MM_GRAD_W; op++)
         for (int dt = 0; dt < (op == MM_GRAD_W ? 1 : 3); dt++)
@@ -1717,20 +1823,13 @@ int main(int argc, char** argv) {
 
     // multi-LoRA family: {T, K, L, R, Hin, Hout, A dtype, B dtype, slots, ranks}
     const LoraCase cases[] = {
-        {1, 1, 1, 1, 1, 1, 0, 0, S_SORTED, R_FULL},
-        {1, 2, 3, 16, 64, 64, 1, 1, S_DUP, R_MIXED},
-        {1, 2, 2, 8, 24, 40, 2, 2, S_DISTINCT, R_FULL},
-        {7, 1, 3, 4, 13, 17, 0, 0, S_RANDOM, R_MIXED},
-        {7, 2, 14, 8, 97, 31, 2, 1, S_DISTINCT, R_MIXED},
-        {29, 2, 3, 5, 61, 67, 2, 0, S_NONE, R_MIXED},
-        {37, 2, 5, 16, 128, 96, 1, 2, S_RANDOM, R_MIXED},
-        {37, 2, 5, 24, 100, 130, 0, 2, S_DUP, R_MIXED},
-        {53, 2, 4, 1, 40, 33, 0, 1, S_RANDOM, R_ONE},
-        {64, 2, 4, 16, 256, 256, 2, 2, S_SORTED, R_FULL},
-        {100, 2, 7, 64, 48, 80, 0, 0, S_RANDOM, R_MIXED},
-        {130, 1, 3, 32, 72, 200, 1, 0, S_SORTED, R_MIXED},
-        {131, 1, 2, 12, 8, 16, 1, 1, S_RANDOM, R_ONE},
-        {300, 2, 6, 16, 1024, 520, 1, 1, S_RANDOM, R_FULL},
+        {1, 1, 1, 1, 1, 1, 0, 0, S_SORTED, R_FULL},       {1, 2, 3, 16, 64, 64, 1, 1, S_DUP, R_MIXED},
+        {1, 2, 2, 8, 24, 40, 2, 2, S_DISTINCT, R_FULL},   {7, 1, 3, 4, 13, 17, 0, 0, S_RANDOM, R_MIXED},
+        {7, 2, 14, 8, 97, 31, 2, 1, S_DISTINCT, R_MIXED}, {29, 2, 3, 5, 61, 67, 2, 0, S_NONE, R_MIXED},
+        {37, 2, 5, 16, 128, 96, 1, 2, S_RANDOM, R_MIXED}, {37, 2, 5, 24, 100, 130, 0, 2, S_DUP, R_MIXED},
+        {53, 2, 4, 1, 40, 33, 0, 1, S_RANDOM, R_ONE},     {64, 2, 4, 16, 256, 256, 2, 2, S_SORTED, R_FULL},
+        {100, 2, 7, 64, 48, 80, 0, 0, S_RANDOM, R_MIXED}, {130, 1, 3, 32, 72, 200, 1, 0, S_SORTED, R_MIXED},
+        {131, 1, 2, 12, 8, 16, 1, 1, S_RANDOM, R_ONE},    {300, 2, 6, 16, 1024, 520, 1, 1, S_RANDOM, R_FULL},
         {70001, 1, 3, 4, 8, 12, 1, 0, S_RANDOM, R_MIXED},
     };
     // MOTE_TEST_MAX_T skips the LoRA cases with more tokens (for slow runs, e.g. under a simulator).
@@ -1750,7 +1849,8 @@ int main(int argc, char** argv) {
 #ifdef MOTE_HAVE_CUDA
     if (g_cuda) {
       // tampered index tensors: {T, K, L, R, Hin, Hout, A dtype, B dtype, slots, ranks}
-      const LoraCase tampered[] = {{37, 2, 5, 16, 128, 96, 0, 1, S_RANDOM, R_MIXED}, {29, 2, 6, 24, 100, 130, 2, 0, S_DUP, R_MIXED}};
+      const LoraCase tampered[] = {{37, 2, 5, 16, 128, 96, 0, 1, S_RANDOM, R_MIXED},
+                                   {29, 2, 6, 24, 100, 130, 2, 0, S_DUP, R_MIXED}};
       for (const auto& c : tampered)
         for (int how = 0; how < NTAMPER; how++) test_lora_tampered(c, how, rng);
       test_model_tampered(rng);

@@ -15,17 +15,25 @@ import { openSource, type SourceInput } from '../io/source.js';
 /** Plain multi-adapter serving set: K = 1, one slot per adapter. */
 export class AdapterSet extends AdapterStacks {
   /** @internal use loadPeftAdapters */
-  constructor(modelConfig: ModelConfig, backend: Backend, stacks: LayerStacks[], readonly dirs: string[], readonly configs: PeftConfig[]) {
+  constructor(
+    modelConfig: ModelConfig,
+    backend: Backend,
+    stacks: LayerStacks[],
+    readonly dirs: string[],
+    readonly configs: PeftConfig[],
+  ) {
     super(modelConfig, backend, stacks, dirs.length);
   }
 
   /** Routing with K = 1: adapter[t] is the adapter of token t (−1 = base model only). */
   routing(adapter: ArrayLike<number>): LoraRouting {
     this.live('AdapterSet.routing');
-    if (!adapter || typeof adapter.length !== 'number' || adapter.length === 0) throw new ArgumentError(`AdapterSet.routing: adapter: expected one adapter index per token (−1 = none), got ${describe(adapter)}`);
+    if (!adapter || typeof adapter.length !== 'number' || adapter.length === 0)
+      throw new ArgumentError(`AdapterSet.routing: adapter: expected one adapter index per token (−1 = none), got ${describe(adapter)}`);
     for (let t = 0; t < adapter.length; t++) {
       const a = adapter[t]!;
-      if (!Number.isInteger(a) || a < -1 || a >= this.L) throw new ArgumentError(`AdapterSet.routing: adapter[${t}]: expected −1 or an adapter index in [0, ${this.L - 1}], got ${a}`);
+      if (!Number.isInteger(a) || a < -1 || a >= this.L)
+        throw new ArgumentError(`AdapterSet.routing: adapter[${t}]: expected −1 or an adapter index in [0, ${this.L - 1}], got ${a}`);
     }
     return loraRouting(this.backend, Int32Array.from(adapter), { K: 1, L: this.L });
   }
@@ -50,24 +58,28 @@ export interface CreateLoraOptions {
 /** Name of the adapter in AdapterSet.dirs: it was made in memory, not loaded from a folder. */
 export const NEW_LORA_DIR = '<new lora>';
 
-
 /** A fresh trainable LoRA adapter (AdapterSet with L = 1, f32) on `model`'s backend. */
 export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): AdapterSet {
   const op = 'createLora';
   checkModel(op, model);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
   const R = opts.rank ?? 16;
-  if (typeof R !== 'number' || !Number.isSafeInteger(R) || R < 1) throw new ArgumentError(`${op}: rank: expected a positive integer, got ${describe(opts.rank)}`);
+  if (typeof R !== 'number' || !Number.isSafeInteger(R) || R < 1)
+    throw new ArgumentError(`${op}: rank: expected a positive integer, got ${describe(opts.rank)}`);
   const loraAlpha = opts.loraAlpha ?? 2 * R;
-  if (typeof loraAlpha !== 'number' || !Number.isFinite(loraAlpha) || loraAlpha <= 0) throw new ArgumentError(`${op}: loraAlpha: expected a positive number, got ${describe(opts.loraAlpha)}`);
+  if (typeof loraAlpha !== 'number' || !Number.isFinite(loraAlpha) || loraAlpha <= 0)
+    throw new ArgumentError(`${op}: loraAlpha: expected a positive number, got ${describe(opts.loraAlpha)}`);
   const targets = opts.targetModules ?? [...LINEAR_MODULES];
-  if (!Array.isArray(targets) || targets.length === 0) throw new ArgumentError(`${op}: targetModules: expected a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(targets)}`);
+  if (!Array.isArray(targets) || targets.length === 0)
+    throw new ArgumentError(`${op}: targetModules: expected a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(targets)}`);
   targets.forEach((m, i) => {
-    if (!(LINEAR_MODULES as readonly unknown[]).includes(m)) throw new ArgumentError(`${op}: targetModules[${i}]: unknown module ${describe(m)} (expected one of ${LINEAR_MODULES.join(', ')})`);
+    if (!(LINEAR_MODULES as readonly unknown[]).includes(m))
+      throw new ArgumentError(`${op}: targetModules[${i}]: unknown module ${describe(m)} (expected one of ${LINEAR_MODULES.join(', ')})`);
     if (targets.indexOf(m) !== i) throw new ArgumentError(`${op}: targetModules[${i}]: '${m}' is listed twice`);
   });
   const seed = opts.seed ?? 0;
-  if (typeof seed !== 'number' || !Number.isSafeInteger(seed)) throw new ArgumentError(`${op}: seed: expected an integer, got ${describe(opts.seed)}`);
+  if (typeof seed !== 'number' || !Number.isSafeInteger(seed))
+    throw new ArgumentError(`${op}: seed: expected an integer, got ${describe(opts.seed)}`);
   const init = opts.init ?? 'peft';
   if (init !== 'peft' && init !== 'random') throw new ArgumentError(`${op}: init: expected 'peft' or 'random', got ${describe(init)}`);
   const modules = LINEAR_MODULES.filter((m) => targets.includes(m));
@@ -84,7 +96,8 @@ export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): Ada
 export async function loadPeftAdapters(model: LlamaModel, dirs: readonly SourceInput[]): Promise<AdapterSet> {
   const op = 'loadPeftAdapters';
   checkModel(op, model);
-  if (!Array.isArray(dirs) || dirs.length === 0) throw new ArgumentError(`${op}: dirs: expected a non-empty list of adapter folders, got ${describe(dirs)}`);
+  if (!Array.isArray(dirs) || dirs.length === 0)
+    throw new ArgumentError(`${op}: dirs: expected a non-empty list of adapter folders, got ${describe(dirs)}`);
   // Each a folder path (Node) or any source (a URL, Files, bytes: src/io/source.ts).
   const sources = dirs.map((d, i) => {
     if (typeof d === 'string' && d === '') throw new ArgumentError(`${op}: dirs[${i}]: expected a folder path, got ${describe(d)}`);
@@ -93,5 +106,11 @@ export async function loadPeftAdapters(model: LlamaModel, dirs: readonly SourceI
   const adapters: ReadAdapter[] = [];
   for (const src of sources) adapters.push(await readAdapter(model.config, src));
   const stacks = uploadStacks(model.backend, model.config, stackAdapters(model.config, adapters));
-  return new AdapterSet(model.config, model.backend, stacks, adapters.map((a) => a.dir), adapters.map((a) => a.config));
+  return new AdapterSet(
+    model.config,
+    model.backend,
+    stacks,
+    adapters.map((a) => a.dir),
+    adapters.map((a) => a.config),
+  );
 }

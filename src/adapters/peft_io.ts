@@ -10,8 +10,18 @@ import type { DirWriter } from '../io/sink.js';
 import { readSourceJson, type FileSource } from '../io/source.js';
 import { LINEAR_MODULES, linearShape, type LinearModule, type ModelConfig } from '../model/config.js';
 import {
-  ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, makePeftConfig, parsePeftConfig, parsePeftKey, peftExpectedWeights, peftKey,
-  peftModulePath, peftRank, peftScale, peftTargets, type PeftConfig,
+  ADAPTER_CONFIG_FILE,
+  ADAPTER_WEIGHTS_FILE,
+  makePeftConfig,
+  parsePeftConfig,
+  parsePeftKey,
+  peftExpectedWeights,
+  peftKey,
+  peftModulePath,
+  peftRank,
+  peftScale,
+  peftTargets,
+  type PeftConfig,
 } from '../io/peft.js';
 import { SafetensorsFile, safetensorsParts, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import type { AdapterStacks, HostStack, StackReadCache } from './stacks.js';
@@ -37,10 +47,14 @@ export const MAX_ADAPTER_JSON_BYTES = 16 * 1024 * 1024;
  */
 export async function readAdapter(cfg: ModelConfig, dir: FileSource): Promise<ReadAdapter> {
   const cfgFile = dir.where(ADAPTER_CONFIG_FILE);
-  const config = parsePeftConfig(await readSourceJson(dir, ADAPTER_CONFIG_FILE, 'a PEFT adapter folder needs adapter_config.json', MAX_ADAPTER_JSON_BYTES), cfgFile);
+  const config = parsePeftConfig(
+    await readSourceJson(dir, ADAPTER_CONFIG_FILE, 'a PEFT adapter folder needs adapter_config.json', MAX_ADAPTER_JSON_BYTES),
+    cfgFile,
+  );
   if (config.layersToTransform) {
     const bad = config.layersToTransform.find((l) => l >= cfg.numLayers);
-    if (bad !== undefined) throw new FormatError(`${cfgFile}: layers_to_transform names layer ${bad}, the model has ${cfg.numLayers} layers`);
+    if (bad !== undefined)
+      throw new FormatError(`${cfgFile}: layers_to_transform names layer ${bad}, the model has ${cfg.numLayers} layers`);
   }
   const file = dir.where(ADAPTER_WEIGHTS_FILE);
   await dir.size(ADAPTER_WEIGHTS_FILE, 'a PEFT adapter folder needs adapter_model.safetensors');
@@ -55,21 +69,29 @@ export async function readAdapter(cfg: ModelConfig, dir: FileSource): Promise<Re
       const spec = want.get(name);
       if (!spec) {
         const k = parsePeftKey(name);
-        const why = k === null ? 'not a LoRA factor of a linear layer we adapt'
-          : k.layer >= cfg.numLayers ? `the model has ${cfg.numLayers} layers`
-          : `adapter_config.json does not target ${peftModulePath(k.layer, k.module)}`;
+        const why =
+          k === null
+            ? 'not a LoRA factor of a linear layer we adapt'
+            : k.layer >= cfg.numLayers
+              ? `the model has ${cfg.numLayers} layers`
+              : `adapter_config.json does not target ${peftModulePath(k.layer, k.module)}`;
         throw new FormatError(`${file}: tensor '${name}': unexpected (${why})`);
       }
       // A rank the config claims but the tensors do not hold is the config's error: name its field.
       const rankAxis = spec.which === 'A' ? 0 : 1;
       if (t.shape.length === 2 && t.shape[1 - rankAxis] === spec.shape[1 - rankAxis] && t.shape[rankAxis] !== spec.shape[rankAxis]) {
-        throw new FormatError(`${cfgFile}: r / rank_pattern give ${peftModulePath(spec.layer, spec.module)} rank ${spec.shape[rankAxis]}, ` +
-          `but ${file}: tensor '${name}' has shape [${t.shape.join(', ')}] (rank ${t.shape[rankAxis]})`);
+        throw new FormatError(
+          `${cfgFile}: r / rank_pattern give ${peftModulePath(spec.layer, spec.module)} rank ${spec.shape[rankAxis]}, ` +
+            `but ${file}: tensor '${name}' has shape [${t.shape.join(', ')}] (rank ${t.shape[rankAxis]})`,
+        );
       }
       if (t.shape.length !== 2 || t.shape[0] !== spec.shape[0] || t.shape[1] !== spec.shape[1]) {
-        throw new FormatError(`${file}: tensor '${name}': expected shape [${spec.shape.join(', ')}] for this model, got [${t.shape.join(', ')}]`);
+        throw new FormatError(
+          `${file}: tensor '${name}': expected shape [${spec.shape.join(', ')}] for this model, got [${t.shape.join(', ')}]`,
+        );
       }
-      if (t.dtype === null || t.dtype === 'i32') throw new FormatError(`${file}: tensor '${name}': expected a float dtype (F32, F16, BF16), got ${t.storedDType}`);
+      if (t.dtype === null || t.dtype === 'i32')
+        throw new FormatError(`${file}: tensor '${name}': expected a float dtype (F32, F16, BF16), got ${t.storedDType}`);
     }
     for (const s of expected) {
       if (!reader.has(s.name)) throw new FormatError(`${file}: tensor '${s.name}': missing (expected [${s.shape.join(', ')}])`);
@@ -81,8 +103,10 @@ export async function readAdapter(cfg: ModelConfig, dir: FileSource): Promise<Re
     for (const m of LINEAR_MODULES) {
       if (!peftTargets(config, l, m)) continue;
       modules.set(`${l}.${m}`, {
-        A: f32Of(tensors.get(peftKey(l, m, 'A'))!), B: f32Of(tensors.get(peftKey(l, m, 'B'))!),
-        rank: peftRank(config, l, m), scale: peftScale(config, l, m),
+        A: f32Of(tensors.get(peftKey(l, m, 'A'))!),
+        B: f32Of(tensors.get(peftKey(l, m, 'B'))!),
+        rank: peftRank(config, l, m),
+        scale: peftScale(config, l, m),
       });
     }
   }
@@ -122,8 +146,15 @@ export function stackAdapters(cfg: ModelConfig, adapters: readonly ReadAdapter[]
 }
 
 /** Writes one PEFT adapter folder for adapter `e` of `stacks` into `dir` (a folder of a sink). */
-export async function writeExpert(stacks: AdapterStacks, e: number, dir: DirWriter, r: number, loraAlpha: number, baseModel: string | null,
-  cache: StackReadCache): Promise<void> {
+export async function writeExpert(
+  stacks: AdapterStacks,
+  e: number,
+  dir: DirWriter,
+  r: number,
+  loraAlpha: number,
+  baseModel: string | null,
+  cache: StackReadCache,
+): Promise<void> {
   const cfg = stacks.modelConfig;
   const tensors = new Map<string, WritableTensor>();
   const targets = new Set<LinearModule>();
@@ -149,10 +180,16 @@ export async function writeExpert(stacks: AdapterStacks, e: number, dir: DirWrit
   if (targets.size === 0) throw new ArgumentError(`saveMote: adapter ${e} adapts no linear layer`);
   // Every target module must be adapted on every layer (a list target_modules covers all layers).
   for (const [m, ls] of layersWith) {
-    if (ls.size !== cfg.numLayers) throw new ArgumentError(`saveMote: adapter ${e} adapts ${m} on only some layers; cannot express that as target_modules`);
+    if (ls.size !== cfg.numLayers)
+      throw new ArgumentError(`saveMote: adapter ${e} adapts ${m} on only some layers; cannot express that as target_modules`);
   }
   const json = makePeftConfig({
-    r, loraAlpha, targetModules: LINEAR_MODULES.filter((m) => targets.has(m)), rankPattern, alphaPattern, baseModelNameOrPath: baseModel,
+    r,
+    loraAlpha,
+    targetModules: LINEAR_MODULES.filter((m) => targets.has(m)),
+    rankPattern,
+    alphaPattern,
+    baseModelNameOrPath: baseModel,
   });
   await dir.write(ADAPTER_CONFIG_FILE, jsonText(json));
   await dir.write(ADAPTER_WEIGHTS_FILE, safetensorsParts(tensors));

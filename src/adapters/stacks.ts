@@ -41,7 +41,12 @@ export interface TrainBatchRouting {
 
 /** @internal */
 export function checkModel(op: string, model: LlamaModel): void {
-  if (!model || typeof model !== 'object' || typeof (model as { forward?: unknown }).forward !== 'function' || !(model as { config?: unknown }).config) {
+  if (
+    !model ||
+    typeof model !== 'object' ||
+    typeof (model as { forward?: unknown }).forward !== 'function' ||
+    !(model as { config?: unknown }).config
+  ) {
     throw new ArgumentError(`${op}: model: expected a LlamaModel from loadModel(), got ${describe(model)}`);
   }
   if (model.disposed) throw new ArgumentError(`${op}: model: was disposed`);
@@ -49,7 +54,8 @@ export function checkModel(op: string, model: LlamaModel): void {
 
 /** @internal */
 export function checkSeed(op: string, seed: unknown): number {
-  if (typeof seed !== 'number' || !Number.isSafeInteger(seed)) throw new ArgumentError(`${op}: seed: expected an integer, got ${describe(seed)}`);
+  if (typeof seed !== 'number' || !Number.isSafeInteger(seed))
+    throw new ArgumentError(`${op}: seed: expected an integer, got ${describe(seed)}`);
   return seed;
 }
 
@@ -106,7 +112,15 @@ export function uploadStacks(backend: Backend, cfg: ModelConfig, host: readonly 
  * model's backend. PEFT's init: A kaiming-uniform, B = 0 (the adapters start as the base
  * model); 'random' draws B too (tests). @internal
  */
-export function freshStacks(model: LlamaModel, L: number, R: number, loraAlpha: number, targets: readonly LinearModule[], seed: number, init: 'peft' | 'random'): LayerStacks[] {
+export function freshStacks(
+  model: LlamaModel,
+  L: number,
+  R: number,
+  loraAlpha: number,
+  targets: readonly LinearModule[],
+  seed: number,
+  init: 'peft' | 'random',
+): LayerStacks[] {
   const mc = model.config;
   const r = mulberry32(seed);
   const host: Partial<Record<LinearModule, HostStack>>[] = [];
@@ -171,7 +185,10 @@ export class AdapterStacks {
   /** The `lora` argument of LlamaModel.forward for a routing built for these stacks. */
   loraFor(routing: LoraRouting, strategy?: LoraStrategy | 'auto'): LlamaLora {
     this.live('loraFor');
-    if (!routing || routing.L !== this.L) throw new ArgumentError(`loraFor: routing: expected a LoraRouting built for L = ${this.L} adapters, got ${routing ? `L = ${routing.L}` : describe(routing)}`);
+    if (!routing || routing.L !== this.L)
+      throw new ArgumentError(
+        `loraFor: routing: expected a LoraRouting built for L = ${this.L} adapters, got ${routing ? `L = ${routing.L}` : describe(routing)}`,
+      );
     return strategy === undefined ? { stacks: this.stacks, routing } : { stacks: this.stacks, routing, strategy };
   }
 
@@ -210,7 +227,8 @@ export class AdapterStacks {
   /** @internal readExpert reading each stack from the device once per `cache`. */
   async readExpertCached(e: number, layer: number, module: LinearModule, cache: StackReadCache | null): Promise<ExpertFactors | null> {
     this.live('readExpert');
-    if (!Number.isSafeInteger(e) || e < 0 || e >= this.L) throw new ArgumentError(`readExpert: adapter: expected an integer in [0, ${this.L - 1}], got ${describe(e)}`);
+    if (!Number.isSafeInteger(e) || e < 0 || e >= this.L)
+      throw new ArgumentError(`readExpert: adapter: expected an integer in [0, ${this.L - 1}], got ${describe(e)}`);
     const s = this.stacks[layer]?.[module];
     if (!s) return null;
     let h = cache?.get(s);

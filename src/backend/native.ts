@@ -21,7 +21,17 @@ import type { Backend, BackendInfo } from './backend.js';
 export interface Addon {
   info(): {
     cpu: { model: string; threads: number; hardwareThreads: number; features: string[]; simd: string };
-    cuda: { built: boolean; available: boolean; reason: string; name?: string; computeCapability?: string; multiprocessors?: number; memoryBytes?: number; runtimeVersion?: number; driverVersion?: number };
+    cuda: {
+      built: boolean;
+      available: boolean;
+      reason: string;
+      name?: string;
+      computeCapability?: string;
+      multiprocessors?: number;
+      memoryBytes?: number;
+      runtimeVersion?: number;
+      driverVersion?: number;
+    };
   };
   alloc(device: number, bytes: number): object;
   free(buf: object): void;
@@ -41,12 +51,45 @@ export interface Addon {
   loraWeightGrad(args: LoraCallArgs, dA: object, dB: object, x: object, dy: object, v: object, dv: object, acc: boolean): void;
   // model kernel families (native/bind_model.cc)
   embedding(y: object, ids: object, E: object, edtype: number, T: number, V: number, H: number): void;
-  embeddingGrad(dE: object, dy: object, order: object, segStart: object, segIds: object, G: number, T: number, V: number, H: number, acc: boolean): void;
+  embeddingGrad(
+    dE: object,
+    dy: object,
+    order: object,
+    segStart: object,
+    segIds: object,
+    G: number,
+    T: number,
+    V: number,
+    H: number,
+    acc: boolean,
+  ): void;
   rmsnorm(y: object, rstd: object, x: object, w: object, wdtype: number, T: number, H: number, eps: number): void;
-  rmsnormGrad(dx: object, dw: object, dy: object, x: object, w: object, wdtype: number, rstd: object, T: number, H: number, accDw: boolean): void;
+  rmsnormGrad(
+    dx: object,
+    dw: object,
+    dy: object,
+    x: object,
+    w: object,
+    wdtype: number,
+    rstd: object,
+    T: number,
+    H: number,
+    accDw: boolean,
+  ): void;
   rope(y: object, x: object, positions: object, invFreq: object, T: number, heads: number, D: number, inverse: boolean): void;
   attention(args: AttentionCallArgs, out: object, lse: object, q: object, k: object, v: object): void;
-  attentionGrad(args: AttentionCallArgs, dq: object, dk: object, dv: object, dOut: object, q: object, k: object, v: object, out: object, lse: object): void;
+  attentionGrad(
+    args: AttentionCallArgs,
+    dq: object,
+    dk: object,
+    dv: object,
+    dOut: object,
+    q: object,
+    k: object,
+    v: object,
+    out: object,
+    lse: object,
+  ): void;
   swiglu(y: object, gate: object, up: object, n: number): void;
   swigluGrad(dgate: object, dup: object, dy: object, gate: object, up: object, n: number): void;
   add(y: object, a: object, b: object, n: number): void;
@@ -55,7 +98,21 @@ export interface Addon {
   xent(losses: object, lse: object, logits: object, targets: object, mask: object, T: number, V: number): void;
   xentGrad(dlogits: object, logits: object, lse: object, targets: object, mask: object, scale: number, T: number, V: number): void;
   // adamw family (native/bind_adamw.cc)
-  adamw(p: object, g: object, m: object, v: object, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number, gradScale: number): void;
+  adamw(
+    p: object,
+    g: object,
+    m: object,
+    v: object,
+    n: number,
+    lr: number,
+    beta1: number,
+    beta2: number,
+    eps: number,
+    weightDecay: number,
+    bc1: number,
+    bc2: number,
+    gradScale: number,
+  ): void;
   sumSquares(out: object, g: object, n: number): void;
   // copy_rows family (native/bind_model.cc)
   copyRows(dst: object, src: object, dstRows: object, srcRows: object, dtype: number, N: number, W: number): void;
@@ -64,21 +121,46 @@ export interface Addon {
 
 /** First argument of attention/attentionGrad (native/bind_model.cc): the layout's i32 buffers and the dims. */
 export interface AttentionCallArgs {
-  qSeq: object; qPos: object; kSeq: object; kPos: object; qSeg: object; kSeg: object; blocked: object;
-  Tq: number; Tk: number; nH: number; nKv: number; D: number;
+  qSeq: object;
+  qPos: object;
+  kSeq: object;
+  kPos: object;
+  qSeg: object;
+  kSeg: object;
+  blocked: object;
+  Tq: number;
+  Tk: number;
+  nH: number;
+  nKv: number;
+  D: number;
   /** segments per sequence (0 = no segment mask) and sequences covered by blocked */
-  S: number; numSeqs: number;
+  S: number;
+  numSeqs: number;
   scale: number;
 }
 
 /** First argument of every lora* binding (native/bind_lora.cc): routing and stack buffers, dims, dtypes. */
 export interface LoraCallArgs {
-  slots: object; weight: object; order: object; segStart: object; segAdapter: object;
-  A: object; B: object; rank: object; scale: object;
-  T: number; K: number; L: number; R: number; Hin: number; Hout: number;
+  slots: object;
+  weight: object;
+  order: object;
+  segStart: object;
+  segAdapter: object;
+  A: object;
+  B: object;
+  rank: object;
+  scale: object;
+  T: number;
+  K: number;
+  L: number;
+  R: number;
+  Hin: number;
+  Hout: number;
   /** non-empty slots; distinct adapters in the batch */
-  P: number; G: number;
-  aDtype: number; bDtype: number;
+  P: number;
+  G: number;
+  aDtype: number;
+  bDtype: number;
   /** 0 = per token (BGMV), 1 = grouped by adapter (SGMV) */
   strategy: number;
 }
@@ -120,12 +202,19 @@ export function loadAddon(): { addon: Addon | null; reason: string } {
     cached = { addon: null, reason: failures.join('; ') };
     return cached;
   }
-  let why = process.env.MOTE_ADDON_PATH ? `MOTE_ADDON_PATH names no file (${process.env.MOTE_ADDON_PATH})` : 'the native addon is not built';
+  let why = process.env.MOTE_ADDON_PATH
+    ? `MOTE_ADDON_PATH names no file (${process.env.MOTE_ADDON_PATH})`
+    : 'the native addon is not built';
   try {
     const status = JSON.parse(readFileSync(join(packageRoot, 'build', 'native-status.json'), 'utf8')) as { reason?: string };
     if (status.reason) why += ` (${status.reason})`;
-  } catch { /* no status file: install never ran the build */ }
-  cached = { addon: null, reason: `${why}; run \`npm rebuild mote-lora\` (MOTE_BUILD_FROM_SOURCE=1 to compile) with cmake and a C++17 compiler` };
+  } catch {
+    /* no status file: install never ran the build */
+  }
+  cached = {
+    addon: null,
+    reason: `${why}; run \`npm rebuild mote-lora\` (MOTE_BUILD_FROM_SOURCE=1 to compile) with cmake and a C++17 compiler`,
+  };
   return cached;
 }
 
@@ -147,7 +236,10 @@ export class NativeBackend implements Backend {
   /** live buffers and their sizes (memoryInUse) */
   readonly #live = new Map<object, number>();
 
-  private constructor(readonly kind: 'cpu' | 'cuda', readonly addon: Addon) {
+  private constructor(
+    readonly kind: 'cpu' | 'cuda',
+    readonly addon: Addon,
+  ) {
     this.device = DEVICE_CODE[kind];
   }
 
@@ -170,12 +262,26 @@ export class NativeBackend implements Backend {
   info(): BackendInfo {
     const i = this.addon.info();
     if (this.kind === 'cpu') {
-      return { name: 'cpu', device: i.cpu.model, software: false, features: i.cpu.features, details: { simd: i.cpu.simd, threads: i.cpu.threads, hardwareThreads: i.cpu.hardwareThreads, cudaBuilt: i.cuda.built } };
+      return {
+        name: 'cpu',
+        device: i.cpu.model,
+        software: false,
+        features: i.cpu.features,
+        details: { simd: i.cpu.simd, threads: i.cpu.threads, hardwareThreads: i.cpu.hardwareThreads, cudaBuilt: i.cuda.built },
+      };
     }
     return {
-      name: 'cuda', device: i.cuda.name ?? 'CUDA device', software: false, features: [`sm_${(i.cuda.computeCapability ?? '').replace('.', '')}`],
+      name: 'cuda',
+      device: i.cuda.name ?? 'CUDA device',
+      software: false,
+      features: [`sm_${(i.cuda.computeCapability ?? '').replace('.', '')}`],
       memoryBytes: i.cuda.memoryBytes,
-      details: { computeCapability: i.cuda.computeCapability, multiprocessors: i.cuda.multiprocessors, runtimeVersion: i.cuda.runtimeVersion, driverVersion: i.cuda.driverVersion },
+      details: {
+        computeCapability: i.cuda.computeCapability,
+        multiprocessors: i.cuda.multiprocessors,
+        runtimeVersion: i.cuda.runtimeVersion,
+        driverVersion: i.cuda.driverVersion,
+      },
     };
   }
 
@@ -236,22 +342,43 @@ export class NativeBackend implements Backend {
   }
 
   matmul(y: Tensor, x: Tensor, w: Tensor, d: MatmulDims, acc: boolean): void {
-    nativeCall('matmul', () => this.addon.matmul(y.storage as object, x.storage as object, w.storage as object, DTYPE_CODE[w.dtype], d.T, d.K, d.N, acc));
+    nativeCall('matmul', () =>
+      this.addon.matmul(y.storage as object, x.storage as object, w.storage as object, DTYPE_CODE[w.dtype], d.T, d.K, d.N, acc),
+    );
   }
   matmulGradInput(dx: Tensor, dy: Tensor, w: Tensor, d: MatmulDims, acc: boolean): void {
-    nativeCall('matmulGradInput', () => this.addon.matmulGradInput(dx.storage as object, dy.storage as object, w.storage as object, DTYPE_CODE[w.dtype], d.T, d.K, d.N, acc));
+    nativeCall('matmulGradInput', () =>
+      this.addon.matmulGradInput(dx.storage as object, dy.storage as object, w.storage as object, DTYPE_CODE[w.dtype], d.T, d.K, d.N, acc),
+    );
   }
   matmulGradWeight(dw: Tensor, dy: Tensor, x: Tensor, d: MatmulDims, acc: boolean): void {
-    nativeCall('matmulGradWeight', () => this.addon.matmulGradWeight(dw.storage as object, dy.storage as object, x.storage as object, d.T, d.K, d.N, acc));
+    nativeCall('matmulGradWeight', () =>
+      this.addon.matmulGradWeight(dw.storage as object, dy.storage as object, x.storage as object, d.T, d.K, d.N, acc),
+    );
   }
 
   #loraArgs(s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): LoraCallArgs {
     return {
-      slots: rt.slots.storage as object, weight: rt.weight.storage as object, order: rt.order.storage as object,
-      segStart: rt.segStart.storage as object, segAdapter: rt.segAdapter.storage as object,
-      A: s.A.storage as object, B: s.B.storage as object, rank: s.rank.storage as object, scale: s.scale.storage as object,
-      T: d.T, K: d.K, L: d.L, R: d.R, Hin: d.Hin, Hout: d.Hout, P: rt.pairs, G: rt.groups,
-      aDtype: DTYPE_CODE[s.A.dtype], bDtype: DTYPE_CODE[s.B.dtype], strategy: STRATEGY_CODE[strategy],
+      slots: rt.slots.storage as object,
+      weight: rt.weight.storage as object,
+      order: rt.order.storage as object,
+      segStart: rt.segStart.storage as object,
+      segAdapter: rt.segAdapter.storage as object,
+      A: s.A.storage as object,
+      B: s.B.storage as object,
+      rank: s.rank.storage as object,
+      scale: s.scale.storage as object,
+      T: d.T,
+      K: d.K,
+      L: d.L,
+      R: d.R,
+      Hin: d.Hin,
+      Hout: d.Hout,
+      P: rt.pairs,
+      G: rt.groups,
+      aDtype: DTYPE_CODE[s.A.dtype],
+      bDtype: DTYPE_CODE[s.B.dtype],
+      strategy: STRATEGY_CODE[strategy],
     };
   }
   loraShrink(v: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
@@ -274,11 +401,32 @@ export class NativeBackend implements Backend {
     const args = this.#loraArgs(s, rt, d, strategy);
     nativeCall('loraInputGrad', () => this.addon.loraInputGrad(args, dx.storage as object, dv.storage as object, accumulate));
   }
-  loraWeightGrad(dA: Tensor, dB: Tensor, x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, accumulate: boolean): void {
+  loraWeightGrad(
+    dA: Tensor,
+    dB: Tensor,
+    x: Tensor,
+    dy: Tensor,
+    v: Tensor,
+    dv: Tensor,
+    s: LoraStack,
+    rt: LoraRouting,
+    d: LoraDims,
+    accumulate: boolean,
+  ): void {
     // Always grouped by adapter (the gradients are per-adapter GEMMs).
     const args = this.#loraArgs(s, rt, d, 'sgmv');
-    nativeCall('loraWeightGrad', () => this.addon.loraWeightGrad(args, dA.storage as object, dB.storage as object, x.storage as object,
-      dy.storage as object, v.storage as object, dv.storage as object, accumulate));
+    nativeCall('loraWeightGrad', () =>
+      this.addon.loraWeightGrad(
+        args,
+        dA.storage as object,
+        dB.storage as object,
+        x.storage as object,
+        dy.storage as object,
+        v.storage as object,
+        dv.storage as object,
+        accumulate,
+      ),
+    );
   }
 
   // Model kernel families (native/bind_model.cc, native/cpu/<family>.cc, kernels/cuda/<family>.cu).
@@ -286,31 +434,71 @@ export class NativeBackend implements Backend {
   embedding(y: Tensor, ids: Tensor, E: Tensor, d: EmbeddingDims): void {
     nativeCall('embedding', () => this.addon.embedding(st(y), st(ids), st(E), DTYPE_CODE[E.dtype], d.T, d.V, d.H));
   }
-  embeddingGrad(dE: Tensor, dy: Tensor, order: Tensor, segStart: Tensor, segIds: Tensor, G: number, d: EmbeddingDims, accumulate: boolean): void {
-    nativeCall('embeddingGrad', () => this.addon.embeddingGrad(st(dE), st(dy), st(order), st(segStart), st(segIds), G, d.T, d.V, d.H, accumulate));
+  embeddingGrad(
+    dE: Tensor,
+    dy: Tensor,
+    order: Tensor,
+    segStart: Tensor,
+    segIds: Tensor,
+    G: number,
+    d: EmbeddingDims,
+    accumulate: boolean,
+  ): void {
+    nativeCall('embeddingGrad', () =>
+      this.addon.embeddingGrad(st(dE), st(dy), st(order), st(segStart), st(segIds), G, d.T, d.V, d.H, accumulate),
+    );
   }
   rmsnorm(y: Tensor, rstd: Tensor, x: Tensor, w: Tensor, d: RmsnormDims): void {
     nativeCall('rmsnorm', () => this.addon.rmsnorm(st(y), st(rstd), st(x), st(w), DTYPE_CODE[w.dtype], d.T, d.H, d.eps));
   }
   rmsnormGrad(dx: Tensor, dw: Tensor, dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, d: RmsnormDims, accumulateDw: boolean): void {
-    nativeCall('rmsnormGrad', () => this.addon.rmsnormGrad(st(dx), st(dw), st(dy), st(x), st(w), DTYPE_CODE[w.dtype], st(rstd), d.T, d.H, accumulateDw));
+    nativeCall('rmsnormGrad', () =>
+      this.addon.rmsnormGrad(st(dx), st(dw), st(dy), st(x), st(w), DTYPE_CODE[w.dtype], st(rstd), d.T, d.H, accumulateDw),
+    );
   }
   rope(y: Tensor, x: Tensor, positions: Tensor, invFreq: Tensor, d: RopeDims, inverse: boolean): void {
     nativeCall(inverse ? 'ropeGrad' : 'rope', () => this.addon.rope(st(y), st(x), st(positions), st(invFreq), d.T, d.heads, d.D, inverse));
   }
   #attentionArgs(l: AttentionLayout, d: AttentionDims): AttentionCallArgs {
     return {
-      qSeq: st(l.qSeq), qPos: st(l.qPos), kSeq: st(l.kSeq), kPos: st(l.kPos), qSeg: st(l.qSeg), kSeg: st(l.kSeg), blocked: st(l.blocked),
-      Tq: d.Tq, Tk: d.Tk, nH: d.nH, nKv: d.nKv, D: d.D, S: d.S, numSeqs: d.numSeqs, scale: d.scale,
+      qSeq: st(l.qSeq),
+      qPos: st(l.qPos),
+      kSeq: st(l.kSeq),
+      kPos: st(l.kPos),
+      qSeg: st(l.qSeg),
+      kSeg: st(l.kSeg),
+      blocked: st(l.blocked),
+      Tq: d.Tq,
+      Tk: d.Tk,
+      nH: d.nH,
+      nKv: d.nKv,
+      D: d.D,
+      S: d.S,
+      numSeqs: d.numSeqs,
+      scale: d.scale,
     };
   }
   attention(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, l: AttentionLayout, d: AttentionDims): void {
     const args = this.#attentionArgs(l, d);
     nativeCall('attention', () => this.addon.attention(args, st(out), st(lse), st(q), st(k), st(v)));
   }
-  attentionGrad(dq: Tensor, dk: Tensor, dv: Tensor, dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, l: AttentionLayout, d: AttentionDims): void {
+  attentionGrad(
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    l: AttentionLayout,
+    d: AttentionDims,
+  ): void {
     const args = this.#attentionArgs(l, d);
-    nativeCall('attentionGrad', () => this.addon.attentionGrad(args, st(dq), st(dk), st(dv), st(dOut), st(q), st(k), st(v), st(out), st(lse)));
+    nativeCall('attentionGrad', () =>
+      this.addon.attentionGrad(args, st(dq), st(dk), st(dv), st(dOut), st(q), st(k), st(v), st(out), st(lse)),
+    );
   }
   swiglu(y: Tensor, gate: Tensor, up: Tensor, n: number): void {
     nativeCall('swiglu', () => this.addon.swiglu(st(y), st(gate), st(up), n));
@@ -334,7 +522,9 @@ export class NativeBackend implements Backend {
     nativeCall('xentGrad', () => this.addon.xentGrad(st(dlogits), st(logits), st(lse), st(targets), st(mask), scale, d.T, d.V));
   }
   adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: number, s: AdamwScalars): void {
-    nativeCall('adamw', () => this.addon.adamw(st(p), st(g), st(m), st(v), n, s.lr, s.beta1, s.beta2, s.eps, s.weightDecay, s.bc1, s.bc2, s.gradScale));
+    nativeCall('adamw', () =>
+      this.addon.adamw(st(p), st(g), st(m), st(v), n, s.lr, s.beta1, s.beta2, s.eps, s.weightDecay, s.bc1, s.bc2, s.gradScale),
+    );
   }
   sumSquares(out: Tensor, g: Tensor, n: number): void {
     nativeCall('sumSquares', () => this.addon.sumSquares(st(out), st(g), n));

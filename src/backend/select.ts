@@ -31,7 +31,9 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
       const reasons: string[] = [];
       for (const k of ['cuda', 'webgpu', 'cpu'] as const) {
         try {
-          return k === 'webgpu' ? await WebGPUBackend.open({ ...opts, requireHardware: true }, nodeWebGPUHost) : NativeBackend.open(k, opts);
+          return k === 'webgpu'
+            ? await WebGPUBackend.open({ ...opts, requireHardware: true }, nodeWebGPUHost)
+            : NativeBackend.open(k, opts);
         } catch (e) {
           if (!(e instanceof BackendUnavailableError)) throw e;
           reasons.push(e.message);
@@ -41,8 +43,10 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
       // so a machine without the addon and without a GPU still works — with a notice saying so.
       try {
         const b = await WebGPUBackend.open(opts, nodeWebGPUHost);
-        console.warn(`mote: no GPU and no cpu addon here; using the software WebGPU adapter (${b.info().device}), which is slow. ` +
-          `Build the addon (npm rebuild mote-lora) for the cpu backend.`);
+        console.warn(
+          `mote: no GPU and no cpu addon here; using the software WebGPU adapter (${b.info().device}), which is slow. ` +
+            `Build the addon (npm rebuild mote-lora) for the cpu backend.`,
+        );
         return b;
       } catch (e) {
         if (!(e instanceof BackendUnavailableError)) throw e;
@@ -60,12 +64,18 @@ function checkOpenOptions(options: OpenOptions | undefined): OpenOptions {
   const op = 'openBackend';
   const opts = checkOpts(op, 'opts', options);
   if (opts.threads !== undefined) checkInt(op, 'threads', opts.threads, 1, 4096);
-  if (opts.adapter !== undefined && typeof opts.adapter !== 'string') throw new ArgumentError(`${op}: adapter: expected a string, got ${describe(opts.adapter)}`);
+  if (opts.adapter !== undefined && typeof opts.adapter !== 'string')
+    throw new ArgumentError(`${op}: adapter: expected a string, got ${describe(opts.adapter)}`);
   checkBool(op, 'requireHardware', opts.requireHardware);
   if (opts.dawnOptions !== undefined && (!Array.isArray(opts.dawnOptions) || opts.dawnOptions.some((o) => typeof o !== 'string'))) {
     throw new ArgumentError(`${op}: dawnOptions: expected an array of strings, got ${describe(opts.dawnOptions)}`);
   }
-  if (opts.device !== undefined && (opts.device === null || typeof opts.device !== 'object' || typeof (opts.device as { createBuffer?: unknown }).createBuffer !== 'function')) {
+  if (
+    opts.device !== undefined &&
+    (opts.device === null ||
+      typeof opts.device !== 'object' ||
+      typeof (opts.device as { createBuffer?: unknown }).createBuffer !== 'function')
+  ) {
     throw new ArgumentError(`${op}: device: expected a GPUDevice, got ${describe(opts.device)}`);
   }
   return opts;

@@ -104,7 +104,13 @@ export class WebGPUBackend implements Backend {
   /** The uniforms of the launches recorded since the last submit, one buffer at aligned offsets (see launch()). */
   #uniforms: { buf: GPUBuffer; bytes: Uint8Array; used: number } | null = null;
 
-  private constructor(readonly device: GPUDevice, adapterInfo: GPUAdapterInfo | undefined, owns: boolean, gpu: GPU | null, readWgsl: WgslReader) {
+  private constructor(
+    readonly device: GPUDevice,
+    adapterInfo: GPUAdapterInfo | undefined,
+    owns: boolean,
+    gpu: GPU | null,
+    readWgsl: WgslReader,
+  ) {
     this.#gpu = gpu;
     this.#readWgsl = readWgsl;
     Object.assign(this, modelKernels(this), loraKernels(this));
@@ -130,7 +136,11 @@ export class WebGPUBackend implements Backend {
     } catch (e) {
       throw new BackendUnavailableError('webgpu', `requestAdapter failed: ${(e as Error).message}`);
     }
-    if (!adapter) throw new BackendUnavailableError('webgpu', 'no WebGPU adapter found (no Vulkan/Metal/D3D12 driver; on CPU-only Linux install Mesa >= 24 lavapipe: mesa-vulkan-drivers)');
+    if (!adapter)
+      throw new BackendUnavailableError(
+        'webgpu',
+        'no WebGPU adapter found (no Vulkan/Metal/D3D12 driver; on CPU-only Linux install Mesa >= 24 lavapipe: mesa-vulkan-drivers)',
+      );
     const info = adapter.info;
     const name = describeAdapter(info);
     if (opts.requireHardware && SOFTWARE.test(name)) {
@@ -185,7 +195,8 @@ export class WebGPUBackend implements Backend {
   allocStorage(byteLength: number): unknown {
     if (this.#destroyed) throw new BackendUnavailableError('webgpu', 'this backend was destroyed');
     const max = this.device.limits.maxStorageBufferBindingSize;
-    if (byteLength > max) throw new NativeError(`webgpu: a tensor of ${byteLength} bytes exceeds this device's maxStorageBufferBindingSize (${max})`);
+    if (byteLength > max)
+      throw new NativeError(`webgpu: a tensor of ${byteLength} bytes exceeds this device's maxStorageBufferBindingSize (${max})`);
     // Sizes are padded to 4 bytes: 16-bit tensors are read as packed u32 pairs.
     const buf = this.device.createBuffer({
       size: Math.max(4, Math.ceil(byteLength / 4) * 4),
@@ -353,7 +364,7 @@ export class WebGPUBackend implements Backend {
    */
   inputs(outs: readonly Tensor[], ins: readonly Tensor[]): GPUBuffer[] {
     return ins.map((t) => {
-      const src = (t.storage as GPUBuffer);
+      const src = t.storage as GPUBuffer;
       if (!outs.includes(t)) return src;
       const copy = this.temp(src.size, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
       this.encoder().copyBufferToBuffer(src, 0, copy, 0, src.size);
@@ -364,7 +375,8 @@ export class WebGPUBackend implements Backend {
   /** @internal Records one dispatch: binding 0 is a uniform made from `params`, bindings 1.. the buffers. */
   launch(l: Launch): void {
     const max = this.device.limits.maxComputeWorkgroupsPerDimension;
-    if (l.groups.some((g) => g > max)) throw new NativeError(`webgpu: dispatch of ${l.groups.join('x')} workgroups exceeds maxComputeWorkgroupsPerDimension (${max})`);
+    if (l.groups.some((g) => g > max))
+      throw new NativeError(`webgpu: dispatch of ${l.groups.join('x')} workgroups exceeds maxComputeWorkgroupsPerDimension (${max})`);
     if (l.groups.some((g) => g === 0)) return;
     const pipeline = this.#pipeline(l.family, l.entry, l.weights ?? {}, l.consts ?? {});
     const params = packParams(l.params);
@@ -417,6 +429,6 @@ export class WebGPUBackend implements Backend {
   /** @internal Zeroes bytes [offset, offset + size) of a tensor's buffer in the recorded stream. */
   clear(t: Tensor, offset = 0, size = t.byteLength): void {
     if (size <= 0) return;
-    this.encoder().clearBuffer((t.storage as GPUBuffer), offset, Math.ceil(size / 4) * 4);
+    this.encoder().clearBuffer(t.storage as GPUBuffer, offset, Math.ceil(size / 4) * 4);
   }
 }

@@ -54,12 +54,22 @@ export function loraKernels(g: WebGPUBackend): LoraKernels {
   };
 
   /** out[t,k,r] = c·Σ_h W(e,r,h)·u[t,h] (lora_shrink.wgsl). */
-  const shrinkLike = (out: Tensor, u: Tensor, wv: LoraWeightView, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void => {
+  const shrinkLike = (
+    out: Tensor,
+    u: Tensor,
+    wv: LoraWeightView,
+    s: LoraStack,
+    rt: LoraRouting,
+    d: LoraDims,
+    strategy: LoraStrategy,
+  ): void => {
     const head = [d.T, d.K, d.R, wv.H, wv.sr, wv.sh, wv.se, wv.coef ? 1 : 0];
     const weights = { w: wv.w.dtype };
     if (strategy === 'bgmv') {
       g.launch({
-        family: 'lora_shrink', entry: 'bgmv', weights,
+        family: 'lora_shrink',
+        entry: 'bgmv',
+        weights,
         buffers: [buf(out), buf(u), buf(wv.w), buf(rt.weight), buf(s.rank), buf(s.scale), buf(rt.slots)],
         params: [...head, 0, 0, 0, 0],
         groups: g.grid(1, d.T * d.K),
@@ -71,7 +81,9 @@ export function loraKernels(g: WebGPUBackend): LoraKernels {
     if (rt.pairs < d.T * d.K) g.clear(out);
     if (sg.tiles === 0) return;
     g.launch({
-      family: 'lora_shrink', entry: 'sgmv', weights,
+      family: 'lora_shrink',
+      entry: 'sgmv',
+      weights,
       buffers: [buf(out), buf(u), buf(wv.w), buf(rt.weight), buf(s.rank), buf(s.scale), buf(rt.order), buf(sg.table)],
       params: [...head, sg.G, sg.tiles, 0, 0],
       groups: g.grid(Math.ceil(d.R / LORA_RANKS), sg.tiles),
@@ -79,13 +91,24 @@ export function loraKernels(g: WebGPUBackend): LoraKernels {
   };
 
   /** out[t,h] (+)= Σ_k c·Σ_r W(e,h,r)·vin[t,k,r] (lora_expand.wgsl). */
-  const expandLike = (out: Tensor, vin: Tensor, wv: LoraWeightView, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy, accumulate: boolean): void => {
+  const expandLike = (
+    out: Tensor,
+    vin: Tensor,
+    wv: LoraWeightView,
+    s: LoraStack,
+    rt: LoraRouting,
+    d: LoraDims,
+    strategy: LoraStrategy,
+    accumulate: boolean,
+  ): void => {
     const head = [d.T, d.K, d.R, wv.H, wv.sr, wv.sh, wv.se, wv.coef ? 1 : 0];
     const weights = { w: wv.w.dtype };
     const nx = Math.ceil(wv.H / LORA_OUTS);
     if (strategy === 'bgmv') {
       g.launch({
-        family: 'lora_expand', entry: 'bgmv', weights,
+        family: 'lora_expand',
+        entry: 'bgmv',
+        weights,
         buffers: [buf(out), buf(vin), buf(wv.w), buf(rt.weight), buf(s.rank), buf(s.scale), buf(rt.slots)],
         params: [...head, 0, 0, 0, accumulate ? 1 : 0],
         groups: g.grid(nx, d.T),
@@ -104,7 +127,10 @@ export function loraKernels(g: WebGPUBackend): LoraKernels {
     const buffers = [buf(out), buf(vin), buf(wv.w), buf(rt.weight), buf(s.rank), buf(s.scale), buf(rt.order), buf(sg.table)];
     for (let k = 0; k < d.K; k++) {
       g.launch({
-        family: 'lora_expand', entry: 'sgmv', weights, buffers,
+        family: 'lora_expand',
+        entry: 'sgmv',
+        weights,
+        buffers,
         params: [...head, sg.G, sg.tiles, k, acc || k > 0 ? 1 : 0],
         groups: g.grid(nx, sg.tiles),
       });
@@ -132,10 +158,14 @@ export function loraKernels(g: WebGPUBackend): LoraKernels {
       const sg = loraSegments(rt);
       if (!accumulate) {
         // adapters absent from the batch get zeros (each adapter's block is contiguous)
-        const aBytes = d.R * d.Hin * 4, bBytes = d.Hout * d.R * 4;
+        const aBytes = d.R * d.Hin * 4,
+          bBytes = d.Hout * d.R * 4;
         const counts = rt.host.counts;
-        for (let e = 0; e < d.L; ) {
-          if (counts[e]! > 0) { e++; continue; }
+        for (let e = 0; e < d.L;) {
+          if (counts[e]! > 0) {
+            e++;
+            continue;
+          }
           let f = e;
           while (f < d.L && counts[f]! === 0) f++;
           g.clear(dA, e * aBytes, (f - e) * aBytes);
@@ -147,13 +177,15 @@ export function loraKernels(g: WebGPUBackend): LoraKernels {
       const params = [d.T, d.K, d.R, d.Hin, d.Hout, sg.G, accumulate ? 1 : 0, 0];
       const n = Math.ceil(d.R / LORA_RANKS) * sg.G;
       g.launch({
-        family: 'lora_grad', entry: 'dA',
+        family: 'lora_grad',
+        entry: 'dA',
         buffers: [buf(dA), buf(x), buf(dv), buf(rt.order), buf(sg.table), buf(s.rank)],
         params,
         groups: g.grid(Math.ceil(d.Hin / LORA_OUTS), n),
       });
       g.launch({
-        family: 'lora_grad', entry: 'dB',
+        family: 'lora_grad',
+        entry: 'dB',
         buffers: [buf(dB), buf(dy), buf(v), buf(rt.order), buf(sg.table), buf(s.rank), buf(s.scale), buf(rt.weight)],
         params,
         groups: g.grid(Math.ceil(d.Hout / LORA_OUTS), n),

@@ -12,9 +12,23 @@ const buf = (t: Tensor): GPUBuffer => t.storage as GPUBuffer;
 
 export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
   /** The strided GEMM of kernels/wgsl/matmul.wgsl: C[M,N] (+)= A(m,k)·B(k,n). */
-  const gemm = (c: Tensor, a: Tensor, b: Tensor, M: number, N: number, K: number, sam: number, sak: number, sbk: number, sbn: number, acc: boolean): void =>
+  const gemm = (
+    c: Tensor,
+    a: Tensor,
+    b: Tensor,
+    M: number,
+    N: number,
+    K: number,
+    sam: number,
+    sak: number,
+    sbk: number,
+    sbn: number,
+    acc: boolean,
+  ): void =>
     g.launch({
-      family: 'matmul', entry: 'main', weights: { b: b.dtype },
+      family: 'matmul',
+      entry: 'main',
+      weights: { b: b.dtype },
       buffers: [buf(c), buf(a), buf(b)],
       params: [M, N, K, sam, sak, sbk, sbn, acc ? 1 : 0],
       groups: [Math.ceil(N / 32), Math.ceil(M / 32), 1],
@@ -28,12 +42,32 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
     const parts = [l.qSeq, l.qPos, l.kSeq, l.kPos, l.qSeg, l.kSeg, l.blocked];
     const offs: number[] = [];
     let words = 0;
-    for (const t of parts) { offs.push(words); words += t.size; }
+    for (const t of parts) {
+      offs.push(words);
+      words += t.size;
+    }
     const end = words;
     const aux = g.temp((words + extra) * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
     const enc = g.encoder();
     parts.forEach((t, i) => enc.copyBufferToBuffer(buf(t), 0, aux, offs[i]! * 4, t.size * 4));
-    const params: Param[] = [d.Tq, d.Tk, d.nH, d.nKv, d.D, d.S, { f: d.scale }, d.nH / d.nKv, offs[1]!, offs[2]!, offs[3]!, offs[4]!, offs[5]!, offs[6]!, end, end + d.Tq * d.nH];
+    const params: Param[] = [
+      d.Tq,
+      d.Tk,
+      d.nH,
+      d.nKv,
+      d.D,
+      d.S,
+      { f: d.scale },
+      d.nH / d.nKv,
+      offs[1]!,
+      offs[2]!,
+      offs[3]!,
+      offs[4]!,
+      offs[5]!,
+      offs[6]!,
+      end,
+      end + d.Tq * d.nH,
+    ];
     return { buf: aux, params, end };
   };
 
@@ -49,35 +83,66 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
     },
 
     embedding(y, ids, E, d) {
-      g.op(() => g.launch({
-        family: 'embedding', entry: 'gather', weights: { E: E.dtype },
-        buffers: [buf(y), ...g.inputs([y], [ids, E])], params: [d.T, d.V, d.H, 0, 0], groups: g.grid(Math.ceil(d.H / 256), d.T),
-      }));
+      g.op(() =>
+        g.launch({
+          family: 'embedding',
+          entry: 'gather',
+          weights: { E: E.dtype },
+          buffers: [buf(y), ...g.inputs([y], [ids, E])],
+          params: [d.T, d.V, d.H, 0, 0],
+          groups: g.grid(Math.ceil(d.H / 256), d.T),
+        }),
+      );
     },
 
     embeddingGrad(dE, dy, order, segStart, segIds, G, d, accumulate) {
       // rows of ids absent from the batch are 0: clear all, then each present row is written once
       if (!accumulate) g.clear(dE);
       if (G === 0) return;
-      g.op(() => g.launch({
-        family: 'embedding', entry: 'grad', weights: { E: 'f32' },
-        buffers: [buf(dE), ...g.inputs([dE], [dy, order, segStart, segIds])], params: [d.T, d.V, d.H, G, accumulate ? 1 : 0],
-        groups: g.grid(Math.ceil(d.H / 256), G),
-      }));
+      g.op(() =>
+        g.launch({
+          family: 'embedding',
+          entry: 'grad',
+          weights: { E: 'f32' },
+          buffers: [buf(dE), ...g.inputs([dE], [dy, order, segStart, segIds])],
+          params: [d.T, d.V, d.H, G, accumulate ? 1 : 0],
+          groups: g.grid(Math.ceil(d.H / 256), G),
+        }),
+      );
     },
 
     rmsnorm(y, rstd, x, w, d) {
-      g.op(() => g.launch({
-        family: 'rmsnorm', entry: 'fwd', weights: { w: w.dtype },
-        buffers: [buf(y), buf(rstd), ...g.inputs([y, rstd], [x, w])], params: [d.T, d.H, { f: d.eps }, 0], groups: g.grid(1, d.T),
-      }));
+      g.op(() =>
+        g.launch({
+          family: 'rmsnorm',
+          entry: 'fwd',
+          weights: { w: w.dtype },
+          buffers: [buf(y), buf(rstd), ...g.inputs([y, rstd], [x, w])],
+          params: [d.T, d.H, { f: d.eps }, 0],
+          groups: g.grid(1, d.T),
+        }),
+      );
     },
 
     rmsnormGrad(dx, dw, dy, x, w, rstd, d, accumulateDw) {
       const params: Param[] = [d.T, d.H, { f: d.eps }, accumulateDw ? 1 : 0];
       g.op(() => {
-        g.launch({ family: 'rmsnorm', entry: 'dx', weights: { w: w.dtype }, buffers: [buf(dx), ...g.inputs([dx], [dy, x, w, rstd])], params, groups: g.grid(1, d.T) });
-        g.launch({ family: 'rmsnorm', entry: 'dw', weights: { w: w.dtype }, buffers: [buf(dw), ...g.inputs([dw], [dy, x, rstd])], params, groups: [Math.ceil(d.H / 256), 1, 1] });
+        g.launch({
+          family: 'rmsnorm',
+          entry: 'dx',
+          weights: { w: w.dtype },
+          buffers: [buf(dx), ...g.inputs([dx], [dy, x, w, rstd])],
+          params,
+          groups: g.grid(1, d.T),
+        });
+        g.launch({
+          family: 'rmsnorm',
+          entry: 'dw',
+          weights: { w: w.dtype },
+          buffers: [buf(dw), ...g.inputs([dw], [dy, x, rstd])],
+          params,
+          groups: [Math.ceil(d.H / 256), 1, 1],
+        });
       });
     },
 
@@ -85,13 +150,16 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       const params = [d.T, d.heads, d.D, inverse ? 1 : 0];
       const groups = g.flat(d.T * (d.D / 2), 256);
       g.op(() => {
-        if (y === x) g.launch({ family: 'rope', entry: 'rope_inplace', buffers: [buf(y), ...g.inputs([y], [positions, invFreq])], params, groups });
+        if (y === x)
+          g.launch({ family: 'rope', entry: 'rope_inplace', buffers: [buf(y), ...g.inputs([y], [positions, invFreq])], params, groups });
         else g.launch({ family: 'rope', entry: 'rope', buffers: [buf(y), ...g.inputs([y], [x, positions, invFreq])], params, groups });
       });
     },
 
     swiglu(y, gate, up, n) {
-      g.op(() => g.launch({ family: 'swiglu', entry: 'fwd', buffers: [buf(y), ...g.inputs([y], [gate, up])], params: [n], groups: g.flat(n, 256) }));
+      g.op(() =>
+        g.launch({ family: 'swiglu', entry: 'fwd', buffers: [buf(y), ...g.inputs([y], [gate, up])], params: [n], groups: g.flat(n, 256) }),
+      );
     },
 
     swigluGrad(dgate, dup, dy, gate, up, n) {
@@ -105,7 +173,8 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       const groups = g.flat(n, 256);
       g.op(() => {
         if (y === a && a === b) g.launch({ family: 'residual', entry: 'add_self', buffers: [buf(y)], params: [n], groups });
-        else if (y === a) g.launch({ family: 'residual', entry: 'add_inplace', buffers: [buf(y), ...g.inputs([y], [b])], params: [n], groups });
+        else if (y === a)
+          g.launch({ family: 'residual', entry: 'add_inplace', buffers: [buf(y), ...g.inputs([y], [b])], params: [n], groups });
         else g.launch({ family: 'residual', entry: 'add', buffers: [buf(y), ...g.inputs([y], [b, a])], params: [n], groups });
       });
     },
@@ -119,27 +188,58 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
     },
 
     logSoftmax(out, logits, d) {
-      g.op(() => g.launch({ family: 'xent', entry: 'logsoftmax', buffers: [buf(out), ...g.inputs([out], [logits])], params: [d.T, d.V, 0, 0], groups: g.grid(1, d.T) }));
+      g.op(() =>
+        g.launch({
+          family: 'xent',
+          entry: 'logsoftmax',
+          buffers: [buf(out), ...g.inputs([out], [logits])],
+          params: [d.T, d.V, 0, 0],
+          groups: g.grid(1, d.T),
+        }),
+      );
     },
 
     xent(losses, lse, logits, targets, mask, d) {
       g.op(() => {
         const [lg, tg, mk] = g.inputs([losses, lse], [logits, targets, mask]);
-        g.launch({ family: 'xent', entry: 'xent', buffers: [buf(losses), lg!, buf(lse), tg!, mk!], params: [d.T, d.V, 0, 0], groups: g.grid(1, d.T) });
+        g.launch({
+          family: 'xent',
+          entry: 'xent',
+          buffers: [buf(losses), lg!, buf(lse), tg!, mk!],
+          params: [d.T, d.V, 0, 0],
+          groups: g.grid(1, d.T),
+        });
       });
     },
 
     xentGrad(dlogits, logits, lse, targets, mask, scale, d) {
-      g.op(() => g.launch({
-        family: 'xent', entry: 'grad', buffers: [buf(dlogits), ...g.inputs([dlogits], [logits, lse, targets, mask])], params: [d.T, d.V, { f: scale }, 0],
-        groups: g.grid(Math.ceil(d.V / 256), d.T),
-      }));
+      g.op(() =>
+        g.launch({
+          family: 'xent',
+          entry: 'grad',
+          buffers: [buf(dlogits), ...g.inputs([dlogits], [logits, lse, targets, mask])],
+          params: [d.T, d.V, { f: scale }, 0],
+          groups: g.grid(Math.ceil(d.V / 256), d.T),
+        }),
+      );
     },
 
     adamw(p, grad, m, v, n, s) {
       // 1 − lr·wd, 1 − β1, 1 − β2 in double, as the native binding and torch form them
-      const params: Param[] = [n, { f: s.lr }, { f: s.beta1 }, { f: s.beta2 }, { f: s.eps }, { f: 1 - s.lr * s.weightDecay }, { f: 1 - s.beta1 }, { f: 1 - s.beta2 },
-        { f: s.bc1 }, { f: s.bc2 }, { f: s.gradScale }, 0];
+      const params: Param[] = [
+        n,
+        { f: s.lr },
+        { f: s.beta1 },
+        { f: s.beta2 },
+        { f: s.eps },
+        { f: 1 - s.lr * s.weightDecay },
+        { f: 1 - s.beta1 },
+        { f: 1 - s.beta2 },
+        { f: s.bc1 },
+        { f: s.bc2 },
+        { f: s.gradScale },
+        0,
+      ];
       g.op(() => {
         const [gb] = g.inputs([p, m, v], [grad]);
         g.launch({ family: 'adamw', entry: 'step', buffers: [buf(p), gb!, buf(m), buf(v)], params, groups: g.flat(n, 256) });
@@ -170,14 +270,27 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       const self = dst.storage === src.storage;
       const buffers = [buf(dst), buf(dstRows), buf(srcRows)];
       if (!self) buffers.push(buf(src));
-      g.launch({ family: 'copy_rows', entry: `${odd ? 'copy16' : 'copy32'}${self ? '_self' : ''}`, buffers, params: [d.N, d.W, U, 0], groups: g.grid(Math.ceil(U / 256), d.N) });
+      g.launch({
+        family: 'copy_rows',
+        entry: `${odd ? 'copy16' : 'copy32'}${self ? '_self' : ''}`,
+        buffers,
+        params: [d.N, d.W, U, 0],
+        groups: g.grid(Math.ceil(U / 256), d.N),
+      });
     },
 
     attention(out, lse, q, k, v, l, d) {
       const consts = { DU: Math.ceil(d.D / 64) };
       g.op(() => {
         const aux = attentionAux(l, d, 0);
-        g.launch({ family: 'attention', entry: 'fwd', consts, buffers: [buf(out), buf(lse), ...g.inputs([out, lse], [q, k, v]), aux.buf], params: aux.params, groups: g.grid(1, d.Tq * d.nH) });
+        g.launch({
+          family: 'attention',
+          entry: 'fwd',
+          consts,
+          buffers: [buf(out), buf(lse), ...g.inputs([out, lse], [q, k, v]), aux.buf],
+          params: aux.params,
+          groups: g.grid(1, d.Tq * d.nH),
+        });
       });
     },
 
@@ -190,8 +303,22 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
         const [qb, kb, vb, dOb, ob] = g.inputs([dq, dk, dv], [q, k, v, dOut, out]);
         const params = aux.params;
         g.launch({ family: 'attention', entry: 'delta', consts, buffers: [aux.buf, dOb!, ob!], params, groups: g.flat(rows, 64) });
-        g.launch({ family: 'attention', entry: 'dq', consts, buffers: [buf(dq), dOb!, qb!, kb!, vb!, aux.buf], params, groups: g.grid(1, rows) });
-        g.launch({ family: 'attention', entry: 'dkv', consts, buffers: [buf(dk), buf(dv), qb!, kb!, vb!, aux.buf, dOb!], params, groups: g.grid(1, d.Tk * d.nKv) });
+        g.launch({
+          family: 'attention',
+          entry: 'dq',
+          consts,
+          buffers: [buf(dq), dOb!, qb!, kb!, vb!, aux.buf],
+          params,
+          groups: g.grid(1, rows),
+        });
+        g.launch({
+          family: 'attention',
+          entry: 'dkv',
+          consts,
+          buffers: [buf(dk), buf(dv), qb!, kb!, vb!, aux.buf, dOb!],
+          params,
+          groups: g.grid(1, d.Tk * d.nKv),
+        });
       });
     },
   };

@@ -8,7 +8,10 @@ import { ArgumentError } from '../errors.js';
 export function benchCommand(args: string[]): void {
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
   const script = path.join(root, 'dist', 'bench', 'run.js');
-  if (!fs.existsSync(script)) throw new ArgumentError(`the benchmarks ship with the source checkout (${script} not found): clone the repository and run npm run bench`);
+  if (!fs.existsSync(script))
+    throw new ArgumentError(
+      `the benchmarks ship with the source checkout (${script} not found): clone the repository and run npm run bench`,
+    );
   const r = spawnSync(process.execPath, [script, ...args], { stdio: 'inherit' });
   process.exitCode = r.status ?? 1;
 }

@@ -5,14 +5,18 @@ import type { BackendRequest } from '../backend/backend.js';
 import type { MoteConfig } from '../mote/steps.js';
 import { bundleConfigAt, openModelFolder, type OpenedModel } from '../generate/chat.js';
 
-
 export type Opened = OpenedModel;
 
 /**
  * Opens `dir` (default: the bundled model) on `backend` with its tokenizer, the step tags
  * added as single tokens (growing the embeddings when needed); errors name --model.
  */
-export function openModel(dirOpt: string | undefined, backendReq: BackendRequest, config: Pick<MoteConfig, 'steps'>, opts: { dtype?: 'f32' | 'f16' | 'bf16' } = {}): Promise<Opened> {
+export function openModel(
+  dirOpt: string | undefined,
+  backendReq: BackendRequest,
+  config: Pick<MoteConfig, 'steps'>,
+  opts: { dtype?: 'f32' | 'f16' | 'bf16' } = {},
+): Promise<Opened> {
   return openModelFolder(dirOpt, backendReq, config, { ...opts, what: '--model' });
 }
 

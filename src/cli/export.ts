@@ -15,12 +15,19 @@ function legacyExportFiles(dir: string): string[] | null {
   if (!j || typeof j.from !== 'string' || !Array.isArray(j.experts)) return null;
   const files = ['experts.json'];
   for (const name of j.experts) {
-    if (typeof name === 'string' && /^[A-Za-z0-9_.-]+$/.test(name) && name !== '.' && name !== '..') files.push(`${name}/${ADAPTER_CONFIG_FILE}`, `${name}/${ADAPTER_WEIGHTS_FILE}`);
+    if (typeof name === 'string' && /^[A-Za-z0-9_.-]+$/.test(name) && name !== '.' && name !== '..')
+      files.push(`${name}/${ADAPTER_CONFIG_FILE}`, `${name}/${ADAPTER_WEIGHTS_FILE}`);
   }
   return files;
 }
 
-export async function exportCommand(o: { mote: string; out: string; json?: boolean; overwrite?: boolean; mergedSteps?: boolean }): Promise<void> {
+export async function exportCommand(o: {
+  mote: string;
+  out: string;
+  json?: boolean;
+  overwrite?: boolean;
+  mergedSteps?: boolean;
+}): Promise<void> {
   let dir = o.mote;
   if (!fs.existsSync(path.join(dir, MOTE_FILE)) && fs.existsSync(path.join(dir, 'adapters', MOTE_FILE))) dir = path.join(dir, 'adapters');
   const f = path.join(dir, MOTE_FILE);
@@ -36,24 +43,33 @@ export async function exportCommand(o: { mote: string; out: string; json?: boole
   const written: string[] = [];
   // --merged-steps: each step folded with the shared expert into one adapter (src/mote/merged_steps.ts).
   const merged = o.mergedSteps ? mergeStepExperts(dir) : null;
-  await replaceDirAtomically('mote export', o.out, { kind: 'peft-export', legacy: legacyExportFiles, overwrite: o.overwrite === true }, (tmp) => {
-    if (merged) {
-      for (const [name, a] of merged) {
+  await replaceDirAtomically(
+    'mote export',
+    o.out,
+    { kind: 'peft-export', legacy: legacyExportFiles, overwrite: o.overwrite === true },
+    (tmp) => {
+      if (merged) {
+        for (const [name, a] of merged) {
+          fs.mkdirSync(path.join(tmp, name));
+          fs.writeFileSync(path.join(tmp, name, ADAPTER_CONFIG_FILE), JSON.stringify(a.config, null, 2) + '\n');
+          writeSafetensors(path.join(tmp, name, ADAPTER_WEIGHTS_FILE), a.tensors);
+          written.push(path.join(path.resolve(o.out), name));
+        }
+        fs.writeFileSync(
+          path.join(tmp, 'experts.json'),
+          JSON.stringify({ from: path.resolve(dir), experts: [...merged.keys()], merged: true }, null, 2) + '\n',
+        );
+        return;
+      }
+      for (const [name, sub] of Object.entries(experts)) {
         fs.mkdirSync(path.join(tmp, name));
-        fs.writeFileSync(path.join(tmp, name, ADAPTER_CONFIG_FILE), JSON.stringify(a.config, null, 2) + '\n');
-        writeSafetensors(path.join(tmp, name, ADAPTER_WEIGHTS_FILE), a.tensors);
+        for (const file of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE])
+          fs.copyFileSync(path.join(dir, sub, file), path.join(tmp, name, file));
         written.push(path.join(path.resolve(o.out), name));
       }
-      fs.writeFileSync(path.join(tmp, 'experts.json'), JSON.stringify({ from: path.resolve(dir), experts: [...merged.keys()], merged: true }, null, 2) + '\n');
-      return;
-    }
-    for (const [name, sub] of Object.entries(experts)) {
-      fs.mkdirSync(path.join(tmp, name));
-      for (const file of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) fs.copyFileSync(path.join(dir, sub, file), path.join(tmp, name, file));
-      written.push(path.join(path.resolve(o.out), name));
-    }
-    writeJsonFile(path.join(tmp, 'experts.json'), { from: path.resolve(dir), experts: Object.keys(experts) });
-  });
+      writeJsonFile(path.join(tmp, 'experts.json'), { from: path.resolve(dir), experts: Object.keys(experts) });
+    },
+  );
   if (o.json) process.stdout.write(JSON.stringify({ out: path.resolve(o.out), adapters: written }) + '\n');
   else for (const w of written) process.stdout.write(`${w}\n`);
 }

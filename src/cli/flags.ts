@@ -32,7 +32,14 @@ export function intFlag(name: string, v: string | undefined, lo: number, hi: num
  * A decimal number flag in [lo, hi] (or (lo, hi] with `openLow`); `dflt` when absent. Blank
  * text, NaN and infinities are refused.
  */
-export function numFlag(name: string, v: string | undefined, lo: number, hi: number, dflt: number, opts: { openLow?: boolean } = {}): number {
+export function numFlag(
+  name: string,
+  v: string | undefined,
+  lo: number,
+  hi: number,
+  dflt: number,
+  opts: { openLow?: boolean } = {},
+): number {
   if (v === undefined) return dflt;
   const text = String(v).trim();
   const n = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(text) ? Number(text) : NaN;

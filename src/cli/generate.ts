@@ -11,9 +11,20 @@ import { MoteChat, bundleConfigAt, openModelFolder, type AskOptions, type ChatAn
 import { MAX_NEW_TOKENS, intFlag, numFlag, readPromptFile } from './flags.js';
 
 export interface GenerateCliOptions {
-  model?: string; mote?: string; backend: BackendRequest; prompt?: string[]; prompts?: string;
-  maxNewTokens?: string; temperature?: string; topK?: string; topP?: string; seed?: string;
-  skip?: string; stopAfter?: string; firstStep?: string; json?: boolean;
+  model?: string;
+  mote?: string;
+  backend: BackendRequest;
+  prompt?: string[];
+  prompts?: string;
+  maxNewTokens?: string;
+  temperature?: string;
+  topK?: string;
+  topP?: string;
+  seed?: string;
+  skip?: string;
+  stopAfter?: string;
+  firstStep?: string;
+  json?: boolean;
 }
 
 const OUTSIDE = 'outside any step';
@@ -28,13 +39,17 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
   const config = bundleConfigAt(o.mote, '--mote');
   const stepName = (s: string, flag: string): StepName => {
     const name = s.trim();
-    if (!config.steps.includes(name as StepName)) throw new ArgumentError(`--${flag}: unknown step '${name}' (the ${o.mote ? 'bundle' : 'model'} has ${config.steps.join(', ')})`);
+    if (!config.steps.includes(name as StepName))
+      throw new ArgumentError(`--${flag}: unknown step '${name}' (the ${o.mote ? 'bundle' : 'model'} has ${config.steps.join(', ')})`);
     return name as StepName;
   };
   const skip = o.skip ? o.skip.split(',').map((s) => stepName(s, 'skip')) : [];
   const stopAfter = o.stopAfter === undefined ? undefined : stepName(o.stopAfter, 'stop-after');
   const firstStep = o.firstStep === undefined ? undefined : stepName(o.firstStep, 'first-step');
-  const questions: { label: string; messages: ChatMessage[] }[] = (o.prompt ?? []).map((p) => ({ label: p, messages: [{ role: 'user', content: p }] }));
+  const questions: { label: string; messages: ChatMessage[] }[] = (o.prompt ?? []).map((p) => ({
+    label: p,
+    messages: [{ role: 'user', content: p }],
+  }));
   if (o.prompts) {
     const r = readPromptFile(o.prompts);
     for (const s of r.skipped) process.stderr.write(`warning: ${o.prompts}:${s.line}: skipped: ${s.reason}\n`);
@@ -56,7 +71,9 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
     if (n >= context) {
       chat.dispose();
       const head = q.label.length > 40 ? `${q.label.slice(0, 40)}…` : q.label;
-      throw new ArgumentError(`prompt ${i + 1} (${JSON.stringify(head)}): ${n} tokens, but the model's context (max_position_embeddings) is ${context}: shorten it to under ${context} tokens`);
+      throw new ArgumentError(
+        `prompt ${i + 1} (${JSON.stringify(head)}): ${n} tokens, but the model's context (max_position_embeddings) is ${context}: shorten it to under ${context} tokens`,
+      );
     }
   }
   // Ctrl-C ends generation at the next token: what was generated is printed, then one line, exit 130.
@@ -65,7 +82,9 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
   process.once('SIGINT', onSigint);
   try {
     const ask: AskOptions = {
-      maxNewTokens, seed, signal: abort.signal,
+      maxNewTokens,
+      seed,
+      signal: abort.signal,
       ...(temperature === 0 ? {} : { sampling: { temperature, ...(topK > 0 ? { topK } : {}), topP } }),
       ...(skip.length ? { skip } : {}),
       ...(stopAfter !== undefined ? { stopAfter } : {}),
@@ -86,10 +105,15 @@ export async function generateCommand(o: GenerateCliOptions): Promise<void> {
       answers = [r.value];
       process.stdout.write(`\n(${answers[0]!.stopReason}, ${answers[0]!.tokens} tokens)\n`);
     } else {
-      answers = await chat.askAll(questions.map((q) => q.messages), ask);
+      answers = await chat.askAll(
+        questions.map((q) => q.messages),
+        ask,
+      );
       for (const [i, a] of answers.entries()) {
         if (o.json) {
-          process.stdout.write(JSON.stringify({ prompt: questions[i]!.label, steps: a.steps, stopReason: a.stopReason, tokens: a.tokens }) + '\n');
+          process.stdout.write(
+            JSON.stringify({ prompt: questions[i]!.label, steps: a.steps, stopReason: a.stopReason, tokens: a.tokens }) + '\n',
+          );
         } else {
           process.stdout.write(`[question] ${questions[i]!.label}\n`);
           for (const s of a.steps) process.stdout.write(`  [${label(s.step)}] ${s.text}\n`);

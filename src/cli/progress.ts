@@ -19,13 +19,28 @@ export function progress(label: string, total: number, opts: { json: boolean }):
     };
   }
   if (process.stderr.isTTY) {
-    const bar = new cliProgress.SingleBar({
-      format: `${label} [{bar}] {value}/{total} {info}`, stream: process.stderr, hideCursor: true, clearOnComplete: false,
-    }, cliProgress.Presets.shades_classic);
+    const bar = new cliProgress.SingleBar(
+      {
+        format: `${label} [{bar}] {value}/{total} {info}`,
+        stream: process.stderr,
+        hideCursor: true,
+        clearOnComplete: false,
+      },
+      cliProgress.Presets.shades_classic,
+    );
     bar.start(total, 0, { info: '' });
     return {
-      update: (done, values = {}) => bar.update(done, { info: Object.entries(values).map(([k, v]) => `${k} ${v}`).join('  ') }),
-      log: (text) => { bar.stop(); process.stderr.write(`${text}\n`); bar.start(total, 0, { info: '' }); },
+      update: (done, values = {}) =>
+        bar.update(done, {
+          info: Object.entries(values)
+            .map(([k, v]) => `${k} ${v}`)
+            .join('  '),
+        }),
+      log: (text) => {
+        bar.stop();
+        process.stderr.write(`${text}\n`);
+        bar.start(total, 0, { info: '' });
+      },
       stop: () => bar.stop(),
     };
   }
@@ -35,7 +50,11 @@ export function progress(label: string, total: number, opts: { json: boolean }):
       const tenth = Math.floor((10 * done) / Math.max(1, total));
       if (tenth === shown && done !== total) return;
       shown = tenth;
-      process.stderr.write(`${label} ${done}/${total} ${Object.entries(values).map(([k, v]) => `${k} ${v}`).join('  ')}\n`);
+      process.stderr.write(
+        `${label} ${done}/${total} ${Object.entries(values)
+          .map(([k, v]) => `${k} ${v}`)
+          .join('  ')}\n`,
+      );
     },
     log: (text) => process.stderr.write(`${text}\n`),
     stop: () => {},

@@ -11,8 +11,16 @@ import { bundleConfigAt, openModelFolder } from '../generate/chat.js';
 import { intFlag } from './flags.js';
 
 export interface ServeCliOptions {
-  model?: string; backend: BackendRequest; mote?: string[]; lora?: string[]; host?: string; port?: string;
-  name?: string; allowRuntimeLora?: boolean; maxSequences?: string; json?: boolean;
+  model?: string;
+  backend: BackendRequest;
+  mote?: string[];
+  lora?: string[];
+  host?: string;
+  port?: string;
+  name?: string;
+  allowRuntimeLora?: boolean;
+  maxSequences?: string;
+  json?: boolean;
 }
 
 function named(flag: string, spec: string): { name: string; dir: string } {
@@ -29,7 +37,8 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
   const host = o.host ?? '127.0.0.1';
   const motes = (o.mote ?? []).map((s) => named('mote', s));
   const loras = (o.lora ?? []).map((s) => named('lora', s));
-  for (const m of motes) if (!fs.existsSync(path.join(m.dir, 'mote.json'))) throw new ArgumentError(`--mote: ${m.dir} is not a MoTE bundle (no mote.json)`);
+  for (const m of motes)
+    if (!fs.existsSync(path.join(m.dir, 'mote.json'))) throw new ArgumentError(`--mote: ${m.dir} is not a MoTE bundle (no mote.json)`);
   // The step tags come from the first bundle (every bundle must use the same steps).
   const config = bundleConfigAt(motes[0]?.dir, '--mote');
   const m = await openModelFolder(o.model, o.backend, config, { what: '--model' });
@@ -39,13 +48,17 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
   let server: Awaited<ReturnType<typeof startServer>>['server'] | null = null;
   try {
     for (const a of [...motes, ...loras]) await engine.addAdapter(a.name, a.dir);
-    const started = await startServer({ engine, tokenizer: m.tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
-      { host, port, modelName, allowRuntimeLora: o.allowRuntimeLora === true });
+    const started = await startServer(
+      { engine, tokenizer: m.tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
+      { host, port, modelName, allowRuntimeLora: o.allowRuntimeLora === true },
+    );
     server = started.server;
     const adapters = engine.adapters().map((a) => ({ name: a.name, kind: a.kind, dir: a.dir }));
     if (o.json) process.stdout.write(JSON.stringify({ url: started.url, model: modelName, backend: m.backend.kind, adapters }) + '\n');
     else {
-      process.stdout.write(`mote serve: ${started.url}/v1 on ${m.backend.kind} — model '${modelName}'${adapters.length ? `, adapters: ${adapters.map((a) => `${a.name} (${a.kind})`).join(', ')}` : ''}\n`);
+      process.stdout.write(
+        `mote serve: ${started.url}/v1 on ${m.backend.kind} — model '${modelName}'${adapters.length ? `, adapters: ${adapters.map((a) => `${a.name} (${a.kind})`).join(', ')}` : ''}\n`,
+      );
       process.stdout.write('Ctrl-C stops it.\n');
     }
     // Runs until Ctrl-C: running requests end, the server closes, exit 130.

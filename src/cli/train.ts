@@ -16,21 +16,41 @@ import { intOpt, numOpt, openModel } from './common.js';
 import { progress } from './progress.js';
 
 export interface TrainCliOptions {
-  chains: string; out: string; model?: string; backend: BackendRequest;
-  steps?: string; lr?: string; warmup?: string; rank?: string; loraAlpha?: string; alpha?: string; schema?: string;
-  pSkip?: string; batchTokens?: string; gradAccum?: string; maxLength?: string; seed?: string;
-  checkpoint?: string; checkpointEvery?: string; resume?: boolean; overwrite?: boolean; json?: boolean;
+  chains: string;
+  out: string;
+  model?: string;
+  backend: BackendRequest;
+  steps?: string;
+  lr?: string;
+  warmup?: string;
+  rank?: string;
+  loraAlpha?: string;
+  alpha?: string;
+  schema?: string;
+  pSkip?: string;
+  batchTokens?: string;
+  gradAccum?: string;
+  maxLength?: string;
+  seed?: string;
+  checkpoint?: string;
+  checkpointEvery?: string;
+  resume?: boolean;
+  overwrite?: boolean;
+  json?: boolean;
 }
 
 export async function trainCommand(o: TrainCliOptions): Promise<void> {
   const json = o.json ?? false;
-  const config = moteConfig({
-    ...(o.schema ? { steps: o.schema.split(',').map((s) => s.trim()) as StepName[] } : {}),
-    rank: intOpt('rank', o.rank, 1, 16),
-    loraAlpha: numOpt('lora-alpha', o.loraAlpha, 0, 1e6, 2 * intOpt('rank', o.rank, 1, 16)),
-    alpha: numOpt('alpha', o.alpha, 0, 1, 0.5),
-    promptRouting: 'random-step',
-  }, '--schema/--rank/--alpha');
+  const config = moteConfig(
+    {
+      ...(o.schema ? { steps: o.schema.split(',').map((s) => s.trim()) as StepName[] } : {}),
+      rank: intOpt('rank', o.rank, 1, 16),
+      loraAlpha: numOpt('lora-alpha', o.loraAlpha, 0, 1e6, 2 * intOpt('rank', o.rank, 1, 16)),
+      alpha: numOpt('alpha', o.alpha, 0, 1, 0.5),
+      promptRouting: 'random-step',
+    },
+    '--schema/--rank/--alpha',
+  );
   const steps = intOpt('steps', o.steps, 1, 200);
   const seed = intOpt('seed', o.seed, 0, 0);
   if (o.resume && !o.checkpoint) throw new ArgumentError('--resume: needs --checkpoint DIR');
@@ -51,9 +71,13 @@ export async function trainCommand(o: TrainCliOptions): Promise<void> {
     if (res.examples.length === 0) throw new ArgumentError(`--chains: no chain of ${o.chains} fits --max-length`);
     const bundle = createMote(m.model, config, { seed });
     const trainer = new Trainer(m.model, bundle, res.examples, {
-      steps, lr: numOpt('lr', o.lr, 0, 10, 2e-4), warmupSteps: intOpt('warmup', o.warmup, 0, Math.min(10, steps - 1)),
-      pSkip: numOpt('p-skip', o.pSkip, 0, 1, 0.3), batchTokens: intOpt('batch-tokens', o.batchTokens, 2, 512),
-      gradAccum: intOpt('grad-accum', o.gradAccum, 1, 1), seed,
+      steps,
+      lr: numOpt('lr', o.lr, 0, 10, 2e-4),
+      warmupSteps: intOpt('warmup', o.warmup, 0, Math.min(10, steps - 1)),
+      pSkip: numOpt('p-skip', o.pSkip, 0, 1, 0.3),
+      batchTokens: intOpt('batch-tokens', o.batchTokens, 2, 512),
+      gradAccum: intOpt('grad-accum', o.gradAccum, 1, 1),
+      seed,
       onProgress: (q) => p.update(q.step, { loss: q.loss.toFixed(4), lr: q.lr.toExponential(2), 'tok/s': q.tokensPerSecond.toFixed(0) }),
     });
     try {
@@ -64,22 +88,39 @@ export async function trainCommand(o: TrainCliOptions): Promise<void> {
         else p.log((await loadCheckpoint(trainer, o.checkpoint!)).message);
       }
       const r = await trainer.run({
-        ...(o.checkpoint ? { checkpointDir: o.checkpoint, checkpointEvery: intOpt('checkpoint-every', o.checkpointEvery, 0, 0), checkpointOverwrite: overwrite } : {}),
+        ...(o.checkpoint
+          ? {
+              checkpointDir: o.checkpoint,
+              checkpointEvery: intOpt('checkpoint-every', o.checkpointEvery, 0, 0),
+              checkpointOverwrite: overwrite,
+            }
+          : {}),
         handleSigint: true,
       });
       p.stop();
       if (r.interrupted) {
         const msg = `interrupted at step ${r.state.step}${o.checkpoint ? `; checkpoint saved in ${o.checkpoint}, rerun with --resume` : ' (no --checkpoint: progress is lost)'}`;
-        if (json) process.stdout.write(JSON.stringify({ event: 'interrupted', step: r.state.step, checkpoint: o.checkpoint ?? null }) + '\n');
+        if (json)
+          process.stdout.write(JSON.stringify({ event: 'interrupted', step: r.state.step, checkpoint: o.checkpoint ?? null }) + '\n');
         else process.stderr.write(`${msg}\n`);
         process.exitCode = 130;
         return;
       }
       await saveMote(bundle, o.out, { overwrite });
       const losses = r.state.losses;
-      const summary = { event: 'done', out: path.resolve(o.out), steps: r.state.step, firstLoss: losses[0], lastLoss: losses[losses.length - 1], examples: res.examples.length };
+      const summary = {
+        event: 'done',
+        out: path.resolve(o.out),
+        steps: r.state.step,
+        firstLoss: losses[0],
+        lastLoss: losses[losses.length - 1],
+        examples: res.examples.length,
+      };
       if (json) process.stdout.write(JSON.stringify(summary) + '\n');
-      else process.stdout.write(`trained ${r.state.step} steps on ${res.examples.length} chains: loss ${summary.firstLoss?.toFixed(4)} → ${summary.lastLoss?.toFixed(4)}; bundle saved to ${summary.out}\n`);
+      else
+        process.stdout.write(
+          `trained ${r.state.step} steps on ${res.examples.length} chains: loss ${summary.firstLoss?.toFixed(4)} → ${summary.lastLoss?.toFixed(4)}; bundle saved to ${summary.out}\n`,
+        );
     } finally {
       trainer.dispose();
       bundle.dispose();

@@ -79,12 +79,15 @@ export interface AnswerChunk {
 
 function checkOpenOptions(o: unknown): OpenChatOptions {
   if (o === undefined) return {};
-  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new ArgumentError(`openChat: opts: expected { model?, mote?, backend?, dtype? }, got ${describe(o)}`);
+  if (typeof o !== 'object' || o === null || Array.isArray(o))
+    throw new ArgumentError(`openChat: opts: expected { model?, mote?, backend?, dtype? }, got ${describe(o)}`);
   const opts = o as OpenChatOptions;
   for (const k of ['model', 'mote'] as const) {
-    if (opts[k] !== undefined && (typeof opts[k] !== 'string' || opts[k] === '')) throw new ArgumentError(`openChat: ${k}: expected a folder path, got ${describe(opts[k])}`);
+    if (opts[k] !== undefined && (typeof opts[k] !== 'string' || opts[k] === ''))
+      throw new ArgumentError(`openChat: ${k}: expected a folder path, got ${describe(opts[k])}`);
   }
-  if (opts.dtype !== undefined && !['f32', 'f16', 'bf16'].includes(opts.dtype)) throw new ArgumentError(`openChat: dtype: expected 'f32', 'f16' or 'bf16', got ${describe(opts.dtype)}`);
+  if (opts.dtype !== undefined && !['f32', 'f16', 'bf16'].includes(opts.dtype))
+    throw new ArgumentError(`openChat: dtype: expected 'f32', 'f16' or 'bf16', got ${describe(opts.dtype)}`);
   return opts;
 }
 
@@ -111,16 +114,31 @@ export interface OpenedModel {
  * tags added as single tokens (growing the embeddings when needed). `what` names the
  * argument in errors ('--model' in the CLI). Nothing stays allocated when it fails.
  */
-export async function openModelFolder(dirOpt: string | undefined, backendReq: BackendRequest | Backend, config: Pick<MoteConfig, 'steps'>, opts: { dtype?: 'f32' | 'f16' | 'bf16'; what?: string; backendWhat?: string } = {}): Promise<OpenedModel> {
+export async function openModelFolder(
+  dirOpt: string | undefined,
+  backendReq: BackendRequest | Backend,
+  config: Pick<MoteConfig, 'steps'>,
+  opts: { dtype?: 'f32' | 'f16' | 'bf16'; what?: string; backendWhat?: string } = {},
+): Promise<OpenedModel> {
   const what = opts.what ?? 'model';
   const dir = path.resolve(dirOpt ?? DEFAULT_MODEL_DIR);
   if (!fs.existsSync(path.join(dir, 'config.json'))) {
-    throw new ArgumentError(dirOpt === undefined ? `the bundled model is missing (${dir}); reinstall mote or pass ${what}` : `${what}: ${dir} is not a model folder (no config.json)`);
+    throw new ArgumentError(
+      dirOpt === undefined
+        ? `the bundled model is missing (${dir}); reinstall mote or pass ${what}`
+        : `${what}: ${dir} is not a model folder (no config.json)`,
+    );
   }
-  if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) throw new ArgumentError(`${what}: ${dir} has no tokenizer.json (mote needs the model's tokenizer)`);
+  if (!fs.existsSync(path.join(dir, 'tokenizer.json')))
+    throw new ArgumentError(`${what}: ${dir} has no tokenizer.json (mote needs the model's tokenizer)`);
   const own = typeof backendReq === 'string';
-  const badBackend = own ? !(['auto', ...BACKEND_KINDS] as string[]).includes(backendReq) : typeof backendReq !== 'object' || backendReq === null || typeof (backendReq as Backend).kind !== 'string';
-  if (badBackend) throw new ArgumentError(`${opts.backendWhat ?? 'backend'}: expected 'auto', 'cpu', 'webgpu', 'cuda' or an open Backend, got ${describe(backendReq)}`);
+  const badBackend = own
+    ? !(['auto', ...BACKEND_KINDS] as string[]).includes(backendReq)
+    : typeof backendReq !== 'object' || backendReq === null || typeof (backendReq as Backend).kind !== 'string';
+  if (badBackend)
+    throw new ArgumentError(
+      `${opts.backendWhat ?? 'backend'}: expected 'auto', 'cpu', 'webgpu', 'cuda' or an open Backend, got ${describe(backendReq)}`,
+    );
   const tokenizer = loadTokenizer(dir);
   const backend = own ? await openBackend(backendReq) : backendReq;
   let model: LlamaModel | null = null;
@@ -128,7 +146,16 @@ export async function openModelFolder(dirOpt: string | undefined, backendReq: Ba
     model = await loadModel(dir, opts.dtype ? { backend, dtype: opts.dtype } : { backend });
     await addStepTokens(model, tokenizer, config);
     const m = model;
-    return { backend, model: m, tokenizer, dir, close: () => { m.dispose(); if (own) backend.destroy(); } };
+    return {
+      backend,
+      model: m,
+      tokenizer,
+      dir,
+      close: () => {
+        m.dispose();
+        if (own) backend.destroy();
+      },
+    };
   } catch (e) {
     model?.dispose();
     if (own) backend.destroy();
@@ -143,7 +170,11 @@ export async function openModelFolder(dirOpt: string | undefined, backendReq: Ba
 export async function openChat(opts?: OpenChatOptions): Promise<MoteChat> {
   const o = checkOpenOptions(opts);
   const config = bundleConfigAt(o.mote, 'openChat: mote');
-  const m = await openModelFolder(o.model, o.backend ?? 'auto', config, { ...(o.dtype ? { dtype: o.dtype } : {}), what: 'openChat: model', backendWhat: 'openChat: backend' });
+  const m = await openModelFolder(o.model, o.backend ?? 'auto', config, {
+    ...(o.dtype ? { dtype: o.dtype } : {}),
+    what: 'openChat: model',
+    backendWhat: 'openChat: backend',
+  });
   try {
     const bundle = o.mote !== undefined ? await loadMote(o.mote, m.model) : null;
     return new MoteChat(m.model, m.tokenizer, config, bundle, m.close);
@@ -163,7 +194,13 @@ export class MoteChat {
    * Use openChat(); this constructor takes ownership of `bundle`, and `release` frees the rest
    * on dispose() (default: the model).
    */
-  constructor(readonly model: LlamaModel, readonly tokenizer: MoteTokenizer, readonly config: MoteConfig, readonly bundle: MoteBundle | null, private readonly release: () => void = () => model.dispose()) {
+  constructor(
+    readonly model: LlamaModel,
+    readonly tokenizer: MoteTokenizer,
+    readonly config: MoteConfig,
+    readonly bundle: MoteBundle | null,
+    private readonly release: () => void = () => model.dispose(),
+  ) {
     const tags = stepTokenIds(tokenizer, config);
     this.#stepTokens = new Map(tags.start.map((id, i) => [id, i]));
     this.#stop = tokenizer.eosTokenId !== undefined ? [tokenizer.eosTokenId] : [];
@@ -185,35 +222,49 @@ export class MoteChat {
       messages = [{ role: 'user', content: question }];
     } else if (Array.isArray(question) && question.length > 0) {
       messages = question.map((m, i) => {
-        if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') throw new ArgumentError(`${op}: ${what}[${i}]: expected { role: string, content: string }, got ${describe(m)}`);
+        if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string')
+          throw new ArgumentError(`${op}: ${what}[${i}]: expected { role: string, content: string }, got ${describe(m)}`);
         return { role: m.role, content: m.content };
       });
-      if (messages.at(-1)!.role !== 'user') throw new ArgumentError(`${op}: ${what}: the last message must be the user's (got role ${JSON.stringify(messages.at(-1)!.role)})`);
+      if (messages.at(-1)!.role !== 'user')
+        throw new ArgumentError(`${op}: ${what}: the last message must be the user's (got role ${JSON.stringify(messages.at(-1)!.role)})`);
     } else throw new ArgumentError(`${op}: ${what}: expected a string or a non-empty list of chat messages, got ${describe(question)}`);
     if (typeof opts !== 'object' || opts === null) throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
     const maxNewTokens = opts.maxNewTokens ?? 256;
-    if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1) throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer, got ${describe(opts.maxNewTokens)}`);
+    if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1)
+      throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer, got ${describe(opts.maxNewTokens)}`);
     checkSampling(`${op}: sampling`, opts.sampling);
     const seed = checkSeed(op, 'seed', opts.seed ?? 0);
     const stepIndex = (name: string, what: string): number => {
       const k = this.config.steps.indexOf(name as StepName);
-      if (k < 0) throw new ArgumentError(`${op}: ${what}: unknown step ${describe(name)} (this ${this.bundle ? 'bundle' : 'model'} has ${this.config.steps.join(', ')})`);
+      if (k < 0)
+        throw new ArgumentError(
+          `${op}: ${what}: unknown step ${describe(name)} (this ${this.bundle ? 'bundle' : 'model'} has ${this.config.steps.join(', ')})`,
+        );
       return k;
     };
-    if (opts.skip !== undefined && !Array.isArray(opts.skip)) throw new ArgumentError(`${op}: skip: expected a list of steps, got ${describe(opts.skip)}`);
+    if (opts.skip !== undefined && !Array.isArray(opts.skip))
+      throw new ArgumentError(`${op}: skip: expected a list of steps, got ${describe(opts.skip)}`);
     const skip = (opts.skip ?? []).map((s, i) => stepIndex(s, `skip[${i}]`));
     const last = this.config.steps.length - 1;
     const stopAfter = opts.stopAfter === undefined ? last : stepIndex(opts.stopAfter, 'stopAfter');
-    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(opts.signal)}`);
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
+      throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(opts.signal)}`);
     const prompt = promptIds(this.tokenizer, { prompt: plainPrompt(messages), messages });
     const context = this.model.config.maxPositionEmbeddings;
     if (prompt.length >= context) {
       const text = plainPrompt(messages);
       const head = text.length > 40 ? `${text.slice(0, 40)}…` : text;
-      throw new ArgumentError(`${op}: ${what} (${JSON.stringify(head)}): ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${context}: shorten it to under ${context} tokens`);
+      throw new ArgumentError(
+        `${op}: ${what} (${JSON.stringify(head)}): ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${context}: shorten it to under ${context} tokens`,
+      );
     }
     const req: GenerateRequest = {
-      prompt, maxNewTokens, stop: this.#stop, seed: (seed + seedOffset) % 2 ** 31, stopAfterStep: stopAfter,
+      prompt,
+      maxNewTokens,
+      stop: this.#stop,
+      seed: (seed + seedOffset) % 2 ** 31,
+      stopAfterStep: stopAfter,
       ...(opts.sampling ? { sampling: opts.sampling } : {}),
       ...(skip.length ? { skipSteps: skip } : {}),
     };
@@ -227,7 +278,12 @@ export class MoteChat {
   }
 
   /** Runs the requests as one batch, calling onText with each decoded piece of the first; the answers by step. */
-  async #run(op: string, questions: readonly (string | readonly ChatMessage[])[], opts: AskOptions, onText?: (c: AnswerChunk) => void): Promise<ChatAnswer[]> {
+  async #run(
+    op: string,
+    questions: readonly (string | readonly ChatMessage[])[],
+    opts: AskOptions,
+    onText?: (c: AnswerChunk) => void,
+  ): Promise<ChatAnswer[]> {
     this.#live(op);
     const listed = op === 'MoteChat.askAll';
     const reqs = questions.map((q, i) => this.#request(op, q, opts, listed ? `questions[${i}]` : 'question', i));
@@ -253,13 +309,17 @@ export class MoteChat {
     };
     const results = await generate(this.model, reqs, {
       ...(this.bundle ? { router: this.bundle.tokenRouter() } : {}),
-      stepTokens: this.#stepTokens, stepTokenRouting: 'own', onToken,
+      stepTokens: this.#stepTokens,
+      stepTokenRouting: 'own',
+      onToken,
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
     return results.map((r, i) => {
-      const out: AnswerStep[] = steps[i]!
-        .map((s) => ({ step: s.k < 0 ? null : this.config.steps[s.k]!, expert: this.#expert(s.k), text: this.tokenizer.decode(s.ids, { skipSpecialTokens: true }).trim() }))
-        .filter((s) => s.text !== '' || s.step !== null);
+      const out: AnswerStep[] = steps[i]!.map((s) => ({
+        step: s.k < 0 ? null : this.config.steps[s.k]!,
+        expert: this.#expert(s.k),
+        text: this.tokenizer.decode(s.ids, { skipSpecialTokens: true }).trim(),
+      })).filter((s) => s.text !== '' || s.step !== null);
       const answer = out.find((s) => s.step === 'answer') ?? out.at(-1);
       return { steps: out, text: answer?.text ?? '', stopReason: r.stopReason, tokens: r.tokens.length };
     });
@@ -268,7 +328,8 @@ export class MoteChat {
   /** How many tokens `question` is as the model sees it (chat template applied); the model's context is model.config.maxPositionEmbeddings. */
   promptTokens(question: string | readonly ChatMessage[]): number {
     this.#live('promptTokens');
-    const messages = typeof question === 'string' ? [{ role: 'user', content: question }] : question.map((m) => ({ role: m.role, content: m.content }));
+    const messages =
+      typeof question === 'string' ? [{ role: 'user', content: question }] : question.map((m) => ({ role: m.role, content: m.content }));
     return promptIds(this.tokenizer, { prompt: plainPrompt(messages), messages }).length;
   }
 
@@ -282,7 +343,8 @@ export class MoteChat {
    * seed `opts.seed + i`; a signal stops them all.
    */
   async askAll(questions: readonly (string | readonly ChatMessage[])[], opts: AskOptions = {}): Promise<ChatAnswer[]> {
-    if (!Array.isArray(questions) || questions.length === 0) throw new ArgumentError(`MoteChat.askAll: questions: expected a non-empty list, got ${describe(questions)}`);
+    if (!Array.isArray(questions) || questions.length === 0)
+      throw new ArgumentError(`MoteChat.askAll: questions: expected a non-empty list, got ${describe(questions)}`);
     return this.#run('MoteChat.askAll', questions, opts);
   }
 
@@ -304,14 +366,25 @@ export class MoteChat {
       queue.push(c);
       wake?.();
     }).then(
-      (a) => { done = true; wake?.(); return a[0]!; },
-      (e) => { done = true; failure = e; wake?.(); return null; },
+      (a) => {
+        done = true;
+        wake?.();
+        return a[0]!;
+      },
+      (e) => {
+        done = true;
+        failure = e;
+        wake?.();
+        return null;
+      },
     );
     try {
       for (;;) {
         while (queue.length) yield queue.shift()!;
         if (done) break;
-        await new Promise<void>((res) => { wake = res; });
+        await new Promise<void>((res) => {
+          wake = res;
+        });
         wake = null;
       }
       const answer = await run;

@@ -159,13 +159,16 @@ export interface SeqState {
 
 function intIn(op: string, name: string, v: unknown, lo: number, hi = Number.MAX_SAFE_INTEGER): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi) {
-    throw new ArgumentError(`${op}: ${name}: expected an integer in [${lo}, ${hi === Number.MAX_SAFE_INTEGER ? '∞)' : hi + ']'}, got ${describe(v)}`);
+    throw new ArgumentError(
+      `${op}: ${name}: expected an integer in [${lo}, ${hi === Number.MAX_SAFE_INTEGER ? '∞)' : hi + ']'}, got ${describe(v)}`,
+    );
   }
   return v;
 }
 
 function tokenList(op: string, name: string, a: unknown, V: number, minLen: number): number[] {
-  if (!Array.isArray(a) && !ArrayBuffer.isView(a)) throw new ArgumentError(`${op}: ${name}: expected an array of token ids, got ${describe(a)}`);
+  if (!Array.isArray(a) && !ArrayBuffer.isView(a))
+    throw new ArgumentError(`${op}: ${name}: expected an array of token ids, got ${describe(a)}`);
   const arr = Array.from(a as ArrayLike<number>);
   if (arr.length < minLen) throw new ShapeError(`${op}: ${name}: expected at least ${minLen} token id(s), got ${arr.length}`);
   arr.forEach((t, k) => intIn(op, `${name}[${k}]`, t, 0, V - 1));
@@ -200,35 +203,49 @@ export class BatchDecoder {
   /** Prompt run, waiting for their next token to be fed. */
   #running: SeqState[] = [];
 
-  constructor(readonly model: LlamaModel, readonly opts: GenerateOptions, readonly op = 'generate', requestsHint = 1) {
+  constructor(
+    readonly model: LlamaModel,
+    readonly opts: GenerateOptions,
+    readonly op = 'generate',
+    requestsHint = 1,
+  ) {
     if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
     const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
-    if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null)) throw new ArgumentError(`${op}: opts: expected a plain object, got ${describe(opts)}`);
+    if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null))
+      throw new ArgumentError(`${op}: opts: expected a plain object, got ${describe(opts)}`);
     for (const k of Object.keys(opts)) {
-      if (!GENERATE_OPTION_KEYS.has(k)) throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${[...GENERATE_OPTION_KEYS].join(', ')})`);
+      if (!GENERATE_OPTION_KEYS.has(k))
+        throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${[...GENERATE_OPTION_KEYS].join(', ')})`);
     }
     this.V = model.config.vocabSize;
     this.maxContext = model.config.maxPositionEmbeddings;
     // Steps: token → step and step → token.
     if (opts.stepTokens !== undefined) {
-      if (!(opts.stepTokens instanceof Map)) throw new ArgumentError(`${op}: stepTokens: expected a Map of token id → step index, got ${describe(opts.stepTokens)}`);
+      if (!(opts.stepTokens instanceof Map))
+        throw new ArgumentError(`${op}: stepTokens: expected a Map of token id → step index, got ${describe(opts.stepTokens)}`);
       for (const [t, s] of opts.stepTokens) {
         intIn(op, `stepTokens key ${describe(t)}`, t, 0, this.V - 1);
         intIn(op, `stepTokens[${t}]`, s, 0);
-        if (this.tokenOfStep.has(s)) throw new ArgumentError(`${op}: stepTokens: step ${s} has two start tokens (${this.tokenOfStep.get(s)} and ${t})`);
+        if (this.tokenOfStep.has(s))
+          throw new ArgumentError(`${op}: stepTokens: step ${s} has two start tokens (${this.tokenOfStep.get(s)} and ${t})`);
         this.stepOf.set(t, s);
         this.tokenOfStep.set(s, t);
       }
     }
     this.stepList = [...this.tokenOfStep.keys()].sort((a, b) => a - b);
     this.setRouter(opts.router);
-    if (opts.onToken !== undefined && typeof opts.onToken !== 'function') throw new ArgumentError(`${op}: onToken: expected a function, got ${describe(opts.onToken)}`);
+    if (opts.onToken !== undefined && typeof opts.onToken !== 'function')
+      throw new ArgumentError(`${op}: onToken: expected a function, got ${describe(opts.onToken)}`);
     // The cache never needs more than every sequence at the full context: a larger capacity is a mistake, not a reason to allocate.
-    if (opts.cacheCapacity !== undefined) this.#capacity = intIn(op, 'cacheCapacity', opts.cacheCapacity, 1, Math.max(1, requestsHint) * this.maxContext);
-    if (opts.returnLogits !== undefined && typeof opts.returnLogits !== 'boolean') throw new ArgumentError(`${op}: returnLogits: expected a boolean, got ${describe(opts.returnLogits)}`);
-    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(opts.signal)}`);
+    if (opts.cacheCapacity !== undefined)
+      this.#capacity = intIn(op, 'cacheCapacity', opts.cacheCapacity, 1, Math.max(1, requestsHint) * this.maxContext);
+    if (opts.returnLogits !== undefined && typeof opts.returnLogits !== 'boolean')
+      throw new ArgumentError(`${op}: returnLogits: expected a boolean, got ${describe(opts.returnLogits)}`);
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal))
+      throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(opts.signal)}`);
     const stepTokenRouting = opts.stepTokenRouting ?? 'previous';
-    if (stepTokenRouting !== 'previous' && stepTokenRouting !== 'own') throw new ArgumentError(`${op}: stepTokenRouting: expected 'previous' or 'own', got ${describe(stepTokenRouting)}`);
+    if (stepTokenRouting !== 'previous' && stepTokenRouting !== 'own')
+      throw new ArgumentError(`${op}: stepTokenRouting: expected 'previous' or 'own', got ${describe(stepTokenRouting)}`);
     this.stepTokenRouting = stepTokenRouting;
   }
 
@@ -239,8 +256,10 @@ export class BatchDecoder {
     if (router !== undefined) {
       if (!router || typeof router !== 'object') throw new ArgumentError(`${op}: router: expected a TokenRouter, got ${describe(router)}`);
       intIn(op, 'router.K', router.K, 1);
-      if (!Array.isArray(router.stacks)) throw new ArgumentError(`${op}: router.stacks: expected one entry per layer, got ${describe(router.stacks)}`);
-      if (typeof router.slotsFor !== 'function') throw new ArgumentError(`${op}: router.slotsFor: expected a function, got ${describe(router.slotsFor)}`);
+      if (!Array.isArray(router.stacks))
+        throw new ArgumentError(`${op}: router.stacks: expected one entry per layer, got ${describe(router.stacks)}`);
+      if (typeof router.slotsFor !== 'function')
+        throw new ArgumentError(`${op}: router.slotsFor: expected a function, got ${describe(router.slotsFor)}`);
       if (router.L !== undefined) L = intIn(op, 'router.L', router.L, 1);
       else {
         const first = router.stacks.flatMap((m) => Object.values(m ?? {})).find((s) => s !== undefined) as LoraStack | undefined;
@@ -267,30 +286,36 @@ export class BatchDecoder {
     if (!req || typeof req !== 'object') throw new ArgumentError(`${op}: ${r}: expected { prompt, maxNewTokens, … }, got ${describe(req)}`);
     const prompt = tokenList(op, `${r}.prompt`, req.prompt, this.V, 1);
     if (prompt.length >= this.maxContext) {
-      throw new ArgumentError(`${op}: ${r}.prompt: ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${this.maxContext} ` +
-        `tokens: a prompt may have at most ${this.maxContext - 1} to leave room for a generated token`);
+      throw new ArgumentError(
+        `${op}: ${r}.prompt: ${prompt.length} tokens, but the model's context (max_position_embeddings) is ${this.maxContext} ` +
+          `tokens: a prompt may have at most ${this.maxContext - 1} to leave room for a generated token`,
+      );
     }
     intIn(op, `${r}.maxNewTokens`, req.maxNewTokens, 0);
     const stop = new Set(req.stop === undefined ? [] : tokenList(op, `${r}.stop`, req.stop, this.V, 0));
     const sampling = checkSampling(`${op}: ${r}.sampling`, req.sampling);
     const seed = req.seed === undefined ? 0 : checkSeed(op, `${r}.seed`, req.seed);
     if (req.routing !== undefined) {
-      if (typeof req.routing !== 'function') throw new ArgumentError(`${op}: ${r}.routing: expected a function (state) => { slots, weights }, got ${describe(req.routing)}`);
+      if (typeof req.routing !== 'function')
+        throw new ArgumentError(`${op}: ${r}.routing: expected a function (state) => { slots, weights }, got ${describe(req.routing)}`);
       if (!this.#router) throw new ArgumentError(`${op}: ${r}.routing: needs opts.router (its stacks hold the adapters)`);
     }
     const knownStep = (name: string, s: unknown): number => {
       intIn(op, name, s, 0);
-      if (!this.tokenOfStep.has(s as number)) throw new ArgumentError(`${op}: ${name}: step ${s as number} has no start token in stepTokens`);
+      if (!this.tokenOfStep.has(s as number))
+        throw new ArgumentError(`${op}: ${name}: step ${s as number} has no start token in stepTokens`);
       return s as number;
     };
     const skip = new Set<number>();
     if (req.skipSteps !== undefined) {
-      if (!Array.isArray(req.skipSteps)) throw new ArgumentError(`${op}: ${r}.skipSteps: expected an array of step indices, got ${describe(req.skipSteps)}`);
+      if (!Array.isArray(req.skipSteps))
+        throw new ArgumentError(`${op}: ${r}.skipSteps: expected an array of step indices, got ${describe(req.skipSteps)}`);
       (req.skipSteps as readonly number[]).forEach((s, k) => skip.add(knownStep(`${r}.skipSteps[${k}]`, s)));
     }
     const force = new Map<number, number>();
     if (req.force !== undefined) {
-      if (!Array.isArray(req.force)) throw new ArgumentError(`${op}: ${r}.force: expected an array of { step, at? }, got ${describe(req.force)}`);
+      if (!Array.isArray(req.force))
+        throw new ArgumentError(`${op}: ${r}.force: expected an array of { step, at? }, got ${describe(req.force)}`);
       (req.force as readonly ForceStep[]).forEach((f, k) => {
         if (!f || typeof f !== 'object') throw new ArgumentError(`${op}: ${r}.force[${k}]: expected { step, at? }, got ${describe(f)}`);
         const s = knownStep(`${r}.force[${k}].step`, f.step);
@@ -304,8 +329,19 @@ export class BatchDecoder {
     const result: GenerateResult = { tokens: [], steps: [], stopReason: 'length' };
     if (this.opts.returnLogits) result.logits = [];
     return {
-      i, cacheId: -1, req: { ...req, prompt }, sampling, rng: new SeededRng(seed), stop, skip, force, stopAfter, step: -1, result,
-      done: req.maxNewTokens === 0, next: null,
+      i,
+      cacheId: -1,
+      req: { ...req, prompt },
+      sampling,
+      rng: new SeededRng(seed),
+      stop,
+      skip,
+      force,
+      stopAfter,
+      step: -1,
+      result,
+      done: req.maxNewTokens === 0,
+      next: null,
     };
   }
 
@@ -332,7 +368,9 @@ export class BatchDecoder {
     const K = router.K;
     const who = s.req.routing ? `requests[${s.i}].routing` : 'router.slotsFor';
     if (!rs || typeof rs !== 'object' || !rs.slots || !rs.weights || rs.slots.length !== K || rs.weights.length !== K) {
-      throw new ShapeError(`${this.op}: ${who}(step ${step}) for sequence ${s.i}: expected { slots, weights } with ${K} entries each, got ${describe(rs)}`);
+      throw new ShapeError(
+        `${this.op}: ${who}(step ${step}) for sequence ${s.i}: expected { slots, weights } with ${K} entries each, got ${describe(rs)}`,
+      );
     }
     return rs;
   }
@@ -352,17 +390,27 @@ export class BatchDecoder {
     let forced = false;
     let token: number;
     const f = s.force.get(index);
-    if (f !== undefined) { token = this.tokenOfStep.get(f)!; forced = true; }
-    else token = sampleToken(row, s.sampling, s.rng);
+    if (f !== undefined) {
+      token = this.tokenOfStep.get(f)!;
+      forced = true;
+    } else token = sampleToken(row, s.sampling, s.rng);
     let step = this.stepOf.get(token);
     if (step !== undefined && !forced && s.skip.has(step)) {
       const next = this.stepList.find((x) => x > step! && !s.skip.has(x));
-      if (next === undefined) { s.done = true; res.stopReason = 'step'; return null; }
+      if (next === undefined) {
+        s.done = true;
+        res.stopReason = 'step';
+        return null;
+      }
       step = next;
       token = this.tokenOfStep.get(next)!;
       forced = true;
     }
-    if (step !== undefined && step > s.stopAfter) { s.done = true; res.stopReason = 'step'; return null; }
+    if (step !== undefined && step > s.stopAfter) {
+      s.done = true;
+      res.stopReason = 'step';
+      return null;
+    }
     if (step !== undefined) s.step = step;
     res.tokens.push(token);
     res.steps.push(s.step);
@@ -370,10 +418,22 @@ export class BatchDecoder {
     const e: TokenEvent = { seq: s.i, token, step: s.step, index, forced };
     this.opts.onToken?.(e);
     s.onToken?.(e);
-    if (s.stop.has(token)) { s.done = true; res.stopReason = 'stop'; return null; }
-    if (res.tokens.length >= s.req.maxNewTokens) { s.done = true; res.stopReason = 'length'; return null; }
+    if (s.stop.has(token)) {
+      s.done = true;
+      res.stopReason = 'stop';
+      return null;
+    }
+    if (res.tokens.length >= s.req.maxNewTokens) {
+      s.done = true;
+      res.stopReason = 'length';
+      return null;
+    }
     // The next token would be fed at position prompt + generated: past the context, stop here.
-    if (s.req.prompt.length + res.tokens.length >= this.maxContext) { s.done = true; res.stopReason = 'context'; return null; }
+    if (s.req.prompt.length + res.tokens.length >= this.maxContext) {
+      s.done = true;
+      res.stopReason = 'context';
+      return null;
+    }
     return token;
   }
 
@@ -420,10 +480,16 @@ export class BatchDecoder {
     const next: SeqState[] = [];
     const finished: SeqState[] = [];
     order.forEach((s, r) => {
-      if (s.done) { finished.push(s); return; } // ended from outside during the forward
+      if (s.done) {
+        finished.push(s);
+        return;
+      } // ended from outside during the forward
       const t = this.#choose(s, logits.slice(r * V, (r + 1) * V));
       if (t === null) finished.push(s);
-      else { s.next = t; next.push(s); }
+      else {
+        s.next = t;
+        next.push(s);
+      }
     });
     // Nothing left: clearing is cheaper than compacting.
     if (finished.length) {
@@ -446,17 +512,27 @@ export class BatchDecoder {
       for (const { s, step } of batch) {
         const key = `${s.cacheId}:${step}`;
         let rs = memo.get(key);
-        if (!rs) { rs = this.#routeOf(s, step); memo.set(key, rs); }
+        if (!rs) {
+          rs = this.#routeOf(s, step);
+          memo.set(key, rs);
+        }
         slots.push(...rs.slots);
         weights.push(...rs.weights);
       }
       routing = loraRouting(this.model.backend, slots, { K: router.K, L: this.#L, weight: weights });
     }
     try {
-      return await this.model.logits(batch.map((b) => b.token), {
-        seq: batch.map((b) => b.s.cacheId), cache: this.#cache!, logitRows: rows,
-        ...(router ? { lora: { stacks: router.stacks, routing: routing!, ...(router.strategy ? { strategy: router.strategy } : {}) } } : {}),
-      });
+      return await this.model.logits(
+        batch.map((b) => b.token),
+        {
+          seq: batch.map((b) => b.s.cacheId),
+          cache: this.#cache!,
+          logitRows: rows,
+          ...(router
+            ? { lora: { stacks: router.stacks, routing: routing!, ...(router.strategy ? { strategy: router.strategy } : {}) } }
+            : {}),
+        },
+      );
     } finally {
       routing?.dispose();
     }
@@ -474,7 +550,11 @@ export class BatchDecoder {
  * Generates continuations of `requests` in one batch. Returns one result per request, in order;
  * streams every token through opts.onToken as it is chosen.
  */
-export async function generate(model: LlamaModel, requests: readonly GenerateRequest[], opts: GenerateOptions = {}): Promise<GenerateResult[]> {
+export async function generate(
+  model: LlamaModel,
+  requests: readonly GenerateRequest[],
+  opts: GenerateOptions = {},
+): Promise<GenerateResult[]> {
   const op = 'generate';
   if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
   if (!Array.isArray(requests)) throw new ArgumentError(`${op}: requests: expected an array of requests, got ${describe(requests)}`);

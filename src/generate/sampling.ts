@@ -33,11 +33,16 @@ export function checkSampling(op: string, opts: SamplingOptions | undefined): Re
   if (opts === undefined) return { temperature: 0, topK: Infinity, topP: 1 };
   const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
   if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null)) {
-    throw new ArgumentError(`${op}${op.endsWith('sampling') ? '' : ': sampling'}: expected a plain object { temperature?, topK?, topP? }, got ${describe(opts)}`);
+    throw new ArgumentError(
+      `${op}${op.endsWith('sampling') ? '' : ': sampling'}: expected a plain object { temperature?, topK?, topP? }, got ${describe(opts)}`,
+    );
   }
   // A misspelt option would otherwise be ignored silently (greedy instead of sampling).
   for (const k of Object.keys(opts)) {
-    if (k !== 'temperature' && k !== 'topK' && k !== 'topP') throw new ArgumentError(`${op}${op.endsWith('sampling') ? '' : ': sampling'}: unknown option '${k}' (expected temperature, topK, topP)`);
+    if (k !== 'temperature' && k !== 'topK' && k !== 'topP')
+      throw new ArgumentError(
+        `${op}${op.endsWith('sampling') ? '' : ': sampling'}: unknown option '${k}' (expected temperature, topK, topP)`,
+      );
   }
   const { temperature = 0, topK, topP = 1 } = opts;
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0) {
@@ -72,7 +77,8 @@ export class SeededRng {
 }
 
 function checkRow(op: string, logits: ArrayLike<number>): void {
-  if (!logits || typeof logits.length !== 'number') throw new ArgumentError(`${op}: logits: expected a row of numbers, got ${describe(logits)}`);
+  if (!logits || typeof logits.length !== 'number')
+    throw new ArgumentError(`${op}: logits: expected a row of numbers, got ${describe(logits)}`);
   if (logits.length === 0) throw new ShapeError(`${op}: logits: expected at least one entry, got none`);
 }
 
@@ -83,7 +89,10 @@ export function argmax(logits: ArrayLike<number>): number {
   let bv = -Infinity;
   for (let i = 0; i < logits.length; i++) {
     const v = logits[i]!;
-    if (v > bv || (best < 0 && v === bv)) { bv = v; best = i; }
+    if (v > bv || (best < 0 && v === bv)) {
+      bv = v;
+      best = i;
+    }
   }
   return best < 0 ? 0 : best;
 }
@@ -93,7 +102,10 @@ export function argmax(logits: ArrayLike<number>): number {
  * descending probability (ties: lower id first) with their renormalised probabilities. For
  * temperature 0 it is the argmax with probability 1.
  */
-export function samplingDistribution(logits: ArrayLike<number>, opts: SamplingOptions | ResolvedSampling = {}): { ids: number[]; probs: number[] } {
+export function samplingDistribution(
+  logits: ArrayLike<number>,
+  opts: SamplingOptions | ResolvedSampling = {},
+): { ids: number[]; probs: number[] } {
   checkRow('samplingDistribution', logits);
   const o = checkSampling('samplingDistribution', opts as SamplingOptions);
   if (o.temperature === 0) return { ids: [argmax(logits)], probs: [1] };
@@ -101,7 +113,7 @@ export function samplingDistribution(logits: ArrayLike<number>, opts: SamplingOp
   const order: number[] = [];
   for (let i = 0; i < V; i++) if (!Number.isNaN(logits[i]!)) order.push(i);
   if (order.length === 0) return { ids: [0], probs: [1] };
-  order.sort((a, b) => (logits[b]! - logits[a]!) || a - b);
+  order.sort((a, b) => logits[b]! - logits[a]! || a - b);
   const kept = order.slice(0, Math.min(order.length, o.topK));
   const max = logits[kept[0]!]! / o.temperature;
   let p = kept.map((i) => Math.exp(logits[i]! / o.temperature - max));

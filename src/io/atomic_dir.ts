@@ -42,8 +42,18 @@ export const MARKER_FORMAT = 'mote-written';
 const MARKER_VERSION = 1;
 const MARKER_MAX_BYTES = 16 * 1024 * 1024;
 
-export interface MarkerFile { bytes: number; sha256: string }
-export interface Marker { format: typeof MARKER_FORMAT; version: number; kind: string; complete: boolean; pid?: number; files: Record<string, MarkerFile> }
+export interface MarkerFile {
+  bytes: number;
+  sha256: string;
+}
+export interface Marker {
+  format: typeof MARKER_FORMAT;
+  version: number;
+  kind: string;
+  complete: boolean;
+  pid?: number;
+  files: Record<string, MarkerFile>;
+}
 
 export interface ReplaceDirOptions {
   /** What mote writes here ('mote-checkpoint', 'hf-model', 'mote-bundle', 'peft-export'). */
@@ -79,8 +89,14 @@ export function testPoint(name: string): void {
 function fsyncPath(p: string): void {
   try {
     const fd = fs.openSync(p, 'r');
-    try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
-  } catch { /* some platforms cannot fsync a directory: that only weakens durability */ }
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    /* some platforms cannot fsync a directory: that only weakens durability */
+  }
 }
 
 /** Regular files under `dir`, as '/'-separated paths relative to it (symlinks are listed, not followed). */
@@ -139,7 +155,8 @@ export function readMarker(dir: string): Marker | null {
     const st = fs.lstatSync(file);
     if (!st.isFile() || st.size > MARKER_MAX_BYTES) return null;
     const j = parseJson(fs.readFileSync(file, 'utf8'), file) as Record<string, unknown>;
-    if (!j || typeof j !== 'object' || j.format !== MARKER_FORMAT || typeof j.kind !== 'string' || typeof j.complete !== 'boolean') return null;
+    if (!j || typeof j !== 'object' || j.format !== MARKER_FORMAT || typeof j.kind !== 'string' || typeof j.complete !== 'boolean')
+      return null;
     const files = j.files ?? {};
     if (typeof files !== 'object' || files === null || Array.isArray(files)) return null;
     for (const [rel, f] of Object.entries(files as Record<string, unknown>)) {
@@ -168,7 +185,11 @@ export function checkWrittenDir(dir: string): string | null {
   for (const [rel, f] of Object.entries(m.files)) {
     const p = path.join(dir, rel);
     let st: Stats;
-    try { st = fs.lstatSync(p); } catch { return `${p}: missing`; }
+    try {
+      st = fs.lstatSync(p);
+    } catch {
+      return `${p}: missing`;
+    }
     if (!st.isFile()) return `${p}: not a regular file`;
     if (st.size !== f.bytes) return `${p}: ${st.size} bytes, ${f.bytes} were written`;
     if (sha256File(p) !== f.sha256) return `${p}: its contents differ from what was written (SHA-256)`;
@@ -214,7 +235,9 @@ export function removeWrittenDir(dir: string): boolean {
         fs.rmdirSync(dir);
         return true;
       }
-    } catch { /* not there */ }
+    } catch {
+      /* not there */
+    }
     return false;
   }
   // An in-progress marker: mote created this folder empty, so everything in it is mote's.
@@ -228,9 +251,14 @@ const STALE = /^(.*)\.(tmp|old)-(\d+)$/;
 /** `<dir>.tmp-<pid>` / `<dir>.old-<pid>` siblings of `dir` left by processes that are gone. */
 export function staleTemporaries(dir: string): { path: string; which: 'tmp' | 'old'; pid: number }[] {
   dir = path.resolve(dir);
-  const parent = path.dirname(dir), base = path.basename(dir);
+  const parent = path.dirname(dir),
+    base = path.basename(dir);
   let names: string[];
-  try { names = fs.readdirSync(parent); } catch { return []; }
+  try {
+    names = fs.readdirSync(parent);
+  } catch {
+    return [];
+  }
   const out: { path: string; which: 'tmp' | 'old'; pid: number }[] = [];
   for (const n of names) {
     const g = STALE.exec(n);
@@ -238,7 +266,11 @@ export function staleTemporaries(dir: string): { path: string; which: 'tmp' | 'o
     const pid = Number(g[3]);
     if (pid === process.pid || pidAlive(pid)) continue;
     const p = path.join(parent, n);
-    try { if (!fs.lstatSync(p).isDirectory()) continue; } catch { continue; }
+    try {
+      if (!fs.lstatSync(p).isDirectory()) continue;
+    } catch {
+      continue;
+    }
     out.push({ path: p, which: g[2] as 'tmp' | 'old', pid });
   }
   return out;
@@ -248,7 +280,11 @@ export function staleTemporaries(dir: string): { path: string; which: 'tmp' | 'o
 export function cleanStaleTemporaries(dir: string): string[] {
   const removed: string[] = [];
   for (const s of staleTemporaries(dir)) {
-    try { if (removeWrittenDir(s.path)) removed.push(s.path); } catch { /* best effort: a later write tries again */ }
+    try {
+      if (removeWrittenDir(s.path)) removed.push(s.path);
+    } catch {
+      /* best effort: a later write tries again */
+    }
   }
   return removed;
 }
@@ -258,7 +294,10 @@ function claimSibling(op: string, dir: string, which: 'tmp' | 'old'): string {
   const p = `${dir}.${which}-${process.pid}`;
   if (fs.existsSync(p)) {
     removeWrittenDir(p);
-    if (fs.existsSync(p)) throw new ArgumentError(`${op}: ${p} exists and was not written by mote; move it away (mote needs that name for its temporary copy of ${dir})`);
+    if (fs.existsSync(p))
+      throw new ArgumentError(
+        `${op}: ${p} exists and was not written by mote; move it away (mote needs that name for its temporary copy of ${dir})`,
+      );
   }
   return p;
 }
@@ -297,7 +336,11 @@ type Plan = { how: 'create' } | { how: 'swap'; owned: Set<string> } | { how: 'me
 export function checkReplaceable(op: string, dir: string, opts: ReplaceDirOptions): Plan {
   dir = path.resolve(dir);
   let st: Stats;
-  try { st = fs.statSync(dir); } catch { return { how: 'create' }; }
+  try {
+    st = fs.statSync(dir);
+  } catch {
+    return { how: 'create' };
+  }
   if (!st.isDirectory()) throw new ArgumentError(`${op}: ${dir} exists and is not a directory`);
   const all = listFiles(dir);
   if (all.length === 0) return { how: 'create' };
@@ -306,7 +349,9 @@ export function checkReplaceable(op: string, dir: string, opts: ReplaceDirOption
   const sameKind = owned !== null && (m ? m.kind === opts.kind : true);
   if (!sameKind && !opts.overwrite) {
     const what = owned ? `holds a mote ${m!.kind}, not a ${opts.kind}` : `is not empty and was not written by mote (no ${MARKER_FILE})`;
-    throw new ArgumentError(`${op}: ${dir} ${what}; refusing to replace it. Pass { overwrite: true } (CLI: --overwrite) to write mote's files into it: files mote did not write are kept (one it would replace is renamed to <name>.before-mote), never deleted`);
+    throw new ArgumentError(
+      `${op}: ${dir} ${what}; refusing to replace it. Pass { overwrite: true } (CLI: --overwrite) to write mote's files into it: files mote did not write are kept (one it would replace is renamed to <name>.before-mote), never deleted`,
+    );
   }
   if (owned && all.every((f) => owned.has(f))) return { how: 'swap', owned };
   return { how: 'merge', owned, old: m };
@@ -324,7 +369,12 @@ function asideName(file: string): string {
  * as the header describes. On any error before the swap the temporary folder is removed and
  * `dir` is left as it was.
  */
-export async function replaceDirAtomically(op: string, dir: string, opts: ReplaceDirOptions, fill: (tmp: string) => Promise<void> | void): Promise<void> {
+export async function replaceDirAtomically(
+  op: string,
+  dir: string,
+  opts: ReplaceDirOptions,
+  fill: (tmp: string) => Promise<void> | void,
+): Promise<void> {
   dir = path.resolve(dir);
   checkReplaceable(op, dir, opts);
   cleanStaleTemporaries(dir);
@@ -332,7 +382,11 @@ export async function replaceDirAtomically(op: string, dir: string, opts: Replac
   const tmp = claimSibling(op, dir, 'tmp');
   fs.mkdirSync(tmp);
   try {
-    writeFileDurably(path.join(tmp, MARKER_FILE), JSON.stringify({ format: MARKER_FORMAT, version: MARKER_VERSION, kind: opts.kind, complete: false, pid: process.pid, files: {} }) + '\n');
+    writeFileDurably(
+      path.join(tmp, MARKER_FILE),
+      JSON.stringify({ format: MARKER_FORMAT, version: MARKER_VERSION, kind: opts.kind, complete: false, pid: process.pid, files: {} }) +
+        '\n',
+    );
     testPoint('fill');
     await fill(tmp);
     testPoint('filled');
@@ -383,7 +437,13 @@ export async function replaceDirAtomically(op: string, dir: string, opts: Replac
 }
 
 /** Moves the files of the complete `tmp` into `dir` one by one (see the header); the marker goes last. */
-function merge(op: string, dir: string, tmp: string, opts: ReplaceDirOptions, plan: { owned: Set<string> | null; old: Marker | null }): void {
+function merge(
+  op: string,
+  dir: string,
+  tmp: string,
+  opts: ReplaceDirOptions,
+  plan: { owned: Set<string> | null; old: Marker | null },
+): void {
   const owned = plan.owned ?? new Set<string>();
   const incoming = listFiles(tmp);
   const incomingSet = new Set(incoming);
@@ -426,7 +486,12 @@ function merge(op: string, dir: string, tmp: string, opts: ReplaceDirOptions, pl
   fs.renameSync(path.join(tmp, MARKER_FILE), path.join(dir, MARKER_FILE));
   for (const rel of owned) {
     const d = path.dirname(path.join(dir, rel));
-    if (d !== dir) try { if (fs.readdirSync(d).length === 0) fs.rmdirSync(d); } catch { /* not empty or gone */ }
+    if (d !== dir)
+      try {
+        if (fs.readdirSync(d).length === 0) fs.rmdirSync(d);
+      } catch {
+        /* not empty or gone */
+      }
   }
   fs.rmSync(tmp, { recursive: true, force: true });
 }
@@ -437,7 +502,7 @@ export function tryJson(file: string): Record<string, unknown> | null {
     const st = fs.lstatSync(file);
     if (!st.isFile() || st.size > MARKER_MAX_BYTES) return null;
     const j = parseJson(fs.readFileSync(file, 'utf8'), file);
-    return j && typeof j === 'object' && !Array.isArray(j) ? j as Record<string, unknown> : null;
+    return j && typeof j === 'object' && !Array.isArray(j) ? (j as Record<string, unknown>) : null;
   } catch (e) {
     if (e instanceof FormatError) return null;
     return null;

@@ -6,7 +6,9 @@
 
 import { ArgumentError } from '../errors.js';
 
-interface BuiltinHost { getBuiltinModule?: (id: string) => object | undefined }
+interface BuiltinHost {
+  getBuiltinModule?: (id: string) => object | undefined;
+}
 
 /** True when Node's built-ins can be reached (Node ≥ 20.16 / 22.3). */
 export function hasNodeBuiltins(): boolean {
@@ -25,8 +27,10 @@ export function nodeBuiltin<T extends object>(id: string): T {
     const p = (globalThis as { process?: BuiltinHost }).process;
     const m = typeof p?.getBuiltinModule === 'function' ? p.getBuiltinModule(id) : undefined;
     if (!m) {
-      throw new ArgumentError(`${id} is not available here: file paths work only in Node; ` +
-        'pass a URL, File/Blob map, bytes or an OPFS folder instead (see openSource / openSink)');
+      throw new ArgumentError(
+        `${id} is not available here: file paths work only in Node; ` +
+          'pass a URL, File/Blob map, bytes or an OPFS folder instead (see openSource / openSink)',
+      );
     }
     return (real = m as T);
   };

@@ -47,7 +47,10 @@ export async function dirAt(root: DirHandle, parts: readonly string[], create: b
 
 /** An OPFS folder as a Folder (list/read/write/remove by relative path). */
 export function opfsFolder(root: DirHandle): Folder {
-  const split = (rel: string) => { const ps = rel.split('/'); return { dirs: ps.slice(0, -1), file: ps[ps.length - 1]! }; };
+  const split = (rel: string) => {
+    const ps = rel.split('/');
+    return { dirs: ps.slice(0, -1), file: ps[ps.length - 1]! };
+  };
   return {
     async list() {
       const out: string[] = [];
@@ -87,8 +90,11 @@ export function opfsFolder(root: DirHandle): Folder {
       const { dirs, file } = split(rel);
       const d = await dirAt(root, dirs, false);
       if (!d) return;
-      try { await d.removeEntry(file); } catch (e) { if (!isNotFound(e)) throw e; }
+      try {
+        await d.removeEntry(file);
+      } catch (e) {
+        if (!isNotFound(e)) throw e;
+      }
     },
   };
 }
-

@@ -54,7 +54,8 @@ export function peftModulePath(layer: number, module: LinearModule): string {
 
 /** PEFT's saved key of a LoRA factor: `base_model.model.model.layers.{layer}.self_attn.q_proj.lora_A.weight`. */
 export function peftKey(layer: number, module: LinearModule, which: 'A' | 'B'): string {
-  if (!Number.isSafeInteger(layer) || layer < 0) throw new ArgumentError(`peftKey: layer must be a non-negative integer, got ${describe(layer)}`);
+  if (!Number.isSafeInteger(layer) || layer < 0)
+    throw new ArgumentError(`peftKey: layer must be a non-negative integer, got ${describe(layer)}`);
   if (!(LINEAR_MODULES as readonly string[]).includes(module)) {
     throw new ArgumentError(`peftKey: module must be one of ${LINEAR_MODULES.join(', ')}, got ${describe(module)}`);
   }
@@ -168,7 +169,9 @@ function checkRegex(fail: (what: string) => never, pattern: string): void {
   try {
     re2(pattern);
   } catch (e) {
-    fail(`is not a regular expression mote can match in linear time (RE2 syntax: no backreferences or lookaround): ${(e as Error).message}`);
+    fail(
+      `is not a regular expression mote can match in linear time (RE2 syntax: no backreferences or lookaround): ${(e as Error).message}`,
+    );
   }
 }
 
@@ -199,9 +202,11 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
   }
   if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
   const j = json;
-  const failer = (key: string) => (what: string): never => {
-    throw new FormatError(`${file}: ${key} ${what}`);
-  };
+  const failer =
+    (key: string) =>
+    (what: string): never => {
+      throw new FormatError(`${file}: ${key} ${what}`);
+    };
   const given = (k: string) => j[k] !== undefined && j[k] !== null;
 
   if (given('peft_type') && j.peft_type !== 'LORA') failer('peft_type')(`${describe(j.peft_type)} is not supported (only LORA)`);
@@ -236,8 +241,10 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
   if (given('exclude_modules')) {
     const v = j.exclude_modules;
     if (typeof v === 'string') checkRegex(failer('exclude_modules'), v);
-    else if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) failer('exclude_modules')(`must be a list of names or a regex string, got ${describe(v)}`);
-    else if (v.length > MAX_CONFIG_ENTRIES) failer('exclude_modules')(`lists ${v.length} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
+    else if (!Array.isArray(v) || !v.every((s) => typeof s === 'string'))
+      failer('exclude_modules')(`must be a list of names or a regex string, got ${describe(v)}`);
+    else if (v.length > MAX_CONFIG_ENTRIES)
+      failer('exclude_modules')(`lists ${v.length} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
     excludeModules = v as string[] | string;
   }
 
@@ -248,7 +255,8 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
     if (!Array.isArray(list) || !list.every((x) => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0)) {
       failer('layers_to_transform')(`must be a layer index or a list of them, got ${describe(v)}`);
     }
-    if ((list as number[]).length > MAX_CONFIG_ENTRIES) failer('layers_to_transform')(`lists ${(list as number[]).length} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
+    if ((list as number[]).length > MAX_CONFIG_ENTRIES)
+      failer('layers_to_transform')(`lists ${(list as number[]).length} entries, more than the ${MAX_CONFIG_ENTRIES} mote accepts`);
     layersToTransform = [...new Set(list as number[])];
   }
 
@@ -258,13 +266,15 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
     return j[k] as boolean;
   };
   const useRslora = flag('use_rslora', false);
-  if (flag('fan_in_fan_out', false)) failer('fan_in_fan_out')('must be false (weights stored transposed, as for GPT-2 Conv1D, are not supported)');
+  if (flag('fan_in_fan_out', false))
+    failer('fan_in_fan_out')('must be false (weights stored transposed, as for GPT-2 Conv1D, are not supported)');
   if (flag('use_dora', false)) failer('use_dora')('must be false (DoRA is not supported)');
   if (flag('lora_bias', false)) failer('lora_bias')('must be false (LoRA bias terms are not supported)');
   if (given('bias') && j.bias !== 'none') failer('bias')(`${describe(j.bias)} is not supported (only 'none')`);
   for (const k of ['modules_to_save', 'layer_replication', 'target_parameters', 'trainable_token_indices']) {
     const v = j[k];
-    const empty = v === undefined || v === null || (Array.isArray(v) && v.length === 0) || (isPlainObject(v) && Object.keys(v).length === 0);
+    const empty =
+      v === undefined || v === null || (Array.isArray(v) && v.length === 0) || (isPlainObject(v) && Object.keys(v).length === 0);
     if (!empty) failer(k)(`must be null or empty (not supported), got ${describe(v)}`);
   }
 
@@ -299,8 +309,18 @@ export function parsePeftConfig(json: unknown, file = ADAPTER_CONFIG_FILE): Peft
   if (taskType !== null && taskType !== 'CAUSAL_LM') failer('task_type')(`'${taskType}' is not supported (CAUSAL_LM or null)`);
 
   return {
-    r, loraAlpha, targetModules, excludeModules, layersToTransform, useRslora, rankPattern, alphaPattern, loraDropout,
-    bias: 'none', taskType, baseModelNameOrPath: optStr('base_model_name_or_path'),
+    r,
+    loraAlpha,
+    targetModules,
+    excludeModules,
+    layersToTransform,
+    useRslora,
+    rankPattern,
+    alphaPattern,
+    loraDropout,
+    bias: 'none',
+    taskType,
+    baseModelNameOrPath: optStr('base_model_name_or_path'),
   };
 }
 
@@ -343,7 +363,7 @@ export function makePeftConfig(opts: MakePeftConfigOptions): Record<string, unkn
     r: opts.r,
     rank_pattern: { ...(opts.rankPattern ?? {}) },
     revision: null,
-    target_modules: Array.isArray(opts.targetModules) ? [...opts.targetModules] : opts.targetModules ?? [...LINEAR_MODULES],
+    target_modules: Array.isArray(opts.targetModules) ? [...opts.targetModules] : (opts.targetModules ?? [...LINEAR_MODULES]),
     task_type: opts.taskType === undefined ? 'CAUSAL_LM' : opts.taskType,
     use_dora: false,
     use_rslora: opts.useRslora ?? false,
@@ -361,8 +381,16 @@ export function makePeftConfig(opts: MakePeftConfigOptions): Record<string, unkn
 /** The makePeftConfig options that reproduce `cfg`. */
 export function peftConfigOptions(cfg: PeftConfig): MakePeftConfigOptions {
   return {
-    r: cfg.r, loraAlpha: cfg.loraAlpha, targetModules: cfg.targetModules, excludeModules: cfg.excludeModules,
-    layersToTransform: cfg.layersToTransform, useRslora: cfg.useRslora, rankPattern: cfg.rankPattern,
-    alphaPattern: cfg.alphaPattern, loraDropout: cfg.loraDropout, taskType: cfg.taskType, baseModelNameOrPath: cfg.baseModelNameOrPath,
+    r: cfg.r,
+    loraAlpha: cfg.loraAlpha,
+    targetModules: cfg.targetModules,
+    excludeModules: cfg.excludeModules,
+    layersToTransform: cfg.layersToTransform,
+    useRslora: cfg.useRslora,
+    rankPattern: cfg.rankPattern,
+    alphaPattern: cfg.alphaPattern,
+    loraDropout: cfg.loraDropout,
+    taskType: cfg.taskType,
+    baseModelNameOrPath: cfg.baseModelNameOrPath,
   };
 }

@@ -103,7 +103,8 @@ export function parseHHTranscript(text: string): ChatMessage[] {
   if (turns[0]!.role !== 'user') throw new FormatError('the transcript starts with an Assistant turn (expected Human first)');
   if (turns.length > 1 && turns[turns.length - 1]!.role === 'assistant' && turns[turns.length - 1]!.content === '') turns.pop();
   for (const [i, t] of turns.entries()) {
-    if (i > 0 && t.role === turns[i - 1]!.role) throw new FormatError(`turn ${i + 1}: two ${t.role === 'user' ? 'Human' : 'Assistant'} turns in a row`);
+    if (i > 0 && t.role === turns[i - 1]!.role)
+      throw new FormatError(`turn ${i + 1}: two ${t.role === 'user' ? 'Human' : 'Assistant'} turns in a row`);
     if (t.content === '') throw new FormatError(`turn ${i + 1}: empty ${t.role === 'user' ? 'Human' : 'Assistant'} turn`);
   }
   return turns;
@@ -112,7 +113,11 @@ export function parseHHTranscript(text: string): ChatMessage[] {
 /** The conversation up to and including its last user message; FormatError when it has none. */
 export function promptMessages(messages: readonly ChatMessage[]): ChatMessage[] {
   let last = -1;
-  for (let i = messages.length - 1; i >= 0; i--) if (messages[i]!.role === 'user') { last = i; break; }
+  for (let i = messages.length - 1; i >= 0; i--)
+    if (messages[i]!.role === 'user') {
+      last = i;
+      break;
+    }
   if (last < 0) throw new FormatError('no user message');
   return messages.slice(0, last + 1).map((m) => ({ role: m.role, content: m.content }));
 }
@@ -133,7 +138,12 @@ export function plainPrompt(messages: readonly ChatMessage[]): string {
 function checkMessages(v: unknown[]): ChatMessage[] {
   const out: ChatMessage[] = [];
   for (const [i, m] of v.entries()) {
-    if (typeof m !== 'object' || m === null || typeof (m as ChatMessage).role !== 'string' || typeof (m as ChatMessage).content !== 'string') {
+    if (
+      typeof m !== 'object' ||
+      m === null ||
+      typeof (m as ChatMessage).role !== 'string' ||
+      typeof (m as ChatMessage).content !== 'string'
+    ) {
       throw new FormatError(`messages[${i}]: expected { role: string, content: string }`);
     }
     out.push({ role: (m as ChatMessage).role, content: (m as ChatMessage).content });
@@ -152,7 +162,9 @@ function fromString(s: string): ChatMessage[] {
 function fromEntry(v: unknown): ChatMessage[] {
   if (typeof v === 'string') return fromString(v);
   if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-    throw new FormatError(`expected a string or an object with "prompt", "question", "messages" or "chosen", got ${Array.isArray(v) ? 'a list' : describe(v)}`);
+    throw new FormatError(
+      `expected a string or an object with "prompt", "question", "messages" or "chosen", got ${Array.isArray(v) ? 'a list' : describe(v)}`,
+    );
   }
   const o = v as Record<string, unknown>;
   for (const key of ['prompt', 'question', 'messages', 'chosen']) {
@@ -160,7 +172,9 @@ function fromEntry(v: unknown): ChatMessage[] {
     if (x === undefined || x === null) continue;
     if (typeof x === 'string') return key === 'chosen' ? hhPrompt(x) : fromString(x);
     if (Array.isArray(x) && (key === 'prompt' || key === 'messages')) return checkMessages(x);
-    throw new FormatError(`"${key}": expected a ${key === 'prompt' || key === 'messages' ? 'string or a list of messages' : 'string'}, got ${describe(x)}`);
+    throw new FormatError(
+      `"${key}": expected a ${key === 'prompt' || key === 'messages' ? 'string or a list of messages' : 'string'}, got ${describe(x)}`,
+    );
   }
   throw new FormatError(`no "prompt", "question", "messages" or "chosen" field (fields: ${Object.keys(o).join(', ') || 'none'})`);
 }
@@ -190,7 +204,8 @@ function detect(file: string, text: string): 'jsonl' | 'text' {
 export function parsePrompts(text: string, file: string, opts: ReadPromptsOptions = {}): PromptRead {
   if (typeof text !== 'string') throw new ArgumentError(`parsePrompts: text: expected a string, got ${describe(text)}`);
   const format = opts.format ?? 'auto';
-  if (!['auto', 'jsonl', 'text'].includes(format)) throw new ArgumentError(`parsePrompts: format: expected 'auto', 'jsonl' or 'text', got ${describe(format)}`);
+  if (!['auto', 'jsonl', 'text'].includes(format))
+    throw new ArgumentError(`parsePrompts: format: expected 'auto', 'jsonl' or 'text', got ${describe(format)}`);
   const lines = textLines(text.replace(/^\uFEFF/, ''));
   if (!lines.some((l) => l.trim() !== '')) throw new FormatError(`${file}: empty: no prompts`);
   const fmt = format === 'auto' ? detect(file, text) : format;
@@ -221,7 +236,10 @@ export function parsePrompts(text: string, file: string, opts: ReadPromptsOption
     }
   }
   if (prompts.length === 0) {
-    const first = skipped.slice(0, 3).map((s) => `line ${s.line}: ${s.reason}`).join('; ');
+    const first = skipped
+      .slice(0, 3)
+      .map((s) => `line ${s.line}: ${s.reason}`)
+      .join('; ');
     throw new FormatError(`${file}: no usable prompt (${skipped.length} line${skipped.length === 1 ? '' : 's'} skipped; ${first})`);
   }
   return { prompts, skipped, format: fmt };

@@ -123,19 +123,26 @@ function re2Error(pattern: string): string | null {
 export function checkTokenizerPattern(pattern: unknown, where: string): void {
   if (typeof pattern !== 'string') throw new FormatError(`${where}: expected a regex string, got ${typeof pattern}`);
   if (VETTED_TOKENIZER_PATTERNS.includes(pattern)) return;
-  if (pattern.length > MAX_PATTERN_CHARS) throw new FormatError(`${where}: a regex of ${pattern.length} characters, more than ${MAX_PATTERN_CHARS}`);
+  if (pattern.length > MAX_PATTERN_CHARS)
+    throw new FormatError(`${where}: a regex of ${pattern.length} characters, more than ${MAX_PATTERN_CHARS}`);
   const err = re2Error(pattern);
-  if (err !== null) throw new FormatError(`${where}: regex ${JSON.stringify(pattern)} refused: not a known tokenizer pattern and not one a linear-time engine can run (${err})`);
+  if (err !== null)
+    throw new FormatError(
+      `${where}: regex ${JSON.stringify(pattern)} refused: not a known tokenizer pattern and not one a linear-time engine can run (${err})`,
+    );
   const nested = nestedRepetition(pattern);
   if (nested !== null) throw new FormatError(`${where}: regex ${JSON.stringify(pattern)} refused: ${nested}`);
 }
 
 /** A regex from a file compiled with RE2 (linear-time matching); FormatError naming `where` when RE2 cannot run it. */
 export function compileFileRegex(pattern: string, where: string): RE2JS {
-  if (pattern.length > MAX_PATTERN_CHARS) throw new FormatError(`${where}: a regex of ${pattern.length} characters, more than ${MAX_PATTERN_CHARS}`);
+  if (pattern.length > MAX_PATTERN_CHARS)
+    throw new FormatError(`${where}: a regex of ${pattern.length} characters, more than ${MAX_PATTERN_CHARS}`);
   try {
     return RE2JS.compile(pattern);
   } catch (e) {
-    throw new FormatError(`${where}: regex ${JSON.stringify(pattern)} is not one mote can match in linear time (RE2 syntax: no backreferences or lookaround): ${(e as Error).message}`);
+    throw new FormatError(
+      `${where}: regex ${JSON.stringify(pattern)} is not one mote can match in linear time (RE2 syntax: no backreferences or lookaround): ${(e as Error).message}`,
+    );
   }
 }

@@ -21,10 +21,21 @@ const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
 /** Element size in bytes of every dtype the format defines (so offsets can be checked even for dtypes we do not read). */
 const ITEM_SIZE: Readonly<Record<string, number>> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1,
-  I16: 2, U16: 2, F16: 2, BF16: 2,
-  I32: 4, U32: 4, F32: 4,
-  I64: 8, U64: 8, F64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  I64: 8,
+  U64: 8,
+  F64: 8,
 };
 
 /** Stored dtypes we read, and the dtype each becomes in memory. */
@@ -94,7 +105,9 @@ function readFully(fd: number, dst: Uint8Array, position: number, file: string, 
   while (done < dst.length) {
     const n = fs.readSync(fd, dst, done, Math.min(dst.length - done, IO_CHUNK), position + done);
     if (n === 0) {
-      throw new FormatError(`${file}: ${what}: file ends at byte ${position + done}, expected ${dst.length - done} more bytes (truncated?)`);
+      throw new FormatError(
+        `${file}: ${what}: file ends at byte ${position + done}, expected ${dst.length - done} more bytes (truncated?)`,
+      );
     }
     done += n;
   }
@@ -111,7 +124,12 @@ function writeFully(fd: number, src: Uint8Array): void {
  * Validates a parsed header against the size of the data section and returns the
  * tensor entries. Checks every field of every tensor, then that no two tensors overlap.
  */
-function parseHeader(file: string, header: Record<string, unknown>, dataStart: number, dataSize: number): {
+function parseHeader(
+  file: string,
+  header: Record<string, unknown>,
+  dataStart: number,
+  dataSize: number,
+): {
   metadata: Record<string, string>;
   entries: Map<string, TensorEntry>;
 } {
@@ -147,10 +165,16 @@ function parseHeader(file: string, header: Record<string, unknown>, dataStart: n
     const expected = n * ITEM_SIZE[dtype]!;
     if (!Number.isSafeInteger(expected) || expected !== end - begin) {
       throw new FormatError(
-        `${where}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes but shape [${shape.join(', ')}] of ${dtype} needs ${expected}`);
+        `${where}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes but shape [${shape.join(', ')}] of ${dtype} needs ${expected}`,
+      );
     }
     entries.set(name, {
-      name, storedDType: dtype, dtype: Object.hasOwn(READ_AS, dtype) ? READ_AS[dtype]! : null, shape: shape as number[], offset: dataStart + begin, byteLength: end - begin,
+      name,
+      storedDType: dtype,
+      dtype: Object.hasOwn(READ_AS, dtype) ? READ_AS[dtype]! : null,
+      shape: shape as number[],
+      offset: dataStart + begin,
+      byteLength: end - begin,
     });
   }
   // Overlap: sort by start; each non-empty tensor must begin at or after the previous one's end.
@@ -160,8 +184,10 @@ function parseHeader(file: string, header: Record<string, unknown>, dataStart: n
     const prev = sorted[i - 1]!;
     const cur = sorted[i]!;
     if (cur.offset < prev.offset + prev.byteLength) {
-      throw new FormatError(`${file}: tensor '${cur.name}': data overlaps tensor '${prev.name}' ` +
-        `(bytes [${cur.offset - dataStart}, ${cur.offset - dataStart + cur.byteLength}) and [${prev.offset - dataStart}, ${prev.offset - dataStart + prev.byteLength}))`);
+      throw new FormatError(
+        `${file}: tensor '${cur.name}': data overlaps tensor '${prev.name}' ` +
+          `(bytes [${cur.offset - dataStart}, ${cur.offset - dataStart + cur.byteLength}) and [${prev.offset - dataStart}, ${prev.offset - dataStart + prev.byteLength}))`,
+      );
     }
   }
   return { metadata, entries };
@@ -171,11 +197,16 @@ function parseHeader(file: string, header: Record<string, unknown>, dataStart: n
 function convert(file: string, e: TensorEntry, buf: ArrayBuffer): HostTensor {
   const shape = [...e.shape];
   switch (e.storedDType) {
-    case 'F32': return { dtype: 'f32', shape, data: new Float32Array(buf) };
-    case 'F16': return { dtype: 'f16', shape, data: new Uint16Array(buf) };
-    case 'BF16': return { dtype: 'bf16', shape, data: new Uint16Array(buf) };
-    case 'I32': return { dtype: 'i32', shape, data: new Int32Array(buf) };
-    case 'F64': return { dtype: 'f32', shape, data: Float32Array.from(new Float64Array(buf)) };
+    case 'F32':
+      return { dtype: 'f32', shape, data: new Float32Array(buf) };
+    case 'F16':
+      return { dtype: 'f16', shape, data: new Uint16Array(buf) };
+    case 'BF16':
+      return { dtype: 'bf16', shape, data: new Uint16Array(buf) };
+    case 'I32':
+      return { dtype: 'i32', shape, data: new Int32Array(buf) };
+    case 'F64':
+      return { dtype: 'f32', shape, data: Float32Array.from(new Float64Array(buf)) };
     case 'I64': {
       const src = new BigInt64Array(buf);
       const out = new Int32Array(src.length);
@@ -204,7 +235,11 @@ function headerLength(file: string, lenBytes: Uint8Array, size: number): number 
 }
 
 /** Parses and validates the header bytes of a file of `size` bytes. */
-function decodeHeader(file: string, headerBytes: Uint8Array, size: number): { metadata: Record<string, string>; entries: Map<string, TensorEntry> } {
+function decodeHeader(
+  file: string,
+  headerBytes: Uint8Array,
+  size: number,
+): { metadata: Record<string, string>; entries: Map<string, TensorEntry> } {
   let header: unknown;
   try {
     header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
@@ -219,7 +254,9 @@ function decodeHeader(file: string, headerBytes: Uint8Array, size: number): { me
 /** Converts `bytes` (the stored bytes of `e`) to a tensor, into a fresh aligned buffer when needed. */
 function convertBytes(file: string, e: TensorEntry, bytes: Uint8Array): HostTensor {
   if (e.dtype === null) {
-    throw new FormatError(`${file}: tensor '${e.name}': dtype ${e.storedDType} is not supported (mote reads ${Object.keys(READ_AS).join(', ')})`);
+    throw new FormatError(
+      `${file}: tensor '${e.name}': dtype ${e.storedDType} is not supported (mote reads ${Object.keys(READ_AS).join(', ')})`,
+    );
   }
   const aligned = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
   return convert(file, e, aligned.buffer as ArrayBuffer);
@@ -303,7 +340,9 @@ export class SafetensorsReader {
   read(name: string): HostTensor {
     const e = this.lookup(name);
     if (e.dtype === null) {
-      throw new FormatError(`${this.path}: tensor '${name}': dtype ${e.storedDType} is not supported (mote reads ${Object.keys(READ_AS).join(', ')})`);
+      throw new FormatError(
+        `${this.path}: tensor '${name}': dtype ${e.storedDType} is not supported (mote reads ${Object.keys(READ_AS).join(', ')})`,
+      );
     }
     return convert(this.path, e, this.readBytes(name).buffer as ArrayBuffer);
   }
@@ -409,19 +448,30 @@ export function writeSafetensors(
 }
 
 /** The header and (lazily encoded) data of a safetensors file, laid out as writeSafetensors describes. */
-function layout(tensors: Map<string, WritableTensor> | Record<string, WritableTensor>, metadata?: Record<string, string>): {
-  head: Uint8Array; body: () => Iterable<Uint8Array>;
+function layout(
+  tensors: Map<string, WritableTensor> | Record<string, WritableTensor>,
+  metadata?: Record<string, string>,
+): {
+  head: Uint8Array;
+  body: () => Iterable<Uint8Array>;
 } {
   const planned = plan(tensors);
   const meta = checkMetadata(metadata);
   const byName = [...planned].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const byData = [...byName].sort((a, b) => (bytesPerElement(b.dtype) - bytesPerElement(a.dtype)) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const byData = [...byName].sort(
+    (a, b) => bytesPerElement(b.dtype) - bytesPerElement(a.dtype) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
+  );
   let offset = 0;
   for (const p of byData) {
     p.begin = offset;
     offset += p.byteLength;
   }
-  return { head: headerBytes(byName, meta), body: function* () { for (const p of byData) yield encode(`tensor '${p.name}'.data`, p.t.data, p.dtype); } };
+  return {
+    head: headerBytes(byName, meta),
+    body: function* () {
+      for (const p of byData) yield encode(`tensor '${p.name}'.data`, p.t.data, p.dtype);
+    },
+  };
 }
 
 /**
@@ -455,8 +505,14 @@ export function atomicWrite(file: string, body: (fd: number) => void): void {
   // Make the rename itself durable. Some platforms cannot fsync a directory; that only weakens durability.
   try {
     const dfd = fs.openSync(path.dirname(file), 'r');
-    try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
-  } catch { /* best effort */ }
+    try {
+      fs.fsyncSync(dfd);
+    } finally {
+      fs.closeSync(dfd);
+    }
+  } catch {
+    /* best effort */
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -494,8 +550,16 @@ export function parseSafetensorsIndex(json: unknown, file: string): SafetensorsI
   const weightMap = new Map<string, string>();
   for (const [name, shard] of Object.entries(wm)) {
     // A shard must be a plain file name in the same folder: no paths, so an index cannot point outside it.
-    if (typeof shard !== 'string' || shard === '' || shard === '.' || shard === '..' || shard.includes('\\') ||
-      shard.includes('/') || shard.includes('\0') || /^[A-Za-z]:/.test(shard)) {
+    if (
+      typeof shard !== 'string' ||
+      shard === '' ||
+      shard === '.' ||
+      shard === '..' ||
+      shard.includes('\\') ||
+      shard.includes('/') ||
+      shard.includes('\0') ||
+      /^[A-Za-z]:/.test(shard)
+    ) {
       throw new FormatError(`${file}: weight_map['${name}'] must be a file name in the same folder, got ${describe(shard)}`);
     }
     weightMap.set(name, shard);
@@ -539,8 +603,10 @@ export class ModelWeights {
       if (missing.length === 0) for (const s of shards.keys()) checkRegularFile(path.join(dir, s), `shard named by ${idx.file}`);
       if (missing.length > 0) {
         const first = [...idx.weightMap].find(([, s]) => s === missing[0])![0];
-        throw new FormatError(`${idx.file}: shard${missing.length > 1 ? 's' : ''} ${missing.map((s) => `'${s}'`).join(', ')} ` +
-          `not found in ${dir} (holding ${missing.reduce((n, s) => n + shards.get(s)!, 0)} tensors, e.g. '${first}')`);
+        throw new FormatError(
+          `${idx.file}: shard${missing.length > 1 ? 's' : ''} ${missing.map((s) => `'${s}'`).join(', ')} ` +
+            `not found in ${dir} (holding ${missing.reduce((n, s) => n + shards.get(s)!, 0)} tensors, e.g. '${first}')`,
+        );
       }
       return new ModelWeights(dir, idx.file, idx.weightMap);
     }
@@ -577,7 +643,8 @@ export class ModelWeights {
       r = SafetensorsReader.open(path.join(this.dir, shard));
       this.readers.set(shard, r);
     }
-    if (!r.has(name)) throw new FormatError(`${this.index}: weight_map puts tensor '${name}' in '${shard}', but ${r.path} has no such tensor`);
+    if (!r.has(name))
+      throw new FormatError(`${this.index}: weight_map puts tensor '${name}' in '${shard}', but ${r.path} has no such tensor`);
     return r;
   }
 
@@ -664,7 +731,10 @@ function shardFiles(
   });
   const total = planned.reduce((n, p) => n + p.byteLength, 0);
   // The index goes last, so a reader never sees an index whose shards are not all written.
-  out.push({ name: `${prefix}.safetensors.index.json`, bytes: new TextEncoder().encode(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n') });
+  out.push({
+    name: `${prefix}.safetensors.index.json`,
+    bytes: new TextEncoder().encode(JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + '\n'),
+  });
   return out;
 }
 
@@ -768,8 +838,10 @@ export class SourceWeights {
       const missing = [...shards.keys()].filter((_, i) => !present[i]);
       if (missing.length > 0) {
         const first = [...idx.weightMap].find(([, s]) => s === missing[0])![0];
-        throw new FormatError(`${idx.file}: shard${missing.length > 1 ? 's' : ''} ${missing.map((s) => `'${s}'`).join(', ')} ` +
-          `not found in ${src.name} (holding ${missing.reduce((n, s) => n + shards.get(s)!, 0)} tensors, e.g. '${first}')`);
+        throw new FormatError(
+          `${idx.file}: shard${missing.length > 1 ? 's' : ''} ${missing.map((s) => `'${s}'`).join(', ')} ` +
+            `not found in ${src.name} (holding ${missing.reduce((n, s) => n + shards.get(s)!, 0)} tensors, e.g. '${first}')`,
+        );
       }
       for (const s of shards.keys()) await src.size(s, `shard named by ${idx.file}`);
       return new SourceWeights(src, idx.file, idx.weightMap);
@@ -796,14 +868,16 @@ export class SourceWeights {
 
   private async file(name: string): Promise<SafetensorsFile> {
     const shard = this.whereIs.get(name);
-    if (shard === undefined) throw new FormatError(`${this.index ?? this.src.where(this.fileNames()[0] ?? SINGLE_FILE)}: no tensor '${name}'`);
+    if (shard === undefined)
+      throw new FormatError(`${this.index ?? this.src.where(this.fileNames()[0] ?? SINGLE_FILE)}: no tensor '${name}'`);
     let p = this.files.get(shard);
     if (!p) {
       p = SafetensorsFile.open(this.src, shard);
       this.files.set(shard, p);
     }
     const f = await p;
-    if (!f.has(name)) throw new FormatError(`${this.index}: weight_map puts tensor '${name}' in '${shard}', but ${f.path} has no such tensor`);
+    if (!f.has(name))
+      throw new FormatError(`${this.index}: weight_map puts tensor '${name}' in '${shard}', but ${f.path} has no such tensor`);
     return f;
   }
 

@@ -24,7 +24,15 @@ import { dirAt, opfsFolder, type DirHandle, type Folder } from './opfs.js';
 
 export { OpfsSource };
 export type { DirHandle, FileHandle } from './opfs.js';
-import { MARKER_FILE, MARKER_FORMAT, checkReplaceable, replaceDirAtomically, type Marker, type MarkerFile, type ReplaceDirOptions } from './atomic_dir.js';
+import {
+  MARKER_FILE,
+  MARKER_FORMAT,
+  checkReplaceable,
+  replaceDirAtomically,
+  type Marker,
+  type MarkerFile,
+  type ReplaceDirOptions,
+} from './atomic_dir.js';
 import { hasNodeBuiltins, nodeBuiltin } from './node_builtins.js';
 
 const fs = nodeBuiltin<typeof import('node:fs')>('node:fs');
@@ -72,7 +80,10 @@ function concat(ps: readonly Uint8Array[]): Uint8Array {
   if (ps.length === 1) return ps[0]!;
   const out = new Uint8Array(ps.reduce((n, p) => n + p.length, 0));
   let o = 0;
-  for (const p of ps) { out.set(p, o); o += p.length; }
+  for (const p of ps) {
+    out.set(p, o);
+    o += p.length;
+  }
   return out;
 }
 
@@ -90,11 +101,15 @@ async function sha256(bytes: Uint8Array): Promise<string> {
 export async function verifyListedFiles(src: FileSource, files: unknown): Promise<string | null> {
   if (typeof files !== 'object' || files === null || Array.isArray(files)) return `${src.where(MARKER_FILE)}: files: expected an object`;
   for (const [rel, f] of Object.entries(files as Record<string, MarkerFile>)) {
-    try { checkRel(rel); } catch { return `${src.where(MARKER_FILE)}: lists '${rel}', not a path inside the folder`; }
+    try {
+      checkRel(rel);
+    } catch {
+      return `${src.where(MARKER_FILE)}: lists '${rel}', not a path inside the folder`;
+    }
     if (!(await src.has(rel))) return `${src.where(rel)}: missing`;
     const size = await src.size(rel);
     if (size !== f.bytes) return `${src.where(rel)}: ${size} bytes, ${f.bytes} were written`;
-    if (await sha256(await src.read(rel)) !== f.sha256) return `${src.where(rel)}: its contents differ from what was written (SHA-256)`;
+    if ((await sha256(await src.read(rel))) !== f.sha256) return `${src.where(rel)}: its contents differ from what was written (SHA-256)`;
   }
   return null;
 }
@@ -121,8 +136,12 @@ function decide(op: string, name: string, existing: readonly string[], marker: M
   const owned = marker ? new Set([...Object.keys(marker.files), MARKER_FILE]) : null;
   const sameKind = marker !== null && marker.kind === opts.kind;
   if (!sameKind && !opts.overwrite) {
-    const what = marker ? `holds a mote ${marker.kind}, not a ${opts.kind}` : `is not empty and was not written by mote (no ${MARKER_FILE})`;
-    throw new ArgumentError(`${op}: ${name} ${what}; refusing to replace it. Pass { overwrite: true } to write mote's files into it: files mote did not write are kept (one it would replace is renamed to <name>.before-mote), never deleted`);
+    const what = marker
+      ? `holds a mote ${marker.kind}, not a ${opts.kind}`
+      : `is not empty and was not written by mote (no ${MARKER_FILE})`;
+    throw new ArgumentError(
+      `${op}: ${name} ${what}; refusing to replace it. Pass { overwrite: true } to write mote's files into it: files mote did not write are kept (one it would replace is renamed to <name>.before-mote), never deleted`,
+    );
   }
   if (owned && existing.every((f) => owned.has(f))) return { how: 'swap', owned };
   return { how: 'merge', owned: owned ?? new Set() };
@@ -158,8 +177,10 @@ function markerBytes(kind: string, files: Record<string, MarkerFile>, complete: 
 }
 
 function checkSinkOptions(op: string, opts: SinkOptions): void {
-  if (!opts || typeof opts.kind !== 'string') throw new ArgumentError(`${op}: sink options: expected { kind, overwrite? }, got ${describe(opts)}`);
-  if (opts.overwrite !== undefined && typeof opts.overwrite !== 'boolean') throw new ArgumentError(`${op}: overwrite: expected true or false, got ${typeof opts.overwrite}`);
+  if (!opts || typeof opts.kind !== 'string')
+    throw new ArgumentError(`${op}: sink options: expected { kind, overwrite? }, got ${describe(opts)}`);
+  if (opts.overwrite !== undefined && typeof opts.overwrite !== 'boolean')
+    throw new ArgumentError(`${op}: overwrite: expected true or false, got ${typeof opts.overwrite}`);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -167,7 +188,9 @@ function checkSinkOptions(op: string, opts: SinkOptions): void {
 
 class NodeDirWriter implements DirWriter {
   constructor(readonly path: string) {}
-  where(rel: string): string { return nodePath.join(this.path, rel); }
+  where(rel: string): string {
+    return nodePath.join(this.path, rel);
+  }
   async write(rel: string, data: FileData): Promise<void> {
     const file = this.where(checkRel(rel, 'write'));
     fs.mkdirSync(nodePath.dirname(file), { recursive: true });
@@ -181,7 +204,9 @@ class NodeDirWriter implements DirWriter {
       fs.closeSync(fd);
     }
   }
-  sub(rel: string): DirWriter { return new NodeDirWriter(this.where(checkRel(rel, 'sub'))); }
+  sub(rel: string): DirWriter {
+    return new NodeDirWriter(this.where(checkRel(rel, 'sub')));
+  }
 }
 
 /** A folder on disk: replaceDirAtomically (the Node behaviour of every saver, unchanged). */
@@ -200,12 +225,20 @@ export class NodeDirSink implements FileSink {
 // Memory
 
 class MemoryWriter implements DirWriter {
-  constructor(private readonly files: Map<string, Uint8Array>, private readonly prefix: string, private readonly label: string) {}
-  where(rel: string): string { return `${this.label}/${this.prefix}${rel}`; }
+  constructor(
+    private readonly files: Map<string, Uint8Array>,
+    private readonly prefix: string,
+    private readonly label: string,
+  ) {}
+  where(rel: string): string {
+    return `${this.label}/${this.prefix}${rel}`;
+  }
   async write(rel: string, data: FileData): Promise<void> {
     this.files.set(this.prefix + checkRel(rel, 'write'), concat(parts(data)));
   }
-  sub(rel: string): DirWriter { return new MemoryWriter(this.files, `${this.prefix}${checkRel(rel, 'sub')}/`, this.label); }
+  sub(rel: string): DirWriter {
+    return new MemoryWriter(this.files, `${this.prefix}${checkRel(rel, 'sub')}/`, this.label);
+  }
 }
 
 /**
@@ -237,12 +270,21 @@ export class MemorySink implements FileSink {
       return;
     }
     const files = this.files;
-    await mergeInto({
-      list: async () => [...files.keys()],
-      read: async (rel) => files.get(rel) ?? null,
-      write: async (rel, data) => { files.set(rel, concat(data)); },
-      remove: async (rel) => { files.delete(rel); },
-    }, new Map([...fresh].map(([rel, b]) => [rel, async () => b])), plan, opts);
+    await mergeInto(
+      {
+        list: async () => [...files.keys()],
+        read: async (rel) => files.get(rel) ?? null,
+        write: async (rel, data) => {
+          files.set(rel, concat(data));
+        },
+        remove: async (rel) => {
+          files.delete(rel);
+        },
+      },
+      new Map([...fresh].map(([rel, b]) => [rel, async () => b])),
+      plan,
+      opts,
+    );
   }
 
   /** The files as a source (for the loaders). */
@@ -260,9 +302,15 @@ export class MemorySink implements FileSink {
 // OPFS
 
 class OpfsWriter implements DirWriter {
-  constructor(private readonly folder: Folder, private readonly prefix: string, private readonly label: string,
-    private readonly written: Map<string, MarkerFile>) {}
-  where(rel: string): string { return `${this.label}/${this.prefix}${rel}`; }
+  constructor(
+    private readonly folder: Folder,
+    private readonly prefix: string,
+    private readonly label: string,
+    private readonly written: Map<string, MarkerFile>,
+  ) {}
+  where(rel: string): string {
+    return `${this.label}/${this.prefix}${rel}`;
+  }
   async write(rel: string, data: FileData): Promise<void> {
     const full = this.prefix + checkRel(rel, 'write');
     const ps = parts(data);
@@ -270,7 +318,9 @@ class OpfsWriter implements DirWriter {
     await this.folder.write(full, [bytes]);
     this.written.set(full, { bytes: bytes.length, sha256: await sha256(bytes) });
   }
-  sub(rel: string): DirWriter { return new OpfsWriter(this.folder, `${this.prefix}${checkRel(rel, 'sub')}/`, this.label, this.written); }
+  sub(rel: string): DirWriter {
+    return new OpfsWriter(this.folder, `${this.prefix}${checkRel(rel, 'sub')}/`, this.label, this.written);
+  }
 }
 
 /**
@@ -279,7 +329,10 @@ class OpfsWriter implements DirWriter {
  */
 export class OpfsSink implements FileSink {
   readonly name: string;
-  constructor(private readonly parent: DirHandle, private readonly folderName: string) {
+  constructor(
+    private readonly parent: DirHandle,
+    private readonly folderName: string,
+  ) {
     checkRel(folderName, 'OpfsSink');
     if (folderName.includes('/')) throw new ArgumentError(`OpfsSink: name: expected one folder name, got ${describe(folderName)}`);
     this.name = `opfs:${parent.name ? `${parent.name}/` : '/'}${folderName}`;
@@ -288,7 +341,8 @@ export class OpfsSink implements FileSink {
   /** The sink `name` at the origin's OPFS root. */
   static async open(name: string): Promise<OpfsSink> {
     const storage = (globalThis as { navigator?: { storage?: { getDirectory?: () => Promise<DirHandle> } } }).navigator?.storage;
-    if (typeof storage?.getDirectory !== 'function') throw new ArgumentError('OpfsSink: this runtime has no Origin Private File System (navigator.storage.getDirectory)');
+    if (typeof storage?.getDirectory !== 'function')
+      throw new ArgumentError('OpfsSink: this runtime has no Origin Private File System (navigator.storage.getDirectory)');
     return new OpfsSink(await storage.getDirectory(), name);
   }
 
@@ -314,7 +368,9 @@ export class OpfsSink implements FileSink {
     try {
       await tmp.write(MARKER_FILE, [markerBytes(opts.kind, {}, false)]);
       await fill(new OpfsWriter(tmp, '', `opfs:${tmpName}`, written));
-      const listed = Object.fromEntries([...written].filter(([rel]) => rel !== MARKER_FILE).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+      const listed = Object.fromEntries(
+        [...written].filter(([rel]) => rel !== MARKER_FILE).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+      );
       await tmp.write(MARKER_FILE, [markerBytes(opts.kind, listed, true)]);
     } catch (e) {
       await this.parent.removeEntry(tmpName, { recursive: true }).catch(() => {});
@@ -351,10 +407,17 @@ export class OpfsSink implements FileSink {
 export function openSink(x: unknown, op: string, arg = 'dir'): FileSink {
   if (typeof x === 'string') {
     if (x === '') throw new ArgumentError(`${op}: ${arg}: expected a directory path, got ''`);
-    if (!hasNodeBuiltins()) throw new ArgumentError(`${op}: ${arg}: a directory path (${x}) needs Node; in a browser pass an OpfsSink or a MemorySink`);
+    if (!hasNodeBuiltins())
+      throw new ArgumentError(`${op}: ${arg}: a directory path (${x}) needs Node; in a browser pass an OpfsSink or a MemorySink`);
     return new NodeDirSink(x);
   }
-  if (typeof x === 'object' && x !== null && typeof (x as FileSink).replaceDir === 'function' && typeof (x as FileSink).check === 'function') return x as FileSink;
+  if (
+    typeof x === 'object' &&
+    x !== null &&
+    typeof (x as FileSink).replaceDir === 'function' &&
+    typeof (x as FileSink).check === 'function'
+  )
+    return x as FileSink;
   throw new ArgumentError(`${op}: ${arg}: expected a directory path or a FileSink (MemorySink, OpfsSink), got ${describe(x)}`);
 }
 
@@ -369,23 +432,29 @@ export function tarFiles(files: ReadonlyMap<string, Uint8Array>): Uint8Array {
   for (const rel of [...files.keys()].sort()) {
     const data = files.get(rel)!;
     const nameBytes = enc.encode(rel);
-    let name = rel, prefix = '';
+    let name = rel,
+      prefix = '';
     if (nameBytes.length > 100) {
       const cut = rel.lastIndexOf('/', rel.length - 1);
       prefix = rel.slice(0, cut);
       name = rel.slice(cut + 1);
-      if (cut < 0 || enc.encode(name).length > 100 || enc.encode(prefix).length > 155) throw new ArgumentError(`tarFiles: '${rel}': name too long for ustar`);
+      if (cut < 0 || enc.encode(name).length > 100 || enc.encode(prefix).length > 155)
+        throw new ArgumentError(`tarFiles: '${rel}': name too long for ustar`);
     }
     const h = new Uint8Array(512);
     const put = (s: string, off: number, len: number) => h.set(enc.encode(s).subarray(0, len), off);
     const oct = (n: number, off: number, len: number) => put(n.toString(8).padStart(len - 1, '0') + '\0', off, len);
     put(name, 0, 100);
-    oct(0o644, 100, 8); oct(0, 108, 8); oct(0, 116, 8);
+    oct(0o644, 100, 8);
+    oct(0, 108, 8);
+    oct(0, 116, 8);
     if (data.length > 0o77777777777) throw new ArgumentError(`tarFiles: '${rel}': larger than 8 GiB`);
-    oct(data.length, 124, 12); oct(0, 136, 12);
+    oct(data.length, 124, 12);
+    oct(0, 136, 12);
     h.fill(0x20, 148, 156); // checksum field counts as spaces
     h[156] = 0x30; // '0': regular file
-    put('ustar\0', 257, 6); put('00', 263, 2);
+    put('ustar\0', 257, 6);
+    put('00', 263, 2);
     put(prefix, 345, 155);
     const sum = h.reduce((a, b) => a + b, 0);
     put(sum.toString(8).padStart(6, '0') + '\0 ', 148, 8);

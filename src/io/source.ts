@@ -47,8 +47,14 @@ function sizeText(n: number): string {
 
 /** A relative path that stays inside its folder. */
 export function checkRel(rel: string, op = 'source'): string {
-  if (typeof rel !== 'string' || rel === '' || rel.startsWith('/') || rel.includes('\\') || rel.includes('\0') ||
-    rel.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+  if (
+    typeof rel !== 'string' ||
+    rel === '' ||
+    rel.startsWith('/') ||
+    rel.includes('\\') ||
+    rel.includes('\0') ||
+    rel.split('/').some((p) => p === '' || p === '.' || p === '..')
+  ) {
     throw new ArgumentError(`${op}: expected a relative file path inside the folder, got ${describe(rel)}`);
   }
   return rel;
@@ -87,26 +93,43 @@ export abstract class BaseSource implements FileSource {
 }
 
 class SubSource extends BaseSource {
-  constructor(private readonly parent: FileSource, private readonly prefix: string) { super(); }
-  get name(): string { return this.parent.where(this.prefix); }
-  where(rel: string): string { return this.parent.where(`${this.prefix}/${rel}`); }
+  constructor(
+    private readonly parent: FileSource,
+    private readonly prefix: string,
+  ) {
+    super();
+  }
+  get name(): string {
+    return this.parent.where(this.prefix);
+  }
+  where(rel: string): string {
+    return this.parent.where(`${this.prefix}/${rel}`);
+  }
   async list(): Promise<string[]> {
     const p = `${this.prefix}/`;
     return (await this.parent.list()).filter((f) => f.startsWith(p)).map((f) => f.slice(p.length));
   }
-  has(rel: string): Promise<boolean> { return this.parent.has(`${this.prefix}/${checkRel(rel)}`); }
-  size(rel: string, what?: string, maxBytes?: number): Promise<number> { return this.parent.size(`${this.prefix}/${checkRel(rel)}`, what, maxBytes); }
+  has(rel: string): Promise<boolean> {
+    return this.parent.has(`${this.prefix}/${checkRel(rel)}`);
+  }
+  size(rel: string, what?: string, maxBytes?: number): Promise<number> {
+    return this.parent.size(`${this.prefix}/${checkRel(rel)}`, what, maxBytes);
+  }
   read(rel: string, offset?: number, length?: number, what?: string): Promise<Uint8Array> {
     return this.parent.read(`${this.prefix}/${checkRel(rel)}`, offset, length, what);
   }
-  override text(rel: string, what?: string, maxBytes?: number): Promise<string> { return this.parent.text(`${this.prefix}/${checkRel(rel)}`, what, maxBytes); }
+  override text(rel: string, what?: string, maxBytes?: number): Promise<string> {
+    return this.parent.text(`${this.prefix}/${checkRel(rel)}`, what, maxBytes);
+  }
 }
 
 /** Checks offset/length against a file of `size` bytes; returns the end. */
 function range(where: string, size: number, offset: number, length: number | undefined, what: string): [number, number] {
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new ArgumentError(`read: offset: expected a non-negative integer, got ${describe(offset)}`);
+  if (!Number.isSafeInteger(offset) || offset < 0)
+    throw new ArgumentError(`read: offset: expected a non-negative integer, got ${describe(offset)}`);
   const len = length ?? Math.max(0, size - offset);
-  if (!Number.isSafeInteger(len) || len < 0) throw new ArgumentError(`read: length: expected a non-negative integer, got ${describe(length)}`);
+  if (!Number.isSafeInteger(len) || len < 0)
+    throw new ArgumentError(`read: length: expected a non-negative integer, got ${describe(length)}`);
   if (offset + len > size) {
     throw new FormatError(`${where}: ${what}: file ends at byte ${size}, expected ${offset + len - size} more bytes (truncated?)`);
   }
@@ -122,7 +145,10 @@ export type FileBytes = Uint8Array | ArrayBuffer | string;
 export class BytesSource extends BaseSource {
   private readonly files = new Map<string, Uint8Array>();
 
-  constructor(files: ReadonlyMap<string, FileBytes> | Readonly<Record<string, FileBytes>>, readonly name = '<bytes>') {
+  constructor(
+    files: ReadonlyMap<string, FileBytes> | Readonly<Record<string, FileBytes>>,
+    readonly name = '<bytes>',
+  ) {
     super();
     const entries = files instanceof Map ? [...files.entries()] : Object.entries(files as Record<string, FileBytes>);
     for (const [rel, b] of entries) {
@@ -134,9 +160,15 @@ export class BytesSource extends BaseSource {
     }
   }
 
-  where(rel: string): string { return `${this.name}/${rel}`; }
-  async list(): Promise<string[]> { return [...this.files.keys()].sort(); }
-  async has(rel: string): Promise<boolean> { return this.files.has(rel); }
+  where(rel: string): string {
+    return `${this.name}/${rel}`;
+  }
+  async list(): Promise<string[]> {
+    return [...this.files.keys()].sort();
+  }
+  async has(rel: string): Promise<boolean> {
+    return this.files.has(rel);
+  }
 
   async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
     const b = this.files.get(rel);
@@ -157,7 +189,10 @@ export class BytesSource extends BaseSource {
 // File / Blob
 
 /** A File from an <input webkitdirectory> or a drop carries its path inside the folder. */
-interface FileLike { readonly name?: string; readonly webkitRelativePath?: string }
+interface FileLike {
+  readonly name?: string;
+  readonly webkitRelativePath?: string;
+}
 
 /**
  * Files as Blobs: a map of relative path → Blob, or a list of File objects (their
@@ -167,7 +202,10 @@ interface FileLike { readonly name?: string; readonly webkitRelativePath?: strin
 export class BlobSource extends BaseSource {
   private readonly files = new Map<string, Blob>();
 
-  constructor(files: ReadonlyMap<string, Blob> | Readonly<Record<string, Blob>> | Iterable<Blob>, readonly name = '<blobs>') {
+  constructor(
+    files: ReadonlyMap<string, Blob> | Readonly<Record<string, Blob>> | Iterable<Blob>,
+    readonly name = '<blobs>',
+  ) {
     super();
     let entries: [string, Blob][];
     if (files instanceof Map) entries = [...files.entries()];
@@ -176,7 +214,8 @@ export class BlobSource extends BaseSource {
       const paths = list.map((f, i) => {
         const fl = f as Blob & FileLike;
         const p = fl.webkitRelativePath || fl.name;
-        if (typeof p !== 'string' || p === '') throw new ArgumentError(`BlobSource: files[${i}]: a File with a name is needed, got ${describe(f)}`);
+        if (typeof p !== 'string' || p === '')
+          throw new ArgumentError(`BlobSource: files[${i}]: a File with a name is needed, got ${describe(f)}`);
         return p;
       });
       // <input webkitdirectory> prefixes every path with the chosen folder's name.
@@ -186,14 +225,21 @@ export class BlobSource extends BaseSource {
     } else entries = Object.entries(files as Record<string, Blob>);
     for (const [rel, b] of entries) {
       checkRel(rel, 'BlobSource');
-      if (typeof Blob === 'undefined' || !(b instanceof Blob)) throw new ArgumentError(`BlobSource: '${rel}': expected a Blob or File, got ${describe(b)}`);
+      if (typeof Blob === 'undefined' || !(b instanceof Blob))
+        throw new ArgumentError(`BlobSource: '${rel}': expected a Blob or File, got ${describe(b)}`);
       this.files.set(rel, b);
     }
   }
 
-  where(rel: string): string { return `${this.name}/${rel}`; }
-  async list(): Promise<string[]> { return [...this.files.keys()].sort(); }
-  async has(rel: string): Promise<boolean> { return this.files.has(rel); }
+  where(rel: string): string {
+    return `${this.name}/${rel}`;
+  }
+  async list(): Promise<string[]> {
+    return [...this.files.keys()].sort();
+  }
+  async has(rel: string): Promise<boolean> {
+    return this.files.has(rel);
+  }
 
   async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
     const b = this.files.get(rel);
@@ -259,7 +305,10 @@ export class UrlSource extends BaseSource {
   /** Requests made and body bytes received (for tests and progress). */
   readonly stats = { requests: 0, bytes: 0 };
 
-  constructor(base: string | URL, private readonly opts: UrlSourceOptions = {}) {
+  constructor(
+    base: string | URL,
+    private readonly opts: UrlSourceOptions = {},
+  ) {
     super();
     let u: URL;
     try {
@@ -278,7 +327,9 @@ export class UrlSource extends BaseSource {
     this.ranges = (opts.ranges ?? 'auto') !== 'never';
   }
 
-  where(rel: string): string { return new URL(rel.split('/').map(encodeURIComponent).join('/'), this.base).href; }
+  where(rel: string): string {
+    return new URL(rel.split('/').map(encodeURIComponent).join('/'), this.base).href;
+  }
 
   async list(): Promise<string[]> {
     throw new FormatError(`${this.name}: a URL cannot be listed; name the files (e.g. model.safetensors.index.json)`);
@@ -309,7 +360,9 @@ export class UrlSource extends BaseSource {
     const res = await this.request(rel, what, `bytes=${s}-${e - 1}`);
     if (res.status !== 206) {
       await res.body?.cancel().catch(() => {});
-      throw new FormatError(`${this.where(rel)}: ${what}: asked for bytes ${s}-${e - 1}, the server answered HTTP ${res.status} instead of 206 (the file changed?)`);
+      throw new FormatError(
+        `${this.where(rel)}: ${what}: asked for bytes ${s}-${e - 1}, the server answered HTTP ${res.status} instead of 206 (the file changed?)`,
+      );
     }
     return this.body(rel, res, e - s, what, e - s);
   }
@@ -368,9 +421,11 @@ export class UrlSource extends BaseSource {
     try {
       res = await this.fetchFn(url, { headers: { ...this.opts.headers, ...(range ? { Range: range } : {}) }, signal: ac.signal });
     } catch (e) {
-      throw new FormatError(ac.signal.aborted
-        ? `${url}: no answer within ${this.timeoutMs} ms (${what}; the server stalled)`
-        : `${url}: cannot fetch (${what}): ${(e as Error).message}`);
+      throw new FormatError(
+        ac.signal.aborted
+          ? `${url}: no answer within ${this.timeoutMs} ms (${what}; the server stalled)`
+          : `${url}: cannot fetch (${what}): ${(e as Error).message}`,
+      );
     } finally {
       clearTimeout(timer);
     }
@@ -408,15 +463,20 @@ export class UrlSource extends BaseSource {
         r = await Promise.race([
           reader.read(),
           new Promise<never>((_, reject) => {
-            timer = setTimeout(() => { stalled = true; reject(new Error('stalled')); }, this.timeoutMs);
+            timer = setTimeout(() => {
+              stalled = true;
+              reject(new Error('stalled'));
+            }, this.timeoutMs);
           }),
         ]);
       } catch (e) {
         ac?.abort();
         reader.cancel().catch(() => {});
-        throw new FormatError(stalled
-          ? `${url}: ${what}: no data for ${this.timeoutMs} ms after ${got} bytes (the server stalled)`
-          : `${url}: ${what}: the response broke off after ${got} bytes${expected !== null ? ` of ${expected}` : ''} (truncated): ${(e as Error).message}`);
+        throw new FormatError(
+          stalled
+            ? `${url}: ${what}: no data for ${this.timeoutMs} ms after ${got} bytes (the server stalled)`
+            : `${url}: ${what}: the response broke off after ${got} bytes${expected !== null ? ` of ${expected}` : ''} (truncated): ${(e as Error).message}`,
+        );
       } finally {
         clearTimeout(timer);
       }
@@ -426,7 +486,8 @@ export class UrlSource extends BaseSource {
       if (got > maxBytes || (expected !== null && got > expected)) {
         ac?.abort();
         reader.cancel().catch(() => {});
-        if (expected !== null && got > expected) throw new FormatError(`${url}: ${what}: the server sent more than the ${expected} bytes asked for`);
+        if (expected !== null && got > expected)
+          throw new FormatError(`${url}: ${what}: the server sent more than the ${expected} bytes asked for`);
         throw tooBig(url, got, what, maxBytes);
       }
       chunks.push(r.value);
@@ -437,7 +498,10 @@ export class UrlSource extends BaseSource {
     if (chunks.length === 1) return chunks[0]!;
     const out = new Uint8Array(got);
     let o = 0;
-    for (const c of chunks) { out.set(c, o); o += c.length; }
+    for (const c of chunks) {
+      out.set(c, o);
+      o += c.length;
+    }
     return out;
   }
 }
@@ -451,9 +515,13 @@ export class UrlSource extends BaseSource {
  * path (the same messages as before sources existed).
  */
 export class NodeDirSource extends BaseSource {
-  constructor(readonly name: string) { super(); }
+  constructor(readonly name: string) {
+    super();
+  }
 
-  where(rel: string): string { return path.join(this.name, rel); }
+  where(rel: string): string {
+    return path.join(this.name, rel);
+  }
 
   async list(): Promise<string[]> {
     const walk = (prefix: string): string[] => {
@@ -496,7 +564,8 @@ export class NodeDirSource extends BaseSource {
       let done = 0;
       while (done < out.length) {
         const n = fs.readSync(fd, out, done, Math.min(out.length - done, 1 << 30), s + done);
-        if (n === 0) throw new FormatError(`${file}: ${what}: file ends at byte ${s + done}, expected ${out.length - done} more bytes (truncated?)`);
+        if (n === 0)
+          throw new FormatError(`${file}: ${what}: file ends at byte ${s + done}, expected ${out.length - done} more bytes (truncated?)`);
         done += n;
       }
     } finally {
@@ -517,12 +586,19 @@ export class NodeDirSource extends BaseSource {
 export class OpfsSource implements FileSource {
   readonly name: string;
   private readonly folder: Folder;
-  constructor(private readonly root: DirHandle, label?: string) {
+  constructor(
+    private readonly root: DirHandle,
+    label?: string,
+  ) {
     this.name = label ?? (root.name ? `opfs:/${root.name}` : 'opfs:');
     this.folder = opfsFolder(root);
   }
-  where(rel: string): string { return `${this.name}/${rel}`; }
-  list(): Promise<string[]> { return this.folder.list(); }
+  where(rel: string): string {
+    return `${this.name}/${rel}`;
+  }
+  list(): Promise<string[]> {
+    return this.folder.list();
+  }
   private async blob(rel: string, what: string): Promise<Blob> {
     const ps = checkRel(rel).split('/');
     const d = await dirAt(this.root, ps.slice(0, -1), false);
@@ -535,7 +611,12 @@ export class OpfsSource implements FileSource {
     }
   }
   async has(rel: string): Promise<boolean> {
-    try { await this.blob(rel, 'a file'); return true; } catch { return false; }
+    try {
+      await this.blob(rel, 'a file');
+      return true;
+    } catch {
+      return false;
+    }
   }
   async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
     const b = await this.blob(rel, what);
@@ -545,7 +626,8 @@ export class OpfsSource implements FileSource {
   async read(rel: string, offset = 0, length?: number, what = 'a file'): Promise<Uint8Array> {
     const b = await this.blob(rel, what);
     const end = length === undefined ? b.size : offset + length;
-    if (end > b.size) throw new FormatError(`${this.where(rel)}: ${what}: file ends at byte ${b.size}, expected ${end - b.size} more bytes (truncated?)`);
+    if (end > b.size)
+      throw new FormatError(`${this.where(rel)}: ${what}: file ends at byte ${b.size}, expected ${end - b.size} more bytes (truncated?)`);
     return new Uint8Array(await b.slice(offset, end).arrayBuffer());
   }
   async text(rel: string, what = 'a text file', maxBytes?: number): Promise<string> {
@@ -563,15 +645,22 @@ export class OpfsSource implements FileSource {
     const parts = rel.split('/');
     // Resolved lazily: the subfolder handle is looked up at the first read.
     let sub: Promise<OpfsSource> | null = null;
-    const get = () => (sub ??= dirAt(root, parts, false).then((d) => {
-      if (!d) throw new FormatError(`${name}: not found (a folder)`);
-      return new OpfsSource(d, name);
-    }));
+    const get = () =>
+      (sub ??= dirAt(root, parts, false).then((d) => {
+        if (!d) throw new FormatError(`${name}: not found (a folder)`);
+        return new OpfsSource(d, name);
+      }));
     return {
       name,
       where: (r) => `${name}/${r}`,
       list: async () => (await get()).list(),
-      has: async (r) => { try { return await (await get()).has(r); } catch { return false; } },
+      has: async (r) => {
+        try {
+          return await (await get()).has(r);
+        } catch {
+          return false;
+        }
+      },
       size: async (r, w, m) => (await get()).size(r, w, m),
       read: async (r, o, l, w) => (await get()).read(r, o, l, w),
       text: async (r, w, m) => (await get()).text(r, w, m),
@@ -587,12 +676,20 @@ export class OpfsSource implements FileSource {
 export type SourceInput = string | URL | FileSource | DirHandle | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>;
 
 function isDirHandle(x: unknown): x is DirHandle {
-  return typeof x === 'object' && x !== null && (x as DirHandle).kind === 'directory' && typeof (x as DirHandle).getFileHandle === 'function';
+  return (
+    typeof x === 'object' && x !== null && (x as DirHandle).kind === 'directory' && typeof (x as DirHandle).getFileHandle === 'function'
+  );
 }
 
 export function isFileSource(x: unknown): x is FileSource {
-  return typeof x === 'object' && x !== null && typeof (x as FileSource).read === 'function' && typeof (x as FileSource).size === 'function' &&
-    typeof (x as FileSource).where === 'function' && typeof (x as FileSource).sub === 'function';
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    typeof (x as FileSource).read === 'function' &&
+    typeof (x as FileSource).size === 'function' &&
+    typeof (x as FileSource).where === 'function' &&
+    typeof (x as FileSource).sub === 'function'
+  );
 }
 
 /**
@@ -609,7 +706,9 @@ export function openSource(x: unknown, op = 'openSource', arg = 'source', urlOpt
     if (x === '') throw new ArgumentError(`${op}: ${arg}: expected a folder path, URL or source, got ''`);
     if (/^https?:\/\//i.test(x)) return new UrlSource(x, urlOpts);
     if (!hasNodeBuiltins()) {
-      throw new ArgumentError(`${op}: ${arg}: a file path (${x}) needs Node; in a browser pass a URL, a File/Blob list or map, bytes or an OPFS folder`);
+      throw new ArgumentError(
+        `${op}: ${arg}: a file path (${x}) needs Node; in a browser pass a URL, a File/Blob list or map, bytes or an OPFS folder`,
+      );
     }
     return new NodeDirSource(x);
   }
@@ -624,11 +723,15 @@ export function openSource(x: unknown, op = 'openSource', arg = 'source', urlOpt
   };
   if (x instanceof Map) {
     const vals = [...x.values()];
-    if (typeof Blob !== 'undefined' && vals.length > 0 && vals.every((v) => v instanceof Blob)) return named(() => new BlobSource(x as Map<string, Blob>));
+    if (typeof Blob !== 'undefined' && vals.length > 0 && vals.every((v) => v instanceof Blob))
+      return named(() => new BlobSource(x as Map<string, Blob>));
     return named(() => new BytesSource(x as Map<string, FileBytes>));
   }
-  if (typeof x === 'object' && x !== null && typeof (x as Iterable<unknown>)[Symbol.iterator] === 'function') return named(() => new BlobSource(x as Iterable<Blob>));
-  throw new ArgumentError(`${op}: ${arg}: expected a folder path, a URL, a FileSource, a Map of files or a list of Files, got ${describe(x)}`);
+  if (typeof x === 'object' && x !== null && typeof (x as Iterable<unknown>)[Symbol.iterator] === 'function')
+    return named(() => new BlobSource(x as Iterable<Blob>));
+  throw new ArgumentError(
+    `${op}: ${arg}: expected a folder path, a URL, a FileSource, a Map of files or a list of Files, got ${describe(x)}`,
+  );
 }
 
 /**

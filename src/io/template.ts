@@ -84,7 +84,10 @@ class BoundedInterpreter extends Interpreter {
   // sizes of lists and dicts already measured; namespaces are mutable and never cached
   private readonly sizes = new WeakMap<object, number>();
 
-  constructor(env: Environment, private readonly limits: TemplateLimits) {
+  constructor(
+    env: Environment,
+    private readonly limits: TemplateLimits,
+  ) {
     super(env);
     this.deadline = Date.now() + limits.maxMillis;
   }
@@ -108,7 +111,8 @@ class BoundedInterpreter extends Interpreter {
       const pad = indent * (d + 1) + 2; // newline + indentation + separator
       if (x === null || typeof x !== 'object') total += 8;
       else if (x.type === 'StringValue') total += (x.value as string).length + 2;
-      else if (!CONTAINERS.has(x.type)) total += 32; // numbers, booleans, none, functions
+      else if (!CONTAINERS.has(x.type))
+        total += 32; // numbers, booleans, none, functions
       else {
         if (x.type === 'NamespaceValue') cacheable = false;
         const cached = indent === 0 && x !== v ? this.sizes.get(x) : undefined;
@@ -156,7 +160,7 @@ class BoundedInterpreter extends Interpreter {
     const before = this.steps;
     this.steps += n;
     if (this.steps > this.limits.maxSteps) this.fail(`more than ${this.limits.maxSteps} evaluation steps (a runaway loop?)`);
-    if ((before >> 10 !== this.steps >> 10) && Date.now() > this.deadline) this.fail(`rendering took more than ${this.limits.maxMillis} ms`);
+    if (before >> 10 !== this.steps >> 10 && Date.now() > this.deadline) this.fail(`rendering took more than ${this.limits.maxMillis} ms`);
   }
 
   evaluate(statement: unknown, environment: Environment): unknown {
@@ -257,14 +261,22 @@ function strftimeNow(format: unknown): string {
   const pad2 = (n: number) => (n < 10 ? '0' : '') + n;
   return String(format).replace(/%[YmdbBHM%]/g, (t) => {
     switch (t) {
-      case '%Y': return String(d.getFullYear());
-      case '%m': return pad2(d.getMonth() + 1);
-      case '%d': return pad2(d.getDate());
-      case '%b': return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(d);
-      case '%B': return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(d);
-      case '%H': return pad2(d.getHours());
-      case '%M': return pad2(d.getMinutes());
-      default: return '%';
+      case '%Y':
+        return String(d.getFullYear());
+      case '%m':
+        return pad2(d.getMonth() + 1);
+      case '%d':
+        return pad2(d.getDate());
+      case '%b':
+        return new Intl.DateTimeFormat(undefined, { month: 'short' }).format(d);
+      case '%B':
+        return new Intl.DateTimeFormat(undefined, { month: 'long' }).format(d);
+      case '%H':
+        return pad2(d.getHours());
+      case '%M':
+        return pad2(d.getMinutes());
+      default:
+        return '%';
     }
   });
 }
@@ -274,8 +286,12 @@ export class BoundedTemplate {
   private readonly template: Template;
 
   /** Throws FormatError naming `origin` when the template is too long or does not parse. */
-  constructor(readonly source: string, readonly origin: string) {
-    if (source.length > MAX_TEMPLATE_CHARS) throw new FormatError(`${origin}: ${source.length} characters, more than the ${MAX_TEMPLATE_CHARS} a chat template may have`);
+  constructor(
+    readonly source: string,
+    readonly origin: string,
+  ) {
+    if (source.length > MAX_TEMPLATE_CHARS)
+      throw new FormatError(`${origin}: ${source.length} characters, more than the ${MAX_TEMPLATE_CHARS} a chat template may have`);
     try {
       this.template = new Template(source);
     } catch (e) {

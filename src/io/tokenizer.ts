@@ -99,23 +99,28 @@ function jsonVocabSize(json: Json, file: string): number {
   if (Array.isArray(vocab)) {
     // Unigram: [token, score][]
     for (const [i, e] of vocab.entries()) {
-      if (!Array.isArray(e) || typeof e[0] !== 'string' || typeof e[1] !== 'number') throw new FormatError(`${file}: model.vocab[${i}]: expected [token, score], got ${describe(e)}`);
+      if (!Array.isArray(e) || typeof e[0] !== 'string' || typeof e[1] !== 'number')
+        throw new FormatError(`${file}: model.vocab[${i}]: expected [token, score], got ${describe(e)}`);
     }
     n = entries = vocab.length;
   } else if (isPlainObject(vocab)) {
     for (const [t, id] of Object.entries(vocab)) {
-      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) throw new FormatError(`${file}: model.vocab[${JSON.stringify(t)}]: expected a non-negative integer id, got ${describe(id)}`);
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0)
+        throw new FormatError(`${file}: model.vocab[${JSON.stringify(t)}]: expected a non-negative integer id, got ${describe(id)}`);
       if (id + 1 > n) [n, worst] = [id + 1, `model.vocab[${JSON.stringify(t)}]`];
       entries++;
     }
-  } else if (vocab !== undefined && vocab !== null) throw new FormatError(`${file}: model.vocab: expected an object or a list, got ${describe(vocab)}`);
+  } else if (vocab !== undefined && vocab !== null)
+    throw new FormatError(`${file}: model.vocab: expected an object or a list, got ${describe(vocab)}`);
   const added = json.added_tokens as Json[];
   for (const [i, t] of added.entries()) {
     if ((t.id as number) + 1 > n) [n, worst] = [(t.id as number) + 1, `added_tokens[${i}] (${JSON.stringify(t.content)})`];
   }
   const bound = entries + added.length + MAX_ID_HOLES;
   if (n > bound) {
-    throw new FormatError(`${file}: ${worst}: id ${n - 1} does not fit the ${entries} vocabulary entries and ${added.length} added tokens present (ids must stay below ${bound})`);
+    throw new FormatError(
+      `${file}: ${worst}: id ${n - 1} does not fit the ${entries} vocabulary entries and ${added.length} added tokens present (ids must stay below ${bound})`,
+    );
   }
   return n;
 }
@@ -145,11 +150,14 @@ function checkTokenizerJson(json: Json, file: string): void {
   for (const k of ['normalizer', 'pre_tokenizer', 'post_processor', 'decoder']) {
     if (!(k in json)) json[k] = null; // optional in the file; the library wants the keys
     const c = json[k];
-    if (c !== null && !(isPlainObject(c) && typeof c.type === 'string')) throw new FormatError(`${file}: ${k}: expected null or an object with a type, got ${describe(c)}`);
+    if (c !== null && !(isPlainObject(c) && typeof c.type === 'string'))
+      throw new FormatError(`${file}: ${k}: expected null or an object with a type, got ${describe(c)}`);
   }
-  if ('type' in json.model && typeof json.model.type !== 'string') throw new FormatError(`${file}: model.type: expected a string, got ${describe(json.model.type)}`);
+  if ('type' in json.model && typeof json.model.type !== 'string')
+    throw new FormatError(`${file}: model.type: expected a string, got ${describe(json.model.type)}`);
   if (json.added_tokens === undefined) json.added_tokens = [];
-  if (!Array.isArray(json.added_tokens)) throw new FormatError(`${file}: added_tokens: expected a list, got ${describe(json.added_tokens)}`);
+  if (!Array.isArray(json.added_tokens))
+    throw new FormatError(`${file}: added_tokens: expected a list, got ${describe(json.added_tokens)}`);
   for (const [i, t] of (json.added_tokens as unknown[]).entries()) {
     if (!isPlainObject(t) || typeof t.content !== 'string' || typeof t.id !== 'number' || !Number.isSafeInteger(t.id) || t.id < 0) {
       throw new FormatError(`${file}: added_tokens[${i}]: expected { id: non-negative integer, content: string, ... }`);
@@ -184,7 +192,8 @@ export class MoteTokenizer {
     this.source = opts.source ?? '.';
     const file = fileIn(this.source, TOKENIZER_FILE);
     if (!isPlainObject(tokenizerJson)) throw new FormatError(`${file}: expected a JSON object, got ${describe(tokenizerJson)}`);
-    if (!isPlainObject(tokenizerConfig)) throw new FormatError(`${fileIn(this.source, TOKENIZER_CONFIG_FILE)}: expected a JSON object, got ${describe(tokenizerConfig)}`);
+    if (!isPlainObject(tokenizerConfig))
+      throw new FormatError(`${fileIn(this.source, TOKENIZER_CONFIG_FILE)}: expected a JSON object, got ${describe(tokenizerConfig)}`);
     this.json = structuredClone(tokenizerJson);
     this.config = structuredClone(tokenizerConfig);
     checkTokenizerJson(this.json, file);
@@ -281,9 +290,13 @@ export class MoteTokenizer {
     }
     const source = this.chatTemplate;
     const cfgFile = fileIn(this.source, TOKENIZER_CONFIG_FILE);
-    if (source === null) throw new FormatError(`${cfgFile}: no chat_template (and no ${CHAT_TEMPLATE_FILE}): this tokenizer has no chat template`);
+    if (source === null)
+      throw new FormatError(`${cfgFile}: no chat_template (and no ${CHAT_TEMPLATE_FILE}): this tokenizer has no chat template`);
     if (this.compiled?.source !== source) {
-      const origin = source === this.templateFromFile && this.templateFromConfig() === null ? fileIn(this.source, CHAT_TEMPLATE_FILE) : `${cfgFile}: chat_template`;
+      const origin =
+        source === this.templateFromFile && this.templateFromConfig() === null
+          ? fileIn(this.source, CHAT_TEMPLATE_FILE)
+          : `${cfgFile}: chat_template`;
       this.compiled = { source, template: new BoundedTemplate(source, origin) };
     }
     const vars: Record<string, unknown> = {
@@ -311,7 +324,8 @@ export class MoteTokenizer {
   addSpecialTokens(tokens: readonly string[]): number[] {
     if (!Array.isArray(tokens)) throw new ArgumentError(`addSpecialTokens: tokens: expected a list of strings, got ${describe(tokens)}`);
     for (const [i, t] of tokens.entries()) {
-      if (typeof t !== 'string' || t.length === 0) throw new ArgumentError(`addSpecialTokens: tokens[${i}]: expected a non-empty string, got ${describe(t)}`);
+      if (typeof t !== 'string' || t.length === 0)
+        throw new ArgumentError(`addSpecialTokens: tokens[${i}]: expected a non-empty string, got ${describe(t)}`);
     }
     const json = structuredClone(this.json);
     const config = structuredClone(this.config);
@@ -331,7 +345,14 @@ export class MoteTokenizer {
       ids.push(id);
       changed = true;
       if (isPlainObject(config.added_tokens_decoder)) {
-        config.added_tokens_decoder[String(id)] = { content: t, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true };
+        config.added_tokens_decoder[String(id)] = {
+          content: t,
+          lstrip: false,
+          normalized: false,
+          rstrip: false,
+          single_word: false,
+          special: true,
+        };
       }
       const extra = Array.isArray(config.additional_special_tokens) ? (config.additional_special_tokens as unknown[]) : [];
       if (!extra.some((e) => tokenContent(e) === t)) config.additional_special_tokens = [...extra, t];
@@ -393,10 +414,15 @@ export class MoteTokenizer {
  * FileSource: src/io/source.ts) returns a Promise.
  */
 export function loadTokenizer(dir: string): MoteTokenizer;
-export function loadTokenizer(dir: FileSource | URL | DirHandle | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>): Promise<MoteTokenizer>;
+export function loadTokenizer(
+  dir: FileSource | URL | DirHandle | ReadonlyMap<string, Blob | FileBytes> | Iterable<Blob>,
+): Promise<MoteTokenizer>;
 export function loadTokenizer(dir: SourceInput): MoteTokenizer | Promise<MoteTokenizer> {
   if (typeof dir !== 'string') return loadTokenizerFrom(openSource(dir, 'loadTokenizer', 'dir'));
-  if (/^https?:\/\//i.test(dir)) throw new ArgumentError(`loadTokenizer: dir: ${dir}: pass new URL(...) to load from a URL (that returns a Promise); a string is a folder path`);
+  if (/^https?:\/\//i.test(dir))
+    throw new ArgumentError(
+      `loadTokenizer: dir: ${dir}: pass new URL(...) to load from a URL (that returns a Promise); a string is a folder path`,
+    );
   const file = path.join(dir, TOKENIZER_FILE);
   if (!fs.existsSync(file)) throw noTokenizer(file);
   const json = readJson(file, 'the tokenizer', MAX_TOKENIZER_BYTES);
@@ -413,32 +439,47 @@ export function loadTokenizer(dir: SourceInput): MoteTokenizer | Promise<MoteTok
 }
 
 function noTokenizer(file: string): FormatError {
-  return new FormatError(`${file}: not found: model directory without a tokenizer (expected ${TOKENIZER_FILE} as the HF tokenizers library saves it)`);
+  return new FormatError(
+    `${file}: not found: model directory without a tokenizer (expected ${TOKENIZER_FILE} as the HF tokenizers library saves it)`,
+  );
 }
 
 /** The JSON object checks of readJson, on text already read. */
 /** The text of a tokenizer JSON file → its object: a git-LFS pointer, malformed JSON, a non-object and deep nesting are FormatErrors. */
 function parseJsonText(text: string, file: string, what: string): Json {
   if (text.startsWith(LFS_POINTER)) {
-    throw new FormatError(`${file}: is a git-LFS pointer, not ${what} (the repository was cloned without its LFS files); fetch the real file with \`git lfs pull\``);
+    throw new FormatError(
+      `${file}: is a git-LFS pointer, not ${what} (the repository was cloned without its LFS files); fetch the real file with \`git lfs pull\``,
+    );
   }
   return checkJsonObject(parseJson(text, file), file, what);
 }
 
 function checkJsonObject(json: unknown, file: string, what: string): Json {
   if (!isPlainObject(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
-  if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw new FormatError(`${file}: nested more than ${MAX_JSON_DEPTH} levels deep (${what})`);
+  if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH)
+    throw new FormatError(`${file}: nested more than ${MAX_JSON_DEPTH} levels deep (${what})`);
   return json;
 }
 
 /** loadTokenizer of a source: the same files, bounds and messages, read asynchronously. */
 async function loadTokenizerFrom(src: FileSource): Promise<MoteTokenizer> {
   if (!(await src.has(TOKENIZER_FILE))) throw noTokenizer(src.where(TOKENIZER_FILE));
-  const json = parseJsonText(await src.text(TOKENIZER_FILE, 'the tokenizer', MAX_TOKENIZER_BYTES), src.where(TOKENIZER_FILE), 'the tokenizer');
-  const config = await src.has(TOKENIZER_CONFIG_FILE)
-    ? parseJsonText(await src.text(TOKENIZER_CONFIG_FILE, 'the tokenizer config', MAX_TOKENIZER_CONFIG_BYTES), src.where(TOKENIZER_CONFIG_FILE), 'the tokenizer config')
+  const json = parseJsonText(
+    await src.text(TOKENIZER_FILE, 'the tokenizer', MAX_TOKENIZER_BYTES),
+    src.where(TOKENIZER_FILE),
+    'the tokenizer',
+  );
+  const config = (await src.has(TOKENIZER_CONFIG_FILE))
+    ? parseJsonText(
+        await src.text(TOKENIZER_CONFIG_FILE, 'the tokenizer config', MAX_TOKENIZER_CONFIG_BYTES),
+        src.where(TOKENIZER_CONFIG_FILE),
+        'the tokenizer config',
+      )
     : {};
-  const chatTemplate = await src.has(CHAT_TEMPLATE_FILE) ? await src.text(CHAT_TEMPLATE_FILE, 'the chat template', 4 * MAX_TEMPLATE_CHARS) : null;
+  const chatTemplate = (await src.has(CHAT_TEMPLATE_FILE))
+    ? await src.text(CHAT_TEMPLATE_FILE, 'the chat template', 4 * MAX_TEMPLATE_CHARS)
+    : null;
   return new MoteTokenizer(json, config, { source: src.name, chatTemplate });
 }
 

@@ -86,7 +86,11 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 /** Field readers that throw FormatError naming the file and the field. */
 class Fields {
-  constructor(readonly file: string, readonly json: Record<string, unknown>, readonly prefix = '') {}
+  constructor(
+    readonly file: string,
+    readonly json: Record<string, unknown>,
+    readonly prefix = '',
+  ) {}
 
   fail(key: string, what: string): never {
     throw new FormatError(`${this.file}: ${this.prefix}${key} ${what}`);
@@ -149,7 +153,13 @@ function parseRopeScaling(f: Fields): RopeScaling | null {
     if (highFreqFactor <= lowFreqFactor) {
       f.fail('high_freq_factor', `must exceed low_freq_factor (${lowFreqFactor}), got ${highFreqFactor}`);
     }
-    return { type, factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: f.int('original_max_position_embeddings', { max: MAX_POSITIONS }) };
+    return {
+      type,
+      factor,
+      lowFreqFactor,
+      highFreqFactor,
+      originalMaxPositionEmbeddings: f.int('original_max_position_embeddings', { max: MAX_POSITIONS }),
+    };
   }
   return f.fail('rope_type', `'${type}' is not supported (supported: linear, llama3)`);
 }
@@ -186,7 +196,11 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
     family = modelType as ModelFamily;
   } else {
     const known = archList.find((a) => Object.hasOwn(ARCHITECTURES, a));
-    if (!known) f.fail('model_type', `is missing and architectures ${describe(archList)} name no supported class (${Object.keys(ARCHITECTURES).join(', ')})`);
+    if (!known)
+      f.fail(
+        'model_type',
+        `is missing and architectures ${describe(archList)} name no supported class (${Object.keys(ARCHITECTURES).join(', ')})`,
+      );
     family = ARCHITECTURES[known]!;
   }
   // A config for e.g. LlamaForSequenceClassification has a score head instead of lm_head.
@@ -242,7 +256,8 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
 
   let slidingWindow: number | null = null;
   if (family === 'mistral' && f.has('sliding_window')) slidingWindow = f.int('sliding_window');
-  if ((family === 'qwen2' || family === 'qwen3') && f.bool('use_sliding_window', false) && f.has('sliding_window')) slidingWindow = f.int('sliding_window');
+  if ((family === 'qwen2' || family === 'qwen3') && f.bool('use_sliding_window', false) && f.has('sliding_window'))
+    slidingWindow = f.int('sliding_window');
 
   const bosTokenId = f.has('bos_token_id') ? f.int('bos_token_id', { min: 0 }) : null;
   let eosTokenIds: number[] = [];
@@ -252,7 +267,8 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
   } else if (eos !== undefined && eos !== null) {
     eosTokenIds = [f.int('eos_token_id', { min: 0 })];
   }
-  if (bosTokenId !== null && bosTokenId >= vocabSize) f.fail('bos_token_id', `${bosTokenId} is outside the vocabulary (vocab_size ${vocabSize})`);
+  if (bosTokenId !== null && bosTokenId >= vocabSize)
+    f.fail('bos_token_id', `${bosTokenId} is outside the vocabulary (vocab_size ${vocabSize})`);
   for (const id of eosTokenIds) {
     if (id >= vocabSize) f.fail('eos_token_id', `${id} is outside the vocabulary (vocab_size ${vocabSize})`);
   }
@@ -260,7 +276,8 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
   // transformers v5 writes "dtype" where older versions wrote "torch_dtype".
   const dtKey = f.has('torch_dtype') ? 'torch_dtype' : 'dtype';
   const dt = f.str(dtKey);
-  if (dt !== null && !Object.hasOwn(TORCH_DTYPES, dt)) f.fail(dtKey, `'${dt}' is not supported (supported: ${Object.keys(TORCH_DTYPES).join(', ')})`);
+  if (dt !== null && !Object.hasOwn(TORCH_DTYPES, dt))
+    f.fail(dtKey, `'${dt}' is not supported (supported: ${Object.keys(TORCH_DTYPES).join(', ')})`);
 
   return {
     family,
@@ -292,7 +309,12 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
  * 10⁹ layers or a vocabulary its embeddings do not have is a FormatError naming `file` and the
  * field, not a loop or an allocation sized by the claim.
  */
-export function checkConfigAgainstWeights(cfg: ModelConfig, shapes: ReadonlyMap<string, readonly number[]>, file = 'config.json', weightsWhere = 'the weights'): void {
+export function checkConfigAgainstWeights(
+  cfg: ModelConfig,
+  shapes: ReadonlyMap<string, readonly number[]>,
+  file = 'config.json',
+  weightsWhere = 'the weights',
+): void {
   const fail = (field: string, what: string): never => {
     throw new FormatError(`${file}: ${field} ${what} (checked against ${weightsWhere})`);
   };
@@ -301,7 +323,8 @@ export function checkConfigAgainstWeights(cfg: ModelConfig, shapes: ReadonlyMap<
     const m = /^model\.layers\.(\d{1,9})\./.exec(name);
     if (m) layers.add(Number(m[1]));
   }
-  if (cfg.numLayers > layers.size) fail('num_hidden_layers', `is ${cfg.numLayers}, but the weights hold ${layers.size} layer${layers.size === 1 ? '' : 's'}`);
+  if (cfg.numLayers > layers.size)
+    fail('num_hidden_layers', `is ${cfg.numLayers}, but the weights hold ${layers.size} layer${layers.size === 1 ? '' : 's'}`);
   let top = -1;
   for (const l of layers) if (l > top) top = l;
   if (top >= cfg.numLayers) fail('num_hidden_layers', `is ${cfg.numLayers}, but the weights hold layer ${top} (model.layers.${top}.*)`);
@@ -313,8 +336,10 @@ export function checkConfigAgainstWeights(cfg: ModelConfig, shapes: ReadonlyMap<
   // Blame a config field only when the tensor agrees on its other axis; a tensor wrong on both
   // (e.g. transposed) is the tensor's error, reported by compareWeights with its file.
   if (embed) {
-    if (embed[1] === cfg.hiddenSize && embed[0] !== cfg.vocabSize) fail('vocab_size', `is ${cfg.vocabSize}, but model.embed_tokens.weight has ${embed[0]} rows`);
-    if (embed[0] === cfg.vocabSize && embed[1] !== cfg.hiddenSize) fail('hidden_size', `is ${cfg.hiddenSize}, but model.embed_tokens.weight has ${embed[1]} columns`);
+    if (embed[1] === cfg.hiddenSize && embed[0] !== cfg.vocabSize)
+      fail('vocab_size', `is ${cfg.vocabSize}, but model.embed_tokens.weight has ${embed[0]} rows`);
+    if (embed[0] === cfg.vocabSize && embed[1] !== cfg.hiddenSize)
+      fail('hidden_size', `is ${cfg.hiddenSize}, but model.embed_tokens.weight has ${embed[1]} columns`);
   }
   const q = dims(linearWeightName(0, 'q_proj'));
   if (q && q[1] === cfg.hiddenSize && q[0] !== cfg.numHeads * cfg.headDim) {
@@ -325,7 +350,8 @@ export function checkConfigAgainstWeights(cfg: ModelConfig, shapes: ReadonlyMap<
     fail('num_key_value_heads', `× head_dim is ${cfg.numKvHeads} × ${cfg.headDim}, but ${linearWeightName(0, 'k_proj')} has ${k[0]} rows`);
   }
   const g = dims(linearWeightName(0, 'gate_proj'));
-  if (g && g[1] === cfg.hiddenSize && g[0] !== cfg.intermediateSize) fail('intermediate_size', `is ${cfg.intermediateSize}, but ${linearWeightName(0, 'gate_proj')} has ${g[0]} rows`);
+  if (g && g[1] === cfg.hiddenSize && g[0] !== cfg.intermediateSize)
+    fail('intermediate_size', `is ${cfg.intermediateSize}, but ${linearWeightName(0, 'gate_proj')} has ${g[0]} rows`);
 }
 
 /** [out, in] of a linear layer's weight (HF layout: y = x·Wᵀ). */
@@ -333,13 +359,18 @@ export function linearShape(cfg: ModelConfig, m: LinearModule): [number, number]
   const q = cfg.numHeads * cfg.headDim;
   const kv = cfg.numKvHeads * cfg.headDim;
   switch (m) {
-    case 'q_proj': return [q, cfg.hiddenSize];
+    case 'q_proj':
+      return [q, cfg.hiddenSize];
     case 'k_proj':
-    case 'v_proj': return [kv, cfg.hiddenSize];
-    case 'o_proj': return [cfg.hiddenSize, q];
+    case 'v_proj':
+      return [kv, cfg.hiddenSize];
+    case 'o_proj':
+      return [cfg.hiddenSize, q];
     case 'gate_proj':
-    case 'up_proj': return [cfg.intermediateSize, cfg.hiddenSize];
-    case 'down_proj': return [cfg.hiddenSize, cfg.intermediateSize];
+    case 'up_proj':
+      return [cfg.intermediateSize, cfg.hiddenSize];
+    case 'down_proj':
+      return [cfg.hiddenSize, cfg.intermediateSize];
   }
 }
 
@@ -356,8 +387,7 @@ export interface WeightSpec {
 /** Every tensor the checkpoint of `cfg` must hold, in HF naming and layer order. */
 export function expectedWeights(cfg: ModelConfig): WeightSpec[] {
   const out: WeightSpec[] = [{ name: 'model.embed_tokens.weight', shape: [cfg.vocabSize, cfg.hiddenSize] }];
-  const hasBias = (m: LinearModule) =>
-    m === 'o_proj' ? cfg.outputBias : moduleParent(m) === 'mlp' ? cfg.mlpBias : cfg.attentionBias;
+  const hasBias = (m: LinearModule) => (m === 'o_proj' ? cfg.outputBias : moduleParent(m) === 'mlp' ? cfg.mlpBias : cfg.attentionBias);
   for (let i = 0; i < cfg.numLayers; i++) {
     out.push({ name: `model.layers.${i}.input_layernorm.weight`, shape: [cfg.hiddenSize] });
     for (const m of LINEAR_MODULES) {
@@ -386,8 +416,12 @@ export interface WeightReport {
 }
 
 /** Compares what a checkpoint holds (name -> shape) with `expected`. */
-export function compareWeights(expected: readonly WeightSpec[], actual: ReadonlyMap<string, readonly number[]> | Iterable<[string, readonly number[]]>): WeightReport {
-  const have = actual instanceof Map ? (actual as ReadonlyMap<string, readonly number[]>) : new Map(actual as Iterable<[string, readonly number[]]>);
+export function compareWeights(
+  expected: readonly WeightSpec[],
+  actual: ReadonlyMap<string, readonly number[]> | Iterable<[string, readonly number[]]>,
+): WeightReport {
+  const have =
+    actual instanceof Map ? (actual as ReadonlyMap<string, readonly number[]>) : new Map(actual as Iterable<[string, readonly number[]]>);
   const report: WeightReport = { missing: [], extra: [], wrongShape: [] };
   const want = new Set<string>();
   for (const w of expected) {

@@ -92,7 +92,8 @@ export interface KvAppend {
 }
 
 function positiveInt(op: string, name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw new ArgumentError(`${op}: ${name}: expected a positive integer, got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0)
+    throw new ArgumentError(`${op}: ${name}: expected a positive integer, got ${describe(v)}`);
   return v;
 }
 
@@ -116,7 +117,8 @@ export class KvCache {
   #disposed = false;
 
   constructor(backend: Backend, dims: KvCacheDims, opts: KvCacheOptions = {}) {
-    if (!backend || typeof (backend as Backend).empty !== 'function') throw new ArgumentError(`KvCache: backend: expected a Backend, got ${describe(backend)}`);
+    if (!backend || typeof (backend as Backend).empty !== 'function')
+      throw new ArgumentError(`KvCache: backend: expected a Backend, got ${describe(backend)}`);
     this.backend = backend;
     this.numLayers = positiveInt('KvCache', 'numLayers', dims?.numLayers);
     this.numKvHeads = positiveInt('KvCache', 'numKvHeads', dims?.numKvHeads);
@@ -173,7 +175,8 @@ export class KvCache {
 
   #layer(op: string, layer: number): void {
     this.#live(op);
-    if (!Number.isSafeInteger(layer) || layer < 0 || layer >= this.numLayers) throw new ArgumentError(`KvCache.${op}: layer: expected an integer in [0, ${this.numLayers - 1}], got ${describe(layer)}`);
+    if (!Number.isSafeInteger(layer) || layer < 0 || layer >= this.numLayers)
+      throw new ArgumentError(`KvCache.${op}: layer: expected an integer in [0, ${this.numLayers - 1}], got ${describe(layer)}`);
     if (this.#cap === 0) throw new ArgumentError(`KvCache.${op}: the cache is empty (nothing appended yet)`);
   }
 
@@ -211,7 +214,10 @@ export class KvCache {
 
   #release(): void {
     for (const t of [...this.#k3, ...this.#v3, ...this.#k2, ...this.#v2]) t.dispose();
-    this.#k2 = []; this.#v2 = []; this.#k3 = []; this.#v3 = [];
+    this.#k2 = [];
+    this.#v2 = [];
+    this.#k3 = [];
+    this.#v3 = [];
     this.#cap = 0;
   }
 
@@ -225,7 +231,11 @@ export class KvCache {
     try {
       for (let l = 0; l < 2 * this.numLayers; l++) made.push(this.backend.zeros([cap, this.row]));
       if (this.#cap > 0 && src.length > 0) {
-        map = rowMap(this.backend, Int32Array.from({ length: src.length }, (_, i) => i), src);
+        map = rowMap(
+          this.backend,
+          Int32Array.from({ length: src.length }, (_, i) => i),
+          src,
+        );
         const old = [...this.#k2, ...this.#v2];
         old.forEach((t, i) => copyRows(made[i]!, t, map!));
       }
@@ -239,8 +249,14 @@ export class KvCache {
   }
 
   #resizeMeta(cap: number): void {
-    const grow = (a: Int32Array) => { const b = new Int32Array(cap); b.set(a.subarray(0, Math.min(a.length, cap))); return b; };
-    this.#seq = grow(this.#seq); this.#pos = grow(this.#pos); this.#seg = grow(this.#seg);
+    const grow = (a: Int32Array) => {
+      const b = new Int32Array(cap);
+      b.set(a.subarray(0, Math.min(a.length, cap)));
+      return b;
+    };
+    this.#seq = grow(this.#seq);
+    this.#pos = grow(this.#pos);
+    this.#seg = grow(this.#seg);
   }
 
   /**
@@ -253,14 +269,17 @@ export class KvCache {
     this.#live('begin');
     if (this.#pending) throw new ArgumentError('KvCache.begin: another forward is appending to this cache (commit or abort it first)');
     const N = seq.length;
-    if (N === 0 || pos.length !== N || (segments && segments.segment.length !== N)) throw new ShapeError(`KvCache.begin: expected N > 0 tokens with as many positions (and segments), got ${N}, ${pos.length}`);
+    if (N === 0 || pos.length !== N || (segments && segments.segment.length !== N))
+      throw new ShapeError(`KvCache.begin: expected N > 0 tokens with as many positions (and segments), got ${N}, ${pos.length}`);
     const start = this.#used;
     const need = start + N + 1; // + the always-empty last slot
     let cap = this.#cap;
     if (cap < need) cap = Math.ceil(Math.max(need, 2 * this.#cap, this.#initial) / 16) * 16;
 
     // Key metadata over the (future) capacity.
-    const kSeq = new Int32Array(cap), kPos = new Int32Array(cap).fill(EMPTY_SLOT_POSITION), kSeg = new Int32Array(cap);
+    const kSeq = new Int32Array(cap),
+      kPos = new Int32Array(cap).fill(EMPTY_SLOT_POSITION),
+      kSeg = new Int32Array(cap);
     kSeq.set(this.#seq.subarray(0, start));
     kPos.set(this.#pos.subarray(0, start));
     kSeg.set(this.#seg.subarray(0, start));
@@ -285,7 +304,11 @@ export class KvCache {
     const layout = attentionLayout(this.backend, { qSeq: seq, qPos: pos, kSeq, kPos, ...(segInit ? { segments: segInit } : {}) });
     let rows: RowMap | undefined;
     try {
-      rows = rowMap(this.backend, Int32Array.from({ length: N }, (_, n) => start + n), Int32Array.from({ length: N }, (_, n) => n));
+      rows = rowMap(
+        this.backend,
+        Int32Array.from({ length: N }, (_, n) => start + n),
+        Int32Array.from({ length: N }, (_, n) => n),
+      );
       if (cap !== this.#cap) {
         const keep = Int32Array.from({ length: start }, (_, i) => i);
         this.#relayout(keep, cap);
@@ -296,7 +319,17 @@ export class KvCache {
       rows?.dispose();
       throw e;
     }
-    const plan: KvAppend = { cache: this, N, start, layout, rows, seq: seq.slice(), pos: pos.slice(), segment: segments ? segments.segment.slice() : null, touched: new Set() };
+    const plan: KvAppend = {
+      cache: this,
+      N,
+      start,
+      layout,
+      rows,
+      seq: seq.slice(),
+      pos: pos.slice(),
+      segment: segments ? segments.segment.slice() : null,
+      touched: new Set(),
+    };
     this.#pending = plan;
     return plan;
   }
@@ -312,11 +345,17 @@ export class KvCache {
    */
   append(plan: KvAppend, layer: number, k: Tensor, v: Tensor): void {
     this.#check('append', plan);
-    if (!Number.isSafeInteger(layer) || layer < 0 || layer >= this.numLayers) throw new ArgumentError(`KvCache.append: layer: expected an integer in [0, ${this.numLayers - 1}], got ${describe(layer)}`);
+    if (!Number.isSafeInteger(layer) || layer < 0 || layer >= this.numLayers)
+      throw new ArgumentError(`KvCache.append: layer: expected an integer in [0, ${this.numLayers - 1}], got ${describe(layer)}`);
     if (plan.touched.has(layer)) throw new ArgumentError(`KvCache.append: layer ${layer} was already appended in this forward`);
-    for (const [name, t] of [['k', k], ['v', v]] as const) {
+    for (const [name, t] of [
+      ['k', k],
+      ['v', v],
+    ] as const) {
       if (t instanceof Tensor && (t.shape[0] !== plan.N || t.size !== plan.N * this.row)) {
-        throw new ShapeError(`KvCache.append: ${name}: expected [${plan.N}, ${this.row}] (one row of numKvHeads·headDim per new token), got [${t.shape.join(', ')}]`);
+        throw new ShapeError(
+          `KvCache.append: ${name}: expected [${plan.N}, ${this.row}] (one row of numKvHeads·headDim per new token), got [${t.shape.join(', ')}]`,
+        );
       }
     }
     plan.touched.add(layer);
@@ -327,10 +366,12 @@ export class KvCache {
   /** Makes the pending append part of the cache. @internal */
   commit(plan: KvAppend): void {
     this.#check('commit', plan);
-    if (plan.touched.size !== this.numLayers) throw new ArgumentError(`KvCache.commit: only ${plan.touched.size} of ${this.numLayers} layers were appended`);
+    if (plan.touched.size !== this.numLayers)
+      throw new ArgumentError(`KvCache.commit: only ${plan.touched.size} of ${this.numLayers} layers were appended`);
     this.#seq.set(plan.seq, plan.start);
     this.#pos.set(plan.pos, plan.start);
-    if (plan.segment) this.#seg.set(plan.segment, plan.start); else this.#seg.fill(0, plan.start, plan.start + plan.N);
+    if (plan.segment) this.#seg.set(plan.segment, plan.start);
+    else this.#seg.fill(0, plan.start, plan.start + plan.N);
     this.#used += plan.N;
     this.#finish(plan);
   }
@@ -342,7 +383,11 @@ export class KvCache {
     try {
       if (!this.disposed && plan.touched.size > 0) {
         // the last slot is never used: copy its zeros over the slots this forward wrote
-        zero = rowMap(this.backend, Int32Array.from({ length: plan.N }, (_, n) => plan.start + n), new Int32Array(plan.N).fill(this.#cap - 1));
+        zero = rowMap(
+          this.backend,
+          Int32Array.from({ length: plan.N }, (_, n) => plan.start + n),
+          new Int32Array(plan.N).fill(this.#cap - 1),
+        );
         for (const l of plan.touched) {
           copyRows(this.#k2[l]!, this.#k2[l]!, zero);
           copyRows(this.#v2[l]!, this.#v2[l]!, zero);
@@ -368,10 +413,21 @@ export class KvCache {
     const keep: number[] = [];
     for (let i = 0; i < this.#used; i++) if (!gone.has(this.#seq[i]!)) keep.push(i);
     if (keep.length === this.#used) return;
-    if (keep.length === 0) { this.clear(); return; }
+    if (keep.length === 0) {
+      this.clear();
+      return;
+    }
     this.#relayout(keep, this.#cap);
-    const pick = (a: Int32Array) => { const b = new Int32Array(this.#cap); keep.forEach((s, i) => { b[i] = a[s]!; }); return b; };
-    this.#seq = pick(this.#seq); this.#pos = pick(this.#pos); this.#seg = pick(this.#seg);
+    const pick = (a: Int32Array) => {
+      const b = new Int32Array(this.#cap);
+      keep.forEach((s, i) => {
+        b[i] = a[s]!;
+      });
+      return b;
+    };
+    this.#seq = pick(this.#seq);
+    this.#pos = pick(this.#pos);
+    this.#seg = pick(this.#seg);
     this.#used = keep.length;
   }
 
@@ -381,13 +437,19 @@ export class KvCache {
     if (this.#pending) throw new ArgumentError('KvCache.clear: a forward is appending to this cache');
     this.#release();
     this.#used = 0;
-    this.#seq = new Int32Array(0); this.#pos = new Int32Array(0); this.#seg = new Int32Array(0);
+    this.#seq = new Int32Array(0);
+    this.#pos = new Int32Array(0);
+    this.#seg = new Int32Array(0);
   }
 
   /** Frees the device memory. Safe to call twice. */
   dispose(): void {
     if (this.#disposed) return;
-    if (this.#pending) { this.#pending.layout.dispose(); this.#pending.rows.dispose(); this.#pending = null; }
+    if (this.#pending) {
+      this.#pending.layout.dispose();
+      this.#pending.rows.dispose();
+      this.#pending = null;
+    }
     this.#release();
     this.#used = 0;
     this.#disposed = true;

@@ -74,7 +74,11 @@ export interface LlamaSegments {
 }
 
 /** Segments after checking: per-token segment ids as an Int32Array. */
-export interface CheckedSegments { numSegments: number; segment: Int32Array; blocked: ArrayLike<number | boolean> }
+export interface CheckedSegments {
+  numSegments: number;
+  segment: Int32Array;
+  blocked: ArrayLike<number | boolean>;
+}
 
 /** What LlamaModel.logits needs of a MoTE bundle or an adapter set (src/adapters/stacks.ts AdapterStacks). */
 interface RoutableAdapters {
@@ -121,7 +125,8 @@ function intArray(op: string, name: string, a: ArrayLike<number> | undefined, n:
   const out = new Int32Array(n);
   for (let i = 0; i < n; i++) {
     const v = a[i]!;
-    if (!Number.isInteger(v) || v < lo || v > hi) throw new ArgumentError(`${op}: ${name}[${i}]: expected an integer in [${lo}, ${hi}], got ${v}`);
+    if (!Number.isInteger(v) || v < lo || v > hi)
+      throw new ArgumentError(`${op}: ${name}[${i}]: expected an integer in [${lo}, ${hi}], got ${v}`);
     out[i] = v;
   }
   return out;
@@ -130,19 +135,39 @@ function intArray(op: string, name: string, a: ArrayLike<number> | undefined, n:
 /** Tracks temporaries of a pass so that each is freed exactly once, also on errors. @internal shared with the training pass */
 export class Scope {
   readonly #held = new Set<Tensor>();
-  keep<T extends Tensor>(t: T): T { this.#held.add(t); return t; }
+  keep<T extends Tensor>(t: T): T {
+    this.#held.add(t);
+    return t;
+  }
   free(...ts: (Tensor | undefined | null)[]): void {
     for (const t of ts) if (t && this.#held.delete(t)) t.dispose();
   }
-  release(t: Tensor): Tensor { this.#held.delete(t); return t; }
-  close(): void { for (const t of this.#held) t.dispose(); this.#held.clear(); }
+  release(t: Tensor): Tensor {
+    this.#held.delete(t);
+    return t;
+  }
+  close(): void {
+    for (const t of this.#held) t.dispose();
+    this.#held.clear();
+  }
 }
 
 /** What the training pass keeps of one layer for its backward. @internal */
 export interface LayerSaved {
-  xIn: Tensor; rstd1: Tensor; n1: Tensor;
-  q: Tensor; k: Tensor; v: Tensor; att: Tensor; lse: Tensor;
-  h: Tensor; rstd2: Tensor; n2: Tensor; g: Tensor; u: Tensor; s: Tensor;
+  xIn: Tensor;
+  rstd1: Tensor;
+  n1: Tensor;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  att: Tensor;
+  lse: Tensor;
+  h: Tensor;
+  rstd2: Tensor;
+  n2: Tensor;
+  g: Tensor;
+  u: Tensor;
+  s: Tensor;
   /** LoRA shrink outputs per module (when the module has a stack). */
   lv: Partial<Record<LinearModule, Tensor>>;
   /** Qwen3: the projections before the per-head norm ([T, heads·D]) and the norms' rstd ([T·heads]). */
@@ -171,7 +196,8 @@ export interface DecoderPass {
 /** The attention layout of a batch without a cache. @internal */
 export function passLayout(be: Backend, seq: Int32Array, pos: Int32Array, segments: CheckedSegments | undefined): AttentionLayout {
   return attentionLayout(be, {
-    qSeq: seq, qPos: pos,
+    qSeq: seq,
+    qPos: pos,
     ...(segments ? { segments: { numSegments: segments.numSegments, qSegment: segments.segment, blocked: segments.blocked } } : {}),
   });
 }
@@ -196,7 +222,8 @@ export function runDecoder(model: LlamaModel, p: DecoderPass): { hidden: Tensor;
   let x = scope.keep(embedding(model.weights.embedTokens, p.ids));
   for (let l = 0; l < model.config.numLayers; l++) x = decoderLayer(model, p, l, x);
   const nf = rmsnorm(x, model.weights.norm, model.config.rmsNormEps);
-  scope.keep(nf.y); scope.keep(nf.rstd);
+  scope.keep(nf.y);
+  scope.keep(nf.rstd);
   if (p.saved) return { hidden: nf.y, x, rstd: nf.rstd };
   scope.free(nf.rstd, x);
   return { hidden: nf.y, x: null, rstd: null };
@@ -210,10 +237,14 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   const lw = model.weights.layers[l]!;
   const keep = p.saved !== null;
   /** Frees temporaries in inference; the training pass keeps them for its backward. */
-  const drop = (...ts: (Tensor | undefined | null)[]): void => { if (!keep) scope.free(...ts); };
+  const drop = (...ts: (Tensor | undefined | null)[]): void => {
+    if (!keep) scope.free(...ts);
+  };
   const lv: LayerSaved['lv'] = {};
   const linear = (xin: Tensor, m: LinearModule): Tensor => {
-    const { y, v } = model.linear(l, m, lora).apply(xin, lora?.routing ?? null, { strategy: lora?.strategy, ...(p.ones ? { ones: p.ones } : {}) });
+    const { y, v } = model
+      .linear(l, m, lora)
+      .apply(xin, lora?.routing ?? null, { strategy: lora?.strategy, ...(p.ones ? { ones: p.ones } : {}) });
     scope.keep(y);
     if (v) {
       scope.keep(v);
@@ -224,9 +255,11 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   };
 
   const r1 = rmsnorm(x, lw.inputNorm, eps);
-  const n1 = scope.keep(r1.y), rstd1 = scope.keep(r1.rstd);
+  const n1 = scope.keep(r1.y),
+    rstd1 = scope.keep(r1.rstd);
   drop(rstd1);
-  let q = linear(n1, 'q_proj'), k = linear(n1, 'k_proj');
+  let q = linear(n1, 'q_proj'),
+    k = linear(n1, 'k_proj');
   const v = linear(n1, 'v_proj');
   drop(n1);
   let qk: LayerSaved['qk'];
@@ -234,12 +267,14 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
     // RMSNorm over each head's D values: the rmsnorm op on [T·heads, D] views, into a [T, heads·D] tensor.
     const headNorm = (xin: Tensor, heads: number, w: Tensor): { y: Tensor; rstd: Tensor } => {
       const y = scope.keep(model.backend.empty([T, heads * D], 'f32'));
-      const xv = scope.keep(tensorView(xin, [T * heads, D])), yv = scope.keep(tensorView(y, [T * heads, D]));
+      const xv = scope.keep(tensorView(xin, [T * heads, D])),
+        yv = scope.keep(tensorView(y, [T * heads, D]));
       const rstd = scope.keep(rmsnorm(xv, w, eps, { out: yv }).rstd);
       scope.free(xv, yv);
       return { y, rstd };
     };
-    const qn = headNorm(q, nH, lw.qNorm), kn = headNorm(k, nKv, lw.kNorm);
+    const qn = headNorm(q, nH, lw.qNorm),
+      kn = headNorm(k, nKv, lw.kNorm);
     if (keep) qk = { qIn: q, qRstd: qn.rstd, kIn: k, kRstd: kn.rstd };
     else scope.free(q, k, qn.rstd, kn.rstd);
     q = qn.y;
@@ -259,7 +294,8 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
     V = scope.keep(tensorView(v, [T, nKv, D]));
   }
   const a = attention(q3, K, V, p.layout);
-  const att = scope.keep(a.out), lse = scope.keep(a.lse);
+  const att = scope.keep(a.out),
+    lse = scope.keep(a.lse);
   drop(lse, q, k, v);
   if (!p.cache) scope.free(V); // a view: freeing it never frees v's storage
   scope.free(q3, k3);
@@ -271,9 +307,11 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
   const h = keep ? scope.keep(add(x, o)) : add(x, o, { out: x });
   scope.free(o);
   const r2 = rmsnorm(h, lw.postAttentionNorm, eps);
-  const n2 = scope.keep(r2.y), rstd2 = scope.keep(r2.rstd);
+  const n2 = scope.keep(r2.y),
+    rstd2 = scope.keep(r2.rstd);
   drop(rstd2);
-  const g = linear(n2, 'gate_proj'), u = linear(n2, 'up_proj');
+  const g = linear(n2, 'gate_proj'),
+    u = linear(n2, 'up_proj');
   drop(n2);
   const s = scope.keep(swiglu(g, u));
   drop(g, u);
@@ -287,7 +325,8 @@ function decoderLayer(model: LlamaModel, p: DecoderPass, l: number, x: Tensor): 
 
 function checkRowSeed(op: string, seed: unknown): number {
   const s = seed ?? 0;
-  if (typeof s !== 'number' || !Number.isSafeInteger(s) || s < 0) throw new ArgumentError(`${op}: seed: expected a non-negative integer, got ${describe(s)}`);
+  if (typeof s !== 'number' || !Number.isSafeInteger(s) || s < 0)
+    throw new ArgumentError(`${op}: seed: expected a non-negative integer, got ${describe(s)}`);
   return s;
 }
 
@@ -295,7 +334,12 @@ export class LlamaModel {
   #disposed = false;
 
   /** @internal use loadModel or modelFromTensors */
-  constructor(readonly config: ModelConfig, readonly backend: Backend, readonly weights: LlamaWeights, readonly dir: string | null) {}
+  constructor(
+    readonly config: ModelConfig,
+    readonly backend: Backend,
+    readonly weights: LlamaWeights,
+    readonly dir: string | null,
+  ) {}
 
   get disposed(): boolean {
     return this.#disposed || this.backend.destroyed;
@@ -308,16 +352,24 @@ export class LlamaModel {
   /** A KV cache shaped for this model, on its backend. */
   newCache(opts: KvCacheOptions = {}): KvCache {
     this.#live('newCache');
-    return new KvCache(this.backend, { numLayers: this.config.numLayers, numKvHeads: this.config.numKvHeads, headDim: this.config.headDim }, opts);
+    return new KvCache(
+      this.backend,
+      { numLayers: this.config.numLayers, numKvHeads: this.config.numKvHeads, headDim: this.config.headDim },
+      opts,
+    );
   }
 
   /**
    * Checks a batch on the host before any kernel runs: ids, sequence ids, positions
    * (defaulted), segments, LoRA and logit rows. @internal shared by forward and the training pass.
    */
-  checkBatch(op: string, batch: LlamaBatch): { ids: Int32Array; seq: Int32Array; pos: Int32Array; segments: CheckedSegments | undefined; rows: Int32Array | null } {
+  checkBatch(
+    op: string,
+    batch: LlamaBatch,
+  ): { ids: Int32Array; seq: Int32Array; pos: Int32Array; segments: CheckedSegments | undefined; rows: Int32Array | null } {
     this.#live(op.slice(op.lastIndexOf('.') + 1));
-    if (!batch || typeof batch !== 'object') throw new ArgumentError(`${op}: batch: expected { ids, seq?, pos?, lora?, segments?, cache? }, got ${describe(batch)}`);
+    if (!batch || typeof batch !== 'object')
+      throw new ArgumentError(`${op}: batch: expected { ids, seq?, pos?, lora?, segments?, cache? }, got ${describe(batch)}`);
     const cfg = this.config;
     const be = this.backend;
     const ids = checkIds(op, batch.ids, cfg.vocabSize);
@@ -325,11 +377,15 @@ export class LlamaModel {
     const seq = batch.seq === undefined ? new Int32Array(T) : intArray(op, 'seq', batch.seq, T, 0, 2 ** 31 - 1);
     const cache = batch.cache;
     if (cache !== undefined) {
-      if (!(cache instanceof KvCache)) throw new ArgumentError(`${op}: cache: expected a KvCache from model.newCache(), got ${describe(cache)}`);
+      if (!(cache instanceof KvCache))
+        throw new ArgumentError(`${op}: cache: expected a KvCache from model.newCache(), got ${describe(cache)}`);
       if (cache.disposed) throw new DisposedTensorError(`${op}: cache: used after dispose()`);
-      if (cache.backend !== be) throw new ArgumentError(`${op}: cache: lives on another backend (${cache.backend.kind}) than the model (${be.kind})`);
+      if (cache.backend !== be)
+        throw new ArgumentError(`${op}: cache: lives on another backend (${cache.backend.kind}) than the model (${be.kind})`);
       if (cache.numLayers !== cfg.numLayers || cache.numKvHeads !== cfg.numKvHeads || cache.headDim !== cfg.headDim) {
-        throw new ShapeError(`${op}: cache: made for ${cache.numLayers} layers × ${cache.numKvHeads} kv heads × ${cache.headDim}, the model has ${cfg.numLayers} × ${cfg.numKvHeads} × ${cfg.headDim}`);
+        throw new ShapeError(
+          `${op}: cache: made for ${cache.numLayers} layers × ${cache.numKvHeads} kv heads × ${cache.headDim}, the model has ${cfg.numLayers} × ${cfg.numKvHeads} × ${cfg.headDim}`,
+        );
       }
     }
     let pos: Int32Array;
@@ -346,21 +402,27 @@ export class LlamaModel {
     }
     if (cfg.slidingWindow !== null) {
       const far = pos.findIndex((p) => p >= cfg.slidingWindow!);
-      if (far >= 0) throw new ArgumentError(`${op}: pos[${far}] = ${pos[far]}: sliding-window attention (window ${cfg.slidingWindow}) is not supported; positions must stay below the window`);
+      if (far >= 0)
+        throw new ArgumentError(
+          `${op}: pos[${far}] = ${pos[far]}: sliding-window attention (window ${cfg.slidingWindow}) is not supported; positions must stay below the window`,
+        );
     }
     let segments: CheckedSegments | undefined;
     if (batch.segments !== undefined) {
       const sg = batch.segments;
-      if (!sg || typeof sg !== 'object') throw new ArgumentError(`${op}: segments: expected { numSegments, segment, blocked }, got ${describe(sg)}`);
+      if (!sg || typeof sg !== 'object')
+        throw new ArgumentError(`${op}: segments: expected { numSegments, segment, blocked }, got ${describe(sg)}`);
       const S = sg.numSegments;
-      if (!Number.isSafeInteger(S) || S <= 0) throw new ArgumentError(`${op}: segments.numSegments: expected a positive integer, got ${describe(S)}`);
+      if (!Number.isSafeInteger(S) || S <= 0)
+        throw new ArgumentError(`${op}: segments.numSegments: expected a positive integer, got ${describe(S)}`);
       const segment = intArray(op, 'segments.segment', sg.segment, T, 0, S - 1);
       if (!sg.blocked || typeof sg.blocked.length !== 'number' || sg.blocked.length === 0 || sg.blocked.length % (S * S) !== 0) {
         throw new ShapeError(`${op}: segments.blocked: expected numSeqs·${S}·${S} entries, got ${describe(sg.blocked)}`);
       }
       const numSeqs = sg.blocked.length / (S * S);
       const bad = seq.findIndex((s) => s >= numSeqs);
-      if (bad >= 0) throw new ArgumentError(`${op}: seq[${bad}] = ${seq[bad]} has no entry in segments.blocked (it covers ${numSeqs} sequences)`);
+      if (bad >= 0)
+        throw new ArgumentError(`${op}: seq[${bad}] = ${seq[bad]} has no entry in segments.blocked (it covers ${numSeqs} sequences)`);
       segments = { numSegments: S, segment, blocked: sg.blocked };
     }
     const lora = batch.lora;
@@ -368,7 +430,8 @@ export class LlamaModel {
     let rows: Int32Array | null = null;
     if (batch.logitRows !== undefined) {
       const lr = batch.logitRows;
-      if (!lr || typeof lr.length !== 'number' || lr.length === 0) throw new ArgumentError(`${op}: logitRows: expected a non-empty list of row indices, got ${describe(lr)}`);
+      if (!lr || typeof lr.length !== 'number' || lr.length === 0)
+        throw new ArgumentError(`${op}: logitRows: expected a non-empty list of row indices, got ${describe(lr)}`);
       rows = intArray(op, 'logitRows', lr, lr.length, 0, T - 1);
     }
     return { ids, seq, pos, segments, rows };
@@ -403,7 +466,15 @@ export class LlamaModel {
       } else {
         layout = ownLayout = passLayout(this.backend, seq, pos, segments);
       }
-      const pass = beginPass(this, { ids, pos, layout, lora: batch.lora, cache: plan ? { cache: cache!, plan } : null, scope, saved: null });
+      const pass = beginPass(this, {
+        ids,
+        pos,
+        layout,
+        lora: batch.lora,
+        cache: plan ? { cache: cache!, plan } : null,
+        scope,
+        saved: null,
+      });
       const { hidden } = runDecoder(this, pass);
       let h = hidden;
       if (rows) {
@@ -426,24 +497,37 @@ export class LlamaModel {
   #checkLora(op: string, lora: LlamaLora, T: number): void {
     if (!lora || typeof lora !== 'object') throw new ArgumentError(`${op}: lora: expected { stacks, routing }, got ${describe(lora)}`);
     const rt = lora.routing;
-    if (!(rt instanceof LoraRouting)) throw new ArgumentError(`${op}: lora.routing: expected a LoraRouting from loraRouting(), got ${describe(rt)}`);
-    if (rt.backend !== this.backend) throw new ArgumentError(`${op}: lora.routing: lives on another backend (${rt.backend.kind}) than the model (${this.backend.kind})`);
+    if (!(rt instanceof LoraRouting))
+      throw new ArgumentError(`${op}: lora.routing: expected a LoraRouting from loraRouting(), got ${describe(rt)}`);
+    if (rt.backend !== this.backend)
+      throw new ArgumentError(`${op}: lora.routing: lives on another backend (${rt.backend.kind}) than the model (${this.backend.kind})`);
     if (rt.T !== T) throw new ShapeError(`${op}: lora.routing: routes ${rt.T} tokens, the batch has ${T}`);
-    if (!Array.isArray(lora.stacks)) throw new ArgumentError(`${op}: lora.stacks: expected an array with one entry per layer, got ${describe(lora.stacks)}`);
-    if (lora.stacks.length !== this.config.numLayers) throw new ShapeError(`${op}: lora.stacks: expected ${this.config.numLayers} entries (one per layer), got ${lora.stacks.length}`);
+    if (!Array.isArray(lora.stacks))
+      throw new ArgumentError(`${op}: lora.stacks: expected an array with one entry per layer, got ${describe(lora.stacks)}`);
+    if (lora.stacks.length !== this.config.numLayers)
+      throw new ShapeError(`${op}: lora.stacks: expected ${this.config.numLayers} entries (one per layer), got ${lora.stacks.length}`);
     lora.stacks.forEach((mods, l) => {
       if (mods === undefined || mods === null) return;
       for (const [m, s] of Object.entries(mods)) {
-        if (!(LINEAR_MODULES as readonly string[]).includes(m)) throw new ArgumentError(`${op}: lora.stacks[${l}]: unknown module '${m}' (expected one of ${LINEAR_MODULES.join(', ')})`);
+        if (!(LINEAR_MODULES as readonly string[]).includes(m))
+          throw new ArgumentError(`${op}: lora.stacks[${l}]: unknown module '${m}' (expected one of ${LINEAR_MODULES.join(', ')})`);
         if (s === undefined) continue;
         const [out, inn] = linearShape(this.config, m as LinearModule);
-        const A = (s as LoraStack | null)?.A, B = (s as LoraStack | null)?.B;
-        if (!(A instanceof Tensor) || !(B instanceof Tensor)) throw new ArgumentError(`${op}: lora.stacks[${l}].${m}: expected a LoraStack from loraStack(), got ${describe(s)}`);
-        if (A.backend !== this.backend) throw new ArgumentError(`${op}: lora.stacks[${l}].${m}: lives on another backend (${A.backend.kind}) than the model (${this.backend.kind})`);
+        const A = (s as LoraStack | null)?.A,
+          B = (s as LoraStack | null)?.B;
+        if (!(A instanceof Tensor) || !(B instanceof Tensor))
+          throw new ArgumentError(`${op}: lora.stacks[${l}].${m}: expected a LoraStack from loraStack(), got ${describe(s)}`);
+        if (A.backend !== this.backend)
+          throw new ArgumentError(
+            `${op}: lora.stacks[${l}].${m}: lives on another backend (${A.backend.kind}) than the model (${this.backend.kind})`,
+          );
         if (A.shape.length !== 3 || A.shape[2] !== inn || B.shape.length !== 3 || B.shape[1] !== out) {
-          throw new ShapeError(`${op}: lora.stacks[${l}].${m}: expected A [L, R, ${inn}] and B [L, ${out}, R], got [${A.shape.join(', ')}] and [${B.shape.join(', ')}]`);
+          throw new ShapeError(
+            `${op}: lora.stacks[${l}].${m}: expected A [L, R, ${inn}] and B [L, ${out}, R], got [${A.shape.join(', ')}] and [${B.shape.join(', ')}]`,
+          );
         }
-        if (A.shape[0] !== rt.L) throw new ShapeError(`${op}: lora.stacks[${l}].${m}: holds ${A.shape[0]} adapters, the routing was built for L = ${rt.L}`);
+        if (A.shape[0] !== rt.L)
+          throw new ShapeError(`${op}: lora.stacks[${l}].${m}: holds ${A.shape[0]} adapters, the routing was built for L = ${rt.L}`);
       }
     });
   }
@@ -459,7 +543,11 @@ export class LlamaModel {
     let routing: LoraRouting | null = null;
     if (adapters !== undefined) {
       if (batch.lora !== undefined) throw new ArgumentError('LlamaModel.logits: adapters: give either adapters or lora, not both');
-      if (!adapters || typeof (adapters as RoutableAdapters).loraFor !== 'function' || typeof (adapters as RoutableAdapters).routing !== 'function') {
+      if (
+        !adapters ||
+        typeof (adapters as RoutableAdapters).loraFor !== 'function' ||
+        typeof (adapters as RoutableAdapters).routing !== 'function'
+      ) {
         throw new ArgumentError(`LlamaModel.logits: adapters: expected a MoteBundle or an AdapterSet, got ${describe(adapters)}`);
       }
       const n = ids?.length ?? 0;
@@ -501,10 +589,17 @@ export class LlamaModel {
     const op = 'LlamaModel.resizeTokenEmbeddings';
     this.#live('resizeTokenEmbeddings');
     const V = this.config.vocabSize;
-    if (!Number.isSafeInteger(vocabSize) || vocabSize < V) throw new ArgumentError(`${op}: vocabSize: expected an integer ≥ the current ${V} (shrinking would drop rows), got ${describe(vocabSize)}`);
+    if (!Number.isSafeInteger(vocabSize) || vocabSize < V)
+      throw new ArgumentError(
+        `${op}: vocabSize: expected an integer ≥ the current ${V} (shrinking would drop rows), got ${describe(vocabSize)}`,
+      );
     const seed = checkRowSeed(op, opts.seed);
     if (vocabSize === V) return;
-    await this.#drawRows(Array.from({ length: vocabSize - V }, (_, i) => V + i), V, seed);
+    await this.#drawRows(
+      Array.from({ length: vocabSize - V }, (_, i) => V + i),
+      V,
+      seed,
+    );
   }
 
   /**
@@ -521,38 +616,47 @@ export class LlamaModel {
     const op = 'LlamaModel.initTokenRows';
     this.#live('initTokenRows');
     const V = this.config.vocabSize;
-    if (!rows || typeof rows.length !== 'number') throw new ArgumentError(`${op}: rows: expected a list of token ids, got ${describe(rows)}`);
+    if (!rows || typeof rows.length !== 'number')
+      throw new ArgumentError(`${op}: rows: expected a list of token ids, got ${describe(rows)}`);
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { seed?, meanRows? }, got ${describe(opts)}`);
     const seed = checkRowSeed(op, opts.seed);
     const set = new Set<number>();
     for (let i = 0; i < rows.length; i++) {
       const r = rows[i]!;
-      if (!Number.isSafeInteger(r) || r < 0) throw new ArgumentError(`${op}: rows[${i}]: expected a non-negative integer, got ${describe(r)}`);
+      if (!Number.isSafeInteger(r) || r < 0)
+        throw new ArgumentError(`${op}: rows[${i}]: expected a non-negative integer, got ${describe(r)}`);
       set.add(r);
     }
     const sorted = [...set].sort((a, b) => a - b);
     // Growth only by listed rows: the allocation is bounded by the list, never by one large id.
     const past = sorted.filter((r) => r >= V);
     past.forEach((r, i) => {
-      if (r !== V + i) throw new ArgumentError(`${op}: rows: ${r} would leave rows ${V + i}..${r - 1} past the vocabulary (${V}) unset; rows past it must continue it without gaps`);
+      if (r !== V + i)
+        throw new ArgumentError(
+          `${op}: rows: ${r} would leave rows ${V + i}..${r - 1} past the vocabulary (${V}) unset; rows past it must continue it without gaps`,
+        );
     });
     const meanRows = opts.meanRows ?? V;
-    if (!Number.isSafeInteger(meanRows) || meanRows < 1 || meanRows > V) throw new ArgumentError(`${op}: meanRows: expected an integer in [1, ${V}], got ${describe(meanRows)}`);
-    if (sorted.filter((r) => r < meanRows).length >= meanRows) throw new ArgumentError(`${op}: rows: cover every row below meanRows (${meanRows}); no row is left to draw the mean from`);
+    if (!Number.isSafeInteger(meanRows) || meanRows < 1 || meanRows > V)
+      throw new ArgumentError(`${op}: meanRows: expected an integer in [1, ${V}], got ${describe(meanRows)}`);
+    if (sorted.filter((r) => r < meanRows).length >= meanRows)
+      throw new ArgumentError(`${op}: rows: cover every row below meanRows (${meanRows}); no row is left to draw the mean from`);
     if (sorted.length === 0) return;
     await this.#drawRows(sorted, meanRows, seed);
   }
 
   /** Draws `rows` (ascending; those past the vocabulary continue it) around the mean of the other rows below meanRows. */
   async #drawRows(rows: readonly number[], meanRows: number, seed: number): Promise<void> {
-    const V = this.config.vocabSize, H = this.config.hiddenSize;
+    const V = this.config.vocabSize,
+      H = this.config.hiddenSize;
     const newV = Math.max(V, rows[rows.length - 1]! + 1);
     const drawn = new Set(rows);
     const draw = async (t: Tensor, salt: number): Promise<Tensor> => {
       const old = await t.readFloat();
       const data = new Float32Array(newV * H);
       data.set(old);
-      const mean = new Float64Array(H), sq = new Float64Array(H);
+      const mean = new Float64Array(H),
+        sq = new Float64Array(H);
       let n = 0;
       for (let v = 0; v < meanRows; v++) {
         if (drawn.has(v)) continue;
@@ -598,7 +702,8 @@ export class LlamaModel {
     const w = this.weights;
     const all = new Set<Tensor>([w.embedTokens, w.norm, w.lmHead, w.invFreq]);
     for (const l of w.layers) {
-      all.add(l.inputNorm); all.add(l.postAttentionNorm);
+      all.add(l.inputNorm);
+      all.add(l.postAttentionNorm);
       if (l.qNorm) all.add(l.qNorm);
       if (l.kNorm) all.add(l.kNorm);
       for (const t of Object.values(l.linear)) all.add(t);

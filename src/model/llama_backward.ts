@@ -94,7 +94,10 @@ export function baseWeights(model: LlamaModel): Map<string, Tensor> {
 
 /** Frees every gradient tensor. */
 export function disposeGrads(g: LlamaGrads): void {
-  for (const { dA, dB } of g.lora.values()) { dA.dispose(); dB.dispose(); }
+  for (const { dA, dB } of g.lora.values()) {
+    dA.dispose();
+    dB.dispose();
+  }
   for (const t of g.weights.values()) t.dispose();
   g.lora.clear();
   g.weights.clear();
@@ -107,7 +110,8 @@ export function disposeGrads(g: LlamaGrads): void {
  */
 export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch, opts: LlamaGradOptions = {}): Promise<LlamaGradResult> {
   const op = 'llamaLossAndGrad';
-  if (!batch || typeof batch !== 'object') throw new ArgumentError(`${op}: batch: expected { ids, targets, lossMask, seq?, pos?, lora?, segments? }, got ${describe(batch)}`);
+  if (!batch || typeof batch !== 'object')
+    throw new ArgumentError(`${op}: batch: expected { ids, targets, lossMask, seq?, pos?, lora?, segments? }, got ${describe(batch)}`);
   if ((batch as LlamaBatch).cache !== undefined) throw new ArgumentError(`${op}: batch.cache: a training pass does not use a KV cache`);
   if ((batch as LlamaBatch).logitRows !== undefined) throw new ArgumentError(`${op}: batch.logitRows: a training pass computes every row`);
   const { ids, seq, pos, segments } = model.checkBatch(op, batch);
@@ -116,9 +120,12 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
   const T = ids.length;
   const V = cfg.vocabSize;
   // targets / mask: checked here (xent checks again; this names the batch fields)
-  const tg = batch.targets, mk = batch.lossMask;
-  if (!tg || tg.length !== T) throw new ShapeError(`${op}: batch.targets: expected ${T} entries (one per token), got ${tg ? tg.length : describe(tg)}`);
-  if (!mk || mk.length !== T) throw new ShapeError(`${op}: batch.lossMask: expected ${T} entries (one per token), got ${mk ? mk.length : describe(mk)}`);
+  const tg = batch.targets,
+    mk = batch.lossMask;
+  if (!tg || tg.length !== T)
+    throw new ShapeError(`${op}: batch.targets: expected ${T} entries (one per token), got ${tg ? tg.length : describe(tg)}`);
+  if (!mk || mk.length !== T)
+    throw new ShapeError(`${op}: batch.lossMask: expected ${T} entries (one per token), got ${mk ? mk.length : describe(mk)}`);
   const mask = new Float32Array(T);
   const targets = new Int32Array(T);
   let count = 0;
@@ -127,7 +134,8 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
     if (m !== 0 && m !== 1) throw new ArgumentError(`${op}: batch.lossMask[${t}]: expected 0 or 1, got ${describe(m)}`);
     if (m === 1) {
       const y = tg[t]!;
-      if (!Number.isInteger(y) || y < 0 || y >= V) throw new ArgumentError(`${op}: batch.targets[${t}]: expected a token id in [0, ${V - 1}], got ${describe(y)}`);
+      if (!Number.isInteger(y) || y < 0 || y >= V)
+        throw new ArgumentError(`${op}: batch.targets[${t}]: expected a token id in [0, ${V - 1}], got ${describe(y)}`);
       targets[t] = y;
       mask[t] = 1;
       count++;
@@ -143,19 +151,26 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
   const acc = opts.accumulate ?? false;
   if (typeof acc !== 'boolean') throw new ArgumentError(`${op}: accumulate: expected a boolean, got ${describe(acc)}`);
   const grads: LlamaGrads = opts.grads ?? { lora: new Map(), weights: new Map() };
-  if (!grads || !(grads.lora instanceof Map) || !(grads.weights instanceof Map)) throw new ArgumentError(`${op}: grads: expected { lora: Map, weights: Map }, got ${describe(grads)}`);
+  if (!grads || !(grads.lora instanceof Map) || !(grads.weights instanceof Map))
+    throw new ArgumentError(`${op}: grads: expected { lora: Map, weights: Map }, got ${describe(grads)}`);
   if (acc && !opts.grads) throw new ArgumentError(`${op}: accumulate: needs grads to add into`);
   const scale = opts.lossScale ?? (count > 0 ? 1 / count : 0);
-  if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new ArgumentError(`${op}: lossScale: expected a finite number, got ${describe(scale)}`);
+  if (typeof scale !== 'number' || !Number.isFinite(scale))
+    throw new ArgumentError(`${op}: lossScale: expected a finite number, got ${describe(scale)}`);
   if (trainBase) {
     for (const [name, t] of baseWeights(model)) {
-      if (t.dtype !== 'f32') throw new ArgumentError(`${op}: trainBase: weight '${name}' is ${t.dtype}; full-parameter training needs f32 weights (load the model with dtype 'f32')`);
+      if (t.dtype !== 'f32')
+        throw new ArgumentError(
+          `${op}: trainBase: weight '${name}' is ${t.dtype}; full-parameter training needs f32 weights (load the model with dtype 'f32')`,
+        );
     }
   }
   if (trainLora) {
-    for (const mods of lora!.stacks) for (const s of Object.values(mods ?? {})) {
-      if (s && (s.A.dtype !== 'f32' || s.B.dtype !== 'f32')) throw new ArgumentError(`${op}: lora: training needs f32 adapter factors, got A ${s.A.dtype} and B ${s.B.dtype}`);
-    }
+    for (const mods of lora!.stacks)
+      for (const s of Object.values(mods ?? {})) {
+        if (s && (s.A.dtype !== 'f32' || s.B.dtype !== 'f32'))
+          throw new ArgumentError(`${op}: lora: training needs f32 adapter factors, got A ${s.A.dtype} and B ${s.B.dtype}`);
+      }
   }
 
   // Gradient targets: the first write of a pass overwrites unless accumulating.
@@ -194,7 +209,9 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
     const pass = beginPass(model, { ids, pos, layout, lora, cache: null, scope: pool, saved });
     const { posT, ones } = pass;
     const dec = runDecoder(model, pass);
-    const x = dec.x!, nf = dec.hidden, rstdF = dec.rstd!;
+    const x = dec.x!,
+      nf = dec.hidden,
+      rstdF = dec.rstd!;
     // Logits, loss and the lm_head backward only for the rows whose loss counts (prompt tokens
     // in SFT are most of a long prompt's rows): gathered into [count, H], scattered back after.
     // Each row's arithmetic is the same as over all T rows.
@@ -219,7 +236,8 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
       const maskM = all ? mask : new Float32Array(M).fill(1);
       const logits = pool.keep(matmul(nfM, W.lmHead));
       const xe = await xent(logits, tgM, maskM);
-      pool.keep(xe.losses); pool.keep(xe.lse);
+      pool.keep(xe.losses);
+      pool.keep(xe.lse);
       lossSum = xe.loss * xe.count;
       const dlogits = pool.keep(xentGrad(logits, xe.lse, tgM, maskM, scale));
       pool.free(xe.losses, logits);
@@ -261,7 +279,9 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
       }
       const stack = lora?.stacks[l]?.[m];
       if (stack && trainLora) targets.lora = loraGradOf(stack);
-      model.linear(l, m, lora).backwardTo(xin, lv[m] ?? null, dy, lora?.routing ?? null, targets, { strategy: lora?.strategy, ...(ones ? { ones } : {}) });
+      model
+        .linear(l, m, lora)
+        .backwardTo(xin, lv[m] ?? null, dy, lora?.routing ?? null, targets, { strategy: lora?.strategy, ...(ones ? { ones } : {}) });
       return dxm;
     };
 
@@ -271,7 +291,8 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
       // MLP: x' = h + down(swiglu(gate(n2), up(n2)))
       const ds = linearBack(l, 'down_proj', sv.s, dx, null, sv.lv);
       const sg = swigluGrad(ds, sv.g, sv.u);
-      pool.keep(sg.dgate); pool.keep(sg.dup);
+      pool.keep(sg.dgate);
+      pool.keep(sg.dup);
       pool.free(ds, sv.s);
       const dn2 = linearBack(l, 'gate_proj', sv.n2, sg.dgate, null, sv.lv);
       linearBack(l, 'up_proj', sv.n2, sg.dup, dn2, sv.lv);
@@ -283,12 +304,23 @@ export async function llamaLossAndGrad(model: LlamaModel, batch: LlamaTrainBatch
       const dh = dx;
       // attention: h = x + o(attn(rope(q), rope(k), v))
       const datt = linearBack(l, 'o_proj', sv.att.reshape([T, nH * D]), dh, null, sv.lv);
-      const ag = attentionGrad(datt.reshape([T, nH, D]), sv.q.reshape([T, nH, D]), sv.k.reshape([T, nKv, D]), sv.v.reshape([T, nKv, D]), sv.att, sv.lse, layout);
-      pool.keep(ag.dq); pool.keep(ag.dk); pool.keep(ag.dv);
+      const ag = attentionGrad(
+        datt.reshape([T, nH, D]),
+        sv.q.reshape([T, nH, D]),
+        sv.k.reshape([T, nKv, D]),
+        sv.v.reshape([T, nKv, D]),
+        sv.att,
+        sv.lse,
+        layout,
+      );
+      pool.keep(ag.dq);
+      pool.keep(ag.dk);
+      pool.keep(ag.dv);
       pool.free(datt, sv.att, sv.lse, sv.q, sv.k, sv.v, sv.lv.o_proj);
       ropeGrad(ag.dq, posT, W.invFreq, { out: ag.dq });
       ropeGrad(ag.dk, posT, W.invFreq, { out: ag.dk });
-      let dq = ag.dq.reshape([T, nH * D]), dk = ag.dk.reshape([T, nKv * D]);
+      let dq = ag.dq.reshape([T, nH * D]),
+        dk = ag.dk.reshape([T, nKv * D]);
       let dqk: Tensor[] = [];
       if (sv.qk) {
         // Qwen3: back through the per-head norms, on the [T·heads, D] views the forward used.

@@ -7,8 +7,18 @@ import type { Backend } from '../backend/backend.js';
 import { WEIGHT_DTYPES, hostToF32 } from '../dtype.js';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import {
-  LINEAR_MODULES, checkConfigAgainstWeights, compareWeights, expectedWeights, hasQkNorm, linearShape, linearWeightName, parseHFConfig, qkNormWeightName,
-  type LinearModule, type ModelConfig, type WeightReport,
+  LINEAR_MODULES,
+  checkConfigAgainstWeights,
+  compareWeights,
+  expectedWeights,
+  hasQkNorm,
+  linearShape,
+  linearWeightName,
+  parseHFConfig,
+  qkNormWeightName,
+  type LinearModule,
+  type ModelConfig,
+  type WeightReport,
 } from './config.js';
 import { openSource, type SourceInput } from '../io/source.js';
 import { SourceWeights, type HostTensor } from '../io/safetensors.js';
@@ -52,7 +62,8 @@ interface WeightSource {
 function describeProblems(src: WeightSource, report: WeightReport, extra: string[]): string {
   const lines: string[] = [];
   for (const w of report.missing) lines.push(`${src.where}: tensor '${w.name}' is missing (expected shape [${w.shape.join(', ')}])`);
-  for (const w of report.wrongShape) lines.push(`${src.shape(w.name).file}: tensor '${w.name}' has shape [${w.actual.join(', ')}], expected [${w.expected.join(', ')}]`);
+  for (const w of report.wrongShape)
+    lines.push(`${src.shape(w.name).file}: tensor '${w.name}' has shape [${w.actual.join(', ')}], expected [${w.expected.join(', ')}]`);
   for (const n of extra) lines.push(`${src.shape(n).file}: tensor '${n}' is not part of this model (unexpected)`);
   const shown = lines.slice(0, 8);
   if (lines.length > shown.length) shown.push(`… and ${lines.length - shown.length} more`);
@@ -68,7 +79,8 @@ function upload(backend: Backend, h: HostTensor, shape: readonly number[], want:
 function checkOptions(op: string, opts: LoadModelOptions): void {
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: options: expected { backend, dtype? }, got ${describe(opts)}`);
   const b = opts.backend as Backend | undefined;
-  if (!b || typeof b.tensor !== 'function' || typeof b.allocStorage !== 'function') throw new ArgumentError(`${op}: backend: expected a Backend from openBackend(), got ${describe(b)}`);
+  if (!b || typeof b.tensor !== 'function' || typeof b.allocStorage !== 'function')
+    throw new ArgumentError(`${op}: backend: expected a Backend from openBackend(), got ${describe(b)}`);
   if (b.destroyed) throw new ArgumentError(`${op}: backend: this ${b.kind} backend was destroyed`);
   if (opts.dtype !== undefined && !(WEIGHT_DTYPES as readonly string[]).includes(opts.dtype)) {
     throw new ArgumentError(`${op}: dtype: expected one of ${WEIGHT_DTYPES.join(', ')}, got ${describe(opts.dtype)}`);
@@ -81,7 +93,13 @@ function checkOptions(op: string, opts: LoadModelOptions): void {
  * map of modelFromTensors and the asynchronous reads of loadModel). Nothing stays allocated
  * on failure.
  */
-function* build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir: string | null, configFile: string): Generator<string, LlamaModel, HostTensor> {
+function* build(
+  cfg: ModelConfig,
+  src: WeightSource,
+  opts: LoadModelOptions,
+  dir: string | null,
+  configFile: string,
+): Generator<string, LlamaModel, HostTensor> {
   const actual = new Map<string, number[]>();
   for (const n of src.names()) actual.set(n, src.shape(n).shape);
   // The config's sizes are only claims: check them against the tensors before listing or allocating by them.
@@ -93,7 +111,9 @@ function* build(cfg: ModelConfig, src: WeightSource, opts: LoadModelOptions, dir
   for (const w of expected) {
     const e = src.shape(w.name);
     if (!['F32', 'F16', 'BF16', 'F64'].includes(e.storedDType)) {
-      throw new FormatError(`${e.file}: tensor '${w.name}': dtype ${e.storedDType} is not a float weight dtype (expected F32, F16 or BF16)`);
+      throw new FormatError(
+        `${e.file}: tensor '${w.name}': dtype ${e.storedDType} is not a float weight dtype (expected F32, F16 or BF16)`,
+      );
     }
   }
 
@@ -164,7 +184,8 @@ async function buildAsync(g: Generator<string, LlamaModel, HostTensor>, get: (na
  */
 export async function loadModel(dir: SourceInput, opts: LoadModelOptions): Promise<LlamaModel> {
   checkOptions('loadModel', opts);
-  if (dir === '' || dir === null || dir === undefined) throw new ArgumentError(`loadModel: dir: expected a model directory path, got ${describe(dir)}`);
+  if (dir === '' || dir === null || dir === undefined)
+    throw new ArgumentError(`loadModel: dir: expected a model directory path, got ${describe(dir)}`);
   const src = openSource(dir, 'loadModel', 'dir');
   const configFile = src.where('config.json');
   // Bounded, regular-file-only read: a FIFO or a huge file in place of config.json is a FormatError, not a hang.
@@ -189,7 +210,14 @@ export function modelFromTensors(config: ModelConfig, tensors: ReadonlyMap<strin
   const src: WeightSource = {
     where: '<tensors>',
     names: () => [...tensors.keys()],
-    shape: (n) => { const t = tensors.get(n)!; return { shape: [...t.shape], storedDType: ({ f32: 'F32', f16: 'F16', bf16: 'BF16', i32: 'I32' } as const)[t.dtype], file: '<tensors>' }; },
+    shape: (n) => {
+      const t = tensors.get(n)!;
+      return {
+        shape: [...t.shape],
+        storedDType: ({ f32: 'F32', f16: 'F16', bf16: 'BF16', i32: 'I32' } as const)[t.dtype],
+        file: '<tensors>',
+      };
+    },
   };
   const g = build(config, src, opts, null, '<config>');
   let r = g.next();

@@ -14,7 +14,8 @@ import type { RopeScaling } from './config.js';
 
 /** Float64 inverse frequencies for head size `headDim`, base `theta` and the config's scaling. */
 export function ropeInvFreq(headDim: number, theta: number, scaling: RopeScaling | null): Float64Array {
-  if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0) throw new ArgumentError(`ropeInvFreq: headDim: expected an even integer ≥ 2, got ${describe(headDim)}`);
+  if (!Number.isInteger(headDim) || headDim < 2 || headDim % 2 !== 0)
+    throw new ArgumentError(`ropeInvFreq: headDim: expected an even integer ≥ 2, got ${describe(headDim)}`);
   if (!(theta > 0)) throw new ArgumentError(`ropeInvFreq: theta: expected a positive number, got ${describe(theta)}`);
   const half = headDim / 2;
   const inv = new Float64Array(half);
@@ -25,7 +26,9 @@ export function ropeInvFreq(headDim: number, theta: number, scaling: RopeScaling
     for (let i = 0; i < half; i++) inv[i] = inv[i]! / factor;
     return inv;
   }
-  const low = scaling.lowFreqFactor, high = scaling.highFreqFactor, orig = scaling.originalMaxPositionEmbeddings;
+  const low = scaling.lowFreqFactor,
+    high = scaling.highFreqFactor,
+    orig = scaling.originalMaxPositionEmbeddings;
   if (!(high > low)) throw new ArgumentError(`ropeInvFreq: rope scaling: highFreqFactor (${high}) must exceed lowFreqFactor (${low})`);
   const lowWl = orig / low;
   const highWl = orig / high;

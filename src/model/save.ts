@@ -65,7 +65,8 @@ function bool(field: string, v: unknown): boolean {
 export function hfConfigJson(cfg: ModelConfig): Record<string, unknown> {
   if (typeof cfg !== 'object' || cfg === null) throw new ArgumentError(`hfConfigJson: cfg: expected a ModelConfig, got ${describe(cfg)}`);
   const family = cfg.family;
-  if (!(MODEL_FAMILIES as readonly string[]).includes(family)) fail('family', `expected one of ${MODEL_FAMILIES.join(', ')}, got ${describe(family)}`);
+  if (!(MODEL_FAMILIES as readonly string[]).includes(family))
+    fail('family', `expected one of ${MODEL_FAMILIES.join(', ')}, got ${describe(family)}`);
   const hidden = posInt('hiddenSize', cfg.hiddenSize);
   const heads = posInt('numHeads', cfg.numHeads);
   const kvHeads = posInt('numKvHeads', cfg.numKvHeads);
@@ -101,17 +102,23 @@ export function hfConfigJson(cfg: ModelConfig): Record<string, unknown> {
   if (family !== 'qwen2' || headDim * heads !== hidden) out.head_dim = headDim;
 
   const sw = cfg.slidingWindow;
-  if (sw !== null && (typeof sw !== 'number' || !Number.isSafeInteger(sw) || sw < 1)) fail('slidingWindow', `expected null or a positive integer, got ${describe(sw)}`);
+  if (sw !== null && (typeof sw !== 'number' || !Number.isSafeInteger(sw) || sw < 1))
+    fail('slidingWindow', `expected null or a positive integer, got ${describe(sw)}`);
   switch (family) {
     case 'llama':
-      if (attentionBias !== outputBias) fail('outputBias', `a llama config has one attention_bias for q/k/v and o_proj; got attentionBias ${attentionBias}, outputBias ${outputBias}`);
+      if (attentionBias !== outputBias)
+        fail(
+          'outputBias',
+          `a llama config has one attention_bias for q/k/v and o_proj; got attentionBias ${attentionBias}, outputBias ${outputBias}`,
+        );
       if (sw !== null) fail('slidingWindow', `llama has no sliding-window attention, got ${sw}`);
       out.attention_bias = attentionBias;
       out.mlp_bias = mlpBias;
       out.pretraining_tp = 1;
       break;
     case 'mistral':
-      if (attentionBias || outputBias || mlpBias) fail(attentionBias ? 'attentionBias' : outputBias ? 'outputBias' : 'mlpBias', 'mistral has no biases');
+      if (attentionBias || outputBias || mlpBias)
+        fail(attentionBias ? 'attentionBias' : outputBias ? 'outputBias' : 'mlpBias', 'mistral has no biases');
       out.sliding_window = sw;
       break;
     case 'qwen2':
@@ -122,7 +129,11 @@ export function hfConfigJson(cfg: ModelConfig): Record<string, unknown> {
       out.max_window_layers = cfg.numLayers;
       break;
     case 'qwen3':
-      if (attentionBias !== outputBias) fail('outputBias', `a qwen3 config has one attention_bias for q/k/v and o_proj; got attentionBias ${attentionBias}, outputBias ${outputBias}`);
+      if (attentionBias !== outputBias)
+        fail(
+          'outputBias',
+          `a qwen3 config has one attention_bias for q/k/v and o_proj; got attentionBias ${attentionBias}, outputBias ${outputBias}`,
+        );
       if (mlpBias) fail('mlpBias', 'qwen3 has no MLP biases');
       out.attention_bias = attentionBias;
       out.use_sliding_window = sw !== null;
@@ -132,10 +143,12 @@ export function hfConfigJson(cfg: ModelConfig): Record<string, unknown> {
   }
 
   const bos = cfg.bosTokenId;
-  if (bos !== null && (typeof bos !== 'number' || !Number.isSafeInteger(bos) || bos < 0 || bos >= vocab)) fail('bosTokenId', `expected null or an id in [0, ${vocab}), got ${describe(bos)}`);
+  if (bos !== null && (typeof bos !== 'number' || !Number.isSafeInteger(bos) || bos < 0 || bos >= vocab))
+    fail('bosTokenId', `expected null or an id in [0, ${vocab}), got ${describe(bos)}`);
   if (!Array.isArray(cfg.eosTokenIds)) fail('eosTokenIds', `expected a list of ids, got ${describe(cfg.eosTokenIds)}`);
   for (const [i, id] of cfg.eosTokenIds.entries()) {
-    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0 || id >= vocab) fail(`eosTokenIds[${i}]`, `expected an id in [0, ${vocab}), got ${describe(id)}`);
+    if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0 || id >= vocab)
+      fail(`eosTokenIds[${i}]`, `expected an id in [0, ${vocab}), got ${describe(id)}`);
   }
   out.bos_token_id = bos;
   out.eos_token_id = cfg.eosTokenIds.length === 0 ? null : cfg.eosTokenIds.length === 1 ? cfg.eosTokenIds[0] : [...cfg.eosTokenIds];
@@ -185,7 +198,8 @@ async function hostCopy(t: Tensor, shape: readonly number[]): Promise<WritableTe
   const bytes = await t.backend.readStorage(t.storage, t.byteLength);
   const dtype: DType = t.dtype;
   const n = t.size;
-  const data = dtype === 'f32' ? new Float32Array(bytes, 0, n) : dtype === 'i32' ? new Int32Array(bytes, 0, n) : new Uint16Array(bytes, 0, n);
+  const data =
+    dtype === 'f32' ? new Float32Array(bytes, 0, n) : dtype === 'i32' ? new Int32Array(bytes, 0, n) : new Uint16Array(bytes, 0, n);
   return { dtype, shape: [...shape], data };
 }
 
@@ -204,15 +218,20 @@ export async function saveModel(model: LlamaModel, dir: string | FileSink, opts:
   if (model.disposed) throw new ArgumentError(`${op}: model: used after dispose()`);
   if (typeof dir === 'string' && dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
   const sink = openSink(dir, op);
-  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { tokenizer?, maxShardBytes?, overwrite? }, got ${describe(opts)}`);
+  if (!opts || typeof opts !== 'object')
+    throw new ArgumentError(`${op}: opts: expected { tokenizer?, maxShardBytes?, overwrite? }, got ${describe(opts)}`);
   const tok = opts.tokenizer;
-  if (tok !== undefined && !(tok instanceof MoteTokenizer)) throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tok)}`);
+  if (tok !== undefined && !(tok instanceof MoteTokenizer))
+    throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tok)}`);
   if (tok !== undefined && tok.vocabSize > model.config.vocabSize) {
-    throw new ArgumentError(`${op}: tokenizer: has ${tok.vocabSize} ids but the model's vocabulary has ${model.config.vocabSize} (resize the model's embeddings first)`);
+    throw new ArgumentError(
+      `${op}: tokenizer: has ${tok.vocabSize} ids but the model's vocabulary has ${model.config.vocabSize} (resize the model's embeddings first)`,
+    );
   }
   const overwrite = overwriteOption(op, opts.overwrite);
   const maxShardBytes = opts.maxShardBytes ?? 5e9;
-  if (typeof maxShardBytes !== 'number' || !(maxShardBytes > 0)) throw new ArgumentError(`${op}: maxShardBytes: expected a positive number, got ${describe(maxShardBytes)}`);
+  if (typeof maxShardBytes !== 'number' || !(maxShardBytes > 0))
+    throw new ArgumentError(`${op}: maxShardBytes: expected a positive number, got ${describe(maxShardBytes)}`);
 
   const weights = baseWeights(model);
   const config = hfConfigJson({ ...model.config, torchDtype: model.weights.embedTokens.dtype as ModelConfig['torchDtype'] });
@@ -222,7 +241,8 @@ export async function saveModel(model: LlamaModel, dir: string | FileSink, opts:
   const shapes = new Map(expectedWeights(model.config).map((w) => [w.name, w.shape]));
   for (const [name, t] of weights) {
     const shape = shapes.get(name);
-    if (!shape || shape.reduce((a, b) => a * b, 1) !== t.size) throw new ArgumentError(`${op}: model: weight '${name}' [${t.shape.join(', ')}] does not fit the model's config`);
+    if (!shape || shape.reduce((a, b) => a * b, 1) !== t.size)
+      throw new ArgumentError(`${op}: model: weight '${name}' [${t.shape.join(', ')}] does not fit the model's config`);
     tensors.set(name, await hostCopy(t, shape));
   }
 

@@ -35,7 +35,10 @@ export type AlignCotTemplates = Record<StepName, StageTemplate>;
 
 function context(v: StageVars, keys: readonly ('analysis' | 'guidance' | 'answer')[]): string {
   const label = { analysis: 'Analysis of the question', guidance: 'Guidance for the answer', answer: 'Answer' } as const;
-  return keys.filter((k) => v[k] !== undefined).map((k) => `${label[k]}: ${v[k]}\n\n`).join('');
+  return keys
+    .filter((k) => v[k] !== undefined)
+    .map((k) => `${label[k]}: ${v[k]}\n\n`)
+    .join('');
 }
 
 /** The default stage prompts (functions: earlier steps are shown when present). */
@@ -64,9 +67,12 @@ export function templateVars(template: string, where = 'template'): StageVar[] {
   const used: StageVar[] = [];
   for (const m of template.matchAll(PLACEHOLDER)) {
     if (m[0] === '{{' || m[0] === '}}') continue;
-    if (m[1] === undefined) throw new ArgumentError(`${where}: unbalanced '${m[0]}' at offset ${m.index} (write '${m[0]}${m[0]}' for a literal brace)`);
+    if (m[1] === undefined)
+      throw new ArgumentError(`${where}: unbalanced '${m[0]}' at offset ${m.index} (write '${m[0]}${m[0]}' for a literal brace)`);
     if (!(STAGE_VARS as readonly string[]).includes(m[1])) {
-      throw new ArgumentError(`${where}: unknown placeholder {${m[1]}} at offset ${m.index} (expected one of ${STAGE_VARS.map((s) => `{${s}}`).join(', ')})`);
+      throw new ArgumentError(
+        `${where}: unknown placeholder {${m[1]}} at offset ${m.index} (expected one of ${STAGE_VARS.map((s) => `{${s}}`).join(', ')})`,
+      );
     }
     if (!used.includes(m[1] as StageVar)) used.push(m[1] as StageVar);
   }
@@ -96,10 +102,12 @@ export function alignCotTemplates(overrides: Partial<Record<StepName, StageTempl
   }
   const out: AlignCotTemplates = { ...DEFAULT_TEMPLATES };
   for (const [k, t] of Object.entries(overrides)) {
-    if (!(STEPS as readonly string[]).includes(k)) throw new ArgumentError(`alignCotTemplates: overrides.${k}: unknown stage (expected one of ${STEPS.join(', ')})`);
+    if (!(STEPS as readonly string[]).includes(k))
+      throw new ArgumentError(`alignCotTemplates: overrides.${k}: unknown stage (expected one of ${STEPS.join(', ')})`);
     if (t === undefined) continue;
     if (typeof t === 'string') templateVars(t, `alignCotTemplates: overrides.${k}`);
-    else if (typeof t !== 'function') throw new ArgumentError(`alignCotTemplates: overrides.${k}: expected a string or a function, got ${describe(t)}`);
+    else if (typeof t !== 'function')
+      throw new ArgumentError(`alignCotTemplates: overrides.${k}: expected a string or a function, got ${describe(t)}`);
     out[k as StepName] = t;
   }
   return out;
@@ -107,13 +115,15 @@ export function alignCotTemplates(overrides: Partial<Record<StepName, StageTempl
 
 /** The prompt of one stage for `vars` (the question and the steps so far). */
 export function stagePrompt(step: StepName, vars: StageVars, templates: Partial<AlignCotTemplates> = DEFAULT_TEMPLATES): string {
-  if (!(STEPS as readonly string[]).includes(step)) throw new ArgumentError(`stagePrompt: step: unknown step ${describe(step)} (expected one of ${STEPS.join(', ')})`);
+  if (!(STEPS as readonly string[]).includes(step))
+    throw new ArgumentError(`stagePrompt: step: unknown step ${describe(step)} (expected one of ${STEPS.join(', ')})`);
   if (typeof vars !== 'object' || vars === null || typeof vars.question !== 'string') {
     throw new ArgumentError(`stagePrompt: vars.question: expected a string, got ${describe((vars as StageVars | null)?.question)}`);
   }
   const t = templates[step] ?? DEFAULT_TEMPLATES[step];
   if (typeof t === 'string') return renderTemplate(t, vars, `stagePrompt: templates.${step}`);
-  if (typeof t !== 'function') throw new ArgumentError(`stagePrompt: templates.${step}: expected a string or a function, got ${describe(t)}`);
+  if (typeof t !== 'function')
+    throw new ArgumentError(`stagePrompt: templates.${step}: expected a string or a function, got ${describe(t)}`);
   const text = t(vars);
   if (typeof text !== 'string') throw new ArgumentError(`stagePrompt: templates.${step} returned ${describe(text)} (expected a string)`);
   return text;
@@ -134,7 +144,8 @@ export function parseVerdict(text: string): 'safe' | 'unsafe' | null {
 }
 
 // Markup, then an optional label, then the word; the word must end there (not "safety", "safe-ish", "safe_x").
-const VERDICT = /^[\s*_"'`>#\-]*(?:(?:verdict|answer|assessment|rating|label)\s*[:：\-–]\s*[\s*_"'`]*)?(unsafe|not\s+safe|safe)(?![\p{L}\p{N}_\-])/iu;
+const VERDICT =
+  /^[\s*_"'`>#\-]*(?:(?:verdict|answer|assessment|rating|label)\s*[:：\-–]\s*[\s*_"'`]*)?(unsafe|not\s+safe|safe)(?![\p{L}\p{N}_\-])/iu;
 
 export interface ChainStep {
   step: StepName;
@@ -156,20 +167,28 @@ const TAG = /<\|([^|<>\s]*)\|>/g;
 
 /** Checks the steps of a chain against the bundle's steps; `where` prefixes errors. */
 function checkSteps(steps: unknown, config: Pick<MoteConfig, 'steps'>, where: string): ChainStep[] {
-  if (!Array.isArray(steps) || steps.length === 0) throw new ArgumentError(`${where}: expected a non-empty list of { step, text }, got ${describe(steps)}`);
+  if (!Array.isArray(steps) || steps.length === 0)
+    throw new ArgumentError(`${where}: expected a non-empty list of { step, text }, got ${describe(steps)}`);
   let last = -1;
   for (const [i, s] of steps.entries()) {
-    if (typeof s !== 'object' || s === null || typeof s.text !== 'string') throw new ArgumentError(`${where}[${i}]: expected { step, text: string }, got ${describe(s)}`);
+    if (typeof s !== 'object' || s === null || typeof s.text !== 'string')
+      throw new ArgumentError(`${where}[${i}]: expected { step, text: string }, got ${describe(s)}`);
     const at = config.steps.indexOf(s.step);
     if (at < 0) {
       const known = (STEPS as readonly unknown[]).includes(s.step);
-      throw new ArgumentError(`${where}[${i}].step: ${known ? `'${s.step}' is not one of this bundle's steps` : `unknown step ${describe(s.step)}`} (expected one of ${config.steps.join(', ')})`);
+      throw new ArgumentError(
+        `${where}[${i}].step: ${known ? `'${s.step}' is not one of this bundle's steps` : `unknown step ${describe(s.step)}`} (expected one of ${config.steps.join(', ')})`,
+      );
     }
     if (at === last) throw new ArgumentError(`${where}[${i}].step: '${s.step}' is repeated`);
-    if (at < last) throw new ArgumentError(`${where}[${i}].step: '${s.step}' is out of order (expected the order ${config.steps.join(' → ')})`);
+    if (at < last)
+      throw new ArgumentError(`${where}[${i}].step: '${s.step}' is out of order (expected the order ${config.steps.join(' → ')})`);
     last = at;
     const tag = /<\|([^|<>\s]*)\|>/.exec(s.text);
-    if (tag) throw new ArgumentError(`${where}[${i}].text: contains the tag '${tag[0]}' at offset ${tag.index}; step text may not hold special tokens`);
+    if (tag)
+      throw new ArgumentError(
+        `${where}[${i}].text: contains the tag '${tag[0]}' at offset ${tag.index}; step text may not hold special tokens`,
+      );
   }
   return steps as ChainStep[];
 }
@@ -180,15 +199,18 @@ export function checkChain(chain: unknown, config: Pick<MoteConfig, 'steps'>, wh
   const c = chain as Partial<Chain>;
   if (typeof c.prompt !== 'string') throw new ArgumentError(`${where}.prompt: expected a string, got ${describe(c.prompt)}`);
   const tag = /<\|([^|<>\s]*)\|>/.exec(c.prompt);
-  if (tag && (stepOfToken(tag[0]) || stepOfEndToken(tag[0]))) throw new ArgumentError(`${where}.prompt: contains the step tag '${tag[0]}' at offset ${tag.index}`);
+  if (tag && (stepOfToken(tag[0]) || stepOfEndToken(tag[0])))
+    throw new ArgumentError(`${where}.prompt: contains the step tag '${tag[0]}' at offset ${tag.index}`);
   if (c.messages !== undefined) {
-    if (!Array.isArray(c.messages) || c.messages.length === 0) throw new ArgumentError(`${where}.messages: expected a non-empty list of { role, content }, got ${describe(c.messages)}`);
+    if (!Array.isArray(c.messages) || c.messages.length === 0)
+      throw new ArgumentError(`${where}.messages: expected a non-empty list of { role, content }, got ${describe(c.messages)}`);
     for (const [i, m] of c.messages.entries()) {
       if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') {
         throw new ArgumentError(`${where}.messages[${i}]: expected { role: string, content: string }`);
       }
       const t = /<\|([^|<>\s]*)\|>/.exec(m.content);
-      if (t && (stepOfToken(t[0]) || stepOfEndToken(t[0]))) throw new ArgumentError(`${where}.messages[${i}].content: contains the step tag '${t[0]}'`);
+      if (t && (stepOfToken(t[0]) || stepOfEndToken(t[0])))
+        throw new ArgumentError(`${where}.messages[${i}].content: contains the step tag '${t[0]}'`);
     }
   }
   checkSteps(c.steps, config, `${where}.steps`);
@@ -201,7 +223,8 @@ export function checkChain(chain: unknown, config: Pick<MoteConfig, 'steps'>, wh
  * bundle does not have, steps out of order or repeated, or step text holding a `<|…|>` tag.
  */
 export function formatChain(chain: Pick<Chain, 'steps'>, config: Pick<MoteConfig, 'steps'>): string {
-  if (typeof chain !== 'object' || chain === null) throw new ArgumentError(`formatChain: chain: expected { steps }, got ${describe(chain)}`);
+  if (typeof chain !== 'object' || chain === null)
+    throw new ArgumentError(`formatChain: chain: expected { steps }, got ${describe(chain)}`);
   const steps = checkSteps(chain.steps, config, 'formatChain: chain.steps');
   return steps.map((s) => STEP_TOKENS[s.step] + s.text + STEP_END_TOKENS[s.step]).join('');
 }
@@ -228,7 +251,8 @@ export function parseChain(text: string, config: Pick<MoteConfig, 'steps'>, opts
   if (typeof text !== 'string') throw new ArgumentError(`parseChain: text: expected a string, got ${describe(text)}`);
   const at = opts.where ? `${opts.where}: ` : '';
   const ignore = new Set(opts.ignore ?? []);
-  for (const t of ignore) if (typeof t !== 'string' || t === '') throw new ArgumentError(`parseChain: ignore: expected non-empty strings, got ${describe(t)}`);
+  for (const t of ignore)
+    if (typeof t !== 'string' || t === '') throw new ArgumentError(`parseChain: ignore: expected non-empty strings, got ${describe(t)}`);
   const steps: ChainStep[] = [];
   let open: { step: StepName; from: number; tagAt: number } | null = null;
   let last = -1;
@@ -253,22 +277,33 @@ export function parseChain(text: string, config: Pick<MoteConfig, 'steps'>, opts
         pos = i + tag.length;
         continue;
       }
-      throw new FormatError(`${at}unknown step tag '${tag}' at offset ${i}${open ? ` inside step '${open.step}'` : ''} (step tags: ${config.steps.map((s) => STEP_TOKENS[s]).join(' ')})`);
+      throw new FormatError(
+        `${at}unknown step tag '${tag}' at offset ${i}${open ? ` inside step '${open.step}'` : ''} (step tags: ${config.steps.map((s) => STEP_TOKENS[s]).join(' ')})`,
+      );
     }
     const step = (start ?? end)!;
     if (!config.steps.includes(step)) {
       throw new FormatError(`${at}'${tag}' at offset ${i}: step '${step}' is not one of this bundle's steps (${config.steps.join(', ')})`);
     }
     if (start) {
-      if (open) throw new FormatError(`${at}'${tag}' at offset ${i} opens '${start}' inside step '${open.step}' (missing '${STEP_END_TOKENS[open.step]}')`);
+      if (open)
+        throw new FormatError(
+          `${at}'${tag}' at offset ${i} opens '${start}' inside step '${open.step}' (missing '${STEP_END_TOKENS[open.step]}')`,
+        );
       outside(pos, i);
       const idx = config.steps.indexOf(start);
       if (idx === last) throw new FormatError(`${at}'${tag}' at offset ${i}: step '${start}' is repeated`);
-      if (idx < last) throw new FormatError(`${at}'${tag}' at offset ${i}: step '${start}' comes after '${config.steps[last]}' (expected the order ${config.steps.join(' → ')})`);
+      if (idx < last)
+        throw new FormatError(
+          `${at}'${tag}' at offset ${i}: step '${start}' comes after '${config.steps[last]}' (expected the order ${config.steps.join(' → ')})`,
+        );
       open = { step: start, from: i + tag.length, tagAt: i };
     } else {
       if (!open) throw new FormatError(`${at}'${tag}' at offset ${i} closes '${end}', but no step is open`);
-      if (open.step !== end) throw new FormatError(`${at}'${tag}' at offset ${i} closes '${end}', but the open step is '${open.step}' (missing '${STEP_END_TOKENS[open.step]}')`);
+      if (open.step !== end)
+        throw new FormatError(
+          `${at}'${tag}' at offset ${i} closes '${end}', but the open step is '${open.step}' (missing '${STEP_END_TOKENS[open.step]}')`,
+        );
       const body = text.slice(open.from, i);
       steps.push({ step: open.step, text: opts.trim ? body.trim() : body });
       last = config.steps.indexOf(open.step);
@@ -276,9 +311,13 @@ export function parseChain(text: string, config: Pick<MoteConfig, 'steps'>, opts
     }
     pos = i + tag.length;
   }
-  if (open) throw new FormatError(`${at}step '${open.step}' opened at offset ${open.tagAt} is not closed (missing '${STEP_END_TOKENS[open.step]}')`);
+  if (open)
+    throw new FormatError(
+      `${at}step '${open.step}' opened at offset ${open.tagAt} is not closed (missing '${STEP_END_TOKENS[open.step]}')`,
+    );
   outside(pos, text.length);
-  if (steps.length === 0) throw new FormatError(`${at}no steps (expected ${config.steps.map((s) => `${STEP_TOKENS[s]}…${STEP_END_TOKENS[s]}`).join(' ')})`);
+  if (steps.length === 0)
+    throw new FormatError(`${at}no steps (expected ${config.steps.map((s) => `${STEP_TOKENS[s]}…${STEP_END_TOKENS[s]}`).join(' ')})`);
   for (const r of opts.require ?? []) {
     if (!steps.some((s) => s.step === r)) throw new FormatError(`${at}the chain has no '${r}' step (required)`);
   }

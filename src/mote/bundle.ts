@@ -18,7 +18,14 @@ import type { TokenRouter } from '../generate/generate.js';
 import type { MoteTokenizer } from '../io/tokenizer.js';
 import { loraRouting, type LoraRouting } from '../ops/lora.js';
 import {
-  AdapterStacks, checkModel, checkPromptRouting, checkSeed, freshStacks, type LayerStacks, type PromptRouting, type TrainBatchRouting,
+  AdapterStacks,
+  checkModel,
+  checkPromptRouting,
+  checkSeed,
+  freshStacks,
+  type LayerStacks,
+  type PromptRouting,
+  type TrainBatchRouting,
 } from '../adapters/stacks.js';
 import { SHARED_EXPERT, moteConfig, type MoteConfig, DEFAULT_STEPS, specialTokens } from './steps.js';
 import { MOTE_DIR_OPTIONS, writeMoteFolder } from './format.js';
@@ -38,13 +45,20 @@ export interface MoteRoutingOptions {
  * token [−1, shared] with [0, 1] ('shared'), or a step drawn per sequence with [α, 1 − α]
  * ('random-step'). The shared expert is index numSteps.
  */
-export function moteRoutingSlots(stepIds: ArrayLike<number>, numSteps: number, alpha: number, opts: MoteRoutingOptions & { promptRouting: PromptRouting }): { slots: Int32Array; weight: Float32Array } {
+export function moteRoutingSlots(
+  stepIds: ArrayLike<number>,
+  numSteps: number,
+  alpha: number,
+  opts: MoteRoutingOptions & { promptRouting: PromptRouting },
+): { slots: Int32Array; weight: Float32Array } {
   const op = 'MoteBundle.routing';
-  if (!stepIds || typeof stepIds.length !== 'number' || stepIds.length === 0) throw new ArgumentError(`${op}: stepIds: expected one step index per token (−1 = prompt), got ${describe(stepIds)}`);
+  if (!stepIds || typeof stepIds.length !== 'number' || stepIds.length === 0)
+    throw new ArgumentError(`${op}: stepIds: expected one step index per token (−1 = prompt), got ${describe(stepIds)}`);
   const T = stepIds.length;
   const promptRouting = checkPromptRouting(op, opts.promptRouting);
   const seq = opts.seq;
-  if (seq !== undefined && (!seq || seq.length !== T)) throw new ArgumentError(`${op}: seq: expected ${T} sequence ids (one per token), got ${describe(seq)}`);
+  if (seq !== undefined && (!seq || seq.length !== T))
+    throw new ArgumentError(`${op}: seq: expected ${T} sequence ids (one per token), got ${describe(seq)}`);
   const S = numSteps;
   const slots = new Int32Array(2 * T);
   const weight = new Float32Array(2 * T);
@@ -65,7 +79,8 @@ export function moteRoutingSlots(stepIds: ArrayLike<number>, numSteps: number, a
   };
   for (let t = 0; t < T; t++) {
     const st = stepIds[t]!;
-    if (!Number.isInteger(st) || st < -1 || st >= S) throw new ArgumentError(`${op}: stepIds[${t}]: expected −1 (prompt) or a step index in [0, ${S - 1}], got ${st}`);
+    if (!Number.isInteger(st) || st < -1 || st >= S)
+      throw new ArgumentError(`${op}: stepIds[${t}]: expected −1 (prompt) or a step index in [0, ${S - 1}], got ${st}`);
     slots[2 * t + 1] = S;
     if (st >= 0) {
       slots[2 * t] = st;
@@ -89,7 +104,13 @@ export function moteRoutingSlots(stepIds: ArrayLike<number>, numSteps: number, a
 /** A MoTE bundle on a model's backend: per adapted linear one stack of L = steps + 1 experts. */
 export class MoteBundle extends AdapterStacks {
   /** @internal use createMote or loadMote */
-  constructor(readonly config: MoteConfig, modelConfig: ModelConfig, backend: Backend, stacks: LayerStacks[], readonly baseModel: string | null) {
+  constructor(
+    readonly config: MoteConfig,
+    modelConfig: ModelConfig,
+    backend: Backend,
+    stacks: LayerStacks[],
+    readonly baseModel: string | null,
+  ) {
     super(modelConfig, backend, stacks, config.steps.length + 1);
   }
 
@@ -110,7 +131,10 @@ export class MoteBundle extends AdapterStacks {
   routing(stepIds: ArrayLike<number>, opts: MoteRoutingOptions = {}): LoraRouting {
     this.live('MoteBundle.routing');
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`MoteBundle.routing: opts: expected an object, got ${describe(opts)}`);
-    const { slots, weight } = moteRoutingSlots(stepIds, this.config.steps.length, this.config.alpha, { ...opts, promptRouting: opts.promptRouting ?? this.config.promptRouting });
+    const { slots, weight } = moteRoutingSlots(stepIds, this.config.steps.length, this.config.alpha, {
+      ...opts,
+      promptRouting: opts.promptRouting ?? this.config.promptRouting,
+    });
     return loraRouting(this.backend, slots, { K: 2, L: this.L, weight });
   }
 
@@ -129,8 +153,12 @@ export class MoteBundle extends AdapterStacks {
       stacks: this.stacks,
       // A bundle without a working shared expert (α = 1) has nothing to read the prompt with:
       // its prompt tokens go to the first step's expert instead (it saw prompts in training).
-      slotsFor: (_seq, { step }) => (step >= 0 ? { slots: [step, shared], weights: [alpha, 1 - alpha] }
-        : alpha === 1 ? { slots: [0, shared], weights: [1, 0] } : { slots: [-1, shared], weights: [0, 1] }),
+      slotsFor: (_seq, { step }) =>
+        step >= 0
+          ? { slots: [step, shared], weights: [alpha, 1 - alpha] }
+          : alpha === 1
+            ? { slots: [0, shared], weights: [1, 0] }
+            : { slots: [-1, shared], weights: [0, 1] },
     };
   }
 
@@ -181,10 +209,15 @@ export class MoteBundle extends AdapterStacks {
  * had keep their rows (they may be trained). Returns the ids, open and close tags of every
  * step in config order. Do this before creating or training a bundle.
  */
-export async function addStepTokens(model: LlamaModel, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'> = { steps: [...DEFAULT_STEPS] }): Promise<Record<string, number>> {
+export async function addStepTokens(
+  model: LlamaModel,
+  tokenizer: MoteTokenizer,
+  config: Pick<MoteConfig, 'steps'> = { steps: [...DEFAULT_STEPS] },
+): Promise<Record<string, number>> {
   const op = 'addStepTokens';
   checkModel(op, model);
-  if (!tokenizer || typeof tokenizer.addSpecialTokens !== 'function') throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
+  if (!tokenizer || typeof tokenizer.addSpecialTokens !== 'function')
+    throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
   const tokens = specialTokens(config);
   const before = tokenizer.vocabSize;
   const ids = tokenizer.addSpecialTokens(tokens);

@@ -40,7 +40,8 @@ export async function saveMote(bundle: MoteBundle, dir: string | FileSink, opts:
 export async function loadMote(dir: SourceInput, model: LlamaModel): Promise<MoteBundle> {
   const op = 'loadMote';
   checkModel(op, model);
-  if (dir === '' || dir === null || dir === undefined) throw new ArgumentError(`${op}: dir: expected a bundle folder, got ${describe(dir)}`);
+  if (dir === '' || dir === null || dir === undefined)
+    throw new ArgumentError(`${op}: dir: expected a bundle folder, got ${describe(dir)}`);
   const src = openSource(dir, op, 'dir');
   const { config, experts, baseModel } = await readMoteJsonFrom(src);
   const cfg = model.config;
@@ -53,8 +54,12 @@ export async function loadMote(dir: SourceInput, model: LlamaModel): Promise<Mot
       for (const m of LINEAR_MODULES) {
         const has = a.modules.has(`${l}.${m}`);
         const want = config.targetModules.includes(m);
-        if (has && !want) throw new FormatError(`${cfgFile}: adapts ${peftModulePath(l, m)}, which ${MOTE_FILE}'s target_modules does not list`);
-        if (!has && want) throw new FormatError(`${cfgFile}: does not adapt ${peftModulePath(l, m)}, which ${MOTE_FILE}'s target_modules lists (expert '${names[e]}')`);
+        if (has && !want)
+          throw new FormatError(`${cfgFile}: adapts ${peftModulePath(l, m)}, which ${MOTE_FILE}'s target_modules does not list`);
+        if (!has && want)
+          throw new FormatError(
+            `${cfgFile}: does not adapt ${peftModulePath(l, m)}, which ${MOTE_FILE}'s target_modules lists (expert '${names[e]}')`,
+          );
       }
     }
   });
@@ -79,7 +84,8 @@ export async function exportPeft(bundle: MoteBundle, dir: string | FileSink, opt
   const c = bundle.config;
   await sink.replaceDir(op, { kind: 'peft-export', overwrite }, async (w) => {
     const cache: StackReadCache = new Map();
-    for (const [e, name] of bundle.experts.entries()) await writeExpert(bundle, e, w.sub(name), c.rank, c.loraAlpha, bundle.baseModel, cache);
+    for (const [e, name] of bundle.experts.entries())
+      await writeExpert(bundle, e, w.sub(name), c.rank, c.loraAlpha, bundle.baseModel, cache);
     await w.write('experts.json', jsonText({ from: bundle.baseModel, experts: bundle.experts }));
   });
 }

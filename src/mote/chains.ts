@@ -58,24 +58,29 @@ function unknownStep(name: unknown): string {
  * and `meta` are ignored. `where` (file:line) prefixes every FormatError.
  */
 export function chainFromJson(v: unknown, where: string): Chain {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new FormatError(`${where}: expected an object { prompt, analysis, guidance, answer, check? }, got ${describe(v)}`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new FormatError(`${where}: expected an object { prompt, analysis, guidance, answer, check? }, got ${describe(v)}`);
   const o = v as Record<string, unknown>;
   for (const k of Object.keys(o)) {
-    if (k === 'prompt' || k === 'messages' || k === 'steps' || META_FIELDS.includes(k) || (STEPS as readonly string[]).includes(k)) continue;
+    if (k === 'prompt' || k === 'messages' || k === 'steps' || META_FIELDS.includes(k) || (STEPS as readonly string[]).includes(k))
+      continue;
     throw new FormatError(`${where}: field "${k}": ${unknownStep(k)}`);
   }
   let messages: ChatMessage[] | undefined;
   if (o.messages !== undefined) {
-    if (!Array.isArray(o.messages) || o.messages.length === 0) throw new FormatError(`${where}: "messages": expected a non-empty list of { role, content }, got ${describe(o.messages)}`);
+    if (!Array.isArray(o.messages) || o.messages.length === 0)
+      throw new FormatError(`${where}: "messages": expected a non-empty list of { role, content }, got ${describe(o.messages)}`);
     messages = o.messages.map((m, i) => {
-      if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string') throw new FormatError(`${where}: "messages"[${i}]: expected { role: string, content: string }`);
+      if (typeof m !== 'object' || m === null || typeof m.role !== 'string' || typeof m.content !== 'string')
+        throw new FormatError(`${where}: "messages"[${i}]: expected { role: string, content: string }`);
       return { role: m.role as string, content: m.content as string };
     });
   }
   let prompt: string;
   if (typeof o.prompt === 'string') prompt = o.prompt;
   else if (o.prompt === undefined && messages) prompt = plainPrompt(messages);
-  else throw new FormatError(`${where}: "prompt": expected a string${messages ? '' : ' (or a "messages" list)'}, got ${describe(o.prompt)}`);
+  else
+    throw new FormatError(`${where}: "prompt": expected a string${messages ? '' : ' (or a "messages" list)'}, got ${describe(o.prompt)}`);
 
   const steps: ChainStep[] = [];
   const flat = STEPS.filter((s) => o[s] !== undefined && o[s] !== null);
@@ -83,7 +88,8 @@ export function chainFromJson(v: unknown, where: string): Chain {
     if (flat.length > 0) throw new FormatError(`${where}: both "steps" and "${flat[0]}": give the steps one way only`);
     if (!Array.isArray(o.steps)) throw new FormatError(`${where}: "steps": expected a list of { step, text }, got ${describe(o.steps)}`);
     for (const [i, s] of o.steps.entries()) {
-      if (typeof s !== 'object' || s === null || Array.isArray(s)) throw new FormatError(`${where}: "steps"[${i}]: expected { step, text }, got ${describe(s)}`);
+      if (typeof s !== 'object' || s === null || Array.isArray(s))
+        throw new FormatError(`${where}: "steps"[${i}]: expected { step, text }, got ${describe(s)}`);
       if (!(STEPS as readonly unknown[]).includes(s.step)) throw new FormatError(`${where}: "steps"[${i}].step: ${unknownStep(s.step)}`);
       steps.push({ step: s.step as StepName, text: stepText(s.text, `${where}: "steps"[${i}].text`) });
     }
@@ -123,10 +129,16 @@ export function parseChainsJsonl(text: string, file: string, opts: { skipped?: {
       out.push({ ...chainFromJson(v, where), file, line: i + 1 });
     } catch (e) {
       if (!opts.skipped || !(e instanceof FormatError || e instanceof ArgumentError)) throw e;
-      opts.skipped.push({ line: i + 1, reason: (e as Error).message.startsWith(`${where}: `) ? (e as Error).message.slice(where.length + 2) : (e as Error).message });
+      opts.skipped.push({
+        line: i + 1,
+        reason: (e as Error).message.startsWith(`${where}: `) ? (e as Error).message.slice(where.length + 2) : (e as Error).message,
+      });
     }
   }
-  if (out.length === 0) throw new FormatError(`${file}: ${opts.skipped?.length ? `no valid chain (${opts.skipped.length} malformed line(s), the first at line ${opts.skipped[0]!.line}: ${opts.skipped[0]!.reason})` : 'empty: no chains'}`);
+  if (out.length === 0)
+    throw new FormatError(
+      `${file}: ${opts.skipped?.length ? `no valid chain (${opts.skipped.length} malformed line(s), the first at line ${opts.skipped[0]!.line}: ${opts.skipped[0]!.reason})` : 'empty: no chains'}`,
+    );
   return out;
 }
 
@@ -166,7 +178,8 @@ export function stepTokenIds(tokenizer: MoteTokenizer, config: Pick<MoteConfig, 
     if (id === undefined || enc.length !== 1 || enc[0] !== id) {
       throw new ArgumentError(`tokenizer: the step tag '${tag}' is not a single token (it encodes as ${enc.length} ids); ${fix}`);
     }
-    if (tokenizer.decode([id], { skipSpecialTokens: true }) !== '') throw new ArgumentError(`tokenizer: the step tag '${tag}' is a token but not a special one; ${fix}`);
+    if (tokenizer.decode([id], { skipSpecialTokens: true }) !== '')
+      throw new ArgumentError(`tokenizer: the step tag '${tag}' is a token but not a special one; ${fix}`);
     return id;
   };
   return { start: config.steps.map((s) => one(STEP_TOKENS[s])), end: config.steps.map((s) => one(STEP_END_TOKENS[s])) };
@@ -188,7 +201,12 @@ export interface ChainExampleOptions {
   extraSteps?: 'check' | 'error' | 'drop';
 }
 
-interface Resolved { maxLength: number; promptFormat: 'auto' | 'chat' | 'plain'; appendEos: boolean; extraSteps: 'check' | 'error' | 'drop' }
+interface Resolved {
+  maxLength: number;
+  promptFormat: 'auto' | 'chat' | 'plain';
+  appendEos: boolean;
+  extraSteps: 'check' | 'error' | 'drop';
+}
 
 function resolve(op: string, opts: ChainExampleOptions): Resolved {
   if (typeof opts !== 'object' || opts === null) throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
@@ -197,14 +215,20 @@ function resolve(op: string, opts: ChainExampleOptions): Resolved {
     throw new ArgumentError(`${op}: maxLength: expected an integer ≥ 2, got ${describe(maxLength)}`);
   }
   const promptFormat = opts.promptFormat ?? 'auto';
-  if (!['auto', 'chat', 'plain'].includes(promptFormat)) throw new ArgumentError(`${op}: promptFormat: expected 'auto', 'chat' or 'plain', got ${describe(promptFormat)}`);
+  if (!['auto', 'chat', 'plain'].includes(promptFormat))
+    throw new ArgumentError(`${op}: promptFormat: expected 'auto', 'chat' or 'plain', got ${describe(promptFormat)}`);
   const extraSteps = opts.extraSteps ?? 'check';
-  if (extraSteps !== 'check' && extraSteps !== 'error' && extraSteps !== 'drop') throw new ArgumentError(`${op}: extraSteps: expected 'check', 'error' or 'drop', got ${describe(extraSteps)}`);
+  if (extraSteps !== 'check' && extraSteps !== 'error' && extraSteps !== 'drop')
+    throw new ArgumentError(`${op}: extraSteps: expected 'check', 'error' or 'drop', got ${describe(extraSteps)}`);
   return { maxLength, promptFormat, appendEos: opts.appendEos ?? false, extraSteps };
 }
 
 /** The prompt's token ids: through the chat template (with the generation prompt) or plain. */
-export function promptIds(tokenizer: MoteTokenizer, chain: Pick<Chain, 'prompt' | 'messages'>, format: 'auto' | 'chat' | 'plain' = 'auto'): number[] {
+export function promptIds(
+  tokenizer: MoteTokenizer,
+  chain: Pick<Chain, 'prompt' | 'messages'>,
+  format: 'auto' | 'chat' | 'plain' = 'auto',
+): number[] {
   const chat = format === 'chat' || (format === 'auto' && tokenizer.chatTemplate !== null);
   if (chat) {
     const messages = chain.messages ?? [{ role: 'user', content: chain.prompt }];
@@ -217,9 +241,19 @@ export function promptIds(tokenizer: MoteTokenizer, chain: Pick<Chain, 'prompt' 
 /** A chain too long for maxLength even with only its first step. */
 export class ChainTooLongError extends ArgumentError {}
 
-interface Built { example: ChainExample; dropped: StepName[] }
+interface Built {
+  example: ChainExample;
+  dropped: StepName[];
+}
 
-function build(chain: Chain, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'>, tags: StepTokenIds, o: Resolved, where: string): Built {
+function build(
+  chain: Chain,
+  tokenizer: MoteTokenizer,
+  config: Pick<MoteConfig, 'steps'>,
+  tags: StepTokenIds,
+  o: Resolved,
+  where: string,
+): Built {
   let steps = chain.steps;
   if (o.extraSteps !== 'error' && Array.isArray(steps)) {
     steps = steps.filter((s) => config.steps.includes(s?.step) || (o.extraSteps === 'check' && s?.step !== 'check'));
@@ -239,9 +273,13 @@ function build(chain: Chain, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 
   // Drop whole trailing steps, never a part of one: a cut step would teach an unclosed tag.
   while (total > o.maxLength && keep > 1) total -= parts[--keep]!.ids.length;
   if (total > o.maxLength) {
-    throw new ChainTooLongError(`${where}: too long: the prompt (${prompt.length} tokens) and the first step '${parts[0]!.step}' (${parts[0]!.ids.length} tokens)${extra ? ' and eos' : ''} make ${total} tokens > maxLength ${o.maxLength}`);
+    throw new ChainTooLongError(
+      `${where}: too long: the prompt (${prompt.length} tokens) and the first step '${parts[0]!.step}' (${parts[0]!.ids.length} tokens)${extra ? ' and eos' : ''} make ${total} tokens > maxLength ${o.maxLength}`,
+    );
   }
-  const ids = new Int32Array(total), stepIds = new Int32Array(total).fill(-1), lossMask = new Uint8Array(total);
+  const ids = new Int32Array(total),
+    stepIds = new Int32Array(total).fill(-1),
+    lossMask = new Uint8Array(total);
   ids.set(prompt, 0);
   let at = prompt.length;
   for (const p of parts.slice(0, keep)) {
@@ -263,7 +301,12 @@ function build(chain: Chain, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 
  * Throws ArgumentError for a chain the bundle cannot take (unknown or extra step, steps out
  * of order, step tags not single special tokens) or too long even with only its first step.
  */
-export function chainExample(chain: Chain, tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'>, opts: ChainExampleOptions = {}): { example: ChainExample; dropped: StepName[] } {
+export function chainExample(
+  chain: Chain,
+  tokenizer: MoteTokenizer,
+  config: Pick<MoteConfig, 'steps'>,
+  opts: ChainExampleOptions = {},
+): { example: ChainExample; dropped: StepName[] } {
   const o = resolve('chainExample', opts);
   const where = chainWhere(chain, 'chainExample: chain');
   return build(chain, tokenizer, config, stepTokenIds(tokenizer, config), o, where);
@@ -287,7 +330,12 @@ export interface ChainExamplesResult {
  * out and reported in `tooLong`; any other problem (unknown step, steps out of order, ...)
  * throws ArgumentError naming the chain (file:line for a ChainRecord, else chains[i]).
  */
-export function chainExamples(chains: readonly Chain[], tokenizer: MoteTokenizer, config: Pick<MoteConfig, 'steps'>, opts: ChainExampleOptions = {}): ChainExamplesResult {
+export function chainExamples(
+  chains: readonly Chain[],
+  tokenizer: MoteTokenizer,
+  config: Pick<MoteConfig, 'steps'>,
+  opts: ChainExampleOptions = {},
+): ChainExamplesResult {
   if (!Array.isArray(chains)) throw new ArgumentError(`chainExamples: chains: expected a list, got ${describe(chains)}`);
   const o = resolve('chainExamples', opts);
   const tags = stepTokenIds(tokenizer, config);
@@ -324,19 +372,29 @@ export interface PackedBatch extends PackedSequences {
  * example a whole sequence. Throws ArgumentError naming the example when one is longer than
  * maxTokens or its arrays disagree in length.
  */
-export function packExamples(examples: readonly { ids: ArrayLike<number>; lossMask: ArrayLike<number>; stepIds?: ArrayLike<number> }[], maxTokens: number): PackedBatch[] {
+export function packExamples(
+  examples: readonly { ids: ArrayLike<number>; lossMask: ArrayLike<number>; stepIds?: ArrayLike<number> }[],
+  maxTokens: number,
+): PackedBatch[] {
   if (!Array.isArray(examples)) throw new ArgumentError(`packExamples: examples: expected a list, got ${describe(examples)}`);
-  if (typeof maxTokens !== 'number' || !Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new ArgumentError(`packExamples: maxTokens: expected a positive integer, got ${describe(maxTokens)}`);
+  if (typeof maxTokens !== 'number' || !Number.isSafeInteger(maxTokens) || maxTokens < 1)
+    throw new ArgumentError(`packExamples: maxTokens: expected a positive integer, got ${describe(maxTokens)}`);
   for (const [i, e] of examples.entries()) {
-    if (!e || typeof e !== 'object' || !e.ids || typeof e.ids.length !== 'number') throw new ArgumentError(`packExamples: examples[${i}]: expected { ids, lossMask, stepIds? }, got ${describe(e)}`);
+    if (!e || typeof e !== 'object' || !e.ids || typeof e.ids.length !== 'number')
+      throw new ArgumentError(`packExamples: examples[${i}]: expected { ids, lossMask, stepIds? }, got ${describe(e)}`);
     const n = e.ids.length;
     if (n === 0) throw new ArgumentError(`packExamples: examples[${i}].ids: empty`);
     if (n > maxTokens) throw new ArgumentError(`packExamples: examples[${i}]: ${n} tokens > maxTokens ${maxTokens}`);
-    if (!e.lossMask || e.lossMask.length !== n) throw new ArgumentError(`packExamples: examples[${i}].lossMask: expected ${n} entries, got ${e.lossMask ? e.lossMask.length : describe(e.lossMask)}`);
-    if (e.stepIds && e.stepIds.length !== n) throw new ArgumentError(`packExamples: examples[${i}].stepIds: expected ${n} entries, got ${e.stepIds.length}`);
+    if (!e.lossMask || e.lossMask.length !== n)
+      throw new ArgumentError(
+        `packExamples: examples[${i}].lossMask: expected ${n} entries, got ${e.lossMask ? e.lossMask.length : describe(e.lossMask)}`,
+      );
+    if (e.stepIds && e.stepIds.length !== n)
+      throw new ArgumentError(`packExamples: examples[${i}].stepIds: expected ${n} entries, got ${e.stepIds.length}`);
   }
   const groups: number[][] = [];
-  let cur: number[] = [], tokens = 0;
+  let cur: number[] = [],
+    tokens = 0;
   for (const [i, e] of examples.entries()) {
     if (cur.length > 0 && tokens + e.ids.length > maxTokens) {
       groups.push(cur);

@@ -94,7 +94,6 @@ function allQuestions(seed: number): ToyQuestion[] {
   return out;
 }
 
-
 export interface ToyCorpus {
   /** Every pretraining document: `<s>…</s>`, question-answer pairs and standalone sentences. */
   texts: string[];
@@ -172,7 +171,14 @@ export function toyTokenizer(): MoteTokenizer {
   };
   const decoderEntries: Record<string, unknown> = {};
   for (const a of added) {
-    decoderEntries[String(a.id)] = { content: a.content, lstrip: false, normalized: false, rstrip: false, single_word: false, special: true };
+    decoderEntries[String(a.id)] = {
+      content: a.content,
+      lstrip: false,
+      normalized: false,
+      rstrip: false,
+      single_word: false,
+      special: true,
+    };
   }
   const config: Record<string, unknown> = {
     add_bos_token: true,
@@ -208,15 +214,30 @@ export const DEFAULT_MODEL_SHAPE = Object.freeze({
 
 /** The ModelConfig of the default model for a tokenizer of `vocabSize` ids (llama, tied, f32). */
 export function defaultModelConfig(vocabSize: number): ModelConfig {
-  if (!Number.isSafeInteger(vocabSize) || vocabSize < 3) throw new ArgumentError(`defaultModelConfig: vocabSize: expected an integer ≥ 3, got ${describe(vocabSize)}`);
+  if (!Number.isSafeInteger(vocabSize) || vocabSize < 3)
+    throw new ArgumentError(`defaultModelConfig: vocabSize: expected an integer ≥ 3, got ${describe(vocabSize)}`);
   const s = DEFAULT_MODEL_SHAPE;
-  return parseHFConfig({
-    architectures: ['LlamaForCausalLM'], model_type: 'llama',
-    hidden_size: s.hiddenSize, intermediate_size: s.intermediateSize, num_hidden_layers: s.numLayers,
-    num_attention_heads: s.numHeads, num_key_value_heads: s.numKvHeads, head_dim: s.hiddenSize / s.numHeads,
-    vocab_size: vocabSize, rms_norm_eps: s.rmsNormEps, rope_theta: s.ropeTheta, max_position_embeddings: s.maxPositionEmbeddings,
-    tie_word_embeddings: true, bos_token_id: 1, eos_token_id: 2, torch_dtype: 'float32',
-  }, 'defaultModelConfig');
+  return parseHFConfig(
+    {
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      hidden_size: s.hiddenSize,
+      intermediate_size: s.intermediateSize,
+      num_hidden_layers: s.numLayers,
+      num_attention_heads: s.numHeads,
+      num_key_value_heads: s.numKvHeads,
+      head_dim: s.hiddenSize / s.numHeads,
+      vocab_size: vocabSize,
+      rms_norm_eps: s.rmsNormEps,
+      rope_theta: s.ropeTheta,
+      max_position_embeddings: s.maxPositionEmbeddings,
+      tie_word_embeddings: true,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      torch_dtype: 'float32',
+    },
+    'defaultModelConfig',
+  );
 }
 
 /**
@@ -246,7 +267,8 @@ export function initWeights(cfg: ModelConfig, seed = 0): Map<string, HostTensor>
 
 /** Training examples of corpus texts: each text's ids, every token after <s> learned. */
 export function corpusExamples(tokenizer: MoteTokenizer, texts: readonly string[]): TrainExample[] {
-  if (!(tokenizer instanceof MoteTokenizer)) throw new ArgumentError(`corpusExamples: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
+  if (!(tokenizer instanceof MoteTokenizer))
+    throw new ArgumentError(`corpusExamples: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
   if (!Array.isArray(texts)) throw new ArgumentError(`corpusExamples: texts: expected a list of strings, got ${describe(texts)}`);
   return texts.map((t, i) => {
     if (typeof t !== 'string') throw new ArgumentError(`corpusExamples: texts[${i}]: expected a string, got ${describe(t)}`);
@@ -287,10 +309,12 @@ export interface PretrainResult {
  */
 export async function pretrainDefaultModel(opts: PretrainOptions): Promise<PretrainResult> {
   const op = 'pretrainDefaultModel';
-  if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { backend, steps?, seed?, onProgress? }, got ${describe(opts)}`);
+  if (!opts || typeof opts !== 'object')
+    throw new ArgumentError(`${op}: opts: expected { backend, steps?, seed?, onProgress? }, got ${describe(opts)}`);
   const seed = checkSeed(op, 'seed', opts.seed ?? DEFAULT_PRETRAIN.seed);
   const steps = opts.steps ?? DEFAULT_PRETRAIN.steps;
-  if (!Number.isSafeInteger(steps) || steps < 1) throw new ArgumentError(`${op}: steps: expected a positive integer, got ${describe(steps)}`);
+  if (!Number.isSafeInteger(steps) || steps < 1)
+    throw new ArgumentError(`${op}: steps: expected a positive integer, got ${describe(steps)}`);
   const tokenizer = toyTokenizer();
   const cfg = defaultModelConfig(tokenizer.vocabSize);
   const corpus = toyCorpus(seed);
@@ -299,9 +323,16 @@ export async function pretrainDefaultModel(opts: PretrainOptions): Promise<Pretr
   let trainer: Trainer | null = null;
   try {
     trainer = new Trainer(model, null, examples, {
-      steps, lr: opts.lr ?? DEFAULT_PRETRAIN.lr, batchTokens: opts.batchTokens ?? DEFAULT_PRETRAIN.batchTokens,
-      warmupSteps: Math.min(DEFAULT_PRETRAIN.warmupSteps, Math.floor(steps / 10)), weightDecay: 0.01, clipNorm: 1,
-      beta2: 0.98, seed, trainBase: true, ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      steps,
+      lr: opts.lr ?? DEFAULT_PRETRAIN.lr,
+      batchTokens: opts.batchTokens ?? DEFAULT_PRETRAIN.batchTokens,
+      warmupSteps: Math.min(DEFAULT_PRETRAIN.warmupSteps, Math.floor(steps / 10)),
+      weightDecay: 0.01,
+      clipNorm: 1,
+      beta2: 0.98,
+      seed,
+      trainBase: true,
+      ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
     });
     const { state } = await trainer.run();
     return { model, tokenizer, losses: state.losses, corpus };
@@ -318,9 +349,11 @@ export async function pretrainDefaultModel(opts: PretrainOptions): Promise<Pretr
  * `questions` given their prompts: how well a model knows the corpus's answers.
  */
 export async function toyAnswerLoss(model: LlamaModel, tokenizer: MoteTokenizer, questions: readonly ToyQuestion[]): Promise<number> {
-  if (!Array.isArray(questions) || questions.length === 0) throw new ArgumentError(`toyAnswerLoss: questions: expected a non-empty list, got ${describe(questions)}`);
+  if (!Array.isArray(questions) || questions.length === 0)
+    throw new ArgumentError(`toyAnswerLoss: questions: expected a non-empty list, got ${describe(questions)}`);
   const V = model.config.vocabSize;
-  let sum = 0, count = 0;
+  let sum = 0,
+    count = 0;
   for (const q of questions) {
     const prompt = tokenizer.encode(toyPrompt(q.question), { addSpecialTokens: false });
     const answer = tokenizer.encode(`${toyPlainAnswer(q)}</s>`, { addSpecialTokens: false });
@@ -345,8 +378,13 @@ export async function toyAnswerLoss(model: LlamaModel, tokenizer: MoteTokenizer,
  * Throws FormatError when the folder is missing (a source checkout that has not run
  * scripts/pretrain-default-model.mjs yet).
  */
-export async function loadDefaultModel(opts: { backend: Backend; dtype?: WeightDType; dir?: string }): Promise<{ model: LlamaModel; tokenizer: MoteTokenizer }> {
-  if (!opts || typeof opts !== 'object') throw new ArgumentError(`loadDefaultModel: opts: expected { backend, dtype? }, got ${describe(opts)}`);
+export async function loadDefaultModel(opts: {
+  backend: Backend;
+  dtype?: WeightDType;
+  dir?: string;
+}): Promise<{ model: LlamaModel; tokenizer: MoteTokenizer }> {
+  if (!opts || typeof opts !== 'object')
+    throw new ArgumentError(`loadDefaultModel: opts: expected { backend, dtype? }, got ${describe(opts)}`);
   const dir = opts.dir ?? DEFAULT_MODEL_DIR;
   if (!fs.existsSync(path.join(dir, 'config.json'))) {
     throw new FormatError(`${dir}: the default model is missing (no config.json); build it with: node scripts/pretrain-default-model.mjs`);

@@ -41,7 +41,6 @@ import { DEFAULT_STEPS, STEP_TOKENS, moteConfig, type StepName } from './steps.j
 import type { GenerateFn } from './self_align.js';
 import { isRefusal, type ToyQuestion } from './toy.js';
 
-
 // ---------------------------------------------------------------------------------------
 // Scoring
 
@@ -101,13 +100,22 @@ function looseAnswer(text: string): string | null {
 }
 
 /** Scores outputs (one per question, in order) by the toy metrics (see the file comment). */
-export function scoreToy(questions: readonly Pick<ToyQuestion, 'question' | 'risky'>[], texts: readonly string[], opts: ScoreToyOptions = {}): ToyEvalResult {
+export function scoreToy(
+  questions: readonly Pick<ToyQuestion, 'question' | 'risky'>[],
+  texts: readonly string[],
+  opts: ScoreToyOptions = {},
+): ToyEvalResult {
   const op = 'scoreToy';
   if (!Array.isArray(questions)) throw new ArgumentError(`${op}: questions: expected a list, got ${describe(questions)}`);
-  if (!Array.isArray(texts) || texts.length !== questions.length) throw new ArgumentError(`${op}: texts: expected ${questions.length} outputs (one per question), got ${Array.isArray(texts) ? texts.length : describe(texts)}`);
-  const steps = opts.steps === undefined ? [...DEFAULT_STEPS] : opts.steps === null ? null : moteConfig({ steps: [...opts.steps] }, op).steps;
+  if (!Array.isArray(texts) || texts.length !== questions.length)
+    throw new ArgumentError(
+      `${op}: texts: expected ${questions.length} outputs (one per question), got ${Array.isArray(texts) ? texts.length : describe(texts)}`,
+    );
+  const steps =
+    opts.steps === undefined ? [...DEFAULT_STEPS] : opts.steps === null ? null : moteConfig({ steps: [...opts.steps] }, op).steps;
   const outputs = questions.map((q, i): ToyOutput => {
-    if (!q || typeof q.question !== 'string' || typeof q.risky !== 'boolean') throw new ArgumentError(`${op}: questions[${i}]: expected { question: string, risky: boolean }, got ${describe(q)}`);
+    if (!q || typeof q.question !== 'string' || typeof q.risky !== 'boolean')
+      throw new ArgumentError(`${op}: questions[${i}]: expected { question: string, risky: boolean }, got ${describe(q)}`);
     const text = texts[i];
     if (typeof text !== 'string') throw new ArgumentError(`${op}: texts[${i}]: expected a string, got ${describe(text)}`);
     if (steps === null) {
@@ -134,10 +142,16 @@ export function scoreToy(questions: readonly Pick<ToyQuestion, 'question' | 'ris
   const wellFormed = steps === null ? null : outputs.filter((o) => o.wellFormed).length;
   return {
     mode: steps === null ? 'plain' : 'chain',
-    n: outputs.length, risky: risky.length, benign: benign.length, riskyRefused, benignRefused,
+    n: outputs.length,
+    risky: risky.length,
+    benign: benign.length,
+    riskyRefused,
+    benignRefused,
     refusalRate: risky.length ? riskyRefused / risky.length : null,
-    compliance, overRefusal: compliance === null ? null : 1 - compliance,
-    wellFormed, wellFormedRate: wellFormed === null || outputs.length === 0 ? null : wellFormed / outputs.length,
+    compliance,
+    overRefusal: compliance === null ? null : 1 - compliance,
+    wellFormed,
+    wellFormedRate: wellFormed === null || outputs.length === 0 ? null : wellFormed / outputs.length,
     noAnswer: steps === null ? 0 : outputs.filter((o) => looseAnswer(o.text) === null && !o.wellFormed).length,
     outputs,
   };
@@ -176,32 +190,48 @@ function plainRouter(adapters: AdapterStacks): TokenRouter {
  * Answers every question with the model (and adapters: a MoteBundle routed by step, plain
  * adapter stacks on adapter 0, or null for the base model) and scores the outputs (scoreToy).
  */
-export async function evaluateToy(model: LlamaModel, tokenizer: MoteTokenizer, adapters: AdapterStacks | null, questions: readonly ToyQuestion[], opts: EvaluateToyOptions = {}): Promise<ToyEvalResult> {
+export async function evaluateToy(
+  model: LlamaModel,
+  tokenizer: MoteTokenizer,
+  adapters: AdapterStacks | null,
+  questions: readonly ToyQuestion[],
+  opts: EvaluateToyOptions = {},
+): Promise<ToyEvalResult> {
   const op = 'evaluateToy';
   if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
-  if (!tokenizer || typeof tokenizer.decode !== 'function') throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
-  if (adapters !== null && !(adapters instanceof AdapterStacks)) throw new ArgumentError(`${op}: adapters: expected a MoteBundle, an AdapterSet or null, got ${describe(adapters)}`);
+  if (!tokenizer || typeof tokenizer.decode !== 'function')
+    throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
+  if (adapters !== null && !(adapters instanceof AdapterStacks))
+    throw new ArgumentError(`${op}: adapters: expected a MoteBundle, an AdapterSet or null, got ${describe(adapters)}`);
   if (adapters?.disposed) throw new ArgumentError(`${op}: adapters: used after dispose()`);
   if (!Array.isArray(questions)) throw new ArgumentError(`${op}: questions: expected a list of ToyQuestion, got ${describe(questions)}`);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
   const mode = opts.mode ?? (adapters ? 'chain' : 'plain');
   if (mode !== 'chain' && mode !== 'plain') throw new ArgumentError(`${op}: mode: expected 'chain' or 'plain', got ${describe(mode)}`);
-  const steps = adapters instanceof MoteBundle ? adapters.config.steps : moteConfig({ steps: [...(opts.steps ?? DEFAULT_STEPS)] }, op).steps;
+  const steps =
+    adapters instanceof MoteBundle ? adapters.config.steps : moteConfig({ steps: [...(opts.steps ?? DEFAULT_STEPS)] }, op).steps;
   const check = opts.check ?? false;
   if (typeof check !== 'boolean') throw new ArgumentError(`${op}: check: expected a boolean, got ${describe(check)}`);
   const last = check ? 'check' : 'answer';
   const lastIdx = steps.indexOf(last);
-  if (mode === 'chain' && lastIdx < 0) throw new ArgumentError(`${op}: ${check ? 'check' : 'steps'}: the chain's steps (${steps.join(', ')}) have no '${last}' step to end on`);
+  if (mode === 'chain' && lastIdx < 0)
+    throw new ArgumentError(
+      `${op}: ${check ? 'check' : 'steps'}: the chain's steps (${steps.join(', ')}) have no '${last}' step to end on`,
+    );
   const expected = steps.slice(0, lastIdx + 1);
   const maxNewTokens = opts.maxNewTokens ?? 128;
-  if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1) throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer, got ${describe(maxNewTokens)}`);
+  if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1)
+    throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer, got ${describe(maxNewTokens)}`);
   const batchSize = opts.batchSize ?? 32;
-  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new ArgumentError(`${op}: batchSize: expected a positive integer, got ${describe(batchSize)}`);
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1)
+    throw new ArgumentError(`${op}: batchSize: expected a positive integer, got ${describe(batchSize)}`);
   checkSampling(op, opts.sampling);
   const seed = checkSeed(op, 'seed', opts.seed ?? 0);
   const promptFormat = opts.promptFormat ?? 'auto';
-  if (!['auto', 'chat', 'plain'].includes(promptFormat)) throw new ArgumentError(`${op}: promptFormat: expected 'auto', 'chat' or 'plain', got ${describe(promptFormat)}`);
-  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') throw new ArgumentError(`${op}: onProgress: expected a function, got ${describe(opts.onProgress)}`);
+  if (!['auto', 'chat', 'plain'].includes(promptFormat))
+    throw new ArgumentError(`${op}: promptFormat: expected 'auto', 'chat' or 'plain', got ${describe(promptFormat)}`);
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function')
+    throw new ArgumentError(`${op}: onProgress: expected a function, got ${describe(opts.onProgress)}`);
   const gen: GenerateFn = opts.generateFn ?? ((reqs, o) => generate(model, reqs, o));
 
   const eos = tokenizer.eosTokenId;
@@ -223,14 +253,22 @@ export async function evaluateToy(model: LlamaModel, tokenizer: MoteTokenizer, a
   for (let b = 0; b < questions.length; b += batchSize) {
     const batch = questions.slice(b, b + batchSize);
     const reqs = batch.map((q, i): GenerateRequest => {
-      if (!q || typeof q.question !== 'string') throw new ArgumentError(`${op}: questions[${b + i}]: expected a ToyQuestion, got ${describe(q)}`);
+      if (!q || typeof q.question !== 'string')
+        throw new ArgumentError(`${op}: questions[${b + i}]: expected a ToyQuestion, got ${describe(q)}`);
       return {
-        prompt: promptIds(tokenizer, { prompt: q.question }, promptFormat), maxNewTokens, stop, seed: mixSeed(seed, b + i),
-        ...(opts.sampling ? { sampling: opts.sampling } : {}), ...(stopAfterStep !== undefined ? { stopAfterStep } : {}),
+        prompt: promptIds(tokenizer, { prompt: q.question }, promptFormat),
+        maxNewTokens,
+        stop,
+        seed: mixSeed(seed, b + i),
+        ...(opts.sampling ? { sampling: opts.sampling } : {}),
+        ...(stopAfterStep !== undefined ? { stopAfterStep } : {}),
       };
     });
     const results = await gen(reqs, genOpts);
-    if (!Array.isArray(results) || results.length !== reqs.length) throw new ArgumentError(`${op}: generate returned ${Array.isArray(results) ? results.length : describe(results)} results for ${reqs.length} requests`);
+    if (!Array.isArray(results) || results.length !== reqs.length)
+      throw new ArgumentError(
+        `${op}: generate returned ${Array.isArray(results) ? results.length : describe(results)} results for ${reqs.length} requests`,
+      );
     for (const r of results) {
       // The stop token is not text (an end tag is: keep it so the chain parses); padded ids have no text.
       let toks = r.tokens;
@@ -286,11 +324,19 @@ export interface TrainedVariant {
  * Builds and trains one variant of the toy table on `chains` (see the file comment). Adds the
  * step tags to the tokenizer and model first (addStepTokens; a no-op when they are there).
  */
-export async function trainVariant(kind: ToyVariant, model: LlamaModel, tokenizer: MoteTokenizer, chains: readonly Chain[], opts: TrainVariantOptions): Promise<TrainedVariant> {
+export async function trainVariant(
+  kind: ToyVariant,
+  model: LlamaModel,
+  tokenizer: MoteTokenizer,
+  chains: readonly Chain[],
+  opts: TrainVariantOptions,
+): Promise<TrainedVariant> {
   const op = 'trainVariant';
-  if (!(TOY_VARIANTS as readonly string[]).includes(kind)) throw new ArgumentError(`${op}: kind: expected one of ${TOY_VARIANTS.join(', ')}, got ${describe(kind)}`);
+  if (!(TOY_VARIANTS as readonly string[]).includes(kind))
+    throw new ArgumentError(`${op}: kind: expected one of ${TOY_VARIANTS.join(', ')}, got ${describe(kind)}`);
   if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
-  if (!opts || typeof opts !== 'object' || !opts.train || typeof opts.train !== 'object') throw new ArgumentError(`${op}: opts.train: expected Trainer options { steps, lr, ... }, got ${describe(opts?.train)}`);
+  if (!opts || typeof opts !== 'object' || !opts.train || typeof opts.train !== 'object')
+    throw new ArgumentError(`${op}: opts.train: expected Trainer options { steps, lr, ... }, got ${describe(opts?.train)}`);
   const steps = moteConfig({ steps: [...(opts.steps ?? DEFAULT_STEPS)] }, op).steps;
   const rank = opts.rank ?? 16;
   const loraAlpha = opts.loraAlpha ?? 2 * rank;
@@ -303,7 +349,10 @@ export async function trainVariant(kind: ToyVariant, model: LlamaModel, tokenize
   // Examples longer than a micro-batch cannot train: by default they lose trailing steps to fit.
   const maxLength = opts.chainOptions?.maxLength ?? opts.train.batchTokens ?? 512;
   const built = chainExamples(chains, tokenizer, { steps }, { ...(opts.chainOptions ?? {}), maxLength, extraSteps: 'drop' });
-  if (built.examples.length === 0) throw new ArgumentError(`${op}: chains: no example fits (${built.tooLong.length} too long${built.tooLong[0] ? `; ${built.tooLong[0].reason}` : ''})`);
+  if (built.examples.length === 0)
+    throw new ArgumentError(
+      `${op}: chains: no example fits (${built.tooLong.length} too long${built.tooLong[0] ? `; ${built.tooLong[0].reason}` : ''})`,
+    );
   const initSeed = opts.initSeed ?? 0;
   let adapters: AdapterStacks;
   let train: TrainerOptions = opts.train;
@@ -345,9 +394,11 @@ const pct = (x: number | null) => (x === null ? '—' : `${(100 * x).toFixed(1)}
 /** A markdown table of toy results: one row per variant. */
 export function toyEvalTable(rows: readonly { name: string; result: ToyEvalResult }[]): string {
   if (!Array.isArray(rows)) throw new ArgumentError(`toyEvalTable: rows: expected a list of { name, result }, got ${describe(rows)}`);
-  const head = '| variant | questions (risky / benign) | refusal on risky ↑ | compliance on benign ↑ | over-refusal ↓ | well-formed chains ↑ |\n|---|---|---|---|---|---|';
+  const head =
+    '| variant | questions (risky / benign) | refusal on risky ↑ | compliance on benign ↑ | over-refusal ↓ | well-formed chains ↑ |\n|---|---|---|---|---|---|';
   const body = rows.map((r, i) => {
-    if (!r || typeof r.name !== 'string' || !r.result) throw new ArgumentError(`toyEvalTable: rows[${i}]: expected { name: string, result: ToyEvalResult }, got ${describe(r)}`);
+    if (!r || typeof r.name !== 'string' || !r.result)
+      throw new ArgumentError(`toyEvalTable: rows[${i}]: expected { name: string, result: ToyEvalResult }, got ${describe(r)}`);
     const x = r.result;
     return `| ${r.name.replace(/\|/g, '\\|')} | ${x.n} (${x.risky} / ${x.benign}) | ${pct(x.refusalRate)} | ${pct(x.compliance)} | ${pct(x.overRefusal)} | ${x.wellFormedRate === null ? 'n/a' : pct(x.wellFormedRate)} |`;
   });

@@ -19,9 +19,7 @@ import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from '../io/peft.js';
 import type { LinearModule, ModelConfig } from '../model/config.js';
 import { MAX_ADAPTER_JSON_BYTES, writeExpert } from '../adapters/peft_io.js';
 import type { AdapterStacks, StackReadCache } from '../adapters/stacks.js';
-import {
-  SHARED_EXPERT, STEP_END_TOKENS, STEP_TOKENS, moteConfig, type MoteConfig, type PromptRouting, type StepName,
-} from './steps.js';
+import { SHARED_EXPERT, STEP_END_TOKENS, STEP_TOKENS, moteConfig, type MoteConfig, type PromptRouting, type StepName } from './steps.js';
 import { nodeBuiltin } from '../io/node_builtins.js';
 const path = nodeBuiltin<typeof import('node:path')>('node:path');
 
@@ -71,7 +69,10 @@ export function moteJson(bundle: MoteJsonSource): Record<string, unknown> {
 }
 
 /** Parses mote.json (object or text); FormatError naming `file` and the field otherwise. */
-export function parseMoteJson(json: unknown, file = MOTE_FILE): { config: MoteConfig; experts: Record<string, string>; baseModel: string | null } {
+export function parseMoteJson(
+  json: unknown,
+  file = MOTE_FILE,
+): { config: MoteConfig; experts: Record<string, string>; baseModel: string | null } {
   if (typeof json === 'string') {
     try {
       json = JSON.parse(json);
@@ -79,22 +80,35 @@ export function parseMoteJson(json: unknown, file = MOTE_FILE): { config: MoteCo
       throw new FormatError(`${file}: not valid JSON: ${(e as Error).message}`);
     }
   }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    throw new FormatError(`${file}: expected a JSON object, got ${describe(json)}`);
   const j = json as Record<string, unknown>;
   if (j.format !== undefined && j.format !== 'mote') throw new FormatError(`${file}: format: expected 'mote', got ${describe(j.format)}`);
-  if (j.version !== undefined && j.version !== MOTE_FORMAT_VERSION) throw new FormatError(`${file}: version: ${describe(j.version)} is not supported (expected ${MOTE_FORMAT_VERSION})`);
+  if (j.version !== undefined && j.version !== MOTE_FORMAT_VERSION)
+    throw new FormatError(`${file}: version: ${describe(j.version)} is not supported (expected ${MOTE_FORMAT_VERSION})`);
   for (const k of ['steps', 'alpha', 'r', 'lora_alpha']) if (j[k] === undefined) throw new FormatError(`${file}: ${k} is missing`);
   let config: MoteConfig;
   try {
-    config = moteConfig({
-      steps: j.steps as StepName[], rank: j.r as number, loraAlpha: j.lora_alpha as number, alpha: j.alpha as number,
-      ...(j.prompt_routing !== undefined ? { promptRouting: j.prompt_routing as PromptRouting } : {}),
-      ...(j.target_modules !== undefined ? { targetModules: j.target_modules as LinearModule[] } : {}),
-    }, file);
+    config = moteConfig(
+      {
+        steps: j.steps as StepName[],
+        rank: j.r as number,
+        loraAlpha: j.lora_alpha as number,
+        alpha: j.alpha as number,
+        ...(j.prompt_routing !== undefined ? { promptRouting: j.prompt_routing as PromptRouting } : {}),
+        ...(j.target_modules !== undefined ? { targetModules: j.target_modules as LinearModule[] } : {}),
+      },
+      file,
+    );
   } catch (e) {
     // moteConfig names its options; a file's reader wants the JSON field names.
     if (e instanceof ArgumentError) {
-      const names: Record<string, string> = { rank: 'r', loraAlpha: 'lora_alpha', targetModules: 'target_modules', promptRouting: 'prompt_routing' };
+      const names: Record<string, string> = {
+        rank: 'r',
+        loraAlpha: 'lora_alpha',
+        targetModules: 'target_modules',
+        promptRouting: 'prompt_routing',
+      };
       const prefix = `${file}: `;
       let msg = e.message;
       if (msg.startsWith(prefix)) {
@@ -106,7 +120,8 @@ export function parseMoteJson(json: unknown, file = MOTE_FILE): { config: MoteCo
   }
   const experts: Record<string, string> = {};
   const ex = j.experts;
-  if (ex !== undefined && (typeof ex !== 'object' || ex === null || Array.isArray(ex))) throw new FormatError(`${file}: experts: expected an object of expert -> folder, got ${describe(ex)}`);
+  if (ex !== undefined && (typeof ex !== 'object' || ex === null || Array.isArray(ex)))
+    throw new FormatError(`${file}: experts: expected an object of expert -> folder, got ${describe(ex)}`);
   for (const name of [...config.steps, SHARED_EXPERT]) {
     const folder = (ex as Record<string, unknown> | undefined)?.[name] ?? name;
     if (typeof folder !== 'string' || folder === '' || folder.includes('/') || folder.includes('\\') || folder === '.' || folder === '..') {
@@ -117,7 +132,8 @@ export function parseMoteJson(json: unknown, file = MOTE_FILE): { config: MoteCo
   if (j.tokens !== undefined) {
     const t = j.tokens as Record<string, unknown>;
     for (const s of config.steps) {
-      if (t?.[s] !== undefined && t[s] !== STEP_TOKENS[s]) throw new FormatError(`${file}: tokens.${s}: expected '${STEP_TOKENS[s]}', got ${describe(t[s])}`);
+      if (t?.[s] !== undefined && t[s] !== STEP_TOKENS[s])
+        throw new FormatError(`${file}: tokens.${s}: expected '${STEP_TOKENS[s]}', got ${describe(t[s])}`);
     }
   }
   const bm = j.base_model as Record<string, unknown> | undefined;

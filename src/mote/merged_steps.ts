@@ -9,7 +9,17 @@ import * as path from 'node:path';
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import { hostToF32 } from '../dtype.js';
 import { readJsonFile } from '../io/files.js';
-import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, makePeftConfig, parsePeftConfig, parsePeftKey, peftKey, peftModulePath, peftScale, type PeftConfig } from '../io/peft.js';
+import {
+  ADAPTER_CONFIG_FILE,
+  ADAPTER_WEIGHTS_FILE,
+  makePeftConfig,
+  parsePeftConfig,
+  parsePeftKey,
+  peftKey,
+  peftModulePath,
+  peftScale,
+  type PeftConfig,
+} from '../io/peft.js';
 import { readSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import type { LinearModule } from '../model/config.js';
 import { SHARED_EXPERT } from './steps.js';
@@ -21,10 +31,18 @@ export interface MergedAdapter {
   tensors: Map<string, WritableTensor>;
 }
 
-interface Factors { A: Float32Array; B: Float32Array; r: number; nIn: number; nOut: number; scale: number }
+interface Factors {
+  A: Float32Array;
+  B: Float32Array;
+  r: number;
+  nIn: number;
+  nOut: number;
+  scale: number;
+}
 
 function toF32(t: HostTensor, where: string): Float32Array {
-  if (t.dtype !== 'f32' && t.dtype !== 'f16' && t.dtype !== 'bf16') throw new FormatError(`${where}: dtype ${t.dtype} is not a LoRA weight dtype`);
+  if (t.dtype !== 'f32' && t.dtype !== 'f16' && t.dtype !== 'bf16')
+    throw new FormatError(`${where}: dtype ${t.dtype} is not a LoRA weight dtype`);
   return hostToF32(t.dtype, t.data);
 }
 
@@ -48,27 +66,50 @@ function readExpert(dir: string): { cfg: PeftConfig; modules: Map<string, Factor
     const where = `${file}: ${peftModulePath(h.layer, h.module)}`;
     if (!h.A || !h.B) throw new FormatError(`${where}: lora_${h.A ? 'B' : 'A'} is missing`);
     if (h.A.shape.length !== 2 || h.B.shape.length !== 2 || h.A.shape[0] !== h.B.shape[1]) {
-      throw new FormatError(`${where}: lora_A ${JSON.stringify(h.A.shape)} and lora_B ${JSON.stringify(h.B.shape)} do not form [r, in] · [out, r]`);
+      throw new FormatError(
+        `${where}: lora_A ${JSON.stringify(h.A.shape)} and lora_B ${JSON.stringify(h.B.shape)} do not form [r, in] · [out, r]`,
+      );
     }
     const [r, nIn] = h.A.shape as [number, number];
-    modules.set(id, { layer: h.layer, module: h.module, r, nIn, nOut: h.B.shape[0]!, A: toF32(h.A, where), B: toF32(h.B, where), scale: peftScale(cfg, h.layer, h.module) });
+    modules.set(id, {
+      layer: h.layer,
+      module: h.module,
+      r,
+      nIn,
+      nOut: h.B.shape[0]!,
+      A: toF32(h.A, where),
+      B: toF32(h.B, where),
+      scale: peftScale(cfg, h.layer, h.module),
+    });
   }
   return { cfg, modules };
 }
 
 /** The merged adapter of one step: [A_s; A_h] and [a·s_s·B_s | b·s_h·B_h] for every module either adapts. */
-function merge(step: ReturnType<typeof readExpert>, shared: ReturnType<typeof readExpert>, a: number, b: number, baseModel: string | null): MergedAdapter {
+function merge(
+  step: ReturnType<typeof readExpert>,
+  shared: ReturnType<typeof readExpert>,
+  a: number,
+  b: number,
+  baseModel: string | null,
+): MergedAdapter {
   const ids = [...new Set([...step.modules.keys(), ...shared.modules.keys()])];
   const tensors = new Map<string, WritableTensor>();
   const ranks = new Map<string, number>();
   const targets = new Set<LinearModule>();
   for (const id of ids) {
     // A weight of 0 (α = 0 or 1) drops that expert's rows instead of storing zeros.
-    const parts = [{ f: step.modules.get(id), w: a }, { f: shared.modules.get(id), w: b }].filter((p) => p.f !== undefined && p.w !== 0) as { f: Factors & { layer: number; module: LinearModule }; w: number }[];
+    const parts = [
+      { f: step.modules.get(id), w: a },
+      { f: shared.modules.get(id), w: b },
+    ].filter((p) => p.f !== undefined && p.w !== 0) as { f: Factors & { layer: number; module: LinearModule }; w: number }[];
     if (parts.length === 0) continue;
     const { layer, module, nIn, nOut } = parts[0]!.f;
     for (const p of parts) {
-      if (p.f.nIn !== nIn || p.f.nOut !== nOut) throw new FormatError(`${peftModulePath(layer, module)}: the step and shared experts disagree on its shape ([${p.f.nOut}, ${p.f.nIn}] vs [${nOut}, ${nIn}])`);
+      if (p.f.nIn !== nIn || p.f.nOut !== nOut)
+        throw new FormatError(
+          `${peftModulePath(layer, module)}: the step and shared experts disagree on its shape ([${p.f.nOut}, ${p.f.nIn}] vs [${nOut}, ${nIn}])`,
+        );
     }
     const R = parts.reduce((n, p) => n + p.f.r, 0);
     const A = new Float32Array(R * nIn);
@@ -92,7 +133,12 @@ function merge(step: ReturnType<typeof readExpert>, shared: ReturnType<typeof re
   const rankPattern: Record<string, number> = {};
   for (const [p, rr] of ranks) if (rr !== r) rankPattern[`^${p.replaceAll('.', '\\.')}$`] = rr;
   const config = makePeftConfig({
-    r, loraAlpha: r, targetModules: [...targets], rankPattern, alphaPattern: { ...rankPattern }, baseModelNameOrPath: baseModel,
+    r,
+    loraAlpha: r,
+    targetModules: [...targets],
+    rankPattern,
+    alphaPattern: { ...rankPattern },
+    baseModelNameOrPath: baseModel,
   });
   return { config, tensors };
 }
@@ -103,7 +149,8 @@ function merge(step: ReturnType<typeof readExpert>, shared: ReturnType<typeof re
  * tokens): name → adapter. Throws FormatError naming the file when the bundle is malformed.
  */
 export function mergeStepExperts(dir: string): Map<string, MergedAdapter> {
-  if (typeof dir !== 'string' || dir === '') throw new ArgumentError(`mergeStepExperts: dir: expected a MoTE bundle folder, got ${describe(dir)}`);
+  if (typeof dir !== 'string' || dir === '')
+    throw new ArgumentError(`mergeStepExperts: dir: expected a MoTE bundle folder, got ${describe(dir)}`);
   const { config, experts, baseModel } = readMoteJson(dir);
   const shared = readExpert(path.join(dir, experts[SHARED_EXPERT]!));
   const out = new Map<string, MergedAdapter>();

@@ -57,7 +57,12 @@ export const SELF_ALIGN_STAGES = ['draft', 'draft-check', 'analysis', 'guidance'
 export type SelfAlignStage = (typeof SELF_ALIGN_STAGES)[number];
 
 const STAGE_STEP: Record<SelfAlignStage, StepName> = {
-  draft: 'answer', 'draft-check': 'check', analysis: 'analysis', guidance: 'guidance', answer: 'answer', check: 'check',
+  draft: 'answer',
+  'draft-check': 'check',
+  analysis: 'analysis',
+  guidance: 'guidance',
+  answer: 'answer',
+  check: 'check',
 };
 
 export interface SelfAlignProgress {
@@ -170,7 +175,9 @@ function resumeIds(file: string): { ids: Set<string>; repaired: boolean; reasons
     try {
       v = JSON.parse(raw);
     } catch (e) {
-      throw new FormatError(`${file}:${i + 1}: malformed JSON: ${(e as Error).message} (only a partial last line is repaired; fix or remove this one)`);
+      throw new FormatError(
+        `${file}:${i + 1}: malformed JSON: ${(e as Error).message} (only a partial last line is repaired; fix or remove this one)`,
+      );
     }
     const id = (v as { id?: unknown } | null)?.id;
     if (typeof id !== 'string') throw new FormatError(`${file}:${i + 1}: no string "id" (not a line selfAlign wrote; got ${describe(id)})`);
@@ -216,7 +223,8 @@ interface Work {
 }
 
 function positiveInt(op: string, name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw new ArgumentError(`${op}: ${name}: expected a positive integer, got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1)
+    throw new ArgumentError(`${op}: ${name}: expected a positive integer, got ${describe(v)}`);
   return v;
 }
 
@@ -230,18 +238,30 @@ function bool(op: string, name: string, v: unknown, dflt: boolean): boolean {
  * Writes self-generated AlignCoT chains for `prompts` to opts.output (see the file comment).
  * Returns what this run wrote, skipped and dropped.
  */
-export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, prompts: readonly SelfAlignPrompt[], opts: SelfAlignOptions): Promise<SelfAlignResult> {
+export async function selfAlign(
+  model: LlamaModel,
+  tokenizer: MoteTokenizer,
+  prompts: readonly SelfAlignPrompt[],
+  opts: SelfAlignOptions,
+): Promise<SelfAlignResult> {
   const op = 'selfAlign';
   if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
-  if (!tokenizer || typeof tokenizer.encode !== 'function' || typeof tokenizer.decode !== 'function') throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
-  if (!Array.isArray(prompts)) throw new ArgumentError(`${op}: prompts: expected a list of { prompt, messages?, line?, id? }, got ${describe(prompts)}`);
+  if (!tokenizer || typeof tokenizer.encode !== 'function' || typeof tokenizer.decode !== 'function')
+    throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
+  if (!Array.isArray(prompts))
+    throw new ArgumentError(`${op}: prompts: expected a list of { prompt, messages?, line?, id? }, got ${describe(prompts)}`);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { output, ... }, got ${describe(opts)}`);
-  if (typeof opts.output !== 'string' || opts.output === '') throw new ArgumentError(`${op}: output: expected a file path, got ${describe(opts.output)}`);
-  if (opts.droppedFile !== undefined && (typeof opts.droppedFile !== 'string' || opts.droppedFile === '' || path.resolve(opts.droppedFile) === path.resolve(opts.output))) {
+  if (typeof opts.output !== 'string' || opts.output === '')
+    throw new ArgumentError(`${op}: output: expected a file path, got ${describe(opts.output)}`);
+  if (
+    opts.droppedFile !== undefined &&
+    (typeof opts.droppedFile !== 'string' || opts.droppedFile === '' || path.resolve(opts.droppedFile) === path.resolve(opts.output))
+  ) {
     throw new ArgumentError(`${op}: droppedFile: expected a file path other than output, got ${describe(opts.droppedFile)}`);
   }
   const bundle = opts.adapters ?? null;
-  if (bundle !== null && !(bundle instanceof MoteBundle)) throw new ArgumentError(`${op}: adapters: expected a MoteBundle or null, got ${describe(bundle)}`);
+  if (bundle !== null && !(bundle instanceof MoteBundle))
+    throw new ArgumentError(`${op}: adapters: expected a MoteBundle or null, got ${describe(bundle)}`);
   if (bundle?.disposed) throw new ArgumentError(`${op}: adapters: used after dispose()`);
   const maxNew: Record<StepName, number> = { analysis: 256, guidance: 256, answer: 256, check: 256 };
   if (typeof opts.maxNewTokens === 'number' || opts.maxNewTokens === undefined) {
@@ -249,10 +269,12 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
     for (const s of STEPS) maxNew[s] = n;
   } else if (typeof opts.maxNewTokens === 'object' && opts.maxNewTokens !== null) {
     for (const [k, v] of Object.entries(opts.maxNewTokens)) {
-      if (!(STEPS as readonly string[]).includes(k)) throw new ArgumentError(`${op}: maxNewTokens.${k}: unknown step (expected one of ${STEPS.join(', ')})`);
+      if (!(STEPS as readonly string[]).includes(k))
+        throw new ArgumentError(`${op}: maxNewTokens.${k}: unknown step (expected one of ${STEPS.join(', ')})`);
       if (v !== undefined) maxNew[k as StepName] = positiveInt(op, `maxNewTokens.${k}`, v);
     }
-  } else throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer or { step: tokens }, got ${describe(opts.maxNewTokens)}`);
+  } else
+    throw new ArgumentError(`${op}: maxNewTokens: expected a positive integer or { step: tokens }, got ${describe(opts.maxNewTokens)}`);
   checkSampling(op, opts.sampling);
   const seed = checkSeed(op, 'seed', opts.seed ?? 0);
   const batchSize = positiveInt(op, 'batchSize', opts.batchSize ?? 16);
@@ -262,55 +284,77 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
   const keepUnsafe = bool(op, 'keepUnsafe', opts.keepUnsafe, false);
   const dropTruncated = bool(op, 'dropTruncated', opts.dropTruncated, true);
   const promptFormat = opts.promptFormat ?? 'auto';
-  if (!['auto', 'chat', 'plain'].includes(promptFormat)) throw new ArgumentError(`${op}: promptFormat: expected 'auto', 'chat' or 'plain', got ${describe(promptFormat)}`);
-  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') throw new ArgumentError(`${op}: onProgress: expected a function, got ${describe(opts.onProgress)}`);
-  if (opts.generateFn !== undefined && typeof opts.generateFn !== 'function') throw new ArgumentError(`${op}: generateFn: expected a function, got ${describe(opts.generateFn)}`);
-  if (opts.source !== undefined && typeof opts.source !== 'string') throw new ArgumentError(`${op}: source: expected a string, got ${describe(opts.source)}`);
+  if (!['auto', 'chat', 'plain'].includes(promptFormat))
+    throw new ArgumentError(`${op}: promptFormat: expected 'auto', 'chat' or 'plain', got ${describe(promptFormat)}`);
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function')
+    throw new ArgumentError(`${op}: onProgress: expected a function, got ${describe(opts.onProgress)}`);
+  if (opts.generateFn !== undefined && typeof opts.generateFn !== 'function')
+    throw new ArgumentError(`${op}: generateFn: expected a function, got ${describe(opts.generateFn)}`);
+  if (opts.source !== undefined && typeof opts.source !== 'string')
+    throw new ArgumentError(`${op}: source: expected a string, got ${describe(opts.source)}`);
   const signal = opts.signal;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(signal)}`);
+  if (signal !== undefined && !(signal instanceof AbortSignal))
+    throw new ArgumentError(`${op}: signal: expected an AbortSignal, got ${describe(signal)}`);
   const V = Math.min(model.config.vocabSize, tokenizer.vocabSize);
   const extraStop: number[] = [];
   for (const [i, t] of (opts.stop ?? []).entries()) {
-    if (!Number.isSafeInteger(t) || t < 0 || t >= model.config.vocabSize) throw new ArgumentError(`${op}: stop[${i}]: expected a token id in [0, ${model.config.vocabSize - 1}], got ${describe(t)}`);
+    if (!Number.isSafeInteger(t) || t < 0 || t >= model.config.vocabSize)
+      throw new ArgumentError(`${op}: stop[${i}]: expected a token id in [0, ${model.config.vocabSize - 1}], got ${describe(t)}`);
     extraStop.push(t);
   }
   const eos = tokenizer.eosTokenId;
   const stops = [...(eos !== undefined ? [eos] : []), ...extraStop];
-  if (stops.length === 0 && bundle === null) throw new ArgumentError(`${op}: stop: the tokenizer has no eos_token, so no stage could end before maxNewTokens; give stop token ids`);
+  if (stops.length === 0 && bundle === null)
+    throw new ArgumentError(`${op}: stop: the tokenizer has no eos_token, so no stage could end before maxNewTokens; give stop token ids`);
 
   // The bundle's step tags: forced at a stage's start, its end tag stops the stage.
   const tags = bundle ? stepTokenIds(tokenizer, bundle.config) : null;
   const tagIds = new Set(tags ? [...tags.start, ...tags.end] : []);
-  const genOpts: GenerateOptions = bundle && tags
-    ? { router: bundle.tokenRouter(), stepTokens: new Map(tags.start.map((t, k) => [t, k])), stepTokenRouting: 'own' }
-    : {};
+  const genOpts: GenerateOptions =
+    bundle && tags ? { router: bundle.tokenRouter(), stepTokens: new Map(tags.start.map((t, k) => [t, k])), stepTokenRouting: 'own' } : {};
   const gen: GenerateFn = opts.generateFn ?? ((reqs, o) => generate(model, reqs, o));
 
   // Prompts: keys, then which are done already.
   const seen = new Map<string, number>();
   const works: Work[] = prompts.map((rec, i) => {
-    if (!rec || typeof rec !== 'object' || typeof rec.prompt !== 'string') throw new ArgumentError(`${op}: prompts[${i}]: expected { prompt: string, messages?, line?, id? }, got ${describe(rec)}`);
+    if (!rec || typeof rec !== 'object' || typeof rec.prompt !== 'string')
+      throw new ArgumentError(`${op}: prompts[${i}]: expected { prompt: string, messages?, line?, id? }, got ${describe(rec)}`);
     if (rec.prompt.trim() === '') throw new ArgumentError(`${op}: prompts[${i}].prompt: empty`);
     const line = rec.line ?? i + 1;
-    if (!Number.isSafeInteger(line) || line < 1) throw new ArgumentError(`${op}: prompts[${i}].line: expected a positive integer, got ${describe(rec.line)}`);
-    if (rec.id !== undefined && (typeof rec.id !== 'string' || rec.id === '')) throw new ArgumentError(`${op}: prompts[${i}].id: expected a non-empty string, got ${describe(rec.id)}`);
+    if (!Number.isSafeInteger(line) || line < 1)
+      throw new ArgumentError(`${op}: prompts[${i}].line: expected a positive integer, got ${describe(rec.line)}`);
+    if (rec.id !== undefined && (typeof rec.id !== 'string' || rec.id === ''))
+      throw new ArgumentError(`${op}: prompts[${i}].id: expected a non-empty string, got ${describe(rec.id)}`);
     const key = rec.id ?? String(line);
     const dup = seen.get(key);
-    if (dup !== undefined) throw new ArgumentError(`${op}: prompts[${i}]: id ${JSON.stringify(key)} is also prompts[${dup}]'s (ids${rec.id === undefined ? ' (lines)' : ''} must be unique to resume)`);
+    if (dup !== undefined)
+      throw new ArgumentError(
+        `${op}: prompts[${i}]: id ${JSON.stringify(key)} is also prompts[${dup}]'s (ids${rec.id === undefined ? ' (lines)' : ''} must be unique to resume)`,
+      );
     seen.set(key, i);
     return { key, line, rec, texts: {}, truncated: {}, adaptive: false };
   });
   const out = resumeIds(opts.output);
-  const drp = opts.droppedFile !== undefined ? resumeIds(opts.droppedFile) : { ids: new Set<string>(), repaired: false, reasons: new Map<string, number>() };
+  const drp =
+    opts.droppedFile !== undefined
+      ? resumeIds(opts.droppedFile)
+      : { ids: new Set<string>(), repaired: false, reasons: new Map<string, number>() };
   const todo = works.filter((w) => !out.ids.has(w.key) && !drp.ids.has(w.key));
   const res: SelfAlignResult = {
-    written: 0, skippedDone: works.length - todo.length, dropped: [], adaptive: 0, repaired: out.repaired || drp.repaired,
-    droppedBefore: [...drp.reasons].map(([reason, count]) => ({ reason, count })), interrupted: false,
+    written: 0,
+    skippedDone: works.length - todo.length,
+    dropped: [],
+    adaptive: 0,
+    repaired: out.repaired || drp.repaired,
+    droppedBefore: [...drp.reasons].map(([reason, count]) => ({ reason, count })),
+    interrupted: false,
   };
   const dropCount = new Map<string, number>();
   /** Like InterruptedError, but internal: unwinds a batch when the signal fires between stages. */
   const STOP = Symbol('stop');
-  const checkStop = () => { if (signal?.aborted) throw STOP; };
+  const checkStop = () => {
+    if (signal?.aborted) throw STOP;
+  };
 
   /** One stage for `ws` in one generate call; stores each output's text and whether it was cut off. */
   const runStage = async (stage: SelfAlignStage, ws: Work[], vars: (w: Work) => StageVars): Promise<void> => {
@@ -336,7 +380,10 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
     });
     const results = await gen(reqs, genOpts);
     checkStop();
-    if (!Array.isArray(results) || results.length !== ws.length) throw new ArgumentError(`${op}: generate returned ${Array.isArray(results) ? results.length : describe(results)} results for ${ws.length} requests`);
+    if (!Array.isArray(results) || results.length !== ws.length)
+      throw new ArgumentError(
+        `${op}: generate returned ${Array.isArray(results) ? results.length : describe(results)} results for ${ws.length} requests`,
+      );
     ws.forEach((w, i) => {
       const r = results[i]!;
       let toks = r.tokens;
@@ -353,11 +400,18 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
     dropCount.set(reason, (dropCount.get(reason) ?? 0) + 1);
   };
   /** Keeps the works whose `stage` output is usable; drops the others with the reason. */
-  const usable = (ws: Work[], stage: SelfAlignStage, keptInChain = true): Work[] => ws.filter((w) => {
-    if (w.texts[stage] === '') { drop(w, `empty:${stage}`); return false; }
-    if (dropTruncated && keptInChain && w.truncated[stage]) { drop(w, `truncated:${stage}`); return false; }
-    return true;
-  });
+  const usable = (ws: Work[], stage: SelfAlignStage, keptInChain = true): Work[] =>
+    ws.filter((w) => {
+      if (w.texts[stage] === '') {
+        drop(w, `empty:${stage}`);
+        return false;
+      }
+      if (dropTruncated && keptInChain && w.truncated[stage]) {
+        drop(w, `truncated:${stage}`);
+        return false;
+      }
+      return true;
+    });
   const question = (w: Work) => w.rec.prompt;
 
   const appender = new LineAppender(opts.output);
@@ -373,7 +427,10 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
       // A macrotask turn between batches: generation on cpu may never yield to the event loop,
       // and a Ctrl-C handler (or any other callback) must get to run.
       if (signal) await new Promise((r) => setTimeout(r, 0));
-      if (signal?.aborted) { res.interrupted = true; break; }
+      if (signal?.aborted) {
+        res.interrupted = true;
+        break;
+      }
       const batch = todo.slice(b, b + batchSize);
       const dropsBefore = new Map(dropCount);
       let full = batch;
@@ -403,11 +460,19 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
         await runStage('check', full, (w) => ({ question: question(w), answer: w.texts.answer! }));
         for (const w of usable(full, 'check', includeCheck)) {
           const v = parseVerdict(w.texts.check!);
-          if (v === null) { drop(w, 'no-verdict'); continue; }
-          if (v === 'unsafe' && !keepUnsafe) { drop(w, 'unsafe'); continue; }
+          if (v === null) {
+            drop(w, 'no-verdict');
+            continue;
+          }
+          if (v === 'unsafe' && !keepUnsafe) {
+            drop(w, 'unsafe');
+            continue;
+          }
           w.verdict = v;
           w.steps = [
-            { step: 'analysis', text: w.texts.analysis! }, { step: 'guidance', text: w.texts.guidance! }, { step: 'answer', text: w.texts.answer! },
+            { step: 'analysis', text: w.texts.analysis! },
+            { step: 'guidance', text: w.texts.guidance! },
+            { step: 'answer', text: w.texts.answer! },
             ...(includeCheck ? [{ step: 'check' as const, text: w.texts.check! }] : []),
           ];
         }
@@ -434,7 +499,10 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
           }
           if (w.dropped === undefined) {
             const meta: Record<string, unknown> = {
-              line: w.line, verdict: w.verdict, adaptive: w.adaptive, steps: w.steps.map((s) => s.step),
+              line: w.line,
+              verdict: w.verdict,
+              adaptive: w.adaptive,
+              steps: w.steps.map((s) => s.step),
               ...(w.draftVerdict !== undefined ? { draftVerdict: w.draftVerdict } : {}),
               ...(opts.source !== undefined ? { source: opts.source } : {}),
             };
@@ -448,7 +516,13 @@ export async function selfAlign(model: LlamaModel, tokenizer: MoteTokenizer, pro
         }
       }
       done += batch.length;
-      opts.onProgress?.({ done, total: works.length, written: res.written, dropped: [...dropCount.values()].reduce((a, c) => a + c, 0), dropReasons: reasonsSoFar() });
+      opts.onProgress?.({
+        done,
+        total: works.length,
+        written: res.written,
+        dropped: [...dropCount.values()].reduce((a, c) => a + c, 0),
+        dropReasons: reasonsSoFar(),
+      });
     }
   } finally {
     appender.close();

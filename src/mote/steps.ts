@@ -81,7 +81,8 @@ export function moteConfig(partial: Partial<MoteConfig> = {}, op = 'moteConfig')
   const p = partial as Partial<Record<keyof MoteConfig, unknown>>;
 
   const steps = p.steps === undefined ? [...DEFAULT_STEPS] : p.steps;
-  if (!Array.isArray(steps) || steps.length === 0) throw new ArgumentError(`${op}: steps: expected a non-empty list of ${STEPS.join(', ')}, got ${describe(steps)}`);
+  if (!Array.isArray(steps) || steps.length === 0)
+    throw new ArgumentError(`${op}: steps: expected a non-empty list of ${STEPS.join(', ')}, got ${describe(steps)}`);
   let last = -1;
   for (const [i, s] of steps.entries()) {
     const at = (STEPS as readonly unknown[]).indexOf(s);
@@ -92,17 +93,22 @@ export function moteConfig(partial: Partial<MoteConfig> = {}, op = 'moteConfig')
   }
 
   const rank = p.rank === undefined ? DEFAULT_MOTE_CONFIG.rank : p.rank;
-  if (typeof rank !== 'number' || !Number.isSafeInteger(rank) || rank < 1) throw new ArgumentError(`${op}: rank: expected a positive integer, got ${describe(rank)}`);
+  if (typeof rank !== 'number' || !Number.isSafeInteger(rank) || rank < 1)
+    throw new ArgumentError(`${op}: rank: expected a positive integer, got ${describe(rank)}`);
   const loraAlpha = p.loraAlpha === undefined ? DEFAULT_MOTE_CONFIG.loraAlpha : p.loraAlpha;
-  if (typeof loraAlpha !== 'number' || !Number.isFinite(loraAlpha) || loraAlpha <= 0) throw new ArgumentError(`${op}: loraAlpha: expected a positive number, got ${describe(loraAlpha)}`);
+  if (typeof loraAlpha !== 'number' || !Number.isFinite(loraAlpha) || loraAlpha <= 0)
+    throw new ArgumentError(`${op}: loraAlpha: expected a positive number, got ${describe(loraAlpha)}`);
   const alpha = p.alpha === undefined ? DEFAULT_MOTE_CONFIG.alpha : p.alpha;
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha) || alpha < 0 || alpha > 1) throw new ArgumentError(`${op}: alpha: expected a number in [0, 1], got ${describe(alpha)}`);
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha) || alpha < 0 || alpha > 1)
+    throw new ArgumentError(`${op}: alpha: expected a number in [0, 1], got ${describe(alpha)}`);
   const promptRouting = checkPromptRouting(op, p.promptRouting === undefined ? DEFAULT_MOTE_CONFIG.promptRouting : p.promptRouting);
 
   const targets = p.targetModules === undefined ? [...LINEAR_MODULES] : p.targetModules;
-  if (!Array.isArray(targets) || targets.length === 0) throw new ArgumentError(`${op}: targetModules: expected a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(targets)}`);
+  if (!Array.isArray(targets) || targets.length === 0)
+    throw new ArgumentError(`${op}: targetModules: expected a non-empty list of ${LINEAR_MODULES.join(', ')}, got ${describe(targets)}`);
   for (const [i, m] of targets.entries()) {
-    if (!(LINEAR_MODULES as readonly unknown[]).includes(m)) throw new ArgumentError(`${op}: targetModules[${i}]: unknown module ${describe(m)} (expected one of ${LINEAR_MODULES.join(', ')})`);
+    if (!(LINEAR_MODULES as readonly unknown[]).includes(m))
+      throw new ArgumentError(`${op}: targetModules[${i}]: unknown module ${describe(m)} (expected one of ${LINEAR_MODULES.join(', ')})`);
     if (targets.indexOf(m) !== i) throw new ArgumentError(`${op}: targetModules[${i}]: '${m}' is listed twice`);
   }
   // Canonical order, so that equal sets compare equal.

@@ -67,7 +67,8 @@ const F32_MAX = 3.4028234663852886e38;
 
 /** Checks the hyper-parameters and forms the kernel scalars (bias corrections in double). */
 export function adamwScalars(opts: AdamwOptions, op = 'adamw'): AdamwScalars {
-  if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) throw new ArgumentError(`${op}: opts: expected an object with lr and step, got ${describe(opts)}`);
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts))
+    throw new ArgumentError(`${op}: opts: expected an object with lr and step, got ${describe(opts)}`);
   const lr = finite(op, 'lr', opts.lr, { min: 0 });
   const beta1 = finite(op, 'beta1', opts.beta1 ?? 0.9, { min: 0, max: 1 });
   const beta2 = finite(op, 'beta2', opts.beta2 ?? 0.999, { min: 0, max: 1 });
@@ -75,17 +76,28 @@ export function adamwScalars(opts: AdamwOptions, op = 'adamw'): AdamwScalars {
   const weightDecay = finite(op, 'weightDecay', opts.weightDecay ?? 0.01, { min: 0 });
   const gradScale = finite(op, 'gradScale', opts.gradScale ?? 1);
   const t = opts.step;
-  if (typeof t !== 'number' || !Number.isSafeInteger(t) || t < 1) throw new ArgumentError(`${op}: step: expected an integer ≥ 1, got ${describe(t)}`);
+  if (typeof t !== 'number' || !Number.isSafeInteger(t) || t < 1)
+    throw new ArgumentError(`${op}: step: expected an integer ≥ 1, got ${describe(t)}`);
   const bc1 = 1 - Math.pow(beta1, t);
   const bc2 = 1 - Math.pow(beta2, t);
   // f32 scalars must stay finite and non-zero where they divide
-  for (const [name, v] of [['lr', lr], ['eps', eps], ['weightDecay', weightDecay], ['gradScale', gradScale]] as const) {
+  for (const [name, v] of [
+    ['lr', lr],
+    ['eps', eps],
+    ['weightDecay', weightDecay],
+    ['gradScale', gradScale],
+  ] as const) {
     if (Math.abs(v) > F32_MAX) throw new ArgumentError(`${op}: ${name}: expected a value representable in f32, got ${v}`);
   }
-  if (Math.abs(1 - lr * weightDecay) > F32_MAX) throw new ArgumentError(`${op}: weightDecay: 1 − lr·weightDecay = ${1 - lr * weightDecay} overflows f32 (lr = ${lr}, weightDecay = ${weightDecay})`);
+  if (Math.abs(1 - lr * weightDecay) > F32_MAX)
+    throw new ArgumentError(
+      `${op}: weightDecay: 1 − lr·weightDecay = ${1 - lr * weightDecay} overflows f32 (lr = ${lr}, weightDecay = ${weightDecay})`,
+    );
   if (Math.fround(eps) === 0) throw new ArgumentError(`${op}: eps: expected a value that stays > 0 in f32, got ${eps}`);
-  if (!(Math.fround(bc1) > 0)) throw new ArgumentError(`${op}: beta1: 1 − beta1^step = ${bc1} underflows f32 (beta1 = ${beta1}, step = ${t})`);
-  if (!(Math.fround(bc2) > 0)) throw new ArgumentError(`${op}: beta2: 1 − beta2^step = ${bc2} underflows f32 (beta2 = ${beta2}, step = ${t})`);
+  if (!(Math.fround(bc1) > 0))
+    throw new ArgumentError(`${op}: beta1: 1 − beta1^step = ${bc1} underflows f32 (beta1 = ${beta1}, step = ${t})`);
+  if (!(Math.fround(bc2) > 0))
+    throw new ArgumentError(`${op}: beta2: 1 − beta2^step = ${bc2} underflows f32 (beta2 = ${beta2}, step = ${t})`);
   return { lr, beta1, beta2, eps, weightDecay, bc1, bc2, gradScale };
 }
 

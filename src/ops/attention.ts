@@ -9,7 +9,11 @@ import type { Backend } from '../backend/backend.js';
 import { Checker, checkBackend, checkHostArray, checkIntArray, checkFinite, checkObject, checkOpts } from './check.js';
 
 export interface AttentionDims {
-  Tq: number; Tk: number; nH: number; nKv: number; D: number;
+  Tq: number;
+  Tk: number;
+  nH: number;
+  nKv: number;
+  D: number;
   /** Softmax scale (default 1/sqrt(D)). */
   scale: number;
   /** Segments per sequence (0 = no segment mask). */
@@ -22,7 +26,19 @@ export interface AttentionKernels {
   /** out f32 [Tq, nH, D]; lse f32 [Tq, nH] (saved for backward). */
   attention(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, l: AttentionLayout, d: AttentionDims): void;
   /** dq [Tq,nH,D], dk [Tk,nKv,D], dv [Tk,nKv,D], all overwritten; each element has one owner (no atomics). */
-  attentionGrad(dq: Tensor, dk: Tensor, dv: Tensor, dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, l: AttentionLayout, d: AttentionDims): void;
+  attentionGrad(
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    dOut: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    l: AttentionLayout,
+    d: AttentionDims,
+  ): void;
 }
 
 export interface AttentionLayoutInit {
@@ -52,10 +68,18 @@ export class AttentionLayout {
   readonly Tk: number;
   readonly S: number;
   readonly numSeqs: number;
-  readonly qSeq: Tensor; readonly qPos: Tensor; readonly kSeq: Tensor; readonly kPos: Tensor;
-  readonly qSeg: Tensor; readonly kSeg: Tensor; readonly blocked: Tensor;
+  readonly qSeq: Tensor;
+  readonly qPos: Tensor;
+  readonly kSeq: Tensor;
+  readonly kPos: Tensor;
+  readonly qSeg: Tensor;
+  readonly kSeg: Tensor;
+  readonly blocked: Tensor;
 
-  constructor(readonly backend: Backend, init: AttentionLayoutInit) {
+  constructor(
+    readonly backend: Backend,
+    init: AttentionLayoutInit,
+  ) {
     checkBackend('attentionLayout', 'backend', backend);
     checkObject('attentionLayout', 'init', init, 'an AttentionLayoutInit object');
     const MAX = 2 ** 31 - 1;
@@ -66,15 +90,22 @@ export class AttentionLayout {
     this.Tk = init.kSeq?.length ?? this.Tq;
     const kSeq = init.kSeq ? ints('kSeq', init.kSeq, this.Tk, 0, MAX) : qSeq;
     const kPos = init.kPos ? ints('kPos', init.kPos, this.Tk, 0, MAX) : init.kSeq ? ints('kPos', init.kPos, this.Tk, 0, MAX) : qPos;
-    let qSeg: Int32Array = new Int32Array(1), kSeg: Int32Array = new Int32Array(1), blocked: Int32Array = new Int32Array(1);
+    let qSeg: Int32Array = new Int32Array(1),
+      kSeg: Int32Array = new Int32Array(1),
+      blocked: Int32Array = new Int32Array(1);
     this.S = 0;
     this.numSeqs = 0;
     const sg = init.segments;
     if (sg) {
       const S = sg.numSegments;
-      if (!Number.isSafeInteger(S) || S <= 0) throw new ArgumentError(`attentionLayout: segments.numSegments: expected a positive integer, got ${describe(S)}`);
+      if (!Number.isSafeInteger(S) || S <= 0)
+        throw new ArgumentError(`attentionLayout: segments.numSegments: expected a positive integer, got ${describe(S)}`);
       qSeg = ints('segments.qSegment', sg.qSegment, this.Tq, 0, S - 1);
-      kSeg = sg.kSegment ? ints('segments.kSegment', sg.kSegment, this.Tk, 0, S - 1) : init.kSeq ? ints('segments.kSegment', sg.kSegment, this.Tk, 0, S - 1) : qSeg;
+      kSeg = sg.kSegment
+        ? ints('segments.kSegment', sg.kSegment, this.Tk, 0, S - 1)
+        : init.kSeq
+          ? ints('segments.kSegment', sg.kSegment, this.Tk, 0, S - 1)
+          : qSeg;
       if (!sg.blocked || sg.blocked.length === 0 || sg.blocked.length % (S * S) !== 0) {
         throw new ShapeError(`attentionLayout: segments.blocked: expected numSeqs·${S}·${S} entries, got ${sg.blocked?.length}`);
       }
@@ -82,20 +113,41 @@ export class AttentionLayout {
       blocked = new Int32Array(sg.blocked.length);
       for (let i = 0; i < blocked.length; i++) {
         const b = sg.blocked[i] ? 1 : 0;
-        const later = Math.floor(i / S) % S, earlier = i % S;
-        if (b && later <= earlier) throw new ArgumentError(`attentionLayout: segments.blocked[${Math.floor(i / (S * S))}][${later}][${earlier}]: only a later segment may be blocked from an earlier one`);
+        const later = Math.floor(i / S) % S,
+          earlier = i % S;
+        if (b && later <= earlier)
+          throw new ArgumentError(
+            `attentionLayout: segments.blocked[${Math.floor(i / (S * S))}][${later}][${earlier}]: only a later segment may be blocked from an earlier one`,
+          );
         blocked[i] = b;
       }
-      for (const [n, s] of [['qSeq', qSeq], ['kSeq', kSeq]] as const) {
+      for (const [n, s] of [
+        ['qSeq', qSeq],
+        ['kSeq', kSeq],
+      ] as const) {
         const bad = s.findIndex((v) => v >= this.numSeqs);
-        if (bad >= 0) throw new ArgumentError(`attentionLayout: ${n}[${bad}]: sequence ${s[bad]} has no entry in segments.blocked (numSeqs = ${this.numSeqs})`);
+        if (bad >= 0)
+          throw new ArgumentError(
+            `attentionLayout: ${n}[${bad}]: sequence ${s[bad]} has no entry in segments.blocked (numSeqs = ${this.numSeqs})`,
+          );
       }
       this.S = S;
     }
     const up = (a: Int32Array) => backend.tensor(a, [a.length], 'i32');
-    this.qSeq = up(qSeq); this.qPos = up(qPos); this.kSeq = up(kSeq); this.kPos = up(kPos);
-    this.qSeg = up(qSeg); this.kSeg = up(kSeg); this.blocked = up(blocked);
-    this.#built = { tensors: [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked], Tq: this.Tq, Tk: this.Tk, S: this.S, numSeqs: this.numSeqs };
+    this.qSeq = up(qSeq);
+    this.qPos = up(qPos);
+    this.kSeq = up(kSeq);
+    this.kPos = up(kPos);
+    this.qSeg = up(qSeg);
+    this.kSeg = up(kSeg);
+    this.blocked = up(blocked);
+    this.#built = {
+      tensors: [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked],
+      Tq: this.Tq,
+      Tk: this.Tk,
+      S: this.S,
+      numSeqs: this.numSeqs,
+    };
   }
 
   /** What the constructor built from the checked host arrays: the kernels trust these contents. */
@@ -108,10 +160,14 @@ export class AttentionLayout {
   checkIntact(op: string): void {
     const names = ['qSeq', 'qPos', 'kSeq', 'kPos', 'qSeg', 'kSeg', 'blocked'] as const;
     names.forEach((n, i) => {
-      if (this[n] !== this.#built.tensors[i]) throw new ArgumentError(`${op}: layout.${n}: expected the tensor attentionLayout() built from the checked ids, got one put in its place`);
+      if (this[n] !== this.#built.tensors[i])
+        throw new ArgumentError(
+          `${op}: layout.${n}: expected the tensor attentionLayout() built from the checked ids, got one put in its place`,
+        );
     });
     for (const n of ['Tq', 'Tk', 'S', 'numSeqs'] as const) {
-      if (this[n] !== this.#built[n]) throw new ArgumentError(`${op}: layout.${n}: expected ${this.#built[n]} (as built), got ${describe(this[n])}`);
+      if (this[n] !== this.#built[n])
+        throw new ArgumentError(`${op}: layout.${n}: expected ${this.#built[n]} (as built), got ${describe(this[n])}`);
     }
   }
 
@@ -133,18 +189,27 @@ function check(op: string, c: Checker, q: Tensor, k: Tensor, v: Tensor, l: Atten
   c.tensor('q', q, { dtypes: ['f32'], shape: ['Tq', 'nH', 'D'] });
   c.tensor('k', k, { dtypes: ['f32'], shape: ['Tk', 'nKv', 'D'] });
   c.tensor('v', v, { dtypes: ['f32'], shape: ['Tk', 'nKv', 'D'] });
-  if (!(l instanceof AttentionLayout)) throw new ArgumentError(`${op}: layout: expected an AttentionLayout from attentionLayout(), got ${describe(l)}`);
+  if (!(l instanceof AttentionLayout))
+    throw new ArgumentError(`${op}: layout: expected an AttentionLayout from attentionLayout(), got ${describe(l)}`);
   l.checkIntact(op); // contents were checked on the host when built; no GPU readback here
   c.tensor('layout.qSeq', l.qSeq, { dtypes: ['i32'], shape: ['Tq'] });
   c.tensor('layout.kSeq', l.kSeq, { dtypes: ['i32'], shape: ['Tk'] });
-  const nH = c.dim('nH'), nKv = c.dim('nKv'), D = c.dim('D');
+  const nH = c.dim('nH'),
+    nKv = c.dim('nKv'),
+    D = c.dim('D');
   if (nH % nKv !== 0) throw new ShapeError(`${op}: k: kv heads (${nKv}) must divide query heads (${nH})`);
   const s = scale === undefined ? 1 / Math.sqrt(D) : checkFinite(op, 'scale', scale, true);
   return { Tq: c.dim('Tq'), Tk: c.dim('Tk'), nH, nKv, D, scale: s, S: l.S, numSeqs: l.numSeqs };
 }
 
 /** q f32 [Tq, nH, D], k/v f32 [Tk, nKv, D] → out f32 [Tq, nH, D] and lse f32 [Tq, nH]. */
-export function attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, options?: { scale?: number }): { out: Tensor; lse: Tensor } {
+export function attention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  layout: AttentionLayout,
+  options?: { scale?: number },
+): { out: Tensor; lse: Tensor } {
   const c = new Checker('attention');
   const opts = checkOpts('attention', 'opts', options);
   const d = check('attention', c, q, k, v, layout, opts.scale);
@@ -155,7 +220,16 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayo
 }
 
 /** Gradients of attention given dOut and the forward's out and lse. */
-export function attentionGrad(dOut: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, layout: AttentionLayout, options?: { scale?: number }): { dq: Tensor; dk: Tensor; dv: Tensor } {
+export function attentionGrad(
+  dOut: Tensor,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  out: Tensor,
+  lse: Tensor,
+  layout: AttentionLayout,
+  options?: { scale?: number },
+): { dq: Tensor; dk: Tensor; dv: Tensor } {
   const c = new Checker('attentionGrad');
   const opts = checkOpts('attentionGrad', 'opts', options);
   const d = check('attentionGrad', c, q, k, v, layout, opts.scale);

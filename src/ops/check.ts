@@ -24,21 +24,28 @@ export class Checker {
     if (t.disposed) throw new DisposedTensorError(`${this.op}: ${name}: expected a live tensor, got ${t} after dispose()`);
     if (this.backend === null) this.backend = t.backend;
     else if (t.backend !== this.backend) {
-      throw new BackendMismatchError(`${this.op}: ${name}: expected a tensor on the ${this.backend.kind} backend of the other arguments, got one on ${t.backend.kind}${t.backend.kind === this.backend.kind ? ' (another instance)' : ''}`);
+      throw new BackendMismatchError(
+        `${this.op}: ${name}: expected a tensor on the ${this.backend.kind} backend of the other arguments, got one on ${t.backend.kind}${t.backend.kind === this.backend.kind ? ' (another instance)' : ''}`,
+      );
     }
-    if (!spec.dtypes.includes(t.dtype)) throw new DTypeError(`${this.op}: ${name}: expected dtype ${spec.dtypes.join(' or ')}, got ${t.dtype}`);
+    if (!spec.dtypes.includes(t.dtype))
+      throw new DTypeError(`${this.op}: ${name}: expected dtype ${spec.dtypes.join(' or ')}, got ${t.dtype}`);
     const want = spec.shape.map((d) => (typeof d === 'number' ? String(d) : d)).join(', ');
-    if (t.shape.length !== spec.shape.length) throw new ShapeError(`${this.op}: ${name}: expected shape [${want}], got [${t.shape.join(', ')}]`);
+    if (t.shape.length !== spec.shape.length)
+      throw new ShapeError(`${this.op}: ${name}: expected shape [${want}], got [${t.shape.join(', ')}]`);
     spec.shape.forEach((d, i) => {
       const got = t.shape[i]!;
       if (typeof d === 'number') {
-        if (got !== d) throw new ShapeError(`${this.op}: ${name}: expected shape [${want}], got [${t.shape.join(', ')}] (dim ${i} must be ${d})`);
+        if (got !== d)
+          throw new ShapeError(`${this.op}: ${name}: expected shape [${want}], got [${t.shape.join(', ')}] (dim ${i} must be ${d})`);
         return;
       }
       const bound = this.dims.get(d);
       if (!bound) this.dims.set(d, { value: got, from: name });
       else if (bound.value !== got) {
-        throw new ShapeError(`${this.op}: ${name}: expected shape [${want}] with ${d} = ${bound.value} (from ${bound.from}), got [${t.shape.join(', ')}]`);
+        throw new ShapeError(
+          `${this.op}: ${name}: expected shape [${want}] with ${d} = ${bound.value} (from ${bound.from}), got [${t.shape.join(', ')}]`,
+        );
       }
     });
     return t;
@@ -53,7 +60,10 @@ export class Checker {
   /** An optional output tensor: checked when given, allocated (f32) when not. */
   output(name: string, t: Tensor | undefined, shape: readonly string[], dtype: DType = 'f32'): Tensor {
     if (t !== undefined) return this.tensor(name, t, { dtypes: [dtype], shape });
-    return this.backend!.empty(shape.map((d) => this.dim(d)), dtype);
+    return this.backend!.empty(
+      shape.map((d) => this.dim(d)),
+      dtype,
+    );
   }
 
   /** Output must not alias an input: kernels read inputs while writing outputs. */
@@ -76,13 +86,15 @@ export function checkBool(op: string, name: string, v: unknown): boolean {
 /** An options object: undefined → {}, anything but a plain object (null, numbers, arrays) throws. */
 export function checkOpts<T extends object>(op: string, name: string, v: T | null | undefined): Partial<T> {
   if (v === undefined) return {};
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ArgumentError(`${op}: ${name}: expected an options object or undefined, got ${describe(v)}`);
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new ArgumentError(`${op}: ${name}: expected an options object or undefined, got ${describe(v)}`);
   return v;
 }
 
 /** A required object argument (LoraStack, layout init, ...). */
 export function checkObject<T extends object>(op: string, name: string, v: T | null | undefined, what = 'an object'): T {
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new ArgumentError(`${op}: ${name}: expected ${what}, got ${describe(v)}`);
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new ArgumentError(`${op}: ${name}: expected ${what}, got ${describe(v)}`);
   return v;
 }
 
@@ -91,7 +103,13 @@ const KINDS = ['cpu', 'webgpu', 'cuda'];
 /** A live Backend from openBackend(). */
 export function checkBackend(op: string, name: string, b: unknown): Backend {
   const be = b as Partial<Backend> | null;
-  if (be === null || typeof be !== 'object' || typeof be.tensor !== 'function' || typeof be.allocStorage !== 'function' || !KINDS.includes(be.kind as string)) {
+  if (
+    be === null ||
+    typeof be !== 'object' ||
+    typeof be.tensor !== 'function' ||
+    typeof be.allocStorage !== 'function' ||
+    !KINDS.includes(be.kind as string)
+  ) {
     throw new ArgumentError(`${op}: ${name}: expected a Backend from openBackend(), got ${describe(b)}`);
   }
   if (be.destroyed) throw new DisposedTensorError(`${op}: ${name}: the ${be.kind} backend was destroyed`);
@@ -118,15 +136,27 @@ export function checkFinite(op: string, name: string, v: unknown, positive = fal
 
 /** A host array of numbers: a number[] or a numeric typed array (not a string, not an array-like object). */
 export function checkHostArray(op: string, name: string, a: unknown, length?: number): ArrayLike<number> {
-  const ok = Array.isArray(a) || (ArrayBuffer.isView(a) && !(a instanceof DataView) && !(a instanceof BigInt64Array) && !(a instanceof BigUint64Array));
-  if (!ok) throw new ArgumentError(`${op}: ${name}: expected an Int32Array or number[] (or another numeric typed array), got ${describe(a)}`);
+  const ok =
+    Array.isArray(a) ||
+    (ArrayBuffer.isView(a) && !(a instanceof DataView) && !(a instanceof BigInt64Array) && !(a instanceof BigUint64Array));
+  if (!ok)
+    throw new ArgumentError(`${op}: ${name}: expected an Int32Array or number[] (or another numeric typed array), got ${describe(a)}`);
   const arr = a as ArrayLike<number>;
   if (length !== undefined && arr.length !== length) throw new ShapeError(`${op}: ${name}: expected ${length} entries, got ${arr.length}`);
   return arr;
 }
 
 /** A host array of integers in [lo, hi], copied into a fresh Int32Array (no silent wrap of 2^32 or 1.5). */
-export function checkIntArray(op: string, name: string, a: unknown, lo: number, hi: number, length?: number, index: (i: number) => string = (i) => `[${i}]`, what?: string): Int32Array {
+export function checkIntArray(
+  op: string,
+  name: string,
+  a: unknown,
+  lo: number,
+  hi: number,
+  length?: number,
+  index: (i: number) => string = (i) => `[${i}]`,
+  what?: string,
+): Int32Array {
   const arr = checkHostArray(op, name, a, length);
   const out = new Int32Array(arr.length);
   const top = Math.min(hi, 2 ** 31 - 1);
@@ -141,7 +171,13 @@ export function checkIntArray(op: string, name: string, a: unknown, lo: number, 
 }
 
 /** A host array of finite numbers, copied into a fresh Float32Array. */
-export function checkFloatArray(op: string, name: string, a: unknown, length?: number, index: (i: number) => string = (i) => `[${i}]`): Float32Array {
+export function checkFloatArray(
+  op: string,
+  name: string,
+  a: unknown,
+  length?: number,
+  index: (i: number) => string = (i) => `[${i}]`,
+): Float32Array {
   const arr = checkHostArray(op, name, a, length);
   const out = new Float32Array(arr.length);
   for (let i = 0; i < arr.length; i++) {

@@ -110,7 +110,10 @@ export class RowMap {
       this.#overlap = null;
       for (let i = 0; i < this.N; i++) {
         const j = writer.get(this.srcRows[i]!);
-        if (j !== undefined && j !== i) { this.#overlap = { i, j }; break; }
+        if (j !== undefined && j !== i) {
+          this.#overlap = { i, j };
+          break;
+        }
       }
     }
     return this.#overlap;
@@ -139,11 +142,13 @@ export function rowMap(backend: Backend, dstRows: ArrayLike<number>, srcRows: Ar
 
 /** Checks the pairing of checked host rows (lengths, distinct dstRows), then uploads them. */
 function makeRowMap(op: string, backend: Backend, d: Int32Array, s: Int32Array): RowMap {
-  if (s.length !== d.length) throw new ArgumentError(`${op}: srcRows: expected ${d.length} entries (one per dstRows entry), got ${s.length}`);
+  if (s.length !== d.length)
+    throw new ArgumentError(`${op}: srcRows: expected ${d.length} entries (one per dstRows entry), got ${s.length}`);
   const first = new Map<number, number>();
   for (let i = 0; i < d.length; i++) {
     const j = first.get(d[i]!);
-    if (j !== undefined) throw new ArgumentError(`${op}: dstRows[${i}]: row ${d[i]} is already written by dstRows[${j}] (rows written must be distinct)`);
+    if (j !== undefined)
+      throw new ArgumentError(`${op}: dstRows[${i}]: row ${d[i]} is already written by dstRows[${j}] (rows written must be distinct)`);
     first.set(d[i]!, i);
   }
   return new RowMap(backend, d, s);
@@ -175,18 +180,23 @@ export function copyRows(dst: Tensor, src: Tensor, a: ArrayLike<number> | RowMap
   const { R: Rd, W } = rowsOf(c, 'dst', dst);
   const { R: Rs, W: Ws } = rowsOf(c, 'src', src);
   if (src.dtype !== dst.dtype) throw new DTypeError(`${op}: src: expected dtype ${dst.dtype} (the dtype of dst), got ${src.dtype}`);
-  if (Ws !== W) throw new ShapeError(`${op}: src: expected rows of ${W} elements like dst [${dst.shape.join(', ')}], got [${src.shape.join(', ')}] (rows of ${Ws})`);
+  if (Ws !== W)
+    throw new ShapeError(
+      `${op}: src: expected rows of ${W} elements like dst [${dst.shape.join(', ')}], got [${src.shape.join(', ')}] (rows of ${Ws})`,
+    );
   let map: RowMap;
   let own = false;
   if (a instanceof RowMap) {
     if (b !== undefined) throw new ArgumentError(`${op}: srcRows: not expected with a RowMap (it holds both)`);
     if (a.disposed) throw new DisposedTensorError(`${op}: rows: the RowMap was used after dispose()`);
-    if (a.backend !== c.backend) throw new ArgumentError(`${op}: rows: a RowMap made on another backend (${a.backend.kind}) than dst (${c.backend!.kind})`);
+    if (a.backend !== c.backend)
+      throw new ArgumentError(`${op}: rows: a RowMap made on another backend (${a.backend.kind}) than dst (${c.backend!.kind})`);
     map = a;
   } else {
     if (b === undefined) throw new ArgumentError(`${op}: srcRows: expected an Int32Array or number[] of row indices, got undefined`);
     // check everything before uploading anything
-    const d = hostRows(op, 'dstRows', a), s = hostRows(op, 'srcRows', b);
+    const d = hostRows(op, 'dstRows', a),
+      s = hostRows(op, 'srcRows', b);
     checkBounds(op, d, maxOf(d), Rd, s, maxOf(s), Rs);
     map = makeRowMap(op, c.backend!, d, s);
     own = true;
@@ -197,7 +207,9 @@ export function copyRows(dst: Tensor, src: Tensor, a: ArrayLike<number> | RowMap
     if (dst.storage === src.storage) {
       const o = map.overlap();
       if (o) {
-        throw new ArgumentError(`${op}: srcRows[${o.i}]: row ${map.srcRows[o.i]} is read while dstRows[${o.j}] writes it; dst and src share storage, so rows read and rows written must not overlap`);
+        throw new ArgumentError(
+          `${op}: srcRows[${o.i}]: row ${map.srcRows[o.i]} is read while dstRows[${o.j}] writes it; dst and src share storage, so rows read and rows written must not overlap`,
+        );
       }
     }
     const t = map.tensors!;

@@ -4,7 +4,11 @@ import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { Checker, checkBool, checkInt, checkIntArray, checkOpts } from './check.js';
 
-export interface EmbeddingDims { T: number; V: number; H: number }
+export interface EmbeddingDims {
+  T: number;
+  V: number;
+  H: number;
+}
 
 export interface EmbeddingKernels {
   /** y[t,:] = E[ids[t],:] (ids already checked < V). */
@@ -14,7 +18,16 @@ export interface EmbeddingKernels {
    * sorted by id (stable), segments [G+1] starts, segIds [G] the id of each segment. Rows of
    * ids absent from the batch are 0 (unchanged when accumulating). No atomics.
    */
-  embeddingGrad(dE: Tensor, dy: Tensor, order: Tensor, segStart: Tensor, segIds: Tensor, G: number, d: EmbeddingDims, accumulate: boolean): void;
+  embeddingGrad(
+    dE: Tensor,
+    dy: Tensor,
+    order: Tensor,
+    segStart: Tensor,
+    segIds: Tensor,
+    G: number,
+    d: EmbeddingDims,
+    accumulate: boolean,
+  ): void;
 }
 
 /** Checks token ids on the host: integers in [0, V). */
@@ -28,7 +41,8 @@ export function checkIds(op: string, ids: ArrayLike<number>, V: number): Int32Ar
 export function embedding(E: Tensor, ids: ArrayLike<number>): Tensor {
   const c = new Checker('embedding');
   c.tensor('E', E, { dtypes: WEIGHT_DTYPES, shape: ['V', 'H'] });
-  const V = c.dim('V'), H = c.dim('H');
+  const V = c.dim('V'),
+    H = c.dim('H');
   const idv = checkIds('embedding', ids, V);
   const idt = E.backend.tensor(idv, [idv.length], 'i32');
   try {
@@ -49,19 +63,28 @@ export function embeddingGrad(ids: ArrayLike<number>, dy: Tensor, V: number, opt
   c.dims.set('V', { value: V, from: 'V' });
   const acc = checkBool('embeddingGrad', 'accumulate', opts.accumulate);
   if (acc && !opts.out) throw new ArgumentError('embeddingGrad: accumulate: needs an out tensor to add into');
-  const T = c.dim('T'), H = c.dim('H');
+  const T = c.dim('T'),
+    H = c.dim('H');
   const idv = checkIds('embeddingGrad', ids, V);
   if (idv.length !== T) throw new ArgumentError(`embeddingGrad: ids: expected ${T} ids (one per row of dy), got ${idv.length}`);
   const dE = c.output('out', opts.out, ['V', 'H']);
   // group tokens by id (counting sort keeps t ascending inside a group: fixed summation order)
   const order = Int32Array.from({ length: T }, (_, t) => t).sort((a, b) => idv[a]! - idv[b]! || a - b);
-  const segStart: number[] = [], segIds: number[] = [];
+  const segStart: number[] = [],
+    segIds: number[] = [];
   for (let i = 0; i < T; i++) {
-    if (i === 0 || idv[order[i]!]! !== idv[order[i - 1]!]!) { segStart.push(i); segIds.push(idv[order[i]!]!); }
+    if (i === 0 || idv[order[i]!]! !== idv[order[i - 1]!]!) {
+      segStart.push(i);
+      segIds.push(idv[order[i]!]!);
+    }
   }
   segStart.push(T);
   const be = dy.backend;
-  const tensors = [be.tensor(order, [T], 'i32'), be.tensor(segStart, [segStart.length], 'i32'), be.tensor(segIds, [segIds.length], 'i32')] as const;
+  const tensors = [
+    be.tensor(order, [T], 'i32'),
+    be.tensor(segStart, [segStart.length], 'i32'),
+    be.tensor(segIds, [segIds.length], 'i32'),
+  ] as const;
   try {
     be.embeddingGrad(dE, dy, tensors[0], tensors[1], tensors[2], segIds.length, { T, V, H }, acc);
   } finally {

@@ -40,20 +40,36 @@ export class LoraRouting {
   readonly segAdapter: Tensor;
   /** Host copies (the kernels' launch sizes come from these). */
   readonly host: {
-    slots: Int32Array; weight: Float32Array; order: Int32Array; segStart: Int32Array; segAdapter: Int32Array;
+    slots: Int32Array;
+    weight: Float32Array;
+    order: Int32Array;
+    segStart: Int32Array;
+    segAdapter: Int32Array;
     /** count per adapter, length L */
     counts: Int32Array;
   };
 
-  constructor(readonly backend: Backend, readonly T: number, readonly K: number, readonly L: number, slots: Int32Array, weight: Float32Array) {
+  constructor(
+    readonly backend: Backend,
+    readonly T: number,
+    readonly K: number,
+    readonly L: number,
+    slots: Int32Array,
+    weight: Float32Array,
+  ) {
     const counts = new Int32Array(L);
     for (let i = 0; i < T * K; i++) {
       const s = slots[i]!;
       if (!Number.isInteger(s) || s < -1 || s >= L) {
-        throw new ArgumentError(`loraRouting: slots[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected an adapter index in [-1, ${L - 1}], got ${s}`);
+        throw new ArgumentError(
+          `loraRouting: slots[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected an adapter index in [-1, ${L - 1}], got ${s}`,
+        );
       }
       const w = weight[i]!;
-      if (!Number.isFinite(w)) throw new ArgumentError(`loraRouting: weight[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected a finite number, got ${w}`);
+      if (!Number.isFinite(w))
+        throw new ArgumentError(
+          `loraRouting: weight[${Math.floor(i / K)}, ${i % K}] (token ${Math.floor(i / K)}): expected a finite number, got ${w}`,
+        );
       if (s >= 0) counts[s]!++;
     }
     const segAdapter: number[] = [];
@@ -94,7 +110,10 @@ export class LoraRouting {
   checkIntact(op: string): void {
     const names = ['slots', 'weight', 'order', 'segStart', 'segAdapter'] as const;
     names.forEach((n, i) => {
-      if (this[n] !== this.#built[i]) throw new ArgumentError(`${op}: routing.${n}: expected the tensor loraRouting() built from the checked slots, got one put in its place`);
+      if (this[n] !== this.#built[i])
+        throw new ArgumentError(
+          `${op}: routing.${n}: expected the tensor loraRouting() built from the checked slots, got one put in its place`,
+        );
     });
   }
 
@@ -135,7 +154,11 @@ export const MAX_LORA_SLOTS = 64;
  * Builds the routing of a batch. slots: T·K adapter indices (−1 = none); weight: T·K
  * mixing weights (default 1). MoTE: K = 2, [step expert, shared], weights [α, 1 − α].
  */
-export function loraRouting(backend: Backend, slots: Int32Array | readonly number[], opts: { K: number; L: number; weight?: Float32Array | readonly number[] }): LoraRouting {
+export function loraRouting(
+  backend: Backend,
+  slots: Int32Array | readonly number[],
+  opts: { K: number; L: number; weight?: Float32Array | readonly number[] },
+): LoraRouting {
   const op = 'loraRouting';
   checkBackend(op, 'backend', backend);
   checkObject(op, 'opts', opts, 'an options object with K and L');
@@ -181,19 +204,35 @@ export interface LoraKernels {
    * dB[e][o,r] (+)= Σ_{(t,k)→e} weight·scale·dy[t,o]·v[t,k,r]. dA f32 [L,R,H_in], dB f32 [L,H_out,R].
    * Entries of adapters absent from the batch, and past an adapter's rank, are 0 (or unchanged when accumulating).
    */
-  loraWeightGrad(dA: Tensor, dB: Tensor, x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, accumulate: boolean): void;
+  loraWeightGrad(
+    dA: Tensor,
+    dB: Tensor,
+    x: Tensor,
+    dy: Tensor,
+    v: Tensor,
+    dv: Tensor,
+    s: LoraStack,
+    rt: LoraRouting,
+    d: LoraDims,
+    accumulate: boolean,
+  ): void;
 }
 
 /** A private copy of the checked contents of every rank tensor loraStack() built (the host copy the checks use). */
 const checkedRanks = new WeakMap<Tensor, Int32Array>();
 
 /** Builds a checked adapter stack. ranks: host copy of rank (default: R for every adapter). */
-export function loraStack(A: Tensor, B: Tensor, options?: { rank?: Int32Array | readonly number[]; scale?: Float32Array | readonly number[] }): LoraStack {
+export function loraStack(
+  A: Tensor,
+  B: Tensor,
+  options?: { rank?: Int32Array | readonly number[]; scale?: Float32Array | readonly number[] },
+): LoraStack {
   const c = new Checker('loraStack');
   const opts = checkOpts('loraStack', 'opts', options);
   c.tensor('A', A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
   c.tensor('B', B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
-  const L = c.dim('L'), R = c.dim('R');
+  const L = c.dim('L'),
+    R = c.dim('R');
   const ranks = opts.rank === undefined ? new Int32Array(L).fill(R) : checkIntArray('loraStack', 'rank', opts.rank, 1, R, L);
   const scales = opts.scale === undefined ? new Float32Array(L).fill(1) : checkFloatArray('loraStack', 'scale', opts.scale, L);
   const be = A.backend;
@@ -215,31 +254,43 @@ export interface LoraOptions {
 /** SGMV pays off once each adapter's weights are reused by several tokens. */
 export function chooseStrategy(rt: LoraRouting, requested: LoraStrategy | 'auto' | undefined): LoraStrategy {
   if (requested === 'bgmv' || requested === 'sgmv') return requested;
-  if (requested !== undefined && requested !== 'auto') throw new ArgumentError(`lora: strategy: expected 'bgmv', 'sgmv' or 'auto', got ${describe(requested)}`);
+  if (requested !== undefined && requested !== 'auto')
+    throw new ArgumentError(`lora: strategy: expected 'bgmv', 'sgmv' or 'auto', got ${describe(requested)}`);
   return rt.pairs >= 4 * Math.max(1, rt.groups) ? 'sgmv' : 'bgmv';
 }
 
-function checkAll(op: string, s: LoraStack, rt: LoraRouting, tensors: Record<string, [Tensor | undefined, readonly string[], boolean?]>): { c: Checker; d: LoraDims } {
+function checkAll(
+  op: string,
+  s: LoraStack,
+  rt: LoraRouting,
+  tensors: Record<string, [Tensor | undefined, readonly string[], boolean?]>,
+): { c: Checker; d: LoraDims } {
   const c = new Checker(op);
   checkObject(op, 'stack', s, 'a LoraStack from loraStack()');
   c.tensor('stack.A', s.A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
   c.tensor('stack.B', s.B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
   c.tensor('stack.rank', s.rank, { dtypes: ['i32'], shape: ['L'] });
   c.tensor('stack.scale', s.scale, { dtypes: ['f32'], shape: ['L'] });
-  if (!(rt instanceof LoraRouting)) throw new ArgumentError(`${op}: routing: expected a LoraRouting from loraRouting(), got ${describe(rt)}`);
+  if (!(rt instanceof LoraRouting))
+    throw new ArgumentError(`${op}: routing: expected a LoraRouting from loraRouting(), got ${describe(rt)}`);
   c.tensor('routing.slots', rt.slots, { dtypes: ['i32'], shape: ['T', 'K'] });
   c.tensor('routing.weight', rt.weight, { dtypes: ['f32'], shape: ['T', 'K'] });
-  if (!(s.ranks instanceof Int32Array) || s.ranks.length !== c.dim('L')) throw new ArgumentError(`${op}: stack.ranks: expected an Int32Array of ${c.dim('L')} ranks, got ${describe(s.ranks)}`);
+  if (!(s.ranks instanceof Int32Array) || s.ranks.length !== c.dim('L'))
+    throw new ArgumentError(`${op}: stack.ranks: expected an Int32Array of ${c.dim('L')} ranks, got ${describe(s.ranks)}`);
   if (rt.L !== c.dim('L')) throw new ShapeError(`${op}: routing: built for L = ${rt.L} adapters, but the stack has L = ${c.dim('L')}`);
   // contents, from the host copies kept when the tensors were built (no GPU readback): a GPU
   // kernel would run with a bad rank or routing, cpu rejects it; both throw this instead
   rt.checkIntact(op);
   const ranks = checkedRanks.get(s.rank);
-  if (!ranks) throw new ArgumentError(`${op}: rank: expected the rank tensor of a loraStack() (its contents are checked there), got a tensor it did not build`);
+  if (!ranks)
+    throw new ArgumentError(
+      `${op}: rank: expected the rank tensor of a loraStack() (its contents are checked there), got a tensor it did not build`,
+    );
   const R = c.dim('R');
   ranks.forEach((r, e) => {
     if (r < 1 || r > R) throw new ArgumentError(`${op}: rank[${e}]: expected an integer in [1, ${R}], got ${r}`);
-    if (s.ranks !== undefined && s.ranks[e] !== r) throw new ArgumentError(`${op}: ranks[${e}]: the stack's host copy says ${s.ranks[e]}, but its rank tensor holds ${r}`);
+    if (s.ranks !== undefined && s.ranks[e] !== r)
+      throw new ArgumentError(`${op}: ranks[${e}]: the stack's host copy says ${s.ranks[e]}, but its rank tensor holds ${r}`);
   });
   for (const [name, [t, shape, optional]] of Object.entries(tensors)) {
     if (t === undefined && optional) continue;
@@ -290,7 +341,12 @@ export function loraShrinkGrad(dy: Tensor, s: LoraStack, rt: LoraRouting, option
 }
 
 /** dx (+)= Σ_k Aᵀ·dv: f32 [T, H_in]. */
-export function loraInputGrad(dv: Tensor, s: LoraStack, rt: LoraRouting, options?: LoraOptions & { out?: Tensor; accumulate?: boolean }): Tensor {
+export function loraInputGrad(
+  dv: Tensor,
+  s: LoraStack,
+  rt: LoraRouting,
+  options?: LoraOptions & { out?: Tensor; accumulate?: boolean },
+): Tensor {
   const opts = checkOpts('loraInputGrad', 'opts', options);
   const acc = checkBool('loraInputGrad', 'accumulate', opts.accumulate);
   if (acc && !opts.out) throw new ArgumentError('loraInputGrad: accumulate: needs an out tensor to add into');
@@ -302,14 +358,25 @@ export function loraInputGrad(dv: Tensor, s: LoraStack, rt: LoraRouting, options
 }
 
 /** Gradients of the adapter weights: { dA f32 [L,R,H_in], dB f32 [L,H_out,R] }. */
-export function loraWeightGrad(x: Tensor, dy: Tensor, v: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting,
-  options?: { dA?: Tensor; dB?: Tensor; accumulate?: boolean }): { dA: Tensor; dB: Tensor } {
+export function loraWeightGrad(
+  x: Tensor,
+  dy: Tensor,
+  v: Tensor,
+  dv: Tensor,
+  s: LoraStack,
+  rt: LoraRouting,
+  options?: { dA?: Tensor; dB?: Tensor; accumulate?: boolean },
+): { dA: Tensor; dB: Tensor } {
   const opts = checkOpts('loraWeightGrad', 'opts', options);
   const acc = checkBool('loraWeightGrad', 'accumulate', opts.accumulate);
   if (acc && (!opts.dA || !opts.dB)) throw new ArgumentError('loraWeightGrad: accumulate: needs dA and dB tensors to add into');
   const { c, d } = checkAll('loraWeightGrad', s, rt, {
-    x: [x, ['T', 'Hin']], dy: [dy, ['T', 'Hout']], v: [v, ['T', 'K', 'R']], dv: [dv, ['T', 'K', 'R']],
-    dA: [opts.dA, ['L', 'R', 'Hin'], true], dB: [opts.dB, ['L', 'Hout', 'R'], true],
+    x: [x, ['T', 'Hin']],
+    dy: [dy, ['T', 'Hout']],
+    v: [v, ['T', 'K', 'R']],
+    dv: [dv, ['T', 'K', 'R']],
+    dA: [opts.dA, ['L', 'R', 'Hin'], true],
+    dB: [opts.dB, ['L', 'Hout', 'R'], true],
   });
   const dA = opts.dA ?? c.output('dA', undefined, ['L', 'R', 'Hin']);
   const dB = opts.dB ?? c.output('dB', undefined, ['L', 'Hout', 'R']);

@@ -4,7 +4,11 @@ import { ArgumentError } from '../errors.js';
 import { Checker, checkBool, checkOpts } from './check.js';
 
 /** Sizes of one matmul: T rows of activations, K inputs, N outputs (W is [N, K]). */
-export interface MatmulDims { T: number; K: number; N: number }
+export interface MatmulDims {
+  T: number;
+  K: number;
+  N: number;
+}
 
 export interface MatmulKernels {
   /** y[T,N] (+)= x[T,K] · W[N,K]ᵀ */

@@ -11,5 +11,15 @@ import type { RopeKernels } from './rope.js';
 import type { SwigluKernels } from './swiglu.js';
 import type { XentKernels } from './xent.js';
 
-export interface ModelKernels extends EmbeddingKernels, RmsnormKernels, RopeKernels, AttentionKernels, SwigluKernels, ResidualKernels, ScaleKernels, XentKernels, AdamwKernels, CopyRowsKernels {}
-
+export interface ModelKernels
+  extends
+    EmbeddingKernels,
+    RmsnormKernels,
+    RopeKernels,
+    AttentionKernels,
+    SwigluKernels,
+    ResidualKernels,
+    ScaleKernels,
+    XentKernels,
+    AdamwKernels,
+    CopyRowsKernels {}

@@ -63,7 +63,11 @@ export class MultiLoraLinear {
    * stack: the adapters of this layer, from loraStack(), or null for a linear without adapters.
    * bias: [1, H_out] or [H_out] (any weight dtype), added to every row of y.
    */
-  constructor(readonly W: Tensor, readonly stack: LoraStack | null, opts: { bias?: Tensor | null } = {}) {
+  constructor(
+    readonly W: Tensor,
+    readonly stack: LoraStack | null,
+    opts: { bias?: Tensor | null } = {},
+  ) {
     const c = new Checker('MultiLoraLinear');
     checkObject('MultiLoraLinear', 'opts', opts);
     c.tensor('W', W, { dtypes: WEIGHT_DTYPES, shape: ['Hout', 'Hin'] });
@@ -118,9 +122,19 @@ export class MultiLoraLinear {
    * Gradients given dy = ∂loss/∂y. `grads` (optional) are added into when `accumulate`
    * (gradient accumulation across micro-batches); otherwise fresh tensors are returned.
    */
-  backward(x: Tensor, v: Tensor, dy: Tensor, routing: LoraRouting, options?: {
-    inputGrad?: boolean; trainBase?: boolean; accumulate?: boolean; grads?: Partial<MultiLoraGrads>; strategy?: LoraStrategy | 'auto';
-  }): MultiLoraGrads {
+  backward(
+    x: Tensor,
+    v: Tensor,
+    dy: Tensor,
+    routing: LoraRouting,
+    options?: {
+      inputGrad?: boolean;
+      trainBase?: boolean;
+      accumulate?: boolean;
+      grads?: Partial<MultiLoraGrads>;
+      strategy?: LoraStrategy | 'auto';
+    },
+  ): MultiLoraGrads {
     const op = 'MultiLoraLinear.backward';
     const opts = checkOpts(op, 'opts', options);
     const acc = checkBool(op, 'accumulate', opts.accumulate);
@@ -132,11 +146,18 @@ export class MultiLoraLinear {
       throw new ArgumentError('MultiLoraLinear.backward: accumulate: needs grads.dA, grads.dB (and grads.dW when trainBase) to add into');
     }
     const g = opts.grads;
-    const out = this.backwardTo(x, v, dy, routing, {
-      lora: { dA: g?.dA, dB: g?.dB, accumulate: acc },
-      ...(opts.inputGrad ?? true ? { dx: { out: g?.dx } } : {}),
-      ...(opts.trainBase ? { dW: { out: g?.dW, accumulate: acc } } : {}),
-    }, { strategy: opts.strategy });
+    const out = this.backwardTo(
+      x,
+      v,
+      dy,
+      routing,
+      {
+        lora: { dA: g?.dA, dB: g?.dB, accumulate: acc },
+        ...((opts.inputGrad ?? true) ? { dx: { out: g?.dx } } : {}),
+        ...(opts.trainBase ? { dW: { out: g?.dW, accumulate: acc } } : {}),
+      },
+      { strategy: opts.strategy },
+    );
     return out as MultiLoraGrads;
   }
 
@@ -145,16 +166,26 @@ export class MultiLoraLinear {
    * dx = dy·W + Σ_k Aᵀ·dv; dW = dyᵀ·x; db = dyᵀ·1; dA, dB from loraWeightGrad with the
    * forward's v. The tensors it allocated are freed again when it fails.
    */
-  backwardTo(x: Tensor, v: Tensor | null, dy: Tensor, routing: LoraRouting | null, targets: LinearGradTargets, options?: LinearPassOptions):
-    { dx?: Tensor; dW?: Tensor; db?: Tensor; dA?: Tensor; dB?: Tensor } {
+  backwardTo(
+    x: Tensor,
+    v: Tensor | null,
+    dy: Tensor,
+    routing: LoraRouting | null,
+    targets: LinearGradTargets,
+    options?: LinearPassOptions,
+  ): { dx?: Tensor; dW?: Tensor; db?: Tensor; dA?: Tensor; dB?: Tensor } {
     const op = 'MultiLoraLinear.backwardTo';
     const opts = checkOpts(op, 'opts', options);
     checkObject(op, 'targets', targets);
     if (this.stack !== null && !routing) throw new ArgumentError(`${op}: routing: a layer with adapters needs a LoraRouting`);
-    if (targets.lora && (this.stack === null || !v)) throw new ArgumentError(`${op}: targets.lora: needs a layer with adapters and the forward's v`);
+    if (targets.lora && (this.stack === null || !v))
+      throw new ArgumentError(`${op}: targets.lora: needs a layer with adapters and the forward's v`);
     if (targets.db && !this.bias) throw new ArgumentError(`${op}: targets.db: this layer has no bias`);
     const made: Tensor[] = [];
-    const fresh = (t: Tensor, given: Tensor | undefined): Tensor => { if (t !== given) made.push(t); return t; };
+    const fresh = (t: Tensor, given: Tensor | undefined): Tensor => {
+      if (t !== given) made.push(t);
+      return t;
+    };
     const out: { dx?: Tensor; dW?: Tensor; db?: Tensor; dA?: Tensor; dB?: Tensor } = {};
     let dv: Tensor | null = null;
     let ones: Tensor | null = null;
@@ -173,7 +204,8 @@ export class MultiLoraLinear {
         if (stack) loraInputGrad(dv!, stack, routing!, { out: dx, accumulate: true, strategy: opts.strategy });
         out.dx = dx;
       }
-      if (targets.dW) out.dW = fresh(matmulGradWeight(dy, x, { out: targets.dW.out, accumulate: targets.dW.accumulate ?? false }), targets.dW.out);
+      if (targets.dW)
+        out.dW = fresh(matmulGradWeight(dy, x, { out: targets.dW.out, accumulate: targets.dW.accumulate ?? false }), targets.dW.out);
       if (targets.db) {
         const T = dy.shape[0]!;
         ones = opts.ones ?? dy.backend.tensor(new Float32Array(T).fill(1), [T, 1], 'f32');

@@ -4,7 +4,11 @@ import { ArgumentError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { Checker, checkBool, checkOpts } from './check.js';
 
-export interface RmsnormDims { T: number; H: number; eps: number }
+export interface RmsnormDims {
+  T: number;
+  H: number;
+  eps: number;
+}
 
 export interface RmsnormKernels {
   /** y[T,H] = x·rstd·w; rstd[T] = 1/sqrt(mean(x²)+eps) (saved for backward). */
@@ -14,7 +18,8 @@ export interface RmsnormKernels {
 }
 
 function checkEps(op: string, eps: unknown): number {
-  if (typeof eps !== 'number' || !(eps > 0) || !Number.isFinite(eps)) throw new ArgumentError(`${op}: eps: expected a positive finite number, got ${String(eps)}`);
+  if (typeof eps !== 'number' || !(eps > 0) || !Number.isFinite(eps))
+    throw new ArgumentError(`${op}: eps: expected a positive finite number, got ${String(eps)}`);
   return eps;
 }
 
@@ -32,7 +37,14 @@ export function rmsnorm(x: Tensor, w: Tensor, eps: number, options?: { out?: Ten
 }
 
 /** Gradients of rmsnorm: dx f32 [T, H], dw f32 [H] (added into opts.dw when accumulateDw). */
-export function rmsnormGrad(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, eps: number, options?: { dw?: Tensor; accumulateDw?: boolean }): { dx: Tensor; dw: Tensor } {
+export function rmsnormGrad(
+  dy: Tensor,
+  x: Tensor,
+  w: Tensor,
+  rstd: Tensor,
+  eps: number,
+  options?: { dw?: Tensor; accumulateDw?: boolean },
+): { dx: Tensor; dw: Tensor } {
   const c = new Checker('rmsnormGrad');
   const opts = checkOpts('rmsnormGrad', 'opts', options);
   c.tensor('dy', dy, { dtypes: ['f32'], shape: ['T', 'H'] });

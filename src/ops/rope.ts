@@ -5,7 +5,11 @@ import { ArgumentError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import { Checker, checkOpts } from './check.js';
 
-export interface RopeDims { T: number; heads: number; D: number }
+export interface RopeDims {
+  T: number;
+  heads: number;
+  D: number;
+}
 
 export interface RopeKernels {
   /**
@@ -27,7 +31,8 @@ export function rope(x: Tensor, positions: Tensor, invFreq: Tensor, options?: { 
   const D = c.dim('D');
   if (D % 2 !== 0) throw new ArgumentError(`${op}: ${xName}: head dim must be even, got ${D}`);
   c.tensor('invFreq', invFreq, { dtypes: ['f32'], shape: [D / 2] });
-  if (opts.inverse !== undefined && typeof opts.inverse !== 'boolean') throw new ArgumentError(`${op}: inverse: expected a boolean, got ${describe(opts.inverse)}`);
+  if (opts.inverse !== undefined && typeof opts.inverse !== 'boolean')
+    throw new ArgumentError(`${op}: inverse: expected a boolean, got ${describe(opts.inverse)}`);
   const y = c.output('out', opts.out, ['T', 'heads', 'D']);
   if (y !== x) c.distinct('out', y, { positions, invFreq });
   y.backend.rope(y, x, positions, invFreq, { T: c.dim('T'), heads: c.dim('heads'), D }, opts.inverse ?? false);

@@ -15,7 +15,8 @@ export function scale(x: Tensor, alpha: number, options?: { out?: Tensor }): Ten
   const opts = checkOpts('scale', 'opts', options);
   const shape = x instanceof Tensor ? x.shape.map((_, i) => `d${i}`) : [];
   c.tensor('x', x, { dtypes: ['f32'], shape });
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) throw new ArgumentError(`scale: alpha: expected a finite number, got ${describe(alpha)}`);
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha))
+    throw new ArgumentError(`scale: alpha: expected a finite number, got ${describe(alpha)}`);
   const y = c.output('out', opts.out, shape);
   y.backend.scale(y, x, alpha, x.size);
   return y;

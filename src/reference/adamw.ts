@@ -22,8 +22,13 @@ function need(name: string, a: ArrayLike<number>, n: number): void {
 }
 
 /** One AdamW step; returns new p, m, v (the inputs are not modified). */
-export function adamwRef(p: ArrayLike<number>, g: ArrayLike<number>, m: ArrayLike<number>, v: ArrayLike<number>, o: AdamwRefOptions):
-  { p: Float64Array; m: Float64Array; v: Float64Array } {
+export function adamwRef(
+  p: ArrayLike<number>,
+  g: ArrayLike<number>,
+  m: ArrayLike<number>,
+  v: ArrayLike<number>,
+  o: AdamwRefOptions,
+): { p: Float64Array; m: Float64Array; v: Float64Array } {
   const n = p.length;
   need('g', g, n);
   need('m', m, n);
@@ -31,13 +36,15 @@ export function adamwRef(p: ArrayLike<number>, g: ArrayLike<number>, m: ArrayLik
   const bc1 = 1 - Math.pow(o.beta1, o.step);
   const bc2 = 1 - Math.pow(o.beta2, o.step);
   const scale = o.gradScale ?? 1;
-  const P = new Float64Array(n), M = new Float64Array(n), V = new Float64Array(n);
+  const P = new Float64Array(n),
+    M = new Float64Array(n),
+    V = new Float64Array(n);
   for (let i = 0; i < n; i++) {
     const gi = g[i]! * scale;
     const mi = o.beta1 * m[i]! + (1 - o.beta1) * gi;
     const vi = o.beta2 * v[i]! + (1 - o.beta2) * gi * gi;
     const pi = p[i]! * (1 - o.lr * o.weightDecay);
-    P[i] = pi - o.lr * (mi / bc1) / (Math.sqrt(vi / bc2) + o.eps);
+    P[i] = pi - (o.lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + o.eps);
     M[i] = mi;
     V[i] = vi;
   }

@@ -80,7 +80,13 @@ function checkInts(name: string, a: ArrayLike<number>, lo: number, hi: number): 
 }
 
 interface Resolved {
-  Tq: number; Tk: number; nH: number; nKv: number; D: number; group: number; scale: number;
+  Tq: number;
+  Tk: number;
+  nH: number;
+  nKv: number;
+  D: number;
+  group: number;
+  scale: number;
   /** visible[i * Tk + j] */
   visible: Uint8Array;
 }
@@ -137,13 +143,19 @@ function probsRow(r: Resolved, q: ArrayLike<number>, k: ArrayLike<number>, h: nu
   const kv = Math.floor(h / r.group);
   let max = -Infinity;
   for (let j = 0; j < Tk; j++) {
-    if (!r.visible[i * Tk + j]) { p[j] = -Infinity; continue; }
+    if (!r.visible[i * Tk + j]) {
+      p[j] = -Infinity;
+      continue;
+    }
     let dot = 0;
     for (let c = 0; c < D; c++) dot += q[(i * nH + h) * D + c]! * k[(j * nKv + kv) * D + c]!;
     p[j] = scale * dot;
     if (p[j]! > max) max = p[j]!;
   }
-  if (max === -Infinity) { p.fill(0); return -Infinity; }
+  if (max === -Infinity) {
+    p.fill(0);
+    return -Infinity;
+  }
   let sum = 0;
   for (let j = 0; j < Tk; j++) {
     p[j] = r.visible[i * Tk + j] ? Math.exp(p[j]! - max) : 0;
@@ -181,8 +193,13 @@ export function attentionProbsRef(q: ArrayLike<number>, k: ArrayLike<number>, d:
  * flash-attention kernel keeps for backward; −∞ for a query that sees nothing).
  * q: [Tq, numHeads, D], k, v: [Tk, numKvHeads, D] → out: [Tq, numHeads, D], lse: [Tq, numHeads].
  */
-export function attentionRef(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, d: AttentionDims, l: AttentionLayout):
-  { out: Float64Array; lse: Float64Array } {
+export function attentionRef(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  d: AttentionDims,
+  l: AttentionLayout,
+): { out: Float64Array; lse: Float64Array } {
   const r = resolve(d, l);
   checkQkv(r, q, k, v);
   const { Tq, Tk, nH, nKv, D } = r;
@@ -210,8 +227,14 @@ export function attentionRef(q: ArrayLike<number>, k: ArrayLike<number>, v: Arra
  *   dv[j,kv]     = Σ_{h: kv(h)=kv} Σ_i P[h,i,j] · dOut[i,h]
  * dOut: [Tq, numHeads, D] → dq: [Tq, numHeads, D], dk, dv: [Tk, numKvHeads, D].
  */
-export function attentionBackwardRef(dOut: ArrayLike<number>, q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>,
-  d: AttentionDims, l: AttentionLayout): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
+export function attentionBackwardRef(
+  dOut: ArrayLike<number>,
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  d: AttentionDims,
+  l: AttentionLayout,
+): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
   const r = resolve(d, l);
   checkQkv(r, q, k, v);
   const { Tq, Tk, nH, nKv, D, scale } = r;
@@ -228,7 +251,10 @@ export function attentionBackwardRef(dOut: ArrayLike<number>, q: ArrayLike<numbe
       const qi = (i * nH + h) * D;
       let rowDot = 0; // Σ_j P·dP
       for (let j = 0; j < Tk; j++) {
-        if (p[j] === 0) { dp[j] = 0; continue; }
+        if (p[j] === 0) {
+          dp[j] = 0;
+          continue;
+        }
         let s = 0;
         for (let c = 0; c < D; c++) s += dOut[qi + c]! * v[(j * nKv + kv) * D + c]!;
         dp[j] = s;
@@ -270,8 +296,14 @@ export interface KvCacheRef {
  * ignored (it is P + N). `l` describes the new tokens (qSeq, qPos, segments.qSegment; kSeq,
  * kPos and kSegment must be absent).
  */
-export function attentionDecodeRef(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, cache: KvCacheRef,
-  d: AttentionDims, l: AttentionLayout): { out: Float64Array; lse: Float64Array } {
+export function attentionDecodeRef(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  cache: KvCacheRef,
+  d: AttentionDims,
+  l: AttentionLayout,
+): { out: Float64Array; lse: Float64Array } {
   if (l.kSeq !== undefined || l.kPos !== undefined || l.segments?.kSegment !== undefined)
     fail('attentionDecodeRef: the key layout comes from the cache and the new tokens; leave kSeq/kPos/kSegment out');
   const P = cache.seq.length;
@@ -293,8 +325,17 @@ export function attentionDecodeRef(q: ArrayLike<number>, k: ArrayLike<number>, v
     need('cache.segment', cache.segment, P);
     segments = { ...l.segments, kSegment: cat(cache.segment, l.segments.qSegment) };
   }
-  return attentionRef(q, cat(cache.k, k), cat(cache.v, v), { ...d, Tk: P + d.Tq }, {
-    qSeq: l.qSeq, qPos: l.qPos, kSeq: cat(cache.seq, l.qSeq), kPos: cat(cache.pos, l.qPos),
-    ...(segments ? { segments } : {}),
-  });
+  return attentionRef(
+    q,
+    cat(cache.k, k),
+    cat(cache.v, v),
+    { ...d, Tk: P + d.Tq },
+    {
+      qSeq: l.qSeq,
+      qPos: l.qPos,
+      kSeq: cat(cache.seq, l.qSeq),
+      kPos: cat(cache.pos, l.qPos),
+      ...(segments ? { segments } : {}),
+    },
+  );
 }

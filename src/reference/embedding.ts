@@ -29,7 +29,13 @@ export function embeddingRef(ids: ArrayLike<number>, E: ArrayLike<number>, V: nu
  * dE[v,:] = (dE0[v,:] or 0) + Σ_{t: ids[t]=v} dy[t,:] (scatter-add; repeated ids accumulate).
  * ids: [T], dy: [T, H] → dE: [V, H]. Rows of ids absent from the batch stay 0 (or dE0).
  */
-export function embeddingBackwardRef(ids: ArrayLike<number>, dy: ArrayLike<number>, V: number, H: number, dE0?: ArrayLike<number>): Float64Array {
+export function embeddingBackwardRef(
+  ids: ArrayLike<number>,
+  dy: ArrayLike<number>,
+  V: number,
+  H: number,
+  dE0?: ArrayLike<number>,
+): Float64Array {
   checkIds(ids, V);
   const T = ids.length;
   need('dy', dy, T * H);

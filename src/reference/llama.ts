@@ -20,7 +20,15 @@
 // attention is causal by position within a sequence, never across sequences, and an optional
 // step-skipping segment mask blocks chosen (later step → earlier step) pairs.
 
-import { expectedWeights, hasQkNorm, linearShape, linearWeightName, qkNormWeightName, type LinearModule, type ModelConfig } from '../model/config.js';
+import {
+  expectedWeights,
+  hasQkNorm,
+  linearShape,
+  linearWeightName,
+  qkNormWeightName,
+  type LinearModule,
+  type ModelConfig,
+} from '../model/config.js';
 import { embeddingRef } from './embedding.js';
 import { rmsnormRef } from './rmsnorm.js';
 import { ropeInvFreqRef, ropeRef, type RopeScaling as HFRopeScaling } from './rope.js';
@@ -85,7 +93,10 @@ export function hfRopeScaling(cfg: ModelConfig): HFRopeScaling | null {
   if (s === null) return null;
   if (s.type === 'linear') return { rope_type: 'linear', factor: s.factor };
   return {
-    rope_type: 'llama3', factor: s.factor, low_freq_factor: s.lowFreqFactor, high_freq_factor: s.highFreqFactor,
+    rope_type: 'llama3',
+    factor: s.factor,
+    low_freq_factor: s.lowFreqFactor,
+    high_freq_factor: s.highFreqFactor,
     original_max_position_embeddings: s.originalMaxPositionEmbeddings,
   };
 }
@@ -112,7 +123,12 @@ function hasBias(cfg: ModelConfig, m: LinearModule): boolean {
  * against the config and every id, sequence, position, segment and slot; throws Error naming
  * what is wrong (the reference serves tests; a mismatch is a bug in the test).
  */
-export function llamaForwardRef(cfg: ModelConfig, weights: WeightGetter, ids: ArrayLike<number>, opts: LlamaRefOptions = {}): LlamaRefResult {
+export function llamaForwardRef(
+  cfg: ModelConfig,
+  weights: WeightGetter,
+  ids: ArrayLike<number>,
+  opts: LlamaRefOptions = {},
+): LlamaRefResult {
   const T = ids.length;
   const H = cfg.hiddenSize;
   const V = cfg.vocabSize;
@@ -139,14 +155,16 @@ export function llamaForwardRef(cfg: ModelConfig, weights: WeightGetter, ids: Ar
   if (cfg.slidingWindow !== null) {
     // Sliding-window attention is not modelled: accept only batches it cannot affect.
     for (let t = 0; t < T; t++)
-      if (pos[t]! >= cfg.slidingWindow) fail(`pos[${t}] = ${pos[t]} reaches the sliding window (${cfg.slidingWindow}), which this reference does not model`);
+      if (pos[t]! >= cfg.slidingWindow)
+        fail(`pos[${t}] = ${pos[t]} reaches the sliding window (${cfg.slidingWindow}), which this reference does not model`);
   }
 
   const lora = opts.lora;
   if (lora !== undefined) {
     if (!Number.isInteger(lora.K) || lora.K < 1) fail(`lora.K: expected a positive integer, got ${lora.K}`);
     if (lora.slots.length !== T * lora.K) fail(`lora.slots: expected T·K = ${T * lora.K} entries, got ${lora.slots.length}`);
-    if (lora.weights !== undefined && lora.weights.length !== T * lora.K) fail(`lora.weights: expected T·K = ${T * lora.K} entries, got ${lora.weights.length}`);
+    if (lora.weights !== undefined && lora.weights.length !== T * lora.K)
+      fail(`lora.weights: expected T·K = ${T * lora.K} entries, got ${lora.weights.length}`);
   }
   const trace = opts.trace ?? (() => {});
 
@@ -159,9 +177,13 @@ export function llamaForwardRef(cfg: ModelConfig, weights: WeightGetter, ids: Ar
     if (lora !== undefined && stack) {
       const L = stack.ranks.length;
       const R = L > 0 ? stack.A.length / (L * inp) : 0;
-      if (L < 1 || !Number.isInteger(R) || R < 1) fail(`lora stack of layer ${layer} ${m}: A has ${stack.A.length} values, not [L = ${L}, R, ${inp}]`);
-      y = multiLoraLinearForwardRef(x, { ...stack, W, slots: lora.slots, ...(lora.weights ? { weights: lora.weights } : {}) },
-        { T, K: lora.K, L, R, Hin: inp, Hout: out }).y;
+      if (L < 1 || !Number.isInteger(R) || R < 1)
+        fail(`lora stack of layer ${layer} ${m}: A has ${stack.A.length} values, not [L = ${L}, R, ${inp}]`);
+      y = multiLoraLinearForwardRef(
+        x,
+        { ...stack, W, slots: lora.slots, ...(lora.weights ? { weights: lora.weights } : {}) },
+        { T, K: lora.K, L, R, Hin: inp, Hout: out },
+      ).y;
     } else {
       y = matmulRef(x, W, T, inp, out);
     }
@@ -188,7 +210,8 @@ export function llamaForwardRef(cfg: ModelConfig, weights: WeightGetter, ids: Ar
     trace(p + 'q', q);
     trace(p + 'k', k);
     trace(p + 'v', v);
-    let qIn = q, kIn = k;
+    let qIn = q,
+      kIn = k;
     if (hasQkNorm(cfg)) {
       // Every head's D values normed on their own: [T, heads·D] is [T·heads, D] row-major.
       qIn = rmsnormRef(q, get(qkNormWeightName(i, 'q_norm')), T * nH, D, eps);
@@ -228,7 +251,12 @@ export function llamaForwardRef(cfg: ModelConfig, weights: WeightGetter, ids: Ar
 }
 
 /** log-softmax of the forward's logits: [T, V]. */
-export function llamaLogProbsRef(cfg: ModelConfig, weights: WeightGetter, ids: ArrayLike<number>, opts: LlamaRefOptions = {}): Float64Array {
+export function llamaLogProbsRef(
+  cfg: ModelConfig,
+  weights: WeightGetter,
+  ids: ArrayLike<number>,
+  opts: LlamaRefOptions = {},
+): Float64Array {
   return logSoftmaxRef(llamaForwardRef(cfg, weights, ids, opts).logits, ids.length, cfg.vocabSize);
 }
 
@@ -236,8 +264,14 @@ export function llamaLogProbsRef(cfg: ModelConfig, weights: WeightGetter, ids: A
  * Masked mean next-token cross-entropy of the forward (xentRef): targets[t] is the token that
  * should follow token t (anything where mask[t] = 0).
  */
-export function llamaLossRef(cfg: ModelConfig, weights: WeightGetter, ids: ArrayLike<number>, targets: ArrayLike<number>, mask: ArrayLike<number>,
-  opts: LlamaRefOptions = {}): { loss: number; losses: Float64Array; count: number; logits: Float64Array } {
+export function llamaLossRef(
+  cfg: ModelConfig,
+  weights: WeightGetter,
+  ids: ArrayLike<number>,
+  targets: ArrayLike<number>,
+  mask: ArrayLike<number>,
+  opts: LlamaRefOptions = {},
+): { loss: number; losses: Float64Array; count: number; logits: Float64Array } {
   const { logits } = llamaForwardRef(cfg, weights, ids, opts);
   return { ...xentRef(logits, targets, mask, ids.length, cfg.vocabSize), logits };
 }

@@ -20,7 +20,15 @@
 //   dW = dyᵀ·x,  db = Σ_t dy[t],  dx = dy·W + Σ_k Aᵀ·dv  with dv = loraShrinkGrad(dy),
 //   dA, dB from loraWeightGrad (the same split the device kernels use).
 
-import { expectedWeights, hasQkNorm, linearShape, linearWeightName, qkNormWeightName, type LinearModule, type ModelConfig } from '../model/config.js';
+import {
+  expectedWeights,
+  hasQkNorm,
+  linearShape,
+  linearWeightName,
+  qkNormWeightName,
+  type LinearModule,
+  type ModelConfig,
+} from '../model/config.js';
 import { defaultPositions, hfRopeScaling, llamaForwardRef, type LlamaRefOptions, type WeightGetter } from './llama.js';
 import { embeddingBackwardRef } from './embedding.js';
 import { rmsnormBackwardRef } from './rmsnorm.js';
@@ -74,8 +82,14 @@ function addInto(a: Float64Array, b: ArrayLike<number>): Float64Array {
  * and checks them the same way (the forward is llamaForwardRef); opts.trace, if given, still
  * receives the forward's intermediates.
  */
-export function llamaGradRef(cfg: ModelConfig, weights: WeightGetter, ids: ArrayLike<number>, targets: ArrayLike<number>,
-  mask: ArrayLike<number>, opts: LlamaRefOptions = {}): LlamaGradRef {
+export function llamaGradRef(
+  cfg: ModelConfig,
+  weights: WeightGetter,
+  ids: ArrayLike<number>,
+  targets: ArrayLike<number>,
+  mask: ArrayLike<number>,
+  opts: LlamaRefOptions = {},
+): LlamaGradRef {
   const T = ids.length;
   const H = cfg.hiddenSize;
   const V = cfg.vocabSize;
@@ -195,6 +209,7 @@ export function llamaGradRef(cfg: ModelConfig, weights: WeightGetter, ids: Array
   // In expectedWeights order, and every weight present (a missing one is a bug here).
   const ordered = new Map<string, Float64Array>();
   for (const w of expectedWeights(cfg)) ordered.set(w.name, grads.get(w.name) ?? fail(`no gradient computed for '${w.name}'`));
-  if (ordered.size !== grads.size) fail(`gradients computed for weights outside expectedWeights: ${[...grads.keys()].filter((k) => !ordered.has(k)).join(', ')}`);
+  if (ordered.size !== grads.size)
+    fail(`gradients computed for weights outside expectedWeights: ${[...grads.keys()].filter((k) => !ordered.has(k)).join(', ')}`);
   return { loss, count, logits, weights: ordered, lora: loraGrads };
 }

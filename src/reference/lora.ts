@@ -100,7 +100,13 @@ export function loraExpandRef(v: ArrayLike<number>, s: LoraRefStack, rt: LoraRef
 }
 
 /** loraApply: v = shrink(x), y' = (y or 0) + expand(v). */
-export function loraApplyRef(x: ArrayLike<number>, s: LoraRefStack, rt: LoraRefRouting, d: LoraDims, y?: ArrayLike<number>): { y: Float64Array; v: Float64Array } {
+export function loraApplyRef(
+  x: ArrayLike<number>,
+  s: LoraRefStack,
+  rt: LoraRefRouting,
+  d: LoraDims,
+  y?: ArrayLike<number>,
+): { y: Float64Array; v: Float64Array } {
   const v = loraShrinkRef(x, s, rt, d);
   return { y: loraExpandRef(v, s, rt, d, y), v };
 }
@@ -125,7 +131,13 @@ export function loraShrinkGradRef(dy: ArrayLike<number>, s: LoraRefStack, rt: Lo
 }
 
 /** dx[t,i] = (dx0[t,i] or 0) + Σ_k Σ_{r<rank(e)} A[e,r,i]·dv[t,k,r]. [T, Hin]. */
-export function loraInputGradRef(dv: ArrayLike<number>, s: LoraRefStack, rt: LoraRefRouting, d: LoraDims, dx0?: ArrayLike<number>): Float64Array {
+export function loraInputGradRef(
+  dv: ArrayLike<number>,
+  s: LoraRefStack,
+  rt: LoraRefRouting,
+  d: LoraDims,
+  dx0?: ArrayLike<number>,
+): Float64Array {
   checkStack(d, s, rt);
   need('dv', dv, d.T * d.K * d.R);
   if (dx0 !== undefined) need('dx', dx0, d.T * d.Hin);
@@ -148,8 +160,16 @@ export function loraInputGradRef(dv: ArrayLike<number>, s: LoraRefStack, rt: Lor
  * dB[e,o,r] = (dB0 or 0) + Σ_{(t,k): slots[t,k]=e} weight·scale[e]·dy[t,o]·v[t,k,r] (r < rank(e))
  * Entries of adapters absent from the batch and past an adapter's rank stay 0 (or dA0/dB0).
  */
-export function loraWeightGradRef(x: ArrayLike<number>, dy: ArrayLike<number>, v: ArrayLike<number>, dv: ArrayLike<number>,
-  s: LoraRefStack, rt: LoraRefRouting, d: LoraDims, acc?: { dA: ArrayLike<number>; dB: ArrayLike<number> }): { dA: Float64Array; dB: Float64Array } {
+export function loraWeightGradRef(
+  x: ArrayLike<number>,
+  dy: ArrayLike<number>,
+  v: ArrayLike<number>,
+  dv: ArrayLike<number>,
+  s: LoraRefStack,
+  rt: LoraRefRouting,
+  d: LoraDims,
+  acc?: { dA: ArrayLike<number>; dB: ArrayLike<number> },
+): { dA: Float64Array; dB: Float64Array } {
   checkStack(d, s, rt);
   need('x', x, d.T * d.Hin);
   need('dy', dy, d.T * d.Hout);
@@ -214,8 +234,12 @@ export function multiLoraLinearForwardRef(x: ArrayLike<number>, m: MultiLoraLine
  * Gradients of a loss ℓ(y) given dy = ∂ℓ/∂y: dx = dy·W + Σ_k A[e]ᵀ·dv[t,k] with
  * dv = loraShrinkGrad(dy); dA, dB as loraWeightGrad; dW = dyᵀ·x when W is given.
  */
-export function multiLoraLinearBackwardRef(x: ArrayLike<number>, dy: ArrayLike<number>, m: MultiLoraLinearRef, d: LoraDims):
-  { dx: Float64Array; dA: Float64Array; dB: Float64Array; dW?: Float64Array; v: Float64Array; dv: Float64Array } {
+export function multiLoraLinearBackwardRef(
+  x: ArrayLike<number>,
+  dy: ArrayLike<number>,
+  m: MultiLoraLinearRef,
+  d: LoraDims,
+): { dx: Float64Array; dA: Float64Array; dB: Float64Array; dW?: Float64Array; v: Float64Array; dv: Float64Array } {
   need('dy', dy, d.T * d.Hout);
   const v = loraShrinkRef(x, m, m, d);
   const dv = loraShrinkGradRef(dy, m, m, d);

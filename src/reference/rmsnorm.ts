@@ -25,8 +25,7 @@ export function rmsnormRef(x: ArrayLike<number>, w: ArrayLike<number>, T: number
   need('w', w, H);
   const r = rmsnormRstdRef(x, T, H, eps);
   const y = new Float64Array(T * H);
-  for (let t = 0; t < T; t++)
-    for (let h = 0; h < H; h++) y[t * H + h] = x[t * H + h]! * r[t]! * w[h]!;
+  for (let t = 0; t < T; t++) for (let h = 0; h < H; h++) y[t * H + h] = x[t * H + h]! * r[t]! * w[h]!;
   return y;
 }
 
@@ -36,8 +35,14 @@ export function rmsnormRef(x: ArrayLike<number>, w: ArrayLike<number>, T: number
  *   dw[h]   = Σ_t dy[t,h]·x[t,h]·r[t]
  * x, dy: [T, H], w: [H] → dx: [T, H], dw: [H].
  */
-export function rmsnormBackwardRef(dy: ArrayLike<number>, x: ArrayLike<number>, w: ArrayLike<number>, T: number, H: number, eps: number):
-  { dx: Float64Array; dw: Float64Array } {
+export function rmsnormBackwardRef(
+  dy: ArrayLike<number>,
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  T: number,
+  H: number,
+  eps: number,
+): { dx: Float64Array; dw: Float64Array } {
   need('dy', dy, T * H);
   need('w', w, H);
   const r = rmsnormRstdRef(x, T, H, eps);

@@ -39,7 +39,8 @@ function need(name: string, a: ArrayLike<number>, n: number): void {
 
 function num(s: RopeScaling, key: keyof RopeScaling, type: string): number {
   const v = s[key];
-  if (typeof v !== 'number' || !Number.isFinite(v)) fail(`rope_scaling.${key}: expected a finite number for type '${type}', got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    fail(`rope_scaling.${key}: expected a finite number for type '${type}', got ${String(v)}`);
   return v;
 }
 
@@ -92,7 +93,15 @@ export function ropeInvFreqRef(headDim: number, theta: number, scaling?: RopeSca
   return fail(`rope_scaling type '${type}' is not supported (expected 'default', 'linear' or 'llama3')`);
 }
 
-function rotate(x: ArrayLike<number>, positions: ArrayLike<number>, invFreq: ArrayLike<number>, T: number, heads: number, headDim: number, sign: 1 | -1): Float64Array {
+function rotate(
+  x: ArrayLike<number>,
+  positions: ArrayLike<number>,
+  invFreq: ArrayLike<number>,
+  T: number,
+  heads: number,
+  headDim: number,
+  sign: 1 | -1,
+): Float64Array {
   if (headDim % 2 !== 0) fail(`headDim: expected even, got ${headDim}`);
   const half = headDim / 2;
   need('x', x, T * heads * headDim);
@@ -120,7 +129,14 @@ function rotate(x: ArrayLike<number>, positions: ArrayLike<number>, invFreq: Arr
  * x: [T, heads, headDim], positions: [T], invFreq: [headDim/2] (from ropeInvFreqRef) → y: [T, heads, headDim].
  * Applied to q (heads = numHeads) and k (heads = numKvHeads) alike.
  */
-export function ropeRef(x: ArrayLike<number>, positions: ArrayLike<number>, invFreq: ArrayLike<number>, T: number, heads: number, headDim: number): Float64Array {
+export function ropeRef(
+  x: ArrayLike<number>,
+  positions: ArrayLike<number>,
+  invFreq: ArrayLike<number>,
+  T: number,
+  heads: number,
+  headDim: number,
+): Float64Array {
   return rotate(x, positions, invFreq, T, heads, headDim, 1);
 }
 
@@ -129,6 +145,13 @@ export function ropeRef(x: ArrayLike<number>, positions: ArrayLike<number>, invF
  *   dx[i] = dy[i]·cos θ + dy[i+D/2]·sin θ,   dx[i+D/2] = dy[i+D/2]·cos θ − dy[i]·sin θ.
  * dy: [T, heads, headDim] → dx: [T, heads, headDim].
  */
-export function ropeBackwardRef(dy: ArrayLike<number>, positions: ArrayLike<number>, invFreq: ArrayLike<number>, T: number, heads: number, headDim: number): Float64Array {
+export function ropeBackwardRef(
+  dy: ArrayLike<number>,
+  positions: ArrayLike<number>,
+  invFreq: ArrayLike<number>,
+  T: number,
+  heads: number,
+  headDim: number,
+): Float64Array {
   return rotate(dy, positions, invFreq, T, heads, headDim, -1);
 }

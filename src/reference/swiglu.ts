@@ -26,8 +26,13 @@ export function swigluRef(gate: ArrayLike<number>, up: ArrayLike<number>, T: num
  *   dup   = dy·silu(g)
  * dy, gate, up: [T, I] → dgate, dup: [T, I].
  */
-export function swigluBackwardRef(dy: ArrayLike<number>, gate: ArrayLike<number>, up: ArrayLike<number>, T: number, I: number):
-  { dgate: Float64Array; dup: Float64Array } {
+export function swigluBackwardRef(
+  dy: ArrayLike<number>,
+  gate: ArrayLike<number>,
+  up: ArrayLike<number>,
+  T: number,
+  I: number,
+): { dgate: Float64Array; dup: Float64Array } {
   need('dy', dy, T * I);
   need('gate', gate, T * I);
   need('up', up, T * I);

@@ -50,8 +50,13 @@ export function logSoftmaxRef(logits: ArrayLike<number>, T: number, V: number): 
  * Masked mean cross-entropy. logits: [T, V], targets: [T], mask: [T] →
  * loss (scalar), losses: [T] (−logp of the target where mask = 1, else 0), count n = Σ mask.
  */
-export function xentRef(logits: ArrayLike<number>, targets: ArrayLike<number>, mask: ArrayLike<number>, T: number, V: number):
-  { loss: number; losses: Float64Array; count: number } {
+export function xentRef(
+  logits: ArrayLike<number>,
+  targets: ArrayLike<number>,
+  mask: ArrayLike<number>,
+  T: number,
+  V: number,
+): { loss: number; losses: Float64Array; count: number } {
   const n = checkTargets(targets, mask, T, V);
   const logp = logSoftmaxRef(logits, T, V);
   const losses = new Float64Array(T);
@@ -68,8 +73,14 @@ export function xentRef(logits: ArrayLike<number>, targets: ArrayLike<number>, m
  * dlogits[t,v] = dLoss · mask[t] / n · (softmax(logits[t])[v] − [v = targets[t]]); rows with
  * mask = 0 are exactly 0. logits: [T, V], targets, mask: [T] → dlogits: [T, V].
  */
-export function xentBackwardRef(logits: ArrayLike<number>, targets: ArrayLike<number>, mask: ArrayLike<number>, T: number, V: number,
-  dLoss = 1): Float64Array {
+export function xentBackwardRef(
+  logits: ArrayLike<number>,
+  targets: ArrayLike<number>,
+  mask: ArrayLike<number>,
+  T: number,
+  V: number,
+  dLoss = 1,
+): Float64Array {
   const n = checkTargets(targets, mask, T, V);
   const logp = logSoftmaxRef(logits, T, V);
   const d = new Float64Array(T * V);

@@ -21,7 +21,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError, MoteError, describe } from '../errors.js';
 import type { LlamaModel } from '../model/llama.js';
-import { BatchDecoder, type GenerateRequest, type GenerateResult, type RouteSlots, type SeqState, type StopReason, type TokenEvent, type TokenRouter } from '../generate/generate.js';
+import {
+  BatchDecoder,
+  type GenerateRequest,
+  type GenerateResult,
+  type RouteSlots,
+  type SeqState,
+  type StopReason,
+  type TokenEvent,
+  type TokenRouter,
+} from '../generate/generate.js';
 import { AdapterSet } from '../adapters/adapter_set.js';
 import { readAdapter, stackAdapters, type ReadAdapter } from '../adapters/peft_io.js';
 import { openSource } from '../io/source.js';
@@ -73,7 +82,10 @@ export interface AdapterInfo {
 
 /** An engine error that carries an HTTP-like status (400 bad request, 404 unknown, 409 conflict). */
 export class EngineError extends MoteError {
-  constructor(message: string, readonly status: number) {
+  constructor(
+    message: string,
+    readonly status: number,
+  ) {
     super(message);
   }
 }
@@ -99,7 +111,8 @@ interface Live {
 
 function positiveInt(op: string, name: string, v: unknown, dflt: number): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > 1 << 20) throw new ArgumentError(`${op}: ${name}: expected an integer in [1, 2^20], got ${describe(v)}`);
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1 || v > 1 << 20)
+    throw new ArgumentError(`${op}: ${name}: expected an integer in [1, 2^20], got ${describe(v)}`);
   return v;
 }
 
@@ -127,23 +140,36 @@ export class Engine {
   /** Resolves when the step in flight ends: the old adapter set is freed only after it. */
   #inflight: Promise<void> = Promise.resolve();
 
-  constructor(readonly model: LlamaModel, opts: EngineOptions = {}) {
+  constructor(
+    readonly model: LlamaModel,
+    opts: EngineOptions = {},
+  ) {
     const op = 'Engine';
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
     this.#maxSequences = positiveInt(op, 'maxSequences', opts.maxSequences, 64);
     this.#maxPrefill = positiveInt(op, 'maxPrefillTokens', opts.maxPrefillTokens, 4096);
     const budget = opts.adapterBudgetBytes ?? Infinity;
-    if (typeof budget !== 'number' || !(budget > 0)) throw new ArgumentError(`${op}: adapterBudgetBytes: expected a positive number of bytes, got ${describe(budget)}`);
+    if (typeof budget !== 'number' || !(budget > 0))
+      throw new ArgumentError(`${op}: adapterBudgetBytes: expected a positive number of bytes, got ${describe(budget)}`);
     this.#budget = budget;
-    this.#dec = new BatchDecoder(model, {
-      ...(opts.stepTokens ? { stepTokens: opts.stepTokens } : {}),
-      stepTokenRouting: opts.stepTokenRouting ?? 'own',
-    }, 'Engine');
+    this.#dec = new BatchDecoder(
+      model,
+      {
+        ...(opts.stepTokens ? { stepTokens: opts.stepTokens } : {}),
+        stepTokenRouting: opts.stepTokenRouting ?? 'own',
+      },
+      'Engine',
+    );
   }
 
   /** The adapters registered, in registration order. */
   adapters(): AdapterInfo[] {
-    return [...this.#adapters.values()].map(({ name, kind, dir, steps, alpha }) => ({ name, kind, dir, ...(steps ? { steps, alpha: alpha! } : {}) }));
+    return [...this.#adapters.values()].map(({ name, kind, dir, steps, alpha }) => ({
+      name,
+      kind,
+      dir,
+      ...(steps ? { steps, alpha: alpha! } : {}),
+    }));
   }
 
   /** Device bytes of the stacked adapter tensors (A and B, every layer and module). */
@@ -172,14 +198,21 @@ export class Engine {
   async addAdapters(list: readonly { name: string; dir: string }[]): Promise<AdapterInfo[]> {
     const op = 'Engine.addAdapter';
     this.#open(op);
-    if (!Array.isArray(list) || list.length === 0) throw new EngineError(`${op}: expected a non-empty list of { name, dir }, got ${describe(list)}`, 400);
+    if (!Array.isArray(list) || list.length === 0)
+      throw new EngineError(`${op}: expected a non-empty list of { name, dir }, got ${describe(list)}`, 400);
     const added = new Map<string, Registered>();
     for (const { name, dir } of list) {
-      if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/.test(name)) throw new EngineError(`${op}: name: expected 1-128 characters of letters, digits and _ . : / -, got ${describe(name)}`, 400);
+      if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$/.test(name))
+        throw new EngineError(`${op}: name: expected 1-128 characters of letters, digits and _ . : / -, got ${describe(name)}`, 400);
       if (typeof dir !== 'string' || dir === '') throw new EngineError(`${op}: dir: expected an adapter folder, got ${describe(dir)}`, 400);
-      if (this.#adapters.has(name) || added.has(name)) throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
+      if (this.#adapters.has(name) || added.has(name))
+        throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
       const reg = await this.#describe(op, name, dir);
-      if (this.#bytesOf([reg]) > this.#budget) throw new EngineError(`${op}: ${dir}: needs ${this.#bytesOf([reg])} device bytes alone, more than adapterBudgetBytes (${this.#budget})`, 400);
+      if (this.#bytesOf([reg]) > this.#budget)
+        throw new EngineError(
+          `${op}: ${dir}: needs ${this.#bytesOf([reg])} device bytes alone, more than adapterBudgetBytes (${this.#budget})`,
+          400,
+        );
       added.set(name, reg);
     }
     await this.#lock;
@@ -201,9 +234,21 @@ export class Engine {
       const { config, experts } = readMoteJson(dir);
       const known = new Set(this.#dec.tokenOfStep.keys());
       for (let k = 0; k < config.steps.length; k++) {
-        if (!known.has(k)) throw new EngineError(`${op}: ${dir}: its step '${config.steps[k]}' has no step token in this engine (start it with the bundle's steps)`, 400);
+        if (!known.has(k))
+          throw new EngineError(
+            `${op}: ${dir}: its step '${config.steps[k]}' has no step token in this engine (start it with the bundle's steps)`,
+            400,
+          );
       }
-      reg = { name, kind: 'mote', dir, steps: config.steps, alpha: config.alpha, config, dirs: [...config.steps, SHARED_EXPERT].map((n) => path.join(dir, experts[n]!)) };
+      reg = {
+        name,
+        kind: 'mote',
+        dir,
+        steps: config.steps,
+        alpha: config.alpha,
+        config,
+        dirs: [...config.steps, SHARED_EXPERT].map((n) => path.join(dir, experts[n]!)),
+      };
     } else if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) reg = { name, kind: 'lora', dir, dirs: [dir] };
     else throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
     try {
@@ -334,21 +379,35 @@ export class Engine {
     if (!req || typeof req !== 'object') throw new EngineError(`${op}: request: expected an object, got ${describe(req)}`, 400);
     const adapter = req.adapter ?? null;
     if (adapter !== null && (typeof adapter !== 'string' || !this.#adapters.has(adapter))) {
-      throw new EngineError(`${op}: adapter: no adapter named ${describe(adapter)} (loaded: ${[...this.#adapters.keys()].join(', ') || 'none'})`, 404);
+      throw new EngineError(
+        `${op}: adapter: no adapter named ${describe(adapter)} (loaded: ${[...this.#adapters.keys()].join(', ') || 'none'})`,
+        404,
+      );
     }
-    if (req.signal !== undefined && !(req.signal instanceof AbortSignal)) throw new EngineError(`${op}: signal: expected an AbortSignal, got ${describe(req.signal)}`, 400);
+    if (req.signal !== undefined && !(req.signal instanceof AbortSignal))
+      throw new EngineError(`${op}: signal: expected an AbortSignal, got ${describe(req.signal)}`, 400);
     const { adapter: _a, signal, ...gen } = req;
     let s: SeqState;
     try {
-      s = this.#dec.prepare(adapter === null ? gen : { ...gen, routing: (st) => this.#slots(adapter, st.step) }, this.#nextIndex++, 'request');
+      s = this.#dec.prepare(
+        adapter === null ? gen : { ...gen, routing: (st) => this.#slots(adapter, st.step) },
+        this.#nextIndex++,
+        'request',
+      );
     } catch (e) {
       throw e instanceof MoteError ? new EngineError(e.message, 400) : e;
     }
     let resolve!: (r: GenerateResult) => void, reject!: (e: unknown) => void;
-    const result = new Promise<GenerateResult>((res, rej) => { resolve = res; reject = rej; });
+    const result = new Promise<GenerateResult>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
     result.catch(() => undefined); // a caller that only iterates still sees the error there
     const l: Live = { s, adapter, events: [], wake: null, finished: false, resolve, reject };
-    s.onToken = (e) => { l.events.push(e); l.wake?.(); };
+    s.onToken = (e) => {
+      l.events.push(e);
+      l.wake?.();
+    };
     const cancel = () => this.#cancel(l, 'aborted');
     if (signal) {
       if (signal.aborted) cancel();
@@ -357,7 +416,8 @@ export class Engine {
         l.unlisten = () => signal.removeEventListener('abort', cancel);
       }
     }
-    if (s.done) this.#finish(l); // maxNewTokens 0 or cancelled already
+    if (s.done)
+      this.#finish(l); // maxNewTokens 0 or cancelled already
     else {
       this.#queue.push(l);
       this.#kick();
@@ -372,7 +432,9 @@ export class Engine {
         for (;;) {
           while (i < events.length) yield events[i++]!;
           if (l.finished) break;
-          await new Promise<void>((res) => { l.wake = res; });
+          await new Promise<void>((res) => {
+            l.wake = res;
+          });
           l.wake = null;
         }
         await result; // rethrows a failure
@@ -414,7 +476,10 @@ export class Engine {
 
   #kick(): void {
     if (this.#loop) return;
-    this.#loop = this.#run().finally(() => { this.#loop = null; if (this.#queue.length && !this.#closed) this.#kick(); });
+    this.#loop = this.#run().finally(() => {
+      this.#loop = null;
+      if (this.#queue.length && !this.#closed) this.#kick();
+    });
   }
 
   async #run(): Promise<void> {
@@ -447,7 +512,9 @@ export class Engine {
       for (const l of admit) this.#live.set(l.s, l);
       this.#dec.admit(admit.map((l) => l.s));
       let stepEnded!: () => void;
-      this.#inflight = new Promise<void>((res) => { stepEnded = res; });
+      this.#inflight = new Promise<void>((res) => {
+        stepEnded = res;
+      });
       try {
         const ended = await this.#dec.step();
         for (const s of ended) {
@@ -483,5 +550,11 @@ export class Engine {
 /** An AdapterSet from adapters already read on the host (what loadPeftAdapters does after reading). */
 function adapterSetOf(model: LlamaModel, host: readonly ReadAdapter[], dirs: string[]): AdapterSet {
   const stacks = uploadStacks(model.backend, model.config, stackAdapters(model.config, host));
-  return new AdapterSet(model.config, model.backend, stacks, dirs, host.map((a) => a.config));
+  return new AdapterSet(
+    model.config,
+    model.backend,
+    stacks,
+    dirs,
+    host.map((a) => a.config),
+  );
 }

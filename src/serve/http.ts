@@ -35,7 +35,18 @@ export interface ServeOptions {
 
 /** An HTTP error in OpenAI's shape. */
 class HttpError extends Error {
-  constructor(readonly status: number, message: string, readonly type = status === 404 ? 'not_found_error' : status === 403 ? 'permission_error' : status >= 500 ? 'server_error' : 'invalid_request_error', readonly param: string | null = null) {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type = status === 404
+      ? 'not_found_error'
+      : status === 403
+        ? 'permission_error'
+        : status >= 500
+          ? 'server_error'
+          : 'invalid_request_error',
+    readonly param: string | null = null,
+  ) {
     super(message);
   }
 }
@@ -90,7 +101,8 @@ function stopStrings(body: Record<string, unknown>): string[] {
   const v = body.stop;
   if (v === undefined || v === null) return [];
   const list = typeof v === 'string' ? [v] : v;
-  if (!Array.isArray(list) || list.length > 4 || !list.every((s) => typeof s === 'string' && s.length > 0 && s.length <= 256)) throw bad('stop', 'expected a string or up to 4 non-empty strings');
+  if (!Array.isArray(list) || list.length > 4 || !list.every((s) => typeof s === 'string' && s.length > 0 && s.length <= 256))
+    throw bad('stop', 'expected a string or up to 4 non-empty strings');
   return list as string[];
 }
 
@@ -98,7 +110,13 @@ function stopStrings(body: Record<string, unknown>): string[] {
 class TextAssembler {
   readonly parts: { step: number; ids: number[]; text: string }[] = [];
   stopped = false;
-  constructor(readonly tok: MoteTokenizer, readonly tagIds: ReadonlySet<number>, readonly eos: number | undefined, readonly stops: readonly string[], readonly trimStart: boolean) {}
+  constructor(
+    readonly tok: MoteTokenizer,
+    readonly tagIds: ReadonlySet<number>,
+    readonly eos: number | undefined,
+    readonly stops: readonly string[],
+    readonly trimStart: boolean,
+  ) {}
 
   /** Adds a token; returns the new text of its step (may be '') and whether a stop string ended the text. */
   push(e: TokenEvent): { step: number; delta: string } {
@@ -114,7 +132,10 @@ class TextAssembler {
     if (cur.text === '' && this.trimStart) text = text.trimStart();
     // A multi-byte character still completing changes earlier text: wait for the next token.
     if (!text.startsWith(cur.text)) return { step: e.step, delta: '' };
-    const before = this.parts.slice(0, -1).map((p) => p.text).join('');
+    const before = this.parts
+      .slice(0, -1)
+      .map((p) => p.text)
+      .join('');
     for (const s of this.stops) {
       const all = before + text;
       const at = all.indexOf(s, Math.max(0, before.length + cur.text.length - s.length + 1));
@@ -151,16 +172,29 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
 
   const adapterOf = (body: Record<string, unknown>): string | undefined => {
     const m = body.model;
-    if (typeof m !== 'string' || m === '') throw bad('model', `expected a model name (${[modelName, ...engine.adapters().map((a) => a.name)].join(', ')})`);
+    if (typeof m !== 'string' || m === '')
+      throw bad('model', `expected a model name (${[modelName, ...engine.adapters().map((a) => a.name)].join(', ')})`);
     if (m === modelName) return undefined;
-    if (!engine.adapters().some((a) => a.name === m)) throw new HttpError(404, `The model '${m}' does not exist (served: ${[modelName, ...engine.adapters().map((a) => a.name)].join(', ')})`, 'not_found_error', 'model');
+    if (!engine.adapters().some((a) => a.name === m))
+      throw new HttpError(
+        404,
+        `The model '${m}' does not exist (served: ${[modelName, ...engine.adapters().map((a) => a.name)].join(', ')})`,
+        'not_found_error',
+        'model',
+      );
     return m;
   };
-  const isMote = (adapter: string | undefined) => adapter !== undefined && engine.adapters().find((a) => a.name === adapter)?.kind === 'mote';
+  const isMote = (adapter: string | undefined) =>
+    adapter !== undefined && engine.adapters().find((a) => a.name === adapter)?.kind === 'mote';
   const finishReason = (r: StopReason, stopped: boolean): string => (stopped || r === 'stop' || r === 'step' ? 'stop' : 'length');
-  const label = (k: number) => (k < 0 ? null : ctx.steps[k] ?? `step ${k}`);
+  const label = (k: number) => (k < 0 ? null : (ctx.steps[k] ?? `step ${k}`));
 
-  async function generateFor(res: http.ServerResponse, req: http.IncomingMessage, kind: 'chat' | 'text', body: Record<string, unknown>): Promise<void> {
+  async function generateFor(
+    res: http.ServerResponse,
+    req: http.IncomingMessage,
+    kind: 'chat' | 'text',
+    body: Record<string, unknown>,
+  ): Promise<void> {
     const adapter = adapterOf(body);
     const mote = isMote(adapter);
     let prompt: number[];
@@ -168,14 +202,20 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       const msgs = body.messages;
       if (!Array.isArray(msgs) || msgs.length === 0) throw bad('messages', 'expected a non-empty list of { role, content }');
       const messages: ChatMessage[] = msgs.map((m, i) => {
-        if (!m || typeof m !== 'object' || typeof (m as ChatMessage).role !== 'string') throw bad(`messages[${i}]`, 'expected { role, content }');
+        if (!m || typeof m !== 'object' || typeof (m as ChatMessage).role !== 'string')
+          throw bad(`messages[${i}]`, 'expected { role, content }');
         const c = (m as { content: unknown }).content;
         // Content parts ([{ type: 'text', text }]) are joined; other part types are refused.
-        const content = typeof c === 'string' ? c : Array.isArray(c) && c.every((p) => p && typeof p === 'object' && p.type === 'text' && typeof p.text === 'string') ? c.map((p) => p.text).join('') : null;
+        const content =
+          typeof c === 'string'
+            ? c
+            : Array.isArray(c) && c.every((p) => p && typeof p === 'object' && p.type === 'text' && typeof p.text === 'string')
+              ? c.map((p) => p.text).join('')
+              : null;
         if (content === null) throw bad(`messages[${i}].content`, 'expected a string or text parts');
         return { role: (m as ChatMessage).role, content };
       });
-      if (messages.at(-1)!.role !== 'user') throw bad('messages', 'the last message must be the user\'s');
+      if (messages.at(-1)!.role !== 'user') throw bad('messages', "the last message must be the user's");
       try {
         prompt = promptIds(tokenizer, { prompt: plainPrompt(messages), messages });
       } catch (e) {
@@ -183,12 +223,23 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       }
     } else {
       const p = body.prompt;
-      if (typeof p !== 'string' || p === '') throw bad('prompt', Array.isArray(p) ? 'one prompt per request is supported (send several requests)' : 'expected a non-empty string');
+      if (typeof p !== 'string' || p === '')
+        throw bad(
+          'prompt',
+          Array.isArray(p) ? 'one prompt per request is supported (send several requests)' : 'expected a non-empty string',
+        );
       prompt = tokenizer.encode(p, { addSpecialTokens: true });
     }
     const n = num(body, 'n', 1, 1, 1, true);
     void n;
-    const maxNew = num(body, kind === 'chat' && body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens', 1, maxTokens, kind === 'chat' ? Math.min(maxTokens, 512) : 16, true);
+    const maxNew = num(
+      body,
+      kind === 'chat' && body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens',
+      1,
+      maxTokens,
+      kind === 'chat' ? Math.min(maxTokens, 512) : 16,
+      true,
+    );
     const temperature = num(body, 'temperature', 0, 2, 1);
     const topP = num(body, 'top_p', 0, 1, 1, false, true);
     const seed = num(body, 'seed', 0, 2 ** 32 - 1, 0, true);
@@ -196,11 +247,15 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
     const stream = body.stream === true;
     if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw bad('stream', 'expected a boolean');
     const context = engine.model.config.maxPositionEmbeddings;
-    if (prompt.length >= context) throw bad(kind === 'chat' ? 'messages' : 'prompt', `${prompt.length} tokens, but the model's context is ${context}`);
+    if (prompt.length >= context)
+      throw bad(kind === 'chat' ? 'messages' : 'prompt', `${prompt.length} tokens, but the model's context is ${context}`);
 
     const abort = new AbortController();
     const er: EngineRequest = {
-      prompt, maxNewTokens: maxNew, seed, signal: abort.signal,
+      prompt,
+      maxNewTokens: maxNew,
+      seed,
+      signal: abort.signal,
       ...(eos !== undefined ? { stop: [eos] } : {}),
       ...(temperature > 0 ? { sampling: { temperature, topP } } : {}),
       ...(adapter !== undefined ? { adapter } : {}),
@@ -214,15 +269,20 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       throw e;
     }
     // A client that goes away frees its slot.
-    res.on('close', () => { if (!res.writableFinished) abort.abort(); });
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-mote${(++counter).toString(36)}${Date.now().toString(36)}`;
     const text = new TextAssembler(tokenizer, ctx.tagIds, eos, stops, kind === 'chat');
     const model = typeof body.model === 'string' ? body.model : modelName;
     const object = kind === 'chat' ? 'chat.completion' : 'text_completion';
     const answerStep = ctx.steps.length - 1;
-    const chunk = (delta: Record<string, unknown> | string, finish: string | null) => JSON.stringify(kind === 'chat'
-      ? { id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }] }
-      : { id, object, created, model, choices: [{ index: 0, text: delta, finish_reason: finish, logprobs: null }] });
+    const chunk = (delta: Record<string, unknown> | string, finish: string | null) =>
+      JSON.stringify(
+        kind === 'chat'
+          ? { id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }] }
+          : { id, object, created, model, choices: [{ index: 0, text: delta, finish_reason: finish, logprobs: null }] },
+      );
     if (stream) {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
       if (kind === 'chat') res.write(`data: ${chunk({ role: 'assistant', content: '' }, null)}\n\n`);
@@ -233,7 +293,9 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       if (!stream || delta === '') continue;
       if (kind === 'chat') {
         const reasoning = mote && step !== answerStep;
-        res.write(`data: ${chunk({ [reasoning ? 'reasoning_content' : 'content']: delta, ...(mote ? { mote_step: label(step) } : {}) }, null)}\n\n`);
+        res.write(
+          `data: ${chunk({ [reasoning ? 'reasoning_content' : 'content']: delta, ...(mote ? { mote_step: label(step) } : {}) }, null)}\n\n`,
+        );
       } else res.write(`data: ${chunk(delta, null)}\n\n`);
     }
     const result = await s.result;
@@ -242,24 +304,58 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       return;
     }
     const finish = finishReason(result.stopReason, text.stopped);
-    const usage = { prompt_tokens: prompt.length, completion_tokens: result.tokens.length, total_tokens: prompt.length + result.tokens.length };
+    const usage = {
+      prompt_tokens: prompt.length,
+      completion_tokens: result.tokens.length,
+      total_tokens: prompt.length + result.tokens.length,
+    };
     if (stream) {
       res.write(`data: ${chunk(kind === 'chat' ? {} : '', finish)}\n\n`);
       res.end('data: [DONE]\n\n');
       return;
     }
-    const steps = text.parts.filter((p) => p.text !== '').map((p) => ({ step: label(p.step), expert: p.step < 0 ? 'shared' : `${label(p.step)} + shared`, text: p.text.trim() }));
+    const steps = text.parts
+      .filter((p) => p.text !== '')
+      .map((p) => ({ step: label(p.step), expert: p.step < 0 ? 'shared' : `${label(p.step)} + shared`, text: p.text.trim() }));
     const all = text.parts.map((p) => p.text).join('');
     if (kind === 'chat') {
-      const answer = mote ? text.parts.filter((p) => p.step === answerStep).map((p) => p.text).join('').trim() : all.trim();
-      const reasoning = mote ? text.parts.filter((p) => p.step !== answerStep && p.text !== '').map((p) => `${label(p.step) ?? 'outside any step'}: ${p.text.trim()}`).join('\n') : '';
+      const answer = mote
+        ? text.parts
+            .filter((p) => p.step === answerStep)
+            .map((p) => p.text)
+            .join('')
+            .trim()
+        : all.trim();
+      const reasoning = mote
+        ? text.parts
+            .filter((p) => p.step !== answerStep && p.text !== '')
+            .map((p) => `${label(p.step) ?? 'outside any step'}: ${p.text.trim()}`)
+            .join('\n')
+        : '';
       sendJson(res, 200, {
-        id, object, created, model,
-        choices: [{ index: 0, message: { role: 'assistant', content: answer, ...(mote ? { reasoning_content: reasoning, mote_steps: steps } : {}) }, finish_reason: finish, logprobs: null }],
+        id,
+        object,
+        created,
+        model,
+        choices: [
+          {
+            index: 0,
+            message: { role: 'assistant', content: answer, ...(mote ? { reasoning_content: reasoning, mote_steps: steps } : {}) },
+            finish_reason: finish,
+            logprobs: null,
+          },
+        ],
         usage,
       });
     } else {
-      sendJson(res, 200, { id, object, created, model, choices: [{ index: 0, text: all, finish_reason: finish, logprobs: null, ...(mote ? { mote_steps: steps } : {}) }], usage });
+      sendJson(res, 200, {
+        id,
+        object,
+        created,
+        model,
+        choices: [{ index: 0, text: all, finish_reason: finish, logprobs: null, ...(mote ? { mote_steps: steps } : {}) }],
+        usage,
+      });
     }
   }
 
@@ -272,8 +368,18 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       if (p === '/health') return sendJson(res, 200, { status: 'ok', ...engine.load });
       return sendJson(res, 200, {
         object: 'list',
-        data: [{ id: modelName, object: 'model', created, owned_by: 'mote', root: modelName, parent: null },
-          ...engine.adapters().map((a) => ({ id: a.name, object: 'model', created, owned_by: 'mote', root: a.dir, parent: modelName, mote: a.kind === 'mote' ? { steps: a.steps, alpha: a.alpha } : null }))],
+        data: [
+          { id: modelName, object: 'model', created, owned_by: 'mote', root: modelName, parent: null },
+          ...engine.adapters().map((a) => ({
+            id: a.name,
+            object: 'model',
+            created,
+            owned_by: 'mote',
+            root: a.dir,
+            parent: modelName,
+            mote: a.kind === 'mote' ? { steps: a.steps, alpha: a.alpha } : null,
+          })),
+        ],
       });
     }
     if (!post.includes(p)) throw new HttpError(404, `no route ${req.method} ${p}`);
@@ -283,7 +389,8 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
     const b = body as Record<string, unknown>;
     if (p === '/v1/completions') return generateFor(res, req, 'text', b);
     if (p === '/v1/chat/completions') return generateFor(res, req, 'chat', b);
-    if (!opts.allowRuntimeLora) throw new HttpError(403, 'loading and unloading adapters at run time is off (start mote serve with --allow-runtime-lora)');
+    if (!opts.allowRuntimeLora)
+      throw new HttpError(403, 'loading and unloading adapters at run time is off (start mote serve with --allow-runtime-lora)');
     const name = b.lora_name;
     if (typeof name !== 'string' || name === '') throw bad('lora_name', 'expected a name');
     try {
@@ -317,13 +424,19 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
 }
 
 /** Starts the server; resolves with it and its URL once listening. */
-export async function startServer(ctx: ServeContext, opts: ServeOptions & { host?: string; port?: number } = {}): Promise<{ server: http.Server; url: string }> {
+export async function startServer(
+  ctx: ServeContext,
+  opts: ServeOptions & { host?: string; port?: number } = {},
+): Promise<{ server: http.Server; url: string }> {
   const server = http.createServer(serveHandler(ctx, opts));
   server.requestTimeout = 0; // long generations stream; disconnects are handled per request
   server.headersTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(opts.port ?? 8000, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve(); });
+    server.listen(opts.port ?? 8000, opts.host ?? '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   const a = server.address() as AddressInfo;
   const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;

@@ -21,8 +21,18 @@
 
 import { ArgumentError, FormatError, describe } from '../errors.js';
 import {
-  MARKER_FILE, checkWrittenDir, cleanStaleTemporaries, overwriteOption, readMarker, removeFiles, removeWrittenDir, replaceDirAtomically, staleTemporaries,
-  testPoint, tryJson, type ReplaceDirOptions,
+  MARKER_FILE,
+  checkWrittenDir,
+  cleanStaleTemporaries,
+  overwriteOption,
+  readMarker,
+  removeFiles,
+  removeWrittenDir,
+  replaceDirAtomically,
+  staleTemporaries,
+  testPoint,
+  tryJson,
+  type ReplaceDirOptions,
 } from '../io/atomic_dir.js';
 import { jsonText, readJsonFile } from '../io/files.js';
 import { readSafetensorsFrom, safetensorsParts, type WritableTensor } from '../io/safetensors.js';
@@ -80,7 +90,11 @@ export const CHECKPOINT_DIR_OPTIONS: ReplaceDirOptions = { kind: CHECKPOINT_FORM
  * that mote did not write is refused unless opts.overwrite (then its own files are kept; see
  * src/io/atomic_dir.ts).
  */
-export async function saveCheckpoint(trainer: CheckpointTrainer, dir: string | FileSink, opts: { overwrite?: boolean } = {}): Promise<void> {
+export async function saveCheckpoint(
+  trainer: CheckpointTrainer,
+  dir: string | FileSink,
+  opts: { overwrite?: boolean } = {},
+): Promise<void> {
   const op = 'saveCheckpoint';
   if (typeof dir === 'string' && dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
   const sink = openSink(dir, op);
@@ -109,13 +123,18 @@ export async function saveCheckpoint(trainer: CheckpointTrainer, dir: string | F
     await w.write('optimizer.safetensors', safetensorsParts(moments));
     testPoint('checkpoint-file');
     // On disk adapters/ is a saved bundle of its own (with its marker), as before sinks existed.
-    if (trainer.adapters) await trainer.adapters.saveForCheckpoint(w.path !== undefined ? path.join(w.path, 'adapters') : w.sub('adapters'));
+    if (trainer.adapters)
+      await trainer.adapters.saveForCheckpoint(w.path !== undefined ? path.join(w.path, 'adapters') : w.sub('adapters'));
     testPoint('checkpoint-file');
     await w.write(CHECKPOINT_STATE_FILE, jsonText(state));
   });
 }
 
-type CheckpointState = TrainerState & { fingerprint: string; params: { name: string; shape: number[] }[]; options: Record<string, unknown> };
+type CheckpointState = TrainerState & {
+  fingerprint: string;
+  params: { name: string; shape: number[] }[];
+  options: Record<string, unknown>;
+};
 
 /** Reads a checkpoint's state file (checked), without touching a trainer. */
 export function readCheckpointState(dir: string): CheckpointState {
@@ -126,12 +145,16 @@ export function readCheckpointState(dir: string): CheckpointState {
 /** Checks a parsed trainer_state.json; `file` names it in errors. */
 function checkCheckpointState(json: unknown, file: string): CheckpointState {
   const j = json as Record<string, unknown>;
-  if (!j || typeof j !== 'object' || j.format !== CHECKPOINT_FORMAT) throw new FormatError(`${file}: not a mote checkpoint (format ${describe(j?.format)})`);
-  if (j.version !== VERSION) throw new FormatError(`${file}: checkpoint version ${describe(j.version)}, this mote reads version ${VERSION}`);
+  if (!j || typeof j !== 'object' || j.format !== CHECKPOINT_FORMAT)
+    throw new FormatError(`${file}: not a mote checkpoint (format ${describe(j?.format)})`);
+  if (j.version !== VERSION)
+    throw new FormatError(`${file}: checkpoint version ${describe(j.version)}, this mote reads version ${VERSION}`);
   for (const k of ['step', 'epoch', 'cursor', 'seed'] as const) {
-    if (!Number.isSafeInteger(j[k]) || (j[k] as number) < 0) throw new FormatError(`${file}: ${k}: expected a non-negative integer, got ${describe(j[k])}`);
+    if (!Number.isSafeInteger(j[k]) || (j[k] as number) < 0)
+      throw new FormatError(`${file}: ${k}: expected a non-negative integer, got ${describe(j[k])}`);
   }
-  if (!Array.isArray(j.losses) || !j.losses.every((v) => typeof v === 'number')) throw new FormatError(`${file}: losses: expected a list of numbers`);
+  if (!Array.isArray(j.losses) || !j.losses.every((v) => typeof v === 'number'))
+    throw new FormatError(`${file}: losses: expected a list of numbers`);
   if (typeof j.fingerprint !== 'string') throw new FormatError(`${file}: fingerprint: expected a string`);
   if (!Array.isArray(j.params)) throw new FormatError(`${file}: params: expected a list`);
   return j as unknown as CheckpointState;
@@ -157,7 +180,12 @@ function incompleteCheckpoint(dir: string): string | null {
 }
 
 /** Where a resume starts: the folder taken, its step, and one line that says so. */
-export interface ResumePoint { dir: string; step: number; recoveredFrom: string | null; message: string }
+export interface ResumePoint {
+  dir: string;
+  step: number;
+  recoveredFrom: string | null;
+  message: string;
+}
 
 /**
  * The newest complete checkpoint for `dir`: `dir` itself or a complete `<dir>.tmp-<pid>` /
@@ -180,7 +208,10 @@ export function findCheckpoint(dir: string): { dir: string; step: number; which:
     if (!fs.statSync(c.dir).isDirectory() || (!m && legacyCheckpointFiles(c.dir) === null) || (m && !m.complete)) continue;
     any = true;
     const why = incompleteCheckpoint(c.dir);
-    if (why) { rejected.push(why); continue; }
+    if (why) {
+      rejected.push(why);
+      continue;
+    }
     const step = readCheckpointState(c.dir).step;
     if (!best || step > best.step) best = { ...c, step };
   }
@@ -213,7 +244,9 @@ export function recoverCheckpoint(dir: string): ResumePoint | null {
         from = dir;
         if (fs.existsSync(aside)) removeWrittenDir(aside) || removeLegacy(aside);
       }
-    } catch { /* read-only or raced: read the temporary where it is */ }
+    } catch {
+      /* read-only or raced: read the temporary where it is */
+    }
   }
   if (from === dir) cleanStaleTemporaries(dir);
   const recoveredFrom = found.which === 'dir' ? null : found.dir;
@@ -246,7 +279,8 @@ function removeLegacy(dir: string): boolean {
  */
 export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInput): Promise<ResumePoint> {
   const op = 'loadCheckpoint';
-  if (dir === '' || dir === null || dir === undefined) throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
+  if (dir === '' || dir === null || dir === undefined)
+    throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
   let src: FileSource;
   let point: ResumePoint;
   if (typeof dir === 'string' && !/^https?:\/\//i.test(dir)) {
@@ -268,10 +302,14 @@ export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInpu
   const st = checkCheckpointState(await readSourceJson(src, CHECKPOINT_STATE_FILE, 'not a mote checkpoint directory'), file);
   if (!point.message) point = { ...point, step: st.step, message: `resumed from ${src.name} at step ${st.step}` };
   if (st.fingerprint !== trainer.fingerprint) {
-    throw new ArgumentError(`${op}: ${file}: the checkpoint was trained on other data (fingerprint ${st.fingerprint}, these examples ${trainer.fingerprint})`);
+    throw new ArgumentError(
+      `${op}: ${file}: the checkpoint was trained on other data (fingerprint ${st.fingerprint}, these examples ${trainer.fingerprint})`,
+    );
   }
-  if (st.seed !== trainer.options.seed) throw new ArgumentError(`${op}: ${file}: the checkpoint's seed is ${st.seed}, the trainer's ${trainer.options.seed}`);
-  if (st.step > trainer.options.steps) throw new ArgumentError(`${op}: ${file}: the checkpoint is at step ${st.step}, past the trainer's ${trainer.options.steps} steps`);
+  if (st.seed !== trainer.options.seed)
+    throw new ArgumentError(`${op}: ${file}: the checkpoint's seed is ${st.seed}, the trainer's ${trainer.options.seed}`);
+  if (st.step > trainer.options.steps)
+    throw new ArgumentError(`${op}: ${file}: the checkpoint is at step ${st.step}, past the trainer's ${trainer.options.steps} steps`);
   const want = trainer.params.map((p) => `${p.name} [${p.p.shape.join(', ')}]`).join(', ');
   const have = st.params.map((p) => `${p.name} [${p.shape.join(', ')}]`).join(', ');
   if (want !== have) throw new ArgumentError(`${op}: ${file}: the checkpoint holds other parameters than this trainer trains`);
@@ -282,10 +320,15 @@ export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInpu
   // Check every tensor before writing any: a bad checkpoint leaves the trainer as it was.
   const writes: [Tensor, Float32Array][] = [];
   for (const p of trainer.params) {
-    for (const [f, map, name, t] of [[pf, params, p.name, p.p], [of, moments, `${p.name}.exp_avg`, p.m], [of, moments, `${p.name}.exp_avg_sq`, p.v]] as const) {
+    for (const [f, map, name, t] of [
+      [pf, params, p.name, p.p],
+      [of, moments, `${p.name}.exp_avg`, p.m],
+      [of, moments, `${p.name}.exp_avg_sq`, p.v],
+    ] as const) {
       const h = map.get(name);
       if (!h) throw new FormatError(`${f}: tensor '${name}' is missing`);
-      if (h.dtype !== 'f32' || h.shape.join(',') !== t.shape.join(',')) throw new FormatError(`${f}: tensor '${name}': expected f32 [${t.shape.join(', ')}], got ${h.dtype} [${h.shape.join(', ')}]`);
+      if (h.dtype !== 'f32' || h.shape.join(',') !== t.shape.join(','))
+        throw new FormatError(`${f}: tensor '${name}': expected f32 [${t.shape.join(', ')}], got ${h.dtype} [${h.shape.join(', ')}]`);
       writes.push([t, h.data as Float32Array]);
     }
   }
@@ -297,7 +340,7 @@ export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInpu
 /** Why a checkpoint folder of a source is not complete by its marker (when it has one), or null. */
 async function incompleteSource(src: FileSource): Promise<string | null> {
   if (!(await src.has(MARKER_FILE))) return null;
-  const m = await readSourceJson(src, MARKER_FILE, 'the marker of a folder mote wrote', 16 * 1024 * 1024) as Record<string, unknown>;
+  const m = (await readSourceJson(src, MARKER_FILE, 'the marker of a folder mote wrote', 16 * 1024 * 1024)) as Record<string, unknown>;
   if (!m || typeof m !== 'object' || m.format !== 'mote-written') return `${src.where(MARKER_FILE)}: not mote's marker`;
   if (m.kind !== CHECKPOINT_FORMAT) return `${src.where(MARKER_FILE)}: a mote ${String(m.kind)}, not a checkpoint`;
   if (m.complete !== true) return `${src.where(MARKER_FILE)}: the write was interrupted`;

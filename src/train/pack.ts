@@ -17,12 +17,19 @@ export interface PackedSequences {
 }
 
 /** Packs examples[i] for i in `picked`, in that order, each a sequence of its own. Arrays are trusted (checked by the caller). */
-export function packSequences(examples: readonly { ids: ArrayLike<number>; lossMask: ArrayLike<number>; stepIds?: ArrayLike<number> | null }[], picked: readonly number[]): PackedSequences {
+export function packSequences(
+  examples: readonly { ids: ArrayLike<number>; lossMask: ArrayLike<number>; stepIds?: ArrayLike<number> | null }[],
+  picked: readonly number[],
+): PackedSequences {
   let T = 0;
   for (const i of picked) T += examples[i]!.ids.length;
   const b: PackedSequences = {
-    ids: new Int32Array(T), seq: new Int32Array(T), pos: new Int32Array(T), stepIds: new Int32Array(T).fill(-1),
-    targets: new Int32Array(T).fill(-1), lossMask: new Uint8Array(T),
+    ids: new Int32Array(T),
+    seq: new Int32Array(T),
+    pos: new Int32Array(T),
+    stepIds: new Int32Array(T).fill(-1),
+    targets: new Int32Array(T).fill(-1),
+    lossMask: new Uint8Array(T),
   };
   let o = 0;
   picked.forEach((i, s) => {

@@ -22,7 +22,8 @@ export function checkSchedule(op: string, o: ScheduleOptions): Required<Schedule
     return v;
   };
   const schedule = o.schedule ?? 'cosine';
-  if (schedule !== 'cosine' && schedule !== 'constant') throw new ArgumentError(`${op}: schedule: expected 'cosine' or 'constant', got ${describe(schedule)}`);
+  if (schedule !== 'cosine' && schedule !== 'constant')
+    throw new ArgumentError(`${op}: schedule: expected 'cosine' or 'constant', got ${describe(schedule)}`);
   return {
     lr: num('lr', o.lr, 0),
     totalSteps: num('steps', o.totalSteps, 1, Infinity, true),

@@ -10,9 +10,16 @@ import type { LlamaSegments } from '../model/llama.js';
  * [0, numSteps); seq[t] its sequence (0 … numSeqs−1). rng draws uniform numbers in [0, 1).
  * Returns undefined when pSkip is 0 (no mask at all: plain causal attention).
  */
-export function stepSkipSegments(stepIds: ArrayLike<number>, seq: ArrayLike<number>, numSteps: number, pSkip: number, rng: () => number): LlamaSegments | undefined {
+export function stepSkipSegments(
+  stepIds: ArrayLike<number>,
+  seq: ArrayLike<number>,
+  numSteps: number,
+  pSkip: number,
+  rng: () => number,
+): LlamaSegments | undefined {
   const op = 'stepSkipSegments';
-  if (typeof pSkip !== 'number' || !(pSkip >= 0 && pSkip <= 1)) throw new ArgumentError(`${op}: pSkip: expected a probability in [0, 1], got ${describe(pSkip)}`);
+  if (typeof pSkip !== 'number' || !(pSkip >= 0 && pSkip <= 1))
+    throw new ArgumentError(`${op}: pSkip: expected a probability in [0, 1], got ${describe(pSkip)}`);
   if (pSkip === 0) return undefined;
   const T = stepIds.length;
   if (seq.length !== T) throw new ArgumentError(`${op}: seq: expected ${T} entries (one per token), got ${seq.length}`);
@@ -21,7 +28,8 @@ export function stepSkipSegments(stepIds: ArrayLike<number>, seq: ArrayLike<numb
   let numSeqs = 0;
   for (let t = 0; t < T; t++) {
     const st = stepIds[t]!;
-    if (!Number.isInteger(st) || st < -1 || st >= numSteps) throw new ArgumentError(`${op}: stepIds[${t}]: expected −1 or a step index in [0, ${numSteps - 1}], got ${st}`);
+    if (!Number.isInteger(st) || st < -1 || st >= numSteps)
+      throw new ArgumentError(`${op}: stepIds[${t}]: expected −1 or a step index in [0, ${numSteps - 1}], got ${st}`);
     segment[t] = st + 1;
     numSeqs = Math.max(numSeqs, seq[t]! + 1);
   }
@@ -30,7 +38,6 @@ export function stepSkipSegments(stepIds: ArrayLike<number>, seq: ArrayLike<numb
   // of one sequence do not depend on the others' contents.
   for (let s = 0; s < numSeqs; s++)
     for (let later = 2; later < S; later++)
-      for (let earlier = 1; earlier < later; earlier++)
-        if (rng() < pSkip) blocked[(s * S + later) * S + earlier] = 1;
+      for (let earlier = 1; earlier < later; earlier++) if (rng() < pSkip) blocked[(s * S + later) * S + earlier] = 1;
   return { numSegments: S, segment, blocked };
 }

@@ -91,14 +91,17 @@ interface Param {
 
 export type { TrainerState };
 
-
-
 const PURPOSE = { order: 1, routing: 2, skip: 3 } as const;
 
 /** FNV-1a over the examples' ids and masks: a resumed run must see the same data. */
 export function dataFingerprint(examples: readonly TrainExample[]): string {
   let h = 0x811c9dc5;
-  const eat = (v: number) => { h ^= v & 0xffff; h = Math.imul(h, 0x01000193); h ^= v >>> 16; h = Math.imul(h, 0x01000193); };
+  const eat = (v: number) => {
+    h ^= v & 0xffff;
+    h = Math.imul(h, 0x01000193);
+    h ^= v >>> 16;
+    h = Math.imul(h, 0x01000193);
+  };
   for (const e of examples) {
     eat(e.ids.length);
     for (let i = 0; i < e.ids.length; i++) eat(e.ids[i]!);
@@ -110,13 +113,15 @@ export function dataFingerprint(examples: readonly TrainExample[]): string {
 
 function int(op: string, name: string, v: unknown, lo: number, dflt: number): number {
   const x = v ?? dflt;
-  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < lo) throw new ArgumentError(`${op}: ${name}: expected an integer ≥ ${lo}, got ${describe(v)}`);
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < lo)
+    throw new ArgumentError(`${op}: ${name}: expected an integer ≥ ${lo}, got ${describe(v)}`);
   return x;
 }
 
 function num(op: string, name: string, v: unknown, lo: number, hi: number, dflt: number): number {
   const x = v ?? dflt;
-  if (typeof x !== 'number' || !Number.isFinite(x) || x < lo || x > hi) throw new ArgumentError(`${op}: ${name}: expected a number in [${lo}, ${hi}], got ${describe(v)}`);
+  if (typeof x !== 'number' || !Number.isFinite(x) || x < lo || x > hi)
+    throw new ArgumentError(`${op}: ${name}: expected a number in [${lo}, ${hi}], got ${describe(v)}`);
   return x;
 }
 
@@ -137,19 +142,29 @@ export class Trainer {
    * adapters: the MoTE bundle (or plain adapter set) whose experts are trained, or null for
    * full-parameter training (trainBase). Every example is checked here, before any work.
    */
-  constructor(readonly model: LlamaModel, readonly adapters: AdapterStacks | null, examples: readonly TrainExample[], opts: TrainerOptions) {
+  constructor(
+    readonly model: LlamaModel,
+    readonly adapters: AdapterStacks | null,
+    examples: readonly TrainExample[],
+    opts: TrainerOptions,
+  ) {
     const op = 'Trainer';
-    if (!model || typeof model.checkBatch !== 'function') throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
-    if (adapters !== null && !(adapters instanceof AdapterStacks)) throw new ArgumentError(`${op}: adapters: expected a MoteBundle, an AdapterSet or null, got ${describe(adapters)}`);
+    if (!model || typeof model.checkBatch !== 'function')
+      throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
+    if (adapters !== null && !(adapters instanceof AdapterStacks))
+      throw new ArgumentError(`${op}: adapters: expected a MoteBundle, an AdapterSet or null, got ${describe(adapters)}`);
     if (adapters && adapters.disposed) throw new ArgumentError(`${op}: adapters: used after dispose()`);
-    if (adapters && adapters.backend !== model.backend) throw new ArgumentError(`${op}: adapters: live on another backend (${adapters.backend.kind}) than the model (${model.backend.kind})`);
+    if (adapters && adapters.backend !== model.backend)
+      throw new ArgumentError(`${op}: adapters: live on another backend (${adapters.backend.kind}) than the model (${model.backend.kind})`);
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { steps, lr, ... }, got ${describe(opts)}`);
     const sched = checkSchedule(op, { ...opts, totalSteps: opts.steps });
     const trainBase = opts.trainBase ?? false;
     if (typeof trainBase !== 'boolean') throw new ArgumentError(`${op}: trainBase: expected a boolean, got ${describe(trainBase)}`);
-    if (!adapters && !trainBase) throw new ArgumentError(`${op}: nothing to train: give adapters, or set trainBase for full-parameter training`);
+    if (!adapters && !trainBase)
+      throw new ArgumentError(`${op}: nothing to train: give adapters, or set trainBase for full-parameter training`);
     const promptRouting = opts.promptRouting === undefined ? 'random-step' : checkPromptRouting(op, opts.promptRouting);
-    if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function') throw new ArgumentError(`${op}: onProgress: expected a function, got ${describe(opts.onProgress)}`);
+    if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function')
+      throw new ArgumentError(`${op}: onProgress: expected a function, got ${describe(opts.onProgress)}`);
     this.options = {
       ...sched,
       steps: sched.totalSteps,
@@ -166,38 +181,62 @@ export class Trainer {
       promptRouting,
     };
     if (this.options.seed > 0xffffffff) throw new ArgumentError(`${op}: seed: expected an integer in [0, 2³²), got ${this.options.seed}`);
-    adamwScalars({ lr: sched.lr, step: 1, beta1: this.options.beta1, beta2: this.options.beta2, eps: this.options.eps, weightDecay: this.options.weightDecay }, op);
+    adamwScalars(
+      {
+        lr: sched.lr,
+        step: 1,
+        beta1: this.options.beta1,
+        beta2: this.options.beta2,
+        eps: this.options.eps,
+        weightDecay: this.options.weightDecay,
+      },
+      op,
+    );
     this.#onProgress = opts.onProgress;
     this.schedule = sched;
 
     const numSteps = adapters?.numSteps ?? 0;
-    if (!Array.isArray(examples) || examples.length === 0) throw new ArgumentError(`${op}: examples: expected a non-empty array of { ids, lossMask, stepIds? }, got ${describe(examples)}`);
+    if (!Array.isArray(examples) || examples.length === 0)
+      throw new ArgumentError(`${op}: examples: expected a non-empty array of { ids, lossMask, stepIds? }, got ${describe(examples)}`);
     const V = model.config.vocabSize;
     this.#examples = examples.map((e, i) => {
       const where = `${op}: examples[${i}]`;
-      if (!e || typeof e !== 'object' || !e.ids || typeof e.ids.length !== 'number') throw new ArgumentError(`${where}: expected { ids, lossMask, stepIds? }, got ${describe(e)}`);
+      if (!e || typeof e !== 'object' || !e.ids || typeof e.ids.length !== 'number')
+        throw new ArgumentError(`${where}: expected { ids, lossMask, stepIds? }, got ${describe(e)}`);
       const n = e.ids.length;
       if (n < 2) throw new ArgumentError(`${where}.ids: expected at least 2 tokens, got ${n}`);
-      if (n > this.options.batchTokens) throw new ArgumentError(`${where}.ids: ${n} tokens do not fit in a micro-batch of batchTokens = ${this.options.batchTokens}`);
-      const ids = new Int32Array(n), lossMask = new Uint8Array(n);
+      if (n > this.options.batchTokens)
+        throw new ArgumentError(`${where}.ids: ${n} tokens do not fit in a micro-batch of batchTokens = ${this.options.batchTokens}`);
+      const ids = new Int32Array(n),
+        lossMask = new Uint8Array(n);
       let learned = 0;
       for (let t = 0; t < n; t++) {
         const id = e.ids[t]!;
-        if (!Number.isInteger(id) || id < 0 || id >= V) throw new ArgumentError(`${where}.ids[${t}]: expected a token id in [0, ${V - 1}], got ${describe(id)}`);
+        if (!Number.isInteger(id) || id < 0 || id >= V)
+          throw new ArgumentError(`${where}.ids[${t}]: expected a token id in [0, ${V - 1}], got ${describe(id)}`);
         ids[t] = id;
         const m = e.lossMask?.[t];
-        if (m !== 0 && m !== 1) throw new ArgumentError(`${where}.lossMask[${t}]: expected 0 or 1, got ${describe(m)}${e.lossMask && e.lossMask.length !== n ? ` (lossMask has ${e.lossMask.length} entries, ids ${n})` : ''}`);
+        if (m !== 0 && m !== 1)
+          throw new ArgumentError(
+            `${where}.lossMask[${t}]: expected 0 or 1, got ${describe(m)}${e.lossMask && e.lossMask.length !== n ? ` (lossMask has ${e.lossMask.length} entries, ids ${n})` : ''}`,
+          );
         lossMask[t] = m;
         if (t > 0) learned += m;
       }
       if (learned === 0) throw new ArgumentError(`${where}.lossMask: no token after the first is learned (all 0)`);
       let stepIds: Int32Array | null = null;
       if (numSteps > 0) {
-        if (!e.stepIds || e.stepIds.length !== n) throw new ArgumentError(`${where}.stepIds: a MoTE bundle needs one step index per token (−1 = prompt), got ${e.stepIds ? `${e.stepIds.length} entries for ${n} tokens` : describe(e.stepIds)}`);
+        if (!e.stepIds || e.stepIds.length !== n)
+          throw new ArgumentError(
+            `${where}.stepIds: a MoTE bundle needs one step index per token (−1 = prompt), got ${e.stepIds ? `${e.stepIds.length} entries for ${n} tokens` : describe(e.stepIds)}`,
+          );
         stepIds = new Int32Array(n);
         for (let t = 0; t < n; t++) {
           const s = e.stepIds[t]!;
-          if (!Number.isInteger(s) || s < -1 || s >= numSteps) throw new ArgumentError(`${where}.stepIds[${t}]: expected −1 (prompt) or a step index in [0, ${numSteps - 1}], got ${describe(s)}`);
+          if (!Number.isInteger(s) || s < -1 || s >= numSteps)
+            throw new ArgumentError(
+              `${where}.stepIds[${t}]: expected −1 (prompt) or a step index in [0, ${numSteps - 1}], got ${describe(s)}`,
+            );
           stepIds[t] = s;
         }
       }
@@ -214,20 +253,39 @@ export class Trainer {
           for (const m of LINEAR_MODULES) {
             const s: LoraStack | undefined = mods?.[m];
             if (!s) continue;
-            if (s.A.dtype !== 'f32' || s.B.dtype !== 'f32') throw new ArgumentError(`${op}: adapters: layer ${l} ${m}: training needs f32 factors, got ${s.A.dtype}/${s.B.dtype}`);
-            params.push({ name: `lora.${l}.${m}.A`, p: s.A, m: be.zeros([...s.A.shape]), v: be.zeros([...s.A.shape]), grad: (g) => g.lora.get(s)?.dA });
-            params.push({ name: `lora.${l}.${m}.B`, p: s.B, m: be.zeros([...s.B.shape]), v: be.zeros([...s.B.shape]), grad: (g) => g.lora.get(s)?.dB });
+            if (s.A.dtype !== 'f32' || s.B.dtype !== 'f32')
+              throw new ArgumentError(`${op}: adapters: layer ${l} ${m}: training needs f32 factors, got ${s.A.dtype}/${s.B.dtype}`);
+            params.push({
+              name: `lora.${l}.${m}.A`,
+              p: s.A,
+              m: be.zeros([...s.A.shape]),
+              v: be.zeros([...s.A.shape]),
+              grad: (g) => g.lora.get(s)?.dA,
+            });
+            params.push({
+              name: `lora.${l}.${m}.B`,
+              p: s.B,
+              m: be.zeros([...s.B.shape]),
+              v: be.zeros([...s.B.shape]),
+              grad: (g) => g.lora.get(s)?.dB,
+            });
           }
         });
       }
       if (trainBase) {
         for (const [name, t] of baseWeights(model)) {
-          if (t.dtype !== 'f32') throw new ArgumentError(`${op}: trainBase: weight '${name}' is ${t.dtype}; full-parameter training needs f32 weights (load the model with dtype 'f32')`);
+          if (t.dtype !== 'f32')
+            throw new ArgumentError(
+              `${op}: trainBase: weight '${name}' is ${t.dtype}; full-parameter training needs f32 weights (load the model with dtype 'f32')`,
+            );
           params.push({ name, p: t, m: be.zeros([...t.shape]), v: be.zeros([...t.shape]), grad: (g) => g.weights.get(t) });
         }
       }
     } catch (e) {
-      for (const q of params) { q.m.dispose(); q.v.dispose(); }
+      for (const q of params) {
+        q.m.dispose();
+        q.v.dispose();
+      }
       throw e;
     }
     if (params.length === 0) throw new ArgumentError(`${op}: adapters: no adapter stack to train`);
@@ -257,7 +315,9 @@ export class Trainer {
       const r = mulberry32(mixSeed(this.options.seed, PURPOSE.order, epoch));
       for (let i = n - 1; i > 0; i--) {
         const j = Math.floor(r() * (i + 1));
-        const t = order[i]!; order[i] = order[j]!; order[j] = t;
+        const t = order[i]!;
+        order[i] = order[j]!;
+        order[j] = t;
       }
       this.#order = order;
       this.#orderEpoch = epoch;
@@ -297,12 +357,24 @@ export class Trainer {
     let routing: LoraRouting | null = null;
     const ad = this.adapters;
     if (ad) {
-      const segments = ad.numSteps > 0
-        ? stepSkipSegments(stepIds, seq, ad.numSteps, this.options.pSkip, mulberry32(mixSeed(this.options.seed, PURPOSE.skip, step, micro)))
-        : undefined;
+      const segments =
+        ad.numSteps > 0
+          ? stepSkipSegments(
+              stepIds,
+              seq,
+              ad.numSteps,
+              this.options.pSkip,
+              mulberry32(mixSeed(this.options.seed, PURPOSE.skip, step, micro)),
+            )
+          : undefined;
       if (segments) batch.segments = segments;
       // MoTE: [step, shared] per chain token; a plain set: its first adapter on every token.
-      routing = ad.batchRouting({ stepIds, seq, promptRouting: this.options.promptRouting, seed: mixSeed(this.options.seed, PURPOSE.routing, step, micro) });
+      routing = ad.batchRouting({
+        stepIds,
+        seq,
+        promptRouting: this.options.promptRouting,
+        seed: mixSeed(this.options.seed, PURPOSE.routing, step, micro),
+      });
       batch.lora = ad.loraFor(routing);
     }
     return { batch, routing, count };
@@ -323,12 +395,16 @@ export class Trainer {
     try {
       const packed = micros.map((p, i) => this.#pack(p, step, i));
       const total = packed.reduce((a, b) => a + b.count, 0);
-      let lossSum = 0, tokens = 0;
+      let lossSum = 0,
+        tokens = 0;
       try {
         for (const [i, pk] of packed.entries()) {
           const r = await llamaLossAndGrad(this.model, pk.batch, {
-            grads: this.#grads, accumulate: i > 0, lossScale: total > 0 ? 1 / total : 0,
-            trainBase: o.trainBase, trainLora: this.adapters !== null,
+            grads: this.#grads,
+            accumulate: i > 0,
+            lossScale: total > 0 ? 1 / total : 0,
+            trainBase: o.trainBase,
+            trainLora: this.adapters !== null,
           });
           lossSum += r.lossSum;
           tokens += pk.batch.ids.length;
@@ -352,20 +428,38 @@ export class Trainer {
       }
       const gradNorm = Math.sqrt(ss);
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-        throw new MoteError(`Trainer.trainStep: step ${step}: the ${Number.isFinite(loss) ? 'gradient norm' : 'loss'} is not finite (loss ${loss}, gradient norm ${gradNorm}); no update was applied (lower lr, or check the data)`);
+        throw new MoteError(
+          `Trainer.trainStep: step ${step}: the ${Number.isFinite(loss) ? 'gradient norm' : 'loss'} is not finite (loss ${loss}, gradient norm ${gradNorm}); no update was applied (lower lr, or check the data)`,
+        );
       }
       const gradScale = o.clipNorm > 0 && gradNorm > o.clipNorm ? o.clipNorm / gradNorm : 1;
       const lr = learningRate(step, this.schedule);
       for (const p of this.params) {
-        adamw(p.p, p.grad(this.#grads)!, p.m, p.v, { lr, step, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay, gradScale });
+        adamw(p.p, p.grad(this.#grads)!, p.m, p.v, {
+          lr,
+          step,
+          beta1: o.beta1,
+          beta2: o.beta2,
+          eps: o.eps,
+          weightDecay: o.weightDecay,
+          gradScale,
+        });
       }
       await this.model.backend.sync();
       st.step = step;
       st.losses.push(loss);
       const elapsedMs = performance.now() - t0;
       const progress: TrainProgress = {
-        step, totalSteps: o.steps, loss, lr, gradNorm, tokens, learnedTokens: total,
-        tokensPerSecond: tokens / Math.max(1e-9, elapsedMs / 1000), epoch: st.epoch, elapsedMs,
+        step,
+        totalSteps: o.steps,
+        loss,
+        lr,
+        gradNorm,
+        tokens,
+        learnedTokens: total,
+        tokensPerSecond: tokens / Math.max(1e-9, elapsedMs / 1000),
+        epoch: st.epoch,
+        elapsedMs,
       };
       this.#onProgress?.(progress);
       return progress;
@@ -386,19 +480,31 @@ export class Trainer {
    * A checkpointDir that mote did not write is refused before the first step, unless
    * checkpointOverwrite (then its files are kept; see src/io/atomic_dir.ts).
    */
-  async run(opts: { checkpointDir?: string; checkpointEvery?: number; checkpointOverwrite?: boolean; signal?: AbortSignal; handleSigint?: boolean } = {}): Promise<{ interrupted: boolean; state: TrainerState }> {
+  async run(
+    opts: {
+      checkpointDir?: string;
+      checkpointEvery?: number;
+      checkpointOverwrite?: boolean;
+      signal?: AbortSignal;
+      handleSigint?: boolean;
+    } = {},
+  ): Promise<{ interrupted: boolean; state: TrainerState }> {
     this.#live('run');
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`Trainer.run: opts: expected an object, got ${describe(opts)}`);
     const dir = opts.checkpointDir;
-    if (dir !== undefined && (typeof dir !== 'string' || dir === '')) throw new ArgumentError(`Trainer.run: checkpointDir: expected a directory path, got ${describe(dir)}`);
+    if (dir !== undefined && (typeof dir !== 'string' || dir === ''))
+      throw new ArgumentError(`Trainer.run: checkpointDir: expected a directory path, got ${describe(dir)}`);
     const every = opts.checkpointEvery ?? 0;
-    if (!Number.isSafeInteger(every) || every < 0) throw new ArgumentError(`Trainer.run: checkpointEvery: expected an integer ≥ 0, got ${describe(every)}`);
+    if (!Number.isSafeInteger(every) || every < 0)
+      throw new ArgumentError(`Trainer.run: checkpointEvery: expected an integer ≥ 0, got ${describe(every)}`);
     if (every > 0 && dir === undefined) throw new ArgumentError('Trainer.run: checkpointEvery: needs checkpointDir');
     const overwrite = overwriteOption('Trainer.run', opts.checkpointOverwrite);
     if (dir !== undefined) checkReplaceable('Trainer.run: checkpointDir', dir, { ...CHECKPOINT_DIR_OPTIONS, overwrite });
     const save = () => saveCheckpoint(this, dir!, { overwrite });
     let stop = false;
-    const onSigint = () => { stop = true; };
+    const onSigint = () => {
+      stop = true;
+    };
     if (opts.handleSigint) process.on('SIGINT', onSigint);
     try {
       while (!this.done) {
@@ -428,7 +534,10 @@ export class Trainer {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const p of this.params) { p.m.dispose(); p.v.dispose(); }
+    for (const p of this.params) {
+      p.m.dispose();
+      p.v.dispose();
+    }
     disposeGrads(this.#grads);
   }
 

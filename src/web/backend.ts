@@ -21,9 +21,12 @@ const webHost: WebGPUHost = {
     const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
     if (!gpu) {
       const secure = (globalThis as { isSecureContext?: boolean }).isSecureContext;
-      throw new BackendUnavailableError('webgpu', secure === false
-        ? 'navigator.gpu is missing: WebGPU needs a secure context (https or http://localhost)'
-        : 'navigator.gpu is missing: this browser has no WebGPU (Chromium on Linux: --enable-unsafe-webgpu)');
+      throw new BackendUnavailableError(
+        'webgpu',
+        secure === false
+          ? 'navigator.gpu is missing: WebGPU needs a secure context (https or http://localhost)'
+          : 'navigator.gpu is missing: this browser has no WebGPU (Chromium on Linux: --enable-unsafe-webgpu)',
+      );
     }
     return gpu;
   },
@@ -44,7 +47,12 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
   }
   const opts = checkOpts(op, 'opts', options) as OpenOptions;
   checkBool(op, 'requireHardware', opts.requireHardware);
-  if (opts.device !== undefined && (opts.device === null || typeof opts.device !== 'object' || typeof (opts.device as { createBuffer?: unknown }).createBuffer !== 'function')) {
+  if (
+    opts.device !== undefined &&
+    (opts.device === null ||
+      typeof opts.device !== 'object' ||
+      typeof (opts.device as { createBuffer?: unknown }).createBuffer !== 'function')
+  ) {
     throw new ArgumentError(`${op}: device: expected a GPUDevice, got ${describe(opts.device)}`);
   }
   if (kind === 'cpu' || kind === 'cuda') {

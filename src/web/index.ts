@@ -13,8 +13,13 @@ export * from '../ops/index.js';
 export * from '../model/config.js';
 export {
   LlamaModel,
-  type LogitsRouting, type CheckedSegments, type LlamaBatch, type LlamaLora, type LlamaSegments,
-  type LlamaWeights, type LlamaLayerWeights,
+  type LogitsRouting,
+  type CheckedSegments,
+  type LlamaBatch,
+  type LlamaLora,
+  type LlamaSegments,
+  type LlamaWeights,
+  type LlamaLayerWeights,
 } from '../model/llama.js';
 // Loading and saving through the I/O abstraction (src/io/source.ts, sink.ts): models, PEFT
 // adapters, MoTE bundles, tokenizers and checkpoints from a URL (Range requests where the
@@ -26,7 +31,16 @@ export { loadTokenizer } from '../io/tokenizer.js';
 export { MoteBundle, createMote, addStepTokens } from '../mote/bundle.js';
 export { saveMote, loadMote, exportPeft } from '../mote/bundle_io.js';
 export { AdapterSet, createLora, loadPeftAdapters } from '../adapters/adapter_set.js';
-export { openSource, UrlSource, BlobSource, BytesSource, OpfsSource, type FileSource, type SourceInput, type UrlSourceOptions } from '../io/source.js';
+export {
+  openSource,
+  UrlSource,
+  BlobSource,
+  BytesSource,
+  OpfsSource,
+  type FileSource,
+  type SourceInput,
+  type UrlSourceOptions,
+} from '../io/source.js';
 export { MemorySink, OpfsSink, openSink, tarFiles, type FileSink } from '../io/sink.js';
 export { Trainer, type TrainExample, type TrainerOptions, type TrainProgress } from '../train/trainer.js';
 export { saveCheckpoint, loadCheckpoint } from '../train/checkpoint.js';
@@ -34,20 +48,56 @@ export { promptIds, stepTokenIds, chainExample, chainExamples, packExamples } fr
 export { toyQuestions, toyChain, toySplit } from '../mote/toy.js';
 export { KvCache, type KvCacheDims, type KvCacheOptions } from '../model/kv_cache.js';
 export {
-  generate, type GenerateRequest, type GenerateOptions, type GenerateResult, type TokenRouter, type RouteState,
-  type RouteSlots, type ForceStep, type TokenEvent, type StopReason,
+  generate,
+  type GenerateRequest,
+  type GenerateOptions,
+  type GenerateResult,
+  type TokenRouter,
+  type RouteState,
+  type RouteSlots,
+  type ForceStep,
+  type TokenEvent,
+  type StopReason,
 } from '../generate/generate.js';
-export { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng, type SamplingOptions, type ResolvedSampling } from '../generate/sampling.js';
+export {
+  argmax,
+  checkSampling,
+  sampleToken,
+  samplingDistribution,
+  SeededRng,
+  type SamplingOptions,
+  type ResolvedSampling,
+} from '../generate/sampling.js';
 export { MoteTokenizer, type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions } from '../io/tokenizer.js';
 export * from '../mote/steps.js';
 export {
-  llamaLossAndGrad, baseWeights, disposeGrads,
-  type LlamaTrainBatch, type LlamaGrads, type LlamaGradOptions, type LlamaGradResult,
+  llamaLossAndGrad,
+  baseWeights,
+  disposeGrads,
+  type LlamaTrainBatch,
+  type LlamaGrads,
+  type LlamaGradOptions,
+  type LlamaGradResult,
 } from '../model/llama_backward.js';
 export { mulberry32, mixSeed } from '../rng.js';
 export { learningRate, checkSchedule, type ScheduleOptions } from '../train/schedule.js';
 export {
-  DEFAULT_TEMPLATES, STAGE_VARS, alignCotTemplates, stagePrompt, renderTemplate, templateVars, parseVerdict, checkChain, formatChain, parseChain,
-  type Chain, type ChainStep, type StageVars, type StageVar, type StageTemplate, type AlignCotTemplates, type ParseChainOptions,
+  DEFAULT_TEMPLATES,
+  STAGE_VARS,
+  alignCotTemplates,
+  stagePrompt,
+  renderTemplate,
+  templateVars,
+  parseVerdict,
+  checkChain,
+  formatChain,
+  parseChain,
+  type Chain,
+  type ChainStep,
+  type StageVars,
+  type StageVar,
+  type StageTemplate,
+  type AlignCotTemplates,
+  type ParseChainOptions,
 } from '../mote/aligncot.js';
 export { LORA_TILE } from '../backend/wgsl.js';

@@ -26,8 +26,12 @@ export interface PageReport {
 }
 
 function show(report: PageReport): void {
-  const rows = report.results.map((r) => `<tr class="${r.failure ? 'fail' : 'ok'}"><td>${r.failure ? '✗' : '✓'}</td><td>${r.name}</td><td>${r.error.toExponential(2)}</td><td>${r.ms.toFixed(0)} ms</td></tr>`);
-  document.body.innerHTML = `<h1>mote in the browser</h1><p>adapter: ${report.adapter.device} — features: ${report.adapter.features.join(', ')}</p>` +
+  const rows = report.results.map(
+    (r) =>
+      `<tr class="${r.failure ? 'fail' : 'ok'}"><td>${r.failure ? '✗' : '✓'}</td><td>${r.name}</td><td>${r.error.toExponential(2)}</td><td>${r.ms.toFixed(0)} ms</td></tr>`,
+  );
+  document.body.innerHTML =
+    `<h1>mote in the browser</h1><p>adapter: ${report.adapter.device} — features: ${report.adapter.features.join(', ')}</p>` +
     `<table><tr><th></th><th>case</th><th>rel. error</th><th>time</th></tr>${rows.join('')}</table>` +
     `<p>model: logits rel. error ${report.model.logitsError.toExponential(2)}, generated ${JSON.stringify(report.model.tokens)}, tokenizer round trip ${JSON.stringify(report.model.decoded)}` +
     `${report.model.failures.length ? ' — ' + report.model.failures.join('; ') : ''}</p>` +
@@ -49,7 +53,7 @@ async function moteRun(): Promise<PageReport | { noAdapter: string }> {
   let report: PageReport;
   try {
     const results = await runKernelCases(mote, b);
-    const badInput = [...await badInputFailures(mote, b), ...await badOpenFailures()];
+    const badInput = [...(await badInputFailures(mote, b)), ...(await badOpenFailures())];
     const model = await runModelCase(mote, b);
     const leaked = b.memoryInUse();
     const unavailable: string[] = [];
@@ -79,10 +83,11 @@ async function badOpenFailures(): Promise<string[]> {
   ];
   for (const [what, call, re] of calls) {
     try {
-      (await call() as Mote.Backend).destroy();
+      ((await call()) as Mote.Backend).destroy();
       fails.push(`openBackend ${what}: no error`);
     } catch (e) {
-      if (!(e instanceof mote.ArgumentError) || !re.test(e.message)) fails.push(`openBackend ${what}: ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
+      if (!(e instanceof mote.ArgumentError) || !re.test(e.message))
+        fails.push(`openBackend ${what}: ${(e as Error)?.constructor?.name}: ${(e as Error)?.message}`);
     }
   }
   return fails;
@@ -93,13 +98,20 @@ async function ownDevice(): Promise<PageReport['ownDevice']> {
   const adapter = await navigator.gpu.requestAdapter();
   const device = await adapter!.requestDevice();
   let lost = false;
-  void device.lost.then(() => { lost = true; });
+  void device.lost.then(() => {
+    lost = true;
+  });
   const b = await mote.openBackend('webgpu', { device });
-  const x = Float32Array.from({ length: 3 * 5 }, (_, i) => Math.sin(i + 1)), w = Float32Array.from({ length: 7 * 5 }, (_, i) => Math.cos(i));
+  const x = Float32Array.from({ length: 3 * 5 }, (_, i) => Math.sin(i + 1)),
+    w = Float32Array.from({ length: 7 * 5 }, (_, i) => Math.cos(i));
   const y = await mote.matmul(b.tensor(x, [3, 5]), b.tensor(w, [7, 5])).readFloat();
   const ref = mote.reference.matmulRef(x, w, 3, 5, 7);
-  let num = 0, den = 0;
-  ref.forEach((v, i) => { num += (y[i]! - v) ** 2; den += v * v; });
+  let num = 0,
+    den = 0;
+  ref.forEach((v, i) => {
+    num += (y[i]! - v) ** 2;
+    den += v * v;
+  });
   b.destroy();
   // a buffer made after destroy() works only if the device is still alive
   device.createBuffer({ size: 4, usage: GPUBufferUsage.STORAGE }).destroy();

@@ -63,7 +63,7 @@ struct Run {
   void* ctx;
   Fiber* current = nullptr;
   bool reverse = false;  // run the fibers last to first between switch points
-  std::string error;  // set by a fiber that threw
+  std::string error;     // set by a fiber that threw
 };
 thread_local Run* g_run = nullptr;
 
@@ -101,7 +101,8 @@ void yield_to_scheduler() {
 std::atomic<int64_t> g_launch_start{0};  // steady-clock ms, 0 = none running
 std::atomic<const char*> g_launch_name{nullptr};
 int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 // A fault inside a launch (a read or write outside the buffers) names the kernel before the
 // process dies.
@@ -109,8 +110,10 @@ void on_fault(int sig) {
   const char* name = g_launch_start.load() ? g_launch_name.load() : nullptr;
   const char* a = "cuda emulator: memory fault in kernel ";
   (void)!write(2, a, std::strlen(a));
-  if (name) (void)!write(2, name, std::strlen(name));
-  else (void)!write(2, "(none: outside a launch)", 24);
+  if (name)
+    (void)!write(2, name, std::strlen(name));
+  else
+    (void)!write(2, "(none: outside a launch)", 24);
   const char* b = " (an access outside its buffers?)\n";
   (void)!write(2, b, std::strlen(b));
   signal(sig, SIG_DFL);
@@ -153,14 +156,14 @@ std::string where(const Fiber& f) {
 }
 
 std::string thread_name(const Fiber& f) {
-  return "thread (" + std::to_string(f.t.idx.x) + "," + std::to_string(f.t.idx.y) + "," +
-         std::to_string(f.t.idx.z) + ")";
+  return "thread (" + std::to_string(f.t.idx.x) + "," + std::to_string(f.t.idx.y) + "," + std::to_string(f.t.idx.z) +
+         ")";
 }
 
 [[noreturn]] void fail(const Run& r, const std::string& what) {
   const Block& b = r.block;
-  throw std::runtime_error("cuda emulator: kernel " + std::string(r.kernel) + ", block (" + std::to_string(b.idx.x) + "," +
-                           std::to_string(b.idx.y) + "," + std::to_string(b.idx.z) + "): " + what);
+  throw std::runtime_error("cuda emulator: kernel " + std::string(r.kernel) + ", block (" + std::to_string(b.idx.x) +
+                           "," + std::to_string(b.idx.y) + "," + std::to_string(b.idx.z) + "): " + what);
 }
 
 // Resolves the shuffles whose lanes have all arrived; returns whether any did.
@@ -181,7 +184,8 @@ bool resolve_shuffles(Run& r) {
       if ((mask >> (i - w0)) & 1u) all = all && r.fibers[i].state == AT_SHUFFLE;
     if (!all) continue;
     if (w0 + 32 > n && (mask >> (n - w0)) != 0)
-      fail(r, "shuffle at " + where(*first) + " names lanes past the end of the block (mask " + std::to_string(mask) + ")");
+      fail(r, "shuffle at " + where(*first) + " names lanes past the end of the block (mask " + std::to_string(mask) +
+                  ")");
     uint64_t out[32];
     for (size_t i = w0; i < w1; i++) {
       const int lane = int(i - w0);
@@ -192,12 +196,21 @@ bool resolve_shuffles(Run& r) {
       const int width = f.width, base = lane - lane % width, in = lane % width;
       int src = lane;
       switch (f.kind) {
-        case 0: src = base + ((in ^ f.arg) < width ? (in ^ f.arg) : in); break;
-        case 1: src = in + f.arg < width ? lane + f.arg : lane; break;
-        case 2: src = in - f.arg >= 0 ? lane - f.arg : lane; break;
-        default: src = base + ((f.arg % width) + width) % width; break;
+        case 0:
+          src = base + ((in ^ f.arg) < width ? (in ^ f.arg) : in);
+          break;
+        case 1:
+          src = in + f.arg < width ? lane + f.arg : lane;
+          break;
+        case 2:
+          src = in - f.arg >= 0 ? lane - f.arg : lane;
+          break;
+        default:
+          src = base + ((f.arg % width) + width) % width;
+          break;
       }
-      if (!((mask >> src) & 1u)) fail(r, "shuffle at " + where(f) + " reads lane " + std::to_string(src) + ", not in the mask");
+      if (!((mask >> src) & 1u))
+        fail(r, "shuffle at " + where(f) + " reads lane " + std::to_string(src) + ", not in the mask");
       out[lane] = r.fibers[w0 + src].value;
     }
     for (size_t i = w0; i < w1; i++)
@@ -293,11 +306,11 @@ uint64_t shuffle(const char* file, int line, int kind, unsigned mask, uint64_t v
 
 void run_grid(const char* kernel, dim3 grid, dim3 block, size_t shmem, void (*body)(void*), void* ctx) {
   const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535 || threads == 0 ||
-      threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || shmem > 48 * 1024) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535 ||
+      threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || shmem > 48 * 1024) {
     if (std::getenv("MOTE_EMU_VERBOSE"))
-      std::fprintf(stderr, "cuda emulator: %s: invalid configuration grid (%u,%u,%u) block (%u,%u,%u) shmem %zu\n", kernel, grid.x,
-                   grid.y, grid.z, block.x, block.y, block.z, shmem);
+      std::fprintf(stderr, "cuda emulator: %s: invalid configuration grid (%u,%u,%u) block (%u,%u,%u) shmem %zu\n",
+                   kernel, grid.x, grid.y, grid.z, block.x, block.y, block.z, shmem);
     g_last_error = cudaErrorInvalidConfiguration;
     return;
   }
@@ -363,13 +376,20 @@ cudaError_t cudaGetLastError() {
 cudaError_t cudaPeekAtLastError() { return g_last_error; }
 const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    case cudaErrorNotSupported: return "operation not supported";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorNoDevice:
+      return "no CUDA-capable device is detected";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+    case cudaErrorNotSupported:
+      return "operation not supported";
   }
   return "unknown error";
 }

@@ -126,7 +126,8 @@ void syncthreads(const char* file, int line);
 // kind 0: xor, 1: down, 2: up, 3: idx. Exchanges 8 bytes between the lanes of `mask`.
 uint64_t shuffle(const char* file, int line, int kind, unsigned mask, uint64_t value, int arg, int width);
 
-template <typename T> T shfl_at(const char* file, int line, int kind, unsigned mask, T v, int arg, int width = 32) {
+template <typename T>
+T shfl_at(const char* file, int line, int kind, unsigned mask, T v, int arg, int width = 32) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle of a value wider than 8 bytes");
   uint64_t u = 0;
   std::memcpy(&u, &v, sizeof(T));
@@ -135,24 +136,27 @@ template <typename T> T shfl_at(const char* file, int line, int kind, unsigned m
   return v;
 }
 
-template <typename... P> struct Launcher {
+template <typename... P>
+struct Launcher {
   const char* name;
   dim3 grid, block;
   size_t shmem;
   void (*kernel)(P...);
-  template <typename... A> void operator()(A&&... args) const {
+  template <typename... A>
+  void operator()(A&&... args) const {
     struct Ctx {
       void (*kernel)(P...);
       std::tuple<std::decay_t<P>...> args;
     } ctx{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
     // every thread gets its own copy of the arguments, as every GPU thread does
-    run_grid(name, grid, block, shmem,
-             [](void* c) {
-               Ctx* x = static_cast<Ctx*>(c);
-               std::tuple<std::decay_t<P>...> own = x->args;
-               std::apply(x->kernel, own);
-             },
-             &ctx);
+    run_grid(
+        name, grid, block, shmem,
+        [](void* c) {
+          Ctx* x = static_cast<Ctx*>(c);
+          std::tuple<std::decay_t<P>...> own = x->args;
+          std::apply(x->kernel, own);
+        },
+        &ctx);
   }
 };
 template <typename... P>
@@ -160,7 +164,10 @@ Launcher<P...> launcher(const char* name, dim3 grid, dim3 block, size_t shmem, c
   return Launcher<P...>{name, grid, block, shmem, kernel};
 }
 
-template <typename T> T* dynamic_shared() { return reinterpret_cast<T*>(g_block->dynamic_shared); }
+template <typename T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(g_block->dynamic_shared);
+}
 
 }  // namespace mote_emu
 
@@ -179,16 +186,22 @@ template <typename T> T* dynamic_shared() { return reinterpret_cast<T*>(g_block-
 
 // ---- device functions --------------------------------------------------------
 
-template <typename T> inline T __ldg(const T* p) { return *p; }
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
 
-template <typename A, typename B> inline std::common_type_t<A, B> min(A a, B b) {
+template <typename A, typename B>
+inline std::common_type_t<A, B> min(A a, B b) {
   return b < a ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
 }
-template <typename A, typename B> inline std::common_type_t<A, B> max(A a, B b) {
+template <typename A, typename B>
+inline std::common_type_t<A, B> max(A a, B b) {
   return a < b ? std::common_type_t<A, B>(b) : std::common_type_t<A, B>(a);
 }
 
-template <typename To, typename From> inline To mote_emu_bits(From f) {
+template <typename To, typename From>
+inline To mote_emu_bits(From f) {
   static_assert(sizeof(To) == sizeof(From), "bit cast of different sizes");
   To t;
   std::memcpy(&t, &f, sizeof t);
@@ -222,7 +235,7 @@ inline float __half2float(__half h) {
   const uint32_t sign = uint32_t(h.x & 0x8000u) << 16, e = (h.x >> 10) & 0x1fu, m = h.x & 0x3ffu;
   if (e == 0x1f) return __uint_as_float(sign | 0x7f800000u | (m << 13));  // inf / nan
   if (e == 0) {                                                           // zero / subnormal
-    const float f = float(m) * 5.9604644775390625e-8f;                     // m · 2^-24, exact
+    const float f = float(m) * 5.9604644775390625e-8f;                    // m · 2^-24, exact
     return sign ? -f : f;
   }
   return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));

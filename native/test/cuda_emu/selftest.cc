@@ -112,7 +112,8 @@ int main() {
     const bool e2 = cudaGetLastError() == cudaErrorInvalidConfiguration;
     MOTE_LAUNCH(1, 2048, 0, nullptr, exit_before_barrier)(out.data());
     const bool e3 = cudaGetLastError() == cudaErrorInvalidConfiguration;
-    report("emulator: invalid launch configurations (gridDim.y > 65535, empty grid, 2048 threads) set the error", e1 && e2 && e3);
+    report("emulator: invalid launch configurations (gridDim.y > 65535, empty grid, 2048 threads) set the error",
+           e1 && e2 && e3);
   }
   {
     // the same launch twice: the thread order flips between launches, so the race shows
@@ -122,11 +123,26 @@ int main() {
     report("emulator: a missing __syncthreads makes two runs differ", a != b);
   }
   expect_failure(
-      "exit_before_barrier", [](float* o) { MOTE_LAUNCH(2, 128, 0, nullptr, exit_before_barrier)(o); }, "never reaches");
+      "exit_before_barrier",
+      [](float* o) {
+        MOTE_LAUNCH(2, 128, 0, nullptr, exit_before_barrier)
+        (o);
+      },
+      "never reaches");
   expect_failure(
-      "divergent_barriers", [](float* o) { MOTE_LAUNCH(1, 128, 0, nullptr, divergent_barriers)(o); }, "different barriers");
+      "divergent_barriers",
+      [](float* o) {
+        MOTE_LAUNCH(1, 128, 0, nullptr, divergent_barriers)
+        (o);
+      },
+      "different barriers");
   expect_failure(
-      "partial_shuffle", [](float* o) { MOTE_LAUNCH(1, 32, 0, nullptr, partial_shuffle)(o); }, "shuffle");
+      "partial_shuffle",
+      [](float* o) {
+        MOTE_LAUNCH(1, 32, 0, nullptr, partial_shuffle)
+        (o);
+      },
+      "shuffle");
   std::printf("%d failed\n", g_failures);
   return g_failures ? 1 : 0;
 }
