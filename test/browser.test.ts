@@ -7,7 +7,7 @@
 // MOTE_REQUIRE_BACKENDS names `browser`. MOTE_CHROMIUM overrides /usr/bin/chromium.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, mkdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -50,9 +50,11 @@ const HTML = `<!doctype html><meta charset="utf-8"><title>mote</title>
 <style>body{font:14px system-ui,sans-serif;margin:16px}td,th{padding:2px 8px;text-align:left}.fail{color:#b00}.ok{color:#060}</style>
 <body>loading…</body><script type="module" src="/page.js"></script>`;
 
-function serve(files: Record<string, [type: string, body: string]>): Promise<Server> {
+const DEMO_TIMEOUT_MS = 600_000;
+
+function serve(files: Record<string, [type: string, body: string | Buffer]>): Promise<Server> {
   const server = createServer((req, res) => {
-    const f = files[req.url ?? ''];
+    const f = files[new URL(req.url ?? '/', 'http://x').pathname];
     if (req.url === '/favicon.ico') {
       res.writeHead(204).end();
       return;
@@ -163,6 +165,66 @@ if (skipReason !== undefined && !REQUIRED) {
             await example.close();
           }
         });
+      } finally {
+        await browser.close();
+        server.close();
+      }
+    },
+  );
+
+  test(
+    'the example page end to end in Chromium: the bundled model over HTTP, MoTE training, labelled chains, toy metrics, kernel timings',
+    { timeout: DEMO_TIMEOUT_MS + 60_000 },
+    async (t) => {
+      if (skipReason !== undefined) assert.fail(`required backend browser is unavailable: ${skipReason}`);
+      const { bundle } = await buildPage();
+      const js = 'text/javascript; charset=utf-8';
+      const files: Record<string, [string, string | Buffer]> = {
+        '/examples/browser/demo.html': ['text/html; charset=utf-8', readFileSync(join(ROOT, 'examples', 'browser', 'demo.html'), 'utf8')],
+        '/dist/web/mote.js': [js, bundle],
+      };
+      for (const f of readdirSync(join(ROOT, 'assets', 'default-model'))) {
+        files[`/assets/default-model/${f}`] = [
+          f.endsWith('.json') ? 'application/json' : 'application/octet-stream',
+          readFileSync(join(ROOT, 'assets', 'default-model', f)),
+        ];
+      }
+      const server = await serve(files as Record<string, [string, string]>);
+      const browser = await playwright!.chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+      try {
+        const page = await browser.newPage({ viewport: { width: 1000, height: 1400 } });
+        const pageErrors: string[] = [];
+        page.on('pageerror', (e) => pageErrors.push(e.stack ?? e.message));
+        const port = (server.address() as AddressInfo).port;
+        // Few steps, questions and tokens: SwiftShader runs WGSL on the CPU.
+        await page.goto(`http://127.0.0.1:${port}/examples/browser/demo.html?steps=6&questions=16&tokens=24&batch=96`);
+        await page.waitForFunction(() => document.body.dataset.done !== undefined, undefined, { timeout: DEMO_TIMEOUT_MS });
+        mkdirSync(join(ROOT, 'test-artifacts'), { recursive: true });
+        await page.screenshot({ path: join(ROOT, 'test-artifacts', 'demo.png'), fullPage: true });
+        const status = (await page.textContent('#status')) ?? '';
+        assert.equal(await page.evaluate(() => document.body.dataset.done), '1', `${status} ${pageErrors.join('\n')}`);
+        const result = (await page.evaluate(() => (globalThis as unknown as { demoResult: unknown }).demoResult)) as {
+          table: string;
+          bench: { name: string; ms: number }[];
+          shown: number;
+          seconds: number;
+          base: { n: number };
+          mote: { n: number };
+        };
+        t.diagnostic(`demo in Chromium: ${result.seconds.toFixed(0)} s; ${status}`);
+        const chains = (await page.textContent('#chains')) ?? '';
+        assert.ok(result.shown > 0 && /\[question\]/.test(chains), chains);
+        // Six steps are too few to learn the tags: each output is labelled with its steps, or as outside any step.
+        assert.match(
+          chains,
+          /\[((analysis|guidance|answer) · experts (analysis|guidance|answer) \+ shared|outside any step · shared expert)\] \S/,
+          'labelled output',
+        );
+        assert.match(result.table, /MoTE \(6 steps\)/);
+        assert.match((await page.textContent('#metrics')) ?? '', /refusal on risky/);
+        assert.ok(result.base.n > 0 && result.mote.n === result.base.n);
+        assert.ok(result.bench.length === 4 && result.bench.every((r) => r.ms > 0), JSON.stringify(result.bench));
+        assert.deepEqual(pageErrors, []);
       } finally {
         await browser.close();
         server.close();

@@ -13,6 +13,7 @@ import { benchCommand } from './bench.js';
 import { evalCommand, selfAlignCommand } from './align.js';
 import { demoCommand } from './demo.js';
 import { serveCommand } from './serve.js';
+import { webCommand } from './web.js';
 import { intFlag } from './flags.js';
 import { VERSION } from '../version.js';
 
@@ -231,6 +232,14 @@ program
   .option('--max-sequences <n>', 'most requests decoding at once (more wait)', '64')
   .option('--json', 'one JSON line when listening ({url, model, backend, adapters})')
   .action(serveCommand);
+
+program
+  .command('web')
+  .description('serve the browser examples (the kernel page and the MoTE demo that trains in the tab) on 127.0.0.1')
+  .option('--port <n>', 'port (0: any free one)', '8080')
+  .option('--host <host>', 'address to listen on', '127.0.0.1')
+  .option('--json', 'one JSON line with the URLs')
+  .action(webCommand);
 
 program
   .command('bench')

@@ -31,6 +31,7 @@
 // that leaves no room for one generated token is refused (ArgumentError naming the prompt and the
 // limit), and a sequence that fills the context ends there ('context').
 
+import { yieldToEventLoop } from '../yield.js';
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { LinearModule } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
@@ -575,7 +576,7 @@ export async function generate(
       if (dec.size === 0) break;
       if (signal) {
         // Let pending events (a SIGINT handler) run: backends may compute without yielding.
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await yieldToEventLoop();
         if (signal.aborted) {
           for (const s of active) dec.end(s, 'aborted');
           break;

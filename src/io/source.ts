@@ -321,7 +321,8 @@ export class UrlSource extends BaseSource {
     this.name = u.href.replace(/\/$/, '');
     const f = opts.fetch ?? globalThis.fetch;
     if (typeof f !== 'function') throw new ArgumentError('UrlSource: no fetch in this runtime; pass opts.fetch');
-    this.fetchFn = f;
+    // Bound: browsers refuse a window.fetch called with another `this` ("Illegal invocation").
+    this.fetchFn = opts.fetch ? f : f.bind(globalThis);
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     if (!(this.timeoutMs > 0)) throw new ArgumentError(`UrlSource: timeoutMs: expected a positive number, got ${describe(opts.timeoutMs)}`);
     this.ranges = (opts.ranges ?? 'auto') !== 'never';

@@ -17,6 +17,7 @@
 // cache entries — not on what else is in the batch (tested: the same greedy request alone and
 // in a busy engine gives the same tokens).
 
+import { yieldToEventLoop } from '../yield.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError, MoteError, describe } from '../errors.js';
@@ -529,7 +530,7 @@ export class Engine {
         stepEnded();
       }
       // Let I/O run (new requests, disconnects) between steps.
-      await new Promise<void>((res) => setImmediate(res));
+      await yieldToEventLoop();
     }
   }
 

@@ -10,6 +10,7 @@
 // would. The kernels are deterministic (fixed-order reductions, no atomics), so two runs
 // with one seed on one backend give identical bits.
 
+import { yieldToEventLoop } from '../yield.js';
 import { ArgumentError, MoteError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { LlamaModel } from '../model/llama.js';
@@ -510,7 +511,7 @@ export class Trainer {
       while (!this.done) {
         // A turn of the event loop between steps: signal handlers and I/O run there (on cpu
         // every await of a step resolves as a microtask and would never let them in).
-        await new Promise((r) => setImmediate(r));
+        await yieldToEventLoop();
         if (stop || opts.signal?.aborted) {
           if (dir !== undefined) await save();
           return { interrupted: true, state: this.state };

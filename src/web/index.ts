@@ -45,7 +45,8 @@ export { MemorySink, OpfsSink, openSink, tarFiles, type FileSink } from '../io/s
 export { Trainer, type TrainExample, type TrainerOptions, type TrainProgress } from '../train/trainer.js';
 export { saveCheckpoint, loadCheckpoint } from '../train/checkpoint.js';
 export { promptIds, stepTokenIds, chainExample, chainExamples, packExamples } from '../mote/chains.js';
-export { toyQuestions, toyChain, toySplit } from '../mote/toy.js';
+export { toyQuestions, toyChain, toySplit, isRefusal, type ToyQuestion } from '../mote/toy.js';
+export { evaluateToy, trainVariant, toyEvalTable, type ToyEvalResult } from '../mote/eval.js';
 export { KvCache, type KvCacheDims, type KvCacheOptions } from '../model/kv_cache.js';
 export {
   generate,
