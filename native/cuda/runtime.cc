@@ -2,11 +2,20 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <stdexcept>
 
 namespace mote::cuda {
 
+// MOTE_CUDA_SYNC=1: every launch is followed by a device synchronisation, so an asynchronous
+// fault is reported at the op that caused it (named) instead of at a later download.
+static const bool g_sync_each = [] {
+  const char* v = std::getenv("MOTE_CUDA_SYNC");
+  return v && v[0] == '1';
+}();
+
 void check(int code, const char* what) {
+  if (code == 0 && g_sync_each) code = int(cudaDeviceSynchronize());
   if (code != 0) {
     cudaGetLastError();  // clear the sticky non-fatal error so later calls can proceed
     throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(cudaError_t(code)));

@@ -1790,8 +1790,12 @@ int main(int argc, char** argv) {
   {
     int count = 0;
     const cudaError_t e = cudaGetDeviceCount(&count);
-    int driver = 0;
+    int driver = 0, runtime = 0;
     cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    // First, so that a GPU run says which versions met (CUDA 13's runtime needs driver ≥ 580).
+    std::printf("cuda: runtime %d.%d, driver %d.%d\n", runtime / 1000, (runtime % 1000) / 10, driver / 1000,
+                (driver % 1000) / 10);
     if (e != cudaSuccess) {
       if (driver == 0)
         std::printf("cuda: skipped (no NVIDIA driver found: %s)\n", cudaGetErrorString(e));
@@ -1810,6 +1814,11 @@ int main(int argc, char** argv) {
 #else
   std::printf("cuda: skipped (built without CUDA)\n");
 #endif
+  // MOTE_REQUIRE_CUDA=1: a GPU run that found no device fails instead of passing with "skipped".
+  if (const char* req = std::getenv("MOTE_REQUIRE_CUDA"); req && std::strcmp(req, "1") == 0 && !g_cuda) {
+    std::printf("FAIL cuda: MOTE_REQUIRE_CUDA=1 but no CUDA device ran (see the line above)\n");
+    return 1;
+  }
 
   Rng rng(seed);
   try {
