@@ -7,7 +7,9 @@
 // MOTE_REQUIRE_BACKENDS names `browser`. MOTE_CHROMIUM overrides /usr/bin/chromium.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { spawnSync } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -225,6 +227,139 @@ if (skipReason !== undefined && !REQUIRED) {
         assert.ok(result.base.n > 0 && result.mote.n === result.base.n);
         assert.ok(result.bench.length === 4 && result.bench.every((r) => r.ms > 0), JSON.stringify(result.bench));
         assert.deepEqual(pageErrors, []);
+      } finally {
+        await browser.close();
+        server.close();
+      }
+    },
+  );
+
+  test(
+    'the page and Node agree: MoTE logits of the bundled model, a training run, its saved bundle; bad URLs are clear errors',
+    { timeout: DEMO_TIMEOUT_MS + 60_000 },
+    async (t) => {
+      if (skipReason !== undefined) assert.fail(`required backend browser is unavailable: ${skipReason}`);
+      const { bundle } = await buildPage();
+      const model = join(ROOT, 'assets', 'default-model');
+      const files: Record<string, [string, string | Buffer]> = {
+        '/': [
+          'text/html; charset=utf-8',
+          '<!doctype html><meta charset="utf-8"><script type="module">import * as m from "/dist/web/mote.js"; globalThis.mote = m;</script>',
+        ],
+        '/dist/web/mote.js': ['text/javascript; charset=utf-8', bundle],
+      };
+      const type = (f: string) => (f.endsWith('.json') ? 'application/json' : 'application/octet-stream');
+      for (const f of readdirSync(model)) {
+        const body = readFileSync(join(model, f));
+        files[`/assets/default-model/${f}`] = [type(f), body];
+        // the same folder with its weights cut in half, and one whose tokenizer is not JSON
+        files[`/truncated/${f}`] = [type(f), f === 'model.safetensors' ? body.subarray(0, body.length >> 1) : body];
+        files[`/badtok/${f}`] = [type(f), f === 'tokenizer.json' ? Buffer.from('this is not JSON') : body];
+      }
+      const server = await serve(files as Record<string, [string, string]>);
+      const browser = await playwright!.chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+      const ids = [1, 17, 42, 99, 7, 300, 12, 5, 64];
+      const steps = [-1, -1, -1, 0, 0, 1, 1, 2, 2];
+      const trainOpts = { steps: 3, lr: 3e-3, warmupSteps: 1, batchTokens: 128, seed: 1, pSkip: 0.3 };
+      try {
+        const page = await browser.newPage();
+        await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+        await page.waitForFunction(() => 'mote' in globalThis, undefined, { timeout: 30_000 });
+        const got = (await page.evaluate(
+          async ({ ids, steps, trainOpts }) => {
+            const m = (globalThis as unknown as { mote: typeof import('../src/web/index.js') }).mote;
+            const backend = await m.openBackend('webgpu');
+            const where = new URL('/assets/default-model/', location.href);
+            const model = await m.loadModel(where, { backend });
+            const tokenizer = (await m.loadTokenizer(where)) as import('../src/io/tokenizer.js').MoteTokenizer;
+            await m.addStepTokens(model, tokenizer);
+            const b = m.createMote(model, { rank: 4 }, { seed: 5, init: 'random' });
+            const rt = b.routing(steps);
+            const logits = Array.from(await model.logits(ids, { lora: b.loraFor(rt) }));
+            rt.dispose();
+            b.dispose();
+            const chains = m.toyQuestions(12, 1).map((q) => m.toyChain(q, { check: false }));
+            const tv = await m.trainVariant('mote', model, tokenizer, chains, { rank: 4, initSeed: 1, train: trainOpts });
+            const sink = new m.MemorySink();
+            await m.saveMote(tv.adapters as InstanceType<typeof m.MoteBundle>, sink);
+            const tar = Array.from(sink.toTar());
+            tv.adapters!.dispose();
+            const errors: Record<string, string> = {};
+            const fail = async (k: string, f: () => Promise<unknown>) => {
+              try {
+                await f();
+                errors[k] = 'no error';
+              } catch (e) {
+                errors[k] = `${(e as Error).name}: ${(e as Error).message}`;
+              }
+            };
+            await fail('notFound', () => m.loadModel(new URL('/nope/', location.href), { backend }));
+            await fail('truncated', () => m.loadModel(new URL('/truncated/', location.href), { backend }));
+            await fail('badTokenizer', () => m.loadTokenizer(new URL('/badtok/', location.href)) as Promise<unknown>);
+            model.dispose();
+            return { logits, losses: tv.losses, tar, errors };
+          },
+          { ids, steps, trainOpts },
+        )) as { logits: number[]; losses: number[]; tar: number[]; errors: Record<string, string> };
+
+        // The same on the Node cpu backend.
+        const { openBackend } = await import('../src/backend/select.js');
+        const { loadModel } = await import('../src/model/load.js');
+        const { loadTokenizer } = await import('../src/io/tokenizer.js');
+        const { addStepTokens, createMote } = await import('../src/mote/bundle.js');
+        const { loadMote } = await import('../src/mote/bundle_io.js');
+        const { toyQuestions, toyChain } = await import('../src/mote/toy.js');
+        const { trainVariant } = await import('../src/mote/eval.js');
+        const { relErr } = await import('./helpers.js');
+        const cpu = await openBackend('cpu');
+        try {
+          const nodeModel = await loadModel(model, { backend: cpu });
+          const tok = loadTokenizer(model);
+          await addStepTokens(nodeModel, tok);
+          const b = createMote(nodeModel, { rank: 4 }, { seed: 5, init: 'random' });
+          const rt = b.routing(steps);
+          const want = await nodeModel.logits(ids, { lora: b.loraFor(rt) });
+          rt.dispose();
+          b.dispose();
+          const e = relErr(Float32Array.from(got.logits), want);
+          t.diagnostic(`MoTE logits, page (webgpu) vs Node (cpu): relative error ${e.toExponential(2)}`);
+          assert.ok(e < 1e-4, `logits differ: ${e}`);
+          const chains = toyQuestions(12, 1).map((q) => toyChain(q, { check: false }));
+          const tv = await trainVariant('mote', nodeModel, tok, chains, { rank: 4, initSeed: 1, train: trainOpts });
+          t.diagnostic(
+            `losses, page: ${got.losses.map((x) => x.toFixed(5)).join(' ')}; Node: ${tv.losses.map((x) => x.toFixed(5)).join(' ')}`,
+          );
+          assert.equal(got.losses.length, tv.losses.length);
+          for (let i = 0; i < tv.losses.length; i++)
+            assert.ok(Math.abs(got.losses[i]! - tv.losses[i]!) <= 1e-3 * Math.abs(tv.losses[i]!), `loss ${i}`);
+          // The bundle the page saved (a tar from MemorySink), loaded in Node, gives Node's trained logits.
+          const dir = mkdtempSync(join(tmpdir(), 'mote-page-bundle-'));
+          try {
+            writeFileSync(join(dir, 'bundle.tar'), Buffer.from(got.tar));
+            const x = spawnSync('tar', ['-xf', 'bundle.tar'], { cwd: dir });
+            assert.equal(x.status, 0, String(x.stderr));
+            const fromPage = await loadMote(dir, nodeModel);
+            const rt1 = fromPage.routing(steps),
+              rt2 = (tv.adapters as typeof fromPage).routing(steps);
+            const a = await nodeModel.logits(ids, { lora: fromPage.loraFor(rt1) });
+            const c = await nodeModel.logits(ids, { lora: (tv.adapters as typeof fromPage).loraFor(rt2) });
+            rt1.dispose();
+            rt2.dispose();
+            fromPage.dispose();
+            const e2 = relErr(a, c);
+            t.diagnostic(`logits of the page-trained bundle vs the Node-trained one (both on cpu): ${e2.toExponential(2)}`);
+            assert.ok(e2 < 1e-3, `bundle logits differ: ${e2}`);
+          } finally {
+            rmSync(dir, { recursive: true, force: true });
+          }
+          tv.adapters?.dispose();
+          nodeModel.dispose();
+        } finally {
+          cpu.dispose();
+        }
+        assert.match(got.errors.notFound!, /^FormatError: .*\/nope\/config\.json: not found \(HTTP 404\)/);
+        assert.match(got.errors.truncated!, /^FormatError: .*truncated/);
+        assert.match(got.errors.badTokenizer!, /^FormatError: .*tokenizer\.json.*JSON/);
       } finally {
         await browser.close();
         server.close();
