@@ -181,6 +181,26 @@ function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
 }
 
 type Args = ReturnType<typeof parse>;
+
+/** What every suite's results file starts with: which suite, where and when it ran, and the load. */
+function resultHeader(suite: string, info: ReturnType<Backend['info']>, loadBefore: number[]) {
+  return {
+    suite,
+    backend: info,
+    date: new Date().toISOString(),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    cpus: cpus().length,
+    loadavg: { before: loadBefore, after: loadavg() },
+  };
+}
+
+/** Writes a results file whole or not at all (a temporary renamed into place). */
+function writeResults(out: string, text: string): void {
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(`${out}.tmp`, text);
+  renameSync(`${out}.tmp`, out);
+}
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
 
 async function main(): Promise<void> {
@@ -220,20 +240,12 @@ async function runServe(args: Args, backend: Backend): Promise<void> {
   log(`bench: serve suite on ${backend.kind} — ${info.device}${args.quick ? ' (quick)' : ''}`);
   const r = await runServeBench(backend, opts);
   const doc = {
-    suite: 'serve',
-    backend: info,
-    date: new Date().toISOString(),
-    node: process.version,
-    platform: `${process.platform} ${process.arch}`,
-    cpus: cpus().length,
-    loadavg: { before: loadBefore, after: loadavg() },
+    ...resultHeader('serve', info, loadBefore),
     options: { ...opts, log: undefined },
     result: r,
   };
   const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${args.quick ? '.quick' : ''}.serve.json`));
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(`${out}.tmp`, jsonText(doc));
-  renameSync(`${out}.tmp`, out);
+  writeResults(out, jsonText(doc));
   process.stdout.write(
     `# mote serving benchmark: ${backend.kind} (${info.device}), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${serveMarkdown(r, opts)}\n`,
   );
@@ -258,20 +270,12 @@ async function runTrain(args: Args, backend: Backend): Promise<void> {
     } else r.baselineError = b.error;
   } else r.baselineError = 'skipped (--no-baseline)';
   const doc = {
-    suite: 'train',
-    backend: info,
-    date: new Date().toISOString(),
-    node: process.version,
-    platform: `${process.platform} ${process.arch}`,
-    cpus: cpus().length,
-    loadavg: { before: loadBefore, after: loadavg() },
+    ...resultHeader('train', info, loadBefore),
     notes: d.notes,
     result: r,
   };
   const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.train.json`));
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(`${out}.tmp`, jsonText(doc));
-  renameSync(`${out}.tmp`, out);
+  writeResults(out, jsonText(doc));
   process.stdout.write(`# mote training benchmark: ${backend.kind} (${info.device})\n\n${trainMarkdown(r, backend.kind)}\n`);
   log(`bench: wrote ${out}`);
 }
@@ -334,9 +338,7 @@ async function runModel(args: Args, backend: Backend): Promise<void> {
       ? args.out
       : join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.model.json`),
   );
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(`${out}.tmp`, `${JSON.stringify(result, null, 1)}\n`);
-  renameSync(`${out}.tmp`, out);
+  writeResults(out, `${JSON.stringify(result, null, 1)}\n`);
   const threads = info.details.threads !== undefined ? `, ${info.details.threads} threads` : '';
   const md: string[] = [`# mote model benchmark: ${backend.kind} (${info.device}${threads})`, ''];
   md.push(
@@ -444,9 +446,7 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
     comparisons,
   };
   const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.json`));
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(`${out}.tmp`, `${JSON.stringify(result, null, 1)}\n`);
-  renameSync(`${out}.tmp`, out);
+  writeResults(out, `${JSON.stringify(result, null, 1)}\n`);
 
   // Markdown report.
   const threads = info.details.threads !== undefined ? `, ${info.details.threads} threads` : '';

@@ -65,6 +65,18 @@ const HOSTILE: readonly unknown[] = [
   [{ step: 99, at: 0 }],
 ];
 
+/** Of the hostile values, only the empty plain object is a valid options object (every field defaulted). */
+const EMPTY_OPTIONS: Kind = {
+  t: 'accepts',
+  ok: (v) =>
+    typeof v === 'object' &&
+    v !== null &&
+    !Array.isArray(v) &&
+    !(v instanceof Map) &&
+    !(v instanceof AbortSignal) &&
+    Object.keys(v).length === 0,
+};
+
 function valid(k: Kind, v: unknown): boolean {
   switch (k.t) {
     case 'int':
@@ -179,19 +191,7 @@ test('options fuzz: generate requests and options, loadModel, openChat, MoteChat
     ['stopAfterStep', { t: 'int', lo: 0, hi: 2 ** 31 }],
     ['force', { t: 'accepts', ok: (v) => Array.isArray(v) && v.length === 0 }],
     ['routing', { t: 'fn' }],
-    [
-      'sampling',
-      {
-        t: 'accepts',
-        ok: (v) =>
-          typeof v === 'object' &&
-          v !== null &&
-          !Array.isArray(v) &&
-          !(v instanceof Map) &&
-          !(v instanceof AbortSignal) &&
-          Object.keys(v).length === 0,
-      },
-    ],
+    ['sampling', EMPTY_OPTIONS],
   ];
   for (const [f, k] of reqFields) {
     // maxNewTokens: large valid values would decode to the context end; keep the run short.
@@ -230,13 +230,7 @@ test('options fuzz: generate requests and options, loadModel, openChat, MoteChat
   ];
   for (const [f, k] of optFields) await probe(tally, 'generate options', f, k, (v) => gen(req(), { [f]: v } as GenerateOptions));
   // The whole options / request list.
-  await probe(
-    tally,
-    'generate',
-    'opts',
-    { t: 'accepts', ok: (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && Object.keys(v).length === 0 },
-    (v) => generate(model, [req()], v as GenerateOptions),
-  );
+  await probe(tally, 'generate', 'opts', EMPTY_OPTIONS, (v) => generate(model, [req()], v as GenerateOptions));
   await probe(
     tally,
     'generate',
@@ -286,19 +280,7 @@ test('options fuzz: generate requests and options, loadModel, openChat, MoteChat
       ['stopAfter', { t: 'enum', of: chat.steps }],
       ['skip', { t: 'accepts', ok: (v) => Array.isArray(v) && v.length === 0 }],
       ['signal', { t: 'signal' }],
-      [
-        'sampling',
-        {
-          t: 'accepts',
-          ok: (v) =>
-            typeof v === 'object' &&
-            v !== null &&
-            !Array.isArray(v) &&
-            !(v instanceof Map) &&
-            !(v instanceof AbortSignal) &&
-            Object.keys(v).length === 0,
-        },
-      ],
+      ['sampling', EMPTY_OPTIONS],
     ];
     for (const [f, k] of askFields) {
       await probe(tally, 'MoteChat.ask', f, k, (v) =>

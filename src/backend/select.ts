@@ -1,5 +1,6 @@
 import { ArgumentError, BackendUnavailableError, describe } from '../errors.js';
-import type { Backend, BackendKind, BackendRequest } from './backend.js';
+import type { Backend, BackendRequest } from './backend.js';
+import { checkBackendKind, checkDeviceOption, probeWith, type Availability } from './kinds.js';
 import { NativeBackend } from './native.js';
 import { WebGPUBackend, type WebGPUOptions } from './webgpu.js';
 import { nodeWebGPUHost } from './webgpu_node.js';
@@ -10,16 +11,14 @@ export interface OpenOptions extends WebGPUOptions {
   threads?: number;
 }
 
-export const BACKEND_KINDS: readonly BackendKind[] = ['cpu', 'webgpu', 'cuda'];
+export { BACKEND_KINDS, type Availability } from './kinds.js';
 
 /**
  * Opens a backend. 'auto' tries cuda, then a hardware WebGPU adapter, then cpu, and only then
  * a software WebGPU adapter (lavapipe), with a one-line notice on stderr.
  */
 export async function openBackend(kind: BackendRequest = 'auto', options?: OpenOptions): Promise<Backend> {
-  if (typeof kind !== 'string' || !['cpu', 'webgpu', 'cuda', 'auto'].includes(kind)) {
-    throw new ArgumentError(`openBackend: kind: expected 'cpu', 'webgpu', 'cuda' or 'auto', got ${describe(kind)}`);
-  }
+  checkBackendKind('openBackend', kind);
   const opts = checkOpenOptions(options);
   switch (kind) {
     case 'cpu':
@@ -70,39 +69,12 @@ function checkOpenOptions(options: OpenOptions | undefined): OpenOptions {
   if (opts.dawnOptions !== undefined && (!Array.isArray(opts.dawnOptions) || opts.dawnOptions.some((o) => typeof o !== 'string'))) {
     throw new ArgumentError(`${op}: dawnOptions: expected an array of strings, got ${describe(opts.dawnOptions)}`);
   }
-  if (
-    opts.device !== undefined &&
-    (opts.device === null ||
-      typeof opts.device !== 'object' ||
-      typeof (opts.device as { createBuffer?: unknown }).createBuffer !== 'function')
-  ) {
-    throw new ArgumentError(`${op}: device: expected a GPUDevice, got ${describe(opts.device)}`);
-  }
+  checkDeviceOption(op, opts.device);
   return opts;
-}
-
-export interface Availability {
-  kind: BackendKind;
-  available: boolean;
-  /** Present when available. */
-  info?: ReturnType<Backend['info']>;
-  /** Why not, when unavailable. */
-  reason?: string;
 }
 
 /** Tries every backend and reports what it found; every backend opened is destroyed again. */
 export async function probeBackends(options?: OpenOptions): Promise<Availability[]> {
   const opts = checkOpenOptions(options);
-  const out: Availability[] = [];
-  for (const kind of BACKEND_KINDS) {
-    try {
-      const b = await openBackend(kind, opts);
-      out.push({ kind, available: true, info: b.info() });
-      b.destroy();
-    } catch (e) {
-      if (!(e instanceof BackendUnavailableError)) throw e;
-      out.push({ kind, available: false, reason: e.reason });
-    }
-  }
-  return out;
+  return probeWith((kind) => openBackend(kind, opts));
 }

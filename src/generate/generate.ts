@@ -31,6 +31,7 @@
 // that leaves no room for one generated token is refused (ArgumentError naming the prompt and the
 // limit), and a sequence that fills the context ends there ('context').
 
+import { checkPlainOptions } from '../ops/check.js';
 import { yieldToEventLoop } from '../yield.js';
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { LinearModule } from '../model/config.js';
@@ -176,7 +177,7 @@ function tokenList(op: string, name: string, a: unknown, V: number, minLen: numb
   return arr;
 }
 
-const GENERATE_OPTION_KEYS = new Set(['router', 'stepTokens', 'onToken', 'returnLogits', 'stepTokenRouting', 'cacheCapacity', 'signal']);
+const GENERATE_OPTION_KEYS = ['router', 'stepTokens', 'onToken', 'returnLogits', 'stepTokenRouting', 'cacheCapacity', 'signal'];
 
 /**
  * The decoding loop shared by `generate` (one batch, all requests known up front) and the
@@ -211,13 +212,7 @@ export class BatchDecoder {
     requestsHint = 1,
   ) {
     if (!(model instanceof LlamaModel)) throw new ArgumentError(`${op}: model: expected a LlamaModel, got ${describe(model)}`);
-    const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
-    if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null))
-      throw new ArgumentError(`${op}: opts: expected a plain object, got ${describe(opts)}`);
-    for (const k of Object.keys(opts)) {
-      if (!GENERATE_OPTION_KEYS.has(k))
-        throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${[...GENERATE_OPTION_KEYS].join(', ')})`);
-    }
+    checkPlainOptions(`${op}: opts`, opts, GENERATE_OPTION_KEYS);
     this.V = model.config.vocabSize;
     this.maxContext = model.config.maxPositionEmbeddings;
     // Steps: token → step and step → token.

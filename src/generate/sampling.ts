@@ -6,6 +6,7 @@
 // topK most likely tokens, then keep the smallest set of most likely tokens whose probability
 // adds up to at least topP, renormalise and draw.
 
+import { checkPlainOptions } from '../ops/check.js';
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import { mulberry32 } from '../rng.js';
 
@@ -25,25 +26,21 @@ export interface ResolvedSampling {
   topP: number;
 }
 
+const SAMPLING_KEYS = ['temperature', 'topK', 'topP'];
+
 /**
  * Checks sampling options (ArgumentError naming the option: `${op}: temperature: …`) and fills
  * in the defaults (temperature 0, topK ∞, topP 1).
  */
 export function checkSampling(op: string, opts: SamplingOptions | undefined): ResolvedSampling {
   if (opts === undefined) return { temperature: 0, topK: Infinity, topP: 1 };
-  const proto = opts !== null && typeof opts === 'object' ? Object.getPrototypeOf(opts) : undefined;
-  if (!opts || typeof opts !== 'object' || (proto !== Object.prototype && proto !== null)) {
-    throw new ArgumentError(
-      `${op}${op.endsWith('sampling') ? '' : ': sampling'}: expected a plain object { temperature?, topK?, topP? }, got ${describe(opts)}`,
-    );
-  }
   // A misspelt option would otherwise be ignored silently (greedy instead of sampling).
-  for (const k of Object.keys(opts)) {
-    if (k !== 'temperature' && k !== 'topK' && k !== 'topP')
-      throw new ArgumentError(
-        `${op}${op.endsWith('sampling') ? '' : ': sampling'}: unknown option '${k}' (expected temperature, topK, topP)`,
-      );
-  }
+  checkPlainOptions(
+    `${op}${op.endsWith('sampling') ? '' : ': sampling'}`,
+    opts,
+    SAMPLING_KEYS,
+    'a plain object { temperature?, topK?, topP? }',
+  );
   const { temperature = 0, topK, topP = 1 } = opts;
   if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0) {
     throw new ArgumentError(`${op}: temperature: expected a finite number ≥ 0, got ${describe(temperature)}`);

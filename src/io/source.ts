@@ -136,15 +136,46 @@ function range(where: string, size: number, offset: number, length: number | und
   return [offset, offset + len];
 }
 
+/** Files held in a map (bytes in memory, Blobs): lookup, listing and bounds shared; the subclass reads. */
+abstract class MapSource<T> extends BaseSource {
+  protected readonly files = new Map<string, T>();
+  protected abstract byteSize(b: T): number;
+  /** Bytes [s, e) of `b` (a copy: callers may keep or reinterpret it). */
+  protected abstract bytes(b: T, s: number, e: number, where: string, what: string): Promise<Uint8Array>;
+
+  where(rel: string): string {
+    return `${this.name}/${rel}`;
+  }
+  async list(): Promise<string[]> {
+    return [...this.files.keys()].sort();
+  }
+  async has(rel: string): Promise<boolean> {
+    return this.files.has(rel);
+  }
+  #get(rel: string, what: string): T {
+    const b = this.files.get(rel);
+    if (b === undefined) throw new FormatError(`${this.where(rel)}: not found (${what})`);
+    return b;
+  }
+  async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
+    const n = this.byteSize(this.#get(rel, what));
+    if (n > maxBytes) throw tooBig(this.where(rel), n, what, maxBytes);
+    return n;
+  }
+  async read(rel: string, offset = 0, length?: number, what = 'a file'): Promise<Uint8Array> {
+    const b = this.#get(rel, what);
+    const [s, e] = range(this.where(rel), this.byteSize(b), offset, length, what);
+    return this.bytes(b, s, e, this.where(rel), what);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // In-memory bytes
 
 export type FileBytes = Uint8Array | ArrayBuffer | string;
 
 /** Files held in memory: relative path → bytes (strings are UTF-8). */
-export class BytesSource extends BaseSource {
-  private readonly files = new Map<string, Uint8Array>();
-
+export class BytesSource extends MapSource<Uint8Array> {
   constructor(
     files: ReadonlyMap<string, FileBytes> | Readonly<Record<string, FileBytes>>,
     readonly name = '<bytes>',
@@ -160,28 +191,11 @@ export class BytesSource extends BaseSource {
     }
   }
 
-  where(rel: string): string {
-    return `${this.name}/${rel}`;
-  }
-  async list(): Promise<string[]> {
-    return [...this.files.keys()].sort();
-  }
-  async has(rel: string): Promise<boolean> {
-    return this.files.has(rel);
-  }
-
-  async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
-    const b = this.files.get(rel);
-    if (!b) throw new FormatError(`${this.where(rel)}: not found (${what})`);
-    if (b.length > maxBytes) throw tooBig(this.where(rel), b.length, what, maxBytes);
+  protected byteSize(b: Uint8Array): number {
     return b.length;
   }
-
-  async read(rel: string, offset = 0, length?: number, what = 'a file'): Promise<Uint8Array> {
-    const b = this.files.get(rel);
-    if (!b) throw new FormatError(`${this.where(rel)}: not found (${what})`);
-    const [s, e] = range(this.where(rel), b.length, offset, length, what);
-    return b.slice(s, e); // a copy: callers may keep or reinterpret it
+  protected async bytes(b: Uint8Array, s: number, e: number): Promise<Uint8Array> {
+    return b.slice(s, e);
   }
 }
 
@@ -199,9 +213,7 @@ interface FileLike {
  * webkitRelativePath, as an <input webkitdirectory> gives them, with the dropped folder's own
  * name taken off when all share it; else their names).
  */
-export class BlobSource extends BaseSource {
-  private readonly files = new Map<string, Blob>();
-
+export class BlobSource extends MapSource<Blob> {
   constructor(
     files: ReadonlyMap<string, Blob> | Readonly<Record<string, Blob>> | Iterable<Blob>,
     readonly name = '<blobs>',
@@ -231,31 +243,14 @@ export class BlobSource extends BaseSource {
     }
   }
 
-  where(rel: string): string {
-    return `${this.name}/${rel}`;
-  }
-  async list(): Promise<string[]> {
-    return [...this.files.keys()].sort();
-  }
-  async has(rel: string): Promise<boolean> {
-    return this.files.has(rel);
-  }
-
-  async size(rel: string, what = 'a file', maxBytes = Number.MAX_SAFE_INTEGER): Promise<number> {
-    const b = this.files.get(rel);
-    if (!b) throw new FormatError(`${this.where(rel)}: not found (${what})`);
-    if (b.size > maxBytes) throw tooBig(this.where(rel), b.size, what, maxBytes);
+  protected byteSize(b: Blob): number {
     return b.size;
   }
-
-  async read(rel: string, offset = 0, length?: number, what = 'a file'): Promise<Uint8Array> {
-    const b = this.files.get(rel);
-    if (!b) throw new FormatError(`${this.where(rel)}: not found (${what})`);
-    const [s, e] = range(this.where(rel), b.size, offset, length, what);
+  protected async bytes(b: Blob, s: number, e: number, where: string, what: string): Promise<Uint8Array> {
     try {
       return new Uint8Array(await b.slice(s, e).arrayBuffer());
     } catch (err) {
-      throw new FormatError(`${this.where(rel)}: cannot read (${what}): ${(err as Error).message}`);
+      throw new FormatError(`${where}: cannot read (${what}): ${(err as Error).message}`);
     }
   }
 }

@@ -14,7 +14,7 @@ import { mulberry32 } from '../rng.js';
 import { ArgumentError, describe } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import type { LlamaModel } from '../model/llama.js';
-import type { TokenRouter } from '../generate/generate.js';
+import type { RouteSlots, TokenRouter } from '../generate/generate.js';
 import type { MoteTokenizer } from '../io/tokenizer.js';
 import { loraRouting, type LoraRouting } from '../ops/lora.js';
 import {
@@ -101,6 +101,17 @@ export function moteRoutingSlots(
   return { slots, weight };
 }
 
+/**
+ * The K = 2 slots of one token of a bundle whose experts sit at slots first.. (steps) and
+ * `shared`: a step's token → [that step's expert, shared] with [α, 1 − α]; a prompt token
+ * (step −1) → the shared expert alone, or, when α = 1 (no working shared expert: nothing to
+ * read the prompt with), the first step's expert, which saw prompts in training.
+ */
+export function moteStepSlots(step: number, alpha: number, first: number, shared: number): RouteSlots {
+  if (step >= 0) return { slots: [first + step, shared], weights: [alpha, 1 - alpha] };
+  return alpha === 1 ? { slots: [first, shared], weights: [1, 0] } : { slots: [-1, shared], weights: [0, 1] };
+}
+
 /** A MoTE bundle on a model's backend: per adapted linear one stack of L = steps + 1 experts. */
 export class MoteBundle extends AdapterStacks {
   /** @internal use createMote or loadMote */
@@ -151,14 +162,7 @@ export class MoteBundle extends AdapterStacks {
       K: 2,
       L: this.L,
       stacks: this.stacks,
-      // A bundle without a working shared expert (α = 1) has nothing to read the prompt with:
-      // its prompt tokens go to the first step's expert instead (it saw prompts in training).
-      slotsFor: (_seq, { step }) =>
-        step >= 0
-          ? { slots: [step, shared], weights: [alpha, 1 - alpha] }
-          : alpha === 1
-            ? { slots: [0, shared], weights: [1, 0] }
-            : { slots: [-1, shared], weights: [0, 1] },
+      slotsFor: (_seq, { step }) => moteStepSlots(step, alpha, 0, shared),
     };
   }
 

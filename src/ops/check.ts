@@ -91,6 +91,22 @@ export function checkOpts<T extends object>(op: string, name: string, v: T | nul
   return v;
 }
 
+/**
+ * A plain options object (not an array, Map or class instance) whose keys are all in `keys`:
+ * a misspelt option would otherwise be ignored silently. `where` prefixes the messages, `shape`
+ * says what was expected.
+ */
+export function checkPlainOptions(where: string, v: unknown, keys: readonly string[], shape = 'a plain object'): Record<string, unknown> {
+  const proto = v !== null && typeof v === 'object' ? Object.getPrototypeOf(v) : undefined;
+  if (!v || typeof v !== 'object' || (proto !== Object.prototype && proto !== null)) {
+    throw new ArgumentError(`${where}: expected ${shape}, got ${describe(v)}`);
+  }
+  for (const k of Object.keys(v)) {
+    if (!keys.includes(k)) throw new ArgumentError(`${where}: unknown option '${k}' (expected ${keys.join(', ')})`);
+  }
+  return v as Record<string, unknown>;
+}
+
 /** A required object argument (LoraStack, layout init, ...). */
 export function checkObject<T extends object>(op: string, name: string, v: T | null | undefined, what = 'an object'): T {
   if (v === null || typeof v !== 'object' || Array.isArray(v))

@@ -38,6 +38,7 @@ import { openSource } from '../io/source.js';
 import { uploadStacks } from '../adapters/stacks.js';
 import { LINEAR_MODULES, linearShape } from '../model/config.js';
 import { readMoteJson } from '../mote/format.js';
+import { moteStepSlots } from '../mote/bundle.js';
 import { SHARED_EXPERT, type MoteConfig } from '../mote/steps.js';
 import { ADAPTER_CONFIG_FILE } from '../io/peft.js';
 
@@ -362,11 +363,7 @@ export class Engine {
     const reg = this.#adapters.get(adapter)!;
     const off = this.#offsets.get(adapter)!;
     if (reg.kind === 'lora') return { slots: [off, -1], weights: [1, 0] };
-    const alpha = reg.alpha!;
-    const shared = off + reg.steps!.length;
-    if (step >= 0) return { slots: [off + step, shared], weights: [alpha, 1 - alpha] };
-    // As MoteBundle.tokenRouter: prompt tokens to the shared expert (α = 1: the first step's).
-    return alpha === 1 ? { slots: [off, shared], weights: [1, 0] } : { slots: [-1, shared], weights: [0, 1] };
+    return moteStepSlots(step, reg.alpha!, off, off + reg.steps!.length);
   }
 
   #open(op: string): void {
@@ -457,21 +454,14 @@ export class Engine {
     this.#dec.end(l.s, reason); // leaves at the next step
   }
 
-  #finish(l: Live): void {
+  /** Ends `l` once: with its result, or with `error` when a step failed under it. */
+  #finish(l: Live, error?: { e: unknown }): void {
     if (l.finished) return;
     l.finished = true;
     l.unlisten?.();
     this.#live.delete(l.s);
-    l.resolve(l.s.result);
-    l.wake?.();
-  }
-
-  #fail(l: Live, e: unknown): void {
-    if (l.finished) return;
-    l.finished = true;
-    l.unlisten?.();
-    this.#live.delete(l.s);
-    l.reject(e);
+    if (error) l.reject(error.e);
+    else l.resolve(l.s.result);
     l.wake?.();
   }
 
@@ -524,7 +514,7 @@ export class Engine {
         }
       } catch (e) {
         // A failed forward (a lost device, …): every running request gets the error; the engine starts afresh.
-        for (const l of [...this.#live.values()]) this.#fail(l, e);
+        for (const l of [...this.#live.values()]) this.#finish(l, { e });
         this.#dec.dispose();
       } finally {
         stepEnded();

@@ -2,13 +2,14 @@
 // openBackend in the browser: webgpu only, on navigator.gpu or a GPUDevice handed in, with
 // the WGSL embedded in the bundle. cpu and cuda need the Node addon.
 import wgslSources from 'mote:wgsl-sources';
-import { ArgumentError, BackendUnavailableError, describe } from '../errors.js';
-import type { Backend, BackendKind, BackendRequest } from '../backend/backend.js';
+import { BackendUnavailableError } from '../errors.js';
+import type { Backend, BackendRequest } from '../backend/backend.js';
+import { checkBackendKind, checkDeviceOption, probeWith, type Availability } from '../backend/kinds.js';
 import { WebGPUBackend, type WebGPUHost, type WebGPUOptions } from '../backend/webgpu.js';
 import type { WgslReader } from '../backend/wgsl.js';
 import { checkBool, checkOpts } from '../ops/check.js';
 
-export const BACKEND_KINDS: readonly BackendKind[] = ['cpu', 'webgpu', 'cuda'];
+export { BACKEND_KINDS, type Availability } from '../backend/kinds.js';
 
 const readEmbedded: WgslReader = (path) => {
   const s = wgslSources[path];
@@ -42,44 +43,17 @@ export type OpenOptions = Pick<WebGPUOptions, 'device' | 'requireHardware'>;
  */
 export async function openBackend(kind: BackendRequest = 'auto', options?: OpenOptions): Promise<Backend> {
   const op = 'openBackend';
-  if (typeof kind !== 'string' || !['cpu', 'webgpu', 'cuda', 'auto'].includes(kind)) {
-    throw new ArgumentError(`${op}: kind: expected 'cpu', 'webgpu', 'cuda' or 'auto', got ${describe(kind)}`);
-  }
+  checkBackendKind(op, kind);
   const opts = checkOpts(op, 'opts', options) as OpenOptions;
   checkBool(op, 'requireHardware', opts.requireHardware);
-  if (
-    opts.device !== undefined &&
-    (opts.device === null ||
-      typeof opts.device !== 'object' ||
-      typeof (opts.device as { createBuffer?: unknown }).createBuffer !== 'function')
-  ) {
-    throw new ArgumentError(`${op}: device: expected a GPUDevice, got ${describe(opts.device)}`);
-  }
+  checkDeviceOption(op, opts.device);
   if (kind === 'cpu' || kind === 'cuda') {
     throw new BackendUnavailableError(kind, `the ${kind} backend needs mote's Node addon; in the browser only 'webgpu' exists`);
   }
   return WebGPUBackend.open({ device: opts.device, requireHardware: opts.requireHardware }, webHost);
 }
 
-export interface Availability {
-  kind: BackendKind;
-  available: boolean;
-  info?: ReturnType<Backend['info']>;
-  reason?: string;
-}
-
 /** Tries every backend and reports what it found; every backend opened is destroyed again. */
 export async function probeBackends(options?: OpenOptions): Promise<Availability[]> {
-  const out: Availability[] = [];
-  for (const kind of BACKEND_KINDS) {
-    try {
-      const b = await openBackend(kind, options);
-      out.push({ kind, available: true, info: b.info() });
-      b.destroy();
-    } catch (e) {
-      if (!(e instanceof BackendUnavailableError)) throw e;
-      out.push({ kind, available: false, reason: e.reason });
-    }
-  }
-  return out;
+  return probeWith((kind) => openBackend(kind, options));
 }
