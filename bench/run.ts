@@ -16,10 +16,12 @@ import { median, type TimeOptions } from './timing.js';
 import { coldBytesFor, modelBenchDefaults, modelMarkdown, runModelBench } from './model.js';
 import { runTorchBaseline, runTrainBench, trainBenchDefaults, trainMarkdown } from './train.js';
 import { runServeBench, serveMarkdown, type ServeBenchOptions } from './serve.js';
+import { decodeBenchDefaults, decodeMarkdown, runDecodeBench } from './decode.js';
 
 const USAGE = `usage: npm run bench -- [options]
   --backend cpu|webgpu|cuda   backend to measure (default cpu)
-  --suite lora|model|train|serve|all  lora: the multi-LoRA op suite (default); serve: the serving engine with 1, 16,
+  --suite lora|model|train|serve|decode|all  lora: the multi-LoRA op suite (default); decode: one decode step at batch
+                              1/16/64 with 1,024-token contexts (bench/results/<backend>.decode.json); serve: the serving engine with 1, 16,
                               256 (--full: 1,000) adapters of mixed ranks (bench/results/<backend>.serve.json); model: prefill/decode tokens/s of the
                               SmolLM-135M shape with 0, 1, 4, 64 MoTE bundles (bench/results/<backend>.model.json);
                               train: MoTE training tokens/s and peak RSS on that shape, seq 256, with the PyTorch
@@ -105,14 +107,14 @@ function parse() {
   } catch (e) {
     fail(`--filter: ${(e as Error).message}`);
   }
-  if (!['lora', 'model', 'train', 'serve', 'all'].includes(values.suite!))
-    fail(`--suite: expected lora, model, train, serve or all, got ${values.suite}`);
+  if (!['lora', 'model', 'train', 'serve', 'decode', 'all'].includes(values.suite!))
+    fail(`--suite: expected lora, model, train, serve, decode or all, got ${values.suite}`);
   if (!['f32', 'bf16'].includes(values.dtype!)) fail(`--dtype: expected f32 or bf16, got ${values.dtype}`);
   const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
     backend,
-    suite: values.suite as 'lora' | 'model' | 'train' | 'serve' | 'all',
+    suite: values.suite as 'lora' | 'model' | 'train' | 'serve' | 'decode' | 'all',
     baseline: !values['no-baseline'],
     modelDType: values.dtype as 'f32' | 'bf16',
     quick: values.quick!,
@@ -215,6 +217,7 @@ async function main(): Promise<void> {
   try {
     if (args.suite === 'train') await runTrain(args, backend);
     else if (args.suite === 'serve') await runServe(args, backend);
+    else if (args.suite === 'decode') await runDecode(args, backend);
     else {
       if (args.suite !== 'model') await runLora(args, backend);
       if (args.suite !== 'lora') await runModel(args, backend);
@@ -248,6 +251,25 @@ async function runServe(args: Args, backend: Backend): Promise<void> {
   writeResults(out, jsonText(doc));
   process.stdout.write(
     `# mote serving benchmark: ${backend.kind} (${info.device}), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${serveMarkdown(r, opts)}\n`,
+  );
+  log(`bench: wrote ${out}`);
+}
+
+/** The decode suite: writes bench/results/<backend>[.quick].decode.json and prints its markdown. */
+async function runDecode(args: Args, backend: Backend): Promise<void> {
+  const info = backend.info();
+  const d = decodeBenchDefaults(backend, args.quick);
+  const quick = args.quick || d.notes.length > 0;
+  const loadBefore = loadavg();
+  log(`bench: decode suite on ${backend.kind} — ${info.device}${quick ? ' (quick)' : ''}`);
+  for (const n of d.notes) log(`bench: ${n}`);
+  const opts = { shape: d.shape, batches: [1, 16, 64], context: d.context, steps: args.repeat > 1 ? args.repeat : d.steps, log };
+  const r = await runDecodeBench(backend, opts);
+  const doc = { ...resultHeader('decode', info, loadBefore), notes: d.notes, result: r };
+  const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `${backend.kind}${quick ? '.quick' : ''}.decode.json`));
+  writeResults(out, jsonText(doc));
+  process.stdout.write(
+    `# mote decode benchmark: ${backend.kind} (${info.device}), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${decodeMarkdown(r)}\n`,
   );
   log(`bench: wrote ${out}`);
 }
