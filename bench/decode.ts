@@ -91,7 +91,17 @@ export async function runDecodeBench(backend: Backend, o: DecodeBenchOptions): P
   const rows: DecodeRow[] = [];
   try {
     for (const batch of o.batches) {
-      const row: DecodeRow = { batch, context: o.context, cachedTokens: batch * o.context, msSamples: [], ms: NaN, msPerSeqToken: NaN, tokensPerS: NaN, attentionMs: NaN, attentionMsPerSeqToken: NaN };
+      const row: DecodeRow = {
+        batch,
+        context: o.context,
+        cachedTokens: batch * o.context,
+        msSamples: [],
+        ms: NaN,
+        msPerSeqToken: NaN,
+        tokensPerS: NaN,
+        attentionMs: NaN,
+        attentionMsPerSeqToken: NaN,
+      };
       const cache = model.newCache({ capacity: batch * (o.context + o.steps + 2) + 64 });
       try {
         fillCache(backend, cache, batch, o.context, 7000 + batch);
@@ -135,7 +145,9 @@ export async function runDecodeBench(backend: Backend, o: DecodeBenchOptions): P
       } finally {
         cache.dispose();
       }
-      o.log(`decode: batch ${batch} × ${o.context} cached: ${row.error ?? `${row.ms.toFixed(1)} ms/step, ${row.msPerSeqToken.toFixed(2)} ms per sequence-token; attention (one layer) ${row.attentionMs.toFixed(2)} ms`}`);
+      o.log(
+        `decode: batch ${batch} × ${o.context} cached: ${row.error ?? `${row.ms.toFixed(1)} ms/step, ${row.msPerSeqToken.toFixed(2)} ms per sequence-token; attention (one layer) ${row.attentionMs.toFixed(2)} ms`}`,
+      );
       rows.push(row);
     }
   } finally {
@@ -159,12 +171,21 @@ export async function runDecodeBench(backend: Backend, o: DecodeBenchOptions): P
 }
 
 /** Default options: the SmolLM-135M shape (quick: 4 layers), batches 1/16/64, 1,024-token contexts. */
-export function decodeBenchDefaults(backend: Backend, quick: boolean): { shape: ModelShape; context: number; steps: number; notes: string[] } {
+export function decodeBenchDefaults(
+  backend: Backend,
+  quick: boolean,
+): { shape: ModelShape; context: number; steps: number; notes: string[] } {
   if (backend.kind === 'webgpu' && backend.info().software) {
     const shape = { hidden: 192, intermediate: 512, layers: 2, heads: 3, kvHeads: 1, vocab: 8192 };
-    return { shape, context: 256, steps: 2, notes: ['software WebGPU adapter: a smaller model (hidden 192, 2 layers, head dim 64) and 256-token contexts'] };
+    return {
+      shape,
+      context: 256,
+      steps: 2,
+      notes: ['software WebGPU adapter: a smaller model (hidden 192, 2 layers, head dim 64) and 256-token contexts'],
+    };
   }
-  if (quick) return { shape: { ...SMOLLM_135M, layers: 4 }, context: 1024, steps: 3, notes: ['quick run: SmolLM-135M shape with 4 layers'] };
+  if (quick)
+    return { shape: { ...SMOLLM_135M, layers: 4 }, context: 1024, steps: 3, notes: ['quick run: SmolLM-135M shape with 4 layers'] };
   return { shape: SMOLLM_135M, context: 1024, steps: 4, notes: [] };
 }
 

@@ -175,6 +175,7 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   a.D = field_int(env, o, "D", 1);
   a.S = field_int(env, o, "S", 0, 65535);
   a.num_seqs = field_int(env, o, "numSeqs", a.S > 0 ? 1 : 0);
+  a.num_runs = field_int(env, o, "numRuns", 0);
   {
     Napi::Value s = o.Get("scale");
     double d = s.IsNumber() ? s.As<Napi::Number>().DoubleValue() : NAN;
@@ -200,7 +201,10 @@ AttnCall parse_attention(const Napi::CallbackInfo& info) {
   a.k_pos = I(kPos);
   a.q_seg = I(qSeg);
   a.k_seg = I(kSeg);
+  // Tq, Tk, num_runs are each below 2^31: the sum cannot overflow size_t
+  auto* ranges = c.field(env, o, "ranges", (size_t(a.Tq) + size_t(a.Tk) + size_t(a.num_runs)) * 2 * f4);
   a.blocked = I(blocked);
+  a.ranges = I(ranges);
   return c;
 }
 

@@ -2,9 +2,14 @@
 // step-skipping segment mask; contracts in src/ops/attention.ts (AttentionKernels), reference
 // src/reference/attention.ts.
 //   q, out, dOut, dq f32 [Tq, nH, D]; k, v, dk, dv f32 [Tk, nKv, D]; lse f32 [Tq, nH].
-//   Query head h reads kv head h / (nH/nKv). Query i sees key j when k_seq[j] = q_seq[i],
-//   k_pos[j] ≤ q_pos[i] and (S > 0) not blocked[(q_seq[i]·S + q_seg[i])·S + k_seg[j]].
-//   A query that sees no key gets out = 0, lse = −∞ and zero gradients.
+//   Query head h reads kv head h / (nH/nKv). Query i sees key j when j lies in one of i's key
+//   runs (a.ranges), k_seq[j] = q_seq[i], k_pos[j] ≤ q_pos[i] and (S > 0) not
+//   blocked[(q_seq[i]·S + q_seg[i])·S + k_seg[j]]. A query that sees no key gets out = 0,
+//   lse = −∞ and zero gradients. A query reads only its runs (its own sequence's keys); a key's
+//   backward reads its sequence's query runs. Warps split the keys by their logical index (the
+//   position in the concatenated runs) mod 8, so a sequence's result does not depend on where
+//   its keys sit. Run lists and runs are clamped into the table and into [0, Tk] / [0, Tq]
+//   (tampered tensors read nothing outside their buffers).
 //
 // Every block has 8 warps. A warp holds a head-dim vector spread over its lanes (element
 // c = 32u + lane in register u, u < NC = ⌈D/32⌉ rounded up to 1, 2, 4, 8 or 16, so D ≤ 512);
@@ -94,6 +99,35 @@ __device__ __forceinline__ bool seg_blocked(const mote_attention_args& a, int se
   return __ldg(a.blocked + ((long long)seq * a.S + qg) * a.S + kg) != 0;
 }
 
+// Entry e of the per-token run lists (queries: e = i; keys: e = Tq + j), clamped into the table.
+__device__ __forceinline__ void run_list(const mote_attention_args& a, long long e, int& first, int& count) {
+  const int f = __ldg(a.ranges + 2 * e), c = __ldg(a.ranges + 2 * e + 1);
+  first = min(max(f, 0), a.num_runs);
+  count = min(max(c, 0), a.num_runs - first);
+}
+
+// Run r of the table as [s, e), clamped into [0, limit].
+__device__ __forceinline__ void run_at(const mote_attention_args& a, int r, int limit, int& s, int& e) {
+  const int* t = a.ranges + 2 * ((long long)a.Tq + a.Tk) + 2LL * r;
+  s = min(max(__ldg(t), 0), limit);
+  e = min(max(__ldg(t + 1), s), limit);
+}
+
+// Calls f(x) for the indices x of the runs of list entry `e` whose logical index ≡ warp (mod 8),
+// ascending in logical order.
+template <typename F>
+__device__ __forceinline__ void for_warp_runs(const mote_attention_args& a, long long e, int limit, int warp, F f) {
+  int first, count;
+  run_list(a, e, first, count);
+  int base = 0;  // logical index of the run's first element, mod 8
+  for (int r = first; r < first + count; r++) {
+    int s, t;
+    run_at(a, r, limit, s, t);
+    for (int x = s + ((warp - base) & (kWarps - 1)); x < t; x += kWarps) f(x);
+    base = (base + (t - s)) & (kWarps - 1);
+  }
+}
+
 template <int NC>
 __global__ void __launch_bounds__(kThreads)
     attn_fwd(const mote_attention_args a, float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
@@ -112,9 +146,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < NC; u++) o[u] = 0.f;
     float m = neg_inf(), l = 0.f;
-    for (int j = warp; j < a.Tk; j += kWarps) {
-      if (__ldg(a.k_seq + j) != qs || __ldg(a.k_pos + j) > qp) continue;
-      if (seg_blocked(a, qs, qg, a.S > 0 ? __ldg(a.k_seg + j) : 0)) continue;
+    for_warp_runs(a, i, a.Tk, warp, [&](int j) {
+      if (__ldg(a.k_seq + j) != qs || __ldg(a.k_pos + j) > qp) return;
+      if (seg_blocked(a, qs, qg, a.S > 0 ? __ldg(a.k_seg + j) : 0)) return;
       const long long kv = ((long long)j * a.nKv + kvh) * D;
       const float s = a.scale * dot<NC>(qr, k + kv, D, lane);
       float vr[NC];
@@ -131,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int u = 0; u < NC; u++) o[u] = fmaf(p, vr[u], o[u]);
       }
-    }
+    });
 #pragma unroll
     for (int u = 0; u < NC; u++) so[warp][u * 32 + lane] = o[u];
     if (lane == 0) {
@@ -187,9 +221,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int u = 0; u < NC; u++) acc[u] = 0.f;
     if (L != neg_inf()) {
-      for (int j = warp; j < a.Tk; j += kWarps) {
-        if (__ldg(a.k_seq + j) != qs || __ldg(a.k_pos + j) > qp) continue;
-        if (seg_blocked(a, qs, qg, a.S > 0 ? __ldg(a.k_seg + j) : 0)) continue;
+      for_warp_runs(a, i, a.Tk, warp, [&](int j) {
+        if (__ldg(a.k_seq + j) != qs || __ldg(a.k_pos + j) > qp) return;
+        if (seg_blocked(a, qs, qg, a.S > 0 ? __ldg(a.k_seg + j) : 0)) return;
         const long long kv = ((long long)j * a.nKv + kvh) * D;
         float kr[NC];
         load_vec<NC>(kr, k + kv, D, lane);
@@ -199,7 +233,7 @@ __global__ void __launch_bounds__(kThreads)
         const float ds = p * (dp - dl);
 #pragma unroll
         for (int u = 0; u < NC; u++) acc[u] = fmaf(ds, kr[u], acc[u]);
-      }
+      });
     }
 #pragma unroll
     for (int u = 0; u < NC; u++) sp[warp][u * 32 + lane] = acc[u];
@@ -234,9 +268,9 @@ __global__ void __launch_bounds__(kThreads)
     load_vec<NC>(vr, v + b * D, D, lane);
 #pragma unroll
     for (int u = 0; u < NC; u++) gk[u] = gv[u] = 0.f;
-    for (int i = warp; i < a.Tq; i += kWarps) {
-      if (__ldg(a.q_seq + i) != ks || kp > __ldg(a.q_pos + i)) continue;
-      if (seg_blocked(a, ks, a.S > 0 ? __ldg(a.q_seg + i) : 0, kg)) continue;
+    for_warp_runs(a, (long long)a.Tq + j, a.Tq, warp, [&](int i) {
+      if (__ldg(a.q_seq + i) != ks || kp > __ldg(a.q_pos + i)) return;
+      if (seg_blocked(a, ks, a.S > 0 ? __ldg(a.q_seg + i) : 0, kg)) return;
       for (int h = kvh * group; h < (kvh + 1) * group; h++) {
         const long long qi = (long long)i * a.nH + h;
         const float L = __ldg(lse + qi);
@@ -254,7 +288,7 @@ __global__ void __launch_bounds__(kThreads)
           gv[u] = fmaf(p, gr[u], gv[u]);
         }
       }
-    }
+    });
 #pragma unroll
     for (int u = 0; u < NC; u++) {
       sk[warp][u * 32 + lane] = gk[u];
@@ -279,7 +313,8 @@ __global__ void __launch_bounds__(kThreads)
 
 int check_args(const mote_attention_args* a) {
   if (!a) return int(cudaErrorInvalidValue);
-  if (a->Tq < 0 || a->Tk < 0 || a->nH <= 0 || a->nKv <= 0 || a->nH % a->nKv != 0 || a->D <= 0 || a->S < 0)
+  if (a->Tq < 0 || a->Tk < 0 || a->nH <= 0 || a->nKv <= 0 || a->nH % a->nKv != 0 || a->D <= 0 || a->S < 0 ||
+      a->num_runs < 0)
     return int(cudaErrorInvalidValue);
   if (a->D > kMaxD) return int(cudaErrorNotSupported);
   return 0;

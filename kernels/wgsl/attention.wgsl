@@ -3,14 +3,20 @@
 // src/reference/attention.ts.
 //   q, out, dOut, dq f32 [Tq, nH, D]; k, v, dk, dv f32 [Tk, nKv, D]; lse f32 [Tq, nH]
 //   query head h reads kv head h / group (group = nH / nKv)
-//   query i sees key j when kSeq[j] = qSeq[i], kPos[j] ≤ qPos[i] and, with S > 0 segments,
-//   blocked[(qSeq[i]·S + qSeg[i])·S + kSeg[j]] = 0.
+//   query i sees key j when j lies in one of i's key runs, kSeq[j] = qSeq[i], kPos[j] ≤ qPos[i]
+//   and, with S > 0 segments, blocked[(qSeq[i]·S + qSeg[i])·S + kSeg[j]] = 0. A query reads only
+//   its runs (its own sequence's keys, a paged cache's blocks), a key's backward only its
+//   sequence's query runs. Sums run in logical order (the concatenated runs), so a sequence's
+//   result does not depend on where its keys sit; pass 1 splits keys by logical index mod 64.
 //   s = scale·q·k; out = Σ_j softmax(s)_j·v_j; lse = log Σ_j exp(s_j); a query that sees no key
 //   gets out = 0, lse = −∞ and zero gradients.
 //
 // `aux` (i32) holds the layout, copied by the host from the AttentionLayout tensors:
-// qSeq at 0, then qPos, kSeq, kPos, qSeg, kSeg, blocked at the offsets in Params; for the
-// backward also lse and delta (f32 bits) at oLse and oDelta.
+// qSeq at 0, then qPos, kSeq, kPos, qSeg, kSeg, blocked, ranges at the offsets in Params; for
+// the backward also lse and delta (f32 bits) at oLse and oDelta. ranges (src/ops/attention.ts):
+// per query (first, count) of its key runs, per key (first, count) of its query runs, then the
+// run table of numRuns (start, end) pairs; lists and runs are clamped into the table and into
+// [0, Tk] / [0, Tq], so tampered contents read nothing outside the layout.
 // DU = ceil(D / 64) (a specialisation constant): each of the 64 invocations owns dims
 // c = lid + 64·u, u < DU.
 //
@@ -34,6 +40,7 @@ struct Params {
   D: u32, S: u32, scale: f32, group: u32,
   oQPos: u32, oKSeq: u32, oKPos: u32, oQSeg: u32,
   oKSeg: u32, oBlk: u32, oLse: u32, oDelta: u32,
+  oRng: u32, numRuns: u32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -68,6 +75,21 @@ fn visible(i: u32, j: u32) -> bool {
   return aux[p.oBlk + b] == 0;
 }
 
+// The run list of entry e (queries: e = i; keys: e = Tq + j): (first, count), clamped into the table.
+fn runs_of(e: u32) -> vec2u {
+  let f = u32(clamp(aux[p.oRng + 2u * e], 0, i32(p.numRuns)));
+  let n = u32(clamp(aux[p.oRng + 2u * e + 1u], 0, i32(p.numRuns - f)));
+  return vec2u(f, n);
+}
+
+// Run r of the table as [start, end), clamped into [0, limit].
+fn run_at(r: u32, limit: u32) -> vec2u {
+  let t = p.oRng + 2u * (p.Tq + p.Tk) + 2u * r;
+  let s = u32(clamp(aux[t], 0, i32(limit)));
+  let e = u32(clamp(aux[t + 1u], i32(s), i32(limit)));
+  return vec2u(s, e);
+}
+
 // Σ_c r1[c]·k[kb + c] (r1 holds the q row)
 fn dot_k(kb: u32) -> f32 {
   var s = 0.0;
@@ -87,15 +109,21 @@ fn fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: ve
   // pass 1: max and Σ exp over the visible keys
   var m = MINF;
   var l = 0.0;
-  for (var j = lid; j < p.Tk; j += WG) {
-    if (!visible(i, j)) { continue; }
-    let s = p.scale * dot_k((j * p.nKv + kv) * p.D);
-    if (s > m) {
-      l = l * exp(m - s) + 1.0;
-      m = s;
-    } else {
-      l += exp(s - m);
+  let rl = runs_of(i);
+  var base = 0u;  // logical index of the run's first key, mod 64
+  for (var r = rl.x; r < rl.x + rl.y; r++) {
+    let se = run_at(r, p.Tk);
+    for (var j = se.x + (lid + WG - base) % WG; j < se.y; j += WG) {
+      if (!visible(i, j)) { continue; }
+      let s = p.scale * dot_k((j * p.nKv + kv) * p.D);
+      if (s > m) {
+        l = l * exp(m - s) + 1.0;
+        m = s;
+      } else {
+        l += exp(s - m);
+      }
     }
+    base = (base + se.y - se.x) % WG;
   }
   ra[lid] = m;
   rb[lid] = l;
@@ -116,23 +144,26 @@ fn fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: ve
   // pass 2: Σ_j exp(s_j − M)·v_j
   var acc: array<f32, DU>;
   for (var u = 0u; u < DU; u++) { acc[u] = 0.0; }
-  for (var j0 = 0u; j0 < p.Tk; j0 += WG) {
-    let j = j0 + lid;
-    var e = 0.0;
-    if (j < p.Tk && visible(i, j)) { e = exp(p.scale * dot_k((j * p.nKv + kv) * p.D) - M); }
-    rb[lid] = e;
-    workgroupBarrier();
-    let n = min(WG, p.Tk - j0);
-    for (var jj = 0u; jj < n; jj++) {
-      let pe = rb[jj];
-      if (pe == 0.0) { continue; }
-      let vb = ((j0 + jj) * p.nKv + kv) * p.D;
-      for (var u = 0u; u < DU; u++) {
-        let c = lid + WG * u;
-        if (c < p.D) { acc[u] = fma(pe, v[vb + c], acc[u]); }
+  for (var r = rl.x; r < rl.x + rl.y; r++) {
+    let se = run_at(r, p.Tk);
+    for (var j0 = se.x; j0 < se.y; j0 += WG) {
+      let j = j0 + lid;
+      var e = 0.0;
+      if (j < se.y && visible(i, j)) { e = exp(p.scale * dot_k((j * p.nKv + kv) * p.D) - M); }
+      rb[lid] = e;
+      workgroupBarrier();
+      let n = min(WG, se.y - j0);
+      for (var jj = 0u; jj < n; jj++) {
+        let pe = rb[jj];
+        if (pe == 0.0) { continue; }
+        let vb = ((j0 + jj) * p.nKv + kv) * p.D;
+        for (var u = 0u; u < DU; u++) {
+          let c = lid + WG * u;
+          if (c < p.D) { acc[u] = fma(pe, v[vb + c], acc[u]); }
+        }
       }
+      workgroupBarrier();
     }
-    workgroupBarrier();
   }
   let seen = L > 0.0;
   let inv = select(0.0, 1.0 / L, seen);
@@ -168,29 +199,33 @@ fn dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
   let dl = bitcast<f32>(aux[p.oDelta + id]);
   var acc: array<f32, DU>;
   for (var u = 0u; u < DU; u++) { acc[u] = 0.0; }
-  for (var j0 = 0u; j0 < p.Tk; j0 += WG) {
-    let j = j0 + lid;
-    var g = 0.0;
-    if (j < p.Tk && visible(i, j)) {
-      let kb = (j * p.nKv + kv) * p.D;
-      let pr = exp(p.scale * dot_k(kb) - lse);
-      var dp = 0.0;
-      for (var c = 0u; c < p.D; c++) { dp = fma(r2[c], v[kb + c], dp); }
-      g = pr * (dp - dl);
-    }
-    rb[lid] = g;
-    workgroupBarrier();
-    let n = min(WG, p.Tk - j0);
-    for (var jj = 0u; jj < n; jj++) {
-      let gj = rb[jj];
-      if (gj == 0.0) { continue; }
-      let kb = ((j0 + jj) * p.nKv + kv) * p.D;
-      for (var u = 0u; u < DU; u++) {
-        let c = lid + WG * u;
-        if (c < p.D) { acc[u] = fma(gj, k[kb + c], acc[u]); }
+  let rl = runs_of(i);
+  for (var r = rl.x; r < rl.x + rl.y; r++) {
+    let se = run_at(r, p.Tk);
+    for (var j0 = se.x; j0 < se.y; j0 += WG) {
+      let j = j0 + lid;
+      var g = 0.0;
+      if (j < se.y && visible(i, j)) {
+        let kb = (j * p.nKv + kv) * p.D;
+        let pr = exp(p.scale * dot_k(kb) - lse);
+        var dp = 0.0;
+        for (var c = 0u; c < p.D; c++) { dp = fma(r2[c], v[kb + c], dp); }
+        g = pr * (dp - dl);
       }
+      rb[lid] = g;
+      workgroupBarrier();
+      let n = min(WG, se.y - j0);
+      for (var jj = 0u; jj < n; jj++) {
+        let gj = rb[jj];
+        if (gj == 0.0) { continue; }
+        let kb = ((j0 + jj) * p.nKv + kv) * p.D;
+        for (var u = 0u; u < DU; u++) {
+          let c = lid + WG * u;
+          if (c < p.D) { acc[u] = fma(gj, k[kb + c], acc[u]); }
+        }
+      }
+      workgroupBarrier();
     }
-    workgroupBarrier();
   }
   for (var u = 0u; u < DU; u++) {
     let c = lid + WG * u;
@@ -215,46 +250,51 @@ fn dkv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: ve
     ak[u] = 0.0;
     av[u] = 0.0;
   }
-  let np = p.Tq * p.group;
-  for (var c0 = 0u; c0 < np; c0 += WG) {
-    let pi = c0 + lid;
-    var pr = 0.0;
-    var g = 0.0;
-    if (pi < np) {
-      let i = pi / p.group;
-      let h = kv * p.group + pi % p.group;
-      if (visible(i, j)) {
-        let qb = (i * p.nH + h) * p.D;
-        var s = 0.0;
-        var dp = 0.0;
-        for (var c = 0u; c < p.D; c++) {
-          s = fma(q[qb + c], r1[c], s);
-          dp = fma(dOut[qb + c], r2[c], dp);
-        }
-        let row = i * p.nH + h;
-        pr = exp(p.scale * s - bitcast<f32>(aux[p.oLse + row]));
-        g = pr * (dp - bitcast<f32>(aux[p.oDelta + row]));
-      }
-    }
-    ra[lid] = pr;
-    rb[lid] = g;
-    workgroupBarrier();
-    let n = min(WG, np - c0);
-    for (var jj = 0u; jj < n; jj++) {
-      let pj = ra[jj];
-      if (pj == 0.0) { continue; }
-      let gj = rb[jj];
-      let pp = c0 + jj;
-      let qb = ((pp / p.group) * p.nH + kv * p.group + pp % p.group) * p.D;
-      for (var u = 0u; u < DU; u++) {
-        let c = lid + WG * u;
-        if (c < p.D) {
-          av[u] = fma(pj, dOut[qb + c], av[u]);
-          ak[u] = fma(gj, q[qb + c], ak[u]);
+  let rl = runs_of(p.Tq + j);
+  for (var r = rl.x; r < rl.x + rl.y; r++) {
+    let se = run_at(r, p.Tq);
+    // (query, head) pairs of the run: query se.x + pair / group, head kv·group + pair % group
+    let np = (se.y - se.x) * p.group;
+    for (var c0 = 0u; c0 < np; c0 += WG) {
+      let pi = c0 + lid;
+      var pr = 0.0;
+      var g = 0.0;
+      if (pi < np) {
+        let i = se.x + pi / p.group;
+        let h = kv * p.group + pi % p.group;
+        if (visible(i, j)) {
+          let qb = (i * p.nH + h) * p.D;
+          var s = 0.0;
+          var dp = 0.0;
+          for (var c = 0u; c < p.D; c++) {
+            s = fma(q[qb + c], r1[c], s);
+            dp = fma(dOut[qb + c], r2[c], dp);
+          }
+          let row = i * p.nH + h;
+          pr = exp(p.scale * s - bitcast<f32>(aux[p.oLse + row]));
+          g = pr * (dp - bitcast<f32>(aux[p.oDelta + row]));
         }
       }
+      ra[lid] = pr;
+      rb[lid] = g;
+      workgroupBarrier();
+      let n = min(WG, np - c0);
+      for (var jj = 0u; jj < n; jj++) {
+        let pj = ra[jj];
+        if (pj == 0.0) { continue; }
+        let gj = rb[jj];
+        let pp = c0 + jj;
+        let qb = ((se.x + pp / p.group) * p.nH + kv * p.group + pp % p.group) * p.D;
+        for (var u = 0u; u < DU; u++) {
+          let c = lid + WG * u;
+          if (c < p.D) {
+            av[u] = fma(pj, dOut[qb + c], av[u]);
+            ak[u] = fma(gj, q[qb + c], ak[u]);
+          }
+        }
+      }
+      workgroupBarrier();
     }
-    workgroupBarrier();
   }
   for (var u = 0u; u < DU; u++) {
     let c = lid + WG * u;

@@ -1,8 +1,11 @@
 // attention family on the CPU; contracts in src/ops/attention.ts (AttentionKernels).
 //   q, out, dq, dout: [Tq, nH, D]; k, v, dk, dv: [Tk, nKv, D]; lse: [Tq, nH]; all f32.
-//   Query head h reads kv head h / (nH / nKv). Query i sees key j when k_seq[j] = q_seq[i],
-//   k_pos[j] ≤ q_pos[i] and, with S > 0 segments, blocked[(q_seq[i]·S + q_seg[i])·S + k_seg[j]]
-//   is 0. A query that sees no key gets out = 0, lse = −∞ and zero gradients.
+//   Query head h reads kv head h / (nH / nKv). Query i sees key j when j lies in one of i's key
+//   runs (a.ranges), k_seq[j] = q_seq[i], k_pos[j] ≤ q_pos[i] and, with S > 0 segments,
+//   blocked[(q_seq[i]·S + q_seg[i])·S + k_seg[j]] is 0. A query that sees no key gets out = 0,
+//   lse = −∞ and zero gradients. Keys are visited in run order ("logical" order), so a
+//   sequence's result does not depend on where its keys sit; each key's backward visits its
+//   sequence's query runs. Cost per query: its own sequence's keys, not the batch's.
 //
 // Forward: one work item per (query, head): an online softmax over the visible keys, taken in
 // blocks of kBlock (scores of a block, one rescale of the running sum per block), f32.
@@ -20,6 +23,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
@@ -43,8 +47,24 @@ inline void axpy(float* y, float a, const float* x, int D) {
 }
 
 void check(const AttentionArgs& a) {
-  if (a.Tq < 1 || a.Tk < 0 || a.nH < 1 || a.nKv < 1 || a.D < 1 || a.nH % a.nKv != 0)
+  if (a.Tq < 1 || a.Tk < 0 || a.nH < 1 || a.nKv < 1 || a.D < 1 || a.nH % a.nKv != 0 || a.num_runs < 0)
     throw std::invalid_argument("attention: bad dims");
+  // the run lists: every (first, count) inside the table, every run inside [0, Tk] or [0, Tq]
+  const int* table = a.ranges + 2 * (size_t(a.Tq) + a.Tk);
+  auto lists = [&](int n, int off, int limit, const char* what) {
+    for (int i = 0; i < n; i++) {
+      const int first = a.ranges[2 * (size_t(off) + i)], count = a.ranges[2 * (size_t(off) + i) + 1];
+      if (first < 0 || count < 0 || first > a.num_runs || count > a.num_runs - first)
+        throw std::out_of_range(std::string("attention: ranges: the runs of ") + what + " " + std::to_string(i) +
+                                " lie outside the run table");
+      for (int r = first; r < first + count; r++)
+        if (table[2 * r] < 0 || table[2 * r] > table[2 * r + 1] || table[2 * r + 1] > limit)
+          throw std::out_of_range("attention: ranges: run " + std::to_string(r) + " of " + what + " " +
+                                  std::to_string(i) + " lies outside [0, " + std::to_string(limit) + "]");
+    }
+  };
+  lists(a.Tq, 0, a.Tk, "query");
+  lists(a.Tk, a.Tq, a.Tq, "key");
   if (a.S < 0 || (a.S > 0 && a.num_seqs < 1)) throw std::invalid_argument("attention: bad segment dims");
   if (a.S == 0) return;
   for (int i = 0; i < a.Tq; i++) {
@@ -59,6 +79,18 @@ void check(const AttentionArgs& a) {
     if (a.k_seg[j] < 0 || a.k_seg[j] >= a.S)
       throw std::out_of_range("attention: kSeg[" + std::to_string(j) + "] = " + std::to_string(a.k_seg[j]) +
                               " not in [0, S)");
+}
+
+// The runs of query i (keys) or of key j (queries), as [begin, end) pointers into the run table.
+inline const int* run_table(const AttentionArgs& a) { return a.ranges + 2 * (size_t(a.Tq) + a.Tk); }
+inline std::pair<const int*, const int*> key_runs(const AttentionArgs& a, int i) {
+  const int* t = run_table(a) + 2 * size_t(a.ranges[2 * size_t(i)]);
+  return {t, t + 2 * size_t(a.ranges[2 * size_t(i) + 1])};
+}
+inline std::pair<const int*, const int*> query_runs(const AttentionArgs& a, int j) {
+  const size_t e = 2 * (size_t(a.Tq) + j);
+  const int* t = run_table(a) + 2 * size_t(a.ranges[e]);
+  return {t, t + 2 * size_t(a.ranges[e + 1])};
 }
 
 // Visibility of keys from one query.
@@ -90,11 +122,20 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
       const float* qv = q + r * D;
       std::fill(acc.begin(), acc.end(), 0.f);
       float m = -std::numeric_limits<float>::infinity(), l = 0;
-      int j = 0;
-      while (j < a.Tk) {
+      auto [run, runs_end] = key_runs(a, i);
+      int j = run != runs_end ? run[0] : 0;
+      for (;;) {
+        // the next kBlock visible keys in logical order (across runs)
         int n = 0;
-        for (; j < a.Tk && n < kBlock; j++)
+        while (n < kBlock && run != runs_end) {
+          if (j >= run[1]) {
+            run += 2;
+            if (run != runs_end) j = run[0];
+            continue;
+          }
           if (qu.sees(a, j)) js[n++] = j;
+          j++;
+        }
         if (n == 0) break;
         float bm = -std::numeric_limits<float>::infinity();
         for (int b = 0; b < n; b++) {
@@ -155,13 +196,15 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
         const Query qu(a, i);
         const float* qv = q + r * D;
         const float* g = dout + r * D;
-        for (int j = 0; j < a.Tk; j++) {
-          if (!qu.sees(a, j)) continue;
-          const float* kj = k + (size_t(j) * nKv + kv) * D;
-          const float p = std::exp(scale * dot(qv, kj, D) - L);
-          const float ds = p * (dot(g, v + (size_t(j) * nKv + kv) * D, D) - delta[r]);
-          axpy(acc.data(), ds, kj, D);
-        }
+        auto [run, runs_end] = key_runs(a, i);
+        for (; run != runs_end; run += 2)
+          for (int j = run[0]; j < run[1]; j++) {
+            if (!qu.sees(a, j)) continue;
+            const float* kj = k + (size_t(j) * nKv + kv) * D;
+            const float p = std::exp(scale * dot(qv, kj, D) - L);
+            const float ds = p * (dot(g, v + (size_t(j) * nKv + kv) * D, D) - delta[r]);
+            axpy(acc.data(), ds, kj, D);
+          }
       }
       float* o = dq + r * D;
       for (int c = 0; c < D; c++) o[c] = scale * acc[c];
@@ -177,21 +220,23 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
       const float* kj = k + r * D;
       const float* vj = v + r * D;
       const int kseq = a.k_seq[j], kpos = a.k_pos[j], kseg = a.S > 0 ? a.k_seg[j] : 0;
-      for (int i = 0; i < a.Tq; i++) {
-        if (a.q_seq[i] != kseq || kpos > a.q_pos[i]) continue;
-        if (a.S > 0 && a.blocked[(size_t(kseq) * a.S + a.q_seg[i]) * a.S + kseg]) continue;
-        for (int h = kv * group; h < (kv + 1) * group; h++) {
-          const size_t qr = size_t(i) * nH + h;
-          const float L = lse[qr];
-          if (L == ninf) continue;
-          const float* qv = q + qr * D;
-          const float* g = dout + qr * D;
-          const float p = std::exp(scale * dot(qv, kj, D) - L);
-          const float ds = p * (dot(g, vj, D) - delta[qr]);
-          axpy(av.data(), p, g, D);
-          axpy(ak.data(), ds, qv, D);
+      auto [run, runs_end] = query_runs(a, j);
+      for (; run != runs_end; run += 2)
+        for (int i = run[0]; i < run[1]; i++) {
+          if (a.q_seq[i] != kseq || kpos > a.q_pos[i]) continue;
+          if (a.S > 0 && a.blocked[(size_t(kseq) * a.S + a.q_seg[i]) * a.S + kseg]) continue;
+          for (int h = kv * group; h < (kv + 1) * group; h++) {
+            const size_t qr = size_t(i) * nH + h;
+            const float L = lse[qr];
+            if (L == ninf) continue;
+            const float* qv = q + qr * D;
+            const float* g = dout + qr * D;
+            const float p = std::exp(scale * dot(qv, kj, D) - L);
+            const float ds = p * (dot(g, vj, D) - delta[qr]);
+            axpy(av.data(), p, g, D);
+            axpy(ak.data(), ds, qv, D);
+          }
         }
-      }
       float* ok = dk + r * D;
       float* ov = dv + r * D;
       for (int c = 0; c < D; c++) {

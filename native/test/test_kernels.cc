@@ -1103,20 +1103,100 @@ struct AttnLayout {
   const char* kind;
   int Tq = 0, Tk = 0, S = 0, num_seqs = 0;
   std::vector<int> q_seq, q_pos, k_seq, k_pos, q_seg, k_seg, blocked;
+  // explicit key runs (seq, start, end) as a paged cache gives them; empty: the maximal stretches
+  std::vector<int> run_seq, run_start, run_end;
+  // the `ranges` array of src/ops/attention.ts and its run count
+  std::vector<int> ranges;
+  int num_runs = 0;
+  std::vector<int> run_of;  // per key: the sequence whose run holds it (−2: none)
 };
 
-enum { L_PREFILL, L_SEGMENTS, L_DECODE, L_CROSS, L_NO_KEYS };
+enum { L_PREFILL, L_SEGMENTS, L_DECODE, L_CROSS, L_NO_KEYS, L_PAGED };
+
+// The kernels' `ranges` (per query its key runs, per key its query runs, the run table), built as
+// src/ops/attention.ts builds it: runs grouped by sequence in order of first appearance.
+void build_ranges(AttnLayout& l) {
+  using Runs = std::vector<std::pair<int, std::vector<int>>>;  // (seq, [start, end, ...]) in first-seen order
+  auto add = [](Runs& r, int s, int a, int b) {
+    for (auto& e : r)
+      if (e.first == s) {
+        e.second.push_back(a);
+        e.second.push_back(b);
+        return;
+      }
+    r.push_back({s, {a, b}});
+  };
+  auto stretches = [&](const std::vector<int>& ids, int n) {
+    Runs r;
+    for (int j = 0; j < n;) {
+      int e = j + 1;
+      while (e < n && ids[e] == ids[j]) e++;
+      if (ids[j] >= 0) add(r, ids[j], j, e);
+      j = e;
+    }
+    return r;
+  };
+  Runs kr;
+  if (l.run_seq.empty())
+    kr = stretches(l.k_seq, l.Tk);
+  else
+    for (size_t r = 0; r < l.run_seq.size(); r++)
+      if (l.run_start[r] < l.run_end[r]) add(kr, l.run_seq[r], l.run_start[r], l.run_end[r]);
+  const Runs qr = stretches(l.q_seq, l.Tq);
+  auto has = [](const Runs& r, int s) {
+    for (auto& e : r)
+      if (e.first == s) return true;
+    return false;
+  };
+  std::vector<int> table;
+  std::vector<std::pair<int, std::pair<int, int>>> kat, qat;  // seq → (first, count)
+  for (auto& e : kr)
+    if (has(qr, e.first)) {
+      kat.push_back({e.first, {int(table.size() / 2), int(e.second.size() / 2)}});
+      table.insert(table.end(), e.second.begin(), e.second.end());
+    }
+  for (auto& e : qr) {
+    qat.push_back({e.first, {int(table.size() / 2), int(e.second.size() / 2)}});
+    table.insert(table.end(), e.second.begin(), e.second.end());
+  }
+  l.run_of.assign(l.Tk, -2);
+  for (auto& e : kr)
+    for (size_t r = 0; r < e.second.size(); r += 2)
+      for (int j = e.second[r]; j < e.second[r + 1]; j++) l.run_of[j] = e.first;
+  l.ranges.assign(2 * (size_t(l.Tq) + l.Tk) + table.size(), 0);
+  auto find = [](const std::vector<std::pair<int, std::pair<int, int>>>& at, int s) -> std::pair<int, int> {
+    for (auto& e : at)
+      if (e.first == s) return e.second;
+    return {0, 0};
+  };
+  for (int i = 0; i < l.Tq; i++) {
+    const auto f = find(kat, l.q_seq[i]);
+    l.ranges[2 * i] = f.first;
+    l.ranges[2 * i + 1] = f.second;
+  }
+  for (int j = 0; j < l.Tk; j++) {
+    const auto f = l.k_seq[j] >= 0 && l.run_of[j] == l.k_seq[j] ? find(qat, l.k_seq[j]) : std::pair<int, int>{0, 0};
+    l.ranges[2 * (size_t(l.Tq) + j)] = f.first;
+    l.ranges[2 * (size_t(l.Tq) + j) + 1] = f.second;
+  }
+  std::copy(table.begin(), table.end(), l.ranges.begin() + 2 * (size_t(l.Tq) + l.Tk));
+  l.num_runs = int(table.size() / 2);
+  if (l.ranges.empty()) l.ranges.assign(1, 0);
+}
 
 // Random lengths in [1, maxlen] per sequence. PREFILL/SEGMENTS: keys are the queries, tokens
 // shuffled (packing order is free); SEGMENTS adds S = 4 steps per sequence with random blocked
 // pairs. DECODE: a cache of [0, maxlen] tokens per sequence and 1–2 new tokens (the queries)
 // appended to the keys, with S = 3 segments. CROSS: unrelated key tokens; some queries see no key.
-// NO_KEYS: CROSS queries and no keys at all (Tk = 0).
+// NO_KEYS: CROSS queries and no keys at all (Tk = 0). PAGED: a paged KV cache — each sequence's
+// tokens (the last 1–2 are the queries) in blocks of 4 slots scattered over a shuffled slot pool
+// with free slots (k_seq = −1), the block table given as explicit key runs; one sequence in
+// three leaves its first block out of its runs (those keys are not seen).
 AttnLayout make_layout(int kind, int nseq, int maxlen, Rng& rng) {
   AttnLayout l;
-  static const char* names[] = {"prefill", "segments", "decode", "cross", "no-keys"};
+  static const char* names[] = {"prefill", "segments", "decode", "cross", "no-keys", "paged"};
   l.kind = names[kind];
-  const int S = kind == L_SEGMENTS ? 4 : kind == L_DECODE ? 3 : 0;
+  const int S = kind == L_SEGMENTS ? 4 : kind == L_DECODE || kind == L_PAGED ? 3 : 0;
   std::vector<int> len(nseq);
   for (auto& n : len) n = rng.integer(1, maxlen);
   auto seg_of = [&](int p, int n) { return std::min(S - 1, int((long long)p * S / n)); };
@@ -1151,6 +1231,45 @@ AttnLayout make_layout(int kind, int nseq, int maxlen, Rng& rng) {
     l.k_seq.insert(l.k_seq.end(), l.q_seq.begin(), l.q_seq.end());
     l.k_pos.insert(l.k_pos.end(), l.q_pos.begin(), l.q_pos.end());
     l.k_seg.insert(l.k_seg.end(), l.q_seg.begin(), l.q_seg.end());
+  } else if (kind == L_PAGED) {
+    const int B = 4;
+    std::vector<int> n(nseq), nb(nseq);
+    int blocks = 0;
+    for (int s = 0; s < nseq; s++) {
+      n[s] = rng.integer(0, maxlen) + rng.integer(1, 2);
+      nb[s] = (n[s] + B - 1) / B;
+      blocks += nb[s];
+    }
+    blocks += rng.integer(0, 3);  // free blocks
+    std::vector<int> pool(blocks);
+    for (int b = 0; b < blocks; b++) pool[b] = b;
+    std::shuffle(pool.begin(), pool.end(), rng.g);
+    l.k_seq.assign(size_t(blocks) * B, -1);
+    l.k_pos.assign(size_t(blocks) * B, 2147483647);
+    l.k_seg.assign(size_t(blocks) * B, 0);
+    int next = 0;
+    for (int s = 0; s < nseq; s++) {
+      const int fresh = n[s] > 1 && rng.uni() < 0.5 ? 2 : 1;
+      for (int b = 0; b < nb[s]; b++) {
+        const int blk = pool[next++];
+        if (!(s % 3 == 1 && b == 0 && nb[s] > 1)) {
+          l.run_seq.push_back(s);
+          l.run_start.push_back(blk * B);
+          l.run_end.push_back(blk * B + B);
+        }
+        for (int t = b * B; t < std::min(n[s], (b + 1) * B); t++) {
+          const int slot = blk * B + t % B;
+          l.k_seq[slot] = s;
+          l.k_pos[slot] = t;
+          l.k_seg[slot] = seg_of(t, n[s]);
+          if (t >= n[s] - fresh) {
+            l.q_seq.push_back(s);
+            l.q_pos.push_back(t);
+            l.q_seg.push_back(seg_of(t, n[s]));
+          }
+        }
+      }
+    }
   } else {
     const int Tq = nseq * maxlen, Tk = kind == L_NO_KEYS ? 0 : rng.integer(1, 2 * nseq * maxlen);
     for (int i = 0; i < Tq; i++) {
@@ -1177,15 +1296,16 @@ AttnLayout make_layout(int kind, int nseq, int maxlen, Rng& rng) {
     l.k_seg.assign(1, 0);
     l.blocked.assign(1, 0);
   }
+  build_ranges(l);
   return l;
 }
 
 bool attn_visible(const AttnLayout& l, int i, int j) {
-  if (l.k_seq[j] != l.q_seq[i] || l.k_pos[j] > l.q_pos[i]) return false;
+  if (l.k_seq[j] != l.q_seq[i] || l.run_of[j] != l.q_seq[i] || l.k_pos[j] > l.q_pos[i]) return false;
   return !(l.S > 0 && l.blocked[(size_t(l.q_seq[i]) * l.S + l.q_seg[i]) * l.S + l.k_seg[j]]);
 }
 
-// Adds the layout's seven arrays to a case; returns the index of the first.
+// Adds the layout's eight arrays to a case; returns the index of the first.
 int add_layout(ModelCase& c, const AttnLayout& l) {
   const int first = c.in("q_seq", l.q_seq);
   c.in("q_pos", l.q_pos);
@@ -1194,6 +1314,7 @@ int add_layout(ModelCase& c, const AttnLayout& l) {
   c.in("q_seg", l.q_seg);
   c.in("k_seg", l.k_seg);
   c.in("blocked", l.blocked);
+  c.in("ranges", l.ranges);
   return first;
 }
 
@@ -1215,6 +1336,8 @@ A attn_args(const AttnLayout& l, int nH, int nKv, int D, float scale, void* cons
   a.q_seg = I(p, base + 4);
   a.k_seg = I(p, base + 5);
   a.blocked = I(p, base + 6);
+  a.ranges = I(p, base + 7);
+  a.num_runs = l.num_runs;
   return a;
 }
 
@@ -1586,7 +1709,7 @@ void test_model_families(Rng& rng) {
   const int at[][6] = {{L_PREFILL, 1, 1, 1, 1, 1},     {L_PREFILL, 3, 37, 8, 2, 64},  {L_SEGMENTS, 3, 50, 4, 1, 80},
                        {L_DECODE, 5, 100, 8, 8, 128},  {L_CROSS, 3, 20, 6, 3, 16},    {L_PREFILL, 2, 70, 2, 1, 256},
                        {L_SEGMENTS, 2, 30, 2, 2, 300}, {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33},
-                       {L_NO_KEYS, 2, 5, 4, 2, 16}};
+                       {L_NO_KEYS, 2, 5, 4, 2, 16},    {L_PAGED, 5, 40, 4, 2, 32},    {L_PAGED, 9, 13, 3, 1, 64}};
   for (const auto& s : at) test_attention(s[0], s[1], s[2], s[3], s[4], s[5], rng);
   // swiglu / add: n, pointer offset
   const int64_t ns[] = {1, 7, 4099, 100003};
@@ -1749,6 +1872,11 @@ void test_model_tampered(Rng& rng) {
     for (size_t i = 0; i < l.q_seq.size(); i += 4) l.q_seq[i] = i % 8 ? 1000 : -3;
     for (size_t i = 1; i < l.q_seg.size(); i += 5) l.q_seg[i] = i % 2 ? 77 : -1;
     for (size_t j = 2; j < l.k_seg.size(); j += 3) l.k_seg[j] = j % 2 ? std::numeric_limits<int>::max() : -100;
+    // run lists and runs pointing outside the table, the keys and the queries
+    const size_t nr = l.ranges.size(), lists = 2 * (size_t(l.Tq) + l.Tk);
+    for (size_t i = 0; i < lists; i += 7) l.ranges[i] = i % 2 ? std::numeric_limits<int>::max() : -5;
+    for (size_t i = 1; i < lists; i += 11) l.ranges[i] = 1 << 30;
+    for (size_t i = lists; i < nr; i += 3) l.ranges[i] = i % 2 ? -7 : std::numeric_limits<int>::max();
     const int Tq = l.Tq, Tk = l.Tk;
     const std::vector<float> q = randv(size_t(Tq) * nH * D, rng), k = randv(size_t(Tk) * nKv * D, rng),
                              v = randv(size_t(Tk) * nKv * D, rng), dout = randv(size_t(Tq) * nH * D, rng),
@@ -1756,10 +1884,10 @@ void test_model_tampered(Rng& rng) {
     const std::string desc = fmt("tampered attention segments Tq=%d Tk=%d nH=%d nKv=%d D=%d", Tq, Tk, nH, nKv, D);
     try {
       Guarded gq(q), gk(k), gv(v), gd(dout), out(o0), lse(l0), dq(q), dk(k), dv(v);
-      Guarded lay[7] = {Guarded(l.q_seq), Guarded(l.q_pos), Guarded(l.k_seq),  Guarded(l.k_pos),
-                        Guarded(l.q_seg), Guarded(l.k_seg), Guarded(l.blocked)};
-      void* p[7];
-      for (int i = 0; i < 7; i++) p[i] = lay[i].p<void>();
+      Guarded lay[8] = {Guarded(l.q_seq), Guarded(l.q_pos), Guarded(l.k_seq),   Guarded(l.k_pos),
+                        Guarded(l.q_seg), Guarded(l.k_seg), Guarded(l.blocked), Guarded(l.ranges)};
+      void* p[8];
+      for (int i = 0; i < 8; i++) p[i] = lay[i].p<void>();
       const mote_attention_args a = attn_args<mote_attention_args>(l, nH, nKv, D, 0.15f, p, 0);
       launch_check(mote_cuda_attention(&a, out.p(), lse.p(), gq.p(), gk.p(), gv.p(), nullptr), "attention");
       launch_check(mote_cuda_attention_grad(&a, dq.p(), dk.p(), dv.p(), gd.p(), gq.p(), gk.p(), gv.p(), out.p(),

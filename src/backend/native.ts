@@ -128,6 +128,9 @@ export interface AttentionCallArgs {
   qSeg: object;
   kSeg: object;
   blocked: object;
+  /** per-query key runs, per-key query runs, the run table (src/ops/attention.ts) */
+  ranges: object;
+  numRuns: number;
   Tq: number;
   Tk: number;
   nH: number;
@@ -468,6 +471,8 @@ export class NativeBackend implements Backend {
       qSeg: st(l.qSeg),
       kSeg: st(l.kSeg),
       blocked: st(l.blocked),
+      ranges: st(l.ranges),
+      numRuns: d.numRuns,
       Tq: d.Tq,
       Tk: d.Tk,
       nH: d.nH,

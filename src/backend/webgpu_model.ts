@@ -35,11 +35,11 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
     });
 
   /**
-   * The `aux` buffer of kernels/wgsl/attention.wgsl: the layout's seven i32 tensors copied
+   * The `aux` buffer of kernels/wgsl/attention.wgsl: the layout's eight i32 tensors copied
    * one after another, then `extra` words (lse and delta for the backward). A temporary of the op.
    */
   const attentionAux = (l: AttentionLayout, d: AttentionDims, extra: number): { buf: GPUBuffer; params: Param[]; end: number } => {
-    const parts = [l.qSeq, l.qPos, l.kSeq, l.kPos, l.qSeg, l.kSeg, l.blocked];
+    const parts = [l.qSeq, l.qPos, l.kSeq, l.kPos, l.qSeg, l.kSeg, l.blocked, l.ranges];
     const offs: number[] = [];
     let words = 0;
     for (const t of parts) {
@@ -67,6 +67,10 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       offs[6]!,
       end,
       end + d.Tq * d.nH,
+      offs[7]!,
+      d.numRuns,
+      0,
+      0,
     ];
     return { buf: aux, params, end };
   };

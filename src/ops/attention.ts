@@ -1,8 +1,23 @@
 // Causal grouped-query attention over packed sequences, with MoTE's step-skipping segment
 // mask and decode against cached keys/values. Reference: src/reference/attention.ts.
-// Query i sees key j when kSeq[j] = qSeq[i], kPos[j] ≤ qPos[i], and (with segments) the pair
-// (qSeg[i], kSeg[j]) is not blocked in that sequence. A query that sees no key gets out = 0,
-// lse = −∞ and zero gradients.
+// Query i sees key j when j lies in a key run of i's sequence, kSeq[j] = qSeq[i],
+// kPos[j] ≤ qPos[i], and (with segments) the pair (qSeg[i], kSeg[j]) is not blocked in that
+// sequence. A query that sees no key gets out = 0, lse = −∞ and zero gradients. kSeq[j] = −1
+// marks an empty key slot (a KV cache's free slots): no query sees it.
+//
+// Key runs (DESIGN §3): each sequence's keys are read as a list of runs [start, end) of key
+// indices, so that a query's cost follows its own sequence's length, not the batch's. By
+// default the runs are the maximal stretches of consecutive keys with one sequence id; a paged
+// KV cache passes its block table instead (`keyRuns`). The keys of a sequence are visited in
+// run order, then ascending within a run — the "logical" order every backend sums in, so that
+// a sequence's result does not depend on where its keys sit in the cache or what else is there.
+// For the backward, each key reads its sequence's query runs (maximal stretches of queries).
+//
+// The kernels get one i32 tensor `ranges` (checked and built here):
+//   [0, 2·Tq)             per query i: (first, count) of its key runs in the run table
+//   [2·Tq, 2·Tq + 2·Tk)   per key j: (first, count) of its query runs (count 0 when no query
+//                          can see j: an empty slot, or a key outside its sequence's runs)
+//   [2·(Tq + Tk), …)      the run table: numRuns pairs (start, end), key runs then query runs
 import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
@@ -20,6 +35,8 @@ export interface AttentionDims {
   S: number;
   /** Sequences covered by `blocked` (numSeqs·S·S entries). */
   numSeqs: number;
+  /** Pairs in the run table of `layout.ranges`. */
+  numRuns: number;
 }
 
 export interface AttentionKernels {
@@ -48,6 +65,12 @@ export interface AttentionLayoutInit {
   kSeq?: ArrayLike<number>;
   /** default qPos */
   kPos?: ArrayLike<number>;
+  /**
+   * The key runs of each sequence, in the order its keys are read (a paged cache's block table):
+   * run r covers keys [start[r], end[r]) of sequence seq[r]. Keys of a sequence outside its runs
+   * are not seen. Default: the maximal stretches of consecutive keys with one kSeq.
+   */
+  keyRuns?: { seq: ArrayLike<number>; start: ArrayLike<number>; end: ArrayLike<number> };
   segments?: {
     numSegments: number;
     qSegment: ArrayLike<number>;
@@ -60,6 +83,80 @@ export interface AttentionLayoutInit {
 function ints(name: string, a: ArrayLike<number> | undefined, n: number, lo: number, hi: number): Int32Array {
   if (a === undefined || a === null) throw new ShapeError(`attentionLayout: ${name}: expected ${n} entries, got ${describe(a)}`);
   return checkIntArray('attentionLayout', name, a, lo, hi, n);
+}
+
+/** Maximal stretches of equal ids (−1 skipped), grouped by id in order of first appearance. */
+function stretches(ids: Int32Array): Map<number, number[]> {
+  const by = new Map<number, number[]>();
+  for (let j = 0; j < ids.length;) {
+    const s = ids[j]!;
+    let e = j + 1;
+    while (e < ids.length && ids[e] === s) e++;
+    if (s >= 0) {
+      let l = by.get(s);
+      if (!l) by.set(s, (l = []));
+      l.push(j, e);
+    }
+    j = e;
+  }
+  return by;
+}
+
+/** The `ranges` tensor's contents (see the top of this file) and its run count. */
+function buildRanges(qSeq: Int32Array, kSeq: Int32Array, keyRuns: AttentionLayoutInit['keyRuns']): { ranges: Int32Array; runs: number } {
+  const Tq = qSeq.length,
+    Tk = kSeq.length;
+  let kRuns: Map<number, number[]>;
+  if (keyRuns === undefined) kRuns = stretches(kSeq);
+  else {
+    checkObject('attentionLayout', 'keyRuns', keyRuns, 'an object { seq, start, end }');
+    const R = checkHostArray('attentionLayout', 'keyRuns.seq', keyRuns.seq).length;
+    const seq = ints('keyRuns.seq', keyRuns.seq, R, 0, 2 ** 31 - 1);
+    const start = ints('keyRuns.start', keyRuns.start, R, 0, Tk);
+    const end = ints('keyRuns.end', keyRuns.end, R, 0, Tk);
+    const covered = new Uint8Array(Tk);
+    kRuns = new Map();
+    for (let r = 0; r < R; r++) {
+      if (start[r]! > end[r]!) throw new ArgumentError(`attentionLayout: keyRuns: run ${r}: start ${start[r]} is past its end ${end[r]}`);
+      for (let j = start[r]!; j < end[r]!; j++) {
+        if (covered[j]) throw new ArgumentError(`attentionLayout: keyRuns: key ${j} lies in two runs (run ${r} is one)`);
+        covered[j] = 1;
+      }
+      if (start[r] === end[r]) continue;
+      let l = kRuns.get(seq[r]!);
+      if (!l) kRuns.set(seq[r]!, (l = []));
+      l.push(start[r]!, end[r]!);
+    }
+  }
+  const qRuns = stretches(qSeq);
+  const table: number[] = [];
+  const place = (m: Map<number, number[]>) => {
+    const at = new Map<number, [number, number]>();
+    for (const [s, l] of m) {
+      at.set(s, [table.length / 2, l.length / 2]);
+      for (const x of l) table.push(x);
+    }
+    return at;
+  };
+  // only the runs of sequences that have queries are ever read
+  for (const s of [...kRuns.keys()]) if (!qRuns.has(s)) kRuns.delete(s);
+  const kAt = place(kRuns);
+  const qAt = place(qRuns);
+  // a key is seen only from inside a run of its own sequence
+  const inOwnRun = new Uint8Array(Tk);
+  for (const [s, l] of kRuns)
+    for (let r = 0; r < l.length; r += 2) for (let j = l[r]!; j < l[r + 1]!; j++) if (kSeq[j] === s) inOwnRun[j] = 1;
+  const ranges = new Int32Array(2 * (Tq + Tk) + table.length);
+  for (let i = 0; i < Tq; i++) {
+    const a = kAt.get(qSeq[i]!);
+    if (a) [ranges[2 * i], ranges[2 * i + 1]] = a;
+  }
+  for (let j = 0; j < Tk; j++) {
+    const a = inOwnRun[j] ? qAt.get(kSeq[j]!) : undefined;
+    if (a) [ranges[2 * (Tq + j)], ranges[2 * (Tq + j) + 1]] = a;
+  }
+  ranges.set(table, 2 * (Tq + Tk));
+  return { ranges, runs: table.length / 2 };
 }
 
 /** Who attends to whom in one batch, checked on the host and uploaded once (i32 tensors). */
@@ -75,6 +172,10 @@ export class AttentionLayout {
   readonly qSeg: Tensor;
   readonly kSeg: Tensor;
   readonly blocked: Tensor;
+  /** i32: per-query key runs, per-key query runs and the run table (see the top of this file). */
+  readonly ranges: Tensor;
+  /** Pairs in the run table. */
+  readonly numRuns: number;
 
   constructor(
     readonly backend: Backend,
@@ -88,7 +189,7 @@ export class AttentionLayout {
     const qSeq = ints('qSeq', init.qSeq, this.Tq, 0, MAX);
     const qPos = ints('qPos', init.qPos, this.Tq, 0, MAX);
     this.Tk = init.kSeq?.length ?? this.Tq;
-    const kSeq = init.kSeq ? ints('kSeq', init.kSeq, this.Tk, 0, MAX) : qSeq;
+    const kSeq = init.kSeq ? ints('kSeq', init.kSeq, this.Tk, -1, MAX) : qSeq;
     const kPos = init.kPos ? ints('kPos', init.kPos, this.Tk, 0, MAX) : init.kSeq ? ints('kPos', init.kPos, this.Tk, 0, MAX) : qPos;
     let qSeg: Int32Array = new Int32Array(1),
       kSeg: Int32Array = new Int32Array(1),
@@ -125,6 +226,7 @@ export class AttentionLayout {
         ['qSeq', qSeq],
         ['kSeq', kSeq],
       ] as const) {
+        // an empty key slot (−1) is seen by no query and needs no entry
         const bad = s.findIndex((v) => v >= this.numSeqs);
         if (bad >= 0)
           throw new ArgumentError(
@@ -133,6 +235,8 @@ export class AttentionLayout {
       }
       this.S = S;
     }
+    const { ranges, runs } = buildRanges(qSeq, kSeq, init.keyRuns);
+    this.numRuns = runs;
     const up = (a: Int32Array) => backend.tensor(a, [a.length], 'i32');
     this.qSeq = up(qSeq);
     this.qPos = up(qPos);
@@ -141,38 +245,40 @@ export class AttentionLayout {
     this.qSeg = up(qSeg);
     this.kSeg = up(kSeg);
     this.blocked = up(blocked);
+    this.ranges = up(ranges);
     this.#built = {
-      tensors: [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked],
+      tensors: [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked, this.ranges],
       Tq: this.Tq,
       Tk: this.Tk,
       S: this.S,
       numSeqs: this.numSeqs,
+      numRuns: this.numRuns,
     };
   }
 
   /** What the constructor built from the checked host arrays: the kernels trust these contents. */
-  readonly #built: { tensors: readonly Tensor[]; Tq: number; Tk: number; S: number; numSeqs: number };
+  readonly #built: { tensors: readonly Tensor[]; Tq: number; Tk: number; S: number; numSeqs: number; numRuns: number };
 
   /**
    * Throws when a layout tensor or count is not the one built from the checked host arrays
    * (replaced after construction): cpu would reject bad ids, a GPU kernel would trust them.
    */
   checkIntact(op: string): void {
-    const names = ['qSeq', 'qPos', 'kSeq', 'kPos', 'qSeg', 'kSeg', 'blocked'] as const;
+    const names = ['qSeq', 'qPos', 'kSeq', 'kPos', 'qSeg', 'kSeg', 'blocked', 'ranges'] as const;
     names.forEach((n, i) => {
       if (this[n] !== this.#built.tensors[i])
         throw new ArgumentError(
           `${op}: layout.${n}: expected the tensor attentionLayout() built from the checked ids, got one put in its place`,
         );
     });
-    for (const n of ['Tq', 'Tk', 'S', 'numSeqs'] as const) {
+    for (const n of ['Tq', 'Tk', 'S', 'numSeqs', 'numRuns'] as const) {
       if (this[n] !== this.#built[n])
         throw new ArgumentError(`${op}: layout.${n}: expected ${this.#built[n]} (as built), got ${describe(this[n])}`);
     }
   }
 
   dispose(): void {
-    for (const t of [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked]) t.dispose();
+    for (const t of [this.qSeq, this.qPos, this.kSeq, this.kPos, this.qSeg, this.kSeg, this.blocked, this.ranges]) t.dispose();
   }
 
   /** dispose(), for `using`: the AttentionLayout is freed when its block ends. */
@@ -199,7 +305,7 @@ function check(op: string, c: Checker, q: Tensor, k: Tensor, v: Tensor, l: Atten
     D = c.dim('D');
   if (nH % nKv !== 0) throw new ShapeError(`${op}: k: kv heads (${nKv}) must divide query heads (${nH})`);
   const s = scale === undefined ? 1 / Math.sqrt(D) : checkFinite(op, 'scale', scale, true);
-  return { Tq: c.dim('Tq'), Tk: c.dim('Tk'), nH, nKv, D, scale: s, S: l.S, numSeqs: l.numSeqs };
+  return { Tq: c.dim('Tq'), Tk: c.dim('Tk'), nH, nKv, D, scale: s, S: l.S, numSeqs: l.numSeqs, numRuns: l.numRuns };
 }
 
 /** q f32 [Tq, nH, D], k/v f32 [Tk, nKv, D] → out f32 [Tq, nH, D] and lse f32 [Tq, nH]. */

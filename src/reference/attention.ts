@@ -7,7 +7,8 @@
 //
 // Which keys a query sees is given per token, not by the position of a row in the batch:
 // query i sees key j when
-//   kSeq[j] = qSeq[i]                 (same packed sequence)
+//   kSeq[j] = qSeq[i]                 (same packed sequence; kSeq = −1 is an empty slot)
+//   j lies in a key run of qSeq[i]    (only when keyRuns is given: a paged cache's block table)
 //   kPos[j] ≤ qPos[i]                 (causal, by position within the sequence)
 //   not blocked[seq][qSeg[i]][kSeg[j]] (step skipping: segment `later` may not see segment `earlier`)
 // Prefill / training: keys are the queries themselves (k, v, kSeq, kPos from the same tokens).
@@ -47,6 +48,8 @@ export interface AttentionLayout {
   kSeq?: ArrayLike<number>;
   /** [Tk] position of each key token; default qPos. */
   kPos?: ArrayLike<number>;
+  /** Runs [start, end) of keys per sequence; when given, a key outside its sequence's runs is not seen. */
+  keyRuns?: { seq: ArrayLike<number>; start: ArrayLike<number>; end: ArrayLike<number> };
   /** Optional step-skipping mask. */
   segments?: SegmentMask;
 }
@@ -104,7 +107,7 @@ function resolve(d: AttentionDims, l: AttentionLayout): Resolved {
   need('kSeq', kSeq, Tk);
   need('kPos', kPos, Tk);
   checkInts('qSeq', l.qSeq, 0, Infinity);
-  checkInts('kSeq', kSeq, 0, Infinity);
+  checkInts('kSeq', kSeq, -1, Infinity);
   checkInts('qPos', l.qPos, 0, Infinity);
   checkInts('kPos', kPos, 0, Infinity);
   const m = l.segments;
@@ -126,11 +129,26 @@ function resolve(d: AttentionDims, l: AttentionLayout): Resolved {
           if (m.blocked[(s * S + a) * S + b]) fail(`segments.blocked[${s}][${a}][${b}] is set: only later > earlier may be blocked`);
     blockedAt = (seq, later, earlier) => Boolean(m.blocked[(seq * S + later) * S + earlier]);
   }
+  // runOf[j]: the sequence whose run holds key j (−2: none); without keyRuns every key is in its own sequence's
+  let runOf: ArrayLike<number> = kSeq;
+  if (l.keyRuns !== undefined) {
+    const kr = l.keyRuns;
+    const R = kr.seq.length;
+    need('keyRuns.start', kr.start, R);
+    need('keyRuns.end', kr.end, R);
+    const o = new Int32Array(Tk).fill(-2);
+    for (let r = 0; r < R; r++)
+      for (let j = kr.start[r]!; j < kr.end[r]!; j++) {
+        if (j < 0 || j >= Tk || o[j] !== -2) fail(`keyRuns: run ${r} covers key ${j}, outside [0, Tk) or already in a run`);
+        o[j] = kr.seq[r]!;
+      }
+    runOf = o;
+  }
   const visible = new Uint8Array(Tq * Tk);
   for (let i = 0; i < Tq; i++)
     for (let j = 0; j < Tk; j++) {
       const seq = l.qSeq[i]!;
-      if (kSeq[j] !== seq || kPos[j]! > l.qPos[i]!) continue;
+      if (kSeq[j] !== seq || runOf[j] !== seq || kPos[j]! > l.qPos[i]!) continue;
       if (m !== undefined && blockedAt(seq, m.qSegment[i]!, (m.kSegment ?? m.qSegment)[j]!)) continue;
       visible[i * Tk + j] = 1;
     }
