@@ -1,23 +1,23 @@
-// A key/value cache for decoding LLaMA-family models (DESIGN §1, Inference): per layer, the
-// rotated keys and the values of every token already run, with each token's sequence id,
-// position and segment (step) id, so that new tokens attend to the cached ones plus
+// A key/value cache for decoding LLaMA-family models (DESIGN §1, Inference; §8 serving): per
+// layer, the rotated keys and the values of every token already run, with each token's sequence
+// id, position and segment (step) id, so that new tokens attend to the cached ones plus
 // themselves, exactly as a full recompute would.
 //
-// Layout. Per layer one f32 tensor of keys and one of values, [capacity, numKvHeads, headDim],
-// slots [0, length) in use in append order, every slot past them holding zeros. Attention
-// reads all `capacity` slots; unused ones carry position 2³¹−1 so that no query (positions
-// are below it) sees them. When an append does not fit, capacity grows (at least doubling),
-// so re-layouts cost amortised O(1) per token.
-//
-// Device-side only, no host round trip: every re-layout is a row copy (src/ops/copy_rows.ts).
-//   * append copies the N new key/value rows of a layer into slots [start, start + N): one
-//     copyRows per tensor, N·row floats moved. The row pairs are uploaded once per forward (a
-//     RowMap of 2·N ints, shared by every layer).
-//   * growth copies the used slots into fresh zero tensors of the larger capacity; drop
-//     (compaction) copies the kept slots, in order, into fresh zero tensors of the same
-//     capacity; both use one RowMap for all layers.
-//   * rollback (abort) copies the always-empty last slot over the slots the failed forward
-//     wrote, in place, on the layers it touched: the cache is as it was, zeros included.
+// Layout: paged, as vLLM's paged attention. Per layer one f32 tensor of keys and one of values,
+// [capacity, numKvHeads, headDim], cut into blocks of `blockSize` slots. Each sequence owns a
+// list of blocks (its block table); its t-th token sits in slot blocks[t / B]·B + t % B. The
+// attention layout of a forward gives each sequence's blocks as its key runs (adjacent blocks
+// merged), so a query reads only its own sequence's keys: decode attention costs O(own length),
+// not O(batch × cache). A slot that holds no token has sequence −1 (seen by no query) and
+// arbitrary contents.
+//   * append copies the N new key/value rows of a layer into their slots (one copyRows per
+//     tensor; the row pairs are uploaded once per forward and shared by every layer).
+//   * a sequence takes a free block when its last one is full; when none is free, capacity
+//     grows (at least doubling): the slots are copied into larger tensors, block ids unchanged,
+//     so re-layouts cost amortised O(1) per token.
+//   * drop frees the sequences' blocks: nothing is copied, O(their blocks).
+//   * abort (a forward that failed) frees the blocks that forward took; the slots it wrote are
+//     not part of any sequence and are never read.
 //
 // Views: `tensorView` is Tensor.reshape with the cache's argument checks.
 
@@ -31,6 +31,10 @@ import { attentionLayout, type AttentionLayout } from '../ops/attention.js';
 export const EMPTY_SLOT_POSITION = 2 ** 31 - 1;
 /** Largest token position a batch may use (below EMPTY_SLOT_POSITION). */
 export const MAX_POSITION = 2 ** 30;
+/** Slots per block of a KvCache unless given (DESIGN §8). */
+export const DEFAULT_KV_BLOCK = 64;
+/** Largest block size a KvCache accepts. */
+export const MAX_KV_BLOCK = 4096;
 
 /**
  * A tensor of another shape with the same element count over `base`'s storage (row-major, no
@@ -58,6 +62,8 @@ export interface KvCacheDims {
 export interface KvCacheOptions {
   /** Initial capacity in tokens (slots are allocated on the first append; default 64). */
   capacity?: number;
+  /** Slots per block (default 64): the unit a sequence takes; a sequence wastes < one block. */
+  blockSize?: number;
 }
 
 /** Segment (step) mask of the new tokens of one forward, as the model hands it to the cache. */
@@ -78,23 +84,34 @@ export interface KvAppend {
   readonly cache: KvCache;
   /** New tokens. */
   readonly N: number;
-  /** First slot of the new tokens. */
-  readonly start: number;
-  /** Queries: the new tokens; keys: every slot (capacity). */
+  /** Slot of each new token. */
+  readonly slots: Int32Array;
+  /** Queries: the new tokens; keys: every slot (capacity), read through each sequence's blocks. */
   readonly layout: AttentionLayout;
-  /** Row n of a layer's new keys/values goes to slot start + n. */
+  /** Row n of a layer's new keys/values goes to slot slots[n]. */
   readonly rows: RowMap;
   readonly seq: Int32Array;
   readonly pos: Int32Array;
   readonly segment: Int32Array | null;
+  /** Blocks this append took, per sequence (returned to the free list on abort). */
+  readonly taken: Map<number, number[]>;
   /** Layers whose rows were written. */
   readonly touched: Set<number>;
 }
 
-function positiveInt(op: string, name: string, v: unknown): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0)
-    throw new ArgumentError(`${op}: ${name}: expected a positive integer, got ${describe(v)}`);
+function positiveInt(op: string, name: string, v: unknown, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0 || v > max)
+    throw new ArgumentError(
+      `${op}: ${name}: expected a positive integer${max < Number.MAX_SAFE_INTEGER ? ` ≤ ${max}` : ''}, got ${describe(v)}`,
+    );
   return v;
+}
+
+/** A sequence held by the cache: its block table, token count and next position. */
+interface SeqState {
+  blocks: number[];
+  len: number;
+  next: number;
 }
 
 export class KvCache {
@@ -102,12 +119,18 @@ export class KvCache {
   readonly numLayers: number;
   readonly numKvHeads: number;
   readonly headDim: number;
+  readonly blockSize: number;
   readonly #initial: number;
+  /** Slots allocated per layer (a multiple of blockSize). */
   #cap = 0;
   #used = 0;
+  /** Per slot: sequence (−1: free), position, segment. */
   #seq = new Int32Array(0);
   #pos = new Int32Array(0);
   #seg = new Int32Array(0);
+  #seqs = new Map<number, SeqState>();
+  /** Free block ids, descending (pop() takes the lowest). */
+  #free: number[] = [];
   /** Per layer: keys and values as [capacity, row] (owners) and [capacity, nKv, D] (views). */
   #k2: Tensor[] = [];
   #v2: Tensor[] = [];
@@ -123,6 +146,7 @@ export class KvCache {
     this.numLayers = positiveInt('KvCache', 'numLayers', dims?.numLayers);
     this.numKvHeads = positiveInt('KvCache', 'numKvHeads', dims?.numKvHeads);
     this.headDim = positiveInt('KvCache', 'headDim', dims?.headDim);
+    this.blockSize = opts.blockSize === undefined ? DEFAULT_KV_BLOCK : positiveInt('KvCache', 'blockSize', opts.blockSize, MAX_KV_BLOCK);
     this.#initial = opts.capacity === undefined ? 64 : positiveInt('KvCache', 'capacity', opts.capacity);
   }
 
@@ -131,9 +155,14 @@ export class KvCache {
     return this.#used;
   }
 
-  /** Slots allocated per layer (0 before the first append); the last one always stays empty. */
+  /** Slots allocated per layer (0 before the first append). */
   get capacity(): number {
     return this.#cap;
+  }
+
+  /** Blocks not owned by any sequence. */
+  get freeBlocks(): number {
+    return this.#free.length;
   }
 
   get disposed(): boolean {
@@ -149,28 +178,38 @@ export class KvCache {
     if (this.disposed) throw new DisposedTensorError(`KvCache.${op}: the cache was used after dispose()`);
   }
 
+  /** Slots holding a token, ascending. */
+  #usedSlots(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.#cap; i++) if (this.#seq[i]! >= 0) out.push(i);
+    return out;
+  }
+
   /** Sequence ids, positions and segment ids of the cached tokens, in slot order (copies). */
   entries(): { seq: Int32Array; pos: Int32Array; segment: Int32Array } {
-    return { seq: this.#seq.slice(0, this.#used), pos: this.#pos.slice(0, this.#used), segment: this.#seg.slice(0, this.#used) };
+    const at = this.#usedSlots();
+    const pick = (a: Int32Array) => Int32Array.from(at, (i) => a[i]!);
+    return { seq: pick(this.#seq), pos: pick(this.#pos), segment: pick(this.#seg) };
   }
 
   /** Distinct sequence ids held, ascending. */
   sequences(): number[] {
-    return [...new Set(this.#seq.subarray(0, this.#used))].sort((a, b) => a - b);
+    return [...this.#seqs.keys()].sort((a, b) => a - b);
   }
 
   /** Number of cached tokens of `seq`. */
   tokenCount(seq: number): number {
-    let n = 0;
-    for (let i = 0; i < this.#used; i++) if (this.#seq[i] === seq) n++;
-    return n;
+    return this.#seqs.get(seq)?.len ?? 0;
   }
 
   /** 1 + the largest cached position of `seq` (0 when it has none): where its next token goes. */
   nextPosition(seq: number): number {
-    let p = 0;
-    for (let i = 0; i < this.#used; i++) if (this.#seq[i] === seq) p = Math.max(p, this.#pos[i]! + 1);
-    return p;
+    return this.#seqs.get(seq)?.next ?? 0;
+  }
+
+  /** The block table of `seq` (block ids in token order; slot = block·blockSize + t % blockSize). */
+  blocksOf(seq: number): number[] {
+    return [...(this.#seqs.get(seq)?.blocks ?? [])];
   }
 
   #layer(op: string, layer: number): void {
@@ -180,7 +219,7 @@ export class KvCache {
     if (this.#cap === 0) throw new ArgumentError(`KvCache.${op}: the cache is empty (nothing appended yet)`);
   }
 
-  /** Keys of `layer`: f32 [capacity, numKvHeads, headDim] (slots ≥ length are zeros). Valid until the next append, drop or clear. */
+  /** Keys of `layer`: f32 [capacity, numKvHeads, headDim] (slots without a token hold anything). Valid until the next append, drop or clear. */
   keys(layer: number): Tensor {
     this.#layer('keys', layer);
     return this.#k3[layer]!;
@@ -192,13 +231,19 @@ export class KvCache {
     return this.#v3[layer]!;
   }
 
-  /** The cached keys and values of `layer` on the host, [length, numKvHeads, headDim] each. */
+  /** The cached keys and values of `layer` on the host, [length, numKvHeads, headDim] each, in slot order (as entries()). */
   async read(layer: number): Promise<{ k: Float32Array; v: Float32Array }> {
     if (this.#used === 0) return { k: new Float32Array(0), v: new Float32Array(0) };
     this.#layer('read', layer);
-    const n = this.#used * this.row;
+    const at = this.#usedSlots();
+    const row = this.row;
     const [k, v] = await Promise.all([this.#k2[layer]!.readFloat(), this.#v2[layer]!.readFloat()]);
-    return { k: k.slice(0, n), v: v.slice(0, n) };
+    const gather = (a: Float32Array) => {
+      const o = new Float32Array(at.length * row);
+      at.forEach((slot, n) => o.set(a.subarray(slot * row, (slot + 1) * row), n * row));
+      return o;
+    };
+    return { k: gather(k), v: gather(v) };
   }
 
   /** Sets the layers' tensors (disposing the old ones). */
@@ -221,21 +266,15 @@ export class KvCache {
     this.#cap = 0;
   }
 
-  /**
-   * Rebuilds every layer with `cap` slots: slot i takes old slot src[i] (i < src.length),
-   * every other slot is zero (fresh zero tensors, then one row copy per tensor).
-   */
-  #relayout(src: ArrayLike<number>, cap: number): void {
+  /** Grows every layer to `cap` slots: the used slots keep their ids (one row copy per tensor). */
+  #grow(cap: number): void {
     const made: Tensor[] = [];
     let map: RowMap | null = null;
+    const keep = this.#usedSlots();
     try {
       for (let l = 0; l < 2 * this.numLayers; l++) made.push(this.backend.zeros([cap, this.row]));
-      if (this.#cap > 0 && src.length > 0) {
-        map = rowMap(
-          this.backend,
-          Int32Array.from({ length: src.length }, (_, i) => i),
-          src,
-        );
+      if (this.#cap > 0 && keep.length > 0) {
+        map = rowMap(this.backend, keep, keep);
         const old = [...this.#k2, ...this.#v2];
         old.forEach((t, i) => copyRows(made[i]!, t, map!));
       }
@@ -245,24 +284,24 @@ export class KvCache {
     } finally {
       map?.dispose();
     }
+    const oldBlocks = this.#cap / this.blockSize;
     this.#install(made.slice(0, this.numLayers), made.slice(this.numLayers), cap);
-  }
-
-  #resizeMeta(cap: number): void {
-    const grow = (a: Int32Array) => {
-      const b = new Int32Array(cap);
-      b.set(a.subarray(0, Math.min(a.length, cap)));
+    const grow = (a: Int32Array, fill: number) => {
+      const b = new Int32Array(cap).fill(fill);
+      b.set(a);
       return b;
     };
-    this.#seq = grow(this.#seq);
-    this.#pos = grow(this.#pos);
-    this.#seg = grow(this.#seg);
+    this.#seq = grow(this.#seq, -1);
+    this.#pos = grow(this.#pos, EMPTY_SLOT_POSITION);
+    this.#seg = grow(this.#seg, 0);
+    for (let b = cap / this.blockSize - 1; b >= oldBlocks; b--) this.#free.push(b);
+    this.#free.sort((x, y) => y - x);
   }
 
   /**
    * Starts appending N new tokens (seq, pos: [N]; segments when the forward has a segment
-   * mask): grows the slots if needed and returns the layout of the new tokens against every
-   * slot. Commit after every layer's append, or abort.
+   * mask): takes blocks (growing if needed) and returns the layout of the new tokens against
+   * every slot, each sequence reading its own blocks. Commit after every layer's append, or abort.
    * @internal used by LlamaModel.forward.
    */
   begin(seq: Int32Array, pos: Int32Array, segments?: KvSegments): KvAppend {
@@ -271,27 +310,72 @@ export class KvCache {
     const N = seq.length;
     if (N === 0 || pos.length !== N || (segments && segments.segment.length !== N))
       throw new ShapeError(`KvCache.begin: expected N > 0 tokens with as many positions (and segments), got ${N}, ${pos.length}`);
-    const start = this.#used;
-    const need = start + N + 1; // + the always-empty last slot
-    let cap = this.#cap;
-    if (cap < need) cap = Math.ceil(Math.max(need, 2 * this.#cap, this.#initial) / 16) * 16;
-
-    // Key metadata over the (future) capacity.
-    const kSeq = new Int32Array(cap),
-      kPos = new Int32Array(cap).fill(EMPTY_SLOT_POSITION),
-      kSeg = new Int32Array(cap);
-    kSeq.set(this.#seq.subarray(0, start));
-    kPos.set(this.#pos.subarray(0, start));
-    kSeg.set(this.#seg.subarray(0, start));
-    kSeq.set(seq, start);
-    kPos.set(pos, start);
-    if (segments) kSeg.set(segments.segment, start);
+    const B = this.blockSize;
+    // new tokens per sequence, in order of first appearance
+    const adds = new Map<number, number>();
+    for (let n = 0; n < N; n++) adds.set(seq[n]!, (adds.get(seq[n]!) ?? 0) + 1);
+    let need = 0;
+    for (const [s, c] of adds) {
+      const st = this.#seqs.get(s);
+      const len = st?.len ?? 0;
+      need += Math.ceil((len + c) / B) - (st?.blocks.length ?? 0);
+    }
+    if (need > this.#free.length) {
+      const blocks = this.#cap / B;
+      const want = Math.max(blocks + need - this.#free.length, 2 * blocks, Math.ceil(this.#initial / B));
+      this.#grow(want * B);
+    }
+    // take blocks and place the tokens (the sequences' states change only at commit)
+    const taken = new Map<number, number[]>();
+    const tables = new Map<number, { blocks: number[]; len: number }>();
+    const slots = new Int32Array(N);
+    for (let n = 0; n < N; n++) {
+      const s = seq[n]!;
+      let t = tables.get(s);
+      if (!t) {
+        const st = this.#seqs.get(s);
+        t = { blocks: st ? [...st.blocks] : [], len: st?.len ?? 0 };
+        tables.set(s, t);
+      }
+      if (t.len === t.blocks.length * B) {
+        const b = this.#free.pop()!;
+        t.blocks.push(b);
+        let l = taken.get(s);
+        if (!l) taken.set(s, (l = []));
+        l.push(b);
+      }
+      slots[n] = t.blocks[Math.floor(t.len / B)]! * B + (t.len % B);
+      t.len++;
+    }
+    const cap = this.#cap;
+    const kSeq = this.#seq.slice(),
+      kPos = this.#pos.slice(),
+      kSeg = this.#seg.slice();
+    for (let n = 0; n < N; n++) {
+      kSeq[slots[n]!] = seq[n]!;
+      kPos[slots[n]!] = pos[n]!;
+      if (segments) kSeg[slots[n]!] = segments.segment[n]!;
+    }
+    // each sequence's blocks as its key runs, adjacent blocks merged
+    const runSeq: number[] = [],
+      runStart: number[] = [],
+      runEnd: number[] = [];
+    for (const [s, t] of tables) {
+      for (let k = 0; k < t.blocks.length;) {
+        let e = k + 1;
+        while (e < t.blocks.length && t.blocks[e] === t.blocks[e - 1]! + 1) e++;
+        runSeq.push(s);
+        runStart.push(t.blocks[k]! * B);
+        runEnd.push((t.blocks[e - 1]! + 1) * B);
+        k = e;
+      }
+    }
     let segInit;
     if (segments) {
       // Cached sequences the new tokens' mask does not cover are not blocked: pad with zeros.
       const S = segments.numSegments;
       let maxSeq = 0;
-      for (let i = 0; i < start + N; i++) maxSeq = Math.max(maxSeq, kSeq[i]!);
+      for (let i = 0; i < cap; i++) maxSeq = Math.max(maxSeq, kSeq[i]!);
       let blocked: ArrayLike<number | boolean> = segments.blocked;
       const have = Math.floor(blocked.length / (S * S));
       if (blocked.length % (S * S) === 0 && have > 0 && have <= maxSeq) {
@@ -301,33 +385,42 @@ export class KvCache {
       }
       segInit = { numSegments: S, qSegment: segments.segment, kSegment: kSeg, blocked };
     }
-    const layout = attentionLayout(this.backend, { qSeq: seq, qPos: pos, kSeq, kPos, ...(segInit ? { segments: segInit } : {}) });
+    const giveBack = () => {
+      for (const l of taken.values()) this.#free.push(...l);
+      this.#free.sort((x, y) => y - x);
+    };
+    let layout: AttentionLayout | undefined;
     let rows: RowMap | undefined;
     try {
+      layout = attentionLayout(this.backend, {
+        qSeq: seq,
+        qPos: pos,
+        kSeq,
+        kPos,
+        keyRuns: { seq: runSeq, start: runStart, end: runEnd },
+        ...(segInit ? { segments: segInit } : {}),
+      });
       rows = rowMap(
         this.backend,
-        Int32Array.from({ length: N }, (_, n) => start + n),
+        slots,
         Int32Array.from({ length: N }, (_, n) => n),
       );
-      if (cap !== this.#cap) {
-        const keep = Int32Array.from({ length: start }, (_, i) => i);
-        this.#relayout(keep, cap);
-        this.#resizeMeta(cap);
-      }
     } catch (e) {
-      layout.dispose();
+      layout?.dispose();
       rows?.dispose();
+      giveBack();
       throw e;
     }
     const plan: KvAppend = {
       cache: this,
       N,
-      start,
+      slots,
       layout,
       rows,
       seq: seq.slice(),
       pos: pos.slice(),
       segment: segments ? segments.segment.slice() : null,
+      taken,
       touched: new Set(),
     };
     this.#pending = plan;
@@ -368,35 +461,28 @@ export class KvCache {
     this.#check('commit', plan);
     if (plan.touched.size !== this.numLayers)
       throw new ArgumentError(`KvCache.commit: only ${plan.touched.size} of ${this.numLayers} layers were appended`);
-    this.#seq.set(plan.seq, plan.start);
-    this.#pos.set(plan.pos, plan.start);
-    if (plan.segment) this.#seg.set(plan.segment, plan.start);
-    else this.#seg.fill(0, plan.start, plan.start + plan.N);
+    for (let n = 0; n < plan.N; n++) {
+      const slot = plan.slots[n]!,
+        s = plan.seq[n]!;
+      this.#seq[slot] = s;
+      this.#pos[slot] = plan.pos[n]!;
+      this.#seg[slot] = plan.segment ? plan.segment[n]! : 0;
+      let st = this.#seqs.get(s);
+      if (!st) this.#seqs.set(s, (st = { blocks: [], len: 0, next: 0 }));
+      st.len++;
+      st.next = Math.max(st.next, plan.pos[n]! + 1);
+    }
+    for (const [s, l] of plan.taken) this.#seqs.get(s)!.blocks.push(...l);
     this.#used += plan.N;
     this.#finish(plan);
   }
 
-  /** Forgets the pending append: slots it wrote are cleared again. @internal */
+  /** Forgets the pending append: the blocks it took are free again; the slots it wrote belong to no sequence. @internal */
   abort(plan: KvAppend): void {
     if (plan !== this.#pending) return;
-    let zero: RowMap | null = null;
-    try {
-      if (!this.disposed && plan.touched.size > 0) {
-        // the last slot is never used: copy its zeros over the slots this forward wrote
-        zero = rowMap(
-          this.backend,
-          Int32Array.from({ length: plan.N }, (_, n) => plan.start + n),
-          new Int32Array(plan.N).fill(this.#cap - 1),
-        );
-        for (const l of plan.touched) {
-          copyRows(this.#k2[l]!, this.#k2[l]!, zero);
-          copyRows(this.#v2[l]!, this.#v2[l]!, zero);
-        }
-      }
-    } finally {
-      zero?.dispose();
-      this.#finish(plan);
-    }
+    for (const l of plan.taken.values()) this.#free.push(...l);
+    this.#free.sort((x, y) => y - x);
+    this.#finish(plan);
   }
 
   #finish(plan: KvAppend): void {
@@ -405,30 +491,26 @@ export class KvCache {
     this.#pending = null;
   }
 
-  /** Removes every cached token of the given sequences (the rest keep their order). */
+  /** Removes every cached token of the given sequences and frees their blocks (nothing is copied). */
   drop(seqs: Iterable<number>): void {
     this.#live('drop');
     if (this.#pending) throw new ArgumentError('KvCache.drop: a forward is appending to this cache');
-    const gone = new Set(seqs);
-    const keep: number[] = [];
-    for (let i = 0; i < this.#used; i++) if (!gone.has(this.#seq[i]!)) keep.push(i);
-    if (keep.length === this.#used) return;
-    if (keep.length === 0) {
-      this.clear();
-      return;
+    const B = this.blockSize;
+    let freed = false;
+    for (const s of new Set(seqs)) {
+      const st = this.#seqs.get(s);
+      if (!st) continue;
+      for (const b of st.blocks) {
+        this.#seq.fill(-1, b * B, (b + 1) * B);
+        this.#pos.fill(EMPTY_SLOT_POSITION, b * B, (b + 1) * B);
+        this.#seg.fill(0, b * B, (b + 1) * B);
+        this.#free.push(b);
+      }
+      this.#used -= st.len;
+      this.#seqs.delete(s);
+      freed = true;
     }
-    this.#relayout(keep, this.#cap);
-    const pick = (a: Int32Array) => {
-      const b = new Int32Array(this.#cap);
-      keep.forEach((s, i) => {
-        b[i] = a[s]!;
-      });
-      return b;
-    };
-    this.#seq = pick(this.#seq);
-    this.#pos = pick(this.#pos);
-    this.#seg = pick(this.#seg);
-    this.#used = keep.length;
+    if (freed) this.#free.sort((x, y) => y - x);
   }
 
   /** Removes every token and frees the slots. */
@@ -440,6 +522,8 @@ export class KvCache {
     this.#seq = new Int32Array(0);
     this.#pos = new Int32Array(0);
     this.#seg = new Int32Array(0);
+    this.#seqs.clear();
+    this.#free = [];
   }
 
   /** Frees the device memory. Safe to call twice. */
@@ -452,6 +536,8 @@ export class KvCache {
     }
     this.#release();
     this.#used = 0;
+    this.#seqs.clear();
+    this.#free = [];
     this.#disposed = true;
   }
 
