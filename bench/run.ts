@@ -17,10 +17,12 @@ import { coldBytesFor, modelBenchDefaults, modelMarkdown, runModelBench } from '
 import { runTorchBaseline, runTrainBench, trainBenchDefaults, trainMarkdown } from './train.js';
 import { runServeBench, serveMarkdown, type ServeBenchOptions } from './serve.js';
 import { decodeBenchDefaults, decodeMarkdown, runDecodeBench } from './decode.js';
+import { browserMarkdown, runBrowserBench } from './browser.js';
 
 const USAGE = `usage: npm run bench -- [options]
   --backend cpu|webgpu|cuda   backend to measure (default cpu)
-  --suite lora|model|train|serve|decode|all  lora: the multi-LoRA op suite (default); decode: one decode step at batch
+  --suite lora|model|train|serve|decode|browser|all  lora: the multi-LoRA op suite (default); browser: kernels, training
+                              and decode in headless Chromium vs Node (bench/results/browser.json); decode: one decode step at batch
                               1/16/64 with 1,024-token contexts (bench/results/<backend>.decode.json); serve: the serving engine with 1, 16,
                               256 (--full: 1,000) adapters of mixed ranks (bench/results/<backend>.serve.json); model: prefill/decode tokens/s of the
                               SmolLM-135M shape with 0, 1, 4, 64 MoTE bundles (bench/results/<backend>.model.json);
@@ -107,14 +109,14 @@ function parse() {
   } catch (e) {
     fail(`--filter: ${(e as Error).message}`);
   }
-  if (!['lora', 'model', 'train', 'serve', 'decode', 'all'].includes(values.suite!))
-    fail(`--suite: expected lora, model, train, serve, decode or all, got ${values.suite}`);
+  if (!['lora', 'model', 'train', 'serve', 'decode', 'browser', 'all'].includes(values.suite!))
+    fail(`--suite: expected lora, model, train, serve, decode, browser or all, got ${values.suite}`);
   if (!['f32', 'bf16'].includes(values.dtype!)) fail(`--dtype: expected f32 or bf16, got ${values.dtype}`);
   const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
     backend,
-    suite: values.suite as 'lora' | 'model' | 'train' | 'serve' | 'decode' | 'all',
+    suite: values.suite as 'lora' | 'model' | 'train' | 'serve' | 'decode' | 'browser' | 'all',
     baseline: !values['no-baseline'],
     modelDType: values.dtype as 'f32' | 'bf16',
     quick: values.quick!,
@@ -207,6 +209,7 @@ const log = (line: string): void => void process.stderr.write(`${line}\n`);
 
 async function main(): Promise<void> {
   const args = parse();
+  if (args.suite === 'browser') return runBrowser(args);
   let backend: Backend;
   try {
     backend = await openBackend(args.backend, args.threads ? { threads: args.threads } : {});
@@ -251,6 +254,32 @@ async function runServe(args: Args, backend: Backend): Promise<void> {
   writeResults(out, jsonText(doc));
   process.stdout.write(
     `# mote serving benchmark: ${backend.kind} (${info.device}), load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${serveMarkdown(r, opts)}\n`,
+  );
+  log(`bench: wrote ${out}`);
+}
+
+/** The browser suite (its own backends: Chromium's, Node's webgpu and cpu): writes bench/results/browser.json. */
+async function runBrowser(args: Args): Promise<void> {
+  const loadBefore = loadavg();
+  log('bench: browser suite (Chromium vs Node)');
+  const r = await runBrowserBench(
+    packageRoot,
+    { trainSteps: args.quick ? 3 : 5, decodeRequests: 8, decodeTokens: args.quick ? 8 : 16 },
+    log,
+  );
+  const doc = {
+    suite: 'browser',
+    date: new Date().toISOString(),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+    cpus: cpus().length,
+    loadavg: { before: loadBefore, after: loadavg() },
+    result: r,
+  };
+  const out = resolve(args.out ?? join(packageRoot, 'bench', 'results', `browser${args.quick ? '.quick' : ''}.json`));
+  writeResults(out, jsonText(doc));
+  process.stdout.write(
+    `# mote browser benchmark, load average ${loadBefore.map((x) => x.toFixed(2)).join(' ')} at the start, ${cpus().length} cores\n\n${browserMarkdown(r)}\n`,
   );
   log(`bench: wrote ${out}`);
 }
