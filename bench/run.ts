@@ -314,7 +314,8 @@ async function runTrain(args: Args, backend: Backend): Promise<void> {
   const opts = { shape: d.shape, seq: d.seq, rank: 16, steps: args.repeat > 1 ? args.repeat : d.steps, log };
   const r = await runTrainBench(backend, opts);
   if (args.baseline) {
-    const b = runTorchBaseline(packageRoot, opts, args.threads);
+    // PyTorch on the GPU against cuda; on the CPU against cpu and webgpu
+    const b = runTorchBaseline(packageRoot, opts, args.threads, backend.kind === 'cuda' ? 'cuda' : 'cpu');
     if (b.json) {
       r.baseline = b.json;
       if (typeof b.json.tokens_per_s === 'number') r.vsPyTorch = r.tokensPerS / b.json.tokens_per_s;

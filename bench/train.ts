@@ -194,6 +194,7 @@ export function runTorchBaseline(
   root: string,
   o: TrainBenchOptions,
   threads: number | undefined,
+  device: 'cpu' | 'cuda' = 'cpu',
 ): { json?: Record<string, unknown>; error?: string } {
   const setup = join(root, 'bench', 'setup_torch.sh');
   const script = join(root, 'bench', 'train_torch.py');
@@ -225,6 +226,7 @@ export function runTorchBaseline(
     `${o.rank}`,
   ];
   if (threads) args.push('--threads', `${threads}`);
+  if (device !== 'cpu') args.push('--device', device);
   o.log(`  pytorch baseline: python3 ${args.slice(1).join(' ')}`);
   const r = spawnSync('python3', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24 });
   if (r.status !== 0) return { error: `bench/train_torch.py failed (exit ${r.status})` };

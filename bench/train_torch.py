@@ -216,7 +216,7 @@ class Llama(nn.Module):
 
     def forward(self, ids):
         T = ids.shape[1]
-        cos, sin = rope_cos_sin(T, self.head_dim)
+        cos, sin = (t.to(ids.device) for t in rope_cos_sin(T, self.head_dim))
         x = self.embed_tokens(ids)
         for layer in self.layers:
             x = layer(x, cos, sin)
@@ -254,6 +254,7 @@ def main():
     ap.add_argument("--threads", type=int, help="torch intra-op (and OpenBLAS) threads (default: all usable cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny shape (hidden 64, 2 layers, vocab 256, seq 64)")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu, cuda); steps are timed after a synchronize")
     args = ap.parse_args()
 
     base = QUICK if args.quick else SMOLLM_135M
@@ -271,13 +272,16 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    model = Llama(c)
+    dev = torch.device(args.device)
+    model = Llama(c).to(dev)
     lora_params = [p for p in model.parameters() if p.requires_grad]
     n_lora = sum(p.numel() for p in lora_params)
     n_base = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     opt = torch.optim.AdamW(lora_params, lr=2e-4, weight_decay=0.0)
     ids, labels, masks, P = make_batch(c["seq"], c["vocab"], gen)
+    ids, labels, masks = ids.to(dev), labels.to(dev), [m.to(dev) for m in masks]
     Routing.masks = masks
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     print(f"train_torch: built in {time.perf_counter() - t0:.1f}s: base {n_base / 1e6:.1f}M frozen, "
           f"lora {n_lora / 1e6:.2f}M trainable, torch {torch.__version__}, {threads} threads, "
           f"attention {'sdpa' if HAS_SDPA else 'manual (no sdpa in this torch)'}", file=sys.stderr)
@@ -294,8 +298,10 @@ def main():
 
     step_ms = []
     for i in range(1 + args.steps):
+        sync()
         t = time.perf_counter()
         loss = train_step()
+        sync()
         ms = (time.perf_counter() - t) * 1e3
         if i > 0:
             step_ms.append(ms)
@@ -306,6 +312,7 @@ def main():
         "impl": "pytorch",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "shape": {"hidden": c["hidden"], "intermediate": c["intermediate"], "layers": c["layers"],
                   "heads": c["heads"], "kvHeads": c["kv_heads"], "vocab": c["vocab"]},
         "seq": c["seq"],
