@@ -11,6 +11,7 @@ import { LINEAR_MODULES, linearShape, parseHFConfig, type ModelConfig } from '..
 import { modelFromTensors } from '../src/model/load.js';
 import { createMote } from '../src/mote/bundle.js';
 import { Trainer, type TrainExample } from '../src/train/trainer.js';
+import { opProfile } from '../src/backend/native.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import type { LlamaWeights } from '../src/model/llama.js';
@@ -74,6 +75,8 @@ export interface TrainBenchResult {
    */
   floorMs: number;
   stepOverFloor: number;
+  /** cpu: the last step with every kernel call timed (ms per op name, and what was spent outside kernels). */
+  profile?: { stepMs: number; inOpsMs: number; ops: { op: string; calls: number; ms: number }[] };
   /** Rows of lm_head the step computes (loss rows) out of seq. */
   lmHeadRows: number;
   peakRssMB: number;
@@ -120,8 +123,27 @@ export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Pro
   let floorMs = NaN;
   const example = chainExample(o.seq, cfg.vocabSize);
   const lmHeadRows = Array.from(example.lossMask).filter((m) => m === 1).length;
+  let profile: TrainBenchResult['profile'];
   try {
-    while (!trainer.done) await trainer.trainStep();
+    while (!trainer.done) {
+      // the last step, with every addon call timed (cpu: the kernels' own time)
+      const last = trainer.state.step === o.steps;
+      if (last && backend.kind === 'cpu') opProfile(true);
+      const t = performance.now();
+      await trainer.trainStep();
+      const stepMsNow = performance.now() - t;
+      const p = last ? opProfile(false) : null;
+      if (p) {
+        const ops = [...p].map(([op, r]) => ({ op, calls: r.calls, ms: r.ms })).sort((a, b) => b.ms - a.ms);
+        const inOps = ops.reduce((a, r) => a + r.ms, 0);
+        profile = { stepMs: stepMsNow, inOpsMs: inOps, ops };
+        o.log(
+          `  profile of the last step: ${stepMsNow.toFixed(0)} ms, ${inOps.toFixed(0)} ms in kernels, ${(stepMsNow - inOps).toFixed(0)} ms outside them`,
+        );
+        for (const r of ops.slice(0, 14))
+          o.log(`    ${r.op.padEnd(22)} ${String(r.calls).padStart(5)} calls ${r.ms.toFixed(1).padStart(8)} ms`);
+      }
+    }
     floorMs = await baseMatmulFloor(backend, model.weights, o.seq, lmHeadRows, Math.max(3, o.steps));
     o.log(`  floor (base matmuls alone): ${floorMs.toFixed(0)} ms`);
   } finally {
@@ -140,6 +162,7 @@ export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Pro
     tokensPerS: o.seq / (ms / 1e3),
     floorMs,
     stepOverFloor: ms / floorMs,
+    ...(profile ? { profile } : {}),
     lmHeadRows,
     peakRssMB,
     memory,

@@ -223,11 +223,32 @@ export function loadAddon(): { addon: Addon | null; reason: string } {
 
 /** Turns an addon exception into a NativeError (keeps TypeError/RangeError messages). */
 export function nativeCall<T>(what: string, fn: () => T): T {
+  const t0 = profile ? performance.now() : 0;
   try {
     return fn();
   } catch (e) {
     throw new NativeError(`${what}: ${(e as Error).message}`);
+  } finally {
+    if (profile) {
+      const r = profile.get(what) ?? { calls: 0, ms: 0 };
+      r.calls++;
+      r.ms += performance.now() - t0;
+      profile.set(what, r);
+    }
   }
+}
+
+let profile: Map<string, { calls: number; ms: number }> | null = null;
+
+/**
+ * Starts timing every addon call by name (on: true) or stops; returns what was gathered since
+ * the last start. cpu calls are synchronous, so the times are the kernels' own; cuda calls only
+ * launch. @internal for the benchmarks' --profile
+ */
+export function opProfile(on: boolean): Map<string, { calls: number; ms: number }> | null {
+  const p = profile;
+  profile = on ? new Map() : null;
+  return p;
 }
 
 const DEVICE_CODE = { cpu: 0, cuda: 1 } as const;
