@@ -264,3 +264,39 @@ test('attentionLayout: hostile key runs are argument errors naming keyRuns', asy
     b.destroy();
   }
 });
+
+test('attention on cpu: bit-identical with 1, 2 and 3 threads (work items cut from the layout only)', async () => {
+  const { openBackend } = await import('../src/backend/select.js');
+  const { attentionGrad } = await import('../src/ops/attention.js');
+  const r = rng(77);
+  const nH = 6,
+    nKv = 2,
+    D = 40;
+  // three packed sequences of 37, 9 and 21 tokens, interleaved in stretches
+  const seqOf = [...Array(20).fill(0), ...Array(9).fill(1), ...Array(17).fill(0), ...Array(21).fill(2)];
+  const count = [0, 0, 0];
+  const qPos = seqOf.map((s) => count[s]!++);
+  const T = seqOf.length;
+  const q = randn(r, T * nH * D),
+    k = randn(r, T * nKv * D),
+    v = randn(r, T * nKv * D),
+    g = randn(r, T * nH * D);
+  const results: Float32Array[][] = [];
+  for (const threads of [1, 2, 3]) {
+    const b = await openBackend('cpu', { threads });
+    try {
+      const l = attentionLayout(b, { qSeq: seqOf, qPos });
+      const [tq, tk, tv, tg] = [b.tensor(q, [T, nH, D]), b.tensor(k, [T, nKv, D]), b.tensor(v, [T, nKv, D]), b.tensor(g, [T, nH, D])];
+      const f = attention(tq, tk, tv, l);
+      const d = attentionGrad(tg, tq, tk, tv, f.out, f.lse, l);
+      results.push(await Promise.all([f.out, f.lse, d.dq, d.dk, d.dv].map((t) => t.readFloat())));
+      for (const t of [tq, tk, tv, tg, f.out, f.lse, d.dq, d.dk, d.dv, l]) t.dispose();
+    } finally {
+      b.destroy();
+    }
+  }
+  const names = ['out', 'lse', 'dq', 'dk', 'dv'];
+  for (let t = 1; t < results.length; t++)
+    names.forEach((n, i) => assert.ok(bitsEqual(results[0]![i]!, results[t]![i]!), `${n}: thread count changed the bits`));
+  (await openBackend('cpu', { threads: os.cpus().length })).destroy();
+});

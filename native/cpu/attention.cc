@@ -7,20 +7,26 @@
 //   sequence's result does not depend on where its keys sit; each key's backward visits its
 //   sequence's query runs. Cost per query: its own sequence's keys, not the batch's.
 //
-// Forward: one work item per (query, head): an online softmax over the visible keys, taken in
-// blocks of kBlock (scores of a block, one rescale of the running sum per block), f32.
-// Backward (flash-attention style, from the saved lse):
-//   delta[i,h] = Σ_c dout·out                       (double, per (query, head))
-//   p = exp(s − lse), dp = dout·v, ds = p·(dp − delta)
-//   dq[i,h]  = scale · Σ_j ds · k[j]               one owner per (query, head), j ascending
-//   dk[j,kv] = scale · Σ_{i, h∈kv} ds · q[i,h]     one owner per (key, kv head),
-//   dv[j,kv] = Σ_{i, h∈kv} p · dout[i,h]            i ascending, then h ascending
-// No atomics; work items are cut from the dims only, so results do not depend on threads.
+// Blocked, flash-attention style: rows (queries, or keys in the dk/dv pass) are cut into blocks
+// of ≤ kQ consecutive rows of one sequence, and their partners are taken in windows of kW in
+// the logical order of the runs; within a window the partners' vectors are transposed so that
+// the kW scores of a row are one FMA per dim, vectorised over the window (no horizontal sums),
+// and exp is exp_f32 (vectorised). A window that no row of the block sees is skipped (causal
+// prefixes cost about half). Sums are per window in logical order: a row's result depends only
+// on its own sequence's runs, not on the other rows of its block or batch.
+// Backward from the saved lse, in two passes without atomics (each element has one owner):
+//   delta[i,h] = Σ_c dout·out  (double);  p = exp(s − lse), dp = dout·v, ds = p·(dp − delta)
+//   dq[i,h]  = scale · Σ_j ds · k[j]                 per (query block, head)
+//   dk[j,kv] = scale · Σ_{i, h∈kv} ds · q[i,h],  dv[j,kv] = Σ_{i, h∈kv} p · dout[i,h]
+//                                                    per (key block, kv head): query windows,
+//                                                    the group's heads in order in each
+// Work items are cut from the layout only, so results do not depend on the thread count.
 // The layout's index arrays are checked before anything is written.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -28,11 +34,13 @@
 
 #include "kernels.h"
 #include "threads.h"
+#include "fast_exp.h"
 
 namespace MOTE_CPU_KERNEL_NS {
 namespace {
 
-constexpr int kBlock = 64;
+constexpr int kQ = 8;   // rows (queries, or keys in dk/dv) per block
+constexpr int kW = 16;  // keys (or queries) per window: one vector of scores
 
 inline float dot(const float* a, const float* b, int D) {
   float s = 0;
@@ -106,66 +114,310 @@ struct Query {
   }
 };
 
-}  // namespace
+// The windows of the run lists a set of rows reads: the partners of every row (queries: their
+// keys; keys: their queries) in windows of kW consecutive indices in the logical order of the
+// row's run list (runs concatenated). Rows with the same list share its windows, and each
+// window's partner vectors are transposed once per call (see transpose_all): the fixed tiles
+// every sum is taken over, so a row's result depends only on its own sequence's runs.
+struct WindowSet {
+  std::vector<int> first;  // per row: its list's first window
+  std::vector<int> count;  // per row: its list's windows
+  std::vector<int> idx;    // [window][kW] partner indices (the first cnt valid)
+  std::vector<int> cnt;    // [window]
+  int total = 0;
+};
 
-void attention(const AttentionArgs& a, float* out, float* lse, const float* q, const float* k, const float* v) {
-  check(a);
-  const int D = a.D, nH = a.nH, nKv = a.nKv, group = a.nH / a.nKv;
-  const float scale = a.scale;
-  parallel_for(size_t(a.Tq) * nH, 1, [&](size_t r0, size_t r1) {
-    std::vector<float> acc(D);
-    float s[kBlock];
-    int js[kBlock];
-    for (size_t r = r0; r < r1; r++) {
-      const int i = int(r / nH), h = int(r % nH), kv = h / group;
-      const Query qu(a, i);
-      const float* qv = q + r * D;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      float m = -std::numeric_limits<float>::infinity(), l = 0;
-      auto [run, runs_end] = key_runs(a, i);
-      int j = run != runs_end ? run[0] : 0;
-      for (;;) {
-        // the next kBlock visible keys in logical order (across runs)
-        int n = 0;
-        while (n < kBlock && run != runs_end) {
-          if (j >= run[1]) {
-            run += 2;
-            if (run != runs_end) j = run[0];
-            continue;
+WindowSet make_windows(const AttentionArgs& a, const int* entries, int nrows) {
+  WindowSet ws;
+  ws.first.assign(nrows, 0);
+  ws.count.assign(nrows, 0);
+  std::map<std::pair<int, int>, std::pair<int, int>> seen;  // (first run, runs) → (first window, windows)
+  const int* table = run_table(a);
+  for (int i = 0; i < nrows; i++) {
+    const std::pair<int, int> key{entries[2 * size_t(i)], entries[2 * size_t(i) + 1]};
+    if (key.second == 0) continue;
+    auto it = seen.find(key);
+    if (it == seen.end()) {
+      const int w0 = ws.total;
+      int n = 0;
+      for (int r = key.first; r < key.first + key.second; r++)
+        for (int x = table[2 * r]; x < table[2 * r + 1]; x++) {
+          if (n == 0) {
+            ws.idx.resize(size_t(ws.total + 1) * kW, 0);
+            ws.cnt.push_back(0);
+            ws.total++;
           }
-          if (qu.sees(a, j)) js[n++] = j;
-          j++;
+          ws.idx[size_t(ws.total - 1) * kW + n] = x;
+          ws.cnt.back() = ++n;
+          if (n == kW) n = 0;
         }
-        if (n == 0) break;
-        float bm = -std::numeric_limits<float>::infinity();
-        for (int b = 0; b < n; b++) {
-          s[b] = scale * dot(qv, k + (size_t(js[b]) * nKv + kv) * D, D);
-          bm = std::max(bm, s[b]);
-        }
-        if (bm > m) {
-          const float corr = std::exp(m - bm);  // 0 on the first block
-          l *= corr;
-          for (int c = 0; c < D; c++) acc[c] *= corr;
-          m = bm;
-        }
-        for (int b = 0; b < n; b++) {
-          const float p = std::exp(s[b] - m);
-          l += p;
-          axpy(acc.data(), p, v + (size_t(js[b]) * nKv + kv) * D, D);
-        }
-      }
-      float* o = out + r * D;
-      if (l > 0) {
-        for (int c = 0; c < D; c++) o[c] = acc[c] / l;
-        lse[r] = m + std::log(l);
-      } else {
-        std::memset(o, 0, size_t(D) * 4);
-        lse[r] = -std::numeric_limits<float>::infinity();
+      it = seen.emplace(key, std::pair<int, int>{w0, ws.total - w0}).first;
+    }
+    ws.first[i] = it->second.first;
+    ws.count[i] = it->second.second;
+  }
+  return ws;
+}
+
+// dst[((h·total + w)·D + c)·kW + x] = src[idx[w][x]·stride + h·D + c] for every head slot h < H
+// and window w (0 past a window's count): the windows' vectors transposed, so that kW scores
+// of a row are one FMA per dim, vectorised over the window.
+void transpose_all(std::vector<float>& dst, const WindowSet& ws, const float* src, int H, size_t stride, int D) {
+  dst.assign(size_t(H) * ws.total * D * kW, 0.f);
+  parallel_for(size_t(H) * ws.total, 16, [&](size_t w0, size_t w1) {
+    for (size_t hw = w0; hw < w1; hw++) {
+      const int h = int(hw / ws.total), w = int(hw % ws.total), n = ws.cnt[w];
+      float* t = dst.data() + hw * D * kW;
+      for (int x = 0; x < n; x++) {
+        const float* r = src + size_t(ws.idx[size_t(w) * kW + x]) * stride + size_t(h) * D;
+        for (int c = 0; c < D; c++) t[size_t(c) * kW + x] = r[c];
       }
     }
   });
 }
 
+// Blocks of ≤ kQ consecutive rows with the same run-list entry (queries: same sequence and key
+// runs; keys: same query runs), as [start, end) pairs. Cut from the layout only.
+std::vector<std::pair<int, int>> row_blocks(const int* entries, int n, int kq) {
+  std::vector<std::pair<int, int>> out;
+  for (int i = 0; i < n;) {
+    int e = i + 1;
+    while (e < n && e - i < kq && entries[2 * size_t(e)] == entries[2 * size_t(i)] &&
+           entries[2 * size_t(e) + 1] == entries[2 * size_t(i) + 1])
+      e++;
+    out.push_back({i, e});
+    i = e;
+  }
+  return out;
+}
+
+// 8 floats as one vector (GCC vector extension; loads and stores through memcpy: unaligned).
+typedef float v8f __attribute__((vector_size(32)));
+inline v8f ld8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+
+// o[c] += Σ_x p[x]·rows[x][c] over the x < n with p[x] ≠ 0 (others are not read: an invisible
+// slot may hold anything), summed in registers (x ascending), then added to o once.
+inline void window_axpy(float* o, const float* p, const float* const* rows, int n, int D) {
+  float pp[kW];
+  const float* rr[kW];
+  int m = 0;
+  for (int x = 0; x < n; x++)
+    if (p[x] != 0.f) {
+      pp[m] = p[x];
+      rr[m++] = rows[x];
+    }
+  if (m == 0) return;
+  int c = 0;
+  for (; c + 16 <= D; c += 16) {
+    v8f a0 = {}, a1 = {};
+    for (int x = 0; x < m; x++) {
+      a0 += pp[x] * ld8(rr[x] + c);
+      a1 += pp[x] * ld8(rr[x] + c + 8);
+    }
+    st8(o + c, ld8(o + c) + a0);
+    st8(o + c + 8, ld8(o + c + 8) + a1);
+  }
+  for (; c + 8 <= D; c += 8) {
+    v8f a0 = {};
+    for (int x = 0; x < m; x++) a0 += pp[x] * ld8(rr[x] + c);
+    st8(o + c, ld8(o + c) + a0);
+  }
+  for (; c < D; c++) {
+    float acc = 0;
+    for (int x = 0; x < m; x++) acc += pp[x] * rr[x][c];
+    o[c] += acc;
+  }
+}
+
+// s[r][x] = scale · Σ_c rows[r][c]·t[c·kW + x] for the NQ rows (kW = 16: two vectors per row):
+// NQ·SP independent accumulator pairs (SP interleaved parts of the dims), added in a fixed
+// order, so the FMAs pipeline instead of waiting on one chain.
+template <int NQ>
+inline void block_dots_n(float (*s)[kW], const float* const* x, const float* t, int D, float scale) {
+  constexpr int SP = 4 / NQ > 0 ? 4 / NQ : 1;
+  static_assert(kW == 16, "two vectors per window");
+  v8f lo[NQ][SP] = {}, hi[NQ][SP] = {};
+  int c = 0;
+  for (; c + SP <= D; c += SP)
+    for (int u = 0; u < SP; u++) {
+      const v8f t0 = ld8(t + size_t(c + u) * kW), t1 = ld8(t + size_t(c + u) * kW + 8);
+      for (int r = 0; r < NQ; r++) {
+        const float xc = x[r][c + u];
+        lo[r][u] += xc * t0;
+        hi[r][u] += xc * t1;
+      }
+    }
+  for (; c < D; c++) {
+    const v8f t0 = ld8(t + size_t(c) * kW), t1 = ld8(t + size_t(c) * kW + 8);
+    for (int r = 0; r < NQ; r++) {
+      lo[r][0] += x[r][c] * t0;
+      hi[r][0] += x[r][c] * t1;
+    }
+  }
+  for (int r = 0; r < NQ; r++) {
+    v8f a = lo[r][0], b = hi[r][0];
+    for (int u = 1; u < SP; u++) {
+      a += lo[r][u];
+      b += hi[r][u];
+    }
+    st8(s[r], scale * a);
+    st8(s[r] + 8, scale * b);
+  }
+}
+
+// block_dots_n for nq ≤ kQ rows (rows past nq of the chosen width read `zero`, a D-vector of 0).
+inline void block_dots(float (*s)[kW], const float* const* rows, int nq, const float* t, int D, float scale,
+                       const float* zero) {
+  const float* x[kQ];
+  for (int r = 0; r < kQ; r++) x[r] = r < nq ? rows[r] : zero;
+  if (nq == 1)
+    block_dots_n<1>(s, x, t, D, scale);
+  else if (nq == 2)
+    block_dots_n<2>(s, x, t, D, scale);
+  else if (nq <= 4)
+    block_dots_n<4>(s, x, t, D, scale);
+  else
+    block_dots_n<8>(s, x, t, D, scale);
+}
+
+// Visibility of a window's partners from up to kQ rows: vis[r][x] for x < kW (false past n).
+// The window's ids are loaded once; without segments the tests vectorise.
+struct WindowIds {
+  int seq[kW], pos[kW], seg[kW];
+  void load(const int* sq, const int* ps, const int* sg, const int* idx, int n) {
+    for (int x = 0; x < kW; x++) {
+      const bool in = x < n;
+      seq[x] = in ? sq[idx[x]] : -2;  // −2 matches no sequence (−1 is an empty slot's)
+      pos[x] = in ? ps[idx[x]] : 0;
+      seg[x] = in && sg ? sg[idx[x]] : 0;
+    }
+  }
+};
+
+// Rows are queries: partner keys visible from query i.
+inline bool query_vis(const AttentionArgs& a, const WindowIds& k, int i, bool* vis) {
+  const int qs = a.q_seq[i], qp = a.q_pos[i];
+  const int* brow = a.S > 0 ? a.blocked + (size_t(qs) * a.S + a.q_seg[i]) * a.S : nullptr;
+  bool any = false;
+  for (int x = 0; x < kW; x++) {
+    const bool on = k.seq[x] == qs && k.pos[x] <= qp && !(brow && brow[k.seg[x]]);
+    vis[x] = on;
+    any |= on;
+  }
+  return any;
+}
+
+// Rows are keys: partner queries that see key j.
+inline bool key_vis(const AttentionArgs& a, const WindowIds& qw, int j, bool* vis) {
+  const int ks = a.k_seq[j], kp = a.k_pos[j], kg = a.S > 0 ? a.k_seg[j] : 0;
+  bool any = false;
+  for (int x = 0; x < kW; x++) {
+    const bool on = qw.seq[x] == ks && kp <= qw.pos[x] &&
+                    !(a.S > 0 && qw.seq[x] >= 0 && a.blocked[(size_t(ks) * a.S + qw.seg[x]) * a.S + kg]);
+    vis[x] = on;
+    any |= on;
+  }
+  return any;
+}
+
+}  // namespace
+
+// Forward: one work item per (block of ≤ kQ queries of one sequence, kv head): over the windows
+// of the block's keys, visibility once per window, then for each query head of the group every
+// query's kW scores at once (block_dots on the transposed keys), an online softmax per
+// (query, head) with one rescale per window, and p·v summed over the window. A window none of
+// the block's queries sees is skipped (causal prefixes cost about half).
+void attention(const AttentionArgs& a, float* out, float* lse, const float* q, const float* k, const float* v) {
+  check(a);
+  const int D = a.D, nH = a.nH, nKv = a.nKv, group = a.nH / a.nKv;
+  const float scale = a.scale, ninf = -std::numeric_limits<float>::infinity();
+  const auto blocks = row_blocks(a.ranges, a.Tq, kQ);
+  const WindowSet ws = make_windows(a, a.ranges, a.Tq);
+  std::vector<float> kt;
+  transpose_all(kt, ws, k, nKv, size_t(nKv) * D, D);
+  parallel_for(blocks.size() * nKv, 1, [&](size_t r0, size_t r1) {
+    std::vector<float> acc(size_t(group) * kQ * D), m(size_t(group) * kQ), l(size_t(group) * kQ), zero(D);
+    WindowIds ids;
+    for (size_t r = r0; r < r1; r++) {
+      const auto [i0, i1] = blocks[r / nKv];
+      const int kv = int(r % nKv), nq = i1 - i0;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(m.begin(), m.end(), ninf);
+      std::fill(l.begin(), l.end(), 0.f);
+      for (int w = ws.first[i0]; w < ws.first[i0] + ws.count[i0]; w++) {
+        const int* idx = ws.idx.data() + size_t(w) * kW;
+        const int n = ws.cnt[w];
+        ids.load(a.k_seq, a.k_pos, a.S > 0 ? a.k_seg : nullptr, idx, n);
+        bool vis[kQ][kW], any = false;
+        for (int qi = 0; qi < nq; qi++) any |= query_vis(a, ids, i0 + qi, vis[qi]);
+        if (!any) continue;
+        const float* vrows[kW];
+        for (int x = 0; x < n; x++) vrows[x] = v + (size_t(idx[x]) * nKv + kv) * D;
+        const float* t = kt.data() + (size_t(kv) * ws.total + w) * D * kW;
+        for (int g = 0; g < group; g++) {
+          const int h = kv * group + g;
+          const float* qrows[kQ];
+          for (int qi = 0; qi < nq; qi++) qrows[qi] = q + (size_t(i0 + qi) * nH + h) * D;
+          float sc[kQ][kW];
+          block_dots(sc, qrows, nq, t, D, scale, zero.data());
+          for (int qi = 0; qi < nq; qi++) {
+            const float* s = sc[qi];
+            float wm = ninf;
+            for (int x = 0; x < kW; x++)
+              if (vis[qi][x]) wm = std::max(wm, s[x]);
+            if (wm == ninf) continue;
+            const size_t st = size_t(g) * kQ + qi;
+            float* o = acc.data() + st * D;
+            if (wm > m[st]) {
+              const float corr = m[st] == ninf ? 0.f : exp_f32(m[st] - wm);
+              l[st] *= corr;
+#pragma omp simd
+              for (int c = 0; c < D; c++) o[c] *= corr;
+              m[st] = wm;
+            }
+            const float mq = m[st];
+            float e[kW], p[kW];
+#pragma omp simd
+            for (int x = 0; x < kW; x++) e[x] = exp_f32(s[x] - mq);
+            float ps = 0;
+            for (int x = 0; x < kW; x++) {
+              p[x] = vis[qi][x] ? e[x] : 0.f;
+              ps += p[x];
+            }
+            l[st] += ps;
+            window_axpy(o, p, vrows, n, D);
+          }
+        }
+      }
+      for (int g = 0; g < group; g++)
+        for (int qi = 0; qi < nq; qi++) {
+          const size_t st = size_t(g) * kQ + qi, row = size_t(i0 + qi) * nH + kv * group + g;
+          float* o = out + row * D;
+          const float* src = acc.data() + st * D;
+          if (l[st] > 0) {
+            for (int c = 0; c < D; c++) o[c] = src[c] / l[st];
+            lse[row] = m[st] + std::log(l[st]);
+          } else {
+            std::memset(o, 0, size_t(D) * 4);
+            lse[row] = ninf;
+          }
+        }
+    }
+  });
+}
+
+// Backward, flash-attention style from the saved lse, in two passes without atomics:
+//   dq: per (query block, kv head), over the windows of the block's keys, for each head of the
+//       group: s and dp = dout·v for the block at once (transposed keys and values),
+//       ds = p·(dp − delta), dq += Σ ds·k;
+//   dk, dv: per (block of ≤ kQ keys with the same query runs, kv head), over the windows of
+//       their queries, the group's heads in order in each: s and dp for the block at once
+//       (transposed queries and douts), dv += Σ p·dout, dk += Σ ds·q.
 void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, const float* dout, const float* q,
                     const float* k, const float* v, const float* out, const float* lse) {
   check(a);
@@ -185,63 +437,123 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
       delta[r] = float(d);
     }
   });
-  // dq: one owner per (query, head)
-  parallel_for(rows, 1, [&](size_t r0, size_t r1) {
-    std::vector<float> acc(D);
-    for (size_t r = r0; r < r1; r++) {
-      const int i = int(r / nH), h = int(r % nH), kv = h / group;
-      std::fill(acc.begin(), acc.end(), 0.f);
-      const float L = lse[r];
-      if (L != ninf) {
-        const Query qu(a, i);
-        const float* qv = q + r * D;
-        const float* g = dout + r * D;
-        auto [run, runs_end] = key_runs(a, i);
-        for (; run != runs_end; run += 2)
-          for (int j = run[0]; j < run[1]; j++) {
-            if (!qu.sees(a, j)) continue;
-            const float* kj = k + (size_t(j) * nKv + kv) * D;
-            const float p = std::exp(scale * dot(qv, kj, D) - L);
-            const float ds = p * (dot(g, v + (size_t(j) * nKv + kv) * D, D) - delta[r]);
-            axpy(acc.data(), ds, kj, D);
-          }
-      }
-      float* o = dq + r * D;
-      for (int c = 0; c < D; c++) o[c] = scale * acc[c];
-    }
-  });
-  // dk, dv: one owner per (key, kv head); queries ascending, then the group's heads ascending
-  parallel_for(size_t(a.Tk) * nKv, 1, [&](size_t r0, size_t r1) {
-    std::vector<float> ak(D), av(D);
-    for (size_t r = r0; r < r1; r++) {
-      const int j = int(r / nKv), kv = int(r % nKv);
-      std::fill(ak.begin(), ak.end(), 0.f);
-      std::fill(av.begin(), av.end(), 0.f);
-      const float* kj = k + r * D;
-      const float* vj = v + r * D;
-      const int kseq = a.k_seq[j], kpos = a.k_pos[j], kseg = a.S > 0 ? a.k_seg[j] : 0;
-      auto [run, runs_end] = query_runs(a, j);
-      for (; run != runs_end; run += 2)
-        for (int i = run[0]; i < run[1]; i++) {
-          if (a.q_seq[i] != kseq || kpos > a.q_pos[i]) continue;
-          if (a.S > 0 && a.blocked[(size_t(kseq) * a.S + a.q_seg[i]) * a.S + kseg]) continue;
-          for (int h = kv * group; h < (kv + 1) * group; h++) {
-            const size_t qr = size_t(i) * nH + h;
-            const float L = lse[qr];
-            if (L == ninf) continue;
-            const float* qv = q + qr * D;
-            const float* g = dout + qr * D;
-            const float p = std::exp(scale * dot(qv, kj, D) - L);
-            const float ds = p * (dot(g, vj, D) - delta[qr]);
-            axpy(av.data(), p, g, D);
-            axpy(ak.data(), ds, qv, D);
+  {
+    const auto qblocks = row_blocks(a.ranges, a.Tq, kQ);
+    const WindowSet ws = make_windows(a, a.ranges, a.Tq);
+    std::vector<float> kt, vt;
+    transpose_all(kt, ws, k, nKv, size_t(nKv) * D, D);
+    transpose_all(vt, ws, v, nKv, size_t(nKv) * D, D);
+    parallel_for(qblocks.size() * nKv, 1, [&](size_t r0, size_t r1) {
+      std::vector<float> acc(size_t(group) * kQ * D), zero(D);
+      WindowIds ids;
+      for (size_t r = r0; r < r1; r++) {
+        const auto [i0, i1] = qblocks[r / nKv];
+        const int kv = int(r % nKv), nq = i1 - i0;
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int w = ws.first[i0]; w < ws.first[i0] + ws.count[i0]; w++) {
+          const int* idx = ws.idx.data() + size_t(w) * kW;
+          const int n = ws.cnt[w];
+          ids.load(a.k_seq, a.k_pos, a.S > 0 ? a.k_seg : nullptr, idx, n);
+          bool vis[kQ][kW], any = false;
+          for (int qi = 0; qi < nq; qi++) any |= query_vis(a, ids, i0 + qi, vis[qi]);
+          if (!any) continue;
+          const size_t t = (size_t(kv) * ws.total + w) * D * kW;
+          const float* krows[kW];
+          for (int x = 0; x < n; x++) krows[x] = k + (size_t(idx[x]) * nKv + kv) * D;
+          for (int g = 0; g < group; g++) {
+            const int h = kv * group + g;
+            const float *qrows[kQ], *grows[kQ];
+            for (int qi = 0; qi < nq; qi++) {
+              qrows[qi] = q + (size_t(i0 + qi) * nH + h) * D;
+              grows[qi] = dout + (size_t(i0 + qi) * nH + h) * D;
+            }
+            float sc[kQ][kW], dpc[kQ][kW];
+            block_dots(sc, qrows, nq, kt.data() + t, D, scale, zero.data());
+            block_dots(dpc, grows, nq, vt.data() + t, D, 1.f, zero.data());
+            for (int qi = 0; qi < nq; qi++) {
+              const size_t row = size_t(i0 + qi) * nH + h;
+              const float L = lse[row], dl = delta[row];
+              if (L == ninf) continue;
+              float e[kW], ds[kW];
+#pragma omp simd
+              for (int x = 0; x < kW; x++) e[x] = exp_f32(sc[qi][x] - L) * (dpc[qi][x] - dl);
+              for (int x = 0; x < kW; x++) ds[x] = vis[qi][x] ? e[x] : 0.f;
+              window_axpy(acc.data() + (size_t(g) * kQ + qi) * D, ds, krows, n, D);
+            }
           }
         }
-      float* ok = dk + r * D;
-      float* ov = dv + r * D;
-      for (int c = 0; c < D; c++) {
-        ok[c] = scale * ak[c];
-        ov[c] = av[c];
+        for (int g = 0; g < group; g++)
+          for (int qi = 0; qi < nq; qi++) {
+            float* o = dq + (size_t(i0 + qi) * nH + kv * group + g) * D;
+            const float* src = acc.data() + (size_t(g) * kQ + qi) * D;
+            for (int c = 0; c < D; c++) o[c] = scale * src[c];
+          }
+      }
+    });
+  }
+  // dk, dv
+  const int* kentries = a.ranges + 2 * size_t(a.Tq);
+  const auto kblocks = row_blocks(kentries, a.Tk, kQ);
+  const WindowSet ws = make_windows(a, kentries, a.Tk);
+  std::vector<float> qt, gt;
+  transpose_all(qt, ws, q, nH, size_t(nH) * D, D);
+  transpose_all(gt, ws, dout, nH, size_t(nH) * D, D);
+  parallel_for(kblocks.size() * nKv, 1, [&](size_t r0, size_t r1) {
+    std::vector<float> ak(size_t(kQ) * D), av(size_t(kQ) * D), zero(D);
+    WindowIds ids;
+    for (size_t r = r0; r < r1; r++) {
+      const auto [j0, j1] = kblocks[r / nKv];
+      const int kv = int(r % nKv), nk = j1 - j0;
+      const float *krows[kQ], *vrows[kQ];
+      for (int kj = 0; kj < nk; kj++) {
+        krows[kj] = k + (size_t(j0 + kj) * nKv + kv) * D;
+        vrows[kj] = v + (size_t(j0 + kj) * nKv + kv) * D;
+      }
+      std::fill(ak.begin(), ak.begin() + size_t(nk) * D, 0.f);
+      std::fill(av.begin(), av.begin() + size_t(nk) * D, 0.f);
+      for (int w = ws.first[j0]; w < ws.first[j0] + ws.count[j0]; w++) {
+        const int* idx = ws.idx.data() + size_t(w) * kW;
+        const int n = ws.cnt[w];
+        ids.load(a.q_seq, a.q_pos, a.S > 0 ? a.q_seg : nullptr, idx, n);
+        bool vis[kQ][kW], any = false;
+        for (int kj = 0; kj < nk; kj++) any |= key_vis(a, ids, j0 + kj, vis[kj]);
+        if (!any) continue;
+        for (int h = kv * group; h < (kv + 1) * group; h++) {
+          const size_t t = (size_t(h) * ws.total + w) * D * kW;
+          float L[kW], dl[kW];
+          const float *qrows[kW], *grows[kW];
+          for (int x = 0; x < kW; x++) {
+            const size_t row = x < n ? size_t(idx[x]) * nH + h : 0;
+            L[x] = x < n ? lse[row] : ninf;
+            dl[x] = x < n ? delta[row] : 0.f;
+            if (x < n) {
+              qrows[x] = q + row * D;
+              grows[x] = dout + row * D;
+            }
+          }
+          float sc[kQ][kW], dpc[kQ][kW];
+          block_dots(sc, krows, nk, qt.data() + t, D, scale, zero.data());
+          block_dots(dpc, vrows, nk, gt.data() + t, D, 1.f, zero.data());
+          for (int kj = 0; kj < nk; kj++) {
+            float e[kW], p[kW], ds[kW];
+#pragma omp simd
+            for (int x = 0; x < kW; x++) e[x] = exp_f32(sc[kj][x] - L[x]);
+            for (int x = 0; x < kW; x++) {
+              const bool on = vis[kj][x] && L[x] != ninf;
+              p[x] = on ? e[x] : 0.f;
+              ds[x] = on ? e[x] * (dpc[kj][x] - dl[x]) : 0.f;
+            }
+            window_axpy(av.data() + size_t(kj) * D, p, grows, n, D);
+            window_axpy(ak.data() + size_t(kj) * D, ds, qrows, n, D);
+          }
+        }
+      }
+      for (int kj = 0; kj < nk; kj++) {
+        const size_t jr = (size_t(j0 + kj) * nKv + kv) * D;
+        for (int c = 0; c < D; c++) {
+          dk[jr + c] = scale * ak[size_t(kj) * D + c];
+          dv[jr + c] = av[size_t(kj) * D + c];
+        }
       }
     }
   });
