@@ -3,9 +3,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <thread>
+#include <utility>
+#include <vector>
 #ifndef _WIN32
 #include <fcntl.h>
 #include <unistd.h>
@@ -21,10 +24,55 @@
 
 namespace mote {
 
+// Freed host buffers of ≥ 1 MiB kept for reuse by exact size: a training step allocates the same
+// large temporaries (logits, their gradient, activations) every step, and a fresh aligned_alloc of
+// that size is an mmap whose pages fault in (and are zeroed by the kernel) again each time. At
+// most MOTE_HOST_CACHE_MB (default 256) are held, oldest released first. Buffers are only ever
+// touched on the JS thread (allocs, frees and finalizers), so no lock.
+struct HostCache {
+  std::vector<std::pair<size_t, void*>> held;  // oldest first
+  size_t bytes = 0, cap = 0;
+  bool init = false;
+  size_t limit() {
+    if (!init) {
+      init = true;
+      const char* e = std::getenv("MOTE_HOST_CACHE_MB");
+      const long mb = e ? std::strtol(e, nullptr, 10) : 256;
+      cap = mb > 0 ? size_t(mb) << 20 : 0;
+    }
+    return cap;
+  }
+  void* take(size_t sz) {
+    for (size_t i = held.size(); i-- > 0;)
+      if (held[i].first == sz) {
+        void* p = held[i].second;
+        held.erase(held.begin() + ptrdiff_t(i));
+        bytes -= sz;
+        return p;
+      }
+    return nullptr;
+  }
+  void give(size_t sz, void* p) {
+    if (sz < (size_t(1) << 20) || sz > limit()) {
+      std::free(p);
+      return;
+    }
+    held.push_back({sz, p});
+    bytes += sz;
+    while (bytes > limit()) {
+      std::free(held.front().second);
+      bytes -= held.front().first;
+      held.erase(held.begin());
+    }
+  }
+} host_cache;
+
+size_t host_alloc_size(size_t bytes) { return bytes ? (bytes + 63) / 64 * 64 : 64; }
+
 void free_buffer(Napi::Env env, NativeBuffer* b) {
   if (!b->ptr) return;
   if (b->device == Device::CPU) {
-    std::free(b->ptr);
+    host_cache.give(host_alloc_size(b->bytes), b->ptr);
   } else {
 #ifdef MOTE_HAVE_CUDA
     cuda::free(b->ptr);
@@ -205,8 +253,9 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
     auto* b = new NativeBuffer();
     b->bytes = bytes;
     if (dev == int(Device::CPU)) {
-      size_t sz = (b->bytes + 63) / 64 * 64;
-      b->ptr = std::aligned_alloc(64, sz ? sz : 64);
+      const size_t sz = host_alloc_size(b->bytes);
+      b->ptr = host_cache.take(sz);
+      if (!b->ptr) b->ptr = std::aligned_alloc(64, sz);
       if (!b->ptr) {
         delete b;
         throw Napi::Error::New(env, "out of host memory allocating " + std::to_string(bytes) + " bytes");

@@ -79,6 +79,8 @@ function goodArgs(addon: Addon, fn: string): unknown[] {
     qSeg: buf(),
     kSeg: buf(),
     blocked: buf(),
+    ranges: buf(),
+    numRuns: 0,
     Tq: 1,
     Tk: 1,
     nH: 1,
@@ -242,7 +244,7 @@ const NUMBER_ARGS: Record<string, [number | string, string, 'int' | 'float' | 'o
 };
 for (const fn of ['attention', 'attentionGrad']) {
   NUMBER_ARGS[fn] = [
-    ...['Tq', 'Tk', 'nH', 'nKv', 'D', 'S', 'numSeqs'].map((f) => [f, `args.${f}`, 'int'] as [string, string, 'int']),
+    ...['Tq', 'Tk', 'nH', 'nKv', 'D', 'S', 'numSeqs', 'numRuns'].map((f) => [f, `args.${f}`, 'int'] as [string, string, 'int']),
     ['scale', 'args.scale', 'float'],
   ];
 }

@@ -23,14 +23,22 @@ namespace {
 
 size_t row_grain(int V) { return std::max<size_t>(1, size_t(16384) / size_t(V)); }
 
-// log Σ exp(row), max-subtracted, the sum in double (one order for every thread count).
+// log Σ exp(row), max-subtracted (one order for every thread count).
 double row_lse(const float* x, int V) {
   float m = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : m)
   for (int v = 0; v < V; v++) m = std::max(m, x[v]);
+  // float partial sums of 256 terms (vectorised), added in double: the f32 → f64 conversion in
+  // the inner loop kept it from vectorising
   double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int v = 0; v < V; v++) s += double(exp_f32(x[v] - m));
+  for (int v0 = 0; v0 < V; v0 += 256) {
+    const int n = std::min(256, V - v0);
+    const float* xs = x + v0;
+    float cs = 0;
+#pragma omp simd reduction(+ : cs)
+    for (int v = 0; v < n; v++) cs += exp_f32(xs[v] - m);
+    s += double(cs);
+  }
   return double(m) + std::log(s);
 }
 
