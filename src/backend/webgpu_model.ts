@@ -6,33 +6,76 @@ import type { Tensor } from '../tensor.js';
 import type { MatmulKernels } from '../ops/matmul.js';
 import type { ModelKernels } from '../ops/model_kernels.js';
 import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
-import type { Param, WebGPUBackend } from './webgpu.js';
+import type { DType } from '../dtype.js';
+import type { Param, RowPart as RowPartOf, WebGPUBackend } from './webgpu.js';
 
-const buf = (t: Tensor): GPUBuffer => t.storage as GPUBuffer;
+/** Operands of one GEMM: C[M,N] (+)= A(m,k)·B(k,n), A and B read through strides and offsets, C rows ldc apart from coff. */
+interface Gemm {
+  c: GPUBuffer;
+  a: GPUBuffer;
+  b: GPUBuffer;
+  bType: DType;
+  M: number;
+  N: number;
+  K: number;
+  sam: number;
+  sak: number;
+  sbk: number;
+  sbn: number;
+  acc: boolean;
+  aoff: number;
+  boff: number;
+  coff: number;
+  ldc: number;
+}
+
+/** kernels/wgsl/matmul.wgsl's tile of C */
+const TILE = 32;
 
 export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
-  /** The strided GEMM of kernels/wgsl/matmul.wgsl: C[M,N] (+)= A(m,k)·B(k,n). */
-  const gemm = (
-    c: Tensor,
-    a: Tensor,
-    b: Tensor,
-    M: number,
-    N: number,
-    K: number,
-    sam: number,
-    sak: number,
-    sbk: number,
-    sbn: number,
-    acc: boolean,
-  ): void =>
-    g.launch({
-      family: 'matmul',
-      entry: 'main',
-      weights: { b: b.dtype },
-      buffers: [buf(c), buf(a), buf(b)],
-      params: [M, N, K, sam, sak, sbk, sbn, acc ? 1 : 0],
-      groups: [Math.ceil(N / 32), Math.ceil(M / 32), 1],
-    });
+  const buf = (t: Tensor): GPUBuffer => g.whole(t, 'a model kernel');
+
+  /**
+   * The strided GEMM of kernels/wgsl/matmul.wgsl. Past the work budget (g.workBudget
+   * multiply-adds) it is recorded as several dispatches over blocks of C (whole tiles; the
+   * K reduction is never split): every output is summed exactly as in one dispatch.
+   */
+  const gemm = (m: Gemm): void => {
+    const { M, N, K } = m;
+    let mc = M,
+      nc = N;
+    if (M * N * K > g.workBudget) {
+      const tiles = (n: number) => Math.max(TILE, Math.floor(n / TILE) * TILE);
+      nc = Math.min(N, tiles(g.workBudget / (M * K)));
+      if (nc * M * K > g.workBudget) mc = Math.min(M, tiles(g.workBudget / (nc * K)));
+    }
+    for (let m0 = 0; m0 < M; m0 += mc)
+      for (let n0 = 0; n0 < N; n0 += nc) {
+        const mm = Math.min(mc, M - m0),
+          nn = Math.min(nc, N - n0);
+        g.launch({
+          family: 'matmul',
+          entry: 'main',
+          weights: { b: m.bType },
+          buffers: [m.c, m.a, m.b],
+          params: [
+            mm,
+            nn,
+            K,
+            m.sam,
+            m.sak,
+            m.sbk,
+            m.sbn,
+            m.acc ? 1 : 0,
+            m.aoff + m0 * m.sam,
+            m.boff + n0 * m.sbn,
+            m.coff + m0 * m.ldc + n0,
+            m.ldc,
+          ],
+          groups: [Math.ceil(nn / TILE), Math.ceil(mm / TILE), 1],
+        });
+      }
+  };
 
   /**
    * The `aux` buffer of kernels/wgsl/attention.wgsl: the layout's eight i32 tensors copied
@@ -75,44 +118,85 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
     return { buf: aux, params, end };
   };
 
+  /** A launch of kernels/wgsl/xent.wgsl over rows [t0, t0 + T) (one workgroup per row). */
+  const xentLaunch = (entry: string, T: number, V: number, scale: number, t0: number) => ({
+    family: 'xent',
+    entry,
+    params: [T, V, { f: scale }, t0] as Param[],
+    groups: g.grid(1, T),
+  });
+
+  /** out's row parts, which must line up with `parts` (same shapes are split alike). */
+  const samePartsAs = (out: Tensor, parts: RowPartOf[]): RowPartOf[] => {
+    const op = g.rowParts(out);
+    if (op.length !== parts.length || op.some((p, i) => p.rows !== parts[i]!.rows))
+      throw new Error(`internal: webgpu: an output split unlike its input ([${out.shape.join(', ')}])`);
+    return op;
+  };
+
   return {
+    // Tensors past the binding limit come split by rows (SplitStorage): W and dW by rows of
+    // the vocabulary, logits-sized activations by rows of tokens. Each (part, part) pair is
+    // one GEMM on offsets into the parts; a split reduction (dx over the vocabulary, dW over
+    // tokens) adds part after part. A tensor that fits is one part: one GEMM, as before.
     matmul(y, x, w, d, acc) {
-      gemm(y, x, w, d.T, d.N, d.K, d.K, 1, 1, d.K, acc);
+      const xb = buf(x);
+      for (const yp of g.rowParts(y))
+        for (const wp of g.rowParts(w)) {
+          const [a, b, bType] = [xb, wp.buf, w.dtype];
+          gemm({ c: yp.buf, a, b, bType, M: yp.rows, N: wp.rows, K: d.K, sam: d.K, sak: 1, sbk: 1, sbn: d.K, acc, aoff: yp.row0 * d.K, boff: 0, coff: wp.row0, ldc: d.N });
+        }
     },
     matmulGradInput(dx, dy, w, d, acc) {
-      gemm(dx, dy, w, d.T, d.K, d.N, d.N, 1, d.K, 1, acc);
+      const c = buf(dx);
+      for (const dp of g.rowParts(dy))
+        for (const [i, wp] of g.rowParts(w).entries()) {
+          const [a, b, bType] = [dp.buf, wp.buf, w.dtype];
+          const ac = acc || i > 0;
+          gemm({ c, a, b, bType, M: dp.rows, N: d.K, K: wp.rows, sam: d.N, sak: 1, sbk: d.K, sbn: 1, acc: ac, aoff: wp.row0, boff: 0, coff: dp.row0 * d.K, ldc: d.K });
+        }
     },
     matmulGradWeight(dw, dy, x, d, acc) {
-      gemm(dw, dy, x, d.N, d.K, d.T, 1, d.N, d.K, 1, acc);
+      const b = buf(x);
+      for (const wp of g.rowParts(dw))
+        for (const [j, dp] of g.rowParts(dy).entries()) {
+          const ac = acc || j > 0;
+          gemm({ c: wp.buf, a: dp.buf, b, bType: x.dtype, M: wp.rows, N: d.K, K: dp.rows, sam: 1, sak: d.N, sbk: d.K, sbn: 1, acc: ac, aoff: wp.row0, boff: dp.row0 * d.K, coff: 0, ldc: d.K });
+        }
     },
 
+    /** Per part of E: the launch writes the tokens whose ids fall in its rows (kernels/wgsl/embedding.wgsl v0). */
     embedding(y, ids, E, d) {
-      g.op(() =>
-        g.launch({
-          family: 'embedding',
-          entry: 'gather',
-          weights: { E: E.dtype },
-          buffers: [buf(y), ...g.inputs([y], [ids, E])],
-          params: [d.T, d.V, d.H, 0, 0],
-          groups: g.grid(Math.ceil(d.H / 256), d.T),
-        }),
-      );
+      g.op(() => {
+        const [yb, ib] = [buf(y), ...g.inputs([y], [ids])];
+        for (const ep of g.rowParts(E))
+          g.launch({
+            family: 'embedding',
+            entry: 'gather',
+            weights: { E: E.dtype },
+            buffers: [yb, ib!, ep.buf],
+            params: [d.T, ep.rows, d.H, 0, 0, ep.row0],
+            groups: g.grid(Math.ceil(d.H / 256), d.T),
+          });
+      });
     },
 
     embeddingGrad(dE, dy, order, segStart, segIds, G, d, accumulate) {
       // rows of ids absent from the batch are 0: clear all, then each present row is written once
       if (!accumulate) g.clear(dE);
       if (G === 0) return;
-      g.op(() =>
-        g.launch({
-          family: 'embedding',
-          entry: 'grad',
-          weights: { E: 'f32' },
-          buffers: [buf(dE), ...g.inputs([dE], [dy, order, segStart, segIds])],
-          params: [d.T, d.V, d.H, G, accumulate ? 1 : 0],
-          groups: g.grid(Math.ceil(d.H / 256), G),
-        }),
-      );
+      g.op(() => {
+        const ins = g.inputs([dE], [dy, order, segStart, segIds]);
+        for (const ep of g.rowParts(dE))
+          g.launch({
+            family: 'embedding',
+            entry: 'grad',
+            weights: { E: 'f32' },
+            buffers: [ep.buf, ...ins],
+            params: [d.T, ep.rows, d.H, G, accumulate ? 1 : 0, ep.row0],
+            groups: g.grid(Math.ceil(d.H / 256), G),
+          });
+      });
     },
 
     rmsnorm(y, rstd, x, w, d) {
@@ -191,41 +275,36 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       });
     },
 
+    // The xent family runs per part of split logits (rows of tokens; t0 the part's first row).
     logSoftmax(out, logits, d) {
-      g.op(() =>
-        g.launch({
-          family: 'xent',
-          entry: 'logsoftmax',
-          buffers: [buf(out), ...g.inputs([out], [logits])],
-          params: [d.T, d.V, 0, 0],
-          groups: g.grid(1, d.T),
-        }),
-      );
+      if (out === logits) {
+        g.op(() => g.launch({ ...xentLaunch('logsoftmax', d.T, d.V, 0, 0), buffers: [buf(out), ...g.inputs([out], [logits])] }));
+        return;
+      }
+      const lp = g.rowParts(logits);
+      for (const [i, op] of samePartsAs(out, lp).entries())
+        g.launch({ ...xentLaunch('logsoftmax', op.rows, d.V, 0, op.row0), buffers: [op.buf, lp[i]!.buf] });
     },
 
     xent(losses, lse, logits, targets, mask, d) {
       g.op(() => {
-        const [lg, tg, mk] = g.inputs([losses, lse], [logits, targets, mask]);
-        g.launch({
-          family: 'xent',
-          entry: 'xent',
-          buffers: [buf(losses), lg!, buf(lse), tg!, mk!],
-          params: [d.T, d.V, 0, 0],
-          groups: g.grid(1, d.T),
-        });
+        const [tg, mk] = g.inputs([losses, lse], [targets, mask]);
+        for (const lp of g.rowParts(logits))
+          g.launch({ ...xentLaunch('xent', lp.rows, d.V, 0, lp.row0), buffers: [buf(losses), lp.buf, buf(lse), tg!, mk!] });
       });
     },
 
     xentGrad(dlogits, logits, lse, targets, mask, scale, d) {
-      g.op(() =>
-        g.launch({
-          family: 'xent',
-          entry: 'grad',
-          buffers: [buf(dlogits), ...g.inputs([dlogits], [logits, lse, targets, mask])],
-          params: [d.T, d.V, { f: scale }, 0],
-          groups: g.grid(Math.ceil(d.V / 256), d.T),
-        }),
-      );
+      g.op(() => {
+        const ins = g.inputs([dlogits], [lse, targets, mask]);
+        const lp = g.rowParts(logits);
+        for (const [i, op] of samePartsAs(dlogits, lp).entries())
+          g.launch({
+            ...xentLaunch('grad', op.rows, d.V, scale, op.row0),
+            buffers: [op.buf, lp[i]!.buf, ...ins],
+            groups: g.grid(Math.ceil(d.V / 256), op.rows),
+          });
+      });
     },
 
     adamw(p, grad, m, v, n, s) {
