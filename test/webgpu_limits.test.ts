@@ -19,6 +19,7 @@ import { matmul } from '../src/ops/matmul.js';
 import { llamaLossAndGrad, baseWeights } from '../src/model/llama_backward.js';
 import { createMote } from '../src/mote/bundle.js';
 import type { Backend } from '../src/backend/backend.js';
+import type { Tensor } from '../src/tensor.js';
 import type { LlamaModel } from '../src/model/llama.js';
 import type { LinearModule } from '../src/model/config.js';
 import { specialise } from '../src/backend/wgsl.js';
@@ -184,7 +185,7 @@ forEachBackend(
 );
 
 forEachBackend(
-  'a lowered work budget chunks the lm_head matmul into more dispatches with bit-identical logits',
+  'a lowered work budget chunks matmul and attention into more dispatches: bit-identical logits and gradients',
   async (whole) => {
     const chunked = await webgpuWith({ maxDispatchWork: 4096 });
     try {
@@ -193,14 +194,11 @@ forEachBackend(
         b = loadTiny(chunked, tm);
       try {
         const ids = Array.from({ length: 40 }, (_, t) => (t * 29 + 1) % MODEL.vocab);
-        assert.ok(bitsEqual(await b.logits(ids), await a.logits(ids)), 'logits bit-identical');
-        // one lm_head-sized matmul: 40·601·32 multiply-adds; blocks of whole 32 × 32 tiles (the
-        // smallest chunk): 2 × 19 dispatches
-        const count = (be: WebGPUBackend, f: () => void): number => {
+        const count = (be: WebGPUBackend, f: () => void, family = ''): number => {
           let n = 0;
           const launch = be.launch;
           be.launch = (l) => {
-            n++;
+            if (!family || l.family === family) n++;
             launch.call(be, l);
           };
           try {
@@ -210,6 +208,19 @@ forEachBackend(
           }
           return n;
         };
+        let logits: Tensor | null = null;
+        // attention rows of 3·40·8 multiply-adds: 4 of the 160 (query, head) rows per dispatch
+        assert.equal(
+          count(chunked, () => (logits = b.forward({ ids })), 'attention'),
+          2 * 40,
+        );
+        assert.ok(bitsEqual(await logits!.readFloat(), await a.logits(ids)), 'logits bit-identical');
+        logits!.dispose();
+        const [ga, gb] = [await trainStep(a, 6), await trainStep(b, 6)];
+        assert.equal(ga.loss, gb.loss);
+        for (const [k, g] of ga.grads) assert.ok(bitsEqual(gb.grads.get(k)!, g), `expert gradient ${k} bit-identical`);
+        // one lm_head-sized matmul: 40·601·32 multiply-adds; blocks of whole 32 × 32 tiles (the
+        // smallest chunk): 2 × 19 dispatches
         const x = (be: Backend) => be.tensor(Float32Array.from({ length: 40 * 32 }, (_, i) => Math.sin(i)), [40, 32]);
         const [xa, xb] = [x(whole), x(chunked)];
         let ya: ReturnType<typeof matmul> | null = null,

@@ -118,6 +118,20 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
     return { buf: aux, params, end };
   };
 
+  /**
+   * Attention's dispatches over `rows` rows (one workgroup each), chunked so that each does at
+   * most g.workBudget multiply-adds at `rowWork` per row (an upper bound: every key); params
+   * slot 18 (row0) is the chunk's first row. Rows are independent: bit-identical to one dispatch.
+   */
+  const attentionRows = (rows: number, rowWork: number, params: Param[], launch: (params: Param[], groups: [number, number, number]) => void) => {
+    const per = Math.max(1, Math.floor(g.workBudget / Math.max(1, rowWork)));
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const ps = [...params];
+      ps[18] = r0;
+      launch(ps, g.grid(1, Math.min(per, rows - r0)));
+    }
+  };
+
   /** A launch of kernels/wgsl/xent.wgsl over rows [t0, t0 + T) (one workgroup per row). */
   const xentLaunch = (entry: string, T: number, V: number, scale: number, t0: number) => ({
     family: 'xent',
@@ -366,14 +380,10 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       const consts = { DU: Math.ceil(d.D / 64) };
       g.op(() => {
         const aux = attentionAux(l, d, 0);
-        g.launch({
-          family: 'attention',
-          entry: 'fwd',
-          consts,
-          buffers: [buf(out), buf(lse), ...g.inputs([out, lse], [q, k, v]), aux.buf],
-          params: aux.params,
-          groups: g.grid(1, d.Tq * d.nH),
-        });
+        const buffers = [buf(out), buf(lse), ...g.inputs([out, lse], [q, k, v]), aux.buf];
+        attentionRows(d.Tq * d.nH, 3 * d.Tk * d.D, aux.params, (params, groups) =>
+          g.launch({ family: 'attention', entry: 'fwd', consts, buffers, params, groups }),
+        );
       });
     },
 
@@ -386,22 +396,14 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
         const [qb, kb, vb, dOb, ob] = g.inputs([dq, dk, dv], [q, k, v, dOut, out]);
         const params = aux.params;
         g.launch({ family: 'attention', entry: 'delta', consts, buffers: [aux.buf, dOb!, ob!], params, groups: g.flat(rows, 64) });
-        g.launch({
-          family: 'attention',
-          entry: 'dq',
-          consts,
-          buffers: [buf(dq), dOb!, qb!, kb!, vb!, aux.buf],
-          params,
-          groups: g.grid(1, rows),
-        });
-        g.launch({
-          family: 'attention',
-          entry: 'dkv',
-          consts,
-          buffers: [buf(dk), buf(dv), qb!, kb!, vb!, aux.buf, dOb!],
-          params,
-          groups: g.grid(1, d.Tk * d.nKv),
-        });
+        const dqBufs = [buf(dq), dOb!, qb!, kb!, vb!, aux.buf];
+        attentionRows(rows, 4 * d.Tk * d.D, params, (ps, groups) =>
+          g.launch({ family: 'attention', entry: 'dq', consts, buffers: dqBufs, params: ps, groups }),
+        );
+        const dkvBufs = [buf(dk), buf(dv), qb!, kb!, vb!, aux.buf, dOb!];
+        attentionRows(d.Tk * d.nKv, 5 * d.Tq * (d.nH / d.nKv) * d.D, params, (ps, groups) =>
+          g.launch({ family: 'attention', entry: 'dkv', consts, buffers: dkvBufs, params: ps, groups }),
+        );
       });
     },
   };
