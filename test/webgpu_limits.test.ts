@@ -221,7 +221,11 @@ forEachBackend(
         for (const [k, g] of ga.grads) assert.ok(bitsEqual(gb.grads.get(k)!, g), `expert gradient ${k} bit-identical`);
         // one lm_head-sized matmul: 40·601·32 multiply-adds; blocks of whole 32 × 32 tiles (the
         // smallest chunk): 2 × 19 dispatches
-        const x = (be: Backend) => be.tensor(Float32Array.from({ length: 40 * 32 }, (_, i) => Math.sin(i)), [40, 32]);
+        const x = (be: Backend) =>
+          be.tensor(
+            Float32Array.from({ length: 40 * 32 }, (_, i) => Math.sin(i)),
+            [40, 32],
+          );
         const [xa, xb] = [x(whole), x(chunked)];
         let ya: ReturnType<typeof matmul> | null = null,
           yb: ReturnType<typeof matmul> | null = null;
@@ -254,7 +258,10 @@ test('a lost device: DeviceLostError at the next op, read, write and sync, namin
   }
   const b = (await openBackend('webgpu', { device: own.device })) as WebGPUBackend;
   try {
-    const x = b.tensor(Float32Array.from({ length: 64 }, (_, i) => i), [8, 8]);
+    const x = b.tensor(
+      Float32Array.from({ length: 64 }, (_, i) => i),
+      [8, 8],
+    );
     const y = b.empty([8, 8]);
     assert.deepEqual(Array.from(await x.readFloat()).slice(0, 3), [0, 1, 2]);
     for (let i = 0; i < 4; i++) matmul(x, x); // work in flight
@@ -262,7 +269,12 @@ test('a lost device: DeviceLostError at the next op, read, write and sync, namin
     own.device.destroy();
     const timeout = <T>(p: Promise<T>): Promise<T | 'hung'> =>
       Promise.race([p, new Promise<'hung'>((r) => setTimeout(() => r('hung'), 20_000))]);
-    const settled = await timeout(pending.then(() => 'resolved', (e) => e));
+    const settled = await timeout(
+      pending.then(
+        () => 'resolved',
+        (e) => e,
+      ),
+    );
     assert.notEqual(settled, 'hung', 'a pending sync settles');
     assert.ok(settled === 'resolved' || settled instanceof DeviceLostError, `pending sync: ${String(settled)}`);
     await timeout(b.device.lost);
@@ -272,9 +284,15 @@ test('a lost device: DeviceLostError at the next op, read, write and sync, namin
       () => matmul(x, x, { out: y }),
       (e: unknown) => e instanceof DeviceLostError && /before matmul\.wgsl main/.test(e.message) && /destroyed/.test(e.message),
     );
-    assert.throws(() => matmul(x, x), (e: unknown) => e instanceof DeviceLostError && /allocating a tensor/.test(e.message));
+    assert.throws(
+      () => matmul(x, x),
+      (e: unknown) => e instanceof DeviceLostError && /allocating a tensor/.test(e.message),
+    );
     await assert.rejects(timeout(x.readFloat()), (e: unknown) => e instanceof DeviceLostError && /tensor read/.test(e.message));
-    await assert.rejects(timeout(b.sync()), (e: unknown) => e instanceof DeviceLostError && e.op === 'sync()' && e.reason.startsWith('destroyed'));
+    await assert.rejects(
+      timeout(b.sync()),
+      (e: unknown) => e instanceof DeviceLostError && e.op === 'sync()' && e.reason.startsWith('destroyed'),
+    );
     assert.throws(() => x.write(new Float32Array(64)), DeviceLostError);
     assert.throws(() => b.tensor([1], [1]), DeviceLostError);
     assert.match(String(b.info().details.lost), /destroyed/);
@@ -287,7 +305,10 @@ test('a lost device: DeviceLostError at the next op, read, write and sync, namin
 
 test('every entry point of kernels/wgsl binds at most 8 storage buffers', () => {
   const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'kernels', 'wgsl');
-  const families = fs.readdirSync(dir).filter((f) => f.endsWith('.wgsl')).map((f) => f.slice(0, -5));
+  const families = fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.wgsl'))
+    .map((f) => f.slice(0, -5));
   assert.ok(families.length >= 10);
   let entries = 0;
   for (const fam of families) {

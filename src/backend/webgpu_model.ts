@@ -123,7 +123,12 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
    * most g.workBudget multiply-adds at `rowWork` per row (an upper bound: every key); params
    * slot 18 (row0) is the chunk's first row. Rows are independent: bit-identical to one dispatch.
    */
-  const attentionRows = (rows: number, rowWork: number, params: Param[], launch: (params: Param[], groups: [number, number, number]) => void) => {
+  const attentionRows = (
+    rows: number,
+    rowWork: number,
+    params: Param[],
+    launch: (params: Param[], groups: [number, number, number]) => void,
+  ) => {
     const per = Math.max(1, Math.floor(g.workBudget / Math.max(1, rowWork)));
     for (let r0 = 0; r0 < rows; r0 += per) {
       const ps = [...params];
@@ -158,7 +163,24 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       for (const yp of g.rowParts(y))
         for (const wp of g.rowParts(w)) {
           const [a, b, bType] = [xb, wp.buf, w.dtype];
-          gemm({ c: yp.buf, a, b, bType, M: yp.rows, N: wp.rows, K: d.K, sam: d.K, sak: 1, sbk: 1, sbn: d.K, acc, aoff: yp.row0 * d.K, boff: 0, coff: wp.row0, ldc: d.N });
+          gemm({
+            c: yp.buf,
+            a,
+            b,
+            bType,
+            M: yp.rows,
+            N: wp.rows,
+            K: d.K,
+            sam: d.K,
+            sak: 1,
+            sbk: 1,
+            sbn: d.K,
+            acc,
+            aoff: yp.row0 * d.K,
+            boff: 0,
+            coff: wp.row0,
+            ldc: d.N,
+          });
         }
     },
     matmulGradInput(dx, dy, w, d, acc) {
@@ -167,7 +189,24 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
         for (const [i, wp] of g.rowParts(w).entries()) {
           const [a, b, bType] = [dp.buf, wp.buf, w.dtype];
           const ac = acc || i > 0;
-          gemm({ c, a, b, bType, M: dp.rows, N: d.K, K: wp.rows, sam: d.N, sak: 1, sbk: d.K, sbn: 1, acc: ac, aoff: wp.row0, boff: 0, coff: dp.row0 * d.K, ldc: d.K });
+          gemm({
+            c,
+            a,
+            b,
+            bType,
+            M: dp.rows,
+            N: d.K,
+            K: wp.rows,
+            sam: d.N,
+            sak: 1,
+            sbk: d.K,
+            sbn: 1,
+            acc: ac,
+            aoff: wp.row0,
+            boff: 0,
+            coff: dp.row0 * d.K,
+            ldc: d.K,
+          });
         }
     },
     matmulGradWeight(dw, dy, x, d, acc) {
@@ -175,7 +214,24 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       for (const wp of g.rowParts(dw))
         for (const [j, dp] of g.rowParts(dy).entries()) {
           const ac = acc || j > 0;
-          gemm({ c: wp.buf, a: dp.buf, b, bType: x.dtype, M: wp.rows, N: d.K, K: dp.rows, sam: 1, sak: d.N, sbk: d.K, sbn: 1, acc: ac, aoff: wp.row0, boff: dp.row0 * d.K, coff: 0, ldc: d.K });
+          gemm({
+            c: wp.buf,
+            a: dp.buf,
+            b,
+            bType: x.dtype,
+            M: wp.rows,
+            N: d.K,
+            K: dp.rows,
+            sam: 1,
+            sak: d.N,
+            sbk: d.K,
+            sbn: 1,
+            acc: ac,
+            aoff: wp.row0,
+            boff: dp.row0 * d.K,
+            coff: 0,
+            ldc: d.K,
+          });
         }
     },
 
