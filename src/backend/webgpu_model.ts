@@ -9,24 +9,22 @@ import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
 import type { DType } from '../dtype.js';
 import type { Param, RowPart as RowPartOf, WebGPUBackend } from './webgpu.js';
 
-/** Operands of one GEMM: C[M,N] (+)= A(m,k)·B(k,n), A and B read through strides and offsets, C rows ldc apart from coff. */
+/**
+ * One GEMM of kernels/wgsl/matmul.wgsl: C[M,N] (+)= A(m,k)·B(k,n) with A at aoff + m·sam + k·sak,
+ * B at boff + k·sbk + n·sbn and C at coff + m·ldc + n (elements).
+ */
 interface Gemm {
   c: GPUBuffer;
   a: GPUBuffer;
   b: GPUBuffer;
   bType: DType;
-  M: number;
-  N: number;
-  K: number;
-  sam: number;
-  sak: number;
-  sbk: number;
-  sbn: number;
+  /** [M, N, K] */
+  dims: [number, number, number];
+  /** [sam, sak, sbk, sbn] */
+  strides: [number, number, number, number];
   acc: boolean;
-  aoff: number;
-  boff: number;
-  coff: number;
-  ldc: number;
+  /** [aoff, boff, coff, ldc] */
+  at: [number, number, number, number];
 }
 
 /** kernels/wgsl/matmul.wgsl's tile of C */
@@ -41,7 +39,9 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
    * K reduction is never split): every output is summed exactly as in one dispatch.
    */
   const gemm = (m: Gemm): void => {
-    const { M, N, K } = m;
+    const [M, N, K] = m.dims;
+    const [sam, sak, sbk, sbn] = m.strides;
+    const [aoff, boff, coff, ldc] = m.at;
     let mc = M,
       nc = N;
     if (M * N * K > g.workBudget) {
@@ -58,20 +58,7 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
           entry: 'main',
           weights: { b: m.bType },
           buffers: [m.c, m.a, m.b],
-          params: [
-            mm,
-            nn,
-            K,
-            m.sam,
-            m.sak,
-            m.sbk,
-            m.sbn,
-            m.acc ? 1 : 0,
-            m.aoff + m0 * m.sam,
-            m.boff + n0 * m.sbn,
-            m.coff + m0 * m.ldc + n0,
-            m.ldc,
-          ],
+          params: [mm, nn, K, sam, sak, sbk, sbn, m.acc ? 1 : 0, aoff + m0 * sam, boff + n0 * sbn, coff + m0 * ldc + n0, ldc],
           groups: [Math.ceil(nn / TILE), Math.ceil(mm / TILE), 1],
         });
       }
@@ -162,24 +149,16 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       const xb = buf(x);
       for (const yp of g.rowParts(y))
         for (const wp of g.rowParts(w)) {
-          const [a, b, bType] = [xb, wp.buf, w.dtype];
+          const c = yp.buf;
           gemm({
-            c: yp.buf,
-            a,
-            b,
-            bType,
-            M: yp.rows,
-            N: wp.rows,
-            K: d.K,
-            sam: d.K,
-            sak: 1,
-            sbk: 1,
-            sbn: d.K,
+            c,
+            a: xb,
+            b: wp.buf,
+            bType: w.dtype,
+            dims: [yp.rows, wp.rows, d.K],
+            strides: [d.K, 1, 1, d.K],
             acc,
-            aoff: yp.row0 * d.K,
-            boff: 0,
-            coff: wp.row0,
-            ldc: d.N,
+            at: [yp.row0 * d.K, 0, wp.row0, d.N],
           });
         }
     },
@@ -187,50 +166,24 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       const c = buf(dx);
       for (const dp of g.rowParts(dy))
         for (const [i, wp] of g.rowParts(w).entries()) {
-          const [a, b, bType] = [dp.buf, wp.buf, w.dtype];
-          const ac = acc || i > 0;
-          gemm({
-            c,
-            a,
-            b,
-            bType,
-            M: dp.rows,
-            N: d.K,
-            K: wp.rows,
-            sam: d.N,
-            sak: 1,
-            sbk: d.K,
-            sbn: 1,
-            acc: ac,
-            aoff: wp.row0,
-            boff: 0,
-            coff: dp.row0 * d.K,
-            ldc: d.K,
-          });
+          const [a, b, bType, ac] = [dp.buf, wp.buf, w.dtype, acc || i > 0];
+          gemm({ c, a, b, bType, dims: [dp.rows, d.K, wp.rows], strides: [d.N, 1, d.K, 1], acc: ac, at: [wp.row0, 0, dp.row0 * d.K, d.K] });
         }
     },
     matmulGradWeight(dw, dy, x, d, acc) {
       const b = buf(x);
       for (const wp of g.rowParts(dw))
         for (const [j, dp] of g.rowParts(dy).entries()) {
-          const ac = acc || j > 0;
+          const [c, a, ac] = [wp.buf, dp.buf, acc || j > 0];
           gemm({
-            c: wp.buf,
-            a: dp.buf,
+            c,
+            a,
             b,
             bType: x.dtype,
-            M: wp.rows,
-            N: d.K,
-            K: dp.rows,
-            sam: 1,
-            sak: d.N,
-            sbk: d.K,
-            sbn: 1,
+            dims: [wp.rows, d.K, dp.rows],
+            strides: [1, d.N, d.K, 1],
             acc: ac,
-            aoff: wp.row0,
-            boff: dp.row0 * d.K,
-            coff: 0,
-            ldc: d.K,
+            at: [wp.row0, dp.row0 * d.K, 0, d.K],
           });
         }
     },
