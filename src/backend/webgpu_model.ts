@@ -346,20 +346,43 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
         { f: s.gradScale },
         0,
       ];
+      const gp = g.rowParts(grad);
+      if (gp.length > 1) {
+        // split past the binding limit (p, grad, m and v alike): one step per part
+        const [pp, mp, vp] = [p, m, v].map((t) => samePartsAs(t, gp));
+        const row = n / p.shape[0]!;
+        gp.forEach((gt, i) => {
+          const k = gt.rows * row;
+          const buffers = [pp![i]!.buf, gt.buf, mp![i]!.buf, vp![i]!.buf];
+          g.launch({ family: 'adamw', entry: 'step', buffers, params: [k, ...params.slice(1)], groups: g.flat(k, 256) });
+        });
+        return;
+      }
       g.op(() => {
         const [gb] = g.inputs([p, m, v], [grad]);
         g.launch({ family: 'adamw', entry: 'step', buffers: [buf(p), gb!, buf(m), buf(v)], params, groups: g.flat(n, 256) });
       });
     },
 
-    /** Two fixed-order passes (kernels/wgsl/adamw.wgsl partial, finish): B partials in a temporary buffer. */
+    /**
+     * Two fixed-order passes (kernels/wgsl/adamw.wgsl partial, finish): B partials in a
+     * temporary buffer; a split gradient's parts each add their own B partials (from `off`).
+     */
     sumSquares(out, grad, n) {
-      const B = Math.max(1, Math.min(1024, Math.ceil(n / 2048)));
+      const row = n / grad.shape[0]!;
+      const parts = g
+        .rowParts(grad)
+        .map((pt) => ({ ...pt, n: pt.rows * row, B: Math.max(1, Math.min(1024, Math.ceil((pt.rows * row) / 2048))) }));
+      const total = parts.reduce((s, pt) => s + pt.B, 0);
       g.op(() => {
-        const part = g.temp(B * 4);
-        const [gb] = g.inputs([out], [grad]);
-        g.launch({ family: 'adamw', entry: 'partial', buffers: [part, gb!], params: [n, B, 0, 0], groups: [B, 1, 1] });
-        g.launch({ family: 'adamw', entry: 'finish', buffers: [buf(out), part], params: [n, B, 0, 0], groups: [1, 1, 1] });
+        const part = g.temp(total * 4);
+        let off = 0;
+        for (const pt of parts) {
+          const gb = parts.length > 1 ? pt.buf : g.inputs([out], [grad])[0]!;
+          g.launch({ family: 'adamw', entry: 'partial', buffers: [part, gb], params: [pt.n, pt.B, off, 0], groups: [pt.B, 1, 1] });
+          off += pt.B;
+        }
+        g.launch({ family: 'adamw', entry: 'finish', buffers: [buf(out), part], params: [n, total, 0, 0], groups: [1, 1, 1] });
       });
     },
 
