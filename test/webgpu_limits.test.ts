@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openBackend } from '../src/backend/select.js';
 import { SplitStorage, WebGPUBackend, type WebGPUOptions } from '../src/backend/webgpu.js';
-import { DeviceLostError, MoteError } from '../src/errors.js';
+import { ArgumentError, DeviceLostError, MoteError } from '../src/errors.js';
 import { matmul } from '../src/ops/matmul.js';
 import { adamw, sumSquares } from '../src/ops/adamw.js';
 import { llamaLossAndGrad, baseWeights } from '../src/model/llama_backward.js';
@@ -191,6 +191,11 @@ forEachBackend(
       const [a, b] = [await run(whole), await run(small)];
       for (let i = 0; i < 3; i++) assert.ok(bitsEqual(b[i]!, a[i]!), `adamw output ${i} bit-identical`);
       close('sumSquares', b[3]!, a[3]!, 1e-6);
+      for (const bad of [{ maxBindingBytes: 100 }, { maxBindingBytes: 1.5e4 + 0.5 }, { maxDispatchWork: 0 }])
+        await assert.rejects(
+          openBackend('webgpu', bad),
+          (e: unknown) => e instanceof ArgumentError && /openBackend: max\w+: expected an integer/.test(String(e)),
+        );
     } finally {
       small.destroy();
     }

@@ -237,6 +237,7 @@ export class WebGPUBackend implements Backend {
 
   /** `wait` raced against the device's loss: a lost device rejects it with DeviceLostError instead of leaving it pending. */
   async #wait<T>(op: string, wait: Promise<T>): Promise<void> {
+    wait.catch(() => {}); // a wait the loss won the race against may reject later: not an unhandled rejection
     try {
       await Promise.race([wait, this.#whenLost]);
     } catch (e) {
