@@ -25,6 +25,22 @@ export class BackendUnavailableError extends MoteError {
     super(`backend '${backend}' is unavailable: ${reason}`);
   }
 }
+/**
+ * The GPU device was lost (destroyed, a driver reset, a watchdog that killed a long
+ * dispatch): thrown by the first op, read, write or sync after the loss, naming the op and the
+ * reason. The backend stays unusable (`lost` says why): open a new one.
+ */
+export class DeviceLostError extends MoteError {
+  constructor(
+    readonly backend: string,
+    /** GPUDeviceLostInfo's reason ('destroyed' or 'unknown') and message. */
+    readonly reason: string,
+    /** The op that found the device lost. */
+    readonly op: string,
+  ) {
+    super(`${backend}: the device was lost (${reason}) before ${op}; this backend is unusable, open a new one`);
+  }
+}
 /** An error raised inside native code (C++ exception or CUDA error). */
 export class NativeError extends MoteError {}
 /** A file (safetensors, config.json, adapter_config.json, ...) is malformed or incomplete; the message names the file and the entry. */

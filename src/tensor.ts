@@ -161,7 +161,7 @@ export function makeTensor(backend: Backend, data: HostData | null, shape: reado
     bytes = encode('data', data, dtype);
   }
   const byteLength = size * bytesPerElement(dtype);
-  const storage = backend.allocStorage(byteLength);
+  const storage = backend.allocStorage(byteLength, byteLength / shape[0]!);
   try {
     if (bytes) backend.writeStorage(storage, bytes);
     else if (fill0) backend.writeStorage(storage, new Uint8Array(byteLength));

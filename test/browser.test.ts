@@ -149,6 +149,14 @@ if (skipReason !== undefined && !REQUIRED) {
           assert.ok(report.ownDevice.error <= 1e-5, `matmul relative error ${report.ownDevice.error}`);
           assert.ok(report.ownDevice.aliveAfterDestroy, 'destroy() destroyed a device mote does not own');
         });
+        await t.test(
+          '[browser] small adapters: split tensors and chunked dispatches give the same logits; a lost device is a DeviceLostError',
+          () => {
+            assert.ok(report.limits.error <= 1e-5, `logits relative error ${report.limits.error}`);
+            assert.equal(report.limits.parts, 10, 'the embedding in 10 parts');
+            assert.match(report.limits.lost, /^DeviceLostError: webgpu: the device was lost \(destroyed.*\) before/);
+          },
+        );
         await t.test('[browser] no tensors left behind, no page errors', () => {
           assert.deepEqual(report.leaked, { buffers: 0, bytes: 0 });
           assert.deepEqual(pageErrors, []);

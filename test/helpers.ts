@@ -96,9 +96,9 @@ export async function tracking<T>(b: Backend, body: (live: Set<unknown>) => Prom
   const alloc = b.allocStorage;
   const free = b.freeStorage;
   let n = 0;
-  b.allocStorage = function (bytes: number): unknown {
+  b.allocStorage = function (bytes: number, rowBytes?: number): unknown {
     if (++n === failAt) throw new MoteError(`test: allocation ${n} fails on purpose`);
-    const s = alloc.call(b, bytes);
+    const s = alloc.call(b, bytes, rowBytes);
     live.add(s);
     return s;
   };

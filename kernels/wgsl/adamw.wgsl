@@ -22,7 +22,10 @@ struct StepParams {
   bc1: f32, bc2: f32, gs: f32, pad0: u32,
 }
 
-struct SumParams { n: u32, B: u32, pad0: u32, pad1: u32 }
+// A gradient split past the binding limit (webgpu SplitStorage) is stepped part by part;
+// its sum of squares runs partial per part, each writing its B partials from dst[off], then
+// one finish over all of them (off = 0 for a gradient that fits).
+struct SumParams { n: u32, B: u32, off: u32, pad1: u32 }
 
 const WG: u32 = 256u;
 
@@ -77,7 +80,7 @@ fn partial(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid
     s = t;
   }
   let r = tree(lid, s);
-  if (lid == 0u) { dst[wid.x] = r; }
+  if (lid == 0u) { dst[rp.off + wid.x] = r; }
 }
 
 @compute @workgroup_size(256)

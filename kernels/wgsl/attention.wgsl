@@ -40,7 +40,7 @@ struct Params {
   D: u32, S: u32, scale: f32, group: u32,
   oQPos: u32, oKSeq: u32, oKPos: u32, oQSeg: u32,
   oKSeg: u32, oBlk: u32, oLse: u32, oDelta: u32,
-  oRng: u32, numRuns: u32, pad0: u32, pad1: u32,
+  oRng: u32, numRuns: u32, row0: u32, pad1: u32,  // row0: first row of a chunked dispatch (fwd, dq, dkv)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -99,7 +99,7 @@ fn dot_k(kb: u32) -> f32 {
 
 @compute @workgroup_size(64)
 fn fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let id = wid.z * nwg.y + wid.y;
+  let id = wid.z * nwg.y + wid.y + p.row0;
   if (id >= p.Tq * p.nH) { return; }
   let i = id / p.nH;
   let h = id % p.nH;
@@ -185,7 +185,7 @@ fn delta(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: 
 
 @compute @workgroup_size(64)
 fn dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let id = wid.z * nwg.y + wid.y;
+  let id = wid.z * nwg.y + wid.y + p.row0;
   if (id >= p.Tq * p.nH) { return; }
   let i = id / p.nH;
   let h = id % p.nH;
@@ -235,7 +235,7 @@ fn dq(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec
 
 @compute @workgroup_size(64)
 fn dkv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let id = wid.z * nwg.y + wid.y;
+  let id = wid.z * nwg.y + wid.y + p.row0;
   if (id >= p.Tk * p.nKv) { return; }
   let j = id / p.nKv;
   let kv = id % p.nKv;

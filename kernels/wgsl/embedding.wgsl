@@ -10,7 +10,12 @@
 //           bit-identical across runs. Rows of ids absent from the batch are cleared by the
 //           host before the launch when not accumulating.
 
-struct Params { T: u32, V: u32, H: u32, G: u32, acc: u32, pad0: u32, pad1: u32, pad2: u32 }
+//
+// E (dE) may be one part of a table split by rows past the binding limit: rows [v0, v0 + V).
+// gather writes only the tokens whose ids fall in the part, grad only the part's segments;
+// the host launches once per part (one launch, v0 = 0, for a table that fits).
+
+struct Params { T: u32, V: u32, H: u32, G: u32, acc: u32, v0: u32, pad1: u32, pad2: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;       // gather: y [T, H]; grad: dE [V, H]
@@ -28,7 +33,9 @@ fn gather(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
   let t = wid.z * nwg.y + wid.y;
   let h = wid.x * WG + lid;
   if (t >= p.T || h >= p.H) { return; }
-  y[t * p.H + h] = load_E(u32(ids[t]) * p.H + h);
+  let r = u32(ids[t]) - p.v0; // wraps past V below v0
+  if (r >= p.V) { return; }
+  y[t * p.H + h] = load_E(r * p.H + h);
 }
 
 @compute @workgroup_size(256)
@@ -40,6 +47,8 @@ fn grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let s1 = u32(segStart[g + 1u]);
   var s = 0.0;
   for (var i = s0; i < s1; i++) { s += dy[u32(order[i]) * p.H + h]; }
-  let o = u32(segIds[g]) * p.H + h;
+  let r = u32(segIds[g]) - p.v0;
+  if (r >= p.V) { return; }
+  let o = r * p.H + h;
   if (p.acc != 0u) { y[o] = y[o] + s; } else { y[o] = s; }
 }

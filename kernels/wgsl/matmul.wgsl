@@ -1,12 +1,15 @@
 // matmul family: one tiled GEMM, C[M,N] (+)= A(m,k)·B(k,n), with A and B read through
 // strides so one shader serves y = x·Wᵀ, dx = dy·W and dW = dyᵀ·x (see src/backend/webgpu_model.ts).
-// A is f32; B is read through load_b (f32, f16 or bf16, see src/backend/wgsl.ts).
+// A is f32; B is read through load_b (f32, f16 or bf16, see src/backend/wgsl.ts). aoff, boff,
+// coff offset A, B and C (elements), C's rows are ldc apart: a block of a larger C, and the
+// parts of tensors split past the binding limit (webgpu_model.ts runs one GEMM per block).
 // Each 8x8 workgroup computes a 32x32 tile of C, 4x4 outputs per invocation.
 
 struct Params {
   M: u32, N: u32, K: u32,
   sam: u32, sak: u32, sbk: u32, sbn: u32,
   accumulate: u32,
+  aoff: u32, boff: u32, coff: u32, ldc: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,10 +35,10 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
       let mm = i % TILE;
       let k = k0 + kk;
       var av = 0.0;
-      if (m0 + mm < p.M && k < p.K) { av = a[(m0 + mm) * p.sam + k * p.sak]; }
+      if (m0 + mm < p.M && k < p.K) { av = a[p.aoff + (m0 + mm) * p.sam + k * p.sak]; }
       As[i] = av;
       var bv = 0.0;
-      if (n0 + mm < p.N && k < p.K) { bv = load_b(k * p.sbk + (n0 + mm) * p.sbn); }
+      if (n0 + mm < p.N && k < p.K) { bv = load_b(p.boff + k * p.sbk + (n0 + mm) * p.sbn); }
       Bs[i] = bv;
     }
     workgroupBarrier();
@@ -60,7 +63,7 @@ fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(workgroup_id) wid: ve
     for (var j = 0u; j < 4u; j++) {
       let n = n0 + lid.x * 4u + j;
       if (n >= p.N) { continue; }
-      let idx = m * p.N + n;
+      let idx = p.coff + m * p.ldc + n;
       if (p.accumulate != 0u) { c[idx] = c[idx] + acc[i][j]; } else { c[idx] = acc[i][j]; }
     }
   }

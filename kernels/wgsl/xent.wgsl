@@ -10,8 +10,11 @@
 //   grad:       one invocation per (t, v): x = ceil(V/256), y·z = T;
 //               dlogits = scale·mask·(exp(logits − lse) − [v = target]), exactly 0 where mask is 0.
 // No infinities are used as sentinels (WGSL may assume none): an empty max is −1e30.
+// Logits (out, dlogits) may be one part of rows split past the binding limit: rows
+// [t0, t0 + T) of the batch; the per-row arrays (losses, lse, targets, mask) are indexed by
+// t0 + t. The host launches once per part (t0 = 0 for logits that fit).
 
-struct Params { T: u32, V: u32, scale: f32, pad0: u32 }
+struct Params { T: u32, V: u32, scale: f32, t0: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> o1: array<f32>;    // out [T, V] / losses [T] / dlogits [T, V]
@@ -72,12 +75,13 @@ fn xent(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   if (t >= p.T) { return; }
   let b = t * p.V;
   let z = row_lse(lid, b);
+  let tg = p.t0 + t;
   if (lid == 0u) {
-    lseOut[t] = z;
-    let m = mask[t];
+    lseOut[tg] = z;
+    let m = mask[tg];
     var loss = 0.0;
-    if (m != 0.0) { loss = m * (z - logits[b + u32(targets[t])]); }
-    o1[t] = loss;
+    if (m != 0.0) { loss = m * (z - logits[b + u32(targets[tg])]); }
+    o1[tg] = loss;
   }
 }
 
@@ -87,11 +91,12 @@ fn grad(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let v = wid.x * WG + lid;
   if (t >= p.T || v >= p.V) { return; }
   let i = t * p.V + v;
-  let m = mask[t];
+  let tg = p.t0 + t;
+  let m = mask[tg];
   var d = 0.0;
   if (m != 0.0) {
-    let onehot = select(0.0, 1.0, u32(targets[t]) == v);
-    d = p.scale * m * (exp(logits[i] - lse[t]) - onehot);
+    let onehot = select(0.0, 1.0, u32(targets[tg]) == v);
+    d = p.scale * m * (exp(logits[i] - lse[tg]) - onehot);
   }
   o1[i] = d;
 }

@@ -49,8 +49,8 @@ export interface Backend extends Kernels {
   destroy(): void;
   readonly destroyed: boolean;
 
-  /** @internal storage management used by Tensor */
-  allocStorage(byteLength: number): unknown;
+  /** @internal storage management used by Tensor; rowBytes: the bytes of a row of the first dimension (a backend may split storage there) */
+  allocStorage(byteLength: number, rowBytes?: number): unknown;
   /** @internal */
   writeStorage(storage: unknown, bytes: Uint8Array): void;
   /** @internal */

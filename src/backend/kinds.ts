@@ -14,6 +14,18 @@ export function checkBackendKind(op: string, kind: unknown): BackendRequest {
   return kind as BackendRequest;
 }
 
+/** openBackend's webgpu limits: maxBindingBytes (≥ 1 KiB) and maxDispatchWork (≥ 1), integers when given. */
+export function checkLimitOptions(op: string, opts: { maxBindingBytes?: unknown; maxDispatchWork?: unknown }): void {
+  for (const [k, lo] of [
+    ['maxBindingBytes', 1024],
+    ['maxDispatchWork', 1],
+  ] as const) {
+    const v = opts[k];
+    if (v !== undefined && (!Number.isSafeInteger(v) || (v as number) < lo))
+      throw new ArgumentError(`${op}: ${k}: expected an integer ≥ ${lo}, got ${describe(v)}`);
+  }
+}
+
 /** openBackend's `device` option: absent, or something with createBuffer (a GPUDevice). */
 export function checkDeviceOption(op: string, device: unknown): void {
   if (

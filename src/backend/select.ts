@@ -1,6 +1,6 @@
 import { ArgumentError, BackendUnavailableError, describe } from '../errors.js';
 import type { Backend, BackendRequest } from './backend.js';
-import { checkBackendKind, checkDeviceOption, probeWith, type Availability } from './kinds.js';
+import { checkBackendKind, checkDeviceOption, checkLimitOptions, probeWith, type Availability } from './kinds.js';
 import { NativeBackend } from './native.js';
 import { WebGPUBackend, type WebGPUOptions } from './webgpu.js';
 import { nodeWebGPUHost } from './webgpu_node.js';
@@ -70,6 +70,7 @@ function checkOpenOptions(options: OpenOptions | undefined): OpenOptions {
     throw new ArgumentError(`${op}: dawnOptions: expected an array of strings, got ${describe(opts.dawnOptions)}`);
   }
   checkDeviceOption(op, opts.device);
+  checkLimitOptions(op, opts);
   return opts;
 }
 

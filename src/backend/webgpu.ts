@@ -5,7 +5,7 @@
 // file uses no Node built-ins: where the GPU comes from and how kernels/wgsl is read are a
 // WebGPUHost, Dawn and the package's files in Node (webgpu_node.ts), navigator.gpu and
 // sources embedded at build time in the browser (src/web).
-import { BackendUnavailableError, NativeError } from '../errors.js';
+import { BackendUnavailableError, DeviceLostError, NativeError } from '../errors.js';
 import type { DType, HostData } from '../dtype.js';
 import { makeHostTensor, makeTensor, type Tensor } from '../tensor.js';
 import type { Backend, BackendInfo, Kernels } from './backend.js';
@@ -22,6 +22,52 @@ export interface WebGPUOptions {
   requireHardware?: boolean;
   /** Extra Dawn options, e.g. ['backend=vulkan']. */
   dawnOptions?: string[];
+  /**
+   * Treat storage bindings past this many bytes as too large, below the device's own
+   * maxStorageBufferBindingSize (a device cannot be asked for less than WebGPU's defaults):
+   * to see a small browser adapter's splitting on any device, or to leave headroom.
+   */
+  maxBindingBytes?: number;
+  /** Multiply-adds one dispatch may do at most (default DISPATCH_WORK); the big launches are chunked under it. */
+  maxDispatchWork?: number;
+}
+
+/**
+ * The most multiply-adds one dispatch of the big launches (matmul, attention) does: larger
+ * ones are recorded as several dispatches over independent outputs, bit-identical to one, so
+ * no single dispatch runs long enough to trip an OS's GPU watchdog (Windows TDR: 2 s).
+ */
+export const DISPATCH_WORK = 2 ** 28;
+
+/**
+ * The storage of a tensor past the device's binding limit: its rows in `parts`, one buffer
+ * each, every part but the last `partBytes` bytes (whole rows, a multiple of 4). The kernels
+ * that run per part take one (embedding, matmul, xent: what a vocabulary-sized tensor meets);
+ * the others refuse it by name (whole()). Tensors that fit keep a plain GPUBuffer.
+ */
+export class SplitStorage {
+  constructor(
+    readonly parts: readonly GPUBuffer[],
+    readonly partBytes: number,
+    readonly byteLength: number,
+  ) {}
+}
+
+/** A tensor's one buffer: a split tensor is refused with a message naming `op` (only embedding, matmul and xent run per part). */
+export function wholeBuffer(t: Tensor, op: string): GPUBuffer {
+  const s = t.storage;
+  if (s instanceof SplitStorage)
+    throw new NativeError(
+      `webgpu: ${op}: tensor [${t.shape.join(', ')}] ${t.dtype} (${t.byteLength} bytes) is past this device's storage binding limit and split in ${s.parts.length} parts; only embedding, matmul and the xent family take split tensors`,
+    );
+  return s as GPUBuffer;
+}
+
+/** One part of a tensor's storage: rows [row0, row0 + rows) of its first dimension. */
+export interface RowPart {
+  buf: GPUBuffer;
+  row0: number;
+  rows: number;
 }
 
 /** What the backend needs from its platform. */
@@ -103,6 +149,14 @@ export class WebGPUBackend implements Backend {
   #stagingBytes = 0;
   /** The uniforms of the launches recorded since the last submit, one buffer at aligned offsets (see launch()). */
   #uniforms: { buf: GPUBuffer; bytes: Uint8Array; used: number } | null = null;
+  /** Why the device was lost ('reason: message'), once device.lost resolved while the backend was open. */
+  #lost: string | null = null;
+  /** Resolves when device.lost does: waits on the GPU race it, so a lost device never hangs them. */
+  #whenLost: Promise<void>;
+  /** @internal Storage bindings past this many bytes are split (SplitStorage). */
+  readonly maxBindingBytes: number;
+  /** @internal Multiply-adds per dispatch (see DISPATCH_WORK). */
+  readonly workBudget: number;
 
   private constructor(
     readonly device: GPUDevice,
@@ -110,7 +164,12 @@ export class WebGPUBackend implements Backend {
     owns: boolean,
     gpu: GPU | null,
     readWgsl: WgslReader,
+    opts: WebGPUOptions,
   ) {
+    const l = device.limits;
+    const cap = Math.min(l.maxStorageBufferBindingSize, l.maxBufferSize, opts.maxBindingBytes ?? Infinity);
+    this.maxBindingBytes = Math.floor(cap / 4) * 4;
+    this.workBudget = opts.maxDispatchWork ?? DISPATCH_WORK;
     this.#gpu = gpu;
     this.#readWgsl = readWgsl;
     Object.assign(this, modelKernels(this), loraKernels(this));
@@ -121,13 +180,13 @@ export class WebGPUBackend implements Backend {
       const err = (ev as GPUUncapturedErrorEvent).error;
       this.#error ??= err?.message ?? 'unknown WebGPU error';
     });
-    device.lost?.then((info) => {
-      if (!this.#destroyed) this.#error ??= `WebGPU device lost: ${info.message || info.reason}`;
+    this.#whenLost = (device.lost ?? new Promise<never>(() => {})).then((info) => {
+      if (!this.#destroyed) this.#lost = info.message ? `${info.reason}: ${info.message}` : `${info.reason}`;
     });
   }
 
   static async open(opts: WebGPUOptions, host: WebGPUHost): Promise<WebGPUBackend> {
-    if (opts.device) return new WebGPUBackend(opts.device, opts.device.adapterInfo, false, null, host.readWgsl);
+    if (opts.device) return new WebGPUBackend(opts.device, opts.device.adapterInfo, false, null, host.readWgsl, opts);
     const gpu = await host.gpu(opts);
     let adapter: GPUAdapter | null;
     try {
@@ -158,11 +217,36 @@ export class WebGPUBackend implements Backend {
         maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
       },
     });
-    return new WebGPUBackend(device, info, true, gpu, host.readWgsl);
+    return new WebGPUBackend(device, info, true, gpu, host.readWgsl, opts);
   }
 
   get destroyed(): boolean {
     return this.#destroyed;
+  }
+
+  /** Why the device was lost ('reason: message'), or null while it works. A lost backend is unusable: every op throws DeviceLostError. */
+  get lost(): string | null {
+    return this.#lost;
+  }
+
+  /** Throws DeviceLostError (naming `op`) once the device is lost, BackendUnavailableError once destroyed. */
+  #usable(op: string): void {
+    if (this.#lost !== null) throw new DeviceLostError('webgpu', this.#lost, op);
+    if (this.#destroyed) throw new BackendUnavailableError('webgpu', 'this backend was destroyed');
+  }
+
+  /** `wait` raced against the device's loss: a lost device rejects it with DeviceLostError instead of leaving it pending. */
+  async #wait<T>(op: string, wait: Promise<T>): Promise<void> {
+    wait.catch(() => {}); // a wait the loss won the race against may reject later: not an unhandled rejection
+    try {
+      await Promise.race([wait, this.#whenLost]);
+    } catch (e) {
+      // a wait the loss aborted may reject before device.lost resolves: give it a moment
+      if (this.#lost === null) await Promise.race([this.#whenLost, new Promise((r) => setTimeout(r, 100))]);
+      this.#usable(op);
+      throw e;
+    }
+    this.#usable(op);
   }
 
   info(): BackendInfo {
@@ -177,7 +261,10 @@ export class WebGPUBackend implements Backend {
         maxBufferSize: l.maxBufferSize,
         maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
         maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+        maxBindingBytes: this.maxBindingBytes,
+        maxDispatchWork: this.workBudget,
         ownsDevice: this.#ownsDevice,
+        ...(this.#lost !== null ? { lost: this.#lost } : {}),
       },
     };
   }
@@ -192,11 +279,27 @@ export class WebGPUBackend implements Backend {
     return makeTensor(this, null, shape, dtype, true);
   }
 
-  allocStorage(byteLength: number): unknown {
-    if (this.#destroyed) throw new BackendUnavailableError('webgpu', 'this backend was destroyed');
-    const max = this.device.limits.maxStorageBufferBindingSize;
-    if (byteLength > max)
-      throw new NativeError(`webgpu: a tensor of ${byteLength} bytes exceeds this device's maxStorageBufferBindingSize (${max})`);
+  /**
+   * A GPUBuffer, or past the binding limit a SplitStorage of whole rows of `rowBytes` bytes
+   * (makeTensor passes a row of the first dimension), each part under the limit.
+   */
+  allocStorage(byteLength: number, rowBytes?: number): unknown {
+    this.#usable('allocating a tensor');
+    const max = this.maxBindingBytes;
+    if (byteLength <= max) return this.#buffer(byteLength);
+    let per = rowBytes !== undefined && rowBytes > 0 ? Math.floor(max / rowBytes) : 0;
+    while (per > 0 && (per * rowBytes!) % 4 !== 0) per--; // parts start at whole words
+    if (per === 0)
+      throw new NativeError(
+        `webgpu: a tensor of ${byteLength} bytes exceeds this device's storage binding limit (${max}), and its rows of ${rowBytes ?? byteLength} bytes cannot be split under it`,
+      );
+    const partBytes = per * rowBytes!;
+    const parts: GPUBuffer[] = [];
+    for (let off = 0; off < byteLength; off += partBytes) parts.push(this.#buffer(Math.min(partBytes, byteLength - off)));
+    return new SplitStorage(parts, partBytes, byteLength);
+  }
+
+  #buffer(byteLength: number): GPUBuffer {
     // Sizes are padded to 4 bytes: 16-bit tensors are read as packed u32 pairs.
     const buf = this.device.createBuffer({
       size: Math.max(4, Math.ceil(byteLength / 4) * 4),
@@ -206,6 +309,25 @@ export class WebGPUBackend implements Backend {
     return buf;
   }
 
+  /** @internal A tensor's one buffer; a split tensor (past the binding limit) is refused, naming `op`. */
+  whole(t: Tensor, op: string): GPUBuffer {
+    return wholeBuffer(t, op);
+  }
+
+  /** @internal The parts of a tensor's storage by rows of its first dimension: one for a tensor that fits. */
+  rowParts(t: Tensor): RowPart[] {
+    const s = t.storage;
+    const rows = t.shape[0]!;
+    if (!(s instanceof SplitStorage)) return [{ buf: s as GPUBuffer, row0: 0, rows }];
+    const rowBytes = t.byteLength / rows;
+    if (s.partBytes % rowBytes !== 0)
+      throw new NativeError(
+        `webgpu: tensor [${t.shape.join(', ')}] is split in parts of ${s.partBytes} bytes, which do not hold whole rows of ${rowBytes} bytes (a view with another first dimension)`,
+      );
+    const per = s.partBytes / rowBytes;
+    return s.parts.map((buf, i) => ({ buf, row0: i * per, rows: Math.min(per, rows - i * per) }));
+  }
+
   /**
    * Uploads through a staging buffer of our own, copied in order with the recorded work and
    * destroyed after the submit that copies it. queue.writeBuffer's internal staging was only
@@ -213,13 +335,22 @@ export class WebGPUBackend implements Backend {
    * no readback grew memory without bound (2,000 uploads of 256 KiB: +530 MB on lavapipe).
    */
   writeStorage(storage: unknown, bytes: Uint8Array): void {
+    this.#usable('a tensor write');
+    if (storage instanceof SplitStorage) {
+      storage.parts.forEach((p, i) => this.#upload(p, bytes.subarray(i * storage.partBytes, (i + 1) * storage.partBytes)));
+      return;
+    }
+    this.#upload(storage as GPUBuffer, bytes);
+  }
+
+  #upload(dst: GPUBuffer, bytes: Uint8Array): void {
     const n = bytes.byteLength;
     if (n === 0) return;
     const size = Math.ceil(n / 4) * 4; // copies move whole words; the mapped tail is zero
     const staging = this.device.createBuffer({ size, usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.MAP_WRITE, mappedAtCreation: true });
     new Uint8Array(staging.getMappedRange()).set(bytes);
     staging.unmap();
-    this.encoder().copyBufferToBuffer(staging, 0, storage as GPUBuffer, 0, size);
+    this.encoder().copyBufferToBuffer(staging, 0, dst, 0, size);
     this.#staging.push(staging);
     this.#stagingBytes += size;
     if (this.#stagingBytes >= STAGING_FLUSH_BYTES || ++this.#pendingDispatches >= FLUSH_EVERY) this.flush();
@@ -231,12 +362,25 @@ export class WebGPUBackend implements Backend {
   }
 
   async readStorage(storage: unknown, byteLength: number): Promise<ArrayBuffer> {
+    const op = 'a tensor read';
+    this.#usable(op);
+    if (!(storage instanceof SplitStorage)) return this.#download(storage as GPUBuffer, byteLength, op);
+    // part by part: one staging buffer of the whole could pass maxBufferSize
+    const out = new Uint8Array(byteLength);
+    for (const [i, p] of storage.parts.entries()) {
+      const off = i * storage.partBytes;
+      out.set(new Uint8Array(await this.#download(p, Math.min(storage.partBytes, byteLength - off), op)), off);
+    }
+    return out.buffer;
+  }
+
+  async #download(src: GPUBuffer, byteLength: number, op: string): Promise<ArrayBuffer> {
     const size = Math.max(4, Math.ceil(byteLength / 4) * 4);
     const staging = this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    this.encoder().copyBufferToBuffer(storage as GPUBuffer, 0, staging, 0, size);
+    this.encoder().copyBufferToBuffer(src, 0, staging, 0, size);
     this.flush();
     try {
-      await staging.mapAsync(GPUMapMode.READ);
+      await this.#wait(op, staging.mapAsync(GPUMapMode.READ));
       this.#throwPending();
       return staging.getMappedRange().slice(0, byteLength);
     } finally {
@@ -245,7 +389,11 @@ export class WebGPUBackend implements Backend {
   }
 
   freeStorage(storage: unknown): void {
-    const buf = storage as GPUBuffer;
+    if (storage instanceof SplitStorage) for (const p of storage.parts) this.#free(p);
+    else this.#free(storage as GPUBuffer);
+  }
+
+  #free(buf: GPUBuffer): void {
     if (!this.#live.delete(buf)) return;
     if (this.#encoder) this.#deferredDestroy.push(buf);
     else buf.destroy();
@@ -258,8 +406,9 @@ export class WebGPUBackend implements Backend {
   }
 
   async sync(): Promise<void> {
+    this.#usable('sync()');
     this.flush();
-    await this.device.queue.onSubmittedWorkDone();
+    await this.#wait('sync()', this.device.queue.onSubmittedWorkDone());
     this.#throwPending();
   }
 
@@ -316,7 +465,7 @@ export class WebGPUBackend implements Backend {
 
   /** @internal The encoder of the work not yet submitted. */
   encoder(): GPUCommandEncoder {
-    if (this.#destroyed) throw new BackendUnavailableError('webgpu', 'this backend was destroyed');
+    this.#usable('recording work');
     return (this.#encoder ??= this.device.createCommandEncoder());
   }
 
@@ -364,7 +513,7 @@ export class WebGPUBackend implements Backend {
    */
   inputs(outs: readonly Tensor[], ins: readonly Tensor[]): GPUBuffer[] {
     return ins.map((t) => {
-      const src = t.storage as GPUBuffer;
+      const src = this.whole(t, 'this op');
       if (!outs.includes(t)) return src;
       const copy = this.temp(src.size, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
       this.encoder().copyBufferToBuffer(src, 0, copy, 0, src.size);
@@ -374,6 +523,7 @@ export class WebGPUBackend implements Backend {
 
   /** @internal Records one dispatch: binding 0 is a uniform made from `params`, bindings 1.. the buffers. */
   launch(l: Launch): void {
+    this.#usable(`${l.family}.wgsl ${l.entry}`);
     const max = this.device.limits.maxComputeWorkgroupsPerDimension;
     if (l.groups.some((g) => g > max))
       throw new NativeError(`webgpu: dispatch of ${l.groups.join('x')} workgroups exceeds maxComputeWorkgroupsPerDimension (${max})`);
@@ -429,6 +579,10 @@ export class WebGPUBackend implements Backend {
   /** @internal Zeroes bytes [offset, offset + size) of a tensor's buffer in the recorded stream. */
   clear(t: Tensor, offset = 0, size = t.byteLength): void {
     if (size <= 0) return;
-    this.encoder().clearBuffer(t.storage as GPUBuffer, offset, Math.ceil(size / 4) * 4);
+    if (t.storage instanceof SplitStorage && offset === 0 && size === t.byteLength) {
+      for (const p of t.storage.parts) this.encoder().clearBuffer(p);
+      return;
+    }
+    this.encoder().clearBuffer(this.whole(t, 'clear'), offset, Math.ceil(size / 4) * 4);
   }
 }

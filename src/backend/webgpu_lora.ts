@@ -3,9 +3,9 @@
 import type { Tensor } from '../tensor.js';
 import type { LoraDims, LoraKernels, LoraRouting, LoraStack, LoraStrategy } from '../ops/lora.js';
 import { LORA_TILE } from './wgsl.js';
-import type { WebGPUBackend } from './webgpu.js';
+import { wholeBuffer, type WebGPUBackend } from './webgpu.js';
 
-const buf = (t: Tensor): GPUBuffer => t.storage as GPUBuffer;
+const buf = (t: Tensor): GPUBuffer => wholeBuffer(t, 'multi-LoRA');
 
 const { LORA_SLOTS, LORA_RANKS, LORA_OUTS } = LORA_TILE;
 

@@ -6,33 +6,63 @@ import type { Tensor } from '../tensor.js';
 import type { MatmulKernels } from '../ops/matmul.js';
 import type { ModelKernels } from '../ops/model_kernels.js';
 import type { AttentionDims, AttentionLayout } from '../ops/attention.js';
-import type { Param, WebGPUBackend } from './webgpu.js';
+import type { DType } from '../dtype.js';
+import type { Param, RowPart as RowPartOf, WebGPUBackend } from './webgpu.js';
 
-const buf = (t: Tensor): GPUBuffer => t.storage as GPUBuffer;
+/**
+ * One GEMM of kernels/wgsl/matmul.wgsl: C[M,N] (+)= A(m,k)·B(k,n) with A at aoff + m·sam + k·sak,
+ * B at boff + k·sbk + n·sbn and C at coff + m·ldc + n (elements).
+ */
+interface Gemm {
+  c: GPUBuffer;
+  a: GPUBuffer;
+  b: GPUBuffer;
+  bType: DType;
+  /** [M, N, K] */
+  dims: [number, number, number];
+  /** [sam, sak, sbk, sbn] */
+  strides: [number, number, number, number];
+  acc: boolean;
+  /** [aoff, boff, coff, ldc] */
+  at: [number, number, number, number];
+}
+
+/** kernels/wgsl/matmul.wgsl's tile of C */
+const TILE = 32;
 
 export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
-  /** The strided GEMM of kernels/wgsl/matmul.wgsl: C[M,N] (+)= A(m,k)·B(k,n). */
-  const gemm = (
-    c: Tensor,
-    a: Tensor,
-    b: Tensor,
-    M: number,
-    N: number,
-    K: number,
-    sam: number,
-    sak: number,
-    sbk: number,
-    sbn: number,
-    acc: boolean,
-  ): void =>
-    g.launch({
-      family: 'matmul',
-      entry: 'main',
-      weights: { b: b.dtype },
-      buffers: [buf(c), buf(a), buf(b)],
-      params: [M, N, K, sam, sak, sbk, sbn, acc ? 1 : 0],
-      groups: [Math.ceil(N / 32), Math.ceil(M / 32), 1],
-    });
+  const buf = (t: Tensor): GPUBuffer => g.whole(t, 'a model kernel');
+
+  /**
+   * The strided GEMM of kernels/wgsl/matmul.wgsl. Past the work budget (g.workBudget
+   * multiply-adds) it is recorded as several dispatches over blocks of C (whole tiles; the
+   * K reduction is never split): every output is summed exactly as in one dispatch.
+   */
+  const gemm = (m: Gemm): void => {
+    const [M, N, K] = m.dims;
+    const [sam, sak, sbk, sbn] = m.strides;
+    const [aoff, boff, coff, ldc] = m.at;
+    let mc = M,
+      nc = N;
+    if (M * N * K > g.workBudget) {
+      const tiles = (n: number) => Math.max(TILE, Math.floor(n / TILE) * TILE);
+      nc = Math.min(N, tiles(g.workBudget / (M * K)));
+      if (nc * M * K > g.workBudget) mc = Math.min(M, tiles(g.workBudget / (nc * K)));
+    }
+    for (let m0 = 0; m0 < M; m0 += mc)
+      for (let n0 = 0; n0 < N; n0 += nc) {
+        const mm = Math.min(mc, M - m0),
+          nn = Math.min(nc, N - n0);
+        g.launch({
+          family: 'matmul',
+          entry: 'main',
+          weights: { b: m.bType },
+          buffers: [m.c, m.a, m.b],
+          params: [mm, nn, K, sam, sak, sbk, sbn, m.acc ? 1 : 0, aoff + m0 * sam, boff + n0 * sbn, coff + m0 * ldc + n0, ldc],
+          groups: [Math.ceil(nn / TILE), Math.ceil(mm / TILE), 1],
+        });
+      }
+  };
 
   /**
    * The `aux` buffer of kernels/wgsl/attention.wgsl: the layout's eight i32 tensors copied
@@ -75,44 +105,121 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
     return { buf: aux, params, end };
   };
 
+  /**
+   * Attention's dispatches over `rows` rows (one workgroup each), chunked so that each does at
+   * most g.workBudget multiply-adds at `rowWork` per row (an upper bound: every key); params
+   * slot 18 (row0) is the chunk's first row. Rows are independent: bit-identical to one dispatch.
+   */
+  const attentionRows = (
+    rows: number,
+    rowWork: number,
+    params: Param[],
+    launch: (params: Param[], groups: [number, number, number]) => void,
+  ) => {
+    const per = Math.max(1, Math.floor(g.workBudget / Math.max(1, rowWork)));
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const ps = [...params];
+      ps[18] = r0;
+      launch(ps, g.grid(1, Math.min(per, rows - r0)));
+    }
+  };
+
+  /** A launch of kernels/wgsl/xent.wgsl over rows [t0, t0 + T) (one workgroup per row). */
+  const xentLaunch = (entry: string, T: number, V: number, scale: number, t0: number) => ({
+    family: 'xent',
+    entry,
+    params: [T, V, { f: scale }, t0] as Param[],
+    groups: g.grid(1, T),
+  });
+
+  /** out's row parts, which must line up with `parts` (same shapes are split alike). */
+  const samePartsAs = (out: Tensor, parts: RowPartOf[]): RowPartOf[] => {
+    const op = g.rowParts(out);
+    if (op.length !== parts.length || op.some((p, i) => p.rows !== parts[i]!.rows))
+      throw new Error(`internal: webgpu: an output split unlike its input ([${out.shape.join(', ')}])`);
+    return op;
+  };
+
   return {
+    // Tensors past the binding limit come split by rows (SplitStorage): W and dW by rows of
+    // the vocabulary, logits-sized activations by rows of tokens. Each (part, part) pair is
+    // one GEMM on offsets into the parts; a split reduction (dx over the vocabulary, dW over
+    // tokens) adds part after part. A tensor that fits is one part: one GEMM, as before.
     matmul(y, x, w, d, acc) {
-      gemm(y, x, w, d.T, d.N, d.K, d.K, 1, 1, d.K, acc);
+      const xb = buf(x);
+      for (const yp of g.rowParts(y))
+        for (const wp of g.rowParts(w)) {
+          const c = yp.buf;
+          gemm({
+            c,
+            a: xb,
+            b: wp.buf,
+            bType: w.dtype,
+            dims: [yp.rows, wp.rows, d.K],
+            strides: [d.K, 1, 1, d.K],
+            acc,
+            at: [yp.row0 * d.K, 0, wp.row0, d.N],
+          });
+        }
     },
     matmulGradInput(dx, dy, w, d, acc) {
-      gemm(dx, dy, w, d.T, d.K, d.N, d.N, 1, d.K, 1, acc);
+      const c = buf(dx);
+      for (const dp of g.rowParts(dy))
+        for (const [i, wp] of g.rowParts(w).entries()) {
+          const [a, b, bType, ac] = [dp.buf, wp.buf, w.dtype, acc || i > 0];
+          gemm({ c, a, b, bType, dims: [dp.rows, d.K, wp.rows], strides: [d.N, 1, d.K, 1], acc: ac, at: [wp.row0, 0, dp.row0 * d.K, d.K] });
+        }
     },
     matmulGradWeight(dw, dy, x, d, acc) {
-      gemm(dw, dy, x, d.N, d.K, d.T, 1, d.N, d.K, 1, acc);
+      const b = buf(x);
+      for (const wp of g.rowParts(dw))
+        for (const [j, dp] of g.rowParts(dy).entries()) {
+          const [c, a, ac] = [wp.buf, dp.buf, acc || j > 0];
+          gemm({
+            c,
+            a,
+            b,
+            bType: x.dtype,
+            dims: [wp.rows, d.K, dp.rows],
+            strides: [1, d.N, d.K, 1],
+            acc: ac,
+            at: [wp.row0, dp.row0 * d.K, 0, d.K],
+          });
+        }
     },
 
+    /** Per part of E: the launch writes the tokens whose ids fall in its rows (kernels/wgsl/embedding.wgsl v0). */
     embedding(y, ids, E, d) {
-      g.op(() =>
-        g.launch({
-          family: 'embedding',
-          entry: 'gather',
-          weights: { E: E.dtype },
-          buffers: [buf(y), ...g.inputs([y], [ids, E])],
-          params: [d.T, d.V, d.H, 0, 0],
-          groups: g.grid(Math.ceil(d.H / 256), d.T),
-        }),
-      );
+      g.op(() => {
+        const [yb, ib] = [buf(y), ...g.inputs([y], [ids])];
+        for (const ep of g.rowParts(E))
+          g.launch({
+            family: 'embedding',
+            entry: 'gather',
+            weights: { E: E.dtype },
+            buffers: [yb, ib!, ep.buf],
+            params: [d.T, ep.rows, d.H, 0, 0, ep.row0],
+            groups: g.grid(Math.ceil(d.H / 256), d.T),
+          });
+      });
     },
 
     embeddingGrad(dE, dy, order, segStart, segIds, G, d, accumulate) {
       // rows of ids absent from the batch are 0: clear all, then each present row is written once
       if (!accumulate) g.clear(dE);
       if (G === 0) return;
-      g.op(() =>
-        g.launch({
-          family: 'embedding',
-          entry: 'grad',
-          weights: { E: 'f32' },
-          buffers: [buf(dE), ...g.inputs([dE], [dy, order, segStart, segIds])],
-          params: [d.T, d.V, d.H, G, accumulate ? 1 : 0],
-          groups: g.grid(Math.ceil(d.H / 256), G),
-        }),
-      );
+      g.op(() => {
+        const ins = g.inputs([dE], [dy, order, segStart, segIds]);
+        for (const ep of g.rowParts(dE))
+          g.launch({
+            family: 'embedding',
+            entry: 'grad',
+            weights: { E: 'f32' },
+            buffers: [ep.buf, ...ins],
+            params: [d.T, ep.rows, d.H, G, accumulate ? 1 : 0, ep.row0],
+            groups: g.grid(Math.ceil(d.H / 256), G),
+          });
+      });
     },
 
     rmsnorm(y, rstd, x, w, d) {
@@ -191,41 +298,36 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       });
     },
 
+    // The xent family runs per part of split logits (rows of tokens; t0 the part's first row).
     logSoftmax(out, logits, d) {
-      g.op(() =>
-        g.launch({
-          family: 'xent',
-          entry: 'logsoftmax',
-          buffers: [buf(out), ...g.inputs([out], [logits])],
-          params: [d.T, d.V, 0, 0],
-          groups: g.grid(1, d.T),
-        }),
-      );
+      if (out === logits) {
+        g.op(() => g.launch({ ...xentLaunch('logsoftmax', d.T, d.V, 0, 0), buffers: [buf(out), ...g.inputs([out], [logits])] }));
+        return;
+      }
+      const lp = g.rowParts(logits);
+      for (const [i, op] of samePartsAs(out, lp).entries())
+        g.launch({ ...xentLaunch('logsoftmax', op.rows, d.V, 0, op.row0), buffers: [op.buf, lp[i]!.buf] });
     },
 
     xent(losses, lse, logits, targets, mask, d) {
       g.op(() => {
-        const [lg, tg, mk] = g.inputs([losses, lse], [logits, targets, mask]);
-        g.launch({
-          family: 'xent',
-          entry: 'xent',
-          buffers: [buf(losses), lg!, buf(lse), tg!, mk!],
-          params: [d.T, d.V, 0, 0],
-          groups: g.grid(1, d.T),
-        });
+        const [tg, mk] = g.inputs([losses, lse], [targets, mask]);
+        for (const lp of g.rowParts(logits))
+          g.launch({ ...xentLaunch('xent', lp.rows, d.V, 0, lp.row0), buffers: [buf(losses), lp.buf, buf(lse), tg!, mk!] });
       });
     },
 
     xentGrad(dlogits, logits, lse, targets, mask, scale, d) {
-      g.op(() =>
-        g.launch({
-          family: 'xent',
-          entry: 'grad',
-          buffers: [buf(dlogits), ...g.inputs([dlogits], [logits, lse, targets, mask])],
-          params: [d.T, d.V, { f: scale }, 0],
-          groups: g.grid(Math.ceil(d.V / 256), d.T),
-        }),
-      );
+      g.op(() => {
+        const ins = g.inputs([dlogits], [lse, targets, mask]);
+        const lp = g.rowParts(logits);
+        for (const [i, op] of samePartsAs(dlogits, lp).entries())
+          g.launch({
+            ...xentLaunch('grad', op.rows, d.V, scale, op.row0),
+            buffers: [op.buf, lp[i]!.buf, ...ins],
+            groups: g.grid(Math.ceil(d.V / 256), op.rows),
+          });
+      });
     },
 
     adamw(p, grad, m, v, n, s) {
@@ -244,20 +346,43 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
         { f: s.gradScale },
         0,
       ];
+      const gp = g.rowParts(grad);
+      if (gp.length > 1) {
+        // split past the binding limit (p, grad, m and v alike): one step per part
+        const [pp, mp, vp] = [p, m, v].map((t) => samePartsAs(t, gp));
+        const row = n / p.shape[0]!;
+        gp.forEach((gt, i) => {
+          const k = gt.rows * row;
+          const buffers = [pp![i]!.buf, gt.buf, mp![i]!.buf, vp![i]!.buf];
+          g.launch({ family: 'adamw', entry: 'step', buffers, params: [k, ...params.slice(1)], groups: g.flat(k, 256) });
+        });
+        return;
+      }
       g.op(() => {
         const [gb] = g.inputs([p, m, v], [grad]);
         g.launch({ family: 'adamw', entry: 'step', buffers: [buf(p), gb!, buf(m), buf(v)], params, groups: g.flat(n, 256) });
       });
     },
 
-    /** Two fixed-order passes (kernels/wgsl/adamw.wgsl partial, finish): B partials in a temporary buffer. */
+    /**
+     * Two fixed-order passes (kernels/wgsl/adamw.wgsl partial, finish): B partials in a
+     * temporary buffer; a split gradient's parts each add their own B partials (from `off`).
+     */
     sumSquares(out, grad, n) {
-      const B = Math.max(1, Math.min(1024, Math.ceil(n / 2048)));
+      const row = n / grad.shape[0]!;
+      const parts = g
+        .rowParts(grad)
+        .map((pt) => ({ ...pt, n: pt.rows * row, B: Math.max(1, Math.min(1024, Math.ceil((pt.rows * row) / 2048))) }));
+      const total = parts.reduce((s, pt) => s + pt.B, 0);
       g.op(() => {
-        const part = g.temp(B * 4);
-        const [gb] = g.inputs([out], [grad]);
-        g.launch({ family: 'adamw', entry: 'partial', buffers: [part, gb!], params: [n, B, 0, 0], groups: [B, 1, 1] });
-        g.launch({ family: 'adamw', entry: 'finish', buffers: [buf(out), part], params: [n, B, 0, 0], groups: [1, 1, 1] });
+        const part = g.temp(total * 4);
+        let off = 0;
+        for (const pt of parts) {
+          const gb = parts.length > 1 ? pt.buf : g.inputs([out], [grad])[0]!;
+          g.launch({ family: 'adamw', entry: 'partial', buffers: [part, gb], params: [pt.n, pt.B, off, 0], groups: [pt.B, 1, 1] });
+          off += pt.B;
+        }
+        g.launch({ family: 'adamw', entry: 'finish', buffers: [buf(out), part], params: [n, total, 0, 0], groups: [1, 1, 1] });
       });
     },
 
@@ -287,14 +412,10 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       const consts = { DU: Math.ceil(d.D / 64) };
       g.op(() => {
         const aux = attentionAux(l, d, 0);
-        g.launch({
-          family: 'attention',
-          entry: 'fwd',
-          consts,
-          buffers: [buf(out), buf(lse), ...g.inputs([out, lse], [q, k, v]), aux.buf],
-          params: aux.params,
-          groups: g.grid(1, d.Tq * d.nH),
-        });
+        const buffers = [buf(out), buf(lse), ...g.inputs([out, lse], [q, k, v]), aux.buf];
+        attentionRows(d.Tq * d.nH, 3 * d.Tk * d.D, aux.params, (params, groups) =>
+          g.launch({ family: 'attention', entry: 'fwd', consts, buffers, params, groups }),
+        );
       });
     },
 
@@ -307,22 +428,14 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
         const [qb, kb, vb, dOb, ob] = g.inputs([dq, dk, dv], [q, k, v, dOut, out]);
         const params = aux.params;
         g.launch({ family: 'attention', entry: 'delta', consts, buffers: [aux.buf, dOb!, ob!], params, groups: g.flat(rows, 64) });
-        g.launch({
-          family: 'attention',
-          entry: 'dq',
-          consts,
-          buffers: [buf(dq), dOb!, qb!, kb!, vb!, aux.buf],
-          params,
-          groups: g.grid(1, rows),
-        });
-        g.launch({
-          family: 'attention',
-          entry: 'dkv',
-          consts,
-          buffers: [buf(dk), buf(dv), qb!, kb!, vb!, aux.buf, dOb!],
-          params,
-          groups: g.grid(1, d.Tk * d.nKv),
-        });
+        const dqBufs = [buf(dq), dOb!, qb!, kb!, vb!, aux.buf];
+        attentionRows(rows, 4 * d.Tk * d.D, params, (ps, groups) =>
+          g.launch({ family: 'attention', entry: 'dq', consts, buffers: dqBufs, params: ps, groups }),
+        );
+        const dkvBufs = [buf(dk), buf(dv), qb!, kb!, vb!, aux.buf, dOb!];
+        attentionRows(d.Tk * d.nKv, 5 * d.Tq * (d.nH / d.nKv) * d.D, params, (ps, groups) =>
+          g.launch({ family: 'attention', entry: 'dkv', consts, buffers: dkvBufs, params: ps, groups }),
+        );
       });
     },
   };

@@ -4,7 +4,7 @@
 import wgslSources from 'mote:wgsl-sources';
 import { BackendUnavailableError } from '../errors.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
-import { checkBackendKind, checkDeviceOption, probeWith, type Availability } from '../backend/kinds.js';
+import { checkBackendKind, checkDeviceOption, checkLimitOptions, probeWith, type Availability } from '../backend/kinds.js';
 import { WebGPUBackend, type WebGPUHost, type WebGPUOptions } from '../backend/webgpu.js';
 import type { WgslReader } from '../backend/wgsl.js';
 import { checkBool, checkOpts } from '../ops/check.js';
@@ -35,7 +35,7 @@ const webHost: WebGPUHost = {
 };
 
 /** The options the browser's openBackend takes: those of webgpu (Dawn's are ignored). */
-export type OpenOptions = Pick<WebGPUOptions, 'device' | 'requireHardware'>;
+export type OpenOptions = Pick<WebGPUOptions, 'device' | 'requireHardware' | 'maxBindingBytes' | 'maxDispatchWork'>;
 
 /**
  * Opens a backend in the browser. 'webgpu' and 'auto' open navigator.gpu's adapter (or use
@@ -47,10 +47,12 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
   const opts = checkOpts(op, 'opts', options) as OpenOptions;
   checkBool(op, 'requireHardware', opts.requireHardware);
   checkDeviceOption(op, opts.device);
+  checkLimitOptions(op, opts);
   if (kind === 'cpu' || kind === 'cuda') {
     throw new BackendUnavailableError(kind, `the ${kind} backend needs mote's Node addon; in the browser only 'webgpu' exists`);
   }
-  return WebGPUBackend.open({ device: opts.device, requireHardware: opts.requireHardware }, webHost);
+  const { device, requireHardware, maxBindingBytes, maxDispatchWork } = opts;
+  return WebGPUBackend.open({ device, requireHardware, maxBindingBytes, maxDispatchWork }, webHost);
 }
 
 /** Tries every backend and reports what it found; every backend opened is destroyed again. */

@@ -6,6 +6,9 @@
 import type * as Mote from '../../src/web/index.js';
 import { badInputFailures, runKernelCases, type CaseResult } from '../kernel_cases.js';
 import { runModelCase, type ModelReport } from '../model_cases.js';
+import { makeTinyModel } from '../fixtures/tiny_model.js';
+import { relErr } from '../numeric.js';
+import type { HostTensor } from '../../src/io/safetensors.js';
 
 /** Where the server serves the browser bundle. */
 const BUNDLE_URL = '/mote.js';
@@ -21,6 +24,8 @@ export interface PageReport {
   ownDevice: { error: number; aliveAfterDestroy: boolean };
   /** modelFromTensors, generate and a tokenizer from JSON (model_cases.ts) */
   model: ModelReport;
+  /** small adapters: split tensors and chunked dispatches vs the plain backend; a destroyed device's next op */
+  limits: { error: number; parts: number; lost: string };
   /** what was still allocated after the cases */
   leaked: { buffers: number; bytes: number };
 }
@@ -65,7 +70,7 @@ async function moteRun(): Promise<PageReport | { noAdapter: string }> {
         unavailable.push(`${kind}: ${(e as Error).constructor.name}: ${(e as Error).message}`);
       }
     }
-    report = { adapter: b.info(), results, badInput, model, unavailable, ownDevice: await ownDevice(), leaked };
+    report = { adapter: b.info(), results, badInput, model, unavailable, ownDevice: await ownDevice(), limits: await limits(b), leaked };
   } finally {
     b.destroy();
   }
@@ -119,6 +124,59 @@ async function ownDevice(): Promise<PageReport['ownDevice']> {
   const alive = !lost;
   device.destroy();
   return { error: Math.sqrt(num / den), aliveAfterDestroy: alive };
+}
+
+/**
+ * Small adapters (DESIGN §3): a tiny model under a 4 KiB binding limit (embedding, lm_head,
+ * logits and the MLP weights split by rows) and a 4,096 multiply-add dispatch budget gives the
+ * logits of the same model on the plain backend; destroying a device the page owns makes the
+ * next op a DeviceLostError.
+ */
+async function limits(b: Mote.Backend): Promise<PageReport['limits']> {
+  const tiny = makeTinyModel({
+    family: 'llama',
+    hidden: 32,
+    intermediate: 40,
+    layers: 2,
+    heads: 4,
+    kvHeads: 2,
+    vocab: 300,
+    tied: false,
+    dtype: 'f32',
+    seed: 6,
+  });
+  const host = new Map<string, HostTensor>([...tiny.tensors].map(([n, t]) => [n, t as HostTensor]));
+  const prompt = [1, 5, 17, 30, 7, 250, 299, 3, 8, 100];
+  let error = Infinity,
+    parts = 0;
+  const small = await mote.openBackend('webgpu', { maxBindingBytes: 4096, maxDispatchWork: 4096 });
+  try {
+    const a = mote.modelFromTensors(tiny.cfg, host, { backend: b }),
+      s = mote.modelFromTensors(tiny.cfg, host, { backend: small });
+    try {
+      error = relErr(await s.logits(prompt), await a.logits(prompt));
+      parts = (s.weights.embedTokens.storage as { parts?: unknown[] }).parts?.length ?? 1;
+    } finally {
+      a.dispose();
+      s.dispose();
+    }
+  } finally {
+    small.destroy();
+  }
+  const device = await (await navigator.gpu.requestAdapter())!.requestDevice();
+  const lb = await mote.openBackend('webgpu', { device });
+  let lost = 'no error';
+  try {
+    const x = lb.tensor([1, 2, 3, 4], [2, 2]);
+    device.destroy();
+    await device.lost;
+    mote.matmul(x, x, { out: lb.empty([2, 2]) });
+  } catch (e) {
+    lost = `${(e as Error).constructor.name}: ${(e as Error).message}`;
+  } finally {
+    lb.destroy();
+  }
+  return { error, parts, lost };
 }
 
 if (typeof document !== 'undefined') {
