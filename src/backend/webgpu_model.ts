@@ -107,7 +107,8 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
 
   /**
    * Attention's dispatches over `rows` rows (one workgroup each), chunked so that each does at
-   * most g.workBudget multiply-adds at `rowWork` per row (an upper bound: every key); params
+   * most g.workBudget multiply-adds at `rowWork` per row (an upper bound: the longest run list
+   * of the layout, every key of it); params
    * slot 18 (row0) is the chunk's first row. Rows are independent: bit-identical to one dispatch.
    */
   const attentionRows = (
@@ -413,7 +414,7 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
       g.op(() => {
         const aux = attentionAux(l, d, 0);
         const buffers = [buf(out), buf(lse), ...g.inputs([out, lse], [q, k, v]), aux.buf];
-        attentionRows(d.Tq * d.nH, 3 * d.Tk * d.D, aux.params, (params, groups) =>
+        attentionRows(d.Tq * d.nH, 3 * l.maxKeysPerQuery * d.D, aux.params, (params, groups) =>
           g.launch({ family: 'attention', entry: 'fwd', consts, buffers, params, groups }),
         );
       });
@@ -429,11 +430,11 @@ export function modelKernels(g: WebGPUBackend): MatmulKernels & ModelKernels {
         const params = aux.params;
         g.launch({ family: 'attention', entry: 'delta', consts, buffers: [aux.buf, dOb!, ob!], params, groups: g.flat(rows, 64) });
         const dqBufs = [buf(dq), dOb!, qb!, kb!, vb!, aux.buf];
-        attentionRows(rows, 4 * d.Tk * d.D, params, (ps, groups) =>
+        attentionRows(rows, 4 * l.maxKeysPerQuery * d.D, params, (ps, groups) =>
           g.launch({ family: 'attention', entry: 'dq', consts, buffers: dqBufs, params: ps, groups }),
         );
         const dkvBufs = [buf(dk), buf(dv), qb!, kb!, vb!, aux.buf, dOb!];
-        attentionRows(d.Tk * d.nKv, 5 * d.Tq * (d.nH / d.nKv) * d.D, params, (ps, groups) =>
+        attentionRows(d.Tk * d.nKv, 5 * l.maxQueriesPerKey * (d.nH / d.nKv) * d.D, params, (ps, groups) =>
           g.launch({ family: 'attention', entry: 'dkv', consts, buffers: dkvBufs, params: ps, groups }),
         );
       });

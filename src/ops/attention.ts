@@ -103,7 +103,11 @@ function stretches(ids: Int32Array): Map<number, number[]> {
 }
 
 /** The `ranges` tensor's contents (see the top of this file) and its run count. */
-function buildRanges(qSeq: Int32Array, kSeq: Int32Array, keyRuns: AttentionLayoutInit['keyRuns']): { ranges: Int32Array; runs: number } {
+function buildRanges(
+  qSeq: Int32Array,
+  kSeq: Int32Array,
+  keyRuns: AttentionLayoutInit['keyRuns'],
+): { ranges: Int32Array; runs: number; maxKeys: number; maxQueries: number } {
   const Tq = qSeq.length,
     Tk = kSeq.length;
   let kRuns: Map<number, number[]>;
@@ -130,18 +134,24 @@ function buildRanges(qSeq: Int32Array, kSeq: Int32Array, keyRuns: AttentionLayou
   }
   const qRuns = stretches(qSeq);
   const table: number[] = [];
-  const place = (m: Map<number, number[]>) => {
+  // the longest list a row reads (keys of a query, queries of a key): what bounds a GPU dispatch's work
+  let maxKeys = 0,
+    maxQueries = 0;
+  const place = (m: Map<number, number[]>, longest: (n: number) => void) => {
     const at = new Map<number, [number, number]>();
     for (const [s, l] of m) {
       at.set(s, [table.length / 2, l.length / 2]);
+      let n = 0;
+      for (let r = 0; r < l.length; r += 2) n += l[r + 1]! - l[r]!;
+      longest(n);
       for (const x of l) table.push(x);
     }
     return at;
   };
   // only the runs of sequences that have queries are ever read
   for (const s of [...kRuns.keys()]) if (!qRuns.has(s)) kRuns.delete(s);
-  const kAt = place(kRuns);
-  const qAt = place(qRuns);
+  const kAt = place(kRuns, (n) => (maxKeys = Math.max(maxKeys, n)));
+  const qAt = place(qRuns, (n) => (maxQueries = Math.max(maxQueries, n)));
   // a key is seen only from inside a run of its own sequence
   const inOwnRun = new Uint8Array(Tk);
   for (const [s, l] of kRuns)
@@ -156,7 +166,7 @@ function buildRanges(qSeq: Int32Array, kSeq: Int32Array, keyRuns: AttentionLayou
     if (a) [ranges[2 * (Tq + j)], ranges[2 * (Tq + j) + 1]] = a;
   }
   ranges.set(table, 2 * (Tq + Tk));
-  return { ranges, runs: table.length / 2 };
+  return { ranges, runs: table.length / 2, maxKeys, maxQueries };
 }
 
 /** Who attends to whom in one batch, checked on the host and uploaded once (i32 tensors). */
@@ -176,6 +186,9 @@ export class AttentionLayout {
   readonly ranges: Tensor;
   /** Pairs in the run table. */
   readonly numRuns: number;
+  /** Most keys any query's runs hold, and most queries any key's runs hold (bounds of a row's work). */
+  readonly maxKeysPerQuery: number;
+  readonly maxQueriesPerKey: number;
 
   constructor(
     readonly backend: Backend,
@@ -235,8 +248,10 @@ export class AttentionLayout {
       }
       this.S = S;
     }
-    const { ranges, runs } = buildRanges(qSeq, kSeq, init.keyRuns);
+    const { ranges, runs, maxKeys, maxQueries } = buildRanges(qSeq, kSeq, init.keyRuns);
     this.numRuns = runs;
+    this.maxKeysPerQuery = maxKeys;
+    this.maxQueriesPerKey = maxQueries;
     const up = (a: Int32Array) => backend.tensor(a, [a.length], 'i32');
     this.qSeq = up(qSeq);
     this.qPos = up(qPos);
