@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <array>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -124,14 +125,21 @@ struct WindowSet {
   std::vector<int> count;  // per row: its list's windows
   std::vector<int> idx;    // [window][kW] partner indices (the first cnt valid)
   std::vector<int> cnt;    // [window]
-  int total = 0;
+  // [window]: its slot in the transposed copies, or −1 for a list read by so few rows·heads
+  // that transposing it costs more than it saves (decode: one query per sequence)
+  std::vector<int> slot;
+  int total = 0, slots = 0;
 };
 
-WindowSet make_windows(const AttentionArgs& a, const int* entries, int nrows) {
+// Rows·heads per list below which its windows are not transposed (scores by direct dots).
+constexpr int kTransposeMin = 4;
+
+WindowSet make_windows(const AttentionArgs& a, const int* entries, int nrows, int heads) {
   WindowSet ws;
   ws.first.assign(nrows, 0);
   ws.count.assign(nrows, 0);
-  std::map<std::pair<int, int>, std::pair<int, int>> seen;  // (first run, runs) → (first window, windows)
+  // (first run, runs) → (first window, windows, rows reading it)
+  std::map<std::pair<int, int>, std::array<int, 3>> seen;
   const int* table = run_table(a);
   for (int i = 0; i < nrows; i++) {
     const std::pair<int, int> key{entries[2 * size_t(i)], entries[2 * size_t(i) + 1]};
@@ -151,23 +159,29 @@ WindowSet make_windows(const AttentionArgs& a, const int* entries, int nrows) {
           ws.cnt.back() = ++n;
           if (n == kW) n = 0;
         }
-      it = seen.emplace(key, std::pair<int, int>{w0, ws.total - w0}).first;
+      it = seen.emplace(key, std::array<int, 3>{w0, ws.total - w0, 0}).first;
     }
-    ws.first[i] = it->second.first;
-    ws.count[i] = it->second.second;
+    it->second[2]++;
+    ws.first[i] = it->second[0];
+    ws.count[i] = it->second[1];
   }
+  ws.slot.assign(ws.total, -1);
+  for (const auto& kv : seen)
+    if (kv.second[2] * heads >= kTransposeMin)
+      for (int w = kv.second[0]; w < kv.second[0] + kv.second[1]; w++) ws.slot[w] = ws.slots++;
   return ws;
 }
 
-// dst[((h·total + w)·D + c)·kW + x] = src[idx[w][x]·stride + h·D + c] for every head slot h < H
-// and window w (0 past a window's count): the windows' vectors transposed, so that kW scores
-// of a row are one FMA per dim, vectorised over the window.
+// dst[((h·slots + slot(w))·D + c)·kW + x] = src[idx[w][x]·stride + h·D + c] for every head slot
+// h < H and transposed window w (0 past a window's count): the windows' vectors transposed, so
+// that kW scores of a row are one FMA per dim, vectorised over the window.
 void transpose_all(std::vector<float>& dst, const WindowSet& ws, const float* src, int H, size_t stride, int D) {
-  dst.assign(size_t(H) * ws.total * D * kW, 0.f);
+  dst.assign(size_t(H) * ws.slots * D * kW, 0.f);
   parallel_for(size_t(H) * ws.total, 16, [&](size_t w0, size_t w1) {
     for (size_t hw = w0; hw < w1; hw++) {
       const int h = int(hw / ws.total), w = int(hw % ws.total), n = ws.cnt[w];
-      float* t = dst.data() + hw * D * kW;
+      if (ws.slot[w] < 0) continue;
+      float* t = dst.data() + (size_t(h) * ws.slots + ws.slot[w]) * D * kW;
       for (int x = 0; x < n; x++) {
         const float* r = src + size_t(ws.idx[size_t(w) * kW + x]) * stride + size_t(h) * D;
         for (int c = 0; c < D; c++) t[size_t(c) * kW + x] = r[c];
@@ -325,6 +339,36 @@ inline bool key_vis(const AttentionArgs& a, const WindowIds& qw, int j, bool* vi
   return any;
 }
 
+// Scores of a window whose partners were not transposed: s[r][x] = scale · rows[r]·parts[x]
+// (x < n; 0 past n), a dot per pair with 8-wide partial sums.
+inline void direct_dots(float (*s)[kW], const float* const* rows, int nq, const float* const* parts, int n, int D,
+                        float scale) {
+  for (int r = 0; r < nq; r++)
+    for (int x = 0; x < kW; x++) {
+      if (x >= n) {
+        s[r][x] = 0.f;
+        continue;
+      }
+      const float *a = rows[r], *b = parts[x];
+      v8f acc = {};
+      int c = 0;
+      for (; c + 8 <= D; c += 8) acc += ld8(a + c) * ld8(b + c);
+      float t = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+      for (; c < D; c++) t += a[c] * b[c];
+      s[r][x] = scale * t;
+    }
+}
+
+// The window's scores for the block's rows: from the transposed copy (head slot h) when the
+// window has one, else by direct dots with its partners' rows.
+inline void scores(float (*s)[kW], const float* const* rows, int nq, const WindowSet& ws, const std::vector<float>& t,
+                   int w, int h, const float* const* parts, int n, int D, float scale, const float* zero) {
+  if (ws.slot[w] >= 0)
+    block_dots(s, rows, nq, t.data() + (size_t(h) * ws.slots + ws.slot[w]) * D * kW, D, scale, zero);
+  else
+    direct_dots(s, rows, nq, parts, n, D, scale);
+}
+
 }  // namespace
 
 // Forward: one work item per (block of ≤ kQ queries of one sequence, kv head): over the windows
@@ -337,7 +381,7 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
   const int D = a.D, nH = a.nH, nKv = a.nKv, group = a.nH / a.nKv;
   const float scale = a.scale, ninf = -std::numeric_limits<float>::infinity();
   const auto blocks = row_blocks(a.ranges, a.Tq, kQ);
-  const WindowSet ws = make_windows(a, a.ranges, a.Tq);
+  const WindowSet ws = make_windows(a, a.ranges, a.Tq, group);
   std::vector<float> kt;
   transpose_all(kt, ws, k, nKv, size_t(nKv) * D, D);
   parallel_for(blocks.size() * nKv, 1, [&](size_t r0, size_t r1) {
@@ -356,15 +400,17 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
         bool vis[kQ][kW], any = false;
         for (int qi = 0; qi < nq; qi++) any |= query_vis(a, ids, i0 + qi, vis[qi]);
         if (!any) continue;
-        const float* vrows[kW];
-        for (int x = 0; x < n; x++) vrows[x] = v + (size_t(idx[x]) * nKv + kv) * D;
-        const float* t = kt.data() + (size_t(kv) * ws.total + w) * D * kW;
+        const float *vrows[kW], *krows[kW];
+        for (int x = 0; x < n; x++) {
+          vrows[x] = v + (size_t(idx[x]) * nKv + kv) * D;
+          krows[x] = k + (size_t(idx[x]) * nKv + kv) * D;
+        }
         for (int g = 0; g < group; g++) {
           const int h = kv * group + g;
           const float* qrows[kQ];
           for (int qi = 0; qi < nq; qi++) qrows[qi] = q + (size_t(i0 + qi) * nH + h) * D;
           float sc[kQ][kW];
-          block_dots(sc, qrows, nq, t, D, scale, zero.data());
+          scores(sc, qrows, nq, ws, kt, w, kv, krows, n, D, scale, zero.data());
           for (int qi = 0; qi < nq; qi++) {
             const float* s = sc[qi];
             float wm = ninf;
@@ -439,7 +485,7 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
   });
   {
     const auto qblocks = row_blocks(a.ranges, a.Tq, kQ);
-    const WindowSet ws = make_windows(a, a.ranges, a.Tq);
+    const WindowSet ws = make_windows(a, a.ranges, a.Tq, group);
     std::vector<float> kt, vt;
     transpose_all(kt, ws, k, nKv, size_t(nKv) * D, D);
     transpose_all(vt, ws, v, nKv, size_t(nKv) * D, D);
@@ -457,9 +503,11 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
           bool vis[kQ][kW], any = false;
           for (int qi = 0; qi < nq; qi++) any |= query_vis(a, ids, i0 + qi, vis[qi]);
           if (!any) continue;
-          const size_t t = (size_t(kv) * ws.total + w) * D * kW;
-          const float* krows[kW];
-          for (int x = 0; x < n; x++) krows[x] = k + (size_t(idx[x]) * nKv + kv) * D;
+          const float *krows[kW], *vrows[kW];
+          for (int x = 0; x < n; x++) {
+            krows[x] = k + (size_t(idx[x]) * nKv + kv) * D;
+            vrows[x] = v + (size_t(idx[x]) * nKv + kv) * D;
+          }
           for (int g = 0; g < group; g++) {
             const int h = kv * group + g;
             const float *qrows[kQ], *grows[kQ];
@@ -468,8 +516,8 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
               grows[qi] = dout + (size_t(i0 + qi) * nH + h) * D;
             }
             float sc[kQ][kW], dpc[kQ][kW];
-            block_dots(sc, qrows, nq, kt.data() + t, D, scale, zero.data());
-            block_dots(dpc, grows, nq, vt.data() + t, D, 1.f, zero.data());
+            scores(sc, qrows, nq, ws, kt, w, kv, krows, n, D, scale, zero.data());
+            scores(dpc, grows, nq, ws, vt, w, kv, vrows, n, D, 1.f, zero.data());
             for (int qi = 0; qi < nq; qi++) {
               const size_t row = size_t(i0 + qi) * nH + h;
               const float L = lse[row], dl = delta[row];
@@ -494,7 +542,7 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
   // dk, dv
   const int* kentries = a.ranges + 2 * size_t(a.Tq);
   const auto kblocks = row_blocks(kentries, a.Tk, kQ);
-  const WindowSet ws = make_windows(a, kentries, a.Tk);
+  const WindowSet ws = make_windows(a, kentries, a.Tk, group);
   std::vector<float> qt, gt;
   transpose_all(qt, ws, q, nH, size_t(nH) * D, D);
   transpose_all(gt, ws, dout, nH, size_t(nH) * D, D);
@@ -519,7 +567,6 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
         for (int kj = 0; kj < nk; kj++) any |= key_vis(a, ids, j0 + kj, vis[kj]);
         if (!any) continue;
         for (int h = kv * group; h < (kv + 1) * group; h++) {
-          const size_t t = (size_t(h) * ws.total + w) * D * kW;
           float L[kW], dl[kW];
           const float *qrows[kW], *grows[kW];
           for (int x = 0; x < kW; x++) {
@@ -532,8 +579,8 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
             }
           }
           float sc[kQ][kW], dpc[kQ][kW];
-          block_dots(sc, krows, nk, qt.data() + t, D, scale, zero.data());
-          block_dots(dpc, vrows, nk, gt.data() + t, D, 1.f, zero.data());
+          scores(sc, krows, nk, ws, qt, w, h, qrows, n, D, scale, zero.data());
+          scores(dpc, vrows, nk, ws, gt, w, h, grows, n, D, 1.f, zero.data());
           for (int kj = 0; kj < nk; kj++) {
             float e[kW], p[kW], ds[kW];
 #pragma omp simd
