@@ -369,6 +369,30 @@ inline void scores(float (*s)[kW], const float* const* rows, int nq, const Windo
     direct_dots(s, rows, nq, parts, n, D, scale);
 }
 
+// One window of a query block's keys: visibility from each of the block's queries, and the keys'
+// and values' rows of kv head `kv`. load() is false when no query of the block sees any of them.
+struct KeyWindow {
+  const int* idx;
+  int n;
+  bool vis[kQ][kW];
+  const float *krows[kW], *vrows[kW];
+  WindowIds ids;
+  bool load(const AttentionArgs& a, const WindowSet& ws, int w, int i0, int nq, const float* k, const float* v,
+            int kv) {
+    idx = ws.idx.data() + size_t(w) * kW;
+    n = ws.cnt[w];
+    ids.load(a.k_seq, a.k_pos, a.S > 0 ? a.k_seg : nullptr, idx, n);
+    bool any = false;
+    for (int qi = 0; qi < nq; qi++) any |= query_vis(a, ids, i0 + qi, vis[qi]);
+    if (!any) return false;
+    for (int x = 0; x < n; x++) {
+      krows[x] = k + (size_t(idx[x]) * a.nKv + kv) * a.D;
+      vrows[x] = v + (size_t(idx[x]) * a.nKv + kv) * a.D;
+    }
+    return true;
+  }
+};
+
 }  // namespace
 
 // Forward: one work item per (block of ≤ kQ queries of one sequence, kv head): over the windows
@@ -386,7 +410,7 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
   transpose_all(kt, ws, k, nKv, size_t(nKv) * D, D);
   parallel_for(blocks.size() * nKv, 1, [&](size_t r0, size_t r1) {
     std::vector<float> acc(size_t(group) * kQ * D), m(size_t(group) * kQ), l(size_t(group) * kQ), zero(D);
-    WindowIds ids;
+    KeyWindow kw;
     for (size_t r = r0; r < r1; r++) {
       const auto [i0, i1] = blocks[r / nKv];
       const int kv = int(r % nKv), nq = i1 - i0;
@@ -394,23 +418,15 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
       std::fill(m.begin(), m.end(), ninf);
       std::fill(l.begin(), l.end(), 0.f);
       for (int w = ws.first[i0]; w < ws.first[i0] + ws.count[i0]; w++) {
-        const int* idx = ws.idx.data() + size_t(w) * kW;
-        const int n = ws.cnt[w];
-        ids.load(a.k_seq, a.k_pos, a.S > 0 ? a.k_seg : nullptr, idx, n);
-        bool vis[kQ][kW], any = false;
-        for (int qi = 0; qi < nq; qi++) any |= query_vis(a, ids, i0 + qi, vis[qi]);
-        if (!any) continue;
-        const float *vrows[kW], *krows[kW];
-        for (int x = 0; x < n; x++) {
-          vrows[x] = v + (size_t(idx[x]) * nKv + kv) * D;
-          krows[x] = k + (size_t(idx[x]) * nKv + kv) * D;
-        }
+        if (!kw.load(a, ws, w, i0, nq, k, v, kv)) continue;
+        const int n = kw.n;
+        const auto& vis = kw.vis;
         for (int g = 0; g < group; g++) {
           const int h = kv * group + g;
           const float* qrows[kQ];
           for (int qi = 0; qi < nq; qi++) qrows[qi] = q + (size_t(i0 + qi) * nH + h) * D;
           float sc[kQ][kW];
-          scores(sc, qrows, nq, ws, kt, w, kv, krows, n, D, scale, zero.data());
+          scores(sc, qrows, nq, ws, kt, w, kv, kw.krows, n, D, scale, zero.data());
           for (int qi = 0; qi < nq; qi++) {
             const float* s = sc[qi];
             float wm = ninf;
@@ -436,7 +452,7 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
               ps += p[x];
             }
             l[st] += ps;
-            window_axpy(o, p, vrows, n, D);
+            window_axpy(o, p, kw.vrows, n, D);
           }
         }
       }
@@ -491,23 +507,15 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
     transpose_all(vt, ws, v, nKv, size_t(nKv) * D, D);
     parallel_for(qblocks.size() * nKv, 1, [&](size_t r0, size_t r1) {
       std::vector<float> acc(size_t(group) * kQ * D), zero(D);
-      WindowIds ids;
+      KeyWindow kw;
       for (size_t r = r0; r < r1; r++) {
         const auto [i0, i1] = qblocks[r / nKv];
         const int kv = int(r % nKv), nq = i1 - i0;
         std::fill(acc.begin(), acc.end(), 0.f);
         for (int w = ws.first[i0]; w < ws.first[i0] + ws.count[i0]; w++) {
-          const int* idx = ws.idx.data() + size_t(w) * kW;
-          const int n = ws.cnt[w];
-          ids.load(a.k_seq, a.k_pos, a.S > 0 ? a.k_seg : nullptr, idx, n);
-          bool vis[kQ][kW], any = false;
-          for (int qi = 0; qi < nq; qi++) any |= query_vis(a, ids, i0 + qi, vis[qi]);
-          if (!any) continue;
-          const float *krows[kW], *vrows[kW];
-          for (int x = 0; x < n; x++) {
-            krows[x] = k + (size_t(idx[x]) * nKv + kv) * D;
-            vrows[x] = v + (size_t(idx[x]) * nKv + kv) * D;
-          }
+          if (!kw.load(a, ws, w, i0, nq, k, v, kv)) continue;
+          const int n = kw.n;
+          const auto& vis = kw.vis;
           for (int g = 0; g < group; g++) {
             const int h = kv * group + g;
             const float *qrows[kQ], *grows[kQ];
@@ -516,8 +524,8 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
               grows[qi] = dout + (size_t(i0 + qi) * nH + h) * D;
             }
             float sc[kQ][kW], dpc[kQ][kW];
-            scores(sc, qrows, nq, ws, kt, w, kv, krows, n, D, scale, zero.data());
-            scores(dpc, grows, nq, ws, vt, w, kv, vrows, n, D, 1.f, zero.data());
+            scores(sc, qrows, nq, ws, kt, w, kv, kw.krows, n, D, scale, zero.data());
+            scores(dpc, grows, nq, ws, vt, w, kv, kw.vrows, n, D, 1.f, zero.data());
             for (int qi = 0; qi < nq; qi++) {
               const size_t row = size_t(i0 + qi) * nH + h;
               const float L = lse[row], dl = delta[row];
@@ -526,7 +534,7 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
 #pragma omp simd
               for (int x = 0; x < kW; x++) e[x] = exp_f32(sc[qi][x] - L) * (dpc[qi][x] - dl);
               for (int x = 0; x < kW; x++) ds[x] = vis[qi][x] ? e[x] : 0.f;
-              window_axpy(acc.data() + (size_t(g) * kQ + qi) * D, ds, krows, n, D);
+              window_axpy(acc.data() + (size_t(g) * kQ + qi) * D, ds, kw.krows, n, D);
             }
           }
         }
