@@ -86,6 +86,8 @@ export class AdapterPool {
   #free: number[] = [];
   #entries = new Map<string, Int32Array>();
   #disposed = false;
+  /** Staging tensors by shape (one per distinct adapter size and linear shape: a few). */
+  #stage = new Map<string, { host: Float32Array; dev: Tensor }>();
 
   constructor(backend: Backend, cfg: ModelConfig, opts: AdapterPoolOptions = {}) {
     const op = 'AdapterPool';
@@ -219,34 +221,35 @@ export class AdapterPool {
       for (const s of this.#slots) {
         const st = this.stacks[s.l]![s.m]!;
         const x = a.modules.get(`${s.l}.${s.m}`);
-        const A = new Float32Array(n * u * s.Hin);
-        const B = new Float32Array(n * s.Hout * u);
+        const sa = this.#staging(n, u, s.Hin);
+        const sb = this.#staging(n, s.Hout, u);
+        const A = sa.host,
+          B = sb.host;
         const rank = new Int32Array(n).fill(1);
         const scale = new Float32Array(n);
         if (x) {
           const r = x.rank;
           A.set(x.A.subarray(0, r * s.Hin)); // [r, Hin] rows are entry k's rows k·u…
+          A.fill(0, r * s.Hin);
+          B.fill(0);
+          const xb = x.B;
           for (let k = 0; k * u < r; k++) {
             const w = Math.min(u, r - k * u);
             rank[k] = w;
             scale[k] = x.scale;
             for (let o = 0; o < s.Hout; o++) {
-              const from = o * r + k * u;
-              B.set(x.B.subarray(from, from + w), (k * s.Hout + o) * u);
+              const from = o * r + k * u,
+                to = (k * s.Hout + o) * u;
+              for (let j = 0; j < w; j++) B[to + j] = xb[from + j]!;
             }
           }
+        } else {
+          A.fill(0);
+          B.fill(0);
         }
-        const At = this.#backend.tensor(A, [n, u, s.Hin], 'f32');
-        try {
-          const Bt = this.#backend.tensor(B, [n, s.Hout, u], 'f32');
-          try {
-            loraStackWrite(st, rows, { A: At, B: Bt, rank, scale });
-          } finally {
-            Bt.dispose();
-          }
-        } finally {
-          At.dispose();
-        }
+        sa.dev.write(A);
+        sb.dev.write(B);
+        loraStackWrite(st, rows, { A: sa.dev, B: sb.dev, rank, scale });
         const sc = this.#scales.get(st)!;
         for (let i = 0; i < n; i++) sc[entries[i]!] = scale[i]!;
         this.copied.pageInBytes += 4 * (A.length + B.length);
@@ -254,6 +257,18 @@ export class AdapterPool {
     } finally {
       rows.dispose();
     }
+  }
+
+  /** A staging tensor [n, d1, d2] and its host buffer, kept for the next page-in of that shape. */
+  #staging(n: number, d1: number, d2: number): { host: Float32Array; dev: Tensor } {
+    const key = `${n}:${d1}:${d2}`;
+    let st = this.#stage.get(key);
+    if (!st) {
+      const host = new Float32Array(n * d1 * d2);
+      st = { host, dev: this.#backend.tensor(host, [n, d1, d2], 'f32') };
+      this.#stage.set(key, st);
+    }
+    return st;
   }
 
   /** Grows every stack to hold at least `need` entries (doubling, or maxEntries at once), copying the old rows once. */
@@ -339,6 +354,8 @@ export class AdapterPool {
     }
     this.#entries.clear();
     this.#free = [];
+    for (const st of this.#stage.values()) st.dev.dispose();
+    this.#stage.clear();
   }
 
   [Symbol.dispose](): void {
