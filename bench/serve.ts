@@ -36,7 +36,7 @@ import { generate, type GenerateRequest } from '../src/generate/generate.js';
 import { readAdapter } from '../src/adapters/peft_io.js';
 import { AdapterPool } from '../src/adapters/pool.js';
 import { openSource } from '../src/io/source.js';
-import { MAX_LORA_SLOTS } from '../src/ops/lora.js';
+import { MAX_LORA_SLOTS, loraRouting } from '../src/ops/lora.js';
 import { mulberry32 } from '../src/rng.js';
 import { SMOLLM_135M, modelConfigJson, randomWeights } from './model.js';
 
@@ -99,15 +99,27 @@ export interface ServeModelResult {
   };
   /** Gaps of running streams while a rank-64 adapter loads vs the normal gap (target: extra < one decode step). */
   loadStall?: LoadStall[];
+  /**
+   * The bound the adapters' kernels set: one bare decode forward of 64 tokens routed as the
+   * engine routes them (token i on adapter 37·i mod N) through a pool of those adapters, at 16
+   * and at the most adapters, and the f32 bytes of the distinct adapters such a step reads.
+   */
+  forwardBound?: { n: number; ms: number; adapterBytesRead: number }[];
   notes: string[];
 }
 
 export interface LoadStall {
   /** The pool had to grow (double, one copy of every entry) to take the adapter. */
   grew: boolean;
+  loads: number;
+  /** Median addAdapter time. */
   addMs: number;
+  /** Gaps of a running stream between two tokens: median and p90 away from any load, median and max overlapping a load. */
   normalGapMs: number;
+  normalGapP90Ms: number;
+  duringLoadP50Ms: number;
   maxGapDuringLoadMs: number;
+  /** Median gap during a load minus the normal one, in ms and in decode steps. */
   extraMs: number;
   extraInSteps: number;
 }
@@ -295,15 +307,23 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
           res.engineVsGenerate = await engineVsGenerate(engine, model, o, folderOf, n);
           o.log(`  engine vs generate(): ${res.engineVsGenerate.ratio.toFixed(3)} (same tokens: ${res.engineVsGenerate.sameTokens})`);
           // twice: the first load may grow the pool (one copy of every entry), the second reuses the first's freed entries
-          res.loadStall = [await loadStall(engine, o, big.dir, V), await loadStall(engine, o, big.dir, V)];
+          res.loadStall = [await loadStall(engine, o, big.dir, V, 1), await loadStall(engine, o, big.dir, V, 8)];
           for (const ls of res.loadStall)
             o.log(
-              `  load stall${ls.grew ? ' (pool grew)' : ''}: addAdapter ${ls.addMs.toFixed(1)} ms; largest gap during it ${ls.maxGapDuringLoadMs.toFixed(1)} ms vs ${ls.normalGapMs.toFixed(1)} ms normally`,
+              `  load stall${ls.grew ? ' (pool grew)' : ''}: ${ls.loads} loads, addAdapter ${ls.addMs.toFixed(1)} ms; gap during a load p50 ${ls.duringLoadP50Ms.toFixed(1)} max ${ls.maxGapDuringLoadMs.toFixed(1)} ms vs ${ls.normalGapMs.toFixed(1)} ms (p90 ${ls.normalGapP90Ms.toFixed(1)}) otherwise`,
             );
         }
       } finally {
         await engine.close();
       }
+    }
+    res.forwardBound = [];
+    for (const n of [0, ...counts.filter((c) => c >= 16)]) {
+      const fb = await forwardBound(model, o, folderOf, n);
+      res.forwardBound.push(fb);
+      o.log(
+        `  bare decode forward, 64 tokens on ${n} adapters: ${fb.ms.toFixed(1)} ms (${(fb.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of adapters read)`,
+      );
     }
     const r16 = rows.find((r) => r.adapters === 16 && r.budget === 1);
     const top = rows.filter((r) => r.budget === 1).at(-1)!;
@@ -381,49 +401,111 @@ async function engineVsGenerate(
   }
 }
 
-/** Streams decode while addAdapter loads a rank-64 adapter: the gaps that overlap the load vs the median gap. */
-async function loadStall(engine: Engine, o: ServeBenchOptions, dir: string, V: number): Promise<LoadStall> {
+/** One decode-shaped forward (64 tokens, one per sequence, token i on adapter 37·i mod n; n = 0: no adapters), median of 9 after 2 warm-ups. */
+async function forwardBound(
+  model: LlamaModel,
+  o: ServeBenchOptions,
+  folderOf: (i: number) => { dir: string; rank: number },
+  n: number,
+): Promise<{ n: number; ms: number; adapterBytesRead: number }> {
+  const T = Math.min(64, o.maxSequences);
+  const ids = Array.from({ length: T }, (_, t) => 3 + ((t * 17) % (model.config.vocabSize - 3)));
+  const pool = new AdapterPool(model.backend, model.config, {});
+  let routing: ReturnType<typeof loraRouting> | null = null;
+  try {
+    let bytes = 0;
+    const opts: Parameters<LlamaModel['logits']>[1] = {};
+    if (n > 0) {
+      const used = [...new Set(Array.from({ length: T }, (_, t) => (37 * t) % n))];
+      const entries = new Map<number, Int32Array>();
+      for (const a of used) {
+        entries.set(a, pool.add(`a${a}`, await readAdapter(model.config, openSource(folderOf(a).dir))));
+        bytes += adapterBytesOf(model.config, folderOf(a).rank);
+      }
+      const routes = Array.from({ length: T }, (_, t) => entries.get((37 * t) % n)!);
+      const K = Math.max(...routes.map((e) => e.length));
+      const slots = new Int32Array(T * K).fill(-1);
+      const weight = new Float32Array(T * K);
+      routes.forEach((e, t) =>
+        e.forEach((x, k) => {
+          slots[t * K + k] = x;
+          weight[t * K + k] = 1;
+        }),
+      );
+      routing = loraRouting(model.backend, slots, { K, L: pool.capacity, weight });
+      opts.lora = { stacks: pool.stacks, routing };
+    }
+    const ms: number[] = [];
+    for (let i = 0; i < 11; i++) {
+      const t = performance.now();
+      await model.logits(ids, opts);
+      if (i >= 2) ms.push(performance.now() - t);
+    }
+    return { n, ms: quantile(ms, 0.5), adapterBytesRead: bytes };
+  } finally {
+    routing?.dispose();
+    pool.dispose();
+  }
+}
+
+/**
+ * 32 streams decode while addAdapter loads rank-64 adapters, one at a time, `loads` times (each
+ * read from its folder and paged in between two steps, then removed): the gaps of stream 0
+ * (all streams get their tokens in the same step) that overlap a load vs its other gaps.
+ */
+async function loadStall(engine: Engine, o: ServeBenchOptions, dir: string, V: number, loads: number): Promise<LoadStall> {
   const grows = engine.poolInfo().grows;
   const S = Math.min(32, o.maxSequences);
-  const N = 48;
-  const times: number[][] = Array.from({ length: S }, () => []);
-  let addStart = 0,
-    addEnd = 0;
-  let adding: Promise<void> | null = null;
+  const every = 6;
+  const N = 8 + every * (loads + 1);
+  const times: number[] = [];
+  const windows: [number, number][] = [];
+  let chain: Promise<void> = Promise.resolve();
   await Promise.all(
     Array.from({ length: S }, async (_, i) => {
       const s = engine.submit({ prompt: promptOf(2000 + i, o.promptTokens, V), maxNewTokens: N, adapter: `a${i % 16}` });
       for await (const _ of s) {
-        times[i]!.push(performance.now());
-        if (i === 0 && times[0]!.length === N / 2 && !adding) {
-          addStart = performance.now();
-          adding = engine.addAdapter('stall-64', dir).then(() => {
-            addEnd = performance.now();
+        if (i !== 0) continue;
+        times.push(performance.now());
+        const k = times.length;
+        if (k >= 8 && (k - 8) % every === 0 && windows.length < loads) {
+          const w: [number, number] = [performance.now(), Infinity];
+          windows.push(w);
+          const name = `stall-64-${windows.length}`;
+          chain = chain.then(async () => {
+            await engine.addAdapter(name, dir);
+            w[1] = performance.now();
+            await engine.removeAdapter(name);
           });
         }
       }
     }),
   );
-  await adding;
+  await chain;
   const normal: number[] = [];
-  let maxDuring = 0;
-  for (const ts of times) {
-    for (let k = 2; k < ts.length; k++) {
-      const a = ts[k - 1]!,
-        b = ts[k]!;
-      if (b >= addStart && a <= addEnd) maxDuring = Math.max(maxDuring, b - a);
-      else normal.push(b - a);
-    }
+  const during: number[] = [];
+  for (let k = 2; k < times.length; k++) {
+    const a = times[k - 1]!,
+      b = times[k]!;
+    const hit = windows.filter(([s, e]) => b >= s && a <= e).length;
+    if (hit) during.push(b - a);
+    else normal.push(b - a);
   }
-  await engine.removeAdapter('stall-64');
   const normalGap = quantile(normal, 0.5);
+  const maxDuring = Math.max(...during);
   return {
     grew: engine.poolInfo().grows > grows,
-    addMs: addEnd - addStart,
+    loads: windows.length,
+    addMs: quantile(
+      windows.map(([s, e]) => e - s),
+      0.5,
+    ),
     normalGapMs: normalGap,
+    normalGapP90Ms: quantile(normal, 0.9),
+    duringLoadP50Ms: quantile(during, 0.5),
     maxGapDuringLoadMs: maxDuring,
-    extraMs: maxDuring - normalGap,
-    extraInSteps: (maxDuring - normalGap) / normalGap,
+    extraMs: quantile(during, 0.5) - normalGap,
+    extraInSteps: (quantile(during, 0.5) - normalGap) / normalGap,
   };
 }
 
@@ -458,9 +540,18 @@ export function serveMarkdown(r: ServeBenchResult, o: ServeBenchOptions): string
       );
     for (const s of m.loadStall ?? [])
       lines.push(
-        `- adapter-load stall${s.grew ? ' (this load grew the pool: one copy of every entry)' : ' (no pool growth)'}: addAdapter of a rank-64 adapter while 32 streams decode took ${s.addMs.toFixed(1)} ms; the largest gap between tokens during it ` +
-          `${s.maxGapDuringLoadMs.toFixed(1)} ms vs ${s.normalGapMs.toFixed(1)} ms normally: **${s.extraInSteps.toFixed(2)} decode steps extra** (target < 1)`,
+        `- adapter-load stall, ${s.loads} load${s.loads > 1 ? 's' : ''} of a rank-64 adapter while 32 streams decode${s.grew ? ' (the pool grew: one copy of every entry)' : ' (no pool growth)'}: addAdapter ${s.addMs.toFixed(1)} ms (median); ` +
+          `gap between tokens during a load ${s.duringLoadP50Ms.toFixed(1)} ms (median; max ${s.maxGapDuringLoadMs.toFixed(1)}) vs ${s.normalGapMs.toFixed(1)} ms (p90 ${s.normalGapP90Ms.toFixed(1)}) otherwise: **${s.extraInSteps.toFixed(2)} decode steps extra** (target < 1)`,
       );
+    const fb = m.forwardBound ?? [];
+    if (fb.length > 1) {
+      const f16 = fb.find((x) => x.n === 16);
+      const top = fb.at(-1)!;
+      lines.push(
+        `- the kernels' bound: one bare decode forward of 64 tokens takes ${fb.map((x) => `${x.ms.toFixed(1)} ms on ${x.n} adapters${x.n ? ` (${(x.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of them read)` : ''}`).join(', ')}` +
+          (f16 && top.n > 16 ? `: ${top.n} / 16 = **${(f16.ms / top.ms).toFixed(3)}** of the throughput at best` : ''),
+      );
+    }
     for (const n of m.notes) lines.push(`- note: ${n}`);
     lines.push('');
   }

@@ -286,7 +286,9 @@ export class AdapterPool {
     try {
       for (const s of this.#slots) {
         const prev = this.stacks[s.l]![s.m];
-        const next = this.#emptyStack(s, cap, prev);
+        // free entries may hold anything (a page-in writes every row of its entries, and routing
+        // names only entries adapters hold), so the new rows are not zeroed: the copy is the cost
+        const next = this.#emptyStack(s, cap, prev, false);
         if (prev && rows) {
           copyRows(next.A, prev.A, rows);
           copyRows(next.B, prev.B, rows);
@@ -309,13 +311,13 @@ export class AdapterPool {
     if (old > 0) this.copied.grows++;
   }
 
-  /** A stack of `cap` entries: zeros with rank 1 and scale 0, or `prev`'s ranks and scales for its rows. */
-  #emptyStack(s: Slot, cap: number, prev?: LoraStack): LoraStack {
+  /** A stack of `cap` entries with rank 1 and scale 0 (zeros when `zero`), or `prev`'s ranks and scales for its rows. */
+  #emptyStack(s: Slot, cap: number, prev?: LoraStack, zero = true): LoraStack {
     const u = this.unit;
-    const A = makeTensor(this.#backend, null, [cap, u, s.Hin], 'f32', true);
+    const A = makeTensor(this.#backend, null, [cap, u, s.Hin], 'f32', zero);
     let B: Tensor | null = null;
     try {
-      B = makeTensor(this.#backend, null, [cap, s.Hout, u], 'f32', true);
+      B = makeTensor(this.#backend, null, [cap, s.Hout, u], 'f32', zero);
       const rank = new Int32Array(cap).fill(1);
       const scale = new Float32Array(cap);
       if (prev) {

@@ -339,11 +339,16 @@ function checkAll(
       `${op}: rank: expected the rank tensor of a loraStack() (its contents are checked there), got a tensor it did not build`,
     );
   const R = c.dim('R');
-  ranks.forEach((r, e) => {
+  // only the adapters the routing names: kernels read no other rank (O(distinct adapters), not
+  // O(L): an adapter pool has thousands of entries, and this runs for every linear of every layer)
+  const used = rt.host.segAdapter;
+  for (let i = 0; i < used.length; i++) {
+    const e = used[i]!,
+      r = ranks[e]!;
     if (r < 1 || r > R) throw new ArgumentError(`${op}: rank[${e}]: expected an integer in [1, ${R}], got ${r}`);
     if (s.ranks !== undefined && s.ranks[e] !== r)
       throw new ArgumentError(`${op}: ranks[${e}]: the stack's host copy says ${s.ranks[e]}, but its rank tensor holds ${r}`);
-  });
+  }
   for (const [name, [t, shape, optional]] of Object.entries(tensors)) {
     if (t === undefined && optional) continue;
     c.tensor(name, t, { dtypes: ['f32'], shape });

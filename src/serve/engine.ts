@@ -65,6 +65,13 @@ export interface EngineOptions {
    * 64·u (a bundle: step + shared) need a larger unit.
    */
   poolUnit?: number;
+  /**
+   * Pool entries allocated at the first page-in when there is no budget (default 64); the pool
+   * doubles when full (one copy of every entry: a pause of the running streams), so a server that
+   * knows its adapters can size it once. With adapterBudgetBytes the pool takes the whole budget
+   * at once and never grows.
+   */
+  poolEntries?: number;
 }
 
 /** The adapter pool as the engine uses it (for tests and the benchmark). */
@@ -188,6 +195,7 @@ export class Engine {
     this.#unit = positiveInt(op, 'poolUnit', opts.poolUnit, DEFAULT_POOL_UNIT);
     this.#pool = new AdapterPool(model.backend, model.config, {
       unit: this.#unit,
+      initialEntries: positiveInt(op, 'poolEntries', opts.poolEntries, 64),
       ...(budget === Infinity ? {} : { maxBytes: budget }),
     });
     this.#dec = new BatchDecoder(
