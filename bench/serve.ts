@@ -79,6 +79,10 @@ export interface ServeRow {
   /** Bytes the pool allocated. */
   poolBytes: number;
   loadSeconds: number;
+  /** Engine steps in the run, mean ms per step in BatchDecoder.step and before it (admission, paging). */
+  steps: number;
+  stepMs: number;
+  hostMs: number;
 }
 
 export interface ServeModelResult {
@@ -104,7 +108,7 @@ export interface ServeModelResult {
    * engine routes them (token i on adapter 37·i mod N) through a pool of those adapters, at 16
    * and at the most adapters, and the f32 bytes of the distinct adapters such a step reads.
    */
-  forwardBound?: { n: number; ms: number; adapterBytesRead: number }[];
+  forwardBound?: { n: number; ms: number; prefillMs: number; adapterBytesRead: number }[];
   notes: string[];
 }
 
@@ -253,6 +257,7 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
         // A warm-up request compiles and allocates what the run needs.
         await engine.submit({ prompt: [1, 5, 9], maxNewTokens: 4, adapter: 'a0' }).result;
         const paged0 = { ...engine.paging };
+        const stats0 = { ...engine.stats };
         const gaps: number[] = [];
         const ttft: number[] = [];
         let tokens = 0;
@@ -298,10 +303,13 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
           adapterBytes: set,
           poolBytes: engine.poolInfo().allocatedBytes,
           loadSeconds,
+          steps: engine.stats.steps - stats0.steps,
+          stepMs: (engine.stats.stepMs - stats0.stepMs) / Math.max(1, engine.stats.steps - stats0.steps),
+          hostMs: (engine.stats.hostMs - stats0.hostMs) / Math.max(1, engine.stats.steps - stats0.steps),
         };
         rows.push(row);
         o.log(
-          `  ${n} adapters${budget < 1 ? ` (budget ${budget} of their bytes)` : ''}: ${row.tokensPerS.toFixed(0)} tok/s, per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms, ${row.pageIns} page-ins (load ${loadSeconds.toFixed(1)} s)`,
+          `  ${n} adapters${budget < 1 ? ` (budget ${budget} of their bytes)` : ''}: ${row.tokensPerS.toFixed(0)} tok/s, per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms, ${row.pageIns} page-ins, ${row.steps} steps of ${row.stepMs.toFixed(1)} ms + ${row.hostMs.toFixed(2)} ms before (load ${loadSeconds.toFixed(1)} s)`,
         );
         if (n === 16 && budget === 1) {
           res.engineVsGenerate = await engineVsGenerate(engine, model, o, folderOf, n);
@@ -322,7 +330,7 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
       const fb = await forwardBound(model, o, folderOf, n);
       res.forwardBound.push(fb);
       o.log(
-        `  bare decode forward, 64 tokens on ${n} adapters: ${fb.ms.toFixed(1)} ms (${(fb.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of adapters read)`,
+        `  bare forwards on ${n} adapters: decode (64 tokens) ${fb.ms.toFixed(1)} ms (${(fb.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of adapters read), prefill (64 × ${o.promptTokens} tokens) ${fb.prefillMs.toFixed(1)} ms`,
       );
     }
     const r16 = rows.find((r) => r.adapters === 16 && r.budget === 1);
@@ -407,11 +415,13 @@ async function forwardBound(
   o: ServeBenchOptions,
   folderOf: (i: number) => { dir: string; rank: number },
   n: number,
-): Promise<{ n: number; ms: number; adapterBytesRead: number }> {
+): Promise<{ n: number; ms: number; prefillMs: number; adapterBytesRead: number }> {
   const T = Math.min(64, o.maxSequences);
+  const P = o.promptTokens;
   const ids = Array.from({ length: T }, (_, t) => 3 + ((t * 17) % (model.config.vocabSize - 3)));
   const pool = new AdapterPool(model.backend, model.config, {});
   let routing: ReturnType<typeof loraRouting> | null = null;
+  let prefillRouting: ReturnType<typeof loraRouting> | null = null;
   try {
     let bytes = 0;
     const opts: Parameters<LlamaModel['logits']>[1] = {};
@@ -434,6 +444,26 @@ async function forwardBound(
       );
       routing = loraRouting(model.backend, slots, { K, L: pool.capacity, weight });
       opts.lora = { stacks: pool.stacks, routing };
+      const ps = new Int32Array(T * P * K).fill(-1);
+      const pw = new Float32Array(T * P * K);
+      for (let t = 0; t < T * P; t++) {
+        ps.set(slots.subarray(Math.floor(t / P) * K, Math.floor(t / P) * K + K), t * K);
+        pw.set(weight.subarray(Math.floor(t / P) * K, Math.floor(t / P) * K + K), t * K);
+      }
+      prefillRouting = loraRouting(model.backend, ps, { K, L: pool.capacity, weight: pw });
+    }
+    // the prefill of T prompts of P tokens (one forward, logits of each prompt's last token)
+    const pids = Array.from({ length: T * P }, (_, t) => 3 + ((t * 29) % (model.config.vocabSize - 3)));
+    const pre: Parameters<LlamaModel['logits']>[1] = {
+      seq: Array.from({ length: T * P }, (_, t) => Math.floor(t / P)),
+      logitRows: Array.from({ length: T }, (_, s) => s * P + P - 1),
+      ...(prefillRouting ? { lora: { stacks: pool.stacks, routing: prefillRouting } } : {}),
+    };
+    const pms: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const t = performance.now();
+      await model.logits(pids, pre);
+      if (i >= 1) pms.push(performance.now() - t);
     }
     const ms: number[] = [];
     for (let i = 0; i < 11; i++) {
@@ -441,9 +471,10 @@ async function forwardBound(
       await model.logits(ids, opts);
       if (i >= 2) ms.push(performance.now() - t);
     }
-    return { n, ms: quantile(ms, 0.5), adapterBytesRead: bytes };
+    return { n, ms: quantile(ms, 0.5), prefillMs: quantile(pms, 0.5), adapterBytesRead: bytes };
   } finally {
     routing?.dispose();
+    prefillRouting?.dispose();
     pool.dispose();
   }
 }
@@ -518,11 +549,11 @@ export function serveMarkdown(r: ServeBenchResult, o: ServeBenchOptions): string
       `${o.requests} requests of ${o.promptTokens} prompt tokens and ${o.newTokens} new tokens (greedy), Poisson arrivals at ${o.rate[m.model]}/s (seed ${o.seed}), ` +
         `at most ${o.maxSequences} decoding together; request i on adapter 37·i mod N; ranks 8/16/32/64 in a pool of unit 8 (no padding), all seven linears adapted.`,
       '',
-      '| adapters | budget | page-ins | tokens/s | per-token p50 (ms) | p99 (ms) | TTFT p50 (ms) | adapter bytes | pool bytes | load (s) |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+      '| adapters | budget | page-ins | tokens/s | per-token p50 (ms) | p99 (ms) | TTFT p50 (ms) | steps | ms/step (+ before) | adapter bytes | pool bytes | load (s) |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
       ...m.rows.map(
         (x) =>
-          `| ${x.adapters} | ${x.budget === 1 ? 'all' : `${x.budget * 100}%`} | ${x.pageIns} | ${x.tokensPerS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${(x.poolBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`,
+          `| ${x.adapters} | ${x.budget === 1 ? 'all' : `${x.budget * 100}%`} | ${x.pageIns} | ${x.tokensPerS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${x.steps} | ${x.stepMs.toFixed(1)} (+${x.hostMs.toFixed(2)}) | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${(x.poolBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`,
       ),
       '',
     );
@@ -549,7 +580,9 @@ export function serveMarkdown(r: ServeBenchResult, o: ServeBenchOptions): string
       const top = fb.at(-1)!;
       lines.push(
         `- the kernels' bound: one bare decode forward of 64 tokens takes ${fb.map((x) => `${x.ms.toFixed(1)} ms on ${x.n} adapters${x.n ? ` (${(x.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of them read)` : ''}`).join(', ')}` +
-          (f16 && top.n > 16 ? `: ${top.n} / 16 = **${(f16.ms / top.ms).toFixed(3)}** of the throughput at best` : ''),
+          (f16 && top.n > 16 ? ` (${top.n} / 16: **${(f16.ms / top.ms).toFixed(3)}**)` : '') +
+          `; the prefill of 64 prompts of ${o.promptTokens} tokens ${fb.map((x) => `${x.prefillMs.toFixed(1)} ms on ${x.n}`).join(', ')}` +
+          (f16 && top.n > 16 ? ` (${top.n} / 16: **${(f16.prefillMs / top.prefillMs).toFixed(3)}**)` : ''),
       );
     }
     for (const n of m.notes) lines.push(`- note: ${n}`);

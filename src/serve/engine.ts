@@ -170,6 +170,8 @@ export class Engine {
   #linears = new Set<string>();
   /** Page-ins and evictions so far; rebuilds: pool growths (for tests and the benchmark). */
   readonly paging = { pageIns: 0, evictions: 0, rebuilds: 0 };
+  /** Steps run; ms in them (BatchDecoder.step: routing, forward, sampling) and before them (admission, paging). For the benchmark. */
+  readonly stats = { steps: 0, stepMs: 0, hostMs: 0 };
   #queue: Live[] = [];
   #live = new Map<SeqState, Live>();
   #nextIndex = 0;
@@ -602,6 +604,7 @@ export class Engine {
   async #run(): Promise<void> {
     while (this.#queue.length || this.#live.size) {
       await this.#lock; // an adapter change in progress finishes first
+      const t0 = performance.now();
       // Admit waiting requests in order: up to maxSequences running, maxPrefillTokens of prompt
       // per step; one whose adapter cannot be paged in now waits (later ones may pass it).
       let prefill = 0;
@@ -632,8 +635,12 @@ export class Engine {
       this.#inflight = new Promise<void>((res) => {
         stepEnded = res;
       });
+      const t1 = performance.now();
       try {
         const ended = await this.#dec.step();
+        this.stats.steps++;
+        this.stats.stepMs += performance.now() - t1;
+        this.stats.hostMs += t1 - t0;
         for (const s of ended) {
           const l = this.#live.get(s);
           if (l) this.#finish(l);
