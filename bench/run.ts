@@ -253,6 +253,7 @@ async function runServe(args: Args, backend: Backend): Promise<void> {
     maxSequences: 64,
     distinctFolders: 64,
     seed: 1,
+    repeat: args.repeat,
     log,
   };
   log(`bench: serve suite on ${backend.kind} — ${info.device}${args.quick ? ' (quick)' : ''}`);
