@@ -33,7 +33,8 @@ import { saveMote } from '../src/mote/bundle_io.js';
 import { SHARED_EXPERT, moteConfig } from '../src/mote/steps.js';
 import { Engine } from '../src/serve/engine.js';
 import { generate, type GenerateRequest } from '../src/generate/generate.js';
-import { readAdapter } from '../src/adapters/peft_io.js';
+import { readAdapter, stackAdapters, type ReadAdapter } from '../src/adapters/peft_io.js';
+import { freeStacks, uploadStacks } from '../src/adapters/stacks.js';
 import { AdapterPool } from '../src/adapters/pool.js';
 import { openSource } from '../src/io/source.js';
 import { MAX_LORA_SLOTS, loraRouting } from '../src/ops/lora.js';
@@ -110,7 +111,7 @@ export interface ServeModelResult {
    * engine routes them (token i on adapter 37·i mod N) through a pool of those adapters, at 16
    * and at the most adapters, and the f32 bytes of the distinct adapters such a step reads.
    */
-  forwardBound?: { n: number; ms: number; prefillMs: number; adapterBytesRead: number }[];
+  forwardBound?: { n: number; ms: number; prefillMs: number; adapterBytesRead: number; paddedMs?: number }[];
   notes: string[];
 }
 
@@ -336,7 +337,7 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
       const fb = await forwardBound(model, o, folderOf, n);
       res.forwardBound.push(fb);
       o.log(
-        `  bare forwards on ${n} adapters: decode (64 tokens) ${fb.ms.toFixed(1)} ms (${(fb.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of adapters read), prefill (64 × ${o.promptTokens} tokens) ${fb.prefillMs.toFixed(1)} ms`,
+        `  bare forwards on ${n} adapters: decode (64 tokens) ${fb.ms.toFixed(1)} ms${fb.paddedMs !== undefined ? ` (padded stack: ${fb.paddedMs.toFixed(1)} ms)` : ''} (${(fb.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of adapters read), prefill (64 × ${o.promptTokens} tokens) ${fb.prefillMs.toFixed(1)} ms`,
       );
     }
     const r16 = rows.find((r) => r.adapters === 16 && r.budget === 1);
@@ -421,22 +422,44 @@ async function forwardBound(
   o: ServeBenchOptions,
   folderOf: (i: number) => { dir: string; rank: number },
   n: number,
-): Promise<{ n: number; ms: number; prefillMs: number; adapterBytesRead: number }> {
+): Promise<NonNullable<ServeModelResult['forwardBound']>[number]> {
   const T = Math.min(64, o.maxSequences);
   const P = o.promptTokens;
   const ids = Array.from({ length: T }, (_, t) => 3 + ((t * 17) % (model.config.vocabSize - 3)));
   const pool = new AdapterPool(model.backend, model.config, {});
   let routing: ReturnType<typeof loraRouting> | null = null;
   let prefillRouting: ReturnType<typeof loraRouting> | null = null;
+  let paddedMs: number | undefined;
   try {
     let bytes = 0;
     const opts: Parameters<LlamaModel['logits']>[1] = {};
     if (n > 0) {
       const used = [...new Set(Array.from({ length: T }, (_, t) => (37 * t) % n))];
       const entries = new Map<number, Int32Array>();
+      const host: ReadAdapter[] = [];
       for (const a of used) {
-        entries.set(a, pool.add(`a${a}`, await readAdapter(model.config, openSource(folderOf(a).dir))));
+        host.push(await readAdapter(model.config, openSource(folderOf(a).dir)));
+        entries.set(a, pool.add(`a${a}`, host.at(-1)!));
         bytes += adapterBytesOf(model.config, folderOf(a).rank);
+      }
+      // the same step on the layout the engine had before the pool: one stack padded to the largest rank, K = 1
+      const padded = uploadStacks(model.backend, model.config, stackAdapters(model.config, host));
+      const prt = loraRouting(
+        model.backend,
+        Array.from({ length: T }, (_, t) => used.indexOf((37 * t) % n)),
+        { K: 1, L: used.length },
+      );
+      try {
+        const pm: number[] = [];
+        for (let i = 0; i < 11; i++) {
+          const t = performance.now();
+          await model.logits(ids, { lora: { stacks: padded, routing: prt } });
+          if (i >= 2) pm.push(performance.now() - t);
+        }
+        paddedMs = quantile(pm, 0.5);
+      } finally {
+        prt.dispose();
+        freeStacks(padded);
       }
       const routes = Array.from({ length: T }, (_, t) => entries.get((37 * t) % n)!);
       const K = Math.max(...routes.map((e) => e.length));
@@ -477,7 +500,13 @@ async function forwardBound(
       await model.logits(ids, opts);
       if (i >= 2) ms.push(performance.now() - t);
     }
-    return { n, ms: quantile(ms, 0.5), prefillMs: quantile(pms, 0.5), adapterBytesRead: bytes };
+    return {
+      n,
+      ms: quantile(ms, 0.5),
+      prefillMs: quantile(pms, 0.5),
+      adapterBytesRead: bytes,
+      ...(paddedMs !== undefined ? { paddedMs } : {}),
+    };
   } finally {
     routing?.dispose();
     prefillRouting?.dispose();
@@ -587,6 +616,10 @@ export function serveMarkdown(r: ServeBenchResult, o: ServeBenchOptions): string
       lines.push(
         `- the kernels' bound: one bare decode forward of 64 tokens takes ${fb.map((x) => `${x.ms.toFixed(1)} ms on ${x.n} adapters${x.n ? ` (${(x.adapterBytesRead / 2 ** 20).toFixed(0)} MiB of them read)` : ''}`).join(', ')}` +
           (f16 && top.n > 16 ? ` (${top.n} / 16: **${(f16.ms / top.ms).toFixed(3)}**)` : '') +
+          `; the same steps on one stack padded to rank 64 (the engine's layout before the pool): ${fb
+            .filter((x) => x.paddedMs !== undefined)
+            .map((x) => `${x.paddedMs!.toFixed(1)} ms on ${x.n}`)
+            .join(', ')}` +
           `; the prefill of 64 prompts of ${o.promptTokens} tokens ${fb.map((x) => `${x.prefillMs.toFixed(1)} ms on ${x.n}`).join(', ')}` +
           (f16 && top.n > 16 ? ` (${top.n} / 16: **${(f16.prefillMs / top.prefillMs).toFixed(3)}**)` : ''),
       );
