@@ -74,6 +74,9 @@ export interface ServeRow {
   tokens: number;
   seconds: number;
   tokensPerS: number;
+  /** Process CPU seconds (every thread: user + system) over the run, and tokens per CPU second: steadier than wall time on a shared machine. */
+  cpuSeconds: number;
+  tokensPerCpuS: number;
   latencyP50Ms: number;
   latencyP99Ms: number;
   ttftP50Ms: number;
@@ -93,7 +96,7 @@ export interface ServeModelResult {
   shape: string;
   rows: ServeRow[];
   /** Throughput at the most adapters over that at 16 (target ≥ 0.95), and with the quarter budget (≥ 0.75). */
-  throughputRatio?: { from: number; to: number; ratio: number; pagedRatio?: number };
+  throughputRatio?: { from: number; to: number; ratio: number; pagedRatio?: number; cpuRatio: number; pagedCpuRatio?: number };
   /** The engine's wall time for 64 requests over generate()'s on the same batch (target ≤ 1.1). */
   engineVsGenerate?: {
     requests: number;
@@ -267,6 +270,7 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
           let tokens = 0;
           const at = arrivals(o.requests, o.rate[which], o.seed);
           const start = performance.now();
+          const cpu0 = process.cpuUsage();
           const streams: Promise<void>[] = [];
           for (let i = 0; i < o.requests; i++) {
             const prompt = promptOf(i, o.promptTokens, V);
@@ -289,6 +293,8 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
           }
           await Promise.all(streams);
           const seconds = (performance.now() - start) / 1e3;
+          const cpu = process.cpuUsage(cpu0);
+          const cpuSeconds = (cpu.user + cpu.system) / 1e6;
           const set = engine.adapterBytes();
           if (budget === 1 && n === maxN) fullBytes = set;
           const row: ServeRow = {
@@ -301,6 +307,8 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
             tokens,
             seconds,
             tokensPerS: tokens / seconds,
+            cpuSeconds,
+            tokensPerCpuS: tokens / cpuSeconds,
             latencyP50Ms: quantile(gaps, 0.5),
             latencyP99Ms: quantile(gaps, 0.99),
             ttftP50Ms: quantile(ttft, 0.5),
@@ -316,7 +324,7 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
           if (prev < 0) rows.push(row);
           else if (row.tokensPerS > rows[prev]!.tokensPerS) rows[prev] = row;
           o.log(
-            `  ${n} adapters${budget < 1 ? ` (budget ${budget} of their bytes)` : ''}: ${row.tokensPerS.toFixed(0)} tok/s, per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms, ${row.pageIns} page-ins, ${row.steps} steps of ${row.stepMs.toFixed(1)} ms + ${row.hostMs.toFixed(2)} ms before (load ${loadSeconds.toFixed(1)} s)`,
+            `  ${n} adapters${budget < 1 ? ` (budget ${budget} of their bytes)` : ''}: ${row.tokensPerS.toFixed(0)} tok/s (${row.tokensPerCpuS.toFixed(0)} per CPU-s), per-token p50 ${row.latencyP50Ms.toFixed(1)} ms, p99 ${row.latencyP99Ms.toFixed(1)} ms, TTFT p50 ${row.ttftP50Ms.toFixed(1)} ms, ${row.pageIns} page-ins, ${row.steps} steps of ${row.stepMs.toFixed(1)} ms + ${row.hostMs.toFixed(2)} ms before (load ${loadSeconds.toFixed(1)} s)`,
           );
           if (n === 16 && budget === 1 && rep === 0) {
             res.engineVsGenerate = await engineVsGenerate(engine, model, o, folderOf, n);
@@ -348,7 +356,8 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
         from: 16,
         to: top.adapters,
         ratio: top.tokensPerS / r16.tokensPerS,
-        ...(paged ? { pagedRatio: paged.tokensPerS / r16.tokensPerS } : {}),
+        cpuRatio: top.tokensPerCpuS / r16.tokensPerCpuS,
+        ...(paged ? { pagedRatio: paged.tokensPerS / r16.tokensPerS, pagedCpuRatio: paged.tokensPerCpuS / r16.tokensPerCpuS } : {}),
       };
   } finally {
     model.dispose();
@@ -584,19 +593,21 @@ export function serveMarkdown(r: ServeBenchResult, o: ServeBenchOptions): string
       `${o.repeat > 1 ? `Best of ${o.repeat} interleaved runs per row. ` : ''}${o.requests} requests of ${o.promptTokens} prompt tokens and ${o.newTokens} new tokens (greedy), Poisson arrivals at ${o.rate[m.model]}/s (seed ${o.seed}), ` +
         `at most ${o.maxSequences} decoding together; request i on adapter 37·i mod N; ranks 8/16/32/64 in a pool of unit 8 (no padding), all seven linears adapted.`,
       '',
-      '| adapters | budget | page-ins | tokens/s | per-token p50 (ms) | p99 (ms) | TTFT p50 (ms) | steps | ms/step (+ before) | adapter bytes | pool bytes | load (s) |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+      '| adapters | budget | page-ins | tokens/s | tokens/CPU-s | per-token p50 (ms) | p99 (ms) | TTFT p50 (ms) | steps | ms/step (+ before) | adapter bytes | pool bytes | load (s) |',
+      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
       ...m.rows.map(
         (x) =>
-          `| ${x.adapters} | ${x.budget === 1 ? 'all' : `${x.budget * 100}%`} | ${x.pageIns} | ${x.tokensPerS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${x.steps} | ${x.stepMs.toFixed(1)} (+${x.hostMs.toFixed(2)}) | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${(x.poolBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`,
+          `| ${x.adapters} | ${x.budget === 1 ? 'all' : `${x.budget * 100}%`} | ${x.pageIns} | ${x.tokensPerS.toFixed(0)} | ${x.tokensPerCpuS.toFixed(0)} | ${x.latencyP50Ms.toFixed(2)} | ${x.latencyP99Ms.toFixed(2)} | ${x.ttftP50Ms.toFixed(1)} | ${x.steps} | ${x.stepMs.toFixed(1)} (+${x.hostMs.toFixed(2)}) | ${(x.adapterBytes / 2 ** 20).toFixed(1)} MiB | ${(x.poolBytes / 2 ** 20).toFixed(1)} MiB | ${x.loadSeconds.toFixed(1)} |`,
       ),
       '',
     );
     const t = m.throughputRatio;
     if (t)
       lines.push(
-        `- throughput at ${t.to} adapters / at ${t.from}: **${t.ratio.toFixed(3)}** (target ≥ 0.95)` +
-          (t.pagedRatio !== undefined ? `; with the budget at a quarter of the bytes: **${t.pagedRatio.toFixed(3)}** (target ≥ 0.75)` : ''),
+        `- throughput at ${t.to} adapters / at ${t.from}: **${t.ratio.toFixed(3)}** in tokens/s, **${t.cpuRatio.toFixed(3)}** in tokens per CPU-second (target ≥ 0.95)` +
+          (t.pagedRatio !== undefined
+            ? `; with the budget at a quarter of the bytes: **${t.pagedRatio.toFixed(3)}** / **${t.pagedCpuRatio!.toFixed(3)}** (target ≥ 0.75)`
+            : ''),
       );
     const g = m.engineVsGenerate;
     if (g)
