@@ -168,6 +168,8 @@ export class Engine {
   #inPool = new Map<string, number>();
   /** The linears ('<layer>.<module>') any registered adapter adapts: the pool's entries span these. */
   #linears = new Set<string>();
+  /** Registered experts whose linears the pool has not taken on yet (at the next sync, before any page-in). */
+  #newLinears: ReadAdapter[] = [];
   /** Page-ins and evictions so far; rebuilds: pool growths (for tests and the benchmark). */
   readonly paging = { pageIns: 0, evictions: 0, rebuilds: 0 };
   /** Steps run; ms in them (BatchDecoder.step: routing, forward, sampling) and before them (admission, paging). For the benchmark. */
@@ -290,6 +292,7 @@ export class Engine {
     for (const [n, r] of added) {
       this.#adapters.set(n, r);
       for (const h of r.host) for (const k of h.modules.keys()) this.#linears.add(k);
+      this.#newLinears.push(...r.host);
     }
     // On the device at once while they fit without evicting anything.
     for (const [n, r] of added) {
@@ -427,6 +430,9 @@ export class Engine {
       await this.#inflight;
       this.#dirty = false;
       const pool = this.#pool;
+      // every registered adapter's linears first: the pool's bytes per entry (its budget's
+      // entries) then match what the budget checks count
+      for (const h of this.#newLinears.splice(0)) pool.addLinearsOf(h);
       const want = new Set(this.#resident);
       for (const [name, n] of [...this.#inPool]) {
         if (want.has(name)) continue;
