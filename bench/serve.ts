@@ -233,8 +233,9 @@ async function runOne(backend: Backend, o: ServeBenchOptions, which: ServeModel)
     const V = cfg.vocabSize;
     const D = Math.min(o.distinctFolders, Math.max(...o.adapterCounts));
     o.log(`  writing ${D} adapter folders (ranks ${RANKS.join(', ')})…`);
-    const folders = await adapterFolders(model, tmp, D + 4, o.log); // + one bundle for the load-stall adapter
-    const big = folders.slice(D).find((f) => f.rank === 64) ?? folders.find((f) => f.rank === 64)!;
+    const folders = await adapterFolders(model, tmp, Math.max(D, 16), o.log);
+    // the load-stall adapter: a rank-64 folder, registered again under a new name (read and paged in like any new adapter)
+    const big = folders.find((f) => f.rank === 64)!;
     const folderOf = (i: number) => folders[i % D]!;
     // Memory guard: host copies + pool (cpu: the same RAM).
     const counts = o.adapterCounts.filter((n) => {
