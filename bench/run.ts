@@ -15,7 +15,7 @@ import { applyRoofline, loraCases, runLoraSuite, type Comparison, type Row, type
 import { median, type TimeOptions } from './timing.js';
 import { coldBytesFor, modelBenchDefaults, modelMarkdown, runModelBench } from './model.js';
 import { runTorchBaseline, runTrainBench, trainBenchDefaults, trainMarkdown } from './train.js';
-import { runServeBench, serveMarkdown, type ServeBenchOptions } from './serve.js';
+import { runServeBench, serveMarkdown, type ServeBenchOptions, type ServeModel } from './serve.js';
 import { decodeBenchDefaults, decodeMarkdown, runDecodeBench } from './decode.js';
 import { browserMarkdown, runBrowserBench } from './browser.js';
 
@@ -40,7 +40,10 @@ const USAGE = `usage: npm run bench -- [options]
   --threads N                 cpu worker threads (default: all)
   --repeat N                  measure every row N times, keep the fastest median (shared, noisy machines; default 1)
   --cold-mib N                cycle through weight copies of at least N MiB per op (default 2.5 × last-level cache)
-  --out PATH                  results file (default bench/results/<backend>.json)`;
+  --out PATH                  results file (default bench/results/<backend>.json)
+  --serve-models LIST         serve suite: bundled, smollm or both (default bundled,smollm)
+  --serve-layers N            serve suite: layers of the SmolLM-135M shape (default 4; the real model has 30)
+  --serve-rate R              serve suite: mean Poisson arrivals per second for both models (default 400 bundled, 40 smollm)`;
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -69,6 +72,9 @@ function parse() {
         repeat: { type: 'string' },
         out: { type: 'string' },
         'no-baseline': { type: 'boolean', default: false },
+        'serve-models': { type: 'string', default: 'bundled,smollm' },
+        'serve-layers': { type: 'string', default: '4' },
+        'serve-rate': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -112,6 +118,11 @@ function parse() {
   if (!['lora', 'model', 'train', 'serve', 'decode', 'browser', 'all'].includes(values.suite!))
     fail(`--suite: expected lora, model, train, serve, decode, browser or all, got ${values.suite}`);
   if (!['f32', 'bf16'].includes(values.dtype!)) fail(`--dtype: expected f32 or bf16, got ${values.dtype}`);
+  const serveModels = values['serve-models']!.split(',').map((x) => x.trim());
+  for (const m of serveModels) if (m !== 'bundled' && m !== 'smollm') fail(`--serve-models: expected bundled and/or smollm, got ${m}`);
+  const serveRate = values['serve-rate'] === undefined ? undefined : Number(values['serve-rate']);
+  if (serveRate !== undefined && !(serveRate >= 0))
+    fail(`--serve-rate: expected arrivals per second (0: all at once), got ${values['serve-rate']}`);
   const maxTime = values['max-time'] === undefined ? undefined : Number(values['max-time']);
   if (maxTime !== undefined && !(maxTime > 0)) fail(`--max-time: expected a positive number of seconds, got ${values['max-time']}`);
   return {
@@ -130,6 +141,9 @@ function parse() {
     coldMiB: int('cold-mib', values['cold-mib']),
     repeat: int('repeat', values.repeat) ?? 1,
     out: values.out,
+    serveModels,
+    serveLayers: int('serve-layers', values['serve-layers']) ?? 4,
+    serveRate,
   };
 }
 
@@ -235,12 +249,17 @@ async function runServe(args: Args, backend: Backend): Promise<void> {
   const info = backend.info();
   const loadBefore = loadavg();
   const opts: ServeBenchOptions = {
+    models: args.serveModels as ServeModel[],
+    smollmLayers: args.serveLayers,
     adapterCounts: args.quick ? [1, 16] : args.full ? [1, 16, 256, 1000] : [1, 16, 256],
     requests: args.quick ? 32 : 128,
     promptTokens: 16,
     newTokens: 32,
-    rate: 0,
+    rate: { bundled: args.serveRate ?? 400, smollm: args.serveRate ?? 40 },
     maxSequences: 64,
+    distinctFolders: 64,
+    seed: 1,
+    repeat: args.repeat,
     log,
   };
   log(`bench: serve suite on ${backend.kind} — ${info.device}${args.quick ? ' (quick)' : ''}`);

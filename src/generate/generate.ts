@@ -66,6 +66,12 @@ export interface TokenRouter {
   stacks: ReadonlyArray<Partial<Record<LinearModule, LoraStack>> | undefined>;
   slotsFor(seqIndex: number, state: RouteState): RouteSlots;
   strategy?: LoraStrategy | 'auto';
+  /**
+   * Routes may have fewer than K slots (an adapter pool: one slot per rank unit, DESIGN §8);
+   * each forward then uses K = the longest route among its tokens (at least 1), shorter ones
+   * padded with −1.
+   */
+  variableK?: boolean;
 }
 
 export interface ForceStep {
@@ -363,9 +369,10 @@ export class BatchDecoder {
     const rs = s.req.routing ? s.req.routing(state) : router.slotsFor(s.i, state);
     const K = router.K;
     const who = s.req.routing ? `requests[${s.i}].routing` : 'router.slotsFor';
-    if (!rs || typeof rs !== 'object' || !rs.slots || !rs.weights || rs.slots.length !== K || rs.weights.length !== K) {
+    const n = rs?.slots?.length;
+    if (!rs || typeof rs !== 'object' || !rs.slots || !rs.weights || rs.weights.length !== n || (router.variableK ? !(n <= K) : n !== K)) {
       throw new ShapeError(
-        `${this.op}: ${who}(step ${step}) for sequence ${s.i}: expected { slots, weights } with ${K} entries each, got ${describe(rs)}`,
+        `${this.op}: ${who}(step ${step}) for sequence ${s.i}: expected { slots, weights } with ${router.variableK ? `at most ${K}` : K} entries each, got ${describe(rs)}`,
       );
     }
     return rs;
@@ -502,9 +509,9 @@ export class BatchDecoder {
     const router = this.#router;
     let routing: LoraRouting | undefined;
     if (router) {
-      const slots: number[] = [];
-      const weights: number[] = [];
       const memo = new Map<string, RouteSlots>();
+      const routes: RouteSlots[] = [];
+      let K = router.variableK ? 1 : router.K;
       for (const { s, step } of batch) {
         const key = `${s.cacheId}:${step}`;
         let rs = memo.get(key);
@@ -512,10 +519,18 @@ export class BatchDecoder {
           rs = this.#routeOf(s, step);
           memo.set(key, rs);
         }
-        slots.push(...rs.slots);
-        weights.push(...rs.weights);
+        routes.push(rs);
+        if (rs.slots.length > K) K = rs.slots.length;
       }
-      routing = loraRouting(this.model.backend, slots, { K: router.K, L: this.#L, weight: weights });
+      const slots = new Int32Array(batch.length * K).fill(-1);
+      const weights = new Float32Array(batch.length * K);
+      routes.forEach((rs, t) => {
+        for (let k = 0; k < rs.slots.length; k++) {
+          slots[t * K + k] = rs.slots[k]!;
+          weights[t * K + k] = rs.weights[k]!;
+        }
+      });
+      routing = loraRouting(this.model.backend, slots, { K, L: this.#L, weight: weights });
     }
     try {
       return await this.model.logits(

@@ -9,6 +9,7 @@ import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
 import { Checker, checkBackend, checkBool, checkFloatArray, checkInt, checkIntArray, checkObject, checkOpts } from './check.js';
+import { copyRows, RowMap } from './copy_rows.js';
 
 /** Sizes of one multi-LoRA call. */
 export interface LoraDims {
@@ -246,6 +247,57 @@ export function loraStack(
   }
 }
 
+/**
+ * Overwrites some adapters of a stack in place (an adapter pool's page-in, DESIGN §8): for
+ * every pair i of `rows`, adapter e = dstRows[i] of `s` gets source adapter j = srcRows[i]:
+ * A[e] = src.A[j], B[e] = src.B[j], rank[e] = src.rank[j], scale[e] = src.scale[j]. src.A
+ * [n, R, H_in] and src.B [n, H_out, R] have the stack's R, H_in, H_out and dtypes; rank and
+ * scale are host arrays of n entries (1 ≤ rank ≤ R). Adapters not named keep their tensors
+ * untouched; the host copies the checks use follow. Run it between forwards (not while a
+ * kernel reads the stack).
+ */
+export function loraStackWrite(
+  s: LoraStack,
+  rows: RowMap,
+  src: { A: Tensor; B: Tensor; rank: ArrayLike<number>; scale: ArrayLike<number> },
+): void {
+  const op = 'loraStackWrite';
+  const c = new Checker(op);
+  checkObject(op, 'stack', s, 'a LoraStack from loraStack()');
+  c.tensor('stack.A', s.A, { dtypes: WEIGHT_DTYPES, shape: ['L', 'R', 'Hin'] });
+  c.tensor('stack.B', s.B, { dtypes: WEIGHT_DTYPES, shape: ['L', 'Hout', 'R'] });
+  c.tensor('src.A', src.A, { dtypes: [s.A.dtype], shape: ['n', 'R', 'Hin'] });
+  c.tensor('src.B', src.B, { dtypes: [s.B.dtype], shape: ['n', 'Hout', 'R'] });
+  const n = c.dim('n'),
+    R = c.dim('R');
+  const ranks = checkIntArray(op, 'src.rank', src.rank, 1, R, n);
+  const scales = checkFloatArray(op, 'src.scale', src.scale, n);
+  const held = checkedRanks.get(s.rank);
+  if (!held) throw new ArgumentError(`${op}: stack.rank: expected the rank tensor of a loraStack(), got a tensor it did not build`);
+  if (!(rows instanceof RowMap)) throw new ArgumentError(`${op}: rows: expected a RowMap from rowMap(), got ${describe(rows)}`);
+  const be = s.A.backend;
+  const rank = be.tensor(ranks, [n], 'i32');
+  try {
+    const scale = be.tensor(scales, [n], 'f32');
+    try {
+      // copyRows checks every index against both sides before it copies anything
+      copyRows(s.A, src.A, rows);
+      copyRows(s.B, src.B, rows);
+      copyRows(s.rank, rank, rows);
+      copyRows(s.scale, scale, rows);
+    } finally {
+      scale.dispose();
+    }
+  } finally {
+    rank.dispose();
+  }
+  for (let i = 0; i < rows.N; i++) {
+    const e = rows.dstRows[i]!;
+    held[e] = ranks[rows.srcRows[i]!]!;
+    s.ranks[e] = held[e]!;
+  }
+}
+
 export interface LoraOptions {
   /** Force a strategy; default: chosen from T and the number of distinct adapters. */
   strategy?: LoraStrategy | 'auto';
@@ -287,11 +339,16 @@ function checkAll(
       `${op}: rank: expected the rank tensor of a loraStack() (its contents are checked there), got a tensor it did not build`,
     );
   const R = c.dim('R');
-  ranks.forEach((r, e) => {
+  // only the adapters the routing names: kernels read no other rank (O(distinct adapters), not
+  // O(L): an adapter pool has thousands of entries, and this runs for every linear of every layer)
+  const used = rt.host.segAdapter;
+  for (let i = 0; i < used.length; i++) {
+    const e = used[i]!,
+      r = ranks[e]!;
     if (r < 1 || r > R) throw new ArgumentError(`${op}: rank[${e}]: expected an integer in [1, ${R}], got ${r}`);
     if (s.ranks !== undefined && s.ranks[e] !== r)
       throw new ArgumentError(`${op}: ranks[${e}]: the stack's host copy says ${s.ranks[e]}, but its rank tensor holds ${r}`);
-  });
+  }
   for (const [name, [t, shape, optional]] of Object.entries(tensors)) {
     if (t === undefined && optional) continue;
     c.tensor(name, t, { dtypes: ['f32'], shape });

@@ -6,12 +6,15 @@
 // controls and adapter — a PEFT LoRA adapter, a MoTE bundle (step routing: a step-start token
 // switches its experts, as generate does) or none — and streams its tokens.
 //
-// Adapters. Every registered adapter (a bundle is its experts) is stacked into one AdapterSet,
-// so one forward serves any mix of them (K = 2 slots per token: a bundle's step expert and its
-// shared expert; a plain adapter and nothing). Adding or removing one rebuilds that set from
-// the folders between two steps; routing is computed at every step from the adapter's name,
-// so running requests carry on across the change. A request's adapter cannot be removed while
-// it runs.
+// Adapters. Registered adapters are read and kept on the host; those on the device live in one
+// rank-unit AdapterPool (src/adapters/pool.ts, DESIGN §8): each expert (a bundle is its
+// experts) takes ceil(rank / u) entries of unit u, so ranks mix without padding to the largest
+// and one forward serves any mix of them. A token gets one slot per entry of its experts (a
+// bundle's step expert with α, its shared expert with 1 − α; a plain adapter with 1), so K
+// per forward is the most units a token of it needs. Paging an adapter in uploads its own
+// entries, paging one out frees them: the others' device tensors are never rebuilt. Routing is
+// computed at every step from the adapter's name, so running requests carry on across a change.
+// A request's adapter cannot be removed, nor evicted, while it runs.
 //
 // Batch invariance: a sequence's tokens depend only on its own request — its own RNG, its own
 // cache entries — not on what else is in the batch (tested: the same greedy request alone and
@@ -32,11 +35,10 @@ import {
   type TokenEvent,
   type TokenRouter,
 } from '../generate/generate.js';
-import { AdapterSet } from '../adapters/adapter_set.js';
-import { readAdapter, stackAdapters, type ReadAdapter } from '../adapters/peft_io.js';
+import { readAdapter, type ReadAdapter } from '../adapters/peft_io.js';
+import { AdapterPool, DEFAULT_POOL_UNIT, poolEntryBytes, poolUnitsOf } from '../adapters/pool.js';
 import { openSource } from '../io/source.js';
-import { uploadStacks } from '../adapters/stacks.js';
-import { LINEAR_MODULES, linearShape } from '../model/config.js';
+import { MAX_LORA_SLOTS } from '../ops/lora.js';
 import { readMoteJson } from '../mote/format.js';
 import { moteStepSlots } from '../mote/bundle.js';
 import { SHARED_EXPERT, type MoteConfig } from '../mote/steps.js';
@@ -57,6 +59,33 @@ export interface EngineOptions {
    * never one a running request uses. A request waits while its adapter cannot fit.
    */
   adapterBudgetBytes?: number;
+  /**
+   * Rank unit of the adapter pool (default 8): an adapter of rank r takes ceil(r / u) entries
+   * and a token ceil(r / u) slots; at most 64 slots per token (MAX_LORA_SLOTS), so ranks above
+   * 64·u (a bundle: step + shared) need a larger unit.
+   */
+  poolUnit?: number;
+  /**
+   * Pool entries allocated at the first page-in when there is no budget (default 64); the pool
+   * doubles when full (one copy of every entry: a pause of the running streams), so a server that
+   * knows its adapters can size it once. With adapterBudgetBytes the pool takes the whole budget
+   * at once and never grows.
+   */
+  poolEntries?: number;
+}
+
+/** The adapter pool as the engine uses it (for tests and the benchmark). */
+export interface PoolInfo {
+  unit: number;
+  /** Entries allocated / held by adapters. */
+  capacity: number;
+  usedEntries: number;
+  bytesPerEntry: number;
+  allocatedBytes: number;
+  /** Bytes page-ins copied (A and B of the adapters' entries) and growth copies. */
+  pageInBytes: number;
+  growBytes: number;
+  grows: number;
 }
 
 export interface EngineRequest extends Omit<GenerateRequest, 'routing'> {
@@ -98,6 +127,10 @@ interface Registered extends AdapterInfo {
   config?: MoteConfig;
   /** The experts read and checked on the host (what paging in uploads). */
   host: ReadAdapter[];
+  /** Pool entries each expert takes. */
+  units: number[];
+  /** Routes by step while its entries stay put (cleared at page-in). */
+  routes: Map<number, RouteSlots>;
 }
 
 interface Live {
@@ -123,15 +156,24 @@ export class Engine {
   readonly #maxSequences: number;
   readonly #maxPrefill: number;
   #adapters = new Map<string, Registered>();
-  /** Adapters on the device, least recently used first; #set holds exactly these. */
+  /** Adapters meant to be on the device, least recently used first; the pool holds these after #syncSet. */
   #resident: string[] = [];
+  /** Pool entries of the resident adapters (what the budget counts). */
+  #residentUnits = 0;
   #dirty = false;
   readonly #budget: number;
-  /** Slot offset of each resident adapter in the current set. */
-  #offsets = new Map<string, number>();
-  #set: AdapterSet | null = null;
-  /** Page-ins and evictions so far (for tests and the benchmark). */
+  readonly #unit: number;
+  readonly #pool: AdapterPool;
+  /** Adapters in the pool now → their expert count. */
+  #inPool = new Map<string, number>();
+  /** The linears ('<layer>.<module>') any registered adapter adapts: the pool's entries span these. */
+  #linears = new Set<string>();
+  /** Registered experts whose linears the pool has not taken on yet (at the next sync, before any page-in). */
+  #newLinears: ReadAdapter[] = [];
+  /** Page-ins and evictions so far; rebuilds: pool growths (for tests and the benchmark). */
   readonly paging = { pageIns: 0, evictions: 0, rebuilds: 0 };
+  /** Steps run; ms in them (BatchDecoder.step: routing, forward, sampling) and before them (admission, paging). For the benchmark. */
+  readonly stats = { steps: 0, stepMs: 0, hostMs: 0 };
   #queue: Live[] = [];
   #live = new Map<SeqState, Live>();
   #nextIndex = 0;
@@ -154,6 +196,12 @@ export class Engine {
     if (typeof budget !== 'number' || !(budget > 0))
       throw new ArgumentError(`${op}: adapterBudgetBytes: expected a positive number of bytes, got ${describe(budget)}`);
     this.#budget = budget;
+    this.#unit = positiveInt(op, 'poolUnit', opts.poolUnit, DEFAULT_POOL_UNIT);
+    this.#pool = new AdapterPool(model.backend, model.config, {
+      unit: this.#unit,
+      initialEntries: positiveInt(op, 'poolEntries', opts.poolEntries, 64),
+      ...(budget === Infinity ? {} : { maxBytes: budget }),
+    });
     this.#dec = new BatchDecoder(
       model,
       {
@@ -174,13 +222,31 @@ export class Engine {
     }));
   }
 
-  /** Device bytes of the stacked adapter tensors (A and B, every layer and module). */
+  /** Device bytes of the pool entries the resident adapters hold (A and B, every adapted linear; not the free entries). */
   adapterBytes(): number {
-    let n = 0;
-    for (const layer of this.#set?.stacks ?? []) {
-      for (const st of Object.values(layer ?? {})) if (st) n += st.A.byteLength + st.B.byteLength;
-    }
-    return n;
+    return this.#pool.usedBytes;
+  }
+
+  /** The adapter pool's figures. */
+  poolInfo(): PoolInfo {
+    const p = this.#pool;
+    return {
+      unit: p.unit,
+      capacity: p.capacity,
+      usedEntries: p.usedEntries,
+      bytesPerEntry: p.bytesPerEntry,
+      allocatedBytes: p.allocatedBytes,
+      pageInBytes: p.copied.pageInBytes,
+      growBytes: p.copied.growBytes,
+      grows: p.copied.grows,
+    };
+  }
+
+  /** The pool entries of adapter `name`'s experts (in slot order), or null when it is not on the device. For tests. */
+  adapterEntries(name: string): Int32Array[] | null {
+    const n = this.#inPool.get(name);
+    if (n === undefined) return null;
+    return Array.from({ length: n }, (_, k) => this.#pool.entriesOf(`${name}#${k}`)!.slice());
   }
 
   /** Requests decoding and waiting. */
@@ -210,19 +276,29 @@ export class Engine {
       if (this.#adapters.has(name) || added.has(name))
         throw new EngineError(`${op}: an adapter named '${name}' is already loaded (unload it first)`, 409);
       const reg = await this.#describe(op, name, dir);
-      if (this.#bytesOf([reg]) > this.#budget)
+      const slots = this.#slotsPerToken(reg);
+      if (slots > MAX_LORA_SLOTS)
         throw new EngineError(
-          `${op}: ${dir}: needs ${this.#bytesOf([reg])} device bytes alone, more than adapterBudgetBytes (${this.#budget})`,
+          `${op}: ${dir}: a token of it needs ${slots} slots at poolUnit ${this.#unit} (one per ${this.#unit} ranks), ` +
+            `more than ${MAX_LORA_SLOTS} (MAX_LORA_SLOTS); start the engine with poolUnit ≥ ${this.#unitFor(reg)}`,
           400,
         );
+      const alone = this.#unitsOf(reg) * this.#entryBytes([reg]);
+      if (alone > this.#budget)
+        throw new EngineError(`${op}: ${dir}: needs ${alone} device bytes alone, more than adapterBudgetBytes (${this.#budget})`, 400);
       added.set(name, reg);
     }
     await this.#lock;
-    for (const [n, r] of added) this.#adapters.set(n, r);
+    for (const [n, r] of added) {
+      this.#adapters.set(n, r);
+      for (const h of r.host) for (const k of h.modules.keys()) this.#linears.add(k);
+      this.#newLinears.push(...r.host);
+    }
     // On the device at once while they fit without evicting anything.
-    for (const n of added.keys()) {
-      if (this.#bytesOf([...this.#resident, n].map((x) => this.#adapters.get(x)!)) > this.#budget) break;
+    for (const [n, r] of added) {
+      if ((this.#residentUnits + this.#unitsOf(r)) * this.#entryBytes() > this.#budget) break;
       this.#resident.push(n);
+      this.#residentUnits += this.#unitsOf(r);
       this.#dirty = true;
     }
     await this.#syncSet();
@@ -231,7 +307,7 @@ export class Engine {
   }
 
   async #describe(op: string, name: string, dir: string): Promise<Registered> {
-    let reg: Omit<Registered, 'host'>;
+    let reg: Omit<Registered, 'host' | 'units' | 'routes'>;
     if (fs.existsSync(path.join(dir, 'mote.json'))) {
       const { config, experts } = readMoteJson(dir);
       const known = new Set(this.#dec.tokenOfStep.keys());
@@ -254,27 +330,37 @@ export class Engine {
     } else if (fs.existsSync(path.join(dir, ADAPTER_CONFIG_FILE))) reg = { name, kind: 'lora', dir, dirs: [dir] };
     else throw new EngineError(`${op}: ${dir}: neither a PEFT adapter (no ${ADAPTER_CONFIG_FILE}) nor a MoTE bundle (no mote.json)`, 400);
     try {
-      return { ...reg, host: await Promise.all(reg.dirs.map((d) => readAdapter(this.model.config, openSource(d)))) };
+      const host = await Promise.all(reg.dirs.map((d) => readAdapter(this.model.config, openSource(d))));
+      return { ...reg, host, units: host.map((h) => poolUnitsOf(h, this.#unit)), routes: new Map() };
     } catch (e) {
       throw e instanceof MoteError ? new EngineError(e.message, 400) : e;
     }
   }
 
-  /** Device bytes of the stacked set holding `regs` (f32 A and B per adapted linear, padded to the largest rank there). */
-  #bytesOf(regs: readonly Registered[]): number {
-    const cfg = this.model.config;
-    const experts = regs.flatMap((r) => r.host);
-    let bytes = 0;
-    for (let l = 0; l < cfg.numLayers; l++) {
-      for (const m of LINEAR_MODULES) {
-        let R = 0;
-        for (const a of experts) R = Math.max(R, a.modules.get(`${l}.${m}`)?.rank ?? 0);
-        if (R === 0) continue;
-        const [Hout, Hin] = linearShape(cfg, m);
-        bytes += 4 * experts.length * R * (Hin + Hout);
-      }
-    }
-    return bytes;
+  /** Pool entries `reg` takes (all its experts). */
+  #unitsOf(reg: Registered): number {
+    return reg.units.reduce((a, b) => a + b, 0);
+  }
+
+  /** Bytes of one pool entry over the linears of the registered adapters (and `extra`'s). */
+  #entryBytes(extra: readonly Registered[] = []): number {
+    const keys = new Set(this.#linears);
+    for (const r of extra) for (const h of r.host) for (const k of h.modules.keys()) keys.add(k);
+    return poolEntryBytes(this.model.config, this.#unit, keys);
+  }
+
+  /** Most slots a token on `reg` needs: a plain adapter's units; a bundle's largest step units + its shared units. */
+  #slotsPerToken(reg: Registered, unit = this.#unit): number {
+    const units = reg.host.map((h) => poolUnitsOf(h, unit));
+    if (reg.kind === 'lora') return units[0]!;
+    return Math.max(0, ...units.slice(0, -1)) + units.at(-1)!;
+  }
+
+  /** The smallest unit at which a token on `reg` fits in MAX_LORA_SLOTS slots. */
+  #unitFor(reg: Registered): number {
+    let u = this.#unit;
+    while (this.#slotsPerToken(reg, u) > MAX_LORA_SLOTS) u *= 2;
+    return u;
   }
 
   /** Unregisters `name`; refused (409) while a request uses it. */
@@ -285,9 +371,11 @@ export class Engine {
     const users = [...this.#live.values(), ...this.#queue].filter((l) => l.adapter === name).length;
     if (users) throw new EngineError(`${op}: '${name}' is used by ${users} running request(s)`, 409);
     await this.#lock;
+    const reg = this.#adapters.get(name)!;
     this.#adapters.delete(name);
     if (this.#resident.includes(name)) {
       this.#resident = this.#resident.filter((n) => n !== name);
+      this.#residentUnits -= this.#unitsOf(reg);
       this.#dirty = true;
     }
     await this.#syncSet();
@@ -313,57 +401,103 @@ export class Engine {
     }
     const next = [...this.#resident, name];
     const evicted: string[] = [];
-    for (let k = 0; this.#bytesOf(next.map((n) => this.#adapters.get(n)!)) > this.#budget;) {
+    const entry = this.#entryBytes();
+    let units = this.#residentUnits + this.#unitsOf(this.#adapters.get(name)!);
+    for (let k = 0; units * entry > this.#budget;) {
       while (k < next.length - 1 && keep.has(next[k]!)) k++;
       if (k >= next.length - 1) return false; // everything left is in use
-      evicted.push(...next.splice(k, 1));
+      const [out] = next.splice(k, 1);
+      evicted.push(out!);
+      units -= this.#unitsOf(this.#adapters.get(out!)!);
     }
     this.#resident = next;
+    this.#residentUnits = units;
     this.paging.pageIns++;
     this.paging.evictions += evicted.length;
     this.#dirty = true;
     return true;
   }
 
-  /** Rebuilds the device set when the resident adapters changed (between steps only). */
+  /**
+   * Brings the pool in line with the resident list (between steps only): pages out adapters
+   * no longer resident (their entries become free), then pages in the new ones (their own
+   * entries uploaded). Nothing else on the device is touched, except a pool growth (one copy).
+   */
   async #syncSet(): Promise<void> {
     if (!this.#dirty) return;
     const run = this.#lock.then(async () => {
       if (!this.#dirty) return;
       await this.#inflight;
-      const offsets = new Map<string, number>();
-      const host: ReadAdapter[] = [];
-      const dirs: string[] = [];
-      for (const n of this.#resident) {
-        const r = this.#adapters.get(n)!;
-        offsets.set(n, host.length);
-        host.push(...r.host);
-        dirs.push(...r.dirs);
-      }
-      const set = host.length ? adapterSetOf(this.model, host, dirs) : null;
-      const old = this.#set;
-      this.#set = set;
-      this.#offsets = offsets;
       this.#dirty = false;
-      this.paging.rebuilds++;
-      this.#dec.setRouter(set ? this.#router(set) : undefined);
-      old?.dispose();
+      const pool = this.#pool;
+      // every registered adapter's linears first: the pool's bytes per entry (its budget's
+      // entries) then match what the budget checks count
+      for (const h of this.#newLinears.splice(0)) pool.addLinearsOf(h);
+      const want = new Set(this.#resident);
+      for (const [name, n] of [...this.#inPool]) {
+        if (want.has(name)) continue;
+        for (let k = 0; k < n; k++) pool.remove(`${name}#${k}`);
+        this.#inPool.delete(name);
+        const reg = this.#adapters.get(name);
+        reg?.routes.clear();
+      }
+      for (const name of this.#resident) {
+        if (this.#inPool.has(name)) continue;
+        const reg = this.#adapters.get(name)!;
+        for (const h of reg.host) pool.addLinearsOf(h);
+        const grows = pool.copied.grows;
+        try {
+          reg.host.forEach((h, k) => pool.add(`${name}#${k}`, h));
+        } catch (e) {
+          reg.host.forEach((_, k) => pool.remove(`${name}#${k}`));
+          this.#resident = this.#resident.filter((n) => n !== name);
+          this.#residentUnits -= this.#unitsOf(reg);
+          this.#setRouter();
+          throw e;
+        }
+        this.paging.rebuilds += pool.copied.grows - grows;
+        this.#inPool.set(name, reg.host.length);
+        reg.routes.clear();
+      }
+      this.#setRouter();
     });
     this.#lock = run.catch(() => undefined);
     return run;
   }
 
-  #router(set: AdapterSet): TokenRouter {
-    return { K: 2, L: set.L, stacks: set.stacks, slotsFor: () => ({ slots: [-1, -1], weights: [0, 0] }) };
+  /** The router over the pool (its stacks are replaced when it grows, so set again after every change). */
+  #setRouter(): void {
+    const pool = this.#pool;
+    this.#dec.setRouter(
+      pool.capacity > 0
+        ? { K: MAX_LORA_SLOTS, variableK: true, L: pool.capacity, stacks: pool.stacks, slotsFor: () => ({ slots: [], weights: [] }) }
+        : undefined,
+    );
   }
 
-  /** The slots of a token of a request on `adapter` at `step` (names → offsets of the current set). */
+  /**
+   * The slots of a token of a request on `adapter` at `step`: one per pool entry of each expert
+   * it uses, with that expert's weight, in ascending entry order (the order the grouped kernels
+   * add them in, so both strategies sum alike). Cached until the adapter's entries change.
+   */
   #slots(adapter: string | null, step: number): RouteSlots {
-    if (adapter === null) return { slots: [-1, -1], weights: [0, 0] };
+    if (adapter === null) return { slots: [], weights: [] };
     const reg = this.#adapters.get(adapter)!;
-    const off = this.#offsets.get(adapter)!;
-    if (reg.kind === 'lora') return { slots: [off, -1], weights: [1, 0] };
-    return moteStepSlots(step, reg.alpha!, off, off + reg.steps!.length);
+    let rs = reg.routes.get(step);
+    if (rs) return rs;
+    const experts: RouteSlots = reg.kind === 'lora' ? { slots: [0], weights: [1] } : moteStepSlots(step, reg.alpha!, 0, reg.steps!.length);
+    const pairs: [number, number][] = [];
+    experts.slots.forEach((k, i) => {
+      const w = experts.weights[i]!;
+      if (k < 0 || w === 0) return;
+      const entries = this.#pool.entriesOf(`${adapter}#${k}`);
+      if (!entries) throw new Error(`Engine: adapter '${adapter}' is routed while not on the device`);
+      for (const e of entries) pairs.push([e, w]);
+    });
+    pairs.sort((a, b) => a[0] - b[0]);
+    rs = { slots: pairs.map((p) => p[0]), weights: pairs.map((p) => p[1]) };
+    reg.routes.set(step, rs);
+    return rs;
   }
 
   #open(op: string): void {
@@ -476,6 +610,7 @@ export class Engine {
   async #run(): Promise<void> {
     while (this.#queue.length || this.#live.size) {
       await this.#lock; // an adapter change in progress finishes first
+      const t0 = performance.now();
       // Admit waiting requests in order: up to maxSequences running, maxPrefillTokens of prompt
       // per step; one whose adapter cannot be paged in now waits (later ones may pass it).
       let prefill = 0;
@@ -506,8 +641,12 @@ export class Engine {
       this.#inflight = new Promise<void>((res) => {
         stepEnded = res;
       });
+      const t1 = performance.now();
       try {
         const ended = await this.#dec.step();
+        this.stats.steps++;
+        this.stats.stepMs += performance.now() - t1;
+        this.stats.hostMs += t1 - t0;
         for (const s of ended) {
           const l = this.#live.get(s);
           if (l) this.#finish(l);
@@ -533,19 +672,7 @@ export class Engine {
     await this.#loop;
     await this.#lock;
     this.#dec.dispose();
-    this.#set?.dispose();
-    this.#set = null;
+    this.#pool.dispose();
+    this.#inPool.clear();
   }
-}
-
-/** An AdapterSet from adapters already read on the host (what loadPeftAdapters does after reading). */
-function adapterSetOf(model: LlamaModel, host: readonly ReadAdapter[], dirs: string[]): AdapterSet {
-  const stacks = uploadStacks(model.backend, model.config, stackAdapters(model.config, host));
-  return new AdapterSet(
-    model.config,
-    model.backend,
-    stacks,
-    dirs,
-    host.map((a) => a.config),
-  );
 }
