@@ -278,7 +278,23 @@ test(
     const bin = path.join(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'bin', 'mote.js');
     const proc = spawn(
       process.execPath,
-      [bin, 'serve', '-b', 'cpu', '--port', '0', '--json', '--mote', `safe=${path.join(tmp, 'bundle-a')}`],
+      [
+        bin,
+        'serve',
+        '-b',
+        'cpu',
+        '--port',
+        '0',
+        '--json',
+        '--pool-unit',
+        '4',
+        '--pool-entries',
+        '16',
+        '--adapter-budget-mb',
+        '64',
+        '--mote',
+        `safe=${path.join(tmp, 'bundle-a')}`,
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let stdout = '',
@@ -312,6 +328,20 @@ test(
     });
     assert.equal(code, 130, stderr);
     assert.deepEqual(stderr.trim().split('\n'), ['mote: interrupted (Ctrl-C); the server stopped']);
+    // a bad pool flag is one line naming it and exit 2 (nothing listens)
+    const { spawnSync } = await import('node:child_process');
+    for (const [flag, value] of [
+      ['--pool-unit', '0'],
+      ['--adapter-budget-mb', 'lots'],
+      ['--pool-entries', '-3'],
+    ] as const) {
+      const bad = spawnSync(process.execPath, [bin, 'serve', '-b', 'cpu', '--port', '0', flag, value], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+      assert.notEqual(bad.status, 0, `${flag} ${value}`);
+      assert.match(bad.stderr, new RegExp(flag.slice(2)), bad.stderr);
+    }
   },
 );
 

@@ -230,6 +230,12 @@ program
   .option('--name <name>', "the base model's name in requests (default: the model folder's name)")
   .option('--allow-runtime-lora', 'enable /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders on this machine)')
   .option('--max-sequences <n>', 'most requests decoding at once (more wait)', '64')
+  .option(
+    '--adapter-budget-mb <n>',
+    'device MiB the adapter pool may take; adapters past it are paged in when a request needs them (default: no limit)',
+  )
+  .option('--pool-unit <n>', 'ranks per adapter-pool entry (an adapter of rank r takes ceil(r / unit) entries)', '8')
+  .option('--pool-entries <n>', 'adapter-pool entries allocated up front (it doubles when full, without a budget)', '64')
   .option('--json', 'one JSON line when listening ({url, model, backend, adapters})')
   .action(serveCommand);
 

@@ -20,6 +20,9 @@ export interface ServeCliOptions {
   name?: string;
   allowRuntimeLora?: boolean;
   maxSequences?: string;
+  adapterBudgetMb?: string;
+  poolUnit?: string;
+  poolEntries?: string;
   json?: boolean;
 }
 
@@ -34,6 +37,9 @@ function named(flag: string, spec: string): { name: string; dir: string } {
 export async function serveCommand(o: ServeCliOptions): Promise<void> {
   const port = intFlag('port', o.port, 0, 65535, 8000);
   const maxSequences = intFlag('max-sequences', o.maxSequences, 1, 4096, 64);
+  const budgetMb = o.adapterBudgetMb === undefined ? undefined : intFlag('adapter-budget-mb', o.adapterBudgetMb, 1, 2 ** 24, 0);
+  const poolUnit = intFlag('pool-unit', o.poolUnit, 1, 4096, 8);
+  const poolEntries = intFlag('pool-entries', o.poolEntries, 1, 2 ** 20, 64);
   const host = o.host ?? '127.0.0.1';
   const motes = (o.mote ?? []).map((s) => named('mote', s));
   const loras = (o.lora ?? []).map((s) => named('lora', s));
@@ -44,7 +50,13 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
   const m = await openModelFolder(o.model, o.backend, config, { what: '--model' });
   const modelName = o.name ?? (o.model ? path.basename(path.resolve(o.model)) : 'mote-tiny');
   const tags = stepTokenIds(m.tokenizer, config);
-  const engine = new Engine(m.model, { stepTokens: new Map(tags.start.map((id, k) => [id, k])), maxSequences });
+  const engine = new Engine(m.model, {
+    stepTokens: new Map(tags.start.map((id, k) => [id, k])),
+    maxSequences,
+    poolUnit,
+    poolEntries,
+    ...(budgetMb !== undefined ? { adapterBudgetBytes: budgetMb * 2 ** 20 } : {}),
+  });
   let server: Awaited<ReturnType<typeof startServer>>['server'] | null = null;
   try {
     for (const a of [...motes, ...loras]) await engine.addAdapter(a.name, a.dir);
