@@ -10,9 +10,12 @@
 //         are read along W's contiguous axis.
 //   sgmv: grouped by adapter; one workgroup per (LORA_OUTS outputs, tile of ≤ LORA_SLOTS slots
 //         of one adapter's segment of `order`), a tiled GEMM over r (tile sizes:
-//         include/lora_tile.wgsl). A token's K slots can lie in
-//         different segments, so the host launches one pass per k (kpass) and each pass
-//         updates only the slots with k = kpass: every output has one writer per pass.
+//         include/lora_tile.wgsl). A token's K slots can lie in different segments: with
+//         K ≤ 2 the host launches one pass per k (kpass), each updating only the slots with
+//         k = kpass (one writer per output per pass); with K > 2 (kpass = ALL_K) every slot's
+//         c·(W·vin) goes to its own row q = t·K + k of a scratch [T·K, H] bound as outv, and
+//   ksum: one invocation per (t, h) adds the token's non-empty slots' rows, k ascending, into
+//         out (vin = the scratch, kslots = slots): two dispatches for any K, each tile's GEMM once.
 
 struct Params {
   T: u32, K: u32, R: u32, H: u32,
@@ -40,6 +43,7 @@ fn coef_of(q: u32, e: u32) -> f32 {
 #include "include/lora_w_tile.wgsl"
 
 const NP: u32 = LORA_OUTS + 1u;   // padded row of the staged tiles
+const ALL_K: u32 = 0xffffffffu;   // sgmv's kpass for every slot at once (into the scratch)
 
 // ---------------------------------------------------------------- bgmv
 var<workgroup> Wt: array<f32, LORA_STEP * NP>;  // [STEP][NP]: W(e, h0 + i, r0 + rr)
@@ -100,7 +104,8 @@ fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   let e = min(u32(seg[p.G + 1u + g]), arrayLength(&rank) - 1u);  // adapter index kept inside the stack
   // clamped: a tampered rank can neither run the loops past R nor (negative) near 2^32
   let rk = min(u32(max(rank[e], 0)), p.R);
-  if (p.K > 1u) {
+  let allk = p.kpass == ALL_K;
+  if (p.K > 1u && !allk) {
     // skip tiles without a slot of this pass
     var found = false;
     for (var m = 0u; m < n; m++) {
@@ -140,8 +145,15 @@ fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let m = ty + MQ * i;
     if (m >= n) { continue; }
     let q = Sq[m];
-    if (q % p.K != p.kpass) { continue; }
+    if (!allk && q % p.K != p.kpass) { continue; }
     let c = coef_of(q, e);
+    if (allk) {
+      for (var j = 0u; j < 4u; j++) {
+        let h = h0 + tx + HQ * j;
+        if (h < p.H) { outv[q * p.H + h] = c * acc[i][j]; }
+      }
+      continue;
+    }
     let ob = (q / p.K) * p.H;
     for (var j = 0u; j < 4u; j++) {
       let h = h0 + tx + HQ * j;
@@ -151,4 +163,23 @@ fn sgmv(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       }
     }
   }
+}
+
+// ---------------------------------------------------------------- ksum
+// out[t, h] (+)= Σ_k scratch[t·K + k, h] over the token's non-empty slots, k ascending
+// (bindings: 1 out, 2 the scratch as vin, 3 the slots [T, K])
+@group(0) @binding(3) var<storage, read> kslots: array<i32>;
+@compute @workgroup_size(64)
+fn ksum(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = (wid.z * nwg.y + wid.y) * 64u + lid;
+  if (i >= p.T * p.H) { return; }
+  let t = i / p.H;
+  let h = i % p.H;
+  var s = 0.0;
+  if (p.accumulate != 0u) { s = outv[i]; }
+  for (var k = 0u; k < p.K; k++) {
+    let q = t * p.K + k;
+    if (kslots[q] >= 0) { s = s + vin[q * p.H + h]; }
+  }
+  outv[i] = s;
 }
