@@ -223,9 +223,10 @@ class Llama(nn.Module):
         return F.linear(self.norm(x), self.embed_tokens.weight)  # tied lm_head
 
 
-def make_batch(T, V, gen):
+def make_batch(T, V, gen, P=None):
     """One sequence: P prompt tokens routed to a random step expert, then three step segments."""
-    P = min(32, T // 4)  # same split as bench/train.ts
+    if P is None:
+        P = min(32, T // 4)  # same split as bench/train.ts
     seg = (T - P) // 3
     ids = torch.randint(0, V, (1, T), generator=gen)
     prompt_expert = int(torch.randint(0, N_STEP_EXPERTS, (1,), generator=gen))
@@ -249,6 +250,7 @@ def main():
     ap.add_argument("--kv-heads", type=int)
     ap.add_argument("--vocab", type=int)
     ap.add_argument("--seq", type=int)
+    ap.add_argument("--prompt", type=int, help="prompt tokens (no loss) at the start (default min(32, seq / 4))")
     ap.add_argument("--steps", type=int, default=5, help="timed steps after 1 warm-up step")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--threads", type=int, help="torch intra-op (and OpenBLAS) threads (default: all usable cores)")
@@ -278,7 +280,7 @@ def main():
     n_lora = sum(p.numel() for p in lora_params)
     n_base = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     opt = torch.optim.AdamW(lora_params, lr=2e-4, weight_decay=0.0)
-    ids, labels, masks, P = make_batch(c["seq"], c["vocab"], gen)
+    ids, labels, masks, P = make_batch(c["seq"], c["vocab"], gen, args.prompt)
     ids, labels, masks = ids.to(dev), labels.to(dev), [m.to(dev) for m in masks]
     Routing.masks = masks
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -316,6 +318,7 @@ def main():
         "shape": {"hidden": c["hidden"], "intermediate": c["intermediate"], "layers": c["layers"],
                   "heads": c["heads"], "kvHeads": c["kv_heads"], "vocab": c["vocab"]},
         "seq": c["seq"],
+        "prompt": P,
         "tokens_per_s": c["seq"] / (med / 1e3),
         "step_ms_median": med,
         "step_ms": step_ms,
