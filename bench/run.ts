@@ -34,7 +34,7 @@ const USAGE = `usage: npm run bench -- [options]
   --dtypes LIST               extra weight dtypes for loraApply rows (default bf16 in full runs, none in quick)
   --max-time S                seconds benchmark.js may spend per row (default 0.3, quick 0.25)
   --threads N                 cpu worker threads (default: all)
-  --repeat N                  measure every row N times, keep the fastest median (shared, noisy machines; default 1)
+  --repeat N                  lora suite: N times the rounds and the time per row (shared, noisy machines; default 1)
   --cold-mib N                cycle through weight copies of at least N MiB per op (default 2.5 × last-level cache)
   --out PATH                  results file (default bench/results/<backend>.json)`;
 
@@ -145,7 +145,12 @@ interface Targets {
   /** Smallest speedup of loraApply over the per-adapter loop (goal ≥ 1). */
   minSpeedupVsLoop?: number;
   slowerThanLoop: string[];
+  /** Smallest speedup of loraApply over the PEFT-style masked pair (goal ≥ 1). */
+  minSpeedupVsMasked?: number;
+  slowerThanMasked: string[];
 }
+
+const shapeOf = (c: Comparison): string => `Hout=${c.Hout} r=${c.R}${c.K !== 1 ? ` K=${c.K}` : ''} T=${c.T} d=${c.distinct}`;
 
 function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
   const ops = rows.filter((r) => r.kind === 'op' && r.pctOfBound !== undefined);
@@ -157,7 +162,10 @@ function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
     rowsMeasured: ops.length,
     slowerThanLoop: cmps
       .filter((c) => c.speedupVsLoop !== undefined && c.speedupVsLoop < 1)
-      .map((c) => `Hout=${c.Hout} T=${c.T} d=${c.distinct} (${c.speedupVsLoop!.toFixed(2)}×)`),
+      .map((c) => `${shapeOf(c)} (${c.speedupVsLoop!.toFixed(2)}×)`),
+    slowerThanMasked: cmps
+      .filter((c) => c.speedupVsMasked !== undefined && c.speedupVsMasked < 1)
+      .map((c) => `${shapeOf(c)} (${c.speedupVsMasked!.toFixed(2)}×)`),
   };
   const a =
     rows.find(
@@ -165,6 +173,7 @@ function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
         r.op === 'loraApply' &&
         r.dtype === 'f32' &&
         r.T === 64 &&
+        r.K === 1 &&
         r.distinct === 64 &&
         r.Hout === r.Hin &&
         r.R === 16 &&
@@ -177,6 +186,8 @@ function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
   if (a && ceil.copy.gbps) t.applyT64d64PctOfCopy = (100 * a.gbps!) / ceil.copy.gbps;
   const sp = cmps.map((c) => c.speedupVsLoop).filter((x): x is number => x !== undefined);
   if (sp.length) t.minSpeedupVsLoop = Math.min(...sp);
+  const sm = cmps.map((c) => c.speedupVsMasked).filter((x): x is number => x !== undefined);
+  if (sm.length) t.minSpeedupVsMasked = Math.min(...sm);
   return t;
 }
 
@@ -366,9 +377,12 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   const Houts = [Hin, Math.round((Hin * 11008) / 4096)];
   const extraDTypes = args.dtypes ?? (quick ? [] : (['bf16'] as WeightDType[]));
   const timing: TimeOptions = { maxTime: args.maxTime ?? (quick ? 0.25 : 0.3), minSamples: quick ? 5 : 6, warmup: 2 };
+  // lora rows: interleaved, one sample per row per round (bench/timing.ts timeInterleaved)
+  const rounds = quick ? 5 : 6;
   const coldBytes = args.coldMiB !== undefined ? args.coldMiB * 2 ** 20 : Math.round(2.5 * lastLevelCacheBytes(backend));
   const started = Date.now();
-  const loadBefore = loadavg()[0]!;
+  const loadAvgBefore = loadavg();
+  const loadBefore = loadAvgBefore[0]!;
 
   log(`bench: ${backend.kind} — ${info.device}${quick ? ' (quick)' : ''}`);
   for (const n of notes) log(`bench: ${n}`);
@@ -392,6 +406,7 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
     strategies: args.strategies,
     filter: args.filter,
     probe,
+    rounds,
     repeat: args.repeat,
     log,
   }).finally(() => probe.dispose());
@@ -401,7 +416,8 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   applyRoofline(rows, ceilings);
   const tg = targets(rows, comparisons, ceilings);
   const seconds = (Date.now() - started) / 1e3;
-  const load = { before: loadBefore, after: loadavg()[0]!, cores: cpus().length };
+  const loadAvgAfter = loadavg();
+  const load = { before: loadBefore, after: loadAvgAfter[0]!, cores: cpus().length, beforeAll: loadAvgBefore, afterAll: loadAvgAfter };
   // The load after the run includes this run's own threads; only the load before says who else was there.
   if (load.before > 0.5 * load.cores) {
     notes.push(
@@ -410,8 +426,7 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   }
 
   const method = {
-    timer:
-      'benchmark.js 2.1.4, defer: true; every call ends with `await backend.sync()`; figure = median of benchmark.js samples (each the mean of `count` back-to-back calls)',
+    timer: `rows of one shape (ops and baselines) timed together, interleaved: ${timing.warmup} untimed warm-up calls per row (also sizing its samples), then ${rounds * args.repeat} rounds, each running every row for one sample (the mean of \`count\` back-to-back calls, about ${((timing.maxTime * 1e3) / rounds).toFixed(0)} ms) in a fresh seeded random order; figure = median of the row's samples; every call ends with \`await backend.sync()\` (bench/timing.ts timeInterleaved)`,
     timing,
     warmColdPolicy: `weights (A, B, per-adapter tensors, dA/dB) are replicated, and calls cycle through the copies, until the weights one op touches in a cycle (A alone for shrink and inputGrad, B alone for expand and shrinkGrad) exceed ${(coldBytes / 2 ** 20).toFixed(0)} MiB (${args.coldMiB !== undefined ? '--cold-mib' : '2.5 × last-level cache'}), so they are read from memory as in a real model; activations (x, y, v, dy, dv, dx) are shared and may stay in cache`,
     bytes:
@@ -420,9 +435,9 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
     roofline:
       'bound = max(bytes / copy bandwidth, flops / matmul FLOP rate); ceilings measured at the start and at the end of this run (median of each), the higher of the two is used; % of bound = bound time / median time',
     copyNow:
-      'a 64 MiB copy (median of 5, timed by hand) just before each row; on a shared machine it shows the bandwidth left when the row ran (the JSON also has pctOfBoundAtCopyNow)',
+      'a 64 MiB copy (median of 5, timed by hand) before each round of a shape, median over its rounds; on a shared machine it shows the bandwidth left when the rows ran (the JSON also has pctOfBoundAtCopyNow)',
     routing:
-      'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T)',
+      'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T); unit rows (the serving engine’s rank-8 units): K = 16 slots of rank 8 per token, slot k of token t = (16·t + k) % 64, 64 units, H_out = H_in',
     baselines: {
       loop: 'per adapter: read x and y to the host, gather its rows, upload, matmul(x_e, A_e) then matmul(·, B_e), read back, scatter-add ·scale·weight, write y back (host time counted)',
       masked:
@@ -453,7 +468,7 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   const md: string[] = [];
   md.push(`# mote multi-LoRA benchmark: ${backend.kind} (${info.device}${threads})`, '');
   md.push(
-    `${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, H_in = ${Hin}, r = 16, ${seconds.toFixed(0)} s. Results: ${out}`,
+    `${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, H_in = ${Hin}, r = 16 (unit rows: r = 8, K = 16), ${seconds.toFixed(0)} s, load average ${loadAvgBefore.map((x) => x.toFixed(2)).join(' ')} (start) / ${loadAvgAfter.map((x) => x.toFixed(2)).join(' ')} (end, this run included), ${load.cores} cores. Results: ${out}`,
     '',
   );
   for (const n of notes) md.push(`> ${n}`, '');
@@ -508,13 +523,15 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   md.push('## LoRA ops', '');
   md.push(
     table(
-      ['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound', 'copy now GB/s'],
+      ['op', 'w', 'H_out', 'r', 'K', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound', 'copy now GB/s'],
       rows
         .filter((r) => r.kind === 'op')
         .map((r) => [
           r.op,
           r.dtype,
           String(r.Hout),
+          String(r.R),
+          String(r.K),
           String(r.T),
           String(r.distinct),
           r.strategy,
@@ -536,6 +553,8 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
       table(
         [
           'H_out',
+          'r',
+          'K',
           'T',
           'adapters',
           'loraApply ms',
@@ -549,10 +568,12 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
         ],
         comparisons.map((m) => {
           const b = (k: string): Row | undefined =>
-            base.get(`baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R} T=${m.T} d=${m.distinct}`);
+            base.get(`baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R}${m.K !== 1 ? ` K=${m.K}` : ''} T=${m.T} d=${m.distinct}`);
           const pct = (r: Row | undefined): string => (r?.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`);
           return [
             String(m.Hout),
+            String(m.R),
+            String(m.K),
             String(m.T),
             String(m.distinct),
             fmtMs(m.applyMs),
@@ -587,7 +608,7 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
           pct(w),
           `${median(rs.map((r) => r.pctOfBound!)).toFixed(0)}%`,
           pct(sorted[sorted.length - 1]!),
-          `H_out ${w.Hout}, T ${w.T}, ${w.distinct} adapters`,
+          `H_out ${w.Hout}, r ${w.R}, K ${w.K}, T ${w.T}, ${w.distinct} adapters`,
         ];
       }),
     ),
@@ -603,11 +624,12 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   );
   md.push(
     `- loraApply vs per-adapter loop: smallest speedup ${fmt(tg.minSpeedupVsLoop)}×${tg.slowerThanLoop.length ? `; slower at ${tg.slowerThanLoop.join(', ')}` : ''} (goal: never slower)`,
+    `- loraApply vs the PEFT-style masked pair: smallest speedup ${fmt(tg.minSpeedupVsMasked)}×${tg.slowerThanMasked.length ? `; slower at ${tg.slowerThanMasked.join(', ')}` : ''} (goal: never slower)`,
     '',
   );
   md.push('## Method', '');
   md.push(
-    `- timing: ${method.timer}; max ${timing.maxTime} s and at least ${timing.minSamples} samples per row, ${timing.warmup} untimed warm-up calls${args.repeat > 1 ? `; every row measured ${args.repeat} times, the fastest median kept (--repeat)` : ''}`,
+    `- timing: ${method.timer}; about ${(timing.maxTime * args.repeat).toFixed(2)} s of timed calls per row${args.repeat > 1 ? ` (--repeat ${args.repeat})` : ''}`,
   );
   md.push(`- cache: ${method.warmColdPolicy}`);
   md.push(`- bytes: ${method.bytes}; flops: ${method.flops}`);

@@ -87,6 +87,20 @@ void zero_unused(const mote_lora_args& a, float* v) {
   }
 }
 
+// Calls with less work than this (bytes of weights and activations streamed) run on the
+// calling thread: waking a worker costs more than it saves. Which thread runs an item never
+// changes its result (see the top of this file).
+constexpr size_t kSerialBytes = size_t(96) << 10;
+template <typename F>
+void par_for(size_t work_bytes, size_t n, size_t grain, F&& fn) {
+  if (work_bytes < kSerialBytes)
+    fn(size_t(0), n);
+  else
+    parallel_for(n, grain, fn);
+}
+// Bytes a call streams: every (token, slot) pair reads R·H weights (an upper bound).
+inline size_t lora_work(const mote_lora_args& a, int H) { return size_t(a.T) * a.K * a.R * H * 4 + size_t(a.T) * H * 4; }
+
 // Grouped work split into tiles of at most `per` pairs of one segment.
 struct Tile {
   int g, p0, p1;
@@ -103,13 +117,13 @@ std::vector<Tile> tiles_of(const mote_lora_args& a, int per) {
 // otherwise items over blocks, each visiting all segments in order (a token's slots can
 // name different adapters, and its output row must have a single owner).
 template <typename F>
-void for_segment_blocks(const mote_lora_args& a, int nBlocks, F&& body) {
+void for_segment_blocks(const mote_lora_args& a, int nBlocks, size_t work, F&& body) {
   if (a.K == 1) {
-    parallel_for(size_t(a.G) * nBlocks, 1, [&](size_t b, size_t e) {
+    par_for(work, size_t(a.G) * nBlocks, 1, [&](size_t b, size_t e) {
       for (size_t i = b; i < e; i++) body(int(i / nBlocks), int(i / nBlocks) + 1, int(i % nBlocks));
     });
   } else {
-    parallel_for(size_t(nBlocks), 1, [&](size_t b, size_t e) {
+    par_for(work, size_t(nBlocks), 1, [&](size_t b, size_t e) {
       for (size_t i = b; i < e; i++) body(0, a.G, int(i));
     });
   }
@@ -140,7 +154,7 @@ void shrink_bgmv(const mote_lora_args& a, float* v, const float* x) {
   const int nrb = (a.R + kShrinkRows - 1) / kShrinkRows;
   const size_t TK = size_t(a.T) * a.K;
   const auto* A = typed<DT>(a.A);
-  parallel_for(TK * nrb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hin), TK * nrb, 1, [&](size_t b, size_t end) {
     for (size_t i = b; i < end; i++) {
       size_t p = i / nrb;
       int r0 = int(i % nrb) * kShrinkRows, r1 = std::min(a.R, r0 + kShrinkRows);
@@ -171,7 +185,7 @@ void shrink_sgmv(const mote_lora_args& a, float* v, const float* x) {
   const int rb = tiles.size() >= 8 ? (a.R + 3) / 4 * 4 : kShrinkRows;
   const int nrb = (a.R + rb - 1) / rb;
   const auto* A = typed<DT>(a.A);
-  parallel_for(tiles.size() * nrb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hin), tiles.size() * nrb, 1, [&](size_t b, size_t end) {
     std::vector<float> scratch;
     for (size_t i = b; i < end; i++) {
       const Tile& tl = tiles[i / nrb];
@@ -280,7 +294,7 @@ void expand_bgmv(const mote_lora_args& a, float* y, const float* v) {
   // Items: (token, block of outputs): each reads a contiguous run of B per slot.
   const int nb = (a.Hout + kExpandBgmvBlock - 1) / kExpandBgmvBlock;
   const auto* B = typed<DT>(a.B);
-  parallel_for(size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hout), size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
     std::vector<float> u(a.R);
     for (size_t i = b; i < end; i++) {
       const size_t t = i / nb;
@@ -307,7 +321,7 @@ template <int DT>
 void expand_sgmv(const mote_lora_args& a, float* y, const float* v) {
   const int nb = (a.Hout + kExpandSgmvBlock - 1) / kExpandSgmvBlock;
   const auto* B = typed<DT>(a.B);
-  for_segment_blocks(a, nb, [&](int g0, int g1, int blk) {
+  for_segment_blocks(a, nb, lora_work(a, a.Hout), [&](int g0, int g1, int blk) {
     const int o0 = blk * kExpandSgmvBlock, o1 = std::min(a.Hout, o0 + kExpandSgmvBlock), ob = o1 - o0;
     std::vector<float> u(a.R), Bt;
     for (int g = g0; g < g1; g++) {
@@ -381,7 +395,7 @@ void shrink_grad_bgmv(const mote_lora_args& a, float* dv, const float* dy) {
   std::vector<float> part(nc == 1 ? 0 : TK * nc * a.R);
   float* partial = nc == 1 ? dv : part.data();
   const auto* B = typed<DT>(a.B);
-  parallel_for(TK * nc, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hout), TK * nc, 1, [&](size_t b, size_t end) {
     for (size_t i = b; i < end; i++) {
       const size_t p = i / nc;
       const int ci = int(i % nc);
@@ -405,7 +419,7 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
   std::vector<float> part(nc == 1 ? 0 : TK * nc * a.R);
   float* partial = nc == 1 ? dv : part.data();
   const auto* B = typed<DT>(a.B);
-  parallel_for(tiles.size() * nc, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hout), tiles.size() * nc, 1, [&](size_t b, size_t end) {
     std::vector<float> scratch;
     for (size_t i = b; i < end; i++) {
       const Tile& tl = tiles[i / nc];
@@ -444,7 +458,7 @@ void input_grad_bgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
   const auto* A = typed<DT>(a.A);
   // Rows of A four at a time into an L1 accumulator (rows Hin apart share L1 sets, so
   // streaming all rank rows at once would thrash it), then one write of dx.
-  parallel_for(size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hin), size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
     std::vector<float> acc(kInputBgmvBlock);
     for (size_t i = b; i < end; i++) {
       const size_t t = i / nb;
@@ -477,7 +491,7 @@ void input_grad_sgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
     for (int t = 0; t < a.T; t++)
       if (a.slots[t] < 0) std::memset(dx + size_t(t) * a.Hin, 0, size_t(a.Hin) * 4);
   }
-  for_segment_blocks(a, nb, [&](int g0, int g1, int blk) {
+  for_segment_blocks(a, nb, lora_work(a, a.Hin), [&](int g0, int g1, int blk) {
     const int i0 = blk * kInputSgmvBlock, n = std::min(a.Hin, i0 + kInputSgmvBlock) - i0;
     // K > 1: this item owns dx[:, block] for all tokens; clear it, then add every slot.
     if (!one && !accumulate)
@@ -513,6 +527,15 @@ void input_grad_sgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
       }
     }
   });
+}
+
+// weight grad: columns per item. 128 (a packed block of 512 B per token) unless that leaves
+// fewer than 32 items (few adapters, narrow layers); never narrower than one 16-wide tile.
+constexpr size_t kStreamMinBytes = size_t(4) << 20;  // dA + dB at least this large: streaming stores
+inline int wgrad_block(int used, int H) {
+  int w = 128;
+  while (w > kOuterJ && size_t(used) * ((H + w - 1) / w) < 32) w /= 2;
+  return w;
 }
 
 }  // namespace
@@ -569,19 +592,28 @@ void lora_input_grad(const mote_lora_args& a, float* dx, const float* dv, bool a
 void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float* x, const float* dy, const float* v,
                       const float* dv, bool accumulate) {
   // Grouped GEMMs (always by adapter): items (adapter, block of columns) own their slice
-  // of dA[e] / dB[e]; tokens are summed in segment order (t, then k ascending).
+  // of dA[e] / dB[e]; tokens are summed in segment order (t, then k ascending) by every item
+  // alike, so the block width changes which item computes an entry, never its bits. Blocks are
+  // narrowed (from the dims only) until there are enough items for every thread, however few
+  // adapters the batch has.
   check_args(a, true);
   std::vector<int> seg_of(a.L, -1);
   for (int g = 0; g < a.G; g++) seg_of[a.seg_adapter[g]] = g;
-  constexpr int kBlock = 128;  // columns per item: packed x / dy block of 512 B per token
+  const int used = std::max(1, a.G);
+  // Large fresh outputs are written with streaming stores: no read-for-ownership of lines
+  // that are overwritten whole (a cold dA/dB moves half the bytes).
+  const bool stream = !accumulate && size_t(a.L) * a.R * (size_t(a.Hin) + a.Hout) * 4 >= kStreamMinBytes;
 
-  const int nbA = (a.Hin + kBlock - 1) / kBlock;
-  parallel_for(size_t(a.L) * nbA, 1, [&](size_t b, size_t end) {
+  // dA[e][r][j] = Σ_p dv[p][r]·x[p][j]: x packed in 16-column slabs, dv as the broadcast operand.
+  const int bwA = wgrad_block(used, a.Hin);
+  const int nbA = (a.Hin + bwA - 1) / bwA;
+  const size_t work = size_t(a.L) * a.R * (size_t(a.Hin) + a.Hout) * 4 + lora_work(a, a.Hin + a.Hout);
+  par_for(work, size_t(a.L) * nbA, 1, [&](size_t b, size_t end) {
     std::vector<const float*> X;
     std::vector<float> xp, cp;
     for (size_t i = b; i < end; i++) {
       const int e = int(i / nbA);
-      const int i0 = int(i % nbA) * kBlock, n = std::min(a.Hin, i0 + kBlock) - i0;
+      const int i0 = int(i % nbA) * bwA, n = std::min(a.Hin, i0 + bwA) - i0;
       const int g = seg_of[e];
       const int re = g < 0 ? 0 : a.rank[e];
       float* D = dA + size_t(e) * a.R * a.Hin + i0;
@@ -599,43 +631,46 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
       }
       xp.resize(size_t(np) * ((n + kOuterJ - 1) / kOuterJ) * kOuterJ);
       pack_x(xp.data(), X.data(), np, n);
-      outer_packed(xp.data(), cp.data(), rp, np, re, n, D, a.Hin, accumulate);
+      outer_packed(xp.data(), cp.data(), rp, np, re, n, D, a.Hin, accumulate, stream);
     }
+    if (stream) stream_fence();
   });
 
-  const int nbB = (a.Hout + kBlock - 1) / kBlock;
-  parallel_for(size_t(a.L) * nbB, 1, [&](size_t b, size_t end) {
-    std::vector<const float*> X;
-    std::vector<float> xp, cp, tmp;
+  // dB[e][o][r] = Σ_p dy[p][o]·c[p][r], c = weight·scale·v: the same tile with the roles
+  // swapped (c packed in 16-wide rank slabs, dy as the broadcast operand), so rows of dB come
+  // out whole in their own [o][r] layout.
+  const int bwB = wgrad_block(used, a.Hout);
+  const int nbB = (a.Hout + bwB - 1) / bwB;
+  par_for(work, size_t(a.L) * nbB, 1, [&](size_t b, size_t end) {
+    std::vector<float> cpk, dyp;
     for (size_t i = b; i < end; i++) {
       const int e = int(i / nbB);
-      const int o0 = int(i % nbB) * kBlock, n = std::min(a.Hout, o0 + kBlock) - o0;
+      const int o0 = int(i % nbB) * bwB, n = std::min(a.Hout, o0 + bwB) - o0;
       const int g = seg_of[e];
       const int re = g < 0 ? 0 : a.rank[e];
       float* D = dB + (size_t(e) * a.Hout + o0) * a.R;
-      if (!accumulate)
-        for (int o = 0; o < n; o++) std::fill(D + size_t(o) * a.R + re, D + size_t(o + 1) * a.R, 0.f);
-      if (g < 0) continue;
+      if (g < 0) {
+        if (!accumulate) std::memset(D, 0, size_t(n) * a.R * 4);
+        continue;
+      }
       const int ps = a.seg_start[g], np = a.seg_start[g + 1] - ps;
-      const int rp = (re + kOuterR - 1) / kOuterR * kOuterR;
+      const int nrt = (re + kOuterJ - 1) / kOuterJ;  // 16-wide rank slabs
+      const int np4 = (n + kOuterR - 1) / kOuterR * kOuterR;
       const float sc = a.scale[e];
-      X.resize(np);
-      cp.assign(size_t(np) * rp, 0.f);
+      cpk.assign(size_t(nrt) * np * kOuterJ, 0.f);
+      dyp.resize(size_t(np) * np4);
       for (int q = 0; q < np; q++) {
         const int p = a.order[ps + q];
         const float c = a.weight[p] * sc;
-        for (int r = 0; r < re; r++) cp[size_t(q) * rp + r] = c * v[size_t(p) * a.R + r];
-        X[q] = dy + size_t(p / a.K) * a.Hout + o0;
+        const float* vp = v + size_t(p) * a.R;
+        for (int r = 0; r < re; r++) cpk[(size_t(r / kOuterJ) * np + q) * kOuterJ + r % kOuterJ] = c * vp[r];
+        float* d = dyp.data() + size_t(q) * np4;
+        std::memcpy(d, dy + size_t(p / a.K) * a.Hout + o0, size_t(n) * 4);
+        for (int o = n; o < np4; o++) d[o] = 0.f;
       }
-      xp.resize(size_t(np) * ((n + kOuterJ - 1) / kOuterJ) * kOuterJ);
-      pack_x(xp.data(), X.data(), np, n);
-      tmp.resize(size_t(re) * n);  // dB[e]ᵀ block: [r][o]
-      outer_packed(xp.data(), cp.data(), rp, np, re, n, tmp.data(), n, false);
-      for (int o = 0; o < n; o++) {
-        float* d = D + size_t(o) * a.R;
-        for (int r = 0; r < re; r++) d[r] = accumulate ? d[r] + tmp[size_t(r) * n + o] : tmp[size_t(r) * n + o];
-      }
+      outer_packed_rows(cpk.data(), dyp.data(), np4, np, n, re, a.R, D, accumulate, stream);
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -10,6 +10,8 @@
 #include "half.h"
 #if defined(__F16C__) || defined(__AVX__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -377,9 +379,32 @@ __attribute__((unused)) void pack_x(float* xp, const float* const* X, int np, in
   }
 }
 
+// Stores the 16 floats of src at dst: a streaming (non-temporal) store when asked and dst is
+// 32-byte aligned (the line is written whole, so it need not be read first), else a plain one.
+inline void store16(float* dst, const float* src, bool stream) {
+#if defined(__AVX__)
+  if (stream && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+    _mm256_stream_ps(dst, _mm256_loadu_ps(src));
+    _mm256_stream_ps(dst + 8, _mm256_loadu_ps(src + 8));
+    return;
+  }
+#else
+  (void)stream;
+#endif
+  std::memcpy(dst, src, 64);
+}
+
+// Orders this thread's streaming stores before whatever it does next (the pool's hand-back).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // out[r·ostride + j] (+)= Σ_p cp[p·rp + r]·X[p][j] for r < nr, j < nj; xp from pack_x.
+// stream: full 16-wide rows of a fresh (non-accumulated) output go out with streaming stores.
 __attribute__((unused)) void outer_packed(const float* xp, const float* cp, int rp, int np, int nr, int nj, float* out,
-                                          size_t ostride, bool acc) {
+                                          size_t ostride, bool acc, bool stream = false) {
   const int njt = (nj + kOuterJ - 1) / kOuterJ;
   float res[kOuterR][kOuterJ];
   for (int jt = 0; jt < njt; jt++) {
@@ -388,9 +413,38 @@ __attribute__((unused)) void outer_packed(const float* xp, const float* cp, int 
       outer_tile(xp + size_t(jt) * np * kOuterJ, cp + r0, rp, np, res);
       for (int q = 0; q < std::min(kOuterR, nr - r0); q++) {
         float* o = out + size_t(r0 + q) * ostride + j0;
-        for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
+        if (!acc && w == kOuterJ)
+          store16(o, res[q], stream);
+        else
+          for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
       }
     }
+  }
+}
+
+// The transposed product, rows whole: out[o·R + r] (+)= Σ_p dp[p·dstride + o]·ck[r/16][p][r%16]
+// for o < no, r < re (ck: the broadcast-free operand packed in 16-wide slabs of r, zero past
+// re; dp: the per-row operand, dstride ≥ no rounded up to 4, zero-padded). Entries r in
+// [re, R) are zeroed unless acc. Same tile, same order over p as outer_packed.
+__attribute__((unused)) void outer_packed_rows(const float* ck, const float* dp, int dstride, int np, int no, int re, int R,
+                                               float* out, bool acc, bool stream = false) {
+  const int nrt = (re + kOuterJ - 1) / kOuterJ;
+  float res[kOuterR][kOuterJ];
+  for (int o0 = 0; o0 < no; o0 += kOuterR) {
+    const int nq = std::min(kOuterR, no - o0);
+    for (int rt = 0; rt < nrt; rt++) {
+      const int r0 = rt * kOuterJ, w = std::min(kOuterJ, re - r0);
+      outer_tile(ck + size_t(rt) * np * kOuterJ, dp + o0, dstride, np, res);
+      for (int q = 0; q < nq; q++) {
+        float* o = out + size_t(o0 + q) * R + r0;
+        if (!acc && w == kOuterJ)
+          store16(o, res[q], stream);
+        else
+          for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
+      }
+    }
+    if (!acc && re < R)
+      for (int q = 0; q < nq; q++) std::memset(out + size_t(o0 + q) * R + re, 0, size_t(R - re) * 4);
   }
 }
 
