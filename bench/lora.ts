@@ -4,6 +4,7 @@
 //   masked: per adapter, shrink + expand over ALL tokens with `matmul`, rows of other adapters
 //           masked to 0 on the host (the mixed-batch-by-masking way).
 // Each figure is reported against the roofline of the same run: min(FLOP ceiling, intensity × copy bandwidth).
+import { freemem } from 'node:os';
 import { encode, type DType } from '../src/dtype.js';
 import { matmul } from '../src/ops/matmul.js';
 import {
@@ -21,9 +22,9 @@ import {
 } from '../src/ops/lora.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
-import { median, timeInterleaved, type TimeOptions, type Timing } from './timing.js';
+import { timeInterleaved, type TimeOptions, type Timing } from './timing.js';
 import { randomFloats } from './random.js';
-import type { Ceilings, CopyProbe } from './ceilings.js';
+import type { Ceilings, CopyProbe, FlopProbe } from './ceilings.js';
 
 export const LORA_OPS = ['loraShrink', 'loraExpand', 'loraApply', 'loraShrinkGrad', 'loraInputGrad', 'loraWeightGrad'] as const;
 export type LoraOpName = (typeof LORA_OPS)[number];
@@ -132,8 +133,8 @@ export function workOf(op: LoraOpName | BaselineName, c: LoraCase): Work {
       return { bytes: B + y + v, flops: fOut }; // dy read, dv written
     case 'loraInputGrad':
       return { bytes: A + v + x, flops: fIn }; // dv read, dx written
-    case 'loraWeightGrad': // x, dy, v, dv read; dA, dB (f32) written
-      return { bytes: x + y + 2 * v + used * c.R * (c.Hin + c.Hout) * 4, flops: fIn + fOut };
+    case 'loraWeightGrad': // x, dy, v, dv read; dA, dB (f32) written for every adapter of the stack (0 for absent ones)
+      return { bytes: x + y + 2 * v + c.distinct * c.R * (c.Hin + c.Hout) * 4, flops: fIn + fOut };
   }
 }
 
@@ -177,10 +178,12 @@ export interface Row {
   bound: Bound;
   /** bound.ms / medianMs, percent. */
   pctOfBound?: number;
-  /** Copy bandwidth measured before each round of this row's case (CopyProbe), median: how much the machine had then. */
+  /** Copy bandwidth and matmul FLOP rate measured as rows of this row's case (interleaved with it, medians): what the machine had then. */
   copyNowGbps?: number;
-  /** % of the bound computed with copyNowGbps instead of the run's copy ceiling. */
-  pctOfBoundAtCopyNow?: number;
+  flopsNowGflops?: number;
+  /** The roofline bound with those same-time ceilings, and % of it: the figure the targets use. */
+  boundNow?: Bound;
+  pctOfBoundNow?: number;
   error?: string;
 }
 
@@ -209,8 +212,9 @@ export interface SuiteOptions {
   /** Weights are replicated until a replica set exceeds this many bytes. */
   coldBytes: number;
   strategies: readonly StrategyChoice[];
-  /** Copy-bandwidth probe run before every row. */
+  /** Ceiling probes timed as rows of every case, interleaved with its rows. */
   probe?: CopyProbe;
+  flopProbe?: FlopProbe;
   /** Rounds of the interleaved measurement (every row once per round, random order). */
   rounds: number;
   /** Multiplies the rounds and the time per row (for shared, noisy machines). Default 1. */
@@ -226,8 +230,14 @@ export function applyRoofline(rows: Row[], ceil: Ceilings): void {
     r.bound = roofline(r, ceil);
     if (r.medianMs === undefined) continue;
     r.pctOfBound = (100 * r.bound.ms) / r.medianMs;
-    if (r.copyNowGbps !== undefined)
-      r.pctOfBoundAtCopyNow = (100 * roofline(r, { ...ceil, copy: { ...ceil.copy, gbps: r.copyNowGbps } }).ms) / r.medianMs;
+    if (r.copyNowGbps !== undefined || r.flopsNowGflops !== undefined) {
+      r.boundNow = roofline(r, {
+        ...ceil,
+        copy: { ...ceil.copy, gbps: r.copyNowGbps ?? ceil.copy.gbps },
+        flops: { ...ceil.flops, gflops: r.flopsNowGflops ?? ceil.flops.gflops },
+      });
+      r.pctOfBoundNow = (100 * r.boundNow.ms) / r.medianMs;
+    }
   }
 }
 
@@ -377,7 +387,12 @@ async function runCase(
   const Bh = randomFloats(L * Hout * R, 0.05, seed + 2);
   const Aenc = c.dtype === 'f32' ? Ah : new Uint16Array(encode('A', Ah, c.dtype).buffer);
   const Benc = c.dtype === 'f32' ? Bh : new Uint16Array(encode('B', Bh, c.dtype).buffer);
-  const replicas = Math.max(1, Math.min(1024, Math.ceil(o.coldBytes / weightBytesPerCall(c))));
+  // Copies enough to pass the cache, but within a memory budget (a quarter of the free memory,
+  // at most 4 GiB, for the stacks and the baselines' per-adapter copies): a huge last-level
+  // cache must not make the run allocate more than the machine has.
+  const copyBytes = L * R * (Hin + Hout) * (c.dtype === 'f32' ? 4 : 2) * (c.baselines ? 2 : 1);
+  const budget = Math.min(4 * 2 ** 30, freemem() / 4);
+  const replicas = Math.max(1, Math.min(1024, Math.ceil(o.coldBytes / weightBytesPerCall(c)), Math.floor(budget / copyBytes)));
   const slots = Int32Array.from({ length: T * K }, (_, i) => i % L);
   const own: Tensor[] = [];
   const keep = <X extends Tensor>(t: X): X => (own.push(t), t);
@@ -393,7 +408,7 @@ async function runCase(
   // Gradient outputs: enough copies that one cycle of them passes the cache too, allocated
   // zeroed (touched), so that a call writes memory a training step would reuse, not fresh pages.
   const gradCopies = ops.includes('loraWeightGrad')
-    ? Math.max(1, Math.min(replicas, Math.ceil(o.coldBytes / (L * R * (Hin + Hout) * 4))))
+    ? Math.max(1, Math.min(replicas, Math.ceil(o.coldBytes / (L * R * (Hin + Hout) * 4)), Math.floor(budget / (L * R * (Hin + Hout) * 4))))
     : 0;
   const grads = Array.from({ length: gradCopies }, () => ({ dA: keep(backend.zeros([L, R, Hin])), dB: keep(backend.zeros([L, Hout, R])) }));
   const x = keep(backend.tensor(randomFloats(T * Hin, 1, seed + 3), [T, Hin]));
@@ -505,25 +520,42 @@ async function runCase(
     const t0 = performance.now();
     const repeat = o.repeat ?? 1;
     const copies = entries.map(() => 0);
+    // The ceilings, measured among the rows (same rounds, same random order): on a shared
+    // machine the bandwidth and FLOP rate a row had are those of its own moments.
+    const copyOnce = o.probe?.once;
+    const flopOnce = o.flopProbe?.once;
+    const probeEntries = [
+      ...(copyOnce ? [{ name: 'ceiling:copy', fn: copyOnce }] : []),
+      ...(flopOnce ? [{ name: 'ceiling:matmul', fn: flopOnce }] : []),
+    ];
     const res = await timeInterleaved(
-      entries.map((e, k) => ({
-        name: e.row.name,
-        fn: async () => {
-          const i = copies[k]!++;
-          await e.body(reps[i % reps.length]!, i);
-          await backend.sync();
-        },
-      })),
+      [
+        ...entries.map((e, k) => ({
+          name: e.row.name,
+          fn: async () => {
+            const i = copies[k]!++;
+            await e.body(reps[i % reps.length]!, i);
+            await backend.sync();
+          },
+        })),
+        ...probeEntries,
+      ],
       {
         maxTime: o.timing.maxTime * repeat,
         rounds: o.rounds * repeat,
         warmup: o.timing.warmup ?? 2,
         seed,
-        beforeRound: o.probe ? () => o.probe!.gbps() : undefined,
       },
     );
-    const probes = res.roundValues.filter((g): g is number => g !== undefined);
-    const copyNow = probes.length ? median(probes) : undefined;
+    const probeTime = (name: string): number | undefined => {
+      const i = probeEntries.findIndex((p) => p.name === name);
+      const t = i < 0 ? undefined : res.timings[entries.length + i];
+      return t === undefined || t instanceof Error ? undefined : t.medianMs;
+    };
+    const copyMs = probeTime('ceiling:copy'),
+      flopMs = probeTime('ceiling:matmul');
+    const copyNow = copyMs === undefined ? undefined : o.probe!.bytes / (copyMs * 1e6);
+    const flopsNow = flopMs === undefined ? undefined : o.flopProbe!.flops / (flopMs * 1e6);
     entries.forEach(({ row }, k) => {
       const timing = res.timings[k]!;
       if (timing instanceof Error) {
@@ -538,14 +570,18 @@ async function runCase(
           gflops: row.flops / s / 1e9,
           pctOfBound: (100 * row.bound.ms) / timing.medianMs,
           copyNowGbps: copyNow,
+          flopsNowGflops: flopsNow,
         });
+        applyRoofline([row], o.ceilings);
         o.log(
-          `    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBound!.toFixed(0).padStart(4)}% of bound  (${timing.samples} samples, ${timing.calls} calls)`,
+          `    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBoundNow?.toFixed(0).padStart(4) ?? ' n/a'}% of bound now (${row.pctOfBound!.toFixed(0)}% of the run's)  (${timing.samples} samples, ${timing.calls} calls)`,
         );
       }
       rows.push(row);
     });
-    o.log(`    (${entries.length} rows interleaved over ${res.roundValues.length} rounds in ${((performance.now() - t0) / 1e3).toFixed(1)} s, copy now ${copyNow?.toFixed(1) ?? 'n/a'} GB/s)`);
+    o.log(
+      `    (${entries.length} rows and ${probeEntries.length} ceilings interleaved over ${res.rounds} rounds in ${((performance.now() - t0) / 1e3).toFixed(1)} s; now: copy ${copyNow?.toFixed(1) ?? 'n/a'} GB/s, matmul ${flopsNow?.toFixed(1) ?? 'n/a'} GFLOP/s)`,
+    );
     if (!cmp) return { rows };
     for (const [b, row] of baseRows) {
       if (b === 'loop') cmp.loopMs = row.medianMs;

@@ -106,15 +106,13 @@ export interface InterleaveOptions {
   warmup: number;
   /** Seed of the order of each round. */
   seed: number;
-  /** Called before every round (e.g. a copy-bandwidth probe); its value is kept per round. */
-  beforeRound?: () => Promise<number | undefined>;
 }
 
 export interface InterleavedResult {
   /** Per entry: its timing, or the error it threw. */
   timings: (Timing | Error)[];
-  /** beforeRound's value for each round. */
-  roundValues: (number | undefined)[];
+  /** Rounds run. */
+  rounds: number;
 }
 
 /**
@@ -156,10 +154,8 @@ export async function timeInterleaved(entries: readonly InterleavedEntry[], o: I
     s >>>= 0;
     return s / 4294967296;
   };
-  const roundValues: (number | undefined)[] = [];
   const maxRounds = Math.max(0, ...rounds);
   for (let r = 0; r < maxRounds; r++) {
-    roundValues.push(await o.beforeRound?.());
     const order = entries.map((_, i) => i).filter((i) => live[i] && r < rounds[i]!);
     for (let i = order.length - 1; i > 0; i--) {
       const j = Math.floor(rand() * (i + 1));
@@ -194,5 +190,5 @@ export async function timeInterleaved(entries: readonly InterleavedEntry[], o: I
       calls: xs.length * count[i]!,
     };
   });
-  return { timings, roundValues };
+  return { timings, rounds: maxRounds };
 }

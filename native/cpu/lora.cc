@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "blas.h"
 #include "half.h"
 #include "kernels.h"
 #include "simd.h"
@@ -100,6 +101,105 @@ void par_for(size_t work_bytes, size_t n, size_t grain, F&& fn) {
 }
 // Bytes a call streams: every (token, slot) pair reads R·H weights (an upper bound).
 inline size_t lora_work(const mote_lora_args& a, int H) { return size_t(a.T) * a.K * a.R * H * 4 + size_t(a.T) * H * 4; }
+
+// ---------------------------------------------------------------------------
+// One adapter for the whole batch (K = 1, every token routed to the same adapter, f32 weights,
+// enough tokens, OpenBLAS loaded): the call is a plain low-rank matmul pair, and sgemm with
+// leading dimensions that stop at the adapter's rank does it at the machine's GEMM rate. Each
+// output element is still one dot product over a fixed range, in OpenBLAS's fixed order: the
+// thread count of mote's pool does not enter.
+
+constexpr int kBlasMinTokens = 16;  // as the base matmul (matmul.cc): below, the streaming kernels win
+
+// The adapter every token uses, or -1 when the batch is not a single-adapter one. Needs slots
+// already checked (check_args).
+int single_adapter(const mote_lora_args& a, bool a_f32, bool b_f32) {
+  if (!blas_sgemm || a.K != 1 || a.T < kBlasMinTokens || !a_f32 || !b_f32) return -1;
+  const int e = a.slots[0];
+  if (e < 0) return -1;
+  for (int t = 1; t < a.T; t++)
+    if (a.slots[t] != e) return -1;
+  return e;
+}
+
+inline const float* A_of(const mote_lora_args& a, int e) { return static_cast<const float*>(a.A) + size_t(e) * a.R * a.Hin; }
+inline const float* B_of(const mote_lora_args& a, int e) { return static_cast<const float*>(a.B) + size_t(e) * a.Hout * a.R; }
+
+// Zeroes columns [from, R) of the T rows of a [T, R] matrix.
+void zero_cols(float* m, int T, int R, int from) {
+  if (from >= R) return;
+  for (int t = 0; t < T; t++) std::memset(m + size_t(t) * R + from, 0, size_t(R - from) * 4);
+}
+
+// v[t, r] = A[e][r]·x[t] for r < rank, 0 beyond.
+void shrink_one(const mote_lora_args& a, int e, float* v, const float* x) {
+  const int re = a.rank[e];
+  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, a.T, re, a.Hin, 1.f, x, a.Hin, A_of(a, e), a.Hin, 0.f, v, a.R);
+  zero_cols(v, a.T, a.R, re);
+}
+
+// u[t, r] = weight[t]·scale[e]·v[t, r], r < rank (packed, row stride rank).
+void scaled_rows(const mote_lora_args& a, int e, const float* v, std::vector<float>& u) {
+  const int re = a.rank[e];
+  const float sc = a.scale[e];
+  u.resize(size_t(a.T) * re);
+  for (int t = 0; t < a.T; t++) {
+    const float c = a.weight[t] * sc;
+    for (int r = 0; r < re; r++) u[size_t(t) * re + r] = c * v[size_t(t) * a.R + r];
+  }
+}
+
+// y[t] += u[t]·B[e]ᵀ (rank columns of B).
+void expand_one(const mote_lora_args& a, int e, float* y, const float* v) {
+  std::vector<float> u;
+  scaled_rows(a, e, v, u);
+  const int re = a.rank[e];
+  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, a.T, a.Hout, re, 1.f, u.data(), re, B_of(a, e), a.R, 1.f, y,
+             a.Hout);
+}
+
+// dv[t, r] = weight[t]·scale[e]·(dy[t]·B[e][:, r]) for r < rank, 0 beyond.
+void shrink_grad_one(const mote_lora_args& a, int e, float* dv, const float* dy) {
+  const int re = a.rank[e];
+  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasNoTrans, a.T, re, a.Hout, 1.f, dy, a.Hout, B_of(a, e), a.R, 0.f, dv,
+             a.R);
+  const float sc = a.scale[e];
+  for (int t = 0; t < a.T; t++) {
+    const float c = a.weight[t] * sc;
+    for (int r = 0; r < re; r++) dv[size_t(t) * a.R + r] = c * dv[size_t(t) * a.R + r];
+  }
+  zero_cols(dv, a.T, a.R, re);
+}
+
+// dx[t] (+)= dv[t, :rank]·A[e][:rank].
+void input_grad_one(const mote_lora_args& a, int e, float* dx, const float* dv, bool accumulate) {
+  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasNoTrans, a.T, a.Hin, a.rank[e], 1.f, dv, a.R, A_of(a, e), a.Hin,
+             accumulate ? 1.f : 0.f, dx, a.Hin);
+}
+
+// dA[e][r] (+)= Σ_t dv[t, r]·x[t]; dB[e][:, r] (+)= Σ_t dy[t]·u[t, r]; other adapters and
+// entries past the rank 0 (or unchanged when accumulating).
+void weight_grad_one(const mote_lora_args& a, int e, float* dA, float* dB, const float* x, const float* dy,
+                     const float* v, const float* dv, bool accumulate) {
+  const int re = a.rank[e];
+  const size_t nA = size_t(a.R) * a.Hin, nB = size_t(a.Hout) * a.R;
+  float* dAe = dA + size_t(e) * nA;
+  float* dBe = dB + size_t(e) * nB;
+  if (!accumulate) {
+    for (int f = 0; f < a.L; f++) {
+      if (f == e) continue;
+      std::memset(dA + size_t(f) * nA, 0, nA * 4);
+      std::memset(dB + size_t(f) * nB, 0, nB * 4);
+    }
+    std::memset(dAe + size_t(re) * a.Hin, 0, size_t(a.R - re) * a.Hin * 4);
+  }
+  const float beta = accumulate ? 1.f : 0.f;
+  blas_sgemm(kCblasRowMajor, kCblasTrans, kCblasNoTrans, re, a.Hin, a.T, 1.f, dv, a.R, x, a.Hin, beta, dAe, a.Hin);
+  std::vector<float> u;
+  scaled_rows(a, e, v, u);
+  blas_sgemm(kCblasRowMajor, kCblasTrans, kCblasNoTrans, a.Hout, re, a.T, 1.f, dy, a.Hout, u.data(), re, beta, dBe, a.R);
+  if (!accumulate) zero_cols(dBe, a.Hout, a.R, re);
+}
 
 // Grouped work split into tiles of at most `per` pairs of one segment.
 struct Tile {
@@ -544,6 +644,7 @@ inline int wgrad_block(int used, int H) {
 
 void lora_shrink(const mote_lora_args& a, float* v, const float* x) {
   check_args(a, a.strategy == 1);
+  if (int e = single_adapter(a, a.a_dtype == 0, true); e >= 0) return shrink_one(a, e, v, x);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.a_dtype, shrink_sgmv, a, v, x);
   } else {
@@ -553,6 +654,7 @@ void lora_shrink(const mote_lora_args& a, float* v, const float* x) {
 
 void lora_expand(const mote_lora_args& a, float* y, const float* v) {
   check_args(a, a.strategy == 1);
+  if (int e = single_adapter(a, true, a.b_dtype == 0); e >= 0) return expand_one(a, e, y, v);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
   } else {
@@ -563,16 +665,23 @@ void lora_expand(const mote_lora_args& a, float* y, const float* v) {
 void lora_apply(const mote_lora_args& a, float* y, float* v, const float* x) {
   // v is needed by backward, so it is written; it is tiny (T·K·R), so the two passes
   // read A and B once each, the same traffic as a single fused pass.
-  lora_shrink(a, v, x);
+  check_args(a, a.strategy == 1);
+  if (int e = single_adapter(a, a.a_dtype == 0, a.b_dtype == 0); e >= 0) {
+    shrink_one(a, e, v, x);
+    return expand_one(a, e, y, v);
+  }
   if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.a_dtype, shrink_sgmv, a, v, x);
     MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
   } else {
+    MOTE_LORA_DISPATCH(a.a_dtype, shrink_bgmv, a, v, x);
     MOTE_LORA_DISPATCH(a.b_dtype, expand_bgmv, a, y, v);
   }
 }
 
 void lora_shrink_grad(const mote_lora_args& a, float* dv, const float* dy) {
   check_args(a, a.strategy == 1);
+  if (int e = single_adapter(a, true, a.b_dtype == 0); e >= 0) return shrink_grad_one(a, e, dv, dy);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.b_dtype, shrink_grad_sgmv, a, dv, dy);
   } else {
@@ -582,6 +691,7 @@ void lora_shrink_grad(const mote_lora_args& a, float* dv, const float* dy) {
 
 void lora_input_grad(const mote_lora_args& a, float* dx, const float* dv, bool accumulate) {
   check_args(a, a.strategy == 1);
+  if (int e = single_adapter(a, a.a_dtype == 0, true); e >= 0) return input_grad_one(a, e, dx, dv, accumulate);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.a_dtype, input_grad_sgmv, a, dx, dv, accumulate);
   } else {
@@ -597,6 +707,7 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
   // narrowed (from the dims only) until there are enough items for every thread, however few
   // adapters the batch has.
   check_args(a, true);
+  if (int e = single_adapter(a, true, true); e >= 0) return weight_grad_one(a, e, dA, dB, x, dy, v, dv, accumulate);
   std::vector<int> seg_of(a.L, -1);
   for (int g = 0; g < a.G; g++) seg_of[a.seg_adapter[g]] = g;
   const int used = std::max(1, a.G);
@@ -618,7 +729,7 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
       const int re = g < 0 ? 0 : a.rank[e];
       float* D = dA + size_t(e) * a.R * a.Hin + i0;
       if (!accumulate)
-        for (int r = re; r < a.R; r++) std::memset(D + size_t(r) * a.Hin, 0, size_t(n) * 4);
+        for (int r = re; r < a.R; r++) zero_floats(D + size_t(r) * a.Hin, size_t(n), stream);
       if (g < 0) continue;
       const int ps = a.seg_start[g], np = a.seg_start[g + 1] - ps;
       const int rp = (re + kOuterR - 1) / kOuterR * kOuterR;
@@ -650,7 +761,7 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
       const int re = g < 0 ? 0 : a.rank[e];
       float* D = dB + (size_t(e) * a.Hout + o0) * a.R;
       if (g < 0) {
-        if (!accumulate) std::memset(D, 0, size_t(n) * a.R * 4);
+        if (!accumulate) zero_floats(D, size_t(n) * a.R, stream);
         continue;
       }
       const int ps = a.seg_start[g], np = a.seg_start[g + 1] - ps;

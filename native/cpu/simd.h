@@ -394,6 +394,37 @@ inline void store16(float* dst, const float* src, bool stream) {
   std::memcpy(dst, src, 64);
 }
 
+// Stores 8 floats (half a line): streamed when asked and aligned (whole lines are written by
+// the neighbouring store, as in rows of 8 floats), else plain.
+inline void store8(float* dst, const float* src, bool stream) {
+#if defined(__AVX__)
+  if (stream && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+    _mm256_stream_ps(dst, _mm256_loadu_ps(src));
+    return;
+  }
+#else
+  (void)stream;
+#endif
+  std::memcpy(dst, src, 32);
+}
+
+// Zeroes n floats at dst, with streaming stores for the aligned 8-float runs when asked.
+inline void zero_floats(float* dst, size_t n, bool stream) {
+#if defined(__AVX__)
+  if (stream) {
+    size_t i = 0;
+    while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0) dst[i++] = 0.f;
+    const __m256 z = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, z);
+    for (; i < n; i++) dst[i] = 0.f;
+    return;
+  }
+#else
+  (void)stream;
+#endif
+  std::memset(dst, 0, n * 4);
+}
+
 // Orders this thread's streaming stores before whatever it does next (the pool's hand-back).
 inline void stream_fence() {
 #if defined(__SSE2__)
@@ -439,6 +470,8 @@ __attribute__((unused)) void outer_packed_rows(const float* ck, const float* dp,
         float* o = out + size_t(o0 + q) * R + r0;
         if (!acc && w == kOuterJ)
           store16(o, res[q], stream);
+        else if (!acc && w == 8)
+          store8(o, res[q], stream);
         else
           for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
       }
