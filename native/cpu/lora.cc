@@ -103,18 +103,19 @@ void par_for(size_t work_bytes, size_t n, size_t grain, F&& fn) {
 inline size_t lora_work(const mote_lora_args& a, int H) { return size_t(a.T) * a.K * a.R * H * 4 + size_t(a.T) * H * 4; }
 
 // ---------------------------------------------------------------------------
-// One adapter for the whole batch (K = 1, every token routed to the same adapter, f32 weights,
-// enough tokens, OpenBLAS loaded): the call is a plain low-rank matmul pair, and sgemm with
-// leading dimensions that stop at the adapter's rank does it at the machine's GEMM rate. Each
-// output element is still one dot product over a fixed range, in OpenBLAS's fixed order: the
-// thread count of mote's pool does not enter.
+// One adapter for the whole batch (K = 1, every token routed to the same adapter, f32 B,
+// enough tokens, OpenBLAS loaded): the expand is a plain rank-r matmul y += u·Bᵀ, which
+// OpenBLAS's register-blocked sgemm (leading dims stopping at the rank) runs 2-3× faster than
+// the grouped kernel here (measured on this machine; the shrink and the backward ops were not
+// faster through it, so they keep the kernels below). Each output element is one dot product
+// over a fixed range in OpenBLAS's fixed order: mote's thread count does not enter.
 
 constexpr int kBlasMinTokens = 16;  // as the base matmul (matmul.cc): below, the streaming kernels win
 
 // The adapter every token uses, or -1 when the batch is not a single-adapter one. Needs slots
 // already checked (check_args).
-int single_adapter(const mote_lora_args& a, bool a_f32, bool b_f32) {
-  if (!blas_sgemm || a.K != 1 || a.T < kBlasMinTokens || !a_f32 || !b_f32) return -1;
+int single_adapter(const mote_lora_args& a, bool b_f32) {
+  if (!blas_sgemm || a.K != 1 || a.T < kBlasMinTokens || !b_f32) return -1;
   const int e = a.slots[0];
   if (e < 0) return -1;
   for (int t = 1; t < a.T; t++)
@@ -122,21 +123,7 @@ int single_adapter(const mote_lora_args& a, bool a_f32, bool b_f32) {
   return e;
 }
 
-inline const float* A_of(const mote_lora_args& a, int e) { return static_cast<const float*>(a.A) + size_t(e) * a.R * a.Hin; }
 inline const float* B_of(const mote_lora_args& a, int e) { return static_cast<const float*>(a.B) + size_t(e) * a.Hout * a.R; }
-
-// Zeroes columns [from, R) of the T rows of a [T, R] matrix.
-void zero_cols(float* m, int T, int R, int from) {
-  if (from >= R) return;
-  for (int t = 0; t < T; t++) std::memset(m + size_t(t) * R + from, 0, size_t(R - from) * 4);
-}
-
-// v[t, r] = A[e][r]·x[t] for r < rank, 0 beyond.
-void shrink_one(const mote_lora_args& a, int e, float* v, const float* x) {
-  const int re = a.rank[e];
-  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, a.T, re, a.Hin, 1.f, x, a.Hin, A_of(a, e), a.Hin, 0.f, v, a.R);
-  zero_cols(v, a.T, a.R, re);
-}
 
 // u[t, r] = weight[t]·scale[e]·v[t, r], r < rank (packed, row stride rank).
 void scaled_rows(const mote_lora_args& a, int e, const float* v, std::vector<float>& u) {
@@ -156,49 +143,6 @@ void expand_one(const mote_lora_args& a, int e, float* y, const float* v) {
   const int re = a.rank[e];
   blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, a.T, a.Hout, re, 1.f, u.data(), re, B_of(a, e), a.R, 1.f, y,
              a.Hout);
-}
-
-// dv[t, r] = weight[t]·scale[e]·(dy[t]·B[e][:, r]) for r < rank, 0 beyond.
-void shrink_grad_one(const mote_lora_args& a, int e, float* dv, const float* dy) {
-  const int re = a.rank[e];
-  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasNoTrans, a.T, re, a.Hout, 1.f, dy, a.Hout, B_of(a, e), a.R, 0.f, dv,
-             a.R);
-  const float sc = a.scale[e];
-  for (int t = 0; t < a.T; t++) {
-    const float c = a.weight[t] * sc;
-    for (int r = 0; r < re; r++) dv[size_t(t) * a.R + r] = c * dv[size_t(t) * a.R + r];
-  }
-  zero_cols(dv, a.T, a.R, re);
-}
-
-// dx[t] (+)= dv[t, :rank]·A[e][:rank].
-void input_grad_one(const mote_lora_args& a, int e, float* dx, const float* dv, bool accumulate) {
-  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasNoTrans, a.T, a.Hin, a.rank[e], 1.f, dv, a.R, A_of(a, e), a.Hin,
-             accumulate ? 1.f : 0.f, dx, a.Hin);
-}
-
-// dA[e][r] (+)= Σ_t dv[t, r]·x[t]; dB[e][:, r] (+)= Σ_t dy[t]·u[t, r]; other adapters and
-// entries past the rank 0 (or unchanged when accumulating).
-void weight_grad_one(const mote_lora_args& a, int e, float* dA, float* dB, const float* x, const float* dy,
-                     const float* v, const float* dv, bool accumulate) {
-  const int re = a.rank[e];
-  const size_t nA = size_t(a.R) * a.Hin, nB = size_t(a.Hout) * a.R;
-  float* dAe = dA + size_t(e) * nA;
-  float* dBe = dB + size_t(e) * nB;
-  if (!accumulate) {
-    for (int f = 0; f < a.L; f++) {
-      if (f == e) continue;
-      std::memset(dA + size_t(f) * nA, 0, nA * 4);
-      std::memset(dB + size_t(f) * nB, 0, nB * 4);
-    }
-    std::memset(dAe + size_t(re) * a.Hin, 0, size_t(a.R - re) * a.Hin * 4);
-  }
-  const float beta = accumulate ? 1.f : 0.f;
-  blas_sgemm(kCblasRowMajor, kCblasTrans, kCblasNoTrans, re, a.Hin, a.T, 1.f, dv, a.R, x, a.Hin, beta, dAe, a.Hin);
-  std::vector<float> u;
-  scaled_rows(a, e, v, u);
-  blas_sgemm(kCblasRowMajor, kCblasTrans, kCblasNoTrans, a.Hout, re, a.T, 1.f, dy, a.Hout, u.data(), re, beta, dBe, a.R);
-  if (!accumulate) zero_cols(dBe, a.Hout, a.R, re);
 }
 
 // Grouped work split into tiles of at most `per` pairs of one segment.
@@ -423,28 +367,38 @@ void expand_sgmv(const mote_lora_args& a, float* y, const float* v) {
   const auto* B = typed<DT>(a.B);
   for_segment_blocks(a, nb, lora_work(a, a.Hout), [&](int g0, int g1, int blk) {
     const int o0 = blk * kExpandSgmvBlock, o1 = std::min(a.Hout, o0 + kExpandSgmvBlock), ob = o1 - o0;
-    std::vector<float> u(a.R), Bt;
+    std::vector<float> u(a.R), Bs, up;
     for (int g = g0; g < g1; g++) {
       const int e = a.seg_adapter[g], re = a.rank[e];
       const int ps = a.seg_start[g], pe = a.seg_start[g + 1];
       const float sc = a.scale[e];
       const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
-      const bool transposed = pe - ps >= kTransposeMin;
-      if (transposed) {  // Bt[r][o] = B[o][r] in f32: then every token is a register-blocked axpy over o
-        Bt.resize(size_t(re) * ob);
-        for (int o = 0; o < ob; o++)
-          for (int r = 0; r < re; r++) Bt[size_t(r) * ob + o] = cv<DT>(Bb[size_t(o) * a.R + r]);
+      if (pe - ps >= kTransposeMin) {
+        // Bᵀ of the block in f32 16-output slabs, then four tokens at a time through a 4 x 16
+        // register tile: each slab load feeds four tokens.
+        Bs.resize(size_t((ob + kOuterJ - 1) / kOuterJ) * re * kOuterJ);
+        pack_slabs_t<DT>(Bs.data(), Bb, a.R, re, ob);
+        up.resize(size_t(re) * kOuterR);
+        for (int pi = ps; pi < pe; pi += kOuterR) {
+          const int nq = std::min(kOuterR, pe - pi);
+          float* rows[kOuterR] = {};
+          for (int q = 0; q < kOuterR; q++) {
+            const int p = q < nq ? a.order[pi + q] : -1;
+            const float c = q < nq ? a.weight[p] * sc : 0.f;
+            for (int r = 0; r < re; r++) up[size_t(r) * kOuterR + q] = q < nq ? c * v[size_t(p) * a.R + r] : 0.f;
+            if (q < nq) rows[q] = y + size_t(p / a.K) * a.Hout + o0;
+          }
+          if (pi + kOuterR < pe) prefetch_rw(y + size_t(a.order[pi + kOuterR] / a.K) * a.Hout + o0, ob);
+          slab_rows4<false>(Bs.data(), re, ob, up.data(), rows, nq);
+        }
+        continue;
       }
       for (int pi = ps; pi < pe; pi++) {
         const int p = a.order[pi];
         if (pi + 1 < pe) prefetch_rw(y + size_t(a.order[pi + 1] / a.K) * a.Hout + o0, ob);
         const float c = a.weight[p] * sc;
         for (int r = 0; r < re; r++) u[r] = c * v[size_t(p) * a.R + r];
-        float* yr = y + size_t(p / a.K) * a.Hout + o0;
-        if (transposed)
-          rows_axpy_reg<0, false>(yr, Bt.data(), ob, re, u.data(), ob);
-        else
-          expand_rows<DT>(yr, Bb, a.R, re, u.data(), ob);
+        expand_rows<DT>(y + size_t(p / a.K) * a.Hout + o0, Bb, a.R, re, u.data(), ob);
       }
     }
   });
@@ -520,13 +474,47 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
   float* partial = nc == 1 ? dv : part.data();
   const auto* B = typed<DT>(a.B);
   par_for(lora_work(a, a.Hout), tiles.size() * nc, 1, [&](size_t b, size_t end) {
-    std::vector<float> scratch;
+    std::vector<float> scratch, dyp;
     for (size_t i = b; i < end; i++) {
       const Tile& tl = tiles[i / nc];
       const int ci = int(i % nc);
       const int e = a.seg_adapter[tl.g], re = a.rank[e];
       const int o0 = ci * oc, o1 = std::min(a.Hout, o0 + oc), n = std::max(0, o1 - o0);
       const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
+      if (tl.p1 - tl.p0 >= kOuterR && n > 0) {
+        // Four tokens at a time through a 4 x 16 register tile over the rank: B's rows in f32
+        // 16-wide rank slabs (f32 B of rank R = 16 already is one), dy of the four packed by output.
+        const int nrt = (re + kOuterJ - 1) / kOuterJ;
+        const float* S;
+        if constexpr (DT == 0) {
+          if (a.R == kOuterJ && re == kOuterJ) S = Bb;
+        }
+        if (!(DT == 0 && a.R == kOuterJ && re == kOuterJ)) {
+          scratch.resize(size_t(nrt) * n * kOuterJ);
+          pack_slabs<DT>(scratch.data(), Bb, a.R, n, re);
+          S = scratch.data();
+        }
+        dyp.resize(size_t(n) * kOuterR);
+        float res[kOuterR][kOuterJ];
+        for (int pi = tl.p0; pi < tl.p1; pi += kOuterR) {
+          const int nq = std::min(kOuterR, tl.p1 - pi);
+          for (int q = 0; q < kOuterR; q++) {
+            if (q < nq) {
+              const float* d = dy + size_t(a.order[pi + q] / a.K) * a.Hout + o0;
+              for (int o = 0; o < n; o++) dyp[size_t(o) * kOuterR + q] = d[o];
+            } else {
+              for (int o = 0; o < n; o++) dyp[size_t(o) * kOuterR + q] = 0.f;
+            }
+          }
+          for (int rt = 0; rt < nrt; rt++) {
+            outer_tile(S + size_t(rt) * n * kOuterJ, dyp.data(), kOuterR, n, res);
+            const int w = std::min(kOuterJ, re - rt * kOuterJ);
+            for (int q = 0; q < nq; q++)
+              std::memcpy(partial + (size_t(a.order[pi + q]) * nc + ci) * a.R + rt * kOuterJ, res[q], size_t(w) * 4);
+          }
+        }
+        continue;
+      }
       const bool convert = DT != 0 && tl.p1 - tl.p0 >= 2 && n > 0;
       if (convert) {
         scratch.resize(size_t(n) * re);
@@ -597,11 +585,32 @@ void input_grad_sgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
     if (!one && !accumulate)
       for (int t = 0; t < a.T; t++) std::memset(dx + size_t(t) * a.Hin + i0, 0, size_t(n) * 4);
     const bool add = accumulate || !one;
-    std::vector<float> scratch;
+    std::vector<float> scratch, up;
     for (int g = g0; g < g1; g++) {
       const int e = a.seg_adapter[g], re = a.rank[e];
       const int ps = a.seg_start[g], pe = a.seg_start[g + 1];
       const auto* Ab = A + size_t(e) * a.R * a.Hin + i0;
+      if (pe - ps >= kOuterR) {
+        // The block in f32 16-column slabs, four tokens at a time through a 4 x 16 register tile.
+        scratch.resize(size_t((n + kOuterJ - 1) / kOuterJ) * re * kOuterJ);
+        pack_slabs<DT>(scratch.data(), Ab, a.Hin, re, n);
+        up.resize(size_t(re) * kOuterR);
+        for (int pi = ps; pi < pe; pi += kOuterR) {
+          const int nq = std::min(kOuterR, pe - pi);
+          float* rows[kOuterR] = {};
+          for (int q = 0; q < kOuterR; q++) {
+            const int p = q < nq ? a.order[pi + q] : -1;
+            for (int r = 0; r < re; r++) up[size_t(r) * kOuterR + q] = q < nq ? dv[size_t(p) * a.R + r] : 0.f;
+            if (q < nq) rows[q] = dx + size_t(p / a.K) * a.Hin + i0;
+          }
+          if (pi + kOuterR < pe) prefetch_rw(dx + size_t(a.order[pi + kOuterR] / a.K) * a.Hin + i0, n);
+          if (add)
+            slab_rows4<false>(scratch.data(), re, n, up.data(), rows, nq);
+          else
+            slab_rows4<true>(scratch.data(), re, n, up.data(), rows, nq);
+        }
+        continue;
+      }
       // Packed f32 copy of the block (also for f32: rows Hin apart alias in the L1 sets).
       const bool convert = pe - ps >= 2;
       if (convert) {
@@ -644,7 +653,6 @@ inline int wgrad_block(int used, int H) {
 
 void lora_shrink(const mote_lora_args& a, float* v, const float* x) {
   check_args(a, a.strategy == 1);
-  if (int e = single_adapter(a, a.a_dtype == 0, true); e >= 0) return shrink_one(a, e, v, x);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.a_dtype, shrink_sgmv, a, v, x);
   } else {
@@ -654,7 +662,7 @@ void lora_shrink(const mote_lora_args& a, float* v, const float* x) {
 
 void lora_expand(const mote_lora_args& a, float* y, const float* v) {
   check_args(a, a.strategy == 1);
-  if (int e = single_adapter(a, true, a.b_dtype == 0); e >= 0) return expand_one(a, e, y, v);
+  if (int e = single_adapter(a, a.b_dtype == 0); e >= 0) return expand_one(a, e, y, v);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
   } else {
@@ -666,22 +674,21 @@ void lora_apply(const mote_lora_args& a, float* y, float* v, const float* x) {
   // v is needed by backward, so it is written; it is tiny (T·K·R), so the two passes
   // read A and B once each, the same traffic as a single fused pass.
   check_args(a, a.strategy == 1);
-  if (int e = single_adapter(a, a.a_dtype == 0, a.b_dtype == 0); e >= 0) {
-    shrink_one(a, e, v, x);
-    return expand_one(a, e, y, v);
-  }
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.a_dtype, shrink_sgmv, a, v, x);
-    MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
   } else {
     MOTE_LORA_DISPATCH(a.a_dtype, shrink_bgmv, a, v, x);
+  }
+  if (int e = single_adapter(a, a.b_dtype == 0); e >= 0) return expand_one(a, e, y, v);
+  if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
+  } else {
     MOTE_LORA_DISPATCH(a.b_dtype, expand_bgmv, a, y, v);
   }
 }
 
 void lora_shrink_grad(const mote_lora_args& a, float* dv, const float* dy) {
   check_args(a, a.strategy == 1);
-  if (int e = single_adapter(a, true, a.b_dtype == 0); e >= 0) return shrink_grad_one(a, e, dv, dy);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.b_dtype, shrink_grad_sgmv, a, dv, dy);
   } else {
@@ -691,7 +698,6 @@ void lora_shrink_grad(const mote_lora_args& a, float* dv, const float* dy) {
 
 void lora_input_grad(const mote_lora_args& a, float* dx, const float* dv, bool accumulate) {
   check_args(a, a.strategy == 1);
-  if (int e = single_adapter(a, a.a_dtype == 0, true); e >= 0) return input_grad_one(a, e, dx, dv, accumulate);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.a_dtype, input_grad_sgmv, a, dx, dv, accumulate);
   } else {
@@ -707,7 +713,6 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
   // narrowed (from the dims only) until there are enough items for every thread, however few
   // adapters the batch has.
   check_args(a, true);
-  if (int e = single_adapter(a, true, true); e >= 0) return weight_grad_one(a, e, dA, dB, x, dy, v, dv, accumulate);
   std::vector<int> seg_of(a.L, -1);
   for (int g = 0; g < a.G; g++) seg_of[a.seg_adapter[g]] = g;
   const int used = std::max(1, a.G);

@@ -481,5 +481,97 @@ __attribute__((unused)) void outer_packed_rows(const float* ck, const float* dp,
   }
 }
 
+// Packs rows [0, nr) x cols [0, n) of a strided matrix of dtype DT, or (transpose) its
+// columns, into 16-column slabs dst[jt][r][16] (zero-padded past n), the xs operand of outer_tile.
+template <int DT>
+void pack_slabs(float* dst, const elem_t<DT>* src, size_t stride, int nr, int n) {
+  const int njt = (n + kOuterJ - 1) / kOuterJ;
+  for (int jt = 0; jt < njt; jt++) {
+    const int j0 = jt * kOuterJ, w = std::min(kOuterJ, n - j0);
+    for (int r = 0; r < nr; r++) {
+      float* d = dst + (size_t(jt) * nr + r) * kOuterJ;
+      const elem_t<DT>* s = src + size_t(r) * stride + j0;
+      if (w == kOuterJ) {
+        st8(d, ld8w<DT>(s));
+        st8(d + 8, ld8w<DT>(s + 8));
+      } else {
+        for (int j = 0; j < kOuterJ; j++) d[j] = j < w ? cv<DT>(s[j]) : 0.f;
+      }
+    }
+  }
+}
+#if defined(__AVX__)
+// Transposes the 8 x 8 block in r[0..8) in place (row i becomes column i).
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+// The same from a row-major [n][stride] block read by columns: dst[jt][r][16] = src[(16jt + j)·stride + r].
+template <int DT>
+void pack_slabs_t(float* dst, const elem_t<DT>* src, size_t stride, int nr, int n) {
+  const int njt = (n + kOuterJ - 1) / kOuterJ;
+  for (int jt = 0; jt < njt; jt++) {
+    const int j0 = jt * kOuterJ, w = std::min(kOuterJ, n - j0);
+    float* d = dst + size_t(jt) * nr * kOuterJ;
+#if defined(__AVX__)
+    if (w == kOuterJ && nr % 8 == 0) {  // 8 x 8 blocks through registers
+      for (int h = 0; h < kOuterJ; h += 8)
+        for (int r0 = 0; r0 < nr; r0 += 8) {
+          __m256 m[8];
+          for (int i = 0; i < 8; i++) {
+            const f8 row = ld8w<DT>(src + size_t(j0 + h + i) * stride + r0);
+            std::memcpy(&m[i], &row, 32);
+          }
+          transpose8(m);
+          for (int i = 0; i < 8; i++) _mm256_storeu_ps(d + size_t(r0 + i) * kOuterJ + h, m[i]);
+        }
+      continue;
+    }
+#endif
+    for (int j = 0; j < kOuterJ; j++) {
+      const elem_t<DT>* s = src + size_t(j0 + j) * stride;
+      for (int r = 0; r < nr; r++) d[size_t(r) * kOuterJ + j] = j < w ? cv<DT>(s[r]) : 0.f;
+    }
+  }
+}
+
+// Up to four output rows at once: rows[q][j] (+)= Σ_{r < nr} up[r·4 + q]·S[jt][r][j % 16] for
+// j < n, q < nq (S from pack_slabs; up zero past nq). SET overwrites instead of adding. Each
+// entry is one FMA chain over r ascending, as a row-at-a-time axpy over the same rows gives.
+template <bool SET>
+inline void slab_rows4(const float* S, int nr, int n, const float* up, float* const rows[4], int nq) {
+  const int njt = (n + kOuterJ - 1) / kOuterJ;
+  float res[kOuterR][kOuterJ];
+  for (int jt = 0; jt < njt; jt++) {
+    const int j0 = jt * kOuterJ, w = std::min(kOuterJ, n - j0);
+    outer_tile(S + size_t(jt) * nr * kOuterJ, up, kOuterR, nr, res);
+    for (int q = 0; q < nq; q++) {
+      float* o = rows[q] + j0;
+      if (w == kOuterJ) {
+        st8(o, SET ? ld8(res[q]) : ld8(o) + ld8(res[q]));
+        st8(o + 8, SET ? ld8(res[q] + 8) : ld8(o + 8) + ld8(res[q] + 8));
+      } else {
+        for (int j = 0; j < w; j++) o[j] = SET ? res[q][j] : o[j] + res[q][j];
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace MOTE_CPU_KERNEL_NS
