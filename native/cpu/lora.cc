@@ -333,6 +333,62 @@ inline void expand_rows(float* y, const elem_t<DT>* Bb, int R, int re, const flo
   for (; o < n; o++) y[o] += dot1<DT>(Bb + size_t(o) * R, u, re);
 }
 
+// Many slots per token (rank-8 units: K up to 16), every rank a multiple of 8: for each 8
+// outputs, all slots' products go into the same 8 lane-vectors and are reduced and added to y
+// once, instead of once per slot. False (nothing done) when a rank is not a multiple of 8 or
+// the build has no AVX; the caller then takes the slot-at-a-time loop.
+template <int DT>
+bool expand_slots(const mote_lora_args& a, size_t t, int o0, int o1, float* y, const float* v, const elem_t<DT>* B,
+                  std::vector<float>& us, std::vector<const elem_t<DT>*>& bs, std::vector<int>& rs) {
+#if defined(__AVX__)
+  us.clear();
+  bs.clear();
+  rs.clear();
+  for (int k = 0; k < a.K; k++) {
+    const size_t p = t * a.K + k;
+    const int e = a.slots[p];
+    if (e < 0) continue;
+    const int re = a.rank[e];
+    if (re % 8 != 0) return false;
+    const float c = a.weight[p] * a.scale[e];
+    for (int r = 0; r < re; r++) us.push_back(c * v[p * a.R + r]);
+    bs.push_back(B + (size_t(e) * a.Hout + o0) * a.R);
+    rs.push_back(re);
+  }
+  const int ns = int(bs.size()), n = o1 - o0, R = a.R;
+  float* yr = y + t * a.Hout + o0;
+  int o = 0;
+  for (; o + 8 <= n; o += 8) {
+    __m256 p[8];
+    for (int q = 0; q < 8; q++) p[q] = _mm256_setzero_ps();
+    const float* u = us.data();
+    for (int k = 0; k < ns; k++) {
+      const elem_t<DT>* bk = bs[k] + size_t(o) * R;
+      for (int r = 0; r < rs[k]; r += 8, u += 8) {
+        const f8 ur = ld8(u);
+        for (int q = 0; q < 8; q++) p[q] = (__m256)((f8)p[q] + ld8w<DT>(bk + size_t(q) * R + r) * ur);
+      }
+    }
+    const __m256 t0 = _mm256_hadd_ps(p[0], p[1]), t1 = _mm256_hadd_ps(p[2], p[3]);
+    const __m256 t2 = _mm256_hadd_ps(p[4], p[5]), t3 = _mm256_hadd_ps(p[6], p[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(yr + o, _mm256_add_ps(_mm256_loadu_ps(yr + o), sum));
+  }
+  if (o < n) {  // the last outputs (n not a multiple of 8): slot at a time
+    const float* u = us.data();
+    for (int k = 0; k < ns; k++) {
+      expand_rows<DT>(yr + o, bs[k] + size_t(o) * R, R, rs[k], u, n - o);
+      u += rs[k];
+    }
+  }
+  return true;
+#else
+  (void)a, (void)t, (void)o0, (void)o1, (void)y, (void)v, (void)B, (void)us, (void)bs, (void)rs;
+  return false;
+#endif
+}
+
 template <int DT>
 void expand_bgmv(const mote_lora_args& a, float* y, const float* v) {
   // Items: (token, block of outputs): each reads a contiguous run of B per slot.
@@ -340,9 +396,13 @@ void expand_bgmv(const mote_lora_args& a, float* y, const float* v) {
   const auto* B = typed<DT>(a.B);
   par_for(lora_work(a, a.Hout), size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
     std::vector<float> u(a.R);
+    std::vector<float> us;
+    std::vector<const elem_t<DT>*> bs;
+    std::vector<int> rs;
     for (size_t i = b; i < end; i++) {
       const size_t t = i / nb;
       const int o0 = int(i % nb) * kExpandBgmvBlock, o1 = std::min(a.Hout, o0 + kExpandBgmvBlock);
+      if (a.K > 1 && expand_slots<DT>(a, t, o0, o1, y, v, B, us, bs, rs)) continue;
       for (int k = 0; k < a.K; k++) {
         const size_t p = t * a.K + k;
         const int e = a.slots[p];
