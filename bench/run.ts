@@ -600,7 +600,9 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
         ],
         comparisons.map((m) => {
           const b = (k: string): Row | undefined =>
-            base.get(`baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R}${m.K !== 1 ? ` K=${m.K}` : ''} T=${m.T} d=${m.distinct}`);
+            base.get(
+              `baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R}${m.K !== 1 ? ` K=${m.K}` : ''} T=${m.T} d=${m.distinct}`,
+            );
           const pct = (r: Row | undefined): string => {
             const p = r?.pctOfBoundNow ?? r?.pctOfBound;
             return p === undefined ? 'n/a' : `${p.toFixed(0)}%`;

@@ -290,7 +290,8 @@ Napi::Value LoraStackHandle(const Napi::CallbackInfo& info) {
       bytes_of(env, "args.L·Hout·R (dB)", {size_t(h->L), size_t(h->Hout), size_t(h->R), 4});
       const size_t as = dtype_size(to_dtype(h->a_dtype)), bs = dtype_size(to_dtype(h->b_dtype));
       h->buf[0] = take(env, o, "A", bytes_of(env, "args.A", {size_t(h->L), size_t(h->R), size_t(h->Hin), as}), c, keep);
-      h->buf[1] = take(env, o, "B", bytes_of(env, "args.B", {size_t(h->L), size_t(h->Hout), size_t(h->R), bs}), c, keep);
+      h->buf[1] =
+          take(env, o, "B", bytes_of(env, "args.B", {size_t(h->L), size_t(h->Hout), size_t(h->R), bs}), c, keep);
       h->buf[2] = take(env, o, "rank", bytes_of(env, "args.rank", {size_t(h->L), 4}), c, keep);
       h->buf[3] = take(env, o, "scale", bytes_of(env, "args.scale", {size_t(h->L), 4}), c, keep);
       c.device();
@@ -309,8 +310,8 @@ Call prepared(const Napi::CallbackInfo& info) {
   const RoutingHandle* rh = handle_arg<RoutingHandle>(info, 1, "loraRouting", kRoutingTag);
   const StackHandle* sh = handle_arg<StackHandle>(info, 2, "loraStack", kStackTag);
   if (rh->L != sh->L)
-    throw Napi::RangeError::New(env, "routing: built for L = " + std::to_string(rh->L) + " adapters, the stack has L = " +
-                                         std::to_string(sh->L));
+    throw Napi::RangeError::New(env, "routing: built for L = " + std::to_string(rh->L) +
+                                         " adapters, the stack has L = " + std::to_string(sh->L));
   Call c;
   mote_lora_args& a = c.a;
   a.T = rh->T, a.K = rh->K, a.L = rh->L, a.P = rh->P, a.G = rh->G;

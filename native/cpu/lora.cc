@@ -100,7 +100,9 @@ void par_for(size_t work_bytes, size_t n, size_t grain, F&& fn) {
     parallel_for(n, grain, fn);
 }
 // Bytes a call streams: every (token, slot) pair reads R·H weights (an upper bound).
-inline size_t lora_work(const mote_lora_args& a, int H) { return size_t(a.T) * a.K * a.R * H * 4 + size_t(a.T) * H * 4; }
+inline size_t lora_work(const mote_lora_args& a, int H) {
+  return size_t(a.T) * a.K * a.R * H * 4 + size_t(a.T) * H * 4;
+}
 
 // ---------------------------------------------------------------------------
 // One adapter for the whole batch (K = 1, every token routed to the same adapter, f32 B,
@@ -123,7 +125,9 @@ int single_adapter(const mote_lora_args& a, bool b_f32) {
   return e;
 }
 
-inline const float* B_of(const mote_lora_args& a, int e) { return static_cast<const float*>(a.B) + size_t(e) * a.Hout * a.R; }
+inline const float* B_of(const mote_lora_args& a, int e) {
+  return static_cast<const float*>(a.B) + size_t(e) * a.Hout * a.R;
+}
 
 // u[t, r] = weight[t]·scale[e]·v[t, r], r < rank (packed, row stride rank).
 void scaled_rows(const mote_lora_args& a, int e, const float* v, std::vector<float>& u) {

@@ -457,8 +457,8 @@ __attribute__((unused)) void outer_packed(const float* xp, const float* cp, int 
 // for o < no, r < re (ck: the broadcast-free operand packed in 16-wide slabs of r, zero past
 // re; dp: the per-row operand, dstride ≥ no rounded up to 4, zero-padded). Entries r in
 // [re, R) are zeroed unless acc. Same tile, same order over p as outer_packed.
-__attribute__((unused)) void outer_packed_rows(const float* ck, const float* dp, int dstride, int np, int no, int re, int R,
-                                               float* out, bool acc, bool stream = false) {
+__attribute__((unused)) void outer_packed_rows(const float* ck, const float* dp, int dstride, int np, int no, int re,
+                                               int R, float* out, bool acc, bool stream = false) {
   const int nrt = (re + kOuterJ - 1) / kOuterJ;
   float res[kOuterR][kOuterJ];
   for (int o0 = 0; o0 < no; o0 += kOuterR) {
