@@ -313,6 +313,7 @@ Call prepared(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "routing: built for L = " + std::to_string(rh->L) +
                                          " adapters, the stack has L = " + std::to_string(sh->L));
   Call c;
+  c.bufs.reserve(16);  // the nine halves' buffers and the op's (one allocation)
   mote_lora_args& a = c.a;
   a.T = rh->T, a.K = rh->K, a.L = rh->L, a.P = rh->P, a.G = rh->G;
   a.R = sh->R, a.Hin = sh->Hin, a.Hout = sh->Hout, a.a_dtype = sh->a_dtype, a.b_dtype = sh->b_dtype;
