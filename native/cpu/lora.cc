@@ -538,7 +538,7 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
   float* partial = nc == 1 ? dv : part.data();
   const auto* B = typed<DT>(a.B);
   par_for(lora_work(a, a.Hout), tiles.size() * nc, 1, [&](size_t b, size_t end) {
-    std::vector<float> scratch, dyp;
+    std::vector<float> scratch;
     for (size_t i = b; i < end; i++) {
       const Tile& tl = tiles[i / nc];
       const int ci = int(i % nc);
@@ -558,20 +558,15 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
           pack_slabs<DT>(scratch.data(), Bb, a.R, n, re);
           S = scratch.data();
         }
-        dyp.resize(size_t(n) * kOuterR);
         float res[kOuterR][kOuterJ];
         for (int pi = tl.p0; pi < tl.p1; pi += kOuterR) {
           const int nq = std::min(kOuterR, tl.p1 - pi);
-          for (int q = 0; q < kOuterR; q++) {
-            if (q < nq) {
-              const float* d = dy + size_t(a.order[pi + q] / a.K) * a.Hout + o0;
-              for (int o = 0; o < n; o++) dyp[size_t(o) * kOuterR + q] = d[o];
-            } else {
-              for (int o = 0; o < n; o++) dyp[size_t(o) * kOuterR + q] = 0.f;
-            }
-          }
+          // the four tokens' dy rows, read in place (a missing fourth repeats a row; its sums are dropped)
+          const float* rows[kOuterR];
+          for (int q = 0; q < kOuterR; q++)
+            rows[q] = dy + size_t(a.order[pi + std::min(q, nq - 1)] / a.K) * a.Hout + o0;
           for (int rt = 0; rt < nrt; rt++) {
-            outer_tile(S + size_t(rt) * n * kOuterJ, dyp.data(), kOuterR, n, res);
+            outer_tile_rows(S + size_t(rt) * n * kOuterJ, rows, n, res);
             const int w = std::min(kOuterJ, re - rt * kOuterJ);
             for (int q = 0; q < nq; q++)
               std::memcpy(partial + (size_t(a.order[pi + q]) * nc + ci) * a.R + rt * kOuterJ, res[q], size_t(w) * 4);
@@ -838,17 +833,24 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
       const int np4 = (n + kOuterR - 1) / kOuterR * kOuterR;
       const float sc = a.scale[e];
       cpk.assign(size_t(nrt) * np * kOuterJ, 0.f);
-      dyp.resize(size_t(np) * np4);
+      // dy of the segment's tokens in groups of 4 outputs, dyq[og][q][4]: every tile reads its
+      // broadcast operand contiguously
+      dyp.resize(size_t(np4 / kOuterR) * np * kOuterR);
       for (int q = 0; q < np; q++) {
         const int p = a.order[ps + q];
         const float c = a.weight[p] * sc;
         const float* vp = v + size_t(p) * a.R;
         for (int r = 0; r < re; r++) cpk[(size_t(r / kOuterJ) * np + q) * kOuterJ + r % kOuterJ] = c * vp[r];
-        float* d = dyp.data() + size_t(q) * np4;
-        std::memcpy(d, dy + size_t(p / a.K) * a.Hout + o0, size_t(n) * 4);
-        for (int o = n; o < np4; o++) d[o] = 0.f;
+        const float* d = dy + size_t(p / a.K) * a.Hout + o0;
+        const int full = n / kOuterR;
+        for (int og = 0; og < full; og++)
+          std::memcpy(dyp.data() + (size_t(og) * np + q) * kOuterR, d + og * kOuterR, 16);
+        if (full * kOuterR < n) {
+          float* dq = dyp.data() + (size_t(full) * np + q) * kOuterR;
+          for (int j = 0; j < kOuterR; j++) dq[j] = full * kOuterR + j < n ? d[full * kOuterR + j] : 0.f;
+        }
       }
-      outer_packed_rows(cpk.data(), dyp.data(), np4, np, n, re, a.R, D, accumulate, stream);
+      outer_packed_rows(cpk.data(), dyp.data(), np, n, re, a.R, D, accumulate, stream);
     }
     if (stream) stream_fence();
   });

@@ -357,6 +357,34 @@ __attribute__((noinline, unused)) void outer_tile(const float* xs, const float* 
   st8(res[3] + 8, a31);
 }
 
+// outer_tile with the broadcast operand read from rows: res[q][j] = Σ_p c(p, q)·xs[p][j] where
+// c(p, q) = rows[q][p] (direct: four rows, stride 1) — same FMA chain over p ascending.
+__attribute__((noinline, unused)) void outer_tile_rows(const float* xs, const float* const rows[kOuterR], int np,
+                                                       float res[kOuterR][kOuterJ]) {
+  f8 a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
+  const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+  for (int p = 0; p < np; p++, xs += kOuterJ) {
+    const f8 x0 = ld8(xs), x1 = ld8(xs + 8);
+    const f8 c0 = splat(r0[p]), c1 = splat(r1[p]), c2 = splat(r2[p]), c3 = splat(r3[p]);
+    a00 += c0 * x0;
+    a01 += c0 * x1;
+    a10 += c1 * x0;
+    a11 += c1 * x1;
+    a20 += c2 * x0;
+    a21 += c2 * x1;
+    a30 += c3 * x0;
+    a31 += c3 * x1;
+  }
+  st8(res[0], a00);
+  st8(res[0] + 8, a01);
+  st8(res[1], a10);
+  st8(res[1] + 8, a11);
+  st8(res[2], a20);
+  st8(res[2] + 8, a21);
+  st8(res[3], a30);
+  st8(res[3] + 8, a31);
+}
+
 constexpr int kPackAhead = 4;  // rows prefetched ahead while packing
 
 // Packs rows X[p][0, nj) into xp[jt][p][16] (zero-padded to a multiple of 16 columns).
@@ -453,19 +481,19 @@ __attribute__((unused)) void outer_packed(const float* xp, const float* cp, int 
   }
 }
 
-// The transposed product, rows whole: out[o·R + r] (+)= Σ_p dp[p·dstride + o]·ck[r/16][p][r%16]
-// for o < no, r < re (ck: the broadcast-free operand packed in 16-wide slabs of r, zero past
-// re; dp: the per-row operand, dstride ≥ no rounded up to 4, zero-padded). Entries r in
-// [re, R) are zeroed unless acc. Same tile, same order over p as outer_packed.
-__attribute__((unused)) void outer_packed_rows(const float* ck, const float* dp, int dstride, int np, int no, int re,
-                                               int R, float* out, bool acc, bool stream = false) {
+// The transposed product, rows whole: out[o·R + r] (+)= Σ_p dq[o/4][p][o%4]·ck[r/16][p][r%16]
+// for o < no, r < re (ck: packed in 16-wide slabs of r, zero past re; dq: the per-row operand
+// in groups of 4 rows, zero-padded). Entries r in [re, R) are zeroed unless acc. Same tile,
+// same order over p as outer_packed.
+__attribute__((unused)) void outer_packed_rows(const float* ck, const float* dq, int np, int no, int re, int R,
+                                               float* out, bool acc, bool stream = false) {
   const int nrt = (re + kOuterJ - 1) / kOuterJ;
   float res[kOuterR][kOuterJ];
   for (int o0 = 0; o0 < no; o0 += kOuterR) {
     const int nq = std::min(kOuterR, no - o0);
     for (int rt = 0; rt < nrt; rt++) {
       const int r0 = rt * kOuterJ, w = std::min(kOuterJ, re - r0);
-      outer_tile(ck + size_t(rt) * np * kOuterJ, dp + o0, dstride, np, res);
+      outer_tile(ck + size_t(rt) * np * kOuterJ, dq + size_t(o0 / kOuterR) * np * kOuterR, kOuterR, np, res);
       for (int q = 0; q < nq; q++) {
         float* o = out + size_t(o0 + q) * R + r0;
         if (!acc && w == kOuterJ)
