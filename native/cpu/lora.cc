@@ -437,7 +437,8 @@ void expand_sgmv(const mote_lora_args& a, float* y, const float* v) {
       const int ps = a.seg_start[g], pe = a.seg_start[g + 1];
       const float sc = a.scale[e];
       const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
-      if (pe - ps >= kTransposeMin) {
+      // (ranks a multiple of 8 transpose through registers, cheap enough for four tokens)
+      if (pe - ps >= ((re % 8 == 0) ? kOuterR : kTransposeMin)) {
         // Bᵀ of the block in f32 16-output slabs, then four tokens at a time through a 4 x 16
         // register tile: each slab load feeds four tokens.
         Bs.resize(size_t((ob + kOuterJ - 1) / kOuterJ) * re * kOuterJ);
@@ -545,15 +546,17 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
       const int e = a.seg_adapter[tl.g], re = a.rank[e];
       const int o0 = ci * oc, o1 = std::min(a.Hout, o0 + oc), n = std::max(0, o1 - o0);
       const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
-      if (tl.p1 - tl.p0 >= kOuterR && n > 0) {
+      // (the slab pack pays for itself with B of rank 16 in f32, which needs none, or 8+ tokens)
+      const bool direct = DT == 0 && a.R == kOuterJ && re == kOuterJ;
+      if (n > 0 && (direct ? tl.p1 - tl.p0 >= kOuterR : tl.p1 - tl.p0 >= 2 * kOuterR)) {
         // Four tokens at a time through a 4 x 16 register tile over the rank: B's rows in f32
         // 16-wide rank slabs (f32 B of rank R = 16 already is one), dy of the four packed by output.
         const int nrt = (re + kOuterJ - 1) / kOuterJ;
-        const float* S;
+        const float* S = nullptr;
         if constexpr (DT == 0) {
-          if (a.R == kOuterJ && re == kOuterJ) S = Bb;
+          if (direct) S = Bb;
         }
-        if (!(DT == 0 && a.R == kOuterJ && re == kOuterJ)) {
+        if (!direct) {
           scratch.resize(size_t(nrt) * n * kOuterJ);
           pack_slabs<DT>(scratch.data(), Bb, a.R, n, re);
           S = scratch.data();
