@@ -142,6 +142,17 @@ export class CopyProbe {
     return new CopyProbe(typeof c === 'string' ? null : c);
   }
 
+  /** Bytes one copy moves (read + write); 0 when there is no copier. */
+  get bytes(): number {
+    return this.c ? 2 * this.c.size : 0;
+  }
+
+  /** One copy, waited for (a row of an interleaved measurement); undefined when there is no copier. */
+  get once(): (() => Promise<void>) | undefined {
+    const c = this.c;
+    return c ? () => c.run() : undefined;
+  }
+
   async gbps(): Promise<number | undefined> {
     if (!this.c) return undefined;
     await this.c.run();
@@ -164,6 +175,34 @@ export function flopShape(backend: Backend): { T: number; K: number; N: number }
   if (backend.kind === 'cuda') return { T: 4096, K: 4096, N: 4096 };
   if (backend.kind === 'webgpu') return backend.info().software ? { T: 128, K: 1024, N: 1024 } : { T: 1024, K: 4096, N: 4096 };
   return { T: 512, K: 4096, N: 4096 };
+}
+
+/** The FLOP-ceiling matmul, kept ready so that it can run as a row among others (interleaved). */
+export class FlopProbe {
+  private constructor(
+    private readonly backend: Backend,
+    private readonly ts: Tensor[],
+    readonly flops: number,
+  ) {}
+
+  static open(backend: Backend): FlopProbe {
+    const shape = flopShape(backend);
+    const x = backend.tensor(randomFloats(shape.T * shape.K, 1, 11), [shape.T, shape.K]);
+    const w = backend.tensor(randomFloats(shape.N * shape.K, 0.05, 12), [shape.N, shape.K]);
+    const y = backend.empty([shape.T, shape.N]);
+    return new FlopProbe(backend, [x, w, y], 2 * shape.T * shape.K * shape.N);
+  }
+
+  /** One matmul of the ceiling's shape, synced. */
+  readonly once = async (): Promise<void> => {
+    const [x, w, y] = this.ts as [Tensor, Tensor, Tensor];
+    matmul(x, w, { out: y });
+    await this.backend.sync();
+  };
+
+  dispose(): void {
+    for (const t of this.ts) t.dispose();
+  }
 }
 
 /** FLOP rate of our own f32 matmul, y = x·Wᵀ. */

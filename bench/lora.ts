@@ -4,6 +4,7 @@
 //   masked: per adapter, shrink + expand over ALL tokens with `matmul`, rows of other adapters
 //           masked to 0 on the host (the mixed-batch-by-masking way).
 // Each figure is reported against the roofline of the same run: min(FLOP ceiling, intensity × copy bandwidth).
+import { freemem } from 'node:os';
 import { encode, type DType } from '../src/dtype.js';
 import { matmul } from '../src/ops/matmul.js';
 import {
@@ -21,9 +22,9 @@ import {
 } from '../src/ops/lora.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
-import { time, type TimeOptions, type Timing } from './timing.js';
+import { timeInterleaved, type TimeOptions, type Timing } from './timing.js';
 import { randomFloats } from './random.js';
-import type { Ceilings, CopyProbe } from './ceilings.js';
+import type { Ceilings, CopyProbe, FlopProbe } from './ceilings.js';
 
 export const LORA_OPS = ['loraShrink', 'loraExpand', 'loraApply', 'loraShrinkGrad', 'loraInputGrad', 'loraWeightGrad'] as const;
 export type LoraOpName = (typeof LORA_OPS)[number];
@@ -32,12 +33,16 @@ export type BaselineName = (typeof BASELINES)[number];
 export type StrategyChoice = 'auto' | 'bgmv' | 'sgmv';
 export type WeightDType = Exclude<DType, 'i32'>;
 
-/** One shape: H_in, H_out, rank R, T tokens, `distinct` adapters (L = distinct, slot of token t = t % distinct, K = 1). */
+/**
+ * One shape: H_in, H_out, rank R, T tokens, K slots per token, `distinct` adapters (L = distinct,
+ * slot k of token t = (t·K + k) % distinct; K = 1: token t → adapter t % distinct).
+ */
 export interface LoraCase {
   Hin: number;
   Hout: number;
   R: number;
   T: number;
+  K: number;
   distinct: number;
   dtype: WeightDType;
   ops: readonly LoraOpName[];
@@ -51,7 +56,14 @@ export interface CaseListOptions {
   R?: number;
   /** Extra weight dtypes (loraApply rows only). */
   extraDTypes?: readonly WeightDType[];
+  /** Add the rank-8 "unit" rows (K = 16 slots of rank 8 per token, 64 units, T ∈ {1, 16}, H_out = H_in). Default true. */
+  units?: boolean;
 }
+
+/** The serving engine's rank-8 units: an adapter of rank r is r/8 slots of rank 8; 16 per token. */
+export const UNIT_K = 16;
+export const UNIT_R = 8;
+export const UNIT_DISTINCT = 64;
 
 /**
  * T ∈ {1, 16, 64, 256, 1024}, distinct ∈ {1, 16, 64}, H_out ∈ Houts; quick: T ∈ {1, 64},
@@ -68,15 +80,18 @@ export function loraCases(o: CaseListOptions): LoraCase[] {
     for (const T of Ts) {
       for (const distinct of Ds) {
         if (distinct > T) continue;
-        out.push({ Hin: o.Hin, Hout, R, T, distinct, dtype: 'f32', ops: LORA_OPS, baselines: true });
+        out.push({ Hin: o.Hin, Hout, R, T, K: 1, distinct, dtype: 'f32', ops: LORA_OPS, baselines: true });
       }
     }
   }
+  if (o.units ?? true)
+    for (const T of [1, 16])
+      out.push({ Hin: o.Hin, Hout: o.Hin, R: UNIT_R, T, K: UNIT_K, distinct: UNIT_DISTINCT, dtype: 'f32', ops: LORA_OPS, baselines: true });
   for (const dtype of o.extraDTypes ?? []) {
     for (const T of Ts) {
       for (const distinct of Ds) {
         if (distinct > T) continue;
-        out.push({ Hin: o.Hin, Hout: Houts[0]!, R, T, distinct, dtype, ops: ['loraApply'], baselines: false });
+        out.push({ Hin: o.Hin, Hout: Houts[0]!, R, T, K: 1, distinct, dtype, ops: ['loraApply'], baselines: false });
       }
     }
   }
@@ -89,9 +104,14 @@ export interface Work {
   flops: number;
 }
 
+/** Adapters that have tokens: min(T·K, distinct) with the round-robin slots. */
+export function usedAdapters(c: LoraCase): number {
+  return Math.min(c.T * c.K, c.distinct);
+}
+
 export function workOf(op: LoraOpName | BaselineName, c: LoraCase): Work {
-  const K = 1;
-  const used = Math.min(c.T, c.distinct);
+  const K = c.K;
+  const used = usedAdapters(c);
   const wb = c.dtype === 'f32' ? 4 : 2;
   const A = used * c.R * c.Hin * wb; // rows r < rank of the adapters used
   const B = used * c.Hout * c.R * wb;
@@ -113,8 +133,8 @@ export function workOf(op: LoraOpName | BaselineName, c: LoraCase): Work {
       return { bytes: B + y + v, flops: fOut }; // dy read, dv written
     case 'loraInputGrad':
       return { bytes: A + v + x, flops: fIn }; // dv read, dx written
-    case 'loraWeightGrad': // x, dy, v, dv read; dA, dB (f32) written
-      return { bytes: x + y + 2 * v + used * c.R * (c.Hin + c.Hout) * 4, flops: fIn + fOut };
+    case 'loraWeightGrad': // x, dy, v, dv read; dA, dB (f32) written for every adapter of the stack (0 for absent ones)
+      return { bytes: x + y + 2 * v + c.distinct * c.R * (c.Hin + c.Hout) * 4, flops: fIn + fOut };
   }
 }
 
@@ -143,7 +163,7 @@ export interface Row {
   T: number;
   K: number;
   distinct: number;
-  /** Adapters that actually have tokens: min(T, distinct). */
+  /** Adapters that actually have tokens: min(T·K, distinct). */
   used: number;
   /** Requested strategy and what it resolved to ('-' for ops without one). */
   strategy: string;
@@ -158,10 +178,12 @@ export interface Row {
   bound: Bound;
   /** bound.ms / medianMs, percent. */
   pctOfBound?: number;
-  /** Copy bandwidth measured just before this row (CopyProbe): how much the machine had then. */
+  /** Copy bandwidth and matmul FLOP rate measured as rows of this row's case (interleaved with it, medians): what the machine had then. */
   copyNowGbps?: number;
-  /** % of the bound computed with copyNowGbps instead of the run's copy ceiling. */
-  pctOfBoundAtCopyNow?: number;
+  flopsNowGflops?: number;
+  /** The roofline bound with those same-time ceilings, and % of it: the figure the targets use. */
+  boundNow?: Bound;
+  pctOfBoundNow?: number;
   error?: string;
 }
 
@@ -171,6 +193,7 @@ export interface Comparison {
   Hout: number;
   R: number;
   T: number;
+  K: number;
   distinct: number;
   applyMs?: number;
   loopMs?: number;
@@ -189,9 +212,12 @@ export interface SuiteOptions {
   /** Weights are replicated until a replica set exceeds this many bytes. */
   coldBytes: number;
   strategies: readonly StrategyChoice[];
-  /** Copy-bandwidth probe run before every row. */
+  /** Ceiling probes timed as rows of every case, interleaved with its rows. */
   probe?: CopyProbe;
-  /** Measure each row this many times and keep the fastest median (for shared, noisy machines). Default 1. */
+  flopProbe?: FlopProbe;
+  /** Rounds of the interleaved measurement (every row once per round, random order). */
+  rounds: number;
+  /** Multiplies the rounds and the time per row (for shared, noisy machines). Default 1. */
   repeat?: number;
   /** Row names must match (ops and baselines). */
   filter?: RegExp;
@@ -204,8 +230,14 @@ export function applyRoofline(rows: Row[], ceil: Ceilings): void {
     r.bound = roofline(r, ceil);
     if (r.medianMs === undefined) continue;
     r.pctOfBound = (100 * r.bound.ms) / r.medianMs;
-    if (r.copyNowGbps !== undefined)
-      r.pctOfBoundAtCopyNow = (100 * roofline(r, { ...ceil, copy: { ...ceil.copy, gbps: r.copyNowGbps } }).ms) / r.medianMs;
+    if (r.copyNowGbps !== undefined || r.flopsNowGflops !== undefined) {
+      r.boundNow = roofline(r, {
+        ...ceil,
+        copy: { ...ceil.copy, gbps: r.copyNowGbps ?? ceil.copy.gbps },
+        flops: { ...ceil.flops, gflops: r.flopsNowGflops ?? ceil.flops.gflops },
+      });
+      r.pctOfBoundNow = (100 * r.boundNow.ms) / r.medianMs;
+    }
   }
 }
 
@@ -223,7 +255,7 @@ interface Replica {
 const SCALE = 2; // alpha / r = 32 / 16
 
 export function rowName(op: string, c: LoraCase, strategy?: string): string {
-  return `${op} ${c.dtype} Hin=${c.Hin} Hout=${c.Hout} r=${c.R} T=${c.T} d=${c.distinct}${strategy ? ` ${strategy}` : ''}`;
+  return `${op} ${c.dtype} Hin=${c.Hin} Hout=${c.Hout} r=${c.R}${c.K !== 1 ? ` K=${c.K}` : ''} T=${c.T} d=${c.distinct}${strategy ? ` ${strategy}` : ''}`;
 }
 
 function relErr(a: Float32Array, ref: Float32Array): number {
@@ -313,7 +345,7 @@ async function maskedFullBatch(backend: Backend, rep: Replica, x: Tensor, y: Ten
  * them evicts the cache for every op.
  */
 function weightBytesPerCall(c: LoraCase): number {
-  return c.distinct * c.R * Math.min(c.Hin, c.Hout) * (c.dtype === 'f32' ? 4 : 2);
+  return usedAdapters(c) * c.R * Math.min(c.Hin, c.Hout) * (c.dtype === 'f32' ? 4 : 2);
 }
 
 /** Runs every case; rows come back in order, errors are recorded as rows (a backend may lack a kernel). */
@@ -348,16 +380,20 @@ async function runCase(
   baselines: readonly BaselineName[],
   o: SuiteOptions,
 ): Promise<{ rows: Row[]; comparison?: Comparison }> {
-  const { Hin, Hout, R, T, distinct: L } = c;
-  const K = 1;
+  const { Hin, Hout, R, T, K, distinct: L } = c;
   const setup0 = performance.now();
-  const seed = T * 7919 + L * 104729 + Hout;
+  const seed = T * 7919 + L * 104729 + Hout + (K - 1) * 31;
   const Ah = randomFloats(L * R * Hin, 0.05, seed + 1);
   const Bh = randomFloats(L * Hout * R, 0.05, seed + 2);
   const Aenc = c.dtype === 'f32' ? Ah : new Uint16Array(encode('A', Ah, c.dtype).buffer);
   const Benc = c.dtype === 'f32' ? Bh : new Uint16Array(encode('B', Bh, c.dtype).buffer);
-  const replicas = Math.max(1, Math.min(1024, Math.ceil(o.coldBytes / weightBytesPerCall(c))));
-  const slots = Int32Array.from({ length: T * K }, (_, t) => t % L);
+  // Copies enough to pass the cache, but within a memory budget (a quarter of the free memory,
+  // at most 4 GiB, for the stacks and the baselines' per-adapter copies): a huge last-level
+  // cache must not make the run allocate more than the machine has.
+  const copyBytes = L * R * (Hin + Hout) * (c.dtype === 'f32' ? 4 : 2) * (c.baselines ? 2 : 1);
+  const budget = Math.min(4 * 2 ** 30, freemem() / 4);
+  const replicas = Math.max(1, Math.min(1024, Math.ceil(o.coldBytes / weightBytesPerCall(c)), Math.floor(budget / copyBytes)));
+  const slots = Int32Array.from({ length: T * K }, (_, i) => i % L);
   const own: Tensor[] = [];
   const keep = <X extends Tensor>(t: X): X => (own.push(t), t);
   const rt = loraRouting(backend, slots, { K, L });
@@ -369,6 +405,12 @@ async function runCase(
     own.push(stack.rank, stack.scale);
     reps.push({ stack });
   }
+  // Gradient outputs: enough copies that one cycle of them passes the cache too, allocated
+  // zeroed (touched), so that a call writes memory a training step would reuse, not fresh pages.
+  const gradCopies = ops.includes('loraWeightGrad')
+    ? Math.max(1, Math.min(replicas, Math.ceil(o.coldBytes / (L * R * (Hin + Hout) * 4)), Math.floor(budget / (L * R * (Hin + Hout) * 4))))
+    : 0;
+  const grads = Array.from({ length: gradCopies }, () => ({ dA: keep(backend.zeros([L, R, Hin])), dB: keep(backend.zeros([L, Hout, R])) }));
   const x = keep(backend.tensor(randomFloats(T * Hin, 1, seed + 3), [T, Hin]));
   const y = keep(backend.zeros([T, Hout]));
   const dy = keep(backend.tensor(randomFloats(T * Hout, 1, seed + 4), [T, Hout]));
@@ -376,7 +418,7 @@ async function runCase(
   const dv = keep(backend.tensor(randomFloats(T * K * R, 1, seed + 6), [T, K, R]));
   const dx = keep(backend.empty([T, Hin]));
   const rows: Row[] = [];
-  const label = `${c.dtype} Hin=${Hin} Hout=${Hout} T=${T} d=${L} (${replicas} weight cop${replicas === 1 ? 'y' : 'ies'})`;
+  const label = `${c.dtype} Hin=${Hin} Hout=${Hout} r=${R}${K !== 1 ? ` K=${K}` : ''} T=${T} d=${L} (${replicas} weight cop${replicas === 1 ? 'y' : 'ies'})`;
   o.log(`  ${label}, set up in ${((performance.now() - setup0) / 1e3).toFixed(1)} s`);
 
   const base = (op: LoraOpName | BaselineName, kind: Row['kind'], strategy: string): Row => {
@@ -392,7 +434,7 @@ async function runCase(
       T,
       K,
       distinct: L,
-      used: Math.min(T, L),
+      used: usedAdapters(c),
       strategy,
       replicas,
       bytes: w.bytes,
@@ -400,43 +442,10 @@ async function runCase(
       bound: roofline(w, o.ceilings),
     };
   };
-  const measure = async (row: Row, body: (rep: Replica) => void | Promise<void>): Promise<Row> => {
-    let i = 0;
-    const t0 = performance.now();
-    try {
-      let timing: Timing | undefined;
-      for (let k = 0; k < (o.repeat ?? 1); k++) {
-        const copyNow = await o.probe?.gbps();
-        const t = await time(
-          row.name,
-          async () => {
-            await body(reps[i++ % reps.length]!);
-            await backend.sync();
-          },
-          o.timing,
-        );
-        if (!timing || t.medianMs < timing.medianMs) {
-          timing = t;
-          row.copyNowGbps = copyNow;
-        }
-      }
-      if (!timing) throw new Error('no measurement');
-      const s = timing.medianMs * 1e-3;
-      Object.assign(row, {
-        timing,
-        medianMs: timing.medianMs,
-        gbps: row.bytes / s / 1e9,
-        gflops: row.flops / s / 1e9,
-        pctOfBound: (100 * row.bound.ms) / timing.medianMs,
-      });
-      o.log(
-        `    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBound!.toFixed(0).padStart(4)}% of bound, copy now ${row.copyNowGbps?.toFixed(1) ?? 'n/a'} GB/s  (${((performance.now() - t0) / 1e3).toFixed(1)} s)`,
-      );
-    } catch (e) {
-      row.error = (e as Error).message.split('\n')[0];
-      o.log(`    ${row.name.split(' ')[0]!.padEnd(16)} failed: ${row.error}`);
-    }
-    rows.push(row);
+  // Every row of the case is registered first, then all are timed together, interleaved.
+  const entries: { row: Row; body: (rep: Replica, i: number) => void | Promise<void> }[] = [];
+  const add = (row: Row, body: (rep: Replica, i: number) => void | Promise<void>): Row => {
+    entries.push({ row, body });
     return row;
   };
 
@@ -450,61 +459,131 @@ async function runCase(
         if (o.filter && !o.filter.test(row.name)) continue;
         switch (op) {
           case 'loraShrink':
-            await measure(row, (r) => void loraShrink(x, r.stack, rt, { out: v, strategy }));
+            add(row, (r) => void loraShrink(x, r.stack, rt, { out: v, strategy }));
             break;
           case 'loraExpand':
-            await measure(row, (r) => void loraExpand(y, v, r.stack, rt, { strategy }));
+            add(row, (r) => void loraExpand(y, v, r.stack, rt, { strategy }));
             break;
           case 'loraApply':
-            await measure(row, (r) => void loraApply(y, x, r.stack, rt, { v, strategy }));
+            add(row, (r) => void loraApply(y, x, r.stack, rt, { v, strategy }));
             break;
           case 'loraShrinkGrad':
-            await measure(row, (r) => void loraShrinkGrad(dy, r.stack, rt, { out: dv, strategy }));
+            add(row, (r) => void loraShrinkGrad(dy, r.stack, rt, { out: dv, strategy }));
             break;
           case 'loraInputGrad':
-            await measure(row, (r) => void loraInputGrad(dv, r.stack, rt, { out: dx, strategy }));
+            add(row, (r) => void loraInputGrad(dv, r.stack, rt, { out: dx, strategy }));
             break;
           case 'loraWeightGrad':
-            for (const r of reps) {
-              r.dA ??= keep(backend.empty([L, R, Hin]));
-              r.dB ??= keep(backend.empty([L, Hout, R]));
-            }
-            await measure(row, (r) => void loraWeightGrad(x, dy, v, dv, r.stack, rt, { dA: r.dA, dB: r.dB }));
+            add(row, (r, i) => {
+              const g = grads[i % gradCopies]!;
+              loraWeightGrad(x, dy, v, dv, r.stack, rt, { dA: g.dA, dB: g.dB });
+            });
             break;
         }
       }
     }
-    if (baselines.length === 0) return { rows };
+    let cmp: Comparison | undefined;
+    const baseRows = new Map<BaselineName, Row>();
+    if (baselines.length > 0) {
+      for (const r of reps) {
+        r.perA = [];
+        r.perB = [];
+        for (let e = 0; e < L; e++) {
+          r.perA.push(keep(backend.tensor(Aenc.subarray(e * R * Hin, (e + 1) * R * Hin), [R, Hin], c.dtype)));
+          r.perB.push(keep(backend.tensor(Benc.subarray(e * Hout * R, (e + 1) * Hout * R), [Hout, R], c.dtype)));
+        }
+      }
+      cmp = { dtype: c.dtype, Hin, Hout, R, T, K, distinct: L };
+      // One call of each from y = 0 against the fused op: the baselines compute the same thing.
+      try {
+        const y0 = keep(backend.zeros([T, Hout]));
+        loraApply(y0, x, reps[0]!.stack, rt, { v: keep(backend.empty([T, K, R])) });
+        const ref = await y0.readFloat();
+        for (const b of baselines) {
+          const yb = keep(backend.zeros([T, Hout]));
+          await (b === 'loop' ? perAdapterLoop : maskedFullBatch)(backend, reps[0]!, x, yb, rt, c);
+          const err = relErr(await yb.readFloat(), ref);
+          if (b === 'loop') cmp.relErrLoop = err;
+          else cmp.relErrMasked = err;
+          if (!(err <= 1e-4)) o.log(`    WARNING: baseline ${b} differs from loraApply: relative error ${err.toExponential(2)}`);
+        }
+      } catch (e) {
+        o.log(`    (baseline check skipped: ${(e as Error).message.split('\n')[0]})`);
+      }
+      for (const b of baselines)
+        baseRows.set(
+          b,
+          add(base(b, 'baseline', '-'), (r) => (b === 'loop' ? perAdapterLoop : maskedFullBatch)(backend, r, x, y, rt, c)),
+        );
+    }
 
-    for (const r of reps) {
-      r.perA = [];
-      r.perB = [];
-      for (let e = 0; e < L; e++) {
-        r.perA.push(keep(backend.tensor(Aenc.subarray(e * R * Hin, (e + 1) * R * Hin), [R, Hin], c.dtype)));
-        r.perB.push(keep(backend.tensor(Benc.subarray(e * Hout * R, (e + 1) * Hout * R), [Hout, R], c.dtype)));
+    const t0 = performance.now();
+    const repeat = o.repeat ?? 1;
+    const copies = entries.map(() => 0);
+    // The ceilings, measured among the rows (same rounds, same random order): on a shared
+    // machine the bandwidth and FLOP rate a row had are those of its own moments.
+    const copyOnce = o.probe?.once;
+    const flopOnce = o.flopProbe?.once;
+    const probeEntries = [
+      ...(copyOnce ? [{ name: 'ceiling:copy', fn: copyOnce }] : []),
+      ...(flopOnce ? [{ name: 'ceiling:matmul', fn: flopOnce }] : []),
+    ];
+    const res = await timeInterleaved(
+      [
+        ...entries.map((e, k) => ({
+          name: e.row.name,
+          fn: async () => {
+            const i = copies[k]!++;
+            await e.body(reps[i % reps.length]!, i);
+            await backend.sync();
+          },
+        })),
+        ...probeEntries,
+      ],
+      {
+        maxTime: o.timing.maxTime * repeat,
+        rounds: o.rounds * repeat,
+        warmup: o.timing.warmup ?? 2,
+        seed,
+      },
+    );
+    const probeTime = (name: string): number | undefined => {
+      const i = probeEntries.findIndex((p) => p.name === name);
+      const t = i < 0 ? undefined : res.timings[entries.length + i];
+      return t === undefined || t instanceof Error ? undefined : t.medianMs;
+    };
+    const copyMs = probeTime('ceiling:copy'),
+      flopMs = probeTime('ceiling:matmul');
+    const copyNow = copyMs === undefined ? undefined : o.probe!.bytes / (copyMs * 1e6);
+    const flopsNow = flopMs === undefined ? undefined : o.flopProbe!.flops / (flopMs * 1e6);
+    entries.forEach(({ row }, k) => {
+      const timing = res.timings[k]!;
+      if (timing instanceof Error) {
+        row.error = timing.message.split('\n')[0];
+        o.log(`    ${row.name.split(' ')[0]!.padEnd(16)} failed: ${row.error}`);
+      } else {
+        const s = timing.medianMs * 1e-3;
+        Object.assign(row, {
+          timing,
+          medianMs: timing.medianMs,
+          gbps: row.bytes / s / 1e9,
+          gflops: row.flops / s / 1e9,
+          pctOfBound: (100 * row.bound.ms) / timing.medianMs,
+          copyNowGbps: copyNow,
+          flopsNowGflops: flopsNow,
+        });
+        applyRoofline([row], o.ceilings);
+        o.log(
+          `    ${row.name.split(' ')[0]!.padEnd(16)} ${row.strategy.padEnd(11)} ${timing.medianMs.toFixed(3).padStart(9)} ms  ${row.gbps!.toFixed(2).padStart(7)} GB/s  ${row.pctOfBoundNow?.toFixed(0).padStart(4) ?? ' n/a'}% of bound now (${row.pctOfBound!.toFixed(0)}% of the run's)  (${timing.samples} samples, ${timing.calls} calls)`,
+        );
       }
-    }
-    const cmp: Comparison = { dtype: c.dtype, Hin, Hout, R, T, distinct: L };
-    // One call of each from y = 0 against the fused op: the baselines compute the same thing.
-    try {
-      const y0 = keep(backend.zeros([T, Hout]));
-      loraApply(y0, x, reps[0]!.stack, rt, { v: keep(backend.empty([T, K, R])) });
-      const ref = await y0.readFloat();
-      for (const b of baselines) {
-        const yb = keep(backend.zeros([T, Hout]));
-        await (b === 'loop' ? perAdapterLoop : maskedFullBatch)(backend, reps[0]!, x, yb, rt, c);
-        const err = relErr(await yb.readFloat(), ref);
-        if (b === 'loop') cmp.relErrLoop = err;
-        else cmp.relErrMasked = err;
-        if (!(err <= 1e-4)) o.log(`    WARNING: baseline ${b} differs from loraApply: relative error ${err.toExponential(2)}`);
-      }
-    } catch (e) {
-      o.log(`    (baseline check skipped: ${(e as Error).message.split('\n')[0]})`);
-    }
-    for (const b of baselines) {
-      const row = await measure(base(b, 'baseline', '-'), (r) =>
-        (b === 'loop' ? perAdapterLoop : maskedFullBatch)(backend, r, x, y, rt, c),
-      );
+      rows.push(row);
+    });
+    o.log(
+      `    (${entries.length} rows and ${probeEntries.length} ceilings interleaved over ${res.rounds} rounds in ${((performance.now() - t0) / 1e3).toFixed(1)} s; now: copy ${copyNow?.toFixed(1) ?? 'n/a'} GB/s, matmul ${flopsNow?.toFixed(1) ?? 'n/a'} GFLOP/s)`,
+    );
+    if (!cmp) return { rows };
+    for (const [b, row] of baseRows) {
       if (b === 'loop') cmp.loopMs = row.medianMs;
       else cmp.maskedMs = row.medianMs;
     }

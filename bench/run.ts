@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { openBackend } from '../src/backend/select.js';
 import type { Backend, BackendKind } from '../src/backend/backend.js';
-import { bestCeilings, CopyProbe, lastLevelCacheBytes, measureCeilings, type Ceilings } from './ceilings.js';
+import { bestCeilings, CopyProbe, FlopProbe, lastLevelCacheBytes, measureCeilings, type Ceilings } from './ceilings.js';
 import { applyRoofline, loraCases, runLoraSuite, type Comparison, type Row, type StrategyChoice, type WeightDType } from './lora.js';
 import { median, type TimeOptions } from './timing.js';
 import { coldBytesFor, modelBenchDefaults, modelMarkdown, runModelBench } from './model.js';
@@ -38,7 +38,7 @@ const USAGE = `usage: npm run bench -- [options]
   --dtypes LIST               extra weight dtypes for loraApply rows (default bf16 in full runs, none in quick)
   --max-time S                seconds benchmark.js may spend per row (default 0.3, quick 0.25)
   --threads N                 cpu worker threads (default: all)
-  --repeat N                  measure every row N times, keep the fastest median (shared, noisy machines; default 1)
+  --repeat N                  lora suite: N times the rounds and the time per row (shared, noisy machines; default 1)
   --cold-mib N                cycle through weight copies of at least N MiB per op (default 2.5 × last-level cache)
   --out PATH                  results file (default bench/results/<backend>.json)
   --serve-models LIST         serve suite: bundled, smollm or both (default bundled,smollm)
@@ -157,25 +157,40 @@ function table(head: string[], rows: string[][]): string {
 interface Targets {
   /** Fused loraApply at T=64, 64 adapters, H = H_in = H_out, r = 16: % of copy bandwidth (goal ≥ 60). */
   applyT64d64PctOfCopy?: number;
-  /** Rows (ops, f32 and others) below 50% of their roofline bound. */
+  /** Rows (ops, f32 and others) below 50% of their roofline bound, with the ceilings measured among the row's own rounds. */
   rowsBelowHalfBound: string[];
+  /** The same with the run's best ceilings (start or end of the run, whichever was higher). */
+  rowsBelowHalfRunBound: string[];
   rowsMeasured: number;
   /** Smallest speedup of loraApply over the per-adapter loop (goal ≥ 1). */
   minSpeedupVsLoop?: number;
   slowerThanLoop: string[];
+  /** Smallest speedup of loraApply over the PEFT-style masked pair (goal ≥ 1). */
+  minSpeedupVsMasked?: number;
+  slowerThanMasked: string[];
 }
+
+const shapeOf = (c: Comparison): string => `Hout=${c.Hout} r=${c.R}${c.K !== 1 ? ` K=${c.K}` : ''} T=${c.T} d=${c.distinct}`;
 
 function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
   const ops = rows.filter((r) => r.kind === 'op' && r.pctOfBound !== undefined);
+  const pctNow = (r: Row): number => r.pctOfBoundNow ?? r.pctOfBound!;
   const t: Targets = {
     rowsBelowHalfBound: ops
+      .filter((r) => pctNow(r) < 50)
+      .sort((a, b) => pctNow(a) - pctNow(b))
+      .map((r) => `${r.name} (${pctNow(r).toFixed(0)}%)`),
+    rowsBelowHalfRunBound: ops
       .filter((r) => r.pctOfBound! < 50)
       .sort((a, b) => a.pctOfBound! - b.pctOfBound!)
       .map((r) => `${r.name} (${r.pctOfBound!.toFixed(0)}%)`),
     rowsMeasured: ops.length,
     slowerThanLoop: cmps
       .filter((c) => c.speedupVsLoop !== undefined && c.speedupVsLoop < 1)
-      .map((c) => `Hout=${c.Hout} T=${c.T} d=${c.distinct} (${c.speedupVsLoop!.toFixed(2)}×)`),
+      .map((c) => `${shapeOf(c)} (${c.speedupVsLoop!.toFixed(2)}×)`),
+    slowerThanMasked: cmps
+      .filter((c) => c.speedupVsMasked !== undefined && c.speedupVsMasked < 1)
+      .map((c) => `${shapeOf(c)} (${c.speedupVsMasked!.toFixed(2)}×)`),
   };
   const a =
     rows.find(
@@ -183,6 +198,7 @@ function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
         r.op === 'loraApply' &&
         r.dtype === 'f32' &&
         r.T === 64 &&
+        r.K === 1 &&
         r.distinct === 64 &&
         r.Hout === r.Hin &&
         r.R === 16 &&
@@ -195,6 +211,8 @@ function targets(rows: Row[], cmps: Comparison[], ceil: Ceilings): Targets {
   if (a && ceil.copy.gbps) t.applyT64d64PctOfCopy = (100 * a.gbps!) / ceil.copy.gbps;
   const sp = cmps.map((c) => c.speedupVsLoop).filter((x): x is number => x !== undefined);
   if (sp.length) t.minSpeedupVsLoop = Math.min(...sp);
+  const sm = cmps.map((c) => c.speedupVsMasked).filter((x): x is number => x !== undefined);
+  if (sm.length) t.minSpeedupVsMasked = Math.min(...sm);
   return t;
 }
 
@@ -446,9 +464,12 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   const Houts = [Hin, Math.round((Hin * 11008) / 4096)];
   const extraDTypes = args.dtypes ?? (quick ? [] : (['bf16'] as WeightDType[]));
   const timing: TimeOptions = { maxTime: args.maxTime ?? (quick ? 0.25 : 0.3), minSamples: quick ? 5 : 6, warmup: 2 };
+  // lora rows: interleaved, one sample per row per round (bench/timing.ts timeInterleaved)
+  const rounds = quick ? 5 : 6;
   const coldBytes = args.coldMiB !== undefined ? args.coldMiB * 2 ** 20 : Math.round(2.5 * lastLevelCacheBytes(backend));
   const started = Date.now();
-  const loadBefore = loadavg()[0]!;
+  const loadAvgBefore = loadavg();
+  const loadBefore = loadAvgBefore[0]!;
 
   log(`bench: ${backend.kind} — ${info.device}${quick ? ' (quick)' : ''}`);
   for (const n of notes) log(`bench: ${n}`);
@@ -465,6 +486,7 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   log('lora suites…');
   const cases = loraCases({ quick, Hin, Houts, extraDTypes });
   const probe = await CopyProbe.open(backend);
+  const flopProbe = FlopProbe.open(backend);
   const { rows, comparisons } = await runLoraSuite(backend, cases, {
     timing,
     ceilings: first,
@@ -472,16 +494,22 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
     strategies: args.strategies,
     filter: args.filter,
     probe,
+    flopProbe,
+    rounds,
     repeat: args.repeat,
     log,
-  }).finally(() => probe.dispose());
+  }).finally(() => {
+    probe.dispose();
+    flopProbe.dispose();
+  });
   const last = await ceilingRun('end');
   const ceilingRuns = [first, last];
   const ceilings = bestCeilings(ceilingRuns);
   applyRoofline(rows, ceilings);
   const tg = targets(rows, comparisons, ceilings);
   const seconds = (Date.now() - started) / 1e3;
-  const load = { before: loadBefore, after: loadavg()[0]!, cores: cpus().length };
+  const loadAvgAfter = loadavg();
+  const load = { before: loadBefore, after: loadAvgAfter[0]!, cores: cpus().length, beforeAll: loadAvgBefore, afterAll: loadAvgAfter };
   // The load after the run includes this run's own threads; only the load before says who else was there.
   if (load.before > 0.5 * load.cores) {
     notes.push(
@@ -490,19 +518,18 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   }
 
   const method = {
-    timer:
-      'benchmark.js 2.1.4, defer: true; every call ends with `await backend.sync()`; figure = median of benchmark.js samples (each the mean of `count` back-to-back calls)',
+    timer: `rows of one shape (ops and baselines) timed together, interleaved: ${timing.warmup} untimed warm-up calls per row (also sizing its samples), then ${rounds * args.repeat} rounds, each running every row for one sample (the mean of \`count\` back-to-back calls, about ${((timing.maxTime * 1e3) / rounds).toFixed(0)} ms) in a fresh seeded random order; figure = median of the row's samples; every call ends with \`await backend.sync()\` (bench/timing.ts timeInterleaved)`,
     timing,
-    warmColdPolicy: `weights (A, B, per-adapter tensors, dA/dB) are replicated, and calls cycle through the copies, until the weights one op touches in a cycle (A alone for shrink and inputGrad, B alone for expand and shrinkGrad) exceed ${(coldBytes / 2 ** 20).toFixed(0)} MiB (${args.coldMiB !== undefined ? '--cold-mib' : '2.5 × last-level cache'}), so they are read from memory as in a real model; activations (x, y, v, dy, dv, dx) are shared and may stay in cache`,
+    warmColdPolicy: `weights (A, B, per-adapter tensors, dA/dB) are replicated, and calls cycle through the copies, until the weights one op touches in a cycle (A alone for shrink and inputGrad, B alone for expand and shrinkGrad) exceed ${(coldBytes / 2 ** 20).toFixed(0)} MiB (${args.coldMiB !== undefined ? '--cold-mib' : '2.5 × last-level cache'}), so they are read from memory as in a real model (copies capped by a memory budget: a quarter of the free memory, at most 4 GiB); weightGrad writes cycle through zeroed (already faulted-in) dA/dB copies sized the same way, as a training step reuses its gradient buffers; activations (x, y, v, dy, dv, dx) are shared and may stay in cache`,
     bytes:
       'A/B rows of the adapters used up to their rank + x + y (read and written where accumulated) + v, each once; weightGrad: x, dy, v, dv read, dA, dB (f32) written',
     flops: '2·T·K·r·H per shrink or expand (apply and weightGrad: both)',
     roofline:
-      'bound = max(bytes / copy bandwidth, flops / matmul FLOP rate); ceilings measured at the start and at the end of this run (median of each), the higher of the two is used; % of bound = bound time / median time',
+      'bound = max(bytes / copy bandwidth, flops / matmul FLOP rate); % of bound = bound time / median time; "now": the ceilings of the row\'s own rounds (targets); "run": ceilings measured at the start and at the end of this run (median of each), the higher of the two',
     copyNow:
-      'a 64 MiB copy (median of 5, timed by hand) just before each row; on a shared machine it shows the bandwidth left when the row ran (the JSON also has pctOfBoundAtCopyNow)',
+      'the ceilings measured again as two more rows of every shape, in its interleaved rounds: a 64 MiB copy and the FLOP-ceiling matmul (medians); "% of bound now" is the roofline with those (what the machine had while the rows ran: on a shared machine the start/end ceilings swing by 2-4×); "% of run bound" uses the run\'s best start/end ceilings',
     routing:
-      'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T)',
+      'K = 1, weight 1, slot of token t = t % distinct, L = distinct, rank 16 for every adapter, scale 2; (T, distinct) with distinct > T skipped (same work as distinct = T); unit rows (the serving engine’s rank-8 units): K = 16 slots of rank 8 per token, slot k of token t = (16·t + k) % 64, 64 units, H_out = H_in',
     baselines: {
       loop: 'per adapter: read x and y to the host, gather its rows, upload, matmul(x_e, A_e) then matmul(·, B_e), read back, scatter-add ·scale·weight, write y back (host time counted)',
       masked:
@@ -533,7 +560,7 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   const md: string[] = [];
   md.push(`# mote multi-LoRA benchmark: ${backend.kind} (${info.device}${threads})`, '');
   md.push(
-    `${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, H_in = ${Hin}, r = 16, ${seconds.toFixed(0)} s. Results: ${out}`,
+    `${result.date}, node ${process.version}, ${quick ? 'quick' : 'full'} run, H_in = ${Hin}, r = 16 (unit rows: r = 8, K = 16), ${seconds.toFixed(0)} s, load average ${loadAvgBefore.map((x) => x.toFixed(2)).join(' ')} (start) / ${loadAvgAfter.map((x) => x.toFixed(2)).join(' ')} (end, this run included), ${load.cores} cores. Results: ${out}`,
     '',
   );
   for (const n of notes) md.push(`> ${n}`, '');
@@ -588,23 +615,45 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   md.push('## LoRA ops', '');
   md.push(
     table(
-      ['op', 'w', 'H_out', 'T', 'adapters', 'strategy', 'median ms', 'GB/s', 'GFLOP/s', 'bound ms', 'limit', '% of bound', 'copy now GB/s'],
+      [
+        'op',
+        'w',
+        'H_out',
+        'r',
+        'K',
+        'T',
+        'adapters',
+        'strategy',
+        'median ms',
+        'GB/s',
+        'GFLOP/s',
+        'bound now ms',
+        'limit',
+        '% of bound now',
+        '% of run bound',
+        'copy now GB/s',
+        'matmul now GFLOP/s',
+      ],
       rows
         .filter((r) => r.kind === 'op')
         .map((r) => [
           r.op,
           r.dtype,
           String(r.Hout),
+          String(r.R),
+          String(r.K),
           String(r.T),
           String(r.distinct),
           r.strategy,
           r.error ? `error: ${r.error}` : fmtMs(r.medianMs),
           fmt(r.gbps),
           fmt(r.gflops),
-          fmtMs(r.bound.ms),
-          r.bound.limit,
+          fmtMs((r.boundNow ?? r.bound).ms),
+          (r.boundNow ?? r.bound).limit,
+          r.pctOfBoundNow === undefined ? 'n/a' : `${r.pctOfBoundNow.toFixed(0)}%`,
           r.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`,
           fmt(r.copyNowGbps, 1),
+          fmt(r.flopsNowGflops, 0),
         ]),
     ),
     '',
@@ -616,6 +665,8 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
       table(
         [
           'H_out',
+          'r',
+          'K',
           'T',
           'adapters',
           'loraApply ms',
@@ -629,10 +680,17 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
         ],
         comparisons.map((m) => {
           const b = (k: string): Row | undefined =>
-            base.get(`baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R} T=${m.T} d=${m.distinct}`);
-          const pct = (r: Row | undefined): string => (r?.pctOfBound === undefined ? 'n/a' : `${r.pctOfBound.toFixed(0)}%`);
+            base.get(
+              `baseline:${k} ${m.dtype} Hin=${m.Hin} Hout=${m.Hout} r=${m.R}${m.K !== 1 ? ` K=${m.K}` : ''} T=${m.T} d=${m.distinct}`,
+            );
+          const pct = (r: Row | undefined): string => {
+            const p = r?.pctOfBoundNow ?? r?.pctOfBound;
+            return p === undefined ? 'n/a' : `${p.toFixed(0)}%`;
+          };
           return [
             String(m.Hout),
+            String(m.R),
+            String(m.K),
             String(m.T),
             String(m.distinct),
             fmtMs(m.applyMs),
@@ -649,25 +707,25 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
       '',
     );
   }
-  md.push('## Per op: % of roofline bound over the shapes above', '');
+  md.push('## Per op: % of roofline bound (now) over the shapes above', '');
   const byOp = new Map<string, Row[]>();
   for (const r of rows)
-    if (r.kind === 'op' && r.pctOfBound !== undefined)
+    if (r.kind === 'op' && (r.pctOfBoundNow ?? r.pctOfBound) !== undefined)
       (byOp.get(`${r.op} ${r.dtype}`) ?? byOp.set(`${r.op} ${r.dtype}`, []).get(`${r.op} ${r.dtype}`)!).push(r);
   md.push(
     table(
       ['op', 'shapes', 'worst', 'median', 'best', 'worst shape'],
       [...byOp].map(([k, rs]) => {
-        const sorted = [...rs].sort((a, b) => a.pctOfBound! - b.pctOfBound!);
-        const pct = (r: Row): string => `${r.pctOfBound!.toFixed(0)}%`;
+        const sorted = [...rs].sort((a, b) => (a.pctOfBoundNow ?? a.pctOfBound!) - (b.pctOfBoundNow ?? b.pctOfBound!));
+        const pct = (r: Row): string => `${(r.pctOfBoundNow ?? r.pctOfBound!).toFixed(0)}%`;
         const w = sorted[0]!;
         return [
           k,
           String(rs.length),
           pct(w),
-          `${median(rs.map((r) => r.pctOfBound!)).toFixed(0)}%`,
+          `${median(rs.map((r) => r.pctOfBoundNow ?? r.pctOfBound!)).toFixed(0)}%`,
           pct(sorted[sorted.length - 1]!),
-          `H_out ${w.Hout}, T ${w.T}, ${w.distinct} adapters`,
+          `H_out ${w.Hout}, r ${w.R}, K ${w.K}, T ${w.T}, ${w.distinct} adapters`,
         ];
       }),
     ),
@@ -679,15 +737,20 @@ async function runLora(args: Args, backend: Backend): Promise<void> {
   );
   const below = tg.rowsBelowHalfBound;
   md.push(
-    `- op rows at ≥ 50% of their roofline bound: ${tg.rowsMeasured - below.length} of ${tg.rowsMeasured}${below.length ? `; below: ${below.slice(0, 8).join(', ')}${below.length > 8 ? ` and ${below.length - 8} more (targets.rowsBelowHalfBound in the JSON)` : ''}` : ''}`,
+    `- op rows at ≥ 50% of their roofline bound (ceilings measured in the rows' own rounds): ${tg.rowsMeasured - below.length} of ${tg.rowsMeasured}${below.length ? `; below: ${below.slice(0, 8).join(', ')}${below.length > 8 ? ` and ${below.length - 8} more (targets.rowsBelowHalfBound in the JSON)` : ''}` : ''}`,
+  );
+  const belowRun = tg.rowsBelowHalfRunBound;
+  md.push(
+    `- the same against the run's best start/end ceilings: ${tg.rowsMeasured - belowRun.length} of ${tg.rowsMeasured}${belowRun.length ? `; below: ${belowRun.slice(0, 8).join(', ')}${belowRun.length > 8 ? ` and ${belowRun.length - 8} more (targets.rowsBelowHalfRunBound)` : ''}` : ''}`,
   );
   md.push(
     `- loraApply vs per-adapter loop: smallest speedup ${fmt(tg.minSpeedupVsLoop)}×${tg.slowerThanLoop.length ? `; slower at ${tg.slowerThanLoop.join(', ')}` : ''} (goal: never slower)`,
+    `- loraApply vs the PEFT-style masked pair: smallest speedup ${fmt(tg.minSpeedupVsMasked)}×${tg.slowerThanMasked.length ? `; slower at ${tg.slowerThanMasked.join(', ')}` : ''} (goal: never slower)`,
     '',
   );
   md.push('## Method', '');
   md.push(
-    `- timing: ${method.timer}; max ${timing.maxTime} s and at least ${timing.minSamples} samples per row, ${timing.warmup} untimed warm-up calls${args.repeat > 1 ? `; every row measured ${args.repeat} times, the fastest median kept (--repeat)` : ''}`,
+    `- timing: ${method.timer}; about ${(timing.maxTime * args.repeat).toFixed(2)} s of timed calls per row${args.repeat > 1 ? ` (--repeat ${args.repeat})` : ''}`,
   );
   md.push(`- cache: ${method.warmColdPolicy}`);
   md.push(`- bytes: ${method.bytes}; flops: ${method.flops}`);

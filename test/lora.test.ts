@@ -144,6 +144,20 @@ const CONFIGS: Config[] = [
       ['sgmv', 'f32'],
     ],
   },
+  // many rank-8 slots per token (the serving engine's units): ranks all multiples of 8, H_out not
+  // one (the last outputs take the slot-at-a-time path)
+  { name: 'T=5 K=16 L=64 R=8 rank-8 units', T: 5, K: 16, L: 64, R: 8, Hin: 37, Hout: 61, ranks: 'full', slots: 'unsorted' },
+  {
+    name: 'T=3 K=4 L=8 R=16 ranks 8 and 16',
+    T: 3,
+    K: 4,
+    L: 8,
+    R: 16,
+    Hin: 37,
+    Hout: 67,
+    ranks: [8, 16, 8, 16, 16, 8, 8, 16],
+    slots: 'holes',
+  },
   { name: 'T=17 K=1 L=1 R=64 all-same full rank', T: 17, K: 1, L: 1, R: 64, Hin: 53, Hout: 67, ranks: 'full', slots: 'same' },
   { name: 'T=17 K=2 L=4 R=8 holes', T: 17, K: 2, L: 4, R: 8, Hin: 53, Hout: 67, ranks: 'mixed', slots: 'holes', webgpu: [['auto', 'f16']] },
   {
@@ -670,6 +684,72 @@ forEachBackend('lora ops are deterministic', async (b) => {
       assert.ok(relErr(runs[0]!.v2!, ref) <= TOL, `${strategy} loraShrink without out: relative error ${relErr(runs[0]!.v2!, ref)}`);
     }
   } finally {
+    p.dispose();
+  }
+});
+
+// The cpu kernels cut their work from the problem only (DESIGN §5): 1, 2 and 3 threads give
+// the same bits, on the shapes that take each path (scattered slots with holes, one adapter
+// for every token, many adapters of one token each with narrow layers, K = 16 rank-8 units).
+test('lora ops give the same bits for every thread count [cpu]', async (t) => {
+  let be: Backend;
+  try {
+    be = await openBackend('cpu');
+  } catch (e) {
+    t.skip(`cpu backend unavailable: ${(e as Error).message}`);
+    return;
+  }
+  const addon = (be as unknown as { addon: { setThreads(n: number): void; info(): { cpu: { threads: number } } } }).addon;
+  const threads0 = addon.info().cpu.threads;
+  const configs: Config[] = [
+    { name: 'holes', T: 131, K: 2, L: 4, R: 16, Hin: 37, Hout: 53, ranks: 'mixed', slots: 'holes' },
+    { name: 'one adapter', T: 64, K: 1, L: 1, R: 16, Hin: 200, Hout: 136, ranks: [11], slots: 'same' },
+    { name: 'many adapters of one token', T: 64, K: 1, L: 64, R: 16, Hin: 72, Hout: 200, ranks: 'mixed', slots: 'distinct' },
+    { name: 'few adapters, narrow layers', T: 64, K: 1, L: 3, R: 16, Hin: 200, Hout: 136, ranks: 'mixed', slots: 'sorted' },
+    { name: 'K=16 rank-8 units', T: 16, K: 16, L: 64, R: 8, Hin: 136, Hout: 136, ranks: 'full', slots: 'unsorted' },
+  ];
+  const p = new Pool(be);
+  try {
+    for (const c of configs) {
+      const h = makeHost(c, 'f32', 'f32', 91);
+      const { d } = h;
+      const { s, rt } = build(p, h, 'f32', 'f32');
+      const x = p.t(h.x, [d.T, d.Hin]),
+        dy = p.t(h.dy, [d.T, d.Hout]);
+      const vIn = p.t(h.vIn, [d.T, d.K, d.R]),
+        dvIn = p.t(h.dvIn, [d.T, d.K, d.R]);
+      const y0 = randn(rng(6), d.T * d.Hout);
+      for (const strategy of ['bgmv', 'sgmv'] as const) {
+        const runs: Record<string, Float32Array>[] = [];
+        for (const n of [1, 2, 3]) {
+          addon.setThreads(n);
+          const y = p.t(y0, [d.T, d.Hout]);
+          const v = p.keep(loraApply(y, x, s, rt, { strategy }));
+          const dv = p.keep(loraShrinkGrad(dy, s, rt, { strategy }));
+          const dx = p.keep(loraInputGrad(dvIn, s, rt, { strategy }));
+          const w = loraWeightGrad(x, dy, vIn, dvIn, s, rt);
+          p.keep(w.dA);
+          p.keep(w.dB);
+          runs.push({
+            y: await y.readFloat(),
+            v: await v.readFloat(),
+            dv: await dv.readFloat(),
+            dx: await dx.readFloat(),
+            dA: await w.dA.readFloat(),
+            dB: await w.dB.readFloat(),
+          });
+        }
+        for (const k of Object.keys(runs[0]!))
+          for (const i of [1, 2])
+            assert.ok(bitsEqual(runs[0]![k]!, runs[i]![k]!), `${c.name} ${strategy} ${k}: ${i + 1} threads differ from 1 in their bits`);
+        // and right, not only repeatable
+        const ref = loraWeightGradRef(h.x, h.dy, h.vIn, h.dvIn, h.s, h.rt, d);
+        assert.ok(relErr(runs[0]!.dA!, ref.dA) <= TOL, `${c.name} dA: relative error ${relErr(runs[0]!.dA!, ref.dA)}`);
+        assert.ok(relErr(runs[0]!.dB!, ref.dB) <= TOL, `${c.name} dB: relative error ${relErr(runs[0]!.dB!, ref.dB)}`);
+      }
+    }
+  } finally {
+    addon.setThreads(threads0);
     p.dispose();
   }
 });

@@ -139,6 +139,15 @@ function goodArgs(addon: Addon, fn: string): unknown[] {
       return [b(), b(), 4];
     case 'copyRows':
       return [b(), b(), b(), b(), 0, 1, 1];
+    case 'loraRoutingHandle':
+      return [{ slots: buf('minus1'), weight: buf(), order: buf(), segStart: buf(), segAdapter: buf(), T: 1, K: 1, L: 1, P: 0, G: 0 }];
+    case 'loraStackHandle':
+      return [{ A: buf(), B: buf(), rank: buf('one'), scale: buf(), L: 1, R: 1, Hin: 1, Hout: 1, aDtype: 0, bDtype: 0 }];
+    case 'loraRun': {
+      // shrink (op 0) of the two prepared halves: v, x
+      const { routing, stack } = handles(addon);
+      return [0, routing, stack, 0, false, b(), b()];
+    }
     default: {
       // lora*(args, buffers..., accumulate?) : loraInputGrad and loraWeightGrad end with the flag
       const n = LORA_ARITY[fn]!;
@@ -156,6 +165,13 @@ const LORA_ARITY: Record<string, number> = {
   loraInputGrad: 4,
   loraWeightGrad: 8,
 };
+
+/** A valid routing handle and stack handle (L = 1, R = 1, H = 1, one empty slot). */
+function handles(addon: Addon, L = 1): { routing: object; stack: object } {
+  const [r] = goodArgs(addon, 'loraRoutingHandle') as [Record<string, unknown>];
+  const [s] = goodArgs(addon, 'loraStackHandle') as [Record<string, unknown>];
+  return { routing: addon.loraRoutingHandle({ ...r, L } as never), stack: addon.loraStackHandle(s as never) };
+}
 
 /** The number arguments of each binding: position (or args field) → name and kind. */
 const NUMBER_ARGS: Record<string, [number | string, string, 'int' | 'float' | 'offset'][]> = {
@@ -254,6 +270,13 @@ for (const fn of Object.keys(LORA_ARITY)) {
   );
 }
 
+NUMBER_ARGS.loraRoutingHandle = ['T', 'K', 'L', 'P', 'G'].map((f) => [f, `args.${f}`, 'int'] as [string, string, 'int']);
+NUMBER_ARGS.loraStackHandle = ['L', 'R', 'Hin', 'Hout', 'aDtype', 'bDtype'].map((f) => [f, `args.${f}`, 'int'] as [string, string, 'int']);
+NUMBER_ARGS.loraRun = [
+  [0, 'op', 'int'],
+  [3, 'strategy', 'int'],
+];
+
 function hostileCases(): Case[] {
   const cases: Case[] = [];
   for (const [fn, args] of Object.entries(NUMBER_ARGS)) {
@@ -310,6 +333,46 @@ const SPECIAL: Record<string, { call: (a: Addon) => unknown; expect: string }> =
     expect: 'accumulate',
   },
   'alloc 2^53 bytes': { call: (a) => a.alloc(0, 2 ** 53), expect: 'bytes' },
+  // the prepared lora halves: only handles of the right kind, of agreeing L, with live buffers
+  'loraRun stack handle a buffer': {
+    call: (a) => a.loraRun(0, handles(a).routing, a.alloc(0, 64), 0, false, a.alloc(0, 64), a.alloc(0, 64)),
+    expect: 'loraStack',
+  },
+  'loraRun routing handle a plain object': {
+    call: (a) => a.loraRun(0, {}, handles(a).stack, 0, false, a.alloc(0, 64), a.alloc(0, 64)),
+    expect: 'loraRouting',
+  },
+  'loraRun halves swapped': {
+    call: (a) => {
+      const h = handles(a);
+      return a.loraRun(0, h.stack, h.routing, 0, false, a.alloc(0, 64), a.alloc(0, 64));
+    },
+    expect: 'loraRouting',
+  },
+  'loraRun L differs': {
+    call: (a) => {
+      const h = handles(a, 2);
+      return a.loraRun(0, h.routing, handles(a).stack, 0, false, a.alloc(0, 64), a.alloc(0, 64));
+    },
+    expect: 'routing',
+  },
+  'loraRun stack buffer freed': {
+    call: (a) => {
+      const [s] = goodArgs(a, 'loraStackHandle') as [Record<string, object>];
+      const stack = a.loraStackHandle(s as never);
+      a.free(s.A!);
+      return a.loraRun(0, handles(a).routing, stack, 0, false, a.alloc(0, 64), a.alloc(0, 64));
+    },
+    expect: 'stack.A',
+  },
+  'loraRun x too small': {
+    call: (a) => {
+      const [s] = goodArgs(a, 'loraStackHandle') as [Record<string, unknown>];
+      const stack = a.loraStackHandle({ ...s, Hin: 64 } as never); // A holds 64 floats: x needs 64 too
+      return a.loraRun(0, handles(a).routing, stack, 0, false, a.alloc(0, 64), a.alloc(0, 64));
+    },
+    expect: 'x',
+  },
   'free twice, then use': {
     call: (a) => {
       const b = a.alloc(0, 64);

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "blas.h"
 #include "half.h"
 #include "kernels.h"
 #include "simd.h"
@@ -87,6 +88,67 @@ void zero_unused(const mote_lora_args& a, float* v) {
   }
 }
 
+// Calls with less work than this (bytes of weights and activations streamed) run on the
+// calling thread: waking a worker costs more than it saves. Which thread runs an item never
+// changes its result (see the top of this file).
+constexpr size_t kSerialBytes = size_t(96) << 10;
+template <typename F>
+void par_for(size_t work_bytes, size_t n, size_t grain, F&& fn) {
+  if (work_bytes < kSerialBytes)
+    fn(size_t(0), n);
+  else
+    parallel_for(n, grain, fn);
+}
+// Bytes a call streams: every (token, slot) pair reads R·H weights (an upper bound).
+inline size_t lora_work(const mote_lora_args& a, int H) {
+  return size_t(a.T) * a.K * a.R * H * 4 + size_t(a.T) * H * 4;
+}
+
+// ---------------------------------------------------------------------------
+// One adapter for the whole batch (K = 1, every token routed to the same adapter, f32 B,
+// enough tokens, OpenBLAS loaded): the expand is a plain rank-r matmul y += u·Bᵀ, which
+// OpenBLAS's register-blocked sgemm (leading dims stopping at the rank) runs 2-3× faster than
+// the grouped kernel here (measured on this machine; the shrink and the backward ops were not
+// faster through it, so they keep the kernels below). Each output element is one dot product
+// over a fixed range in OpenBLAS's fixed order: mote's thread count does not enter.
+
+constexpr int kBlasMinTokens = 16;  // as the base matmul (matmul.cc): below, the streaming kernels win
+
+// The adapter every token uses, or -1 when the batch is not a single-adapter one. Needs slots
+// already checked (check_args).
+int single_adapter(const mote_lora_args& a, bool b_f32) {
+  if (!blas_sgemm || a.K != 1 || a.T < kBlasMinTokens || !b_f32) return -1;
+  const int e = a.slots[0];
+  if (e < 0) return -1;
+  for (int t = 1; t < a.T; t++)
+    if (a.slots[t] != e) return -1;
+  return e;
+}
+
+inline const float* B_of(const mote_lora_args& a, int e) {
+  return static_cast<const float*>(a.B) + size_t(e) * a.Hout * a.R;
+}
+
+// u[t, r] = weight[t]·scale[e]·v[t, r], r < rank (packed, row stride rank).
+void scaled_rows(const mote_lora_args& a, int e, const float* v, std::vector<float>& u) {
+  const int re = a.rank[e];
+  const float sc = a.scale[e];
+  u.resize(size_t(a.T) * re);
+  for (int t = 0; t < a.T; t++) {
+    const float c = a.weight[t] * sc;
+    for (int r = 0; r < re; r++) u[size_t(t) * re + r] = c * v[size_t(t) * a.R + r];
+  }
+}
+
+// y[t] += u[t]·B[e]ᵀ (rank columns of B).
+void expand_one(const mote_lora_args& a, int e, float* y, const float* v) {
+  std::vector<float> u;
+  scaled_rows(a, e, v, u);
+  const int re = a.rank[e];
+  blas_sgemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, a.T, a.Hout, re, 1.f, u.data(), re, B_of(a, e), a.R, 1.f, y,
+             a.Hout);
+}
+
 // Grouped work split into tiles of at most `per` pairs of one segment.
 struct Tile {
   int g, p0, p1;
@@ -103,13 +165,13 @@ std::vector<Tile> tiles_of(const mote_lora_args& a, int per) {
 // otherwise items over blocks, each visiting all segments in order (a token's slots can
 // name different adapters, and its output row must have a single owner).
 template <typename F>
-void for_segment_blocks(const mote_lora_args& a, int nBlocks, F&& body) {
+void for_segment_blocks(const mote_lora_args& a, int nBlocks, size_t work, F&& body) {
   if (a.K == 1) {
-    parallel_for(size_t(a.G) * nBlocks, 1, [&](size_t b, size_t e) {
+    par_for(work, size_t(a.G) * nBlocks, 1, [&](size_t b, size_t e) {
       for (size_t i = b; i < e; i++) body(int(i / nBlocks), int(i / nBlocks) + 1, int(i % nBlocks));
     });
   } else {
-    parallel_for(size_t(nBlocks), 1, [&](size_t b, size_t e) {
+    par_for(work, size_t(nBlocks), 1, [&](size_t b, size_t e) {
       for (size_t i = b; i < e; i++) body(0, a.G, int(i));
     });
   }
@@ -140,7 +202,7 @@ void shrink_bgmv(const mote_lora_args& a, float* v, const float* x) {
   const int nrb = (a.R + kShrinkRows - 1) / kShrinkRows;
   const size_t TK = size_t(a.T) * a.K;
   const auto* A = typed<DT>(a.A);
-  parallel_for(TK * nrb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hin), TK * nrb, 1, [&](size_t b, size_t end) {
     for (size_t i = b; i < end; i++) {
       size_t p = i / nrb;
       int r0 = int(i % nrb) * kShrinkRows, r1 = std::min(a.R, r0 + kShrinkRows);
@@ -171,7 +233,7 @@ void shrink_sgmv(const mote_lora_args& a, float* v, const float* x) {
   const int rb = tiles.size() >= 8 ? (a.R + 3) / 4 * 4 : kShrinkRows;
   const int nrb = (a.R + rb - 1) / rb;
   const auto* A = typed<DT>(a.A);
-  parallel_for(tiles.size() * nrb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hin), tiles.size() * nrb, 1, [&](size_t b, size_t end) {
     std::vector<float> scratch;
     for (size_t i = b; i < end; i++) {
       const Tile& tl = tiles[i / nrb];
@@ -275,16 +337,76 @@ inline void expand_rows(float* y, const elem_t<DT>* Bb, int R, int re, const flo
   for (; o < n; o++) y[o] += dot1<DT>(Bb + size_t(o) * R, u, re);
 }
 
+// Many slots per token (rank-8 units: K up to 16), every rank a multiple of 8: for each 8
+// outputs, all slots' products go into the same 8 lane-vectors and are reduced and added to y
+// once, instead of once per slot. False (nothing done) when a rank is not a multiple of 8 or
+// the build has no AVX; the caller then takes the slot-at-a-time loop.
+template <int DT>
+bool expand_slots(const mote_lora_args& a, size_t t, int o0, int o1, float* y, const float* v, const elem_t<DT>* B,
+                  std::vector<float>& us, std::vector<const elem_t<DT>*>& bs, std::vector<int>& rs) {
+#if defined(__AVX__)
+  us.clear();
+  bs.clear();
+  rs.clear();
+  for (int k = 0; k < a.K; k++) {
+    const size_t p = t * a.K + k;
+    const int e = a.slots[p];
+    if (e < 0) continue;
+    const int re = a.rank[e];
+    if (re % 8 != 0) return false;
+    const float c = a.weight[p] * a.scale[e];
+    for (int r = 0; r < re; r++) us.push_back(c * v[p * a.R + r]);
+    bs.push_back(B + (size_t(e) * a.Hout + o0) * a.R);
+    rs.push_back(re);
+  }
+  const int ns = int(bs.size()), n = o1 - o0, R = a.R;
+  float* yr = y + t * a.Hout + o0;
+  int o = 0;
+  for (; o + 8 <= n; o += 8) {
+    __m256 p[8];
+    for (int q = 0; q < 8; q++) p[q] = _mm256_setzero_ps();
+    const float* u = us.data();
+    for (int k = 0; k < ns; k++) {
+      const elem_t<DT>* bk = bs[k] + size_t(o) * R;
+      for (int r = 0; r < rs[k]; r += 8, u += 8) {
+        const f8 ur = ld8(u);
+        for (int q = 0; q < 8; q++) p[q] = (__m256)((f8)p[q] + ld8w<DT>(bk + size_t(q) * R + r) * ur);
+      }
+    }
+    const __m256 t0 = _mm256_hadd_ps(p[0], p[1]), t1 = _mm256_hadd_ps(p[2], p[3]);
+    const __m256 t2 = _mm256_hadd_ps(p[4], p[5]), t3 = _mm256_hadd_ps(p[6], p[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(yr + o, _mm256_add_ps(_mm256_loadu_ps(yr + o), sum));
+  }
+  if (o < n) {  // the last outputs (n not a multiple of 8): slot at a time
+    const float* u = us.data();
+    for (int k = 0; k < ns; k++) {
+      expand_rows<DT>(yr + o, bs[k] + size_t(o) * R, R, rs[k], u, n - o);
+      u += rs[k];
+    }
+  }
+  return true;
+#else
+  (void)a, (void)t, (void)o0, (void)o1, (void)y, (void)v, (void)B, (void)us, (void)bs, (void)rs;
+  return false;
+#endif
+}
+
 template <int DT>
 void expand_bgmv(const mote_lora_args& a, float* y, const float* v) {
   // Items: (token, block of outputs): each reads a contiguous run of B per slot.
   const int nb = (a.Hout + kExpandBgmvBlock - 1) / kExpandBgmvBlock;
   const auto* B = typed<DT>(a.B);
-  parallel_for(size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hout), size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
     std::vector<float> u(a.R);
+    std::vector<float> us;
+    std::vector<const elem_t<DT>*> bs;
+    std::vector<int> rs;
     for (size_t i = b; i < end; i++) {
       const size_t t = i / nb;
       const int o0 = int(i % nb) * kExpandBgmvBlock, o1 = std::min(a.Hout, o0 + kExpandBgmvBlock);
+      if (a.K > 1 && expand_slots<DT>(a, t, o0, o1, y, v, B, us, bs, rs)) continue;
       for (int k = 0; k < a.K; k++) {
         const size_t p = t * a.K + k;
         const int e = a.slots[p];
@@ -307,30 +429,41 @@ template <int DT>
 void expand_sgmv(const mote_lora_args& a, float* y, const float* v) {
   const int nb = (a.Hout + kExpandSgmvBlock - 1) / kExpandSgmvBlock;
   const auto* B = typed<DT>(a.B);
-  for_segment_blocks(a, nb, [&](int g0, int g1, int blk) {
+  for_segment_blocks(a, nb, lora_work(a, a.Hout), [&](int g0, int g1, int blk) {
     const int o0 = blk * kExpandSgmvBlock, o1 = std::min(a.Hout, o0 + kExpandSgmvBlock), ob = o1 - o0;
-    std::vector<float> u(a.R), Bt;
+    std::vector<float> u(a.R), Bs, up;
     for (int g = g0; g < g1; g++) {
       const int e = a.seg_adapter[g], re = a.rank[e];
       const int ps = a.seg_start[g], pe = a.seg_start[g + 1];
       const float sc = a.scale[e];
       const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
-      const bool transposed = pe - ps >= kTransposeMin;
-      if (transposed) {  // Bt[r][o] = B[o][r] in f32: then every token is a register-blocked axpy over o
-        Bt.resize(size_t(re) * ob);
-        for (int o = 0; o < ob; o++)
-          for (int r = 0; r < re; r++) Bt[size_t(r) * ob + o] = cv<DT>(Bb[size_t(o) * a.R + r]);
+      // (ranks a multiple of 8 transpose through registers, cheap enough for four tokens)
+      if (pe - ps >= ((re % 8 == 0) ? kOuterR : kTransposeMin)) {
+        // Bᵀ of the block in f32 16-output slabs, then four tokens at a time through a 4 x 16
+        // register tile: each slab load feeds four tokens.
+        Bs.resize(size_t((ob + kOuterJ - 1) / kOuterJ) * re * kOuterJ);
+        pack_slabs_t<DT>(Bs.data(), Bb, a.R, re, ob);
+        up.resize(size_t(re) * kOuterR);
+        for (int pi = ps; pi < pe; pi += kOuterR) {
+          const int nq = std::min(kOuterR, pe - pi);
+          float* rows[kOuterR] = {};
+          for (int q = 0; q < kOuterR; q++) {
+            const int p = q < nq ? a.order[pi + q] : -1;
+            const float c = q < nq ? a.weight[p] * sc : 0.f;
+            for (int r = 0; r < re; r++) up[size_t(r) * kOuterR + q] = q < nq ? c * v[size_t(p) * a.R + r] : 0.f;
+            if (q < nq) rows[q] = y + size_t(p / a.K) * a.Hout + o0;
+          }
+          if (pi + kOuterR < pe) prefetch_rw(y + size_t(a.order[pi + kOuterR] / a.K) * a.Hout + o0, ob);
+          slab_rows4<false>(Bs.data(), re, ob, up.data(), rows, nq);
+        }
+        continue;
       }
       for (int pi = ps; pi < pe; pi++) {
         const int p = a.order[pi];
         if (pi + 1 < pe) prefetch_rw(y + size_t(a.order[pi + 1] / a.K) * a.Hout + o0, ob);
         const float c = a.weight[p] * sc;
         for (int r = 0; r < re; r++) u[r] = c * v[size_t(p) * a.R + r];
-        float* yr = y + size_t(p / a.K) * a.Hout + o0;
-        if (transposed)
-          rows_axpy_reg<0, false>(yr, Bt.data(), ob, re, u.data(), ob);
-        else
-          expand_rows<DT>(yr, Bb, a.R, re, u.data(), ob);
+        expand_rows<DT>(y + size_t(p / a.K) * a.Hout + o0, Bb, a.R, re, u.data(), ob);
       }
     }
   });
@@ -381,7 +514,7 @@ void shrink_grad_bgmv(const mote_lora_args& a, float* dv, const float* dy) {
   std::vector<float> part(nc == 1 ? 0 : TK * nc * a.R);
   float* partial = nc == 1 ? dv : part.data();
   const auto* B = typed<DT>(a.B);
-  parallel_for(TK * nc, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hout), TK * nc, 1, [&](size_t b, size_t end) {
     for (size_t i = b; i < end; i++) {
       const size_t p = i / nc;
       const int ci = int(i % nc);
@@ -405,7 +538,7 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
   std::vector<float> part(nc == 1 ? 0 : TK * nc * a.R);
   float* partial = nc == 1 ? dv : part.data();
   const auto* B = typed<DT>(a.B);
-  parallel_for(tiles.size() * nc, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hout), tiles.size() * nc, 1, [&](size_t b, size_t end) {
     std::vector<float> scratch;
     for (size_t i = b; i < end; i++) {
       const Tile& tl = tiles[i / nc];
@@ -413,6 +546,37 @@ void shrink_grad_sgmv(const mote_lora_args& a, float* dv, const float* dy) {
       const int e = a.seg_adapter[tl.g], re = a.rank[e];
       const int o0 = ci * oc, o1 = std::min(a.Hout, o0 + oc), n = std::max(0, o1 - o0);
       const auto* Bb = B + (size_t(e) * a.Hout + o0) * a.R;
+      // (the slab pack pays for itself with B of rank 16 in f32, which needs none, or 8+ tokens)
+      const bool direct = DT == 0 && a.R == kOuterJ && re == kOuterJ;
+      if (n > 0 && (direct ? tl.p1 - tl.p0 >= kOuterR : tl.p1 - tl.p0 >= 2 * kOuterR)) {
+        // Four tokens at a time through a 4 x 16 register tile over the rank: B's rows in f32
+        // 16-wide rank slabs (f32 B of rank R = 16 already is one), dy of the four packed by output.
+        const int nrt = (re + kOuterJ - 1) / kOuterJ;
+        const float* S = nullptr;
+        if constexpr (DT == 0) {
+          if (direct) S = Bb;
+        }
+        if (!direct) {
+          scratch.resize(size_t(nrt) * n * kOuterJ);
+          pack_slabs<DT>(scratch.data(), Bb, a.R, n, re);
+          S = scratch.data();
+        }
+        float res[kOuterR][kOuterJ];
+        for (int pi = tl.p0; pi < tl.p1; pi += kOuterR) {
+          const int nq = std::min(kOuterR, tl.p1 - pi);
+          // the four tokens' dy rows, read in place (a missing fourth repeats a row; its sums are dropped)
+          const float* rows[kOuterR];
+          for (int q = 0; q < kOuterR; q++)
+            rows[q] = dy + size_t(a.order[pi + std::min(q, nq - 1)] / a.K) * a.Hout + o0;
+          for (int rt = 0; rt < nrt; rt++) {
+            outer_tile_rows(S + size_t(rt) * n * kOuterJ, rows, n, res);
+            const int w = std::min(kOuterJ, re - rt * kOuterJ);
+            for (int q = 0; q < nq; q++)
+              std::memcpy(partial + (size_t(a.order[pi + q]) * nc + ci) * a.R + rt * kOuterJ, res[q], size_t(w) * 4);
+          }
+        }
+        continue;
+      }
       const bool convert = DT != 0 && tl.p1 - tl.p0 >= 2 && n > 0;
       if (convert) {
         scratch.resize(size_t(n) * re);
@@ -444,7 +608,7 @@ void input_grad_bgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
   const auto* A = typed<DT>(a.A);
   // Rows of A four at a time into an L1 accumulator (rows Hin apart share L1 sets, so
   // streaming all rank rows at once would thrash it), then one write of dx.
-  parallel_for(size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
+  par_for(lora_work(a, a.Hin), size_t(a.T) * nb, 1, [&](size_t b, size_t end) {
     std::vector<float> acc(kInputBgmvBlock);
     for (size_t i = b; i < end; i++) {
       const size_t t = i / nb;
@@ -477,17 +641,38 @@ void input_grad_sgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
     for (int t = 0; t < a.T; t++)
       if (a.slots[t] < 0) std::memset(dx + size_t(t) * a.Hin, 0, size_t(a.Hin) * 4);
   }
-  for_segment_blocks(a, nb, [&](int g0, int g1, int blk) {
+  for_segment_blocks(a, nb, lora_work(a, a.Hin), [&](int g0, int g1, int blk) {
     const int i0 = blk * kInputSgmvBlock, n = std::min(a.Hin, i0 + kInputSgmvBlock) - i0;
     // K > 1: this item owns dx[:, block] for all tokens; clear it, then add every slot.
     if (!one && !accumulate)
       for (int t = 0; t < a.T; t++) std::memset(dx + size_t(t) * a.Hin + i0, 0, size_t(n) * 4);
     const bool add = accumulate || !one;
-    std::vector<float> scratch;
+    std::vector<float> scratch, up;
     for (int g = g0; g < g1; g++) {
       const int e = a.seg_adapter[g], re = a.rank[e];
       const int ps = a.seg_start[g], pe = a.seg_start[g + 1];
       const auto* Ab = A + size_t(e) * a.R * a.Hin + i0;
+      if (pe - ps >= kOuterR) {
+        // The block in f32 16-column slabs, four tokens at a time through a 4 x 16 register tile.
+        scratch.resize(size_t((n + kOuterJ - 1) / kOuterJ) * re * kOuterJ);
+        pack_slabs<DT>(scratch.data(), Ab, a.Hin, re, n);
+        up.resize(size_t(re) * kOuterR);
+        for (int pi = ps; pi < pe; pi += kOuterR) {
+          const int nq = std::min(kOuterR, pe - pi);
+          float* rows[kOuterR] = {};
+          for (int q = 0; q < kOuterR; q++) {
+            const int p = q < nq ? a.order[pi + q] : -1;
+            for (int r = 0; r < re; r++) up[size_t(r) * kOuterR + q] = q < nq ? dv[size_t(p) * a.R + r] : 0.f;
+            if (q < nq) rows[q] = dx + size_t(p / a.K) * a.Hin + i0;
+          }
+          if (pi + kOuterR < pe) prefetch_rw(dx + size_t(a.order[pi + kOuterR] / a.K) * a.Hin + i0, n);
+          if (add)
+            slab_rows4<false>(scratch.data(), re, n, up.data(), rows, nq);
+          else
+            slab_rows4<true>(scratch.data(), re, n, up.data(), rows, nq);
+        }
+        continue;
+      }
       // Packed f32 copy of the block (also for f32: rows Hin apart alias in the L1 sets).
       const bool convert = pe - ps >= 2;
       if (convert) {
@@ -515,6 +700,15 @@ void input_grad_sgmv(const mote_lora_args& a, float* dx, const float* dv, bool a
   });
 }
 
+// weight grad: columns per item. 128 (a packed block of 512 B per token) unless that leaves
+// fewer than 32 items (few adapters, narrow layers); never narrower than one 16-wide tile.
+constexpr size_t kStreamMinBytes = size_t(4) << 20;  // dA + dB at least this large: streaming stores
+inline int wgrad_block(int used, int H) {
+  int w = 128;
+  while (w > kOuterJ && size_t(used) * ((H + w - 1) / w) < 32) w /= 2;
+  return w;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -530,6 +724,7 @@ void lora_shrink(const mote_lora_args& a, float* v, const float* x) {
 
 void lora_expand(const mote_lora_args& a, float* y, const float* v) {
   check_args(a, a.strategy == 1);
+  if (int e = single_adapter(a, a.b_dtype == 0); e >= 0) return expand_one(a, e, y, v);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
   } else {
@@ -540,7 +735,13 @@ void lora_expand(const mote_lora_args& a, float* y, const float* v) {
 void lora_apply(const mote_lora_args& a, float* y, float* v, const float* x) {
   // v is needed by backward, so it is written; it is tiny (T·K·R), so the two passes
   // read A and B once each, the same traffic as a single fused pass.
-  lora_shrink(a, v, x);
+  check_args(a, a.strategy == 1);
+  if (a.strategy == 1) {
+    MOTE_LORA_DISPATCH(a.a_dtype, shrink_sgmv, a, v, x);
+  } else {
+    MOTE_LORA_DISPATCH(a.a_dtype, shrink_bgmv, a, v, x);
+  }
+  if (int e = single_adapter(a, a.b_dtype == 0); e >= 0) return expand_one(a, e, y, v);
   if (a.strategy == 1) {
     MOTE_LORA_DISPATCH(a.b_dtype, expand_sgmv, a, y, v);
   } else {
@@ -569,24 +770,33 @@ void lora_input_grad(const mote_lora_args& a, float* dx, const float* dv, bool a
 void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float* x, const float* dy, const float* v,
                       const float* dv, bool accumulate) {
   // Grouped GEMMs (always by adapter): items (adapter, block of columns) own their slice
-  // of dA[e] / dB[e]; tokens are summed in segment order (t, then k ascending).
+  // of dA[e] / dB[e]; tokens are summed in segment order (t, then k ascending) by every item
+  // alike, so the block width changes which item computes an entry, never its bits. Blocks are
+  // narrowed (from the dims only) until there are enough items for every thread, however few
+  // adapters the batch has.
   check_args(a, true);
   std::vector<int> seg_of(a.L, -1);
   for (int g = 0; g < a.G; g++) seg_of[a.seg_adapter[g]] = g;
-  constexpr int kBlock = 128;  // columns per item: packed x / dy block of 512 B per token
+  const int used = std::max(1, a.G);
+  // Large fresh outputs are written with streaming stores: no read-for-ownership of lines
+  // that are overwritten whole (a cold dA/dB moves half the bytes).
+  const bool stream = !accumulate && size_t(a.L) * a.R * (size_t(a.Hin) + a.Hout) * 4 >= kStreamMinBytes;
 
-  const int nbA = (a.Hin + kBlock - 1) / kBlock;
-  parallel_for(size_t(a.L) * nbA, 1, [&](size_t b, size_t end) {
+  // dA[e][r][j] = Σ_p dv[p][r]·x[p][j]: x packed in 16-column slabs, dv as the broadcast operand.
+  const int bwA = wgrad_block(used, a.Hin);
+  const int nbA = (a.Hin + bwA - 1) / bwA;
+  const size_t work = size_t(a.L) * a.R * (size_t(a.Hin) + a.Hout) * 4 + lora_work(a, a.Hin + a.Hout);
+  par_for(work, size_t(a.L) * nbA, 1, [&](size_t b, size_t end) {
     std::vector<const float*> X;
     std::vector<float> xp, cp;
     for (size_t i = b; i < end; i++) {
       const int e = int(i / nbA);
-      const int i0 = int(i % nbA) * kBlock, n = std::min(a.Hin, i0 + kBlock) - i0;
+      const int i0 = int(i % nbA) * bwA, n = std::min(a.Hin, i0 + bwA) - i0;
       const int g = seg_of[e];
       const int re = g < 0 ? 0 : a.rank[e];
       float* D = dA + size_t(e) * a.R * a.Hin + i0;
       if (!accumulate)
-        for (int r = re; r < a.R; r++) std::memset(D + size_t(r) * a.Hin, 0, size_t(n) * 4);
+        for (int r = re; r < a.R; r++) zero_floats(D + size_t(r) * a.Hin, size_t(n), stream);
       if (g < 0) continue;
       const int ps = a.seg_start[g], np = a.seg_start[g + 1] - ps;
       const int rp = (re + kOuterR - 1) / kOuterR * kOuterR;
@@ -599,43 +809,53 @@ void lora_weight_grad(const mote_lora_args& a, float* dA, float* dB, const float
       }
       xp.resize(size_t(np) * ((n + kOuterJ - 1) / kOuterJ) * kOuterJ);
       pack_x(xp.data(), X.data(), np, n);
-      outer_packed(xp.data(), cp.data(), rp, np, re, n, D, a.Hin, accumulate);
+      outer_packed(xp.data(), cp.data(), rp, np, re, n, D, a.Hin, accumulate, stream);
     }
+    if (stream) stream_fence();
   });
 
-  const int nbB = (a.Hout + kBlock - 1) / kBlock;
-  parallel_for(size_t(a.L) * nbB, 1, [&](size_t b, size_t end) {
-    std::vector<const float*> X;
-    std::vector<float> xp, cp, tmp;
+  // dB[e][o][r] = Σ_p dy[p][o]·c[p][r], c = weight·scale·v: the same tile with the roles
+  // swapped (c packed in 16-wide rank slabs, dy as the broadcast operand), so rows of dB come
+  // out whole in their own [o][r] layout.
+  const int bwB = wgrad_block(used, a.Hout);
+  const int nbB = (a.Hout + bwB - 1) / bwB;
+  par_for(work, size_t(a.L) * nbB, 1, [&](size_t b, size_t end) {
+    std::vector<float> cpk, dyp;
     for (size_t i = b; i < end; i++) {
       const int e = int(i / nbB);
-      const int o0 = int(i % nbB) * kBlock, n = std::min(a.Hout, o0 + kBlock) - o0;
+      const int o0 = int(i % nbB) * bwB, n = std::min(a.Hout, o0 + bwB) - o0;
       const int g = seg_of[e];
       const int re = g < 0 ? 0 : a.rank[e];
       float* D = dB + (size_t(e) * a.Hout + o0) * a.R;
-      if (!accumulate)
-        for (int o = 0; o < n; o++) std::fill(D + size_t(o) * a.R + re, D + size_t(o + 1) * a.R, 0.f);
-      if (g < 0) continue;
+      if (g < 0) {
+        if (!accumulate) zero_floats(D, size_t(n) * a.R, stream);
+        continue;
+      }
       const int ps = a.seg_start[g], np = a.seg_start[g + 1] - ps;
-      const int rp = (re + kOuterR - 1) / kOuterR * kOuterR;
+      const int nrt = (re + kOuterJ - 1) / kOuterJ;  // 16-wide rank slabs
+      const int np4 = (n + kOuterR - 1) / kOuterR * kOuterR;
       const float sc = a.scale[e];
-      X.resize(np);
-      cp.assign(size_t(np) * rp, 0.f);
+      cpk.assign(size_t(nrt) * np * kOuterJ, 0.f);
+      // dy of the segment's tokens in groups of 4 outputs, dyq[og][q][4]: every tile reads its
+      // broadcast operand contiguously
+      dyp.resize(size_t(np4 / kOuterR) * np * kOuterR);
       for (int q = 0; q < np; q++) {
         const int p = a.order[ps + q];
         const float c = a.weight[p] * sc;
-        for (int r = 0; r < re; r++) cp[size_t(q) * rp + r] = c * v[size_t(p) * a.R + r];
-        X[q] = dy + size_t(p / a.K) * a.Hout + o0;
+        const float* vp = v + size_t(p) * a.R;
+        for (int r = 0; r < re; r++) cpk[(size_t(r / kOuterJ) * np + q) * kOuterJ + r % kOuterJ] = c * vp[r];
+        const float* d = dy + size_t(p / a.K) * a.Hout + o0;
+        const int full = n / kOuterR;
+        for (int og = 0; og < full; og++)
+          std::memcpy(dyp.data() + (size_t(og) * np + q) * kOuterR, d + og * kOuterR, 16);
+        if (full * kOuterR < n) {
+          float* dq = dyp.data() + (size_t(full) * np + q) * kOuterR;
+          for (int j = 0; j < kOuterR; j++) dq[j] = full * kOuterR + j < n ? d[full * kOuterR + j] : 0.f;
+        }
       }
-      xp.resize(size_t(np) * ((n + kOuterJ - 1) / kOuterJ) * kOuterJ);
-      pack_x(xp.data(), X.data(), np, n);
-      tmp.resize(size_t(re) * n);  // dB[e]ᵀ block: [r][o]
-      outer_packed(xp.data(), cp.data(), rp, np, re, n, tmp.data(), n, false);
-      for (int o = 0; o < n; o++) {
-        float* d = D + size_t(o) * a.R;
-        for (int r = 0; r < re; r++) d[r] = accumulate ? d[r] + tmp[size_t(r) * n + o] : tmp[size_t(r) * n + o];
-      }
+      outer_packed_rows(cpk.data(), dyp.data(), np, n, re, a.R, D, accumulate, stream);
     }
+    if (stream) stream_fence();
   });
 }
 

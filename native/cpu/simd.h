@@ -10,6 +10,8 @@
 #include "half.h"
 #if defined(__F16C__) || defined(__AVX__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -355,6 +357,34 @@ __attribute__((noinline, unused)) void outer_tile(const float* xs, const float* 
   st8(res[3] + 8, a31);
 }
 
+// outer_tile with the broadcast operand read from rows: res[q][j] = Σ_p c(p, q)·xs[p][j] where
+// c(p, q) = rows[q][p] (direct: four rows, stride 1) — same FMA chain over p ascending.
+__attribute__((noinline, unused)) void outer_tile_rows(const float* xs, const float* const rows[kOuterR], int np,
+                                                       float res[kOuterR][kOuterJ]) {
+  f8 a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
+  const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+  for (int p = 0; p < np; p++, xs += kOuterJ) {
+    const f8 x0 = ld8(xs), x1 = ld8(xs + 8);
+    const f8 c0 = splat(r0[p]), c1 = splat(r1[p]), c2 = splat(r2[p]), c3 = splat(r3[p]);
+    a00 += c0 * x0;
+    a01 += c0 * x1;
+    a10 += c1 * x0;
+    a11 += c1 * x1;
+    a20 += c2 * x0;
+    a21 += c2 * x1;
+    a30 += c3 * x0;
+    a31 += c3 * x1;
+  }
+  st8(res[0], a00);
+  st8(res[0] + 8, a01);
+  st8(res[1], a10);
+  st8(res[1] + 8, a11);
+  st8(res[2], a20);
+  st8(res[2] + 8, a21);
+  st8(res[3], a30);
+  st8(res[3] + 8, a31);
+}
+
 constexpr int kPackAhead = 4;  // rows prefetched ahead while packing
 
 // Packs rows X[p][0, nj) into xp[jt][p][16] (zero-padded to a multiple of 16 columns).
@@ -377,9 +407,63 @@ __attribute__((unused)) void pack_x(float* xp, const float* const* X, int np, in
   }
 }
 
+// Stores the 16 floats of src at dst: a streaming (non-temporal) store when asked and dst is
+// 32-byte aligned (the line is written whole, so it need not be read first), else a plain one.
+inline void store16(float* dst, const float* src, bool stream) {
+#if defined(__AVX__)
+  if (stream && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+    _mm256_stream_ps(dst, _mm256_loadu_ps(src));
+    _mm256_stream_ps(dst + 8, _mm256_loadu_ps(src + 8));
+    return;
+  }
+#else
+  (void)stream;
+#endif
+  std::memcpy(dst, src, 64);
+}
+
+// Stores 8 floats (half a line): streamed when asked and aligned (whole lines are written by
+// the neighbouring store, as in rows of 8 floats), else plain.
+inline void store8(float* dst, const float* src, bool stream) {
+#if defined(__AVX__)
+  if (stream && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+    _mm256_stream_ps(dst, _mm256_loadu_ps(src));
+    return;
+  }
+#else
+  (void)stream;
+#endif
+  std::memcpy(dst, src, 32);
+}
+
+// Zeroes n floats at dst, with streaming stores for the aligned 8-float runs when asked.
+inline void zero_floats(float* dst, size_t n, bool stream) {
+#if defined(__AVX__)
+  if (stream) {
+    size_t i = 0;
+    while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0) dst[i++] = 0.f;
+    const __m256 z = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, z);
+    for (; i < n; i++) dst[i] = 0.f;
+    return;
+  }
+#else
+  (void)stream;
+#endif
+  std::memset(dst, 0, n * 4);
+}
+
+// Orders this thread's streaming stores before whatever it does next (the pool's hand-back).
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // out[r·ostride + j] (+)= Σ_p cp[p·rp + r]·X[p][j] for r < nr, j < nj; xp from pack_x.
+// stream: full 16-wide rows of a fresh (non-accumulated) output go out with streaming stores.
 __attribute__((unused)) void outer_packed(const float* xp, const float* cp, int rp, int np, int nr, int nj, float* out,
-                                          size_t ostride, bool acc) {
+                                          size_t ostride, bool acc, bool stream = false) {
   const int njt = (nj + kOuterJ - 1) / kOuterJ;
   float res[kOuterR][kOuterJ];
   for (int jt = 0; jt < njt; jt++) {
@@ -388,7 +472,130 @@ __attribute__((unused)) void outer_packed(const float* xp, const float* cp, int 
       outer_tile(xp + size_t(jt) * np * kOuterJ, cp + r0, rp, np, res);
       for (int q = 0; q < std::min(kOuterR, nr - r0); q++) {
         float* o = out + size_t(r0 + q) * ostride + j0;
-        for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
+        if (!acc && w == kOuterJ)
+          store16(o, res[q], stream);
+        else
+          for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
+      }
+    }
+  }
+}
+
+// The transposed product, rows whole: out[o·R + r] (+)= Σ_p dq[o/4][p][o%4]·ck[r/16][p][r%16]
+// for o < no, r < re (ck: packed in 16-wide slabs of r, zero past re; dq: the per-row operand
+// in groups of 4 rows, zero-padded). Entries r in [re, R) are zeroed unless acc. Same tile,
+// same order over p as outer_packed.
+__attribute__((unused)) void outer_packed_rows(const float* ck, const float* dq, int np, int no, int re, int R,
+                                               float* out, bool acc, bool stream = false) {
+  const int nrt = (re + kOuterJ - 1) / kOuterJ;
+  float res[kOuterR][kOuterJ];
+  for (int o0 = 0; o0 < no; o0 += kOuterR) {
+    const int nq = std::min(kOuterR, no - o0);
+    for (int rt = 0; rt < nrt; rt++) {
+      const int r0 = rt * kOuterJ, w = std::min(kOuterJ, re - r0);
+      outer_tile(ck + size_t(rt) * np * kOuterJ, dq + size_t(o0 / kOuterR) * np * kOuterR, kOuterR, np, res);
+      for (int q = 0; q < nq; q++) {
+        float* o = out + size_t(o0 + q) * R + r0;
+        if (!acc && w == kOuterJ)
+          store16(o, res[q], stream);
+        else if (!acc && w == 8)
+          store8(o, res[q], stream);
+        else
+          for (int j = 0; j < w; j++) o[j] = acc ? o[j] + res[q][j] : res[q][j];
+      }
+    }
+    if (!acc && re < R)
+      for (int q = 0; q < nq; q++) std::memset(out + size_t(o0 + q) * R + re, 0, size_t(R - re) * 4);
+  }
+}
+
+// Packs rows [0, nr) x cols [0, n) of a strided matrix of dtype DT, or (transpose) its
+// columns, into 16-column slabs dst[jt][r][16] (zero-padded past n), the xs operand of outer_tile.
+template <int DT>
+void pack_slabs(float* dst, const elem_t<DT>* src, size_t stride, int nr, int n) {
+  const int njt = (n + kOuterJ - 1) / kOuterJ;
+  for (int jt = 0; jt < njt; jt++) {
+    const int j0 = jt * kOuterJ, w = std::min(kOuterJ, n - j0);
+    for (int r = 0; r < nr; r++) {
+      float* d = dst + (size_t(jt) * nr + r) * kOuterJ;
+      const elem_t<DT>* s = src + size_t(r) * stride + j0;
+      if (w == kOuterJ) {
+        st8(d, ld8w<DT>(s));
+        st8(d + 8, ld8w<DT>(s + 8));
+      } else {
+        for (int j = 0; j < kOuterJ; j++) d[j] = j < w ? cv<DT>(s[j]) : 0.f;
+      }
+    }
+  }
+}
+#if defined(__AVX__)
+// Transposes the 8 x 8 block in r[0..8) in place (row i becomes column i).
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+// The same from a row-major [n][stride] block read by columns: dst[jt][r][16] = src[(16jt + j)·stride + r].
+template <int DT>
+void pack_slabs_t(float* dst, const elem_t<DT>* src, size_t stride, int nr, int n) {
+  const int njt = (n + kOuterJ - 1) / kOuterJ;
+  for (int jt = 0; jt < njt; jt++) {
+    const int j0 = jt * kOuterJ, w = std::min(kOuterJ, n - j0);
+    float* d = dst + size_t(jt) * nr * kOuterJ;
+#if defined(__AVX__)
+    if (w == kOuterJ && nr % 8 == 0) {  // 8 x 8 blocks through registers
+      for (int h = 0; h < kOuterJ; h += 8)
+        for (int r0 = 0; r0 < nr; r0 += 8) {
+          __m256 m[8];
+          for (int i = 0; i < 8; i++) {
+            const f8 row = ld8w<DT>(src + size_t(j0 + h + i) * stride + r0);
+            std::memcpy(&m[i], &row, 32);
+          }
+          transpose8(m);
+          for (int i = 0; i < 8; i++) _mm256_storeu_ps(d + size_t(r0 + i) * kOuterJ + h, m[i]);
+        }
+      continue;
+    }
+#endif
+    for (int j = 0; j < kOuterJ; j++) {
+      const elem_t<DT>* s = src + size_t(j0 + j) * stride;
+      for (int r = 0; r < nr; r++) d[size_t(r) * kOuterJ + j] = j < w ? cv<DT>(s[r]) : 0.f;
+    }
+  }
+}
+
+// Up to four output rows at once: rows[q][j] (+)= Σ_{r < nr} up[r·4 + q]·S[jt][r][j % 16] for
+// j < n, q < nq (S from pack_slabs; up zero past nq). SET overwrites instead of adding. Each
+// entry is one FMA chain over r ascending, as a row-at-a-time axpy over the same rows gives.
+template <bool SET>
+inline void slab_rows4(const float* S, int nr, int n, const float* up, float* const rows[4], int nq) {
+  const int njt = (n + kOuterJ - 1) / kOuterJ;
+  float res[kOuterR][kOuterJ];
+  for (int jt = 0; jt < njt; jt++) {
+    const int j0 = jt * kOuterJ, w = std::min(kOuterJ, n - j0);
+    outer_tile(S + size_t(jt) * nr * kOuterJ, up, kOuterR, nr, res);
+    for (int q = 0; q < nq; q++) {
+      float* o = rows[q] + j0;
+      if (w == kOuterJ) {
+        st8(o, SET ? ld8(res[q]) : ld8(o) + ld8(res[q]));
+        st8(o + 8, SET ? ld8(res[q] + 8) : ld8(o + 8) + ld8(res[q] + 8));
+      } else {
+        for (int j = 0; j < w; j++) o[j] = SET ? res[q][j] : o[j] + res[q][j];
       }
     }
   }

@@ -49,6 +49,10 @@ export interface Addon {
   loraShrinkGrad(args: LoraCallArgs, dv: object, dy: object): void;
   loraInputGrad(args: LoraCallArgs, dx: object, dv: object, acc: boolean): void;
   loraWeightGrad(args: LoraCallArgs, dA: object, dB: object, x: object, dy: object, v: object, dv: object, acc: boolean): void;
+  /** Prepared halves of a lora call (parsed and size-checked once) and the call that takes them. */
+  loraRoutingHandle(args: LoraRoutingArgs): object;
+  loraStackHandle(args: LoraStackArgs): object;
+  loraRun(op: number, routing: object, stack: object, strategy: number, acc: boolean, ...buffers: object[]): void;
   // model kernel families (native/bind_model.cc)
   embedding(y: object, ids: object, E: object, edtype: number, T: number, V: number, H: number): void;
   embeddingGrad(
@@ -168,7 +172,40 @@ export interface LoraCallArgs {
   strategy: number;
 }
 
+/** loraRoutingHandle's argument: the routing half of LoraCallArgs. */
+export type LoraRoutingArgs = Pick<LoraCallArgs, 'slots' | 'weight' | 'order' | 'segStart' | 'segAdapter' | 'T' | 'K' | 'L' | 'P' | 'G'>;
+/** loraStackHandle's argument: the adapter-stack half of LoraCallArgs. */
+export type LoraStackArgs = Pick<LoraCallArgs, 'A' | 'B' | 'rank' | 'scale' | 'L' | 'R' | 'Hin' | 'Hout' | 'aDtype' | 'bDtype'>;
+
 const STRATEGY_CODE: Record<LoraStrategy, number> = { bgmv: 0, sgmv: 1 };
+/** loraRun's op codes (native/bind_lora.cc). */
+const LORA_OP = { shrink: 0, expand: 1, apply: 2, shrinkGrad: 3, inputGrad: 4, weightGrad: 5 } as const;
+
+/** A prepared half and what it was built from (compared at every call: a replaced tensor or a new shape rebuilds it). */
+interface RoutingHandleEntry {
+  h: object;
+  slots: object;
+  weight: object;
+  order: object;
+  segStart: object;
+  segAdapter: object;
+  T: number;
+  K: number;
+  L: number;
+}
+interface StackHandleEntry {
+  h: object;
+  A: object;
+  B: object;
+  rank: object;
+  scale: object;
+  L: number;
+  R: number;
+  Hin: number;
+  Hout: number;
+  aDtype: number;
+  bDtype: number;
+}
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -381,49 +418,99 @@ export class NativeBackend implements Backend {
     );
   }
 
-  #loraArgs(s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): LoraCallArgs {
-    return {
-      slots: rt.slots.storage as object,
-      weight: rt.weight.storage as object,
-      order: rt.order.storage as object,
-      segStart: rt.segStart.storage as object,
-      segAdapter: rt.segAdapter.storage as object,
-      A: s.A.storage as object,
-      B: s.B.storage as object,
-      rank: s.rank.storage as object,
-      scale: s.scale.storage as object,
-      T: d.T,
-      K: d.K,
-      L: d.L,
-      R: d.R,
-      Hin: d.Hin,
-      Hout: d.Hout,
-      P: rt.pairs,
-      G: rt.groups,
-      aDtype: DTYPE_CODE[s.A.dtype],
-      bDtype: DTYPE_CODE[s.B.dtype],
-      strategy: STRATEGY_CODE[strategy],
-    };
+  /** Prepared routing halves, one per routing (a batch), and stack halves, one per adapter stack (a layer). */
+  readonly #routingHandles = new WeakMap<LoraRouting, RoutingHandleEntry>();
+  readonly #stackHandles = new WeakMap<LoraStack, StackHandleEntry>();
+
+  /** The two prepared halves of a lora call, built on first use and rebuilt when what they hold changed. */
+  #loraHandles(s: LoraStack, rt: LoraRouting, d: LoraDims): [object, object] {
+    const slots = rt.slots.storage as object,
+      weight = rt.weight.storage as object,
+      order = rt.order.storage as object,
+      segStart = rt.segStart.storage as object,
+      segAdapter = rt.segAdapter.storage as object;
+    let r = this.#routingHandles.get(rt);
+    if (
+      r === undefined ||
+      r.slots !== slots ||
+      r.weight !== weight ||
+      r.order !== order ||
+      r.segStart !== segStart ||
+      r.segAdapter !== segAdapter ||
+      r.T !== d.T ||
+      r.K !== d.K ||
+      r.L !== d.L
+    ) {
+      const args = { slots, weight, order, segStart, segAdapter, T: d.T, K: d.K, L: d.L, P: rt.pairs, G: rt.groups };
+      const h = nativeCall('loraRouting', () => this.addon.loraRoutingHandle(args));
+      r = { h, slots, weight, order, segStart, segAdapter, T: d.T, K: d.K, L: d.L };
+      this.#routingHandles.set(rt, r);
+    }
+    const A = s.A.storage as object,
+      B = s.B.storage as object,
+      rank = s.rank.storage as object,
+      scale = s.scale.storage as object;
+    const aDtype = DTYPE_CODE[s.A.dtype],
+      bDtype = DTYPE_CODE[s.B.dtype];
+    let k = this.#stackHandles.get(s);
+    if (
+      k === undefined ||
+      k.A !== A ||
+      k.B !== B ||
+      k.rank !== rank ||
+      k.scale !== scale ||
+      k.L !== d.L ||
+      k.R !== d.R ||
+      k.Hin !== d.Hin ||
+      k.Hout !== d.Hout ||
+      k.aDtype !== aDtype ||
+      k.bDtype !== bDtype
+    ) {
+      const args = { A, B, rank, scale, L: d.L, R: d.R, Hin: d.Hin, Hout: d.Hout, aDtype, bDtype };
+      const h = nativeCall('loraStack', () => this.addon.loraStackHandle(args));
+      k = { h, A, B, rank, scale, L: d.L, R: d.R, Hin: d.Hin, Hout: d.Hout, aDtype, bDtype };
+      this.#stackHandles.set(s, k);
+    }
+    return [r.h, k.h];
   }
   loraShrink(v: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
-    const args = this.#loraArgs(s, rt, d, strategy);
-    nativeCall('loraShrink', () => this.addon.loraShrink(args, v.storage as object, x.storage as object));
+    const [rh, sh] = this.#loraHandles(s, rt, d);
+    nativeCall('loraShrink', () =>
+      this.addon.loraRun(LORA_OP.shrink, rh, sh, STRATEGY_CODE[strategy], false, v.storage as object, x.storage as object),
+    );
   }
   loraExpand(y: Tensor, v: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
-    const args = this.#loraArgs(s, rt, d, strategy);
-    nativeCall('loraExpand', () => this.addon.loraExpand(args, y.storage as object, v.storage as object));
+    const [rh, sh] = this.#loraHandles(s, rt, d);
+    nativeCall('loraExpand', () =>
+      this.addon.loraRun(LORA_OP.expand, rh, sh, STRATEGY_CODE[strategy], false, y.storage as object, v.storage as object),
+    );
   }
   loraApply(y: Tensor, v: Tensor, x: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
-    const args = this.#loraArgs(s, rt, d, strategy);
-    nativeCall('loraApply', () => this.addon.loraApply(args, y.storage as object, v.storage as object, x.storage as object));
+    const [rh, sh] = this.#loraHandles(s, rt, d);
+    nativeCall('loraApply', () =>
+      this.addon.loraRun(
+        LORA_OP.apply,
+        rh,
+        sh,
+        STRATEGY_CODE[strategy],
+        false,
+        y.storage as object,
+        v.storage as object,
+        x.storage as object,
+      ),
+    );
   }
   loraShrinkGrad(dv: Tensor, dy: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy): void {
-    const args = this.#loraArgs(s, rt, d, strategy);
-    nativeCall('loraShrinkGrad', () => this.addon.loraShrinkGrad(args, dv.storage as object, dy.storage as object));
+    const [rh, sh] = this.#loraHandles(s, rt, d);
+    nativeCall('loraShrinkGrad', () =>
+      this.addon.loraRun(LORA_OP.shrinkGrad, rh, sh, STRATEGY_CODE[strategy], false, dv.storage as object, dy.storage as object),
+    );
   }
   loraInputGrad(dx: Tensor, dv: Tensor, s: LoraStack, rt: LoraRouting, d: LoraDims, strategy: LoraStrategy, accumulate: boolean): void {
-    const args = this.#loraArgs(s, rt, d, strategy);
-    nativeCall('loraInputGrad', () => this.addon.loraInputGrad(args, dx.storage as object, dv.storage as object, accumulate));
+    const [rh, sh] = this.#loraHandles(s, rt, d);
+    nativeCall('loraInputGrad', () =>
+      this.addon.loraRun(LORA_OP.inputGrad, rh, sh, STRATEGY_CODE[strategy], accumulate, dx.storage as object, dv.storage as object),
+    );
   }
   loraWeightGrad(
     dA: Tensor,
@@ -438,17 +525,20 @@ export class NativeBackend implements Backend {
     accumulate: boolean,
   ): void {
     // Always grouped by adapter (the gradients are per-adapter GEMMs).
-    const args = this.#loraArgs(s, rt, d, 'sgmv');
+    const [rh, sh] = this.#loraHandles(s, rt, d);
     nativeCall('loraWeightGrad', () =>
-      this.addon.loraWeightGrad(
-        args,
+      this.addon.loraRun(
+        LORA_OP.weightGrad,
+        rh,
+        sh,
+        STRATEGY_CODE.sgmv,
+        accumulate,
         dA.storage as object,
         dB.storage as object,
         x.storage as object,
         dy.storage as object,
         v.storage as object,
         dv.storage as object,
-        accumulate,
       ),
     );
   }

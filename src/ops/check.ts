@@ -30,24 +30,26 @@ export class Checker {
     }
     if (!spec.dtypes.includes(t.dtype))
       throw new DTypeError(`${this.op}: ${name}: expected dtype ${spec.dtypes.join(' or ')}, got ${t.dtype}`);
-    const want = spec.shape.map((d) => (typeof d === 'number' ? String(d) : d)).join(', ');
+    // the expected shape as text, built only for a message (this runs on every op call)
+    const want = (): string => spec.shape.map((d) => (typeof d === 'number' ? String(d) : d)).join(', ');
     if (t.shape.length !== spec.shape.length)
-      throw new ShapeError(`${this.op}: ${name}: expected shape [${want}], got [${t.shape.join(', ')}]`);
-    spec.shape.forEach((d, i) => {
+      throw new ShapeError(`${this.op}: ${name}: expected shape [${want()}], got [${t.shape.join(', ')}]`);
+    for (let i = 0; i < spec.shape.length; i++) {
+      const d = spec.shape[i]!;
       const got = t.shape[i]!;
       if (typeof d === 'number') {
         if (got !== d)
-          throw new ShapeError(`${this.op}: ${name}: expected shape [${want}], got [${t.shape.join(', ')}] (dim ${i} must be ${d})`);
-        return;
+          throw new ShapeError(`${this.op}: ${name}: expected shape [${want()}], got [${t.shape.join(', ')}] (dim ${i} must be ${d})`);
+        continue;
       }
       const bound = this.dims.get(d);
       if (!bound) this.dims.set(d, { value: got, from: name });
       else if (bound.value !== got) {
         throw new ShapeError(
-          `${this.op}: ${name}: expected shape [${want}] with ${d} = ${bound.value} (from ${bound.from}), got [${t.shape.join(', ')}]`,
+          `${this.op}: ${name}: expected shape [${want()}] with ${d} = ${bound.value} (from ${bound.from}), got [${t.shape.join(', ')}]`,
         );
       }
-    });
+    }
     return t;
   }
 

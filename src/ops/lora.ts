@@ -109,9 +109,11 @@ export class LoraRouting {
    * after construction): cpu would reject bad contents, a GPU kernel would trust them.
    */
   checkIntact(op: string): void {
+    const b = this.#built;
+    if (this.slots === b[0] && this.weight === b[1] && this.order === b[2] && this.segStart === b[3] && this.segAdapter === b[4]) return;
     const names = ['slots', 'weight', 'order', 'segStart', 'segAdapter'] as const;
     names.forEach((n, i) => {
-      if (this[n] !== this.#built[i])
+      if (this[n] !== b[i])
         throw new ArgumentError(
           `${op}: routing.${n}: expected the tensor loraRouting() built from the checked slots, got one put in its place`,
         );
@@ -346,7 +348,7 @@ function checkAll(
     const e = used[i]!,
       r = ranks[e]!;
     if (r < 1 || r > R) throw new ArgumentError(`${op}: rank[${e}]: expected an integer in [1, ${R}], got ${r}`);
-    if (s.ranks !== undefined && s.ranks[e] !== r)
+    if (s.ranks[e] !== r)
       throw new ArgumentError(`${op}: ranks[${e}]: the stack's host copy says ${s.ranks[e]}, but its rank tensor holds ${r}`);
   }
   for (const [name, [t, shape, optional]] of Object.entries(tensors)) {
