@@ -146,7 +146,22 @@ const CONFIGS: Config[] = [
   },
   // many rank-8 slots per token (the serving engine's units): ranks all multiples of 8, H_out not
   // one (the last outputs take the slot-at-a-time path)
-  { name: 'T=5 K=16 L=64 R=8 rank-8 units', T: 5, K: 16, L: 64, R: 8, Hin: 37, Hout: 61, ranks: 'full', slots: 'unsorted' },
+  {
+    name: 'T=5 K=16 L=64 R=8 rank-8 units',
+    T: 5,
+    K: 16,
+    L: 64,
+    R: 8,
+    Hin: 37,
+    Hout: 61,
+    ranks: 'full',
+    slots: 'unsorted',
+    // webgpu's grouped expand for K > 2: per-slot scratch rows, then one sum per output
+    webgpu: [
+      ['sgmv', 'f32'],
+      ['bgmv', 'bf16'],
+    ],
+  },
   {
     name: 'T=3 K=4 L=8 R=16 ranks 8 and 16',
     T: 3,
@@ -157,6 +172,7 @@ const CONFIGS: Config[] = [
     Hout: 67,
     ranks: [8, 16, 8, 16, 16, 8, 8, 16],
     slots: 'holes',
+    webgpu: [['sgmv', 'f16']],
   },
   { name: 'T=17 K=1 L=1 R=64 all-same full rank', T: 17, K: 1, L: 1, R: 64, Hin: 53, Hout: 67, ranks: 'full', slots: 'same' },
   { name: 'T=17 K=2 L=4 R=8 holes', T: 17, K: 2, L: 4, R: 8, Hin: 53, Hout: 67, ranks: 'mixed', slots: 'holes', webgpu: [['auto', 'f16']] },
