@@ -214,38 +214,61 @@ inline v8f ld8(const float* p) {
 }
 inline void st8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
-// o[c] += Σ_x p[x]·rows[x][c] over the x < n with p[x] ≠ 0 (others are not read: an invisible
-// slot may hold anything), summed in registers (x ascending), then added to o once.
-inline void window_axpy(float* o, const float* p, const float* const* rows, int n, int D) {
-  float pp[kW];
-  const float* rr[kW];
-  int m = 0;
-  for (int x = 0; x < n; x++)
-    if (p[x] != 0.f) {
-      pp[m] = p[x];
-      rr[m++] = rows[x];
+// acc[r][c] += Σ_x w[r][x]·parts[x][c] for the rows r < nr and the x < n that row r sees
+// (vis): a partner no row sees is never read (an empty cache slot may hold anything). Partners
+// every row sees go through one pass with kQ vector accumulators per 8 dims (each partner's
+// 8 floats loaded once for all rows); partners only some rows see are added row by row.
+// Rows past nr accumulate into `dummy` (D floats of scratch).
+inline void block_axpy(float* acc, int nr, const float (*w)[kW], const bool (*vis)[kW], const float* const* parts,
+                       int n, int D, float* dummy) {
+  int full[kW], nf = 0;
+  bool isfull[kW], partial = false;
+  for (int x = 0; x < n; x++) {
+    bool all = true, any = false;
+    for (int r = 0; r < nr; r++) {
+      all &= vis[r][x];
+      any |= vis[r][x];
     }
-  if (m == 0) return;
-  int c = 0;
-  for (; c + 16 <= D; c += 16) {
-    v8f a0 = {}, a1 = {};
-    for (int x = 0; x < m; x++) {
-      a0 += pp[x] * ld8(rr[x] + c);
-      a1 += pp[x] * ld8(rr[x] + c + 8);
+    isfull[x] = all;
+    if (all)
+      full[nf++] = x;
+    else
+      partial |= any;
+  }
+  if (nf > 0) {
+    float* rows[kQ];
+    float wf[kQ][kW];
+    for (int r = 0; r < kQ; r++) {
+      rows[r] = r < nr ? acc + size_t(r) * D : dummy;
+      for (int f = 0; f < nf; f++) wf[r][f] = r < nr ? w[r][full[f]] : 0.f;
     }
-    st8(o + c, ld8(o + c) + a0);
-    st8(o + c + 8, ld8(o + c + 8) + a1);
+    int c = 0;
+    for (; c + 8 <= D; c += 8) {
+      v8f a[kQ];
+      for (int r = 0; r < kQ; r++) a[r] = ld8(rows[r] + c);
+      for (int f = 0; f < nf; f++) {
+        const v8f v = ld8(parts[full[f]] + c);
+        for (int r = 0; r < kQ; r++) a[r] += wf[r][f] * v;
+      }
+      for (int r = 0; r < kQ; r++) st8(rows[r] + c, a[r]);
+    }
+    for (; c < D; c++)
+      for (int r = 0; r < nr; r++) {
+        float t = rows[r][c];
+        for (int f = 0; f < nf; f++) t += wf[r][f] * parts[full[f]][c];
+        rows[r][c] = t;
+      }
   }
-  for (; c + 8 <= D; c += 8) {
-    v8f a0 = {};
-    for (int x = 0; x < m; x++) a0 += pp[x] * ld8(rr[x] + c);
-    st8(o + c, ld8(o + c) + a0);
-  }
-  for (; c < D; c++) {
-    float acc = 0;
-    for (int x = 0; x < m; x++) acc += pp[x] * rr[x][c];
-    o[c] += acc;
-  }
+  if (partial)
+    for (int r = 0; r < nr; r++)
+      for (int x = 0; x < n; x++)
+        if (vis[r][x] && !isfull[x]) {
+          float* o = acc + size_t(r) * D;
+          const float* v = parts[x];
+          const float wx = w[r][x];
+#pragma omp simd
+          for (int c = 0; c < D; c++) o[c] += wx * v[c];
+        }
 }
 
 // s[r][x] = scale · Σ_c rows[r][c]·t[c·kW + x] for the NQ rows (kW = 16: two vectors per row):
@@ -427,12 +450,13 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
           for (int qi = 0; qi < nq; qi++) qrows[qi] = q + (size_t(i0 + qi) * nH + h) * D;
           float sc[kQ][kW];
           scores(sc, qrows, nq, ws, kt, w, kv, kw.krows, n, D, scale, zero.data());
+          float pw[kQ][kW];
           for (int qi = 0; qi < nq; qi++) {
             const float* s = sc[qi];
             float wm = ninf;
             for (int x = 0; x < kW; x++)
               if (vis[qi][x]) wm = std::max(wm, s[x]);
-            if (wm == ninf) continue;
+            if (wm == ninf) continue;  // vis[qi] is all false: block_axpy adds nothing to the row
             const size_t st = size_t(g) * kQ + qi;
             float* o = acc.data() + st * D;
             if (wm > m[st]) {
@@ -443,17 +467,17 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
               m[st] = wm;
             }
             const float mq = m[st];
-            float e[kW], p[kW];
+            float e[kW];
 #pragma omp simd
             for (int x = 0; x < kW; x++) e[x] = exp_f32(s[x] - mq);
             float ps = 0;
             for (int x = 0; x < kW; x++) {
-              p[x] = vis[qi][x] ? e[x] : 0.f;
-              ps += p[x];
+              pw[qi][x] = vis[qi][x] ? e[x] : 0.f;
+              ps += pw[qi][x];
             }
             l[st] += ps;
-            window_axpy(o, p, kw.vrows, n, D);
           }
+          block_axpy(acc.data() + size_t(g) * kQ * D, nq, pw, vis, kw.vrows, n, D, zero.data());
         }
       }
       for (int g = 0; g < group; g++)
@@ -526,16 +550,17 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
             float sc[kQ][kW], dpc[kQ][kW];
             scores(sc, qrows, nq, ws, kt, w, kv, kw.krows, n, D, scale, zero.data());
             scores(dpc, grows, nq, ws, vt, w, kv, kw.vrows, n, D, 1.f, zero.data());
+            float dsw[kQ][kW];
             for (int qi = 0; qi < nq; qi++) {
               const size_t row = size_t(i0 + qi) * nH + h;
               const float L = lse[row], dl = delta[row];
-              if (L == ninf) continue;
-              float e[kW], ds[kW];
+              float e[kW];
 #pragma omp simd
               for (int x = 0; x < kW; x++) e[x] = exp_f32(sc[qi][x] - L) * (dpc[qi][x] - dl);
-              for (int x = 0; x < kW; x++) ds[x] = vis[qi][x] ? e[x] : 0.f;
-              window_axpy(acc.data() + (size_t(g) * kQ + qi) * D, ds, kw.krows, n, D);
+              // a query that saw nothing (L = −∞) has vis all false
+              for (int x = 0; x < kW; x++) dsw[qi][x] = vis[qi][x] ? e[x] : 0.f;
             }
+            block_axpy(acc.data() + size_t(g) * kQ * D, nq, dsw, vis, kw.krows, n, D, zero.data());
           }
         }
         for (int g = 0; g < group; g++)
@@ -589,18 +614,19 @@ void attention_grad(const AttentionArgs& a, float* dq, float* dk, float* dv, con
           float sc[kQ][kW], dpc[kQ][kW];
           scores(sc, krows, nk, ws, qt, w, h, qrows, n, D, scale, zero.data());
           scores(dpc, vrows, nk, ws, gt, w, h, grows, n, D, 1.f, zero.data());
+          float pw[kQ][kW], dsw[kQ][kW];
           for (int kj = 0; kj < nk; kj++) {
-            float e[kW], p[kW], ds[kW];
+            float e[kW];
 #pragma omp simd
             for (int x = 0; x < kW; x++) e[x] = exp_f32(sc[kj][x] - L[x]);
+            // a query that saw nothing (L = −∞) sees no key: vis is false there
             for (int x = 0; x < kW; x++) {
-              const bool on = vis[kj][x] && L[x] != ninf;
-              p[x] = on ? e[x] : 0.f;
-              ds[x] = on ? e[x] * (dpc[kj][x] - dl[x]) : 0.f;
+              pw[kj][x] = vis[kj][x] ? e[x] : 0.f;
+              dsw[kj][x] = vis[kj][x] ? e[x] * (dpc[kj][x] - dl[x]) : 0.f;
             }
-            window_axpy(av.data() + size_t(kj) * D, p, grows, n, D);
-            window_axpy(ak.data() + size_t(kj) * D, ds, qrows, n, D);
           }
+          block_axpy(av.data(), nk, pw, vis, grows, n, D, zero.data());
+          block_axpy(ak.data(), nk, dsw, vis, qrows, n, D, zero.data());
         }
       }
       for (int kj = 0; kj < nk; kj++) {
