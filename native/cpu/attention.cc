@@ -35,6 +35,7 @@
 
 #include "kernels.h"
 #include "threads.h"
+#include "simd.h"
 #include "fast_exp.h"
 
 namespace MOTE_CPU_KERNEL_NS {
@@ -42,18 +43,6 @@ namespace {
 
 constexpr int kQ = 8;   // rows (queries, or keys in dk/dv) per block
 constexpr int kW = 16;  // keys (or queries) per window: one vector of scores
-
-inline float dot(const float* a, const float* b, int D) {
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int c = 0; c < D; c++) s += a[c] * b[c];
-  return s;
-}
-
-inline void axpy(float* y, float a, const float* x, int D) {
-#pragma omp simd
-  for (int c = 0; c < D; c++) y[c] += a * x[c];
-}
 
 void check(const AttentionArgs& a) {
   if (a.Tq < 1 || a.Tk < 0 || a.nH < 1 || a.nKv < 1 || a.D < 1 || a.nH % a.nKv != 0 || a.num_runs < 0)
@@ -90,30 +79,8 @@ void check(const AttentionArgs& a) {
                               " not in [0, S)");
 }
 
-// The runs of query i (keys) or of key j (queries), as [begin, end) pointers into the run table.
+// The run table of a.ranges: (start, end) pairs after the per-query and per-key run lists.
 inline const int* run_table(const AttentionArgs& a) { return a.ranges + 2 * (size_t(a.Tq) + a.Tk); }
-inline std::pair<const int*, const int*> key_runs(const AttentionArgs& a, int i) {
-  const int* t = run_table(a) + 2 * size_t(a.ranges[2 * size_t(i)]);
-  return {t, t + 2 * size_t(a.ranges[2 * size_t(i) + 1])};
-}
-inline std::pair<const int*, const int*> query_runs(const AttentionArgs& a, int j) {
-  const size_t e = 2 * (size_t(a.Tq) + j);
-  const int* t = run_table(a) + 2 * size_t(a.ranges[e]);
-  return {t, t + 2 * size_t(a.ranges[e + 1])};
-}
-
-// Visibility of keys from one query.
-struct Query {
-  int seq, pos;
-  const int* brow;  // blocked row of (seq, q_seg) or null without segments
-  Query(const AttentionArgs& a, int i)
-      : seq(a.q_seq[i]),
-        pos(a.q_pos[i]),
-        brow(a.S > 0 ? a.blocked + (size_t(a.q_seq[i]) * a.S + a.q_seg[i]) * a.S : nullptr) {}
-  bool sees(const AttentionArgs& a, int j) const {
-    return a.k_seq[j] == seq && a.k_pos[j] <= pos && !(brow && brow[a.k_seg[j]]);
-  }
-};
 
 // The windows of the run lists a set of rows reads: the partners of every row (queries: their
 // keys; keys: their queries) in windows of kW consecutive indices in the logical order of the
@@ -205,15 +172,6 @@ std::vector<std::pair<int, int>> row_blocks(const int* entries, int n, int kq) {
   return out;
 }
 
-// 8 floats as one vector (GCC vector extension; loads and stores through memcpy: unaligned).
-typedef float v8f __attribute__((vector_size(32)));
-inline v8f ld8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void st8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
-
 // acc[r][c] += Σ_x w[r][x]·parts[x][c] for the rows r < nr and the x < n that row r sees
 // (vis): a partner no row sees is never read (an empty cache slot may hold anything). Partners
 // every row sees go through one pass with kQ vector accumulators per 8 dims (each partner's
@@ -244,10 +202,10 @@ inline void block_axpy(float* acc, int nr, const float (*w)[kW], const bool (*vi
     }
     int c = 0;
     for (; c + 8 <= D; c += 8) {
-      v8f a[kQ];
+      f8 a[kQ];
       for (int r = 0; r < kQ; r++) a[r] = ld8(rows[r] + c);
       for (int f = 0; f < nf; f++) {
-        const v8f v = ld8(parts[full[f]] + c);
+        const f8 v = ld8(parts[full[f]] + c);
         for (int r = 0; r < kQ; r++) a[r] += wf[r][f] * v;
       }
       for (int r = 0; r < kQ; r++) st8(rows[r] + c, a[r]);
@@ -262,13 +220,7 @@ inline void block_axpy(float* acc, int nr, const float (*w)[kW], const bool (*vi
   if (partial)
     for (int r = 0; r < nr; r++)
       for (int x = 0; x < n; x++)
-        if (vis[r][x] && !isfull[x]) {
-          float* o = acc + size_t(r) * D;
-          const float* v = parts[x];
-          const float wx = w[r][x];
-#pragma omp simd
-          for (int c = 0; c < D; c++) o[c] += wx * v[c];
-        }
+        if (vis[r][x] && !isfull[x]) axpy(acc + size_t(r) * D, w[r][x], parts[x], D);
 }
 
 // s[r][x] = scale · Σ_c rows[r][c]·t[c·kW + x] for the NQ rows (kW = 16: two vectors per row):
@@ -278,11 +230,11 @@ template <int NQ>
 inline void block_dots_n(float (*s)[kW], const float* const* x, const float* t, int D, float scale) {
   constexpr int SP = 4 / NQ > 0 ? 4 / NQ : 1;
   static_assert(kW == 16, "two vectors per window");
-  v8f lo[NQ][SP] = {}, hi[NQ][SP] = {};
+  f8 lo[NQ][SP] = {}, hi[NQ][SP] = {};
   int c = 0;
   for (; c + SP <= D; c += SP)
     for (int u = 0; u < SP; u++) {
-      const v8f t0 = ld8(t + size_t(c + u) * kW), t1 = ld8(t + size_t(c + u) * kW + 8);
+      const f8 t0 = ld8(t + size_t(c + u) * kW), t1 = ld8(t + size_t(c + u) * kW + 8);
       for (int r = 0; r < NQ; r++) {
         const float xc = x[r][c + u];
         lo[r][u] += xc * t0;
@@ -290,14 +242,14 @@ inline void block_dots_n(float (*s)[kW], const float* const* x, const float* t, 
       }
     }
   for (; c < D; c++) {
-    const v8f t0 = ld8(t + size_t(c) * kW), t1 = ld8(t + size_t(c) * kW + 8);
+    const f8 t0 = ld8(t + size_t(c) * kW), t1 = ld8(t + size_t(c) * kW + 8);
     for (int r = 0; r < NQ; r++) {
       lo[r][0] += x[r][c] * t0;
       hi[r][0] += x[r][c] * t1;
     }
   }
   for (int r = 0; r < NQ; r++) {
-    v8f a = lo[r][0], b = hi[r][0];
+    f8 a = lo[r][0], b = hi[r][0];
     for (int u = 1; u < SP; u++) {
       a += lo[r][u];
       b += hi[r][u];
@@ -373,10 +325,10 @@ inline void direct_dots(float (*s)[kW], const float* const* rows, int nq, const 
         continue;
       }
       const float *a = rows[r], *b = parts[x];
-      v8f acc = {};
+      f8 acc = {};
       int c = 0;
       for (; c + 8 <= D; c += 8) acc += ld8(a + c) * ld8(b + c);
-      float t = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+      float t = hsum(acc);
       for (; c < D; c++) t += a[c] * b[c];
       s[r][x] = scale * t;
     }
