@@ -134,7 +134,7 @@ export async function runTrainBench(backend: Backend, o: TrainBenchOptions): Pro
     while (!trainer.done) {
       // the last step, with every addon call timed (cpu: the kernels' own time)
       const last = trainer.state.step === o.steps;
-      if (last && backend.kind === 'cpu') opProfile(true);
+      if (last && backend.kind !== 'webgpu') opProfile(true, backend);
       const t = performance.now();
       await trainer.trainStep();
       const stepMsNow = performance.now() - t;

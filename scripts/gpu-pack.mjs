@@ -6,9 +6,11 @@
 //                    package's runtime dependencies without build tools, webgpu for linux-x64
 //                    only, and the test/bench helpers fast-check and benchmark)
 //   dist.tar.xz      the compiled TypeScript (npm run build first)
+//   vulkan/          this machine's Vulkan loader (libvulkan.so.1), for Dawn where the GPU machine
+//                    has none (gpu-run.sh puts it on LD_LIBRARY_PATH only then)
 // Usage: node scripts/gpu-pack.mjs   (then: run with carry [".device"] and `bash scripts/gpu-run.sh`)
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, realpathSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -52,8 +54,15 @@ const xz = (args, file) =>
 xz(`cat ${JSON.stringify(process.execPath)}`, join(out, 'node.xz'));
 xz(`tar -C node_modules -cf - ${[...MODULES, ...WEBGPU].join(' ')}`, join(out, 'modules.tar.xz'));
 xz('tar -cf - dist', join(out, 'dist.tar.xz'));
+const loader = ['/usr/lib/x86_64-linux-gnu/libvulkan.so.1', '/lib/x86_64-linux-gnu/libvulkan.so.1'].find((p) => existsSync(p));
+const files = ['node.xz', 'modules.tar.xz', 'dist.tar.xz'];
+if (loader) {
+  mkdirSync(join(out, 'vulkan'), { recursive: true });
+  copyFileSync(realpathSync(loader), join(out, 'vulkan', 'libvulkan.so.1'));
+  files.push('vulkan/libvulkan.so.1');
+} else console.log('gpu-pack: no Vulkan loader here (apt-get install libvulkan1); WebGPU on the GPU machine needs its own');
 let total = 0;
-for (const f of ['node.xz', 'modules.tar.xz', 'dist.tar.xz']) {
+for (const f of files) {
   const n = statSync(join(out, f)).size;
   total += n;
   console.log(`gpu-pack: .device/${f} ${(n / 2 ** 20).toFixed(1)} MiB`);

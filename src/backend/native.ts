@@ -267,6 +267,13 @@ export function nativeCall<T>(what: string, fn: () => T): T {
     throw new NativeError(`${what}: ${(e as Error).message}`);
   } finally {
     if (profile) {
+      if (profileSync) {
+        try {
+          profileSync();
+        } catch {
+          /* a fault is reported by the next call, which names its op */
+        }
+      }
       const r = profile.get(what) ?? { calls: 0, ms: 0 };
       r.calls++;
       r.ms += performance.now() - t0;
@@ -276,15 +283,22 @@ export function nativeCall<T>(what: string, fn: () => T): T {
 }
 
 let profile: Map<string, { calls: number; ms: number }> | null = null;
+let profileSync: (() => void) | null = null;
 
 /**
  * Starts timing every addon call by name (on: true) or stops; returns what was gathered since
  * the last start. cpu calls are synchronous, so the times are the kernels' own; cuda calls only
- * launch. @internal for the benchmarks' --profile
+ * launch, so for cuda pass `backend` and every call waits for the device before it is timed
+ * (the step gets slower; the split between ops is what this is for). @internal for the benchmarks
  */
-export function opProfile(on: boolean): Map<string, { calls: number; ms: number }> | null {
+export function opProfile(on: boolean, backend?: Backend): Map<string, { calls: number; ms: number }> | null {
   const p = profile;
   profile = on ? new Map() : null;
+  profileSync = null;
+  if (on && backend instanceof NativeBackend && backend.kind === 'cuda') {
+    const { addon, device } = backend;
+    profileSync = () => addon.sync(device);
+  }
   return p;
 }
 
