@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 #include "half.h"
@@ -332,12 +333,15 @@ void colsum(float* out, const elem_t<DT>* m, size_t stride, int n, const float* 
 constexpr int kOuterJ = 16;
 constexpr int kOuterR = 4;
 
-__attribute__((noinline, unused)) void outer_tile(const float* xs, const float* cs, size_t cstride, int np,
-                                                  float res[kOuterR][kOuterJ]) {
+// res[q][j] = Σ_p coef(p, q)·xs[p][j], one FMA chain per element over p ascending; the two
+// entries below differ only in where the broadcast operand comes from.
+template <class Coef>
+__attribute__((always_inline)) inline void outer_tile_with(const float* xs, int np, Coef coef,
+                                                           float res[kOuterR][kOuterJ]) {
   f8 a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
-  for (int p = 0; p < np; p++, xs += kOuterJ, cs += cstride) {
+  for (int p = 0; p < np; p++, xs += kOuterJ) {
     const f8 x0 = ld8(xs), x1 = ld8(xs + 8);
-    const f8 c0 = splat(cs[0]), c1 = splat(cs[1]), c2 = splat(cs[2]), c3 = splat(cs[3]);
+    const f8 c0 = splat(coef(p, 0)), c1 = splat(coef(p, 1)), c2 = splat(coef(p, 2)), c3 = splat(coef(p, 3));
     a00 += c0 * x0;
     a01 += c0 * x1;
     a10 += c1 * x0;
@@ -357,32 +361,23 @@ __attribute__((noinline, unused)) void outer_tile(const float* xs, const float* 
   st8(res[3] + 8, a31);
 }
 
-// outer_tile with the broadcast operand read from rows: res[q][j] = Σ_p c(p, q)·xs[p][j] where
-// c(p, q) = rows[q][p] (direct: four rows, stride 1) — same FMA chain over p ascending.
+// Packed coefficients: c(p, q) = cs[p·cstride + q].
+__attribute__((noinline, unused)) void outer_tile(const float* xs, const float* cs, size_t cstride, int np,
+                                                  float res[kOuterR][kOuterJ]) {
+  outer_tile_with(
+      xs, np, [cs, cstride](int p, int q) { return cs[size_t(p) * cstride + q]; }, res);
+}
+
+// Coefficients read from four rows directly: c(p, q) = rows[q][p].
 __attribute__((noinline, unused)) void outer_tile_rows(const float* xs, const float* const rows[kOuterR], int np,
                                                        float res[kOuterR][kOuterJ]) {
-  f8 a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
   const float *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
-  for (int p = 0; p < np; p++, xs += kOuterJ) {
-    const f8 x0 = ld8(xs), x1 = ld8(xs + 8);
-    const f8 c0 = splat(r0[p]), c1 = splat(r1[p]), c2 = splat(r2[p]), c3 = splat(r3[p]);
-    a00 += c0 * x0;
-    a01 += c0 * x1;
-    a10 += c1 * x0;
-    a11 += c1 * x1;
-    a20 += c2 * x0;
-    a21 += c2 * x1;
-    a30 += c3 * x0;
-    a31 += c3 * x1;
-  }
-  st8(res[0], a00);
-  st8(res[0] + 8, a01);
-  st8(res[1], a10);
-  st8(res[1] + 8, a11);
-  st8(res[2], a20);
-  st8(res[2] + 8, a21);
-  st8(res[3], a30);
-  st8(res[3] + 8, a31);
+  outer_tile_with(
+      xs, np,
+      [r0, r1, r2, r3](int p, int q) {
+        return (q == 0 ? r0 : q == 1 ? r1 : q == 2 ? r2 : r3)[p];
+      },
+      res);
 }
 
 constexpr int kPackAhead = 4;  // rows prefetched ahead while packing
