@@ -3,9 +3,9 @@
 // Compiled into each kernel file's own copy (anonymous namespace inside the variant namespace of
 // variant.h), so every MOTE_CPU_DISPATCH variant keeps its own instruction set.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <algorithm>
 #include <cstring>
 
 #include "half.h"
