@@ -132,6 +132,8 @@ export class WebGPUBackend implements Backend {
   #readWgsl: WgslReader;
   #pipelines = new Map<string, GPUComputePipeline>();
   #encoder: GPUCommandEncoder | null = null;
+  /** The open compute pass: consecutive launches share one (a pass per dispatch costs its begin/end). */
+  #pass: GPUComputePassEncoder | null = null;
   #pendingDispatches = 0;
   #deferredDestroy: GPUBuffer[] = [];
   #live = new Set<GPUBuffer>();
@@ -420,6 +422,7 @@ export class WebGPUBackend implements Backend {
       this.#deferredDestroy.push(this.#uniforms.buf);
       this.#uniforms = null;
     }
+    this.#endPass();
     if (this.#encoder) {
       this.device.queue.submit([this.#encoder.finish()]);
       this.#encoder = null;
@@ -442,6 +445,7 @@ export class WebGPUBackend implements Backend {
   destroy(): void {
     if (this.#destroyed) return;
     this.#destroyed = true;
+    this.#pass = null;
     this.#encoder = null;
     for (const b of this.#staging) b.destroy();
     this.#staging = [];
@@ -463,10 +467,23 @@ export class WebGPUBackend implements Backend {
     }
   }
 
-  /** @internal The encoder of the work not yet submitted. */
+  /** @internal The encoder of the work not yet submitted, for commands outside a compute pass (copies, clears). */
   encoder(): GPUCommandEncoder {
     this.#usable('recording work');
+    this.#endPass();
     return (this.#encoder ??= this.device.createCommandEncoder());
+  }
+
+  /** Dispatches in one pass run in order, each seeing the writes of those before it (WebGPU orders them). */
+  #computePass(): GPUComputePassEncoder {
+    return (this.#pass ??= this.encoder().beginComputePass());
+  }
+
+  #endPass(): void {
+    if (this.#pass) {
+      this.#pass.end();
+      this.#pass = null;
+    }
   }
 
   /** Compiles (once) the pipeline of an entry point of a kernel family specialised by weight dtypes and constants. */
@@ -534,11 +551,10 @@ export class WebGPUBackend implements Backend {
     const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: uniform }];
     l.buffers.forEach((b, i) => entries.push({ binding: i + 1, resource: { buffer: b } }));
     const group = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
-    const pass = this.encoder().beginComputePass();
+    const pass = this.#computePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(...l.groups);
-    pass.end();
     if (++this.#pendingDispatches >= FLUSH_EVERY) this.flush();
   }
 
