@@ -103,6 +103,9 @@ extern "C" int mote_cuda_matmul_grad_weight(float* dw, const float* dy, const fl
 
 extern "C" int mote_cuda_copy(float* dst, const float* src, int64_t n, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // float4 copies need 16-byte aligned ends (whole cudaMalloc buffers are; views may not be)
+  if (!aligned16(dst) || !aligned16(src))
+    return int(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyDeviceToDevice, s));
   long long n4 = n / 4;
   if (n4 > 0)
     MOTE_LAUNCH(1024, 256, 0, s, copy_kernel)(reinterpret_cast<float4*>(dst), reinterpret_cast<const float4*>(src), n4);

@@ -1526,6 +1526,25 @@ void test_scale(int64_t n, int off, bool inplace, float alpha, Rng& rng) {
       CUDA_FN(return mote_cuda_scale(F(p, y) + off, F(p, ix) + off, alpha, n, nullptr);));
 }
 
+// copy (NativeBackend.copy; the benchmarks' bandwidth ceiling): an offset of one float takes
+// the unaligned path on CUDA (float4 needs 16-byte aligned ends).
+void test_copy(int64_t n, int off, Rng& rng) {
+  const size_t N = size_t(n) + off;
+  const std::vector<float> x = randv(N, rng), head = randv(off, rng);
+  std::vector<float> y0(N, kNaN);
+  std::vector<double> ref(N);
+  for (int i = 0; i < off; i++) ref[i] = y0[i] = head[i];
+  for (size_t i = off; i < N; i++) ref[i] = x[i];
+  ModelCase c;
+  c.op = "copy";
+  c.desc = fmt("n=%lld offset=%d", (long long)n, off);
+  const int y = c.out("y", y0, std::move(ref));
+  const int ix = c.in("x", x);
+  run_model_case(
+      c, [&](void* const* p) { mote::cpu::copy(F(p, y) + off, F(p, ix) + off, n); },
+      CUDA_FN(return mote_cuda_copy(F(p, y) + off, F(p, ix) + off, n, nullptr);));
+}
+
 // -- adamw (optimizer step, in place) and sum_squares. The scalars derived from the
 // hyper-parameters (1 − β, 1 − lr·wd, 1 − β^t) are formed in double and rounded once, as the
 // addon does.
@@ -1721,6 +1740,7 @@ void test_model_families(Rng& rng) {
       test_add(n, off, true, rng);
       test_scale(n, off, false, -1.75f, rng);
       test_scale(n, off, true, 0.3f, rng);
+      test_copy(n, off, rng);
     }
   // adamw: n, pointer offset, step, weight decay, grad scale; sum_squares: n
   for (int64_t n : ns)
