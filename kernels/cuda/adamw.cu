@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kThreads)
 __device__ __forceinline__ double tree_sum(double s, double* sh) {
   sh[threadIdx.x] = s;
   __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
+  for (unsigned w = kThreads / 2; w > 0; w >>= 1) {
     if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
     __syncthreads();
   }

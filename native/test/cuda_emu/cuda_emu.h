@@ -21,6 +21,8 @@
 #include <stdint.h>
 
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -186,8 +188,13 @@ T* dynamic_shared() {
 
 // ---- device functions --------------------------------------------------------
 
+// A GPU load of a vector type (float2/float4/uint2/uint4) needs an address aligned to its size
+// ("misaligned address" on a GPU); x86 would load it anyway, so the emulator checks.
 template <typename T>
 inline T __ldg(const T* p) {
+  if (sizeof(T) > 4 && reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0)
+    throw std::runtime_error("misaligned __ldg: a " + std::to_string(sizeof(T)) + "-byte load from an address " +
+                             std::to_string(reinterpret_cast<uintptr_t>(p) % sizeof(T)) + " bytes past alignment");
   return *p;
 }
 

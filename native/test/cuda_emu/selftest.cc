@@ -59,6 +59,12 @@ __global__ void partial_shuffle(float* out) {
   out[threadIdx.x] = v;
 }
 
+// a float4 load one float past a 16-byte boundary
+__global__ void misaligned_load(float* out) {
+  const float4 v = __ldg(reinterpret_cast<const float4*>(out + 4 * threadIdx.x + 1));
+  out[4 * threadIdx.x] = v.x;
+}
+
 // reads another thread's shared-memory write with no barrier between
 __global__ void missing_barrier(float* out) {
   __shared__ float sh[64];
@@ -143,6 +149,13 @@ int main() {
         (o);
       },
       "shuffle");
+  expect_failure(
+      "misaligned_load",
+      [](float* o) {
+        MOTE_LAUNCH(1, 32, 0, nullptr, misaligned_load)
+        (o);
+      },
+      "misaligned");
   std::printf("%d failed\n", g_failures);
   return g_failures ? 1 : 0;
 }
