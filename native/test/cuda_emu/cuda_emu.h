@@ -14,7 +14,8 @@
 // What it does not check: speed, the memory model (blocks run one after another, so races
 // between blocks go unseen; neither order of threads is that of a GPU), float
 // rounding of --use_fast_math intrinsics (they are the exact libm functions here), alignment
-// faults of vector loads. Device pointers are host pointers.
+// of vector loads and stores through plain pointers (those through __ldg are checked). Device
+// pointers are host pointers.
 #pragma once
 #include <math.h>
 #include <stddef.h>
