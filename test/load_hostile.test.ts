@@ -17,6 +17,10 @@ import { f32ToBf16Bits } from '../src/dtype.js';
 import { closeBackends, forEachBackend } from './helpers.js';
 import { writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions } from './fixtures/tiny_model.js';
 import { tinyTraining } from './fixtures/train_fixture.js';
+import { TINY_VOCAB_SIZE, writeTinyTokenizer } from './fixtures/tiny_tokenizer.js';
+import { loadTokenizer } from '../src/io/tokenizer.js';
+import { addStepTokens } from '../src/mote/bundle.js';
+import { DEFAULT_STEPS, specialTokens } from '../src/mote/steps.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mote-hostile-load-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -190,6 +194,43 @@ forEachBackend(
       }
     } finally {
       run.dispose();
+    }
+  },
+  CPU,
+);
+
+forEachBackend(
+  "addStepTokens refuses a tokenizer whose text tokens lie past the model's vocabulary (instead of inventing their embeddings)",
+  async (b) => {
+    const dir = path.join(tmp, `small-vocab-${b.kind}`);
+    writeTinyModel(dir, { ...TINY, vocab: 32 });
+    writeTinyTokenizer(dir); // 46 ids
+    const model = await loadModel(dir, { backend: b });
+    try {
+      await assert.rejects(
+        addStepTokens(model, loadTokenizer(dir)),
+        (e: Error) =>
+          e instanceof FormatError &&
+          e.message.includes(path.join(dir, 'tokenizer.json')) &&
+          e.message.includes('id 32') &&
+          e.message.includes('vocab_size 32'),
+      );
+      assert.equal(model.config.vocabSize, 32);
+    } finally {
+      model.dispose();
+    }
+    // Step tags a tokenizer already holds past the vocabulary are fine: their rows are drawn.
+    const ok = path.join(tmp, `tags-past-vocab-${b.kind}`);
+    writeTinyModel(ok, { ...TINY, vocab: TINY_VOCAB_SIZE });
+    writeTinyTokenizer(ok);
+    const tok = loadTokenizer(ok);
+    tok.addSpecialTokens(specialTokens({ steps: [...DEFAULT_STEPS] }));
+    const m2 = await loadModel(ok, { backend: b });
+    try {
+      await addStepTokens(m2, tok);
+      assert.equal(m2.config.vocabSize, tok.vocabSize);
+    } finally {
+      m2.dispose();
     }
   },
   CPU,
