@@ -46,10 +46,29 @@ export class NativeError extends MoteError {}
 /** A file (safetensors, config.json, adapter_config.json, ...) is malformed or incomplete; the message names the file and the entry. */
 export class FormatError extends MoteError {}
 
-/** Describes a value for an error message without dumping large arrays. */
+/** Entries of an array, and characters of a string, that a message shows before '…'. */
+const DESCRIBE_ITEMS = 16;
+const DESCRIBE_CHARS = 200;
+
+/** One array entry: primitives as themselves, anything nested only by its kind (no recursion: hostile JSON nests 10^5 deep). */
+function describeItem(v: unknown): string {
+  if (Array.isArray(v)) return v.length === 0 ? '[]' : '[…]';
+  if (typeof v === 'string') return describeString(v);
+  if (v !== null && typeof v === 'object') return ArrayBuffer.isView(v) ? v.constructor.name : 'Object';
+  return String(v);
+}
+
+function describeString(v: string): string {
+  return v.length > DESCRIBE_CHARS ? `${JSON.stringify(v.slice(0, DESCRIBE_CHARS))}… (${v.length} characters)` : JSON.stringify(v);
+}
+
+/** Describes a value for an error message without dumping large arrays or strings, or recursing into nested ones. */
 export function describe(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.join(', ')}]`;
-  if (typeof v === 'string') return JSON.stringify(v);
+  if (Array.isArray(v)) {
+    const shown = v.slice(0, DESCRIBE_ITEMS).map(describeItem).join(', ');
+    return v.length > DESCRIBE_ITEMS ? `[${shown}, … (${v.length} entries)]` : `[${shown}]`;
+  }
+  if (typeof v === 'string') return describeString(v);
   if (v === null || v === undefined) return String(v);
   if (ArrayBuffer.isView(v)) return `${v.constructor.name}(${(v as unknown as { length: number }).length})`;
   if (typeof v === 'object') return (v as object).constructor?.name ?? 'object';

@@ -386,6 +386,11 @@ test('invalid configs are FormatErrors naming the file and the field', () => {
   rejects({ ...SMOLLM_135M, tie_word_embeddings: 'yes' }, 'tie_word_embeddings', /true or false/);
   rejects('{"model_type": "llama",', 'not valid JSON', /JSON/);
   rejects([SMOLLM_135M], 'JSON object', /expected a JSON object/);
+  // Values that pass as positive numbers but are ∞ or 0 in the f32 kernels (NaN logits).
+  rejects({ ...LLAMA31_8B, rope_theta: 1e-300 }, 'rope_theta', /rotary frequency of .* more than 1000000/);
+  rejects({ ...LLAMA2_7B, rope_scaling: { rope_type: 'linear', factor: 1e-300 } }, 'rope_scaling.factor', /rotary frequency/);
+  rejects({ ...SMOLLM_135M, rms_norm_eps: 1e308 }, 'rms_norm_eps', /a positive f32/);
+  rejects({ ...SMOLLM_135M, rms_norm_eps: 1e-300 }, 'rms_norm_eps', /a positive f32/);
 });
 
 test('config sizes are checked against the tensors present before anything is listed or allocated by them', () => {

@@ -228,3 +228,24 @@ test('a temporary left by a writer killed while writing its first marker (only m
   assert.ok(!fs.existsSync(early));
   assert.deepEqual(hashTree(other), otherWas);
 });
+
+test('a subfolder of a mote folder replaced by a symlink to elsewhere: mote neither writes nor removes through it [cpu]', async (tt) => {
+  if (typeof b === 'string') return tt.skip(b);
+  const dir = newDir('linked');
+  await saveCheckpoint(t.trainer, dir);
+  // adapters/ (mote's, listed in the marker) now points at a folder outside the checkpoint.
+  const outside = newDir('outside');
+  fs.cpSync(path.join(dir, 'adapters'), outside, { recursive: true });
+  fs.writeFileSync(path.join(outside, 'shared', 'adapter_config.json'), 'user data');
+  fs.rmSync(path.join(dir, 'adapters'), { recursive: true });
+  fs.symlinkSync(outside, path.join(dir, 'adapters'));
+  const was = hashTree(outside);
+  for (const overwrite of [false, true]) {
+    await assert.rejects(
+      saveCheckpoint(t.trainer, dir, { overwrite }),
+      (e: unknown) => e instanceof ArgumentError && (e as Error).message.includes(`${path.join(dir, 'adapters')} is a symlink`),
+    );
+    assert.deepEqual(hashTree(outside), was);
+  }
+  assert.equal(fs.readFileSync(path.join(outside, 'shared', 'adapter_config.json'), 'utf8'), 'user data');
+});

@@ -319,3 +319,37 @@ test('hostile tokenizer.json regexes are refused with a FormatError naming file 
   tok.encode('hello world '.repeat(4200) + 'a'.repeat(10_000));
   assert.ok(Date.now() - t0 < 2000, `${Date.now() - t0} ms`);
 });
+
+test('an unknown-token entry missing from the vocabulary is a FormatError at load, not undefined ids from encode', () => {
+  const bpe = tinyTokenizerJson();
+  (bpe.model as Record<string, unknown>).unk_token = '<nope>';
+  assert.throws(
+    () => new MoteTokenizer(bpe, tinyTokenizerConfig()),
+    (e: Error) => e instanceof FormatError && /model\.unk_token "<nope>" is not in the vocabulary/.test(e.message),
+  );
+  const unigram = (unkId: unknown) => ({
+    version: '1.0',
+    added_tokens: [],
+    normalizer: null,
+    pre_tokenizer: null,
+    post_processor: null,
+    decoder: null,
+    model: {
+      type: 'Unigram',
+      unk_id: unkId,
+      vocab: [
+        ['<unk>', 0],
+        ['a', -1],
+        ['b', -2],
+      ],
+      byte_fallback: false,
+    },
+  });
+  for (const bad of [5, -1, 1.5, '0'])
+    assert.throws(
+      () => new MoteTokenizer(unigram(bad), {}),
+      (e: Error) => e instanceof FormatError && /model\.unk_id/.test(e.message),
+      String(bad),
+    );
+  assert.deepEqual(new MoteTokenizer(unigram(0), {}).encode('abz'), [1, 2, 0]);
+});

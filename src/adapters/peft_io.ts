@@ -4,6 +4,7 @@
 // LoRA stack per linear, and writing one adapter of a stack back as its own folder.
 
 import { hostToF32 } from '../dtype.js';
+import { checkFinite } from '../io/finite.js';
 import { ArgumentError, FormatError } from '../errors.js';
 import { jsonText } from '../io/files.js';
 import type { DirWriter } from '../io/sink.js';
@@ -96,7 +97,11 @@ export async function readAdapter(cfg: ModelConfig, dir: FileSource): Promise<Re
     for (const s of expected) {
       if (!reader.has(s.name)) throw new FormatError(`${file}: tensor '${s.name}': missing (expected [${s.shape.join(', ')}])`);
     }
-    for (const s of expected) tensors.set(s.name, await reader.read(s.name));
+    for (const s of expected) {
+      const t = await reader.read(s.name);
+      checkFinite(file, s.name, t);
+      tensors.set(s.name, t);
+    }
   }
   const modules = new Map<string, { A: Float32Array; B: Float32Array; rank: number; scale: number }>();
   for (let l = 0; l < cfg.numLayers; l++) {

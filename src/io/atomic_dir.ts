@@ -204,10 +204,28 @@ function ownedFiles(dir: string, opts: ReplaceDirOptions, m: Marker | null): Set
   return legacy ? new Set(legacy) : null;
 }
 
+/**
+ * The first folder on the way to `rel` inside `dir` that is a symlink (or anything but a real
+ * folder), or null. A path through it would reach outside `dir`: mote never writes or removes
+ * there.
+ */
+function linkOnTheWay(dir: string, rel: string): string | null {
+  const parts = rel.split('/');
+  for (let i = 1; i < parts.length; i++) {
+    const p = path.join(dir, ...parts.slice(0, i));
+    try {
+      if (!fs.lstatSync(p).isDirectory()) return p;
+    } catch {
+      return null; // absent: created as a real folder
+    }
+  }
+  return null;
+}
+
 /** Removes the listed files of `dir`, then its folders that are left empty; anything else stays. */
 export function removeFiles(dir: string, files: Iterable<string>): void {
   for (const rel of files) {
-    if (safeRel(rel)) fs.rmSync(path.join(dir, rel), { force: true });
+    if (safeRel(rel) && linkOnTheWay(dir, rel) === null) fs.rmSync(path.join(dir, rel), { force: true });
   }
   removeEmptyDirs(dir);
 }
@@ -450,13 +468,11 @@ function merge(
   const existing = listFiles(dir);
   // Check every path before moving anything: a file where a folder must go (or back) is refused.
   for (const rel of incoming) {
-    const parts = rel.split('/');
-    for (let i = 1; i < parts.length; i++) {
-      const p = path.join(dir, ...parts.slice(0, i));
-      if (fs.existsSync(p) && !fs.statSync(p).isDirectory()) {
-        fs.rmSync(tmp, { recursive: true, force: true });
-        throw new ArgumentError(`${op}: ${p} is a file where mote writes a folder; move it away`);
-      }
+    const link = linkOnTheWay(dir, rel);
+    if (link !== null) {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      const what = fs.lstatSync(link).isSymbolicLink() ? 'a symlink (mote does not write through it)' : 'a file';
+      throw new ArgumentError(`${op}: ${link} is ${what} where mote writes a folder; move it away`);
     }
     const p = path.join(dir, rel);
     if (fs.existsSync(p) && fs.lstatSync(p).isDirectory()) {
@@ -481,7 +497,7 @@ function merge(
   }
   // Files mote wrote before and writes no more (e.g. shards that became one file).
   for (const rel of owned) {
-    if (!incomingSet.has(rel) && rel !== MARKER_FILE) fs.rmSync(path.join(dir, rel), { force: true });
+    if (!incomingSet.has(rel) && rel !== MARKER_FILE && linkOnTheWay(dir, rel) === null) fs.rmSync(path.join(dir, rel), { force: true });
   }
   fs.renameSync(path.join(tmp, MARKER_FILE), path.join(dir, MARKER_FILE));
   for (const rel of owned) {

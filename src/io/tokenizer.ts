@@ -200,6 +200,18 @@ export class MoteTokenizer {
     this.size = jsonVocabSize(this.json, file);
     checkPatterns(this.json, file);
     this.tok = build(this.json, this.config, file);
+    // An unk_token missing from the vocabulary makes the library encode unknown text as `undefined` ids.
+    const unk = (this.json.model as Json).unk_token;
+    if (typeof unk === 'string' && this.tok.token_to_id(unk) === undefined)
+      throw new FormatError(`${file}: model.unk_token ${describe(unk)} is not in the vocabulary`);
+    const model = this.json.model as Json;
+    const unkId = model.unk_id;
+    if (Array.isArray(model.vocab) && unkId !== undefined && unkId !== null) {
+      if (typeof unkId !== 'number' || !Number.isSafeInteger(unkId) || unkId < 0 || unkId >= model.vocab.length)
+        throw new FormatError(
+          `${file}: model.unk_id: expected an index into model.vocab [0, ${model.vocab.length}), got ${describe(unkId)}`,
+        );
+    }
     this.templateFromFile = opts.chatTemplate ?? null;
   }
 
@@ -235,7 +247,16 @@ export class MoteTokenizer {
   encode(text: string, opts: EncodeOptions = {}): number[] {
     if (typeof text !== 'string') throw new ArgumentError(`encode: text: expected a string, got ${describe(text)}`);
     if (text.length === 0 && opts.addSpecialTokens === false) return [];
-    return [...this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids];
+    const ids = [...this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids];
+    // The library may yield ids outside the file's vocabulary (e.g. a Unigram unk_id past its
+    // vocab): an id the model has no row for must not leave here.
+    for (const [i, id] of ids.entries()) {
+      if (!Number.isSafeInteger(id) || id < 0 || id >= this.size)
+        throw new FormatError(
+          `${fileIn(this.source, TOKENIZER_FILE)}: encoding gave ids[${i}] = ${describe(id)}, not an id of this tokenizer [0, ${this.size})`,
+        );
+    }
+    return ids;
   }
 
   /** The text of `ids`. Throws ArgumentError for an id that is not an integer in [0, vocabSize). */

@@ -141,6 +141,16 @@ class Fields {
   }
 }
 
+/** Rotary inverse frequencies above this are refused (θ ≥ 1 and factor ≥ 1 keep them ≤ 1). */
+const MAX_INV_FREQ = 1e6;
+
+/** rms_norm_eps is used in f32: it must stay a positive f32 (1e-300 rounds to 0, and an all-zero row is then 0/0), and at most 1. */
+function rmsNormEps(f: Fields): number {
+  const eps = f.num('rms_norm_eps', { default: 1e-6 });
+  if (!(Math.fround(eps) > 0) || eps > 1) f.fail('rms_norm_eps', `must be in [1.2e-38, 1] (a positive f32), got ${eps}`);
+  return eps;
+}
+
 function parseRopeScaling(f: Fields): RopeScaling | null {
   const type = f.str('rope_type') ?? f.str('type');
   if (type === null || type === 'default') return null;
@@ -248,6 +258,18 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
   if (isPlainObject(rs)) ropeScaling = parseRopeScaling(new Fields(file, rs, 'rope_scaling.'));
   else if (rs !== undefined && rs !== null) f.fail('rope_scaling', `must be an object or null, got ${describe(rs)}`);
 
+  // The kernels rotate by position × inverse frequency in f32: a θ below 1 or a scaling factor
+  // near 0 (1e-300) gives ∞ there, and every logit is NaN.
+  // θ^(−2i/D) is largest at i = 0 (θ ≥ 1) or i = D/2 − 1 (θ < 1); scaling divides by at most factor.
+  // (Computed, not listed: head_dim is still only a claim here.)
+  const worst = Math.max(1, Math.pow(ropeTheta, -(headDim - 2) / headDim)) * (ropeScaling ? Math.max(1, 1 / ropeScaling.factor) : 1);
+  if (!(worst <= MAX_INV_FREQ)) {
+    const field = ropeScaling
+      ? `${isPlainObject(rp) && !isPlainObject(rs) ? 'rope_parameters' : 'rope_scaling'}.factor (${ropeScaling.factor}) or rope_theta`
+      : 'rope_theta';
+    f.fail(field, `(${ropeTheta}) gives a rotary frequency of ${worst}, more than ${MAX_INV_FREQ} (θ is normally ≥ 10000 and factor ≥ 1)`);
+  }
+
   // Biases: qwen2 always has q/k/v biases and none elsewhere; llama's and qwen3's attention_bias
   // switches q/k/v and o together (qwen3 ships without); mistral has none.
   const llamaBias = (family === 'llama' || family === 'qwen3') && f.bool('attention_bias', false);
@@ -288,7 +310,7 @@ export function parseHFConfig(json: unknown, file = 'config.json'): ModelConfig 
     numKvHeads,
     headDim,
     vocabSize,
-    rmsNormEps: f.num('rms_norm_eps', { default: 1e-6 }),
+    rmsNormEps: rmsNormEps(f),
     ropeTheta,
     ropeScaling,
     maxPositionEmbeddings: f.int('max_position_embeddings', { default: DEFAULT_MAX_POSITIONS[family], max: MAX_POSITIONS }),

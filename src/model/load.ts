@@ -22,6 +22,7 @@ import {
 } from './config.js';
 import { openSource, type SourceInput } from '../io/source.js';
 import { SourceWeights, type HostTensor } from '../io/safetensors.js';
+import { checkFinite } from '../io/finite.js';
 import { ropeInvFreq } from './rope_freq.js';
 import { LlamaModel, type LlamaLayerWeights } from './llama.js';
 
@@ -121,6 +122,7 @@ function* build(
   const made: Tensor[] = [];
   function* up(name: string, shape?: readonly number[]): Generator<string, Tensor, HostTensor> {
     const h = yield name;
+    checkFinite(src.shape(name).file, name, h, opts.dtype ?? h.dtype);
     const t = upload(be, h, shape ?? h.shape, opts.dtype);
     made.push(t);
     return t;
@@ -179,7 +181,8 @@ async function buildAsync(g: Generator<string, LlamaModel, HostTensor>, get: (na
  * openSource takes: a URL (tensors fetched by HTTP Range requests where the server allows),
  * File/Blob objects, bytes, a FileSource. Every tensor's name, shape and dtype is checked
  * against the config before anything is uploaded; problems are FormatErrors naming the file
- * and the tensor. Weights go to `backend` in their stored dtype, or in `dtype` when given.
+ * and the tensor. A weight holding NaN or ±∞ (or a value `dtype` f16 cannot hold) is a
+ * FormatError naming it. Weights go to `backend` in their stored dtype, or in `dtype` when given.
  * Nothing stays allocated on the backend when loading fails.
  */
 export async function loadModel(dir: SourceInput, opts: LoadModelOptions): Promise<LlamaModel> {

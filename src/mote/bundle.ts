@@ -11,11 +11,12 @@ import type { Backend } from '../backend/backend.js';
 import { overwriteOption } from '../io/atomic_dir.js';
 import { openSink, type DirWriter, type FileSink } from '../io/sink.js';
 import { mulberry32 } from '../rng.js';
-import { ArgumentError, describe } from '../errors.js';
+import { ArgumentError, FormatError, describe } from '../errors.js';
 import type { ModelConfig } from '../model/config.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { RouteSlots, TokenRouter } from '../generate/generate.js';
 import type { MoteTokenizer } from '../io/tokenizer.js';
+import { fileIn } from '../io/source.js';
 import { loraRouting, type LoraRouting } from '../ops/lora.js';
 import {
   AdapterStacks,
@@ -224,8 +225,20 @@ export async function addStepTokens(
     throw new ArgumentError(`${op}: tokenizer: expected a MoteTokenizer, got ${describe(tokenizer)}`);
   const tokens = specialTokens(config);
   const before = tokenizer.vocabSize;
-  const ids = tokenizer.addSpecialTokens(tokens);
   const V = model.config.vocabSize;
+  // Rows past the model's vocabulary are made up here: fine for step tags, but a text token
+  // there would silently get an invented embedding (a tokenizer of another model).
+  const tags = new Set(tokens);
+  for (let id = V; id < before; id++) {
+    const t = tokenizer.idToToken(id);
+    if (t !== undefined && !tags.has(t)) {
+      throw new FormatError(
+        `${fileIn(tokenizer.source, 'tokenizer.json')}: token ${JSON.stringify(t)} has id ${id}, past the model's vocabulary ` +
+          `(vocab_size ${V}${model.dir ? ` in ${fileIn(model.dir, 'config.json')}` : ''}): the tokenizer does not belong to this model`,
+      );
+    }
+  }
+  const ids = tokenizer.addSpecialTokens(tokens);
   // New tags get ids from the tokenizer's size up; rows past the model's vocabulary are drawn whatever took them.
   const rows = new Set(ids.filter((id) => id >= before));
   const need = Math.max(...ids) + 1;

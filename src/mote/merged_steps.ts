@@ -20,6 +20,7 @@ import {
   peftScale,
   type PeftConfig,
 } from '../io/peft.js';
+import { checkFinite } from '../io/finite.js';
 import { readSafetensors, type HostTensor, type WritableTensor } from '../io/safetensors.js';
 import type { LinearModule } from '../model/config.js';
 import { SHARED_EXPERT } from './steps.js';
@@ -56,6 +57,7 @@ function readExpert(dir: string): { cfg: PeftConfig; modules: Map<string, Factor
   for (const [name, t] of tensors) {
     const k = parsePeftKey(name);
     if (!k) throw new FormatError(`${file}: tensor '${name}' is not a PEFT LoRA factor (expected …layers.N.<module>.lora_A/lora_B.weight)`);
+    checkFinite(file, name, t);
     const id = `${k.layer}.${k.module}`;
     const h = halves.get(id) ?? { layer: k.layer, module: k.module };
     h[k.which] = t;

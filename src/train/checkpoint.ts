@@ -35,6 +35,7 @@ import {
   type ReplaceDirOptions,
 } from '../io/atomic_dir.js';
 import { jsonText, readJsonFile } from '../io/files.js';
+import { checkFinite } from '../io/finite.js';
 import { readSafetensorsFrom, safetensorsParts, type WritableTensor } from '../io/safetensors.js';
 import { openSource, readSourceJson, type FileSource, type SourceInput } from '../io/source.js';
 import { openSink, verifyListedFiles, type FileSink } from '../io/sink.js';
@@ -157,6 +158,17 @@ function checkCheckpointState(json: unknown, file: string): CheckpointState {
     throw new FormatError(`${file}: losses: expected a list of numbers`);
   if (typeof j.fingerprint !== 'string') throw new FormatError(`${file}: fingerprint: expected a string`);
   if (!Array.isArray(j.params)) throw new FormatError(`${file}: params: expected a list`);
+  j.params.forEach((p: unknown, i) => {
+    const e = p as { name?: unknown; shape?: unknown } | null;
+    if (
+      !e ||
+      typeof e !== 'object' ||
+      typeof e.name !== 'string' ||
+      !Array.isArray(e.shape) ||
+      !e.shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)
+    )
+      throw new FormatError(`${file}: params[${i}]: expected { name: string, shape: [non-negative integers] }, got ${describe(p)}`);
+  });
   return j as unknown as CheckpointState;
 }
 
@@ -329,6 +341,13 @@ export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInpu
       if (!h) throw new FormatError(`${f}: tensor '${name}' is missing`);
       if (h.dtype !== 'f32' || h.shape.join(',') !== t.shape.join(','))
         throw new FormatError(`${f}: tensor '${name}': expected f32 [${t.shape.join(', ')}], got ${h.dtype} [${h.shape.join(', ')}]`);
+      // A NaN or ∞ would only surface steps later as a "loss is not finite"; a negative
+      // second moment makes AdamW's sqrt NaN.
+      checkFinite(f, name, h);
+      if (map === moments && name.endsWith('.exp_avg_sq')) {
+        const i = (h.data as Float32Array).findIndex((x) => x < 0);
+        if (i >= 0) throw new FormatError(`${f}: tensor '${name}': element ${i} is ${h.data[i]}; a second moment must be ≥ 0`);
+      }
       writes.push([t, h.data as Float32Array]);
     }
   }
