@@ -434,13 +434,17 @@ test(
       ['--pool-unit', '0'],
       ['--adapter-budget-mb', 'lots'],
       ['--pool-entries', '-3'],
+      // an empty base name no request can match; an adapter under the base's name; a host that does not resolve
+      ['--name', ''],
+      ['--lora', `mote-tiny=${path.join(tmp, 'bundle-a', 'analysis')}`],
+      ['--host', 'no-such-host.invalid'],
     ] as const) {
       const bad = spawnSync(process.execPath, [bin, 'serve', '-b', 'cpu', '--port', '0', flag, value], {
         encoding: 'utf8',
         timeout: 60_000,
       });
       assert.notEqual(bad.status, 0, `${flag} ${value}`);
-      assert.match(bad.stderr, new RegExp(flag.slice(2)), bad.stderr);
+      assert.match(bad.stderr, new RegExp(`^mote: ${flag}\\b`), bad.stderr);
     }
   },
 );
