@@ -177,6 +177,34 @@ test('mote errors: one line on stderr and a non-zero exit', () => {
   }
 });
 
+test('mote train / export: an --out over their own input is refused, with or without --overwrite; --checkpoint-every needs --checkpoint [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const bundle = path.join(tmp, 'apart-bundle');
+  assert.equal(mote(trainArgs(bundle, ['--steps', '1'])).code, 0);
+  const before = fs.readdirSync(bundle).sort();
+  // export into the bundle itself used to replace it under --overwrite (mote.json gone: the bundle lost)
+  for (const out of [bundle, path.join(bundle, 'analysis'), path.join(bundle, '..', path.basename(bundle))]) {
+    const r = mote(['export', '--mote', bundle, '--out', out, '--overwrite']);
+    assert.notEqual(r.code, 0, out);
+    assert.match(r.stderr, /^mote: --out: .* (is|lies in) --mote /, r.stderr);
+  }
+  assert.deepEqual(fs.readdirSync(bundle).sort(), before, 'the bundle is untouched');
+  assert.ok(fs.existsSync(path.join(bundle, 'mote.json')));
+  // train with --out = --checkpoint: refused before training (it failed after, or replaced the checkpoint with --overwrite)
+  const ck = path.join(tmp, 'apart-ck');
+  for (const extra of [[], ['--overwrite']]) {
+    const r = mote(trainArgs(ck, ['--steps', '1', '--checkpoint', ck, ...extra]));
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /^mote: --out: .* is --checkpoint /, r.stderr);
+    assert.equal(r.stdout, '', 'no training ran');
+  }
+  assert.ok(!fs.existsSync(ck));
+  // --checkpoint-every alone was ignored: a run with no checkpoint at all
+  const r = mote(trainArgs(path.join(tmp, 'apart-out'), ['--steps', '1', '--checkpoint-every', '1']));
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /^mote: --checkpoint-every: needs --checkpoint DIR/);
+});
+
 test('mote demo: MoTE on the bundled model, step-labelled generation and toy metrics [cpu]', async (t) => {
   if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
   const r = mote(['demo', '--backend', 'cpu', '--steps', '60', '--json']);
