@@ -166,6 +166,13 @@ test('mote errors: one line on stderr and a non-zero exit', () => {
     ],
     [['generate', '--model', modelDir], /give --prompt TEXT or --prompts FILE/],
     [['export', '--mote', tmp, '--out', path.join(tmp, 'y')], /is neither a MoTE bundle nor a checkpoint/],
+    // flags are checked before the model loads (a bad one failed after loading, or after a training)
+    [['eval', '--model', path.join(tmp, 'no-model'), '--variants', 'base', '--max-new-tokens', '-1'], /^mote: --max-new-tokens: /],
+    [['demo', '--model', path.join(tmp, 'no-model'), '--lr', 'NaN'], /^mote: --lr: /],
+    [
+      ['selfalign', '--model', path.join(tmp, 'no-model'), '--prompts', chainsFile, '--out', path.join(tmp, 'sa.jsonl'), '--batch', '0'],
+      /^mote: --batch: /,
+    ],
   ];
   for (const [args, re] of cases) {
     const r = mote(args);
