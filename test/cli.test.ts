@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { writeTinyModel } from './fixtures/tiny_model.js';
 import { writeTinyTokenizer, TINY_VOCAB_SIZE } from './fixtures/tiny_tokenizer.js';
 import { backendFor } from './helpers.js';
@@ -210,6 +210,35 @@ test('mote train / export: an --out over their own input is refused, with or wit
   const r = mote(trainArgs(path.join(tmp, 'apart-out'), ['--steps', '1', '--checkpoint-every', '1']));
   assert.notEqual(r.code, 0);
   assert.match(r.stderr, /^mote: --checkpoint-every: needs --checkpoint DIR/);
+});
+
+test('mote web: a request path that is not valid percent-encoding is a 400, and the server keeps serving', async () => {
+  const script = path.join(root, 'examples', 'browser', 'serve.mjs');
+  const { startExampleServer } = (await import(pathToFileURL(script).href)) as {
+    startExampleServer(port: number): Promise<{ server: import('node:http').Server; url: string }>;
+  };
+  const { server, url } = await startExampleServer(0);
+  try {
+    const net = await import('node:net');
+    const port = Number(new URL(url).port);
+    const raw = (target: string) =>
+      new Promise<string>((resolve) => {
+        const s = net.connect(port, '127.0.0.1');
+        let text = '';
+        s.on('data', (d) => (text += d.toString()));
+        s.on('error', () => resolve(text));
+        s.on('close', () => resolve(text));
+        s.write(`GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      });
+    // these killed the process (an unhandled rejection from decodeURIComponent / new URL)
+    for (const target of ['/examples/browser/%', '//%%', '/examples/browser/%E0%A4%A'])
+      assert.match(await raw(target), /^HTTP\/1\.1 400/, target);
+    assert.match(await raw('/examples/browser/../../package.json'), /^HTTP\/1\.1 404/);
+    assert.match(await raw('/examples/browser/index.html'), /^HTTP\/1\.1 200/);
+  } finally {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
 });
 
 test('mote demo: MoTE on the bundled model, step-labelled generation and toy metrics [cpu]', async (t) => {
