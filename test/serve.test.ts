@@ -446,6 +446,25 @@ test(
       assert.notEqual(bad.status, 0, `${flag} ${value}`);
       assert.match(bad.stderr, new RegExp(`^mote: ${flag}\\b`), bad.stderr);
     }
+    // A budget larger than the machine: the pool it sizes cannot be allocated; the error names the flag.
+    const huge = spawnSync(
+      process.execPath,
+      [
+        bin,
+        'serve',
+        '-b',
+        'cpu',
+        '--port',
+        '0',
+        '--lora',
+        `p=${path.join(tmp, 'bundle-a', 'analysis')}`,
+        '--adapter-budget-mb',
+        '16777216',
+      ],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    assert.notEqual(huge.status, 0);
+    assert.match(huge.stderr, /^mote: --lora p: the adapter pool could not take it \(.*--adapter-budget-mb 16777216/, huge.stderr);
   },
 );
 

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArgumentError, MoteError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { Engine } from '../serve/engine.js';
+import { Engine, EngineError } from '../serve/engine.js';
 import { startServer } from '../serve/http.js';
 import { stepTokenIds } from '../mote/chains.js';
 import { bundleConfigAt, openModelFolder } from '../generate/chat.js';
@@ -71,8 +71,15 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
       try {
         await engine.addAdapter(a.name, a.dir);
       } catch (e) {
-        if (e instanceof MoteError)
-          throw new ArgumentError(`--${motes.includes(a) ? 'mote' : 'lora'}: ${e.message.replace(/^Engine\.addAdapter: /, '')}`);
+        const flag = `--${motes.includes(a) ? 'mote' : 'lora'}`;
+        if (e instanceof EngineError) throw new ArgumentError(`${flag}: ${e.message.replace(/^Engine\.addAdapter: /, '')}`);
+        // Not the adapter's fault: the pool the flags sized could not be allocated.
+        if (e instanceof MoteError) {
+          const budget = budgetMb !== undefined ? `, --adapter-budget-mb ${budgetMb} (the pool takes the whole budget at once)` : '';
+          throw new ArgumentError(
+            `${flag} ${a.name}: the adapter pool could not take it (--pool-entries ${poolEntries}${budget}): ${e.message}`,
+          );
+        }
         throw e;
       }
     }
