@@ -264,3 +264,28 @@ forEachBackend(
   },
   { kinds: ['cpu'] },
 );
+
+forEachBackend(
+  'engine: an adapter whose page-in fails (a budget the device cannot allocate) is not left registered',
+  async (b) => {
+    const model = await openModel(b);
+    const engine = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: 2 ** 50 });
+    try {
+      await assert.rejects(
+        engine.addAdapter('p', path.join(bundleDir, 'shared')),
+        (e: unknown) => e instanceof EngineError && e.status === 507 && /allocat/.test((e as Error).message),
+      );
+      // It stayed in the list while no request could use it (a 400 "needs opts.router" at submit).
+      assert.deepEqual(engine.adapters(), []);
+      assert.throws(
+        () => engine.submit({ prompt: ask('hi'), maxNewTokens: 2, adapter: 'p' }),
+        (e: unknown) => e instanceof EngineError && e.status === 404,
+      );
+      assert.equal((await engine.submit({ prompt: ask('hi'), maxNewTokens: 2 }).result).stopReason, 'length');
+    } finally {
+      await engine.close();
+      model.dispose();
+    }
+  },
+  { kinds: ['cpu'] },
+);

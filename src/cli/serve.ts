@@ -72,12 +72,13 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
         await engine.addAdapter(a.name, a.dir);
       } catch (e) {
         const flag = `--${motes.includes(a) ? 'mote' : 'lora'}`;
-        if (e instanceof EngineError) throw new ArgumentError(`${flag}: ${e.message.replace(/^Engine\.addAdapter: /, '')}`);
-        // Not the adapter's fault: the pool the flags sized could not be allocated.
+        if (e instanceof EngineError && e.status !== 507)
+          throw new ArgumentError(`${flag}: ${e.message.replace(/^Engine\.addAdapter: /, '')}`);
+        // 507, not the adapter's fault: the pool the flags sized could not be allocated.
         if (e instanceof MoteError) {
           const budget = budgetMb !== undefined ? `, --adapter-budget-mb ${budgetMb} (the pool takes the whole budget at once)` : '';
           throw new ArgumentError(
-            `${flag} ${a.name}: the adapter pool could not take it (--pool-entries ${poolEntries}${budget}): ${e.message}`,
+            `${flag} ${a.name}: the adapter pool could not take it (--pool-entries ${poolEntries}${budget}): ${e.message.replace(/^Engine\.addAdapter: /, '')}`,
           );
         }
         throw e;

@@ -305,7 +305,21 @@ export class Engine {
       this.#residentUnits += this.#unitsOf(r);
       this.#dirty = true;
     }
-    await this.#syncSet();
+    try {
+      await this.#syncSet();
+    } catch (e) {
+      // Not paged in (device memory, …): not registered either, else /v1/models lists an adapter no request can use.
+      for (const n of added.keys()) {
+        this.#adapters.delete(n);
+        if (this.#resident.includes(n)) {
+          this.#resident = this.#resident.filter((r) => r !== n);
+          this.#residentUnits -= this.#unitsOf(added.get(n)!);
+        }
+      }
+      this.#dirty = true;
+      await this.#syncSet().catch(() => undefined);
+      throw e instanceof MoteError && !(e instanceof EngineError) ? new EngineError(`${op}: ${e.message}`, 507) : e;
+    }
     const all = this.adapters();
     return list.map(({ name }) => all.find((a) => a.name === name)!);
   }
@@ -461,6 +475,7 @@ export class Engine {
           reg.host.forEach((_, k) => pool.remove(`${name}#${k}`));
           this.#resident = this.#resident.filter((n) => n !== name);
           this.#residentUnits -= this.#unitsOf(reg);
+          this.#dirty = true; // the resident adapters after this one are not in the pool yet
           this.#setRouter();
           throw e;
         }
