@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { writeTinyModel } from './fixtures/tiny_model.js';
 import { writeTinyTokenizer, TINY_VOCAB_SIZE } from './fixtures/tiny_tokenizer.js';
 import { backendFor } from './helpers.js';
@@ -166,6 +166,13 @@ test('mote errors: one line on stderr and a non-zero exit', () => {
     ],
     [['generate', '--model', modelDir], /give --prompt TEXT or --prompts FILE/],
     [['export', '--mote', tmp, '--out', path.join(tmp, 'y')], /is neither a MoTE bundle nor a checkpoint/],
+    // flags are checked before the model loads (a bad one failed after loading, or after a training)
+    [['eval', '--model', path.join(tmp, 'no-model'), '--variants', 'base', '--max-new-tokens', '-1'], /^mote: --max-new-tokens: /],
+    [['demo', '--model', path.join(tmp, 'no-model'), '--lr', 'NaN'], /^mote: --lr: /],
+    [
+      ['selfalign', '--model', path.join(tmp, 'no-model'), '--prompts', chainsFile, '--out', path.join(tmp, 'sa.jsonl'), '--batch', '0'],
+      /^mote: --batch: /,
+    ],
   ];
   for (const [args, re] of cases) {
     const r = mote(args);
@@ -174,6 +181,63 @@ test('mote errors: one line on stderr and a non-zero exit', () => {
     assert.equal(lines.length, 1, `one line for ${args.join(' ')}: ${r.stderr}`);
     assert.match(lines[0]!, /^mote: /);
     assert.match(lines[0]!, re);
+  }
+});
+
+test('mote train / export: an --out over their own input is refused, with or without --overwrite; --checkpoint-every needs --checkpoint [cpu]', async (t) => {
+  if (typeof (await backendFor('cpu')) === 'string') return t.skip('cpu backend unavailable');
+  const bundle = path.join(tmp, 'apart-bundle');
+  assert.equal(mote(trainArgs(bundle, ['--steps', '1'])).code, 0);
+  const before = fs.readdirSync(bundle).sort();
+  // export into the bundle itself used to replace it under --overwrite (mote.json gone: the bundle lost)
+  for (const out of [bundle, path.join(bundle, 'analysis'), path.join(bundle, '..', path.basename(bundle))]) {
+    const r = mote(['export', '--mote', bundle, '--out', out, '--overwrite']);
+    assert.notEqual(r.code, 0, out);
+    assert.match(r.stderr, /^mote: --out: .* (is|lies in) --mote /, r.stderr);
+  }
+  assert.deepEqual(fs.readdirSync(bundle).sort(), before, 'the bundle is untouched');
+  assert.ok(fs.existsSync(path.join(bundle, 'mote.json')));
+  // train with --out = --checkpoint: refused before training (it failed after, or replaced the checkpoint with --overwrite)
+  const ck = path.join(tmp, 'apart-ck');
+  for (const extra of [[], ['--overwrite']]) {
+    const r = mote(trainArgs(ck, ['--steps', '1', '--checkpoint', ck, ...extra]));
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /^mote: --out: .* is --checkpoint /, r.stderr);
+    assert.equal(r.stdout, '', 'no training ran');
+  }
+  assert.ok(!fs.existsSync(ck));
+  // --checkpoint-every alone was ignored: a run with no checkpoint at all
+  const r = mote(trainArgs(path.join(tmp, 'apart-out'), ['--steps', '1', '--checkpoint-every', '1']));
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /^mote: --checkpoint-every: needs --checkpoint DIR/);
+});
+
+test('mote web: a request path that is not valid percent-encoding is a 400, and the server keeps serving', async () => {
+  const script = path.join(root, 'examples', 'browser', 'serve.mjs');
+  const { startExampleServer } = (await import(pathToFileURL(script).href)) as {
+    startExampleServer(port: number): Promise<{ server: import('node:http').Server; url: string }>;
+  };
+  const { server, url } = await startExampleServer(0);
+  try {
+    const net = await import('node:net');
+    const port = Number(new URL(url).port);
+    const raw = (target: string) =>
+      new Promise<string>((resolve) => {
+        const s = net.connect(port, '127.0.0.1');
+        let text = '';
+        s.on('data', (d) => (text += d.toString()));
+        s.on('error', () => resolve(text));
+        s.on('close', () => resolve(text));
+        s.write(`GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      });
+    // these killed the process (an unhandled rejection from decodeURIComponent / new URL)
+    for (const target of ['/examples/browser/%', '//%%', '/examples/browser/%E0%A4%A'])
+      assert.match(await raw(target), /^HTTP\/1\.1 400/, target);
+    assert.match(await raw('/examples/browser/../../package.json'), /^HTTP\/1\.1 404/);
+    assert.match(await raw('/examples/browser/index.html'), /^HTTP\/1\.1 200/);
+  } finally {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
   }
 });
 

@@ -223,3 +223,69 @@ forEachBackend(
     }
   },
 );
+
+forEachBackend(
+  'engine: adapter changes racing requests: a remove then a submit in one tick, two adds of one name',
+  async (b) => {
+    const model = await openModel(b);
+    const engine = new Engine(model, { stepTokens: stepTokens() });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      await engine.addAdapter('a', path.join(bundleDir, 'analysis'));
+      // The removal waits for the lock; a request submitted meanwhile used to be admitted on a
+      // removed adapter (a TypeError in the loop: an unhandled rejection and a request that never ended).
+      const removing = engine.removeAdapter('a');
+      const s = engine.submit({ prompt: ask('hi'), maxNewTokens: 3, adapter: 'a' });
+      await assert.rejects(removing, (e: unknown) => e instanceof EngineError && e.status === 409);
+      assert.equal((await s.result).stopReason, 'length');
+      await engine.removeAdapter('a');
+      // Two adds of one name at once: one wins, the other is a 409 (not a second copy in the pool).
+      const both = await Promise.allSettled([
+        engine.addAdapter('x', path.join(bundleDir, 'analysis')),
+        engine.addAdapter('x', path.join(bundleDir, 'guidance')),
+      ]);
+      assert.deepEqual(
+        both.map((r) => r.status),
+        ['fulfilled', 'rejected'],
+      );
+      assert.ok(((both[1] as PromiseRejectedResult).reason as EngineError).status === 409);
+      await engine.removeAdapter('x');
+      assert.equal(engine.poolInfo().usedEntries, 0, 'no entries left behind');
+      assert.deepEqual(engine.load, { running: 0, waiting: 0 });
+      await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await engine.close();
+      model.dispose();
+    }
+  },
+  { kinds: ['cpu'] },
+);
+
+forEachBackend(
+  'engine: an adapter whose page-in fails (a budget the device cannot allocate) is not left registered',
+  async (b) => {
+    const model = await openModel(b);
+    const engine = new Engine(model, { stepTokens: stepTokens(), adapterBudgetBytes: 2 ** 50 });
+    try {
+      await assert.rejects(
+        engine.addAdapter('p', path.join(bundleDir, 'shared')),
+        (e: unknown) => e instanceof EngineError && e.status === 507 && /allocat/.test((e as Error).message),
+      );
+      // It stayed in the list while no request could use it (a 400 "needs opts.router" at submit).
+      assert.deepEqual(engine.adapters(), []);
+      assert.throws(
+        () => engine.submit({ prompt: ask('hi'), maxNewTokens: 2, adapter: 'p' }),
+        (e: unknown) => e instanceof EngineError && e.status === 404,
+      );
+      assert.equal((await engine.submit({ prompt: ask('hi'), maxNewTokens: 2 }).result).stopReason, 'length');
+    } finally {
+      await engine.close();
+      model.dispose();
+    }
+  },
+  { kinds: ['cpu'] },
+);

@@ -270,6 +270,106 @@ test(
 );
 
 test(
+  'serve: hostile requests — a body that never ends (408), odd paths, unsupported fields, unknown roles, HEAD; top_k and include_usage served',
+  { timeout: 120_000 },
+  async (t) => {
+    if (skipped(t)) return;
+    const net = await import('node:net');
+    const tags = stepTokenIds(tokenizer, config);
+    const quick = await startServer(
+      { engine, tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
+      { port: 0, modelName: 'tiny', bodyTimeoutMs: 300 },
+    );
+    try {
+      // A body that never finishes: a 408 and the connection closed (it was held open for ever).
+      const port = Number(new URL(quick.url).port);
+      const raw = (head: string) =>
+        new Promise<{ text: string; ms: number }>((resolve) => {
+          const t0 = Date.now();
+          const sock = net.connect(port, '127.0.0.1');
+          let text = '';
+          sock.on('data', (d) => (text += d.toString()));
+          sock.on('error', () => undefined);
+          sock.on('close', () => resolve({ text, ms: Date.now() - t0 }));
+          sock.write(head);
+          setTimeout(() => sock.destroy(), 10_000);
+        });
+      const slow = await raw('POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"mo');
+      assert.match(slow.text, /^HTTP\/1\.1 408/, slow.text);
+      assert.match(slow.text, /request body not received within 300 ms/);
+      assert.ok(slow.ms < 5_000, `closed after ${slow.ms} ms`);
+      // A request target that is not a URL path: a 404, not a 500 (new URL threw).
+      const odd = await raw('GET //%%% HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      assert.match(odd.text, /^HTTP\/1\.1 404/, odd.text);
+    } finally {
+      quick.server.closeAllConnections();
+      await new Promise<void>((r) => quick.server.close(() => r()));
+    }
+    const post = async (p: string, body: unknown) => {
+      const r = await fetch(`${url}/v1/${p}`, { method: 'POST', body: JSON.stringify(body) });
+      return {
+        status: r.status,
+        json: (await r.json()) as { error?: { param: string | null; message: string } } & Record<string, unknown>,
+      };
+    };
+    const chat = { model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 };
+    // Fields that would change the output were ignored silently (a 200 without the bias, penalty, logprobs).
+    for (const [field, value] of [
+      ['logit_bias', { 99999999: 100 }],
+      ['logprobs', true],
+      ['top_logprobs', 3],
+      ['presence_penalty', 1.5],
+      ['frequency_penalty', -1],
+      ['tools', [{ type: 'function', function: { name: 'f' } }]],
+      ['response_format', { type: 'json_object' }],
+    ] as const) {
+      const r = await post('chat/completions', { ...chat, [field]: value });
+      assert.equal(r.status, 400, field);
+      assert.equal(r.json.error!.param, field);
+    }
+    for (const [field, value] of [
+      ['echo', true],
+      ['suffix', 'end'],
+      ['best_of', 3],
+      ['logprobs', 2],
+    ] as const) {
+      const r = await post('completions', { model: 'tiny', prompt: 'hi', max_tokens: 2, [field]: value });
+      assert.equal(r.status, 400, field);
+      assert.equal(r.json.error!.param, field);
+    }
+    // Their neutral values are fine (clients send them by default).
+    const neutral = await post('chat/completions', { ...chat, logit_bias: {}, presence_penalty: 0, logprobs: false, tools: [] });
+    assert.equal(neutral.status, 200, JSON.stringify(neutral.json));
+    // An unknown role was handed to the template as a new speaker.
+    const role = await post('chat/completions', { ...chat, messages: [{ role: 'wizard', content: 'x' }, ...chat.messages] });
+    assert.equal(role.status, 400);
+    assert.equal(role.json.error!.param, 'messages[0].role');
+    // top_k (vLLM's) is served: top_k 1 samples the greedy tokens.
+    const greedy = await post('completions', { model: 'tiny', prompt: 'Hello', max_tokens: 6, temperature: 0 });
+    const k1 = await post('completions', { model: 'tiny', prompt: 'Hello', max_tokens: 6, temperature: 1.5, top_k: 1, seed: 3 });
+    assert.equal(k1.status, 200);
+    assert.deepEqual((k1.json.choices as { text: string }[])[0]!.text, (greedy.json.choices as { text: string }[])[0]!.text);
+    assert.equal((await post('completions', { model: 'tiny', prompt: 'Hello', top_k: 0.5 })).json.error!.param, 'top_k');
+    // stream_options.include_usage: a last chunk with the usage (it was dropped).
+    const s = await client.chat.completions.create({
+      ...chat,
+      messages: [{ role: 'user', content: 'hi' }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let usage: unknown = null;
+    for await (const ch of s) if (ch.usage) usage = ch.usage;
+    assert.ok(usage && (usage as { completion_tokens: number }).completion_tokens > 0, JSON.stringify(usage));
+    // HEAD is GET without the body; a 405 says what is allowed.
+    assert.equal((await fetch(`${url}/v1/models`, { method: 'HEAD' })).status, 200);
+    const opt = await fetch(`${url}/v1/completions`, { method: 'OPTIONS' });
+    assert.equal(opt.status, 405);
+    assert.equal(opt.headers.get('allow'), 'POST');
+    assert.deepEqual(engine.load, { running: 0, waiting: 0 });
+  },
+);
+
+test(
   'mote serve (the command): listens on 127.0.0.1, answers, Ctrl-C stops it with one line and exit 130',
   { timeout: 120_000 },
   async (t) => {
@@ -334,14 +434,37 @@ test(
       ['--pool-unit', '0'],
       ['--adapter-budget-mb', 'lots'],
       ['--pool-entries', '-3'],
+      // an empty base name no request can match; an adapter under the base's name; a host that does not resolve
+      ['--name', ''],
+      ['--lora', `mote-tiny=${path.join(tmp, 'bundle-a', 'analysis')}`],
+      ['--host', 'no-such-host.invalid'],
     ] as const) {
       const bad = spawnSync(process.execPath, [bin, 'serve', '-b', 'cpu', '--port', '0', flag, value], {
         encoding: 'utf8',
         timeout: 60_000,
       });
       assert.notEqual(bad.status, 0, `${flag} ${value}`);
-      assert.match(bad.stderr, new RegExp(flag.slice(2)), bad.stderr);
+      assert.match(bad.stderr, new RegExp(`^mote: ${flag}\\b`), bad.stderr);
     }
+    // A budget larger than the machine: the pool it sizes cannot be allocated; the error names the flag.
+    const huge = spawnSync(
+      process.execPath,
+      [
+        bin,
+        'serve',
+        '-b',
+        'cpu',
+        '--port',
+        '0',
+        '--lora',
+        `p=${path.join(tmp, 'bundle-a', 'analysis')}`,
+        '--adapter-budget-mb',
+        '16777216',
+      ],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    assert.notEqual(huge.status, 0);
+    assert.match(huge.stderr, /^mote: --lora p: the adapter pool could not take it \(.*--adapter-budget-mb 16777216/, huge.stderr);
   },
 );
 

@@ -19,9 +19,16 @@ const TYPES = {
 /** Starts the server on 127.0.0.1:port (0: any free port); resolves with its URL. */
 export function startExampleServer(port = 8080, host = '127.0.0.1') {
   const server = createServer(async (req, res) => {
-    let path = normalize(decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)).replace(/^\/+/, '');
+    let path;
+    try {
+      // decodeURIComponent('%') and new URL('//%%') throw: that was an unhandled rejection, the server gone.
+      path = normalize(decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)).replace(/^\/+/, '');
+    } catch {
+      res.writeHead(400).end();
+      return;
+    }
     if (path.endsWith('/')) path += 'index.html';
-    if (!SERVED.some((d) => path.startsWith(d)) || path.includes('..') || !TYPES[extname(path)]) {
+    if (!SERVED.some((d) => path.startsWith(d)) || path.includes('..') || path.includes('\0') || !TYPES[extname(path)]) {
       res.writeHead(404).end();
       return;
     }

@@ -40,13 +40,17 @@ export async function selfAlignCommand(o: {
   // Dropped prompts are remembered beside the output (with their reason and stage texts), so
   // a rerun does not redo them.
   const droppedFile = o.dropped ?? o.out.replace(/(\.jsonl)?$/, '.dropped.jsonl');
+  // Flags checked before the model loads.
+  const temperature = numOpt('temperature', o.temperature, 0, 100, 0);
+  const batchSize = intOpt('batch', o.batch, 1, 16, 4096);
+  const maxNewTokens = intOpt('max-new-tokens', o.maxNewTokens, 1, 96, MAX_NEW_TOKENS);
+  const seed = intOpt('seed', o.seed, 0, 0);
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
   let bundle: MoteBundle | null = null;
   try {
     bundle = o.mote ? await loadMote(o.mote, m.model) : null;
     const p = progress('selfalign', prompts.length, { json });
     for (const s of read.skipped) p.log(`warning: ${o.prompts}:${s.line}: skipped: ${s.reason}`);
-    const temperature = numOpt('temperature', o.temperature, 0, 100, 0);
     // Ctrl-C: finish the stage in flight, keep what is written, print the summary, exit 130.
     const abort = new AbortController();
     const onSigint = () => {
@@ -60,9 +64,9 @@ export async function selfAlignCommand(o: {
       droppedFile,
       signal: abort.signal,
       adapters: bundle,
-      batchSize: intOpt('batch', o.batch, 1, 16, 4096),
-      maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 96, MAX_NEW_TOKENS),
-      seed: intOpt('seed', o.seed, 0, 0),
+      batchSize,
+      maxNewTokens,
+      seed,
       adaptive: o.adaptive ?? true,
       source: path.basename(o.prompts),
       ...(temperature > 0 ? { sampling: { temperature } } : {}),
@@ -155,6 +159,11 @@ export async function evalCommand(o: EvalCliOptions): Promise<void> {
   const seeds = (o.seeds ?? '1,2').split(',').map((s) => intOpt('seeds', s.trim(), 0, 0));
   const nq = intOpt('questions', o.questions, 4, 160, 1_000_000);
   const steps = intOpt('steps', o.steps, 1, 300, MAX_STEPS);
+  // Every flag checked before the model loads (a bad --max-new-tokens failed only after the first training).
+  const rank = intOpt('rank', o.rank, 1, 8, MAX_RANK);
+  const lr = numOpt('lr', o.lr, 0, 10, 3e-3);
+  const pSkip = numOpt('p-skip', o.pSkip, 0, 1, 0.3);
+  const maxNewTokens = intOpt('max-new-tokens', o.maxNewTokens, 1, 128, MAX_NEW_TOKENS);
   const json = o.json ?? false;
   const m = await openModel(o.model, o.backend, { steps: ['analysis', 'guidance', 'answer', 'check'] });
   try {
@@ -166,20 +175,20 @@ export async function evalCommand(o: EvalCliOptions): Promise<void> {
       const chains = train.map((q) => toyChain(q, { check: false }));
       for (const kind of variants) {
         const tv = await trainVariant(kind, m.model, m.tokenizer, chains, {
-          rank: intOpt('rank', o.rank, 1, 8, MAX_RANK),
+          rank,
           initSeed: seed,
           train: {
             steps,
-            lr: numOpt('lr', o.lr, 0, 10, 3e-3),
+            lr,
             warmupSteps: Math.min(5, steps - 1),
             batchTokens: 512,
             seed,
-            pSkip: numOpt('p-skip', o.pSkip, 0, 1, 0.3),
+            pSkip,
           },
         });
         try {
           const r = await evaluateToy(m.model, m.tokenizer, tv.adapters, heldOut, {
-            maxNewTokens: intOpt('max-new-tokens', o.maxNewTokens, 1, 128, MAX_NEW_TOKENS),
+            maxNewTokens,
             seed,
           });
           perVariant.set(kind, [...(perVariant.get(kind) ?? []), r]);

@@ -1,5 +1,8 @@
 // What the CLI commands share: opening a backend and a model directory with its tokenizer
 // and the MoTE step tokens, and parsing numeric options into clear one-line errors.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ArgumentError } from '../errors.js';
 import { MAX_INT_FLAG, intFlag, numFlag } from './flags.js';
 import type { BackendRequest } from '../backend/backend.js';
 import type { MoteConfig } from '../mote/steps.js';
@@ -33,4 +36,32 @@ export function numOpt(name: string, v: string | undefined, lo: number, hi: numb
 /** The MoTE config of the bundle in `dir` (its mote.json), or the default config without one. */
 export function bundleConfig(dir: string | undefined): MoteConfig {
   return bundleConfigAt(dir, '--mote');
+}
+
+/** `p` resolved through symlinks as far as it exists (the rest appended), so two spellings of one folder compare equal. */
+function realish(p: string): string {
+  const abs = path.resolve(p);
+  const rest: string[] = [];
+  for (let d = abs; ; d = path.dirname(d)) {
+    try {
+      return path.join(fs.realpathSync(d), ...rest);
+    } catch {
+      if (path.dirname(d) === d) return abs;
+      rest.unshift(path.basename(d));
+    }
+  }
+}
+
+/**
+ * Refuses an output folder that is, holds or lies in an input folder: replacing it would
+ * delete or overwrite the input the same command reads (--overwrite does not change that).
+ */
+export function checkApart(outFlag: string, out: string, inFlag: string, input: string): void {
+  const a = realish(out);
+  const b = realish(input);
+  const inside = (x: string, y: string) => x === y || x.startsWith(y.endsWith(path.sep) ? y : y + path.sep);
+  if (inside(a, b) || inside(b, a))
+    throw new ArgumentError(
+      `${outFlag}: ${out} ${a === b ? 'is' : inside(a, b) ? 'lies in' : 'holds'} ${inFlag} ${input}; writing there would replace it: choose another folder`,
+    );
 }

@@ -39,6 +39,7 @@ export async function demoCommand(o: {
   };
   const steps = intOpt('steps', o.steps, 1, 300, MAX_STEPS);
   const seed = intOpt('seed', o.seed, 0, 1);
+  const lr = numOpt('lr', o.lr, 0, 10, 3e-3); // before the model loads (it failed after the base evaluation)
   const promptRouting = (o.promptRouting ?? 'random-step') as PromptRouting;
   const m = await openModel(o.model, o.backend, { steps: [...DEFAULT_STEPS] });
   try {
@@ -58,7 +59,7 @@ export async function demoCommand(o: {
       initSeed: seed,
       train: {
         steps,
-        lr: numOpt('lr', o.lr, 0, 10, 3e-3),
+        lr,
         warmupSteps: Math.min(10, steps - 1),
         batchTokens: 512,
         seed,

@@ -8,6 +8,7 @@ import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, parsePeftConfig } from '../i
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { mergeStepExperts } from '../mote/merged_steps.js';
 import { replaceDirAtomically, tryJson } from '../io/atomic_dir.js';
+import { checkApart } from './common.js';
 
 /** An export folder written by mote before the marker existed (experts.json { from, experts }), or null. */
 function legacyExportFiles(dir: string): string[] | null {
@@ -32,6 +33,8 @@ export async function exportCommand(o: {
   if (!fs.existsSync(path.join(dir, MOTE_FILE)) && fs.existsSync(path.join(dir, 'adapters', MOTE_FILE))) dir = path.join(dir, 'adapters');
   const f = path.join(dir, MOTE_FILE);
   if (!fs.existsSync(f)) throw new ArgumentError(`--mote: ${o.mote} is neither a MoTE bundle nor a checkpoint (no ${MOTE_FILE})`);
+  // An --out over the bundle replaced its files (mote.json went: the bundle was lost).
+  checkApart('--out', o.out, '--mote', o.mote);
   const { experts } = readMoteJson(dir);
   // Check every expert before writing anything.
   for (const [name, sub] of Object.entries(experts)) {

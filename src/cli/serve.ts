@@ -2,9 +2,9 @@
 // and PEFT adapters given as NAME=DIR (or DIR: named after its folder).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ArgumentError } from '../errors.js';
+import { ArgumentError, MoteError } from '../errors.js';
 import type { BackendRequest } from '../backend/backend.js';
-import { Engine } from '../serve/engine.js';
+import { Engine, EngineError } from '../serve/engine.js';
 import { startServer } from '../serve/http.js';
 import { stepTokenIds } from '../mote/chains.js';
 import { bundleConfigAt, openModelFolder } from '../generate/chat.js';
@@ -49,6 +49,14 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
   const config = bundleConfigAt(motes[0]?.dir, '--mote');
   const m = await openModelFolder(o.model, o.backend, config, { what: '--model' });
   const modelName = o.name ?? (o.model ? path.basename(path.resolve(o.model)) : 'mote-tiny');
+  // Requests name a model by a non-empty string, and an adapter of the base's name would be unreachable.
+  if (modelName.trim() === '' || modelName.length > 256 || /[\0-\x1f]/.test(modelName))
+    throw new ArgumentError(`--name: expected a model name of 1-256 printable characters, got ${JSON.stringify(modelName)}`);
+  for (const a of [...motes, ...loras])
+    if (a.name === modelName)
+      throw new ArgumentError(
+        `--${motes.includes(a) ? 'mote' : 'lora'}: '${a.name}' is the base model's name (give it another: NAME=DIR, or set --name)`,
+      );
   const tags = stepTokenIds(m.tokenizer, config);
   const engine = new Engine(m.model, {
     stepTokens: new Map(tags.start.map((id, k) => [id, k])),
@@ -59,11 +67,30 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
   });
   let server: Awaited<ReturnType<typeof startServer>>['server'] | null = null;
   try {
-    for (const a of [...motes, ...loras]) await engine.addAdapter(a.name, a.dir);
+    for (const a of [...motes, ...loras]) {
+      try {
+        await engine.addAdapter(a.name, a.dir);
+      } catch (e) {
+        const flag = `--${motes.includes(a) ? 'mote' : 'lora'}`;
+        if (e instanceof EngineError && e.status !== 507)
+          throw new ArgumentError(`${flag}: ${e.message.replace(/^Engine\.addAdapter: /, '')}`);
+        // 507, not the adapter's fault: the pool the flags sized could not be allocated.
+        if (e instanceof MoteError) {
+          const budget = budgetMb !== undefined ? `, --adapter-budget-mb ${budgetMb} (the pool takes the whole budget at once)` : '';
+          throw new ArgumentError(
+            `${flag} ${a.name}: the adapter pool could not take it (--pool-entries ${poolEntries}${budget}): ${e.message.replace(/^Engine\.addAdapter: /, '')}`,
+          );
+        }
+        throw e;
+      }
+    }
     const started = await startServer(
       { engine, tokenizer: m.tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
       { host, port, modelName, allowRuntimeLora: o.allowRuntimeLora === true },
-    );
+    ).catch((e: NodeJS.ErrnoException) => {
+      // listen's errors (EADDRINUSE, ENOTFOUND, EACCES) name neither flag.
+      throw new ArgumentError(`--host ${JSON.stringify(host)} --port ${port}: cannot listen: ${e.message}`);
+    });
     server = started.server;
     const adapters = engine.adapters().map((a) => ({ name: a.name, kind: a.kind, dir: a.dir }));
     if (o.json) process.stdout.write(JSON.stringify({ url: started.url, model: modelName, backend: m.backend.kind, adapters }) + '\n');

@@ -12,7 +12,7 @@ import { moteConfig, type StepName } from '../mote/steps.js';
 import { Trainer } from '../train/trainer.js';
 import { CHECKPOINT_DIR_OPTIONS, findCheckpoint, loadCheckpoint } from '../train/checkpoint.js';
 import { checkReplaceable } from '../io/atomic_dir.js';
-import { intOpt, numOpt, openModel } from './common.js';
+import { checkApart, intOpt, numOpt, openModel } from './common.js';
 import { progress } from './progress.js';
 
 export interface TrainCliOptions {
@@ -54,6 +54,10 @@ export async function trainCommand(o: TrainCliOptions): Promise<void> {
   const steps = intOpt('steps', o.steps, 1, 200);
   const seed = intOpt('seed', o.seed, 0, 0);
   if (o.resume && !o.checkpoint) throw new ArgumentError('--resume: needs --checkpoint DIR');
+  // Without a folder to save in, the flag would be ignored and a long run left without checkpoints.
+  if (o.checkpointEvery !== undefined && !o.checkpoint) throw new ArgumentError('--checkpoint-every: needs --checkpoint DIR');
+  // The bundle saved at the end would replace the checkpoint (refused only after training, before).
+  if (o.checkpoint) checkApart('--out', o.out, '--checkpoint', o.checkpoint);
   // Before any work: a folder mote may not write into fails now, not after training.
   const overwrite = o.overwrite === true;
   checkReplaceable('--out', o.out, { ...MOTE_DIR_OPTIONS, overwrite });

@@ -289,6 +289,10 @@ export class Engine {
       added.set(name, reg);
     }
     await this.#lock;
+    // Another addAdapter of the same name may have finished while this one read its files.
+    for (const n of added.keys())
+      if (this.#adapters.has(n)) throw new EngineError(`${op}: an adapter named '${n}' is already loaded (unload it first)`, 409);
+    this.#open(op);
     for (const [n, r] of added) {
       this.#adapters.set(n, r);
       for (const h of r.host) for (const k of h.modules.keys()) this.#linears.add(k);
@@ -301,7 +305,21 @@ export class Engine {
       this.#residentUnits += this.#unitsOf(r);
       this.#dirty = true;
     }
-    await this.#syncSet();
+    try {
+      await this.#syncSet();
+    } catch (e) {
+      // Not paged in (device memory, …): not registered either, else /v1/models lists an adapter no request can use.
+      for (const n of added.keys()) {
+        this.#adapters.delete(n);
+        if (this.#resident.includes(n)) {
+          this.#resident = this.#resident.filter((r) => r !== n);
+          this.#residentUnits -= this.#unitsOf(added.get(n)!);
+        }
+      }
+      this.#dirty = true;
+      await this.#syncSet().catch(() => undefined);
+      throw e instanceof MoteError && !(e instanceof EngineError) ? new EngineError(`${op}: ${e.message}`, 507) : e;
+    }
     const all = this.adapters();
     return list.map(({ name }) => all.find((a) => a.name === name)!);
   }
@@ -367,10 +385,15 @@ export class Engine {
   async removeAdapter(name: string): Promise<void> {
     const op = 'Engine.removeAdapter';
     this.#open(op);
-    if (!this.#adapters.has(name)) throw new EngineError(`${op}: no adapter named ${describe(name)}`, 404);
-    const users = [...this.#live.values(), ...this.#queue].filter((l) => l.adapter === name).length;
-    if (users) throw new EngineError(`${op}: '${name}' is used by ${users} running request(s)`, 409);
+    const check = () => {
+      if (!this.#adapters.has(name)) throw new EngineError(`${op}: no adapter named ${describe(name)}`, 404);
+      const users = [...this.#live.values(), ...this.#queue].filter((l) => l.adapter === name).length;
+      if (users) throw new EngineError(`${op}: '${name}' is used by ${users} running request(s)`, 409);
+    };
+    check();
     await this.#lock;
+    // Requests submitted (or another removal) while waiting for the lock.
+    check();
     const reg = this.#adapters.get(name)!;
     this.#adapters.delete(name);
     if (this.#resident.includes(name)) {
@@ -452,6 +475,7 @@ export class Engine {
           reg.host.forEach((_, k) => pool.remove(`${name}#${k}`));
           this.#resident = this.#resident.filter((n) => n !== name);
           this.#residentUnits -= this.#unitsOf(reg);
+          this.#dirty = true; // the resident adapters after this one are not in the pool yet
           this.#setRouter();
           throw e;
         }
@@ -601,10 +625,17 @@ export class Engine {
 
   #kick(): void {
     if (this.#loop) return;
-    this.#loop = this.#run().finally(() => {
-      this.#loop = null;
-      if (this.#queue.length && !this.#closed) this.#kick();
-    });
+    this.#loop = this.#run()
+      .catch((e: unknown) => {
+        // A failure outside a step (paging in an adapter, …): the requests get it, the process goes on.
+        for (const l of [...this.#live.values(), ...this.#queue]) this.#finish(l, { e });
+        this.#queue = [];
+        this.#dec.dispose();
+      })
+      .finally(() => {
+        this.#loop = null;
+        if (this.#queue.length && !this.#closed) this.#kick();
+      });
   }
 
   async #run(): Promise<void> {
@@ -621,6 +652,10 @@ export class Engine {
         const n = l.s.req.prompt.length;
         if (admit.length && prefill + n > this.#maxPrefill) break;
         this.#queue.shift();
+        if (l.adapter !== null && !this.#adapters.has(l.adapter)) {
+          this.#finish(l, { e: new EngineError(`Engine.submit: adapter: '${l.adapter}' was removed before the request started`, 404) });
+          continue;
+        }
         if (l.adapter !== null && !this.#pageIn(l.adapter, this.#inUse(admit))) {
           waiting.push(l);
           continue;
@@ -629,7 +664,13 @@ export class Engine {
         admit.push(l);
       }
       this.#queue.unshift(...waiting);
-      await this.#syncSet();
+      try {
+        await this.#syncSet();
+      } catch (e) {
+        // Paging in failed (device memory, …): the requests admitted for it get the error.
+        for (const l of admit) this.#finish(l, { e });
+        admit.length = 0;
+      }
       if (admit.length === 0 && this.#live.size === 0) {
         // Nothing can run now (only possible while an adapter change is pending): try again shortly.
         await new Promise<void>((res) => setTimeout(res, 5));

@@ -31,6 +31,8 @@ export interface ServeOptions {
   maxBodyBytes?: number;
   /** Largest max_tokens a request may ask for (default 4096). */
   maxTokens?: number;
+  /** Milliseconds a request body may take to arrive (default 30 s): a body that never ends is a 408, not a held connection. */
+  bodyTimeoutMs?: number;
 }
 
 /** An HTTP error in OpenAI's shape. */
@@ -46,36 +48,62 @@ class HttpError extends Error {
           ? 'server_error'
           : 'invalid_request_error',
     readonly param: string | null = null,
+    /** The methods a 405 names in its Allow header. */
+    readonly allow?: string,
   ) {
     super(message);
   }
 }
 
-function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+function sendJson(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
   res.end(text);
 }
 
-function sendError(res: http.ServerResponse, e: HttpError): void {
+function sendError(res: http.ServerResponse, e: HttpError, headers: Record<string, string> = {}): void {
   if (res.headersSent) {
     res.end();
     return;
   }
-  sendJson(res, e.status, { error: { message: e.message, type: e.type, param: e.param, code: null } });
+  sendJson(
+    res,
+    e.status,
+    { error: { message: e.message, type: e.type, param: e.param, code: null } },
+    {
+      ...(e.allow ? { allow: e.allow } : {}),
+      ...headers,
+    },
+  );
 }
 
-async function readBody(req: http.IncomingMessage, max: number): Promise<unknown> {
+async function readBody(req: http.IncomingMessage, res: http.ServerResponse, max: number, timeoutMs: number): Promise<unknown> {
+  // requestTimeout is off (streams run long), so the body has its own deadline: a client that
+  // never finishes its body gets a 408 and the connection is closed.
+  const late = new HttpError(408, `request body not received within ${timeoutMs} ms`);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    sendError(res, late, { connection: 'close' });
+    res.once('finish', () => req.socket.destroy());
+    req.emit('error', late); // ends the read loop below
+  }, timeoutMs);
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const c of req) {
-    size += (c as Buffer).length;
-    // Past the limit the rest is read and dropped (so the client gets the 413), up to a point.
-    if (size > 64 * max) {
-      req.socket.destroy();
-      throw new HttpError(413, `request body larger than ${max} bytes`);
+  try {
+    for await (const c of req) {
+      size += (c as Buffer).length;
+      // Past the limit the rest is read and dropped (so the client gets the 413), up to a point.
+      if (size > 64 * max) {
+        req.socket.destroy();
+        throw new HttpError(413, `request body larger than ${max} bytes`);
+      }
+      if (size <= max) chunks.push(c as Buffer);
     }
-    if (size <= max) chunks.push(c as Buffer);
+  } catch (e) {
+    throw timedOut ? late : e;
+  } finally {
+    clearTimeout(timer);
   }
   if (size > max) throw new HttpError(413, `request body larger than ${max} bytes`);
   const text = Buffer.concat(chunks).toString('utf8');
@@ -105,6 +133,44 @@ function stopStrings(body: Record<string, unknown>): string[] {
     throw bad('stop', 'expected a string or up to 4 non-empty strings');
   return list as string[];
 }
+
+/**
+ * Request fields this server does not implement, refused when set to anything but their
+ * neutral value: ignoring them would change the output without saying so (a logit_bias that
+ * bans a token, logprobs the client then reads as missing, a penalty, a tool call).
+ */
+function refuseUnsupported(body: Record<string, unknown>): void {
+  const set = (k: string, neutral: (v: unknown) => boolean) => {
+    const v = body[k];
+    if (v !== undefined && v !== null && !neutral(v)) throw bad(k, `not supported by this server (got ${describe(v)})`);
+  };
+  const emptyObject = (v: unknown) => typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0;
+  set('logit_bias', emptyObject);
+  set('logprobs', (v) => v === false);
+  set('top_logprobs', (v) => v === 0);
+  set('echo', (v) => v === false);
+  set('suffix', (v) => v === '');
+  set('best_of', (v) => v === 1);
+  set('presence_penalty', (v) => v === 0);
+  set('frequency_penalty', (v) => v === 0);
+  set('repetition_penalty', (v) => v === 1);
+  set('min_p', (v) => v === 0);
+  set('min_tokens', (v) => v === 0);
+  set('tools', (v) => Array.isArray(v) && v.length === 0);
+  set('functions', (v) => Array.isArray(v) && v.length === 0);
+  set('tool_choice', (v) => v === 'none' || v === 'auto');
+  set('response_format', (v) => typeof v === 'object' && (v as { type?: unknown }).type === 'text');
+  set('guided_json', () => false);
+  set('guided_regex', () => false);
+  set('guided_choice', () => false);
+  set('guided_grammar', () => false);
+  const so = body.stream_options;
+  if (so !== undefined && so !== null && (typeof so !== 'object' || Array.isArray(so)))
+    throw bad('stream_options', `expected an object, got ${describe(so)}`);
+}
+
+/** Chat roles a template may see; anything else is a client error, not a new speaker. */
+const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 
 /** Text of a request as it is generated, by step, with stop strings applied. */
 class TextAssembler {
@@ -165,6 +231,7 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
   const modelName = opts.modelName ?? 'mote';
   const maxBody = opts.maxBodyBytes ?? 1 << 20;
   const maxTokens = opts.maxTokens ?? 4096;
+  const bodyTimeout = opts.bodyTimeoutMs ?? 30_000;
   const created = Math.floor(Date.now() / 1000);
   const { engine, tokenizer } = ctx;
   const eos = tokenizer.eosTokenId;
@@ -197,13 +264,16 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
   ): Promise<void> {
     const adapter = adapterOf(body);
     const mote = isMote(adapter);
+    refuseUnsupported(body);
     let prompt: number[];
     if (kind === 'chat') {
       const msgs = body.messages;
       if (!Array.isArray(msgs) || msgs.length === 0) throw bad('messages', 'expected a non-empty list of { role, content }');
       const messages: ChatMessage[] = msgs.map((m, i) => {
-        if (!m || typeof m !== 'object' || typeof (m as ChatMessage).role !== 'string')
-          throw bad(`messages[${i}]`, 'expected { role, content }');
+        if (!m || typeof m !== 'object' || Array.isArray(m)) throw bad(`messages[${i}]`, `expected { role, content }, got ${describe(m)}`);
+        const role = (m as { role: unknown }).role;
+        if (typeof role !== 'string' || !ROLES.has(role))
+          throw bad(`messages[${i}].role`, `expected one of ${[...ROLES].join(', ')}, got ${describe(role)}`);
         const c = (m as { content: unknown }).content;
         // Content parts ([{ type: 'text', text }]) are joined; other part types are refused.
         const content =
@@ -242,6 +312,8 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
     );
     const temperature = num(body, 'temperature', 0, 2, 1);
     const topP = num(body, 'top_p', 0, 1, 1, false, true);
+    // vLLM's extension: -1 or 0 is every token.
+    const topK = num(body, 'top_k', -1, 2 ** 31 - 1, -1, true);
     const seed = num(body, 'seed', 0, 2 ** 32 - 1, 0, true);
     const stops = stopStrings(body);
     const stream = body.stream === true;
@@ -257,7 +329,7 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       seed,
       signal: abort.signal,
       ...(eos !== undefined ? { stop: [eos] } : {}),
-      ...(temperature > 0 ? { sampling: { temperature, topP } } : {}),
+      ...(temperature > 0 ? { sampling: { temperature, topP, ...(topK > 0 ? { topK } : {}) } } : {}),
       ...(adapter !== undefined ? { adapter } : {}),
       ...(mote ? { stopAfterStep: ctx.steps.length - 1 } : {}),
     };
@@ -272,6 +344,8 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
     res.on('close', () => {
       if (!res.writableFinished) abort.abort();
     });
+    // …including one that left while its body was parsed (its 'close' has fired already).
+    if (req.socket.destroyed || res.destroyed) abort.abort();
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-mote${(++counter).toString(36)}${Date.now().toString(36)}`;
     const text = new TextAssembler(tokenizer, ctx.tagIds, eos, stops, kind === 'chat');
     const model = typeof body.model === 'string' ? body.model : modelName;
@@ -311,6 +385,10 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
     };
     if (stream) {
       res.write(`data: ${chunk(kind === 'chat' ? {} : '', finish)}\n\n`);
+      if ((body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true)
+        res.write(
+          `data: ${JSON.stringify({ id, object: kind === 'chat' ? 'chat.completion.chunk' : object, created, model, choices: [], usage })}\n\n`,
+        );
       res.end('data: [DONE]\n\n');
       return;
     }
@@ -360,11 +438,12 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
   }
 
   async function route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const p = url.pathname.replace(/\/+$/, '');
+    // The path alone: `new URL` throws on targets such as '//%%' (a 500 before).
+    const p = (req.url ?? '/').split(/[?#]/, 1)[0]!.replace(/\/+$/, '');
     const post = ['/v1/completions', '/v1/chat/completions', '/v1/load_lora_adapter', '/v1/unload_lora_adapter'];
     if (p === '/v1/models' || p === '/health') {
-      if (req.method !== 'GET') throw new HttpError(405, `${req.method} ${p}: use GET`);
+      if (req.method !== 'GET' && req.method !== 'HEAD')
+        throw new HttpError(405, `${req.method} ${p}: use GET`, undefined, null, 'GET, HEAD');
       if (p === '/health') return sendJson(res, 200, { status: 'ok', ...engine.load });
       return sendJson(res, 200, {
         object: 'list',
@@ -383,8 +462,8 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       });
     }
     if (!post.includes(p)) throw new HttpError(404, `no route ${req.method} ${p}`);
-    if (req.method !== 'POST') throw new HttpError(405, `${req.method} ${p}: use POST`);
-    const body = await readBody(req, maxBody);
+    if (req.method !== 'POST') throw new HttpError(405, `${req.method} ${p}: use POST`, undefined, null, 'POST');
+    const body = await readBody(req, res, maxBody, bodyTimeout);
     if (!body || typeof body !== 'object' || Array.isArray(body)) throw new HttpError(400, 'request body: expected a JSON object');
     const b = body as Record<string, unknown>;
     if (p === '/v1/completions') return generateFor(res, req, 'text', b);
