@@ -172,47 +172,64 @@ function refuseUnsupported(body: Record<string, unknown>): void {
 /** Chat roles a template may see; anything else is a client error, not a new speaker. */
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 
-/** Text of a request as it is generated, by step, with stop strings applied. */
-class TextAssembler {
-  readonly parts: { step: number; ids: number[]; text: string }[] = [];
+/** Text of a request as it is generated, by step, with stop strings applied. @internal exported for its tests */
+export class TextAssembler {
+  /** `prefix`/`read`: the incremental decoder's window over `ids` (see push). */
+  readonly parts: { step: number; ids: number[]; text: string; prefix: number; read: number }[] = [];
   stopped = false;
+  /** The last characters of all the text so far: one fewer than the longest stop string. */
+  #tail = '';
+  readonly #keep: number;
   constructor(
     readonly tok: MoteTokenizer,
     readonly tagIds: ReadonlySet<number>,
     readonly eos: number | undefined,
     readonly stops: readonly string[],
     readonly trimStart: boolean,
-  ) {}
+  ) {
+    this.#keep = Math.max(0, ...stops.map((x) => x.length - 1));
+  }
 
   /** Adds a token; returns the new text of its step (may be '') and whether a stop string ended the text. */
   push(e: TokenEvent): { step: number; delta: string } {
     let cur = this.parts.at(-1);
     if (!cur || cur.step !== e.step) {
-      cur = { step: e.step, ids: [], text: '' };
+      cur = { step: e.step, ids: [], text: '', prefix: 0, read: 0 };
       this.parts.push(cur);
     }
     if (this.stopped || this.tagIds.has(e.token) || e.token === this.eos) return { step: e.step, delta: '' };
     cur.ids.push(e.token);
-    let text = this.tok.decode(cur.ids, { skipSpecialTokens: true });
+    // Incremental decoding: the tokens since `prefix` decoded with and without the newest ones;
+    // the difference is the new text. Starting a token or more back keeps the context a token's
+    // spacing depends on, and the cost per token constant (decoding the whole step each time
+    // grew with the square of its length).
+    const skip = { skipSpecialTokens: true };
+    const prefixText = this.tok.decode(cur.ids.slice(cur.prefix, cur.read), skip);
+    const newText = this.tok.decode(cur.ids.slice(cur.prefix), skip);
+    // A multi-byte character still completing: wait for the next token.
+    if (newText.length <= prefixText.length || newText.endsWith('\uFFFD')) return { step: e.step, delta: '' };
+    let delta = newText.slice(prefixText.length);
+    cur.prefix = cur.read;
+    cur.read = cur.ids.length;
     // Chat text starts each step clean; a completion continues its prompt as it is.
-    if (cur.text === '' && this.trimStart) text = text.trimStart();
-    // A multi-byte character still completing changes earlier text: wait for the next token.
-    if (!text.startsWith(cur.text)) return { step: e.step, delta: '' };
-    const before = this.parts
-      .slice(0, -1)
-      .map((p) => p.text)
-      .join('');
-    for (const s of this.stops) {
-      const all = before + text;
-      const at = all.indexOf(s, Math.max(0, before.length + cur.text.length - s.length + 1));
-      if (at >= 0) {
-        text = all.slice(before.length, at);
-        this.stopped = true;
-        break;
+    if (cur.text === '' && this.trimStart) delta = delta.trimStart();
+    // A stop string ends inside the new text (one wholly before it was found when it came).
+    const window = this.#tail + delta;
+    for (const stop of this.stops) {
+      const at = window.indexOf(stop);
+      if (at < 0) continue;
+      const cut = at - this.#tail.length;
+      this.stopped = true;
+      if (cut >= 0) delta = delta.slice(0, cut);
+      else {
+        // it began in text already given: take that back from this step's text (a stream has sent it)
+        cur.text = cur.text.slice(0, Math.max(0, cur.text.length + cut));
+        delta = '';
       }
+      break;
     }
-    const delta = text.slice(cur.text.length);
-    cur.text = text;
+    cur.text += delta;
+    this.#tail = this.#keep > 0 ? (this.#tail + delta).slice(-this.#keep) : '';
     return { step: e.step, delta };
   }
 }
