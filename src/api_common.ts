@@ -61,7 +61,14 @@ export {
   type SamplingOptions,
   type ResolvedSampling,
 } from './generate/sampling.js';
-export { MoteTokenizer, type ChatMessage, type EncodeOptions, type DecodeOptions, type ChatTemplateOptions } from './io/tokenizer.js';
+export {
+  MoteTokenizer,
+  DecodeStream,
+  type ChatMessage,
+  type EncodeOptions,
+  type DecodeOptions,
+  type ChatTemplateOptions,
+} from './io/tokenizer.js';
 export * from './mote/steps.js';
 export {
   llamaLossAndGrad,

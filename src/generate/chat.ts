@@ -13,7 +13,7 @@ import { BACKEND_KINDS, openBackend } from '../backend/select.js';
 import type { Backend, BackendRequest } from '../backend/backend.js';
 import { LlamaModel } from '../model/llama.js';
 import { loadModel } from '../model/load.js';
-import { loadTokenizer, type ChatMessage, type MoteTokenizer } from '../io/tokenizer.js';
+import { DecodeStream, loadTokenizer, type ChatMessage, type MoteTokenizer } from '../io/tokenizer.js';
 import { plainPrompt } from '../io/prompts.js';
 import { DEFAULT_MODEL_DIR } from '../mote/default_model_dir.js';
 import { MoteBundle, addStepTokens } from '../mote/bundle.js';
@@ -288,24 +288,24 @@ export class MoteChat {
     const listed = op === 'MoteChat.askAll';
     const reqs = questions.map((q, i) => this.#request(op, q, opts, listed ? `questions[${i}]` : 'question', i));
     const tagIds = new Set(this.#stepTokens.keys());
-    const steps: { k: number; ids: number[]; shown: string }[][] = questions.map(() => []);
+    const steps: { k: number; ids: number[]; stream: DecodeStream | null; shown: boolean }[][] = questions.map(() => []);
     const onToken = (e: TokenEvent) => {
       const seq = steps[e.seq]!;
       let cur = seq.at(-1);
       if (!cur || cur.k !== e.step) {
-        cur = { k: e.step, ids: [], shown: '' };
+        // the first request's text is streamed piece by piece (DecodeStream: constant work per token)
+        cur = { k: e.step, ids: [], stream: onText && e.seq === 0 ? new DecodeStream(this.tokenizer) : null, shown: false };
         seq.push(cur);
       }
-      if (!tagIds.has(e.token) && !this.#stop.includes(e.token)) cur.ids.push(e.token);
-      if (onText && e.seq === 0) {
-        const text = this.tokenizer.decode(cur.ids, { skipSpecialTokens: true }).trimStart();
-        // Only growth is sent: a piece that changes earlier text (a multi-byte character still
-        // completing) waits for the next token; a tag alone has no text yet.
-        if (text.length > cur.shown.length && text.startsWith(cur.shown)) {
-          onText({ step: e.step < 0 ? null : this.config.steps[e.step]!, start: cur.shown === '', text: text.slice(cur.shown.length) });
-          cur.shown = text;
-        }
-      }
+      if (tagIds.has(e.token) || this.#stop.includes(e.token)) return;
+      cur.ids.push(e.token);
+      if (!cur.stream) return;
+      // a piece waits while a multi-byte character completes; each step's text starts trimmed
+      let text = cur.stream.push(e.token);
+      if (!cur.shown) text = text.trimStart();
+      if (text === '') return;
+      onText!({ step: e.step < 0 ? null : this.config.steps[e.step]!, start: !cur.shown, text });
+      cur.shown = true;
     };
     const results = await generate(this.model, reqs, {
       ...(this.bundle ? { router: this.bundle.tokenRouter() } : {}),

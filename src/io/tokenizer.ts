@@ -177,6 +177,32 @@ function build(json: Json, config: Json, file: string): Tokenizer {
  * A tokenizer read from an HF model directory. Ids are plain numbers; `vocabSize` counts the
  * model's vocabulary and the added tokens (one more than the largest id).
  */
+/**
+ * Text of a growing list of ids, piece by piece, for streaming: `push(id)` returns what the new
+ * id adds to the text ('' while a multi-byte character is still completing). Each push decodes
+ * only the ids since the last piece, with the ones before it for context (as vLLM's
+ * detokenizer), so the work per token stays constant; the pieces add up to decode(ids).
+ */
+export class DecodeStream {
+  readonly ids: number[] = [];
+  #prefix = 0;
+  #read = 0;
+  constructor(
+    readonly tokenizer: MoteTokenizer,
+    readonly opts: DecodeOptions = { skipSpecialTokens: true },
+  ) {}
+
+  push(id: number): string {
+    this.ids.push(id);
+    const before = this.tokenizer.decode(this.ids.slice(this.#prefix, this.#read), this.opts);
+    const now = this.tokenizer.decode(this.ids.slice(this.#prefix), this.opts);
+    if (now.length <= before.length || now.endsWith('\uFFFD')) return '';
+    this.#prefix = this.#read;
+    this.#read = this.ids.length;
+    return now.slice(before.length);
+  }
+}
+
 export class MoteTokenizer {
   private tok: Tokenizer;
   private json: Json;

@@ -16,7 +16,7 @@
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MoteError, describe } from '../errors.js';
-import type { MoteTokenizer, ChatMessage } from '../io/tokenizer.js';
+import { DecodeStream, type MoteTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { plainPrompt } from '../io/prompts.js';
 import { promptIds } from '../mote/chains.js';
 import type { StopReason, TokenEvent } from '../generate/generate.js';
@@ -174,8 +174,7 @@ const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
 
 /** Text of a request as it is generated, by step, with stop strings applied. @internal exported for its tests */
 export class TextAssembler {
-  /** `prefix`/`read`: the incremental decoder's window over `ids` (see push). */
-  readonly parts: { step: number; ids: number[]; text: string; prefix: number; read: number }[] = [];
+  readonly parts: { step: number; text: string; stream: DecodeStream }[] = [];
   stopped = false;
   /** The last characters of all the text so far: one fewer than the longest stop string. */
   #tail = '';
@@ -194,23 +193,12 @@ export class TextAssembler {
   push(e: TokenEvent): { step: number; delta: string } {
     let cur = this.parts.at(-1);
     if (!cur || cur.step !== e.step) {
-      cur = { step: e.step, ids: [], text: '', prefix: 0, read: 0 };
+      cur = { step: e.step, text: '', stream: new DecodeStream(this.tok) };
       this.parts.push(cur);
     }
     if (this.stopped || this.tagIds.has(e.token) || e.token === this.eos) return { step: e.step, delta: '' };
-    cur.ids.push(e.token);
-    // Incremental decoding: the tokens since `prefix` decoded with and without the newest ones;
-    // the difference is the new text. Starting a token or more back keeps the context a token's
-    // spacing depends on, and the cost per token constant (decoding the whole step each time
-    // grew with the square of its length).
-    const skip = { skipSpecialTokens: true };
-    const prefixText = this.tok.decode(cur.ids.slice(cur.prefix, cur.read), skip);
-    const newText = this.tok.decode(cur.ids.slice(cur.prefix), skip);
-    // A multi-byte character still completing: wait for the next token.
-    if (newText.length <= prefixText.length || newText.endsWith('\uFFFD')) return { step: e.step, delta: '' };
-    let delta = newText.slice(prefixText.length);
-    cur.prefix = cur.read;
-    cur.read = cur.ids.length;
+    let delta = cur.stream.push(e.token);
+    if (delta === '') return { step: e.step, delta };
     // Chat text starts each step clean; a completion continues its prompt as it is.
     if (cur.text === '' && this.trimStart) delta = delta.trimStart();
     // A stop string ends inside the new text (one wholly before it was found when it came).
