@@ -138,6 +138,29 @@ forEachBackend("engine: a request's tokens alone = in a busy engine = generate()
   }
 });
 
+forEachBackend('engine: waiting requests are bounded (maxWaiting): one past it is a 503, the others are served', async (b) => {
+  const model = await openModel(b);
+  assert.throws(() => new Engine(model, { maxWaiting: 0 }), /maxWaiting/);
+  assert.throws(() => new Engine(model, { maxWaiting: 1.5 }), /maxWaiting/);
+  const engine = new Engine(model, { stepTokens: stepTokens(), maxSequences: 1, maxWaiting: 2 });
+  try {
+    const req: EngineRequest = { prompt: ask('How do I bake bread?'), maxNewTokens: 3 };
+    // submitted in one tick: none has started, so two wait and the third is refused
+    const accepted = [engine.submit(req), engine.submit(req)];
+    assert.throws(
+      () => engine.submit(req),
+      (e: unknown) => e instanceof EngineError && e.status === 503 && /maxWaiting/.test((e as Error).message),
+    );
+    const results = await Promise.all(accepted.map((s) => s.result));
+    assert.deepEqual(results[1]!.tokens, results[0]!.tokens);
+    assert.equal(results[0]!.tokens.length, 3);
+    assert.deepEqual((await engine.submit(req).result).tokens, results[0]!.tokens, 'served again once the queue drained');
+  } finally {
+    await engine.close();
+    model.dispose();
+  }
+});
+
 forEachBackend('engine: adapters added and removed while serving; errors carry a status', async (b) => {
   const model = await openModel(b);
   const engine = new Engine(model, { stepTokens: stepTokens() });

@@ -434,6 +434,7 @@ test(
       ['--pool-unit', '0'],
       ['--adapter-budget-mb', 'lots'],
       ['--pool-entries', '-3'],
+      ['--max-waiting', '0'],
       // an empty base name no request can match; an adapter under the base's name; a host that does not resolve
       ['--name', ''],
       ['--lora', `mote-tiny=${path.join(tmp, 'bundle-a', 'analysis')}`],

@@ -230,6 +230,7 @@ program
   .option('--name <name>', "the base model's name in requests (default: the model folder's name)")
   .option('--allow-runtime-lora', 'enable /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders on this machine)')
   .option('--max-sequences <n>', 'most requests decoding at once (more wait)', '64')
+  .option('--max-waiting <n>', 'most requests waiting to start (more get a 503)', '1024')
   .option(
     '--adapter-budget-mb <n>',
     'device MiB the adapter pool may take; adapters past it are paged in when a request needs them (default: no limit)',

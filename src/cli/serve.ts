@@ -20,6 +20,7 @@ export interface ServeCliOptions {
   name?: string;
   allowRuntimeLora?: boolean;
   maxSequences?: string;
+  maxWaiting?: string;
   adapterBudgetMb?: string;
   poolUnit?: string;
   poolEntries?: string;
@@ -37,6 +38,7 @@ function named(flag: string, spec: string): { name: string; dir: string } {
 export async function serveCommand(o: ServeCliOptions): Promise<void> {
   const port = intFlag('port', o.port, 0, 65535, 8000);
   const maxSequences = intFlag('max-sequences', o.maxSequences, 1, 4096, 64);
+  const maxWaiting = intFlag('max-waiting', o.maxWaiting, 1, 2 ** 20, 1024);
   const budgetMb = o.adapterBudgetMb === undefined ? undefined : intFlag('adapter-budget-mb', o.adapterBudgetMb, 1, 2 ** 24, 0);
   const poolUnit = intFlag('pool-unit', o.poolUnit, 1, 4096, 8);
   const poolEntries = intFlag('pool-entries', o.poolEntries, 1, 2 ** 20, 64);
@@ -61,6 +63,7 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
   const engine = new Engine(m.model, {
     stepTokens: new Map(tags.start.map((id, k) => [id, k])),
     maxSequences,
+    maxWaiting,
     poolUnit,
     poolEntries,
     ...(budgetMb !== undefined ? { adapterBudgetBytes: budgetMb * 2 ** 20 } : {}),

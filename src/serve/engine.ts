@@ -51,6 +51,11 @@ export interface EngineOptions {
   stepTokenRouting?: 'previous' | 'own';
   /** Most sequences decoding at once (default 64); later requests wait in order. */
   maxSequences?: number;
+  /**
+   * Most requests waiting to start (default 1024): a request past it is refused (EngineError,
+   * status 503) instead of queueing without bound.
+   */
+  maxWaiting?: number;
   /** Most prompt tokens started in one step (default 4096; a longer prompt runs alone), so new prompts do not stall running decodes for long. */
   maxPrefillTokens?: number;
   /**
@@ -154,6 +159,7 @@ function positiveInt(op: string, name: string, v: unknown, dflt: number): number
 export class Engine {
   readonly #dec: BatchDecoder;
   readonly #maxSequences: number;
+  readonly #maxWaiting: number;
   readonly #maxPrefill: number;
   #adapters = new Map<string, Registered>();
   /** Adapters meant to be on the device, least recently used first; the pool holds these after #syncSet. */
@@ -191,6 +197,7 @@ export class Engine {
     const op = 'Engine';
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
     this.#maxSequences = positiveInt(op, 'maxSequences', opts.maxSequences, 64);
+    this.#maxWaiting = positiveInt(op, 'maxWaiting', opts.maxWaiting, 1024);
     this.#maxPrefill = positiveInt(op, 'maxPrefillTokens', opts.maxPrefillTokens, 4096);
     const budget = opts.adapterBudgetBytes ?? Infinity;
     if (typeof budget !== 'number' || !(budget > 0))
@@ -542,6 +549,8 @@ export class Engine {
     }
     if (req.signal !== undefined && !(req.signal instanceof AbortSignal))
       throw new EngineError(`${op}: signal: expected an AbortSignal, got ${describe(req.signal)}`, 400);
+    if (this.#queue.length >= this.#maxWaiting)
+      throw new EngineError(`${op}: ${this.#queue.length} requests are waiting already (maxWaiting); try again later`, 503);
     const { adapter: _a, signal, ...gen } = req;
     let s: SeqState;
     try {

@@ -72,6 +72,7 @@ function sendError(res: http.ServerResponse, e: HttpError, headers: Record<strin
     { error: { message: e.message, type: e.type, param: e.param, code: null } },
     {
       ...(e.allow ? { allow: e.allow } : {}),
+      ...(e.status === 503 ? { 'retry-after': '1' } : {}), // a full queue: clients back off and retry
       ...headers,
     },
   );
