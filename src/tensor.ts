@@ -22,6 +22,7 @@ export class Tensor {
   readonly byteLength: number;
   #storage: unknown;
   #disposed = false;
+  #sealed = false;
   /** The tensor whose storage this one views (reshape); views never free storage. */
   readonly #base: Tensor | null;
 
@@ -43,6 +44,20 @@ export class Tensor {
 
   get disposed(): boolean {
     return this.#disposed || this.backend.destroyed || (this.#base?.disposed ?? false);
+  }
+
+  /**
+   * @internal Makes the contents read-only: indices checked on the host when a routing, layout
+   * or rank tensor was built, which GPU kernels trust (write() would bypass the check).
+   */
+  seal(): this {
+    this.#sealed = true;
+    return this;
+  }
+
+  /** True for a tensor whose contents only mote may change (a LoraRouting's, an AttentionLayout's, a LoraStack's rank). */
+  get sealed(): boolean {
+    return this.#sealed || (this.#base?.sealed ?? false);
   }
 
   /** @internal the backend's storage handle; throws when disposed. */
@@ -83,6 +98,10 @@ export class Tensor {
   /** Overwrites the contents from host data of the same length. */
   write(data: HostData): void {
     const storage = this.storage; // a disposed tensor throws first
+    if (this.sealed)
+      throw new ArgumentError(
+        `write: tensor #${this.id} [${this.shape.join(', ')}] ${this.dtype} is read-only: it holds indices checked when its routing, layout or stack was built; build a new one instead`,
+      );
     checkHostData('write: data', data, this.size, this.shape);
     this.backend.writeStorage(storage, encode('write: data', data, this.dtype));
   }
