@@ -150,6 +150,8 @@ export class LoraRouting {
 
 /** Most adapters one routing may address (its per-adapter tables are sized by L): 2^16. */
 export const MAX_LORA_ADAPTERS = 1 << 16;
+/** Highest LoRA rank createLora / createMote accept (an adapter's factors are sized by it; PEFT ranks are at most a few hundred). */
+export const MAX_LORA_RANK = 4096;
 /** Most slots per token: MoTE uses 2; 64 leaves room for any mixing scheme. */
 export const MAX_LORA_SLOTS = 64;
 
