@@ -22,6 +22,7 @@ export class Tensor {
   readonly byteLength: number;
   #storage: unknown;
   #disposed = false;
+  #sealed = false;
   /** The tensor whose storage this one views (reshape); views never free storage. */
   readonly #base: Tensor | null;
 
@@ -43,6 +44,20 @@ export class Tensor {
 
   get disposed(): boolean {
     return this.#disposed || this.backend.destroyed || (this.#base?.disposed ?? false);
+  }
+
+  /**
+   * @internal Makes the contents read-only: indices checked on the host when a routing, layout
+   * or rank tensor was built, which GPU kernels trust (write() would bypass the check).
+   */
+  seal(): this {
+    this.#sealed = true;
+    return this;
+  }
+
+  /** True for a tensor whose contents only mote may change (a LoraRouting's, an AttentionLayout's, a LoraStack's rank). */
+  get sealed(): boolean {
+    return this.#sealed || (this.#base?.sealed ?? false);
   }
 
   /** @internal the backend's storage handle; throws when disposed. */
@@ -70,8 +85,10 @@ export class Tensor {
 
   /** Copies the tensor to the host: Float32Array for f32/f16/bf16, Int32Array for i32. */
   async read(): Promise<Float32Array | Int32Array> {
-    const bytes = await this.backend.readStorage(this.storage, this.byteLength);
-    return decode(bytes, this.dtype, this.size);
+    const storage = this.storage;
+    return hostSized(`read: tensor #${this.id} [${this.shape.join(', ')}] ${this.dtype}`, this.byteLength, async () =>
+      decode(await this.backend.readStorage(storage, this.byteLength), this.dtype, this.size),
+    );
   }
 
   /** Like read() but for float tensors only, typed as Float32Array. */
@@ -83,6 +100,10 @@ export class Tensor {
   /** Overwrites the contents from host data of the same length. */
   write(data: HostData): void {
     const storage = this.storage; // a disposed tensor throws first
+    if (this.sealed)
+      throw new ArgumentError(
+        `write: tensor #${this.id} [${this.shape.join(', ')}] ${this.dtype} is read-only: it holds indices checked when its routing, layout or stack was built; build a new one instead`,
+      );
     checkHostData('write: data', data, this.size, this.shape);
     this.backend.writeStorage(storage, encode('write: data', data, this.dtype));
   }
@@ -141,6 +162,24 @@ export function checkHostData(name: string, data: unknown, size: number, shape: 
   return d;
 }
 
+/**
+ * Runs `f`, which stages `byteLength` bytes in one host typed array: past the engine's largest
+ * (4 GiB on Node 20) that is a RangeError without context; this says which tensor and why.
+ */
+export function hostSized<T>(what: string, byteLength: number, f: () => T): T {
+  const fail = (e: unknown): never => {
+    if (e instanceof RangeError && /typed array length|Array buffer allocation failed/i.test(e.message))
+      throw new ShapeError(`${what}: ${byteLength} bytes do not fit in one host array here (${e.message})`);
+    throw e;
+  };
+  try {
+    const r = f();
+    return (r instanceof Promise ? r.catch(fail) : r) as T;
+  } catch (e) {
+    return fail(e);
+  }
+}
+
 /** Backend.tensor(): like makeTensor, but data is required (null would make an uninitialised tensor). */
 export function makeHostTensor(backend: Backend, data: HostData, shape: readonly number[], dtype: DType = 'f32'): Tensor {
   if (data === null)
@@ -164,7 +203,10 @@ export function makeTensor(backend: Backend, data: HostData | null, shape: reado
   const storage = backend.allocStorage(byteLength, byteLength / shape[0]!);
   try {
     if (bytes) backend.writeStorage(storage, bytes);
-    else if (fill0) backend.writeStorage(storage, new Uint8Array(byteLength));
+    else if (fill0) {
+      const zeros = hostSized(`zeros: shape [${shape.join(', ')}] ${dtype}`, byteLength, () => new Uint8Array(byteLength));
+      backend.writeStorage(storage, zeros);
+    }
   } catch (e) {
     backend.freeStorage(storage);
     throw e;

@@ -610,3 +610,24 @@ test('case matrix: MHA, GQA, MQA, packing, segments, decode, no-key queries and 
     );
   assert.ok(wg.some((c) => c.D <= 64) && wg.some((c) => c.D > 64));
 });
+
+forEachBackend('layout tensors are read-only: write() into them is refused', async (b) => {
+  const l = attentionLayout(b, {
+    qSeq: [0, 0, 0],
+    qPos: [0, 1, 2],
+    segments: { numSegments: 2, qSegment: [0, 1, 1], blocked: [0, 0, 1, 0] },
+  });
+  try {
+    // A GPU kernel trusts these (checked on the host when built): ranges of 10^8 used to be writable.
+    for (const n of ['qSeq', 'qPos', 'kSeq', 'kPos', 'qSeg', 'kSeg', 'blocked', 'ranges'] as const) {
+      const t = l[n];
+      assert.throws(
+        () => t.write(new Array(t.size).fill(100_000_000)),
+        (e: Error) => e instanceof ArgumentError && /write: tensor #\d+ .* is read-only/.test(e.message),
+        n,
+      );
+    }
+  } finally {
+    l.dispose();
+  }
+});

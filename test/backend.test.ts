@@ -69,6 +69,14 @@ test('openBackend rejects unknown kinds and reports unavailable ones without cra
     () => openBackend('tpu' as never),
     (e: Error) => e instanceof ArgumentError && /kind: expected/.test(e.message),
   );
+  // a misspelt option used to be ignored (all threads instead of 2); refused before any device is touched
+  for (const kind of ['cpu', 'webgpu', 'auto'] as const) {
+    await assert.rejects(
+      () => openBackend(kind, { thread: 2 } as never),
+      (e: Error) => e instanceof ArgumentError && /openBackend: unknown option 'thread' \(expected threads, /.test(e.message),
+    );
+  }
+  await assert.rejects(() => probeBackends({ thread: 2 } as never), /unknown option 'thread'/);
   const cuda = await openBackend('cuda').catch((e) => e);
   if (cuda instanceof Error) {
     assert.ok(cuda instanceof BackendUnavailableError, String(cuda));

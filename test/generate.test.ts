@@ -18,7 +18,7 @@ import { loadModel } from '../src/model/load.js';
 import { llamaForwardRef } from '../src/reference/llama.js';
 import { loraRouting, loraStack, type LoraStack } from '../src/ops/lora.js';
 import { LINEAR_MODULES, linearShape, type LinearModule } from '../src/model/config.js';
-import { ArgumentError, ShapeError } from '../src/errors.js';
+import { ArgumentError, MoteError, ShapeError } from '../src/errors.js';
 import type { Backend } from '../src/backend/backend.js';
 import type { Tensor } from '../src/tensor.js';
 import { argmax, checkSampling, sampleToken, samplingDistribution, SeededRng } from '../src/generate/sampling.js';
@@ -153,6 +153,23 @@ test('sampling: argmax, temperature, topK, topP, seeded determinism', () => {
   assert.deepEqual([...counts.keys()].sort(), [1, 3, 4, 5]);
   const p4 = samplingDistribution(logits, { temperature: 1, topK: 4 });
   p4.ids.forEach((id, k) => assert.ok(Math.abs(counts.get(id)! / 4000 - p4.probs[k]!) < 0.03, `frequency of ${id}`));
+});
+
+test('sampling: a tiny temperature or an infinite logit still draws the most likely tokens (no NaN probabilities)', () => {
+  const logits = [0.1, 2, -1, 1.5];
+  // logit / 5e-324 overflows to Infinity: the distribution used to be NaN and the draw the least likely token
+  for (const temperature of [5e-324, 1e-310]) {
+    const d = samplingDistribution(logits, { temperature });
+    assert.deepEqual(d.ids.slice(0, 1), [1]);
+    assert.equal(d.probs[0], 1, `temperature ${temperature}`);
+    assert.ok(d.probs.every((p) => Number.isFinite(p)));
+    for (let s = 0; s < 20; s++) assert.equal(sampleToken(logits, { temperature }, new SeededRng(s)), 1);
+  }
+  const inf = samplingDistribution([0, Infinity, 3, Infinity], { temperature: 1 });
+  assert.deepEqual(inf.ids.slice(0, 2), [1, 3]);
+  assert.deepEqual(inf.probs, [0.5, 0.5, 0, 0]);
+  const allNegInf = samplingDistribution([-Infinity, -Infinity], { temperature: 1 });
+  assert.deepEqual(allNegInf.probs, [0.5, 0.5]);
 });
 
 test('sampling: bad options name the option', () => {
@@ -461,6 +478,22 @@ forEachBackend('force, skip, stop after a step, stop tokens, maxNewTokens', asyn
   });
 });
 
+forEachBackend('NaN logits (a NaN weight) stop generation with an error instead of a token', async (b) => {
+  await withModel(b, async (model) => {
+    const w = model.weights.layers[1]!.linear.down_proj;
+    const data = (await w.readFloat()).slice();
+    data[0] = Number.NaN;
+    w.write(data);
+    // argmax and sampling skip NaN entries: greedy used to return token 0 every step
+    for (const sampling of [undefined, { temperature: 1 }]) {
+      await assert.rejects(
+        generate(model, [{ prompt: [1, 2], maxNewTokens: 3, ...(sampling ? { sampling } : {}) }]),
+        (e: Error) => e instanceof MoteError && /generate: the logits of sequence 0 for generated token 0 hold NaN/.test(e.message),
+      );
+    }
+  });
+});
+
 forEachBackend('bad options throw naming the option', async (b) => {
   await withModel(b, async (model) => {
     await withRouter(
@@ -485,6 +518,9 @@ forEachBackend('bad options throw naming the option', async (b) => {
           [{ skipSteps: [1], force: [{ step: 1 }] }, /also in skipSteps/],
           [{ skipSteps: [9] }, /skipSteps\[0\]/],
           [{ stopAfterStep: -1 }, /stopAfterStep/],
+          // misspelt or misplaced fields were ignored (greedy, default length) instead of refused
+          [{ temperature: 0.7 } as Partial<GenerateRequest>, /requests\[0\]: unknown field 'temperature'/],
+          [{ maxTokens: 5 } as Partial<GenerateRequest>, /requests\[0\]: unknown field 'maxTokens'/],
         ];
         for (const [patch, re, cls] of cases) {
           await assert.rejects(

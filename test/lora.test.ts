@@ -29,6 +29,7 @@ import {
   type LoraStack,
   type LoraStrategy,
 } from '../src/ops/lora.js';
+import { copyRows } from '../src/ops/copy_rows.js';
 import {
   loraExpandRef,
   loraInputGradRef,
@@ -937,5 +938,39 @@ forEachBackend('lora ops reject bad input', async (b) => {
   } finally {
     p.dispose();
     if (other && other !== b) other.destroy();
+  }
+});
+
+forEachBackend('routing and rank tensors are read-only: write() and copyRows() into them are refused', async (b) => {
+  const A = b.tensor(new Float32Array(2 * 2 * 3).fill(0.1), [2, 2, 3]);
+  const B = b.tensor(new Float32Array(2 * 4 * 2).fill(0.1), [2, 4, 2]);
+  const s = loraStack(A, B);
+  const rt = loraRouting(b, [0, 1, 0], { K: 1, L: 2 });
+  const x = b.tensor(new Float32Array(3 * 3).fill(1), [3, 3]);
+  const evil = b.tensor([1_000_000, 1_000_000], [2], 'i32');
+  try {
+    const shrink = async () => {
+      const v = loraShrink(x, s, rt, { strategy: 'sgmv' });
+      const r = Array.from(await v.read());
+      v.dispose();
+      return r;
+    };
+    const before = await shrink();
+    // A GPU kernel trusts these contents (checked on the host when built): a write of 10^6 used
+    // to go through, and a CUDA kernel would then index adapter 10^6 out of bounds.
+    for (const t of [rt.slots, rt.order, rt.segStart, rt.segAdapter, rt.weight, s.rank]) {
+      assert.throws(
+        () => t.write(new Array(t.size).fill(1_000_000)),
+        (e: Error) => e instanceof ArgumentError && /write: tensor #\d+ .* is read-only/.test(e.message),
+      );
+      assert.ok(t.sealed);
+    }
+    assert.throws(() => rt.slots.reshape([3]).write([1_000_000, 0, 0]), /read-only/);
+    assert.throws(() => copyRows(s.rank, evil, [0], [0]), /copyRows: dst: tensor #\d+ is read-only/);
+    assert.deepEqual(await shrink(), before);
+    assert.equal(x.sealed, false);
+  } finally {
+    for (const t of [A, B, s.rank, s.scale, x, evil]) t.dispose();
+    rt.dispose();
   }
 });

@@ -46,7 +46,7 @@ import { MoteBundle, createMote, moteRoutingSlots } from '../src/mote/bundle.js'
 import { MOTE_FILE } from '../src/mote/format.js';
 import { loadMote, saveMote } from '../src/mote/bundle_io.js';
 import { AdapterStacks } from '../src/adapters/stacks.js';
-import { loadPeftAdapters } from '../src/adapters/adapter_set.js';
+import { createLora, loadPeftAdapters } from '../src/adapters/adapter_set.js';
 import { loraStacks, writeTinyModel, writeTinyPeftAdapter, type TinyModelOptions, type WrittenTinyModel } from './fixtures/tiny_model.js';
 import { closeBackends, forEachBackend, relErr, tracking } from './helpers.js';
 import { bitsEqual } from './case_helpers.js';
@@ -172,8 +172,10 @@ test('step schema: tokens, defaults and validation', () => {
     [{ steps: ['analysis', 'thinking'] as never }, /steps\[1\]: unknown step "thinking"/],
     [{ steps: ['answer', 'analysis'] }, /steps\[1\]: 'analysis' is out of chain order/],
     [{ steps: ['answer', 'answer'] }, /steps\[1\]: 'answer' is listed twice/],
-    [{ rank: 0 }, /rank: expected a positive integer, got 0/],
-    [{ rank: 2.5 }, /rank: expected a positive integer/],
+    [{ rank: 0 }, /rank: expected an integer in \[1, 4096\], got 0/],
+    [{ rank: 2.5 }, /rank: expected an integer in \[1, 4096\]/],
+    // used to be accepted: factors of 2^40 rows were then allocated from it
+    [{ rank: 2 ** 40 }, /rank: expected an integer in \[1, 4096\], got 1099511627776/],
     [{ loraAlpha: -1 }, /loraAlpha: expected a positive number/],
     [{ alpha: 1.5 }, /alpha: expected a number in \[0, 1\], got 1.5/],
     [{ promptRouting: 'first' as never }, /promptRouting: expected 'shared' or 'random-step'/],
@@ -298,6 +300,28 @@ forEachBackend('MoTE forward (K = 2, α / 1 − α, shared-only and random-step 
     } finally {
       bundle.dispose();
     }
+  });
+});
+
+forEachBackend('createLora refuses unknown options and ranks past the cap; readExpert refuses a bad layer or module', async (b) => {
+  const m = tiny({ seed: 22 });
+  await withModel(b, m, async (model) => {
+    // used to be ignored silently (rank 16 instead of 4)
+    assert.throws(
+      () => createLora(model, { ranks: 4 } as never),
+      (e: Error) => e instanceof ArgumentError && /createLora: opts: unknown option 'ranks'/.test(e.message),
+    );
+    // used to throw a RangeError from a typed array of 2^40·hidden floats
+    assert.throws(
+      () => createLora(model, { rank: 2 ** 40 }),
+      (e: Error) => e instanceof ArgumentError && /createLora: rank: expected an integer in \[1, 4096\]/.test(e.message),
+    );
+    using set = createLora(model, { rank: 2, targetModules: ['q_proj'] });
+    assert.ok((await set.readExpert(0, 0, 'q_proj')) !== null);
+    assert.equal(await set.readExpert(0, 0, 'v_proj'), null, 'a module without the adapter');
+    // used to return null as if the adapter had no factors there
+    await assert.rejects(set.readExpert(0, 1.5, 'q_proj'), /readExpert: layer: expected an integer in \[0, 1\], got 1.5/);
+    await assert.rejects(set.readExpert(0, 0, 'x_proj' as never), /readExpert: module: expected one of q_proj/);
   });
 });
 

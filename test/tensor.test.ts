@@ -1,7 +1,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../src/dtype.js';
-import { ArgumentError, DTypeError, DisposedTensorError, ShapeError } from '../src/errors.js';
+import { ArgumentError, DTypeError, DisposedTensorError, MoteError, ShapeError } from '../src/errors.js';
+import type { Tensor } from '../src/tensor.js';
 import { forEachBackend, closeBackends, rng, randn } from './helpers.js';
 
 after(closeBackends);
@@ -102,3 +103,25 @@ forEachBackend('reshape views the same storage and never frees it', async (b) =>
     (e: Error) => e instanceof DisposedTensorError && /a view of tensor/.test(e.message),
   );
 });
+
+forEachBackend(
+  'zeros() and read() of 2^31 f32 (past the largest host array) are a ShapeError naming the tensor, not a bare RangeError',
+  async (b) => {
+    // 2^31 f32: the device may give the storage (cpu allocates lazily), a host typed array cannot hold it on Node 20
+    const ok = (what: string) => (e: Error) =>
+      (e instanceof ShapeError && e.message.startsWith(what) && /do not fit in one host array/.test(e.message)) ||
+      (e instanceof MoteError && !(e instanceof ShapeError) && /allocat|memory|exceeds|too large/i.test(e.message));
+    assert.throws(() => b.zeros([2 ** 31]), ok('zeros: shape [2147483648] f32'));
+    let t: Tensor | null = null;
+    try {
+      t = b.empty([2 ** 31]);
+    } catch (e) {
+      assert.ok(e instanceof MoteError, String(e)); // no such storage here: nothing to read
+    }
+    if (t) {
+      await assert.rejects(t.read(), ok(`read: tensor #${t.id} [2147483648] f32`));
+      t.dispose();
+    }
+  },
+  { kinds: ['cpu'] },
+);

@@ -27,7 +27,8 @@ import { checkSchedule, learningRate } from '../src/train/schedule.js';
 import { ArgumentError, MoteError } from '../src/errors.js';
 import type { Backend } from '../src/backend/backend.js';
 import { makeTinyModel } from './fixtures/tiny_model.js';
-import { TRAIN_BASE as BASE, loadTiny as load, tinyTraining, toyExamples } from './fixtures/train_fixture.js';
+import { modelFromTensors } from '../src/model/load.js';
+import { TRAIN_BASE as BASE, hostTensors, loadTiny as load, tinyTraining, toyExamples } from './fixtures/train_fixture.js';
 import { bitsEqual } from './case_helpers.js';
 import { closeBackends, forEachBackend, relErr } from './helpers.js';
 
@@ -410,5 +411,57 @@ forEachBackend('bad input: clear errors naming the field; a non-finite loss appl
   } finally {
     bundle.dispose();
     model.dispose();
+  }
+});
+
+forEachBackend('options: misspelt keys, gradAccum past the cap and examples past the context are refused', async (b) => {
+  const tm = makeTinyModel(BASE);
+  // a context of 12 tokens: toyExamples are 10 to 14 long
+  const model = modelFromTensors({ ...tm.cfg, maxPositionEmbeddings: 12 }, hostTensors(tm), { backend: b });
+  const bundle = createMote(model, { rank: 2 }, { seed: 1 });
+  try {
+    const ex = toyExamples(4, 48);
+    const mk = (e: TrainExample[], o: Record<string, unknown> = {}) =>
+      new Trainer(model, bundle, e, { steps: 2, lr: 1e-3, batchTokens: 32, ...o });
+    // used to be ignored silently (no clipping change, no warmup)
+    assert.throws(
+      () => mk(ex.slice(0, 1), { clip_norm: 0.5 }),
+      (e: Error) => e instanceof ArgumentError && /unknown option 'clip_norm'/.test(e.message),
+    );
+    // used to pick and pack 10^9 micro-batches up front: the process died out of heap
+    assert.throws(() => mk(ex.slice(0, 1), { gradAccum: 1e9 }), /gradAccum: expected an integer in \[1, 4096\], got 1000000000/);
+    // used to train on positions past max_position_embeddings
+    assert.throws(() => mk(ex), /examples\[3\]\.ids: 13 tokens, more than the model's context \(max_position_embeddings\) of 12/);
+    using tr = mk(ex.slice(0, 2));
+    await tr.trainStep();
+  } finally {
+    bundle.dispose();
+    model.dispose();
+  }
+});
+
+forEachBackend('concurrent steps are refused instead of sharing gradients; dispose mid-step names the trainer', async (b) => {
+  const t = tinyTraining(b, 4);
+  try {
+    const first = t.trainer.trainStep();
+    // used to run both, each as step 1, on one set of gradient buffers
+    await assert.rejects(t.trainer.trainStep(), /another step of this trainer is in flight/);
+    await assert.rejects(t.trainer.run(), /a trainStep\(\) is already in progress/);
+    await assert.rejects(saveCheckpoint(t.trainer, newDir('mid')), /a step is in flight/);
+    assert.equal((await first).step, 1);
+    const running = t.trainer.run();
+    await assert.rejects(t.trainer.trainStep(), /run\(\) is in progress/);
+    await running;
+    assert.equal(t.trainer.state.step, 4);
+  } finally {
+    t.dispose();
+  }
+  const u = tinyTraining(b, 4);
+  try {
+    const p = u.trainer.trainStep();
+    u.trainer.dispose();
+    await assert.rejects(p, /Trainer\.trainStep: used after dispose\(\)/);
+  } finally {
+    u.dispose();
   }
 });

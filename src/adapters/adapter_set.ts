@@ -6,7 +6,7 @@ import type { Backend } from '../backend/backend.js';
 import { ArgumentError, describe } from '../errors.js';
 import { LINEAR_MODULES, type LinearModule, type ModelConfig } from '../model/config.js';
 import type { LlamaModel } from '../model/llama.js';
-import { loraRouting, type LoraRouting } from '../ops/lora.js';
+import { MAX_LORA_RANK, loraRouting, type LoraRouting } from '../ops/lora.js';
 import { makePeftConfig, parsePeftConfig, type PeftConfig } from '../io/peft.js';
 import { AdapterStacks, checkModel, freshStacks, uploadStacks, type LayerStacks } from './stacks.js';
 import { readAdapter, stackAdapters, type ReadAdapter } from './peft_io.js';
@@ -58,14 +58,22 @@ export interface CreateLoraOptions {
 /** Name of the adapter in AdapterSet.dirs: it was made in memory, not loaded from a folder. */
 export const NEW_LORA_DIR = '<new lora>';
 
+const CREATE_LORA_KEYS = ['rank', 'loraAlpha', 'targetModules', 'seed', 'init'];
+
 /** A fresh trainable LoRA adapter (AdapterSet with L = 1, f32) on `model`'s backend. */
 export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): AdapterSet {
   const op = 'createLora';
   checkModel(op, model);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
+  // A misspelt option would otherwise be ignored silently (as createMote refuses it).
+  for (const k of Object.keys(opts)) {
+    if (!CREATE_LORA_KEYS.includes(k))
+      throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${CREATE_LORA_KEYS.join(', ')})`);
+  }
   const R = opts.rank ?? 16;
-  if (typeof R !== 'number' || !Number.isSafeInteger(R) || R < 1)
-    throw new ArgumentError(`${op}: rank: expected a positive integer, got ${describe(opts.rank)}`);
+  // the factors are allocated by it: 2^40 used to throw a RangeError from a typed array
+  if (typeof R !== 'number' || !Number.isSafeInteger(R) || R < 1 || R > MAX_LORA_RANK)
+    throw new ArgumentError(`${op}: rank: expected an integer in [1, ${MAX_LORA_RANK}], got ${describe(opts.rank)}`);
   const loraAlpha = opts.loraAlpha ?? 2 * R;
   if (typeof loraAlpha !== 'number' || !Number.isFinite(loraAlpha) || loraAlpha <= 0)
     throw new ArgumentError(`${op}: loraAlpha: expected a positive number, got ${describe(opts.loraAlpha)}`);

@@ -229,6 +229,10 @@ export class AdapterStacks {
     this.live('readExpert');
     if (!Number.isSafeInteger(e) || e < 0 || e >= this.L)
       throw new ArgumentError(`readExpert: adapter: expected an integer in [0, ${this.L - 1}], got ${describe(e)}`);
+    if (!Number.isSafeInteger(layer) || layer < 0 || layer >= this.stacks.length)
+      throw new ArgumentError(`readExpert: layer: expected an integer in [0, ${this.stacks.length - 1}], got ${describe(layer)}`);
+    if (!(LINEAR_MODULES as readonly unknown[]).includes(module))
+      throw new ArgumentError(`readExpert: module: expected one of ${LINEAR_MODULES.join(', ')}, got ${describe(module)}`);
     const s = this.stacks[layer]?.[module];
     if (!s) return null;
     let h = cache?.get(s);

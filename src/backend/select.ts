@@ -58,10 +58,16 @@ export async function openBackend(kind: BackendRequest = 'auto', options?: OpenO
   }
 }
 
+const OPEN_OPTION_KEYS = ['threads', 'device', 'adapter', 'requireHardware', 'dawnOptions', 'maxBindingBytes', 'maxDispatchWork'];
+
 /** Checks openBackend's options before any device is touched. */
 function checkOpenOptions(options: OpenOptions | undefined): OpenOptions {
   const op = 'openBackend';
   const opts = checkOpts(op, 'opts', options);
+  // A misspelt option ({ thread: 2 }) would otherwise be ignored silently.
+  for (const k of Object.keys(opts)) {
+    if (!OPEN_OPTION_KEYS.includes(k)) throw new ArgumentError(`${op}: unknown option '${k}' (expected ${OPEN_OPTION_KEYS.join(', ')})`);
+  }
   if (opts.threads !== undefined) checkInt(op, 'threads', opts.threads, 1, 4096);
   if (opts.adapter !== undefined && typeof opts.adapter !== 'string')
     throw new ArgumentError(`${op}: adapter: expected a string, got ${describe(opts.adapter)}`);

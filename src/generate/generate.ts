@@ -33,7 +33,7 @@
 
 import { checkPlainOptions } from '../ops/check.js';
 import { yieldToEventLoop } from '../yield.js';
-import { ArgumentError, ShapeError, describe } from '../errors.js';
+import { ArgumentError, MoteError, ShapeError, describe } from '../errors.js';
 import type { LinearModule } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
 import type { KvCache } from '../model/kv_cache.js';
@@ -183,6 +183,8 @@ function tokenList(op: string, name: string, a: unknown, V: number, minLen: numb
   return arr;
 }
 
+const REQUEST_KEYS = ['prompt', 'maxNewTokens', 'stop', 'sampling', 'seed', 'routing', 'force', 'skipSteps', 'stopAfterStep'];
+
 const GENERATE_OPTION_KEYS = ['router', 'stepTokens', 'onToken', 'returnLogits', 'stepTokenRouting', 'cacheCapacity', 'signal'];
 
 /**
@@ -286,6 +288,10 @@ export class BatchDecoder {
   prepare(req: GenerateRequest, i: number, r = `requests[${i}]`): SeqState {
     const op = this.op;
     if (!req || typeof req !== 'object') throw new ArgumentError(`${op}: ${r}: expected { prompt, maxNewTokens, … }, got ${describe(req)}`);
+    // A misspelt field (maxTokens, temperature beside sampling) would otherwise be ignored silently.
+    for (const k of Object.keys(req)) {
+      if (!REQUEST_KEYS.includes(k)) throw new ArgumentError(`${op}: ${r}: unknown field '${k}' (expected ${REQUEST_KEYS.join(', ')})`);
+    }
     const prompt = tokenList(op, `${r}.prompt`, req.prompt, this.V, 1);
     if (prompt.length >= this.maxContext) {
       throw new ArgumentError(
@@ -480,6 +486,19 @@ export class BatchDecoder {
     }
     const logits = await this.#run(batch, rows);
     const V = this.V;
+    // No silent NaN: argmax and sampling skip NaN entries, so a broken model would still "generate".
+    for (let r = 0; r < order.length; r++) {
+      if (order[r]!.done) continue;
+      for (let j = r * V; j < (r + 1) * V; j++) {
+        if (Number.isNaN(logits[j]!)) {
+          const s = order[r]!;
+          throw new MoteError(
+            `${this.op}: the logits of sequence ${s.i} for generated token ${s.result.tokens.length} hold NaN (logit ${j - r * V}): ` +
+              `the model's weights or adapters hold NaN or Inf; no token was chosen`,
+          );
+        }
+      }
+    }
     const next: SeqState[] = [];
     const finished: SeqState[] = [];
     order.forEach((s, r) => {

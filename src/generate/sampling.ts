@@ -112,8 +112,13 @@ export function samplingDistribution(
   if (order.length === 0) return { ids: [0], probs: [1] };
   order.sort((a, b) => logits[b]! - logits[a]! || a - b);
   const kept = order.slice(0, Math.min(order.length, o.topK));
-  const max = logits[kept[0]!]! / o.temperature;
-  let p = kept.map((i) => Math.exp(logits[i]! / o.temperature - max));
+  const top = logits[kept[0]!]!;
+  const max = top / o.temperature;
+  // A tiny temperature (or an infinite logit) makes max infinite and every term NaN: then scale
+  // the differences instead (the top logits get exp(0) = 1, the rest exp(−∞) = 0).
+  let p = Number.isFinite(max)
+    ? kept.map((i) => Math.exp(logits[i]! / o.temperature - max))
+    : kept.map((i) => (logits[i] === top ? 1 : Math.exp((logits[i]! - top) / o.temperature)));
   let sum = p.reduce((a, b) => a + b, 0);
   p = p.map((x) => x / sum);
   if (o.topP < 1) {

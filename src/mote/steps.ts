@@ -10,6 +10,7 @@
 import { ArgumentError, describe } from '../errors.js';
 import { LINEAR_MODULES, type LinearModule } from '../model/config.js';
 import { checkPromptRouting, type PromptRouting } from '../adapters/stacks.js';
+import { MAX_LORA_RANK } from '../ops/lora.js';
 
 /** Every step a chain may have, in chain order. */
 export const STEPS = ['analysis', 'guidance', 'answer', 'check'] as const;
@@ -93,8 +94,8 @@ export function moteConfig(partial: Partial<MoteConfig> = {}, op = 'moteConfig')
   }
 
   const rank = p.rank === undefined ? DEFAULT_MOTE_CONFIG.rank : p.rank;
-  if (typeof rank !== 'number' || !Number.isSafeInteger(rank) || rank < 1)
-    throw new ArgumentError(`${op}: rank: expected a positive integer, got ${describe(rank)}`);
+  if (typeof rank !== 'number' || !Number.isSafeInteger(rank) || rank < 1 || rank > MAX_LORA_RANK)
+    throw new ArgumentError(`${op}: rank: expected an integer in [1, ${MAX_LORA_RANK}], got ${describe(rank)}`);
   const loraAlpha = p.loraAlpha === undefined ? DEFAULT_MOTE_CONFIG.loraAlpha : p.loraAlpha;
   if (typeof loraAlpha !== 'number' || !Number.isFinite(loraAlpha) || loraAlpha <= 0)
     throw new ArgumentError(`${op}: loraAlpha: expected a positive number, got ${describe(loraAlpha)}`);

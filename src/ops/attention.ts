@@ -252,7 +252,7 @@ export class AttentionLayout {
     this.numRuns = runs;
     this.maxKeysPerQuery = maxKeys;
     this.maxQueriesPerKey = maxQueries;
-    const up = (a: Int32Array) => backend.tensor(a, [a.length], 'i32');
+    const up = (a: Int32Array) => backend.tensor(a, [a.length], 'i32').seal();
     this.qSeq = up(qSeq);
     this.qPos = up(qPos);
     this.kSeq = up(kSeq);

@@ -154,6 +154,9 @@ function makeRowMap(op: string, backend: Backend, d: Int32Array, s: Int32Array):
   return new RowMap(backend, d, s);
 }
 
+/** @internal the token that lets loraStackWrite copy into a sealed tensor. */
+export const UNSEAL: unique symbol = Symbol('unseal');
+
 function rowsOf(c: Checker, name: string, t: unknown): { R: number; W: number } {
   const shape = t instanceof Tensor ? t.shape : [];
   c.tensor(name, t, { dtypes: DTYPES, shape });
@@ -174,10 +177,18 @@ function firstAbove(a: Int32Array, limit: number): number {
  */
 export function copyRows(dst: Tensor, src: Tensor, dstRows: ArrayLike<number>, srcRows: ArrayLike<number>): void;
 export function copyRows(dst: Tensor, src: Tensor, rows: RowMap): void;
-export function copyRows(dst: Tensor, src: Tensor, a: ArrayLike<number> | RowMap, b?: ArrayLike<number>): void {
+/** @internal loraStackWrite: copies into a sealed rank tensor and updates the checked host copy itself. */
+export function copyRows(dst: Tensor, src: Tensor, rows: RowMap, unseal: typeof UNSEAL): void;
+export function copyRows(dst: Tensor, src: Tensor, a: ArrayLike<number> | RowMap, b?: ArrayLike<number> | typeof UNSEAL): void {
   const op = 'copyRows';
   const c = new Checker(op);
   const { R: Rd, W } = rowsOf(c, 'dst', dst);
+  const unseal = b === UNSEAL;
+  if (unseal) b = undefined;
+  if (dst.sealed && !unseal)
+    throw new ArgumentError(
+      `${op}: dst: tensor #${dst.id} is read-only (the indices of a routing, layout or stack, checked when it was built); build a new one instead`,
+    );
   const { R: Rs, W: Ws } = rowsOf(c, 'src', src);
   if (src.dtype !== dst.dtype) throw new DTypeError(`${op}: src: expected dtype ${dst.dtype} (the dtype of dst), got ${src.dtype}`);
   if (Ws !== W)

@@ -9,7 +9,7 @@ import { ArgumentError, ShapeError, describe } from '../errors.js';
 import type { Tensor } from '../tensor.js';
 import type { Backend } from '../backend/backend.js';
 import { Checker, checkBackend, checkBool, checkFloatArray, checkInt, checkIntArray, checkObject, checkOpts } from './check.js';
-import { copyRows, RowMap } from './copy_rows.js';
+import { copyRows, RowMap, UNSEAL } from './copy_rows.js';
 
 /** Sizes of one multi-LoRA call. */
 export interface LoraDims {
@@ -93,11 +93,11 @@ export class LoraRouting {
     const segA = Int32Array.from(segAdapter.length ? segAdapter : [0]);
     const segS = Int32Array.from(segStart);
     this.host = { slots, weight, order: order.subarray(0, p), segStart: segS, segAdapter: Int32Array.from(segAdapter), counts };
-    this.slots = backend.tensor(slots, [T, K], 'i32');
-    this.weight = backend.tensor(weight, [T, K], 'f32');
-    this.order = backend.tensor(order, [order.length], 'i32');
-    this.segStart = backend.tensor(segS, [segS.length], 'i32');
-    this.segAdapter = backend.tensor(segA, [segA.length], 'i32');
+    this.slots = backend.tensor(slots, [T, K], 'i32').seal();
+    this.weight = backend.tensor(weight, [T, K], 'f32').seal();
+    this.order = backend.tensor(order, [order.length], 'i32').seal();
+    this.segStart = backend.tensor(segS, [segS.length], 'i32').seal();
+    this.segAdapter = backend.tensor(segA, [segA.length], 'i32').seal();
     this.#built = [this.slots, this.weight, this.order, this.segStart, this.segAdapter];
   }
 
@@ -150,6 +150,8 @@ export class LoraRouting {
 
 /** Most adapters one routing may address (its per-adapter tables are sized by L): 2^16. */
 export const MAX_LORA_ADAPTERS = 1 << 16;
+/** Highest LoRA rank createLora / createMote accept (an adapter's factors are sized by it; PEFT ranks are at most a few hundred). */
+export const MAX_LORA_RANK = 4096;
 /** Most slots per token: MoTE uses 2; 64 leaves room for any mixing scheme. */
 export const MAX_LORA_SLOTS = 64;
 
@@ -239,7 +241,7 @@ export function loraStack(
   const ranks = opts.rank === undefined ? new Int32Array(L).fill(R) : checkIntArray('loraStack', 'rank', opts.rank, 1, R, L);
   const scales = opts.scale === undefined ? new Float32Array(L).fill(1) : checkFloatArray('loraStack', 'scale', opts.scale, L);
   const be = A.backend;
-  const rank = be.tensor(ranks, [L], 'i32');
+  const rank = be.tensor(ranks, [L], 'i32').seal();
   checkedRanks.set(rank, ranks.slice());
   try {
     return { A, B, rank, scale: be.tensor(scales, [L], 'f32'), ranks };
@@ -285,7 +287,7 @@ export function loraStackWrite(
       // copyRows checks every index against both sides before it copies anything
       copyRows(s.A, src.A, rows);
       copyRows(s.B, src.B, rows);
-      copyRows(s.rank, rank, rows);
+      copyRows(s.rank, rank, rows, UNSEAL);
       copyRows(s.scale, scale, rows);
     } finally {
       scale.dispose();

@@ -69,6 +69,13 @@ export interface CheckpointTrainer {
   /** Adapters that have a folder format of their own are saved into adapters/ too. */
   readonly adapters: AdapterStacks | null;
   restoreState(s: TrainerState): void;
+  /** A step is in flight (its tensors are half-updated): saving or loading then is refused. */
+  readonly busy?: boolean;
+}
+
+function checkNotStepping(op: string, trainer: CheckpointTrainer): void {
+  if (trainer && trainer.busy === true)
+    throw new ArgumentError(`${op}: trainer: a step is in flight (its parameters are half-updated); await trainStep() first`);
 }
 
 export const CHECKPOINT_STATE_FILE = 'trainer_state.json';
@@ -97,6 +104,7 @@ export async function saveCheckpoint(
   opts: { overwrite?: boolean } = {},
 ): Promise<void> {
   const op = 'saveCheckpoint';
+  checkNotStepping(op, trainer);
   if (typeof dir === 'string' && dir === '') throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
   const sink = openSink(dir, op);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { overwrite? }, got ${describe(opts)}`);
@@ -104,11 +112,16 @@ export async function saveCheckpoint(
   // Read everything first: the device may be busy, the files are written in one go.
   const params = new Map<string, WritableTensor>();
   const moments = new Map<string, WritableTensor>();
+  const step0 = trainer.state.step;
   for (const p of trainer.params) {
     params.set(p.name, { dtype: 'f32', shape: [...p.p.shape], data: await p.p.readFloat() });
     moments.set(`${p.name}.exp_avg`, { dtype: 'f32', shape: [...p.m.shape], data: await p.m.readFloat() });
     moments.set(`${p.name}.exp_avg_sq`, { dtype: 'f32', shape: [...p.v.shape], data: await p.v.readFloat() });
   }
+  // A step that ran during the reads would leave a checkpoint mixing two steps.
+  checkNotStepping(op, trainer);
+  if (trainer.state.step !== step0)
+    throw new ArgumentError(`${op}: trainer: a step ran while the checkpoint was being read; save between steps`);
   const { onProgress: _drop, ...options } = trainer.options as typeof trainer.options & { onProgress?: unknown };
   const state = {
     format: CHECKPOINT_FORMAT,
@@ -291,6 +304,7 @@ function removeLegacy(dir: string): boolean {
  */
 export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInput): Promise<ResumePoint> {
   const op = 'loadCheckpoint';
+  checkNotStepping(op, trainer);
   if (dir === '' || dir === null || dir === undefined)
     throw new ArgumentError(`${op}: dir: expected a directory path, got ${describe(dir)}`);
   let src: FileSource;
@@ -351,6 +365,7 @@ export async function loadCheckpoint(trainer: CheckpointTrainer, dir: SourceInpu
       writes.push([t, h.data as Float32Array]);
     }
   }
+  checkNotStepping(op, trainer);
   for (const [t, d] of writes) t.write(d);
   trainer.restoreState({ step: st.step, epoch: st.epoch, cursor: st.cursor, seed: st.seed, losses: st.losses });
   return point;

@@ -112,12 +112,37 @@ export function dataFingerprint(examples: readonly TrainExample[]): string {
   return `${examples.length}:${(h >>> 0).toString(16).padStart(8, '0')}`;
 }
 
-function int(op: string, name: string, v: unknown, lo: number, dflt: number): number {
+function int(op: string, name: string, v: unknown, lo: number, dflt: number, hi = Number.MAX_SAFE_INTEGER): number {
   const x = v ?? dflt;
-  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < lo)
-    throw new ArgumentError(`${op}: ${name}: expected an integer ≥ ${lo}, got ${describe(v)}`);
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < lo || x > hi)
+    throw new ArgumentError(
+      `${op}: ${name}: expected an integer ${hi === Number.MAX_SAFE_INTEGER ? `≥ ${lo}` : `in [${lo}, ${hi}]`}, got ${describe(v)}`,
+    );
   return x;
 }
+
+/** Most micro-batches per step: a step picks and packs all of them before the first forward. */
+export const MAX_GRAD_ACCUM = 4096;
+
+const TRAINER_OPTION_KEYS = [
+  'steps',
+  'lr',
+  'warmupSteps',
+  'schedule',
+  'minLrRatio',
+  'batchTokens',
+  'gradAccum',
+  'clipNorm',
+  'beta1',
+  'beta2',
+  'eps',
+  'weightDecay',
+  'seed',
+  'pSkip',
+  'promptRouting',
+  'trainBase',
+  'onProgress',
+];
 
 function num(op: string, name: string, v: unknown, lo: number, hi: number, dflt: number): number {
   const x = v ?? dflt;
@@ -138,6 +163,10 @@ export class Trainer {
   #order: Int32Array | null = null;
   #orderEpoch = -1;
   #disposed = false;
+  /** A step is in flight (between its first and last await). */
+  #stepping = false;
+  /** run() is in progress. */
+  #running = false;
 
   /**
    * adapters: the MoTE bundle (or plain adapter set) whose experts are trained, or null for
@@ -158,6 +187,11 @@ export class Trainer {
     if (adapters && adapters.backend !== model.backend)
       throw new ArgumentError(`${op}: adapters: live on another backend (${adapters.backend.kind}) than the model (${model.backend.kind})`);
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { steps, lr, ... }, got ${describe(opts)}`);
+    // A misspelt option (clip_norm, warmup) would otherwise be ignored silently.
+    for (const k of Object.keys(opts)) {
+      if (!TRAINER_OPTION_KEYS.includes(k))
+        throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${TRAINER_OPTION_KEYS.join(', ')})`);
+    }
     const sched = checkSchedule(op, { ...opts, totalSteps: opts.steps });
     const trainBase = opts.trainBase ?? false;
     if (typeof trainBase !== 'boolean') throw new ArgumentError(`${op}: trainBase: expected a boolean, got ${describe(trainBase)}`);
@@ -170,7 +204,7 @@ export class Trainer {
       ...sched,
       steps: sched.totalSteps,
       batchTokens: int(op, 'batchTokens', opts.batchTokens, 2, 512),
-      gradAccum: int(op, 'gradAccum', opts.gradAccum, 1, 1),
+      gradAccum: int(op, 'gradAccum', opts.gradAccum, 1, 1, MAX_GRAD_ACCUM),
       clipNorm: num(op, 'clipNorm', opts.clipNorm, 0, Infinity, 1),
       beta1: num(op, 'beta1', opts.beta1, 0, 0.999999, 0.9),
       beta2: num(op, 'beta2', opts.beta2, 0, 0.999999, 0.999),
@@ -200,6 +234,7 @@ export class Trainer {
     if (!Array.isArray(examples) || examples.length === 0)
       throw new ArgumentError(`${op}: examples: expected a non-empty array of { ids, lossMask, stepIds? }, got ${describe(examples)}`);
     const V = model.config.vocabSize;
+    const context = model.config.maxPositionEmbeddings;
     this.#examples = examples.map((e, i) => {
       const where = `${op}: examples[${i}]`;
       if (!e || typeof e !== 'object' || !e.ids || typeof e.ids.length !== 'number')
@@ -208,6 +243,8 @@ export class Trainer {
       if (n < 2) throw new ArgumentError(`${where}.ids: expected at least 2 tokens, got ${n}`);
       if (n > this.options.batchTokens)
         throw new ArgumentError(`${where}.ids: ${n} tokens do not fit in a micro-batch of batchTokens = ${this.options.batchTokens}`);
+      if (n > context)
+        throw new ArgumentError(`${where}.ids: ${n} tokens, more than the model's context (max_position_embeddings) of ${context}`);
       const ids = new Int32Array(n),
         lossMask = new Uint8Array(n);
       let learned = 0;
@@ -381,10 +418,31 @@ export class Trainer {
     return { batch, routing, count };
   }
 
+  /** @internal a step is in flight: its parameters and counters are half-updated (checkpoints refuse). */
+  get busy(): boolean {
+    return this.#stepping;
+  }
+
   /** Runs one optimizer step (gradAccum micro-batches) and returns its progress record. */
   async trainStep(): Promise<TrainProgress> {
     this.#live('trainStep');
+    if (this.#running) throw new ArgumentError('Trainer.trainStep: run() is in progress on this trainer');
+    return this.#step();
+  }
+
+  async #step(): Promise<TrainProgress> {
+    // Two steps at once would share the gradient buffers and both take step number st.step + 1.
+    if (this.#stepping) throw new ArgumentError('Trainer.trainStep: another step of this trainer is in flight (await it first)');
     if (this.done) throw new ArgumentError(`Trainer.trainStep: all ${this.options.steps} steps are done`);
+    this.#stepping = true;
+    try {
+      return await this.#stepBody();
+    } finally {
+      this.#stepping = false;
+    }
+  }
+
+  async #stepBody(): Promise<TrainProgress> {
     const o = this.options;
     const st = this.#state;
     const step = st.step + 1;
@@ -427,6 +485,7 @@ export class Trainer {
       } finally {
         for (const t of sq) t.dispose();
       }
+      this.#live('trainStep'); // disposed while the step was in flight: say so, not "adamw: m: … after dispose()"
       const gradNorm = Math.sqrt(ss);
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
         throw new MoteError(
@@ -491,6 +550,8 @@ export class Trainer {
     } = {},
   ): Promise<{ interrupted: boolean; state: TrainerState }> {
     this.#live('run');
+    if (this.#running || this.#stepping)
+      throw new ArgumentError(`Trainer.run: ${this.#running ? 'run()' : 'a trainStep()'} is already in progress on this trainer`);
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`Trainer.run: opts: expected an object, got ${describe(opts)}`);
     const dir = opts.checkpointDir;
     if (dir !== undefined && (typeof dir !== 'string' || dir === ''))
@@ -506,6 +567,7 @@ export class Trainer {
     const onSigint = () => {
       stop = true;
     };
+    this.#running = true;
     if (opts.handleSigint) process.on('SIGINT', onSigint);
     try {
       while (!this.done) {
@@ -516,12 +578,14 @@ export class Trainer {
           if (dir !== undefined) await save();
           return { interrupted: true, state: this.state };
         }
-        await this.trainStep();
+        this.#live('run');
+        await this.#step();
         if (dir !== undefined && every > 0 && this.#state.step % every === 0 && !this.done) await save();
       }
       if (dir !== undefined) await save();
       return { interrupted: false, state: this.state };
     } finally {
+      this.#running = false;
       if (opts.handleSigint) process.off('SIGINT', onSigint);
     }
   }
