@@ -131,6 +131,11 @@ forEachBackend(
 
 forEachBackend('paged KV cache: a decode query reads only its own sequence’s blocks (the layout’s run lists)', async (b) => {
   await withModel(b, async (model) => {
+    // a misspelt option is refused, not ignored (it sized nothing)
+    assert.throws(
+      () => model.newCache({ blocksize: 4 } as never),
+      (e: unknown) => e instanceof ArgumentError && /unknown option 'blocksize'/.test((e as Error).message),
+    );
     const cache = model.newCache({ blockSize: 4 });
     try {
       // three sequences of 10, 3 and 6 tokens, prefilled one after another

@@ -26,6 +26,7 @@ import type { Backend } from '../backend/backend.js';
 import { ArgumentError, DisposedTensorError, ShapeError, describe } from '../errors.js';
 import { copyRows, rowMap, type RowMap } from '../ops/copy_rows.js';
 import { attentionLayout, type AttentionLayout } from '../ops/attention.js';
+import { checkPlainOptions } from '../ops/check.js';
 
 /** Position given to unused cache slots: no query position reaches it. */
 export const EMPTY_SLOT_POSITION = 2 ** 31 - 1;
@@ -142,6 +143,7 @@ export class KvCache {
   constructor(backend: Backend, dims: KvCacheDims, opts: KvCacheOptions = {}) {
     if (!backend || typeof (backend as Backend).empty !== 'function')
       throw new ArgumentError(`KvCache: backend: expected a Backend, got ${describe(backend)}`);
+    checkPlainOptions('KvCache: opts', opts, ['capacity', 'blockSize']);
     this.backend = backend;
     this.numLayers = positiveInt('KvCache', 'numLayers', dims?.numLayers);
     this.numKvHeads = positiveInt('KvCache', 'numKvHeads', dims?.numKvHeads);
