@@ -249,3 +249,39 @@ test('a subfolder of a mote folder replaced by a symlink to elsewhere: mote neit
   }
   assert.equal(fs.readFileSync(path.join(outside, 'shared', 'adapter_config.json'), 'utf8'), 'user data');
 });
+
+test('a target that is a symbolic link to a folder: mote writes into that folder and keeps the link [cpu]', async (tt) => {
+  if (typeof b === 'string') return tt.skip(b);
+  const parent = newDir('via-link');
+  fs.mkdirSync(parent);
+  // empty folder, then a second save over the first (the swap of a folder of mote's own)
+  const empty = path.join(parent, 'real');
+  fs.mkdirSync(empty);
+  const link = path.join(parent, 'out');
+  fs.symlinkSync(empty, link);
+  await saveCheckpoint(t.trainer, link);
+  await saveCheckpoint(t.trainer, link);
+  assert.ok(fs.lstatSync(link).isSymbolicLink(), 'the link stays a link');
+  assert.ok(fs.existsSync(path.join(empty, MARKER_FILE)), 'the checkpoint is in the folder it points to');
+  assert.deepEqual(fs.readdirSync(parent).sort(), ['out', 'real'], 'no temporaries left beside either');
+  await loadCheckpoint(t.trainer, link);
+  // a folder of someone else's through a link: refused, then written beside their file with overwrite
+  const theirs = write(newDir('theirs'), { 'notes.txt': 'mine' });
+  const link2 = path.join(parent, 'theirs-link');
+  fs.symlinkSync(theirs, link2);
+  await assert.rejects(
+    saveCheckpoint(t.trainer, link2),
+    (e: unknown) => e instanceof ArgumentError && /not written by mote/.test((e as Error).message),
+  );
+  await saveCheckpoint(t.trainer, link2, { overwrite: true });
+  assert.equal(fs.readFileSync(path.join(theirs, 'notes.txt'), 'utf8'), 'mine');
+  assert.ok(fs.lstatSync(link2).isSymbolicLink());
+  // a link to nothing names itself
+  const dangling = path.join(parent, 'dangling');
+  fs.symlinkSync(path.join(parent, 'gone'), dangling);
+  await assert.rejects(
+    saveCheckpoint(t.trainer, dangling),
+    (e: unknown) => e instanceof ArgumentError && (e as Error).message.includes(`${dangling} is a symbolic link to nothing`),
+  );
+  assert.ok(!fs.existsSync(path.join(parent, 'gone')));
+});

@@ -352,7 +352,7 @@ type Plan = { how: 'create' } | { how: 'swap'; owned: Set<string> } | { how: 'me
  * a bad target fails at once; replaceDirAtomically calls it again.
  */
 export function checkReplaceable(op: string, dir: string, opts: ReplaceDirOptions): Plan {
-  dir = path.resolve(dir);
+  dir = writeTarget(op, dir);
   let st: Stats;
   try {
     st = fs.statSync(dir);
@@ -375,6 +375,27 @@ export function checkReplaceable(op: string, dir: string, opts: ReplaceDirOption
   return { how: 'merge', owned, old: m };
 }
 
+/**
+ * The folder a write to `dir` goes to: `dir` itself, or, when `dir` is a symbolic link, the
+ * folder it points to (the temporaries go beside that folder, and the link stays as it is; the
+ * swap would otherwise rename the link away and put a folder in its place).
+ */
+function writeTarget(op: string, dir: string): string {
+  dir = path.resolve(dir);
+  let link = false;
+  try {
+    link = fs.lstatSync(dir).isSymbolicLink();
+  } catch {
+    return dir; // absent
+  }
+  if (!link) return dir;
+  try {
+    return fs.realpathSync(dir);
+  } catch (e) {
+    throw new ArgumentError(`${op}: ${dir} is a symbolic link to nothing (${(e as Error).message}); point it at a folder or remove it`);
+  }
+}
+
 function asideName(file: string): string {
   for (let i = 1; ; i++) {
     const p = `${file}.before-mote${i === 1 ? '' : `-${i}`}`;
@@ -393,7 +414,7 @@ export async function replaceDirAtomically(
   opts: ReplaceDirOptions,
   fill: (tmp: string) => Promise<void> | void,
 ): Promise<void> {
-  dir = path.resolve(dir);
+  dir = writeTarget(op, dir);
   checkReplaceable(op, dir, opts);
   cleanStaleTemporaries(dir);
   fs.mkdirSync(path.dirname(dir), { recursive: true });
