@@ -371,6 +371,50 @@ forEachBackend('attention and attentionGrad are deterministic', async (b) => {
   }
 });
 
+// A NaN score must reach the output: the running max skips NaN, and a row whose scores were all
+// NaN looked like a row with no visible key (output 0, lse −∞), so a NaN query vanished.
+// Not on webgpu: WGSL lets a compiler assume no NaN (min/max, comparisons), so it is not guaranteed there.
+forEachBackend(
+  'a NaN in q or k makes exactly the rows that read it NaN, not zero',
+  async (b) => {
+    const r = rng(43);
+    const L = packed(r, [12, 9], [0, 0]);
+    const nH = 2,
+      nKv = 1,
+      D = 8,
+      { Tq, Tk } = L;
+    const qs = randn(r, Tq * nH * D),
+      ks = randn(r, Tk * nKv * D),
+      vs = randn(r, Tk * nKv * D);
+    qs[(4 * nH + 1) * D + 3] = NaN; // query 4, head 1: every score of that row is NaN
+    ks[(15 * nKv + 0) * D + 2] = NaN; // key 15 (the second sequence): rows that see it
+    const dims = { Tq, Tk, numHeads: nH, numKvHeads: nKv, headDim: D };
+    const ref = attentionRef(qs, ks, vs, dims, L.init);
+    const nanRows = (out: ArrayLike<number>) =>
+      Array.from({ length: Tq * nH }, (_, row) => Number.isNaN(out[row * D]!)).flatMap((n, row) => (n ? [row] : []));
+    const want = nanRows(ref.out);
+    assert.ok(want.includes(4 * nH + 1) && want.length > 2, `the reference propagates the NaN (rows ${want.join(', ')})`);
+    const p = new Pool(b);
+    const l = attentionLayout(b, L.init);
+    try {
+      const { out, lse } = attention(p.t(qs, [Tq, nH, D]), p.t(ks, [Tk, nKv, D]), p.t(vs, [Tk, nKv, D]), l);
+      p.keep(out);
+      p.keep(lse);
+      const o = await out.readFloat(),
+        e = await lse.readFloat();
+      assert.deepEqual(nanRows(o), want, 'NaN rows');
+      for (const row of want) assert.ok(Number.isNaN(e[row]!), `lse of row ${row}`);
+      for (let row = 0; row < Tq * nH; row++)
+        if (!want.includes(row))
+          for (let c = 0; c < D; c++) assert.ok(Math.abs(o[row * D + c]! - ref.out[row * D + c]!) < 1e-4, `row ${row} elsewhere`);
+    } finally {
+      p.dispose();
+      l.dispose();
+    }
+  },
+  { kinds: ['cpu', 'cuda'] },
+);
+
 // ---------------------------------------------------------------------------------------
 // Bad input: the right MoteError subclass and a message naming the argument
 

@@ -174,17 +174,21 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     float M = neg_inf();
+    bool seen = false;  // l > 0, or NaN: a NaN score (skipped by the max) must make the row NaN
 #pragma unroll
-    for (int w = 0; w < kWarps; w++) M = fmaxf(M, sm[w]);
+    for (int w = 0; w < kWarps; w++) {
+      M = fmaxf(M, sm[w]);
+      seen |= sl[w] != 0.f;
+    }
     float* orow = out + b * D;
-    if (M == neg_inf()) {  // no visible key
+    if (!seen) {  // no visible key
       for (int c = threadIdx.x; c < D; c += kThreads) orow[c] = 0.f;
       if (threadIdx.x == 0) lse[b] = neg_inf();
     } else {
       float f[kWarps], L = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; w++) {
-        f[w] = sm[w] == neg_inf() ? 0.f : exp_acc(sm[w] - M);
+        f[w] = sm[w] == neg_inf() && sl[w] == 0.f ? 0.f : exp_acc(sm[w] - M);
         L = fmaf(sl[w], f[w], L);
       }
       for (int c = threadIdx.x; c < D; c += kThreads) {

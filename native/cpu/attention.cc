@@ -406,9 +406,13 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
           for (int qi = 0; qi < nq; qi++) {
             const float* s = sc[qi];
             float wm = ninf;
+            bool nan = false;  // std::max skips a NaN score; it must reach the output, not vanish
             for (int x = 0; x < kW; x++)
-              if (vis[qi][x]) wm = std::max(wm, s[x]);
-            if (wm == ninf) continue;  // vis[qi] is all false: block_axpy adds nothing to the row
+              if (vis[qi][x]) {
+                wm = std::max(wm, s[x]);
+                nan |= s[x] != s[x];
+              }
+            if (wm == ninf && !nan) continue;  // vis[qi] is all false: block_axpy adds nothing to the row
             const size_t st = size_t(g) * kQ + qi;
             float* o = acc.data() + st * D;
             if (wm > m[st]) {
@@ -437,7 +441,7 @@ void attention(const AttentionArgs& a, float* out, float* lse, const float* q, c
           const size_t st = size_t(g) * kQ + qi, row = size_t(i0 + qi) * nH + kv * group + g;
           float* o = out + row * D;
           const float* src = acc.data() + st * D;
-          if (l[st] > 0) {
+          if (l[st] > 0 || l[st] != l[st]) {  // a NaN score makes the row NaN (l is NaN)
             for (int c = 0; c < D; c++) o[c] = src[c] / l[st];
             lse[row] = m[st] + std::log(l[st]);
           } else {

@@ -782,6 +782,10 @@ inline int* I(void* const* p, int i) { return static_cast<int*>(p[i]); }
 double rel_err_inf(const float* out, const double* ref, size_t n) {
   double num = 0, den = 0;
   for (size_t i = 0; i < n; i++) {
+    if (std::isnan(ref[i])) {  // NaN where the reference is NaN (a NaN input must not vanish)
+      if (!std::isnan(out[i])) return std::numeric_limits<double>::infinity();
+      continue;
+    }
     if (std::isinf(ref[i])) {
       if (double(out[i]) != ref[i]) return std::numeric_limits<double>::infinity();
       continue;
@@ -1341,12 +1345,18 @@ A attn_args(const AttnLayout& l, int nH, int nKv, int D, float scale, void* cons
   return a;
 }
 
-void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng& rng) {
+// nan: one query row and the last key hold a NaN; the rows that read them must come out NaN
+// (forward only), not zero as a row with no visible key.
+void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng& rng, bool nan = false) {
   const AttnLayout l = make_layout(kind, nseq, maxlen, rng);
   const int Tq = l.Tq, Tk = l.Tk, group = nH / nKv;
   const float scale = float(1 / std::sqrt(double(D)));
-  const std::vector<float> q = randv(size_t(Tq) * nH * D, rng), k = randv(size_t(Tk) * nKv * D, rng),
-                           v = randv(size_t(Tk) * nKv * D, rng), dout = randv(size_t(Tq) * nH * D, rng);
+  std::vector<float> q = randv(size_t(Tq) * nH * D, rng), k = randv(size_t(Tk) * nKv * D, rng);
+  const std::vector<float> v = randv(size_t(Tk) * nKv * D, rng), dout = randv(size_t(Tq) * nH * D, rng);
+  if (nan) {
+    if (Tq > 0) q[size_t(Tq / 2) * nH * D + 1] = kNaN;
+    if (Tk > 0) k[(size_t(Tk - 1) * nKv) * D + 2] = kNaN;
+  }
   // float64 reference (src/reference/attention.ts)
   std::vector<double> out(size_t(Tq) * nH * D, 0.0), lse(size_t(Tq) * nH), dq(out.size(), 0.0), dk(k.size(), 0.0),
       dv(v.size(), 0.0), P(Tk), dP(Tk);
@@ -1359,14 +1369,16 @@ void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng&
       const int kv = h / group;
       const size_t qi = (size_t(i) * nH + h) * D;
       double m = -std::numeric_limits<double>::infinity();
+      bool nan_score = false;
       for (int j = 0; j < Tk; j++) {
         if (!attn_visible(l, i, j)) continue;
         double s = 0;
         for (int c = 0; c < D; c++) s += double(q[qi + c]) * k[(size_t(j) * nKv + kv) * D + c];
         P[j] = scale * s;
         m = std::max(m, P[j]);
+        nan_score |= std::isnan(P[j]);
       }
-      if (m == -std::numeric_limits<double>::infinity()) {
+      if (m == -std::numeric_limits<double>::infinity() && !nan_score) {
         lse[size_t(i) * nH + h] = m;
         continue;
       }
@@ -1397,8 +1409,8 @@ void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng&
       }
     }
   }
-  const std::string desc =
-      fmt("%s Tq=%d Tk=%d nH=%d nKv=%d D=%d S=%d no_key_queries=%d", l.kind, Tq, Tk, nH, nKv, D, l.S, blind);
+  const std::string desc = fmt("%s Tq=%d Tk=%d nH=%d nKv=%d D=%d S=%d no_key_queries=%d%s", l.kind, Tq, Tk, nH, nKv, D,
+                               l.S, blind, nan ? " nan_inputs" : "");
   std::vector<float> out32(out.begin(), out.end()), lse32(lse.begin(), lse.end());
   {
     ModelCase c;
@@ -1415,7 +1427,7 @@ void test_attention(int kind, int nseq, int maxlen, int nH, int nKv, int D, Rng&
         CUDA_FN(const mote_attention_args a = attn_args<mote_attention_args>(l, nH, nKv, D, scale, p, lb);
                 return mote_cuda_attention(&a, F(p, o), F(p, ls), F(p, iq), F(p, ik), F(p, iv), nullptr);));
   }
-  {
+  if (!nan) {
     ModelCase c;
     c.op = "attention_grad";
     c.desc = desc;
@@ -1730,6 +1742,7 @@ void test_model_families(Rng& rng) {
                        {L_SEGMENTS, 2, 30, 2, 2, 300}, {L_PREFILL, 1, 300, 4, 2, 32}, {L_DECODE, 2, 60, 4, 2, 33},
                        {L_NO_KEYS, 2, 5, 4, 2, 16},    {L_PAGED, 5, 40, 4, 2, 32},    {L_PAGED, 9, 13, 3, 1, 64}};
   for (const auto& s : at) test_attention(s[0], s[1], s[2], s[3], s[4], s[5], rng);
+  for (const auto& s : at) test_attention(s[0], s[1], s[2], s[3], s[4], s[5], rng, true);
   // swiglu / add: n, pointer offset
   const int64_t ns[] = {1, 7, 4099, 100003};
   for (int64_t n : ns)

@@ -160,6 +160,7 @@ function probsRow(r: Resolved, q: ArrayLike<number>, k: ArrayLike<number>, h: nu
   const { Tk, nH, nKv, D, scale } = r;
   const kv = Math.floor(h / r.group);
   let max = -Infinity;
+  let nan = false; // a NaN score makes the row NaN (the max alone would skip it)
   for (let j = 0; j < Tk; j++) {
     if (!r.visible[i * Tk + j]) {
       p[j] = -Infinity;
@@ -169,8 +170,9 @@ function probsRow(r: Resolved, q: ArrayLike<number>, k: ArrayLike<number>, h: nu
     for (let c = 0; c < D; c++) dot += q[(i * nH + h) * D + c]! * k[(j * nKv + kv) * D + c]!;
     p[j] = scale * dot;
     if (p[j]! > max) max = p[j]!;
+    else if (Number.isNaN(p[j])) nan = true;
   }
-  if (max === -Infinity) {
+  if (max === -Infinity && !nan) {
     p.fill(0);
     return -Infinity;
   }
