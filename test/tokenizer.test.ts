@@ -153,6 +153,14 @@ test('chat template: two turns, and with the generation prompt', () => {
     (e: unknown) => e instanceof ArgumentError && /roles must alternate/.test(e.message),
   );
   assert.throws(() => tok.applyChatTemplate([{ role: 'user' }] as never), ArgumentError);
+  // Any other failure is the template's own (a method the engine lacks): a FormatError naming it.
+  const broken = new MoteTokenizer(tinyTokenizerJson(), tinyTokenizerConfig({ chatTemplate: "{{ 'a'.center(5) }}" }), {
+    source: '/models/odd',
+  });
+  assert.throws(
+    () => broken.applyChatTemplate(messages),
+    (e: unknown) => e instanceof FormatError && /the chat template failed/.test(e.message) && /\/models\/odd/.test(e.message),
+  );
 });
 
 test('chat template from chat_template.jinja', () => {

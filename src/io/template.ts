@@ -50,6 +50,9 @@ export function defaultTemplateLimits(inputChars: number, items: number): Templa
 }
 
 /** Raised inside the interpreter when a budget runs out; turned into a FormatError outside. */
+/** What the template's raise_exception() throws: it refuses the conversation it was given. */
+class TemplateRaised extends Error {}
+
 class TemplateLimitError extends Error {}
 
 // The library's runtime values, as far as this module looks at them (its classes are not exported).
@@ -315,7 +318,7 @@ export class BoundedTemplate {
     env.set('True', true);
     env.set('None', null);
     env.set('raise_exception', (msg: unknown) => {
-      throw new Error(String(msg));
+      throw new TemplateRaised(String(msg));
     });
     env.set('strftime_now', strftimeNow);
     env.set('range', (start: unknown, stop?: unknown, step: unknown = 1) => {
@@ -336,7 +339,11 @@ export class BoundedTemplate {
       if (e instanceof MoteError) throw e;
       if (e instanceof TemplateLimitError) throw new FormatError(`${this.origin}: chat template stopped: ${e.message}`);
       if (e instanceof RangeError) throw new FormatError(`${this.origin}: chat template stopped: ${e.message}`);
-      throw new ArgumentError(`applyChatTemplate: the chat template (${this.origin}) rejected the conversation: ${(e as Error).message}`);
+      // raise_exception: the template refuses this conversation (the caller's input); any other
+      // error is the template's own (a method or filter the engine lacks, a type error)
+      if (e instanceof TemplateRaised)
+        throw new ArgumentError(`applyChatTemplate: the chat template (${this.origin}) rejected the conversation: ${e.message}`);
+      throw new FormatError(`${this.origin}: the chat template failed: ${(e as Error).message}`);
     }
     if (typeof out !== 'string') throw new FormatError(`${this.origin}: chat template rendered no text`);
     return out;
