@@ -204,6 +204,39 @@ test(
   },
 );
 
+test('serve: loraRoot — runtime adapters only from inside it (relative paths from it, links resolved)', { timeout: 120_000 }, async (t) => {
+  if (skipped(t)) return;
+  const root = path.join(tmp, 'lora-root');
+  fs.mkdirSync(root, { recursive: true });
+  fs.cpSync(path.join(tmp, 'bundle-b', 'analysis'), path.join(root, 'ok'), { recursive: true });
+  fs.symlinkSync(path.join(tmp, 'bundle-b', 'guidance'), path.join(root, 'escape')); // a link inside that points out
+  const tags = stepTokenIds(tokenizer, config);
+  const s = await startServer(
+    { engine, tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
+    { port: 0, modelName: 'tiny', allowRuntimeLora: true, loraRoot: root },
+  );
+  try {
+    const load = (name: string, p: string) =>
+      fetch(`${s.url}/v1/load_lora_adapter`, { method: 'POST', body: JSON.stringify({ lora_name: name, lora_path: p }) });
+    for (const [p, status] of [
+      [path.join(tmp, 'bundle-b', 'analysis'), 403], // absolute, outside
+      ['../bundle-b/analysis', 403], // relative, climbing out
+      ['escape', 403], // inside by name, outside once the link is followed
+      ['.', 403], // the root itself
+      ['missing', 400],
+    ] as const) {
+      const r = await load('x', p);
+      assert.equal(r.status, status, `${p}: ${await r.text()}`);
+    }
+    const ok = await load('rooted', 'ok');
+    assert.equal(ok.status, 200, await ok.text());
+    assert.ok(engine.adapters().some((a) => a.name === 'rooted'));
+    await engine.removeAdapter('rooted');
+  } finally {
+    await new Promise((r) => s.server.close(r));
+  }
+});
+
 test(
   "serve: bad requests are 4xx in OpenAI's shape and the server keeps serving; a client that leaves frees its slot",
   { timeout: 120_000 },
@@ -435,6 +468,7 @@ test(
       ['--adapter-budget-mb', 'lots'],
       ['--pool-entries', '-3'],
       ['--max-waiting', '0'],
+      ['--lora-root', tmp], // without --allow-runtime-lora
       // an empty base name no request can match; an adapter under the base's name; a host that does not resolve
       ['--name', ''],
       ['--lora', `mote-tiny=${path.join(tmp, 'bundle-a', 'analysis')}`],

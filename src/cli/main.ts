@@ -229,6 +229,7 @@ program
   .option('--port <n>', 'port (0: any free one)', '8000')
   .option('--name <name>', "the base model's name in requests (default: the model folder's name)")
   .option('--allow-runtime-lora', 'enable /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders on this machine)')
+  .option('--lora-root <dir>', 'with --allow-runtime-lora: runtime adapters must lie in this folder (relative lora_path from it)')
   .option('--max-sequences <n>', 'most requests decoding at once (more wait)', '64')
   .option('--max-waiting <n>', 'most requests waiting to start (more get a 503)', '1024')
   .option(

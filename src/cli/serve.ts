@@ -19,6 +19,7 @@ export interface ServeCliOptions {
   port?: string;
   name?: string;
   allowRuntimeLora?: boolean;
+  loraRoot?: string;
   maxSequences?: string;
   maxWaiting?: string;
   adapterBudgetMb?: string;
@@ -43,6 +44,12 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
   const poolUnit = intFlag('pool-unit', o.poolUnit, 1, 4096, 8);
   const poolEntries = intFlag('pool-entries', o.poolEntries, 1, 2 ** 20, 64);
   const host = o.host ?? '127.0.0.1';
+  if (o.loraRoot !== undefined) {
+    if (!o.allowRuntimeLora)
+      throw new ArgumentError('--lora-root: only with --allow-runtime-lora (it bounds where runtime adapters come from)');
+    if (!fs.existsSync(o.loraRoot) || !fs.statSync(o.loraRoot).isDirectory())
+      throw new ArgumentError(`--lora-root: ${JSON.stringify(o.loraRoot)} is not a folder`);
+  }
   const motes = (o.mote ?? []).map((s) => named('mote', s));
   const loras = (o.lora ?? []).map((s) => named('lora', s));
   for (const m of motes)
@@ -89,7 +96,13 @@ export async function serveCommand(o: ServeCliOptions): Promise<void> {
     }
     const started = await startServer(
       { engine, tokenizer: m.tokenizer, steps: config.steps, tagIds: new Set([...tags.start, ...tags.end]) },
-      { host, port, modelName, allowRuntimeLora: o.allowRuntimeLora === true },
+      {
+        host,
+        port,
+        modelName,
+        allowRuntimeLora: o.allowRuntimeLora === true,
+        ...(o.loraRoot !== undefined ? { loraRoot: o.loraRoot } : {}),
+      },
     ).catch((e: NodeJS.ErrnoException) => {
       // listen's errors (EADDRINUSE, ENOTFOUND, EACCES) name neither flag.
       throw new ArgumentError(`--host ${JSON.stringify(host)} --port ${port}: cannot listen: ${e.message}`);

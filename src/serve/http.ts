@@ -13,8 +13,10 @@
 //
 // Every bad request is a 4xx JSON error in OpenAI's shape ({ error: { message, type, param,
 // code } }) and the server keeps serving; a client that disconnects mid-stream frees its slot.
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import * as path from 'node:path';
 import { MoteError, describe } from '../errors.js';
 import { DecodeStream, type MoteTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { plainPrompt } from '../io/prompts.js';
@@ -27,12 +29,36 @@ export interface ServeOptions {
   modelName?: string;
   /** Allow /v1/load_lora_adapter and /v1/unload_lora_adapter (they read folders on this machine). */
   allowRuntimeLora?: boolean;
+  /**
+   * With allowRuntimeLora: the folder runtime adapters must lie in (a relative lora_path is
+   * taken from it; symbolic links are resolved before the check). Default: anywhere.
+   */
+  loraRoot?: string;
   /** Largest request body in bytes (default 1 MiB). */
   maxBodyBytes?: number;
   /** Largest max_tokens a request may ask for (default 4096). */
   maxTokens?: number;
   /** Milliseconds a request body may take to arrive (default 30 s): a body that never ends is a 408, not a held connection. */
   bodyTimeoutMs?: number;
+}
+
+/** lora_path resolved (from `root` when relative, symbolic links followed); a 403 when that leaves `root` (a realpath). */
+function insideRoot(root: string, p: string): string {
+  let real: string;
+  try {
+    real = fs.realpathSync(path.resolve(root, p));
+  } catch {
+    throw new HttpError(400, `lora_path: ${JSON.stringify(p)} is not a folder under the adapter root`, undefined, 'lora_path');
+  }
+  const rel = path.relative(root, real);
+  if (rel === '' || rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel))
+    throw new HttpError(
+      403,
+      `lora_path: ${JSON.stringify(p)} is outside the adapter root (mote serve --lora-root)`,
+      undefined,
+      'lora_path',
+    );
+  return real;
 }
 
 /** An HTTP error in OpenAI's shape. */
@@ -238,6 +264,7 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
   const maxBody = opts.maxBodyBytes ?? 1 << 20;
   const maxTokens = opts.maxTokens ?? 4096;
   const bodyTimeout = opts.bodyTimeoutMs ?? 30_000;
+  const loraRoot = opts.loraRoot === undefined ? null : fs.realpathSync(opts.loraRoot);
   const created = Math.floor(Date.now() / 1000);
   const { engine, tokenizer } = ctx;
   const eos = tokenizer.eosTokenId;
@@ -482,7 +509,7 @@ export function serveHandler(ctx: ServeContext, opts: ServeOptions = {}): http.R
       if (p === '/v1/load_lora_adapter') {
         if (typeof b.lora_path !== 'string' || b.lora_path === '') throw bad('lora_path', 'expected a folder path');
         if (name === modelName) throw new HttpError(409, `lora_name: '${name}' is the base model's name`);
-        await engine.addAdapter(name, b.lora_path);
+        await engine.addAdapter(name, loraRoot ? insideRoot(loraRoot, b.lora_path) : b.lora_path);
         res.writeHead(200, { 'content-type': 'text/plain' });
         res.end(`Success: LoRA adapter '${name}' added successfully.`);
       } else {
