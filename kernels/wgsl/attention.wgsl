@@ -97,6 +97,9 @@ fn dot_k(kb: u32) -> f32 {
   return s;
 }
 
+// By its bits: WGSL lets a compiler assume no NaN, so `x != x` may fold to false (lavapipe's does).
+fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+
 @compute @workgroup_size(64)
 fn fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let id = wid.z * nwg.y + wid.y + p.row0;
@@ -165,13 +168,13 @@ fn fwd(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: ve
       workgroupBarrier();
     }
   }
-  let seen = L > 0.0;
+  let seen = L > 0.0 || is_nan(L);  // L is NaN when a score was: the row becomes NaN, not 0
   let inv = select(0.0, 1.0 / L, seen);
   for (var u = 0u; u < DU; u++) {
     let c = lid + WG * u;
     if (c < p.D) { o1[id * p.D + c] = acc[u] * inv; }
   }
-  if (lid == 0u) { o2[id] = select(bitcast<f32>(NEG_INF_BITS), M + log(L), seen); }
+  if (lid == 0u) { o2[id] = select(bitcast<f32>(NEG_INF_BITS), select(M + log(L), L, is_nan(L)), seen); }
 }
 
 @compute @workgroup_size(64)
