@@ -8,6 +8,7 @@ import { LINEAR_MODULES, type LinearModule, type ModelConfig } from '../model/co
 import type { LlamaModel } from '../model/llama.js';
 import { MAX_LORA_RANK, loraRouting, type LoraRouting } from '../ops/lora.js';
 import { makePeftConfig, parsePeftConfig, type PeftConfig } from '../io/peft.js';
+import { checkKnownKeys } from '../ops/check.js';
 import { AdapterStacks, checkModel, freshStacks, uploadStacks, type LayerStacks } from './stacks.js';
 import { readAdapter, stackAdapters, type ReadAdapter } from './peft_io.js';
 import { openSource, type SourceInput } from '../io/source.js';
@@ -65,11 +66,7 @@ export function createLora(model: LlamaModel, opts: CreateLoraOptions = {}): Ada
   const op = 'createLora';
   checkModel(op, model);
   if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected an object, got ${describe(opts)}`);
-  // A misspelt option would otherwise be ignored silently (as createMote refuses it).
-  for (const k of Object.keys(opts)) {
-    if (!CREATE_LORA_KEYS.includes(k))
-      throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${CREATE_LORA_KEYS.join(', ')})`);
-  }
+  checkKnownKeys(`${op}: opts`, opts, CREATE_LORA_KEYS);
   const R = opts.rank ?? 16;
   // the factors are allocated by it: 2^40 used to throw a RangeError from a typed array
   if (typeof R !== 'number' || !Number.isSafeInteger(R) || R < 1 || R > MAX_LORA_RANK)

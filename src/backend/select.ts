@@ -4,7 +4,7 @@ import { checkBackendKind, checkDeviceOption, checkLimitOptions, probeWith, type
 import { NativeBackend } from './native.js';
 import { WebGPUBackend, type WebGPUOptions } from './webgpu.js';
 import { nodeWebGPUHost } from './webgpu_node.js';
-import { checkBool, checkInt, checkOpts } from '../ops/check.js';
+import { checkBool, checkInt, checkKnownKeys, checkOpts } from '../ops/check.js';
 
 export interface OpenOptions extends WebGPUOptions {
   /** cpu backend: number of worker threads (default: all hardware threads). */
@@ -64,10 +64,7 @@ const OPEN_OPTION_KEYS = ['threads', 'device', 'adapter', 'requireHardware', 'da
 function checkOpenOptions(options: OpenOptions | undefined): OpenOptions {
   const op = 'openBackend';
   const opts = checkOpts(op, 'opts', options);
-  // A misspelt option ({ thread: 2 }) would otherwise be ignored silently.
-  for (const k of Object.keys(opts)) {
-    if (!OPEN_OPTION_KEYS.includes(k)) throw new ArgumentError(`${op}: unknown option '${k}' (expected ${OPEN_OPTION_KEYS.join(', ')})`);
-  }
+  checkKnownKeys(op, opts, OPEN_OPTION_KEYS);
   if (opts.threads !== undefined) checkInt(op, 'threads', opts.threads, 1, 4096);
   if (opts.adapter !== undefined && typeof opts.adapter !== 'string')
     throw new ArgumentError(`${op}: adapter: expected a string, got ${describe(opts.adapter)}`);

@@ -31,7 +31,7 @@
 // that leaves no room for one generated token is refused (ArgumentError naming the prompt and the
 // limit), and a sequence that fills the context ends there ('context').
 
-import { checkPlainOptions } from '../ops/check.js';
+import { checkKnownKeys, checkPlainOptions } from '../ops/check.js';
 import { yieldToEventLoop } from '../yield.js';
 import { ArgumentError, MoteError, ShapeError, describe } from '../errors.js';
 import type { LinearModule } from '../model/config.js';
@@ -288,10 +288,7 @@ export class BatchDecoder {
   prepare(req: GenerateRequest, i: number, r = `requests[${i}]`): SeqState {
     const op = this.op;
     if (!req || typeof req !== 'object') throw new ArgumentError(`${op}: ${r}: expected { prompt, maxNewTokens, … }, got ${describe(req)}`);
-    // A misspelt field (maxTokens, temperature beside sampling) would otherwise be ignored silently.
-    for (const k of Object.keys(req)) {
-      if (!REQUEST_KEYS.includes(k)) throw new ArgumentError(`${op}: ${r}: unknown field '${k}' (expected ${REQUEST_KEYS.join(', ')})`);
-    }
+    checkKnownKeys(`${op}: ${r}`, req, REQUEST_KEYS, 'field');
     const prompt = tokenList(op, `${r}.prompt`, req.prompt, this.V, 1);
     if (prompt.length >= this.maxContext) {
       throw new ArgumentError(

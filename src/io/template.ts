@@ -49,10 +49,10 @@ export function defaultTemplateLimits(inputChars: number, items: number): Templa
   };
 }
 
-/** Raised inside the interpreter when a budget runs out; turned into a FormatError outside. */
 /** What the template's raise_exception() throws: it refuses the conversation it was given. */
 class TemplateRaised extends Error {}
 
+/** Raised inside the interpreter when a budget runs out; turned into a FormatError outside. */
 class TemplateLimitError extends Error {}
 
 // The library's runtime values, as far as this module looks at them (its classes are not exported).

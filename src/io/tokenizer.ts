@@ -174,10 +174,6 @@ function build(json: Json, config: Json, file: string): Tokenizer {
 }
 
 /**
- * A tokenizer read from an HF model directory. Ids are plain numbers; `vocabSize` counts the
- * model's vocabulary and the added tokens (one more than the largest id).
- */
-/**
  * Text of a growing list of ids, piece by piece, for streaming: `push(id)` returns what the new
  * id adds to the text ('' while a multi-byte character is still completing). Each push decodes
  * only the ids since the last piece, with the ones before it for context (as vLLM's
@@ -203,6 +199,10 @@ export class DecodeStream {
   }
 }
 
+/**
+ * A tokenizer read from an HF model directory. Ids are plain numbers; `vocabSize` counts the
+ * model's vocabulary and the added tokens (one more than the largest id).
+ */
 export class MoteTokenizer {
   private tok: Tokenizer;
   private json: Json;
@@ -227,10 +227,10 @@ export class MoteTokenizer {
     checkPatterns(this.json, file);
     this.tok = build(this.json, this.config, file);
     // An unk_token missing from the vocabulary makes the library encode unknown text as `undefined` ids.
-    const unk = (this.json.model as Json).unk_token;
+    const model = this.json.model as Json;
+    const unk = model.unk_token;
     if (typeof unk === 'string' && this.tok.token_to_id(unk) === undefined)
       throw new FormatError(`${file}: model.unk_token ${describe(unk)} is not in the vocabulary`);
-    const model = this.json.model as Json;
     const unkId = model.unk_id;
     if (Array.isArray(model.vocab) && unkId !== undefined && unkId !== null) {
       if (typeof unkId !== 'number' || !Number.isSafeInteger(unkId) || unkId < 0 || unkId >= model.vocab.length)

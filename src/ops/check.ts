@@ -103,10 +103,15 @@ export function checkPlainOptions(where: string, v: unknown, keys: readonly stri
   if (!v || typeof v !== 'object' || (proto !== Object.prototype && proto !== null)) {
     throw new ArgumentError(`${where}: expected ${shape}, got ${describe(v)}`);
   }
-  for (const k of Object.keys(v)) {
-    if (!keys.includes(k)) throw new ArgumentError(`${where}: unknown option '${k}' (expected ${keys.join(', ')})`);
-  }
+  checkKnownKeys(where, v, keys);
   return v as Record<string, unknown>;
+}
+
+/** Refuses a key of `v` not in `keys` (a misspelt option would otherwise be ignored silently); `noun` names what a key is. */
+export function checkKnownKeys(where: string, v: object, keys: readonly string[], noun = 'option'): void {
+  for (const k of Object.keys(v)) {
+    if (!keys.includes(k)) throw new ArgumentError(`${where}: unknown ${noun} '${k}' (expected ${keys.join(', ')})`);
+  }
 }
 
 /** A required object argument (LoraStack, layout init, ...). */

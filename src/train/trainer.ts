@@ -24,6 +24,7 @@ import { stepSkipSegments } from './step_skip.js';
 import { mixSeed, mulberry32 } from '../rng.js';
 import { CHECKPOINT_DIR_OPTIONS, saveCheckpoint, type TrainerState } from './checkpoint.js';
 import { checkReplaceable, overwriteOption } from '../io/atomic_dir.js';
+import { checkKnownKeys } from '../ops/check.js';
 import { packSequences } from './pack.js';
 
 /** One training example: a prompt followed by its chain (or any token sequence). */
@@ -187,11 +188,7 @@ export class Trainer {
     if (adapters && adapters.backend !== model.backend)
       throw new ArgumentError(`${op}: adapters: live on another backend (${adapters.backend.kind}) than the model (${model.backend.kind})`);
     if (!opts || typeof opts !== 'object') throw new ArgumentError(`${op}: opts: expected { steps, lr, ... }, got ${describe(opts)}`);
-    // A misspelt option (clip_norm, warmup) would otherwise be ignored silently.
-    for (const k of Object.keys(opts)) {
-      if (!TRAINER_OPTION_KEYS.includes(k))
-        throw new ArgumentError(`${op}: opts: unknown option '${k}' (expected ${TRAINER_OPTION_KEYS.join(', ')})`);
-    }
+    checkKnownKeys(`${op}: opts`, opts, TRAINER_OPTION_KEYS);
     const sched = checkSchedule(op, { ...opts, totalSteps: opts.steps });
     const trainBase = opts.trainBase ?? false;
     if (typeof trainBase !== 'boolean') throw new ArgumentError(`${op}: trainBase: expected a boolean, got ${describe(trainBase)}`);
