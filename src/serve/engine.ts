@@ -316,12 +316,9 @@ export class Engine {
       await this.#syncSet();
     } catch (e) {
       // Not paged in (device memory, …): not registered either, else /v1/models lists an adapter no request can use.
-      for (const n of added.keys()) {
+      for (const [n, r] of added) {
         this.#adapters.delete(n);
-        if (this.#resident.includes(n)) {
-          this.#resident = this.#resident.filter((r) => r !== n);
-          this.#residentUnits -= this.#unitsOf(added.get(n)!);
-        }
+        this.#dropResident(n, r);
       }
       this.#dirty = true;
       await this.#syncSet().catch(() => undefined);
@@ -360,6 +357,14 @@ export class Engine {
     } catch (e) {
       throw e instanceof MoteError ? new EngineError(e.message, 400) : e;
     }
+  }
+
+  /** Takes `name` off the resident list, its units no longer counted; false when it was not on it. */
+  #dropResident(name: string, reg: Registered): boolean {
+    if (!this.#resident.includes(name)) return false;
+    this.#resident = this.#resident.filter((n) => n !== name);
+    this.#residentUnits -= this.#unitsOf(reg);
+    return true;
   }
 
   /** Pool entries `reg` takes (all its experts). */
@@ -403,11 +408,7 @@ export class Engine {
     check();
     const reg = this.#adapters.get(name)!;
     this.#adapters.delete(name);
-    if (this.#resident.includes(name)) {
-      this.#resident = this.#resident.filter((n) => n !== name);
-      this.#residentUnits -= this.#unitsOf(reg);
-      this.#dirty = true;
-    }
+    if (this.#dropResident(name, reg)) this.#dirty = true;
     await this.#syncSet();
   }
 
@@ -480,8 +481,7 @@ export class Engine {
           reg.host.forEach((h, k) => pool.add(`${name}#${k}`, h));
         } catch (e) {
           reg.host.forEach((_, k) => pool.remove(`${name}#${k}`));
-          this.#resident = this.#resident.filter((n) => n !== name);
-          this.#residentUnits -= this.#unitsOf(reg);
+          this.#dropResident(name, reg);
           this.#dirty = true; // the resident adapters after this one are not in the pool yet
           this.#setRouter();
           throw e;
